@@ -1,0 +1,57 @@
+"""Envelope address checks, done by Postern itself before any library sees the address.
+
+aiosmtpd lets control characters through inside addresses and aiosmtplib silently rewrites
+some malformed ones (SPEC "Known pitfalls"), so what is not plainly `local@domain` is refused.
+"""
+
+from __future__ import annotations
+
+import re
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_DOMAIN_LABEL = re.compile(r"^(?!-)[A-Za-z0-9\-\u0080-\U0010ffff]{1,63}(?<!-)$")
+_LOCAL_ATOM = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-\u0080-\U0010ffff]+$")
+
+
+def has_control(text: str) -> bool:
+    return bool(_CONTROL.search(text))
+
+
+def envelope_problem(address: str) -> str | None:
+    """Why `address` is not an acceptable envelope address, or None when it is."""
+    if has_control(address):
+        return "control character in address"
+    if len(address.encode("utf-8", "surrogateescape")) > 254:
+        return "address too long"
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain:
+        return "address must be local@domain"
+    if len(local.encode("utf-8", "surrogateescape")) > 64:
+        return "local part too long"
+    if not _valid_local(local):
+        return "malformed local part"
+    if not _valid_domain(domain):
+        return "malformed domain"
+    return None
+
+
+def _valid_local(local: str) -> bool:
+    if local.startswith('"') and local.endswith('"') and len(local) >= 2:
+        inner = local[1:-1].replace('\\"', "").replace("\\\\", "")
+        return '"' not in inner and "\\" not in inner
+    if local.startswith(".") or local.endswith(".") or ".." in local:
+        return False
+    return bool(_LOCAL_ATOM.match(local))
+
+
+def _valid_domain(domain: str) -> bool:
+    if domain.startswith("[") and domain.endswith("]"):
+        return bool(re.fullmatch(r"\[(IPv6:[0-9A-Fa-f:.]+|[0-9.]+)\]", domain))
+    labels = domain.rstrip(".").split(".")
+    return len(domain) <= 253 and all(_DOMAIN_LABEL.match(label) for label in labels)
+
+
+def normalise(address: str) -> str:
+    """Comparison key: local part as given, domain lower-cased (RFC 5321 §2.4)."""
+    local, at, domain = address.rpartition("@")
+    return f"{local}@{domain.lower()}" if at else address.lower()

@@ -1,0 +1,84 @@
+"""The `postern` command line. Parses arguments, calls services, prints text or JSON.
+
+Operator mistakes (bad config, unreadable file, port in use) are one line on stderr and
+exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from gateway.config import ConfigError, load
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"postern: error: {message}\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="postern", description="Postern SMTP relay gateway")
+    parser.add_argument(
+        "--config", help="config file (default: $POSTERN_CONFIG, else built-in defaults)"
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the SMTP listener, HTTP API and delivery")
+    serve.add_argument("--config", dest="sub_config", help=argparse.SUPPRESS)
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    check = commands.add_parser("check-config", help="validate the configuration and exit")
+    check.add_argument("--config", dest="sub_config", help=argparse.SUPPRESS)
+    return parser
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command chatter
+
+
+async def _serve(config_path: str | None) -> int:
+    from gateway.service import Service  # heavy imports only for the commands that need them
+
+    config = load(config_path)
+    service = Service(config)
+    await service.start()
+    await service.run_until_stopped()
+    return 0
+
+
+def _event_loop_runner() -> type[asyncio.Runner] | None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency, but stay usable
+        return None
+    return uvloop.new_event_loop  # type: ignore[return-value]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    config_path = getattr(args, "sub_config", None) or args.config
+    try:
+        if args.command == "check-config":
+            load(config_path)
+            print("configuration OK")
+            return 0
+        _setup_logging(args.log_level)
+        factory = _event_loop_runner()
+        with asyncio.Runner(loop_factory=factory) as runner:  # type: ignore[arg-type]
+            return runner.run(_serve(config_path))
+    except ConfigError as error:
+        print(f"postern: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

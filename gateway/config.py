@@ -1,0 +1,366 @@
+"""Configuration: TOML in, frozen dataclasses out, every check done here.
+
+Any problem becomes one `ConfigError` whose message is the single line the CLI prints
+before exiting with status 2. Durations are an integer of seconds or a string such as
+"30s", "5m", "2h", "5d".
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(Exception):
+    """A configuration problem, phrased as one line for the operator."""
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: object, where: str = "duration") -> float:
+    """Seconds from an int/float of seconds or a string like '5m'."""
+    if isinstance(value, bool):
+        raise ConfigError(f'{where}: expected a duration like 30 or "5m", got {value!r}')
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ConfigError(f"{where}: a duration cannot be negative")
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match:
+            return float(match.group(1)) * _UNITS[match.group(2)]
+    raise ConfigError(f'{where}: bad duration {value!r} (use seconds or "30s", "5m", "2h", "5d")')
+
+
+def parse_address(value: str, where: str) -> tuple[str, int]:
+    """'host:port' or '[v6]:port' -> (host, port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ConfigError(f'{where}: expected "host:port", got {value!r}')
+    host = host.strip("[]")
+    number = int(port)
+    if not 0 < number < 65536:
+        raise ConfigError(f"{where}: port {number} out of range")
+    return host, number
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    hostname: str = "postern.localdomain"
+    data_dir: Path = Path("./var")
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    listen: tuple[tuple[str, int], ...] = (("127.0.0.1", 2525),)
+    require_auth: bool = False
+    max_message_size: int = 26_214_400
+    max_recipients: int = 100
+    max_connections: int = 1000
+    idle_timeout: float = 300.0
+    tls_cert: str = ""
+    tls_key: str = ""
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    listen: tuple[str, int] = ("127.0.0.1", 8080)
+    max_body_size: int = 31_457_280
+    rate_limit: str = "50/s"
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    url: str = ""
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    retry_schedule: tuple[float, ...] = (60.0, 300.0, 900.0, 3600.0, 14400.0)
+    max_age: float = 5 * 86400.0
+    connect_timeout: float = 30.0
+    command_timeout: float = 300.0
+    handoff_timeout: float = 10.0
+    mx_port: int = 25
+    workers: int = 64
+    idle_timeout: float = 60.0
+    max_messages_per_connection: int = 1000
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    sender: str = "verified"
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    nameservers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    name: str
+    host: str
+    port: int = 587
+    username: str = ""
+    password_env: str = ""
+    encryption: str = "tls"
+    ip_pool: str = "transactional"
+    priority: int = 100
+    max_connections: int = 10
+    is_default: bool = False
+    is_active: bool = True
+    from_email: str = ""
+
+    def password(self) -> str:
+        """The password from the environment variable named in the file, or ''."""
+        return os.environ.get(self.password_env, "") if self.password_env else ""
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    smtp: SmtpConfig = field(default_factory=SmtpConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    dns: DnsConfig = field(default_factory=DnsConfig)
+    pools: tuple[PoolConfig, ...] = ()
+
+
+# --- converters: (value, where) -> typed value ------------------------------------------
+
+Converter = Callable[[Any, str], Any]
+
+
+def _typed(kind: type, label: str) -> Converter:
+    def convert(value: Any, where: str) -> Any:
+        if isinstance(value, bool) and kind is not bool:
+            raise ConfigError(f"{where}: expected {label}, got {value!r}")
+        if not isinstance(value, kind):
+            raise ConfigError(f"{where}: expected {label}, got {value!r}")
+        return value
+
+    return convert
+
+
+_str = _typed(str, "a string")
+_bool = _typed(bool, "true or false")
+_int_any = _typed(int, "an integer")
+
+
+def _positive_int(value: Any, where: str) -> int:
+    number: int = _int_any(value, where)
+    if number <= 0:
+        raise ConfigError(f"{where}: must be a positive integer, got {number}")
+    return number
+
+
+def _port(value: Any, where: str) -> int:
+    number: int = _int_any(value, where)
+    if not 0 < number < 65536:
+        raise ConfigError(f"{where}: port {number} out of range")
+    return number
+
+
+def _duration(value: Any, where: str) -> float:
+    return parse_duration(value, where)
+
+
+def _choice(*options: str) -> Converter:
+    def convert(value: Any, where: str) -> str:
+        text: str = _str(value, where)
+        if text not in options:
+            raise ConfigError(f"{where}: must be one of {', '.join(options)}; got {text!r}")
+        return text
+
+    return convert
+
+
+def _listen_list(value: Any, where: str) -> tuple[tuple[str, int], ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f'{where}: expected a list of "host:port" strings')
+    return tuple(parse_address(_str(item, where), where) for item in value)
+
+
+def _listen_one(value: Any, where: str) -> tuple[str, int]:
+    return parse_address(_str(value, where), where)
+
+
+def _rate(value: Any, where: str) -> str:
+    text: str = _str(value, where)
+    if not re.fullmatch(r"\d+/(s|m|min|h)", text):
+        raise ConfigError(f'{where}: expected a rate like "50/s" or "100/min", got {text!r}')
+    return text
+
+
+def _schedule(value: Any, where: str) -> tuple[float, ...]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{where}: expected a non-empty list of durations")
+    return tuple(parse_duration(item, f"{where}[{i}]") for i, item in enumerate(value))
+
+
+def _strings(value: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: expected a list of strings")
+    return tuple(_str(item, where) for item in value)
+
+
+_SECTIONS: dict[str, tuple[type, dict[str, Converter]]] = {
+    "server": (ServerConfig, {"hostname": _str, "data_dir": lambda v, w: Path(_str(v, w))}),
+    "smtp": (
+        SmtpConfig,
+        {
+            "listen": _listen_list,
+            "require_auth": _bool,
+            "max_message_size": _positive_int,
+            "max_recipients": _positive_int,
+            "max_connections": _positive_int,
+            "idle_timeout": _duration,
+            "tls_cert": _str,
+            "tls_key": _str,
+        },
+    ),
+    "http": (
+        HttpConfig,
+        {"listen": _listen_one, "max_body_size": _positive_int, "rate_limit": _rate},
+    ),
+    "storage": (StorageConfig, {"url": _str}),
+    "delivery": (
+        DeliveryConfig,
+        {
+            "retry_schedule": _schedule,
+            "max_age": _duration,
+            "connect_timeout": _duration,
+            "command_timeout": _duration,
+            "handoff_timeout": _duration,
+            "mx_port": _port,
+            "workers": _positive_int,
+            "idle_timeout": _duration,
+            "max_messages_per_connection": _positive_int,
+        },
+    ),
+    "policy": (PolicyConfig, {"sender": _choice("verified", "any")}),
+    "dns": (DnsConfig, {"nameservers": _strings}),
+}
+
+_POOL_KEYS: dict[str, Converter] = {
+    "name": _str,
+    "host": _str,
+    "port": _port,
+    "username": _str,
+    "password_env": _str,
+    "encryption": _choice("tls", "ssl", "none"),
+    "ip_pool": _str,
+    "priority": _int_any,
+    "max_connections": _positive_int,
+    "is_default": _bool,
+    "is_active": _bool,
+    "from_email": _str,
+}
+
+
+def _build(kind: type, table: Any, keys: Mapping[str, Converter], where: str) -> Any:
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{where}]: expected a table")
+    unknown = sorted(set(table) - set(keys))
+    if unknown:
+        raise ConfigError(f"[{where}]: unknown key {unknown[0]!r}")
+    values = {key: keys[key](value, f"{where}.{key}") for key, value in table.items()}
+    return kind(**values)
+
+
+def _pools(raw: Any) -> tuple[PoolConfig, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError("[[pools]]: expected an array of tables")
+    pools = []
+    for index, table in enumerate(raw):
+        where = f"pools[{index}]"
+        if isinstance(table, dict):
+            for required in ("name", "host"):
+                if required not in table:
+                    raise ConfigError(f"{where}: missing required key {required!r}")
+        pools.append(_build(PoolConfig, table, _POOL_KEYS, where))
+    names = [pool.name for pool in pools]
+    for name in names:
+        if names.count(name) > 1:
+            raise ConfigError(f"[[pools]]: the name {name!r} is used twice")
+    for pool in pools:
+        if pool.password_env and pool.password_env not in os.environ:
+            raise ConfigError(
+                f"pool {pool.name!r}: environment variable {pool.password_env} is not set"
+            )
+    return tuple(pools)
+
+
+def _check(config: Config) -> None:
+    if not config.smtp.require_auth:
+        for host, port in config.smtp.listen:
+            if not is_loopback(host):
+                raise ConfigError(
+                    f"smtp.listen: {host}:{port} is not loopback; set smtp.require_auth = true "
+                    "to listen there (Postern is never an open relay)"
+                )
+    if bool(config.smtp.tls_cert) != bool(config.smtp.tls_key):
+        raise ConfigError("smtp: tls_cert and tls_key must be set together")
+    for name in ("tls_cert", "tls_key"):
+        path = getattr(config.smtp, name)
+        if path and not os.access(path, os.R_OK):
+            raise ConfigError(f"smtp.{name}: cannot read {path}")
+    url = config.storage.url
+    if url and not url.startswith(("postgresql", "sqlite")):
+        raise ConfigError(
+            f"storage.url: unsupported database URL {url.split(':')[0]!r} "
+            '(use "" for SQLite or postgresql+asyncpg://user@host/db)'
+        )
+
+
+def from_dict(raw: Mapping[str, Any]) -> Config:
+    """Validate a parsed TOML document and build the Config."""
+    unknown = sorted(set(raw) - set(_SECTIONS) - {"pools"})
+    if unknown:
+        raise ConfigError(f"unknown section [{unknown[0]}]")
+    parts: dict[str, Any] = {}
+    for name, (kind, keys) in _SECTIONS.items():
+        if name in raw:
+            parts[name] = _build(kind, raw[name], keys, name)
+    if "pools" in raw:
+        parts["pools"] = _pools(raw["pools"])
+    config = Config(**parts)
+    _check(config)
+    return config
+
+
+def load(path: str | os.PathLike[str] | None) -> Config:
+    """Load the config from `path`, else $POSTERN_CONFIG, else the built-in defaults."""
+    path = path or os.environ.get("POSTERN_CONFIG") or None
+    if path is None:
+        return from_dict({})
+    try:
+        with open(path, "rb") as handle:
+            raw = tomllib.load(handle)
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+    return from_dict(raw)

@@ -1,0 +1,237 @@
+"""Delivery: workers take claimed messages, send them through a pool, record the outcome.
+
+Messages reach the workers two ways: straight from intake (claimed in the transaction that
+stored them, so no second read) and from a poller that claims what is due in storage
+(retries, messages released by a stopped or crashed node). The in-memory buffer is bounded;
+when it is full intake stores messages unclaimed and the poller picks them up later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable
+
+from gateway import metrics
+from gateway.message import DeliveryResult, Outcome, QueuedMessage
+from gateway.queue import AttemptRecord, Queue
+from gateway.routing import candidates
+from gateway.upstream import PoolSettings, PoolUnavailable, SessionSettings, UpstreamPool, deferred
+from storage.writer import StorageUnavailable
+
+log = logging.getLogger("postern.delivery")
+maillog = logging.getLogger("postern.mail")
+
+
+class PoolRegistry:
+    """The live UpstreamPool objects, one per configured pool."""
+
+    def __init__(self, session: SessionSettings) -> None:
+        self._session = session
+        self._pools: dict[str, UpstreamPool] = {}
+
+    def load(self, settings: Iterable[PoolSettings]) -> None:
+        """Replace the pool set; pools whose settings did not change keep their sessions."""
+        fresh: dict[str, UpstreamPool] = {}
+        for item in settings:
+            current = self._pools.get(item.id)
+            fresh[item.id] = (
+                current
+                if current and current.settings == item
+                else UpstreamPool(item, self._session)
+            )
+        for pool_id, pool in self._pools.items():
+            if fresh.get(pool_id) is not pool:
+                asyncio.get_running_loop().create_task(pool.close())
+        self._pools = fresh
+
+    def settings(self) -> list[PoolSettings]:
+        return [pool.settings for pool in self._pools.values()]
+
+    def get(self, pool_id: str) -> UpstreamPool:
+        return self._pools[pool_id]
+
+    def unhealthy(self) -> set[str]:
+        now = time.time()
+        return {pid for pid, pool in self._pools.items() if not pool.healthy(now)}
+
+    def all(self) -> list[UpstreamPool]:
+        return list(self._pools.values())
+
+    async def close(self) -> None:
+        await asyncio.gather(*(pool.close() for pool in self._pools.values()))
+
+
+class Delivery:
+    def __init__(
+        self,
+        queue: Queue,
+        registry: PoolRegistry,
+        workers: int,
+        buffer_size: int = 2000,
+        poll_interval: float = 1.0,
+    ) -> None:
+        self._queue = queue
+        self._registry = registry
+        self._workers = workers
+        self._buffer: asyncio.Queue[QueuedMessage] = asyncio.Queue()
+        self._buffer_size = buffer_size
+        self._poll_interval = poll_interval
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._in_flight = 0
+        self._waiters: dict[str, asyncio.Future[str]] = {}
+        self._accepting = True
+
+    # --- feeding ----------------------------------------------------------------------
+
+    def has_room(self) -> bool:
+        return self._accepting and self._buffer.qsize() + self._in_flight < self._buffer_size
+
+    def push(self, message: QueuedMessage) -> None:
+        """Hand over a message this node has claimed."""
+        self._buffer.put_nowait(message)
+
+    def wait_for(self, message_id: str) -> asyncio.Future[str]:
+        """A future resolved with the message's status after its next attempt is recorded."""
+        future = self._waiters.get(message_id)
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+            self._waiters[message_id] = future
+        return future
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._worker(), name=f"worker-{i}") for i in range(self._workers)
+        ]
+        self._tasks.append(loop.create_task(self._poller(), name="poller"))
+        self._tasks.append(loop.create_task(self._housekeeping(), name="housekeeping"))
+
+    async def stop(self, drain_timeout: float) -> None:
+        """Stop taking work, let in-flight attempts finish (bounded), release the rest."""
+        self._accepting = False
+        deadline = time.monotonic() + drain_timeout
+        while self._in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        await self._registry.close()
+
+    # --- loops ------------------------------------------------------------------------
+
+    async def _worker(self) -> None:
+        while True:
+            message = await self._buffer.get()
+            if not self._accepting:
+                continue  # left claimed; released at shutdown
+            self._in_flight += 1
+            try:
+                await self.deliver(message)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("delivery of %s failed unexpectedly; it stays queued", message.id)
+            finally:
+                self._in_flight -= 1
+
+    async def _poller(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self._poll_interval)
+            self._wake.clear()
+            room = self._buffer_size - self._buffer.qsize() - self._in_flight
+            if room <= 0 or not self._accepting:
+                continue
+            try:
+                claimed = await self._queue.claim_due(min(room, 500))
+            except (StorageUnavailable, OSError) as error:
+                log.warning("claiming due messages failed: %s", error)
+                continue
+            for message in claimed:
+                self.push(message)
+            if len(claimed) == min(room, 500):
+                self._wake.set()  # more may be due: go again at once
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(5.0)
+            for pool in self._registry.all():
+                await pool.reap_idle()
+            try:
+                for state, count in (await self._queue.counts()).items():
+                    metrics.QUEUE_MESSAGES.labels(state=state).set(count)
+            except Exception as error:  # a gauge must never stop housekeeping
+                log.warning("queue gauge refresh failed: %s", error)
+
+    # --- one attempt ------------------------------------------------------------------
+
+    async def deliver(self, message: QueuedMessage) -> str:
+        results, pool_name = await self._attempt(message)
+        for rcpt, result in results.items():
+            maillog.info(
+                "id=%s to=%s pool=%s result=%s reply=%r",
+                message.id,
+                _safe(rcpt),
+                pool_name,
+                result.outcome.value,
+                result.describe(),
+            )
+        _count(results, pool_name or "none")
+        try:
+            status = await self._queue.record(AttemptRecord(message, results, pool_name))
+        except StorageUnavailable as error:
+            # Not recorded: the claim lapses and the message is attempted again.
+            log.error("could not record the attempt of %s: %s", message.id, error)
+            status = "deferred"
+        waiter = self._waiters.pop(message.id, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(status)
+        return status
+
+    async def _attempt(
+        self, message: QueuedMessage
+    ) -> tuple[dict[str, DeliveryResult], str | None]:
+        pool_ids = candidates(message.route, self._registry.settings(), self._registry.unhealthy())
+        if not pool_ids:
+            reason = (
+                "no upstream pool is configured (direct MX delivery is not available yet)"
+                if message.route.direct
+                else "no active pool for this route"
+            )
+            return dict.fromkeys(message.recipients, deferred(reason, "4.4.3")), None
+        last = deferred("no pool could be reached")
+        tried: str | None = None
+        for pool_id in pool_ids:
+            pool = self._registry.get(pool_id)
+            tried = pool.name
+            try:
+                return await pool.send(message), pool.name
+            except PoolUnavailable as unavailable:
+                last = unavailable.result
+                log.info("pool %s unavailable for %s: %s", pool.name, message.id, last.describe())
+        return dict.fromkeys(message.recipients, last), tried
+
+
+def _count(results: dict[str, DeliveryResult], pool: str) -> None:
+    for result in results.values():
+        if result.outcome is Outcome.DELIVERED:
+            metrics.MESSAGES_DELIVERED.labels(pool=pool).inc()
+        elif result.outcome is Outcome.BOUNCED:
+            metrics.MESSAGES_BOUNCED.labels(pool=pool).inc()
+        else:
+            metrics.MESSAGES_DEFERRED.labels(pool=pool).inc()
+
+
+def _safe(text: str) -> str:
+    """User input in the mail log, escaped so it cannot forge a line."""
+    return text.encode("unicode_escape").decode("ascii")

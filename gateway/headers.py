@@ -1,0 +1,79 @@
+"""Byte-level checks and edits of raw RFC 5322 messages, without a full MIME parse.
+
+The relay must not re-parse every message (speed) yet must strip its own control headers
+and refuse content that could smuggle a second message upstream.
+"""
+
+from __future__ import annotations
+
+import re
+
+CONTROL_PREFIX = b"x-postern-"
+_LONG_LINE = re.compile(rb"[^\r\n]{999}")
+
+
+def content_problem(data: bytes) -> str | None:
+    """Why `data` may not be relayed (bare CR/LF, NUL, a line over 998 bytes), or None."""
+    if b"\0" in data:
+        return "NUL byte in message"
+    crlf = data.count(b"\r\n")
+    if data.count(b"\n") != crlf or data.count(b"\r") != crlf:
+        return "bare CR or LF in message"
+    if _LONG_LINE.search(data):
+        return "line longer than 998 bytes"
+    return None
+
+
+def split_header(data: bytes) -> tuple[bytes, bytes]:
+    """(header block including its final CRLF, the rest from the blank line on)."""
+    if data.startswith(b"\r\n"):
+        return b"", data
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return data, b""
+    return data[: end + 2], data[end + 2 :]
+
+
+def header_fields(block: bytes) -> list[bytes]:
+    """The header block split into whole fields (continuation lines kept with their field)."""
+    fields: list[bytes] = []
+    for line in block.split(b"\r\n")[:-1] if block.endswith(b"\r\n") else block.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1] += b"\r\n" + line
+        else:
+            fields.append(line)
+    return fields
+
+
+def take_control_headers(data: bytes) -> tuple[bytes, dict[str, str]]:
+    """Remove every `X-Postern-*` field; return the message without them and their values.
+
+    Names are returned lower-cased without the prefix ('alias-id', 'sandbox', ...); the
+    value is unfolded and stripped.
+    """
+    block, rest = split_header(data)
+    if CONTROL_PREFIX not in block.lower():
+        return data, {}
+    kept: list[bytes] = []
+    controls: dict[str, str] = {}
+    for field in header_fields(block):
+        name, colon, value = field.partition(b":")
+        if colon and name.strip().lower().startswith(CONTROL_PREFIX):
+            key = name.strip().lower()[len(CONTROL_PREFIX) :].decode("ascii", "replace")
+            unfolded = value.replace(b"\r\n", b"").strip()
+            controls[key] = unfolded.decode("utf-8", "replace")
+        else:
+            kept.append(field)
+    new_block = b"".join(field + b"\r\n" for field in kept)
+    return new_block + rest, controls
+
+
+def header_value(data: bytes, name: bytes) -> str | None:
+    """The unfolded value of the first header field `name` (case-insensitive), or None."""
+    block, _ = split_header(data)
+    wanted = name.lower()
+    for field in header_fields(block):
+        key, colon, value = field.partition(b":")
+        if colon and key.strip().lower() == wanted:
+            return value.replace(b"\r\n", b"").strip().decode("utf-8", "replace")
+    return None

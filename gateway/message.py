@@ -1,0 +1,71 @@
+"""The domain types every part shares: what was submitted, where it goes, how it went."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One message as it arrived, through either door, before policy is applied."""
+
+    mail_from: str
+    recipients: tuple[str, ...]
+    content: bytes  # RFC 5322 bytes, CRLF line ends, control headers already removed
+    source: str  # "smtp" | "http"
+    alias_id: str | None = None
+    idempotency_key: str | None = None
+    sandbox: bool = False
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a message goes: one pool by id, a group of pools by ip_pool, or direct MX."""
+
+    pool_id: str | None = None
+    ip_pool: str | None = None
+
+    @property
+    def direct(self) -> bool:
+        return self.pool_id is None and self.ip_pool is None
+
+
+class Outcome(enum.Enum):
+    DELIVERED = "delivered"
+    DEFERRED = "deferred"
+    BOUNCED = "bounced"
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    """The upstream's answer for one recipient of one attempt."""
+
+    outcome: Outcome
+    code: int | None = None
+    enhanced: str | None = None
+    text: str = ""
+
+    @property
+    def hard_bounce(self) -> bool:
+        """A permanent 'no such user' (5.1.x): the address should not be tried again."""
+        return self.outcome is Outcome.BOUNCED and (self.enhanced or "").startswith("5.1.")
+
+    def describe(self) -> str:
+        parts = [str(self.code) if self.code else "", self.enhanced or "", self.text]
+        return " ".join(part for part in parts if part)[:1000]
+
+
+@dataclass
+class QueuedMessage:
+    """A claimed message in a delivery worker's hands."""
+
+    id: str
+    mail_from: str
+    recipients: list[str]  # only those still pending
+    content: bytes
+    attempts: int
+    created_at: float
+    route: Route = field(default_factory=Route)
+    any_bounced: bool = False  # an earlier attempt bounced some recipient

@@ -1,0 +1,54 @@
+"""Every Prometheus metric, defined once (prefix `postern_`), observed where the work happens."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+MESSAGES_RECEIVED = Counter(
+    "postern_messages_received_total", "Messages accepted and stored, by door.", ["source"]
+)
+MESSAGES_REFUSED = Counter(
+    "postern_messages_refused_total", "Messages refused at intake, by reason.", ["reason"]
+)
+MESSAGES_DELIVERED = Counter(
+    "postern_messages_delivered_total", "Recipients accepted by an upstream.", ["pool"]
+)
+MESSAGES_DEFERRED = Counter(
+    "postern_messages_deferred_total", "Recipients deferred for a later attempt.", ["pool"]
+)
+MESSAGES_BOUNCED = Counter(
+    "postern_messages_bounced_total", "Recipients refused permanently or expired.", ["pool"]
+)
+MESSAGES_SUPPRESSED = Counter(
+    "postern_messages_suppressed_total", "Recipients refused because they are suppressed."
+)
+POSSIBLE_DUPLICATES = Counter(
+    "postern_possible_duplicates_total",
+    "Attempts cut off after the final dot: the retry may deliver a second copy.",
+    ["pool"],
+)
+QUEUE_MESSAGES = Gauge("postern_queue_messages", "Messages with work left, by state.", ["state"])
+UPSTREAM_CONNECT_SECONDS = Histogram(
+    "postern_upstream_connect_seconds",
+    "Time to open an upstream session (TCP, greeting, EHLO, TLS, AUTH).",
+    ["pool"],
+    buckets=_LATENCY_BUCKETS,
+)
+UPSTREAM_SEND_SECONDS = Histogram(
+    "postern_upstream_send_seconds",
+    "Time of one upstream transaction (MAIL to the reply after the final dot).",
+    ["pool"],
+    buckets=_LATENCY_BUCKETS,
+)
+UPSTREAM_CONNECTIONS = Gauge(
+    "postern_upstream_connections", "Open upstream sessions.", ["pool", "state"]
+)
+HTTP_REQUEST_SECONDS = Histogram(
+    "postern_http_request_seconds",
+    "HTTP request latency.",
+    ["route", "status"],
+    buckets=_LATENCY_BUCKETS,
+)
+SMTP_SESSIONS = Gauge("postern_smtp_sessions", "Open SMTP client sessions.")

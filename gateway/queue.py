@@ -1,0 +1,352 @@
+"""The queue owns every state change of a message; each change is one transaction.
+
+    accept ──> queued ──attempt──> delivered            (every recipient accepted)
+                 │                 bounced              (every recipient final, one refused
+                 │                                       permanently or expired at max_age)
+                 └──attempt──> deferred ──attempt──> ... (some recipient got 4xx, a drop
+                                                          or a timeout; retried on schedule)
+
+A message with work left has `due_at` set: the time it may next be attempted. A worker that
+claims it writes its node id to `claimed_by` and moves `due_at` to the end of its lease, so a
+node that dies mid-delivery strands nothing: its lease lapses and any node claims the message
+again (on start-up a node also releases what its previous life held). Final messages have
+`due_at` NULL and their body deleted. Recipients carry their own status, so a retry goes only
+to those still pending.
+
+Accepted messages are normally claimed by the accepting node in the same transaction that
+stores them (the fast path): the delivery worker gets the message from memory without a
+second read, and the lease still protects it if the node dies.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import bindparam, delete, func, insert, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from gateway.addresses import normalise
+from gateway.message import DeliveryResult, Outcome, QueuedMessage, Route, Submission
+from storage.db import is_sqlite
+from storage.models import Message, MessageBody, Recipient, Suppression
+from storage.writer import Batch, Writer
+
+M = Message.__table__  # type: ignore[attr-defined]
+B = MessageBody.__table__  # type: ignore[attr-defined]
+R = Recipient.__table__  # type: ignore[attr-defined]
+S = Suppression.__table__  # type: ignore[attr-defined]
+
+ACTIVE_STATES = ("queued", "deferred")
+
+_INSERT_MESSAGE = insert(M)
+_INSERT_BODY = insert(B)
+_INSERT_RECIPIENT = insert(R)
+_UPDATE_RECIPIENT = (
+    update(R)
+    .where(R.c.message_id == bindparam("m_id"), R.c.email == bindparam("m_email"))
+    .values(
+        status=bindparam("status"),
+        attempts=R.c.attempts + 1,
+        code=bindparam("code"),
+        response=bindparam("response"),
+        updated_at=bindparam("now"),
+    )
+)
+_UPDATE_MESSAGE = (
+    update(M)
+    .where(M.c.id == bindparam("m_id"))
+    .values(
+        status=bindparam("status"),
+        attempts=M.c.attempts + 1,
+        due_at=bindparam("due"),
+        claimed_by=None,
+        last_pool=bindparam("pool"),
+        last_response=bindparam("response"),
+        updated_at=bindparam("now"),
+    )
+)
+_DELETE_BODY = delete(B).where(B.c.message_id == bindparam("m_id"))
+_RELEASE = (
+    update(M)
+    .where(M.c.claimed_by == bindparam("node"), M.c.due_at.is_not(None))
+    .values(claimed_by=None, due_at=bindparam("now"))
+)
+
+
+def new_message_id() -> str:
+    """Time-ordered, unguessable: 'msg_' + milliseconds in hex + 64 random bits."""
+    return f"msg_{int(time.time() * 1000):011x}{secrets.token_hex(8)}"
+
+
+def next_attempt(
+    attempts: int,
+    created_at: float,
+    now: float,
+    schedule: Sequence[float],
+    max_age: float,
+    jitter: float = 0.1,
+    rng: random.Random | None = None,
+) -> float | None:
+    """When to try again after `attempts` attempts, or None once the message has expired.
+
+    The schedule's last interval repeats; up to `jitter` of the interval is added so that a
+    burst of deferred mail does not come back all at once. The last retry falls exactly at
+    the deadline, so a message always gets one attempt at max_age before it bounces.
+    """
+    deadline = created_at + max_age
+    if now >= deadline:
+        return None
+    interval = schedule[min(max(attempts, 1), len(schedule)) - 1]
+    interval += interval * jitter * (rng or random).random()
+    return min(now + interval, deadline)
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """What one delivery attempt of one message produced, ready to be stored."""
+
+    message: QueuedMessage
+    results: dict[str, DeliveryResult]  # recipient -> result
+    pool: str | None
+
+
+class Queue:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        writer: Writer,
+        node_id: str,
+        schedule: Sequence[float],
+        max_age: float,
+        lease: float,
+    ) -> None:
+        self._engine = engine
+        self._writer = writer
+        self.node_id = node_id
+        self._schedule = tuple(schedule)
+        self._max_age = max_age
+        self._lease = lease
+        dialect = sqlite if is_sqlite(engine) else postgresql
+        self._suppress = dialect.insert(S).on_conflict_do_nothing(index_elements=["email"])
+
+    # --- intake -----------------------------------------------------------------------
+
+    async def enqueue(self, submission: Submission, route: Route, claim: bool) -> QueuedMessage:
+        """Store the message durably (group commit); with `claim`, also claim it here."""
+        now = time.time()
+        message_id = new_message_id()
+        batch = Batch()
+        batch.add(
+            _INSERT_MESSAGE,
+            {
+                "id": message_id,
+                "status": "queued",
+                "source": submission.source,
+                "mail_from": submission.mail_from,
+                "alias_id": submission.alias_id,
+                "ip_pool": route.ip_pool,
+                "pool_id": route.pool_id,
+                "last_pool": None,
+                "attempts": 0,
+                "size": len(submission.content),
+                "created_at": now,
+                "updated_at": now,
+                "due_at": now + self._lease if claim else now,
+                "claimed_by": self.node_id if claim else None,
+                "last_response": None,
+            },
+        )
+        batch.add(_INSERT_BODY, {"message_id": message_id, "data": submission.content})
+        batch.add(
+            _INSERT_RECIPIENT,
+            [
+                {
+                    "message_id": message_id,
+                    "email": rcpt,
+                    "status": "pending",
+                    "attempts": 0,
+                    "code": None,
+                    "response": None,
+                    "updated_at": now,
+                }
+                for rcpt in submission.recipients
+            ],
+        )
+        await self._writer.submit(batch)
+        return QueuedMessage(
+            id=message_id,
+            mail_from=submission.mail_from,
+            recipients=list(submission.recipients),
+            content=submission.content,
+            attempts=0,
+            created_at=now,
+            route=route,
+        )
+
+    # --- delivery ---------------------------------------------------------------------
+
+    async def claim_due(self, limit: int) -> list[QueuedMessage]:
+        """Claim up to `limit` due messages for this node and load what delivery needs."""
+        return list(await self._writer.submit(lambda conn: self._claim(conn, limit)))
+
+    async def _claim(self, conn: AsyncConnection, limit: int) -> list[QueuedMessage]:
+        now = time.time()
+        due = select(M.c.id).where(M.c.due_at <= now).order_by(M.c.due_at).limit(limit)
+        if not is_sqlite(self._engine):
+            due = due.with_for_update(skip_locked=True)
+        claimed = await conn.execute(
+            update(M)
+            .where(M.c.id.in_(due.scalar_subquery()))
+            .values(claimed_by=self.node_id, due_at=now + self._lease)
+            .returning(
+                M.c.id, M.c.mail_from, M.c.attempts, M.c.created_at, M.c.ip_pool, M.c.pool_id
+            )
+        )
+        rows = claimed.all()
+        if not rows:
+            return []
+        ids = [row.id for row in rows]
+        pending: dict[str, list[str]] = {message_id: [] for message_id in ids}
+        bounced: set[str] = set()
+        recipients = await conn.execute(
+            select(R.c.message_id, R.c.email, R.c.status)
+            .where(R.c.message_id.in_(ids))
+            .order_by(R.c.id)
+        )
+        for message_id, email, status in recipients:
+            if status == "pending":
+                pending[message_id].append(email)
+            elif status == "bounced":
+                bounced.add(message_id)
+        bodies = dict(
+            (
+                await conn.execute(select(B.c.message_id, B.c.data).where(B.c.message_id.in_(ids)))
+            ).all()
+        )
+        return [
+            QueuedMessage(
+                id=row.id,
+                mail_from=row.mail_from,
+                recipients=pending[row.id],
+                content=bodies.get(row.id, b""),
+                attempts=row.attempts,
+                created_at=row.created_at,
+                route=Route(pool_id=row.pool_id, ip_pool=row.ip_pool),
+                any_bounced=row.id in bounced,
+            )
+            for row in rows
+        ]
+
+    async def record(self, attempt: AttemptRecord) -> str:
+        """Store one attempt's results in one transaction; return the message's new status."""
+        now = time.time()
+        message = attempt.message
+        results = dict(attempt.results)
+        retry_at: float | None = None
+        if any(r.outcome is Outcome.DEFERRED for r in results.values()):
+            retry_at = next_attempt(
+                message.attempts + 1, message.created_at, now, self._schedule, self._max_age
+            )
+            if retry_at is None:
+                results = {rcpt: _expire(r) for rcpt, r in results.items()}
+        status = message_status(results.values(), retry_at, message.any_bounced)
+        batch = Batch()
+        batch.add(
+            _UPDATE_RECIPIENT,
+            [
+                {
+                    "m_id": message.id,
+                    "m_email": rcpt,
+                    "status": _recipient_status(result),
+                    "code": result.code,
+                    "response": result.describe(),
+                    "now": now,
+                }
+                for rcpt, result in results.items()
+            ],
+        )
+        batch.add(
+            _UPDATE_MESSAGE,
+            {
+                "m_id": message.id,
+                "status": status,
+                "due": retry_at,
+                "pool": attempt.pool,
+                "response": _summary(results),
+                "now": now,
+            },
+        )
+        if retry_at is None:
+            batch.add(_DELETE_BODY, {"m_id": message.id})
+        batch.add(
+            self._suppress,
+            [
+                {"email": normalise(rcpt), "reason": "bounced", "created_at": now}
+                for rcpt, result in results.items()
+                if result.hard_bounce
+            ],
+        )
+        await self._writer.submit(batch)
+        message.recipients = [r for r, res in results.items() if res.outcome is Outcome.DEFERRED]
+        message.attempts += 1
+        message.any_bounced |= any(r.outcome is Outcome.BOUNCED for r in results.values())
+        return status
+
+    async def release_claims(self) -> None:
+        """Give back every message this node holds so that it is due now (shutdown/start)."""
+        await self._writer.submit(Batch([(_RELEASE, {"node": self.node_id, "now": time.time()})]))
+
+    # --- reads ------------------------------------------------------------------------
+
+    async def is_suppressed(self, addresses: Sequence[str]) -> set[str]:
+        """The subset of `addresses` on the suppression list."""
+        keys = {normalise(a): a for a in addresses}
+        async with self._engine.connect() as conn:
+            found = await conn.execute(select(S.c.email).where(S.c.email.in_(list(keys))))
+            return {keys[row[0]] for row in found}
+
+    async def counts(self) -> dict[str, int]:
+        """Messages with work left, by state (reads only the due index)."""
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                select(M.c.status, func.count()).where(M.c.due_at.is_not(None)).group_by(M.c.status)
+            )
+            counts = {state: 0 for state in ACTIVE_STATES}
+            counts.update({status: n for status, n in rows})
+            return counts
+
+    async def ping(self) -> None:
+        async with self._engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+
+def message_status(results: Any, retry_at: float | None, any_bounced: bool = False) -> str:
+    outcomes = {r.outcome for r in results}
+    if retry_at is not None:
+        return "deferred"
+    if outcomes <= {Outcome.DELIVERED} and not any_bounced:
+        return "delivered"
+    return "bounced"
+
+
+def _recipient_status(result: DeliveryResult) -> str:
+    return "pending" if result.outcome is Outcome.DEFERRED else result.outcome.value
+
+
+def _expire(result: DeliveryResult) -> DeliveryResult:
+    if result.outcome is not Outcome.DEFERRED:
+        return result
+    return DeliveryResult(
+        Outcome.BOUNCED, result.code, "4.4.7", f"expired after max_age; last: {result.describe()}"
+    )
+
+
+def _summary(results: dict[str, DeliveryResult]) -> str:
+    worst = sorted(results.values(), key=lambda r: r.outcome is Outcome.DELIVERED)
+    return worst[0].describe() if worst else ""

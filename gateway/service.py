@@ -1,0 +1,230 @@
+"""Builds and wires the parts of `postern serve`, and runs their lifecycle.
+
+The message path, once:
+  1. A client hands over a message: SMTP (smtp_server) or HTTP (api).
+  2. Intake applies policy: suppression, idempotency, routing (routing, pure), DKIM.
+  3. The queue stores message, body and recipients in one group-committed transaction,
+     claimed by this node; only then does the client get its 250 / 200 / 202.
+  4. A delivery worker takes the message from memory (or the poller claims it from storage
+     when it is due again), picks the route's pools by priority and health, and sends it
+     over a pooled upstream session (upstream).
+  5. Per-recipient results are recorded in one transaction: delivered, deferred (retried
+     on `retry_schedule`), or bounced (5xx or past `max_age`); a 5.1.x bounce suppresses.
+
+Lifecycle: start -> run until SIGTERM/SIGINT -> stop listeners, let end-of-data commits
+finish, drain in-flight deliveries (bounded), release what is left, exit 0. A second signal
+forces an immediate exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import socket
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+
+import uvicorn
+
+from api.app import create_app
+from gateway.config import Config, ConfigError
+from gateway.delivery import Delivery, PoolRegistry
+from gateway.intake import Intake
+from gateway.queue import Queue
+from gateway.smtp_server import ListenerLimits, PosternHandler
+from gateway.upstream import PoolSettings, SessionSettings
+from storage.db import create_schema, database_url, make_engine
+from storage.pools import list_pools, sync_config_pools
+from storage.writer import Writer
+
+log = logging.getLogger("postern")
+
+
+class StartupError(ConfigError):
+    """Start-up failed for a reason the operator can fix (port in use, unwritable dir)."""
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket, or a StartupError naming the address."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(1024)
+    except OSError as error:
+        sock.close()
+        raise StartupError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+    sock.setblocking(False)
+    return sock
+
+
+def node_id(data_dir: Path) -> str:
+    """This node's identity, kept in data_dir so a restarted node recognises its own claims."""
+    path = data_dir / "node_id"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        value = f"node_{secrets.token_hex(6)}"
+        path.write_text(value + "\n")
+        return value
+
+
+class _EmbeddedUvicorn(uvicorn.Server):
+    """uvicorn without its own signal handlers: the service owns the lifecycle."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class Service:
+    def __init__(self, config: Config, drain_timeout: float = 10.0) -> None:
+        self.config = config
+        self.drain_timeout = drain_timeout
+        self._stopping = asyncio.Event()
+        self._servers: list[asyncio.base_events.Server] = []
+        self._http: _EmbeddedUvicorn | None = None
+        self._http_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        config = self.config
+        data_dir = config.server.data_dir
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            node = node_id(data_dir)
+        except OSError as error:
+            raise StartupError(f"cannot use data_dir {data_dir}: {error.strerror}") from None
+        smtp_sockets = [bind(host, port) for host, port in config.smtp.listen]
+        http_socket = bind(*config.http.listen)
+
+        self.engine = make_engine(database_url(config.storage.url, data_dir))
+        try:
+            await create_schema(self.engine)
+        except OSError as error:
+            raise StartupError(f"cannot open the database: {error}") from None
+        self.writer = Writer(self.engine)
+        self.writer.start()
+        delivery_cfg = config.delivery
+        lease = delivery_cfg.connect_timeout + 4 * delivery_cfg.command_timeout + 60
+        self.queue = Queue(
+            self.engine, self.writer, node, delivery_cfg.retry_schedule, delivery_cfg.max_age, lease
+        )
+        await self.queue.release_claims()  # whatever this node held when it last stopped
+
+        self.registry = PoolRegistry(
+            SessionSettings(
+                local_hostname=config.server.hostname,
+                connect_timeout=delivery_cfg.connect_timeout,
+                command_timeout=delivery_cfg.command_timeout,
+                idle_timeout=delivery_cfg.idle_timeout,
+                max_messages_per_connection=delivery_cfg.max_messages_per_connection,
+            )
+        )
+        await self.reload_pools()
+        self.delivery = Delivery(self.queue, self.registry, workers=delivery_cfg.workers)
+        self.delivery.start()
+        self.delivery.wake()
+        self.intake = Intake(self.queue, self.registry, self.delivery)
+
+        self.smtp_handler = PosternHandler(self.intake, self._listener_limits())
+        loop = asyncio.get_running_loop()
+        for sock in smtp_sockets:
+            self._servers.append(await loop.create_server(self.smtp_handler.protocol, sock=sock))
+        app = create_app(self.queue.ping)
+        self._http = _EmbeddedUvicorn(
+            uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False)
+        )
+        self._http_task = loop.create_task(self._http.serve(sockets=[http_socket]))
+        log.info(
+            "postern %s listening: smtp %s, http %s:%d",
+            node,
+            ", ".join(f"{h}:{p}" for h, p in config.smtp.listen),
+            *config.http.listen,
+        )
+
+    async def reload_pools(self) -> None:
+        """Make the live pools match storage (config pools are synced into it first)."""
+        config_pools = {pool.name: pool for pool in self.config.pools}
+        await sync_config_pools(self.engine, self.config.pools)
+        settings = []
+        for row in await list_pools(self.engine):
+            password = (
+                config_pools[row.name].password()
+                if row.source == "config" and row.name in config_pools
+                else ""
+            )
+            settings.append(
+                PoolSettings(
+                    id=row.id,
+                    name=row.name,
+                    host=row.host,
+                    port=row.port,
+                    username=row.username,
+                    password=password,
+                    encryption=row.encryption,
+                    ip_pool=row.ip_pool,
+                    priority=row.priority,
+                    max_connections=row.max_connections,
+                    is_default=row.is_default,
+                    is_active=row.is_active,
+                )
+            )
+        self.registry.load(settings)
+
+    def _listener_limits(self) -> ListenerLimits:
+        smtp = self.config.smtp
+        tls_context = None
+        if smtp.tls_cert and smtp.tls_key:
+            tls_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            tls_context.load_cert_chain(smtp.tls_cert, smtp.tls_key)
+        return ListenerLimits(
+            hostname=self.config.server.hostname,
+            max_message_size=smtp.max_message_size,
+            max_recipients=smtp.max_recipients,
+            max_connections=smtp.max_connections,
+            idle_timeout=smtp.idle_timeout,
+            tls_context=tls_context,
+        )
+
+    def request_stop(self) -> None:
+        if self._stopping.is_set():
+            log.warning("second stop signal: exiting at once")
+            os._exit(1)
+        self._stopping.set()
+
+    async def run_until_stopped(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        await self._stopping.wait()
+        await self.stop()
+
+    async def stop(self) -> None:
+        log.info("stopping: no new connections; finishing in-flight work")
+        for server in self._servers:
+            server.close()
+        await self._wait(lambda: self.smtp_handler.submitting == 0, 5.0)
+        for session in list(self.smtp_handler.sessions):
+            session.abort()
+        await self.delivery.stop(self.drain_timeout)
+        await self.queue.release_claims()
+        await self.writer.stop()
+        if self._http is not None and self._http_task is not None:
+            self._http.should_exit = True
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._http_task, timeout=5)
+        await self.engine.dispose()
+        log.info("stopped")
+
+    @staticmethod
+    async def _wait(condition: object, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not condition() and loop.time() < deadline:  # type: ignore[operator]
+            await asyncio.sleep(0.02)

@@ -1,0 +1,247 @@
+"""The SMTP door: aiosmtpd protocol plus the checks aiosmtpd leaves to its users.
+
+Protocol only: every decision about the message is Intake's. Replies are built here from
+named constants, with RFC 3463 enhanced status codes; the detail of an internal error goes
+to the log, never to the client (a generic 451 4.3.0 so that clients keep the message).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from gateway import metrics
+from gateway.addresses import envelope_problem, has_control
+from gateway.headers import content_problem, take_control_headers
+from gateway.intake import AllSuppressed, Intake, UnknownAlias
+from gateway.message import Submission
+from storage.writer import StorageUnavailable
+
+log = logging.getLogger("postern.smtp")
+
+
+class Reply:
+    """The replies Postern itself gives, in one place."""
+
+    OK_SENDER = "250 2.1.0 Sender OK"
+    OK_RECIPIENT = "250 2.1.5 Recipient OK"
+    TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
+    SUPPRESSED = "550 5.7.1 Recipient is suppressed (bounced, complained or unsubscribed)"
+    BAD_ADDRESS = "501 5.1.3 Bad address syntax: {}"
+    BAD_HELO = "501 5.5.4 Control characters in the EHLO/HELO name"
+    BAD_CONTENT = "550 5.6.0 Message refused: {}"
+    UNKNOWN_ALIAS = "550 5.7.1 Unknown X-Postern-Alias-Id"
+    ALL_SUPPRESSED = "550 5.7.1 Every recipient is suppressed"
+    TEMPORARY = "451 4.3.0 Temporary failure, please try again later"
+    TOO_MANY_CONNECTIONS = b"421 4.7.0 Too many connections, try again later\r\n"
+    QUEUED = "250 2.0.0 OK queued as {}"
+
+
+# aiosmtpd's own replies lack enhanced codes (RFC 3463); these are added on the way out.
+_ENHANCED_DEFAULT = {
+    "421": "4.3.0",
+    "451": "4.3.0",
+    "454": "4.7.0",
+    "500": "5.5.2",
+    "501": "5.5.4",
+    "502": "5.5.1",
+    "503": "5.5.1",
+    "504": "5.5.4",
+    "530": "5.7.0",
+    "550": "5.0.0",
+    "552": "5.3.4",
+    "553": "5.1.3",
+    "554": "5.0.0",
+    "555": "5.5.4",
+}
+_REWORDED = {
+    "552 Error: Too much mail data": "552 5.3.4 Message too big",
+    "552 Error: message size exceeds fixed maximum message size": (
+        "552 5.3.4 Message size exceeds fixed maximum message size"
+    ),
+    "500 Line too long (see RFC5321 4.5.3.1.6)": "500 5.5.2 Line too long (over 998 bytes)",
+}
+
+
+def with_enhanced_code(reply: str) -> str:
+    if reply in _REWORDED:
+        return _REWORDED[reply]
+    code, _, text = reply.partition(" ")
+    enhanced = _ENHANCED_DEFAULT.get(code)
+    if enhanced is None or text[:2] in ("2.", "4.", "5."):
+        return reply
+    return f"{code} {enhanced} {text}"
+
+
+@dataclass
+class ListenerLimits:
+    hostname: str
+    max_message_size: int
+    max_recipients: int
+    max_connections: int
+    idle_timeout: float
+    tls_context: ssl.SSLContext | None = None
+
+
+class PosternSMTP(SMTP):
+    """aiosmtpd's SMTP with a 998-byte line limit, a connection cap and enhanced codes."""
+
+    line_length_limit = 1000  # 998 bytes + CRLF (RFC 5321 §4.5.3.1.6)
+
+    def __init__(self, handler: PosternHandler, limits: ListenerLimits) -> None:
+        super().__init__(
+            handler,
+            hostname=limits.hostname,
+            ident="Postern ESMTP",
+            data_size_limit=limits.max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            timeout=limits.idle_timeout,
+            tls_context=limits.tls_context,
+            require_starttls=False,
+            auth_require_tls=True,
+        )
+        self._limits = limits
+        self._refused = False
+        self._handler = handler
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self.transport is None  # called again with the TLS transport after STARTTLS
+        sessions = self._handler.sessions
+        if first and len(sessions) >= self._limits.max_connections:
+            self._refused = True
+            transport.write(Reply.TOO_MANY_CONNECTIONS)  # type: ignore[attr-defined]
+            transport.close()
+            return
+        if first:
+            sessions.add(self)
+            metrics.SMTP_SESSIONS.set(len(sessions))
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._refused:
+            return
+        self._handler.sessions.discard(self)
+        metrics.SMTP_SESSIONS.set(len(self._handler.sessions))
+        super().connection_lost(error)
+
+    def abort(self) -> None:
+        """Drop the client at shutdown (it keeps any message it has not got a 250 for)."""
+        if self.transport is not None:
+            self.transport.close()
+
+    async def push(self, status: Any) -> None:
+        if isinstance(status, str):
+            status = with_enhanced_code(status)
+        await super().push(status)
+
+
+class PosternHandler:
+    """aiosmtpd handler hooks: envelope checks at each command, intake at end of data."""
+
+    def __init__(self, intake: Intake, limits: ListenerLimits) -> None:
+        self._intake = intake
+        self._limits = limits
+        self.sessions: set[PosternSMTP] = set()
+        self.submitting = 0  # end-of-data commits under way
+
+    def protocol(self) -> PosternSMTP:
+        """A protocol factory for loop.create_server."""
+        return PosternSMTP(self, self._limits)
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        if has_control(hostname):
+            return [Reply.BAD_HELO]
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
+
+    async def handle_HELO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str
+    ) -> str:
+        if has_control(hostname):
+            return Reply.BAD_HELO
+        session.host_name = hostname
+        return f"250 {self._limits.hostname}"
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        problem = envelope_problem(address) if address else None
+        if problem:
+            return Reply.BAD_ADDRESS.format(problem)
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return Reply.OK_SENDER
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        problem = envelope_problem(address)
+        if problem:
+            return Reply.BAD_ADDRESS.format(problem)
+        if len(envelope.rcpt_tos) >= self._limits.max_recipients:
+            return Reply.TOO_MANY_RECIPIENTS
+        if await self._intake.suppressed([address]):
+            metrics.MESSAGES_SUPPRESSED.inc()
+            return Reply.SUPPRESSED
+        if address not in envelope.rcpt_tos:
+            envelope.rcpt_tos.append(address)
+            envelope.rcpt_options.extend(options)
+        return Reply.OK_RECIPIENT
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        raw = envelope.original_content or b""
+        problem = content_problem(raw)
+        if problem:
+            metrics.MESSAGES_REFUSED.labels(reason="bad_content").inc()
+            return Reply.BAD_CONTENT.format(problem)
+        content, controls = take_control_headers(raw)
+        submission = Submission(
+            mail_from=envelope.mail_from or "",
+            recipients=tuple(envelope.rcpt_tos),
+            content=self._received(session) + content,
+            source="smtp",
+            alias_id=controls.get("alias-id") or None,
+            idempotency_key=controls.get("idempotency-key") or None,
+            sandbox=controls.get("sandbox", "").lower() == "true",
+            tags=tuple(t.strip() for t in controls.get("tags", "").split(",") if t.strip()),
+        )
+        self.submitting += 1
+        try:
+            accepted = await self._intake.submit(submission)
+        except UnknownAlias:
+            return Reply.UNKNOWN_ALIAS
+        except AllSuppressed:
+            return Reply.ALL_SUPPRESSED
+        except StorageUnavailable as error:
+            log.error("could not store a message: %s", error)
+            return Reply.TEMPORARY
+        finally:
+            self.submitting -= 1
+        return Reply.QUEUED.format(accepted.message_id)
+
+    async def handle_exception(self, error: Exception) -> str:
+        log.error("SMTP session error: %r", error, exc_info=error)
+        return Reply.TEMPORARY
+
+    def _received(self, session: Session) -> bytes:
+        peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
+        helo = (session.host_name or "unknown").encode("ascii", "backslashreplace").decode()
+        line = (
+            f"Received: from {helo} ([{peer}])\r\n\tby {self._limits.hostname} (Postern)"
+            f" with ESMTP; {email.utils.formatdate(localtime=False)}\r\n"
+        )
+        return line.encode("utf-8", "surrogateescape")

@@ -1,0 +1,333 @@
+"""UpstreamPool: pooled, reused aiosmtplib sessions to one upstream relay.
+
+A pool keeps up to `max_connections` sessions open and reuses each for many messages, one
+transaction after another (RSET after a transaction that did not complete), closing a
+session after `idle_timeout` without use or after `max_messages_per_connection` messages.
+Every aiosmtplib error is translated here, at one boundary, into either a per-recipient
+`DeliveryResult` or `PoolUnavailable` (connect, TLS, AUTH, greeting or whole-transaction
+4xx failures: the caller fails over to the next pool of the group and later defers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from dataclasses import dataclass
+
+import aiosmtplib
+from aiosmtplib import (
+    SMTPDataError,
+    SMTPException,
+    SMTPRecipientRefused,
+    SMTPResponseException,
+    SMTPSenderRefused,
+    SMTPServerDisconnected,
+    SMTPTimeoutError,
+)
+
+from gateway import metrics
+from gateway.message import DeliveryResult, Outcome, QueuedMessage
+
+log = logging.getLogger("postern.upstream")
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    id: str
+    name: str
+    host: str
+    port: int
+    username: str = ""
+    password: str = ""
+    encryption: str = "tls"  # tls (STARTTLS) | ssl (implicit TLS) | none
+    ip_pool: str = "transactional"
+    priority: int = 100
+    max_connections: int = 10
+    is_default: bool = False
+    is_active: bool = True
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """What every pool shares: our EHLO name and the delivery timeouts."""
+
+    local_hostname: str
+    connect_timeout: float = 30.0
+    command_timeout: float = 300.0
+    idle_timeout: float = 60.0
+    max_messages_per_connection: int = 1000
+    tls_context: ssl.SSLContext | None = None
+
+
+class _StaleSession(Exception):
+    """A reused session turned out to be closed before anything was sent on it."""
+
+
+class PoolUnavailable(Exception):
+    """This pool cannot take the message now; try the next pool, else defer."""
+
+    def __init__(self, result: DeliveryResult) -> None:
+        super().__init__(result.describe())
+        self.result = result
+
+
+def classify(code: int | None, message: str) -> DeliveryResult:
+    """One SMTP reply -> outcome. Anything not clearly permanent is deferred."""
+    enhanced, _, text = message.partition(" ")
+    if not _is_enhanced(enhanced):
+        enhanced, text = "", message
+    if code is not None and 200 <= code < 300:
+        return DeliveryResult(Outcome.DELIVERED, code, enhanced or None, text)
+    if code is not None and 500 <= code < 600:
+        return DeliveryResult(Outcome.BOUNCED, code, enhanced or None, text)
+    return DeliveryResult(Outcome.DEFERRED, code, enhanced or None, text)
+
+
+def _is_enhanced(token: str) -> bool:
+    parts = token.split(".")
+    return len(parts) == 3 and parts[0] in "245" and all(p.isdigit() for p in parts)
+
+
+def deferred(text: str, enhanced: str = "4.4.1") -> DeliveryResult:
+    return DeliveryResult(Outcome.DEFERRED, None, enhanced, text)
+
+
+@dataclass
+class _Session:
+    client: aiosmtplib.SMTP
+    created: float
+    last_used: float
+    messages: int = 0
+    dirty: bool = False  # a transaction was left half-done: RSET before reuse
+
+
+class UpstreamPool:
+    def __init__(self, settings: PoolSettings, session: SessionSettings) -> None:
+        self.settings = settings
+        self._session = session
+        self._slots = asyncio.Semaphore(settings.max_connections)
+        self._idle: list[_Session] = []
+        self._busy = 0
+        self._closed = False
+        self.failures = 0
+        self.unhealthy_until = 0.0
+        labels = {"pool": settings.name}
+        self._connect_seconds = metrics.UPSTREAM_CONNECT_SECONDS.labels(**labels)
+        self._send_seconds = metrics.UPSTREAM_SEND_SECONDS.labels(**labels)
+        self._idle_gauge = metrics.UPSTREAM_CONNECTIONS.labels(pool=settings.name, state="idle")
+        self._busy_gauge = metrics.UPSTREAM_CONNECTIONS.labels(pool=settings.name, state="busy")
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._idle) + self._busy
+
+    def healthy(self, now: float) -> bool:
+        return now >= self.unhealthy_until
+
+    async def send(self, message: QueuedMessage) -> dict[str, DeliveryResult]:
+        """Deliver to every pending recipient; raise PoolUnavailable to fail over."""
+        async with self._slots:
+            session: _Session | None = await self._acquire()
+            try:
+                try:
+                    results = await self._send_on(session, message)
+                except _StaleSession:
+                    # A reused session the upstream had closed meanwhile: one fresh try.
+                    self._forget(session)
+                    session = None
+                    session = await self._acquire(fresh=True)
+                    results = await self._send_on(session, message)
+            finally:
+                if session is not None:
+                    self._release(session)
+        self._mark(healthy=True)
+        return results
+
+    def _forget(self, session: _Session) -> None:
+        session.client.close()
+        self._busy -= 1
+        self._update_gauges()
+
+    async def _send_on(
+        self, session: _Session, message: QueuedMessage
+    ) -> dict[str, DeliveryResult]:
+        started = time.perf_counter()
+        try:
+            results = await self._transaction(session, message)
+        except (SMTPException, OSError) as error:
+            session.client.close()
+            raise PoolUnavailable(deferred(f"{self.name}: {_describe(error)}")) from None
+        self._send_seconds.observe(time.perf_counter() - started)
+        session.messages += 1
+        session.last_used = time.monotonic()
+        return results
+
+    async def _transaction(
+        self, session: _Session, message: QueuedMessage
+    ) -> dict[str, DeliveryResult]:
+        client = session.client
+        options = self._mail_options(client, message)
+        encoding = "utf-8" if "SMTPUTF8" in options else "ascii"
+        try:
+            if session.dirty:
+                await client.rset()
+            session.dirty = True
+            await client.mail(message.mail_from, options=options, encoding=encoding)
+        except SMTPSenderRefused as refused:
+            result = classify(refused.code, refused.message)
+            if result.outcome is not Outcome.BOUNCED:
+                raise PoolUnavailable(result) from None
+            return dict.fromkeys(message.recipients, result)
+        except SMTPServerDisconnected:
+            if session.messages:
+                raise _StaleSession from None
+            raise
+        results: dict[str, DeliveryResult] = {}
+        accepted: list[str] = []
+        for rcpt in message.recipients:
+            try:
+                await client.rcpt(rcpt, encoding=encoding)
+                accepted.append(rcpt)
+            except SMTPRecipientRefused as refused:
+                results[rcpt] = classify(refused.code, refused.message)
+        if not accepted:
+            return results
+        try:
+            reply = await client.data(message.content)
+        except SMTPDataError as refused:
+            outcome = classify(refused.code, refused.message)
+            if outcome.outcome is Outcome.DEFERRED and not results:
+                raise PoolUnavailable(outcome) from None
+            results.update(dict.fromkeys(accepted, outcome))
+            return results
+        except (SMTPServerDisconnected, SMTPTimeoutError):
+            # The final dot may have reached the upstream: the retry could duplicate.
+            metrics.POSSIBLE_DUPLICATES.labels(pool=self.name).inc()
+            raise
+        session.dirty = False
+        results.update(dict.fromkeys(accepted, classify(reply.code, reply.message)))
+        return results
+
+    def _mail_options(self, client: aiosmtplib.SMTP, message: QueuedMessage) -> list[str]:
+        options = []
+        if client.supports_extension("size"):
+            options.append(f"SIZE={len(message.content)}")
+        if client.supports_extension("8bitmime") and not message.content.isascii():
+            options.append("BODY=8BITMIME")
+        addresses = [message.mail_from, *message.recipients]
+        if not all(a.isascii() for a in addresses) and client.supports_extension("smtputf8"):
+            options.append("SMTPUTF8")
+        return options
+
+    # --- sessions ---------------------------------------------------------------------
+
+    async def _acquire(self, fresh: bool = False) -> _Session:
+        now = time.monotonic()
+        while self._idle and not fresh:
+            session = self._idle.pop()
+            if now - session.last_used < self._session.idle_timeout and session.client.is_connected:
+                self._busy += 1
+                self._update_gauges()
+                return session
+            await self._close(session)
+        session = await self._connect()
+        self._busy += 1
+        self._update_gauges()
+        return session
+
+    def _release(self, session: _Session) -> None:
+        self._busy -= 1
+        reusable = (
+            session.client.is_connected
+            and not self._closed
+            and session.messages < self._session.max_messages_per_connection
+        )
+        if reusable:
+            self._idle.append(session)
+        else:
+            asyncio.get_running_loop().create_task(self._close(session))
+        self._update_gauges()
+
+    async def _connect(self) -> _Session:
+        settings = self.settings
+        client = aiosmtplib.SMTP(
+            hostname=settings.host,
+            port=settings.port,
+            local_hostname=self._session.local_hostname,
+            timeout=self._session.command_timeout,
+            use_tls=settings.encryption == "ssl",
+            start_tls=settings.encryption == "tls",
+            tls_context=self._session.tls_context,
+            username=settings.username or None,
+            password=settings.password or None if settings.username else None,
+        )
+        started = time.perf_counter()
+        try:
+            await client.connect(timeout=self._session.connect_timeout)
+        except (SMTPException, OSError) as error:
+            self._mark(healthy=False)
+            client.close()
+            raise PoolUnavailable(deferred(f"{self.name}: {_describe(error)}")) from None
+        self._connect_seconds.observe(time.perf_counter() - started)
+        now = time.monotonic()
+        return _Session(client, created=now, last_used=now)
+
+    async def _close(self, session: _Session) -> None:
+        if session.client.is_connected:
+            with contextlib.suppress(SMTPException, OSError, asyncio.TimeoutError):
+                await asyncio.wait_for(session.client.quit(), timeout=5)
+        session.client.close()
+
+    async def reap_idle(self) -> None:
+        """Close sessions idle for longer than idle_timeout."""
+        now = time.monotonic()
+        keep = []
+        for session in self._idle:
+            if now - session.last_used < self._session.idle_timeout and session.client.is_connected:
+                keep.append(session)
+            else:
+                await self._close(session)
+        self._idle = keep
+        self._update_gauges()
+
+    async def close(self) -> None:
+        self._closed = True
+        idle, self._idle = self._idle, []
+        await asyncio.gather(*(self._close(s) for s in idle), return_exceptions=True)
+        self._update_gauges()
+
+    # --- health -----------------------------------------------------------------------
+
+    def _mark(self, healthy: bool) -> None:
+        if healthy:
+            self.failures = 0
+            self.unhealthy_until = 0.0
+            return
+        self.failures += 1
+        if self.failures >= 3:
+            cooldown = min(300.0, 10.0 * 2 ** (self.failures - 3))
+            self.unhealthy_until = time.time() + cooldown
+            log.warning(
+                "pool %s unhealthy after %d failures; cool-down %.0fs",
+                self.name,
+                self.failures,
+                cooldown,
+            )
+
+    def _update_gauges(self) -> None:
+        self._idle_gauge.set(len(self._idle))
+        self._busy_gauge.set(self._busy)
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, SMTPResponseException):
+        return f"{error.code} {error.message}"
+    text = str(error) or error.__class__.__name__
+    return text.replace("\r", " ").replace("\n", " ")[:300]

@@ -1,0 +1,136 @@
+"""Group commit: the writes of concurrent callers share one transaction and one fsync.
+
+Callers hand the writer a `Batch` (statements with their parameters) or a function of a
+connection, and await the result; the writer's single task gathers whatever is waiting,
+runs it all in one transaction, commits, then wakes every caller. Nobody is answered before
+the commit that holds their write. Statements of the same shape from different callers are
+sent as one executemany.
+
+If a shared transaction fails, each job is run again in a transaction of its own, so one bad
+write (say, a unique-key clash) fails alone and never takes its neighbours with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql import Executable
+
+log = logging.getLogger("postern.storage")
+
+Work = Callable[[AsyncConnection], Awaitable[Any]]
+
+
+@dataclass
+class Batch:
+    """Statements to run in order; each with one parameter dict, or a list for executemany."""
+
+    steps: list[tuple[Executable, dict[str, Any] | list[dict[str, Any]]]] = field(
+        default_factory=list
+    )
+
+    def add(self, statement: Executable, params: dict[str, Any] | list[dict[str, Any]]) -> None:
+        if params:
+            self.steps.append((statement, params))
+
+
+@dataclass
+class _Job:
+    work: Batch | Work
+    done: asyncio.Future[Any]
+
+
+class StorageUnavailable(Exception):
+    """The database refused or failed a write; nothing of it was committed."""
+
+
+class Writer:
+    def __init__(self, engine: AsyncEngine, max_batch: int = 512) -> None:
+        self._engine = engine
+        self._max_batch = max_batch
+        self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self.commits = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="storage-writer")
+
+    async def stop(self) -> None:
+        """Finish what is queued, then stop."""
+        if self._task is not None:
+            await self._queue.put(None)
+            await self._task
+            self._task = None
+
+    async def submit(self, work: Batch | Work) -> Any:
+        """Run `work` in a shared transaction; return once it is committed."""
+        if self._task is None:
+            raise StorageUnavailable("the storage writer is not running")
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Job(work, done))
+        return await done
+
+    async def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = await self._queue.get()
+            if first is None:
+                break
+            jobs = [first]
+            while len(jobs) < self._max_batch and not self._queue.empty():
+                job = self._queue.get_nowait()
+                if job is None:
+                    stopping = True
+                    break
+                jobs.append(job)
+            await self._commit(jobs)
+
+    async def _commit(self, jobs: list[_Job]) -> None:
+        try:
+            results = await self._transaction(jobs)
+        except Exception as error:
+            if len(jobs) == 1:
+                self._fail(jobs[0], error)
+                return
+            log.warning(
+                "group commit of %d jobs failed (%s); retrying one by one", len(jobs), error
+            )
+            for job in jobs:
+                await self._commit([job])
+            return
+        self.commits += 1
+        for job, result in zip(jobs, results, strict=True):
+            if not job.done.done():
+                job.done.set_result(result)
+
+    async def _transaction(self, jobs: list[_Job]) -> list[Any]:
+        results: list[Any] = []
+        async with self._engine.begin() as conn:
+            merged: dict[Executable, list[dict[str, Any]]] = {}
+            for job in jobs:
+                if isinstance(job.work, Batch):
+                    for statement, params in job.work.steps:
+                        rows = params if isinstance(params, list) else [params]
+                        merged.setdefault(statement, []).extend(rows)
+                    results.append(None)
+                else:
+                    results.append(await job.work(conn))
+            for statement, rows in merged.items():
+                await conn.execute(statement, rows)
+        return results
+
+    @staticmethod
+    def _fail(job: _Job, error: Exception) -> None:
+        if job.done.done():
+            return
+        if isinstance(error, SQLAlchemyError | OSError):
+            log.error("storage write failed: %s", error)
+            job.done.set_exception(StorageUnavailable(str(error)))
+        else:
+            job.done.set_exception(error)
