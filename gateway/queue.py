@@ -27,13 +27,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, insert, select, text, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.addresses import normalise
 from gateway.message import DeliveryResult, Outcome, QueuedMessage, Route, Submission
-from storage.db import is_sqlite
+from storage.db import Database
 from storage.models import Message, MessageBody, Recipient, Suppression
 from storage.writer import Batch, Writer
 
@@ -119,20 +118,20 @@ class AttemptRecord:
 class Queue:
     def __init__(
         self,
-        engine: AsyncEngine,
+        db: Database,
         writer: Writer,
         node_id: str,
         schedule: Sequence[float],
         max_age: float,
         lease: float,
     ) -> None:
-        self._engine = engine
+        self._db = db
         self._writer = writer
         self.node_id = node_id
         self._schedule = tuple(schedule)
         self._max_age = max_age
         self._lease = lease
-        dialect = sqlite if is_sqlite(engine) else postgresql
+        dialect = sqlite if db.is_sqlite else postgresql
         self._suppress = dialect.insert(S).on_conflict_do_nothing(index_elements=["email"])
 
     # --- intake -----------------------------------------------------------------------
@@ -195,12 +194,12 @@ class Queue:
         """Claim up to `limit` due messages for this node and load what delivery needs."""
         return list(await self._writer.submit(lambda conn: self._claim(conn, limit)))
 
-    async def _claim(self, conn: AsyncConnection, limit: int) -> list[QueuedMessage]:
+    def _claim(self, conn: Connection, limit: int) -> list[QueuedMessage]:
         now = time.time()
         due = select(M.c.id).where(M.c.due_at <= now).order_by(M.c.due_at).limit(limit)
-        if not is_sqlite(self._engine):
+        if not self._db.is_sqlite:
             due = due.with_for_update(skip_locked=True)
-        claimed = await conn.execute(
+        claimed = conn.execute(
             update(M)
             .where(M.c.id.in_(due.scalar_subquery()))
             .values(claimed_by=self.node_id, due_at=now + self._lease)
@@ -214,7 +213,7 @@ class Queue:
         ids = [row.id for row in rows]
         pending: dict[str, list[str]] = {message_id: [] for message_id in ids}
         bounced: set[str] = set()
-        recipients = await conn.execute(
+        recipients = conn.execute(
             select(R.c.message_id, R.c.email, R.c.status)
             .where(R.c.message_id.in_(ids))
             .order_by(R.c.id)
@@ -224,11 +223,8 @@ class Queue:
                 pending[message_id].append(email)
             elif status == "bounced":
                 bounced.add(message_id)
-        bodies = dict(
-            (
-                await conn.execute(select(B.c.message_id, B.c.data).where(B.c.message_id.in_(ids)))
-            ).all()
-        )
+        body_rows = conn.execute(select(B.c.message_id, B.c.data).where(B.c.message_id.in_(ids)))
+        bodies: dict[str, bytes] = {row.message_id: row.data for row in body_rows}
         return [
             QueuedMessage(
                 id=row.id,
@@ -307,23 +303,28 @@ class Queue:
     async def is_suppressed(self, addresses: Sequence[str]) -> set[str]:
         """The subset of `addresses` on the suppression list."""
         keys = {normalise(a): a for a in addresses}
-        async with self._engine.connect() as conn:
-            found = await conn.execute(select(S.c.email).where(S.c.email.in_(list(keys))))
+
+        def query(conn: Connection) -> set[str]:
+            found = conn.execute(select(S.c.email).where(S.c.email.in_(list(keys))))
             return {keys[row[0]] for row in found}
+
+        return await self._db.read(query)
 
     async def counts(self) -> dict[str, int]:
         """Messages with work left, by state (reads only the due index)."""
-        async with self._engine.connect() as conn:
-            rows = await conn.execute(
+
+        def query(conn: Connection) -> dict[str, int]:
+            rows = conn.execute(
                 select(M.c.status, func.count()).where(M.c.due_at.is_not(None)).group_by(M.c.status)
             )
-            counts = {state: 0 for state in ACTIVE_STATES}
+            counts = dict.fromkeys(ACTIVE_STATES, 0)
             counts.update({status: n for status, n in rows})
             return counts
 
+        return await self._db.read(query)
+
     async def ping(self) -> None:
-        async with self._engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
+        await self._db.read(lambda conn: conn.execute(text("SELECT 1")))
 
 
 def message_status(results: Any, retry_at: float | None, any_bounced: bool = False) -> str:

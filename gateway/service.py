@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import uvicorn
+from sqlalchemy.exc import SQLAlchemyError
 
 from api.app import create_app
 from gateway.config import Config, ConfigError
@@ -38,7 +39,7 @@ from gateway.intake import Intake
 from gateway.queue import Queue
 from gateway.smtp_server import ListenerLimits, PosternHandler
 from gateway.upstream import PoolSettings, SessionSettings
-from storage.db import create_schema, database_url, make_engine
+from storage.db import SchemaError, create_schema, database_url, open_database
 from storage.pools import list_pools, sync_config_pools
 from storage.writer import Writer
 
@@ -103,17 +104,19 @@ class Service:
         smtp_sockets = [bind(host, port) for host, port in config.smtp.listen]
         http_socket = bind(*config.http.listen)
 
-        self.engine = make_engine(database_url(config.storage.url, data_dir))
+        self.db = open_database(database_url(config.storage.url, data_dir))
         try:
-            await create_schema(self.engine)
-        except OSError as error:
-            raise StartupError(f"cannot open the database: {error}") from None
-        self.writer = Writer(self.engine)
+            await create_schema(self.db)
+        except SchemaError as error:
+            raise StartupError(str(error)) from None
+        except (OSError, SQLAlchemyError) as error:
+            raise StartupError(f"cannot open the database: {_first_line(error)}") from None
+        self.writer = Writer(self.db)
         self.writer.start()
         delivery_cfg = config.delivery
         lease = delivery_cfg.connect_timeout + 4 * delivery_cfg.command_timeout + 60
         self.queue = Queue(
-            self.engine, self.writer, node, delivery_cfg.retry_schedule, delivery_cfg.max_age, lease
+            self.db, self.writer, node, delivery_cfg.retry_schedule, delivery_cfg.max_age, lease
         )
         await self.queue.release_claims()  # whatever this node held when it last stopped
 
@@ -151,9 +154,9 @@ class Service:
     async def reload_pools(self) -> None:
         """Make the live pools match storage (config pools are synced into it first)."""
         config_pools = {pool.name: pool for pool in self.config.pools}
-        await sync_config_pools(self.engine, self.config.pools)
+        await sync_config_pools(self.db, self.config.pools)
         settings = []
-        for row in await list_pools(self.engine):
+        for row in await list_pools(self.db):
             password = (
                 config_pools[row.name].password()
                 if row.source == "config" and row.name in config_pools
@@ -219,7 +222,7 @@ class Service:
             self._http.should_exit = True
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._http_task, timeout=5)
-        await self.engine.dispose()
+        await self.db.dispose()
         log.info("stopped")
 
     @staticmethod
@@ -228,3 +231,7 @@ class Service:
         deadline = loop.time() + timeout
         while not condition() and loop.time() < deadline:  # type: ignore[operator]
             await asyncio.sleep(0.02)
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [error.__class__.__name__])[0]

@@ -134,19 +134,20 @@ class UpstreamPool:
     async def send(self, message: QueuedMessage) -> dict[str, DeliveryResult]:
         """Deliver to every pending recipient; raise PoolUnavailable to fail over."""
         async with self._slots:
-            session: _Session | None = await self._acquire()
+            session = await self._acquire()
+            held: _Session | None = session
             try:
                 try:
                     results = await self._send_on(session, message)
                 except _StaleSession:
                     # A reused session the upstream had closed meanwhile: one fresh try.
                     self._forget(session)
-                    session = None
-                    session = await self._acquire(fresh=True)
+                    held = None
+                    held = session = await self._acquire(fresh=True)
                     results = await self._send_on(session, message)
             finally:
-                if session is not None:
-                    self._release(session)
+                if held is not None:
+                    self._release(held)
         self._mark(healthy=True)
         return results
 

@@ -1,20 +1,30 @@
-"""The database: engine for SQLite (WAL, fsync on commit) or PostgreSQL, schema and version.
+"""The database: SQLite (WAL, fsync on commit) or PostgreSQL, behind one small interface.
 
-SQLite is the embedded default in `data_dir`. `synchronous=FULL` makes every commit durable
-across power loss; group commit (storage.writer) keeps that cheap by committing many
-messages per fsync.
+Queries are plain functions of a synchronous SQLAlchemy `Connection`; `Database` runs them
+without blocking the event loop. On SQLite it runs them in threads of its own with the
+standard `sqlite3` driver: a whole transaction costs one hop to a thread instead of one per
+statement. On PostgreSQL it runs them on asyncpg through SQLAlchemy's `run_sync`.
+
+`synchronous=FULL` makes every SQLite commit durable across power loss; group commit
+(storage.writer) keeps that cheap by committing many messages per fsync.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import event, select, text
+from sqlalchemy import Connection, Engine, create_engine, event, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlmodel import SQLModel
 
 from storage.models import SCHEMA_VERSION, Meta
+
+T = TypeVar("T")
+Query = Callable[[Connection], T]
 
 
 class SchemaError(Exception):
@@ -23,15 +33,11 @@ class SchemaError(Exception):
 
 def database_url(url: str, data_dir: Path) -> str:
     """The SQLAlchemy URL: the configured one, or SQLite in data_dir."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql+asyncpg://" + url.split("://", 1)[1]
     if url:
-        if url.startswith("postgresql://") or url.startswith("postgres://"):
-            return "postgresql+asyncpg://" + url.split("://", 1)[1]
         return url
-    return f"sqlite+aiosqlite:///{(data_dir / 'postern.db').resolve()}"
-
-
-def is_sqlite(engine: AsyncEngine) -> bool:
-    return engine.dialect.name == "sqlite"
+    return f"sqlite:///{(data_dir / 'postern.db').resolve()}"
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -43,30 +49,89 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def make_engine(url: str) -> AsyncEngine:
-    if url.startswith("sqlite"):
-        engine = create_async_engine(url, pool_size=4, max_overflow=4)
-        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-        return engine
-    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+class Database:
+    """Runs synchronous-style queries against SQLite or PostgreSQL from async code."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        self._sync: Engine | None = None
+        self._async: AsyncEngine | None = None
+        if self.is_sqlite:
+            url = url.replace("sqlite+aiosqlite:", "sqlite:")
+            self._sync = create_engine(
+                url, connect_args={"check_same_thread": False}, pool_size=5, max_overflow=5
+            )
+            event.listen(self._sync, "connect", _sqlite_pragmas)
+            # One writer thread (SQLite has one writer anyway), a few for reads.
+            self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="db-write")
+            self._read_threads = ThreadPoolExecutor(3, thread_name_prefix="db-read")
+        else:
+            self._async = create_async_engine(
+                url, pool_size=10, max_overflow=10, pool_pre_ping=True
+            )
+
+    @property
+    def dialect(self) -> str:
+        return "sqlite" if self.is_sqlite else "postgresql"
+
+    async def read(self, query: Query[T]) -> T:
+        """Run `query` on a connection outside any explicit transaction."""
+        if self._sync is not None:
+            engine = self._sync
+
+            def run() -> T:
+                with engine.connect() as conn:
+                    return query(conn)
+
+            return await asyncio.get_running_loop().run_in_executor(self._read_threads, run)
+        assert self._async is not None
+        async with self._async.connect() as conn:
+            return await conn.run_sync(query)
+
+    async def transaction(self, work: Query[T]) -> T:
+        """Run `work` in one transaction, committed before this returns."""
+        if self._sync is not None:
+            engine = self._sync
+
+            def run() -> T:
+                with engine.begin() as conn:
+                    return work(conn)
+
+            return await asyncio.get_running_loop().run_in_executor(self._write_thread, run)
+        assert self._async is not None
+        async with self._async.begin() as conn:
+            return await conn.run_sync(work)
+
+    async def dispose(self) -> None:
+        if self._sync is not None:
+            self._write_thread.shutdown(wait=True)
+            self._read_threads.shutdown(wait=True)
+            self._sync.dispose()
+        if self._async is not None:
+            await self._async.dispose()
 
 
-async def create_schema(engine: AsyncEngine) -> None:
+def open_database(url: str) -> Database:
+    return Database(url)
+
+
+def _create_schema(conn: Connection) -> None:
+    if conn.dialect.name == "postgresql":
+        # Nodes starting together must not race to create the same tables.
+        conn.execute(text("SELECT pg_advisory_xact_lock(7301)"))
+    SQLModel.metadata.create_all(conn)
+    meta = Meta.__table__  # type: ignore[attr-defined]
+    version = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
+    if version is None:
+        conn.execute(meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
+    elif int(version) > SCHEMA_VERSION:
+        raise SchemaError(
+            f"the database has schema version {version}, newer than this Postern's "
+            f"{SCHEMA_VERSION}; upgrade Postern"
+        )
+
+
+async def create_schema(db: Database) -> None:
     """Create missing tables and record the schema version; refuse a newer database."""
-    async with engine.begin() as conn:
-        if not is_sqlite(engine):
-            # Nodes starting together must not race to create the same tables.
-            await conn.execute(text("SELECT pg_advisory_xact_lock(7301)"))
-        await conn.run_sync(SQLModel.metadata.create_all)
-        row = (
-            await conn.execute(select(Meta.value).where(Meta.key == "schema_version"))  # type: ignore[arg-type]
-        ).scalar_one_or_none()
-        if row is None:
-            await conn.execute(
-                Meta.__table__.insert().values(key="schema_version", value=str(SCHEMA_VERSION))  # type: ignore[attr-defined]
-            )
-        elif int(row) > SCHEMA_VERSION:
-            raise SchemaError(
-                f"the database has schema version {row}, newer than this Postern's "
-                f"{SCHEMA_VERSION}; upgrade Postern"
-            )
+    await db.transaction(_create_schema)

@@ -1,7 +1,7 @@
 """Group commit: the writes of concurrent callers share one transaction and one fsync.
 
 Callers hand the writer a `Batch` (statements with their parameters) or a function of a
-connection, and await the result; the writer's single task gathers whatever is waiting,
+(synchronous) connection, and await the result; the writer's single task gathers whatever is waiting,
 runs it all in one transaction, commits, then wakes every caller. Nobody is answered before
 the commit that holds their write. Statements of the same shape from different callers are
 sent as one executemany.
@@ -14,17 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import Executable
+
+from storage.db import Database
 
 log = logging.getLogger("postern.storage")
 
-Work = Callable[[AsyncConnection], Awaitable[Any]]
+Work = Callable[[Connection], Any]
 
 
 @dataclass
@@ -51,8 +53,8 @@ class StorageUnavailable(Exception):
 
 
 class Writer:
-    def __init__(self, engine: AsyncEngine, max_batch: int = 512) -> None:
-        self._engine = engine
+    def __init__(self, db: Database, max_batch: int = 512) -> None:
+        self._db = db
         self._max_batch = max_batch
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
@@ -110,20 +112,8 @@ class Writer:
                 job.done.set_result(result)
 
     async def _transaction(self, jobs: list[_Job]) -> list[Any]:
-        results: list[Any] = []
-        async with self._engine.begin() as conn:
-            merged: dict[Executable, list[dict[str, Any]]] = {}
-            for job in jobs:
-                if isinstance(job.work, Batch):
-                    for statement, params in job.work.steps:
-                        rows = params if isinstance(params, list) else [params]
-                        merged.setdefault(statement, []).extend(rows)
-                    results.append(None)
-                else:
-                    results.append(await job.work(conn))
-            for statement, rows in merged.items():
-                await conn.execute(statement, rows)
-        return results
+        works = [job.work for job in jobs]
+        return await self._db.transaction(lambda conn: _run_batch(conn, works))
 
     @staticmethod
     def _fail(job: _Job, error: Exception) -> None:
@@ -134,3 +124,20 @@ class Writer:
             job.done.set_exception(StorageUnavailable(str(error)))
         else:
             job.done.set_exception(error)
+
+
+def _run_batch(conn: Connection, works: list[Batch | Work]) -> list[Any]:
+    """Functions first, in order; then the statements, same shapes merged into executemany."""
+    results: list[Any] = []
+    merged: dict[Executable, list[dict[str, Any]]] = {}
+    for work in works:
+        if isinstance(work, Batch):
+            for statement, params in work.steps:
+                rows = params if isinstance(params, list) else [params]
+                merged.setdefault(statement, []).extend(rows)
+            results.append(None)
+        else:
+            results.append(work(conn))
+    for statement, rows in merged.items():
+        conn.execute(statement, rows)
+    return results
