@@ -6,9 +6,12 @@ some malformed ones (SPEC "Known pitfalls"), so what is not plainly `local@domai
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+import idna
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1
 _DOMAIN_LABEL = re.compile(r"^(?!-)[A-Za-z0-9\-\u0080-\U0010ffff]{1,63}(?<!-)$")
 _LOCAL_ATOM = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-\u0080-\U0010ffff]+$")
 
@@ -21,6 +24,10 @@ def envelope_problem(address: str) -> str | None:
     """Why `address` is not an acceptable envelope address, or None when it is."""
     if has_control(address):
         return "control character in address"
+    try:
+        address.encode("utf-8")
+    except UnicodeEncodeError:
+        return "address is not valid UTF-8"
     if len(address.encode("utf-8", "surrogateescape")) > 254:
         return "address too long"
     local, at, domain = address.rpartition("@")
@@ -46,12 +53,35 @@ def _valid_local(local: str) -> bool:
 
 def _valid_domain(domain: str) -> bool:
     if domain.startswith("[") and domain.endswith("]"):
-        return bool(re.fullmatch(r"\[(IPv6:[0-9A-Fa-f:.]+|[0-9.]+)\]", domain))
-    labels = domain.rstrip(".").split(".")
+        return _valid_literal(domain[1:-1])
+    labels = domain.split(".")  # a trailing dot would leave an empty label: refused
     return len(domain) <= 253 and all(_DOMAIN_LABEL.match(label) for label in labels)
 
 
+def _valid_literal(literal: str) -> bool:
+    try:
+        if literal[:5].lower() == "ipv6:":
+            ipaddress.IPv6Address(literal[5:])
+        else:
+            ipaddress.IPv4Address(literal)
+    except ValueError:
+        return False
+    return True
+
+
 def normalise(address: str) -> str:
-    """Comparison key: local part as given, domain lower-cased (RFC 5321 §2.4)."""
+    """Comparison key: local part as given, domain in one form (RFC 5321 §2.4).
+
+    The domain is lower-cased, loses a trailing dot, and IDNs take their A-label form, so
+    that one mailbox has one key (a suppression cannot be dodged by spelling).
+    """
     local, at, domain = address.rpartition("@")
-    return f"{local}@{domain.lower()}" if at else address.lower()
+    if not at:
+        return address.lower()
+    domain = domain.lower().removesuffix(".")
+    if not domain.isascii():
+        try:
+            domain = idna.encode(domain, uts46=True).decode("ascii")
+        except idna.IDNAError:
+            pass
+    return f"{local}@{domain}"

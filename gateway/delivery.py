@@ -209,9 +209,14 @@ class Delivery:
                 else "no active pool for this route"
             )
             return dict.fromkeys(message.recipients, deferred(reason, "4.4.3")), None
+        now = time.time()
+        ready = [pid for pid in pool_ids if self._registry.get(pid).healthy(now)]
+        if not ready:
+            reason = "every pool of this route is cooling down after repeated failures"
+            return dict.fromkeys(message.recipients, deferred(reason)), None
         last = deferred("no pool could be reached")
         tried: str | None = None
-        for pool_id in pool_ids:
+        for pool_id in ready:
             pool = self._registry.get(pool_id)
             tried = pool.name
             try:

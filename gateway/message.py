@@ -38,6 +38,9 @@ class Outcome(enum.Enum):
     BOUNCED = "bounced"
 
 
+_RECIPIENT_GONE = frozenset({"5.1.1", "5.1.2", "5.1.3", "5.1.6", "5.1.10"})
+
+
 @dataclass(frozen=True)
 class DeliveryResult:
     """The upstream's answer for one recipient of one attempt."""
@@ -49,8 +52,12 @@ class DeliveryResult:
 
     @property
     def hard_bounce(self) -> bool:
-        """A permanent 'no such user' (5.1.x): the address should not be tried again."""
-        return self.outcome is Outcome.BOUNCED and (self.enhanced or "").startswith("5.1.")
+        """A permanent fault of the recipient's address: it should not be tried again.
+
+        Only the 5.1.x codes that blame the destination (RFC 3463, 7505); 5.1.7 and 5.1.8
+        blame the sender and must not suppress good recipients.
+        """
+        return self.outcome is Outcome.BOUNCED and self.enhanced in _RECIPIENT_GONE
 
     def describe(self) -> str:
         parts = [str(self.code) if self.code else "", self.enhanced or "", self.text]

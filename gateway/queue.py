@@ -302,11 +302,11 @@ class Queue:
 
     async def is_suppressed(self, addresses: Sequence[str]) -> set[str]:
         """The subset of `addresses` on the suppression list."""
-        keys = {normalise(a): a for a in addresses}
+        keys = [normalise(a) for a in addresses]
 
         def query(conn: Connection) -> set[str]:
-            found = conn.execute(select(S.c.email).where(S.c.email.in_(list(keys))))
-            return {keys[row[0]] for row in found}
+            found = {row[0] for row in conn.execute(select(S.c.email).where(S.c.email.in_(keys)))}
+            return {a for a, key in zip(addresses, keys, strict=True) if key in found}
 
         return await self._db.read(query)
 

@@ -127,6 +127,7 @@ class Service:
                 command_timeout=delivery_cfg.command_timeout,
                 idle_timeout=delivery_cfg.idle_timeout,
                 max_messages_per_connection=delivery_cfg.max_messages_per_connection,
+                cooldown=min(10.0, delivery_cfg.retry_schedule[0]),
             )
         )
         await self.reload_pools()

@@ -59,6 +59,7 @@ class SessionSettings:
     command_timeout: float = 300.0
     idle_timeout: float = 60.0
     max_messages_per_connection: int = 1000
+    cooldown: float = 10.0  # first pause of a failing pool; doubles, at most 5 minutes
     tls_context: ssl.SSLContext | None = None
 
 
@@ -88,7 +89,11 @@ def classify(code: int | None, message: str) -> DeliveryResult:
 
 def _is_enhanced(token: str) -> bool:
     parts = token.split(".")
-    return len(parts) == 3 and parts[0] in "245" and all(p.isdigit() for p in parts)
+    return (
+        len(parts) == 3
+        and parts[0] in ("2", "4", "5")
+        and all(p.isdigit() and 1 <= len(p) <= 3 for p in parts[1:])
+    )
 
 
 def deferred(text: str, enhanced: str = "4.4.1") -> DeliveryResult:
@@ -313,7 +318,7 @@ class UpstreamPool:
             return
         self.failures += 1
         if self.failures >= 3:
-            cooldown = min(300.0, 10.0 * 2 ** (self.failures - 3))
+            cooldown = min(300.0, self._session.cooldown * 2 ** (self.failures - 3))
             self.unhealthy_until = time.time() + cooldown
             log.warning(
                 "pool %s unhealthy after %d failures; cool-down %.0fs",

@@ -58,21 +58,28 @@ class Writer:
         self._max_batch = max_batch
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self.commits = 0
 
     def start(self) -> None:
+        self._stopping = False
         self._task = asyncio.create_task(self._run(), name="storage-writer")
 
     async def stop(self) -> None:
         """Finish what is queued, then stop."""
         if self._task is not None:
+            self._stopping = True
             await self._queue.put(None)
             await self._task
             self._task = None
+        while not self._queue.empty():  # raced in behind the stop: answer, never strand
+            job = self._queue.get_nowait()
+            if job is not None:
+                self._fail(job, StorageUnavailable("the storage writer has stopped"))
 
     async def submit(self, work: Batch | Work) -> Any:
         """Run `work` in a shared transaction; return once it is committed."""
-        if self._task is None:
+        if self._task is None or self._stopping:
             raise StorageUnavailable("the storage writer is not running")
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         await self._queue.put(_Job(work, done))

@@ -1,0 +1,461 @@
+"""The queue's state machine against real databases (every test runs on SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import Connection, Engine, event, insert, text
+
+import gateway.queue as queue_module
+from gateway.message import DeliveryResult, Outcome, QueuedMessage, Route, Submission
+from gateway.queue import AttemptRecord, Queue
+from storage.db import Database, SchemaError, create_schema
+from storage.models import SCHEMA_VERSION, Message
+from storage.writer import StorageUnavailable
+from tests.storage.conftest import MakeQueue
+
+ROUTE = Route(ip_pool="transactional")
+CONTENT = b"From: app@example.com\r\nSubject: hello\r\n\r\nbody line\r\n"
+
+DELIVERED = DeliveryResult(Outcome.DELIVERED, 250, "2.0.0", "OK queued as 1234")
+DEFERRED = DeliveryResult(Outcome.DEFERRED, 451, "4.3.0", "try again later")
+USER_UNKNOWN = DeliveryResult(Outcome.BOUNCED, 550, "5.1.1", "no such user")
+POLICY = DeliveryResult(Outcome.BOUNCED, 550, "5.7.1", "relaying denied")
+
+
+def submission(*recipients: str, content: bytes = CONTENT) -> Submission:
+    return Submission(
+        mail_from="app@example.com",
+        recipients=recipients or ("alice@example.com", "bob@example.com"),
+        content=content,
+        source="http",
+    )
+
+
+async def fetch(db: Database, sql: str, **params: Any) -> list[Any]:
+    return await db.read(lambda conn: list(conn.execute(text(sql), params)))
+
+
+async def message_row(db: Database, message_id: str) -> Any:
+    found = await fetch(db, "SELECT * FROM message WHERE id = :id", id=message_id)
+    assert len(found) == 1, f"message {message_id}: {len(found)} rows"
+    return found[0]
+
+
+async def recipient_rows(db: Database, message_id: str) -> dict[str, Any]:
+    found = await fetch(
+        db, "SELECT * FROM recipient WHERE message_id = :id ORDER BY id", id=message_id
+    )
+    return {row.email: row for row in found}
+
+
+async def body(db: Database, message_id: str) -> bytes | None:
+    found = await fetch(db, "SELECT data FROM message_body WHERE message_id = :id", id=message_id)
+    return bytes(found[0].data) if found else None
+
+
+async def set_due_now(db: Database, message_id: str) -> None:
+    def work(conn: Connection) -> None:
+        conn.execute(
+            text("UPDATE message SET due_at = :due WHERE id = :id"),
+            {"due": time.time() - 1, "id": message_id},
+        )
+
+    await db.transaction(work)
+
+
+async def claim_until(queue: Queue, timeout: float = 5.0) -> list[QueuedMessage]:
+    """Poll claim_due until it returns something (bounded)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            got = await queue.claim_due(10)
+            if got:
+                return got
+            await asyncio.sleep(0.05)
+
+
+# --- intake -------------------------------------------------------------------------------
+
+
+async def test_enqueue_stores_message_body_and_recipients(backend: Database, queue: Queue) -> None:
+    before = time.time()
+    queued = await queue.enqueue(submission(), ROUTE, claim=False)
+
+    row = await message_row(backend, queued.id)
+    assert row.status == "queued"
+    assert row.source == "http"
+    assert row.mail_from == "app@example.com"
+    assert row.ip_pool == "transactional"
+    assert row.pool_id is None
+    assert row.attempts == 0
+    assert row.size == len(CONTENT)
+    assert row.claimed_by is None
+    assert before <= row.due_at <= time.time()
+    assert await body(backend, queued.id) == CONTENT
+    recipients = await recipient_rows(backend, queued.id)
+    assert list(recipients) == ["alice@example.com", "bob@example.com"]
+    assert {r.status for r in recipients.values()} == {"pending"}
+
+    assert queued.recipients == ["alice@example.com", "bob@example.com"]
+    assert queued.content == CONTENT
+    assert queued.attempts == 0
+    assert queued.route == ROUTE
+
+
+async def test_enqueue_is_atomic(
+    backend: Database, queue: Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure storing the body leaves neither the message nor its recipients behind."""
+    clash = "msg_clash_0001"
+
+    def orphan_body(conn: Connection) -> None:
+        conn.execute(
+            text("INSERT INTO message_body (message_id, data) VALUES (:id, :data)"),
+            {"id": clash, "data": b"already here"},
+        )
+
+    await backend.transaction(orphan_body)
+    monkeypatch.setattr(queue_module, "new_message_id", lambda: clash)
+
+    with pytest.raises(StorageUnavailable):
+        await queue.enqueue(submission(), ROUTE, claim=False)
+
+    assert await fetch(backend, "SELECT id FROM message WHERE id = :id", id=clash) == []
+    assert await recipient_rows(backend, clash) == {}
+    assert await body(backend, clash) == b"already here"
+
+
+async def test_claimed_enqueue_waits_for_its_lease(
+    make_queue: MakeQueue, backend: Database
+) -> None:
+    node_a = await make_queue("node-a", lease=1.5)
+    node_b = await make_queue("node-b")
+    queued = await node_a.enqueue(submission(), ROUTE, claim=True)
+
+    row = await message_row(backend, queued.id)
+    assert row.claimed_by == "node-a"
+    assert row.due_at > time.time()
+    assert await node_b.claim_due(10) == []
+    assert await node_a.claim_due(10) == []
+
+    claimed = await claim_until(node_b)  # once node-a's lease lapses
+    assert [m.id for m in claimed] == [queued.id]
+    assert claimed[0].recipients == ["alice@example.com", "bob@example.com"]
+    assert claimed[0].content == CONTENT
+    assert (await message_row(backend, queued.id)).claimed_by == "node-b"
+
+
+async def test_unclaimed_enqueue_is_claimed_by_claim_due(backend: Database, queue: Queue) -> None:
+    route = Route(pool_id="smtp_pool_1")
+    queued = await queue.enqueue(submission(), route, claim=False)
+
+    claimed = await queue.claim_due(10)
+    assert len(claimed) == 1
+    message = claimed[0]
+    assert message.id == queued.id
+    assert message.mail_from == "app@example.com"
+    assert message.recipients == ["alice@example.com", "bob@example.com"]
+    assert message.content == CONTENT
+    assert message.attempts == 0
+    assert message.route == route
+    assert message.any_bounced is False
+    assert message.created_at == pytest.approx(queued.created_at)
+
+    row = await message_row(backend, queued.id)
+    assert row.claimed_by == "node-a"
+    assert row.due_at > time.time() + 500  # the 600 s lease
+    assert await queue.claim_due(10) == []
+
+
+async def test_concurrent_claims_never_overlap(
+    backend: Database, other_db: Database, make_queue: MakeQueue
+) -> None:
+    """Two nodes claiming in a loop share 200 due messages without a single double claim."""
+    intake = await make_queue("intake")
+    queued = await asyncio.gather(
+        *(intake.enqueue(submission(f"r{i}@example.com"), ROUTE, claim=False) for i in range(200))
+    )
+    all_ids = {m.id for m in queued}
+    assert len(all_ids) == 200
+
+    node_a = await make_queue("node-a")
+    # On PostgreSQL the second node has its own engine, like a second process would.
+    node_b = await make_queue("node-b", db=backend if backend.is_sqlite else other_db)
+    claims: dict[str, list[str]] = {"node-a": [], "node-b": []}
+
+    async def worker(node: Queue) -> None:
+        while True:
+            got = await node.claim_due(7)
+            if not got:
+                return
+            claims[node.node_id].extend(m.id for m in got)
+            await asyncio.sleep(0)
+
+    async with asyncio.timeout(30):
+        await asyncio.gather(worker(node_a), worker(node_b), worker(node_a), worker(node_b))
+
+    everything = claims["node-a"] + claims["node-b"]
+    assert len(everything) == len(set(everything)), "a message was claimed twice"
+    assert set(everything) == all_ids
+    owners = await fetch(backend, "SELECT id, claimed_by FROM message")
+    for row in owners:
+        assert row.id in claims[row.claimed_by]
+
+
+# --- recording attempts -------------------------------------------------------------------
+
+
+async def test_record_all_delivered(backend: Database, queue: Queue) -> None:
+    message = await queue.enqueue(submission(), ROUTE, claim=True)
+    status = await queue.record(
+        AttemptRecord(message, dict.fromkeys(message.recipients, DELIVERED), "pool-1")
+    )
+
+    assert status == "delivered"
+    row = await message_row(backend, message.id)
+    assert row.status == "delivered"
+    assert row.due_at is None
+    assert row.claimed_by is None
+    assert row.attempts == 1
+    assert row.last_pool == "pool-1"
+    assert await body(backend, message.id) is None
+    for rcpt in (await recipient_rows(backend, message.id)).values():
+        assert rcpt.status == "delivered"
+        assert rcpt.code == 250
+        assert rcpt.attempts == 1
+        assert "2.0.0" in rcpt.response
+    assert await queue.claim_due(10) == []
+
+
+async def test_record_4xx_defers_and_retries_only_pending(backend: Database, queue: Queue) -> None:
+    message = await queue.enqueue(submission(), ROUTE, claim=True)
+    before = time.time()
+    status = await queue.record(
+        AttemptRecord(
+            message,
+            {"alice@example.com": DELIVERED, "bob@example.com": DEFERRED},
+            "pool-1",
+        )
+    )
+    after = time.time()
+
+    assert status == "deferred"
+    row = await message_row(backend, message.id)
+    assert row.status == "deferred"
+    assert row.attempts == 1
+    assert row.claimed_by is None
+    # First step of the schedule (60 s) plus at most 10 % jitter.
+    assert before + 60 <= row.due_at <= after + 66
+    assert await body(backend, message.id) == CONTENT
+    recipients = await recipient_rows(backend, message.id)
+    assert recipients["alice@example.com"].status == "delivered"
+    assert recipients["bob@example.com"].status == "pending"
+    assert recipients["bob@example.com"].code == 451
+    assert await queue.claim_due(10) == []  # not due yet
+
+    await set_due_now(backend, message.id)
+    again = await queue.claim_due(10)
+    assert [m.id for m in again] == [message.id]
+    assert again[0].recipients == ["bob@example.com"]
+    assert again[0].attempts == 1
+    assert again[0].content == CONTENT
+
+    before = time.time()
+    status = await queue.record(AttemptRecord(again[0], {"bob@example.com": DEFERRED}, "pool-1"))
+    after = time.time()
+    assert status == "deferred"
+    row = await message_row(backend, message.id)
+    assert row.attempts == 2
+    assert before + 300 <= row.due_at <= after + 330  # second step: 300 s
+
+
+async def test_hard_bounce_suppresses_recipient(backend: Database, queue: Queue) -> None:
+    message = await queue.enqueue(
+        submission("Carol.Smith@Example.COM", "dave@example.com", "erin@example.com"),
+        ROUTE,
+        claim=True,
+    )
+    status = await queue.record(
+        AttemptRecord(
+            message,
+            {
+                "Carol.Smith@Example.COM": USER_UNKNOWN,
+                "dave@example.com": DELIVERED,
+                "erin@example.com": POLICY,
+            },
+            "pool-1",
+        )
+    )
+
+    assert status == "bounced"
+    row = await message_row(backend, message.id)
+    assert row.due_at is None
+    assert await body(backend, message.id) is None
+    recipients = await recipient_rows(backend, message.id)
+    assert recipients["Carol.Smith@Example.COM"].status == "bounced"
+    assert recipients["Carol.Smith@Example.COM"].code == 550
+    assert "5.1.1" in recipients["Carol.Smith@Example.COM"].response
+    assert recipients["erin@example.com"].status == "bounced"
+
+    suppressed = await fetch(backend, "SELECT email, reason FROM suppression")
+    # Only the 5.1.x bounce; the domain is lower-cased, the local part kept as given.
+    assert [(s.email, s.reason) for s in suppressed] == [("Carol.Smith@example.com", "bounced")]
+    found = await queue.is_suppressed(
+        ["Carol.Smith@EXAMPLE.com", "carol.smith@example.com", "erin@example.com"]
+    )
+    assert found == {"Carol.Smith@EXAMPLE.com"}
+
+
+async def test_is_suppressed_reports_every_spelling(backend: Database, queue: Queue) -> None:
+    """Two spellings of one suppressed address (domain case differs) are both suppressed."""
+    message = await queue.enqueue(submission("frank@example.com"), ROUTE, claim=True)
+    await queue.record(AttemptRecord(message, {"frank@example.com": USER_UNKNOWN}, "pool-1"))
+
+    asked = ["frank@example.com", "frank@EXAMPLE.COM", "grace@example.com"]
+    assert await queue.is_suppressed(asked) == {"frank@example.com", "frank@EXAMPLE.COM"}
+
+
+async def test_past_max_age_bounces_with_4_4_7(make_queue: MakeQueue, backend: Database) -> None:
+    queue = await make_queue("node-a", max_age=0.0)
+    message = await queue.enqueue(submission("henry@example.com"), ROUTE, claim=True)
+    status = await queue.record(AttemptRecord(message, {"henry@example.com": DEFERRED}, "pool-1"))
+
+    assert status == "bounced"
+    row = await message_row(backend, message.id)
+    assert row.status == "bounced"
+    assert row.due_at is None
+    assert "4.4.7" in row.last_response
+    assert await body(backend, message.id) is None
+    rcpt = (await recipient_rows(backend, message.id))["henry@example.com"]
+    assert rcpt.status == "bounced"
+    assert "4.4.7" in rcpt.response
+    assert "try again later" in rcpt.response  # the last upstream answer is kept
+    assert await queue.is_suppressed(["henry@example.com"]) == set()  # not a hard bounce
+
+
+async def test_release_claims_makes_own_claims_due(
+    backend: Database, make_queue: MakeQueue
+) -> None:
+    node_a = await make_queue("node-a")
+    node_b = await make_queue("node-b")
+    held_by_a = await node_a.enqueue(submission(), ROUTE, claim=True)
+    held_by_b = await node_b.enqueue(submission(), ROUTE, claim=True)
+    final = await node_a.enqueue(submission(), ROUTE, claim=True)
+    await node_a.record(AttemptRecord(final, dict.fromkeys(final.recipients, DELIVERED), "p"))
+
+    await node_a.release_claims()
+
+    row = await message_row(backend, held_by_a.id)
+    assert row.claimed_by is None
+    assert row.due_at <= time.time()
+    assert (await message_row(backend, held_by_b.id)).claimed_by == "node-b"
+    assert (await message_row(backend, final.id)).due_at is None
+    claimed = await node_b.claim_due(10)
+    assert [m.id for m in claimed] == [held_by_a.id]
+
+
+async def test_counts_active_messages(backend: Database, queue: Queue) -> None:
+    assert await queue.counts() == {"queued": 0, "deferred": 0}
+    await queue.enqueue(submission(), ROUTE, claim=False)
+    await queue.enqueue(submission(), ROUTE, claim=False)
+    await queue.enqueue(submission(), ROUTE, claim=True)  # in flight: still queued
+    deferred = await queue.enqueue(submission("ivan@example.com"), ROUTE, claim=True)
+    await queue.record(AttemptRecord(deferred, {"ivan@example.com": DEFERRED}, "p"))
+    delivered = await queue.enqueue(submission("judy@example.com"), ROUTE, claim=True)
+    await queue.record(AttemptRecord(delivered, {"judy@example.com": DELIVERED}, "p"))
+
+    assert await queue.counts() == {"queued": 3, "deferred": 1}
+
+
+# --- schema -------------------------------------------------------------------------------
+
+
+async def test_schema_version_recorded_and_newer_refused(backend: Database) -> None:
+    found = await fetch(backend, "SELECT value FROM postern_meta WHERE key = 'schema_version'")
+    assert [row.value for row in found] == [str(SCHEMA_VERSION)]
+
+    await create_schema(backend)  # idempotent on a database of the same version
+    found = await fetch(backend, "SELECT value FROM postern_meta WHERE key = 'schema_version'")
+    assert [row.value for row in found] == [str(SCHEMA_VERSION)]
+
+    def bump(conn: Connection) -> None:
+        conn.execute(
+            text("UPDATE postern_meta SET value = :v WHERE key = 'schema_version'"),
+            {"v": str(SCHEMA_VERSION + 1)},
+        )
+
+    await backend.transaction(bump)
+    with pytest.raises(SchemaError, match="newer"):
+        await create_schema(backend)
+
+
+# --- scale --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def captured_sql() -> Iterator[list[tuple[str, Any]]]:
+    """Every statement sent to any database while the test runs: (SQL, parameters)."""
+    seen: list[tuple[str, Any]] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, params: Any, *_: Any) -> None:
+        seen.append((statement, params))
+
+    event.listen(Engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(Engine, "before_cursor_execute", record)
+
+
+async def test_claim_query_uses_due_index(
+    backend: Database, queue: Queue, captured_sql: list[tuple[str, Any]]
+) -> None:
+    """With thousands of final messages, the claim reads ix_message_due, never scans message."""
+    now = time.time()
+    base = {
+        "source": "http",
+        "mail_from": "app@example.com",
+        "attempts": 1,
+        "size": 10,
+        "created_at": now,
+        "updated_at": now,
+    }
+    final = [{"id": f"final_{i:05d}", "status": "delivered", "due_at": None} for i in range(5000)]
+    due = [{"id": f"due_{i:05d}", "status": "queued", "due_at": now - i} for i in range(20)]
+
+    def fill(conn: Connection) -> None:
+        conn.execute(insert(Message.__table__), [{**base, **row} for row in final + due])
+
+    await backend.transaction(fill)
+    await backend.transaction(lambda conn: conn.exec_driver_sql("ANALYZE"))
+
+    captured_sql.clear()
+    claimed = await queue.claim_due(5)
+    assert len(claimed) == 5
+    claims = [(sql, p) for sql, p in captured_sql if sql.lstrip().upper().startswith("UPDATE")]
+    assert len(claims) == 1, claims
+    sql, params = claims[0]
+
+    def explain(conn: Connection) -> list[str]:
+        if backend.is_sqlite:
+            result = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, params)
+            return [row[-1] for row in result]
+        # PostgreSQL picks a sequential scan for small tables whatever the indexes; with
+        # it switched off, a plan without ix_message_due means the index cannot serve.
+        conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+        return [row[0] for row in conn.exec_driver_sql("EXPLAIN " + sql, params)]
+
+    plan = await backend.transaction(explain)
+    text_plan = "\n".join(plan)
+    assert "ix_message_due" in text_plan, text_plan
+    if backend.is_sqlite:
+        assert re.search(r"USING (COVERING )?INDEX ix_message_due", text_plan), text_plan
+        full_scans = [d for d in plan if re.match(r"SCAN (TABLE )?message\b", d)]
+        assert not any("INDEX" not in d for d in full_scans), text_plan
+    else:
+        assert "Seq Scan on message" not in text_plan, text_plan

@@ -1,0 +1,137 @@
+"""Group commit (storage.writer) on real databases: every test runs on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from sqlalchemy import Connection, insert, select
+
+from storage.db import Database
+from storage.models import Meta
+from storage.writer import Batch, StorageUnavailable, Writer
+
+META = Meta.__table__  # type: ignore[attr-defined]
+INSERT = insert(META)
+WAIT = 10.0  # bound on every wait below
+
+
+def put(key: str, value: str = "v") -> Batch:
+    batch = Batch()
+    batch.add(INSERT, {"key": key, "value": value})
+    return batch
+
+
+async def stored(db: Database, prefix: str) -> dict[str, str]:
+    def query(conn: Connection) -> dict[str, str]:
+        rows = conn.execute(select(META.c.key, META.c.value).where(META.c.key.like(prefix + "%")))
+        return {row.key: row.value for row in rows}
+
+    return await db.read(query)
+
+
+async def test_concurrent_submits_share_commits(backend: Database, writer: Writer) -> None:
+    def work(index: int) -> Any:
+        def run(conn: Connection) -> int:
+            conn.execute(INSERT, {"key": f"fn{index:03d}", "value": str(index)})
+            return index
+
+        return run
+
+    before = writer.commits
+    jobs = [writer.submit(put(f"batch{i:03d}")) for i in range(150)]
+    jobs += [writer.submit(work(i)) for i in range(50)]
+    async with asyncio.timeout(WAIT):
+        results = await asyncio.gather(*jobs)
+
+    assert results[:150] == [None] * 150
+    assert results[150:] == list(range(50))  # each caller gets its own function's result
+    commits = writer.commits - before
+    assert 1 <= commits < len(jobs), f"{len(jobs)} jobs took {commits} commits"
+    assert len(await stored(backend, "batch")) == 150
+    assert await stored(backend, "fn") == {f"fn{i:03d}": str(i) for i in range(50)}
+
+
+async def test_callers_answered_only_after_commit(writer: Writer, other_db: Database) -> None:
+    """Another connection sees each write as soon as its submit returns."""
+    missing: list[str] = []
+
+    async def one(index: int) -> None:
+        key = f"seen{index:03d}"
+        if index % 2:
+            await writer.submit(put(key))
+        else:
+            await writer.submit(lambda conn: conn.execute(INSERT, {"key": key, "value": "v"}))
+        if key not in await stored(other_db, key):
+            missing.append(key)
+
+    async with asyncio.timeout(WAIT):
+        await asyncio.gather(*(one(i) for i in range(100)))
+    assert missing == []
+
+
+async def test_failing_job_fails_alone(backend: Database, writer: Writer) -> None:
+    def broken(conn: Connection) -> None:
+        conn.execute(INSERT, {"key": "ok_never", "value": "v"})
+        raise ValueError("bad job")
+
+    jobs: list[Any] = [writer.submit(put(f"ok{i:02d}")) for i in range(20)]
+    jobs.insert(5, writer.submit(put("schema_version")))  # clashes with the stored row
+    jobs.insert(12, writer.submit(put("ok_twice", "first")))
+    jobs.insert(13, writer.submit(put("ok_twice", "second")))  # clashes with its neighbour
+    jobs.insert(15, writer.submit(broken))
+    async with asyncio.timeout(WAIT):
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+
+    assert isinstance(results[5], StorageUnavailable)
+    assert isinstance(results[15], ValueError)
+    assert [r is None for r in results[12:14]].count(True) == 1
+    assert [isinstance(r, StorageUnavailable) for r in results[12:14]].count(True) == 1
+    others = [r for i, r in enumerate(results) if i not in (5, 12, 13, 15)]
+    assert others == [None] * 20
+    saved = await stored(backend, "ok")
+    assert set(saved) == {f"ok{i:02d}" for i in range(20)} | {"ok_twice"}
+    assert saved["ok_twice"] in ("first", "second")
+    assert (await stored(backend, "schema_version"))["schema_version"] != "v"
+
+
+async def test_writer_still_works_after_a_failure(backend: Database, writer: Writer) -> None:
+    with pytest.raises(StorageUnavailable):
+        await asyncio.wait_for(writer.submit(put("schema_version")), WAIT)
+    await asyncio.wait_for(writer.submit(put("after_failure")), WAIT)
+    assert await stored(backend, "after_failure") == {"after_failure": "v"}
+
+
+async def test_stop_finishes_queued_work(backend: Database, writer: Writer) -> None:
+    tasks = [asyncio.create_task(writer.submit(put(f"queued{i:03d}"))) for i in range(100)]
+    await asyncio.sleep(0)  # every task has handed in its job
+    await asyncio.wait_for(writer.stop(), WAIT)
+
+    assert all(task.done() for task in tasks)
+    assert [task.result() for task in tasks] == [None] * 100
+    assert len(await stored(backend, "queued")) == 100
+
+
+async def test_submit_after_stop_raises(writer: Writer) -> None:
+    await asyncio.wait_for(writer.stop(), WAIT)
+    with pytest.raises(StorageUnavailable):
+        await asyncio.wait_for(writer.submit(put("too_late")), WAIT)
+
+
+async def test_submit_racing_stop_is_answered(backend: Database, writer: Writer) -> None:
+    """A job handed in while stop() is under way is committed or refused, never left hanging."""
+    stopping = asyncio.create_task(writer.stop())
+    await asyncio.sleep(0)  # stop() has begun and waits for the writer task
+    assert not stopping.done()
+
+    late = asyncio.create_task(writer.submit(put("racing")))
+    done, _ = await asyncio.wait({late}, timeout=2.0)
+    await asyncio.wait_for(stopping, WAIT)
+    if not done:
+        late.cancel()
+        pytest.fail("submit() during stop() never returned: its job was queued behind the stop")
+    if late.exception() is None:
+        assert await stored(backend, "racing") == {"racing": "v"}
+    else:
+        assert isinstance(late.exception(), StorageUnavailable)

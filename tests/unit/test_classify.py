@@ -1,0 +1,138 @@
+"""Upstream replies to outcomes (gateway.upstream.classify, DeliveryResult): pure, no I/O."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.message import DeliveryResult, Outcome
+from gateway.upstream import classify
+
+
+@pytest.mark.parametrize(
+    ("code", "message", "outcome", "enhanced", "text"),
+    [
+        (250, "2.0.0 OK queued as 12345", Outcome.DELIVERED, "2.0.0", "OK queued as 12345"),
+        (250, "OK", Outcome.DELIVERED, None, "OK"),
+        (
+            251,
+            "User not local; will forward",
+            Outcome.DELIVERED,
+            None,
+            "User not local; will forward",
+        ),
+        (
+            421,
+            "4.7.0 Try again later, closing connection",
+            Outcome.DEFERRED,
+            "4.7.0",
+            "Try again later, closing connection",
+        ),
+        (450, "mailbox busy", Outcome.DEFERRED, None, "mailbox busy"),
+        (
+            451,
+            "4.3.0 Temporary local problem",
+            Outcome.DEFERRED,
+            "4.3.0",
+            "Temporary local problem",
+        ),
+        (452, "4.5.3 Too many recipients", Outcome.DEFERRED, "4.5.3", "Too many recipients"),
+        (
+            550,
+            "5.1.1 <x@example.com>: Recipient address rejected: User unknown",
+            Outcome.BOUNCED,
+            "5.1.1",
+            "<x@example.com>: Recipient address rejected: User unknown",
+        ),
+        (550, "No such user here", Outcome.BOUNCED, None, "No such user here"),
+        (
+            552,
+            "5.3.4 Message size exceeds fixed limit",
+            Outcome.BOUNCED,
+            "5.3.4",
+            "Message size exceeds fixed limit",
+        ),
+        (554, "5.7.1 Relay access denied", Outcome.BOUNCED, "5.7.1", "Relay access denied"),
+    ],
+)
+def test_classify(
+    code: int, message: str, outcome: Outcome, enhanced: str | None, text: str
+) -> None:
+    result = classify(code, message)
+    assert result.outcome is outcome
+    assert result.code == code
+    assert result.enhanced == enhanced
+    assert result.text == text
+
+
+@pytest.mark.parametrize("message", ["Connection lost", "4.4.2 timeout", ""])
+def test_no_code_is_deferred(message: str) -> None:
+    result = classify(None, message)
+    assert result.outcome is Outcome.DEFERRED
+    assert result.code is None
+
+
+@pytest.mark.parametrize("code", [-1, 0, 100, 199, 354, 600, 999])
+def test_unexpected_codes_are_deferred(code: int) -> None:
+    assert classify(code, "odd").outcome is Outcome.DEFERRED
+
+
+def test_multiline_reply_keeps_every_line() -> None:
+    result = classify(550, "5.1.1 The email account that you tried to reach\n5.1.1 does not exist")
+    assert result.outcome is Outcome.BOUNCED
+    assert result.enhanced == "5.1.1"
+    assert result.text == "The email account that you tried to reach\n5.1.1 does not exist"
+    assert result.hard_bounce
+
+
+@pytest.mark.parametrize(
+    "token", ["5.1", "5.1.1.1", "x.1.1", "5.1.a", "3.1.1", "24.1.1", "45.0.0", "..", "5..1"]
+)
+def test_malformed_enhanced_codes_stay_in_the_text(token: str) -> None:
+    result = classify(550, f"{token} rejected")
+    assert result.enhanced is None
+    assert result.text == f"{token} rejected"
+
+
+def test_enhanced_code_only_reply() -> None:
+    result = classify(550, "5.1.1")
+    assert result.enhanced == "5.1.1"
+    assert result.text == ""
+
+
+# --- DeliveryResult.hard_bounce -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("enhanced", ["5.1.1", "5.1.2", "5.1.3", "5.1.6", "5.1.10"])
+def test_hard_bounce_for_recipient_address_faults(enhanced: str) -> None:
+    assert DeliveryResult(Outcome.BOUNCED, 550, enhanced, "x").hard_bounce
+    assert classify(550, f"{enhanced} nope").hard_bounce
+
+
+@pytest.mark.parametrize("enhanced", ["5.1.0", "5.1.7", "5.1.8"])
+def test_sender_address_faults_do_not_suppress_the_recipient(enhanced: str) -> None:
+    assert not classify(550, f"{enhanced} bad sender").hard_bounce
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        DeliveryResult(Outcome.BOUNCED, 550, None, "User unknown"),
+        DeliveryResult(Outcome.BOUNCED, 550, "5.7.1", "denied"),
+        DeliveryResult(Outcome.BOUNCED, 552, "5.2.2", "mailbox full"),
+        DeliveryResult(Outcome.BOUNCED, 550, "5.11.1", "not 5.1.x"),
+        DeliveryResult(Outcome.BOUNCED, 450, "4.4.7", "expired"),
+        DeliveryResult(Outcome.DEFERRED, 450, "4.1.1", "try later"),
+        DeliveryResult(Outcome.DEFERRED, None, "5.1.1", "deferred all the same"),
+        DeliveryResult(Outcome.DELIVERED, 250, "2.1.5", "ok"),
+    ],
+)
+def test_no_hard_bounce_otherwise(result: DeliveryResult) -> None:
+    assert not result.hard_bounce
+
+
+def test_describe() -> None:
+    assert DeliveryResult(Outcome.BOUNCED, 550, "5.1.1", "no such user").describe() == (
+        "550 5.1.1 no such user"
+    )
+    assert DeliveryResult(Outcome.DEFERRED, None, None, "timeout").describe() == "timeout"
+    assert len(DeliveryResult(Outcome.BOUNCED, 550, None, "x" * 5000).describe()) == 1000

@@ -1,0 +1,166 @@
+"""The routing engine (gateway.routing): pure functions, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from gateway.message import Route
+from gateway.routing import AliasView, UnknownRoute, candidates, choose_route, default_route
+
+
+@dataclass(frozen=True)
+class FakePool:
+    id: str
+    ip_pool: str = "transactional"
+    priority: int = 100
+    is_default: bool = False
+    is_active: bool = True
+
+
+SES = FakePool("pool_ses", "transactional", priority=10)
+POSTMARK = FakePool("pool_postmark", "transactional", priority=20)
+BULK_A = FakePool("pool_bulk_a", "marketing", priority=5)
+BULK_B = FakePool("pool_bulk_b", "marketing", priority=1)
+INTERNAL = FakePool("pool_internal", "internal", priority=50, is_default=True)
+POOLS = (SES, POSTMARK, BULK_A, BULK_B)
+
+NEWS = AliasView("alias_news", "news@example.com", "marketing")
+ALERTS = AliasView("alias_alerts", "alerts@example.com", None)
+ALIASES = (NEWS, ALERTS)
+
+
+# --- choose_route -------------------------------------------------------------------------
+
+
+def test_alias_id_naming_a_pool_selects_that_pool() -> None:
+    assert choose_route("pool_bulk_a", "app@example.com", POOLS, ALIASES) == Route(
+        pool_id="pool_bulk_a"
+    )
+
+
+def test_alias_id_naming_an_alias_selects_its_group() -> None:
+    assert choose_route("alias_news", "app@example.com", POOLS, ALIASES) == Route(
+        ip_pool="marketing"
+    )
+
+
+def test_alias_id_beats_the_from_alias_and_the_default() -> None:
+    pools = (*POOLS, INTERNAL)
+    assert choose_route("pool_ses", "news@example.com", pools, ALIASES) == Route(pool_id="pool_ses")
+
+
+def test_alias_without_group_selects_transactional() -> None:
+    assert choose_route("alias_alerts", "app@example.com", POOLS, ALIASES) == Route(
+        ip_pool="transactional"
+    )
+
+
+@pytest.mark.parametrize("alias_id", ["alias_nope", "POOL_SES", "pool_ses "])
+def test_unknown_alias_id_is_refused(alias_id: str) -> None:
+    with pytest.raises(UnknownRoute):
+        choose_route(alias_id, "app@example.com", POOLS, ALIASES)
+
+
+def test_unknown_alias_id_is_refused_even_without_pools() -> None:
+    with pytest.raises(UnknownRoute):
+        choose_route("alias_nope", "app@example.com", (), ())
+
+
+@pytest.mark.parametrize("sender", ["news@example.com", "News@Example.COM"])
+def test_from_matching_an_alias_selects_its_group(sender: str) -> None:
+    pools = (*POOLS, INTERNAL)  # even with a default pool configured
+    assert choose_route(None, sender, pools, ALIASES) == Route(ip_pool="marketing")
+
+
+def test_default_pool_when_nothing_else_matches() -> None:
+    pools = (*POOLS, INTERNAL)
+    assert choose_route(None, "app@example.com", pools, ALIASES) == Route(pool_id="pool_internal")
+    assert choose_route("", "app@example.com", pools, ALIASES) == Route(pool_id="pool_internal")
+
+
+def test_inactive_default_pool_is_not_the_default() -> None:
+    inactive = FakePool("pool_old", "internal", is_default=True, is_active=False)
+    assert choose_route(None, "app@example.com", (*POOLS, inactive)) == Route(
+        ip_pool="transactional"
+    )
+
+
+def test_transactional_group_without_a_default_pool() -> None:
+    assert choose_route(None, "app@example.com", POOLS, ALIASES) == Route(ip_pool="transactional")
+
+
+def test_first_pools_group_without_default_or_transactional() -> None:
+    pools = (BULK_A, FakePool("pool_x", "internal", priority=3), BULK_B)
+    # BULK_B has the lowest priority number.
+    assert choose_route(None, "app@example.com", pools) == Route(ip_pool="marketing")
+
+
+def test_no_pools_means_direct_delivery() -> None:
+    route = choose_route(None, "app@example.com", (), ALIASES[1:])
+    assert route == Route()
+    assert route.direct
+
+
+def test_only_inactive_pools_means_direct_delivery() -> None:
+    pools = (FakePool("pool_off", is_active=False),)
+    assert choose_route(None, "app@example.com", pools).direct
+
+
+def test_default_route_alone() -> None:
+    assert default_route([]) == Route()
+    assert default_route([BULK_A, INTERNAL]) == Route(pool_id="pool_internal")
+
+
+# --- candidates ---------------------------------------------------------------------------
+
+
+def test_candidates_by_priority() -> None:
+    assert candidates(Route(ip_pool="transactional"), POOLS, set()) == ["pool_ses", "pool_postmark"]
+    assert candidates(Route(ip_pool="marketing"), POOLS, set()) == ["pool_bulk_b", "pool_bulk_a"]
+
+
+def test_candidates_put_unhealthy_pools_last() -> None:
+    assert candidates(Route(ip_pool="transactional"), POOLS, {"pool_ses"}) == [
+        "pool_postmark",
+        "pool_ses",
+    ]
+    both = {"pool_ses", "pool_postmark"}
+    assert candidates(Route(ip_pool="transactional"), POOLS, both) == ["pool_ses", "pool_postmark"]
+
+
+def test_candidates_ties_are_stable() -> None:
+    twins = (FakePool("pool_b", priority=1), FakePool("pool_a", priority=1))
+    assert candidates(Route(ip_pool="transactional"), twins, set()) == ["pool_a", "pool_b"]
+
+
+def test_candidates_skip_deactivated_pools() -> None:
+    off = FakePool("pool_off", "transactional", priority=0, is_active=False)
+    assert candidates(Route(ip_pool="transactional"), (*POOLS, off), set()) == [
+        "pool_ses",
+        "pool_postmark",
+    ]
+
+
+def test_candidates_for_one_pool() -> None:
+    assert candidates(Route(pool_id="pool_postmark"), POOLS, set()) == ["pool_postmark"]
+
+
+def test_route_to_vanished_pool_falls_back_to_default() -> None:
+    pools = (*POOLS, INTERNAL)
+    assert candidates(Route(pool_id="pool_deleted"), pools, set()) == ["pool_internal"]
+    assert candidates(Route(ip_pool="gone"), POOLS, set()) == ["pool_ses", "pool_postmark"]
+
+
+def test_route_to_deactivated_pool_falls_back_to_default() -> None:
+    off = FakePool("pool_off", "transactional", is_active=False)
+    assert candidates(Route(pool_id="pool_off"), (*POOLS, off), set()) == [
+        "pool_ses",
+        "pool_postmark",
+    ]
+
+
+def test_vanished_route_without_any_pool_has_no_candidates() -> None:
+    assert candidates(Route(pool_id="pool_deleted"), (), set()) == []
+    assert candidates(Route(), POOLS, set()) == []  # direct stays direct
