@@ -6,6 +6,7 @@ some malformed ones (SPEC "Known pitfalls"), so what is not plainly `local@domai
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import re
 
@@ -80,8 +81,6 @@ def normalise(address: str) -> str:
         return address.lower()
     domain = domain.lower().removesuffix(".")
     if not domain.isascii():
-        try:
+        with contextlib.suppress(idna.IDNAError):
             domain = idna.encode(domain, uts46=True).decode("ascii")
-        except idna.IDNAError:
-            pass
     return f"{local}@{domain}"

@@ -1,7 +1,8 @@
 """Group commit: the writes of concurrent callers share one transaction and one fsync.
 
 Callers hand the writer a `Batch` (statements with their parameters) or a function of a
-(synchronous) connection, and await the result; the writer's single task gathers whatever is waiting,
+(synchronous) connection, and await the result; the writer's single task gathers whatever
+is waiting,
 runs it all in one transaction, commits, then wakes every caller. Nobody is answered before
 the commit that holds their write. Statements of the same shape from different callers are
 sent as one executemany.
