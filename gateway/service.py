@@ -41,7 +41,7 @@ from gateway.smtp_server import ListenerLimits, PosternHandler
 from gateway.upstream import PoolSettings, SessionSettings
 from storage.db import SchemaError, create_schema, database_url, open_database
 from storage.pools import list_pools, sync_config_pools
-from storage.writer import Writer
+from storage.writer import StorageUnavailable, Writer
 
 log = logging.getLogger("postern")
 
@@ -217,7 +217,12 @@ class Service:
         for session in list(self.smtp_handler.sessions):
             session.abort()
         await self.delivery.stop(self.drain_timeout)
-        await self.queue.release_claims()
+        try:
+            await self.queue.release_claims()
+        except StorageUnavailable as error:
+            # Not fatal: the next start of this node releases them, other nodes when the
+            # lease lapses.
+            log.warning("could not release claimed messages: %s", error)
         await self.writer.stop()
         if self._http is not None and self._http_task is not None:
             self._http.should_exit = True

@@ -25,6 +25,8 @@ from storage.writer import StorageUnavailable
 
 log = logging.getLogger("postern.smtp")
 
+NULL_SENDER = "<>"  # how aiosmtpd hands over `MAIL FROM:<>` (bounces)
+
 
 class Reply:
     """The replies Postern itself gives, in one place."""
@@ -35,6 +37,7 @@ class Reply:
     SUPPRESSED = "550 5.7.1 Recipient is suppressed (bounced, complained or unsubscribed)"
     BAD_ADDRESS = "501 5.1.3 Bad address syntax: {}"
     BAD_HELO = "501 5.5.4 Control characters in the EHLO/HELO name"
+    CONTROL_IN_COMMAND = "501 5.5.4 Control characters in the command"
     BAD_CONTENT = "550 5.6.0 Message refused: {}"
     UNKNOWN_ALIAS = "550 5.7.1 Unknown X-Postern-Alias-Id"
     ALL_SUPPRESSED = "550 5.7.1 Every recipient is suppressed"
@@ -66,6 +69,8 @@ _REWORDED = {
         "552 5.3.4 Message size exceeds fixed maximum message size"
     ),
     "500 Line too long (see RFC5321 4.5.3.1.6)": "500 5.5.2 Line too long (over 998 bytes)",
+    "250 OK": "250 2.0.0 OK",
+    "221 Bye": "221 2.0.0 Bye",
 }
 
 
@@ -136,6 +141,20 @@ class PosternSMTP(SMTP):
         if self.transport is not None:
             self.transport.close()
 
+    # aiosmtpd's address parser drops a CR, tab or comment inside <...> before the handler
+    # sees the address: look at the raw argument first, so nothing is silently rewritten.
+    async def smtp_MAIL(self, arg: str) -> None:
+        if arg and has_control(arg):
+            await self.push(Reply.CONTROL_IN_COMMAND)
+            return
+        await super().smtp_MAIL(arg)
+
+    async def smtp_RCPT(self, arg: str) -> None:
+        if arg and has_control(arg):
+            await self.push(Reply.CONTROL_IN_COMMAND)
+            return
+        await super().smtp_RCPT(arg)
+
     async def push(self, status: Any) -> None:
         if isinstance(status, str):
             status = with_enhanced_code(status)
@@ -179,7 +198,7 @@ class PosternHandler:
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
-        problem = envelope_problem(address) if address else None
+        problem = envelope_problem(address) if address != NULL_SENDER else None
         if problem:
             return Reply.BAD_ADDRESS.format(problem)
         envelope.mail_from = address
@@ -210,7 +229,7 @@ class PosternHandler:
             return Reply.BAD_CONTENT.format(problem)
         content, controls = take_control_headers(raw)
         submission = Submission(
-            mail_from=envelope.mail_from or "",
+            mail_from="" if envelope.mail_from == NULL_SENDER else envelope.mail_from or "",
             recipients=tuple(envelope.rcpt_tos),
             content=self._received(session) + content,
             source="smtp",

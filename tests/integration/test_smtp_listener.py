@@ -1,0 +1,493 @@
+"""Dialogues with the real SMTP listener over a raw socket (SPEC "SMTP listener" and
+"Known pitfalls"): exact bytes in, exact reply lines out, so that smuggling, bare line ends,
+control characters and limits are tested as a hostile client would send them.
+
+"Nothing reached the sink" is only meaningful after the relay had every chance to deliver:
+tests that expect nothing send a correct marker message afterwards and wait for it, then
+check that the marker is the only thing the upstream ever saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import pytest
+
+from tests.conftest import LOOPBACK, ManagedService, ServiceFactory
+from tests.sink import Sink
+
+pytestmark = pytest.mark.timeout(30)
+
+READ_TIMEOUT = 5.0
+GOOD = b"From: a@x.test\r\nTo: b@y.test\r\nSubject: marker\r\n\r\nthe one intended message\r\n"
+
+
+@dataclass
+class Reply:
+    code: int
+    lines: list[str]  # text after "NNN-" / "NNN "
+
+    @property
+    def text(self) -> str:
+        return " ".join(self.lines)
+
+    @property
+    def enhanced(self) -> str:
+        """The enhanced status code (RFC 3463) of the last line, or ''."""
+        token = self.lines[-1].split(" ", 1)[0] if self.lines else ""
+        parts = token.split(".")
+        ok = len(parts) == 3 and all(part.isdigit() for part in parts)
+        return token if ok else ""
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.text}"
+
+
+class RawClient:
+    """An SMTP client that sends exactly the bytes it is given."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.greeting: Reply | None = None
+
+    @classmethod
+    async def connect(cls, port: int, greet: bool = True) -> RawClient:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(LOOPBACK, port), READ_TIMEOUT
+        )
+        client = cls(reader, writer)
+        if greet:
+            client.greeting = await client.reply()
+        return client
+
+    async def reply(self) -> Reply:
+        code, lines = 0, list[str]()
+        while True:
+            raw = await asyncio.wait_for(self.reader.readline(), READ_TIMEOUT)
+            if not raw:
+                raise ConnectionError(f"connection closed; reply so far: {code} {lines}")
+            assert raw.endswith(b"\r\n"), f"reply line without CRLF: {raw!r}"
+            line = raw[:-2].decode("utf-8", "replace")
+            code = int(line[:3])
+            lines.append(line[4:])
+            if line[3:4] != "-":
+                return Reply(code, lines)
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def command(self, line: bytes | str) -> Reply:
+        if isinstance(line, str):
+            line = line.encode()
+        await self.send(line + b"\r\n")
+        return await self.reply()
+
+    async def ehlo(self, name: str = "client.test") -> Reply:
+        reply = await self.command(f"EHLO {name}")
+        assert reply.code == 250, reply
+        return reply
+
+    async def data(self, content: bytes) -> Reply:
+        """DATA, then `content` exactly as given, then the final dot (no stuffing)."""
+        start = await self.command("DATA")
+        assert start.code == 354, start
+        await self.send(content + b".\r\n")
+        return await self.reply()
+
+    async def transaction(
+        self, content: bytes, sender: str = "a@x.test", rcpts: tuple[str, ...] = ("b@y.test",)
+    ) -> Reply:
+        reply = await self.command(f"MAIL FROM:<{sender}>")
+        assert reply.code == 250, reply
+        for rcpt in rcpts:
+            reply = await self.command(f"RCPT TO:<{rcpt}>")
+            assert reply.code == 250, reply
+        return await self.data(content)
+
+    async def at_eof(self) -> bool:
+        """True once the server has closed the connection."""
+        try:
+            rest = await asyncio.wait_for(self.reader.read(), READ_TIMEOUT)
+        except (TimeoutError, ConnectionError):
+            return False
+        return rest == b""
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(Exception):
+            await self.writer.wait_closed()
+
+
+OpenClient = Callable[..., Awaitable[RawClient]]
+
+
+@pytest.fixture
+async def client_factory() -> AsyncIterator[OpenClient]:
+    """`await client_factory(svc)`: a connected RawClient, closed after the test."""
+    clients: list[RawClient] = []
+
+    async def open_client(svc: ManagedService, greet: bool = True) -> RawClient:
+        client = await RawClient.connect(svc.smtp_port, greet=greet)
+        clients.append(client)
+        return client
+
+    yield open_client
+    for client in clients:
+        await client.close()
+
+
+async def only_the_marker_arrives(client: RawClient, sink: Sink) -> None:
+    """Send a correct message on the same session; it must be accepted and be the only
+    message the upstream ever receives."""
+    reply = await client.transaction(GOOD)
+    assert reply.code == 250, reply
+    assert await sink.wait_for_async(1, timeout=5)
+    await asyncio.sleep(0.3)  # anything smuggled alongside would be here by now
+    assert len(sink.messages) == 1, [m.data for m in sink.messages]
+    assert sink.messages[0].data.endswith(GOOD)
+    assert sink.dropped_after_data == []
+
+
+def assert_refused(reply: Reply, code: int, enhanced: str) -> None:
+    assert reply.code == code, str(reply)
+    assert reply.enhanced == enhanced, str(reply)
+
+
+# --- greeting and EHLO ---------------------------------------------------------------------
+
+
+async def test_ehlo_advertises_size_8bitmime_smtputf8_pipelining_enhancedstatuscodes(
+    service: ServiceFactory, client_factory: OpenClient
+) -> None:
+    svc = await service(smtp={"max_message_size": 12345})
+    client = await client_factory(svc)
+    assert client.greeting is not None and client.greeting.code == 220
+
+    reply = await client.ehlo()
+
+    keywords = {line.split(" ")[0].upper(): line for line in reply.lines[1:]}
+    assert keywords["SIZE"] == "SIZE 12345"
+    for extension in ("8BITMIME", "SMTPUTF8", "PIPELINING", "ENHANCEDSTATUSCODES"):
+        assert extension in keywords, reply.lines
+
+
+async def test_replies_after_ehlo_carry_enhanced_status_codes(
+    service: ServiceFactory, client_factory: OpenClient
+) -> None:
+    """RFC 2034 §3: once ENHANCEDSTATUSCODES is advertised, every reply but the greeting
+    and the EHLO/HELO answer carries one (as Postfix does: "250 2.0.0 Ok")."""
+    svc = await service()
+    client = await client_factory(svc)
+    await client.ehlo()
+
+    replies = {
+        "NOOP": await client.command("NOOP"),
+        "RSET": await client.command("RSET"),
+        "BOGUS": await client.command("BOGUS"),
+        "QUIT": await client.command("QUIT"),
+    }
+
+    missing = {verb: str(reply) for verb, reply in replies.items() if not reply.enhanced}
+    assert not missing, f"replies without an enhanced status code: {missing}"
+
+
+async def test_pipelined_commands_get_their_replies_in_order(
+    service: ServiceFactory, sink: Sink, client_factory: OpenClient
+) -> None:
+    svc = await service()
+    client = await client_factory(svc)
+    await client.ehlo()
+
+    await client.send(
+        b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nRCPT TO:<c@y.test>\r\nDATA\r\n"
+    )
+    replies = [await client.reply() for _ in range(4)]
+    assert [r.code for r in replies] == [250, 250, 250, 354]
+    await client.send(GOOD + b".\r\n")
+    assert (await client.reply()).code == 250
+    assert await sink.wait_for_async(1, timeout=5)
+    assert sink.messages[0].rcpt_tos == ["b@y.test", "c@y.test"]
+
+
+async def test_control_character_in_ehlo_name_is_refused_501(
+    service: ServiceFactory, client_factory: OpenClient
+) -> None:
+    svc = await service()
+    client = await client_factory(svc)
+
+    reply = await client.command(b"EHLO bad\x01name.test")
+    assert reply.code == 501, str(reply)
+    assert reply.enhanced.startswith("5."), str(reply)
+
+    reply = await client.command(b"HELO bad\x7fname.test")
+    assert reply.code == 501, str(reply)
+    assert reply.enhanced.startswith("5."), str(reply)
+
+    await client.ehlo("good.test")  # the session goes on
+
+
+# --- envelope ---------------------------------------------------------------------------
+
+
+async def test_mail_from_with_size_over_the_limit_is_refused_552_5_3_4(
+    service: ServiceFactory, client_factory: OpenClient
+) -> None:
+    svc = await service(smtp={"max_message_size": 10000})
+    client = await client_factory(svc)
+    await client.ehlo()
+
+    assert_refused(await client.command("MAIL FROM:<a@x.test> SIZE=10001"), 552, "5.3.4")
+    reply = await client.command("MAIL FROM:<a@x.test> SIZE=10000")
+    assert reply.code == 250, str(reply)
+
+
+async def test_too_many_recipients_is_452_4_5_3(
+    service: ServiceFactory, client_factory: OpenClient
+) -> None:
+    svc = await service(smtp={"max_recipients": 2})
+    client = await client_factory(svc)
+    await client.ehlo()
+
+    assert (await client.command("MAIL FROM:<a@x.test>")).code == 250
+    assert (await client.command("RCPT TO:<r1@y.test>")).code == 250
+    assert (await client.command("RCPT TO:<r2@y.test>")).code == 250
+    assert_refused(await client.command("RCPT TO:<r3@y.test>"), 452, "4.5.3")
+
+
+async def test_null_sender_for_bounces_is_accepted(
+    service: ServiceFactory, sink: Sink, client_factory: OpenClient
+) -> None:
+    svc = await service()
+    client = await client_factory(svc)
+    await client.ehlo()
+
+    reply = await client.command("MAIL FROM:<>")
+    assert reply.code == 250, str(reply)
+    assert (await client.command("RCPT TO:<b@y.test>")).code == 250
+    assert (await client.data(GOOD)).code == 250
+    assert await sink.wait_for_async(1, timeout=5)
+    assert sink.messages[0].mail_from in ("", "<>")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        b"RCPT TO:<c@y.test\x01>",
+        b"RCPT TO:<c\x01@y.test>",
+        b"RCPT TO:<c@y.test\r>",
+        b"RCPT TO:<c\r@y.test>",
+        b"RCPT TO:<c\x00@y.test>",
+    ],
+    ids=["soh-after-domain", "soh-in-local", "cr-after-domain", "cr-in-local", "nul"],
+)
+async def test_control_character_in_recipient_is_refused_501(
+    service: ServiceFactory, sink: Sink, client_factory: OpenClient, command: bytes
+) -> None:
+    svc = await service()
+    client = await client_factory(svc)
+    await client.ehlo()
+    assert (await client.command("MAIL FROM:<a@x.test>")).code == 250
+
+    reply = await client.command(command)
+
+    assert reply.code == 501, str(reply)
+    assert reply.enhanced.startswith("5."), str(reply)
+    assert (await client.command("RCPT TO:<b@y.test>")).code == 250
+    assert (await client.data(GOOD)).code == 250
+    assert await sink.wait_for_async(1, timeout=5)
+    await asyncio.sleep(0.3)
+    assert [m.rcpt_tos for m in sink.messages] == [["b@y.test"]]  # nothing else was added
+
+
+@pytest.mark.parametrize(
+    "command",
+    [b"MAIL FROM:<a\x01@x.test>", b"MAIL FROM:<a@x.test\x01>", b"MAIL FROM:<a@x.test\r>"],
+    ids=["soh-in-local", "soh-after-domain", "cr-after-domain"],
+)
+async def test_control_character_in_sender_is_refused_501(
+    service: ServiceFactory, client_factory: OpenClient, command: bytes
+) -> None:
+    svc = await service()
+    client = await client_factory(svc)
+    await client.ehlo()
+
+    reply = await client.command(command)
+
+    assert reply.code == 501, str(reply)
+    assert reply.enhanced.startswith("5."), str(reply)
+    assert (await client.command("MAIL FROM:<a@x.test>")).code == 250
+
+
+# --- content ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"Subject: lf\r\n\r\nbare\nLF inside\r\n",
+        b"Subject: cr\r\n\r\nbare\rCR inside\r\n",
+        b"Subject: nul\r\n\r\na NUL\x00byte\r\n",
+        b"Subject: lf-header\nX-Injected: yes\r\n\r\nbody\r\n",
+    ],
+    ids=["bare-lf", "bare-cr", "nul", "bare-lf-in-header"],
+)
+async def test_bare_line_ends_and_nul_are_refused_550_5_6_0_and_the_session_goes_on(
+    service: ServiceFactory, sink: Sink, client_factory: OpenClient, content: bytes
+) -> None:
+    svc = await service()
+    client = await client_factory(svc)
+    await client.ehlo()
+
+    reply = await client.transaction(content)
+
+    assert_refused(reply, 550, "5.6.0")
+    await only_the_marker_arrives(client, sink)
+
+
+SMUGGLED_TAIL = (
+    b"MAIL FROM:<attacker@evil.test>\r\n"
+    b"RCPT TO:<victim@y.test>\r\n"
+    b"DATA\r\n"
+    b"From: ceo@x.test\r\nSubject: smuggled\r\n\r\npay the invoice\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"Subject: s1\r\n\r\nhello\n.\r\n" + SMUGGLED_TAIL,
+        b"Subject: s2\r\n\r\nhello\r\n.\n" + SMUGGLED_TAIL,
+        b"Subject: s3\r\n\r\nhello\n.\n" + SMUGGLED_TAIL,
+        b"Subject: s4\r\n\r\nhello\r.\r\n" + SMUGGLED_TAIL,
+        b"Subject: s5\r\n\r\nhello\r\n.\r" + SMUGGLED_TAIL,
+    ],
+    ids=["lf-dot-crlf", "crlf-dot-lf", "lf-dot-lf", "cr-dot-crlf", "crlf-dot-cr"],
+)
+async def test_smuggling_attempt_never_yields_a_second_message_upstream(
+    service: ServiceFactory, sink: Sink, client_factory: OpenClient, content: bytes
+) -> None:
+    svc = await service()
+    client = await client_factory(svc)
+    await client.ehlo()
+
+    reply = await client.transaction(content)
+
+    assert_refused(reply, 550, "5.6.0")
+    await only_the_marker_arrives(client, sink)
+    assert not any(b"smuggled" in m.data or b"evil.test" in m.data for m in sink.messages)
+    assert all(m.mail_from != "attacker@evil.test" for m in sink.messages)
+
+
+async def test_line_of_999_bytes_in_data_is_refused_and_998_is_accepted(
+    service: ServiceFactory, sink: Sink, client_factory: OpenClient
+) -> None:
+    svc = await service()
+    client = await client_factory(svc)
+    await client.ehlo()
+
+    too_long = b"Subject: long\r\n\r\n" + b"x" * 999 + b"\r\n"
+    reply = await client.transaction(too_long)
+    assert 500 <= reply.code < 600, str(reply)
+    assert reply.enhanced.startswith("5."), str(reply)
+
+    longest = b"Subject: longest\r\n\r\n" + b"y" * 998 + b"\r\n"
+    assert (await client.transaction(longest)).code == 250
+    assert await sink.wait_for_async(1, timeout=5)
+    await asyncio.sleep(0.3)
+    assert len(sink.messages) == 1
+    assert sink.messages[0].data.endswith(b"y" * 998 + b"\r\n")
+
+
+async def test_command_line_of_999_bytes_is_refused(
+    service: ServiceFactory, client_factory: OpenClient
+) -> None:
+    svc = await service()
+    client = await client_factory(svc)
+    await client.ehlo()
+
+    local = "l" * 40
+    domain = ".".join(["d" * 60] * 16)[: 999 - len("RCPT TO:<@>") - len(local)]
+    assert (await client.command("MAIL FROM:<a@x.test>")).code == 250
+    line = f"RCPT TO:<{local}@{domain}>".encode()
+    assert len(line) == 999
+    reply = await client.command(line)
+    assert 500 <= reply.code < 600, str(reply)
+    assert (await client.command("NOOP")).code == 250  # the session goes on
+
+
+async def test_message_over_size_without_size_parameter_is_552_5_3_4_after_the_final_dot(
+    service: ServiceFactory, sink: Sink, client_factory: OpenClient
+) -> None:
+    svc = await service(smtp={"max_message_size": 2000})
+    client = await client_factory(svc)
+    await client.ehlo()
+
+    big = b"Subject: big\r\n\r\n" + (b"z" * 76 + b"\r\n") * 40  # ~3.1 kB
+    reply = await client.transaction(big)
+
+    assert_refused(reply, 552, "5.3.4")
+    await only_the_marker_arrives(client, sink)
+
+
+# --- failures and limits --------------------------------------------------------------------
+
+
+async def test_storage_failure_is_451_4_3_0_never_5xx(
+    service: ServiceFactory, sink: Sink, client_factory: OpenClient
+) -> None:
+    svc = await service()
+    client = await client_factory(svc)
+    await client.ehlo()
+    assert (await client.command("MAIL FROM:<a@x.test>")).code == 250
+    assert (await client.command("RCPT TO:<b@y.test>")).code == 250
+
+    await svc.writer.stop()
+    try:
+        reply = await client.data(GOOD)
+    finally:
+        svc.writer.start()  # so that the service can stop cleanly
+
+    assert_refused(reply, 451, "4.3.0")
+    assert "Error" not in reply.text and "Exception" not in reply.text  # no internals leak
+    assert (await client.command("NOOP")).code == 250  # the session goes on
+    await asyncio.sleep(1.2)
+    assert sink.messages == []
+
+
+async def test_third_connection_over_the_cap_gets_421_4_7_0(
+    service: ServiceFactory, client_factory: OpenClient
+) -> None:
+    svc = await service(smtp={"max_connections": 2})
+    first = await client_factory(svc)
+    second = await client_factory(svc)
+    assert first.greeting is not None and first.greeting.code == 220
+    assert second.greeting is not None and second.greeting.code == 220
+
+    third = await client_factory(svc, greet=False)
+    assert_refused(await third.reply(), 421, "4.7.0")
+    assert await third.at_eof()
+
+    await first.ehlo()  # the admitted sessions work
+    await second.ehlo()
+
+    assert (await first.command("QUIT")).code == 221
+    await first.close()
+
+    async def admitted() -> bool:
+        client = await RawClient.connect(svc.smtp_port, greet=False)
+        try:
+            return (await client.reply()).code == 220
+        finally:
+            await client.close()
+
+    for _ in range(50):  # a freed slot is usable again once the server saw the close
+        if await admitted():
+            break
+        await asyncio.sleep(0.05)
+    else:
+        pytest.fail("a slot freed by QUIT was never given to a new client")
