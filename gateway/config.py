@@ -8,6 +8,7 @@ before exiting with status 2. Durations are an integer of seconds or a string su
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 import tomllib
@@ -30,8 +31,8 @@ def parse_duration(value: object, where: str = "duration") -> float:
     if isinstance(value, bool):
         raise ConfigError(f'{where}: expected a duration like 30 or "5m", got {value!r}')
     if isinstance(value, int | float):
-        if value < 0:
-            raise ConfigError(f"{where}: a duration cannot be negative")
+        if not math.isfinite(value) or value < 0:
+            raise ConfigError(f"{where}: a duration must be a finite number of seconds >= 0")
         return float(value)
     if isinstance(value, str):
         match = _DURATION.match(value)
@@ -128,6 +129,7 @@ class PoolConfig:
     is_default: bool = False
     is_active: bool = True
     from_email: str = ""
+    tls_verify: bool = True
 
     def password(self) -> str:
         """The password from the environment variable named in the file, or ''."""
@@ -185,6 +187,26 @@ def _duration(value: Any, where: str) -> float:
     return parse_duration(value, where)
 
 
+def _positive_duration(value: Any, where: str) -> float:
+    """A wait or timeout that must not be zero (zero would spin or never succeed)."""
+    seconds = parse_duration(value, where)
+    if seconds <= 0:
+        raise ConfigError(f"{where}: must be longer than zero")
+    return seconds
+
+
+_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+def _hostname(value: Any, where: str) -> str:
+    """A DNS name for EHLO and Message-IDs: no spaces, no control characters, valid labels."""
+    name: str = _str(value, where)
+    labels = name.removesuffix(".").split(".")
+    if not name or len(name) > 253 or not all(_HOST_LABEL.match(label) for label in labels):
+        raise ConfigError(f"{where}: {name!r} is not a valid host name (letters, digits, '-', '.')")
+    return name
+
+
 def _choice(*options: str) -> Converter:
     def convert(value: Any, where: str) -> str:
         text: str = _str(value, where)
@@ -217,7 +239,7 @@ def _rate(value: Any, where: str) -> str:
 def _schedule(value: Any, where: str) -> tuple[float, ...]:
     if not isinstance(value, list) or not value:
         raise ConfigError(f"{where}: expected a non-empty list of durations")
-    return tuple(parse_duration(item, f"{where}[{i}]") for i, item in enumerate(value))
+    return tuple(_positive_duration(item, f"{where}[{i}]") for i, item in enumerate(value))
 
 
 def _strings(value: Any, where: str) -> tuple[str, ...]:
@@ -227,7 +249,7 @@ def _strings(value: Any, where: str) -> tuple[str, ...]:
 
 
 _SECTIONS: dict[str, tuple[type, dict[str, Converter]]] = {
-    "server": (ServerConfig, {"hostname": _str, "data_dir": lambda v, w: Path(_str(v, w))}),
+    "server": (ServerConfig, {"hostname": _hostname, "data_dir": lambda v, w: Path(_str(v, w))}),
     "smtp": (
         SmtpConfig,
         {
@@ -236,7 +258,7 @@ _SECTIONS: dict[str, tuple[type, dict[str, Converter]]] = {
             "max_message_size": _positive_int,
             "max_recipients": _positive_int,
             "max_connections": _positive_int,
-            "idle_timeout": _duration,
+            "idle_timeout": _positive_duration,
             "tls_cert": _str,
             "tls_key": _str,
         },
@@ -250,13 +272,13 @@ _SECTIONS: dict[str, tuple[type, dict[str, Converter]]] = {
         DeliveryConfig,
         {
             "retry_schedule": _schedule,
-            "max_age": _duration,
-            "connect_timeout": _duration,
-            "command_timeout": _duration,
+            "max_age": _positive_duration,
+            "connect_timeout": _positive_duration,
+            "command_timeout": _positive_duration,
             "handoff_timeout": _duration,
             "mx_port": _port,
             "workers": _positive_int,
-            "idle_timeout": _duration,
+            "idle_timeout": _positive_duration,
             "max_messages_per_connection": _positive_int,
         },
     ),
@@ -277,6 +299,7 @@ _POOL_KEYS: dict[str, Converter] = {
     "is_default": _bool,
     "is_active": _bool,
     "from_email": _str,
+    "tls_verify": _bool,
 }
 
 
@@ -361,6 +384,10 @@ def load(path: str | os.PathLike[str] | None) -> Config:
             raw = tomllib.load(handle)
     except OSError as error:
         raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"config file {path} is not valid UTF-8: {error.reason} at byte {error.start}"
+        ) from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
     return from_dict(raw)

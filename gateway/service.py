@@ -177,6 +177,7 @@ class Service:
                     max_connections=row.max_connections,
                     is_default=row.is_default,
                     is_active=row.is_active,
+                    tls_verify=row.tls_verify,
                 )
             )
         self.registry.load(settings)
@@ -193,6 +194,7 @@ class Service:
             max_recipients=smtp.max_recipients,
             max_connections=smtp.max_connections,
             idle_timeout=smtp.idle_timeout,
+            require_auth=smtp.require_auth,
             tls_context=tls_context,
         )
 

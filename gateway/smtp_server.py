@@ -14,7 +14,7 @@ import ssl
 from dataclasses import dataclass
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
 from gateway import metrics
 from gateway.addresses import envelope_problem, has_control
@@ -91,7 +91,13 @@ class ListenerLimits:
     max_recipients: int
     max_connections: int
     idle_timeout: float
+    require_auth: bool = False
     tls_context: ssl.SSLContext | None = None
+
+
+def _no_credentials_yet(*_args: Any) -> AuthResult:
+    """Until API keys can log in over SMTP, require_auth means nobody can send: never open."""
+    return AuthResult(success=False, handled=False)
 
 
 class PosternSMTP(SMTP):
@@ -110,7 +116,9 @@ class PosternSMTP(SMTP):
             timeout=limits.idle_timeout,
             tls_context=limits.tls_context,
             require_starttls=False,
+            auth_required=limits.require_auth,
             auth_require_tls=True,
+            authenticator=_no_credentials_yet,
         )
         self._limits = limits
         self._refused = False

@@ -48,6 +48,7 @@ class PoolSettings:
     max_connections: int = 10
     is_default: bool = False
     is_active: bool = True
+    tls_verify: bool = True
 
 
 @dataclass(frozen=True)
@@ -271,6 +272,7 @@ class UpstreamPool:
             use_tls=settings.encryption == "ssl",
             start_tls=settings.encryption == "tls",
             tls_context=self._session.tls_context,
+            validate_certs=settings.tls_verify,
             username=settings.username or None,
             password=settings.password or None if settings.username else None,
         )

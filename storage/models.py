@@ -88,6 +88,7 @@ class Pool(SQLModel, table=True):
     is_default: bool = False
     is_active: bool = True
     from_email: str = ""
+    tls_verify: bool = True  # False only for internal relays with self-signed certificates
     source: str = "api"  # config | api
     created_at: float
 

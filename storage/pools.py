@@ -26,6 +26,7 @@ _FIELDS = (
     "is_default",
     "is_active",
     "from_email",
+    "tls_verify",
 )
 
 

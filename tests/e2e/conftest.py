@@ -1,0 +1,286 @@
+"""End-to-end fixtures: a real `postern serve` subprocess in front of a Sink.
+
+`postern_process` gives a factory of `Postern` handles; every process it started is killed
+at teardown, whatever the test did. Every wait here is bounded.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from email.policy import SMTP
+from pathlib import Path
+
+import pytest
+
+from tests.sink import Sink
+
+REPO = Path(__file__).resolve().parents[2]
+START_TIMEOUT = 20.0  # seconds for `postern serve` to answer /healthz with 200
+EXIT_TIMEOUT = 20.0  # seconds for a signalled process to exit
+SENDER = "e2e@example.com"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("POSTERN_CONFIG", None)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def run_cli(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    """`python -m gateway.cli ARGS`, to completion (bounded)."""
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args],
+        cwd=REPO,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def config_text(
+    *,
+    data_dir: Path,
+    smtp_port: int,
+    http_port: int,
+    sink_port: int | None,
+    extra: str = "",
+) -> str:
+    text = f"""\
+[server]
+hostname = "postern.e2e.test"
+data_dir = "{data_dir}"
+
+[smtp]
+listen = ["127.0.0.1:{smtp_port}"]
+
+[http]
+listen = "127.0.0.1:{http_port}"
+
+[delivery]
+retry_schedule = ["1s"]
+connect_timeout = "2s"
+command_timeout = "3s"
+handoff_timeout = "2s"
+idle_timeout = "2s"
+
+[policy]
+sender = "any"
+"""
+    if sink_port is not None:
+        text += f"""
+[[pools]]
+name = "sink"
+host = "127.0.0.1"
+port = {sink_port}
+encryption = "none"
+is_default = true
+"""
+    return text + extra
+
+
+def message(seq: int, tag: str) -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = SENDER
+    msg["To"] = f"rcpt{seq}@example.org"
+    msg["Subject"] = f"{tag} {seq}"
+    msg["X-E2E-Seq"] = f"{tag}-{seq}"
+    msg.set_content(f"message {seq} of test {tag}\n")
+    return msg
+
+
+def seqs_received(sink: Sink, tag: str) -> list[str]:
+    """X-E2E-Seq of every message the sink accepted with this tag, in arrival order."""
+    found = []
+    for received in list(sink.messages):
+        for line in received.data.split(b"\r\n"):
+            if not line:
+                break  # end of headers
+            if line.lower().startswith(b"x-e2e-seq:"):
+                value = line.split(b":", 1)[1].strip().decode()
+                if value.startswith(f"{tag}-"):
+                    found.append(value)
+    return found
+
+
+@dataclass
+class Postern:
+    """One `postern serve` process and its config; stderr goes to a file for diagnosis."""
+
+    config: Path
+    smtp_port: int
+    http_port: int
+    log_dir: Path
+    proc: subprocess.Popen[bytes] | None = None
+    client: smtplib.SMTP | None = None  # the SMTP session send() left open
+    starts: int = 0
+    stderr_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.stderr_path = self.log_dir / "postern-0.stderr"
+
+    def start(self, timeout: float = START_TIMEOUT) -> float:
+        """Start the process and wait until /healthz is 200; returns the seconds it took."""
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        self.starts += 1
+        self.stderr_path = self.log_dir / f"postern-{self.starts}.stderr"
+        started = time.monotonic()
+        with open(self.stderr_path, "wb") as stderr:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gateway.cli", "serve", "--config", str(self.config)],
+                cwd=REPO,
+                env=child_env(),
+                stdin=subprocess.DEVNULL,
+                stdout=stderr,
+                stderr=stderr,
+                start_new_session=True,  # a Ctrl-C at the terminal does not reach it
+            )
+        deadline = started + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"postern exited with {self.proc.returncode} at start-up:\n{self.stderr()}"
+                )
+            if self.healthy():
+                return time.monotonic() - started
+            time.sleep(0.05)
+        self.kill()
+        raise AssertionError(f"postern not healthy within {timeout}s:\n{self.stderr()}")
+
+    def healthy(self) -> bool:
+        url = f"http://127.0.0.1:{self.http_port}/healthz"
+        try:
+            with urllib.request.urlopen(url, timeout=1.0) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def stderr(self) -> str:
+        try:
+            return self.stderr_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def kill(self) -> None:
+        """SIGKILL, and reap it. Safe to call when it is not running."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=EXIT_TIMEOUT)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = EXIT_TIMEOUT) -> tuple[int, float]:
+        """Send `sig`; wait (bounded) for the exit. Returns (exit status, seconds taken)."""
+        assert self.proc is not None and self.proc.poll() is None, "not running"
+        started = time.monotonic()
+        self.proc.send_signal(sig)
+        try:
+            status = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(
+                f"postern did not exit within {timeout}s of signal {sig}:\n{self.stderr()}"
+            ) from None
+        return status, time.monotonic() - started
+
+    def send(self, count: int, tag: str) -> None:
+        """Send `count` messages over one SMTP session; each must get its 250 after DATA.
+
+        Returns right after the last 250, leaving the session open: the caller may kill
+        the process at once (the session is abandoned, never QUIT)."""
+        client = smtplib.SMTP("127.0.0.1", self.smtp_port, local_hostname="client.test", timeout=10)
+        client.ehlo()
+        for seq in range(count):
+            msg = message(seq, tag)
+            code, reply = client.mail(SENDER)
+            assert code == 250, (code, reply)
+            code, reply = client.rcpt(str(msg["To"]))
+            assert code == 250, (code, reply)
+            code, reply = client.data(msg.as_bytes(policy=SMTP))  # CRLF line ends
+            assert code == 250, (seq, code, reply)
+        self.client = client
+
+    def close_client(self) -> None:
+        """Drop the session send() left open (no QUIT: the server may be gone)."""
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    running = Sink().start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+MakePostern = Callable[..., Postern]
+
+
+@pytest.fixture
+def postern_process(tmp_path: Path) -> Iterator[MakePostern]:
+    """Factory: `make(sink_port, extra="")` -> a started Postern. All are killed at teardown."""
+    made: list[Postern] = []
+
+    def make(sink_port: int | None, extra: str = "", start: bool = True) -> Postern:
+        index = len(made)
+        log_dir = tmp_path / f"postern{index}"
+        log_dir.mkdir()
+        smtp_port, http_port = free_port(), free_port()
+        config = log_dir / "postern.toml"
+        config.write_text(
+            config_text(
+                data_dir=log_dir / "var",
+                smtp_port=smtp_port,
+                http_port=http_port,
+                sink_port=sink_port,
+                extra=extra,
+            )
+        )
+        postern = Postern(config, smtp_port, http_port, log_dir)
+        made.append(postern)
+        if start:
+            postern.start()
+        return postern
+
+    try:
+        yield make
+    finally:
+        for postern in made:
+            postern.close_client()
+            postern.kill()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    """Poll `condition` until it holds or `timeout` seconds pass; its final value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return condition()
