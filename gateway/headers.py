@@ -6,10 +6,8 @@ and refuse content that could smuggle a second message upstream.
 
 from __future__ import annotations
 
-import re
-
 CONTROL_PREFIX = b"x-postern-"
-_LONG_LINE = re.compile(rb"[^\r\n]{999}")
+MAX_LINE = 998  # bytes, without CRLF (RFC 5321 §4.5.3.1.6)
 
 
 def content_problem(data: bytes) -> str | None:
@@ -19,7 +17,8 @@ def content_problem(data: bytes) -> str | None:
     crlf = data.count(b"\r\n")
     if data.count(b"\n") != crlf or data.count(b"\r") != crlf:
         return "bare CR or LF in message"
-    if _LONG_LINE.search(data):
+    # Linear in the size; a regex such as [^\r\n]{999} rescans up to 999 bytes per offset.
+    if len(data) > MAX_LINE and max(map(len, data.split(b"\r\n"))) > MAX_LINE:
         return "line longer than 998 bytes"
     return None
 
