@@ -163,10 +163,17 @@ class Delivery:
                 self._wake.set()  # more may be due: go again at once
 
     async def _housekeeping(self) -> None:
+        rounds = 0
         while True:
             await asyncio.sleep(5.0)
+            rounds += 1
             for pool in self._registry.all():
                 await pool.reap_idle()
+            try:
+                suppressions = self._queue.suppressions
+                await (suppressions.reload() if rounds % 12 == 0 else suppressions.refresh())
+            except Exception as error:  # keep the old copy; try again next round
+                log.warning("suppression list refresh failed: %s", error)
             try:
                 for state, count in (await self._queue.counts()).items():
                     metrics.QUEUE_MESSAGES.labels(state=state).set(count)

@@ -32,6 +32,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from gateway.addresses import normalise
 from gateway.message import DeliveryResult, Outcome, QueuedMessage, Route, Submission
+from gateway.suppressions import SuppressionCache
 from storage.db import Database
 from storage.models import Message, MessageBody, Recipient, Suppression
 from storage.writer import Batch, Writer
@@ -139,6 +140,7 @@ class Queue:
         self._lease = lease
         dialect = sqlite if db.is_sqlite else postgresql
         self._suppress = dialect.insert(S).on_conflict_do_nothing(index_elements=["email"])
+        self.suppressions = SuppressionCache(db)
 
     # --- intake -----------------------------------------------------------------------
 
@@ -286,15 +288,16 @@ class Queue:
         )
         if retry_at is None:
             batch.add(_DELETE_BODY, {"m_id": message.id})
+        bounced = [rcpt for rcpt, result in results.items() if result.hard_bounce]
         batch.add(
             self._suppress,
             [
                 {"email": normalise(rcpt), "reason": "bounced", "created_at": now}
-                for rcpt, result in results.items()
-                if result.hard_bounce
+                for rcpt in bounced
             ],
         )
         await self._writer.submit(batch)
+        self.suppressions.add(bounced)
         message.recipients = [r for r, res in results.items() if res.outcome is Outcome.DEFERRED]
         message.attempts += 1
         message.any_bounced |= any(r.outcome is Outcome.BOUNCED for r in results.values())
@@ -307,14 +310,8 @@ class Queue:
     # --- reads ------------------------------------------------------------------------
 
     async def is_suppressed(self, addresses: Sequence[str]) -> set[str]:
-        """The subset of `addresses` on the suppression list."""
-        keys = [normalise(a) for a in addresses]
-
-        def query(conn: Connection) -> set[str]:
-            found = {row[0] for row in conn.execute(select(S.c.email).where(S.c.email.in_(keys)))}
-            return {a for a, key in zip(addresses, keys, strict=True) if key in found}
-
-        return await self._db.read(query)
+        """The subset of `addresses` on the suppression list (from the in-memory copy)."""
+        return self.suppressions.suppressed(addresses)
 
     async def counts(self) -> dict[str, int]:
         """Messages with work left, by state (reads only the due index)."""

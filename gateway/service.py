@@ -119,6 +119,7 @@ class Service:
             self.db, self.writer, node, delivery_cfg.retry_schedule, delivery_cfg.max_age, lease
         )
         await self.queue.release_claims()  # whatever this node held when it last stopped
+        await self.queue.suppressions.reload()
 
         self.registry = PoolRegistry(
             SessionSettings(

@@ -66,6 +66,7 @@ class Recipient(SQLModel, table=True):
 
 class Suppression(SQLModel, table=True):
     __tablename__ = "suppression"
+    __table_args__ = (Index("ix_suppression_created", "created_at"),)
 
     email: str = Field(primary_key=True)  # normalised: see gateway.addresses.normalise
     reason: str = Field(max_length=16)  # unsubscribed | bounced | complaint | manual

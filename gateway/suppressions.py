@@ -1,0 +1,62 @@
+"""The suppression list, held in memory: checked at every RCPT, so it must cost nothing.
+
+Storage is the truth; this is a copy. This node's own changes apply at once. Other nodes'
+additions arrive with the next incremental refresh (every few seconds, by `created_at`),
+and their removals with the next full reload (every minute).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+
+from sqlalchemy import Connection, select
+
+from gateway.addresses import normalise
+from storage.db import Database
+from storage.models import Suppression
+
+S = Suppression.__table__  # type: ignore[attr-defined]
+
+# A row committed a little after another node's refresh may carry an older created_at.
+_SLACK = 30.0
+
+
+class SuppressionCache:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._keys: set[str] = set()
+        self._watermark = 0.0
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def suppressed(self, addresses: Sequence[str]) -> set[str]:
+        """The addresses (as given) whose mailbox is suppressed."""
+        return {address for address in addresses if normalise(address) in self._keys}
+
+    def add(self, addresses: Iterable[str]) -> None:
+        self._keys.update(normalise(address) for address in addresses)
+
+    def discard(self, address: str) -> None:
+        self._keys.discard(normalise(address))
+
+    async def reload(self) -> None:
+        """Replace the copy with storage's list."""
+        started = time.time()
+        rows = await self._db.read(lambda conn: list(conn.execute(select(S.c.email))))
+        self._keys = {row[0] for row in rows}
+        self._watermark = started - _SLACK
+
+    async def refresh(self) -> None:
+        """Add what other nodes suppressed since the last look."""
+        since = self._watermark
+        started = time.time()
+
+        def query(conn: Connection) -> list[str]:
+            return [
+                row[0] for row in conn.execute(select(S.c.email).where(S.c.created_at >= since))
+            ]
+
+        self._keys.update(await self._db.read(query))
+        self._watermark = started - _SLACK
