@@ -11,25 +11,17 @@ Every aiosmtplib error is translated here, at one boundary, into either a per-re
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 import time
 from dataclasses import dataclass
 
 import aiosmtplib
-from aiosmtplib import (
-    SMTPDataError,
-    SMTPException,
-    SMTPRecipientRefused,
-    SMTPResponseException,
-    SMTPSenderRefused,
-    SMTPServerDisconnected,
-    SMTPTimeoutError,
-)
+from aiosmtplib import SMTPException, SMTPHeloError, SMTPResponseException
 
 from gateway import metrics
 from gateway.message import DeliveryResult, Outcome, QueuedMessage
+from gateway.pipelining import PipelinedSession, SessionClosed, SessionTimeout, TransactionReplies
 
 log = logging.getLogger("postern.upstream")
 
@@ -103,11 +95,16 @@ def deferred(text: str, enhanced: str = "4.4.1") -> DeliveryResult:
 
 @dataclass
 class _Session:
-    client: aiosmtplib.SMTP
+    pipe: PipelinedSession
+    extensions: frozenset[str]  # EHLO keywords, lower-case
     created: float
     last_used: float
     messages: int = 0
     dirty: bool = False  # a transaction was left half-done: RSET before reuse
+
+    @property
+    def usable(self) -> bool:
+        return not self.pipe.closed
 
 
 class UpstreamPool:
@@ -158,7 +155,7 @@ class UpstreamPool:
         return results
 
     def _forget(self, session: _Session) -> None:
-        session.client.close()
+        session.pipe.close()
         self._busy -= 1
         self._update_gauges()
 
@@ -168,9 +165,12 @@ class UpstreamPool:
         started = time.perf_counter()
         try:
             results = await self._transaction(session, message)
-        except (SMTPException, OSError) as error:
-            session.client.close()
-            raise PoolUnavailable(deferred(f"{self.name}: {_describe(error)}")) from None
+        except SessionClosed as closed:
+            session.pipe.close()
+            if closed.body_sent:
+                # The final dot reached the upstream: the retry may deliver a second copy.
+                metrics.POSSIBLE_DUPLICATES.labels(pool=self.name).inc()
+            raise PoolUnavailable(deferred(f"{self.name}: {closed}")) from None
         self._send_seconds.observe(time.perf_counter() - started)
         session.messages += 1
         session.last_used = time.monotonic()
@@ -179,57 +179,55 @@ class UpstreamPool:
     async def _transaction(
         self, session: _Session, message: QueuedMessage
     ) -> dict[str, DeliveryResult]:
-        client = session.client
-        options = self._mail_options(client, message)
+        options = self._mail_options(session.extensions, message)
         encoding = "utf-8" if "SMTPUTF8" in options else "ascii"
         try:
             if session.dirty:
-                await client.rset()
+                await session.pipe.command(b"RSET")
             session.dirty = True
-            await client.mail(message.mail_from, options=options, encoding=encoding)
-        except SMTPSenderRefused as refused:
-            result = classify(refused.code, refused.message)
-            if result.outcome is not Outcome.BOUNCED:
-                raise PoolUnavailable(result) from None
-            return dict.fromkeys(message.recipients, result)
-        except SMTPServerDisconnected:
-            if session.messages:
+            replies = await session.pipe.transact(
+                message.mail_from, message.recipients, message.content, options, encoding
+            )
+        except SessionClosed as closed:
+            # A reused session the upstream had closed meanwhile, and nothing of the message
+            # went out: safe to try once more on a fresh session straight away.
+            stale = not closed.body_sent and not isinstance(closed, SessionTimeout)
+            if session.messages and stale:
                 raise _StaleSession from None
             raise
-        results: dict[str, DeliveryResult] = {}
-        accepted: list[str] = []
-        for rcpt in message.recipients:
-            try:
-                await client.rcpt(rcpt, encoding=encoding)
-                accepted.append(rcpt)
-            except SMTPRecipientRefused as refused:
-                results[rcpt] = classify(refused.code, refused.message)
+        session.dirty = replies.final is None or not replies.final.positive
+        return self._interpret(message, replies)
+
+    def _interpret(
+        self, message: QueuedMessage, replies: TransactionReplies
+    ) -> dict[str, DeliveryResult]:
+        """The replies of one transaction -> a result per recipient (or PoolUnavailable)."""
+        mail = classify(replies.mail.code, replies.mail.text)
+        if mail.outcome is Outcome.BOUNCED:
+            return dict.fromkeys(message.recipients, mail)
+        if mail.outcome is Outcome.DEFERRED:
+            raise PoolUnavailable(mail)
+        results = {r: classify(reply.code, reply.text) for r, reply in replies.rcpts.items()}
+        accepted = [r for r, result in results.items() if result.outcome is Outcome.DELIVERED]
         if not accepted:
             return results
-        try:
-            reply = await client.data(message.content)
-        except SMTPDataError as refused:
-            outcome = classify(refused.code, refused.message)
-            if outcome.outcome is Outcome.DEFERRED and not results:
-                raise PoolUnavailable(outcome) from None
-            results.update(dict.fromkeys(accepted, outcome))
-            return results
-        except (SMTPServerDisconnected, SMTPTimeoutError):
-            # The final dot may have reached the upstream: the retry could duplicate.
-            metrics.POSSIBLE_DUPLICATES.labels(pool=self.name).inc()
-            raise
-        session.dirty = False
-        results.update(dict.fromkeys(accepted, classify(reply.code, reply.message)))
-        return results
+        ending = replies.final or replies.data
+        if ending is None:  # cannot happen: DATA is always sent when someone was accepted
+            return {**results, **dict.fromkeys(accepted, deferred("no reply to DATA"))}
+        outcome = classify(ending.code, ending.text)
+        if outcome.outcome is Outcome.DEFERRED and len(accepted) == len(results):
+            raise PoolUnavailable(outcome)  # the whole transaction failed: try another pool
+        return {**results, **dict.fromkeys(accepted, outcome)}
 
-    def _mail_options(self, client: aiosmtplib.SMTP, message: QueuedMessage) -> list[str]:
+    @staticmethod
+    def _mail_options(extensions: frozenset[str], message: QueuedMessage) -> list[str]:
         options = []
-        if client.supports_extension("size"):
+        if "size" in extensions:
             options.append(f"SIZE={len(message.content)}")
-        if client.supports_extension("8bitmime") and not message.content.isascii():
+        if "8bitmime" in extensions and not message.content.isascii():
             options.append("BODY=8BITMIME")
         addresses = [message.mail_from, *message.recipients]
-        if not all(a.isascii() for a in addresses) and client.supports_extension("smtputf8"):
+        if "smtputf8" in extensions and not all(a.isascii() for a in addresses):
             options.append("SMTPUTF8")
         return options
 
@@ -239,7 +237,7 @@ class UpstreamPool:
         now = time.monotonic()
         while self._idle and not fresh:
             session = self._idle.pop()
-            if now - session.last_used < self._session.idle_timeout and session.client.is_connected:
+            if now - session.last_used < self._session.idle_timeout and session.usable:
                 self._busy += 1
                 self._update_gauges()
                 return session
@@ -252,7 +250,7 @@ class UpstreamPool:
     def _release(self, session: _Session) -> None:
         self._busy -= 1
         reusable = (
-            session.client.is_connected
+            session.usable
             and not self._closed
             and session.messages < self._session.max_messages_per_connection
         )
@@ -279,26 +277,38 @@ class UpstreamPool:
         started = time.perf_counter()
         try:
             await client.connect(timeout=self._session.connect_timeout)
+            if client.is_ehlo_or_helo_needed:  # connect() greets only for STARTTLS/AUTH
+                await self._greet(client)
         except (SMTPException, OSError) as error:
             self._mark(healthy=False)
             client.close()
             raise PoolUnavailable(deferred(f"{self.name}: {_describe(error)}")) from None
+        try:
+            pipe = PipelinedSession.take_over(client, self._session.command_timeout)
+        except SessionClosed as closed:
+            self._mark(healthy=False)
+            raise PoolUnavailable(deferred(f"{self.name}: {closed}")) from None
         self._connect_seconds.observe(time.perf_counter() - started)
         now = time.monotonic()
-        return _Session(client, created=now, last_used=now)
+        extensions = frozenset(client.esmtp_extensions)
+        return _Session(pipe, extensions, created=now, last_used=now)
+
+    @staticmethod
+    async def _greet(client: aiosmtplib.SMTP) -> None:
+        try:
+            await client.ehlo()
+        except SMTPHeloError:
+            await client.helo()  # an old server without ESMTP: no pipelining, no SIZE
 
     async def _close(self, session: _Session) -> None:
-        if session.client.is_connected:
-            with contextlib.suppress(SMTPException, OSError, asyncio.TimeoutError):
-                await asyncio.wait_for(session.client.quit(), timeout=5)
-        session.client.close()
+        await session.pipe.quit()
 
     async def reap_idle(self) -> None:
         """Close sessions idle for longer than idle_timeout."""
         now = time.monotonic()
         keep = []
         for session in self._idle:
-            if now - session.last_used < self._session.idle_timeout and session.client.is_connected:
+            if now - session.last_used < self._session.idle_timeout and session.usable:
                 keep.append(session)
             else:
                 await self._close(session)

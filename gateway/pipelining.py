@@ -1,0 +1,211 @@
+"""Pipelined SMTP transactions (RFC 2920) on a session that aiosmtplib opened.
+
+aiosmtplib sends one command per round trip and cannot pipeline (it drops replies that
+arrive before it asks for them). Opening a session (greeting, EHLO, STARTTLS, AUTH) is
+where its security fixes live, so it keeps that job; afterwards the transport is handed to
+this protocol, which sends MAIL, every RCPT and DATA in one write and the message with its
+final dot in a second: two round trips and two writes per message, whatever the number of
+recipients. Replies are paired with commands strictly in order; a reply nobody asked for
+breaks the session rather than being paired with the next command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+
+import aiosmtplib
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_MAX_BUFFER = 64 * 1024  # a reply longer than this is not SMTP
+
+
+@dataclass(frozen=True)
+class Reply:
+    code: int
+    text: str
+
+    @property
+    def positive(self) -> bool:
+        return 200 <= self.code < 400
+
+
+@dataclass(frozen=True)
+class TransactionReplies:
+    mail: Reply
+    rcpts: dict[str, Reply]
+    data: Reply | None = None  # the reply to DATA (354), when it was reached
+    final: Reply | None = None  # the reply after the final dot
+    body_sent: bool = False  # the final dot went out: a lost reply may mean delivered
+
+
+class SessionClosed(Exception):
+    """The upstream closed the connection, or the session broke; it cannot be reused."""
+
+    def __init__(self, message: str, body_sent: bool = False) -> None:
+        super().__init__(message)
+        self.body_sent = body_sent
+
+
+class SessionTimeout(SessionClosed):
+    """No reply within the command timeout; the session was closed."""
+
+
+BAD_ADDRESS = Reply(501, "5.1.3 address contains control characters (not sent)")
+
+
+def dot_stuff(content: bytes) -> bytes:
+    """The DATA payload: CRLF-terminated, leading dots doubled, ending with the final dot."""
+    if not content.endswith(b"\r\n"):
+        content += b"\r\n"
+    stuffed = content.replace(b"\r\n.", b"\r\n..")
+    if stuffed.startswith(b"."):
+        stuffed = b"." + stuffed
+    return stuffed + b".\r\n"
+
+
+class PipelinedSession(asyncio.Protocol):
+    def __init__(self, transport: asyncio.Transport, pipelining: bool, timeout: float) -> None:
+        self._transport = transport
+        self.pipelining = pipelining
+        self._timeout = timeout
+        self._buffer = bytearray()
+        self._lines: list[bytes] = []
+        self._waiters: list[asyncio.Future[Reply]] = []
+        self.closed = False
+
+    @classmethod
+    def take_over(cls, client: aiosmtplib.SMTP, timeout: float) -> PipelinedSession:
+        """Move an open aiosmtplib session's transport to a pipelining protocol."""
+        transport = client.transport
+        if transport is None or transport.is_closing():
+            raise SessionClosed("the session closed while it was being opened")
+        session = cls(
+            transport,  # type: ignore[arg-type]
+            pipelining=client.supports_extension("pipelining"),
+            timeout=timeout,
+        )
+        transport.set_protocol(session)
+        return session
+
+    # --- asyncio.Protocol -------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer.extend(data)
+        if len(self._buffer) > _MAX_BUFFER:
+            self._break("reply too long")
+            return
+        while (end := self._buffer.find(b"\n")) >= 0:
+            line = bytes(self._buffer[: end + 1])
+            del self._buffer[: end + 1]
+            self._lines.append(line)
+            if line[3:4] != b"-":
+                self._complete(self._lines)
+                self._lines = []
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._fail_waiters(SessionClosed("the upstream closed the connection"))
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def _complete(self, lines: list[bytes]) -> None:
+        try:
+            code = int(lines[0][:3])
+        except ValueError:
+            self._break("malformed reply")
+            return
+        text = "\n".join(line[4:].strip(b" \t\r\n").decode("utf-8", "replace") for line in lines)
+        if not self._waiters:
+            self._break(f"unsolicited reply {code}")
+            return
+        waiter = self._waiters.pop(0)
+        if not waiter.done():
+            waiter.set_result(Reply(code, text))
+
+    def _break(self, reason: str) -> None:
+        self.close()
+        self._fail_waiters(SessionClosed(reason))
+
+    def _fail_waiters(self, error: SessionClosed) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_exception(error)
+                waiter.exception()  # retrieved: nobody may await a later one
+
+    # --- commands ---------------------------------------------------------------------
+
+    def _send(self, data: bytes, replies: int) -> list[asyncio.Future[Reply]]:
+        if self.closed or self._transport.is_closing():
+            raise SessionClosed("the session is closed")
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in range(replies)]
+        self._waiters.extend(futures)
+        self._transport.write(data)
+        return futures
+
+    async def _reply(self, future: asyncio.Future[Reply], body_sent: bool = False) -> Reply:
+        try:
+            return await asyncio.wait_for(future, self._timeout)
+        except TimeoutError:
+            self.close()
+            raise SessionTimeout("no reply within the command timeout", body_sent) from None
+        except SessionClosed as closed:
+            raise SessionClosed(str(closed), body_sent) from None
+
+    async def command(self, line: bytes) -> Reply:
+        (future,) = self._send(line + b"\r\n", 1)
+        return await self._reply(future)
+
+    async def transact(
+        self, mail_from: str, rcpts: list[str], content: bytes, options: list[str], encoding: str
+    ) -> TransactionReplies:
+        """One whole transaction; the caller decides what the replies mean."""
+        if _CONTROL.search(mail_from):
+            return TransactionReplies(BAD_ADDRESS, {})
+        sendable = [r for r in rcpts if not _CONTROL.search(r)]
+        rcpt_replies = {r: BAD_ADDRESS for r in rcpts if r not in sendable}
+        params = "".join(" " + option for option in options)
+        mail = f"MAIL FROM:<{mail_from}>{params}\r\n".encode(encoding)
+        rcpt_lines = [f"RCPT TO:<{r}>\r\n".encode(encoding) for r in sendable]
+        if self.pipelining and sendable:
+            futures = self._send(mail + b"".join(rcpt_lines) + b"DATA\r\n", len(rcpt_lines) + 2)
+            mail_reply = await self._reply(futures[0])
+            for rcpt, future in zip(sendable, futures[1:-1], strict=True):
+                rcpt_replies[rcpt] = await self._reply(future)
+            data_reply = await self._reply(futures[-1])
+        else:
+            mail_reply = await self.command(mail[:-2])
+            if not mail_reply.positive:
+                return TransactionReplies(mail_reply, rcpt_replies)
+            for rcpt, line in zip(sendable, rcpt_lines, strict=True):
+                rcpt_replies[rcpt] = await self.command(line[:-2])
+            if not any(reply.positive for reply in rcpt_replies.values()):
+                return TransactionReplies(mail_reply, rcpt_replies)
+            data_reply = await self.command(b"DATA")
+        if data_reply.code != 354:
+            return TransactionReplies(mail_reply, rcpt_replies, data_reply)
+        accepted = mail_reply.positive and any(r.positive for r in rcpt_replies.values())
+        # A server that said 354 with nobody to deliver to gets an empty message, never ours.
+        payload = dot_stuff(content) if accepted else b".\r\n"
+        (future,) = self._send(payload, 1)
+        final = await self._reply(future, body_sent=accepted)
+        return TransactionReplies(mail_reply, rcpt_replies, data_reply, final, body_sent=accepted)
+
+    async def quit(self) -> None:
+        """Say goodbye politely (bounded), then close."""
+        try:
+            if not self.closed:
+                (future,) = self._send(b"QUIT\r\n", 1)
+                await asyncio.wait_for(future, 5.0)
+        except (SessionClosed, TimeoutError):
+            pass
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.closed = True
+        self._transport.close()
