@@ -1,24 +1,38 @@
 """The Starlette application: routes, middleware, error handling.
 
 Served by uvicorn on `[http] listen` in the same process and event loop as the SMTP listener
-and the delivery workers.
+and the delivery workers. Without an ApiContext (tests of the bare app) only /healthz,
+/metrics and /openapi.json are served.
+
+Middleware, outermost first: RequestMetrics (every answer is timed, 413s included) ->
+BodyLimit (a declared body over max_body_size is a 413 before a byte of it is read; a chunked
+one is cut off at the limit) -> Starlette's error handling -> the route.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api import errors
+from api.context import ApiContext
+from api.openapi import build_openapi, operation
+from api.routes import keys, messages, send, suppressions
 from gateway import metrics
+from storage.writer import StorageUnavailable
 
 HealthCheck = Callable[[], Awaitable[None]]
+VERSION = "0.1.0"
 
 
 class RequestMetrics:
@@ -50,7 +64,48 @@ class RequestMetrics:
             )
 
 
-def create_app(health: HealthCheck) -> Starlette:
+class BodyLimit:
+    """Pure ASGI middleware: no request body over `max_size` bytes is ever read in full."""
+
+    def __init__(self, app: ASGIApp, max_size: int) -> None:
+        self.app = app
+        self.max_size = max_size
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                error: errors.ApiError = errors.InvalidRequest("bad Content-Length header")
+                await error.response()(scope, receive, send)
+                return
+            if int(declared) > self.max_size:
+                await self._too_large().response()(scope, receive, send)
+                return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_size:
+                    raise self._too_large()  # the route's handler answers 413
+            return message
+
+        await self.app(scope, limited, send)
+
+    def _too_large(self) -> errors.PayloadTooLarge:
+        return errors.PayloadTooLarge(f"request body larger than {self.max_size} bytes")
+
+
+def create_app(health: HealthCheck, api: ApiContext | None = None) -> Starlette:
+    @operation(
+        "Health check",
+        responses={200: ("the database answers", None), 503: ("it does not", None)},
+    )
     async def healthz(request: Request) -> Response:
         try:
             await health()
@@ -60,14 +115,39 @@ def create_app(health: HealthCheck) -> Starlette:
             )
         return JSONResponse({"status": "ok"})
 
+    @operation("Prometheus metrics", responses={200: ("text exposition format", None)})
     async def metrics_endpoint(request: Request) -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+    document: dict[str, Any] = {}
+
+    @operation("This document", responses={200: ("OpenAPI 3.1", None)})
+    async def openapi(request: Request) -> Response:
+        if not document:
+            document.update(build_openapi(app.routes, "Postern", VERSION))
+        return JSONResponse(document)
+
+    routes = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+    ]
+    if api is not None:
+        for module in (send, messages, keys, suppressions):
+            routes.extend(module.routes)
     app = Starlette(
-        routes=[
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/metrics", metrics_endpoint, methods=["GET"]),
-        ]
+        routes=routes,
+        exception_handlers={
+            errors.ApiError: errors.api_error,
+            HTTPException: errors.http_error,
+            SQLAlchemyError: errors.storage_error,
+            StorageUnavailable: errors.storage_error,
+            Exception: errors.internal_error,
+        },
     )
+    app.router.redirect_slashes = False  # "/v1/send/" is a JSON 404, not a bare redirect
+    app.state.api = api
+    if api is not None:
+        app.add_middleware(BodyLimit, max_size=api.max_body_size)
     app.add_middleware(RequestMetrics)
     return app

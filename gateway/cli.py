@@ -11,6 +11,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
+from gateway import cli_admin
 from gateway.config import ConfigError, load
 
 
@@ -30,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     check = commands.add_parser("check-config", help="validate the configuration and exit")
     check.add_argument("--config", dest="sub_config", help=argparse.SUPPRESS)
+    cli_admin.add_commands(commands)
     return parser
 
 
@@ -65,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             load(config_path)
             print("configuration OK")
             return 0
+        if args.command in cli_admin.COMMANDS:
+            return cli_admin.run(args, load(config_path))
         _setup_logging(args.log_level)
         factory = _event_loop_runner()
         with asyncio.Runner(loop_factory=factory) as runner:  # type: ignore[arg-type]

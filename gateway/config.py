@@ -11,6 +11,7 @@ import ipaddress
 import math
 import os
 import re
+import ssl
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -350,12 +351,30 @@ def _check(config: Config) -> None:
         path = getattr(config.smtp, name)
         if path and not os.access(path, os.R_OK):
             raise ConfigError(f"smtp.{name}: cannot read {path}")
+    if config.smtp.tls_cert:
+        server_tls_context(config.smtp.tls_cert, config.smtp.tls_key)
+    for pool in config.pools:
+        if pool.username and pool.encryption == "none" and not is_loopback(pool.host):
+            raise ConfigError(
+                f"pool {pool.name!r}: AUTH over an unencrypted connection to {pool.host} would "
+                "send the password in clear; use encryption = \"tls\" or \"ssl\""
+            )
     url = config.storage.url
     if url and not url.startswith(("postgresql", "sqlite")):
         raise ConfigError(
             f"storage.url: unsupported database URL {url.split(':')[0]!r} "
             '(use "" for SQLite or postgresql+asyncpg://user@host/db)'
         )
+
+
+def server_tls_context(cert: str, key: str) -> ssl.SSLContext:
+    """The listener's TLS context; a certificate that does not load is a ConfigError."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError) as error:
+        raise ConfigError(f"smtp.tls_cert/tls_key: cannot load the certificate: {error}") from None
+    return context
 
 
 def from_dict(raw: Mapping[str, Any]) -> Config:

@@ -53,10 +53,6 @@ class PoolRegistry:
     def get(self, pool_id: str) -> UpstreamPool:
         return self._pools[pool_id]
 
-    def unhealthy(self) -> set[str]:
-        now = time.time()
-        return {pid for pid, pool in self._pools.items() if not pool.healthy(now)}
-
     def all(self) -> list[UpstreamPool]:
         return list(self._pools.values())
 
@@ -71,6 +67,7 @@ class Delivery:
         registry: PoolRegistry,
         workers: int,
         buffer_size: int = 2000,
+        buffer_bytes: int = 64 * 1024 * 1024,
         poll_interval: float = 1.0,
     ) -> None:
         self._queue = queue
@@ -78,6 +75,8 @@ class Delivery:
         self._workers = workers
         self._buffer: asyncio.Queue[QueuedMessage] = asyncio.Queue()
         self._buffer_size = buffer_size
+        self._buffer_bytes = buffer_bytes  # bodies held in memory, waiting or in flight
+        self._held_bytes = 0
         self._poll_interval = poll_interval
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -87,11 +86,17 @@ class Delivery:
 
     # --- feeding ----------------------------------------------------------------------
 
+    def _room(self) -> int:
+        if not self._accepting or self._held_bytes >= self._buffer_bytes:
+            return 0
+        return max(0, self._buffer_size - self._buffer.qsize() - self._in_flight)
+
     def has_room(self) -> bool:
-        return self._accepting and self._buffer.qsize() + self._in_flight < self._buffer_size
+        return self._room() > 0
 
     def push(self, message: QueuedMessage) -> None:
         """Hand over a message this node has claimed."""
+        self._held_bytes += len(message.content)
         self._buffer.put_nowait(message)
 
     def wait_for(self, message_id: str) -> asyncio.Future[str]:
@@ -132,41 +137,50 @@ class Delivery:
     async def _worker(self) -> None:
         while True:
             message = await self._buffer.get()
-            if not self._accepting:
-                continue  # left claimed; released at shutdown
-            self._in_flight += 1
             try:
-                await self.deliver(message)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("delivery of %s failed unexpectedly; it stays queued", message.id)
+                if self._accepting:  # else left claimed: released at shutdown
+                    self._in_flight += 1
+                    try:
+                        await self.deliver(message)
+                    finally:
+                        self._in_flight -= 1
             finally:
-                self._in_flight -= 1
+                self._held_bytes -= len(message.content)
 
     async def _poller(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self._poll_interval)
+                async with asyncio.timeout(self._poll_interval):
+                    await self._wake.wait()
             self._wake.clear()
-            room = self._buffer_size - self._buffer.qsize() - self._in_flight
-            if room <= 0 or not self._accepting:
+            room = min(self._room(), 500)
+            if room <= 0:
                 continue
             try:
-                claimed = await self._queue.claim_due(min(room, 500))
+                claimed = await self._queue.claim_due(room)
             except (StorageUnavailable, OSError) as error:
                 log.warning("claiming due messages failed: %s", error)
                 continue
             for message in claimed:
                 self.push(message)
-            if len(claimed) == min(room, 500):
+            if len(claimed) == room:
                 self._wake.set()  # more may be due: go again at once
 
     async def _housekeeping(self) -> None:
         rounds = 0
+        renewed = time.monotonic()
         while True:
             await asyncio.sleep(5.0)
             rounds += 1
+            if time.monotonic() - renewed >= self._queue.lease / 4:
+                # Keep this node's claims alive while it holds them, however long a message
+                # waits for a connection: a lapsed lease would let the poller (or another
+                # node) claim and send it a second time.
+                try:
+                    await self._queue.renew_claims()
+                    renewed = time.monotonic()
+                except StorageUnavailable as error:
+                    log.warning("renewing claims failed: %s", error)
             for pool in self._registry.all():
                 await pool.reap_idle()
             try:
@@ -183,7 +197,12 @@ class Delivery:
     # --- one attempt ------------------------------------------------------------------
 
     async def deliver(self, message: QueuedMessage) -> str:
-        results, pool_name = await self._attempt(message)
+        try:
+            results, pool_name = await self._attempt(message)
+        except Exception as error:  # nobody classified it: defer, never lose or spin
+            log.exception("delivery attempt of %s failed", message.id)
+            reason = deferred(f"internal error ({error.__class__.__name__}); will retry", "4.3.0")
+            results, pool_name = dict.fromkeys(message.recipients, reason), None
         for rcpt, result in results.items():
             maillog.info(
                 "id=%s to=%s pool=%s result=%s reply=%r",
@@ -193,22 +212,32 @@ class Delivery:
                 result.outcome.value,
                 result.describe(),
             )
+        status = await self._record(AttemptRecord(message, results, pool_name))
         _count(results, pool_name or "none")
-        try:
-            status = await self._queue.record(AttemptRecord(message, results, pool_name))
-        except StorageUnavailable as error:
-            # Not recorded: the claim lapses and the message is attempted again.
-            log.error("could not record the attempt of %s: %s", message.id, error)
-            status = "deferred"
         waiter = self._waiters.pop(message.id, None)
         if waiter is not None and not waiter.done():
             waiter.set_result(status)
         return status
 
+    async def _record(self, attempt: AttemptRecord) -> str:
+        """Store the outcome, retrying: the upstream has answered, and forgetting that answer
+        would send the message again. The claim stays renewed meanwhile."""
+        pause = 0.2
+        while True:
+            try:
+                return await self._queue.record(attempt)
+            except StorageUnavailable as error:
+                if not self._accepting:
+                    log.error("giving up recording %s at shutdown: %s", attempt.message.id, error)
+                    return "deferred"
+                log.warning("recording %s failed (%s); retrying", attempt.message.id, error)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 5.0)
+
     async def _attempt(
         self, message: QueuedMessage
     ) -> tuple[dict[str, DeliveryResult], str | None]:
-        pool_ids = candidates(message.route, self._registry.settings(), self._registry.unhealthy())
+        pool_ids = candidates(message.route, self._registry.settings(), set())
         if not pool_ids:
             reason = (
                 "no upstream pool is configured (direct MX delivery is not available yet)"

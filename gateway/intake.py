@@ -1,22 +1,28 @@
 """Intake: the one policy pipeline behind both doors (SMTP and HTTP).
 
-    sender allowed -> recipients not suppressed -> idempotency key reserved -> route chosen
-    -> DKIM signed once -> stored (one transaction, group-committed) -> acknowledged
+    recipients not suppressed -> route chosen -> sender may use it -> stored (one
+    transaction, group-committed, idempotency key reserved in it) -> handed to delivery
+    (sandbox: never) -> acknowledged
 
-It knows nothing of SMTP or HTTP: it takes a Submission and returns an Accepted or raises
-one of the Refusal exceptions below, which each door turns into its own reply.
+It knows nothing of SMTP or HTTP: it takes a Submission and returns an Accepted, or raises
+one of the Refusal exceptions below (or `Duplicate`), which each door turns into its own
+reply. The policy.sender "verified" check arrives with domains (issue 4).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from gateway import metrics
 from gateway.delivery import Delivery, PoolRegistry
-from gateway.message import QueuedMessage, Submission
+from gateway.message import QueuedMessage, Route, Submission
 from gateway.queue import Queue
 from gateway.routing import UnknownRoute, choose_route
+from storage.idempotency import ANONYMOUS, Duplicate
+
+__all__ = ["Accepted", "AllSuppressed", "Duplicate", "Intake", "NotPermitted", "UnknownAlias"]
 
 
 class Refusal(Exception):
@@ -33,10 +39,20 @@ class UnknownAlias(Refusal):
     reason = "unknown alias_id"
 
 
+class NotPermitted(Refusal):
+    """The API key may not send this way (no scope for it, or another ip_pool)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class Accepted:
     message: QueuedMessage
     suppressed: tuple[str, ...] = ()
+    # Resolved with the message's status after its first attempt (when asked to watch).
+    attempt: asyncio.Future[str] | None = None
 
     @property
     def message_id(self) -> str:
@@ -53,15 +69,40 @@ class Intake:
         """Which of `addresses` must not be sent to."""
         return await self._queue.is_suppressed(addresses)
 
-    async def submit(self, submission: Submission) -> Accepted:
-        """Apply policy, store durably, hand to delivery. Returns only after the commit."""
-        blocked = await self.suppressed(submission.recipients)
+    async def submit(self, submission: Submission, *, watch: bool = False) -> Accepted:
+        """Apply policy, store durably, hand to delivery. Returns only after the commit.
+
+        With `watch`, `Accepted.attempt` is registered before the message reaches a
+        delivery worker, so even an instant upstream answer cannot be missed. A reused
+        idempotency key raises Duplicate: found when the message is stored (no extra read on
+        the way), or, when policy would refuse the retry, looked up first (the recipient may
+        have been suppressed since the first request was sent).
+        """
+        try:
+            blocked, submission, route = self._policy(submission)
+        except Refusal:
+            await self._raise_if_seen(submission)
+            raise
+        sandbox = submission.sandbox
+        claim = not sandbox and self._delivery.has_room()
+        message = await self._queue.enqueue(submission, route, claim=claim)
+        metrics.MESSAGES_RECEIVED.labels(source=submission.source).inc()
+        attempt = self._delivery.wait_for(message.id) if watch and not sandbox else None
+        if claim:
+            self._delivery.push(message)
+        elif not sandbox:
+            self._delivery.wake()
+        return Accepted(message, tuple(sorted(blocked)), attempt)
+
+    def _policy(self, submission: Submission) -> tuple[set[str], Submission, Route]:
+        """Suppression, routing and the key's permissions (no I/O: all held in memory)."""
+        blocked = self._queue.suppressions.suppressed(submission.recipients)
         if blocked:
             metrics.MESSAGES_SUPPRESSED.inc(len(blocked))
             if len(blocked) == len(set(submission.recipients)):
                 raise AllSuppressed()
             kept = tuple(r for r in submission.recipients if r not in blocked)
-            submission = replace(submission, recipients=kept)
+            submission = replace(submission, recipients=kept, suppressed=tuple(sorted(blocked)))
         try:
             route = choose_route(
                 submission.alias_id, submission.mail_from, self._registry.settings()
@@ -69,11 +110,47 @@ class Intake:
         except UnknownRoute:
             metrics.MESSAGES_REFUSED.labels(reason="unknown_alias").inc()
             raise UnknownAlias() from None
-        claim = self._delivery.has_room()
-        message = await self._queue.enqueue(submission, route, claim=claim)
-        metrics.MESSAGES_RECEIVED.labels(source=submission.source).inc()
-        if claim:
-            self._delivery.push(message)
-        else:
-            self._delivery.wake()
-        return Accepted(message, tuple(sorted(blocked)))
+        return blocked, submission, self._permitted(submission, route)
+
+    async def _raise_if_seen(self, submission: Submission) -> None:
+        key = submission.idempotency_key
+        if key is None:
+            return
+        scope = submission.sender.api_key_id if submission.sender else ANONYMOUS
+        seen = await self._queue.find_idempotent(scope, key)
+        if seen is not None:
+            raise Duplicate(seen.message_id, seen.response)
+
+    def _permitted(self, submission: Submission, route: Route) -> Route:
+        """The route, if the submission's API key may use it (NotPermitted otherwise).
+
+        A key limited to some ip_pools (`send:transactional`) that named no alias_id is
+        sent through its own group rather than refused.
+        """
+        sender = submission.sender
+        if sender is None:
+            return route
+        if submission.sandbox:
+            if not sender.may_sandbox:
+                raise NotPermitted("sandbox sends need an API key with the sandbox scope")
+            return route
+        if not sender.may_send:
+            raise NotPermitted("this API key has no send scope")
+        allowed = sender.ip_pools
+        if allowed is None or self._group(route) in allowed:
+            return route
+        if not submission.alias_id:
+            active = {pool.ip_pool for pool in self._registry.settings() if pool.is_active}
+            for group in sorted(allowed):
+                if group in active:
+                    return Route(ip_pool=group)
+        pools = ", ".join(sorted(allowed)) or "none"
+        raise NotPermitted(f"this API key may only send through ip_pool {pools}")
+
+    def _group(self, route: Route) -> str | None:
+        if route.pool_id is None:
+            return route.ip_pool
+        for pool in self._registry.settings():
+            if pool.id == route.pool_id:
+                return pool.ip_pool
+        return None

@@ -7,6 +7,16 @@ from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
+class Sender:
+    """Who submitted a message, when it came with an API key (SMTP AUTH or HTTP)."""
+
+    api_key_id: str
+    may_send: bool
+    may_sandbox: bool
+    ip_pools: frozenset[str] | None = None  # the groups this key may use; None = any
+
+
+@dataclass(frozen=True)
 class Submission:
     """One message as it arrived, through either door, before policy is applied."""
 
@@ -18,6 +28,9 @@ class Submission:
     idempotency_key: str | None = None
     sandbox: bool = False
     tags: tuple[str, ...] = ()
+    sender: Sender | None = None  # None: an unauthenticated client on a trusted listener
+    metadata: dict[str, str] = field(default_factory=dict)
+    suppressed: tuple[str, ...] = ()  # recipients intake dropped; stored for the record
 
 
 @dataclass(frozen=True)

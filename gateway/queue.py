@@ -33,7 +33,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from gateway.addresses import normalise
 from gateway.message import DeliveryResult, Outcome, QueuedMessage, Route, Submission
 from gateway.suppressions import SuppressionCache
+from storage import idempotency
 from storage.db import Database
+from storage.messages import INSERT_META, meta_row
 from storage.models import Message, MessageBody, Recipient, Suppression
 from storage.writer import Batch, Writer
 
@@ -60,7 +62,7 @@ _UPDATE_RECIPIENT = (
 )
 _UPDATE_MESSAGE = (
     update(M)
-    .where(M.c.id == bindparam("m_id"))
+    .where(M.c.id == bindparam("m_id"), M.c.claimed_by == bindparam("node"))
     .values(
         status=bindparam("status"),
         attempts=M.c.attempts + 1,
@@ -72,6 +74,11 @@ _UPDATE_MESSAGE = (
     )
 )
 _DELETE_BODY = delete(B).where(B.c.message_id == bindparam("m_id"))
+_RENEW = (
+    update(M)
+    .where(M.c.claimed_by == bindparam("node"), M.c.due_at.is_not(None))
+    .values(due_at=bindparam("until"))
+)
 _RELEASE = (
     update(M)
     .where(M.c.claimed_by == bindparam("node"), M.c.due_at.is_not(None))
@@ -145,15 +152,22 @@ class Queue:
     # --- intake -----------------------------------------------------------------------
 
     async def enqueue(self, submission: Submission, route: Route, claim: bool) -> QueuedMessage:
-        """Store the message durably (group commit); with `claim`, also claim it here."""
+        """Store the message durably (group commit); with `claim`, also claim it here.
+
+        A sandbox message is stored final (status `sandbox`, never due). With an
+        idempotency key the key is reserved in the same transaction; when another message
+        holds it, nothing is stored and `Duplicate` names that message.
+        """
         now = time.time()
-        message_id = new_message_id()
+        sandbox = submission.sandbox
+        claim = claim and not sandbox
+        message_id = ("sandbox_" if sandbox else "") + new_message_id()
         batch = Batch()
         batch.add(
             _INSERT_MESSAGE,
             {
                 "id": message_id,
-                "status": "queued",
+                "status": "sandbox" if sandbox else "queued",
                 "source": submission.source,
                 "mail_from": submission.mail_from,
                 "alias_id": submission.alias_id,
@@ -164,7 +178,7 @@ class Queue:
                 "size": len(submission.content),
                 "created_at": now,
                 "updated_at": now,
-                "due_at": now + self._lease if claim else now,
+                "due_at": None if sandbox else now + self._lease if claim else now,
                 "claimed_by": self.node_id if claim else None,
                 "last_response": None,
             },
@@ -176,7 +190,7 @@ class Queue:
                 {
                     "message_id": message_id,
                     "email": rcpt,
-                    "status": "pending",
+                    "status": "sandbox" if sandbox else "pending",
                     "attempts": 0,
                     "code": None,
                     "response": None,
@@ -185,7 +199,17 @@ class Queue:
                 for rcpt in submission.recipients
             ],
         )
-        await self._writer.submit(batch)
+        self._add_extras(batch, submission, message_id, now)
+        key = submission.idempotency_key
+        if key is None:
+            await self._writer.submit(batch)
+        else:
+            scope = submission.sender.api_key_id if submission.sender else idempotency.ANONYMOUS
+            holder = await self._writer.submit(
+                lambda conn: _reserve_then_store(conn, scope, key, message_id, now, batch)
+            )
+            if holder is not None:
+                raise idempotency.Duplicate(holder)
         return QueuedMessage(
             id=message_id,
             mail_from=submission.mail_from,
@@ -195,6 +219,39 @@ class Queue:
             created_at=now,
             route=route,
         )
+
+    @staticmethod
+    def _add_extras(batch: Batch, submission: Submission, message_id: str, now: float) -> None:
+        """The side rows of an API submission: its meta row, the recipients it suppressed."""
+        meta = meta_row(
+            message_id,
+            submission.sender.api_key_id if submission.sender else None,
+            submission.sandbox,
+            submission.tags,
+            submission.metadata,
+            submission.idempotency_key,
+        )
+        if meta is not None:
+            batch.add(INSERT_META, meta)
+        batch.add(
+            _INSERT_RECIPIENT,
+            [
+                {
+                    "message_id": message_id,
+                    "email": rcpt,
+                    "status": "suppressed",
+                    "attempts": 0,
+                    "code": None,
+                    "response": "suppressed before sending",
+                    "updated_at": now,
+                }
+                for rcpt in submission.suppressed
+            ],
+        )
+
+    async def find_idempotent(self, scope: str, key: str) -> idempotency.Hit | None:
+        """The live reservation of an idempotency key, if any (a read; no reservation)."""
+        return await idempotency.find(self._db, scope, key)
 
     # --- delivery ---------------------------------------------------------------------
 
@@ -279,6 +336,7 @@ class Queue:
             _UPDATE_MESSAGE,
             {
                 "m_id": message.id,
+                "node": self.node_id,
                 "status": status,
                 "due": retry_at,
                 "pool": attempt.pool,
@@ -298,10 +356,16 @@ class Queue:
         )
         await self._writer.submit(batch)
         self.suppressions.add(bounced)
-        message.recipients = [r for r, res in results.items() if res.outcome is Outcome.DEFERRED]
-        message.attempts += 1
-        message.any_bounced |= any(r.outcome is Outcome.BOUNCED for r in results.values())
         return status
+
+    @property
+    def lease(self) -> float:
+        return self._lease
+
+    async def renew_claims(self) -> None:
+        """Extend the lease of every message this node holds."""
+        until = time.time() + self._lease
+        await self._writer.submit(Batch([(_RENEW, {"node": self.node_id, "until": until})]))
 
     async def release_claims(self) -> None:
         """Give back every message this node holds so that it is due now (shutdown/start)."""
@@ -339,6 +403,17 @@ def message_status(results: Any, retry_at: float | None, any_bounced: bool = Fal
     return "bounced"
 
 
+def _reserve_then_store(
+    conn: Connection, scope: str, key: str, message_id: str, now: float, batch: Batch
+) -> str | None:
+    """Inside the shared transaction: reserve the key, and store the message only if won."""
+    holder = idempotency.reserve(conn, scope, key, message_id, now)
+    if holder is None:
+        for statement, params in batch.steps:
+            conn.execute(statement, params)
+    return holder
+
+
 def _recipient_status(result: DeliveryResult) -> str:
     return "pending" if result.outcome is Outcome.DEFERRED else result.outcome.value
 
@@ -347,7 +422,7 @@ def _expire(result: DeliveryResult) -> DeliveryResult:
     if result.outcome is not Outcome.DEFERRED:
         return result
     return DeliveryResult(
-        Outcome.BOUNCED, result.code, "4.4.7", f"expired after max_age; last: {result.describe()}"
+        Outcome.BOUNCED, result.code, "5.4.7", f"expired after max_age; last: {result.describe()}"
     )
 
 

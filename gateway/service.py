@@ -25,7 +25,6 @@ import os
 import secrets
 import signal
 import socket
-import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,13 +32,16 @@ import uvicorn
 from sqlalchemy.exc import SQLAlchemyError
 
 from api.app import create_app
-from gateway.config import Config, ConfigError
+from api.auth import RateLimiter
+from api.context import ApiContext
+from gateway.config import Config, ConfigError, server_tls_context
 from gateway.delivery import Delivery, PoolRegistry
 from gateway.intake import Intake
 from gateway.queue import Queue
 from gateway.smtp_server import ListenerLimits, PosternHandler
 from gateway.upstream import PoolSettings, SessionSettings
 from storage.db import SchemaError, create_schema, database_url, open_database
+from storage.keys import KeyStore
 from storage.pools import list_pools, sync_config_pools
 from storage.writer import StorageUnavailable, Writer
 
@@ -53,7 +55,9 @@ class StartupError(ConfigError):
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket, or a StartupError naming the address."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP, and
+    # without it every two-write HTTP response waits out the client's delayed ACK (40 ms).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
@@ -101,6 +105,7 @@ class Service:
             node = node_id(data_dir)
         except OSError as error:
             raise StartupError(f"cannot use data_dir {data_dir}: {error.strerror}") from None
+        limits = self._listener_limits()  # loads the TLS certificate: fail before any task
         smtp_sockets = [bind(host, port) for host, port in config.smtp.listen]
         http_socket = bind(*config.http.listen)
 
@@ -114,7 +119,8 @@ class Service:
         self.writer = Writer(self.db)
         self.writer.start()
         delivery_cfg = config.delivery
-        lease = delivery_cfg.connect_timeout + 4 * delivery_cfg.command_timeout + 60
+        # Renewed every lease/4 while this node holds a message; lapses only if it dies.
+        lease = 120.0
         self.queue = Queue(
             self.db, self.writer, node, delivery_cfg.retry_schedule, delivery_cfg.max_age, lease
         )
@@ -137,11 +143,24 @@ class Service:
         self.delivery.wake()
         self.intake = Intake(self.queue, self.registry, self.delivery)
 
-        self.smtp_handler = PosternHandler(self.intake, self._listener_limits())
+        self.keys = KeyStore(self.db)  # API keys: HTTP bearer tokens and SMTP AUTH passwords
+        self.smtp_handler = PosternHandler(self.intake, limits, self.keys)
         loop = asyncio.get_running_loop()
         for sock in smtp_sockets:
             self._servers.append(await loop.create_server(self.smtp_handler.protocol, sock=sock))
-        app = create_app(self.queue.ping)
+        self.api = ApiContext(
+            db=self.db,
+            writer=self.writer,
+            intake=self.intake,
+            keys=self.keys,
+            limiter=RateLimiter(config.http.rate_limit),
+            suppressions=self.queue.suppressions,
+            hostname=config.server.hostname,
+            handoff_timeout=delivery_cfg.handoff_timeout,
+            max_body_size=config.http.max_body_size,
+        )
+        self.api.start()
+        app = create_app(self.queue.ping, self.api)
         self._http = _EmbeddedUvicorn(
             uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False)
         )
@@ -185,10 +204,7 @@ class Service:
 
     def _listener_limits(self) -> ListenerLimits:
         smtp = self.config.smtp
-        tls_context = None
-        if smtp.tls_cert and smtp.tls_key:
-            tls_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            tls_context.load_cert_chain(smtp.tls_cert, smtp.tls_key)
+        tls_context = server_tls_context(smtp.tls_cert, smtp.tls_key) if smtp.tls_cert else None
         return ListenerLimits(
             hostname=self.config.server.hostname,
             max_message_size=smtp.max_message_size,
@@ -216,6 +232,8 @@ class Service:
         log.info("stopping: no new connections; finishing in-flight work")
         for server in self._servers:
             server.close()
+        if self._http is not None:
+            self._http.should_exit = True  # no new HTTP requests; in-flight ones finish
         await self._wait(lambda: self.smtp_handler.submitting == 0, 5.0)
         for session in list(self.smtp_handler.sessions):
             session.abort()
@@ -226,9 +244,10 @@ class Service:
             # Not fatal: the next start of this node releases them, other nodes when the
             # lease lapses.
             log.warning("could not release claimed messages: %s", error)
+        if hasattr(self, "api"):
+            await self.api.stop()  # its background writes need the writer
         await self.writer.stop()
-        if self._http is not None and self._http_task is not None:
-            self._http.should_exit = True
+        if self._http_task is not None:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._http_task, timeout=5)
         await self.db.dispose()

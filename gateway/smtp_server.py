@@ -15,13 +15,15 @@ import ssl
 from dataclasses import dataclass
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
+from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway import metrics
 from gateway.addresses import envelope_problem, has_control
 from gateway.headers import content_problem, take_control_headers
-from gateway.intake import AllSuppressed, Intake, UnknownAlias
+from gateway.intake import AllSuppressed, Duplicate, Intake, NotPermitted, UnknownAlias
 from gateway.message import Submission
+from gateway.smtp_auth import ApiKeyAuth, AuthThrottle, is_loopback, sender_of
+from storage.keys import KeyStore
 from storage.writer import StorageUnavailable
 
 log = logging.getLogger("postern.smtp")
@@ -29,6 +31,7 @@ log = logging.getLogger("postern.smtp")
 _PLAIN_PATH = re.compile(
     r"<([A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-]+@[A-Za-z0-9.\-]+)>[ \t]*(.*)\Z", re.DOTALL
 )
+_HELO_NAME = re.compile(r"[A-Za-z0-9.\-_]{1,253}|\[[0-9A-Fa-f.:IPv]{1,60}\]")
 NULL_SENDER = "<>"  # how aiosmtpd hands over `MAIL FROM:<>` (bounces)
 
 
@@ -44,6 +47,7 @@ class Reply:
     CONTROL_IN_COMMAND = "501 5.5.4 Control characters in the command"
     BAD_CONTENT = "550 5.6.0 Message refused: {}"
     UNKNOWN_ALIAS = "550 5.7.1 Unknown X-Postern-Alias-Id"
+    NOT_PERMITTED = "550 5.7.1 {}"
     ALL_SUPPRESSED = "550 5.7.1 Every recipient is suppressed"
     TEMPORARY = "451 4.3.0 Temporary failure, please try again later"
     TOO_MANY_CONNECTIONS = b"421 4.7.0 Too many connections, try again later\r\n"
@@ -99,12 +103,7 @@ class ListenerLimits:
     tls_context: ssl.SSLContext | None = None
 
 
-def _no_credentials_yet(*_args: Any) -> AuthResult:
-    """Until API keys can log in over SMTP, require_auth means nobody can send: never open."""
-    return AuthResult(success=False, handled=False)
-
-
-class PosternSMTP(SMTP):
+class PosternSMTP(ApiKeyAuth, SMTP):
     """aiosmtpd's SMTP with a 998-byte line limit, a connection cap and enhanced codes."""
 
     line_length_limit = 1000  # 998 bytes + CRLF (RFC 5321 §4.5.3.1.6)
@@ -121,8 +120,7 @@ class PosternSMTP(SMTP):
             tls_context=limits.tls_context,
             require_starttls=False,
             auth_required=limits.require_auth,
-            auth_require_tls=True,
-            authenticator=_no_credentials_yet,
+            auth_require_tls=True,  # relaxed for loopback peers in connection_made
         )
         self._limits = limits
         self._refused = False
@@ -140,6 +138,8 @@ class PosternSMTP(SMTP):
             sessions.add(self)
             metrics.SMTP_SESSIONS.set(len(sessions))
         super().connection_made(transport)
+        # AUTH only over TLS, or from loopback (aiosmtpd knows only "TLS always").
+        self._auth_require_tls = not is_loopback(self.session.peer if self.session else None)
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._refused:
@@ -185,9 +185,13 @@ class PosternSMTP(SMTP):
 class PosternHandler:
     """aiosmtpd handler hooks: envelope checks at each command, intake at end of data."""
 
-    def __init__(self, intake: Intake, limits: ListenerLimits) -> None:
+    def __init__(
+        self, intake: Intake, limits: ListenerLimits, keys: KeyStore | None = None
+    ) -> None:
         self._intake = intake
         self._limits = limits
+        self.keys = keys  # AUTH passwords are API keys; None: nobody can log in
+        self.auth_throttle = AuthThrottle()
         self.sessions: set[PosternSMTP] = set()
         self.submitting = 0  # end-of-data commits under way
 
@@ -258,7 +262,11 @@ class PosternHandler:
             idempotency_key=controls.get("idempotency-key") or None,
             sandbox=controls.get("sandbox", "").lower() == "true",
             tags=tuple(t.strip() for t in controls.get("tags", "").split(",") if t.strip()),
+            sender=sender_of(session),
         )
+        problem = _control_problem(submission)
+        if problem:
+            return Reply.BAD_CONTENT.format(problem)
         self.submitting += 1
         try:
             accepted = await self._intake.submit(submission)
@@ -266,6 +274,10 @@ class PosternHandler:
             return Reply.UNKNOWN_ALIAS
         except AllSuppressed:
             return Reply.ALL_SUPPRESSED
+        except Duplicate as duplicate:  # X-Postern-Idempotency-Key seen: the first one stands
+            return Reply.QUEUED.format(duplicate.message_id)
+        except NotPermitted as refusal:
+            return Reply.NOT_PERMITTED.format(refusal.reason)
         except StorageUnavailable as error:
             log.error("could not store a message: %s", error)
             return Reply.TEMPORARY
@@ -279,9 +291,23 @@ class PosternHandler:
 
     def _received(self, session: Session) -> bytes:
         peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
-        helo = (session.host_name or "unknown").encode("ascii", "backslashreplace").decode()
+        # The EHLO name is the client's word: only a plausible host name or address literal
+        # goes into our header, so the line stays short and ASCII whatever it sent.
+        name = session.host_name or ""
+        helo = name if _HELO_NAME.fullmatch(name) else "invalid-helo"
         line = (
             f"Received: from {helo} ([{peer}])\r\n\tby {self._limits.hostname} (Postern)"
             f" with ESMTP; {email.utils.formatdate(localtime=False)}\r\n"
         )
         return line.encode("utf-8", "surrogateescape")
+
+
+def _control_problem(submission: Submission) -> str | None:
+    """X-Postern-* values are bounded as the HTTP fields are (control characters, length)."""
+    key = submission.idempotency_key
+    if key is not None and (len(key) > 128 or has_control(key)):
+        return "bad X-Postern-Idempotency-Key (at most 128 characters, no controls)"
+    tags = submission.tags
+    if len(tags) > 10 or any(len(tag) > 64 or has_control(tag) for tag in tags):
+        return "bad X-Postern-Tags (at most 10 tags of 64 characters, no controls)"
+    return None

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import aiosmtplib
 from aiosmtplib import SMTPException, SMTPHeloError, SMTPResponseException
@@ -34,7 +33,9 @@ class PoolSettings:
     port: int
     username: str = ""
     password: str = ""
-    encryption: str = "tls"  # tls (STARTTLS) | ssl (implicit TLS) | none
+    # tls (STARTTLS) | ssl (implicit TLS) | none | opportunistic (STARTTLS when offered,
+    # certificate unchecked: what MX hosts get, as RFC 3207 deployments expect)
+    encryption: str = "tls"
     ip_pool: str = "transactional"
     priority: int = 100
     max_connections: int = 10
@@ -53,7 +54,6 @@ class SessionSettings:
     idle_timeout: float = 60.0
     max_messages_per_connection: int = 1000
     cooldown: float = 10.0  # first pause of a failing pool; doubles, at most 5 minutes
-    tls_context: ssl.SSLContext | None = None
 
 
 class _StaleSession(Exception):
@@ -97,7 +97,6 @@ def deferred(text: str, enhanced: str = "4.4.1") -> DeliveryResult:
 class _Session:
     pipe: PipelinedSession
     extensions: frozenset[str]  # EHLO keywords, lower-case
-    created: float
     last_used: float
     messages: int = 0
     dirty: bool = False  # a transaction was left half-done: RSET before reuse
@@ -114,6 +113,8 @@ class UpstreamPool:
         self._slots = asyncio.Semaphore(settings.max_connections)
         self._idle: list[_Session] = []
         self._busy = 0
+        self._shown = (0, 0)  # what the gauges hold for this pool
+        self._closers: set[asyncio.Task[None]] = set()
         self._closed = False
         self.failures = 0
         self.unhealthy_until = 0.0
@@ -128,8 +129,9 @@ class UpstreamPool:
         return self.settings.name
 
     @property
-    def open_connections(self) -> int:
-        return len(self._idle) + self._busy
+    def unused(self) -> bool:
+        """No session open and nothing to remember (no failures cooling down)."""
+        return not self._idle and not self._busy and self.failures == 0
 
     def healthy(self, now: float) -> bool:
         return now >= self.unhealthy_until
@@ -168,8 +170,11 @@ class UpstreamPool:
         except SessionClosed as closed:
             session.pipe.close()
             if closed.body_sent:
-                # The final dot reached the upstream: the retry may deliver a second copy.
+                # The final dot reached the upstream, which may have taken the message: retry
+                # on schedule (a possible duplicate, counted), never at once on another pool.
                 metrics.POSSIBLE_DUPLICATES.labels(pool=self.name).inc()
+                reply = deferred(f"{self.name}: {closed} after the end of data")
+                return dict.fromkeys(message.recipients, reply)
             raise PoolUnavailable(deferred(f"{self.name}: {closed}")) from None
         self._send_seconds.observe(time.perf_counter() - started)
         session.messages += 1
@@ -181,6 +186,18 @@ class UpstreamPool:
     ) -> dict[str, DeliveryResult]:
         options = self._mail_options(session.extensions, message)
         encoding = "utf-8" if "SMTPUTF8" in options else "ascii"
+        if encoding == "ascii" and not message.mail_from.isascii():
+            return dict.fromkeys(message.recipients, _NEEDS_SMTPUTF8)
+        ascii_only = encoding == "ascii"
+        unsendable = {
+            r: _NEEDS_SMTPUTF8 for r in message.recipients if ascii_only and not r.isascii()
+        }
+        if unsendable:
+            sendable = [r for r in message.recipients if r.isascii()]
+            if not sendable:
+                return unsendable
+            message = replace(message, recipients=sendable)
+            return {**unsendable, **await self._transaction(session, message)}
         try:
             if session.dirty:
                 await session.pipe.command(b"RSET")
@@ -203,9 +220,17 @@ class UpstreamPool:
     ) -> dict[str, DeliveryResult]:
         """The replies of one transaction -> a result per recipient (or PoolUnavailable)."""
         mail = classify(replies.mail.code, replies.mail.text)
+        if mail.outcome is not Outcome.DELIVERED and _our_fault(mail):
+            # The upstream refuses us, not the message (AUTH needed, bad credentials,
+            # throttling): never bounce mail for it; fail over and let the pool cool down.
+            self._mark(healthy=False)
+            raise PoolUnavailable(
+                DeliveryResult(Outcome.DEFERRED, mail.code, mail.enhanced, mail.text)
+            )
         if mail.outcome is Outcome.BOUNCED:
             return dict.fromkeys(message.recipients, mail)
         if mail.outcome is Outcome.DEFERRED:
+            self._mark(healthy=False)
             raise PoolUnavailable(mail)
         results = {r: classify(reply.code, reply.text) for r, reply in replies.rcpts.items()}
         accepted = [r for r, result in results.items() if result.outcome is Outcome.DELIVERED]
@@ -237,11 +262,11 @@ class UpstreamPool:
         now = time.monotonic()
         while self._idle and not fresh:
             session = self._idle.pop()
-            if now - session.last_used < self._session.idle_timeout and session.usable:
+            if self._fresh(session, now):
                 self._busy += 1
                 self._update_gauges()
                 return session
-            await self._close(session)
+            self._closing(session)
         session = await self._connect()
         self._busy += 1
         self._update_gauges()
@@ -257,8 +282,14 @@ class UpstreamPool:
         if reusable:
             self._idle.append(session)
         else:
-            asyncio.get_running_loop().create_task(self._close(session))
+            self._closing(session)
         self._update_gauges()
+
+    def _closing(self, session: _Session) -> None:
+        """Close in the background (QUIT is polite but must not hold up a worker)."""
+        task = asyncio.get_running_loop().create_task(self._close(session))
+        self._closers.add(task)
+        task.add_done_callback(self._closers.discard)
 
     async def _connect(self) -> _Session:
         settings = self.settings
@@ -268,11 +299,10 @@ class UpstreamPool:
             local_hostname=self._session.local_hostname,
             timeout=self._session.command_timeout,
             use_tls=settings.encryption == "ssl",
-            start_tls=settings.encryption == "tls",
-            tls_context=self._session.tls_context,
-            validate_certs=settings.tls_verify,
+            start_tls=_START_TLS.get(settings.encryption, False),
+            validate_certs=settings.tls_verify and settings.encryption != "opportunistic",
             username=settings.username or None,
-            password=settings.password or None if settings.username else None,
+            password=(settings.password or None) if settings.username else None,
         )
         started = time.perf_counter()
         try:
@@ -291,7 +321,7 @@ class UpstreamPool:
         self._connect_seconds.observe(time.perf_counter() - started)
         now = time.monotonic()
         extensions = frozenset(client.esmtp_extensions)
-        return _Session(pipe, extensions, created=now, last_used=now)
+        return _Session(pipe, extensions, last_used=now)
 
     @staticmethod
     async def _greet(client: aiosmtplib.SMTP) -> None:
@@ -306,14 +336,14 @@ class UpstreamPool:
     async def reap_idle(self) -> None:
         """Close sessions idle for longer than idle_timeout."""
         now = time.monotonic()
-        keep = []
-        for session in self._idle:
-            if now - session.last_used < self._session.idle_timeout and session.usable:
-                keep.append(session)
-            else:
-                await self._close(session)
-        self._idle = keep
+        # Decide and detach without awaiting: workers take and return sessions meanwhile.
+        expired = [s for s in self._idle if not self._fresh(s, now)]
+        self._idle = [s for s in self._idle if self._fresh(s, now)]
         self._update_gauges()
+        await asyncio.gather(*(self._close(s) for s in expired))
+
+    def _fresh(self, session: _Session, now: float) -> bool:
+        return session.usable and now - session.last_used < self._session.idle_timeout
 
     async def close(self) -> None:
         self._closed = True
@@ -340,8 +370,23 @@ class UpstreamPool:
             )
 
     def _update_gauges(self) -> None:
-        self._idle_gauge.set(len(self._idle))
-        self._busy_gauge.set(self._busy)
+        # By difference, not by value: several pools may share a label (direct MX hosts,
+        # a pool being replaced by a reload), and each adds only its own sessions.
+        idle, busy = len(self._idle), self._busy
+        self._idle_gauge.inc(idle - self._shown[0])
+        self._busy_gauge.inc(busy - self._shown[1])
+        self._shown = (idle, busy)
+
+
+_START_TLS: dict[str, bool | None] = {"tls": True, "opportunistic": None}
+_NEEDS_SMTPUTF8 = DeliveryResult(
+    Outcome.BOUNCED, 553, "5.6.7", "non-ASCII address and the upstream lacks SMTPUTF8"
+)
+
+
+def _our_fault(result: DeliveryResult) -> bool:
+    """A refusal of our session rather than of the message (RFC 4954, RFC 3463 X.7.0/X.7.8)."""
+    return result.code in (421, 450, 454, 530, 535) or result.enhanced in ("5.7.0", "5.7.8")
 
 
 def _describe(error: BaseException) -> str:

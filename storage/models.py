@@ -7,7 +7,7 @@ Bodies live in their own table so that scans of `message` never drag them along.
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Index, LargeBinary, text
+from sqlalchemy import Column, Index, LargeBinary, Text, text
 from sqlmodel import Field, SQLModel
 
 SCHEMA_VERSION = 1
@@ -27,7 +27,7 @@ class Message(SQLModel, table=True):
     )
 
     id: str = Field(primary_key=True, max_length=64)
-    status: str = Field(max_length=16)  # queued | deferred | delivered | bounced
+    status: str = Field(max_length=16)  # queued | deferred | delivered | bounced | sandbox
     source: str = Field(max_length=16)  # smtp | http
     mail_from: str
     alias_id: str | None = None  # routing hint from the client
@@ -57,7 +57,7 @@ class Recipient(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     message_id: str = Field(max_length=64)
     email: str
-    status: str = Field(max_length=16)  # pending | delivered | bounced
+    status: str = Field(max_length=16)  # pending | delivered | bounced | suppressed | sandbox
     attempts: int = 0
     code: int | None = None
     response: str | None = None
@@ -70,6 +70,51 @@ class Suppression(SQLModel, table=True):
 
     email: str = Field(primary_key=True)  # normalised: see gateway.addresses.normalise
     reason: str = Field(max_length=16)  # unsubscribed | bounced | complaint | manual
+    created_at: float
+
+
+class MessageMeta(SQLModel, table=True):
+    """What the client said about a message beyond its bytes (API key, tags, metadata).
+
+    A side table, written in the message's own transaction only when there is something to
+    say: plain SMTP mail writes no row, and `message` keeps its narrow claim-path shape.
+    """
+
+    __tablename__ = "message_meta"
+    __table_args__ = (Index("ix_message_meta_api_key", "api_key_id"),)
+
+    message_id: str = Field(primary_key=True, max_length=64)
+    api_key_id: str | None = Field(default=None, max_length=64)  # None: unauthenticated SMTP
+    provider: str = Field(default="smtp", max_length=16)  # smtp | sandbox
+    tags: str = Field(default="[]", sa_column=Column(Text, nullable=False))  # JSON list
+    metadata_json: str = Field(default="{}", sa_column=Column(Text, nullable=False))  # JSON
+    idempotency_key: str | None = Field(default=None, max_length=128)
+
+
+class ApiKey(SQLModel, table=True):
+    """An API key: only the SHA-256 of the secret is kept (the secret has 256 random bits)."""
+
+    __tablename__ = "api_key"
+
+    id: str = Field(primary_key=True, max_length=64)
+    name: str = Field(max_length=128)
+    hash: str = Field(unique=True, max_length=64)  # hex SHA-256 of the whole "msk_..." secret
+    prefix: str = Field(max_length=16)  # the first characters, to recognise a key in a list
+    scopes: str  # space-separated
+    created_at: float
+    revoked_at: float | None = None
+
+
+class Idempotency(SQLModel, table=True):
+    """One idempotency key per API key; the primary key is what makes a racing twin lose."""
+
+    __tablename__ = "idempotency"
+    __table_args__ = (Index("ix_idempotency_created", "created_at"),)
+
+    api_key_id: str = Field(primary_key=True, max_length=64)  # "" for unauthenticated SMTP
+    key: str = Field(primary_key=True, max_length=128)
+    message_id: str = Field(max_length=64)
+    response: str | None = Field(default=None, sa_column=Column(Text, nullable=True))  # JSON
     created_at: float
 
 
@@ -99,3 +144,30 @@ class Meta(SQLModel, table=True):
 
     key: str = Field(primary_key=True)
     value: str
+
+
+class DkimKey(SQLModel, table=True):
+    """A DKIM signing key; several selectors per domain, at most one `active` (rotation)."""
+
+    __tablename__ = "dkim_key"
+    __table_args__ = (
+        Index("uq_dkim_key_domain_selector", "domain", "selector", unique=True),
+        Index("ix_dkim_key_domain", "domain"),
+        # The database itself refuses a second active key for a domain.
+        Index(
+            "ux_dkim_key_active",
+            "domain",
+            unique=True,
+            sqlite_where=text("status = 'active'"),
+            postgresql_where=text("status = 'active'"),
+        ),
+    )
+
+    id: str = Field(primary_key=True, max_length=64)
+    domain: str = Field(max_length=253)  # lower-case A-label form
+    selector: str = Field(max_length=200)
+    algorithm: str = Field(max_length=16)  # rsa | ed25519
+    private_key_enc: str  # PKCS#8 PEM, encrypted with gateway.secrets.SecretBox
+    public_key: str  # the base64 p= value of the DNS record
+    status: str = Field(max_length=16)  # pending | active | retired
+    created_at: float

@@ -80,7 +80,7 @@ class Writer:
 
     async def submit(self, work: Batch | Work) -> Any:
         """Run `work` in a shared transaction; return once it is committed."""
-        if self._task is None or self._stopping:
+        if self._task is None or self._task.done() or self._stopping:
             raise StorageUnavailable("the storage writer is not running")
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         await self._queue.put(_Job(work, done))

@@ -83,3 +83,16 @@ async def test_require_auth_refuses_mail_without_login(
     )
     assert code == 530 and text.startswith("5.7.0"), (code, text)
     assert sink.messages == []
+
+
+async def test_utf8_recipient_goes_through_an_upstream_with_smtputf8(
+    tmp_path: Path, service: ServiceFactory, sink: Sink
+) -> None:
+    svc = await service(make_config(tmp_path, sink))
+    rcpt = "josé@example.test"
+    code, _ = await smtp_send(
+        svc.config.smtp.listen[0][1], "app@sender.test", [rcpt], MESSAGE, mail_options=["SMTPUTF8"]
+    )
+    assert code == 250
+    assert await sink.wait_for_async(1, timeout=10)
+    assert sink.messages[0].rcpt_tos == [rcpt]

@@ -320,7 +320,7 @@ async def test_is_suppressed_reports_every_spelling(backend: Database, queue: Qu
     assert await queue.is_suppressed(asked) == {"frank@example.com", "frank@EXAMPLE.COM"}
 
 
-async def test_past_max_age_bounces_with_4_4_7(make_queue: MakeQueue, backend: Database) -> None:
+async def test_past_max_age_bounces_with_5_4_7(make_queue: MakeQueue, backend: Database) -> None:
     queue = await make_queue("node-a", max_age=0.0)
     message = await queue.enqueue(submission("henry@example.com"), ROUTE, claim=True)
     status = await queue.record(AttemptRecord(message, {"henry@example.com": DEFERRED}, "pool-1"))
@@ -329,11 +329,11 @@ async def test_past_max_age_bounces_with_4_4_7(make_queue: MakeQueue, backend: D
     row = await message_row(backend, message.id)
     assert row.status == "bounced"
     assert row.due_at is None
-    assert "4.4.7" in row.last_response
+    assert "5.4.7" in row.last_response
     assert await body(backend, message.id) is None
     rcpt = (await recipient_rows(backend, message.id))["henry@example.com"]
     assert rcpt.status == "bounced"
-    assert "4.4.7" in rcpt.response
+    assert "5.4.7" in rcpt.response
     assert "try again later" in rcpt.response  # the last upstream answer is kept
     assert await queue.is_suppressed(["henry@example.com"]) == set()  # not a hard bounce
 

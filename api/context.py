@@ -1,0 +1,82 @@
+"""What the routes need from the running service, handed over once at start-up."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from api.auth import RateLimiter
+from gateway.intake import Intake
+from gateway.suppressions import SuppressionCache
+from storage.db import Database
+from storage.idempotency import purge_expired
+from storage.keys import KeyStore
+from storage.writer import Writer
+
+log = logging.getLogger("postern.api")
+
+PURGE_INTERVAL = 600.0  # seconds between purges of expired idempotency keys
+
+
+@dataclass
+class ApiContext:
+    db: Database
+    writer: Writer
+    intake: Intake
+    keys: KeyStore
+    limiter: RateLimiter
+    suppressions: SuppressionCache  # this node's in-memory copy, updated at once
+    hostname: str
+    handoff_timeout: float
+    max_body_size: int
+    _purger: asyncio.Task[None] | None = field(default=None, repr=False)
+    _pending: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
+
+    def start(self) -> None:
+        self._purger = asyncio.get_running_loop().create_task(self._purge(), name="api-purge")
+
+    def in_background(self, work: Coroutine[Any, Any, None], what: str) -> None:
+        """Run `work` after the answer has gone (failures are logged); stop() waits for it."""
+
+        async def run() -> None:
+            try:
+                await work
+            except Exception as error:
+                log.warning("%s failed: %s", what, error)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def stop(self) -> None:
+        """Let background writes finish (bounded), stop the purge. Call before the writer stops."""
+        if self._pending:
+            await asyncio.wait(set(self._pending), timeout=5.0)
+        if self._purger is not None:
+            self._purger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._purger
+            self._purger = None
+
+    async def _purge(self) -> None:
+        while True:
+            try:
+                removed = await purge_expired(self.db)
+                if removed:
+                    log.info("purged %d expired idempotency keys", removed)
+            except Exception as error:  # never let housekeeping die; try again later
+                log.warning("purging idempotency keys failed: %s", error)
+            await asyncio.sleep(PURGE_INTERVAL)
+
+
+def iso(timestamp: float | None) -> str | None:
+    """UNIX seconds -> '2026-02-17T12:00:00.000Z' (the seed's format)."""
+    if timestamp is None:
+        return None
+    moment = datetime.fromtimestamp(timestamp, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -1,0 +1,151 @@
+"""Every error the API answers, as one hierarchy turned into one JSON shape:
+
+    {"success": false, "code": "...", "error": "...", "details": [...]}
+
+    ApiError
+    ├── InvalidRequest        400 invalid_request   malformed JSON, a field of the wrong type
+    │   └── UnknownAlias      400 unknown_alias     alias_id names neither pool nor alias
+    ├── Unauthorized          401 unauthorized      no key, an unknown or revoked key
+    ├── Forbidden             403 forbidden         the key lacks the scope or the ip_pool
+    ├── NotFound              404 not_found
+    ├── MethodNotAllowed      405 method_not_allowed
+    ├── PayloadTooLarge       413 payload_too_large over [http] max_body_size
+    ├── Suppressed            422 suppressed        every recipient is suppressed
+    ├── UpstreamRejected      422 upstream_rejected the upstream refused it permanently
+    ├── RateLimited           429 rate_limited      over [http] rate_limit; Retry-After
+    └── Unavailable           503 unavailable       storage failed; nothing was accepted
+
+A storage failure anywhere (a read as much as a write) is a 503 with Retry-After. Anything
+else is a bug: the client gets a bare 500 `internal_error`, the log the detail.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+log = logging.getLogger("postern.api")
+
+
+class ApiError(Exception):
+    status = 500
+    code = "internal_error"
+
+    def __init__(
+        self,
+        error: str,
+        details: list[dict[str, Any]] | None = None,
+        *,
+        extra: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(error)
+        self.error = error
+        self.details = details or []
+        self.extra = extra or {}
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "success": False,
+            "code": self.code,
+            "error": self.error,
+            "details": self.details,
+            **self.extra,
+        }
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+class InvalidRequest(ApiError):
+    status, code = 400, "invalid_request"
+
+
+class UnknownAlias(InvalidRequest):
+    code = "unknown_alias"
+
+
+class Unauthorized(ApiError):
+    status, code = 401, "unauthorized"
+
+    def __init__(self, error: str = "missing or invalid API key") -> None:
+        super().__init__(error, headers={"WWW-Authenticate": "Bearer"})
+
+
+class Forbidden(ApiError):
+    status, code = 403, "forbidden"
+
+
+class NotFound(ApiError):
+    status, code = 404, "not_found"
+
+
+class MethodNotAllowed(ApiError):
+    status, code = 405, "method_not_allowed"
+
+
+class PayloadTooLarge(ApiError):
+    status, code = 413, "payload_too_large"
+
+
+class Suppressed(ApiError):
+    status, code = 422, "suppressed"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "Send suppressed — recipient unsubscribed or bounced", extra={"suppressed": True}
+        )
+
+
+class UpstreamRejected(ApiError):
+    status, code = 422, "upstream_rejected"
+
+
+class RateLimited(ApiError):
+    status, code = 429, "rate_limited"
+
+    def __init__(self, retry_after: float) -> None:
+        seconds = max(1, math.ceil(retry_after))
+        super().__init__(
+            "rate limit exceeded for this API key",
+            extra={"retry_after": seconds},
+            headers={"Retry-After": str(seconds)},
+        )
+
+
+class Unavailable(ApiError):
+    status, code = 503, "unavailable"
+
+
+async def api_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, ApiError)
+    return error.response()
+
+
+async def http_error(request: Request, error: Exception) -> Response:
+    """Starlette's own 404/405 (no such route, wrong method) in the same JSON shape."""
+    assert isinstance(error, HTTPException)
+    kinds: dict[int, type[ApiError]] = {404: NotFound, 405: MethodNotAllowed}
+    kind = kinds.get(error.status_code)
+    if kind is None:
+        kind = type("HttpError", (ApiError,), {"status": error.status_code, "code": "error"})
+    response = kind(str(error.detail)).response()
+    response.headers.update(error.headers or {})
+    return response
+
+
+async def storage_error(request: Request, error: Exception) -> Response:
+    log.error("storage failed on %s %s: %s", request.method, request.url.path, error)
+    unavailable = Unavailable("storage is unavailable; please retry", headers={"Retry-After": "1"})
+    return unavailable.response()
+
+
+async def internal_error(request: Request, error: Exception) -> Response:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
+    return ApiError("internal error").response()

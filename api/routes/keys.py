@@ -1,0 +1,104 @@
+"""/api/v1/keys: list, create, show and revoke API keys (scope `keys`).
+
+A key may only grant scopes it holds itself (an `admin` key any), so the `keys` scope is
+no back door to `admin`. The secret is in the creation response and nowhere else, ever.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from api import errors
+from api.auth import authenticate
+from api.context import ApiContext, iso
+from api.openapi import operation, path_parameter
+from api.schemas import CreatedKeyResponse, ErrorResponse, KeyCreate, KeyList, KeyResponse, parse
+from gateway.message_builder import text_problem
+from storage.keys import ApiKeyRecord, create_key, get_key, list_keys, revoke_key
+
+SCOPE = "keys"
+
+
+def key_json(record: ApiKeyRecord) -> dict[str, Any]:
+    return {
+        **record.as_json(),
+        "created_at": iso(record.created_at),
+        "revoked_at": iso(record.revoked_at),
+    }
+
+
+@operation("List API keys", scope=SCOPE, responses={200: ("every key, revoked ones too", KeyList)})
+async def list_all(request: Request) -> Response:
+    ctx: ApiContext = request.app.state.api
+    await authenticate(request, ctx.keys, ctx.limiter, SCOPE)
+    keys = await list_keys(ctx.db)
+    return JSONResponse({"success": True, "keys": [key_json(key) for key in keys]})
+
+
+@operation(
+    "Create an API key",
+    scope=SCOPE,
+    request=KeyCreate,
+    responses={201: ("the key, with its secret (shown this once)", CreatedKeyResponse)},
+)
+async def create(request: Request) -> Response:
+    ctx: ApiContext = request.app.state.api
+    caller = await authenticate(request, ctx.keys, ctx.limiter, SCOPE)
+    body = parse(KeyCreate, await request.body())
+    problem = text_problem(body.name, header=True)
+    if problem:
+        raise errors.InvalidRequest(f"name: {problem}", [{"field": "name", "message": problem}])
+    beyond = [scope for scope in body.scopes if not caller.has(scope)]
+    if beyond:
+        raise errors.Forbidden(f"a key cannot grant scopes it lacks: {', '.join(beyond)}")
+    record, secret = await create_key(ctx.db, body.name, body.scopes)
+    return JSONResponse(
+        {"success": True, "key": {**key_json(record), "key": secret}}, status_code=201
+    )
+
+
+async def _one(request: Request) -> tuple[ApiContext, str]:
+    ctx: ApiContext = request.app.state.api
+    await authenticate(request, ctx.keys, ctx.limiter, SCOPE)
+    return ctx, request.path_params["key_id"]
+
+
+@operation(
+    "Get an API key",
+    scope=SCOPE,
+    parameters=[path_parameter("key_id", "the key's id (key_...)")],
+    responses={200: ("the key", KeyResponse), 404: ("no such key", ErrorResponse)},
+)
+async def show(request: Request) -> Response:
+    ctx, key_id = await _one(request)
+    record = await get_key(ctx.db, key_id)
+    if record is None:
+        raise errors.NotFound("no such API key")
+    return JSONResponse({"success": True, "key": key_json(record)})
+
+
+@operation(
+    "Revoke an API key",
+    scope=SCOPE,
+    parameters=[path_parameter("key_id", "the key's id (key_...)")],
+    responses={200: ("the key, now revoked", KeyResponse), 404: ("no such key", ErrorResponse)},
+)
+async def revoke(request: Request) -> Response:
+    ctx, key_id = await _one(request)
+    record = await revoke_key(ctx.db, key_id)
+    if record is None:
+        raise errors.NotFound("no such API key")
+    ctx.keys.forget(key_id)
+    return JSONResponse({"success": True, "key": key_json(record)})
+
+
+routes = [
+    Route("/api/v1/keys", list_all, methods=["GET"]),
+    Route("/api/v1/keys", create, methods=["POST"]),
+    Route("/api/v1/keys/{key_id}", show, methods=["GET"]),
+    Route("/api/v1/keys/{key_id}", revoke, methods=["DELETE"]),
+]

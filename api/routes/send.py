@@ -1,0 +1,225 @@
+"""POST /v1/send (also /mail/v1/send and /api/v1/send): seed 001 through the one intake.
+
+    key, scope, rate -> JSON body -> RFC 5322 bytes (gateway.message_builder) -> Intake
+    -> wait up to handoff_timeout for the first attempt -> 200 | 202 | 422
+
+The wait is registered before the message reaches a delivery worker (Intake's `watch`), so
+an upstream that answers at once is never missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from api import errors
+from api.auth import authenticate
+from api.context import ApiContext, iso
+from api.openapi import operation
+from api.schemas import ErrorResponse, QueuedResponse, SendRequest, SendResponse, parse
+from gateway.intake import Accepted, AllSuppressed, Duplicate, NotPermitted, UnknownAlias
+from gateway.message import Sender, Submission
+from gateway.message_builder import BuildError, Draft, Mailbox, build, text_problem
+from storage.idempotency import find, save_response
+from storage.keys import ApiKeyRecord
+from storage.messages import message_state
+from storage.writer import StorageUnavailable
+
+SANDBOX_HEADERS = ("x-misarmail-sandbox", "x-postern-sandbox")
+QUEUED_TEXT = "Email queued for retry"
+
+
+def sandbox_requested(request: Request) -> bool:
+    values = [request.headers[name] for name in SANDBOX_HEADERS if name in request.headers]
+    flags = {value.strip().lower() for value in values}
+    if flags - {"true", "false"}:
+        raise errors.InvalidRequest(
+            "the sandbox header must be 'true' or 'false'",
+            [{"field": "X-MisarMail-Sandbox", "message": "must be 'true' or 'false'"}],
+        )
+    return "true" in flags
+
+
+def _draft(body: SendRequest) -> Draft:
+    def box(item: Any) -> Mailbox:
+        return Mailbox(item.email, item.name)
+
+    return Draft(
+        sender=box(body.from_),
+        to=[box(item) for item in body.to],
+        cc=[box(item) for item in body.cc],
+        bcc=[box(item) for item in body.bcc],
+        reply_to=box(body.reply_to) if body.reply_to else None,
+        subject=body.subject,
+        text=body.text,
+        html=body.html,
+    )
+
+
+def _check_plain_fields(body: SendRequest) -> None:
+    """Fields that reach no header but logs and storage: no control characters, no NUL."""
+    checks: list[tuple[str, str | None, bool]] = [
+        ("alias_id", body.alias_id, True),
+        ("idempotency_key", body.idempotency_key, True),
+    ]
+    checks += [(f"tags[{i}]", tag, True) for i, tag in enumerate(body.tags)]
+    for name, value in body.metadata.items():
+        checks += [(f"metadata.{name}", name, True), (f"metadata.{name}", value, False)]
+    details = []
+    for where, text, strict in checks:
+        problem = text_problem(text, header=strict) if text is not None else None
+        if problem:
+            details.append({"field": where, "message": problem})
+    if details:
+        raise errors.InvalidRequest(f"{details[0]['field']}: {details[0]['message']}", details)
+
+
+@operation(
+    "Send an email",
+    scope="send",
+    request=SendRequest,
+    description=(
+        "Needs `send`, `send:transactional` or `send:marketing` (which keep the message in "
+        "that ip_pool); with `X-MisarMail-Sandbox: true` or `X-Postern-Sandbox: true`, the "
+        "`sandbox` scope instead, and nothing is delivered. The same `idempotency_key` within "
+        "24 h returns the first result with `idempotent: true` and sends nothing."
+    ),
+    responses={
+        200: ("the upstream accepted it (or, sandbox: stored)", SendResponse),
+        202: ("stored; retried automatically until the upstream accepts it", QueuedResponse),
+        400: ("bad field, header injection attempt, or unknown alias_id", ErrorResponse),
+        422: ("every recipient suppressed, or the upstream refused it", ErrorResponse),
+        503: ("storage failed: nothing was accepted", ErrorResponse),
+    },
+)
+async def send(request: Request) -> Response:
+    ctx: ApiContext = request.app.state.api
+    key = await authenticate(request, ctx.keys, ctx.limiter)
+    sandbox = sandbox_requested(request)
+    if sandbox and not key.may_sandbox:
+        raise errors.Forbidden("sandbox sends need an API key with the 'sandbox' scope")
+    if not sandbox and not key.may_send:
+        raise errors.Forbidden("this API key lacks a send scope")
+    body = parse(SendRequest, await request.body())
+    _check_plain_fields(body)
+    try:
+        built = build(_draft(body), ctx.hostname)
+    except BuildError as error:
+        details = [{"field": p.field, "message": p.message} for p in error.problems]
+        raise errors.InvalidRequest(
+            f"{error.problems[0].field}: {error.problems[0].message}", details
+        ) from None
+    submission = Submission(
+        mail_from=built.mail_from,
+        recipients=built.recipients,
+        content=built.content,
+        source="http",
+        alias_id=body.alias_id,
+        idempotency_key=body.idempotency_key,
+        sandbox=sandbox,
+        tags=tuple(body.tags),
+        sender=Sender(key.id, key.may_send, key.may_sandbox, key.ip_pools),
+        metadata=dict(body.metadata),
+    )
+    try:
+        accepted = await ctx.intake.submit(submission, watch=ctx.handoff_timeout > 0)
+    except Duplicate as duplicate:
+        assert body.idempotency_key is not None
+        return await _replay(ctx, key, body.idempotency_key, duplicate)
+    except AllSuppressed:
+        raise errors.Suppressed() from None
+    except UnknownAlias:
+        raise errors.UnknownAlias(
+            "unknown alias_id",
+            [{"field": "alias_id", "message": "names neither an SMTP pool nor an alias"}],
+        ) from None
+    except NotPermitted as refusal:
+        raise errors.Forbidden(refusal.reason) from None
+    except StorageUnavailable:
+        raise errors.Unavailable(
+            "the message could not be stored; nothing was accepted, please retry",
+            headers={"Retry-After": "1"},
+        ) from None
+    status, payload = await _outcome(ctx, accepted, sandbox)
+    if body.idempotency_key is not None:
+        # Off the answer's path: a replay that comes first waits for it (see _replay).
+        save = save_response(
+            ctx.writer, key.id, body.idempotency_key, accepted.message_id, status, payload
+        )
+        ctx.in_background(save, f"saving the idempotent answer of {accepted.message_id}")
+    return JSONResponse(payload, status_code=status)
+
+
+async def _outcome(
+    ctx: ApiContext, accepted: Accepted, sandbox: bool
+) -> tuple[int, dict[str, Any]]:
+    """(HTTP status, body) from what the first attempt did within handoff_timeout."""
+    base: dict[str, Any] = {
+        "message_id": accepted.message_id,
+        "provider": "sandbox" if sandbox else "smtp",
+        "timestamp": iso(accepted.message.created_at),
+    }
+    if accepted.suppressed:
+        base["suppressed"] = list(accepted.suppressed)
+    status: str | None = "sandbox" if sandbox else None
+    if accepted.attempt is not None:
+        try:
+            status = await asyncio.wait_for(accepted.attempt, ctx.handoff_timeout)
+        except TimeoutError:
+            status = None
+    if status in ("delivered", "sandbox"):
+        return 200, {"success": True, **base}
+    if status == "bounced":
+        state = await message_state(ctx.db, accepted.message_id)
+        recipients = state.recipients if state else []
+        rejected = [
+            {"email": r.email, "response": r.response} for r in recipients if r.status == "bounced"
+        ]
+        if any(r.status == "delivered" for r in recipients):
+            return 200, {"success": True, **base, "rejected": rejected}
+        reply = rejected[0]["response"] if rejected else "refused"
+        refusal = errors.UpstreamRejected(
+            f"the upstream refused the message: {reply}", rejected, extra=base
+        )
+        return refusal.status, refusal.body()
+    return 202, {"success": False, "queued": True, "message": QUEUED_TEXT, **base}
+
+
+async def _replay(
+    ctx: ApiContext, key: ApiKeyRecord, idempotency_key: str, duplicate: Duplicate
+) -> Response:
+    """The first request's answer, marked idempotent; waits for it while it is in flight."""
+    response = duplicate.response
+    deadline = time.monotonic() + ctx.handoff_timeout + 2.0
+    while response is None:
+        hit = await find(ctx.db, key.id, idempotency_key)
+        if hit is None or hit.message_id != duplicate.message_id:
+            break
+        response = hit.response
+        if response is None:
+            if time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.02)
+    if response is None:  # the first request is still waiting, or died: say what we know
+        state = await message_state(ctx.db, duplicate.message_id)
+        done = state is not None and state.status in ("delivered", "sandbox")
+        body: dict[str, Any] = {
+            "success": done,
+            "message_id": duplicate.message_id,
+            "provider": state.provider if state else "smtp",
+            "timestamp": iso(state.created_at if state else time.time()),
+        }
+        if not done:
+            body.update(queued=True, message=QUEUED_TEXT)
+        response = {"status": 200 if done else 202, "body": body}
+    return JSONResponse({**response["body"], "idempotent": True}, status_code=response["status"])
+
+
+routes = [
+    Route(path, send, methods=["POST"]) for path in ("/v1/send", "/mail/v1/send", "/api/v1/send")
+]

@@ -1,0 +1,142 @@
+"""/api/v1/suppressions: the addresses Postern will not send to (scope `suppressions`).
+
+Addresses compare case-insensitively in the domain (and IDNs by their A-labels). Changes
+apply to this node's in-memory copy at once, to other nodes' within their refresh.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from api import errors
+from api.auth import authenticate
+from api.context import ApiContext, iso
+from api.openapi import operation, path_parameter, query_parameter
+from api.schemas import (
+    ErrorResponse,
+    Ok,
+    SuppressionCreate,
+    SuppressionList,
+    SuppressionResponse,
+    parse,
+)
+from gateway.addresses import envelope_problem
+from gateway.message_builder import text_problem
+from storage.suppressions import (
+    REASONS,
+    SuppressionRecord,
+    add_suppression,
+    get_suppression,
+    list_suppressions,
+    remove_suppression,
+)
+
+SCOPE = "suppressions"
+MAX_PAGE = 1000
+
+
+def _json(record: SuppressionRecord) -> dict[str, str | None]:
+    return {"email": record.email, "reason": record.reason, "created_at": iso(record.created_at)}
+
+
+def _address(value: str, field: str = "email") -> str:
+    problem = text_problem(value, header=True) or envelope_problem(value)
+    if problem:
+        raise errors.InvalidRequest(f"{field}: {problem}", [{"field": field, "message": problem}])
+    return value
+
+
+@operation(
+    "List suppressed addresses",
+    scope=SCOPE,
+    parameters=[
+        query_parameter("reason", f"only this reason: {', '.join(REASONS)}"),
+        query_parameter("limit", f"page size, 1 to {MAX_PAGE} (default 100)", "integer"),
+        query_parameter("cursor", "next_cursor of the previous page"),
+    ],
+    responses={200: ("one page, in address order", SuppressionList)},
+)
+async def list_all(request: Request) -> Response:
+    ctx: ApiContext = request.app.state.api
+    await authenticate(request, ctx.keys, ctx.limiter, SCOPE)
+    query = request.query_params
+    reason = query.get("reason") or None
+    if reason is not None and reason not in REASONS:
+        raise errors.InvalidRequest(
+            "reason: unknown", [{"field": "reason", "message": f"one of {', '.join(REASONS)}"}]
+        )
+    raw_limit = query.get("limit", "100")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE:
+        raise errors.InvalidRequest(
+            "limit: out of bounds", [{"field": "limit", "message": f"1 to {MAX_PAGE}"}]
+        )
+    cursor = query.get("cursor") or None
+    if cursor is not None and (len(cursor) > 320 or text_problem(cursor, header=True)):
+        raise errors.InvalidRequest("cursor: invalid", [{"field": "cursor", "message": "invalid"}])
+    page, next_cursor = await list_suppressions(ctx.db, reason, int(raw_limit), cursor)
+    return JSONResponse(
+        {"success": True, "suppressions": [_json(r) for r in page], "next_cursor": next_cursor}
+    )
+
+
+@operation(
+    "Suppress an address",
+    scope=SCOPE,
+    request=SuppressionCreate,
+    responses={
+        201: ("added", SuppressionResponse),
+        200: ("was already there; its reason is updated", SuppressionResponse),
+    },
+)
+async def add(request: Request) -> Response:
+    ctx: ApiContext = request.app.state.api
+    await authenticate(request, ctx.keys, ctx.limiter, SCOPE)
+    body = parse(SuppressionCreate, await request.body())
+    email = _address(body.email)
+    record, created = await add_suppression(ctx.db, email, body.reason)
+    ctx.suppressions.add([email])
+    return JSONResponse(
+        {"success": True, "suppression": _json(record)}, status_code=201 if created else 200
+    )
+
+
+@operation(
+    "Get one suppressed address",
+    scope=SCOPE,
+    parameters=[path_parameter("email", "the address")],
+    responses={200: ("the entry", SuppressionResponse), 404: ("not suppressed", ErrorResponse)},
+)
+async def show(request: Request) -> Response:
+    ctx: ApiContext = request.app.state.api
+    await authenticate(request, ctx.keys, ctx.limiter, SCOPE)
+    email = _address(request.path_params["email"])
+    record = await get_suppression(ctx.db, email)
+    if record is None:
+        raise errors.NotFound("this address is not suppressed")
+    return JSONResponse({"success": True, "suppression": _json(record)})
+
+
+@operation(
+    "Stop suppressing an address",
+    scope=SCOPE,
+    parameters=[path_parameter("email", "the address")],
+    responses={200: ("removed", Ok), 404: ("not suppressed", ErrorResponse)},
+)
+async def remove(request: Request) -> Response:
+    ctx: ApiContext = request.app.state.api
+    await authenticate(request, ctx.keys, ctx.limiter, SCOPE)
+    email = _address(request.path_params["email"])
+    if not await remove_suppression(ctx.db, email):
+        raise errors.NotFound("this address is not suppressed")
+    ctx.suppressions.discard(email)
+    return JSONResponse({"success": True})
+
+
+routes = [
+    Route("/api/v1/suppressions", list_all, methods=["GET"]),
+    Route("/api/v1/suppressions", add, methods=["POST"]),
+    Route("/api/v1/suppressions/{email:path}", show, methods=["GET"]),
+    Route("/api/v1/suppressions/{email:path}", remove, methods=["DELETE"]),
+]

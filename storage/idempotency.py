@@ -1,0 +1,133 @@
+"""Idempotency keys: one message per (API key, idempotency key) within 24 hours.
+
+The reservation is a row inserted in the same transaction that stores the message, with
+`ON CONFLICT`: of two racing requests (on one node or several) exactly one inserts it, the
+other finds the winner's message id and stores nothing. Losing never fails the shared
+group-commit transaction, so a client hammering one key cannot slow anyone else down.
+The first request's response is saved on the row once it is known, for replays.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from storage.db import Database
+from storage.models import Idempotency
+from storage.writer import Batch, Writer
+
+I = Idempotency.__table__  # type: ignore[attr-defined]  # noqa: E741
+
+TTL = 24 * 3600.0
+ANONYMOUS = ""  # the scope of keys sent over SMTP without AUTH (trusted local clients)
+
+
+_SAVE_RESPONSE = (
+    update(I)
+    .where(
+        I.c.api_key_id == bindparam("scope"),
+        I.c.key == bindparam("i_key"),
+        I.c.message_id == bindparam("m_id"),
+    )
+    .values(response=bindparam("response"))
+)
+
+
+def _reserve_statement(dialect: Any) -> Any:
+    """INSERT the reservation, or take over an expired one; built once per dialect."""
+    return (
+        dialect.insert(I)
+        .values(
+            api_key_id=bindparam("scope"),
+            key=bindparam("i_key"),
+            message_id=bindparam("m_id"),
+            response=None,
+            created_at=bindparam("now"),
+        )
+        .on_conflict_do_update(
+            index_elements=["api_key_id", "key"],
+            set_={
+                "message_id": bindparam("m_id"),
+                "response": None,
+                "created_at": bindparam("now"),
+            },
+            where=I.c.created_at <= bindparam("cutoff"),
+        )
+    )
+
+
+_RESERVE = {"sqlite": _reserve_statement(sqlite), "postgresql": _reserve_statement(postgresql)}
+
+
+class Duplicate(Exception):
+    """The idempotency key was used already: the first message stands, nothing was stored."""
+
+    def __init__(self, message_id: str, response: dict[str, Any] | None = None) -> None:
+        super().__init__(message_id)
+        self.message_id = message_id
+        self.response = response  # {"status": int, "body": {...}}, once the first answered
+
+
+@dataclass(frozen=True)
+class Hit:
+    message_id: str
+    response: dict[str, Any] | None
+
+
+def lookup(conn: Connection, scope: str, key: str, now: float) -> Hit | None:
+    """The live reservation of `key`, if any."""
+    row = conn.execute(
+        select(I.c.message_id, I.c.response).where(
+            I.c.api_key_id == scope, I.c.key == key, I.c.created_at > now - TTL
+        )
+    ).first()
+    if row is None:
+        return None
+    return Hit(row.message_id, json.loads(row.response) if row.response else None)
+
+
+def reserve(conn: Connection, scope: str, key: str, message_id: str, now: float) -> str | None:
+    """Claim `key` for `message_id`; None when claimed, else the message id that holds it.
+
+    An expired reservation is taken over in place (the purge may not have run yet).
+    """
+    params = {"scope": scope, "i_key": key, "m_id": message_id, "now": now, "cutoff": now - TTL}
+    statement = _RESERVE[conn.dialect.name]
+    if conn.execute(statement, params).rowcount:
+        return None
+    # The WHERE above failed, so the row is live: name the message that holds it.
+    holder = select(I.c.message_id).where(I.c.api_key_id == scope, I.c.key == key)
+    return str(conn.execute(holder).scalar_one())
+
+
+async def find(db: Database, scope: str, key: str) -> Hit | None:
+    now = time.time()
+    return await db.read(lambda conn: lookup(conn, scope, key, now))
+
+
+async def save_response(
+    writer: Writer, scope: str, key: str, message_id: str, status: int, body: dict[str, Any]
+) -> None:
+    """Keep the first request's answer on its reservation, for replays."""
+    params = {
+        "scope": scope,
+        "i_key": key,
+        "m_id": message_id,
+        "response": json.dumps({"status": status, "body": body}),
+    }
+    await writer.submit(Batch([(_SAVE_RESPONSE, params)]))
+
+
+async def purge_expired(db: Database) -> int:
+    """Delete reservations older than TTL; returns how many went."""
+    cutoff = time.time() - TTL
+    return int(
+        await db.transaction(
+            lambda conn: conn.execute(delete(I).where(I.c.created_at <= cutoff)).rowcount
+        )
+    )

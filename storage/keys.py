@@ -1,0 +1,212 @@
+"""API keys: creation, lookup by hash, listing, revocation, and what each scope allows.
+
+A key is `msk_` + 43 url-safe characters (32 random bytes). Only its SHA-256 is stored: with
+256 bits of entropy a slow hash adds nothing, and lookup stays one indexed read. The stored
+hash is still compared with `hmac.compare_digest`, so equality never leaks through timing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, select, update
+
+from storage.db import Database
+from storage.models import ApiKey
+
+K = ApiKey.__table__  # type: ignore[attr-defined]
+
+KEY_PREFIX = "msk_"
+SEND_SCOPES = {"send": None, "send:transactional": "transactional", "send:marketing": "marketing"}
+SCOPES = (
+    "send",
+    "send:transactional",
+    "send:marketing",
+    "sandbox",
+    "aliases",
+    "pools",
+    "domains",
+    "suppressions",
+    "keys",
+    "webhooks",
+    "admin",
+)
+CACHE_SECONDS = 2.0  # how long a node may keep using a key revoked elsewhere
+
+
+class UnknownScope(ValueError):
+    """A scope name that is not one of SCOPES."""
+
+
+@dataclass(frozen=True)
+class ApiKeyRecord:
+    """A stored key, without its secret or hash."""
+
+    id: str
+    name: str
+    prefix: str
+    scopes: tuple[str, ...]
+    created_at: float
+    revoked_at: float | None = None
+
+    def has(self, scope: str) -> bool:
+        """`admin` implies every scope; `send` implies its pool-limited forms."""
+        if "admin" in self.scopes or scope in self.scopes:
+            return True
+        return scope in SEND_SCOPES and "send" in self.scopes
+
+    @property
+    def may_send(self) -> bool:
+        return any(self.has(scope) for scope in SEND_SCOPES)
+
+    @property
+    def may_sandbox(self) -> bool:
+        return self.has("sandbox")
+
+    @property
+    def ip_pools(self) -> frozenset[str] | None:
+        """The ip_pools this key may send through; None when it may use any."""
+        if self.has("send"):
+            return None
+        return frozenset(
+            pool for scope, pool in SEND_SCOPES.items() if pool and scope in self.scopes
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "prefix": self.prefix,
+            "scopes": list(self.scopes),
+            "created_at": self.created_at,
+            "revoked_at": self.revoked_at,
+        }
+
+
+def check_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
+    """The scopes, de-duplicated in order; UnknownScope for a name that is not one."""
+    result: list[str] = []
+    for scope in scopes:
+        if scope not in SCOPES:
+            raise UnknownScope(f"unknown scope {scope!r} (one of: {', '.join(SCOPES)})")
+        if scope not in result:
+            result.append(scope)
+    if not result:
+        raise UnknownScope("a key needs at least one scope")
+    return tuple(result)
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _record(row: Any) -> ApiKeyRecord:
+    return ApiKeyRecord(
+        id=row.id,
+        name=row.name,
+        prefix=row.prefix,
+        scopes=tuple(row.scopes.split()),
+        created_at=row.created_at,
+        revoked_at=row.revoked_at,
+    )
+
+
+async def create_key(db: Database, name: str, scopes: Iterable[str]) -> tuple[ApiKeyRecord, str]:
+    """Store a new key; returns it with its secret, which is never available again."""
+    wanted = check_scopes(scopes)
+    secret = KEY_PREFIX + secrets.token_urlsafe(32)
+    record = ApiKeyRecord(
+        id="key_" + secrets.token_hex(8),
+        name=name,
+        prefix=secret[:12],
+        scopes=wanted,
+        created_at=time.time(),
+    )
+    values = {
+        "id": record.id,
+        "name": name,
+        "hash": hash_secret(secret),
+        "prefix": record.prefix,
+        "scopes": " ".join(wanted),
+        "created_at": record.created_at,
+        "revoked_at": None,
+    }
+    await db.transaction(lambda conn: conn.execute(K.insert().values(**values)))
+    return record, secret
+
+
+async def list_keys(db: Database) -> list[ApiKeyRecord]:
+    rows = await db.read(lambda conn: list(conn.execute(select(K).order_by(K.c.created_at))))
+    return [_record(row) for row in rows]
+
+
+async def get_key(db: Database, key_id: str) -> ApiKeyRecord | None:
+    rows = await db.read(lambda conn: list(conn.execute(select(K).where(K.c.id == key_id))))
+    return _record(rows[0]) if rows else None
+
+
+async def revoke_key(db: Database, key_id: str) -> ApiKeyRecord | None:
+    """Revoke the key (idempotent: a revoked key keeps its first revocation time)."""
+
+    def run(conn: Connection) -> Any:
+        conn.execute(
+            update(K).where(K.c.id == key_id, K.c.revoked_at.is_(None)).values(revoked_at=now)
+        )
+        return conn.execute(select(K).where(K.c.id == key_id)).first()
+
+    now = time.time()
+    row = await db.transaction(run)
+    return _record(row) if row is not None else None
+
+
+async def find_by_secret(db: Database, secret: str) -> ApiKeyRecord | None:
+    """The active key whose secret this is, or None."""
+    if not secret.startswith(KEY_PREFIX) or len(secret) > 128:
+        return None
+    wanted = hash_secret(secret)
+    rows = await db.read(lambda conn: list(conn.execute(select(K).where(K.c.hash == wanted))))
+    for row in rows:
+        if hmac.compare_digest(row.hash, wanted) and row.revoked_at is None:
+            return _record(row)
+    return None
+
+
+class KeyStore:
+    """Key lookups with a short per-node cache, shared by the HTTP API and SMTP AUTH.
+
+    Only hits are cached (for CACHE_SECONDS), keyed by the secret's hash, so a revocation
+    on another node or from the CLI takes effect here within that time; one on this node
+    at once.
+    """
+
+    def __init__(self, db: Database, ttl: float = CACHE_SECONDS) -> None:
+        self._db = db
+        self._ttl = ttl
+        self._cache: dict[str, tuple[float, ApiKeyRecord]] = {}
+
+    async def authenticate(self, secret: str) -> ApiKeyRecord | None:
+        digest = hash_secret(secret)
+        now = time.monotonic()
+        cached = self._cache.get(digest)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        record = await find_by_secret(self._db, secret)
+        if record is None:
+            self._cache.pop(digest, None)
+            return None
+        if len(self._cache) > 10_000:  # bounded: drop everything rather than grow
+            self._cache.clear()
+        self._cache[digest] = (now + self._ttl, record)
+        return record
+
+    def forget(self, key_id: str) -> None:
+        """Drop a key from the cache (it was just revoked here)."""
+        for digest, (_, record) in list(self._cache.items()):
+            if record.id == key_id:
+                del self._cache[digest]

@@ -1,0 +1,112 @@
+"""Message reads for the API, and the side rows a submission adds to its message.
+
+`gateway.queue` owns every write of a message's state; `meta_row` only shapes the
+`message_meta` row it stores in the same transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, insert, select
+
+from storage.db import Database
+from storage.models import Message, MessageMeta, Pool, Recipient
+
+M = Message.__table__  # type: ignore[attr-defined]
+META = MessageMeta.__table__  # type: ignore[attr-defined]
+R = Recipient.__table__  # type: ignore[attr-defined]
+P = Pool.__table__  # type: ignore[attr-defined]
+
+INSERT_META = insert(META)
+
+
+def meta_row(
+    message_id: str,
+    api_key_id: str | None,
+    sandbox: bool,
+    tags: Sequence[str],
+    metadata: Mapping[str, str],
+    idempotency_key: str | None,
+) -> dict[str, Any] | None:
+    """The `message_meta` row for a submission, or None when it would say nothing."""
+    if not (api_key_id or sandbox or tags or metadata or idempotency_key):
+        return None
+    return {
+        "message_id": message_id,
+        "api_key_id": api_key_id,
+        "provider": "sandbox" if sandbox else "smtp",
+        "tags": json.dumps(list(tags), ensure_ascii=False),
+        "metadata_json": json.dumps(dict(metadata), ensure_ascii=False),
+        "idempotency_key": idempotency_key,
+    }
+
+
+@dataclass(frozen=True)
+class RecipientState:
+    email: str
+    status: str  # pending | delivered | bounced | suppressed | sandbox
+    attempts: int
+    code: int | None
+    response: str | None
+
+
+@dataclass(frozen=True)
+class MessageState:
+    id: str
+    status: str
+    api_key_id: str | None
+    provider: str
+    pool: str | None  # the pool of the last attempt, else the pool chosen at intake
+    ip_pool: str | None
+    attempts: int
+    tags: list[str]
+    metadata: dict[str, str]
+    created_at: float
+    updated_at: float
+    recipients: list[RecipientState]
+
+
+def _state(conn: Connection, message_id: str) -> MessageState | None:
+    row = conn.execute(
+        select(
+            M,
+            META.c.api_key_id,
+            META.c.provider,
+            META.c.tags,
+            META.c.metadata_json,
+            P.c.name.label("pool_name"),
+        )
+        .select_from(
+            M.outerjoin(META, META.c.message_id == M.c.id).outerjoin(P, P.c.id == M.c.pool_id)
+        )
+        .where(M.c.id == message_id)
+    ).first()
+    if row is None:
+        return None
+    recipients = [
+        RecipientState(r.email, r.status, r.attempts, r.code, r.response)
+        for r in conn.execute(select(R).where(R.c.message_id == message_id).order_by(R.c.id))
+    ]
+    return MessageState(
+        id=row.id,
+        status=row.status,
+        api_key_id=row.api_key_id,
+        provider=row.provider or ("sandbox" if row.status == "sandbox" else "smtp"),
+        pool=row.last_pool or row.pool_name,
+        ip_pool=row.ip_pool,
+        attempts=row.attempts,
+        tags=json.loads(row.tags) if row.tags else [],
+        metadata=json.loads(row.metadata_json) if row.metadata_json else {},
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        recipients=recipients,
+    )
+
+
+async def message_state(db: Database, message_id: str) -> MessageState | None:
+    """The message with its per-recipient results, or None when there is no such message."""
+    return await db.read(lambda conn: _state(conn, message_id))

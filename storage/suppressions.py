@@ -1,0 +1,84 @@
+"""The suppression list: addresses Postern refuses to send to.
+
+Addresses are stored under `gateway.addresses.normalise` (domain lower-cased, IDNs as
+A-labels), so one mailbox has one entry whatever the spelling of its domain. Bounces add
+entries from `gateway.queue` in the attempt's own transaction; these functions are the
+operator's and the API's.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, delete, select
+
+from gateway.addresses import normalise
+from storage.db import Database
+from storage.models import Suppression
+
+S = Suppression.__table__  # type: ignore[attr-defined]
+
+REASONS = ("unsubscribed", "bounced", "complaint", "manual")
+
+
+@dataclass(frozen=True)
+class SuppressionRecord:
+    email: str
+    reason: str
+    created_at: float
+
+    def as_json(self) -> dict[str, Any]:
+        return {"email": self.email, "reason": self.reason, "created_at": self.created_at}
+
+
+def _record(row: Any) -> SuppressionRecord:
+    return SuppressionRecord(email=row.email, reason=row.reason, created_at=row.created_at)
+
+
+async def add_suppression(db: Database, email: str, reason: str) -> tuple[SuppressionRecord, bool]:
+    """Add or update the entry; returns it and whether it is new."""
+    if reason not in REASONS:
+        raise ValueError(f"reason must be one of {', '.join(REASONS)}")
+    key = normalise(email)
+    now = time.time()
+
+    def run(conn: Connection) -> tuple[Any, bool]:
+        row = conn.execute(select(S).where(S.c.email == key)).first()
+        if row is None:
+            conn.execute(S.insert().values(email=key, reason=reason, created_at=now))
+        elif row.reason != reason:
+            conn.execute(S.update().where(S.c.email == key).values(reason=reason))
+        return conn.execute(select(S).where(S.c.email == key)).one(), row is None
+
+    row, created = await db.transaction(run)
+    return _record(row), created
+
+
+async def remove_suppression(db: Database, email: str) -> bool:
+    """Remove the entry; False when there was none."""
+    key = normalise(email)
+    return bool(
+        await db.transaction(lambda conn: conn.execute(delete(S).where(S.c.email == key)).rowcount)
+    )
+
+
+async def get_suppression(db: Database, email: str) -> SuppressionRecord | None:
+    key = normalise(email)
+    rows = await db.read(lambda conn: list(conn.execute(select(S).where(S.c.email == key))))
+    return _record(rows[0]) if rows else None
+
+
+async def list_suppressions(
+    db: Database, reason: str | None = None, limit: int = 100, after: str | None = None
+) -> tuple[list[SuppressionRecord], str | None]:
+    """One page in address order, and the cursor of the next page (None at the end)."""
+    query = select(S).order_by(S.c.email).limit(limit + 1)
+    if reason:
+        query = query.where(S.c.reason == reason)
+    if after:
+        query = query.where(S.c.email > after)
+    rows = await db.read(lambda conn: list(conn.execute(query)))
+    page = [_record(row) for row in rows[:limit]]
+    return page, (page[-1].email if len(rows) > limit else None)

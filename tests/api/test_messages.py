@@ -1,0 +1,74 @@
+"""GET /v1/messages/{message_id}: the SPEC's fields, per-recipient results, and a 404 for an
+unknown id or another key's message (an admin key sees every message).
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from api.schemas import MessageStatus
+from tests.api.conftest import RCPT, Api, payload
+from tests.conftest import SINK_POOL
+from tests.sink import Sink
+
+pytestmark = pytest.mark.timeout(30)
+
+TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+
+async def test_status_has_the_spec_fields_and_each_recipient(api: Api, sink: Sink) -> None:
+    sink.fail("rcpt", "550 5.1.1 no such user", match="bad@example.test")
+    key = await api.key()
+    body = payload(
+        to=[{"email": RCPT}, {"email": "bad@example.test"}],
+        tags=["welcome"],
+        metadata={"user_id": "42"},
+    )
+    sent = (await api.send(body, key=key)).json()
+
+    response = await api.get(f"/v1/messages/{sent['message_id']}", key=key)
+
+    assert response.status_code == 200
+    data = response.json()
+    MessageStatus.model_validate(data)  # the documented shape
+    assert data["message_id"] == sent["message_id"]
+    assert data["status"] == "bounced"  # one recipient refused for good
+    assert data["pool"] == SINK_POOL
+    assert data["attempts"] == 1
+    assert data["recipients"] == [
+        {"email": RCPT, "status": "delivered", "response": "250 2.0.0 OK queued"},
+        {"email": "bad@example.test", "status": "bounced", "response": "550 5.1.1 no such user"},
+    ]
+    assert TIMESTAMP.match(data["created_at"]) and TIMESTAMP.match(data["updated_at"])
+    assert data["created_at"] == sent["timestamp"]
+    assert data["tags"] == ["welcome"] and data["metadata"] == {"user_id": "42"}
+
+
+async def test_deferred_recipient_reads_deferred(api: Api, sink: Sink) -> None:
+    sink.fail("rcpt", "451 4.3.0 try later")
+    key = await api.key()
+    sent = await api.send(key=key)
+    assert sent.status_code == 202
+    data = (await api.get(f"/v1/messages/{sent.json()['message_id']}", key=key)).json()
+    assert data["status"] == "deferred"
+    assert data["recipients"][0]["status"] == "deferred"
+    assert data["recipients"][0]["response"] == "451 4.3.0 try later"
+
+
+async def test_unknown_message_is_404(api: Api) -> None:
+    key = await api.key()
+    for message_id in ("msg_0000000000000000000000000", "x" * 500, "..%2F..%2Fetc"):
+        response = await api.get(f"/v1/messages/{message_id}", key=key)
+        assert response.status_code == 404
+        assert response.json()["code"] == "not_found"
+
+
+async def test_another_keys_message_is_404_but_admin_sees_it(api: Api, sink: Sink) -> None:
+    owner = await api.key(name="owner")
+    sent = (await api.send(key=owner)).json()
+    path = f"/v1/messages/{sent['message_id']}"
+    assert (await api.get(path, key=await api.key(name="stranger"))).status_code == 404
+    assert (await api.get(path, key=await api.key("admin"))).status_code == 200
+    assert (await api.get(path, key=None)).status_code == 401

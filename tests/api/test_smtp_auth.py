@@ -1,0 +1,203 @@
+"""The SMTP door under the API's rules: AUTH PLAIN/LOGIN with an API key as the password
+(only over TLS or from loopback, failures slowed down), `require_auth`, and the key's
+scopes applied to what it sends (ip_pool, sandbox), as dialogues over a raw socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import socket
+import ssl
+import time
+
+import pytest
+
+from gateway import smtp_auth
+from tests.api.conftest import Api, ApiFactory
+from tests.conftest import free_port, query
+from tests.sink import Sink
+
+pytestmark = pytest.mark.timeout(30)
+
+MESSAGE = b"From: app@sender.test\r\nTo: rcpt@example.test\r\nSubject: s\r\n\r\nbody\r\n.\r\n"
+
+
+class Dialogue:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, host: str, port: int) -> Dialogue:
+        reader, writer = await asyncio.open_connection(host, port)
+        dialogue = cls(reader, writer)
+        assert (await dialogue.reply())[0] == 220
+        return dialogue
+
+    async def reply(self) -> tuple[int, str]:
+        lines = []
+        while True:
+            line = (await asyncio.wait_for(self.reader.readline(), 15)).decode().rstrip()
+            lines.append(line[4:])
+            if line[3:4] != "-":
+                return int(line[:3]), "\n".join(lines)
+
+    async def say(self, line: str | bytes) -> tuple[int, str]:
+        data = line if isinstance(line, bytes) else line.encode() + b"\r\n"
+        self.writer.write(data)
+        await self.writer.drain()
+        return await self.reply()
+
+    async def starttls(self) -> None:
+        assert (await self.say("STARTTLS"))[0] == 220
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        await self.writer.start_tls(context)
+
+    async def send_message(self, extra_headers: bytes = b"") -> tuple[int, str]:
+        for line in ("MAIL FROM:<app@sender.test>", "RCPT TO:<rcpt@example.test>"):
+            code, text = await self.say(line)
+            if code != 250:
+                return code, text
+        assert (await self.say("DATA"))[0] == 354
+        return await self.say(extra_headers + MESSAGE)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def plain(secret: str, user: str = "apikey") -> str:
+    return "AUTH PLAIN " + base64.b64encode(f"\0{user}\0{secret}".encode()).decode()
+
+
+async def listener(api_client: ApiFactory, **smtp: object) -> Api:
+    return await api_client(smtp={"require_auth": True, **smtp})
+
+
+async def test_require_auth_refuses_mail_until_a_send_key_logs_in(
+    api_client: ApiFactory, sink: Sink
+) -> None:
+    api = await listener(api_client)
+    key_id, secret = await api.key_record("send")
+    smtp = await Dialogue.open("127.0.0.1", api.svc.smtp_port)
+    ehlo = await smtp.say("EHLO client.test")
+    assert "AUTH LOGIN PLAIN" in ehlo[1]  # loopback: offered without TLS
+    assert (await smtp.say("MAIL FROM:<app@sender.test>"))[0] == 530
+    assert (await smtp.say(plain(secret))) == (235, "2.7.0 Authentication successful")
+    code, text = await smtp.send_message()
+    smtp.close()
+    assert code == 250
+    message_id = text.rsplit(" ", 1)[-1]
+    assert await sink.wait_for_async(1, timeout=5)
+    [meta] = await query(api.svc, "SELECT * FROM message_meta WHERE message_id = ?", message_id)
+    assert meta["api_key_id"] == key_id  # the key can look its SMTP message up
+    status = await api.get(f"/v1/messages/{message_id}", key=secret)
+    assert status.status_code == 200
+
+
+async def test_auth_login_works_too(api_client: ApiFactory) -> None:
+    api = await listener(api_client)
+    secret = await api.key("send:transactional")
+    smtp = await Dialogue.open("127.0.0.1", api.svc.smtp_port)
+    await smtp.say("EHLO client.test")
+    assert (await smtp.say("AUTH LOGIN"))[0] == 334
+    assert (await smtp.say(base64.b64encode(b"whoever").decode()))[0] == 334
+    assert (await smtp.say(base64.b64encode(secret.encode()).decode()))[0] == 235
+    assert (await smtp.send_message())[0] == 250
+    smtp.close()
+
+
+@pytest.mark.parametrize("scopes", [("suppressions",), ("keys", "aliases")])
+async def test_a_key_that_cannot_send_does_not_log_in(
+    api_client: ApiFactory, scopes: tuple[str, ...]
+) -> None:
+    api = await listener(api_client)
+    secret = await api.key(*scopes)
+    smtp = await Dialogue.open("127.0.0.1", api.svc.smtp_port)
+    await smtp.say("EHLO client.test")
+    assert (await smtp.say(plain(secret)))[0] == 535
+    smtp.close()
+
+
+async def test_failed_attempts_are_slowed_down_per_client(
+    api_client: ApiFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(smtp_auth, "BASE_DELAY", 0.05)  # then 0.1, 0.2, 0.4 ...
+    api = await listener(api_client)
+    smtp = await Dialogue.open("127.0.0.1", api.svc.smtp_port)
+    await smtp.say("EHLO client.test")
+    waits = []
+    for attempt in range(3):
+        started = time.monotonic()
+        code, text = await smtp.say(plain(f"msk_wrong{attempt}"))
+        waits.append(time.monotonic() - started)
+        assert (code, text) == (535, "5.7.8 Authentication credentials invalid")
+    smtp.close()
+    assert waits[0] >= 0.04 and waits[1] >= 0.09 and waits[2] >= 0.19
+    other = await Dialogue.open("127.0.0.1", api.svc.smtp_port)  # same client address
+    await other.say("EHLO client.test")
+    started = time.monotonic()
+    assert (await other.say(plain("msk_wrong")))[0] == 535
+    assert time.monotonic() - started >= 0.39
+    other.close()
+
+
+def _non_loopback_address() -> str | None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # no packet is sent: this only picks a route
+        except OSError:
+            return None
+        address = str(probe.getsockname()[0])
+    return None if address.startswith("127.") else address
+
+
+async def test_off_loopback_auth_needs_tls(api_client: ApiFactory) -> None:
+    address = _non_loopback_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback IPv4 address")
+    certs = Sink(tls="starttls")  # only for its self-signed certificate files
+    api = await listener(
+        api_client,
+        listen=[f"0.0.0.0:{free_port()}"],
+        tls_cert=certs.cert_path,
+        tls_key=certs.key_path,
+    )
+    secret = await api.key("send")
+    smtp = await Dialogue.open(address, api.svc.smtp_port)
+    assert "AUTH" not in (await smtp.say("EHLO client.test"))[1]
+    assert (await smtp.say(plain(secret)))[0] == 538
+    await smtp.starttls()
+    assert "AUTH LOGIN PLAIN" in (await smtp.say("EHLO client.test"))[1]
+    assert (await smtp.say(plain(secret)))[0] == 235
+    assert (await smtp.send_message())[0] == 250
+    smtp.close()
+
+
+async def test_the_keys_ip_pool_and_sandbox_scope_apply_over_smtp(
+    api_client: ApiFactory, sink: Sink
+) -> None:
+    api = await listener(api_client)  # one pool, in the transactional group
+    smtp = await Dialogue.open("127.0.0.1", api.svc.smtp_port)
+    await smtp.say("EHLO client.test")
+    assert (await smtp.say(plain(await api.key("send:marketing"))))[0] == 235
+    code, text = await smtp.send_message()
+    assert code == 550 and text.startswith("5.7.1") and "marketing" in text
+    code, text = await smtp.send_message(b"X-Postern-Sandbox: true\r\n")
+    assert code == 550 and "sandbox" in text
+    smtp.close()
+    await asyncio.sleep(0.2)
+    assert sink.messages == []
+
+
+async def test_bad_control_header_values_are_refused(api: Api, sink: Sink) -> None:
+    smtp = await Dialogue.open("127.0.0.1", api.svc.smtp_port)
+    await smtp.say("EHLO client.test")
+    long_key = b"X-Postern-Idempotency-Key: " + b"k" * 129 + b"\r\n"
+    code, text = await smtp.send_message(long_key)
+    assert code == 550 and "Idempotency-Key" in text
+    many_tags = b"X-Postern-Tags: " + b",".join(b"t%d" % i for i in range(11)) + b"\r\n"
+    code, text = await smtp.send_message(many_tags)
+    assert code == 550 and "Tags" in text
+    smtp.close()
