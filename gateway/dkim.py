@@ -1,0 +1,451 @@
+"""DKIM: signing keys, the DNS record to publish, and signing a message once at enqueue.
+
+Keys are RSA (2048 bits by default) or Ed25519 (RFC 8463), kept as PKCS#8 PEM (encrypted at
+rest by storage.dkim_keys). The DNS record is ``v=DKIM1; k=rsa|ed25519; p=<base64>`` at
+``<selector>._domainkey.<domain>``, shown whole and as zone-file text split into quoted
+strings of at most 255 bytes (one TXT string's limit; DKIM verifiers concatenate them).
+
+How dkimpy and `cryptography` share the work. dkimpy 1.1.8 has no hook for the signing
+operation: `DKIM.sign` re-parses the PEM key with its pure-Python ASN.1 reader on every call,
+and `DomainSigner.gen_header` calls the module-level pure-Python `RSASSA_PKCS1_v1_5_sign`
+(about 6.7 ms per RSA-2048 signature; Ed25519 needs PyNaCl). The options were to monkeypatch
+that module global (process-wide, silently changes every other dkimpy user, breaks quietly
+on a rename), to subclass `DKIM` and copy both `sign` and `gen_header`, or to compose the
+same building blocks `gen_header` composes. We do the last: dkimpy parses the header block
+(`rfc822_parse`), canonicalises the headers (`CanonicalizationPolicy`), selects and hashes
+the signed ones (`hash_headers`), strips and folds the signature field (`RE_BTAG`, `fold`),
+exactly as its own signer does; only the private-key operation runs in OpenSSL through
+`cryptography`, on a key parsed once per `Signer`. The relaxed body canonicalisation is
+dkimpy's algorithm redone with C-speed byte operations (dkimpy's regexes cost ~4 ms per
+100 KB), held byte-identical to dkimpy's by a property test. Tests verify every signature
+with `dkim.verify`, so a change in dkimpy cannot go unnoticed. Measured (bench/dkim_sign.py):
+0.35 ms per 1 KB message with RSA-2048 (dkimpy alone: 7 ms), 0.11 ms with Ed25519.
+
+The content must already be canonical (CRLF line ends only, no NUL): what is signed is
+what is sent, and a bare CR that aiosmtplib rewrites later would break the signature.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as _dt
+import email.utils
+import hashlib
+import logging
+import re
+import time
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+
+import dkim as dkimpy
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+from dkim.canonicalization import CanonicalizationPolicy, correct_empty_body, strip_trailing_lines
+
+from gateway.addresses import normalise
+from gateway.headers import header_fields, split_header
+from gateway.secrets import SecretError
+from storage import dkim_keys
+from storage.db import Database
+from storage.dkim_keys import Cipher
+
+log = logging.getLogger("postern.dkim")
+
+ALGORITHMS = ("rsa", "ed25519")
+DEFAULT_RSA_BITS = 2048
+TXT_STRING_MAX = 255
+
+#: RFC 6376 §5.4 / SPEC: signed when present, in this order; From once more (over-signed)
+#: so that a From added in transit breaks the signature.
+SIGNED_HEADERS: tuple[bytes, ...] = (
+    b"from",
+    b"to",
+    b"cc",
+    b"subject",
+    b"date",
+    b"message-id",
+    b"reply-to",
+    b"mime-version",
+    b"content-type",
+    b"list-unsubscribe",
+    b"list-unsubscribe-post",
+)
+OVERSIGNED: tuple[bytes, ...] = (b"from",)
+
+_POLICY = CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
+_SIGNATURE_HEADER = b"DKIM-Signature"
+_SELECTOR = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*$")
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+class DkimError(Exception):
+    """Base of this module's errors."""
+
+
+class KeyFormatError(DkimError):
+    """A private key that is not RSA or Ed25519 PEM, or an RSA key too small to trust."""
+
+
+class NotCanonicalError(DkimError):
+    """The message has bare CR/LF or NUL: make it canonical before signing."""
+
+
+class MessageFormatError(DkimError):
+    """The message cannot be signed: unparseable header or no From field."""
+
+
+# --- names -------------------------------------------------------------------------------
+
+
+def normalise_domain(domain: str) -> str:
+    """Lower-case A-label form without a trailing dot; DkimError when not a domain."""
+    name = normalise("x@" + domain.strip()).partition("@")[2]
+    labels = name.split(".")
+    if not name or len(name) > 253 or not all(_LABEL.match(label) for label in labels):
+        raise DkimError(f"{domain!r} is not a valid domain name")
+    return name
+
+
+def normalise_selector(selector: str) -> str:
+    """Selectors are DNS labels (dots allowed, RFC 6376 §3.1); compared lower-case."""
+    name = selector.strip().lower()
+    if not _SELECTOR.match(name) or len(name) > 200:
+        raise DkimError(f"{selector!r} is not a valid selector (letters, digits, '-', '.')")
+    return name
+
+
+def default_selector(taken: Collection[str], today: _dt.date | None = None) -> str:
+    """``pYYYYMMDD``, with ``-2``, ``-3``... when that name is taken (rotation-friendly)."""
+    base = f"p{(today or _dt.datetime.now(_dt.UTC).date()):%Y%m%d}"
+    used = {name.lower() for name in taken}
+    if base not in used:
+        return base
+    n = 2
+    while f"{base}-{n}" in used:
+        n += 1
+    return f"{base}-{n}"
+
+
+def record_name(selector: str, domain: str) -> str:
+    """``<selector>._domainkey.<domain>`` (no trailing dot)."""
+    return f"{selector}._domainkey.{domain}"
+
+
+def from_domain(message: bytes) -> str | None:
+    """The domain of the From header's address(es), normalised; None when absent or mixed.
+
+    Intake looks up the active key of this domain. A From listing addresses of several
+    domains has no single signing domain and is left unsigned.
+    """
+    block, _ = split_header(message)
+    fields = [field.partition(b":") for field in header_fields(block)]
+    values = [value for name, colon, value in fields if colon and name.strip().lower() == b"from"]
+    if len(values) != 1:
+        return None
+    text = values[0].replace(b"\r\n", b"").decode("utf-8", "replace")
+    domains = set()
+    for _name, address in email.utils.getaddresses([text]):
+        local, at, domain = address.rpartition("@")
+        if not at or not local or not domain:
+            return None
+        domains.add(domain)
+    if len(domains) != 1:
+        return None
+    try:
+        return normalise_domain(domains.pop())
+    except DkimError:
+        return None
+
+
+# --- keys and records --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    """A new signing key: the private half is PKCS#8 PEM, unencrypted — encrypt it to store."""
+
+    algorithm: str  # "rsa" | "ed25519"
+    private_pem: bytes
+    public_key: str  # the base64 p= value
+
+    def __repr__(self) -> str:  # never print the private key by accident
+        return f"KeyPair(algorithm={self.algorithm!r}, public_key={self.public_key[:16]!r}...)"
+
+
+def generate_key(algorithm: str = "rsa", bits: int = DEFAULT_RSA_BITS) -> KeyPair:
+    """A fresh key pair. RSA below 1024 bits is refused (verifiers reject it)."""
+    private: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+    if algorithm == "rsa":
+        if bits < 1024:
+            raise KeyFormatError("RSA DKIM keys need at least 1024 bits (2048 recommended)")
+        private = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    elif algorithm == "ed25519":
+        private = ed25519.Ed25519PrivateKey.generate()
+    else:
+        raise KeyFormatError(f"unknown algorithm {algorithm!r}; use one of {', '.join(ALGORITHMS)}")
+    pem = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return KeyPair(algorithm, pem, public_key_value(private))
+
+
+def load_private_key(pem: bytes) -> rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as error:
+        raise KeyFormatError(f"not a usable private key: {error}") from None
+    if isinstance(key, rsa.RSAPrivateKey):
+        if key.key_size < 1024:
+            raise KeyFormatError(f"RSA key of {key.key_size} bits is too small")
+        return key
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return key
+    raise KeyFormatError(f"unsupported key type {type(key).__name__}; DKIM uses RSA or Ed25519")
+
+
+def public_key_value(private: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey) -> str:
+    """The p= value: RSA SubjectPublicKeyInfo DER, or the raw 32 Ed25519 bytes (RFC 8463)."""
+    public = private.public_key()
+    if isinstance(public, ed25519.Ed25519PublicKey):
+        raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    else:
+        raw = public.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    return base64.b64encode(raw).decode("ascii")
+
+
+def txt_value(algorithm: str, public_key: str) -> str:
+    """The whole TXT record value."""
+    if algorithm not in ALGORITHMS:
+        raise KeyFormatError(f"unknown algorithm {algorithm!r}")
+    return f"v=DKIM1; k={algorithm}; p={public_key}"
+
+
+def txt_strings(value: str) -> list[str]:
+    """`value` cut into character-strings of at most 255 bytes (RFC 1035 §3.3.14)."""
+    raw = value.encode("ascii")
+    return [
+        raw[i : i + TXT_STRING_MAX].decode("ascii") for i in range(0, len(raw), TXT_STRING_MAX)
+    ] or [""]
+
+
+@dataclass(frozen=True)
+class DnsRecord:
+    """What an operator publishes for one selector."""
+
+    name: str  # selector._domainkey.domain
+    value: str  # the whole TXT value
+
+    @property
+    def strings(self) -> list[str]:
+        return txt_strings(self.value)
+
+    def zone(self, ttl: int | None = None) -> str:
+        """One zone-file line: ``name. [ttl] IN TXT "part" "part"``."""
+        quoted = " ".join(f'"{part}"' for part in self.strings)
+        return f"{self.name}. {'' if ttl is None else f'{ttl} '}IN TXT {quoted}"
+
+
+def dns_record(selector: str, domain: str, algorithm: str, public_key: str) -> DnsRecord:
+    return DnsRecord(record_name(selector, domain), txt_value(algorithm, public_key))
+
+
+# --- signing -----------------------------------------------------------------------------
+
+
+def canonical_problem(message: bytes) -> str | None:
+    """Why `message` may not be signed as it is (bare CR/LF, NUL), or None."""
+    if b"\0" in message:
+        return "NUL byte in message"
+    crlf = message.count(b"\r\n")
+    if message.count(b"\n") != crlf or message.count(b"\r") != crlf:
+        return "bare CR or LF in message"
+    return None
+
+
+class Signer:
+    """Signs for one (domain, selector) with a key parsed once; cheap to call, thread-safe."""
+
+    def __init__(self, domain: str, selector: str, private_pem: bytes) -> None:
+        self.domain = normalise_domain(domain)
+        self.selector = normalise_selector(selector)
+        self._key = load_private_key(private_pem)
+        self.algorithm = "rsa" if isinstance(self._key, rsa.RSAPrivateKey) else "ed25519"
+        self._a_tag = b"rsa-sha256" if self.algorithm == "rsa" else b"ed25519-sha256"
+
+    def __repr__(self) -> str:
+        return f"Signer({self.domain!r}, {self.selector!r}, {self.algorithm})"
+
+    @property
+    def public_key(self) -> str:
+        return public_key_value(self._key)
+
+    def record(self) -> DnsRecord:
+        return dns_record(self.selector, self.domain, self.algorithm, self.public_key)
+
+    def sign(self, message: bytes, now: float | None = None) -> bytes:
+        """The ``DKIM-Signature: ...\\r\\n`` field to put in front of `message`."""
+        problem = canonical_problem(message)
+        if problem:
+            raise NotCanonicalError(problem)
+        headers, body = _split(message)
+        include = signed_header_names(name for name, _ in headers)
+        if b"from" not in include:
+            raise MessageFormatError("no From header field (RFC 6376 requires signing it)")
+        body_hash = hashlib.sha256(relaxed_body(body)).digest()
+        fields = [
+            (b"v", b"1"),
+            (b"a", self._a_tag),
+            (b"c", b"relaxed/relaxed"),
+            (b"d", self.domain.encode("ascii")),
+            (b"s", self.selector.encode("ascii")),
+            (b"t", str(int(time.time() if now is None else now)).encode("ascii")),
+            (b"h", b" : ".join(include)),
+            (b"bh", base64.b64encode(body_hash)),
+            # As in dkimpy: a long placeholder pushes b= onto its own folded line, so that
+            # folding the real value later leaves the hashed tags' whitespace unchanged.
+            (b"b", b"0" * 60),
+        ]
+        unsigned = dkimpy.fold(
+            b"; ".join(b"=".join(field) for field in fields), namelen=len(_SIGNATURE_HEADER)
+        )
+        unsigned = dkimpy.RE_BTAG.sub(b"\\1", unsigned)
+        hasher = hashlib.sha256()
+        dkimpy.hash_headers(
+            hasher,
+            _POLICY,
+            _POLICY.canonicalize_headers(headers),
+            include,
+            (_SIGNATURE_HEADER, b" " + unsigned),
+            dict(fields),
+        )
+        fields[-1] = (b"b", base64.b64encode(self._sign_digest(hasher.digest())))
+        value = b"; ".join(b"=".join(field) for field in fields) + b"\r\n"
+        return _SIGNATURE_HEADER + b": " + dkimpy.fold(value, namelen=len(_SIGNATURE_HEADER))
+
+    def signed(self, message: bytes, now: float | None = None) -> bytes:
+        """`message` with its signature in front."""
+        return self.sign(message, now) + message
+
+    def _sign_digest(self, digest: bytes) -> bytes:
+        if isinstance(self._key, rsa.RSAPrivateKey):
+            return self._key.sign(digest, padding.PKCS1v15(), Prehashed(hashes.SHA256()))
+        # RFC 8463 §3: PureEdDSA Ed25519 over the SHA-256 hash of the signed data.
+        return self._key.sign(digest)
+
+
+def _split(message: bytes) -> tuple[list[list[bytes]], bytes]:
+    """dkimpy's header parse of the header block only; the body as it is.
+
+    `dkim.rfc822_parse` splits the whole message into lines and joins the body back, which
+    costs about 1 ms per 100 KB; for canonical content the body is simply what follows the
+    first empty line, so only the header block goes through it.
+    """
+    if message.startswith(b"\r\n"):
+        return [], message[2:]
+    end = message.find(b"\r\n\r\n")
+    block, body = (message, b"") if end < 0 else (message[: end + 2], message[end + 4 :])
+    try:
+        headers, _ = dkimpy.rfc822_parse(block)
+    except dkimpy.MessageFormatError as error:
+        raise MessageFormatError(str(error)) from None
+    return headers, body
+
+
+_TAB_TO_SPACE = bytes.maketrans(b"\t", b" ")
+
+
+def relaxed_body(body: bytes) -> bytes:
+    """RFC 6376 §3.4.4 relaxed body canonicalisation, byte for byte dkimpy's `Relaxed`.
+
+    dkimpy runs two regular expressions that rewrite every run of whitespace, single spaces
+    included: about 4 ms per 100 KB of prose. The same result from C-speed byte operations:
+    tabs become spaces, runs of spaces halve until single (a few passes), and the one space
+    left before a line end goes. A property test holds this equal to dkimpy's
+    `Relaxed.canonicalize_body`.
+    """
+    if b"\t" in body:
+        body = body.translate(_TAB_TO_SPACE)
+    while b"  " in body:
+        body = body.replace(b"  ", b" ")
+    if b" \r\n" in body:
+        body = body.replace(b" \r\n", b"\r\n")
+    return correct_empty_body(strip_trailing_lines(body))
+
+
+def signed_header_names(present: Iterable[bytes]) -> tuple[bytes, ...]:
+    """h= for a message whose header field names are `present`: each listed field as often
+    as it occurs, in SIGNED_HEADERS order, plus one more of each OVERSIGNED field."""
+    counts: dict[bytes, int] = {}
+    for name in present:
+        key = bytes(name).lower()
+        counts[key] = counts.get(key, 0) + 1
+    names: list[bytes] = []
+    for name in SIGNED_HEADERS:
+        names.extend([name] * counts.get(name, 0))
+    for name in OVERSIGNED:
+        if counts.get(name):
+            names.append(name)
+    return tuple(names)
+
+
+# --- the signer table intake uses ----------------------------------------------------------
+
+
+class Signers:
+    """The active signer of every domain, in memory, refreshed from storage every `ttl` s.
+
+    Intake signs on the hot path, so the lookup is a dict read; a key activated on another
+    node is picked up within `ttl`. Signers whose key did not change are kept (loading an
+    RSA key costs about a millisecond). A key that fails to decrypt is logged and its domain
+    left unsigned rather than refusing mail.
+    """
+
+    def __init__(self, db: Database, box: Cipher, ttl: float = 10.0) -> None:
+        self._db = db
+        self._box = box
+        self._ttl = ttl
+        self._by_domain: dict[str, tuple[str, Signer]] = {}
+        self._loaded_at = float("-inf")
+        self._lock = asyncio.Lock()
+
+    async def reload(self) -> None:
+        keys = await dkim_keys.active_keys(self._db, self._box)
+        fresh: dict[str, tuple[str, Signer]] = {}
+        for key in keys:
+            current = self._by_domain.get(key.record.domain)
+            if current is not None and current[0] == key.record.id:
+                fresh[key.record.domain] = current
+                continue
+            try:
+                signer = Signer(key.record.domain, key.record.selector, key.private_pem())
+            except (DkimError, SecretError) as error:
+                log.error(
+                    "DKIM key %r of %s is unusable, mail from it goes unsigned: %s",
+                    key.record.selector,
+                    key.record.domain,
+                    error,
+                )
+                continue
+            fresh[key.record.domain] = (key.record.id, signer)
+        self._by_domain = fresh
+        self._loaded_at = time.monotonic()
+
+    def get(self, domain: str) -> Signer | None:
+        entry = self._by_domain.get(domain)
+        return entry[1] if entry else None
+
+    async def for_message(self, message: bytes) -> Signer | None:
+        """The signer for the message's From domain (None: leave it unsigned)."""
+        if time.monotonic() - self._loaded_at > self._ttl:
+            async with self._lock:
+                if time.monotonic() - self._loaded_at > self._ttl:
+                    await self.reload()
+        domain = from_domain(message)
+        return self.get(domain) if domain else None

@@ -1,0 +1,202 @@
+"""Secrets at rest: pool passwords and DKIM private keys are stored only encrypted.
+
+One 32-byte key per installation, taken from `POSTERN_SECRET_KEY` (URL-safe base64), else
+from `secret.key` in data_dir, created on first use. Every node sharing one PostgreSQL
+database must use the same key, so multi-node installations set the variable (or copy the
+file). The file is created with mode 0600 under a temporary name and linked into place, so
+it is never readable by others, not even for a moment, and two processes starting together
+agree on one key (the second link fails and it reads the winner's).
+
+Ciphertexts are AES-256-GCM (`cryptography`), as text: ``pst1.<key id>.<nonce+ciphertext>``.
+The key id (a hash of the key, not the key) lets `decrypt` say "made with another key"
+instead of a bare authentication failure. `associated` data binds a ciphertext to its
+context (e.g. the row it belongs to): a value copied into another row does not decrypt.
+
+    SecretError
+     ├── SecretKeyError        the key cannot be loaded or created (one line for the operator)
+     └── DecryptError          a ciphertext does not decrypt
+          └── WrongKeyError    ... because it was made with another key
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hashlib
+import os
+import secrets
+import stat
+from collections.abc import Mapping
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+ENV_VAR = "POSTERN_SECRET_KEY"
+KEY_FILE = "secret.key"
+KEY_BYTES = 32
+_PREFIX = "pst1"
+_NONCE = 12
+
+
+class SecretError(Exception):
+    """Base of every error of this module."""
+
+
+class SecretKeyError(SecretError):
+    """The secret key is missing, malformed, unreadable or readable by others."""
+
+
+class DecryptError(SecretError):
+    """A ciphertext is malformed, corrupted, or bound to another context."""
+
+
+class WrongKeyError(DecryptError):
+    """The ciphertext was made with a different secret key than the one loaded."""
+
+
+def generate_key() -> str:
+    """A fresh key in the form POSTERN_SECRET_KEY takes (for operators and tests)."""
+    return base64.urlsafe_b64encode(secrets.token_bytes(KEY_BYTES)).decode("ascii")
+
+
+def _decode_key(text: str, where: str) -> bytes:
+    stripped = text.strip()
+    try:
+        raw = base64.urlsafe_b64decode(stripped + "=" * (-len(stripped) % 4))
+    except (binascii.Error, ValueError):
+        raise SecretKeyError(f"{where}: not URL-safe base64") from None
+    if len(raw) != KEY_BYTES:
+        raise SecretKeyError(f"{where}: expected {KEY_BYTES} bytes of key, got {len(raw)}")
+    return raw
+
+
+def _key_id(key: bytes) -> str:
+    return hashlib.sha256(b"postern secret key id\0" + key).hexdigest()[:8]
+
+
+class SecretBox:
+    """Encrypts and decrypts with one loaded key; safe to share between tasks and threads."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != KEY_BYTES:
+            raise SecretKeyError(f"a secret key has {KEY_BYTES} bytes, got {len(key)}")
+        self._aead = AESGCM(key)
+        self.key_id = _key_id(key)
+
+    @classmethod
+    def from_environment(
+        cls, data_dir: str | os.PathLike[str], environ: Mapping[str, str] | None = None
+    ) -> SecretBox:
+        """The key from $POSTERN_SECRET_KEY, else data_dir/secret.key (created if missing)."""
+        env = os.environ if environ is None else environ
+        value = env.get(ENV_VAR, "")
+        if value.strip():
+            return cls(_decode_key(value, ENV_VAR))
+        return cls(load_or_create_key_file(Path(data_dir) / KEY_FILE))
+
+    def encrypt(self, data: bytes | str, associated: bytes = b"") -> str:
+        """Ciphertext text for `data` (str is encoded as UTF-8)."""
+        plain = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+        nonce = secrets.token_bytes(_NONCE)
+        sealed = self._aead.encrypt(nonce, plain, associated or None)
+        body = base64.urlsafe_b64encode(nonce + sealed).decode("ascii").rstrip("=")
+        return f"{_PREFIX}.{self.key_id}.{body}"
+
+    def decrypt(self, token: str, associated: bytes = b"") -> bytes:
+        """The plaintext of `token`; DecryptError/WrongKeyError when it cannot be opened."""
+        prefix, _, rest = token.partition(".")
+        key_id, _, body = rest.partition(".")
+        if prefix != _PREFIX or not key_id or not body:
+            raise DecryptError("not a Postern ciphertext")
+        if key_id != self.key_id:
+            raise WrongKeyError(
+                f"this value was encrypted with another secret key (key id {key_id}; the "
+                f"loaded key is {self.key_id}): set {ENV_VAR} or {KEY_FILE} to the key it "
+                "was made with"
+            )
+        try:
+            raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+        except (binascii.Error, ValueError):
+            raise DecryptError("ciphertext is not valid base64") from None
+        if len(raw) < _NONCE + 16:
+            raise DecryptError("ciphertext is truncated")
+        try:
+            return self._aead.decrypt(raw[:_NONCE], raw[_NONCE:], associated or None)
+        except InvalidTag:
+            raise DecryptError(
+                "ciphertext does not authenticate (corrupted, or stored for another record)"
+            ) from None
+
+    def decrypt_text(self, token: str, associated: bytes = b"") -> str:
+        return self.decrypt(token, associated).decode("utf-8")
+
+
+def load_or_create_key_file(path: Path) -> bytes:
+    """Read the key file, creating it (0600, atomically, no clobber) when it is missing."""
+    try:
+        return _read_key_file(path)
+    except FileNotFoundError:
+        pass
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _create_key_file(path)
+    except OSError as error:
+        raise SecretKeyError(f"cannot create {path}: {error.strerror or error}") from None
+    try:
+        return _read_key_file(path)
+    except FileNotFoundError:
+        raise SecretKeyError(f"{path} vanished right after it was created") from None
+
+
+def _read_key_file(path: Path) -> bytes:
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        raise
+    except OSError as error:
+        raise SecretKeyError(f"cannot read {path}: {error.strerror or error}") from None
+    with os.fdopen(fd, "rb") as handle:
+        mode = os.fstat(handle.fileno()).st_mode
+        if not stat.S_ISREG(mode):
+            raise SecretKeyError(f"{path} is not a regular file")
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise SecretKeyError(
+                f"{path} is accessible by other users (mode {stat.S_IMODE(mode):04o}); "
+                f"run: chmod 600 {path}"
+            )
+        raw = handle.read(4096)
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise SecretKeyError(f"{path}: not URL-safe base64") from None
+    return _decode_key(text, str(path))
+
+
+def _create_key_file(path: Path) -> None:
+    """Write a new key under a private temporary name, then link it in unless one exists."""
+    temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    # O_EXCL + mode 0600 at creation: the file never exists with wider permissions
+    # (the umask can only remove bits).
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(generate_key().encode("ascii") + b"\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        with contextlib.suppress(FileExistsError):  # another process won: use its key
+            os.link(temp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
