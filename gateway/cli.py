@@ -11,7 +11,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-from gateway import cli_admin
+from gateway import cli_admin, cli_dkim
 from gateway.config import ConfigError, load
 
 
@@ -32,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate the configuration and exit")
     check.add_argument("--config", dest="sub_config", help=argparse.SUPPRESS)
     cli_admin.add_commands(commands)
+    cli_dkim.add_commands(commands)
     return parser
 
 
@@ -69,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command in cli_admin.COMMANDS:
             return cli_admin.run(args, load(config_path))
+        if args.command in cli_dkim.COMMANDS:
+            return cli_dkim.run(args, load(config_path))
         _setup_logging(args.log_level)
         factory = _event_loop_runner()
         with asyncio.Runner(loop_factory=factory) as runner:  # type: ignore[arg-type]

@@ -16,7 +16,14 @@ from typing import Any
 
 from gateway.addresses import envelope_problem, has_control
 from gateway.config import Config, ConfigError
-from storage.db import Database, SchemaError, create_schema, database_url, open_database
+from storage.db import (
+    Database,
+    SchemaError,
+    create_schema,
+    database_url,
+    open_database,
+    prepare_data_dir,
+)
 from storage.keys import SCOPES, UnknownScope, create_key, list_keys, revoke_key
 from storage.suppressions import (
     REASONS,
@@ -36,27 +43,27 @@ def add_commands(commands: Any) -> None:
     """Register the subcommands on the `postern` parser's subparsers."""
     keys = commands.add_parser("keys", help="create, list and revoke API keys")
     key_actions = keys.add_subparsers(dest="action", required=True)
-    create = _leaf(key_actions, "create", "create a key and print it (once)")
+    create = leaf(key_actions, "create", "create a key and print it (once)")
     create.add_argument("--name", required=True)
     create.add_argument(
         "--scope", dest="scopes", action="append", required=True, metavar="SCOPE",
         help=f"repeat for several: {', '.join(SCOPES)}",
     )  # fmt: skip
-    _leaf(key_actions, "list", "list keys (never their secrets)")
-    _leaf(key_actions, "revoke", "revoke a key").add_argument("id")
+    leaf(key_actions, "list", "list keys (never their secrets)")
+    leaf(key_actions, "revoke", "revoke a key").add_argument("id")
 
     suppressions = commands.add_parser("suppressions", help="the suppression list")
     actions = suppressions.add_subparsers(dest="action", required=True)
-    add = _leaf(actions, "add", "stop sending to an address")
+    add = leaf(actions, "add", "stop sending to an address")
     add.add_argument("email")
     add.add_argument("--reason", default="manual", choices=REASONS)
-    listing = _leaf(actions, "list", "list suppressed addresses")
+    listing = leaf(actions, "list", "list suppressed addresses")
     listing.add_argument("--reason", choices=REASONS)
     listing.add_argument("--limit", type=int, default=0, help="at most this many (0: all)")
-    _leaf(actions, "remove", "send to an address again").add_argument("email")
+    leaf(actions, "remove", "send to an address again").add_argument("email")
 
 
-def _leaf(actions: Any, name: str, text: str) -> argparse.ArgumentParser:
+def leaf(actions: Any, name: str, text: str) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = actions.add_parser(name, help=text)
     parser.add_argument("--config", dest="sub_config", help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help="print JSON")
@@ -68,7 +75,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     action: Callable[[Database, argparse.Namespace], Awaitable[Any]] = _ACTIONS[
         (args.command, args.action)
     ]
-    result = asyncio.run(_with_database(config, lambda db: action(db, args)))
+    result = asyncio.run(with_database(config, lambda db: action(db, args)))
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
     else:
@@ -76,11 +83,11 @@ def run(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-async def _with_database(config: Config, work: Callable[[Database], Awaitable[Any]]) -> Any:
+async def with_database(config: Config, work: Callable[[Database], Awaitable[Any]]) -> Any:
     data_dir = config.server.data_dir
     try:
         if not config.storage.url:
-            data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            prepare_data_dir(data_dir)
         db = open_database(database_url(config.storage.url, data_dir))
     except OSError as error:
         raise CommandError(f"cannot use data_dir {data_dir}: {error.strerror}") from None

@@ -243,6 +243,15 @@ def _schedule(value: Any, where: str) -> tuple[float, ...]:
     return tuple(_positive_duration(item, f"{where}[{i}]") for i, item in enumerate(value))
 
 
+def _nameservers(value: Any, where: str) -> tuple[str, ...]:
+    from gateway.dns import parse_nameserver  # dns imports this module for ConfigError
+
+    entries = _strings(value, where)
+    for entry in entries:
+        parse_nameserver(entry)
+    return entries
+
+
 def _strings(value: Any, where: str) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise ConfigError(f"{where}: expected a list of strings")
@@ -284,7 +293,7 @@ _SECTIONS: dict[str, tuple[type, dict[str, Converter]]] = {
         },
     ),
     "policy": (PolicyConfig, {"sender": _choice("verified", "any")}),
-    "dns": (DnsConfig, {"nameservers": _strings}),
+    "dns": (DnsConfig, {"nameservers": _nameservers}),
 }
 
 _POOL_KEYS: dict[str, Converter] = {

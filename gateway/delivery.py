@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterable
 
 from gateway import metrics
+from gateway.direct import DIRECT, DirectRoutes
 from gateway.message import DeliveryResult, Outcome, QueuedMessage
 from gateway.queue import AttemptRecord, Queue
 from gateway.routing import candidates
@@ -69,9 +70,11 @@ class Delivery:
         buffer_size: int = 2000,
         buffer_bytes: int = 64 * 1024 * 1024,
         poll_interval: float = 1.0,
+        direct: DirectRoutes | None = None,
     ) -> None:
         self._queue = queue
         self._registry = registry
+        self._direct = direct  # MX delivery for routes that name no pool
         self._workers = workers
         self._buffer: asyncio.Queue[QueuedMessage] = asyncio.Queue()
         self._buffer_size = buffer_size
@@ -131,6 +134,8 @@ class Delivery:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         await self._registry.close()
+        if self._direct is not None:
+            await self._direct.close()
 
     # --- loops ------------------------------------------------------------------------
 
@@ -183,6 +188,8 @@ class Delivery:
                     log.warning("renewing claims failed: %s", error)
             for pool in self._registry.all():
                 await pool.reap_idle()
+            if self._direct is not None:
+                await self._direct.reap_idle()
             try:
                 suppressions = self._queue.suppressions
                 await (suppressions.reload() if rounds % 12 == 0 else suppressions.refresh())
@@ -237,13 +244,15 @@ class Delivery:
     async def _attempt(
         self, message: QueuedMessage
     ) -> tuple[dict[str, DeliveryResult], str | None]:
-        pool_ids = candidates(message.route, self._registry.settings(), set())
+        pools = self._registry.settings()
+        pool_ids = candidates(message.route, pools, set())
         if not pool_ids:
-            reason = (
-                "no upstream pool is configured (direct MX delivery is not available yet)"
-                if message.route.direct
-                else "no active pool for this route"
-            )
+            # Routing is re-evaluated at every attempt: with no active pool left at all,
+            # mail goes straight to the recipients' MX hosts (SPEC "Routing", step 4).
+            no_pools = not any(pool.is_active for pool in pools)
+            if (message.route.direct or no_pools) and self._direct is not None:
+                return await self._direct.deliver(message), DIRECT
+            reason = "no active pool for this route"
             return dict.fromkeys(message.recipients, deferred(reason, "4.4.3")), None
         now = time.time()
         ready = [pid for pid in pool_ids if self._registry.get(pid).healthy(now)]

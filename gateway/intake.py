@@ -1,8 +1,8 @@
 """Intake: the one policy pipeline behind both doors (SMTP and HTTP).
 
-    recipients not suppressed -> route chosen -> sender may use it -> stored (one
-    transaction, group-committed, idempotency key reserved in it) -> handed to delivery
-    (sandbox: never) -> acknowledged
+    recipients not suppressed -> route chosen -> sender may use it -> DKIM-signed once
+    (From domain with an active key) -> stored (one transaction, group-committed,
+    idempotency key reserved in it) -> handed to delivery (sandbox: never) -> acknowledged
 
 It knows nothing of SMTP or HTTP: it takes a Submission and returns an Accepted, or raises
 one of the Refusal exceptions below (or `Duplicate`), which each door turns into its own
@@ -12,15 +12,19 @@ reply. The policy.sender "verified" check arrives with domains (issue 4).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from gateway import metrics
 from gateway.delivery import Delivery, PoolRegistry
+from gateway.dkim import DkimError, Signers
 from gateway.message import QueuedMessage, Route, Submission
 from gateway.queue import Queue
 from gateway.routing import UnknownRoute, choose_route
 from storage.idempotency import ANONYMOUS, Duplicate
+
+log = logging.getLogger("postern.intake")
 
 __all__ = ["Accepted", "AllSuppressed", "Duplicate", "Intake", "NotPermitted", "UnknownAlias"]
 
@@ -60,10 +64,17 @@ class Accepted:
 
 
 class Intake:
-    def __init__(self, queue: Queue, registry: PoolRegistry, delivery: Delivery) -> None:
+    def __init__(
+        self,
+        queue: Queue,
+        registry: PoolRegistry,
+        delivery: Delivery,
+        signers: Signers | None = None,
+    ) -> None:
         self._queue = queue
         self._registry = registry
         self._delivery = delivery
+        self._signers = signers
 
     async def suppressed(self, addresses: Sequence[str]) -> set[str]:
         """Which of `addresses` must not be sent to."""
@@ -83,6 +94,7 @@ class Intake:
         except Refusal:
             await self._raise_if_seen(submission)
             raise
+        submission = await self._signed(submission)
         sandbox = submission.sandbox
         claim = not sandbox and self._delivery.has_room()
         message = await self._queue.enqueue(submission, route, claim=claim)
@@ -111,6 +123,20 @@ class Intake:
             metrics.MESSAGES_REFUSED.labels(reason="unknown_alias").inc()
             raise UnknownAlias() from None
         return blocked, submission, self._permitted(submission, route)
+
+    async def _signed(self, submission: Submission) -> Submission:
+        """Sign once, here, before storing: retries relay the stored, signed bytes."""
+        if self._signers is None:
+            return submission
+        signer = await self._signers.for_message(submission.content)
+        if signer is None:
+            return submission
+        try:
+            return replace(submission, content=signer.signed(submission.content))
+        except DkimError as error:  # e.g. no From field: relay unsigned, say why
+            log.warning("not DKIM-signing a message: %s", error)
+            metrics.MESSAGES_REFUSED.labels(reason="dkim_unsigned").inc()
+            return submission
 
     async def _raise_if_seen(self, submission: Submission) -> None:
         key = submission.idempotency_key

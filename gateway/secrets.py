@@ -33,6 +33,8 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from storage.db import prepare_data_dir
+
 ENV_VAR = "POSTERN_SECRET_KEY"
 KEY_FILE = "secret.key"
 KEY_BYTES = 32
@@ -140,7 +142,7 @@ def load_or_create_key_file(path: Path) -> bytes:
     except FileNotFoundError:
         pass
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        prepare_data_dir(path.parent)
         _create_key_file(path)
     except OSError as error:
         raise SecretKeyError(f"cannot create {path}: {error.strerror or error}") from None

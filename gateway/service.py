@@ -36,11 +36,15 @@ from api.auth import RateLimiter
 from api.context import ApiContext
 from gateway.config import Config, ConfigError, server_tls_context
 from gateway.delivery import Delivery, PoolRegistry
+from gateway.direct import DirectRoutes
+from gateway.dkim import Signers
+from gateway.dns import Resolver
 from gateway.intake import Intake
 from gateway.queue import Queue
+from gateway.secrets import SecretBox, SecretError
 from gateway.smtp_server import ListenerLimits, PosternHandler
 from gateway.upstream import PoolSettings, SessionSettings
-from storage.db import SchemaError, create_schema, database_url, open_database
+from storage.db import SchemaError, create_schema, database_url, open_database, prepare_data_dir
 from storage.keys import KeyStore
 from storage.pools import list_pools, sync_config_pools
 from storage.writer import StorageUnavailable, Writer
@@ -101,11 +105,15 @@ class Service:
         config = self.config
         data_dir = config.server.data_dir
         try:
-            data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            prepare_data_dir(data_dir)
             node = node_id(data_dir)
         except OSError as error:
             raise StartupError(f"cannot use data_dir {data_dir}: {error.strerror}") from None
         limits = self._listener_limits()  # loads the TLS certificate: fail before any task
+        try:
+            self.box = SecretBox.from_environment(data_dir)  # DKIM keys, pool passwords
+        except SecretError as error:
+            raise StartupError(str(error)) from None
         smtp_sockets = [bind(host, port) for host, port in config.smtp.listen]
         http_socket = bind(*config.http.listen)
 
@@ -127,21 +135,27 @@ class Service:
         await self.queue.release_claims()  # whatever this node held when it last stopped
         await self.queue.suppressions.reload()
 
-        self.registry = PoolRegistry(
-            SessionSettings(
-                local_hostname=config.server.hostname,
-                connect_timeout=delivery_cfg.connect_timeout,
-                command_timeout=delivery_cfg.command_timeout,
-                idle_timeout=delivery_cfg.idle_timeout,
-                max_messages_per_connection=delivery_cfg.max_messages_per_connection,
-                cooldown=min(10.0, delivery_cfg.retry_schedule[0]),
-            )
+        session = SessionSettings(
+            local_hostname=config.server.hostname,
+            connect_timeout=delivery_cfg.connect_timeout,
+            command_timeout=delivery_cfg.command_timeout,
+            idle_timeout=delivery_cfg.idle_timeout,
+            max_messages_per_connection=delivery_cfg.max_messages_per_connection,
+            cooldown=min(10.0, delivery_cfg.retry_schedule[0]),
         )
+        self.registry = PoolRegistry(session)
         await self.reload_pools()
-        self.delivery = Delivery(self.queue, self.registry, workers=delivery_cfg.workers)
+        self.resolver = Resolver(config.dns.nameservers)
+        direct = DirectRoutes(self.resolver, session, delivery_cfg.mx_port)
+        self.delivery = Delivery(
+            self.queue, self.registry, workers=delivery_cfg.workers, direct=direct
+        )
         self.delivery.start()
         self.delivery.wake()
-        self.intake = Intake(self.queue, self.registry, self.delivery)
+        # A key made by `postern dkim generate` in another process is picked up within 2 s.
+        self.signers = Signers(self.db, self.box, ttl=2.0)
+        await self.signers.reload()
+        self.intake = Intake(self.queue, self.registry, self.delivery, self.signers)
 
         self.keys = KeyStore(self.db)  # API keys: HTTP bearer tokens and SMTP AUTH passwords
         self.smtp_handler = PosternHandler(self.intake, limits, self.keys)

@@ -31,6 +31,13 @@ class SchemaError(Exception):
     """The database was written by a newer Postern than this one."""
 
 
+def prepare_data_dir(data_dir: Path) -> None:
+    """Create data_dir private to this user: it holds message bodies and the secret key."""
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if data_dir.stat().st_mode & 0o077:
+        data_dir.chmod(0o700)
+
+
 def database_url(url: str, data_dir: Path) -> str:
     """The SQLAlchemy URL: the configured one, or SQLite in data_dir."""
     if url.startswith(("postgresql://", "postgres://")):
