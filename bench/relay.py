@@ -481,7 +481,14 @@ def tree_peak_rss_mb(root: int) -> float:
 class Postern:
     """A Postern subprocess with its own config and data dir under `tmp`."""
 
-    def __init__(self, command: Sequence[str], tmp: Path, sink_port: int, upstreams: int) -> None:
+    def __init__(
+        self,
+        command: Sequence[str],
+        tmp: Path,
+        sink_port: int,
+        upstreams: int,
+        dkim: str | None = None,
+    ) -> None:
         self.smtp_port, self.http_port = free_ports(2)
         config = tmp / "postern.toml"
         config.write_text(
@@ -494,6 +501,12 @@ class Postern:
                 upstream_connections=upstreams,
             )
         )
+        if dkim:  # sign every message: a key for the From domain of the bench's mail
+            subprocess.run(
+                [*command[:-1], "dkim", "generate", "--config", str(config),
+                 "--domain", "client.bench.test", "--algorithm", dkim],
+                check=True, cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+            )  # fmt: skip
         self.log_path = tmp / "postern.log"
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
@@ -560,6 +573,7 @@ class Case:
     upstream_connections: int
     timeout: float
     keep: bool
+    dkim: str | None = None
 
 
 @dataclass
@@ -598,7 +612,9 @@ def run_case(case: Case) -> Result:
             if case.direct:
                 measured = measure(case, sink, sink.port, None, deadline)
             else:
-                postern = Postern(case.postern_cmd, tmp, sink.port, case.upstream_connections)
+                postern = Postern(
+                    case.postern_cmd, tmp, sink.port, case.upstream_connections, case.dkim
+                )
                 stack.callback(postern.stop)
                 postern.wait_ready(deadline)
                 measured = measure(case, sink, postern.smtp_port, postern.proc.pid, deadline)
@@ -730,6 +746,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument("--matrix", action="store_true", help="C in (1,10,50) x size in (1K,10K)")
     parser.add_argument("--direct", action="store_true", help="clients straight at the sink")
+    parser.add_argument(
+        "--dkim", choices=["rsa", "ed25519"], help="DKIM-sign every message with such a key"
+    )
     args = parser.parse_args(argv)
     if min(args.messages, args.clients, args.size, args.upstream_connections) < 1:
         parser.error("--messages, --clients, --size and --upstream-connections must be >= 1")
@@ -747,6 +766,7 @@ def cases(args: argparse.Namespace) -> list[Case]:
         upstream_connections=args.upstream_connections,
         timeout=args.timeout,
         keep=args.keep,
+        dkim=args.dkim,
     )
     if not args.matrix:
         return [base]

@@ -100,3 +100,16 @@ async def test_servfail_defers_then_the_retry_delivers(
     assert sink.messages == []
     dns.heal("flaky.test")
     assert await sink.wait_for_async(1, timeout=10)
+
+
+async def test_mx_hosts_offering_starttls_get_it_without_a_certificate_check(
+    tmp_path: Path, service: ServiceFactory, dns: DnsServer
+) -> None:
+    sink = Sink(tls="starttls").start()  # a self-signed certificate, as many MX hosts have
+    try:
+        dns.add("tls.test", "MX", "10 mx.tls.test.").add("mx.tls.test", "A", "127.0.0.1")
+        await send(await start(tmp_path, service, sink, dns), "user@tls.test")
+        assert await sink.wait_for_async(1, timeout=10)
+        assert sink.messages[0].tls
+    finally:
+        sink.stop()
