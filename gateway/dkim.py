@@ -46,7 +46,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from dkim.canonicalization import CanonicalizationPolicy, correct_empty_body, strip_trailing_lines
 
 from gateway.addresses import normalise
-from gateway.headers import header_fields, split_header
+from gateway.headers import canonical_problem, header_fields, split_header
 from gateway.secrets import SecretError
 from storage import dkim_keys
 from storage.db import Database
@@ -257,16 +257,6 @@ def dns_record(selector: str, domain: str, algorithm: str, public_key: str) -> D
 
 
 # --- signing -----------------------------------------------------------------------------
-
-
-def canonical_problem(message: bytes) -> str | None:
-    """Why `message` may not be signed as it is (bare CR/LF, NUL), or None."""
-    if b"\0" in message:
-        return "NUL byte in message"
-    crlf = message.count(b"\r\n")
-    if message.count(b"\n") != crlf or message.count(b"\r") != crlf:
-        return "bare CR or LF in message"
-    return None
 
 
 class Signer:

@@ -10,13 +10,22 @@ CONTROL_PREFIX = b"x-postern-"
 MAX_LINE = 998  # bytes, without CRLF (RFC 5321 §4.5.3.1.6)
 
 
-def content_problem(data: bytes) -> str | None:
-    """Why `data` may not be relayed (bare CR/LF, NUL, a line over 998 bytes), or None."""
+def canonical_problem(data: bytes) -> str | None:
+    """Why `data` is not canonical (a bare CR or LF, a NUL), or None. What is signed and
+    what is sent must be the same bytes: only canonical content is either."""
     if b"\0" in data:
         return "NUL byte in message"
     crlf = data.count(b"\r\n")
     if data.count(b"\n") != crlf or data.count(b"\r") != crlf:
         return "bare CR or LF in message"
+    return None
+
+
+def content_problem(data: bytes) -> str | None:
+    """Why `data` may not be relayed (not canonical, a line over 998 bytes), or None."""
+    problem = canonical_problem(data)
+    if problem:
+        return problem
     # Linear in the size; a regex such as [^\r\n]{999} rescans up to 999 bytes per offset.
     if len(data) > MAX_LINE and max(map(len, data.split(b"\r\n"))) > MAX_LINE:
         return "line longer than 998 bytes"
