@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api import errors
 from api.context import ApiContext
 from api.openapi import build_openapi, operation
-from api.routes import keys, messages, send, suppressions
+from api.routes import aliases, domains, keys, messages, pools, send, smtp_configs, suppressions
 from gateway import metrics
 from storage.writer import StorageUnavailable
 
@@ -133,7 +133,7 @@ def create_app(health: HealthCheck, api: ApiContext | None = None) -> Starlette:
         Route("/openapi.json", openapi, methods=["GET"]),
     ]
     if api is not None:
-        for module in (send, messages, keys, suppressions):
+        for module in (send, messages, keys, suppressions, pools, smtp_configs, aliases, domains):
             routes.extend(module.routes)
     app = Starlette(
         routes=routes,

@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from api.auth import RateLimiter
+from api.errors import Unavailable
+from api.management import Management
 from gateway.intake import Intake
 from gateway.suppressions import SuppressionCache
 from storage.db import Database
@@ -34,11 +36,20 @@ class ApiContext:
     hostname: str
     handoff_timeout: float
     max_body_size: int
+    max_message_size: int = 26_214_400  # the built message, as [smtp] max_message_size
+    manage: Management | None = None  # pools, aliases, domains (absent in bare-app tests)
     _purger: asyncio.Task[None] | None = field(default=None, repr=False)
     _pending: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
 
+    def management(self) -> Management:
+        if self.manage is None:
+            raise Unavailable("management is not available on this node")
+        return self.manage
+
     def start(self) -> None:
         self._purger = asyncio.get_running_loop().create_task(self._purge(), name="api-purge")
+        if self.manage is not None:
+            self.manage.start(self.db)  # follows pool changes made on other nodes
 
     def in_background(self, work: Coroutine[Any, Any, None], what: str) -> None:
         """Run `work` after the answer has gone (failures are logged); stop() waits for it."""
@@ -57,6 +68,8 @@ class ApiContext:
         """Let background writes finish (bounded), stop the purge. Call before the writer stops."""
         if self._pending:
             await asyncio.wait(set(self._pending), timeout=5.0)
+        if self.manage is not None:
+            await self.manage.stop()
         if self._purger is not None:
             self._purger.cancel()
             with contextlib.suppress(asyncio.CancelledError):

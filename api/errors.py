@@ -4,15 +4,25 @@
 
     ApiError
     ├── InvalidRequest        400 invalid_request   malformed JSON, a field of the wrong type
-    │   └── UnknownAlias      400 unknown_alias     alias_id names neither pool nor alias
+    │   ├── UnknownAlias      400 unknown_alias     alias_id names neither pool nor alias
+    │   ├── HostNotAllowed    400 host_not_allowed  a pool host in a denied network (SSRF)
+    │   ├── InvalidToken      400 invalid_token     unknown, used or expired verification link
+    │   └── SmtpTestFailed    400 smtp_*_error      MailSage view: the connection test failed
     ├── Unauthorized          401 unauthorized      no key, an unknown or revoked key
     ├── Forbidden             403 forbidden         the key lacks the scope or the ip_pool
+    │   ├── UnverifiedSender  403 unverified_sender From is no verified domain or alias
+    │   └── LastVerifiedAlias 403 last_verified_alias   the only verified alias left
     ├── NotFound              404 not_found
     ├── MethodNotAllowed      405 method_not_allowed
+    ├── Conflict              409 conflict          the name, domain or address is taken
+    │   ├── ConfigPool        409 config_pool       the pool is declared in the config file
+    │   └── AliasInUse        409 alias_in_use      queued mail still references the alias
     ├── PayloadTooLarge       413 payload_too_large over [http] max_body_size
     ├── Suppressed            422 suppressed        every recipient is suppressed
+    ├── DomainNotVerified     422 domain_not_verified   an alias on an unverified domain
     ├── UpstreamRejected      422 upstream_rejected the upstream refused it permanently
     ├── RateLimited           429 rate_limited      over [http] rate_limit; Retry-After
+    │   └── MailSageRateLimited   429 rate_limit    the same, in seed 003's words
     └── Unavailable           503 unavailable       storage failed; nothing was accepted
 
 A storage failure anywhere (a read as much as a write) is a 503 with Retry-After. Anything
@@ -78,8 +88,32 @@ class Unauthorized(ApiError):
         super().__init__(error, headers={"WWW-Authenticate": "Bearer"})
 
 
+class HostNotAllowed(InvalidRequest):
+    code = "host_not_allowed"
+
+
+class InvalidToken(InvalidRequest):
+    code = "invalid_token"
+
+
+class SmtpTestFailed(InvalidRequest):
+    """Seed 003's shape: `error` the summary, `message` the detail, `code` the stage."""
+
+    def __init__(self, code: str, summary: str, detail: str, latency_ms: int) -> None:
+        super().__init__(summary, extra={"message": detail, "latencyMs": latency_ms})
+        self.code = code
+
+
 class Forbidden(ApiError):
     status, code = 403, "forbidden"
+
+
+class UnverifiedSender(Forbidden):
+    code = "unverified_sender"
+
+
+class LastVerifiedAlias(Forbidden):
+    code = "last_verified_alias"
 
 
 class NotFound(ApiError):
@@ -88,6 +122,18 @@ class NotFound(ApiError):
 
 class MethodNotAllowed(ApiError):
     status, code = 405, "method_not_allowed"
+
+
+class Conflict(ApiError):
+    status, code = 409, "conflict"
+
+
+class ConfigPool(Conflict):
+    code = "config_pool"
+
+
+class AliasInUse(Conflict):
+    code = "alias_in_use"
 
 
 class PayloadTooLarge(ApiError):
@@ -107,6 +153,10 @@ class UpstreamRejected(ApiError):
     status, code = 422, "upstream_rejected"
 
 
+class DomainNotVerified(ApiError):
+    status, code = 422, "domain_not_verified"
+
+
 class RateLimited(ApiError):
     status, code = 429, "rate_limited"
 
@@ -117,6 +167,10 @@ class RateLimited(ApiError):
             extra={"retry_after": seconds},
             headers={"Retry-After": str(seconds)},
         )
+
+
+class MailSageRateLimited(RateLimited):
+    code = "rate_limit"
 
 
 class Unavailable(ApiError):

@@ -11,7 +11,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-from gateway import cli_admin, cli_dkim
+from gateway import cli_admin, cli_dkim, cli_domains
 from gateway.config import ConfigError, load
 
 
@@ -33,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--config", dest="sub_config", help=argparse.SUPPRESS)
     cli_admin.add_commands(commands)
     cli_dkim.add_commands(commands)
+    cli_domains.add_commands(commands)
     return parser
 
 
@@ -72,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cli_admin.run(args, load(config_path))
         if args.command in cli_dkim.COMMANDS:
             return cli_dkim.run(args, load(config_path))
+        if args.command in cli_domains.COMMANDS:
+            return cli_domains.run(args, load(config_path))
         _setup_logging(args.log_level)
         factory = _event_loop_runner()
         with asyncio.Runner(loop_factory=factory) as runner:  # type: ignore[arg-type]

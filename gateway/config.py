@@ -86,6 +86,7 @@ class HttpConfig:
     listen: tuple[str, int] = ("127.0.0.1", 8080)
     max_body_size: int = 31_457_280
     rate_limit: str = "50/s"
+    public_url: str = ""  # base of links in Postern's own mail; "" = http://<listen>
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,7 @@ class DeliveryConfig:
     command_timeout: float = 300.0
     handoff_timeout: float = 10.0
     mx_port: int = 25
+    mx_allow_private: bool = False
     workers: int = 64
     idle_timeout: float = 60.0
     max_messages_per_connection: int = 1000
@@ -114,6 +116,11 @@ class PolicyConfig:
 @dataclass(frozen=True)
 class DnsConfig:
     nameservers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    deny_networks: tuple[str, ...] = ()  # beyond link-local and cloud metadata (hostguard)
 
 
 @dataclass(frozen=True)
@@ -146,6 +153,7 @@ class Config:
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
     pools: tuple[PoolConfig, ...] = ()
 
 
@@ -252,6 +260,23 @@ def _nameservers(value: Any, where: str) -> tuple[str, ...]:
     return entries
 
 
+def _networks(value: Any, where: str) -> tuple[str, ...]:
+    entries = _strings(value, where)
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry.strip(), strict=False)
+        except ValueError:
+            raise ConfigError(f'{where}: {entry!r} is not a network like "10.0.0.0/8"') from None
+    return entries
+
+
+def _public_url(value: Any, where: str) -> str:
+    text: str = _str(value, where)
+    if text and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", text):
+        raise ConfigError(f'{where}: expected "" or a URL like "https://mail.example.com"')
+    return text.rstrip("/")
+
+
 def _strings(value: Any, where: str) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise ConfigError(f"{where}: expected a list of strings")
@@ -275,7 +300,12 @@ _SECTIONS: dict[str, tuple[type, dict[str, Converter]]] = {
     ),
     "http": (
         HttpConfig,
-        {"listen": _listen_one, "max_body_size": _positive_int, "rate_limit": _rate},
+        {
+            "listen": _listen_one,
+            "max_body_size": _positive_int,
+            "rate_limit": _rate,
+            "public_url": _public_url,
+        },
     ),
     "storage": (StorageConfig, {"url": _str}),
     "delivery": (
@@ -287,6 +317,7 @@ _SECTIONS: dict[str, tuple[type, dict[str, Converter]]] = {
             "command_timeout": _positive_duration,
             "handoff_timeout": _duration,
             "mx_port": _port,
+            "mx_allow_private": _bool,
             "workers": _positive_int,
             "idle_timeout": _positive_duration,
             "max_messages_per_connection": _positive_int,
@@ -294,6 +325,7 @@ _SECTIONS: dict[str, tuple[type, dict[str, Converter]]] = {
     ),
     "policy": (PolicyConfig, {"sender": _choice("verified", "any")}),
     "dns": (DnsConfig, {"nameservers": _nameservers}),
+    "security": (SecurityConfig, {"deny_networks": _networks}),
 }
 
 _POOL_KEYS: dict[str, Converter] = {
@@ -362,6 +394,9 @@ def _check(config: Config) -> None:
             raise ConfigError(f"smtp.{name}: cannot read {path}")
     if config.smtp.tls_cert:
         server_tls_context(config.smtp.tls_cert, config.smtp.tls_key)
+    defaults = [pool.name for pool in config.pools if pool.is_default]
+    if len(defaults) > 1:
+        raise ConfigError(f"[[pools]]: only one pool may be is_default (got {', '.join(defaults)})")
     for pool in config.pools:
         if pool.username and pool.encryption == "none" and not is_loopback(pool.host):
             raise ConfigError(

@@ -18,7 +18,7 @@ from gateway import metrics
 from gateway.direct import DIRECT, DirectRoutes
 from gateway.message import DeliveryResult, Outcome, QueuedMessage
 from gateway.queue import AttemptRecord, Queue
-from gateway.routing import candidates
+from gateway.routing import candidates, default_route
 from gateway.upstream import PoolSettings, PoolUnavailable, SessionSettings, UpstreamPool, deferred
 from storage.writer import StorageUnavailable
 
@@ -108,6 +108,9 @@ class Delivery:
         if future is None:
             future = asyncio.get_running_loop().create_future()
             self._waiters[message_id] = future
+            # A caller that stops waiting (handoff timeout) cancels it: forget it then, as
+            # another node may be the one to attempt the message.
+            future.add_done_callback(lambda f: f.cancelled() and self._waiters.pop(message_id, 0))
         return future
 
     def wake(self) -> None:
@@ -195,6 +198,8 @@ class Delivery:
                 await (suppressions.reload() if rounds % 12 == 0 else suppressions.refresh())
             except Exception as error:  # keep the old copy; try again next round
                 log.warning("suppression list refresh failed: %s", error)
+            if rounds % 6:  # the gauge every 30 s: counting a large queue is not free
+                continue
             try:
                 for state, count in (await self._queue.counts()).items():
                     metrics.QUEUE_MESSAGES.labels(state=state).set(count)
@@ -245,12 +250,15 @@ class Delivery:
         self, message: QueuedMessage
     ) -> tuple[dict[str, DeliveryResult], str | None]:
         pools = self._registry.settings()
-        pool_ids = candidates(message.route, pools, set())
+        route = message.route
+        if route.direct:  # queued while no pool existed: a pool added since takes it
+            route = default_route([pool for pool in pools if pool.is_active])
+        pool_ids = candidates(route, pools, set())
         if not pool_ids:
             # Routing is re-evaluated at every attempt: with no active pool left at all,
             # mail goes straight to the recipients' MX hosts (SPEC "Routing", step 4).
             no_pools = not any(pool.is_active for pool in pools)
-            if (message.route.direct or no_pools) and self._direct is not None:
+            if (route.direct or no_pools) and self._direct is not None:
                 return await self._direct.deliver(message), DIRECT
             reason = "no active pool for this route"
             return dict.fromkeys(message.recipients, deferred(reason, "4.4.3")), None

@@ -9,22 +9,40 @@ failed over to the next target of the plan; the last failure is what the recipie
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import time
 from dataclasses import replace
 
 from gateway import mx
 from gateway.dns import Resolver
-from gateway.message import DeliveryResult, QueuedMessage
+from gateway.message import DeliveryResult, Outcome, QueuedMessage
 from gateway.upstream import PoolSettings, PoolUnavailable, SessionSettings, UpstreamPool, deferred
 
 DIRECT = "direct"  # the pool name in metrics and the mail log: one label for every MX host
 
 
+def _public(address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return ip.is_global and not ip.is_multicast
+
+
 class DirectRoutes:
     def __init__(
-        self, resolver: Resolver, session: SessionSettings, port: int, per_destination: int = 4
+        self,
+        resolver: Resolver,
+        session: SessionSettings,
+        port: int,
+        per_destination: int = 4,
+        allow_private: bool = False,
     ) -> None:
         self._resolver = resolver
+        # MX answers and address literals come from strangers: by default they may not
+        # point delivery at loopback, private, link-local or metadata addresses.
+        self._allow_private = allow_private
         self._session = session
         self._port = port
         self._per_destination = per_destination
@@ -32,14 +50,23 @@ class DirectRoutes:
 
     async def deliver(self, message: QueuedMessage) -> dict[str, DeliveryResult]:
         plans = await mx.plan_message(self._resolver, message.recipients, self._port)
-        results: dict[str, DeliveryResult] = {}
-        for plan in plans:
-            if plan.outcome is not None:
-                results.update(mx.outcomes(plan))
-                continue
-            part = replace(message, recipients=list(plan.recipients))
-            results.update(await self._deliver_domain(part, plan.targets))
-        return results
+        # Domains are independent: a slow one must not hold up the others.
+        parts = await asyncio.gather(*(self._deliver_plan(message, plan) for plan in plans))
+        return {rcpt: result for part in parts for rcpt, result in part.items()}
+
+    async def _deliver_plan(
+        self, message: QueuedMessage, plan: mx.DomainPlan
+    ) -> dict[str, DeliveryResult]:
+        if plan.outcome is not None:
+            return mx.outcomes(plan)
+        targets = [t for t in plan.targets if self._allow_private or _public(t.address)]
+        if not targets:
+            refused = DeliveryResult(
+                Outcome.BOUNCED, 550, "5.4.4", f"{plan.domain}: MX points at a non-public address"
+            )
+            return dict.fromkeys(plan.recipients, refused)
+        part = replace(message, recipients=list(plan.recipients))
+        return await self._deliver_domain(part, tuple(targets))
 
     async def _deliver_domain(
         self, message: QueuedMessage, targets: tuple[mx.Target, ...]

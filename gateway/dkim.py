@@ -437,5 +437,7 @@ class Signers:
             async with self._lock:
                 if time.monotonic() - self._loaded_at > self._ttl:
                     await self.reload()
+        if not self._by_domain:  # no key at all: skip parsing From (most relays)
+            return None
         domain = from_domain(message)
         return self.get(domain) if domain else None

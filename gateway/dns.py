@@ -152,7 +152,8 @@ class Resolver:
                 ) from None
         resolver.timeout = timeout
         resolver.lifetime = lifetime
-        resolver.cache = dns.resolver.LRUCache(cache_size)
+        # cache_size=0: no cache (domain checks must see a record published a minute ago).
+        resolver.cache = dns.resolver.LRUCache(cache_size) if cache_size > 0 else None
         self._resolver = resolver
         self._lifetime = lifetime
         self._rng = rng or random.Random()

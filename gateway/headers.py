@@ -32,6 +32,15 @@ def content_problem(data: bytes) -> str | None:
     return None
 
 
+MAX_HOPS = 50  # Received fields; past this the message is looping (RFC 5321 §6.3)
+
+
+def hop_count(data: bytes) -> int:
+    """How many Received fields the header carries (relays it has crossed)."""
+    block, _ = split_header(data)
+    return sum(1 for field in header_fields(block) if field[:9].lower() == b"received:")
+
+
 def split_header(data: bytes) -> tuple[bytes, bytes]:
     """(header block including its final CRLF, the rest from the blank line on)."""
     if data.startswith(b"\r\n"):

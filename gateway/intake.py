@@ -6,7 +6,7 @@
 
 It knows nothing of SMTP or HTTP: it takes a Submission and returns an Accepted, or raises
 one of the Refusal exceptions below (or `Duplicate`), which each door turns into its own
-reply. The policy.sender "verified" check arrives with domains (issue 4).
+reply. The sender check (policy.sender) and the aliases come from gateway.identities.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from gateway import metrics
 from gateway.delivery import Delivery, PoolRegistry
 from gateway.dkim import DkimError, Signers
+from gateway.identities import Identities
 from gateway.message import QueuedMessage, Route, Submission
 from gateway.queue import Queue
 from gateway.routing import UnknownRoute, choose_route
@@ -26,7 +27,15 @@ from storage.idempotency import ANONYMOUS, Duplicate
 
 log = logging.getLogger("postern.intake")
 
-__all__ = ["Accepted", "AllSuppressed", "Duplicate", "Intake", "NotPermitted", "UnknownAlias"]
+__all__ = [
+    "Accepted",
+    "AllSuppressed",
+    "Duplicate",
+    "Intake",
+    "NotPermitted",
+    "UnknownAlias",
+    "UnverifiedSender",
+]
 
 
 class Refusal(Exception):
@@ -51,6 +60,10 @@ class NotPermitted(Refusal):
         self.reason = reason
 
 
+class UnverifiedSender(NotPermitted):
+    """policy.sender = "verified" and the From is no verified domain or alias."""
+
+
 @dataclass(frozen=True)
 class Accepted:
     message: QueuedMessage
@@ -70,11 +83,13 @@ class Intake:
         registry: PoolRegistry,
         delivery: Delivery,
         signers: Signers | None = None,
+        identities: Identities | None = None,
     ) -> None:
         self._queue = queue
         self._registry = registry
         self._delivery = delivery
         self._signers = signers
+        self._identities = identities  # aliases for routing, verified senders for policy
 
     async def suppressed(self, addresses: Sequence[str]) -> set[str]:
         """Which of `addresses` must not be sent to."""
@@ -89,6 +104,8 @@ class Intake:
         the way), or, when policy would refuse the retry, looked up first (the recipient may
         have been suppressed since the first request was sent).
         """
+        if self._identities is not None:
+            await self._identities.refresh_if_stale()
         try:
             blocked, submission, route = self._policy(submission)
         except Refusal:
@@ -107,7 +124,12 @@ class Intake:
         return Accepted(message, tuple(sorted(blocked)), attempt)
 
     def _policy(self, submission: Submission) -> tuple[set[str], Submission, Route]:
-        """Suppression, routing and the key's permissions (no I/O: all held in memory)."""
+        """Sender, suppression, routing and the key's permissions (no I/O: all in memory)."""
+        identities = self._identities
+        problem = identities.sender_problem(submission) if identities is not None else None
+        if problem is not None:
+            metrics.MESSAGES_REFUSED.labels(reason="unverified_sender").inc()
+            raise UnverifiedSender(problem)
         blocked = self._queue.suppressions.suppressed(submission.recipients)
         if blocked:
             metrics.MESSAGES_SUPPRESSED.inc(len(blocked))
@@ -117,7 +139,10 @@ class Intake:
             submission = replace(submission, recipients=kept, suppressed=tuple(sorted(blocked)))
         try:
             route = choose_route(
-                submission.alias_id, submission.mail_from, self._registry.settings()
+                submission.alias_id,
+                submission.mail_from,
+                self._registry.settings(),
+                identities.aliases if identities is not None else (),
             )
         except UnknownRoute:
             metrics.MESSAGES_REFUSED.labels(reason="unknown_alias").inc()

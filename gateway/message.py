@@ -31,6 +31,7 @@ class Submission:
     sender: Sender | None = None  # None: an unauthenticated client on a trusted listener
     metadata: dict[str, str] = field(default_factory=dict)
     suppressed: tuple[str, ...] = ()  # recipients intake dropped; stored for the record
+    system: bool = False  # Postern's own mail (alias verification, pool test): no sender check
 
 
 @dataclass(frozen=True)

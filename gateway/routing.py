@@ -3,7 +3,7 @@
 Order (SPEC "Routing"):
 1. `alias_id` names a pool -> that pool; names an alias -> the alias's ip_pool group;
    names nothing -> UnknownRoute (a 400 / 550 at the door, never a silent fallback).
-2. An alias whose email is the From address -> its ip_pool group.
+2. A verified alias whose email is the From address -> its ip_pool group.
 3. The default pool, else the `transactional` group, else the group of the first pool.
 4. No active pool at all -> direct delivery to the recipients' MX hosts.
 """
@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from gateway.addresses import normalise
 from gateway.message import Route
 
 DEFAULT_GROUP = "transactional"
@@ -37,6 +38,7 @@ class AliasView:
     id: str
     email: str
     ip_pool: str | None
+    is_verified: bool = True  # only a verified alias claims mail by its From address
 
 
 class UnknownRoute(Exception):
@@ -52,9 +54,9 @@ def choose_route(
     active = [pool for pool in pools if pool.is_active]
     if alias_id:
         return _by_alias_id(alias_id, pools, aliases)
-    sender = mail_from.lower()
+    sender = normalise(mail_from).lower() if mail_from else ""
     for alias in aliases:
-        if alias.email.lower() == sender and alias.ip_pool:
+        if alias.is_verified and alias.email.lower() == sender and alias.ip_pool:
             return Route(ip_pool=alias.ip_pool)
     return default_route(active)
 

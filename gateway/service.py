@@ -34,12 +34,15 @@ from sqlalchemy.exc import SQLAlchemyError
 from api.app import create_app
 from api.auth import RateLimiter
 from api.context import ApiContext
+from api.management import Management
 from gateway.config import Config, ConfigError, server_tls_context
 from gateway.delivery import Delivery, PoolRegistry
 from gateway.direct import DirectRoutes
 from gateway.dkim import Signers
 from gateway.dns import Resolver
+from gateway.identities import Identities
 from gateway.intake import Intake
+from gateway.pool_secrets import unseal
 from gateway.queue import Queue
 from gateway.secrets import SecretBox, SecretError
 from gateway.smtp_server import ListenerLimits, PosternHandler
@@ -146,7 +149,10 @@ class Service:
         self.registry = PoolRegistry(session)
         await self.reload_pools()
         self.resolver = Resolver(config.dns.nameservers)
-        direct = DirectRoutes(self.resolver, session, delivery_cfg.mx_port)
+        direct = DirectRoutes(
+            self.resolver, session, delivery_cfg.mx_port,
+            allow_private=delivery_cfg.mx_allow_private,
+        )  # fmt: skip
         self.delivery = Delivery(
             self.queue, self.registry, workers=delivery_cfg.workers, direct=direct
         )
@@ -155,7 +161,12 @@ class Service:
         # A key made by `postern dkim generate` in another process is picked up within 2 s.
         self.signers = Signers(self.db, self.box, ttl=2.0)
         await self.signers.reload()
-        self.intake = Intake(self.queue, self.registry, self.delivery, self.signers)
+        # Verified domains and aliases (routing, policy.sender); other nodes' changes within 2 s.
+        self.identities = Identities(self.db, enforce=config.policy.sender == "verified")
+        await self.identities.reload()
+        self.intake = Intake(
+            self.queue, self.registry, self.delivery, self.signers, identities=self.identities
+        )
 
         self.keys = KeyStore(self.db)  # API keys: HTTP bearer tokens and SMTP AUTH passwords
         self.smtp_handler = PosternHandler(self.intake, limits, self.keys)
@@ -172,6 +183,10 @@ class Service:
             hostname=config.server.hostname,
             handoff_timeout=delivery_cfg.handoff_timeout,
             max_body_size=config.http.max_body_size,
+            max_message_size=config.smtp.max_message_size,
+            manage=Management.build(
+                config, self.box, self.identities, self.registry, self.reload_pools
+            ),
         )
         self.api.start()
         app = create_app(self.queue.ping, self.api)
@@ -195,7 +210,7 @@ class Service:
             password = (
                 config_pools[row.name].password()
                 if row.source == "config" and row.name in config_pools
-                else ""
+                else unseal(self.box, row)  # API pools: AES-GCM, bound to the pool id
             )
             settings.append(
                 PoolSettings(

@@ -19,7 +19,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway import metrics
 from gateway.addresses import envelope_problem, has_control
-from gateway.headers import content_problem, take_control_headers
+from gateway.headers import MAX_HOPS, content_problem, hop_count, take_control_headers
 from gateway.intake import AllSuppressed, Duplicate, Intake, NotPermitted, UnknownAlias
 from gateway.message import Submission
 from gateway.smtp_auth import ApiKeyAuth, AuthThrottle, is_loopback, sender_of
@@ -46,6 +46,7 @@ class Reply:
     BAD_HELO = "501 5.5.4 Control characters in the EHLO/HELO name"
     CONTROL_IN_COMMAND = "501 5.5.4 Control characters in the command"
     BAD_CONTENT = "550 5.6.0 Message refused: {}"
+    TOO_MANY_HOPS = "554 5.4.6 Too many Received headers: a mail loop?"
     UNKNOWN_ALIAS = "550 5.7.1 Unknown X-Postern-Alias-Id"
     NOT_PERMITTED = "550 5.7.1 {}"
     ALL_SUPPRESSED = "550 5.7.1 Every recipient is suppressed"
@@ -249,6 +250,9 @@ class PosternHandler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or b""
         problem = content_problem(raw)
+        if not problem and hop_count(raw) >= MAX_HOPS:
+            metrics.MESSAGES_REFUSED.labels(reason="loop").inc()
+            return Reply.TOO_MANY_HOPS
         if problem:
             metrics.MESSAGES_REFUSED.labels(reason="bad_content").inc()
             return Reply.BAD_CONTENT.format(problem)

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from dataclasses import dataclass, replace
 
 import aiosmtplib
-from aiosmtplib import SMTPException, SMTPHeloError, SMTPResponseException
+from aiosmtplib import SMTPConnectError, SMTPException, SMTPHeloError, SMTPResponseException
 
 from gateway import metrics
 from gateway.message import DeliveryResult, Outcome, QueuedMessage
@@ -293,26 +294,21 @@ class UpstreamPool:
 
     async def _connect(self) -> _Session:
         settings = self.settings
-        client = aiosmtplib.SMTP(
-            hostname=settings.host,
-            port=settings.port,
-            local_hostname=self._session.local_hostname,
-            timeout=self._session.command_timeout,
-            use_tls=settings.encryption == "ssl",
-            start_tls=_START_TLS.get(settings.encryption, False),
-            validate_certs=settings.tls_verify and settings.encryption != "opportunistic",
-            username=settings.username or None,
-            password=(settings.password or None) if settings.username else None,
-        )
         started = time.perf_counter()
         try:
-            await client.connect(timeout=self._session.connect_timeout)
-            if client.is_ehlo_or_helo_needed:  # connect() greets only for STARTTLS/AUTH
-                await self._greet(client)
+            client = await self._open(_START_TLS.get(settings.encryption, False))
         except (SMTPException, OSError) as error:
-            self._mark(healthy=False)
-            client.close()
-            raise PoolUnavailable(deferred(f"{self.name}: {_describe(error)}")) from None
+            if settings.encryption != "opportunistic" or not _tls_failure(error):
+                self._mark(healthy=False)
+                raise PoolUnavailable(deferred(f"{self.name}: {_describe(error)}")) from None
+            # STARTTLS refused or its handshake failed: an MX host still gets the mail in
+            # plain text, as Postfix's "may" level does (RFC 3207 §4.1 leaves it to us).
+            try:
+                client = await self._open(False)
+            except (SMTPException, OSError) as plain_error:
+                self._mark(healthy=False)
+                reason = f"{self.name}: {_describe(plain_error)}"
+                raise PoolUnavailable(deferred(reason)) from None
         try:
             pipe = PipelinedSession.take_over(client, self._session.command_timeout)
         except SessionClosed as closed:
@@ -322,6 +318,29 @@ class UpstreamPool:
         now = time.monotonic()
         extensions = frozenset(client.esmtp_extensions)
         return _Session(pipe, extensions, last_used=now)
+
+    async def _open(self, start_tls: bool | None) -> aiosmtplib.SMTP:
+        """A connected, greeted (and per settings: TLS, AUTH) aiosmtplib session."""
+        settings = self.settings
+        client = aiosmtplib.SMTP(
+            hostname=settings.host,
+            port=settings.port,
+            local_hostname=self._session.local_hostname,
+            timeout=self._session.command_timeout,
+            use_tls=settings.encryption == "ssl",
+            start_tls=start_tls,
+            validate_certs=settings.tls_verify and settings.encryption != "opportunistic",
+            username=settings.username or None,
+            password=(settings.password or None) if settings.username else None,
+        )
+        try:
+            await client.connect(timeout=self._session.connect_timeout)
+            if client.is_ehlo_or_helo_needed:  # connect() greets only for STARTTLS/AUTH
+                await self._greet(client)
+        except BaseException:
+            client.close()
+            raise
+        return client
 
     @staticmethod
     async def _greet(client: aiosmtplib.SMTP) -> None:
@@ -387,6 +406,13 @@ _NEEDS_SMTPUTF8 = DeliveryResult(
 def _our_fault(result: DeliveryResult) -> bool:
     """A refusal of our session rather than of the message (RFC 4954, RFC 3463 X.7.0/X.7.8)."""
     return result.code in (421, 450, 454, 530, 535) or result.enhanced in ("5.7.0", "5.7.8")
+
+
+def _tls_failure(error: BaseException) -> bool:
+    """STARTTLS refused (454) or its handshake failed; not a host that cannot be reached."""
+    if isinstance(error, ssl.SSLError):
+        return True
+    return isinstance(error, SMTPResponseException) and not isinstance(error, SMTPConnectError)
 
 
 def _describe(error: BaseException) -> str:

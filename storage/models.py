@@ -23,6 +23,13 @@ class Message(SQLModel, table=True):
             postgresql_where=text("due_at IS NOT NULL"),
         ),
         Index("ix_message_claimed_by", "claimed_by"),
+        # The queue gauge counts messages with work left by status from this index alone.
+        Index(
+            "ix_message_active_status",
+            "status",
+            sqlite_where=text("due_at IS NOT NULL"),
+            postgresql_where=text("due_at IS NOT NULL"),
+        ),
         Index("ix_message_status_created", "status", "created_at"),
     )
 
@@ -171,3 +178,54 @@ class DkimKey(SQLModel, table=True):
     public_key: str  # the base64 p= value of the DNS record
     status: str = Field(max_length=16)  # pending | active | retired
     created_at: float
+
+
+class SenderDomain(SQLModel, table=True):
+    """A domain mail may be sent From (policy.sender = "verified"), once verified."""
+
+    __tablename__ = "sender_domain"
+
+    id: str = Field(primary_key=True, max_length=64)
+    domain: str = Field(unique=True, max_length=253)  # lower-case A-label form
+    is_verified: bool = False
+    created_at: float
+    verified_at: float | None = None
+    checked_at: float | None = None  # last DNS check
+
+
+class SenderAlias(SQLModel, table=True):
+    """A From identity (seed 002) routed to an ip_pool; usable once its owner confirmed it."""
+
+    __tablename__ = "sender_alias"
+    __table_args__ = (
+        # The database itself refuses a second default alias.
+        Index(
+            "ux_sender_alias_default",
+            "is_default",
+            unique=True,
+            sqlite_where=text("is_default"),
+            postgresql_where=text("is_default"),
+        ),
+    )
+
+    id: str = Field(primary_key=True, max_length=64)
+    email: str = Field(max_length=254)  # as given, domain normalised
+    email_key: str = Field(unique=True, max_length=254)  # lower-case: one alias per mailbox
+    name: str = Field(default="", max_length=256)
+    is_default: bool = False
+    is_verified: bool = False
+    ip_pool: str | None = Field(default=None, max_length=64)
+    created_at: float
+    verified_at: float | None = None
+
+
+class AliasToken(SQLModel, table=True):
+    """A pending alias verification link: only the SHA-256 of its token is kept."""
+
+    __tablename__ = "alias_token"
+    __table_args__ = (Index("ix_alias_token_alias", "alias_id"),)
+
+    token_hash: str = Field(primary_key=True, max_length=64)
+    alias_id: str = Field(max_length=64)
+    expires_at: float
+    used_at: float | None = None

@@ -1,13 +1,23 @@
-"""SMTP pool records: those declared in the config file are upserted at start."""
+"""SMTP pool records: those declared in the config file are upserted at start; the others
+are created, changed and deleted through the API (gateway never sees a row in clear: the
+password column holds a ciphertext made by the caller, bound to the pool's id).
+
+At most one pool is the default. Making an API pool the default clears the flag on the
+others in the same transaction; a config pool that is the default cannot be overruled
+from the API (the file wins, and at start it clears the flag on API pools).
+"""
 
 from __future__ import annotations
 
 import hashlib
+import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, select, text, update
+from sqlalchemy.exc import IntegrityError
 
 from storage.db import Database
 from storage.models import Pool
@@ -28,11 +38,73 @@ _FIELDS = (
     "from_email",
     "tls_verify",
 )
+EDITABLE = frozenset(_FIELDS)
+_DEFAULT_LOCK = 7302  # PostgreSQL advisory lock: one default-changing transaction at a time
+
+Seal = Callable[[str], str]  # pool id -> password ciphertext bound to it ("" = no password)
+
+
+class PoolError(Exception):
+    """Base of this module's refusals; the message is safe to show."""
+
+
+class PoolNotFound(PoolError):
+    pass
+
+
+class PoolReadOnly(PoolError):
+    """The pool is declared in the config file: change the file, not the API."""
+
+
+class PoolNameTaken(PoolError):
+    pass
+
+
+class ConfigDefault(PoolError):
+    """A config-file pool is the default; an API pool cannot take the flag from it."""
+
+
+@dataclass(frozen=True)
+class PoolRecord:
+    """A stored pool without its password (safe to return and log)."""
+
+    id: str
+    name: str
+    host: str
+    port: int
+    username: str
+    encryption: str
+    ip_pool: str
+    priority: int
+    max_connections: int
+    is_default: bool
+    is_active: bool
+    from_email: str
+    tls_verify: bool
+    source: str  # config | api
+    created_at: float
+    has_password: bool
+
+
+def _record(row: Any) -> PoolRecord:
+    values = {name: getattr(row, name) for name in _FIELDS}
+    return PoolRecord(
+        id=row.id,
+        source=row.source,
+        created_at=row.created_at,
+        has_password=bool(row.password_enc),
+        **values,
+    )
 
 
 def config_pool_id(name: str) -> str:
     """Stable across restarts and nodes, so queued mail keeps pointing at the same pool."""
     return "smtp_cfg_" + hashlib.sha256(name.encode()).hexdigest()[:16]
+
+
+def _lock_defaults(conn: Connection) -> None:
+    if conn.dialect.name == "postgresql":
+        conn.execute(text(f"SELECT pg_advisory_xact_lock({_DEFAULT_LOCK})"))
 
 
 async def sync_config_pools(db: Database, pools: Sequence[Any]) -> None:
@@ -41,6 +113,7 @@ async def sync_config_pools(db: Database, pools: Sequence[Any]) -> None:
     wanted = {config_pool_id(pool.name): pool for pool in pools}
 
     def sync(conn: Connection) -> None:
+        _lock_defaults(conn)
         existing = {row.id for row in conn.execute(select(P.c.id).where(P.c.source == "config"))}
         for pool_id in existing - wanted.keys():
             conn.execute(P.delete().where(P.c.id == pool_id))
@@ -54,9 +127,115 @@ async def sync_config_pools(db: Database, pools: Sequence[Any]) -> None:
                         id=pool_id, source="config", password_enc="", created_at=now, **values
                     )
                 )
+        if any(pool.is_default for pool in pools):  # the file's default wins
+            conn.execute(update(P).where(P.c.source == "api").values(is_default=False))
 
     await db.transaction(sync)
 
 
 async def list_pools(db: Database) -> list[Any]:
+    """Every row, password ciphertext included: for the service that loads the pools."""
     return await db.read(lambda conn: list(conn.execute(select(P).order_by(P.c.priority, P.c.id))))
+
+
+async def pool_records(db: Database) -> list[PoolRecord]:
+    """Every pool by priority then id, without passwords."""
+    return [_record(row) for row in await list_pools(db)]
+
+
+async def get_pool(db: Database, pool_id: str) -> PoolRecord | None:
+    row = await db.read(lambda conn: conn.execute(select(P).where(P.c.id == pool_id)).first())
+    return None if row is None else _record(row)
+
+
+def _take_default(conn: Connection, pool_id: str) -> None:
+    """Clear every other pool's default flag (ConfigDefault if a config pool holds it)."""
+    holder = conn.execute(
+        select(P.c.name).where(P.c.is_default, P.c.source == "config", P.c.id != pool_id)
+    ).first()
+    if holder is not None:
+        raise ConfigDefault(
+            f"the config-file pool {holder.name!r} is the default; change the file to move it"
+        )
+    conn.execute(update(P).where(P.c.id != pool_id, P.c.is_default).values(is_default=False))
+
+
+def _name_free(conn: Connection, name: str, pool_id: str) -> None:
+    taken = conn.execute(select(P.c.id).where(P.c.name == name, P.c.id != pool_id)).first()
+    if taken is not None:
+        raise PoolNameTaken(f"a pool named {name!r} already exists")
+
+
+async def create_pool(db: Database, values: Mapping[str, Any], seal: Seal) -> PoolRecord:
+    """Store a new API pool; `seal(id)` gives the password ciphertext for its new id."""
+    unknown = set(values) - EDITABLE
+    if unknown:
+        raise ValueError(f"not pool fields: {sorted(unknown)}")
+    pool_id = "smtp_" + secrets.token_hex(8)
+    password_enc = seal(pool_id)
+    now = time.time()
+
+    def work(conn: Connection) -> PoolRecord:
+        _lock_defaults(conn)
+        _name_free(conn, values["name"], pool_id)
+        if values.get("is_default"):
+            _take_default(conn, pool_id)
+        conn.execute(
+            P.insert().values(
+                id=pool_id, source="api", password_enc=password_enc, created_at=now, **values
+            )
+        )
+        return _record(conn.execute(select(P).where(P.c.id == pool_id)).one())
+
+    try:
+        return await db.transaction(work)
+    except IntegrityError:  # a concurrent insert of the same name won
+        raise PoolNameTaken(f"a pool named {values['name']!r} already exists") from None
+
+
+async def update_pool(
+    db: Database, pool_id: str, changes: Mapping[str, Any], seal: Seal | None = None
+) -> PoolRecord:
+    """Change an API pool; `seal` (when given) replaces its password."""
+    unknown = set(changes) - EDITABLE
+    if unknown:
+        raise ValueError(f"not pool fields: {sorted(unknown)}")
+    password_enc = seal(pool_id) if seal is not None else None
+
+    def work(conn: Connection) -> PoolRecord:
+        _lock_defaults(conn)
+        row = conn.execute(select(P).where(P.c.id == pool_id)).first()
+        if row is None:
+            raise PoolNotFound("no such SMTP pool")
+        if row.source != "api":
+            raise PoolReadOnly(f"pool {row.name!r} is declared in the config file; change it there")
+        if "name" in changes:
+            _name_free(conn, changes["name"], pool_id)
+        if changes.get("is_default"):
+            _take_default(conn, pool_id)
+        values = dict(changes)
+        if password_enc is not None:
+            values["password_enc"] = password_enc
+        if values:
+            conn.execute(update(P).where(P.c.id == pool_id).values(**values))
+        return _record(conn.execute(select(P).where(P.c.id == pool_id)).one())
+
+    try:
+        return await db.transaction(work)
+    except IntegrityError:
+        raise PoolNameTaken(f"a pool named {changes.get('name')!r} already exists") from None
+
+
+async def delete_pool(db: Database, pool_id: str) -> PoolRecord:
+    """Remove an API pool (queued mail routed to it falls back to the default route)."""
+
+    def work(conn: Connection) -> PoolRecord:
+        row = conn.execute(select(P).where(P.c.id == pool_id)).first()
+        if row is None:
+            raise PoolNotFound("no such SMTP pool")
+        if row.source != "api":
+            raise PoolReadOnly(f"pool {row.name!r} is declared in the config file; remove it there")
+        conn.execute(P.delete().where(P.c.id == pool_id))
+        return _record(row)
+
+    return await db.transaction(work)

@@ -22,9 +22,16 @@ from api.auth import authenticate
 from api.context import ApiContext, iso
 from api.openapi import operation
 from api.schemas import ErrorResponse, QueuedResponse, SendRequest, SendResponse, parse
-from gateway.intake import Accepted, AllSuppressed, Duplicate, NotPermitted, UnknownAlias
+from gateway.intake import (
+    Accepted,
+    AllSuppressed,
+    Duplicate,
+    NotPermitted,
+    UnknownAlias,
+    UnverifiedSender,
+)
 from gateway.message import Sender, Submission
-from gateway.message_builder import BuildError, Draft, Mailbox, build, text_problem
+from gateway.message_builder import BuildError, Built, Draft, Mailbox, build, text_problem
 from storage.idempotency import find, save_response
 from storage.keys import ApiKeyRecord
 from storage.messages import message_state
@@ -79,6 +86,22 @@ def _check_plain_fields(body: SendRequest) -> None:
         raise errors.InvalidRequest(f"{details[0]['field']}: {details[0]['message']}", details)
 
 
+_INLINE_BODY = 64 * 1024
+_LARGE_BODIES = asyncio.Semaphore(2)
+
+
+def _parse_and_build(raw: bytes, hostname: str) -> tuple[SendRequest, Built]:
+    body = parse(SendRequest, raw)
+    _check_plain_fields(body)
+    try:
+        return body, build(_draft(body), hostname)
+    except BuildError as error:
+        details = [{"field": p.field, "message": p.message} for p in error.problems]
+        raise errors.InvalidRequest(
+            f"{error.problems[0].field}: {error.problems[0].message}", details
+        ) from None
+
+
 @operation(
     "Send an email",
     scope="send",
@@ -93,6 +116,7 @@ def _check_plain_fields(body: SendRequest) -> None:
         200: ("the upstream accepted it (or, sandbox: stored)", SendResponse),
         202: ("stored; retried automatically until the upstream accepts it", QueuedResponse),
         400: ("bad field, header injection attempt, or unknown alias_id", ErrorResponse),
+        403: ("no scope for it, or From is unverified (unverified_sender)", ErrorResponse),
         422: ("every recipient suppressed, or the upstream refused it", ErrorResponse),
         503: ("storage failed: nothing was accepted", ErrorResponse),
     },
@@ -105,15 +129,19 @@ async def send(request: Request) -> Response:
         raise errors.Forbidden("sandbox sends need an API key with the 'sandbox' scope")
     if not sandbox and not key.may_send:
         raise errors.Forbidden("this API key lacks a send scope")
-    body = parse(SendRequest, await request.body())
-    _check_plain_fields(body)
-    try:
-        built = build(_draft(body), ctx.hostname)
-    except BuildError as error:
-        details = [{"field": p.field, "message": p.message} for p in error.problems]
-        raise errors.InvalidRequest(
-            f"{error.problems[0].field}: {error.problems[0].message}", details
-        ) from None
+    raw = await request.body()
+    if len(raw) > _INLINE_BODY:
+        # Parsing and building a large body takes CPU time the event loop (SMTP, delivery)
+        # cannot spare: do it in a thread, a few at a time so memory stays bounded.
+        async with _LARGE_BODIES:
+            body, built = await asyncio.to_thread(_parse_and_build, raw, ctx.hostname)
+    else:
+        body, built = _parse_and_build(raw, ctx.hostname)
+    if len(built.content) > ctx.max_message_size:
+        raise errors.PayloadTooLarge(
+            f"the message would be {len(built.content)} bytes; the limit is "
+            f"{ctx.max_message_size} ([smtp] max_message_size)"
+        )
     submission = Submission(
         mail_from=built.mail_from,
         recipients=built.recipients,
@@ -138,6 +166,8 @@ async def send(request: Request) -> Response:
             "unknown alias_id",
             [{"field": "alias_id", "message": "names neither an SMTP pool nor an alias"}],
         ) from None
+    except UnverifiedSender as refusal:
+        raise errors.UnverifiedSender(refusal.reason) from None
     except NotPermitted as refusal:
         raise errors.Forbidden(refusal.reason) from None
     except StorageUnavailable:

@@ -33,7 +33,7 @@ async def start(tmp_path: Path, service: ServiceFactory, sink: Sink, dns: DnsSer
     config = make_config(
         tmp_path, None,
         dns={"nameservers": [dns.nameserver]},
-        delivery={"mx_port": sink.port, "retry_schedule": ["1s"]},
+        delivery={"mx_port": sink.port, "retry_schedule": ["1s"], "mx_allow_private": True},
     )  # fmt: skip
     svc = await service(config)
     return svc.config.smtp.listen[0][1]
@@ -113,3 +113,17 @@ async def test_mx_hosts_offering_starttls_get_it_without_a_certificate_check(
         assert sink.messages[0].tls
     finally:
         sink.stop()
+
+
+async def test_an_mx_pointing_at_a_private_address_is_refused_by_default(
+    tmp_path: Path, service: ServiceFactory, sink: Sink, dns: DnsServer
+) -> None:
+    dns.add("inside.test", "MX", "10 mx.inside.test.").add("mx.inside.test", "A", "127.0.0.1")
+    config = make_config(
+        tmp_path, None,
+        dns={"nameservers": [dns.nameserver]}, delivery={"mx_port": sink.port},
+    )  # fmt: skip
+    svc = await service(config)
+    message_id = await send(svc.config.smtp.listen[0][1], "user@inside.test")
+    assert await wait_for_status(svc, message_id, {"bounced"}, timeout=10)
+    assert sink.connections_total == 0

@@ -96,3 +96,15 @@ async def test_utf8_recipient_goes_through_an_upstream_with_smtputf8(
     assert code == 250
     assert await sink.wait_for_async(1, timeout=10)
     assert sink.messages[0].rcpt_tos == [rcpt]
+
+
+async def test_a_looping_message_is_refused_554(
+    tmp_path: Path, service: ServiceFactory, sink: Sink
+) -> None:
+    svc = await service(make_config(tmp_path, sink))
+    hops = b"".join(b"Received: from relay%d.test by relay.test; now\r\n" % n for n in range(50))
+    code, text = await smtp_send(
+        svc.config.smtp.listen[0][1], "app@sender.test", ["rcpt@example.test"], hops + MESSAGE
+    )
+    assert code == 554 and text.startswith("5.4.6"), (code, text)
+    assert sink.messages == []

@@ -164,3 +164,28 @@ def test_route_to_deactivated_pool_falls_back_to_default() -> None:
 def test_vanished_route_without_any_pool_has_no_candidates() -> None:
     assert candidates(Route(pool_id="pool_deleted"), (), set()) == []
     assert candidates(Route(), POOLS, set()) == []  # direct stays direct
+
+
+# --- verified aliases (issue 4) -------------------------------------------------------------
+
+
+def test_an_unverified_alias_does_not_claim_mail_by_its_from() -> None:
+    pending = AliasView("alias_pending", "promo@example.com", "marketing", is_verified=False)
+    assert choose_route(None, "promo@example.com", POOLS, (pending,)) == Route(
+        ip_pool="transactional"
+    )
+    verified = AliasView("alias_ok", "promo@example.com", "marketing", is_verified=True)
+    assert choose_route(None, "promo@example.com", POOLS, (verified,)) == Route(ip_pool="marketing")
+
+
+def test_an_alias_id_selects_its_group_even_before_verification() -> None:
+    # alias_id is an explicit routing choice; the sender policy judges the From separately.
+    pending = AliasView("alias_pending", "promo@example.com", "marketing", is_verified=False)
+    assert choose_route("alias_pending", "app@example.com", POOLS, (pending,)) == Route(
+        ip_pool="marketing"
+    )
+
+
+def test_from_matching_compares_the_domain_case_insensitively_and_as_a_labels() -> None:
+    idn = AliasView("alias_idn", "news@xn--bcher-kva.example", "marketing")
+    assert choose_route(None, "news@Bücher.example", POOLS, (idn,)) == Route(ip_pool="marketing")

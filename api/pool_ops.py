@@ -1,0 +1,226 @@
+"""What the two views of SMTP pools share (seed 000 at /api/v1/smtp-pools, seed 003 at
+/api/v1/smtp/configs): checks beyond the schema, the SSRF guard, the password sealed to
+the pool's id, the live registry reloaded after every change, and the connection test.
+
+    create/update: fields checked -> host checked (HostGuard) -> stored (password sealed)
+                   -> PoolRegistry reloaded -> the record
+    test:          host resolved and checked -> gateway.probe -> with a recipient, a test
+                   message through Intake (stored and delivered like any other)
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from api import errors
+from api.context import ApiContext
+from api.management import Management
+from gateway.addresses import envelope_problem
+from gateway.config import is_loopback
+from gateway.hostguard import HostRefused, HostUnresolved
+from gateway.intake import AllSuppressed, NotPermitted, UnknownAlias, UnverifiedSender
+from gateway.message import Sender, Submission
+from gateway.message_builder import BuildError, Draft, Mailbox, build, text_problem
+from gateway.pool_secrets import seal
+from gateway.probe import CONNECTION, ProbeResult, Target, probe
+from storage import pools
+from storage.keys import ApiKeyRecord
+from storage.pools import PoolRecord
+
+_HOST = re.compile(
+    r"^(?:(?!-)[A-Za-z0-9-]{1,63}(?<!-)(?:\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?"
+    r"|\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f]*:[0-9A-Fa-f:.]+)$"
+)
+
+
+def _bad(field: str, message: str) -> errors.InvalidRequest:
+    return errors.InvalidRequest(f"{field}: {message}", [{"field": field, "message": message}])
+
+
+def normalise(values: dict[str, Any]) -> dict[str, Any]:
+    """Hosts as the connection wants them: no brackets around an IPv6 literal, no spaces."""
+    host = values.get("host")
+    if isinstance(host, str):
+        host = host.strip()
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        values["host"] = host
+    return values
+
+
+def check_fields(values: Mapping[str, Any]) -> None:
+    """Field checks the schema cannot express (InvalidRequest naming the field)."""
+    for field in ("name", "username", "password"):
+        value = values.get(field)
+        problem = text_problem(value, header=True) if isinstance(value, str) else None
+        if problem:
+            raise _bad(field, problem)
+    host = values.get("host")
+    if host is not None and not _HOST.fullmatch(host):
+        raise _bad("host", "not a host name or IP address")
+    from_email = values.get("from_email")
+    if from_email:
+        problem = text_problem(from_email, header=True) or envelope_problem(from_email)
+        if problem:
+            raise _bad("from_email", problem)
+
+
+async def check_target(manage: Management, state: Mapping[str, Any]) -> None:
+    """The merged pool (after the change) may be stored: no clear-text AUTH off loopback,
+    no host in a denied network."""
+    if state["username"] and state["encryption"] == "none" and not is_loopback(state["host"]):
+        raise _bad(
+            "encryption",
+            "AUTH over an unencrypted connection would send the password in clear; "
+            "use tls or ssl (none is allowed for loopback hosts only)",
+        )
+    try:
+        await manage.guard.check(state["host"], state["port"])
+    except HostRefused as refused:
+        raise errors.HostNotAllowed(
+            f"host: {refused}", [{"field": "host", "message": str(refused)}]
+        ) from None
+
+
+def _translate(error: pools.PoolError) -> errors.ApiError:
+    if isinstance(error, pools.PoolNotFound):
+        return errors.NotFound(str(error))
+    if isinstance(error, pools.PoolReadOnly | pools.ConfigDefault):
+        return errors.ConfigPool(str(error))
+    return errors.Conflict(str(error))
+
+
+async def create(ctx: ApiContext, values: dict[str, Any], password: str | None) -> PoolRecord:
+    manage = ctx.management()
+    check_fields({**values, "password": password})
+    values = normalise(values)
+    await check_target(manage, values)
+    try:
+        record = await pools.create_pool(
+            ctx.db, values, lambda pool_id: seal(manage.box, pool_id, password or "")
+        )
+    except pools.PoolError as error:
+        raise _translate(error) from None
+    await manage.reload_pools()
+    return record
+
+
+async def update(
+    ctx: ApiContext, pool_id: str, changes: dict[str, Any], password: str | None, new_password: bool
+) -> PoolRecord:
+    """`new_password`: the body named a password (None or "" removes it)."""
+    manage = ctx.management()
+    current = await get(ctx, pool_id)
+    if current.source != "api":
+        raise errors.ConfigPool(
+            f"pool {current.name!r} is declared in the config file; change it there"
+        )
+    check_fields({**changes, "password": password})
+    changes = normalise(changes)
+    state = {name: getattr(current, name) for name in ("username", "encryption", "host", "port")}
+    state.update({k: v for k, v in changes.items() if k in state})
+    await check_target(manage, state)
+    sealer = (lambda pid: seal(manage.box, pid, password or "")) if new_password else None
+    try:
+        record = await pools.update_pool(ctx.db, pool_id, changes, sealer)
+    except pools.PoolError as error:
+        raise _translate(error) from None
+    await manage.reload_pools()
+    return record
+
+
+async def delete(ctx: ApiContext, pool_id: str) -> PoolRecord:
+    manage = ctx.management()
+    try:
+        record = await pools.delete_pool(ctx.db, pool_id)
+    except pools.PoolError as error:
+        raise _translate(error) from None
+    await manage.reload_pools()
+    return record
+
+
+async def get(ctx: ApiContext, pool_id: str) -> PoolRecord:
+    record = await pools.get_pool(ctx.db, pool_id) if len(pool_id) <= 64 else None
+    if record is None:
+        raise errors.NotFound("no such SMTP pool")
+    return record
+
+
+async def test(
+    ctx: ApiContext, key: ApiKeyRecord, record: PoolRecord, recipient: str | None
+) -> tuple[ProbeResult, str | None]:
+    """Run the connection test; on success with a recipient, send the test message.
+    Returns (result, message id)."""
+    manage = ctx.management()
+    if recipient is not None:
+        problem = text_problem(recipient, header=True) or envelope_problem(recipient)
+        if problem:
+            raise _bad("recipient", problem)
+    live = manage.live(record.id)
+    target = Target(
+        host=record.host,
+        port=record.port,
+        encryption=record.encryption,
+        username=record.username,
+        password=live.password if live is not None else "",
+        tls_verify=record.tls_verify,
+    )
+    try:
+        addresses = await manage.guard.resolve(record.host, record.port)
+    except HostRefused as refused:
+        raise errors.HostNotAllowed(
+            f"host: {refused}", [{"field": "host", "message": str(refused)}]
+        ) from None
+    except HostUnresolved as unresolved:
+        return ProbeResult(False, "SMTP connection failed", 0, str(unresolved), CONNECTION), None
+    result = await probe(
+        target, addresses, local_hostname=manage.hostname, timeout=manage.probe_timeout
+    )
+    if not result.success or recipient is None:
+        return result, None
+    if not record.is_active:
+        raise errors.Conflict("the pool is inactive: a test message would not go through it")
+    return result, await _send_test_message(ctx, key, record, recipient)
+
+
+async def _send_test_message(
+    ctx: ApiContext, key: ApiKeyRecord, record: PoolRecord, recipient: str
+) -> str:
+    sender = record.from_email or f"postern@{ctx.hostname}"
+    draft = Draft(
+        sender=Mailbox(sender, "Postern"),
+        to=[Mailbox(recipient)],
+        subject=f"Postern test message through pool {record.name}",
+        text=(
+            f"This message was sent through the SMTP pool {record.name!r} "
+            f"({record.host}:{record.port}) to test it. Nothing else needs doing.\n"
+        ),
+    )
+    try:
+        built = build(draft, ctx.hostname)
+    except BuildError as error:
+        problem = error.problems[0]
+        field = "recipient" if problem.field.startswith("to") else "from_email"
+        raise _bad(field, problem.message) from None
+    submission = Submission(
+        mail_from=built.mail_from,
+        recipients=built.recipients,
+        content=built.content,
+        source="http",
+        alias_id=record.id,
+        tags=("pool-test",),
+        sender=Sender(key.id, may_send=True, may_sandbox=False),
+        # Postern's own address needs no verified domain; an operator's from_email does.
+        system=not record.from_email,
+    )
+    try:
+        accepted = await ctx.intake.submit(submission)
+    except UnverifiedSender as refusal:
+        raise errors.UnverifiedSender(f"from_email: {refusal.reason}") from None
+    except AllSuppressed:
+        raise errors.Suppressed() from None
+    except (UnknownAlias, NotPermitted) as refusal:  # the pool went away meanwhile
+        raise errors.Conflict(f"the test message was refused: {refusal.reason}") from None
+    return accepted.message_id

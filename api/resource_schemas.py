@@ -1,0 +1,254 @@
+"""Request and response bodies of the management resources: SMTP pools (seed 000), the
+MailSage SMTP configs view (seed 003), aliases (seed 002) and domains. Requests are strict
+as in api.schemas: a wrong type or an unknown field is a 400.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, RootModel
+
+from api.schemas import Strict
+
+Encryption = Literal["tls", "ssl", "none"]
+Group = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")]
+Name = Annotated[str, Field(min_length=1, max_length=128)]
+Host = Annotated[str, Field(min_length=1, max_length=253)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+Priority = Annotated[int, Field(ge=0, le=1_000_000)]
+Connections = Annotated[int, Field(ge=1, le=1000)]
+Username = Annotated[str, Field(max_length=256)]
+Password = Annotated[str, Field(max_length=1024, description="write-only; stored encrypted")]
+Email = Annotated[str, Field(max_length=254)]
+
+
+# --- SMTP pools (seed 000) -----------------------------------------------------------------
+
+
+class PoolCreate(Strict):
+    name: Name
+    host: Host
+    port: Port
+    username: Username = ""
+    password: Password | None = None
+    encryption: Encryption = "tls"
+    ip_pool: Group = "transactional"
+    priority: Priority = 100
+    max_connections: Connections = 10
+    is_default: bool = False
+    is_active: bool = True
+    from_email: Email = ""
+    tls_verify: bool = True
+
+
+class PoolUpdate(Strict):
+    """Only the fields present change; `"password": null` or `""` removes the password."""
+
+    name: Name | None = None
+    host: Host | None = None
+    port: Port | None = None
+    username: Username | None = None
+    password: Password | None = None
+    encryption: Encryption | None = None
+    ip_pool: Group | None = None
+    priority: Priority | None = None
+    max_connections: Connections | None = None
+    is_default: bool | None = None
+    is_active: bool | None = None
+    from_email: Email | None = None
+    tls_verify: bool | None = None
+
+
+class SmtpPool(BaseModel):
+    id: str
+    name: str
+    host: str
+    port: int
+    username: str
+    encryption: Encryption
+    is_active: bool
+    created_at: str
+    ip_pool: str
+    priority: int
+    max_connections: int
+    is_default: bool
+    from_email: str
+    tls_verify: bool
+    source: Literal["api", "config"] = Field(description="config: read-only over the API")
+    has_password: bool
+
+
+class SmtpPoolList(RootModel[list[SmtpPool]]):
+    pass
+
+
+class PoolTest(Strict):
+    recipient: Email | None = Field(None, description="also send a test message to it")
+
+
+class PoolTestResult(BaseModel):
+    success: bool
+    message: str
+    latencyMs: int  # the seed's name
+    error: str | None = Field(None, description="failure only")
+    code: (
+        Literal["smtp_connection_error", "smtp_auth_error", "smtp_tls_error", "timeout"] | None
+    ) = Field(None, description="failure only")
+    message_id: str | None = Field(None, description="with a recipient: the test message")
+
+
+# --- MailSage SMTP configs (seed 003) ------------------------------------------------------
+
+
+class ConfigCreate(Strict):
+    name: Name
+    host: Host
+    port: Port
+    username: Username = ""
+    password: Password | None = None
+    use_tls: bool = True
+    from_email: Email
+    is_default: bool = False
+
+
+class ConfigUpdate(Strict):
+    name: Name | None = None
+    host: Host | None = None
+    port: Port | None = None
+    username: Username | None = None
+    password: Password | None = None
+    use_tls: bool | None = None
+    from_email: Email | None = None
+    is_default: bool | None = None
+
+
+class SmtpConfig(BaseModel):
+    id: str
+    name: str
+    host: str
+    port: int
+    username: str
+    from_email: str
+    is_default: bool
+    use_tls: bool
+    created_at: str
+    updated_at: str | None = None
+
+
+class PageMeta(BaseModel):
+    current_page: int
+    total_pages: int
+    total_items: int
+    per_page: int
+
+
+class SmtpConfigPage(BaseModel):
+    data: list[SmtpConfig]
+    meta: PageMeta
+
+
+class ConfigTest(Strict):
+    recipient: Email
+
+
+class ConfigTestResult(BaseModel):
+    message: str
+    delivery_id: str
+    latencyMs: int
+
+
+class ConfigDeleted(BaseModel):
+    message: str
+
+
+# --- aliases (seed 002) --------------------------------------------------------------------
+
+
+class AliasCreate(Strict):
+    email: Email
+    name: str | None = Field(None, max_length=256)
+    is_default: bool = False
+    ip_pool: Group | None = None
+
+
+class AliasUpdate(Strict):
+    name: str | None = Field(None, max_length=256)
+    is_default: bool | None = None
+    ip_pool: Group | None = None
+
+
+class Alias(BaseModel):
+    id: str
+    email: str
+    name: str
+    is_default: bool
+    is_verified: bool
+    ip_pool: str | None
+    created_at: str
+
+
+class AliasResponse(BaseModel):
+    success: Literal[True]
+    alias: Alias
+    verification_message_id: str | None = Field(
+        None, description="creation only: the verification message (None if it was refused)"
+    )
+
+
+class AliasList(BaseModel):
+    success: Literal[True]
+    aliases: list[Alias]
+
+
+# --- domains -------------------------------------------------------------------------------
+
+
+class DomainCreate(Strict):
+    domain: str = Field(min_length=1, max_length=253)
+    verified: bool = Field(False, description="admin keys only: skip the DNS check")
+    algorithm: Literal["rsa", "ed25519"] = "rsa"
+
+
+class DnsRecord(BaseModel):
+    purpose: Literal["dkim", "spf", "dmarc"]
+    type: Literal["TXT"]
+    name: str
+    value: str
+    required: bool
+
+
+class Domain(BaseModel):
+    id: str
+    domain: str
+    is_verified: bool
+    created_at: str
+    verified_at: str | None
+    checked_at: str | None
+    records: list[DnsRecord]
+
+
+class DomainResponse(BaseModel):
+    success: Literal[True]
+    domain: Domain
+
+
+class DomainList(BaseModel):
+    success: Literal[True]
+    domains: list[Domain]
+
+
+class DomainCheck(BaseModel):
+    purpose: Literal["dkim", "spf", "dmarc"]
+    name: str
+    status: Literal["verified", "missing", "mismatch", "temporary_error"]
+    required: bool
+    found: list[str]
+    detail: str
+
+
+class DomainVerification(BaseModel):
+    success: Literal[True]
+    verified: bool
+    domain: Domain
+    checks: list[DomainCheck]

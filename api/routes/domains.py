@@ -1,0 +1,182 @@
+"""/api/v1/domains: the domains mail may be sent From (scope `domains`).
+
+Adding a domain generates its DKIM key (or keeps one `postern dkim generate` made) and
+answers the DNS records to publish: DKIM, SPF, DMARC. `POST /{id}/verify` looks them up
+through the `[dns] nameservers` (uncached) and verifies the domain when DKIM and SPF are
+there. An `admin` key may add a domain already verified (`"verified": true`), e.g. for a
+domain whose DNS is managed elsewhere. `{id}` is the domain's id or its name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from api import errors
+from api.auth import authenticate
+from api.context import ApiContext, iso
+from api.openapi import operation, path_parameter
+from api.resource_schemas import DomainCreate, DomainList, DomainResponse, DomainVerification
+from api.schemas import ErrorResponse, Ok, parse
+from gateway import dkim
+from gateway import domains as sender_domains
+from storage import domains
+from storage.domains import DomainRecord
+
+SCOPE = "domains"
+BASE = "/api/v1/domains"
+_ID = [path_parameter("domain_id", "the domain's id (dom_...) or its name")]
+_NOT_FOUND = ("no such domain", ErrorResponse)
+
+
+async def domain_json(ctx: ApiContext, record: DomainRecord) -> dict[str, Any]:
+    key = await sender_domains.signing_key(ctx.db, record.domain)
+    publish = sender_domains.records(record.domain, key, ctx.hostname)
+    return {
+        "id": record.id,
+        "domain": record.domain,
+        "is_verified": record.is_verified,
+        "created_at": iso(record.created_at),
+        "verified_at": iso(record.verified_at),
+        "checked_at": iso(record.checked_at),
+        "records": [
+            {
+                "purpose": item.purpose,
+                "type": item.type,
+                "name": item.name,
+                "value": item.value,
+                "required": item.required,
+            }
+            for item in publish
+        ],
+    }
+
+
+async def _caller(request: Request) -> ApiContext:
+    ctx: ApiContext = request.app.state.api
+    await authenticate(request, ctx.keys, ctx.limiter, SCOPE)
+    return ctx
+
+
+async def _one(ctx: ApiContext, request: Request) -> DomainRecord:
+    key = request.path_params["domain_id"]
+    if not key.startswith("dom_"):
+        try:
+            key = dkim.normalise_domain(key)
+        except dkim.DkimError:
+            raise errors.NotFound("no such domain") from None
+    record = await domains.get_domain(ctx.db, key) if len(key) <= 253 else None
+    if record is None:
+        raise errors.NotFound("no such domain")
+    return record
+
+
+@operation("List domains", scope=SCOPE, responses={200: ("every domain", DomainList)})
+async def list_all(request: Request) -> Response:
+    ctx = await _caller(request)
+    found = [await domain_json(ctx, record) for record in await domains.list_domains(ctx.db)]
+    return JSONResponse({"success": True, "domains": found})
+
+
+@operation(
+    "Add a domain",
+    scope=SCOPE,
+    request=DomainCreate,
+    description="Generates the domain's DKIM key and answers the records to publish.",
+    responses={
+        201: ("the domain and the DNS records to publish", DomainResponse),
+        403: ("`verified: true` without an admin key", ErrorResponse),
+        409: ("the domain is already there", ErrorResponse),
+    },
+)
+async def create(request: Request) -> Response:
+    ctx: ApiContext = request.app.state.api
+    key = await authenticate(request, ctx.keys, ctx.limiter, SCOPE)
+    manage = ctx.management()
+    body = parse(DomainCreate, await request.body())
+    try:
+        name = dkim.normalise_domain(body.domain)
+    except dkim.DkimError as error:
+        raise errors.InvalidRequest(
+            f"domain: {error}", [{"field": "domain", "message": "not a domain name"}]
+        ) from None
+    if body.verified and not key.has("admin"):
+        raise errors.Forbidden("only an admin key may add a domain as already verified")
+    try:
+        record, _ = await sender_domains.register(
+            ctx.db, manage.box, name, verified=body.verified, algorithm=body.algorithm
+        )
+    except domains.DomainExists as error:
+        raise errors.Conflict(str(error)) from None
+    if record.is_verified:
+        await manage.identities.reload()
+    return JSONResponse(
+        {"success": True, "domain": await domain_json(ctx, record)}, status_code=201
+    )
+
+
+@operation(
+    "Get a domain",
+    scope=SCOPE,
+    parameters=_ID,
+    responses={200: ("the domain and its records", DomainResponse), 404: _NOT_FOUND},
+)
+async def show(request: Request) -> Response:
+    ctx = await _caller(request)
+    record = await _one(ctx, request)
+    return JSONResponse({"success": True, "domain": await domain_json(ctx, record)})
+
+
+@operation(
+    "Verify a domain",
+    scope=SCOPE,
+    parameters=_ID,
+    description=(
+        "Looks up the DKIM, SPF and DMARC records; the domain is verified when the DKIM "
+        "record carries its key and one SPF record exists (DMARC is recommended, not "
+        "required). A failed check never un-verifies a domain."
+    ),
+    responses={200: ("what DNS says", DomainVerification), 404: _NOT_FOUND},
+)
+async def verify(request: Request) -> Response:
+    ctx = await _caller(request)
+    manage = ctx.management()
+    record = await _one(ctx, request)
+    updated, checks = await sender_domains.verify(ctx.db, manage.resolver, record)
+    if updated.is_verified and not record.is_verified:
+        await manage.identities.reload()
+    return JSONResponse(
+        {
+            "success": True,
+            "verified": updated.is_verified,
+            "domain": await domain_json(ctx, updated),
+            "checks": [check.as_json() for check in checks],
+        }
+    )
+
+
+@operation(
+    "Remove a domain",
+    scope=SCOPE,
+    parameters=_ID,
+    description="Mail From it is refused again (policy.sender = verified); DKIM keys stay.",
+    responses={200: ("removed", Ok), 404: _NOT_FOUND},
+)
+async def remove(request: Request) -> Response:
+    ctx = await _caller(request)
+    record = await _one(ctx, request)
+    await domains.delete_domain(ctx.db, record.id)
+    await ctx.management().identities.reload()
+    return JSONResponse({"success": True})
+
+
+routes = [
+    Route(BASE, list_all, methods=["GET"]),
+    Route(BASE, create, methods=["POST"]),
+    Route(BASE + "/{domain_id}", show, methods=["GET"]),
+    Route(BASE + "/{domain_id}", remove, methods=["DELETE"]),
+    Route(BASE + "/{domain_id}/verify", verify, methods=["POST"]),
+]

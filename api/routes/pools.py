@@ -1,0 +1,187 @@
+"""/api/v1/smtp-pools (also /api/smtp-pools): upstream SMTP pools, seed 000 (scope `pools`).
+
+Pools declared in the config file are listed too, with `source: "config"`, and are
+read-only here (409 `config_pool`). The password is write-only: no answer carries it (only
+`has_password`), and it is stored encrypted, bound to the pool's id. Every change reaches
+the live delivery pools before the answer goes out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from api import errors, pool_ops
+from api.auth import authenticate
+from api.context import ApiContext, iso
+from api.openapi import operation, path_parameter
+from api.resource_schemas import (
+    PoolCreate,
+    PoolTest,
+    PoolTestResult,
+    PoolUpdate,
+    SmtpPool,
+    SmtpPoolList,
+)
+from api.schemas import ErrorResponse, Ok, parse
+from storage.keys import ApiKeyRecord
+from storage.pools import PoolRecord, pool_records
+
+SCOPE = "pools"
+PREFIXES = ("/api/v1/smtp-pools", "/api/smtp-pools")
+_ID = [path_parameter("pool_id", "the pool's id (smtp_...)")]
+_NOT_FOUND = ("no such pool", ErrorResponse)
+_CONFIG = ("a config-file pool (config_pool), or the name is taken (conflict)", ErrorResponse)
+_HOST = ("a bad field, or a host in a denied network (host_not_allowed)", ErrorResponse)
+
+
+def pool_json(record: PoolRecord) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "name": record.name,
+        "host": record.host,
+        "port": record.port,
+        "username": record.username,
+        "encryption": record.encryption,
+        "is_active": record.is_active,
+        "created_at": iso(record.created_at),
+        "ip_pool": record.ip_pool,
+        "priority": record.priority,
+        "max_connections": record.max_connections,
+        "is_default": record.is_default,
+        "from_email": record.from_email,
+        "tls_verify": record.tls_verify,
+        "source": record.source,
+        "has_password": record.has_password,
+    }
+
+
+async def _caller(request: Request) -> tuple[ApiContext, ApiKeyRecord]:
+    ctx: ApiContext = request.app.state.api
+    key = await authenticate(request, ctx.keys, ctx.limiter, SCOPE)
+    return ctx, key
+
+
+@operation(
+    "List SMTP pools",
+    scope=SCOPE,
+    responses={200: ("every pool, config-file ones included; never a password", SmtpPoolList)},
+)
+async def list_all(request: Request) -> Response:
+    ctx, _ = await _caller(request)
+    return JSONResponse([pool_json(record) for record in await pool_records(ctx.db)])
+
+
+@operation(
+    "Create an SMTP pool",
+    scope=SCOPE,
+    request=PoolCreate,
+    responses={201: ("the pool", SmtpPool), 400: _HOST, 409: _CONFIG},
+)
+async def create(request: Request) -> Response:
+    ctx, _ = await _caller(request)
+    body = parse(PoolCreate, await request.body())
+    values = body.model_dump(exclude={"password"})
+    record = await pool_ops.create(ctx, values, body.password)
+    return JSONResponse(pool_json(record), status_code=201)
+
+
+@operation(
+    "Get an SMTP pool",
+    scope=SCOPE,
+    parameters=_ID,
+    responses={200: ("the pool", SmtpPool), 404: _NOT_FOUND},
+)
+async def show(request: Request) -> Response:
+    ctx, _ = await _caller(request)
+    return JSONResponse(pool_json(await pool_ops.get(ctx, request.path_params["pool_id"])))
+
+
+@operation(
+    "Change an SMTP pool",
+    scope=SCOPE,
+    request=PoolUpdate,
+    parameters=_ID,
+    responses={200: ("the pool", SmtpPool), 400: _HOST, 404: _NOT_FOUND, 409: _CONFIG},
+)
+async def change(request: Request) -> Response:
+    ctx, _ = await _caller(request)
+    raw = await request.body()
+    body = parse(PoolUpdate, raw)
+    given = body.model_fields_set
+    nulls = [name for name in given if getattr(body, name) is None and name != "password"]
+    if nulls:
+        raise errors.InvalidRequest(
+            f"{nulls[0]}: may not be null",
+            [{"field": name, "message": "may not be null"} for name in nulls],
+        )
+    changes = {name: getattr(body, name) for name in given if name != "password"}
+    record = await pool_ops.update(
+        ctx, request.path_params["pool_id"], changes, body.password, "password" in given
+    )
+    return JSONResponse(pool_json(record))
+
+
+@operation(
+    "Delete an SMTP pool",
+    scope=SCOPE,
+    parameters=_ID,
+    responses={200: ("deleted", Ok), 404: _NOT_FOUND, 409: _CONFIG},
+)
+async def remove(request: Request) -> Response:
+    ctx, _ = await _caller(request)
+    await pool_ops.delete(ctx, request.path_params["pool_id"])
+    return JSONResponse({"success": True})
+
+
+@operation(
+    "Test an SMTP pool",
+    scope=SCOPE,
+    request=PoolTest,
+    parameters=_ID,
+    description=(
+        "EHLO, STARTTLS or implicit TLS per `encryption`, AUTH when a username is set, QUIT. "
+        'No body is needed; with `{"recipient": ...}` a test message is also sent through '
+        "this pool (stored and delivered like any other message) and its `message_id` "
+        "returned. A failure is a 200 with `success: false`, `error` and `code`."
+    ),
+    responses={
+        200: ("the outcome", PoolTestResult),
+        400: _HOST,
+        403: ("the key lacks the scope, or from_email is unverified", ErrorResponse),
+        404: _NOT_FOUND,
+    },
+)
+async def test(request: Request) -> Response:
+    ctx, key = await _caller(request)
+    raw = await request.body()
+    body = parse(PoolTest, raw) if raw.strip() else PoolTest(recipient=None)
+    record = await pool_ops.get(ctx, request.path_params["pool_id"])
+    result, message_id = await pool_ops.test(ctx, key, record, body.recipient)
+    answer: dict[str, Any] = {
+        "success": result.success,
+        "message": result.message,
+        "latencyMs": result.latency_ms,
+    }
+    if not result.success:
+        answer.update(error=result.error, code=result.code)
+    if message_id is not None:
+        answer["message_id"] = message_id
+    return JSONResponse(answer)
+
+
+routes = [
+    route
+    for prefix in PREFIXES
+    for route in (
+        Route(prefix, list_all, methods=["GET"]),
+        Route(prefix, create, methods=["POST"]),
+        Route(prefix + "/{pool_id}", show, methods=["GET"]),
+        Route(prefix + "/{pool_id}", change, methods=["PATCH"]),
+        Route(prefix + "/{pool_id}", remove, methods=["DELETE"]),
+        Route(prefix + "/{pool_id}/test", test, methods=["POST"]),
+    )
+]

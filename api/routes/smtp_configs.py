@@ -1,0 +1,221 @@
+"""/api/v1/smtp/configs: the MailSage view (seed 003) of the SMTP pools (scope `pools`).
+
+The same records as /api/v1/smtp-pools, in seed 003's shape: `{data, meta}` pages, PUT for
+changes, `use_tls` for `encryption` (true: "ssl" on port 465, else "tls" (STARTTLS); false:
+"none"), and its error codes (`rate_limit` for 429, `smtp_auth_error` /
+`smtp_connection_error` / `smtp_tls_error` / `timeout` when a test fails). Ids are the
+pools' string ids. Config-file pools are read-only here too.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from api import errors, pool_ops
+from api.auth import authenticate
+from api.context import ApiContext, iso
+from api.openapi import operation, path_parameter, query_parameter
+from api.resource_schemas import (
+    ConfigCreate,
+    ConfigDeleted,
+    ConfigTest,
+    ConfigTestResult,
+    ConfigUpdate,
+    SmtpConfig,
+    SmtpConfigPage,
+)
+from api.schemas import ErrorResponse, parse
+from storage.keys import ApiKeyRecord
+from storage.pools import PoolRecord, pool_records
+
+SCOPE = "pools"
+BASE = "/api/v1/smtp/configs"
+MAX_PER_PAGE = 100
+_ID = [path_parameter("config_id", "the configuration's id (an SMTP pool id)")]
+_NOT_FOUND = ("no such configuration", ErrorResponse)
+_CONFLICT = ("a config-file pool (config_pool), or the name is taken (conflict)", ErrorResponse)
+
+
+def config_json(record: PoolRecord) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "name": record.name,
+        "host": record.host,
+        "port": record.port,
+        "username": record.username,
+        "from_email": record.from_email,
+        "is_default": record.is_default,
+        "use_tls": record.encryption != "none",
+        "created_at": iso(record.created_at),
+    }
+
+
+def encryption(use_tls: bool, port: int) -> str:
+    if not use_tls:
+        return "none"
+    return "ssl" if port == 465 else "tls"
+
+
+async def _caller(request: Request) -> tuple[ApiContext, ApiKeyRecord]:
+    ctx: ApiContext = request.app.state.api
+    try:
+        key = await authenticate(request, ctx.keys, ctx.limiter, SCOPE)
+    except errors.RateLimited as limited:
+        raise errors.MailSageRateLimited(limited.extra["retry_after"]) from None
+    return ctx, key
+
+
+def _page_number(request: Request, name: str, default: int, most: int) -> int:
+    raw = request.query_params.get(name, str(default))
+    if not raw.isdigit() or not 1 <= int(raw) <= most:
+        raise errors.InvalidRequest(
+            f"{name}: out of bounds", [{"field": name, "message": f"an integer from 1 to {most}"}]
+        )
+    return int(raw)
+
+
+@operation(
+    "List SMTP configurations",
+    scope=SCOPE,
+    parameters=[
+        query_parameter("page", "page number (default 1)", "integer"),
+        query_parameter("per_page", f"items per page, 1 to {MAX_PER_PAGE} (default 20)", "integer"),
+    ],
+    responses={200: ("one page", SmtpConfigPage)},
+)
+async def list_all(request: Request) -> Response:
+    ctx, _ = await _caller(request)
+    page = _page_number(request, "page", 1, 1_000_000)
+    per_page = _page_number(request, "per_page", 20, MAX_PER_PAGE)
+    records = await pool_records(ctx.db)
+    chunk = records[(page - 1) * per_page : page * per_page]
+    return JSONResponse(
+        {
+            "data": [config_json(record) for record in chunk],
+            "meta": {
+                "current_page": page,
+                "total_pages": max(1, math.ceil(len(records) / per_page)),
+                "total_items": len(records),
+                "per_page": per_page,
+            },
+        }
+    )
+
+
+@operation(
+    "Add an SMTP configuration",
+    scope=SCOPE,
+    request=ConfigCreate,
+    responses={201: ("the configuration", SmtpConfig), 409: _CONFLICT},
+)
+async def create(request: Request) -> Response:
+    ctx, _ = await _caller(request)
+    body = parse(ConfigCreate, await request.body())
+    values = body.model_dump(exclude={"password", "use_tls"})
+    values["encryption"] = encryption(body.use_tls, body.port)
+    record = await pool_ops.create(ctx, values, body.password)
+    return JSONResponse(config_json(record), status_code=201)
+
+
+@operation(
+    "Get an SMTP configuration",
+    scope=SCOPE,
+    parameters=_ID,
+    responses={200: ("the configuration", SmtpConfig), 404: _NOT_FOUND},
+)
+async def show(request: Request) -> Response:
+    ctx, _ = await _caller(request)
+    return JSONResponse(config_json(await pool_ops.get(ctx, request.path_params["config_id"])))
+
+
+@operation(
+    "Update an SMTP configuration",
+    scope=SCOPE,
+    request=ConfigUpdate,
+    parameters=_ID,
+    description="Every field is optional; only those given change.",
+    responses={200: ("the configuration", SmtpConfig), 404: _NOT_FOUND, 409: _CONFLICT},
+)
+async def update(request: Request) -> Response:
+    ctx, _ = await _caller(request)
+    config_id = request.path_params["config_id"]
+    body = parse(ConfigUpdate, await request.body())
+    given = body.model_fields_set
+    nulls = [name for name in given if getattr(body, name) is None and name != "password"]
+    if nulls:
+        raise errors.InvalidRequest(
+            f"{nulls[0]}: may not be null",
+            [{"field": name, "message": "may not be null"} for name in nulls],
+        )
+    changes = {name: getattr(body, name) for name in given - {"password", "use_tls"}}
+    if "use_tls" in given or "port" in given:
+        current = await pool_ops.get(ctx, config_id)
+        use_tls = body.use_tls if body.use_tls is not None else current.encryption != "none"
+        changes["encryption"] = encryption(use_tls, body.port or current.port)
+    record = await pool_ops.update(ctx, config_id, changes, body.password, "password" in given)
+    return JSONResponse({**config_json(record), "updated_at": iso(time.time())})
+
+
+@operation(
+    "Delete an SMTP configuration",
+    scope=SCOPE,
+    parameters=_ID,
+    responses={200: ("deleted", ConfigDeleted), 404: _NOT_FOUND, 409: _CONFLICT},
+)
+async def remove(request: Request) -> Response:
+    ctx, _ = await _caller(request)
+    await pool_ops.delete(ctx, request.path_params["config_id"])
+    return JSONResponse({"message": "SMTP configuration deleted successfully"})
+
+
+@operation(
+    "Test an SMTP configuration",
+    scope=SCOPE,
+    request=ConfigTest,
+    parameters=_ID,
+    description=(
+        "Connects (EHLO, TLS, AUTH) and sends a test email to `recipient` through this "
+        "configuration. A failed connection is a 400 whose `code` names the stage: "
+        "smtp_connection_error, smtp_tls_error, smtp_auth_error or timeout."
+    ),
+    responses={
+        200: ("the test email was accepted for delivery", ConfigTestResult),
+        400: ("bad recipient, a denied host, or the connection test failed", ErrorResponse),
+        404: _NOT_FOUND,
+    },
+)
+async def test(request: Request) -> Response:
+    ctx, key = await _caller(request)
+    body = parse(ConfigTest, await request.body())
+    record = await pool_ops.get(ctx, request.path_params["config_id"])
+    result, message_id = await pool_ops.test(ctx, key, record, body.recipient)
+    if not result.success or message_id is None:
+        raise errors.SmtpTestFailed(
+            result.code or "smtp_connection_error",
+            result.message,
+            result.error or "the test failed",
+            result.latency_ms,
+        )
+    return JSONResponse(
+        {
+            "message": "Test email sent successfully",
+            "delivery_id": message_id,
+            "latencyMs": result.latency_ms,
+        }
+    )
+
+
+routes = [
+    Route(BASE, list_all, methods=["GET"]),
+    Route(BASE, create, methods=["POST"]),
+    Route(BASE + "/{config_id}", show, methods=["GET"]),
+    Route(BASE + "/{config_id}", update, methods=["PUT"]),
+    Route(BASE + "/{config_id}", remove, methods=["DELETE"]),
+    Route(BASE + "/{config_id}/test", test, methods=["POST"]),
+]

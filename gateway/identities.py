@@ -1,0 +1,131 @@
+"""Who mail may be sent as: verified domains and aliases, held in memory for intake.
+
+Intake routes and checks senders without I/O on the hot path, so this keeps the alias
+list (routing step 2 and alias ids) and the verified domains and alias addresses (the
+`[policy] sender = "verified"` check) in memory. The API reloads it after each change on
+this node; changes made elsewhere (another node, `postern domains add`) are picked up
+within `ttl` seconds.
+
+The sender check, with the policy at "verified":
+- HTTP: the From address (envelope and header are the same address there).
+- SMTP: the envelope MAIL FROM *and* every address of the header From. The envelope is
+  what SPF and bounces use, the header From is what the recipient sees and DMARC aligns;
+  checking only one would let a client relay mail that claims the other identity. A null
+  envelope sender (a bounce) is judged by its header From alone.
+Each must be on a verified domain (exactly that domain: a subdomain is its own) or be a
+verified alias. Postern's own messages (alias verification, pool tests) are exempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import time
+from collections.abc import Iterable
+
+from gateway.addresses import normalise
+from gateway.headers import header_fields, split_header
+from gateway.message import Submission
+from gateway.routing import AliasView
+from storage.aliases import list_aliases
+from storage.db import Database
+from storage.domains import verified_domains
+
+log = logging.getLogger("postern.identities")
+
+
+def header_from(content: bytes) -> list[str] | None:
+    """The addresses of the header From field; None when there is none, or several
+    fields, or an address that does not parse."""
+    block, _ = split_header(content)
+    values = []
+    for field in header_fields(block):
+        name, colon, value = field.partition(b":")
+        if colon and name.strip().lower() == b"from":
+            values.append(value.replace(b"\r\n", b"").decode("utf-8", "replace"))
+    if len(values) != 1:
+        return None
+    found = []
+    for _name, address in email.utils.getaddresses(values):
+        local, at, domain = address.rpartition("@")
+        if not at or not local or not domain:
+            return None
+        found.append(address)
+    return found or None
+
+
+def _key(address: str) -> str:
+    return normalise(address).lower()
+
+
+def _domain(address: str) -> str:
+    return _key(address).rpartition("@")[2]
+
+
+class Identities:
+    def __init__(self, db: Database, *, enforce: bool, ttl: float = 2.0) -> None:
+        self._db = db
+        self.enforce = enforce
+        self._ttl = ttl
+        self.aliases: tuple[AliasView, ...] = ()
+        self._domains: frozenset[str] = frozenset()
+        self._addresses: frozenset[str] = frozenset()  # verified aliases, lower-case
+        self._loaded_at = float("-inf")
+        self._lock = asyncio.Lock()
+
+    async def reload(self) -> None:
+        domains = await verified_domains(self._db)
+        aliases = await list_aliases(self._db)
+        self.aliases = tuple(
+            AliasView(alias.id, alias.email, alias.ip_pool, alias.is_verified) for alias in aliases
+        )
+        self._domains = frozenset(domains)
+        self._addresses = frozenset(_key(a.email) for a in aliases if a.is_verified)
+        self._loaded_at = time.monotonic()
+
+    async def refresh_if_stale(self) -> None:
+        """Reload when older than ttl; a failed reload keeps the old copy (logged)."""
+        if time.monotonic() - self._loaded_at <= self._ttl:
+            return
+        async with self._lock:
+            if time.monotonic() - self._loaded_at <= self._ttl:
+                return
+            try:
+                await self.reload()
+            except Exception as error:  # keep sending on the last good copy
+                self._loaded_at = time.monotonic()
+                log.warning("reloading domains and aliases failed: %s", error)
+
+    def verified(self, address: str) -> bool:
+        return _key(address) in self._addresses or _domain(address) in self._domains
+
+    def sender_problem(self, submission: Submission) -> str | None:
+        """Why the policy refuses this sender (a reason safe to show), or None."""
+        if not self.enforce or submission.system:
+            return None
+        senders: list[str] = []
+        if submission.mail_from:
+            senders.append(submission.mail_from)
+        if submission.source == "smtp":
+            header = header_from(submission.content)
+            if header is None:
+                return "the message needs exactly one From: header field with an address"
+            senders += header
+        if not senders:
+            return "the message has no sender address"
+        return _first_unverified(senders, self)
+
+    def is_verified_domain(self, domain: str) -> bool:
+        return domain in self._domains
+
+
+def _first_unverified(senders: Iterable[str], identities: Identities) -> str | None:
+    for sender in senders:
+        if not identities.verified(sender):
+            shown = sender.encode("unicode_escape").decode("ascii")[:254]
+            return (
+                f"sender {shown} is not on a verified domain or a verified alias "
+                '(add the domain, or set [policy] sender = "any")'
+            )
+    return None

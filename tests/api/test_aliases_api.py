@@ -1,0 +1,198 @@
+"""/api/v1/aliases (seed 002): a verified domain first, a verification message through the
+normal intake, a single-use expiring link, and the seed's rules (only name / is_default /
+ip_pool change; one default; 404, 409 while queued mail references it, 403 for the only
+verified alias)."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import re
+import time
+from typing import Any
+
+import pytest
+from sqlalchemy import update
+
+from storage.models import AliasToken
+from tests.api.conftest import Api, payload
+from tests.api.resources import call
+from tests.conftest import wait_for_status
+from tests.sink import Sink
+
+pytestmark = pytest.mark.timeout(60)
+ALIASES = "/api/v1/aliases"
+LINK = re.compile(r"http://[^\s]+/api/v1/aliases/verify\?token=([A-Za-z0-9_\-]+)")
+
+
+async def verified_domain(api: Api, domain: str = "yourdomain.test") -> None:
+    admin = await api.key("admin")
+    body = {"domain": domain, "verified": True, "algorithm": "ed25519"}
+    response = await call(api, "POST", "/api/v1/domains", admin, body)
+    assert response.status_code == 201, response.text
+
+
+async def create(api: Api, key: str, **fields: Any) -> dict[str, Any]:
+    body = {"email": "marketing@yourdomain.test", "name": "Your Company Marketing"} | fields
+    response = await call(api, "POST", ALIASES, key, body)
+    assert response.status_code == 201, response.text
+    created: dict[str, Any] = response.json()
+    return created
+
+
+async def link_for(sink: Sink, address: str) -> str:
+    assert await sink.wait_for_async(1)
+    [message] = [m for m in sink.messages if address in m.rcpt_tos]
+    parsed = email.message_from_bytes(message.data, policy=email.policy.default)
+    text = parsed.get_content()  # type: ignore[attr-defined]
+    found = LINK.search(text)
+    assert found, text
+    return found.group(0)
+
+
+async def verify(api: Api, link: str) -> dict[str, Any]:
+    path = link.split("://", 1)[1].split("/", 1)[1]
+    response = await api.http.get("/" + path)
+    assert response.status_code == 200, response.text
+    verified: dict[str, Any] = response.json()
+    return verified
+
+
+async def verified_alias(api: Api, sink: Sink, key: str, address: str, **fields: Any) -> str:
+    sink.messages.clear()
+    created = await create(api, key, email=address, **fields)
+    await verify(api, await link_for(sink, address))
+    return str(created["alias"]["id"])
+
+
+async def test_the_domain_must_be_verified(api: Api) -> None:
+    key = await api.key("aliases")
+    body = {"email": "hello@yourdomain.test"}
+    refused = await call(api, "POST", ALIASES, key, body)
+    assert (refused.status_code, refused.json()["code"]) == (422, "domain_not_verified")
+    domains_key = await api.key("domains")
+    await call(
+        api,
+        "POST",
+        "/api/v1/domains",
+        domains_key,
+        {"domain": "yourdomain.test", "algorithm": "ed25519"},
+    )
+    refused = await call(api, "POST", ALIASES, key, body)
+    assert refused.status_code == 422  # added, not verified yet
+    await verified_domain(api, "other.test")
+    assert (await call(api, "POST", ALIASES, key, {"email": "a@other.test"})).status_code == 201
+
+
+async def test_creation_sends_a_link_that_verifies_once(api: Api, sink: Sink) -> None:
+    await verified_domain(api)
+    key = await api.key("aliases")
+    created = await create(api, key, ip_pool="marketing")
+    alias = created["alias"]
+    assert set(alias) >= {"id", "email", "name", "is_default", "is_verified", "ip_pool"}
+    assert alias["id"].startswith("ali_") and alias["is_verified"] is False
+    assert (alias["email"], alias["ip_pool"]) == ("marketing@yourdomain.test", "marketing")
+    message_id = created["verification_message_id"]
+    await wait_for_status(api.svc, message_id, {"delivered"})  # stored and relayed like any mail
+    got = sink.messages[0]
+    assert got.mail_from == "no-reply@yourdomain.test"
+    link = await link_for(sink, "marketing@yourdomain.test")
+    assert link.startswith(f"http://127.0.0.1:{api.svc.config.http.listen[1]}/")
+
+    verified = await verify(api, link)
+    assert verified["alias"]["is_verified"] is True and verified["alias"]["id"] == alias["id"]
+    again = await api.http.get(link.split(str(api.svc.config.http.listen[1]), 1)[1])
+    assert (again.status_code, again.json()["code"]) == (400, "invalid_token")
+    shown = await call(api, "GET", f"{ALIASES}/{alias['id']}", key)
+    assert shown.json()["alias"]["is_verified"] is True
+    listed = (await call(api, "GET", ALIASES, key)).json()
+    assert listed["success"] is True and [a["id"] for a in listed["aliases"]] == [alias["id"]]
+
+
+async def test_bad_and_expired_tokens(api: Api, sink: Sink) -> None:
+    await verified_domain(api)
+    key = await api.key("aliases")
+    await create(api, key)
+    link = await link_for(sink, "marketing@yourdomain.test")
+    for query in ("", "?token=", "?token=nope", "?token=" + "x" * 300):
+        bad = await api.http.get(ALIASES + "/verify" + query)
+        assert (bad.status_code, bad.json()["code"]) == (400, "invalid_token")
+    table = AliasToken.__table__  # type: ignore[attr-defined]
+    await api.svc.db.transaction(
+        lambda conn: conn.execute(update(table).values(expires_at=time.time() - 1))
+    )
+    expired = await api.http.get("/" + link.split("://", 1)[1].split("/", 1)[1])
+    assert expired.status_code == 400
+
+
+async def test_only_name_is_default_and_ip_pool_change(api: Api) -> None:
+    await verified_domain(api)
+    key = await api.key("aliases")
+    alias_id = (await create(api, key))["alias"]["id"]
+    path = f"{ALIASES}/{alias_id}"
+    changed = await call(
+        api, "PATCH", path, key, {"is_default": True, "ip_pool": "transactional", "name": "X"}
+    )
+    assert changed.status_code == 200
+    assert {k: changed.json()["alias"][k] for k in ("is_default", "ip_pool", "name")} == {
+        "is_default": True, "ip_pool": "transactional", "name": "X",
+    }  # fmt: skip
+    for body in ({"email": "other@yourdomain.test"}, {"is_verified": True}, {"id": "ali_x"}):
+        refused = await call(api, "PATCH", path, key, body)
+        assert refused.status_code == 400 and "only name, is_default and ip_pool" in refused.text
+    for body in ({"name": "a\r\nBcc: x@y"}, {"ip_pool": "a b"}, {"is_default": None}):
+        assert (await call(api, "PATCH", path, key, body)).status_code == 400
+    assert (await call(api, "PATCH", f"{ALIASES}/ali_nope", key, {"name": "x"})).status_code == 404
+
+
+async def test_one_default(api: Api) -> None:
+    await verified_domain(api)
+    key = await api.key("aliases")
+    first = (await create(api, key, email="a@yourdomain.test", is_default=True))["alias"]
+    second = (await create(api, key, email="b@yourdomain.test", is_default=True))["alias"]
+    shown = {
+        a["id"]: a["is_default"] for a in (await call(api, "GET", ALIASES, key)).json()["aliases"]
+    }
+    assert shown == {first["id"]: False, second["id"]: True}
+    await call(api, "PATCH", f"{ALIASES}/{first['id']}", key, {"is_default": True})
+    shown = {
+        a["id"]: a["is_default"] for a in (await call(api, "GET", ALIASES, key)).json()["aliases"]
+    }
+    assert shown == {first["id"]: True, second["id"]: False}
+
+
+async def test_duplicates_and_bad_addresses(api: Api) -> None:
+    await verified_domain(api)
+    key = await api.key("aliases")
+    await create(api, key)
+    twin = await call(api, "POST", ALIASES, key, {"email": "Marketing@YourDomain.test"})
+    assert (twin.status_code, twin.json()["code"]) == (409, "conflict")
+    for address in ("not-an-address", "a\r\n@yourdomain.test", "a@yourdomain.test\x00"):
+        assert (await call(api, "POST", ALIASES, key, {"email": address})).status_code == 400
+
+
+async def test_delete_rules(api: Api, sink: Sink) -> None:
+    await verified_domain(api)
+    key = await api.key("aliases", "send")
+    assert (await call(api, "DELETE", f"{ALIASES}/ali_nope", key)).status_code == 404
+    only = await verified_alias(api, sink, key, "only@yourdomain.test")
+    last = await call(api, "DELETE", f"{ALIASES}/{only}", key)
+    assert (last.status_code, last.json()["code"]) == (403, "last_verified_alias")
+
+    busy = (await create(api, key, email="busy@yourdomain.test"))["alias"]["id"]
+    sink.fail("rcpt", "451 4.3.0 not now")  # the message stays deferred, naming the alias
+    sent = await api.send(payload(alias_id=busy), key=key)
+    assert sent.status_code == 202, sent.text
+    in_use = await call(api, "DELETE", f"{ALIASES}/{busy}", key)
+    assert (in_use.status_code, in_use.json()["code"]) == (409, "alias_in_use")
+
+    spare = (await create(api, key, email="spare@yourdomain.test"))["alias"]["id"]
+    assert (await call(api, "DELETE", f"{ALIASES}/{spare}", key)).json() == {"success": True}
+    assert (await call(api, "GET", f"{ALIASES}/{spare}", key)).status_code == 404
+
+
+async def test_scope_aliases_is_needed(api: Api) -> None:
+    sender = await api.key("send")
+    assert (await call(api, "GET", ALIASES, sender)).status_code == 403
+    assert (await call(api, "POST", ALIASES, sender, {"email": "a@b.test"})).status_code == 403
+    assert (await call(api, "GET", ALIASES, None)).status_code == 401

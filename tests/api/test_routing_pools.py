@@ -1,0 +1,156 @@
+"""SPEC "Routing" end to end, with API-created pools in front of two real sinks — one for
+the transactional group, one requiring AUTH for marketing: by pool id, by alias id, by the
+From of a verified alias, the default; an unknown alias_id refused at both doors; inside a
+group, priority order, failover on a closed port or a 4xx, and a failing pool skipped until
+its cool-down has passed."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from tests.api.conftest import Api, ApiFactory, payload
+from tests.api.resources import POOLS, call, create_pool
+from tests.api.test_aliases_api import verified_alias, verified_domain
+from tests.conftest import free_port, smtp_send, wait_for_status
+from tests.sink import Sink
+
+pytestmark = pytest.mark.timeout(60)
+MKT_LOGIN = ("marketing-user", "mkt-password-1")
+
+
+@dataclass
+class Setup:
+    api: Api
+    key: str
+    transactional: Sink
+    marketing: Sink
+    pools: dict[str, str]  # name -> id
+
+
+@pytest.fixture
+async def setup(api_client: ApiFactory, sink: Sink) -> AsyncIterator[Setup]:
+    marketing = Sink(auth=MKT_LOGIN).start()
+    try:
+        api = await api_client(pools=[])
+        key = await api.key("pools", "send", "aliases", "domains")
+        trans = await create_pool(api, key, sink, name="trans", ip_pool="transactional")
+        mkt = await create_pool(
+            api, key, marketing, name="mkt", ip_pool="marketing",
+            username=MKT_LOGIN[0], password=MKT_LOGIN[1],
+        )  # fmt: skip
+        yield Setup(api, key, sink, marketing, {"trans": trans["id"], "mkt": mkt["id"]})
+    finally:
+        marketing.stop()
+
+
+async def send(setup: Setup, **fields: Any) -> dict[str, Any]:
+    response = await setup.api.send(payload(**fields), key=setup.key)
+    assert response.status_code == 200, response.text
+    row = await wait_for_status(setup.api.svc, response.json()["message_id"], {"delivered"})
+    return row
+
+
+async def test_by_pool_id_and_default(setup: Setup) -> None:
+    row = await send(setup, alias_id=setup.pools["mkt"])
+    assert row["last_pool"] == "mkt" and len(setup.marketing.messages) == 1
+    assert setup.marketing.messages[0].login == MKT_LOGIN[0]  # AUTH with the stored password
+    row = await send(setup)  # no default pool: the transactional group
+    assert row["last_pool"] == "trans" and len(setup.transactional.messages) == 1
+    await call(setup.api, "PATCH", f"{POOLS}/{setup.pools['mkt']}", setup.key, {"is_default": True})
+    row = await send(setup)  # now the default pool
+    assert row["last_pool"] == "mkt" and len(setup.marketing.messages) == 2
+
+
+async def test_by_alias_id_and_by_from(setup: Setup) -> None:
+    api = setup.api
+    await verified_domain(api, "brand.test")
+    alias_id = await verified_alias(
+        api, setup.transactional, setup.key, "news@brand.test", ip_pool="marketing"
+    )
+    row = await send(setup, alias_id=alias_id)
+    assert row["last_pool"] == "mkt"
+    row = await send(setup, from_={"email": "news@brand.test"})  # From = the alias
+    assert row["last_pool"] == "mkt"
+    row = await send(setup, from_={"email": "other@brand.test"})
+    assert row["last_pool"] == "trans"
+    assert len(setup.marketing.messages) == 2
+
+
+async def test_an_unverified_alias_claims_no_mail_by_its_from(setup: Setup) -> None:
+    await verified_domain(setup.api, "brand.test")
+    body = {"email": "promo@brand.test", "ip_pool": "marketing"}
+    assert (await call(setup.api, "POST", "/api/v1/aliases", setup.key, body)).status_code == 201
+    row = await send(setup, from_={"email": "promo@brand.test"})
+    assert row["last_pool"] == "trans"
+
+
+async def test_unknown_alias_id_is_refused_at_both_doors(setup: Setup) -> None:
+    refused = await setup.api.send(payload(alias_id="smtp_nope"), key=setup.key)
+    assert (refused.status_code, refused.json()["code"]) == (400, "unknown_alias")
+    data = (
+        b"From: app@sender.test\r\nTo: rcpt@example.test\r\nSubject: s\r\n"
+        b"X-Postern-Alias-Id: ali_nope\r\n\r\nbody\r\n"
+    )
+    code, text = await smtp_send(
+        setup.api.svc.smtp_port, "app@sender.test", ["rcpt@example.test"], data
+    )
+    assert code == 550 and text.startswith("5.7.1")
+
+
+async def test_smtp_routes_by_the_alias_id_header(setup: Setup) -> None:
+    data = (
+        b"From: app@sender.test\r\nTo: rcpt@example.test\r\nSubject: s\r\n"
+        b"X-Postern-Alias-Id: " + setup.pools["mkt"].encode() + b"\r\n\r\nbody\r\n"
+    )
+    code, _ = await smtp_send(
+        setup.api.svc.smtp_port, "app@sender.test", ["rcpt@example.test"], data
+    )
+    assert code == 250
+    assert await setup.marketing.wait_for_async(1)
+    assert b"X-Postern" not in setup.marketing.messages[0].data
+
+
+async def test_failover_when_the_first_pools_port_is_closed(setup: Setup) -> None:
+    await create_pool(setup.api, setup.key, name="dead", port=free_port(), priority=1)
+    row = await send(setup)
+    assert row["last_pool"] == "trans" and len(setup.transactional.messages) == 1
+
+
+async def test_failover_on_a_4xx_then_priority_order_again(setup: Setup) -> None:
+    first = Sink().start()
+    try:
+        await create_pool(setup.api, setup.key, first, name="first", priority=1)
+        first.fail("mail", "451 4.3.0 busy", times=1)
+        row = await send(setup)
+        assert row["last_pool"] == "trans"  # failed over on the 4xx
+        row = await send(setup)
+        assert row["last_pool"] == "first" and len(first.messages) == 1  # lowest priority first
+    finally:
+        first.stop()
+
+
+async def test_a_failing_pool_is_skipped_until_its_cool_down_passes(setup: Setup) -> None:
+    flaky = Sink().start()
+    try:
+        await create_pool(setup.api, setup.key, flaky, name="flaky", priority=1)
+        flaky.fail("connect", "421 4.3.2 not now")
+        for _ in range(3):  # three failures in a row mark the pool unhealthy
+            assert (await send(setup))["last_pool"] == "trans"
+        assert flaky.connections_total == 3
+        live = next(p for p in setup.api.svc.registry.all() if p.name == "flaky")
+        assert live.unhealthy_until > time.time()
+        assert (await send(setup))["last_pool"] == "trans"
+        assert flaky.connections_total == 3  # skipped: not even a connection
+        flaky.clear()
+        while time.time() < live.unhealthy_until:  # the cool-down (1 s here)
+            await asyncio.sleep(0.05)
+        assert (await send(setup))["last_pool"] == "flaky"  # tried again, and healthy
+        assert live.unhealthy_until == 0.0
+    finally:
+        flaky.stop()

@@ -1,0 +1,100 @@
+"""gateway.probe, the connection test of a pool, against real sinks: each stage's failure
+has its code, and the password never shows in what comes back."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from gateway.probe import ProbeResult, Target, probe
+from tests.conftest import LOOPBACK, free_port
+from tests.sink import Sink
+
+pytestmark = pytest.mark.timeout(30)
+SECRET = "pw-Zq81-never-shown"
+
+
+@pytest.fixture
+def sink(request: pytest.FixtureRequest) -> Iterator[Sink]:
+    options = getattr(request, "param", {})
+    running = Sink(**options).start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+async def run(sink: Sink | None, timeout: float = 2.0, **fields: object) -> ProbeResult:
+    port = sink.port if sink is not None else free_port()
+    target = Target(**{"host": LOOPBACK, "port": port, "encryption": "none", **fields})  # type: ignore[arg-type]
+    return await probe(target, [LOOPBACK], local_hostname="postern.test", timeout=timeout)
+
+
+async def test_plain_success_says_ehlo_and_quit(sink: Sink) -> None:
+    result = await run(sink)
+    assert result.success and result.message == "SMTP connection successful"
+    assert result.error is None and result.code is None and result.latency_ms >= 0
+    verbs = [verb for _, verb in sink.commands]
+    assert verbs[0] == "EHLO" and verbs[-1] == "QUIT" and "MAIL" not in verbs
+
+
+@pytest.mark.parametrize(
+    ("sink", "encryption"),
+    [({"tls": "starttls"}, "tls"), ({"tls": "implicit"}, "ssl")],
+    indirect=["sink"],
+)
+async def test_tls_success_and_certificate_checks(sink: Sink, encryption: str) -> None:
+    assert (await run(sink, encryption=encryption, tls_verify=False)).success
+    checked = await run(sink, encryption=encryption, tls_verify=True)  # self-signed
+    assert (checked.success, checked.code) == (False, "smtp_tls_error")
+    assert "certificate" in (checked.error or "").lower()
+
+
+async def test_starttls_required_but_not_offered(sink: Sink) -> None:
+    result = await run(sink, encryption="tls")
+    assert (result.code, result.message) == ("smtp_tls_error", "SMTP TLS negotiation failed")
+    assert "STARTTLS" in (result.error or "")
+
+
+@pytest.mark.parametrize("sink", [{"auth": ("user", SECRET)}], indirect=True)
+async def test_auth_success_and_failure(sink: Sink) -> None:
+    assert (await run(sink, username="user", password=SECRET)).success
+    assert sink.auth_logins == ["user"]
+    wrong = await run(sink, username="user", password=SECRET + "x")
+    assert (wrong.success, wrong.code) == (False, "smtp_auth_error")
+    assert wrong.message == "SMTP authentication failed" and "535" in (wrong.error or "")
+    assert SECRET not in repr(wrong)
+
+
+async def test_auth_not_offered(sink: Sink) -> None:
+    result = await run(sink, username="user", password=SECRET)
+    assert result.code == "smtp_auth_error" and "AUTH" in (result.error or "")
+
+
+async def test_closed_port_is_a_connection_error() -> None:
+    result = await run(None)
+    assert (result.success, result.code) == (False, "smtp_connection_error")
+    assert result.message == "SMTP connection failed"
+    assert "connect 127.0.0.1:" in (result.error or "")
+
+
+async def test_bad_greeting_is_a_connection_error(sink: Sink) -> None:
+    sink.fail("connect", "554 5.3.2 go away")
+    result = await run(sink)
+    assert result.code == "smtp_connection_error" and "554" in (result.error or "")
+
+
+@pytest.mark.parametrize("stage", ["connect", "ehlo"])
+async def test_silence_is_a_timeout(sink: Sink, stage: str) -> None:
+    sink.hang(stage, seconds=5)  # type: ignore[arg-type]
+    result = await run(sink, timeout=0.5)
+    assert (result.success, result.code) == (False, "timeout")
+    assert result.message == "SMTP server timed out"
+
+
+async def test_the_password_is_scrubbed_from_an_echoing_server(sink: Sink) -> None:
+    sink.fail("connect", f"554 5.7.0 nope {SECRET}")
+    result = await run(sink, username="u", password=SECRET)
+    assert SECRET not in (result.error or "") and "***" in (result.error or "")
+    assert SECRET not in repr(Target(LOOPBACK, 25, "tls", "u", SECRET))
