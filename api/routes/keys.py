@@ -85,10 +85,22 @@ async def show(request: Request) -> Response:
     "Revoke an API key",
     scope=SCOPE,
     parameters=[path_parameter("key_id", "the key's id (key_...)")],
-    responses={200: ("the key, now revoked", KeyResponse), 404: ("no such key", ErrorResponse)},
+    responses={
+        200: ("the key, now revoked", KeyResponse),
+        403: ("the key holds scopes the caller lacks", ErrorResponse),
+        404: ("no such key", ErrorResponse),
+    },
 )
 async def revoke(request: Request) -> Response:
-    ctx, key_id = await _one(request)
+    ctx: ApiContext = request.app.state.api
+    caller = await authenticate(request, ctx.keys, ctx.limiter, SCOPE)
+    key_id = request.path_params["key_id"]
+    target = await get_key(ctx.db, key_id)
+    if target is None:
+        raise errors.NotFound("no such API key")
+    beyond = [scope for scope in target.scopes if not caller.has(scope)]
+    if beyond:  # as for creating: a `keys` key cannot take down a stronger one
+        raise errors.Forbidden(f"a key cannot revoke one with scopes it lacks: {', '.join(beyond)}")
     record = await revoke_key(ctx.db, key_id)
     if record is None:
         raise errors.NotFound("no such API key")

@@ -80,3 +80,14 @@ async def test_keys_routes_need_the_keys_scope_and_unknown_ids_are_404(api: Api)
     admin = await api.key("keys")
     assert (await api.get("/api/v1/keys/key_nope", key=admin)).status_code == 404
     assert (await api.http.delete("/api/v1/keys/key_nope", headers=auth(admin))).status_code == 404
+
+
+async def test_a_keys_key_cannot_revoke_a_stronger_key(api: Api) -> None:
+    keeper = await api.key("keys")
+    admin_id, _ = await api.key_record("admin", name="root")
+    refused = await api.http.delete(f"/api/v1/keys/{admin_id}", headers=auth(keeper))
+    assert refused.status_code == 403 and refused.json()["code"] == "forbidden"
+    weaker_id, _ = await api.key_record("keys", name="peer")
+    assert (
+        await api.http.delete(f"/api/v1/keys/{weaker_id}", headers=auth(keeper))
+    ).status_code == 200
