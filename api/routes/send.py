@@ -34,7 +34,7 @@ from gateway.message import Sender, Submission
 from gateway.message_builder import BuildError, Built, Draft, Mailbox, build, text_problem
 from storage.idempotency import find, save_response
 from storage.keys import ApiKeyRecord
-from storage.messages import message_state
+from storage.messages import MessageState, message_state
 from storage.writer import StorageUnavailable
 
 SANDBOX_HEADERS = ("x-misarmail-sandbox", "x-postern-sandbox")
@@ -205,19 +205,24 @@ async def _outcome(
     if status in ("delivered", "sandbox"):
         return 200, {"success": True, **base}
     if status == "bounced":
-        state = await message_state(ctx.db, accepted.message_id)
-        recipients = state.recipients if state else []
-        rejected = [
-            {"email": r.email, "response": r.response} for r in recipients if r.status == "bounced"
-        ]
-        if any(r.status == "delivered" for r in recipients):
-            return 200, {"success": True, **base, "rejected": rejected}
-        reply = rejected[0]["response"] if rejected else "refused"
-        refusal = errors.UpstreamRejected(
-            f"the upstream refused the message: {reply}", rejected, extra=base
-        )
-        return refusal.status, refusal.body()
+        return _bounced(await message_state(ctx.db, accepted.message_id), base)
     return 202, {"success": False, "queued": True, "message": QUEUED_TEXT, **base}
+
+
+def _bounced(state: MessageState | None, base: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """A bounced message's answer: 200 listing the refused when someone got it, else the
+    upstream's refusal."""
+    recipients = state.recipients if state else []
+    rejected = [
+        {"email": r.email, "response": r.response} for r in recipients if r.status == "bounced"
+    ]
+    if any(r.status == "delivered" for r in recipients):
+        return 200, {"success": True, **base, "rejected": rejected}
+    reply = rejected[0]["response"] if rejected else "refused"
+    refusal = errors.UpstreamRejected(
+        f"the upstream refused the message: {reply}", rejected, extra=base
+    )
+    return refusal.status, refusal.body()
 
 
 async def _replay(
@@ -225,7 +230,11 @@ async def _replay(
 ) -> Response:
     """The first request's answer, marked idempotent; waits for it while it is in flight."""
     response = duplicate.response
-    deadline = time.monotonic() + ctx.handoff_timeout + 2.0
+    first = await message_state(ctx.db, duplicate.message_id) if response is None else None
+    # Wait for the first request's answer only while it can still be coming: not for a
+    # message older than the handoff (its request died, e.g. in a crash).
+    age = time.time() - first.created_at if first else 0.0
+    deadline = time.monotonic() + max(0.0, ctx.handoff_timeout + 2.0 - age)
     while response is None:
         hit = await find(ctx.db, key.id, idempotency_key)
         if hit is None or hit.message_id != duplicate.message_id:
@@ -244,9 +253,13 @@ async def _replay(
             "provider": state.provider if state else "smtp",
             "timestamp": iso(state.created_at if state else time.time()),
         }
-        if not done:
-            body.update(queued=True, message=QUEUED_TEXT)
-        response = {"status": 200 if done else 202, "body": body}
+        if state is not None and state.status == "bounced":
+            status, bounced = _bounced(state, body)
+            response = {"status": status, "body": bounced}
+        else:
+            if not done:
+                body.update(queued=True, message=QUEUED_TEXT)
+            response = {"status": 200 if done else 202, "body": body}
     return JSONResponse({**response["body"], "idempotent": True}, status_code=response["status"])
 
 
