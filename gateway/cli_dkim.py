@@ -16,7 +16,7 @@ from typing import Any
 from gateway import dkim
 from gateway.cli_admin import CommandError, leaf, with_database
 from gateway.config import Config
-from gateway.secrets import SecretBox, SecretError
+from gateway.secrets import SecretBox, SecretError, bind_to_database
 from storage import dkim_keys
 from storage.db import Database
 
@@ -49,6 +49,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
 
 async def _act(db: Database, box: SecretBox, args: argparse.Namespace) -> Any:
     try:
+        await bind_to_database(db, box)
         domain = dkim.normalise_domain(args.domain) if args.domain else None
         if args.action == "generate":
             assert domain is not None
@@ -59,7 +60,7 @@ async def _act(db: Database, box: SecretBox, args: argparse.Namespace) -> Any:
         selector = dkim.normalise_selector(args.selector)
         change = dkim_keys.activate_key if args.action == "activate" else dkim_keys.retire_key
         return _record(await change(db, domain, selector))
-    except (dkim.DkimError, dkim_keys.DkimKeyError) as error:
+    except (dkim.DkimError, dkim_keys.DkimKeyError, SecretError) as error:
         raise CommandError(str(error)) from None
 
 

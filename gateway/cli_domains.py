@@ -18,7 +18,7 @@ from gateway import dkim
 from gateway import domains as sender_domains
 from gateway.cli_admin import CommandError, leaf, with_database
 from gateway.config import Config
-from gateway.secrets import SecretBox, SecretError
+from gateway.secrets import SecretBox, SecretError, bind_to_database
 from storage import domains
 from storage.db import Database
 from storage.domains import DomainRecord
@@ -69,6 +69,10 @@ async def _json(db: Database, record: DomainRecord, hostname: str) -> dict[str, 
 
 
 async def _act(db: Database, box: SecretBox, args: argparse.Namespace, hostname: str) -> Any:
+    try:
+        await bind_to_database(db, box)
+    except SecretError as error:
+        raise CommandError(str(error)) from None
     if args.action == "list":
         return [await _json(db, record, hostname) for record in await domains.list_domains(db)]
     try:

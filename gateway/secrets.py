@@ -32,14 +32,20 @@ from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy import Connection, select
+from sqlalchemy.exc import IntegrityError
 
-from storage.db import prepare_data_dir
+from storage.db import Database, prepare_data_dir
+from storage.models import Meta
 
 ENV_VAR = "POSTERN_SECRET_KEY"
 KEY_FILE = "secret.key"
 KEY_BYTES = 32
 _PREFIX = "pst1"
 _NONCE = 12
+
+_META = Meta.__table__  # type: ignore[attr-defined]
+_KEY_ID = "secret_key_id"
 
 
 class SecretError(Exception):
@@ -202,3 +208,32 @@ def _fsync_dir(directory: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+async def bind_to_database(db: Database, box: SecretBox) -> None:
+    """Refuse a secret key other than the one this database's secrets are sealed with.
+
+    The first process to use a database records its key's id there; a later one with
+    another key (say, `postern dkim generate` run in a shell without the server's
+    POSTERN_SECRET_KEY) is stopped at once, instead of sealing secrets nobody can open.
+    """
+
+    def read(conn: Connection) -> str | None:
+        return conn.execute(select(_META.c.value).where(_META.c.key == _KEY_ID)).scalar()
+
+    def record(conn: Connection) -> str | None:
+        found = read(conn)
+        if found is None:
+            conn.execute(_META.insert().values(key=_KEY_ID, value=box.key_id))
+        return found
+
+    try:
+        found = await db.transaction(record)
+    except IntegrityError:  # another node recorded its key at the same moment
+        found = await db.read(read)
+    if found is not None and found != box.key_id:
+        raise SecretKeyError(
+            f"this database's secrets are sealed with key {found}, but this process has key "
+            f"{box.key_id}: use the same POSTERN_SECRET_KEY (or data_dir/secret.key) as the "
+            "server"
+        )

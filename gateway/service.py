@@ -44,7 +44,7 @@ from gateway.identities import Identities
 from gateway.intake import Intake
 from gateway.pool_secrets import unseal
 from gateway.queue import Queue
-from gateway.secrets import SecretBox, SecretError
+from gateway.secrets import SecretBox, SecretError, bind_to_database
 from gateway.smtp_server import ListenerLimits, PosternHandler
 from gateway.upstream import PoolSettings, SessionSettings
 from storage.db import SchemaError, create_schema, database_url, open_database, prepare_data_dir
@@ -127,6 +127,10 @@ class Service:
             raise StartupError(str(error)) from None
         except (OSError, SQLAlchemyError) as error:
             raise StartupError(f"cannot open the database: {_first_line(error)}") from None
+        try:
+            await bind_to_database(self.db, self.box)
+        except SecretError as error:
+            raise StartupError(str(error)) from None
         self.writer = Writer(self.db)
         self.writer.start()
         delivery_cfg = config.delivery
