@@ -150,6 +150,10 @@ class Delivery:
                     self._in_flight += 1
                     try:
                         await self.deliver(message)
+                    except Exception:  # a bug must cost one message a minute, not a worker
+                        log.exception("delivering %s failed; it is retried in a minute", message.id)
+                        with contextlib.suppress(Exception):
+                            await self._queue.release(message.id, 60.0)
                     finally:
                         self._in_flight -= 1
             finally:

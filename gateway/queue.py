@@ -84,6 +84,11 @@ _RELEASE = (
     .where(M.c.claimed_by == bindparam("node"), M.c.due_at.is_not(None))
     .values(claimed_by=None, due_at=bindparam("now"))
 )
+_RELEASE_ONE = (
+    update(M)
+    .where(M.c.id == bindparam("m_id"), M.c.claimed_by == bindparam("node"))
+    .values(claimed_by=None, due_at=bindparam("due"))
+)
 
 
 _ids = random.Random(secrets.randbits(128))  # seeded once: os.urandom per id costs a syscall
@@ -366,6 +371,11 @@ class Queue:
         """Extend the lease of every message this node holds."""
         until = time.time() + self._lease
         await self._writer.submit(Batch([(_RENEW, {"node": self.node_id, "until": until})]))
+
+    async def release(self, message_id: str, delay: float) -> None:
+        """Give back one message this node holds, due again after `delay` seconds."""
+        params = {"m_id": message_id, "node": self.node_id, "due": time.time() + delay}
+        await self._writer.submit(Batch([(_RELEASE_ONE, params)]))
 
     async def release_claims(self) -> None:
         """Give back every message this node holds so that it is due now (shutdown/start)."""

@@ -36,3 +36,13 @@ async def test_a_lapsed_claim_is_taken_over_and_the_old_holder_cannot_record(
     await node_a.record(AttemptRecord(held, {"r@example.com": DELIVERED}, "late"))
     row = await message_row(backend, held.id)
     assert row.claimed_by == "node-b" and row.status == "queued"
+
+
+async def test_a_released_message_is_claimable_again_after_its_delay(make_queue: MakeQueue) -> None:
+    node_a = await make_queue("node-a", lease=60)
+    node_b = await make_queue("node-b", lease=60)
+    held = await node_a.enqueue(submission("r@example.com"), Route(), claim=True)
+    await node_a.release(held.id, 0.2)
+    assert await node_b.claim_due(10) == []
+    await asyncio.sleep(0.3)
+    assert [m.id for m in await node_b.claim_due(10)] == [held.id]
