@@ -107,7 +107,8 @@ async def with_database(config: Config, work: Callable[[Database], Awaitable[Any
         await db.dispose()
 
 
-def _iso(timestamp: float | None) -> str | None:
+def iso_seconds(timestamp: float | None) -> str | None:
+    """UNIX seconds -> ISO 8601 to the second, UTC (what the CLI prints)."""
     if timestamp is None:
         return None
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
@@ -116,8 +117,8 @@ def _iso(timestamp: float | None) -> str | None:
 def _key(record: Any) -> dict[str, Any]:
     return {
         **record.as_json(),
-        "created_at": _iso(record.created_at),
-        "revoked_at": _iso(record.revoked_at),
+        "created_at": iso_seconds(record.created_at),
+        "revoked_at": iso_seconds(record.revoked_at),
     }
 
 
@@ -151,7 +152,7 @@ async def _keys_revoke(db: Database, args: argparse.Namespace) -> dict[str, Any]
 
 async def _suppressions_add(db: Database, args: argparse.Namespace) -> dict[str, Any]:
     record, created = await add_suppression(db, _email(args.email), args.reason)
-    return {**record.as_json(), "created_at": _iso(record.created_at), "created": created}
+    return {**record.as_json(), "created_at": iso_seconds(record.created_at), "created": created}
 
 
 async def _suppressions_list(db: Database, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -159,7 +160,7 @@ async def _suppressions_list(db: Database, args: argparse.Namespace) -> list[dic
     cursor: str | None = None
     while True:
         page, cursor = await list_suppressions(db, args.reason, 500, cursor)
-        found += [{**r.as_json(), "created_at": _iso(r.created_at)} for r in page]
+        found += [{**r.as_json(), "created_at": iso_seconds(r.created_at)} for r in page]
         if cursor is None or (args.limit and len(found) >= args.limit):
             return found[: args.limit] if args.limit else found
 

@@ -11,12 +11,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-from datetime import UTC, datetime
 from typing import Any
 
 from gateway import dkim
 from gateway import domains as sender_domains
-from gateway.cli_admin import CommandError, leaf, with_database
+from gateway.cli_admin import CommandError, iso_seconds, leaf, with_database
 from gateway.config import Config
 from gateway.secrets import SecretBox, SecretError, bind_to_database
 from storage import domains
@@ -47,19 +46,13 @@ def run(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def _iso(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
-
-
 async def _json(db: Database, record: DomainRecord, hostname: str) -> dict[str, Any]:
     key = await sender_domains.signing_key(db, record.domain)
     return {
         "id": record.id,
         "domain": record.domain,
         "verified": record.is_verified,
-        "created_at": _iso(record.created_at),
+        "created_at": iso_seconds(record.created_at),
         "records": [
             {"purpose": r.purpose, "type": r.type, "name": r.name, "value": r.value,
              "required": r.required}

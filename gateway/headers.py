@@ -83,14 +83,3 @@ def take_control_headers(data: bytes) -> tuple[bytes, dict[str, str]]:
             kept.append(field)
     new_block = b"".join(field + b"\r\n" for field in kept)
     return new_block + rest, controls
-
-
-def header_value(data: bytes, name: bytes) -> str | None:
-    """The unfolded value of the first header field `name` (case-insensitive), or None."""
-    block, _ = split_header(data)
-    wanted = name.lower()
-    for field in header_fields(block):
-        key, colon, value = field.partition(b":")
-        if colon and key.strip().lower() == wanted:
-            return value.replace(b"\r\n", b"").strip().decode("utf-8", "replace")
-    return None

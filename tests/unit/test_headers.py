@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.headers import content_problem, header_value, take_control_headers
+from gateway.headers import content_problem, take_control_headers
 
 CLEAN = (
     b"From: App <app@example.com>\r\n"
@@ -131,29 +131,3 @@ def test_control_header_value_is_decoded_utf8() -> None:
     stripped, controls = take_control_headers(data)
     assert stripped == b"\r\nbody\r\n"
     assert controls == {"tags": "café"}
-
-
-# --- header_value -------------------------------------------------------------------------
-
-
-def test_header_value_first_match_case_insensitive() -> None:
-    data = b"Subject: first\r\nsubject: second\r\nFrom: a@b.c\r\n\r\nSubject: body\r\n"
-    assert header_value(data, b"subject") == "first"
-    assert header_value(data, b"SUBJECT") == "first"
-    assert header_value(data, b"From") == "a@b.c"
-
-
-def test_header_value_unfolds() -> None:
-    data = b"Subject: a long\r\n subject\r\n\tline\r\n\r\nbody\r\n"
-    assert header_value(data, b"Subject") == "a long subject\tline"
-
-
-def test_header_value_missing_or_only_in_body() -> None:
-    assert header_value(CLEAN, b"Cc") is None
-    assert header_value(b"Subject: x\r\n\r\nCc: y\r\n", b"Cc") is None
-    assert header_value(b"\r\nCc: y\r\n", b"Cc") is None  # no header block at all
-
-
-def test_header_value_without_body() -> None:
-    assert header_value(b"Subject: only headers\r\n", b"Subject") == "only headers"
-    assert header_value(b"Subject: no crlf", b"Subject") == "no crlf"
