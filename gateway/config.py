@@ -401,7 +401,7 @@ def _check(config: Config) -> None:
         if pool.username and pool.encryption == "none" and not is_loopback(pool.host):
             raise ConfigError(
                 f"pool {pool.name!r}: AUTH over an unencrypted connection to {pool.host} would "
-                "send the password in clear; use encryption = \"tls\" or \"ssl\""
+                'send the password in clear; use encryption = "tls" or "ssl"'
             )
     url = config.storage.url
     if url and not url.startswith(("postgresql", "sqlite")):

@@ -228,14 +228,22 @@ class Delivery:
                 result.outcome.value,
                 result.describe(),
             )
-        status = await self._record(AttemptRecord(message, results, pool_name))
+        recorded = await self._record(AttemptRecord(message, results, pool_name))
+        if recorded is None:
+            log.warning(
+                "the claim on %s lapsed during its attempt; another node owns it now and this "
+                "attempt's results were not recorded (the message may be sent twice)",
+                message.id,
+            )
+            metrics.POSSIBLE_DUPLICATES.inc()
+        status = recorded or "deferred"
         _count(results, pool_name or "none")
         waiter = self._waiters.pop(message.id, None)
         if waiter is not None and not waiter.done():
             waiter.set_result(status)
         return status
 
-    async def _record(self, attempt: AttemptRecord) -> str:
+    async def _record(self, attempt: AttemptRecord) -> str | None:
         """Store the outcome, retrying: the upstream has answered, and forgetting that answer
         would send the message again. The claim stays renewed meanwhile."""
         pause = 0.2

@@ -63,6 +63,7 @@ class DeliveryResult:
     code: int | None = None
     enhanced: str | None = None
     text: str = ""
+    complaint: bool = False  # delivered, then reported as spam (the simulator's complained@)
 
     @property
     def hard_bounce(self) -> bool:

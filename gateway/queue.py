@@ -30,25 +30,28 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from gateway import events
 from gateway.addresses import normalise
 from gateway.message import DeliveryResult, Outcome, QueuedMessage, Route, Submission
 from gateway.suppressions import SuppressionCache
 from storage import idempotency
 from storage.db import Database
 from storage.messages import INSERT_META, meta_row
-from storage.models import Message, MessageBody, Recipient, Suppression
+from storage.models import Message, MessageBody, MessageTag, Recipient, Suppression
 from storage.writer import Batch, Writer
 
 M = Message.__table__  # type: ignore[attr-defined]
 B = MessageBody.__table__  # type: ignore[attr-defined]
 R = Recipient.__table__  # type: ignore[attr-defined]
 S = Suppression.__table__  # type: ignore[attr-defined]
+T = MessageTag.__table__  # type: ignore[attr-defined]
 
 ACTIVE_STATES = ("queued", "deferred")
 
 _INSERT_MESSAGE = insert(M)
 _INSERT_BODY = insert(B)
 _INSERT_RECIPIENT = insert(R)
+_INSERT_TAG = insert(T)
 _UPDATE_RECIPIENT = (
     update(R)
     .where(R.c.message_id == bindparam("m_id"), R.c.email == bindparam("m_email"))
@@ -205,6 +208,18 @@ class Queue:
             ],
         )
         self._add_extras(batch, submission, message_id, now)
+        status = "sandbox" if sandbox else "queued"
+        batch.add(
+            events.INSERT_EVENT,
+            [
+                events.row(events.SANDBOX if sandbox else events.QUEUED, message_id, status, now, r)
+                for r in submission.recipients
+            ]
+            + [
+                events.row(events.SUPPRESSED, message_id, status, now, r, response="suppressed")
+                for r in submission.suppressed
+            ],
+        )
         key = submission.idempotency_key
         if key is None:
             await self._writer.submit(batch)
@@ -238,6 +253,9 @@ class Queue:
         )
         if meta is not None:
             batch.add(INSERT_META, meta)
+        if submission.tags:
+            tags = sorted(set(submission.tags))
+            batch.add(_INSERT_TAG, [{"message_id": message_id, "tag": tag} for tag in tags])
         batch.add(
             _INSERT_RECIPIENT,
             [
@@ -309,21 +327,68 @@ class Queue:
             for row in rows
         ]
 
-    async def record(self, attempt: AttemptRecord) -> str:
-        """Store one attempt's results in one transaction; return the message's new status."""
+    async def record(self, attempt: AttemptRecord) -> str | None:
+        """Store one attempt's results and their events in one transaction.
+
+        Returns the message's new status, or None when this node no longer holds the claim
+        (its lease lapsed and another node took the message over): then nothing is stored,
+        as the new holder's attempt is the one that counts.
+        """
         now = time.time()
         message = attempt.message
         results = dict(attempt.results)
+        expired: set[str] = set()
         retry_at: float | None = None
         if any(r.outcome is Outcome.DEFERRED for r in results.values()):
             retry_at = next_attempt(
                 message.attempts + 1, message.created_at, now, self._schedule, self._max_age
             )
             if retry_at is None:
+                expired = {rcpt for rcpt, r in results.items() if r.outcome is Outcome.DEFERRED}
                 results = {rcpt: _expire(r) for rcpt, r in results.items()}
         status = message_status(results.values(), retry_at, message.any_bounced)
-        batch = Batch()
-        batch.add(
+        suppress = [
+            (normalise(rcpt), "complaint" if result.complaint else "bounced")
+            for rcpt, result in results.items()
+            if result.hard_bounce or result.complaint
+        ]
+        stored = await self._writer.submit(
+            lambda conn: self._record(
+                conn, attempt, results, expired, status, retry_at, suppress, now
+            )
+        )
+        if stored:
+            self.suppressions.add([email for email, _ in suppress])
+            return status
+        return None
+
+    def _record(
+        self,
+        conn: Connection,
+        attempt: AttemptRecord,
+        results: dict[str, DeliveryResult],
+        expired: set[str],
+        status: str,
+        retry_at: float | None,
+        suppress: list[tuple[str, str]],
+        now: float,
+    ) -> bool:
+        message = attempt.message
+        claimed = conn.execute(
+            _UPDATE_MESSAGE,
+            {
+                "m_id": message.id,
+                "node": self.node_id,
+                "status": status,
+                "due": retry_at,
+                "pool": attempt.pool,
+                "response": _summary(results),
+                "now": now,
+            },
+        )
+        if claimed.rowcount == 0:
+            return False
+        conn.execute(
             _UPDATE_RECIPIENT,
             [
                 {
@@ -337,31 +402,50 @@ class Queue:
                 for rcpt, result in results.items()
             ],
         )
-        batch.add(
-            _UPDATE_MESSAGE,
-            {
-                "m_id": message.id,
-                "node": self.node_id,
-                "status": status,
-                "due": retry_at,
-                "pool": attempt.pool,
-                "response": _summary(results),
-                "now": now,
-            },
-        )
+        number = message.attempts + 1
+        rows = [
+            events.row(
+                events.result_type(result, rcpt in expired),
+                message.id,
+                status,
+                now,
+                rcpt,
+                pool=attempt.pool,
+                result=result,
+                attempt=number,
+            )
+            for rcpt, result in results.items()
+        ]
+        rows += [
+            events.row(
+                events.COMPLAINT,
+                message.id,
+                status,
+                now,
+                rcpt,
+                pool=attempt.pool,
+                attempt=number,
+                response="the recipient reported the message as spam",
+            )
+            for rcpt, result in results.items()
+            if result.complaint
+        ]
+        conn.execute(events.INSERT_EVENT, rows)
         if retry_at is None:
-            batch.add(_DELETE_BODY, {"m_id": message.id})
-        bounced = [rcpt for rcpt, result in results.items() if result.hard_bounce]
-        batch.add(
-            self._suppress,
-            [
-                {"email": normalise(rcpt), "reason": "bounced", "created_at": now}
-                for rcpt in bounced
-            ],
+            conn.execute(_DELETE_BODY, {"m_id": message.id})
+        if suppress:
+            conn.execute(
+                self._suppress,
+                [{"email": email, "reason": why, "created_at": now} for email, why in suppress],
+            )
+        return True
+
+    async def note_throttled(self, message_id: str, status: str, pool: str, reason: str) -> None:
+        """Record that a pool slowed down (a 421 / 4.7.x) while delivering this message."""
+        row = events.row(
+            events.THROTTLED, message_id, status, time.time(), pool=pool, response=reason[:1000]
         )
-        await self._writer.submit(batch)
-        self.suppressions.add(bounced)
-        return status
+        await self._writer.submit(Batch([(events.INSERT_EVENT, row)]))
 
     @property
     def lease(self) -> float:
@@ -380,6 +464,84 @@ class Queue:
     async def release_claims(self) -> None:
         """Give back every message this node holds so that it is due now (shutdown/start)."""
         await self._writer.submit(Batch([(_RELEASE, {"node": self.node_id, "now": time.time()})]))
+
+    # --- operator actions -------------------------------------------------------------
+
+    async def retry(self, message_ids: Sequence[str]) -> list[str]:
+        """Make these messages due now (those with work left that no worker holds)."""
+        return list(await self._writer.submit(lambda conn: self._retry(conn, message_ids)))
+
+    def _retry(self, conn: Connection, message_ids: Sequence[str]) -> list[str]:
+        now = time.time()
+        rows = conn.execute(
+            update(M)
+            .where(M.c.id.in_(list(message_ids)), M.c.due_at.is_not(None), _free(now))
+            .values(due_at=now, claimed_by=None)
+            .returning(M.c.id)
+        )
+        return [row.id for row in rows]
+
+    async def cancel(self, message_ids: Sequence[str]) -> Cancelled:
+        """Stop these messages: their pending recipients become `cancelled` (with an event
+        each) and the bodies go. A message a worker is delivering right now is left alone
+        and reported as busy: cancelling it could not take back what it is sending."""
+        cancelled: Cancelled = await self._writer.submit(
+            lambda conn: self._cancel(conn, message_ids)
+        )
+        return cancelled
+
+    def _cancel(self, conn: Connection, message_ids: Sequence[str]) -> Cancelled:
+        now = time.time()
+        active = select(M.c.id, M.c.claimed_by, M.c.due_at).where(
+            M.c.id.in_(list(message_ids)), M.c.due_at.is_not(None)
+        )
+        if not self._db.is_sqlite:
+            active = active.with_for_update()
+        free: list[str] = []
+        busy: list[str] = []
+        for row in conn.execute(active):
+            lapsed = row.claimed_by is None or row.due_at <= now
+            (free if lapsed else busy).append(row.id)
+        if not free:
+            return Cancelled([], busy)
+        pending = conn.execute(
+            select(R.c.message_id, R.c.email)
+            .where(R.c.message_id.in_(free), R.c.status == "pending")
+            .order_by(R.c.id)
+        ).all()
+        conn.execute(
+            update(M)
+            .where(M.c.id.in_(free))
+            .values(
+                status="cancelled",
+                due_at=None,
+                claimed_by=None,
+                last_response="cancelled by an operator",
+                updated_at=now,
+            )
+        )
+        conn.execute(
+            update(R)
+            .where(R.c.message_id.in_(free), R.c.status == "pending")
+            .values(status="cancelled", response="cancelled by an operator", updated_at=now)
+        )
+        if pending:
+            conn.execute(
+                events.INSERT_EVENT,
+                [
+                    events.row(
+                        events.CANCELLED,
+                        m_id,
+                        "cancelled",
+                        now,
+                        email,
+                        response="cancelled by an operator",
+                    )
+                    for m_id, email in pending
+                ],
+            )
+        conn.execute(delete(B).where(B.c.message_id.in_(free)))
+        return Cancelled(free, busy)
 
     # --- reads ------------------------------------------------------------------------
 
@@ -402,6 +564,17 @@ class Queue:
 
     async def ping(self) -> None:
         await self._db.read(lambda conn: conn.execute(text("SELECT 1")))
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    cancelled: list[str]
+    busy: list[str]  # being delivered right now: not cancelled
+
+
+def _free(now: float) -> Any:
+    """No worker holds the message, or its holder's lease has lapsed."""
+    return M.c.claimed_by.is_(None) | (M.c.due_at <= now)
 
 
 def message_status(results: Any, retry_at: float | None, any_bounced: bool = False) -> str:

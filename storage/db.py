@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event, select, text
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlmodel import SQLModel
 
@@ -137,6 +137,30 @@ def _create_schema(conn: Connection) -> None:
             f"the database has schema version {version}, newer than this Postern's "
             f"{SCHEMA_VERSION}; upgrade Postern"
         )
+    elif int(version) < SCHEMA_VERSION:
+        _upgrade(conn)
+        conn.execute(
+            meta.update().where(meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION))
+        )
+
+
+# Columns added to tables that existed before: (table, column, DDL type and default).
+_ADDED_COLUMNS = (
+    ("smtp_pool", "rate", "VARCHAR NOT NULL DEFAULT ''"),
+    ("smtp_pool", "daily_limit", "INTEGER NOT NULL DEFAULT 0"),
+)
+
+
+def _upgrade(conn: Connection) -> None:
+    """Bring an older schema up to date: new columns and the indexes of existing tables
+    (create_all creates whole missing tables, but not what an existing one lacks)."""
+    inspector = inspect(conn)
+    for name, column, ddl in _ADDED_COLUMNS:
+        if column not in {c["name"] for c in inspector.get_columns(name)}:
+            conn.execute(text(f"ALTER TABLE {name} ADD COLUMN {column} {ddl}"))
+    for table in SQLModel.metadata.sorted_tables:
+        for index in table.indexes:
+            index.create(conn, checkfirst=True)
 
 
 async def create_schema(db: Database) -> None:

@@ -7,10 +7,13 @@ Bodies live in their own table so that scans of `message` never drag them along.
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Index, LargeBinary, Text, text
+from sqlalchemy import BigInteger, Column, Index, Integer, LargeBinary, Text, text
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+# A 64-bit key on PostgreSQL; on SQLite exactly INTEGER, so that it is the rowid.
+BIG_ID = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class Message(SQLModel, table=True):
@@ -31,6 +34,10 @@ class Message(SQLModel, table=True):
             postgresql_where=text("due_at IS NOT NULL"),
         ),
         Index("ix_message_status_created", "status", "created_at"),
+        # Queue search (GET /v1/messages): each filter has an index to start from.
+        Index("ix_message_created", "created_at"),
+        Index("ix_message_from", "mail_from", "created_at"),
+        Index("ix_message_last_pool", "last_pool", "created_at"),
     )
 
     id: str = Field(primary_key=True, max_length=64)
@@ -59,7 +66,10 @@ class MessageBody(SQLModel, table=True):
 
 class Recipient(SQLModel, table=True):
     __tablename__ = "recipient"
-    __table_args__ = (Index("ix_recipient_message", "message_id"),)
+    __table_args__ = (
+        Index("ix_recipient_message", "message_id"),
+        Index("ix_recipient_email", "email"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     message_id: str = Field(max_length=64)
@@ -143,6 +153,8 @@ class Pool(SQLModel, table=True):
     from_email: str = ""
     tls_verify: bool = True  # False only for internal relays with self-signed certificates
     source: str = "api"  # config | api
+    rate: str = ""  # "100/min", "14/s": sends per rolling window across nodes; "" = none
+    daily_limit: int = 0  # sends per UTC day across nodes; 0 = none
     created_at: float
 
 
@@ -229,3 +241,125 @@ class AliasToken(SQLModel, table=True):
     alias_id: str = Field(max_length=64)
     expires_at: float
     used_at: float | None = None
+
+
+class MessageTag(SQLModel, table=True):
+    """One row per tag of a message, so that a search by tag reads an index."""
+
+    __tablename__ = "message_tag"
+    __table_args__ = (Index("ix_message_tag_tag", "tag", "message_id"),)
+
+    message_id: str = Field(primary_key=True, max_length=64)
+    tag: str = Field(primary_key=True, max_length=128)
+
+
+class Event(SQLModel, table=True):
+    """The outbox: one row per message state change or per-recipient result.
+
+    Written in the transaction of the change itself (gateway.queue), so a change and its
+    event exist together or not at all. `pending` marks events not yet handed to the
+    webhooks; the dispatcher clears it in the transaction that queues their deliveries.
+    """
+
+    __tablename__ = "event"
+    __table_args__ = (
+        Index("ix_event_message", "message_id", "id"),
+        Index("ix_event_created", "created_at"),
+        Index(
+            "ix_event_pending",
+            "id",
+            sqlite_where=text("pending"),
+            postgresql_where=text("pending"),
+        ),
+        {"sqlite_autoincrement": True},  # ids are never reused: receivers de-duplicate by id
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(BIG_ID, primary_key=True))
+    type: str = Field(max_length=16)  # see gateway.events.TYPES
+    message_id: str = Field(max_length=64)
+    recipient: str | None = None  # None for a message-level event (throttled)
+    pool: str | None = Field(default=None, max_length=128)
+    code: int | None = None  # the upstream's reply
+    enhanced: str | None = Field(default=None, max_length=16)
+    response: str | None = None
+    attempt: int = 0  # the attempt that produced it; 0 at intake
+    message_status: str = Field(max_length=16)  # the message's status after the change
+    created_at: float
+    pending: bool = True
+
+
+class Webhook(SQLModel, table=True):
+    __tablename__ = "webhook"
+
+    id: str = Field(primary_key=True, max_length=64)
+    url: str
+    event_types: str = ""  # space-separated; "" = every type
+    final_only: bool = False
+    secret_enc: str  # encrypted signing secret (it must be readable to sign)
+    description: str = ""
+    is_active: bool = True
+    created_at: float
+    updated_at: float
+    # Sending state, shared by the nodes: who sends for it now, when it may next try.
+    claimed_by: str | None = Field(default=None, max_length=64)
+    claimed_until: float | None = None
+    next_attempt_at: float = 0.0
+    failures: int = 0  # consecutive failed attempts
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """An event owed to one webhook; deleted once the receiver has taken it."""
+
+    __tablename__ = "webhook_delivery"
+    __table_args__ = (
+        Index("ix_webhook_delivery_order", "webhook_id", "id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(BIG_ID, primary_key=True))
+    webhook_id: str = Field(max_length=64)
+    event_id: int = Field(sa_column=Column(BigInteger, nullable=False))
+    created_at: float
+
+
+class WebhookAttempt(SQLModel, table=True):
+    """One POST to a webhook and how it went (GET /api/v1/webhooks/{id}/deliveries)."""
+
+    __tablename__ = "webhook_attempt"
+    __table_args__ = (
+        Index("ix_webhook_attempt_webhook", "webhook_id", "id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(BIG_ID, primary_key=True))
+    webhook_id: str = Field(max_length=64)
+    at: float
+    events: int  # how many events the POST carried
+    status_code: int | None = None  # None: no HTTP answer (refused, timeout)
+    error: str = ""
+    duration_ms: float = 0.0
+    outcome: str = Field(max_length=16)  # delivered | failed | dropped
+
+
+class PoolSend(SQLModel, table=True):
+    """A send through a rate-limited pool, for the rolling-window count shared by nodes."""
+
+    __tablename__ = "pool_send"
+    __table_args__ = (
+        Index("ix_pool_send_pool_at", "pool_id", "at"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(BIG_ID, primary_key=True))
+    pool_id: str = Field(max_length=64)
+    at: float
+
+
+class PoolDay(SQLModel, table=True):
+    """Sends through a pool on one UTC day, for `daily_limit`."""
+
+    __tablename__ = "pool_day"
+
+    pool_id: str = Field(primary_key=True, max_length=64)
+    day: str = Field(primary_key=True, max_length=10)  # YYYY-MM-DD
+    count: int = 0
