@@ -13,8 +13,9 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 
-from gateway import metrics
+from gateway import metrics, simulator
 from gateway.direct import DIRECT, DirectRoutes
 from gateway.message import DeliveryResult, Outcome, QueuedMessage
 from gateway.queue import AttemptRecord, Queue
@@ -214,7 +215,7 @@ class Delivery:
 
     async def deliver(self, message: QueuedMessage) -> str:
         try:
-            results, pool_name = await self._attempt(message)
+            results, pool_name = await self._attempt_all(message)
         except Exception as error:  # nobody classified it: defer, never lose or spin
             log.exception("delivery attempt of %s failed", message.id)
             reason = deferred(f"internal error ({error.__class__.__name__}); will retry", "4.3.0")
@@ -257,6 +258,20 @@ class Delivery:
                 log.warning("recording %s failed (%s); retrying", attempt.message.id, error)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 5.0)
+
+    async def _attempt_all(
+        self, message: QueuedMessage
+    ) -> tuple[dict[str, DeliveryResult], str | None]:
+        """Simulator recipients get their scripted result; the rest go upstream."""
+        simulated = [rcpt for rcpt in message.recipients if simulator.handles(rcpt)]
+        if not simulated:
+            return await self._attempt(message)
+        results = {rcpt: simulator.outcome(rcpt, message.attempts) for rcpt in simulated}
+        real = [rcpt for rcpt in message.recipients if rcpt not in results]
+        if not real:
+            return results, simulator.POOL
+        upstream, pool_name = await self._attempt(replace(message, recipients=real))
+        return {**results, **upstream}, pool_name
 
     async def _attempt(
         self, message: QueuedMessage
