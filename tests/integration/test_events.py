@@ -13,6 +13,7 @@ import pytest
 
 from tests.conftest import (
     ServiceFactory,
+    has_body,
     message_row,
     query,
     recipient_rows,
@@ -175,3 +176,20 @@ async def test_a_message_to_the_simulator_and_a_real_recipient_splits(
     assert recipients[f"bounced@{SIM}"]["status"] == "bounced"
     assert recipients["real@example.test"]["status"] == "delivered"
     assert [m.rcpt_tos for m in sink.messages] == [["real@example.test"]]
+
+
+@pytest.mark.parametrize("stage", ["data", "eom"])
+async def test_max_age_holds_while_the_upstream_hangs_mid_data(
+    service: ServiceFactory, sink: Sink, stage: str
+) -> None:
+    """An upstream that goes silent mid-DATA costs one command_timeout per attempt; the
+    message still expires at max_age (with its events), it is never stuck in flight."""
+    sink.hang(stage, seconds=30)  # type: ignore[arg-type]
+    svc = await service(
+        delivery={"max_age": "3s", "retry_schedule": ["1s"], "command_timeout": "1s"}
+    )
+    message_id = queued_id(await smtp_send(svc.smtp_port, SENDER, ["x@example.test"], message()))
+    await wait_for_status(svc, message_id, "bounced", timeout=20)
+    found = await assert_consistent(svc, message_id)
+    assert found[-1]["type"] == "expired"
+    assert not await has_body(svc, message_id)
