@@ -37,6 +37,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import cast
 
+from webhook_sink import WebhookSink, subscribe  # bench/ is on sys.path when run as a script
+
 HOST = "127.0.0.1"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MP = mp.get_context("spawn")
@@ -574,6 +576,7 @@ class Case:
     timeout: float
     keep: bool
     dkim: str | None = None
+    webhook: bool = False  # every event also POSTed to a webhook receiver on loopback
 
 
 @dataclass
@@ -617,7 +620,23 @@ def run_case(case: Case) -> Result:
                 )
                 stack.callback(postern.stop)
                 postern.wait_ready(deadline)
+                hooks = None
+                if case.webhook:
+                    hooks = WebhookSink()
+                    stack.callback(hooks.close)
+                    cli = [*case.postern_cmd[:-1]]  # "... gateway.cli serve" -> "... gateway.cli"
+                    subscribe(cli, tmp / "postern.toml", postern.http_port, hooks.url)
                 measured = measure(case, sink, postern.smtp_port, postern.proc.pid, deadline)
+                if hooks is not None:
+                    # queued + delivered for each message: wait until the receiver has them
+                    wanted = 2 * sum(1 for item in measured.sent if item[3] == 250)
+                    started = time.monotonic()
+                    got = hooks.wait_for(wanted, deadline)
+                    print(
+                        f"webhook events received={got} of {wanted}, the last"
+                        f" {time.monotonic() - started:.1f}s after the last delivery",
+                        file=sys.stderr,
+                    )
     finally:
         if case.keep:
             print(f"kept {tmp}", file=sys.stderr)
@@ -749,6 +768,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--dkim", choices=["rsa", "ed25519"], help="DKIM-sign every message with such a key"
     )
+    parser.add_argument(
+        "--webhook", action="store_true", help="POST every event to a receiver on loopback"
+    )
     args = parser.parse_args(argv)
     if min(args.messages, args.clients, args.size, args.upstream_connections) < 1:
         parser.error("--messages, --clients, --size and --upstream-connections must be >= 1")
@@ -767,6 +789,7 @@ def cases(args: argparse.Namespace) -> list[Case]:
         timeout=args.timeout,
         keep=args.keep,
         dkim=args.dkim,
+        webhook=args.webhook,
     )
     if not args.matrix:
         return [base]

@@ -1,0 +1,277 @@
+"""/api/v1/webhooks: signed event webhooks (scope `webhooks`).
+
+The signing secret is in the creation response and nowhere else: it is stored encrypted,
+bound to the webhook's id (gateway.webhook_signing). URLs pass the pool hosts' SSRF guard at
+create and PATCH (and the sender checks again before every POST).
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from api import errors
+from api.auth import authenticate
+from api.context import ApiContext, iso
+from api.openapi import operation, path_parameter, query_parameter
+from api.schemas import ErrorResponse, Ok, parse
+from api.webhook_schemas import (
+    AttemptList,
+    CreatedWebhookResponse,
+    ReplayRequest,
+    ReplayResponse,
+    WebhookCreate,
+    WebhookList,
+    WebhookResponse,
+    WebhookUpdate,
+)
+from gateway import events, webhook_urls
+from gateway.hostguard import HostRefused
+from gateway.message_builder import text_problem
+from gateway.webhook_signing import new_secret, seal
+from storage import webhooks as store
+from storage.webhooks import WebhookRecord
+
+SCOPE = "webhooks"
+PREFIX = "/api/v1/webhooks"
+MAX_ATTEMPTS = 1000
+_ID = [path_parameter("webhook_id", "the webhook's id (wh_...)")]
+_NOT_FOUND = ("no such webhook", ErrorResponse)
+_URL = ("a bad field, or a URL in a denied network (host_not_allowed)", ErrorResponse)
+
+
+def webhook_json(record: WebhookRecord) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "url": record.url,
+        "event_types": list(record.event_types) or None,
+        "final_only": record.final_only,
+        "description": record.description,
+        "is_active": record.is_active,
+        "created_at": iso(record.created_at),
+        "updated_at": iso(record.updated_at),
+        "failures": record.failures,
+        "next_attempt_at": iso(record.next_attempt_at) if record.next_attempt_at else None,
+    }
+
+
+def _bad(field: str, message: str) -> errors.InvalidRequest:
+    return errors.InvalidRequest(f"{field}: {message}", [{"field": field, "message": message}])
+
+
+async def _caller(request: Request) -> ApiContext:
+    ctx: ApiContext = request.app.state.api
+    await authenticate(request, ctx.keys, ctx.limiter, SCOPE)
+    return ctx
+
+
+async def _check(ctx: ApiContext, values: dict[str, Any]) -> None:
+    """Checks beyond the schema: the URL (syntax and SSRF guard), the description."""
+    url = values.get("url")
+    if url is not None:
+        try:
+            await webhook_urls.check(ctx.management().guard, url)
+        except webhook_urls.BadUrl as error:
+            raise _bad("url", str(error)) from None
+        except HostRefused as error:
+            raise errors.HostNotAllowed(
+                f"url: {error}", [{"field": "url", "message": str(error)}]
+            ) from None
+    types, final_only = values.get("event_types"), values.get("final_only")
+    if final_only and types and not set(types) & events.FINAL:
+        raise _bad("event_types", "none is a final outcome: final_only would receive nothing")
+    description = values.get("description")
+    problem = text_problem(description, header=True) if description else None
+    if problem:
+        raise _bad("description", problem)
+
+
+async def _get(ctx: ApiContext, request: Request) -> WebhookRecord:
+    record = await store.get_webhook(ctx.db, request.path_params["webhook_id"])
+    if record is None:
+        raise errors.NotFound("no such webhook")
+    return record
+
+
+@operation("List webhooks", scope=SCOPE, responses={200: ("every webhook", WebhookList)})
+async def list_all(request: Request) -> Response:
+    ctx = await _caller(request)
+    records = await store.list_webhooks(ctx.db)
+    return JSONResponse({"success": True, "webhooks": [webhook_json(r) for r in records]})
+
+
+@operation(
+    "Create a webhook",
+    scope=SCOPE,
+    request=WebhookCreate,
+    responses={
+        201: ("the webhook, with its secret (shown this once)", CreatedWebhookResponse),
+        400: _URL,
+    },
+)
+async def create(request: Request) -> Response:
+    ctx = await _caller(request)
+    body = parse(WebhookCreate, await request.body())
+    values = body.model_dump()
+    await _check(ctx, values)
+    box = ctx.management().box
+    secret = new_secret()
+    record = await store.create_webhook(
+        ctx.db, values, lambda webhook_id: seal(box, webhook_id, secret)
+    )
+    answer = {**webhook_json(record), "secret": secret}
+    return JSONResponse({"success": True, "webhook": answer}, status_code=201)
+
+
+@operation(
+    "Get a webhook",
+    scope=SCOPE,
+    parameters=_ID,
+    responses={200: ("the webhook (never its secret)", WebhookResponse), 404: _NOT_FOUND},
+)
+async def show(request: Request) -> Response:
+    ctx = await _caller(request)
+    return JSONResponse({"success": True, "webhook": webhook_json(await _get(ctx, request))})
+
+
+@operation(
+    "Change a webhook",
+    scope=SCOPE,
+    request=WebhookUpdate,
+    parameters=_ID,
+    responses={200: ("the webhook", WebhookResponse), 400: _URL, 404: _NOT_FOUND},
+)
+async def change(request: Request) -> Response:
+    ctx = await _caller(request)
+    body = parse(WebhookUpdate, await request.body())
+    given = body.model_fields_set
+    nulls = [n for n in given if getattr(body, n) is None and n != "event_types"]
+    if nulls:
+        raise _bad(nulls[0], "may not be null")
+    changes = {name: getattr(body, name) for name in given}
+    current = await _get(ctx, request)
+    await _check(
+        ctx,
+        {
+            "event_types": current.event_types,
+            "final_only": current.final_only,
+            **changes,
+        },
+    )
+    record = await store.update_webhook(ctx.db, request.path_params["webhook_id"], changes)
+    if record is None:
+        raise errors.NotFound("no such webhook")
+    return JSONResponse({"success": True, "webhook": webhook_json(record)})
+
+
+@operation(
+    "Delete a webhook",
+    scope=SCOPE,
+    parameters=_ID,
+    description="Also drops the events still owed to it.",
+    responses={200: ("deleted", Ok), 404: _NOT_FOUND},
+)
+async def remove(request: Request) -> Response:
+    ctx = await _caller(request)
+    if not await store.delete_webhook(ctx.db, request.path_params["webhook_id"]):
+        raise errors.NotFound("no such webhook")
+    return JSONResponse({"success": True})
+
+
+def parse_since(value: Any) -> float:
+    """ISO 8601 (no zone = UTC) or UNIX seconds -> UNIX seconds; InvalidRequest otherwise."""
+    seconds: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and value.strip():
+        text = value.strip()
+        try:
+            seconds = float(text)
+        except ValueError:
+            try:
+                moment = datetime.fromisoformat(text)
+            except ValueError:
+                raise _bad("since", "an ISO 8601 time or UNIX seconds") from None
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=UTC)
+            seconds = moment.timestamp()
+    if seconds is None or not math.isfinite(seconds) or not 0 <= seconds < 253_402_300_800:
+        raise _bad("since", "an ISO 8601 time or UNIX seconds, from 1970 to 9999")
+    return seconds
+
+
+@operation(
+    "Replay events to a webhook",
+    scope=SCOPE,
+    request=ReplayRequest,
+    parameters=_ID,
+    description=(
+        "Queues the webhook every stored event it wants since `since` again, oldest first "
+        f"(at most {store.REPLAY_LIMIT:,}; `truncated` says the limit was reached). They "
+        "keep their ids, so a receiver that de-duplicates by id sees no repeats."
+    ),
+    responses={202: ("queued", ReplayResponse), 404: _NOT_FOUND},
+)
+async def replay(request: Request) -> Response:
+    ctx = await _caller(request)
+    body = parse(ReplayRequest, await request.body())
+    since = parse_since(body.since)
+    record = await _get(ctx, request)
+    types = store.wanted_types(record.event_types, record.final_only, events.FINAL)
+    queued = await store.replay(ctx.db, record.id, since, types)
+    if queued is None:
+        raise errors.NotFound("no such webhook")
+    truncated = queued >= store.REPLAY_LIMIT
+    return JSONResponse(
+        {"success": True, "queued": queued, "truncated": truncated}, status_code=202
+    )
+
+
+@operation(
+    "List a webhook's recent deliveries",
+    scope=SCOPE,
+    parameters=[
+        *_ID,
+        query_parameter("limit", f"how many, 1 to {MAX_ATTEMPTS} (default 50)", "integer"),
+    ],
+    responses={200: ("its latest POSTs, newest first", AttemptList), 404: _NOT_FOUND},
+)
+async def deliveries(request: Request) -> Response:
+    ctx = await _caller(request)
+    raw = request.query_params.get("limit", "50")
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_ATTEMPTS:
+        raise _bad("limit", f"1 to {MAX_ATTEMPTS}")
+    record = await _get(ctx, request)
+    rows = await store.attempts(ctx.db, record.id, int(raw))
+    return JSONResponse(
+        {
+            "success": True,
+            "deliveries": [
+                {
+                    "at": iso(row.at),
+                    "status_code": row.status_code,
+                    "error": row.error,
+                    "events": row.events,
+                    "duration_ms": row.duration_ms,
+                    "outcome": row.outcome,
+                }
+                for row in rows
+            ],
+        }
+    )
+
+
+routes = [
+    Route(PREFIX, list_all, methods=["GET"]),
+    Route(PREFIX, create, methods=["POST"]),
+    Route(PREFIX + "/{webhook_id}", show, methods=["GET"]),
+    Route(PREFIX + "/{webhook_id}", change, methods=["PATCH"]),
+    Route(PREFIX + "/{webhook_id}", remove, methods=["DELETE"]),
+    Route(PREFIX + "/{webhook_id}/replay", replay, methods=["POST"]),
+    Route(PREFIX + "/{webhook_id}/deliveries", deliveries, methods=["GET"]),
+]

@@ -1,0 +1,93 @@
+"""Request and response bodies of /api/v1/webhooks (strict requests, as in api.schemas)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from api.schemas import Strict
+from gateway.events import TYPES
+
+EventType = Literal[TYPES]  # type: ignore[valid-type]
+Url = str  # checked by gateway.webhook_urls (a 400 naming the problem)
+Description = str
+
+
+class WebhookCreate(Strict):
+    url: Url = Field(min_length=1, max_length=2048, description="http(s); no credentials")
+    event_types: list[EventType] | None = Field(
+        None, min_length=1, max_length=len(TYPES), description="omitted or null: every type"
+    )
+    final_only: bool = Field(
+        False, description="only the last outcome of each recipient (delivered, bounced, ...)"
+    )
+    description: Description = Field("", max_length=512)
+
+
+class WebhookUpdate(Strict):
+    """Only the fields present change; `"event_types": null` means every type again."""
+
+    url: Url | None = Field(None, min_length=1, max_length=2048)
+    event_types: list[EventType] | None = Field(None, min_length=1, max_length=len(TYPES))
+    final_only: bool | None = None
+    description: Description | None = Field(None, max_length=512)
+    is_active: bool | None = Field(None, description="true again also clears the back-off")
+
+
+class WebhookOut(BaseModel):
+    id: str
+    url: str
+    event_types: list[str] | None = Field(description="null: every type")
+    final_only: bool
+    description: str
+    is_active: bool
+    created_at: str
+    updated_at: str
+    failures: int = Field(description="consecutive failed POSTs")
+    next_attempt_at: str | None = Field(description="while backing off after failures")
+
+
+class CreatedWebhook(WebhookOut):
+    secret: str = Field(description="the signing secret (whsec_...): shown once, never again")
+
+
+class WebhookResponse(BaseModel):
+    success: Literal[True]
+    webhook: WebhookOut
+
+
+class CreatedWebhookResponse(BaseModel):
+    success: Literal[True]
+    webhook: CreatedWebhook
+
+
+class WebhookList(BaseModel):
+    success: Literal[True]
+    webhooks: list[WebhookOut]
+
+
+class ReplayRequest(Strict):
+    since: str | int | float = Field(
+        description='ISO-8601 time ("2026-01-31T12:00:00Z") or UNIX seconds'
+    )
+
+
+class ReplayResponse(BaseModel):
+    success: Literal[True]
+    queued: int = Field(description="events queued to this webhook again")
+    truncated: bool = Field(description="the replay limit was reached; replay again from later")
+
+
+class Attempt(BaseModel):
+    at: str
+    status_code: int | None = Field(description="null: no HTTP answer (refused, timeout)")
+    error: str
+    events: int
+    duration_ms: float
+    outcome: Literal["delivered", "failed", "dropped"]
+
+
+class AttemptList(BaseModel):
+    success: Literal[True]
+    deliveries: list[Attempt]

@@ -1,0 +1,355 @@
+"""The webhook sender: POSTs each webhook's deliveries, oldest first, signed.
+
+One node at a time sends for a webhook: a scan leases it (storage.webhook_outbox.claim) when
+it is active, due and owed something, and a task of its own then sends batches strictly in
+delivery id order, so a message's events arrive in the order they happened. The task keeps
+its lease (and its keep-alive connection) while work keeps coming, gives it back after
+`idle` seconds without any, and after a failed POST, which also sets when the webhook may be
+tried again (`schedule`, the last step repeating). A delivery is deleted only after a 2xx:
+at-least-once, and a receiver that is down loses nothing younger than `max_age`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import httpx
+from sqlalchemy import Connection, exists, or_, select
+
+from gateway import events, metrics
+from gateway.hostguard import HostGuard, HostRefused, HostUnresolved
+from gateway.webhook_signing import HEADER, signature, unseal
+from gateway.webhook_urls import BadUrl, pin
+from storage import webhook_outbox as outbox
+from storage.db import Database
+from storage.dkim_keys import Cipher
+from storage.writer import StorageUnavailable, Writer
+
+log = logging.getLogger("postern.webhooks")
+
+MAX_RESPONSE = 64 * 1024  # bytes of a receiver's answer read (the rest is not wanted)
+USER_AGENT = "Postern-Webhooks/1"
+_SECRET = "the signing secret cannot be decrypted"
+
+
+class WebhookSender:
+    schedule: tuple[float, ...] = (5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0)
+    lease = 60.0  # renewed with every batch and while waiting; lapses if the node dies
+    idle = 5.0  # seconds a task keeps its lease waiting for more deliveries
+    poll = 0.5  # seconds between looks for work when nobody wakes us
+
+    def __init__(
+        self,
+        db: Database,
+        writer: Writer,
+        box: Cipher,
+        guard: HostGuard,
+        node: str,
+        *,
+        batch_size: int = 100,
+        timeout: float = 10.0,
+        max_age: float = 3 * 86400.0,
+        schedule: Sequence[float] | None = None,
+    ) -> None:
+        self._db = db
+        self._writer = writer
+        self._box = box
+        self._guard = guard
+        self.node = node
+        self.batch_size = batch_size
+        self.timeout = timeout
+        self.max_age = max_age
+        if schedule is not None:
+            self.schedule = tuple(schedule)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._scanner: asyncio.Task[None] | None = None
+        self._wakeup = asyncio.Event()
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._scanner = asyncio.get_running_loop().create_task(self._scan(), name="webhook-scan")
+
+    async def stop(self) -> None:
+        """Cancel every POST in flight (its deliveries stay owed) and give the leases back."""
+        tasks = [t for t in (self._scanner, *self._tasks.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._scanner = None
+        self._tasks.clear()
+        await self.release_all()
+
+    async def release_all(self) -> None:
+        try:
+            await self._writer.submit(lambda conn: outbox.release(conn, self.node))
+        except StorageUnavailable as error:  # they lapse on their own
+            log.warning("could not release webhook leases: %s", error)
+
+    def wake(self) -> None:
+        """New deliveries were queued: look now instead of at the next poll."""
+        self._wakeup.set()
+        self._wakeup = asyncio.Event()
+
+    async def _wait(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), seconds)
+
+    # --- finding work -----------------------------------------------------------------
+
+    async def _scan(self) -> None:
+        while True:
+            try:
+                await self._claim()
+            except Exception as error:  # storage trouble: look again later
+                log.warning("looking for webhook work failed: %s", error)
+            await self._wait(self.poll)
+
+    async def _claim(self) -> None:
+        busy = set(self._tasks)
+        now = time.time()
+        if not await self._db.read(lambda conn: _any_due(conn, now, busy)):
+            return
+        claimed = await self._writer.submit(
+            lambda conn: outbox.claim(conn, self.node, now, now + self.lease, busy)
+        )
+        for webhook in claimed:
+            task = asyncio.get_running_loop().create_task(
+                self._serve(webhook.id, webhook.failures), name=f"webhook-{webhook.id}"
+            )
+            self._tasks[webhook.id] = task
+            task.add_done_callback(partial(self._finished, webhook.id))
+
+    def _finished(self, webhook_id: str, _task: asyncio.Task[None]) -> None:
+        self._tasks.pop(webhook_id, None)
+
+    # --- sending ----------------------------------------------------------------------
+
+    async def _serve(self, webhook_id: str, failures: int) -> None:
+        """Send for one leased webhook until it runs dry, fails, or is taken away."""
+        loop = asyncio.get_running_loop()
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        client = httpx.AsyncClient(follow_redirects=False, limits=limits, trust_env=False)
+        keep = True  # whether the lease is still ours to give back
+        try:
+            idle_until = loop.time() + self.idle
+            renewed = loop.time()
+            secret: tuple[str, str] | None = None  # (ciphertext, clear)
+            while True:
+                wakeup = self._wakeup
+                now = time.time()
+                target, owed, payload = await self._db.read(
+                    lambda conn: _next_batch(conn, webhook_id, self.batch_size)
+                )
+                if target is None or not target.active or target.holder != self.node:
+                    keep = target is not None and target.holder == self.node  # deactivated
+                    return
+                if not owed:
+                    if loop.time() >= idle_until:
+                        return
+                    if loop.time() - renewed > self.lease / 3:
+                        keep = await self._renew(webhook_id)
+                        renewed = loop.time()
+                        if not keep:
+                            return
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(wakeup.wait(), self.poll)
+                    continue
+                if owed[0].created_at < now - self.max_age:
+                    await self._drop(webhook_id, now)
+                    continue
+                if not payload:  # their events are gone: nothing left to send
+                    await self._writer.submit(partial(outbox.forget, ids=_ids(owed)))
+                    continue
+                if secret is None or secret[0] != target.secret_enc:
+                    clear = self._unseal(webhook_id, target.secret_enc)
+                    if clear is None:
+                        await self._failed(webhook_id, len(payload), failures, None, _SECRET, 0)
+                        keep = False
+                        return
+                    secret = (target.secret_enc, clear)
+                ok, keep = await self._post(
+                    client, webhook_id, target.url, secret[1], owed, payload, failures
+                )
+                if not ok or not keep:
+                    keep = keep and ok
+                    return
+                failures = 0
+                renewed = loop.time()
+                idle_until = renewed + self.idle
+        except asyncio.CancelledError:
+            keep = False  # stop() gives every lease back at once
+            raise
+        except Exception as error:
+            log.warning("webhook %s: sending failed: %s", webhook_id, error)
+        finally:
+            await client.aclose()
+            if keep:
+                with contextlib.suppress(StorageUnavailable):
+                    await self._writer.submit(
+                        lambda conn: outbox.release(conn, self.node, webhook_id)
+                    )
+
+    def _unseal(self, webhook_id: str, token: str) -> str | None:
+        """The secret, or None (logged): never sign with anything else."""
+        try:
+            return unseal(self._box, webhook_id, token)
+        except Exception as error:
+            log.error("webhook %s: %s: %s", webhook_id, _SECRET, error)
+            return None
+
+    async def _renew(self, webhook_id: str) -> bool:
+        until = time.time() + self.lease
+        held: bool = await self._writer.submit(
+            lambda conn: outbox.renew(conn, webhook_id, self.node, until)
+        )
+        return held
+
+    async def _drop(self, webhook_id: str, now: float) -> None:
+        cutoff = now - self.max_age
+        dropped = await self._writer.submit(
+            lambda conn: outbox.drop_older(conn, webhook_id, cutoff, now)
+        )
+        if dropped:
+            metrics.WEBHOOK_DELIVERIES.labels(status="dropped").inc(dropped)
+            log.warning(
+                "webhook %s: dropped %d events older than max_age (%.0f s) undelivered",
+                webhook_id,
+                dropped,
+                self.max_age,
+            )
+
+    async def _post(
+        self,
+        client: httpx.AsyncClient,
+        webhook_id: str,
+        url: str,
+        secret: str,
+        owed: list[outbox.Owed],
+        payload: list[dict[str, Any]],
+        failures: int,
+    ) -> tuple[bool, bool]:
+        """One POST of a batch and its record: (delivered, lease still held)."""
+        body = json.dumps({"events": payload}, separators=(",", ":")).encode()
+        started = time.time()
+        status: int | None = None
+        error = ""
+        try:
+            status = await asyncio.wait_for(
+                self._send(client, webhook_id, url, secret, body), self.timeout
+            )
+        except TimeoutError:
+            error = f"no answer within {self.timeout:g} s"
+        except (httpx.HTTPError, OSError, HostRefused, HostUnresolved, BadUrl) as problem:
+            error = str(problem) or problem.__class__.__name__
+        now = time.time()
+        duration = (now - started) * 1000
+        count = len(payload)
+        if status is not None and 200 <= status < 300:
+            attempt = outbox.attempt_row(webhook_id, now, count, "delivered", status, "", duration)
+            ids = [o.delivery_id for o in owed]
+            until = now + self.lease
+            held: bool = await self._writer.submit(
+                lambda conn: outbox.delivered(conn, webhook_id, self.node, ids, attempt, until)
+            )
+            metrics.WEBHOOK_DELIVERIES.labels(status="delivered").inc(count)
+            return True, held
+        if status is not None:
+            error = error or f"HTTP {status}"
+        await self._failed(webhook_id, count, failures, status, error, duration)
+        return False, False
+
+    async def _failed(
+        self,
+        webhook_id: str,
+        count: int,
+        failures: int,
+        status: int | None,
+        error: str,
+        duration: float,
+    ) -> None:
+        """Record a failed attempt; the webhook waits its back-off and loses its lease."""
+        now = time.time()
+        failures += 1
+        retry_at = now + self.schedule[min(failures, len(self.schedule)) - 1]
+        attempt = outbox.attempt_row(webhook_id, now, count, "failed", status, error, duration)
+        await self._writer.submit(
+            lambda conn: outbox.failed(conn, webhook_id, self.node, attempt, retry_at)
+        )
+        metrics.WEBHOOK_DELIVERIES.labels(status="failed").inc(count)
+        log.info(
+            "webhook %s: POST of %d events failed (%s); attempt %d, next in %.0f s",
+            webhook_id,
+            count,
+            error,
+            failures,
+            retry_at - now,
+        )
+
+    async def _send(
+        self, client: httpx.AsyncClient, webhook_id: str, url: str, secret: str, body: bytes
+    ) -> int:
+        target = await pin(self._guard, url)
+        headers = {
+            **target.headers,
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+            "Postern-Webhook-Id": webhook_id,
+            HEADER: signature(secret, int(time.time()), body),
+        }
+        request = client.build_request(
+            "POST", target.url, content=body, headers=headers, extensions=target.extensions
+        )
+        response = await client.send(request, stream=True)
+        try:
+            seen = 0
+            async for chunk in response.aiter_raw():
+                seen += len(chunk)
+                if seen > MAX_RESPONSE:
+                    break
+        finally:
+            await response.aclose()
+        return response.status_code
+
+
+def _ids(owed: Sequence[outbox.Owed]) -> list[int]:
+    return [o.delivery_id for o in owed]
+
+
+def _any_due(conn: Connection, now: float, busy: set[str]) -> bool:
+    """Is some webhook claimable now (a read, so an idle node writes nothing)?"""
+    W, D = outbox.W, outbox.D
+    query = select(W.c.id).where(
+        W.c.is_active.is_(True),
+        W.c.next_attempt_at <= now,
+        or_(W.c.claimed_by.is_(None), W.c.claimed_until < now),
+        exists().where(D.c.webhook_id == W.c.id),
+    )
+    if busy:
+        query = query.where(W.c.id.not_in(list(busy)))
+    return conn.execute(query.limit(1)).first() is not None
+
+
+def _next_batch(
+    conn: Connection, webhook_id: str, limit: int
+) -> tuple[outbox.Target | None, list[outbox.Owed], list[dict[str, Any]]]:
+    """The webhook as it is now, its oldest deliveries, and their events in that order
+    (an event owed twice, say live and replayed, is sent once)."""
+    target = outbox.target(conn, webhook_id)
+    if target is None:
+        return None, [], []
+    owed = outbox.oldest(conn, webhook_id, limit)
+    loaded = {event["id"]: event for event in events.load(conn, [o.event_id for o in owed])}
+    payload: list[dict[str, Any]] = []
+    for item in owed:
+        event = loaded.pop(events.event_id(item.event_id), None)
+        if event is not None:
+            payload.append(event)
+    return target, owed, payload

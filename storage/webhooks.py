@@ -1,0 +1,242 @@
+"""Webhook records: create, list, change, delete, replay, and their recent attempts.
+
+The signing secret is stored only as a ciphertext made by the caller (bound to the webhook's
+id, so a copy in another row does not decrypt); no function here returns it in clear.
+Deliveries owed to a webhook are inserted in one place at a time (see `OUTBOX_LOCK`), so
+their ids follow event order and the sender, which sends in id order, keeps each message's
+events in order.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, delete, func, insert, literal, select, text, update
+
+from storage.db import Database
+from storage.models import Event, Webhook, WebhookAttempt, WebhookDelivery
+
+W = Webhook.__table__  # type: ignore[attr-defined]
+D = WebhookDelivery.__table__  # type: ignore[attr-defined]
+A = WebhookAttempt.__table__  # type: ignore[attr-defined]
+E = Event.__table__  # type: ignore[attr-defined]
+
+OUTBOX_LOCK = 7303  # PostgreSQL advisory lock: whoever inserts deliveries holds it
+REPLAY_LIMIT = 100_000  # events one replay may re-queue
+EDITABLE = frozenset({"url", "event_types", "final_only", "description", "is_active"})
+
+Seal = Callable[[str], str]  # webhook id -> the secret's ciphertext bound to it
+
+
+@dataclass(frozen=True)
+class WebhookRecord:
+    """A stored webhook without its secret (safe to return and log)."""
+
+    id: str
+    url: str
+    event_types: tuple[str, ...]  # () = every type
+    final_only: bool
+    description: str
+    is_active: bool
+    created_at: float
+    updated_at: float
+    failures: int
+    next_attempt_at: float
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    id: int
+    at: float
+    events: int
+    status_code: int | None
+    error: str
+    duration_ms: float
+    outcome: str
+
+
+def new_id() -> str:
+    return f"wh_{secrets.token_hex(8)}"
+
+
+def _record(row: Any) -> WebhookRecord:
+    return WebhookRecord(
+        id=row.id,
+        url=row.url,
+        event_types=tuple(row.event_types.split()),
+        final_only=row.final_only,
+        description=row.description,
+        is_active=row.is_active,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        failures=row.failures,
+        next_attempt_at=row.next_attempt_at,
+    )
+
+
+def _stored(values: Mapping[str, Any]) -> dict[str, Any]:
+    """API values -> column values (event types as one space-separated string)."""
+    stored = dict(values)
+    if "event_types" in stored:
+        stored["event_types"] = " ".join(stored["event_types"] or ())
+    return stored
+
+
+async def create_webhook(db: Database, values: Mapping[str, Any], seal: Seal) -> WebhookRecord:
+    now = time.time()
+    webhook_id = new_id()
+    row = {
+        "event_types": "",
+        "final_only": False,
+        "description": "",
+        "is_active": True,
+        **_stored(values),
+        "id": webhook_id,
+        "secret_enc": seal(webhook_id),
+        "created_at": now,
+        "updated_at": now,
+        "claimed_by": None,
+        "claimed_until": None,
+        "next_attempt_at": 0.0,
+        "failures": 0,
+    }
+    await db.transaction(lambda conn: conn.execute(insert(W), row))
+    found = await get_webhook(db, webhook_id)
+    assert found is not None
+    return found
+
+
+async def list_webhooks(db: Database) -> list[WebhookRecord]:
+    rows = await db.read(lambda conn: conn.execute(select(W).order_by(W.c.created_at)).all())
+    return [_record(row) for row in rows]
+
+
+async def get_webhook(db: Database, webhook_id: str) -> WebhookRecord | None:
+    row = await db.read(lambda conn: conn.execute(select(W).where(W.c.id == webhook_id)).first())
+    return _record(row) if row is not None else None
+
+
+async def update_webhook(
+    db: Database, webhook_id: str, changes: Mapping[str, Any]
+) -> WebhookRecord | None:
+    """Apply `changes` (EDITABLE fields only); None when there is no such webhook.
+
+    Re-activating a webhook also clears its back-off, so it is tried again at once."""
+    values = _stored({k: v for k, v in changes.items() if k in EDITABLE})
+    values["updated_at"] = time.time()
+    if values.get("is_active"):
+        values.update(next_attempt_at=0.0, failures=0)
+    done = await db.transaction(
+        lambda conn: conn.execute(update(W).where(W.c.id == webhook_id).values(**values)).rowcount
+    )
+    return await get_webhook(db, webhook_id) if done else None
+
+
+async def delete_webhook(db: Database, webhook_id: str) -> bool:
+    """Delete the webhook, the deliveries it was owed and its attempts."""
+
+    def work(conn: Connection) -> bool:
+        if not conn.execute(delete(W).where(W.c.id == webhook_id)).rowcount:
+            return False
+        conn.execute(delete(D).where(D.c.webhook_id == webhook_id))
+        conn.execute(delete(A).where(A.c.webhook_id == webhook_id))
+        return True
+
+    return bool(await db.transaction(work))
+
+
+def wanted_types(
+    event_types: Collection[str], final_only: bool, final: Collection[str]
+) -> frozenset[str] | None:
+    """The event types a webhook receives, from its filter (empty = all) and final_only;
+    None = every type."""
+    wanted = frozenset(event_types) if event_types else None
+    if final_only:
+        wanted = frozenset(final) if wanted is None else wanted & frozenset(final)
+    return wanted
+
+
+def lock_outbox(conn: Connection, wait: bool) -> bool:
+    """On PostgreSQL, take the lock that orders delivery inserts across nodes (for the
+    transaction); without `wait`, False when another node holds it. SQLite has one writer."""
+    if conn.dialect.name != "postgresql":
+        return True
+    if wait:
+        conn.execute(text(f"SELECT pg_advisory_xact_lock({OUTBOX_LOCK})"))
+        return True
+    return bool(conn.execute(text(f"SELECT pg_try_advisory_xact_lock({OUTBOX_LOCK})")).scalar())
+
+
+async def replay(
+    db: Database,
+    webhook_id: str,
+    since: float,
+    types: Collection[str] | None,
+    limit: int = REPLAY_LIMIT,
+) -> int | None:
+    """Queue the webhook a delivery of every stored event since `since` it wants (`types`
+    None = all), oldest first, at most `limit`; None when there is no such webhook.
+
+    Events not yet fanned out are left to the dispatcher, which delivers them anyway."""
+
+    def work(conn: Connection) -> int | None:
+        lock_outbox(conn, wait=True)
+        if conn.execute(select(W.c.id).where(W.c.id == webhook_id)).first() is None:
+            return None
+        chosen = select(
+            literal(webhook_id).label("webhook_id"), E.c.id, literal(time.time()).label("at")
+        ).where(E.c.created_at >= since, E.c.pending.is_(False))
+        if types is not None:
+            chosen = chosen.where(E.c.type.in_(sorted(types)))
+        chosen = chosen.order_by(E.c.id).limit(limit)
+        result = conn.execute(
+            insert(D).from_select(["webhook_id", "event_id", "created_at"], chosen)
+        )
+        return int(result.rowcount)
+
+    result: int | None = await db.transaction(work)
+    return result
+
+
+async def attempts(db: Database, webhook_id: str, limit: int) -> list[AttemptRecord]:
+    """The webhook's latest attempts, newest first."""
+    rows = await db.read(
+        lambda conn: conn.execute(
+            select(A).where(A.c.webhook_id == webhook_id).order_by(A.c.id.desc()).limit(limit)
+        ).all()
+    )
+    return [
+        AttemptRecord(
+            id=r.id,
+            at=r.at,
+            events=r.events,
+            status_code=r.status_code,
+            error=r.error,
+            duration_ms=r.duration_ms,
+            outcome=r.outcome,
+        )
+        for r in rows
+    ]
+
+
+async def secret_of(db: Database, webhook_id: str) -> str | None:
+    """The stored ciphertext of the webhook's secret (for the sender to unseal)."""
+    value = await db.read(
+        lambda conn: conn.execute(select(W.c.secret_enc).where(W.c.id == webhook_id)).scalar()
+    )
+    return str(value) if value is not None else None
+
+
+async def backlog(db: Database) -> int:
+    """Events not yet fanned out plus deliveries not yet taken (the pending gauge)."""
+
+    def count(conn: Connection) -> int:
+        pending = conn.execute(select(func.count()).select_from(E).where(E.c.pending)).scalar()
+        owed = conn.execute(select(func.count()).select_from(D)).scalar()
+        return int(pending or 0) + int(owed or 0)
+
+    return await db.read(count)
