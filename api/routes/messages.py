@@ -1,10 +1,13 @@
-"""GET /v1/messages/{message_id}: where a message is, per recipient.
+"""/v1/messages: find messages, see where one is, retry or cancel them one by one or in bulk.
 
-A key sees only the messages it sent (an `admin` key sees all); anything else is a 404, so
-that a message id reveals nothing to another key.
+A key sees and acts on only the messages it sent (an `admin` key on all); another key's
+message is a 404, so that a message id reveals nothing to another key. Bulk operations take
+the search's filters; one with no criterion must say `"all": true` to touch the whole queue.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -13,9 +16,32 @@ from starlette.routing import Route
 from api import errors
 from api.auth import authenticate
 from api.context import ApiContext, iso
-from api.openapi import operation, path_parameter
-from api.schemas import ErrorResponse, MessageStatus
-from storage.messages import RecipientState, message_state
+from api.openapi import operation, path_parameter, query_parameter
+from api.schemas import (
+    BulkRequest,
+    BulkResult,
+    CancelResult,
+    ErrorResponse,
+    MessageList,
+    MessageStatus,
+    RetryResult,
+    parse,
+)
+from gateway import queue_ops
+from gateway.queue_ops import FilterError, MessageBusy, MessageFinal, make_filter
+from storage.keys import ApiKeyRecord
+from storage.message_search import (
+    MAX_LIMIT,
+    STATUSES,
+    InvalidCursor,
+    MessageSummary,
+    decode_cursor,
+    search,
+)
+from storage.messages import MessageState, RecipientState, message_state
+
+DEFAULT_LIMIT = 50
+QUERY = (*queue_ops.FILTER_FIELDS, "limit", "cursor")
 
 
 def _recipient_status(recipient: RecipientState) -> str:
@@ -24,22 +50,103 @@ def _recipient_status(recipient: RecipientState) -> str:
     return recipient.status
 
 
+def _invalid(field: str, message: str) -> errors.InvalidRequest:
+    return errors.InvalidRequest(f"{field}: {message}", [{"field": field, "message": message}])
+
+
+def _owner(key: ApiKeyRecord) -> str | None:
+    """The restriction a search runs under: None for an admin, else the key's own mail."""
+    return None if key.has("admin") else key.id
+
+
+async def _visible(ctx: ApiContext, key: ApiKeyRecord, message_id: str) -> MessageState:
+    state = await message_state(ctx.db, message_id, True) if len(message_id) <= 64 else None
+    if state is None or not (key.has("admin") or state.api_key_id == key.id):
+        raise errors.NotFound("no such message")
+    return state
+
+
+def _summary(message: MessageSummary) -> dict[str, Any]:
+    return {
+        "message_id": message.id,
+        "status": message.status,
+        "from": message.mail_from,
+        "recipients": message.recipients,
+        "pool": message.pool,
+        "attempts": message.attempts,
+        "tags": message.tags,
+        "created_at": iso(message.created_at),
+        "updated_at": iso(message.updated_at),
+        "next_attempt_at": iso(message.next_attempt_at),
+        "last_response": message.last_response,
+    }
+
+
+_FILTER_PARAMETERS = [
+    query_parameter("status", f"one or more, comma-separated: {', '.join(STATUSES)}"),
+    query_parameter("pool", "the pool of the last attempt, or the one chosen at intake"),
+    query_parameter("recipient", "a recipient's address"),
+    query_parameter("from", "the envelope sender"),
+    query_parameter("tag", "one of the tags given at send"),
+    query_parameter("since", "created at or after: ISO 8601 or UNIX seconds"),
+    query_parameter("until", "created before: ISO 8601 or UNIX seconds"),
+]
+
+
+@operation(
+    "Search messages",
+    scope="",
+    parameters=[
+        *_FILTER_PARAMETERS,
+        query_parameter(
+            "limit", f"page size, 1 to {MAX_LIMIT} (default {DEFAULT_LIMIT})", "integer"
+        ),
+        query_parameter("cursor", "next_cursor of the previous page"),
+    ],
+    responses={200: ("one page, newest first", MessageList)},
+    description="Every criterion given must match. A key sees only the mail it sent.",
+)
+async def list_messages(request: Request) -> Response:
+    ctx: ApiContext = request.app.state.api
+    key = await authenticate(request, ctx.keys, ctx.limiter)
+    query = request.query_params
+    for name in query:
+        if name not in QUERY:
+            raise _invalid(name, "unknown parameter")
+        if len(query.getlist(name)) > 1:
+            raise _invalid(name, "given more than once")
+    try:
+        flt = make_filter(dict(query), _owner(key))
+    except FilterError as error:
+        raise _invalid(error.field, error.message) from None
+    raw_limit = query.get("limit", str(DEFAULT_LIMIT))
+    if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= MAX_LIMIT:
+        raise _invalid("limit", f"1 to {MAX_LIMIT}")
+    cursor = query.get("cursor") or None
+    if cursor is not None:
+        try:
+            if len(cursor) > 256:
+                raise InvalidCursor(cursor[:16])
+            decode_cursor(cursor)
+        except InvalidCursor:
+            raise _invalid("cursor", "not a cursor this API returned") from None
+    page, next_cursor = await search(ctx.db, flt, int(raw_limit), cursor)
+    return JSONResponse({"data": [_summary(m) for m in page], "next_cursor": next_cursor})
+
+
 @operation(
     "Get a message's status",
     scope="",
     parameters=[path_parameter("message_id", "the id POST /v1/send returned")],
     responses={
-        200: ("the message and each recipient's last result", MessageStatus),
+        200: ("the message, each recipient's last result, and its events", MessageStatus),
         404: ("no such message, or another key's", ErrorResponse),
     },
 )
 async def get_message(request: Request) -> Response:
     ctx: ApiContext = request.app.state.api
     key = await authenticate(request, ctx.keys, ctx.limiter)
-    message_id = request.path_params["message_id"]
-    state = await message_state(ctx.db, message_id) if len(message_id) <= 64 else None
-    if state is None or not (key.has("admin") or state.api_key_id == key.id):
-        raise errors.NotFound("no such message")
+    state = await _visible(ctx, key, request.path_params["message_id"])
     return JSONResponse(
         {
             "message_id": state.id,
@@ -55,8 +162,118 @@ async def get_message(request: Request) -> Response:
             "provider": state.provider,
             "tags": state.tags,
             "metadata": state.metadata,
+            "next_attempt_at": iso(state.next_attempt_at),
+            "last_response": state.last_response,
+            "events": state.events,
         }
     )
 
 
-routes = [Route("/v1/messages/{message_id}", get_message, methods=["GET"])]
+_ONE = [path_parameter("message_id", "the id POST /v1/send returned")]
+_CONFLICT = "the message has no work left (message_final) or is being delivered (message_busy)"
+
+
+def _conflict(error: Exception, state: MessageState) -> errors.ApiError:
+    if isinstance(error, MessageBusy):
+        return errors.MessageBusy("the message is being delivered right now; try again shortly")
+    return errors.MessageFinal(f"the message has no work left (it is {state.status})")
+
+
+@operation(
+    "Retry a message now",
+    scope="",
+    parameters=_ONE,
+    responses={
+        200: ("due now: the next free worker delivers it", RetryResult),
+        404: ("no such message, or another key's", ErrorResponse),
+        409: (_CONFLICT, ErrorResponse),
+    },
+)
+async def retry_message(request: Request) -> Response:
+    ctx: ApiContext = request.app.state.api
+    key = await authenticate(request, ctx.keys, ctx.limiter)
+    state = await _visible(ctx, key, request.path_params["message_id"])
+    try:
+        await queue_ops.retry_one(ctx.message_queue(), ctx.db, state)
+    except (MessageFinal, MessageBusy) as error:
+        raise _conflict(error, state) from None
+    if ctx.wake is not None:
+        ctx.wake()
+    return JSONResponse({"message_id": state.id, "retried": True})
+
+
+@operation(
+    "Cancel a message",
+    scope="",
+    parameters=_ONE,
+    responses={
+        200: ("stopped: its pending recipients are cancelled, its body deleted", CancelResult),
+        404: ("no such message, or another key's", ErrorResponse),
+        409: (_CONFLICT, ErrorResponse),
+    },
+)
+async def cancel_message(request: Request) -> Response:
+    ctx: ApiContext = request.app.state.api
+    key = await authenticate(request, ctx.keys, ctx.limiter)
+    state = await _visible(ctx, key, request.path_params["message_id"])
+    try:
+        await queue_ops.cancel_one(ctx.message_queue(), state)
+    except (MessageFinal, MessageBusy) as error:
+        raise _conflict(error, state) from None
+    return JSONResponse({"message_id": state.id, "status": "cancelled"})
+
+
+async def _bulk(request: Request, action: queue_ops.Action) -> Response:
+    ctx: ApiContext = request.app.state.api
+    key = await authenticate(request, ctx.keys, ctx.limiter)
+    body = parse(BulkRequest, await request.body())
+    given = body.filter.model_dump(by_alias=True, exclude={"all"})
+    try:
+        flt = make_filter(given, _owner(key))
+    except FilterError as error:
+        raise _invalid(f"filter.{error.field}", error.message) from None
+    if flt.is_empty() and not body.filter.all:
+        raise _invalid("filter", 'give at least one criterion, or "all": true for every message')
+    result = await queue_ops.bulk(ctx.message_queue(), ctx.db, flt, action, body.dry_run)
+    if action == "retry" and result.done and ctx.wake is not None:
+        ctx.wake()
+    return JSONResponse(result.as_json())
+
+
+_BULK = (
+    'Acts on messages with work left (queued, deferred) matching the filter; `"dry_run": '
+    "true` only counts them. Messages being delivered right now are left alone and counted "
+    "as busy. A key acts only on the mail it sent."
+)
+
+
+@operation(
+    "Retry matching messages now",
+    scope="",
+    request=BulkRequest,
+    responses={200: ("how many matched and were made due", BulkResult)},
+    description=_BULK,
+)
+async def retry_many(request: Request) -> Response:
+    return await _bulk(request, "retry")
+
+
+@operation(
+    "Cancel matching messages",
+    scope="",
+    request=BulkRequest,
+    responses={200: ("how many matched and were cancelled", BulkResult)},
+    description=_BULK,
+)
+async def cancel_many(request: Request) -> Response:
+    return await _bulk(request, "cancel")
+
+
+routes = [
+    Route("/v1/messages", list_messages, methods=["GET"]),
+    Route("/v1/messages/retry", retry_many, methods=["POST"]),
+    Route("/v1/messages/cancel", cancel_many, methods=["POST"]),
+    Route("/v1/messages/{message_id}", get_message, methods=["GET"]),
+    Route("/v1/messages/{message_id}/retry", retry_message, methods=["POST"]),
+    Route("/v1/messages/{message_id}/cancel", cancel_message, methods=["POST"]),
+]

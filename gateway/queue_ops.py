@@ -1,0 +1,179 @@
+"""Operator actions on the queue, shared by the HTTP API and `postern queue`.
+
+Both front ends read a filter from their own syntax (query string, JSON body, options)
+into the same `MessageFilter` through `make_filter`, and act through the same functions,
+so a retry from the CLI and one over HTTP cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from gateway.addresses import envelope_problem, has_control
+from gateway.queue import Queue
+from storage.db import Database
+from storage.message_search import (
+    ACTIVE,
+    STATUSES,
+    MessageFilter,
+    active_ids,
+    count_active,
+)
+from storage.messages import MessageState, message_state
+
+Action = Literal["retry", "cancel"]
+FILTER_FIELDS = ("status", "pool", "recipient", "from", "tag", "since", "until")
+
+
+class FilterError(ValueError):
+    """A filter value that cannot be used; `field` names it for the 400's details."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class MessageFinal(Exception):
+    """The message has no work left (delivered, bounced, cancelled, sandbox)."""
+
+
+class MessageBusy(Exception):
+    """A worker is delivering the message right now."""
+
+
+def parse_time(field: str, value: Any) -> float:
+    """ISO 8601 (a time without zone is UTC) or UNIX seconds -> UNIX seconds."""
+    if isinstance(value, bool):
+        raise FilterError(field, "a time is ISO 8601 or UNIX seconds")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and value.strip():
+        text = value.strip()
+        try:
+            seconds = float(text)
+        except ValueError:
+            try:
+                moment = datetime.fromisoformat(text.replace("z", "Z"))
+            except ValueError:
+                raise FilterError(field, "a time is ISO 8601 or UNIX seconds") from None
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=UTC)
+            seconds = moment.timestamp()
+    else:
+        raise FilterError(field, "a time is ISO 8601 or UNIX seconds")
+    if not 0 <= seconds < 253_402_300_800:  # year 10000
+        raise FilterError(field, "out of range")
+    return seconds
+
+
+def _text(field: str, value: Any, max_length: int) -> str:
+    if not isinstance(value, str) or not value or len(value) > max_length:
+        raise FilterError(field, f"1 to {max_length} characters")
+    if has_control(value):
+        raise FilterError(field, "control characters are not allowed")
+    return value
+
+
+def _address(field: str, value: Any) -> str:
+    text = _text(field, value, 254)
+    problem = envelope_problem(text)
+    if problem:
+        raise FilterError(field, problem)
+    return text
+
+
+def _statuses(value: Any) -> tuple[str, ...]:
+    names = value.split(",") if isinstance(value, str) else value
+    if not isinstance(names, list | tuple) or not names:
+        raise FilterError("status", f"one or more of {', '.join(STATUSES)}")
+    found: list[str] = []
+    for name in names:
+        if not isinstance(name, str) or name.strip() not in STATUSES:
+            raise FilterError("status", f"one or more of {', '.join(STATUSES)}")
+        if name.strip() not in found:
+            found.append(name.strip())
+    return tuple(found)
+
+
+def make_filter(values: Mapping[str, Any], api_key_id: str | None = None) -> MessageFilter:
+    """A filter from field -> value (names as in FILTER_FIELDS; absent or None: no criterion).
+
+    `api_key_id` restricts the result to that key's messages (None: everyone's, for admins
+    and the CLI). Raises FilterError naming the first bad field.
+    """
+    get = {name: values.get(name) for name in FILTER_FIELDS}
+    flt = MessageFilter(
+        statuses=_statuses(get["status"]) if get["status"] is not None else (),
+        pool=_text("pool", get["pool"], 255) if get["pool"] is not None else None,
+        recipient=_address("recipient", get["recipient"]) if get["recipient"] is not None else None,
+        mail_from=_address("from", get["from"]) if get["from"] is not None else None,
+        tag=_text("tag", get["tag"], 128) if get["tag"] is not None else None,
+        since=parse_time("since", get["since"]) if get["since"] is not None else None,
+        until=parse_time("until", get["until"]) if get["until"] is not None else None,
+        api_key_id=api_key_id,
+    )
+    if flt.since is not None and flt.until is not None and flt.since >= flt.until:
+        raise FilterError("until", "must be later than since")
+    return flt
+
+
+@dataclass(frozen=True)
+class BulkResult:
+    action: Action
+    matched: int  # messages with work left that matched
+    done: int  # retried or cancelled
+    busy: int  # held by a worker (or finished) meanwhile: left alone
+    dry_run: bool
+
+    def as_json(self) -> dict[str, Any]:
+        verb = "retried" if self.action == "retry" else "cancelled"
+        return {
+            "matched": self.matched,
+            verb: self.done,
+            "busy": self.busy,
+            "dry_run": self.dry_run,
+        }
+
+
+async def bulk(
+    queue: Queue, db: Database, flt: MessageFilter, action: Action, dry_run: bool
+) -> BulkResult:
+    """Retry or cancel every active message matching `flt`, a chunk per transaction.
+
+    A dry run only counts. Messages a worker holds are counted as busy, not touched.
+    """
+    if dry_run:
+        return BulkResult(action, await count_active(db, flt), 0, 0, True)
+    matched = done = 0
+    async for ids in active_ids(db, flt):
+        matched += len(ids)
+        if action == "retry":
+            done += len(await queue.retry(ids))
+        else:
+            done += len((await queue.cancel(ids)).cancelled)
+    return BulkResult(action, matched, done, matched - done, False)
+
+
+async def retry_one(queue: Queue, db: Database, state: MessageState) -> None:
+    """Make one message due now; MessageFinal / MessageBusy when that cannot be."""
+    if state.status not in ACTIVE:
+        raise MessageFinal(state.id)
+    if await queue.retry([state.id]):
+        return
+    after = await message_state(db, state.id)
+    raise MessageFinal(state.id) if after is None or after.status not in ACTIVE else MessageBusy()
+
+
+async def cancel_one(queue: Queue, state: MessageState) -> None:
+    """Cancel one message; MessageFinal / MessageBusy when that cannot be."""
+    if state.status not in ACTIVE:
+        raise MessageFinal(state.id)
+    result = await queue.cancel([state.id])
+    if state.id in result.busy:
+        raise MessageBusy(state.id)
+    if state.id not in result.cancelled:
+        raise MessageFinal(state.id)  # it finished between the read and the cancel

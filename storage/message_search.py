@@ -1,0 +1,250 @@
+"""Queue search: messages matching a filter, newest first, a page at a time.
+
+Every filter starts from an index (status, from, pool, created_at, or the recipient, tag and
+API-key side tables), so a search never scans `message` whole, however large the queue.
+Pages are keyset-paginated on (created_at, id): a cursor names the last row seen, so pages
+stay stable while mail keeps arriving and a deep page costs what the first one does.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Select, and_, func, or_, select, tuple_
+
+from gateway.addresses import normalise
+from storage.db import Database
+from storage.messages import next_attempt_at
+from storage.models import Message, MessageMeta, MessageTag, Pool, Recipient
+
+M = Message.__table__  # type: ignore[attr-defined]
+META = MessageMeta.__table__  # type: ignore[attr-defined]
+R = Recipient.__table__  # type: ignore[attr-defined]
+P = Pool.__table__  # type: ignore[attr-defined]
+T = MessageTag.__table__  # type: ignore[attr-defined]
+
+STATUSES = ("queued", "deferred", "delivered", "bounced", "sandbox", "cancelled")
+ACTIVE = ("queued", "deferred")  # with work left: what retry and cancel act on
+MAX_LIMIT = 100
+CHUNK = 500  # ids per transaction in the bulk operations
+
+Key = tuple[float, str]  # (created_at, id): a position in newest-first order
+
+
+class InvalidCursor(ValueError):
+    """The cursor was not one this module made."""
+
+
+@dataclass(frozen=True)
+class MessageFilter:
+    """What to look for; every criterion given must match. `api_key_id` is not a criterion
+    but a restriction: a key other than an admin's sees only the mail it sent."""
+
+    statuses: tuple[str, ...] = ()
+    pool: str | None = None
+    recipient: str | None = None
+    mail_from: str | None = None
+    tag: str | None = None
+    since: float | None = None  # created_at >= since
+    until: float | None = None  # created_at < until
+    api_key_id: str | None = None
+
+    def is_empty(self) -> bool:
+        """True when no criterion narrows the search (the restriction does not count)."""
+        return not (
+            self.statuses
+            or self.pool is not None
+            or self.recipient is not None
+            or self.mail_from is not None
+            or self.tag is not None
+            or self.since is not None
+            or self.until is not None
+        )
+
+
+@dataclass(frozen=True)
+class MessageSummary:
+    id: str
+    status: str
+    mail_from: str
+    recipients: list[str]
+    pool: str | None
+    attempts: int
+    tags: list[str]
+    created_at: float
+    updated_at: float
+    next_attempt_at: float | None
+    last_response: str | None
+
+
+def encode_cursor(key: Key) -> str:
+    raw = json.dumps([key[0], key[1]], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> Key:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at, message_id = json.loads(raw)
+    except (binascii.Error, ValueError, TypeError) as error:
+        raise InvalidCursor("invalid cursor") from error
+    if not isinstance(created_at, int | float) or isinstance(created_at, bool):
+        raise InvalidCursor("invalid cursor")
+    if not isinstance(message_id, str) or len(message_id) > 64:
+        raise InvalidCursor("invalid cursor")
+    return float(created_at), message_id
+
+
+def criteria(flt: MessageFilter, statuses: Sequence[str] | None = None) -> list[Any]:
+    """The WHERE clauses of `flt` (`statuses`, when given, replaces its statuses)."""
+    wanted = flt.statuses if statuses is None else tuple(statuses)
+    clauses: list[Any] = []
+    if wanted:
+        clauses.append(M.c.status == wanted[0] if len(wanted) == 1 else M.c.status.in_(wanted))
+    if flt.pool is not None:
+        at_intake = select(P.c.id).where(P.c.name == flt.pool)
+        clauses.append(
+            or_(
+                M.c.last_pool == flt.pool,
+                and_(M.c.last_pool.is_(None), M.c.pool_id.in_(at_intake)),
+            )
+        )
+    if flt.recipient is not None:
+        spellings = sorted({flt.recipient, normalise(flt.recipient)})
+        clauses.append(M.c.id.in_(select(R.c.message_id).where(R.c.email.in_(spellings))))
+    if flt.mail_from is not None:
+        clauses.append(M.c.mail_from == flt.mail_from)
+    if flt.tag is not None:
+        clauses.append(M.c.id.in_(select(T.c.message_id).where(T.c.tag == flt.tag)))
+    if flt.since is not None:
+        clauses.append(M.c.created_at >= flt.since)
+    if flt.until is not None:
+        clauses.append(M.c.created_at < flt.until)
+    if flt.api_key_id is not None:
+        mine = select(META.c.message_id).where(META.c.api_key_id == flt.api_key_id)
+        clauses.append(M.c.id.in_(mine))
+    return clauses
+
+
+def _page(query: Select[Any], after: Key | None, limit: int) -> Select[Any]:
+    if after is not None:
+        query = query.where(tuple_(M.c.created_at, M.c.id) < tuple_(after[0], after[1]))
+    return query.order_by(M.c.created_at.desc(), M.c.id.desc()).limit(limit)
+
+
+def search_query(flt: MessageFilter, after: Key | None, limit: int) -> Select[Any]:
+    """One page of summaries plus one row (to tell whether another page follows)."""
+    query = (
+        select(M, META.c.tags, P.c.name.label("pool_name"))
+        .select_from(
+            M.outerjoin(META, META.c.message_id == M.c.id).outerjoin(P, P.c.id == M.c.pool_id)
+        )
+        .where(*criteria(flt))
+    )
+    return _page(query, after, limit + 1)
+
+
+def _summaries(conn: Connection, rows: Sequence[Any], now: float) -> list[MessageSummary]:
+    recipients: dict[str, list[str]] = {row.id: [] for row in rows}
+    if rows:
+        found = conn.execute(
+            select(R.c.message_id, R.c.email)
+            .where(R.c.message_id.in_(list(recipients)))
+            .order_by(R.c.id)
+        )
+        for message_id, email in found:
+            recipients[message_id].append(email)
+    return [
+        MessageSummary(
+            id=row.id,
+            status=row.status,
+            mail_from=row.mail_from,
+            recipients=recipients[row.id],
+            pool=row.last_pool or row.pool_name,
+            attempts=row.attempts,
+            tags=json.loads(row.tags) if row.tags else [],
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            next_attempt_at=next_attempt_at(row.due_at, row.claimed_by, now),
+            last_response=row.last_response,
+        )
+        for row in rows
+    ]
+
+
+async def search(
+    db: Database, flt: MessageFilter, limit: int = 50, cursor: str | None = None
+) -> tuple[list[MessageSummary], str | None]:
+    """One page, newest first, and the cursor of the next page (None on the last)."""
+    limit = max(1, min(limit, MAX_LIMIT))
+    query = search_query(flt, decode_cursor(cursor) if cursor else None, limit)
+
+    def run(conn: Connection) -> list[MessageSummary]:
+        rows = conn.execute(query).all()
+        return _summaries(conn, rows, time.time())
+
+    found = await db.read(run)
+    page = found[:limit]
+    more = len(found) > limit
+    return page, encode_cursor((page[-1].created_at, page[-1].id)) if more else None
+
+
+def _active(flt: MessageFilter) -> tuple[str, ...]:
+    """The active statuses `flt` asks for (all of them when it names none)."""
+    return tuple(s for s in ACTIVE if not flt.statuses or s in flt.statuses)
+
+
+def count_query(flt: MessageFilter) -> Select[Any] | None:
+    """Counts the matching messages with work left (None: the filter rules them all out)."""
+    statuses = _active(flt)
+    if not statuses:
+        return None
+    return select(func.count()).select_from(M).where(*criteria(flt, statuses))
+
+
+def ids_query(flt: MessageFilter, after: Key | None, chunk: int) -> Select[Any] | None:
+    """One chunk of the matching messages with work left (None: the filter rules them out)."""
+    statuses = _active(flt)
+    if not statuses:
+        return None
+    return _page(select(M.c.id, M.c.created_at).where(*criteria(flt, statuses)), after, chunk)
+
+
+async def count_active(db: Database, flt: MessageFilter) -> int:
+    """How many messages with work left match (what a bulk dry run reports)."""
+    query = count_query(flt)
+    if query is None:
+        return 0
+    return int(await db.read(lambda conn: conn.execute(query).scalar_one()))
+
+
+def _fetch(query: Select[Any]) -> Callable[[Connection], Sequence[Any]]:
+    return lambda conn: conn.execute(query).all()
+
+
+async def active_ids(
+    db: Database, flt: MessageFilter, chunk: int = CHUNK
+) -> AsyncIterator[list[str]]:
+    """The ids of matching messages with work left, newest first, `chunk` at a time.
+
+    Each chunk is its own read, so a bulk operation over a large queue never holds one
+    long transaction; acting on a chunk does not move the position of the next one.
+    """
+    after: Key | None = None
+    while True:
+        query = ids_query(flt, after, chunk)
+        if query is None:
+            return
+        rows = await db.read(_fetch(query))
+        if not rows:
+            return
+        yield [row.id for row in rows]
+        if len(rows) < chunk:
+            return
+        after = (rows[-1].created_at, rows[-1].id)
