@@ -1,0 +1,99 @@
+"""The SQL of per-pool throttling: reserve one send against a pool's limits, atomically.
+
+Counted in the database, not per process, so that the limits hold across nodes. The
+reserving transaction is serialised per pool: on PostgreSQL it locks the pool's
+`smtp_pool` row FOR UPDATE (other nodes wait for the commit); SQLite has one writer.
+
+    rolling window: allowed iff fewer than N `pool_send` rows have `at` in the window;
+                    then a row is added (and rows that left the window are pruned)
+    daily:          allowed iff `pool_day.count` for today (UTC) < daily_limit; then +1
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from storage.models import Pool, PoolDay, PoolSend
+
+P = Pool.__table__  # type: ignore[attr-defined]
+PS = PoolSend.__table__  # type: ignore[attr-defined]
+PD = PoolDay.__table__  # type: ignore[attr-defined]
+
+# How many upcoming slot times a refusal reports (enough to spread a burst of waiters).
+_SLOTS = 100
+# The longest window a rate may have (gateway.throttle); older rows are always garbage.
+MAX_WINDOW = 86400.0
+
+# A send's time moved to when the upstream answered ({"send_id", "done"}): the window then
+# runs from when the message reached the upstream, not from the reservation before it.
+SENT = update(PS).where(PS.c.id == bindparam("send_id")).values(at=bindparam("done"))
+
+
+@dataclass(frozen=True)
+class Refused:
+    """Over a limit: `slots` are the times at which the next sends become allowed."""
+
+    reason: str  # rate | daily
+    slots: tuple[float, ...]
+
+
+def utc_day(now: float) -> str:
+    return datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d")
+
+
+def next_midnight(now: float) -> float:
+    day = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return (day + timedelta(days=1)).timestamp()
+
+
+def reserve(
+    conn: Connection, pool_id: str, now: float, count: int, window: float, daily: int
+) -> int | Refused:
+    """Take one send from the pool's limits: the id of its `pool_send` row (0 without a
+    rate), or why not. `count`/`window` 0 = no rate; `daily` 0 = no daily cap."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(select(P.c.id).where(P.c.id == pool_id).with_for_update())
+    day = utc_day(now)
+    if daily:
+        used = conn.execute(
+            select(PD.c.count).where(PD.c.pool_id == pool_id, PD.c.day == day)
+        ).scalar()
+        if (used or 0) >= daily:
+            return Refused("daily", (next_midnight(now),))
+    send_id = 0
+    if count:
+        # Pruning here keeps the table at about N rows per pool: one index range each time.
+        conn.execute(delete(PS).where(PS.c.pool_id == pool_id, PS.c.at <= now - window))
+        used = conn.execute(select(func.count()).where(PS.c.pool_id == pool_id)).scalar() or 0
+        if used >= count:
+            # The (used - count + 1)-th oldest send leaving the window frees the first slot.
+            oldest = conn.execute(
+                select(PS.c.at)
+                .where(PS.c.pool_id == pool_id)
+                .order_by(PS.c.at)
+                .offset(used - count)
+                .limit(_SLOTS)
+            ).scalars()
+            return Refused("rate", tuple(at + window for at in oldest))
+        send_id = conn.execute(
+            insert(PS).values(pool_id=pool_id, at=now).returning(PS.c.id)
+        ).scalar_one()
+    if daily:
+        dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
+        upsert = dialect.insert(PD).values(pool_id=pool_id, day=day, count=1)
+        conn.execute(
+            upsert.on_conflict_do_update(
+                index_elements=["pool_id", "day"], set_={"count": PD.c.count + 1}
+            )
+        )
+    return send_id
+
+
+def prune(conn: Connection, now: float) -> None:
+    """Drop rows no limit can still count (pools deleted, limits removed, past days)."""
+    conn.execute(delete(PS).where(PS.c.at <= now - MAX_WINDOW))
+    conn.execute(delete(PD).where(PD.c.day < utc_day(now - 2 * 86400)))
