@@ -1,0 +1,126 @@
+"""User input cannot forge a log line (issue 7): CR, LF, ESC, C1 controls, U+2028 and bidi
+overrides sent through the SMTP commands, envelope and headers, and through API fields and
+paths, come out of the log escaped: one record is one line, and every line is a record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import re
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from gateway.addresses import escape_for_log
+from gateway.logs import FORMAT, EscapingFormatter
+from storage.keys import create_key
+from tests.conftest import ServiceFactory, smtp_send
+from tests.integration.test_smtp_listener import RawClient
+from tests.sink import Sink
+
+pytestmark = pytest.mark.timeout(60)
+
+FORGED = "\r\n2030-01-01 00:00:00,000 ERROR postern: FORGED\x1b[2J\u2028\u202e\x85"
+RECORD_START = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ \S+: ")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("plain text", "plain text"),
+        ("Grüße 日本 ✓", "Grüße 日本 ✓"),  # printable non-ASCII stays readable
+        ("a\r\nb", "a\\r\\nb"),
+        ("\x1b[31mred", "\\x1b[31mred"),
+        ("x\u2028y\u2029z", "x\\u2028y\\u2029z"),
+        ("\u202egnp.exe", "\\u202egnp.exe"),
+        ("\x85\x00\x7f", "\\x85\\x00\\x7f"),
+        ("back\\slash", "back\\\\slash"),  # so an escape in the input cannot pass for ours
+        ("\udcff", "\\udcff"),  # a byte that was not UTF-8 (surrogateescape)
+        ("\U000e0041", "\\U000e0041"),  # a tag character
+    ],
+)
+def test_escape_for_log(text: str, expected: str) -> None:
+    assert escape_for_log(text) == expected
+
+
+@pytest.fixture
+def log_output() -> Iterator[io.StringIO]:
+    """The product's log format, captured: what `postern serve` writes to stderr."""
+    output = io.StringIO()
+    handler = logging.StreamHandler(output)
+    handler.setFormatter(EscapingFormatter(FORMAT))
+    root = logging.getLogger()
+    previous = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        yield output
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(previous)
+
+
+def assert_no_forged_line(text: str) -> None:
+    assert "FORGED" in text, "the hostile input never reached the log: nothing was tested"
+    for line in text.splitlines():
+        if RECORD_START.match(line):
+            continue
+        assert line.startswith("  | "), f"a line that is not a record: {line!r}"
+    for line in text.splitlines():
+        assert "\x1b" not in line and "\u2028" not in line and "\u202e" not in line, line
+        if "FORGED" in line and RECORD_START.match(line):
+            assert not line.startswith("2030-"), line
+    assert "\r" not in text and "\x85" not in text
+
+
+def test_formatter_escapes_the_message_and_indents_tracebacks(log_output: io.StringIO) -> None:
+    log = logging.getLogger("postern.test")
+    log.warning("refused %s", FORGED)
+    try:
+        raise ValueError(f"bad input {FORGED}")
+    except ValueError:
+        log.exception("failed on %s", FORGED)
+    assert_no_forged_line(log_output.getvalue())
+
+
+async def test_smtp_and_http_input_cannot_forge_a_log_line(
+    service: ServiceFactory, sink: Sink, log_output: io.StringIO
+) -> None:
+    svc = await service()
+    # aiosmtpd logs an unknown command verbatim (a CR and ESC survive its line split).
+    client = await RawClient.connect(svc.smtp_port)
+    await client.ehlo()
+    reply = await client.command(b"X\rFORGED\x1b[2J" + FORGED.encode()[2:])
+    assert reply.code >= 500
+    await client.close()
+
+    # The mail log names the recipient; the envelope allows any printable UTF-8 there.
+    rcpt = "u\u2028FORGED\u202e@y.test"
+    code, text = await smtp_send(
+        svc.smtp_port,
+        "a@x.test",
+        [rcpt],
+        b"From: a@x.test\r\nSubject: s\r\n\r\nbody\r\n",
+        mail_options=["SMTPUTF8"],
+    )
+    assert code == 250, text
+    assert await sink.wait_for_async(1, timeout=10)
+
+    # An API route that logs the path of a failed request (percent-decoded by uvicorn).
+    _, key = await create_key(svc.db, "logs", ["send"])
+    host, port = svc.config.http.listen
+    async with httpx.AsyncClient(base_url=f"http://{host}:{port}") as http:
+        await svc.writer.stop()  # storage fails: the route logs method and path
+        try:
+            response = await http.get(
+                "/v1/messages/%0D%0A2030-01-01%2000:00:00,000%20ERROR%20x:%20FORGED",
+                headers={"Authorization": f"Bearer {key}"},
+            )
+        finally:
+            svc.writer.start()
+    assert response.status_code in (404, 503), response.text
+    await asyncio.sleep(0.2)
+    assert_no_forged_line(log_output.getvalue())
