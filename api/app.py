@@ -28,6 +28,7 @@ from api import errors
 from api.context import ApiContext
 from api.openapi import build_openapi, operation
 from api.routes import aliases, domains, keys, messages, pools, send, smtp_configs, suppressions
+from api.routes import webhooks as webhook_routes
 from gateway import metrics
 from storage.writer import StorageUnavailable
 
@@ -135,6 +136,7 @@ def create_app(health: HealthCheck, api: ApiContext | None = None) -> Starlette:
     if api is not None:
         for module in (send, messages, keys, suppressions, pools, smtp_configs, aliases, domains):
             routes.extend(module.routes)
+        routes.extend(webhook_routes.routes)
     app = Starlette(
         routes=routes,
         exception_handlers={

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -14,6 +14,7 @@ from api.auth import RateLimiter
 from api.errors import Unavailable
 from api.management import Management
 from gateway.intake import Intake
+from gateway.queue import Queue
 from gateway.suppressions import SuppressionCache
 from storage.db import Database
 from storage.idempotency import purge_expired
@@ -38,6 +39,8 @@ class ApiContext:
     max_body_size: int
     max_message_size: int = 26_214_400  # the built message, as [smtp] max_message_size
     manage: Management | None = None  # pools, aliases, domains (absent in bare-app tests)
+    queue: Queue | None = None  # retry/cancel of messages (absent in bare-app tests)
+    wake: Callable[[], None] | None = None  # nudges this node's delivery poller after a retry
     _purger: asyncio.Task[None] | None = field(default=None, repr=False)
     _pending: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
 
@@ -45,6 +48,11 @@ class ApiContext:
         if self.manage is None:
             raise Unavailable("management is not available on this node")
         return self.manage
+
+    def message_queue(self) -> Queue:
+        if self.queue is None:
+            raise Unavailable("queue operations are not available on this node")
+        return self.queue
 
     def start(self) -> None:
         self._purger = asyncio.get_running_loop().create_task(self._purge(), name="api-purge")

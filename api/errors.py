@@ -16,7 +16,9 @@
     ├── MethodNotAllowed      405 method_not_allowed
     ├── Conflict              409 conflict          the name, domain or address is taken
     │   ├── ConfigPool        409 config_pool       the pool is declared in the config file
-    │   └── AliasInUse        409 alias_in_use      queued mail still references the alias
+    │   ├── AliasInUse        409 alias_in_use      queued mail still references the alias
+    │   ├── MessageFinal      409 message_final     retry/cancel of a message with no work left
+    │   └── MessageBusy       409 message_busy      retry/cancel of a message being delivered
     ├── PayloadTooLarge       413 payload_too_large over [http] max_body_size
     ├── Suppressed            422 suppressed        every recipient is suppressed
     ├── DomainNotVerified     422 domain_not_verified   an alias on an unverified domain
@@ -134,6 +136,14 @@ class ConfigPool(Conflict):
 
 class AliasInUse(Conflict):
     code = "alias_in_use"
+
+
+class MessageFinal(Conflict):
+    code = "message_final"
+
+
+class MessageBusy(Conflict):
+    code = "message_busy"
 
 
 class PayloadTooLarge(ApiError):

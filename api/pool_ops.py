@@ -25,6 +25,7 @@ from gateway.message import Sender, Submission
 from gateway.message_builder import BuildError, Draft, Mailbox, build, text_problem
 from gateway.pool_secrets import seal
 from gateway.probe import CONNECTION, ProbeResult, Target, probe
+from gateway.throttle import parse_rate
 from storage import pools
 from storage.keys import ApiKeyRecord
 from storage.pools import PoolRecord
@@ -41,6 +42,8 @@ def _bad(field: str, message: str) -> errors.InvalidRequest:
 
 def normalise(values: dict[str, Any]) -> dict[str, Any]:
     """Hosts as the connection wants them: no brackets around an IPv6 literal, no spaces."""
+    if isinstance(values.get("rate"), str):
+        values["rate"] = values["rate"].strip()
     host = values.get("host")
     if isinstance(host, str):
         host = host.strip()
@@ -65,6 +68,12 @@ def check_fields(values: Mapping[str, Any]) -> None:
         problem = text_problem(from_email, header=True) or envelope_problem(from_email)
         if problem:
             raise _bad("from_email", problem)
+    rate = values.get("rate")
+    if rate is not None:
+        try:
+            parse_rate(rate)
+        except ValueError as error:
+            raise _bad("rate", str(error)) from None
 
 
 async def check_target(manage: Management, state: Mapping[str, Any]) -> None:

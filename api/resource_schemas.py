@@ -21,6 +21,17 @@ Connections = Annotated[int, Field(ge=1, le=1000)]
 Username = Annotated[str, Field(max_length=256)]
 Password = Annotated[str, Field(max_length=1024, description="write-only; stored encrypted")]
 Email = Annotated[str, Field(max_length=254)]
+RateText = Annotated[
+    str,
+    Field(
+        max_length=32,
+        description='sends per rolling window across nodes, e.g. "100/min", "14/s", '
+        '"20/10s" (units s, min, hour); "" = none',
+    ),
+]
+DailyLimit = Annotated[
+    int, Field(ge=0, le=1_000_000_000, description="sends per UTC day across nodes; 0 = none")
+]
 
 
 # --- SMTP pools (seed 000) -----------------------------------------------------------------
@@ -40,6 +51,8 @@ class PoolCreate(Strict):
     is_active: bool = True
     from_email: Email = ""
     tls_verify: bool = True
+    rate: RateText = ""
+    daily_limit: DailyLimit = 0
 
 
 class PoolUpdate(Strict):
@@ -58,6 +71,8 @@ class PoolUpdate(Strict):
     is_active: bool | None = None
     from_email: Email | None = None
     tls_verify: bool | None = None
+    rate: RateText | None = None
+    daily_limit: DailyLimit | None = None
 
 
 class SmtpPool(BaseModel):
@@ -75,6 +90,8 @@ class SmtpPool(BaseModel):
     is_default: bool
     from_email: str
     tls_verify: bool
+    rate: str = Field(description='e.g. "100/min"; "" = none')
+    daily_limit: int = Field(description="0 = none")
     source: Literal["api", "config"] = Field(description="config: read-only over the API")
     has_password: bool
 

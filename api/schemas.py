@@ -4,6 +4,7 @@ unknown field is a 400, never coerced; the response models document what the rou
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -89,13 +90,42 @@ class ErrorResponse(BaseModel):
 
 class RecipientStatus(BaseModel):
     email: str
-    status: Literal["queued", "deferred", "delivered", "bounced", "suppressed", "sandbox"]
+    status: Literal[
+        "queued", "deferred", "delivered", "bounced", "suppressed", "sandbox", "cancelled"
+    ]
     response: str | None
+
+
+class EventReply(BaseModel):
+    code: int | None
+    enhanced_status: str | None
+    text: str
+
+
+class MessageEvent(BaseModel):
+    """One state change or per-recipient result (the same shape webhooks receive)."""
+
+    id: str
+    type: str
+    created_at: str
+    message_id: str
+    message_status: str
+    recipient: str | None
+    pool: str | None
+    attempt: int
+    response: EventReply | None
+    tags: list[str]
+    metadata: dict[str, str]
+
+
+MessageStatusName = Literal[
+    "queued", "delivered", "deferred", "bounced", "suppressed", "sandbox", "cancelled"
+]
 
 
 class MessageStatus(BaseModel):
     message_id: str
-    status: Literal["queued", "delivered", "deferred", "bounced", "suppressed", "sandbox"]
+    status: MessageStatusName
     pool: str | None
     attempts: int
     recipients: list[RecipientStatus]
@@ -104,6 +134,66 @@ class MessageStatus(BaseModel):
     provider: Literal["smtp", "sandbox"]
     tags: list[str]
     metadata: dict[str, str]
+    next_attempt_at: str | None = Field(description="null once final or while being delivered")
+    last_response: str | None = Field(description="the last attempt's worst reply")
+    events: list[MessageEvent]
+
+
+class MessageSummary(BaseModel):
+    message_id: str
+    status: MessageStatusName
+    from_: str = Field(alias="from")
+    recipients: list[str]
+    pool: str | None
+    attempts: int
+    tags: list[str]
+    created_at: str
+    updated_at: str
+    next_attempt_at: str | None
+    last_response: str | None
+
+
+class MessageList(BaseModel):
+    data: list[MessageSummary]
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page; null: last")
+
+
+class MessageFilterBody(Strict):
+    """Which messages a bulk operation acts on: every criterion given must match."""
+
+    status: str | list[str] | None = Field(
+        None, description="queued, deferred (others match nothing: only they have work left)"
+    )
+    pool: str | None = None
+    recipient: str | None = None
+    from_: str | None = Field(None, alias="from")
+    tag: str | None = None
+    since: str | int | float | None = Field(None, description="ISO 8601 or UNIX seconds")
+    until: str | int | float | None = Field(None, description="ISO 8601 or UNIX seconds")
+    all: bool = Field(False, description="required to act on the whole queue with no criteria")
+
+
+class BulkRequest(Strict):
+    filter: MessageFilterBody
+    dry_run: bool = False
+
+
+class BulkResult(BaseModel):
+    matched: int = Field(description="messages with work left that match")
+    retried: int | None = Field(None, description="retry: made due now")
+    cancelled: int | None = Field(None, description="cancel: stopped")
+    busy: int = Field(description="being delivered right now: left alone")
+    dry_run: bool
+
+
+class RetryResult(BaseModel):
+    message_id: str
+    retried: Literal[True]
+
+
+class CancelResult(BaseModel):
+    message_id: str
+    status: Literal["cancelled"]
 
 
 class KeyCreate(Strict):
@@ -168,7 +258,7 @@ class Ok(BaseModel):
 def parse(model: type[T], body: bytes) -> T:
     """The body as `model`, or InvalidRequest naming each bad field."""
     try:
-        return model.model_validate_json(body)
+        parsed = model.model_validate_json(body)
     except ValidationError as error:
         details = [
             {"field": field_path(problem["loc"]) or "body", "message": problem["msg"]}
@@ -176,6 +266,39 @@ def parse(model: type[T], body: bytes) -> T:
         ]
         first = details[0]
         raise InvalidRequest(f"{first['field']}: {first['message']}", details) from None
+    if b'"' in body:  # pydantic keeps the last of duplicate keys; a proxy may read the first
+        duplicate = _duplicate_key(body)
+        if duplicate is not None:
+            problem = {"field": duplicate, "message": "the key appears more than once"}
+            raise InvalidRequest(f"{duplicate}: the key appears more than once", [problem])
+    return parsed
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return result
+
+
+def _duplicate_key(body: bytes) -> str | None:
+    """The first key that an object of `body` repeats (body is valid JSON, already bounded
+    in depth by pydantic), or None."""
+    try:
+        json.loads(body, object_pairs_hook=_no_duplicates)
+    except _DuplicateKey as duplicate:
+        return str(duplicate.args[0])[:128]
+    except (ValueError, RecursionError):  # pydantic accepted it: nothing more to say
+        return None
+    return None
 
 
 def field_path(loc: tuple[Any, ...] | list[Any]) -> str:

@@ -74,13 +74,25 @@ async def read_status(reader: asyncio.StreamReader) -> int:
 
 
 async def client(
-    port: int, seqs: Iterator[int], make: Callable[[int], bytes], out: list[Sample]
+    port: int,
+    seqs: Iterator[int],
+    make: Callable[[int], bytes],
+    out: list[Sample],
+    due: Callable[[int], float] | None = None,
 ) -> None:
+    """Send requests one after another on one keep-alive connection.
+
+    With `due` (open loop, --rate) request `seq` waits for its scheduled time and its
+    latency counts from that time, so a slow answer delays the schedule visibly instead of
+    hiding in a lower offered load (no coordinated omission)."""
     reader, writer = await asyncio.open_connection(HOST, port, limit=1 << 20)
     try:
         for seq in seqs:
             data = make(seq)
             start = time.time()
+            if due is not None:
+                start = due(seq)
+                await asyncio.sleep(max(0.0, start - time.time()))
             try:
                 writer.write(data)
                 status = await read_status(reader)
@@ -102,7 +114,15 @@ async def run_load(port: int, case: Case, key: str) -> list[Sample]:
     def make(seq: int) -> bytes:
         return request_bytes(seq, case.size, key, run_id, case.idempotency)
 
-    await asyncio.gather(*(client(port, seqs, make, out) for _ in range(case.clients)))
+    due: Callable[[int], float] | None = None
+    if case.rate:
+        begin = time.time() + 0.2
+        rate = case.rate
+
+        def due(seq: int) -> float:
+            return begin + seq / rate
+
+    await asyncio.gather(*(client(port, seqs, make, out, due) for _ in range(case.clients)))
     return out
 
 
@@ -189,6 +209,7 @@ class Case:
     upstream_connections: int
     timeout: float
     keep: bool
+    rate: float = 0.0  # offered requests/s; 0 = closed loop (as fast as answers come)
 
 
 @dataclass
@@ -205,6 +226,7 @@ class Result:
     other: dict[str, int]
     delivered: int
     cpu_ms_per_request: float
+    offered_per_s: float = 0.0  # --rate; 0 = closed loop
 
 
 def run_case(case: Case) -> Result:
@@ -250,6 +272,7 @@ def summarize(case: Case, samples: list[Sample], delivered: int, cpu: float) -> 
         other=other,
         delivered=delivered,
         cpu_ms_per_request=cpu * 1000 / total,
+        offered_per_s=case.rate,
     )
 
 
@@ -257,7 +280,8 @@ def line(result: Result) -> str:
     other = ",".join(f"{code}x{n}" for code, n in result.other.items()) or "0"
     return (
         f"http_send  N={result.requests} C={result.clients} size={result.size}"
-        f"  req/s={result.requests_per_s:.0f}"
+        + (f"  offered={result.offered_per_s:.0f}/s" if result.offered_per_s else "")
+        + f"  req/s={result.requests_per_s:.0f}"
         f"  p50={relay.ms(result.p50_ms)} p99={relay.ms(result.p99_ms)}"
         f" max={relay.ms(result.max_ms)}"
         f"  200={result.ok_200:.1%} 202={result.queued_202:.1%} other={other}"
@@ -284,6 +308,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (config, log)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument("--matrix", action="store_true", help="C in (10, 50)")
+    parser.add_argument(
+        "--rate", type=float, default=0.0, help="offered load in requests/s (open loop)"
+    )
     args = parser.parse_args(argv)
     if min(args.requests, args.clients, args.size, args.upstream_connections) < 1:
         parser.error("--requests, --clients, --size and --upstream-connections must be >= 1")
@@ -302,6 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         upstream_connections=args.upstream_connections,
         timeout=args.timeout,
         keep=args.keep,
+        rate=args.rate,
     )
     cases = (
         [Case(**{**asdict(base), "clients": c}) for c in MATRIX_CLIENTS] if args.matrix else [base]

@@ -21,6 +21,30 @@ def has_control(text: str) -> bool:
     return bool(_CONTROL.search(text))
 
 
+_LOG_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def escape_for_log(text: str) -> str:
+    """`text` as one log line: control and other non-printable characters (CR, LF, ESC, C1,
+    U+2028, bidi overrides, lone surrogates) become backslash escapes, and so does the
+    backslash itself, so that no input can forge a line or pass for an escape; printable
+    non-ASCII stays readable."""
+    if text.isprintable() and "\\" not in text:
+        return text
+    return "".join(_escape_char(char) for char in text)
+
+
+def _escape_char(char: str) -> str:
+    if char in _LOG_ESCAPES:
+        return _LOG_ESCAPES[char]
+    if char.isprintable():
+        return char
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
 def envelope_problem(address: str) -> str | None:
     """Why `address` is not an acceptable envelope address, or None when it is."""
     if has_control(address):

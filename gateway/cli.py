@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import sys
 from collections.abc import Sequence
 
-from gateway import cli_admin, cli_dkim, cli_domains
+from gateway import cli_admin, cli_dkim, cli_domains, cli_queue
 from gateway.config import ConfigError, load
 
 
@@ -34,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     cli_admin.add_commands(commands)
     cli_dkim.add_commands(commands)
     cli_domains.add_commands(commands)
+    cli_queue.add_commands(commands)
     return parser
 
 
@@ -49,6 +51,10 @@ async def _serve(config_path: str | None) -> int:
     config = load(config_path)
     service = Service(config)
     await service.start()
+    # What start-up built (modules, compiled statements, config) lives as long as the
+    # process: move it out of the collector's reach, so that a full collection walks only
+    # what requests create (gen-2 pauses of ~40 ms measured under HTTP load before).
+    gc.freeze()
     await service.run_until_stopped()
     return 0
 
@@ -75,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cli_dkim.run(args, load(config_path))
         if args.command in cli_domains.COMMANDS:
             return cli_domains.run(args, load(config_path))
+        if args.command in cli_queue.COMMANDS:
+            return cli_queue.run(args, load(config_path))
         _setup_logging(args.log_level)
         factory = _event_loop_runner()
         with asyncio.Runner(loop_factory=factory) as runner:  # type: ignore[arg-type]

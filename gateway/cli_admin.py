@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.addresses import envelope_problem, has_control
+from gateway.addresses import envelope_problem, escape_for_log, has_control
 from gateway.config import Config, ConfigError
 from storage.db import (
     Database,
@@ -192,12 +192,12 @@ def _text(command: str, action: str, result: Any) -> str:
     if (command, action) == ("keys", "list"):
         rows = [
             f"{k['id']}  {k['prefix']}…  {'revoked' if k['revoked_at'] else 'active '}  "
-            f"{k['created_at']}  {' '.join(k['scopes'])}  {_safe(k['name'])}"
+            f"{k['created_at']}  {' '.join(k['scopes'])}  {escape_for_log(k['name'])}"
             for k in result
         ]
         return "\n".join(rows) if rows else "no API keys"
     if (command, action) == ("keys", "revoke"):
-        return f"revoked {result['id']} ({_safe(result['name'])})"
+        return f"revoked {result['id']} ({escape_for_log(result['name'])})"
     if action == "list":
         rows = [f"{r['email']}  {r['reason']}  {r['created_at']}" for r in result]
         return "\n".join(rows) if rows else "no suppressed addresses"
@@ -205,7 +205,3 @@ def _text(command: str, action: str, result: Any) -> str:
         verb = "suppressed" if result["created"] else "updated"
         return f"{verb} {result['email']} ({result['reason']})"
     return f"removed {result['email']}"
-
-
-def _safe(text: str) -> str:
-    return text.encode("unicode_escape").decode("ascii") if has_control(text) else text

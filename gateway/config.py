@@ -77,6 +77,7 @@ class SmtpConfig:
     max_recipients: int = 100
     max_connections: int = 1000
     idle_timeout: float = 300.0
+    session_timeout: float = 3600.0
     tls_cert: str = ""
     tls_key: str = ""
 
@@ -124,6 +125,14 @@ class SecurityConfig:
 
 
 @dataclass(frozen=True)
+class WebhooksConfig:
+    enabled: bool = True  # this node dispatches and sends webhook events
+    max_age: float = 3 * 86400.0  # undelivered events older than this are dropped (>= 24 h)
+    timeout: float = 10.0
+    batch_size: int = 100  # events per POST
+
+
+@dataclass(frozen=True)
 class PoolConfig:
     name: str
     host: str
@@ -138,6 +147,8 @@ class PoolConfig:
     is_active: bool = True
     from_email: str = ""
     tls_verify: bool = True
+    rate: str = ""  # "100/min": sends per rolling window across nodes; "" = none
+    daily_limit: int = 0  # sends per UTC day across nodes; 0 = none
 
     def password(self) -> str:
         """The password from the environment variable named in the file, or ''."""
@@ -154,6 +165,7 @@ class Config:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     pools: tuple[PoolConfig, ...] = ()
 
 
@@ -245,6 +257,24 @@ def _rate(value: Any, where: str) -> str:
     return text
 
 
+def _pool_rate(value: Any, where: str) -> str:
+    from gateway.throttle import parse_rate  # throttle imports the delivery stack
+
+    text: str = _str(value, where)
+    try:
+        parse_rate(text)
+    except ValueError as error:
+        raise ConfigError(f"{where}: {error}") from None
+    return text.strip()
+
+
+def _non_negative_int(value: Any, where: str) -> int:
+    number: int = _int_any(value, where)
+    if number < 0:
+        raise ConfigError(f"{where}: must be an integer >= 0, got {number}")
+    return number
+
+
 def _schedule(value: Any, where: str) -> tuple[float, ...]:
     if not isinstance(value, list) or not value:
         raise ConfigError(f"{where}: expected a non-empty list of durations")
@@ -294,6 +324,7 @@ _SECTIONS: dict[str, tuple[type, dict[str, Converter]]] = {
             "max_recipients": _positive_int,
             "max_connections": _positive_int,
             "idle_timeout": _positive_duration,
+            "session_timeout": _positive_duration,
             "tls_cert": _str,
             "tls_key": _str,
         },
@@ -326,6 +357,15 @@ _SECTIONS: dict[str, tuple[type, dict[str, Converter]]] = {
     "policy": (PolicyConfig, {"sender": _choice("verified", "any")}),
     "dns": (DnsConfig, {"nameservers": _nameservers}),
     "security": (SecurityConfig, {"deny_networks": _networks}),
+    "webhooks": (
+        WebhooksConfig,
+        {
+            "enabled": _bool,
+            "max_age": _positive_duration,
+            "timeout": _positive_duration,
+            "batch_size": _positive_int,
+        },
+    ),
 }
 
 _POOL_KEYS: dict[str, Converter] = {
@@ -342,6 +382,8 @@ _POOL_KEYS: dict[str, Converter] = {
     "is_active": _bool,
     "from_email": _str,
     "tls_verify": _bool,
+    "rate": _pool_rate,
+    "daily_limit": _non_negative_int,
 }
 
 
@@ -403,6 +445,8 @@ def _check(config: Config) -> None:
                 f"pool {pool.name!r}: AUTH over an unencrypted connection to {pool.host} would "
                 'send the password in clear; use encryption = "tls" or "ssl"'
             )
+    if config.webhooks.max_age < 86400:
+        raise ConfigError("webhooks.max_age: must be at least 24h (receivers get a day to recover)")
     url = config.storage.url
     if url and not url.startswith(("postgresql", "sqlite")):
         raise ConfigError(

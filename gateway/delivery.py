@@ -16,10 +16,13 @@ from collections.abc import Iterable
 from dataclasses import replace
 
 from gateway import metrics, simulator
+from gateway.addresses import escape_for_log
+from gateway.backoff import is_throttling
 from gateway.direct import DIRECT, DirectRoutes
 from gateway.message import DeliveryResult, Outcome, QueuedMessage
 from gateway.queue import AttemptRecord, Queue
 from gateway.routing import candidates, default_route
+from gateway.throttle import Throttle, Ticket, Wait, show_limits
 from gateway.upstream import PoolSettings, PoolUnavailable, SessionSettings, UpstreamPool, deferred
 from storage.writer import StorageUnavailable
 
@@ -48,6 +51,7 @@ class PoolRegistry:
             if fresh.get(pool_id) is not pool:
                 asyncio.get_running_loop().create_task(pool.close())
         self._pools = fresh
+        show_limits(pool.settings for pool in fresh.values())
 
     def settings(self) -> list[PoolSettings]:
         return [pool.settings for pool in self._pools.values()]
@@ -72,9 +76,11 @@ class Delivery:
         buffer_bytes: int = 64 * 1024 * 1024,
         poll_interval: float = 1.0,
         direct: DirectRoutes | None = None,
+        throttle: Throttle | None = None,
     ) -> None:
         self._queue = queue
         self._registry = registry
+        self._throttle = throttle  # pool rate and daily limits; None = none enforced
         self._direct = direct  # MX delivery for routes that name no pool
         self._workers = workers
         self._buffer: asyncio.Queue[QueuedMessage] = asyncio.Queue()
@@ -216,6 +222,8 @@ class Delivery:
     async def deliver(self, message: QueuedMessage) -> str:
         try:
             results, pool_name = await self._attempt_all(message)
+        except Postponed as postponed:
+            return await self._postpone(message, postponed.wait)
         except Exception as error:  # nobody classified it: defer, never lose or spin
             log.exception("delivery attempt of %s failed", message.id)
             reason = deferred(f"internal error ({error.__class__.__name__}); will retry", "4.3.0")
@@ -224,7 +232,7 @@ class Delivery:
             maillog.info(
                 "id=%s to=%s pool=%s result=%s reply=%r",
                 message.id,
-                _safe(rcpt),
+                escape_for_log(rcpt),
                 pool_name,
                 result.outcome.value,
                 result.describe(),
@@ -239,6 +247,21 @@ class Delivery:
             metrics.POSSIBLE_DUPLICATES.inc()
         status = recorded or "deferred"
         _count(results, pool_name or "none")
+        waiter = self._waiters.pop(message.id, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(status)
+        return status
+
+    async def _postpone(self, message: QueuedMessage, wait: Wait) -> str:
+        """Every ready pool of the route is over a limit: back to the queue until a slot
+        frees, without an attempt counted (the limit is ours, not the message's)."""
+        await self._queue.postpone(message.id, wait.until, wait.text)
+        delay = max(0.0, wait.until - time.time())
+        asyncio.get_running_loop().call_later(delay + 0.01, self.wake)  # claim it on time
+        maillog.info(
+            "id=%s pool=%s result=waiting for %.1fs: %s", message.id, wait.pool, delay, wait.text
+        )
+        status = "deferred" if message.attempts else "queued"
         waiter = self._waiters.pop(message.id, None)
         if waiter is not None and not waiter.done():
             waiter.set_result(status)
@@ -296,15 +319,70 @@ class Delivery:
             return dict.fromkeys(message.recipients, deferred(reason)), None
         last = deferred("no pool could be reached")
         tried: str | None = None
+        waits: list[Wait] = []
         for pool_id in ready:
             pool = self._registry.get(pool_id)
+            ticket = await self._throttle.reserve(pool.settings) if self._throttle else None
+            if isinstance(ticket, Wait):  # over its limit: the next pool, if any, goes now
+                waits.append(ticket)
+                continue
             tried = pool.name
             try:
-                return await pool.send(message), pool.name
+                results = await self._send(message, pool, ticket)
             except PoolUnavailable as unavailable:
                 last = unavailable.result
                 log.info("pool %s unavailable for %s: %s", pool.name, message.id, last.describe())
+                continue
+            return results, pool.name
+        if waits and tried is None:
+            wait = min(waits, key=lambda w: w.until)
+            deadline = message.created_at + self._queue.max_age
+            if time.time() < deadline:
+                raise Postponed(replace(wait, until=min(wait.until, deadline)))
+            last = deferred(wait.text)  # recorded past max_age: it expires as usual
         return dict.fromkeys(message.recipients, last), tried
+
+    async def _send(
+        self, message: QueuedMessage, pool: UpstreamPool, ticket: Ticket | None
+    ) -> dict[str, DeliveryResult]:
+        """One try through one pool; a throttling reply (421, 4.7.x) makes it back off."""
+        try:
+            results = await pool.send(message)
+        except PoolUnavailable as unavailable:
+            await self._throttled(message, pool, [unavailable.result])
+            raise
+        finally:
+            if ticket is not None and self._throttle is not None:
+                await self._throttle.sent(ticket)
+        await self._throttled(message, pool, results.values())
+        return results
+
+    async def _throttled(
+        self, message: QueuedMessage, pool: UpstreamPool, results: Iterable[DeliveryResult]
+    ) -> None:
+        reply = next((r for r in results if is_throttling(r)), None)
+        if reply is None:
+            return
+        halved = pool.backoff.trigger()
+        metrics.POOL_THROTTLED.labels(pool=pool.name, reason="backoff").inc()
+        log.warning(
+            "pool %s asked to slow down (%s); concurrency %s to %d",
+            pool.name, reply.describe(), "halved" if halved else "stays", pool.concurrency,
+        )  # fmt: skip
+        text = f"{reply.describe()}; concurrency {pool.concurrency}"
+        status = "deferred" if message.attempts else "queued"
+        try:
+            await self._queue.note_throttled(message.id, status, pool.name, text)
+        except StorageUnavailable as error:  # an event lost is better than a send repeated
+            log.warning("recording the throttled event of %s failed: %s", message.id, error)
+
+
+class Postponed(Exception):
+    """Every ready pool of the route is over a limit: the message waits for `wait.until`."""
+
+    def __init__(self, wait: Wait) -> None:
+        super().__init__(wait.text)
+        self.wait = wait
 
 
 def _count(results: dict[str, DeliveryResult], pool: str) -> None:
@@ -315,8 +393,3 @@ def _count(results: dict[str, DeliveryResult], pool: str) -> None:
             metrics.MESSAGES_BOUNCED.labels(pool=pool).inc()
         else:
             metrics.MESSAGES_DEFERRED.labels(pool=pool).inc()
-
-
-def _safe(text: str) -> str:
-    """User input in the mail log, escaped so it cannot forge a line."""
-    return text.encode("unicode_escape").decode("ascii")

@@ -13,15 +13,50 @@ import logging.handlers
 import queue
 import sys
 
+from gateway.addresses import escape_for_log
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class EscapingFormatter(logging.Formatter):
+    """One record, one line: the message (where user input ends up: addresses, EHLO names,
+    commands, URL paths, reasons) is escaped, whoever logged it (aiosmtpd included); the
+    lines of a traceback are indented, so no line of one can pass for a record of its own."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved, record.exc_text = record.exc_text, None  # another handler's cache: unescaped
+        try:
+            return super().format(record)
+        finally:
+            record.exc_text = saved
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape_for_log(record.message)
+        return super().formatMessage(record)
+
+    def formatException(self, ei: object) -> str:
+        return _indented(super().formatException(ei))  # type: ignore[arg-type]
+
+    def formatStack(self, stack_info: str) -> str:
+        return _indented(super().formatStack(stack_info))
+
+
+def _indented(text: str) -> str:
+    lines = text.splitlines() or [""]
+    return "\n".join("  | " + escape_for_log(line) for line in lines)
+
 
 def setup(level: str) -> None:
     """Log to stderr through a background thread; flushed at exit."""
     output = logging.StreamHandler(sys.stderr)
-    output.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    output.setFormatter(logging.Formatter(FORMAT))
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     listener = logging.handlers.QueueListener(records, output)
+    handoff = logging.handlers.QueueHandler(records)
+    # The handoff renders message and traceback (QueueHandler.prepare): escaped there.
+    handoff.setFormatter(EscapingFormatter("%(message)s"))
     root = logging.getLogger()
-    root.handlers[:] = [logging.handlers.QueueHandler(records)]
+    root.handlers[:] = [handoff]
     root.setLevel(getattr(logging, level.upper()))
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command chatter
     listener.start()

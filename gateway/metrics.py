@@ -52,3 +52,20 @@ HTTP_REQUEST_SECONDS = Histogram(
     buckets=_LATENCY_BUCKETS,
 )
 SMTP_SESSIONS = Gauge("postern_smtp_sessions", "Open SMTP client sessions.")
+WEBHOOK_DELIVERIES = Counter(
+    "postern_webhook_deliveries_total",
+    "Events sent to webhooks, by outcome (delivered, failed attempt, dropped past max_age).",
+    ["status"],
+)
+EVENTS_PENDING = Gauge(
+    "postern_events_pending", "Events not yet fanned out to webhooks plus deliveries queued."
+)
+POOL_THROTTLED = Counter(
+    "postern_pool_throttled_total",
+    "Sends held back by a pool's limit (rate, daily) or met with an upstream throttling "
+    "reply that halved the pool's concurrency (backoff).",
+    ["pool", "reason"],
+)
+POOL_RATE_LIMIT = Gauge(
+    "postern_pool_rate_limit", "A pool's configured rate in sends per second (0 = none).", ["pool"]
+)

@@ -94,6 +94,13 @@ _RELEASE_ONE = (
 )
 
 
+_POSTPONE = (
+    update(M)
+    .where(M.c.id == bindparam("m_id"), M.c.claimed_by == bindparam("node"))
+    .values(claimed_by=None, due_at=bindparam("due"), last_response=bindparam("why"))
+)
+
+
 _ids = random.Random(secrets.randbits(128))  # seeded once: os.urandom per id costs a syscall
 
 
@@ -460,6 +467,17 @@ class Queue:
         """Give back one message this node holds, due again after `delay` seconds."""
         params = {"m_id": message_id, "node": self.node_id, "due": time.time() + delay}
         await self._writer.submit(Batch([(_RELEASE_ONE, params)]))
+
+    async def postpone(self, message_id: str, until: float, reason: str) -> None:
+        """Give back one message this node holds, due at `until`, saying why it waits
+        (a pool over its rate or daily limit): no attempt counted, no event, no retry
+        schedule step, as the message itself did nothing wrong."""
+        params = {"m_id": message_id, "node": self.node_id, "due": until, "why": reason[:1000]}
+        await self._writer.submit(Batch([(_POSTPONE, params)]))
+
+    @property
+    def max_age(self) -> float:
+        return self._max_age
 
     async def release_claims(self) -> None:
         """Give back every message this node holds so that it is due now (shutdown/start)."""

@@ -46,7 +46,9 @@ from gateway.pool_secrets import unseal
 from gateway.queue import Queue
 from gateway.secrets import SecretBox, SecretError, bind_to_database
 from gateway.smtp_server import ListenerLimits, PosternHandler
+from gateway.throttle import Throttle
 from gateway.upstream import PoolSettings, SessionSettings
+from gateway.webhooks import start_webhooks
 from storage.db import SchemaError, create_schema, database_url, open_database, prepare_data_dir
 from storage.keys import KeyStore
 from storage.pools import list_pools, sync_config_pools
@@ -158,8 +160,9 @@ class Service:
             allow_private=delivery_cfg.mx_allow_private,
         )  # fmt: skip
         self.delivery = Delivery(
-            self.queue, self.registry, workers=delivery_cfg.workers, direct=direct
-        )
+            self.queue, self.registry, workers=delivery_cfg.workers, direct=direct,
+            throttle=Throttle(self.db, self.writer),
+        )  # fmt: skip
         self.delivery.start()
         self.delivery.wake()
         # A key made by `postern dkim generate` in another process is picked up within 2 s.
@@ -188,11 +191,16 @@ class Service:
             handoff_timeout=delivery_cfg.handoff_timeout,
             max_body_size=config.http.max_body_size,
             max_message_size=config.smtp.max_message_size,
+            queue=self.queue,
+            wake=self.delivery.wake,
             manage=Management.build(
                 config, self.box, self.identities, self.registry, self.reload_pools
             ),
         )
         self.api.start()
+        self.webhooks = await start_webhooks(  # signed event webhooks ([webhooks])
+            config.webhooks, self.db, self.writer, self.box, self.api.management().guard, node
+        )
         app = create_app(self.queue.ping, self.api)
         self._http = _EmbeddedUvicorn(
             uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False)
@@ -231,6 +239,8 @@ class Service:
                     is_default=row.is_default,
                     is_active=row.is_active,
                     tls_verify=row.tls_verify,
+                    rate=row.rate,
+                    daily_limit=row.daily_limit,
                 )
             )
         self.registry.load(settings)
@@ -244,6 +254,7 @@ class Service:
             max_recipients=smtp.max_recipients,
             max_connections=smtp.max_connections,
             idle_timeout=smtp.idle_timeout,
+            session_timeout=smtp.session_timeout,
             require_auth=smtp.require_auth,
             tls_context=tls_context,
         )
@@ -271,6 +282,9 @@ class Service:
         for session in list(self.smtp_handler.sessions):
             session.abort()
         await self.delivery.stop(self.drain_timeout)
+        webhooks = getattr(self, "webhooks", None)
+        if webhooks is not None:  # POSTs in flight are cancelled: their events stay owed
+            await webhooks.stop()
         try:
             await self.queue.release_claims()
         except StorageUnavailable as error:

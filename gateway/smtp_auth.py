@@ -31,13 +31,41 @@ class AuthThrottle:
         self._failures: dict[str, tuple[int, float]] = {}
 
     def failed(self, host: str) -> float:
+        """Note a failure from `host`; how long its 535 waits. Only this client's own
+        failures count: another address is not slowed down by them."""
+        host = client_of(host)
         now = time.monotonic()
         count, last = self._failures.get(host, (0, now))
         count = 1 if now - last > FORGET_AFTER else count + 1
         if len(self._failures) > 50_000:  # bounded memory under a spray of addresses
-            self._failures.clear()
+            self._forget(now)
         self._failures[host] = (count, now)
         return min(MAX_DELAY, BASE_DELAY * 2 ** (count - 1))
+
+    def _forget(self, now: float) -> None:
+        """Drop the clients that stopped failing, then (still too many) those with the fewest
+        and oldest failures: a spray of one-off addresses must not wipe the count of a
+        client that keeps guessing."""
+        self._failures = {
+            host: entry for host, entry in self._failures.items() if now - entry[1] <= FORGET_AFTER
+        }
+        if len(self._failures) > 25_000:
+            recent = sorted(self._failures.items(), key=lambda item: item[1])[-25_000:]
+            self._failures = dict(recent)
+
+
+def client_of(host: str) -> str:
+    """The unit of AUTH throttling: an IPv4 address, or an IPv6 /64 (one subscriber's
+    network: a client could otherwise take a fresh address for every guess)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if not isinstance(address, ipaddress.IPv6Address):
+        return host
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(ipaddress.IPv6Network((address, 64), strict=False))
 
 
 def is_loopback(peer: Any) -> bool:

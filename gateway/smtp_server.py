@@ -52,6 +52,7 @@ class Reply:
     ALL_SUPPRESSED = "550 5.7.1 Every recipient is suppressed"
     TEMPORARY = "451 4.3.0 Temporary failure, please try again later"
     TOO_MANY_CONNECTIONS = b"421 4.7.0 Too many connections, try again later\r\n"
+    SESSION_TOO_LONG = b"421 4.4.2 Session time limit reached, closing connection\r\n"
     QUEUED = "250 2.0.0 OK queued as {}"
 
 
@@ -99,7 +100,8 @@ class ListenerLimits:
     max_message_size: int
     max_recipients: int
     max_connections: int
-    idle_timeout: float
+    idle_timeout: float  # to complete the next command (aiosmtpd: bytes do not reset it)
+    session_timeout: float = 3600.0  # the whole session, however busy
     require_auth: bool = False
     tls_context: ssl.SSLContext | None = None
 
@@ -126,6 +128,7 @@ class PosternSMTP(ApiKeyAuth, SMTP):
         self._limits = limits
         self._refused = False
         self._handler = handler
+        self._session_ends: float | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         first = self.transport is None  # called again with the TLS transport after STARTTLS
@@ -148,6 +151,22 @@ class PosternSMTP(ApiKeyAuth, SMTP):
         self._handler.sessions.discard(self)
         metrics.SMTP_SESSIONS.set(len(self._handler.sessions))
         super().connection_lost(error)
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        # aiosmtpd restarts its timer at each valid command only (a command trickled a
+        # byte at a time times out); the session deadline bounds a client that keeps
+        # sending NOOPs, so that nobody holds a connection slot forever.
+        now = self.loop.time()
+        if self._session_ends is None:
+            self._session_ends = now + self._limits.session_timeout
+        wait = duration or self._timeout_duration
+        super()._reset_timeout(max(0.001, min(wait, self._session_ends - now)))
+
+    def _timeout_cb(self) -> None:
+        ends = self._session_ends
+        if ends is not None and self.loop.time() >= ends - 0.01 and self.transport is not None:
+            self.transport.write(Reply.SESSION_TOO_LONG)  # type: ignore[attr-defined]
+        super()._timeout_cb()
 
     def abort(self) -> None:
         """Drop the client at shutdown (it keeps any message it has not got a 250 for)."""

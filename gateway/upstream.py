@@ -20,6 +20,7 @@ import aiosmtplib
 from aiosmtplib import SMTPConnectError, SMTPException, SMTPHeloError, SMTPResponseException
 
 from gateway import metrics
+from gateway.backoff import Backoff, Slots
 from gateway.message import DeliveryResult, Outcome, QueuedMessage
 from gateway.pipelining import PipelinedSession, SessionClosed, SessionTimeout, TransactionReplies
 
@@ -43,6 +44,8 @@ class PoolSettings:
     is_default: bool = False
     is_active: bool = True
     tls_verify: bool = True
+    rate: str = ""  # "100/min": sends per rolling window across nodes (gateway.throttle)
+    daily_limit: int = 0  # sends per UTC day across nodes; 0 = none
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ class SessionSettings:
     idle_timeout: float = 60.0
     max_messages_per_connection: int = 1000
     cooldown: float = 10.0  # first pause of a failing pool; doubles, at most 5 minutes
+    backoff: float = 60.0  # how long a throttling reply (421, 4.7.x) halves concurrency
 
 
 class _StaleSession(Exception):
@@ -111,7 +115,8 @@ class UpstreamPool:
     def __init__(self, settings: PoolSettings, session: SessionSettings) -> None:
         self.settings = settings
         self._session = session
-        self._slots = asyncio.Semaphore(settings.max_connections)
+        self._slots = Slots(settings.max_connections)
+        self.backoff = Backoff(self._slots, settings.max_connections, session.backoff)
         self._idle: list[_Session] = []
         self._busy = 0
         self._shown = (0, 0)  # what the gauges hold for this pool
@@ -136,6 +141,11 @@ class UpstreamPool:
 
     def healthy(self, now: float) -> bool:
         return now >= self.unhealthy_until
+
+    @property
+    def concurrency(self) -> int:
+        """The connection cap in force: max_connections, or less while backing off."""
+        return self._slots.size
 
     async def send(self, message: QueuedMessage) -> dict[str, DeliveryResult]:
         """Deliver to every pending recipient; raise PoolUnavailable to fail over."""
@@ -300,15 +310,14 @@ class UpstreamPool:
         except (SMTPException, OSError) as error:
             if settings.encryption != "opportunistic" or not _tls_failure(error):
                 self._mark(healthy=False)
-                raise PoolUnavailable(deferred(f"{self.name}: {_describe(error)}")) from None
+                raise PoolUnavailable(self._refusal(error)) from None
             # STARTTLS refused or its handshake failed: an MX host still gets the mail in
             # plain text, as Postfix's "may" level does (RFC 3207 §4.1 leaves it to us).
             try:
                 client = await self._open(False)
             except (SMTPException, OSError) as plain_error:
                 self._mark(healthy=False)
-                reason = f"{self.name}: {_describe(plain_error)}"
-                raise PoolUnavailable(deferred(reason)) from None
+                raise PoolUnavailable(self._refusal(plain_error)) from None
         try:
             pipe = PipelinedSession.take_over(client, self._session.command_timeout)
         except SessionClosed as closed:
@@ -342,6 +351,15 @@ class UpstreamPool:
             raise
         return client
 
+    def _refusal(self, error: BaseException) -> DeliveryResult:
+        """A failed connect as a deferral, keeping a 4xx reply's code and enhanced status
+        (a 421 greeting is a throttling signal: gateway.backoff)."""
+        if isinstance(error, SMTPResponseException) and 400 <= error.code < 500:
+            reply = classify(error.code, error.message.replace("\r", " ").replace("\n", " "))
+            text = f"{self.name}: {reply.text}"[:300]
+            return DeliveryResult(Outcome.DEFERRED, error.code, reply.enhanced or "4.4.1", text)
+        return deferred(f"{self.name}: {_describe(error)}")
+
     @staticmethod
     async def _greet(client: aiosmtplib.SMTP) -> None:
         try:
@@ -366,6 +384,7 @@ class UpstreamPool:
 
     async def close(self) -> None:
         self._closed = True
+        self.backoff.restore()  # no timer left behind
         idle, self._idle = self._idle, []
         await asyncio.gather(*(self._close(s) for s in idle), return_exceptions=True)
         self._update_gauges()

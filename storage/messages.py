@@ -7,12 +7,14 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, insert, select
 
+from gateway import events
 from storage.db import Database
 from storage.models import Message, MessageMeta, Pool, Recipient
 
@@ -68,9 +70,21 @@ class MessageState:
     created_at: float
     updated_at: float
     recipients: list[RecipientState]
+    mail_from: str = ""
+    next_attempt_at: float | None = None  # None once final, and while a worker holds it
+    last_response: str | None = None  # the last attempt's summary
+    events: list[dict[str, Any]] = field(default_factory=list)  # gateway.events public shape
 
 
-def _state(conn: Connection, message_id: str) -> MessageState | None:
+def next_attempt_at(due_at: float | None, claimed_by: str | None, now: float) -> float | None:
+    """When the message is next tried: None once final or while a worker holds it (then
+    `due_at` is the end of the worker's lease, not a retry time)."""
+    if due_at is None or (claimed_by is not None and due_at > now):
+        return None
+    return due_at
+
+
+def _state(conn: Connection, message_id: str, with_events: bool = False) -> MessageState | None:
     row = conn.execute(
         select(
             M,
@@ -104,9 +118,16 @@ def _state(conn: Connection, message_id: str) -> MessageState | None:
         created_at=row.created_at,
         updated_at=row.updated_at,
         recipients=recipients,
+        mail_from=row.mail_from,
+        next_attempt_at=next_attempt_at(row.due_at, row.claimed_by, time.time()),
+        last_response=row.last_response,
+        events=events.for_message(conn, message_id) if with_events else [],
     )
 
 
-async def message_state(db: Database, message_id: str) -> MessageState | None:
-    """The message with its per-recipient results, or None when there is no such message."""
-    return await db.read(lambda conn: _state(conn, message_id))
+async def message_state(
+    db: Database, message_id: str, with_events: bool = False
+) -> MessageState | None:
+    """The message with its per-recipient results (and, if asked, its events), or None
+    when there is no such message."""
+    return await db.read(lambda conn: _state(conn, message_id, with_events))

@@ -37,6 +37,8 @@ _FIELDS = (
     "is_active",
     "from_email",
     "tls_verify",
+    "rate",
+    "daily_limit",
 )
 EDITABLE = frozenset(_FIELDS)
 _DEFAULT_LOCK = 7302  # PostgreSQL advisory lock: one default-changing transaction at a time
@@ -81,6 +83,8 @@ class PoolRecord:
     is_active: bool
     from_email: str
     tls_verify: bool
+    rate: str  # "" = none (gateway.throttle)
+    daily_limit: int  # 0 = none
     source: str  # config | api
     created_at: float
     has_password: bool

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.sql import Executable
 
 from storage.db import Database
@@ -105,8 +105,12 @@ class Writer:
         try:
             results = await self._transaction(jobs)
         except Exception as error:
-            if len(jobs) == 1:
-                self._fail(jobs[0], error)
+            if len(jobs) == 1 or isinstance(error, OperationalError | OSError):
+                # The database itself failed (locked past busy_timeout, disk full, I/O):
+                # one by one would only wait that long again per job. Every job fails now,
+                # nothing of them committed, and its caller answers 451 / 503.
+                for job in jobs:
+                    self._fail(job, error)
                 return
             log.warning(
                 "group commit of %d jobs failed (%s); retrying one by one", len(jobs), error

@@ -61,6 +61,7 @@ class Received:
     mail_options: list[str] = field(default_factory=list)
     tls: bool = False  # STARTTLS or implicit TLS was in effect
     login: str | None = None  # AUTH user, if the client authenticated
+    at: float = field(default_factory=time.time)  # when the final dot was read (wall clock)
 
 
 @dataclass

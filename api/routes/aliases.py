@@ -214,7 +214,7 @@ async def change(request: Request) -> Response:
     raw = await request.body()
     try:
         fields = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # malformed or nested too deep: parse() says which
         fields = None
     if isinstance(fields, dict):
         fixed = sorted(set(fields) - set(aliases.EDITABLE))

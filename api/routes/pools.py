@@ -54,6 +54,8 @@ def pool_json(record: PoolRecord) -> dict[str, Any]:
         "is_default": record.is_default,
         "from_email": record.from_email,
         "tls_verify": record.tls_verify,
+        "rate": record.rate,
+        "daily_limit": record.daily_limit,
         "source": record.source,
         "has_password": record.has_password,
     }

@@ -87,9 +87,7 @@ async def test_deferral_then_delivery_and_a_bounce_each_write_their_events(
     sink.fail("rcpt", "451 4.3.0 try later", times=1, match="ok@example.test")
     svc = await service()
     message_id = queued_id(
-        await smtp_send(
-            svc.smtp_port, SENDER, ["ok@example.test", "gone@example.test"], message()
-        )
+        await smtp_send(svc.smtp_port, SENDER, ["ok@example.test", "gone@example.test"], message())
     )
     await wait_for_status(svc, message_id, "bounced", timeout=15)
     found = await assert_consistent(svc, message_id)

@@ -37,6 +37,8 @@ class FilePool:
     is_active: bool = True
     from_email: str = ""
     tls_verify: bool = True
+    rate: str = ""
+    daily_limit: int = 0
 
 
 def pool(name: str, **values: Any) -> dict[str, Any]:
