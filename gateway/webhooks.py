@@ -71,8 +71,10 @@ class Webhooks:
         guard: HostGuard,
         node: str,
         settings: WebhookSettings | None = None,
+        send: bool = True,
     ) -> None:
         self.settings = settings or WebhookSettings()
+        self._send = send  # False: dispatch only ([webhooks] enabled = false on this node)
         s = self.settings
         self._db = db
         self._writer = writer
@@ -91,8 +93,9 @@ class Webhooks:
         self._wakeup = asyncio.Event()
 
     async def start(self) -> None:
-        await self.sender.release_all()  # what this node held when it last stopped
-        self.sender.start()
+        if self._send:
+            await self.sender.release_all()  # what this node held when it last stopped
+            self.sender.start()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="webhook-dispatch")
 
     async def stop(self) -> None:
@@ -101,7 +104,8 @@ class Webhooks:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        await self.sender.stop()
+        if self._send:
+            await self.sender.stop()
 
     def wake(self) -> None:
         """Events were written: dispatch now rather than at the next tick."""
@@ -116,7 +120,7 @@ class Webhooks:
             try:
                 done = await self.dispatcher.run_once()
                 full = done.events >= self.dispatcher.limit
-                if done.webhooks:
+                if done.webhooks and self._send:
                     self.sender.wake()
                 if loop.time() >= gauge_at:
                     gauge_at = loop.time() + s.gauge_every
@@ -148,13 +152,12 @@ async def start_webhooks(
     box: Cipher,
     guard: HostGuard,
     node: str,
-) -> Webhooks | None:
-    """The started machinery per `[webhooks]`, or None when this node does not send."""
-    if not config.enabled:
-        return None
+) -> Webhooks:
+    """The started machinery per `[webhooks]`. A node with `enabled = false` sends nothing
+    but still dispatches, so that the outbox never piles up behind it."""
     settings = WebhookSettings(
         batch_size=config.batch_size, timeout=config.timeout, max_age=config.max_age
     )
-    webhooks = Webhooks(db, writer, box, guard, node, settings)
+    webhooks = Webhooks(db, writer, box, guard, node, settings, send=config.enabled)
     await webhooks.start()
     return webhooks

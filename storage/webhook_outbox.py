@@ -255,4 +255,6 @@ def prune_attempts(conn: Connection, keep: int) -> int:
         ).scalar()
         if below is not None:
             removed += conn.execute(_PRUNE, {"w_id": webhook_id, "below": below}).rowcount
-    return removed
+    # A POST that ended after its webhook was deleted still wrote its attempt row.
+    orphans = delete(A).where(~exists().where(W.c.id == A.c.webhook_id))
+    return removed + int(conn.execute(orphans).rowcount)

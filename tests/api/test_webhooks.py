@@ -91,8 +91,13 @@ async def test_receiver_down_then_up_loses_nothing(api: Api, receiver: Receiver)
     assert await wait_until(failures, timeout=10)
     assert receiver.events == []
     await receiver.start()  # same port
-    expected = {f"evt_{row['id']}" for row in await stored_events(api)}
-    assert len(expected) == 30  # queued + delivered for each message
+
+    async def all_recorded() -> set[str]:  # queued + delivered for each message
+        found = {f"evt_{row['id']}" for row in await stored_events(api)}
+        return found if len(found) == 30 else set()
+
+    expected = await wait_until(all_recorded, timeout=10)
+    assert len(expected) == 30
     assert await wait_until(lambda: set(receiver.ids()) >= expected, timeout=15)
     assert len(receiver.ids()) == len(set(receiver.ids()))
     response = await api.get(f"/api/v1/webhooks/{hook_id}/deliveries", key=key)

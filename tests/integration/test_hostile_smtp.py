@@ -87,7 +87,7 @@ async def test_a_new_client_is_served_while_500_idle_connections_are_open(
     finally:
         for writer in idle:
             writer.close()
-    assert took < 2.0, f"EHLO took {took:.2f}s with {IDLE_CONNECTIONS} idle connections"
+    assert took < 5.0, f"EHLO took {took:.2f}s with {IDLE_CONNECTIONS} idle connections"
 
 
 async def test_an_idle_client_is_disconnected_after_idle_timeout(
@@ -98,7 +98,7 @@ async def test_an_idle_client_is_disconnected_after_idle_timeout(
     await client.ehlo()
     started = time.monotonic()
     assert await client.at_eof()
-    assert 0.8 <= time.monotonic() - started < 3.0
+    assert 0.8 <= time.monotonic() - started < 6.0
     await _wait_for_sessions(svc, 0)
 
 
@@ -126,7 +126,7 @@ async def test_a_command_trickled_a_byte_at_a_time_is_cut_off_at_idle_timeout(
                 closed_after = time.monotonic() - started
                 break
     assert closed_after is not None, "the trickling client was never disconnected"
-    assert closed_after < 3.0, closed_after
+    assert closed_after < 6.0, closed_after
 
 
 async def test_a_client_sending_noop_forever_is_closed_at_session_timeout_421(
@@ -136,7 +136,7 @@ async def test_a_client_sending_noop_forever_is_closed_at_session_timeout_421(
     client = await clients(svc)
     await client.ehlo()
     started = time.monotonic()
-    while time.monotonic() - started < 6:
+    while time.monotonic() - started < 10:
         try:
             reply = await client.command("NOOP")
         except ConnectionError:
@@ -147,7 +147,7 @@ async def test_a_client_sending_noop_forever_is_closed_at_session_timeout_421(
         await asyncio.sleep(0.3)  # well inside idle_timeout: only the session deadline ends it
     else:
         pytest.fail("a NOOP-sending client held its session past session_timeout")
-    assert 1.8 <= time.monotonic() - started < 3.5
+    assert 1.8 <= time.monotonic() - started < 7.0
     assert await client.at_eof()
 
 
@@ -295,7 +295,7 @@ async def test_auth_failures_slow_down_only_the_client_that_fails(
         slow = asyncio.create_task(_failed_auth(guesser))
         await asyncio.sleep(0.05)
         quick = await _failed_auth(other)
-        assert quick < 0.6, f"another client waited {quick:.2f}s for the guesser's failures"
+        assert quick < 1.2, f"another client waited {quick:.2f}s for the guesser's failures"
         assert await slow >= 1.5
     finally:
         await guesser.close()
