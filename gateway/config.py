@@ -93,6 +93,7 @@ class HttpConfig:
 @dataclass(frozen=True)
 class StorageConfig:
     url: str = ""
+    retention: float = 30 * 86400.0  # final messages and their events are kept this long
 
 
 @dataclass(frozen=True)
@@ -338,7 +339,7 @@ _SECTIONS: dict[str, tuple[type, dict[str, Converter]]] = {
             "public_url": _public_url,
         },
     ),
-    "storage": (StorageConfig, {"url": _str}),
+    "storage": (StorageConfig, {"url": _str, "retention": parse_duration}),
     "delivery": (
         DeliveryConfig,
         {
@@ -447,6 +448,11 @@ def _check(config: Config) -> None:
             )
     if config.webhooks.max_age < 86400:
         raise ConfigError("webhooks.max_age: must be at least 24h (receivers get a day to recover)")
+    if config.storage.retention < config.webhooks.max_age:
+        raise ConfigError(
+            "storage.retention: must be at least webhooks.max_age (events still owed to a "
+            "receiver must not be deleted)"
+        )
     url = config.storage.url
     if url and not url.startswith(("postgresql", "sqlite")):
         raise ConfigError(

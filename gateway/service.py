@@ -44,6 +44,7 @@ from gateway.identities import Identities
 from gateway.intake import Intake
 from gateway.pool_secrets import unseal
 from gateway.queue import Queue
+from gateway.retention import Retention
 from gateway.secrets import SecretBox, SecretError, bind_to_database
 from gateway.smtp_server import ListenerLimits, PosternHandler
 from gateway.throttle import Throttle
@@ -164,6 +165,8 @@ class Service:
             throttle=Throttle(self.db, self.writer),
         )  # fmt: skip
         self.delivery.start()
+        self.retention = Retention(self.writer, config.storage.retention)
+        self.retention.start()
         self.delivery.wake()
         # A key made by `postern dkim generate` in another process is picked up within 2 s.
         self.signers = Signers(self.db, self.box, ttl=2.0)
@@ -282,6 +285,8 @@ class Service:
         for session in list(self.smtp_handler.sessions):
             session.abort()
         await self.delivery.stop(self.drain_timeout)
+        if hasattr(self, "retention"):
+            await self.retention.stop()
         webhooks = getattr(self, "webhooks", None)
         if webhooks is not None:  # POSTs in flight are cancelled: their events stay owed
             await webhooks.stop()

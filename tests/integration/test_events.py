@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from gateway.retention import Retention
 from tests.conftest import (
     ServiceFactory,
     has_body,
@@ -191,3 +192,23 @@ async def test_max_age_holds_while_the_upstream_hangs_mid_data(
     found = await assert_consistent(svc, message_id)
     assert found[-1]["type"] == "expired"
     assert not await has_body(svc, message_id)
+
+
+async def test_retention_deletes_old_final_messages_whole_and_keeps_active_ones(
+    service: ServiceFactory, sink: Sink
+) -> None:
+    svc = await service()
+    done = queued_id(await smtp_send(svc.smtp_port, SENDER, ["a@example.test"], message("old")))
+    await wait_for_status(svc, done, "delivered")
+    sink.stop()
+    waiting = queued_id(await smtp_send(svc.smtp_port, SENDER, ["b@example.test"], message("w")))
+    await wait_for_status(svc, waiting, "deferred", timeout=15)
+    young = Retention(svc.writer, keep=3600)
+    assert await young.sweep() == 0  # nothing is old enough
+    everything = Retention(svc.writer, keep=0)
+    assert await everything.sweep() == 1  # the delivered one; never the deferred one
+    for table in ("message", "recipient", "event"):
+        column = "id" if table == "message" else "message_id"
+        assert not await query(svc, f"SELECT 1 FROM {table} WHERE {column} = ?", done), table
+    assert (await message_row(svc, waiting))["status"] == "deferred"  # type: ignore[index]
+    assert await events_of(svc, waiting)

@@ -1,0 +1,59 @@
+"""The retention sweep: every few minutes, delete final messages older than
+`[storage] retention` (storage.retention), a bounded chunk per transaction."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from storage.retention import purge_chunk
+from storage.writer import Writer
+
+log = logging.getLogger("postern.retention")
+
+INTERVAL = 600.0  # seconds between sweeps
+CHUNK = 500  # messages per transaction: short enough not to hold up intake's commits
+
+
+class Retention:
+    def __init__(self, writer: Writer, keep: float, interval: float = INTERVAL) -> None:
+        self._writer = writer
+        self._keep = keep
+        self._interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="retention")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def sweep(self) -> int:
+        """Delete every final message past retention, chunk by chunk; how many went."""
+        before = time.time() - self._keep
+        total = 0
+        while True:
+            removed: int = await self._writer.submit(
+                lambda conn: purge_chunk(conn, before, CHUNK)
+            )
+            total += removed
+            if removed < CHUNK:
+                return total
+            await asyncio.sleep(0.05)  # let intake's commits through between chunks
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                removed = await self.sweep()
+            except Exception as error:  # storage trouble: try again next time
+                log.warning("retention sweep failed: %s", error)
+                continue
+            if removed:
+                log.info("retention: deleted %d final messages older than the limit", removed)
