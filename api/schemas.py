@@ -176,6 +176,9 @@ class MessageFilterBody(Strict):
 class BulkRequest(Strict):
     filter: MessageFilterBody
     dry_run: bool = False
+    cursor: str | None = Field(
+        None, max_length=256, description="next_cursor of the previous call, to go on from it"
+    )
 
 
 class BulkResult(BaseModel):
@@ -184,6 +187,14 @@ class BulkResult(BaseModel):
     cancelled: int | None = Field(None, description="cancel: stopped")
     busy: int = Field(description="being delivered right now: left alone")
     dry_run: bool
+    remaining: int | None = Field(
+        None,
+        description="only when the call stopped at its cap of 10,000 messages: how many "
+        "matching messages with work left it did not reach; repeat with `cursor`",
+    )
+    next_cursor: str | None = Field(
+        None, description="with `remaining`: pass as `cursor` (same filter) to go on"
+    )
 
 
 class RetryResult(BaseModel):

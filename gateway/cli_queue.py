@@ -203,8 +203,12 @@ async def _act(db: Database, queue: Queue, args: argparse.Namespace) -> dict[str
         return await _by_ids(db, queue, args, action)
     if flt.is_empty() and not args.all:
         raise CommandError("give message ids, a filter (--status, --pool, ...), or --all")
-    return (await bulk(queue, db, flt, action, args.dry_run)).as_json()
+    # No cap here: the HTTP form stops at MAX_BULK per request, an operator's command
+    # goes through the whole queue (a chunk per transaction).
+    return (await bulk(queue, db, flt, action, args.dry_run, limit=UNCAPPED)).as_json()
 
+
+UNCAPPED = 1 << 62
 
 _ACTIONS: dict[str, Action] = {
     "list": _list,

@@ -200,6 +200,9 @@ class Delivery:
                     renewed = time.monotonic()
                 except StorageUnavailable as error:
                     log.warning("renewing claims failed: %s", error)
+            if self._throttle is not None:
+                # Sends in flight keep counting against their pool's rate (it paces itself).
+                await self._throttle.renew()
             for pool in self._registry.all():
                 await pool.reap_idle()
             if self._direct is not None:

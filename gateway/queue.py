@@ -196,6 +196,7 @@ class Queue:
                 "due_at": None if sandbox else now + self._lease if claim else now,
                 "claimed_by": self.node_id if claim else None,
                 "last_response": None,
+                "api_key_id": submission.sender.api_key_id if submission.sender else None,
             },
         )
         batch.add(_INSERT_BODY, {"message_id": message_id, "data": submission.content})
@@ -502,7 +503,9 @@ class Queue:
     async def cancel(self, message_ids: Sequence[str]) -> Cancelled:
         """Stop these messages: their pending recipients become `cancelled` (with an event
         each) and the bodies go. A message a worker is delivering right now is left alone
-        and reported as busy: cancelling it could not take back what it is sending."""
+        and reported as busy: cancelling it could not take back what it is sending. So is
+        one another transaction has locked (PostgreSQL): it is skipped, not waited for.
+        Ids that are neither cancelled nor busy had no work left (or do not exist)."""
         cancelled: Cancelled = await self._writer.submit(
             lambda conn: self._cancel(conn, message_ids)
         )
@@ -510,16 +513,27 @@ class Queue:
 
     def _cancel(self, conn: Connection, message_ids: Sequence[str]) -> Cancelled:
         now = time.time()
+        asked = list(dict.fromkeys(message_ids))
         active = select(M.c.id, M.c.claimed_by, M.c.due_at).where(
-            M.c.id.in_(list(message_ids)), M.c.due_at.is_not(None)
+            M.c.id.in_(asked), M.c.due_at.is_not(None)
         )
         if not self._db.is_sqlite:
-            active = active.with_for_update()
+            # Never wait for a row another transaction holds (a node recording or renewing
+            # its delivery locks the same rows in its own order: waiting could deadlock).
+            active = active.with_for_update(skip_locked=True)
         free: list[str] = []
         busy: list[str] = []
         for row in conn.execute(active):
             lapsed = row.claimed_by is None or row.due_at <= now
             (free if lapsed else busy).append(row.id)
+        seen = set(free) | set(busy)
+        skipped = [m_id for m_id in asked if m_id not in seen]
+        if skipped and not self._db.is_sqlite:
+            # Not returned: final, unknown, or locked by someone else. A plain read (no lock)
+            # tells them apart; the locked ones are busy, left for the caller to try again.
+            still = select(M.c.id).where(M.c.id.in_(skipped), M.c.due_at.is_not(None))
+            locked = {row.id for row in conn.execute(still)}
+            busy += [m_id for m_id in skipped if m_id in locked]
         if not free:
             return Cancelled([], busy)
         pending = conn.execute(
@@ -587,7 +601,7 @@ class Queue:
 @dataclass(frozen=True)
 class Cancelled:
     cancelled: list[str]
-    busy: list[str]  # being delivered right now: not cancelled
+    busy: list[str]  # being delivered or locked right now: not cancelled, try again later
 
 
 def _free(now: float) -> Any:

@@ -8,6 +8,7 @@ so a retry from the CLI and one over HTTP cannot drift apart.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -17,14 +18,21 @@ from gateway.queue import Queue
 from storage.db import Database
 from storage.message_search import (
     ACTIVE,
+    CHUNK,
     STATUSES,
+    Key,
     MessageFilter,
-    active_ids,
+    active_keys,
     count_active,
+    decode_cursor,
+    encode_cursor,
 )
 from storage.messages import MessageState, message_state
 
 Action = Literal["retry", "cancel"]
+# The most messages one bulk call acts on, so that one HTTP request never runs for minutes;
+# the answer says how many are left and where to go on from.
+MAX_BULK = 10_000
 FILTER_FIELDS = ("status", "pool", "recipient", "from", "tag", "since", "until")
 
 
@@ -124,38 +132,65 @@ def make_filter(values: Mapping[str, Any], api_key_id: str | None = None) -> Mes
 @dataclass(frozen=True)
 class BulkResult:
     action: Action
-    matched: int  # messages with work left that matched
+    matched: int  # messages with work left that matched (up to the cap)
     done: int  # retried or cancelled
     busy: int  # held by a worker (or finished) meanwhile: left alone
     dry_run: bool
+    remaining: int = 0  # matching messages with work left beyond the cap: not looked at
+    next_cursor: str | None = None  # where to go on from, while `remaining`
 
     def as_json(self) -> dict[str, Any]:
         verb = "retried" if self.action == "retry" else "cancelled"
-        return {
+        found: dict[str, Any] = {
             "matched": self.matched,
             verb: self.done,
             "busy": self.busy,
             "dry_run": self.dry_run,
         }
+        if self.remaining:
+            found.update(remaining=self.remaining, next_cursor=self.next_cursor)
+        return found
 
 
 async def bulk(
-    queue: Queue, db: Database, flt: MessageFilter, action: Action, dry_run: bool
+    queue: Queue,
+    db: Database,
+    flt: MessageFilter,
+    action: Action,
+    dry_run: bool,
+    *,
+    limit: int | None = None,
+    cursor: str | None = None,
 ) -> BulkResult:
-    """Retry or cancel every active message matching `flt`, a chunk per transaction.
+    """Retry or cancel the active messages matching `flt`, newest first, a chunk per
+    transaction, at most `limit` of them (None: MAX_BULK), after `cursor` when given (the
+    `next_cursor` of the call before; InvalidCursor when it is not one).
 
-    A dry run only counts. Messages a worker holds are counted as busy, not touched.
+    A dry run only counts (all of them). Messages a worker holds are counted as busy, not
+    touched. When more match than `limit`, the result says how many were left and the
+    cursor to pass to go on: repeating a retry without it would retry the same ones again.
     """
+    limit = MAX_BULK if limit is None else max(1, limit)
+    after: Key | None = decode_cursor(cursor) if cursor else None
     if dry_run:
-        return BulkResult(action, await count_active(db, flt), 0, 0, True)
+        return BulkResult(action, await count_active(db, flt, after), 0, 0, True)
     matched = done = 0
-    async for ids in active_ids(db, flt):
-        matched += len(ids)
-        if action == "retry":
-            done += len(await queue.retry(ids))
-        else:
-            done += len((await queue.cancel(ids)).cancelled)
-    return BulkResult(action, matched, done, matched - done, False)
+    last: Key | None = None
+    async with aclosing(active_keys(db, flt, min(CHUNK, limit), after)) as chunks:
+        async for keys in chunks:
+            keys = keys[: limit - matched]
+            ids = [message_id for _, message_id in keys]
+            matched += len(ids)
+            last = keys[-1]
+            if action == "retry":
+                done += len(await queue.retry(ids))
+            else:
+                done += len((await queue.cancel(ids)).cancelled)
+            if matched >= limit:
+                break
+    remaining = await count_active(db, flt, last) if matched >= limit else 0
+    next_cursor = encode_cursor(last) if remaining and last is not None else None
+    return BulkResult(action, matched, done, matched - done, False, remaining, next_cursor)
 
 
 async def retry_one(queue: Queue, db: Database, state: MessageState) -> None:

@@ -6,6 +6,12 @@ reserved in the database (storage.throttle), where every node sees it. A message
 once however many recipients it has: it is one transaction upstream. A reservation is
 spent even when the upstream then fails: the count errs on the side of sending less.
 
+A send counts from its reservation until one window after it ends, however long it waits
+for a connection or for the upstream's answer: its row is leased into the future while it
+is in flight (this node renews the lease of its sends in flight, `renew`, called by the
+delivery housekeeping) and dated to the end of the send by `sent`. A node that dies leaves
+its reservations to run out with their lease.
+
 A refused reservation says when slots free up. Messages refused while the pool is full are
 handed successive slot times (a small per-node queue), so a backlog comes back spread out
 at the pace slots free, not all at once; until the first slot frees, further refusals are
@@ -40,6 +46,9 @@ _UNITS = {
 }
 MAX_COUNT = 1_000_000
 _PRUNE_EVERY = 600.0  # seconds between sweeps of rows no limit can count any more
+# How far ahead a send in flight is leased (renewed every quarter of it while it lasts):
+# how long a dead node's reservations still count before their window starts.
+LEASE = 120.0
 
 
 @dataclass(frozen=True)
@@ -108,12 +117,15 @@ class _Closed:
 
 
 class Throttle:
-    def __init__(self, db: Database, writer: Writer) -> None:
+    def __init__(self, db: Database, writer: Writer, lease: float = LEASE) -> None:
         self._db = db
         self._writer = writer
+        self._lease = lease
         self._closed: dict[str, _Closed] = {}
         self._tail: dict[str, float] = {}  # the last slot time handed to a waiter, per pool
         self._pruned = time.time()
+        self._in_flight: set[int] = set()  # send ids reserved here and not yet sent
+        self._renewed = time.time()
 
     async def reserve(self, pool: PoolSettings) -> Ticket | Wait | None:
         """Reserve one send through `pool`: None (no limits), a Ticket, or a Wait."""
@@ -133,7 +145,9 @@ class Throttle:
         def work(conn: Connection) -> int | sql.Refused:
             if prune:
                 sql.prune(conn, now)
-            return sql.reserve(conn, pool.id, now, count, window, pool.daily_limit)
+            return sql.reserve(
+                conn, pool.id, now, count, window, pool.daily_limit, lease=self._lease
+            )
 
         verdict = await self._run(work)
         if isinstance(verdict, sql.Refused):
@@ -141,17 +155,49 @@ class Throttle:
             closed = self._closed[pool.id] = _Closed(limits, verdict, step)
             return self._wait(pool, closed, rate)
         self._closed.pop(pool.id, None)
+        if verdict:
+            self._in_flight.add(verdict)
         return Ticket(verdict)
 
     async def sent(self, ticket: Ticket) -> None:
-        """The upstream has answered: the window of this send runs from now."""
+        """The send is over (answered or failed): its window runs from now. Call it once
+        per Ticket, whatever happened to the send."""
         if not ticket.send_id:
             return
+        self._in_flight.discard(ticket.send_id)  # first: a failed write renews it no more
         params = {"send_id": ticket.send_id, "done": time.time()}
         try:
             await self._writer.submit(Batch([(sql.SENT, params)]))
-        except StorageUnavailable as error:  # the reservation time stands: a little early
+        except StorageUnavailable as error:  # its lease stands: it counts a little too long
             log.warning("recording a send's time failed: %s", error)
+
+    @property
+    def in_flight(self) -> int:
+        """Sends reserved by this node whose end is not recorded yet."""
+        return len(self._in_flight)
+
+    async def renew(self) -> None:
+        """Push on the lease of this node's sends in flight (every quarter of the lease;
+        cheap to call more often). No database call while nothing is in flight."""
+        now = time.time()
+        if now - self._renewed < self._lease / 4:
+            return
+        if not self._in_flight:
+            self._renewed = now
+            return
+        rows = [{"send_id": send_id, "until": now + self._lease} for send_id in self._in_flight]
+
+        # A function, not a Batch: the writer runs functions before the statements of a
+        # group commit, so a SENT of the same send submitted after this always wins.
+        def work(conn: Connection) -> None:
+            conn.execute(sql.RENEW, rows)
+
+        try:
+            await self._writer.submit(work)
+        except StorageUnavailable as error:  # tried again at the next call
+            log.warning("renewing the lease of %d sends in flight failed: %s", len(rows), error)
+            return
+        self._renewed = now
 
     async def _run(self, work: Callable[[Connection], Any]) -> Any:
         # SQLite: through the group-commit writer (one writer serialises, one fsync for

@@ -148,7 +148,18 @@ def _create_schema(conn: Connection) -> None:
 _ADDED_COLUMNS = (
     ("smtp_pool", "rate", "VARCHAR NOT NULL DEFAULT ''"),
     ("smtp_pool", "daily_limit", "INTEGER NOT NULL DEFAULT 0"),
+    ("message", "api_key_id", "VARCHAR(64)"),
 )
+
+# Run once, right after their column was added, to fill it in for the rows already there.
+_BACKFILLS = {
+    ("message", "api_key_id"): (
+        "UPDATE message SET api_key_id = (SELECT message_meta.api_key_id FROM message_meta"
+        " WHERE message_meta.message_id = message.id)"
+        " WHERE EXISTS (SELECT 1 FROM message_meta WHERE message_meta.message_id = message.id"
+        " AND message_meta.api_key_id IS NOT NULL)"
+    ),
+}
 
 
 def _upgrade(conn: Connection) -> None:
@@ -158,6 +169,9 @@ def _upgrade(conn: Connection) -> None:
     for name, column, ddl in _ADDED_COLUMNS:
         if column not in {c["name"] for c in inspector.get_columns(name)}:
             conn.execute(text(f"ALTER TABLE {name} ADD COLUMN {column} {ddl}"))
+            backfill = _BACKFILLS.get((name, column))
+            if backfill is not None:  # before the indexes: no index to maintain row by row
+                conn.execute(text(backfill))
     for table in SQLModel.metadata.sorted_tables:
         for index in table.indexes:
             index.create(conn, checkfirst=True)

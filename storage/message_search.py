@@ -1,7 +1,7 @@
 """Queue search: messages matching a filter, newest first, a page at a time.
 
-Every filter starts from an index (status, from, pool, created_at, or the recipient, tag and
-API-key side tables), so a search never scans `message` whole, however large the queue.
+Every filter starts from an index (status, from, pool, API key, created_at, or the recipient
+and tag side tables), so a search never scans `message` whole, however large the queue.
 Pages are keyset-paginated on (created_at, id): a cursor names the last row seen, so pages
 stay stable while mail keeps arriving and a deep page costs what the first one does.
 """
@@ -12,7 +12,7 @@ import base64
 import binascii
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,8 +127,9 @@ def criteria(flt: MessageFilter, statuses: Sequence[str] | None = None) -> list[
     if flt.until is not None:
         clauses.append(M.c.created_at < flt.until)
     if flt.api_key_id is not None:
-        mine = select(META.c.message_id).where(META.c.api_key_id == flt.api_key_id)
-        clauses.append(M.c.id.in_(mine))
+        # On `message` itself (ix_message_api_key), so that a page is read from the index
+        # in order rather than by sorting every message the key ever sent.
+        clauses.append(M.c.api_key_id == flt.api_key_id)
     return clauses
 
 
@@ -200,12 +201,16 @@ def _active(flt: MessageFilter) -> tuple[str, ...]:
     return tuple(s for s in ACTIVE if not flt.statuses or s in flt.statuses)
 
 
-def count_query(flt: MessageFilter) -> Select[Any] | None:
-    """Counts the matching messages with work left (None: the filter rules them all out)."""
+def count_query(flt: MessageFilter, after: Key | None = None) -> Select[Any] | None:
+    """Counts the matching messages with work left (None: the filter rules them all out),
+    those older than `after` when given."""
     statuses = _active(flt)
     if not statuses:
         return None
-    return select(func.count()).select_from(M).where(*criteria(flt, statuses))
+    query = select(func.count()).select_from(M).where(*criteria(flt, statuses))
+    if after is not None:
+        query = query.where(tuple_(M.c.created_at, M.c.id) < tuple_(after[0], after[1]))
+    return query
 
 
 def ids_query(flt: MessageFilter, after: Key | None, chunk: int) -> Select[Any] | None:
@@ -216,9 +221,10 @@ def ids_query(flt: MessageFilter, after: Key | None, chunk: int) -> Select[Any] 
     return _page(select(M.c.id, M.c.created_at).where(*criteria(flt, statuses)), after, chunk)
 
 
-async def count_active(db: Database, flt: MessageFilter) -> int:
-    """How many messages with work left match (what a bulk dry run reports)."""
-    query = count_query(flt)
+async def count_active(db: Database, flt: MessageFilter, after: Key | None = None) -> int:
+    """How many messages with work left match (what a bulk dry run reports); with `after`,
+    how many of them come after that position (what a capped bulk operation left)."""
+    query = count_query(flt, after)
     if query is None:
         return 0
     return int(await db.read(lambda conn: conn.execute(query).scalar_one()))
@@ -228,15 +234,15 @@ def _fetch(query: Select[Any]) -> Callable[[Connection], Sequence[Any]]:
     return lambda conn: conn.execute(query).all()
 
 
-async def active_ids(
-    db: Database, flt: MessageFilter, chunk: int = CHUNK
-) -> AsyncIterator[list[str]]:
-    """The ids of matching messages with work left, newest first, `chunk` at a time.
+async def active_keys(
+    db: Database, flt: MessageFilter, chunk: int = CHUNK, after: Key | None = None
+) -> AsyncGenerator[list[Key]]:
+    """The positions (created_at, id) of matching messages with work left, newest first,
+    `chunk` at a time, starting after `after` when given.
 
     Each chunk is its own read, so a bulk operation over a large queue never holds one
     long transaction; acting on a chunk does not move the position of the next one.
     """
-    after: Key | None = None
     while True:
         query = ids_query(flt, after, chunk)
         if query is None:
@@ -244,7 +250,15 @@ async def active_ids(
         rows = await db.read(_fetch(query))
         if not rows:
             return
-        yield [row.id for row in rows]
+        yield [(row.created_at, row.id) for row in rows]
         if len(rows) < chunk:
             return
         after = (rows[-1].created_at, rows[-1].id)
+
+
+async def active_ids(
+    db: Database, flt: MessageFilter, chunk: int = CHUNK
+) -> AsyncIterator[list[str]]:
+    """The ids of matching messages with work left, newest first, `chunk` at a time."""
+    async for keys in active_keys(db, flt, chunk):
+        yield [message_id for _, message_id in keys]

@@ -7,6 +7,14 @@ reserving transaction is serialised per pool: on PostgreSQL it locks the pool's
     rolling window: allowed iff fewer than N `pool_send` rows have `at` in the window;
                     then a row is added (and rows that left the window are pruned)
     daily:          allowed iff `pool_day.count` for today (UTC) < daily_limit; then +1
+
+A `pool_send` row's `at` is when its window starts. While the send is in flight (waiting
+for a connection, or for the upstream's answer) that moment is not known yet, so the row
+holds a lease instead: `at` = now + lease, in the future, where the window count always
+includes it and no pruning reaches it, however long the send takes. The sending node
+pushes the lease on while the send lasts (RENEW) and sets `at` to the finish time once the
+upstream has answered or the send failed (SENT). A reservation whose node died is renewed
+no more: it counts until its lease runs out and one window more, then it is pruned.
 """
 
 from __future__ import annotations
@@ -28,9 +36,11 @@ _SLOTS = 100
 # The longest window a rate may have (gateway.throttle); older rows are always garbage.
 MAX_WINDOW = 86400.0
 
-# A send's time moved to when the upstream answered ({"send_id", "done"}): the window then
-# runs from when the message reached the upstream, not from the reservation before it.
+# A send's time moved to when the upstream answered or the send failed ({"send_id",
+# "done"}): the window then runs from when the send ended, not from the reservation.
 SENT = update(PS).where(PS.c.id == bindparam("send_id")).values(at=bindparam("done"))
+# The lease of a send still in flight pushed on ({"send_id", "until"}: now + lease).
+RENEW = update(PS).where(PS.c.id == bindparam("send_id")).values(at=bindparam("until"))
 
 
 @dataclass(frozen=True)
@@ -51,10 +61,18 @@ def next_midnight(now: float) -> float:
 
 
 def reserve(
-    conn: Connection, pool_id: str, now: float, count: int, window: float, daily: int
+    conn: Connection,
+    pool_id: str,
+    now: float,
+    count: int,
+    window: float,
+    daily: int,
+    *,
+    lease: float,
 ) -> int | Refused:
     """Take one send from the pool's limits: the id of its `pool_send` row (0 without a
-    rate), or why not. `count`/`window` 0 = no rate; `daily` 0 = no daily cap."""
+    rate), or why not. `count`/`window` 0 = no rate; `daily` 0 = no daily cap. The row is
+    in flight until SENT, its `at` leased to `now + lease` (see the module docstring)."""
     if conn.dialect.name == "postgresql":
         conn.execute(select(P.c.id).where(P.c.id == pool_id).with_for_update())
     day = utc_day(now)
@@ -71,6 +89,8 @@ def reserve(
         used = conn.execute(select(func.count()).where(PS.c.pool_id == pool_id)).scalar() or 0
         if used >= count:
             # The (used - count + 1)-th oldest send leaving the window frees the first slot.
+            # A send in flight (`at` in the future) ends at the earliest now: its slot is
+            # then no sooner than now + window (a lower bound; asking again then is exact).
             oldest = conn.execute(
                 select(PS.c.at)
                 .where(PS.c.pool_id == pool_id)
@@ -78,9 +98,9 @@ def reserve(
                 .offset(used - count)
                 .limit(_SLOTS)
             ).scalars()
-            return Refused("rate", tuple(at + window for at in oldest))
+            return Refused("rate", tuple(min(at, now) + window for at in oldest))
         send_id = conn.execute(
-            insert(PS).values(pool_id=pool_id, at=now).returning(PS.c.id)
+            insert(PS).values(pool_id=pool_id, at=now + lease).returning(PS.c.id)
         ).scalar_one()
     if daily:
         dialect = sqlite if conn.dialect.name == "sqlite" else postgresql

@@ -234,7 +234,12 @@ async def _bulk(request: Request, action: queue_ops.Action) -> Response:
         raise _invalid(f"filter.{error.field}", error.message) from None
     if flt.is_empty() and not body.filter.all:
         raise _invalid("filter", 'give at least one criterion, or "all": true for every message')
-    result = await queue_ops.bulk(ctx.message_queue(), ctx.db, flt, action, body.dry_run)
+    try:
+        result = await queue_ops.bulk(
+            ctx.message_queue(), ctx.db, flt, action, body.dry_run, cursor=body.cursor
+        )
+    except InvalidCursor:
+        raise _invalid("cursor", "not a cursor this API returned") from None
     if action == "retry" and result.done and ctx.wake is not None:
         ctx.wake()
     return JSONResponse(result.as_json())
@@ -243,7 +248,9 @@ async def _bulk(request: Request, action: queue_ops.Action) -> Response:
 _BULK = (
     'Acts on messages with work left (queued, deferred) matching the filter; `"dry_run": '
     "true` only counts them. Messages being delivered right now are left alone and counted "
-    "as busy. A key acts only on the mail it sent."
+    "as busy. A key acts only on the mail it sent. One call acts on at most "
+    f"{queue_ops.MAX_BULK:,} messages, newest first; when more match, the answer says how "
+    "many `remaining` and gives a `next_cursor` to pass as `cursor` with the same filter."
 )
 
 

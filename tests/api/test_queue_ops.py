@@ -1,7 +1,8 @@
 """/v1/messages search and operations through a real Service on loopback: filters and
 cursor pagination over 1,000 messages, another key's mail invisible, retry of a deferred
 message until it is delivered, cancel (events, body gone, status), bulk retry/cancel with a
-dry run, a message being delivered answers 409, bad filters answer 400.
+dry run, a capped bulk says how many are left and where to go on, a message being
+delivered answers 409, bad filters answer 400.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ import pytest
 from sqlalchemy import Connection, insert, select, update
 
 from api.schemas import BulkResult, MessageList, MessageStatus
+from gateway import queue_ops
+from gateway.queue_ops import make_filter
 from storage.db import Database
+from storage.message_search import encode_cursor
 from storage.models import Message, MessageBody, MessageMeta, MessageTag, Recipient
 from tests.api.conftest import Api, ApiFactory, auth, payload
 from tests.conftest import SINK_POOL, wait_until
@@ -42,7 +46,8 @@ async def seed(db: Database, n: int, owners: list[str]) -> list[dict[str, Any]]:
             {"id": message_id, "status": status, "source": "http",
              "mail_from": f"s{i % 5}@sender.test", "last_pool": SINK_POOL if i % 2 else "other",
              "attempts": 0 if status == "queued" else 1, "size": 10, "created_at": created,
-             "updated_at": created, "due_at": now + 3600 if active else None}
+             "updated_at": created, "due_at": now + 3600 if active else None,
+             "api_key_id": owners[i % len(owners)]}
         )  # fmt: skip
         recipients.append(
             {"message_id": message_id, "email": f"r{i % 10}@example.test",
@@ -280,6 +285,64 @@ async def test_a_message_being_delivered_is_busy(api: Api) -> None:
     assert bulk == {"matched": 2, "cancelled": 1, "busy": 1, "dry_run": False}
     status = (await api.get(f"/v1/messages/{held}", key=key)).json()
     assert status["status"] == "deferred" and status["next_attempt_at"] is None
+
+
+async def test_bulk_acts_on_at_most_max_bulk_and_says_how_many_are_left(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(queue_ops, "MAX_BULK", 20)
+    key_id, key = await api.key_record()
+    rows = await seed(api.svc.db, 100, [key_id])  # 50 active
+    active = _newest_first([r for r in rows if r["status"] in ("queued", "deferred")])
+    everything = {"filter": {"all": True}}
+
+    dry = (await _post(api, "/v1/messages/cancel", key, {**everything, "dry_run": True})).json()
+    assert dry == {"matched": 50, "cancelled": 0, "busy": 0, "dry_run": True}  # counts all
+    first = (await _post(api, "/v1/messages/cancel", key, everything)).json()
+    BulkResult.model_validate(first)
+    assert first["matched"] == first["cancelled"] == 20 and first["remaining"] == 30
+    assert first["next_cursor"]
+    cancelled = await _all_pages(api, key, status="cancelled")
+    assert sorted(cancelled) == sorted(active[:20])  # the newest first
+    second = (await _post(api, "/v1/messages/cancel", key, everything)).json()
+    assert second["cancelled"] == 20 and second["remaining"] == 10  # a repeat goes on
+    last = (await _post(api, "/v1/messages/cancel", key, everything)).json()
+    assert last == {"matched": 10, "cancelled": 10, "busy": 0, "dry_run": False}
+
+
+async def test_a_capped_bulk_retry_goes_on_from_its_cursor(api: Api) -> None:
+    """A retried message keeps work left, so a repeated retry would start over: the cursor
+    of a capped one goes on where it stopped, and every message is retried once."""
+    key_id, _ = await api.key_record()
+    rows = await seed(api.svc.db, 100, [key_id])
+    active = _newest_first([r for r in rows if r["status"] in ("queued", "deferred")])
+    queue, db, flt = api.svc.queue, api.svc.db, make_filter({}, key_id)
+    retried: list[int] = []
+    cursor: str | None = None
+    while True:
+        result = await queue_ops.bulk(queue, db, flt, "retry", False, limit=15, cursor=cursor)
+        retried.append(result.done)
+        if not result.remaining:
+            assert result.next_cursor is None
+            break
+        assert result.remaining == 50 - sum(retried)
+        cursor = result.next_cursor
+    assert retried == [15, 15, 15, 5]
+    due = await db.read(
+        lambda conn: conn.execute(
+            select(M.c.id).where(M.c.id.in_(active), M.c.due_at <= time.time())
+        ).all()
+    )
+    assert len(due) == 50
+    rest = await queue_ops.bulk(
+        queue,
+        db,
+        flt,
+        "retry",
+        True,
+        cursor=encode_cursor((rows[20]["created_at"], rows[20]["id"])),
+    )
+    assert rest.matched == len([r for r in rows[:20] if r["status"] in ("queued", "deferred")])
 
 
 @pytest.mark.parametrize(

@@ -97,6 +97,9 @@ async def test_rate_never_exceeded_and_excess_waits(
 
 
 async def test_daily_limit_holds_mail_until_midnight(service: ServiceFactory, sink: Sink) -> None:
+    # Across UTC midnight the count starts over and the waiters' due time moves a day on.
+    if 86400 - time.time() % 86400 < 120:
+        pytest.skip("within 2 minutes of UTC midnight: the day would change mid-test")
     svc = await service(pool={"daily_limit": 3})
     before = metric(THROTTLED, pool=SINK_POOL, reason="daily")
     await send_many(svc.smtp_port, 5)

@@ -43,6 +43,9 @@ FILTERS = {
     "since": MessageFilter(since=1000.0),
     "until": MessageFilter(until=1100.0),
     "api_key": MessageFilter(api_key_id="key_1"),
+    "api_key+status": MessageFilter(api_key_id="key_1", statuses=("deferred",)),
+    "api_key+tag": MessageFilter(api_key_id="key_1", tag="t5"),
+    "api_key+recipient": MessageFilter(api_key_id="key_1", recipient="r7@example.test"),
 }
 
 
@@ -66,6 +69,7 @@ def _rows(n: int, base: float = 1000.0) -> dict[str, list[dict[str, Any]]]:
                 "created_at": base + i // 2,
                 "updated_at": base + i // 2,
                 "due_at": None if status == "delivered" else base,
+                "api_key_id": f"key_{i % 2}",
             }
         )
         recipients.append(
@@ -147,6 +151,42 @@ async def test_each_filter_is_served_by_an_index(backend: Database, name: str) -
         assert query is not None
         plan = await _plan(backend, query)
         assert not _full_scans(backend, plan), f"{name} / {what}:\n{plan}"
+
+
+async def test_a_keys_own_pages_are_read_in_order_from_its_index(backend: Database) -> None:
+    """A non-admin key's search (no other criterion) reads ix_message_api_key in page
+    order: no scan of `message`, and no sort, so a page never loads all the key's mail."""
+    await _fill(backend, 600)
+    flt = MessageFilter(api_key_id="key_1")
+    queries = {
+        "page": search_query(flt, None, 50),
+        "next page": search_query(flt, (1100.0, "msg_00200"), 50),
+        "chunk": ids_query(flt, None, 500),
+        "next chunk": ids_query(flt, (1100.0, "msg_00200"), 500),
+    }
+    for what, query in queries.items():
+        assert query is not None
+        plan = await _plan(backend, query)
+        assert not _full_scans(backend, plan), f"{what}:\n{plan}"
+        if backend.is_sqlite:
+            assert "ix_message_api_key" in plan, f"{what}:\n{plan}"
+            assert "TEMP B-TREE" not in plan, f"{what}:\n{plan}"
+        else:
+            assert "Seq Scan" not in plan, f"{what}:\n{plan}"
+
+
+async def test_a_keys_pages_hold_only_its_mail(backend: Database) -> None:
+    await _fill(backend, 120)
+    seen: list[str] = []
+    cursor: str | None = None
+    while True:
+        page, cursor = await search(backend, MessageFilter(api_key_id="key_1"), 9, cursor)
+        seen += [m.id for m in page]
+        if cursor is None:
+            break
+    mine = [r for r in _rows(120)["message"] if r["api_key_id"] == "key_1"]
+    assert seen == [r["id"] for r in sorted(mine, key=lambda r: (r["created_at"], r["id"]))][::-1]
+    assert await count_active(backend, MessageFilter(api_key_id="key_0")) == 40
 
 
 async def test_pages_cover_every_match_once_newest_first(backend: Database) -> None:

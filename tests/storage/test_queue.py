@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import asyncpg
 import pytest
-from sqlalchemy import Connection, Engine, event, insert, text
+from sqlalchemy import Connection, Engine, event, insert, inspect, text
 
 import gateway.queue as queue_module
-from gateway.message import DeliveryResult, Outcome, QueuedMessage, Route, Submission
+from gateway.message import DeliveryResult, Outcome, QueuedMessage, Route, Sender, Submission
 from gateway.queue import AttemptRecord, Queue
+from gateway.queue_ops import MessageBusy, MessageFinal, cancel_one
 from storage.db import Database, SchemaError, create_schema
+from storage.messages import message_state
 from storage.models import SCHEMA_VERSION, Message
 from storage.writer import StorageUnavailable
 from tests.storage.conftest import MakeQueue
@@ -105,6 +109,18 @@ async def test_enqueue_stores_message_body_and_recipients(backend: Database, que
     assert queued.content == CONTENT
     assert queued.attempts == 0
     assert queued.route == ROUTE
+
+
+async def test_enqueue_records_the_sending_key_on_the_message(
+    backend: Database, queue: Queue
+) -> None:
+    """The key that sent a message is on its row (for ix_message_api_key); SMTP without
+    AUTH has none."""
+    sender = Sender(api_key_id="key_abc", may_send=True, may_sandbox=False)
+    keyed = await queue.enqueue(dataclasses.replace(submission(), sender=sender), ROUTE, False)
+    anonymous = await queue.enqueue(submission(), ROUTE, claim=False)
+    assert (await message_row(backend, keyed.id)).api_key_id == "key_abc"
+    assert (await message_row(backend, anonymous.id)).api_key_id is None
 
 
 async def test_enqueue_is_atomic(
@@ -392,6 +408,88 @@ async def test_schema_version_recorded_and_newer_refused(backend: Database) -> N
     await backend.transaction(bump)
     with pytest.raises(SchemaError, match="newer"):
         await create_schema(backend)
+
+
+async def test_upgrade_adds_and_backfills_message_api_key_once(
+    backend: Database, queue: Queue
+) -> None:
+    """A database from before message.api_key_id gets the column, filled in from
+    message_meta, and its index; the backfill runs only when the column was just added."""
+    sender = Sender(api_key_id="key_old", may_send=True, may_sandbox=False)
+    keyed = await queue.enqueue(dataclasses.replace(submission(), sender=sender), ROUTE, False)
+    anonymous = await queue.enqueue(submission(), ROUTE, claim=False)
+
+    def downgrade(conn: Connection) -> None:
+        conn.execute(text("DROP INDEX ix_message_api_key"))
+        conn.execute(text("ALTER TABLE message DROP COLUMN api_key_id"))
+        conn.execute(text("UPDATE postern_meta SET value = '1' WHERE key = 'schema_version'"))
+
+    await backend.transaction(downgrade)
+    await create_schema(backend)
+    assert (await message_row(backend, keyed.id)).api_key_id == "key_old"
+    assert (await message_row(backend, anonymous.id)).api_key_id is None
+    version = await fetch(backend, "SELECT value FROM postern_meta WHERE key = 'schema_version'")
+    assert [row.value for row in version] == [str(SCHEMA_VERSION)]
+
+    def indexes(conn: Connection) -> set[str]:
+        return {i["name"] for i in inspect(conn).get_indexes("message")}
+
+    assert "ix_message_api_key" in await backend.read(indexes)
+
+    def older_again(conn: Connection) -> None:
+        conn.execute(
+            text("UPDATE message SET api_key_id = 'kept' WHERE id = :id"), {"id": keyed.id}
+        )
+        conn.execute(text("UPDATE postern_meta SET value = '1' WHERE key = 'schema_version'"))
+
+    await backend.transaction(older_again)
+    await create_schema(backend)  # the column is there: no second backfill
+    assert (await message_row(backend, keyed.id)).api_key_id == "kept"
+
+
+# --- operator actions ---------------------------------------------------------------------
+
+
+async def test_cancel_skips_a_message_another_transaction_locked(
+    backend: Database, queue: Queue
+) -> None:
+    """PostgreSQL: a row another node holds locked is skipped, not waited for (no deadlock
+    with a node recording its delivery), and reported busy; the API's single cancel then
+    answers message_busy, and message_final once nothing is left to cancel."""
+    if backend.is_sqlite:
+        pytest.skip("SQLite has one writer: no row locks to skip")
+    held = await queue.enqueue(submission(), ROUTE, claim=False)
+    free = await queue.enqueue(submission(), ROUTE, claim=False)
+    held_state = await message_state(backend, held.id)
+    assert held_state is not None
+
+    other = await asyncpg.connect("postgresql://" + backend.url.split("://", 1)[1])
+    try:
+        locking = other.transaction()
+        await locking.start()
+        await other.execute("SELECT id FROM message WHERE id = $1 FOR UPDATE", held.id)
+        result = await asyncio.wait_for(queue.cancel([held.id, free.id, "msg_nosuch"]), 10)
+        assert result.cancelled == [free.id] and result.busy == [held.id]
+        with pytest.raises(MessageBusy):
+            await asyncio.wait_for(cancel_one(queue, held_state), 10)
+        await locking.rollback()
+    finally:
+        await other.close()
+
+    assert (await queue.cancel([held.id])).cancelled == [held.id]
+    again = await queue.cancel([held.id, free.id])
+    assert again.cancelled == [] and again.busy == []
+    with pytest.raises(MessageFinal):
+        await cancel_one(queue, held_state)  # read as queued, found final by the cancel
+
+
+async def test_cancel_leaves_a_message_a_worker_holds(backend: Database, queue: Queue) -> None:
+    held = await queue.enqueue(submission(), ROUTE, claim=True)
+    free = await queue.enqueue(submission(), ROUTE, claim=False)
+    result = await queue.cancel([held.id, free.id, "msg_nosuch"])
+    assert result.cancelled == [free.id] and result.busy == [held.id]
+    assert (await message_row(backend, held.id)).status == "queued"
+    assert (await message_row(backend, free.id)).status == "cancelled"
 
 
 # --- scale --------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Rate strings, the [[pools]] limit keys, and the back-off gate (halve, floor, restore)."""
+"""Rate strings, the [[pools]] limit keys, pools without limits costing nothing, and the
+back-off gate (halve, floor, restore)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import pytest
 from gateway import config as cfg
 from gateway.backoff import Backoff, Slots, is_throttling
 from gateway.message import DeliveryResult, Outcome
-from gateway.throttle import Rate, parse_rate
+from gateway.throttle import Rate, Throttle, parse_rate
+from gateway.upstream import PoolSettings
 
 
 @pytest.mark.parametrize(
@@ -50,6 +52,22 @@ def test_bad_rates_refused(text: str) -> None:
 def test_per_second() -> None:
     assert Rate(60, 60.0).per_second == 1.0
     assert Rate(20, 10.0).per_second == 2.0
+
+
+class _NoStorage:
+    """Stands for the database and the writer: any use of it fails the test."""
+
+    def __getattr__(self, name: str) -> object:
+        raise AssertionError(f"a pool without limits used the storage ({name})")
+
+
+async def test_a_pool_without_limits_costs_no_database_call() -> None:
+    throttle = Throttle(_NoStorage(), _NoStorage(), lease=0.0)  # type: ignore[arg-type]
+    pool = PoolSettings(id="smtp_free", name="free", host="127.0.0.1", port=25)
+    for _ in range(3):
+        assert await throttle.reserve(pool) is None
+    await throttle.renew()  # nothing in flight: no write, even when a renewal is due
+    assert throttle.in_flight == 0
 
 
 def _pool(**extra: object) -> dict[str, object]:
