@@ -77,6 +77,28 @@ _UPDATE_MESSAGE = (
     )
 )
 _DELETE_BODY = delete(B).where(B.c.message_id == bindparam("m_id"))
+
+# An attempt's rows are written only if its message update went through (this node still
+# held the claim). That update runs first in the shared transaction and stamps the message
+# with the attempt's time and number; the statements below test for that stamp in SQL, so
+# that every attempt of a group commit shares one executemany per statement.
+_RECORDED = (
+    select(1)
+    .where(
+        M.c.id == bindparam("m_id"),
+        M.c.updated_at == bindparam("now"),
+        M.c.attempts == bindparam("attempt"),
+    )
+    .exists()
+)
+_RECORD_RECIPIENT = _UPDATE_RECIPIENT.where(_RECORDED)
+_RECORD_BODY_GONE = _DELETE_BODY.where(_RECORDED)
+_RECORD_EVENT = insert(events.E).from_select(
+    list(events.COLUMNS),
+    select(*(bindparam(name, type_=kind) for name, kind in events.COLUMNS.items())).where(
+        _RECORDED
+    ),
+)
 _RENEW = (
     update(M)
     .where(M.c.claimed_by == bindparam("node"), M.c.due_at.is_not(None))
@@ -355,49 +377,49 @@ class Queue:
                 expired = {rcpt for rcpt, r in results.items() if r.outcome is Outcome.DEFERRED}
                 results = {rcpt: _expire(r) for rcpt, r in results.items()}
         status = message_status(results.values(), retry_at, message.any_bounced)
+        number = message.attempts + 1
         suppress = [
             (normalise(rcpt), "complaint" if result.complaint else "bounced")
             for rcpt, result in results.items()
             if result.hard_bounce or result.complaint
         ]
-        stored = await self._writer.submit(
-            lambda conn: self._record(
-                conn, attempt, results, expired, status, retry_at, suppress, now
+        batch = self._attempt_rows(attempt, results, expired, status, now)
+        if retry_at is None:
+            batch.add(_RECORD_BODY_GONE, {"m_id": message.id, "now": now, "attempt": number})
+        if suppress:  # the upstream said so, whoever holds the claim now
+            batch.add(
+                self._suppress,
+                [{"email": email, "reason": why, "created_at": now} for email, why in suppress],
             )
-        )
-        if stored:
+        params = {
+            "m_id": message.id,
+            "node": self.node_id,
+            "status": status,
+            "due": retry_at,
+            "pool": attempt.pool,
+            "response": _summary(results),
+            "now": now,
+        }
+        batch.first = lambda conn: conn.execute(_UPDATE_MESSAGE, params).rowcount > 0
+        if await self._writer.submit(batch):
             self.suppressions.add([email for email, _ in suppress])
             return status
         return None
 
-    def _record(
-        self,
-        conn: Connection,
+    @staticmethod
+    def _attempt_rows(
         attempt: AttemptRecord,
         results: dict[str, DeliveryResult],
         expired: set[str],
         status: str,
-        retry_at: float | None,
-        suppress: list[tuple[str, str]],
         now: float,
-    ) -> bool:
+    ) -> Batch:
+        """The recipients' results and their events, written if the claim still held."""
         message = attempt.message
-        claimed = conn.execute(
-            _UPDATE_MESSAGE,
-            {
-                "m_id": message.id,
-                "node": self.node_id,
-                "status": status,
-                "due": retry_at,
-                "pool": attempt.pool,
-                "response": _summary(results),
-                "now": now,
-            },
-        )
-        if claimed.rowcount == 0:
-            return False
-        conn.execute(
-            _UPDATE_RECIPIENT,
+        number = message.attempts + 1
+        batch = Batch()
+        batch.add(
+            _RECORD_RECIPIENT,
             [
                 {
                     "m_id": message.id,
@@ -406,11 +428,11 @@ class Queue:
                     "code": result.code,
                     "response": result.describe(),
                     "now": now,
+                    "attempt": number,
                 }
                 for rcpt, result in results.items()
             ],
         )
-        number = message.attempts + 1
         rows = [
             events.row(
                 events.result_type(result, rcpt in expired),
@@ -438,15 +460,8 @@ class Queue:
             for rcpt, result in results.items()
             if result.complaint
         ]
-        conn.execute(events.INSERT_EVENT, rows)
-        if retry_at is None:
-            conn.execute(_DELETE_BODY, {"m_id": message.id})
-        if suppress:
-            conn.execute(
-                self._suppress,
-                [{"email": email, "reason": why, "created_at": now} for email, why in suppress],
-            )
-        return True
+        batch.add(_RECORD_EVENT, [{**row, "m_id": message.id, "now": now} for row in rows])
+        return batch
 
     async def note_throttled(self, message_id: str, status: str, pool: str, reason: str) -> None:
         """Record that a pool slowed down (a 421 / 4.7.x) while delivering this message."""

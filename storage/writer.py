@@ -32,11 +32,16 @@ Work = Callable[[Connection], Any]
 
 @dataclass
 class Batch:
-    """Statements to run in order; each with one parameter dict, or a list for executemany."""
+    """Statements to run in order; each with one parameter dict, or a list for executemany.
+
+    `first`, when given, runs before any statement of the shared transaction and its return
+    value is the job's result (a check the statements then depend on, in SQL).
+    """
 
     steps: list[tuple[Executable, dict[str, Any] | list[dict[str, Any]]]] = field(
         default_factory=list
     )
+    first: Work | None = None
 
     def add(self, statement: Executable, params: dict[str, Any] | list[dict[str, Any]]) -> None:
         if params:
@@ -147,7 +152,7 @@ def _run_batch(conn: Connection, works: list[Batch | Work]) -> list[Any]:
             for statement, params in work.steps:
                 rows = params if isinstance(params, list) else [params]
                 merged.setdefault(statement, []).extend(rows)
-            results.append(None)
+            results.append(work.first(conn) if work.first is not None else None)
         else:
             results.append(work(conn))
     for statement, rows in merged.items():
