@@ -269,3 +269,32 @@ async def test_crud_and_errors(api: Api, receiver: Receiver, tmp_path: Path) -> 
     assert (await api.http.delete(missing, headers=auth(key))).status_code == 404
     replay = await api.http.post(missing + "/replay", json={"since": 0}, headers=auth(key))
     assert replay.status_code == 404
+
+
+async def test_each_simulator_outcome_reaches_the_webhook_with_no_upstream(
+    api_client: Any, receiver: Receiver, sink: Sink
+) -> None:
+    """SPEC "simulator": the whole pipeline, events and webhooks included, no upstream."""
+    api = await api_client(delivery={"retry_schedule": ["0.3s"]})
+    key = await api.key("send", "webhooks")
+    await make_hook(api, key, receiver, final_only=False)
+    sim = "simulator.postern.invalid"
+    wanted = {
+        f"delivered@{sim}": ["queued", "delivered"],
+        f"bounced@{sim}": ["queued", "bounced"],
+        f"deferred@{sim}": ["queued", "deferred", "deferred", "delivered"],
+        f"complained@{sim}": ["queued", "delivered", "complaint"],
+    }
+    for address in wanted:
+        sent = await api.send(payload(to=[{"email": address}]), key=key)
+        assert sent.status_code in (200, 202, 422), sent.text  # 422: bounced in the handoff
+
+    def arrived() -> dict[str, list[str]]:
+        got: dict[str, list[str]] = {}
+        for event in receiver.events:
+            got.setdefault(event["recipient"], []).append(event["type"])
+        return got
+
+    assert await wait_until(lambda: arrived() == wanted, timeout=20), arrived()
+    assert receiver.bad_signatures == 0
+    assert sink.connections_total == 0
