@@ -44,6 +44,10 @@ class WebhookSender:
     lease = 60.0  # renewed with every batch and while waiting; lapses if the node dies
     idle = 5.0  # seconds a task keeps its lease waiting for more deliveries
     poll = 0.5  # seconds between looks for work when nobody wakes us
+    # After a POST that was not full, wait this long before the next one, so that a steady
+    # stream of events goes out in full batches rather than one POST per few events (each
+    # POST costs a read, a write and an HTTP round trip; measured under relay load).
+    linger = 0.1
 
     def __init__(
         self,
@@ -184,6 +188,8 @@ class WebhookSender:
                 failures = 0
                 renewed = loop.time()
                 idle_until = renewed + self.idle
+                if len(owed) < self.batch_size:
+                    await asyncio.sleep(self.linger)
         except asyncio.CancelledError:
             keep = False  # stop() gives every lease back at once
             raise
