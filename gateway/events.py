@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Boolean, Connection, Float, Integer, String, insert, select
+from sqlalchemy import Connection, insert, select
 
 from gateway.message import DeliveryResult, Outcome
 from storage.models import Event, MessageMeta
@@ -47,20 +47,6 @@ TYPES = (
 FINAL = frozenset({DELIVERED, BOUNCED, EXPIRED, SUPPRESSED, SANDBOX, CANCELLED})
 
 INSERT_EVENT = insert(E)
-# The columns an event row gives, with their types (for INSERT ... SELECT of parameters).
-COLUMNS: dict[str, Any] = {
-    "type": String(),
-    "message_id": String(),
-    "recipient": String(),
-    "pool": String(),
-    "code": Integer(),
-    "enhanced": String(),
-    "response": String(),
-    "attempt": Integer(),
-    "message_status": String(),
-    "created_at": Float(),
-    "pending": Boolean(),
-}
 
 
 def row(

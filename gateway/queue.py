@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, func, insert, select, text, update
+from sqlalchemy import Connection, delete, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from gateway import events
@@ -35,6 +35,7 @@ from gateway.addresses import normalise
 from gateway.message import DeliveryResult, Outcome, QueuedMessage, Route, Submission
 from gateway.suppressions import SuppressionCache
 from storage import idempotency
+from storage import queue_sql as sql
 from storage.db import Database
 from storage.messages import INSERT_META, meta_row
 from storage.models import Message, MessageBody, MessageTag, Recipient, Suppression
@@ -47,81 +48,6 @@ S = Suppression.__table__  # type: ignore[attr-defined]
 T = MessageTag.__table__  # type: ignore[attr-defined]
 
 ACTIVE_STATES = ("queued", "deferred")
-
-_INSERT_MESSAGE = insert(M)
-_INSERT_BODY = insert(B)
-_INSERT_RECIPIENT = insert(R)
-_INSERT_TAG = insert(T)
-_UPDATE_RECIPIENT = (
-    update(R)
-    .where(R.c.message_id == bindparam("m_id"), R.c.email == bindparam("m_email"))
-    .values(
-        status=bindparam("status"),
-        attempts=R.c.attempts + 1,
-        code=bindparam("code"),
-        response=bindparam("response"),
-        updated_at=bindparam("now"),
-    )
-)
-_UPDATE_MESSAGE = (
-    update(M)
-    .where(M.c.id == bindparam("m_id"), M.c.claimed_by == bindparam("node"))
-    .values(
-        status=bindparam("status"),
-        attempts=M.c.attempts + 1,
-        due_at=bindparam("due"),
-        claimed_by=None,
-        last_pool=bindparam("pool"),
-        last_response=bindparam("response"),
-        updated_at=bindparam("now"),
-    )
-)
-_DELETE_BODY = delete(B).where(B.c.message_id == bindparam("m_id"))
-
-# An attempt's rows are written only if its message update went through (this node still
-# held the claim). That update runs first in the shared transaction and stamps the message
-# with the attempt's time and number; the statements below test for that stamp in SQL, so
-# that every attempt of a group commit shares one executemany per statement.
-_RECORDED = (
-    select(1)
-    .where(
-        M.c.id == bindparam("m_id"),
-        M.c.updated_at == bindparam("now"),
-        M.c.attempts == bindparam("attempt"),
-    )
-    .exists()
-)
-_RECORD_RECIPIENT = _UPDATE_RECIPIENT.where(_RECORDED)
-_RECORD_BODY_GONE = _DELETE_BODY.where(_RECORDED)
-_RECORD_EVENT = insert(events.E).from_select(
-    list(events.COLUMNS),
-    select(*(bindparam(name, type_=kind) for name, kind in events.COLUMNS.items())).where(
-        _RECORDED
-    ),
-)
-_RENEW = (
-    update(M)
-    .where(M.c.claimed_by == bindparam("node"), M.c.due_at.is_not(None))
-    .values(due_at=bindparam("until"))
-)
-_RELEASE = (
-    update(M)
-    .where(M.c.claimed_by == bindparam("node"), M.c.due_at.is_not(None))
-    .values(claimed_by=None, due_at=bindparam("now"))
-)
-_RELEASE_ONE = (
-    update(M)
-    .where(M.c.id == bindparam("m_id"), M.c.claimed_by == bindparam("node"))
-    .values(claimed_by=None, due_at=bindparam("due"))
-)
-
-
-_POSTPONE = (
-    update(M)
-    .where(M.c.id == bindparam("m_id"), M.c.claimed_by == bindparam("node"))
-    .values(claimed_by=None, due_at=bindparam("due"), last_response=bindparam("why"))
-)
-
 
 _ids = random.Random(secrets.randbits(128))  # seeded once: os.urandom per id costs a syscall
 
@@ -201,7 +127,7 @@ class Queue:
         message_id = ("sandbox_" if sandbox else "") + new_message_id()
         batch = Batch()
         batch.add(
-            _INSERT_MESSAGE,
+            sql.INSERT_MESSAGE,
             {
                 "id": message_id,
                 "status": "sandbox" if sandbox else "queued",
@@ -221,9 +147,9 @@ class Queue:
                 "api_key_id": submission.sender.api_key_id if submission.sender else None,
             },
         )
-        batch.add(_INSERT_BODY, {"message_id": message_id, "data": submission.content})
+        batch.add(sql.INSERT_BODY, {"message_id": message_id, "data": submission.content})
         batch.add(
-            _INSERT_RECIPIENT,
+            sql.INSERT_RECIPIENT,
             [
                 {
                     "message_id": message_id,
@@ -285,9 +211,9 @@ class Queue:
             batch.add(INSERT_META, meta)
         if submission.tags:
             tags = sorted(set(submission.tags))
-            batch.add(_INSERT_TAG, [{"message_id": message_id, "tag": tag} for tag in tags])
+            batch.add(sql.INSERT_TAG, [{"message_id": message_id, "tag": tag} for tag in tags])
         batch.add(
-            _INSERT_RECIPIENT,
+            sql.INSERT_RECIPIENT,
             [
                 {
                     "message_id": message_id,
@@ -385,7 +311,7 @@ class Queue:
         ]
         batch = self._attempt_rows(attempt, results, expired, status, now)
         if retry_at is None:
-            batch.add(_RECORD_BODY_GONE, {"m_id": message.id, "now": now, "attempt": number})
+            batch.add(sql.RECORD_BODY_GONE, {"m_id": message.id, "now": now, "attempt": number})
         if suppress:  # the upstream said so, whoever holds the claim now
             batch.add(
                 self._suppress,
@@ -400,7 +326,7 @@ class Queue:
             "response": _summary(results),
             "now": now,
         }
-        batch.first = lambda conn: conn.execute(_UPDATE_MESSAGE, params).rowcount > 0
+        batch.first = lambda conn: conn.execute(sql.UPDATE_MESSAGE, params).rowcount > 0
         if await self._writer.submit(batch):
             self.suppressions.add([email for email, _ in suppress])
             return status
@@ -419,7 +345,7 @@ class Queue:
         number = message.attempts + 1
         batch = Batch()
         batch.add(
-            _RECORD_RECIPIENT,
+            sql.RECORD_RECIPIENT,
             [
                 {
                     "m_id": message.id,
@@ -460,7 +386,7 @@ class Queue:
             for rcpt, result in results.items()
             if result.complaint
         ]
-        batch.add(_RECORD_EVENT, [{**row, "m_id": message.id, "now": now} for row in rows])
+        batch.add(sql.RECORD_EVENT, [{**row, "m_id": message.id, "now": now} for row in rows])
         return batch
 
     async def note_throttled(self, message_id: str, status: str, pool: str, reason: str) -> None:
@@ -477,19 +403,19 @@ class Queue:
     async def renew_claims(self) -> None:
         """Extend the lease of every message this node holds."""
         until = time.time() + self._lease
-        await self._writer.submit(Batch([(_RENEW, {"node": self.node_id, "until": until})]))
+        await self._writer.submit(Batch([(sql.RENEW, {"node": self.node_id, "until": until})]))
 
     async def release(self, message_id: str, delay: float) -> None:
         """Give back one message this node holds, due again after `delay` seconds."""
         params = {"m_id": message_id, "node": self.node_id, "due": time.time() + delay}
-        await self._writer.submit(Batch([(_RELEASE_ONE, params)]))
+        await self._writer.submit(Batch([(sql.RELEASE_ONE, params)]))
 
     async def postpone(self, message_id: str, until: float, reason: str) -> None:
         """Give back one message this node holds, due at `until`, saying why it waits
         (a pool over its rate or daily limit): no attempt counted, no event, no retry
         schedule step, as the message itself did nothing wrong."""
         params = {"m_id": message_id, "node": self.node_id, "due": until, "why": reason[:1000]}
-        await self._writer.submit(Batch([(_POSTPONE, params)]))
+        await self._writer.submit(Batch([(sql.POSTPONE, params)]))
 
     @property
     def max_age(self) -> float:
@@ -497,7 +423,9 @@ class Queue:
 
     async def release_claims(self) -> None:
         """Give back every message this node holds so that it is due now (shutdown/start)."""
-        await self._writer.submit(Batch([(_RELEASE, {"node": self.node_id, "now": time.time()})]))
+        await self._writer.submit(
+            Batch([(sql.RELEASE, {"node": self.node_id, "now": time.time()})])
+        )
 
     # --- operator actions -------------------------------------------------------------
 
