@@ -11,6 +11,7 @@ one is cut off at the limit) -> Starlette's error handling -> the route.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -66,11 +67,14 @@ class RequestMetrics:
 
 
 class BodyLimit:
-    """Pure ASGI middleware: no request body over `max_size` bytes is ever read in full."""
+    """Pure ASGI middleware: no request body over `max_size` bytes is ever read in full, and
+    none takes longer than `timeout` seconds to arrive (a slow client cannot hold a
+    connection and a handler forever)."""
 
-    def __init__(self, app: ASGIApp, max_size: int) -> None:
+    def __init__(self, app: ASGIApp, max_size: int, timeout: float = 60.0) -> None:
         self.app = app
         self.max_size = max_size
+        self.timeout = timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -86,10 +90,17 @@ class BodyLimit:
                 await self._too_large().response()(scope, receive, send)
                 return
         seen = 0
+        deadline = asyncio.get_running_loop().time() + self.timeout
 
         async def limited() -> Message:
             nonlocal seen
-            message = await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise errors.RequestTimeout(
+                    f"the request body did not arrive within {self.timeout:g} s"
+                ) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_size:
@@ -150,6 +161,6 @@ def create_app(health: HealthCheck, api: ApiContext | None = None) -> Starlette:
     app.router.redirect_slashes = False  # "/v1/send/" is a JSON 404, not a bare redirect
     app.state.api = api
     if api is not None:
-        app.add_middleware(BodyLimit, max_size=api.max_body_size)
+        app.add_middleware(BodyLimit, max_size=api.max_body_size, timeout=api.body_timeout)
     app.add_middleware(RequestMetrics)
     return app

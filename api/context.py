@@ -37,6 +37,7 @@ class ApiContext:
     hostname: str
     handoff_timeout: float
     max_body_size: int
+    body_timeout: float = 60.0  # to receive a whole request body
     max_message_size: int = 26_214_400  # the built message, as [smtp] max_message_size
     manage: Management | None = None  # pools, aliases, domains (absent in bare-app tests)
     queue: Queue | None = None  # retry/cancel of messages (absent in bare-app tests)

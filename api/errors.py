@@ -19,6 +19,7 @@
     │   ├── AliasInUse        409 alias_in_use      queued mail still references the alias
     │   ├── MessageFinal      409 message_final     retry/cancel of a message with no work left
     │   └── MessageBusy       409 message_busy      retry/cancel of a message being delivered
+    ├── RequestTimeout        408 request_timeout   the body took longer than [http] body_timeout
     ├── PayloadTooLarge       413 payload_too_large over [http] max_body_size
     ├── Suppressed            422 suppressed        every recipient is suppressed
     ├── DomainNotVerified     422 domain_not_verified   an alias on an unverified domain
@@ -144,6 +145,10 @@ class MessageFinal(Conflict):
 
 class MessageBusy(Conflict):
     code = "message_busy"
+
+
+class RequestTimeout(ApiError):
+    status, code = 408, "request_timeout"
 
 
 class PayloadTooLarge(ApiError):

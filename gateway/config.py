@@ -86,6 +86,7 @@ class SmtpConfig:
 class HttpConfig:
     listen: tuple[str, int] = ("127.0.0.1", 8080)
     max_body_size: int = 31_457_280
+    body_timeout: float = 60.0  # to receive a whole request body (slow clients: 408)
     rate_limit: str = "50/s"
     public_url: str = ""  # base of links in Postern's own mail; "" = http://<listen>
 
@@ -335,6 +336,7 @@ _SECTIONS: dict[str, tuple[type, dict[str, Converter]]] = {
         {
             "listen": _listen_one,
             "max_body_size": _positive_int,
+            "body_timeout": parse_duration,
             "rate_limit": _rate,
             "public_url": _public_url,
         },

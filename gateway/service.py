@@ -193,6 +193,7 @@ class Service:
             hostname=config.server.hostname,
             handoff_timeout=delivery_cfg.handoff_timeout,
             max_body_size=config.http.max_body_size,
+            body_timeout=config.http.body_timeout,
             max_message_size=config.smtp.max_message_size,
             queue=self.queue,
             wake=self.delivery.wake,
