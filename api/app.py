@@ -90,10 +90,12 @@ class BodyLimit:
                 await self._too_large().response()(scope, receive, send)
                 return
         seen = 0
-        deadline = asyncio.get_running_loop().time() + self.timeout
+        deadline: float | None = asyncio.get_running_loop().time() + self.timeout
 
         async def limited() -> Message:
-            nonlocal seen
+            nonlocal seen, deadline
+            if deadline is None:  # the body is in: what follows is a wait for a disconnect
+                return await receive()
             try:
                 async with asyncio.timeout_at(deadline):
                     message = await receive()
@@ -101,6 +103,8 @@ class BodyLimit:
                 raise errors.RequestTimeout(
                     f"the request body did not arrive within {self.timeout:g} s"
                 ) from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                deadline = None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_size:

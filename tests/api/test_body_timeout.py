@@ -32,3 +32,19 @@ async def test_a_body_trickled_past_body_timeout_gets_408(api_client: Any) -> No
     finally:
         writer.close()
     assert not await query(api.svc, "SELECT id FROM message")  # nothing half-taken
+
+
+async def test_a_handler_slower_than_body_timeout_is_not_cut_off(
+    api_client: Any, sink: Any
+) -> None:
+    """The limit is on receiving the body, not on answering: a send that waits for a hung
+    upstream longer than body_timeout still gets its 202 (queued)."""
+    sink.hang("data", seconds=10)
+    api = await api_client(
+        http={"body_timeout": "1s"}, delivery={"handoff_timeout": "2.5s", "command_timeout": "5s"}
+    )
+    key = await api.key("send")
+    started = time.monotonic()
+    sent = await api.send(key=key)
+    assert sent.status_code == 202, sent.text
+    assert time.monotonic() - started >= 2.0
