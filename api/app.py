@@ -90,12 +90,15 @@ class BodyLimit:
                 await self._too_large().response()(scope, receive, send)
                 return
         seen = 0
-        deadline: float | None = asyncio.get_running_loop().time() + self.timeout
+        loop = asyncio.get_running_loop()
+        deadline: float | None = 0.0  # set at the first read; None once the body is in
 
         async def limited() -> Message:
             nonlocal seen, deadline
             if deadline is None:  # the body is in: what follows is a wait for a disconnect
                 return await receive()
+            if not deadline:  # from the handler's first read, not from the request's start
+                deadline = loop.time() + self.timeout
             try:
                 async with asyncio.timeout_at(deadline):
                     message = await receive()

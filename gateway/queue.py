@@ -311,7 +311,7 @@ class Queue:
         ]
         batch = self._attempt_rows(attempt, results, expired, status, now)
         if retry_at is None:
-            batch.add(sql.RECORD_BODY_GONE, {"m_id": message.id, "now": now, "attempt": number})
+            batch.add(sql.RECORD_BODY_GONE, {"m_id": message.id, **_stamp(now, number)})
         if suppress:  # the upstream said so, whoever holds the claim now
             batch.add(
                 self._suppress,
@@ -354,7 +354,7 @@ class Queue:
                     "code": result.code,
                     "response": result.describe(),
                     "now": now,
-                    "attempt": number,
+                    **_stamp(now, number),
                 }
                 for rcpt, result in results.items()
             ],
@@ -386,7 +386,9 @@ class Queue:
             for rcpt, result in results.items()
             if result.complaint
         ]
-        batch.add(sql.RECORD_EVENT, [{**row, "m_id": message.id, "now": now} for row in rows])
+        batch.add(
+            sql.RECORD_EVENT, [{**row, "m_id": message.id, **_stamp(now, number)} for row in rows]
+        )
         return batch
 
     async def note_throttled(self, message_id: str, status: str, pool: str, reason: str) -> None:
@@ -539,6 +541,11 @@ class Queue:
 
     async def ping(self) -> None:
         await self._db.read(lambda conn: conn.execute(text("SELECT 1")))
+
+
+def _stamp(now: float, attempt: int) -> dict[str, Any]:
+    """What an attempt's message update leaves on the row (storage.queue_sql.RECORDED)."""
+    return {"stamp_at": now, "stamp_attempt": attempt}
 
 
 @dataclass(frozen=True)

@@ -107,6 +107,16 @@ class Webhooks:
         if self._send:
             await self.sender.stop()
 
+    async def _housekeeping(self) -> None:
+        """Old attempt rows go; deliveries past max_age are dropped (and counted)."""
+        await self._writer.submit(lambda conn: outbox.prune_attempts(conn, KEEP_ATTEMPTS))
+        now = time.time()
+        before = now - self.settings.max_age
+        dropped: int = await self._writer.submit(lambda conn: _drop_expired(conn, before, now))
+        if dropped:
+            metrics.WEBHOOK_DELIVERIES.labels(status="dropped").inc(dropped)
+            log.warning("dropped %d webhook events older than max_age, never delivered", dropped)
+
     def wake(self) -> None:
         """Events were written: dispatch now rather than at the next tick."""
         self._wakeup.set()
@@ -127,9 +137,7 @@ class Webhooks:
                     metrics.EVENTS_PENDING.set(await backlog(self._db))
                 if loop.time() >= prune_at:
                     prune_at = loop.time() + s.prune_every
-                    await self._writer.submit(
-                        lambda conn: outbox.prune_attempts(conn, KEEP_ATTEMPTS)
-                    )
+                    await self._housekeeping()
             except Exception as error:  # storage trouble: the events wait, try again
                 log.warning("dispatching webhook events failed: %s", error)
             if full:
@@ -138,6 +146,13 @@ class Webhooks:
             self._wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), s.interval)
+
+
+def _drop_expired(conn: Connection, before: float, now: float) -> int:
+    """Drop every webhook's deliveries older than max_age, sent or not by this node (with
+    every node's sending off, nothing else would)."""
+    hooks = conn.execute(select(outbox.W.c.id)).scalars().all()
+    return sum(outbox.drop_older(conn, hook, before, now) for hook in hooks)
 
 
 def _any_pending(conn: Connection) -> bool:

@@ -162,6 +162,10 @@ _BACKFILLS = {
 }
 
 
+# Indexes an older schema had that a newer one replaced.
+_DROPPED_INDEXES = ("ix_recipient_message",)  # by ix_recipient_message_email
+
+
 def _upgrade(conn: Connection) -> None:
     """Bring an older schema up to date: new columns and the indexes of existing tables
     (create_all creates whole missing tables, but not what an existing one lacks)."""
@@ -175,6 +179,8 @@ def _upgrade(conn: Connection) -> None:
     for table in SQLModel.metadata.sorted_tables:
         for index in table.indexes:
             index.create(conn, checkfirst=True)
+    for old in _DROPPED_INDEXES:  # superseded: each costs work on every write
+        conn.execute(text(f"DROP INDEX IF EXISTS {old}"))
 
 
 async def create_schema(db: Database) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from sqlalchemy import BigInteger, Column, Index, Integer, LargeBinary, Text, text
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # A 64-bit key on PostgreSQL; on SQLite exactly INTEGER, so that it is the rowid.
 BIG_ID = BigInteger().with_variant(Integer(), "sqlite")

@@ -54,8 +54,8 @@ RECORDED = (
     select(1)
     .where(
         M.c.id == bindparam("m_id"),
-        M.c.updated_at == bindparam("now"),
-        M.c.attempts == bindparam("attempt"),
+        M.c.updated_at == bindparam("stamp_at"),
+        M.c.attempts == bindparam("stamp_attempt"),
     )
     .exists()
 )

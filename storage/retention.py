@@ -25,7 +25,18 @@ _SIDE_TABLES = (
 
 def purge_chunk(conn: Connection, before: float, limit: int = 1000) -> int:
     """Delete up to `limit` final messages created before `before`; how many went."""
-    old = select(M.c.id).where(M.c.status.in_(FINAL), M.c.created_at < before).limit(limit)
+    # created_at narrows through the index; updated_at (when it became final) decides, so
+    # that a message deferred for days keeps its fresh final events as long as the rest.
+    old = (
+        select(M.c.id)
+        .where(
+            M.c.status.in_(FINAL),
+            M.c.created_at < before,
+            M.c.updated_at < before,
+            M.c.due_at.is_(None),
+        )
+        .limit(limit)
+    )
     if conn.dialect.name == "postgresql":
         old = old.with_for_update(skip_locked=True)  # two nodes purging take different rows
     ids = list(conn.execute(old).scalars())

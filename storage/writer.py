@@ -144,17 +144,25 @@ class Writer:
 
 
 def _run_batch(conn: Connection, works: list[Batch | Work]) -> list[Any]:
-    """Functions first, in order; then the statements, same shapes merged into executemany."""
-    results: list[Any] = []
+    """Functions first, in order; then each batch's `first`; then the batches' statements,
+    same shapes merged into executemany.
+
+    The jobs of one group commit are concurrent, so any serial order is valid; this one
+    keeps each batch whole: nothing runs between a batch's `first` and its statements (a
+    function there could see an attempt's message updated but its recipients not yet).
+    """
+    results: list[Any] = [None] * len(works)
     merged: dict[Executable, list[dict[str, Any]]] = {}
-    for work in works:
+    for index, work in enumerate(works):
+        if not isinstance(work, Batch):
+            results[index] = work(conn)
+    for index, work in enumerate(works):
         if isinstance(work, Batch):
+            if work.first is not None:
+                results[index] = work.first(conn)
             for statement, params in work.steps:
                 rows = params if isinstance(params, list) else [params]
                 merged.setdefault(statement, []).extend(rows)
-            results.append(work.first(conn) if work.first is not None else None)
-        else:
-            results.append(work(conn))
     for statement, rows in merged.items():
         conn.execute(statement, rows)
     return results

@@ -422,7 +422,7 @@ async def test_upgrade_adds_and_backfills_message_api_key_once(
     def downgrade(conn: Connection) -> None:
         conn.execute(text("DROP INDEX ix_message_api_key"))
         conn.execute(text("ALTER TABLE message DROP COLUMN api_key_id"))
-        conn.execute(text("UPDATE postern_meta SET value = '1' WHERE key = 'schema_version'"))
+        conn.execute(text("UPDATE postern_meta SET value = '2' WHERE key = 'schema_version'"))
 
     await backend.transaction(downgrade)
     await create_schema(backend)
@@ -440,7 +440,7 @@ async def test_upgrade_adds_and_backfills_message_api_key_once(
         conn.execute(
             text("UPDATE message SET api_key_id = 'kept' WHERE id = :id"), {"id": keyed.id}
         )
-        conn.execute(text("UPDATE postern_meta SET value = '1' WHERE key = 'schema_version'"))
+        conn.execute(text("UPDATE postern_meta SET value = '2' WHERE key = 'schema_version'"))
 
     await backend.transaction(older_again)
     await create_schema(backend)  # the column is there: no second backfill
@@ -557,3 +557,30 @@ async def test_claim_query_uses_due_index(
         assert not any("INDEX" not in d for d in full_scans), text_plan
     else:
         assert "Seq Scan on message" not in text_plan, text_plan
+
+
+async def test_an_attempt_recorded_in_the_same_group_commit_as_a_cancel_stays_whole(
+    backend: Database, queue: Queue
+) -> None:
+    """The jobs of one group commit run one after another; nothing may run between an
+    attempt's message update and its recipients and events (a cancel there once saw the
+    message free and cancelled a recipient the upstream had just accepted)."""
+    message = await queue.enqueue(submission("alice@x.test", "bob@x.test"), ROUTE, claim=True)
+    delivered = DeliveryResult(Outcome.DELIVERED, 250, "2.0.0", "OK")
+    later = DeliveryResult(Outcome.DEFERRED, 451, "4.3.0", "later")
+    attempt = AttemptRecord(message, {"alice@x.test": delivered, "bob@x.test": later}, "p")
+    status, cancelled = await asyncio.gather(queue.record(attempt), queue.cancel([message.id]))
+    assert status == "deferred"
+    assert cancelled.cancelled == [] and cancelled.busy == [message.id]
+    rows = await fetch(
+        backend, "SELECT email, status FROM recipient WHERE message_id = :id ORDER BY id",
+        id=message.id,
+    )  # fmt: skip
+    assert [(r.email, r.status) for r in rows] == [
+        ("alice@x.test", "delivered"),
+        ("bob@x.test", "pending"),
+    ]
+    events = await fetch(
+        backend, "SELECT type FROM event WHERE message_id = :id ORDER BY id", id=message.id
+    )
+    assert [e.type for e in events] == ["queued", "queued", "delivered", "deferred"]
