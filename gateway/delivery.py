@@ -258,13 +258,13 @@ class Delivery:
     async def _postpone(self, message: QueuedMessage, wait: Wait) -> str:
         """Every ready pool of the route is over a limit: back to the queue until a slot
         frees, without an attempt counted (the limit is ours, not the message's)."""
-        await self._queue.postpone(message.id, wait.until, wait.text)
+        await self._queue.postpone(message, wait.until, wait.pool, wait.text)
         delay = max(0.0, wait.until - time.time())
         asyncio.get_running_loop().call_later(delay + 0.01, self.wake)  # claim it on time
         maillog.info(
             "id=%s pool=%s result=waiting for %.1fs: %s", message.id, wait.pool, delay, wait.text
         )
-        status = "deferred" if message.attempts else "queued"
+        status = "deferred"
         waiter = self._waiters.pop(message.id, None)
         if waiter is not None and not waiter.done():
             waiter.set_result(status)

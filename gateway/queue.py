@@ -412,12 +412,26 @@ class Queue:
         params = {"m_id": message_id, "node": self.node_id, "due": time.time() + delay}
         await self._writer.submit(Batch([(sql.RELEASE_ONE, params)]))
 
-    async def postpone(self, message_id: str, until: float, reason: str) -> None:
-        """Give back one message this node holds, due at `until`, saying why it waits
-        (a pool over its rate or daily limit): no attempt counted, no event, no retry
-        schedule step, as the message itself did nothing wrong."""
-        params = {"m_id": message_id, "node": self.node_id, "due": until, "why": reason[:1000]}
-        await self._writer.submit(Batch([(sql.POSTPONE, params)]))
+    async def postpone(
+        self, message: QueuedMessage, until: float, pool: str, reason: str
+    ) -> None:
+        """Give back a message this node holds, `deferred` until `until` because `pool` is
+        over its rate or daily limit: a `deferred` event per waiting recipient says why, but
+        no attempt is counted and no retry schedule step taken (the message did nothing
+        wrong). Written only if the claim still held, like an attempt."""
+        now = time.time()
+        why = reason[:1000]
+        rows = [
+            events.row(events.DEFERRED, message.id, "deferred", now, rcpt, pool=pool,
+                       attempt=message.attempts, response=why)
+            for rcpt in message.recipients
+        ]  # fmt: skip
+        stamp = _stamp(now, message.attempts)
+        batch = Batch()
+        batch.add(sql.RECORD_EVENT, [{**row, "m_id": message.id, **stamp} for row in rows])
+        params = {"m_id": message.id, "node": self.node_id, "due": until, "why": why, "now": now}
+        batch.first = lambda conn: conn.execute(sql.POSTPONE, params).rowcount > 0
+        await self._writer.submit(batch)
 
     @property
     def max_age(self) -> float:

@@ -86,5 +86,11 @@ RELEASE_ONE = (
 POSTPONE = (
     update(M)
     .where(M.c.id == bindparam("m_id"), M.c.claimed_by == bindparam("node"))
-    .values(claimed_by=None, due_at=bindparam("due"), last_response=bindparam("why"))
+    .values(
+        status="deferred",
+        claimed_by=None,
+        due_at=bindparam("due"),
+        last_response=bindparam("why"),
+        updated_at=bindparam("now"),
+    )
 )

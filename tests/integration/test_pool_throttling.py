@@ -76,7 +76,7 @@ async def test_rate_never_exceeded_and_excess_waits(
     waiting = await query(svc, "SELECT * FROM message WHERE status != 'delivered'")
     assert len(waiting) == 10
     for row in waiting:
-        assert row["status"] == "queued" and row["attempts"] == 0  # no attempt spent
+        assert row["status"] == "deferred" and row["attempts"] == 0  # no attempt spent
         assert row["last_response"] == "waiting: pool sink rate limit 60/min"
         assert row["due_at"] > time.time()
     assert metric(THROTTLED, pool=SINK_POOL, reason="rate") - before >= 10
@@ -110,7 +110,13 @@ async def test_daily_limit_holds_mail_until_midnight(service: ServiceFactory, si
     assert len(waiting) == 2
     midnight = (int(time.time()) // 86400 + 1) * 86400
     for row in waiting:
-        assert (row["status"], row["attempts"]) == ("queued", 0)
+        assert (row["status"], row["attempts"]) == ("deferred", 0)
+        waits = await query(
+            svc, "SELECT * FROM event WHERE message_id = ? AND type = 'deferred'", row["id"]
+        )
+        assert [(e["pool"], e["attempt"], e["response"]) for e in waits] == [
+            ("sink", 0, "waiting: pool sink daily limit 3")
+        ]
         assert row["last_response"] == "waiting: pool sink daily limit 3"
         assert row["due_at"] == pytest.approx(midnight, abs=1)
     assert metric(THROTTLED, pool=SINK_POOL, reason="daily") - before == 2
