@@ -7,8 +7,6 @@ create and PATCH (and the sender checks again before every POST).
 
 from __future__ import annotations
 
-import math
-from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
@@ -33,6 +31,7 @@ from api.webhook_schemas import (
 from gateway import events, webhook_urls
 from gateway.hostguard import HostRefused
 from gateway.message_builder import text_problem
+from gateway.queue_ops import FilterError, parse_time
 from gateway.webhook_signing import new_secret, seal
 from storage import webhooks as store
 from storage.webhooks import WebhookRecord
@@ -184,25 +183,12 @@ async def remove(request: Request) -> Response:
 
 
 def parse_since(value: Any) -> float:
-    """ISO 8601 (no zone = UTC) or UNIX seconds -> UNIX seconds; InvalidRequest otherwise."""
-    seconds: float | None = None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
-    elif isinstance(value, str) and value.strip():
-        text = value.strip()
-        try:
-            seconds = float(text)
-        except ValueError:
-            try:
-                moment = datetime.fromisoformat(text)
-            except ValueError:
-                raise _bad("since", "an ISO 8601 time or UNIX seconds") from None
-            if moment.tzinfo is None:
-                moment = moment.replace(tzinfo=UTC)
-            seconds = moment.timestamp()
-    if seconds is None or not math.isfinite(seconds) or not 0 <= seconds < 253_402_300_800:
-        raise _bad("since", "an ISO 8601 time or UNIX seconds, from 1970 to 9999")
-    return seconds
+    """ISO 8601 (no zone = UTC) or UNIX seconds -> UNIX seconds; InvalidRequest otherwise
+    (the parser of the queue filters' since/until)."""
+    try:
+        return parse_time("since", value)
+    except FilterError:
+        raise _bad("since", "an ISO 8601 time or UNIX seconds, from 1970 to 9999") from None
 
 
 @operation(
