@@ -19,7 +19,7 @@ from gateway.cli_admin import CommandError, iso_seconds, leaf, with_database
 from gateway.config import Config
 from gateway.queue import Queue
 from gateway.queue_ops import Action as QueueAction
-from gateway.queue_ops import FilterError, bulk, make_filter
+from gateway.queue_ops import FilterError, bulk, make_filter, summary_json
 from storage.db import Database
 from storage.message_search import (
     ACTIVE,
@@ -27,7 +27,6 @@ from storage.message_search import (
     STATUSES,
     InvalidCursor,
     MessageFilter,
-    MessageSummary,
     search,
 )
 from storage.messages import MessageState, message_state
@@ -107,22 +106,6 @@ def _filter(args: argparse.Namespace) -> MessageFilter:
         raise CommandError(f"--{error.field}: {error.message}") from None
 
 
-def _summary(message: MessageSummary) -> dict[str, Any]:
-    return {
-        "message_id": message.id,
-        "status": message.status,
-        "from": message.mail_from,
-        "recipients": message.recipients,
-        "pool": message.pool,
-        "attempts": message.attempts,
-        "tags": message.tags,
-        "created_at": iso_seconds(message.created_at),
-        "updated_at": iso_seconds(message.updated_at),
-        "next_attempt_at": iso_seconds(message.next_attempt_at),
-        "last_response": message.last_response,
-    }
-
-
 def _state(state: MessageState) -> dict[str, Any]:
     return {
         "message_id": state.id,
@@ -152,7 +135,7 @@ async def _list(db: Database, queue: Queue, args: argparse.Namespace) -> dict[st
         page, cursor = await search(db, flt, args.limit, args.cursor or None)
     except InvalidCursor:
         raise CommandError("--cursor: not a cursor `postern queue list` printed") from None
-    return {"data": [_summary(m) for m in page], "next_cursor": cursor}
+    return {"data": [summary_json(m, iso_seconds) for m in page], "next_cursor": cursor}
 
 
 async def _show(db: Database, queue: Queue, args: argparse.Namespace) -> dict[str, Any]:

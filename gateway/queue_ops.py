@@ -7,7 +7,7 @@ so a retry from the CLI and one over HTTP cannot drift apart.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,6 +22,7 @@ from storage.message_search import (
     STATUSES,
     Key,
     MessageFilter,
+    MessageSummary,
     active_keys,
     count_active,
     decode_cursor,
@@ -212,3 +213,23 @@ async def cancel_one(queue: Queue, state: MessageState) -> None:
         raise MessageBusy(state.id)
     if state.id not in result.cancelled:
         raise MessageFinal(state.id)  # it finished between the read and the cancel
+
+
+def summary_json(
+    message: MessageSummary, when: Callable[[float | None], str | None]
+) -> dict[str, Any]:
+    """A search result as GET /v1/messages and `postern queue list --json` show it
+    (`when` formats the times)."""
+    return {
+        "message_id": message.id,
+        "status": message.status,
+        "from": message.mail_from,
+        "recipients": message.recipients,
+        "pool": message.pool,
+        "attempts": message.attempts,
+        "tags": message.tags,
+        "created_at": when(message.created_at),
+        "updated_at": when(message.updated_at),
+        "next_attempt_at": when(message.next_attempt_at),
+        "last_response": message.last_response,
+    }

@@ -7,6 +7,7 @@ the search's filters; one with no criterion must say `"all": true` to touch the 
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -28,13 +29,12 @@ from api.schemas import (
     parse,
 )
 from gateway import queue_ops
-from gateway.queue_ops import FilterError, MessageBusy, MessageFinal, make_filter
+from gateway.queue_ops import FilterError, MessageBusy, MessageFinal, make_filter, summary_json
 from storage.keys import ApiKeyRecord
 from storage.message_search import (
     MAX_LIMIT,
     STATUSES,
     InvalidCursor,
-    MessageSummary,
     decode_cursor,
     search,
 )
@@ -64,22 +64,6 @@ async def _visible(ctx: ApiContext, key: ApiKeyRecord, message_id: str) -> Messa
     if state is None or not (key.has("admin") or state.api_key_id == key.id):
         raise errors.NotFound("no such message")
     return state
-
-
-def _summary(message: MessageSummary) -> dict[str, Any]:
-    return {
-        "message_id": message.id,
-        "status": message.status,
-        "from": message.mail_from,
-        "recipients": message.recipients,
-        "pool": message.pool,
-        "attempts": message.attempts,
-        "tags": message.tags,
-        "created_at": iso(message.created_at),
-        "updated_at": iso(message.updated_at),
-        "next_attempt_at": iso(message.next_attempt_at),
-        "last_response": message.last_response,
-    }
 
 
 _FILTER_PARAMETERS = [
@@ -131,7 +115,7 @@ async def list_messages(request: Request) -> Response:
         except InvalidCursor:
             raise _invalid("cursor", "not a cursor this API returned") from None
     page, next_cursor = await search(ctx.db, flt, int(raw_limit), cursor)
-    return JSONResponse({"data": [_summary(m) for m in page], "next_cursor": next_cursor})
+    return JSONResponse({"data": [summary_json(m, iso) for m in page], "next_cursor": next_cursor})
 
 
 @operation(
@@ -173,6 +157,21 @@ _ONE = [path_parameter("message_id", "the id POST /v1/send returned")]
 _CONFLICT = "the message has no work left (message_final) or is being delivered (message_busy)"
 
 
+async def _act_on_one(
+    request: Request, act: Callable[[ApiContext, MessageState], Awaitable[Any]]
+) -> tuple[ApiContext, MessageState]:
+    """Retry or cancel the message of the path, if the key may see it; 409 when it is final
+    or being delivered."""
+    ctx: ApiContext = request.app.state.api
+    key = await authenticate(request, ctx.keys, ctx.limiter)
+    state = await _visible(ctx, key, request.path_params["message_id"])
+    try:
+        await act(ctx, state)
+    except (MessageFinal, MessageBusy) as error:
+        raise _conflict(error, state) from None
+    return ctx, state
+
+
 def _conflict(error: Exception, state: MessageState) -> errors.ApiError:
     if isinstance(error, MessageBusy):
         return errors.MessageBusy("the message is being delivered right now; try again shortly")
@@ -190,13 +189,9 @@ def _conflict(error: Exception, state: MessageState) -> errors.ApiError:
     },
 )
 async def retry_message(request: Request) -> Response:
-    ctx: ApiContext = request.app.state.api
-    key = await authenticate(request, ctx.keys, ctx.limiter)
-    state = await _visible(ctx, key, request.path_params["message_id"])
-    try:
-        await queue_ops.retry_one(ctx.message_queue(), ctx.db, state)
-    except (MessageFinal, MessageBusy) as error:
-        raise _conflict(error, state) from None
+    ctx, state = await _act_on_one(
+        request, lambda ctx, state: queue_ops.retry_one(ctx.message_queue(), ctx.db, state)
+    )
     if ctx.wake is not None:
         ctx.wake()
     return JSONResponse({"message_id": state.id, "retried": True})
@@ -213,13 +208,9 @@ async def retry_message(request: Request) -> Response:
     },
 )
 async def cancel_message(request: Request) -> Response:
-    ctx: ApiContext = request.app.state.api
-    key = await authenticate(request, ctx.keys, ctx.limiter)
-    state = await _visible(ctx, key, request.path_params["message_id"])
-    try:
-        await queue_ops.cancel_one(ctx.message_queue(), state)
-    except (MessageFinal, MessageBusy) as error:
-        raise _conflict(error, state) from None
+    _, state = await _act_on_one(
+        request, lambda ctx, state: queue_ops.cancel_one(ctx.message_queue(), state)
+    )
     return JSONResponse({"message_id": state.id, "status": "cancelled"})
 
 
