@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import smtplib
-import socket
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -22,6 +21,7 @@ from prometheus_client import REGISTRY
 
 from gateway.config import Config, from_dict
 from gateway.service import Service
+from tests.processes import free_port
 from tests.sink import Sink
 
 LOOPBACK = "127.0.0.1"
@@ -30,13 +30,6 @@ SINK_POOL = "sink"
 
 
 # --- small utilities ----------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A loopback TCP port nobody listens on (bound then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
 
 
 def metric(name: str, **labels: str) -> float:

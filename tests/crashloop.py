@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import random
 import re
 import signal
@@ -54,9 +53,9 @@ from typing import IO
 
 import httpx
 
+from tests.processes import REPO, child_env, free_port
 from tests.sink import Sink
 
-REPO = Path(__file__).resolve().parents[1]
 SENDER = "crash@example.com"
 START_TIMEOUT = 30.0  # seconds for `postern serve` to answer /healthz
 EXIT_TIMEOUT = 20.0  # seconds for a signalled process to be reaped
@@ -194,20 +193,6 @@ def marker_of(data: bytes) -> str | None:
 
 
 # --- the process --------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("POSTERN_CONFIG", None)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
 
 
 class Process:

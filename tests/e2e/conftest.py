@@ -6,10 +6,8 @@ at teardown, whatever the test did. Every wait here is bounded.
 
 from __future__ import annotations
 
-import os
 import signal
 import smtplib
-import socket
 import subprocess
 import sys
 import time
@@ -23,26 +21,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import REPO, child_env, free_port
 from tests.sink import Sink
 
-REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 20.0  # seconds for `postern serve` to answer /healthz with 200
 EXIT_TIMEOUT = 20.0  # seconds for a signalled process to exit
 SENDER = "e2e@example.com"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("POSTERN_CONFIG", None)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
 
 
 def run_cli(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
