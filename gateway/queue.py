@@ -295,21 +295,19 @@ class Queue:
         results = dict(attempt.results)
         expired: set[str] = set()
         retry_at: float | None = None
+        number = message.attempts + 1  # this attempt's
         if any(r.outcome is Outcome.DEFERRED for r in results.values()):
-            retry_at = next_attempt(
-                message.attempts + 1, message.created_at, now, self._schedule, self._max_age
-            )
+            retry_at = next_attempt(number, message.created_at, now, self._schedule, self._max_age)
             if retry_at is None:
                 expired = {rcpt for rcpt, r in results.items() if r.outcome is Outcome.DEFERRED}
                 results = {rcpt: _expire(r) for rcpt, r in results.items()}
         status = message_status(results.values(), retry_at, message.any_bounced)
-        number = message.attempts + 1
         suppress = [
             (normalise(rcpt), "complaint" if result.complaint else "bounced")
             for rcpt, result in results.items()
             if result.hard_bounce or result.complaint
         ]
-        batch = self._attempt_rows(attempt, results, expired, status, now)
+        batch = self._attempt_rows(attempt, results, expired, status, now, number)
         if retry_at is None:
             batch.add(sql.RECORD_BODY_GONE, {"m_id": message.id, **_stamp(now, number)})
         if suppress:  # the upstream said so, whoever holds the claim now
@@ -339,10 +337,10 @@ class Queue:
         expired: set[str],
         status: str,
         now: float,
+        number: int,
     ) -> Batch:
         """The recipients' results and their events, written if the claim still held."""
         message = attempt.message
-        number = message.attempts + 1
         batch = Batch()
         batch.add(
             sql.RECORD_RECIPIENT,
@@ -386,9 +384,7 @@ class Queue:
             for rcpt, result in results.items()
             if result.complaint
         ]
-        batch.add(
-            sql.RECORD_EVENT, [{**row, "m_id": message.id, **_stamp(now, number)} for row in rows]
-        )
+        _add_events_if_stamped(batch, message.id, rows, now, number)
         return batch
 
     async def note_throttled(self, message_id: str, status: str, pool: str, reason: str) -> None:
@@ -412,9 +408,7 @@ class Queue:
         params = {"m_id": message_id, "node": self.node_id, "due": time.time() + delay}
         await self._writer.submit(Batch([(sql.RELEASE_ONE, params)]))
 
-    async def postpone(
-        self, message: QueuedMessage, until: float, pool: str, reason: str
-    ) -> None:
+    async def postpone(self, message: QueuedMessage, until: float, pool: str, reason: str) -> None:
         """Give back a message this node holds, `deferred` until `until` because `pool` is
         over its rate or daily limit: a `deferred` event per waiting recipient says why, but
         no attempt is counted and no retry schedule step taken (the message did nothing
@@ -426,9 +420,8 @@ class Queue:
                        attempt=message.attempts, response=why)
             for rcpt in message.recipients
         ]  # fmt: skip
-        stamp = _stamp(now, message.attempts)
         batch = Batch()
-        batch.add(sql.RECORD_EVENT, [{**row, "m_id": message.id, **stamp} for row in rows])
+        _add_events_if_stamped(batch, message.id, rows, now, message.attempts)
         params = {"m_id": message.id, "node": self.node_id, "due": until, "why": why, "now": now}
         batch.first = lambda conn: conn.execute(sql.POSTPONE, params).rowcount > 0
         await self._writer.submit(batch)
@@ -560,6 +553,14 @@ class Queue:
 def _stamp(now: float, attempt: int) -> dict[str, Any]:
     """What an attempt's message update leaves on the row (storage.queue_sql.RECORDED)."""
     return {"stamp_at": now, "stamp_attempt": attempt}
+
+
+def _add_events_if_stamped(
+    batch: Batch, message_id: str, rows: list[dict[str, Any]], now: float, attempt: int
+) -> None:
+    """Event rows written only if the batch's `first` update left its stamp on the message."""
+    stamp = {"m_id": message_id, **_stamp(now, attempt)}
+    batch.add(sql.RECORD_EVENT, [{**row, **stamp} for row in rows])
 
 
 @dataclass(frozen=True)
