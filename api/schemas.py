@@ -5,6 +5,7 @@ unknown field is a 400, never coerced; the response models document what the rou
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -264,6 +265,17 @@ class SuppressionList(BaseModel):
 
 class Ok(BaseModel):
     success: Literal[True]
+
+
+def refuse_nulls(body: BaseModel, nullable: Collection[str] = ()) -> None:
+    """A PATCH may leave a field out but not set it to null (bar those in `nullable`):
+    InvalidRequest naming every such field."""
+    nulls = [n for n in body.model_fields_set if getattr(body, n) is None and n not in nullable]
+    if nulls:
+        raise InvalidRequest(
+            f"{nulls[0]}: may not be null",
+            [{"field": name, "message": "may not be null"} for name in nulls],
+        )
 
 
 def parse(model: type[T], body: bytes) -> T:

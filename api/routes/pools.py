@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from api import errors, pool_ops
+from api import pool_ops
 from api.auth import authenticate
 from api.context import ApiContext, iso
 from api.openapi import operation, path_parameter
@@ -26,7 +26,7 @@ from api.resource_schemas import (
     SmtpPool,
     SmtpPoolList,
 )
-from api.schemas import ErrorResponse, Ok, parse
+from api.schemas import ErrorResponse, Ok, parse, refuse_nulls
 from storage.keys import ApiKeyRecord
 from storage.pools import PoolRecord, pool_records
 
@@ -114,12 +114,7 @@ async def change(request: Request) -> Response:
     raw = await request.body()
     body = parse(PoolUpdate, raw)
     given = body.model_fields_set
-    nulls = [name for name in given if getattr(body, name) is None and name != "password"]
-    if nulls:
-        raise errors.InvalidRequest(
-            f"{nulls[0]}: may not be null",
-            [{"field": name, "message": "may not be null"} for name in nulls],
-        )
+    refuse_nulls(body, {"password"})
     changes = {name: getattr(body, name) for name in given if name != "password"}
     record = await pool_ops.update(
         ctx, request.path_params["pool_id"], changes, body.password, "password" in given

@@ -30,7 +30,7 @@ from api.resource_schemas import (
     SmtpConfig,
     SmtpConfigPage,
 )
-from api.schemas import ErrorResponse, parse
+from api.schemas import ErrorResponse, parse, refuse_nulls
 from storage.keys import ApiKeyRecord
 from storage.pools import PoolRecord, pool_records
 
@@ -147,12 +147,7 @@ async def update(request: Request) -> Response:
     config_id = request.path_params["config_id"]
     body = parse(ConfigUpdate, await request.body())
     given = body.model_fields_set
-    nulls = [name for name in given if getattr(body, name) is None and name != "password"]
-    if nulls:
-        raise errors.InvalidRequest(
-            f"{nulls[0]}: may not be null",
-            [{"field": name, "message": "may not be null"} for name in nulls],
-        )
+    refuse_nulls(body, {"password"})
     changes = {name: getattr(body, name) for name in given - {"password", "use_tls"}}
     if "use_tls" in given or "port" in given:
         current = await pool_ops.get(ctx, config_id)

@@ -17,7 +17,7 @@ from api import errors
 from api.auth import authenticate
 from api.context import ApiContext, iso
 from api.openapi import operation, path_parameter, query_parameter
-from api.schemas import ErrorResponse, Ok, parse
+from api.schemas import ErrorResponse, Ok, parse, refuse_nulls
 from api.webhook_schemas import (
     AttemptList,
     CreatedWebhookResponse,
@@ -149,9 +149,7 @@ async def change(request: Request) -> Response:
     ctx = await _caller(request)
     body = parse(WebhookUpdate, await request.body())
     given = body.model_fields_set
-    nulls = [n for n in given if getattr(body, n) is None and n != "event_types"]
-    if nulls:
-        raise _bad(nulls[0], "may not be null")
+    refuse_nulls(body, {"event_types"})  # null event_types: every type
     changes = {name: getattr(body, name) for name in given}
     current = await _get(ctx, request)
     await _check(
