@@ -53,7 +53,7 @@ from typing import IO
 
 import httpx
 
-from tests.processes import REPO, child_env, free_port
+from tests.processes import REPO, child_env, free_port, spawn_serve
 from tests.sink import Sink
 
 SENDER = "crash@example.com"
@@ -208,16 +208,7 @@ class Process:
     def spawn(self) -> None:
         assert not self.running
         self.starts += 1
-        with open(self.log_dir / f"postern-{self.starts:04d}.log", "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway.cli", "serve", "--config", str(self.config)],
-                cwd=REPO,
-                env=child_env(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
+        self.proc = spawn_serve(self.config, self.log_dir / f"postern-{self.starts:04d}.log")
 
     def start(self, timeout: float = START_TIMEOUT) -> None:
         """Spawn and wait until /healthz answers 200."""

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import REPO, child_env, free_port
+from tests.processes import REPO, child_env, free_port, spawn_serve
 from tests.sink import Sink
 
 START_TIMEOUT = 20.0  # seconds for `postern serve` to answer /healthz with 200
@@ -129,16 +129,7 @@ class Postern:
         self.starts += 1
         self.stderr_path = self.log_dir / f"postern-{self.starts}.stderr"
         started = time.monotonic()
-        with open(self.stderr_path, "wb") as stderr:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway.cli", "serve", "--config", str(self.config)],
-                cwd=REPO,
-                env=child_env(),
-                stdin=subprocess.DEVNULL,
-                stdout=stderr,
-                stderr=stderr,
-                start_new_session=True,  # a Ctrl-C at the terminal does not reach it
-            )
+        self.proc = spawn_serve(self.config, self.stderr_path)
         deadline = started + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
