@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from api.management import Management
 from gateway.intake import Intake
 from gateway.queue import Queue
 from gateway.suppressions import SuppressionCache
+from gateway.tasks import cancel_and_wait
 from storage.db import Database
 from storage.idempotency import purge_expired
 from storage.keys import KeyStore
@@ -79,11 +79,8 @@ class ApiContext:
             await asyncio.wait(set(self._pending), timeout=5.0)
         if self.manage is not None:
             await self.manage.stop()
-        if self._purger is not None:
-            self._purger.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._purger
-            self._purger = None
+        await cancel_and_wait(self._purger)
+        self._purger = None
 
     async def _purge(self) -> None:
         while True:

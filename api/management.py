@@ -9,7 +9,6 @@ stored pools every few seconds and reloads when another node (or the CLI) change
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from gateway.delivery import PoolRegistry
 from gateway.dns import Resolver
 from gateway.hostguard import HostGuard
 from gateway.identities import Identities
+from gateway.tasks import cancel_and_wait
 from gateway.upstream import PoolSettings
 from storage.db import Database
 from storage.dkim_keys import Cipher
@@ -81,11 +81,8 @@ class Management:
         self._watcher = loop.create_task(self._watch(db, interval), name="pool-watch")
 
     async def stop(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
-            self._watcher = None
+        await cancel_and_wait(self._watcher)
+        self._watcher = None
 
     async def _watch(self, db: Database, interval: float) -> None:
         while True:

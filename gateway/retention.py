@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 
+from gateway.tasks import cancel_and_wait
 from storage.retention import purge_chunk
 from storage.writer import Writer
 
@@ -28,20 +28,15 @@ class Retention:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="retention")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def sweep(self) -> int:
         """Delete every final message past retention, chunk by chunk; how many went."""
         before = time.time() - self._keep
         total = 0
         while True:
-            removed: int = await self._writer.submit(
-                lambda conn: purge_chunk(conn, before, CHUNK)
-            )
+            removed: int = await self._writer.submit(lambda conn: purge_chunk(conn, before, CHUNK))
             total += removed
             if removed < CHUNK:
                 return total

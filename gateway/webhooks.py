@@ -21,6 +21,7 @@ from sqlalchemy import Connection, select
 from gateway import events, metrics
 from gateway.config import WebhooksConfig
 from gateway.hostguard import HostGuard
+from gateway.tasks import cancel_and_wait
 from gateway.webhook_sender import WebhookSender
 from storage import webhook_outbox as outbox
 from storage.db import Database
@@ -99,11 +100,8 @@ class Webhooks:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="webhook-dispatch")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         if self._send:
             await self.sender.stop()
 
