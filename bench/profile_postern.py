@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import compare_postfix
 import relay
 from relay import BenchError
+from webhook_sink import WebhookSink, subscribe
 
 
 @dataclass
@@ -143,6 +144,10 @@ def profile_run(args: argparse.Namespace, out_dir: Path) -> tuple[Path, float, d
         postern = relay.Postern(command, out_dir, sink.port, args.upstream_connections)
         try:
             postern.wait_ready(time.monotonic() + 60)
+            hooks = None
+            if args.webhook:  # every event also POSTed to a receiver on loopback
+                hooks = WebhookSink()
+                subscribe([*command[:-1]], out_dir / "postern.toml", postern.http_port, hooks.url)
             spy = subprocess.Popen(
                 [
                     shutil.which("py-spy") or "py-spy",
@@ -181,7 +186,12 @@ def profile_run(args: argparse.Namespace, out_dir: Path) -> tuple[Path, float, d
                 deadline = time.monotonic() + args.timeout
                 start, accepted = compare_postfix.drive(postern.smtp_port, case, settings, deadline)
                 delivered = sink.wait_for(base + args.messages, deadline)
+                if hooks is not None:
+                    got = hooks.wait_for(2 * args.messages, deadline)
+                    print(f"webhook events received={got}", flush=True)
             finally:
+                if hooks is not None:
+                    hooks.close()
                 seconds = time.monotonic() - started
                 cpu = {
                     tid: used - cpu_before.get(tid, 0.0)
@@ -226,6 +236,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--gil", action="store_true", help="py-spy --gil: only samples holding the GIL"
     )
     parser.add_argument("--keep", action="store_true", help="keep the raw file, config, log")
+    parser.add_argument(
+        "--webhook", action="store_true", help="POST every event to a receiver on loopback"
+    )
     parser.add_argument("--summarize", type=Path, help="only summarise this raw py-spy file")
     parser.add_argument("--seconds", type=float, help="with --summarize: seconds sampled")
     return parser.parse_args(argv)

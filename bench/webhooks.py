@@ -124,11 +124,13 @@ async def run(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
         settings = WebhookSettings(batch_size=args.batch, timeout=10.0)
         webhooks = Webhooks(db, writer, PlainBox(), HostGuard(), "bench", settings)
         started = time.perf_counter()
+        cpu_before = time.process_time()
         await webhooks.start()
         deadline = started + args.timeout
         while counter.value < args.events and time.perf_counter() < deadline:
             await asyncio.sleep(0.01)
         elapsed = time.perf_counter() - started
+        cpu = time.process_time() - cpu_before
         return {
             "events": args.events,
             "received": counter.value,
@@ -137,6 +139,7 @@ async def run(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
             "database": db.dialect,
             "seconds": round(elapsed, 2),
             "events_per_second": round(counter.value / elapsed),
+            "cpu_us_per_event": round(cpu * 1e6 / max(counter.value, 1), 1),
         }
     finally:
         if webhooks is not None:
@@ -165,7 +168,8 @@ def main() -> int:
         print(
             f"{result['received']}/{result['events']} events in {result['seconds']} s "
             f"({result['database']}, {result['batch']} per POST): "
-            f"{result['events_per_second']} events/s; bad signatures {result['bad_signatures']}"
+            f"{result['events_per_second']} events/s, {result['cpu_us_per_event']} µs CPU per"
+            f" event in the sending process; bad signatures {result['bad_signatures']}"
         )
     complete = result["received"] >= result["events"] and not result["bad_signatures"]
     return 0 if complete else 1

@@ -1,0 +1,320 @@
+"""The webhook outbox SQL on SQLite and PostgreSQL: cursors, commit order, filters, leases,
+replay, dropping, and the upgrade from the fan-out schema."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy import Connection, select, text
+
+from gateway import events
+from storage import webhook_outbox as outbox
+from storage.db import Database, create_schema
+from storage.webhook_outbox import Position
+from storage.webhooks import create_webhook, replay, update_webhook, wanted_types
+
+
+async def add_events(
+    db: Database, types: list[str], message_id: str = "msg_1", at: float | None = None
+) -> None:
+    now = time.time() if at is None else at
+    rows = [events.row(t, message_id, "queued", now, f"r{i}@x.test") for i, t in enumerate(types)]
+    await db.transaction(lambda conn: conn.execute(events.INSERT_EVENT, rows))
+
+
+async def hook(db: Database, **values: Any) -> str:
+    record = await create_webhook(db, {"url": "http://127.0.0.1/", **values}, lambda _: "sealed")
+    return record.id
+
+
+async def target(db: Database, webhook_id: str) -> outbox.Target:
+    found = await db.read(lambda conn: outbox.target(conn, webhook_id))
+    assert found is not None
+    return found
+
+
+async def next_batch(
+    db: Database, webhook_id: str, limit: int = 100
+) -> tuple[outbox.Target, list[Any], Position]:
+    """What the sender would read now: the webhook, its next events, the horizon."""
+    hook_now = await target(db, webhook_id)
+    types = wanted_types(hook_now.event_types, hook_now.final_only, events.FINAL)
+
+    def read(conn: Connection) -> tuple[list[Any], Position]:
+        upto = outbox.horizon(conn)
+        return outbox.batch(conn, hook_now.cursor, upto, types, limit), upto
+
+    rows, upto = await db.read(read)
+    return hook_now, rows, upto
+
+
+async def lease(db: Database, webhook_id: str, node: str = "n", at: float | None = None) -> None:
+    now = time.time() if at is None else at
+    claimed = await db.transaction(lambda c: outbox.claim(c, node, now, now + 60, [webhook_id]))
+    assert [c.id for c in claimed] == [webhook_id]
+
+
+async def drain(db: Database, webhook_id: str, limit: int) -> list[str]:
+    """Send everything the way the sender does (batch, then move the cursor): the types."""
+    sent: list[str] = []
+    while True:
+        hook_now, rows, upto = await next_batch(db, webhook_id, limit)
+        new = outbox.position_of(rows[-1]) if len(rows) >= limit else upto
+        old = hook_now.cursor
+        moved = await db.transaction(
+            lambda c, old=old, new=new: outbox.advance(c, webhook_id, "n", old, new)
+        )
+        assert moved or new == hook_now.cursor
+        sent += [r.type for r in rows]
+        if not rows:
+            return sent
+
+
+async def test_a_new_webhook_gets_the_events_from_its_creation_on(backend: Database) -> None:
+    await add_events(backend, ["queued", "delivered"], "msg_before")
+    target_id = await hook(backend)
+    await add_events(backend, ["queued", "bounced"], "msg_after")
+    _, rows, _ = await next_batch(backend, target_id)
+    assert [(r.message_id, r.type) for r in rows] == [
+        ("msg_after", "queued"), ("msg_after", "bounced")
+    ]  # fmt: skip
+
+
+async def test_each_webhook_reads_its_filter_in_order_in_batches(backend: Database) -> None:
+    everything = await hook(backend)
+    final = await hook(backend, final_only=True)
+    bounces = await hook(backend, event_types=["bounced", "queued"], final_only=True)
+    types = ["queued", "deferred", "delivered", "bounced", "complaint"] * 5
+    for n in range(5):
+        await add_events(backend, types[n * 5 : n * 5 + 5], f"msg_{n}")
+    for webhook_id in (everything, final, bounces):
+        await lease(backend, webhook_id)
+    assert await drain(backend, everything, limit=3) == types
+    assert await drain(backend, final, limit=3) == ["delivered", "bounced"] * 5
+    assert await drain(backend, bounces, limit=3) == ["bounced"] * 5
+    # Nothing wanted is left, and the cursor stands at the horizon: nothing is read twice.
+    hook_now, rows, upto = await next_batch(backend, bounces)
+    assert rows == [] and hook_now.cursor == upto
+
+
+async def test_tags_and_metadata_come_with_each_event(backend: Database) -> None:
+    target_id = await hook(backend)
+    await add_events(backend, ["queued"], "msg_meta")
+
+    def meta(conn: Connection) -> None:
+        conn.execute(
+            text(
+                "INSERT INTO message_meta (message_id, provider, tags, metadata_json)"
+                " VALUES ('msg_meta', 'api', '[\"welcome\"]', '{\"user\": \"42\"}')"
+            )
+        )
+
+    await backend.transaction(meta)
+    _, rows, _ = await next_batch(backend, target_id)
+    shaped = events.with_meta(rows[0])
+    assert shaped["tags"] == ["welcome"] and shaped["metadata"] == {"user": "42"}
+    assert shaped["id"] == f"evt_{rows[0].id}" and shaped["type"] == "queued"
+
+
+async def test_an_open_transaction_holds_back_events_committed_after_it(
+    backend: Database,
+) -> None:
+    """PostgreSQL hands out ids before commit: an event of a transaction still open must
+    not be overtaken (and so skipped) by a later one already committed."""
+    if backend.is_sqlite:
+        pytest.skip("SQLite commits one transaction at a time")
+    target_id = await hook(backend)
+    await lease(backend, target_id)
+    slow = await asyncpg.connect("postgresql://" + backend.url.split("://", 1)[1])
+    try:
+        open_tx = slow.transaction()
+        await open_tx.start()
+        await slow.execute("SELECT pg_current_xact_id()")  # it is a writer from here on
+        await add_events(backend, ["delivered"], "msg_fast")  # commits first
+        await slow.execute(
+            "INSERT INTO event (type, message_id, attempt, message_status, created_at)"
+            " VALUES ('queued', 'msg_slow', 0, 'queued', $1)",
+            time.time(),
+        )
+        _, rows, _ = await next_batch(backend, target_id)
+        assert rows == []  # msg_fast waits for the older transaction
+        assert await drain(backend, target_id, limit=10) == []
+        await open_tx.commit()
+    finally:
+        await slow.close()
+    _, rows, _ = await next_batch(backend, target_id)
+    assert [r.message_id for r in rows] == ["msg_slow", "msg_fast"]
+
+
+async def test_one_node_leases_a_webhook(backend: Database, other_db: Database) -> None:
+    target_id = await hook(backend)
+    await add_events(backend, ["queued"])
+    now = time.time()
+    assert await backend.read(lambda c: outbox.due(c, now, ())) == [target_id]
+    assert await backend.read(lambda c: outbox.due(c, now, {target_id})) == []
+
+    def claim(node: str, at: float) -> Any:
+        return lambda conn: outbox.claim(conn, node, at, at + 60, [target_id])
+
+    first = await backend.transaction(claim("node-a", now))
+    second = await other_db.transaction(claim("node-b", now))
+    assert [c.id for c in first] == [target_id] and second == []
+    assert await backend.read(lambda c: outbox.due(c, now, ())) == []  # leased
+    later = await other_db.transaction(claim("node-b", now + 61))  # node-a's lease lapsed
+    assert [c.id for c in later] == [target_id]
+    assert not await backend.transaction(lambda c: outbox.renew(c, target_id, "node-a", now + 99))
+
+
+async def test_a_webhook_with_nothing_after_its_cursor_is_not_due(backend: Database) -> None:
+    await add_events(backend, ["queued"])
+    await hook(backend)
+    assert await backend.read(lambda c: outbox.due(c, time.time(), ())) == []
+
+
+async def test_failure_backs_off_and_success_moves_the_cursor(backend: Database) -> None:
+    target_id = await hook(backend)
+    await add_events(backend, ["queued", "delivered"])
+    now = time.time()
+    await lease(backend, target_id, at=now)
+    attempt = outbox.attempt_row(target_id, now, 2, "failed", 500, "HTTP 500")
+    await backend.transaction(lambda c: outbox.failed(c, target_id, "n", attempt, now + 30))
+    assert await backend.read(lambda c: outbox.due(c, now + 1, ())) == []
+    claimed = await backend.transaction(
+        lambda c: outbox.claim(c, "n", now + 31, now + 90, [target_id])
+    )
+    assert claimed[0].failures == 1
+    hook_now, rows, upto = await next_batch(backend, target_id)
+    assert [r.type for r in rows] == ["queued", "delivered"]
+    ok = outbox.attempt_row(target_id, now, 2, "delivered", 200)
+    moved = (hook_now.cursor, upto)
+    assert await backend.transaction(
+        lambda c: outbox.delivered(c, target_id, "n", moved, ok, now + 120)
+    )
+    hook_now, rows, _ = await next_batch(backend, target_id)
+    assert rows == [] and hook_now.cursor == upto
+    state = await backend.read(
+        lambda c: c.execute(text(f"SELECT failures FROM webhook WHERE id = '{target_id}'")).one()
+    )
+    assert state.failures == 0
+
+
+async def test_replay_moves_the_cursor_back_and_wins_over_a_send_in_flight(
+    backend: Database,
+) -> None:
+    target_id = await hook(backend, event_types=["delivered"])
+    await add_events(backend, ["queued", "delivered"], at=time.time() - 100)
+    await add_events(backend, ["delivered"])
+    await lease(backend, target_id)
+    assert await drain(backend, target_id, limit=10) == ["delivered", "delivered"]
+    assert await replay(backend, "wh_none", 0.0, None) is None
+    assert await replay(backend, target_id, time.time() + 60, {"delivered"}) == 0
+
+    in_flight, _, upto = await next_batch(backend, target_id)  # a sender reads: nothing
+    assert await replay(backend, target_id, time.time() - 50, {"delivered"}) == 1
+    # The sender, done with what it read before the replay, must not undo it.
+    assert not await backend.transaction(
+        lambda c: outbox.advance(c, target_id, "n", in_flight.cursor, upto)
+    )
+    assert await drain(backend, target_id, limit=10) == ["delivered"]
+    assert await replay(backend, target_id, 0.0, {"delivered"}) == 2
+    assert await drain(backend, target_id, limit=10) == ["delivered", "delivered"]
+
+
+async def test_reactivating_skips_what_happened_while_off(backend: Database) -> None:
+    target_id = await hook(backend)
+    await add_events(backend, ["queued"], "msg_on")
+    await update_webhook(backend, target_id, {"is_active": False})
+    await add_events(backend, ["queued"], "msg_off")
+    await update_webhook(backend, target_id, {"is_active": True})
+    await update_webhook(backend, target_id, {"is_active": True})  # already on: no skip
+    await add_events(backend, ["queued"], "msg_on_again")
+    _, rows, _ = await next_batch(backend, target_id)
+    assert [r.message_id for r in rows] == ["msg_on_again"]
+
+
+async def test_prune_keeps_the_latest_attempts(backend: Database) -> None:
+    target_id = await hook(backend)
+    now = time.time()
+    for n in range(5):
+        row = outbox.attempt_row(target_id, now, n, "failed")
+        await backend.transaction(lambda c, row=row: outbox.log_attempt(c, row))
+    assert await backend.transaction(lambda c: outbox.prune_attempts(c, 2)) == 3
+    left = await backend.read(
+        lambda c: c.execute(select(outbox.A.c.events).order_by(outbox.A.c.id)).all()
+    )
+    assert [r.events for r in left] == [3, 4]
+
+
+async def test_backlog_counts_events_after_each_active_cursor(backend: Database) -> None:
+    from storage.webhooks import backlog
+
+    await hook(backend)
+    await hook(backend)
+    await add_events(backend, ["queued", "delivered"])
+    assert await backlog(backend) == 4
+
+
+async def test_upgrade_from_fan_out_starts_each_cursor_at_what_it_was_owed(
+    backend: Database,
+) -> None:
+    """Schema 3 queued webhook_delivery rows and flagged events not yet fanned out as
+    `pending`: after the upgrade each webhook is sent what it was still owed, nothing older."""
+    owed_hook = await hook(backend)
+    pending_hook = await hook(backend)
+    await add_events(backend, ["queued", "delivered", "queued", "bounced"])
+    ids = [
+        r.id
+        for r in await backend.read(
+            lambda c: c.execute(text("SELECT id FROM event ORDER BY id")).all()
+        )
+    ]
+
+    def downgrade(conn: Connection) -> None:
+        conn.execute(text("ALTER TABLE webhook DROP COLUMN cursor_txid"))
+        conn.execute(text("ALTER TABLE webhook DROP COLUMN cursor_id"))
+        conn.execute(text("DROP INDEX IF EXISTS ix_event_order"))
+        conn.execute(text("ALTER TABLE event DROP COLUMN txid"))
+        conn.execute(text("ALTER TABLE event ADD COLUMN pending BOOLEAN NOT NULL DEFAULT FALSE"))
+        conn.execute(text("CREATE INDEX ix_event_pending ON event (id) WHERE pending"))
+        conn.execute(
+            text(
+                "CREATE TABLE webhook_delivery (id INTEGER PRIMARY KEY, webhook_id VARCHAR(64)"
+                " NOT NULL, event_id BIGINT NOT NULL, created_at FLOAT NOT NULL)"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO webhook_delivery (id, webhook_id, event_id, created_at)"
+                " VALUES (1, :w, :e, 0)"
+            ),
+            {"w": owed_hook, "e": ids[1]},
+        )
+        conn.execute(text("UPDATE event SET pending = TRUE WHERE id >= :e"), {"e": ids[3]})
+        conn.execute(text("UPDATE postern_meta SET value = '3' WHERE key = 'schema_version'"))
+
+    await backend.transaction(downgrade)
+    await create_schema(backend)
+    _, rows, _ = await next_batch(backend, owed_hook)
+    assert [r.type for r in rows] == ["delivered", "queued", "bounced"]
+    _, rows, _ = await next_batch(backend, pending_hook)
+    assert [r.type for r in rows] == ["bounced"]
+    await add_events(backend, ["delivered"], "msg_new")  # written the new way
+    _, rows, _ = await next_batch(backend, pending_hook)
+    assert [(r.type, r.message_id) for r in rows] == [
+        ("bounced", "msg_1"),
+        ("delivered", "msg_new"),
+    ]
+
+    def leftovers(conn: Connection) -> list[str]:
+        from sqlalchemy import inspect
+
+        found = inspect(conn)
+        return [
+            *(t for t in found.get_table_names() if t == "webhook_delivery"),
+            *(c["name"] for c in found.get_columns("event") if c["name"] == "pending"),
+        ]
+
+    assert await backend.read(leftovers) == []
