@@ -75,8 +75,7 @@ class ReplayRequest(Strict):
 
 class ReplayResponse(BaseModel):
     success: Literal[True]
-    queued: int = Field(description="events queued to this webhook again")
-    truncated: bool = Field(description="the replay limit was reached; replay again from later")
+    queued: int = Field(description="events the webhook is owed from `since` on")
 
 
 class Attempt(BaseModel):

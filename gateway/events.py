@@ -1,13 +1,12 @@
 """Events: what happened to a message, one row per change, written with the change itself.
 
 `gateway.queue` adds the rows to the transaction of each state change (the outbox); the
-webhook dispatcher and GET /v1/messages/{id} read them. Every event names one recipient,
+webhook sender and GET /v1/messages/{id} read them. Every event names one recipient,
 except `throttled`, which is about the pool a message met.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -73,7 +72,6 @@ def row(
         "attempt": attempt,
         "message_status": message_status,
         "created_at": now,
-        "pending": True,
     }
 
 
@@ -94,7 +92,8 @@ def event_id(number: int) -> str:
 def to_json(
     event: Any, tags: Sequence[str] = (), metadata: Mapping[str, str] | None = None
 ) -> dict[str, Any]:
-    """The public shape of an event row (webhook payloads and the message status)."""
+    """The public shape of an event row (the message status; webhook payloads have the same
+    shape, made by the database: storage.webhook_outbox.batch)."""
     response = None
     if event.code is not None or event.enhanced or event.response:
         response = {
@@ -119,26 +118,7 @@ def to_json(
     }
 
 
-def load(conn: Connection, event_ids: Sequence[int]) -> list[dict[str, Any]]:
-    """Events by id, in id order, in their public shape with their message's tags."""
-    if not event_ids:
-        return []
-    rows = conn.execute(
-        select(E, META.c.tags, META.c.metadata_json)
-        .select_from(E.outerjoin(META, META.c.message_id == E.c.message_id))
-        .where(E.c.id.in_(list(event_ids)))
-        .order_by(E.c.id)
-    )
-    return [_with_meta(r) for r in rows]
-
-
 def for_message(conn: Connection, message_id: str, limit: int = 1000) -> list[dict[str, Any]]:
     """A message's events in order (without tags: the message shows them once)."""
     rows = conn.execute(select(E).where(E.c.message_id == message_id).order_by(E.c.id).limit(limit))
     return [to_json(r) for r in rows]
-
-
-def _with_meta(r: Any) -> dict[str, Any]:
-    tags = json.loads(r.tags) if r.tags else []
-    metadata = json.loads(r.metadata_json) if r.metadata_json else {}
-    return to_json(r, tags, metadata)

@@ -58,7 +58,8 @@ WEBHOOK_DELIVERIES = Counter(
     ["status"],
 )
 EVENTS_PENDING = Gauge(
-    "postern_events_pending", "Events not yet fanned out to webhooks plus deliveries queued."
+    "postern_events_pending",
+    "Events after the cursor of each active webhook (not yet sent, summed over webhooks).",
 )
 POOL_THROTTLED = Counter(
     "postern_pool_throttled_total",

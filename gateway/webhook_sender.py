@@ -1,27 +1,27 @@
-"""The webhook sender: POSTs each webhook's deliveries, oldest first, signed.
+"""The webhook sender: POSTs each webhook the events after its cursor, in order, signed.
 
 One node at a time sends for a webhook: a scan leases it (storage.webhook_outbox.claim) when
-it is active, due and owed something, and a task of its own then sends batches strictly in
-delivery id order, so a message's events arrive in the order they happened. The task keeps
-its lease (and its keep-alive connection) while work keeps coming, gives it back after
+it is active, due and has events after its cursor, and a task of its own then sends batches
+strictly in commit order, so a message's events arrive in the order they happened. The task
+keeps its lease (and its keep-alive connection) while work keeps coming, gives it back after
 `idle` seconds without any, and after a failed POST, which also sets when the webhook may be
-tried again (`schedule`, the last step repeating). A delivery is deleted only after a 2xx:
-at-least-once, and a receiver that is down loses nothing younger than `max_age`.
+tried again (`schedule`, the last step repeating). The cursor moves past a batch only after a
+2xx: at-least-once, and a receiver that is down loses nothing younger than `max_age`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
+import ssl
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
 import httpx
-from sqlalchemy import Connection, exists, or_, select
+from sqlalchemy import Connection
 
 from gateway import events, metrics
 from gateway.hostguard import HostGuard, HostRefused, HostUnresolved
@@ -30,6 +30,8 @@ from gateway.webhook_urls import BadUrl, pin
 from storage import webhook_outbox as outbox
 from storage.db import Database
 from storage.dkim_keys import Cipher
+from storage.webhook_outbox import Position
+from storage.webhooks import wanted_types
 from storage.writer import StorageUnavailable, Writer
 
 log = logging.getLogger("postern.webhooks")
@@ -42,8 +44,8 @@ _SECRET = "the signing secret cannot be decrypted"
 class WebhookSender:
     schedule: tuple[float, ...] = (5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0)
     lease = 60.0  # renewed with every batch and while waiting; lapses if the node dies
-    idle = 5.0  # seconds a task keeps its lease waiting for more deliveries
-    poll = 0.5  # seconds between looks for work when nobody wakes us
+    idle = 5.0  # seconds a task keeps its lease waiting for more events
+    poll = 0.25  # seconds between looks for new events (other nodes write them too)
     # After a POST that was not full, wait this long before the next one, so that a steady
     # stream of events goes out in full batches rather than one POST per few events (each
     # POST costs a read, a write and an HTTP round trip; measured under relay load).
@@ -73,6 +75,7 @@ class WebhookSender:
         if schedule is not None:
             self.schedule = tuple(schedule)
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._tls: ssl.SSLContext | None = None  # made on first use (_client)
         self._scanner: asyncio.Task[None] | None = None
         self._wakeup = asyncio.Event()
 
@@ -82,7 +85,7 @@ class WebhookSender:
         self._scanner = asyncio.get_running_loop().create_task(self._scan(), name="webhook-scan")
 
     async def stop(self) -> None:
-        """Cancel every POST in flight (its deliveries stay owed) and give the leases back."""
+        """Cancel every POST in flight (its events stay owed) and give the leases back."""
         tasks = [t for t in (self._scanner, *self._tasks.values()) if t is not None]
         for task in tasks:
             task.cancel()
@@ -98,7 +101,7 @@ class WebhookSender:
             log.warning("could not release webhook leases: %s", error)
 
     def wake(self) -> None:
-        """New deliveries were queued: look now instead of at the next poll."""
+        """New events were written: look now instead of at the next poll."""
         self._wakeup.set()
         self._wakeup = asyncio.Event()
 
@@ -119,10 +122,11 @@ class WebhookSender:
     async def _claim(self) -> None:
         busy = set(self._tasks)
         now = time.time()
-        if not await self._db.read(lambda conn: _any_due(conn, now, busy)):
+        due = await self._db.read(lambda conn: outbox.due(conn, now, busy))
+        if not due:
             return
         claimed = await self._writer.submit(
-            lambda conn: outbox.claim(conn, self.node, now, now + self.lease, busy)
+            lambda conn: outbox.claim(conn, self.node, now, now + self.lease, due)
         )
         for webhook in claimed:
             task = asyncio.get_running_loop().create_task(
@@ -139,8 +143,7 @@ class WebhookSender:
     async def _serve(self, webhook_id: str, failures: int) -> None:
         """Send for one leased webhook until it runs dry, fails, or is taken away."""
         loop = asyncio.get_running_loop()
-        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-        client = httpx.AsyncClient(follow_redirects=False, limits=limits, trust_env=False)
+        client = await self._client()
         keep = True  # whether the lease is still ours to give back
         try:
             idle_until = loop.time() + self.idle
@@ -149,13 +152,16 @@ class WebhookSender:
             while True:
                 wakeup = self._wakeup
                 now = time.time()
-                target, owed, payload = await self._db.read(
+                work = await self._db.read(
                     lambda conn: _next_batch(conn, webhook_id, self.batch_size)
                 )
+                target = work.target
                 if target is None or not target.active or target.holder != self.node:
                     keep = target is not None and target.holder == self.node  # deactivated
                     return
-                if not owed:
+                if not work.rows:
+                    if work.upto > target.cursor:  # events it does not want: skip them
+                        await self._advance(webhook_id, target.cursor, work.upto)
                     if loop.time() >= idle_until:
                         return
                     if loop.time() - renewed > self.lease / 3:
@@ -166,29 +172,24 @@ class WebhookSender:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(wakeup.wait(), self.poll)
                     continue
-                if owed[0].created_at < now - self.max_age:
-                    await self._drop(webhook_id, now)
-                    continue
-                if not payload:  # their events are gone: nothing left to send
-                    await self._writer.submit(partial(outbox.forget, ids=_ids(owed)))
+                if work.rows[0].created_at < now - self.max_age:
+                    await self._drop(webhook_id, target, work, now)
                     continue
                 if secret is None or secret[0] != target.secret_enc:
                     clear = self._unseal(webhook_id, target.secret_enc)
                     if clear is None:
-                        await self._failed(webhook_id, len(payload), failures, None, _SECRET, 0)
+                        await self._failed(webhook_id, len(work.rows), failures, None, _SECRET, 0)
                         keep = False
                         return
                     secret = (target.secret_enc, clear)
-                ok, keep = await self._post(
-                    client, webhook_id, target.url, secret[1], owed, payload, failures
-                )
+                ok, keep = await self._post(client, webhook_id, secret[1], work, failures)
                 if not ok or not keep:
                     keep = keep and ok
                     return
                 failures = 0
                 renewed = loop.time()
                 idle_until = renewed + self.idle
-                if len(owed) < self.batch_size:
+                if len(work.rows) < self.batch_size:
                     await asyncio.sleep(self.linger)
         except asyncio.CancelledError:
             keep = False  # stop() gives every lease back at once
@@ -202,6 +203,17 @@ class WebhookSender:
                     await self._writer.submit(
                         lambda conn: outbox.release(conn, self.node, webhook_id)
                     )
+
+    async def _client(self) -> httpx.AsyncClient:
+        """A client of its own for one webhook (one keep-alive connection)."""
+        if self._tls is None:
+            # Once, in a thread: the CA bundle costs ~55 ms of CPU and the first transport
+            # imports the rest of the HTTP stack; on the event loop both would stall the relay.
+            self._tls = await asyncio.to_thread(_tls_context)
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        return httpx.AsyncClient(
+            follow_redirects=False, limits=limits, trust_env=False, verify=self._tls
+        )
 
     def _unseal(self, webhook_id: str, token: str) -> str | None:
         """The secret, or None (logged): never sign with anything else."""
@@ -218,11 +230,32 @@ class WebhookSender:
         )
         return held
 
-    async def _drop(self, webhook_id: str, now: float) -> None:
-        cutoff = now - self.max_age
-        dropped = await self._writer.submit(
-            lambda conn: outbox.drop_older(conn, webhook_id, cutoff, now)
+    async def _advance(self, webhook_id: str, old: Position, new: Position) -> None:
+        await self._writer.submit(
+            lambda conn: outbox.advance(conn, webhook_id, self.node, old, new)
         )
+
+    async def _drop(self, webhook_id: str, target: outbox.Target, work: Batch, now: float) -> None:
+        """Skip what is past max_age: the batch's old events, and on to where events younger
+        than max_age start."""
+        cutoff = now - self.max_age
+        old = target.cursor
+        types = wanted(target)
+
+        def skip(conn: Connection) -> int:
+            last_old = max(outbox.position_of(r) for r in work.rows if r.created_at < cutoff)
+            young = outbox.young_from(conn, old, cutoff)
+            new = min(max(last_old, outbox.before(young) if young else work.upto), work.upto)
+            dropped = outbox.count_between(conn, old, new, types)
+            if not outbox.advance(conn, webhook_id, self.node, old, new):
+                return 0
+            attempt = outbox.attempt_row(
+                webhook_id, now, dropped, "dropped", error="older than max_age"
+            )
+            outbox.log_attempt(conn, attempt)
+            return dropped
+
+        dropped: int = await self._writer.submit(skip)
         if dropped:
             metrics.WEBHOOK_DELIVERIES.labels(status="dropped").inc(dropped)
             log.warning(
@@ -236,20 +269,19 @@ class WebhookSender:
         self,
         client: httpx.AsyncClient,
         webhook_id: str,
-        url: str,
         secret: str,
-        owed: list[outbox.Owed],
-        payload: list[dict[str, Any]],
+        work: Batch,
         failures: int,
     ) -> tuple[bool, bool]:
         """One POST of a batch and its record: (delivered, lease still held)."""
-        body = json.dumps({"events": payload}, separators=(",", ":")).encode()
+        assert work.target is not None
+        body = ('{"events":[' + ",".join(row.json for row in work.rows) + "]}").encode()
         started = time.time()
         status: int | None = None
         error = ""
         try:
             status = await asyncio.wait_for(
-                self._send(client, webhook_id, url, secret, body), self.timeout
+                self._send(client, webhook_id, work.target.url, secret, body), self.timeout
             )
         except TimeoutError:
             error = f"no answer within {self.timeout:g} s"
@@ -257,13 +289,16 @@ class WebhookSender:
             error = str(problem) or problem.__class__.__name__
         now = time.time()
         duration = (now - started) * 1000
-        count = len(payload)
+        count = len(work.rows)
         if status is not None and 200 <= status < 300:
             attempt = outbox.attempt_row(webhook_id, now, count, "delivered", status, "", duration)
-            ids = [o.delivery_id for o in owed]
+            # A batch that was not full held every wanted event up to the horizon.
+            full = count >= self.batch_size
+            new = outbox.position_of(work.rows[-1]) if full else work.upto
+            moved = (work.target.cursor, new)
             until = now + self.lease
             held: bool = await self._writer.submit(
-                lambda conn: outbox.delivered(conn, webhook_id, self.node, ids, attempt, until)
+                lambda conn: outbox.delivered(conn, webhook_id, self.node, moved, attempt, until)
             )
             metrics.WEBHOOK_DELIVERIES.labels(status="delivered").inc(count)
             return True, held
@@ -325,37 +360,27 @@ class WebhookSender:
         return response.status_code
 
 
-def _ids(owed: Sequence[outbox.Owed]) -> list[int]:
-    return [o.delivery_id for o in owed]
+def _tls_context() -> ssl.SSLContext:
+    context = httpx.create_ssl_context()
+    httpx.AsyncHTTPTransport(verify=context)  # imports what the first request would
+    return context
 
 
-def _any_due(conn: Connection, now: float, busy: set[str]) -> bool:
-    """Is some webhook claimable now (a read, so an idle node writes nothing)?"""
-    W, D = outbox.W, outbox.D
-    query = select(W.c.id).where(
-        W.c.is_active.is_(True),
-        W.c.next_attempt_at <= now,
-        or_(W.c.claimed_by.is_(None), W.c.claimed_until < now),
-        exists().where(D.c.webhook_id == W.c.id),
-    )
-    if busy:
-        query = query.where(W.c.id.not_in(list(busy)))
-    return conn.execute(query.limit(1)).first() is not None
+def wanted(target: outbox.Target) -> frozenset[str] | None:
+    """The event types the webhook receives (None = every type)."""
+    return wanted_types(target.event_types, target.final_only, events.FINAL)
 
 
-def _next_batch(
-    conn: Connection, webhook_id: str, limit: int
-) -> tuple[outbox.Target | None, list[outbox.Owed], list[dict[str, Any]]]:
-    """The webhook as it is now, its oldest deliveries, and their events in that order
-    (an event owed twice, say live and replayed, is sent once)."""
+@dataclass(frozen=True)
+class Batch:
+    target: outbox.Target | None  # the webhook as it is now (None: deleted)
+    rows: list[outbox.Owed]  # the next events it wants, in their public JSON
+    upto: Position  # the horizon they were read up to
+
+
+def _next_batch(conn: Connection, webhook_id: str, limit: int) -> Batch:
     target = outbox.target(conn, webhook_id)
     if target is None:
-        return None, [], []
-    owed = outbox.oldest(conn, webhook_id, limit)
-    loaded = {event["id"]: event for event in events.load(conn, [o.event_id for o in owed])}
-    payload: list[dict[str, Any]] = []
-    for item in owed:
-        event = loaded.pop(events.event_id(item.event_id), None)
-        if event is not None:
-            payload.append(event)
-    return target, owed, payload
+        return Batch(None, [], outbox.START)
+    upto = outbox.horizon(conn)
+    return Batch(target, outbox.batch(conn, target.cursor, upto, wanted(target), limit), upto)

@@ -21,7 +21,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, inspect, select
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlmodel import SQLModel
 
-from storage.models import SCHEMA_VERSION, Meta
+from storage.models import EVENT_TXID, SCHEMA_VERSION, Meta
 
 T = TypeVar("T")
 Query = Callable[[Connection], T]
@@ -149,6 +149,9 @@ _ADDED_COLUMNS = (
     ("smtp_pool", "rate", "VARCHAR NOT NULL DEFAULT ''"),
     ("smtp_pool", "daily_limit", "INTEGER NOT NULL DEFAULT 0"),
     ("message", "api_key_id", "VARCHAR(64)"),
+    ("event", "txid", "BIGINT NOT NULL DEFAULT 0"),  # PostgreSQL: EVENT_TXID, below
+    ("webhook", "cursor_txid", "BIGINT NOT NULL DEFAULT 0"),
+    ("webhook", "cursor_id", "BIGINT NOT NULL DEFAULT 0"),
 )
 
 # Run once, right after their column was added, to fill it in for the rows already there.
@@ -159,11 +162,25 @@ _BACKFILLS = {
         " WHERE EXISTS (SELECT 1 FROM message_meta WHERE message_meta.message_id = message.id"
         " AND message_meta.api_key_id IS NOT NULL)"
     ),
+    # Schema 3 fanned events out to webhook_delivery rows: each webhook's cursor starts
+    # before the first event it was still owed, or not yet fanned out, else at the end.
+    ("webhook", "cursor_id"): (
+        "UPDATE webhook SET cursor_id = COALESCE("
+        "(SELECT MIN(event_id) - 1 FROM webhook_delivery WHERE webhook_id = webhook.id),"
+        " (SELECT MIN(id) - 1 FROM event WHERE pending),"
+        " (SELECT MAX(id) FROM event), 0)"
+    ),
 }
 
 
 # Indexes an older schema had that a newer one replaced.
-_DROPPED_INDEXES = ("ix_recipient_message",)  # by ix_recipient_message_email
+_DROPPED_INDEXES = (
+    "ix_recipient_message",  # by ix_recipient_message_email
+    "ix_event_pending",  # webhooks read events through cursors now
+)
+# Tables and columns an older schema had that nothing reads or writes any more.
+_DROPPED_TABLES = ("webhook_delivery",)
+_DROPPED_COLUMNS = (("event", "pending"),)
 
 
 def _upgrade(conn: Connection) -> None:
@@ -176,11 +193,20 @@ def _upgrade(conn: Connection) -> None:
             backfill = _BACKFILLS.get((name, column))
             if backfill is not None:  # before the indexes: no index to maintain row by row
                 conn.execute(text(backfill))
+    if conn.dialect.name == "postgresql":
+        # Events written from now on carry their transaction's id; those already there
+        # keep 0 and come first, in id order, as they did.
+        conn.execute(text(f"ALTER TABLE event ALTER COLUMN txid SET DEFAULT {EVENT_TXID}"))
+    for old in _DROPPED_INDEXES:  # superseded: each costs work on every write
+        conn.execute(text(f"DROP INDEX IF EXISTS {old}"))
+    for old in _DROPPED_TABLES:
+        conn.execute(text(f"DROP TABLE IF EXISTS {old}"))
+    for name, column in _DROPPED_COLUMNS:
+        if column in {c["name"] for c in inspect(conn).get_columns(name)}:
+            conn.execute(text(f"ALTER TABLE {name} DROP COLUMN {column}"))
     for table in SQLModel.metadata.sorted_tables:
         for index in table.indexes:
             index.create(conn, checkfirst=True)
-    for old in _DROPPED_INDEXES:  # superseded: each costs work on every write
-        conn.execute(text(f"DROP INDEX IF EXISTS {old}"))
 
 
 async def create_schema(db: Database) -> None:

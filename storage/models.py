@@ -7,10 +7,11 @@ Bodies live in their own table so that scans of `message` never drag them along.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Index, Integer, LargeBinary, Text, text
+from sqlalchemy import DDL, BigInteger, Column, Index, Integer, LargeBinary, Text, text
+from sqlalchemy.event import listen
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # A 64-bit key on PostgreSQL; on SQLite exactly INTEGER, so that it is the rowid.
 BIG_ID = BigInteger().with_variant(Integer(), "sqlite")
@@ -267,20 +268,16 @@ class Event(SQLModel, table=True):
     """The outbox: one row per message state change or per-recipient result.
 
     Written in the transaction of the change itself (gateway.queue), so a change and its
-    event exist together or not at all. `pending` marks events not yet handed to the
-    webhooks; the dispatcher clears it in the transaction that queues their deliveries.
+    event exist together or not at all. Webhooks read it through a cursor each
+    (storage.webhook_outbox), in the order events were committed: by id on SQLite (commits
+    are serial), by (txid, id) on PostgreSQL, where `txid` is the writing transaction's id.
     """
 
     __tablename__ = "event"
     __table_args__ = (
         Index("ix_event_message", "message_id", "id"),
         Index("ix_event_created", "created_at"),
-        Index(
-            "ix_event_pending",
-            "id",
-            sqlite_where=text("pending"),
-            postgresql_where=text("pending"),
-        ),
+        Index("ix_event_order", "txid", "id").ddl_if(dialect="postgresql"),
         {"sqlite_autoincrement": True},  # ids are never reused: receivers de-duplicate by id
     )
 
@@ -295,7 +292,21 @@ class Event(SQLModel, table=True):
     attempt: int = 0  # the attempt that produced it; 0 at intake
     message_status: str = Field(max_length=16)  # the message's status after the change
     created_at: float
-    pending: bool = True
+    # Set by the database: 0 on SQLite, the transaction id on PostgreSQL (EVENT_TXID).
+    txid: int = Field(
+        default=0, sa_column=Column(BigInteger, nullable=False, server_default=text("0"))
+    )
+
+
+# PostgreSQL: an event's txid is its transaction's (64-bit, never wraps).
+EVENT_TXID = "pg_current_xact_id()::text::bigint"
+listen(
+    Event.__table__,  # type: ignore[attr-defined]
+    "after_create",
+    DDL(f"ALTER TABLE event ALTER COLUMN txid SET DEFAULT {EVENT_TXID}").execute_if(
+        dialect="postgresql"
+    ),
+)
 
 
 class Webhook(SQLModel, table=True):
@@ -315,21 +326,9 @@ class Webhook(SQLModel, table=True):
     claimed_until: float | None = None
     next_attempt_at: float = 0.0
     failures: int = 0  # consecutive failed attempts
-
-
-class WebhookDelivery(SQLModel, table=True):
-    """An event owed to one webhook; deleted once the receiver has taken it."""
-
-    __tablename__ = "webhook_delivery"
-    __table_args__ = (
-        Index("ix_webhook_delivery_order", "webhook_id", "id"),
-        {"sqlite_autoincrement": True},
-    )
-
-    id: int | None = Field(default=None, sa_column=Column(BIG_ID, primary_key=True))
-    webhook_id: str = Field(max_length=64)
-    event_id: int = Field(sa_column=Column(BigInteger, nullable=False))
-    created_at: float
+    # The position (txid, id) of the last event it was sent or skipped (webhook_outbox).
+    cursor_txid: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    cursor_id: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
 
 
 class WebhookAttempt(SQLModel, table=True):

@@ -61,7 +61,8 @@ RECORDED = (
 )
 RECORD_RECIPIENT = UPDATE_RECIPIENT.where(RECORDED)
 RECORD_BODY_GONE = DELETE_BODY.where(RECORDED)
-_EVENT_COLUMNS = [column for column in E.columns if not column.primary_key]
+# Every column but those the database fills in (the id, the transaction's id).
+_EVENT_COLUMNS = [c for c in E.columns if not c.primary_key and c.server_default is None]
 RECORD_EVENT = insert(E).from_select(
     [column.name for column in _EVENT_COLUMNS],
     select(*(bindparam(c.name, type_=c.type) for c in _EVENT_COLUMNS)).where(RECORDED),

@@ -2,9 +2,8 @@
 
 The signing secret is stored only as a ciphertext made by the caller (bound to the webhook's
 id, so a copy in another row does not decrypt); no function here returns it in clear.
-Deliveries owed to a webhook are inserted in one place at a time (see `OUTBOX_LOCK`), so
-their ids follow event order and the sender, which sends in id order, keeps each message's
-events in order.
+What a webhook is owed is the events after its cursor (storage.webhook_outbox): a new
+webhook's cursor starts at the present, a replay moves it back.
 """
 
 from __future__ import annotations
@@ -15,18 +14,14 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, literal, select, text, update
+from sqlalchemy import Connection, delete, insert, select, update
 
+from storage import webhook_outbox as outbox
 from storage.db import Database
-from storage.models import Event, Webhook, WebhookAttempt, WebhookDelivery
+from storage.models import Webhook, WebhookAttempt
 
 W = Webhook.__table__  # type: ignore[attr-defined]
-D = WebhookDelivery.__table__  # type: ignore[attr-defined]
 A = WebhookAttempt.__table__  # type: ignore[attr-defined]
-E = Event.__table__  # type: ignore[attr-defined]
-
-OUTBOX_LOCK = 7303  # PostgreSQL advisory lock: whoever inserts deliveries holds it
-REPLAY_LIMIT = 100_000  # events one replay may re-queue
 EDITABLE = frozenset({"url", "event_types", "final_only", "description", "is_active"})
 
 Seal = Callable[[str], str]  # webhook id -> the secret's ciphertext bound to it
@@ -104,7 +99,12 @@ async def create_webhook(db: Database, values: Mapping[str, Any], seal: Seal) ->
         "next_attempt_at": 0.0,
         "failures": 0,
     }
-    await db.transaction(lambda conn: conn.execute(insert(W), row))
+
+    def work(conn: Connection) -> None:
+        start = outbox.horizon(conn)  # events from now on
+        conn.execute(insert(W), {**row, "cursor_txid": start.txid, "cursor_id": start.id})
+
+    await db.transaction(work)
     found = await get_webhook(db, webhook_id)
     assert found is not None
     return found
@@ -125,24 +125,33 @@ async def update_webhook(
 ) -> WebhookRecord | None:
     """Apply `changes` (EDITABLE fields only); None when there is no such webhook.
 
-    Re-activating a webhook also clears its back-off, so it is tried again at once."""
+    Re-activating a webhook clears its back-off, so it is tried again at once; one that was
+    inactive gets the events from now on, not those of while it was off."""
     values = _stored({k: v for k, v in changes.items() if k in EDITABLE})
     values["updated_at"] = time.time()
     if values.get("is_active"):
         values.update(next_attempt_at=0.0, failures=0)
-    done = await db.transaction(
-        lambda conn: conn.execute(update(W).where(W.c.id == webhook_id).values(**values)).rowcount
-    )
+
+    def work(conn: Connection) -> int:
+        if values.get("is_active"):
+            start = outbox.horizon(conn)
+            conn.execute(
+                update(W)
+                .where(W.c.id == webhook_id, W.c.is_active.is_(False))
+                .values(cursor_txid=start.txid, cursor_id=start.id)
+            )
+        return int(conn.execute(update(W).where(W.c.id == webhook_id).values(**values)).rowcount)
+
+    done = await db.transaction(work)
     return await get_webhook(db, webhook_id) if done else None
 
 
 async def delete_webhook(db: Database, webhook_id: str) -> bool:
-    """Delete the webhook, the deliveries it was owed and its attempts."""
+    """Delete the webhook and its attempts."""
 
     def work(conn: Connection) -> bool:
         if not conn.execute(delete(W).where(W.c.id == webhook_id)).rowcount:
             return False
-        conn.execute(delete(D).where(D.c.webhook_id == webhook_id))
         conn.execute(delete(A).where(A.c.webhook_id == webhook_id))
         return True
 
@@ -160,43 +169,26 @@ def wanted_types(
     return wanted
 
 
-def lock_outbox(conn: Connection, wait: bool) -> bool:
-    """On PostgreSQL, take the lock that orders delivery inserts across nodes (for the
-    transaction); without `wait`, False when another node holds it. SQLite has one writer."""
-    if conn.dialect.name != "postgresql":
-        return True
-    if wait:
-        conn.execute(text(f"SELECT pg_advisory_xact_lock({OUTBOX_LOCK})"))
-        return True
-    return bool(conn.execute(text(f"SELECT pg_try_advisory_xact_lock({OUTBOX_LOCK})")).scalar())
-
-
 async def replay(
-    db: Database,
-    webhook_id: str,
-    since: float,
-    types: Collection[str] | None,
-    limit: int = REPLAY_LIMIT,
+    db: Database, webhook_id: str, since: float, types: Collection[str] | None
 ) -> int | None:
-    """Queue the webhook a delivery of every stored event since `since` it wants (`types`
-    None = all), oldest first, at most `limit`; None when there is no such webhook.
-
-    Events not yet fanned out are left to the dispatcher, which delivers them anyway."""
+    """Send the webhook again every stored event since `since` it wants (`types` None = all):
+    its cursor moves back to the first event written since then, unless it is further back
+    already. How many events it wants from there on; None when there is no such webhook."""
 
     def work(conn: Connection) -> int | None:
-        lock_outbox(conn, wait=True)
-        if conn.execute(select(W.c.id).where(W.c.id == webhook_id)).first() is None:
+        row = conn.execute(
+            select(W.c.cursor_txid, W.c.cursor_id).where(W.c.id == webhook_id)
+        ).first()
+        if row is None:
             return None
-        chosen = select(
-            literal(webhook_id).label("webhook_id"), E.c.id, literal(time.time()).label("at")
-        ).where(E.c.created_at >= since, E.c.pending.is_(False))
-        if types is not None:
-            chosen = chosen.where(E.c.type.in_(sorted(types)))
-        chosen = chosen.order_by(E.c.id).limit(limit)
-        result = conn.execute(
-            insert(D).from_select(["webhook_id", "event_id", "created_at"], chosen)
-        )
-        return int(result.rowcount)
+        first = outbox.first_since(conn, since)
+        if first is None:
+            return 0
+        start = outbox.before(first)
+        if start < outbox.Position(row.cursor_txid, row.cursor_id):
+            outbox.set_cursor(conn, webhook_id, start)
+        return outbox.count_between(conn, start, outbox.horizon(conn), types)
 
     result: int | None = await db.transaction(work)
     return result
@@ -231,20 +223,22 @@ async def secret_of(db: Database, webhook_id: str) -> str | None:
     return str(value) if value is not None else None
 
 
-BACKLOG_CAP = 1_000_000  # the gauge reads at most this many of each
+BACKLOG_CAP = 1_000_000  # the gauge counts at most this many per webhook
 
 
 async def backlog(db: Database) -> int:
-    """Events not yet fanned out plus deliveries not yet taken (the pending gauge)."""
+    """Events after the cursor of each active webhook, not yet sent or skipped (the pending
+    gauge)."""
 
     def count(conn: Connection) -> int:
-        # Counted through the partial index, and capped: a gauge must stay cheap while a
-        # receiver is down for hours and millions of deliveries wait.
-        pending = select(E.c.id).where(text("event.pending")).limit(BACKLOG_CAP).subquery()
-        owed = select(D.c.id).limit(BACKLOG_CAP).subquery()
+        # Capped: a gauge must stay cheap while a receiver is down for hours.
         total = 0
-        for part in (pending, owed):
-            total += int(conn.execute(select(func.count()).select_from(part)).scalar() or 0)
+        hooks = conn.execute(
+            select(W.c.cursor_txid, W.c.cursor_id).where(W.c.is_active.is_(True))
+        ).all()
+        for hook in hooks:
+            after = outbox.Position(hook.cursor_txid, hook.cursor_id)
+            total += outbox.count_after(conn, after, BACKLOG_CAP)
         return total
 
     return await db.read(count)

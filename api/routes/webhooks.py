@@ -195,9 +195,9 @@ def parse_since(value: Any) -> float:
     request=ReplayRequest,
     parameters=_ID,
     description=(
-        "Queues the webhook every stored event it wants since `since` again, oldest first "
-        f"(at most {store.REPLAY_LIMIT:,}; `truncated` says the limit was reached). They "
-        "keep their ids, so a receiver that de-duplicates by id sees no repeats."
+        "Sends the webhook again every stored event it wants since `since`, oldest first, "
+        "then carries on with new ones. They keep their ids, so a receiver that "
+        "de-duplicates by id sees no repeats."
     ),
     responses={202: ("queued", ReplayResponse), 404: _NOT_FOUND},
 )
@@ -210,10 +210,7 @@ async def replay(request: Request) -> Response:
     queued = await store.replay(ctx.db, record.id, since, types)
     if queued is None:
         raise errors.NotFound("no such webhook")
-    truncated = queued >= store.REPLAY_LIMIT
-    return JSONResponse(
-        {"success": True, "queued": queued, "truncated": truncated}, status_code=202
-    )
+    return JSONResponse({"success": True, "queued": queued}, status_code=202)
 
 
 @operation(

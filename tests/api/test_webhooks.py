@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from gateway import events
 from gateway.webhook_sender import WebhookSender
 from tests.api.conftest import Api, auth, payload
 from tests.conftest import metric, query, smtp_send, wait_until
@@ -148,7 +149,7 @@ async def test_event_type_filter_and_replay_since(api: Api, receiver: Receiver) 
         headers=auth(key),
     )
     assert replay.status_code == 202, replay.text
-    assert replay.json()["queued"] == 3 and replay.json()["truncated"] is False
+    assert replay.json()["queued"] == 3
     assert await wait_until(lambda: len(receiver.events) >= 6, timeout=10)
     assert receiver.ids()[3:] == first  # the same ids, in order
     future = await api.http.post(
@@ -180,6 +181,29 @@ async def test_failing_receiver_is_retried_and_shown(api: Api, receiver: Receive
     assert failed[0]["status_code"] == 500 and failed[0]["duration_ms"] >= 0
     limited = await api.get(f"/api/v1/webhooks/{hook['id']}/deliveries", key=key, limit="1")
     assert len(limited.json()["deliveries"]) == 1
+
+
+async def test_events_past_max_age_are_dropped_and_counted(api: Api, receiver: Receiver) -> None:
+    """A receiver down longer than max_age: what is older is skipped (one `dropped`
+    attempt with their number), what is younger still arrives."""
+    key = await api.key("send", "webhooks")
+    hook = await make_hook(api, key, receiver)
+    receiver.status = 500
+    old = time.time() - 3 * 86400 - 60
+    rows = [events.row("delivered", f"msg_old{n}", "delivered", old, "r@x.test") for n in range(3)]
+    await api.svc.db.transaction(lambda conn: conn.execute(events.INSERT_EVENT, rows))
+    sent = await api.send(key=key)
+    assert sent.status_code == 200, sent.text
+    before = metric("postern_webhook_deliveries_total", status="dropped")
+    receiver.status = 200
+    message_id = sent.json()["message_id"]
+    assert await wait_until(
+        lambda: {e["message_id"] for e in receiver.events} == {message_id}, timeout=10
+    )
+    shown = await api.get(f"/api/v1/webhooks/{hook['id']}/deliveries", key=key)
+    dropped = [r for r in shown.json()["deliveries"] if r["outcome"] == "dropped"]
+    assert [r["events"] for r in dropped] == [3]
+    assert metric("postern_webhook_deliveries_total", status="dropped") == before + 3
 
 
 async def _outcomes(rows: Any, outcome: str, at_least: int) -> bool:

@@ -3,6 +3,7 @@ replay, dropping, and the upgrade from the fan-out schema."""
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 from sqlalchemy import Connection, select, text
 
 from gateway import events
+from gateway.message import DeliveryResult, Outcome
 from storage import webhook_outbox as outbox
 from storage.db import Database, create_schema
 from storage.webhook_outbox import Position
@@ -51,6 +53,10 @@ async def next_batch(
     return hook_now, rows, upto
 
 
+def doc(owed: outbox.Owed) -> dict[str, Any]:
+    return dict(json.loads(owed.json))
+
+
 async def lease(db: Database, webhook_id: str, node: str = "n", at: float | None = None) -> None:
     now = time.time() if at is None else at
     claimed = await db.transaction(lambda c: outbox.claim(c, node, now, now + 60, [webhook_id]))
@@ -68,7 +74,7 @@ async def drain(db: Database, webhook_id: str, limit: int) -> list[str]:
             lambda c, old=old, new=new: outbox.advance(c, webhook_id, "n", old, new)
         )
         assert moved or new == hook_now.cursor
-        sent += [r.type for r in rows]
+        sent += [doc(r)["type"] for r in rows]
         if not rows:
             return sent
 
@@ -78,7 +84,7 @@ async def test_a_new_webhook_gets_the_events_from_its_creation_on(backend: Datab
     target_id = await hook(backend)
     await add_events(backend, ["queued", "bounced"], "msg_after")
     _, rows, _ = await next_batch(backend, target_id)
-    assert [(r.message_id, r.type) for r in rows] == [
+    assert [(doc(r)["message_id"], doc(r)["type"]) for r in rows] == [
         ("msg_after", "queued"), ("msg_after", "bounced")
     ]  # fmt: skip
 
@@ -100,23 +106,39 @@ async def test_each_webhook_reads_its_filter_in_order_in_batches(backend: Databa
     assert rows == [] and hook_now.cursor == upto
 
 
-async def test_tags_and_metadata_come_with_each_event(backend: Database) -> None:
+async def test_the_database_shapes_each_event_as_the_api_does(backend: Database) -> None:
+    """Webhook payloads are JSON made in SQL: the same document as events.to_json, with the
+    message's tags and metadata, for every kind of row."""
     target_id = await hook(backend)
-    await add_events(backend, ["queued"], "msg_meta")
+    at = 1795324441.512771  # milliseconds truncate, never round up
+    delivered = DeliveryResult(Outcome.DELIVERED, 250, "2.0.0", 'OK "quoted" \\ é')
+    rows = [
+        events.row("queued", "msg_meta", "queued", at, "a@x.test"),
+        events.row("delivered", "msg_meta", "delivered", at + 0.9999, "a@x.test",
+                   pool="sink", result=delivered, attempt=1),
+        events.row("throttled", "msg_plain", "deferred", 1e9, response="rate 10/min"),
+        events.row("bounced", "msg_plain", "bounced", at, "b@x.test",
+                   result=DeliveryResult(Outcome.BOUNCED, 550, "", "")),
+    ]  # fmt: skip
 
-    def meta(conn: Connection) -> None:
+    def write(conn: Connection) -> None:
+        conn.execute(events.INSERT_EVENT, rows)
         conn.execute(
             text(
                 "INSERT INTO message_meta (message_id, provider, tags, metadata_json)"
-                " VALUES ('msg_meta', 'api', '[\"welcome\"]', '{\"user\": \"42\"}')"
+                """ VALUES ('msg_meta', 'api', '["welcome", "ü"]', '{"user": "42"}')"""
             )
         )
 
-    await backend.transaction(meta)
-    _, rows, _ = await next_batch(backend, target_id)
-    shaped = events.with_meta(rows[0])
-    assert shaped["tags"] == ["welcome"] and shaped["metadata"] == {"user": "42"}
-    assert shaped["id"] == f"evt_{rows[0].id}" and shaped["type"] == "queued"
+    await backend.transaction(write)
+    _, owed, _ = await next_batch(backend, target_id)
+    stored = await backend.read(lambda c: c.execute(select(events.E).order_by(events.E.c.id)).all())
+    tags = {"msg_meta": (["welcome", "ü"], {"user": "42"})}
+    expected = [events.to_json(r, *tags.get(r.message_id, ([], {}))) for r in stored]
+    assert [json.loads(o.json) for o in owed] == expected
+    assert expected[0]["created_at"] == "2026-11-22T05:14:01.512Z"
+    assert expected[2]["response"] == {"code": None, "enhanced_status": None, "text": "rate 10/min"}
+    assert expected[0]["response"] is None and expected[3]["response"]["code"] == 550
 
 
 async def test_an_open_transaction_holds_back_events_committed_after_it(
@@ -146,7 +168,7 @@ async def test_an_open_transaction_holds_back_events_committed_after_it(
     finally:
         await slow.close()
     _, rows, _ = await next_batch(backend, target_id)
-    assert [r.message_id for r in rows] == ["msg_slow", "msg_fast"]
+    assert [doc(r)["message_id"] for r in rows] == ["msg_slow", "msg_fast"]
 
 
 async def test_one_node_leases_a_webhook(backend: Database, other_db: Database) -> None:
@@ -187,7 +209,7 @@ async def test_failure_backs_off_and_success_moves_the_cursor(backend: Database)
     )
     assert claimed[0].failures == 1
     hook_now, rows, upto = await next_batch(backend, target_id)
-    assert [r.type for r in rows] == ["queued", "delivered"]
+    assert [doc(r)["type"] for r in rows] == ["queued", "delivered"]
     ok = outbox.attempt_row(target_id, now, 2, "delivered", 200)
     moved = (hook_now.cursor, upto)
     assert await backend.transaction(
@@ -232,7 +254,7 @@ async def test_reactivating_skips_what_happened_while_off(backend: Database) -> 
     await update_webhook(backend, target_id, {"is_active": True})  # already on: no skip
     await add_events(backend, ["queued"], "msg_on_again")
     _, rows, _ = await next_batch(backend, target_id)
-    assert [r.message_id for r in rows] == ["msg_on_again"]
+    assert [doc(r)["message_id"] for r in rows] == ["msg_on_again"]
 
 
 async def test_prune_keeps_the_latest_attempts(backend: Database) -> None:
@@ -298,12 +320,12 @@ async def test_upgrade_from_fan_out_starts_each_cursor_at_what_it_was_owed(
     await backend.transaction(downgrade)
     await create_schema(backend)
     _, rows, _ = await next_batch(backend, owed_hook)
-    assert [r.type for r in rows] == ["delivered", "queued", "bounced"]
+    assert [doc(r)["type"] for r in rows] == ["delivered", "queued", "bounced"]
     _, rows, _ = await next_batch(backend, pending_hook)
-    assert [r.type for r in rows] == ["bounced"]
+    assert [doc(r)["type"] for r in rows] == ["bounced"]
     await add_events(backend, ["delivered"], "msg_new")  # written the new way
     _, rows, _ = await next_batch(backend, pending_hook)
-    assert [(r.type, r.message_id) for r in rows] == [
+    assert [(doc(r)["type"], doc(r)["message_id"]) for r in rows] == [
         ("bounced", "msg_1"),
         ("delivered", "msg_new"),
     ]
