@@ -7,7 +7,7 @@
 
 Stores N pending events in the outbox, points one webhook at a receiver on loopback (uvicorn
 in a process of its own, checking every signature), starts the node's webhook machinery
-(dispatcher + sender, as `postern serve` runs them) and times until the receiver holds all N
+(the sender, as `postern serve` runs it) and times until the receiver holds all N
 events. Prints events/s (the target is >= 1,000). Bounded by --timeout; stops what it starts.
 """
 

@@ -77,7 +77,6 @@ class WebhookSender:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._tls: ssl.SSLContext | None = None  # made on first use (_client)
         self._scanner: asyncio.Task[None] | None = None
-        self._wakeup = asyncio.Event()
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -100,15 +99,6 @@ class WebhookSender:
         except StorageUnavailable as error:  # they lapse on their own
             log.warning("could not release webhook leases: %s", error)
 
-    def wake(self) -> None:
-        """New events were written: look now instead of at the next poll."""
-        self._wakeup.set()
-        self._wakeup = asyncio.Event()
-
-    async def _wait(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wakeup.wait(), seconds)
-
     # --- finding work -----------------------------------------------------------------
 
     async def _scan(self) -> None:
@@ -117,7 +107,7 @@ class WebhookSender:
                 await self._claim()
             except Exception as error:  # storage trouble: look again later
                 log.warning("looking for webhook work failed: %s", error)
-            await self._wait(self.poll)
+            await asyncio.sleep(self.poll)
 
     async def _claim(self) -> None:
         busy = set(self._tasks)
@@ -143,14 +133,14 @@ class WebhookSender:
     async def _serve(self, webhook_id: str, failures: int) -> None:
         """Send for one leased webhook until it runs dry, fails, or is taken away."""
         loop = asyncio.get_running_loop()
-        client = await self._client()
+        client: httpx.AsyncClient | None = None
         keep = True  # whether the lease is still ours to give back
         try:
+            client = await self._client()
             idle_until = loop.time() + self.idle
             renewed = loop.time()
             secret: tuple[str, str] | None = None  # (ciphertext, clear)
             while True:
-                wakeup = self._wakeup
                 now = time.time()
                 work = await self._db.read(
                     lambda conn: _next_batch(conn, webhook_id, self.batch_size)
@@ -169,10 +159,9 @@ class WebhookSender:
                         renewed = loop.time()
                         if not keep:
                             return
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(wakeup.wait(), self.poll)
+                    await asyncio.sleep(self.poll)
                     continue
-                if work.rows[0].created_at < now - self.max_age:
+                if target.written_at(work.rows[0]) < now - self.max_age:
                     await self._drop(webhook_id, target, work, now)
                     continue
                 if secret is None or secret[0] != target.secret_enc:
@@ -197,7 +186,8 @@ class WebhookSender:
         except Exception as error:
             log.warning("webhook %s: sending failed: %s", webhook_id, error)
         finally:
-            await client.aclose()
+            if client is not None:
+                await client.aclose()
             if keep:
                 with contextlib.suppress(StorageUnavailable):
                     await self._writer.submit(
@@ -237,26 +227,32 @@ class WebhookSender:
 
     async def _drop(self, webhook_id: str, target: outbox.Target, work: Batch, now: float) -> None:
         """Skip what is past max_age: the batch's old events, and on to where events younger
-        than max_age start."""
+        than max_age start. Counted by a read first: the write only moves the cursor."""
         cutoff = now - self.max_age
         old = target.cursor
-        types = wanted(target)
+        last_old = max(outbox.position_of(r) for r in work.rows if target.written_at(r) < cutoff)
 
-        def skip(conn: Connection) -> int:
-            last_old = max(outbox.position_of(r) for r in work.rows if r.created_at < cutoff)
-            young = outbox.young_from(conn, old, cutoff)
-            new = min(max(last_old, outbox.before(young) if young else work.upto), work.upto)
-            dropped = outbox.count_between(conn, old, new, types)
+        def skip_to(conn: Connection) -> tuple[Position, int]:
+            if target.replayed_at >= cutoff:  # replayed events are young again: step by step
+                new = last_old
+            else:
+                young = outbox.young_from(conn, old, cutoff)
+                new = max(last_old, outbox.before(young)) if young is not None else work.upto
+            new = min(new, work.upto)
+            return new, outbox.count_between(conn, old, new, wanted(target))
+
+        new, dropped = await self._db.read(skip_to)
+        attempt = outbox.attempt_row(
+            webhook_id, now, dropped, "dropped", error="older than max_age"
+        )
+
+        def record(conn: Connection) -> bool:
             if not outbox.advance(conn, webhook_id, self.node, old, new):
-                return 0
-            attempt = outbox.attempt_row(
-                webhook_id, now, dropped, "dropped", error="older than max_age"
-            )
+                return False
             outbox.log_attempt(conn, attempt)
-            return dropped
+            return True
 
-        dropped: int = await self._writer.submit(skip)
-        if dropped:
+        if await self._writer.submit(record) and dropped:
             metrics.WEBHOOK_DELIVERIES.labels(status="dropped").inc(dropped)
             log.warning(
                 "webhook %s: dropped %d events older than max_age (%.0f s) undelivered",

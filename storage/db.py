@@ -12,6 +12,7 @@ statement. On PostgreSQL it runs them on asyncpg through SQLAlchemy's `run_sync`
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,6 +24,7 @@ from sqlmodel import SQLModel
 
 from storage.models import EVENT_TXID, SCHEMA_VERSION, Meta
 
+log = logging.getLogger("postern.storage")
 T = TypeVar("T")
 Query = Callable[[Connection], T]
 
@@ -142,6 +144,33 @@ def _create_schema(conn: Connection) -> None:
         conn.execute(
             meta.update().where(meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION))
         )
+    if conn.dialect.name == "postgresql":
+        _rebase_event_txids(conn)
+
+
+def _rebase_event_txids(conn: Connection) -> None:
+    """Events restored from another PostgreSQL cluster (pg_dump, logical replication) keep
+    its transaction ids, which can be ahead of this cluster's: new events would sort before
+    every webhook's cursor and wait until the counter caught up. They are all committed, so
+    their ids are a commit order: renumber them to txid 0 and start each cursor before the
+    first event it had not been sent (some may be sent twice, none skipped)."""
+    # Every transaction this cluster committed has an id below its snapshot's xmax: a
+    # stored one at or above it cannot come from here (a single statement, one snapshot).
+    foreign = conn.execute(
+        text("SELECT max(txid) >= pg_snapshot_xmax(pg_current_snapshot())::text::bigint FROM event")
+    ).scalar()
+    if not foreign:
+        return
+    conn.execute(
+        text(
+            "UPDATE webhook SET cursor_txid = 0, cursor_id = COALESCE("
+            "(SELECT MIN(e.id) - 1 FROM event e"
+            " WHERE (e.txid, e.id) > (webhook.cursor_txid, webhook.cursor_id)),"
+            " (SELECT MAX(id) FROM event), 0), replayed_txid = 0, replayed_id = 0"
+        )
+    )
+    conn.execute(text("UPDATE event SET txid = 0 WHERE txid <> 0"))
+    log.warning("events carried another PostgreSQL cluster's transaction ids: renumbered")
 
 
 # Columns added to tables that existed before: (table, column, DDL type and default).
@@ -152,6 +181,9 @@ _ADDED_COLUMNS = (
     ("event", "txid", "BIGINT NOT NULL DEFAULT 0"),  # PostgreSQL: EVENT_TXID, below
     ("webhook", "cursor_txid", "BIGINT NOT NULL DEFAULT 0"),
     ("webhook", "cursor_id", "BIGINT NOT NULL DEFAULT 0"),
+    ("webhook", "replayed_txid", "BIGINT NOT NULL DEFAULT 0"),
+    ("webhook", "replayed_id", "BIGINT NOT NULL DEFAULT 0"),
+    ("webhook", "replayed_at", "FLOAT NOT NULL DEFAULT 0"),
 )
 
 # Run once, right after their column was added, to fill it in for the rows already there.
@@ -163,24 +195,24 @@ _BACKFILLS = {
         " AND message_meta.api_key_id IS NOT NULL)"
     ),
     # Schema 3 fanned events out to webhook_delivery rows: each webhook's cursor starts
-    # before the first event it was still owed, or not yet fanned out, else at the end.
+    # before the first event it was still owed or that was not yet fanned out (on
+    # PostgreSQL a later id could be fanned out before an earlier one), else at the end.
     ("webhook", "cursor_id"): (
-        "UPDATE webhook SET cursor_id = COALESCE("
-        "(SELECT MIN(event_id) - 1 FROM webhook_delivery WHERE webhook_id = webhook.id),"
-        " (SELECT MIN(id) - 1 FROM event WHERE pending),"
+        "UPDATE webhook SET cursor_id = COALESCE((SELECT MIN(x) - 1 FROM ("
+        "SELECT event_id AS x FROM webhook_delivery WHERE webhook_id = webhook.id"
+        " UNION ALL SELECT id FROM event WHERE pending) AS owed),"
         " (SELECT MAX(id) FROM event), 0)"
     ),
 }
 
 
 # Indexes an older schema had that a newer one replaced.
-_DROPPED_INDEXES = (
-    "ix_recipient_message",  # by ix_recipient_message_email
-    "ix_event_pending",  # webhooks read events through cursors now
-)
-# Tables and columns an older schema had that nothing reads or writes any more.
-_DROPPED_TABLES = ("webhook_delivery",)
-_DROPPED_COLUMNS = (("event", "pending"),)
+_DROPPED_INDEXES = ("ix_recipient_message",)  # by ix_recipient_message_email
+
+# What schema 3's webhook fan-out used. Dropped on SQLite (one node); kept on PostgreSQL,
+# where nodes not yet upgraded still write `pending` and read `webhook_delivery` during a
+# rolling upgrade (the column gets a default, as schema 4 no longer writes it).
+_FAN_OUT_INDEX, _FAN_OUT_TABLE, _FAN_OUT_COLUMN = "ix_event_pending", "webhook_delivery", "pending"
 
 
 def _upgrade(conn: Connection) -> None:
@@ -199,11 +231,13 @@ def _upgrade(conn: Connection) -> None:
         conn.execute(text(f"ALTER TABLE event ALTER COLUMN txid SET DEFAULT {EVENT_TXID}"))
     for old in _DROPPED_INDEXES:  # superseded: each costs work on every write
         conn.execute(text(f"DROP INDEX IF EXISTS {old}"))
-    for old in _DROPPED_TABLES:
-        conn.execute(text(f"DROP TABLE IF EXISTS {old}"))
-    for name, column in _DROPPED_COLUMNS:
-        if column in {c["name"] for c in inspect(conn).get_columns(name)}:
-            conn.execute(text(f"ALTER TABLE {name} DROP COLUMN {column}"))
+    fanned_out = _FAN_OUT_COLUMN in {c["name"] for c in inspector.get_columns("event")}
+    if fanned_out and conn.dialect.name == "postgresql":
+        conn.execute(text(f"ALTER TABLE event ALTER COLUMN {_FAN_OUT_COLUMN} SET DEFAULT false"))
+    elif fanned_out:
+        conn.execute(text(f"DROP INDEX IF EXISTS {_FAN_OUT_INDEX}"))
+        conn.execute(text(f"DROP TABLE IF EXISTS {_FAN_OUT_TABLE}"))
+        conn.execute(text(f"ALTER TABLE event DROP COLUMN {_FAN_OUT_COLUMN}"))
     for table in SQLModel.metadata.sorted_tables:
         for index in table.indexes:
             index.create(conn, checkfirst=True)

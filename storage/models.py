@@ -298,6 +298,10 @@ class Event(SQLModel, table=True):
     )
 
 
+def _zero_bigint() -> Column[int]:
+    return Column(BigInteger, nullable=False, server_default=text("0"))
+
+
 # PostgreSQL: an event's txid is its transaction's (64-bit, never wraps).
 EVENT_TXID = "pg_current_xact_id()::text::bigint"
 listen(
@@ -327,8 +331,13 @@ class Webhook(SQLModel, table=True):
     next_attempt_at: float = 0.0
     failures: int = 0  # consecutive failed attempts
     # The position (txid, id) of the last event it was sent or skipped (webhook_outbox).
-    cursor_txid: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
-    cursor_id: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    cursor_txid: int = Field(default=0, sa_column=_zero_bigint())
+    cursor_id: int = Field(default=0, sa_column=_zero_bigint())
+    # The last replay: events up to this position count as written at replayed_at, so
+    # that max_age does not drop what an operator asked to have sent again.
+    replayed_txid: int = Field(default=0, sa_column=_zero_bigint())
+    replayed_id: int = Field(default=0, sa_column=_zero_bigint())
+    replayed_at: float = 0.0
 
 
 class WebhookAttempt(SQLModel, table=True):

@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     ColumnElement,
     Connection,
     Select,
@@ -162,7 +163,10 @@ def _event_json(dialect: str, e: Any) -> ColumnElement[str]:
     def as_json(value: Any) -> Any:  # text holding JSON -> a JSON value, not a string
         return cast(value, JSON) if pg else func.json(value)
 
-    millis = func.floor(e.c.created_at * 1000) / 1000.0  # truncated, as isoformat() does
+    # As datetime does: rounded to microseconds, then isoformat() truncates to milliseconds
+    # (a CAST truncates on both backends; SQLite may lack floor()).
+    micros = cast(func.round(e.c.created_at * 1_000_000), BigInteger)
+    millis = (micros // 1000) / 1000.0
     if pg:
         created = func.to_char(
             func.timezone("UTC", func.to_timestamp(millis)), 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'
@@ -196,10 +200,15 @@ def _event_json(dialect: str, e: Any) -> ColumnElement[str]:
     return cast(document, Text) if pg else document
 
 
+COUNT_CAP = 1_000_000  # counts of events (dropped, replayed) stop here: they stay cheap
+
+
 def count_between(
     conn: Connection, after: Position, upto: Position, types: Collection[str] | None
 ) -> int:
-    query = _between(conn.dialect.name, types is not None).order_by(None).subquery()
+    """Events in (after, upto] of the wanted `types`, at most COUNT_CAP counted."""
+    between = _between(conn.dialect.name, types is not None).order_by(None)
+    query = between.with_only_columns(E.c.id).limit(COUNT_CAP).subquery()
     counted = conn.execute(select(func.count()).select_from(query), _range(after, upto, types))
     return int(counted.scalar() or 0)
 
@@ -211,13 +220,11 @@ def count_after(conn: Connection, after: Position, cap: int) -> int:
 
 
 def first_since(conn: Connection, since: float) -> Position | None:
-    """The first event (in commit order) written at or after `since`."""
-    query = select(E.c.txid, E.c.id).where(E.c.created_at >= since)
-    if conn.dialect.name == "postgresql":
-        query = query.order_by(E.c.txid, E.c.id)
-    else:
-        query = query.order_by(E.c.id)
-    row = conn.execute(query.limit(1)).first()
+    """The first event written at or after `since` (found by time through its index; close
+    enough to commit order for a replay)."""
+    row = conn.execute(
+        select(E.c.txid, E.c.id).where(E.c.created_at >= since).order_by(E.c.created_at).limit(1)
+    ).first()
     return position_of(row) if row is not None else None
 
 
@@ -305,6 +312,14 @@ class Target:
     cursor: Position
     event_types: tuple[str, ...]
     final_only: bool
+    replayed: Position  # events up to here were replayed at replayed_at
+    replayed_at: float
+
+    def written_at(self, event: Owed) -> float:
+        """When the event counts as written, for max_age: a replay makes it new again."""
+        if self.replayed_at and Position(event.txid, event.id) <= self.replayed:
+            return max(event.created_at, self.replayed_at)
+        return event.created_at
 
 
 def target(conn: Connection, webhook_id: str) -> Target | None:
@@ -319,6 +334,8 @@ def target(conn: Connection, webhook_id: str) -> Target | None:
         cursor=Position(row.cursor_txid, row.cursor_id),
         event_types=tuple(row.event_types.split()),
         final_only=row.final_only,
+        replayed=Position(row.replayed_txid, row.replayed_id),
+        replayed_at=row.replayed_at,
     )
 
 
@@ -415,14 +432,19 @@ def young_from(conn: Connection, after: Position, cutoff: float) -> Position | N
     return position_of(row) if row is not None else None
 
 
-def set_cursor(conn: Connection, webhook_id: str, position: Position) -> int:
-    return int(
-        conn.execute(
-            update(W)
-            .where(W.c.id == webhook_id)
-            .values(cursor_txid=position.txid, cursor_id=position.id)
-        ).rowcount
-    )
+def rewind(conn: Connection, webhook_id: str, start: Position, upto: Position, at: float) -> bool:
+    """Replay: move an active webhook's cursor back to `start` (unless it is further back
+    already) and count events up to `upto` as written `at`. False: no such active webhook."""
+    row = conn.execute(
+        select(W.c.cursor_txid, W.c.cursor_id).where(W.c.id == webhook_id, W.c.is_active.is_(True))
+    ).first()
+    if row is None:
+        return False
+    values: dict[str, Any] = {"replayed_txid": upto.txid, "replayed_id": upto.id, "replayed_at": at}
+    if start < Position(row.cursor_txid, row.cursor_id):
+        values.update(cursor_txid=start.txid, cursor_id=start.id)
+    conn.execute(update(W).where(W.c.id == webhook_id).values(**values))
+    return True
 
 
 _PRUNE = delete(A).where(A.c.webhook_id == bindparam("w_id"), A.c.id < bindparam("below"))

@@ -172,26 +172,20 @@ def wanted_types(
 async def replay(
     db: Database, webhook_id: str, since: float, types: Collection[str] | None
 ) -> int | None:
-    """Send the webhook again every stored event since `since` it wants (`types` None = all):
-    its cursor moves back to the first event written since then, unless it is further back
-    already. How many events it wants from there on; None when there is no such webhook."""
-
-    def work(conn: Connection) -> int | None:
-        row = conn.execute(
-            select(W.c.cursor_txid, W.c.cursor_id).where(W.c.id == webhook_id)
-        ).first()
-        if row is None:
-            return None
-        first = outbox.first_since(conn, since)
-        if first is None:
-            return 0
-        start = outbox.before(first)
-        if start < outbox.Position(row.cursor_txid, row.cursor_id):
-            outbox.set_cursor(conn, webhook_id, start)
-        return outbox.count_between(conn, start, outbox.horizon(conn), types)
-
-    result: int | None = await db.transaction(work)
-    return result
+    """Send an active webhook again every stored event since `since` it wants (`types` None =
+    all): its cursor moves back to the first event written since then, unless it is further
+    back already, and max_age counts those events from now. How many events it wants from
+    there on (at most COUNT_CAP counted); None when there is no such active webhook."""
+    first, upto = await db.read(
+        lambda conn: (outbox.first_since(conn, since), outbox.horizon(conn))
+    )
+    start = outbox.before(first) if first is not None else upto
+    now = time.time()
+    if not await db.transaction(lambda conn: outbox.rewind(conn, webhook_id, start, upto, now)):
+        return None
+    if first is None:
+        return 0
+    return await db.read(lambda conn: outbox.count_between(conn, start, upto, types))
 
 
 async def attempts(db: Database, webhook_id: str, limit: int) -> list[AttemptRecord]:

@@ -199,13 +199,19 @@ def parse_since(value: Any) -> float:
         "then carries on with new ones. They keep their ids, so a receiver that "
         "de-duplicates by id sees no repeats."
     ),
-    responses={202: ("queued", ReplayResponse), 404: _NOT_FOUND},
+    responses={
+        202: ("queued", ReplayResponse),
+        404: _NOT_FOUND,
+        409: ("the webhook is inactive (webhook_inactive)", ErrorResponse),
+    },
 )
 async def replay(request: Request) -> Response:
     ctx = await _caller(request)
     body = parse(ReplayRequest, await request.body())
     since = parse_since(body.since)
     record = await _get(ctx, request)
+    if not record.is_active:
+        raise errors.WebhookInactive("the webhook is inactive: activate it first")
     types = store.wanted_types(record.event_types, record.final_only, events.FINAL)
     queued = await store.replay(ctx.db, record.id, since, types)
     if queued is None:

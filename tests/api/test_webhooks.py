@@ -206,6 +206,32 @@ async def test_events_past_max_age_are_dropped_and_counted(api: Api, receiver: R
     assert metric("postern_webhook_deliveries_total", status="dropped") == before + 3
 
 
+async def test_replay_sends_events_older_than_max_age_again(api: Api, receiver: Receiver) -> None:
+    """What max_age dropped, a replay sends: the replay is what counts as new."""
+    key = await api.key("send", "webhooks")
+    hook = await make_hook(api, key, receiver)
+    old = time.time() - 4 * 86400
+    rows = [events.row("delivered", f"msg_old{n}", "delivered", old, "r@x.test") for n in range(2)]
+    await api.svc.db.transaction(lambda conn: conn.execute(events.INSERT_EVENT, rows))
+    path = f"/api/v1/webhooks/{hook['id']}"
+
+    async def dropped() -> bool:
+        shown = await api.get(path + "/deliveries", key=key)
+        return any(r["outcome"] == "dropped" for r in shown.json()["deliveries"])
+
+    assert await wait_until(dropped, timeout=10)
+    assert receiver.events == []
+    replay = await api.http.post(path + "/replay", json={"since": old - 60}, headers=auth(key))
+    assert replay.status_code == 202 and replay.json()["queued"] == 2, replay.text
+    assert await wait_until(lambda: len(receiver.events) == 2, timeout=10)
+    assert {e["message_id"] for e in receiver.events} == {"msg_old0", "msg_old1"}
+
+    off = await api.http.patch(path, json={"is_active": False}, headers=auth(key))
+    assert off.status_code == 200
+    refused = await api.http.post(path + "/replay", json={"since": 0}, headers=auth(key))
+    assert refused.status_code == 409 and refused.json()["code"] == "webhook_inactive"
+
+
 async def _outcomes(rows: Any, outcome: str, at_least: int) -> bool:
     return sum(r["outcome"] == outcome for r in await rows) >= at_least
 
