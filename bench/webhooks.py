@@ -153,7 +153,9 @@ async def run(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=20_000)
-    parser.add_argument("--batch", type=int, default=100, help="events per POST")
+    parser.add_argument(
+        "--batch", type=int, default=500, help="events per POST (the default [webhooks] batch_size)"
+    )
     parser.add_argument("--db", default="", help='"" = SQLite in a temp dir')
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument("--json", action="store_true")

@@ -131,7 +131,7 @@ class WebhooksConfig:
     enabled: bool = True  # this node sends webhook events
     max_age: float = 3 * 86400.0  # undelivered events older than this are dropped (>= 24 h)
     timeout: float = 10.0
-    batch_size: int = 100  # events per POST
+    batch_size: int = 500  # events per POST (at most)
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ KEEP_ATTEMPTS = 1000  # attempt rows kept per webhook (GET .../deliveries)
 
 @dataclass(frozen=True)
 class WebhookSettings:
-    batch_size: int = 100  # events per POST
+    batch_size: int = 500  # events per POST (at most)
     timeout: float = 10.0  # per POST, everything included
     max_age: float = 3 * 86400.0  # events older than this are skipped, never sent
     gauge_every: float = 5.0  # seconds between refreshes of postern_events_pending

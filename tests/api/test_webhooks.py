@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -230,6 +231,22 @@ async def test_replay_sends_events_older_than_max_age_again(api: Api, receiver: 
     assert off.status_code == 200
     refused = await api.http.post(path + "/replay", json={"since": 0}, headers=auth(key))
     assert refused.status_code == 409 and refused.json()["code"] == "webhook_inactive"
+
+
+async def test_a_stream_of_events_goes_out_in_a_few_large_posts(
+    api: Api, receiver: Receiver
+) -> None:
+    """At most one POST of a partial batch per linger (0.5 s): 40 messages sent over about
+    a second arrive in a handful of POSTs, not one or two per message."""
+    key = await api.key("send", "webhooks")
+    await make_hook(api, key, receiver)
+    for _ in range(40):
+        assert (await api.send(key=key)).status_code == 200
+        await asyncio.sleep(0.02)
+    assert await wait_until(lambda: len(receiver.events) >= 80, timeout=15)
+    assert len(receiver.requests) <= 10, len(receiver.requests)
+    ids = [e["id"] for e in receiver.events]
+    assert len(set(ids)) == len(ids) == 80
 
 
 async def _outcomes(rows: Any, outcome: str, at_least: int) -> bool:
