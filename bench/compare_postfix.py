@@ -420,6 +420,7 @@ class Settings:
     postern_cmd: tuple[str, ...]
     keep: bool
     systems: tuple[str, ...]
+    dkim: str | None = None  # Postern signs every message with such a key
 
 
 def source_command(port: int, case: Case, reuse: bool) -> list[str]:
@@ -481,7 +482,7 @@ def measure(system: str, case: Case, settings: Settings, tmp: Path, deadline: fl
                 raise BenchError(f"postfix master is not running{postfix.log_tail()}")
         else:
             postern = relay.Postern(
-                settings.postern_cmd, tmp, sink.port, settings.upstream_connections
+                settings.postern_cmd, tmp, sink.port, settings.upstream_connections, settings.dkim
             )
             stack.callback(postern.stop)
             postern.wait_ready(deadline)
@@ -637,6 +638,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--postern-cmd", help="command that runs Postern's `serve`")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per measurement")
     parser.add_argument("--keep", action="store_true", help="keep temp dirs (configs, logs)")
+    parser.add_argument(
+        "--dkim",
+        choices=("rsa", "ed25519"),
+        help="Postern DKIM-signs every message with such a key (Postfix signs nothing)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
     quick = args.quick
@@ -665,6 +671,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         postern_cmd=tuple(shlex.split(args.postern_cmd)) if args.postern_cmd else default_cmd,
         keep=args.keep,
         systems=(args.only,) if args.only else ("postfix", "postern"),
+        dkim=args.dkim,
     )
     cases = [
         Case(size=int(size), clients=int(clients), messages=args.messages)

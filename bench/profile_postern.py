@@ -141,7 +141,9 @@ def profile_run(args: argparse.Namespace, out_dir: Path) -> tuple[Path, float, d
     )
     sink = compare_postfix.SmtpSink()
     try:
-        postern = relay.Postern(command, out_dir, sink.port, args.upstream_connections)
+        postern = relay.Postern(
+            command, out_dir, sink.port, args.upstream_connections, args.dkim
+        )
         try:
             postern.wait_ready(time.monotonic() + 60)
             hooks = None
@@ -238,6 +240,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the raw file, config, log")
     parser.add_argument(
         "--webhook", action="store_true", help="POST every event to a receiver on loopback"
+    )
+    parser.add_argument(
+        "--dkim", choices=("rsa", "ed25519"), help="DKIM-sign every message with such a key"
     )
     parser.add_argument("--summarize", type=Path, help="only summarise this raw py-spy file")
     parser.add_argument("--seconds", type=float, help="with --summarize: seconds sampled")
