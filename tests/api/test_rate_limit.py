@@ -5,6 +5,7 @@ another key is unaffected; the bucket refills.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -33,7 +34,11 @@ async def test_over_the_limit_is_429_with_retry_after_and_other_keys_go_on(
 async def test_the_bucket_refills(api_client: ApiFactory) -> None:
     api = await api_client(http={"rate_limit": "5/s"})
     key = await api.key()
-    responses = await asyncio.gather(*(api.get("/v1/messages/msg_x", key=key) for _ in range(8)))
-    assert sorted(r.status_code for r in responses) == [404] * 5 + [429] * 3
+    started = time.monotonic()
+    responses = await asyncio.gather(*(api.get("/v1/messages/msg_x", key=key) for _ in range(20)))
+    refilled = 5 * (time.monotonic() - started)  # a slow machine refills during the burst
+    codes = sorted(r.status_code for r in responses)
+    assert set(codes) == {404, 429}
+    assert 5 <= codes.count(404) <= 5 + refilled + 1, (codes, refilled)
     await asyncio.sleep(0.5)  # 5/s: room for two more
     assert (await api.get("/v1/messages/msg_x", key=key)).status_code == 404
