@@ -139,8 +139,8 @@ def batch(
     limit: int,
 ) -> list[Owed]:
     """The next events to send, each already in its public JSON shape (gateway.events.
-    to_json, with the message's tags and metadata), made by the database: a POST of a
-    hundred events then costs Python a join of strings instead of a hundred dicts."""
+    to_json, with the message's tags and metadata), made by the database: a POST of hundreds
+    of events then costs Python a join of strings instead of hundreds of dicts."""
     query = _batch(conn.dialect.name, types is not None)
     rows = conn.execute(query, _range(after, upto, types, limit=limit))
     return [Owed(*row) for row in rows]
