@@ -153,7 +153,7 @@ class WebhookSender:
                     return
                 if not work.rows:
                     if work.upto > target.cursor:  # events it does not want: skip them
-                        await self._advance(webhook_id, target.cursor, work.upto)
+                        await self._advance(webhook_id, target, work.upto)
                     if loop.time() >= idle_until:
                         return
                     if loop.time() - renewed > self.lease / 3:
@@ -184,6 +184,8 @@ class WebhookSender:
                 failures = 0
                 renewed = posted_at = loop.time()
                 idle_until = renewed + self.idle
+                if len(work.rows) < self.batch_size:  # caught up: the next one can wait
+                    await asyncio.sleep(self.linger)
         except asyncio.CancelledError:
             keep = False  # stop() gives every lease back at once
             raise
@@ -224,9 +226,9 @@ class WebhookSender:
         )
         return held
 
-    async def _advance(self, webhook_id: str, old: Position, new: Position) -> None:
+    async def _advance(self, webhook_id: str, seen: outbox.Target, new: Position) -> None:
         await self._writer.submit(
-            lambda conn: outbox.advance(conn, webhook_id, self.node, old, new)
+            lambda conn: outbox.advance(conn, webhook_id, self.node, seen, new)
         )
 
     async def _drop(self, webhook_id: str, target: outbox.Target, work: Batch, now: float) -> None:
@@ -251,7 +253,7 @@ class WebhookSender:
         )
 
         def record(conn: Connection) -> bool:
-            if not outbox.advance(conn, webhook_id, self.node, old, new):
+            if not outbox.advance(conn, webhook_id, self.node, target, new):
                 return False
             outbox.log_attempt(conn, attempt)
             return True
@@ -295,7 +297,7 @@ class WebhookSender:
             # A batch that was not full held every wanted event up to the horizon.
             full = count >= self.batch_size
             new = outbox.position_of(work.rows[-1]) if full else work.upto
-            moved = (work.target.cursor, new)
+            moved = (work.target, new)
             until = now + self.lease
             held: bool = await self._writer.submit(
                 lambda conn: outbox.delivered(conn, webhook_id, self.node, moved, attempt, until)

@@ -151,9 +151,10 @@ def _create_schema(conn: Connection) -> None:
 def _rebase_event_txids(conn: Connection) -> None:
     """Events restored from another PostgreSQL cluster (pg_dump, logical replication) keep
     its transaction ids, which can be ahead of this cluster's: new events would sort before
-    every webhook's cursor and wait until the counter caught up. They are all committed, so
-    their ids are a commit order: renumber them to txid 0 and start each cursor before the
-    first event it had not been sent (some may be sent twice, none skipped)."""
+    every webhook's cursor and wait until the counter caught up. Renumber them to txid 0
+    (then in id order) and start each cursor before the lowest id it had not been sent, and
+    each replay mark at the highest id it covered: some events may be sent twice, none
+    skipped or dropped."""
     # Every transaction this cluster committed has an id below its snapshot's xmax: a
     # stored one at or above it cannot come from here (a single statement, one snapshot).
     foreign = conn.execute(
@@ -161,12 +162,15 @@ def _rebase_event_txids(conn: Connection) -> None:
     ).scalar()
     if not foreign:
         return
+    conn.execute(text("LOCK TABLE event IN SHARE ROW EXCLUSIVE MODE"))  # no writer between
     conn.execute(
         text(
             "UPDATE webhook SET cursor_txid = 0, cursor_id = COALESCE("
             "(SELECT MIN(e.id) - 1 FROM event e"
             " WHERE (e.txid, e.id) > (webhook.cursor_txid, webhook.cursor_id)),"
-            " (SELECT MAX(id) FROM event), 0), replayed_txid = 0, replayed_id = 0"
+            " (SELECT MAX(id) FROM event), 0), replayed_txid = 0, replayed_id = COALESCE("
+            "(SELECT MAX(e.id) FROM event e"
+            " WHERE (e.txid, e.id) <= (webhook.replayed_txid, webhook.replayed_id)), 0)"
         )
     )
     conn.execute(text("UPDATE event SET txid = 0 WHERE txid <> 0"))

@@ -359,9 +359,14 @@ def attempt_row(
     }
 
 
-def advance(conn: Connection, webhook_id: str, node: str, old: Position, new: Position) -> bool:
-    """Move the cursor from `old` to `new` (sent, or skipped) if this node still holds the
-    lease and nobody moved it meanwhile (a replay moves it back). False when it stayed."""
+def advance(
+    conn: Connection, webhook_id: str, node: str, seen: Target, new: Position
+) -> bool:
+    """Move the cursor from where it was in `seen` to `new` (sent, or skipped) if this node
+    still holds the lease and nobody changed it meanwhile: a replay moves it back, or, when it
+    is further back already, marks what it replayed (replayed_at), which a skip past max_age
+    read before it must not undo. False when it stayed."""
+    old = seen.cursor
     done = conn.execute(
         update(W)
         .where(
@@ -369,6 +374,7 @@ def advance(conn: Connection, webhook_id: str, node: str, old: Position, new: Po
             W.c.claimed_by == node,
             W.c.cursor_txid == old.txid,
             W.c.cursor_id == old.id,
+            W.c.replayed_at == seen.replayed_at,
         )
         .values(cursor_txid=new.txid, cursor_id=new.id)
     )
@@ -379,12 +385,12 @@ def delivered(
     conn: Connection,
     webhook_id: str,
     node: str,
-    moved: tuple[Position, Position],
+    moved: tuple[Target, Position],
     attempt: dict[str, Any],
     until: float,
 ) -> bool:
-    """The receiver took a batch: move the cursor (old, new) past it, log the attempt, clear
-    the back-off, renew the lease. False when this node has lost the lease."""
+    """The receiver took a batch: move the cursor (as seen, to new) past it, log the
+    attempt, clear the back-off, renew the lease. False when this node has lost the lease."""
     advance(conn, webhook_id, node, *moved)
     conn.execute(_INSERT_ATTEMPT, attempt)
     done = conn.execute(

@@ -69,9 +69,8 @@ async def drain(db: Database, webhook_id: str, limit: int) -> list[str]:
     while True:
         hook_now, rows, upto = await next_batch(db, webhook_id, limit)
         new = outbox.position_of(rows[-1]) if len(rows) >= limit else upto
-        old = hook_now.cursor
         moved = await db.transaction(
-            lambda c, old=old, new=new: outbox.advance(c, webhook_id, "n", old, new)
+            lambda c, seen=hook_now, new=new: outbox.advance(c, webhook_id, "n", seen, new)
         )
         assert moved or new == hook_now.cursor
         sent += [doc(r)["type"] for r in rows]
@@ -213,7 +212,7 @@ async def test_failure_backs_off_and_success_moves_the_cursor(backend: Database)
     hook_now, rows, upto = await next_batch(backend, target_id)
     assert [doc(r)["type"] for r in rows] == ["queued", "delivered"]
     ok = outbox.attempt_row(target_id, now, 2, "delivered", 200)
-    moved = (hook_now.cursor, upto)
+    moved = (hook_now, upto)
     assert await backend.transaction(
         lambda c: outbox.delivered(c, target_id, "n", moved, ok, now + 120)
     )
@@ -240,9 +239,17 @@ async def test_replay_moves_the_cursor_back_and_wins_over_a_send_in_flight(
     assert await replay(backend, target_id, time.time() - 50, {"delivered"}) == 1
     # The sender, done with what it read before the replay, must not undo it.
     assert not await backend.transaction(
-        lambda c: outbox.advance(c, target_id, "n", in_flight.cursor, upto)
+        lambda c: outbox.advance(c, target_id, "n", in_flight, upto)
     )
     assert await drain(backend, target_id, limit=10) == ["delivered"]
+    # A replay that finds the cursor already further back moves nothing but still wins:
+    # a skip past max_age read before it must not move the cursor over what it replayed.
+    back = text("UPDATE webhook SET cursor_txid = 0, cursor_id = 0 WHERE id = :w")
+    await backend.transaction(lambda c: c.execute(back, {"w": target_id}))
+    behind, _, upto = await next_batch(backend, target_id)
+    assert await replay(backend, target_id, time.time() - 50, {"delivered"}) == 1
+    assert not await backend.transaction(lambda c: outbox.advance(c, target_id, "n", behind, upto))
+    assert await drain(backend, target_id, limit=10) == ["delivered", "delivered"]
     assert await replay(backend, target_id, 0.0, {"delivered"}) == 2
     assert await drain(backend, target_id, limit=10) == ["delivered", "delivered"]
 
