@@ -37,6 +37,7 @@ import re
 import time
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 import dkim as dkimpy
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -145,7 +146,14 @@ def from_domain(message: bytes) -> str | None:
     values = [value for name, colon, value in fields if colon and name.strip().lower() == b"from"]
     if len(values) != 1:
         return None
-    text = values[0].replace(b"\r\n", b"").decode("utf-8", "replace")
+    return _domain_of_from(values[0])
+
+
+@lru_cache(maxsize=1024)
+def _domain_of_from(value: bytes) -> str | None:
+    """Cached: an application sends from a handful of From values, and the address parser
+    is pure Python (~5 % of the event loop when signing, profiled)."""
+    text = value.replace(b"\r\n", b"").decode("utf-8", "replace")
     domains = set()
     for _name, address in email.utils.getaddresses([text]):
         local, at, domain = address.rpartition("@")
@@ -307,10 +315,14 @@ class Signer:
         )
         unsigned = dkimpy.RE_BTAG.sub(b"\\1", unsigned)
         hasher = hashlib.sha256()
+        # Only the signed fields need canonicalising (dkimpy's would do every one, Received
+        # included); hash_headers picks the same occurrences from this shorter list.
+        signed = set(include)
+        wanted = [field for field in headers if bytes(field[0]).lower() in signed]
         dkimpy.hash_headers(
             hasher,
             _POLICY,
-            _POLICY.canonicalize_headers(headers),
+            _POLICY.canonicalize_headers(wanted),
             include,
             (_SIGNATURE_HEADER, b" " + unsigned),
             dict(fields),

@@ -259,6 +259,22 @@ def test_an_added_unsigned_header_keeps_the_signature_valid(key: KeyPair) -> Non
     assert verifies(b"Received: from relay.test\r\n" + signed, record.zone())
 
 
+def test_unsigned_fields_between_signed_ones_and_repeats_verify(key: KeyPair) -> None:
+    """Only signed fields are canonicalised: unsigned ones between them (Received, X-*) and
+    a repeated signed field must not change which occurrences are hashed."""
+    signer, record = signer_for(key)
+    message = (
+        b"Received: from a.test\r\n\tby b.test\r\nTo: ann@example.com\r\n"
+        b"X-Mailer:  odd   spacing\r\n"
+        b"From: App <app@example.com>\r\nTo:   bob@example.com\r\nReceived: from c.test\r\n"
+        b"Subject:  Hello\r\n\tworld\r\n\r\nbody\r\n"
+    )
+    signed = signer.signed(message)
+    assert tags(signer.sign(message))["h"].split(":").count("to") == 2
+    assert verifies(signed, record.zone())
+    assert not verifies(signed.replace(b"To:   bob", b"To:   eve"), record.zone())
+
+
 def test_key_rotation_keeps_old_mail_verifiable(rsa_key: KeyPair, ed_key: KeyPair) -> None:
     old, old_record = signer_for(rsa_key, "2024")
     new, new_record = signer_for(ed_key, "2025")
