@@ -60,7 +60,7 @@ class WebhookSender:
         guard: HostGuard,
         node: str,
         *,
-        batch_size: int = 100,
+        batch_size: int = 500,
         timeout: float = 10.0,
         max_age: float = 3 * 86400.0,
         schedule: Sequence[float] | None = None,

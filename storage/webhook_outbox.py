@@ -21,7 +21,8 @@ A webhook is sent by one node at a time: the node writes its id to `claimed_by` 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import operator
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, NamedTuple
@@ -83,26 +84,31 @@ def horizon(conn: Connection) -> Position:
     return position_of(row) if row is not None else START
 
 
+def _compare(dialect: str, op: Callable[[Any, Any], Any], txid: Any, id_: Any) -> Any:
+    """`op` between an event's position and (txid, id_): by (txid, id) on PostgreSQL, by the
+    rowid alone on SQLite (txid is 0 there, and the rowid is read in order without a sort)."""
+    if dialect == "postgresql":
+        return op(tuple_(E.c.txid, E.c.id), tuple_(txid, id_))
+    return op(E.c.id, id_)
+
+
 def _after(conn: Connection, position: Position) -> ColumnElement[bool]:
-    if conn.dialect.name == "postgresql":
-        return tuple_(E.c.txid, E.c.id) > tuple_(position.txid, position.id)
-    return E.c.id > position.id  # the rowid: SQLite reads it in order without a sort
+    result: ColumnElement[bool] = _compare(
+        conn.dialect.name, operator.gt, position.txid, position.id
+    )
+    return result
 
 
 @cache
 def _between(dialect: str, filtered: bool) -> Select[Any]:
     """The events in (after, upto] (parameters a_txid, a_id, u_txid, u_id) of the wanted
     `types` when `filtered`, in commit order. Built once: these run for every POST."""
-    if dialect == "postgresql":
-        position = tuple_(E.c.txid, E.c.id)
-        query = select(E).where(
-            position > tuple_(bindparam("a_txid"), bindparam("a_id")),
-            position <= tuple_(bindparam("u_txid"), bindparam("u_id")),
-        )
-        query = query.order_by(E.c.txid, E.c.id)
-    else:  # the rowid: SQLite reads it in order without a sort
-        query = select(E).where(E.c.id > bindparam("a_id"), E.c.id <= bindparam("u_id"))
-        query = query.order_by(E.c.id)
+    query = select(E).where(
+        _compare(dialect, operator.gt, bindparam("a_txid"), bindparam("a_id")),
+        _compare(dialect, operator.le, bindparam("u_txid"), bindparam("u_id")),
+    )
+    order = (E.c.txid, E.c.id) if dialect == "postgresql" else (E.c.id,)
+    query = query.order_by(*order)
     if filtered:
         query = query.where(E.c.type.in_(bindparam("types", expanding=True)))
     return query
@@ -111,15 +117,21 @@ def _between(dialect: str, filtered: bool) -> Select[Any]:
 def _range(
     after: Position, upto: Position, types: Collection[str] | None, **more: Any
 ) -> dict[str, Any]:
-    found: dict[str, Any] = {"a_txid": after.txid, "a_id": after.id}
-    found.update(u_txid=upto.txid, u_id=upto.id)
+    params: dict[str, Any] = {
+        "a_txid": after.txid, "a_id": after.id, "u_txid": upto.txid, "u_id": upto.id, **more
+    }  # fmt: skip
     if types is not None:
-        found["types"] = sorted(types)
-    return {**found, **more}
+        params["types"] = sorted(types)
+    return params
 
 
 def position_of(row: Any) -> Position:
     return Position(int(row.txid), int(row.id))
+
+
+def cursor_of(row: Any) -> Position:
+    """A webhook row's cursor."""
+    return Position(int(row.cursor_txid), int(row.cursor_id))
 
 
 class Owed(NamedTuple):
@@ -258,7 +270,7 @@ def due(conn: Connection, now: float, skip: Collection[str]) -> list[str]:
         query = query.where(W.c.id.not_in(list(skip)))
     found = []
     for row in conn.execute(query).all():
-        after = _after(conn, Position(row.cursor_txid, row.cursor_id))
+        after = _after(conn, cursor_of(row))
         if conn.execute(select(E.c.id).where(after).limit(1)).first() is not None:
             found.append(row.id)
     return found
@@ -331,7 +343,7 @@ def target(conn: Connection, webhook_id: str) -> Target | None:
         secret_enc=row.secret_enc,
         active=row.is_active,
         holder=row.claimed_by,
-        cursor=Position(row.cursor_txid, row.cursor_id),
+        cursor=cursor_of(row),
         event_types=tuple(row.event_types.split()),
         final_only=row.final_only,
         replayed=Position(row.replayed_txid, row.replayed_id),
@@ -359,9 +371,7 @@ def attempt_row(
     }
 
 
-def advance(
-    conn: Connection, webhook_id: str, node: str, seen: Target, new: Position
-) -> bool:
+def advance(conn: Connection, webhook_id: str, node: str, seen: Target, new: Position) -> bool:
     """Move the cursor from where it was in `seen` to `new` (sent, or skipped) if this node
     still holds the lease and nobody changed it meanwhile: a replay moves it back, or, when it
     is further back already, marks what it replayed (replayed_at), which a skip past max_age
@@ -392,7 +402,7 @@ def delivered(
     """The receiver took a batch: move the cursor (as seen, to new) past it, log the
     attempt, clear the back-off, renew the lease. False when this node has lost the lease."""
     advance(conn, webhook_id, node, *moved)
-    conn.execute(_INSERT_ATTEMPT, attempt)
+    log_attempt(conn, attempt)
     done = conn.execute(
         update(W)
         .where(W.c.id == webhook_id, W.c.claimed_by == node)
@@ -413,7 +423,7 @@ def failed(
     retry_at: float,
 ) -> None:
     """The POST failed: log it, count it, wait until `retry_at`, give the lease back."""
-    conn.execute(_INSERT_ATTEMPT, attempt)
+    log_attempt(conn, attempt)
     conn.execute(
         update(W)
         .where(W.c.id == webhook_id, W.c.claimed_by == node)
@@ -447,7 +457,7 @@ def rewind(conn: Connection, webhook_id: str, start: Position, upto: Position, a
     if row is None:
         return False
     values: dict[str, Any] = {"replayed_txid": upto.txid, "replayed_id": upto.id, "replayed_at": at}
-    if start < Position(row.cursor_txid, row.cursor_id):
+    if start < cursor_of(row):
         values.update(cursor_txid=start.txid, cursor_id=start.id)
     conn.execute(update(W).where(W.c.id == webhook_id).values(**values))
     return True

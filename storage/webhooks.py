@@ -231,8 +231,7 @@ async def backlog(db: Database) -> int:
             select(W.c.cursor_txid, W.c.cursor_id).where(W.c.is_active.is_(True))
         ).all()
         for hook in hooks:
-            after = outbox.Position(hook.cursor_txid, hook.cursor_id)
-            total += outbox.count_after(conn, after, BACKLOG_CAP)
+            total += outbox.count_after(conn, outbox.cursor_of(hook), BACKLOG_CAP)
         return total
 
     return await db.read(count)
