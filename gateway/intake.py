@@ -157,7 +157,7 @@ class Intake:
         if signer is None:
             return submission
         try:
-            return replace(submission, content=signer.signed(submission.content))
+            return replace(submission, content=await signer.signed_async(submission.content))
         except DkimError as error:  # e.g. no From field: relay unsigned, say why
             log.warning("not DKIM-signing a message: %s", error)
             metrics.MESSAGES_REFUSED.labels(reason="dkim_unsigned").inc()

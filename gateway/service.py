@@ -46,6 +46,7 @@ from gateway.pool_secrets import unseal
 from gateway.queue import Queue
 from gateway.retention import Retention
 from gateway.secrets import SecretBox, SecretError, bind_to_database
+from gateway.signing_process import SigningProcess
 from gateway.smtp_server import ListenerLimits, PosternHandler
 from gateway.throttle import Throttle
 from gateway.upstream import PoolSettings, SessionSettings
@@ -169,7 +170,7 @@ class Service:
         self.retention.start()
         self.delivery.wake()
         # A key made by `postern dkim generate` in another process is picked up within 2 s.
-        self.signers = Signers(self.db, self.box, ttl=2.0)
+        self.signers = Signers(self.db, self.box, ttl=2.0, offload=SigningProcess())
         await self.signers.reload()
         # Verified domains and aliases (routing, policy.sender); other nodes' changes within 2 s.
         self.identities = Identities(self.db, enforce=config.policy.sender == "verified")
@@ -299,6 +300,8 @@ class Service:
             log.warning("could not release claimed messages: %s", error)
         if hasattr(self, "api"):
             await self.api.stop()  # its background writes need the writer
+        if hasattr(self, "signers"):
+            await self.signers.close()
         await self.writer.stop()
         if self._http_task is not None:
             with contextlib.suppress(asyncio.TimeoutError):

@@ -64,6 +64,8 @@ async def test_relayed_mail_verifies_against_the_printed_record(
     received = sink.messages[0].data
     assert received.count(b"DKIM-Signature:") == 1
     assert dkimpy.verify(received, dnsfunc=published(key))
+    # RSA operations run in the signing child process (started when the key was loaded)
+    assert (svc.signers._offload.pid is not None) == (algorithm == "rsa")
 
 
 async def test_mail_from_a_domain_without_a_key_is_relayed_unsigned(

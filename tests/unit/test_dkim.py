@@ -365,3 +365,103 @@ def test_body_hash_and_header_list_match_dkimpys_own_signer(rsa_key: KeyPair) ->
 def test_relaxed_body_is_byte_for_byte_dkimpys(parts: list[bytes]) -> None:
     body = b"".join(parts)
     assert dkim.relaxed_body(body) == Relaxed.canonicalize_body(body)
+
+
+# --- the signer's own header parsing and canonicalisation, held to dkimpy's ----------------
+
+FIELD_NAMES = [b"From", b"from", b"To", b"Cc", b"Subject", b"Date", b"Message-ID", b"Reply-To",
+               b"X-Mailer", b"Received", b"List-Unsubscribe", b"Content-Type"]  # fmt: skip
+VALUE_PARTS = [b"a", b"b@example.com", b" ", b"\t", b"  ", b"\r\n ", b"\r\n\t", b":", b";",
+               b"\xc3\xa9", b"=?utf-8?q?x?="]  # fmt: skip
+fields_strategy = st.lists(
+    st.tuples(
+        st.sampled_from(FIELD_NAMES),
+        st.lists(st.sampled_from(VALUE_PARTS), max_size=12).map(b"".join),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+def header_block(fields: list[tuple[bytes, bytes]]) -> bytes:
+    # a value must not end with a fold (that would be an empty continuation line)
+    return b"".join(name + b":" + value.rstrip(b"\r\n \t") + b"\r\n" for name, value in fields)
+
+
+@given(fields_strategy, st.lists(st.sampled_from([b"x", b" ", b"\r\n"]), max_size=20))
+@settings(max_examples=300, deadline=None)
+def test_header_parse_is_dkimpys_rfc822_parse(
+    fields: list[tuple[bytes, bytes]], body_parts: list[bytes]
+) -> None:
+    block = header_block(fields)
+    body = b"".join(body_parts)
+    theirs, their_body = dkimpy.rfc822_parse(block + b"\r\n" + body)
+    ours, our_body = dkim._split(block + b"\r\n" + body)
+    assert [(bytes(n), bytes(v)) for n, v in theirs] == ours
+    assert their_body == our_body
+
+
+@pytest.mark.parametrize(
+    "block",
+    [b"From a@b Mon Jan  1 00:00:00 2024\r\nFrom: a@example.com\r\n",  # mbox line: skipped
+     b"Subject : spaced name\r\n", b"no colon here\r\n", b": empty name\r\n"],
+)  # fmt: skip
+def test_header_parse_agrees_with_dkimpy_on_odd_lines(block: bytes) -> None:
+    try:
+        theirs = [(bytes(n), bytes(v)) for n, v in dkimpy.rfc822_parse(block + b"\r\n")[0]]
+    except dkimpy.MessageFormatError:
+        with pytest.raises(dkim.MessageFormatError):
+            dkim._split(block + b"\r\n")
+    else:
+        assert dkim._split(block + b"\r\n")[0] == theirs
+
+
+def test_a_header_starting_with_a_continuation_line_is_a_format_error() -> None:
+    with pytest.raises(dkim.MessageFormatError):
+        dkim._split(b" folded: x\r\nFrom: a@example.com\r\n\r\nbody\r\n")
+
+
+@given(fields_strategy)
+@settings(max_examples=300, deadline=None)
+def test_relaxed_header_values_and_selection_are_dkimpys(
+    fields: list[tuple[bytes, bytes]],
+) -> None:
+    parsed, _ = dkim._split(header_block(fields) + b"\r\n")
+    include = dkim.signed_header_names(name for name, _ in parsed)
+    theirs = dkimpy.select_headers(Relaxed.canonicalize_headers(parsed), list(include))
+    ours = [(name, dkim.relaxed_header_value(value) + b"\r\n")
+            for name, value in dkim._select(parsed, include)]  # fmt: skip
+    assert ours == theirs
+
+
+@given(fields_strategy, st.lists(st.sampled_from([b"x", b" ", b"\t", b"\r\n"]), max_size=30))
+@settings(max_examples=150, deadline=None)
+def test_any_header_set_verifies_with_dkimpy(
+    ed_key: KeyPair, fields: list[tuple[bytes, bytes]], body_parts: list[bytes]
+) -> None:
+    message = b"From: App <app@example.com>\r\n" + header_block(fields) + b"\r\n"
+    message += b"".join(body_parts)
+    signer, record = signer_for(ed_key)
+    header = signer.sign(message)
+    assert verifies(header + message, record.zone())
+    assert all(len(line) <= 78 for line in header.split(b"\r\n"))
+
+
+def test_long_names_fold_only_at_spaces_and_still_verify(rsa_key: KeyPair) -> None:
+    """A 63-character selector and a long domain leave little room on a line: folds still
+    fall only between tags, in h= or inside b=."""
+    domain = "a" * 60 + ".example.com"
+    selector = "s" * 63
+    signer = Signer(domain, selector, rsa_key.private_pem)
+    message = MESSAGE.replace(b"example.com>", domain.encode() + b">", 1)
+    header = signer.sign(message)
+    assert verifies(header + message, signer.record().zone())
+    assert all(len(line) <= 78 for line in header.split(b"\r\n"))
+    assert tags(header)["s"] == selector
+
+
+async def test_sign_async_without_a_signing_process_signs_in_process(key: KeyPair) -> None:
+    signer, record = signer_for(key)
+    header = await signer.sign_async(MESSAGE, now=1_750_000_000)
+    assert header == signer.sign(MESSAGE, now=1_750_000_000)  # both schemes are deterministic
+    assert verifies(header + MESSAGE, record.zone())
