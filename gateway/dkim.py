@@ -44,6 +44,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from dkim.canonicalization import correct_empty_body, strip_trailing_lines
 
+from gateway import metrics
 from gateway.addresses import normalise
 from gateway.headers import canonical_problem, header_fields, split_header
 from gateway.secrets import SecretError
@@ -303,13 +304,18 @@ class Signer:
         return _assemble(fields, self._sign_digest(digest))
 
     async def sign_async(self, message: bytes, now: float | None = None) -> bytes:
-        """As `sign`, with an RSA operation done by the signing process when there is one."""
+        """As `sign`, with an RSA operation done by the signing process when there is one
+        and it keeps up (else here, on the event loop)."""
         fields, digest = self._prepare(message, now)
         if self._offload is not None and self.algorithm == "rsa":
             try:
-                return _assemble(fields, await self._offload.sign(self._pem, digest))
+                signature = await self._offload.sign(self._pem, digest)
             except SigningUnavailable:
-                pass  # it logged why; sign here
+                pass  # down, behind or late: sign here
+            else:
+                metrics.DKIM_SIGNATURES.labels(where="signing_process").inc()
+                return _assemble(fields, signature)
+        metrics.DKIM_SIGNATURES.labels(where="event_loop").inc()
         return _assemble(fields, self._sign_digest(digest))
 
     def signed(self, message: bytes, now: float | None = None) -> bytes:

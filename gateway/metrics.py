@@ -61,6 +61,12 @@ EVENTS_PENDING = Gauge(
     "postern_events_pending",
     "Events after the cursor of each active webhook (not yet sent, summed over webhooks).",
 )
+DKIM_SIGNATURES = Counter(
+    "postern_dkim_signatures_total",
+    "DKIM signatures made, by where the private-key operation ran: signing_process (a child"
+    " process, on otherwise idle CPU) or event_loop (Ed25519, or the child was behind/down).",
+    ["where"],
+)
 POOL_THROTTLED = Counter(
     "postern_pool_throttled_total",
     "Sends held back by a pool's limit (rate, daily) or met with an upstream throttling "

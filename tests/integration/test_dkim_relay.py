@@ -15,7 +15,7 @@ from gateway.cli_admin import with_database
 from gateway.cli_dkim import _act
 from gateway.config import Config
 from gateway.secrets import SecretBox
-from tests.conftest import ServiceFactory, make_config, smtp_send
+from tests.conftest import ServiceFactory, make_config, metric, smtp_send
 from tests.sink import Sink
 
 pytestmark = pytest.mark.timeout(30)
@@ -54,6 +54,8 @@ async def test_relayed_mail_verifies_against_the_printed_record(
     config = make_config(tmp_path, sink)
     key = await dkim_cli(config, "generate", domain="signed.test", algorithm=algorithm)
     svc = await service(config)
+    where = "signing_process" if algorithm == "rsa" else "event_loop"
+    before = metric("postern_dkim_signatures_total", where=where)
     body = ("Grüße — " + "x" * 900 + "\r\n").encode() * 3  # 8-bit, long lines
     code, _ = await smtp_send(
         svc.config.smtp.listen[0][1], "app@signed.test", ["rcpt@example.test"], message(body),
@@ -66,6 +68,7 @@ async def test_relayed_mail_verifies_against_the_printed_record(
     assert dkimpy.verify(received, dnsfunc=published(key))
     # RSA operations run in the signing child process (started when the key was loaded)
     assert (svc.signers._offload.pid is not None) == (algorithm == "rsa")
+    assert metric("postern_dkim_signatures_total", where=where) == before + 1
 
 
 async def test_mail_from_a_domain_without_a_key_is_relayed_unsigned(

@@ -30,7 +30,7 @@ def rsa_key() -> KeyPair:
 
 @pytest.fixture
 async def process() -> AsyncIterator[SigningProcess]:
-    offload = SigningProcess()
+    offload = SigningProcess(lag=60)  # these tests wait for the child's answers
     yield offload
     await offload.close()
 
@@ -144,9 +144,41 @@ async def test_close_stops_the_child_and_later_requests_fail(
         await process.sign(rsa_key.private_pem, digest)
 
 
+async def test_a_late_child_leaves_the_signing_to_the_caller(rsa_key: KeyPair) -> None:
+    """A request not answered within `lag` fails (its caller signs in-process), and so does
+    every new one while the child is behind, at once; the late answers are dropped."""
+    offload = SigningProcess(lag=0.05)
+    digest = hashlib.sha256(b"x").digest()
+    try:
+        await offload.start()
+        pid = offload.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        started = time.monotonic()
+        with pytest.raises(SigningUnavailable, match="late"):
+            await offload.sign(rsa_key.private_pem, digest)
+        assert time.monotonic() - started < 1
+        started = time.monotonic()
+        with pytest.raises(SigningUnavailable, match="behind"):
+            await offload.sign(rsa_key.private_pem, digest)
+        assert time.monotonic() - started < 0.01
+        os.kill(pid, signal.SIGCONT)  # it answers the late request (dropped) and catches up
+        for _ in range(200):
+            try:
+                assert await offload.sign(rsa_key.private_pem, digest) == reference(rsa_key, digest)
+                break
+            except SigningUnavailable:
+                await asyncio.sleep(0.02)
+        else:
+            pytest.fail("the child never caught up")
+        assert offload.pid == pid
+    finally:
+        await offload.close()
+
+
 async def test_signer_falls_back_to_signing_in_process(rsa_key: KeyPair) -> None:
     """Whatever happens to the child, a message is signed, and identically."""
-    offload = SigningProcess()
+    offload = SigningProcess(lag=60)
     signer = Signer("example.com", "s1", rsa_key.private_pem, offload)
     message = b"From: a@example.com\r\nSubject: x\r\n\r\nbody\r\n"
     expected = signer.sign(message, now=1)
