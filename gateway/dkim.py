@@ -10,9 +10,9 @@ and re-parses the PEM key on every call, with no hook for the private-key operat
 header code, composed as its own signer does (parse, canonicalise every field, fold the
 signature twice with a character loop), cost ~60 µs of the event loop per message. So the
 signer here is RFC 6376's relaxed/relaxed written out with C-speed byte operations: the
-header parse is dkimpy's `rfc822_parse`, header values and body its `Relaxed`, the field
-selection its `select_headers`, each held equal to dkimpy's by property tests, and every
-signature in the tests is checked with `dkim.verify`. The signature field is hashed
+header parse, the relaxed header values and body, and the field selection are our own,
+held equal to dkimpy's `rfc822_parse`, `Relaxed` and `select_headers` by property tests,
+and every signature in the tests is checked with `dkim.verify`. The signature field is hashed
 unfolded (single spaces) and folded only at those spaces or inside b=, which relaxed
 canonicalisation and the b= removal make invisible to a verifier. The private-key
 operation is OpenSSL's, through `cryptography`, on a key parsed once per `Signer`; RSA's
@@ -363,7 +363,8 @@ class Signer:
 
 
 def _assemble(tags: list[bytes], signature: bytes) -> bytes:
-    """``DKIM-Signature: ...`` with b= filled in, folded before column 78.
+    """``DKIM-Signature: ...`` with b= filled in, folded before column 78 where it can be
+    (a d= or s= longer than a line stays whole).
 
     Folds go at the single spaces between tags and in h= (a fold is CRLF + space: unfolded
     and relaxed, the same one space) and anywhere inside b=, whose value verifiers drop
@@ -373,7 +374,7 @@ def _assemble(tags: list[bytes], signature: bytes) -> bytes:
     lines: list[bytes] = []
     line = _SIGNATURE_HEADER + b":"
     for word in words:
-        if len(line) + 1 + len(word) > _FOLD_AT and len(line) > 1:
+        if len(line) + 1 + len(word) > _FOLD_AT:
             lines.append(line)
             line = b""
         line += b" " + word
@@ -392,7 +393,9 @@ def _assemble(tags: list[bytes], signature: bytes) -> bytes:
 def _split(message: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
     """(name, raw value) of each header field, and the body, as dkimpy's `rfc822_parse`
     parses canonical content (the value keeps its folds and final CRLF; an mbox ``From ``
-    line is skipped), without splitting and joining the body's lines."""
+    line is skipped), without splitting and joining the body's lines. One difference: a
+    line starting with a colon is refused (dkimpy would take ``::x`` as a field named
+    ``:``); such a message goes unsigned."""
     if message.startswith(b"\r\n"):
         return [], message[2:]
     end = message.find(b"\r\n\r\n")

@@ -14,17 +14,12 @@ machine is busy: a request not answered within LAG seconds fails with SigningUna
 and its caller signs in-process, as do new requests while the child is behind, so a
 message never waits long for a signature; late answers are dropped.
 
-The child holds the keys it is sent (over the pipe, never on its command line) and nothing
-else. If it dies, or answers nothing for ANSWER_TIMEOUT seconds while owing answers, it is
-replaced: what it owed is signed in-process, and a new child is started on a later
-request, at most once every RESTART_AFTER seconds. When the parent dies the child reads
-end-of-file and exits.
-
-Frames, all integers big-endian:
-    parent -> child   kind (1 byte) | number (u32) | length (u32) | payload
-        b"K": load the PEM key in payload as key `number`
-        b"S": sign; number is the request id, payload = key number (u32) + SHA-256 digest
-    child -> parent   request id (u32) | length (u16) | PKCS#1 v1.5 signature (empty: failed)
+The child, gateway.signing_child, is sent the keys over the pipe: never on its command line
+or in its environment, which keeps only what Python needs to start (not POSTERN_SECRET_KEY,
+nor pool passwords). If it dies, or answers nothing for ANSWER_TIMEOUT seconds while owing
+answers, or sends a malformed answer, it is replaced: what it owed is signed in-process,
+and a new child is started on a later request, at most once every RESTART_AFTER seconds.
+When the parent dies the child reads end-of-file and exits.
 """
 
 from __future__ import annotations
@@ -34,12 +29,13 @@ import contextlib
 import itertools
 import logging
 import os
-import signal
-import struct
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import cast
+
+from gateway.signing_child import ANSWER, KEY_NUMBER, REQUEST, SIGNATURE_MAX
 
 log = logging.getLogger("postern.dkim")
 
@@ -47,10 +43,8 @@ RESTART_AFTER = 10.0  # seconds between attempts to start a child after one fail
 ANSWER_TIMEOUT = 5.0  # a child that answers nothing this long while owing answers is replaced
 LAG = 0.1  # seconds a message waits for the child before it is signed in-process
 
-_REQUEST = struct.Struct(">cII")
-_KEY_NUMBER = struct.Struct(">I")
-_ANSWER = struct.Struct(">IH")
-_ANSWERS_PER_WRITE = 32  # RSA-2048: ~7 ms of signing, the most an answer waits for others
+#: What the child's environment keeps of ours (no secrets: they may be in the environment).
+_CHILD_ENVIRONMENT = ("PATH", "PYTHONHOME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR")
 
 
 class SigningUnavailable(Exception):
@@ -103,7 +97,7 @@ class SigningProcess:
         self._pending[request] = (answer, now)
         if self._timer is None:
             self._arm()
-        self._send(b"S", request, _KEY_NUMBER.pack(key_number) + digest)
+        self._send(b"S", request, KEY_NUMBER.pack(key_number) + digest)
         return await answer
 
     async def close(self) -> None:
@@ -122,14 +116,18 @@ class SigningProcess:
                 raise SigningUnavailable("no signing process")
             loop = asyncio.get_running_loop()
             try:
-                _, child = await loop.subprocess_exec(
-                    lambda: _Child(self), sys.executable, "-m", __name__,
+                transport, child = await loop.subprocess_exec(
+                    lambda: _Child(self), sys.executable, "-P", "-m", "gateway.signing_child",
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None,
+                    env=_child_environment(),
                 )  # fmt: skip
-            except OSError as error:
+            except Exception as error:  # OSError, or e.g. no thread left for a child watcher
                 self._failed_at = time.monotonic()
                 log.error("cannot start the DKIM signing process, signing in-process: %s", error)
                 raise SigningUnavailable(str(error)) from None
+            if self._closed:  # close() ran while it started
+                transport.close()
+                raise SigningUnavailable("the signing process is stopping")
             self._child, self._key_numbers = child, {}
             log.info("DKIM signing process %d started", child.transport.get_pid())
             return child
@@ -137,7 +135,7 @@ class SigningProcess:
     def _send(self, kind: bytes, number: int, payload: bytes) -> None:
         if not self._out:  # the first frame of this loop iteration: flush after it
             asyncio.get_running_loop().call_soon(self._flush)
-        self._out += _REQUEST.pack(kind, number, len(payload))
+        self._out += REQUEST.pack(kind, number, len(payload))
         self._out += payload
 
     def _flush(self) -> None:
@@ -145,23 +143,28 @@ class SigningProcess:
         if self._child is not None and data:
             self._child.write(data)
 
-    def _answer(self, buffer: bytearray) -> None:
-        """Resolve every whole answer in `buffer` and remove it."""
+    def _answer(self, child: _Child, buffer: bytearray) -> None:
+        """Resolve every whole answer in `buffer` and remove it; a malformed one ends `child`
+        (its output is out of step: nothing after it can be trusted)."""
         at = 0
-        while len(buffer) - at >= _ANSWER.size:
-            request, length = _ANSWER.unpack_from(buffer, at)
-            end = at + _ANSWER.size + length
+        while len(buffer) - at >= ANSWER.size:
+            request, length = ANSWER.unpack_from(buffer, at)
+            if length > SIGNATURE_MAX:
+                self._ended(child, "sent a malformed answer")
+                return
+            end = at + ANSWER.size + length
             if end > len(buffer):
                 break
             answer, _ = self._pending.pop(request, (None, 0.0))
             if answer is not None and not answer.done():
                 if length:
-                    answer.set_result(bytes(buffer[at + _ANSWER.size : end]))
+                    answer.set_result(bytes(buffer[at + ANSWER.size : end]))
                 else:
                     answer.set_exception(SigningUnavailable("the signing process failed"))
             at = end
-        del buffer[:at]
-        self._answered_at = time.monotonic()
+        if at:
+            del buffer[:at]
+            self._answered_at = time.monotonic()
 
     def _ended(self, child: _Child, why: str = "ended") -> None:
         """`child` exited or closed its output: fail what it owed; a later request restarts."""
@@ -171,7 +174,7 @@ class SigningProcess:
             log.error("the DKIM signing process %d %s; signing in-process", child.pid, why)
         self._failed_at = time.monotonic()
         self._forget(SigningUnavailable("the signing process ended"))
-        child.kill()
+        child.transport.close()  # kills it if it still runs
 
     def _check(self) -> None:
         """Every `lag` while answers are owed: give up on late ones (their callers sign
@@ -224,7 +227,7 @@ class _Child(asyncio.SubprocessProtocol):
 
     def pipe_data_received(self, fd: int, data: bytes) -> None:
         self._buffer += data
-        self._owner._answer(self._buffer)
+        self._owner._answer(self, self._buffer)
 
     def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
         if fd == 1:
@@ -257,63 +260,10 @@ class _Child(asyncio.SubprocessProtocol):
         self.transport.close()
 
 
-# --- the child -----------------------------------------------------------------------------
-
-
-def _serve(fd_in: int = 0, fd_out: int = 1) -> None:
-    """Answer frames from `fd_in` until end-of-file."""
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import padding, rsa
-    from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
-
-    keys: dict[int, rsa.RSAPrivateKey | None] = {}
-    pkcs1, prehashed = padding.PKCS1v15(), Prehashed(hashes.SHA256())
-    buffer = bytearray()
-    while chunk := os.read(fd_in, 1 << 16):
-        buffer += chunk
-        at = 0
-        out: list[bytes] = []  # answers go back together: one read for the parent, not each
-        while len(buffer) - at >= _REQUEST.size:
-            kind, number, length = _REQUEST.unpack_from(buffer, at)
-            start, end = at + _REQUEST.size, at + _REQUEST.size + length
-            if end > len(buffer):
-                break
-            payload = bytes(buffer[start:end])
-            at = end
-            if kind == b"K":
-                try:
-                    key = serialization.load_pem_private_key(payload, password=None)
-                except (ValueError, TypeError):
-                    key = None
-                keys[number] = key if isinstance(key, rsa.RSAPrivateKey) else None
-                continue
-            (key_number,) = _KEY_NUMBER.unpack_from(payload)
-            signer = keys.get(key_number)
-            try:
-                signature = signer.sign(payload[4:], pkcs1, prehashed) if signer else b""
-            except (ValueError, TypeError):
-                signature = b""
-            out.append(_ANSWER.pack(number, len(signature)) + signature)
-            if len(out) == _ANSWERS_PER_WRITE:
-                _write_all(fd_out, b"".join(out))
-                out.clear()
-        del buffer[:at]
-        _write_all(fd_out, b"".join(out))
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    if not data:
-        return
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-if __name__ == "__main__":
-    # Ctrl-C and systemd's SIGTERM (sent to the whole cgroup) are for the parent, which
-    # signs what is in flight during its drain; its exit closes our input, and we follow.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    with contextlib.suppress(AttributeError, OSError):  # not Linux, or not allowed: as is
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    _serve()
+def _child_environment() -> dict[str, str]:
+    """The child's environment: enough to start Python and import this package, no more."""
+    env = {name: os.environ[name] for name in _CHILD_ENVIRONMENT if name in os.environ}
+    # -P leaves the working directory off sys.path; import gateway from where we did.
+    here = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))
+    return env

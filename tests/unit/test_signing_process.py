@@ -220,3 +220,43 @@ def test_the_child_exits_when_its_parent_dies(tmp_path: object) -> None:
     finally:
         parent.kill()
         parent.wait(5)
+
+
+async def test_the_child_gets_no_secret_from_the_environment(
+    rsa_key: KeyPair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("POSTERN_SECRET_KEY", "c2VjcmV0")
+    monkeypatch.setenv("SES_PASSWORD", "hunter2")
+    offload = SigningProcess(lag=60)
+    try:
+        await offload.start()
+        assert offload.pid is not None
+        with open(f"/proc/{offload.pid}/environ", "rb") as environ:
+            names = {item.split(b"=", 1)[0] for item in environ.read().split(b"\0") if item}
+        assert b"POSTERN_SECRET_KEY" not in names and b"SES_PASSWORD" not in names
+        digest = hashlib.sha256(b"x").digest()  # and it still imports and signs
+        assert await offload.sign(rsa_key.private_pem, digest) == reference(rsa_key, digest)
+    finally:
+        await offload.close()
+
+
+async def test_close_while_the_child_starts_leaves_no_child() -> None:
+    offload = SigningProcess(lag=60)
+    starting = asyncio.ensure_future(offload.start())
+    await asyncio.sleep(0)
+    await offload.close()
+    await starting
+    assert offload.pid is None
+
+
+async def test_a_malformed_answer_ends_the_child(process: SigningProcess, rsa_key: KeyPair) -> None:
+    digest = hashlib.sha256(b"x").digest()
+    await process.sign(rsa_key.private_pem, digest)
+    child = process._child
+    assert child is not None
+    owed = asyncio.ensure_future(process.sign(rsa_key.private_pem, digest))
+    await asyncio.sleep(0)
+    child.pipe_data_received(1, b"\0\0\0\0\xff\xff")  # a length no signature has
+    with pytest.raises(SigningUnavailable):
+        await owed
+    assert process.pid is None
