@@ -18,6 +18,7 @@ import contextlib
 import os
 import signal
 import struct
+import sys
 
 REQUEST = struct.Struct(">cII")
 KEY_NUMBER = struct.Struct(">I")
@@ -74,8 +75,9 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 if __name__ == "__main__":
-    with contextlib.suppress(AttributeError, OSError):  # not Linux, or not allowed: as is
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    if "--normal-priority" not in sys.argv[1:]:
+        with contextlib.suppress(AttributeError, OSError):  # not Linux, or not allowed: as is
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     # Ctrl-C and systemd's SIGTERM (sent to the whole cgroup) are for the parent, which
     # signs what is in flight during its drain; its exit closes our input, and we follow.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -29,6 +29,7 @@ import contextlib
 import itertools
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -68,6 +69,10 @@ class SigningProcess:
         self._answered_at = 0.0  # when the child last answered anything
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
+        # A seccomp filter without sched_setscheduler (a systemd unit from before the child
+        # existed) kills the child with SIGSYS: later children skip the call.
+        self._idle_refused = False
+        self._ending: set[_Child] = set()  # replaced, not yet reaped: close() waits for them
 
     @property
     def pid(self) -> int | None:
@@ -105,8 +110,8 @@ class SigningProcess:
         self._closed = True
         child = self._child
         self._forget(SigningUnavailable("the signing process is stopping"))
-        if child is not None:
-            await child.stop()
+        for ending in [*self._ending, *([child] if child is not None else [])]:
+            await ending.stop()
 
     async def _start(self) -> _Child:
         async with self._start_lock:
@@ -118,6 +123,7 @@ class SigningProcess:
             try:
                 transport, child = await loop.subprocess_exec(
                     lambda: _Child(self), sys.executable, "-P", "-m", "gateway.signing_child",
+                    *(["--normal-priority"] if self._idle_refused else []),
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None,
                     env=_child_environment(),
                 )  # fmt: skip
@@ -150,7 +156,7 @@ class SigningProcess:
         while len(buffer) - at >= ANSWER.size:
             request, length = ANSWER.unpack_from(buffer, at)
             if length > SIGNATURE_MAX:
-                self._ended(child, "sent a malformed answer")
+                self._ended(child, "sent a malformed answer", kill=True)
                 return
             end = at + ANSWER.size + length
             if end > len(buffer):
@@ -166,15 +172,19 @@ class SigningProcess:
             del buffer[:at]
             self._answered_at = time.monotonic()
 
-    def _ended(self, child: _Child, why: str = "ended") -> None:
-        """`child` exited or closed its output: fail what it owed; a later request restarts."""
+    def _ended(self, child: _Child, why: str = "ended", kill: bool = False) -> None:
+        """`child` exited or closed its output (or, with `kill`, is to be stopped): fail what
+        it owed; a later request starts another."""
         if self._child is not child:
             return
         if not self._closed:
             log.error("the DKIM signing process %d %s; signing in-process", child.pid, why)
         self._failed_at = time.monotonic()
         self._forget(SigningUnavailable("the signing process ended"))
-        child.transport.close()  # kills it if it still runs
+        if not child.exited:
+            self._ending.add(child)
+        if kill:  # not otherwise: a signal to a child that is exiting races its reaping
+            child.kill()  # its transport is closed once its exit status is in
 
     def _check(self) -> None:
         """Every `lag` while answers are owed: give up on late ones (their callers sign
@@ -190,7 +200,7 @@ class SigningProcess:
             if not answer.done():
                 answer.set_exception(SigningUnavailable("the signing process is late"))
         if now - self._answered_at > ANSWER_TIMEOUT:
-            self._ended(child, f"answered nothing for {ANSWER_TIMEOUT:.0f} s")
+            self._ended(child, f"answered nothing for {ANSWER_TIMEOUT:.0f} s", kill=True)
             return
         self._arm()
 
@@ -233,10 +243,18 @@ class _Child(asyncio.SubprocessProtocol):
         if fd == 1:
             self._owner._ended(self)
 
+    @property
+    def exited(self) -> bool:
+        return self._exited.done()
+
     def process_exited(self) -> None:
-        self._owner._ended(self)
+        if self.transport.get_returncode() == -signal.SIGSYS:
+            self._owner._idle_refused = True
         if not self._exited.done():
             self._exited.set_result(None)
+        self._owner._ended(self)
+        self._owner._ending.discard(self)
+        self.transport.close()
 
     def write(self, data: bytes) -> None:
         pipe = self.transport.get_pipe_transport(0)
@@ -256,7 +274,8 @@ class _Child(asyncio.SubprocessProtocol):
             await asyncio.wait_for(asyncio.shield(self._exited), 2.0)
         except TimeoutError:
             self.kill()
-            await self._exited
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._exited), 2.0)
         self.transport.close()
 
 

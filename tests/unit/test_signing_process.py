@@ -260,3 +260,28 @@ async def test_a_malformed_answer_ends_the_child(process: SigningProcess, rsa_ke
     with pytest.raises(SigningUnavailable):
         await owed
     assert process.pid is None
+
+
+async def test_a_child_killed_for_its_priority_call_is_restarted_at_normal_priority(
+    process: SigningProcess, rsa_key: KeyPair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An old systemd unit's seccomp filter kills the child with SIGSYS when it asks for
+    SCHED_IDLE: the next child does not ask."""
+    await process.start()
+    first = process.pid
+    assert first is not None
+    for _ in range(100):  # it lowers itself as the first thing it does
+        if os.sched_getscheduler(first) == os.SCHED_IDLE:
+            break
+        await asyncio.sleep(0.02)
+    assert os.sched_getscheduler(first) == os.SCHED_IDLE
+    os.kill(first, signal.SIGSYS)  # what seccomp's kill action does
+    for _ in range(100):  # its exit status is seen (the restart comes 10 s later anyway)
+        if process.pid is None and process._idle_refused:
+            break
+        await asyncio.sleep(0.02)
+    monkeypatch.setattr(signing_process, "RESTART_AFTER", 0.0)
+    digest = hashlib.sha256(b"x").digest()
+    assert await process.sign(rsa_key.private_pem, digest) == reference(rsa_key, digest)
+    assert process.pid not in (None, first)
+    assert os.sched_getscheduler(process.pid) == os.SCHED_OTHER
