@@ -200,7 +200,8 @@ class SigningProcess:
             if not answer.done():
                 answer.set_exception(SigningUnavailable("the signing process is late"))
         if now - self._answered_at > ANSWER_TIMEOUT:
-            self._ended(child, f"answered nothing for {ANSWER_TIMEOUT:.0f} s", kill=True)
+            why = f"answered nothing for {ANSWER_TIMEOUT:.0f} s (no idle CPU, or it hangs)"
+            self._ended(child, why, kill=True)
             return
         self._arm()
 
