@@ -33,7 +33,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import cast
 
 from gateway.signing_child import ANSWER, KEY_NUMBER, REQUEST, SIGNATURE_MAX
@@ -45,7 +44,9 @@ ANSWER_TIMEOUT = 5.0  # a child that answers nothing this long while owing answe
 LAG = 0.1  # seconds a message waits for the child before it is signed in-process
 
 #: What the child's environment keeps of ours (no secrets: they may be in the environment).
-_CHILD_ENVIRONMENT = ("PATH", "PYTHONHOME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR")
+_CHILD_ENVIRONMENT = (
+    "PATH", "PYTHONHOME", "LD_LIBRARY_PATH", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR",
+)  # fmt: skip
 
 
 class SigningUnavailable(Exception):
@@ -108,10 +109,12 @@ class SigningProcess:
     async def close(self) -> None:
         """Stop the child (end of its input) and fail what it has not answered."""
         self._closed = True
+        async with self._start_lock:  # a child being started is put among the ending
+            pass
         child = self._child
         self._forget(SigningUnavailable("the signing process is stopping"))
-        for ending in [*self._ending, *([child] if child is not None else [])]:
-            await ending.stop()
+        children = [*self._ending, *([child] if child is not None else [])]
+        await asyncio.gather(*(each.stop() for each in children))
 
     async def _start(self) -> _Child:
         async with self._start_lock:
@@ -131,8 +134,16 @@ class SigningProcess:
                 self._failed_at = time.monotonic()
                 log.error("cannot start the DKIM signing process, signing in-process: %s", error)
                 raise SigningUnavailable(str(error)) from None
-            if self._closed:  # close() ran while it started
-                transport.close()
+            if child.dead:  # it died at once (a bad interpreter, an import error...)
+                self._failed_at = time.monotonic()
+                log.error(
+                    "the DKIM signing process exited at start (status %s), signing in-process",
+                    transport.get_returncode(),
+                )
+                raise SigningUnavailable("the signing process exited at start")
+            if self._closed:  # close() ran while it started: it stops it with the others
+                self._ending.add(child)
+                transport.get_pipe_transport(0).close()  # end of input: it exits
                 raise SigningUnavailable("the signing process is stopping")
             self._child, self._key_numbers = child, {}
             log.info("DKIM signing process %d started", child.transport.get_pid())
@@ -152,6 +163,9 @@ class SigningProcess:
     def _answer(self, child: _Child, buffer: bytearray) -> None:
         """Resolve every whole answer in `buffer` and remove it; a malformed one ends `child`
         (its output is out of step: nothing after it can be trusted)."""
+        if child is not self._child:  # replaced: what it still says is not awaited
+            buffer.clear()
+            return
         at = 0
         while len(buffer) - at >= ANSWER.size:
             request, length = ANSWER.unpack_from(buffer, at)
@@ -178,6 +192,9 @@ class SigningProcess:
         if self._child is not child:
             return
         if not self._closed:
+            status = child.transport.get_returncode()
+            if status is not None:
+                why += f" (status {status})"
             log.error("the DKIM signing process %d %s; signing in-process", child.pid, why)
         self._failed_at = time.monotonic()
         self._forget(SigningUnavailable("the signing process ended"))
@@ -227,6 +244,7 @@ class _Child(asyncio.SubprocessProtocol):
         self._owner = owner
         self._buffer = bytearray()
         self._exited = asyncio.get_running_loop().create_future()
+        self._answers_closed = False
         self.transport: asyncio.SubprocessTransport
 
     @property
@@ -240,8 +258,14 @@ class _Child(asyncio.SubprocessProtocol):
         self._buffer += data
         self._owner._answer(self, self._buffer)
 
+    @property
+    def dead(self) -> bool:
+        """It exited or closed its answers (possibly before its start was awaited)."""
+        return self._exited.done() or self._answers_closed
+
     def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
         if fd == 1:
+            self._answers_closed = True
             self._owner._ended(self)
 
     @property
@@ -283,7 +307,8 @@ class _Child(asyncio.SubprocessProtocol):
 def _child_environment() -> dict[str, str]:
     """The child's environment: enough to start Python and import this package, no more."""
     env = {name: os.environ[name] for name in _CHILD_ENVIRONMENT if name in os.environ}
-    # -P leaves the working directory off sys.path; import gateway from where we did.
-    here = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))
+    # Our own import path, in our order (standard library before site-packages, so nothing
+    # shadows it): the child imports what we imported, however we were installed or run.
+    # -P keeps the child's working directory off it.
+    env["PYTHONPATH"] = os.pathsep.join(entry for entry in sys.path if entry)
     return env

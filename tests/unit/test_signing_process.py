@@ -285,3 +285,19 @@ async def test_a_child_killed_for_its_priority_call_is_restarted_at_normal_prior
     assert await process.sign(rsa_key.private_pem, digest) == reference(rsa_key, digest)
     assert process.pid not in (None, first)
     assert os.sched_getscheduler(process.pid) == os.SCHED_OTHER
+
+
+async def test_a_child_that_cannot_start_leaves_the_signing_to_the_caller(
+    rsa_key: KeyPair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An interpreter that exits at once (here /bin/false): no request waits for it."""
+    monkeypatch.setattr(signing_process.sys, "executable", "/bin/false")
+    offload = SigningProcess(lag=60)
+    try:
+        started = time.monotonic()
+        with pytest.raises(SigningUnavailable):
+            await asyncio.wait_for(offload.sign(rsa_key.private_pem, b"\0" * 32), 5)
+        assert time.monotonic() - started < 2
+        assert offload.pid is None
+    finally:
+        await offload.close()
