@@ -1,7 +1,8 @@
 """The DKIM signing child process (started by gateway.signing_process): RSA operations only.
 
 It imports as little as it can and lowers itself to SCHED_IDLE before anything else, so
-that even its start takes only idle CPU. It reads frames on its standard input until
+that even its start takes only idle CPU (not with --normal-priority: the parent passes it
+after a seccomp filter killed a child for asking). It reads frames on its standard input until
 end-of-file and answers on the descriptor that was its standard output (standard output
 itself is pointed at standard error, so that nothing else printed can corrupt the answers).
 
