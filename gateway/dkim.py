@@ -439,12 +439,17 @@ def _select(
 def relaxed_header_value(value: bytes) -> bytes:
     """RFC 6376 §3.4.2 relaxed header value, byte for byte dkimpy's: unfolded, every run of
     spaces and tabs one space, stripped."""
-    value = value.replace(b"\r\n", b"")
-    if b"\t" in value:
-        value = value.translate(_TAB_TO_SPACE)
-    while b"  " in value:
-        value = value.replace(b"  ", b" ")
-    return value.strip()
+    return _single_spaces(value.replace(b"\r\n", b"")).strip()
+
+
+def _single_spaces(data: bytes) -> bytes:
+    """Every run of spaces and tabs one space (dkimpy's `compress_whitespace`), with C-speed
+    byte operations: tabs become spaces, then runs of spaces halve until single."""
+    if b"\t" in data:
+        data = data.translate(_TAB_TO_SPACE)
+    while b"  " in data:
+        data = data.replace(b"  ", b" ")
+    return data
 
 
 _TAB_TO_SPACE = bytes.maketrans(b"\t", b" ")
@@ -459,10 +464,7 @@ def relaxed_body(body: bytes) -> bytes:
     left before a line end goes. A property test holds this equal to dkimpy's
     `Relaxed.canonicalize_body`.
     """
-    if b"\t" in body:
-        body = body.translate(_TAB_TO_SPACE)
-    while b"  " in body:
-        body = body.replace(b"  ", b" ")
+    body = _single_spaces(body)
     if b" \r\n" in body:
         body = body.replace(b" \r\n", b"\r\n")
     return correct_empty_body(strip_trailing_lines(body))
