@@ -77,7 +77,7 @@ class SigningProcess:
 
     @property
     def pid(self) -> int | None:
-        return self._child.transport.get_pid() if self._child is not None else None
+        return self._child.pid if self._child is not None else None
 
     async def start(self) -> None:
         """Start the child now, if none runs (a failure is logged; `sign` falls back)."""
@@ -146,7 +146,7 @@ class SigningProcess:
                 transport.get_pipe_transport(0).close()  # end of input: it exits
                 raise SigningUnavailable("the signing process is stopping")
             self._child, self._key_numbers = child, {}
-            log.info("DKIM signing process %d started", child.transport.get_pid())
+            log.info("DKIM signing process %d started", child.pid)
             return child
 
     def _send(self, kind: bytes, number: int, payload: bytes) -> None:
