@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from gateway import dkim, signing_process
 from gateway.dkim import KeyPair, Signer
 from gateway.signing_process import SigningProcess, SigningUnavailable
+from tests.conftest import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -121,10 +122,8 @@ async def test_a_child_that_stops_answering_is_replaced(
         with pytest.raises(SigningUnavailable):
             await asyncio.wait_for(process.sign(rsa_key.private_pem, digest), 5)
         assert time.monotonic() - started < 2
-        for _ in range(100):  # killed (SIGKILL ends a stopped process too)
-            if not alive(stuck):
-                break
-            await asyncio.sleep(0.02)
+        # killed (SIGKILL ends a stopped process too)
+        await wait_until(lambda: not alive(stuck), timeout=2, interval=0.02)
         assert not alive(stuck)
     finally:
         if alive(stuck):
@@ -270,16 +269,12 @@ async def test_a_child_killed_for_its_priority_call_is_restarted_at_normal_prior
     await process.start()
     first = process.pid
     assert first is not None
-    for _ in range(100):  # it lowers itself as the first thing it does
-        if os.sched_getscheduler(first) == os.SCHED_IDLE:
-            break
-        await asyncio.sleep(0.02)
+    # it lowers itself as the first thing it does
+    await wait_until(lambda: os.sched_getscheduler(first) == os.SCHED_IDLE, 2, 0.02)
     assert os.sched_getscheduler(first) == os.SCHED_IDLE
     os.kill(first, signal.SIGSYS)  # what seccomp's kill action does
-    for _ in range(100):  # its exit status is seen (the restart comes 10 s later anyway)
-        if process.pid is None and process._idle_refused:
-            break
-        await asyncio.sleep(0.02)
+    # its exit status is seen (the restart comes 10 s later anyway)
+    await wait_until(lambda: process.pid is None and process._idle_refused, 2, 0.02)
     monkeypatch.setattr(signing_process, "RESTART_AFTER", 0.0)
     digest = hashlib.sha256(b"x").digest()
     assert await process.sign(rsa_key.private_pem, digest) == reference(rsa_key, digest)
