@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
 import sys
 from collections.abc import Sequence
 
@@ -23,6 +24,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="postern", description="Postern SMTP relay gateway")
+    parser.add_argument("--version", action="version", version=f"postern {_version()}")
     parser.add_argument(
         "--config", help="config file (default: $POSTERN_CONFIG, else built-in defaults)"
     )
@@ -37,6 +39,15 @@ def _parser() -> argparse.ArgumentParser:
     cli_domains.add_commands(commands)
     cli_queue.add_commands(commands)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("postern")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"
 
 
 def _setup_logging(level: str) -> None:
@@ -68,6 +79,18 @@ def _event_loop_runner() -> type[asyncio.Runner] | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        status = _main(argv)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`postern queue list | head`): end quietly, as Unix tools
+        # do, and keep the interpreter's own flush at exit from raising again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by it
+    return status
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     config_path = getattr(args, "sub_config", None) or args.config
     try:

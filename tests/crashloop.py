@@ -40,7 +40,6 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -53,7 +52,7 @@ from typing import IO
 
 import httpx
 
-from tests.processes import REPO, child_env, free_port, spawn_serve
+from tests.processes import child_cwd, child_env, free_port, postern_argv, spawn_serve
 from tests.sink import Sink
 
 SENDER = "crash@example.com"
@@ -260,8 +259,8 @@ class Process:
 
 def run_cli(*args: str, timeout: float = 60.0) -> str:
     result = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", *args],
-        cwd=REPO,
+        [*postern_argv(), *args],
+        cwd=child_cwd(),
         env=child_env(),
         capture_output=True,
         text=True,

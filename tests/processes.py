@@ -19,23 +19,40 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# Set (as .ci/run sets it) to an installed `postern` executable, the child processes run that
+# program, from outside the checkout, so that what users install is what the tests exercise.
+INSTALLED = os.environ.get("POSTERN_BIN") or None
+
+
+def postern_argv() -> list[str]:
+    """The command that runs `postern`: the installed one, or this checkout's."""
+    return [INSTALLED] if INSTALLED else [sys.executable, "-m", "gateway.cli"]
+
+
+def child_cwd() -> Path:
+    """Where a `postern` child runs: the checkout, or for an installed one a folder outside
+    it (so nothing can import the source tree by accident)."""
+    return Path(os.sep) if INSTALLED else REPO
+
+
 def child_env() -> dict[str, str]:
-    """This environment for a `python -m gateway.cli` child: the checkout first on the
-    path, no inherited POSTERN_CONFIG, unbuffered output."""
+    """This environment for a `postern` child: the checkout first on the path (unless the
+    installed program runs), no inherited POSTERN_CONFIG, unbuffered output."""
     env = dict(os.environ)
     env.pop("POSTERN_CONFIG", None)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    if not INSTALLED:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
 
 def spawn_serve(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    """`postern serve --config CONFIG` from this checkout, its output to `log`, in a session
-    of its own (a Ctrl-C at the terminal does not reach it)."""
+    """`postern serve --config CONFIG`, its output to `log`, in a session of its own (a
+    Ctrl-C at the terminal does not reach it)."""
     with open(log, "wb") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)],
-            cwd=REPO,
+            [*postern_argv(), "serve", "--config", str(config)],
+            cwd=child_cwd(),
             env=child_env(),
             stdin=subprocess.DEVNULL,
             stdout=out,

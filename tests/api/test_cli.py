@@ -8,16 +8,15 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from gateway.cli import main
 from tests.api.conftest import Api, ApiFactory
+from tests.processes import child_cwd, child_env, postern_argv
 
 pytestmark = pytest.mark.timeout(60)
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -108,8 +107,8 @@ def test_refusals_are_one_stderr_line_and_exit_2(
 
 def test_a_real_process_exits_2_with_one_line(config: str) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "--config", config, "keys", "revoke", "key_x"],
-        cwd=REPO, capture_output=True, text=True, timeout=30, check=False,
+        [*postern_argv(), "--config", config, "keys", "revoke", "key_x"],
+        cwd=child_cwd(), env=child_env(), capture_output=True, text=True, timeout=30, check=False,
     )  # fmt: skip
     assert done.returncode == 2
     assert done.stdout == ""
@@ -128,7 +127,7 @@ async def test_a_key_made_by_the_cli_works_on_a_running_server(api_client: ApiFa
 
 def _created_key(args: list[str]) -> str:
     done = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", *args, "--json"],
-        cwd=REPO, capture_output=True, text=True, timeout=30, check=True,
+        [*postern_argv(), *args, "--json"],
+        cwd=child_cwd(), env=child_env(), capture_output=True, text=True, timeout=30, check=True,
     )  # fmt: skip
     return str(json.loads(done.stdout)["key"])

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,9 +18,9 @@ from gateway.cli import main
 from storage.db import create_schema, database_url, open_database
 from storage.messages import message_state
 from tests.api.test_queue_ops import seed
+from tests.processes import child_cwd, child_env, postern_argv
 
 pytestmark = pytest.mark.timeout(60)
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -176,8 +175,8 @@ def test_refusals_are_one_line_and_exit_2(
 def test_the_installed_command_runs(config: str) -> None:
     _seeded(config, 8)
     done = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "--config", config, "queue", "list", "--json"],
-        capture_output=True, text=True, cwd=REPO, timeout=30, check=False,
+        [*postern_argv(), "--config", config, "queue", "list", "--json"],
+        capture_output=True, text=True, cwd=child_cwd(), env=child_env(), timeout=30, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert len(json.loads(done.stdout)["data"]) == 8

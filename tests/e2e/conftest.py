@@ -9,7 +9,6 @@ from __future__ import annotations
 import signal
 import smtplib
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import REPO, child_env, free_port, spawn_serve
+from tests.processes import child_cwd, child_env, free_port, postern_argv, spawn_serve
 from tests.sink import Sink
 
 START_TIMEOUT = 20.0  # seconds for `postern serve` to answer /healthz with 200
@@ -32,8 +31,8 @@ SENDER = "e2e@example.com"
 def run_cli(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
     """`python -m gateway.cli ARGS`, to completion (bounded)."""
     return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", *args],
-        cwd=REPO,
+        [*postern_argv(), *args],
+        cwd=child_cwd(),
         env=child_env(),
         capture_output=True,
         text=True,
