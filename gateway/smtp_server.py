@@ -211,7 +211,8 @@ class PosternHandler:
         self._intake = intake
         self._limits = limits
         self.keys = keys  # AUTH passwords are API keys; None: nobody can log in
-        self.auth_throttle = AuthThrottle()
+        # Not `auth_*`: aiosmtpd offers every handler attribute of that name as a mechanism.
+        self.login_throttle = AuthThrottle()
         self.sessions: set[PosternSMTP] = set()
         self.submitting = 0  # end-of-data commits under way
 
