@@ -244,9 +244,13 @@ class PosternHandler:
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
-        problem = envelope_problem(address) if address != NULL_SENDER else None
-        if problem:
-            return Reply.BAD_ADDRESS.format(problem)
+        if address != NULL_SENDER:
+            problem = envelope_problem(address)
+            if problem:
+                return Reply.BAD_ADDRESS.format(problem)
+            refusal = await self._intake.envelope_problem(address)
+            if refusal:  # the sender policy, before the client sends a body for nothing
+                return Reply.NOT_PERMITTED.format(refusal)
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return Reply.OK_SENDER
