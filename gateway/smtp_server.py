@@ -12,6 +12,7 @@ import email.utils
 import logging
 import re
 import ssl
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -216,6 +217,7 @@ class PosternHandler:
         self.login_throttle = AuthThrottle()
         self.sessions: set[PosternSMTP] = set()
         self.submitting = 0  # end-of-data commits under way
+        self._date = (0, "")  # (second, its RFC 5322 date): made once a second, not per message
 
     def protocol(self) -> PosternSMTP:
         """A protocol factory for loop.create_server."""
@@ -336,7 +338,7 @@ class PosternHandler:
         # Only a sole recipient is named: the others must not learn who else got the mail.
         rcpts = envelope.rcpt_tos
         to = f"\r\n\tfor <{rcpts[0]}>" if len(rcpts) == 1 else ""
-        date = email.utils.formatdate()[:-5] + "+0000"  # UTC; its "-0000" means "unknown"
+        date = self._now()
         fields = (
             f"Received: from {helo} ([{peer}])\r\n\tby {hostname} (Postern)"
             f" with ESMTP id {message_id}{to}; {date}\r\n"
@@ -346,6 +348,12 @@ class PosternHandler:
         if not cleaned.has_message_id:
             fields += f"Message-ID: <{message_id}@{hostname}>\r\n"
         return fields.encode("utf-8", "surrogateescape")
+
+    def _now(self) -> str:
+        second = int(time.time())
+        if second != self._date[0]:  # UTC; formatdate's "-0000" would mean "zone unknown"
+            self._date = (second, email.utils.formatdate(second)[:-5] + "+0000")
+        return self._date[1]
 
 
 def _control_problem(submission: Submission) -> str | None:
