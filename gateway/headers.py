@@ -1,10 +1,13 @@
 """Byte-level checks and edits of raw RFC 5322 messages, without a full MIME parse.
 
 The relay must not re-parse every message (speed) yet must strip its own control headers
-and refuse content that could smuggle a second message upstream.
+and the Bcc fields, and refuse content that could smuggle a second message upstream.
 """
 
 from __future__ import annotations
+
+import re
+from dataclasses import dataclass
 
 CONTROL_PREFIX = b"x-postern-"
 MAX_LINE = 998  # bytes, without CRLF (RFC 5321 §4.5.3.1.6)
@@ -33,12 +36,19 @@ def content_problem(data: bytes) -> str | None:
 
 
 MAX_HOPS = 50  # Received fields; past this the message is looping (RFC 5321 §6.3)
+_BLIND = (b"bcc", b"resent-bcc")  # the envelope carries these recipients, the header must not
+_COLON = re.compile(rb"[ \t]*:")
 
 
-def hop_count(data: bytes) -> int:
-    """How many Received fields the header carries (relays it has crossed)."""
-    block, _ = split_header(data)
-    return sum(1 for field in header_fields(block) if field[:9].lower() == b"received:")
+@dataclass(slots=True)
+class Cleaned:
+    """A submitted message after one pass over its header (as Postfix's cleanup does)."""
+
+    content: bytes  # without its X-Postern-* and Bcc/Resent-Bcc fields, the rest as sent
+    controls: dict[str, str]  # X-Postern-* values by lower-cased name without the prefix
+    hops: int  # Received fields: the relays it has crossed
+    has_date: bool
+    has_message_id: bool
 
 
 def split_header(data: bytes) -> tuple[bytes, bytes]:
@@ -62,24 +72,59 @@ def header_fields(block: bytes) -> list[bytes]:
     return fields
 
 
-def take_control_headers(data: bytes) -> tuple[bytes, dict[str, str]]:
-    """Remove every `X-Postern-*` field; return the message without them and their values.
+def clean_header(data: bytes) -> Cleaned:
+    """Take out the `X-Postern-*` fields (returning their values, unfolded and stripped) and
+    the Bcc fields; count the Received fields; note whether Date and Message-ID are there.
 
-    Names are returned lower-cased without the prefix ('alias-id', 'sandbox', ...); the
-    value is unfolded and stripped.
+    `data` is canonical (CRLF line ends only), so a field starts right after a LF and a
+    continuation line never does: names are found by substring search over the lower-cased
+    header (in C), and the fields are split only when one may have to be taken out. Every
+    other field is kept byte for byte, in its place.
     """
     block, rest = split_header(data)
-    if CONTROL_PREFIX not in block.lower():
-        return data, {}
+    low = b"\n" + block.lower()
+    content, controls = data, dict[str, str]()
+    if CONTROL_PREFIX in low or b"bcc" in low:  # perhaps in a value only: _taken decides
+        content, controls = _taken(data, block, rest)
+    return Cleaned(
+        content,
+        controls,
+        hops=_fields_named(low, b"\nreceived"),
+        has_date=_fields_named(low, b"\ndate") > 0,
+        has_message_id=_fields_named(low, b"\nmessage-id") > 0,
+    )
+
+
+def _taken(data: bytes, block: bytes, rest: bytes) -> tuple[bytes, dict[str, str]]:
+    """`data` without its control and Bcc fields (rebuilt only if it had one); the controls."""
     kept: list[bytes] = []
     controls: dict[str, str] = {}
+    taken = False
     for field in header_fields(block):
-        name, colon, value = field.partition(b":")
-        if colon and name.strip().lower().startswith(CONTROL_PREFIX):
-            key = name.strip().lower()[len(CONTROL_PREFIX) :].decode("ascii", "replace")
-            unfolded = value.replace(b"\r\n", b"").strip()
-            controls[key] = unfolded.decode("utf-8", "replace")
+        colon = field.find(b":")
+        name = field[:colon].strip().lower() if colon > 0 else b""
+        if name.startswith(CONTROL_PREFIX):
+            value = field[colon + 1 :].replace(b"\r\n", b"").strip()
+            key = name[len(CONTROL_PREFIX) :].decode("ascii", "replace")
+            controls[key] = value.decode("utf-8", "replace")
+            taken = True
+        elif name in _BLIND:
+            taken = True
         else:
             kept.append(field)
-    new_block = b"".join(field + b"\r\n" for field in kept)
-    return new_block + rest, controls
+    if not taken:
+        return data, controls
+    return b"".join(field + b"\r\n" for field in kept) + rest, controls
+
+
+def _fields_named(low: bytes, needle: bytes) -> int:
+    """How many fields of a lower-cased header block (after a LF) are called `needle` (the
+    name after a LF)."""
+    count, at = 0, low.find(needle)
+    while at >= 0:
+        end = at + len(needle)
+        # Not a longer name (date-x:); the obsolete form with space before the colon counts.
+        if low[end : end + 1] == b":" or _COLON.match(low, end):
+            count += 1
+        at = low.find(needle, end)
+    return count

@@ -10,8 +10,10 @@ The sender check, with the policy at "verified":
 - HTTP: the From address (envelope and header are the same address there).
 - SMTP: the envelope MAIL FROM *and* every address of the header From. The envelope is
   what SPF and bounces use, the header From is what the recipient sees and DMARC aligns;
-  checking only one would let a client relay mail that claims the other identity. A null
-  envelope sender (a bounce) is judged by its header From alone.
+  checking only one would let a client relay mail that claims the other identity. The
+  envelope is checked at MAIL FROM already (no body is sent for nothing), and again with
+  the header From after DATA. A null envelope sender (a bounce) is judged by its header
+  From alone. An authenticated session is checked as any other.
 Each must be on a verified domain (exactly that domain: a subdomain is its own) or be a
 verified alias. Postern's own messages (alias verification, pool tests) are exempt.
 """
@@ -115,6 +117,13 @@ class Identities:
         if not senders:
             return "the message has no sender address"
         return _first_unverified(senders, self)
+
+    def envelope_problem(self, mail_from: str) -> str | None:
+        """The check of the envelope sender alone, which SMTP makes at MAIL FROM so that a
+        refused sender sends no body (a null sender is left to its header From)."""
+        if not self.enforce or not mail_from:
+            return None
+        return _first_unverified((mail_from,), self)
 
     def is_verified_domain(self, domain: str) -> bool:
         return domain in self._domains

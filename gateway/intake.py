@@ -95,6 +95,18 @@ class Intake:
         """Which of `addresses` must not be sent to."""
         return await self._queue.is_suppressed(addresses)
 
+    async def envelope_problem(self, mail_from: str) -> str | None:
+        """Why the sender policy refuses this envelope sender (a reason safe to show), or
+        None. For a door that can refuse before the message ("" is the null sender)."""
+        identities = self._identities
+        if identities is None or not identities.enforce or not mail_from:
+            return None
+        await identities.refresh_if_stale()
+        problem = identities.envelope_problem(mail_from)
+        if problem is not None:
+            metrics.MESSAGES_REFUSED.labels(reason="unverified_sender").inc()
+        return problem
+
     async def submit(self, submission: Submission, *, watch: bool = False) -> Accepted:
         """Apply policy, store durably, hand to delivery. Returns only after the commit.
 

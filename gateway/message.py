@@ -32,6 +32,7 @@ class Submission:
     metadata: dict[str, str] = field(default_factory=dict)
     suppressed: tuple[str, ...] = ()  # recipients intake dropped; stored for the record
     system: bool = False  # Postern's own mail (alias verification, pool test): no sender check
+    message_id: str | None = None  # chosen by the door that names it in the message (SMTP)
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,11 @@ def new_message_id() -> str:
     return f"msg_{int(time.time() * 1000):011x}{_ids.getrandbits(64):016x}"
 
 
+def new_id_for(sandbox: bool) -> str:
+    """A new message's id: sandbox ids say so (`sandbox_msg_...`)."""
+    return ("sandbox_" if sandbox else "") + new_message_id()
+
+
 def next_attempt(
     attempts: int,
     created_at: float,
@@ -124,7 +129,7 @@ class Queue:
         now = time.time()
         sandbox = submission.sandbox
         claim = claim and not sandbox
-        message_id = ("sandbox_" if sandbox else "") + new_message_id()
+        message_id = submission.message_id or new_id_for(sandbox)
         batch = Batch()
         batch.add(
             sql.INSERT_MESSAGE,

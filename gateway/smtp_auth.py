@@ -94,7 +94,7 @@ class ApiKeyAuth:
 
     def _auth_backend(self) -> tuple[KeyStore | None, AuthThrottle]:
         handler = self._handler  # type: ignore[attr-defined]
-        return handler.keys, handler.auth_throttle
+        return handler.keys, handler.login_throttle
 
     def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
         self._offered = auth_data if isinstance(auth_data, LoginPassword) else None

@@ -12,6 +12,7 @@ import email.utils
 import logging
 import re
 import ssl
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,9 +20,10 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway import metrics
 from gateway.addresses import envelope_problem, has_control
-from gateway.headers import MAX_HOPS, content_problem, hop_count, take_control_headers
+from gateway.headers import MAX_HOPS, Cleaned, clean_header, content_problem
 from gateway.intake import AllSuppressed, Duplicate, Intake, NotPermitted, UnknownAlias
 from gateway.message import Submission
+from gateway.queue import new_id_for
 from gateway.smtp_auth import ApiKeyAuth, AuthThrottle, is_loopback, sender_of
 from storage.keys import KeyStore
 from storage.writer import StorageUnavailable
@@ -211,9 +213,11 @@ class PosternHandler:
         self._intake = intake
         self._limits = limits
         self.keys = keys  # AUTH passwords are API keys; None: nobody can log in
-        self.auth_throttle = AuthThrottle()
+        # Not `auth_*`: aiosmtpd offers every handler attribute of that name as a mechanism.
+        self.login_throttle = AuthThrottle()
         self.sessions: set[PosternSMTP] = set()
         self.submitting = 0  # end-of-data commits under way
+        self._date = (0, "")  # (second, its RFC 5322 date): made once a second, not per message
 
     def protocol(self) -> PosternSMTP:
         """A protocol factory for loop.create_server."""
@@ -243,9 +247,13 @@ class PosternHandler:
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
-        problem = envelope_problem(address) if address != NULL_SENDER else None
-        if problem:
-            return Reply.BAD_ADDRESS.format(problem)
+        if address != NULL_SENDER:
+            problem = envelope_problem(address)
+            if problem:
+                return Reply.BAD_ADDRESS.format(problem)
+            refusal = await self._intake.envelope_problem(address)
+            if refusal:  # the sender policy, before the client sends a body for nothing
+                return Reply.NOT_PERMITTED.format(refusal)
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return Reply.OK_SENDER
@@ -269,23 +277,27 @@ class PosternHandler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or b""
         problem = content_problem(raw)
-        if not problem and hop_count(raw) >= MAX_HOPS:
-            metrics.MESSAGES_REFUSED.labels(reason="loop").inc()
-            return Reply.TOO_MANY_HOPS
         if problem:
             metrics.MESSAGES_REFUSED.labels(reason="bad_content").inc()
             return Reply.BAD_CONTENT.format(problem)
-        content, controls = take_control_headers(raw)
+        cleaned = clean_header(raw)
+        if cleaned.hops >= MAX_HOPS:
+            metrics.MESSAGES_REFUSED.labels(reason="loop").inc()
+            return Reply.TOO_MANY_HOPS
+        controls = cleaned.controls
+        sandbox = controls.get("sandbox", "").lower() == "true"
+        message_id = new_id_for(sandbox)
         submission = Submission(
             mail_from="" if envelope.mail_from == NULL_SENDER else envelope.mail_from or "",
             recipients=tuple(envelope.rcpt_tos),
-            content=self._received(session) + content,
+            content=self._added(session, envelope, message_id, cleaned) + cleaned.content,
             source="smtp",
             alias_id=controls.get("alias-id") or None,
             idempotency_key=controls.get("idempotency-key") or None,
-            sandbox=controls.get("sandbox", "").lower() == "true",
+            sandbox=sandbox,
             tags=tuple(t.strip() for t in controls.get("tags", "").split(",") if t.strip()),
             sender=sender_of(session),
+            message_id=message_id,
         )
         problem = _control_problem(submission)
         if problem:
@@ -312,17 +324,36 @@ class PosternHandler:
         log.error("SMTP session error: %r", error, exc_info=error)
         return Reply.TEMPORARY
 
-    def _received(self, session: Session) -> bytes:
+    def _added(
+        self, session: Session, envelope: Envelope, message_id: str, cleaned: Cleaned
+    ) -> bytes:
+        """Our Received field, then the Date and Message-ID the client left out (as Postfix's
+        cleanup adds them), ahead of the message: intake signs them with it."""
         peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
         # The EHLO name is the client's word: only a plausible host name or address literal
         # goes into our header, so the line stays short and ASCII whatever it sent.
         name = session.host_name or ""
         helo = name if _HELO_NAME.fullmatch(name) else "invalid-helo"
-        line = (
-            f"Received: from {helo} ([{peer}])\r\n\tby {self._limits.hostname} (Postern)"
-            f" with ESMTP; {email.utils.formatdate(localtime=False)}\r\n"
+        hostname = self._limits.hostname
+        # Only a sole recipient is named: the others must not learn who else got the mail.
+        rcpts = envelope.rcpt_tos
+        to = f"\r\n\tfor <{rcpts[0]}>" if len(rcpts) == 1 else ""
+        date = self._now()
+        fields = (
+            f"Received: from {helo} ([{peer}])\r\n\tby {hostname} (Postern)"
+            f" with ESMTP id {message_id}{to}; {date}\r\n"
         )
-        return line.encode("utf-8", "surrogateescape")
+        if not cleaned.has_date:
+            fields += f"Date: {date}\r\n"
+        if not cleaned.has_message_id:
+            fields += f"Message-ID: <{message_id}@{hostname}>\r\n"
+        return fields.encode("utf-8", "surrogateescape")
+
+    def _now(self) -> str:
+        second = int(time.time())
+        if second != self._date[0]:  # UTC; formatdate's "-0000" would mean "zone unknown"
+            self._date = (second, email.utils.formatdate(second)[:-5] + "+0000")
+        return self._date[1]
 
 
 def _control_problem(submission: Submission) -> str | None:

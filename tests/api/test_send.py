@@ -12,10 +12,14 @@ import email
 import email.policy
 import re
 
+import dkim as dkimpy
 import pytest
 
 from tests.api.conftest import RCPT, SENDER, Api, ApiFactory, auth, payload
+from tests.api.resources import call
 from tests.conftest import SINK_POOL, metric, query, sink_pool, wait_until
+from tests.integration.test_dkim_relay import published
+from tests.integration.test_smtp_cleanup import signed_names
 from tests.sink import Sink
 
 pytestmark = pytest.mark.timeout(30)
@@ -69,6 +73,23 @@ async def test_accepted_upstream_is_200_with_seed_fields_and_the_sink_has_it(
     assert parsed.get_content_type() == "multipart/alternative"
     parts = {p.get_content_type(): p.get_content().rstrip() for p in parsed.iter_parts()}
     assert parts == {"text/plain": "Welcome!", "text/html": "<h1>Welcome!</h1>"}
+
+
+async def test_the_date_and_message_id_are_signed_and_no_bcc_is_sent(api: Api, sink: Sink) -> None:
+    """The HTTP door builds Date and Message-ID itself; DKIM covers both, Bcc is never sent."""
+    admin = await api.key("admin")
+    body = {"domain": "sender.test", "verified": True, "algorithm": "ed25519"}
+    added = await call(api, "POST", "/api/v1/domains", admin, body)
+    assert added.status_code == 201, added.text
+    [record] = [r for r in added.json()["domain"]["records"] if r["purpose"] == "dkim"]
+    await api.svc.signers.reload()  # a running node picks the key up within its refresh
+    hidden = payload(bcc=[{"email": "hidden@example.test", "name": "Hidden"}])
+    assert (await api.send(hidden, key=await api.key("send"))).status_code == 200
+    [got] = sink.messages
+    assert got.rcpt_tos == [RCPT, "hidden@example.test"]
+    assert b"hidden" not in got.data.lower() and b"\nbcc" not in got.data.lower()
+    assert dkimpy.verify(got.data, dnsfunc=published(record))
+    assert {"date", "message-id"} <= signed_names(got.data)
 
 
 @pytest.mark.parametrize("path", ["/mail/v1/send", "/api/v1/send"])

@@ -1,6 +1,6 @@
 """`[policy] sender = "verified"` (the default): mail From anything but a verified domain or
 a verified alias is refused — 403 `unverified_sender` over HTTP, 550 5.7.1 over SMTP (the
-envelope MAIL FROM and the header From are both checked there) — and nothing is stored."""
+envelope MAIL FROM at MAIL, the header From after DATA) — and nothing is stored."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from gateway.cli import main
 from tests.api.conftest import Api, ApiFactory, payload
 from tests.api.resources import call
 from tests.api.test_aliases_api import verified_alias
+from tests.api.test_smtp_auth import Dialogue, plain
 from tests.conftest import all_messages, smtp_send, wait_until
 from tests.sink import Sink
 
@@ -61,6 +62,43 @@ async def test_smtp_checks_envelope_and_header_from(api_client: ApiFactory, sink
         port, "bounce@other.test", ["rcpt@example.test"], mail("app@sender.test")
     )
     assert code == 550
+    assert len(await all_messages(api.svc)) == 1
+
+
+async def test_smtp_refuses_an_unverified_envelope_sender_at_mail_from(
+    api_client: ApiFactory, sink: Sink
+) -> None:
+    """The client learns before sending the body; an authenticated session is held to the
+    policy as any other."""
+    api = await api_client(**VERIFIED)
+    await add_verified(api, "sender.test")
+    smtp = await Dialogue.open("127.0.0.1", api.svc.smtp_port)
+    await smtp.say("EHLO client.test")
+    code, text = await smtp.say("MAIL FROM:<app@other.test>")
+    assert (code, text[:5]) == (550, "5.7.1") and "app@other.test" in text
+    assert (await smtp.say("RCPT TO:<rcpt@example.test>"))[0] == 503  # no transaction
+    assert (await smtp.say("DATA"))[0] == 503  # so no body is taken
+    assert (await smtp.say(plain(await api.key("send"))))[0] == 235
+    assert (await smtp.say("MAIL FROM:<app@other.test>"))[0] == 550
+    assert (await smtp.say("MAIL FROM:<App@Sender.TEST>"))[0] == 250
+    smtp.close()
+    assert await all_messages(api.svc) == []
+
+
+async def test_smtp_null_sender_is_judged_by_its_header_from(
+    api_client: ApiFactory, sink: Sink
+) -> None:
+    api = await api_client(**VERIFIED)
+    await add_verified(api, "sender.test")
+    smtp = await Dialogue.open("127.0.0.1", api.svc.smtp_port)
+    await smtp.say("EHLO client.test")
+    for header_from, expected in (("ceo@bank.test", 550), ("postmaster@sender.test", 250)):
+        assert (await smtp.say("MAIL FROM:<>"))[0] == 250
+        assert (await smtp.say("RCPT TO:<rcpt@example.test>"))[0] == 250
+        assert (await smtp.say("DATA"))[0] == 354
+        code, text = await smtp.say(mail(header_from) + b".\r\n")
+        assert code == expected, text
+    smtp.close()
     assert len(await all_messages(api.svc)) == 1
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import socket
 import ssl
 import time
@@ -94,6 +95,26 @@ async def test_require_auth_refuses_mail_until_a_send_key_logs_in(
     assert meta["api_key_id"] == key_id  # the key can look its SMTP message up
     status = await api.get(f"/v1/messages/{message_id}", key=secret)
     assert status.status_code == 200
+
+
+async def test_ehlo_offers_exactly_the_real_mechanisms(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiosmtpd takes every `auth_*` attribute of the handler for a mechanism: none but
+    LOGIN and PLAIN may be offered, and any other name is 504 5.5.4, never a traceback."""
+    smtp = await Dialogue.open("127.0.0.1", api.svc.smtp_port)
+    code, text = await smtp.say("EHLO client.test")
+    assert code == 250
+    assert [line for line in text.split("\n") if line.startswith("AUTH")] == ["AUTH LOGIN PLAIN"]
+    with caplog.at_level(logging.DEBUG):
+        for name in ("throttle", "THROTTLE", "CRAM-MD5", "backend"):
+            assert await smtp.say(f"AUTH {name}") == (
+                504,
+                "5.5.4 Unrecognized authentication type",
+            )
+        assert (await smtp.say("NOOP"))[0] == 250  # the session goes on
+    smtp.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
 
 
 async def test_auth_login_works_too(api_client: ApiFactory) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.headers import content_problem, take_control_headers
+from gateway.headers import clean_header, content_problem
 
 CLEAN = (
     b"From: App <app@example.com>\r\n"
@@ -60,7 +60,7 @@ def test_line_over_998_bytes_is_refused() -> None:
     assert content_problem(b"Subject: x\r\n\r\n" + b"c" * 5000) is not None
 
 
-# --- take_control_headers -----------------------------------------------------------------
+# --- clean_header -------------------------------------------------------------------------
 
 
 def test_control_headers_removed_others_byte_identical() -> None:
@@ -76,7 +76,8 @@ def test_control_headers_removed_others_byte_identical() -> None:
         b"\r\n"
         b"X-Postern-Alias-Id: in the body, not a header\r\n"
     )
-    stripped, controls = take_control_headers(data)
+    cleaned = clean_header(data)
+    stripped, controls = cleaned.content, cleaned.controls
     assert stripped == (
         b"From: App <app@example.com>\r\n"
         b"Subject:  odd   spacing\t\r\n"
@@ -99,7 +100,8 @@ def test_folded_control_header_is_removed_whole() -> None:
         b"\r\n"
         b"body\r\n"
     )
-    stripped, controls = take_control_headers(data)
+    cleaned = clean_header(data)
+    stripped, controls = cleaned.content, cleaned.controls
     assert stripped == b"Subject: hi\r\nTo: bob@example.com\r\n\r\nbody\r\n"
     assert controls == {"tags": "one, two,\tthree"}
 
@@ -108,26 +110,72 @@ def test_folded_control_header_first_and_last() -> None:
     data = (
         b"X-Postern-Alias-Id:\r\n alias_1\r\nSubject: s\r\nX-Postern-Sandbox:\r\n true\r\n\r\nb\r\n"
     )
-    stripped, controls = take_control_headers(data)
+    cleaned = clean_header(data)
+    stripped, controls = cleaned.content, cleaned.controls
     assert stripped == b"Subject: s\r\n\r\nb\r\n"
     assert controls == {"alias-id": "alias_1", "sandbox": "true"}
 
 
 def test_message_without_control_headers_is_unchanged() -> None:
-    stripped, controls = take_control_headers(CLEAN)
+    cleaned = clean_header(CLEAN)
+    stripped, controls = cleaned.content, cleaned.controls
     assert stripped is CLEAN or stripped == CLEAN
     assert controls == {}
 
 
 def test_similar_names_are_not_control_headers() -> None:
     data = b"X-Posterner: a\r\nX-Postern: b\r\nSubject: X-Postern-Tags: c\r\n\r\nbody\r\n"
-    stripped, controls = take_control_headers(data)
+    cleaned = clean_header(data)
+    stripped, controls = cleaned.content, cleaned.controls
     assert stripped == data
     assert controls == {}
 
 
 def test_control_header_value_is_decoded_utf8() -> None:
     data = "X-Postern-Tags: café\r\n\r\nbody\r\n".encode()
-    stripped, controls = take_control_headers(data)
+    cleaned = clean_header(data)
+    stripped, controls = cleaned.content, cleaned.controls
     assert stripped == b"\r\nbody\r\n"
     assert controls == {"tags": "café"}
+
+
+def test_bcc_fields_are_removed_whole_and_nothing_else() -> None:
+    data = (
+        b"From: a@x.test\r\n"
+        b"Bcc: hidden@y.test,\r\n\tother@y.test\r\n"
+        b"To: b@y.test\r\n"
+        b"BCC : loud@y.test\r\n"
+        b"Resent-Bcc: resent@y.test\r\n"
+        b"X-Bcc-Note: kept\r\n"
+        b"\r\n"
+        b"Bcc: in the body, not a header\r\n"
+    )
+    cleaned = clean_header(data)
+    assert cleaned.content == (
+        b"From: a@x.test\r\nTo: b@y.test\r\nX-Bcc-Note: kept\r\n\r\n"
+        b"Bcc: in the body, not a header\r\n"
+    )
+    assert cleaned.controls == {}
+
+
+def test_hops_date_and_message_id_are_noted() -> None:
+    cleaned = clean_header(CLEAN)
+    assert (cleaned.hops, cleaned.has_date, cleaned.has_message_id) == (0, False, False)
+    assert cleaned.content is CLEAN  # nothing taken out: not rebuilt
+    data = (
+        b"Received: from a\r\n\tby b; now\r\nreceived: from c\r\nDATE: Mon, 1 Jan 2024 00:00:00"
+        b" +0000\r\nMessage-Id: <1@x.test>\r\n\r\nDate: body\r\n"
+    )
+    cleaned = clean_header(data)
+    assert (cleaned.hops, cleaned.has_date, cleaned.has_message_id) == (2, True, True)
+    body_only = clean_header(b"Subject: s\r\n\r\nDate: x\r\nMessage-ID: <y>\r\n")
+    assert not body_only.has_date and not body_only.has_message_id
+
+
+def test_only_whole_field_names_count() -> None:
+    data = b"Date-Sent: x\r\nX-Date: y\r\nSubject: s\r\n date: folded\r\nreceivedx: z\r\n\r\n"
+    cleaned = clean_header(data)
+    assert (cleaned.hops, cleaned.has_date, cleaned.has_message_id) == (0, False, False)
+    obsolete = clean_header(b"Message-ID :<a@b>\r\nReceived\t: x\r\n\r\n")  # RFC 5322 §4.5
+    assert (obsolete.hops, obsolete.has_message_id) == (1, True)
+    assert clean_header(b"To: abcc@x.test\r\n\r\n").content == b"To: abcc@x.test\r\n\r\n"
