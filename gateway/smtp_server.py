@@ -24,7 +24,7 @@ from gateway.intake import AllSuppressed, Duplicate, Intake, NotPermitted, Unkno
 from gateway.message import Submission
 from gateway.smtp_auth import ApiKeyAuth, AuthThrottle, is_loopback, sender_of
 from storage.keys import KeyStore
-from storage.writer import StorageUnavailable
+from storage.writer import StorageFull, StorageUnavailable, Writer
 
 log = logging.getLogger("postern.smtp")
 
@@ -51,6 +51,7 @@ class Reply:
     NOT_PERMITTED = "550 5.7.1 {}"
     ALL_SUPPRESSED = "550 5.7.1 Every recipient is suppressed"
     TEMPORARY = "451 4.3.0 Temporary failure, please try again later"
+    STORAGE_FULL = "452 4.3.1 Insufficient system storage, please try again later"
     TOO_MANY_CONNECTIONS = b"421 4.7.0 Too many connections, try again later\r\n"
     SESSION_TOO_LONG = b"421 4.4.2 Session time limit reached, closing connection\r\n"
     QUEUED = "250 2.0.0 OK queued as {}"
@@ -206,11 +207,16 @@ class PosternHandler:
     """aiosmtpd handler hooks: envelope checks at each command, intake at end of data."""
 
     def __init__(
-        self, intake: Intake, limits: ListenerLimits, keys: KeyStore | None = None
+        self,
+        intake: Intake,
+        limits: ListenerLimits,
+        keys: KeyStore | None = None,
+        storage: Writer | None = None,
     ) -> None:
         self._intake = intake
         self._limits = limits
         self.keys = keys  # AUTH passwords are API keys; None: nobody can log in
+        self._storage = storage  # a disk known to be full refuses at MAIL, not after DATA
         self.auth_throttle = AuthThrottle()
         self.sessions: set[PosternSMTP] = set()
         self.submitting = 0  # end-of-data commits under way
@@ -246,6 +252,8 @@ class PosternHandler:
         problem = envelope_problem(address) if address != NULL_SENDER else None
         if problem:
             return Reply.BAD_ADDRESS.format(problem)
+        if self._storage is not None and self._storage.known_full():
+            return Reply.STORAGE_FULL  # before the client sends the content in vain
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return Reply.OK_SENDER
@@ -301,6 +309,9 @@ class PosternHandler:
             return Reply.QUEUED.format(duplicate.message_id)
         except NotPermitted as refusal:
             return Reply.NOT_PERMITTED.format(refusal.reason)
+        except StorageFull as error:
+            log.error("could not store a message, no space left: %s", error)
+            return Reply.STORAGE_FULL
         except StorageUnavailable as error:
             log.error("could not store a message: %s", error)
             return Reply.TEMPORARY
