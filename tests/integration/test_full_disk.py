@@ -12,10 +12,12 @@ Mounting needs root (CAP_SYS_ADMIN): without it the test is skipped, saying so.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import os
 import re
+import smtplib
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -104,6 +106,13 @@ async def _smtp(svc: ManagedService, name: str, body: bytes = b"body\r\n") -> tu
     return await smtp_send(svc.smtp_port, "a@x.test", [rcpt], data)
 
 
+def _mail_reply(port: int) -> tuple[int, str]:
+    with smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=10) as client:
+        client.ehlo()
+        code, text = client.mail("a@x.test")
+        return code, text.decode()
+
+
 async def _http_send(http: httpx.AsyncClient, key: str, name: str) -> httpx.Response:
     body = {
         "from": {"email": "a@x.test"},
@@ -139,7 +148,7 @@ async def test_a_full_disk_is_452_and_507_and_nothing_acknowledged_is_lost(
             code, text = await _smtp(svc, "during", BIG_BODY)
             assert (code, text[:5]) == (452, "4.3.1"), (code, text)
             # Known to be full: the next client is turned away at MAIL, content unsent.
-            code, text = await _smtp(svc, "during-again", BIG_BODY)
+            code, text = await asyncio.to_thread(_mail_reply, svc.smtp_port)
             assert (code, text[:5]) == (452, "4.3.1"), (code, text)
 
             ready = await http.get("/readyz")
@@ -170,5 +179,5 @@ async def test_a_full_disk_is_452_and_507_and_nothing_acknowledged_is_lost(
     assert sorted(sink.recipients()) == sorted(f"{name}@y.test" for name in acknowledged)
     for name in acknowledged:
         assert await _copies(svc, name) == 1, name
-    for name in ("during", "during-again", "during-http"):
+    for name in ("during", "during-http"):
         assert await _copies(svc, name) == 0, name
