@@ -111,8 +111,8 @@ def is_disk_full(error: BaseException) -> bool:
 def database_failed(error: BaseException) -> bool:
     """The database itself failed (full, locked, I/O, down), not one write's data (a
     unique-key clash): every write would fail the same way for now."""
-    if isinstance(error, OSError | OperationalError | InterfaceError):
-        return True
+    if isinstance(error, OSError | OperationalError | InterfaceError) or is_disk_full(error):
+        return True  # (asyncpg's disk_full arrives as a bare DBAPIError)
     return isinstance(error, DBAPIError) and error.connection_invalidated
 
 
