@@ -151,7 +151,8 @@ def _secret_key(
             f"{KEY_FILE} was left out (--without-key): without it the {lost}. Keep "
             f"{data_dir / KEY_FILE} (key id {key_id}) safe elsewhere"
         ]
-    _copy_private(data_dir / KEY_FILE, target / KEY_FILE)
+    if not _copy_private(data_dir / KEY_FILE, target / KEY_FILE):
+        return "none", []  # gone since it was read: nothing to copy
     return "copied", [
         f"{target / KEY_FILE} is a copy of the secret key (mode 0600): whoever holds this "
         "backup can decrypt the pool passwords and DKIM private keys in it. Keep it as "
