@@ -2,7 +2,7 @@
 
 Served by uvicorn on `[http] listen` in the same process and event loop as the SMTP listener
 and the delivery workers. Without an ApiContext (tests of the bare app) only /healthz,
-/metrics and /openapi.json are served.
+/readyz, /metrics and /openapi.json are served.
 
 Middleware, outermost first: RequestMetrics (every answer is timed, 413s included) ->
 BodyLimit (a declared body over max_body_size is a 413 before a byte of it is read; a chunked
@@ -34,6 +34,8 @@ from gateway import metrics
 from storage.writer import StorageUnavailable
 
 HealthCheck = Callable[[], Awaitable[None]]
+Readiness = Callable[[], Awaitable[StorageUnavailable | None]]
+_NOT_READY = {"full": "storage_full", "error": "storage_error", "stopped": "writer_stopped"}
 VERSION = "0.1.0"
 
 
@@ -120,9 +122,11 @@ class BodyLimit:
         return errors.PayloadTooLarge(f"request body larger than {self.max_size} bytes")
 
 
-def create_app(health: HealthCheck, api: ApiContext | None = None) -> Starlette:
+def create_app(
+    health: HealthCheck, api: ApiContext | None = None, ready: Readiness | None = None
+) -> Starlette:
     @operation(
-        "Health check",
+        "Liveness: the process runs and its database answers",
         responses={200: ("the database answers", None), 503: ("it does not", None)},
     )
     async def healthz(request: Request) -> Response:
@@ -133,6 +137,31 @@ def create_app(health: HealthCheck, api: ApiContext | None = None) -> Starlette:
                 {"status": "unavailable", "error": str(error)[:200]}, status_code=503
             )
         return JSONResponse({"status": "ok"})
+
+    @operation(
+        "Readiness: this node can take mail now (storage writes commit)",
+        responses={
+            200: ('`{"status": "ready"}`', None),
+            503: (
+                '`{"status": "unavailable", "reason", "error"}`; reason is storage_full, '
+                "storage_error (a write or the database failed) or writer_stopped",
+                None,
+            ),
+        },
+    )
+    async def readyz(request: Request) -> Response:
+        failure = await ready() if ready is not None else None
+        if failure is not None:
+            reason, detail = _NOT_READY.get(failure.kind, "storage_error"), str(failure)
+        else:
+            try:
+                await health()
+            except Exception as error:
+                reason, detail = "storage_error", str(error)
+            else:
+                return JSONResponse({"status": "ready"})
+        body = {"status": "unavailable", "reason": reason, "error": detail[:200]}
+        return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
 
     @operation("Prometheus metrics", responses={200: ("text exposition format", None)})
     async def metrics_endpoint(request: Request) -> Response:
@@ -148,6 +177,7 @@ def create_app(health: HealthCheck, api: ApiContext | None = None) -> Starlette:
 
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]

@@ -27,10 +27,13 @@
     ├── UpstreamRejected      422 upstream_rejected the upstream refused it permanently
     ├── RateLimited           429 rate_limited      over [http] rate_limit; Retry-After
     │   └── MailSageRateLimited   429 rate_limit    the same, in seed 003's words
-    └── Unavailable           503 unavailable       storage failed; nothing was accepted
+    ├── Unavailable           503 unavailable       storage failed; nothing was accepted
+    └── StorageFull           507 storage_full      no space left to store it; nothing was
+                                                    accepted
 
-A storage failure anywhere (a read as much as a write) is a 503 with Retry-After. Anything
-else is a bug: the client gets a bare 500 `internal_error`, the log the detail.
+A storage failure anywhere (a read as much as a write) is a 503 with Retry-After, a write
+that found no space a 507 with Retry-After. Anything else is a bug: the client gets a bare
+500 `internal_error`, the log the detail.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+
+from storage import writer
 
 log = logging.getLogger("postern.api")
 
@@ -197,6 +202,13 @@ class Unavailable(ApiError):
     status, code = 503, "unavailable"
 
 
+class StorageFull(ApiError):
+    status, code = 507, "storage_full"
+
+    def __init__(self, error: str = "no space left to store it; nothing was accepted") -> None:
+        super().__init__(error, headers={"Retry-After": "30"})
+
+
 async def api_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, ApiError)
     return error.response()
@@ -216,6 +228,8 @@ async def http_error(request: Request, error: Exception) -> Response:
 
 async def storage_error(request: Request, error: Exception) -> Response:
     log.error("storage failed on %s %s: %s", request.method, request.url.path, error)
+    if isinstance(error, writer.StorageFull):
+        return StorageFull().response()
     unavailable = Unavailable("storage is unavailable; please retry", headers={"Retry-After": "1"})
     return unavailable.response()
 

@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from gateway import cli_admin, cli_dkim, cli_domains, cli_queue
+from gateway import cli_admin, cli_backup, cli_dkim, cli_domains, cli_queue
 from gateway.config import ConfigError, load
 
 
@@ -38,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     cli_dkim.add_commands(commands)
     cli_domains.add_commands(commands)
     cli_queue.add_commands(commands)
+    cli_backup.add_commands(commands)
     return parser
 
 
@@ -106,6 +107,8 @@ def _main(argv: Sequence[str] | None) -> int:
             return cli_domains.run(args, load(config_path))
         if args.command in cli_queue.COMMANDS:
             return cli_queue.run(args, load(config_path))
+        if args.command in cli_backup.COMMANDS:
+            return cli_backup.run(args, load(config_path))
         _setup_logging(args.log_level)
         factory = _event_loop_runner()
         with asyncio.Runner(loop_factory=factory) as runner:  # type: ignore[arg-type]

@@ -76,3 +76,11 @@ POOL_THROTTLED = Counter(
 POOL_RATE_LIMIT = Gauge(
     "postern_pool_rate_limit", "A pool's configured rate in sends per second (0 = none).", ["pool"]
 )
+STORAGE_WRITE_FAILURES = Counter(
+    "postern_storage_write_failures_total",
+    "Commits the database failed (nothing of them stored), by reason: full (no space: "
+    "ENOSPC, SQLITE_FULL, PostgreSQL disk_full) or error (locked, I/O, unreachable).",
+    ["reason"],
+)
+for _reason in ("full", "error"):  # exported as 0 before the first failure
+    STORAGE_WRITE_FAILURES.labels(reason=_reason)

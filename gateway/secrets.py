@@ -45,7 +45,7 @@ _PREFIX = "pst1"
 _NONCE = 12
 
 _META = Meta.__table__  # type: ignore[attr-defined]
-_KEY_ID = "secret_key_id"
+META_KEY_ID = "secret_key_id"  # the postern_meta row naming the key secrets are sealed with
 
 
 class SecretError(Exception):
@@ -141,6 +141,18 @@ class SecretBox:
         return self.decrypt(token, associated).decode("utf-8")
 
 
+def installed_key_id(data_dir: Path, environ: Mapping[str, str] | None = None) -> str | None:
+    """The id of the key a server on data_dir loads ($POSTERN_SECRET_KEY, else secret.key),
+    or None when it has none yet. Never creates one."""
+    env = os.environ if environ is None else environ
+    if env.get(ENV_VAR, "").strip():
+        return SecretBox.from_environment(data_dir, env).key_id
+    try:
+        return _key_id(_read_key_file(data_dir / KEY_FILE))
+    except FileNotFoundError:
+        return None
+
+
 def load_or_create_key_file(path: Path) -> bytes:
     """Read the key file, creating it (0600, atomically, no clobber) when it is missing."""
     try:
@@ -219,12 +231,12 @@ async def bind_to_database(db: Database, box: SecretBox) -> None:
     """
 
     def read(conn: Connection) -> str | None:
-        return conn.execute(select(_META.c.value).where(_META.c.key == _KEY_ID)).scalar()
+        return conn.execute(select(_META.c.value).where(_META.c.key == META_KEY_ID)).scalar()
 
     def record(conn: Connection) -> str | None:
         found = read(conn)
         if found is None:
-            conn.execute(_META.insert().values(key=_KEY_ID, value=box.key_id))
+            conn.execute(_META.insert().values(key=META_KEY_ID, value=box.key_id))
         return found
 
     try:

@@ -35,6 +35,7 @@ from api.app import create_app
 from api.auth import RateLimiter
 from api.context import ApiContext
 from api.management import Management
+from gateway import metrics
 from gateway.config import Config, ConfigError, server_tls_context
 from gateway.delivery import Delivery, PoolRegistry
 from gateway.direct import DirectRoutes
@@ -135,7 +136,7 @@ class Service:
             await bind_to_database(self.db, self.box)
         except SecretError as error:
             raise StartupError(str(error)) from None
-        self.writer = Writer(self.db)
+        self.writer = Writer(self.db, on_failure=_count_write_failure)
         self.writer.start()
         delivery_cfg = config.delivery
         # Renewed every lease/4 while this node holds a message; lapses only if it dies.
@@ -180,7 +181,7 @@ class Service:
         )
 
         self.keys = KeyStore(self.db)  # API keys: HTTP bearer tokens and SMTP AUTH passwords
-        self.smtp_handler = PosternHandler(self.intake, limits, self.keys)
+        self.smtp_handler = PosternHandler(self.intake, limits, self.keys, self.writer)
         loop = asyncio.get_running_loop()
         for sock in smtp_sockets:
             self._servers.append(await loop.create_server(self.smtp_handler.protocol, sock=sock))
@@ -206,7 +207,7 @@ class Service:
         self.webhooks = await start_webhooks(  # signed event webhooks ([webhooks])
             config.webhooks, self.db, self.writer, self.box, self.api.management().guard, node
         )
-        app = create_app(self.queue.ping, self.api)
+        app = create_app(self.queue.ping, self.api, ready=self.writer.readiness)
         self._http = _EmbeddedUvicorn(
             uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False)
         )
@@ -315,6 +316,10 @@ class Service:
         deadline = loop.time() + timeout
         while not condition() and loop.time() < deadline:  # type: ignore[operator]
             await asyncio.sleep(0.02)
+
+
+def _count_write_failure(failure: StorageUnavailable) -> None:
+    metrics.STORAGE_WRITE_FAILURES.labels(reason=failure.kind).inc()
 
 
 def _first_line(error: BaseException) -> str:

@@ -26,7 +26,7 @@ from gateway.message import Submission
 from gateway.queue import new_id_for
 from gateway.smtp_auth import ApiKeyAuth, AuthThrottle, is_loopback, sender_of
 from storage.keys import KeyStore
-from storage.writer import StorageUnavailable
+from storage.writer import StorageFull, StorageUnavailable, Writer
 
 log = logging.getLogger("postern.smtp")
 
@@ -53,6 +53,7 @@ class Reply:
     NOT_PERMITTED = "550 5.7.1 {}"
     ALL_SUPPRESSED = "550 5.7.1 Every recipient is suppressed"
     TEMPORARY = "451 4.3.0 Temporary failure, please try again later"
+    STORAGE_FULL = "452 4.3.1 Insufficient system storage, please try again later"
     TOO_MANY_CONNECTIONS = b"421 4.7.0 Too many connections, try again later\r\n"
     SESSION_TOO_LONG = b"421 4.4.2 Session time limit reached, closing connection\r\n"
     QUEUED = "250 2.0.0 OK queued as {}"
@@ -208,11 +209,16 @@ class PosternHandler:
     """aiosmtpd handler hooks: envelope checks at each command, intake at end of data."""
 
     def __init__(
-        self, intake: Intake, limits: ListenerLimits, keys: KeyStore | None = None
+        self,
+        intake: Intake,
+        limits: ListenerLimits,
+        keys: KeyStore | None = None,
+        storage: Writer | None = None,
     ) -> None:
         self._intake = intake
         self._limits = limits
         self.keys = keys  # AUTH passwords are API keys; None: nobody can log in
+        self._storage = storage  # a disk known to be full refuses at MAIL, not after DATA
         # Not `auth_*`: aiosmtpd offers every handler attribute of that name as a mechanism.
         self.login_throttle = AuthThrottle()
         self.sessions: set[PosternSMTP] = set()
@@ -254,6 +260,8 @@ class PosternHandler:
             refusal = await self._intake.envelope_problem(address)
             if refusal:  # the sender policy, before the client sends a body for nothing
                 return Reply.NOT_PERMITTED.format(refusal)
+        if self._storage is not None and self._storage.known_full():
+            return Reply.STORAGE_FULL  # before the client sends the content in vain
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return Reply.OK_SENDER
@@ -313,6 +321,9 @@ class PosternHandler:
             return Reply.QUEUED.format(duplicate.message_id)
         except NotPermitted as refusal:
             return Reply.NOT_PERMITTED.format(refusal.reason)
+        except StorageFull as error:
+            log.error("could not store a message, no space left: %s", error)
+            return Reply.STORAGE_FULL
         except StorageUnavailable as error:
             log.error("could not store a message: %s", error)
             return Reply.TEMPORARY

@@ -9,21 +9,32 @@ sent as one executemany.
 
 If a shared transaction fails, each job is run again in a transaction of its own, so one bad
 write (say, a unique-key clash) fails alone and never takes its neighbours with it.
+
+When the database itself fails a commit (full, locked, down), the writer remembers it until
+a commit succeeds: `readiness()` reports it (and probes whether writes commit again), and
+`known_full()` lets a door refuse a message before it is sent rather than after.
+
+    StorageUnavailable        a write failed; nothing of it was committed
+     ├── StorageFull          ... for want of space (ENOSPC, SQLITE_FULL, PostgreSQL 53100)
+     └── WriterStopped        ... because the writer is not running
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy import Connection, update
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.sql import Executable
 
 from storage.db import Database
+from storage.models import Meta
 
 log = logging.getLogger("postern.storage")
 
@@ -57,15 +68,72 @@ class _Job:
 class StorageUnavailable(Exception):
     """The database refused or failed a write; nothing of it was committed."""
 
+    kind = "error"  # the label of postern_storage_write_failures_total{reason}
+
+
+class StorageFull(StorageUnavailable):
+    """The write failed for want of space: the disk, a quota, the database's size cap."""
+
+    kind = "full"
+
+
+class WriterStopped(StorageUnavailable):
+    """The writer is not running (stopping, or never started)."""
+
+    kind = "stopped"
+
+
+_SQLITE_FULL = 13  # SQLite's primary result code for "database or disk is full"
+_PG_DISK_FULL = "53100"  # PostgreSQL's SQLSTATE disk_full
+# What readiness() writes to find out whether writes commit: a row rewritten as it is.
+_PROBE = update(Meta).where(Meta.key == "schema_version").values(value=Meta.value)  # type: ignore[arg-type]
+
+FailureHook = Callable[[StorageUnavailable], None]
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """ENOSPC/EDQUOT, SQLITE_FULL or PostgreSQL's disk_full, however deeply wrapped."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        code = getattr(current, "sqlite_errorcode", None)
+        if isinstance(code, int) and code & 0xFF == _SQLITE_FULL:
+            return True
+        if getattr(current, "sqlstate", None) == _PG_DISK_FULL:
+            return True
+        current = getattr(current, "orig", None) or current.__cause__
+    return False
+
+
+def database_failed(error: BaseException) -> bool:
+    """The database itself failed (full, locked, I/O, down), not one write's data (a
+    unique-key clash): every write would fail the same way for now."""
+    if isinstance(error, OSError | OperationalError | InterfaceError) or is_disk_full(error):
+        return True  # (asyncpg's disk_full arrives as a bare DBAPIError)
+    return isinstance(error, DBAPIError) and error.connection_invalidated
+
 
 class Writer:
-    def __init__(self, db: Database, max_batch: int = 512) -> None:
+    # How long a failed commit stands unchallenged: readiness() probes only once it is this
+    # old, and known_full() stops refusing ahead (the next write finds out for itself).
+    hold = 5.0
+
+    def __init__(
+        self, db: Database, max_batch: int = 512, on_failure: FailureHook | None = None
+    ) -> None:
         self._db = db
         self._max_batch = max_batch
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._on_failure = on_failure
         self.commits = 0
+        self.failure: StorageUnavailable | None = None  # the last commit's, until one succeeds
+        self._failed_at = 0.0
+        self._probed_at = 0.0
 
     def start(self) -> None:
         self._stopping = False
@@ -81,12 +149,34 @@ class Writer:
         while not self._queue.empty():  # raced in behind the stop: answer, never strand
             job = self._queue.get_nowait()
             if job is not None:
-                self._fail(job, StorageUnavailable("the storage writer has stopped"))
+                self._fail(job, WriterStopped("the storage writer has stopped"))
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done() and not self._stopping
+
+    def known_full(self) -> bool:
+        """A commit failed for want of space within `hold` seconds and none succeeded since:
+        a new message would fail too."""
+        loop = asyncio.get_running_loop()
+        return isinstance(self.failure, StorageFull) and loop.time() - self._failed_at < self.hold
+
+    async def readiness(self) -> StorageUnavailable | None:
+        """Why writes do not commit now, or None when they do. A failure older than `hold`
+        is put to the test by a probe write (one at a time): a success clears it."""
+        if not self.running:
+            return WriterStopped("the storage writer is not running")
+        now = asyncio.get_running_loop().time()
+        if self.failure is not None and now - max(self._failed_at, self._probed_at) >= self.hold:
+            self._probed_at = now
+            with contextlib.suppress(StorageUnavailable):
+                await self.submit(lambda conn: conn.execute(_PROBE))
+        return self.failure
 
     async def submit(self, work: Batch | Work) -> Any:
         """Run `work` in a shared transaction; return once it is committed."""
-        if self._task is None or self._task.done() or self._stopping:
-            raise StorageUnavailable("the storage writer is not running")
+        if not self.running:
+            raise WriterStopped("the storage writer is not running")
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         await self._queue.put(_Job(work, done))
         return await done
@@ -110,12 +200,17 @@ class Writer:
         try:
             results = await self._transaction(jobs)
         except Exception as error:
-            if len(jobs) == 1 or isinstance(error, OperationalError | OSError):
-                # The database itself failed (locked past busy_timeout, disk full, I/O):
-                # one by one would only wait that long again per job. Every job fails now,
-                # nothing of them committed, and its caller answers 451 / 503.
+            if database_failed(error):
+                # Locked past busy_timeout, disk full, I/O, down: one by one would only
+                # wait that long again per job. Every job fails now, nothing of them
+                # committed, and its caller answers 451 / 452 / 503 / 507.
+                failure = self._failed(error)
                 for job in jobs:
-                    self._fail(job, error)
+                    if not job.done.done():  # an exception each: one raised twice grows
+                        job.done.set_exception(type(failure)(str(failure)))
+                return
+            if len(jobs) == 1:
+                self._fail(jobs[0], error)
                 return
             log.warning(
                 "group commit of %d jobs failed (%s); retrying one by one", len(jobs), error
@@ -124,6 +219,7 @@ class Writer:
                 await self._commit([job])
             return
         self.commits += 1
+        self.failure = None
         for job, result in zip(jobs, results, strict=True):
             if not job.done.done():
                 job.done.set_result(result)
@@ -131,6 +227,17 @@ class Writer:
     async def _transaction(self, jobs: list[_Job]) -> list[Any]:
         works = [job.work for job in jobs]
         return await self._db.transaction(lambda conn: _run_batch(conn, works))
+
+    def _failed(self, error: Exception) -> StorageUnavailable:
+        """Remember and count a failure of the database itself; it, for the callers."""
+        kind = StorageFull if is_disk_full(error) else StorageUnavailable
+        text = str(error).strip()
+        failure = kind(text.splitlines()[0] if text else repr(error))
+        self.failure, self._failed_at = failure, asyncio.get_running_loop().time()
+        log.error("storage write failed: %s", error)
+        if self._on_failure is not None:
+            self._on_failure(failure)
+        return failure
 
     @staticmethod
     def _fail(job: _Job, error: Exception) -> None:

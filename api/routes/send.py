@@ -35,7 +35,7 @@ from gateway.message_builder import BuildError, Built, Draft, Mailbox, build, te
 from storage.idempotency import find, save_response
 from storage.keys import ApiKeyRecord
 from storage.messages import MessageState, message_state
-from storage.writer import StorageUnavailable
+from storage.writer import StorageFull, StorageUnavailable
 
 SANDBOX_HEADERS = ("x-misarmail-sandbox", "x-postern-sandbox")
 QUEUED_TEXT = "Email queued for retry"
@@ -119,6 +119,7 @@ def _parse_and_build(raw: bytes, hostname: str) -> tuple[SendRequest, Built]:
         403: ("no scope for it, or From is unverified (unverified_sender)", ErrorResponse),
         422: ("every recipient suppressed, or the upstream refused it", ErrorResponse),
         503: ("storage failed: nothing was accepted", ErrorResponse),
+        507: ("no space left to store it (storage_full): nothing was accepted", ErrorResponse),
     },
 )
 async def send(request: Request) -> Response:
@@ -170,6 +171,11 @@ async def send(request: Request) -> Response:
         raise errors.UnverifiedSender(refusal.reason) from None
     except NotPermitted as refusal:
         raise errors.Forbidden(refusal.reason) from None
+    except StorageFull:
+        raise errors.StorageFull(
+            "the disk is full: the message could not be stored; nothing was accepted, "
+            "please retry later"
+        ) from None
     except StorageUnavailable:
         raise errors.Unavailable(
             "the message could not be stored; nothing was accepted, please retry",

@@ -1,6 +1,8 @@
 """Storage faults (issue 7): the SQLite database locked by another connection past the
-busy timeout, and the disk full on commit. The SMTP client gets `451 4.3.0` (it keeps its
-message), the HTTP client 503 with Retry-After; nothing is half-written (no message without
+busy timeout, and the database full on commit (its page cap reached: SQLITE_FULL, as on a
+full disk). Locked: the SMTP client gets `451 4.3.0` (it keeps its message), the HTTP client
+503 with Retry-After, /readyz 503 `storage_error`. Full: `452 4.3.1` and 507 `storage_full`
+instead (a really full disk: test_full_disk.py). Nothing is half-written (no message without
 its body, recipients and events); and once the lock is gone or space is back, the next
 message is accepted and delivered with nobody restarting anything.
 """
@@ -18,7 +20,7 @@ from sqlalchemy import event
 
 from storage import db as storage_db
 from storage.keys import create_key
-from tests.conftest import ManagedService, ServiceFactory, query, smtp_send
+from tests.conftest import ManagedService, ServiceFactory, metric, query, smtp_send, wait_until
 from tests.sink import Sink
 
 pytestmark = pytest.mark.timeout(90)
@@ -84,13 +86,27 @@ async def _service_resumes(svc: ManagedService, sink: Sink, key: str, before: in
     await _nothing_half_written(svc)
 
 
+async def _readyz(svc: ManagedService) -> httpx.Response:
+    host, port = svc.config.http.listen
+    async with httpx.AsyncClient(base_url=f"http://{host}:{port}", timeout=30) as client:
+        return await client.get("/readyz")
+
+
 async def _refused_while_faulty(svc: ManagedService, key: str) -> None:
+    failures = metric("postern_storage_write_failures_total", reason="error")
     code, text = await smtp_send(svc.smtp_port, "a@x.test", ["b@y.test"], MESSAGE)
     assert code == 451 and text.startswith("4.3.0"), (code, text)
     response = await _http_send(svc, key, "during")
     assert response.status_code == 503, response.text
     assert response.headers.get("Retry-After", "").isdigit(), response.headers
     assert response.json()["success"] is False
+    ready = await _readyz(svc)
+    assert ready.status_code == 503 and ready.json()["reason"] == "storage_error", ready.text
+    assert metric("postern_storage_write_failures_total", reason="error") >= failures + 2
+
+
+async def _ready(svc: ManagedService) -> bool:
+    return (await _readyz(svc)).status_code == 200
 
 
 @pytest.fixture
@@ -133,7 +149,7 @@ async def test_a_locked_database_is_451_and_503_then_service_resumes(
     assert all(m.data.find(b"during") == -1 for m in sink.messages)
 
 
-async def test_a_full_disk_on_commit_is_451_and_503_then_service_resumes(
+async def test_a_full_database_on_commit_is_452_and_507_then_service_resumes(
     service: ServiceFactory, sink: Sink
 ) -> None:
     svc = await service()
@@ -156,10 +172,11 @@ async def test_a_full_disk_on_commit_is_451_and_503_then_service_resumes(
         full["on"] = True
         big = MESSAGE + b"x" * 900 + b"\r\n"
         code, text = await smtp_send(svc.smtp_port, "a@x.test", ["b@y.test"], big * 60)
-        assert code == 451 and text.startswith("4.3.0"), (code, text)
+        assert code == 452 and text.startswith("4.3.1"), (code, text)
         # Larger than the free pages a database keeps: it must grow, and cannot.
         response = await _http_send(svc, key, "during", ("y" * 76 + "\n") * 800)
-        assert response.status_code == 503, response.text
+        assert response.status_code == 507, response.text
+        assert response.json()["code"] == "storage_full"
         assert response.headers.get("Retry-After", "").isdigit()
         await _nothing_half_written(svc)
         await asyncio.sleep(0.5)
@@ -167,5 +184,8 @@ async def test_a_full_disk_on_commit_is_451_and_503_then_service_resumes(
     finally:
         full["on"] = False
 
+    # SMTP refuses at MAIL while the database is known to be full: wait until /readyz
+    # (its probe write) has seen that writes commit again.
+    assert await wait_until(lambda: _ready(svc), timeout=20, interval=0.25)
     await _service_resumes(svc, sink, key, before=0)
     event.remove(engine, "begin", cap_pages)

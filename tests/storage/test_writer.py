@@ -10,7 +10,7 @@ from sqlalchemy import Connection, insert, select
 
 from storage.db import Database
 from storage.models import Meta
-from storage.writer import Batch, StorageUnavailable, Writer
+from storage.writer import Batch, StorageFull, StorageUnavailable, Writer, WriterStopped
 
 META = Meta.__table__  # type: ignore[attr-defined]
 INSERT = insert(META)
@@ -135,3 +135,70 @@ async def test_submit_racing_stop_is_answered(backend: Database, writer: Writer)
         assert await stored(backend, "racing") == {"racing": "v"}
     else:
         assert isinstance(late.exception(), StorageUnavailable)
+
+
+def disk_full(conn: Connection) -> None:
+    """The database's own "no space left" error: SQLITE_FULL (the file may not grow), or
+    PostgreSQL's SQLSTATE 53100 disk_full (as it raises when a file cannot be extended)."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(
+            "DO $$ BEGIN RAISE EXCEPTION 'could not extend file' USING ERRCODE = 'disk_full';"
+            " END $$"
+        )
+        return
+    pages = conn.exec_driver_sql("PRAGMA page_count").scalar()
+    conn.exec_driver_sql(f"PRAGMA max_page_count={pages}")
+    try:
+        conn.execute(INSERT, {"key": "big", "value": "x" * 200_000})
+    finally:
+        conn.exec_driver_sql("PRAGMA max_page_count=4294967294")
+
+
+async def test_a_full_database_is_storage_full_until_a_commit_succeeds(backend: Database) -> None:
+    failures: list[StorageUnavailable] = []
+    writer = Writer(backend, on_failure=failures.append)
+    writer.start()
+    try:
+        with pytest.raises(StorageFull):
+            await asyncio.wait_for(writer.submit(disk_full), WAIT)
+        assert isinstance(writer.failure, StorageFull) and writer.known_full()
+        assert [failure.kind for failure in failures] == ["full"]
+        assert isinstance(await writer.readiness(), StorageFull)  # within the hold: no probe
+
+        await asyncio.wait_for(writer.submit(put("after")), WAIT)
+        assert writer.failure is None and not writer.known_full()
+        assert await writer.readiness() is None
+    finally:
+        await asyncio.wait_for(writer.stop(), WAIT)
+    assert isinstance(await writer.readiness(), WriterStopped)
+
+
+async def test_readiness_probes_a_failure_once_it_is_hold_old(backend: Database) -> None:
+    writer = Writer(backend)
+    writer.hold = 0.2
+    writer.start()
+    try:
+        with pytest.raises(StorageFull):
+            await asyncio.wait_for(writer.submit(disk_full), WAIT)
+        commits = writer.commits
+        await asyncio.sleep(writer.hold)
+        assert not writer.known_full()  # the next message finds out for itself
+        assert await writer.readiness() is None  # the probe write committed
+        assert writer.commits == commits + 1
+    finally:
+        await asyncio.wait_for(writer.stop(), WAIT)
+
+
+async def test_a_refused_statement_is_no_storage_failure(backend: Database) -> None:
+    failures: list[StorageUnavailable] = []
+    writer = Writer(backend, on_failure=failures.append)
+    writer.start()
+    try:
+        await asyncio.wait_for(writer.submit(put("same")), WAIT)
+        with pytest.raises(StorageUnavailable) as refused:
+            await asyncio.wait_for(writer.submit(put("same")), WAIT)  # unique key clash
+        assert not isinstance(refused.value, StorageFull)
+        assert writer.failure is None and failures == []
+        assert await writer.readiness() is None
+    finally:
+        await asyncio.wait_for(writer.stop(), WAIT)

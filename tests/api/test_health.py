@@ -1,0 +1,43 @@
+"""GET /healthz (liveness) and GET /readyz (readiness: storage writes commit), both in
+/openapi.json; postern_storage_write_failures_total exported before the first failure.
+
+A failing or full database is tested through the real doors in
+tests/integration/test_storage_faults.py and test_full_disk.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.api.conftest import Api
+
+pytestmark = pytest.mark.timeout(30)
+
+
+async def test_ready_when_writes_commit(api: Api) -> None:
+    assert (await api.http.get("/healthz")).json() == {"status": "ok"}
+    ready = await api.http.get("/readyz")
+    assert ready.status_code == 200 and ready.json() == {"status": "ready"}
+
+
+async def test_not_ready_once_the_writer_stopped_yet_alive(api: Api) -> None:
+    await api.svc.writer.stop()
+    ready = await api.http.get("/readyz")
+    assert ready.status_code == 503, ready.text
+    assert ready.json()["status"] == "unavailable"
+    assert ready.json()["reason"] == "writer_stopped"
+    assert ready.headers["Retry-After"].isdigit()
+    assert (await api.http.get("/healthz")).status_code == 200
+
+
+async def test_health_and_readiness_are_documented(api: Api) -> None:
+    paths = (await api.http.get("/openapi.json")).json()["paths"]
+    assert set(paths["/healthz"]["get"]["responses"]) == {"200", "503"}
+    assert set(paths["/readyz"]["get"]["responses"]) == {"200", "503"}
+    assert "507" in paths["/v1/send"]["post"]["responses"]
+
+
+async def test_write_failures_are_exported_from_the_start(api: Api) -> None:
+    text = (await api.http.get("/metrics")).text
+    for reason in ("full", "error"):
+        assert f'postern_storage_write_failures_total{{reason="{reason}"}}' in text
