@@ -20,7 +20,7 @@ from api.management import Management
 from gateway.addresses import envelope_problem
 from gateway.config import is_loopback
 from gateway.hostguard import HostRefused, HostUnresolved
-from gateway.intake import AllSuppressed, NotPermitted, UnknownAlias, UnverifiedSender
+from gateway.intake import AllSuppressed, NoRoute, NotPermitted, UnknownAlias, UnverifiedSender
 from gateway.message import Sender, Submission
 from gateway.message_builder import BuildError, Draft, Mailbox, build, text_problem
 from gateway.pool_secrets import seal
@@ -230,6 +230,6 @@ async def _send_test_message(
         raise errors.UnverifiedSender(f"from_email: {refusal.reason}") from None
     except AllSuppressed:
         raise errors.Suppressed() from None
-    except (UnknownAlias, NotPermitted) as refusal:  # the pool went away meanwhile
+    except (UnknownAlias, NoRoute, NotPermitted) as refusal:  # the pool changed meanwhile
         raise errors.Conflict(f"the test message was refused: {refusal.reason}") from None
     return accepted.message_id
