@@ -98,6 +98,10 @@ def _translate(error: pools.PoolError) -> errors.ApiError:
         return errors.NotFound(str(error))
     if isinstance(error, pools.PoolReadOnly | pools.ConfigDefault):
         return errors.ConfigPool(str(error))
+    if isinstance(error, pools.PoolInUse):
+        return errors.PoolInUse(str(error))
+    if isinstance(error, pools.BadMoveTarget):
+        return _bad("move_to", str(error))
     return errors.Conflict(str(error))
 
 
@@ -140,14 +144,18 @@ async def update(
     return record
 
 
-async def delete(ctx: ApiContext, pool_id: str) -> PoolRecord:
+async def delete(ctx: ApiContext, pool_id: str, move_to: str | None) -> int:
+    """Delete the pool; queued mail that needs it moves to `move_to` (else 409
+    pool_in_use). Returns how many messages moved."""
     manage = ctx.management()
+    if move_to is not None and (len(move_to) > 64 or text_problem(move_to, header=True)):
+        raise _bad("move_to", "not a pool id")
     try:
-        record = await pools.delete_pool(ctx.db, pool_id)
+        _, moved = await pools.delete_pool(ctx.db, pool_id, move_to)
     except pools.PoolError as error:
         raise _translate(error) from None
     await manage.reload_pools()
-    return record
+    return moved
 
 
 async def get(ctx: ApiContext, pool_id: str) -> PoolRecord:

@@ -100,6 +100,11 @@ class SmtpPoolList(RootModel[list[SmtpPool]]):
     pass
 
 
+class PoolDeleted(BaseModel):
+    success: Literal[True]
+    moved: int | None = Field(None, description="with move_to: how many messages moved")
+
+
 class PoolTest(Strict):
     recipient: Email | None = Field(None, description="also send a test message to it")
 
@@ -177,6 +182,7 @@ class ConfigTestResult(BaseModel):
 
 class ConfigDeleted(BaseModel):
     message: str
+    moved: int | None = Field(None, description="with move_to: how many messages moved")
 
 
 # --- aliases (seed 002) --------------------------------------------------------------------

@@ -17,16 +17,17 @@ from starlette.routing import Route
 from api import pool_ops
 from api.auth import authenticate
 from api.context import ApiContext, iso
-from api.openapi import operation, path_parameter
+from api.openapi import operation, path_parameter, query_parameter
 from api.resource_schemas import (
     PoolCreate,
+    PoolDeleted,
     PoolTest,
     PoolTestResult,
     PoolUpdate,
     SmtpPool,
     SmtpPoolList,
 )
-from api.schemas import ErrorResponse, Ok, parse, refuse_nulls
+from api.schemas import ErrorResponse, parse, refuse_nulls
 from storage.keys import ApiKeyRecord
 from storage.pools import PoolRecord, pool_records
 
@@ -36,6 +37,13 @@ _ID = [path_parameter("pool_id", "the pool's id (smtp_...)")]
 _NOT_FOUND = ("no such pool", ErrorResponse)
 _CONFIG = ("a config-file pool (config_pool), or the name is taken (conflict)", ErrorResponse)
 _HOST = ("a bad field, or a host in a denied network (host_not_allowed)", ErrorResponse)
+MOVE_TO = query_parameter("move_to", "the id of another active pool to move queued mail to")
+MOVE_TO_TEXT = (
+    "Queued mail whose route needs this pool (it names the pool, or the pool is the last of "
+    "the ip_pool group it names) is never sent another way on its own: the delete is a 409 "
+    "`pool_in_use` while there is some, unless `?move_to=<pool id>` names another active "
+    "pool to move it to (in the same transaction; it is then due at once)."
+)
 
 
 def pool_json(record: PoolRecord) -> dict[str, Any]:
@@ -125,13 +133,23 @@ async def change(request: Request) -> Response:
 @operation(
     "Delete an SMTP pool",
     scope=SCOPE,
-    parameters=_ID,
-    responses={200: ("deleted", Ok), 404: _NOT_FOUND, 409: _CONFIG},
+    parameters=[*_ID, MOVE_TO],
+    description=MOVE_TO_TEXT,
+    responses={
+        200: ("deleted (with move_to: `moved`, how many messages moved)", PoolDeleted),
+        400: ("move_to names no other active pool", ErrorResponse),
+        404: _NOT_FOUND,
+        409: (
+            "a config-file pool (config_pool), or queued mail needs it (pool_in_use)",
+            ErrorResponse,
+        ),
+    },
 )
 async def remove(request: Request) -> Response:
     ctx, _ = await _caller(request)
-    await pool_ops.delete(ctx, request.path_params["pool_id"])
-    return JSONResponse({"success": True})
+    move_to = request.query_params.get("move_to")
+    moved = await pool_ops.delete(ctx, request.path_params["pool_id"], move_to)
+    return JSONResponse({"success": True, **({"moved": moved} if move_to else {})})
 
 
 @operation(

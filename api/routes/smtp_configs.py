@@ -30,6 +30,7 @@ from api.resource_schemas import (
     SmtpConfig,
     SmtpConfigPage,
 )
+from api.routes.pools import MOVE_TO, MOVE_TO_TEXT
 from api.schemas import ErrorResponse, parse, refuse_nulls
 from storage.keys import ApiKeyRecord
 from storage.pools import PoolRecord, pool_records
@@ -160,13 +161,26 @@ async def update(request: Request) -> Response:
 @operation(
     "Delete an SMTP configuration",
     scope=SCOPE,
-    parameters=_ID,
-    responses={200: ("deleted", ConfigDeleted), 404: _NOT_FOUND, 409: _CONFLICT},
+    parameters=[*_ID, MOVE_TO],
+    description=MOVE_TO_TEXT,
+    responses={
+        200: ("deleted (with move_to: `moved`, how many messages moved)", ConfigDeleted),
+        400: ("move_to names no other active pool", ErrorResponse),
+        404: _NOT_FOUND,
+        409: (
+            "a config-file pool (config_pool), or queued mail needs it (pool_in_use)",
+            ErrorResponse,
+        ),
+    },
 )
 async def remove(request: Request) -> Response:
     ctx, _ = await _caller(request)
-    await pool_ops.delete(ctx, request.path_params["config_id"])
-    return JSONResponse({"message": "SMTP configuration deleted successfully"})
+    move_to = request.query_params.get("move_to")
+    moved = await pool_ops.delete(ctx, request.path_params["config_id"], move_to)
+    answer: dict[str, Any] = {"message": "SMTP configuration deleted successfully"}
+    if move_to:
+        answer["moved"] = moved
+    return JSONResponse(answer)
 
 
 @operation(
