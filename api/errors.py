@@ -8,7 +8,8 @@
     │   ├── NoRoute           400 no_route          the pool or group asked for has no active pool
     │   ├── HostNotAllowed    400 host_not_allowed  a pool host in a denied network (SSRF)
     │   ├── InvalidToken      400 invalid_token     unknown, used or expired verification link
-    │   └── SmtpTestFailed    400 smtp_*_error      MailSage view: the connection test failed
+    │   └── SmtpTestFailed    400 smtp_*_error      the connection test failed (MailSage view),
+    │                             upstream_rejected the upstream refused the test message
     ├── Unauthorized          401 unauthorized      no key, an unknown or revoked key
     ├── Forbidden             403 forbidden         the key lacks the scope or the ip_pool
     │   ├── UnverifiedSender  403 unverified_sender From is no verified domain or alias
@@ -110,8 +111,17 @@ class InvalidToken(InvalidRequest):
 class SmtpTestFailed(InvalidRequest):
     """Seed 003's shape: `error` the summary, `message` the detail, `code` the stage."""
 
-    def __init__(self, code: str, summary: str, detail: str, latency_ms: int) -> None:
-        super().__init__(summary, extra={"message": detail, "latencyMs": latency_ms})
+    def __init__(
+        self,
+        code: str,
+        summary: str,
+        detail: str,
+        latency_ms: int,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(
+            summary, extra={"message": detail, "latencyMs": latency_ms, **(extra or {})}
+        )
         self.code = code
 
 

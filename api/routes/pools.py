@@ -161,11 +161,15 @@ async def remove(request: Request) -> Response:
         "EHLO, STARTTLS or implicit TLS per `encryption`, AUTH when a username is set, QUIT. "
         'No body is needed; with `{"recipient": ...}` a test message is also sent through '
         "this pool (stored and delivered like any other message) and its `message_id` "
-        "returned. A failure is a 200 with `success: false`, `error` and `code`."
+        "returned: 200 once the upstream accepted it within `handoff_timeout`, 400 "
+        "`upstream_rejected` naming the reply when it refused it, 202 `queued: true` when it "
+        "has not answered yet (the message is retried). A failed connection test is a 200 "
+        "with `success: false`, `error` and `code`."
     ),
     responses={
         200: ("the outcome", PoolTestResult),
-        400: _HOST,
+        202: ("the test message is queued: not accepted yet", PoolTestResult),
+        400: ("a bad field, a denied host, or the upstream refused the message", ErrorResponse),
         403: ("the key lacks the scope, or from_email is unverified", ErrorResponse),
         404: _NOT_FOUND,
     },
@@ -175,7 +179,7 @@ async def test(request: Request) -> Response:
     raw = await request.body()
     body = parse(PoolTest, raw) if raw.strip() else PoolTest(recipient=None)
     record = await pool_ops.get(ctx, request.path_params["pool_id"])
-    result, message_id = await pool_ops.test(ctx, key, record, body.recipient)
+    result, sent = await pool_ops.test(ctx, key, record, body.recipient)
     answer: dict[str, Any] = {
         "success": result.success,
         "message": result.message,
@@ -183,8 +187,14 @@ async def test(request: Request) -> Response:
     }
     if not result.success:
         answer.update(error=result.error, code=result.code)
-    if message_id is not None:
-        answer["message_id"] = message_id
+    if sent is None:
+        return JSONResponse(answer)
+    if sent.outcome == "refused":
+        raise pool_ops.refused(result, sent)
+    answer["message_id"] = sent.message_id
+    if sent.outcome == "pending":
+        answer.update(success=False, queued=True, message=pool_ops.PENDING_TEXT)
+        return JSONResponse(answer, status_code=202)
     return JSONResponse(answer)
 
 
