@@ -5,18 +5,22 @@
     ApiError
     ├── InvalidRequest        400 invalid_request   malformed JSON, a field of the wrong type
     │   ├── UnknownAlias      400 unknown_alias     alias_id names neither pool nor alias
+    │   ├── NoRoute           400 no_route          the pool or group asked for has no active pool
     │   ├── HostNotAllowed    400 host_not_allowed  a pool host in a denied network (SSRF)
     │   ├── InvalidToken      400 invalid_token     unknown, used or expired verification link
-    │   └── SmtpTestFailed    400 smtp_*_error      MailSage view: the connection test failed
+    │   └── SmtpTestFailed    400 smtp_*_error      the connection test failed (MailSage view),
+    │                             upstream_rejected the upstream refused the test message
     ├── Unauthorized          401 unauthorized      no key, an unknown or revoked key
     ├── Forbidden             403 forbidden         the key lacks the scope or the ip_pool
     │   ├── UnverifiedSender  403 unverified_sender From is no verified domain or alias
+    │   ├── AliasNotVerified  403 alias_not_verified    alias_id names an unverified alias
     │   └── LastVerifiedAlias 403 last_verified_alias   the only verified alias left
     ├── NotFound              404 not_found
     ├── MethodNotAllowed      405 method_not_allowed
     ├── Conflict              409 conflict          the name, domain or address is taken
     │   ├── ConfigPool        409 config_pool       the pool is declared in the config file
     │   ├── AliasInUse        409 alias_in_use      queued mail still references the alias
+    │   ├── PoolInUse         409 pool_in_use       queued mail still needs the pool (move_to)
     │   ├── MessageFinal      409 message_final     retry/cancel of a message with no work left
     │   ├── MessageBusy       409 message_busy      retry/cancel of a message being delivered
     │   └── WebhookInactive   409 webhook_inactive  replay to a webhook that is switched off
@@ -90,6 +94,10 @@ class UnknownAlias(InvalidRequest):
     code = "unknown_alias"
 
 
+class NoRoute(InvalidRequest):
+    code = "no_route"
+
+
 class Unauthorized(ApiError):
     status, code = 401, "unauthorized"
 
@@ -108,8 +116,17 @@ class InvalidToken(InvalidRequest):
 class SmtpTestFailed(InvalidRequest):
     """Seed 003's shape: `error` the summary, `message` the detail, `code` the stage."""
 
-    def __init__(self, code: str, summary: str, detail: str, latency_ms: int) -> None:
-        super().__init__(summary, extra={"message": detail, "latencyMs": latency_ms})
+    def __init__(
+        self,
+        code: str,
+        summary: str,
+        detail: str,
+        latency_ms: int,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(
+            summary, extra={"message": detail, "latencyMs": latency_ms, **(extra or {})}
+        )
         self.code = code
 
 
@@ -119,6 +136,10 @@ class Forbidden(ApiError):
 
 class UnverifiedSender(Forbidden):
     code = "unverified_sender"
+
+
+class AliasNotVerified(Forbidden):
+    code = "alias_not_verified"
 
 
 class LastVerifiedAlias(Forbidden):
@@ -143,6 +164,10 @@ class ConfigPool(Conflict):
 
 class AliasInUse(Conflict):
     code = "alias_in_use"
+
+
+class PoolInUse(Conflict):
+    code = "pool_in_use"
 
 
 class MessageFinal(Conflict):

@@ -5,13 +5,16 @@ the pool's id, the live registry reloaded after every change, and the connection
     create/update: fields checked -> host checked (HostGuard) -> stored (password sealed)
                    -> PoolRegistry reloaded -> the record
     test:          host resolved and checked -> gateway.probe -> with a recipient, a test
-                   message through Intake (stored and delivered like any other)
+                   message through Intake (stored and delivered like any other), its first
+                   attempt awaited up to handoff_timeout: delivered, refused, or pending
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from api import errors
@@ -20,7 +23,7 @@ from api.management import Management
 from gateway.addresses import envelope_problem
 from gateway.config import is_loopback
 from gateway.hostguard import HostRefused, HostUnresolved
-from gateway.intake import AllSuppressed, NotPermitted, UnknownAlias, UnverifiedSender
+from gateway.intake import AllSuppressed, NoRoute, NotPermitted, UnknownAlias, UnverifiedSender
 from gateway.message import Sender, Submission
 from gateway.message_builder import BuildError, Draft, Mailbox, build, text_problem
 from gateway.pool_secrets import seal
@@ -28,12 +31,39 @@ from gateway.probe import CONNECTION, ProbeResult, Target, probe
 from gateway.throttle import parse_rate
 from storage import pools
 from storage.keys import ApiKeyRecord
+from storage.messages import message_state
 from storage.pools import PoolRecord
 
 _HOST = re.compile(
     r"^(?:(?!-)[A-Za-z0-9-]{1,63}(?<!-)(?:\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?"
     r"|\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f]*:[0-9A-Fa-f:.]+)$"
 )
+
+
+@dataclass(frozen=True)
+class TestSend:
+    """The test message and what the upstream made of it within handoff_timeout."""
+
+    message_id: str
+    outcome: str  # delivered | refused | pending (not accepted yet; retried)
+    reply: str = ""  # the upstream's refusal
+
+
+PENDING_TEXT = (
+    "the upstream has not accepted the test message within handoff_timeout; it is queued "
+    "and retried"
+)
+
+
+def refused(result: ProbeResult, sent: TestSend) -> errors.SmtpTestFailed:
+    """The 400 for a test message the upstream refused, naming its reply."""
+    return errors.SmtpTestFailed(
+        "upstream_rejected",
+        f"SMTP server refused the test message: {sent.reply}",
+        sent.reply,
+        result.latency_ms,
+        extra={"message_id": sent.message_id},
+    )
 
 
 def _bad(field: str, message: str) -> errors.InvalidRequest:
@@ -98,6 +128,10 @@ def _translate(error: pools.PoolError) -> errors.ApiError:
         return errors.NotFound(str(error))
     if isinstance(error, pools.PoolReadOnly | pools.ConfigDefault):
         return errors.ConfigPool(str(error))
+    if isinstance(error, pools.PoolInUse):
+        return errors.PoolInUse(str(error))
+    if isinstance(error, pools.BadMoveTarget):
+        return _bad("move_to", str(error))
     return errors.Conflict(str(error))
 
 
@@ -140,14 +174,18 @@ async def update(
     return record
 
 
-async def delete(ctx: ApiContext, pool_id: str) -> PoolRecord:
+async def delete(ctx: ApiContext, pool_id: str, move_to: str | None) -> int:
+    """Delete the pool; queued mail that needs it moves to `move_to` (else 409
+    pool_in_use). Returns how many messages moved."""
     manage = ctx.management()
+    if move_to is not None and (len(move_to) > 64 or text_problem(move_to, header=True)):
+        raise _bad("move_to", "not a pool id")
     try:
-        record = await pools.delete_pool(ctx.db, pool_id)
+        _, moved = await pools.delete_pool(ctx.db, pool_id, move_to)
     except pools.PoolError as error:
         raise _translate(error) from None
     await manage.reload_pools()
-    return record
+    return moved
 
 
 async def get(ctx: ApiContext, pool_id: str) -> PoolRecord:
@@ -159,9 +197,9 @@ async def get(ctx: ApiContext, pool_id: str) -> PoolRecord:
 
 async def test(
     ctx: ApiContext, key: ApiKeyRecord, record: PoolRecord, recipient: str | None
-) -> tuple[ProbeResult, str | None]:
-    """Run the connection test; on success with a recipient, send the test message.
-    Returns (result, message id)."""
+) -> tuple[ProbeResult, TestSend | None]:
+    """Run the connection test; on success with a recipient, send the test message and
+    wait up to handoff_timeout for the upstream's answer."""
     manage = ctx.management()
     if recipient is not None:
         problem = text_problem(recipient, header=True) or envelope_problem(recipient)
@@ -196,7 +234,7 @@ async def test(
 
 async def _send_test_message(
     ctx: ApiContext, key: ApiKeyRecord, record: PoolRecord, recipient: str
-) -> str:
+) -> TestSend:
     sender = record.from_email or f"postern@{ctx.hostname}"
     draft = Draft(
         sender=Mailbox(sender, "Postern"),
@@ -225,11 +263,23 @@ async def _send_test_message(
         system=not record.from_email,
     )
     try:
-        accepted = await ctx.intake.submit(submission)
+        accepted = await ctx.intake.submit(submission, watch=ctx.handoff_timeout > 0)
     except UnverifiedSender as refusal:
         raise errors.UnverifiedSender(f"from_email: {refusal.reason}") from None
     except AllSuppressed:
         raise errors.Suppressed() from None
-    except (UnknownAlias, NotPermitted) as refusal:  # the pool went away meanwhile
+    except (UnknownAlias, NoRoute, NotPermitted) as refusal:  # the pool changed meanwhile
         raise errors.Conflict(f"the test message was refused: {refusal.reason}") from None
-    return accepted.message_id
+    status = None
+    if accepted.attempt is not None:
+        try:
+            status = await asyncio.wait_for(accepted.attempt, ctx.handoff_timeout)
+        except TimeoutError:
+            status = None
+    if status == "delivered":
+        return TestSend(accepted.message_id, "delivered")
+    if status != "bounced":
+        return TestSend(accepted.message_id, "pending")
+    state = await message_state(ctx.db, accepted.message_id)
+    replies = [r.response for r in state.recipients if r.response] if state else []
+    return TestSend(accepted.message_id, "refused", replies[0] if replies else "refused")

@@ -100,6 +100,11 @@ class SmtpPoolList(RootModel[list[SmtpPool]]):
     pass
 
 
+class PoolDeleted(BaseModel):
+    success: Literal[True]
+    moved: int | None = Field(None, description="with move_to: how many messages moved")
+
+
 class PoolTest(Strict):
     recipient: Email | None = Field(None, description="also send a test message to it")
 
@@ -113,6 +118,7 @@ class PoolTestResult(BaseModel):
         Literal["smtp_connection_error", "smtp_auth_error", "smtp_tls_error", "timeout"] | None
     ) = Field(None, description="failure only")
     message_id: str | None = Field(None, description="with a recipient: the test message")
+    queued: bool | None = Field(None, description="202: not accepted yet, retried")
 
 
 # --- MailSage SMTP configs (seed 003) ------------------------------------------------------
@@ -173,10 +179,13 @@ class ConfigTestResult(BaseModel):
     message: str
     delivery_id: str
     latencyMs: int
+    queued: bool | None = Field(None, description="202: not accepted yet, retried")
+    message_id: str | None = Field(None, description="202: the same as delivery_id")
 
 
 class ConfigDeleted(BaseModel):
     message: str
+    moved: int | None = Field(None, description="with move_to: how many messages moved")
 
 
 # --- aliases (seed 002) --------------------------------------------------------------------

@@ -95,7 +95,7 @@ def _valid_literal(literal: str) -> bool:
 
 
 def normalise(address: str) -> str:
-    """Comparison key: local part as given, domain in one form (RFC 5321 §2.4).
+    """The address with its domain in one form (RFC 5321 §2.4), local part as given.
 
     The domain is lower-cased, loses a trailing dot, and IDNs take their A-label form, so
     that one mailbox has one key (a suppression cannot be dodged by spelling).
@@ -108,3 +108,22 @@ def normalise(address: str) -> str:
         with contextlib.suppress(idna.IDNAError):
             domain = idna.encode(domain, uts46=True).decode("ascii")
     return f"{local}@{domain}"
+
+
+_QUOTED_PAIR = re.compile(r"\\(.)", re.DOTALL)
+
+
+def mailbox_key(address: str) -> str:
+    """The one key of a mailbox, for every policy lookup (suppressions, aliases, senders).
+
+    A quoted local part is unquoted (`"bob"@x` is `bob@x`, RFC 5321 §4.1.2), the domain
+    takes its `normalise` form, and the whole address is lower-cased: RFC 5321 lets a
+    local part be case-sensitive, but no mail system in use treats it so, and a suppression
+    must not be dodged by spelling `GONE@` for `gone@`.
+    """
+    local, at, domain = normalise(address).rpartition("@")
+    if not at:
+        return address.lower()
+    if len(local) >= 2 and local.startswith('"') and local.endswith('"'):
+        local = _QUOTED_PAIR.sub(r"\1", local[1:-1])
+    return f"{local}@{domain}".lower()

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.addresses import envelope_problem, escape_for_log, has_control
+from gateway.addresses import envelope_problem, escape_for_log, has_control, mailbox_key
 from gateway.config import Config, ConfigError
 from storage.db import (
     Database,
@@ -123,10 +123,11 @@ def _key(record: Any) -> dict[str, Any]:
 
 
 def _email(value: str) -> str:
+    """The address's mailbox key (the form the list stores), or CommandError."""
     problem = envelope_problem(value) if not has_control(value) else "control character"
     if problem:
         raise CommandError(f"{value!r} is not an address: {problem}")
-    return value
+    return mailbox_key(value)
 
 
 async def _keys_create(db: Database, args: argparse.Namespace) -> dict[str, Any]:

@@ -19,15 +19,17 @@ from gateway import metrics, simulator
 from gateway.addresses import escape_for_log
 from gateway.backoff import is_throttling
 from gateway.direct import DIRECT, DirectRoutes
-from gateway.message import DeliveryResult, Outcome, QueuedMessage
+from gateway.message import DeliveryResult, Outcome, QueuedMessage, Route
 from gateway.queue import AttemptRecord, Queue
-from gateway.routing import candidates, default_route
+from gateway.routing import candidates, default_route, describe
 from gateway.throttle import Throttle, Ticket, Wait, show_limits
 from gateway.upstream import PoolSettings, PoolUnavailable, SessionSettings, UpstreamPool, deferred
 from storage.writer import StorageUnavailable
 
 log = logging.getLogger("postern.delivery")
 maillog = logging.getLogger("postern.mail")
+
+NO_POOL_WAIT = 60.0  # seconds between looks for an active pool on a route that has none
 
 
 class PoolRegistry:
@@ -308,13 +310,9 @@ class Delivery:
             route = default_route([pool for pool in pools if pool.is_active])
         pool_ids = candidates(route, pools, set())
         if not pool_ids:
-            # Routing is re-evaluated at every attempt: with no active pool left at all,
-            # mail goes straight to the recipients' MX hosts (SPEC "Routing", step 4).
-            no_pools = not any(pool.is_active for pool in pools)
-            if (route.direct or no_pools) and self._direct is not None:
+            if route.direct and self._direct is not None:  # still no pool at all: MX
                 return await self._direct.deliver(message), DIRECT
-            reason = "no active pool for this route"
-            return dict.fromkeys(message.recipients, deferred(reason, "4.4.3")), None
+            return self._unserved(message, route), None
         now = time.time()
         ready = [pid for pid in pool_ids if self._registry.get(pid).healthy(now)]
         if not ready:
@@ -344,6 +342,22 @@ class Delivery:
                 raise Postponed(replace(wait, until=min(wait.until, deadline)))
             last = deferred(wait.text)  # recorded past max_age: it expires as usual
         return dict.fromkeys(message.recipients, last), tried
+
+    def _unserved(self, message: QueuedMessage, route: Route) -> dict[str, DeliveryResult]:
+        """The message's pool or group has no active pool now. It waits for one (Postponed,
+        no attempt counted) and never goes out through another group; past max_age the
+        deferral is recorded and it expires as usual."""
+        if route.direct:
+            text = "no active pool, and direct delivery is off"
+        else:
+            text = f"waiting: no active pool for {describe(route)}"
+        deadline = message.created_at + self._queue.max_age
+        now = time.time()
+        if not route.direct and now < deadline:
+            label = route.pool_id or route.ip_pool or ""
+            until = min(now + NO_POOL_WAIT, deadline)
+            raise Postponed(Wait(pool=label, reason="no_pool", until=until, text=text))
+        return dict.fromkeys(message.recipients, deferred(text, "4.4.3"))
 
     async def _send(
         self, message: QueuedMessage, pool: UpstreamPool, ticket: Ticket | None

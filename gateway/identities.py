@@ -26,7 +26,7 @@ import logging
 import time
 from collections.abc import Iterable
 
-from gateway.addresses import normalise
+from gateway.addresses import mailbox_key
 from gateway.headers import header_fields, split_header
 from gateway.message import Submission
 from gateway.routing import AliasView
@@ -57,12 +57,8 @@ def header_from(content: bytes) -> list[str] | None:
     return found or None
 
 
-def _key(address: str) -> str:
-    return normalise(address).lower()
-
-
 def _domain(address: str) -> str:
-    return _key(address).rpartition("@")[2]
+    return mailbox_key(address).rpartition("@")[2]
 
 
 class Identities:
@@ -83,7 +79,7 @@ class Identities:
             AliasView(alias.id, alias.email, alias.ip_pool, alias.is_verified) for alias in aliases
         )
         self._domains = frozenset(domains)
-        self._addresses = frozenset(_key(a.email) for a in aliases if a.is_verified)
+        self._addresses = frozenset(mailbox_key(a.email) for a in aliases if a.is_verified)
         self._loaded_at = time.monotonic()
 
     async def refresh_if_stale(self) -> None:
@@ -100,7 +96,7 @@ class Identities:
                 log.warning("reloading domains and aliases failed: %s", error)
 
     def verified(self, address: str) -> bool:
-        return _key(address) in self._addresses or _domain(address) in self._domains
+        return mailbox_key(address) in self._addresses or _domain(address) in self._domains
 
     def sender_problem(self, submission: Submission) -> str | None:
         """Why the policy refuses this sender (a reason safe to show), or None."""

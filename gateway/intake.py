@@ -22,16 +22,18 @@ from gateway.dkim import DkimError, Signers
 from gateway.identities import Identities
 from gateway.message import QueuedMessage, Route, Submission
 from gateway.queue import Queue
-from gateway.routing import UnknownRoute, choose_route
+from gateway.routing import AliasNotVerified, NoActivePool, UnknownRoute, choose_route
 from storage.idempotency import ANONYMOUS, Duplicate
 
 log = logging.getLogger("postern.intake")
 
 __all__ = [
     "Accepted",
+    "AliasUnverified",
     "AllSuppressed",
     "Duplicate",
     "Intake",
+    "NoRoute",
     "NotPermitted",
     "UnknownAlias",
     "UnverifiedSender",
@@ -50,6 +52,19 @@ class AllSuppressed(Refusal):
 
 class UnknownAlias(Refusal):
     reason = "unknown alias_id"
+
+
+class AliasUnverified(Refusal):
+    reason = "the alias named by alias_id is not verified yet"
+
+
+class NoRoute(Refusal):
+    """The pool or group the message asks for (alias_id, or its From's alias) has no
+    active pool: refused rather than sent another way."""
+
+    def __init__(self, route: str) -> None:
+        super().__init__(route)
+        self.reason = f"no active pool for {route}"
 
 
 class NotPermitted(Refusal):
@@ -159,6 +174,12 @@ class Intake:
         except UnknownRoute:
             metrics.MESSAGES_REFUSED.labels(reason="unknown_alias").inc()
             raise UnknownAlias() from None
+        except AliasNotVerified:
+            metrics.MESSAGES_REFUSED.labels(reason="alias_not_verified").inc()
+            raise AliasUnverified() from None
+        except NoActivePool as refused:
+            metrics.MESSAGES_REFUSED.labels(reason="no_route").inc()
+            raise NoRoute(str(refused)) from None
         return blocked, submission, self._permitted(submission, route)
 
     async def _signed(self, submission: Submission) -> Submission:

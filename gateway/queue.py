@@ -31,7 +31,7 @@ from sqlalchemy import Connection, delete, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from gateway import events
-from gateway.addresses import normalise
+from gateway.addresses import mailbox_key
 from gateway.message import DeliveryResult, Outcome, QueuedMessage, Route, Submission
 from gateway.suppressions import SuppressionCache
 from storage import idempotency
@@ -308,7 +308,7 @@ class Queue:
                 results = {rcpt: _expire(r) for rcpt, r in results.items()}
         status = message_status(results.values(), retry_at, message.any_bounced)
         suppress = [
-            (normalise(rcpt), "complaint" if result.complaint else "bounced")
+            (mailbox_key(rcpt), "complaint" if result.complaint else "bounced")
             for rcpt, result in results.items()
             if result.hard_bounce or result.complaint
         ]

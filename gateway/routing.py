@@ -1,20 +1,24 @@
 """The routing engine: pure functions from (hints, pools, aliases) to a Route. No I/O.
 
 Order (SPEC "Routing"):
-1. `alias_id` names a pool -> that pool; names an alias -> the alias's ip_pool group;
-   names nothing -> UnknownRoute (a 400 / 550 at the door, never a silent fallback).
+1. `alias_id` names a pool -> that pool; names a verified alias -> the alias's ip_pool
+   group; names nothing -> UnknownRoute, an alias not yet verified -> AliasNotVerified.
 2. A verified alias whose email is the From address -> its ip_pool group.
 3. The default pool, else the `transactional` group, else the group of the first pool.
 4. No active pool at all -> direct delivery to the recipients' MX hosts.
+A route chosen by 1 or 2 must have an active pool now (else NoActivePool), and keeps to it:
+mail queued for a pool or group that has lost its active pools waits for them, never going
+out another way (`candidates` is then empty). Each refusal is a 4xx / 550 at the door.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Protocol
 
-from gateway.addresses import normalise
+from gateway.addresses import mailbox_key
 from gateway.message import Route
 
 DEFAULT_GROUP = "transactional"
@@ -40,9 +44,25 @@ class AliasView:
     ip_pool: str | None
     is_verified: bool = True  # only a verified alias claims mail by its From address
 
+    @cached_property
+    def key(self) -> str:
+        return mailbox_key(self.email)
 
-class UnknownRoute(Exception):
+
+class RouteRefused(Exception):
+    """No route for this message; the door says why (never a silent fallback)."""
+
+
+class UnknownRoute(RouteRefused):
     """alias_id names neither a pool nor an alias."""
+
+
+class AliasNotVerified(RouteRefused):
+    """alias_id names an alias whose address has not been verified yet."""
+
+
+class NoActivePool(RouteRefused):
+    """The pool or group the message asked for has no active pool."""
 
 
 def choose_route(
@@ -53,11 +73,11 @@ def choose_route(
 ) -> Route:
     active = [pool for pool in pools if pool.is_active]
     if alias_id:
-        return _by_alias_id(alias_id, pools, aliases)
-    sender = normalise(mail_from).lower() if mail_from else ""
+        return _served(_by_alias_id(alias_id, pools, aliases), active)
+    sender = mailbox_key(mail_from) if mail_from else ""
     for alias in aliases:
-        if alias.is_verified and alias.email.lower() == sender and alias.ip_pool:
-            return Route(ip_pool=alias.ip_pool)
+        if alias.is_verified and alias.ip_pool and alias.key == sender:
+            return _served(Route(ip_pool=alias.ip_pool), active)
     return default_route(active)
 
 
@@ -67,8 +87,30 @@ def _by_alias_id(alias_id: str, pools: Sequence[PoolLike], aliases: Sequence[Ali
             return Route(pool_id=pool.id)
     for alias in aliases:
         if alias.id == alias_id:
+            if not alias.is_verified:
+                raise AliasNotVerified(alias_id)
             return Route(ip_pool=alias.ip_pool or DEFAULT_GROUP)
     raise UnknownRoute(alias_id)
+
+
+def _served(route: Route, active: Sequence[PoolLike]) -> Route:
+    """`route` when an active pool serves it now, else NoActivePool."""
+    if not _members(route, active):
+        raise NoActivePool(describe(route))
+    return route
+
+
+def _members(route: Route, active: Sequence[PoolLike]) -> list[PoolLike]:
+    if route.pool_id:
+        return [pool for pool in active if pool.id == route.pool_id]
+    return [pool for pool in active if pool.ip_pool == route.ip_pool]
+
+
+def describe(route: Route) -> str:
+    """The route in words, for replies, events and last_response."""
+    if route.pool_id:
+        return f"pool {route.pool_id}"
+    return f"ip_pool {route.ip_pool}" if route.ip_pool else "direct delivery"
 
 
 def default_route(active: Sequence[PoolLike]) -> Route:
@@ -86,20 +128,11 @@ def default_route(active: Sequence[PoolLike]) -> Route:
 def candidates(route: Route, pools: Sequence[PoolLike], unhealthy: set[str]) -> list[str]:
     """Pool ids to try for `route`, in order: by priority, unhealthy pools last.
 
-    A route whose pool or group has since gone (deleted, deactivated) falls back to the
-    default route, so mail already queued follows the operator's current configuration.
+    Empty when the route's pool or group has no active pool left (deleted, deactivated):
+    the message waits for it rather than going through a group it did not ask for.
     """
-    active = [pool for pool in pools if pool.is_active]
-    chosen: list[PoolLike] = []
-    if route.pool_id:
-        chosen = [pool for pool in active if pool.id == route.pool_id]
-    elif route.ip_pool:
-        chosen = [pool for pool in active if pool.ip_pool == route.ip_pool]
-    if not chosen and not route.direct:
-        fallback = default_route(active)
-        if fallback != route and not fallback.direct:
-            return candidates(fallback, pools, unhealthy)
-    if not chosen:
+    if route.direct:
         return []
+    chosen = _members(route, [pool for pool in pools if pool.is_active])
     chosen.sort(key=lambda pool: (pool.id in unhealthy, pool.priority, pool.id))
     return [pool.id for pool in chosen]

@@ -21,7 +21,15 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from gateway import metrics
 from gateway.addresses import envelope_problem, has_control
 from gateway.headers import MAX_HOPS, Cleaned, clean_header, content_problem
-from gateway.intake import AllSuppressed, Duplicate, Intake, NotPermitted, UnknownAlias
+from gateway.intake import (
+    AliasUnverified,
+    AllSuppressed,
+    Duplicate,
+    Intake,
+    NoRoute,
+    NotPermitted,
+    UnknownAlias,
+)
 from gateway.message import Submission
 from gateway.queue import new_id_for
 from gateway.smtp_auth import ApiKeyAuth, AuthThrottle, is_loopback, sender_of
@@ -50,6 +58,8 @@ class Reply:
     BAD_CONTENT = "550 5.6.0 Message refused: {}"
     TOO_MANY_HOPS = "554 5.4.6 Too many Received headers: a mail loop?"
     UNKNOWN_ALIAS = "550 5.7.1 Unknown X-Postern-Alias-Id"
+    ALIAS_NOT_VERIFIED = "550 5.7.1 The alias of X-Postern-Alias-Id is not verified yet"
+    NO_ROUTE = "550 5.7.1 No route: {}"
     NOT_PERMITTED = "550 5.7.1 {}"
     ALL_SUPPRESSED = "550 5.7.1 Every recipient is suppressed"
     TEMPORARY = "451 4.3.0 Temporary failure, please try again later"
@@ -315,6 +325,10 @@ class PosternHandler:
             accepted = await self._intake.submit(submission)
         except UnknownAlias:
             return Reply.UNKNOWN_ALIAS
+        except AliasUnverified:
+            return Reply.ALIAS_NOT_VERIFIED
+        except NoRoute as refusal:
+            return Reply.NO_ROUTE.format(refusal.reason)
         except AllSuppressed:
             return Reply.ALL_SUPPRESSED
         except Duplicate as duplicate:  # X-Postern-Idempotency-Key seen: the first one stands

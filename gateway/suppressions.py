@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 
 from sqlalchemy import Connection, select
 
-from gateway.addresses import normalise
+from gateway.addresses import mailbox_key
 from storage.db import Database
 from storage.models import Suppression
 
@@ -33,13 +33,13 @@ class SuppressionCache:
 
     def suppressed(self, addresses: Sequence[str]) -> set[str]:
         """The addresses (as given) whose mailbox is suppressed."""
-        return {address for address in addresses if normalise(address) in self._keys}
+        return {address for address in addresses if mailbox_key(address) in self._keys}
 
     def add(self, addresses: Iterable[str]) -> None:
-        self._keys.update(normalise(address) for address in addresses)
+        self._keys.update(mailbox_key(address) for address in addresses)
 
     def discard(self, address: str) -> None:
-        self._keys.discard(normalise(address))
+        self._keys.discard(mailbox_key(address))
 
     async def reload(self) -> None:
         """Replace the copy with storage's list."""

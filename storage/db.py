@@ -245,6 +245,11 @@ def _upgrade(conn: Connection) -> None:
     for table in SQLModel.metadata.sorted_tables:
         for index in table.indexes:
             index.create(conn, checkfirst=True)
+    from storage.suppressions import rekey  # it imports this module
+
+    rekeyed = rekey(conn)  # schema 5: one key per mailbox, whatever the case or quotes
+    if rekeyed:
+        log.warning("%d suppression entries re-keyed to the lower-cased address", rekeyed)
 
 
 async def create_schema(db: Database) -> None:

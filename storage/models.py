@@ -11,7 +11,7 @@ from sqlalchemy import DDL, BigInteger, Column, Index, Integer, LargeBinary, Tex
 from sqlalchemy.event import listen
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # A 64-bit key on PostgreSQL; on SQLite exactly INTEGER, so that it is the rowid.
 BIG_ID = BigInteger().with_variant(Integer(), "sqlite")
@@ -96,7 +96,7 @@ class Suppression(SQLModel, table=True):
     __tablename__ = "suppression"
     __table_args__ = (Index("ix_suppression_created", "created_at"),)
 
-    email: str = Field(primary_key=True)  # normalised: see gateway.addresses.normalise
+    email: str = Field(primary_key=True)  # gateway.addresses.mailbox_key of the address
     reason: str = Field(max_length=16)  # unsubscribed | bounced | complaint | manual
     created_at: float
 

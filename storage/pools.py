@@ -5,6 +5,10 @@ password column holds a ciphertext made by the caller, bound to the pool's id).
 At most one pool is the default. Making an API pool the default clears the flag on the
 others in the same transaction; a config pool that is the default cannot be overruled
 from the API (the file wins, and at start it clears the flag on API pools).
+
+A pool that queued mail still needs (its route names the pool, or the group the pool is
+the last of) is not deleted unless that mail is moved to another pool in the same
+transaction: routing never sends mail another way on its own.
 """
 
 from __future__ import annotations
@@ -16,13 +20,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, select, text, update
+from sqlalchemy import Connection, and_, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from storage.db import Database
-from storage.models import Pool
+from storage.models import Message, Pool
 
 P = Pool.__table__  # type: ignore[attr-defined]
+M = Message.__table__  # type: ignore[attr-defined]
 
 _FIELDS = (
     "name",
@@ -64,6 +69,14 @@ class PoolNameTaken(PoolError):
 
 class ConfigDefault(PoolError):
     """A config-file pool is the default; an API pool cannot take the flag from it."""
+
+
+class PoolInUse(PoolError):
+    """Queued mail still needs the pool (delete with move_to)."""
+
+
+class BadMoveTarget(PoolError):
+    """move_to names no other active pool."""
 
 
 @dataclass(frozen=True)
@@ -230,16 +243,52 @@ async def update_pool(
         raise PoolNameTaken(f"a pool named {changes.get('name')!r} already exists") from None
 
 
-async def delete_pool(db: Database, pool_id: str) -> PoolRecord:
-    """Remove an API pool (queued mail routed to it falls back to the default route)."""
+async def delete_pool(
+    db: Database, pool_id: str, move_to: str | None = None
+) -> tuple[PoolRecord, int]:
+    """Remove an API pool; returns it and how many queued messages moved to `move_to`.
 
-    def work(conn: Connection) -> PoolRecord:
+    PoolInUse when queued mail needs it and no `move_to` is given; BadMoveTarget when
+    `move_to` is not another active pool."""
+
+    def work(conn: Connection) -> tuple[PoolRecord, int]:
         row = conn.execute(select(P).where(P.c.id == pool_id)).first()
         if row is None:
             raise PoolNotFound("no such SMTP pool")
         if row.source != "api":
             raise PoolReadOnly(f"pool {row.name!r} is declared in the config file; remove it there")
+        if move_to is not None:
+            _check_target(conn, pool_id, move_to)
+        needing = _needing(conn, row)
+        waiting = conn.execute(select(func.count()).select_from(M).where(needing)).scalar() or 0
+        if waiting and move_to is None:
+            raise PoolInUse(
+                f"{waiting} queued message(s) still need this pool: let them drain, or "
+                "delete with ?move_to=<pool id> to move them to another pool"
+            )
+        if waiting:
+            now = time.time()
+            conn.execute(update(M).where(needing).values(pool_id=move_to, ip_pool=None))
+            # Due now, unless a worker holds it (its due_at is then the claim's lease).
+            moved = and_(M.c.pool_id == move_to, M.c.claimed_by.is_(None), M.c.due_at > now)
+            conn.execute(update(M).where(moved).values(due_at=now))
         conn.execute(P.delete().where(P.c.id == pool_id))
-        return _record(row)
+        return _record(row), waiting
 
     return await db.transaction(work)
+
+
+def _check_target(conn: Connection, pool_id: str, move_to: str) -> None:
+    target = conn.execute(select(P.c.is_active).where(P.c.id == move_to)).first()
+    if move_to == pool_id or target is None or not target.is_active:
+        raise BadMoveTarget("move_to must name another active SMTP pool")
+
+
+def _needing(conn: Connection, row: Any) -> Any:
+    """Messages with work left whose route needs the pool `row`: they name it, or name
+    its group and it is the group's last pool."""
+    routes = [M.c.pool_id == row.id]
+    others = select(P.c.id).where(P.c.ip_pool == row.ip_pool, P.c.id != row.id).limit(1)
+    if conn.execute(others).first() is None:
+        routes.append(and_(M.c.pool_id.is_(None), M.c.ip_pool == row.ip_pool))
+    return and_(M.c.due_at.is_not(None), or_(*routes))

@@ -1,9 +1,9 @@
 """The suppression list: addresses Postern refuses to send to.
 
-Addresses are stored under `gateway.addresses.normalise` (domain lower-cased, IDNs as
-A-labels), so one mailbox has one entry whatever the spelling of its domain. Bounces add
-entries from `gateway.queue` in the attempt's own transaction; these functions are the
-operator's and the API's.
+Addresses are stored under `gateway.addresses.mailbox_key` (unquoted, lower-cased, IDNs as
+A-labels), so one mailbox has one entry however it is spelt. Bounces add entries from
+`gateway.queue` in the attempt's own transaction; these functions are the operator's and
+the API's.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, delete, select
+from sqlalchemy import Connection, delete, select, update
 
-from gateway.addresses import normalise
+from gateway.addresses import mailbox_key
 from storage.db import Database
 from storage.models import Suppression
 
@@ -41,7 +41,7 @@ async def add_suppression(db: Database, email: str, reason: str) -> tuple[Suppre
     """Add or update the entry; returns it and whether it is new."""
     if reason not in REASONS:
         raise ValueError(f"reason must be one of {', '.join(REASONS)}")
-    key = normalise(email)
+    key = mailbox_key(email)
     now = time.time()
 
     def run(conn: Connection) -> tuple[Any, bool]:
@@ -58,14 +58,14 @@ async def add_suppression(db: Database, email: str, reason: str) -> tuple[Suppre
 
 async def remove_suppression(db: Database, email: str) -> bool:
     """Remove the entry; False when there was none."""
-    key = normalise(email)
+    key = mailbox_key(email)
     return bool(
         await db.transaction(lambda conn: conn.execute(delete(S).where(S.c.email == key)).rowcount)
     )
 
 
 async def get_suppression(db: Database, email: str) -> SuppressionRecord | None:
-    key = normalise(email)
+    key = mailbox_key(email)
     rows = await db.read(lambda conn: list(conn.execute(select(S).where(S.c.email == key))))
     return _record(rows[0]) if rows else None
 
@@ -82,3 +82,24 @@ async def list_suppressions(
     rows = await db.read(lambda conn: list(conn.execute(query)))
     page = [_record(row) for row in rows[:limit]]
     return page, (page[-1].email if len(rows) > limit else None)
+
+
+def rekey(conn: Connection) -> int:
+    """Upgrade from schema 4, which kept the local part as given: store every entry under
+    its `mailbox_key`, merging the spellings of one mailbox (the first created_at, the
+    latest reason). Returns how many rows changed."""
+    stale: dict[str, list[Any]] = {}
+    for row in conn.execute(select(S).execution_options(yield_per=10_000)):
+        key = mailbox_key(row.email)
+        if key != row.email:
+            stale.setdefault(key, []).append(row)
+    for key, rows in stale.items():
+        current = conn.execute(select(S).where(S.c.email == key)).first()
+        spellings = sorted([*rows, *([current] if current else [])], key=lambda r: r.created_at)
+        conn.execute(delete(S).where(S.c.email.in_([row.email for row in rows])))
+        merged = {"reason": spellings[-1].reason, "created_at": spellings[0].created_at}
+        if current is None:
+            conn.execute(S.insert().values(email=key, **merged))
+        else:
+            conn.execute(update(S).where(S.c.email == key).values(**merged))
+    return sum(len(rows) for rows in stale.values())

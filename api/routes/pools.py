@@ -17,16 +17,17 @@ from starlette.routing import Route
 from api import pool_ops
 from api.auth import authenticate
 from api.context import ApiContext, iso
-from api.openapi import operation, path_parameter
+from api.openapi import operation, path_parameter, query_parameter
 from api.resource_schemas import (
     PoolCreate,
+    PoolDeleted,
     PoolTest,
     PoolTestResult,
     PoolUpdate,
     SmtpPool,
     SmtpPoolList,
 )
-from api.schemas import ErrorResponse, Ok, parse, refuse_nulls
+from api.schemas import ErrorResponse, parse, refuse_nulls
 from storage.keys import ApiKeyRecord
 from storage.pools import PoolRecord, pool_records
 
@@ -36,6 +37,13 @@ _ID = [path_parameter("pool_id", "the pool's id (smtp_...)")]
 _NOT_FOUND = ("no such pool", ErrorResponse)
 _CONFIG = ("a config-file pool (config_pool), or the name is taken (conflict)", ErrorResponse)
 _HOST = ("a bad field, or a host in a denied network (host_not_allowed)", ErrorResponse)
+MOVE_TO = query_parameter("move_to", "the id of another active pool to move queued mail to")
+MOVE_TO_TEXT = (
+    "Queued mail whose route needs this pool (it names the pool, or the pool is the last of "
+    "the ip_pool group it names) is never sent another way on its own: the delete is a 409 "
+    "`pool_in_use` while there is some, unless `?move_to=<pool id>` names another active "
+    "pool to move it to (in the same transaction; it is then due at once)."
+)
 
 
 def pool_json(record: PoolRecord) -> dict[str, Any]:
@@ -125,13 +133,23 @@ async def change(request: Request) -> Response:
 @operation(
     "Delete an SMTP pool",
     scope=SCOPE,
-    parameters=_ID,
-    responses={200: ("deleted", Ok), 404: _NOT_FOUND, 409: _CONFIG},
+    parameters=[*_ID, MOVE_TO],
+    description=MOVE_TO_TEXT,
+    responses={
+        200: ("deleted (with move_to: `moved`, how many messages moved)", PoolDeleted),
+        400: ("move_to names no other active pool", ErrorResponse),
+        404: _NOT_FOUND,
+        409: (
+            "a config-file pool (config_pool), or queued mail needs it (pool_in_use)",
+            ErrorResponse,
+        ),
+    },
 )
 async def remove(request: Request) -> Response:
     ctx, _ = await _caller(request)
-    await pool_ops.delete(ctx, request.path_params["pool_id"])
-    return JSONResponse({"success": True})
+    move_to = request.query_params.get("move_to")
+    moved = await pool_ops.delete(ctx, request.path_params["pool_id"], move_to)
+    return JSONResponse({"success": True, **({"moved": moved} if move_to else {})})
 
 
 @operation(
@@ -143,11 +161,15 @@ async def remove(request: Request) -> Response:
         "EHLO, STARTTLS or implicit TLS per `encryption`, AUTH when a username is set, QUIT. "
         'No body is needed; with `{"recipient": ...}` a test message is also sent through '
         "this pool (stored and delivered like any other message) and its `message_id` "
-        "returned. A failure is a 200 with `success: false`, `error` and `code`."
+        "returned: 200 once the upstream accepted it within `handoff_timeout`, 400 "
+        "`upstream_rejected` naming the reply when it refused it, 202 `queued: true` when it "
+        "has not answered yet (the message is retried). A failed connection test is a 200 "
+        "with `success: false`, `error` and `code`."
     ),
     responses={
         200: ("the outcome", PoolTestResult),
-        400: _HOST,
+        202: ("the test message is queued: not accepted yet", PoolTestResult),
+        400: ("a bad field, a denied host, or the upstream refused the message", ErrorResponse),
         403: ("the key lacks the scope, or from_email is unverified", ErrorResponse),
         404: _NOT_FOUND,
     },
@@ -157,7 +179,7 @@ async def test(request: Request) -> Response:
     raw = await request.body()
     body = parse(PoolTest, raw) if raw.strip() else PoolTest(recipient=None)
     record = await pool_ops.get(ctx, request.path_params["pool_id"])
-    result, message_id = await pool_ops.test(ctx, key, record, body.recipient)
+    result, sent = await pool_ops.test(ctx, key, record, body.recipient)
     answer: dict[str, Any] = {
         "success": result.success,
         "message": result.message,
@@ -165,8 +187,14 @@ async def test(request: Request) -> Response:
     }
     if not result.success:
         answer.update(error=result.error, code=result.code)
-    if message_id is not None:
-        answer["message_id"] = message_id
+    if sent is None:
+        return JSONResponse(answer)
+    if sent.outcome == "refused":
+        raise pool_ops.refused(result, sent)
+    answer["message_id"] = sent.message_id
+    if sent.outcome == "pending":
+        answer.update(success=False, queued=True, message=pool_ops.PENDING_TEXT)
+        return JSONResponse(answer, status_code=202)
     return JSONResponse(answer)
 
 

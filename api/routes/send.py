@@ -24,8 +24,10 @@ from api.openapi import operation
 from api.schemas import ErrorResponse, QueuedResponse, SendRequest, SendResponse, parse
 from gateway.intake import (
     Accepted,
+    AliasUnverified,
     AllSuppressed,
     Duplicate,
+    NoRoute,
     NotPermitted,
     UnknownAlias,
     UnverifiedSender,
@@ -115,8 +117,16 @@ def _parse_and_build(raw: bytes, hostname: str) -> tuple[SendRequest, Built]:
     responses={
         200: ("the upstream accepted it (or, sandbox: stored)", SendResponse),
         202: ("stored; retried automatically until the upstream accepts it", QueuedResponse),
-        400: ("bad field, header injection attempt, or unknown alias_id", ErrorResponse),
-        403: ("no scope for it, or From is unverified (unverified_sender)", ErrorResponse),
+        400: (
+            "bad field, header injection attempt, unknown alias_id (unknown_alias), or the "
+            "pool or group asked for has no active pool (no_route)",
+            ErrorResponse,
+        ),
+        403: (
+            "no scope for it, From is unverified (unverified_sender), or alias_id names an "
+            "alias not verified yet (alias_not_verified)",
+            ErrorResponse,
+        ),
         422: ("every recipient suppressed, or the upstream refused it", ErrorResponse),
         503: ("storage failed: nothing was accepted", ErrorResponse),
         507: ("no space left to store it (storage_full): nothing was accepted", ErrorResponse),
@@ -166,6 +176,15 @@ async def send(request: Request) -> Response:
         raise errors.UnknownAlias(
             "unknown alias_id",
             [{"field": "alias_id", "message": "names neither an SMTP pool nor an alias"}],
+        ) from None
+    except AliasUnverified as refusal:
+        raise errors.AliasNotVerified(
+            refusal.reason, [{"field": "alias_id", "message": "verify the alias first"}]
+        ) from None
+    except NoRoute as refusal:
+        field = "alias_id" if body.alias_id else "from"  # else the From's alias chose it
+        raise errors.NoRoute(
+            refusal.reason, [{"field": field, "message": refusal.reason}]
         ) from None
     except UnverifiedSender as refusal:
         raise errors.UnverifiedSender(refusal.reason) from None

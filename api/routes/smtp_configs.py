@@ -30,6 +30,7 @@ from api.resource_schemas import (
     SmtpConfig,
     SmtpConfigPage,
 )
+from api.routes.pools import MOVE_TO, MOVE_TO_TEXT
 from api.schemas import ErrorResponse, parse, refuse_nulls
 from storage.keys import ApiKeyRecord
 from storage.pools import PoolRecord, pool_records
@@ -160,13 +161,26 @@ async def update(request: Request) -> Response:
 @operation(
     "Delete an SMTP configuration",
     scope=SCOPE,
-    parameters=_ID,
-    responses={200: ("deleted", ConfigDeleted), 404: _NOT_FOUND, 409: _CONFLICT},
+    parameters=[*_ID, MOVE_TO],
+    description=MOVE_TO_TEXT,
+    responses={
+        200: ("deleted (with move_to: `moved`, how many messages moved)", ConfigDeleted),
+        400: ("move_to names no other active pool", ErrorResponse),
+        404: _NOT_FOUND,
+        409: (
+            "a config-file pool (config_pool), or queued mail needs it (pool_in_use)",
+            ErrorResponse,
+        ),
+    },
 )
 async def remove(request: Request) -> Response:
     ctx, _ = await _caller(request)
-    await pool_ops.delete(ctx, request.path_params["config_id"])
-    return JSONResponse({"message": "SMTP configuration deleted successfully"})
+    move_to = request.query_params.get("move_to")
+    moved = await pool_ops.delete(ctx, request.path_params["config_id"], move_to)
+    answer: dict[str, Any] = {"message": "SMTP configuration deleted successfully"}
+    if move_to:
+        answer["moved"] = moved
+    return JSONResponse(answer)
 
 
 @operation(
@@ -176,12 +190,20 @@ async def remove(request: Request) -> Response:
     parameters=_ID,
     description=(
         "Connects (EHLO, TLS, AUTH) and sends a test email to `recipient` through this "
-        "configuration. A failed connection is a 400 whose `code` names the stage: "
-        "smtp_connection_error, smtp_tls_error, smtp_auth_error or timeout."
+        "configuration. 200 once the upstream accepted it within `handoff_timeout`; 202 "
+        "`queued: true` (with `message_id`) when it has not answered yet (the email is "
+        "retried). A failed connection is a 400 whose `code` names the stage: "
+        "smtp_connection_error, smtp_tls_error, smtp_auth_error or timeout; a refused email "
+        "a 400 `upstream_rejected` whose `message` is the upstream's reply."
     ),
     responses={
-        200: ("the test email was accepted for delivery", ConfigTestResult),
-        400: ("bad recipient, a denied host, or the connection test failed", ErrorResponse),
+        200: ("the upstream accepted the test email", ConfigTestResult),
+        202: ("the test email is queued: not accepted yet", ConfigTestResult),
+        400: (
+            "bad recipient, a denied host, the connection test failed, or the upstream "
+            "refused the email (upstream_rejected)",
+            ErrorResponse,
+        ),
         404: _NOT_FOUND,
     },
 )
@@ -189,21 +211,26 @@ async def test(request: Request) -> Response:
     ctx, key = await _caller(request)
     body = parse(ConfigTest, await request.body())
     record = await pool_ops.get(ctx, request.path_params["config_id"])
-    result, message_id = await pool_ops.test(ctx, key, record, body.recipient)
-    if not result.success or message_id is None:
+    result, sent = await pool_ops.test(ctx, key, record, body.recipient)
+    if not result.success or sent is None:
         raise errors.SmtpTestFailed(
             result.code or "smtp_connection_error",
             result.message,
             result.error or "the test failed",
             result.latency_ms,
         )
-    return JSONResponse(
-        {
-            "message": "Test email sent successfully",
-            "delivery_id": message_id,
-            "latencyMs": result.latency_ms,
-        }
-    )
+    if sent.outcome == "refused":
+        raise pool_ops.refused(result, sent)
+    answer: dict[str, Any] = {
+        "message": "Test email sent successfully",
+        "delivery_id": sent.message_id,
+        "latencyMs": result.latency_ms,
+    }
+    if sent.outcome == "pending":
+        answer.update(message=f"Test email queued: {pool_ops.PENDING_TEXT}", queued=True)
+        answer["message_id"] = sent.message_id
+        return JSONResponse(answer, status_code=202)
+    return JSONResponse(answer)
 
 
 routes = [

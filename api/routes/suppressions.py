@@ -1,7 +1,9 @@
 """/api/v1/suppressions: the addresses Postern will not send to (scope `suppressions`).
 
-Addresses compare case-insensitively in the domain (and IDNs by their A-labels). Changes
-apply to this node's in-memory copy at once, to other nodes' within their refresh.
+One mailbox, one entry: addresses are kept under `gateway.addresses.mailbox_key` (quotes
+removed, lower-cased, IDNs as A-labels), so `"Bob"@Example.org` adds, finds and removes
+`bob@example.org`. Changes apply to this node's in-memory copy at once, to other nodes'
+within their refresh.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from api.schemas import (
     SuppressionResponse,
     parse,
 )
-from gateway.addresses import envelope_problem
+from gateway.addresses import envelope_problem, mailbox_key
 from gateway.message_builder import text_problem
 from storage.suppressions import (
     REASONS,
@@ -42,10 +44,11 @@ def _json(record: SuppressionRecord) -> dict[str, str | None]:
 
 
 def _address(value: str, field: str = "email") -> str:
+    """The address's mailbox key, or a 400 naming the field."""
     problem = text_problem(value, header=True) or envelope_problem(value)
     if problem:
         raise errors.InvalidRequest(f"{field}: {problem}", [{"field": field, "message": problem}])
-    return value
+    return mailbox_key(value)
 
 
 @operation(

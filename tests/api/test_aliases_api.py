@@ -179,7 +179,7 @@ async def test_delete_rules(api: Api, sink: Sink) -> None:
     last = await call(api, "DELETE", f"{ALIASES}/{only}", key)
     assert (last.status_code, last.json()["code"]) == (403, "last_verified_alias")
 
-    busy = (await create(api, key, email="busy@yourdomain.test"))["alias"]["id"]
+    busy = await verified_alias(api, sink, key, "busy@yourdomain.test")
     sink.fail("rcpt", "451 4.3.0 not now")  # the message stays deferred, naming the alias
     sent = await api.send(payload(alias_id=busy), key=key)
     assert sent.status_code == 202, sent.text

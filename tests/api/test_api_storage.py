@@ -109,11 +109,11 @@ async def test_suppressions_are_one_per_mailbox_and_page_in_order(
     _, created = await add_suppression(backend, "A@Example.TEST", "manual")
     again, created_again = await add_suppression(backend, "A@example.test", "complaint")
     assert created and not created_again
-    assert (again.email, again.reason) == ("A@example.test", "complaint")
+    assert (again.email, again.reason) == ("a@example.test", "complaint")
     for name in ("b", "c", "d"):
         await add_suppression(backend, f"{name}@example.test", "bounced")
     page, cursor = await list_suppressions(backend, limit=2)
-    assert [r.email for r in page] == ["A@example.test", "b@example.test"]
+    assert [r.email for r in page] == ["a@example.test", "b@example.test"]
     rest, end = await list_suppressions(backend, limit=2, after=cursor)
     assert [r.email for r in rest] == ["c@example.test", "d@example.test"] and end is None
     bounced, _ = await list_suppressions(backend, reason="bounced")

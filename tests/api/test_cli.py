@@ -9,11 +9,13 @@ import asyncio
 import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gateway.cli import main
 from tests.api.conftest import Api, ApiFactory
+from tests.conftest import smtp_send
 from tests.processes import child_cwd, child_env, postern_argv
 
 pytestmark = pytest.mark.timeout(60)
@@ -67,15 +69,15 @@ def test_keys_create_text_shows_the_key_once(
 def test_suppressions_add_list_remove(config: str, capsys: pytest.CaptureFixture[str]) -> None:
     base = ("--config", config, "suppressions")
     code, out, _ = run(capsys, *base, "add", "Bob@Example.COM", "--reason", "complaint", "--json")
-    assert code == 0 and json.loads(out)["email"] == "Bob@example.com"
+    assert code == 0 and json.loads(out)["email"] == "bob@example.com"
     run(capsys, *base, "add", "carol@example.com")
     code, out, _ = run(capsys, *base, "list", "--json")
     assert [(s["email"], s["reason"]) for s in json.loads(out)] == [
-        ("Bob@example.com", "complaint"),
+        ("bob@example.com", "complaint"),
         ("carol@example.com", "manual"),
     ]
     code, out, _ = run(capsys, *base, "list", "--reason", "complaint")
-    assert "Bob@example.com" in out and "carol" not in out
+    assert "bob@example.com" in out and "carol" not in out
     code, out, _ = run(capsys, *base, "remove", "Bob@EXAMPLE.com")
     assert code == 0 and "removed" in out
     code, out, _ = run(capsys, *base, "list", "--json")
@@ -131,3 +133,28 @@ def _created_key(args: list[str]) -> str:
         cwd=child_cwd(), env=child_env(), capture_output=True, text=True, timeout=30, check=True,
     )  # fmt: skip
     return str(json.loads(done.stdout)["key"])
+
+
+async def test_the_cli_keys_suppressions_by_mailbox(api_client: ApiFactory) -> None:
+    api: Api = await api_client()
+    config = Path(api.svc.config.server.data_dir).parent / "cli.toml"
+    config.write_text(f'[server]\ndata_dir = "{api.svc.config.server.data_dir}"\n')
+    base = [*postern_argv(), "--config", str(config), "suppressions"]
+    added = await asyncio.to_thread(_run_json, [*base, "add", '"Gone"@Example.ORG'])
+    assert added["email"] == "gone@example.org"
+    listed = await asyncio.to_thread(_run_json, [*base, "list"])
+    assert [entry["email"] for entry in listed] == ["gone@example.org"]
+    await api.svc.queue.suppressions.refresh()  # what the node does every few seconds
+    data = b"From: app@sender.test\r\nTo: x@example.org\r\nSubject: s\r\n\r\nbody\r\n"
+    code, _ = await smtp_send(api.svc.smtp_port, "app@sender.test", ["GONE@example.org"], data)
+    assert code == 550
+    removed = await asyncio.to_thread(_run_json, [*base, "remove", "gone@EXAMPLE.org"])
+    assert removed == {"email": "gone@example.org", "removed": True}
+
+
+def _run_json(args: list[str]) -> Any:
+    done = subprocess.run(
+        [*args, "--json"],
+        cwd=child_cwd(), env=child_env(), capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    return json.loads(done.stdout)

@@ -174,3 +174,41 @@ async def test_the_test_message_and_the_sender_policy(api_client: ApiFactory, si
         api, "POST", f"{POOLS}/{theirs['id']}/test", key, {"recipient": "me@example.test"}
     )
     assert (refused.status_code, refused.json()["code"]) == (403, "unverified_sender")
+
+
+# --- the test message: success only once the upstream has accepted it -------------------------
+
+
+async def test_a_test_message_the_upstream_refuses_is_a_400_naming_its_reply(
+    api: Api, sink: Sink
+) -> None:
+    key = await api.key("pools")
+    pool_id = (await create_pool(api, key, sink))["id"]
+    sink.fail("rcpt", "550 5.7.1 relaying denied")  # not 5.1.x: the address stays usable
+    for path in (f"{POOLS}/{pool_id}/test", f"{CONFIGS}/{pool_id}/test"):
+        refused = await call(api, "POST", path, key, {"recipient": "me@example.test"})
+        assert refused.status_code == 400, refused.text
+        body = refused.json()
+        assert body["code"] == "upstream_rejected" and body["message_id"].startswith("msg_")
+        assert "550 5.7.1 relaying denied" in body["error"] and body["message"].startswith("550")
+
+
+async def test_a_test_message_not_accepted_within_the_handoff_says_it_is_queued(
+    api_client: ApiFactory, sink: Sink
+) -> None:
+    api = await api_client(delivery={"handoff_timeout": "0.5s", "command_timeout": "5s"})
+    key = await api.key("pools")
+    pool_id = (await create_pool(api, key, sink))["id"]
+    sink.fail("mail", "451 4.3.0 not now", times=1)  # deferred at once
+    pending = await call(api, "POST", f"{POOLS}/{pool_id}/test", key, {"recipient": "a@x.test"})
+    assert pending.status_code == 202, pending.text
+    body = pending.json()
+    assert (body["success"], body["queued"]) == (False, True)
+    assert body["message_id"].startswith("msg_") and "handoff" in body["message"]
+
+    sink.hang("mail", seconds=2)  # no answer at all within the handoff
+    pending = await call(api, "POST", f"{CONFIGS}/{pool_id}/test", key, {"recipient": "b@x.test"})
+    assert pending.status_code == 202, pending.text
+    body = pending.json()
+    assert body["queued"] is True and body["message_id"] == body["delivery_id"]
+    assert body["message_id"].startswith("msg_")

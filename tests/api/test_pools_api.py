@@ -8,13 +8,16 @@ from typing import Any
 
 import pytest
 
-from tests.api.conftest import Api, ApiFactory
+from tests.api.conftest import Api, ApiFactory, payload
 from tests.api.resources import POOLS, call, create_pool, live_pools, pool_body
+from tests.api.test_aliases_api import verified_alias, verified_domain
+from tests.conftest import wait_for_status
 from tests.sink import Sink
 
 pytestmark = pytest.mark.timeout(60)
 
 SEED_FIELDS = {"id", "name", "host", "port", "username", "encryption", "is_active", "created_at"}
+CONFIGS = "/api/v1/smtp/configs"
 OUR_FIELDS = {"ip_pool", "priority", "max_connections", "is_default", "from_email", "tls_verify"}
 
 
@@ -222,3 +225,62 @@ async def test_pools_changed_elsewhere_reach_the_live_pools(api: Api) -> None:
     assert await wait_until(lambda: "elsewhere" in live_pools(api), timeout=5)
     await pools.update_pool(api.svc.db, record.id, {"port": 2601})
     assert await wait_until(lambda: live_pools(api)["elsewhere"].port == 2601, timeout=5)
+
+
+async def test_deleting_a_pool_that_queued_mail_needs_is_refused_unless_moved(
+    api_client: ApiFactory, sink: Sink
+) -> None:
+    api = await api_client(pools=[])
+    key = await api.key("pools", "send")
+    other = Sink().start()
+    try:
+        old = (await create_pool(api, key, other, name="old", ip_pool="marketing"))["id"]
+        new = (await create_pool(api, key, sink, name="new", ip_pool="transactional"))["id"]
+        other.fail("mail", "451 4.3.0 not now")  # the message stays queued for `old`
+        sent = await api.send(payload(alias_id=old), key=key)
+        assert sent.status_code == 202, sent.text
+        message_id = sent.json()["message_id"]
+
+        for path in (f"{POOLS}/{old}", f"{CONFIGS}/{old}"):
+            in_use = await call(api, "DELETE", path, key)
+            assert (in_use.status_code, in_use.json()["code"]) == (409, "pool_in_use")
+            assert "move_to" in in_use.json()["error"]
+        for target in ("smtp_nope", old):
+            bad = await call(api, "DELETE", f"{POOLS}/{old}?move_to={target}", key)
+            assert (bad.status_code, bad.json()["details"][0]["field"]) == (400, "move_to")
+        assert (await call(api, "GET", f"{POOLS}/{old}", key)).status_code == 200  # still there
+
+        moved = await call(api, "DELETE", f"{POOLS}/{old}?move_to={new}", key)
+        assert moved.status_code == 200, moved.text
+        assert moved.json() == {"success": True, "moved": 1}
+        row = await wait_for_status(api.svc, message_id, {"delivered"})
+        assert (row["pool_id"], row["last_pool"]) == (new, "new")
+        assert len(sink.messages) == 1
+    finally:
+        other.stop()
+
+
+async def test_the_last_pool_of_a_group_that_queued_mail_names_is_in_use(
+    api_client: ApiFactory, sink: Sink
+) -> None:
+    api = await api_client(pools=[])
+    key = await api.key("pools", "send", "aliases", "domains")
+    other = Sink().start()
+    try:
+        await create_pool(api, key, sink, name="main", ip_pool="transactional")
+        news = (await create_pool(api, key, other, name="news", ip_pool="newsletter"))["id"]
+        await verified_domain(api, "brand.test")
+        alias_id = await verified_alias(api, sink, key, "news@brand.test", ip_pool="newsletter")
+        other.fail("mail", "451 4.3.0 not now")
+        sent = await api.send(payload(alias_id=alias_id), key=key)
+        assert sent.status_code == 202, sent.text
+        in_use = await call(api, "DELETE", f"{CONFIGS}/{news}", key)
+        assert (in_use.status_code, in_use.json()["code"]) == (409, "pool_in_use")
+        # A second pool in the group takes the mail over: the first may go.
+        spare = (await create_pool(api, key, other, name="spare", ip_pool="newsletter"))["id"]
+        deleted = await call(api, "DELETE", f"{CONFIGS}/{news}", key)
+        assert deleted.json() == {"message": "SMTP configuration deleted successfully"}
+        in_use = await call(api, "DELETE", f"{POOLS}/{spare}", key)
+        assert (in_use.status_code, in_use.json()["code"]) == (409, "pool_in_use")
+    finally:
+        other.stop()

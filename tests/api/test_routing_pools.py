@@ -17,7 +17,14 @@ import pytest
 from tests.api.conftest import Api, ApiFactory, payload
 from tests.api.resources import POOLS, call, create_pool
 from tests.api.test_aliases_api import verified_alias, verified_domain
-from tests.conftest import free_port, smtp_send, wait_for_status
+from tests.conftest import (
+    free_port,
+    message_row,
+    query,
+    smtp_send,
+    wait_for_status,
+    wait_until,
+)
 from tests.sink import Sink
 
 pytestmark = pytest.mark.timeout(60)
@@ -154,3 +161,82 @@ async def test_a_failing_pool_is_skipped_until_its_cool_down_passes(setup: Setup
         assert live.unhealthy_until == 0.0
     finally:
         flaky.stop()
+
+
+# --- no silent fallback: a route that names a pool or group is that pool or group, or nothing
+
+
+def _smtp_data(alias_id: str) -> bytes:
+    return (
+        b"From: app@sender.test\r\nTo: rcpt@example.test\r\nSubject: s\r\n"
+        b"X-Postern-Alias-Id: " + alias_id.encode() + b"\r\n\r\nbody\r\n"
+    )
+
+
+async def _refused_at_both_doors(setup: Setup, alias_id: str, status: int, code: str) -> None:
+    refused = await setup.api.send(payload(alias_id=alias_id), key=setup.key)
+    assert (refused.status_code, refused.json().get("code")) == (status, code), refused.text
+    reply = await smtp_send(
+        setup.api.svc.smtp_port, "app@sender.test", ["rcpt@example.test"], _smtp_data(alias_id)
+    )
+    assert (reply[0], reply[1][:5]) == (550, "5.7.1"), reply
+
+
+async def test_an_unverified_alias_cannot_be_used_to_send(setup: Setup) -> None:
+    await verified_domain(setup.api, "brand.test")
+    body = {"email": "promo@brand.test", "ip_pool": "marketing"}
+    created = await call(setup.api, "POST", "/api/v1/aliases", setup.key, body)
+    assert created.status_code == 201
+    await _refused_at_both_doors(setup, created.json()["alias"]["id"], 403, "alias_not_verified")
+    assert setup.marketing.messages == []
+
+
+async def test_alias_id_naming_an_inactive_pool_is_refused(setup: Setup) -> None:
+    mkt = setup.pools["mkt"]
+    await call(setup.api, "PATCH", f"{POOLS}/{mkt}", setup.key, {"is_active": False})
+    await _refused_at_both_doors(setup, mkt, 400, "no_route")
+    assert setup.transactional.messages == [] and setup.marketing.messages == []
+
+
+async def test_an_alias_whose_group_has_no_active_pool_is_refused(setup: Setup) -> None:
+    await verified_domain(setup.api, "brand.test")
+    alias_id = await verified_alias(
+        setup.api, setup.transactional, setup.key, "news@brand.test", ip_pool="newsletter"
+    )
+    setup.transactional.messages.clear()  # the verification message
+    await _refused_at_both_doors(setup, alias_id, 400, "no_route")
+    # Its From claims the same group: refused too, rather than sent through another.
+    refused = await setup.api.send(payload(from_={"email": "news@brand.test"}), key=setup.key)
+    assert (refused.status_code, refused.json().get("code")) == (400, "no_route")
+    assert setup.transactional.messages == []
+
+
+async def test_queued_mail_waits_for_its_pool_and_never_takes_another(setup: Setup) -> None:
+    api, mkt = setup.api, setup.pools["mkt"]
+    setup.marketing.fail("mail", "451 4.3.0 not now")
+    sent = await api.send(payload(alias_id=mkt), key=setup.key)
+    assert sent.status_code == 202
+    message_id = sent.json()["message_id"]
+    await call(api, "PATCH", f"{POOLS}/{mkt}", setup.key, {"is_active": False})
+    # The next attempt (retry_schedule 1 s) finds no active pool: it waits, and says why.
+    row = await wait_until(lambda: _waiting(api, message_id, "no active pool"), timeout=10.0)
+    assert row, await message_row(api.svc, message_id)
+    assert row["status"] == "deferred"
+    events = await query(
+        api.svc, "SELECT type, response FROM event WHERE message_id = ?", message_id
+    )
+    assert any("no active pool" in (e["response"] or "") for e in events)
+    await asyncio.sleep(1.5)  # past another retry interval: still nobody else takes it
+    assert setup.transactional.messages == []
+    assert (await message_row(api.svc, message_id))["status"] == "deferred"
+    setup.marketing.clear()
+    await call(api, "PATCH", f"{POOLS}/{mkt}", setup.key, {"is_active": True})
+    retried = await call(api, "POST", f"/v1/messages/{message_id}/retry", setup.key)
+    assert retried.status_code == 200, retried.text
+    row = await wait_for_status(api.svc, message_id, {"delivered"})
+    assert row["last_pool"] == "mkt" and setup.transactional.messages == []
+
+
+async def _waiting(api: Api, message_id: str, reason: str) -> dict[str, Any] | None:
+    row = await message_row(api.svc, message_id)
+    return row if row and reason in (row["last_response"] or "") else None

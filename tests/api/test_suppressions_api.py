@@ -1,5 +1,6 @@
 """/api/v1/suppressions (scope `suppressions`): add, list (paginated, by reason), show,
-remove; the domain compares case-insensitively; changes apply to sending at once.
+remove; one entry per mailbox (case and quotes do not matter) at both doors; changes apply
+to sending at once.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ import pytest
 
 from api.schemas import SuppressionList, SuppressionResponse
 from tests.api.conftest import Api, auth, payload
+from tests.conftest import smtp_send
 from tests.sink import Sink
 
 pytestmark = pytest.mark.timeout(30)
@@ -22,7 +24,7 @@ async def test_add_blocks_sending_and_remove_allows_it_again(api: Api, sink: Sin
     )
     assert added.status_code == 201
     SuppressionResponse.model_validate(added.json())
-    assert added.json()["suppression"]["email"] == "Someone@example.test"
+    assert added.json()["suppression"]["email"] == "someone@example.test"
 
     blocked = await api.send(payload(to=[{"email": "Someone@EXAMPLE.test"}]), key=key)
     assert blocked.status_code == 422
@@ -100,3 +102,50 @@ async def test_unknown_entries_are_404_and_the_scope_is_required(api: Api) -> No
     assert missing.status_code == 404
     assert (await api.get("/api/v1/suppressions/none@example.test", key=key)).status_code == 404
     assert (await api.get("/api/v1/suppressions", key=await api.key("send"))).status_code == 403
+
+
+# --- one mailbox, one key: the whole address compares case-insensitively, quotes unquoted ---
+
+GONE = "gone@example.org"
+SPELLINGS = ["GONE@EXAMPLE.ORG", "Gone@example.org", '"gone"@example.org', '"GONE"@Example.Org']
+
+
+async def test_every_spelling_of_a_suppressed_address_is_refused_over_http(api: Api) -> None:
+    key = await api.key("send", "suppressions")
+    added = await api.http.post("/api/v1/suppressions", json={"email": GONE}, headers=auth(key))
+    assert added.status_code == 201
+    for spelling in SPELLINGS:
+        refused = await api.send(payload(to=[{"email": spelling}]), key=key)
+        assert (refused.status_code, refused.json().get("code")) == (422, "suppressed"), spelling
+
+
+async def test_every_spelling_of_a_suppressed_address_is_refused_at_rcpt(api: Api) -> None:
+    key = await api.key("suppressions")
+    await api.http.post("/api/v1/suppressions", json={"email": GONE}, headers=auth(key))
+    data = b"From: app@sender.test\r\nTo: x@example.org\r\nSubject: s\r\n\r\nbody\r\n"
+    for spelling in SPELLINGS:
+        code, text = await smtp_send(api.svc.smtp_port, "app@sender.test", [spelling], data)
+        assert (code, text[:5]) == (550, "5.7.1"), spelling
+
+
+async def test_the_api_keys_entries_by_the_normalised_address(api: Api, sink: Sink) -> None:
+    key = await api.key("send", "suppressions")
+    added = await api.http.post(
+        "/api/v1/suppressions", json={"email": '"Bob"@Dest.TEST'}, headers=auth(key)
+    )
+    assert added.status_code == 201
+    assert added.json()["suppression"]["email"] == "bob@dest.test"
+    again = await api.http.post(
+        "/api/v1/suppressions", json={"email": "BOB@dest.test", "reason": "bounced"},
+        headers=auth(key),
+    )  # fmt: skip
+    assert again.status_code == 200  # the same entry, not a second one
+    listed = await api.get("/api/v1/suppressions", key=key)
+    assert [s["email"] for s in listed.json()["suppressions"]] == ["bob@dest.test"]
+    for spelling in ("bob@dest.test", "BOB@DEST.TEST", '"bob"@dest.test'):
+        shown = await api.get(f"/api/v1/suppressions/{spelling}", key=key)
+        assert shown.status_code == 200, spelling
+        assert shown.json()["suppression"]["email"] == "bob@dest.test"
+    removed = await api.http.delete('/api/v1/suppressions/"BoB"@dest.test', headers=auth(key))
+    assert removed.status_code == 200
+    assert (await api.send(payload(to=[{"email": "Bob@dest.test"}]), key=key)).status_code == 200

@@ -10,15 +10,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from gateway.message import Route, Submission
 from gateway.queue import Queue
 from storage import aliases, domains, pools
 from storage.db import Database
-from storage.models import AliasToken
+from storage.models import AliasToken, Message
 
 SEALED = "sealed"
+M = Message.__table__  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -184,6 +185,36 @@ async def test_an_alias_named_by_queued_mail_cannot_be_deleted(
     for alias in (by_id, by_from):
         with pytest.raises(aliases.AliasInUse):
             await aliases.delete_alias(backend, alias.id)
+
+
+async def test_a_pool_queued_mail_needs_is_deleted_only_with_its_mail_moved(
+    backend: Database, queue: Queue
+) -> None:
+    old = await pools.create_pool(backend, pool("old", ip_pool="newsletter"), lambda _: "")
+    new = await pools.create_pool(backend, pool("new"), lambda _: "")
+    body = b"From: a@example.com\r\n\r\nx\r\n"
+    mail = Submission("a@example.com", ("r@x.test",), body, "http")
+    by_id = await queue.enqueue(mail, Route(pool_id=old.id), claim=False)
+    by_group = await queue.enqueue(mail, Route(ip_pool="newsletter"), claim=False)
+    elsewhere = await queue.enqueue(mail, Route(ip_pool="transactional"), claim=False)
+    with pytest.raises(pools.PoolInUse):
+        await pools.delete_pool(backend, old.id)
+    for target in (old.id, "smtp_nope"):
+        with pytest.raises(pools.BadMoveTarget):
+            await pools.delete_pool(backend, old.id, move_to=target)
+    record, moved = await pools.delete_pool(backend, old.id, move_to=new.id)
+    assert (record.id, moved) == (old.id, 2)
+    routes = {
+        row.id: (row.pool_id, row.ip_pool)
+        for row in await backend.read(
+            lambda conn: list(conn.execute(select(M.c.id, M.c.pool_id, M.c.ip_pool)))
+        )
+    }
+    assert routes == {
+        by_id.id: (new.id, None),
+        by_group.id: (new.id, None),
+        elsewhere.id: (None, "transactional"),
+    }
 
 
 # --- domains ----------------------------------------------------------------------------------

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import time
 
+from sqlalchemy import Connection, select, text
+
 from gateway.suppressions import SuppressionCache
-from storage.db import Database
+from storage.db import Database, create_schema
 from storage.models import Suppression
+from storage.suppressions import get_suppression, remove_suppression
 
 S = Suppression.__table__  # type: ignore[attr-defined]
 
@@ -51,3 +54,40 @@ async def test_local_changes_apply_at_once(backend: Database) -> None:
     assert cache.suppressed(["x@example.com"]) == {"x@example.com"}
     cache.discard("x@EXAMPLE.com")
     assert not cache.suppressed(["x@example.com"])
+
+
+async def test_an_upgrade_rekeys_rows_stored_under_the_old_normalisation(
+    backend: Database,
+) -> None:
+    """Schema 4 kept the local part as given: upgrading merges the spellings of a mailbox
+    into one entry under its key (first created_at, the latest reason), so that
+    GET/DELETE by any spelling and the in-memory copy find it."""
+    old = [
+        ("Bob@example.com", "bounced", 10.0),
+        ('"bob"@example.com', "complaint", 20.0),
+        ("carol@example.com", "manual", 30.0),
+        ("Dave@example.com", "unsubscribed", 40.0),
+        ("dave@example.com", "manual", 35.0),
+    ]
+
+    def downgrade(conn: Connection) -> None:
+        for email, reason, created_at in old:
+            conn.execute(S.insert().values(email=email, reason=reason, created_at=created_at))
+        conn.execute(text("UPDATE postern_meta SET value = '4' WHERE key = 'schema_version'"))
+
+    await backend.transaction(downgrade)
+    await create_schema(backend)
+    rows = await backend.read(lambda conn: list(conn.execute(select(S).order_by(S.c.email))))
+    assert [(r.email, r.reason, r.created_at) for r in rows] == [
+        ("bob@example.com", "complaint", 10.0),
+        ("carol@example.com", "manual", 30.0),
+        ("dave@example.com", "unsubscribed", 35.0),
+    ]
+    cache = SuppressionCache(backend)
+    await cache.reload()
+    assert cache.suppressed(["BOB@example.com", '"Dave"@example.com', "eve@example.com"]) == {
+        "BOB@example.com",
+        '"Dave"@example.com',
+    }
+    assert (await get_suppression(backend, "DAVE@example.com")) is not None
+    assert await remove_suppression(backend, '"Bob"@Example.com')

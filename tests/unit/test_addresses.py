@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.addresses import envelope_problem, has_control, normalise
+from gateway.addresses import envelope_problem, has_control, mailbox_key, normalise
 
 
 @pytest.mark.parametrize(
@@ -134,3 +134,20 @@ def test_normalise_is_idempotent() -> None:
 def test_normalise_treats_idn_forms_alike() -> None:
     """The U-label and A-label spellings of a domain are the same mailbox (suppression key)."""
     assert normalise("josé@bücher.de") == normalise("josé@xn--bcher-kva.de")
+
+
+@pytest.mark.parametrize(
+    ("spelling", "key"),
+    [
+        ("GONE@EXAMPLE.ORG", "gone@example.org"),
+        ('"gone"@example.org', "gone@example.org"),
+        ('"Gone"@Example.ORG.', "gone@example.org"),
+        ('"John Doe"@EXAMPLE.com', "john doe@example.com"),
+        ('"a\\"b"@x.test', 'a"b@x.test'),  # a quoted pair stands for its character
+        ("José@BÜCHER.de", "josé@xn--bcher-kva.de"),
+        ("NoAtSign", "noatsign"),
+    ],
+)
+def test_mailbox_key_unquotes_and_lowercases_the_whole_address(spelling: str, key: str) -> None:
+    assert mailbox_key(spelling) == key
+    assert mailbox_key(key) == key  # idempotent

@@ -7,7 +7,15 @@ from dataclasses import dataclass
 import pytest
 
 from gateway.message import Route
-from gateway.routing import AliasView, UnknownRoute, candidates, choose_route, default_route
+from gateway.routing import (
+    AliasNotVerified,
+    AliasView,
+    NoActivePool,
+    UnknownRoute,
+    candidates,
+    choose_route,
+    default_route,
+)
 
 
 @dataclass(frozen=True)
@@ -68,7 +76,7 @@ def test_unknown_alias_id_is_refused_even_without_pools() -> None:
         choose_route("alias_nope", "app@example.com", (), ())
 
 
-@pytest.mark.parametrize("sender", ["news@example.com", "News@Example.COM"])
+@pytest.mark.parametrize("sender", ["news@example.com", "News@Example.COM", '"news"@example.com'])
 def test_from_matching_an_alias_selects_its_group(sender: str) -> None:
     pools = (*POOLS, INTERNAL)  # even with a default pool configured
     assert choose_route(None, sender, pools, ALIASES) == Route(ip_pool="marketing")
@@ -147,18 +155,16 @@ def test_candidates_for_one_pool() -> None:
     assert candidates(Route(pool_id="pool_postmark"), POOLS, set()) == ["pool_postmark"]
 
 
-def test_route_to_vanished_pool_falls_back_to_default() -> None:
+def test_a_route_to_a_vanished_pool_or_group_has_no_candidates() -> None:
+    """Queued mail waits for its own pool or group: never the default, never direct."""
     pools = (*POOLS, INTERNAL)
-    assert candidates(Route(pool_id="pool_deleted"), pools, set()) == ["pool_internal"]
-    assert candidates(Route(ip_pool="gone"), POOLS, set()) == ["pool_ses", "pool_postmark"]
+    assert candidates(Route(pool_id="pool_deleted"), pools, set()) == []
+    assert candidates(Route(ip_pool="gone"), pools, set()) == []
 
 
-def test_route_to_deactivated_pool_falls_back_to_default() -> None:
+def test_a_route_to_a_deactivated_pool_has_no_candidates() -> None:
     off = FakePool("pool_off", "transactional", is_active=False)
-    assert candidates(Route(pool_id="pool_off"), (*POOLS, off), set()) == [
-        "pool_ses",
-        "pool_postmark",
-    ]
+    assert candidates(Route(pool_id="pool_off"), (*POOLS, off), set()) == []
 
 
 def test_vanished_route_without_any_pool_has_no_candidates() -> None:
@@ -178,12 +184,29 @@ def test_an_unverified_alias_does_not_claim_mail_by_its_from() -> None:
     assert choose_route(None, "promo@example.com", POOLS, (verified,)) == Route(ip_pool="marketing")
 
 
-def test_an_alias_id_selects_its_group_even_before_verification() -> None:
-    # alias_id is an explicit routing choice; the sender policy judges the From separately.
+def test_an_alias_id_naming_an_unverified_alias_is_refused() -> None:
     pending = AliasView("alias_pending", "promo@example.com", "marketing", is_verified=False)
-    assert choose_route("alias_pending", "app@example.com", POOLS, (pending,)) == Route(
-        ip_pool="marketing"
-    )
+    with pytest.raises(AliasNotVerified):
+        choose_route("alias_pending", "app@example.com", POOLS, (pending,))
+
+
+# --- no silent fallback: the pool or group asked for, or a refusal ---------------------------
+
+
+def test_alias_id_naming_an_inactive_pool_is_refused() -> None:
+    off = FakePool("pool_off", "transactional", is_active=False)
+    with pytest.raises(NoActivePool, match="pool pool_off"):
+        choose_route("pool_off", "app@example.com", (*POOLS, off, INTERNAL), ALIASES)
+
+
+def test_an_alias_whose_group_has_no_active_pool_is_refused() -> None:
+    lonely = AliasView("alias_lonely", "lonely@example.com", "newsletter")
+    off = FakePool("pool_off", "newsletter", is_active=False)
+    for pools in ((*POOLS, INTERNAL), (*POOLS, off), ()):
+        with pytest.raises(NoActivePool, match="ip_pool newsletter"):
+            choose_route("alias_lonely", "app@example.com", pools, (lonely,))
+        with pytest.raises(NoActivePool):  # its From claims the group just the same
+            choose_route(None, "Lonely@example.com", pools, (lonely,))
 
 
 def test_from_matching_compares_the_domain_case_insensitively_and_as_a_labels() -> None:
