@@ -315,9 +315,14 @@ class Delivery:
                 return await self._direct.deliver(message), DIRECT
             reason = "no active pool for this route"
             return dict.fromkeys(message.recipients, deferred(reason, "4.4.3")), None
+        if message.retried_at is not None:  # an operator's retry: the route's pools afresh
+            for pool_id in pool_ids:
+                self._registry.get(pool_id).forgive(message.retried_at)
         now = time.time()
         ready = [pid for pid in pool_ids if self._registry.get(pid).healthy(now)]
         if not ready:
+            if message.retried_at is not None:
+                self._wait_for_cooldown(message, pool_ids)
             reason = "every pool of this route is cooling down after repeated failures"
             return dict.fromkeys(message.recipients, deferred(reason)), None
         last = deferred("no pool could be reached")
@@ -344,6 +349,16 @@ class Delivery:
                 raise Postponed(replace(wait, until=min(wait.until, deadline)))
             last = deferred(wait.text)  # recorded past max_age: it expires as usual
         return dict.fromkeys(message.recipients, last), tried
+
+    def _wait_for_cooldown(self, message: QueuedMessage, pool_ids: list[str]) -> None:
+        """A retried message whose pools all went back to cooling down since the retry (they
+        failed again): it waits for the first to be ready, with no attempt counted, rather
+        than spend its forced attempt on no upstream at all."""
+        first = min((self._registry.get(pid) for pid in pool_ids), key=lambda p: p.unhealthy_until)
+        until = min(first.unhealthy_until, message.created_at + self._queue.max_age)
+        if until > time.time():
+            text = f"waiting: pool {first.name} cooling down after repeated failures"
+            raise Postponed(Wait(pool=first.name, reason="cooldown", until=until, text=text))
 
     async def _send(
         self, message: QueuedMessage, pool: UpstreamPool, ticket: Ticket | None

@@ -75,6 +75,8 @@ class DirectRoutes:
         now = time.time()
         for target in targets:
             pool = self._pool(target)
+            if message.retried_at is not None:  # an operator's retry: this host afresh
+                pool.forgive(message.retried_at)
             if not pool.healthy(now):
                 continue
             try:

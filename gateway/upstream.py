@@ -124,6 +124,7 @@ class UpstreamPool:
         self._closed = False
         self.failures = 0
         self.unhealthy_until = 0.0
+        self.failed_at = 0.0  # the last failure (wall clock)
         labels = {"pool": settings.name}
         self._connect_seconds = metrics.UPSTREAM_CONNECT_SECONDS.labels(**labels)
         self._send_seconds = metrics.UPSTREAM_SEND_SECONDS.labels(**labels)
@@ -141,6 +142,15 @@ class UpstreamPool:
 
     def healthy(self, now: float) -> bool:
         return now >= self.unhealthy_until
+
+    def forgive(self, asked_at: float) -> None:
+        """An operator's retry asked at `asked_at`: forget the failures (and end the
+        cool-down) seen before it. A failure since then stands, so the messages of one bulk
+        retry cannot each start the count again and hammer an upstream still down."""
+        if self.failures and self.failed_at <= asked_at:
+            if not self.healthy(time.time()):
+                log.info("pool %s: cool-down ended by an operator's retry", self.name)
+            self._mark(healthy=True)
 
     @property
     def concurrency(self) -> int:
@@ -397,9 +407,10 @@ class UpstreamPool:
             self.unhealthy_until = 0.0
             return
         self.failures += 1
+        self.failed_at = time.time()
         if self.failures >= 3:
             cooldown = min(300.0, self._session.cooldown * 2 ** (self.failures - 3))
-            self.unhealthy_until = time.time() + cooldown
+            self.unhealthy_until = self.failed_at + cooldown
             log.warning(
                 "pool %s unhealthy after %d failures; cool-down %.0fs",
                 self.name,
