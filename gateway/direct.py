@@ -107,6 +107,10 @@ class DirectRoutes:
             if pool.unused:
                 del self._pools[key]
 
+    def cut_off(self) -> None:
+        for pool in self._pools.values():
+            pool.cut_off()
+
     async def close(self) -> None:
         for pool in list(self._pools.values()):
             await pool.close()
