@@ -372,20 +372,8 @@ class Queue:
                 for rcpt, result in results.items()
             ],
         )
+        # Before the result: a recipient's last event is its state.
         rows = [
-            events.row(
-                events.result_type(result, rcpt in expired),
-                message.id,
-                status,
-                now,
-                rcpt,
-                pool=attempt.pool,
-                result=result,
-                attempt=number,
-            )
-            for rcpt, result in results.items()
-        ]
-        rows += [
             events.row(
                 events.POSSIBLE_DUPLICATE,
                 message.id,
@@ -398,6 +386,19 @@ class Queue:
             )
             for rcpt, result in results.items()
             if result.possible_duplicate
+        ]
+        rows += [
+            events.row(
+                events.result_type(result, rcpt in expired),
+                message.id,
+                status,
+                now,
+                rcpt,
+                pool=attempt.pool,
+                result=result,
+                attempt=number,
+            )
+            for rcpt, result in results.items()
         ]
         rows += [
             events.row(

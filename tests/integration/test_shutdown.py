@@ -70,8 +70,8 @@ async def test_a_reply_lost_after_the_final_dot_is_recorded_as_a_possible_duplic
     assert "after the end of data" in row["last_response"]
     assert await event_types(svc, message_id) == [
         ("queued", 0),
-        ("deferred", 1),
         ("possible_duplicate", 1),
+        ("deferred", 1),
     ]
 
 

@@ -571,7 +571,7 @@ async def test_no_reply_after_the_final_dot_is_recorded_as_a_possible_duplicate(
     backend: Database, queue: Queue
 ) -> None:
     """The attempt counts (the upstream may have the message), and each recipient gets a
-    `possible_duplicate` event beside its `deferred` one."""
+    `possible_duplicate` event just before its `deferred` one (the last says its state)."""
     message = await queue.enqueue(submission(), ROUTE, claim=True)
     lost = dataclasses.replace(
         DeliveryResult(Outcome.DEFERRED, None, "4.4.1", "pool-1: cut off after the end of data"),
@@ -583,10 +583,10 @@ async def test_no_reply_after_the_final_dot_is_recorded_as_a_possible_duplicate(
     assert status == "deferred"
     assert (await message_row(backend, message.id)).attempts == 1
     assert await deferred_events(backend, message.id) == [
-        ("deferred", "alice@example.com", 1),
-        ("deferred", "bob@example.com", 1),
         ("possible_duplicate", "alice@example.com", 1),
         ("possible_duplicate", "bob@example.com", 1),
+        ("deferred", "alice@example.com", 1),
+        ("deferred", "bob@example.com", 1),
     ]
 
 
