@@ -61,7 +61,7 @@ async def _serve(config_path: str | None) -> int:
     from gateway.service import Service  # heavy imports only for the commands that need them
 
     config = load(config_path)
-    service = Service(config)
+    service = Service(config, config_path=config_path)  # SIGHUP reads the same file
     await service.start()
     # What start-up built (modules, compiled statements, config) lives as long as the
     # process: move it out of the collector's reach, so that a full collection walks only

@@ -46,7 +46,7 @@ def add_commands(commands: Any) -> None:
     listing.add_argument("--cursor", help="next_cursor of the previous page")
     leaf(actions, "show", "a message's recipients and events").add_argument("id")
     for name, text in (
-        ("retry", "make messages due now (ids, or a filter)"),
+        ("retry", "make messages due now, like postqueue -f (ids, or a filter)"),
         ("cancel", "stop messages (ids, or a filter)"),
     ):
         command = leaf(actions, name, text)

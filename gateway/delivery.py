@@ -30,6 +30,9 @@ log = logging.getLogger("postern.delivery")
 maillog = logging.getLogger("postern.mail")
 
 NO_POOL_WAIT = 60.0  # seconds between looks for an active pool on a route that has none
+# At shutdown, transactions still waiting for an upstream are cut off this long before the
+# drain deadline, so that their outcome is recorded by then.
+CUT_OFF_GRACE = 1.0
 
 
 class PoolRegistry:
@@ -67,6 +70,10 @@ class PoolRegistry:
     async def close(self) -> None:
         await asyncio.gather(*(pool.close() for pool in self._pools.values()))
 
+    def cut_off(self) -> None:
+        for pool in self._pools.values():
+            pool.cut_off()
+
 
 class Delivery:
     def __init__(
@@ -95,6 +102,7 @@ class Delivery:
         self._in_flight = 0
         self._waiters: dict[str, asyncio.Future[str]] = {}
         self._accepting = True
+        self._cut_off = False  # shutdown's deadline came: upstream sessions were aborted
 
     # --- feeding ----------------------------------------------------------------------
 
@@ -136,11 +144,26 @@ class Delivery:
         self._tasks.append(loop.create_task(self._housekeeping(), name="housekeeping"))
 
     async def stop(self, drain_timeout: float) -> None:
-        """Stop taking work, let in-flight attempts finish (bounded), release the rest."""
+        """Stop taking work; within `drain_timeout` every attempt in flight has finished or
+        been abandoned. Those still waiting for an upstream a second before are cut off (the
+        sessions are aborted): one whose final dot went out is recorded as an attempt and a
+        possible duplicate, the others are handed back with no attempt counted. What is left
+        at the deadline (a connection being opened, say) is cancelled; it sent nothing, and
+        the claims are released by the caller."""
         self._accepting = False
         deadline = time.monotonic() + drain_timeout
-        while self._in_flight and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        await self._drained(deadline - CUT_OFF_GRACE)
+        if self._in_flight:
+            log.warning(
+                "stopping: cutting off the deliveries still in flight (%d)", self._in_flight
+            )
+            self._cut_off = True
+            self._registry.cut_off()
+            if self._direct is not None:
+                self._direct.cut_off()
+            await self._drained(deadline)
+        if self._in_flight:
+            log.warning("stopping: abandoning %d deliveries under way", self._in_flight)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -148,6 +171,10 @@ class Delivery:
         await self._registry.close()
         if self._direct is not None:
             await self._direct.close()
+
+    async def _drained(self, deadline: float) -> None:
+        while self._in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
 
     # --- loops ------------------------------------------------------------------------
 
@@ -233,6 +260,11 @@ class Delivery:
             log.exception("delivery attempt of %s failed", message.id)
             reason = deferred(f"internal error ({error.__class__.__name__}); will retry", "4.3.0")
             results, pool_name = dict.fromkeys(message.recipients, reason), None
+        if self._cut_off and not any(_may_have_reached(r) for r in results.values()):
+            # Cut off at shutdown before the upstream could take it: not the message's
+            # failure. It stays claimed, and is released due now with no attempt counted.
+            maillog.info("id=%s result=handed back at shutdown (nothing sent)", message.id)
+            return self._answer(message.id, "queued")
         for rcpt, result in results.items():
             maillog.info(
                 "id=%s to=%s pool=%s result=%s reply=%r",
@@ -250,9 +282,12 @@ class Delivery:
                 message.id,
             )
             metrics.POSSIBLE_DUPLICATES.inc()
-        status = recorded or "deferred"
         _count(results, pool_name or "none")
-        waiter = self._waiters.pop(message.id, None)
+        return self._answer(message.id, recorded or "deferred")
+
+    def _answer(self, message_id: str, status: str) -> str:
+        """Tell whoever waits for this message's attempt (an HTTP send) how it went."""
+        waiter = self._waiters.pop(message_id, None)
         if waiter is not None and not waiter.done():
             waiter.set_result(status)
         return status
@@ -266,11 +301,7 @@ class Delivery:
         maillog.info(
             "id=%s pool=%s result=waiting for %.1fs: %s", message.id, wait.pool, delay, wait.text
         )
-        status = "deferred"
-        waiter = self._waiters.pop(message.id, None)
-        if waiter is not None and not waiter.done():
-            waiter.set_result(status)
-        return status
+        return self._answer(message.id, "deferred")
 
     async def _record(self, attempt: AttemptRecord) -> str | None:
         """Store the outcome, retrying: the upstream has answered, and forgetting that answer
@@ -313,9 +344,14 @@ class Delivery:
             if route.direct and self._direct is not None:  # still no pool at all: MX
                 return await self._direct.deliver(message), DIRECT
             return self._unserved(message, route), None
+        if message.retried_at is not None:  # an operator's retry: the route's pools afresh
+            for pool_id in pool_ids:
+                self._registry.get(pool_id).forgive(message.retried_at)
         now = time.time()
         ready = [pid for pid in pool_ids if self._registry.get(pid).healthy(now)]
         if not ready:
+            if message.retried_at is not None:
+                self._wait_for_cooldown(message, pool_ids)
             reason = "every pool of this route is cooling down after repeated failures"
             return dict.fromkeys(message.recipients, deferred(reason)), None
         last = deferred("no pool could be reached")
@@ -359,6 +395,16 @@ class Delivery:
             raise Postponed(Wait(pool=label, reason="no_pool", until=until, text=text))
         return dict.fromkeys(message.recipients, deferred(text, "4.4.3"))
 
+    def _wait_for_cooldown(self, message: QueuedMessage, pool_ids: list[str]) -> None:
+        """A retried message whose pools all went back to cooling down since the retry (they
+        failed again): it waits for the first to be ready, with no attempt counted, rather
+        than spend its forced attempt on no upstream at all."""
+        first = min((self._registry.get(pid) for pid in pool_ids), key=lambda p: p.unhealthy_until)
+        until = min(first.unhealthy_until, message.created_at + self._queue.max_age)
+        if until > time.time():
+            text = f"waiting: pool {first.name} cooling down after repeated failures"
+            raise Postponed(Wait(pool=first.name, reason="cooldown", until=until, text=text))
+
     async def _send(
         self, message: QueuedMessage, pool: UpstreamPool, ticket: Ticket | None
     ) -> dict[str, DeliveryResult]:
@@ -400,6 +446,11 @@ class Postponed(Exception):
     def __init__(self, wait: Wait) -> None:
         super().__init__(wait.text)
         self.wait = wait
+
+
+def _may_have_reached(result: DeliveryResult) -> bool:
+    """The upstream answered for good, or may have taken the message without answering."""
+    return result.outcome is not Outcome.DEFERRED or result.possible_duplicate
 
 
 def _count(results: dict[str, DeliveryResult], pool: str) -> None:

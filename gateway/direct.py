@@ -75,6 +75,8 @@ class DirectRoutes:
         now = time.time()
         for target in targets:
             pool = self._pool(target)
+            if message.retried_at is not None:  # an operator's retry: this host afresh
+                pool.forgive(message.retried_at)
             if not pool.healthy(now):
                 continue
             try:
@@ -104,6 +106,10 @@ class DirectRoutes:
             await pool.reap_idle()
             if pool.unused:
                 del self._pools[key]
+
+    def cut_off(self) -> None:
+        for pool in self._pools.values():
+            pool.cut_off()
 
     async def close(self) -> None:
         for pool in list(self._pools.values()):

@@ -29,6 +29,7 @@ SANDBOX = "sandbox"
 CANCELLED = "cancelled"
 COMPLAINT = "complaint"
 THROTTLED = "throttled"
+POSSIBLE_DUPLICATE = "possible_duplicate"  # no reply after the final dot: may arrive twice
 
 TYPES = (
     QUEUED,
@@ -41,6 +42,7 @@ TYPES = (
     CANCELLED,
     COMPLAINT,
     THROTTLED,
+    POSSIBLE_DUPLICATE,
 )
 # The last outcome a recipient can have: what a `final_only` webhook receives.
 FINAL = frozenset({DELIVERED, BOUNCED, EXPIRED, SUPPRESSED, SANDBOX, CANCELLED})

@@ -17,6 +17,8 @@ from gateway.addresses import escape_for_log
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
+_listener: logging.handlers.QueueListener | None = None
+
 
 class EscapingFormatter(logging.Formatter):
     """One record, one line: the message (where user input ends up: addresses, EHLO names,
@@ -60,4 +62,16 @@ def setup(level: str) -> None:
     root.setLevel(getattr(logging, level.upper()))
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command chatter
     listener.start()
-    atexit.register(listener.stop)
+    atexit.register(flush)
+    global _listener
+    _listener = listener
+
+
+def flush() -> None:
+    """Write out every record handed over so far (before an exit that skips atexit)."""
+    global _listener
+    listener, _listener = _listener, None
+    if listener is not None:
+        listener.stop()  # drains the queue, then ends the thread
+        for handler in listener.handlers:
+            handler.flush()

@@ -65,6 +65,9 @@ class DeliveryResult:
     enhanced: str | None = None
     text: str = ""
     complaint: bool = False  # delivered, then reported as spam (the simulator's complained@)
+    # No reply after the final dot went out: the upstream may have taken it (a retry may
+    # deliver it twice).
+    possible_duplicate: bool = False
 
     @property
     def hard_bounce(self) -> bool:
@@ -92,3 +95,13 @@ class QueuedMessage:
     created_at: float
     route: Route = field(default_factory=Route)
     any_bounced: bool = False  # an earlier attempt bounced some recipient
+    # An operator's retry (`postern queue retry`, POST .../retry) asked for this attempt at
+    # this time: it clears the route's pool cool-downs from before then, and takes no step
+    # of retry_schedule. None: a scheduled attempt.
+    retried_at: float | None = None
+    forced_attempts: int = 0  # earlier attempts that operators' retries asked for
+
+    @property
+    def schedule_steps(self) -> int:
+        """The steps of retry_schedule taken so far: one per attempt that was not forced."""
+        return self.attempts - self.forced_attempts

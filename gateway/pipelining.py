@@ -209,3 +209,10 @@ class PipelinedSession(asyncio.Protocol):
     def close(self) -> None:
         self.closed = True
         self._transport.close()
+
+    def abort(self, reason: str) -> None:
+        """End the session at once, unsent data dropped: whoever waits for a reply gets
+        SessionClosed(reason), as if the upstream had hung up."""
+        self.closed = True
+        self._transport.abort()
+        self._fail_waiters(SessionClosed(reason))

@@ -16,6 +16,10 @@ to those still pending.
 Accepted messages are normally claimed by the accepting node in the same transaction that
 stores them (the fast path): the delivery worker gets the message from memory without a
 second read, and the lease still protects it if the node dies.
+
+An operator's retry (`retry`) makes a message due now and stamps `retried_at`. The attempt
+it asks for counts in `attempts` (it reached for an upstream) and in `forced_attempts`, but
+takes no step of retry_schedule: the schedule's position is `attempts - forced_attempts`.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import random
 import secrets
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import Connection, delete, func, select, text, update
@@ -48,6 +52,11 @@ S = Suppression.__table__  # type: ignore[attr-defined]
 T = MessageTag.__table__  # type: ignore[attr-defined]
 
 ACTIVE_STATES = ("queued", "deferred")
+# What a claim reads of each message (its recipients and body come next).
+_CLAIMED = (
+    M.c.id, M.c.mail_from, M.c.attempts, M.c.created_at, M.c.ip_pool, M.c.pool_id,
+    M.c.retried_at, M.c.forced_attempts,
+)  # fmt: skip
 
 _ids = random.Random(secrets.randbits(128))  # seeded once: os.urandom per id costs a syscall
 
@@ -66,7 +75,7 @@ def new_id_for(sandbox: bool) -> str:
 
 
 def next_attempt(
-    attempts: int,
+    steps: int,
     created_at: float,
     now: float,
     schedule: Sequence[float],
@@ -74,7 +83,8 @@ def next_attempt(
     jitter: float = 0.1,
     rng: random.Random | None = None,
 ) -> float | None:
-    """When to try again after `attempts` attempts, or None once the message has expired.
+    """When to try again after `steps` steps of the schedule, or None once the message has
+    expired. Each failed attempt takes one step, except one an operator's retry asked for.
 
     The schedule's last interval repeats; up to `jitter` of the interval is added so that a
     burst of deferred mail does not come back all at once. The last retry falls exactly at
@@ -83,7 +93,7 @@ def next_attempt(
     deadline = created_at + max_age
     if now >= deadline:
         return None
-    interval = schedule[min(max(attempts, 1), len(schedule)) - 1]
+    interval = schedule[min(max(steps, 1), len(schedule)) - 1]
     interval += interval * jitter * (rng or random).random()
     return min(now + interval, deadline)
 
@@ -252,9 +262,7 @@ class Queue:
             update(M)
             .where(M.c.id.in_(due.scalar_subquery()))
             .values(claimed_by=self.node_id, due_at=now + self._lease)
-            .returning(
-                M.c.id, M.c.mail_from, M.c.attempts, M.c.created_at, M.c.ip_pool, M.c.pool_id
-            )
+            .returning(*_CLAIMED)
         )
         rows = claimed.all()
         if not rows:
@@ -284,6 +292,8 @@ class Queue:
                 created_at=row.created_at,
                 route=Route(pool_id=row.pool_id, ip_pool=row.ip_pool),
                 any_bounced=row.id in bounced,
+                retried_at=row.retried_at,
+                forced_attempts=row.forced_attempts,
             )
             for row in rows
         ]
@@ -301,8 +311,12 @@ class Queue:
         expired: set[str] = set()
         retry_at: float | None = None
         number = message.attempts + 1  # this attempt's
+        forced = message.retried_at is not None
         if any(r.outcome is Outcome.DEFERRED for r in results.values()):
-            retry_at = next_attempt(number, message.created_at, now, self._schedule, self._max_age)
+            # A forced attempt takes no step: the wait after it is the one the message was
+            # on (the first, if it never failed), and its next failure takes the next step.
+            steps = message.schedule_steps + (0 if forced else 1)
+            retry_at = next_attempt(steps, message.created_at, now, self._schedule, self._max_age)
             if retry_at is None:
                 expired = {rcpt for rcpt, r in results.items() if r.outcome is Outcome.DEFERRED}
                 results = {rcpt: _expire(r) for rcpt, r in results.items()}
@@ -328,6 +342,7 @@ class Queue:
             "pool": attempt.pool,
             "response": _summary(results),
             "now": now,
+            "forced": int(forced),
         }
         batch.first = lambda conn: conn.execute(sql.UPDATE_MESSAGE, params).rowcount > 0
         if await self._writer.submit(batch):
@@ -362,7 +377,22 @@ class Queue:
                 for rcpt, result in results.items()
             ],
         )
+        # Before the result: a recipient's last event is its state.
         rows = [
+            events.row(
+                events.POSSIBLE_DUPLICATE,
+                message.id,
+                status,
+                now,
+                rcpt,
+                pool=attempt.pool,
+                attempt=number,
+                response="no reply after the end of data: a retry may deliver it twice",
+            )
+            for rcpt, result in results.items()
+            if result.possible_duplicate
+        ]
+        rows += [
             events.row(
                 events.result_type(result, rcpt in expired),
                 message.id,
@@ -444,7 +474,9 @@ class Queue:
     # --- operator actions -------------------------------------------------------------
 
     async def retry(self, message_ids: Sequence[str]) -> list[str]:
-        """Make these messages due now (those with work left that no worker holds)."""
+        """Make these messages due now (those with work left that no worker holds), as
+        `postqueue -f` does: the attempt this asks for clears the cool-down its pools were
+        in at the time of the retry and takes no step of retry_schedule (`record`)."""
         return list(await self._writer.submit(lambda conn: self._retry(conn, message_ids)))
 
     def _retry(self, conn: Connection, message_ids: Sequence[str]) -> list[str]:
@@ -452,7 +484,7 @@ class Queue:
         rows = conn.execute(
             update(M)
             .where(M.c.id.in_(list(message_ids)), M.c.due_at.is_not(None), _free(now))
-            .values(due_at=now, claimed_by=None)
+            .values(due_at=now, claimed_by=None, retried_at=now)
             .returning(M.c.id)
         )
         return [row.id for row in rows]
@@ -606,9 +638,8 @@ def _recipient_status(result: DeliveryResult) -> str:
 def _expire(result: DeliveryResult) -> DeliveryResult:
     if result.outcome is not Outcome.DEFERRED:
         return result
-    return DeliveryResult(
-        Outcome.BOUNCED, result.code, "5.4.7", f"expired after max_age; last: {result.describe()}"
-    )
+    text = f"expired after max_age; last: {result.describe()}"
+    return replace(result, outcome=Outcome.BOUNCED, enhanced="5.4.7", text=text)
 
 
 def _summary(results: dict[str, DeliveryResult]) -> str:

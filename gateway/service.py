@@ -12,8 +12,9 @@ The message path, once:
      on `retry_schedule`), or bounced (5xx or past `max_age`); a 5.1.x bounce suppresses.
 
 Lifecycle: start -> run until SIGTERM/SIGINT -> stop listeners, let end-of-data commits
-finish, drain in-flight deliveries (bounded), release what is left, exit 0. A second signal
-forces an immediate exit.
+finish, drain in-flight deliveries (within `drain_timeout` of the signal, cutting off what
+still waits for an upstream), release what is left, exit 0. A second signal forces an
+immediate exit. SIGHUP reloads `[[pools]]` and `[policy]` from the config file.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import secrets
 import signal
 import socket
 from collections.abc import Iterator
+from dataclasses import fields, replace
 from pathlib import Path
 
 import uvicorn
@@ -35,8 +37,8 @@ from api.app import create_app
 from api.auth import RateLimiter
 from api.context import ApiContext
 from api.management import Management
-from gateway import metrics
-from gateway.config import Config, ConfigError, server_tls_context
+from gateway import logs, metrics
+from gateway.config import Config, ConfigError, load, server_tls_context
 from gateway.delivery import Delivery, PoolRegistry
 from gateway.direct import DirectRoutes
 from gateway.dkim import Signers
@@ -100,11 +102,19 @@ class _EmbeddedUvicorn(uvicorn.Server):
         yield
 
 
+# What SIGHUP applies; every other section needs a restart.
+RELOADED = ("pools", "policy")
+
+
 class Service:
-    def __init__(self, config: Config, drain_timeout: float = 10.0) -> None:
+    def __init__(
+        self, config: Config, drain_timeout: float = 10.0, config_path: str | None = None
+    ) -> None:
         self.config = config
-        self.drain_timeout = drain_timeout
+        self.config_path = config_path  # what SIGHUP reads again (None: as at start)
+        self.drain_timeout = drain_timeout  # seconds from the stop signal (README: 10 s)
         self._stopping = asyncio.Event()
+        self._reloads: set[asyncio.Task[None]] = set()
         self._servers: list[asyncio.base_events.Server] = []
         self._http: _EmbeddedUvicorn | None = None
         self._http_task: asyncio.Task[None] | None = None
@@ -265,21 +275,74 @@ class Service:
             tls_context=tls_context,
         )
 
-    def request_stop(self) -> None:
+    def request_stop(self, sig: signal.Signals | None = None) -> None:
+        name = sig.name if sig is not None else "stop request"
         if self._stopping.is_set():
-            log.warning("second stop signal: exiting at once")
+            log.warning(
+                "second stop signal (%s): exiting at once, without draining (messages in "
+                "flight are retried when a node starts)",
+                name,
+            )
+            logs.flush()  # os._exit skips atexit: the warning must be written first
             os._exit(1)
+        log.info(
+            "%s: stopping within %gs (send it again to exit at once)", name, self.drain_timeout
+        )
         self._stopping.set()
 
     async def run_until_stopped(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop)
+            loop.add_signal_handler(sig, self.request_stop, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._reload_soon)
         await self._stopping.wait()
         await self.stop()
 
+    # --- SIGHUP -----------------------------------------------------------------------
+
+    def _reload_soon(self) -> None:
+        if self._stopping.is_set():
+            log.info("SIGHUP while stopping: ignored")
+            return
+        task = asyncio.get_running_loop().create_task(self.reload())
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def reload(self) -> None:
+        """Read the config file again and apply its `[[pools]]` and `[policy]`; a file that
+        does not load changes nothing. Logged either way, never fatal."""
+        try:
+            fresh = load(self.config_path)
+        except ConfigError as error:
+            log.error("SIGHUP: configuration not reloaded, the running one stays: %s", error)
+            return
+        ignored = [
+            part.name for part in fields(fresh)
+            if part.name not in RELOADED
+            and getattr(fresh, part.name) != getattr(self.config, part.name)
+        ]  # fmt: skip
+        self.config = replace(self.config, pools=fresh.pools, policy=fresh.policy)
+        self.identities.enforce = fresh.policy.sender == "verified"
+        try:
+            await self.api.management().reload_pools()  # serialised with the API's changes
+        except Exception as error:  # storage down: the old pools keep running
+            log.error("SIGHUP: pools not reloaded: %s", _first_line(error))
+            return
+        log.info(
+            "SIGHUP: reloaded %d pool(s) from the file (%s) and policy.sender = %r",
+            len(fresh.pools),
+            ", ".join(pool.name for pool in fresh.pools) or "none",
+            fresh.policy.sender,
+        )
+        if ignored:
+            log.warning("SIGHUP: changes to [%s] take a restart; not applied", "], [".join(ignored))
+
+    # --- stop -------------------------------------------------------------------------
+
     async def stop(self) -> None:
         log.info("stopping: no new connections; finishing in-flight work")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.drain_timeout  # deliveries end within it
         for server in self._servers:
             server.close()
         if self._http is not None:
@@ -287,7 +350,9 @@ class Service:
         await self._wait(lambda: self.smtp_handler.submitting == 0, 5.0)
         for session in list(self.smtp_handler.sessions):
             session.abort()
-        await self.delivery.stop(self.drain_timeout)
+        for task in list(self._reloads):
+            task.cancel()
+        await self.delivery.stop(max(0.0, deadline - loop.time()))
         if hasattr(self, "retention"):
             await self.retention.stop()
         webhooks = getattr(self, "webhooks", None)

@@ -102,7 +102,7 @@ class Wait:
     """The pool is over a limit: this message may try it again at `until`."""
 
     pool: str  # its name
-    reason: str  # rate | daily
+    reason: str  # rate | daily | cooldown (a retried message meeting cooling pools)
     until: float
     text: str  # for last_response: "waiting: pool X rate limit 60/min"
 

@@ -98,7 +98,7 @@ def deferred(text: str, enhanced: str = "4.4.1") -> DeliveryResult:
     return DeliveryResult(Outcome.DEFERRED, None, enhanced, text)
 
 
-@dataclass
+@dataclass(eq=False)  # by identity: kept in a set while busy
 class _Session:
     pipe: PipelinedSession
     extensions: frozenset[str]  # EHLO keywords, lower-case
@@ -119,11 +119,14 @@ class UpstreamPool:
         self.backoff = Backoff(self._slots, settings.max_connections, session.backoff)
         self._idle: list[_Session] = []
         self._busy = 0
+        self._in_use: set[_Session] = set()  # busy sessions: what a shutdown cuts off
+        self._cut_off = False  # shutting down: no session opened or used any more
         self._shown = (0, 0)  # what the gauges hold for this pool
         self._closers: set[asyncio.Task[None]] = set()
         self._closed = False
         self.failures = 0
         self.unhealthy_until = 0.0
+        self.failed_at = 0.0  # the last failure (wall clock)
         labels = {"pool": settings.name}
         self._connect_seconds = metrics.UPSTREAM_CONNECT_SECONDS.labels(**labels)
         self._send_seconds = metrics.UPSTREAM_SEND_SECONDS.labels(**labels)
@@ -141,6 +144,15 @@ class UpstreamPool:
 
     def healthy(self, now: float) -> bool:
         return now >= self.unhealthy_until
+
+    def forgive(self, asked_at: float) -> None:
+        """An operator's retry asked at `asked_at`: forget the failures (and end the
+        cool-down) seen before it. A failure since then stands, so the messages of one bulk
+        retry cannot each start the count again and hammer an upstream still down."""
+        if self.failures and self.failed_at <= asked_at:
+            if not self.healthy(time.time()):
+                log.info("pool %s: cool-down ended by an operator's retry", self.name)
+            self._mark(healthy=True)
 
     @property
     def concurrency(self) -> int:
@@ -161,6 +173,10 @@ class UpstreamPool:
                     held = None
                     held = session = await self._acquire(fresh=True)
                     results = await self._send_on(session, message)
+            except asyncio.CancelledError:
+                if held is not None:  # replies may still be owed: never to be reused
+                    held.pipe.abort("cancelled")
+                raise
             finally:
                 if held is not None:
                     self._release(held)
@@ -170,7 +186,16 @@ class UpstreamPool:
     def _forget(self, session: _Session) -> None:
         session.pipe.close()
         self._busy -= 1
+        self._in_use.discard(session)
         self._update_gauges()
+
+    def cut_off(self) -> None:
+        """Shutdown's deadline: end every transaction in flight now (the sessions are
+        aborted, so each ends as a dropped connection would: a message whose final dot went
+        out is a possible duplicate) and open or reuse no session any more."""
+        self._cut_off = True
+        for session in list(self._in_use):
+            session.pipe.abort("cut off at shutdown")
 
     async def _send_on(
         self, session: _Session, message: QueuedMessage
@@ -184,7 +209,8 @@ class UpstreamPool:
                 # The final dot reached the upstream, which may have taken the message: retry
                 # on schedule (a possible duplicate, counted), never at once on another pool.
                 metrics.POSSIBLE_DUPLICATES.labels(pool=self.name).inc()
-                reply = deferred(f"{self.name}: {closed} after the end of data")
+                text = f"{self.name}: {closed} after the end of data"
+                reply = replace(deferred(text), possible_duplicate=True)
                 return dict.fromkeys(message.recipients, reply)
             raise PoolUnavailable(deferred(f"{self.name}: {closed}")) from None
         self._send_seconds.observe(time.perf_counter() - started)
@@ -270,21 +296,29 @@ class UpstreamPool:
     # --- sessions ---------------------------------------------------------------------
 
     async def _acquire(self, fresh: bool = False) -> _Session:
+        if self._cut_off:
+            raise PoolUnavailable(deferred(f"{self.name}: shutting down"))
         now = time.monotonic()
         while self._idle and not fresh:
             session = self._idle.pop()
             if self._fresh(session, now):
-                self._busy += 1
-                self._update_gauges()
-                return session
+                return self._take(session)
             self._closing(session)
         session = await self._connect()
+        if self._cut_off:  # connected just as the shutdown cut off: nothing sent yet
+            self._closing(session)
+            raise PoolUnavailable(deferred(f"{self.name}: shutting down"))
+        return self._take(session)
+
+    def _take(self, session: _Session) -> _Session:
         self._busy += 1
+        self._in_use.add(session)
         self._update_gauges()
         return session
 
     def _release(self, session: _Session) -> None:
         self._busy -= 1
+        self._in_use.discard(session)
         reusable = (
             session.usable
             and not self._closed
@@ -397,9 +431,10 @@ class UpstreamPool:
             self.unhealthy_until = 0.0
             return
         self.failures += 1
+        self.failed_at = time.time()
         if self.failures >= 3:
             cooldown = min(300.0, self._session.cooldown * 2 ** (self.failures - 3))
-            self.unhealthy_until = time.time() + cooldown
+            self.unhealthy_until = self.failed_at + cooldown
             log.warning(
                 "pool %s unhealthy after %d failures; cool-down %.0fs",
                 self.name,

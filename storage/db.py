@@ -188,6 +188,8 @@ _ADDED_COLUMNS = (
     ("webhook", "replayed_txid", "BIGINT NOT NULL DEFAULT 0"),
     ("webhook", "replayed_id", "BIGINT NOT NULL DEFAULT 0"),
     ("webhook", "replayed_at", "FLOAT NOT NULL DEFAULT 0"),
+    ("message", "retried_at", "FLOAT"),
+    ("message", "forced_attempts", "INTEGER NOT NULL DEFAULT 0"),
 )
 
 # Run once, right after their column was added, to fill it in for the rows already there.
@@ -233,6 +235,9 @@ def _upgrade(conn: Connection) -> None:
         # Events written from now on carry their transaction's id; those already there
         # keep 0 and come first, in id order, as they did.
         conn.execute(text(f"ALTER TABLE event ALTER COLUMN txid SET DEFAULT {EVENT_TXID}"))
+        # Schema 5 has longer event types (`possible_duplicate`); a wider varchar is a
+        # change of the catalogue only, no table rewrite.
+        conn.execute(text("ALTER TABLE event ALTER COLUMN type TYPE VARCHAR(32)"))
     for old in _DROPPED_INDEXES:  # superseded: each costs work on every write
         conn.execute(text(f"DROP INDEX IF EXISTS {old}"))
     fanned_out = _FAN_OUT_COLUMN in {c["name"] for c in inspector.get_columns("event")}

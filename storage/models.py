@@ -63,6 +63,12 @@ class Message(SQLModel, table=True):
     # The API key that sent it (None: unauthenticated SMTP); also in message_meta, here for
     # the search's index.
     api_key_id: str | None = Field(default=None, max_length=64)
+    # Set by an operator's retry, cleared by the attempt it asks for (gateway.queue).
+    retried_at: float | None = None
+    # Attempts operators' retries asked for: they take no step of retry_schedule.
+    forced_attempts: int = Field(
+        default=0, sa_column=Column(Integer, nullable=False, server_default=text("0"))
+    )
 
 
 class MessageBody(SQLModel, table=True):
@@ -282,7 +288,7 @@ class Event(SQLModel, table=True):
     )
 
     id: int | None = Field(default=None, sa_column=Column(BIG_ID, primary_key=True))
-    type: str = Field(max_length=16)  # see gateway.events.TYPES
+    type: str = Field(max_length=32)  # see gateway.events.TYPES
     message_id: str = Field(max_length=64)
     recipient: str | None = None  # None for a message-level event (throttled)
     pool: str | None = Field(default=None, max_length=128)

@@ -37,6 +37,8 @@ UPDATE_MESSAGE = (
     .values(
         status=bindparam("status"),
         attempts=M.c.attempts + 1,
+        forced_attempts=M.c.forced_attempts + bindparam("forced"),
+        retried_at=None,
         due_at=bindparam("due"),
         claimed_by=None,
         last_pool=bindparam("pool"),

@@ -162,6 +162,7 @@ class _SinkSMTP(SMTP):
         if fault is None:
             return None
         if fault.action == "hang":
+            self.sink._record_hang(stage)
             await asyncio.sleep(fault.seconds)
             return None
         if fault.action == "drop":
@@ -284,6 +285,7 @@ class Sink:
         self.messages: list[Received] = []
         self.dropped_after_data: list[Received] = []
         self.commands: list[tuple[int, str]] = []
+        self.hung: list[str] = []  # the stage of every hang begun, in order
         self.auth_logins: list[str] = []
         self.connections_total = 0
         self.connections_open = 0
@@ -484,6 +486,10 @@ class Sink:
     def _record(self, records: list[Received], received: Received) -> None:
         with self._lock:
             records.append(received)
+
+    def _record_hang(self, stage: str) -> None:
+        with self._lock:
+            self.hung.append(stage)
 
     def _record_command(self, connection_id: int, verb: str) -> None:
         with self._lock:

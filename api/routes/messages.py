@@ -155,6 +155,11 @@ async def get_message(request: Request) -> Response:
 
 _ONE = [path_parameter("message_id", "the id POST /v1/send returned")]
 _CONFLICT = "the message has no work left (message_final) or is being delivered (message_busy)"
+_RETRY = (
+    "Like `postqueue -f`: the message is due now, the cool-down of its route's pools ends, "
+    "and its attempt counts but takes no step of retry_schedule (if it fails, the message "
+    "waits the interval it was on)."
+)
 
 
 async def _act_on_one(
@@ -187,6 +192,7 @@ def _conflict(error: Exception, state: MessageState) -> errors.ApiError:
         404: ("no such message, or another key's", ErrorResponse),
         409: (_CONFLICT, ErrorResponse),
     },
+    description=_RETRY,
 )
 async def retry_message(request: Request) -> Response:
     ctx, state = await _act_on_one(
@@ -250,7 +256,7 @@ _BULK = (
     scope="",
     request=BulkRequest,
     responses={200: ("how many matched and were made due", BulkResult)},
-    description=_BULK,
+    description=f"{_RETRY} {_BULK}",
 )
 async def retry_many(request: Request) -> Response:
     return await _bulk(request, "retry")

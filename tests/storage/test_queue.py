@@ -447,6 +447,29 @@ async def test_upgrade_adds_and_backfills_message_api_key_once(
     assert (await message_row(backend, keyed.id)).api_key_id == "kept"
 
 
+async def test_upgrade_from_schema_4_adds_the_retry_columns(
+    backend: Database, queue: Queue
+) -> None:
+    """Schema 5: message.retried_at and forced_attempts (0 for mail already queued), and on
+    PostgreSQL event types longer than 16 characters."""
+    old = await queue.enqueue(submission("alice@example.com"), ROUTE, claim=True)
+
+    def downgrade(conn: Connection) -> None:
+        conn.execute(text("ALTER TABLE message DROP COLUMN retried_at"))
+        conn.execute(text("ALTER TABLE message DROP COLUMN forced_attempts"))
+        if not backend.is_sqlite:
+            conn.execute(text("ALTER TABLE event ALTER COLUMN type TYPE VARCHAR(16)"))
+        conn.execute(text("UPDATE postern_meta SET value = '4' WHERE key = 'schema_version'"))
+
+    await backend.transaction(downgrade)
+    await create_schema(backend)
+    row = await message_row(backend, old.id)
+    assert (row.retried_at, row.forced_attempts) == (None, 0)
+    lost = DeliveryResult(Outcome.DEFERRED, None, "4.4.1", "no reply", possible_duplicate=True)
+    assert await queue.record(AttemptRecord(old, {"alice@example.com": lost}, "p")) == "deferred"
+    assert ("possible_duplicate", "alice@example.com", 1) in await deferred_events(backend, old.id)
+
+
 # --- operator actions ---------------------------------------------------------------------
 
 
@@ -481,6 +504,90 @@ async def test_cancel_skips_a_message_another_transaction_locked(
     assert again.cancelled == [] and again.busy == []
     with pytest.raises(MessageFinal):
         await cancel_one(queue, held_state)  # read as queued, found final by the cancel
+
+
+async def deferred_events(db: Database, message_id: str) -> list[tuple[str, str | None, int]]:
+    found = await fetch(
+        db, "SELECT type, recipient, attempt FROM event WHERE message_id = :id ORDER BY id",
+        id=message_id,
+    )  # fmt: skip
+    return [(row.type, row.recipient, row.attempt) for row in found if row.type != "queued"]
+
+
+async def test_a_retried_attempt_takes_no_step_of_the_schedule(
+    backend: Database, queue: Queue
+) -> None:
+    """`postern queue retry` (like `postqueue -f`): the attempt it asks for counts as an
+    attempt, but a failure of it waits the interval the message was on (60 s here), not
+    the next one (300 s); the next scheduled failure then takes that next step."""
+    message = await queue.enqueue(submission("alice@example.com"), ROUTE, claim=True)
+    await queue.record(AttemptRecord(message, {"alice@example.com": DEFERRED}, "pool-1"))
+    assert (await message_row(backend, message.id)).forced_attempts == 0
+
+    before = time.time()
+    assert await queue.retry([message.id]) == [message.id]
+    row = await message_row(backend, message.id)
+    assert before <= row.retried_at <= row.due_at <= time.time()
+    (forced,) = await queue.claim_due(10)
+    assert forced.retried_at == pytest.approx(row.retried_at)
+    assert (forced.attempts, forced.forced_attempts) == (1, 0)
+
+    before = time.time()
+    await queue.record(AttemptRecord(forced, {"alice@example.com": DEFERRED}, "pool-1"))
+    after = time.time()
+    row = await message_row(backend, message.id)
+    assert (row.attempts, row.forced_attempts, row.retried_at) == (2, 1, None)
+    assert before + 60 <= row.due_at <= after + 66  # still the first step, not 300 s
+
+    await set_due_now(backend, message.id)
+    (scheduled,) = await queue.claim_due(10)
+    assert scheduled.retried_at is None and scheduled.schedule_steps == 1
+    before = time.time()
+    await queue.record(AttemptRecord(scheduled, {"alice@example.com": DEFERRED}, "pool-1"))
+    after = time.time()
+    row = await message_row(backend, message.id)
+    assert (row.attempts, row.forced_attempts) == (3, 1)
+    assert before + 300 <= row.due_at <= after + 330  # the second step
+    assert await deferred_events(backend, message.id) == [
+        ("deferred", "alice@example.com", n) for n in (1, 2, 3)
+    ]
+
+
+async def test_a_retried_message_that_waits_stays_retried(backend: Database, queue: Queue) -> None:
+    """Postponed (a pool over its limit, or cooling down again): no attempt counted, and the
+    attempt it finally gets is still the retry's."""
+    message = await queue.enqueue(submission("alice@example.com"), ROUTE, claim=False)
+    assert await queue.retry([message.id]) == [message.id]
+    (claimed,) = await queue.claim_due(10)
+    await queue.postpone(claimed, time.time() - 1, "pool-1", "waiting: pool pool-1 cooling down")
+    row = await message_row(backend, message.id)
+    assert (row.status, row.attempts) == ("deferred", 0)
+    assert row.retried_at == pytest.approx(claimed.retried_at)
+    (again,) = await queue.claim_due(10)
+    assert again.retried_at == pytest.approx(claimed.retried_at)
+
+
+async def test_no_reply_after_the_final_dot_is_recorded_as_a_possible_duplicate(
+    backend: Database, queue: Queue
+) -> None:
+    """The attempt counts (the upstream may have the message), and each recipient gets a
+    `possible_duplicate` event just before its `deferred` one (the last says its state)."""
+    message = await queue.enqueue(submission(), ROUTE, claim=True)
+    lost = dataclasses.replace(
+        DeliveryResult(Outcome.DEFERRED, None, "4.4.1", "pool-1: cut off after the end of data"),
+        possible_duplicate=True,
+    )
+    status = await queue.record(
+        AttemptRecord(message, dict.fromkeys(message.recipients, lost), "pool-1")
+    )
+    assert status == "deferred"
+    assert (await message_row(backend, message.id)).attempts == 1
+    assert await deferred_events(backend, message.id) == [
+        ("possible_duplicate", "alice@example.com", 1),
+        ("possible_duplicate", "bob@example.com", 1),
+        ("deferred", "alice@example.com", 1),
+        ("deferred", "bob@example.com", 1),
+    ]
 
 
 async def test_cancel_leaves_a_message_a_worker_holds(backend: Database, queue: Queue) -> None:

@@ -1,0 +1,96 @@
+"""Stopping with a slow upstream: every transaction in flight ends within the drain bound,
+and how it ended is recorded truthfully. Real in-process Service, real sink, real SQLite.
+
+- The sink hangs after the final dot ("eom"): the upstream has the whole message and may
+  have taken it. The attempt counts, each recipient gets a `possible_duplicate` event and
+  postern_possible_duplicates_total{pool} goes up; the message waits its retry_schedule
+  step, never re-sent at once as if it were a first attempt.
+- The sink hangs at DATA ("data"): the upstream never had the message. It is handed back
+  due now with no attempt counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from tests.conftest import (
+    SINK_POOL,
+    ManagedService,
+    ServiceFactory,
+    message_row,
+    metric,
+    query,
+    smtp_send,
+    wait_until,
+)
+from tests.integration.test_relay import SENDER, message, queued_id
+from tests.sink import Sink
+
+pytestmark = pytest.mark.timeout(30)
+
+DRAIN = 2.0
+# command_timeout far beyond the drain: only the shutdown can end the hung transaction.
+SLOW = {"delivery": {"retry_schedule": ["1h"], "command_timeout": "60s"}}
+DUPLICATES = "postern_possible_duplicates_total"
+
+
+async def stop_within(svc: ManagedService, bound: float) -> float:
+    started = time.monotonic()
+    await asyncio.wait_for(svc.stop(), timeout=bound + 5)
+    return time.monotonic() - started
+
+
+async def event_types(svc: ManagedService, message_id: str) -> list[tuple[str, int]]:
+    sql = "SELECT type, attempt FROM event WHERE message_id = ? ORDER BY id"
+    rows = await query(svc, sql, message_id)
+    return [(row["type"], row["attempt"]) for row in rows]
+
+
+async def test_a_reply_lost_after_the_final_dot_is_recorded_as_a_possible_duplicate(
+    service: ServiceFactory, sink: Sink
+) -> None:
+    svc = await service(drain_timeout=DRAIN, **SLOW)
+    sink.hang("eom", seconds=60, times=1)
+    message_id = queued_id(await smtp_send(svc.smtp_port, SENDER, ["a@example.test"], message()))
+    assert await wait_until(lambda: "eom" in sink.hung, timeout=5)
+    before = metric(DUPLICATES, pool=SINK_POOL)
+
+    took = await stop_within(svc, DRAIN)
+
+    assert took < DRAIN + 2, f"stop took {took:.1f}s"
+    assert await wait_until(lambda: len(sink.dropped_after_data) == 1, timeout=5)
+    assert metric(DUPLICATES, pool=SINK_POOL) == before + 1
+    row = await message_row(svc, message_id)
+    assert row is not None
+    assert (row["status"], row["attempts"], row["claimed_by"]) == ("deferred", 1, None)
+    assert row["due_at"] > time.time() + 3000  # its retry_schedule step, not at once
+    assert "after the end of data" in row["last_response"]
+    assert await event_types(svc, message_id) == [
+        ("queued", 0),
+        ("possible_duplicate", 1),
+        ("deferred", 1),
+    ]
+
+
+async def test_a_transaction_hung_before_the_body_is_handed_back_uncounted(
+    service: ServiceFactory, sink: Sink
+) -> None:
+    svc = await service(drain_timeout=DRAIN, **SLOW)
+    sink.hang("data", seconds=60, times=1)
+    message_id = queued_id(await smtp_send(svc.smtp_port, SENDER, ["a@example.test"], message()))
+    assert await wait_until(lambda: "data" in sink.hung, timeout=5)
+    before = metric(DUPLICATES, pool=SINK_POOL)
+
+    took = await stop_within(svc, DRAIN)
+
+    assert took < DRAIN + 2, f"stop took {took:.1f}s"
+    assert metric(DUPLICATES, pool=SINK_POOL) == before
+    row = await message_row(svc, message_id)
+    assert row is not None
+    assert (row["status"], row["attempts"], row["claimed_by"]) == ("queued", 0, None)
+    assert row["due_at"] <= time.time()  # due again at once, at the next start
+    assert await event_types(svc, message_id) == [("queued", 0)]
+    assert sink.messages == [] and sink.dropped_after_data == []
