@@ -15,8 +15,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import replace
 
-from gateway import metrics, simulator
-from gateway.addresses import escape_for_log
+from gateway import maillog, metrics, simulator
 from gateway.backoff import is_throttling
 from gateway.direct import DIRECT, DirectRoutes
 from gateway.message import DeliveryResult, Outcome, QueuedMessage
@@ -27,7 +26,6 @@ from gateway.upstream import PoolSettings, PoolUnavailable, SessionSettings, Ups
 from storage.writer import StorageUnavailable
 
 log = logging.getLogger("postern.delivery")
-maillog = logging.getLogger("postern.mail")
 
 
 class PoolRegistry:
@@ -231,15 +229,7 @@ class Delivery:
             log.exception("delivery attempt of %s failed", message.id)
             reason = deferred(f"internal error ({error.__class__.__name__}); will retry", "4.3.0")
             results, pool_name = dict.fromkeys(message.recipients, reason), None
-        for rcpt, result in results.items():
-            maillog.info(
-                "id=%s to=%s pool=%s result=%s reply=%r",
-                message.id,
-                escape_for_log(rcpt),
-                pool_name,
-                result.outcome.value,
-                result.describe(),
-            )
+        maillog.attempted(message, results, pool_name)
         recorded = await self._record(AttemptRecord(message, results, pool_name))
         if recorded is None:
             log.warning(
@@ -261,9 +251,7 @@ class Delivery:
         await self._queue.postpone(message, wait.until, wait.pool, wait.text)
         delay = max(0.0, wait.until - time.time())
         asyncio.get_running_loop().call_later(delay + 0.01, self.wake)  # claim it on time
-        maillog.info(
-            "id=%s pool=%s result=waiting for %.1fs: %s", message.id, wait.pool, delay, wait.text
-        )
+        maillog.waiting(message.id, wait.pool, delay, wait.text)
         status = "deferred"
         waiter = self._waiters.pop(message.id, None)
         if waiter is not None and not waiter.done():

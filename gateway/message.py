@@ -32,6 +32,7 @@ class Submission:
     metadata: dict[str, str] = field(default_factory=dict)
     suppressed: tuple[str, ...] = ()  # recipients intake dropped; stored for the record
     system: bool = False  # Postern's own mail (alias verification, pool test): no sender check
+    client: str = ""  # the submitting peer, `[address]:port`, for the mail log
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,15 @@ class Outcome(enum.Enum):
     BOUNCED = "bounced"
 
 
+@dataclass(frozen=True)
+class Hop:
+    """Where an attempt went and how long its parts took (the mail log's relay and delays)."""
+
+    relay: str  # host[address]:port
+    connect: float  # seconds opening the session; 0 when a pooled one was reused
+    transfer: float  # seconds of the SMTP transaction
+
+
 _RECIPIENT_GONE = frozenset({"5.1.1", "5.1.2", "5.1.3", "5.1.6", "5.1.10"})
 
 
@@ -64,6 +74,7 @@ class DeliveryResult:
     enhanced: str | None = None
     text: str = ""
     complaint: bool = False  # delivered, then reported as spam (the simulator's complained@)
+    hop: Hop | None = field(default=None, compare=False)  # None: no upstream session answered
 
     @property
     def hard_bounce(self) -> bool:
