@@ -5,15 +5,17 @@ and the delivery workers. Without an ApiContext (tests of the bare app) only /he
 /readyz, /metrics and /openapi.json are served.
 
 Middleware, outermost first: RequestMetrics (every answer is timed, 413s included) ->
-BodyLimit (a declared body over max_body_size is a 413 before a byte of it is read; a chunked
-one is cut off at the limit) -> Starlette's error handling -> the route.
+SendRefusals (a refused send is a mail-log line, whoever refused it) -> BodyLimit (a declared
+body over max_body_size is a 413 before a byte of it is read; a chunked one is cut off at the
+limit) -> Starlette's error handling -> the route.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -30,7 +32,7 @@ from api.context import ApiContext
 from api.openapi import build_openapi, operation
 from api.routes import aliases, domains, keys, messages, pools, send, smtp_configs, suppressions
 from api.routes import webhooks as webhook_routes
-from gateway import metrics
+from gateway import maillog, metrics
 from storage.writer import StorageUnavailable
 
 HealthCheck = Callable[[], Awaitable[None]]
@@ -122,6 +124,55 @@ class BodyLimit:
         return errors.PayloadTooLarge(f"request body larger than {self.max_size} bytes")
 
 
+class SendRefusals:
+    """Pure ASGI middleware: every refused send (4xx, 5xx) is one mail-log line, whoever
+    answered it (the route, an error handler, BodyLimit), with the reply's status, code and
+    error, and the key and envelope the request had shown by then (request.state). A stored
+    message bounced within the handoff (its answer names a message_id) is logged by delivery.
+    """
+
+    def __init__(self, app: ASGIApp, paths: Collection[str]) -> None:
+        self.app = app
+        self.paths = frozenset(paths)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in self.paths:
+            await self.app(scope, receive, send)
+            return
+        status = 0
+        body = bytearray()
+
+        async def watch(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif status >= 400 and len(body) < 16384:
+                body.extend(message.get("body", b""))
+            await send(message)
+
+        await self.app(scope, receive, watch)
+        if status >= 400:
+            _log_refused(scope, status, bytes(body))
+
+
+def _log_refused(scope: Scope, status: int, body: bytes) -> None:
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        answer = {}
+    if not isinstance(answer, dict) or "message_id" in answer:
+        return
+    state = scope.get("state") or {}
+    sender, recipients = state.get("envelope", (None, ()))
+    details = [maillog.envelope(sender, recipients), "proto=HTTP"]
+    if state.get("key_id"):
+        details.append(f"key={state['key_id']}")
+    code = answer.get("code")
+    reply = f"{status} {code}: {answer.get('error', '')}" if code else str(status)
+    stage, peer = f"{scope['method']} {scope['path']}", maillog.client(scope.get("client"))
+    maillog.reject(stage, peer, reply, " ".join(filter(None, details)))
+
+
 def create_app(
     health: HealthCheck, api: ApiContext | None = None, ready: Readiness | None = None
 ) -> Starlette:
@@ -199,5 +250,6 @@ def create_app(
     app.state.api = api
     if api is not None:
         app.add_middleware(BodyLimit, max_size=api.max_body_size, timeout=api.body_timeout)
+        app.add_middleware(SendRefusals, paths=send.PATHS)
     app.add_middleware(RequestMetrics)
     return app

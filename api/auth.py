@@ -57,6 +57,7 @@ async def authenticate(
     key = await keys.authenticate(secret) if secret else None
     if key is None:
         raise Unauthorized()
+    request.state.key_id = key.id  # for the mail log's line of a refused send
     wait = limiter.take(key.id)
     if wait > 0:
         raise RateLimited(wait)

@@ -15,8 +15,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import replace
 
-from gateway import metrics, simulator
-from gateway.addresses import escape_for_log
+from gateway import maillog, metrics, simulator
 from gateway.backoff import is_throttling
 from gateway.direct import DIRECT, DirectRoutes
 from gateway.message import DeliveryResult, Outcome, QueuedMessage, Route
@@ -27,7 +26,6 @@ from gateway.upstream import PoolSettings, PoolUnavailable, SessionSettings, Ups
 from storage.writer import StorageUnavailable
 
 log = logging.getLogger("postern.delivery")
-maillog = logging.getLogger("postern.mail")
 
 NO_POOL_WAIT = 60.0  # seconds between looks for an active pool on a route that has none
 # At shutdown, transactions still waiting for an upstream are cut off this long before the
@@ -263,17 +261,9 @@ class Delivery:
         if self._cut_off and not any(_may_have_reached(r) for r in results.values()):
             # Cut off at shutdown before the upstream could take it: not the message's
             # failure. It stays claimed, and is released due now with no attempt counted.
-            maillog.info("id=%s result=handed back at shutdown (nothing sent)", message.id)
+            maillog.handed_back(message.id)
             return self._answer(message.id, "queued")
-        for rcpt, result in results.items():
-            maillog.info(
-                "id=%s to=%s pool=%s result=%s reply=%r",
-                message.id,
-                escape_for_log(rcpt),
-                pool_name,
-                result.outcome.value,
-                result.describe(),
-            )
+        maillog.attempted(message, results, pool_name)
         recorded = await self._record(AttemptRecord(message, results, pool_name))
         if recorded is None:
             log.warning(
@@ -298,9 +288,7 @@ class Delivery:
         await self._queue.postpone(message, wait.until, wait.pool, wait.text)
         delay = max(0.0, wait.until - time.time())
         asyncio.get_running_loop().call_later(delay + 0.01, self.wake)  # claim it on time
-        maillog.info(
-            "id=%s pool=%s result=waiting for %.1fs: %s", message.id, wait.pool, delay, wait.text
-        )
+        maillog.waiting(message.id, wait.pool, delay, wait.text)
         return self._answer(message.id, "deferred")
 
     async def _record(self, attempt: AttemptRecord) -> str | None:

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from gateway import metrics
+from gateway import maillog, metrics
 from gateway.delivery import Delivery, PoolRegistry
 from gateway.dkim import DkimError, Signers
 from gateway.identities import Identities
@@ -143,6 +143,7 @@ class Intake:
         claim = not sandbox and self._delivery.has_room()
         message = await self._queue.enqueue(submission, route, claim=claim)
         metrics.MESSAGES_RECEIVED.labels(source=submission.source).inc()
+        maillog.received(message.id, submission)
         attempt = self._delivery.wait_for(message.id) if watch and not sandbox else None
         if claim:
             self._delivery.push(message)

@@ -12,6 +12,7 @@ import logging
 import logging.handlers
 import queue
 import sys
+import time
 
 from gateway.addresses import escape_for_log
 
@@ -20,7 +21,25 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _listener: logging.handlers.QueueListener | None = None
 
 
-class EscapingFormatter(logging.Formatter):
+class ZonedFormatter(logging.Formatter):
+    """Times in ISO 8601 with the UTC offset (2026-12-06T08:48:54.551+00:00): a line read
+    in another zone, or across a daylight-saving change, still says when it happened."""
+
+    _second: tuple[int, str, str] = (-1, "", "")  # the last second formatted, its zone
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        second, stamp, zone = self._second
+        if int(record.created) != second:  # most records share their second with the last
+            second = int(record.created)
+            local = time.localtime(second)
+            hours, minutes = divmod(abs(local.tm_gmtoff) // 60, 60)
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", local)
+            zone = f"{'-' if local.tm_gmtoff < 0 else '+'}{hours:02d}:{minutes:02d}"
+            self._second = (second, stamp, zone)
+        return f"{stamp}.{int(record.msecs):03d}{zone}"
+
+
+class EscapingFormatter(ZonedFormatter):
     """One record, one line: the message (where user input ends up: addresses, EHLO names,
     commands, URL paths, reasons) is escaped, whoever logged it (aiosmtpd included); the
     lines of a traceback are indented, so no line of one can pass for a record of its own."""
@@ -51,7 +70,7 @@ def _indented(text: str) -> str:
 def setup(level: str) -> None:
     """Log to stderr through a background thread; flushed at exit."""
     output = logging.StreamHandler(sys.stderr)
-    output.setFormatter(logging.Formatter(FORMAT))
+    output.setFormatter(ZonedFormatter(FORMAT))
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     listener = logging.handlers.QueueListener(records, output)
     handoff = logging.handlers.QueueHandler(records)

@@ -33,6 +33,7 @@ class Submission:
     suppressed: tuple[str, ...] = ()  # recipients intake dropped; stored for the record
     system: bool = False  # Postern's own mail (alias verification, pool test): no sender check
     message_id: str | None = None  # chosen by the door that names it in the message (SMTP)
+    client: str = ""  # the submitting peer, `[address]:port`, for the mail log
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,15 @@ class Outcome(enum.Enum):
     BOUNCED = "bounced"
 
 
+@dataclass(frozen=True)
+class Hop:
+    """Where an attempt went and how long its parts took (the mail log's relay and delays)."""
+
+    relay: str  # host[address]:port
+    connect: float  # seconds opening the session; 0 when a pooled one was reused
+    transfer: float  # seconds of the SMTP transaction
+
+
 _RECIPIENT_GONE = frozenset({"5.1.1", "5.1.2", "5.1.3", "5.1.6", "5.1.10"})
 
 
@@ -68,6 +78,7 @@ class DeliveryResult:
     # No reply after the final dot went out: the upstream may have taken it (a retry may
     # deliver it twice).
     possible_duplicate: bool = False
+    hop: Hop | None = field(default=None, compare=False)  # None: no upstream session answered
 
     @property
     def hard_bounce(self) -> bool:

@@ -4,7 +4,8 @@ aiosmtpd checks credentials through a synchronous callback, but a key lookup nee
 database: the callback only notes what was offered, and the mechanism methods, which are
 async, check it. Only a key that may send (or send to the sandbox) logs in. AUTH is offered
 over TLS, or without it from a loopback address only. Every failed attempt from a client
-address waits longer before its 535 (doubling up to MAX_DELAY), so guessing is slow.
+address waits longer before its 535 (doubling up to MAX_DELAY), so guessing is slow, and is
+logged before that wait (with the user name and the key's id when known, never the key).
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from typing import Any
 from aiosmtpd.smtp import AuthResult, LoginPassword, Session
 
 from gateway.message import Sender
-from storage.keys import ApiKeyRecord, KeyStore
+from storage.keys import KEY_PREFIX, ApiKeyRecord, KeyStore
 
 BASE_DELAY = 0.25
 MAX_DELAY = 8.0
 FORGET_AFTER = 600.0  # seconds without a failure after which a client starts afresh
+INVALID = "535 5.7.8 Authentication credentials invalid"  # aiosmtpd's own words
 
 
 class AuthThrottle:
@@ -103,14 +105,14 @@ class ApiKeyAuth:
     async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
         self._offered = None
         result = await super().auth_PLAIN(_, args)  # type: ignore[misc]
-        return await self._verified(result)
+        return await self._verified(result, "PLAIN")
 
     async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
         self._offered = None
         result = await super().auth_LOGIN(_, args)  # type: ignore[misc]
-        return await self._verified(result)
+        return await self._verified(result, "LOGIN")
 
-    async def _verified(self, result: AuthResult) -> AuthResult:
+    async def _verified(self, result: AuthResult, mechanism: str) -> AuthResult:
         offered, self._offered = self._offered, None
         if offered is None:
             return result  # malformed or aborted: aiosmtpd has answered already
@@ -119,7 +121,18 @@ class ApiKeyAuth:
         key = await keys.authenticate(secret) if keys is not None else None
         if key is not None and (key.may_send or key.may_sandbox):
             return AuthResult(success=True, auth_data=key)
+        user = _shown_user(offered.login.decode("utf-8", "replace"), secret)
+        known = f"key={key.id} (no send scope)" if key is not None else "key=unknown"
+        details = f"mechanism={mechanism} user=<{user}> {known}"
+        self.log_refusal(INVALID, details)  # type: ignore[attr-defined]
         peer = self.session.peer if self.session is not None else None
         host = peer[0] if isinstance(peer, tuple) and peer else str(peer)
         await asyncio.sleep(throttle.failed(host))
-        return AuthResult(success=False, handled=False)  # "535 5.7.8 ... credentials invalid"
+        return AuthResult(success=False, handled=False, message=INVALID)
+
+
+def _shown_user(login: str, secret: str) -> str:
+    """The user name for the log, unless it may be a key (pasted into the wrong field)."""
+    if KEY_PREFIX in login or (secret and secret in login):
+        return "(hidden: looks like a key)"
+    return login[:100]

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import logging
 import re
 import ssl
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from gateway import metrics
+from gateway import maillog, metrics
 from gateway.addresses import envelope_problem, has_control
 from gateway.headers import MAX_HOPS, Cleaned, clean_header, content_problem
 from gateway.intake import (
@@ -119,10 +120,36 @@ class ListenerLimits:
     tls_context: ssl.SSLContext | None = None
 
 
+_SMTP = TypeVar("_SMTP", bound=type[SMTP])
+_BETWEEN_COMMANDS = ("UNKNOWN", None, None)  # aiosmtpd answers a line that is no command
+
+
+def _noting_commands(cls: _SMTP) -> _SMTP:
+    """Every smtp_* command notes its name, argument and envelope as it starts (aiosmtpd
+    renews the envelope before its reply to the final dot): a refusal is logged with them."""
+    for name in dir(cls):
+        if name.startswith("smtp_"):
+            setattr(cls, name, _noted(name[5:], getattr(cls, name)))
+    return cls
+
+
+def _noted(stage: str, command: Any) -> Any:
+    @functools.wraps(command)  # keeps aiosmtpd's HELP syntax attributes
+    async def noted(self: PosternSMTP, arg: str | None) -> None:
+        self._command = (stage, arg, self.envelope)
+        await command(self, arg)
+        self._command = _BETWEEN_COMMANDS  # not after an error: the 451 is logged with it
+
+    return noted
+
+
+@_noting_commands
 class PosternSMTP(ApiKeyAuth, SMTP):
-    """aiosmtpd's SMTP with a 998-byte line limit, a connection cap and enhanced codes."""
+    """aiosmtpd's SMTP with a 998-byte line limit, a connection cap and enhanced codes;
+    every 4xx/5xx it sends is one mail-log line (gateway.maillog)."""
 
     line_length_limit = 1000  # 998 bytes + CRLF (RFC 5321 §4.5.3.1.6)
+    _command: tuple[str, str | None, Envelope | None] = ("CONNECT", None, None)
 
     def __init__(self, handler: PosternHandler, limits: ListenerLimits) -> None:
         super().__init__(
@@ -148,6 +175,8 @@ class PosternSMTP(ApiKeyAuth, SMTP):
         sessions = self._handler.sessions
         if first and len(sessions) >= self._limits.max_connections:
             self._refused = True
+            peer = maillog.client(transport.get_extra_info("peername"))
+            maillog.reject("CONNECT", peer, Reply.TOO_MANY_CONNECTIONS.decode().strip(), "")
             transport.write(Reply.TOO_MANY_CONNECTIONS)  # type: ignore[attr-defined]
             transport.close()
             return
@@ -178,6 +207,7 @@ class PosternSMTP(ApiKeyAuth, SMTP):
     def _timeout_cb(self) -> None:
         ends = self._session_ends
         if ends is not None and self.loop.time() >= ends - 0.01 and self.transport is not None:
+            self.log_refusal(Reply.SESSION_TOO_LONG.decode().strip())
             self.transport.write(Reply.SESSION_TOO_LONG)  # type: ignore[attr-defined]
         super()._timeout_cb()
 
@@ -212,7 +242,35 @@ class PosternSMTP(ApiKeyAuth, SMTP):
     async def push(self, status: Any) -> None:
         if isinstance(status, str):
             status = with_enhanced_code(status)
+            code = status[:3]
+            if code[:1] in ("4", "5") and code != "535":  # failed AUTH: logged where checked
+                self.log_refusal(status)
+            elif code == "354":
+                self._command = ("END-OF-DATA", *self._command[1:])
         await super().push(status)
+
+    def log_refusal(self, reply: str, details: str = "") -> None:
+        """Log a refusal as Postfix's `NOQUEUE: reject` line, with what the client had said
+        at that stage: the address it offered at MAIL or RCPT, the envelope after them."""
+        stage, arg, envelope = self._command
+        envelope = envelope or self.envelope
+        sender = envelope.mail_from if envelope is not None else None
+        recipients = envelope.rcpt_tos if envelope is not None else []
+        if stage == "MAIL":
+            sender = _address_in(arg)
+        elif stage == "RCPT":
+            recipients = [_address_in(arg)]
+        session = self.session
+        fields = [maillog.envelope("" if sender == NULL_SENDER else sender, recipients), details]
+        if session is not None:
+            fields.append("proto=ESMTP" if session.extended_smtp else "proto=SMTP")
+            if session.host_name:
+                fields.append(f"helo=<{session.host_name}>")
+            auth = sender_of(session)
+            if auth is not None:
+                fields.append(f"key={auth.api_key_id}")
+        peer = maillog.client(session.peer if session is not None else None)
+        maillog.reject(stage, peer, reply, " ".join(field for field in fields if field))
 
 
 class PosternHandler:
@@ -316,6 +374,7 @@ class PosternHandler:
             tags=tuple(t.strip() for t in controls.get("tags", "").split(",") if t.strip()),
             sender=sender_of(session),
             message_id=message_id,
+            client=maillog.client(session.peer),
         )
         problem = _control_problem(submission)
         if problem:
@@ -379,6 +438,14 @@ class PosternHandler:
         if second != self._date[0]:  # UTC; formatdate's "-0000" would mean "zone unknown"
             self._date = (second, email.utils.formatdate(second)[:-5] + "+0000")
         return self._date[1]
+
+
+def _address_in(arg: str | None) -> str:
+    """The address of a `FROM:<…>` or `TO:<…>` argument, as the client wrote it."""
+    path = (arg or "").partition(":")[2].strip()
+    if path.startswith("<"):
+        return path[1:].partition(">")[0]
+    return path.partition(" ")[0]
 
 
 def _control_problem(submission: Submission) -> str | None:

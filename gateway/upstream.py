@@ -21,7 +21,7 @@ from aiosmtplib import SMTPConnectError, SMTPException, SMTPHeloError, SMTPRespo
 
 from gateway import metrics
 from gateway.backoff import Backoff, Slots
-from gateway.message import DeliveryResult, Outcome, QueuedMessage
+from gateway.message import DeliveryResult, Hop, Outcome, QueuedMessage
 from gateway.pipelining import PipelinedSession, SessionClosed, SessionTimeout, TransactionReplies
 
 log = logging.getLogger("postern.upstream")
@@ -103,6 +103,7 @@ class _Session:
     pipe: PipelinedSession
     extensions: frozenset[str]  # EHLO keywords, lower-case
     last_used: float
+    relay: str = ""  # host[address]:port, for the mail log
     messages: int = 0
     dirty: bool = False  # a transaction was left half-done: RSET before reuse
 
@@ -160,11 +161,15 @@ class UpstreamPool:
         return self._slots.size
 
     async def send(self, message: QueuedMessage) -> dict[str, DeliveryResult]:
-        """Deliver to every pending recipient; raise PoolUnavailable to fail over."""
+        """Deliver to every pending recipient; raise PoolUnavailable to fail over.
+
+        Each result carries the session's relay and how long connecting and sending took."""
         async with self._slots:
+            started = time.perf_counter()
             session = await self._acquire()
             held: _Session | None = session
             try:
+                connected = time.perf_counter()
                 try:
                     results = await self._send_on(session, message)
                 except _StaleSession:
@@ -172,6 +177,7 @@ class UpstreamPool:
                     self._forget(session)
                     held = None
                     held = session = await self._acquire(fresh=True)
+                    connected = time.perf_counter()
                     results = await self._send_on(session, message)
             except asyncio.CancelledError:
                 if held is not None:  # replies may still be owed: never to be reused
@@ -181,7 +187,8 @@ class UpstreamPool:
                 if held is not None:
                     self._release(held)
         self._mark(healthy=True)
-        return results
+        hop = Hop(session.relay, connected - started, time.perf_counter() - connected)
+        return {rcpt: replace(result, hop=hop) for rcpt, result in results.items()}
 
     def _forget(self, session: _Session) -> None:
         session.pipe.close()
@@ -360,7 +367,15 @@ class UpstreamPool:
         self._connect_seconds.observe(time.perf_counter() - started)
         now = time.monotonic()
         extensions = frozenset(client.esmtp_extensions)
-        return _Session(pipe, extensions, last_used=now)
+        return _Session(pipe, extensions, last_used=now, relay=self._relay(client))
+
+    def _relay(self, client: aiosmtplib.SMTP) -> str:
+        """`host[address]:port` of the session (the address asyncio noted at connect)."""
+        transport = client.transport
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        if not peer:
+            return f"{self.settings.host}:{self.settings.port}"
+        return f"{self.settings.host}[{peer[0]}]:{peer[1]}"
 
     async def _open(self, start_tls: bool | None) -> aiosmtplib.SMTP:
         """A connected, greeted (and per settings: TLS, AUTH) aiosmtplib session."""

@@ -22,6 +22,7 @@ from api.auth import authenticate
 from api.context import ApiContext, iso
 from api.openapi import operation
 from api.schemas import ErrorResponse, QueuedResponse, SendRequest, SendResponse, parse
+from gateway import maillog
 from gateway.intake import (
     Accepted,
     AliasUnverified,
@@ -148,6 +149,7 @@ async def send(request: Request) -> Response:
             body, built = await asyncio.to_thread(_parse_and_build, raw, ctx.hostname)
     else:
         body, built = _parse_and_build(raw, ctx.hostname)
+    request.state.envelope = (built.mail_from, built.recipients)  # for a refusal's log line
     if len(built.content) > ctx.max_message_size:
         raise errors.PayloadTooLarge(
             f"the message would be {len(built.content)} bytes; the limit is "
@@ -164,6 +166,7 @@ async def send(request: Request) -> Response:
         tags=tuple(body.tags),
         sender=Sender(key.id, key.may_send, key.may_sandbox, key.ip_pools),
         metadata=dict(body.metadata),
+        client=maillog.client(request.client),
     )
     try:
         accepted = await ctx.intake.submit(submission, watch=ctx.handoff_timeout > 0)
@@ -288,6 +291,5 @@ async def _replay(
     return JSONResponse({**response["body"], "idempotent": True}, status_code=response["status"])
 
 
-routes = [
-    Route(path, send, methods=["POST"]) for path in ("/v1/send", "/mail/v1/send", "/api/v1/send")
-]
+PATHS = ("/v1/send", "/mail/v1/send", "/api/v1/send")
+routes = [Route(path, send, methods=["POST"]) for path in PATHS]

@@ -23,8 +23,8 @@ from tests.sink import Sink
 
 pytestmark = pytest.mark.timeout(60)
 
-FORGED = "\r\n2030-01-01 00:00:00,000 ERROR postern: FORGED\x1b[2J\u2028\u202e\x85"
-RECORD_START = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ \S+: ")
+FORGED = "\r\n2030-01-01T00:00:00.000+00:00 ERROR postern: FORGED\x1b[2J\u2028\u202e\x85"
+RECORD_START = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d [A-Z]+ \S+: ")
 
 
 @pytest.mark.parametrize(
@@ -116,7 +116,7 @@ async def test_smtp_and_http_input_cannot_forge_a_log_line(
         await svc.writer.stop()  # storage fails: the route logs method and path
         try:
             response = await http.get(
-                "/v1/messages/%0D%0A2030-01-01%2000:00:00,000%20ERROR%20x:%20FORGED",
+                "/v1/messages/%0D%0A2030-01-01T00:00:00.000+00:00%20ERROR%20x:%20FORGED",
                 headers={"Authorization": f"Bearer {key}"},
             )
         finally:

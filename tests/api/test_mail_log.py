@@ -1,0 +1,291 @@
+"""The mail log, with Postfix's as the yardstick: every refusal at either door is one
+`NOQUEUE: reject` line (stage, client, envelope, the reply sent), a failed AUTH names the
+mechanism and user but never the key, an accepted message has its intake line and each
+delivery attempt a line per recipient (relay, delays, dsn, size, attempt, status).
+
+Everything goes through the real doors: SMTP over loopback, HTTP through uvicorn, delivery
+to the sink; the lines are read as the product formats them.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import re
+from collections.abc import Iterator
+
+import pytest
+
+from gateway.logs import FORMAT, EscapingFormatter
+from tests.api.conftest import Api, ApiFactory, auth, payload
+from tests.conftest import smtp_send, wait_until
+from tests.integration.test_smtp_listener import RawClient
+from tests.sink import Sink
+
+pytestmark = pytest.mark.timeout(60)
+
+STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d"
+
+
+class MailLog:
+    """The records of `postern.mail`, formatted as `postern serve` writes them."""
+
+    def __init__(self) -> None:
+        self.output = io.StringIO()
+
+    def lines(self, *needles: str) -> list[str]:
+        found = [line for line in self.output.getvalue().splitlines() if " postern.mail: " in line]
+        return [line for line in found if all(needle in line for needle in needles)]
+
+    def one(self, *needles: str) -> str:
+        found = self.lines(*needles)
+        assert len(found) == 1, (needles, self.output.getvalue())
+        return found[0]
+
+    async def wait(self, *needles: str, timeout: float = 10.0) -> str:
+        assert await wait_until(lambda: self.lines(*needles), timeout), (
+            needles,
+            self.output.getvalue(),
+        )
+        return self.one(*needles)
+
+
+@pytest.fixture
+def mail_log() -> Iterator[MailLog]:
+    log = MailLog()
+    handler = logging.StreamHandler(log.output)
+    handler.setFormatter(EscapingFormatter(FORMAT))
+    logger = logging.getLogger("postern.mail")
+    previous = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield log
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+
+
+def local_port(client: RawClient) -> int:
+    return int(client.writer.get_extra_info("sockname")[1])
+
+
+# --- SMTP refusals ----------------------------------------------------------------------------
+
+
+async def test_every_smtp_refusal_is_one_line_with_stage_envelope_and_reply(
+    api_client: ApiFactory, mail_log: MailLog
+) -> None:
+    api = await api_client(smtp={"max_recipients": 1, "max_message_size": 10_000})
+    key = await api.key("suppressions")
+    added = await api.http.post(
+        "/api/v1/suppressions", json={"email": "gone@y.test"}, headers=auth(key)
+    )
+    assert added.status_code == 201
+    client = await RawClient.connect(api.svc.smtp_port)
+    me = f"[127.0.0.1]:{local_port(client)}"
+    await client.ehlo("client.test")
+
+    assert (await client.command("DATA")).code == 503
+    assert (await client.command("MAIL FROM:<a@x.test> SIZE=20000")).code == 552
+    assert (await client.command("MAIL FROM:<a@x.test>")).code == 250
+    assert (await client.command("RCPT TO:<gone@y.test>")).code == 550
+    assert (await client.command("RCPT TO:<b@y.test>")).code == 250
+    assert (await client.command("RCPT TO:<c@y.test>")).code == 452
+    assert (await client.data(b"Subject: s\r\n\r\nbare\nLF\r\n")).code == 550
+    assert (await client.command("MAIL FROM:<a\x01@x.test>")).code == 501
+    assert (await client.command("XYZZY")).code == 500
+    await client.close()
+
+    tail = "proto=ESMTP helo=<client.test>"
+    assert f"NOQUEUE: reject: DATA from {me}: 503 5.5.1 Error: need RCPT command; {tail}" in (
+        mail_log.one("reject: DATA ")
+    )
+    assert mail_log.one("reject: MAIL ", "552 5.3.4 ").endswith(
+        f"from {me}: 552 5.3.4 Message size exceeds fixed maximum message size; "
+        f"from=<a@x.test> {tail}"
+    )
+    assert mail_log.one("reject: RCPT ", "550 ").endswith(
+        f"from {me}: 550 5.7.1 Recipient is suppressed (bounced, complained or "
+        f"unsubscribed); from=<a@x.test> to=<gone@y.test> {tail}"
+    )
+    assert mail_log.one("reject: RCPT ", "452 ").endswith(
+        f"from {me}: 452 4.5.3 Too many recipients; from=<a@x.test> to=<c@y.test> {tail}"
+    )
+    assert mail_log.one("reject: END-OF-DATA ").endswith(
+        f"from {me}: 550 5.6.0 Message refused: bare CR or LF in message; "
+        f"from=<a@x.test> to=<b@y.test> {tail}"
+    )
+    # The address as the client wrote it, escaped like all user input.
+    assert mail_log.one("reject: MAIL ", "501 ").endswith(
+        f"from {me}: 501 5.5.4 Control characters in the command; from=<a\\x01@x.test> {tail}"
+    )
+    assert "reject: UNKNOWN from " in mail_log.one("XYZZY")
+    for line in mail_log.lines():
+        assert re.match(STAMP + " INFO postern.mail: NOQUEUE: reject: ", line), line
+    assert len(mail_log.lines("NOQUEUE: reject:")) == 7
+
+
+async def test_the_connection_cap_refusal_is_logged(
+    api_client: ApiFactory, mail_log: MailLog
+) -> None:
+    api = await api_client(smtp={"max_connections": 1})
+    first = await RawClient.connect(api.svc.smtp_port)
+    second = await RawClient.connect(api.svc.smtp_port)
+    assert second.greeting is not None and second.greeting.code == 421
+    me = f"[127.0.0.1]:{local_port(second)}"
+    assert mail_log.one("reject: CONNECT").endswith(
+        f"from {me}: 421 4.7.0 Too many connections, try again later"
+    )
+    await first.close()
+    await second.close()
+
+
+# --- SMTP AUTH --------------------------------------------------------------------------------
+
+
+def plain(user: str, secret: str) -> str:
+    return base64.b64encode(f"\0{user}\0{secret}".encode()).decode()
+
+
+async def test_a_failed_auth_names_mechanism_user_and_key_but_never_the_secret(
+    api: Api, mail_log: MailLog
+) -> None:
+    reader_id, reader_secret = await api.key_record("suppressions")  # no send scope
+    wrong = "msk_" + "x" * 43
+    client = await RawClient.connect(api.svc.smtp_port)
+    me = f"[127.0.0.1]:{local_port(client)}"
+    await client.ehlo("client.test")
+    assert (await client.command(f"AUTH PLAIN {plain('app', wrong)}")).code == 535
+    assert (await client.command(f"AUTH PLAIN {plain('app', reader_secret)}")).code == 535
+    assert (await client.command("AUTH LOGIN")).code == 334
+    await client.command(base64.b64encode(wrong.encode()).decode())  # the key as user name
+    assert (await client.command(base64.b64encode(wrong.encode()).decode())).code == 535
+    assert (await client.command("AUTH PLAIN !!!")).code == 501
+    await client.close()
+
+    reply = "535 5.7.8 Authentication credentials invalid"
+    lines = mail_log.lines("reject: AUTH ", reply)
+    tail = " proto=ESMTP helo=<client.test>"
+    assert [line.split(f"from {me}: {reply}; ")[1] for line in lines] == [
+        "mechanism=PLAIN user=<app> key=unknown" + tail,
+        f"mechanism=PLAIN user=<app> key={reader_id} (no send scope)" + tail,
+        "mechanism=LOGIN user=<(hidden: looks like a key)> key=unknown" + tail,
+    ]
+    assert "501 5.5.2 Can't decode base64" in mail_log.one("reject: AUTH ", "501 ")
+    text = mail_log.output.getvalue()
+    assert wrong not in text and reader_secret not in text
+    assert "msk_" not in text
+
+
+# --- intake and delivery ----------------------------------------------------------------------
+
+
+MESSAGE = b"From: a@x.test\r\nTo: b@y.test\r\nMessage-ID: <m1@x.test>\r\nSubject: s\r\n\r\nhi\r\n"
+
+
+async def test_an_smtp_message_has_an_intake_line_and_a_delivery_line(
+    api: Api, sink: Sink, mail_log: MailLog
+) -> None:
+    code, text = await smtp_send(api.svc.smtp_port, "a@x.test", ["b@y.test"], MESSAGE)
+    assert code == 250, text
+    intake = await mail_log.wait("source=smtp")
+    match = re.search(
+        r"INFO postern\.mail: id=(msg_\S+) client=\[127\.0\.0\.1\]:\d+ key=- source=smtp "
+        r"from=<a@x\.test> size=(\d+) nrcpt=1 message-id=<m1@x\.test>$",
+        intake,
+    )
+    assert match, intake
+    message_id, size = match.groups()
+    delivered = await mail_log.wait(f"id={message_id} from=")
+    assert re.fullmatch(
+        STAMP + rf" INFO postern\.mail: id={message_id} from=<a@x\.test> to=<b@y\.test> "
+        rf"relay=127\.0\.0\.1\[127\.0\.0\.1\]:{sink.port} pool=sink delay=\d+\.\d{{3}} "
+        rf"delays=\d+\.\d{{3}}/\d+\.\d{{3}}/\d+\.\d{{3}} dsn=2\.0\.0 size={size} attempt=1 "
+        r"status=delivered reply='250 2\.0\.0 OK queued'",
+        delivered,
+    ), delivered
+    assert int(size) == len(sink.messages[0].data)  # what was stored is what was sent
+
+
+async def test_deferred_then_delivered_and_bounced_attempts(
+    api: Api, sink: Sink, mail_log: MailLog
+) -> None:
+    sink.fail("rcpt", "451 4.3.0 come back later", match="slow@y.test", times=1)
+    sink.fail("rcpt", "550 5.1.1 no such user", match="gone@y.test")
+    code, text = await smtp_send(
+        api.svc.smtp_port, "", ["slow@y.test", "gone@y.test", "b@y.test"], MESSAGE
+    )
+    assert code == 250, text
+    first = await mail_log.wait("to=<slow@y.test>", "attempt=1")
+    assert "from=<> " in first
+    assert " dsn=4.3.0 " in first and " status=deferred reply='451 4.3.0 come back later'" in first
+    bounced = mail_log.one("to=<gone@y.test>")
+    assert " dsn=5.1.1 " in bounced and " attempt=1 status=bounced " in bounced
+    assert " attempt=1 status=delivered " in mail_log.one("to=<b@y.test>")
+    retried = await mail_log.wait("to=<slow@y.test>", "attempt=2")  # retry_schedule: 1 s
+    assert " dsn=2.0.0 " in retried and " status=delivered " in retried
+
+
+# --- HTTP -------------------------------------------------------------------------------------
+
+
+async def test_an_http_send_has_an_intake_line_with_its_key(
+    api: Api, sink: Sink, mail_log: MailLog
+) -> None:
+    key_id, key = await api.key_record("send")
+    sent = await api.send(key=key)
+    assert sent.status_code == 200, sent.text
+    message_id = sent.json()["message_id"]
+    intake = mail_log.one(f"id={message_id} client=")
+    assert re.search(
+        rf"id={message_id} client=\[127\.0\.0\.1\]:\d+ key={key_id} source=http "
+        r"from=<app@sender\.test> size=\d+ nrcpt=1 message-id=<[^>]+@postern\.test>$",
+        intake,
+    ), intake
+    assert " status=delivered " in mail_log.one(f"id={message_id} from=")
+    assert not mail_log.lines("reject")
+
+
+async def test_every_http_send_refusal_is_one_line_with_key_envelope_and_status(
+    api_client: ApiFactory, mail_log: MailLog
+) -> None:
+    api = await api_client(policy={"sender": "verified"}, http={"max_body_size": 100_000})
+    key_id, key = await api.key_record("send")
+    start = "NOQUEUE: reject: POST /v1/send from [127.0.0.1]:"
+
+    async def refused(status: int, **kwargs: object) -> str:
+        """The line of the refusal after its client's port."""
+        response = await api.http.post("/v1/send", **kwargs)  # type: ignore[arg-type]
+        assert response.status_code == status, response.text
+        return mail_log.lines(start)[-1].split(start)[1]
+
+    unverified = await refused(403, json=payload(), headers=auth(key))
+    assert re.fullmatch(
+        r"\d+: 403 unverified_sender: .+; from=<app@sender\.test> to=<rcpt@example\.test> "
+        rf"proto=HTTP key={key_id}",
+        unverified,
+    ), unverified
+    unknown_key = await refused(401, json=payload(), headers=auth("msk_" + "y" * 43))
+    assert unknown_key.endswith(": 401 unauthorized: missing or invalid API key; proto=HTTP")
+    bad_json = await refused(400, content=b"{", headers=auth(key))
+    assert re.fullmatch(rf"\d+: 400 invalid_request: .+; proto=HTTP key={key_id}", bad_json)
+    too_big = await refused(413, content=b"x" * 100_001, headers=auth(key))  # by BodyLimit
+    assert re.fullmatch(r"\d+: 413 payload_too_large: .+; proto=HTTP", too_big), too_big
+    assert len(mail_log.lines("NOQUEUE: reject:")) == 4
+    assert "msk_" not in mail_log.output.getvalue()
+
+
+async def test_an_http_send_to_suppressed_recipients_is_logged(api: Api, mail_log: MailLog) -> None:
+    key_id, key = await api.key_record("send", "suppressions")
+    added = await api.http.post(
+        "/api/v1/suppressions", json={"email": "rcpt@example.test"}, headers=auth(key)
+    )
+    assert added.status_code == 201
+    response = await api.send(key=key, path="/api/v1/send")
+    assert response.status_code == 422
+    assert mail_log.one("NOQUEUE: reject: POST /api/v1/send ").endswith(
+        ": 422 suppressed: Send suppressed — recipient unsubscribed or bounced; "
+        f"from=<app@sender.test> to=<rcpt@example.test> proto=HTTP key={key_id}"
+    )
