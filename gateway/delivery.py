@@ -247,7 +247,7 @@ class Delivery:
                 "attempt's results were not recorded (the message may be sent twice)",
                 message.id,
             )
-            metrics.POSSIBLE_DUPLICATES.inc()
+            metrics.POSSIBLE_DUPLICATES.labels(pool=pool_name or "none").inc()
         status = recorded or "deferred"
         _count(results, pool_name or "none")
         waiter = self._waiters.pop(message.id, None)
