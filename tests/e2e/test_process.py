@@ -18,13 +18,13 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import (
-    REPO,
     MakePostern,
     free_port,
     run_cli,
     seqs_received,
     wait_until,
 )
+from tests.processes import REPO
 from tests.sink import Sink
 
 COUNT = 20
