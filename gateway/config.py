@@ -462,6 +462,21 @@ def _check(config: Config) -> None:
             f"storage.url: unsupported database URL {url.split(':')[0]!r} "
             '(use "" for SQLite or postgresql+asyncpg://user@host/db)'
         )
+    if url:
+        _database_url(url)
+
+
+def _database_url(url: str) -> None:
+    """A storage.url SQLAlchemy can parse (the error never repeats it: it may hold a password)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        make_url(url)
+    except (ArgumentError, ValueError):
+        raise ConfigError(
+            "storage.url: not a valid database URL (postgresql+asyncpg://user:password@host:port/db)"
+        ) from None
 
 
 def server_tls_context(cert: str, key: str) -> ssl.SSLContext:

@@ -292,6 +292,7 @@ def test_section_that_is_not_a_table(tmp_path: Path) -> None:
         ("[http]\nrate_limit = 50\n", "http.rate_limit"),
         ("[storage]\nurl = 5\n", "storage.url"),
         ('[storage]\nurl = "mysql://db"\n', "storage.url"),
+        ('[storage]\nurl = "postgresql://u:hunter2@db:port/x"\n', "storage.url"),
         ('[delivery]\nretry_schedule = "1m"\n', "delivery.retry_schedule"),
         ("[delivery]\nretry_schedule = []\n", "delivery.retry_schedule"),
         ("[delivery]\nmx_port = 0\n", "delivery.mx_port"),
