@@ -13,8 +13,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from gateway import cli_admin, cli_backup, cli_dkim, cli_domains, cli_queue
-from gateway.config import ConfigError, load
+from gateway import cli_admin, cli_backup, cli_dkim, cli_domains, cli_queue, instance
+from gateway.config import Config, ConfigError, load
 
 
 class _Parser(argparse.ArgumentParser):
@@ -28,12 +28,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--config", help="config file (default: $POSTERN_CONFIG, else built-in defaults)"
     )
+    parser.add_argument(
+        "--verbose", action="store_true", help="name the config, data_dir and database on stderr"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the SMTP listener, HTTP API and delivery")
-    serve.add_argument("--config", dest="sub_config", help=argparse.SUPPRESS)
+    cli_admin.common_options(serve)
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     check = commands.add_parser("check-config", help="validate the configuration and exit")
-    check.add_argument("--config", dest="sub_config", help=argparse.SUPPRESS)
+    cli_admin.common_options(check)
     cli_admin.add_commands(commands)
     cli_dkim.add_commands(commands)
     cli_domains.add_commands(commands)
@@ -57,10 +60,9 @@ def _setup_logging(level: str) -> None:
     logs.setup(level)
 
 
-async def _serve(config_path: str | None) -> int:
+async def _serve(config: Config, config_path: str | None) -> int:
     from gateway.service import Service  # heavy imports only for the commands that need them
 
-    config = load(config_path)
     service = Service(config, config_path=config_path)  # SIGHUP reads the same file
     await service.start()
     # What start-up built (modules, compiled statements, config) lives as long as the
@@ -93,26 +95,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
-    config_path = getattr(args, "sub_config", None) or args.config
+    config_path = (
+        getattr(args, "sub_config", None) or args.config or os.environ.get("POSTERN_CONFIG") or None
+    )
     try:
+        config = load(config_path)
+        if args.verbose or getattr(args, "sub_verbose", False):
+            print(instance.describe(config, config_path), file=sys.stderr)
         if args.command == "check-config":
-            load(config_path)
             print("configuration OK")
             return 0
-        if args.command in cli_admin.COMMANDS:
-            return cli_admin.run(args, load(config_path))
-        if args.command in cli_dkim.COMMANDS:
-            return cli_dkim.run(args, load(config_path))
-        if args.command in cli_domains.COMMANDS:
-            return cli_domains.run(args, load(config_path))
-        if args.command in cli_queue.COMMANDS:
-            return cli_queue.run(args, load(config_path))
-        if args.command in cli_backup.COMMANDS:
-            return cli_backup.run(args, load(config_path))
+        if args.command != "serve":
+            instance.require_database(config, config_path)
+        for commands in (cli_admin, cli_backup, cli_dkim, cli_domains, cli_queue):
+            if args.command in commands.COMMANDS:
+                return commands.run(args, config)
         _setup_logging(args.log_level)
         factory = _event_loop_runner()
         with asyncio.Runner(loop_factory=factory) as runner:  # type: ignore[arg-type]
-            return runner.run(_serve(config_path))
+            return runner.run(_serve(config, config_path))
     except ConfigError as error:
         print(f"postern: error: {error}", file=sys.stderr)
         return 2

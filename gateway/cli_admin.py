@@ -65,9 +65,18 @@ def add_commands(commands: Any) -> None:
 
 def leaf(actions: Any, name: str, text: str) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = actions.add_parser(name, help=text)
-    parser.add_argument("--config", dest="sub_config", help=argparse.SUPPRESS)
+    common_options(parser)
     parser.add_argument("--json", action="store_true", help="print JSON")
     return parser
+
+
+def common_options(parser: argparse.ArgumentParser) -> None:
+    """--config and --verbose, accepted after the subcommand too (own dests: a subparser's
+    defaults would overwrite what was given before the subcommand)."""
+    parser.add_argument("--config", dest="sub_config", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--verbose", dest="sub_verbose", action="store_true", help=argparse.SUPPRESS
+    )
 
 
 def run(args: argparse.Namespace, config: Config) -> int:

@@ -2,7 +2,8 @@
 
 Any problem becomes one `ConfigError` whose message is the single line the CLI prints
 before exiting with status 2. Durations are an integer of seconds or a string such as
-"30s", "5m", "2h", "5d".
+"30s", "5m", "2h", "5d". Relative file paths in a config file name places beside that file,
+so every command given the same file uses the same data_dir, whatever its current folder.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import re
 import ssl
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -461,6 +462,21 @@ def _check(config: Config) -> None:
             f"storage.url: unsupported database URL {url.split(':')[0]!r} "
             '(use "" for SQLite or postgresql+asyncpg://user@host/db)'
         )
+    if url:
+        _database_url(url)
+
+
+def _database_url(url: str) -> None:
+    """A storage.url SQLAlchemy can parse (the error never repeats it: it may hold a password)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        make_url(url)
+    except (ArgumentError, ValueError):
+        raise ConfigError(
+            "storage.url: not a valid database URL (postgresql+asyncpg://user:password@host:port/db)"
+        ) from None
 
 
 def server_tls_context(cert: str, key: str) -> ssl.SSLContext:
@@ -473,8 +489,9 @@ def server_tls_context(cert: str, key: str) -> ssl.SSLContext:
     return context
 
 
-def from_dict(raw: Mapping[str, Any]) -> Config:
-    """Validate a parsed TOML document and build the Config."""
+def from_dict(raw: Mapping[str, Any], base: Path | None = None) -> Config:
+    """Validate a parsed TOML document and build the Config; relative file paths (the
+    default data_dir too) are taken from `base`, the config file's folder, when given."""
     unknown = sorted(set(raw) - set(_SECTIONS) - {"pools"})
     if unknown:
         raise ConfigError(f"unknown section [{unknown[0]}]")
@@ -485,12 +502,47 @@ def from_dict(raw: Mapping[str, Any]) -> Config:
     if "pools" in raw:
         parts["pools"] = _pools(raw["pools"])
     config = Config(**parts)
+    if base is not None:
+        config = _beside(base, config)
     _check(config)
     return config
 
 
+def _beside(base: Path, config: Config) -> Config:
+    """The file paths of `config` taken relative to `base` (absolute ones stay)."""
+
+    def path(value: str) -> str:
+        return str(base / value) if value else value
+
+    return replace(
+        config,
+        server=replace(config.server, data_dir=base / config.server.data_dir),
+        smtp=replace(
+            config.smtp, tls_cert=path(config.smtp.tls_cert), tls_key=path(config.smtp.tls_key)
+        ),
+        storage=replace(config.storage, url=_sqlite_beside(base, config.storage.url)),
+    )
+
+
+def _sqlite_beside(base: Path, url: str) -> str:
+    """A storage.url naming a relative SQLite file, made absolute against `base`."""
+    if not url.startswith("sqlite"):
+        return url
+    from sqlalchemy.engine import make_url  # only for the rare SQLite URL
+
+    try:
+        parsed = make_url(url)
+    except Exception:  # malformed: left for the database to refuse with its own words
+        return url
+    name = parsed.database
+    if not name or name == ":memory:" or name.startswith("file:") or Path(name).is_absolute():
+        return url
+    return parsed.set(database=str(base / name)).render_as_string(hide_password=False)
+
+
 def load(path: str | os.PathLike[str] | None) -> Config:
-    """Load the config from `path`, else $POSTERN_CONFIG, else the built-in defaults."""
+    """Load the config from `path`, else $POSTERN_CONFIG, else the built-in defaults (whose
+    data_dir, ./var, is then relative to the current folder)."""
     path = path or os.environ.get("POSTERN_CONFIG") or None
     if path is None:
         return from_dict({})
@@ -505,4 +557,4 @@ def load(path: str | os.PathLike[str] | None) -> Config:
         ) from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
-    return from_dict(raw)
+    return from_dict(raw, Path(os.path.abspath(path)).parent)

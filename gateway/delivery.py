@@ -271,7 +271,7 @@ class Delivery:
                 "attempt's results were not recorded (the message may be sent twice)",
                 message.id,
             )
-            metrics.POSSIBLE_DUPLICATES.inc()
+            metrics.POSSIBLE_DUPLICATES.labels(pool=pool_name or "none").inc()
         _count(results, pool_name or "none")
         return self._answer(message.id, recorded or "deferred")
 

@@ -26,7 +26,8 @@ MESSAGES_SUPPRESSED = Counter(
 )
 POSSIBLE_DUPLICATES = Counter(
     "postern_possible_duplicates_total",
-    "Attempts cut off after the final dot: the retry may deliver a second copy.",
+    "Attempts cut off after the final dot, or whose claim lapsed before the answer was "
+    "stored: the retry may deliver a second copy.",
     ["pool"],
 )
 QUEUE_MESSAGES = Gauge("postern_queue_messages", "Messages with work left, by state.", ["state"])

@@ -44,6 +44,7 @@ from gateway.direct import DirectRoutes
 from gateway.dkim import Signers
 from gateway.dns import Resolver
 from gateway.identities import Identities
+from gateway.instance import DataDirLock, database_of
 from gateway.intake import Intake
 from gateway.pool_secrets import unseal
 from gateway.queue import Queue
@@ -120,10 +121,23 @@ class Service:
         self._http_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        data_dir = self.config.server.data_dir
+        try:
+            prepare_data_dir(data_dir)
+            # One serve per data_dir (gateway.instance): held until stop() or the exit.
+            self._lock = DataDirLock.acquire(data_dir)
+        except OSError as error:
+            raise StartupError(f"cannot use data_dir {data_dir}: {error.strerror}") from None
+        try:
+            await self._start()
+        except BaseException:
+            self._lock.release()
+            raise
+
+    async def _start(self) -> None:
         config = self.config
         data_dir = config.server.data_dir
         try:
-            prepare_data_dir(data_dir)
             node = node_id(data_dir)
         except OSError as error:
             raise StartupError(f"cannot use data_dir {data_dir}: {error.strerror}") from None
@@ -223,10 +237,11 @@ class Service:
         )
         self._http_task = loop.create_task(self._http.serve(sockets=[http_socket]))
         log.info(
-            "postern %s listening: smtp %s, http %s:%d",
+            "postern %s listening: smtp %s, http %s:%d; database %s",
             node,
             ", ".join(f"{h}:{p}" for h, p in config.smtp.listen),
             *config.http.listen,
+            database_of(config),
         )
 
     async def reload_pools(self) -> None:
@@ -373,6 +388,7 @@ class Service:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._http_task, timeout=5)
         await self.db.dispose()
+        self._lock.release()
         log.info("stopped")
 
     @staticmethod

@@ -87,8 +87,13 @@ def test_defaults_load_with_no_file() -> None:
     assert config.pools == ()
 
 
+def beside(folder: Path) -> Config:
+    """The defaults as a config file in `folder` gives them: data_dir is folder/var."""
+    return dataclasses.replace(Config(), server=cfg.ServerConfig(data_dir=folder / "var"))
+
+
 def test_empty_file_is_the_defaults(tmp_path: Path) -> None:
-    assert load(write(tmp_path, "")) == Config()
+    assert load(write(tmp_path, "")) == beside(tmp_path)
 
 
 def test_postern_config_env_is_used_when_no_path(
@@ -101,7 +106,24 @@ def test_postern_config_env_is_used_when_no_path(
 
 def test_example_loads_and_equals_the_defaults() -> None:
     # Every key in the example is set to its built-in default.
-    assert load(EXAMPLE) == Config()
+    assert load(EXAMPLE) == beside(REPO)
+
+
+def test_relative_paths_are_beside_the_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    monkeypatch.chdir(tmp_path)  # not the config's folder
+    text = '[server]\ndata_dir = "state/../var"\n[storage]\nurl = "sqlite:///db/p.db"\n'
+    config = load(write(etc, text))
+    assert config.server.data_dir == etc / "state/../var"
+    assert config.storage.url == f"sqlite:///{etc}/db/p.db"
+    absolute = load(write(etc, f'[server]\ndata_dir = "{tmp_path / "abs"}"\n'))
+    assert absolute.server.data_dir == tmp_path / "abs"
+    message = refusal(etc, '[smtp]\ntls_cert = "tls/cert.pem"\ntls_key = "tls/key.pem"\n')
+    assert message == f"smtp.tls_cert: cannot read {etc}/tls/cert.pem"
+    assert load(None).server.data_dir == Path("var")  # no file: the current folder's ./var
 
 
 def test_example_documents_every_section_key() -> None:
@@ -270,6 +292,7 @@ def test_section_that_is_not_a_table(tmp_path: Path) -> None:
         ("[http]\nrate_limit = 50\n", "http.rate_limit"),
         ("[storage]\nurl = 5\n", "storage.url"),
         ('[storage]\nurl = "mysql://db"\n', "storage.url"),
+        ('[storage]\nurl = "postgresql://u:hunter2@db:port/x"\n', "storage.url"),
         ('[delivery]\nretry_schedule = "1m"\n', "delivery.retry_schedule"),
         ("[delivery]\nretry_schedule = []\n", "delivery.retry_schedule"),
         ("[delivery]\nmx_port = 0\n", "delivery.mx_port"),
