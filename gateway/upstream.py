@@ -22,7 +22,13 @@ from aiosmtplib import SMTPConnectError, SMTPException, SMTPHeloError, SMTPRespo
 from gateway import metrics
 from gateway.backoff import Backoff, Slots
 from gateway.message import DeliveryResult, Outcome, QueuedMessage
-from gateway.pipelining import PipelinedSession, SessionClosed, SessionTimeout, TransactionReplies
+from gateway.pipelining import (
+    PipelinedSession,
+    ProtocolViolation,
+    SessionClosed,
+    SessionTimeout,
+    TransactionReplies,
+)
 
 log = logging.getLogger("postern.upstream")
 
@@ -180,6 +186,12 @@ class UpstreamPool:
             results = await self._transaction(session, message)
         except SessionClosed as closed:
             session.pipe.close()
+            if isinstance(closed, ProtocolViolation):
+                settings = self.settings
+                log.warning(
+                    "pool %s (%s:%d): %s; connection dropped, attempt deferred",
+                    self.name, settings.host, settings.port, closed,
+                )  # fmt: skip
             if closed.body_sent:
                 # The final dot reached the upstream, which may have taken the message: retry
                 # on schedule (a possible duplicate, counted), never at once on another pool.
@@ -218,8 +230,10 @@ class UpstreamPool:
             )
         except SessionClosed as closed:
             # A reused session the upstream had closed meanwhile, and nothing of the message
-            # went out: safe to try once more on a fresh session straight away.
-            stale = not closed.body_sent and not isinstance(closed, SessionTimeout)
+            # went out: safe to try once more on a fresh session straight away (not after a
+            # timeout or a broken reply: that upstream is slow or hostile, not stale).
+            broken = isinstance(closed, SessionTimeout | ProtocolViolation)
+            stale = not closed.body_sent and not broken
             if session.messages and stale:
                 raise _StaleSession from None
             raise
@@ -428,14 +442,20 @@ def _our_fault(result: DeliveryResult) -> bool:
 
 
 def _tls_failure(error: BaseException) -> bool:
-    """STARTTLS refused (454) or its handshake failed; not a host that cannot be reached."""
+    """STARTTLS refused (454) or its handshake failed; not a host that cannot be reached,
+    nor one whose replies are garbage (too long, malformed: code -1)."""
     if isinstance(error, ssl.SSLError):
         return True
-    return isinstance(error, SMTPResponseException) and not isinstance(error, SMTPConnectError)
+    return (
+        isinstance(error, SMTPResponseException)
+        and not isinstance(error, SMTPConnectError)
+        and error.code >= 0
+    )
 
 
 def _describe(error: BaseException) -> str:
     if isinstance(error, SMTPResponseException):
-        return f"{error.code} {error.message}"
+        code = f"{error.code} " if error.code >= 0 else ""  # -1: aiosmtplib's own complaint
+        return f"{code}{error.message}"
     text = str(error) or error.__class__.__name__
     return text.replace("\r", " ").replace("\n", " ")[:300]
