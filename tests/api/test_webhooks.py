@@ -176,6 +176,8 @@ async def test_failing_receiver_is_retried_and_shown(api: Api, receiver: Receive
     assert shown.json()["webhook"]["failures"] >= 1
     receiver.status = 200
     assert await wait_until(lambda: len(receiver.events) >= 2, timeout=10)
+    # The receiver has the events before the sender has recorded its POST: wait for that.
+    assert await wait_until(lambda: _outcomes(attempts(), "delivered", 1), timeout=10)
     rows = await attempts()
     assert rows[0]["status_code"] == 200 and rows[0]["events"] >= 1
     failed = [r for r in rows if r["outcome"] == "failed"]
