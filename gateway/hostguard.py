@@ -115,7 +115,6 @@ class HostGuard:
         the system's resolver)."""
         denied = DEFAULT_DENIED if allow_private else DEFAULT_DENIED + NOT_PUBLIC
         self.networks = parse_networks(denied) + parse_networks(extra)
-        self.allow_private = allow_private
         self._resolver = resolver
 
     def denied(self, address: str) -> IPNetwork | None:
