@@ -36,7 +36,7 @@ class Management:
     identities: Identities  # verified domains and aliases, as intake sees them
     registry: PoolRegistry  # the live pools (decrypted passwords: the connection test)
     reload: Callable[[], Awaitable[None]]  # Service.reload_pools
-    guard: HostGuard  # SSRF: denied networks for pool hosts
+    guard: HostGuard  # SSRF: pool hosts and webhook URLs (the one delivery uses)
     resolver: Resolver  # domain checks: [dns] nameservers, no cache
     hostname: str  # EHLO name of the connection test; SPF record
     probe_timeout: float  # per step of the connection test
@@ -54,6 +54,7 @@ class Management:
         identities: Identities,
         registry: PoolRegistry,
         reload: Callable[[], Awaitable[None]],
+        guard: HostGuard | None = None,
     ) -> Management:
         host, port = config.http.listen
         shown = f"[{host}]" if ":" in host else host
@@ -62,7 +63,7 @@ class Management:
             identities=identities,
             registry=registry,
             reload=reload,
-            guard=HostGuard(config.security.deny_networks),
+            guard=guard or HostGuard(config.security.deny_networks),
             resolver=Resolver(config.dns.nameservers, cache_size=0),
             hostname=config.server.hostname,
             probe_timeout=min(config.delivery.connect_timeout, 15.0),

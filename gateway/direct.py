@@ -5,29 +5,28 @@ and NXDOMAIN bounce at once, DNS failures defer). Connections are pooled per des
 address with a small cap, like a configured pool's, and use opportunistic STARTTLS with no
 AUTH. A destination that refuses a connection or answers 4xx for the whole transaction is
 failed over to the next target of the plan; the last failure is what the recipients get.
+
+MX answers and address literals come from strangers: every target passes the SSRF guard
+(gateway.hostguard), which by default also denies every address that is not globally
+routable (`[delivery] mx_allow_private` lifts that, not the metadata and link-local part).
+A domain whose every target is denied bounces (5.4.4) with the reason.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
+import logging
 import time
 from dataclasses import replace
 
 from gateway import mx
 from gateway.dns import Resolver
+from gateway.hostguard import HostGuard
 from gateway.message import DeliveryResult, Outcome, QueuedMessage
 from gateway.upstream import PoolSettings, PoolUnavailable, SessionSettings, UpstreamPool, deferred
 
 DIRECT = "direct"  # the pool name in metrics and the mail log: one label for every MX host
-
-
-def _public(address: str) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return ip.is_global and not ip.is_multicast
+log = logging.getLogger("postern.direct")
 
 
 class DirectRoutes:
@@ -37,13 +36,12 @@ class DirectRoutes:
         session: SessionSettings,
         port: int,
         per_destination: int = 4,
-        allow_private: bool = False,
+        guard: HostGuard | None = None,
     ) -> None:
+        """`guard`: where MX targets may point (default: public addresses only)."""
         self._resolver = resolver
-        # MX answers and address literals come from strangers: by default they may not
-        # point delivery at loopback, private, link-local or metadata addresses.
-        self._allow_private = allow_private
-        self._session = session
+        self._guard = guard or HostGuard(allow_private=False)
+        self._session = replace(session, guard=self._guard)  # checked again at connect
         self._port = port
         self._per_destination = per_destination
         self._pools: dict[tuple[str, int], UpstreamPool] = {}
@@ -59,12 +57,20 @@ class DirectRoutes:
     ) -> dict[str, DeliveryResult]:
         if plan.outcome is not None:
             return mx.outcomes(plan)
-        targets = [t for t in plan.targets if self._allow_private or _public(t.address)]
+        targets = []
+        refusal = None
+        for target in plan.targets:
+            refused = self._guard.refusal(target.host, target.address)
+            if refused is None:
+                targets.append(target)
+            else:
+                log.warning("%s: not connecting to MX %s", plan.domain, refused)
+                refusal = refusal or refused
         if not targets:
-            refused = DeliveryResult(
-                Outcome.BOUNCED, 550, "5.4.4", f"{plan.domain}: MX points at a non-public address"
+            text = f"{plan.domain}: MX {refusal}; not connecting"
+            return dict.fromkeys(
+                plan.recipients, DeliveryResult(Outcome.BOUNCED, 550, "5.4.4", text)
             )
-            return dict.fromkeys(plan.recipients, refused)
         part = replace(message, recipients=list(plan.recipients))
         return await self._deliver_domain(part, tuple(targets))
 

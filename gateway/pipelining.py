@@ -7,6 +7,11 @@ this protocol, which sends MAIL, every RCPT and DATA in one write and the messag
 final dot in a second: two round trips and two writes per message, whatever the number of
 recipients. Replies are paired with commands strictly in order; a reply nobody asked for
 breaks the session rather than being paired with the next command.
+
+A reply is bounded in lines and in bytes: an upstream (or any MX host: whoever owns a
+recipient domain) that keeps sending `250-` continuation lines, or one endless line, gets its
+connection dropped (`ProtocolViolation`), and the attempt is deferred like any broken session.
+aiosmtplib bounds the replies it reads while opening the session (32 KiB, 8 KiB a line).
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from dataclasses import dataclass
 import aiosmtplib
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_MAX_BUFFER = 64 * 1024  # a reply longer than this is not SMTP
+MAX_REPLY_LINES = 100  # lines of one reply (an EHLO has a dozen; RFC 5321 sets no limit)
+MAX_REPLY_BYTES = 32 * 1024  # one reply, all its lines (aiosmtplib's bound too)
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,10 @@ class SessionTimeout(SessionClosed):
     """No reply within the command timeout; the session was closed."""
 
 
+class ProtocolViolation(SessionClosed):
+    """The upstream broke SMTP (a reply too long, malformed or unsolicited); dropped."""
+
+
 BAD_ADDRESS = Reply(501, "5.1.3 address contains control characters (not sent)")
 
 
@@ -71,7 +81,8 @@ class PipelinedSession(asyncio.Protocol):
         self.pipelining = pipelining
         self._timeout = timeout
         self._buffer = bytearray()
-        self._lines: list[bytes] = []
+        self._lines: list[bytes] = []  # of the reply being read
+        self._size = 0  # bytes in _lines
         self._waiters: list[asyncio.Future[Reply]] = []
         self.closed = False
 
@@ -92,17 +103,26 @@ class PipelinedSession(asyncio.Protocol):
     # --- asyncio.Protocol -------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        self._buffer.extend(data)
-        if len(self._buffer) > _MAX_BUFFER:
-            self._break("reply too long")
+        if self.closed:
             return
-        while (end := self._buffer.find(b"\n")) >= 0:
-            line = bytes(self._buffer[: end + 1])
-            del self._buffer[: end + 1]
+        buffer = self._buffer
+        buffer.extend(data)
+        start = 0
+        while (end := buffer.find(b"\n", start)) >= 0:
+            line = bytes(buffer[start : end + 1])
+            start = end + 1
             self._lines.append(line)
+            self._size += len(line)
             if line[3:4] != b"-":
-                self._complete(self._lines)
-                self._lines = []
+                lines, self._lines, self._size = self._lines, [], 0
+                self._complete(lines)
+                if self.closed:
+                    return
+            elif len(self._lines) >= MAX_REPLY_LINES:
+                break
+        del buffer[:start]
+        if len(self._lines) >= MAX_REPLY_LINES or self._size + len(buffer) > MAX_REPLY_BYTES:
+            self._break(f"reply too long (over {MAX_REPLY_LINES} lines or {MAX_REPLY_BYTES} bytes)")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -127,7 +147,7 @@ class PipelinedSession(asyncio.Protocol):
 
     def _break(self, reason: str) -> None:
         self.close()
-        self._fail_waiters(SessionClosed(reason))
+        self._fail_waiters(ProtocolViolation(reason))
 
     def _fail_waiters(self, error: SessionClosed) -> None:
         waiters, self._waiters = self._waiters, []
@@ -154,7 +174,7 @@ class PipelinedSession(asyncio.Protocol):
             self.close()
             raise SessionTimeout("no reply within the command timeout", body_sent) from None
         except SessionClosed as closed:
-            raise SessionClosed(str(closed), body_sent) from None
+            raise type(closed)(str(closed), body_sent) from None
 
     async def command(self, line: bytes) -> Reply:
         (future,) = self._send(line + b"\r\n", 1)

@@ -28,6 +28,8 @@ from aiosmtplib import (
     SMTPResponseException,
 )
 
+from gateway.hostguard import connect_first
+
 CONNECTION = "smtp_connection_error"
 AUTH = "smtp_auth_error"
 TLS = "smtp_tls_error"
@@ -100,22 +102,12 @@ def _result(started: float, target: Target, code: str, detail: str) -> ProbeResu
 
 
 async def _connect(target: Target, addresses: Sequence[str], timeout: float) -> socket.socket:
-    loop = asyncio.get_running_loop()
-    problem = "no address to connect to"
-    for address in addresses:
-        family = socket.AF_INET6 if ":" in address else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        try:
-            await asyncio.wait_for(loop.sock_connect(sock, (address, target.port)), timeout)
-            return sock
-        except TimeoutError:
-            sock.close()
-            raise _Failed(TIMEOUT, f"connect {address}:{target.port}: timed out") from None
-        except OSError as error:
-            sock.close()
-            problem = f"connect {address}:{target.port}: {error.strerror or error}"
-    raise _Failed(CONNECTION, problem)
+    try:
+        return await connect_first(addresses, target.port, timeout)
+    except TimeoutError as error:
+        raise _Failed(TIMEOUT, str(error)) from None
+    except OSError as error:
+        raise _Failed(CONNECTION, str(error)) from None
 
 
 async def _dialogue(

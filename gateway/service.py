@@ -43,6 +43,7 @@ from gateway.delivery import Delivery, PoolRegistry
 from gateway.direct import DirectRoutes
 from gateway.dkim import Signers
 from gateway.dns import Resolver
+from gateway.hostguard import HostGuard
 from gateway.identities import Identities
 from gateway.instance import DataDirLock, database_of
 from gateway.intake import Intake
@@ -171,6 +172,15 @@ class Service:
         await self.queue.release_claims()  # whatever this node held when it last stopped
         await self.queue.suppressions.reload()
 
+        self.resolver = Resolver(config.dns.nameservers)
+        # SSRF: one guard for every connection to a host someone else named (pools, pool
+        # tests, webhooks); MX targets get a stricter one (public addresses only, by default).
+        guard_resolver = self.resolver if config.dns.nameservers else None
+        deny = config.security.deny_networks
+        guard = HostGuard(deny, resolver=guard_resolver)
+        mx_guard = HostGuard(
+            deny, allow_private=delivery_cfg.mx_allow_private, resolver=guard_resolver
+        )
         session = SessionSettings(
             local_hostname=config.server.hostname,
             connect_timeout=delivery_cfg.connect_timeout,
@@ -178,14 +188,11 @@ class Service:
             idle_timeout=delivery_cfg.idle_timeout,
             max_messages_per_connection=delivery_cfg.max_messages_per_connection,
             cooldown=min(10.0, delivery_cfg.retry_schedule[0]),
+            guard=guard,
         )
         self.registry = PoolRegistry(session)
         await self.reload_pools()
-        self.resolver = Resolver(config.dns.nameservers)
-        direct = DirectRoutes(
-            self.resolver, session, delivery_cfg.mx_port,
-            allow_private=delivery_cfg.mx_allow_private,
-        )  # fmt: skip
+        direct = DirectRoutes(self.resolver, session, delivery_cfg.mx_port, guard=mx_guard)
         self.delivery = Delivery(
             self.queue, self.registry, workers=delivery_cfg.workers, direct=direct,
             throttle=Throttle(self.db, self.writer),
@@ -224,7 +231,7 @@ class Service:
             queue=self.queue,
             wake=self.delivery.wake,
             manage=Management.build(
-                config, self.box, self.identities, self.registry, self.reload_pools
+                config, self.box, self.identities, self.registry, self.reload_pools, guard
             ),
         )
         self.api.start()

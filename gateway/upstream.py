@@ -12,17 +12,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import aiosmtplib
 from aiosmtplib import SMTPConnectError, SMTPException, SMTPHeloError, SMTPResponseException
 
 from gateway import metrics
 from gateway.backoff import Backoff, Slots
+from gateway.hostguard import HostGuard, HostRefused, HostUnresolved
 from gateway.message import DeliveryResult, Hop, Outcome, QueuedMessage
-from gateway.pipelining import PipelinedSession, SessionClosed, SessionTimeout, TransactionReplies
+from gateway.pipelining import (
+    PipelinedSession,
+    ProtocolViolation,
+    SessionClosed,
+    SessionTimeout,
+    TransactionReplies,
+)
 
 log = logging.getLogger("postern.upstream")
 
@@ -50,7 +58,7 @@ class PoolSettings:
 
 @dataclass(frozen=True)
 class SessionSettings:
-    """What every pool shares: our EHLO name and the delivery timeouts."""
+    """What every pool shares: our EHLO name, the delivery timeouts, the SSRF guard."""
 
     local_hostname: str
     connect_timeout: float = 30.0
@@ -59,6 +67,8 @@ class SessionSettings:
     max_messages_per_connection: int = 1000
     cooldown: float = 10.0  # first pause of a failing pool; doubles, at most 5 minutes
     backoff: float = 60.0  # how long a throttling reply (421, 4.7.x) halves concurrency
+    # Where a connection may go: resolved once, checked, connected to the checked address.
+    guard: HostGuard = field(default_factory=HostGuard)
 
 
 class _StaleSession(Exception):
@@ -212,6 +222,12 @@ class UpstreamPool:
             results = await self._transaction(session, message)
         except SessionClosed as closed:
             session.pipe.close()
+            if isinstance(closed, ProtocolViolation):
+                settings = self.settings
+                log.warning(
+                    "pool %s (%s:%d): %s; connection dropped, attempt deferred",
+                    self.name, settings.host, settings.port, closed,
+                )  # fmt: skip
             if closed.body_sent:
                 # The final dot reached the upstream, which may have taken the message: retry
                 # on schedule (a possible duplicate, counted), never at once on another pool.
@@ -251,8 +267,10 @@ class UpstreamPool:
             )
         except SessionClosed as closed:
             # A reused session the upstream had closed meanwhile, and nothing of the message
-            # went out: safe to try once more on a fresh session straight away.
-            stale = not closed.body_sent and not isinstance(closed, SessionTimeout)
+            # went out: safe to try once more on a fresh session straight away (not after a
+            # timeout or a broken reply: that upstream is slow or hostile, not stale).
+            broken = isinstance(closed, SessionTimeout | ProtocolViolation)
+            stale = not closed.body_sent and not broken
             if session.messages and stale:
                 raise _StaleSession from None
             raise
@@ -348,7 +366,7 @@ class UpstreamPool:
         started = time.perf_counter()
         try:
             client = await self._open(_START_TLS.get(settings.encryption, False))
-        except (SMTPException, OSError) as error:
+        except _CONNECT_ERRORS as error:
             if settings.encryption != "opportunistic" or not _tls_failure(error):
                 self._mark(healthy=False)
                 raise PoolUnavailable(self._refusal(error)) from None
@@ -356,7 +374,7 @@ class UpstreamPool:
             # plain text, as Postfix's "may" level does (RFC 3207 §4.1 leaves it to us).
             try:
                 client = await self._open(False)
-            except (SMTPException, OSError) as plain_error:
+            except _CONNECT_ERRORS as plain_error:
                 self._mark(healthy=False)
                 raise PoolUnavailable(self._refusal(plain_error)) from None
         try:
@@ -378,11 +396,31 @@ class UpstreamPool:
         return f"{self.settings.host}[{peer[0]}]:{peer[1]}"
 
     async def _open(self, start_tls: bool | None) -> aiosmtplib.SMTP:
-        """A connected, greeted (and per settings: TLS, AUTH) aiosmtplib session."""
+        """A connected, greeted (and per settings: TLS, AUTH) aiosmtplib session, on a socket
+        the guard connected to an address it checked (TLS verifies the host name)."""
         settings = self.settings
-        client = aiosmtplib.SMTP(
-            hostname=settings.host,
-            port=settings.port,
+        sock = await self._session.guard.connect(
+            settings.host, settings.port, self._session.connect_timeout
+        )
+        try:
+            client = self._client(sock, start_tls)
+        except BaseException:
+            sock.close()
+            raise
+        try:
+            await client.connect(timeout=self._session.connect_timeout)
+            if client.is_ehlo_or_helo_needed:  # connect() greets only for STARTTLS/AUTH
+                await self._greet(client)
+        except BaseException:
+            client.close()  # the transport owns the socket from connect() on
+            raise
+        return client
+
+    def _client(self, sock: socket.socket, start_tls: bool | None) -> aiosmtplib.SMTP:
+        settings = self.settings
+        return aiosmtplib.SMTP(
+            hostname=settings.host.strip("[]"),  # TLS: SNI and the certificate's name
+            sock=sock,
             local_hostname=self._session.local_hostname,
             timeout=self._session.command_timeout,
             use_tls=settings.encryption == "ssl",
@@ -391,18 +429,12 @@ class UpstreamPool:
             username=settings.username or None,
             password=(settings.password or None) if settings.username else None,
         )
-        try:
-            await client.connect(timeout=self._session.connect_timeout)
-            if client.is_ehlo_or_helo_needed:  # connect() greets only for STARTTLS/AUTH
-                await self._greet(client)
-        except BaseException:
-            client.close()
-            raise
-        return client
 
     def _refusal(self, error: BaseException) -> DeliveryResult:
         """A failed connect as a deferral, keeping a 4xx reply's code and enhanced status
         (a 421 greeting is a throttling signal: gateway.backoff)."""
+        if isinstance(error, HostRefused):  # the SSRF guard: worth an operator's look
+            log.warning("pool %s: not connecting: %s", self.name, error)
         if isinstance(error, SMTPResponseException) and 400 <= error.code < 500:
             reply = classify(error.code, error.message.replace("\r", " ").replace("\n", " "))
             text = f"{self.name}: {reply.text}"[:300]
@@ -467,6 +499,8 @@ class UpstreamPool:
 
 
 _START_TLS: dict[str, bool | None] = {"tls": True, "opportunistic": None}
+# What opening a session can fail with: the guard's refusal, the network, the server.
+_CONNECT_ERRORS = (HostRefused, HostUnresolved, SMTPException, OSError)
 _NEEDS_SMTPUTF8 = DeliveryResult(
     Outcome.BOUNCED, 553, "5.6.7", "non-ASCII address and the upstream lacks SMTPUTF8"
 )
@@ -478,14 +512,20 @@ def _our_fault(result: DeliveryResult) -> bool:
 
 
 def _tls_failure(error: BaseException) -> bool:
-    """STARTTLS refused (454) or its handshake failed; not a host that cannot be reached."""
+    """STARTTLS refused (454) or its handshake failed; not a host that cannot be reached,
+    nor one whose replies are garbage (too long, malformed: code -1)."""
     if isinstance(error, ssl.SSLError):
         return True
-    return isinstance(error, SMTPResponseException) and not isinstance(error, SMTPConnectError)
+    return (
+        isinstance(error, SMTPResponseException)
+        and not isinstance(error, SMTPConnectError)
+        and error.code >= 0
+    )
 
 
 def _describe(error: BaseException) -> str:
     if isinstance(error, SMTPResponseException):
-        return f"{error.code} {error.message}"
+        code = f"{error.code} " if error.code >= 0 else ""  # -1: aiosmtplib's own complaint
+        return f"{code}{error.message}"
     text = str(error) or error.__class__.__name__
     return text.replace("\r", " ").replace("\n", " ")[:300]

@@ -4,6 +4,7 @@
         server.add("example.test", "MX", "10 mx1.example.test.", ttl=60)
         server.add("mx1.example.test", "A", "127.0.0.1")
         server.fail("broken.test", "servfail")      # or "timeout" (no reply at all)
+        server.in_turn("rebind.test", "A", "127.0.0.1", "127.0.0.3")  # DNS rebinding
         resolver = Resolver([server.nameserver])
         ...
         assert server.count("example.test", "MX") == 1
@@ -13,6 +14,8 @@ with no records at all gets NXDOMAIN, both with an SOA (minimum `negative_ttl`) 
 resolvers may cache the negative answer. A UDP reply larger than 512 bytes (or the client's
 EDNS size) is sent truncated, so the client retries over TCP, as with a real server.
 Failures can be set per name or for every name (`fail(None, ...)`), and cleared with `heal`.
+`in_turn` makes successive queries get successive answers (TTL 0, the last one repeating),
+as an attacker's server does for DNS rebinding; `set` changes an answer for good.
 Uses dnspython's wire format; the sockets run on their own thread.
 """
 
@@ -48,6 +51,7 @@ class DnsServer:
         self.negative_ttl = negative_ttl
         self._records: dict[str, dict[str, list[tuple[int, str]]]] = defaultdict(dict)
         self._failures: dict[str, Failure] = {}
+        self._turns: dict[tuple[str, str], list[str]] = {}  # answers still to give, in order
         self._queries: Counter[tuple[str, str]] = Counter()
         self.transports: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -72,6 +76,14 @@ class DnsServer:
                 kinds[rtype.upper()] = [(ttl, value) for value in values]
             else:
                 kinds.pop(rtype.upper(), None)
+        return self
+
+    def in_turn(self, name: str, rtype: str, *values: str) -> DnsServer:
+        """The first query for (name, type) gets values[0], the next values[1], ..., every
+        later one the last value; TTL 0, so that no resolver may cache them."""
+        with self._lock:
+            self._records[_key(name)][rtype.upper()] = [(0, values[-1])]
+            self._turns[(_key(name), rtype.upper())] = list(values)
         return self
 
     def fail(self, name: str | None, how: Failure = "servfail") -> DnsServer:
@@ -117,6 +129,9 @@ class DnsServer:
             self.transports[transport] += 1
             failure = self._failures.get(name) or self._failures.get(_ALL)
             kinds = {kind: list(rows) for kind, rows in self._records.get(name, {}).items()}
+            turns = self._turns.get((name, rtype))
+            if turns and failure is None:
+                kinds[rtype] = [(0, turns.pop(0) if len(turns) > 1 else turns[0])]
         if failure == "timeout":
             return None
         response = dns.message.make_response(query)

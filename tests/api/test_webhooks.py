@@ -102,8 +102,14 @@ async def test_receiver_down_then_up_loses_nothing(api: Api, receiver: Receiver)
     assert len(expected) == 30
     assert await wait_until(lambda: set(receiver.ids()) >= expected, timeout=15)
     assert len(receiver.ids()) == len(set(receiver.ids()))
-    response = await api.get(f"/api/v1/webhooks/{hook_id}/deliveries", key=key)
-    attempts = response.json()["deliveries"]
+
+    async def attempts_now() -> list[dict[str, Any]]:
+        response = await api.get(f"/api/v1/webhooks/{hook_id}/deliveries", key=key)
+        return list(response.json()["deliveries"])
+
+    # The receiver holds the events before the sender has recorded its POST: wait for that.
+    assert await wait_until(lambda: _outcomes(attempts_now(), "delivered", 1), timeout=10)
+    attempts = await attempts_now()
     assert attempts[0]["outcome"] == "delivered" and attempts[0]["status_code"] == 200
     failed = [a for a in attempts if a["outcome"] == "failed"]
     assert failed and failed[0]["status_code"] is None and failed[0]["error"]
@@ -176,6 +182,8 @@ async def test_failing_receiver_is_retried_and_shown(api: Api, receiver: Receive
     assert shown.json()["webhook"]["failures"] >= 1
     receiver.status = 200
     assert await wait_until(lambda: len(receiver.events) >= 2, timeout=10)
+    # The receiver has the events before the sender has recorded its POST: wait for that.
+    assert await wait_until(lambda: _outcomes(attempts(), "delivered", 1), timeout=10)
     rows = await attempts()
     assert rows[0]["status_code"] == 200 and rows[0]["events"] >= 1
     failed = [r for r in rows if r["outcome"] == "failed"]
