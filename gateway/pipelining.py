@@ -132,11 +132,11 @@ class PipelinedSession(asyncio.Protocol):
         return False  # close our side too
 
     def _complete(self, lines: list[bytes]) -> None:
-        try:
-            code = int(lines[0][:3])
-        except ValueError:
+        head = lines[0][:3]
+        if not (head.isdigit() and head[:1] in b"2345"):  # int() would take "+25" or "2_5"
             self._break("malformed reply")
             return
+        code = int(head)
         text = "\n".join(line[4:].strip(b" \t\r\n").decode("utf-8", "replace") for line in lines)
         if not self._waiters:
             self._break(f"unsolicited reply {code}")
