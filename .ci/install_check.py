@@ -2,8 +2,9 @@
 that holds a non-editable install of Postern (and nothing from the checkout on its path).
 
 From an empty folder it starts `postern serve` with no config at all (the Quick start) and
-checks /healthz, then with a minimal config that points at a local aiosmtpd sink, relays one
-message, and stops each with SIGTERM, which must exit 0. A module missing from the wheel makes
+checks /healthz, then follows "A first send": a config with a pool at a local aiosmtpd sink,
+`postern domains add example.com --verified`, one message over SMTP to the sink; each serve
+is stopped with SIGTERM, which must exit 0. A module missing from the wheel makes
 `postern` die at start and this script fail. Every wait is bounded.
 
     python .ci/install_check.py /path/to/venv/bin/postern
@@ -93,8 +94,7 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 def quick_start(postern: str, folder: Path) -> None:
     """`postern serve` exactly as the README's Quick start runs it: no config, defaults."""
     if not (port_free(2525) and port_free(8080)):
-        print("install check: 2525 or 8080 is taken here; the default-ports run is skipped")
-        return
+        sys.exit("install check: 2525 or 8080 is taken, so the Quick start cannot be proved")
     stop(start([postern, "serve"], folder, 8080))
     if not (folder / "var").is_dir():
         sys.exit("install check: the default data_dir ./var was not created")
@@ -111,10 +111,14 @@ def relay_one(postern: str, folder: Path) -> None:
         config.write_text(
             f'[smtp]\nlisten = ["127.0.0.1:{smtp_port}"]\n'
             f'[http]\nlisten = "127.0.0.1:{http_port}"\n'
-            '[policy]\nsender = "any"\n'
             f'[[pools]]\nname = "sink"\nhost = "127.0.0.1"\nport = {sink.port}\n'
             'encryption = "none"\nis_default = true\n'
         )
+        # The README's first send: the From domain added as verified (the default policy).
+        subprocess.run(
+            [postern, "--config", str(config), "domains", "add", "example.com", "--verified"],
+            cwd=folder, check=True, stdout=subprocess.DEVNULL, timeout=60,
+        )  # fmt: skip
         proc = start([postern, "serve", "--config", str(config)], folder, http_port)
         msg = EmailMessage()
         msg["From"], msg["To"], msg["Subject"] = "app@example.com", "ann@example.org", "hi"
