@@ -25,8 +25,7 @@
     ├── Suppressed            422 suppressed        every recipient is suppressed
     ├── DomainNotVerified     422 domain_not_verified   an alias on an unverified domain
     ├── UpstreamRejected      422 upstream_rejected the upstream refused it permanently
-    ├── RateLimited           429 rate_limited      over [http] rate_limit; Retry-After
-    │   └── MailSageRateLimited   429 rate_limit    the same, in seed 003's words
+    ├── RateLimited           429 rate_limit        over [http] rate_limit; Retry-After
     └── Unavailable           503 unavailable       storage failed; nothing was accepted
 
 A storage failure anywhere (a read as much as a write) is a 503 with Retry-After. Anything
@@ -178,7 +177,7 @@ class DomainNotVerified(ApiError):
 
 
 class RateLimited(ApiError):
-    status, code = 429, "rate_limited"
+    status, code = 429, "rate_limit"  # seed 003's word, on every route
 
     def __init__(self, retry_after: float) -> None:
         seconds = max(1, math.ceil(retry_after))
@@ -187,10 +186,6 @@ class RateLimited(ApiError):
             extra={"retry_after": seconds},
             headers={"Retry-After": str(seconds)},
         )
-
-
-class MailSageRateLimited(RateLimited):
-    code = "rate_limit"
 
 
 class Unavailable(ApiError):

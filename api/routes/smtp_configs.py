@@ -64,11 +64,7 @@ def encryption(use_tls: bool, port: int) -> str:
 
 async def _caller(request: Request) -> tuple[ApiContext, ApiKeyRecord]:
     ctx: ApiContext = request.app.state.api
-    try:
-        key = await authenticate(request, ctx.keys, ctx.limiter, SCOPE)
-    except errors.RateLimited as limited:
-        raise errors.MailSageRateLimited(limited.extra["retry_after"]) from None
-    return ctx, key
+    return ctx, await authenticate(request, ctx.keys, ctx.limiter, SCOPE)
 
 
 def _page_number(request: Request, name: str, default: int, most: int) -> int:
