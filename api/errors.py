@@ -19,6 +19,7 @@
     │   ├── AliasInUse        409 alias_in_use      queued mail still references the alias
     │   ├── MessageFinal      409 message_final     retry/cancel of a message with no work left
     │   ├── MessageBusy       409 message_busy      retry/cancel of a message being delivered
+    │   ├── IdempotencyKeyReused  409 idempotency_key_reused  the key named another request
     │   └── WebhookInactive   409 webhook_inactive  replay to a webhook that is switched off
     ├── RequestTimeout        408 request_timeout   the body took longer than [http] body_timeout
     ├── PayloadTooLarge       413 payload_too_large over [http] max_body_size
@@ -145,6 +146,10 @@ class MessageFinal(Conflict):
 
 class MessageBusy(Conflict):
     code = "message_busy"
+
+
+class IdempotencyKeyReused(Conflict):
+    code = "idempotency_key_reused"
 
 
 class WebhookInactive(Conflict):

@@ -62,7 +62,9 @@ class SendResponse(BaseModel):
     provider: Literal["smtp", "sandbox"]
     timestamp: str
     idempotent: bool | None = None
-    suppressed: list[str] | None = Field(None, description="recipients left out as suppressed")
+    suppressed_recipients: list[str] | None = Field(
+        None, description="recipients left out as suppressed (the others were sent)"
+    )
     rejected: list[RecipientResult] | None = Field(None, description="refused by the upstream")
 
 
@@ -76,7 +78,9 @@ class QueuedResponse(BaseModel):
     provider: Literal["smtp"]
     timestamp: str
     idempotent: bool | None = None
-    suppressed: list[str] | None = None
+    suppressed_recipients: list[str] | None = Field(
+        None, description="recipients left out as suppressed (the others were stored)"
+    )
 
 
 class ErrorResponse(BaseModel):
@@ -84,7 +88,7 @@ class ErrorResponse(BaseModel):
     code: str
     error: str
     details: list[dict[str, Any]]
-    suppressed: bool | None = Field(None, description="422 `suppressed` only")
+    suppressed: bool | None = Field(None, description="422 `suppressed` only: true")
     retry_after: int | None = Field(None, description="429 only: seconds to wait")
     message_id: str | None = Field(None, description="422 `upstream_rejected` only")
 

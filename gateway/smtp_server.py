@@ -20,8 +20,16 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from gateway import metrics
 from gateway.addresses import envelope_problem, has_control
 from gateway.headers import MAX_HOPS, content_problem, hop_count, take_control_headers
-from gateway.intake import AllSuppressed, Duplicate, Intake, NotPermitted, UnknownAlias
+from gateway.intake import (
+    AllSuppressed,
+    Duplicate,
+    Intake,
+    KeyReused,
+    NotPermitted,
+    UnknownAlias,
+)
 from gateway.message import Submission
+from gateway.request_digest import smtp_digest
 from gateway.smtp_auth import ApiKeyAuth, AuthThrottle, is_loopback, sender_of
 from storage.keys import KeyStore
 from storage.writer import StorageUnavailable
@@ -33,6 +41,7 @@ _PLAIN_PATH = re.compile(
 )
 _HELO_NAME = re.compile(r"[A-Za-z0-9.\-_]{1,253}|\[[0-9A-Fa-f.:IPv]{1,60}\]")
 NULL_SENDER = "<>"  # how aiosmtpd hands over `MAIL FROM:<>` (bounces)
+_INLINE_DIGEST = 64 * 1024  # bytes: a larger message's idempotency digest runs in a thread
 
 
 class Reply:
@@ -50,6 +59,10 @@ class Reply:
     UNKNOWN_ALIAS = "550 5.7.1 Unknown X-Postern-Alias-Id"
     NOT_PERMITTED = "550 5.7.1 {}"
     ALL_SUPPRESSED = "550 5.7.1 Every recipient is suppressed"
+    KEY_REUSED = (
+        "550 5.7.1 X-Postern-Idempotency-Key already used within 24 h for a different "
+        "message ({}); use a new key"
+    )
     TEMPORARY = "451 4.3.0 Temporary failure, please try again later"
     TOO_MANY_CONNECTIONS = b"421 4.7.0 Too many connections, try again later\r\n"
     SESSION_TOO_LONG = b"421 4.4.2 Session time limit reached, closing connection\r\n"
@@ -276,13 +289,24 @@ class PosternHandler:
             metrics.MESSAGES_REFUSED.labels(reason="bad_content").inc()
             return Reply.BAD_CONTENT.format(problem)
         content, controls = take_control_headers(raw)
+        mail_from = "" if envelope.mail_from == NULL_SENDER else envelope.mail_from or ""
+        key = controls.get("idempotency-key") or None
+        digest = None
+        if key is not None:  # large messages are parsed off the event loop
+            digest_of = (mail_from, envelope.rcpt_tos, controls, content)
+            digest = (
+                smtp_digest(*digest_of)
+                if len(content) <= _INLINE_DIGEST
+                else await asyncio.to_thread(smtp_digest, *digest_of)
+            )
         submission = Submission(
-            mail_from="" if envelope.mail_from == NULL_SENDER else envelope.mail_from or "",
+            mail_from=mail_from,
             recipients=tuple(envelope.rcpt_tos),
             content=self._received(session) + content,
             source="smtp",
             alias_id=controls.get("alias-id") or None,
-            idempotency_key=controls.get("idempotency-key") or None,
+            idempotency_key=key,
+            request_hash=digest,
             sandbox=controls.get("sandbox", "").lower() == "true",
             tags=tuple(t.strip() for t in controls.get("tags", "").split(",") if t.strip()),
             sender=sender_of(session),
@@ -299,6 +323,8 @@ class PosternHandler:
             return Reply.ALL_SUPPRESSED
         except Duplicate as duplicate:  # X-Postern-Idempotency-Key seen: the first one stands
             return Reply.QUEUED.format(duplicate.message_id)
+        except KeyReused as reused:  # ... for another message: a client error, not a retry
+            return Reply.KEY_REUSED.format(reused.message_id)
         except NotPermitted as refusal:
             return Reply.NOT_PERMITTED.format(refusal.reason)
         except StorageUnavailable as error:

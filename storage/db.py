@@ -188,6 +188,7 @@ _ADDED_COLUMNS = (
     ("webhook", "replayed_txid", "BIGINT NOT NULL DEFAULT 0"),
     ("webhook", "replayed_id", "BIGINT NOT NULL DEFAULT 0"),
     ("webhook", "replayed_at", "FLOAT NOT NULL DEFAULT 0"),
+    ("idempotency", "request_hash", "VARCHAR(64)"),  # NULL: a reservation that matches any
 )
 
 # Run once, right after their column was added, to fill it in for the rows already there.

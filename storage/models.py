@@ -11,7 +11,7 @@ from sqlalchemy import DDL, BigInteger, Column, Index, Integer, LargeBinary, Tex
 from sqlalchemy.event import listen
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # A 64-bit key on PostgreSQL; on SQLite exactly INTEGER, so that it is the rowid.
 BIG_ID = BigInteger().with_variant(Integer(), "sqlite")
@@ -143,6 +143,8 @@ class Idempotency(SQLModel, table=True):
     key: str = Field(primary_key=True, max_length=128)
     message_id: str = Field(max_length=64)
     response: str | None = Field(default=None, sa_column=Column(Text, nullable=True))  # JSON
+    # Hex SHA-256 of the canonical request (storage.idempotency); None: not known, any matches.
+    request_hash: str | None = Field(default=None, max_length=64)
     created_at: float
 
 

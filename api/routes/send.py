@@ -26,12 +26,14 @@ from gateway.intake import (
     Accepted,
     AllSuppressed,
     Duplicate,
+    KeyReused,
     NotPermitted,
     UnknownAlias,
     UnverifiedSender,
 )
 from gateway.message import Sender, Submission
 from gateway.message_builder import BuildError, Built, Draft, Mailbox, build, text_problem
+from gateway.request_digest import json_digest
 from storage.idempotency import find, save_response
 from storage.keys import ApiKeyRecord
 from storage.messages import MessageState, message_state
@@ -110,13 +112,15 @@ def _parse_and_build(raw: bytes, hostname: str) -> tuple[SendRequest, Built]:
         "Needs `send`, `send:transactional` or `send:marketing` (which keep the message in "
         "that ip_pool); with `X-MisarMail-Sandbox: true` or `X-Postern-Sandbox: true`, the "
         "`sandbox` scope instead, and nothing is delivered. The same `idempotency_key` within "
-        "24 h returns the first result with `idempotent: true` and sends nothing."
+        "24 h returns the first result with `idempotent: true` and sends nothing; with a "
+        "different request (body or sandbox flag) it is a 409 `idempotency_key_reused`."
     ),
     responses={
         200: ("the upstream accepted it (or, sandbox: stored)", SendResponse),
         202: ("stored; retried automatically until the upstream accepts it", QueuedResponse),
         400: ("bad field, header injection attempt, or unknown alias_id", ErrorResponse),
         403: ("no scope for it, or From is unverified (unverified_sender)", ErrorResponse),
+        409: ("idempotency_key_reused: the key was used for another request", ErrorResponse),
         422: ("every recipient suppressed, or the upstream refused it", ErrorResponse),
         503: ("storage failed: nothing was accepted", ErrorResponse),
     },
@@ -149,6 +153,7 @@ async def send(request: Request) -> Response:
         source="http",
         alias_id=body.alias_id,
         idempotency_key=body.idempotency_key,
+        request_hash=_digest(body, sandbox) if body.idempotency_key is not None else None,
         sandbox=sandbox,
         tags=tuple(body.tags),
         sender=Sender(key.id, key.may_send, key.may_sandbox, key.ip_pools),
@@ -159,6 +164,12 @@ async def send(request: Request) -> Response:
     except Duplicate as duplicate:
         assert body.idempotency_key is not None
         return await _replay(ctx, key, body.idempotency_key, duplicate)
+    except KeyReused:
+        raise errors.IdempotencyKeyReused(
+            "this idempotency_key was used within 24 h for a different request; "
+            "use a new key for a new message",
+            [{"field": "idempotency_key", "message": "already used for a different request"}],
+        ) from None
     except AllSuppressed:
         raise errors.Suppressed() from None
     except UnknownAlias:
@@ -185,6 +196,12 @@ async def send(request: Request) -> Response:
     return JSONResponse(payload, status_code=status)
 
 
+def _digest(body: SendRequest, sandbox: bool) -> str:
+    """The canonical request behind an idempotency key: the body as parsed (defaults
+    filled in, so spelling and key order do not count) and the sandbox flag."""
+    return json_digest({"body": body.model_dump(mode="json", by_alias=True), "sandbox": sandbox})
+
+
 async def _outcome(
     ctx: ApiContext, accepted: Accepted, sandbox: bool
 ) -> tuple[int, dict[str, Any]]:
@@ -194,8 +211,8 @@ async def _outcome(
         "provider": "sandbox" if sandbox else "smtp",
         "timestamp": iso(accepted.message.created_at),
     }
-    if accepted.suppressed:
-        base["suppressed"] = list(accepted.suppressed)
+    if accepted.suppressed:  # `suppressed` itself is seed 001's boolean (the 422)
+        base["suppressed_recipients"] = list(accepted.suppressed)
     status: str | None = "sandbox" if sandbox else None
     if accepted.attempt is not None:
         try:
@@ -260,7 +277,10 @@ async def _replay(
             if not done:
                 body.update(queued=True, message=QUEUED_TEXT)
             response = {"status": 200 if done else 202, "body": body}
-    return JSONResponse({**response["body"], "idempotent": True}, status_code=response["status"])
+    answer = dict(response["body"])
+    if isinstance(answer.get("suppressed"), list):  # saved before it was renamed
+        answer["suppressed_recipients"] = answer.pop("suppressed")
+    return JSONResponse({**answer, "idempotent": True}, status_code=response["status"])
 
 
 routes = [
