@@ -25,7 +25,7 @@ from gateway.message import Sender, Submission
 from gateway.message_builder import BuildError, Draft, Mailbox, build, text_problem
 from gateway.pool_secrets import seal
 from gateway.probe import CONNECTION, ProbeResult, Target, probe
-from gateway.throttle import parse_rate
+from gateway.rates import parse_rate
 from storage import pools
 from storage.keys import ApiKeyRecord
 from storage.pools import PoolRecord
@@ -43,7 +43,7 @@ def _bad(field: str, message: str) -> errors.InvalidRequest:
 def normalise(values: dict[str, Any]) -> dict[str, Any]:
     """Hosts as the connection wants them: no brackets around an IPv6 literal, no spaces."""
     if isinstance(values.get("rate"), str):
-        values["rate"] = values["rate"].strip()
+        values["rate"] = values["rate"].strip(" \t")
     host = values.get("host")
     if isinstance(host, str):
         host = host.strip()

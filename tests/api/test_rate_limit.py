@@ -17,7 +17,7 @@ pytestmark = pytest.mark.timeout(30)
 async def test_over_the_limit_is_429_with_retry_after_and_other_keys_go_on(
     api_client: ApiFactory,
 ) -> None:
-    api = await api_client(http={"rate_limit": "2/m"})
+    api = await api_client(http={"rate_limit": "2/minute"})  # the pools' grammar
     busy, calm = await api.key(name="busy"), await api.key(name="calm")
     codes = [(await api.send(key=busy)).status_code for _ in range(2)]
     assert codes == [200, 200]
