@@ -66,7 +66,8 @@ def take_control_headers(data: bytes) -> tuple[bytes, dict[str, str]]:
     """Remove every `X-Postern-*` field; return the message without them and their values.
 
     Names are returned lower-cased without the prefix ('alias-id', 'sandbox', ...); the
-    value is unfolded and stripped.
+    value is unfolded and stripped, and bytes that are not UTF-8 stay as surrogates, for
+    the field checks (gateway.fields) to refuse.
     """
     block, rest = split_header(data)
     if CONTROL_PREFIX not in block.lower():
@@ -78,7 +79,7 @@ def take_control_headers(data: bytes) -> tuple[bytes, dict[str, str]]:
         if colon and name.strip().lower().startswith(CONTROL_PREFIX):
             key = name.strip().lower()[len(CONTROL_PREFIX) :].decode("ascii", "replace")
             unfolded = value.replace(b"\r\n", b"").strip()
-            controls[key] = unfolded.decode("utf-8", "replace")
+            controls[key] = unfolded.decode("utf-8", "surrogateescape")
         else:
             kept.append(field)
     new_block = b"".join(field + b"\r\n" for field in kept)

@@ -19,6 +19,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway import metrics
 from gateway.addresses import envelope_problem, has_control
+from gateway.fields import control_problems, sandbox_flag
 from gateway.headers import MAX_HOPS, content_problem, hop_count, take_control_headers
 from gateway.intake import (
     AllSuppressed,
@@ -289,16 +290,11 @@ class PosternHandler:
             metrics.MESSAGES_REFUSED.labels(reason="bad_content").inc()
             return Reply.BAD_CONTENT.format(problem)
         content, controls = take_control_headers(raw)
+        problem = _control_problem(controls)
+        if problem:
+            return Reply.BAD_CONTENT.format(problem)
         mail_from = "" if envelope.mail_from == NULL_SENDER else envelope.mail_from or ""
         key = controls.get("idempotency-key") or None
-        digest = None
-        if key is not None:  # large messages are parsed off the event loop
-            digest_of = (mail_from, envelope.rcpt_tos, controls, content)
-            digest = (
-                smtp_digest(*digest_of)
-                if len(content) <= _INLINE_DIGEST
-                else await asyncio.to_thread(smtp_digest, *digest_of)
-            )
         submission = Submission(
             mail_from=mail_from,
             recipients=tuple(envelope.rcpt_tos),
@@ -306,14 +302,13 @@ class PosternHandler:
             source="smtp",
             alias_id=controls.get("alias-id") or None,
             idempotency_key=key,
-            request_hash=digest,
-            sandbox=controls.get("sandbox", "").lower() == "true",
-            tags=tuple(t.strip() for t in controls.get("tags", "").split(",") if t.strip()),
+            request_hash=await _digest(mail_from, envelope.rcpt_tos, controls, content)
+            if key is not None
+            else None,
+            sandbox=sandbox_flag(_values(controls, "sandbox")),
+            tags=_tags(controls),
             sender=sender_of(session),
         )
-        problem = _control_problem(submission)
-        if problem:
-            return Reply.BAD_CONTENT.format(problem)
         self.submitting += 1
         try:
             accepted = await self._intake.submit(submission)
@@ -351,12 +346,44 @@ class PosternHandler:
         return line.encode("utf-8", "surrogateescape")
 
 
-def _control_problem(submission: Submission) -> str | None:
-    """X-Postern-* values are bounded as the HTTP fields are (control characters, length)."""
-    key = submission.idempotency_key
-    if key is not None and (len(key) > 128 or has_control(key)):
-        return "bad X-Postern-Idempotency-Key (at most 128 characters, no controls)"
-    tags = submission.tags
-    if len(tags) > 10 or any(len(tag) > 64 or has_control(tag) for tag in tags):
-        return "bad X-Postern-Tags (at most 10 tags of 64 characters, no controls)"
+_CONTROL_HEADERS = {
+    "alias_id": "X-Postern-Alias-Id",
+    "idempotency_key": "X-Postern-Idempotency-Key",
+    "tags": "X-Postern-Tags",
+}
+
+
+async def _digest(
+    mail_from: str, recipients: list[str], controls: dict[str, str], content: bytes
+) -> str:
+    """The idempotency digest; a large message is parsed off the event loop."""
+    if len(content) <= _INLINE_DIGEST:
+        return smtp_digest(mail_from, recipients, controls, content)
+    return await asyncio.to_thread(smtp_digest, mail_from, recipients, controls, content)
+
+
+def _tags(controls: dict[str, str]) -> tuple[str, ...]:
+    """ "a, b" -> ("a", "b"): blanks around each dropped, but not other characters that
+    str.strip() would take (U+0085, U+2028: refused, as over HTTP)."""
+    tags = (tag.strip(" \t") for tag in controls.get("tags", "").split(","))
+    return tuple(tag for tag in tags if tag)
+
+
+def _values(controls: dict[str, str], name: str) -> list[str]:
+    return [controls[name]] if name in controls else []
+
+
+def _control_problem(controls: dict[str, str]) -> str | None:
+    """The X-Postern-* values, checked as the HTTP API checks its fields (gateway.fields)."""
+    found = control_problems(
+        controls.get("alias-id") or None, controls.get("idempotency-key") or None, _tags(controls)
+    )
+    if found:
+        first = found[0]
+        header = _CONTROL_HEADERS[first.field.partition("[")[0]]
+        return f"bad {header} ({first.field}: {first.message})"
+    try:
+        sandbox_flag(_values(controls, "sandbox"))
+    except ValueError as error:
+        return f"bad X-Postern-Sandbox ({error})"
     return None

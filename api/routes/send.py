@@ -22,6 +22,7 @@ from api.auth import authenticate
 from api.context import ApiContext, iso
 from api.openapi import operation
 from api.schemas import ErrorResponse, QueuedResponse, SendRequest, SendResponse, parse
+from gateway.fields import control_problems, sandbox_flag
 from gateway.intake import (
     Accepted,
     AllSuppressed,
@@ -45,13 +46,13 @@ QUEUED_TEXT = "Email queued for retry"
 
 def sandbox_requested(request: Request) -> bool:
     values = [request.headers[name] for name in SANDBOX_HEADERS if name in request.headers]
-    flags = {value.strip().lower() for value in values}
-    if flags - {"true", "false"}:
+    try:
+        return sandbox_flag(values)
+    except ValueError as error:
         raise errors.InvalidRequest(
-            "the sandbox header must be 'true' or 'false'",
-            [{"field": "X-MisarMail-Sandbox", "message": "must be 'true' or 'false'"}],
-        )
-    return "true" in flags
+            f"the sandbox header {error}",
+            [{"field": "X-MisarMail-Sandbox", "message": str(error)}],
+        ) from None
 
 
 def _draft(body: SendRequest) -> Draft:
@@ -71,19 +72,16 @@ def _draft(body: SendRequest) -> Draft:
 
 
 def _check_plain_fields(body: SendRequest) -> None:
-    """Fields that reach no header but logs and storage: no control characters, no NUL."""
-    checks: list[tuple[str, str | None, bool]] = [
-        ("alias_id", body.alias_id, True),
-        ("idempotency_key", body.idempotency_key, True),
-    ]
-    checks += [(f"tags[{i}]", tag, True) for i, tag in enumerate(body.tags)]
+    """Fields that reach no header but logs, storage and webhooks: the SMTP door's checks
+    (gateway.fields) for those it carries too, no control characters in metadata keys, no
+    NUL in metadata values."""
+    problems = control_problems(body.alias_id, body.idempotency_key, body.tags)
+    details = [{"field": p.field, "message": p.message} for p in problems]
     for name, value in body.metadata.items():
-        checks += [(f"metadata.{name}", name, True), (f"metadata.{name}", value, False)]
-    details = []
-    for where, text, strict in checks:
-        problem = text_problem(text, header=strict) if text is not None else None
-        if problem:
-            details.append({"field": where, "message": problem})
+        for text, strict in ((name, True), (value, False)):
+            problem = text_problem(text, header=strict)
+            if problem:
+                details.append({"field": f"metadata.{name}", "message": problem})
     if details:
         raise errors.InvalidRequest(f"{details[0]['field']}: {details[0]['message']}", details)
 
