@@ -6,13 +6,14 @@
     ├── InvalidRequest        400 invalid_request   malformed JSON, a field of the wrong type
     │   ├── UnknownAlias      400 unknown_alias     alias_id names neither pool nor alias
     │   ├── HostNotAllowed    400 host_not_allowed  a pool host in a denied network (SSRF)
-    │   ├── InvalidToken      400 invalid_token     unknown, used or expired verification link
+    │   ├── InvalidToken      400 invalid_token     a malformed verification link
     │   └── SmtpTestFailed    400 smtp_*_error      MailSage view: the connection test failed
     ├── Unauthorized          401 unauthorized      no key, an unknown or revoked key
     ├── Forbidden             403 forbidden         the key lacks the scope or the ip_pool
     │   ├── UnverifiedSender  403 unverified_sender From is no verified domain or alias
     │   └── LastVerifiedAlias 403 last_verified_alias   the only verified alias left
     ├── NotFound              404 not_found
+    │   └── UnknownToken      404 invalid_token     unknown, used or expired verification link
     ├── MethodNotAllowed      405 method_not_allowed
     ├── Conflict              409 conflict          the name, domain or address is taken
     │   ├── ConfigPool        409 config_pool       the pool is declared in the config file
@@ -122,6 +123,12 @@ class LastVerifiedAlias(Forbidden):
 
 class NotFound(ApiError):
     status, code = 404, "not_found"
+
+
+class UnknownToken(NotFound):
+    """A well-formed verification token that names nothing (any more)."""
+
+    code = "invalid_token"
 
 
 class MethodNotAllowed(ApiError):

@@ -17,6 +17,7 @@ from typing import Any
 from api import errors
 from api.context import ApiContext
 from api.management import Management
+from api.resource_schemas import HOST_PATTERN
 from gateway.addresses import envelope_problem
 from gateway.config import is_loopback
 from gateway.hostguard import HostRefused, HostUnresolved
@@ -30,10 +31,7 @@ from storage import pools
 from storage.keys import ApiKeyRecord
 from storage.pools import PoolRecord
 
-_HOST = re.compile(
-    r"^(?:(?!-)[A-Za-z0-9-]{1,63}(?<!-)(?:\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?"
-    r"|\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f]*:[0-9A-Fa-f:.]+)$"
-)
+_HOST = re.compile(HOST_PATTERN)
 
 
 def _bad(field: str, message: str) -> errors.InvalidRequest:
@@ -76,15 +74,24 @@ def check_fields(values: Mapping[str, Any]) -> None:
             raise _bad("rate", str(error)) from None
 
 
-async def check_target(manage: Management, state: Mapping[str, Any]) -> None:
+CLEAR_TEXT_AUTH = (
+    "AUTH over an unencrypted connection would send the password in clear; "
+    "use tls or ssl (none is allowed for loopback hosts only)"
+)
+
+
+async def check_target(manage: Management, state: Mapping[str, Any], stored: bool = False) -> None:
     """The merged pool (after the change) may be stored: no clear-text AUTH off loopback,
-    no host in a denied network."""
+    no host in a denied network. `stored`: the request left out some of username,
+    encryption and host, so a clear-text AUTH comes of the pool's own values: a 409 (the
+    request alone breaks no rule /openapi.json states), not a 400."""
     if state["username"] and state["encryption"] == "none" and not is_loopback(state["host"]):
-        raise _bad(
-            "encryption",
-            "AUTH over an unencrypted connection would send the password in clear; "
-            "use tls or ssl (none is allowed for loopback hosts only)",
-        )
+        if stored:
+            raise errors.Conflict(
+                f"with this pool's other settings, {CLEAR_TEXT_AUTH}",
+                [{"field": "encryption", "message": CLEAR_TEXT_AUTH}],
+            )
+        raise _bad("encryption", CLEAR_TEXT_AUTH)
     try:
         await manage.guard.check(state["host"], state["port"])
     except HostRefused as refused:
@@ -117,9 +124,15 @@ async def create(ctx: ApiContext, values: dict[str, Any], password: str | None) 
 
 
 async def update(
-    ctx: ApiContext, pool_id: str, changes: dict[str, Any], password: str | None, new_password: bool
+    ctx: ApiContext,
+    pool_id: str,
+    changes: dict[str, Any],
+    password: str | None,
+    new_password: bool,
+    partial: bool = True,
 ) -> PoolRecord:
-    """`new_password`: the body named a password (None or "" removes it)."""
+    """`new_password`: the body named a password (None or "" removes it); `partial`: it did
+    not give all of username, encryption and host (see check_target)."""
     manage = ctx.management()
     current = await get(ctx, pool_id)
     if current.source != "api":
@@ -130,7 +143,7 @@ async def update(
     changes = normalise(changes)
     state = {name: getattr(current, name) for name in ("username", "encryption", "host", "port")}
     state.update({k: v for k, v in changes.items() if k in state})
-    await check_target(manage, state)
+    await check_target(manage, state, stored=partial)
     sealer = (lambda pid: seal(manage.box, pid, password or "")) if new_password else None
     try:
         record = await pools.update_pool(ctx.db, pool_id, changes, sealer)

@@ -1,18 +1,15 @@
 """One rate grammar (gateway.rates) for `[http] rate_limit` and a pool's `rate`: the two
-config keys accept and refuse the same strings, and the pattern /openapi.json states for a
-rate accepts exactly what the parser does."""
+config keys accept and refuse the same strings (the pattern /openapi.json states for it:
+tests/unit/test_stated_rules.py)."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
-from hypothesis import example, given, settings
-from hypothesis import strategies as st
 
 from gateway.config import ConfigError, load
-from gateway.rates import PATTERN, Rate, parse_rate
+from gateway.rates import Rate, parse_rate
 
 SAMPLES = [
     "100/hour", "1000/h", "50/s", "50/sec", "14/seconds", "100/min", "100/m", "3/minutes",
@@ -56,21 +53,3 @@ def test_the_forms_of_one_rate() -> None:
     assert parse_rate("100/hour") == parse_rate("100/h") == Rate(100, 3600.0)
     assert parse_rate("20/10s") == Rate(20, 10.0)
     assert parse_rate(" \t") is None
-
-
-def _matches(text: str) -> bool:
-    return re.fullmatch(PATTERN, text) is not None and not text.endswith("\n")
-
-
-@settings(max_examples=300, deadline=None)
-@given(
-    st.from_regex(PATTERN, fullmatch=True)
-    | st.from_regex(r"[ 0-9]{0,8}/[0-9]{0,6}[a-zA-Z]{0,8}[ \t]?", fullmatch=True)
-    | st.text(max_size=12)
-)
-@example("1/86400s")
-@example("1/86401s")
-@example("0001000000/s")
-@example("1000001/s")
-def test_the_openapi_pattern_is_the_parser(text: str) -> None:
-    assert _matches(text) == (text.strip(" \t") == "" or _parses(text)), text
