@@ -9,24 +9,20 @@ import time
 from starlette.requests import Request
 
 from api.errors import Forbidden, RateLimited, Unauthorized
+from gateway.rates import parse_rate
 from storage.keys import ApiKeyRecord, KeyStore
-
-_PERIODS = {"s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
-
-
-def parse_rate(rate: str) -> tuple[int, float]:
-    """'50/s' -> (50, 1.0): that many requests per that many seconds."""
-    count, _, unit = rate.partition("/")
-    return int(count), _PERIODS[unit]
 
 
 class RateLimiter:
-    """Token buckets, one per API key: `count` requests of burst, refilled over `period`."""
+    """Token buckets, one per API key: `count` requests of burst, refilled over the rate's
+    window (gateway.rates' grammar, as for pools)."""
 
     def __init__(self, rate: str) -> None:
-        count, period = parse_rate(rate)
-        self.capacity = float(max(count, 1))
-        self.per_second = self.capacity / period
+        parsed = parse_rate(rate)
+        if parsed is None:
+            raise ValueError("an API rate limit cannot be empty")
+        self.capacity = float(parsed.count)
+        self.per_second = parsed.per_second
         self._buckets: dict[str, tuple[float, float]] = {}  # key id -> (tokens, at)
 
     def take(self, key_id: str) -> float:

@@ -16,6 +16,7 @@
     │   ├── AliasNotVerified  403 alias_not_verified    alias_id names an unverified alias
     │   └── LastVerifiedAlias 403 last_verified_alias   the only verified alias left
     ├── NotFound              404 not_found
+    │   └── UnknownToken      404 invalid_token     unknown, used or expired verification link
     ├── MethodNotAllowed      405 method_not_allowed
     ├── Conflict              409 conflict          the name, domain or address is taken
     │   ├── ConfigPool        409 config_pool       the pool is declared in the config file
@@ -23,14 +24,14 @@
     │   ├── PoolInUse         409 pool_in_use       queued mail still needs the pool (move_to)
     │   ├── MessageFinal      409 message_final     retry/cancel of a message with no work left
     │   ├── MessageBusy       409 message_busy      retry/cancel of a message being delivered
+    │   ├── IdempotencyKeyReused  409 idempotency_key_reused  the key named another request
     │   └── WebhookInactive   409 webhook_inactive  replay to a webhook that is switched off
     ├── RequestTimeout        408 request_timeout   the body took longer than [http] body_timeout
     ├── PayloadTooLarge       413 payload_too_large over [http] max_body_size
     ├── Suppressed            422 suppressed        every recipient is suppressed
     ├── DomainNotVerified     422 domain_not_verified   an alias on an unverified domain
     ├── UpstreamRejected      422 upstream_rejected the upstream refused it permanently
-    ├── RateLimited           429 rate_limited      over [http] rate_limit; Retry-After
-    │   └── MailSageRateLimited   429 rate_limit    the same, in seed 003's words
+    ├── RateLimited           429 rate_limit        over [http] rate_limit; Retry-After
     ├── Unavailable           503 unavailable       storage failed; nothing was accepted
     └── StorageFull           507 storage_full      no space left to store it; nothing was
                                                     accepted
@@ -150,6 +151,12 @@ class NotFound(ApiError):
     status, code = 404, "not_found"
 
 
+class UnknownToken(NotFound):
+    """A well-formed verification token that names nothing (any more)."""
+
+    code = "invalid_token"
+
+
 class MethodNotAllowed(ApiError):
     status, code = 405, "method_not_allowed"
 
@@ -176,6 +183,10 @@ class MessageFinal(Conflict):
 
 class MessageBusy(Conflict):
     code = "message_busy"
+
+
+class IdempotencyKeyReused(Conflict):
+    code = "idempotency_key_reused"
 
 
 class WebhookInactive(Conflict):
@@ -208,7 +219,7 @@ class DomainNotVerified(ApiError):
 
 
 class RateLimited(ApiError):
-    status, code = 429, "rate_limited"
+    status, code = 429, "rate_limit"  # seed 003's word, on every route
 
     def __init__(self, retry_after: float) -> None:
         seconds = max(1, math.ceil(retry_after))
@@ -217,10 +228,6 @@ class RateLimited(ApiError):
             extra={"retry_after": seconds},
             headers={"Retry-After": str(seconds)},
         )
-
-
-class MailSageRateLimited(RateLimited):
-    code = "rate_limit"
 
 
 class Unavailable(ApiError):

@@ -34,6 +34,7 @@ class Operation:
     request: type[BaseModel] | None = None
     parameters: Sequence[dict[str, Any]] = field(default_factory=tuple)
     description: str = ""
+    request_required: bool = True
 
 
 def operation(
@@ -44,28 +45,39 @@ def operation(
     request: type[BaseModel] | None = None,
     parameters: Sequence[dict[str, Any]] = (),
     description: str = "",
+    request_required: bool = True,
 ) -> Callable[[F], F]:
     def mark(endpoint: F) -> F:
         endpoint.__openapi__ = Operation(  # type: ignore[attr-defined]
-            summary, responses, scope, request, tuple(parameters), description
+            summary, responses, scope, request, tuple(parameters), description, request_required
         )
         return endpoint
 
     return mark
 
 
-def path_parameter(name: str, description: str) -> dict[str, Any]:
+def path_parameter(name: str, description: str, **constraints: Any) -> dict[str, Any]:
+    """A path parameter; `constraints` are JSON Schema keywords its value must meet."""
     return {
         "name": name,
         "in": "path",
         "required": True,
         "description": description,
-        "schema": {"type": "string"},
+        "schema": {"type": "string", **constraints},
     }
 
 
-def query_parameter(name: str, description: str, kind: str = "string") -> dict[str, Any]:
-    return {"name": name, "in": "query", "description": description, "schema": {"type": kind}}
+def query_parameter(
+    name: str, description: str, kind: str = "string", *, required: bool = False, **constraints: Any
+) -> dict[str, Any]:
+    """A query parameter; `constraints` are JSON Schema keywords its value must meet."""
+    return {
+        "name": name,
+        "in": "query",
+        "required": required,
+        "description": description,
+        "schema": {"type": kind, **constraints},
+    }
 
 
 def _ref(model: type[BaseModel]) -> dict[str, str]:
@@ -101,7 +113,7 @@ def _operation(op: Operation, method: str) -> dict[str, Any]:
         result["parameters"] = list(op.parameters)
     if op.request is not None:
         result["requestBody"] = {
-            "required": True,
+            "required": op.request_required,
             "content": {"application/json": {"schema": _ref(op.request)}},
         }
     if op.scope is not None:

@@ -20,6 +20,7 @@ from typing import Any
 from api import errors
 from api.context import ApiContext
 from api.management import Management
+from api.resource_schemas import HOST_PATTERN
 from gateway.addresses import envelope_problem
 from gateway.config import is_loopback
 from gateway.hostguard import HostRefused, HostUnresolved
@@ -28,16 +29,13 @@ from gateway.message import Sender, Submission
 from gateway.message_builder import BuildError, Draft, Mailbox, build, text_problem
 from gateway.pool_secrets import seal
 from gateway.probe import CONNECTION, ProbeResult, Target, probe
-from gateway.throttle import parse_rate
+from gateway.rates import parse_rate
 from storage import pools
 from storage.keys import ApiKeyRecord
 from storage.messages import message_state
 from storage.pools import PoolRecord
 
-_HOST = re.compile(
-    r"^(?:(?!-)[A-Za-z0-9-]{1,63}(?<!-)(?:\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?"
-    r"|\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f]*:[0-9A-Fa-f:.]+)$"
-)
+_HOST = re.compile(HOST_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -73,7 +71,7 @@ def _bad(field: str, message: str) -> errors.InvalidRequest:
 def normalise(values: dict[str, Any]) -> dict[str, Any]:
     """Hosts as the connection wants them: no brackets around an IPv6 literal, no spaces."""
     if isinstance(values.get("rate"), str):
-        values["rate"] = values["rate"].strip()
+        values["rate"] = values["rate"].strip(" \t")
     host = values.get("host")
     if isinstance(host, str):
         host = host.strip()
@@ -106,15 +104,24 @@ def check_fields(values: Mapping[str, Any]) -> None:
             raise _bad("rate", str(error)) from None
 
 
-async def check_target(manage: Management, state: Mapping[str, Any]) -> None:
+CLEAR_TEXT_AUTH = (
+    "AUTH over an unencrypted connection would send the password in clear; "
+    "use tls or ssl (none is allowed for loopback hosts only)"
+)
+
+
+async def check_target(manage: Management, state: Mapping[str, Any], stored: bool = False) -> None:
     """The merged pool (after the change) may be stored: no clear-text AUTH off loopback,
-    no host in a denied network."""
+    no host in a denied network. `stored`: the request left out some of username,
+    encryption and host, so a clear-text AUTH comes of the pool's own values: a 409 (the
+    request alone breaks no rule /openapi.json states), not a 400."""
     if state["username"] and state["encryption"] == "none" and not is_loopback(state["host"]):
-        raise _bad(
-            "encryption",
-            "AUTH over an unencrypted connection would send the password in clear; "
-            "use tls or ssl (none is allowed for loopback hosts only)",
-        )
+        if stored:
+            raise errors.Conflict(
+                f"with this pool's other settings, {CLEAR_TEXT_AUTH}",
+                [{"field": "encryption", "message": CLEAR_TEXT_AUTH}],
+            )
+        raise _bad("encryption", CLEAR_TEXT_AUTH)
     try:
         await manage.guard.check(state["host"], state["port"])
     except HostRefused as refused:
@@ -151,9 +158,15 @@ async def create(ctx: ApiContext, values: dict[str, Any], password: str | None) 
 
 
 async def update(
-    ctx: ApiContext, pool_id: str, changes: dict[str, Any], password: str | None, new_password: bool
+    ctx: ApiContext,
+    pool_id: str,
+    changes: dict[str, Any],
+    password: str | None,
+    new_password: bool,
+    partial: bool = True,
 ) -> PoolRecord:
-    """`new_password`: the body named a password (None or "" removes it)."""
+    """`new_password`: the body named a password (None or "" removes it); `partial`: it did
+    not give all of username, encryption and host (see check_target)."""
     manage = ctx.management()
     current = await get(ctx, pool_id)
     if current.source != "api":
@@ -164,7 +177,7 @@ async def update(
     changes = normalise(changes)
     state = {name: getattr(current, name) for name in ("username", "encryption", "host", "port")}
     state.update({k: v for k, v in changes.items() if k in state})
-    await check_target(manage, state)
+    await check_target(manage, state, stored=partial)
     sealer = (lambda pid: seal(manage.box, pid, password or "")) if new_password else None
     try:
         record = await pools.update_pool(ctx.db, pool_id, changes, sealer)

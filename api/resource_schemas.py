@@ -5,32 +5,78 @@ as in api.schemas: a wrong type or an unknown field is a 400.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, RootModel
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 
-from api.schemas import Strict
+from api.schemas import EMAIL, HEADER_TEXT, WHOLE, Patch, Strict
+from gateway import rates
+
+# A host name: labels of letters, digits and '-' (not at either end), a final dot allowed.
+_NAME = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(?:\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?"
+# A pool's host: a name or an IP address, bare or in brackets; api.pool_ops refuses any
+# other host with this same pattern.
+HOST_PATTERN = rf"^(?:{_NAME}|\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f]*:[0-9A-Fa-f:.]+)$"
+# A domain (gateway.dkim.normalise_domain): a name, or an internationalised one.
+DOMAIN: dict[str, Any] = {"anyOf": [{"pattern": f"^{_NAME}$"}, {"format": "idn-hostname"}]}
+
+# Hosts gateway.config.is_loopback takes for this machine: the only ones AUTH may be sent
+# to without TLS (api.pool_ops.check_target).
+LOOPBACK_PATTERN = (
+    r"^(?:localhost|127(?:\.(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])){3}"
+    r"|\[?::1\]?|\[?0:0:0:0:0:0:0:1\]?)$"
+)
+
+
+def _no_clear_text_auth(switch: str, off: object, *, partial: bool = False) -> dict[str, Any]:
+    """A username (AUTH) with encryption off (`switch` = `off`) only towards loopback. In a
+    `partial` update, what a body leaves out is the pool's own: only a body that gives all
+    three can be judged alone."""
+    loopback = {"required": ["host"], "properties": {"host": {"pattern": LOOPBACK_PATTERN}}}
+    return {
+        "anyOf": [
+            {"not": {"required": [switch], "properties": {switch: {"const": off}}}},
+            {"not": {"required": ["username"], "properties": {"username": {"minLength": 1}}}},
+            *([{"not": {"required": ["host"]}}] if partial else []),
+            loopback,
+        ]
+    }
+
 
 Encryption = Literal["tls", "ssl", "none"]
 Group = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")]
-Name = Annotated[str, Field(min_length=1, max_length=128)]
-Host = Annotated[str, Field(min_length=1, max_length=253)]
-Port = Annotated[int, Field(ge=1, le=65535)]
-Priority = Annotated[int, Field(ge=0, le=1_000_000)]
-Connections = Annotated[int, Field(ge=1, le=1000)]
-Username = Annotated[str, Field(max_length=256)]
-Password = Annotated[str, Field(max_length=1024, description="write-only; stored encrypted")]
-Email = Annotated[str, Field(max_length=254)]
+Name = Annotated[str, Field(min_length=1, max_length=128, json_schema_extra=HEADER_TEXT)]
+Host = Annotated[
+    str, Field(min_length=1, max_length=253, json_schema_extra={"pattern": HOST_PATTERN})
+]
+Port = Annotated[int, Field(ge=1, le=65535), WHOLE]
+Priority = Annotated[int, Field(ge=0, le=1_000_000), WHOLE]
+Connections = Annotated[int, Field(ge=1, le=1000), WHOLE]
+Username = Annotated[str, Field(max_length=256, json_schema_extra=HEADER_TEXT)]
+Password = Annotated[
+    str,
+    Field(
+        max_length=1024, description="write-only; stored encrypted", json_schema_extra=HEADER_TEXT
+    ),
+]
+Email = Annotated[str, Field(min_length=3, max_length=254, json_schema_extra=EMAIL)]
+# A pool's sender for test messages: an address, or "" for postern@<server.hostname>.
+FromEmail = Annotated[
+    str, Field(max_length=254, json_schema_extra={"anyOf": [{"maxLength": 0}, EMAIL]})
+]
 RateText = Annotated[
     str,
     Field(
         max_length=32,
+        json_schema_extra={"pattern": rates.PATTERN},
         description='sends per rolling window across nodes, e.g. "100/min", "14/s", '
-        '"20/10s" (units s, min, hour); "" = none',
+        '"20/10s" (units s, min, hour; the grammar of [http] rate_limit); "" = none',
     ),
 ]
 DailyLimit = Annotated[
-    int, Field(ge=0, le=1_000_000_000, description="sends per UTC day across nodes; 0 = none")
+    int,
+    Field(ge=0, le=1_000_000_000, description="sends per UTC day across nodes; 0 = none"),
+    WHOLE,
 ]
 
 
@@ -38,6 +84,8 @@ DailyLimit = Annotated[
 
 
 class PoolCreate(Strict):
+    model_config = ConfigDict(json_schema_extra=_no_clear_text_auth("encryption", "none"))
+
     name: Name
     host: Host
     port: Port
@@ -49,14 +97,17 @@ class PoolCreate(Strict):
     max_connections: Connections = 10
     is_default: bool = False
     is_active: bool = True
-    from_email: Email = ""
+    from_email: FromEmail = ""
     tls_verify: bool = True
     rate: RateText = ""
     daily_limit: DailyLimit = 0
 
 
-class PoolUpdate(Strict):
+class PoolUpdate(Patch):
     """Only the fields present change; `"password": null` or `""` removes the password."""
+
+    NULLABLE = frozenset({"password"})
+    RULES = _no_clear_text_auth("encryption", "none", partial=True)
 
     name: Name | None = None
     host: Host | None = None
@@ -69,7 +120,7 @@ class PoolUpdate(Strict):
     max_connections: Connections | None = None
     is_default: bool | None = None
     is_active: bool | None = None
-    from_email: Email | None = None
+    from_email: FromEmail | None = None
     tls_verify: bool | None = None
     rate: RateText | None = None
     daily_limit: DailyLimit | None = None
@@ -125,24 +176,29 @@ class PoolTestResult(BaseModel):
 
 
 class ConfigCreate(Strict):
+    model_config = ConfigDict(json_schema_extra=_no_clear_text_auth("use_tls", False))
+
     name: Name
     host: Host
     port: Port
     username: Username = ""
     password: Password | None = None
     use_tls: bool = True
-    from_email: Email
+    from_email: FromEmail
     is_default: bool = False
 
 
-class ConfigUpdate(Strict):
+class ConfigUpdate(Patch):
+    NULLABLE = frozenset({"password"})
+    RULES = _no_clear_text_auth("use_tls", False, partial=True)
+
     name: Name | None = None
     host: Host | None = None
     port: Port | None = None
     username: Username | None = None
     password: Password | None = None
     use_tls: bool | None = None
-    from_email: Email | None = None
+    from_email: FromEmail | None = None
     is_default: bool | None = None
 
 
@@ -193,13 +249,15 @@ class ConfigDeleted(BaseModel):
 
 class AliasCreate(Strict):
     email: Email
-    name: str | None = Field(None, max_length=256)
+    name: str | None = Field(None, max_length=256, json_schema_extra=HEADER_TEXT)
     is_default: bool = False
     ip_pool: Group | None = None
 
 
-class AliasUpdate(Strict):
-    name: str | None = Field(None, max_length=256)
+class AliasUpdate(Patch):
+    NULLABLE = frozenset({"name", "ip_pool"})  # null: no display name, no group
+
+    name: str | None = Field(None, max_length=256, json_schema_extra=HEADER_TEXT)
     is_default: bool | None = None
     ip_pool: Group | None = None
 
@@ -231,7 +289,7 @@ class AliasList(BaseModel):
 
 
 class DomainCreate(Strict):
-    domain: str = Field(min_length=1, max_length=253)
+    domain: str = Field(min_length=1, max_length=253, json_schema_extra=DOMAIN)
     verified: bool = Field(False, description="admin keys only: skip the DNS check")
     algorithm: Literal["rsa", "ed25519"] = "rsa"
 

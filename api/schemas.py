@@ -5,48 +5,147 @@ unknown field is a 400, never coerced; the response models document what the rou
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from api.errors import InvalidRequest
+from gateway import fields, queue_ops, timestamps
+from gateway.message_builder import ENCODED_WORD, HEADER_SAFE
 from storage.keys import SCOPES
 from storage.suppressions import REASONS
 
 T = TypeVar("T", bound=BaseModel)
 
+# What /openapi.json states of a field beyond its type and length: the checks the routes
+# make after parsing (JSON Schema keywords that apply to strings only, so that they also
+# fit a field that may be null).
+# Header-bound text (gateway.message_builder.text_problem): no control character but TAB,
+# no U+2028/U+2029, no RFC 2047 encoded-word.
+HEADER_TEXT: dict[str, Any] = {
+    "pattern": HEADER_SAFE,
+    "not": {"type": "string", "pattern": ENCODED_WORD},
+}
+NO_NUL: dict[str, Any] = {"pattern": "^[^\\x00]*$"}
+# An address (gateway.addresses.envelope_problem): local@domain, UTF-8 allowed (RFC 6531).
+EMAIL: dict[str, Any] = {"format": "idn-email"}
+# A point in time (gateway.timestamps): a string in its grammar, or a number of seconds.
+TIME: dict[str, Any] = {
+    "pattern": timestamps.PATTERN,
+    "minimum": 0,
+    "exclusiveMaximum": timestamps.MAX_SECONDS,
+}
+# Values only this API makes, which no pattern can tell (the custom format names them):
+# a position in a list (a next_cursor it returned), the id of a pool or an alias.
+CURSOR: dict[str, Any] = {"format": "cursor"}
+ALIAS_ID: dict[str, Any] = {**HEADER_TEXT, "format": "alias-id"}
+MAX_CURSOR = 256
+# The message filters (gateway.queue_ops.make_filter), in the query string and in JSON.
+FILTER_FIELDS: dict[str, dict[str, Any]] = {
+    "pool": {"minLength": 1, "maxLength": 255, "pattern": queue_ops.NO_CONTROL_PATTERN},
+    "recipient": {"minLength": 1, "maxLength": 254, **EMAIL},
+    "from": {"minLength": 1, "maxLength": 254, **EMAIL},
+    "tag": {"minLength": 1, "maxLength": 128, "pattern": queue_ops.NO_CONTROL_PATTERN},
+}
+
 Scope = Literal[SCOPES]  # type: ignore[valid-type]
 Reason = Literal[REASONS]  # type: ignore[valid-type]
-Tag = Annotated[str, Field(min_length=1, max_length=64)]
+Tag = Annotated[str, Field(min_length=1, max_length=fields.MAX_TAG, json_schema_extra=HEADER_TEXT)]
 MetaKey = Annotated[str, Field(min_length=1, max_length=128)]
-MetaValue = Annotated[str, Field(max_length=2048)]
+MetaValue = Annotated[str, Field(max_length=2048, json_schema_extra=NO_NUL)]
+# Stated for the whole object: a pattern on a key type becomes patternProperties, which
+# leaves the other keys free.
+_META_KEYS: dict[str, Any] = {"propertyNames": {"minLength": 1, "maxLength": 128, **HEADER_TEXT}}
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
 
+def _whole(value: Any) -> Any:
+    """JSON Schema's integer is any number without a fraction: 25.0 is 25. Strict parsing
+    refuses floats for int, so a whole one is made an int first (anything else is left to
+    the strict check)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+WHOLE = BeforeValidator(_whole)  # last in Annotated[int, Field(...), WHOLE]: keeps the bounds
+
+
+def _patch_schema(schema: dict[str, Any], model: type[BaseModel]) -> None:
+    """A Patch field may be left out, not set to null (but for those in NULLABLE): say so;
+    add the model's RULES."""
+    schema.update(getattr(model, "RULES", {}))
+    nullable: frozenset[str] = getattr(model, "NULLABLE", frozenset())
+    for name, prop in schema.get("properties", {}).items():
+        if name in nullable or "anyOf" not in prop:
+            continue
+        kinds = [kind for kind in prop["anyOf"] if kind != {"type": "null"}]
+        del prop["anyOf"]
+        if len(kinds) == 1:
+            prop.update(kinds[0])
+        else:
+            prop["anyOf"] = kinds
+        if prop.get("default", "") is None:
+            del prop["default"]
+
+
+class Patch(Strict):
+    """A partial update: the fields present change; null is refused (refuse_nulls) but for
+    those in NULLABLE, where it means something. RULES: JSON Schema keywords for the whole
+    body (the fields' relations)."""
+
+    NULLABLE: ClassVar[frozenset[str]] = frozenset()
+    RULES: ClassVar[dict[str, Any]] = {}
+    model_config = ConfigDict(json_schema_extra=_patch_schema)
+
+
 class Mailbox(Strict):
-    email: str = Field(min_length=3, max_length=254)
-    name: str | None = Field(default=None, max_length=256)
+    email: str = Field(min_length=3, max_length=254, json_schema_extra=EMAIL)
+    name: str | None = Field(default=None, max_length=256, json_schema_extra=HEADER_TEXT)
+
+
+# Seed 001: "Either html or text is required" (an empty one does not count).
+_HTML_OR_TEXT: dict[str, Any] = {
+    "anyOf": [
+        {"required": [name], "properties": {name: {"type": "string", "minLength": 1}}}
+        for name in ("html", "text")
+    ]
+}
 
 
 class SendRequest(Strict):
     """POST /v1/send (seed 001). Either html or text is required."""
+
+    model_config = ConfigDict(json_schema_extra=_HTML_OR_TEXT)
 
     from_: Mailbox = Field(alias="from")
     to: list[Mailbox] = Field(min_length=1, max_length=100)
     cc: list[Mailbox] = Field(default_factory=list, max_length=50)
     bcc: list[Mailbox] = Field(default_factory=list, max_length=50)
     reply_to: Mailbox | None = None
-    subject: str = Field(max_length=998)
-    html: str | None = None
-    text: str | None = None
-    alias_id: str | None = Field(default=None, min_length=1, max_length=128)
-    idempotency_key: str | None = Field(default=None, min_length=1, max_length=128)
-    tags: list[Tag] = Field(default_factory=list, max_length=10)
-    metadata: dict[MetaKey, MetaValue] = Field(default_factory=dict, max_length=50)
+    subject: str = Field(max_length=998, json_schema_extra=HEADER_TEXT)
+    html: str | None = Field(default=None, json_schema_extra=NO_NUL)
+    text: str | None = Field(default=None, json_schema_extra=NO_NUL)
+    alias_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=fields.MAX_ALIAS_ID,
+        description="the id of an SMTP pool or an alias (unknown: 400 unknown_alias)",
+        json_schema_extra=ALIAS_ID,
+    )
+    idempotency_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=fields.MAX_IDEMPOTENCY_KEY,
+        json_schema_extra=HEADER_TEXT,
+    )
+    tags: list[Tag] = Field(default_factory=list, max_length=fields.MAX_TAGS)
+    metadata: dict[MetaKey, MetaValue] = Field(
+        default_factory=dict, max_length=50, json_schema_extra=_META_KEYS
+    )
 
 
 class RecipientResult(BaseModel):
@@ -62,7 +161,9 @@ class SendResponse(BaseModel):
     provider: Literal["smtp", "sandbox"]
     timestamp: str
     idempotent: bool | None = None
-    suppressed: list[str] | None = Field(None, description="recipients left out as suppressed")
+    suppressed_recipients: list[str] | None = Field(
+        None, description="recipients left out as suppressed (the others were sent)"
+    )
     rejected: list[RecipientResult] | None = Field(None, description="refused by the upstream")
 
 
@@ -76,7 +177,9 @@ class QueuedResponse(BaseModel):
     provider: Literal["smtp"]
     timestamp: str
     idempotent: bool | None = None
-    suppressed: list[str] | None = None
+    suppressed_recipients: list[str] | None = Field(
+        None, description="recipients left out as suppressed (the others were stored)"
+    )
 
 
 class ErrorResponse(BaseModel):
@@ -84,7 +187,7 @@ class ErrorResponse(BaseModel):
     code: str
     error: str
     details: list[dict[str, Any]]
-    suppressed: bool | None = Field(None, description="422 `suppressed` only")
+    suppressed: bool | None = Field(None, description="422 `suppressed` only: true")
     retry_after: int | None = Field(None, description="429 only: seconds to wait")
     message_id: str | None = Field(None, description="422 `upstream_rejected` only")
 
@@ -159,18 +262,40 @@ class MessageList(BaseModel):
     next_cursor: str | None = Field(description="pass as `cursor` for the next page; null: last")
 
 
+_CRITERIA = ("status", "pool", "recipient", "from", "tag", "since", "until")
+# A bulk operation needs a criterion (a field that is there and not null), or "all": true.
+_SOME_CRITERION: dict[str, Any] = {
+    "anyOf": [
+        {"required": ["all"], "properties": {"all": {"const": True}}},
+        *(
+            {"required": [name], "properties": {name: {"not": {"type": "null"}}}}
+            for name in _CRITERIA
+        ),
+    ]
+}
+
+
 class MessageFilterBody(Strict):
     """Which messages a bulk operation acts on: every criterion given must match."""
 
-    status: str | list[str] | None = Field(
-        None, description="queued, deferred (others match nothing: only they have work left)"
+    model_config = ConfigDict(json_schema_extra=_SOME_CRITERION)
+
+    status: str | Annotated[list[queue_ops.Status], Field(min_length=1)] | None = Field(
+        None,
+        description="queued, deferred (others match nothing: only they have work left); "
+        "a list, or one string of them separated by commas",
+        json_schema_extra={"pattern": queue_ops.STATUS_PATTERN},
     )
-    pool: str | None = None
-    recipient: str | None = None
-    from_: str | None = Field(None, alias="from")
-    tag: str | None = None
-    since: str | int | float | None = Field(None, description="ISO 8601 or UNIX seconds")
-    until: str | int | float | None = Field(None, description="ISO 8601 or UNIX seconds")
+    pool: str | None = Field(None, json_schema_extra=FILTER_FIELDS["pool"])
+    recipient: str | None = Field(None, json_schema_extra=FILTER_FIELDS["recipient"])
+    from_: str | None = Field(None, alias="from", json_schema_extra=FILTER_FIELDS["from"])
+    tag: str | None = Field(None, json_schema_extra=FILTER_FIELDS["tag"])
+    since: str | int | float | None = Field(
+        None, description="ISO 8601 or UNIX seconds", json_schema_extra=TIME
+    )
+    until: str | int | float | None = Field(
+        None, description="ISO 8601 or UNIX seconds", json_schema_extra=TIME
+    )
     all: bool = Field(False, description="required to act on the whole queue with no criteria")
 
 
@@ -178,7 +303,10 @@ class BulkRequest(Strict):
     filter: MessageFilterBody
     dry_run: bool = False
     cursor: str | None = Field(
-        None, max_length=256, description="next_cursor of the previous call, to go on from it"
+        None,
+        max_length=MAX_CURSOR,
+        description="next_cursor of the previous call, to go on from it",
+        json_schema_extra=CURSOR,
     )
 
 
@@ -209,7 +337,7 @@ class CancelResult(BaseModel):
 
 
 class KeyCreate(Strict):
-    name: str = Field(min_length=1, max_length=128)
+    name: str = Field(min_length=1, max_length=128, json_schema_extra=HEADER_TEXT)
     scopes: list[Scope] = Field(min_length=1, max_length=len(SCOPES))
 
 
@@ -242,7 +370,7 @@ class KeyList(BaseModel):
 
 
 class SuppressionCreate(Strict):
-    email: str = Field(min_length=3, max_length=254)
+    email: str = Field(min_length=3, max_length=254, json_schema_extra=EMAIL)
     reason: Reason = "manual"
 
 
@@ -267,9 +395,10 @@ class Ok(BaseModel):
     success: Literal[True]
 
 
-def refuse_nulls(body: BaseModel, nullable: Collection[str] = ()) -> None:
-    """A PATCH may leave a field out but not set it to null (bar those in `nullable`):
+def refuse_nulls(body: Patch) -> None:
+    """A PATCH may leave a field out but not set it to null (bar those in its NULLABLE):
     InvalidRequest naming every such field."""
+    nullable = type(body).NULLABLE
     nulls = [n for n in body.model_fields_set if getattr(body, n) is None and n not in nullable]
     if nulls:
         raise InvalidRequest(

@@ -2,36 +2,56 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from api.schemas import Strict
-from gateway.events import TYPES
+from api.schemas import HEADER_TEXT, TIME, Patch, Strict
+from gateway.events import FINAL, TYPES
 
 EventType = Literal[TYPES]  # type: ignore[valid-type]
-Url = str  # checked by gateway.webhook_urls (a 400 naming the problem)
-Description = str
+# Checked by gateway.webhook_urls (a 400 naming the problem): an absolute http(s) URL with
+# a host, no user:password@, no #fragment.
+URL: dict[str, Any] = {
+    "format": "uri",
+    "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://[^@#/?]+(?:[/?][^#]*)?$",
+}
+# final_only with event_types that hold no final outcome would receive nothing: refused.
+_RECEIVES_SOMETHING: dict[str, Any] = {
+    "not": {
+        "required": ["final_only", "event_types"],
+        "properties": {
+            "final_only": {"const": True},
+            "event_types": {"type": "array", "items": {"not": {"enum": sorted(FINAL)}}},
+        },
+    }
+}
 
 
 class WebhookCreate(Strict):
-    url: Url = Field(min_length=1, max_length=2048, description="http(s); no credentials")
+    model_config = ConfigDict(json_schema_extra=_RECEIVES_SOMETHING)
+
+    url: str = Field(
+        min_length=1, max_length=2048, description="http(s); no credentials", json_schema_extra=URL
+    )
     event_types: list[EventType] | None = Field(
         None, min_length=1, max_length=len(TYPES), description="omitted or null: every type"
     )
     final_only: bool = Field(
         False, description="only the last outcome of each recipient (delivered, bounced, ...)"
     )
-    description: Description = Field("", max_length=512)
+    description: str = Field("", max_length=512, json_schema_extra=HEADER_TEXT)
 
 
-class WebhookUpdate(Strict):
+class WebhookUpdate(Patch):
     """Only the fields present change; `"event_types": null` means every type again."""
 
-    url: Url | None = Field(None, min_length=1, max_length=2048)
+    NULLABLE = frozenset({"event_types"})
+
+    url: str | None = Field(None, min_length=1, max_length=2048, json_schema_extra=URL)
     event_types: list[EventType] | None = Field(None, min_length=1, max_length=len(TYPES))
     final_only: bool | None = None
-    description: Description | None = Field(None, max_length=512)
+    description: str | None = Field(None, max_length=512, json_schema_extra=HEADER_TEXT)
     is_active: bool | None = Field(None, description="true again also clears the back-off")
 
 
@@ -69,7 +89,8 @@ class WebhookList(BaseModel):
 
 class ReplayRequest(Strict):
     since: str | int | float = Field(
-        description='ISO-8601 time ("2026-01-31T12:00:00Z") or UNIX seconds'
+        description='ISO-8601 time ("2026-01-31T12:00:00Z") or UNIX seconds',
+        json_schema_extra=TIME,
     )
 
 

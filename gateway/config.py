@@ -19,6 +19,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from gateway.rates import parse_rate
+
 
 class ConfigError(Exception):
     """A configuration problem, phrased as one line for the operator."""
@@ -254,21 +256,21 @@ def _listen_one(value: Any, where: str) -> tuple[str, int]:
 
 
 def _rate(value: Any, where: str) -> str:
-    text: str = _str(value, where)
-    if not re.fullmatch(r"\d+/(s|m|min|h)", text):
-        raise ConfigError(f'{where}: expected a rate like "50/s" or "100/min", got {text!r}')
+    """A rate that must be set (`[http] rate_limit`), in gateway.rates' grammar."""
+    text = _pool_rate(value, where)
+    if not text:
+        raise ConfigError(f'{where}: expected a rate like "50/s" or "100/min", got {value!r}')
     return text
 
 
 def _pool_rate(value: Any, where: str) -> str:
-    from gateway.throttle import parse_rate  # throttle imports the delivery stack
-
+    """A rate in gateway.rates' grammar, or "" for none."""
     text: str = _str(value, where)
     try:
         parse_rate(text)
     except ValueError as error:
         raise ConfigError(f"{where}: {error}") from None
-    return text.strip()
+    return text.strip(" \t")
 
 
 def _non_negative_int(value: Any, where: str) -> int:

@@ -79,7 +79,8 @@ def clean_header(data: bytes) -> Cleaned:
     `data` is canonical (CRLF line ends only), so a field starts right after a LF and a
     continuation line never does: names are found by substring search over the lower-cased
     header (in C), and the fields are split only when one may have to be taken out. Every
-    other field is kept byte for byte, in its place.
+    other field is kept byte for byte, in its place. Values keep bytes that are not
+    UTF-8 as surrogates, for the field checks (gateway.fields) to refuse.
     """
     block, rest = split_header(data)
     low = b"\n" + block.lower()
@@ -106,7 +107,7 @@ def _taken(data: bytes, block: bytes, rest: bytes) -> tuple[bytes, dict[str, str
         if name.startswith(CONTROL_PREFIX):
             value = field[colon + 1 :].replace(b"\r\n", b"").strip()
             key = name[len(CONTROL_PREFIX) :].decode("ascii", "replace")
-            controls[key] = value.decode("utf-8", "replace")
+            controls[key] = value.decode("utf-8", "surrogateescape")
             taken = True
         elif name in _BLIND:
             taken = True

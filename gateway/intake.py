@@ -5,8 +5,8 @@
     idempotency key reserved in it) -> handed to delivery (sandbox: never) -> acknowledged
 
 It knows nothing of SMTP or HTTP: it takes a Submission and returns an Accepted, or raises
-one of the Refusal exceptions below (or `Duplicate`), which each door turns into its own
-reply. The sender check (policy.sender) and the aliases come from gateway.identities.
+one of the Refusal exceptions below (or `Duplicate` / `KeyReused`), which each door turns
+into its own reply. The sender check (policy.sender) and the aliases come from gateway.identities.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from gateway.identities import Identities
 from gateway.message import QueuedMessage, Route, Submission
 from gateway.queue import Queue
 from gateway.routing import AliasNotVerified, NoActivePool, UnknownRoute, choose_route
-from storage.idempotency import ANONYMOUS, Duplicate
+from storage.idempotency import ANONYMOUS, Duplicate, KeyReused
 
 log = logging.getLogger("postern.intake")
 
@@ -33,6 +33,7 @@ __all__ = [
     "AllSuppressed",
     "Duplicate",
     "Intake",
+    "KeyReused",
     "NoRoute",
     "NotPermitted",
     "UnknownAlias",
@@ -127,9 +128,10 @@ class Intake:
 
         With `watch`, `Accepted.attempt` is registered before the message reaches a
         delivery worker, so even an instant upstream answer cannot be missed. A reused
-        idempotency key raises Duplicate: found when the message is stored (no extra read on
-        the way), or, when policy would refuse the retry, looked up first (the recipient may
-        have been suppressed since the first request was sent).
+        idempotency key raises Duplicate (KeyReused for another request): found when the
+        message is stored (no extra read on the way), or, when policy would refuse the
+        retry, looked up first (the recipient may have been suppressed since the first
+        request was sent).
         """
         if self._identities is not None:
             await self._identities.refresh_if_stale()
@@ -204,7 +206,7 @@ class Intake:
         scope = submission.sender.api_key_id if submission.sender else ANONYMOUS
         seen = await self._queue.find_idempotent(scope, key)
         if seen is not None:
-            raise Duplicate(seen.message_id, seen.response)
+            raise seen.refusal(submission.request_hash)
 
     def _permitted(self, submission: Submission, route: Route) -> Route:
         """The route, if the submission's API key may use it (NotPermitted otherwise).

@@ -26,6 +26,7 @@ class Submission:
     source: str  # "smtp" | "http"
     alias_id: str | None = None
     idempotency_key: str | None = None
+    request_hash: str | None = None  # digest of the canonical request, for the key's reuse
     sandbox: bool = False
     tags: tuple[str, ...] = ()
     sender: Sender | None = None  # None: an unauthenticated client on a trusted listener

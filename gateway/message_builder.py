@@ -26,8 +26,13 @@ from gateway.addresses import envelope_problem, normalise
 from gateway.headers import content_problem, header_fields, split_header
 
 # C0 controls but TAB, DEL, C1, and the characters str.splitlines() breaks lines at.
-_HEADER_UNSAFE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
-_ENCODED_WORD = re.compile(r"=\?[^?\s]*\?[bBqQ]\?[^?\s]*\?=")
+_UNSAFE = r"\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029"
+_HEADER_UNSAFE = re.compile(f"[{_UNSAFE}]")
+# RFC 2047 syntax; spelled without \s (Python's and ECMA-262's differ) to read the same in
+# /openapi.json, where these two are the patterns of header-bound text.
+ENCODED_WORD = r"=\?[^? \t\r\n]*\?[bBqQ]\?[^? \t\r\n]*\?="
+HEADER_SAFE = f"^[^{_UNSAFE}]*$"
+_ENCODED_WORD = re.compile(ENCODED_WORD)
 MAX_NAME = 256
 
 

@@ -134,7 +134,8 @@ class Queue:
 
         A sandbox message is stored final (status `sandbox`, never due). With an
         idempotency key the key is reserved in the same transaction; when another message
-        holds it, nothing is stored and `Duplicate` names that message.
+        holds it, nothing is stored and `Duplicate` names that message (`KeyReused` when
+        it was another request).
         """
         now = time.time()
         sandbox = submission.sandbox
@@ -196,11 +197,12 @@ class Queue:
             await self._writer.submit(batch)
         else:
             scope = submission.sender.api_key_id if submission.sender else idempotency.ANONYMOUS
+            digest = submission.request_hash
             holder = await self._writer.submit(
-                lambda conn: _reserve_then_store(conn, scope, key, message_id, now, batch)
+                lambda conn: _reserve_then_store(conn, scope, key, message_id, now, digest, batch)
             )
             if holder is not None:
-                raise idempotency.Duplicate(holder)
+                raise holder.refusal(digest)
         return QueuedMessage(
             id=message_id,
             mail_from=submission.mail_from,
@@ -621,10 +623,16 @@ def message_status(results: Any, retry_at: float | None, any_bounced: bool = Fal
 
 
 def _reserve_then_store(
-    conn: Connection, scope: str, key: str, message_id: str, now: float, batch: Batch
-) -> str | None:
+    conn: Connection,
+    scope: str,
+    key: str,
+    message_id: str,
+    now: float,
+    digest: str | None,
+    batch: Batch,
+) -> idempotency.Hit | None:
     """Inside the shared transaction: reserve the key, and store the message only if won."""
-    holder = idempotency.reserve(conn, scope, key, message_id, now)
+    holder = idempotency.reserve(conn, scope, key, message_id, now, digest)
     if holder is None:
         for statement, params in batch.steps:
             conn.execute(statement, params)

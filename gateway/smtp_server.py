@@ -21,18 +21,21 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway import maillog, metrics
 from gateway.addresses import envelope_problem, has_control
+from gateway.fields import control_problems, sandbox_flag
 from gateway.headers import MAX_HOPS, Cleaned, clean_header, content_problem
 from gateway.intake import (
     AliasUnverified,
     AllSuppressed,
     Duplicate,
     Intake,
+    KeyReused,
     NoRoute,
     NotPermitted,
     UnknownAlias,
 )
 from gateway.message import Submission
 from gateway.queue import new_id_for
+from gateway.request_digest import smtp_digest
 from gateway.smtp_auth import ApiKeyAuth, AuthThrottle, is_loopback, sender_of
 from storage.keys import KeyStore
 from storage.writer import StorageFull, StorageUnavailable, Writer
@@ -44,6 +47,7 @@ _PLAIN_PATH = re.compile(
 )
 _HELO_NAME = re.compile(r"[A-Za-z0-9.\-_]{1,253}|\[[0-9A-Fa-f.:IPv]{1,60}\]")
 NULL_SENDER = "<>"  # how aiosmtpd hands over `MAIL FROM:<>` (bounces)
+_INLINE_DIGEST = 64 * 1024  # bytes: a larger message's idempotency digest runs in a thread
 
 
 class Reply:
@@ -63,6 +67,10 @@ class Reply:
     NO_ROUTE = "550 5.7.1 No route: {}"
     NOT_PERMITTED = "550 5.7.1 {}"
     ALL_SUPPRESSED = "550 5.7.1 Every recipient is suppressed"
+    KEY_REUSED = (
+        "550 5.7.1 X-Postern-Idempotency-Key already used within 24 h for a different "
+        "message ({}); use a new key"
+    )
     TEMPORARY = "451 4.3.0 Temporary failure, please try again later"
     STORAGE_FULL = "452 4.3.1 Insufficient system storage, please try again later"
     TOO_MANY_CONNECTIONS = b"421 4.7.0 Too many connections, try again later\r\n"
@@ -361,24 +369,29 @@ class PosternHandler:
             metrics.MESSAGES_REFUSED.labels(reason="loop").inc()
             return Reply.TOO_MANY_HOPS
         controls = cleaned.controls
-        sandbox = controls.get("sandbox", "").lower() == "true"
+        problem = _control_problem(controls)
+        if problem:
+            return Reply.BAD_CONTENT.format(problem)
+        mail_from = "" if envelope.mail_from == NULL_SENDER else envelope.mail_from or ""
+        key = controls.get("idempotency-key") or None
+        sandbox = sandbox_flag(_values(controls, "sandbox"))
         message_id = new_id_for(sandbox)
         submission = Submission(
-            mail_from="" if envelope.mail_from == NULL_SENDER else envelope.mail_from or "",
+            mail_from=mail_from,
             recipients=tuple(envelope.rcpt_tos),
             content=self._added(session, envelope, message_id, cleaned) + cleaned.content,
             source="smtp",
             alias_id=controls.get("alias-id") or None,
-            idempotency_key=controls.get("idempotency-key") or None,
+            idempotency_key=key,
+            request_hash=await _digest(mail_from, envelope.rcpt_tos, controls, cleaned.content)
+            if key is not None
+            else None,
             sandbox=sandbox,
-            tags=tuple(t.strip() for t in controls.get("tags", "").split(",") if t.strip()),
+            tags=_tags(controls),
             sender=sender_of(session),
             message_id=message_id,
             client=maillog.client(session.peer),
         )
-        problem = _control_problem(submission)
-        if problem:
-            return Reply.BAD_CONTENT.format(problem)
         self.submitting += 1
         try:
             accepted = await self._intake.submit(submission)
@@ -392,6 +405,8 @@ class PosternHandler:
             return Reply.ALL_SUPPRESSED
         except Duplicate as duplicate:  # X-Postern-Idempotency-Key seen: the first one stands
             return Reply.QUEUED.format(duplicate.message_id)
+        except KeyReused as reused:  # ... for another message: a client error, not a retry
+            return Reply.KEY_REUSED.format(reused.message_id)
         except NotPermitted as refusal:
             return Reply.NOT_PERMITTED.format(refusal.reason)
         except StorageFull as error:
@@ -448,12 +463,44 @@ def _address_in(arg: str | None) -> str:
     return path.partition(" ")[0]
 
 
-def _control_problem(submission: Submission) -> str | None:
-    """X-Postern-* values are bounded as the HTTP fields are (control characters, length)."""
-    key = submission.idempotency_key
-    if key is not None and (len(key) > 128 or has_control(key)):
-        return "bad X-Postern-Idempotency-Key (at most 128 characters, no controls)"
-    tags = submission.tags
-    if len(tags) > 10 or any(len(tag) > 64 or has_control(tag) for tag in tags):
-        return "bad X-Postern-Tags (at most 10 tags of 64 characters, no controls)"
+_CONTROL_HEADERS = {
+    "alias_id": "X-Postern-Alias-Id",
+    "idempotency_key": "X-Postern-Idempotency-Key",
+    "tags": "X-Postern-Tags",
+}
+
+
+async def _digest(
+    mail_from: str, recipients: list[str], controls: dict[str, str], content: bytes
+) -> str:
+    """The idempotency digest; a large message is parsed off the event loop."""
+    if len(content) <= _INLINE_DIGEST:
+        return smtp_digest(mail_from, recipients, controls, content)
+    return await asyncio.to_thread(smtp_digest, mail_from, recipients, controls, content)
+
+
+def _tags(controls: dict[str, str]) -> tuple[str, ...]:
+    """ "a, b" -> ("a", "b"): blanks around each dropped, but not other characters that
+    str.strip() would take (U+0085, U+2028: refused, as over HTTP)."""
+    tags = (tag.strip(" \t") for tag in controls.get("tags", "").split(","))
+    return tuple(tag for tag in tags if tag)
+
+
+def _values(controls: dict[str, str], name: str) -> list[str]:
+    return [controls[name]] if name in controls else []
+
+
+def _control_problem(controls: dict[str, str]) -> str | None:
+    """The X-Postern-* values, checked as the HTTP API checks its fields (gateway.fields)."""
+    found = control_problems(
+        controls.get("alias-id") or None, controls.get("idempotency-key") or None, _tags(controls)
+    )
+    if found:
+        first = found[0]
+        header = _CONTROL_HEADERS[first.field.partition("[")[0]]
+        return f"bad {header} ({first.field}: {first.message})"
+    try:
+        sandbox_flag(_values(controls, "sandbox"))
+    except ValueError as error:
+        return f"bad X-Postern-Sandbox ({error})"
     return None

@@ -21,7 +21,6 @@ answered from memory without a database round trip. Pools without limits cost no
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from gateway import metrics
+from gateway.rates import Rate, parse_rate
 from gateway.upstream import PoolSettings
 from storage import throttle as sql
 from storage.db import Database
@@ -38,49 +38,10 @@ from storage.writer import Batch, StorageUnavailable, Writer
 
 log = logging.getLogger("postern.throttle")
 
-_RATE = re.compile(r"(\d+)/(\d*)([a-z]+)")
-_UNITS = {
-    **dict.fromkeys(("s", "sec", "second", "seconds"), 1.0),
-    **dict.fromkeys(("m", "min", "minute", "minutes"), 60.0),
-    **dict.fromkeys(("h", "hour", "hours"), 3600.0),
-}
-MAX_COUNT = 1_000_000
 _PRUNE_EVERY = 600.0  # seconds between sweeps of rows no limit can count any more
 # How far ahead a send in flight is leased (renewed every quarter of it while it lasts):
 # how long a dead node's reservations still count before their window starts.
 LEASE = 120.0
-
-
-@dataclass(frozen=True)
-class Rate:
-    count: int  # sends allowed ...
-    window: float  # ... in any rolling window of this many seconds
-
-    @property
-    def per_second(self) -> float:
-        return self.count / self.window
-
-
-def parse_rate(text: str) -> Rate | None:
-    """'' -> None; "100/min", "14/s", "20/10s" (20 per 10 seconds) -> Rate; else ValueError.
-
-    Units: s, sec, second, m, min, minute, h, hour (plurals too); the window is at most a
-    day (storage.throttle keeps no older sends)."""
-    if not text:
-        return None
-    match = _RATE.fullmatch(text.strip().lower())
-    if not match or match.group(3) not in _UNITS:
-        raise ValueError(
-            f'expected a rate like "100/min", "14/s" or "20/10s" (units s, min, hour), got {text!r}'
-        )
-    count = int(match.group(1))
-    multiple = int(match.group(2) or 1)
-    window = multiple * _UNITS[match.group(3)]
-    if not 1 <= count <= MAX_COUNT:
-        raise ValueError(f"the count of a rate must be between 1 and {MAX_COUNT}, got {count}")
-    if multiple < 1 or window > sql.MAX_WINDOW:
-        raise ValueError(f"the window of a rate must be between 1 second and 24 hours: {text!r}")
-    return Rate(count, window)
 
 
 def show_limits(pools: Iterable[PoolSettings]) -> None:

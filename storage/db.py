@@ -190,6 +190,7 @@ _ADDED_COLUMNS = (
     ("webhook", "replayed_at", "FLOAT NOT NULL DEFAULT 0"),
     ("message", "retried_at", "FLOAT"),
     ("message", "forced_attempts", "INTEGER NOT NULL DEFAULT 0"),
+    ("idempotency", "request_hash", "VARCHAR(64)"),  # NULL: a reservation that matches any
 )
 
 # Run once, right after their column was added, to fill it in for the rows already there.

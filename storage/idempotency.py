@@ -5,6 +5,12 @@ The reservation is a row inserted in the same transaction that stores the messag
 other finds the winner's message id and stores nothing. Losing never fails the shared
 group-commit transaction, so a client hammering one key cannot slow anyone else down.
 The first request's response is saved on the row once it is known, for replays.
+
+The row also keeps a digest of the request (each door says what its canonical request is):
+the same key with a different request is `KeyReused`, never the first answer, so a key
+reused by mistake for another message is an error the client sees, as at Stripe or Resend.
+Rows written without a digest (before it existed, or by a node not yet upgraded) match any
+request.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ def _reserve_statement(dialect: Any) -> Any:
             key=bindparam("i_key"),
             message_id=bindparam("m_id"),
             response=None,
+            request_hash=bindparam("r_hash"),
             created_at=bindparam("now"),
         )
         .on_conflict_do_update(
@@ -54,6 +61,7 @@ def _reserve_statement(dialect: Any) -> Any:
             set_={
                 "message_id": bindparam("m_id"),
                 "response": None,
+                "request_hash": bindparam("r_hash"),
                 "created_at": bindparam("now"),
             },
             where=I.c.created_at <= bindparam("cutoff"),
@@ -73,36 +81,69 @@ class Duplicate(Exception):
         self.response = response  # {"status": int, "body": {...}}, once the first answered
 
 
+class KeyReused(Exception):
+    """The idempotency key was used already for a different request: nothing was stored."""
+
+    def __init__(self, message_id: str) -> None:
+        super().__init__(message_id)
+        self.message_id = message_id  # the first request's message
+
+
 @dataclass(frozen=True)
 class Hit:
     message_id: str
     response: dict[str, Any] | None
+    request_hash: str | None = None
+
+    def refusal(self, request_hash: str | None) -> Duplicate | KeyReused:
+        """What a request with this digest gets: the first answer, unless it differs."""
+        if request_hash and self.request_hash and request_hash != self.request_hash:
+            return KeyReused(self.message_id)
+        return Duplicate(self.message_id, self.response)
+
+
+def _hit(row: Any) -> Hit:
+    response = json.loads(row.response) if row.response else None
+    return Hit(row.message_id, response, row.request_hash)
+
+
+_HOLDER = (I.c.message_id, I.c.response, I.c.request_hash)
 
 
 def lookup(conn: Connection, scope: str, key: str, now: float) -> Hit | None:
     """The live reservation of `key`, if any."""
     row = conn.execute(
-        select(I.c.message_id, I.c.response).where(
-            I.c.api_key_id == scope, I.c.key == key, I.c.created_at > now - TTL
-        )
+        select(*_HOLDER).where(I.c.api_key_id == scope, I.c.key == key, I.c.created_at > now - TTL)
     ).first()
-    if row is None:
-        return None
-    return Hit(row.message_id, json.loads(row.response) if row.response else None)
+    return None if row is None else _hit(row)
 
 
-def reserve(conn: Connection, scope: str, key: str, message_id: str, now: float) -> str | None:
-    """Claim `key` for `message_id`; None when claimed, else the message id that holds it.
+def reserve(
+    conn: Connection,
+    scope: str,
+    key: str,
+    message_id: str,
+    now: float,
+    request_hash: str | None = None,
+) -> Hit | None:
+    """Claim `key` for `message_id`; None when claimed, else the live reservation holding it.
 
     An expired reservation is taken over in place (the purge may not have run yet).
     """
-    params = {"scope": scope, "i_key": key, "m_id": message_id, "now": now, "cutoff": now - TTL}
+    params = {
+        "scope": scope,
+        "i_key": key,
+        "m_id": message_id,
+        "r_hash": request_hash,
+        "now": now,
+        "cutoff": now - TTL,
+    }
     statement = _RESERVE[conn.dialect.name]
     if conn.execute(statement, params).rowcount:
         return None
-    # The WHERE above failed, so the row is live: name the message that holds it.
-    holder = select(I.c.message_id).where(I.c.api_key_id == scope, I.c.key == key)
-    return str(conn.execute(holder).scalar_one())
+    # The WHERE above failed, so the row is live: the reservation that holds it.
+    holder = select(*_HOLDER).where(I.c.api_key_id == scope, I.c.key == key)
+    return _hit(conn.execute(holder).one())
 
 
 async def find(db: Database, scope: str, key: str) -> Hit | None:

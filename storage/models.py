@@ -149,6 +149,8 @@ class Idempotency(SQLModel, table=True):
     key: str = Field(primary_key=True, max_length=128)
     message_id: str = Field(max_length=64)
     response: str | None = Field(default=None, sa_column=Column(Text, nullable=True))  # JSON
+    # Hex SHA-256 of the canonical request (storage.idempotency); None: not known, any matches.
+    request_hash: str | None = Field(default=None, max_length=64)
     created_at: float
 
 

@@ -41,6 +41,7 @@ log = logging.getLogger("postern.api")
 SCOPE = "aliases"
 BASE = "/api/v1/aliases"
 _ID = [path_parameter("alias_id", "the alias's id (ali_...)")]
+MAX_TOKEN = 128
 _NOT_FOUND = ("alias not found", ErrorResponse)
 
 
@@ -168,21 +169,31 @@ async def _send_verification(
 
 @operation(
     "Confirm an alias",
-    parameters=[query_parameter("token", "the token of the verification link")],
+    parameters=[
+        query_parameter(
+            "token",
+            "the token of the verification link",
+            required=True,
+            minLength=1,
+            maxLength=MAX_TOKEN,
+            pattern="^[\\x00-\\x7f]*$",
+        )
+    ],
     description="The link of the verification message; no API key. Works once.",
     responses={
         200: ("the alias, now verified", AliasResponse),
-        400: ("unknown, used or expired token (invalid_token)", ErrorResponse),
+        400: ("a malformed token (invalid_token)", ErrorResponse),
+        404: ("an unknown, used or expired token (invalid_token)", ErrorResponse),
     },
 )
 async def verify(request: Request) -> Response:
     ctx: ApiContext = request.app.state.api
     token = request.query_params.get("token", "")
-    if not token or len(token) > 128 or not token.isascii():
+    if not token or len(token) > MAX_TOKEN or not token.isascii():
         raise errors.InvalidToken("missing or malformed token")
     record = await aliases.redeem_token(ctx.db, token_hash(token))
     if record is None:
-        raise errors.InvalidToken("this link is unknown, already used or expired")
+        raise errors.UnknownToken("this link is unknown, already used or expired")
     await _changed(ctx)
     return JSONResponse({"success": True, "alias": alias_json(record)})
 

@@ -98,6 +98,8 @@ async def create(request: Request) -> Response:
     manage = ctx.management()
     body = parse(DomainCreate, await request.body())
     try:
+        if body.domain != body.domain.strip():  # as /openapi.json says: no blanks around
+            raise dkim.DkimError(f"{body.domain!r} has blanks around it")
         name = dkim.normalise_domain(body.domain)
     except dkim.DkimError as error:
         raise errors.InvalidRequest(

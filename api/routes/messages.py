@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from api import errors
+from api import errors, schemas
 from api.auth import authenticate
 from api.context import ApiContext, iso
 from api.openapi import operation, path_parameter, query_parameter
@@ -28,7 +28,7 @@ from api.schemas import (
     RetryResult,
     parse,
 )
-from gateway import queue_ops
+from gateway import queue_ops, timestamps
 from gateway.queue_ops import FilterError, MessageBusy, MessageFinal, make_filter, summary_json
 from storage.keys import ApiKeyRecord
 from storage.message_search import (
@@ -67,13 +67,25 @@ async def _visible(ctx: ApiContext, key: ApiKeyRecord, message_id: str) -> Messa
 
 
 _FILTER_PARAMETERS = [
-    query_parameter("status", f"one or more, comma-separated: {', '.join(STATUSES)}"),
-    query_parameter("pool", "the pool of the last attempt, or the one chosen at intake"),
-    query_parameter("recipient", "a recipient's address"),
-    query_parameter("from", "the envelope sender"),
-    query_parameter("tag", "one of the tags given at send"),
-    query_parameter("since", "created at or after: ISO 8601 or UNIX seconds"),
-    query_parameter("until", "created before: ISO 8601 or UNIX seconds"),
+    query_parameter(
+        "status",
+        f"one or more, comma-separated: {', '.join(STATUSES)}",
+        pattern=queue_ops.STATUS_PATTERN,
+    ),
+    query_parameter(
+        "pool",
+        "the pool of the last attempt, or the one chosen at intake",
+        **schemas.FILTER_FIELDS["pool"],
+    ),
+    query_parameter("recipient", "a recipient's address", **schemas.FILTER_FIELDS["recipient"]),
+    query_parameter("from", "the envelope sender", **schemas.FILTER_FIELDS["from"]),
+    query_parameter("tag", "one of the tags given at send", **schemas.FILTER_FIELDS["tag"]),
+    query_parameter(
+        "since", "created at or after: ISO 8601 or UNIX seconds", pattern=timestamps.PATTERN
+    ),
+    query_parameter(
+        "until", "created before: ISO 8601 or UNIX seconds", pattern=timestamps.PATTERN
+    ),
 ]
 
 
@@ -83,9 +95,18 @@ _FILTER_PARAMETERS = [
     parameters=[
         *_FILTER_PARAMETERS,
         query_parameter(
-            "limit", f"page size, 1 to {MAX_LIMIT} (default {DEFAULT_LIMIT})", "integer"
+            "limit",
+            f"page size, 1 to {MAX_LIMIT} (default {DEFAULT_LIMIT})",
+            "integer",
+            minimum=1,
+            maximum=MAX_LIMIT,
         ),
-        query_parameter("cursor", "next_cursor of the previous page"),
+        query_parameter(
+            "cursor",
+            "next_cursor of the previous page",
+            maxLength=schemas.MAX_CURSOR,
+            **schemas.CURSOR,
+        ),
     ],
     responses={200: ("one page, newest first", MessageList)},
     description="Every criterion given must match. A key sees only the mail it sent.",
@@ -109,7 +130,7 @@ async def list_messages(request: Request) -> Response:
     cursor = query.get("cursor") or None
     if cursor is not None:
         try:
-            if len(cursor) > 256:
+            if len(cursor) > schemas.MAX_CURSOR:
                 raise InvalidCursor(cursor[:16])
             decode_cursor(cursor)
         except InvalidCursor:

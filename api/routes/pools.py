@@ -122,10 +122,11 @@ async def change(request: Request) -> Response:
     raw = await request.body()
     body = parse(PoolUpdate, raw)
     given = body.model_fields_set
-    refuse_nulls(body, {"password"})
+    refuse_nulls(body)
     changes = {name: getattr(body, name) for name in given if name != "password"}
+    partial = not {"username", "encryption", "host"} <= given
     record = await pool_ops.update(
-        ctx, request.path_params["pool_id"], changes, body.password, "password" in given
+        ctx, request.path_params["pool_id"], changes, body.password, "password" in given, partial
     )
     return JSONResponse(pool_json(record))
 
@@ -156,6 +157,7 @@ async def remove(request: Request) -> Response:
     "Test an SMTP pool",
     scope=SCOPE,
     request=PoolTest,
+    request_required=False,
     parameters=_ID,
     description=(
         "EHLO, STARTTLS or implicit TLS per `encryption`, AUTH when a username is set, QUIT. "

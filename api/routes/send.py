@@ -23,11 +23,13 @@ from api.context import ApiContext, iso
 from api.openapi import operation
 from api.schemas import ErrorResponse, QueuedResponse, SendRequest, SendResponse, parse
 from gateway import maillog
+from gateway.fields import control_problems, sandbox_flag
 from gateway.intake import (
     Accepted,
     AliasUnverified,
     AllSuppressed,
     Duplicate,
+    KeyReused,
     NoRoute,
     NotPermitted,
     UnknownAlias,
@@ -35,6 +37,7 @@ from gateway.intake import (
 )
 from gateway.message import Sender, Submission
 from gateway.message_builder import BuildError, Built, Draft, Mailbox, build, text_problem
+from gateway.request_digest import json_digest
 from storage.idempotency import find, save_response
 from storage.keys import ApiKeyRecord
 from storage.messages import MessageState, message_state
@@ -46,13 +49,13 @@ QUEUED_TEXT = "Email queued for retry"
 
 def sandbox_requested(request: Request) -> bool:
     values = [request.headers[name] for name in SANDBOX_HEADERS if name in request.headers]
-    flags = {value.strip().lower() for value in values}
-    if flags - {"true", "false"}:
+    try:
+        return sandbox_flag(values)
+    except ValueError as error:
         raise errors.InvalidRequest(
-            "the sandbox header must be 'true' or 'false'",
-            [{"field": "X-MisarMail-Sandbox", "message": "must be 'true' or 'false'"}],
-        )
-    return "true" in flags
+            f"the sandbox header {error}",
+            [{"field": "X-MisarMail-Sandbox", "message": str(error)}],
+        ) from None
 
 
 def _draft(body: SendRequest) -> Draft:
@@ -72,19 +75,16 @@ def _draft(body: SendRequest) -> Draft:
 
 
 def _check_plain_fields(body: SendRequest) -> None:
-    """Fields that reach no header but logs and storage: no control characters, no NUL."""
-    checks: list[tuple[str, str | None, bool]] = [
-        ("alias_id", body.alias_id, True),
-        ("idempotency_key", body.idempotency_key, True),
-    ]
-    checks += [(f"tags[{i}]", tag, True) for i, tag in enumerate(body.tags)]
+    """Fields that reach no header but logs, storage and webhooks: the SMTP door's checks
+    (gateway.fields) for those it carries too, no control characters in metadata keys, no
+    NUL in metadata values."""
+    problems = control_problems(body.alias_id, body.idempotency_key, body.tags)
+    details = [{"field": p.field, "message": p.message} for p in problems]
     for name, value in body.metadata.items():
-        checks += [(f"metadata.{name}", name, True), (f"metadata.{name}", value, False)]
-    details = []
-    for where, text, strict in checks:
-        problem = text_problem(text, header=strict) if text is not None else None
-        if problem:
-            details.append({"field": where, "message": problem})
+        for text, strict in ((name, True), (value, False)):
+            problem = text_problem(text, header=strict)
+            if problem:
+                details.append({"field": f"metadata.{name}", "message": problem})
     if details:
         raise errors.InvalidRequest(f"{details[0]['field']}: {details[0]['message']}", details)
 
@@ -113,7 +113,8 @@ def _parse_and_build(raw: bytes, hostname: str) -> tuple[SendRequest, Built]:
         "Needs `send`, `send:transactional` or `send:marketing` (which keep the message in "
         "that ip_pool); with `X-MisarMail-Sandbox: true` or `X-Postern-Sandbox: true`, the "
         "`sandbox` scope instead, and nothing is delivered. The same `idempotency_key` within "
-        "24 h returns the first result with `idempotent: true` and sends nothing."
+        "24 h returns the first result with `idempotent: true` and sends nothing; with a "
+        "different request (body or sandbox flag) it is a 409 `idempotency_key_reused`."
     ),
     responses={
         200: ("the upstream accepted it (or, sandbox: stored)", SendResponse),
@@ -128,6 +129,7 @@ def _parse_and_build(raw: bytes, hostname: str) -> tuple[SendRequest, Built]:
             "alias not verified yet (alias_not_verified)",
             ErrorResponse,
         ),
+        409: ("idempotency_key_reused: the key was used for another request", ErrorResponse),
         422: ("every recipient suppressed, or the upstream refused it", ErrorResponse),
         503: ("storage failed: nothing was accepted", ErrorResponse),
         507: ("no space left to store it (storage_full): nothing was accepted", ErrorResponse),
@@ -162,6 +164,7 @@ async def send(request: Request) -> Response:
         source="http",
         alias_id=body.alias_id,
         idempotency_key=body.idempotency_key,
+        request_hash=_digest(body, sandbox) if body.idempotency_key is not None else None,
         sandbox=sandbox,
         tags=tuple(body.tags),
         sender=Sender(key.id, key.may_send, key.may_sandbox, key.ip_pools),
@@ -173,6 +176,12 @@ async def send(request: Request) -> Response:
     except Duplicate as duplicate:
         assert body.idempotency_key is not None
         return await _replay(ctx, key, body.idempotency_key, duplicate)
+    except KeyReused:
+        raise errors.IdempotencyKeyReused(
+            "this idempotency_key was used within 24 h for a different request; "
+            "use a new key for a new message",
+            [{"field": "idempotency_key", "message": "already used for a different request"}],
+        ) from None
     except AllSuppressed:
         raise errors.Suppressed() from None
     except UnknownAlias:
@@ -213,6 +222,12 @@ async def send(request: Request) -> Response:
     return JSONResponse(payload, status_code=status)
 
 
+def _digest(body: SendRequest, sandbox: bool) -> str:
+    """The canonical request behind an idempotency key: the body as parsed (defaults
+    filled in, so spelling and key order do not count) and the sandbox flag."""
+    return json_digest({"body": body.model_dump(mode="json", by_alias=True), "sandbox": sandbox})
+
+
 async def _outcome(
     ctx: ApiContext, accepted: Accepted, sandbox: bool
 ) -> tuple[int, dict[str, Any]]:
@@ -222,8 +237,8 @@ async def _outcome(
         "provider": "sandbox" if sandbox else "smtp",
         "timestamp": iso(accepted.message.created_at),
     }
-    if accepted.suppressed:
-        base["suppressed"] = list(accepted.suppressed)
+    if accepted.suppressed:  # `suppressed` itself is seed 001's boolean (the 422)
+        base["suppressed_recipients"] = list(accepted.suppressed)
     status: str | None = "sandbox" if sandbox else None
     if accepted.attempt is not None:
         try:
@@ -288,7 +303,10 @@ async def _replay(
             if not done:
                 body.update(queued=True, message=QUEUED_TEXT)
             response = {"status": 200 if done else 202, "body": body}
-    return JSONResponse({**response["body"], "idempotent": True}, status_code=response["status"])
+    answer = dict(response["body"])
+    if isinstance(answer.get("suppressed"), list):  # saved before it was renamed
+        answer["suppressed_recipients"] = answer.pop("suppressed")
+    return JSONResponse({**answer, "idempotent": True}, status_code=response["status"])
 
 
 PATHS = ("/v1/send", "/mail/v1/send", "/api/v1/send")

@@ -38,6 +38,7 @@ from storage.pools import PoolRecord, pool_records
 SCOPE = "pools"
 BASE = "/api/v1/smtp/configs"
 MAX_PER_PAGE = 100
+MAX_PAGE_NUMBER = 1_000_000
 _ID = [path_parameter("config_id", "the configuration's id (an SMTP pool id)")]
 _NOT_FOUND = ("no such configuration", ErrorResponse)
 _CONFLICT = ("a config-file pool (config_pool), or the name is taken (conflict)", ErrorResponse)
@@ -65,16 +66,12 @@ def encryption(use_tls: bool, port: int) -> str:
 
 async def _caller(request: Request) -> tuple[ApiContext, ApiKeyRecord]:
     ctx: ApiContext = request.app.state.api
-    try:
-        key = await authenticate(request, ctx.keys, ctx.limiter, SCOPE)
-    except errors.RateLimited as limited:
-        raise errors.MailSageRateLimited(limited.extra["retry_after"]) from None
-    return ctx, key
+    return ctx, await authenticate(request, ctx.keys, ctx.limiter, SCOPE)
 
 
 def _page_number(request: Request, name: str, default: int, most: int) -> int:
     raw = request.query_params.get(name, str(default))
-    if not raw.isdigit() or not 1 <= int(raw) <= most:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= most:
         raise errors.InvalidRequest(
             f"{name}: out of bounds", [{"field": name, "message": f"an integer from 1 to {most}"}]
         )
@@ -85,14 +82,22 @@ def _page_number(request: Request, name: str, default: int, most: int) -> int:
     "List SMTP configurations",
     scope=SCOPE,
     parameters=[
-        query_parameter("page", "page number (default 1)", "integer"),
-        query_parameter("per_page", f"items per page, 1 to {MAX_PER_PAGE} (default 20)", "integer"),
+        query_parameter(
+            "page", "page number (default 1)", "integer", minimum=1, maximum=MAX_PAGE_NUMBER
+        ),
+        query_parameter(
+            "per_page",
+            f"items per page, 1 to {MAX_PER_PAGE} (default 20)",
+            "integer",
+            minimum=1,
+            maximum=MAX_PER_PAGE,
+        ),
     ],
     responses={200: ("one page", SmtpConfigPage)},
 )
 async def list_all(request: Request) -> Response:
     ctx, _ = await _caller(request)
-    page = _page_number(request, "page", 1, 1_000_000)
+    page = _page_number(request, "page", 1, MAX_PAGE_NUMBER)
     per_page = _page_number(request, "per_page", 20, MAX_PER_PAGE)
     records = await pool_records(ctx.db)
     chunk = records[(page - 1) * per_page : page * per_page]
@@ -148,13 +153,16 @@ async def update(request: Request) -> Response:
     config_id = request.path_params["config_id"]
     body = parse(ConfigUpdate, await request.body())
     given = body.model_fields_set
-    refuse_nulls(body, {"password"})
+    refuse_nulls(body)
     changes = {name: getattr(body, name) for name in given - {"password", "use_tls"}}
     if "use_tls" in given or "port" in given:
         current = await pool_ops.get(ctx, config_id)
         use_tls = body.use_tls if body.use_tls is not None else current.encryption != "none"
         changes["encryption"] = encryption(use_tls, body.port or current.port)
-    record = await pool_ops.update(ctx, config_id, changes, body.password, "password" in given)
+    partial = not {"username", "use_tls", "host"} <= given
+    record = await pool_ops.update(
+        ctx, config_id, changes, body.password, "password" in given, partial
+    )
     return JSONResponse({**config_json(record), "updated_at": iso(time.time())})
 
 

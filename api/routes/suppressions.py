@@ -17,6 +17,8 @@ from api.auth import authenticate
 from api.context import ApiContext, iso
 from api.openapi import operation, path_parameter, query_parameter
 from api.schemas import (
+    EMAIL,
+    HEADER_TEXT,
     ErrorResponse,
     Ok,
     SuppressionCreate,
@@ -37,6 +39,8 @@ from storage.suppressions import (
 
 SCOPE = "suppressions"
 MAX_PAGE = 1000
+MAX_CURSOR = 320
+_EMAIL = path_parameter("email", "the address", maxLength=254, **EMAIL)
 
 
 def _json(record: SuppressionRecord) -> dict[str, str | None]:
@@ -55,9 +59,19 @@ def _address(value: str, field: str = "email") -> str:
     "List suppressed addresses",
     scope=SCOPE,
     parameters=[
-        query_parameter("reason", f"only this reason: {', '.join(REASONS)}"),
-        query_parameter("limit", f"page size, 1 to {MAX_PAGE} (default 100)", "integer"),
-        query_parameter("cursor", "next_cursor of the previous page"),
+        query_parameter(
+            "reason", f"only this reason: {', '.join(REASONS)} (empty: any)", enum=["", *REASONS]
+        ),
+        query_parameter(
+            "limit",
+            f"page size, 1 to {MAX_PAGE} (default 100)",
+            "integer",
+            minimum=1,
+            maximum=MAX_PAGE,
+        ),
+        query_parameter(
+            "cursor", "next_cursor of the previous page", maxLength=MAX_CURSOR, **HEADER_TEXT
+        ),
     ],
     responses={200: ("one page, in address order", SuppressionList)},
 )
@@ -71,12 +85,12 @@ async def list_all(request: Request) -> Response:
             "reason: unknown", [{"field": "reason", "message": f"one of {', '.join(REASONS)}"}]
         )
     raw_limit = query.get("limit", "100")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE:
+    if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= MAX_PAGE:
         raise errors.InvalidRequest(
             "limit: out of bounds", [{"field": "limit", "message": f"1 to {MAX_PAGE}"}]
         )
     cursor = query.get("cursor") or None
-    if cursor is not None and (len(cursor) > 320 or text_problem(cursor, header=True)):
+    if cursor is not None and (len(cursor) > MAX_CURSOR or text_problem(cursor, header=True)):
         raise errors.InvalidRequest("cursor: invalid", [{"field": "cursor", "message": "invalid"}])
     page, next_cursor = await list_suppressions(ctx.db, reason, int(raw_limit), cursor)
     return JSONResponse(
@@ -108,7 +122,7 @@ async def add(request: Request) -> Response:
 @operation(
     "Get one suppressed address",
     scope=SCOPE,
-    parameters=[path_parameter("email", "the address")],
+    parameters=[_EMAIL],
     responses={200: ("the entry", SuppressionResponse), 404: ("not suppressed", ErrorResponse)},
 )
 async def show(request: Request) -> Response:
@@ -124,7 +138,7 @@ async def show(request: Request) -> Response:
 @operation(
     "Stop suppressing an address",
     scope=SCOPE,
-    parameters=[path_parameter("email", "the address")],
+    parameters=[_EMAIL],
     responses={200: ("removed", Ok), 404: ("not suppressed", ErrorResponse)},
 )
 async def remove(request: Request) -> Response:

@@ -149,7 +149,7 @@ async def change(request: Request) -> Response:
     ctx = await _caller(request)
     body = parse(WebhookUpdate, await request.body())
     given = body.model_fields_set
-    refuse_nulls(body, {"event_types"})  # null event_types: every type
+    refuse_nulls(body)
     changes = {name: getattr(body, name) for name in given}
     current = await _get(ctx, request)
     await _check(
@@ -224,14 +224,20 @@ async def replay(request: Request) -> Response:
     scope=SCOPE,
     parameters=[
         *_ID,
-        query_parameter("limit", f"how many, 1 to {MAX_ATTEMPTS} (default 50)", "integer"),
+        query_parameter(
+            "limit",
+            f"how many, 1 to {MAX_ATTEMPTS} (default 50)",
+            "integer",
+            minimum=1,
+            maximum=MAX_ATTEMPTS,
+        ),
     ],
     responses={200: ("its latest POSTs, newest first", AttemptList), 404: _NOT_FOUND},
 )
 async def deliveries(request: Request) -> Response:
     ctx = await _caller(request)
     raw = request.query_params.get("limit", "50")
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_ATTEMPTS:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_ATTEMPTS:
         raise _bad("limit", f"1 to {MAX_ATTEMPTS}")
     record = await _get(ctx, request)
     rows = await store.attempts(ctx.db, record.id, int(raw))

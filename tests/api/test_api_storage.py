@@ -5,13 +5,14 @@ of several racing nodes, API keys stored as hashes, suppressions keyed by mailbo
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 from sqlalchemy import Connection, text
 
 from gateway.message import Route, Sender, Submission
 from storage import idempotency
-from storage.db import Database
+from storage.db import Database, create_schema
 from storage.keys import (
     UnknownScope,
     create_key,
@@ -128,9 +129,10 @@ async def test_an_expired_reservation_is_taken_over_and_a_live_one_is_not(
     now = 1_000_000.0
 
     async def reserve(message_id: str, at: float) -> str | None:
-        return await backend.transaction(
-            lambda conn: idempotency.reserve(conn, "key_a", "k", message_id, at)
+        holder = await backend.transaction(
+            lambda conn: idempotency.reserve(conn, "key_a", "k", message_id, at, "digest")
         )
+        return None if holder is None else holder.message_id
 
     assert await reserve("msg_1", now) is None
     assert await reserve("msg_2", now + 60) == "msg_1"
@@ -139,3 +141,41 @@ async def test_an_expired_reservation_is_taken_over_and_a_live_one_is_not(
         lambda conn: idempotency.lookup(conn, "key_a", "k", now + idempotency.TTL + 2)
     )
     assert hit is not None and hit.message_id == "msg_3" and hit.response is None
+
+
+async def test_a_reused_key_is_told_from_a_retry_by_the_request_digest(
+    backend: Database,  # noqa: F811
+    make_queue: MakeQueue,  # noqa: F811
+) -> None:
+    queue = await make_queue("node-a")
+    first = await queue.enqueue(replace(submission("k"), request_hash="a" * 64), Route(), False)
+    with pytest.raises(idempotency.Duplicate) as retry:
+        await queue.enqueue(replace(submission("k"), request_hash="a" * 64), Route(), False)
+    assert retry.value.message_id == first.id
+    with pytest.raises(idempotency.KeyReused) as reused:
+        await queue.enqueue(replace(submission("k"), request_hash="b" * 64), Route(), False)
+    assert reused.value.message_id == first.id
+    assert await rows(backend, "SELECT id FROM message") == [(first.id,)]
+
+
+async def test_upgrade_adds_the_request_digest_to_existing_reservations(
+    backend: Database,  # noqa: F811
+    make_queue: MakeQueue,  # noqa: F811
+) -> None:
+    """A schema 4 database gets idempotency.request_hash; its reservations keep working and
+    match any request (they were made without a digest)."""
+    queue = await make_queue("node-a")
+    old = await queue.enqueue(submission("from-v4"), Route(), claim=False)
+
+    def downgrade(conn: Connection) -> None:
+        conn.execute(text("ALTER TABLE idempotency DROP COLUMN request_hash"))
+        conn.execute(text("UPDATE postern_meta SET value = '4' WHERE key = 'schema_version'"))
+
+    await backend.transaction(downgrade)
+    await create_schema(backend)
+    with pytest.raises(idempotency.Duplicate) as retry:
+        await queue.enqueue(replace(submission("from-v4"), request_hash="c" * 64), Route(), False)
+    assert retry.value.message_id == old.id
+    await queue.enqueue(replace(submission("new"), request_hash="d" * 64), Route(), False)
+    with pytest.raises(idempotency.KeyReused):
+        await queue.enqueue(replace(submission("new"), request_hash="e" * 64), Route(), False)

@@ -1,12 +1,17 @@
 """idempotency_key: the same key and API key within 24 h returns the first result with
 `idempotent: true` and sends nothing more, even when the requests race; other keys and
-expired reservations start afresh; the SMTP header carries the same rule.
+expired reservations start afresh; the SMTP header carries the same rule. The same key
+with a different request is refused (409 `idempotency_key_reused`, SMTP 550 5.7.1).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import formatdate
 
 import pytest
 from sqlalchemy import Connection, text
@@ -115,3 +120,108 @@ async def test_smtp_idempotency_header_accepts_once_and_answers_the_first_id(
     await asyncio.sleep(0.3)
     assert len(sink.messages) == 1
     assert b"X-Postern" not in sink.messages[0].data
+
+
+# --- the same key for a different request -------------------------------------------------
+
+
+async def test_the_same_key_with_a_different_body_is_409_and_sends_nothing(
+    api: Api, sink: Sink
+) -> None:
+    key = await api.key("send", "sandbox")
+    first = await api.send(payload(idempotency_key="order-1"), key=key)
+    assert first.status_code == 200
+
+    for other, headers in (
+        (payload(idempotency_key="order-1", subject="Another order"), {}),
+        (payload(idempotency_key="order-1", to=[{"email": "someone-else@example.test"}]), {}),
+        (payload(idempotency_key="order-1"), {"X-MisarMail-Sandbox": "true"}),
+    ):
+        reused = await api.send(other, key=key, headers=headers)
+        assert reused.status_code == 409, reused.text
+        body = reused.json()
+        assert (body["success"], body["code"]) == (False, "idempotency_key_reused")
+        assert body["details"][0]["field"] == "idempotency_key"
+
+    # The same request, spelled differently (key order, defaults written out), is a replay.
+    spelled = {"tags": [], "cc": [], **dict(reversed(payload(idempotency_key="order-1").items()))}
+    again = await api.send(spelled, key=key)
+    assert again.status_code == 200 and again.json()["idempotent"] is True
+    assert again.json()["message_id"] == first.json()["message_id"]
+    await asyncio.sleep(0.2)
+    assert len(sink.messages) == 1
+    assert len(await query(api.svc, "SELECT id FROM message")) == 1
+
+
+async def test_a_different_request_refused_by_policy_is_409_too(api: Api, sink: Sink) -> None:
+    """The reuse is found by the look-up made when policy refuses the retry, as well."""
+    key = await api.key("send", "suppressions")
+    assert (await api.send(payload(idempotency_key="k-policy"), key=key)).status_code == 200
+    gone = {"email": "gone@example.test", "reason": "manual"}
+    await api.http.post(
+        "/api/v1/suppressions", json=gone, headers={"Authorization": f"Bearer {key}"}
+    )
+    other = payload(idempotency_key="k-policy", to=[{"email": "gone@example.test"}])
+    reused = await api.send(other, key=key)
+    assert (reused.status_code, reused.json()["code"]) == (409, "idempotency_key_reused")
+
+
+async def test_a_reservation_from_before_request_digests_replays_any_request(
+    api: Api, sink: Sink
+) -> None:
+    """Rows written by an older Postern (or a node not yet upgraded) have no digest: they
+    answer the first result, as they did; an old saved answer's `suppressed` list is
+    given under its new name."""
+    key = await api.key()
+    first = await api.send(payload(idempotency_key="from-v4"), key=key)
+    old_answer = {**first.json(), "suppressed": ["gone@example.test"]}
+
+    def as_written_by_v4(conn: Connection) -> None:
+        conn.execute(
+            text("UPDATE idempotency SET request_hash = NULL, response = :r"),
+            {"r": json.dumps({"status": 200, "body": old_answer})},
+        )
+
+    await api.svc.db.transaction(as_written_by_v4)
+    again = await api.send(payload(idempotency_key="from-v4", subject="changed"), key=key)
+    assert again.status_code == 200
+    assert again.json()["message_id"] == first.json()["message_id"]
+    assert again.json()["suppressed_recipients"] == ["gone@example.test"]
+    assert "suppressed" not in again.json()
+
+
+def _mime(subject: str, body: str, stamp: int) -> bytes:
+    """A message as a mail library builds it for each copy: a new Date, Message-ID and MIME
+    boundary every time, and the body in another transfer encoding."""
+    message = EmailMessage()
+    message["From"] = "app@sender.test"
+    message["To"] = "rcpt@example.test"
+    message["Subject"] = subject
+    message["Date"] = formatdate(1_700_000_000 + stamp)
+    message["Message-ID"] = f"<copy-{stamp}@sender.test>"
+    message["X-Postern-Idempotency-Key"] = "smtp-order-7"
+    message.set_content(body, cte="quoted-printable" if stamp % 2 else "base64")
+    message.add_alternative(f"<p>{body}</p>", subtype="html")
+    return message.as_bytes(policy=SMTP)
+
+
+async def test_smtp_the_same_key_for_another_message_is_550_and_a_rebuilt_copy_is_not(
+    api: Api, sink: Sink
+) -> None:
+    port, sender, rcpt = api.svc.smtp_port, "app@sender.test", ["rcpt@example.test"]
+    first = await smtp_send(port, sender, rcpt, _mime("Order 7", "Thanks for order 7.", 1))
+    assert first[0] == 250
+    rebuilt = await smtp_send(port, sender, rcpt, _mime("Order 7", "Thanks for order 7.", 2))
+    assert rebuilt == first  # the same logical message: the first id, nothing sent again
+
+    for data, recipients in (
+        (_mime("Order 8", "Thanks for order 7.", 3), rcpt),
+        (_mime("Order 7", "Thanks for order 8.", 4), rcpt),
+        (_mime("Order 7", "Thanks for order 7.", 5), ["other@example.test"]),
+    ):
+        code, reply = await smtp_send(port, sender, recipients, data)
+        assert (code, reply[:5]) == (550, "5.7.1"), reply
+        assert "X-Postern-Idempotency-Key" in reply and first[1].split()[-1] in reply
+    assert await sink.wait_for_async(1, timeout=5)
+    await asyncio.sleep(0.3)
+    assert len(sink.messages) == 1

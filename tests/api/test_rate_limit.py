@@ -1,5 +1,5 @@
-"""`[http] rate_limit` per API key: past it, 429 with `Retry-After` and `retry_after`;
-another key is unaffected; the bucket refills.
+"""`[http] rate_limit` per API key: past it, 429 `rate_limit` (seed 003's code, on every
+route) with `Retry-After` and `retry_after`; another key is unaffected; the bucket refills.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.timeout(30)
 async def test_over_the_limit_is_429_with_retry_after_and_other_keys_go_on(
     api_client: ApiFactory,
 ) -> None:
-    api = await api_client(http={"rate_limit": "2/m"})
+    api = await api_client(http={"rate_limit": "2/minute"})  # the pools' grammar
     busy, calm = await api.key(name="busy"), await api.key(name="calm")
     codes = [(await api.send(key=busy)).status_code for _ in range(2)]
     assert codes == [200, 200]
@@ -25,7 +25,7 @@ async def test_over_the_limit_is_429_with_retry_after_and_other_keys_go_on(
     limited = await api.send(key=busy)
     assert limited.status_code == 429
     body = limited.json()
-    assert body["success"] is False and body["code"] == "rate_limited"
+    assert body["success"] is False and body["code"] == "rate_limit"
     assert 1 <= body["retry_after"] <= 30
     assert limited.headers["Retry-After"] == str(body["retry_after"])
     assert (await api.send(key=calm)).status_code == 200

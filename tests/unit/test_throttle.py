@@ -10,7 +10,8 @@ import pytest
 from gateway import config as cfg
 from gateway.backoff import Backoff, Slots, is_throttling
 from gateway.message import DeliveryResult, Outcome
-from gateway.throttle import Rate, Throttle, parse_rate
+from gateway.rates import Rate, parse_rate
+from gateway.throttle import Throttle
 from gateway.upstream import PoolSettings
 
 
