@@ -138,6 +138,7 @@ class PosternSMTP(ApiKeyAuth, SMTP):
         sessions = self._handler.sessions
         if first and len(sessions) >= self._limits.max_connections:
             self._refused = True
+            metrics.CONNECTIONS_REFUSED.labels(door="smtp").inc()
             transport.write(Reply.TOO_MANY_CONNECTIONS)  # type: ignore[attr-defined]
             transport.close()
             return
