@@ -2,7 +2,8 @@
 
 Served by uvicorn on `[http] listen` in the same process and event loop as the SMTP listener
 and the delivery workers. Without an ApiContext (tests of the bare app) only /healthz,
-/readyz, /metrics and /openapi.json are served.
+/readyz, /metrics and /openapi.json are served. /metrics may instead be served alone on
+`[http] metrics_listen` (metrics_app), and may ask for a key with the `metrics` scope.
 
 Middleware, outermost first: RequestMetrics (every answer is timed, 413s included) ->
 SendRefusals (a refused send is a mail-log line, whoever refused it) -> BodyLimit (a declared
@@ -16,7 +17,7 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable, Collection
-from typing import Any
+from typing import Any, Literal
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import SQLAlchemyError
@@ -28,6 +29,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import errors
+from api.auth import authenticate
 from api.context import ApiContext
 from api.openapi import build_openapi, operation
 from api.routes import aliases, domains, keys, messages, pools, send, smtp_configs, suppressions
@@ -37,6 +39,7 @@ from storage.writer import StorageUnavailable
 
 HealthCheck = Callable[[], Awaitable[None]]
 Readiness = Callable[[], Awaitable[StorageUnavailable | None]]
+MetricsAccess = Literal["open", "key", "elsewhere"]  # "key": scope `metrics`
 _NOT_READY = {"full": "storage_full", "error": "storage_error", "stopped": "writer_stopped"}
 VERSION = "0.1.0"
 
@@ -173,8 +176,45 @@ def _log_refused(scope: Scope, status: int, body: bytes) -> None:
     maillog.reject(stage, peer, reply, " ".join(filter(None, details)))
 
 
+_EXCEPTION_HANDLERS: dict[Any, Callable[..., Any]] = {
+    errors.ApiError: errors.api_error,
+    HTTPException: errors.http_error,
+    SQLAlchemyError: errors.storage_error,
+    StorageUnavailable: errors.storage_error,
+    Exception: errors.internal_error,
+}
+
+
+def metrics_route(api: ApiContext | None, need_key: bool) -> Route:
+    """GET /metrics, open or for a key with the `metrics` scope (`admin` has it too)."""
+
+    @operation(
+        "Prometheus metrics",
+        scope="metrics" if need_key else None,
+        responses={200: ("text exposition format", None)},
+    )
+    async def metrics_endpoint(request: Request) -> Response:
+        if need_key:
+            if api is None:
+                raise errors.Unauthorized()
+            await authenticate(request, api.keys, api.limiter, "metrics")
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return Route("/metrics", metrics_endpoint, methods=["GET"])
+
+
+def metrics_app(api: ApiContext | None, need_key: bool) -> Starlette:
+    """The app of `[http] metrics_listen`: /metrics and nothing else."""
+    app = Starlette(routes=[metrics_route(api, need_key)], exception_handlers=_EXCEPTION_HANDLERS)
+    app.router.redirect_slashes = False
+    return app
+
+
 def create_app(
-    health: HealthCheck, api: ApiContext | None = None, ready: Readiness | None = None
+    health: HealthCheck,
+    api: ApiContext | None = None,
+    ready: Readiness | None = None,
+    metrics_access: MetricsAccess = "open",
 ) -> Starlette:
     @operation(
         "Liveness: the process runs and its database answers",
@@ -214,10 +254,6 @@ def create_app(
         body = {"status": "unavailable", "reason": reason, "error": detail[:200]}
         return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
 
-    @operation("Prometheus metrics", responses={200: ("text exposition format", None)})
-    async def metrics_endpoint(request: Request) -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
     document: dict[str, Any] = {}
 
     @operation("This document", responses={200: ("OpenAPI 3.1", None)})
@@ -229,22 +265,17 @@ def create_app(
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
-        Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]
+    if metrics_access != "elsewhere":
+        routes.insert(2, metrics_route(api, need_key=metrics_access == "key"))
     if api is not None:
         for module in (send, messages, keys, suppressions, pools, smtp_configs, aliases, domains):
             routes.extend(module.routes)
         routes.extend(webhook_routes.routes)
     app = Starlette(
         routes=routes,
-        exception_handlers={
-            errors.ApiError: errors.api_error,
-            HTTPException: errors.http_error,
-            SQLAlchemyError: errors.storage_error,
-            StorageUnavailable: errors.storage_error,
-            Exception: errors.internal_error,
-        },
+        exception_handlers=_EXCEPTION_HANDLERS,
     )
     app.router.redirect_slashes = False  # "/v1/send/" is a JSON 404, not a bare redirect
     app.state.api = api

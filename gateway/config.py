@@ -92,6 +92,16 @@ class HttpConfig:
     body_timeout: float = 60.0  # to receive a whole request body (slow clients: 408)
     rate_limit: str = "50/s"
     public_url: str = ""  # base of links in Postern's own mail; "" = http://<listen>
+    max_connections: int = 1000  # past it a new connection gets a 503 and is closed
+    header_timeout: float = 10.0  # to send a complete request head (slowloris)
+    metrics_listen: tuple[str, int] | None = None  # /metrics there, not on `listen`
+    metrics_auth: bool | None = None  # a key with scope `metrics`; None: off loopback only
+
+    def metrics_need_key(self) -> bool:
+        """Whether /metrics asks for a key: as set, else when served off loopback."""
+        if self.metrics_auth is not None:
+            return self.metrics_auth
+        return not is_loopback((self.metrics_listen or self.listen)[0])
 
 
 @dataclass(frozen=True)
@@ -255,6 +265,19 @@ def _listen_one(value: Any, where: str) -> tuple[str, int]:
     return parse_address(_str(value, where), where)
 
 
+def _listen_optional(value: Any, where: str) -> tuple[str, int] | None:
+    text: str = _str(value, where)
+    return parse_address(text, where) if text else None
+
+
+def _bool_or_auto(value: Any, where: str) -> bool | None:
+    if value == "auto":
+        return None
+    if not isinstance(value, bool):
+        raise ConfigError(f'{where}: expected true, false or "auto", got {value!r}')
+    return value
+
+
 def _rate(value: Any, where: str) -> str:
     """A rate that must be set (`[http] rate_limit`), in gateway.rates' grammar."""
     text = _pool_rate(value, where)
@@ -342,6 +365,10 @@ _SECTIONS: dict[str, tuple[type, dict[str, Converter]]] = {
             "body_timeout": parse_duration,
             "rate_limit": _rate,
             "public_url": _public_url,
+            "max_connections": _positive_int,
+            "header_timeout": _positive_duration,
+            "metrics_listen": _listen_optional,
+            "metrics_auth": _bool_or_auto,
         },
     ),
     "storage": (StorageConfig, {"url": _str, "retention": parse_duration}),
@@ -434,6 +461,8 @@ def _check(config: Config) -> None:
                     f"smtp.listen: {host}:{port} is not loopback; set smtp.require_auth = true "
                     "to listen there (Postern is never an open relay)"
                 )
+    if config.http.metrics_listen is not None and config.http.metrics_listen == config.http.listen:
+        raise ConfigError('http.metrics_listen: must differ from http.listen (or be "")')
     if bool(config.smtp.tls_cert) != bool(config.smtp.tls_key):
         raise ConfigError("smtp: tls_cert and tls_key must be set together")
     for name in ("tls_cert", "tls_key"):

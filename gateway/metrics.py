@@ -53,6 +53,18 @@ HTTP_REQUEST_SECONDS = Histogram(
     buckets=_LATENCY_BUCKETS,
 )
 SMTP_SESSIONS = Gauge("postern_smtp_sessions", "Open SMTP client sessions.")
+CONNECTIONS_REFUSED = Counter(
+    "postern_connections_refused_total",
+    "Client connections closed at once because their door was at its cap (smtp: 421,"
+    " http and metrics: 503).",
+    ["door"],
+)
+HTTP_HEADER_TIMEOUTS = Counter(
+    "postern_http_header_timeouts_total",
+    "HTTP connections closed (408) because a request head did not arrive within"
+    " http.header_timeout.",
+    ["door"],
+)
 WEBHOOK_DELIVERIES = Counter(
     "postern_webhook_deliveries_total",
     "Events sent to webhooks, by outcome (delivered, failed attempt, dropped past max_age).",

@@ -20,30 +20,29 @@ immediate exit. SIGHUP reloads `[[pools]]` and `[policy]` from the config file.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import secrets
 import signal
 import socket
-from collections.abc import Iterator
 from dataclasses import fields, replace
 from pathlib import Path
 
-import uvicorn
 from sqlalchemy.exc import SQLAlchemyError
 
-from api.app import create_app
+from api.app import MetricsAccess, create_app, metrics_app
 from api.auth import RateLimiter
 from api.context import ApiContext
 from api.management import Management
 from gateway import logs, metrics
 from gateway.config import Config, ConfigError, load, server_tls_context
 from gateway.delivery import Delivery, PoolRegistry
+from gateway.descriptors import Budget, TooFewDescriptors, door_budget
 from gateway.direct import DirectRoutes
 from gateway.dkim import Signers
 from gateway.dns import Resolver
 from gateway.hostguard import HostGuard
+from gateway.http_server import DoorLimits, HttpDoor
 from gateway.identities import Identities
 from gateway.instance import DataDirLock, database_of
 from gateway.intake import Intake
@@ -96,14 +95,6 @@ def node_id(data_dir: Path) -> str:
         return value
 
 
-class _EmbeddedUvicorn(uvicorn.Server):
-    """uvicorn without its own signal handlers: the service owns the lifecycle."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 # What SIGHUP applies; every other section needs a restart.
 RELOADED = ("pools", "policy")
 
@@ -118,8 +109,7 @@ class Service:
         self._stopping = asyncio.Event()
         self._reloads: set[asyncio.Task[None]] = set()
         self._servers: list[asyncio.base_events.Server] = []
-        self._http: _EmbeddedUvicorn | None = None
-        self._http_task: asyncio.Task[None] | None = None
+        self._http: list[HttpDoor] = []
 
     async def start(self) -> None:
         data_dir = self.config.server.data_dir
@@ -142,13 +132,19 @@ class Service:
             node = node_id(data_dir)
         except OSError as error:
             raise StartupError(f"cannot use data_dir {data_dir}: {error.strerror}") from None
-        limits = self._listener_limits()  # loads the TLS certificate: fail before any task
+        try:
+            budget = door_budget(config)  # raises the open-file limit, fits the caps under it
+        except TooFewDescriptors as error:
+            raise StartupError(str(error)) from None
+        limits = self._listener_limits(budget)  # loads the TLS certificate: fail before any task
         try:
             self.box = SecretBox.from_environment(data_dir)  # DKIM keys, pool passwords
         except SecretError as error:
             raise StartupError(str(error)) from None
         smtp_sockets = [bind(host, port) for host, port in config.smtp.listen]
         http_socket = bind(*config.http.listen)
+        metrics_listen = config.http.metrics_listen
+        metrics_socket = bind(*metrics_listen) if metrics_listen else None
 
         self.db = open_database(database_url(config.storage.url, data_dir))
         try:
@@ -238,11 +234,7 @@ class Service:
         self.webhooks = await start_webhooks(  # signed event webhooks ([webhooks])
             config.webhooks, self.db, self.writer, self.box, self.api.management().guard, node
         )
-        app = create_app(self.queue.ping, self.api, ready=self.writer.readiness)
-        self._http = _EmbeddedUvicorn(
-            uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False)
-        )
-        self._http_task = loop.create_task(self._http.serve(sockets=[http_socket]))
+        self._start_http(budget, http_socket, metrics_socket)
         log.info(
             "postern %s listening: smtp %s, http %s:%d; database %s",
             node,
@@ -283,14 +275,28 @@ class Service:
             )
         self.registry.load(settings)
 
-    def _listener_limits(self) -> ListenerLimits:
+    def _start_http(
+        self, budget: Budget, http_socket: socket.socket, metrics_socket: socket.socket | None
+    ) -> None:
+        """The API on http.listen; /metrics there or alone on http.metrics_listen."""
+        http = self.config.http
+        need_key = http.metrics_need_key()
+        access: MetricsAccess = "elsewhere" if metrics_socket else "key" if need_key else "open"
+        app = create_app(self.queue.ping, self.api, self.writer.readiness, access)
+        limits = DoorLimits("http", budget.caps["http"], http.header_timeout)
+        self._http.append(HttpDoor(app, http_socket, limits))
+        if metrics_socket is not None:
+            limits = DoorLimits("metrics", budget.caps["metrics"], http.header_timeout)
+            self._http.append(HttpDoor(metrics_app(self.api, need_key), metrics_socket, limits))
+
+    def _listener_limits(self, budget: Budget) -> ListenerLimits:
         smtp = self.config.smtp
         tls_context = server_tls_context(smtp.tls_cert, smtp.tls_key) if smtp.tls_cert else None
         return ListenerLimits(
             hostname=self.config.server.hostname,
             max_message_size=smtp.max_message_size,
             max_recipients=smtp.max_recipients,
-            max_connections=smtp.max_connections,
+            max_connections=budget.caps["smtp"],
             idle_timeout=smtp.idle_timeout,
             session_timeout=smtp.session_timeout,
             require_auth=smtp.require_auth,
@@ -367,8 +373,8 @@ class Service:
         deadline = loop.time() + self.drain_timeout  # deliveries end within it
         for server in self._servers:
             server.close()
-        if self._http is not None:
-            self._http.should_exit = True  # no new HTTP requests; in-flight ones finish
+        for door in self._http:
+            door.close()  # no new HTTP requests; in-flight ones finish
         await self._wait(lambda: self.smtp_handler.submitting == 0, 5.0)
         for session in list(self.smtp_handler.sessions):
             session.abort()
@@ -391,9 +397,8 @@ class Service:
         if hasattr(self, "signers"):
             await self.signers.close()
         await self.writer.stop()
-        if self._http_task is not None:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._http_task, timeout=5)
+        for door in self._http:
+            await door.wait_closed(timeout=5)
         await self.db.dispose()
         self._lock.release()
         log.info("stopped")

@@ -183,6 +183,7 @@ class PosternSMTP(ApiKeyAuth, SMTP):
         sessions = self._handler.sessions
         if first and len(sessions) >= self._limits.max_connections:
             self._refused = True
+            metrics.CONNECTIONS_REFUSED.labels(door="smtp").inc()
             peer = maillog.client(transport.get_extra_info("peername"))
             maillog.reject("CONNECT", peer, Reply.TOO_MANY_CONNECTIONS.decode().strip(), "")
             transport.write(Reply.TOO_MANY_CONNECTIONS)  # type: ignore[attr-defined]

@@ -35,6 +35,7 @@ SCOPES = (
     "suppressions",
     "keys",
     "webhooks",
+    "metrics",
     "admin",
 )
 CACHE_SECONDS = 2.0  # how long a node may keep using a key revoked elsewhere

@@ -35,7 +35,7 @@ async def test_every_route_and_method_is_documented(api: Api) -> None:
     assert response.status_code == 200
     document = response.json()
     assert document["openapi"].startswith("3.")
-    app = api.svc._http.config.app  # type: ignore[union-attr]
+    app = api.svc._http[0].server.config.app
     served = {
         (re.sub(r"{(\w+):\w+}", r"{\1}", route.path), method.lower())
         for route in app.routes

@@ -488,3 +488,46 @@ def test_invalid_toml(tmp_path: Path, text: str) -> None:
     message = str(caught.value)
     assert str(path) in message and "TOML" in message and "line" in message
     assert "\n" not in message
+
+
+# --- [http] connection limits and /metrics --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[http]\nmax_connections = 0\n", "http.max_connections"),
+        ('[http]\nheader_timeout = "0s"\n', "http.header_timeout"),
+        ('[http]\nmetrics_listen = "127.0.0.1"\n', "http.metrics_listen"),
+        ('[http]\nmetrics_auth = "yes"\n', "http.metrics_auth"),
+        ("[http]\nmetrics_auth = 1\n", "http.metrics_auth"),
+        ('[http]\nlisten = "127.0.0.1:81"\nmetrics_listen = "127.0.0.1:81"\n', "metrics_listen"),
+    ],
+)
+def test_http_limits_refused(tmp_path: Path, text: str, key: str) -> None:
+    assert key in refusal(tmp_path, text)
+
+
+@pytest.mark.parametrize(
+    ("http", "need_key"),
+    [
+        ("", False),  # the defaults: loopback, open as before
+        ('listen = "0.0.0.0:8080"', True),  # auto: off loopback, a key
+        ('listen = "0.0.0.0:8080"\nmetrics_listen = "127.0.0.1:9102"', False),
+        ('metrics_listen = "[::]:9102"', True),
+        ('metrics_listen = "192.0.2.1:9102"\nmetrics_auth = false', False),  # public, explicitly
+        ("metrics_auth = true", True),
+        ('metrics_auth = "auto"', False),
+    ],
+)
+def test_metrics_need_a_key_off_loopback_unless_told(
+    tmp_path: Path, http: str, need_key: bool
+) -> None:
+    config = load(write(tmp_path, f"[http]\n{http}\n"))
+    assert config.http.metrics_need_key() is need_key
+
+
+def test_metrics_listen_parsed(tmp_path: Path) -> None:
+    config = load(write(tmp_path, '[http]\nmetrics_listen = "127.0.0.1:9102"\n'))
+    assert config.http.metrics_listen == ("127.0.0.1", 9102)
+    assert Config().http.metrics_listen is None
