@@ -186,7 +186,8 @@ async def test(request: Request) -> Response:
         "latencyMs": result.latency_ms,
     }
     if not result.success:
-        answer.update(error=result.error, code=result.code)
+        answer.update(error=result.error, code=result.code, reason=result.reason)
+        answer.update(reply=result.reply)
     if sent is None:
         return JSONResponse(answer)
     if sent.outcome == "refused":

@@ -54,6 +54,7 @@ def config_json(record: PoolRecord) -> dict[str, Any]:
         "is_default": record.is_default,
         "use_tls": record.encryption != "none",
         "created_at": iso(record.created_at),
+        "has_password": record.has_password,
     }
 
 
@@ -218,6 +219,7 @@ async def test(request: Request) -> Response:
             result.message,
             result.error or "the test failed",
             result.latency_ms,
+            extra={"reason": result.reason, "reply": result.reply},
         )
     if sent.outcome == "refused":
         raise pool_ops.refused(result, sent)
