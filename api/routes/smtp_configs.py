@@ -191,7 +191,8 @@ async def remove(request: Request) -> Response:
     parameters=_ID,
     description=(
         "Connects (EHLO, TLS, AUTH) and sends a test email to `recipient` through this "
-        "configuration. 200 once the upstream accepted it within `handoff_timeout`; 202 "
+        "configuration (the key needs a send scope covering its ip_pool as well as "
+        "`pools`). 200 once the upstream accepted it within `handoff_timeout`; 202 "
         "`queued: true` (with `message_id`) when it has not answered yet (the email is "
         "retried). A failed connection is a 400 whose `code` names the stage: "
         "smtp_connection_error, smtp_tls_error, smtp_auth_error or timeout; a refused email "
@@ -205,6 +206,7 @@ async def remove(request: Request) -> Response:
             "refused the email (upstream_rejected)",
             ErrorResponse,
         ),
+        403: ("the key lacks `pools` or a send scope for this pool", ErrorResponse),
         404: _NOT_FOUND,
     },
 )
