@@ -19,9 +19,12 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import update
 
 from gateway import smtp_auth
+from storage import pools
 from storage.keys import CACHE_SECONDS
+from storage.pools import config_pool_id
 from tests.api import conftest as api_fixtures
 from tests.api.conftest import Api, ApiFactory, auth, payload
 from tests.api.resources import POOLS, call, create_pool
@@ -205,6 +208,31 @@ async def test_every_endpoint_field_clears_the_password_unless_one_is_given(
         api, "PATCH", f"{POOLS}/{pool_id}", key, {"port": 2526, "password": "new-pw"}
     )
     assert restored.json()["has_password"] is True
+
+
+async def test_a_config_pool_password_goes_only_to_the_endpoint_its_file_declares(
+    api_client: ApiFactory, sinks: list[Sink], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nodes sharing a database sync their own `[[pools]]` into the same row: when another
+    node's file (here: an UPDATE as its sync would make) moved the pool, this node's
+    password from its environment must not follow the stored host."""
+    production = Sink(auth=(USER, SECRET)).start()
+    attacker = Sink(auth=(USER, "whatever")).start()
+    sinks += [production, attacker]
+    monkeypatch.setenv("POSTERN_TEST_POOL_PW", SECRET)
+    declared = {
+        "name": "cfg", "host": "127.0.0.1", "port": production.port, "encryption": "none",
+        "username": USER, "password_env": "POSTERN_TEST_POOL_PW",
+    }  # fmt: skip
+    api = await api_client(pools=[declared])
+    key = await api.key("pools")
+    pool_id = config_pool_id("cfg")
+    assert (await call(api, "POST", f"{POOLS}/{pool_id}/test", key)).json()["success"] is True
+    moved = update(pools.P).where(pools.P.c.id == pool_id).values(port=attacker.port)
+    await api.svc.db.transaction(lambda conn: conn.execute(moved))
+    answer = (await call(api, "POST", f"{POOLS}/{pool_id}/test", key)).json()
+    assert answer["success"] is False
+    assert not [pw for _, pw in attacker.auth_attempts if pw == SECRET]
 
 
 @pytest.fixture
