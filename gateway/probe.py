@@ -107,8 +107,8 @@ def failed(
     reason: str, detail: str, reply: str | None, password: str, started: float | None = None
 ) -> ProbeResult:
     """The outcome of a failed test; `detail` is Postern's own text, `reply` sanitised."""
-    if reply and password:
-        reply = reply.replace(password, "***")
+    if reply:  # masked before it is cut, so that no part of the password survives
+        reply = (reply.replace(password, "***") if password else reply)[:MAX_REPLY].rstrip()
     text = f"{detail}: {reply}" if reply else detail
     code, summary = _REASONS[reason]
     latency = _elapsed(started) if started is not None else 0
@@ -124,7 +124,7 @@ def smtp_reply(error: BaseException) -> str | None:
     """The server's reply behind `error` when it is a well-formed SMTP reply (2xx-5xx)."""
     if not isinstance(error, SMTPResponseException) or not 200 <= error.code <= 599:
         return None
-    return printable(f"{error.code} {error.message}", MAX_REPLY).rstrip()
+    return printable(f"{error.code} {error.message}", 4 * MAX_REPLY).rstrip()
 
 
 async def _connect(target: Target, addresses: Sequence[str], timeout: float) -> socket.socket:
@@ -209,7 +209,8 @@ def _classify(error: BaseException, stage: str) -> _Failed:
             "tls_failed", "tls: STARTTLS failed" if reply else f"tls: {_local(error)}", reply
         )
     if stage == "auth":
-        return _Failed("auth_failed", "auth: the server refused the credentials", reply)
+        detail = "the server refused the credentials" if reply else _local(error)
+        return _Failed("auth_failed", f"auth: {detail}", reply)
     if reply is not None:
         return _Failed("rejected", f"{stage}: the server refused", reply)
     return _Failed("connect_failed", f"{stage}: {_local(error)}")
