@@ -1,40 +1,15 @@
 """Who is calling: `Authorization: Bearer msk_...` -> an API key record, its scopes, and a
-per-key rate limit (a token bucket per node, sized by `[http] rate_limit`).
+per-key rate limit (a token bucket per node, sized by `[http] rate_limit`, that the SMTP
+listener draws on too: gateway.ratelimit).
 """
 
 from __future__ import annotations
 
-import time
-
 from starlette.requests import Request
 
 from api.errors import Forbidden, RateLimited, Unauthorized
-from gateway.rates import parse_rate
+from gateway.ratelimit import RateLimiter
 from storage.keys import ApiKeyRecord, KeyStore
-
-
-class RateLimiter:
-    """Token buckets, one per API key: `count` requests of burst, refilled over the rate's
-    window (gateway.rates' grammar, as for pools)."""
-
-    def __init__(self, rate: str) -> None:
-        parsed = parse_rate(rate)
-        if parsed is None:
-            raise ValueError("an API rate limit cannot be empty")
-        self.capacity = float(parsed.count)
-        self.per_second = parsed.per_second
-        self._buckets: dict[str, tuple[float, float]] = {}  # key id -> (tokens, at)
-
-    def take(self, key_id: str) -> float:
-        """0.0 when the request may go ahead, else the seconds until it could."""
-        now = time.monotonic()
-        tokens, at = self._buckets.get(key_id, (self.capacity, now))
-        tokens = min(self.capacity, tokens + (now - at) * self.per_second)
-        if tokens >= 1.0:
-            self._buckets[key_id] = (tokens - 1.0, now)
-            return 0.0
-        self._buckets[key_id] = (tokens, now)
-        return (1.0 - tokens) / self.per_second
 
 
 def bearer(request: Request) -> str | None:

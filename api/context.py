@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from api.auth import RateLimiter
 from api.errors import Unavailable
 from api.management import Management
 from gateway.intake import Intake
 from gateway.queue import Queue
+from gateway.ratelimit import RateLimiter
 from gateway.suppressions import SuppressionCache
 from gateway.tasks import cancel_and_wait
 from storage.db import Database

@@ -28,12 +28,12 @@ from gateway.intake import AllSuppressed, NoRoute, NotPermitted, UnknownAlias, U
 from gateway.message import Sender, Submission
 from gateway.message_builder import BuildError, Draft, Mailbox, build, text_problem
 from gateway.pool_secrets import seal
-from gateway.probe import CONNECTION, ProbeResult, Target, probe
+from gateway.probe import ProbeResult, Target, failed, probe
 from gateway.rates import parse_rate
 from storage import pools
 from storage.keys import ApiKeyRecord
 from storage.messages import message_state
-from storage.pools import PoolRecord
+from storage.pools import PoolRecord, same_endpoint
 
 _HOST = re.compile(HOST_PATTERN)
 
@@ -218,15 +218,8 @@ async def test(
         problem = text_problem(recipient, header=True) or envelope_problem(recipient)
         if problem:
             raise _bad("recipient", problem)
-    live = manage.live(record.id)
-    target = Target(
-        host=record.host,
-        port=record.port,
-        encryption=record.encryption,
-        username=record.username,
-        password=live.password if live is not None else "",
-        tls_verify=record.tls_verify,
-    )
+        may_send_through(key, record)
+    target = await _target(manage, record)
     try:
         addresses = await manage.guard.resolve(record.host, record.port)
     except HostRefused as refused:
@@ -234,7 +227,7 @@ async def test(
             f"host: {refused}", [{"field": "host", "message": str(refused)}]
         ) from None
     except HostUnresolved as unresolved:
-        return ProbeResult(False, "SMTP connection failed", 0, str(unresolved), CONNECTION), None
+        return failed("connect_failed", str(unresolved), None, ""), None
     result = await probe(
         target, addresses, local_hostname=manage.hostname, timeout=manage.probe_timeout
     )
@@ -243,6 +236,36 @@ async def test(
     if not record.is_active:
         raise errors.Conflict("the pool is inactive: a test message would not go through it")
     return result, await _send_test_message(ctx, key, record, recipient)
+
+
+def may_send_through(key: ApiKeyRecord, record: PoolRecord) -> None:
+    """A test message is mail like any other: the key needs a send scope that covers the
+    pool's ip_pool, as well as `pools` (403 otherwise, before anything is sent)."""
+    allowed = key.ip_pools
+    if not key.may_send or (allowed is not None and record.ip_pool not in allowed):
+        raise errors.Forbidden(
+            f"sending a test message needs a send scope for ip_pool {record.ip_pool!r} "
+            "('send' or 'send:<ip_pool>') as well as 'pools'"
+        )
+
+
+async def _target(manage: Management, record: PoolRecord) -> Target:
+    """What to test: the pool as stored, with the password delivery holds for it only when
+    that was loaded for the same endpoint (another node may have changed the host a moment
+    ago: this node's registry then still pairs the old host with the old password)."""
+    live = manage.live(record.id)
+    if live is None or not same_endpoint(live, record):
+        await manage.reload_pools()
+        live = manage.live(record.id)
+    fresh = live is not None and same_endpoint(live, record)
+    return Target(
+        host=record.host,
+        port=record.port,
+        encryption=record.encryption,
+        username=record.username,
+        password=live.password if live is not None and fresh else "",
+        tls_verify=record.tls_verify,
+    )
 
 
 async def _send_test_message(
@@ -271,7 +294,7 @@ async def _send_test_message(
         source="http",
         alias_id=record.id,
         tags=("pool-test",),
-        sender=Sender(key.id, may_send=True, may_sandbox=False),
+        sender=Sender(key.id, key.may_send, may_sandbox=False, ip_pools=key.ip_pools),
         # Postern's own address needs no verified domain; an operator's from_email does.
         system=not record.from_email,
     )

@@ -144,7 +144,10 @@ class SmtpPool(BaseModel):
     rate: str = Field(description='e.g. "100/min"; "" = none')
     daily_limit: int = Field(description="0 = none")
     source: Literal["api", "config"] = Field(description="config: read-only over the API")
-    has_password: bool
+    has_password: bool = Field(
+        description="a password is stored (write-only); a change of host, port, encryption, "
+        "tls_verify or username without a new password clears it"
+    )
 
 
 class SmtpPoolList(RootModel[list[SmtpPool]]):
@@ -168,6 +171,15 @@ class PoolTestResult(BaseModel):
     code: (
         Literal["smtp_connection_error", "smtp_auth_error", "smtp_tls_error", "timeout"] | None
     ) = Field(None, description="failure only")
+    reason: (
+        Literal["connect_failed", "not_smtp", "rejected", "tls_failed", "auth_failed", "timeout"]
+        | None
+    ) = Field(None, description="failure only: what failed")
+    reply: str | None = Field(
+        None,
+        description="failure only: the server's SMTP reply that made it fail (code and "
+        "printable ASCII text, truncated); null when there was none",
+    )
     message_id: str | None = Field(None, description="with a recipient: the test message")
     queued: bool | None = Field(None, description="202: not accepted yet, retried")
 
@@ -212,6 +224,10 @@ class SmtpConfig(BaseModel):
     is_default: bool
     use_tls: bool
     created_at: str
+    has_password: bool = Field(
+        description="a password is stored (write-only); a change of host, port, use_tls or "
+        "username without a new password clears it"
+    )
     updated_at: str | None = None
 
 

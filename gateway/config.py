@@ -83,6 +83,9 @@ class SmtpConfig:
     session_timeout: float = 3600.0
     tls_cert: str = ""
     tls_key: str = ""
+    # Failed AUTH allowed per client address (IPv4, IPv6 /64) across all its connections.
+    auth_failures_per_address: str = "30/h"
+    auth_failures_per_minute: int = 0  # from every address together; 0 = no such limit
 
 
 @dataclass(frozen=True)
@@ -355,6 +358,8 @@ _SECTIONS: dict[str, tuple[type, dict[str, Converter]]] = {
             "session_timeout": _positive_duration,
             "tls_cert": _str,
             "tls_key": _str,
+            "auth_failures_per_address": _rate,
+            "auth_failures_per_minute": _non_negative_int,
         },
     ),
     "http": (

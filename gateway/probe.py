@@ -3,11 +3,15 @@
     connect (to an address HostGuard checked) -> greeting -> EHLO -> STARTTLS or implicit
     TLS, per `encryption` -> AUTH (when a username is set) -> QUIT
 
-One outcome, never an exception: success, or the stage that failed as a code the API
-answers (SEED 003): `smtp_connection_error` (refused, unreachable, dropped, bad greeting),
-`smtp_tls_error` (no STARTTLS offered, handshake or certificate failure),
-`smtp_auth_error` (no AUTH offered, credentials refused) or `timeout`. The password never
-appears in what is returned, even when a server echoes it back.
+One outcome, never an exception: success, or what failed as a `reason`
+(connect_failed, not_smtp, rejected, tls_failed, auth_failed, timeout) and the code the
+API answers for it (SEED 003): `smtp_connection_error` (the first three),
+`smtp_tls_error`, `smtp_auth_error` or `timeout`.
+
+Whoever may edit a pool chooses the host, so what comes back is the peer's word only as a
+sanitised SMTP reply (a 2xx-5xx code and printable ASCII, truncated): a service that does
+not speak SMTP (an SSH banner, an HTTP page) is `not_smtp` and none of its bytes are
+repeated. The password never appears in what is returned, even when a server echoes it.
 """
 
 from __future__ import annotations
@@ -22,10 +26,10 @@ from dataclasses import dataclass
 
 import aiosmtplib
 from aiosmtplib import (
-    SMTPAuthenticationError,
     SMTPException,
     SMTPHeloError,
     SMTPResponseException,
+    SMTPServerDisconnected,
 )
 
 from gateway.hostguard import connect_first
@@ -35,12 +39,16 @@ AUTH = "smtp_auth_error"
 TLS = "smtp_tls_error"
 TIMEOUT = "timeout"
 
-_MESSAGES = {
-    CONNECTION: "SMTP connection failed",
-    AUTH: "SMTP authentication failed",
-    TLS: "SMTP TLS negotiation failed",
-    TIMEOUT: "SMTP server timed out",
+# reason -> the API's code, and the summary it answers
+_REASONS = {
+    "connect_failed": (CONNECTION, "SMTP connection failed"),
+    "not_smtp": (CONNECTION, "SMTP connection failed"),
+    "rejected": (CONNECTION, "SMTP connection failed"),
+    "tls_failed": (TLS, "SMTP TLS negotiation failed"),
+    "auth_failed": (AUTH, "SMTP authentication failed"),
+    "timeout": (TIMEOUT, "SMTP server timed out"),
 }
+MAX_REPLY = 200  # characters of an SMTP reply repeated back
 
 
 @dataclass(frozen=True)
@@ -61,15 +69,18 @@ class ProbeResult:
     success: bool
     message: str
     latency_ms: int
-    error: str | None = None
-    code: str | None = None
+    error: str | None = None  # what failed, in Postern's words, then the sanitised reply
+    code: str | None = None  # the API's code (smtp_connection_error, ...)
+    reason: str | None = None  # connect_failed | not_smtp | rejected | tls_failed | ...
+    reply: str | None = None  # the server's SMTP reply that made it fail, sanitised
 
 
 class _Failed(Exception):
-    def __init__(self, code: str, detail: str) -> None:
+    def __init__(self, reason: str, detail: str, reply: str | None = None) -> None:
         super().__init__(detail)
-        self.code = code
+        self.reason = reason
         self.detail = detail
+        self.reply = reply
 
 
 async def probe(
@@ -84,9 +95,9 @@ async def probe(
     try:
         await asyncio.wait_for(_dialogue(target, addresses, local_hostname, timeout), timeout * 4)
     except _Failed as failure:
-        return _result(started, target, failure.code, failure.detail)
+        return failed(failure.reason, failure.detail, failure.reply, target.password, started)
     except TimeoutError:
-        return _result(started, target, TIMEOUT, "the test took too long")
+        return failed("timeout", "the test took too long", None, target.password, started)
     return ProbeResult(True, "SMTP connection successful", _elapsed(started))
 
 
@@ -94,20 +105,37 @@ def _elapsed(started: float) -> int:
     return round((time.perf_counter() - started) * 1000)
 
 
-def _result(started: float, target: Target, code: str, detail: str) -> ProbeResult:
-    text = " ".join(detail.split())[:500]
-    if target.password:
-        text = text.replace(target.password, "***")
-    return ProbeResult(False, _MESSAGES[code], _elapsed(started), text, code)
+def failed(
+    reason: str, detail: str, reply: str | None, password: str, started: float | None = None
+) -> ProbeResult:
+    """The outcome of a failed test; `detail` is Postern's own text, `reply` sanitised."""
+    if reply:  # masked before it is cut, so that no part of the password survives
+        reply = (reply.replace(password, "***") if password else reply)[:MAX_REPLY].rstrip()
+    text = f"{detail}: {reply}" if reply else detail
+    code, summary = _REASONS[reason]
+    latency = _elapsed(started) if started is not None else 0
+    return ProbeResult(False, summary, latency, printable(text, 500), code, reason, reply)
+
+
+def printable(text: str, limit: int) -> str:
+    """One line of printable ASCII, at most `limit` characters."""
+    return "".join(c if " " <= c <= "~" else " " for c in " ".join(text.split()))[:limit]
+
+
+def smtp_reply(error: BaseException) -> str | None:
+    """The server's reply behind `error` when it is a well-formed SMTP reply (2xx-5xx)."""
+    if not isinstance(error, SMTPResponseException) or not 200 <= error.code <= 599:
+        return None
+    return printable(f"{error.code} {error.message}", 4 * MAX_REPLY).rstrip()
 
 
 async def _connect(target: Target, addresses: Sequence[str], timeout: float) -> socket.socket:
     try:
         return await connect_first(addresses, target.port, timeout)
     except TimeoutError as error:
-        raise _Failed(TIMEOUT, str(error)) from None
+        raise _Failed("timeout", str(error)) from None
     except OSError as error:
-        raise _Failed(CONNECTION, str(error)) from None
+        raise _Failed("connect_failed", str(error)) from None
 
 
 async def _dialogue(
@@ -134,13 +162,13 @@ async def _dialogue(
         if target.encryption == "tls":
             stage = "tls"
             if not client.supports_extension("starttls"):
-                raise _Failed(TLS, "the server does not offer STARTTLS")
+                raise _Failed("tls_failed", "tls: the server does not offer STARTTLS")
             await client.starttls(server_hostname=target.host.strip("[]"))
         if target.username:
             stage = "auth"
             await client.ehlo()
             if not client.supports_extension("auth"):
-                raise _Failed(AUTH, "the server does not offer AUTH")
+                raise _Failed("auth_failed", "auth: the server does not offer AUTH")
             await client.login(target.username, target.password)
         stage = "quit"
         with contextlib.suppress(SMTPException, OSError):
@@ -158,31 +186,50 @@ async def _dialogue(
 
 
 def _classify(error: BaseException, stage: str) -> _Failed:
-    detail = _describe(error)
+    """What went wrong at `stage`, in Postern's words: nothing the peer sent is kept but a
+    well-formed SMTP reply."""
     if isinstance(error, TimeoutError):
-        return _Failed(TIMEOUT, f"{stage}: {detail}")
-    if _caused_by_tls(error) or stage == "tls":
-        return _Failed(TLS, f"{stage}: {detail}")
-    if stage == "auth" or isinstance(error, SMTPAuthenticationError):
-        return _Failed(AUTH, detail)
-    return _Failed(CONNECTION, f"{stage}: {detail}")
+        return _Failed("timeout", f"{stage}: no answer in time")
+    tls = _tls_error(error)
+    if tls is not None:
+        return _Failed("tls_failed", f"{stage}: {_tls_text(tls)}")
+    reply = smtp_reply(error)
+    if isinstance(error, SMTPResponseException) and reply is None:
+        return _Failed("not_smtp", f"{stage}: the server did not answer in SMTP")
+    if stage == "tls":
+        return _Failed(
+            "tls_failed", "tls: STARTTLS failed" if reply else f"tls: {_local(error)}", reply
+        )
+    if stage == "auth":
+        detail = "the server refused the credentials" if reply else _local(error)
+        return _Failed("auth_failed", f"auth: {detail}", reply)
+    if reply is not None:
+        return _Failed("rejected", f"{stage}: the server refused", reply)
+    return _Failed("connect_failed", f"{stage}: {_local(error)}")
 
 
-def _caused_by_tls(error: BaseException | None) -> bool:
+def _tls_error(error: BaseException | None) -> ssl.SSLError | ssl.CertificateError | None:
     seen = 0
     while error is not None and seen < 5:
         if isinstance(error, ssl.SSLError | ssl.CertificateError):
-            return True
+            return error
         error = error.__cause__ or error.__context__
         seen += 1
-    return False
+    return None
 
 
-def _describe(error: BaseException) -> str:
-    if isinstance(error, SMTPResponseException):
-        return f"{error.code} {error.message}"
-    cause = error.__cause__
-    text = str(error) or error.__class__.__name__
-    if cause is not None and str(cause) and str(cause) not in text:
-        text = f"{text} ({cause})"
-    return text
+def _tls_text(error: ssl.SSLError | ssl.CertificateError) -> str:
+    """OpenSSL's own words (a reason code, the certificate check's verdict)."""
+    verdict = getattr(error, "verify_message", None)
+    if verdict:
+        return f"certificate verify failed: {verdict}"
+    return str(getattr(error, "reason", None) or error.__class__.__name__)
+
+
+def _local(error: BaseException) -> str:
+    """A failure that carries no reply: how the connection ended, in the OS's words."""
+    if isinstance(error, SMTPServerDisconnected):
+        return "the server closed the connection"
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return error.__class__.__name__

@@ -27,15 +27,15 @@ import signal
 import socket
 from dataclasses import fields, replace
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from api.app import MetricsAccess, create_app, metrics_app
-from api.auth import RateLimiter
 from api.context import ApiContext
 from api.management import Management
 from gateway import logs, metrics
-from gateway.config import Config, ConfigError, load, server_tls_context
+from gateway.config import Config, ConfigError, PoolConfig, load, server_tls_context
 from gateway.delivery import Delivery, PoolRegistry
 from gateway.descriptors import Budget, TooFewDescriptors, door_budget
 from gateway.direct import DirectRoutes
@@ -48,6 +48,7 @@ from gateway.instance import DataDirLock, database_of
 from gateway.intake import Intake
 from gateway.pool_secrets import unseal
 from gateway.queue import Queue
+from gateway.ratelimit import RateLimiter
 from gateway.retention import Retention
 from gateway.secrets import SecretBox, SecretError, bind_to_database
 from gateway.signing_process import SigningProcess
@@ -57,7 +58,7 @@ from gateway.upstream import PoolSettings, SessionSettings
 from gateway.webhooks import start_webhooks
 from storage.db import SchemaError, create_schema, database_url, open_database, prepare_data_dir
 from storage.keys import KeyStore
-from storage.pools import list_pools, sync_config_pools
+from storage.pools import list_pools, same_endpoint, sync_config_pools
 from storage.writer import StorageUnavailable, Writer
 
 log = logging.getLogger("postern")
@@ -208,7 +209,8 @@ class Service:
         )
 
         self.keys = KeyStore(self.db)  # API keys: HTTP bearer tokens and SMTP AUTH passwords
-        self.smtp_handler = PosternHandler(self.intake, limits, self.keys, self.writer)
+        limiter = RateLimiter(config.http.rate_limit)  # per key, across both doors
+        self.smtp_handler = PosternHandler(self.intake, limits, self.keys, self.writer, limiter)
         loop = asyncio.get_running_loop()
         for sock in smtp_sockets:
             self._servers.append(await loop.create_server(self.smtp_handler.protocol, sock=sock))
@@ -217,7 +219,7 @@ class Service:
             writer=self.writer,
             intake=self.intake,
             keys=self.keys,
-            limiter=RateLimiter(config.http.rate_limit),
+            limiter=limiter,
             suppressions=self.queue.suppressions,
             hostname=config.server.hostname,
             handoff_timeout=delivery_cfg.handoff_timeout,
@@ -250,8 +252,8 @@ class Service:
         settings = []
         for row in await list_pools(self.db):
             password = (
-                config_pools[row.name].password()
-                if row.source == "config" and row.name in config_pools
+                _config_password(row, config_pools.get(row.name))
+                if row.source == "config"
                 else unseal(self.box, row)  # API pools: AES-GCM, bound to the pool id
             )
             settings.append(
@@ -301,6 +303,8 @@ class Service:
             session_timeout=smtp.session_timeout,
             require_auth=smtp.require_auth,
             tls_context=tls_context,
+            auth_failures_per_address=smtp.auth_failures_per_address,
+            auth_failures_per_minute=smtp.auth_failures_per_minute,
         )
 
     def request_stop(self, sig: signal.Signals | None = None) -> None:
@@ -409,6 +413,21 @@ class Service:
         deadline = loop.time() + timeout
         while not condition() and loop.time() < deadline:  # type: ignore[operator]
             await asyncio.sleep(0.02)
+
+
+def _config_password(row: Any, declared: PoolConfig | None) -> str:
+    """A config pool's password (from this node's environment) goes only to the endpoint
+    this node's file declares with it: nodes sharing a database may disagree for a while,
+    and the row holds whichever file was synced last."""
+    if declared is None or not same_endpoint(row, declared):
+        if declared is not None and declared.password():
+            log.warning(
+                "pool %r: the stored host, port, encryption or username differ from this "
+                "node's config file; its password is not used until they agree",
+                row.name,
+            )
+        return ""
+    return declared.password()
 
 
 def _count_write_failure(failure: StorageUnavailable) -> None:

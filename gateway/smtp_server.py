@@ -35,8 +35,9 @@ from gateway.intake import (
 )
 from gateway.message import Submission
 from gateway.queue import new_id_for
+from gateway.ratelimit import RateLimiter
 from gateway.request_digest import smtp_digest
-from gateway.smtp_auth import ApiKeyAuth, AuthThrottle, is_loopback, sender_of
+from gateway.smtp_auth import ApiKeyAuth, AuthThrottle, is_loopback, key_refusal, sender_of
 from storage.keys import KeyStore
 from storage.writer import StorageFull, StorageUnavailable, Writer
 
@@ -126,6 +127,8 @@ class ListenerLimits:
     session_timeout: float = 3600.0  # the whole session, however busy
     require_auth: bool = False
     tls_context: ssl.SSLContext | None = None
+    auth_failures_per_address: str = "30/h"  # failed AUTH per client address, all connections
+    auth_failures_per_minute: int = 0  # failed AUTH from everyone; 0 = no limit
 
 
 _SMTP = TypeVar("_SMTP", bound=type[SMTP])
@@ -291,13 +294,17 @@ class PosternHandler:
         limits: ListenerLimits,
         keys: KeyStore | None = None,
         storage: Writer | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self._intake = intake
         self._limits = limits
         self.keys = keys  # AUTH passwords are API keys; None: nobody can log in
         self._storage = storage  # a disk known to be full refuses at MAIL, not after DATA
+        self._limiter = limiter  # per API key, shared with the HTTP API
         # Not `auth_*`: aiosmtpd offers every handler attribute of that name as a mechanism.
-        self.login_throttle = AuthThrottle()
+        self.login_throttle = AuthThrottle(
+            limits.auth_failures_per_address, limits.auth_failures_per_minute
+        )
         self.sessions: set[PosternSMTP] = set()
         self.submitting = 0  # end-of-data commits under way
         self._date = (0, "")  # (second, its RFC 5322 date): made once a second, not per message
@@ -330,6 +337,9 @@ class PosternHandler:
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
+        refusal = await key_refusal(session, self.keys, self._limiter)
+        if refusal:  # the key was revoked since AUTH, or is over its rate
+            return refusal
         if address != NULL_SENDER:
             problem = envelope_problem(address)
             if problem:

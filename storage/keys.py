@@ -183,13 +183,15 @@ class KeyStore:
 
     Only hits are cached (for CACHE_SECONDS), keyed by the secret's hash, so a revocation
     on another node or from the CLI takes effect here within that time; one on this node
-    at once.
+    at once. `still_active` answers the same for a key already authenticated (an SMTP
+    session asks at every MAIL), with the same bound.
     """
 
     def __init__(self, db: Database, ttl: float = CACHE_SECONDS) -> None:
         self._db = db
         self._ttl = ttl
         self._cache: dict[str, tuple[float, ApiKeyRecord]] = {}
+        self._active: dict[str, float] = {}  # key id -> until when it is known active
 
     async def authenticate(self, secret: str) -> ApiKeyRecord | None:
         digest = hash_secret(secret)
@@ -206,8 +208,23 @@ class KeyStore:
         self._cache[digest] = (now + self._ttl, record)
         return record
 
+    async def still_active(self, key_id: str) -> bool:
+        """Whether the key has not been revoked (as of at most CACHE_SECONDS ago)."""
+        now = time.monotonic()
+        if self._active.get(key_id, 0.0) > now:
+            return True
+        record = await get_key(self._db, key_id)
+        if record is None or record.revoked_at is not None:
+            self._active.pop(key_id, None)
+            return False
+        if len(self._active) > 10_000:  # bounded: drop everything rather than grow
+            self._active.clear()
+        self._active[key_id] = now + self._ttl
+        return True
+
     def forget(self, key_id: str) -> None:
         """Drop a key from the cache (it was just revoked here)."""
+        self._active.pop(key_id, None)
         for digest, (_, record) in list(self._cache.items()):
             if record.id == key_id:
                 del self._cache[digest]

@@ -46,6 +46,10 @@ _FIELDS = (
     "daily_limit",
 )
 EDITABLE = frozenset(_FIELDS)
+# Where the password goes and under what protection: changing any of these without giving
+# a password again clears the stored one, so that nobody who may edit pools (but never read
+# a password) can point a pool at a host of theirs and have its password sent there.
+ENDPOINT = ("host", "port", "encryption", "tls_verify", "username")
 _DEFAULT_LOCK = 7302  # PostgreSQL advisory lock: one default-changing transaction at a time
 
 Seal = Callable[[str], str]  # pool id -> password ciphertext bound to it ("" = no password)
@@ -213,7 +217,9 @@ async def create_pool(db: Database, values: Mapping[str, Any], seal: Seal) -> Po
 async def update_pool(
     db: Database, pool_id: str, changes: Mapping[str, Any], seal: Seal | None = None
 ) -> PoolRecord:
-    """Change an API pool; `seal` (when given) replaces its password."""
+    """Change an API pool; `seal` (when given) replaces its password. Without one, a
+    change of the pool's ENDPOINT clears the password (decided against the row as it is in
+    this transaction, so a concurrent change cannot slip in between)."""
     unknown = set(changes) - EDITABLE
     if unknown:
         raise ValueError(f"not pool fields: {sorted(unknown)}")
@@ -233,6 +239,8 @@ async def update_pool(
         values = dict(changes)
         if password_enc is not None:
             values["password_enc"] = password_enc
+        elif row.password_enc and moves_endpoint(row, changes):
+            values["password_enc"] = ""
         if values:
             conn.execute(update(P).where(P.c.id == pool_id).values(**values))
         return _record(conn.execute(select(P).where(P.c.id == pool_id)).one())
@@ -241,6 +249,23 @@ async def update_pool(
         return await db.transaction(work)
     except IntegrityError:
         raise PoolNameTaken(f"a pool named {changes.get('name')!r} already exists") from None
+
+
+def same_endpoint(current: Any, other: Any) -> bool:
+    """Whether two pools (rows, records or configs) send AUTH to the same place the same way."""
+    return all(_same(name, getattr(current, name), getattr(other, name)) for name in ENDPOINT)
+
+
+def moves_endpoint(row: Any, changes: Mapping[str, Any]) -> bool:
+    return any(
+        not _same(name, getattr(row, name), changes[name]) for name in ENDPOINT if name in changes
+    )
+
+
+def _same(name: str, old: Any, new: Any) -> bool:
+    if name == "host" and isinstance(old, str) and isinstance(new, str):
+        return old.lower().rstrip(".") == new.lower().rstrip(".")  # DNS names ignore case
+    return bool(old == new)
 
 
 async def delete_pool(

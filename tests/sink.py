@@ -287,6 +287,7 @@ class Sink:
         self.commands: list[tuple[int, str]] = []
         self.hung: list[str] = []  # the stage of every hang begun, in order
         self.auth_logins: list[str] = []
+        self.auth_attempts: list[tuple[str, str]] = []  # every (login, password) offered
         self.connections_total = 0
         self.connections_open = 0
         self.max_connections_open = 0
@@ -523,6 +524,8 @@ class Sink:
         if isinstance(auth_data, LoginPassword):
             login = auth_data.login.decode("utf-8", "replace")
             password = auth_data.password.decode("utf-8", "replace")
+            with self._lock:
+                self.auth_attempts.append((login, password))
             if (login, password) == self.auth:
                 with self._lock:
                     self.auth_logins.append(login)

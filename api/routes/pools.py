@@ -161,18 +161,24 @@ async def remove(request: Request) -> Response:
     parameters=_ID,
     description=(
         "EHLO, STARTTLS or implicit TLS per `encryption`, AUTH when a username is set, QUIT. "
-        'No body is needed; with `{"recipient": ...}` a test message is also sent through '
+        'No body is needed; with `{"recipient": ...}` (the key then needs a send scope that '
+        "covers the pool's ip_pool too) a test message is also sent through "
         "this pool (stored and delivered like any other message) and its `message_id` "
         "returned: 200 once the upstream accepted it within `handoff_timeout`, 400 "
         "`upstream_rejected` naming the reply when it refused it, 202 `queued: true` when it "
         "has not answered yet (the message is retried). A failed connection test is a 200 "
-        "with `success: false`, `error` and `code`."
+        "with `success: false`, `code`, `reason`, `reply` (the server's SMTP reply, "
+        "sanitised, or null: nothing else the server sent is repeated) and `error`."
     ),
     responses={
         200: ("the outcome", PoolTestResult),
         202: ("the test message is queued: not accepted yet", PoolTestResult),
         400: ("a bad field, a denied host, or the upstream refused the message", ErrorResponse),
-        403: ("the key lacks the scope, or from_email is unverified", ErrorResponse),
+        403: (
+            "the key lacks the scope (with a recipient: a send scope too), or from_email is "
+            "unverified",
+            ErrorResponse,
+        ),
         404: _NOT_FOUND,
     },
 )
@@ -188,7 +194,8 @@ async def test(request: Request) -> Response:
         "latencyMs": result.latency_ms,
     }
     if not result.success:
-        answer.update(error=result.error, code=result.code)
+        answer.update(error=result.error, code=result.code, reason=result.reason)
+        answer.update(reply=result.reply)
     if sent is None:
         return JSONResponse(answer)
     if sent.outcome == "refused":

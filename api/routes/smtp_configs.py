@@ -55,6 +55,7 @@ def config_json(record: PoolRecord) -> dict[str, Any]:
         "is_default": record.is_default,
         "use_tls": record.encryption != "none",
         "created_at": iso(record.created_at),
+        "has_password": record.has_password,
     }
 
 
@@ -198,7 +199,8 @@ async def remove(request: Request) -> Response:
     parameters=_ID,
     description=(
         "Connects (EHLO, TLS, AUTH) and sends a test email to `recipient` through this "
-        "configuration. 200 once the upstream accepted it within `handoff_timeout`; 202 "
+        "configuration (the key needs a send scope covering its ip_pool as well as "
+        "`pools`). 200 once the upstream accepted it within `handoff_timeout`; 202 "
         "`queued: true` (with `message_id`) when it has not answered yet (the email is "
         "retried). A failed connection is a 400 whose `code` names the stage: "
         "smtp_connection_error, smtp_tls_error, smtp_auth_error or timeout; a refused email "
@@ -212,6 +214,7 @@ async def remove(request: Request) -> Response:
             "refused the email (upstream_rejected)",
             ErrorResponse,
         ),
+        403: ("the key lacks `pools` or a send scope for this pool", ErrorResponse),
         404: _NOT_FOUND,
     },
 )
@@ -226,6 +229,7 @@ async def test(request: Request) -> Response:
             result.message,
             result.error or "the test failed",
             result.latency_ms,
+            extra={"reason": result.reason, "reply": result.reply},
         )
     if sent.outcome == "refused":
         raise pool_ops.refused(result, sent)

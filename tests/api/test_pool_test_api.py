@@ -40,7 +40,7 @@ async def test_success_without_a_body(api: Api, sink: Sink) -> None:
 
 
 async def test_with_a_recipient_a_test_message_goes_through_the_pool(api: Api, sink: Sink) -> None:
-    key = await api.key("pools")
+    key = await api.key("pools", "send")
     other = Sink().start()
     try:
         pool_id = (await create_pool(api, key, other, from_email="ops@sender.test"))["id"]
@@ -97,7 +97,7 @@ async def test_timeout(api_client: ApiFactory, sink: Sink) -> None:
 
 
 async def test_a_stored_host_now_in_a_denied_network_is_refused_at_test_time(api: Api) -> None:
-    key = await api.key("pools")
+    key = await api.key("pools", "send")
     # Written behind the API's back (an old row, or a name that now resolves elsewhere).
     record = await pools.create_pool(
         api.svc.db,
@@ -120,7 +120,7 @@ async def test_unknown_pool_and_bad_recipient(api: Api, sink: Sink) -> None:
 async def test_mailsage_test_sends_and_names_failures_in_its_codes(
     api: Api, sink: Sink, auth_sink: Sink
 ) -> None:
-    key = await api.key("pools")
+    key = await api.key("pools", "send")
     ok = await call(
         api, "POST", CONFIGS, key,
         {"name": "ok", "host": "127.0.0.1", "port": sink.port, "use_tls": False,
@@ -163,7 +163,7 @@ async def test_mailsage_test_sends_and_names_failures_in_its_codes(
 
 async def test_the_test_message_and_the_sender_policy(api_client: ApiFactory, sink: Sink) -> None:
     api = await api_client(policy={"sender": "verified"})
-    key = await api.key("pools")
+    key = await api.key("pools", "send")
     own = (await create_pool(api, key, sink, name="own"))["id"]  # From postern@<hostname>
     sent = await call(api, "POST", f"{POOLS}/{own}/test", key, {"recipient": "me@example.test"})
     assert sent.status_code == 200 and sent.json()["message_id"]
@@ -182,7 +182,7 @@ async def test_the_test_message_and_the_sender_policy(api_client: ApiFactory, si
 async def test_a_test_message_the_upstream_refuses_is_a_400_naming_its_reply(
     api: Api, sink: Sink
 ) -> None:
-    key = await api.key("pools")
+    key = await api.key("pools", "send")
     pool_id = (await create_pool(api, key, sink))["id"]
     sink.fail("rcpt", "550 5.7.1 relaying denied")  # not 5.1.x: the address stays usable
     for path in (f"{POOLS}/{pool_id}/test", f"{CONFIGS}/{pool_id}/test"):
@@ -197,7 +197,7 @@ async def test_a_test_message_not_accepted_within_the_handoff_says_it_is_queued(
     api_client: ApiFactory, sink: Sink
 ) -> None:
     api = await api_client(delivery={"handoff_timeout": "0.5s", "command_timeout": "5s"})
-    key = await api.key("pools")
+    key = await api.key("pools", "send")
     pool_id = (await create_pool(api, key, sink))["id"]
     sink.fail("mail", "451 4.3.0 not now", times=1)  # deferred at once
     pending = await call(api, "POST", f"{POOLS}/{pool_id}/test", key, {"recipient": "a@x.test"})

@@ -287,12 +287,15 @@ async def test_auth_failures_slow_down_only_the_client_that_fails(
     svc = await service(smtp={"require_auth": True})
     guesser = await _auth_client(svc.smtp_port, "127.0.0.1")
     other = await _auth_client(svc.smtp_port, "127.0.0.2")  # another client address
+    again = None
     try:
         waits = [await _failed_auth(guesser) for _ in range(3)]
         assert waits[2] >= 0.75, waits
-        # The guesser's fourth failure waits 1.6 s; meanwhile the other client's first
-        # failure is answered after its own base delay, not after the guesser's.
-        slow = asyncio.create_task(_failed_auth(guesser))
+        # Its session is over after three failures; on a new connection the guesser's
+        # fourth failure waits 1.6 s; meanwhile the other client's first failure is
+        # answered after its own base delay, not after the guesser's.
+        again = await _auth_client(svc.smtp_port, "127.0.0.1")
+        slow = asyncio.create_task(_failed_auth(again))
         await asyncio.sleep(0.05)
         quick = await _failed_auth(other)
         assert quick < 1.2, f"another client waited {quick:.2f}s for the guesser's failures"
@@ -300,6 +303,8 @@ async def test_auth_failures_slow_down_only_the_client_that_fails(
     finally:
         await guesser.close()
         await other.close()
+        if again is not None:
+            await again.close()
 
 
 def test_ipv6_clients_are_throttled_per_64_and_a_spray_does_not_reset_a_guesser() -> None:

@@ -98,3 +98,11 @@ async def test_the_password_is_scrubbed_from_an_echoing_server(sink: Sink) -> No
     result = await run(sink, username="u", password=SECRET)
     assert SECRET not in (result.error or "") and "***" in (result.error or "")
     assert SECRET not in repr(Target(LOOPBACK, 25, "tls", "u", SECRET))
+
+
+async def test_an_echoed_password_is_masked_before_the_reply_is_cut(sink: Sink) -> None:
+    sink.fail("connect", "554 5.7.0 " + "x" * 185 + SECRET)  # the cut falls inside it
+    result = await run(sink, username="u", password=SECRET)
+    assert result.reason == "rejected" and result.reply is not None
+    assert len(result.reply) <= 200 and SECRET[:5] not in result.reply
+    assert SECRET[:5] not in (result.error or "")

@@ -1,0 +1,61 @@
+"""Token buckets by name, in memory (one node): the per-API-key rate limit that the HTTP API
+and the SMTP listener share (`[http] rate_limit`: a key's requests and SMTP messages draw on
+one bucket), and the budgets of failed SMTP AUTH attempts.
+
+A full bucket is the same as none, so memory stays bounded by dropping full buckets first
+(then the fullest) when there are too many names.
+"""
+
+from __future__ import annotations
+
+import time
+
+from gateway.rates import parse_rate
+
+MAX_NAMES = 50_000
+
+
+class RateLimiter:
+    """Token buckets, one per name: `count` of burst, refilled over `period`."""
+
+    def __init__(self, rate: str, max_names: int = MAX_NAMES) -> None:
+        parsed = parse_rate(rate)  # the one grammar, as for pools
+        if parsed is None:
+            raise ValueError("a rate limit cannot be empty")
+        self.capacity = float(parsed.count)
+        self.per_second = parsed.per_second
+        self._max_names = max_names
+        self._buckets: dict[str, tuple[float, float]] = {}  # name -> (tokens, at)
+
+    def take(self, name: str) -> float:
+        """0.0 when one more may go ahead (a token is taken), else the seconds until it could."""
+        now = time.monotonic()
+        tokens = self._tokens(name, now)
+        if tokens >= 1.0:
+            self._store(name, tokens - 1.0, now)
+            return 0.0
+        self._store(name, tokens, now)
+        return (1.0 - tokens) / self.per_second
+
+    def give_back(self, name: str) -> None:
+        """Return a token taken for something that turned out not to count."""
+        now = time.monotonic()
+        self._store(name, min(self.capacity, self._tokens(name, now) + 1.0), now)
+
+    def _tokens(self, name: str, now: float) -> float:
+        tokens, at = self._buckets.get(name, (self.capacity, now))
+        return min(self.capacity, tokens + (now - at) * self.per_second)
+
+    def _store(self, name: str, tokens: float, now: float) -> None:
+        if name not in self._buckets and len(self._buckets) >= self._max_names:
+            self._shrink(now)
+        self._buckets[name] = (tokens, now)
+
+    def _shrink(self, now: float) -> None:
+        """Forget full buckets; if that is not enough, keep the emptiest half (those in
+        use: a spray of one-off names must not reset the bucket of a busy one)."""
+        levels = {name: self._tokens(name, now) for name in self._buckets}
+        kept = {name: level for name, level in levels.items() if level < self.capacity}
+        if len(kept) >= self._max_names:
+            kept = dict(sorted(kept.items(), key=lambda item: item[1])[: self._max_names // 2])
+        self._buckets = {name: (level, now) for name, level in kept.items()}
