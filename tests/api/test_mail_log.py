@@ -162,6 +162,10 @@ async def test_a_failed_auth_names_mechanism_user_and_key_but_never_the_secret(
     assert (await client.command("AUTH LOGIN")).code == 334
     await client.command(base64.b64encode(wrong.encode()).decode())  # the key as user name
     assert (await client.command(base64.b64encode(wrong.encode()).decode())).code == 535
+    await client.close()  # the third failure ends the session (a 421 follows)
+    client = await RawClient.connect(api.svc.smtp_port)
+    second = f"[127.0.0.1]:{local_port(client)}"
+    await client.ehlo("client.test")
     assert (await client.command("AUTH PLAIN !!!")).code == 501
     await client.close()
 
@@ -174,6 +178,7 @@ async def test_a_failed_auth_names_mechanism_user_and_key_but_never_the_secret(
         "mechanism=LOGIN user=<(hidden: looks like a key)> key=unknown" + tail,
     ]
     assert "501 5.5.2 Can't decode base64" in mail_log.one("reject: AUTH ", "501 ")
+    assert second in mail_log.one("reject: AUTH ", "501 ")
     text = mail_log.output.getvalue()
     assert wrong not in text and reader_secret not in text
     assert "msk_" not in text
