@@ -19,15 +19,18 @@ from gateway import maillog, metrics, simulator
 from gateway.backoff import is_throttling
 from gateway.direct import DIRECT, DirectRoutes
 from gateway.message import DeliveryResult, Outcome, QueuedMessage, Route
-from gateway.queue import AttemptRecord, Queue
-from gateway.routing import candidates, default_route, describe
+from gateway.queue import NO_POOL, AttemptRecord, Queue
+from gateway.routing import candidates, current, describe
 from gateway.throttle import Throttle, Ticket, Wait, show_limits
 from gateway.upstream import PoolSettings, PoolUnavailable, SessionSettings, UpstreamPool, deferred
 from storage.writer import StorageUnavailable
 
 log = logging.getLogger("postern.delivery")
 
-NO_POOL_WAIT = 60.0  # seconds between looks for an active pool on a route that has none
+# A route with no active pool is looked at again after NO_POOL_WAIT seconds, doubling up to
+# NO_POOL_WAIT_MAX while the reason stays the same; a change of pools wakes it at once.
+NO_POOL_WAIT = 60.0
+NO_POOL_WAIT_MAX = 900.0
 # At shutdown, transactions still waiting for an upstream are cut off this long before the
 # drain deadline, so that their outcome is recorded by then.
 CUT_OFF_GRACE = 1.0
@@ -324,12 +327,10 @@ class Delivery:
         self, message: QueuedMessage
     ) -> tuple[dict[str, DeliveryResult], str | None]:
         pools = self._registry.settings()
-        route = message.route
-        if route.direct:  # queued while no pool existed: a pool added since takes it
-            route = default_route([pool for pool in pools if pool.is_active])
+        route = current(message.route, pools)  # default-routed mail: today's default
         pool_ids = candidates(route, pools, set())
         if not pool_ids:
-            if route.direct and self._direct is not None:  # still no pool at all: MX
+            if route.direct and self._direct is not None:  # no pool at all: MX
                 return await self._direct.deliver(message), DIRECT
             return self._unserved(message, route), None
         if message.retried_at is not None:  # an operator's retry: the route's pools afresh
@@ -374,12 +375,12 @@ class Delivery:
         if route.direct:
             text = "no active pool, and direct delivery is off"
         else:
-            text = f"waiting: no active pool for {describe(route)}"
+            text = f"{NO_POOL} for {describe(route)}"
         deadline = message.created_at + self._queue.max_age
         now = time.time()
         if not route.direct and now < deadline:
             label = route.pool_id or route.ip_pool or ""
-            until = min(now + NO_POOL_WAIT, deadline)
+            until = min(now + _no_pool_wait(message, text, now), deadline)
             raise Postponed(Wait(pool=label, reason="no_pool", until=until, text=text))
         return dict.fromkeys(message.recipients, deferred(text, "4.4.3"))
 
@@ -434,6 +435,14 @@ class Postponed(Exception):
     def __init__(self, wait: Wait) -> None:
         super().__init__(wait.text)
         self.wait = wait
+
+
+def _no_pool_wait(message: QueuedMessage, text: str, now: float) -> float:
+    """NO_POOL_WAIT, or twice the last wait (up to NO_POOL_WAIT_MAX) when the message was
+    already waiting for the same reason."""
+    if message.last_response != text:
+        return NO_POOL_WAIT
+    return min(max(2 * (now - message.updated_at), NO_POOL_WAIT), NO_POOL_WAIT_MAX)
 
 
 def _may_have_reached(result: DeliveryResult) -> bool:

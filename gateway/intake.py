@@ -226,10 +226,12 @@ class Intake:
         allowed = sender.ip_pools
         if allowed is None or self._group(route) in allowed:
             return route
-        if not submission.alias_id:
-            active = {pool.ip_pool for pool in self._registry.settings() if pool.is_active}
-            for group in sorted(allowed):
-                if group in active:
+        if not submission.alias_id:  # its own group: an active one, else one that waits
+            settings = self._registry.settings()
+            active = {pool.ip_pool for pool in settings if pool.is_active}
+            known = {pool.ip_pool for pool in settings}
+            for group in sorted(allowed, key=lambda group: (group not in active, group)):
+                if group in known:
                     return Route(ip_pool=group)
         pools = ", ".join(sorted(allowed)) or "none"
         raise NotPermitted(f"this API key may only send through ip_pool {pools}")

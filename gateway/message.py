@@ -39,10 +39,14 @@ class Submission:
 
 @dataclass(frozen=True)
 class Route:
-    """Where a message goes: one pool by id, a group of pools by ip_pool, or direct MX."""
+    """Where a message goes: one pool by id, a group of pools by ip_pool, or direct MX.
+
+    `default`: chosen by default (no alias_id, no From alias), so chosen again at each
+    attempt; an explicit route keeps to its pool or group."""
 
     pool_id: str | None = None
     ip_pool: str | None = None
+    default: bool = False
 
     @property
     def direct(self) -> bool:
@@ -112,6 +116,10 @@ class QueuedMessage:
     # of retry_schedule. None: a scheduled attempt.
     retried_at: float | None = None
     forced_attempts: int = 0  # earlier attempts that operators' retries asked for
+    # As stored when claimed: why it last waited or failed, and when that was written (a
+    # message waiting for a pool backs off while the reason stays the same).
+    last_response: str | None = None
+    updated_at: float = 0.0
 
     @property
     def schedule_steps(self) -> int:

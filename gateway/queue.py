@@ -52,10 +52,12 @@ S = Suppression.__table__  # type: ignore[attr-defined]
 T = MessageTag.__table__  # type: ignore[attr-defined]
 
 ACTIVE_STATES = ("queued", "deferred")
+# How last_response begins while a message waits for its route to have an active pool.
+NO_POOL = "waiting: no active pool"
 # What a claim reads of each message (its recipients and body come next).
 _CLAIMED = (
     M.c.id, M.c.mail_from, M.c.attempts, M.c.created_at, M.c.ip_pool, M.c.pool_id,
-    M.c.retried_at, M.c.forced_attempts,
+    M.c.retried_at, M.c.forced_attempts, M.c.last_response, M.c.updated_at, M.c.route_default,
 )  # fmt: skip
 
 _ids = random.Random(secrets.randbits(128))  # seeded once: os.urandom per id costs a syscall
@@ -152,6 +154,7 @@ class Queue:
                 "alias_id": submission.alias_id,
                 "ip_pool": route.ip_pool,
                 "pool_id": route.pool_id,
+                "route_default": route.default,
                 "last_pool": None,
                 "attempts": 0,
                 "size": len(submission.content),
@@ -292,10 +295,12 @@ class Queue:
                 content=bodies.get(row.id, b""),
                 attempts=row.attempts,
                 created_at=row.created_at,
-                route=Route(pool_id=row.pool_id, ip_pool=row.ip_pool),
+                route=Route(pool_id=row.pool_id, ip_pool=row.ip_pool, default=row.route_default),
                 any_bounced=row.id in bounced,
                 retried_at=row.retried_at,
                 forced_attempts=row.forced_attempts,
+                last_response=row.last_response,
+                updated_at=row.updated_at,
             )
             for row in rows
         ]
@@ -447,21 +452,37 @@ class Queue:
 
     async def postpone(self, message: QueuedMessage, until: float, pool: str, reason: str) -> None:
         """Give back a message this node holds, `deferred` until `until` because `pool` is
-        over its rate or daily limit: a `deferred` event per waiting recipient says why, but
-        no attempt is counted and no retry schedule step taken (the message did nothing
-        wrong). Written only if the claim still held, like an attempt."""
+        over its rate or daily limit, or its route has no active pool: a `deferred` event per
+        waiting recipient says why (once: not again while the reason stays the same), but no
+        attempt is counted and no retry schedule step taken (the message did nothing wrong).
+        Written only if the claim still held, like an attempt."""
         now = time.time()
         why = reason[:1000]
-        rows = [
-            events.row(events.DEFERRED, message.id, "deferred", now, rcpt, pool=pool,
-                       attempt=message.attempts, response=why)
-            for rcpt in message.recipients
-        ]  # fmt: skip
         batch = Batch()
-        _add_events_if_stamped(batch, message.id, rows, now, message.attempts)
+        if why != message.last_response:
+            rows = [
+                events.row(events.DEFERRED, message.id, "deferred", now, rcpt, pool=pool,
+                           attempt=message.attempts, response=why)
+                for rcpt in message.recipients
+            ]  # fmt: skip
+            _add_events_if_stamped(batch, message.id, rows, now, message.attempts)
         params = {"m_id": message.id, "node": self.node_id, "due": until, "why": why, "now": now}
         batch.first = lambda conn: conn.execute(sql.POSTPONE, params).rowcount > 0
         await self._writer.submit(batch)
+
+    async def wake_pool_waiters(self) -> int:
+        """Make the messages waiting for an active pool due now (the pools changed);
+        returns how many."""
+        now = time.time()
+        waiting = update(M).where(
+            M.c.due_at > now,
+            M.c.claimed_by.is_(None),
+            M.c.status == "deferred",
+            M.c.last_response.startswith(NO_POOL, autoescape=True),
+        )
+        return await self._writer.submit(
+            lambda conn: conn.execute(waiting.values(due_at=now)).rowcount
+        )
 
     @property
     def max_age(self) -> float:

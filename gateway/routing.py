@@ -4,11 +4,14 @@ Order (SPEC "Routing"):
 1. `alias_id` names a pool -> that pool; names a verified alias -> the alias's ip_pool
    group; names nothing -> UnknownRoute, an alias not yet verified -> AliasNotVerified.
 2. A verified alias whose email is the From address -> its ip_pool group.
-3. The default pool, else the `transactional` group, else the group of the first pool.
-4. No active pool at all -> direct delivery to the recipients' MX hosts.
-A route chosen by 1 or 2 must have an active pool now (else NoActivePool), and keeps to it:
-mail queued for a pool or group that has lost its active pools waits for them, never going
-out another way (`candidates` is then empty). Each refusal is a 4xx / 550 at the door.
+3. The default pool, else the `transactional` group, else the group of the first pool
+   (among active pools; when every pool is inactive, among all: the mail waits for them).
+4. No pool at all -> direct delivery to the recipients' MX hosts.
+A route chosen by 1 or 2 is explicit: it must have an active pool now (else NoActivePool),
+and keeps to it: mail queued for a pool or group that has lost its active pools waits for
+them, never going out another way (`candidates` is then empty). Each refusal is a 4xx / 550
+at the door. A route chosen by 3 or 4 is the default (`Route.default`): it is chosen again
+at each attempt (`current`), so queued mail follows the operator's new default pool.
 """
 
 from __future__ import annotations
@@ -78,7 +81,7 @@ def choose_route(
     for alias in aliases:
         if alias.is_verified and alias.ip_pool and alias.key == sender:
             return _served(Route(ip_pool=alias.ip_pool), active)
-    return default_route(active)
+    return default_route(pools)
 
 
 def _by_alias_id(alias_id: str, pools: Sequence[PoolLike], aliases: Sequence[AliasView]) -> Route:
@@ -113,16 +116,25 @@ def describe(route: Route) -> str:
     return f"ip_pool {route.ip_pool}" if route.ip_pool else "direct delivery"
 
 
-def default_route(active: Sequence[PoolLike]) -> Route:
-    for pool in active:
-        if pool.is_default:
-            return Route(pool_id=pool.id)
-    if any(pool.ip_pool == DEFAULT_GROUP for pool in active):
-        return Route(ip_pool=DEFAULT_GROUP)
-    if active:
-        first = min(active, key=lambda pool: (pool.priority, pool.id))
-        return Route(ip_pool=first.ip_pool)
-    return Route()
+def default_route(pools: Sequence[PoolLike]) -> Route:
+    """The default route among the active pools; when every pool is inactive (paused), the
+    one it would be among all of them, which waits; direct delivery only with no pool."""
+    active = [pool for pool in pools if pool.is_active]
+    for group in (active, pools):
+        for pool in group:
+            if pool.is_default:
+                return Route(pool_id=pool.id, default=True)
+        if any(pool.ip_pool == DEFAULT_GROUP for pool in group):
+            return Route(ip_pool=DEFAULT_GROUP, default=True)
+        if group:
+            first = min(group, key=lambda pool: (pool.priority, pool.id))
+            return Route(ip_pool=first.ip_pool, default=True)
+    return Route(default=True)
+
+
+def current(route: Route, pools: Sequence[PoolLike]) -> Route:
+    """The route to try now: an explicit one as chosen; the default as it is now."""
+    return default_route(pools) if route.default else route
 
 
 def candidates(route: Route, pools: Sequence[PoolLike], unhealthy: set[str]) -> list[str]:

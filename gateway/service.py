@@ -276,6 +276,14 @@ class Service:
                 )
             )
         self.registry.load(settings)
+        # Mail waiting for an active pool is looked at again now, not at its next poll.
+        try:
+            woken = await self.queue.wake_pool_waiters()
+        except StorageUnavailable as error:  # they wait for their next look instead
+            log.warning("waking the mail waiting for a pool failed: %s", error)
+            return
+        if woken and hasattr(self, "delivery"):
+            self.delivery.wake()
 
     def _start_http(
         self, budget: Budget, http_socket: socket.socket, metrics_socket: socket.socket | None

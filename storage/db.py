@@ -191,6 +191,7 @@ _ADDED_COLUMNS = (
     ("message", "retried_at", "FLOAT"),
     ("message", "forced_attempts", "INTEGER NOT NULL DEFAULT 0"),
     ("idempotency", "request_hash", "VARCHAR(64)"),  # NULL: a reservation that matches any
+    ("message", "route_default", "BOOLEAN NOT NULL DEFAULT FALSE"),
 )
 
 # Run once, right after their column was added, to fill it in for the rows already there.
@@ -200,6 +201,16 @@ _BACKFILLS = {
         " WHERE message_meta.message_id = message.id)"
         " WHERE EXISTS (SELECT 1 FROM message_meta WHERE message_meta.message_id = message.id"
         " AND message_meta.api_key_id IS NOT NULL)"
+    ),
+    # Older rows did not say whether their route was the default. Read as the default (it
+    # follows the current default pool) only what can have been nothing else: a pool id
+    # without an alias_id (aliases route by group; a pool id came from alias_id or the
+    # default) or no route at all (direct, queued while no pool existed). A group without
+    # an alias_id may have come from a From alias or a key's own group: read as explicit,
+    # it keeps to that group, as it did.
+    ("message", "route_default"): (
+        "UPDATE message SET route_default = TRUE WHERE alias_id IS NULL"
+        " AND (pool_id IS NOT NULL OR ip_pool IS NULL)"
     ),
     # Schema 3 fanned events out to webhook_delivery rows: each webhook's cursor starts
     # before the first event it was still owed or that was not yet fanned out (on

@@ -7,7 +7,7 @@ Bodies live in their own table so that scans of `message` never drag them along.
 
 from __future__ import annotations
 
-from sqlalchemy import DDL, BigInteger, Column, Index, Integer, LargeBinary, Text, text
+from sqlalchemy import DDL, BigInteger, Boolean, Column, Index, Integer, LargeBinary, Text, text
 from sqlalchemy.event import listen
 from sqlmodel import Field, SQLModel
 
@@ -52,6 +52,11 @@ class Message(SQLModel, table=True):
     alias_id: str | None = None  # routing hint from the client
     ip_pool: str | None = Field(default=None, max_length=64)  # route group chosen at intake
     pool_id: str | None = Field(default=None, max_length=64)  # route pool chosen at intake
+    # The route was the default (no alias_id, no From alias): delivery follows the default
+    # of the moment instead of pool_id / ip_pool (gateway.routing.current).
+    route_default: bool = Field(
+        default=False, sa_column=Column(Boolean, nullable=False, server_default=text("false"))
+    )
     last_pool: str | None = Field(default=None, max_length=128)  # pool of the last attempt
     attempts: int = 0
     size: int = 0

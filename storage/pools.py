@@ -6,14 +6,19 @@ At most one pool is the default. Making an API pool the default clears the flag 
 others in the same transaction; a config pool that is the default cannot be overruled
 from the API (the file wins, and at start it clears the flag on API pools).
 
-A pool that queued mail still needs (its route names the pool, or the group the pool is
-the last of) is not deleted unless that mail is moved to another pool in the same
-transaction: routing never sends mail another way on its own.
+A pool that queued mail still needs (its explicit route names the pool, or the group the
+pool is the last active pool of; or, being the last pool of all, the mail routed by default
+through a pool, which would otherwise go direct to MX) is not deleted unless that mail is
+moved to another pool in the same transaction: routing never sends mail another way on its
+own. A config pool removed from the file (or renamed) while mail needs it is kept,
+inactive and no longer the default, with a warning; it goes at the first sync after that
+mail has gone (delivered, or expired at max_age), or comes back if the file names it again.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -28,6 +33,7 @@ from storage.models import Message, Pool
 
 P = Pool.__table__  # type: ignore[attr-defined]
 M = Message.__table__  # type: ignore[attr-defined]
+log = logging.getLogger("postern.pools")
 
 _FIELDS = (
     "name",
@@ -137,7 +143,7 @@ async def sync_config_pools(db: Database, pools: Sequence[Any]) -> None:
         _lock_defaults(conn)
         existing = {row.id for row in conn.execute(select(P.c.id).where(P.c.source == "config"))}
         for pool_id in existing - wanted.keys():
-            conn.execute(P.delete().where(P.c.id == pool_id))
+            _retire(conn, pool_id)
         for pool_id, pool in wanted.items():
             values = {name: getattr(pool, name) for name in _FIELDS}
             if pool_id in existing:
@@ -152,6 +158,23 @@ async def sync_config_pools(db: Database, pools: Sequence[Any]) -> None:
             conn.execute(update(P).where(P.c.source == "api").values(is_default=False))
 
     await db.transaction(sync)
+
+
+def _retire(conn: Connection, pool_id: str) -> None:
+    """A config pool gone from the file: deleted, or, while queued mail needs it, kept
+    inactive (that mail waits for it, as for any inactive pool)."""
+    row = conn.execute(select(P).where(P.c.id == pool_id)).one()
+    waiting = _waiting(conn, row)
+    if not waiting:
+        conn.execute(P.delete().where(P.c.id == pool_id))
+        return
+    conn.execute(update(P).where(P.c.id == pool_id).values(is_active=False, is_default=False))
+    log.warning(
+        "pool %r is no longer in the config file but %d queued message(s) still need it: kept, "
+        "inactive, until they are gone (name it in the file again to let them go out)",
+        row.name,
+        waiting,
+    )
 
 
 async def list_pools(db: Database) -> list[Any]:
@@ -285,7 +308,7 @@ async def delete_pool(
         if move_to is not None:
             _check_target(conn, pool_id, move_to)
         needing = _needing(conn, row)
-        waiting = conn.execute(select(func.count()).select_from(M).where(needing)).scalar() or 0
+        waiting = _waiting(conn, row)
         if waiting and move_to is None:
             raise PoolInUse(
                 f"{waiting} queued message(s) still need this pool: let them drain, or "
@@ -293,7 +316,8 @@ async def delete_pool(
             )
         if waiting:
             now = time.time()
-            conn.execute(update(M).where(needing).values(pool_id=move_to, ip_pool=None))
+            moving = {"pool_id": move_to, "ip_pool": None, "route_default": False}
+            conn.execute(update(M).where(needing).values(**moving))
             # Due now, unless a worker holds it (its due_at is then the claim's lease).
             moved = and_(M.c.pool_id == move_to, M.c.claimed_by.is_(None), M.c.due_at > now)
             conn.execute(update(M).where(moved).values(due_at=now))
@@ -310,10 +334,22 @@ def _check_target(conn: Connection, pool_id: str, move_to: str) -> None:
 
 
 def _needing(conn: Connection, row: Any) -> Any:
-    """Messages with work left whose route needs the pool `row`: they name it, or name
-    its group and it is the group's last pool."""
-    routes = [M.c.pool_id == row.id]
-    others = select(P.c.id).where(P.c.ip_pool == row.ip_pool, P.c.id != row.id).limit(1)
-    if conn.execute(others).first() is None:
-        routes.append(and_(M.c.pool_id.is_(None), M.c.ip_pool == row.ip_pool))
+    """Messages with work left whose route needs the pool `row`: their explicit route names
+    it, or names its group and it is the group's last active pool; or it is the last pool
+    of all and they were routed by default through a pool (they would go direct)."""
+    explicit = M.c.route_default.is_(False)
+    routes = [and_(explicit, M.c.pool_id == row.id)]
+    others = select(P.c.id).where(P.c.id != row.id)
+    same_group = others.where(P.c.ip_pool == row.ip_pool, P.c.is_active)
+    if conn.execute(same_group.limit(1)).first() is None:
+        routes.append(and_(explicit, M.c.pool_id.is_(None), M.c.ip_pool == row.ip_pool))
+    if conn.execute(others.limit(1)).first() is None:
+        relayed = or_(M.c.pool_id.is_not(None), M.c.ip_pool.is_not(None))
+        routes.append(and_(M.c.route_default.is_(True), relayed))
     return and_(M.c.due_at.is_not(None), or_(*routes))
+
+
+def _waiting(conn: Connection, row: Any) -> int:
+    """How many queued messages need the pool `row` (`_needing`)."""
+    needing = _needing(conn, row)
+    return conn.execute(select(func.count()).select_from(M).where(needing)).scalar() or 0

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from gateway import delivery
 from tests.api.conftest import Api, ApiFactory, payload
 from tests.api.resources import POOLS, call, create_pool
 from tests.api.test_aliases_api import verified_alias, verified_domain
@@ -230,11 +231,88 @@ async def test_queued_mail_waits_for_its_pool_and_never_takes_another(setup: Set
     assert setup.transactional.messages == []
     assert (await message_row(api.svc, message_id))["status"] == "deferred"
     setup.marketing.clear()
+    # Reactivating the pool wakes the mail waiting for it: no retry, no minute-long poll.
     await call(api, "PATCH", f"{POOLS}/{mkt}", setup.key, {"is_active": True})
-    retried = await call(api, "POST", f"/v1/messages/{message_id}/retry", setup.key)
-    assert retried.status_code == 200, retried.text
-    row = await wait_for_status(api.svc, message_id, {"delivered"})
+    row = await wait_for_status(api.svc, message_id, {"delivered"}, timeout=10.0)
     assert row["last_pool"] == "mkt" and setup.transactional.messages == []
+
+
+async def test_default_routed_mail_follows_the_new_default_after_an_outage_move(
+    setup: Setup,
+) -> None:
+    """The usual outage move (another pool the default, the broken one off): the backlog
+    routed by default goes out through the new default, over SMTP as over HTTP."""
+    api, mkt, trans = setup.api, setup.pools["mkt"], setup.pools["trans"]
+    await call(api, "PATCH", f"{POOLS}/{mkt}", setup.key, {"is_default": True})
+    setup.marketing.fail("mail", "451 4.3.0 broken")
+    code, _ = await smtp_send(api.svc.smtp_port, "app@sender.test", ["a@example.test"], MAIL)
+    assert code == 250
+    sent = await api.send(payload(), key=setup.key)
+    ids = [row["id"] for row in await query(api.svc, "SELECT id FROM message")]
+    assert sent.status_code in (200, 202) and len(ids) == 2
+    for message_id in ids:
+        await wait_until(lambda m=message_id: _waiting(api, m, "451"), timeout=10.0)
+    await call(api, "PATCH", f"{POOLS}/{trans}", setup.key, {"is_default": True})
+    await call(api, "PATCH", f"{POOLS}/{mkt}", setup.key, {"is_active": False})
+    for message_id in ids:
+        row = await wait_for_status(api.svc, message_id, {"delivered"}, timeout=10.0)
+        assert row["last_pool"] == "trans"
+    assert len(setup.transactional.messages) == 2
+
+
+async def test_every_pool_inactive_pauses_the_queue_with_one_event_per_wait(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every pool off: mail is accepted and waits (never direct to MX), looked at again
+    and again with a single `deferred` event; a pool back on lets it go."""
+    monkeypatch.setattr(delivery, "NO_POOL_WAIT", 0.1)
+    monkeypatch.setattr(delivery, "NO_POOL_WAIT_MAX", 0.2)
+    api = setup.api
+    for pool_id in setup.pools.values():
+        await call(api, "PATCH", f"{POOLS}/{pool_id}", setup.key, {"is_active": False})
+    code, _ = await smtp_send(api.svc.smtp_port, "app@sender.test", ["a@example.test"], MAIL)
+    assert code == 250
+    sent = await api.send(payload(), key=setup.key)
+    assert sent.status_code == 202, sent.text
+    ids = [row["id"] for row in await query(api.svc, "SELECT id FROM message")]
+    for message_id in ids:
+        row = await wait_until(lambda m=message_id: _waiting(api, m, "no active pool"), 10.0)
+        assert row, await message_row(api.svc, message_id)
+    await asyncio.sleep(1.5)  # several looks at the route later
+    for message_id in ids:
+        row = await message_row(api.svc, message_id)
+        assert row is not None and row["status"] == "deferred" and row["attempts"] == 0
+        assert "no active pool" in row["last_response"]
+        deferred = await query(
+            api.svc, "SELECT * FROM event WHERE message_id = ? AND type = 'deferred'", message_id
+        )
+        assert len(deferred) == 1, deferred
+    trans = setup.pools["trans"]
+    await call(api, "PATCH", f"{POOLS}/{trans}", setup.key, {"is_active": True})
+    for message_id in ids:
+        await wait_for_status(api.svc, message_id, {"delivered"}, timeout=10.0)
+
+
+async def test_deleting_the_last_active_pool_of_a_group_is_refused(setup: Setup) -> None:
+    api = setup.api
+    await verified_domain(api, "brand.test")
+    alias_id = await verified_alias(
+        api, setup.transactional, setup.key, "news@brand.test", ip_pool="newsletter"
+    )
+    first = await create_pool(
+        api, setup.key, setup.marketing, name="n1", ip_pool="newsletter",
+        username=MKT_LOGIN[0], password=MKT_LOGIN[1],
+    )  # fmt: skip
+    await create_pool(api, setup.key, setup.marketing, name="n2", ip_pool="newsletter",
+                      is_active=False)  # fmt: skip
+    setup.marketing.fail("mail", "451 4.3.0 not now")
+    sent = await api.send(payload(alias_id=alias_id), key=setup.key)
+    assert sent.status_code == 202, sent.text
+    deleted = await call(api, "DELETE", f"{POOLS}/{first['id']}", setup.key)
+    assert (deleted.status_code, deleted.json().get("code")) == (409, "pool_in_use")
+
+
+MAIL = b"From: app@sender.test\r\nTo: a@example.test\r\nSubject: hi\r\n\r\nhello\r\n"
 
 
 async def _waiting(api: Api, message_id: str, reason: str) -> dict[str, Any] | None:

@@ -217,6 +217,49 @@ async def test_a_pool_queued_mail_needs_is_deleted_only_with_its_mail_moved(
     }
 
 
+MAIL = Submission("a@example.com", ("r@x.test",), b"From: a@example.com\r\n\r\nx\r\n", "http")
+
+
+async def test_the_last_active_pool_of_a_group_is_in_use_though_inactive_ones_remain(
+    backend: Database, queue: Queue
+) -> None:
+    active = await pools.create_pool(backend, pool("n1", ip_pool="newsletter"), lambda _: "")
+    await pools.create_pool(
+        backend, pool("n2", ip_pool="newsletter", is_active=False), lambda _: ""
+    )
+    await queue.enqueue(MAIL, Route(ip_pool="newsletter"), claim=False)
+    with pytest.raises(pools.PoolInUse):
+        await pools.delete_pool(backend, active.id)
+
+
+async def test_default_routed_mail_needs_no_pool_of_its_own_but_the_last_pool_of_all(
+    backend: Database, queue: Queue
+) -> None:
+    first = await pools.create_pool(backend, pool("first", is_default=True), lambda _: "")
+    second = await pools.create_pool(backend, pool("second"), lambda _: "")
+    await queue.enqueue(MAIL, Route(pool_id=first.id, default=True), claim=False)
+    await pools.delete_pool(backend, first.id)  # the mail follows the default: no 409
+    with pytest.raises(pools.PoolInUse):  # else it would go direct to MX
+        await pools.delete_pool(backend, second.id)
+
+
+async def test_a_config_pool_queued_mail_needs_is_kept_inactive_when_the_file_drops_it(
+    backend: Database, queue: Queue
+) -> None:
+    await pools.sync_config_pools(backend, [FilePool("old", is_default=True), FilePool("other")])
+    old_id = pools.config_pool_id("old")
+    queued = await queue.enqueue(MAIL, Route(pool_id=old_id), claim=False)
+    await pools.sync_config_pools(backend, [FilePool("renamed", is_default=True)])
+    kept = await pools.get_pool(backend, old_id)
+    assert kept is not None and not kept.is_active and not kept.is_default
+    assert await pools.get_pool(backend, pools.config_pool_id("other")) is None  # unneeded
+    await backend.transaction(
+        lambda conn: conn.execute(update(M).where(M.c.id == queued.id).values(due_at=None))
+    )  # its mail is gone (final): the next sync removes the pool
+    await pools.sync_config_pools(backend, [FilePool("renamed", is_default=True)])
+    assert await pools.get_pool(backend, old_id) is None
+
+
 # --- domains ----------------------------------------------------------------------------------
 
 

@@ -470,6 +470,31 @@ async def test_upgrade_from_schema_4_adds_the_retry_columns(
     assert ("possible_duplicate", "alice@example.com", 1) in await deferred_events(backend, old.id)
 
 
+async def test_upgrade_reads_old_routes_as_default_only_where_nothing_else_chose_them(
+    backend: Database, queue: Queue
+) -> None:
+    """Schema 5's message.route_default on rows written before it: a pool id without an
+    alias_id, or no route (direct), was the default; a group, or an alias_id, is explicit."""
+    by_alias = dataclasses.replace(submission(), alias_id="smtp_x")
+    rows = {
+        "default_pool": await queue.enqueue(submission(), Route(pool_id="smtp_d"), False),
+        "direct": await queue.enqueue(submission(), Route(), claim=False),
+        "group": await queue.enqueue(submission(), ROUTE, claim=False),
+        "alias_pool": await queue.enqueue(by_alias, Route(pool_id="smtp_x"), False),
+    }
+
+    def downgrade(conn: Connection) -> None:
+        conn.execute(text("ALTER TABLE message DROP COLUMN route_default"))
+        conn.execute(text("UPDATE postern_meta SET value = '4' WHERE key = 'schema_version'"))
+
+    await backend.transaction(downgrade)
+    await create_schema(backend)
+    read = {name: (await message_row(backend, m.id)).route_default for name, m in rows.items()}
+    assert read == {"default_pool": True, "direct": True, "group": False, "alias_pool": False}
+    claimed = {m.id: m.route for m in await queue.claim_due(10)}
+    assert claimed[rows["default_pool"].id] == Route(pool_id="smtp_d", default=True)
+
+
 # --- operator actions ---------------------------------------------------------------------
 
 

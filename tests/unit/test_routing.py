@@ -14,6 +14,7 @@ from gateway.routing import (
     UnknownRoute,
     candidates,
     choose_route,
+    current,
     default_route,
 )
 
@@ -84,41 +85,57 @@ def test_from_matching_an_alias_selects_its_group(sender: str) -> None:
 
 def test_default_pool_when_nothing_else_matches() -> None:
     pools = (*POOLS, INTERNAL)
-    assert choose_route(None, "app@example.com", pools, ALIASES) == Route(pool_id="pool_internal")
-    assert choose_route("", "app@example.com", pools, ALIASES) == Route(pool_id="pool_internal")
+    default = Route(pool_id="pool_internal", default=True)
+    assert choose_route(None, "app@example.com", pools, ALIASES) == default
+    assert choose_route("", "app@example.com", pools, ALIASES) == default
 
 
 def test_inactive_default_pool_is_not_the_default() -> None:
     inactive = FakePool("pool_old", "internal", is_default=True, is_active=False)
     assert choose_route(None, "app@example.com", (*POOLS, inactive)) == Route(
-        ip_pool="transactional"
+        ip_pool="transactional", default=True
     )
 
 
 def test_transactional_group_without_a_default_pool() -> None:
-    assert choose_route(None, "app@example.com", POOLS, ALIASES) == Route(ip_pool="transactional")
+    route = choose_route(None, "app@example.com", POOLS, ALIASES)
+    assert route == Route(ip_pool="transactional", default=True)
 
 
 def test_first_pools_group_without_default_or_transactional() -> None:
     pools = (BULK_A, FakePool("pool_x", "internal", priority=3), BULK_B)
     # BULK_B has the lowest priority number.
-    assert choose_route(None, "app@example.com", pools) == Route(ip_pool="marketing")
+    assert choose_route(None, "app@example.com", pools) == Route(ip_pool="marketing", default=True)
 
 
 def test_no_pools_means_direct_delivery() -> None:
     route = choose_route(None, "app@example.com", (), ALIASES[1:])
-    assert route == Route()
+    assert route == Route(default=True)
     assert route.direct
 
 
-def test_only_inactive_pools_means_direct_delivery() -> None:
-    pools = (FakePool("pool_off", is_active=False),)
-    assert choose_route(None, "app@example.com", pools).direct
+def test_only_inactive_pools_means_waiting_not_direct_delivery() -> None:
+    """Every pool paused: the default route among them (it waits), never direct MX."""
+    off = FakePool("pool_off", is_active=False)
+    route = choose_route(None, "app@example.com", (off,))
+    assert route == Route(ip_pool="transactional", default=True) and not route.direct
+    assert candidates(route, (off,), set()) == []
+    old_default = FakePool("pool_old", "internal", is_default=True, is_active=False)
+    assert default_route([off, old_default]) == Route(pool_id="pool_old", default=True)
 
 
 def test_default_route_alone() -> None:
-    assert default_route([]) == Route()
-    assert default_route([BULK_A, INTERNAL]) == Route(pool_id="pool_internal")
+    assert default_route([]) == Route(default=True)
+    assert default_route([BULK_A, INTERNAL]) == Route(pool_id="pool_internal", default=True)
+
+
+def test_a_default_route_follows_the_current_default_an_explicit_one_keeps_to_its_pool() -> None:
+    queued = Route(pool_id="pool_internal", default=True)
+    new_default = FakePool("pool_new", "internal", is_default=True)
+    old = FakePool("pool_internal", "internal", priority=50, is_active=False)
+    assert current(queued, (old, new_default)) == Route(pool_id="pool_new", default=True)
+    explicit = Route(pool_id="pool_internal")
+    assert current(explicit, (old, new_default)) == explicit
 
 
 # --- candidates ---------------------------------------------------------------------------
@@ -178,7 +195,7 @@ def test_vanished_route_without_any_pool_has_no_candidates() -> None:
 def test_an_unverified_alias_does_not_claim_mail_by_its_from() -> None:
     pending = AliasView("alias_pending", "promo@example.com", "marketing", is_verified=False)
     assert choose_route(None, "promo@example.com", POOLS, (pending,)) == Route(
-        ip_pool="transactional"
+        ip_pool="transactional", default=True
     )
     verified = AliasView("alias_ok", "promo@example.com", "marketing", is_verified=True)
     assert choose_route(None, "promo@example.com", POOLS, (verified,)) == Route(ip_pool="marketing")
