@@ -66,7 +66,7 @@ async def test_a_send_whose_claim_lapsed_is_counted_as_a_possible_duplicate(
                                 port=sink.port, encryption="none", is_default=True)])  # fmt: skip
     delivery = Delivery(node_a, registry, workers=1)
     sink.hang("eom", seconds=1.0, times=1)  # the upstream takes it, but slowly
-    held = await node_a.enqueue(submission("r@example.com"), Route(), claim=True)
+    held = await node_a.enqueue(submission("r@example.com"), Route(default=True), claim=True)
     before = metric("postern_possible_duplicates_total", pool="lapse-sink")
     try:
         attempt = asyncio.create_task(delivery.deliver(held))
