@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -158,3 +159,20 @@ def _run_json(args: list[str]) -> Any:
         cwd=child_cwd(), env=child_env(), capture_output=True, text=True, timeout=30, check=True,
     )  # fmt: skip
     return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize("args", [["--version"], ["check-config"], ["keys", "list"]])
+def test_a_reader_that_went_away_ends_the_command_quietly(config: str, args: list[str]) -> None:
+    """`postern CMD | head`: the reader has closed the pipe before anything is written."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [*postern_argv(), "--config", config, *args],
+            cwd=child_cwd(), env=child_env(), stdout=write_end, stderr=subprocess.PIPE,
+            timeout=30, check=False,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert b"Traceback" not in done.stderr and b"BrokenPipe" not in done.stderr, done.stderr
+    assert done.returncode in (0, 141)
