@@ -61,7 +61,7 @@ class Transfer:
         self._reader = reader
         self._max_size = max_size
         self._budget = budget
-        self._held = 0  # bytes taken from the budget
+        self._held = 0  # bytes taken from the budget: those of `_content`
         self._size = 0  # bytes of whole lines read, as sent (stuffed)
         self._content = bytearray()  # those lines, unstuffed
         self.content = b""
@@ -78,10 +78,6 @@ class Transfer:
             chunk = await self._reader.read(CHUNK)
             if not chunk:
                 return False
-            if self.refusal is None and not self._budget.take(len(chunk)):
-                self._refuse(Refusal.NO_ROOM)
-            elif self.refusal is None:
-                self._held += len(chunk)
             raw += chunk
             end = raw.find(END, scan)
             if end >= 0:
@@ -95,14 +91,10 @@ class Transfer:
                     del raw[: lines - 2]
                 if len(raw) - 2 - raw.endswith(b"\r") > MAX_LINE:  # a line not ended in time
                     self._refuse(Refusal.LINE_TOO_LONG)
-                if self._size + len(raw) - 4 > self._max_size:  # the dot's line may be there
-                    self._refuse(Refusal.TOO_BIG)
             scan = max(0, len(raw) - len(END) + 1)
             if self.refusal is not None:  # keep only where the final dot may start
                 del raw[:scan]
                 scan = 0
-        if self.refusal is None and self._size > self._max_size:
-            self._refuse(Refusal.TOO_BIG)
         if self.refusal is None and self.problem is None:
             self.content = bytes(self._content)
         self._content = bytearray()
@@ -117,17 +109,28 @@ class Transfer:
         if self.refusal is not None:
             return
         self._size += stop - 2
+        if self._size > self._max_size:
+            self._refuse(Refusal.TOO_BIG)
+            return
         if has_long_line(raw, 2, stop):
             self._refuse(Refusal.LINE_TOO_LONG)
             return
-        if self.problem is None:
-            self.problem = canonical_problem(raw, 2, stop)
+        if self.problem is not None:
+            return
+        self.problem = canonical_problem(raw, 2, stop)
         if self.problem is not None:  # refused after the final dot: keep nothing
             self._content = bytearray()
-        elif raw.find(b"\r\n.", 0, stop) < 0:
-            self._content += memoryview(raw)[2:stop]
+            self.release()
+            return
+        if raw.find(b"\r\n.", 0, stop) < 0:
+            lines = memoryview(raw)[2:stop]
         else:  # RFC 5321 §4.5.2: the client doubled a line's leading dot
-            self._content += memoryview(raw[:stop].replace(b"\r\n.", b"\r\n"))[2:]
+            lines = memoryview(raw[:stop].replace(b"\r\n.", b"\r\n"))[2:]
+        if not self._budget.take(len(lines)):
+            self._refuse(Refusal.NO_ROOM)
+            return
+        self._held += len(lines)
+        self._content += lines
 
     def _refuse(self, refusal: Refusal) -> None:
         self.refusal = refusal
