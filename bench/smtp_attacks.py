@@ -13,6 +13,8 @@ Attacks (each against a fresh Postern, so that its peak RSS is the attack's own)
 - blank-data: `--blank-mib` MiB of empty lines as the message: a DATA reader that keeps
   one object per line multiplies the memory by ~40, and one per-line loop holds the event
   loop for seconds.
+- dot-data: as many MiB of lines of a single dot (sent doubled, `..`): every line is
+  unstuffed on the way in and stuffed again on the way out to the upstream.
 
 The From domain has a DKIM key (`--dkim`), so that the signer parses the header too.
 
@@ -56,6 +58,10 @@ def fold_bomb(lines: int) -> bytes:
 
 def blank_data(mib: int) -> bytes:
     return b"\r\n" * (mib * 1024 * 1024 // 2)
+
+
+def dot_data(mib: int) -> bytes:
+    return FROM + b"\r\n" + b"..\r\n" * (mib * 1024 * 1024 // 4)
 
 
 @dataclass
@@ -233,9 +239,11 @@ def line(outcome: Outcome) -> str:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", choices=("fold-bomb", "blank-data"), help="one attack")
+    parser.add_argument(
+        "--only", choices=("fold-bomb", "blank-data", "dot-data"), help="one attack"
+    )
     parser.add_argument("--fold-lines", type=int, default=300_000)
-    parser.add_argument("--blank-mib", type=int, default=24)
+    parser.add_argument("--blank-mib", type=int, default=24, help="MiB of blank-data and dot-data")
     parser.add_argument("--connections", type=int, default=1, help="attackers at once")
     parser.add_argument(
         "--dkim",
@@ -260,6 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     attacks: dict[str, Callable[[], bytes]] = {
         "fold-bomb": lambda: fold_bomb(args.fold_lines),
         "blank-data": lambda: blank_data(args.blank_mib),
+        "dot-data": lambda: dot_data(args.blank_mib),
     }
     for name, make in attacks.items():
         if args.only and name != args.only:

@@ -89,7 +89,8 @@ class Transfer:
                 if lines > 2:
                     self._take(raw, lines)
                     del raw[: lines - 2]
-                if len(raw) - 2 - raw.endswith(b"\r") > MAX_LINE:  # a line not ended in time
+                pending = len(raw) - 2 - raw.endswith(b"\r") - (raw[2:3] == b".")
+                if pending > MAX_LINE:  # a line not ended in time
                     self._refuse(Refusal.LINE_TOO_LONG)
             scan = max(0, len(raw) - len(END) + 1)
             if self.refusal is not None:  # keep only where the final dot may start
@@ -112,7 +113,10 @@ class Transfer:
         if self._size > self._max_size:
             self._refuse(Refusal.TOO_BIG)
             return
-        if has_long_line(raw, 2, stop):
+        if raw.find(b"\r\n.", 0, stop) >= 0:  # RFC 5321 §4.5.2: a line's leading dot doubled
+            raw = raw[:stop].replace(b"\r\n.", b"\r\n")
+            stop = len(raw)
+        if has_long_line(raw, 2, stop):  # the doubled dot not counted (RFC 5321 §4.5.3.1.6)
             self._refuse(Refusal.LINE_TOO_LONG)
             return
         if self.problem is not None:
@@ -122,10 +126,7 @@ class Transfer:
             self._content = bytearray()
             self.release()
             return
-        if raw.find(b"\r\n.", 0, stop) < 0:
-            lines = memoryview(raw)[2:stop]
-        else:  # RFC 5321 §4.5.2: the client doubled a line's leading dot
-            lines = memoryview(raw[:stop].replace(b"\r\n.", b"\r\n"))[2:]
+        lines = memoryview(raw)[2:stop]
         if not self._budget.take(len(lines)):
             self._refuse(Refusal.NO_ROOM)
             return

@@ -17,7 +17,7 @@ from dkim.canonicalization import Relaxed
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway import dkim
+from gateway import dkim, pipelining
 from gateway.headers import MAX_LINE, canonical_problem, has_long_line, header_fields
 from gateway.smtp_data import DataBudget, Refusal, Transfer
 
@@ -106,8 +106,9 @@ def test_has_long_line_is_the_longest_split_line(parts: list[tuple[int, bytes]])
 
 
 def reference_data(stream: bytes, max_size: int) -> tuple[set[Refusal], bytes, bytes] | None:
-    """aiosmtpd 1.4.6's reading of DATA, a line at a time: the refusals that apply (either
-    may be answered when both do), the content (unstuffed), and what follows the final dot;
+    """aiosmtpd 1.4.6's reading of DATA, a line at a time, but for the doubled dot, which
+    RFC 5321 §4.5.3.1.6 leaves out of a line's length: the refusals that apply (either may
+    be answered when both do), the content (unstuffed), and what follows the final dot;
     None when there is no final dot."""
     lines, at = [], 0
     while True:
@@ -121,7 +122,7 @@ def reference_data(stream: bytes, max_size: int) -> tuple[set[Refusal], bytes, b
     refusals = set()
     if sum(map(len, lines)) > max_size:
         refusals.add(Refusal.TOO_BIG)
-    if any(len(text) - 2 > MAX_LINE for text in lines):
+    if any(len(text) - 2 - text.startswith(b".") > MAX_LINE for text in lines):
         refusals.add(Refusal.LINE_TOO_LONG)
     content = b"".join(text[1:] if text.startswith(b".") else text for text in lines)
     return refusals, content, stream[at:]
@@ -185,3 +186,17 @@ def test_the_data_reader_is_aiosmtpds_line_by_line_reading(
     assert transfer.refusal is None
     assert transfer.problem == canonical_problem(content)
     assert transfer.content == (content if transfer.problem is None else b"")
+
+
+# --- the DATA writer, a slice at a time --------------------------------------------------------
+
+
+@given(st.lists(st.sampled_from(DATA_PIECES), max_size=40).map(b"".join), st.integers(1, 64))
+@FUZZ
+def test_dot_stuffing_a_slice_at_a_time_is_dot_stuffing_at_once(
+    content: bytes, slice_size: int
+) -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pipelining, "_SLICE", slice_size)
+        sliced = b"".join(pipelining.stuffed_slices(content))
+    assert sliced == pipelining.dot_stuff(content)
