@@ -18,8 +18,24 @@ def canonical_problem(
     data: bytes | bytearray, start: int = 0, end: int | None = None
 ) -> str | None:
     """Why `data[start:end]` is not canonical (a bare CR or LF, a NUL), or None. What is
-    signed and what is sent must be the same bytes: only canonical content is either."""
+    signed and what is sent must be the same bytes: only canonical content is either.
+
+    A megabyte at a time, never cut between a CR and its LF: a thread checking a large
+    message (the DKIM signer's) lets the event loop run between the pieces."""
     end = len(data) if end is None else end
+    while end - start > _PIECE:
+        cut = start + _PIECE + (data[start + _PIECE - 1] == 13)  # 13: CR
+        problem = _canonical_problem(data, start, cut)
+        if problem:
+            return problem
+        start = cut
+    return _canonical_problem(data, start, end)
+
+
+_PIECE = 1 << 20
+
+
+def _canonical_problem(data: bytes | bytearray, start: int, end: int) -> str | None:
     if data.find(b"\0", start, end) >= 0:
         return "NUL byte in message"
     crlf = data.count(b"\r\n", start, end)

@@ -17,7 +17,7 @@ from dkim.canonicalization import Relaxed
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway import dkim, pipelining
+from gateway import dkim, headers, pipelining
 from gateway.headers import MAX_LINE, canonical_problem, has_long_line, header_fields
 from gateway.smtp_data import DataBudget, Refusal, Transfer
 
@@ -90,6 +90,18 @@ def test_relaxed_body_is_dkimpys_with_any_run_of_empty_lines_at_the_end(
 ) -> None:
     body += b"\r\n" * empty_lines
     assert dkim.relaxed_body(body) == Relaxed.canonicalize_body(body)
+
+
+@given(raw_bytes, st.integers(1, 16))
+@FUZZ
+def test_the_canonical_check_a_piece_at_a_time_is_the_check_at_once(
+    data: bytes, piece: int
+) -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(headers, "_PIECE", piece)
+        pieces = canonical_problem(data)
+    whole = headers._canonical_problem(data, 0, len(data))
+    assert (pieces is None) == (whole is None)  # the first piece's problem may be another
 
 
 # --- the line-length check ----------------------------------------------------------------------
