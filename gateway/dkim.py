@@ -45,7 +45,7 @@ from dkim.canonicalization import correct_empty_body
 
 from gateway import metrics
 from gateway.addresses import normalise
-from gateway.headers import canonical_problem, header_fields, mailboxes, split_header
+from gateway.headers import MAX_FROM, canonical_problem, header_fields, mailboxes, split_header
 from gateway.secrets import SecretError
 from gateway.signing_process import SigningProcess, SigningUnavailable
 from storage import dkim_keys
@@ -145,7 +145,7 @@ def from_domain(message: bytes) -> str | None:
     block, _ = split_header(message)
     fields = [field.partition(b":") for field in header_fields(block)]
     values = [value for name, colon, value in fields if colon and name.strip().lower() == b"from"]
-    if len(values) != 1:
+    if len(values) != 1 or len(values[0]) > MAX_FROM:  # not parsed, nor kept in the cache
         return None
     return _domain_of_from(values[0])
 

@@ -29,10 +29,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LOOPBACK, ServiceFactory
+from tests.conftest import LOOPBACK, ServiceFactory, make_config, smtp_send
 from tests.e2e.conftest import MakePostern, Postern, postern_process, run_cli  # noqa: F401
+from tests.integration.test_dkim_relay import dkim_cli
 from tests.integration.test_smtp_listener import RawClient
 from tests.processes import free_port
+from tests.sink import Sink
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -184,6 +186,25 @@ def test_a_data_of_empty_lines_is_read_into_one_buffer(
     assert seconds < REPLY_BOUND and stall < STALL_BOUND, (seconds, stall)
     grown_mb = (status_kb(postern.pid, "VmHWM") - before) / 1024
     assert grown_mb < 10 * len(BLANK_LINES) / 2**20, grown_mb  # 6 measured; before: ~85
+
+
+async def test_a_from_of_comments_nested_past_the_stack_is_relayed_unsigned_not_451(
+    tmp_path: Path, service: ServiceFactory, sink: Sink
+) -> None:
+    """The stdlib address parser recurses once per nested comment (RecursionError past
+    1000: the message got 451 4.3.0, retried for ever); such a From is left unsigned."""
+    config = make_config(tmp_path, sink)
+    await dkim_cli(config, "generate", domain="signed.test", algorithm="ed25519")
+    svc = await service(config)
+    nested = b"(" * 2000 + b")" * 2000
+    folded = b"\r\n ".join(nested[i : i + 900] for i in range(0, len(nested), 900))
+    content = b"From: " + folded + b" <app@signed.test>\r\nSubject: nested\r\n\r\nbody\r\n"
+
+    code, reply = await smtp_send(svc.smtp_port, "app@signed.test", ["rcpt@example.test"], content)
+
+    assert code == 250, reply
+    assert await sink.wait_for_async(1, timeout=10)
+    assert b"DKIM-Signature:" not in sink.messages[0].data
 
 
 # --- the DATA all sessions hold at once (in-process: the budget is looked at directly) ------
