@@ -39,6 +39,7 @@ class ApiContext:
     max_body_size: int
     body_timeout: float = 60.0  # to receive a whole request body
     max_message_size: int = 26_214_400  # the built message, as [smtp] max_message_size
+    max_header_size: int = 102_400  # its header block, as [smtp] max_header_size
     manage: Management | None = None  # pools, aliases, domains (absent in bare-app tests)
     queue: Queue | None = None  # retry/cancel of messages (absent in bare-app tests)
     wake: Callable[[], None] | None = None  # nudges this node's delivery poller after a retry

@@ -81,6 +81,8 @@ class SmtpConfig:
     max_connections: int = 1000
     idle_timeout: float = 300.0
     session_timeout: float = 3600.0
+    max_header_size: int = 102_400  # as Postfix's header_size_limit
+    max_data_in_flight: int = 104_857_600  # bytes of DATA held by all sessions at once
     tls_cert: str = ""
     tls_key: str = ""
     # Failed AUTH allowed per client address (IPv4, IPv6 /64) across all its connections.
@@ -356,6 +358,8 @@ _SECTIONS: dict[str, tuple[type, dict[str, Converter]]] = {
             "max_connections": _positive_int,
             "idle_timeout": _positive_duration,
             "session_timeout": _positive_duration,
+            "max_header_size": _positive_int,
+            "max_data_in_flight": _positive_int,
             "tls_cert": _str,
             "tls_key": _str,
             "auth_failures_per_address": _rate,
@@ -468,6 +472,11 @@ def _check(config: Config) -> None:
                 )
     if config.http.metrics_listen is not None and config.http.metrics_listen == config.http.listen:
         raise ConfigError('http.metrics_listen: must differ from http.listen (or be "")')
+    if config.smtp.max_data_in_flight < config.smtp.max_message_size:
+        raise ConfigError(
+            "smtp.max_data_in_flight must be at least smtp.max_message_size "
+            f"({config.smtp.max_message_size}): else the largest messages never fit"
+        )
     if bool(config.smtp.tls_cert) != bool(config.smtp.tls_key):
         raise ConfigError("smtp: tls_cert and tls_key must be set together")
     for name in ("tls_cert", "tls_key"):

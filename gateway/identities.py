@@ -21,13 +21,12 @@ verified alias. Postern's own messages (alias verification, pool tests) are exem
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
 import time
 from collections.abc import Iterable
 
 from gateway.addresses import mailbox_key
-from gateway.headers import header_fields, split_header
+from gateway.headers import header_fields, mailboxes, split_header
 from gateway.message import Submission
 from gateway.routing import AliasView
 from storage.aliases import list_aliases
@@ -45,16 +44,10 @@ def header_from(content: bytes) -> list[str] | None:
     for field in header_fields(block):
         name, colon, value = field.partition(b":")
         if colon and name.strip().lower() == b"from":
-            values.append(value.replace(b"\r\n", b"").decode("utf-8", "replace"))
+            values.append(value)
     if len(values) != 1:
         return None
-    found = []
-    for _name, address in email.utils.getaddresses(values):
-        local, at, domain = address.rpartition("@")
-        if not at or not local or not domain:
-            return None
-        found.append(address)
-    return found or None
+    return mailboxes(values[0]) or None
 
 
 def _domain(address: str) -> str:

@@ -226,6 +226,7 @@ class Service:
             max_body_size=config.http.max_body_size,
             body_timeout=config.http.body_timeout,
             max_message_size=config.smtp.max_message_size,
+            max_header_size=config.smtp.max_header_size,
             queue=self.queue,
             wake=self.delivery.wake,
             manage=Management.build(
@@ -309,6 +310,8 @@ class Service:
             max_connections=budget.caps["smtp"],
             idle_timeout=smtp.idle_timeout,
             session_timeout=smtp.session_timeout,
+            max_header_size=smtp.max_header_size,
+            max_data_in_flight=smtp.max_data_in_flight,
             require_auth=smtp.require_auth,
             tls_context=tls_context,
             auth_failures_per_address=smtp.auth_failures_per_address,

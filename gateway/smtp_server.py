@@ -17,12 +17,12 @@ import time
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 
 from gateway import maillog, metrics
 from gateway.addresses import envelope_problem, has_control
 from gateway.fields import control_problems, sandbox_flag
-from gateway.headers import MAX_HOPS, Cleaned, clean_header, content_problem
+from gateway.headers import MAX_HOPS, Cleaned, clean_header, header_size
 from gateway.intake import (
     AliasUnverified,
     AllSuppressed,
@@ -38,6 +38,7 @@ from gateway.queue import new_id_for
 from gateway.ratelimit import RateLimiter
 from gateway.request_digest import smtp_digest
 from gateway.smtp_auth import ApiKeyAuth, AuthThrottle, is_loopback, key_refusal, sender_of
+from gateway.smtp_data import DataBudget, Refusal, Transfer
 from storage.keys import KeyStore
 from storage.writer import StorageFull, StorageUnavailable, Writer
 
@@ -62,6 +63,10 @@ class Reply:
     BAD_HELO = "501 5.5.4 Control characters in the EHLO/HELO name"
     CONTROL_IN_COMMAND = "501 5.5.4 Control characters in the command"
     BAD_CONTENT = "550 5.6.0 Message refused: {}"
+    TOO_BIG = "552 5.3.4 Message too big"
+    HEADER_TOO_BIG = "552 5.3.4 Message header too big (over {} bytes)"
+    LINE_TOO_LONG = "500 5.5.2 Line too long (over 998 bytes)"
+    NO_ROOM = "452 4.3.1 Insufficient system storage, try again later"
     TOO_MANY_HOPS = "554 5.4.6 Too many Received headers: a mail loop?"
     UNKNOWN_ALIAS = "550 5.7.1 Unknown X-Postern-Alias-Id"
     ALIAS_NOT_VERIFIED = "550 5.7.1 The alias of X-Postern-Alias-Id is not verified yet"
@@ -97,11 +102,9 @@ _ENHANCED_DEFAULT = {
     "555": "5.5.4",
 }
 _REWORDED = {
-    "552 Error: Too much mail data": "552 5.3.4 Message too big",
     "552 Error: message size exceeds fixed maximum message size": (
         "552 5.3.4 Message size exceeds fixed maximum message size"
     ),
-    "500 Line too long (see RFC5321 4.5.3.1.6)": "500 5.5.2 Line too long (over 998 bytes)",
     "250 OK": "250 2.0.0 OK",
     "221 Bye": "221 2.0.0 Bye",
 }
@@ -125,6 +128,8 @@ class ListenerLimits:
     max_connections: int
     idle_timeout: float  # to complete the next command (aiosmtpd: bytes do not reset it)
     session_timeout: float = 3600.0  # the whole session, however busy
+    max_header_size: int = 102_400  # bytes of a message's header block
+    max_data_in_flight: int = 104_857_600  # bytes of DATA all sessions hold at once
     require_auth: bool = False
     tls_context: ssl.SSLContext | None = None
     auth_failures_per_address: str = "30/h"  # failed AUTH per client address, all connections
@@ -251,6 +256,42 @@ class PosternSMTP(ApiKeyAuth, SMTP):
             return match.group(1), match.group(2)
         return super()._getaddr(arg)
 
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA, read into one buffer (gateway.smtp_data) within the budget."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        if self._handler.data_budget.full:  # before the 354: no body is sent for nothing
+            await self.push(Reply.NO_ROOM)
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        transfer = Transfer(self._reader, self._limits.max_message_size, self._handler.data_budget)
+        try:
+            if not await transfer.receive():
+                return  # the connection is gone
+            if transfer.refusal is not None:
+                status = _REFUSED[transfer.refusal]
+            elif transfer.problem is not None:  # bare CR or LF, NUL (SPEC: known pitfalls)
+                metrics.MESSAGES_REFUSED.labels(reason="bad_content").inc()
+                status = Reply.BAD_CONTENT.format(transfer.problem)
+            else:
+                self.envelope.content = self.envelope.original_content = transfer.content
+                status = await self._call_handler_hook("DATA")
+        except asyncio.CancelledError:  # the connection was lost (as aiosmtpd does)
+            self._writer.close()
+            raise
+        finally:
+            transfer.release()
+        self._set_post_data_state()
+        await self.push("250 OK" if status is MISSING else status)
+
     async def push(self, status: Any) -> None:
         if isinstance(status, str):
             status = with_enhanced_code(status)
@@ -307,6 +348,7 @@ class PosternHandler:
         )
         self.sessions: set[PosternSMTP] = set()
         self.submitting = 0  # end-of-data commits under way
+        self.data_budget = DataBudget(limits.max_data_in_flight)
         self._date = (0, "")  # (second, its RFC 5322 date): made once a second, not per message
 
     def protocol(self) -> PosternSMTP:
@@ -370,11 +412,10 @@ class PosternHandler:
         return Reply.OK_RECIPIENT
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        raw = envelope.original_content or b""
-        problem = content_problem(raw)
-        if problem:
-            metrics.MESSAGES_REFUSED.labels(reason="bad_content").inc()
-            return Reply.BAD_CONTENT.format(problem)
+        raw = envelope.original_content or b""  # canonical, lines checked: smtp_data
+        if header_size(raw) > self._limits.max_header_size:
+            metrics.MESSAGES_REFUSED.labels(reason="header_too_big").inc()
+            return Reply.HEADER_TOO_BIG.format(self._limits.max_header_size)
         cleaned = clean_header(raw)
         if cleaned.hops >= MAX_HOPS:
             metrics.MESSAGES_REFUSED.labels(reason="loop").inc()
@@ -515,3 +556,10 @@ def _control_problem(controls: dict[str, str]) -> str | None:
     except ValueError as error:
         return f"bad X-Postern-Sandbox ({error})"
     return None
+
+
+_REFUSED = {
+    Refusal.TOO_BIG: Reply.TOO_BIG,
+    Refusal.LINE_TOO_LONG: Reply.LINE_TOO_LONG,
+    Refusal.NO_ROOM: Reply.NO_ROOM,
+}

@@ -24,6 +24,7 @@ from api.openapi import operation
 from api.schemas import ErrorResponse, QueuedResponse, SendRequest, SendResponse, parse
 from gateway import maillog
 from gateway.fields import control_problems, sandbox_flag
+from gateway.headers import header_size
 from gateway.intake import (
     Accepted,
     AliasUnverified,
@@ -156,6 +157,11 @@ async def send(request: Request) -> Response:
         raise errors.PayloadTooLarge(
             f"the message would be {len(built.content)} bytes; the limit is "
             f"{ctx.max_message_size} ([smtp] max_message_size)"
+        )
+    if header_size(built.content) > ctx.max_header_size:
+        raise errors.PayloadTooLarge(
+            f"the message header would be over {ctx.max_header_size} bytes "
+            "([smtp] max_header_size): fewer recipients or shorter names"
         )
     submission = Submission(
         mail_from=built.mail_from,

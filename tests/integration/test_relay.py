@@ -138,6 +138,25 @@ async def test_message_arrives_byte_for_byte_with_received_header_and_without_co
     assert not await has_body(svc, message_id)  # final messages drop their body
 
 
+async def test_a_large_message_with_dot_lines_arrives_byte_for_byte(
+    service: ServiceFactory, sink: Sink
+) -> None:
+    """Over a megabyte, the message is dot-stuffed and written a slice at a time (so that the
+    event loop is not held for it): slice ends must not lose or double a dot."""
+    svc = await service()
+    lines = [b".", b"..x", b"", b"text. more", b"." * 998, b"y" * 997 + b"."] * 1500
+    sent = b"From: App <app@sender.test>\r\nDate: Mon, 1 Jan 2024 00:00:00 +0100\r\n"
+    sent += b"Message-ID: <big@sender.test>\r\n\r\n" + b"\r\n".join(lines)
+    sent += b"\r\n"
+    assert len(sent) > 2 << 20
+
+    message_id = queued_id(await smtp_send(svc.smtp_port, SENDER, ["a@example.test"], sent))
+
+    assert await sink.wait_for_async(1, timeout=10)
+    assert split_received(sink.messages[0].data)[1] == sent
+    assert (await wait_for_status(svc, message_id, {"delivered"}))["attempts"] == 1
+
+
 async def test_100_messages_from_10_clients_arrive_over_at_most_max_connections_reused(
     service: ServiceFactory, sink: Sink
 ) -> None:

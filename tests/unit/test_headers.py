@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.headers import clean_header, content_problem
+from gateway.headers import MAX_FROM, clean_header, content_problem, mailboxes
 
 CLEAN = (
     b"From: App <app@example.com>\r\n"
@@ -179,3 +179,18 @@ def test_only_whole_field_names_count() -> None:
     obsolete = clean_header(b"Message-ID :<a@b>\r\nReceived\t: x\r\n\r\n")  # RFC 5322 §4.5
     assert (obsolete.hops, obsolete.has_message_id) == (1, True)
     assert clean_header(b"To: abcc@x.test\r\n\r\n").content == b"To: abcc@x.test\r\n\r\n"
+
+
+# --- mailboxes (a From value) -----------------------------------------------------------------
+
+
+def test_mailboxes_of_a_from_value() -> None:
+    both = ["app@example.com", "b@example.org"]
+    assert mailboxes(b" App <app@example.com>, b@example.org") == both
+    assert mailboxes(b" App <app@example.com>\r\n\t(folded)") == ["app@example.com"]
+    assert mailboxes(b" no address here") is None
+
+
+def test_mailboxes_parses_no_value_too_long_or_nested_past_the_stack() -> None:
+    assert mailboxes(b" " + b"a" * MAX_FROM + b"@example.com") is None  # not parsed at all
+    assert mailboxes(b"(" * 2000 + b")" * 2000 + b" <a@example.com>") is None  # RecursionError
