@@ -68,8 +68,14 @@ class Database:
         self._async: AsyncEngine | None = None
         if self.is_sqlite:
             url = url.replace("sqlite+aiosqlite:", "sqlite:")
+            # hide_parameters: an error's text (logged) must not carry message content,
+            # addresses or key hashes.
             self._sync = create_engine(
-                url, connect_args={"check_same_thread": False}, pool_size=5, max_overflow=5
+                url,
+                connect_args={"check_same_thread": False},
+                pool_size=5,
+                max_overflow=5,
+                hide_parameters=True,
             )
             event.listen(self._sync, "connect", _sqlite_pragmas)
             # One writer thread (SQLite has one writer anyway), a few for reads.
@@ -77,7 +83,7 @@ class Database:
             self._read_threads = ThreadPoolExecutor(3, thread_name_prefix="db-read")
         else:
             self._async = create_async_engine(
-                url, pool_size=10, max_overflow=10, pool_pre_ping=True
+                url, pool_size=10, max_overflow=10, pool_pre_ping=True, hide_parameters=True
             )
 
     @property
