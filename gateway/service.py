@@ -174,12 +174,16 @@ class Service:
 
         self.resolver = Resolver(config.dns.nameservers)
         # SSRF: one guard for every connection to a host someone else named (pools, pool
-        # tests, webhooks); MX targets get a stricter one (public addresses only, by default).
+        # tests); MX targets and webhook URLs get a stricter one each (public addresses
+        # only, by default: a key with the webhooks scope must not reach internal services).
         guard_resolver = self.resolver if config.dns.nameservers else None
         deny = config.security.deny_networks
         guard = HostGuard(deny, resolver=guard_resolver)
         mx_guard = HostGuard(
             deny, allow_private=delivery_cfg.mx_allow_private, resolver=guard_resolver
+        )
+        webhook_guard = HostGuard(
+            deny, allow_private=config.webhooks.allow_private, resolver=guard_resolver
         )
         session = SessionSettings(
             local_hostname=config.server.hostname,
@@ -231,12 +235,18 @@ class Service:
             queue=self.queue,
             wake=self.delivery.wake,
             manage=Management.build(
-                config, self.box, self.identities, self.registry, self.reload_pools, guard
+                config,
+                self.box,
+                self.identities,
+                self.registry,
+                self.reload_pools,
+                guard,
+                webhook_guard,
             ),
         )
         self.api.start()
         self.webhooks = await start_webhooks(  # signed event webhooks ([webhooks])
-            config.webhooks, self.db, self.writer, self.box, self.api.management().guard, node
+            config.webhooks, self.db, self.writer, self.box, webhook_guard, node
         )
         app = create_app(self.queue.ping, self.api, ready=self.writer.readiness)
         self._http = _EmbeddedUvicorn(
