@@ -117,11 +117,16 @@ class Service:
         self.drain_timeout = drain_timeout  # seconds from the stop signal (README: 10 s)
         self._stopping = asyncio.Event()
         self._reloads: set[asyncio.Task[None]] = set()
+        self._started = False  # SIGHUP before this: ignored (start reads the file anyway)
         self._servers: list[asyncio.base_events.Server] = []
         self._http: _EmbeddedUvicorn | None = None
         self._http_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        # A SIGHUP (a reload by systemd, say) during start-up, which may include a schema
+        # upgrade, must not end the process as SIGHUP's default action does.
+        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):  # main thread only
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._reload_soon)
         data_dir = self.config.server.data_dir
         try:
             prepare_data_dir(data_dir)
@@ -133,7 +138,10 @@ class Service:
             await self._start()
         except BaseException:
             self._lock.release()
+            with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             raise
+        self._started = True
 
     async def _start(self) -> None:
         config = self.config
@@ -333,6 +341,9 @@ class Service:
     # --- SIGHUP -----------------------------------------------------------------------
 
     def _reload_soon(self) -> None:
+        if not self._started:
+            log.warning("SIGHUP while starting: ignored; send it again once started")
+            return
         if self._stopping.is_set():
             log.info("SIGHUP while stopping: ignored")
             return
@@ -353,6 +364,14 @@ class Service:
             if part.name not in RELOADED
             and getattr(fresh, part.name) != getattr(self.config, part.name)
         ]  # fmt: skip
+        for pool in fresh.pools:  # the environment is the one this process started with
+            if pool.password_env and pool.password_env not in os.environ:
+                log.error(
+                    "SIGHUP: pool %r: %s is not set in this process's environment; a secret "
+                    "added or changed in the environment (EnvironmentFile) takes a restart",
+                    pool.name,
+                    pool.password_env,
+                )
         self.config = replace(self.config, pools=fresh.pools, policy=fresh.policy)
         self.identities.enforce = fresh.policy.sender == "verified"
         try:
