@@ -129,9 +129,11 @@ class BodyLimit:
 
 class SendRefusals:
     """Pure ASGI middleware: every refused send (4xx, 5xx) is one mail-log line, whoever
-    answered it (the route, an error handler, BodyLimit), with the reply's status, code and
-    error, and the key and envelope the request had shown by then (request.state). A stored
-    message bounced within the handoff (its answer names a message_id) is logged by delivery.
+    inside it answered (the route, an error handler, BodyLimit), with the reply's status,
+    code and error, and the key and envelope the request had shown by then (request.state).
+    A stored message bounced within the handoff (its answer names a message_id) is logged by
+    delivery. An unhandled exception (a bug) is answered outside it, by Starlette's
+    ServerErrorMiddleware: its 500 is not logged here (the server logs the traceback).
     """
 
     def __init__(self, app: ASGIApp, paths: Collection[str]) -> None:
