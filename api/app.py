@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any, Literal
@@ -36,6 +37,8 @@ from api.routes import aliases, domains, keys, messages, pools, send, smtp_confi
 from api.routes import webhooks as webhook_routes
 from gateway import maillog, metrics
 from storage.writer import StorageUnavailable
+
+log = logging.getLogger("postern.api")
 
 HealthCheck = Callable[[], Awaitable[None]]
 Readiness = Callable[[], Awaitable[StorageUnavailable | None]]
@@ -129,9 +132,11 @@ class BodyLimit:
 
 class SendRefusals:
     """Pure ASGI middleware: every refused send (4xx, 5xx) is one mail-log line, whoever
-    answered it (the route, an error handler, BodyLimit), with the reply's status, code and
-    error, and the key and envelope the request had shown by then (request.state). A stored
-    message bounced within the handoff (its answer names a message_id) is logged by delivery.
+    inside it answered (the route, an error handler, BodyLimit), with the reply's status,
+    code and error, and the key and envelope the request had shown by then (request.state).
+    A stored message bounced within the handoff (its answer names a message_id) is logged by
+    delivery. An unhandled exception (a bug) is answered outside it, by Starlette's
+    ServerErrorMiddleware: its 500 is not logged here (the server logs the traceback).
     """
 
     def __init__(self, app: ASGIApp, paths: Collection[str]) -> None:
@@ -223,10 +228,9 @@ def create_app(
     async def healthz(request: Request) -> Response:
         try:
             await health()
-        except Exception as error:
-            return JSONResponse(
-                {"status": "unavailable", "error": str(error)[:200]}, status_code=503
-            )
+        except Exception as error:  # the detail (a host, a port, a path) is for the log only
+            log.warning("health check: the database does not answer: %s", error)
+            return JSONResponse({"status": "unavailable"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
     @operation(
@@ -234,24 +238,26 @@ def create_app(
         responses={
             200: ('`{"status": "ready"}`', None),
             503: (
-                '`{"status": "unavailable", "reason", "error"}`; reason is storage_full, '
-                "storage_error (a write or the database failed) or writer_stopped",
+                '`{"status": "unavailable", "reason"}`; reason is storage_full, '
+                "storage_error (a write or the database failed) or writer_stopped "
+                "(the detail is logged, never answered)",
                 None,
             ),
         },
     )
     async def readyz(request: Request) -> Response:
         failure = await ready() if ready is not None else None
-        if failure is not None:
-            reason, detail = _NOT_READY.get(failure.kind, "storage_error"), str(failure)
+        if failure is not None:  # the writer has logged its detail
+            reason = _NOT_READY.get(failure.kind, "storage_error")
         else:
             try:
                 await health()
-            except Exception as error:
-                reason, detail = "storage_error", str(error)
+            except Exception as error:  # a host and port, say: for the log, not the prober
+                log.warning("readiness: the database does not answer: %s", error)
+                reason = "storage_error"
             else:
                 return JSONResponse({"status": "ready"})
-        body = {"status": "unavailable", "reason": reason, "error": detail[:200]}
+        body = {"status": "unavailable", "reason": reason}
         return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
 
     document: dict[str, Any] = {}

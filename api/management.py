@@ -36,7 +36,8 @@ class Management:
     identities: Identities  # verified domains and aliases, as intake sees them
     registry: PoolRegistry  # the live pools (decrypted passwords: the connection test)
     reload: Callable[[], Awaitable[None]]  # Service.reload_pools
-    guard: HostGuard  # SSRF: pool hosts and webhook URLs (the one delivery uses)
+    guard: HostGuard  # SSRF: pool hosts (the one delivery uses)
+    webhook_guard: HostGuard  # SSRF: webhook URLs (public only, unless [webhooks] allow_private)
     resolver: Resolver  # domain checks: [dns] nameservers, no cache
     hostname: str  # EHLO name of the connection test; SPF record
     probe_timeout: float  # per step of the connection test
@@ -55,6 +56,7 @@ class Management:
         registry: PoolRegistry,
         reload: Callable[[], Awaitable[None]],
         guard: HostGuard | None = None,
+        webhook_guard: HostGuard | None = None,
     ) -> Management:
         host, port = config.http.listen
         shown = f"[{host}]" if ":" in host else host
@@ -64,6 +66,10 @@ class Management:
             registry=registry,
             reload=reload,
             guard=guard or HostGuard(config.security.deny_networks),
+            webhook_guard=webhook_guard
+            or HostGuard(
+                config.security.deny_networks, allow_private=config.webhooks.allow_private
+            ),
             resolver=Resolver(config.dns.nameservers, cache_size=0),
             hostname=config.server.hostname,
             probe_timeout=min(config.delivery.connect_timeout, 15.0),

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import gc
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -95,6 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "serve":  # SIGHUP's default ends the process: not while it starts
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     config_path = (
         getattr(args, "sub_config", None) or args.config or os.environ.get("POSTERN_CONFIG") or None
     )

@@ -150,6 +150,7 @@ class WebhooksConfig:
     max_age: float = 3 * 86400.0  # undelivered events older than this are dropped (>= 24 h)
     timeout: float = 10.0
     batch_size: int = 500  # events per POST (at most)
+    allow_private: bool = False  # receivers on loopback/private addresses (hostguard)
 
 
 @dataclass(frozen=True)
@@ -406,6 +407,7 @@ _SECTIONS: dict[str, tuple[type, dict[str, Converter]]] = {
             "max_age": _positive_duration,
             "timeout": _positive_duration,
             "batch_size": _positive_int,
+            "allow_private": _bool,
         },
     ),
 }

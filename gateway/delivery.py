@@ -42,6 +42,7 @@ class PoolRegistry:
     def __init__(self, session: SessionSettings) -> None:
         self._session = session
         self._pools: dict[str, UpstreamPool] = {}
+        self._cut_off = False  # shutdown's deadline: pools (re)made after it start cut off
 
     def load(self, settings: Iterable[PoolSettings]) -> None:
         """Replace the pool set; pools whose settings did not change keep their sessions."""
@@ -56,6 +57,9 @@ class PoolRegistry:
         for pool_id, pool in self._pools.items():
             if fresh.get(pool_id) is not pool:
                 asyncio.get_running_loop().create_task(pool.close())
+        if self._cut_off:  # a reload during shutdown: no full send may start in its last second
+            for pool in fresh.values():
+                pool.cut_off()
         self._pools = fresh
         show_limits(pool.settings for pool in fresh.values())
 
@@ -72,6 +76,7 @@ class PoolRegistry:
         await asyncio.gather(*(pool.close() for pool in self._pools.values()))
 
     def cut_off(self) -> None:
+        self._cut_off = True
         for pool in self._pools.values():
             pool.cut_off()
 

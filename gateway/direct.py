@@ -45,6 +45,7 @@ class DirectRoutes:
         self._port = port
         self._per_destination = per_destination
         self._pools: dict[tuple[str, int], UpstreamPool] = {}
+        self._cut_off = False  # shutdown's deadline: pools made after it start cut off too
 
     async def deliver(self, message: QueuedMessage) -> dict[str, DeliveryResult]:
         plans = await mx.plan_message(self._resolver, message.recipients, self._port)
@@ -104,6 +105,8 @@ class DirectRoutes:
                 max_connections=self._per_destination,
             )
             pool = self._pools[key] = UpstreamPool(settings, self._session)
+            if self._cut_off:  # the next MX host or domain must not start a send either
+                pool.cut_off()
         return pool
 
     async def reap_idle(self) -> None:
@@ -114,6 +117,7 @@ class DirectRoutes:
                 del self._pools[key]
 
     def cut_off(self) -> None:
+        self._cut_off = True
         for pool in self._pools.values():
             pool.cut_off()
 

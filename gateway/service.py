@@ -109,10 +109,15 @@ class Service:
         self.drain_timeout = drain_timeout  # seconds from the stop signal (README: 10 s)
         self._stopping = asyncio.Event()
         self._reloads: set[asyncio.Task[None]] = set()
+        self._started = False  # SIGHUP before this: ignored (start reads the file anyway)
         self._servers: list[asyncio.base_events.Server] = []
         self._http: list[HttpDoor] = []
 
     async def start(self) -> None:
+        # A SIGHUP (a reload by systemd, say) during start-up, which may include a schema
+        # upgrade, must not end the process as SIGHUP's default action does.
+        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):  # main thread only
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._reload_soon)
         data_dir = self.config.server.data_dir
         try:
             prepare_data_dir(data_dir)
@@ -124,7 +129,10 @@ class Service:
             await self._start()
         except BaseException:
             self._lock.release()
+            with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             raise
+        self._started = True
 
     async def _start(self) -> None:
         config = self.config
@@ -171,12 +179,16 @@ class Service:
 
         self.resolver = Resolver(config.dns.nameservers)
         # SSRF: one guard for every connection to a host someone else named (pools, pool
-        # tests, webhooks); MX targets get a stricter one (public addresses only, by default).
+        # tests); MX targets and webhook URLs get a stricter one each (public addresses
+        # only, by default: a key with the webhooks scope must not reach internal services).
         guard_resolver = self.resolver if config.dns.nameservers else None
         deny = config.security.deny_networks
         guard = HostGuard(deny, resolver=guard_resolver)
         mx_guard = HostGuard(
             deny, allow_private=delivery_cfg.mx_allow_private, resolver=guard_resolver
+        )
+        webhook_guard = HostGuard(
+            deny, allow_private=config.webhooks.allow_private, resolver=guard_resolver
         )
         session = SessionSettings(
             local_hostname=config.server.hostname,
@@ -230,12 +242,18 @@ class Service:
             queue=self.queue,
             wake=self.delivery.wake,
             manage=Management.build(
-                config, self.box, self.identities, self.registry, self.reload_pools, guard
+                config,
+                self.box,
+                self.identities,
+                self.registry,
+                self.reload_pools,
+                guard,
+                webhook_guard,
             ),
         )
         self.api.start()
         self.webhooks = await start_webhooks(  # signed event webhooks ([webhooks])
-            config.webhooks, self.db, self.writer, self.box, self.api.management().guard, node
+            config.webhooks, self.db, self.writer, self.box, webhook_guard, node
         )
         self._start_http(budget, http_socket, metrics_socket)
         log.info(
@@ -344,6 +362,9 @@ class Service:
     # --- SIGHUP -----------------------------------------------------------------------
 
     def _reload_soon(self) -> None:
+        if not self._started:
+            log.warning("SIGHUP while starting: ignored; send it again once started")
+            return
         if self._stopping.is_set():
             log.info("SIGHUP while stopping: ignored")
             return
@@ -364,6 +385,14 @@ class Service:
             if part.name not in RELOADED
             and getattr(fresh, part.name) != getattr(self.config, part.name)
         ]  # fmt: skip
+        for pool in fresh.pools:  # the environment is the one this process started with
+            if pool.password_env and pool.password_env not in os.environ:
+                log.error(
+                    "SIGHUP: pool %r: %s is not set in this process's environment; a secret "
+                    "added or changed in the environment (EnvironmentFile) takes a restart",
+                    pool.name,
+                    pool.password_env,
+                )
         self.config = replace(self.config, pools=fresh.pools, policy=fresh.policy)
         self.identities.enforce = fresh.policy.sender == "verified"
         try:

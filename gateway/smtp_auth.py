@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import math
+import re
 import time
 from typing import Any
 
@@ -205,8 +206,26 @@ class ApiKeyAuth:
             self.transport.close()  # type: ignore[attr-defined]
 
 
+_USER_NAME = re.compile(r"[A-Za-z0-9._%+@-]{1,64}")
+
+
 def _shown_user(login: str, secret: str) -> str:
-    """The user name for the log, unless it may be a key (pasted into the wrong field)."""
-    if KEY_PREFIX in login or (secret and secret in login):
+    """The user name for the log, unless it may be a key or a password (pasted into the
+    wrong field): only a short plain name that is no part of the secret is shown."""
+    if not login:
+        return ""
+    if KEY_PREFIX in login.lower() or (secret and (secret in login or login in secret)):
         return "(hidden: looks like a key)"
-    return login[:100]
+    if not _USER_NAME.fullmatch(login) or _token_like(login):
+        return "(hidden: not a plain user name)"
+    return login
+
+
+def _token_like(login: str) -> bool:
+    """Long, without an @, mixing letters and digits: a generated secret, not a name."""
+    return (
+        len(login) >= 20
+        and "@" not in login
+        and any(c.isdigit() for c in login)
+        and any(c.isalpha() for c in login)
+    )

@@ -139,6 +139,38 @@ class ListenerLimits:
 _SMTP = TypeVar("_SMTP", bound=type[SMTP])
 _BETWEEN_COMMANDS = ("UNKNOWN", None, None)  # aiosmtpd answers a line that is no command
 
+# aiosmtpd's replies that echo what the client sent: a line that is no command may be a
+# credential pipelined after a refused AUTH, so the log gets a fixed text instead.
+_UNRECOGNISED = re.compile(r'500 5\.5\.2 Error: command "(.*)" not recognized\Z', re.DOTALL)
+_ECHOING = (
+    (_UNRECOGNISED, "500 5.5.2 Error: command not recognized"),
+    (re.compile(r"421 4\.7\.0 .* sent too many times\Z", re.DOTALL), "421 4.7.0 Too many commands"),
+    (re.compile(r"502 5\.5\.1 Could not VRFY .*\Z", re.DOTALL), "502 5.5.1 Could not VRFY"),
+)
+_SHOWN_VERB = 4  # SMTP verbs are four letters; more of an unknown line may be a secret
+
+
+def shown_verb(command: str) -> str:
+    """At most the first few letters of an unknown command, for the log."""
+    head = command[:_SHOWN_VERB]
+    if len(command) > 12 or not head.isascii() or not head.isalpha():
+        return "?"  # no verb is that long: a base64 line, say
+    return head + ("…" if len(command) > _SHOWN_VERB else "")
+
+
+def _hide_echo(record: logging.LogRecord) -> bool:
+    """aiosmtpd's own warnings name an unknown command, whole: only its first letters."""
+    if (
+        record.msg in ("%r unrecognised: %s", "%r over limit for %s")
+        and len(record.args or ()) == 2
+    ):
+        peer, command = record.args  # type: ignore[misc]
+        record.args = (peer, shown_verb(str(command)))
+    return True
+
+
+logging.getLogger("mail.log").addFilter(_hide_echo)
+
 
 def _noting_commands(cls: _SMTP) -> _SMTP:
     """Every smtp_* command notes its name, argument and envelope as it starts (aiosmtpd
@@ -297,10 +329,23 @@ class PosternSMTP(ApiKeyAuth, SMTP):
             status = with_enhanced_code(status)
             code = status[:3]
             if code[:1] in ("4", "5") and code != "535":  # failed AUTH: logged where checked
-                self.log_refusal(status)
+                self._log_refusal_of(status)
             elif code == "354":
                 self._command = ("END-OF-DATA", *self._command[1:])
         await super().push(status)
+
+    def _log_refusal_of(self, reply: str) -> None:
+        """Log a reply sent, without the client's words where aiosmtpd echoes them."""
+        unknown = _UNRECOGNISED.match(reply)
+        if unknown:
+            self._command = _BETWEEN_COMMANDS
+            details = f"command={shown_verb(unknown.group(1))}"
+            self.log_refusal(_ECHOING[0][1], details)
+            return
+        for echoing, fixed in _ECHOING[1:]:
+            if echoing.match(reply):
+                reply = fixed
+        self.log_refusal(reply)
 
     def log_refusal(self, reply: str, details: str = "") -> None:
         """Log a refusal as Postfix's `NOQUEUE: reject` line, with what the client had said

@@ -2,7 +2,9 @@
 
 Storage is the truth; this is a copy. This node's own changes apply at once. Other nodes'
 additions arrive with the next incremental refresh (every few seconds, by `created_at`),
-and their removals with the next full reload (every minute).
+and their removals with the next full reload (every minute). Stored addresses are keyed
+again as they are loaded: during a rolling upgrade on PostgreSQL, nodes not yet upgraded
+still store them as given (mixed case, quoted).
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ class SuppressionCache:
         """Replace the copy with storage's list."""
         started = time.time()
         rows = await self._db.read(lambda conn: list(conn.execute(select(S.c.email))))
-        self._keys = {row[0] for row in rows}
+        self._keys = {mailbox_key(row[0]) for row in rows}
         self._watermark = started - _SLACK
 
     async def refresh(self) -> None:
@@ -58,5 +60,5 @@ class SuppressionCache:
                 row[0] for row in conn.execute(select(S.c.email).where(S.c.created_at >= since))
             ]
 
-        self._keys.update(await self._db.read(query))
+        self._keys.update(mailbox_key(email) for email in await self._db.read(query))
         self._watermark = started - _SLACK

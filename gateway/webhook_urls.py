@@ -1,9 +1,10 @@
 """Webhook URLs: what may be one, and where a POST to one may go (SSRF).
 
 A webhook URL is typed in over the API and Postern POSTs to it from inside the network, so
-it gets the pool hosts' guard (gateway.hostguard): http or https only, no credentials, and
+it gets a guard of its own (gateway.hostguard): http or https only, no credentials, and
 a host that is, or resolves to, a denied network (cloud metadata, link-local, the
-operator's `deny_networks`) is refused at create/PATCH and again before every POST. The POST
+operator's `deny_networks`, and loopback and private networks unless `[webhooks]
+allow_private`) is refused at create/PATCH and again before every POST. The POST
 then goes to the address that was checked (`Pinned`), so a DNS answer that changes between
 the check and the connection (rebinding) cannot point it elsewhere; TLS still verifies the
 certificate against the URL's host name.

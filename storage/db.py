@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, select, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlmodel import SQLModel
 
@@ -27,6 +29,7 @@ from storage.models import EVENT_TXID, SCHEMA_VERSION, Meta
 log = logging.getLogger("postern.storage")
 T = TypeVar("T")
 Query = Callable[[Connection], T]
+LOCK_WAIT = 300.0  # seconds to wait for another process's schema upgrade (SQLite)
 
 
 class SchemaError(Exception):
@@ -68,8 +71,14 @@ class Database:
         self._async: AsyncEngine | None = None
         if self.is_sqlite:
             url = url.replace("sqlite+aiosqlite:", "sqlite:")
+            # hide_parameters: an error's text (logged) must not carry message content,
+            # addresses or key hashes.
             self._sync = create_engine(
-                url, connect_args={"check_same_thread": False}, pool_size=5, max_overflow=5
+                url,
+                connect_args={"check_same_thread": False},
+                pool_size=5,
+                max_overflow=5,
+                hide_parameters=True,
             )
             event.listen(self._sync, "connect", _sqlite_pragmas)
             # One writer thread (SQLite has one writer anyway), a few for reads.
@@ -77,7 +86,7 @@ class Database:
             self._read_threads = ThreadPoolExecutor(3, thread_name_prefix="db-read")
         else:
             self._async = create_async_engine(
-                url, pool_size=10, max_overflow=10, pool_pre_ping=True
+                url, pool_size=10, max_overflow=10, pool_pre_ping=True, hide_parameters=True
             )
 
     @property
@@ -112,6 +121,30 @@ class Database:
         async with self._async.begin() as conn:
             return await conn.run_sync(work)
 
+    async def exclusive(self, work: Query[T]) -> T:
+        """Run `work` in one transaction that holds SQLite's write lock from its start
+        (`BEGIN IMMEDIATE`): what it reads cannot change before it writes. pysqlite's own
+        transactions begin only at the first INSERT/UPDATE/DELETE (its DDL and reads run
+        outside any), so the driver's autocommit is turned on and the BEGIN is ours.
+        On PostgreSQL, a plain transaction (`work` takes its own locks)."""
+        if self._sync is None:
+            return await self.transaction(work)
+        engine = self._sync
+
+        def run() -> T:
+            with engine.connect() as conn:
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+                _begin_immediate(conn)
+                try:
+                    result = work(conn)
+                except BaseException:
+                    conn.exec_driver_sql("ROLLBACK")
+                    raise
+                conn.exec_driver_sql("COMMIT")
+                return result
+
+        return await asyncio.get_running_loop().run_in_executor(self._write_thread, run)
+
     async def dispose(self) -> None:
         if self._sync is not None:
             self._write_thread.shutdown(wait=True)
@@ -125,9 +158,25 @@ def open_database(url: str) -> Database:
     return Database(url)
 
 
+def _begin_immediate(conn: Connection) -> None:
+    """Take SQLite's write lock, waiting up to LOCK_WAIT for another process that holds it
+    (the busy timeout alone is shorter than a long upgrade)."""
+    deadline = time.monotonic() + LOCK_WAIT
+    while True:
+        try:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            return
+        except OperationalError as error:
+            if "locked" not in str(error.orig) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.1)
+
+
 def _create_schema(conn: Connection) -> None:
+    # Nodes and CLI commands starting together must not race to create or upgrade the same
+    # tables: PostgreSQL takes a lock here, SQLite holds its write lock already (exclusive);
+    # the version is read under the lock, so only the first one upgrades.
     if conn.dialect.name == "postgresql":
-        # Nodes starting together must not race to create the same tables.
         conn.execute(text("SELECT pg_advisory_xact_lock(7301)"))
     SQLModel.metadata.create_all(conn)
     meta = Meta.__table__  # type: ignore[attr-defined]
@@ -271,4 +320,4 @@ def _upgrade(conn: Connection) -> None:
 
 async def create_schema(db: Database) -> None:
     """Create missing tables and record the schema version; refuse a newer database."""
-    await db.transaction(_create_schema)
+    await db.exclusive(_create_schema)

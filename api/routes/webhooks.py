@@ -1,8 +1,9 @@
 """/api/v1/webhooks: signed event webhooks (scope `webhooks`).
 
 The signing secret is in the creation response and nowhere else: it is stored encrypted,
-bound to the webhook's id (gateway.webhook_signing). URLs pass the pool hosts' SSRF guard at
-create and PATCH (and the sender checks again before every POST).
+bound to the webhook's id (gateway.webhook_signing). URLs pass the webhooks' SSRF guard
+(public addresses only unless `[webhooks] allow_private`) at create and PATCH (and the
+sender checks again before every POST).
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ async def _check(ctx: ApiContext, values: dict[str, Any]) -> None:
     url = values.get("url")
     if url is not None:
         try:
-            await webhook_urls.check(ctx.management().guard, url)
+            await webhook_urls.check(ctx.management().webhook_guard, url)
         except webhook_urls.BadUrl as error:
             raise _bad("url", str(error)) from None
         except HostRefused as error:

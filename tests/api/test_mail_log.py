@@ -121,7 +121,9 @@ async def test_every_smtp_refusal_is_one_line_with_stage_envelope_and_reply(
     assert mail_log.one("reject: MAIL ", "501 ").endswith(
         f"from {me}: 501 5.5.4 Control characters in the command; from=<a\\x01@x.test> {tail}"
     )
-    assert "reject: UNKNOWN from " in mail_log.one("XYZZY")
+    assert mail_log.one("reject: UNKNOWN from ").endswith(
+        f"from {me}: 500 5.5.2 Error: command not recognized; command=XYZZ… {tail}"
+    )
     for line in mail_log.lines():
         assert re.match(STAMP + " INFO postern.mail: NOQUEUE: reject: ", line), line
     assert len(mail_log.lines("NOQUEUE: reject:")) == 7
@@ -182,6 +184,69 @@ async def test_a_failed_auth_names_mechanism_user_and_key_but_never_the_secret(
     text = mail_log.output.getvalue()
     assert wrong not in text and reader_secret not in text
     assert "msk_" not in text
+
+
+@pytest.fixture
+def every_log() -> Iterator[io.StringIO]:
+    """Every record of every logger, at the levels `postern serve` sets (gateway.logs)."""
+    output = io.StringIO()
+    handler = logging.StreamHandler(output)
+    handler.setFormatter(EscapingFormatter(FORMAT))
+    root, aiosmtpd = logging.getLogger(), logging.getLogger("mail.log")
+    levels = root.level, aiosmtpd.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    aiosmtpd.setLevel(logging.WARNING)
+    try:
+        yield output
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(levels[0])
+        aiosmtpd.setLevel(levels[1])
+
+
+async def test_credentials_pipelined_after_a_refused_auth_never_reach_the_log(
+    api: Api, mail_log: MailLog, every_log: io.StringIO
+) -> None:
+    """A client that sends its AUTH LOGIN lines without waiting: the AUTH is refused, so
+    the user name and the key arrive as commands, which aiosmtpd's reply echoes."""
+    _, secret = await api.key_record("send")
+    user = base64.b64encode(b"ann@x.test").decode()
+    password = base64.b64encode(secret.encode()).decode()
+    client = await RawClient.connect(api.svc.smtp_port)
+    await client.ehlo("client.test")
+    await client.send(f"AUTH CRAM-MD5\r\n{user}\r\n{password}\r\n".encode())
+    assert [(await client.reply()).code for _ in range(3)] == [504, 500, 500]
+    await client.close()
+
+    lines = mail_log.lines("reject: UNKNOWN ", "500 5.5.2 Error: command not recognized;")
+    assert len(lines) == 2, mail_log.output.getvalue()
+    assert all("; command=? proto=ESMTP" in line for line in lines), lines
+    text = every_log.getvalue() + mail_log.output.getvalue()
+    for secret_form in (password, password.upper(), password[4:12].upper(), user.upper()):
+        assert secret_form not in text, text
+    assert "msk_" not in text
+
+
+async def test_a_failed_auth_hides_a_user_name_that_looks_like_a_password(
+    api: Api, mail_log: MailLog
+) -> None:
+    client = await RawClient.connect(api.svc.smtp_port)
+    await client.ehlo("client.test")
+    for user in ("ann@x.test", "Tr0ub4dor3xyzzy123456", "pass word", "msk_x", "MSK_Y"):
+        reply = await client.command(f"AUTH PLAIN {plain(user, 'msk_' + 'q' * 43)}")
+        assert reply.code == 535
+    await client.close()
+    users = [line.split("user=<")[1].split(">")[0] for line in mail_log.lines("reject: AUTH ")]
+    assert users == [
+        "ann@x.test",
+        "(hidden: not a plain user name)",
+        "(hidden: not a plain user name)",
+        "(hidden: looks like a key)",
+        "(hidden: looks like a key)",
+    ]
+    text = mail_log.output.getvalue()
+    assert "Tr0ub4dor" not in text and "pass word" not in text
 
 
 # --- intake and delivery ----------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """Signed webhooks end to end: a real Service, a real upstream sink and a real HTTP receiver
-(tests/webhook_receiver.py) on loopback."""
+(tests/webhook_receiver.py) on loopback, which `[webhooks] allow_private` lets through."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ import pytest
 
 from gateway import events
 from gateway.webhook_sender import WebhookSender
-from tests.api.conftest import Api, auth, payload
+from gateway.webhook_signing import new_secret, seal
+from storage.webhooks import create_webhook
+from tests.api.conftest import Api, ApiFactory, auth, payload
 from tests.conftest import metric, query, smtp_send, wait_until
 from tests.sink import Sink
 from tests.webhook_receiver import Receiver
@@ -24,6 +26,12 @@ MESSAGE = b"From: app@sender.test\r\nTo: r@example.test\r\nSubject: hi\r\n\r\nbo
 @pytest.fixture(autouse=True)
 def quick_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(WebhookSender, "schedule", (0.3,))
+
+
+@pytest.fixture
+async def api(api_client: ApiFactory) -> Api:
+    """The receiver is on loopback: these tests opt in to private webhook addresses."""
+    return await api_client(webhooks={"allow_private": True})
 
 
 @pytest.fixture
@@ -282,6 +290,60 @@ async def test_ssrf_refused_on_create_and_patch(api: Api, receiver: Receiver, ur
 
 
 @pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8080/hook",
+        "http://localhost/",
+        "http://10.1.2.3/",
+        "http://192.168.0.10/",
+        "http://[::1]/",
+        "http://[fd00::1]/",
+        "http://[::ffff:127.0.0.1]/",
+    ],
+)
+async def test_private_receivers_are_refused_by_default(
+    api_client: ApiFactory, receiver: Receiver, url: str
+) -> None:
+    """A key with the webhooks scope must not make Postern POST to internal services."""
+    api = await api_client()  # no [webhooks] allow_private
+    key = await api.key("webhooks")
+    created = await api.http.post("/api/v1/webhooks", json={"url": url}, headers=auth(key))
+    assert created.status_code == 400, created.text
+    assert created.json()["code"] == "host_not_allowed"
+    public = await api.http.post(
+        "/api/v1/webhooks", json={"url": "https://192.0.1.1/hook"}, headers=auth(key)
+    )
+    assert public.status_code == 201, public.text
+    hook_id = public.json()["webhook"]["id"]
+    patched = await api.http.patch(
+        f"/api/v1/webhooks/{hook_id}", json={"url": url}, headers=auth(key)
+    )
+    assert patched.status_code == 400 and patched.json()["code"] == "host_not_allowed"
+
+
+async def test_a_stored_private_receiver_is_not_posted_to_by_default(
+    api_client: ApiFactory, receiver: Receiver
+) -> None:
+    """A webhook made while private addresses were allowed (or by a node that allowed them):
+    the check before each POST refuses it once they are not."""
+    api = await api_client()
+    box = api.svc.api.management().box
+    record = await create_webhook(
+        api.svc.db, {"url": receiver.url}, lambda hook_id: seal(box, hook_id, new_secret())
+    )
+    key = await api.key("send", "webhooks")
+    assert (await api.send(key=key)).status_code == 200
+
+    async def refused() -> bool:
+        response = await api.get(f"/api/v1/webhooks/{record.id}/deliveries", key=key)
+        rows = response.json()["deliveries"]
+        return any("denied network" in (row["error"] or "") for row in rows)
+
+    assert await wait_until(refused, timeout=10)
+    assert receiver.requests == []
+
+
+@pytest.mark.parametrize(
     ("body", "field"),
     [
         ({"url": "ftp://example.test/"}, "url"),
@@ -350,7 +412,7 @@ async def test_each_simulator_outcome_reaches_the_webhook_with_no_upstream(
     api_client: Any, receiver: Receiver, sink: Sink
 ) -> None:
     """SPEC "simulator": the whole pipeline, events and webhooks included, no upstream."""
-    api = await api_client(delivery={"retry_schedule": ["0.3s"]})
+    api = await api_client(delivery={"retry_schedule": ["0.3s"]}, webhooks={"allow_private": True})
     key = await api.key("send", "webhooks")
     await make_hook(api, key, receiver, final_only=False)
     sim = "simulator.postern.invalid"

@@ -174,6 +174,12 @@ def test_verbose_names_the_database_on_stderr(tmp_path: Path) -> None:
         )
     quiet = postern("--config", str(config), "keys", "list", cwd=tmp_path)
     assert quiet.stderr == ""
+    copy = tmp_path / "copy"  # backup takes it after its name like every other command
+    backed = postern("backup", str(copy), "--config", str(config), "--verbose", cwd=tmp_path)
+    assert backed.returncode == 0, backed.stderr
+    assert backed.stderr.splitlines()[0] == (
+        f"postern: config {config}; data_dir {config.parent / 'state'}; database {database}"
+    )
     refused = postern("--verbose", "queue", "list", cwd=tmp_path)  # where it looked, then why
     assert refused.returncode == 2
     assert refused.stderr.splitlines()[0] == (

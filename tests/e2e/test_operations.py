@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from tests.e2e.conftest import MakePostern, Postern, run_cli, wait_until
+from tests.processes import spawn_serve
 from tests.sink import Sink
 
 DRAIN_BOUND = 10.0  # README: in-flight deliveries finish or are cut off within 10 s
@@ -223,3 +224,32 @@ def test_sighup_reloads_pools_and_policy(sink: Sink, postern_process: MakePoster
         assert "Traceback" not in postern.stderr(), postern.stderr()
     finally:
         other.stop()
+
+
+def _catches_sighup(pid: int) -> bool:
+    """SIGHUP ignored or handled by the process (from /proc: its default would end it)."""
+    with open(f"/proc/{pid}/status") as status:
+        masks = dict(line.split(":\t", 1) for line in status.read().splitlines() if ":\t" in line)
+    return any(int(masks.get(name, "0"), 16) & 1 for name in ("SigIgn", "SigCgt"))
+
+
+def test_a_sighup_while_starting_does_not_end_the_process(
+    sink: Sink, postern_process: MakePostern
+) -> None:
+    """`systemctl reload` right after a start (a schema upgrade can make it long): SIGHUP's
+    default action would end the process before its handler was installed."""
+    postern = postern_process(sink.port, start=False)
+    postern.proc = spawn_serve(postern.config, postern.stderr_path)
+    pid = postern.pid
+    assert wait_until(lambda: postern.proc is not None and (
+        postern.proc.poll() is not None or _catches_sighup(pid) or postern.healthy()
+    ), timeout=30, interval=0.005)  # fmt: skip
+    assert not postern.healthy(), "SIGHUP was left to its default until start-up had ended"
+    deadline = time.monotonic() + 30
+    while not postern.healthy() and time.monotonic() < deadline:
+        assert postern.proc.poll() is None, postern.stderr()
+        postern.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.05)
+    assert postern.healthy() and postern.proc.poll() is None, postern.stderr()
+    postern.proc.send_signal(signal.SIGHUP)  # once started: a reload, as ever
+    assert wait_until(lambda: "SIGHUP: reloaded" in postern.stderr(), timeout=10)

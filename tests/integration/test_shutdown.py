@@ -16,6 +16,12 @@ import time
 
 import pytest
 
+from gateway.delivery import PoolRegistry
+from gateway.direct import DirectRoutes
+from gateway.dns import Resolver
+from gateway.hostguard import HostGuard
+from gateway.message import Outcome, QueuedMessage
+from gateway.upstream import PoolSettings, PoolUnavailable, SessionSettings
 from tests.conftest import (
     SINK_POOL,
     ManagedService,
@@ -94,3 +100,38 @@ async def test_a_transaction_hung_before_the_body_is_handed_back_uncounted(
     assert row["due_at"] <= time.time()  # due again at once, at the next start
     assert await event_types(svc, message_id) == [("queued", 0)]
     assert sink.messages == [] and sink.dropped_after_data == []
+
+
+# --- pools made after the cut-off -------------------------------------------------------
+
+
+def _queued() -> QueuedMessage:
+    return QueuedMessage(
+        id="msg_late", mail_from=SENDER, recipients=["a@[127.0.0.1]"], content=message(),
+        attempts=0, created_at=time.time(),
+    )  # fmt: skip
+
+
+async def test_a_pool_made_after_the_cut_off_starts_no_send(sink: Sink) -> None:
+    """A reload (or the API) replacing a pool in shutdown's last second: the new pool is cut
+    off too, so no whole send can start there and be aborted after its final dot."""
+    registry = PoolRegistry(SessionSettings("postern.test", connect_timeout=2.0))
+    registry.cut_off()
+    registry.load([PoolSettings(id="p", name="late", host="127.0.0.1", port=sink.port,
+                                encryption="none")])  # fmt: skip
+    with pytest.raises(PoolUnavailable, match="shutting down"):
+        await registry.get("p").send(_queued())
+    assert sink.connections_total == 0 and sink.messages == []
+
+
+async def test_an_mx_host_first_used_after_the_cut_off_gets_no_send(sink: Sink) -> None:
+    """Direct delivery makes a pool per MX host as it first needs one: after the cut-off,
+    the next host or domain must not be sent to either."""
+    session = SessionSettings("postern.test", connect_timeout=2.0)
+    routes = DirectRoutes(Resolver(), session, sink.port, guard=HostGuard(allow_private=True))
+    routes.cut_off()
+    results = await routes.deliver(_queued())
+    assert results["a@[127.0.0.1]"].outcome is Outcome.DEFERRED
+    assert "shutting down" in results["a@[127.0.0.1]"].describe()
+    assert sink.connections_total == 0 and sink.messages == []
+    await routes.close()

@@ -101,7 +101,8 @@ async def _refused_while_faulty(svc: ManagedService, key: str) -> None:
     assert response.headers.get("Retry-After", "").isdigit(), response.headers
     assert response.json()["success"] is False
     ready = await _readyz(svc)
-    assert ready.status_code == 503 and ready.json()["reason"] == "storage_error", ready.text
+    assert ready.status_code == 503, ready.text
+    assert ready.json() == {"status": "unavailable", "reason": "storage_error"}  # no detail
     assert metric("postern_storage_write_failures_total", reason="error") >= failures + 2
 
 
@@ -150,7 +151,7 @@ async def test_a_locked_database_is_451_and_503_then_service_resumes(
 
 
 async def test_a_full_database_on_commit_is_452_and_507_then_service_resumes(
-    service: ServiceFactory, sink: Sink
+    service: ServiceFactory, sink: Sink, caplog: pytest.LogCaptureFixture
 ) -> None:
     svc = await service()
     _, key = await create_key(svc.db, "faults", ["send"])
@@ -178,6 +179,12 @@ async def test_a_full_database_on_commit_is_452_and_507_then_service_resumes(
         assert response.status_code == 507, response.text
         assert response.json()["code"] == "storage_full"
         assert response.headers.get("Retry-After", "").isdigit()
+        ready = await _readyz(svc)
+        assert ready.json() == {"status": "unavailable", "reason": "storage_full"}
+        # The failed INSERT is logged without its values: no content, no address.
+        assert "storage write failed" in caplog.text
+        assert "[parameters:" not in caplog.text and "body line" not in caplog.text
+        assert "y" * 76 not in caplog.text and "c@y.test" not in caplog.text
         await _nothing_half_written(svc)
         await asyncio.sleep(0.5)
         assert sink.messages == []

@@ -37,6 +37,26 @@ async def test_refresh_adds_what_another_node_suppressed(
     assert cache.suppressed(["late@example.com"]) == {"late@example.com"}
 
 
+async def test_rows_an_older_node_stored_as_given_still_match(
+    backend: Database, other_db: Database
+) -> None:
+    """A rolling upgrade on PostgreSQL: a node still on schema 4 stores the address as the
+    client spelt it (case, quotes); this node's copy keys it, so every spelling matches."""
+    await _insert(backend, "Gone@Example.COM")
+    cache = SuppressionCache(backend)
+    await cache.reload()
+    assert cache.suppressed(["gone@example.com", "GONE@example.com"]) == {
+        "gone@example.com",
+        "GONE@example.com",
+    }
+    await _insert(other_db, '"Late"@Example.org')
+    await cache.refresh()
+    assert cache.suppressed(["late@example.org", "LATE@EXAMPLE.ORG"]) == {
+        "late@example.org",
+        "LATE@EXAMPLE.ORG",
+    }
+
+
 async def test_removal_elsewhere_shows_after_a_full_reload(backend: Database) -> None:
     await _insert(backend, "back@example.com")
     cache = SuppressionCache(backend)

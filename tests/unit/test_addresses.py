@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.addresses import envelope_problem, has_control, mailbox_key, normalise
 
@@ -151,3 +153,21 @@ def test_normalise_treats_idn_forms_alike() -> None:
 def test_mailbox_key_unquotes_and_lowercases_the_whole_address(spelling: str, key: str) -> None:
     assert mailbox_key(spelling) == key
     assert mailbox_key(key) == key  # idempotent
+
+
+_PIECES = st.sampled_from(['"', "\\", "@", ".", "a", "B", " ", "é", "İ", "ß", "ü", "ｘ", "-"])
+_TEXT = st.lists(st.one_of(_PIECES, st.text(max_size=3)), max_size=12).map("".join)
+_QUOTED = st.builds(lambda local, domain: f'"{local}"@{domain}', _TEXT, _TEXT)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.one_of(_TEXT, _QUOTED, st.builds(lambda a, b: f"{a}@{b}", _TEXT, _TEXT)))
+def test_mailbox_key_is_idempotent(address: str) -> None:
+    """A key is its own key: rows stored under a key (or re-keyed by an upgrade, or by a
+    cache load) match whatever spelling is looked up, however often it is keyed."""
+    key = mailbox_key(address)
+    assert mailbox_key(key) == key
+
+
+def test_nested_quotes_key_alike() -> None:
+    assert mailbox_key('"\\"a\\""@x.test') == mailbox_key('"a"@x.test') == "a@x.test"
