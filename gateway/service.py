@@ -20,6 +20,7 @@ immediate exit. SIGHUP reloads `[[pools]]` and `[policy]` from the config file.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
