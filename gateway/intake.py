@@ -224,8 +224,12 @@ class Intake:
         if not sender.may_send:
             raise NotPermitted("this API key has no send scope")
         allowed = sender.ip_pools
-        if allowed is None or self._group(route) in allowed:
+        if allowed is None:
             return route
+        if self._group(route) in allowed:
+            # Kept to that group: a default route would follow the default wherever it
+            # moves, perhaps out of the groups this key may use.
+            return replace(route, default=False)
         if not submission.alias_id:  # its own group: an active one, else one that waits
             settings = self._registry.settings()
             active = {pool.ip_pool for pool in settings if pool.is_active}

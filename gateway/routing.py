@@ -134,7 +134,9 @@ def default_route(pools: Sequence[PoolLike]) -> Route:
 
 def current(route: Route, pools: Sequence[PoolLike]) -> Route:
     """The route to try now: an explicit one as chosen; the default as it is now."""
-    return default_route(pools) if route.default else route
+    # A stored route of neither pool nor group (written while no pool existed, or by an
+    # older node) means "the default, whatever it is": never MX while pools exist.
+    return default_route(pools) if route.default or route.direct else route
 
 
 def candidates(route: Route, pools: Sequence[PoolLike], unhealthy: set[str]) -> list[str]:

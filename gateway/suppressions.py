@@ -46,8 +46,9 @@ class SuppressionCache:
     async def reload(self) -> None:
         """Replace the copy with storage's list."""
         started = time.time()
-        rows = await self._db.read(lambda conn: list(conn.execute(select(S.c.email))))
-        self._keys = {mailbox_key(row[0]) for row in rows}
+        self._keys = await self._db.read(
+            lambda conn: {_stored_key(row[0]) for row in conn.execute(select(S.c.email))}
+        )  # keyed in the read thread: a million rows must not hold the event loop
         self._watermark = started - _SLACK
 
     async def refresh(self) -> None:
@@ -56,9 +57,16 @@ class SuppressionCache:
         started = time.time()
 
         def query(conn: Connection) -> list[str]:
-            return [
-                row[0] for row in conn.execute(select(S.c.email).where(S.c.created_at >= since))
-            ]
+            rows = conn.execute(select(S.c.email).where(S.c.created_at >= since))
+            return [_stored_key(row[0]) for row in rows]
 
-        self._keys.update(mailbox_key(email) for email in await self._db.read(query))
+        self._keys.update(await self._db.read(query))
         self._watermark = started - _SLACK
+
+
+def _stored_key(email: str) -> str:
+    """A stored address's key: rows this version wrote are keys already (the common case,
+    checked cheaply); rows an older node wrote (mixed case, quotes) are keyed here."""
+    if email.isascii() and email == email.lower() and '"' not in email and not email.endswith("."):
+        return email
+    return mailbox_key(email)

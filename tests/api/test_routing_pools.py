@@ -318,3 +318,22 @@ MAIL = b"From: app@sender.test\r\nTo: a@example.test\r\nSubject: hi\r\n\r\nhello
 async def _waiting(api: Api, message_id: str, reason: str) -> dict[str, Any] | None:
     row = await message_row(api.svc, message_id)
     return row if row and reason in (row["last_response"] or "") else None
+
+
+async def test_a_key_kept_to_a_group_keeps_its_mail_there_when_the_default_moves(
+    setup: Setup,
+) -> None:
+    """A `send:marketing` key's mail, routed by default into marketing, stays in marketing
+    when the operator makes a transactional pool the default: the key's limit holds."""
+    api, mkt, trans = setup.api, setup.pools["mkt"], setup.pools["trans"]
+    await call(api, "PATCH", f"{POOLS}/{mkt}", setup.key, {"is_default": True})
+    setup.marketing.fail("mail", "451 4.3.0 broken")
+    marketing_only = await api.key("send:marketing")
+    sent = await api.send(payload(), key=marketing_only)
+    assert sent.status_code in (200, 202)
+    (message_id,) = [row["id"] for row in await query(api.svc, "SELECT id FROM message")]
+    await wait_until(lambda: _waiting(api, message_id, "451"), timeout=10.0)
+    await call(api, "PATCH", f"{POOLS}/{trans}", setup.key, {"is_default": True})
+    await call(api, "PATCH", f"{POOLS}/{mkt}", setup.key, {"is_active": False})
+    await wait_until(lambda: _waiting(api, message_id, "no active pool"), timeout=10.0)
+    assert setup.transactional.messages == []

@@ -229,3 +229,9 @@ def test_an_alias_whose_group_has_no_active_pool_is_refused() -> None:
 def test_from_matching_compares_the_domain_case_insensitively_and_as_a_labels() -> None:
     idn = AliasView("alias_idn", "news@xn--bcher-kva.example", "marketing")
     assert choose_route(None, "news@Bücher.example", POOLS, (idn,)) == Route(ip_pool="marketing")
+
+
+def test_a_stored_route_without_pool_or_group_takes_the_default_while_pools_exist() -> None:
+    """Written while no pool existed, or by an older node: never MX once pools exist."""
+    assert current(Route(), (SES, INTERNAL)) == Route(pool_id="pool_internal", default=True)
+    assert current(Route(), ()) == Route(default=True)
