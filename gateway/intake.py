@@ -15,6 +15,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from gateway import maillog, metrics
 from gateway.delivery import Delivery, PoolRegistry
@@ -141,6 +142,21 @@ class Intake:
             await self._raise_if_seen(submission)
             raise
         submission = await self._signed(submission)
+        # The client may go while the commit is under way (aiosmtpd then cancels the
+        # handler), yet the commit goes on: storing and handing over are one unit that a
+        # cancellation cannot split, or a claimed message would wait for a restart.
+        stored = asyncio.ensure_future(self._store(submission, route, watch))
+        try:
+            message, attempt = await asyncio.shield(stored)
+        except asyncio.CancelledError:
+            stored.add_done_callback(_observed)
+            raise
+        return Accepted(message, tuple(sorted(blocked)), attempt)
+
+    async def _store(
+        self, submission: Submission, route: Route, watch: bool
+    ) -> tuple[QueuedMessage, asyncio.Future[str] | None]:
+        """Store durably, then hand to delivery: claimed here when a worker has room."""
         sandbox = submission.sandbox
         claim = not sandbox and self._delivery.has_room()
         message = await self._queue.enqueue(submission, route, claim=claim)
@@ -151,7 +167,7 @@ class Intake:
             self._delivery.push(message)
         elif not sandbox:
             self._delivery.wake()
-        return Accepted(message, tuple(sorted(blocked)), attempt)
+        return message, attempt
 
     def _policy(self, submission: Submission) -> tuple[set[str], Submission, Route]:
         """Sender, suppression, routing and the key's permissions (no I/O: all in memory)."""
@@ -247,3 +263,10 @@ class Intake:
             if pool.id == route.pool_id:
                 return pool.ip_pool
         return None
+
+
+def _observed(stored: asyncio.Future[Any]) -> None:
+    """Collect the outcome of a store its caller stopped waiting for (the client went
+    without a reply, so a refusal or failure is only worth a log line)."""
+    if not stored.cancelled() and stored.exception() is not None:
+        log.info("message not stored after its client went: %r", stored.exception())

@@ -11,7 +11,8 @@ controls, the From, To, Cc, Reply-To and Subject fields (whitespace and folding 
 each body part's type and decoded content (text with LF line ends). Not the Date,
 Message-ID, Received or DKIM-Signature fields, the MIME boundaries or the transfer
 encodings, which a retry that rebuilds the message (Django, Rails, PHPMailer all do)
-changes every time.
+changes every time. A message the stdlib parser cannot take (MIME nested so deep that
+it recurses too far) is digested as its raw bytes instead.
 """
 
 from __future__ import annotations
@@ -36,6 +37,21 @@ def smtp_digest(
     mail_from: str, recipients: Sequence[str], controls: dict[str, str], content: bytes
 ) -> str:
     """The digest of an SMTP submission (`content` without Postern's own Received field)."""
+    request: dict[str, Any] = {
+        "mail_from": mail_from,
+        "recipients": sorted(set(recipients)),
+        "controls": controls,
+    }
+    try:
+        request.update(_message(content))
+    except Exception:  # RecursionError on MIME nested ~1000 deep, or any parse failure
+        # A message the parser cannot take is still accepted: the same bytes, same digest.
+        request["raw"] = hashlib.sha256(content).hexdigest()
+    return json_digest(request)
+
+
+def _message(content: bytes) -> dict[str, Any]:
+    """The addressing fields and each body part's type and decoded content digest."""
     message = email.message_from_bytes(content, policy=email.policy.compat32)
     fields = {
         name: [" ".join(str(value).split()) for value in message.get_all(name, [])]
@@ -46,15 +62,7 @@ def smtp_digest(
         for part in message.walk()
         if not part.is_multipart()
     ]
-    return json_digest(
-        {
-            "mail_from": mail_from,
-            "recipients": sorted(set(recipients)),
-            "controls": controls,
-            "fields": fields,
-            "parts": parts,
-        }
-    )
+    return {"fields": fields, "parts": parts}
 
 
 def _payload(part: email.message.Message) -> bytes:

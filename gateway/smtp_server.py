@@ -321,7 +321,9 @@ class PosternSMTP(ApiKeyAuth, SMTP):
             raise
         finally:
             transfer.release()
-        self._set_post_data_state()
+            # Also when the handler raised: aiosmtpd answers 451 then, and the next MAIL
+            # on this connection must start a new transaction, not get "503 nested MAIL".
+            self._set_post_data_state()
         await self.push("250 OK" if status is MISSING else status)
 
     async def push(self, status: Any) -> None:
