@@ -23,7 +23,7 @@ import socket
 import ssl
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiosmtplib
 from aiosmtplib import (
@@ -58,7 +58,7 @@ class Target:
     port: int
     encryption: str  # tls | ssl | none
     username: str = ""
-    password: str = ""
+    password: str = field(default="", repr=False)
     tls_verify: bool = True
 
     def __repr__(self) -> str:  # never print the password by accident
