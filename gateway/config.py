@@ -111,7 +111,7 @@ class HttpConfig:
 
 @dataclass(frozen=True)
 class StorageConfig:
-    url: str = ""
+    url: str = field(default="", repr=False)  # may carry the database password
     retention: float = 30 * 86400.0  # final messages and their events are kept this long
 
 

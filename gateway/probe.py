@@ -17,12 +17,13 @@ repeated. The password never appears in what is returned, even when a server ech
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import socket
 import ssl
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiosmtplib
 from aiosmtplib import (
@@ -57,7 +58,7 @@ class Target:
     port: int
     encryption: str  # tls | ssl | none
     username: str = ""
-    password: str = ""
+    password: str = field(default="", repr=False)
     tls_verify: bool = True
 
     def __repr__(self) -> str:  # never print the password by accident
@@ -122,11 +123,26 @@ def printable(text: str, limit: int) -> str:
     return "".join(c if " " <= c <= "~" else " " for c in " ".join(text.split()))[:limit]
 
 
-def smtp_reply(error: BaseException) -> str | None:
-    """The server's reply behind `error` when it is a well-formed SMTP reply (2xx-5xx)."""
+def smtp_reply(error: BaseException, username: str = "", password: str = "") -> str | None:
+    """The server's reply behind `error` when it is a well-formed SMTP reply (2xx-5xx), with
+    the password masked in the raw text first: once sanitised (whitespace collapsed,
+    non-ASCII blanked) an echo of it would no longer match."""
     if not isinstance(error, SMTPResponseException) or not 200 <= error.code <= 599:
         return None
-    return printable(f"{error.code} {error.message}", 4 * MAX_REPLY).rstrip()
+    text = mask(f"{error.code} {error.message}", username, password)
+    return printable(text, 4 * MAX_REPLY).rstrip()
+
+
+def mask(text: str, username: str, password: str) -> str:
+    """`text` with the password, and the base64 forms AUTH LOGIN and AUTH PLAIN send it
+    in, replaced by ***."""
+    if not password:
+        return text
+    login = base64.b64encode(password.encode()).decode()
+    plain = base64.b64encode(f"\0{username}\0{password}".encode()).decode()
+    for secret in sorted({password, login, plain}, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 async def _connect(target: Target, addresses: Sequence[str], timeout: float) -> socket.socket:
@@ -178,14 +194,14 @@ async def _dialogue(
     except (SMTPException, OSError) as error:
         if stage == "quit":
             return
-        raise _classify(error, stage) from None
+        raise _classify(error, stage, target) from None
     finally:
         # The transport owns the socket from connect() on (a TLS one may still be saying
         # goodbye): closing the socket here would free its number while still registered.
         client.close()
 
 
-def _classify(error: BaseException, stage: str) -> _Failed:
+def _classify(error: BaseException, stage: str, target: Target) -> _Failed:
     """What went wrong at `stage`, in Postern's words: nothing the peer sent is kept but a
     well-formed SMTP reply."""
     if isinstance(error, TimeoutError):
@@ -193,7 +209,7 @@ def _classify(error: BaseException, stage: str) -> _Failed:
     tls = _tls_error(error)
     if tls is not None:
         return _Failed("tls_failed", f"{stage}: {_tls_text(tls)}")
-    reply = smtp_reply(error)
+    reply = smtp_reply(error, target.username, target.password)
     if isinstance(error, SMTPResponseException) and reply is None:
         return _Failed("not_smtp", f"{stage}: the server did not answer in SMTP")
     if stage == "tls":

@@ -43,6 +43,7 @@ TOO_MANY_FAILURES = "421 4.7.0 Too many failed authentication attempts, closing 
 OVER_BUDGET = "421 4.7.0 Too many failed authentication attempts, try again later"
 KEY_REVOKED = "530 5.7.0 Authentication required: this session's API key was revoked"
 KEY_RATE = "451 4.7.0 This API key's rate limit is reached, try again in {} s"
+UNAVAILABLE = "454 4.7.0 Temporary authentication failure"  # RFC 4954: the lookup failed
 
 
 class AuthThrottle:
@@ -66,7 +67,7 @@ class AuthThrottle:
         return True
 
     def passed(self, host: str) -> None:
-        """The admitted guess was right: it costs nothing."""
+        """The admitted guess was right, or could not be checked: it costs nothing."""
         self._budget.give_back(client_of(host))
         if self._everyone is not None:
             self._everyone.give_back("")
@@ -179,7 +180,14 @@ class ApiKeyAuth:
             await self._hang_up(OVER_BUDGET)
             return AuthResult(success=False, handled=True)
         secret = offered.password.decode("utf-8", "replace")
-        key = await keys.authenticate(secret) if keys is not None else None
+        try:
+            key = await keys.authenticate(secret) if keys is not None else None
+        except Exception as error:  # the database is down: not the client's failure
+            throttle.passed(host)
+            # Only the error's class: a database error can quote the query's parameters.
+            details = f"mechanism={mechanism} key lookup failed: {type(error).__name__}"
+            self.log_refusal(UNAVAILABLE, details)  # type: ignore[attr-defined]
+            return AuthResult(success=False, handled=False, message=UNAVAILABLE)
         if key is not None and (key.may_send or key.may_sandbox):
             throttle.passed(host)
             return AuthResult(success=True, auth_data=key)

@@ -66,7 +66,7 @@ class Reply:
     TOO_BIG = "552 5.3.4 Message too big"
     HEADER_TOO_BIG = "552 5.3.4 Message header too big (over {} bytes)"
     LINE_TOO_LONG = "500 5.5.2 Line too long (over 998 bytes)"
-    NO_ROOM = "452 4.3.1 Insufficient system storage, try again later"
+    NO_ROOM = "452 4.3.1 Too much mail in transit, try again later"  # the DATA memory budget
     TOO_MANY_HOPS = "554 5.4.6 Too many Received headers: a mail loop?"
     UNKNOWN_ALIAS = "550 5.7.1 Unknown X-Postern-Alias-Id"
     ALIAS_NOT_VERIFIED = "550 5.7.1 The alias of X-Postern-Alias-Id is not verified yet"
@@ -301,6 +301,7 @@ class PosternSMTP(ApiKeyAuth, SMTP):
             await self.push("501 Syntax: DATA")
             return
         if self._handler.data_budget.full:  # before the 354: no body is sent for nothing
+            metrics.MESSAGES_REFUSED.labels(reason="data_budget").inc()
             await self.push(Reply.NO_ROOM)
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
@@ -309,7 +310,8 @@ class PosternSMTP(ApiKeyAuth, SMTP):
             if not await transfer.receive():
                 return  # the connection is gone
             if transfer.refusal is not None:
-                status = _REFUSED[transfer.refusal]
+                status, reason = _REFUSED[transfer.refusal]
+                metrics.MESSAGES_REFUSED.labels(reason=reason).inc()
             elif transfer.problem is not None:  # bare CR or LF, NUL (SPEC: known pitfalls)
                 metrics.MESSAGES_REFUSED.labels(reason="bad_content").inc()
                 status = Reply.BAD_CONTENT.format(transfer.problem)
@@ -605,8 +607,9 @@ def _control_problem(controls: dict[str, str]) -> str | None:
     return None
 
 
+# A transfer's refusal -> its reply, and its reason in postern_messages_refused_total
 _REFUSED = {
-    Refusal.TOO_BIG: Reply.TOO_BIG,
-    Refusal.LINE_TOO_LONG: Reply.LINE_TOO_LONG,
-    Refusal.NO_ROOM: Reply.NO_ROOM,
+    Refusal.TOO_BIG: (Reply.TOO_BIG, "too_big"),
+    Refusal.LINE_TOO_LONG: (Reply.LINE_TOO_LONG, "line_too_long"),
+    Refusal.NO_ROOM: (Reply.NO_ROOM, "data_budget"),
 }

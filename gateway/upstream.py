@@ -42,7 +42,7 @@ class PoolSettings:
     host: str
     port: int
     username: str = ""
-    password: str = ""
+    password: str = field(default="", repr=False)  # no log or traceback prints it
     # tls (STARTTLS) | ssl (implicit TLS) | none | opportunistic (STARTTLS when offered,
     # certificate unchecked: what MX hosts get, as RFC 3207 deployments expect)
     encryption: str = "tls"

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, NamedTuple
 
@@ -318,7 +318,7 @@ class Target:
     """What the sender needs to know of a webhook right now."""
 
     url: str
-    secret_enc: str
+    secret_enc: str = field(repr=False)
     active: bool
     holder: str | None
     cursor: Position

@@ -222,3 +222,30 @@ async def test_bad_control_header_values_are_refused(api: Api, sink: Sink) -> No
     code, text = await smtp.send_message(many_tags)
     assert code == 550 and "Tags" in text
     smtp.close()
+
+
+async def test_a_key_lookup_outage_answers_454_and_costs_no_budget(
+    api_client: ApiFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api = await listener(api_client, auth_failures_per_address="2/h")
+    _, secret = await api.key_record("send")
+    keys = api.svc.smtp_handler.keys
+
+    async def down(secret: str) -> None:
+        raise OSError("connection refused (the database is down)")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(keys, "authenticate", down)
+        smtp = await Dialogue.open("127.0.0.1", api.svc.smtp_port)
+        await smtp.say("EHLO client.test")
+        for _ in range(3):  # more than the address's budget of two failures
+            answer = await smtp.say(plain(secret))
+            assert answer == (454, "4.7.0 Temporary authentication failure"), answer
+        smtp.close()
+    # The database is back and the budget whole: one failure, then the check of a second
+    # guess (each takes a token before it is checked) still fit in it.
+    smtp = await Dialogue.open("127.0.0.1", api.svc.smtp_port)
+    await smtp.say("EHLO client.test")
+    assert (await smtp.say(plain("msk_wrong")))[0] == 535
+    assert (await smtp.say(plain(secret)))[0] == 235
+    smtp.close()

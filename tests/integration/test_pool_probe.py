@@ -3,6 +3,8 @@ has its code, and the password never shows in what comes back."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
 from collections.abc import Iterator
 
 import pytest
@@ -106,3 +108,54 @@ async def test_an_echoed_password_is_masked_before_the_reply_is_cut(sink: Sink) 
     assert result.reason == "rejected" and result.reply is not None
     assert len(result.reply) <= 200 and SECRET[:5] not in result.reply
     assert SECRET[:5] not in (result.error or "")
+
+
+ODD_SECRET = "pä  ss\tw\u00f6rd-Zq81"  # non-ASCII and a double space: sanitising would split it
+
+
+async def _echoing_server(echo: str) -> asyncio.Server:
+    """A raw SMTP peer that refuses any AUTH with a 535 repeating `echo`."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 echo.test ESMTP\r\n")
+        try:
+            while line := await asyncio.wait_for(reader.readline(), 5):
+                verb = line.split(b" ")[0].strip().upper()
+                if verb in (b"EHLO", b"HELO"):
+                    writer.write(b"250-echo.test\r\n250 AUTH PLAIN LOGIN\r\n")
+                elif verb == b"AUTH":
+                    writer.write(f"535 5.7.8 bad credentials {echo} end\r\n".encode())
+                else:
+                    writer.write(b"221 bye\r\n")
+                await writer.drain()
+        except (TimeoutError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(serve, LOOPBACK, 0)
+
+
+@pytest.mark.parametrize(
+    "echo",
+    [
+        ODD_SECRET,
+        base64.b64encode(f"\0user\0{ODD_SECRET}".encode()).decode(),  # AUTH PLAIN
+        base64.b64encode(ODD_SECRET.encode()).decode(),  # AUTH LOGIN's password
+    ],
+    ids=["raw", "plain-base64", "login-base64"],
+)
+async def test_a_server_echoing_the_password_in_any_form_does_not_leak_it(echo: str) -> None:
+    server = await _echoing_server(echo)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        target = Target(LOOPBACK, port, "none", username="user", password=ODD_SECRET)
+        result = await probe(target, [LOOPBACK], local_hostname="postern.test", timeout=2.0)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert (result.success, result.reason) == (False, "auth_failed")
+    shown = f"{result.reply} {result.error}"
+    assert "535 5.7.8 bad credentials *** end" in shown, shown
+    for fragment in ("Zq81", "ss w", "pä", base64.b64encode(ODD_SECRET.encode()).decode()[:12]):
+        assert fragment not in shown, shown

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.conftest import LOOPBACK, ManagedService, ServiceFactory
+from tests.conftest import LOOPBACK, ManagedService, ServiceFactory, metric
 from tests.sink import Sink
 
 pytestmark = pytest.mark.timeout(30)
 
 READ_TIMEOUT = 5.0
+REFUSED = "postern_messages_refused_total"
 GOOD = b"From: a@x.test\r\nTo: b@y.test\r\nSubject: marker\r\n\r\nthe one intended message\r\n"
 
 
@@ -432,6 +433,23 @@ async def test_message_over_size_without_size_parameter_is_552_5_3_4_after_the_f
 
     assert_refused(reply, 552, "5.3.4")
     await only_the_marker_arrives(client, sink)
+
+
+async def test_too_big_and_too_long_line_refusals_are_counted_by_reason(
+    service: ServiceFactory, client_factory: OpenClient
+) -> None:
+    svc = await service(smtp={"max_message_size": 2000})
+    client = await client_factory(svc)
+    await client.ehlo()
+    before = {r: metric(REFUSED, reason=r) for r in ("too_big", "line_too_long")}
+
+    big = b"Subject: big\r\n\r\n" + (b"z" * 76 + b"\r\n") * 40
+    assert_refused(await client.transaction(big), 552, "5.3.4")
+    long_line = b"Subject: long\r\n\r\n" + b"x" * 999 + b"\r\n"
+    assert_refused(await client.transaction(long_line), 500, "5.5.2")
+
+    assert metric(REFUSED, reason="too_big") == before["too_big"] + 1
+    assert metric(REFUSED, reason="line_too_long") == before["line_too_long"] + 1
 
 
 # --- failures and limits --------------------------------------------------------------------

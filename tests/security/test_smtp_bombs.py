@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LOOPBACK, ServiceFactory, make_config, smtp_send
+from tests.conftest import LOOPBACK, ServiceFactory, make_config, metric, smtp_send
 from tests.e2e.conftest import MakePostern, Postern, postern_process, run_cli  # noqa: F401
 from tests.integration.test_dkim_relay import dkim_cli
 from tests.integration.test_smtp_listener import RawClient
@@ -216,6 +216,7 @@ async def test_data_past_max_data_in_flight_gets_452_4_3_1_and_the_room_comes_ba
     limit = 64 * 1024
     svc = await service(smtp={"max_message_size": limit, "max_data_in_flight": limit})
     budget = svc.smtp_handler.data_budget
+    refused_before = metric("postern_messages_refused_total", reason="data_budget")
     holder = await RawClient.connect(svc.smtp_port)
     late = await RawClient.connect(svc.smtp_port)
     try:
@@ -232,6 +233,8 @@ async def test_data_past_max_data_in_flight_gets_452_4_3_1_and_the_room_comes_ba
         await late.send(lines(limit // 2 + 1024) + b".\r\n")
         refused = await late.reply()
         assert (refused.code, refused.enhanced) == (452, "4.3.1"), str(refused)
+        # Told apart from a full disk (452 4.3.1 Insufficient system storage) in the log.
+        assert "in transit" in refused.text and "storage" not in refused.text, str(refused)
         assert budget.used == limit // 2  # what the refused transfer held is back
 
         # With no room left at all, DATA is refused before the 354: no body for nothing.
@@ -241,6 +244,8 @@ async def test_data_past_max_data_in_flight_gets_452_4_3_1_and_the_room_comes_ba
         assert (await late.command("RCPT TO:<b@y.test>")).code == 250
         early = await late.command("DATA")
         assert (early.code, early.enhanced) == (452, "4.3.1"), str(early)
+        refused_now = metric("postern_messages_refused_total", reason="data_budget")
+        assert refused_now == refused_before + 2  # the late transfer, then the early DATA
 
         # The holder's message (exactly the size limit) is taken; then the room is back.
         await holder.send(b".\r\n")
