@@ -384,21 +384,22 @@ class Queue:
                 for rcpt, result in results.items()
             ],
         )
+
+        def noted(kind: str, response: str, rcpts: list[str]) -> list[dict[str, Any]]:
+            return [
+                events.row(
+                    kind, message.id, status, now, rcpt,
+                    pool=attempt.pool, attempt=number, response=response,
+                )
+                for rcpt in rcpts
+            ]  # fmt: skip
+
         # Before the result: a recipient's last event is its state.
-        rows = [
-            events.row(
-                events.POSSIBLE_DUPLICATE,
-                message.id,
-                status,
-                now,
-                rcpt,
-                pool=attempt.pool,
-                attempt=number,
-                response="no reply after the end of data: a retry may deliver it twice",
-            )
-            for rcpt, result in results.items()
-            if result.possible_duplicate
-        ]
+        rows = noted(
+            events.POSSIBLE_DUPLICATE,
+            "no reply after the end of data: a retry may deliver it twice",
+            [rcpt for rcpt, result in results.items() if result.possible_duplicate],
+        )
         rows += [
             events.row(
                 events.result_type(result, rcpt in expired),
@@ -412,20 +413,11 @@ class Queue:
             )
             for rcpt, result in results.items()
         ]
-        rows += [
-            events.row(
-                events.COMPLAINT,
-                message.id,
-                status,
-                now,
-                rcpt,
-                pool=attempt.pool,
-                attempt=number,
-                response="the recipient reported the message as spam",
-            )
-            for rcpt, result in results.items()
-            if result.complaint
-        ]
+        rows += noted(
+            events.COMPLAINT,
+            "the recipient reported the message as spam",
+            [rcpt for rcpt, result in results.items() if result.complaint],
+        )
         _add_events_if_stamped(batch, message.id, rows, now, number)
         return batch
 
