@@ -191,7 +191,9 @@ async def delete(ctx: ApiContext, pool_id: str, move_to: str | None) -> int:
     """Delete the pool; queued mail that needs it moves to `move_to` (else 409
     pool_in_use). Returns how many messages moved."""
     manage = ctx.management()
-    if move_to is not None and (len(move_to) > 64 or text_problem(move_to, header=True)):
+    if move_to is not None and (
+        not move_to or len(move_to) > 64 or text_problem(move_to, header=True)
+    ):
         raise _bad("move_to", "not a pool id")
     try:
         _, moved = await pools.delete_pool(ctx.db, pool_id, move_to)

@@ -27,7 +27,7 @@ from api.resource_schemas import (
     SmtpPool,
     SmtpPoolList,
 )
-from api.schemas import ErrorResponse, parse, refuse_nulls
+from api.schemas import HEADER_TEXT, ErrorResponse, parse, refuse_nulls
 from storage.keys import ApiKeyRecord
 from storage.pools import PoolRecord, pool_records
 
@@ -37,7 +37,10 @@ _ID = [path_parameter("pool_id", "the pool's id (smtp_...)")]
 _NOT_FOUND = ("no such pool", ErrorResponse)
 _CONFIG = ("a config-file pool (config_pool), or the name is taken (conflict)", ErrorResponse)
 _HOST = ("a bad field, or a host in a denied network (host_not_allowed)", ErrorResponse)
-MOVE_TO = query_parameter("move_to", "the id of another active pool to move queued mail to")
+MOVE_TO = query_parameter(
+    "move_to", "the id of another active pool to move queued mail to",
+    minLength=1, maxLength=64, **HEADER_TEXT,
+)  # fmt: skip
 MOVE_TO_TEXT = (
     "Queued mail whose route needs this pool (it names the pool, or the pool is the last of "
     "the ip_pool group it names) is never sent another way on its own: the delete is a 409 "

@@ -55,6 +55,9 @@ def _address(value: str, field: str = "email") -> str:
     return mailbox_key(value)
 
 
+_LIST_PARAMETERS = ("reason", "limit", "cursor")
+
+
 @operation(
     "List suppressed addresses",
     scope=SCOPE,
@@ -79,6 +82,11 @@ async def list_all(request: Request) -> Response:
     ctx: ApiContext = request.app.state.api
     await authenticate(request, ctx.keys, ctx.limiter, SCOPE)
     query = request.query_params
+    for name in query:  # a misspelt filter is refused, not silently ignored (as /v1/messages)
+        if name not in _LIST_PARAMETERS:
+            raise errors.InvalidRequest(
+                f"{name}: unknown parameter", [{"field": name, "message": "unknown parameter"}]
+            )
     reason = query.get("reason") or None
     if reason is not None and reason not in REASONS:
         raise errors.InvalidRequest(

@@ -231,12 +231,12 @@ async def test_credentials_pipelined_after_a_refused_auth_never_reach_the_log(
 async def test_a_failed_auth_hides_a_user_name_that_looks_like_a_password(
     api: Api, mail_log: MailLog
 ) -> None:
-    client = await RawClient.connect(api.svc.smtp_port)
-    await client.ehlo("client.test")
     for user in ("ann@x.test", "Tr0ub4dor3xyzzy123456", "pass word", "msk_x", "MSK_Y"):
+        client = await RawClient.connect(api.svc.smtp_port)  # a session allows 3 failures
+        await client.ehlo("client.test")
         reply = await client.command(f"AUTH PLAIN {plain(user, 'msk_' + 'q' * 43)}")
         assert reply.code == 535
-    await client.close()
+        await client.close()
     users = [line.split("user=<")[1].split(">")[0] for line in mail_log.lines("reject: AUTH ")]
     assert users == [
         "ann@x.test",
