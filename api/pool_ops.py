@@ -11,7 +11,6 @@ the pool's id, the live registry reloaded after every change, and the connection
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -308,12 +307,7 @@ async def _send_test_message(
         raise errors.Suppressed() from None
     except (UnknownAlias, NoRoute, NotPermitted) as refusal:  # the pool changed meanwhile
         raise errors.Conflict(f"the test message was refused: {refusal.reason}") from None
-    status = None
-    if accepted.attempt is not None:
-        try:
-            status = await asyncio.wait_for(accepted.attempt, ctx.handoff_timeout)
-        except TimeoutError:
-            status = None
+    status = await accepted.outcome(ctx.handoff_timeout)
     if status == "delivered":
         return TestSend(accepted.message_id, "delivered")
     if status != "bounced":

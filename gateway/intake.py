@@ -92,6 +92,16 @@ class Accepted:
     def message_id(self) -> str:
         return self.message.id
 
+    async def outcome(self, timeout: float) -> str | None:
+        """The first attempt's status if it ends within `timeout`; None while pending (or
+        when nobody asked to watch)."""
+        if self.attempt is None:
+            return None
+        try:
+            return await asyncio.wait_for(self.attempt, timeout)
+        except TimeoutError:
+            return None
+
 
 class Intake:
     def __init__(
