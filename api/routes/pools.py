@@ -37,6 +37,11 @@ _ID = [path_parameter("pool_id", "the pool's id (smtp_...)")]
 _NOT_FOUND = ("no such pool", ErrorResponse)
 _CONFIG = ("a config-file pool (config_pool), or the name is taken (conflict)", ErrorResponse)
 _HOST = ("a bad field, or a host in a denied network (host_not_allowed)", ErrorResponse)
+# What a DELETE of a pool may refuse, in both views of the pools (seed 000's and MailSage's).
+DELETE_REFUSALS: dict[int, tuple[str, Any]] = {
+    400: ("move_to names no other active pool", ErrorResponse),
+    409: ("a config-file pool (config_pool), or queued mail needs it (pool_in_use)", ErrorResponse),
+}
 MOVE_TO = query_parameter(
     "move_to", "the id of another active pool to move queued mail to",
     minLength=1, maxLength=64, **HEADER_TEXT,
@@ -141,12 +146,8 @@ async def change(request: Request) -> Response:
     description=MOVE_TO_TEXT,
     responses={
         200: ("deleted (with move_to: `moved`, how many messages moved)", PoolDeleted),
-        400: ("move_to names no other active pool", ErrorResponse),
+        **DELETE_REFUSALS,
         404: _NOT_FOUND,
-        409: (
-            "a config-file pool (config_pool), or queued mail needs it (pool_in_use)",
-            ErrorResponse,
-        ),
     },
 )
 async def remove(request: Request) -> Response:

@@ -30,7 +30,7 @@ from api.resource_schemas import (
     SmtpConfig,
     SmtpConfigPage,
 )
-from api.routes.pools import MOVE_TO, MOVE_TO_TEXT
+from api.routes.pools import DELETE_REFUSALS, MOVE_TO, MOVE_TO_TEXT
 from api.schemas import ErrorResponse, parse, refuse_nulls
 from storage.keys import ApiKeyRecord
 from storage.pools import PoolRecord, pool_records
@@ -174,12 +174,8 @@ async def update(request: Request) -> Response:
     description=MOVE_TO_TEXT,
     responses={
         200: ("deleted (with move_to: `moved`, how many messages moved)", ConfigDeleted),
-        400: ("move_to names no other active pool", ErrorResponse),
+        **DELETE_REFUSALS,
         404: _NOT_FOUND,
-        409: (
-            "a config-file pool (config_pool), or queued mail needs it (pool_in_use)",
-            ErrorResponse,
-        ),
     },
 )
 async def remove(request: Request) -> Response:
