@@ -228,7 +228,7 @@ async def test(
             f"host: {refused}", [{"field": "host", "message": str(refused)}]
         ) from None
     except HostUnresolved as unresolved:
-        return failed("connect_failed", str(unresolved), None, ""), None
+        return failed("connect_failed", str(unresolved), None), None
     result = await probe(
         target, addresses, local_hostname=manage.hostname, timeout=manage.probe_timeout
     )

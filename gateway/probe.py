@@ -96,9 +96,9 @@ async def probe(
     try:
         await asyncio.wait_for(_dialogue(target, addresses, local_hostname, timeout), timeout * 4)
     except _Failed as failure:
-        return failed(failure.reason, failure.detail, failure.reply, target.password, started)
+        return failed(failure.reason, failure.detail, failure.reply, started)
     except TimeoutError:
-        return failed("timeout", "the test took too long", None, target.password, started)
+        return failed("timeout", "the test took too long", None, started)
     return ProbeResult(True, "SMTP connection successful", _elapsed(started))
 
 
@@ -107,11 +107,12 @@ def _elapsed(started: float) -> int:
 
 
 def failed(
-    reason: str, detail: str, reply: str | None, password: str, started: float | None = None
+    reason: str, detail: str, reply: str | None, started: float | None = None
 ) -> ProbeResult:
-    """The outcome of a failed test; `detail` is Postern's own text, `reply` sanitised."""
-    if reply:  # masked before it is cut, so that no part of the password survives
-        reply = (reply.replace(password, "***") if password else reply)[:MAX_REPLY].rstrip()
+    """The outcome of a failed test; `detail` is Postern's own text, `reply` what
+    smtp_reply() made of the server's (password masked, sanitised)."""
+    if reply:
+        reply = reply[:MAX_REPLY].rstrip()
     text = f"{detail}: {reply}" if reply else detail
     code, summary = _REASONS[reason]
     latency = _elapsed(started) if started is not None else 0
