@@ -1,6 +1,6 @@
 """Who is calling: `Authorization: Bearer msk_...` -> an API key record, its scopes, and a
 per-key rate limit (a token bucket per node, sized by `[http] rate_limit`, that the SMTP
-listener draws on too: gateway.ratelimit).
+listener draws on too: gateway.security.ratelimit).
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 from starlette.requests import Request
 
 from api.errors import Forbidden, RateLimited, Unauthorized
-from gateway.ratelimit import RateLimiter
+from gateway.security.ratelimit import RateLimiter
 from storage.keys import ApiKeyRecord, KeyStore
 
 

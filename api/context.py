@@ -11,10 +11,10 @@ from typing import Any
 
 from api.errors import Unavailable
 from api.management import Management
-from gateway.intake import Intake
-from gateway.queue import Queue
-from gateway.ratelimit import RateLimiter
-from gateway.suppressions import SuppressionCache
+from gateway.intake.pipeline import Intake
+from gateway.queue.store import Queue
+from gateway.queue.suppressions import SuppressionCache
+from gateway.security.ratelimit import RateLimiter
 from gateway.tasks import cancel_and_wait
 from storage.db import Database
 from storage.idempotency import purge_expired

@@ -14,12 +14,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from gateway.config import Config
-from gateway.delivery import PoolRegistry
+from gateway.delivery.upstream import PoolSettings
+from gateway.delivery.workers import PoolRegistry
 from gateway.dns import Resolver
-from gateway.hostguard import HostGuard
-from gateway.identities import Identities
+from gateway.intake.identities import Identities
+from gateway.security.hostguard import HostGuard
 from gateway.tasks import cancel_and_wait
-from gateway.upstream import PoolSettings
 from storage.db import Database
 from storage.dkim_keys import Cipher
 from storage.pools import list_pools

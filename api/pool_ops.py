@@ -4,7 +4,7 @@ the pool's id, the live registry reloaded after every change, and the connection
 
     create/update: fields checked -> host checked (HostGuard) -> stored (password sealed)
                    -> PoolRegistry reloaded -> the record
-    test:          host resolved and checked -> gateway.probe -> with a recipient, a test
+    test:          host resolved and checked -> gateway.delivery.probe -> with a recipient, a test
                    message through Intake (stored and delivered like any other), its first
                    attempt awaited up to handoff_timeout: delivered, refused, or pending
 """
@@ -22,13 +22,19 @@ from api.management import Management
 from api.resource_schemas import HOST_PATTERN
 from gateway.addresses import envelope_problem
 from gateway.config import is_loopback
-from gateway.hostguard import HostRefused, HostUnresolved
-from gateway.intake import AllSuppressed, NoRoute, NotPermitted, UnknownAlias, UnverifiedSender
+from gateway.delivery.probe import ProbeResult, Target, failed, probe
+from gateway.intake.message_builder import BuildError, Draft, Mailbox, build, text_problem
+from gateway.intake.pipeline import (
+    AllSuppressed,
+    NoRoute,
+    NotPermitted,
+    UnknownAlias,
+    UnverifiedSender,
+)
 from gateway.message import Sender, Submission
-from gateway.message_builder import BuildError, Draft, Mailbox, build, text_problem
-from gateway.pool_secrets import seal
-from gateway.probe import ProbeResult, Target, failed, probe
 from gateway.rates import parse_rate
+from gateway.security.hostguard import HostRefused, HostUnresolved
+from gateway.security.pool_secrets import seal
 from storage import pools
 from storage.keys import ApiKeyRecord
 from storage.messages import message_state

@@ -7,10 +7,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.schemas import HEADER_TEXT, TIME, Patch, Strict
-from gateway.events import FINAL, TYPES
+from gateway.queue.events import FINAL, TYPES
 
 EventType = Literal[TYPES]  # type: ignore[valid-type]
-# Checked by gateway.webhook_urls (a 400 naming the problem): an absolute http(s) URL with
+# Checked by gateway.webhooks.urls (a 400 naming the problem): an absolute http(s) URL with
 # a host, no user:password@, no #fragment.
 URL: dict[str, Any] = {
     "format": "uri",

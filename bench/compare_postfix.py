@@ -661,7 +661,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BenchError as error:
         print(f"compare_postfix: {error}", file=sys.stderr)
         return 2
-    default_cmd = (sys.executable, "-m", "gateway.cli", "serve")
+    default_cmd = (sys.executable, "-m", "gateway.process.cli", "serve")
     settings = Settings(
         runs=args.runs,
         timeout=args.timeout,

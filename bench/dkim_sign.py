@@ -8,12 +8,12 @@ and 100 KB of indented HTML-like lines ("100KB ws": whitespace runs and tabs on 
 times one `Signer.sign` call (CPU time of this thread, median of several rounds):
 
     rsa-dkimpy     dkimpy's own `dkim.sign`: pure-Python RSA-2048, PEM parsed per call
-    rsa            gateway.dkim.Signer: dkimpy canonicalisation, RSA-2048 in OpenSSL
-    ed25519        gateway.dkim.Signer with an Ed25519 key (RFC 8463)
+    rsa            gateway.dkim.signer.Signer: dkimpy canonicalisation, RSA-2048 in OpenSSL
+    ed25519        gateway.dkim.signer.Signer with an Ed25519 key (RFC 8463)
 
 and, once, the bare private-key operation of each path (what the figures above add to
 hashing and canonicalisation, which grow with the size), and the event loop's CPU per RSA
-signature handed to the signing child process (gateway.signing_process) with 1, 10 and 50
+signature handed to the signing child process (gateway.dkim.signing_process) with 1, 10 and 50
 in flight. Every signature made is checked
 once with `dkim.verify` first, so the figures are for signatures that verify.
 """
@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway import dkim
+from gateway.dkim import signer as dkim
 
 DOMAIN = "example.com"
 SIZES = (1024, 10 * 1024, 100 * 1024)
@@ -86,7 +86,7 @@ def signing_process_cost(key: dkim.KeyPair, requests: int = 4000) -> dict[int, f
 
     import uvloop
 
-    from gateway.signing_process import SigningProcess
+    from gateway.dkim.signing_process import SigningProcess
 
     async def run() -> dict[int, float]:
         offload = SigningProcess(lag=60)

@@ -352,7 +352,7 @@ def main() -> int:
     parser.add_argument("--pause", type=float, default=5.0, help="seconds between phases")
     parser.add_argument("--nofile", default="1024:1024", help="server's RLIMIT_NOFILE soft:hard")
     parser.add_argument(
-        "--postern-cmd", default=f"{shlex.quote(sys.executable)} -m gateway.cli serve"
+        "--postern-cmd", default=f"{shlex.quote(sys.executable)} -m gateway.process.cli serve"
     )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (log, db)")
     parser.add_argument("--json", action="store_true")

@@ -177,7 +177,7 @@ class HttpPostern(relay.Postern):
         config = tmp / "postern.toml"
         config.write_text(text.replace(listen, listen + 'rate_limit = "1000000/s"\n', 1))
         made = subprocess.run(
-            [sys.executable, "-m", "gateway.cli", "--config", str(config), "keys", "create",
+            [sys.executable, "-m", "gateway.process.cli", "--config", str(config), "keys", "create",
              "--name", "bench", "--scope", "send", "--json"],
             cwd=relay.REPO_ROOT, capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
@@ -319,7 +319,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    default_cmd = (sys.executable, "-m", "gateway.cli", "serve")
+    default_cmd = (sys.executable, "-m", "gateway.process.cli", "serve")
     base = Case(
         requests=args.requests,
         clients=args.clients,

@@ -137,7 +137,7 @@ def profile_run(args: argparse.Namespace, out_dir: Path) -> tuple[Path, float, d
     command = (
         tuple(shlex.split(args.postern_cmd))
         if args.postern_cmd
-        else (sys.executable, "-m", "gateway.cli", "serve")
+        else (sys.executable, "-m", "gateway.process.cli", "serve")
     )
     sink = compare_postfix.SmtpSink()
     try:

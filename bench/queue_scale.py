@@ -9,7 +9,7 @@ For each backend the queue is filled straight through storage (bulk inserts with
 schema: storage.db.create_schema and the tables of storage/models.py) with deferred
 messages: one pending recipient, a body of --body-size bytes, due again 2 h to 26 h from
 now (so that none comes due while the bench runs). At each size the queue's real API
-(gateway.queue.Queue over a started storage.writer.Writer) is timed, median and p90 of
+(gateway.queue.store.Queue over a started storage.writer.Writer) is timed, median and p90 of
 --reps repetitions of:
 
   enqueue   Queue.enqueue(): one more message stored (not claimed), due now
@@ -52,7 +52,7 @@ import relay  # noqa: E402  (bench/relay.py: sink, Postern handle, /proc helpers
 from sqlalchemy import text  # noqa: E402
 
 from gateway.message import DeliveryResult, Outcome, Route, Submission  # noqa: E402
-from gateway.queue import AttemptRecord, Queue  # noqa: E402
+from gateway.queue.store import AttemptRecord, Queue  # noqa: E402
 from storage.db import Database, create_schema, database_url, open_database  # noqa: E402
 from storage.models import Message, MessageBody, Recipient  # noqa: E402
 from storage.writer import Writer  # noqa: E402
@@ -89,7 +89,7 @@ def deferred_rows(
     for _ in range(count):
         created = now - rng.uniform(0, 4 * 86400)
         attempts = rng.randint(1, 4)
-        # Time-ordered ids like gateway.queue.new_message_id, at the message's creation.
+        # Time-ordered ids like gateway.queue.store.new_message_id, at the message's creation.
         message_id = f"msg_{int(created * 1000):011x}{rng.getrandbits(64):016x}"
         updated = now - rng.uniform(0, 600)
         row = {
@@ -605,7 +605,7 @@ async def amain(args: argparse.Namespace) -> tuple[list[Step], list[RssResult]]:
     command = (
         tuple(shlex.split(args.postern_cmd))
         if args.postern_cmd
-        else (sys.executable, "-m", "gateway.cli", "serve")
+        else (sys.executable, "-m", "gateway.process.cli", "serve")
     )
     steps: list[Step] = []
     rss_results: list[RssResult] = []

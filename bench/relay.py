@@ -624,7 +624,7 @@ def run_case(case: Case) -> Result:
                 if case.webhook:
                     hooks = WebhookSink()
                     stack.callback(hooks.close)
-                    cli = [*case.postern_cmd[:-1]]  # "... gateway.cli serve" -> "... gateway.cli"
+                    cli = [*case.postern_cmd[:-1]]  # drop "serve"
                     subscribe(cli, tmp / "postern.toml", postern.http_port, hooks.url)
                 measured = measure(case, sink, postern.smtp_port, postern.proc.pid, deadline)
                 if hooks is not None:
@@ -778,7 +778,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def cases(args: argparse.Namespace) -> list[Case]:
-    default_cmd = (sys.executable, "-m", "gateway.cli", "serve")
+    default_cmd = (sys.executable, "-m", "gateway.process.cli", "serve")
     base = Case(
         messages=args.messages,
         clients=args.clients,

@@ -254,7 +254,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--probe-ms", type=float, default=25.0, help="probe period")
     parser.add_argument(
         "--postern-cmd",
-        default=f"{shlex.quote(sys.executable)} -m gateway.cli serve",
+        default=f"{shlex.quote(sys.executable)} -m gateway.process.cli serve",
         help="command that runs Postern's `serve` (from the repo root)",
     )
     parser.add_argument("--json", action="store_true")

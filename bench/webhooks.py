@@ -34,7 +34,7 @@ def receive(port: int, secret: str, counter: Any, bad: Any) -> None:
     """The receiver process: verify, count, answer 200."""
     import uvicorn
 
-    from gateway.webhook_signing import verify
+    from gateway.webhooks.signing import verify
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -91,10 +91,10 @@ async def wait_port(port: int, timeout: float = 15.0) -> None:
 async def run(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
     from sqlmodel import SQLModel
 
-    from gateway import events
-    from gateway.hostguard import HostGuard
-    from gateway.webhook_signing import new_secret
-    from gateway.webhooks import Webhooks, WebhookSettings
+    from gateway.queue import events
+    from gateway.security.hostguard import HostGuard
+    from gateway.webhooks.node import Webhooks, WebhookSettings
+    from gateway.webhooks.signing import new_secret
     from storage.db import create_schema, database_url, open_database
     from storage.webhooks import create_webhook
     from storage.writer import Writer

@@ -147,7 +147,7 @@ def clean_header(data: bytes) -> Cleaned:
     continuation line never does: names are found by substring search over the lower-cased
     header (in C), and the fields are split only when one may have to be taken out. Every
     other field is kept byte for byte, in its place. Values keep bytes that are not
-    UTF-8 as surrogates, for the field checks (gateway.fields) to refuse.
+    UTF-8 as surrogates, for the field checks (gateway.intake.fields) to refuse.
     """
     block, rest = split_header(data)
     low = b"\n" + block.lower()

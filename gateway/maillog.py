@@ -10,7 +10,7 @@ recipient of each delivery attempt, in Postfix's words so that its readers feel 
         status=delivered reply='250 2.0.0 Ok'
 
 The lines of messages are formatted only when INFO is on. User input (addresses, EHLO
-names, replies) is escaped by gateway.logs' formatter, as in every record.
+names, replies) is escaped by gateway.process.logs' formatter, as in every record.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Message reads for the API, and the side rows a submission adds to its message.
 
-`gateway.queue` owns every write of a message's state; `meta_row` only shapes the
+`gateway.queue.store` owns every write of a message's state; `meta_row` only shapes the
 `message_meta` row it stores in the same transaction.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import Connection, insert, select
 
-from gateway import events
+from gateway.queue import events
 from storage.db import Database
 from storage.models import Message, MessageMeta, Pool, Recipient
 
@@ -73,7 +73,7 @@ class MessageState:
     mail_from: str = ""
     next_attempt_at: float | None = None  # None once final, and while a worker holds it
     last_response: str | None = None  # the last attempt's summary
-    events: list[dict[str, Any]] = field(default_factory=list)  # gateway.events public shape
+    events: list[dict[str, Any]] = field(default_factory=list)  # gateway.queue.events public shape
 
 
 def next_attempt_at(due_at: float | None, claimed_by: str | None, now: float) -> float | None:

@@ -68,7 +68,7 @@ class Message(SQLModel, table=True):
     # The API key that sent it (None: unauthenticated SMTP); also in message_meta, here for
     # the search's index.
     api_key_id: str | None = Field(default=None, max_length=64)
-    # Set by an operator's retry, cleared by the attempt it asks for (gateway.queue).
+    # Set by an operator's retry, cleared by the attempt it asks for (gateway.queue.store).
     retried_at: float | None = None
     # Attempts operators' retries asked for: they take no step of retry_schedule.
     forced_attempts: int = Field(
@@ -210,7 +210,7 @@ class DkimKey(SQLModel, table=True):
     domain: str = Field(max_length=253)  # lower-case A-label form
     selector: str = Field(max_length=200)
     algorithm: str = Field(max_length=16)  # rsa | ed25519
-    private_key_enc: str  # PKCS#8 PEM, encrypted with gateway.secrets.SecretBox
+    private_key_enc: str  # PKCS#8 PEM, encrypted with gateway.security.secrets.SecretBox
     public_key: str  # the base64 p= value of the DNS record
     status: str = Field(max_length=16)  # pending | active | retired
     created_at: float
@@ -280,7 +280,7 @@ class MessageTag(SQLModel, table=True):
 class Event(SQLModel, table=True):
     """The outbox: one row per message state change or per-recipient result.
 
-    Written in the transaction of the change itself (gateway.queue), so a change and its
+    Written in the transaction of the change itself (gateway.queue.store), so a change and its
     event exist together or not at all. Webhooks read it through a cursor each
     (storage.webhook_outbox), in the order events were committed: by id on SQLite (commits
     are serial), by (txid, id) on PostgreSQL, where `txid` is the writing transaction's id.
@@ -295,7 +295,7 @@ class Event(SQLModel, table=True):
     )
 
     id: int | None = Field(default=None, sa_column=Column(BIG_ID, primary_key=True))
-    type: str = Field(max_length=32)  # see gateway.events.TYPES
+    type: str = Field(max_length=32)  # see gateway.queue.events.TYPES
     message_id: str = Field(max_length=64)
     recipient: str | None = None  # None for a message-level event (throttled)
     pool: str | None = Field(default=None, max_length=128)

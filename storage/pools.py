@@ -106,7 +106,7 @@ class PoolRecord:
     is_active: bool
     from_email: str
     tls_verify: bool
-    rate: str  # "" = none (gateway.throttle)
+    rate: str  # "" = none (gateway.delivery.throttle)
     daily_limit: int  # 0 = none
     source: str  # config | api
     created_at: float

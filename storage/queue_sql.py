@@ -1,7 +1,7 @@
-"""The SQL of gateway.queue's state changes, built once (compiled statements are cached).
+"""The SQL of gateway.queue.store's state changes, built once (compiled statements are cached).
 
 Parameter names are shared: `m_id` the message, `node` the claiming node, `now` the time
-of the change. gateway.queue decides what to write; this module only says how.
+of the change. gateway.queue.store decides what to write; this module only says how.
 """
 
 from __future__ import annotations

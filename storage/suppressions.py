@@ -2,7 +2,7 @@
 
 Addresses are stored under `gateway.addresses.mailbox_key` (unquoted, lower-cased, IDNs as
 A-labels), so one mailbox has one entry however it is spelt. Bounces add entries from
-`gateway.queue` in the attempt's own transaction; these functions are the operator's and
+`gateway.queue.store` in the attempt's own transaction; these functions are the operator's and
 the API's.
 """
 

@@ -33,7 +33,7 @@ PD = PoolDay.__table__  # type: ignore[attr-defined]
 
 # How many upcoming slot times a refusal reports (enough to spread a burst of waiters).
 _SLOTS = 100
-# The longest window a rate may have (gateway.throttle); older rows are always garbage.
+# The longest window a rate may have (gateway.delivery.throttle); older rows are always garbage.
 MAX_WINDOW = 86400.0
 
 # A send's time moved to when the upstream answered or the send failed ({"send_id",

@@ -150,7 +150,7 @@ def batch(
     types: Collection[str] | None,
     limit: int,
 ) -> list[Owed]:
-    """The next events to send, each already in its public JSON shape (gateway.events.
+    """The next events to send, each already in its public JSON shape (gateway.queue.events.
     to_json, with the message's tags and metadata), made by the database: a POST of hundreds
     of events then costs Python a join of strings instead of hundreds of dicts."""
     query = _batch(conn.dialect.name, types is not None)
@@ -168,7 +168,7 @@ def _batch(dialect: str, filtered: bool) -> Select[Any]:
 
 
 def _event_json(dialect: str, e: Any) -> ColumnElement[str]:
-    """One event row of `e` as gateway.events.to_json would shape it, as JSON text."""
+    """One event row of `e` as gateway.queue.events.to_json would shape it, as JSON text."""
     pg = dialect == "postgresql"
     obj = func.json_build_object if pg else func.json_object
 

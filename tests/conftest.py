@@ -20,7 +20,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from gateway.config import Config, from_dict
-from gateway.service import Service
+from gateway.process.service import Service
 from tests.processes import free_port
 from tests.sink import Sink
 

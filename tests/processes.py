@@ -26,7 +26,7 @@ INSTALLED = os.environ.get("POSTERN_BIN") or None
 
 def postern_argv() -> list[str]:
     """The command that runs `postern`: the installed one, or this checkout's."""
-    return [INSTALLED] if INSTALLED else [sys.executable, "-m", "gateway.cli"]
+    return [INSTALLED] if INSTALLED else [sys.executable, "-m", "gateway.process.cli"]
 
 
 def child_cwd() -> Path:

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.webhook_signing import verify
+from gateway.webhooks.signing import verify
 
 
 class _Server(uvicorn.Server):

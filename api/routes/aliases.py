@@ -28,9 +28,9 @@ from api.openapi import operation, path_parameter, query_parameter
 from api.resource_schemas import AliasCreate, AliasList, AliasResponse, AliasUpdate
 from api.schemas import ErrorResponse, Ok, parse
 from gateway.addresses import envelope_problem, normalise
-from gateway.intake import Refusal
+from gateway.intake.message_builder import Draft, Mailbox, build, text_problem
+from gateway.intake.pipeline import Refusal
 from gateway.message import Sender, Submission
-from gateway.message_builder import Draft, Mailbox, build, text_problem
 from storage import aliases
 from storage.aliases import AliasRecord
 from storage.domains import get_domain

@@ -21,8 +21,8 @@ from api.context import ApiContext, iso
 from api.openapi import operation, path_parameter
 from api.resource_schemas import DomainCreate, DomainList, DomainResponse, DomainVerification
 from api.schemas import ErrorResponse, Ok, parse
-from gateway import dkim
-from gateway import domains as sender_domains
+from gateway.dkim import domains as sender_domains
+from gateway.dkim import signer as dkim
 from storage import domains
 from storage.domains import DomainRecord
 

@@ -28,8 +28,15 @@ from api.schemas import (
     RetryResult,
     parse,
 )
-from gateway import queue_ops, timestamps
-from gateway.queue_ops import FilterError, MessageBusy, MessageFinal, make_filter, summary_json
+from gateway import timestamps
+from gateway.queue import operations as queue_ops
+from gateway.queue.operations import (
+    FilterError,
+    MessageBusy,
+    MessageFinal,
+    make_filter,
+    summary_json,
+)
 from storage.keys import ApiKeyRecord
 from storage.message_search import (
     MAX_LIMIT,

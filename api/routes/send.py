@@ -1,6 +1,6 @@
 """POST /v1/send (also /mail/v1/send and /api/v1/send): seed 001 through the one intake.
 
-    key, scope, rate -> JSON body -> RFC 5322 bytes (gateway.message_builder) -> Intake
+    key, scope, rate -> JSON body -> RFC 5322 bytes (gateway.intake.message_builder) -> Intake
     -> wait up to handoff_timeout for the first attempt -> 200 | 202 | 422
 
 The wait is registered before the message reaches a delivery worker (Intake's `watch`), so
@@ -23,9 +23,10 @@ from api.context import ApiContext, iso
 from api.openapi import operation
 from api.schemas import ErrorResponse, QueuedResponse, SendRequest, SendResponse, parse
 from gateway import maillog
-from gateway.fields import control_problems, sandbox_flag
 from gateway.headers import header_size
-from gateway.intake import (
+from gateway.intake.fields import control_problems, sandbox_flag
+from gateway.intake.message_builder import BuildError, Built, Draft, Mailbox, build, text_problem
+from gateway.intake.pipeline import (
     Accepted,
     AliasUnverified,
     AllSuppressed,
@@ -36,9 +37,8 @@ from gateway.intake import (
     UnknownAlias,
     UnverifiedSender,
 )
+from gateway.intake.request_digest import json_digest
 from gateway.message import Sender, Submission
-from gateway.message_builder import BuildError, Built, Draft, Mailbox, build, text_problem
-from gateway.request_digest import json_digest
 from storage.idempotency import find, save_response
 from storage.keys import ApiKeyRecord
 from storage.messages import MessageState, message_state
@@ -77,7 +77,7 @@ def _draft(body: SendRequest) -> Draft:
 
 def _check_plain_fields(body: SendRequest) -> None:
     """Fields that reach no header but logs, storage and webhooks: the SMTP door's checks
-    (gateway.fields) for those it carries too, no control characters in metadata keys, no
+    (gateway.intake.fields) for those it carries too, no control characters in metadata keys, no
     NUL in metadata values."""
     problems = control_problems(body.alias_id, body.idempotency_key, body.tags)
     details = [{"field": p.field, "message": p.message} for p in problems]

@@ -1,7 +1,7 @@
 """/api/v1/webhooks: signed event webhooks (scope `webhooks`).
 
 The signing secret is in the creation response and nowhere else: it is stored encrypted,
-bound to the webhook's id (gateway.webhook_signing). URLs pass the webhooks' SSRF guard
+bound to the webhook's id (gateway.webhooks.signing). URLs pass the webhooks' SSRF guard
 (public addresses only unless `[webhooks] allow_private`) at create and PATCH (and the
 sender checks again before every POST).
 """
@@ -29,11 +29,12 @@ from api.webhook_schemas import (
     WebhookResponse,
     WebhookUpdate,
 )
-from gateway import events, webhook_urls
-from gateway.hostguard import HostRefused
-from gateway.message_builder import text_problem
-from gateway.queue_ops import FilterError, parse_time
-from gateway.webhook_signing import new_secret, seal
+from gateway.intake.message_builder import text_problem
+from gateway.queue import events
+from gateway.queue.operations import FilterError, parse_time
+from gateway.security.hostguard import HostRefused
+from gateway.webhooks import urls as webhook_urls
+from gateway.webhooks.signing import new_secret, seal
 from storage import webhooks as store
 from storage.webhooks import WebhookRecord
 

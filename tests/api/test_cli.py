@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from gateway.cli import main
+from gateway.process.cli import main
 from tests.api.conftest import Api, ApiFactory
 from tests.conftest import smtp_send
 from tests.processes import child_cwd, child_env, postern_argv

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from gateway.cli import main
+from gateway.process.cli import main
 from storage.db import create_schema, database_url, open_database
 from storage.messages import message_state
 from tests.api.test_queue_ops import seed

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gateway.cli import main
+from gateway.process.cli import main
 from storage import dkim_keys
 from tests.api.conftest import Api, ApiFactory
 from tests.api.resources import call
@@ -59,7 +59,7 @@ async def test_adding_a_domain_generates_its_dkim_key_and_records(api: Api) -> N
 
 async def test_an_existing_dkim_key_is_kept(api: Api) -> None:
     # A key made earlier (as `postern dkim generate` does) is the one to publish.
-    from gateway import dkim
+    from gateway.dkim import signer as dkim
 
     pair = dkim.generate_key("ed25519")
     await dkim_keys.add_key(

@@ -1,4 +1,4 @@
-"""One set of field checks for both doors (gateway.fields): a tag, an alias id, an
+"""One set of field checks for both doors (gateway.intake.fields): a tag, an alias id, an
 idempotency key or a sandbox flag is accepted or refused the same over HTTP (`POST
 /v1/send`, 400 naming the field) and over SMTP (its `X-Postern-*` header, 550 5.6.0 naming
 the header). Before, a tag with U+2028 or an encoded-word passed over SMTP.

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.logs import FORMAT, EscapingFormatter
+from gateway.process.logs import FORMAT, EscapingFormatter
 from tests.api.conftest import Api, ApiFactory, auth, payload
 from tests.conftest import smtp_send, wait_until
 from tests.integration.test_smtp_listener import RawClient
@@ -188,7 +188,7 @@ async def test_a_failed_auth_names_mechanism_user_and_key_but_never_the_secret(
 
 @pytest.fixture
 def every_log() -> Iterator[io.StringIO]:
-    """Every record of every logger, at the levels `postern serve` sets (gateway.logs)."""
+    """Every record of every logger, at the levels `postern serve` sets (gateway.process.logs)."""
     output = io.StringIO()
     handler = logging.StreamHandler(output)
     handler.setFormatter(EscapingFormatter(FORMAT))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.pool_secrets import unseal
+from gateway.security.pool_secrets import unseal
 from tests.api.conftest import Api, ApiFactory, auth, payload
 from tests.api.resources import POOLS, call, create_pool, live_pools
 from tests.conftest import query, sink_pool, wait_for_status

@@ -14,8 +14,8 @@ import pytest
 from sqlalchemy import Connection, insert, select, update
 
 from api.schemas import BulkResult, MessageList, MessageStatus
-from gateway import queue_ops
-from gateway.queue_ops import make_filter
+from gateway.queue import operations as queue_ops
+from gateway.queue.operations import make_filter
 from storage.db import Database
 from storage.message_search import encode_cursor
 from storage.models import Message, MessageBody, MessageMeta, MessageTag, Recipient

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from gateway import delivery
+from gateway.delivery import workers as delivery
 from tests.api.conftest import Api, ApiFactory, payload
 from tests.api.resources import POOLS, call, create_pool
 from tests.api.test_aliases_api import verified_alias, verified_domain

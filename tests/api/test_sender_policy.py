@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cli import main
+from gateway.process.cli import main
 from tests.api.conftest import Api, ApiFactory, payload
 from tests.api.resources import call
 from tests.api.test_aliases_api import verified_alias

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from gateway import smtp_auth
+from gateway.smtpd import auth as smtp_auth
 from tests.api.conftest import Api, ApiFactory
 from tests.conftest import free_port, query
 from tests.sink import Sink

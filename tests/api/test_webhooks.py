@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from gateway import events
-from gateway.webhook_sender import WebhookSender
-from gateway.webhook_signing import new_secret, seal
+from gateway.queue import events
+from gateway.webhooks.sender import WebhookSender
+from gateway.webhooks.signing import new_secret, seal
 from storage.webhooks import create_webhook
 from tests.api.conftest import Api, ApiFactory, auth, payload
 from tests.conftest import metric, query, smtp_send, wait_until

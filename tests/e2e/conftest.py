@@ -29,7 +29,7 @@ SENDER = "e2e@example.com"
 
 
 def run_cli(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-    """`python -m gateway.cli ARGS`, to completion (bounded)."""
+    """`python -m gateway.process.cli ARGS`, to completion (bounded)."""
     return subprocess.run(
         [*postern_argv(), *args],
         cwd=child_cwd(),

@@ -19,7 +19,7 @@ import asyncpg
 import pytest
 from sqlmodel import SQLModel
 
-from gateway.secrets import KEY_FILE
+from gateway.security.secrets import KEY_FILE
 from storage.db import open_database
 from tests.e2e.conftest import EXIT_TIMEOUT, MakePostern, Postern, config_text, wait_until
 from tests.processes import child_env, free_port, postern_argv, spawn_serve

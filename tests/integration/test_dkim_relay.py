@@ -11,10 +11,10 @@ from typing import Any
 import dkim as dkimpy
 import pytest
 
-from gateway.cli_admin import with_database
-from gateway.cli_dkim import _act
 from gateway.config import Config
-from gateway.secrets import SecretBox
+from gateway.process.commands.admin import with_database
+from gateway.process.commands.dkim import _act
+from gateway.security.secrets import SecretBox
 from tests.conftest import ServiceFactory, make_config, metric, smtp_send
 from tests.sink import Sink
 

@@ -9,8 +9,9 @@ from collections.abc import Iterator
 import dkim as dkimpy
 import pytest
 
-from gateway import dkim, mx
 from gateway.config import ConfigError
+from gateway.delivery import mx
+from gateway.dkim import signer as dkim
 from gateway.dns import (
     Addresses,
     AddressResult,

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from gateway.retention import Retention
+from gateway.queue.retention import Retention
 from tests.conftest import (
     ServiceFactory,
     has_body,
@@ -112,7 +112,7 @@ async def test_expiry_writes_expired_events(service: ServiceFactory, sink: Sink)
 async def test_a_lapsed_claim_records_nothing(service: ServiceFactory, sink: Sink) -> None:
     """A node whose lease was taken over must not write results or events."""
     from gateway.message import DeliveryResult, Outcome, QueuedMessage, Route
-    from gateway.queue import AttemptRecord
+    from gateway.queue.store import AttemptRecord
 
     sink.stop()
     svc = await service()

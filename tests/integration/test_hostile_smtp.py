@@ -18,8 +18,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway import smtp_auth
 from gateway.config import ConfigError, from_dict
+from gateway.smtpd import auth as smtp_auth
 from tests.conftest import LOOPBACK, ManagedService, ServiceFactory, free_port
 from tests.integration.test_smtp_listener import (
     GOOD,

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from gateway.addresses import escape_for_log
-from gateway.logs import FORMAT, EscapingFormatter
+from gateway.process.logs import FORMAT, EscapingFormatter
 from storage.keys import create_key
 from tests.conftest import ServiceFactory, smtp_send
 from tests.integration.test_smtp_listener import RawClient

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+from gateway.delivery.upstream import PoolSettings, SessionSettings, UpstreamPool
 from gateway.message import Outcome, QueuedMessage
-from gateway.upstream import PoolSettings, SessionSettings, UpstreamPool
 
 MESSAGE = b"From: a@b.test\r\nTo: c@d.test\r\nSubject: tls\r\n\r\nHi.\r\n"
 

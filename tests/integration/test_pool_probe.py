@@ -1,4 +1,4 @@
-"""gateway.probe, the connection test of a pool, against real sinks: each stage's failure
+"""gateway.delivery.probe, the connection test of a pool, against real sinks: each stage's failure
 has its code, and the password never shows in what comes back."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.probe import ProbeResult, Target, probe
+from gateway.delivery.probe import ProbeResult, Target, probe
 from tests.conftest import LOOPBACK, free_port
 from tests.sink import Sink
 

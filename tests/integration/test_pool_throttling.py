@@ -16,7 +16,7 @@ from sqlmodel import SQLModel
 
 import storage.models  # noqa: F401  (every table on SQLModel.metadata)
 from gateway.config import Config
-from gateway.secrets import KEY_FILE
+from gateway.security.secrets import KEY_FILE
 from storage.db import open_database
 from storage.pools import config_pool_id
 from tests.conftest import (

@@ -16,12 +16,12 @@ import time
 
 import pytest
 
-from gateway.delivery import PoolRegistry
-from gateway.direct import DirectRoutes
+from gateway.delivery.direct import DirectRoutes
+from gateway.delivery.upstream import PoolSettings, PoolUnavailable, SessionSettings
+from gateway.delivery.workers import PoolRegistry
 from gateway.dns import Resolver
-from gateway.hostguard import HostGuard
 from gateway.message import Outcome, QueuedMessage
-from gateway.upstream import PoolSettings, PoolUnavailable, SessionSettings
+from gateway.security.hostguard import HostGuard
 from tests.conftest import (
     SINK_POOL,
     ManagedService,

@@ -9,7 +9,7 @@ import asyncio
 import pytest
 
 from gateway.message import QueuedMessage, Route, Submission
-from gateway.queue import Queue
+from gateway.queue.store import Queue
 from tests.conftest import ServiceFactory
 from tests.integration.test_smtp_listener import GOOD, RawClient
 from tests.sink import Sink

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from gateway.delivery.upstream import PoolSettings, PoolUnavailable, SessionSettings, UpstreamPool
 from gateway.message import QueuedMessage
-from gateway.upstream import PoolSettings, PoolUnavailable, SessionSettings, UpstreamPool
 from tests.conftest import ServiceFactory, free_port, make_config, smtp_send, wait_until
 from tests.sink import Sink
 

@@ -1,4 +1,4 @@
-"""The guard's rules (gateway.hostguard), address by address: what counts as loopback,
+"""The guard's rules (gateway.security.hostguard), address by address: what counts as loopback,
 which embeddings lead where, and which resolver a name goes through."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.dns import Resolver
-from gateway.hostguard import HostGuard, HostRefused, HostUnresolved
+from gateway.security.hostguard import HostGuard, HostRefused, HostUnresolved
 from tests.dnsserver import DnsServer
 from tests.processes import free_port
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.hostguard import HostGuard
+from gateway.security.hostguard import HostGuard
 from tests.conftest import ServiceFactory, make_config, recipient_rows, smtp_send, wait_for_status
 from tests.dnsserver import DnsServer
 from tests.security.conftest import Tripwire

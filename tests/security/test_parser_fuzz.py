@@ -17,9 +17,11 @@ from dkim.canonicalization import Relaxed
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway import dkim, headers, pipelining
+from gateway import headers
+from gateway.delivery import pipelining
+from gateway.dkim import signer as dkim
 from gateway.headers import MAX_LINE, canonical_problem, has_long_line, header_fields
-from gateway.smtp_data import DataBudget, Refusal, Transfer
+from gateway.smtpd.data import DataBudget, Refusal, Transfer
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.pipelining import MAX_REPLY_LINES
+from gateway.delivery.pipelining import MAX_REPLY_LINES
 from tests.conftest import ServiceFactory, make_config, recipient_rows, smtp_send, wait_for_status
 from tests.hostile import HostileSmtp, Stage
 

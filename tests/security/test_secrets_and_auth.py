@@ -21,7 +21,7 @@ import httpx
 import pytest
 from sqlalchemy import update
 
-from gateway import smtp_auth
+from gateway.smtpd import auth as smtp_auth
 from storage import pools
 from storage.keys import CACHE_SECONDS
 from storage.pools import config_pool_id

@@ -18,7 +18,7 @@ import pytest
 from sqlmodel import SQLModel
 
 import storage.models  # noqa: F401  (registers every table on SQLModel.metadata)
-from gateway.queue import Queue
+from gateway.queue.store import Queue
 from storage.db import Database, create_schema, database_url, open_database
 from storage.writer import Writer
 

@@ -12,9 +12,10 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from gateway import dkim, secrets
-from gateway.dkim import KeyPair, Signers
-from gateway.secrets import DecryptError, SecretBox, WrongKeyError
+from gateway.dkim import signer as dkim
+from gateway.dkim.signer import KeyPair, Signers
+from gateway.security import secrets
+from gateway.security.secrets import DecryptError, SecretBox, WrongKeyError
 from storage import dkim_keys
 from storage.db import Database
 from storage.dkim_keys import DkimKeyExists, DkimKeyNotFound

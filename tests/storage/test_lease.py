@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import asyncio
 
-from gateway.delivery import Delivery, PoolRegistry
+from gateway.delivery.upstream import PoolSettings, SessionSettings
+from gateway.delivery.workers import Delivery, PoolRegistry
 from gateway.message import DeliveryResult, Outcome, Route
-from gateway.queue import AttemptRecord
-from gateway.upstream import PoolSettings, SessionSettings
+from gateway.queue.store import AttemptRecord
 from storage.db import Database
 from tests.conftest import metric
 from tests.sink import Sink

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select, update
 
 from gateway.message import Route, Submission
-from gateway.queue import Queue
+from gateway.queue.store import Queue
 from storage import aliases, domains, pools
 from storage.db import Database
 from storage.models import AliasToken, Message

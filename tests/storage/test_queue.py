@@ -13,10 +13,10 @@ import asyncpg
 import pytest
 from sqlalchemy import Connection, Engine, event, insert, inspect, text
 
-import gateway.queue as queue_module
+import gateway.queue.store as queue_module
 from gateway.message import DeliveryResult, Outcome, QueuedMessage, Route, Sender, Submission
-from gateway.queue import AttemptRecord, Queue
-from gateway.queue_ops import MessageBusy, MessageFinal, cancel_one
+from gateway.queue.operations import MessageBusy, MessageFinal, cancel_one
+from gateway.queue.store import AttemptRecord, Queue
 from storage.db import Database, SchemaError, create_schema
 from storage.messages import message_state
 from storage.models import SCHEMA_VERSION, Message

@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from gateway.secrets import SecretBox, SecretKeyError, bind_to_database, generate_key
+from gateway.security.secrets import SecretBox, SecretKeyError, bind_to_database, generate_key
 from storage.db import Database
 
 

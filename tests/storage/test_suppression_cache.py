@@ -6,7 +6,7 @@ import time
 
 from sqlalchemy import Connection, select, text
 
-from gateway.suppressions import SuppressionCache
+from gateway.queue.suppressions import SuppressionCache
 from storage.db import Database, create_schema
 from storage.models import Suppression
 from storage.suppressions import get_suppression, remove_suppression

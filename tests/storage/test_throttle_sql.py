@@ -1,6 +1,6 @@
 """storage.throttle on SQLite and PostgreSQL: the rolling window, sends in flight (leased)
 counting however long they take, the daily cap, and two nodes racing for the same pool's
-last slots (PostgreSQL: the pool row lock); gateway.throttle's lease renewal on top."""
+last slots (PostgreSQL: the pool row lock); gateway.delivery.throttle's lease renewal on top."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import time
 
 from sqlalchemy import Connection, func, select
 
-from gateway.throttle import Throttle, Ticket, Wait
-from gateway.upstream import PoolSettings
+from gateway.delivery.throttle import Throttle, Ticket, Wait
+from gateway.delivery.upstream import PoolSettings
 from storage import throttle as sql
 from storage.db import Database
 from storage.models import Pool

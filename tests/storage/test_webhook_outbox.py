@@ -11,8 +11,8 @@ import asyncpg
 import pytest
 from sqlalchemy import Connection, inspect, select, text
 
-from gateway import events
 from gateway.message import DeliveryResult, Outcome
+from gateway.queue import events
 from storage import webhook_outbox as outbox
 from storage.db import Database, create_schema
 from storage.webhook_outbox import Position

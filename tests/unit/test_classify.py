@@ -1,11 +1,11 @@
-"""Upstream replies to outcomes (gateway.upstream.classify, DeliveryResult): pure, no I/O."""
+"""Upstream replies to outcomes (gateway.delivery.upstream.classify): pure, no I/O."""
 
 from __future__ import annotations
 
 import pytest
 
+from gateway.delivery.upstream import classify
 from gateway.message import DeliveryResult, Outcome
-from gateway.upstream import classify
 
 
 @pytest.mark.parametrize(

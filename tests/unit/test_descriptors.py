@@ -1,4 +1,4 @@
-"""gateway.descriptors: the doors' connection caps fitted under the open-file limit."""
+"""gateway.process.descriptors: the doors' connection caps fitted under the open-file limit."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import resource
 
 import pytest
 
-from gateway.descriptors import MIN_PER_DOOR, TooFewDescriptors, fit, raise_soft_limit
+from gateway.process.descriptors import MIN_PER_DOOR, TooFewDescriptors, fit, raise_soft_limit
 
 
 def test_caps_that_fit_are_kept() -> None:

@@ -16,8 +16,8 @@ from dkim.canonicalization import Relaxed
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway import dkim
-from gateway.dkim import DnsRecord, KeyPair, Signer
+from gateway.dkim import signer as dkim
+from gateway.dkim.signer import DnsRecord, KeyPair, Signer
 
 DOMAIN = "example.com"
 MESSAGE = (

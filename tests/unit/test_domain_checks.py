@@ -1,10 +1,10 @@
-"""gateway.domains: the records to publish for a sender domain and how each is judged."""
+"""gateway.dkim.domains: the records to publish for a sender domain and how each is judged."""
 
 from __future__ import annotations
 
-from gateway import dkim
+from gateway.dkim import signer as dkim
+from gateway.dkim.domains import check_dkim, check_dmarc, check_spf, records
 from gateway.dns import NoRecords, NoSuchDomain, Temporary, TxtRecords
-from gateway.domains import check_dkim, check_dmarc, check_spf, records
 from storage.dkim_keys import DkimKeyRecord
 
 KEY = DkimKeyRecord("dkim_1", "example.com", "s1", "ed25519", "PUBKEY==", "active", 0.0)

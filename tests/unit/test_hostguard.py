@@ -1,4 +1,4 @@
-"""gateway.hostguard: which upstream hosts an API-created pool may point at (SSRF)."""
+"""gateway.security.hostguard: which upstream hosts an API-created pool may point at (SSRF)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import ConfigError, load
-from gateway.hostguard import HostGuard, HostRefused, HostUnresolved, parse_networks
+from gateway.security.hostguard import HostGuard, HostRefused, HostUnresolved, parse_networks
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""gateway.message_builder: JSON fields -> RFC 5322 bytes with the stdlib email package.
+"""gateway.intake.message_builder: JSON fields -> RFC 5322 bytes with the stdlib email package.
 
 The shape of what is built (headers, multipart, envelope), RFC 2047 and IDN handling, and
 the refusals that stand in for CPython 3.11.7's missing header-injection fixes; a property
@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.headers import content_problem, header_fields, split_header
-from gateway.message_builder import BuildError, Draft, Mailbox, build
+from gateway.intake.message_builder import BuildError, Draft, Mailbox, build
 
 HOST = "postern.test"
 DATE = "Tue, 17 Feb 2026 12:00:00 +0000"

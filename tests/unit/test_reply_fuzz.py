@@ -1,5 +1,5 @@
-"""The upstream reply parser (gateway/pipelining.py) against what a hostile or broken server
-may send: any bytes in any chunks never raise, never hold more than the reply bounds, and
+"""The upstream reply parser (gateway/delivery/pipelining.py) against what a hostile or broken
+server may send: any bytes in any chunks never raise, never hold more than the reply bounds, and
 never yield a reply code outside 2xx-5xx; well-formed replies parse the same however the
 bytes are split. Bounded: a few hundred examples each."""
 
@@ -10,7 +10,7 @@ import asyncio
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from gateway.pipelining import MAX_REPLY_BYTES, MAX_REPLY_LINES, PipelinedSession, Reply
+from gateway.delivery.pipelining import MAX_REPLY_BYTES, MAX_REPLY_LINES, PipelinedSession, Reply
 
 
 class _Transport(asyncio.Transport):

@@ -4,8 +4,8 @@ prints the object must not print the password."""
 from __future__ import annotations
 
 from gateway.config import StorageConfig
-from gateway.probe import Target
-from gateway.upstream import PoolSettings
+from gateway.delivery.probe import Target
+from gateway.delivery.upstream import PoolSettings
 
 SECRET = "pw-Zq81-never-shown"
 

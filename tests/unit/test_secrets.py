@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway import secrets
-from gateway.secrets import DecryptError, SecretBox, SecretKeyError, WrongKeyError
+from gateway.security import secrets
+from gateway.security.secrets import DecryptError, SecretBox, SecretKeyError, WrongKeyError
 
 NO_ENV: dict[str, str] = {}
 

@@ -1,4 +1,4 @@
-"""gateway.identities: the `[policy] sender = "verified"` check and header From parsing.
+"""gateway.intake.identities: the `[policy] sender = "verified"` check and header From parsing.
 
 HTTP submissions are judged by their From address; SMTP ones by the envelope MAIL FROM and
 every header From address (a null envelope sender by the header alone).
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gateway.identities import Identities, header_from
+from gateway.intake.identities import Identities, header_from
 from gateway.message import Submission
 from gateway.routing import AliasView
 

@@ -18,9 +18,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-from gateway import dkim, signing_process
-from gateway.dkim import KeyPair, Signer
-from gateway.signing_process import SigningProcess, SigningUnavailable
+from gateway.dkim import signer as dkim
+from gateway.dkim import signing_process
+from gateway.dkim.signer import KeyPair, Signer
+from gateway.dkim.signing_process import SigningProcess, SigningUnavailable
 from tests.conftest import wait_until
 
 
@@ -192,7 +193,7 @@ def test_the_child_exits_when_its_parent_dies(tmp_path: object) -> None:
     script = textwrap.dedent(
         """
         import asyncio, os, sys
-        from gateway.signing_process import SigningProcess
+        from gateway.dkim.signing_process import SigningProcess
 
         async def main():
             offload = SigningProcess()

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from api.schemas import HEADER_TEXT
 from gateway import rates, timestamps
-from gateway.message_builder import text_problem
-from gateway.queue_ops import STATUS_PATTERN, FilterError, make_filter
+from gateway.intake.message_builder import text_problem
+from gateway.queue.operations import STATUS_PATTERN, FilterError, make_filter
 
 
 def _valid(constraints: dict[str, Any]) -> Any:

@@ -8,11 +8,11 @@ import asyncio
 import pytest
 
 from gateway import config as cfg
-from gateway.backoff import Backoff, Slots, is_throttling
+from gateway.delivery.backoff import Backoff, Slots, is_throttling
+from gateway.delivery.throttle import Throttle
+from gateway.delivery.upstream import PoolSettings
 from gateway.message import DeliveryResult, Outcome
 from gateway.rates import Rate, parse_rate
-from gateway.throttle import Throttle
-from gateway.upstream import PoolSettings
 
 
 @pytest.mark.parametrize(

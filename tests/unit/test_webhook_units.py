@@ -7,8 +7,8 @@ import time
 import pytest
 
 from gateway.config import ConfigError, from_dict
-from gateway.webhook_signing import new_secret, signature, verify
-from gateway.webhook_urls import BadUrl, parse
+from gateway.webhooks.signing import new_secret, signature, verify
+from gateway.webhooks.urls import BadUrl, parse
 
 
 def test_signature_verifies_and_refuses_tampering() -> None:

@@ -1,0 +1,472 @@
+"""Delivery: workers take claimed messages, send them through a pool, record the outcome.
+
+Messages reach the workers two ways: straight from intake (claimed in the transaction that
+stored them, so no second read) and from a poller that claims what is due in storage
+(retries, messages released by a stopped or crashed node). The in-memory buffer is bounded;
+when it is full intake stores messages unclaimed and the poller picks them up later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import replace
+
+from gateway import maillog, metrics
+from gateway.delivery import simulator
+from gateway.delivery.backoff import is_throttling
+from gateway.delivery.direct import DIRECT, DirectRoutes
+from gateway.delivery.throttle import Throttle, Ticket, Wait, show_limits
+from gateway.delivery.upstream import (
+    PoolSettings,
+    PoolUnavailable,
+    SessionSettings,
+    UpstreamPool,
+    deferred,
+)
+from gateway.message import DeliveryResult, Outcome, QueuedMessage, Route
+from gateway.queue.store import NO_POOL, AttemptRecord, Queue
+from gateway.routing import candidates, current, describe
+from storage.writer import StorageUnavailable
+
+log = logging.getLogger("postern.delivery")
+
+# A route with no active pool is looked at again after NO_POOL_WAIT seconds, doubling up to
+# NO_POOL_WAIT_MAX while the reason stays the same; a change of pools wakes it at once.
+NO_POOL_WAIT = 60.0
+NO_POOL_WAIT_MAX = 900.0
+# At shutdown, transactions still waiting for an upstream are cut off this long before the
+# drain deadline, so that their outcome is recorded by then.
+CUT_OFF_GRACE = 1.0
+
+
+class PoolRegistry:
+    """The live UpstreamPool objects, one per configured pool."""
+
+    def __init__(self, session: SessionSettings) -> None:
+        self._session = session
+        self._pools: dict[str, UpstreamPool] = {}
+        self._cut_off = False  # shutdown's deadline: pools (re)made after it start cut off
+
+    def load(self, settings: Iterable[PoolSettings]) -> None:
+        """Replace the pool set; pools whose settings did not change keep their sessions."""
+        fresh: dict[str, UpstreamPool] = {}
+        for item in settings:
+            current = self._pools.get(item.id)
+            fresh[item.id] = (
+                current
+                if current and current.settings == item
+                else UpstreamPool(item, self._session)
+            )
+        for pool_id, pool in self._pools.items():
+            if fresh.get(pool_id) is not pool:
+                asyncio.get_running_loop().create_task(pool.close())
+        if self._cut_off:  # a reload during shutdown: no full send may start in its last second
+            for pool in fresh.values():
+                pool.cut_off()
+        self._pools = fresh
+        show_limits(pool.settings for pool in fresh.values())
+
+    def settings(self) -> list[PoolSettings]:
+        return [pool.settings for pool in self._pools.values()]
+
+    def get(self, pool_id: str) -> UpstreamPool:
+        return self._pools[pool_id]
+
+    def all(self) -> list[UpstreamPool]:
+        return list(self._pools.values())
+
+    async def close(self) -> None:
+        await asyncio.gather(*(pool.close() for pool in self._pools.values()))
+
+    def cut_off(self) -> None:
+        self._cut_off = True
+        for pool in self._pools.values():
+            pool.cut_off()
+
+
+class Delivery:
+    def __init__(
+        self,
+        queue: Queue,
+        registry: PoolRegistry,
+        workers: int,
+        buffer_size: int = 2000,
+        buffer_bytes: int = 64 * 1024 * 1024,
+        poll_interval: float = 1.0,
+        direct: DirectRoutes | None = None,
+        throttle: Throttle | None = None,
+    ) -> None:
+        self._queue = queue
+        self._registry = registry
+        self._throttle = throttle  # pool rate and daily limits; None = none enforced
+        self._direct = direct  # MX delivery for routes that name no pool
+        self._workers = workers
+        self._buffer: asyncio.Queue[QueuedMessage] = asyncio.Queue()
+        self._buffer_size = buffer_size
+        self._buffer_bytes = buffer_bytes  # bodies held in memory, waiting or in flight
+        self._held_bytes = 0
+        self._poll_interval = poll_interval
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._in_flight = 0
+        self._waiters: dict[str, asyncio.Future[str]] = {}
+        self._accepting = True
+        self._cut_off = False  # shutdown's deadline came: upstream sessions were aborted
+
+    # --- feeding ----------------------------------------------------------------------
+
+    def _room(self) -> int:
+        if not self._accepting or self._held_bytes >= self._buffer_bytes:
+            return 0
+        return max(0, self._buffer_size - self._buffer.qsize() - self._in_flight)
+
+    def has_room(self) -> bool:
+        return self._room() > 0
+
+    def push(self, message: QueuedMessage) -> None:
+        """Hand over a message this node has claimed."""
+        self._held_bytes += len(message.content)
+        self._buffer.put_nowait(message)
+
+    def wait_for(self, message_id: str) -> asyncio.Future[str]:
+        """A future resolved with the message's status after its next attempt is recorded."""
+        future = self._waiters.get(message_id)
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+            self._waiters[message_id] = future
+            # A caller that stops waiting (handoff timeout) cancels it: forget it then, as
+            # another node may be the one to attempt the message.
+            future.add_done_callback(lambda f: f.cancelled() and self._waiters.pop(message_id, 0))
+        return future
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._worker(), name=f"worker-{i}") for i in range(self._workers)
+        ]
+        self._tasks.append(loop.create_task(self._poller(), name="poller"))
+        self._tasks.append(loop.create_task(self._housekeeping(), name="housekeeping"))
+
+    async def stop(self, drain_timeout: float) -> None:
+        """Stop taking work; within `drain_timeout` every attempt in flight has finished or
+        been abandoned. Those still waiting for an upstream a second before are cut off (the
+        sessions are aborted): one whose final dot went out is recorded as an attempt and a
+        possible duplicate, the others are handed back with no attempt counted. What is left
+        at the deadline (a connection being opened, say) is cancelled; it sent nothing, and
+        the claims are released by the caller."""
+        self._accepting = False
+        deadline = time.monotonic() + drain_timeout
+        await self._drained(deadline - CUT_OFF_GRACE)
+        if self._in_flight:
+            log.warning(
+                "stopping: cutting off the deliveries still in flight (%d)", self._in_flight
+            )
+            self._cut_off = True
+            self._registry.cut_off()
+            if self._direct is not None:
+                self._direct.cut_off()
+            await self._drained(deadline)
+        if self._in_flight:
+            log.warning("stopping: abandoning %d deliveries under way", self._in_flight)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        await self._registry.close()
+        if self._direct is not None:
+            await self._direct.close()
+
+    async def _drained(self, deadline: float) -> None:
+        while self._in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+    # --- loops ------------------------------------------------------------------------
+
+    async def _worker(self) -> None:
+        while True:
+            message = await self._buffer.get()
+            try:
+                if self._accepting:  # else left claimed: released at shutdown
+                    self._in_flight += 1
+                    try:
+                        await self.deliver(message)
+                    except Exception:  # a bug must cost one message a minute, not a worker
+                        log.exception("delivering %s failed; it is retried in a minute", message.id)
+                        with contextlib.suppress(Exception):
+                            await self._queue.release(message.id, 60.0)
+                    finally:
+                        self._in_flight -= 1
+            finally:
+                self._held_bytes -= len(message.content)
+
+    async def _poller(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._poll_interval):
+                    await self._wake.wait()
+            self._wake.clear()
+            room = min(self._room(), 500)
+            if room <= 0:
+                continue
+            try:
+                claimed = await self._queue.claim_due(room)
+            except (StorageUnavailable, OSError) as error:
+                log.warning("claiming due messages failed: %s", error)
+                continue
+            for message in claimed:
+                self.push(message)
+            if len(claimed) == room:
+                self._wake.set()  # more may be due: go again at once
+
+    async def _housekeeping(self) -> None:
+        rounds = 0
+        renewed = time.monotonic()
+        while True:
+            await asyncio.sleep(5.0)
+            rounds += 1
+            if time.monotonic() - renewed >= self._queue.lease / 4:
+                # Keep this node's claims alive while it holds them, however long a message
+                # waits for a connection: a lapsed lease would let the poller (or another
+                # node) claim and send it a second time.
+                try:
+                    await self._queue.renew_claims()
+                    renewed = time.monotonic()
+                except StorageUnavailable as error:
+                    log.warning("renewing claims failed: %s", error)
+            if self._throttle is not None:
+                # Sends in flight keep counting against their pool's rate (it paces itself).
+                await self._throttle.renew()
+            for pool in self._registry.all():
+                await pool.reap_idle()
+            if self._direct is not None:
+                await self._direct.reap_idle()
+            try:
+                suppressions = self._queue.suppressions
+                await (suppressions.reload() if rounds % 12 == 0 else suppressions.refresh())
+            except Exception as error:  # keep the old copy; try again next round
+                log.warning("suppression list refresh failed: %s", error)
+            if rounds % 6:  # the gauge every 30 s: counting a large queue is not free
+                continue
+            try:
+                for state, count in (await self._queue.counts()).items():
+                    metrics.QUEUE_MESSAGES.labels(state=state).set(count)
+            except Exception as error:  # a gauge must never stop housekeeping
+                log.warning("queue gauge refresh failed: %s", error)
+
+    # --- one attempt ------------------------------------------------------------------
+
+    async def deliver(self, message: QueuedMessage) -> str:
+        try:
+            results, pool_name = await self._attempt_all(message)
+        except Postponed as postponed:
+            return await self._postpone(message, postponed.wait)
+        except Exception as error:  # nobody classified it: defer, never lose or spin
+            log.exception("delivery attempt of %s failed", message.id)
+            reason = deferred(f"internal error ({error.__class__.__name__}); will retry", "4.3.0")
+            results, pool_name = dict.fromkeys(message.recipients, reason), None
+        if self._cut_off and not any(_may_have_reached(r) for r in results.values()):
+            # Cut off at shutdown before the upstream could take it: not the message's
+            # failure. It stays claimed, and is released due now with no attempt counted.
+            maillog.handed_back(message.id)
+            return self._answer(message.id, "queued")
+        maillog.attempted(message, results, pool_name)
+        recorded = await self._record(AttemptRecord(message, results, pool_name))
+        if recorded is None:
+            log.warning(
+                "the claim on %s lapsed during its attempt; another node owns it now and this "
+                "attempt's results were not recorded (the message may be sent twice)",
+                message.id,
+            )
+            metrics.POSSIBLE_DUPLICATES.labels(pool=pool_name or "none").inc()
+        _count(results, pool_name or "none")
+        return self._answer(message.id, recorded or "deferred")
+
+    def _answer(self, message_id: str, status: str) -> str:
+        """Tell whoever waits for this message's attempt (an HTTP send) how it went."""
+        waiter = self._waiters.pop(message_id, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(status)
+        return status
+
+    async def _postpone(self, message: QueuedMessage, wait: Wait) -> str:
+        """Every ready pool of the route is over a limit: back to the queue until a slot
+        frees, without an attempt counted (the limit is ours, not the message's)."""
+        await self._queue.postpone(message, wait.until, wait.pool, wait.text)
+        delay = max(0.0, wait.until - time.time())
+        asyncio.get_running_loop().call_later(delay + 0.01, self.wake)  # claim it on time
+        maillog.waiting(message.id, wait.pool, delay, wait.text)
+        return self._answer(message.id, "deferred")
+
+    async def _record(self, attempt: AttemptRecord) -> str | None:
+        """Store the outcome, retrying: the upstream has answered, and forgetting that answer
+        would send the message again. The claim stays renewed meanwhile."""
+        pause = 0.2
+        while True:
+            try:
+                return await self._queue.record(attempt)
+            except StorageUnavailable as error:
+                if not self._accepting:
+                    log.error("giving up recording %s at shutdown: %s", attempt.message.id, error)
+                    return "deferred"
+                log.warning("recording %s failed (%s); retrying", attempt.message.id, error)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 5.0)
+
+    async def _attempt_all(
+        self, message: QueuedMessage
+    ) -> tuple[dict[str, DeliveryResult], str | None]:
+        """Simulator recipients get their scripted result; the rest go upstream."""
+        simulated = [rcpt for rcpt in message.recipients if simulator.handles(rcpt)]
+        if not simulated:
+            return await self._attempt(message)
+        results = {rcpt: simulator.outcome(rcpt, message.attempts) for rcpt in simulated}
+        real = [rcpt for rcpt in message.recipients if rcpt not in results]
+        if not real:
+            return results, simulator.POOL
+        upstream, pool_name = await self._attempt(replace(message, recipients=real))
+        return {**results, **upstream}, pool_name
+
+    async def _attempt(
+        self, message: QueuedMessage
+    ) -> tuple[dict[str, DeliveryResult], str | None]:
+        pools = self._registry.settings()
+        route = current(message.route, pools)  # default-routed mail: today's default
+        pool_ids = candidates(route, pools, set())
+        if not pool_ids:
+            if route.direct and self._direct is not None:  # no pool at all: MX
+                return await self._direct.deliver(message), DIRECT
+            return self._unserved(message, route), None
+        if message.retried_at is not None:  # an operator's retry: the route's pools afresh
+            for pool_id in pool_ids:
+                self._registry.get(pool_id).forgive(message.retried_at)
+        now = time.time()
+        ready = [pid for pid in pool_ids if self._registry.get(pid).healthy(now)]
+        if not ready:
+            if message.retried_at is not None:
+                self._wait_for_cooldown(message, pool_ids)
+            reason = "every pool of this route is cooling down after repeated failures"
+            return dict.fromkeys(message.recipients, deferred(reason)), None
+        last = deferred("no pool could be reached")
+        tried: str | None = None
+        waits: list[Wait] = []
+        for pool_id in ready:
+            pool = self._registry.get(pool_id)
+            ticket = await self._throttle.reserve(pool.settings) if self._throttle else None
+            if isinstance(ticket, Wait):  # over its limit: the next pool, if any, goes now
+                waits.append(ticket)
+                continue
+            tried = pool.name
+            try:
+                results = await self._send(message, pool, ticket)
+            except PoolUnavailable as unavailable:
+                last = unavailable.result
+                log.info("pool %s unavailable for %s: %s", pool.name, message.id, last.describe())
+                continue
+            return results, pool.name
+        if waits and tried is None:
+            wait = min(waits, key=lambda w: w.until)
+            deadline = message.created_at + self._queue.max_age
+            if time.time() < deadline:
+                raise Postponed(replace(wait, until=min(wait.until, deadline)))
+            last = deferred(wait.text)  # recorded past max_age: it expires as usual
+        return dict.fromkeys(message.recipients, last), tried
+
+    def _unserved(self, message: QueuedMessage, route: Route) -> dict[str, DeliveryResult]:
+        """The message's pool or group has no active pool now. It waits for one (Postponed,
+        no attempt counted) and never goes out through another group; past max_age the
+        deferral is recorded and it expires as usual."""
+        if route.direct:
+            text = "no active pool, and direct delivery is off"
+        else:
+            text = f"{NO_POOL} for {describe(route)}"
+        deadline = message.created_at + self._queue.max_age
+        now = time.time()
+        if not route.direct and now < deadline:
+            label = route.pool_id or route.ip_pool or ""
+            until = min(now + _no_pool_wait(message, text, now), deadline)
+            raise Postponed(Wait(pool=label, reason="no_pool", until=until, text=text))
+        return dict.fromkeys(message.recipients, deferred(text, "4.4.3"))
+
+    def _wait_for_cooldown(self, message: QueuedMessage, pool_ids: list[str]) -> None:
+        """A retried message whose pools all went back to cooling down since the retry (they
+        failed again): it waits for the first to be ready, with no attempt counted, rather
+        than spend its forced attempt on no upstream at all."""
+        first = min((self._registry.get(pid) for pid in pool_ids), key=lambda p: p.unhealthy_until)
+        until = min(first.unhealthy_until, message.created_at + self._queue.max_age)
+        if until > time.time():
+            text = f"waiting: pool {first.name} cooling down after repeated failures"
+            raise Postponed(Wait(pool=first.name, reason="cooldown", until=until, text=text))
+
+    async def _send(
+        self, message: QueuedMessage, pool: UpstreamPool, ticket: Ticket | None
+    ) -> dict[str, DeliveryResult]:
+        """One try through one pool; a throttling reply (421, 4.7.x) makes it back off."""
+        try:
+            results = await pool.send(message)
+        except PoolUnavailable as unavailable:
+            await self._throttled(message, pool, [unavailable.result])
+            raise
+        finally:
+            if ticket is not None and self._throttle is not None:
+                await self._throttle.sent(ticket)
+        await self._throttled(message, pool, results.values())
+        return results
+
+    async def _throttled(
+        self, message: QueuedMessage, pool: UpstreamPool, results: Iterable[DeliveryResult]
+    ) -> None:
+        reply = next((r for r in results if is_throttling(r)), None)
+        if reply is None:
+            return
+        halved = pool.backoff.trigger()
+        metrics.POOL_THROTTLED.labels(pool=pool.name, reason="backoff").inc()
+        log.warning(
+            "pool %s asked to slow down (%s); concurrency %s to %d",
+            pool.name, reply.describe(), "halved" if halved else "stays", pool.concurrency,
+        )  # fmt: skip
+        text = f"{reply.describe()}; concurrency {pool.concurrency}"
+        status = "deferred" if message.attempts else "queued"
+        try:
+            await self._queue.note_throttled(message.id, status, pool.name, text)
+        except StorageUnavailable as error:  # an event lost is better than a send repeated
+            log.warning("recording the throttled event of %s failed: %s", message.id, error)
+
+
+class Postponed(Exception):
+    """Every ready pool of the route is over a limit: the message waits for `wait.until`."""
+
+    def __init__(self, wait: Wait) -> None:
+        super().__init__(wait.text)
+        self.wait = wait
+
+
+def _no_pool_wait(message: QueuedMessage, text: str, now: float) -> float:
+    """NO_POOL_WAIT, or twice the last wait (up to NO_POOL_WAIT_MAX) when the message was
+    already waiting for the same reason."""
+    if message.last_response != text:
+        return NO_POOL_WAIT
+    return min(max(2 * (now - message.updated_at), NO_POOL_WAIT), NO_POOL_WAIT_MAX)
+
+
+def _may_have_reached(result: DeliveryResult) -> bool:
+    """The upstream answered for good, or may have taken the message without answering."""
+    return result.outcome is not Outcome.DEFERRED or result.possible_duplicate
+
+
+def _count(results: dict[str, DeliveryResult], pool: str) -> None:
+    for result in results.values():
+        if result.outcome is Outcome.DELIVERED:
+            metrics.MESSAGES_DELIVERED.labels(pool=pool).inc()
+        elif result.outcome is Outcome.BOUNCED:
+            metrics.MESSAGES_BOUNCED.labels(pool=pool).inc()
+        else:
+            metrics.MESSAGES_DEFERRED.labels(pool=pool).inc()

@@ -1,0 +1,283 @@
+"""Intake: the one policy pipeline behind both doors (SMTP and HTTP).
+
+    recipients not suppressed -> route chosen -> sender may use it -> DKIM-signed once
+    (From domain with an active key) -> stored (one transaction, group-committed,
+    idempotency key reserved in it) -> handed to delivery (sandbox: never) -> acknowledged
+
+It knows nothing of SMTP or HTTP: it takes a Submission and returns an Accepted, or raises
+one of the Refusal exceptions below (or `Duplicate` / `KeyReused`), which each door turns
+into its own reply. The sender check (policy.sender) and the aliases come from
+gateway.intake.identities.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from gateway import maillog, metrics
+from gateway.delivery.workers import Delivery, PoolRegistry
+from gateway.dkim.signer import DkimError, Signers
+from gateway.intake.identities import Identities
+from gateway.message import QueuedMessage, Route, Submission
+from gateway.queue.store import Queue
+from gateway.routing import AliasNotVerified, NoActivePool, UnknownRoute, choose_route
+from storage.idempotency import ANONYMOUS, Duplicate, KeyReused
+
+log = logging.getLogger("postern.intake")
+
+__all__ = [
+    "Accepted",
+    "AliasUnverified",
+    "AllSuppressed",
+    "Duplicate",
+    "Intake",
+    "KeyReused",
+    "NoRoute",
+    "NotPermitted",
+    "UnknownAlias",
+    "UnverifiedSender",
+]
+
+
+class Refusal(Exception):
+    """Intake will not take the message; `reason` is safe to show the client."""
+
+    reason = "refused"
+
+
+class AllSuppressed(Refusal):
+    reason = "every recipient is suppressed"
+
+
+class UnknownAlias(Refusal):
+    reason = "unknown alias_id"
+
+
+class AliasUnverified(Refusal):
+    reason = "the alias named by alias_id is not verified yet"
+
+
+class NoRoute(Refusal):
+    """The pool or group the message asks for (alias_id, or its From's alias) has no
+    active pool: refused rather than sent another way."""
+
+    def __init__(self, route: str) -> None:
+        super().__init__(route)
+        self.reason = f"no active pool for {route}"
+
+
+class NotPermitted(Refusal):
+    """The API key may not send this way (no scope for it, or another ip_pool)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class UnverifiedSender(NotPermitted):
+    """policy.sender = "verified" and the From is no verified domain or alias."""
+
+
+@dataclass(frozen=True)
+class Accepted:
+    message: QueuedMessage
+    suppressed: tuple[str, ...] = ()
+    # Resolved with the message's status after its first attempt (when asked to watch).
+    attempt: asyncio.Future[str] | None = None
+
+    @property
+    def message_id(self) -> str:
+        return self.message.id
+
+    async def outcome(self, timeout: float) -> str | None:
+        """The first attempt's status if it ends within `timeout`; None while pending (or
+        when nobody asked to watch)."""
+        if self.attempt is None:
+            return None
+        try:
+            return await asyncio.wait_for(self.attempt, timeout)
+        except TimeoutError:
+            return None
+
+
+class Intake:
+    def __init__(
+        self,
+        queue: Queue,
+        registry: PoolRegistry,
+        delivery: Delivery,
+        signers: Signers | None = None,
+        identities: Identities | None = None,
+    ) -> None:
+        self._queue = queue
+        self._registry = registry
+        self._delivery = delivery
+        self._signers = signers
+        self._identities = identities  # aliases for routing, verified senders for policy
+
+    async def suppressed(self, addresses: Sequence[str]) -> set[str]:
+        """Which of `addresses` must not be sent to."""
+        return await self._queue.is_suppressed(addresses)
+
+    async def envelope_problem(self, mail_from: str) -> str | None:
+        """Why the sender policy refuses this envelope sender (a reason safe to show), or
+        None. For a door that can refuse before the message ("" is the null sender)."""
+        identities = self._identities
+        if identities is None or not identities.enforce or not mail_from:
+            return None
+        await identities.refresh_if_stale()
+        problem = identities.envelope_problem(mail_from)
+        if problem is not None:
+            metrics.MESSAGES_REFUSED.labels(reason="unverified_sender").inc()
+        return problem
+
+    async def submit(self, submission: Submission, *, watch: bool = False) -> Accepted:
+        """Apply policy, store durably, hand to delivery. Returns only after the commit.
+
+        With `watch`, `Accepted.attempt` is registered before the message reaches a
+        delivery worker, so even an instant upstream answer cannot be missed. A reused
+        idempotency key raises Duplicate (KeyReused for another request): found when the
+        message is stored (no extra read on the way), or, when policy would refuse the
+        retry, looked up first (the recipient may have been suppressed since the first
+        request was sent).
+        """
+        if self._identities is not None:
+            await self._identities.refresh_if_stale()
+        try:
+            blocked, submission, route = self._policy(submission)
+        except Refusal:
+            await self._raise_if_seen(submission)
+            raise
+        submission = await self._signed(submission)
+        # The client may go while the commit is under way (aiosmtpd then cancels the
+        # handler), yet the commit goes on: storing and handing over are one unit that a
+        # cancellation cannot split, or a claimed message would wait for a restart.
+        stored = asyncio.ensure_future(self._store(submission, route, watch))
+        try:
+            message, attempt = await asyncio.shield(stored)
+        except asyncio.CancelledError:
+            stored.add_done_callback(_observed)
+            raise
+        return Accepted(message, tuple(sorted(blocked)), attempt)
+
+    async def _store(
+        self, submission: Submission, route: Route, watch: bool
+    ) -> tuple[QueuedMessage, asyncio.Future[str] | None]:
+        """Store durably, then hand to delivery: claimed here when a worker has room."""
+        sandbox = submission.sandbox
+        claim = not sandbox and self._delivery.has_room()
+        message = await self._queue.enqueue(submission, route, claim=claim)
+        metrics.MESSAGES_RECEIVED.labels(source=submission.source).inc()
+        maillog.received(message.id, submission)
+        attempt = self._delivery.wait_for(message.id) if watch and not sandbox else None
+        if claim:
+            self._delivery.push(message)
+        elif not sandbox:
+            self._delivery.wake()
+        return message, attempt
+
+    def _policy(self, submission: Submission) -> tuple[set[str], Submission, Route]:
+        """Sender, suppression, routing and the key's permissions (no I/O: all in memory)."""
+        identities = self._identities
+        problem = identities.sender_problem(submission) if identities is not None else None
+        if problem is not None:
+            metrics.MESSAGES_REFUSED.labels(reason="unverified_sender").inc()
+            raise UnverifiedSender(problem)
+        blocked = self._queue.suppressions.suppressed(submission.recipients)
+        if blocked:
+            metrics.MESSAGES_SUPPRESSED.inc(len(blocked))
+            if len(blocked) == len(set(submission.recipients)):
+                raise AllSuppressed()
+            kept = tuple(r for r in submission.recipients if r not in blocked)
+            submission = replace(submission, recipients=kept, suppressed=tuple(sorted(blocked)))
+        try:
+            route = choose_route(
+                submission.alias_id,
+                submission.mail_from,
+                self._registry.settings(),
+                identities.aliases if identities is not None else (),
+            )
+        except UnknownRoute:
+            metrics.MESSAGES_REFUSED.labels(reason="unknown_alias").inc()
+            raise UnknownAlias() from None
+        except AliasNotVerified:
+            metrics.MESSAGES_REFUSED.labels(reason="alias_not_verified").inc()
+            raise AliasUnverified() from None
+        except NoActivePool as refused:
+            metrics.MESSAGES_REFUSED.labels(reason="no_route").inc()
+            raise NoRoute(str(refused)) from None
+        return blocked, submission, self._permitted(submission, route)
+
+    async def _signed(self, submission: Submission) -> Submission:
+        """Sign once, here, before storing: retries relay the stored, signed bytes."""
+        if self._signers is None:
+            return submission
+        signer = await self._signers.for_message(submission.content)
+        if signer is None:
+            return submission
+        try:
+            return replace(submission, content=await signer.signed_async(submission.content))
+        except DkimError as error:  # e.g. no From field: relay unsigned, say why
+            log.warning("not DKIM-signing a message: %s", error)
+            metrics.MESSAGES_REFUSED.labels(reason="dkim_unsigned").inc()
+            return submission
+
+    async def _raise_if_seen(self, submission: Submission) -> None:
+        key = submission.idempotency_key
+        if key is None:
+            return
+        scope = submission.sender.api_key_id if submission.sender else ANONYMOUS
+        seen = await self._queue.find_idempotent(scope, key)
+        if seen is not None:
+            raise seen.refusal(submission.request_hash)
+
+    def _permitted(self, submission: Submission, route: Route) -> Route:
+        """The route, if the submission's API key may use it (NotPermitted otherwise).
+
+        A key limited to some ip_pools (`send:transactional`) that named no alias_id is
+        sent through its own group rather than refused.
+        """
+        sender = submission.sender
+        if sender is None:
+            return route
+        if submission.sandbox:
+            if not sender.may_sandbox:
+                raise NotPermitted("sandbox sends need an API key with the sandbox scope")
+            return route
+        if not sender.may_send:
+            raise NotPermitted("this API key has no send scope")
+        allowed = sender.ip_pools
+        if allowed is None:
+            return route
+        if self._group(route) in allowed:
+            # Kept to that group: a default route would follow the default wherever it
+            # moves, perhaps out of the groups this key may use.
+            return replace(route, default=False)
+        if not submission.alias_id:  # its own group: an active one, else one that waits
+            settings = self._registry.settings()
+            active = {pool.ip_pool for pool in settings if pool.is_active}
+            known = {pool.ip_pool for pool in settings}
+            for group in sorted(allowed, key=lambda group: (group not in active, group)):
+                if group in known:
+                    return Route(ip_pool=group)
+        pools = ", ".join(sorted(allowed)) or "none"
+        raise NotPermitted(f"this API key may only send through ip_pool {pools}")
+
+    def _group(self, route: Route) -> str | None:
+        if route.pool_id is None:
+            return route.ip_pool
+        for pool in self._registry.settings():
+            if pool.id == route.pool_id:
+                return pool.ip_pool
+        return None
+
+
+def _observed(stored: asyncio.Future[Any]) -> None:
+    """Collect the outcome of a store its caller stopped waiting for (the client went
+    without a reply, so a refusal or failure is only worth a log line)."""
+    if not stored.cancelled() and stored.exception() is not None:
+        log.info("message not stored after its client went: %r", stored.exception())

@@ -1,0 +1,250 @@
+"""`postern queue list|show|retry|cancel|purge`: the API's queue operations for operators.
+
+The command opens the configured database itself and acts through a Queue of its own (node
+id "cli") with its own storage writer, so it works whether `postern serve` runs or not; a
+running server's poller picks a retried message up within a second. The CLI sees every
+message, as an admin key does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from gateway.addresses import has_control
+from gateway.config import Config
+from gateway.process.commands.admin import CommandError, iso_seconds, leaf, with_database
+from gateway.queue.operations import Action as QueueAction
+from gateway.queue.operations import FilterError, bulk, make_filter, summary_json
+from gateway.queue.store import Queue
+from storage.db import Database
+from storage.message_search import (
+    ACTIVE,
+    MAX_LIMIT,
+    STATUSES,
+    InvalidCursor,
+    MessageFilter,
+    search,
+)
+from storage.messages import MessageState, message_state
+from storage.writer import Writer
+
+COMMANDS = ("queue",)
+NODE_ID = "cli"
+LEASE = 120.0  # as `postern serve`; the CLI never claims, but a Queue needs one
+
+
+def add_commands(commands: Any) -> None:
+    parser = commands.add_parser("queue", help="find, retry and cancel messages")
+    actions = parser.add_subparsers(dest="action", required=True)
+    listing = leaf(actions, "list", "list messages, newest first")
+    _filters(listing)
+    listing.add_argument("--limit", type=int, default=50, help=f"1 to {MAX_LIMIT} (default 50)")
+    listing.add_argument("--cursor", help="next_cursor of the previous page")
+    leaf(actions, "show", "a message's recipients and events").add_argument("id")
+    for name, text in (
+        ("retry", "make messages due now, like postqueue -f (ids, or a filter)"),
+        ("cancel", "stop messages (ids, or a filter)"),
+    ):
+        command = leaf(actions, name, text)
+        command.add_argument("ids", nargs="*", metavar="ID")
+        _filters(command, bulk=True)
+    purge = leaf(actions, "purge", "cancel every message with work left matching a filter")
+    _filters(purge, bulk=True)
+
+
+def _filters(parser: argparse.ArgumentParser, bulk: bool = False) -> None:
+    parser.add_argument("--status", help=f"comma-separated: {', '.join(STATUSES)}")
+    parser.add_argument("--pool", help="pool name")
+    parser.add_argument("--recipient", help="a recipient's address")
+    parser.add_argument("--from", dest="mail_from", help="envelope sender")
+    parser.add_argument("--tag")
+    parser.add_argument("--since", help="created at or after: ISO 8601 or UNIX seconds")
+    parser.add_argument("--until", help="created before: ISO 8601 or UNIX seconds")
+    if bulk:
+        parser.add_argument("--all", action="store_true", help="no filter: the whole queue")
+        parser.add_argument("--dry-run", action="store_true", help="only count what matches")
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    action = _ACTIONS[args.action]
+    result = asyncio.run(with_database(config, lambda db: _with_queue(db, config, args, action)))
+    print(json.dumps(result, ensure_ascii=False) if args.json else _text(args.action, result))
+    return 0
+
+
+Action = Callable[[Database, Queue, argparse.Namespace], Awaitable[Any]]
+
+
+async def _with_queue(db: Database, config: Config, args: argparse.Namespace, act: Action) -> Any:
+    writer = Writer(db)
+    writer.start()
+    try:
+        delivery = config.delivery
+        queue = Queue(db, writer, NODE_ID, delivery.retry_schedule, delivery.max_age, LEASE)
+        return await act(db, queue, args)
+    finally:
+        await writer.stop()
+
+
+def _filter(args: argparse.Namespace) -> MessageFilter:
+    values = {
+        "status": args.status,
+        "pool": args.pool,
+        "recipient": args.recipient,
+        "from": args.mail_from,
+        "tag": args.tag,
+        "since": args.since,
+        "until": args.until,
+    }
+    try:
+        return make_filter(values)
+    except FilterError as error:
+        raise CommandError(f"--{error.field}: {error.message}") from None
+
+
+def _state(state: MessageState) -> dict[str, Any]:
+    return {
+        "message_id": state.id,
+        "status": state.status,
+        "from": state.mail_from,
+        "pool": state.pool,
+        "attempts": state.attempts,
+        "created_at": iso_seconds(state.created_at),
+        "updated_at": iso_seconds(state.updated_at),
+        "next_attempt_at": iso_seconds(state.next_attempt_at),
+        "last_response": state.last_response,
+        "tags": state.tags,
+        "metadata": state.metadata,
+        "recipients": [
+            {"email": r.email, "status": r.status, "attempts": r.attempts, "response": r.response}
+            for r in state.recipients
+        ],
+        "events": state.events,
+    }
+
+
+async def _list(db: Database, queue: Queue, args: argparse.Namespace) -> dict[str, Any]:
+    if not 1 <= args.limit <= MAX_LIMIT:
+        raise CommandError(f"--limit: 1 to {MAX_LIMIT}")
+    flt = _filter(args)
+    try:
+        page, cursor = await search(db, flt, args.limit, args.cursor or None)
+    except InvalidCursor:
+        raise CommandError("--cursor: not a cursor `postern queue list` printed") from None
+    return {"data": [summary_json(m, iso_seconds) for m in page], "next_cursor": cursor}
+
+
+async def _show(db: Database, queue: Queue, args: argparse.Namespace) -> dict[str, Any]:
+    state = await message_state(db, args.id, True) if len(args.id) <= 64 else None
+    if state is None:
+        raise CommandError(f"no message with id {args.id!r}")
+    return _state(state)
+
+
+async def _by_ids(
+    db: Database, queue: Queue, args: argparse.Namespace, action: QueueAction
+) -> dict[str, Any]:
+    """Act on the messages named; an unknown id refuses the whole command."""
+    active: list[str] = []
+    final: list[str] = []
+    for message_id in dict.fromkeys(args.ids):
+        state = await message_state(db, message_id) if len(message_id) <= 64 else None
+        if state is None:
+            raise CommandError(f"no message with id {message_id!r}")
+        (active if state.status in ACTIVE else final).append(message_id)
+    done: list[str] = []
+    if active and not args.dry_run:
+        if action == "retry":
+            done = await queue.retry(active)
+        else:
+            done = (await queue.cancel(active)).cancelled
+    if len(args.ids) == 1 and not done and not args.dry_run:
+        why = "it has no work left" if final else "it is being delivered right now"
+        raise CommandError(f"cannot {action} {args.ids[0]}: {why}")
+    verb = "retried" if action == "retry" else "cancelled"
+    busy = [] if args.dry_run else [m for m in active if m not in done]
+    return {
+        "matched": len(active),
+        verb: len(done),
+        "busy": len(busy),
+        "dry_run": args.dry_run,
+        "final": final,
+    }
+
+
+async def _act(db: Database, queue: Queue, args: argparse.Namespace) -> dict[str, Any]:
+    action: QueueAction = "retry" if args.action == "retry" else "cancel"
+    flt = _filter(args)
+    ids = getattr(args, "ids", [])
+    if ids:
+        if not flt.is_empty() or args.all:
+            raise CommandError("give message ids or a filter, not both")
+        return await _by_ids(db, queue, args, action)
+    if flt.is_empty() and not args.all:
+        raise CommandError("give message ids, a filter (--status, --pool, ...), or --all")
+    # No cap here: the HTTP form stops at MAX_BULK per request, an operator's command
+    # goes through the whole queue (a chunk per transaction).
+    return (await bulk(queue, db, flt, action, args.dry_run, limit=UNCAPPED)).as_json()
+
+
+UNCAPPED = 1 << 62
+
+_ACTIONS: dict[str, Action] = {
+    "list": _list,
+    "show": _show,
+    "retry": _act,
+    "cancel": _act,
+    "purge": _act,
+}
+
+
+def _safe(text: str | None) -> str:
+    if text is None:
+        return "-"
+    return text.encode("unicode_escape").decode("ascii") if has_control(text) else text
+
+
+def _text(action: str, result: Any) -> str:
+    if action == "list":
+        rows = [
+            f"{m['message_id']}  {m['status']:<9}  {m['created_at']}  {_safe(m['from'])} -> "
+            f"{', '.join(m['recipients'])}  pool={_safe(m['pool'])}  attempts={m['attempts']}"
+            for m in result["data"]
+        ]
+        if result["next_cursor"]:
+            rows.append(f"more: --cursor {result['next_cursor']}")
+        return "\n".join(rows) if rows else "no messages"
+    if action == "show":
+        lines = [
+            f"{result['message_id']}  {result['status']}",
+            f"from:       {_safe(result['from'])}",
+            f"pool:       {_safe(result['pool'])}   attempts: {result['attempts']}",
+            f"created:    {result['created_at']}   updated: {result['updated_at']}",
+            f"next try:   {result['next_attempt_at'] or '-'}",
+            f"last reply: {_safe(result['last_response'])}",
+            "recipients:",
+            *(
+                f"  {r['email']}  {r['status']}  {_safe(r['response'])}"
+                for r in result["recipients"]
+            ),
+            "events:",
+            *(
+                f"  {e['created_at']}  {e['type']:<10}  {e['recipient'] or '-'}"
+                + (f"  {_safe(e['response']['text'])}" if e["response"] else "")
+                for e in result["events"]
+            ),
+        ]
+        return "\n".join(lines)
+    verb = "retried" if action == "retry" else "cancelled"
+    if result["dry_run"]:
+        return f"dry run: {result['matched']} message(s) with work left match"
+    text = f"{verb} {result[verb]} of {result['matched']} matching message(s)"
+    if result["busy"]:
+        text += f"; {result['busy']} being delivered, left alone"
+    if result.get("final"):
+        text += f"; {len(result['final'])} already final"
+    return text

@@ -1,0 +1,126 @@
+"""Events: what happened to a message, one row per change, written with the change itself.
+
+`gateway.queue.store` adds the rows to the transaction of each state change (the outbox); the
+webhook sender and GET /v1/messages/{id} read them. Every event names one recipient,
+except `throttled`, which is about the pool a message met.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, insert, select
+
+from gateway.message import DeliveryResult, Outcome
+from storage.models import Event, MessageMeta
+
+E = Event.__table__  # type: ignore[attr-defined]
+META = MessageMeta.__table__  # type: ignore[attr-defined]
+
+QUEUED = "queued"
+DEFERRED = "deferred"
+DELIVERED = "delivered"
+BOUNCED = "bounced"
+EXPIRED = "expired"
+SUPPRESSED = "suppressed"
+SANDBOX = "sandbox"
+CANCELLED = "cancelled"
+COMPLAINT = "complaint"
+THROTTLED = "throttled"
+POSSIBLE_DUPLICATE = "possible_duplicate"  # no reply after the final dot: may arrive twice
+
+TYPES = (
+    QUEUED,
+    DEFERRED,
+    DELIVERED,
+    BOUNCED,
+    EXPIRED,
+    SUPPRESSED,
+    SANDBOX,
+    CANCELLED,
+    COMPLAINT,
+    THROTTLED,
+    POSSIBLE_DUPLICATE,
+)
+# The last outcome a recipient can have: what a `final_only` webhook receives.
+FINAL = frozenset({DELIVERED, BOUNCED, EXPIRED, SUPPRESSED, SANDBOX, CANCELLED})
+
+INSERT_EVENT = insert(E)
+
+
+def row(
+    type_: str,
+    message_id: str,
+    message_status: str,
+    now: float,
+    recipient: str | None = None,
+    *,
+    pool: str | None = None,
+    result: DeliveryResult | None = None,
+    attempt: int = 0,
+    response: str | None = None,
+) -> dict[str, Any]:
+    """The `event` row for one change (give `result` for an upstream's answer)."""
+    return {
+        "type": type_,
+        "message_id": message_id,
+        "recipient": recipient,
+        "pool": pool,
+        "code": result.code if result else None,
+        "enhanced": result.enhanced if result else None,
+        "response": result.text[:1000] if result else response,
+        "attempt": attempt,
+        "message_status": message_status,
+        "created_at": now,
+    }
+
+
+def result_type(result: DeliveryResult, expired: bool = False) -> str:
+    if expired:
+        return EXPIRED
+    return {
+        Outcome.DELIVERED: DELIVERED,
+        Outcome.DEFERRED: DEFERRED,
+        Outcome.BOUNCED: BOUNCED,
+    }[result.outcome]
+
+
+def event_id(number: int) -> str:
+    return f"evt_{number}"
+
+
+def to_json(
+    event: Any, tags: Sequence[str] = (), metadata: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The public shape of an event row (the message status; webhook payloads have the same
+    shape, made by the database: storage.webhook_outbox.batch)."""
+    response = None
+    if event.code is not None or event.enhanced or event.response:
+        response = {
+            "code": event.code,
+            "enhanced_status": event.enhanced,
+            "text": event.response or "",
+        }
+    return {
+        "id": event_id(event.id),
+        "type": event.type,
+        "created_at": datetime.fromtimestamp(event.created_at, UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z"),
+        "message_id": event.message_id,
+        "message_status": event.message_status,
+        "recipient": event.recipient,
+        "pool": event.pool,
+        "attempt": event.attempt,
+        "response": response,
+        "tags": list(tags),
+        "metadata": dict(metadata or {}),
+    }
+
+
+def for_message(conn: Connection, message_id: str, limit: int = 1000) -> list[dict[str, Any]]:
+    """A message's events in order (without tags: the message shows them once)."""
+    rows = conn.execute(select(E).where(E.c.message_id == message_id).order_by(E.c.id).limit(limit))
+    return [to_json(r) for r in rows]

@@ -1,0 +1,222 @@
+"""Operator actions on the queue, shared by the HTTP API and `postern queue`.
+
+Both front ends read a filter from their own syntax (query string, JSON body, options)
+into the same `MessageFilter` through `make_filter`, and act through the same functions,
+so a retry from the CLI and one over HTTP cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from gateway import timestamps
+from gateway.addresses import envelope_problem, has_control
+from gateway.queue.store import Queue
+from storage.db import Database
+from storage.message_search import (
+    ACTIVE,
+    CHUNK,
+    STATUSES,
+    Key,
+    MessageFilter,
+    MessageSummary,
+    active_keys,
+    count_active,
+    decode_cursor,
+    encode_cursor,
+)
+from storage.messages import MessageState, message_state
+
+Action = Literal["retry", "cancel"]
+# The most messages one bulk call acts on, so that one HTTP request never runs for minutes;
+# the answer says how many are left and where to go on from.
+MAX_BULK = 10_000
+FILTER_FIELDS = ("status", "pool", "recipient", "from", "tag", "since", "until")
+# What /openapi.json states of the filter values make_filter takes.
+Status = Literal[STATUSES]  # type: ignore[valid-type]
+_STATUS = f"(?:{'|'.join(STATUSES)})"
+STATUS_PATTERN = rf"^[ \t]*{_STATUS}[ \t]*(?:,[ \t]*{_STATUS}[ \t]*)*$"  # "queued, deferred"
+NO_CONTROL_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"  # addresses.has_control
+
+
+class FilterError(ValueError):
+    """A filter value that cannot be used; `field` names it for the 400's details."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class MessageFinal(Exception):
+    """The message has no work left (delivered, bounced, cancelled, sandbox)."""
+
+
+class MessageBusy(Exception):
+    """A worker is delivering the message right now."""
+
+
+def parse_time(field: str, value: Any) -> float:
+    """A time in gateway.timestamps' grammar -> UNIX seconds; FilterError naming `field`."""
+    try:
+        return timestamps.parse(value)
+    except ValueError as error:
+        raise FilterError(field, str(error)) from None
+
+
+def _text(field: str, value: Any, max_length: int) -> str:
+    if not isinstance(value, str) or not value or len(value) > max_length:
+        raise FilterError(field, f"1 to {max_length} characters")
+    if has_control(value):
+        raise FilterError(field, "control characters are not allowed")
+    return value
+
+
+def _address(field: str, value: Any) -> str:
+    text = _text(field, value, 254)
+    problem = envelope_problem(text)
+    if problem:
+        raise FilterError(field, problem)
+    return text
+
+
+def _statuses(value: Any) -> tuple[str, ...]:
+    """ "queued, deferred" (blanks around each name dropped) or ["queued", "deferred"]."""
+    names = [name.strip(" \t") for name in value.split(",")] if isinstance(value, str) else value
+    if not isinstance(names, list | tuple) or not names:
+        raise FilterError("status", f"one or more of {', '.join(STATUSES)}")
+    found: list[str] = []
+    for name in names:
+        if name not in STATUSES:
+            raise FilterError("status", f"one or more of {', '.join(STATUSES)}")
+        if name not in found:
+            found.append(name)
+    return tuple(found)
+
+
+def make_filter(values: Mapping[str, Any], api_key_id: str | None = None) -> MessageFilter:
+    """A filter from field -> value (names as in FILTER_FIELDS; absent or None: no criterion).
+
+    `api_key_id` restricts the result to that key's messages (None: everyone's, for admins
+    and the CLI). Raises FilterError naming the first bad field.
+    """
+    get = {name: values.get(name) for name in FILTER_FIELDS}
+    flt = MessageFilter(
+        statuses=_statuses(get["status"]) if get["status"] is not None else (),
+        pool=_text("pool", get["pool"], 255) if get["pool"] is not None else None,
+        recipient=_address("recipient", get["recipient"]) if get["recipient"] is not None else None,
+        mail_from=_address("from", get["from"]) if get["from"] is not None else None,
+        tag=_text("tag", get["tag"], 128) if get["tag"] is not None else None,
+        since=parse_time("since", get["since"]) if get["since"] is not None else None,
+        until=parse_time("until", get["until"]) if get["until"] is not None else None,
+        api_key_id=api_key_id,
+    )
+    return flt  # until <= since is no error: such a range matches nothing
+
+
+@dataclass(frozen=True)
+class BulkResult:
+    action: Action
+    matched: int  # messages with work left that matched (up to the cap)
+    done: int  # retried or cancelled
+    busy: int  # held by a worker (or finished) meanwhile: left alone
+    dry_run: bool
+    remaining: int = 0  # matching messages with work left beyond the cap: not looked at
+    next_cursor: str | None = None  # where to go on from, while `remaining`
+
+    def as_json(self) -> dict[str, Any]:
+        verb = "retried" if self.action == "retry" else "cancelled"
+        found: dict[str, Any] = {
+            "matched": self.matched,
+            verb: self.done,
+            "busy": self.busy,
+            "dry_run": self.dry_run,
+        }
+        if self.remaining:
+            found.update(remaining=self.remaining, next_cursor=self.next_cursor)
+        return found
+
+
+async def bulk(
+    queue: Queue,
+    db: Database,
+    flt: MessageFilter,
+    action: Action,
+    dry_run: bool,
+    *,
+    limit: int | None = None,
+    cursor: str | None = None,
+) -> BulkResult:
+    """Retry or cancel the active messages matching `flt`, newest first, a chunk per
+    transaction, at most `limit` of them (None: MAX_BULK), after `cursor` when given (the
+    `next_cursor` of the call before; InvalidCursor when it is not one).
+
+    A dry run only counts (all of them). Messages a worker holds are counted as busy, not
+    touched. When more match than `limit`, the result says how many were left and the
+    cursor to pass to go on: repeating a retry without it would retry the same ones again.
+    """
+    limit = MAX_BULK if limit is None else max(1, limit)
+    after: Key | None = decode_cursor(cursor) if cursor else None
+    if dry_run:
+        return BulkResult(action, await count_active(db, flt, after), 0, 0, True)
+    matched = done = 0
+    last: Key | None = None
+    async with aclosing(active_keys(db, flt, min(CHUNK, limit), after)) as chunks:
+        async for keys in chunks:
+            keys = keys[: limit - matched]
+            ids = [message_id for _, message_id in keys]
+            matched += len(ids)
+            last = keys[-1]
+            if action == "retry":
+                done += len(await queue.retry(ids))
+            else:
+                done += len((await queue.cancel(ids)).cancelled)
+            if matched >= limit:
+                break
+    remaining = await count_active(db, flt, last) if matched >= limit else 0
+    next_cursor = encode_cursor(last) if remaining and last is not None else None
+    return BulkResult(action, matched, done, matched - done, False, remaining, next_cursor)
+
+
+async def retry_one(queue: Queue, db: Database, state: MessageState) -> None:
+    """Make one message due now; MessageFinal / MessageBusy when that cannot be."""
+    if state.status not in ACTIVE:
+        raise MessageFinal(state.id)
+    if await queue.retry([state.id]):
+        return
+    after = await message_state(db, state.id)
+    raise MessageFinal(state.id) if after is None or after.status not in ACTIVE else MessageBusy()
+
+
+async def cancel_one(queue: Queue, state: MessageState) -> None:
+    """Cancel one message; MessageFinal / MessageBusy when that cannot be."""
+    if state.status not in ACTIVE:
+        raise MessageFinal(state.id)
+    result = await queue.cancel([state.id])
+    if state.id in result.busy:
+        raise MessageBusy(state.id)
+    if state.id not in result.cancelled:
+        raise MessageFinal(state.id)  # it finished between the read and the cancel
+
+
+def summary_json(
+    message: MessageSummary, when: Callable[[float | None], str | None]
+) -> dict[str, Any]:
+    """A search result as GET /v1/messages and `postern queue list --json` show it
+    (`when` formats the times)."""
+    return {
+        "message_id": message.id,
+        "status": message.status,
+        "from": message.mail_from,
+        "recipients": message.recipients,
+        "pool": message.pool,
+        "attempts": message.attempts,
+        "tags": message.tags,
+        "created_at": when(message.created_at),
+        "updated_at": when(message.updated_at),
+        "next_attempt_at": when(message.next_attempt_at),
+        "last_response": message.last_response,
+    }

@@ -1,0 +1,615 @@
+"""The SMTP door: aiosmtpd protocol plus the checks aiosmtpd leaves to its users.
+
+Protocol only: every decision about the message is Intake's. Replies are built here from
+named constants, with RFC 3463 enhanced status codes; the detail of an internal error goes
+to the log, never to the client (a generic 451 4.3.0 so that clients keep the message).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import functools
+import logging
+import re
+import ssl
+import time
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
+
+from gateway import maillog, metrics
+from gateway.addresses import envelope_problem, has_control
+from gateway.headers import MAX_HOPS, Cleaned, clean_header, header_size
+from gateway.intake.fields import control_problems, sandbox_flag
+from gateway.intake.pipeline import (
+    AliasUnverified,
+    AllSuppressed,
+    Duplicate,
+    Intake,
+    KeyReused,
+    NoRoute,
+    NotPermitted,
+    UnknownAlias,
+)
+from gateway.intake.request_digest import smtp_digest
+from gateway.message import Submission
+from gateway.queue.store import new_id_for
+from gateway.security.ratelimit import RateLimiter
+from gateway.smtpd.auth import ApiKeyAuth, AuthThrottle, is_loopback, key_refusal, sender_of
+from gateway.smtpd.data import DataBudget, Refusal, Transfer
+from storage.keys import KeyStore
+from storage.writer import StorageFull, StorageUnavailable, Writer
+
+log = logging.getLogger("postern.smtp")
+
+_PLAIN_PATH = re.compile(
+    r"<([A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-]+@[A-Za-z0-9.\-]+)>[ \t]*(.*)\Z", re.DOTALL
+)
+_HELO_NAME = re.compile(r"[A-Za-z0-9.\-_]{1,253}|\[[0-9A-Fa-f.:IPv]{1,60}\]")
+NULL_SENDER = "<>"  # how aiosmtpd hands over `MAIL FROM:<>` (bounces)
+_INLINE_DIGEST = 64 * 1024  # bytes: a larger message's idempotency digest runs in a thread
+
+
+class Reply:
+    """The replies Postern itself gives, in one place."""
+
+    OK_SENDER = "250 2.1.0 Sender OK"
+    OK_RECIPIENT = "250 2.1.5 Recipient OK"
+    TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
+    SUPPRESSED = "550 5.7.1 Recipient is suppressed (bounced, complained or unsubscribed)"
+    BAD_ADDRESS = "501 5.1.3 Bad address syntax: {}"
+    BAD_HELO = "501 5.5.4 Control characters in the EHLO/HELO name"
+    CONTROL_IN_COMMAND = "501 5.5.4 Control characters in the command"
+    BAD_CONTENT = "550 5.6.0 Message refused: {}"
+    TOO_BIG = "552 5.3.4 Message too big"
+    HEADER_TOO_BIG = "552 5.3.4 Message header too big (over {} bytes)"
+    LINE_TOO_LONG = "500 5.5.2 Line too long (over 998 bytes)"
+    NO_ROOM = "452 4.3.1 Too much mail in transit, try again later"  # the DATA memory budget
+    TOO_MANY_HOPS = "554 5.4.6 Too many Received headers: a mail loop?"
+    UNKNOWN_ALIAS = "550 5.7.1 Unknown X-Postern-Alias-Id"
+    ALIAS_NOT_VERIFIED = "550 5.7.1 The alias of X-Postern-Alias-Id is not verified yet"
+    NO_ROUTE = "550 5.7.1 No route: {}"
+    NOT_PERMITTED = "550 5.7.1 {}"
+    ALL_SUPPRESSED = "550 5.7.1 Every recipient is suppressed"
+    KEY_REUSED = (
+        "550 5.7.1 X-Postern-Idempotency-Key already used within 24 h for a different "
+        "message ({}); use a new key"
+    )
+    TEMPORARY = "451 4.3.0 Temporary failure, please try again later"
+    STORAGE_FULL = "452 4.3.1 Insufficient system storage, please try again later"
+    TOO_MANY_CONNECTIONS = b"421 4.7.0 Too many connections, try again later\r\n"
+    SESSION_TOO_LONG = b"421 4.4.2 Session time limit reached, closing connection\r\n"
+    QUEUED = "250 2.0.0 OK queued as {}"
+
+
+# aiosmtpd's own replies lack enhanced codes (RFC 3463); these are added on the way out.
+_ENHANCED_DEFAULT = {
+    "421": "4.3.0",
+    "451": "4.3.0",
+    "454": "4.7.0",
+    "500": "5.5.2",
+    "501": "5.5.4",
+    "502": "5.5.1",
+    "503": "5.5.1",
+    "504": "5.5.4",
+    "530": "5.7.0",
+    "550": "5.0.0",
+    "552": "5.3.4",
+    "553": "5.1.3",
+    "554": "5.0.0",
+    "555": "5.5.4",
+}
+_REWORDED = {
+    "552 Error: message size exceeds fixed maximum message size": (
+        "552 5.3.4 Message size exceeds fixed maximum message size"
+    ),
+    "250 OK": "250 2.0.0 OK",
+    "221 Bye": "221 2.0.0 Bye",
+}
+
+
+def with_enhanced_code(reply: str) -> str:
+    if reply in _REWORDED:
+        return _REWORDED[reply]
+    code, _, text = reply.partition(" ")
+    enhanced = _ENHANCED_DEFAULT.get(code)
+    if enhanced is None or text[:2] in ("2.", "4.", "5."):
+        return reply
+    return f"{code} {enhanced} {text}"
+
+
+@dataclass
+class ListenerLimits:
+    hostname: str
+    max_message_size: int
+    max_recipients: int
+    max_connections: int
+    idle_timeout: float  # to complete the next command (aiosmtpd: bytes do not reset it)
+    session_timeout: float = 3600.0  # the whole session, however busy
+    max_header_size: int = 102_400  # bytes of a message's header block
+    max_data_in_flight: int = 104_857_600  # bytes of DATA all sessions hold at once
+    require_auth: bool = False
+    tls_context: ssl.SSLContext | None = None
+    auth_failures_per_address: str = "30/h"  # failed AUTH per client address, all connections
+    auth_failures_per_minute: int = 0  # failed AUTH from everyone; 0 = no limit
+
+
+_SMTP = TypeVar("_SMTP", bound=type[SMTP])
+_BETWEEN_COMMANDS = ("UNKNOWN", None, None)  # aiosmtpd answers a line that is no command
+
+# aiosmtpd's replies that echo what the client sent: a line that is no command may be a
+# credential pipelined after a refused AUTH, so the log gets a fixed text instead.
+_UNRECOGNISED = re.compile(r'500 5\.5\.2 Error: command "(.*)" not recognized\Z', re.DOTALL)
+_ECHOING = (
+    (_UNRECOGNISED, "500 5.5.2 Error: command not recognized"),
+    (re.compile(r"421 4\.7\.0 .* sent too many times\Z", re.DOTALL), "421 4.7.0 Too many commands"),
+    (re.compile(r"502 5\.5\.1 Could not VRFY .*\Z", re.DOTALL), "502 5.5.1 Could not VRFY"),
+)
+_SHOWN_VERB = 4  # SMTP verbs are four letters; more of an unknown line may be a secret
+
+
+def shown_verb(command: str) -> str:
+    """At most the first few letters of an unknown command, for the log."""
+    head = command[:_SHOWN_VERB]
+    if len(command) > 12 or not head.isascii() or not head.isalpha():
+        return "?"  # no verb is that long: a base64 line, say
+    return head + ("…" if len(command) > _SHOWN_VERB else "")
+
+
+def _hide_echo(record: logging.LogRecord) -> bool:
+    """aiosmtpd's own warnings name an unknown command, whole: only its first letters."""
+    if (
+        record.msg in ("%r unrecognised: %s", "%r over limit for %s")
+        and len(record.args or ()) == 2
+    ):
+        peer, command = record.args  # type: ignore[misc]
+        record.args = (peer, shown_verb(str(command)))
+    return True
+
+
+logging.getLogger("mail.log").addFilter(_hide_echo)
+
+
+def _noting_commands(cls: _SMTP) -> _SMTP:
+    """Every smtp_* command notes its name, argument and envelope as it starts (aiosmtpd
+    renews the envelope before its reply to the final dot): a refusal is logged with them."""
+    for name in dir(cls):
+        if name.startswith("smtp_"):
+            setattr(cls, name, _noted(name[5:], getattr(cls, name)))
+    return cls
+
+
+def _noted(stage: str, command: Any) -> Any:
+    @functools.wraps(command)  # keeps aiosmtpd's HELP syntax attributes
+    async def noted(self: PosternSMTP, arg: str | None) -> None:
+        self._command = (stage, arg, self.envelope)
+        await command(self, arg)
+        self._command = _BETWEEN_COMMANDS  # not after an error: the 451 is logged with it
+
+    return noted
+
+
+@_noting_commands
+class PosternSMTP(ApiKeyAuth, SMTP):
+    """aiosmtpd's SMTP with a 998-byte line limit, a connection cap and enhanced codes;
+    every 4xx/5xx it sends is one mail-log line (gateway.maillog)."""
+
+    line_length_limit = 1000  # 998 bytes + CRLF (RFC 5321 §4.5.3.1.6)
+    _command: tuple[str, str | None, Envelope | None] = ("CONNECT", None, None)
+
+    def __init__(self, handler: PosternHandler, limits: ListenerLimits) -> None:
+        super().__init__(
+            handler,
+            hostname=limits.hostname,
+            ident="Postern ESMTP",
+            data_size_limit=limits.max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            timeout=limits.idle_timeout,
+            tls_context=limits.tls_context,
+            require_starttls=False,
+            auth_required=limits.require_auth,
+            auth_require_tls=True,  # relaxed for loopback peers in connection_made
+        )
+        self._limits = limits
+        self._refused = False
+        self._handler = handler
+        self._session_ends: float | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self.transport is None  # called again with the TLS transport after STARTTLS
+        sessions = self._handler.sessions
+        if first and len(sessions) >= self._limits.max_connections:
+            self._refused = True
+            metrics.CONNECTIONS_REFUSED.labels(door="smtp").inc()
+            peer = maillog.client(transport.get_extra_info("peername"))
+            maillog.reject("CONNECT", peer, Reply.TOO_MANY_CONNECTIONS.decode().strip(), "")
+            transport.write(Reply.TOO_MANY_CONNECTIONS)  # type: ignore[attr-defined]
+            transport.close()
+            return
+        if first:
+            sessions.add(self)
+            metrics.SMTP_SESSIONS.set(len(sessions))
+        super().connection_made(transport)
+        # AUTH only over TLS, or from loopback (aiosmtpd knows only "TLS always").
+        self._auth_require_tls = not is_loopback(self.session.peer if self.session else None)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._refused:
+            return
+        self._handler.sessions.discard(self)
+        metrics.SMTP_SESSIONS.set(len(self._handler.sessions))
+        super().connection_lost(error)
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        # aiosmtpd restarts its timer at each valid command only (a command trickled a
+        # byte at a time times out); the session deadline bounds a client that keeps
+        # sending NOOPs, so that nobody holds a connection slot forever.
+        now = self.loop.time()
+        if self._session_ends is None:
+            self._session_ends = now + self._limits.session_timeout
+        wait = duration or self._timeout_duration
+        super()._reset_timeout(max(0.001, min(wait, self._session_ends - now)))
+
+    def _timeout_cb(self) -> None:
+        ends = self._session_ends
+        if ends is not None and self.loop.time() >= ends - 0.01 and self.transport is not None:
+            self.log_refusal(Reply.SESSION_TOO_LONG.decode().strip())
+            self.transport.write(Reply.SESSION_TOO_LONG)  # type: ignore[attr-defined]
+        super()._timeout_cb()
+
+    def abort(self) -> None:
+        """Drop the client at shutdown (it keeps any message it has not got a 250 for)."""
+        if self.transport is not None:
+            self.transport.close()
+
+    # aiosmtpd's address parser drops a CR, tab or comment inside <...> before the handler
+    # sees the address: look at the raw argument first, so nothing is silently rewritten.
+    async def smtp_MAIL(self, arg: str) -> None:
+        if arg and has_control(arg):
+            await self.push(Reply.CONTROL_IN_COMMAND)
+            return
+        await super().smtp_MAIL(arg)
+
+    async def smtp_RCPT(self, arg: str) -> None:
+        if arg and has_control(arg):
+            await self.push(Reply.CONTROL_IN_COMMAND)
+            return
+        await super().smtp_RCPT(arg)
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        # Fast path for the plain `<local@domain>` nearly every client sends: aiosmtpd's
+        # RFC 5322 parser costs more than the rest of MAIL/RCPT. Anything else (quotes,
+        # comments, `<>`) still goes through it; envelope_problem() checks the result.
+        match = _PLAIN_PATH.match(arg)
+        if match:
+            return match.group(1), match.group(2)
+        return super()._getaddr(arg)
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA, read into one buffer (gateway.smtpd.data) within the budget."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        if self._handler.data_budget.full:  # before the 354: no body is sent for nothing
+            metrics.MESSAGES_REFUSED.labels(reason="data_budget").inc()
+            await self.push(Reply.NO_ROOM)
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        transfer = Transfer(self._reader, self._limits.max_message_size, self._handler.data_budget)
+        try:
+            if not await transfer.receive():
+                return  # the connection is gone
+            if transfer.refusal is not None:
+                status, reason = _REFUSED[transfer.refusal]
+                metrics.MESSAGES_REFUSED.labels(reason=reason).inc()
+            elif transfer.problem is not None:  # bare CR or LF, NUL (SPEC: known pitfalls)
+                metrics.MESSAGES_REFUSED.labels(reason="bad_content").inc()
+                status = Reply.BAD_CONTENT.format(transfer.problem)
+            else:
+                self.envelope.content = self.envelope.original_content = transfer.content
+                status = await self._call_handler_hook("DATA")
+        except asyncio.CancelledError:  # the connection was lost (as aiosmtpd does)
+            self._writer.close()
+            raise
+        finally:
+            transfer.release()
+            # Also when the handler raised: aiosmtpd answers 451 then, and the next MAIL
+            # on this connection must start a new transaction, not get "503 nested MAIL".
+            self._set_post_data_state()
+        await self.push("250 OK" if status is MISSING else status)
+
+    async def push(self, status: Any) -> None:
+        if isinstance(status, str):
+            status = with_enhanced_code(status)
+            code = status[:3]
+            if code[:1] in ("4", "5") and code != "535":  # failed AUTH: logged where checked
+                self._log_refusal_of(status)
+            elif code == "354":
+                self._command = ("END-OF-DATA", *self._command[1:])
+        await super().push(status)
+
+    def _log_refusal_of(self, reply: str) -> None:
+        """Log a reply sent, without the client's words where aiosmtpd echoes them."""
+        unknown = _UNRECOGNISED.match(reply)
+        if unknown:
+            self._command = _BETWEEN_COMMANDS
+            details = f"command={shown_verb(unknown.group(1))}"
+            self.log_refusal(_ECHOING[0][1], details)
+            return
+        for echoing, fixed in _ECHOING[1:]:
+            if echoing.match(reply):
+                reply = fixed
+        self.log_refusal(reply)
+
+    def log_refusal(self, reply: str, details: str = "") -> None:
+        """Log a refusal as Postfix's `NOQUEUE: reject` line, with what the client had said
+        at that stage: the address it offered at MAIL or RCPT, the envelope after them."""
+        stage, arg, envelope = self._command
+        envelope = envelope or self.envelope
+        sender = envelope.mail_from if envelope is not None else None
+        recipients = envelope.rcpt_tos if envelope is not None else []
+        if stage == "MAIL":
+            sender = _address_in(arg)
+        elif stage == "RCPT":
+            recipients = [_address_in(arg)]
+        session = self.session
+        fields = [maillog.envelope("" if sender == NULL_SENDER else sender, recipients), details]
+        if session is not None:
+            fields.append("proto=ESMTP" if session.extended_smtp else "proto=SMTP")
+            if session.host_name:
+                fields.append(f"helo=<{session.host_name}>")
+            auth = sender_of(session)
+            if auth is not None:
+                fields.append(f"key={auth.api_key_id}")
+        peer = maillog.client(session.peer if session is not None else None)
+        maillog.reject(stage, peer, reply, " ".join(field for field in fields if field))
+
+
+class PosternHandler:
+    """aiosmtpd handler hooks: envelope checks at each command, intake at end of data."""
+
+    def __init__(
+        self,
+        intake: Intake,
+        limits: ListenerLimits,
+        keys: KeyStore | None = None,
+        storage: Writer | None = None,
+        limiter: RateLimiter | None = None,
+    ) -> None:
+        self._intake = intake
+        self._limits = limits
+        self.keys = keys  # AUTH passwords are API keys; None: nobody can log in
+        self._storage = storage  # a disk known to be full refuses at MAIL, not after DATA
+        self._limiter = limiter  # per API key, shared with the HTTP API
+        # Not `auth_*`: aiosmtpd offers every handler attribute of that name as a mechanism.
+        self.login_throttle = AuthThrottle(
+            limits.auth_failures_per_address, limits.auth_failures_per_minute
+        )
+        self.sessions: set[PosternSMTP] = set()
+        self.submitting = 0  # end-of-data commits under way
+        self.data_budget = DataBudget(limits.max_data_in_flight)
+        self._date = (0, "")  # (second, its RFC 5322 date): made once a second, not per message
+
+    def protocol(self) -> PosternSMTP:
+        """A protocol factory for loop.create_server."""
+        return PosternSMTP(self, self._limits)
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        if has_control(hostname):
+            return [Reply.BAD_HELO]
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
+
+    async def handle_HELO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str
+    ) -> str:
+        if has_control(hostname):
+            return Reply.BAD_HELO
+        session.host_name = hostname
+        return f"250 {self._limits.hostname}"
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        refusal = await key_refusal(session, self.keys, self._limiter)
+        if refusal:  # the key was revoked since AUTH, or is over its rate
+            return refusal
+        if address != NULL_SENDER:
+            problem = envelope_problem(address)
+            if problem:
+                return Reply.BAD_ADDRESS.format(problem)
+            refusal = await self._intake.envelope_problem(address)
+            if refusal:  # the sender policy, before the client sends a body for nothing
+                return Reply.NOT_PERMITTED.format(refusal)
+        if self._storage is not None and self._storage.known_full():
+            return Reply.STORAGE_FULL  # before the client sends the content in vain
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return Reply.OK_SENDER
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        problem = envelope_problem(address)
+        if problem:
+            return Reply.BAD_ADDRESS.format(problem)
+        if len(envelope.rcpt_tos) >= self._limits.max_recipients:
+            return Reply.TOO_MANY_RECIPIENTS
+        if await self._intake.suppressed([address]):
+            metrics.MESSAGES_SUPPRESSED.inc()
+            return Reply.SUPPRESSED
+        if address not in envelope.rcpt_tos:
+            envelope.rcpt_tos.append(address)
+            envelope.rcpt_options.extend(options)
+        return Reply.OK_RECIPIENT
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        raw = envelope.original_content or b""  # canonical, lines checked: smtp_data
+        if header_size(raw) > self._limits.max_header_size:
+            metrics.MESSAGES_REFUSED.labels(reason="header_too_big").inc()
+            return Reply.HEADER_TOO_BIG.format(self._limits.max_header_size)
+        cleaned = clean_header(raw)
+        if cleaned.hops >= MAX_HOPS:
+            metrics.MESSAGES_REFUSED.labels(reason="loop").inc()
+            return Reply.TOO_MANY_HOPS
+        controls = cleaned.controls
+        problem = _control_problem(controls)
+        if problem:
+            return Reply.BAD_CONTENT.format(problem)
+        mail_from = "" if envelope.mail_from == NULL_SENDER else envelope.mail_from or ""
+        key = controls.get("idempotency-key") or None
+        sandbox = sandbox_flag(_values(controls, "sandbox"))
+        message_id = new_id_for(sandbox)
+        submission = Submission(
+            mail_from=mail_from,
+            recipients=tuple(envelope.rcpt_tos),
+            content=self._added(session, envelope, message_id, cleaned) + cleaned.content,
+            source="smtp",
+            alias_id=controls.get("alias-id") or None,
+            idempotency_key=key,
+            request_hash=await _digest(mail_from, envelope.rcpt_tos, controls, cleaned.content)
+            if key is not None
+            else None,
+            sandbox=sandbox,
+            tags=_tags(controls),
+            sender=sender_of(session),
+            message_id=message_id,
+            client=maillog.client(session.peer),
+        )
+        self.submitting += 1
+        try:
+            accepted = await self._intake.submit(submission)
+        except UnknownAlias:
+            return Reply.UNKNOWN_ALIAS
+        except AliasUnverified:
+            return Reply.ALIAS_NOT_VERIFIED
+        except NoRoute as refusal:
+            return Reply.NO_ROUTE.format(refusal.reason)
+        except AllSuppressed:
+            return Reply.ALL_SUPPRESSED
+        except Duplicate as duplicate:  # X-Postern-Idempotency-Key seen: the first one stands
+            return Reply.QUEUED.format(duplicate.message_id)
+        except KeyReused as reused:  # ... for another message: a client error, not a retry
+            return Reply.KEY_REUSED.format(reused.message_id)
+        except NotPermitted as refusal:
+            return Reply.NOT_PERMITTED.format(refusal.reason)
+        except StorageFull as error:
+            log.error("could not store a message, no space left: %s", error)
+            return Reply.STORAGE_FULL
+        except StorageUnavailable as error:
+            log.error("could not store a message: %s", error)
+            return Reply.TEMPORARY
+        finally:
+            self.submitting -= 1
+        return Reply.QUEUED.format(accepted.message_id)
+
+    async def handle_exception(self, error: Exception) -> str:
+        log.error("SMTP session error: %r", error, exc_info=error)
+        return Reply.TEMPORARY
+
+    def _added(
+        self, session: Session, envelope: Envelope, message_id: str, cleaned: Cleaned
+    ) -> bytes:
+        """Our Received field, then the Date and Message-ID the client left out (as Postfix's
+        cleanup adds them), ahead of the message: intake signs them with it."""
+        peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
+        # The EHLO name is the client's word: only a plausible host name or address literal
+        # goes into our header, so the line stays short and ASCII whatever it sent.
+        name = session.host_name or ""
+        helo = name if _HELO_NAME.fullmatch(name) else "invalid-helo"
+        hostname = self._limits.hostname
+        # Only a sole recipient is named: the others must not learn who else got the mail.
+        rcpts = envelope.rcpt_tos
+        to = f"\r\n\tfor <{rcpts[0]}>" if len(rcpts) == 1 else ""
+        date = self._now()
+        fields = (
+            f"Received: from {helo} ([{peer}])\r\n\tby {hostname} (Postern)"
+            f" with ESMTP id {message_id}{to}; {date}\r\n"
+        )
+        if not cleaned.has_date:
+            fields += f"Date: {date}\r\n"
+        if not cleaned.has_message_id:
+            fields += f"Message-ID: <{message_id}@{hostname}>\r\n"
+        return fields.encode("utf-8", "surrogateescape")
+
+    def _now(self) -> str:
+        second = int(time.time())
+        if second != self._date[0]:  # UTC; formatdate's "-0000" would mean "zone unknown"
+            self._date = (second, email.utils.formatdate(second)[:-5] + "+0000")
+        return self._date[1]
+
+
+def _address_in(arg: str | None) -> str:
+    """The address of a `FROM:<…>` or `TO:<…>` argument, as the client wrote it."""
+    path = (arg or "").partition(":")[2].strip()
+    if path.startswith("<"):
+        return path[1:].partition(">")[0]
+    return path.partition(" ")[0]
+
+
+_CONTROL_HEADERS = {
+    "alias_id": "X-Postern-Alias-Id",
+    "idempotency_key": "X-Postern-Idempotency-Key",
+    "tags": "X-Postern-Tags",
+}
+
+
+async def _digest(
+    mail_from: str, recipients: list[str], controls: dict[str, str], content: bytes
+) -> str:
+    """The idempotency digest; a large message is parsed off the event loop."""
+    if len(content) <= _INLINE_DIGEST:
+        return smtp_digest(mail_from, recipients, controls, content)
+    return await asyncio.to_thread(smtp_digest, mail_from, recipients, controls, content)
+
+
+def _tags(controls: dict[str, str]) -> tuple[str, ...]:
+    """ "a, b" -> ("a", "b"): blanks around each dropped, but not other characters that
+    str.strip() would take (U+0085, U+2028: refused, as over HTTP)."""
+    tags = (tag.strip(" \t") for tag in controls.get("tags", "").split(","))
+    return tuple(tag for tag in tags if tag)
+
+
+def _values(controls: dict[str, str], name: str) -> list[str]:
+    return [controls[name]] if name in controls else []
+
+
+def _control_problem(controls: dict[str, str]) -> str | None:
+    """The X-Postern-* values, checked as the HTTP API checks its fields (gateway.intake.fields)."""
+    found = control_problems(
+        controls.get("alias-id") or None, controls.get("idempotency-key") or None, _tags(controls)
+    )
+    if found:
+        first = found[0]
+        header = _CONTROL_HEADERS[first.field.partition("[")[0]]
+        return f"bad {header} ({first.field}: {first.message})"
+    try:
+        sandbox_flag(_values(controls, "sandbox"))
+    except ValueError as error:
+        return f"bad X-Postern-Sandbox ({error})"
+    return None
+
+
+# A transfer's refusal -> its reply, and its reason in postern_messages_refused_total
+_REFUSED = {
+    Refusal.TOO_BIG: (Reply.TOO_BIG, "too_big"),
+    Refusal.LINE_TOO_LONG: (Reply.LINE_TOO_LONG, "line_too_long"),
+    Refusal.NO_ROOM: (Reply.NO_ROOM, "data_budget"),
+}
