@@ -124,7 +124,7 @@ async def add_key(
     """Store a new key. `activate`: None = active when the domain has no active key, else
     pending; True = active now (the previous one retired); False = pending.
 
-    `domain` and `selector` must already be normalised (gateway.dkim.signer.normalise_*).
+    `domain` and `selector` must already be normalised (gateway.dkim.names.normalise_*).
     """
     key_id = "dkim_" + secrets.token_hex(8)
     encrypted = box.encrypt(private_pem, _bound_to(domain, selector))

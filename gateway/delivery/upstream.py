@@ -244,20 +244,28 @@ class UpstreamPool:
     async def _transaction(
         self, session: _Session, message: QueuedMessage
     ) -> dict[str, DeliveryResult]:
+        """The message's transaction on `session`, less what needs SMTPUTF8 where the
+        upstream lacks it: those recipients (all of them, for such a sender) are refused."""
         options = self._mail_options(session.extensions, message)
-        encoding = "utf-8" if "SMTPUTF8" in options else "ascii"
-        if encoding == "ascii" and not message.mail_from.isascii():
+        if "SMTPUTF8" in options:
+            return await self._mail_rcpt_data(session, message, options, "utf-8")
+        if not message.mail_from.isascii():
             return dict.fromkeys(message.recipients, _NEEDS_SMTPUTF8)
-        ascii_only = encoding == "ascii"
-        unsendable = {
-            r: _NEEDS_SMTPUTF8 for r in message.recipients if ascii_only and not r.isascii()
-        }
-        if unsendable:
-            sendable = [r for r in message.recipients if r.isascii()]
-            if not sendable:
-                return unsendable
-            message = replace(message, recipients=sendable)
-            return {**unsendable, **await self._transaction(session, message)}
+        unsendable = {r: _NEEDS_SMTPUTF8 for r in message.recipients if not r.isascii()}
+        if not unsendable:
+            return await self._mail_rcpt_data(session, message, options, "ascii")
+        sendable = [r for r in message.recipients if r.isascii()]
+        if not sendable:
+            return unsendable
+        message = replace(message, recipients=sendable)
+        return {**unsendable, **await self._transaction(session, message)}
+
+    async def _mail_rcpt_data(
+        self, session: _Session, message: QueuedMessage, options: list[str], encoding: str
+    ) -> dict[str, DeliveryResult]:
+        """MAIL, RCPT and DATA (after an RSET when the last transaction did not end well) and
+        what the replies mean; _StaleSession when a reused session was closed before any
+        of it."""
         try:
             if session.dirty:
                 await session.pipe.command(b"RSET")

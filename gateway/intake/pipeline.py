@@ -20,7 +20,8 @@ from typing import Any
 
 from gateway import maillog, metrics
 from gateway.delivery.workers import Delivery, PoolRegistry
-from gateway.dkim.signer import DkimError, Signers
+from gateway.dkim.cache import Signers
+from gateway.dkim.errors import DkimError
 from gateway.intake.identities import Identities
 from gateway.message import QueuedMessage, Route, Submission
 from gateway.queue.store import Queue

@@ -41,7 +41,7 @@ from gateway.delivery.direct import DirectRoutes
 from gateway.delivery.throttle import Throttle
 from gateway.delivery.upstream import PoolSettings, SessionSettings
 from gateway.delivery.workers import Delivery, PoolRegistry
-from gateway.dkim.signer import Signers
+from gateway.dkim.cache import Signers
 from gateway.dkim.signing_process import SigningProcess
 from gateway.dns import Resolver
 from gateway.intake.identities import Identities

@@ -11,7 +11,8 @@ import pytest
 
 from gateway.config import ConfigError
 from gateway.delivery import mx
-from gateway.dkim import signer as dkim
+from gateway.dkim.keys import generate_key
+from gateway.dkim.signer import Signer
 from gateway.dns import (
     Addresses,
     AddressResult,
@@ -166,8 +167,8 @@ async def test_large_answers_fall_back_to_tcp(server: DnsServer) -> None:
 
 
 async def test_dkim_record_published_in_zone_form_verifies_through_dns(server: DnsServer) -> None:
-    key = dkim.generate_key("rsa")
-    signer = dkim.Signer("example.test", "s1", key.private_pem)
+    key = generate_key("rsa")
+    signer = Signer("example.test", "s1", key.private_pem)
     record = signer.record()
     name, _, rdata = record.zone().partition(" IN TXT ")
     server.add(name, "TXT", rdata)
