@@ -89,6 +89,9 @@ class PoolRegistry:
 
 
 class Delivery:
+    """The workers, their buffer and poller; intake reaches them as a
+    gateway.queue.handoff.Handoff."""
+
     def __init__(
         self,
         queue: Queue,

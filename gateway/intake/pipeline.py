@@ -19,10 +19,10 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from gateway import maillog, metrics
-from gateway.delivery.workers import Delivery, PoolRegistry
 from gateway.dkim.signer import DkimError, Signers
 from gateway.intake.identities import Identities
 from gateway.message import QueuedMessage, Route, Submission
+from gateway.queue.handoff import Handoff, Pools
 from gateway.queue.store import Queue
 from gateway.routing import AliasNotVerified, NoActivePool, UnknownRoute, choose_route
 from storage.idempotency import ANONYMOUS, Duplicate, KeyReused
@@ -108,8 +108,8 @@ class Intake:
     def __init__(
         self,
         queue: Queue,
-        registry: PoolRegistry,
-        delivery: Delivery,
+        registry: Pools,
+        delivery: Handoff,
         signers: Signers | None = None,
         identities: Identities | None = None,
     ) -> None:
