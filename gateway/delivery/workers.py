@@ -89,6 +89,9 @@ class PoolRegistry:
 
 
 class Delivery:
+    """The workers, their buffer and poller; intake reaches them as a
+    gateway.queue.handoff.Handoff."""
+
     def __init__(
         self,
         queue: Queue,
@@ -228,11 +231,11 @@ class Delivery:
                 self._wake.set()  # more may be due: go again at once
 
     async def _housekeeping(self) -> None:
-        rounds = 0
+        """Every 5 s: renew this node's claims and its sends' rate tickets, and close the
+        upstream sessions idle too long."""
         renewed = time.monotonic()
         while True:
             await asyncio.sleep(5.0)
-            rounds += 1
             if time.monotonic() - renewed >= self._queue.lease / 4:
                 # Keep this node's claims alive while it holds them, however long a message
                 # waits for a connection: a lapsed lease would let the poller (or another
@@ -249,18 +252,6 @@ class Delivery:
                 await pool.reap_idle()
             if self._direct is not None:
                 await self._direct.reap_idle()
-            try:
-                suppressions = self._queue.suppressions
-                await (suppressions.reload() if rounds % 12 == 0 else suppressions.refresh())
-            except Exception as error:  # keep the old copy; try again next round
-                log.warning("suppression list refresh failed: %s", error)
-            if rounds % 6:  # the gauge every 30 s: counting a large queue is not free
-                continue
-            try:
-                for state, count in (await self._queue.counts()).items():
-                    metrics.QUEUE_MESSAGES.labels(state=state).set(count)
-            except Exception as error:  # a gauge must never stop housekeeping
-                log.warning("queue gauge refresh failed: %s", error)
 
     # --- one attempt ------------------------------------------------------------------
 

@@ -19,11 +19,11 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from gateway import maillog, metrics
-from gateway.delivery.workers import Delivery, PoolRegistry
 from gateway.dkim.cache import Signers
 from gateway.dkim.errors import DkimError
 from gateway.intake.identities import Identities
 from gateway.message import QueuedMessage, Route, Submission
+from gateway.queue.handoff import Handoff, Pools
 from gateway.queue.store import Queue
 from gateway.routing import AliasNotVerified, NoActivePool, UnknownRoute, choose_route
 from storage.idempotency import ANONYMOUS, Duplicate, KeyReused
@@ -109,8 +109,8 @@ class Intake:
     def __init__(
         self,
         queue: Queue,
-        registry: PoolRegistry,
-        delivery: Delivery,
+        registry: Pools,
+        delivery: Handoff,
         signers: Signers | None = None,
         identities: Identities | None = None,
     ) -> None:

@@ -22,6 +22,8 @@ S = Suppression.__table__  # type: ignore[attr-defined]
 
 # A row committed a little after another node's refresh may carry an older created_at.
 _SLACK = 30.0
+FOLLOW_INTERVAL = 5.0  # seconds between looks at other nodes' changes (`follow`)
+RELOAD_EVERY = 12  # looks: removals made elsewhere show within a minute
 
 
 class SuppressionCache:
@@ -29,6 +31,7 @@ class SuppressionCache:
         self._db = db
         self._keys: set[str] = set()
         self._watermark = 0.0
+        self._looks = 0
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -62,6 +65,12 @@ class SuppressionCache:
 
         self._keys.update(await self._db.read(query))
         self._watermark = started - _SLACK
+
+    async def follow(self) -> None:
+        """One look at other nodes' changes, run every FOLLOW_INTERVAL: additions each
+        time, a full reload every RELOAD_EVERY looks (for removals)."""
+        self._looks += 1
+        await (self.reload() if self._looks % RELOAD_EVERY == 0 else self.refresh())
 
 
 def _stored_key(email: str) -> str:
