@@ -11,6 +11,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from api.errors import InvalidRequest
 from gateway import timestamps
+from gateway.addresses import NO_CONTROL_PATTERN
 from gateway.intake import fields
 from gateway.intake.message_builder import ENCODED_WORD, HEADER_SAFE
 from gateway.queue import operations as queue_ops
@@ -44,10 +45,10 @@ ALIAS_ID: dict[str, Any] = {**HEADER_TEXT, "format": "alias-id"}
 MAX_CURSOR = 256
 # The message filters (gateway.queue.operations.make_filter), in the query string and in JSON.
 FILTER_FIELDS: dict[str, dict[str, Any]] = {
-    "pool": {"minLength": 1, "maxLength": 255, "pattern": queue_ops.NO_CONTROL_PATTERN},
+    "pool": {"minLength": 1, "maxLength": 255, "pattern": NO_CONTROL_PATTERN},
     "recipient": {"minLength": 1, "maxLength": 254, **EMAIL},
     "from": {"minLength": 1, "maxLength": 254, **EMAIL},
-    "tag": {"minLength": 1, "maxLength": 128, "pattern": queue_ops.NO_CONTROL_PATTERN},
+    "tag": {"minLength": 1, "maxLength": 128, "pattern": NO_CONTROL_PATTERN},
 }
 
 Scope = Literal[SCOPES]  # type: ignore[valid-type]

@@ -12,7 +12,9 @@ import re
 
 import idna
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1
+CONTROL = r"\x00-\x1f\x7f-\x9f"  # C0, DEL and C1: the body of a character class
+_CONTROL = re.compile(f"[{CONTROL}]")
+NO_CONTROL_PATTERN = f"^[^{CONTROL}]*$"  # text without them, as /openapi.json states it
 _DOMAIN_LABEL = re.compile(r"^(?!-)[A-Za-z0-9\-\u0080-\U0010ffff]{1,63}(?<!-)$")
 _LOCAL_ATOM = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-\u0080-\U0010ffff]+$")
 

@@ -17,13 +17,13 @@ aiosmtplib bounds the replies it reads while opening the session (32 KiB, 8 KiB 
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import aiosmtplib
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+from gateway.addresses import has_control
+
 MAX_REPLY_LINES = 100  # lines of one reply (an EHLO has a dozen; RFC 5321 sets no limit)
 MAX_REPLY_BYTES = 32 * 1024  # one reply, all its lines (aiosmtplib's bound too)
 _SLICE = 1 << 20  # bytes of a message dot-stuffed at a time
@@ -201,9 +201,9 @@ class PipelinedSession(asyncio.Protocol):
         self, mail_from: str, rcpts: list[str], content: bytes, options: list[str], encoding: str
     ) -> TransactionReplies:
         """One whole transaction; the caller decides what the replies mean."""
-        if _CONTROL.search(mail_from):
+        if has_control(mail_from):
             return TransactionReplies(BAD_ADDRESS, {})
-        sendable = [r for r in rcpts if not _CONTROL.search(r)]
+        sendable = [r for r in rcpts if not has_control(r)]
         rcpt_replies = {r: BAD_ADDRESS for r in rcpts if r not in sendable}
         params = "".join(" " + option for option in options)
         mail = f"MAIL FROM:<{mail_from}>{params}\r\n".encode(encoding)
