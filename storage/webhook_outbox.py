@@ -28,23 +28,15 @@ from functools import cache
 from typing import Any, NamedTuple
 
 from sqlalchemy import (
-    JSON,
-    BigInteger,
     ColumnElement,
     Connection,
     Select,
-    String,
-    Text,
     and_,
     bindparam,
-    case,
-    cast,
     delete,
     exists,
     func,
     insert,
-    literal,
-    null,
     or_,
     select,
     text,
@@ -52,6 +44,7 @@ from sqlalchemy import (
     update,
 )
 
+from storage import event_json
 from storage.models import Event, MessageMeta, Webhook, WebhookAttempt
 
 W = Webhook.__table__  # type: ignore[attr-defined]
@@ -150,9 +143,9 @@ def batch(
     types: Collection[str] | None,
     limit: int,
 ) -> list[Owed]:
-    """The next events to send, each already in its public JSON shape (gateway.queue.events.
-    to_json, with the message's tags and metadata), made by the database: a POST of hundreds
-    of events then costs Python a join of strings instead of hundreds of dicts."""
+    """The next events to send, each already in its public JSON shape (storage.event_json,
+    with the message's tags and metadata), made by the database: a POST of hundreds of
+    events then costs Python a join of strings instead of hundreds of dicts."""
     query = _batch(conn.dialect.name, types is not None)
     rows = conn.execute(query, _range(after, upto, types, limit=limit))
     return [Owed(*row) for row in rows]
@@ -161,55 +154,15 @@ def batch(
 @cache
 def _batch(dialect: str, filtered: bool) -> Select[Any]:
     query = _between(dialect, filtered).limit(bindparam("limit")).subquery()
-    shaped = select(query.c.txid, query.c.id, query.c.created_at, _event_json(dialect, query))
+    shaped = select(
+        query.c.txid,
+        query.c.id,
+        query.c.created_at,
+        event_json.as_sql(dialect, query, META.c.tags, META.c.metadata_json),
+    )
     return shaped.select_from(
         query.outerjoin(META, META.c.message_id == query.c.message_id)
     ).order_by(query.c.txid, query.c.id)
-
-
-def _event_json(dialect: str, e: Any) -> ColumnElement[str]:
-    """One event row of `e` as gateway.queue.events.to_json would shape it, as JSON text."""
-    pg = dialect == "postgresql"
-    obj = func.json_build_object if pg else func.json_object
-
-    def as_json(value: Any) -> Any:  # text holding JSON -> a JSON value, not a string
-        return cast(value, JSON) if pg else func.json(value)
-
-    # As datetime does: rounded to microseconds, then isoformat() truncates to milliseconds
-    # (a CAST truncates on both backends; SQLite may lack floor()).
-    micros = cast(func.round(e.c.created_at * 1_000_000), BigInteger)
-    millis = (micros // 1000) / 1000.0
-    if pg:
-        created = func.to_char(
-            func.timezone("UTC", func.to_timestamp(millis)), 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'
-        )
-    else:
-        created = func.strftime("%Y-%m-%dT%H:%M:%fZ", millis, "unixepoch")
-    replied = or_(
-        e.c.code.is_not(None),
-        func.coalesce(e.c.enhanced, "") != "",
-        func.coalesce(e.c.response, "") != "",
-    )
-    response = obj(
-        "code", e.c.code, "enhanced_status", e.c.enhanced,
-        "text", func.coalesce(e.c.response, ""),
-    )  # fmt: skip
-    document = obj(
-        "id", literal("evt_") + cast(e.c.id, String),
-        "type", e.c.type,
-        "created_at", created,
-        "message_id", e.c.message_id,
-        "message_status", e.c.message_status,
-        "recipient", e.c.recipient,
-        "pool", e.c.pool,
-        "attempt", e.c.attempt,
-        "response", case((replied, response), else_=null()) if pg else func.json(
-            case((replied, response), else_=null())
-        ),
-        "tags", as_json(func.coalesce(META.c.tags, "[]")),
-        "metadata", as_json(func.coalesce(META.c.metadata_json, "{}")),
-    )  # fmt: skip
-    return cast(document, Text) if pg else document
 
 
 COUNT_CAP = 1_000_000  # counts of events (dropped, replayed) stop here: they stay cheap
