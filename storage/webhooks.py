@@ -209,14 +209,6 @@ async def attempts(db: Database, webhook_id: str, limit: int) -> list[AttemptRec
     ]
 
 
-async def secret_of(db: Database, webhook_id: str) -> str | None:
-    """The stored ciphertext of the webhook's secret (for the sender to unseal)."""
-    value = await db.read(
-        lambda conn: conn.execute(select(W.c.secret_enc).where(W.c.id == webhook_id)).scalar()
-    )
-    return str(value) if value is not None else None
-
-
 BACKLOG_CAP = 1_000_000  # the gauge counts at most this many per webhook
 
 
