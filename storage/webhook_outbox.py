@@ -267,7 +267,7 @@ def release(conn: Connection, node: str, webhook_id: str | None = None) -> None:
 
 
 @dataclass(frozen=True)
-class Target:
+class WebhookState:
     """What the sender needs to know of a webhook right now."""
 
     url: str
@@ -287,11 +287,11 @@ class Target:
         return event.created_at
 
 
-def target(conn: Connection, webhook_id: str) -> Target | None:
+def target(conn: Connection, webhook_id: str) -> WebhookState | None:
     row = conn.execute(select(W).where(W.c.id == webhook_id)).first()
     if row is None:
         return None
-    return Target(
+    return WebhookState(
         url=row.url,
         secret_enc=row.secret_enc,
         active=row.is_active,
@@ -324,7 +324,9 @@ def attempt_row(
     }
 
 
-def advance(conn: Connection, webhook_id: str, node: str, seen: Target, new: Position) -> bool:
+def advance(
+    conn: Connection, webhook_id: str, node: str, seen: WebhookState, new: Position
+) -> bool:
     """Move the cursor from where it was in `seen` to `new` (sent, or skipped) if this node
     still holds the lease and nobody changed it meanwhile: a replay moves it back, or, when it
     is further back already, marks what it replayed (replayed_at), which a skip past max_age
@@ -348,7 +350,7 @@ def delivered(
     conn: Connection,
     webhook_id: str,
     node: str,
-    moved: tuple[Target, Position],
+    moved: tuple[WebhookState, Position],
     attempt: dict[str, Any],
     until: float,
 ) -> bool:

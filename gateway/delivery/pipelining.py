@@ -30,7 +30,7 @@ _SLICE = 1 << 20  # bytes of a message dot-stuffed at a time
 
 
 @dataclass(frozen=True)
-class Reply:
+class UpstreamReply:
     code: int
     text: str
 
@@ -41,10 +41,10 @@ class Reply:
 
 @dataclass(frozen=True)
 class TransactionReplies:
-    mail: Reply
-    rcpts: dict[str, Reply]
-    data: Reply | None = None  # the reply to DATA (354), when it was reached
-    final: Reply | None = None  # the reply after the final dot
+    mail: UpstreamReply
+    rcpts: dict[str, UpstreamReply]
+    data: UpstreamReply | None = None  # the reply to DATA (354), when it was reached
+    final: UpstreamReply | None = None  # the reply after the final dot
     body_sent: bool = False  # the final dot went out: a lost reply may mean delivered
 
 
@@ -64,7 +64,7 @@ class ProtocolViolation(SessionClosed):
     """The upstream broke SMTP (a reply too long, malformed or unsolicited); dropped."""
 
 
-BAD_ADDRESS = Reply(501, "5.1.3 address contains control characters (not sent)")
+BAD_ADDRESS = UpstreamReply(501, "5.1.3 address contains control characters (not sent)")
 
 
 def dot_stuff(content: bytes) -> bytes:
@@ -100,7 +100,7 @@ class PipelinedSession(asyncio.Protocol):
         self._buffer = bytearray()
         self._lines: list[bytes] = []  # of the reply being read
         self._size = 0  # bytes in _lines
-        self._waiters: list[asyncio.Future[Reply]] = []
+        self._waiters: list[asyncio.Future[UpstreamReply]] = []
         self.closed = False
 
     @classmethod
@@ -160,7 +160,7 @@ class PipelinedSession(asyncio.Protocol):
             return
         waiter = self._waiters.pop(0)
         if not waiter.done():
-            waiter.set_result(Reply(code, text))
+            waiter.set_result(UpstreamReply(code, text))
 
     def _break(self, reason: str) -> None:
         self.close()
@@ -175,7 +175,7 @@ class PipelinedSession(asyncio.Protocol):
 
     # --- commands ---------------------------------------------------------------------
 
-    def _send(self, data: bytes, replies: int) -> list[asyncio.Future[Reply]]:
+    def _send(self, data: bytes, replies: int) -> list[asyncio.Future[UpstreamReply]]:
         if self.closed or self._transport.is_closing():
             raise SessionClosed("the session is closed")
         loop = asyncio.get_running_loop()
@@ -184,7 +184,9 @@ class PipelinedSession(asyncio.Protocol):
         self._transport.write(data)
         return futures
 
-    async def _reply(self, future: asyncio.Future[Reply], body_sent: bool = False) -> Reply:
+    async def _reply(
+        self, future: asyncio.Future[UpstreamReply], body_sent: bool = False
+    ) -> UpstreamReply:
         try:
             return await asyncio.wait_for(future, self._timeout)
         except TimeoutError:
@@ -193,7 +195,7 @@ class PipelinedSession(asyncio.Protocol):
         except SessionClosed as closed:
             raise type(closed)(str(closed), body_sent) from None
 
-    async def command(self, line: bytes) -> Reply:
+    async def command(self, line: bytes) -> UpstreamReply:
         (future,) = self._send(line + b"\r\n", 1)
         return await self._reply(future)
 
@@ -236,7 +238,7 @@ class PipelinedSession(asyncio.Protocol):
         final = await self._reply(future, body_sent=accepted)
         return TransactionReplies(mail_reply, rcpt_replies, data_reply, final, body_sent=accepted)
 
-    async def _send_large(self, content: bytes) -> asyncio.Future[Reply]:
+    async def _send_large(self, content: bytes) -> asyncio.Future[UpstreamReply]:
         """A large message written a slice at a time, with the event loop free in between:
         stuffing and copying 25 MB at once held it for a third of a second."""
         (future,) = self._send(b"", 1)

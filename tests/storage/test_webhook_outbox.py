@@ -33,7 +33,7 @@ async def hook(db: Database, **values: Any) -> str:
     return record.id
 
 
-async def target(db: Database, webhook_id: str) -> outbox.Target:
+async def target(db: Database, webhook_id: str) -> outbox.WebhookState:
     found = await db.read(lambda conn: outbox.target(conn, webhook_id))
     assert found is not None
     return found
@@ -41,7 +41,7 @@ async def target(db: Database, webhook_id: str) -> outbox.Target:
 
 async def next_batch(
     db: Database, webhook_id: str, limit: int = 100
-) -> tuple[outbox.Target, list[Any], Position]:
+) -> tuple[outbox.WebhookState, list[Any], Position]:
     """What the sender would read now: the webhook, its next events, the horizon."""
     hook_now = await target(db, webhook_id)
     types = wanted_types(hook_now.event_types, hook_now.final_only, events.FINAL)
