@@ -23,7 +23,8 @@ from api.resource_schemas import HOST_PATTERN
 from gateway.addresses import envelope_problem
 from gateway.config import is_loopback
 from gateway.delivery.probe import ProbeResult, ProbeTarget, failed, probe
-from gateway.intake.message_builder import BuildError, Draft, Mailbox, build, text_problem
+from gateway.intake.fields import text_problem
+from gateway.intake.message_builder import BuildError, Draft, Mailbox, build
 from gateway.intake.pipeline import (
     AllSuppressed,
     NoRoute,

@@ -13,7 +13,7 @@ from api.errors import InvalidRequest
 from gateway import timestamps
 from gateway.addresses import NO_CONTROL_PATTERN
 from gateway.intake import fields
-from gateway.intake.message_builder import ENCODED_WORD, HEADER_SAFE
+from gateway.intake.fields import ENCODED_WORD, HEADER_SAFE
 from gateway.queue import operations as queue_ops
 from storage.keys import SCOPES
 from storage.suppressions import REASONS
@@ -23,7 +23,7 @@ T = TypeVar("T", bound=BaseModel)
 # What /openapi.json states of a field beyond its type and length: the checks the routes
 # make after parsing (JSON Schema keywords that apply to strings only, so that they also
 # fit a field that may be null).
-# Header-bound text (gateway.intake.message_builder.text_problem): no control character but TAB,
+# Header-bound text (gateway.intake.fields.text_problem): no control character but TAB,
 # no U+2028/U+2029, no RFC 2047 encoded-word.
 HEADER_TEXT: dict[str, Any] = {
     "pattern": HEADER_SAFE,

@@ -24,8 +24,8 @@ from api.openapi import operation
 from api.schemas import ErrorResponse, QueuedResponse, SendRequest, SendResponse, parse
 from gateway import maillog
 from gateway.headers import header_size
-from gateway.intake.fields import control_problems, sandbox_flag
-from gateway.intake.message_builder import BuildError, Built, Draft, Mailbox, build, text_problem
+from gateway.intake.fields import control_problems, sandbox_flag, text_problem
+from gateway.intake.message_builder import BuildError, Built, Draft, Mailbox, build
 from gateway.intake.pipeline import (
     Accepted,
     AliasUnverified,
