@@ -22,8 +22,9 @@ from api.management import Management
 from api.resource_schemas import HOST_PATTERN
 from gateway.addresses import envelope_problem
 from gateway.config import is_loopback
-from gateway.delivery.probe import ProbeResult, Target, failed, probe
-from gateway.intake.message_builder import BuildError, Draft, Mailbox, build, text_problem
+from gateway.delivery.probe import ProbeResult, ProbeTarget, failed, probe
+from gateway.intake.fields import text_problem
+from gateway.intake.message_builder import BuildError, Draft, Mailbox, build
 from gateway.intake.pipeline import (
     AllSuppressed,
     NoRoute,
@@ -256,7 +257,7 @@ def may_send_through(key: ApiKeyRecord, record: PoolRecord) -> None:
         )
 
 
-async def _target(manage: Management, record: PoolRecord) -> Target:
+async def _target(manage: Management, record: PoolRecord) -> ProbeTarget:
     """What to test: the pool as stored, with the password delivery holds for it only when
     that was loaded for the same endpoint (another node may have changed the host a moment
     ago: this node's registry then still pairs the old host with the old password)."""
@@ -265,7 +266,7 @@ async def _target(manage: Management, record: PoolRecord) -> Target:
         await manage.pools.changed()
         live = manage.pools.live(record.id)
     fresh = live is not None and same_endpoint(live, record)
-    return Target(
+    return ProbeTarget(
         host=record.host,
         port=record.port,
         encryption=record.encryption,

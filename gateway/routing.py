@@ -139,8 +139,8 @@ def current(route: Route, pools: Sequence[PoolLike]) -> Route:
     return default_route(pools) if route.default or route.direct else route
 
 
-def candidates(route: Route, pools: Sequence[PoolLike], unhealthy: set[str]) -> list[str]:
-    """Pool ids to try for `route`, in order: by priority, unhealthy pools last.
+def candidates(route: Route, pools: Sequence[PoolLike]) -> list[str]:
+    """Pool ids to try for `route`, in order of priority.
 
     Empty when the route's pool or group has no active pool left (deleted, deactivated):
     the message waits for it rather than going through a group it did not ask for.
@@ -148,5 +148,5 @@ def candidates(route: Route, pools: Sequence[PoolLike], unhealthy: set[str]) -> 
     if route.direct:
         return []
     chosen = _members(route, [pool for pool in pools if pool.is_active])
-    chosen.sort(key=lambda pool: (pool.id in unhealthy, pool.priority, pool.id))
+    chosen.sort(key=lambda pool: (pool.priority, pool.id))
     return [pool.id for pool in chosen]

@@ -1,6 +1,6 @@
 """The suppression list: addresses Postern refuses to send to.
 
-Addresses are stored under `gateway.addresses.mailbox_key` (unquoted, lower-cased, IDNs as
+Addresses are stored under `storage.mailboxes.mailbox_key` (unquoted, lower-cased, IDNs as
 A-labels), so one mailbox has one entry however it is spelt. Bounces add entries from
 `gateway.queue.store` in the attempt's own transaction; these functions are the operator's and
 the API's.
@@ -14,8 +14,8 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, select, update
 
-from gateway.addresses import mailbox_key
 from storage.db import Database
+from storage.mailboxes import mailbox_key
 from storage.models import Suppression
 
 S = Suppression.__table__  # type: ignore[attr-defined]

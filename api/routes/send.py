@@ -24,8 +24,8 @@ from api.openapi import operation
 from api.schemas import ErrorResponse, QueuedResponse, SendRequest, SendResponse, parse
 from gateway import maillog
 from gateway.headers import header_size
-from gateway.intake.fields import control_problems, sandbox_flag
-from gateway.intake.message_builder import BuildError, Built, Draft, Mailbox, build, text_problem
+from gateway.intake.fields import control_problems, sandbox_flag, text_problem
+from gateway.intake.message_builder import BuildError, Built, Draft, Mailbox, build
 from gateway.intake.pipeline import (
     Accepted,
     AliasUnverified,
@@ -40,7 +40,7 @@ from gateway.intake.pipeline import (
 from gateway.intake.request_digest import json_digest
 from gateway.message import Sender, Submission
 from storage.idempotency import find, save_response
-from storage.keys import ApiKeyRecord
+from storage.keys import ApiKeyRecord, submit_refusal
 from storage.messages import MessageState, message_state
 from storage.writer import StorageFull, StorageUnavailable
 
@@ -140,10 +140,9 @@ async def send(request: Request) -> Response:
     ctx: ApiContext = request.app.state.api
     key = await authenticate(request, ctx.keys, ctx.limiter)
     sandbox = sandbox_requested(request)
-    if sandbox and not key.may_sandbox:
-        raise errors.Forbidden("sandbox sends need an API key with the 'sandbox' scope")
-    if not sandbox and not key.may_send:
-        raise errors.Forbidden("this API key lacks a send scope")
+    lacking = submit_refusal(key, sandbox)
+    if lacking is not None:
+        raise errors.Forbidden(lacking)
     raw = await request.body()
     if len(raw) > _INLINE_BODY:
         # Parsing and building a large body takes CPU time the event loop (SMTP, delivery)

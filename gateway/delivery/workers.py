@@ -331,7 +331,7 @@ class Delivery:
     ) -> tuple[dict[str, DeliveryResult], str | None]:
         pools = self._registry.settings()
         route = current(message.route, pools)  # default-routed mail: today's default
-        pool_ids = candidates(route, pools, set())
+        pool_ids = candidates(route, pools)
         if not pool_ids:
             if route.direct and self._direct is not None:  # no pool at all: MX
                 return await self._direct.deliver(message), DIRECT

@@ -27,6 +27,7 @@ from gateway.queue.handoff import Handoff, Pools
 from gateway.queue.store import Queue
 from gateway.routing import AliasNotVerified, NoActivePool, UnknownRoute, choose_route
 from storage.idempotency import ANONYMOUS, Duplicate, KeyReused
+from storage.keys import submit_refusal
 
 log = logging.getLogger("postern.intake")
 
@@ -245,12 +246,11 @@ class Intake:
         sender = submission.sender
         if sender is None:
             return route
+        lacking = submit_refusal(sender, submission.sandbox)
+        if lacking is not None:
+            raise NotPermitted(lacking)
         if submission.sandbox:
-            if not sender.may_sandbox:
-                raise NotPermitted("sandbox sends need an API key with the sandbox scope")
             return route
-        if not sender.may_send:
-            raise NotPermitted("this API key has no send scope")
         allowed = sender.ip_pools
         if allowed is None:
             return route

@@ -21,6 +21,7 @@ from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 
 from gateway import maillog, metrics
 from gateway.addresses import envelope_problem, has_control
+from gateway.config import is_loopback
 from gateway.headers import MAX_HOPS, Cleaned, clean_header, header_size
 from gateway.intake.fields import control_problems, sandbox_flag
 from gateway.intake.pipeline import (
@@ -37,7 +38,7 @@ from gateway.intake.request_digest import smtp_digest
 from gateway.message import Submission
 from gateway.queue.store import new_id_for
 from gateway.security.ratelimit import RateLimiter
-from gateway.smtpd.auth import ApiKeyAuth, AuthThrottle, is_loopback, key_refusal, sender_of
+from gateway.smtpd.auth import ApiKeyAuth, AuthThrottle, key_refusal, sender_of
 from gateway.smtpd.data import DataBudget, Refusal, Transfer
 from storage.keys import KeyStore
 from storage.writer import StorageFull, StorageUnavailable, Writer
@@ -234,7 +235,9 @@ class PosternSMTP(ApiKeyAuth, SMTP):
             metrics.SMTP_SESSIONS.set(len(sessions))
         super().connection_made(transport)
         # AUTH only over TLS, or from loopback (aiosmtpd knows only "TLS always").
-        self._auth_require_tls = not is_loopback(self.session.peer if self.session else None)
+        name = self.session.peer if self.session else None
+        host = name[0] if isinstance(name, tuple) and name else str(name or "")
+        self._auth_require_tls = not is_loopback(host)
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._refused:

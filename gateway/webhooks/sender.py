@@ -256,12 +256,14 @@ class WebhookSender:
         )
         return held
 
-    async def _advance(self, webhook_id: str, seen: outbox.Target, new: Position) -> None:
+    async def _advance(self, webhook_id: str, seen: outbox.WebhookState, new: Position) -> None:
         await self._writer.submit(
             lambda conn: outbox.advance(conn, webhook_id, self.node, seen, new)
         )
 
-    async def _drop(self, webhook_id: str, target: outbox.Target, work: Batch, now: float) -> None:
+    async def _drop(
+        self, webhook_id: str, target: outbox.WebhookState, work: EventBatch, now: float
+    ) -> None:
         """Skip what is past max_age: the batch's old events, and on to where events younger
         than max_age start. Counted by a read first: the write only moves the cursor."""
         cutoff = now - self.max_age
@@ -302,7 +304,7 @@ class WebhookSender:
         client: httpx.AsyncClient,
         webhook_id: str,
         secret: str,
-        work: Batch,
+        work: EventBatch,
         failures: int,
     ) -> tuple[bool, bool]:
         """One POST of a batch and its record: (delivered, lease still held)."""
@@ -403,7 +405,7 @@ def _tls_context() -> ssl.SSLContext:
     return context
 
 
-def wanted(target: outbox.Target) -> frozenset[str] | None:
+def wanted(target: outbox.WebhookState) -> frozenset[str] | None:
     """The event types the webhook receives (None = every type)."""
     return wanted_types(target.event_types, target.final_only, events.FINAL)
 
@@ -433,15 +435,15 @@ class _Hold:
 
 
 @dataclass(frozen=True)
-class Batch:
-    target: outbox.Target | None  # the webhook as it is now (None: deleted)
+class EventBatch:
+    target: outbox.WebhookState | None  # the webhook as it is now (None: deleted)
     rows: list[outbox.Owed]  # the next events it wants, in their public JSON
     upto: Position  # the horizon they were read up to
 
 
-def _next_batch(conn: Connection, webhook_id: str, limit: int) -> Batch:
+def _next_batch(conn: Connection, webhook_id: str, limit: int) -> EventBatch:
     target = outbox.target(conn, webhook_id)
     if target is None:
-        return Batch(None, [], outbox.START)
+        return EventBatch(None, [], outbox.START)
     upto = outbox.horizon(conn)
-    return Batch(target, outbox.batch(conn, target.cursor, upto, wanted(target), limit), upto)
+    return EventBatch(target, outbox.batch(conn, target.cursor, upto, wanted(target), limit), upto)
