@@ -173,7 +173,7 @@ class WebhookSender:
             elif not await self._deliver(client, hold, target, work):
                 return
 
-    async def _wait_for_events(self, hold: _Hold, target: outbox.Target, upto: Position) -> bool:
+    async def _wait_for_events(self, hold: _Hold, target: outbox.WebhookState, upto: Position) -> bool:
         """Nothing wanted to send: move the cursor past what the webhook does not want, keep
         the lease alive, and wait a poll. False when the task should end: idle too long, or
         the lease was lost."""
@@ -189,7 +189,7 @@ class WebhookSender:
         await asyncio.sleep(self.poll)
         return True
 
-    def _time_to_fill(self, hold: _Hold, work: Batch) -> float:
+    def _time_to_fill(self, hold: _Hold, work: EventBatch) -> float:
         """Seconds to let a partial batch fill: what is left of `linger` since the last POST
         (none when the batch is full or that POST is older)."""
         since_post = _clock() - hold.posted_at
@@ -198,7 +198,7 @@ class WebhookSender:
         return 0.0
 
     async def _deliver(
-        self, client: httpx.AsyncClient, hold: _Hold, target: outbox.Target, work: Batch
+        self, client: httpx.AsyncClient, hold: _Hold, target: outbox.WebhookState, work: EventBatch
     ) -> bool:
         """POST the batch signed; False when the task should end (a failure, or the lease
         lost while recording the delivery)."""
@@ -216,7 +216,7 @@ class WebhookSender:
             await asyncio.sleep(self.linger)
         return True
 
-    def _secret(self, hold: _Hold, target: outbox.Target) -> str | None:
+    def _secret(self, hold: _Hold, target: outbox.WebhookState) -> str | None:
         """The signing secret in clear (None: it cannot be), unsealed again only when the
         webhook's secret changed."""
         if hold.secret is None or hold.secret[0] != target.secret_enc:
