@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
 from gateway import maillog, metrics
@@ -27,9 +27,9 @@ from gateway.delivery.upstream import (
     UpstreamPool,
     deferred,
 )
-from gateway.message import DeliveryResult, Outcome, QueuedMessage, Route
-from gateway.queue.store import NO_POOL, AttemptRecord, Queue
-from gateway.routing import candidates, current, describe
+from gateway.message import DeliveryResult, Outcome, QueuedMessage
+from gateway.queue.store import AttemptRecord, Queue
+from gateway.routing import Plan, at_attempt
 from storage.writer import StorageUnavailable
 
 log = logging.getLogger("postern.delivery")
@@ -338,13 +338,12 @@ class Delivery:
     async def _attempt(
         self, message: QueuedMessage
     ) -> tuple[dict[str, DeliveryResult], str | None]:
-        pools = self._registry.settings()
-        route = current(message.route, pools)  # default-routed mail: today's default
-        pool_ids = candidates(route, pools, set())
+        plan = at_attempt(message.route, self._registry.settings())  # routed afresh
+        pool_ids = plan.pool_ids
         if not pool_ids:
-            if route.direct and self._direct is not None:  # no pool at all: MX
+            if plan.direct and self._direct is not None:  # no pool at all: MX
                 return await self._direct.deliver(message), DIRECT
-            return self._unserved(message, route), None
+            return self._unserved(message, plan), None
         if message.retried_at is not None:  # an operator's retry: the route's pools afresh
             for pool_id in pool_ids:
                 self._registry.get(pool_id).forgive(message.retried_at)
@@ -380,23 +379,21 @@ class Delivery:
             last = deferred(wait.text)  # recorded past max_age: it expires as usual
         return dict.fromkeys(message.recipients, last), tried
 
-    def _unserved(self, message: QueuedMessage, route: Route) -> dict[str, DeliveryResult]:
-        """The message's pool or group has no active pool now. It waits for one (Postponed,
-        no attempt counted) and never goes out through another group; past max_age the
+    def _unserved(self, message: QueuedMessage, plan: Plan) -> dict[str, DeliveryResult]:
+        """No active pool serves the message's route now. It waits for one (Postponed, no
+        attempt counted) and never goes out through another group; past max_age the
         deferral is recorded and it expires as usual."""
-        if route.direct:
-            text = "no active pool, and direct delivery is off"
-        else:
-            text = f"{NO_POOL} for {describe(route)}"
+        text = plan.unserved()
         deadline = message.created_at + self._queue.max_age
         now = time.time()
-        if not route.direct and now < deadline:
+        if plan.waits and now < deadline:
+            route = plan.route
             label = route.pool_id or route.ip_pool or ""
             until = min(now + _no_pool_wait(message, text, now), deadline)
             raise Postponed(Wait(pool=label, reason="no_pool", until=until, text=text))
         return dict.fromkeys(message.recipients, deferred(text, "4.4.3"))
 
-    def _wait_for_cooldown(self, message: QueuedMessage, pool_ids: list[str]) -> None:
+    def _wait_for_cooldown(self, message: QueuedMessage, pool_ids: Sequence[str]) -> None:
         """A retried message whose pools all went back to cooling down since the retry (they
         failed again): it waits for the first to be ready, with no attempt counted, rather
         than spend its forced attempt on no upstream at all."""

@@ -24,7 +24,13 @@ from gateway.dkim.signer import DkimError, Signers
 from gateway.intake.identities import Identities
 from gateway.message import QueuedMessage, Route, Submission
 from gateway.queue.store import Queue
-from gateway.routing import AliasNotVerified, NoActivePool, UnknownRoute, choose_route
+from gateway.routing import (
+    AliasNotVerified,
+    NoActivePool,
+    UnknownRoute,
+    choose_route,
+    within_groups,
+)
 from storage.idempotency import ANONYMOUS, Duplicate, KeyReused
 
 log = logging.getLogger("postern.intake")
@@ -253,27 +259,12 @@ class Intake:
         allowed = sender.ip_pools
         if allowed is None:
             return route
-        if self._group(route) in allowed:
-            # Kept to that group: a default route would follow the default wherever it
-            # moves, perhaps out of the groups this key may use.
-            return replace(route, default=False)
-        if not submission.alias_id:  # its own group: an active one, else one that waits
-            settings = self._registry.settings()
-            active = {pool.ip_pool for pool in settings if pool.is_active}
-            known = {pool.ip_pool for pool in settings}
-            for group in sorted(allowed, key=lambda group: (group not in active, group)):
-                if group in known:
-                    return Route(ip_pool=group)
-        pools = ", ".join(sorted(allowed)) or "none"
-        raise NotPermitted(f"this API key may only send through ip_pool {pools}")
-
-    def _group(self, route: Route) -> str | None:
-        if route.pool_id is None:
-            return route.ip_pool
-        for pool in self._registry.settings():
-            if pool.id == route.pool_id:
-                return pool.ip_pool
-        return None
+        pools = self._registry.settings()
+        kept = within_groups(route, allowed, pools, named=bool(submission.alias_id))
+        if kept is None:
+            names = ", ".join(sorted(allowed)) or "none"
+            raise NotPermitted(f"this API key may only send through ip_pool {names}")
+        return kept
 
 
 def _observed(stored: asyncio.Future[Any]) -> None:

@@ -38,6 +38,7 @@ from gateway.addresses import mailbox_key
 from gateway.message import DeliveryResult, Outcome, QueuedMessage, Route, Submission
 from gateway.queue import events
 from gateway.queue.suppressions import SuppressionCache
+from gateway.routing import NO_POOL
 from storage import idempotency
 from storage import queue_sql as sql
 from storage.db import Database
@@ -52,8 +53,6 @@ S = Suppression.__table__  # type: ignore[attr-defined]
 T = MessageTag.__table__  # type: ignore[attr-defined]
 
 ACTIVE_STATES = ("queued", "deferred")
-# How last_response begins while a message waits for its route to have an active pool.
-NO_POOL = "waiting: no active pool"
 # What a claim reads of each message (its recipients and body come next).
 _CLAIMED = (
     M.c.id, M.c.mail_from, M.c.attempts, M.c.created_at, M.c.ip_pool, M.c.pool_id,
