@@ -19,7 +19,8 @@ from gateway import maillog, metrics
 from gateway.delivery import simulator
 from gateway.delivery.backoff import is_throttling
 from gateway.delivery.direct import DIRECT, DirectRoutes
-from gateway.delivery.throttle import Throttle, Ticket, Wait, show_limits
+from gateway.delivery.slowdown import Postponed, Wait, no_pool_wait
+from gateway.delivery.throttle import Throttle, Ticket, show_limits
 from gateway.delivery.upstream import (
     PoolSettings,
     PoolUnavailable,
@@ -34,10 +35,6 @@ from storage.writer import StorageUnavailable
 
 log = logging.getLogger("postern.delivery")
 
-# A route with no active pool is looked at again after NO_POOL_WAIT seconds, doubling up to
-# NO_POOL_WAIT_MAX while the reason stays the same; a change of pools wakes it at once.
-NO_POOL_WAIT = 60.0
-NO_POOL_WAIT_MAX = 900.0
 # At shutdown, transactions still waiting for an upstream are cut off this long before the
 # drain deadline, so that their outcome is recorded by then.
 CUT_OFF_GRACE = 1.0
@@ -298,8 +295,8 @@ class Delivery:
         return status
 
     async def _postpone(self, message: QueuedMessage, wait: Wait) -> str:
-        """Every ready pool of the route is over a limit: back to the queue until a slot
-        frees, without an attempt counted (the limit is ours, not the message's)."""
+        """The message must WAIT (gateway.delivery.slowdown): back to the queue until
+        `wait.until`, without an attempt counted (the cause is ours, not the message's)."""
         await self._queue.postpone(message, wait.until, wait.pool, wait.text)
         delay = max(0.0, wait.until - time.time())
         asyncio.get_running_loop().call_later(delay + 0.01, self.wake)  # claim it on time
@@ -373,7 +370,7 @@ class Delivery:
             return results, pool.name
         if waits and tried is None:
             wait = min(waits, key=lambda w: w.until)
-            deadline = message.created_at + self._queue.max_age
+            deadline = self._deadline(message)
             if time.time() < deadline:
                 raise Postponed(replace(wait, until=min(wait.until, deadline)))
             last = deferred(wait.text)  # recorded past max_age: it expires as usual
@@ -384,21 +381,26 @@ class Delivery:
         attempt counted) and never goes out through another group; past max_age the
         deferral is recorded and it expires as usual."""
         text = plan.unserved()
-        deadline = message.created_at + self._queue.max_age
+        deadline = self._deadline(message)
         now = time.time()
         if plan.waits and now < deadline:
             route = plan.route
             label = route.pool_id or route.ip_pool or ""
-            until = min(now + _no_pool_wait(message, text, now), deadline)
+            wait = no_pool_wait(message.last_response, text, message.updated_at, now)
+            until = min(now + wait, deadline)
             raise Postponed(Wait(pool=label, reason="no_pool", until=until, text=text))
         return dict.fromkeys(message.recipients, deferred(text, "4.4.3"))
+
+    def _deadline(self, message: QueuedMessage) -> float:
+        """When the message expires: a wait never runs past it."""
+        return message.created_at + self._queue.max_age
 
     def _wait_for_cooldown(self, message: QueuedMessage, pool_ids: Sequence[str]) -> None:
         """A retried message whose pools all went back to cooling down since the retry (they
         failed again): it waits for the first to be ready, with no attempt counted, rather
         than spend its forced attempt on no upstream at all."""
         first = min((self._registry.get(pid) for pid in pool_ids), key=lambda p: p.unhealthy_until)
-        until = min(first.unhealthy_until, message.created_at + self._queue.max_age)
+        until = min(first.unhealthy_until, self._deadline(message))
         if until > time.time():
             text = f"waiting: pool {first.name} cooling down after repeated failures"
             raise Postponed(Wait(pool=first.name, reason="cooldown", until=until, text=text))
@@ -436,22 +438,6 @@ class Delivery:
             await self._queue.note_throttled(message.id, status, pool.name, text)
         except StorageUnavailable as error:  # an event lost is better than a send repeated
             log.warning("recording the throttled event of %s failed: %s", message.id, error)
-
-
-class Postponed(Exception):
-    """Every ready pool of the route is over a limit: the message waits for `wait.until`."""
-
-    def __init__(self, wait: Wait) -> None:
-        super().__init__(wait.text)
-        self.wait = wait
-
-
-def _no_pool_wait(message: QueuedMessage, text: str, now: float) -> float:
-    """NO_POOL_WAIT, or twice the last wait (up to NO_POOL_WAIT_MAX) when the message was
-    already waiting for the same reason."""
-    if message.last_response != text:
-        return NO_POOL_WAIT
-    return min(max(2 * (now - message.updated_at), NO_POOL_WAIT), NO_POOL_WAIT_MAX)
 
 
 def _may_have_reached(result: DeliveryResult) -> bool:

@@ -443,7 +443,8 @@ class Queue:
 
     async def postpone(self, message: QueuedMessage, until: float, pool: str, reason: str) -> None:
         """Give back a message this node holds, `deferred` until `until` because `pool` is
-        over its rate or daily limit, or its route has no active pool: a `deferred` event per
+        over its rate or daily limit, or its route has no active pool (a WAIT, in the words
+        of gateway.delivery.slowdown; a failed attempt is `record`'s): a `deferred` event per
         waiting recipient says why (once: not again while the reason stays the same), but no
         attempt is counted and no retry schedule step taken (the message did nothing wrong).
         Written only if the claim still held, like an attempt."""
