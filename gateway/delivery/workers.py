@@ -29,6 +29,7 @@ from gateway.delivery.upstream import (
     deferred,
 )
 from gateway.message import DeliveryResult, Outcome, QueuedMessage
+from gateway.queue import retry
 from gateway.queue.store import AttemptRecord, Queue
 from gateway.routing import Plan, at_attempt
 from storage.writer import StorageUnavailable
@@ -393,7 +394,7 @@ class Delivery:
 
     def _deadline(self, message: QueuedMessage) -> float:
         """When the message expires: a wait never runs past it."""
-        return message.created_at + self._queue.max_age
+        return retry.deadline(message.created_at, self._queue.max_age)
 
     def _wait_for_cooldown(self, message: QueuedMessage, pool_ids: Sequence[str]) -> None:
         """A retried message whose pools all went back to cooling down since the retry (they
