@@ -23,6 +23,8 @@ from gateway.delivery.workers import Delivery, PoolRegistry
 from gateway.dkim.signer import DkimError, Signers
 from gateway.intake.identities import Identities
 from gateway.message import QueuedMessage, Route, Submission
+from gateway.queue import idempotency
+from gateway.queue.idempotency import Duplicate, KeyReused
 from gateway.queue.store import Queue
 from gateway.routing import (
     AliasNotVerified,
@@ -31,7 +33,6 @@ from gateway.routing import (
     choose_route,
     within_groups,
 )
-from storage.idempotency import ANONYMOUS, Duplicate, KeyReused
 
 log = logging.getLogger("postern.intake")
 
@@ -156,7 +157,7 @@ class Intake:
         try:
             blocked, submission, route = self._policy(submission)
         except Refusal:
-            await self._raise_if_seen(submission)
+            await idempotency.raise_if_seen(self._queue.db, submission)
             raise
         submission = await self._signed(submission)
         # The client may go while the commit is under way (aiosmtpd then cancels the
@@ -231,15 +232,6 @@ class Intake:
             log.warning("not DKIM-signing a message: %s", error)
             metrics.MESSAGES_REFUSED.labels(reason="dkim_unsigned").inc()
             return submission
-
-    async def _raise_if_seen(self, submission: Submission) -> None:
-        key = submission.idempotency_key
-        if key is None:
-            return
-        scope = submission.sender.api_key_id if submission.sender else ANONYMOUS
-        seen = await self._queue.find_idempotent(scope, key)
-        if seen is not None:
-            raise seen.refusal(submission.request_hash)
 
     def _permitted(self, submission: Submission, route: Route) -> Route:
         """The route, if the submission's API key may use it (NotPermitted otherwise).

@@ -30,11 +30,10 @@ from typing import Any
 from sqlalchemy import Connection
 
 from gateway.message import DeliveryResult, QueuedMessage, Route, Submission
-from gateway.queue import events, ids, retry, states
+from gateway.queue import events, idempotency, ids, retry, states
 from gateway.queue import suppressions as suppression_list
 from gateway.queue.suppressions import SuppressionCache
 from gateway.routing import NO_POOL
-from storage import idempotency
 from storage import queue_sql as sql
 from storage import suppressions as stored_suppressions
 from storage.db import Database
@@ -69,6 +68,10 @@ class Queue:
         self._lease = lease
         self._suppress = stored_suppressions.add_if_absent(db.is_sqlite)
         self.suppressions = SuppressionCache(db)
+
+    @property
+    def db(self) -> Database:
+        return self._db
 
     # --- intake -----------------------------------------------------------------------
 
@@ -136,17 +139,15 @@ class Queue:
                 for r in submission.suppressed
             ],
         )
-        key = submission.idempotency_key
-        if key is None:
+        if submission.idempotency_key is None:
             await self._writer.submit(batch)
         else:
-            scope = submission.sender.api_key_id if submission.sender else idempotency.ANONYMOUS
-            digest = submission.request_hash
+            reserve = idempotency.reserve_then_store
             holder = await self._writer.submit(
-                lambda conn: _reserve_then_store(conn, scope, key, message_id, now, digest, batch)
+                lambda conn: reserve(conn, submission, message_id, now, batch)
             )
             if holder is not None:
-                raise holder.refusal(digest)
+                raise holder.refusal(submission.request_hash)
         return QueuedMessage(
             id=message_id,
             mail_from=submission.mail_from,
@@ -188,10 +189,6 @@ class Queue:
                 for rcpt in submission.suppressed
             ],
         )
-
-    async def find_idempotent(self, scope: str, key: str) -> idempotency.Hit | None:
-        """The live reservation of an idempotency key, if any (a read; no reservation)."""
-        return await idempotency.find(self._db, scope, key)
 
     # --- delivery ---------------------------------------------------------------------
 
@@ -488,20 +485,3 @@ _CANCELLED = "cancelled by an operator"  # the response of what an operator canc
 class Cancelled:
     cancelled: list[str]
     busy: list[str]  # being delivered or locked right now: not cancelled, try again later
-
-
-def _reserve_then_store(
-    conn: Connection,
-    scope: str,
-    key: str,
-    message_id: str,
-    now: float,
-    digest: str | None,
-    batch: Batch,
-) -> idempotency.Hit | None:
-    """Inside the shared transaction: reserve the key, and store the message only if won."""
-    holder = idempotency.reserve(conn, scope, key, message_id, now, digest)
-    if holder is None:
-        for statement, params in batch.steps:
-            conn.execute(statement, params)
-    return holder
