@@ -21,6 +21,7 @@ import aiosmtplib
 from aiosmtplib import SMTPConnectError, SMTPException, SMTPHeloError, SMTPResponseException
 
 from gateway import metrics
+from gateway.delivery import slowdown
 from gateway.delivery.backoff import Backoff, Slots
 from gateway.delivery.pipelining import (
     PipelinedSession,
@@ -65,8 +66,11 @@ class SessionSettings:
     command_timeout: float = 300.0
     idle_timeout: float = 60.0
     max_messages_per_connection: int = 1000
-    cooldown: float = 10.0  # first pause of a failing pool; doubles, at most 5 minutes
-    backoff: float = 60.0  # how long a throttling reply (421, 4.7.x) halves concurrency
+    # COOLDOWN and BACKOFF (gateway.delivery.slowdown): the first pause of a failing pool
+    # (doubling, at most 5 minutes); how long a throttling reply (421, 4.7.x) halves
+    # concurrency.
+    cooldown: float = 10.0
+    backoff: float = 60.0
     # Where a connection may go: resolved once, checked, connected to the checked address.
     guard: HostGuard = field(default_factory=HostGuard)
 
@@ -481,14 +485,17 @@ class UpstreamPool:
     # --- health -----------------------------------------------------------------------
 
     def _mark(self, healthy: bool) -> None:
+        """Count a success (the pool is healthy again) or a failure of the pool itself: after
+        a few in a row it cools down, set aside for a while (COOLDOWN of
+        gateway.delivery.slowdown; a throttling reply narrows it instead: BACKOFF)."""
         if healthy:
             self.failures = 0
             self.unhealthy_until = 0.0
             return
         self.failures += 1
         self.failed_at = time.time()
-        if self.failures >= 3:
-            cooldown = min(300.0, self._session.cooldown * 2 ** (self.failures - 3))
+        cooldown = slowdown.cooldown(self.failures, self._session.cooldown)
+        if cooldown is not None:
             self.unhealthy_until = self.failed_at + cooldown
             log.warning(
                 "pool %s unhealthy after %d failures; cool-down %.0fs",

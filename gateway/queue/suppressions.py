@@ -10,11 +10,12 @@ still store them as given (mixed case, quoted).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from sqlalchemy import Connection, select
 
 from gateway.addresses import mailbox_key
+from gateway.message import DeliveryResult
 from storage.db import Database
 from storage.models import Suppression
 
@@ -24,6 +25,16 @@ S = Suppression.__table__  # type: ignore[attr-defined]
 _SLACK = 30.0
 FOLLOW_INTERVAL = 5.0  # seconds between looks at other nodes' changes (`follow`)
 RELOAD_EVERY = 12  # looks: removals made elsewhere show within a minute
+
+
+def from_results(results: Mapping[str, DeliveryResult]) -> list[tuple[str, str]]:
+    """The entries (mailbox key, reason) an attempt's results add to the list: a hard
+    bounce's address ("bounced") and a complaint's ("complaint")."""
+    return [
+        (mailbox_key(rcpt), "complaint" if result.complaint else "bounced")
+        for rcpt, result in results.items()
+        if result.hard_bounce or result.complaint
+    ]
 
 
 class SuppressionCache:

@@ -7,9 +7,9 @@ from __future__ import annotations
 import logging
 
 from gateway import metrics
+from gateway.queue.idempotency import purge_expired
 from gateway.queue.store import Queue
 from storage.db import Database
-from storage.idempotency import purge_expired
 
 log = logging.getLogger("postern.queue")
 

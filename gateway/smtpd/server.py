@@ -36,7 +36,7 @@ from gateway.intake.pipeline import (
 )
 from gateway.intake.request_digest import smtp_digest
 from gateway.message import Submission
-from gateway.queue.store import new_id_for
+from gateway.queue.ids import new_id_for
 from gateway.security.ratelimit import RateLimiter
 from gateway.smtpd.auth import ApiKeyAuth, AuthThrottle, key_refusal, sender_of
 from gateway.smtpd.data import DataBudget, Refusal, Transfer

@@ -173,7 +173,9 @@ class WebhookSender:
             elif not await self._deliver(client, hold, target, work):
                 return
 
-    async def _wait_for_events(self, hold: _Hold, target: outbox.WebhookState, upto: Position) -> bool:
+    async def _wait_for_events(
+        self, hold: _Hold, target: outbox.WebhookState, upto: Position
+    ) -> bool:
         """Nothing wanted to send: move the cursor past what the webhook does not want, keep
         the lease alive, and wait a poll. False when the task should end: idle too long, or
         the lease was lost."""

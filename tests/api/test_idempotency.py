@@ -16,7 +16,7 @@ from email.utils import formatdate
 import pytest
 from sqlalchemy import Connection, text
 
-from storage.idempotency import TTL, purge_expired
+from gateway.queue.idempotency import TTL, purge_expired
 from tests.api.conftest import Api, payload
 from tests.conftest import query, smtp_send
 from tests.sink import Sink

@@ -12,10 +12,12 @@ from gateway.routing import (
     AliasView,
     NoActivePool,
     UnknownRoute,
+    at_attempt,
     candidates,
     choose_route,
     current,
     default_route,
+    within_groups,
 )
 
 
@@ -226,3 +228,51 @@ def test_a_stored_route_without_pool_or_group_takes_the_default_while_pools_exis
     """Written while no pool existed, or by an older node: never MX once pools exist."""
     assert current(Route(), (SES, INTERNAL)) == Route(pool_id="pool_internal", default=True)
     assert current(Route(), ()) == Route(default=True)
+
+
+# --- at each attempt ------------------------------------------------------------------------
+
+
+def test_an_attempt_tries_the_routes_pools_as_they_are_now() -> None:
+    plan = at_attempt(Route(ip_pool="marketing"), POOLS)
+    assert plan.pool_ids == ("pool_bulk_b", "pool_bulk_a") and not plan.waits
+    followed = at_attempt(Route(pool_id="pool_ses", default=True), (*POOLS, INTERNAL))
+    assert followed.route == Route(pool_id="pool_internal", default=True)
+    assert followed.pool_ids == ("pool_internal",)
+
+
+def test_an_attempt_without_an_active_pool_waits_and_says_why() -> None:
+    plan = at_attempt(Route(pool_id="pool_deleted"), POOLS)
+    assert plan.pool_ids == () and plan.waits and not plan.direct
+    assert plan.unserved() == "waiting: no active pool for pool pool_deleted"
+
+
+def test_an_attempt_without_any_pool_goes_direct() -> None:
+    plan = at_attempt(Route(default=True), ())
+    assert plan.direct and not plan.waits
+    assert plan.unserved() == "no active pool, and direct delivery is off"
+
+
+# --- a key limited to some groups -----------------------------------------------------------
+
+
+def test_a_route_in_an_allowed_group_is_kept_to_it() -> None:
+    default = Route(pool_id="pool_ses", default=True)
+    assert within_groups(default, {"transactional"}, POOLS, named=False) == Route(
+        pool_id="pool_ses"
+    )
+
+
+def test_an_unnamed_route_goes_through_the_keys_own_group_active_first() -> None:
+    off = FakePool("pool_off", "internal", is_active=False)
+    pools = (*POOLS, off)
+    route = Route(ip_pool="transactional", default=True)
+    assert within_groups(route, {"marketing", "internal"}, pools, named=False) == Route(
+        ip_pool="marketing"
+    )
+    assert within_groups(route, {"internal"}, pools, named=False) == Route(ip_pool="internal")
+    assert within_groups(route, {"unknown"}, pools, named=False) is None
+
+
+def test_a_named_route_outside_the_keys_groups_is_not_permitted() -> None:
+    assert within_groups(Route(pool_id="pool_ses"), {"marketing"}, POOLS, named=True) is None
