@@ -51,12 +51,13 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from gateway.errors import PosternError
 from storage import writer
 
 log = logging.getLogger("postern.api")
 
 
-class ApiError(Exception):
+class ApiError(PosternError):
     status = 500
     code = "internal_error"
 

@@ -11,6 +11,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from api.errors import InvalidRequest
 from gateway import timestamps
+from gateway.errors import InvalidInput
 from gateway.intake import fields
 from gateway.intake.message_builder import ENCODED_WORD, HEADER_SAFE
 from gateway.queue import operations as queue_ops
@@ -428,7 +429,7 @@ def parse(model: type[T], body: bytes) -> T:
     return parsed
 
 
-class _DuplicateKey(Exception):
+class _DuplicateKey(InvalidInput):
     pass
 
 

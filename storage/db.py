@@ -24,6 +24,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlmodel import SQLModel
 
+from storage.errors import StorageError
 from storage.models import EVENT_TXID, SCHEMA_VERSION, Meta
 
 log = logging.getLogger("postern.storage")
@@ -32,7 +33,7 @@ Query = Callable[[Connection], T]
 LOCK_WAIT = 300.0  # seconds to wait for another process's schema upgrade (SQLite)
 
 
-class SchemaError(Exception):
+class SchemaError(StorageError):
     """The database was written by a newer Postern than this one."""
 
 

@@ -23,6 +23,7 @@ from sqlalchemy import Connection, select, update
 from sqlalchemy.exc import IntegrityError
 
 from storage.db import Database
+from storage.errors import Refused
 from storage.models import DkimKey
 
 D = DkimKey.__table__  # type: ignore[attr-defined]
@@ -38,7 +39,7 @@ class Cipher(Protocol):
     def decrypt(self, token: str, associated: bytes = b"") -> bytes: ...
 
 
-class DkimKeyError(Exception):
+class DkimKeyError(Refused):
     """Base of this module's errors."""
 
 

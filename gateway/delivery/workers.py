@@ -27,6 +27,7 @@ from gateway.delivery.upstream import (
     UpstreamPool,
     deferred,
 )
+from gateway.errors import DeliveryError
 from gateway.message import DeliveryResult, Outcome, QueuedMessage, Route
 from gateway.queue.store import NO_POOL, AttemptRecord, Queue
 from gateway.routing import candidates, current, describe
@@ -441,7 +442,7 @@ class Delivery:
             log.warning("recording the throttled event of %s failed: %s", message.id, error)
 
 
-class Postponed(Exception):
+class Postponed(DeliveryError):
     """Every ready pool of the route is over a limit: the message waits for `wait.until`."""
 
     def __init__(self, wait: Wait) -> None:

@@ -46,6 +46,7 @@ from dkim.canonicalization import correct_empty_body
 from gateway import metrics
 from gateway.addresses import normalise
 from gateway.dkim.signing_process import SigningProcess, SigningUnavailable
+from gateway.errors import PosternError
 from gateway.headers import MAX_FROM, canonical_problem, header_fields, mailboxes, split_header
 from gateway.security.secrets import SecretError
 from storage import dkim_keys
@@ -83,7 +84,7 @@ _SELECTOR = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 
 
-class DkimError(Exception):
+class DkimError(PosternError):
     """Base of this module's errors."""
 
 

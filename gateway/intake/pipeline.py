@@ -21,6 +21,7 @@ from typing import Any
 from gateway import maillog, metrics
 from gateway.delivery.workers import Delivery, PoolRegistry
 from gateway.dkim.signer import DkimError, Signers
+from gateway.errors import Refused
 from gateway.intake.identities import Identities
 from gateway.message import QueuedMessage, Route, Submission
 from gateway.queue.store import Queue
@@ -43,7 +44,7 @@ __all__ = [
 ]
 
 
-class Refusal(Exception):
+class Refusal(Refused):
     """Intake will not take the message; `reason` is safe to show the client."""
 
     reason = "refused"

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from gateway import timestamps
 from gateway.addresses import envelope_problem, has_control
+from gateway.errors import InvalidInput, Refused
 from gateway.queue.store import Queue
 from storage.db import Database
 from storage.message_search import (
@@ -42,7 +43,7 @@ STATUS_PATTERN = rf"^[ \t]*{_STATUS}[ \t]*(?:,[ \t]*{_STATUS}[ \t]*)*$"  # "queu
 NO_CONTROL_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"  # addresses.has_control
 
 
-class FilterError(ValueError):
+class FilterError(InvalidInput, ValueError):
     """A filter value that cannot be used; `field` names it for the 400's details."""
 
     def __init__(self, field: str, message: str) -> None:
@@ -51,11 +52,11 @@ class FilterError(ValueError):
         self.message = message
 
 
-class MessageFinal(Exception):
+class MessageFinal(Refused):
     """The message has no work left (delivered, bounced, cancelled, sandbox)."""
 
 
-class MessageBusy(Exception):
+class MessageBusy(Refused):
     """A worker is delivering the message right now."""
 
 
