@@ -21,7 +21,6 @@ from collections.abc import Awaitable, Callable, Collection
 from typing import Any, Literal
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -184,8 +183,7 @@ def _log_refused(scope: Scope, status: int, body: bytes) -> None:
 _EXCEPTION_HANDLERS: dict[Any, Callable[..., Any]] = {
     errors.ApiError: errors.api_error,
     HTTPException: errors.http_error,
-    SQLAlchemyError: errors.storage_error,
-    StorageUnavailable: errors.storage_error,
+    **dict.fromkeys(errors.ANSWERS, errors.answered),
     Exception: errors.internal_error,
 }
 

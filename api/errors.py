@@ -36,27 +36,38 @@
     └── StorageFull           507 storage_full      no space left to store it; nothing was
                                                     accepted
 
-A storage failure anywhere (a read as much as a write) is a 503 with Retry-After, a write
-that found no space a 507 with Retry-After. Anything else is a bug: the client gets a bare
-500 `internal_error`, the log the detail.
+An error of Postern's own tree (gateway.errors) that a route lets through is answered from
+one table, ANSWERS: its nearest class there gives the kind (status and code) and the text.
+A route whose words differ (the field at fault, what failed) answers for itself, or lays
+its own rows over the table (`answer`). A storage failure anywhere (a read as much as a
+write) is a 503 with Retry-After, a write that found no space a 507 with Retry-After.
+Anything else is a bug: the client gets a bare 500 `internal_error`, the log the detail.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from storage import writer
+from gateway.errors import PosternError, StorageUnavailable
+from gateway.intake import pipeline as intake
+from gateway.security.hostguard import HostRefused
+from storage import aliases, domains, pools
+from storage import errors as storage_errors
+from storage.idempotency import KeyReused
 
 log = logging.getLogger("postern.api")
 
 
-class ApiError(Exception):
+class ApiError(PosternError):
     status = 500
     code = "internal_error"
 
@@ -258,12 +269,92 @@ async def http_error(request: Request, error: Exception) -> Response:
     return response
 
 
-async def storage_error(request: Request, error: Exception) -> Response:
-    log.error("storage failed on %s %s: %s", request.method, request.url.path, error)
-    if isinstance(error, writer.StorageFull):
-        return StorageFull().response()
-    unavailable = Unavailable("storage is unavailable; please retry", headers={"Retry-After": "1"})
-    return unavailable.response()
+@dataclass(frozen=True)
+class Answer:
+    """How an error is answered: its kind (status and code) and text, `{error}` standing
+    for the error (None: the kind's own words); `field` names the field at fault in
+    `details`, with `detail` as its message."""
+
+    kind: Callable[..., ApiError]
+    text: str | None = None
+    field: str | None = None
+    detail: str = "{error}"
+    retry_after: int | None = None
+
+    def to(self, error: BaseException) -> ApiError:
+        if self.text is None:
+            return self.kind()
+        given: dict[str, Any] = {}  # only what the row has: some kinds take no more
+        if self.field is not None:
+            message = self.detail.format(error=error)
+            given["details"] = [{"field": self.field, "message": message}]
+        if self.retry_after is not None:
+            given["headers"] = {"Retry-After": str(self.retry_after)}
+        return self.kind(self.text.format(error=error), **given)
+
+
+_RETRY = "storage is unavailable; please retry"
+
+# Every error of Postern's own a route lets through -> its answer (the nearest class in the
+# error's MRO counts). A storage driver's error is there too: one a write did not wrap.
+ANSWERS: dict[type[Exception], Answer] = {
+    # storage failed: nothing was done, the client retries
+    storage_errors.StorageFull: Answer(StorageFull),
+    StorageUnavailable: Answer(Unavailable, _RETRY, retry_after=1),
+    SQLAlchemyError: Answer(Unavailable, _RETRY, retry_after=1),
+    # what is stored refuses it
+    aliases.AliasNotFound: Answer(NotFound, "alias not found"),
+    aliases.AliasExists: Answer(Conflict, "{error}"),
+    aliases.AliasInUse: Answer(AliasInUse, "{error}"),
+    aliases.LastVerifiedAlias: Answer(LastVerifiedAlias, "{error}"),
+    domains.DomainExists: Answer(Conflict, "{error}"),
+    pools.PoolNotFound: Answer(NotFound, "{error}"),
+    pools.PoolReadOnly: Answer(ConfigPool, "{error}"),
+    pools.ConfigDefault: Answer(ConfigPool, "{error}"),
+    pools.PoolInUse: Answer(PoolInUse, "{error}"),
+    pools.BadMoveTarget: Answer(InvalidRequest, "move_to: {error}", field="move_to"),
+    pools.PoolError: Answer(Conflict, "{error}"),
+    HostRefused: Answer(HostNotAllowed, "host: {error}", field="host"),
+    # intake's refusals, and an idempotency key used for another request
+    KeyReused: Answer(
+        IdempotencyKeyReused,
+        "this idempotency_key was used within 24 h for a different request; "
+        "use a new key for a new message",
+        field="idempotency_key",
+        detail="already used for a different request",
+    ),
+    intake.AllSuppressed: Answer(Suppressed),
+    intake.UnknownAlias: Answer(
+        UnknownAlias,
+        "unknown alias_id",
+        field="alias_id",
+        detail="names neither an SMTP pool nor an alias",
+    ),
+    intake.AliasUnverified: Answer(
+        AliasNotVerified, "{error.reason}", field="alias_id", detail="verify the alias first"
+    ),
+    intake.UnverifiedSender: Answer(UnverifiedSender, "{error.reason}"),
+    intake.NotPermitted: Answer(Forbidden, "{error.reason}"),
+}
+
+
+def answer(error: BaseException, over: Mapping[type[Exception], Answer] | None = None) -> ApiError:
+    """The answer to `error`: from the rows of `over` (a route's own words), else ANSWERS;
+    a bare 500 when neither has a row for it."""
+    for kind in type(error).__mro__:
+        row = (over or {}).get(kind) or ANSWERS.get(kind)
+        if row is not None:
+            return row.to(error)
+    log.error("no answer for %r", error, exc_info=error)
+    return ApiError("internal error")
+
+
+async def answered(request: Request, error: Exception) -> Response:
+    """An error of ANSWERS a route let through; a storage failure is logged, its detail
+    never answered."""
+    if isinstance(error, StorageUnavailable | SQLAlchemyError):
+        log.error("storage failed on %s %s: %s", request.method, request.url.path, error)
+    return answer(error).response()
 
 
 async def internal_error(request: Request, error: Exception) -> Response:

@@ -7,6 +7,9 @@ the pool's id, the live pools told of every change, and the connection test.
     test:          host resolved and checked -> gateway.delivery.probe -> with a recipient, a test
                    message through Intake (stored and delivered like any other), its first
                    attempt awaited up to handoff_timeout: delivered, refused, or pending
+
+A refusal of storage.pools (PoolError) or of the guard (HostRefused) is answered from
+api.errors.ANSWERS.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from gateway.intake.pipeline import (
 )
 from gateway.message import Sender, Submission
 from gateway.rates import parse_rate
-from gateway.security.hostguard import HostRefused, HostUnresolved
+from gateway.security.hostguard import HostUnresolved
 from gateway.security.pool_secrets import seal
 from storage import pools
 from storage.keys import ApiKeyRecord
@@ -128,24 +131,7 @@ async def check_target(manage: Management, state: Mapping[str, Any], stored: boo
                 [{"field": "encryption", "message": CLEAR_TEXT_AUTH}],
             )
         raise _bad("encryption", CLEAR_TEXT_AUTH)
-    try:
-        await manage.guard.check(state["host"], state["port"])
-    except HostRefused as refused:
-        raise errors.HostNotAllowed(
-            f"host: {refused}", [{"field": "host", "message": str(refused)}]
-        ) from None
-
-
-def _translate(error: pools.PoolError) -> errors.ApiError:
-    if isinstance(error, pools.PoolNotFound):
-        return errors.NotFound(str(error))
-    if isinstance(error, pools.PoolReadOnly | pools.ConfigDefault):
-        return errors.ConfigPool(str(error))
-    if isinstance(error, pools.PoolInUse):
-        return errors.PoolInUse(str(error))
-    if isinstance(error, pools.BadMoveTarget):
-        return _bad("move_to", str(error))
-    return errors.Conflict(str(error))
+    await manage.guard.check(state["host"], state["port"])
 
 
 async def create(ctx: ApiContext, values: dict[str, Any], password: str | None) -> PoolRecord:
@@ -153,12 +139,9 @@ async def create(ctx: ApiContext, values: dict[str, Any], password: str | None) 
     check_fields({**values, "password": password})
     values = normalise(values)
     await check_target(manage, values)
-    try:
-        record = await pools.create_pool(
-            ctx.db, values, lambda pool_id: seal(manage.box, pool_id, password or "")
-        )
-    except pools.PoolError as error:
-        raise _translate(error) from None
+    record = await pools.create_pool(
+        ctx.db, values, lambda pool_id: seal(manage.box, pool_id, password or "")
+    )
     await manage.pools.changed()
     return record
 
@@ -185,10 +168,7 @@ async def update(
     state.update({k: v for k, v in changes.items() if k in state})
     await check_target(manage, state, stored=partial)
     sealer = (lambda pid: seal(manage.box, pid, password or "")) if new_password else None
-    try:
-        record = await pools.update_pool(ctx.db, pool_id, changes, sealer)
-    except pools.PoolError as error:
-        raise _translate(error) from None
+    record = await pools.update_pool(ctx.db, pool_id, changes, sealer)
     await manage.pools.changed()
     return record
 
@@ -201,10 +181,7 @@ async def delete(ctx: ApiContext, pool_id: str, move_to: str | None) -> int:
         not move_to or len(move_to) > 64 or text_problem(move_to, header=True)
     ):
         raise _bad("move_to", "not a pool id")
-    try:
-        _, moved = await pools.delete_pool(ctx.db, pool_id, move_to)
-    except pools.PoolError as error:
-        raise _translate(error) from None
+    _, moved = await pools.delete_pool(ctx.db, pool_id, move_to)
     await manage.pools.changed()
     return moved
 
@@ -230,10 +207,6 @@ async def test(
     target = await _target(manage, record)
     try:
         addresses = await manage.guard.resolve(record.host, record.port)
-    except HostRefused as refused:
-        raise errors.HostNotAllowed(
-            f"host: {refused}", [{"field": "host", "message": str(refused)}]
-        ) from None
     except HostUnresolved as unresolved:
         return failed("connect_failed", str(unresolved), None), None
     result = await probe(

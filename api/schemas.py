@@ -12,6 +12,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from api.errors import InvalidRequest
 from gateway import timestamps
 from gateway.addresses import NO_CONTROL_PATTERN
+from gateway.errors import InvalidInput
 from gateway.intake import fields
 from gateway.intake.fields import ENCODED_WORD, HEADER_SAFE
 from gateway.queue import operations as queue_ops
@@ -429,7 +430,7 @@ def parse(model: type[T], body: bytes) -> T:
     return parsed
 
 
-class _DuplicateKey(Exception):
+class _DuplicateKey(InvalidInput):
     pass
 
 

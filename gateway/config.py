@@ -19,12 +19,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from gateway.dns import parse_nameserver
+from gateway.errors import ConfigError
 from gateway.rates import parse_rate
-
-
-class ConfigError(Exception):
-    """A configuration problem, phrased as one line for the operator."""
-
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -320,8 +317,6 @@ def _schedule(value: Any, where: str) -> tuple[float, ...]:
 
 
 def _nameservers(value: Any, where: str) -> tuple[str, ...]:
-    from gateway.dns import parse_nameserver  # dns imports this module for ConfigError
-
     entries = _strings(value, where)
     for entry in entries:
         parse_nameserver(entry)

@@ -31,7 +31,7 @@ import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 
-from gateway.config import ConfigError
+from gateway.errors import ConfigError
 
 DEFAULT_PORT = 53
 

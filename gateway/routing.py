@@ -28,6 +28,7 @@ from functools import cached_property
 from typing import Protocol
 
 from gateway.addresses import mailbox_key
+from gateway.errors import Refused
 from gateway.message import Route
 
 DEFAULT_GROUP = "transactional"
@@ -60,7 +61,7 @@ class AliasView:
         return mailbox_key(self.email)
 
 
-class RouteRefused(Exception):
+class RouteRefused(Refused):
     """No route for this message; the door says why (never a silent fallback)."""
 
 

@@ -19,6 +19,7 @@ from sqlalchemy import Connection, delete, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from storage.db import Database
+from storage.errors import Refused
 from storage.models import AliasToken, Message, SenderAlias
 
 A = SenderAlias.__table__  # type: ignore[attr-defined]
@@ -30,7 +31,7 @@ _ACTIVE = ("queued", "deferred")
 _DEFAULT_LOCK = 7303
 
 
-class AliasError(Exception):
+class AliasError(Refused):
     """Base of this module's refusals; the message is safe to show."""
 
 

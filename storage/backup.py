@@ -17,10 +17,11 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from storage.errors import StorageError
 from storage.models import Meta
 
 
-class BackupError(Exception):
+class BackupError(StorageError):
     """The copy could not be made or does not check out; nothing was left at the target."""
 
 

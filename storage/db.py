@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, select, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlmodel import SQLModel
 
+from storage.errors import StorageError, unavailable
 from storage.models import EVENT_TXID, SCHEMA_VERSION, Meta
 
 log = logging.getLogger("postern.storage")
@@ -32,7 +33,7 @@ Query = Callable[[Connection], T]
 LOCK_WAIT = 300.0  # seconds to wait for another process's schema upgrade (SQLite)
 
 
-class SchemaError(Exception):
+class SchemaError(StorageError):
     """The database was written by a newer Postern than this one."""
 
 
@@ -94,7 +95,14 @@ class Database:
         return "sqlite" if self.is_sqlite else "postgresql"
 
     async def read(self, query: Query[T]) -> T:
-        """Run `query` on a connection outside any explicit transaction."""
+        """Run `query` on a connection outside any explicit transaction. A driver's error
+        is raised as the StorageUnavailable it stands for, as a write's is (storage.errors)."""
+        try:
+            return await self._read(query)
+        except (SQLAlchemyError, OSError) as error:
+            raise unavailable(error) from error
+
+    async def _read(self, query: Query[T]) -> T:
         if self._sync is not None:
             engine = self._sync
 

@@ -23,6 +23,7 @@ from sqlalchemy import Connection, select, update
 from sqlalchemy.exc import IntegrityError
 
 from storage.db import Database
+from storage.errors import Refused
 from storage.models import DkimKey
 
 D = DkimKey.__table__  # type: ignore[attr-defined]
@@ -39,7 +40,7 @@ class Cipher(Protocol):
     def unseal(self, token: str, *context: str) -> bytes: ...
 
 
-class DkimKeyError(Exception):
+class DkimKeyError(Refused):
     """Base of this module's errors."""
 
 

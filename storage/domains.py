@@ -15,12 +15,13 @@ from sqlalchemy import Connection, delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from storage.db import Database
+from storage.errors import Refused
 from storage.models import SenderDomain
 
 D = SenderDomain.__table__  # type: ignore[attr-defined]
 
 
-class DomainExists(Exception):
+class DomainExists(Refused):
     """The domain is already registered."""
 
 

@@ -24,6 +24,7 @@ from sqlalchemy import Connection, bindparam, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from storage.db import Database
+from storage.errors import IdempotencyError
 from storage.models import Idempotency
 from storage.writer import Batch, Writer
 
@@ -72,7 +73,7 @@ def _reserve_statement(dialect: Any) -> Any:
 _RESERVE = {"sqlite": _reserve_statement(sqlite), "postgresql": _reserve_statement(postgresql)}
 
 
-class Duplicate(Exception):
+class Duplicate(IdempotencyError):
     """The idempotency key was used already: the first message stands, nothing was stored."""
 
     def __init__(self, message_id: str, response: dict[str, Any] | None = None) -> None:
@@ -81,7 +82,7 @@ class Duplicate(Exception):
         self.response = response  # {"status": int, "body": {...}}, once the first answered
 
 
-class KeyReused(Exception):
+class KeyReused(IdempotencyError):
     """The idempotency key was used already for a different request: nothing was stored."""
 
     def __init__(self, message_id: str) -> None:

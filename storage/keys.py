@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from sqlalchemy import Connection, select, update
 
 from storage.db import Database
+from storage.errors import InvalidInput
 from storage.models import ApiKey
 
 K = ApiKey.__table__  # type: ignore[attr-defined]
@@ -41,7 +42,7 @@ SCOPES = (
 CACHE_SECONDS = 2.0  # how long a node may keep using a key revoked elsewhere
 
 
-class UnknownScope(ValueError):
+class UnknownScope(InvalidInput, ValueError):
     """A scope name that is not one of SCOPES."""
 
 

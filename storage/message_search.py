@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import Connection, Select, and_, func, or_, select, tuple_
 
 from storage.db import Database
+from storage.errors import InvalidInput
 from storage.mailboxes import normalise
 from storage.messages import next_attempt_at
 from storage.models import Message, MessageMeta, MessageTag, Pool, Recipient
@@ -37,7 +38,7 @@ CHUNK = 500  # ids per transaction in the bulk operations
 Key = tuple[float, str]  # (created_at, id): a position in newest-first order
 
 
-class InvalidCursor(ValueError):
+class InvalidCursor(InvalidInput, ValueError):
     """The cursor was not one this module made."""
 
 

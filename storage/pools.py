@@ -29,6 +29,7 @@ from sqlalchemy import Connection, and_, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from storage.db import Database
+from storage.errors import InvalidInput, Refused
 from storage.models import Message, Pool
 
 P = Pool.__table__  # type: ignore[attr-defined]
@@ -61,7 +62,7 @@ _DEFAULT_LOCK = 7302  # PostgreSQL advisory lock: one default-changing transacti
 Seal = Callable[[str], str]  # pool id -> password ciphertext bound to it ("" = no password)
 
 
-class PoolError(Exception):
+class PoolError(Refused):
     """Base of this module's refusals; the message is safe to show."""
 
 
@@ -85,7 +86,7 @@ class PoolInUse(PoolError):
     """Queued mail still needs the pool (delete with move_to)."""
 
 
-class BadMoveTarget(PoolError):
+class BadMoveTarget(PoolError, InvalidInput):
     """move_to names no other active pool."""
 
 

@@ -12,28 +12,32 @@ write (say, a unique-key clash) fails alone and never takes its neighbours with 
 
 When the database itself fails a commit (full, locked, down), the writer remembers it until
 a commit succeeds: `readiness()` reports it (and probes whether writes commit again), and
-`known_full()` lets a door refuse a message before it is sent rather than after.
-
-    StorageUnavailable        a write failed; nothing of it was committed
-     ├── StorageFull          ... for want of space (ENOSPC, SQLITE_FULL, PostgreSQL 53100)
-     └── WriterStopped        ... because the writer is not running
+`known_full()` lets a door refuse a message before it is sent rather than after. A failed
+write raises StorageUnavailable (StorageFull for want of space, WriterStopped when the
+writer is not running): storage.errors.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, update
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql import Executable
 
 from storage.db import Database
+from storage.errors import (
+    StorageFull,
+    StorageUnavailable,
+    WriterStopped,
+    database_failed,
+    unavailable,
+)
 from storage.models import Meta
 
 log = logging.getLogger("postern.storage")
@@ -65,55 +69,10 @@ class _Job:
     done: asyncio.Future[Any]
 
 
-class StorageUnavailable(Exception):
-    """The database refused or failed a write; nothing of it was committed."""
-
-    kind = "error"  # the label of postern_storage_write_failures_total{reason}
-
-
-class StorageFull(StorageUnavailable):
-    """The write failed for want of space: the disk, a quota, the database's size cap."""
-
-    kind = "full"
-
-
-class WriterStopped(StorageUnavailable):
-    """The writer is not running (stopping, or never started)."""
-
-    kind = "stopped"
-
-
-_SQLITE_FULL = 13  # SQLite's primary result code for "database or disk is full"
-_PG_DISK_FULL = "53100"  # PostgreSQL's SQLSTATE disk_full
 # What readiness() writes to find out whether writes commit: a row rewritten as it is.
 _PROBE = update(Meta).where(Meta.key == "schema_version").values(value=Meta.value)  # type: ignore[arg-type]
 
 FailureHook = Callable[[StorageUnavailable], None]
-
-
-def is_disk_full(error: BaseException) -> bool:
-    """ENOSPC/EDQUOT, SQLITE_FULL or PostgreSQL's disk_full, however deeply wrapped."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        code = getattr(current, "sqlite_errorcode", None)
-        if isinstance(code, int) and code & 0xFF == _SQLITE_FULL:
-            return True
-        if getattr(current, "sqlstate", None) == _PG_DISK_FULL:
-            return True
-        current = getattr(current, "orig", None) or current.__cause__
-    return False
-
-
-def database_failed(error: BaseException) -> bool:
-    """The database itself failed (full, locked, I/O, down), not one write's data (a
-    unique-key clash): every write would fail the same way for now."""
-    if isinstance(error, OSError | OperationalError | InterfaceError) or is_disk_full(error):
-        return True  # (asyncpg's disk_full arrives as a bare DBAPIError)
-    return isinstance(error, DBAPIError) and error.connection_invalidated
 
 
 class Writer:
@@ -230,9 +189,7 @@ class Writer:
 
     def _failed(self, error: Exception) -> StorageUnavailable:
         """Remember and count a failure of the database itself; it, for the callers."""
-        kind = StorageFull if is_disk_full(error) else StorageUnavailable
-        text = str(error).strip()
-        failure = kind(text.splitlines()[0] if text else repr(error))
+        failure = unavailable(error)
         self.failure, self._failed_at = failure, asyncio.get_running_loop().time()
         log.error("storage write failed: %s", error)
         if self._on_failure is not None:

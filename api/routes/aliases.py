@@ -5,6 +5,7 @@ An alias's address must be on a verified domain. Creating one sends a verificati
 `GET /api/v1/aliases/verify?token=...`: single-use, valid 48 hours, only its SHA-256 kept.
 Following it sets `is_verified`; from then on mail From the alias routes to its ip_pool and
 passes the `verified` sender policy. Only name, is_default and ip_pool change afterwards.
+The refusals of storage.aliases (AliasError) are answered from api.errors.ANSWERS.
 """
 
 from __future__ import annotations
@@ -114,18 +115,15 @@ async def create(request: Request) -> Response:
             [{"field": "email", "message": "the domain is not verified"}],
         )
     token = secrets.token_urlsafe(32)
-    try:
-        record = await aliases.create_alias(
-            ctx.db,
-            email=email,
-            name=name,
-            is_default=body.is_default,
-            ip_pool=body.ip_pool,
-            token_hash=token_hash(token),
-            expires_at=time.time() + TOKEN_TTL,
-        )
-    except aliases.AliasExists as error:
-        raise errors.Conflict(str(error)) from None
+    record = await aliases.create_alias(
+        ctx.db,
+        email=email,
+        name=name,
+        is_default=body.is_default,
+        ip_pool=body.ip_pool,
+        token_hash=token_hash(token),
+        expires_at=time.time() + TOKEN_TTL,
+    )
     await _changed(ctx)
     link = f"{manage.public_url}{BASE}/verify?token={token}"
     message_id = await _send_verification(ctx, key, record, link)
@@ -244,10 +242,7 @@ async def change(request: Request) -> Response:
         problem = text_problem(changes["name"], header=True)
         if problem:
             raise _bad("name", problem)
-    try:
-        record = await aliases.update_alias(ctx.db, request.path_params["alias_id"], changes)
-    except aliases.AliasNotFound:
-        raise errors.NotFound("alias not found") from None
+    record = await aliases.update_alias(ctx.db, request.path_params["alias_id"], changes)
     await _changed(ctx)
     return JSONResponse({"success": True, "alias": alias_json(record)})
 
@@ -265,14 +260,7 @@ async def change(request: Request) -> Response:
 )
 async def remove(request: Request) -> Response:
     ctx, _ = await _caller(request)
-    try:
-        await aliases.delete_alias(ctx.db, request.path_params["alias_id"])
-    except aliases.AliasNotFound:
-        raise errors.NotFound("alias not found") from None
-    except aliases.AliasInUse as error:
-        raise errors.AliasInUse(str(error)) from None
-    except aliases.LastVerifiedAlias as error:
-        raise errors.LastVerifiedAlias(str(error)) from None
+    await aliases.delete_alias(ctx.db, request.path_params["alias_id"])
     await _changed(ctx)
     return JSONResponse({"success": True})
 

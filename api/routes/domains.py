@@ -4,7 +4,8 @@ Adding a domain generates its DKIM key (or keeps one `postern dkim generate` mad
 answers the DNS records to publish: DKIM, SPF, DMARC. `POST /{id}/verify` looks them up
 through the `[dns] nameservers` (uncached) and verifies the domain when DKIM and SPF are
 there. An `admin` key may add a domain already verified (`"verified": true`), e.g. for a
-domain whose DNS is managed elsewhere. `{id}` is the domain's id or its name.
+domain whose DNS is managed elsewhere. `{id}` is the domain's id or its name. A domain
+registered twice (DomainExists) is answered from api.errors.ANSWERS.
 """
 
 from __future__ import annotations
@@ -108,12 +109,9 @@ async def create(request: Request) -> Response:
         ) from None
     if body.verified and not key.has("admin"):
         raise errors.Forbidden("only an admin key may add a domain as already verified")
-    try:
-        record, _ = await sender_domains.register(
-            ctx.db, manage.box, name, verified=body.verified, algorithm=body.algorithm
-        )
-    except domains.DomainExists as error:
-        raise errors.Conflict(str(error)) from None
+    record, _ = await sender_domains.register(
+        ctx.db, manage.box, name, verified=body.verified, algorithm=body.algorithm
+    )
     if record.is_verified:
         await manage.identities.reload()
     return JSONResponse(

@@ -23,29 +23,32 @@ from api.context import ApiContext, iso
 from api.openapi import operation
 from api.schemas import ErrorResponse, QueuedResponse, SendRequest, SendResponse, parse
 from gateway import maillog
+from gateway.errors import StorageFull, StorageUnavailable
 from gateway.headers import header_size
 from gateway.intake.fields import control_problems, sandbox_flag, text_problem
 from gateway.intake.message_builder import BuildError, Built, Draft, Mailbox, build
-from gateway.intake.pipeline import (
-    Accepted,
-    AliasUnverified,
-    AllSuppressed,
-    Duplicate,
-    KeyReused,
-    NoRoute,
-    NotPermitted,
-    UnknownAlias,
-    UnverifiedSender,
-)
+from gateway.intake.pipeline import Accepted, Duplicate, NoRoute
 from gateway.intake.request_digest import json_digest
 from gateway.message import Sender, Submission
 from gateway.queue import idempotency
 from storage.keys import ApiKeyRecord, submit_refusal
 from storage.messages import MessageState, message_state
-from storage.writer import StorageFull, StorageUnavailable
 
 SANDBOX_HEADERS = ("x-misarmail-sandbox", "x-postern-sandbox")
 QUEUED_TEXT = "Email queued for retry"
+# What a send says when its message could not be stored (elsewhere: that storage failed).
+_NOT_STORED: dict[type[Exception], errors.Answer] = {
+    StorageFull: errors.Answer(
+        errors.StorageFull,
+        "the disk is full: the message could not be stored; nothing was accepted, "
+        "please retry later",
+    ),
+    StorageUnavailable: errors.Answer(
+        errors.Unavailable,
+        "the message could not be stored; nothing was accepted, please retry",
+        retry_after=1,
+    ),
+}
 
 
 def sandbox_requested(request: Request) -> bool:
@@ -181,42 +184,14 @@ async def send(request: Request) -> Response:
     except Duplicate as duplicate:
         assert body.idempotency_key is not None
         return await _replay(ctx, key, body.idempotency_key, duplicate)
-    except KeyReused:
-        raise errors.IdempotencyKeyReused(
-            "this idempotency_key was used within 24 h for a different request; "
-            "use a new key for a new message",
-            [{"field": "idempotency_key", "message": "already used for a different request"}],
-        ) from None
-    except AllSuppressed:
-        raise errors.Suppressed() from None
-    except UnknownAlias:
-        raise errors.UnknownAlias(
-            "unknown alias_id",
-            [{"field": "alias_id", "message": "names neither an SMTP pool nor an alias"}],
-        ) from None
-    except AliasUnverified as refusal:
-        raise errors.AliasNotVerified(
-            refusal.reason, [{"field": "alias_id", "message": "verify the alias first"}]
-        ) from None
     except NoRoute as refusal:
         field = "alias_id" if body.alias_id else "from"  # else the From's alias chose it
         raise errors.NoRoute(
             refusal.reason, [{"field": field, "message": refusal.reason}]
         ) from None
-    except UnverifiedSender as refusal:
-        raise errors.UnverifiedSender(refusal.reason) from None
-    except NotPermitted as refusal:
-        raise errors.Forbidden(refusal.reason) from None
-    except StorageFull:
-        raise errors.StorageFull(
-            "the disk is full: the message could not be stored; nothing was accepted, "
-            "please retry later"
-        ) from None
-    except StorageUnavailable:
-        raise errors.Unavailable(
-            "the message could not be stored; nothing was accepted, please retry",
-            headers={"Retry-After": "1"},
-        ) from None
+    except StorageUnavailable as error:
+        raise errors.answer(error, _NOT_STORED) from None
+    # Any other refusal (KeyReused, AllSuppressed, ...) is answered from errors.ANSWERS.
     status, payload = await _outcome(ctx, accepted, sandbox)
     if body.idempotency_key is not None:
         # Off the answer's path: a replay that comes first waits for it (see _replay).

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import aiosmtplib
 
 from gateway.addresses import has_control
+from gateway.errors import DeliveryError
 
 MAX_REPLY_LINES = 100  # lines of one reply (an EHLO has a dozen; RFC 5321 sets no limit)
 MAX_REPLY_BYTES = 32 * 1024  # one reply, all its lines (aiosmtplib's bound too)
@@ -48,7 +49,7 @@ class TransactionReplies:
     body_sent: bool = False  # the final dot went out: a lost reply may mean delivered
 
 
-class SessionClosed(Exception):
+class SessionClosed(DeliveryError):
     """The upstream closed the connection, or the session broke; it cannot be reused."""
 
     def __init__(self, message: str, body_sent: bool = False) -> None:

@@ -33,6 +33,7 @@ from aiosmtplib import (
     SMTPServerDisconnected,
 )
 
+from gateway.errors import DeliveryError
 from gateway.security.hostguard import connect_first
 
 CONNECTION = "smtp_connection_error"
@@ -76,7 +77,7 @@ class ProbeResult:
     reply: str | None = None  # the server's SMTP reply that made it fail, sanitised
 
 
-class _Failed(Exception):
+class _Failed(DeliveryError):
     def __init__(self, reason: str, detail: str, reply: str | None = None) -> None:
         super().__init__(detail)
         self.reason = reason

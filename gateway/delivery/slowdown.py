@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway.errors import DeliveryError
+
 # COOLDOWN: a pool that fails this many times in a row is set aside; the pause starts at
 # SessionSettings.cooldown and doubles with each further failure, up to COOLDOWN_MAX.
 COOLDOWN_AFTER = 3
@@ -47,7 +49,7 @@ class Wait:
     text: str  # for last_response: "waiting: pool X rate limit 60/min"
 
 
-class Postponed(Exception):
+class Postponed(DeliveryError):
     """Raised out of an attempt that must WAIT: the message goes back to the queue until
     `wait.until`, no attempt counted (unlike a RETRY)."""
 

@@ -30,6 +30,7 @@ from gateway.delivery.pipelining import (
     SessionTimeout,
     TransactionReplies,
 )
+from gateway.errors import DeliveryError
 from gateway.message import DeliveryResult, Hop, Outcome, QueuedMessage
 from gateway.security.hostguard import HostGuard, HostRefused, HostUnresolved
 
@@ -75,11 +76,11 @@ class SessionSettings:
     guard: HostGuard = field(default_factory=HostGuard)
 
 
-class _StaleSession(Exception):
+class _StaleSession(DeliveryError):
     """A reused session turned out to be closed before anything was sent on it."""
 
 
-class PoolUnavailable(Exception):
+class PoolUnavailable(DeliveryError):
     """This pool cannot take the message now; try the next pool, else defer."""
 
     def __init__(self, result: DeliveryResult) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from gateway.errors import PosternError
 
-class DkimError(Exception):
+
+class DkimError(PosternError):
     """Base of the DKIM errors."""
 
 

@@ -36,6 +36,7 @@ import time
 from typing import cast
 
 from gateway.dkim.signing_child import ANSWER, KEY_NUMBER, REQUEST, SIGNATURE_MAX
+from gateway.errors import PosternError
 
 log = logging.getLogger("postern.dkim")
 
@@ -49,7 +50,7 @@ _CHILD_ENVIRONMENT = (
 )  # fmt: skip
 
 
-class SigningUnavailable(Exception):
+class SigningUnavailable(PosternError):
     """No child process could sign: sign in-process instead."""
 
 

@@ -22,6 +22,7 @@ from email.message import EmailMessage
 import idna
 
 from gateway.addresses import envelope_problem, normalise
+from gateway.errors import InvalidInput
 from gateway.headers import content_problem, header_fields, split_header
 from gateway.intake.fields import text_problem
 
@@ -73,7 +74,7 @@ class Problem:
     message: str
 
 
-class BuildError(ValueError):
+class BuildError(InvalidInput, ValueError):
     """The draft cannot become a message; `problems` say which field and why."""
 
     def __init__(self, problems: Sequence[Problem]) -> None:

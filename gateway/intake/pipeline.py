@@ -21,6 +21,7 @@ from typing import Any
 from gateway import maillog, metrics
 from gateway.dkim.cache import Signers
 from gateway.dkim.errors import DkimError
+from gateway.errors import Refused
 from gateway.intake.identities import Identities
 from gateway.message import QueuedMessage, Route, Submission
 from gateway.queue import idempotency
@@ -52,7 +53,7 @@ __all__ = [
 ]
 
 
-class Refusal(Exception):
+class Refusal(Refused):
     """Intake will not take the message; `reason` is safe to show the client."""
 
     reason = "refused"

@@ -15,6 +15,7 @@ import resource
 from dataclasses import dataclass
 
 from gateway.config import Config
+from gateway.errors import PosternError
 
 log = logging.getLogger("postern")
 
@@ -24,7 +25,7 @@ MIN_PER_DOOR = 16
 CEILING = 1 << 20  # when the hard limit is "unlimited" (the kernel's default nr_open)
 
 
-class TooFewDescriptors(Exception):
+class TooFewDescriptors(PosternError):
     """The open-file limit leaves no room for the doors."""
 
 

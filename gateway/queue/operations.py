@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from gateway import timestamps
 from gateway.addresses import envelope_problem, has_control
+from gateway.errors import InvalidInput, Refused
 from gateway.queue.store import Queue
 from storage.db import Database
 from storage.message_search import (
@@ -41,7 +42,7 @@ _STATUS = f"(?:{'|'.join(STATUSES)})"
 STATUS_PATTERN = rf"^[ \t]*{_STATUS}[ \t]*(?:,[ \t]*{_STATUS}[ \t]*)*$"  # "queued, deferred"
 
 
-class FilterError(ValueError):
+class FilterError(InvalidInput, ValueError):
     """A filter value that cannot be used; `field` names it for the 400's details."""
 
     def __init__(self, field: str, message: str) -> None:
@@ -50,11 +51,11 @@ class FilterError(ValueError):
         self.message = message
 
 
-class MessageFinal(Exception):
+class MessageFinal(Refused):
     """The message has no work left (delivered, bounced, cancelled, sandbox)."""
 
 
-class MessageBusy(Exception):
+class MessageBusy(Refused):
     """A worker is delivering the message right now."""
 
 

@@ -33,6 +33,7 @@ import socket
 from collections.abc import Sequence
 
 from gateway.dns import Addresses, NoRecords, NoSuchDomain, Resolver
+from gateway.errors import DeliveryError, Refused
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -63,11 +64,11 @@ _ISATAP = (0x00005EFE, 0x02005EFE)  # interface identifier ::[02]00:5efe:a.b.c.d
 RESOLVE_TIMEOUT = 5.0
 
 
-class HostRefused(Exception):
+class HostRefused(Refused):
     """The host is, or resolves to, a denied address; the message says which."""
 
 
-class HostUnresolved(Exception):
+class HostUnresolved(DeliveryError):
     """The host does not resolve (now): nothing to connect to."""
 
 

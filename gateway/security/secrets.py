@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import Connection, select
 from sqlalchemy.exc import IntegrityError
 
+from gateway.errors import SecretError
 from storage.db import Database, prepare_data_dir
 from storage.models import Meta
 
@@ -49,10 +50,6 @@ _NONCE = 12
 
 _META = Meta.__table__  # type: ignore[attr-defined]
 META_KEY_ID = "secret_key_id"  # the postern_meta row naming the key secrets are sealed with
-
-
-class SecretError(Exception):
-    """Base of every error of this module."""
 
 
 class SecretKeyError(SecretError):

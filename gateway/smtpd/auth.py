@@ -31,19 +31,13 @@ from aiosmtpd.smtp import AuthResult, LoginPassword, Session
 
 from gateway.message import Sender
 from gateway.security.ratelimit import RateLimiter
+from gateway.smtpd import replies
 from storage.keys import KEY_PREFIX, ApiKeyRecord, KeyStore
 
 BASE_DELAY = 0.25
 MAX_DELAY = 8.0
 FORGET_AFTER = 600.0  # seconds without a failure after which a client starts afresh
 MAX_SESSION_FAILURES = 3
-
-INVALID = "535 5.7.8 Authentication credentials invalid"  # aiosmtpd's own words
-TOO_MANY_FAILURES = "421 4.7.0 Too many failed authentication attempts, closing connection"
-OVER_BUDGET = "421 4.7.0 Too many failed authentication attempts, try again later"
-KEY_REVOKED = "530 5.7.0 Authentication required: this session's API key was revoked"
-KEY_RATE = "451 4.7.0 This API key's rate limit is reached, try again in {} s"
-UNAVAILABLE = "454 4.7.0 Temporary authentication failure"  # RFC 4954: the lookup failed
 
 
 class AuthThrottle:
@@ -129,9 +123,9 @@ async def key_refusal(
     if keys is None or not await keys.still_active(key.id):
         session.authenticated = False
         session.auth_data = session.login_data = None
-        return KEY_REVOKED
+        return replies.AUTH_KEY_REVOKED
     wait = limiter.take(key.id) if limiter is not None else 0.0
-    return KEY_RATE.format(math.ceil(wait)) if wait > 0 else None
+    return replies.AUTH_KEY_RATE.format(seconds=math.ceil(wait)) if wait > 0 else None
 
 
 class ApiKeyAuth:
@@ -167,7 +161,7 @@ class ApiKeyAuth:
         peer = self.session.peer if self.session is not None else None
         host = peer[0] if isinstance(peer, tuple) and peer else str(peer)
         if not throttle.admit(host):
-            await self._hang_up(OVER_BUDGET)
+            await self._hang_up(replies.AUTH_OVER_BUDGET)
             return AuthResult(success=False, handled=True)
         secret = offered.password.decode("utf-8", "replace")
         try:
@@ -176,23 +170,23 @@ class ApiKeyAuth:
             throttle.passed(host)
             # Only the error's class: a database error can quote the query's parameters.
             details = f"mechanism={mechanism} key lookup failed: {type(error).__name__}"
-            self.log_refusal(UNAVAILABLE, details)  # type: ignore[attr-defined]
-            return AuthResult(success=False, handled=False, message=UNAVAILABLE)
+            self.log_refusal(replies.AUTH_UNAVAILABLE, details)  # type: ignore[attr-defined]
+            return AuthResult(success=False, handled=False, message=replies.AUTH_UNAVAILABLE)
         if key is not None and (key.may_send or key.may_sandbox):
             throttle.passed(host)
             return AuthResult(success=True, auth_data=key)
         user = _shown_user(offered.login.decode("utf-8", "replace"), secret)
         known = f"key={key.id} (no send scope)" if key is not None else "key=unknown"
         details = f"mechanism={mechanism} user=<{user}> {known}"
-        self.log_refusal(INVALID, details)  # type: ignore[attr-defined]
+        self.log_refusal(replies.AUTH_INVALID, details)  # type: ignore[attr-defined]
         await asyncio.sleep(throttle.failed(host))
         self._auth_failures += 1
         if self._auth_failures >= MAX_SESSION_FAILURES:
             # The 535 this attempt earned, then the unsolicited 421 that ends the session.
-            await self.push(INVALID)  # type: ignore[attr-defined]
-            await self._hang_up(TOO_MANY_FAILURES)
+            await self.push(replies.AUTH_INVALID)  # type: ignore[attr-defined]
+            await self._hang_up(replies.AUTH_TOO_MANY_FAILURES)
             return AuthResult(success=False, handled=True)
-        return AuthResult(success=False, handled=False, message=INVALID)
+        return AuthResult(success=False, handled=False, message=replies.AUTH_INVALID)
 
     async def _hang_up(self, reply: str) -> None:
         """Answer `reply` and close the connection (as aiosmtpd's QUIT does)."""

@@ -1,8 +1,8 @@
 """The SMTP door: aiosmtpd protocol plus the checks aiosmtpd leaves to its users.
 
-Protocol only: every decision about the message is Intake's. Replies are built here from
-named constants, with RFC 3463 enhanced status codes; the detail of an internal error goes
-to the log, never to the client (a generic 451 4.3.0 so that clients keep the message).
+Protocol only: every decision about the message is Intake's. Every reply sent is a constant
+of gateway.smtpd.replies, and an error intake raises is answered through its table; the
+detail of an internal error goes to the log, never to the client.
 """
 
 from __future__ import annotations
@@ -22,26 +22,19 @@ from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 from gateway import maillog, metrics
 from gateway.addresses import envelope_problem, has_control
 from gateway.config import is_loopback
+from gateway.errors import PosternError, StorageFull, StorageUnavailable
 from gateway.headers import MAX_HOPS, Cleaned, clean_header, header_size
 from gateway.intake.fields import control_problems, sandbox_flag
-from gateway.intake.pipeline import (
-    AliasUnverified,
-    AllSuppressed,
-    Duplicate,
-    Intake,
-    KeyReused,
-    NoRoute,
-    NotPermitted,
-    UnknownAlias,
-)
+from gateway.intake.pipeline import Intake
 from gateway.intake.request_digest import smtp_digest
 from gateway.message import Submission
 from gateway.queue.ids import new_id_for
 from gateway.security.ratelimit import RateLimiter
+from gateway.smtpd import replies
 from gateway.smtpd.auth import ApiKeyAuth, AuthThrottle, key_refusal, sender_of
 from gateway.smtpd.data import DataBudget, Refusal, Transfer
 from storage.keys import KeyStore
-from storage.writer import StorageFull, StorageUnavailable, Writer
+from storage.writer import Writer
 
 log = logging.getLogger("postern.smtp")
 
@@ -51,74 +44,6 @@ _PLAIN_PATH = re.compile(
 _HELO_NAME = re.compile(r"[A-Za-z0-9.\-_]{1,253}|\[[0-9A-Fa-f.:IPv]{1,60}\]")
 NULL_SENDER = "<>"  # how aiosmtpd hands over `MAIL FROM:<>` (bounces)
 _INLINE_DIGEST = 64 * 1024  # bytes: a larger message's idempotency digest runs in a thread
-
-
-class Reply:
-    """The replies Postern itself gives, in one place."""
-
-    OK_SENDER = "250 2.1.0 Sender OK"
-    OK_RECIPIENT = "250 2.1.5 Recipient OK"
-    TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
-    SUPPRESSED = "550 5.7.1 Recipient is suppressed (bounced, complained or unsubscribed)"
-    BAD_ADDRESS = "501 5.1.3 Bad address syntax: {}"
-    BAD_HELO = "501 5.5.4 Control characters in the EHLO/HELO name"
-    CONTROL_IN_COMMAND = "501 5.5.4 Control characters in the command"
-    BAD_CONTENT = "550 5.6.0 Message refused: {}"
-    TOO_BIG = "552 5.3.4 Message too big"
-    HEADER_TOO_BIG = "552 5.3.4 Message header too big (over {} bytes)"
-    LINE_TOO_LONG = "500 5.5.2 Line too long (over 998 bytes)"
-    NO_ROOM = "452 4.3.1 Too much mail in transit, try again later"  # the DATA memory budget
-    TOO_MANY_HOPS = "554 5.4.6 Too many Received headers: a mail loop?"
-    UNKNOWN_ALIAS = "550 5.7.1 Unknown X-Postern-Alias-Id"
-    ALIAS_NOT_VERIFIED = "550 5.7.1 The alias of X-Postern-Alias-Id is not verified yet"
-    NO_ROUTE = "550 5.7.1 No route: {}"
-    NOT_PERMITTED = "550 5.7.1 {}"
-    ALL_SUPPRESSED = "550 5.7.1 Every recipient is suppressed"
-    KEY_REUSED = (
-        "550 5.7.1 X-Postern-Idempotency-Key already used within 24 h for a different "
-        "message ({}); use a new key"
-    )
-    TEMPORARY = "451 4.3.0 Temporary failure, please try again later"
-    STORAGE_FULL = "452 4.3.1 Insufficient system storage, please try again later"
-    TOO_MANY_CONNECTIONS = b"421 4.7.0 Too many connections, try again later\r\n"
-    SESSION_TOO_LONG = b"421 4.4.2 Session time limit reached, closing connection\r\n"
-    QUEUED = "250 2.0.0 OK queued as {}"
-
-
-# aiosmtpd's own replies lack enhanced codes (RFC 3463); these are added on the way out.
-_ENHANCED_DEFAULT = {
-    "421": "4.3.0",
-    "451": "4.3.0",
-    "454": "4.7.0",
-    "500": "5.5.2",
-    "501": "5.5.4",
-    "502": "5.5.1",
-    "503": "5.5.1",
-    "504": "5.5.4",
-    "530": "5.7.0",
-    "550": "5.0.0",
-    "552": "5.3.4",
-    "553": "5.1.3",
-    "554": "5.0.0",
-    "555": "5.5.4",
-}
-_REWORDED = {
-    "552 Error: message size exceeds fixed maximum message size": (
-        "552 5.3.4 Message size exceeds fixed maximum message size"
-    ),
-    "250 OK": "250 2.0.0 OK",
-    "221 Bye": "221 2.0.0 Bye",
-}
-
-
-def with_enhanced_code(reply: str) -> str:
-    if reply in _REWORDED:
-        return _REWORDED[reply]
-    code, _, text = reply.partition(" ")
-    enhanced = _ENHANCED_DEFAULT.get(code)
-    if enhanced is None or text[:2] in ("2.", "4.", "5."):
-        return reply
-    return f"{code} {enhanced} {text}"
 
 
 @dataclass
@@ -226,8 +151,8 @@ class PosternSMTP(ApiKeyAuth, SMTP):
             self._refused = True
             metrics.CONNECTIONS_REFUSED.labels(door="smtp").inc()
             peer = maillog.client(transport.get_extra_info("peername"))
-            maillog.reject("CONNECT", peer, Reply.TOO_MANY_CONNECTIONS.decode().strip(), "")
-            transport.write(Reply.TOO_MANY_CONNECTIONS)  # type: ignore[attr-defined]
+            maillog.reject("CONNECT", peer, replies.TOO_MANY_CONNECTIONS, "")
+            transport.write(replies.TOO_MANY_CONNECTIONS.line)  # type: ignore[attr-defined]
             transport.close()
             return
         if first:
@@ -259,8 +184,8 @@ class PosternSMTP(ApiKeyAuth, SMTP):
     def _timeout_cb(self) -> None:
         ends = self._session_ends
         if ends is not None and self.loop.time() >= ends - 0.01 and self.transport is not None:
-            self.log_refusal(Reply.SESSION_TOO_LONG.decode().strip())
-            self.transport.write(Reply.SESSION_TOO_LONG)  # type: ignore[attr-defined]
+            self.log_refusal(replies.SESSION_TOO_LONG)
+            self.transport.write(replies.SESSION_TOO_LONG.line)  # type: ignore[attr-defined]
         super()._timeout_cb()
 
     def abort(self) -> None:
@@ -272,13 +197,13 @@ class PosternSMTP(ApiKeyAuth, SMTP):
     # sees the address: look at the raw argument first, so nothing is silently rewritten.
     async def smtp_MAIL(self, arg: str) -> None:
         if arg and has_control(arg):
-            await self.push(Reply.CONTROL_IN_COMMAND)
+            await self.push(replies.CONTROL_IN_COMMAND)
             return
         await super().smtp_MAIL(arg)
 
     async def smtp_RCPT(self, arg: str) -> None:
         if arg and has_control(arg):
-            await self.push(Reply.CONTROL_IN_COMMAND)
+            await self.push(replies.CONTROL_IN_COMMAND)
             return
         await super().smtp_RCPT(arg)
 
@@ -296,8 +221,9 @@ class PosternSMTP(ApiKeyAuth, SMTP):
         """aiosmtpd's DATA, read into one buffer (gateway.smtpd.data) within the budget."""
         if not await self._may_send_data(arg):
             return
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        await self.push(replies.START_DATA)
         transfer = Transfer(self._reader, self._limits.max_message_size, self._handler.data_budget)
+        status: str
         try:
             if not await transfer.receive():
                 return  # the connection is gone
@@ -310,7 +236,7 @@ class PosternSMTP(ApiKeyAuth, SMTP):
             # Also when the handler raised: aiosmtpd answers 451 then, and the next MAIL
             # on this connection must start a new transaction, not get "503 nested MAIL".
             self._set_post_data_state()
-        await self.push("250 OK" if status is MISSING else status)
+        await self.push(replies.OK if status is MISSING else status)
 
     async def _may_send_data(self, arg: str) -> bool:
         """Whether the client may send the content now; when not, it has been told why."""
@@ -318,14 +244,14 @@ class PosternSMTP(ApiKeyAuth, SMTP):
             return False
         assert self.envelope is not None
         if not self.envelope.rcpt_tos:
-            await self.push("503 Error: need RCPT command")
+            await self.push(replies.NEED_RECIPIENT)
             return False
         if arg:
-            await self.push("501 Syntax: DATA")
+            await self.push(replies.DATA_SYNTAX)
             return False
         if self._handler.data_budget.full:  # before the 354: no body is sent for nothing
             metrics.MESSAGES_REFUSED.labels(reason="data_budget").inc()
-            await self.push(Reply.NO_ROOM)
+            await self.push(replies.NO_ROOM)
             return False
         return True
 
@@ -338,13 +264,13 @@ class PosternSMTP(ApiKeyAuth, SMTP):
             return status
         if transfer.problem is not None:  # bare CR or LF, NUL: what relaying would alter
             metrics.MESSAGES_REFUSED.labels(reason="bad_content").inc()
-            return Reply.BAD_CONTENT.format(transfer.problem)
+            return replies.BAD_CONTENT.format(problem=transfer.problem)
         self.envelope.content = self.envelope.original_content = transfer.content
         return await self._call_handler_hook("DATA")
 
     async def push(self, status: Any) -> None:
         if isinstance(status, str):
-            status = with_enhanced_code(status)
+            status = replies.with_enhanced_code(status)
             code = status[:3]
             if code[:1] in ("4", "5") and code != "535":  # failed AUTH: logged where checked
                 self._log_refusal_of(status)
@@ -427,7 +353,7 @@ class PosternHandler:
         responses: list[str],
     ) -> list[str]:
         if has_control(hostname):
-            return [Reply.BAD_HELO]
+            return [replies.BAD_HELO]
         session.host_name = hostname
         return [*responses[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
 
@@ -435,7 +361,7 @@ class PosternHandler:
         self, server: SMTP, session: Session, envelope: Envelope, hostname: str
     ) -> str:
         if has_control(hostname):
-            return Reply.BAD_HELO
+            return replies.BAD_HELO
         session.host_name = hostname
         return f"250 {self._limits.hostname}"
 
@@ -448,31 +374,31 @@ class PosternHandler:
         if address != NULL_SENDER:
             problem = envelope_problem(address)
             if problem:
-                return Reply.BAD_ADDRESS.format(problem)
+                return replies.BAD_ADDRESS.format(problem=problem)
             refusal = await self._intake.envelope_problem(address)
             if refusal:  # the sender policy, before the client sends a body for nothing
-                return Reply.NOT_PERMITTED.format(refusal)
+                return replies.NOT_PERMITTED.format(reason=refusal)
         if self._storage is not None and self._storage.known_full():
-            return Reply.STORAGE_FULL  # before the client sends the content in vain
+            return replies.STORAGE_FULL  # before the client sends the content in vain
         envelope.mail_from = address
         envelope.mail_options.extend(options)
-        return Reply.OK_SENDER
+        return replies.OK_SENDER
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
         problem = envelope_problem(address)
         if problem:
-            return Reply.BAD_ADDRESS.format(problem)
+            return replies.BAD_ADDRESS.format(problem=problem)
         if len(envelope.rcpt_tos) >= self._limits.max_recipients:
-            return Reply.TOO_MANY_RECIPIENTS
+            return replies.TOO_MANY_RECIPIENTS
         if await self._intake.suppressed([address]):
             metrics.MESSAGES_SUPPRESSED.inc()
-            return Reply.SUPPRESSED
+            return replies.SUPPRESSED
         if address not in envelope.rcpt_tos:
             envelope.rcpt_tos.append(address)
             envelope.rcpt_options.extend(options)
-        return Reply.OK_RECIPIENT
+        return replies.OK_RECIPIENT
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or b""  # canonical, lines checked: smtp_data
@@ -486,14 +412,14 @@ class PosternHandler:
         reply refusing it: a header too big, a mail loop, a bad control field value."""
         if header_size(raw) > self._limits.max_header_size:
             metrics.MESSAGES_REFUSED.labels(reason="header_too_big").inc()
-            return Reply.HEADER_TOO_BIG.format(self._limits.max_header_size)
+            return replies.HEADER_TOO_BIG.format(limit=self._limits.max_header_size)
         cleaned = clean_header(raw)
         if cleaned.hops >= MAX_HOPS:
             metrics.MESSAGES_REFUSED.labels(reason="loop").inc()
-            return Reply.TOO_MANY_HOPS
+            return replies.TOO_MANY_HOPS
         problem = _control_problem(cleaned.controls)
         if problem:
-            return Reply.BAD_CONTENT.format(problem)
+            return replies.BAD_CONTENT.format(problem=problem)
         return cleaned
 
     async def _submission(
@@ -528,33 +454,22 @@ class PosternHandler:
         self.submitting += 1
         try:
             accepted = await self._intake.submit(submission)
-        except UnknownAlias:
-            return Reply.UNKNOWN_ALIAS
-        except AliasUnverified:
-            return Reply.ALIAS_NOT_VERIFIED
-        except NoRoute as refusal:
-            return Reply.NO_ROUTE.format(refusal.reason)
-        except AllSuppressed:
-            return Reply.ALL_SUPPRESSED
-        except Duplicate as duplicate:  # X-Postern-Idempotency-Key seen: the first one stands
-            return Reply.QUEUED.format(duplicate.message_id)
-        except KeyReused as reused:  # ... for another message: a client error, not a retry
-            return Reply.KEY_REUSED.format(reused.message_id)
-        except NotPermitted as refusal:
-            return Reply.NOT_PERMITTED.format(refusal.reason)
-        except StorageFull as error:
-            log.error("could not store a message, no space left: %s", error)
-            return Reply.STORAGE_FULL
-        except StorageUnavailable as error:
-            log.error("could not store a message: %s", error)
-            return Reply.TEMPORARY
+        except PosternError as error:
+            reply = replies.for_error(error)
+            if reply is None:
+                raise  # a bug: handle_exception answers
+            if isinstance(error, StorageFull):
+                log.error("could not store a message, no space left: %s", error)
+            elif isinstance(error, StorageUnavailable):
+                log.error("could not store a message: %s", error)
+            return reply
         finally:
             self.submitting -= 1
-        return Reply.QUEUED.format(accepted.message_id)
+        return replies.QUEUED.format(message_id=accepted.message_id)
 
     async def handle_exception(self, error: Exception) -> str:
         log.error("SMTP session error: %r", error, exc_info=error)
-        return Reply.TEMPORARY
+        return replies.TEMPORARY
 
     def _added(
         self, session: Session, envelope: Envelope, message_id: str, cleaned: Cleaned
@@ -641,7 +556,7 @@ def _control_problem(controls: dict[str, str]) -> str | None:
 
 # A transfer's refusal -> its reply, and its reason in postern_messages_refused_total
 _REFUSED = {
-    Refusal.TOO_BIG: (Reply.TOO_BIG, "too_big"),
-    Refusal.LINE_TOO_LONG: (Reply.LINE_TOO_LONG, "line_too_long"),
-    Refusal.NO_ROOM: (Reply.NO_ROOM, "data_budget"),
+    Refusal.TOO_BIG: (replies.TOO_BIG, "too_big"),
+    Refusal.LINE_TOO_LONG: (replies.LINE_TOO_LONG, "line_too_long"),
+    Refusal.NO_ROOM: (replies.NO_ROOM, "data_budget"),
 }

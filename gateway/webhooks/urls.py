@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from gateway.errors import InvalidInput
 from gateway.security.hostguard import HostGuard
 
 MAX_LENGTH = 2048
 
 
-class BadUrl(ValueError):
+class BadUrl(InvalidInput, ValueError):
     """Not a URL a webhook may have; the message says why."""
 
 

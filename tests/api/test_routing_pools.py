@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from gateway.delivery import slowdown
+from gateway.smtpd import replies
 from tests.api.conftest import Api, ApiFactory, payload
 from tests.api.resources import POOLS, call, create_pool
 from tests.api.test_aliases_api import verified_alias, verified_domain
@@ -108,7 +109,7 @@ async def test_unknown_alias_id_is_refused_at_both_doors(setup: Setup) -> None:
     code, text = await smtp_send(
         setup.api.svc.smtp_port, "app@sender.test", ["rcpt@example.test"], data
     )
-    assert code == 550 and text.startswith("5.7.1")
+    assert (code, text[:5]) == replies.UNKNOWN_ALIAS.status
 
 
 async def test_smtp_routes_by_the_alias_id_header(setup: Setup) -> None:
@@ -174,13 +175,16 @@ def _smtp_data(alias_id: str) -> bytes:
     )
 
 
+_SMTP_REFUSALS = {"alias_not_verified": replies.ALIAS_NOT_VERIFIED, "no_route": replies.NO_ROUTE}
+
+
 async def _refused_at_both_doors(setup: Setup, alias_id: str, status: int, code: str) -> None:
     refused = await setup.api.send(payload(alias_id=alias_id), key=setup.key)
     assert (refused.status_code, refused.json().get("code")) == (status, code), refused.text
     reply = await smtp_send(
         setup.api.svc.smtp_port, "app@sender.test", ["rcpt@example.test"], _smtp_data(alias_id)
     )
-    assert (reply[0], reply[1][:5]) == (550, "5.7.1"), reply
+    assert (reply[0], reply[1][:5]) == _SMTP_REFUSALS[code].status, reply
 
 
 async def test_an_unverified_alias_cannot_be_used_to_send(setup: Setup) -> None:

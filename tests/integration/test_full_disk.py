@@ -25,6 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from gateway.smtpd import replies
 from storage.keys import create_key
 from tests.conftest import ManagedService, ServiceFactory, query, smtp_send, wait_until
 from tests.sink import Sink
@@ -146,10 +147,10 @@ async def test_a_full_disk_is_452_and_507_and_nothing_acknowledged_is_lost(
         full_disk.fill()
         try:
             code, text = await _smtp(svc, "during", BIG_BODY)
-            assert (code, text[:5]) == (452, "4.3.1"), (code, text)
+            assert (code, text[:5]) == replies.STORAGE_FULL.status, (code, text)
             # Known to be full: the next client is turned away at MAIL, content unsent.
             code, text = await asyncio.to_thread(_mail_reply, svc.smtp_port)
-            assert (code, text[:5]) == (452, "4.3.1"), (code, text)
+            assert (code, text[:5]) == replies.STORAGE_FULL.status, (code, text)
 
             ready = await http.get("/readyz")
             assert ready.status_code == 503, ready.text

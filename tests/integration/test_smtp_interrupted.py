@@ -10,6 +10,7 @@ import pytest
 
 from gateway.message import QueuedMessage, Route, Submission
 from gateway.queue.store import Queue
+from gateway.smtpd import replies
 from tests.conftest import ServiceFactory
 from tests.integration.test_smtp_listener import GOOD, RawClient
 from tests.sink import Sink
@@ -100,7 +101,7 @@ async def test_next_mail_after_a_failed_data_handler_starts_a_new_transaction(
     try:
         await client.ehlo()
         reply = await client.transaction(GOOD)
-        assert (reply.code, reply.enhanced) == (451, "4.3.0"), reply
+        assert (reply.code, reply.enhanced) == replies.TEMPORARY.status, reply
         assert (await client.command("MAIL FROM:<a@x.test>")).code == 250
     finally:
         await client.close()

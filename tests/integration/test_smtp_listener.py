@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from gateway.smtpd import replies
 from tests.conftest import LOOPBACK, ManagedService, ServiceFactory, metric
 from tests.sink import Sink
 
@@ -154,9 +155,10 @@ async def only_the_marker_arrives(client: RawClient, sink: Sink) -> None:
     assert sink.dropped_after_data == []
 
 
-def assert_refused(reply: Reply, code: int, enhanced: str) -> None:
-    assert reply.code == code, str(reply)
-    assert reply.enhanced == enhanced, str(reply)
+def assert_refused(reply: Reply, expected: replies.Reply) -> None:
+    """`reply` has the code and enhanced status of `expected`, one the server sends."""
+    assert reply.code == expected.code, str(reply)
+    assert reply.enhanced == expected.enhanced, str(reply)
 
 
 # --- greeting and EHLO ---------------------------------------------------------------------
@@ -242,7 +244,7 @@ async def test_mail_from_with_size_over_the_limit_is_refused_552_5_3_4(
     client = await client_factory(svc)
     await client.ehlo()
 
-    assert_refused(await client.command("MAIL FROM:<a@x.test> SIZE=10001"), 552, "5.3.4")
+    assert_refused(await client.command("MAIL FROM:<a@x.test> SIZE=10001"), replies.SIZE_EXCEEDED)
     reply = await client.command("MAIL FROM:<a@x.test> SIZE=10000")
     assert reply.code == 250, str(reply)
 
@@ -257,7 +259,7 @@ async def test_too_many_recipients_is_452_4_5_3(
     assert (await client.command("MAIL FROM:<a@x.test>")).code == 250
     assert (await client.command("RCPT TO:<r1@y.test>")).code == 250
     assert (await client.command("RCPT TO:<r2@y.test>")).code == 250
-    assert_refused(await client.command("RCPT TO:<r3@y.test>"), 452, "4.5.3")
+    assert_refused(await client.command("RCPT TO:<r3@y.test>"), replies.TOO_MANY_RECIPIENTS)
 
 
 async def test_null_sender_for_bounces_is_accepted(
@@ -346,7 +348,7 @@ async def test_bare_line_ends_and_nul_are_refused_550_5_6_0_and_the_session_goes
 
     reply = await client.transaction(content)
 
-    assert_refused(reply, 550, "5.6.0")
+    assert_refused(reply, replies.BAD_CONTENT)
     await only_the_marker_arrives(client, sink)
 
 
@@ -378,7 +380,7 @@ async def test_smuggling_attempt_never_yields_a_second_message_upstream(
 
     reply = await client.transaction(content)
 
-    assert_refused(reply, 550, "5.6.0")
+    assert_refused(reply, replies.BAD_CONTENT)
     await only_the_marker_arrives(client, sink)
     assert not any(b"smuggled" in m.data or b"evil.test" in m.data for m in sink.messages)
     assert all(m.mail_from != "attacker@evil.test" for m in sink.messages)
@@ -431,7 +433,7 @@ async def test_message_over_size_without_size_parameter_is_552_5_3_4_after_the_f
     big = b"Subject: big\r\n\r\n" + (b"z" * 76 + b"\r\n") * 40  # ~3.1 kB
     reply = await client.transaction(big)
 
-    assert_refused(reply, 552, "5.3.4")
+    assert_refused(reply, replies.TOO_BIG)
     await only_the_marker_arrives(client, sink)
 
 
@@ -444,9 +446,9 @@ async def test_too_big_and_too_long_line_refusals_are_counted_by_reason(
     before = {r: metric(REFUSED, reason=r) for r in ("too_big", "line_too_long")}
 
     big = b"Subject: big\r\n\r\n" + (b"z" * 76 + b"\r\n") * 40
-    assert_refused(await client.transaction(big), 552, "5.3.4")
+    assert_refused(await client.transaction(big), replies.TOO_BIG)
     long_line = b"Subject: long\r\n\r\n" + b"x" * 999 + b"\r\n"
-    assert_refused(await client.transaction(long_line), 500, "5.5.2")
+    assert_refused(await client.transaction(long_line), replies.LINE_TOO_LONG)
 
     assert metric(REFUSED, reason="too_big") == before["too_big"] + 1
     assert metric(REFUSED, reason="line_too_long") == before["line_too_long"] + 1
@@ -470,7 +472,7 @@ async def test_storage_failure_is_451_4_3_0_never_5xx(
     finally:
         svc.writer.start()  # so that the service can stop cleanly
 
-    assert_refused(reply, 451, "4.3.0")
+    assert_refused(reply, replies.TEMPORARY)
     assert "Error" not in reply.text and "Exception" not in reply.text  # no internals leak
     assert (await client.command("NOOP")).code == 250  # the session goes on
     await asyncio.sleep(1.2)
@@ -487,7 +489,7 @@ async def test_third_connection_over_the_cap_gets_421_4_7_0(
     assert second.greeting is not None and second.greeting.code == 220
 
     third = await client_factory(svc, greet=False)
-    assert_refused(await third.reply(), 421, "4.7.0")
+    assert_refused(await third.reply(), replies.TOO_MANY_CONNECTIONS)
     assert await third.at_eof()
 
     await first.ehlo()  # the admitted sessions work

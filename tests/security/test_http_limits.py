@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.smtpd import replies
 from storage.db import database_url, open_database
 from storage.keys import create_key
 from tests.e2e.conftest import START_TIMEOUT, Postern, config_text, message
@@ -291,7 +292,8 @@ def test_smtp_flood_leaves_http_answering_under_a_low_file_limit(start: Start) -
             break
     time.sleep(0.5)
     assert get(postern.http_port, "/healthz")[0] == 200
-    refused = [sock for sock in flood if drain(sock)[0].startswith(b"421 4.7.0")]
+    cap = f"{replies.TOO_MANY_CONNECTIONS.code} {replies.TOO_MANY_CONNECTIONS.enhanced}"
+    refused = [sock for sock in flood if drain(sock)[0].startswith(cap.encode())]
     assert refused, "no SMTP connection was refused at the cap"
     for sock in flood:
         sock.close()

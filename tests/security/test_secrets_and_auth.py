@@ -22,6 +22,7 @@ import pytest
 from sqlalchemy import update
 
 from gateway.smtpd import auth as smtp_auth
+from gateway.smtpd import replies
 from storage import pools
 from storage.keys import CACHE_SECONDS
 from storage.pools import config_pool_id
@@ -345,7 +346,7 @@ async def test_a_revoked_key_loses_its_smtp_session_within_the_stated_bound(
             assert time.monotonic() - revoked_at < CACHE_SECONDS + 3, "still sending"
             assert (await smtp.say("RSET"))[0] == 250
             await asyncio.sleep(0.2)
-        assert (code, text.split(" ")[0]) == (530, "5.7.0"), text
+        assert (code, text.split(" ")[0]) == replies.AUTH_KEY_REVOKED.status, text
         # Logged out: another (valid) key may log in on the same connection.
         assert (await smtp.say(plain(spare)))[0] == 235
         assert (await smtp.send_message())[0] == 250
@@ -364,7 +365,7 @@ async def test_a_key_revoked_through_this_nodes_api_is_refused_at_the_next_mail(
         assert (await smtp.send_message())[0] == 250
         assert (await call(api, "DELETE", f"/api/v1/keys/{key_id}", admin)).status_code == 200
         code, text = await smtp.say("MAIL FROM:<app@sender.test>")
-        assert (code, text.split(" ")[0]) == (530, "5.7.0")
+        assert (code, text.split(" ")[0]) == replies.AUTH_KEY_REVOKED.status
     finally:
         smtp.close()
 
@@ -382,7 +383,7 @@ async def test_a_session_gets_three_failures_then_421_and_is_closed(
         for attempt in range(3):
             assert (await smtp.say(plain(f"msk_wrong{attempt}")))[0] == 535
         code, text = await smtp.reply()  # unsolicited, right after the third 535
-        assert (code, text.split(" ")[0]) == (421, "4.7.0")
+        assert (code, text.split(" ")[0]) == replies.AUTH_TOO_MANY_FAILURES.status
         assert await smtp.closed()
     finally:
         smtp.close()
@@ -458,7 +459,7 @@ async def test_the_keys_rate_limit_applies_to_its_smtp_messages(api_client: ApiF
         for _ in range(3):
             assert (await smtp.send_message())[0] == 250
         code, text = await smtp.say("MAIL FROM:<app@sender.test>")
-        assert (code, text.split(" ")[0]) == (451, "4.7.0"), text  # 4xx: clients retry
+        assert (code, text.split(" ")[0]) == replies.AUTH_KEY_RATE.status, text  # clients retry
         # The same bucket as the HTTP API's.
         assert (await api.send(key=secret)).status_code == 429
         # The other way round: a key that used its rate over HTTP is held at MAIL.

@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, insert, select, text
 
 from storage.db import Database
 from storage.models import Meta
@@ -202,3 +202,13 @@ async def test_a_refused_statement_is_no_storage_failure(backend: Database) -> N
         assert await writer.readiness() is None
     finally:
         await asyncio.wait_for(writer.stop(), WAIT)
+
+
+async def test_a_failed_read_is_storage_unavailable_as_a_write_is(backend: Database) -> None:
+    def broken(conn: Connection) -> Any:
+        return conn.execute(text("SELECT secret_value FROM no_such_table")).all()
+
+    with pytest.raises(StorageUnavailable) as failed:
+        await backend.read(broken)
+    assert type(failed.value) is StorageUnavailable
+    assert "\n" not in str(failed.value)  # the driver's first line: no SQL statement
