@@ -71,7 +71,7 @@ class ApiContext:
 
 
 def iso(timestamp: float | None) -> str | None:
-    """UNIX seconds -> '2026-02-17T12:00:00.000Z' (the seed's format)."""
+    """UNIX seconds -> '2026-02-17T12:00:00.000Z' (the API's documented format)."""
     if timestamp is None:
         return None
     moment = datetime.fromtimestamp(timestamp, UTC)

@@ -230,7 +230,7 @@ class DomainNotVerified(ApiError):
 
 
 class RateLimited(ApiError):
-    status, code = 429, "rate_limit"  # seed 003's word, on every route
+    status, code = 429, "rate_limit"  # the MailSage view's word, on every route
 
     def __init__(self, retry_after: float) -> None:
         seconds = max(1, math.ceil(retry_after))

@@ -1,4 +1,4 @@
-"""What the two views of SMTP pools share (seed 000 at /api/v1/smtp-pools, seed 003 at
+"""What the two views of SMTP pools share (/api/v1/smtp-pools and MailSage's
 /api/v1/smtp/configs): checks beyond the schema, the SSRF guard, the password sealed to
 the pool's id, the live pools told of every change, and the connection test.
 

@@ -1,5 +1,5 @@
-"""Request and response bodies of the management resources: SMTP pools (seed 000), the
-MailSage SMTP configs view (seed 003), aliases (seed 002) and domains. Requests are strict
+"""Request and response bodies of the management resources: SMTP pools, the
+MailSage SMTP configs view of them, aliases and domains. Requests are strict
 as in api.schemas: a wrong type or an unknown field is a 400.
 """
 
@@ -80,7 +80,7 @@ DailyLimit = Annotated[
 ]
 
 
-# --- SMTP pools (seed 000) -----------------------------------------------------------------
+# --- SMTP pools ----------------------------------------------------------------------------
 
 
 class PoolCreate(Strict):
@@ -166,7 +166,7 @@ class PoolTest(Strict):
 class PoolTestResult(BaseModel):
     success: bool
     message: str
-    latencyMs: int  # the seed's name
+    latencyMs: int  # camelCase: the documented name
     error: str | None = Field(None, description="failure only")
     code: (
         Literal["smtp_connection_error", "smtp_auth_error", "smtp_tls_error", "timeout"] | None
@@ -184,7 +184,7 @@ class PoolTestResult(BaseModel):
     queued: bool | None = Field(None, description="202: not accepted yet, retried")
 
 
-# --- MailSage SMTP configs (seed 003) ------------------------------------------------------
+# --- MailSage SMTP configs -----------------------------------------------------------------
 
 
 class ConfigCreate(Strict):
@@ -260,7 +260,7 @@ class ConfigDeleted(BaseModel):
     moved: int | None = Field(None, description="with move_to: how many messages moved")
 
 
-# --- aliases (seed 002) --------------------------------------------------------------------
+# --- aliases -------------------------------------------------------------------------------
 
 
 class AliasCreate(Strict):

@@ -121,7 +121,7 @@ _HTML_OR_TEXT: dict[str, Any] = {
 
 
 class SendRequest(Strict):
-    """POST /v1/send (seed 001). Either html or text is required."""
+    """POST /v1/send. Either html or text is required."""
 
     model_config = ConfigDict(json_schema_extra=_HTML_OR_TEXT)
 

@@ -1,4 +1,4 @@
-"""Sender aliases (seed 002) and their single-use verification tokens.
+"""Sender aliases and their single-use verification tokens.
 
 Rules the storage enforces (each in one transaction): at most one default alias (also a
 partial unique index); one alias per mailbox (case-insensitive); an alias that queued or

@@ -230,7 +230,7 @@ class SenderDomain(SQLModel, table=True):
 
 
 class SenderAlias(SQLModel, table=True):
-    """A From identity (seed 002) routed to an ip_pool; usable once its owner confirmed it."""
+    """A From identity routed to an ip_pool; usable once its owner confirmed it."""
 
     __tablename__ = "sender_alias"
     __table_args__ = (

@@ -1,4 +1,4 @@
-"""/api/v1/aliases: sender aliases, seed 002 (scope `aliases`).
+"""/api/v1/aliases: sender aliases (scope `aliases`).
 
 An alias's address must be on a verified domain. Creating one sends a verification message
 (through Intake, From no-reply@ the alias's domain) with a link to

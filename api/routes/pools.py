@@ -1,4 +1,4 @@
-"""/api/v1/smtp-pools (also /api/smtp-pools): upstream SMTP pools, seed 000 (scope `pools`).
+"""/api/v1/smtp-pools (also /api/smtp-pools): upstream SMTP pools (scope `pools`).
 
 Pools declared in the config file are listed too, with `source: "config"`, and are
 read-only here (409 `config_pool`). The password is write-only: no answer carries it (only
@@ -37,7 +37,7 @@ _ID = [path_parameter("pool_id", "the pool's id (smtp_...)")]
 _NOT_FOUND = ("no such pool", ErrorResponse)
 _CONFIG = ("a config-file pool (config_pool), or the name is taken (conflict)", ErrorResponse)
 _HOST = ("a bad field, or a host in a denied network (host_not_allowed)", ErrorResponse)
-# What a DELETE of a pool may refuse, in both views of the pools (seed 000's and MailSage's).
+# What a DELETE of a pool may refuse, in both views of the pools (ours and MailSage's).
 DELETE_REFUSALS: dict[int, tuple[str, Any]] = {
     400: ("move_to names no other active pool", ErrorResponse),
     409: ("a config-file pool (config_pool), or queued mail needs it (pool_in_use)", ErrorResponse),

@@ -1,4 +1,4 @@
-"""POST /v1/send (also /mail/v1/send and /api/v1/send): seed 001 through the one intake.
+"""POST /v1/send (also /mail/v1/send and /api/v1/send): through the one intake.
 
     key, scope, rate -> JSON body -> RFC 5322 bytes (gateway.intake.message_builder) -> Intake
     -> wait up to handoff_timeout for the first attempt -> 200 | 202 | 422
@@ -217,7 +217,7 @@ async def _outcome(
         "provider": "sandbox" if sandbox else "smtp",
         "timestamp": iso(accepted.message.created_at),
     }
-    if accepted.suppressed:  # `suppressed` itself is seed 001's boolean (the 422)
+    if accepted.suppressed:  # `suppressed` is the documented boolean (the 422)
         base["suppressed_recipients"] = list(accepted.suppressed)
     # A sandbox send is never attempted (nobody watches it).
     status = "sandbox" if sandbox else await accepted.outcome(ctx.handoff_timeout)

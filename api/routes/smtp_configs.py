@@ -1,6 +1,6 @@
-"""/api/v1/smtp/configs: the MailSage view (seed 003) of the SMTP pools (scope `pools`).
+"""/api/v1/smtp/configs: the MailSage view of the SMTP pools (scope `pools`).
 
-The same records as /api/v1/smtp-pools, in seed 003's shape: `{data, meta}` pages, PUT for
+The same records as /api/v1/smtp-pools, in MailSage's shape: `{data, meta}` pages, PUT for
 changes, `use_tls` for `encryption` (true: "ssl" on port 465, else "tls" (STARTTLS); false:
 "none"), and its error codes (`rate_limit` for 429, `smtp_auth_error` /
 `smtp_connection_error` / `smtp_tls_error` / `timeout` when a test fails). Ids are the

@@ -1,6 +1,6 @@
 """Sender domains: the DNS records to publish for one, and checking that they are there.
 
-    register(domain) -> DKIM key (storage.dkim_keys; the active key signs, issue 5)
+    register(domain) -> DKIM key (storage.dkim_keys; the active key signs)
                      -> records: DKIM TXT at <selector>._domainkey.<domain>, SPF TXT at the
                         domain, DMARC TXT at _dmarc.<domain>
     verify(domain)   -> each record looked up through gateway.dns.Resolver ([dns]
