@@ -40,6 +40,7 @@ from storage.writer import StorageUnavailable
 log = logging.getLogger("postern.api")
 
 HealthCheck = Callable[[], Awaitable[None]]
+Endpoint = Callable[[Request], Awaitable[Response]]
 Readiness = Callable[[], Awaitable[StorageUnavailable | None]]
 MetricsAccess = Literal["open", "key", "elsewhere"]  # "key": scope `metrics`
 _NOT_READY = {"full": "storage_full", "error": "storage_error", "stopped": "writer_stopped"}
@@ -219,6 +220,50 @@ def create_app(
     ready: Readiness | None = None,
     metrics_access: MetricsAccess = "open",
 ) -> Starlette:
+    """The app of `[http] listen`: its routes, their error handlers, the middleware."""
+    app = Starlette(
+        routes=_routes(health, ready, api, metrics_access),
+        exception_handlers=_EXCEPTION_HANDLERS,
+    )
+    app.router.redirect_slashes = False  # "/v1/send/" is a JSON 404, not a bare redirect
+    app.state.api = api
+    _add_middleware(app, api)
+    return app
+
+
+# The API's resources, served when the app has an ApiContext.
+_RESOURCES = (
+    send, messages, keys, suppressions, pools, smtp_configs, aliases, domains, webhook_routes
+)  # fmt: skip
+
+
+def _routes(
+    health: HealthCheck, ready: Readiness | None, api: ApiContext | None, access: MetricsAccess
+) -> list[Route]:
+    """The routes table: the probes, /metrics unless it is served elsewhere, this document,
+    and with an ApiContext every resource of the API."""
+    routes = [
+        Route("/healthz", _healthz(health), methods=["GET"]),
+        Route("/readyz", _readyz(health, ready), methods=["GET"]),
+    ]
+    if access != "elsewhere":
+        routes.append(metrics_route(api, need_key=access == "key"))
+    routes.append(Route("/openapi.json", _openapi(), methods=["GET"]))
+    if api is not None:
+        for module in _RESOURCES:
+            routes.extend(module.routes)
+    return routes
+
+
+def _add_middleware(app: Starlette, api: ApiContext | None) -> None:
+    """Each one added wraps those before it: RequestMetrics ends up outermost."""
+    if api is not None:
+        app.add_middleware(BodyLimit, max_size=api.max_body_size, timeout=api.body_timeout)
+        app.add_middleware(SendRefusals, paths=send.PATHS)
+    app.add_middleware(RequestMetrics)
+
+
+def _healthz(health: HealthCheck) -> Endpoint:
     @operation(
         "Liveness: the process runs and its database answers",
         responses={200: ("the database answers", None), 503: ("it does not", None)},
@@ -231,6 +276,10 @@ def create_app(
             return JSONResponse({"status": "unavailable"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
+    return healthz
+
+
+def _readyz(health: HealthCheck, ready: Readiness | None) -> Endpoint:
     @operation(
         "Readiness: this node can take mail now (storage writes commit)",
         responses={
@@ -258,33 +307,16 @@ def create_app(
         body = {"status": "unavailable", "reason": reason}
         return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
 
-    document: dict[str, Any] = {}
+    return readyz
+
+
+def _openapi() -> Endpoint:
+    document: dict[str, Any] = {}  # built at the first request, once every route is in
 
     @operation("This document", responses={200: ("OpenAPI 3.1", None)})
     async def openapi(request: Request) -> Response:
         if not document:
-            document.update(build_openapi(app.routes, "Postern", VERSION))
+            document.update(build_openapi(request.app.routes, "Postern", VERSION))
         return JSONResponse(document)
 
-    routes = [
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/readyz", readyz, methods=["GET"]),
-        Route("/openapi.json", openapi, methods=["GET"]),
-    ]
-    if metrics_access != "elsewhere":
-        routes.insert(2, metrics_route(api, need_key=metrics_access == "key"))
-    if api is not None:
-        for module in (send, messages, keys, suppressions, pools, smtp_configs, aliases, domains):
-            routes.extend(module.routes)
-        routes.extend(webhook_routes.routes)
-    app = Starlette(
-        routes=routes,
-        exception_handlers=_EXCEPTION_HANDLERS,
-    )
-    app.router.redirect_slashes = False  # "/v1/send/" is a JSON 404, not a bare redirect
-    app.state.api = api
-    if api is not None:
-        app.add_middleware(BodyLimit, max_size=api.max_body_size, timeout=api.body_timeout)
-        app.add_middleware(SendRefusals, paths=send.PATHS)
-    app.add_middleware(RequestMetrics)
-    return app
+    return openapi

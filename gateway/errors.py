@@ -46,7 +46,7 @@ The SMTP door answers through gateway.smtpd.replies, the HTTP door through api.e
     │   ├── SchemaError                 (storage.db) written by a newer Postern
     │   └── BackupError                 (storage.backup)
     ├── ConfigError                     the configuration or the command line is wrong
-    │   ├── StartupError                (process.service) the service cannot start
+    │   ├── StartupError                (process.startup) the service cannot start
     │   ├── BackupRefused               (process.commands.backup)
     │   └── CommandError                (process.commands.admin)
     ├── DeliveryError                   an attempt at an upstream did not go through

@@ -148,37 +148,12 @@ async def send(request: Request) -> Response:
         raise errors.Forbidden(lacking)
     raw = await request.body()
     if len(raw) > _INLINE_BODY:
-        # Parsing and building a large body takes CPU time the event loop (SMTP, delivery)
-        # cannot spare: do it in a thread, a few at a time so memory stays bounded.
-        async with _LARGE_BODIES:
-            body, built = await asyncio.to_thread(_parse_and_build, raw, ctx.hostname)
+        body, built = await _parse_and_build_in_thread(raw, ctx.hostname)
     else:
         body, built = _parse_and_build(raw, ctx.hostname)
     request.state.envelope = (built.mail_from, built.recipients)  # for a refusal's log line
-    if len(built.content) > ctx.max_message_size:
-        raise errors.PayloadTooLarge(
-            f"the message would be {len(built.content)} bytes; the limit is "
-            f"{ctx.max_message_size} ([smtp] max_message_size)"
-        )
-    if header_size(built.content) > ctx.max_header_size:
-        raise errors.PayloadTooLarge(
-            f"the message header would be over {ctx.max_header_size} bytes "
-            "([smtp] max_header_size): fewer recipients or shorter names"
-        )
-    submission = Submission(
-        mail_from=built.mail_from,
-        recipients=built.recipients,
-        content=built.content,
-        source="http",
-        alias_id=body.alias_id,
-        idempotency_key=body.idempotency_key,
-        request_hash=_digest(body, sandbox) if body.idempotency_key is not None else None,
-        sandbox=sandbox,
-        tags=tuple(body.tags),
-        sender=Sender(key.id, key.may_send, key.may_sandbox, key.ip_pools),
-        metadata=dict(body.metadata),
-        client=maillog.client(request.client),
-    )
+    _check_size(ctx, built)
+    submission = _submission(request, key, body, built, sandbox)
     try:
         accepted = await ctx.intake.submit(submission, watch=ctx.handoff_timeout > 0)
     except Duplicate as duplicate:
@@ -194,12 +169,63 @@ async def send(request: Request) -> Response:
     # Any other refusal (KeyReused, AllSuppressed, ...) is answered from errors.ANSWERS.
     status, payload = await _outcome(ctx, accepted, sandbox)
     if body.idempotency_key is not None:
-        # Off the answer's path: a replay that comes first waits for it (see _replay).
-        save = idempotency.save_answer(
-            ctx.writer, key.id, body.idempotency_key, accepted.message_id, status, payload
-        )
-        ctx.in_background(save, f"saving the idempotent answer of {accepted.message_id}")
+        _save_answer(ctx, key, body.idempotency_key, accepted.message_id, status, payload)
     return JSONResponse(payload, status_code=status)
+
+
+async def _parse_and_build_in_thread(raw: bytes, hostname: str) -> tuple[SendRequest, Built]:
+    """Parsing and building a large body takes CPU time the event loop (SMTP, delivery)
+    cannot spare: done in a thread, a few at a time so memory stays bounded."""
+    async with _LARGE_BODIES:
+        return await asyncio.to_thread(_parse_and_build, raw, hostname)
+
+
+def _check_size(ctx: ApiContext, built: Built) -> None:
+    """The SMTP door's limits, on the message built from the request."""
+    if len(built.content) > ctx.max_message_size:
+        raise errors.PayloadTooLarge(
+            f"the message would be {len(built.content)} bytes; the limit is "
+            f"{ctx.max_message_size} ([smtp] max_message_size)"
+        )
+    if header_size(built.content) > ctx.max_header_size:
+        raise errors.PayloadTooLarge(
+            f"the message header would be over {ctx.max_header_size} bytes "
+            "([smtp] max_header_size): fewer recipients or shorter names"
+        )
+
+
+def _submission(
+    request: Request, key: ApiKeyRecord, body: SendRequest, built: Built, sandbox: bool
+) -> Submission:
+    """What intake takes from either door, here from the request and the key sending it."""
+    return Submission(
+        mail_from=built.mail_from,
+        recipients=built.recipients,
+        content=built.content,
+        source="http",
+        alias_id=body.alias_id,
+        idempotency_key=body.idempotency_key,
+        request_hash=_digest(body, sandbox) if body.idempotency_key is not None else None,
+        sandbox=sandbox,
+        tags=tuple(body.tags),
+        sender=Sender(key.id, key.may_send, key.may_sandbox, key.ip_pools),
+        metadata=dict(body.metadata),
+        client=maillog.client(request.client),
+    )
+
+
+def _save_answer(
+    ctx: ApiContext,
+    key: ApiKeyRecord,
+    idempotency_key: str,
+    message_id: str,
+    status: int,
+    payload: dict[str, Any],
+) -> None:
+    """Keep the answer for a replay of the idempotency key, off the answer's path: a replay
+    that comes first waits for it (see _replay)."""
+    save = idempotency.save_answer(ctx.writer, key.id, idempotency_key, message_id, status, payload)
+    ctx.in_background(save, f"saving the idempotent answer of {message_id}")
 
 
 def _digest(body: SendRequest, sandbox: bool) -> str:

@@ -23,13 +23,10 @@ import asyncio
 import contextlib
 import logging
 import os
-import secrets
 import signal
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from functools import partial
-from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -37,7 +34,7 @@ from api.app import MetricsAccess, create_app, metrics_app
 from api.context import ApiContext
 from api.management import Management
 from gateway import metrics
-from gateway.config import Config, ConfigError, load, server_tls_context
+from gateway.config import Config, ConfigError, load
 from gateway.delivery.direct import DirectRoutes
 from gateway.delivery.throttle import Throttle
 from gateway.delivery.upstream import SessionSettings
@@ -48,10 +45,10 @@ from gateway.dns import Resolver
 from gateway.intake.identities import Identities
 from gateway.intake.pipeline import Intake
 from gateway.process import logs
-from gateway.process.descriptors import Budget, TooFewDescriptors, door_budget
 from gateway.process.http_server import DoorLimits, HttpDoor
 from gateway.process.instance import DataDirLock, database_of
 from gateway.process.pools import WATCH_INTERVAL, PoolSync
+from gateway.process.startup import Prepared, StartupError, prepare
 from gateway.queue.retention import Retention
 from gateway.queue.store import Queue
 from gateway.queue.suppressions import FOLLOW_INTERVAL
@@ -64,7 +61,7 @@ from gateway.queue.upkeep import (
 from gateway.security.hostguard import HostGuard
 from gateway.security.ratelimit import RateLimiter
 from gateway.security.secrets import SecretBox, SecretError, bind_to_database
-from gateway.smtpd.server import ListenerLimits, PosternHandler
+from gateway.smtpd.server import PosternHandler
 from gateway.tasks import Loops
 from gateway.webhooks.node import Webhooks, start_webhooks
 from storage.db import (
@@ -81,54 +78,8 @@ from storage.writer import StorageUnavailable, Writer
 log = logging.getLogger("postern")
 
 
-class StartupError(ConfigError):
-    """Start-up failed for a reason the operator can fix (port in use, unwritable dir)."""
-
-
-def bind(host: str, port: int) -> socket.socket:
-    """A listening socket, or a StartupError naming the address."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP, and
-    # without it every two-write HTTP response waits out the client's delayed ACK (40 ms).
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-        sock.listen(1024)
-    except OSError as error:
-        sock.close()
-        raise StartupError(f"cannot listen on {host}:{port}: {error.strerror}") from None
-    sock.setblocking(False)
-    return sock
-
-
-def node_id(data_dir: Path) -> str:
-    """This node's identity, kept in data_dir so a restarted node recognises its own claims."""
-    path = data_dir / "node_id"
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        value = f"node_{secrets.token_hex(6)}"
-        path.write_text(value + "\n")
-        return value
-
-
 # What SIGHUP applies; every other section needs a restart.
 RELOADED = ("pools", "policy")
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """What start checks and takes before any task runs, so that what an operator must fix
-    (descriptors, certificate, secret key, addresses in use) fails first."""
-
-    node: str  # this node's identity in its claims
-    box: SecretBox  # DKIM keys, pool passwords
-    budget: Budget  # file descriptors per door
-    smtp_limits: ListenerLimits  # holds the TLS certificate
-    smtp_sockets: list[socket.socket]
-    http_socket: socket.socket
-    metrics_socket: socket.socket | None  # None: /metrics is served on the http socket
 
 
 @dataclass(frozen=True)
@@ -152,9 +103,10 @@ class Outbound:
 
 
 class Service:
-    """`postern serve`. start() makes the parts in phases: prepare (limits, certificate,
-    secret key, sockets), storage, delivery (the live pools loaded), intake (signing,
-    identities), background work, and last the doors. stop() ends the parts made."""
+    """`postern serve`. start() makes the parts in phases: prepare (gateway.process.startup:
+    limits, certificate, secret key, sockets), storage, delivery (the live pools loaded),
+    intake (signing, identities), background work, and last the doors. stop() ends the
+    parts made."""
 
     def __init__(
         self, config: Config, drain_timeout: float = 10.0, config_path: str | None = None
@@ -210,7 +162,8 @@ class Service:
 
     async def _start(self) -> None:
         config = self.config
-        ready = self._prepare()
+        ready = prepare(config)
+        self.box = ready.box
         storage = await self._open_storage(ready)
         outbound = self._outbound()
         registry, delivery, pools = await self._start_delivery(ready, storage, outbound)
@@ -226,33 +179,6 @@ class Service:
             ", ".join(f"{h}:{p}" for h, p in config.smtp.listen),
             *config.http.listen,
             database_of(config),
-        )
-
-    def _prepare(self) -> Prepared:
-        config = self.config
-        data_dir = config.server.data_dir
-        try:
-            node = node_id(data_dir)
-        except OSError as error:
-            raise StartupError(f"cannot use data_dir {data_dir}: {error.strerror}") from None
-        try:
-            budget = door_budget(config)  # raises the open-file limit, fits the caps under it
-        except TooFewDescriptors as error:
-            raise StartupError(str(error)) from None
-        smtp_limits = self._listener_limits(budget)  # loads the TLS certificate
-        try:
-            self.box = SecretBox.from_environment(data_dir)
-        except SecretError as error:
-            raise StartupError(str(error)) from None
-        metrics_listen = config.http.metrics_listen
-        return Prepared(
-            node=node,
-            box=self.box,
-            budget=budget,
-            smtp_limits=smtp_limits,
-            smtp_sockets=[bind(host, port) for host, port in config.smtp.listen],
-            http_socket=bind(*config.http.listen),
-            metrics_socket=bind(*metrics_listen) if metrics_listen else None,
         )
 
     async def _open_storage(self, ready: Prepared) -> Storage:
@@ -408,24 +334,6 @@ class Service:
         if metrics_socket is not None:
             limits = DoorLimits("metrics", ready.budget.caps["metrics"], http.header_timeout)
             self._http.append(HttpDoor(metrics_app(api, need_key), metrics_socket, limits))
-
-    def _listener_limits(self, budget: Budget) -> ListenerLimits:
-        smtp = self.config.smtp
-        tls_context = server_tls_context(smtp.tls_cert, smtp.tls_key) if smtp.tls_cert else None
-        return ListenerLimits(
-            hostname=self.config.server.hostname,
-            max_message_size=smtp.max_message_size,
-            max_recipients=smtp.max_recipients,
-            max_connections=budget.caps["smtp"],
-            idle_timeout=smtp.idle_timeout,
-            session_timeout=smtp.session_timeout,
-            max_header_size=smtp.max_header_size,
-            max_data_in_flight=smtp.max_data_in_flight,
-            require_auth=smtp.require_auth,
-            tls_context=tls_context,
-            auth_failures_per_address=smtp.auth_failures_per_address,
-            auth_failures_per_minute=smtp.auth_failures_per_minute,
-        )
 
     # --- run --------------------------------------------------------------------------
 

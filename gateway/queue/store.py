@@ -38,7 +38,7 @@ from storage import queue_sql as sql
 from storage import suppressions as stored_suppressions
 from storage.db import Database
 from storage.messages import INSERT_META, meta_row
-from storage.writer import Batch, Writer
+from storage.writer import Batch, Work, Writer
 
 
 @dataclass(frozen=True)
@@ -84,70 +84,12 @@ class Queue:
         it was another request).
         """
         now = time.time()
-        sandbox = submission.sandbox
-        claim = claim and not sandbox
-        message_id = submission.message_id or ids.new_id_for(sandbox)
-        batch = Batch()
-        batch.add(
-            sql.INSERT_MESSAGE,
-            {
-                "id": message_id,
-                "status": "sandbox" if sandbox else "queued",
-                "source": submission.source,
-                "mail_from": submission.mail_from,
-                "alias_id": submission.alias_id,
-                "ip_pool": route.ip_pool,
-                "pool_id": route.pool_id,
-                "route_default": route.default,
-                "last_pool": None,
-                "attempts": 0,
-                "size": len(submission.content),
-                "created_at": now,
-                "updated_at": now,
-                "due_at": None if sandbox else now + self._lease if claim else now,
-                "claimed_by": self.node_id if claim else None,
-                "last_response": None,
-                "api_key_id": submission.sender.api_key_id if submission.sender else None,
-            },
-        )
-        batch.add(sql.INSERT_BODY, {"message_id": message_id, "data": submission.content})
-        batch.add(
-            sql.INSERT_RECIPIENT,
-            [
-                {
-                    "message_id": message_id,
-                    "email": rcpt,
-                    "status": "sandbox" if sandbox else "pending",
-                    "attempts": 0,
-                    "code": None,
-                    "response": None,
-                    "updated_at": now,
-                }
-                for rcpt in submission.recipients
-            ],
-        )
-        self._add_extras(batch, submission, message_id, now)
-        status = "sandbox" if sandbox else "queued"
-        batch.add(
-            events.INSERT_EVENT,
-            [
-                events.row(events.SANDBOX if sandbox else events.QUEUED, message_id, status, now, r)
-                for r in submission.recipients
-            ]
-            + [
-                events.row(events.SUPPRESSED, message_id, status, now, r, response="suppressed")
-                for r in submission.suppressed
-            ],
-        )
-        if submission.idempotency_key is None:
-            await self._writer.submit(batch)
-        else:
-            reserve = idempotency.reserve_then_store
-            holder = await self._writer.submit(
-                lambda conn: reserve(conn, submission, message_id, now, batch)
-            )
-            if holder is not None:
-                raise holder.refusal(submission.request_hash)
+        claim = claim and not submission.sandbox
+        message_id = submission.message_id or ids.new_id_for(submission.sandbox)
+        batch = self._new_message_rows(submission, route, message_id, now, claim)
+        holder = await self._writer.submit(_storing(batch, submission, message_id, now))
+        if holder is not None:  # another message holds the idempotency key
+            raise holder.refusal(submission.request_hash)
         return QueuedMessage(
             id=message_id,
             mail_from=submission.mail_from,
@@ -158,37 +100,48 @@ class Queue:
             route=route,
         )
 
-    @staticmethod
-    def _add_extras(batch: Batch, submission: Submission, message_id: str, now: float) -> None:
-        """The side rows of an API submission: its meta row, the recipients it suppressed."""
-        meta = meta_row(
-            message_id,
-            submission.sender.api_key_id if submission.sender else None,
-            submission.sandbox,
-            submission.tags,
-            submission.metadata,
-            submission.idempotency_key,
-        )
-        if meta is not None:
-            batch.add(INSERT_META, meta)
-        if submission.tags:
-            tags = sorted(set(submission.tags))
-            batch.add(sql.INSERT_TAG, [{"message_id": message_id, "tag": tag} for tag in tags])
+    def _new_message_rows(
+        self, submission: Submission, route: Route, message_id: str, now: float, claim: bool
+    ) -> Batch:
+        """Every row of a new message, parents first: the message, its body, its recipients
+        (those it may be sent to), its side rows, its first events."""
+        batch = Batch()
+        batch.add(sql.INSERT_MESSAGE, self._message_row(submission, route, message_id, now, claim))
+        batch.add(sql.INSERT_BODY, {"message_id": message_id, "data": submission.content})
+        status = "sandbox" if submission.sandbox else "pending"
         batch.add(
             sql.INSERT_RECIPIENT,
-            [
-                {
-                    "message_id": message_id,
-                    "email": rcpt,
-                    "status": "suppressed",
-                    "attempts": 0,
-                    "code": None,
-                    "response": "suppressed before sending",
-                    "updated_at": now,
-                }
-                for rcpt in submission.suppressed
-            ],
+            _recipient_rows(message_id, submission.recipients, status, None, now),
         )
+        _add_side_rows(batch, submission, message_id, now)
+        batch.add(events.INSERT_EVENT, _first_events(submission, message_id, now))
+        return batch
+
+    def _message_row(
+        self, submission: Submission, route: Route, message_id: str, now: float, claim: bool
+    ) -> dict[str, Any]:
+        """The `message` row: final at once in the sandbox; otherwise due now, or, claimed
+        by this node, due again only when its lease lapses."""
+        sandbox = submission.sandbox
+        return {
+            "id": message_id,
+            "status": "sandbox" if sandbox else "queued",
+            "source": submission.source,
+            "mail_from": submission.mail_from,
+            "alias_id": submission.alias_id,
+            "ip_pool": route.ip_pool,
+            "pool_id": route.pool_id,
+            "route_default": route.default,
+            "last_pool": None,
+            "attempts": 0,
+            "size": len(submission.content),
+            "created_at": now,
+            "updated_at": now,
+            "due_at": None if sandbox else now + self._lease if claim else now,
+            "claimed_by": self.node_id if claim else None,
+            "last_response": None,
+            "api_key_id": submission.sender.api_key_id if submission.sender else None,
+        }
 
     # --- delivery ---------------------------------------------------------------------
 
@@ -248,7 +201,7 @@ class Queue:
         settled = states.settle(dict(attempt.results), retry_at, message.any_bounced)
         results, status = settled.results, settled.status
         suppress = suppression_list.from_results(results)
-        batch = self._attempt_rows(attempt, results, settled.expired, status, now, number)
+        batch = self._attempt_rows(attempt, settled, now, number)
         if retry_at is None:
             batch.add(sql.RECORD_BODY_GONE, {"m_id": message.id, **_stamp(now, number)})
         if suppress:  # the upstream said so, whoever holds the claim now
@@ -274,66 +227,14 @@ class Queue:
 
     @staticmethod
     def _attempt_rows(
-        attempt: AttemptRecord,
-        results: dict[str, DeliveryResult],
-        expired: set[str],
-        status: str,
-        now: float,
-        number: int,
+        attempt: AttemptRecord, settled: states.Settled, now: float, number: int
     ) -> Batch:
         """The recipients' results and their events, written if the claim still held."""
-        message = attempt.message
+        message_id = attempt.message.id
         batch = Batch()
-        batch.add(
-            sql.RECORD_RECIPIENT,
-            [
-                {
-                    "m_id": message.id,
-                    "m_email": rcpt,
-                    "status": states.recipient_status(result),
-                    "code": result.code,
-                    "response": result.describe(),
-                    "now": now,
-                    **_stamp(now, number),
-                }
-                for rcpt, result in results.items()
-            ],
-        )
-
-        def noted(kind: str, response: str, rcpts: list[str]) -> list[dict[str, Any]]:
-            return [
-                events.row(
-                    kind, message.id, status, now, rcpt,
-                    pool=attempt.pool, attempt=number, response=response,
-                )
-                for rcpt in rcpts
-            ]  # fmt: skip
-
-        # Before the result: a recipient's last event is its state.
-        rows = noted(
-            events.POSSIBLE_DUPLICATE,
-            "no reply after the end of data: a retry may deliver it twice",
-            [rcpt for rcpt, result in results.items() if result.possible_duplicate],
-        )
-        rows += [
-            events.row(
-                events.result_type(result, rcpt in expired),
-                message.id,
-                status,
-                now,
-                rcpt,
-                pool=attempt.pool,
-                result=result,
-                attempt=number,
-            )
-            for rcpt, result in results.items()
-        ]
-        rows += noted(
-            events.COMPLAINT,
-            "the recipient reported the message as spam",
-            [rcpt for rcpt, result in results.items() if result.complaint],
-        )
-        _add_events_if_stamped(batch, message.id, rows, now, number)
+        batch.add(sql.RECORD_RECIPIENT, _result_rows(message_id, settled.results, now, number))
+        rows = _attempt_events(attempt, settled, now, number)
+        _add_events_if_stamped(batch, message_id, rows, now, number)
         return batch
 
     async def note_throttled(self, message_id: str, status: str, pool: str, reason: str) -> None:
@@ -463,6 +364,123 @@ class Queue:
 
     async def ping(self) -> None:
         await self._db.read(lambda conn: conn.execute(sql.PING))
+
+
+def _storing(batch: Batch, submission: Submission, message_id: str, now: float) -> Batch | Work:
+    """What the writer runs to store a new message: its rows; with an idempotency key, the
+    key's reservation first and the rows only if it won (the holder's reservation, when
+    another message has the key, is then the result)."""
+    if submission.idempotency_key is None:
+        return batch
+    reserve = idempotency.reserve_then_store
+    return lambda conn: reserve(conn, submission, message_id, now, batch)
+
+
+def _recipient_rows(
+    message_id: str, emails: Sequence[str], status: str, response: str | None, now: float
+) -> list[dict[str, Any]]:
+    return [
+        {
+            "message_id": message_id,
+            "email": email,
+            "status": status,
+            "attempts": 0,
+            "code": None,
+            "response": response,
+            "updated_at": now,
+        }
+        for email in emails
+    ]
+
+
+def _add_side_rows(batch: Batch, submission: Submission, message_id: str, now: float) -> None:
+    """The side rows of an API submission: its meta row, its tags, the recipients it
+    suppressed."""
+    meta = meta_row(
+        message_id,
+        submission.sender.api_key_id if submission.sender else None,
+        submission.sandbox,
+        submission.tags,
+        submission.metadata,
+        submission.idempotency_key,
+    )
+    if meta is not None:
+        batch.add(INSERT_META, meta)
+    if submission.tags:
+        tags = sorted(set(submission.tags))
+        batch.add(sql.INSERT_TAG, [{"message_id": message_id, "tag": tag} for tag in tags])
+    batch.add(
+        sql.INSERT_RECIPIENT,
+        _recipient_rows(
+            message_id, submission.suppressed, "suppressed", "suppressed before sending", now
+        ),
+    )
+
+
+def _first_events(submission: Submission, message_id: str, now: float) -> list[dict[str, Any]]:
+    """A new message's events: queued (or sandbox) per recipient, suppressed per recipient
+    left out."""
+    sandbox = submission.sandbox
+    status = "sandbox" if sandbox else "queued"
+    kind = events.SANDBOX if sandbox else events.QUEUED
+    return [events.row(kind, message_id, status, now, r) for r in submission.recipients] + [
+        events.row(events.SUPPRESSED, message_id, status, now, r, response="suppressed")
+        for r in submission.suppressed
+    ]
+
+
+def _result_rows(
+    message_id: str, results: dict[str, DeliveryResult], now: float, number: int
+) -> list[dict[str, Any]]:
+    """Each recipient's update from its result in attempt `number`."""
+    return [
+        {
+            "m_id": message_id,
+            "m_email": rcpt,
+            "status": states.recipient_status(result),
+            "code": result.code,
+            "response": result.describe(),
+            "now": now,
+            **_stamp(now, number),
+        }
+        for rcpt, result in results.items()
+    ]
+
+
+def _attempt_events(
+    attempt: AttemptRecord, settled: states.Settled, now: float, number: int
+) -> list[dict[str, Any]]:
+    """An attempt's events, per recipient: a possible duplicate before the result (a
+    recipient's last event is its state), the result, then a complaint."""
+    results = settled.results
+
+    def event(
+        kind: str, rcpt: str, result: DeliveryResult | None = None, response: str | None = None
+    ) -> dict[str, Any]:
+        return events.row(
+            kind, attempt.message.id, settled.status, now, rcpt,
+            pool=attempt.pool, result=result, attempt=number, response=response,
+        )  # fmt: skip
+
+    rows = [
+        event(events.POSSIBLE_DUPLICATE, rcpt, response=_POSSIBLE_DUPLICATE)
+        for rcpt, result in results.items()
+        if result.possible_duplicate
+    ]
+    rows += [
+        event(events.result_type(result, rcpt in settled.expired), rcpt, result=result)
+        for rcpt, result in results.items()
+    ]
+    rows += [
+        event(events.COMPLAINT, rcpt, response=_COMPLAINT)
+        for rcpt, result in results.items()
+        if result.complaint
+    ]
+    return rows
+
+
+_POSSIBLE_DUPLICATE = "no reply after the end of data: a retry may deliver it twice"
+_COMPLAINT = "the recipient reported the message as spam"
 
 
 def _stamp(now: float, attempt: int) -> dict[str, Any]:
