@@ -21,8 +21,8 @@ from prometheus_client import REGISTRY
 
 from gateway.config import Config, from_dict
 from gateway.process.service import Service
-from tests.processes import free_port
-from tests.sink import Sink
+from tests.support.processes import free_port
+from tests.support.sink import Sink
 
 LOOPBACK = "127.0.0.1"
 CLIENT_HELO = "client.test"

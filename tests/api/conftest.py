@@ -15,7 +15,7 @@ import pytest_asyncio
 
 from storage.keys import create_key
 from tests.conftest import ManagedService, ServiceFactory, make_config
-from tests.sink import Sink
+from tests.support.sink import Sink
 
 SENDER = "app@sender.test"
 RCPT = "rcpt@example.test"

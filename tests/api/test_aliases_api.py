@@ -16,9 +16,9 @@ from sqlalchemy import update
 
 from storage.models import AliasToken
 from tests.api.conftest import Api, payload
-from tests.api.resources import call
 from tests.conftest import wait_for_status
-from tests.sink import Sink
+from tests.support.resources import call
+from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(60)
 ALIASES = "/api/v1/aliases"

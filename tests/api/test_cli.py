@@ -17,7 +17,7 @@ import pytest
 from gateway.process.cli import main
 from tests.api.conftest import Api, ApiFactory
 from tests.conftest import smtp_send
-from tests.processes import child_cwd, child_env, postern_argv
+from tests.support.processes import child_cwd, child_env, postern_argv
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -18,7 +18,7 @@ from gateway.process.cli import main
 from storage.db import create_schema, database_url, open_database
 from storage.messages import message_state
 from tests.api.test_queue_ops import seed
-from tests.processes import child_cwd, child_env, postern_argv
+from tests.support.processes import child_cwd, child_env, postern_argv
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -13,8 +13,8 @@ import pytest
 from gateway.process.cli import main
 from storage import dkim_keys
 from tests.api.conftest import Api, ApiFactory
-from tests.api.resources import call
-from tests.dnsserver import DnsServer
+from tests.support.dnsserver import DnsServer
+from tests.support.resources import call
 
 pytestmark = pytest.mark.timeout(60)
 DOMAINS = "/api/v1/domains"

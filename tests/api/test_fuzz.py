@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from storage.keys import create_key
 from tests.api.conftest import DEFAULTS
 from tests.conftest import ManagedService, make_config
-from tests.sink import Sink
+from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(120)
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

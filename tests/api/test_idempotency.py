@@ -19,7 +19,7 @@ from sqlalchemy import Connection, text
 from storage.idempotency import TTL, purge_expired
 from tests.api.conftest import Api, payload
 from tests.conftest import query, smtp_send
-from tests.sink import Sink
+from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(30)
 

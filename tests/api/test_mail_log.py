@@ -21,7 +21,7 @@ from gateway.process.logs import FORMAT, EscapingFormatter
 from tests.api.conftest import Api, ApiFactory, auth, payload
 from tests.conftest import smtp_send, wait_until
 from tests.integration.test_smtp_listener import RawClient
-from tests.sink import Sink
+from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -11,7 +11,7 @@ import pytest
 from api.schemas import MessageStatus
 from tests.api.conftest import RCPT, Api, payload
 from tests.conftest import SINK_POOL
-from tests.sink import Sink
+from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -10,9 +10,9 @@ import pytest
 
 from storage import pools
 from tests.api.conftest import Api, ApiFactory
-from tests.api.resources import POOLS, call, create_pool
 from tests.conftest import free_port, wait_for_status
-from tests.sink import Sink
+from tests.support.resources import POOLS, call, create_pool
+from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(60)
 CONFIGS = "/api/v1/smtp/configs"

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from tests.api.conftest import Api, ApiFactory, payload
-from tests.api.resources import POOLS, call, create_pool, live_pools, pool_body
 from tests.api.test_aliases_api import verified_alias, verified_domain
 from tests.conftest import wait_for_status
-from tests.sink import Sink
+from tests.support.resources import POOLS, call, create_pool, live_pools, pool_body
+from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(60)
 

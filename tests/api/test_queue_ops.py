@@ -21,7 +21,7 @@ from storage.message_search import encode_cursor
 from storage.models import Message, MessageBody, MessageMeta, MessageTag, Recipient
 from tests.api.conftest import Api, ApiFactory, auth, payload
 from tests.conftest import SINK_POOL, wait_until
-from tests.sink import Sink
+from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -22,7 +22,7 @@ import pytest
 
 from tests.api.conftest import Api, ApiFactory, auth
 from tests.conftest import SINK_POOL, wait_until
-from tests.sink import Sink
+from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(90)
 

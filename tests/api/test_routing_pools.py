@@ -16,7 +16,6 @@ import pytest
 
 from gateway.delivery import workers as delivery
 from tests.api.conftest import Api, ApiFactory, payload
-from tests.api.resources import POOLS, call, create_pool
 from tests.api.test_aliases_api import verified_alias, verified_domain
 from tests.conftest import (
     free_port,
@@ -26,7 +25,8 @@ from tests.conftest import (
     wait_for_status,
     wait_until,
 )
-from tests.sink import Sink
+from tests.support.resources import POOLS, call, create_pool
+from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(60)
 MKT_LOGIN = ("marketing-user", "mkt-password-1")

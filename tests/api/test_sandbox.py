@@ -12,7 +12,7 @@ import pytest
 
 from tests.api.conftest import Api, ApiFactory, payload
 from tests.conftest import message_row, smtp_send
-from tests.sink import Sink
+from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(30)
 

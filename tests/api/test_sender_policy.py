@@ -11,11 +11,11 @@ import pytest
 
 from gateway.process.cli import main
 from tests.api.conftest import Api, ApiFactory, payload
-from tests.api.resources import call
 from tests.api.test_aliases_api import verified_alias
 from tests.api.test_smtp_auth import Dialogue, plain
 from tests.conftest import all_messages, smtp_send, wait_until
-from tests.sink import Sink
+from tests.support.resources import call
+from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(60)
 VERIFIED = {"policy": {"sender": "verified"}}

@@ -17,7 +17,7 @@ import pytest
 from gateway.smtpd import auth as smtp_auth
 from tests.api.conftest import Api, ApiFactory
 from tests.conftest import free_port, query
-from tests.sink import Sink
+from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(30)
 

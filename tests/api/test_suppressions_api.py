@@ -10,7 +10,7 @@ import pytest
 from api.schemas import SuppressionList, SuppressionResponse
 from tests.api.conftest import Api, auth, payload
 from tests.conftest import smtp_send
-from tests.sink import Sink
+from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import child_cwd, child_env, free_port, postern_argv, spawn_serve
-from tests.sink import Sink
+from tests.support.processes import child_cwd, child_env, free_port, postern_argv, spawn_serve
+from tests.support.sink import Sink
 
 START_TIMEOUT = 20.0  # seconds for `postern serve` to answer /healthz with 200
 EXIT_TIMEOUT = 20.0  # seconds for a signalled process to exit

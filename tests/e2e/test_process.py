@@ -24,8 +24,8 @@ from tests.e2e.conftest import (
     seqs_received,
     wait_until,
 )
-from tests.processes import REPO
-from tests.sink import Sink
+from tests.support.processes import REPO
+from tests.support.sink import Sink
 
 COUNT = 20
 DELIVERY_TIMEOUT = 20.0  # seconds for mail pending at a restart to reach the sink

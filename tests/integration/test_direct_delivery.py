@@ -15,8 +15,8 @@ from tests.conftest import (
     smtp_send,
     wait_for_status,
 )
-from tests.dnsserver import DnsServer
-from tests.sink import Sink
+from tests.support.dnsserver import DnsServer
+from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(30)
 

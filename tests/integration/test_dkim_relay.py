@@ -16,7 +16,7 @@ from gateway.process.commands.admin import with_database
 from gateway.process.commands.dkim import _act
 from gateway.security.secrets import SecretBox
 from tests.conftest import ServiceFactory, make_config, metric, smtp_send
-from tests.sink import Sink
+from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -27,7 +27,7 @@ import pytest
 
 from storage.keys import create_key
 from tests.conftest import ManagedService, ServiceFactory, query, smtp_send, wait_until
-from tests.sink import Sink
+from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -28,7 +28,7 @@ from tests.integration.test_smtp_listener import (
     assert_refused,
     only_the_marker_arrives,
 )
-from tests.sink import Sink
+from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(60)
 

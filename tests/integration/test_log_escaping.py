@@ -19,7 +19,7 @@ from gateway.process.logs import FORMAT, EscapingFormatter
 from storage.keys import create_key
 from tests.conftest import ServiceFactory, smtp_send
 from tests.integration.test_smtp_listener import RawClient
-from tests.sink import Sink
+from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -11,7 +11,7 @@ import pytest
 
 from gateway.delivery.probe import ProbeResult, Target, probe
 from tests.conftest import LOOPBACK, free_port
-from tests.sink import Sink
+from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(30)
 SECRET = "pw-Zq81-never-shown"

@@ -30,8 +30,8 @@ from tests.conftest import (
     wait_for_status,
     wait_until,
 )
-from tests.sink import Sink
 from tests.storage.conftest import _PG_TEST_LOCK, PG_URL, _asyncpg_dsn, _require_pg
+from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(150)
 

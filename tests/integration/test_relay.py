@@ -1,4 +1,4 @@
-"""End to end: client -> real in-process Service -> real upstream sink (tests/sink.py).
+"""End to end: client -> real in-process Service -> real upstream sink (tests/support/sink.py).
 
 SPEC "Delivery semantics" and "Routing": durable acceptance, at-least-once delivery with
 retries on `retry_schedule`, bounces on 5xx and past `max_age`, suppression after a hard
@@ -32,7 +32,7 @@ from tests.conftest import (
     wait_for_status,
     wait_until,
 )
-from tests.sink import Sink
+from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -33,7 +33,7 @@ from tests.conftest import (
     wait_until,
 )
 from tests.integration.test_relay import SENDER, message, queued_id
-from tests.sink import Sink
+from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(30)
 

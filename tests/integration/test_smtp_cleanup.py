@@ -23,7 +23,7 @@ from tests.conftest import (
     smtp_send,
 )
 from tests.integration.test_dkim_relay import dkim_cli, published
-from tests.sink import Sink
+from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(30)
 

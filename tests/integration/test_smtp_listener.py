@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pytest
 
 from tests.conftest import LOOPBACK, ManagedService, ServiceFactory, metric
-from tests.sink import Sink
+from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(30)
 

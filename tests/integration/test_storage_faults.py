@@ -21,7 +21,7 @@ from sqlalchemy import event
 from storage import db as storage_db
 from storage.keys import create_key
 from tests.conftest import ManagedService, ServiceFactory, metric, query, smtp_send, wait_until
-from tests.sink import Sink
+from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(90)
 

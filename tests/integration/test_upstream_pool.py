@@ -12,7 +12,7 @@ import pytest
 from gateway.delivery.upstream import PoolSettings, PoolUnavailable, SessionSettings, UpstreamPool
 from gateway.message import QueuedMessage
 from tests.conftest import ServiceFactory, free_port, make_config, smtp_send, wait_until
-from tests.sink import Sink
+from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from tests.dnsserver import DnsServer
 from tests.e2e.conftest import Postern, run_cli
-from tests.processes import free_port
+from tests.support.dnsserver import DnsServer
+from tests.support.processes import free_port
 
 Tables = dict[str, dict[str, Any]]
 Serve = Callable[..., Postern]

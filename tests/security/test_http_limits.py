@@ -27,8 +27,8 @@ from storage.db import database_url, open_database
 from storage.keys import create_key
 from tests.e2e.conftest import START_TIMEOUT, Postern, config_text, message
 from tests.e2e.conftest import sink as sink  # the fixture, for these tests
-from tests.processes import child_cwd, child_env, free_port, postern_argv
-from tests.sink import Sink
+from tests.support.processes import child_cwd, child_env, free_port, postern_argv
+from tests.support.sink import Sink
 
 HEAD = b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Slow: " + b"a" * 200 + b"\r\n\r\n"
 Start = Callable[..., Postern]

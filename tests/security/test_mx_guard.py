@@ -18,8 +18,8 @@ import pytest
 
 from gateway.security.hostguard import HostGuard
 from tests.conftest import ServiceFactory, make_config, recipient_rows, smtp_send, wait_for_status
-from tests.dnsserver import DnsServer
 from tests.security.conftest import Tripwire
+from tests.support.dnsserver import DnsServer
 
 pytestmark = pytest.mark.timeout(60)
 

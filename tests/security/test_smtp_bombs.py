@@ -33,8 +33,8 @@ from tests.conftest import LOOPBACK, ServiceFactory, make_config, metric, smtp_s
 from tests.e2e.conftest import MakePostern, Postern, postern_process, run_cli  # noqa: F401
 from tests.integration.test_dkim_relay import dkim_cli
 from tests.integration.test_smtp_listener import RawClient
-from tests.processes import free_port
-from tests.sink import Sink
+from tests.support.processes import free_port
+from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -12,9 +12,9 @@ from gateway.message import DeliveryResult, Outcome, Route
 from gateway.queue.store import AttemptRecord
 from storage.db import Database
 from tests.conftest import metric
-from tests.sink import Sink
 from tests.storage.conftest import MakeQueue
 from tests.storage.test_queue import message_row, submission
+from tests.support.sink import Sink
 
 DELIVERED = DeliveryResult(Outcome.DELIVERED, 250, "2.0.0", "ok")
 
