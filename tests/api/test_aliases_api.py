@@ -15,9 +15,9 @@ import pytest
 from sqlalchemy import update
 
 from storage.models import AliasToken
-from tests.api.conftest import Api, payload
-from tests.conftest import wait_for_status
+from tests.support.api import Api, payload
 from tests.support.resources import call
+from tests.support.rows import wait_for_status
 from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(60)

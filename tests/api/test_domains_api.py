@@ -12,7 +12,7 @@ import pytest
 
 from gateway.process.cli import main
 from storage import dkim_keys
-from tests.api.conftest import Api, ApiFactory
+from tests.support.api import Api, ApiFactory
 from tests.support.dnsserver import DnsServer
 from tests.support.resources import call
 

@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from storage.keys import create_key
-from tests.api.conftest import DEFAULTS
-from tests.conftest import ManagedService, make_config
+from tests.support.api import DEFAULTS
+from tests.support.service import ManagedService, make_config
 from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(120)

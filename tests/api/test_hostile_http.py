@@ -14,7 +14,7 @@ import time
 import httpx
 import pytest
 
-from tests.api.conftest import Shared, auth
+from tests.support.api import Shared, auth
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.asyncio(loop_scope="module")]
 

@@ -17,9 +17,10 @@ import pytest
 from sqlalchemy import Connection, text
 
 from storage.idempotency import TTL, purge_expired
-from tests.api.conftest import Api, payload
-from tests.conftest import query, smtp_send
+from tests.support.api import Api, payload
+from tests.support.rows import query
 from tests.support.sink import Sink
+from tests.support.smtp import smtp_send
 
 pytestmark = pytest.mark.timeout(30)
 

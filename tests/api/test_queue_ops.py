@@ -19,8 +19,8 @@ from gateway.queue.operations import make_filter
 from storage.db import Database
 from storage.message_search import encode_cursor
 from storage.models import Message, MessageBody, MessageMeta, MessageTag, Recipient
-from tests.api.conftest import Api, ApiFactory, auth, payload
-from tests.conftest import SINK_POOL, wait_until
+from tests.support.api import Api, ApiFactory, auth, payload
+from tests.support.service import SINK_POOL, wait_until
 from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(90)

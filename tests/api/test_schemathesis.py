@@ -38,8 +38,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from storage.keys import create_key
-from tests.api.conftest import DEFAULTS
-from tests.conftest import ManagedService, make_config
+from tests.support.api import DEFAULTS
+from tests.support.service import ManagedService, make_config
 from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(180)

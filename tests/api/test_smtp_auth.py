@@ -15,8 +15,9 @@ import time
 import pytest
 
 from gateway.smtpd import auth as smtp_auth
-from tests.api.conftest import Api, ApiFactory
-from tests.conftest import free_port, query
+from tests.support.api import Api, ApiFactory
+from tests.support.processes import free_port
+from tests.support.rows import query
 from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(30)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.api.conftest import Api, ApiFactory
+from tests.support.api import Api, ApiFactory
 from tests.support.resources import POOLS, call, live_pools
 
 pytestmark = pytest.mark.timeout(60)

@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 
 from api.schemas import SuppressionList, SuppressionResponse
-from tests.api.conftest import Api, auth, payload
-from tests.conftest import smtp_send
+from tests.support.api import Api, auth, payload
 from tests.support.sink import Sink
+from tests.support.smtp import smtp_send
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import MakePostern, Postern, wait_until
 from tests.support.processes import child_cwd, child_env, postern_argv
+from tests.support.serve import MakePostern, Postern, wait_until
 from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(180)

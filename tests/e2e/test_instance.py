@@ -21,9 +21,9 @@ from sqlmodel import SQLModel
 
 from gateway.security.secrets import KEY_FILE
 from storage.db import open_database
-from tests.e2e.conftest import EXIT_TIMEOUT, MakePostern, Postern, config_text, wait_until
 from tests.storage.conftest import _PG_TEST_LOCK, PG_URL, _asyncpg_dsn, _require_pg
 from tests.support.processes import child_env, free_port, postern_argv, spawn_serve
+from tests.support.serve import EXIT_TIMEOUT, MakePostern, Postern, config_text, wait_until
 from tests.support.sink import Sink, _write_self_signed_cert
 
 pytestmark = pytest.mark.timeout(90)

@@ -9,7 +9,7 @@ import smtplib
 
 import pytest
 
-from tests.e2e.conftest import SENDER, MakePostern, wait_until
+from tests.support.serve import SENDER, MakePostern, wait_until
 from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(90)

@@ -17,8 +17,8 @@ import time
 from datetime import datetime
 from typing import Any
 
-from tests.e2e.conftest import MakePostern, Postern, run_cli, wait_until
 from tests.support.processes import spawn_serve
+from tests.support.serve import MakePostern, Postern, run_cli, wait_until
 from tests.support.sink import Sink
 
 DRAIN_BOUND = 10.0  # README: in-flight deliveries finish or are cut off within 10 s

@@ -17,14 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import (
-    MakePostern,
-    free_port,
-    run_cli,
-    seqs_received,
-    wait_until,
-)
 from tests.support.processes import REPO
+from tests.support.serve import MakePostern, free_port, run_cli, seqs_received, wait_until
 from tests.support.sink import Sink
 
 COUNT = 20

@@ -15,8 +15,9 @@ from gateway.config import Config
 from gateway.process.commands.admin import with_database
 from gateway.process.commands.dkim import _act
 from gateway.security.secrets import SecretBox
-from tests.conftest import ServiceFactory, make_config, metric, smtp_send
+from tests.support.service import ServiceFactory, make_config, metric
 from tests.support.sink import Sink
+from tests.support.smtp import smtp_send
 
 pytestmark = pytest.mark.timeout(30)
 

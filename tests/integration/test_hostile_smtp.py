@@ -20,7 +20,6 @@ import pytest
 
 from gateway.config import ConfigError, from_dict
 from gateway.smtpd import auth as smtp_auth
-from tests.conftest import LOOPBACK, ManagedService, ServiceFactory, free_port
 from tests.integration.test_smtp_listener import (
     GOOD,
     OpenClient,
@@ -28,6 +27,8 @@ from tests.integration.test_smtp_listener import (
     assert_refused,
     only_the_marker_arrives,
 )
+from tests.support.processes import LOOPBACK, free_port
+from tests.support.service import ManagedService, ServiceFactory
 from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(60)

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from gateway.delivery.probe import ProbeResult, Target, probe
-from tests.conftest import LOOPBACK, free_port
+from tests.support.processes import LOOPBACK, free_port
 from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(30)

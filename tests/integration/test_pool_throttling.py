@@ -19,19 +19,18 @@ from gateway.config import Config
 from gateway.security.secrets import KEY_FILE
 from storage.db import open_database
 from storage.pools import config_pool_id
-from tests.conftest import (
+from tests.storage.conftest import _PG_TEST_LOCK, PG_URL, _asyncpg_dsn, _require_pg
+from tests.support.rows import query, wait_for_status
+from tests.support.service import (
     SINK_POOL,
     ServiceFactory,
     make_config,
     metric,
-    query,
     sink_pool,
-    smtp_send,
-    wait_for_status,
     wait_until,
 )
-from tests.storage.conftest import _PG_TEST_LOCK, PG_URL, _asyncpg_dsn, _require_pg
 from tests.support.sink import Sink
+from tests.support.smtp import smtp_send
 
 pytestmark = pytest.mark.timeout(150)
 

@@ -14,25 +14,25 @@ from pathlib import Path
 import aiosmtplib
 import pytest
 
-from tests.conftest import (
-    CLIENT_HELO,
-    LOOPBACK,
-    SINK_POOL,
-    ServiceFactory,
+from tests.support.processes import LOOPBACK, free_port
+from tests.support.rows import (
     all_messages,
-    free_port,
     has_body,
-    make_config,
     message_row,
-    metric,
     recipient_rows,
-    sink_pool,
-    smtp_send,
     suppression_reason,
     wait_for_status,
+)
+from tests.support.service import (
+    SINK_POOL,
+    ServiceFactory,
+    make_config,
+    metric,
+    sink_pool,
     wait_until,
 )
 from tests.support.sink import Sink
+from tests.support.smtp import CLIENT_HELO, smtp_send
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -14,16 +14,12 @@ from pathlib import Path
 import dkim as dkimpy
 import pytest
 
-from tests.conftest import (
-    CLIENT_HELO,
-    LOOPBACK,
-    ServiceFactory,
-    make_config,
-    query,
-    smtp_send,
-)
 from tests.integration.test_dkim_relay import dkim_cli, published
+from tests.support.processes import LOOPBACK
+from tests.support.rows import query
+from tests.support.service import ServiceFactory, make_config
 from tests.support.sink import Sink
+from tests.support.smtp import CLIENT_HELO, smtp_send
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -10,8 +10,8 @@ import pytest
 
 from gateway.message import QueuedMessage, Route, Submission
 from gateway.queue.store import Queue
-from tests.conftest import ServiceFactory
 from tests.integration.test_smtp_listener import GOOD, RawClient
+from tests.support.service import ServiceFactory
 from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(30)

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.conftest import LOOPBACK, ManagedService, ServiceFactory, metric
+from tests.support.processes import LOOPBACK
+from tests.support.service import ManagedService, ServiceFactory, metric
 from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(30)

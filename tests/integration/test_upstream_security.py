@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ServiceFactory, make_config, smtp_send
+from tests.support.service import ServiceFactory, make_config
 from tests.support.sink import Sink
+from tests.support.smtp import smtp_send
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -29,12 +29,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LOOPBACK, ServiceFactory, make_config, metric, smtp_send
-from tests.e2e.conftest import MakePostern, Postern, postern_process, run_cli  # noqa: F401
 from tests.integration.test_dkim_relay import dkim_cli
 from tests.integration.test_smtp_listener import RawClient
-from tests.support.processes import free_port
+from tests.support.processes import LOOPBACK, free_port
+from tests.support.serve import MakePostern, Postern, run_cli
+from tests.support.service import ServiceFactory, make_config, metric
 from tests.support.sink import Sink
+from tests.support.smtp import smtp_send
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -150,7 +151,7 @@ def attack(postern: Postern, content: bytes) -> tuple[str, float, float]:
 
 
 def test_a_fold_bomb_over_the_header_cap_is_refused_552_at_once(
-    postern_process: MakePostern,  # noqa: F811
+    postern_process: MakePostern,
 ) -> None:
     postern = start(postern_process)
 
@@ -161,7 +162,7 @@ def test_a_fold_bomb_over_the_header_cap_is_refused_552_at_once(
 
 
 def test_a_fold_bomb_under_a_raised_header_cap_is_parsed_in_one_pass(
-    postern_process: MakePostern,  # noqa: F811
+    postern_process: MakePostern,
 ) -> None:
     """Signed (the DKIM signer parses the header too) and past every header parser."""
     postern = start(postern_process, "max_header_size = 2000000\n", dkim_domain="bomb.test")
@@ -173,7 +174,7 @@ def test_a_fold_bomb_under_a_raised_header_cap_is_parsed_in_one_pass(
 
 
 def test_a_data_of_empty_lines_is_read_into_one_buffer(
-    postern_process: MakePostern,  # noqa: F811
+    postern_process: MakePostern,
 ) -> None:
     """Signed too: DKIM's canonical body drops the empty lines at its end (dkimpy: one
     Python loop turn each)."""

@@ -6,7 +6,7 @@ from typing import Any
 
 import httpx
 
-from tests.api.conftest import Api, auth
+from tests.support.api import Api, auth
 from tests.support.sink import Sink
 
 POOLS = "/api/v1/smtp-pools"

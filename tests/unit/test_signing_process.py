@@ -22,7 +22,7 @@ from gateway.dkim import signer as dkim
 from gateway.dkim import signing_process
 from gateway.dkim.signer import KeyPair, Signer
 from gateway.dkim.signing_process import SigningProcess, SigningUnavailable
-from tests.conftest import wait_until
+from tests.support.service import wait_until
 
 
 @pytest.fixture(scope="module")

@@ -1,20 +1,20 @@
-"""Fixtures for the HTTP API: an in-process Service (real uvicorn, real sink) and an httpx
-client talking to it over loopback, with API keys made through the product's own storage.
+"""The HTTP API of an in-process Service (real uvicorn, real sink) and an httpx client
+talking to it over loopback, with API keys made through the product's own storage: what the
+`api_client`, `api` and `shared` fixtures are made of.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
-import pytest_asyncio
 
 from storage.keys import create_key
-from tests.conftest import ManagedService, ServiceFactory, make_config
+from tests.support.service import ManagedService, ServiceFactory, make_config, merge
 from tests.support.sink import Sink
 
 SENDER = "app@sender.test"
@@ -80,42 +80,27 @@ def auth(key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    merged = copy.deepcopy(base)
-    for name, value in extra.items():
-        if isinstance(value, dict) and isinstance(merged.get(name), dict):
-            merged[name] = _merge(merged[name], value)
-        else:
-            merged[name] = value
-    return merged
-
-
 ApiFactory = Callable[..., Awaitable[Api]]
 
 
-@pytest.fixture
-async def api_client(service: ServiceFactory) -> AsyncIterator[ApiFactory]:
-    """`await api_client(**config_overrides)`: a started Service and an httpx client."""
-    clients: list[httpx.AsyncClient] = []
+class ApiClients:
+    """`await clients(**config_overrides)`: a started Service (on DEFAULTS merged with the
+    overrides) and an httpx client for it; aclose() closes every client made."""
 
-    async def start(**overrides: Any) -> Api:
-        svc = await service(**_merge(DEFAULTS, overrides))
+    def __init__(self, service: ServiceFactory) -> None:
+        self._service = service
+        self._clients: list[httpx.AsyncClient] = []
+
+    async def __call__(self, **overrides: Any) -> Api:
+        svc = await self._service(**merge(DEFAULTS, overrides))
         host, port = svc.config.http.listen
         client = httpx.AsyncClient(base_url=f"http://{host}:{port}", timeout=15.0)
-        clients.append(client)
+        self._clients.append(client)
         return Api(svc, client)
 
-    try:
-        yield start
-    finally:
-        for client in clients:
+    async def aclose(self) -> None:
+        for client in self._clients:
             await client.aclose()
-
-
-@pytest.fixture
-async def api(api_client: ApiFactory) -> Api:
-    """A Service on the defaults above (handoff_timeout 3 s, a generous rate limit)."""
-    return await api_client()
 
 
 @dataclass
@@ -127,11 +112,12 @@ class Shared:
     key: str  # scopes send and sandbox
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def shared(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Shared]:
-    """Its tests must run in the module's loop: `pytest.mark.asyncio(loop_scope="module")`."""
+@asynccontextmanager
+async def shared_service(directory: Path) -> AsyncIterator[Shared]:
+    """A Service on DEFAULTS in front of its own sink, data under `directory`; stopped (and
+    the sink too) on the way out."""
     sink = Sink().start()
-    config = make_config(tmp_path_factory.mktemp("shared"), sink, **DEFAULTS)
+    config = make_config(directory, sink, **DEFAULTS)
     svc = ManagedService(config)
     try:
         await svc.start()
