@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
 from gateway.config import Config
-from tests.support.api import Api, ApiClients, ApiFactory, Shared, shared_service
+from tests.support.api import Api, ApiClients, ApiFactory
 from tests.support.serve import Launcher, MakePostern, Postern, config_text
 from tests.support.service import ConfigFactory, ServiceFactory, make_config
 from tests.support.sink import Sink
@@ -66,13 +65,6 @@ async def api(api_client: ApiFactory) -> Api:
     """A Service on the defaults of tests.support.api (handoff_timeout 3 s, a generous rate
     limit)."""
     return await api_client()
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def shared(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Shared]:
-    """Its tests must run in the module's loop: `pytest.mark.asyncio(loop_scope="module")`."""
-    async with shared_service(tmp_path_factory.mktemp("shared")) as running:
-        yield running
 
 
 @pytest.fixture
