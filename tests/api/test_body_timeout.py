@@ -7,7 +7,7 @@ import asyncio
 import time
 from typing import Any
 
-from tests.api.test_hostile_http import VALID
+from tests.support.api import VALID
 from tests.support.rows import query
 
 

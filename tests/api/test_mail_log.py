@@ -18,11 +18,10 @@ from collections.abc import Iterator
 import pytest
 
 from gateway.process.logs import FORMAT, EscapingFormatter
-from tests.integration.test_smtp_listener import RawClient
 from tests.support.api import Api, ApiFactory, auth, payload
 from tests.support.service import wait_until
 from tests.support.sink import Sink
-from tests.support.smtp import smtp_send
+from tests.support.smtp import RawClient, smtp_send
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -8,9 +8,16 @@ from typing import Any
 
 import pytest
 
-from tests.api.test_aliases_api import verified_alias, verified_domain
 from tests.support.api import Api, ApiFactory, payload
-from tests.support.resources import POOLS, call, create_pool, live_pools, pool_body
+from tests.support.resources import (
+    POOLS,
+    call,
+    create_pool,
+    live_pools,
+    pool_body,
+    verified_alias,
+    verified_domain,
+)
 from tests.support.rows import wait_for_status
 from tests.support.sink import Sink
 

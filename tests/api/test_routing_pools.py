@@ -15,10 +15,9 @@ from typing import Any
 import pytest
 
 from gateway.delivery import workers as delivery
-from tests.api.test_aliases_api import verified_alias, verified_domain
 from tests.support.api import Api, ApiFactory, payload
 from tests.support.processes import free_port
-from tests.support.resources import POOLS, call, create_pool
+from tests.support.resources import POOLS, call, create_pool, verified_alias, verified_domain
 from tests.support.rows import message_row, query, wait_for_status
 from tests.support.service import wait_until
 from tests.support.sink import Sink

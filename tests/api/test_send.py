@@ -15,9 +15,8 @@ import re
 import dkim as dkimpy
 import pytest
 
-from tests.integration.test_dkim_relay import published
-from tests.integration.test_smtp_cleanup import signed_names
 from tests.support.api import RCPT, SENDER, Api, ApiFactory, auth, payload
+from tests.support.dkim import published, signed_names
 from tests.support.resources import call
 from tests.support.rows import query
 from tests.support.service import SINK_POOL, metric, sink_pool, wait_until

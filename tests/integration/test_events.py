@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 
 from gateway.queue.retention import Retention
-from tests.integration.test_relay import SENDER, message, queued_id
 from tests.support.rows import (
     has_body,
     message_row,
@@ -23,7 +22,7 @@ from tests.support.rows import (
 )
 from tests.support.service import ServiceFactory
 from tests.support.sink import Sink
-from tests.support.smtp import smtp_send
+from tests.support.smtp import SENDER, message, queued_id, smtp_send
 
 pytestmark = pytest.mark.timeout(40)
 

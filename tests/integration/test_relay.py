@@ -32,30 +32,9 @@ from tests.support.service import (
     wait_until,
 )
 from tests.support.sink import Sink
-from tests.support.smtp import CLIENT_HELO, smtp_send
+from tests.support.smtp import CLIENT_HELO, SENDER, message, queued_id, smtp_send
 
 pytestmark = pytest.mark.timeout(30)
-
-SENDER = "app@sender.test"
-QUEUED = re.compile(r"^2\.0\.0 .*queued as (msg_[0-9a-f]+)\s*$")
-
-
-def message(subject: str = "hello", body: bytes = b"Hi there.\r\n") -> bytes:
-    return (
-        b"From: App <app@sender.test>\r\n"
-        b"To: Someone <rcpt@example.test>\r\n"
-        b"Subject: " + subject.encode() + b"\r\n"
-        b"Message-ID: <" + subject.encode() + b"@sender.test>\r\n"
-        b"\r\n" + body
-    )
-
-
-def queued_id(reply: tuple[int, str]) -> str:
-    code, text = reply
-    assert code == 250, reply
-    match = QUEUED.match(text)
-    assert match, f"250 reply does not name the message id: {text!r}"
-    return match.group(1)
 
 
 def split_received(data: bytes) -> tuple[bytes, bytes]:

@@ -29,13 +29,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_dkim_relay import dkim_cli
-from tests.integration.test_smtp_listener import RawClient
+from tests.support.dkim import dkim_cli
 from tests.support.processes import LOOPBACK, free_port
 from tests.support.serve import MakePostern, Postern, run_cli
 from tests.support.service import ServiceFactory, make_config, metric
 from tests.support.sink import Sink
-from tests.support.smtp import smtp_send
+from tests.support.smtp import RawClient, smtp_send
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -25,6 +25,12 @@ DEFAULTS: dict[str, Any] = {
     "delivery": {"handoff_timeout": "3s"},
 }
 
+# The members of a valid POST /v1/send body as raw JSON, without the braces around them.
+VALID = (
+    b'"from": {"email": "app@sender.test"}, "to": [{"email": "rcpt@example.test"}], '
+    b'"subject": "s", "text": "t"'
+)
+
 
 def payload(**fields: Any) -> dict[str, Any]:
     """A valid POST /v1/send body; keyword arguments replace or add fields (None removes)."""
