@@ -51,6 +51,8 @@ def config_text(
     sink_port: int | None,
     extra: str = "",
 ) -> str:
+    """The end-to-end config: loopback ports, a retry every second, any sender, the sink as
+    the default pool (when there is one), then `extra` appended as it is."""
     text = f"""\
 [server]
 hostname = "postern.e2e.test"
