@@ -15,15 +15,11 @@ from gateway.intake.pipeline import Intake
 from gateway.queue.store import Queue
 from gateway.queue.suppressions import SuppressionCache
 from gateway.security.ratelimit import RateLimiter
-from gateway.tasks import cancel_and_wait
 from storage.db import Database
-from storage.idempotency import purge_expired
 from storage.keys import KeyStore
 from storage.writer import Writer
 
 log = logging.getLogger("postern.api")
-
-PURGE_INTERVAL = 600.0  # seconds between purges of expired idempotency keys
 
 
 @dataclass
@@ -43,7 +39,6 @@ class ApiContext:
     manage: Management | None = None  # pools, aliases, domains (absent in bare-app tests)
     queue: Queue | None = None  # retry/cancel of messages (absent in bare-app tests)
     wake: Callable[[], None] | None = None  # nudges this node's delivery poller after a retry
-    _purger: asyncio.Task[None] | None = field(default=None, repr=False)
     _pending: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
 
     def management(self) -> Management:
@@ -55,11 +50,6 @@ class ApiContext:
         if self.queue is None:
             raise Unavailable("queue operations are not available on this node")
         return self.queue
-
-    def start(self) -> None:
-        self._purger = asyncio.get_running_loop().create_task(self._purge(), name="api-purge")
-        if self.manage is not None:
-            self.manage.start(self.db)  # follows pool changes made on other nodes
 
     def in_background(self, work: Coroutine[Any, Any, None], what: str) -> None:
         """Run `work` after the answer has gone (failures are logged); stop() waits for it."""
@@ -75,23 +65,9 @@ class ApiContext:
         task.add_done_callback(self._pending.discard)
 
     async def stop(self) -> None:
-        """Let background writes finish (bounded), stop the purge. Call before the writer stops."""
+        """Let background writes finish (bounded). Call before the writer stops."""
         if self._pending:
             await asyncio.wait(set(self._pending), timeout=5.0)
-        if self.manage is not None:
-            await self.manage.stop()
-        await cancel_and_wait(self._purger)
-        self._purger = None
-
-    async def _purge(self) -> None:
-        while True:
-            try:
-                removed = await purge_expired(self.db)
-                if removed:
-                    log.info("purged %d expired idempotency keys", removed)
-            except Exception as error:  # never let housekeeping die; try again later
-                log.warning("purging idempotency keys failed: %s", error)
-            await asyncio.sleep(PURGE_INTERVAL)
 
 
 def iso(timestamp: float | None) -> str | None:

@@ -1,9 +1,9 @@
 """What the two views of SMTP pools share (seed 000 at /api/v1/smtp-pools, seed 003 at
 /api/v1/smtp/configs): checks beyond the schema, the SSRF guard, the password sealed to
-the pool's id, the live registry reloaded after every change, and the connection test.
+the pool's id, the live pools told of every change, and the connection test.
 
     create/update: fields checked -> host checked (HostGuard) -> stored (password sealed)
-                   -> PoolRegistry reloaded -> the record
+                   -> live pools told (they follow storage) -> the record
     test:          host resolved and checked -> gateway.delivery.probe -> with a recipient, a test
                    message through Intake (stored and delivered like any other), its first
                    attempt awaited up to handoff_timeout: delivered, refused, or pending
@@ -22,8 +22,9 @@ from api.management import Management
 from api.resource_schemas import HOST_PATTERN
 from gateway.addresses import envelope_problem
 from gateway.config import is_loopback
-from gateway.delivery.probe import ProbeResult, Target, failed, probe
-from gateway.intake.message_builder import BuildError, Draft, Mailbox, build, text_problem
+from gateway.delivery.probe import ProbeResult, ProbeTarget, failed, probe
+from gateway.intake.fields import text_problem
+from gateway.intake.message_builder import BuildError, Draft, Mailbox, build
 from gateway.intake.pipeline import (
     AllSuppressed,
     NoRoute,
@@ -158,7 +159,7 @@ async def create(ctx: ApiContext, values: dict[str, Any], password: str | None) 
         )
     except pools.PoolError as error:
         raise _translate(error) from None
-    await manage.reload_pools()
+    await manage.pools.changed()
     return record
 
 
@@ -188,7 +189,7 @@ async def update(
         record = await pools.update_pool(ctx.db, pool_id, changes, sealer)
     except pools.PoolError as error:
         raise _translate(error) from None
-    await manage.reload_pools()
+    await manage.pools.changed()
     return record
 
 
@@ -204,7 +205,7 @@ async def delete(ctx: ApiContext, pool_id: str, move_to: str | None) -> int:
         _, moved = await pools.delete_pool(ctx.db, pool_id, move_to)
     except pools.PoolError as error:
         raise _translate(error) from None
-    await manage.reload_pools()
+    await manage.pools.changed()
     return moved
 
 
@@ -256,16 +257,16 @@ def may_send_through(key: ApiKeyRecord, record: PoolRecord) -> None:
         )
 
 
-async def _target(manage: Management, record: PoolRecord) -> Target:
+async def _target(manage: Management, record: PoolRecord) -> ProbeTarget:
     """What to test: the pool as stored, with the password delivery holds for it only when
     that was loaded for the same endpoint (another node may have changed the host a moment
     ago: this node's registry then still pairs the old host with the old password)."""
-    live = manage.live(record.id)
+    live = manage.pools.live(record.id)
     if live is None or not same_endpoint(live, record):
-        await manage.reload_pools()
-        live = manage.live(record.id)
+        await manage.pools.changed()
+        live = manage.pools.live(record.id)
     fresh = live is not None and same_endpoint(live, record)
-    return Target(
+    return ProbeTarget(
         host=record.host,
         port=record.port,
         encryption=record.encryption,

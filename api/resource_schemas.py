@@ -17,7 +17,7 @@ _NAME = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(?:\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?"
 # A pool's host: a name or an IP address, bare or in brackets; api.pool_ops refuses any
 # other host with this same pattern.
 HOST_PATTERN = rf"^(?:{_NAME}|\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f]*:[0-9A-Fa-f:.]+)$"
-# A domain (gateway.dkim.signer.normalise_domain): a name, or an internationalised one.
+# A domain (gateway.dkim.names.normalise_domain): a name, or an internationalised one.
 DOMAIN: dict[str, Any] = {"anyOf": [{"pattern": f"^{_NAME}$"}, {"format": "idn-hostname"}]}
 
 # Hosts gateway.config.is_loopback takes for this machine: the only ones AUTH may be sent

@@ -11,8 +11,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from api.errors import InvalidRequest
 from gateway import timestamps
+from gateway.addresses import NO_CONTROL_PATTERN
 from gateway.intake import fields
-from gateway.intake.message_builder import ENCODED_WORD, HEADER_SAFE
+from gateway.intake.fields import ENCODED_WORD, HEADER_SAFE
 from gateway.queue import operations as queue_ops
 from storage.keys import SCOPES
 from storage.suppressions import REASONS
@@ -22,7 +23,7 @@ T = TypeVar("T", bound=BaseModel)
 # What /openapi.json states of a field beyond its type and length: the checks the routes
 # make after parsing (JSON Schema keywords that apply to strings only, so that they also
 # fit a field that may be null).
-# Header-bound text (gateway.intake.message_builder.text_problem): no control character but TAB,
+# Header-bound text (gateway.intake.fields.text_problem): no control character but TAB,
 # no U+2028/U+2029, no RFC 2047 encoded-word.
 HEADER_TEXT: dict[str, Any] = {
     "pattern": HEADER_SAFE,
@@ -44,10 +45,10 @@ ALIAS_ID: dict[str, Any] = {**HEADER_TEXT, "format": "alias-id"}
 MAX_CURSOR = 256
 # The message filters (gateway.queue.operations.make_filter), in the query string and in JSON.
 FILTER_FIELDS: dict[str, dict[str, Any]] = {
-    "pool": {"minLength": 1, "maxLength": 255, "pattern": queue_ops.NO_CONTROL_PATTERN},
+    "pool": {"minLength": 1, "maxLength": 255, "pattern": NO_CONTROL_PATTERN},
     "recipient": {"minLength": 1, "maxLength": 254, **EMAIL},
     "from": {"minLength": 1, "maxLength": 254, **EMAIL},
-    "tag": {"minLength": 1, "maxLength": 128, "pattern": queue_ops.NO_CONTROL_PATTERN},
+    "tag": {"minLength": 1, "maxLength": 128, "pattern": NO_CONTROL_PATTERN},
 }
 
 Scope = Literal[SCOPES]  # type: ignore[valid-type]

@@ -89,7 +89,7 @@ def deferred_rows(
     for _ in range(count):
         created = now - rng.uniform(0, 4 * 86400)
         attempts = rng.randint(1, 4)
-        # Time-ordered ids like gateway.queue.store.new_message_id, at the message's creation.
+        # Time-ordered ids like gateway.queue.ids.new_message_id, at the message's creation.
         message_id = f"msg_{int(created * 1000):011x}{rng.getrandbits(64):016x}"
         updated = now - rng.uniform(0, 600)
         row = {

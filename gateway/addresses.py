@@ -6,13 +6,16 @@ some malformed ones (SPEC "Known pitfalls"), so what is not plainly `local@domai
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import re
 
-import idna
+# A mailbox's one form lives in storage, which keys its rows by it; the gateway takes it here.
+from storage.mailboxes import mailbox_key as mailbox_key
+from storage.mailboxes import normalise as normalise
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1
+CONTROL = r"\x00-\x1f\x7f-\x9f"  # C0, DEL and C1: the body of a character class
+_CONTROL = re.compile(f"[{CONTROL}]")
+NO_CONTROL_PATTERN = f"^[^{CONTROL}]*$"  # text without them, as /openapi.json states it
 _DOMAIN_LABEL = re.compile(r"^(?!-)[A-Za-z0-9\-\u0080-\U0010ffff]{1,63}(?<!-)$")
 _LOCAL_ATOM = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-\u0080-\U0010ffff]+$")
 
@@ -92,40 +95,3 @@ def _valid_literal(literal: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def normalise(address: str) -> str:
-    """The address with its domain in one form (RFC 5321 §2.4), local part as given.
-
-    The domain is lower-cased, loses its trailing dots, and IDNs take their A-label form, so
-    that one mailbox has one key (a suppression cannot be dodged by spelling).
-    """
-    local, at, domain = address.rpartition("@")
-    if not at:
-        return address.lower()
-    domain = domain.lower().rstrip(".")
-    if not domain.isascii():
-        with contextlib.suppress(idna.IDNAError):
-            domain = idna.encode(domain, uts46=True).decode("ascii")
-    return f"{local}@{domain}"
-
-
-_QUOTED_PAIR = re.compile(r"\\(.)", re.DOTALL)
-
-
-def mailbox_key(address: str) -> str:
-    """The one key of a mailbox, for every policy lookup (suppressions, aliases, senders).
-
-    A quoted local part is unquoted (`"bob"@x` is `bob@x`, RFC 5321 §4.1.2), the domain
-    takes its `normalise` form, and the whole address is lower-cased: RFC 5321 lets a
-    local part be case-sensitive, but no mail system in use treats it so, and a suppression
-    must not be dodged by spelling `GONE@` for `gone@`. A key is its own key: quotes are
-    taken off until none are left (`"\\"a\\""@x` is `a@x` too), as a key stored by one
-    node may be keyed again by another.
-    """
-    local, at, domain = normalise(address).rpartition("@")
-    if not at:
-        return address.lower()
-    while len(local) >= 2 and local.startswith('"') and local.endswith('"'):
-        local = _QUOTED_PAIR.sub(r"\1", local[1:-1])
-    return f"{local}@{domain}".lower()

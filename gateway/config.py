@@ -58,12 +58,16 @@ def parse_address(value: str, where: str) -> tuple[str, int]:
 
 
 def is_loopback(host: str) -> bool:
+    """Whether `host` names this machine: localhost, 127/8, ::1, or 127/8 mapped into IPv6
+    (how a dual-stack socket shows an IPv4 peer)."""
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host)
     except ValueError:
         return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 @dataclass(frozen=True)

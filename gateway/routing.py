@@ -1,6 +1,11 @@
 """The routing engine: pure functions from (hints, pools, aliases) to a Route. No I/O.
 
-Order (SPEC "Routing"):
+Routes are decided here alone: at the door (`choose_route`, then `within_groups` for an API
+key limited to some groups) and again at each delivery attempt (`at_attempt`, which says
+which pools to try, or that the message waits, or goes direct). It knows nothing of the
+doors, intake or delivery: they call it.
+
+Order:
 1. `alias_id` names a pool -> that pool; names a verified alias -> the alias's ip_pool
    group; names nothing -> UnknownRoute, an alias not yet verified -> AliasNotVerified.
 2. A verified alias whose email is the From address -> its ip_pool group.
@@ -12,12 +17,13 @@ and keeps to it: mail queued for a pool or group that has lost its active pools 
 them, never going out another way (`candidates` is then empty). Each refusal is a 4xx / 550
 at the door. A route chosen by 3 or 4 is the default (`Route.default`): it is chosen again
 at each attempt (`current`), so queued mail follows the operator's new default pool.
+A key limited to some groups keeps its mail to them (`within_groups`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Protocol
 
@@ -25,6 +31,8 @@ from gateway.addresses import mailbox_key
 from gateway.message import Route
 
 DEFAULT_GROUP = "transactional"
+# How last_response begins while a message waits for its route to have an active pool.
+NO_POOL = "waiting: no active pool"
 
 
 class PoolLike(Protocol):
@@ -139,8 +147,8 @@ def current(route: Route, pools: Sequence[PoolLike]) -> Route:
     return default_route(pools) if route.default or route.direct else route
 
 
-def candidates(route: Route, pools: Sequence[PoolLike], unhealthy: set[str]) -> list[str]:
-    """Pool ids to try for `route`, in order: by priority, unhealthy pools last.
+def candidates(route: Route, pools: Sequence[PoolLike]) -> list[str]:
+    """Pool ids to try for `route`, in order of priority.
 
     Empty when the route's pool or group has no active pool left (deleted, deactivated):
     the message waits for it rather than going through a group it did not ask for.
@@ -148,5 +156,67 @@ def candidates(route: Route, pools: Sequence[PoolLike], unhealthy: set[str]) -> 
     if route.direct:
         return []
     chosen = _members(route, [pool for pool in pools if pool.is_active])
-    chosen.sort(key=lambda pool: (pool.id in unhealthy, pool.priority, pool.id))
+    chosen.sort(key=lambda pool: (pool.priority, pool.id))
     return [pool.id for pool in chosen]
+
+
+def group_of(route: Route, pools: Sequence[PoolLike]) -> str | None:
+    """The ip_pool group the route sends through (None: direct, or a pool that is gone)."""
+    if route.pool_id is None:
+        return route.ip_pool
+    for pool in pools:
+        if pool.id == route.pool_id:
+            return pool.ip_pool
+    return None
+
+
+def within_groups(
+    route: Route, allowed: Collection[str], pools: Sequence[PoolLike], named: bool
+) -> Route | None:
+    """The route for a sender that may use only the `allowed` groups, or None when it may
+    not send this way. `named`: the message named its route (alias_id).
+
+    A route in an allowed group is kept to that group: as a default route it would follow
+    the default wherever it moves, perhaps out of those groups. A message that named no
+    route goes through the sender's own group instead: an active one, else one that waits.
+    """
+    if group_of(route, pools) in allowed:
+        return replace(route, default=False)
+    if not named:
+        active = {pool.ip_pool for pool in pools if pool.is_active}
+        known = {pool.ip_pool for pool in pools}
+        for group in sorted(allowed, key=lambda group: (group not in active, group)):
+            if group in known:
+                return Route(ip_pool=group)
+    return None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Where one delivery attempt goes, decided afresh at each attempt (`at_attempt`)."""
+
+    route: Route  # the route in force now: an explicit one as chosen, a default as it is now
+    pool_ids: tuple[str, ...]  # the pools to try, in order; empty when none serves it now
+
+    @property
+    def direct(self) -> bool:
+        """No pool exists at all: the recipients' MX hosts (when direct delivery is on)."""
+        return not self.pool_ids and self.route.direct
+
+    @property
+    def waits(self) -> bool:
+        """No active pool serves the route now: the message waits for one, and never goes
+        out another way. (A direct route with direct delivery off is deferred instead.)"""
+        return not self.pool_ids and not self.route.direct
+
+    def unserved(self) -> str:
+        """Why no pool takes the message now, for its last_response."""
+        if self.route.direct:
+            return "no active pool, and direct delivery is off"
+        return f"{NO_POOL} for {describe(self.route)}"
+
+
+def at_attempt(route: Route, pools: Sequence[PoolLike]) -> Plan:
+    """Where a message stored with `route` goes at this attempt, among `pools` as they are."""
+    now = current(route, pools)
+    return Plan(now, tuple(candidates(now, pools)))

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+log = logging.getLogger("postern")
 
 
 async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
@@ -14,3 +18,46 @@ async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+async def repeat(
+    interval: float,
+    work: Callable[[], Awaitable[None]],
+    what: str,
+    at_once: bool = False,
+) -> None:
+    """Run `work` every `interval` seconds (the first time after one interval, or at once)
+    until cancelled. A failure is logged as "<what> failed" and the next round comes all
+    the same: housekeeping must never die."""
+    if not at_once:
+        await asyncio.sleep(interval)
+    while True:
+        try:
+            await work()
+        except Exception as error:
+            log.warning("%s failed: %s", what, error)
+        await asyncio.sleep(interval)
+
+
+class Loops:
+    """Background loops started one by one and stopped together."""
+
+    def __init__(self) -> None:
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def every(
+        self,
+        interval: float,
+        work: Callable[[], Awaitable[None]],
+        what: str,
+        at_once: bool = False,
+    ) -> None:
+        """Start `repeat(interval, work, what, at_once)` as a task named `what`."""
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(repeat(interval, work, what, at_once), name=what)
+        self._tasks.append(task)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            await cancel_and_wait(task)
+        self._tasks = []

@@ -31,11 +31,12 @@ STATUSES = ("pending", "active", "retired")
 
 
 class Cipher(Protocol):
-    """What this module needs of gateway.security.secrets.SecretBox (storage imports no gateway)."""
+    """What storage needs of gateway.security.secrets.SecretBox (storage imports no gateway):
+    a secret sealed to its context (what it is, which row), which it alone opens again."""
 
-    def encrypt(self, data: bytes | str, associated: bytes = b"") -> str: ...
+    def seal(self, data: bytes | str, *context: str) -> str: ...
 
-    def decrypt(self, token: str, associated: bytes = b"") -> bytes: ...
+    def unseal(self, token: str, *context: str) -> bytes: ...
 
 
 class DkimKeyError(Exception):
@@ -73,16 +74,16 @@ class ActiveKey:
 
     def private_pem(self) -> bytes:
         """The PKCS#8 PEM; raises the box's error (e.g. WrongKeyError) when it cannot."""
-        return self._box.decrypt(
-            self._encrypted, _bound_to(self.record.domain, self.record.selector)
+        return self._box.unseal(
+            self._encrypted, *_context(self.record.domain, self.record.selector)
         )
 
     def __repr__(self) -> str:
         return f"ActiveKey({self.record!r})"
 
 
-def _bound_to(domain: str, selector: str) -> bytes:
-    return f"dkim_key:{domain}:{selector}".encode()
+def _context(domain: str, selector: str) -> tuple[str, ...]:
+    return ("dkim_key", domain, selector)
 
 
 def _record(row: Any) -> DkimKeyRecord:
@@ -124,10 +125,10 @@ async def add_key(
     """Store a new key. `activate`: None = active when the domain has no active key, else
     pending; True = active now (the previous one retired); False = pending.
 
-    `domain` and `selector` must already be normalised (gateway.dkim.signer.normalise_*).
+    `domain` and `selector` must already be normalised (gateway.dkim.names.normalise_*).
     """
     key_id = "dkim_" + secrets.token_hex(8)
-    encrypted = box.encrypt(private_pem, _bound_to(domain, selector))
+    encrypted = box.seal(private_pem, *_context(domain, selector))
     now = time.time()
 
     def work(conn: Connection) -> DkimKeyRecord:

@@ -13,7 +13,7 @@ import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Connection, select, update
 
@@ -88,6 +88,24 @@ class ApiKeyRecord:
             "created_at": self.created_at,
             "revoked_at": self.revoked_at,
         }
+
+
+class Grants(Protocol):
+    """What a key may submit: an ApiKeyRecord, or intake's Sender made from one."""
+
+    @property
+    def may_send(self) -> bool: ...
+
+    @property
+    def may_sandbox(self) -> bool: ...
+
+
+def submit_refusal(key: Grants, sandbox: bool) -> str | None:
+    """Why `key` may not submit a message (a sandbox one when `sandbox`), or None: the one
+    check, in the same words, for the HTTP and the SMTP door."""
+    if sandbox:
+        return None if key.may_sandbox else "sandbox sends need an API key with the 'sandbox' scope"
+    return None if key.may_send else "this API key lacks a send scope"
 
 
 def check_scopes(scopes: Iterable[str]) -> tuple[str, ...]:

@@ -18,8 +18,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Select, and_, func, or_, select, tuple_
 
-from gateway.addresses import normalise
 from storage.db import Database
+from storage.mailboxes import normalise
 from storage.messages import next_attempt_at
 from storage.models import Message, MessageMeta, MessageTag, Pool, Recipient
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import Connection, insert, select
 
-from gateway.queue import events
+from storage import event_json
 from storage.db import Database
 from storage.models import Message, MessageMeta, Pool, Recipient
 
@@ -73,7 +73,7 @@ class MessageState:
     mail_from: str = ""
     next_attempt_at: float | None = None  # None once final, and while a worker holds it
     last_response: str | None = None  # the last attempt's summary
-    events: list[dict[str, Any]] = field(default_factory=list)  # gateway.queue.events public shape
+    events: list[dict[str, Any]] = field(default_factory=list)  # storage.event_json.to_json
 
 
 def next_attempt_at(due_at: float | None, claimed_by: str | None, now: float) -> float | None:
@@ -121,7 +121,7 @@ def _state(conn: Connection, message_id: str, with_events: bool = False) -> Mess
         mail_from=row.mail_from,
         next_attempt_at=next_attempt_at(row.due_at, row.claimed_by, time.time()),
         last_response=row.last_response,
-        events=events.for_message(conn, message_id) if with_events else [],
+        events=event_json.for_message(conn, message_id) if with_events else [],
     )
 
 

@@ -107,7 +107,7 @@ class Suppression(SQLModel, table=True):
     __tablename__ = "suppression"
     __table_args__ = (Index("ix_suppression_created", "created_at"),)
 
-    email: str = Field(primary_key=True)  # gateway.addresses.mailbox_key of the address
+    email: str = Field(primary_key=True)  # storage.mailboxes.mailbox_key of the address
     reason: str = Field(max_length=16)  # unsubscribed | bounced | complaint | manual
     created_at: float
 

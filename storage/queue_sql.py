@@ -1,12 +1,17 @@
-"""The SQL of gateway.queue.store's state changes, built once (compiled statements are cached).
+"""The SQL of gateway.queue.store's state changes and reads, named here.
 
-Parameter names are shared: `m_id` the message, `node` the claiming node, `now` the time
-of the change. gateway.queue.store decides what to write; this module only says how.
+Statements are built once (compiled statements are cached). Parameter names are shared:
+`m_id` the message, `node` the claiming node, `now` the time of the change. The functions
+below run the statements whose shape depends on their arguments. gateway.queue.store
+decides what to write; this module only says how.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import bindparam, delete, insert, select, update
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Connection, Row, bindparam, delete, func, insert, select, text, update
 
 from storage.models import Event, Message, MessageBody, MessageTag, Recipient
 
@@ -16,10 +21,16 @@ R = Recipient.__table__  # type: ignore[attr-defined]
 T = MessageTag.__table__  # type: ignore[attr-defined]
 E = Event.__table__  # type: ignore[attr-defined]
 
+# --- a new message: its row, body, recipients and tags, in one transaction ---------------
+
 INSERT_MESSAGE = insert(M)
 INSERT_BODY = insert(B)
 INSERT_RECIPIENT = insert(R)
 INSERT_TAG = insert(T)
+
+# --- an attempt's results ----------------------------------------------------------------
+
+# One recipient's result (`m_email`): its status, the reply, one more attempt.
 UPDATE_RECIPIENT = (
     update(R)
     .where(R.c.message_id == bindparam("m_id"), R.c.email == bindparam("m_email"))
@@ -31,6 +42,8 @@ UPDATE_RECIPIENT = (
         updated_at=bindparam("now"),
     )
 )
+# The message after an attempt, only while `node` holds its claim: its status, when it is
+# due again (`due`, NULL once final), the pool and reply; the claim is let go.
 UPDATE_MESSAGE = (
     update(M)
     .where(M.c.id == bindparam("m_id"), M.c.claimed_by == bindparam("node"))
@@ -46,7 +59,7 @@ UPDATE_MESSAGE = (
         updated_at=bindparam("now"),
     )
 )
-DELETE_BODY = delete(B).where(B.c.message_id == bindparam("m_id"))
+DELETE_BODY = delete(B).where(B.c.message_id == bindparam("m_id"))  # once final
 
 # An attempt's rows are written only if its message update went through (this node still
 # held the claim). That update runs first in the shared transaction and stamps the message
@@ -69,23 +82,28 @@ RECORD_EVENT = insert(E).from_select(
     [column.name for column in _EVENT_COLUMNS],
     select(*(bindparam(c.name, type_=c.type) for c in _EVENT_COLUMNS)).where(RECORDED),
 )
+
+# --- the claims of one node (`node`) -----------------------------------------------------
+
+# Push the lease of every message it holds to `until`.
 RENEW = (
     update(M)
     .where(M.c.claimed_by == bindparam("node"), M.c.due_at.is_not(None))
     .values(due_at=bindparam("until"))
 )
+# Let go of everything it holds, due at `now` (shutdown, start-up).
 RELEASE = (
     update(M)
     .where(M.c.claimed_by == bindparam("node"), M.c.due_at.is_not(None))
     .values(claimed_by=None, due_at=bindparam("now"))
 )
+# Let go of one message it holds, due at `due`.
 RELEASE_ONE = (
     update(M)
     .where(M.c.id == bindparam("m_id"), M.c.claimed_by == bindparam("node"))
     .values(claimed_by=None, due_at=bindparam("due"))
 )
-
-
+# Let go of one message it holds that must wait until `due` (`why`) with no attempt counted.
 POSTPONE = (
     update(M)
     .where(M.c.id == bindparam("m_id"), M.c.claimed_by == bindparam("node"))
@@ -97,3 +115,126 @@ POSTPONE = (
         updated_at=bindparam("now"),
     )
 )
+
+# What a claim reads of each message (its recipients and body come next).
+CLAIMED = (
+    M.c.id, M.c.mail_from, M.c.attempts, M.c.created_at, M.c.ip_pool, M.c.pool_id,
+    M.c.retried_at, M.c.forced_attempts, M.c.last_response, M.c.updated_at, M.c.route_default,
+)  # fmt: skip
+
+
+def _row_locks(conn: Connection) -> bool:
+    """PostgreSQL locks rows (and can skip those locked); SQLite has one writer."""
+    return conn.dialect.name != "sqlite"
+
+
+def claim_due(conn: Connection, node: str, now: float, until: float, limit: int) -> list[Row[Any]]:
+    """Claim for `node` up to `limit` messages due at `now`, oldest due first, leased until
+    `until`; returns their CLAIMED columns. Rows another node is claiming are skipped, not
+    waited for."""
+    due = select(M.c.id).where(M.c.due_at <= now).order_by(M.c.due_at).limit(limit)
+    if _row_locks(conn):
+        due = due.with_for_update(skip_locked=True)
+    claimed = conn.execute(
+        update(M)
+        .where(M.c.id.in_(due.scalar_subquery()))
+        .values(claimed_by=node, due_at=until)
+        .returning(*CLAIMED)
+    )
+    return list(claimed.all())
+
+
+def recipients_of(conn: Connection, ids: Sequence[str]) -> list[Any]:
+    """(message_id, email, status) of every recipient of these messages, in stored order."""
+    query = select(R.c.message_id, R.c.email, R.c.status).where(R.c.message_id.in_(ids))
+    return list(conn.execute(query.order_by(R.c.id)))
+
+
+def bodies_of(conn: Connection, ids: Sequence[str]) -> dict[str, bytes]:
+    """The stored bodies of these messages, by message id."""
+    rows = conn.execute(select(B.c.message_id, B.c.data).where(B.c.message_id.in_(ids)))
+    return {row.message_id: row.data for row in rows}
+
+
+def wake_waiting(conn: Connection, prefix: str, now: float) -> int:
+    """Make due at `now` the unclaimed deferred messages waiting for a later time whose
+    last_response begins with `prefix`; returns how many."""
+    waiting = update(M).where(
+        M.c.due_at > now,
+        M.c.claimed_by.is_(None),
+        M.c.status == "deferred",
+        M.c.last_response.startswith(prefix, autoescape=True),
+    )
+    return int(conn.execute(waiting.values(due_at=now)).rowcount)
+
+
+# --- operator actions -------------------------------------------------------------------
+
+
+def _free(now: float) -> Any:
+    """No worker holds the message, or its holder's lease has lapsed."""
+    return M.c.claimed_by.is_(None) | (M.c.due_at <= now)
+
+
+def retry_now(conn: Connection, ids: Sequence[str], now: float) -> list[str]:
+    """Make these messages due at `now`, stamped `retried_at`: those with work left that no
+    worker holds. Returns their ids."""
+    rows = conn.execute(
+        update(M)
+        .where(M.c.id.in_(list(ids)), M.c.due_at.is_not(None), _free(now))
+        .values(due_at=now, claimed_by=None, retried_at=now)
+        .returning(M.c.id)
+    )
+    return [row.id for row in rows]
+
+
+def active_of(conn: Connection, ids: Sequence[str]) -> list[Row[Any]]:
+    """(id, claimed_by, due_at) of those of these messages with work left, locked for the
+    transaction. On PostgreSQL rows another transaction holds are skipped, never waited for
+    (a node recording or renewing its delivery locks the same rows in its own order:
+    waiting could deadlock)."""
+    active = select(M.c.id, M.c.claimed_by, M.c.due_at).where(
+        M.c.id.in_(ids), M.c.due_at.is_not(None)
+    )
+    if _row_locks(conn):
+        active = active.with_for_update(skip_locked=True)
+    return list(conn.execute(active))
+
+
+def with_work_left(conn: Connection, ids: Sequence[str]) -> set[str]:
+    """Those of these messages with work left, read without a lock (locked ones included)."""
+    still = select(M.c.id).where(M.c.id.in_(ids), M.c.due_at.is_not(None))
+    return {row.id for row in conn.execute(still)}
+
+
+def pending_of(conn: Connection, ids: Sequence[str]) -> list[Any]:
+    """(message_id, email) of the pending recipients of these messages, in stored order."""
+    query = select(R.c.message_id, R.c.email).where(
+        R.c.message_id.in_(ids), R.c.status == "pending"
+    )
+    return list(conn.execute(query.order_by(R.c.id)))
+
+
+def mark_cancelled(conn: Connection, ids: Sequence[str], now: float, why: str) -> None:
+    """These messages and their pending recipients become `cancelled`, never due again."""
+    conn.execute(
+        update(M)
+        .where(M.c.id.in_(ids))
+        .values(status="cancelled", due_at=None, claimed_by=None, last_response=why, updated_at=now)
+    )
+    conn.execute(
+        update(R)
+        .where(R.c.message_id.in_(ids), R.c.status == "pending")
+        .values(status="cancelled", response=why, updated_at=now)
+    )
+
+
+def delete_bodies(conn: Connection, ids: Sequence[str]) -> None:
+    conn.execute(delete(B).where(B.c.message_id.in_(ids)))
+
+
+# --- reads ------------------------------------------------------------------------------
+
+# Messages with work left, by status (reads only the due index).
+COUNT_ACTIVE = select(M.c.status, func.count()).where(M.c.due_at.is_not(None)).group_by(M.c.status)
+PING = text("SELECT 1")

@@ -1,9 +1,9 @@
 """The suppression list: addresses Postern refuses to send to.
 
-Addresses are stored under `gateway.addresses.mailbox_key` (unquoted, lower-cased, IDNs as
-A-labels), so one mailbox has one entry however it is spelt. Bounces add entries from
-`gateway.queue.store` in the attempt's own transaction; these functions are the operator's and
-the API's.
+Addresses are stored under `storage.mailboxes.mailbox_key` (unquoted, lower-cased, IDNs as
+A-labels), so one mailbox has one entry however it is spelt. Bounces add entries with
+`add_if_absent`, in the attempt's own transaction (gateway.queue.store); the other functions
+are the operator's and the API's.
 """
 
 from __future__ import annotations
@@ -13,14 +13,29 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
-from gateway.addresses import mailbox_key
 from storage.db import Database
+from storage.mailboxes import mailbox_key
 from storage.models import Suppression
 
 S = Suppression.__table__  # type: ignore[attr-defined]
 
 REASONS = ("unsubscribed", "bounced", "complaint", "manual")
+
+
+def _add_if_absent(dialect: Any) -> Any:
+    return dialect.insert(S).on_conflict_do_nothing(index_elements=["email"])
+
+
+_ADD_IF_ABSENT = {True: _add_if_absent(sqlite), False: _add_if_absent(postgresql)}
+
+
+def add_if_absent(is_sqlite: bool) -> Any:
+    """The INSERT of entries (email, reason, created_at) that leaves an address already
+    listed as it is: how an attempt's hard bounces and complaints join the list, in the
+    attempt's own transaction. Built once per dialect."""
+    return _ADD_IF_ABSENT[is_sqlite]
 
 
 @dataclass(frozen=True)

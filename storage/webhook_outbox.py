@@ -28,23 +28,15 @@ from functools import cache
 from typing import Any, NamedTuple
 
 from sqlalchemy import (
-    JSON,
-    BigInteger,
     ColumnElement,
     Connection,
     Select,
-    String,
-    Text,
     and_,
     bindparam,
-    case,
-    cast,
     delete,
     exists,
     func,
     insert,
-    literal,
-    null,
     or_,
     select,
     text,
@@ -52,6 +44,7 @@ from sqlalchemy import (
     update,
 )
 
+from storage import event_json
 from storage.models import Event, MessageMeta, Webhook, WebhookAttempt
 
 W = Webhook.__table__  # type: ignore[attr-defined]
@@ -150,9 +143,9 @@ def batch(
     types: Collection[str] | None,
     limit: int,
 ) -> list[Owed]:
-    """The next events to send, each already in its public JSON shape (gateway.queue.events.
-    to_json, with the message's tags and metadata), made by the database: a POST of hundreds
-    of events then costs Python a join of strings instead of hundreds of dicts."""
+    """The next events to send, each already in its public JSON shape (storage.event_json,
+    with the message's tags and metadata), made by the database: a POST of hundreds of
+    events then costs Python a join of strings instead of hundreds of dicts."""
     query = _batch(conn.dialect.name, types is not None)
     rows = conn.execute(query, _range(after, upto, types, limit=limit))
     return [Owed(*row) for row in rows]
@@ -161,55 +154,15 @@ def batch(
 @cache
 def _batch(dialect: str, filtered: bool) -> Select[Any]:
     query = _between(dialect, filtered).limit(bindparam("limit")).subquery()
-    shaped = select(query.c.txid, query.c.id, query.c.created_at, _event_json(dialect, query))
+    shaped = select(
+        query.c.txid,
+        query.c.id,
+        query.c.created_at,
+        event_json.as_sql(dialect, query, META.c.tags, META.c.metadata_json),
+    )
     return shaped.select_from(
         query.outerjoin(META, META.c.message_id == query.c.message_id)
     ).order_by(query.c.txid, query.c.id)
-
-
-def _event_json(dialect: str, e: Any) -> ColumnElement[str]:
-    """One event row of `e` as gateway.queue.events.to_json would shape it, as JSON text."""
-    pg = dialect == "postgresql"
-    obj = func.json_build_object if pg else func.json_object
-
-    def as_json(value: Any) -> Any:  # text holding JSON -> a JSON value, not a string
-        return cast(value, JSON) if pg else func.json(value)
-
-    # As datetime does: rounded to microseconds, then isoformat() truncates to milliseconds
-    # (a CAST truncates on both backends; SQLite may lack floor()).
-    micros = cast(func.round(e.c.created_at * 1_000_000), BigInteger)
-    millis = (micros // 1000) / 1000.0
-    if pg:
-        created = func.to_char(
-            func.timezone("UTC", func.to_timestamp(millis)), 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'
-        )
-    else:
-        created = func.strftime("%Y-%m-%dT%H:%M:%fZ", millis, "unixepoch")
-    replied = or_(
-        e.c.code.is_not(None),
-        func.coalesce(e.c.enhanced, "") != "",
-        func.coalesce(e.c.response, "") != "",
-    )
-    response = obj(
-        "code", e.c.code, "enhanced_status", e.c.enhanced,
-        "text", func.coalesce(e.c.response, ""),
-    )  # fmt: skip
-    document = obj(
-        "id", literal("evt_") + cast(e.c.id, String),
-        "type", e.c.type,
-        "created_at", created,
-        "message_id", e.c.message_id,
-        "message_status", e.c.message_status,
-        "recipient", e.c.recipient,
-        "pool", e.c.pool,
-        "attempt", e.c.attempt,
-        "response", case((replied, response), else_=null()) if pg else func.json(
-            case((replied, response), else_=null())
-        ),
-        "tags", as_json(func.coalesce(META.c.tags, "[]")),
-        "metadata", as_json(func.coalesce(META.c.metadata_json, "{}")),
-    )  # fmt: skip
-    return cast(document, Text) if pg else document
 
 
 COUNT_CAP = 1_000_000  # counts of events (dropped, replayed) stop here: they stay cheap
@@ -314,7 +267,7 @@ def release(conn: Connection, node: str, webhook_id: str | None = None) -> None:
 
 
 @dataclass(frozen=True)
-class Target:
+class WebhookState:
     """What the sender needs to know of a webhook right now."""
 
     url: str
@@ -334,11 +287,11 @@ class Target:
         return event.created_at
 
 
-def target(conn: Connection, webhook_id: str) -> Target | None:
+def target(conn: Connection, webhook_id: str) -> WebhookState | None:
     row = conn.execute(select(W).where(W.c.id == webhook_id)).first()
     if row is None:
         return None
-    return Target(
+    return WebhookState(
         url=row.url,
         secret_enc=row.secret_enc,
         active=row.is_active,
@@ -371,7 +324,9 @@ def attempt_row(
     }
 
 
-def advance(conn: Connection, webhook_id: str, node: str, seen: Target, new: Position) -> bool:
+def advance(
+    conn: Connection, webhook_id: str, node: str, seen: WebhookState, new: Position
+) -> bool:
     """Move the cursor from where it was in `seen` to `new` (sent, or skipped) if this node
     still holds the lease and nobody changed it meanwhile: a replay moves it back, or, when it
     is further back already, marks what it replayed (replayed_at), which a skip past max_age
@@ -395,7 +350,7 @@ def delivered(
     conn: Connection,
     webhook_id: str,
     node: str,
-    moved: tuple[Target, Position],
+    moved: tuple[WebhookState, Position],
     attempt: dict[str, Any],
     until: float,
 ) -> bool:

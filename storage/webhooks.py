@@ -44,7 +44,7 @@ class WebhookRecord:
 
 
 @dataclass(frozen=True)
-class AttemptRecord:
+class WebhookAttemptRecord:
     id: int
     at: float
     events: int
@@ -188,7 +188,7 @@ async def replay(
     return await db.read(lambda conn: outbox.count_between(conn, start, upto, types))
 
 
-async def attempts(db: Database, webhook_id: str, limit: int) -> list[AttemptRecord]:
+async def attempts(db: Database, webhook_id: str, limit: int) -> list[WebhookAttemptRecord]:
     """The webhook's latest attempts, newest first."""
     rows = await db.read(
         lambda conn: conn.execute(
@@ -196,7 +196,7 @@ async def attempts(db: Database, webhook_id: str, limit: int) -> list[AttemptRec
         ).all()
     )
     return [
-        AttemptRecord(
+        WebhookAttemptRecord(
             id=r.id,
             at=r.at,
             events=r.events,
@@ -207,14 +207,6 @@ async def attempts(db: Database, webhook_id: str, limit: int) -> list[AttemptRec
         )
         for r in rows
     ]
-
-
-async def secret_of(db: Database, webhook_id: str) -> str | None:
-    """The stored ciphertext of the webhook's secret (for the sender to unseal)."""
-    value = await db.read(
-        lambda conn: conn.execute(select(W.c.secret_enc).where(W.c.id == webhook_id)).scalar()
-    )
-    return str(value) if value is not None else None
 
 
 BACKLOG_CAP = 1_000_000  # the gauge counts at most this many per webhook

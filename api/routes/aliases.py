@@ -28,7 +28,8 @@ from api.openapi import operation, path_parameter, query_parameter
 from api.resource_schemas import AliasCreate, AliasList, AliasResponse, AliasUpdate
 from api.schemas import ErrorResponse, Ok, parse
 from gateway.addresses import envelope_problem, normalise
-from gateway.intake.message_builder import Draft, Mailbox, build, text_problem
+from gateway.intake.fields import text_problem
+from gateway.intake.message_builder import Draft, Mailbox, build
 from gateway.intake.pipeline import Refusal
 from gateway.message import Sender, Submission
 from storage import aliases

@@ -22,7 +22,8 @@ from api.openapi import operation, path_parameter
 from api.resource_schemas import DomainCreate, DomainList, DomainResponse, DomainVerification
 from api.schemas import ErrorResponse, Ok, parse
 from gateway.dkim import domains as sender_domains
-from gateway.dkim import signer as dkim
+from gateway.dkim.errors import DkimError
+from gateway.dkim.names import normalise_domain
 from storage import domains
 from storage.domains import DomainRecord
 
@@ -65,8 +66,8 @@ async def _one(ctx: ApiContext, request: Request) -> DomainRecord:
     key = request.path_params["domain_id"]
     if not key.startswith("dom_"):
         try:
-            key = dkim.normalise_domain(key)
-        except dkim.DkimError:
+            key = normalise_domain(key)
+        except DkimError:
             raise errors.NotFound("no such domain") from None
     record = await domains.get_domain(ctx.db, key) if len(key) <= 253 else None
     if record is None:
@@ -99,9 +100,9 @@ async def create(request: Request) -> Response:
     body = parse(DomainCreate, await request.body())
     try:
         if body.domain != body.domain.strip():  # as /openapi.json says: no blanks around
-            raise dkim.DkimError(f"{body.domain!r} has blanks around it")
-        name = dkim.normalise_domain(body.domain)
-    except dkim.DkimError as error:
+            raise DkimError(f"{body.domain!r} has blanks around it")
+        name = normalise_domain(body.domain)
+    except DkimError as error:
         raise errors.InvalidRequest(
             f"domain: {error}", [{"field": "domain", "message": "not a domain name"}]
         ) from None

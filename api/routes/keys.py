@@ -17,7 +17,7 @@ from api.auth import authenticate
 from api.context import ApiContext, iso
 from api.openapi import operation, path_parameter
 from api.schemas import CreatedKeyResponse, ErrorResponse, KeyCreate, KeyList, KeyResponse, parse
-from gateway.intake.message_builder import text_problem
+from gateway.intake.fields import text_problem
 from storage.keys import ApiKeyRecord, create_key, get_key, list_keys, revoke_key
 
 SCOPE = "keys"

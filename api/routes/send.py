@@ -24,8 +24,8 @@ from api.openapi import operation
 from api.schemas import ErrorResponse, QueuedResponse, SendRequest, SendResponse, parse
 from gateway import maillog
 from gateway.headers import header_size
-from gateway.intake.fields import control_problems, sandbox_flag
-from gateway.intake.message_builder import BuildError, Built, Draft, Mailbox, build, text_problem
+from gateway.intake.fields import control_problems, sandbox_flag, text_problem
+from gateway.intake.message_builder import BuildError, Built, Draft, Mailbox, build
 from gateway.intake.pipeline import (
     Accepted,
     AliasUnverified,
@@ -39,8 +39,8 @@ from gateway.intake.pipeline import (
 )
 from gateway.intake.request_digest import json_digest
 from gateway.message import Sender, Submission
-from storage.idempotency import find, save_response
-from storage.keys import ApiKeyRecord
+from gateway.queue import idempotency
+from storage.keys import ApiKeyRecord, submit_refusal
 from storage.messages import MessageState, message_state
 from storage.writer import StorageFull, StorageUnavailable
 
@@ -140,10 +140,9 @@ async def send(request: Request) -> Response:
     ctx: ApiContext = request.app.state.api
     key = await authenticate(request, ctx.keys, ctx.limiter)
     sandbox = sandbox_requested(request)
-    if sandbox and not key.may_sandbox:
-        raise errors.Forbidden("sandbox sends need an API key with the 'sandbox' scope")
-    if not sandbox and not key.may_send:
-        raise errors.Forbidden("this API key lacks a send scope")
+    lacking = submit_refusal(key, sandbox)
+    if lacking is not None:
+        raise errors.Forbidden(lacking)
     raw = await request.body()
     if len(raw) > _INLINE_BODY:
         # Parsing and building a large body takes CPU time the event loop (SMTP, delivery)
@@ -221,7 +220,7 @@ async def send(request: Request) -> Response:
     status, payload = await _outcome(ctx, accepted, sandbox)
     if body.idempotency_key is not None:
         # Off the answer's path: a replay that comes first waits for it (see _replay).
-        save = save_response(
+        save = idempotency.save_answer(
             ctx.writer, key.id, body.idempotency_key, accepted.message_id, status, payload
         )
         ctx.in_background(save, f"saving the idempotent answer of {accepted.message_id}")
@@ -275,20 +274,15 @@ async def _replay(
 ) -> Response:
     """The first request's answer, marked idempotent; waits for it while it is in flight."""
     response = duplicate.response
-    first = await message_state(ctx.db, duplicate.message_id) if response is None else None
-    # Wait for the first request's answer only while it can still be coming: not for a
-    # message older than the handoff (its request died, e.g. in a crash).
-    age = time.time() - first.created_at if first else 0.0
-    deadline = time.monotonic() + max(0.0, ctx.handoff_timeout + 2.0 - age)
-    while response is None:
-        hit = await find(ctx.db, key.id, idempotency_key)
-        if hit is None or hit.message_id != duplicate.message_id:
-            break
-        response = hit.response
-        if response is None:
-            if time.monotonic() >= deadline:
-                break
-            await asyncio.sleep(0.02)
+    if response is None:
+        first = await message_state(ctx.db, duplicate.message_id)
+        # Wait for the first request's answer only while it can still be coming: not for a
+        # message older than the handoff (its request died, e.g. in a crash).
+        age = time.time() - first.created_at if first else 0.0
+        deadline = time.monotonic() + max(0.0, ctx.handoff_timeout + 2.0 - age)
+        response = await idempotency.wait_for_answer(
+            ctx.db, key.id, idempotency_key, duplicate.message_id, deadline
+        )
     if response is None:  # the first request is still waiting, or died: say what we know
         state = await message_state(ctx.db, duplicate.message_id)
         done = state is not None and state.status in ("delivered", "sandbox")

@@ -27,7 +27,7 @@ from api.schemas import (
     parse,
 )
 from gateway.addresses import envelope_problem, mailbox_key
-from gateway.intake.message_builder import text_problem
+from gateway.intake.fields import text_problem
 from storage.suppressions import (
     REASONS,
     SuppressionRecord,

@@ -29,7 +29,7 @@ from api.webhook_schemas import (
     WebhookResponse,
     WebhookUpdate,
 )
-from gateway.intake.message_builder import text_problem
+from gateway.intake.fields import text_problem
 from gateway.queue import events
 from gateway.queue.operations import FilterError, parse_time
 from gateway.security.hostguard import HostRefused

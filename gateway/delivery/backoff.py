@@ -1,5 +1,8 @@
 """Back-off: an upstream that says "slow down" gets fewer connections for a while.
 
+BACKOFF among the slow-downs of gateway.delivery.slowdown: it narrows a pool, unlike its
+COOLDOWN (the pool set aside after failures) or a message's WAIT and RETRY.
+
 A `421` reply or a `4.7.x` enhanced status (RFC 3463: security or policy, the class
 providers use for throttling) halves the pool's connection cap, floor 1, for a cool-down,
 then the full cap returns. Replies arriving together from sessions already in flight are
@@ -14,6 +17,7 @@ import collections
 import contextlib
 import time
 
+from gateway.delivery.slowdown import halved
 from gateway.message import DeliveryResult
 
 
@@ -91,7 +95,7 @@ class Backoff:
         if now - self._halved_at < self._settle:
             return False
         self._halved_at = now
-        self._slots.resize(max(1, self._slots.size // 2))
+        self._slots.resize(halved(self._slots.size))
         return True
 
     def restore(self) -> None:

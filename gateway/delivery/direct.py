@@ -82,7 +82,7 @@ class DirectRoutes:
         return await self._deliver_domain(part, tuple(targets))
 
     async def _deliver_domain(
-        self, message: QueuedMessage, targets: tuple[mx.Target, ...]
+        self, message: QueuedMessage, targets: tuple[mx.MxTarget, ...]
     ) -> dict[str, DeliveryResult]:
         last = deferred("no MX host of the domain could be reached", "4.4.1")
         now = time.time()
@@ -98,7 +98,7 @@ class DirectRoutes:
                 last = unavailable.result
         return dict.fromkeys(message.recipients, last)
 
-    def _pool(self, target: mx.Target) -> UpstreamPool:
+    def _pool(self, target: mx.MxTarget) -> UpstreamPool:
         key = (target.address, target.port)
         pool = self._pools.get(key)
         if pool is None:

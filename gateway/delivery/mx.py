@@ -50,7 +50,7 @@ class Hop(NamedTuple):
 
 
 @dataclass(frozen=True)
-class Target:
+class MxTarget:
     """One connection to try: the address to dial, the name to greet and pool by."""
 
     host: str
@@ -64,7 +64,7 @@ class DomainPlan:
 
     domain: str
     recipients: tuple[str, ...]
-    targets: tuple[Target, ...] = ()
+    targets: tuple[MxTarget, ...] = ()
     outcome: DeliveryResult | None = None  # set when no connection is to be made
 
 
@@ -133,13 +133,13 @@ def targets(
     route: Sequence[Hop],
     addresses: Mapping[str, AddressResult],
     limit: int = DEFAULT_TARGET_LIMIT,
-) -> tuple[Target, ...] | DeliveryResult:
+) -> tuple[MxTarget, ...] | DeliveryResult:
     """Hops expanded to addresses, in order, without repeats, at most `limit`.
 
     A host that is temporarily unresolvable is skipped while others work; when no host has
     an address the domain defers if any lookup failed temporarily, else bounces (5.4.4).
     """
-    found: list[Target] = []
+    found: list[MxTarget] = []
     seen: set[tuple[str, int]] = set()
     failure: Temporary | None = None
     for hop in route:
@@ -152,7 +152,7 @@ def targets(
         for address in answer.addresses:
             if (address, hop.port) not in seen and len(found) < limit:
                 seen.add((address, hop.port))
-                found.append(Target(hop.host, address, hop.port))
+                found.append(MxTarget(hop.host, address, hop.port))
     if found:
         return tuple(found)
     if failure is not None:
@@ -171,7 +171,7 @@ async def plan_domain(
     rcpts = tuple(recipients)
     literal = domain_literal(domain)
     if literal is not None:
-        return DomainPlan(domain, rcpts, (Target(literal, literal, port),))
+        return DomainPlan(domain, rcpts, (MxTarget(literal, literal, port),))
     route = hops(domain, await resolver.mx(domain), port)
     if isinstance(route, DeliveryResult):
         return DomainPlan(domain, rcpts, outcome=route)

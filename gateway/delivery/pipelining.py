@@ -17,20 +17,20 @@ aiosmtplib bounds the replies it reads while opening the session (32 KiB, 8 KiB 
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import aiosmtplib
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+from gateway.addresses import has_control
+
 MAX_REPLY_LINES = 100  # lines of one reply (an EHLO has a dozen; RFC 5321 sets no limit)
 MAX_REPLY_BYTES = 32 * 1024  # one reply, all its lines (aiosmtplib's bound too)
 _SLICE = 1 << 20  # bytes of a message dot-stuffed at a time
 
 
 @dataclass(frozen=True)
-class Reply:
+class UpstreamReply:
     code: int
     text: str
 
@@ -41,10 +41,10 @@ class Reply:
 
 @dataclass(frozen=True)
 class TransactionReplies:
-    mail: Reply
-    rcpts: dict[str, Reply]
-    data: Reply | None = None  # the reply to DATA (354), when it was reached
-    final: Reply | None = None  # the reply after the final dot
+    mail: UpstreamReply
+    rcpts: dict[str, UpstreamReply]
+    data: UpstreamReply | None = None  # the reply to DATA (354), when it was reached
+    final: UpstreamReply | None = None  # the reply after the final dot
     body_sent: bool = False  # the final dot went out: a lost reply may mean delivered
 
 
@@ -64,7 +64,7 @@ class ProtocolViolation(SessionClosed):
     """The upstream broke SMTP (a reply too long, malformed or unsolicited); dropped."""
 
 
-BAD_ADDRESS = Reply(501, "5.1.3 address contains control characters (not sent)")
+BAD_ADDRESS = UpstreamReply(501, "5.1.3 address contains control characters (not sent)")
 
 
 def dot_stuff(content: bytes) -> bytes:
@@ -100,7 +100,7 @@ class PipelinedSession(asyncio.Protocol):
         self._buffer = bytearray()
         self._lines: list[bytes] = []  # of the reply being read
         self._size = 0  # bytes in _lines
-        self._waiters: list[asyncio.Future[Reply]] = []
+        self._waiters: list[asyncio.Future[UpstreamReply]] = []
         self.closed = False
 
     @classmethod
@@ -160,7 +160,7 @@ class PipelinedSession(asyncio.Protocol):
             return
         waiter = self._waiters.pop(0)
         if not waiter.done():
-            waiter.set_result(Reply(code, text))
+            waiter.set_result(UpstreamReply(code, text))
 
     def _break(self, reason: str) -> None:
         self.close()
@@ -175,7 +175,7 @@ class PipelinedSession(asyncio.Protocol):
 
     # --- commands ---------------------------------------------------------------------
 
-    def _send(self, data: bytes, replies: int) -> list[asyncio.Future[Reply]]:
+    def _send(self, data: bytes, replies: int) -> list[asyncio.Future[UpstreamReply]]:
         if self.closed or self._transport.is_closing():
             raise SessionClosed("the session is closed")
         loop = asyncio.get_running_loop()
@@ -184,7 +184,9 @@ class PipelinedSession(asyncio.Protocol):
         self._transport.write(data)
         return futures
 
-    async def _reply(self, future: asyncio.Future[Reply], body_sent: bool = False) -> Reply:
+    async def _reply(
+        self, future: asyncio.Future[UpstreamReply], body_sent: bool = False
+    ) -> UpstreamReply:
         try:
             return await asyncio.wait_for(future, self._timeout)
         except TimeoutError:
@@ -193,7 +195,7 @@ class PipelinedSession(asyncio.Protocol):
         except SessionClosed as closed:
             raise type(closed)(str(closed), body_sent) from None
 
-    async def command(self, line: bytes) -> Reply:
+    async def command(self, line: bytes) -> UpstreamReply:
         (future,) = self._send(line + b"\r\n", 1)
         return await self._reply(future)
 
@@ -201,9 +203,9 @@ class PipelinedSession(asyncio.Protocol):
         self, mail_from: str, rcpts: list[str], content: bytes, options: list[str], encoding: str
     ) -> TransactionReplies:
         """One whole transaction; the caller decides what the replies mean."""
-        if _CONTROL.search(mail_from):
+        if has_control(mail_from):
             return TransactionReplies(BAD_ADDRESS, {})
-        sendable = [r for r in rcpts if not _CONTROL.search(r)]
+        sendable = [r for r in rcpts if not has_control(r)]
         rcpt_replies = {r: BAD_ADDRESS for r in rcpts if r not in sendable}
         params = "".join(" " + option for option in options)
         mail = f"MAIL FROM:<{mail_from}>{params}\r\n".encode(encoding)
@@ -236,7 +238,7 @@ class PipelinedSession(asyncio.Protocol):
         final = await self._reply(future, body_sent=accepted)
         return TransactionReplies(mail_reply, rcpt_replies, data_reply, final, body_sent=accepted)
 
-    async def _send_large(self, content: bytes) -> asyncio.Future[Reply]:
+    async def _send_large(self, content: bytes) -> asyncio.Future[UpstreamReply]:
         """A large message written a slice at a time, with the event loop free in between:
         stuffing and copying 25 MB at once held it for a third of a second."""
         (future,) = self._send(b"", 1)

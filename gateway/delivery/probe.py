@@ -53,7 +53,7 @@ MAX_REPLY = 200  # characters of an SMTP reply repeated back
 
 
 @dataclass(frozen=True)
-class Target:
+class ProbeTarget:
     host: str
     port: int
     encryption: str  # tls | ssl | none
@@ -62,7 +62,7 @@ class Target:
     tls_verify: bool = True
 
     def __repr__(self) -> str:  # never print the password by accident
-        return f"Target({self.host!r}, {self.port}, {self.encryption!r}, {self.username!r})"
+        return f"ProbeTarget({self.host!r}, {self.port}, {self.encryption!r}, {self.username!r})"
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ class _Failed(Exception):
 
 
 async def probe(
-    target: Target,
+    target: ProbeTarget,
     addresses: Sequence[str],
     *,
     local_hostname: str,
@@ -146,7 +146,7 @@ def mask(text: str, username: str, password: str) -> str:
     return text
 
 
-async def _connect(target: Target, addresses: Sequence[str], timeout: float) -> socket.socket:
+async def _connect(target: ProbeTarget, addresses: Sequence[str], timeout: float) -> socket.socket:
     try:
         return await connect_first(addresses, target.port, timeout)
     except TimeoutError as error:
@@ -156,7 +156,7 @@ async def _connect(target: Target, addresses: Sequence[str], timeout: float) -> 
 
 
 async def _dialogue(
-    target: Target, addresses: Sequence[str], local_hostname: str, timeout: float
+    target: ProbeTarget, addresses: Sequence[str], local_hostname: str, timeout: float
 ) -> None:
     sock = await _connect(target, addresses, timeout)
     client = aiosmtplib.SMTP(
@@ -202,7 +202,7 @@ async def _dialogue(
         client.close()
 
 
-def _classify(error: BaseException, stage: str, target: Target) -> _Failed:
+def _classify(error: BaseException, stage: str, target: ProbeTarget) -> _Failed:
     """What went wrong at `stage`, in Postern's words: nothing the peer sent is kept but a
     well-formed SMTP reply."""
     if isinstance(error, TimeoutError):

@@ -12,10 +12,12 @@ is in flight (this node renews the lease of its sends in flight, `renew`, called
 delivery housekeeping) and dated to the end of the send by `sent`. A node that dies leaves
 its reservations to run out with their lease.
 
-A refused reservation says when slots free up. Messages refused while the pool is full are
-handed successive slot times (a small per-node queue), so a backlog comes back spread out
-at the pace slots free, not all at once; until the first slot frees, further refusals are
-answered from memory without a database round trip. Pools without limits cost nothing.
+A refused reservation says when slots free up: the message WAITs for one, with no attempt
+counted (gateway.delivery.slowdown names every way delivery slows down). Messages refused
+while the pool is full are handed successive slot times (a small per-node queue), so a
+backlog comes back spread out at the pace slots free, not all at once; until the first slot
+frees, further refusals are answered from memory without a database round trip. Pools
+without limits cost nothing.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from gateway import metrics
+from gateway.delivery.slowdown import Wait
 from gateway.delivery.upstream import PoolSettings
 from gateway.rates import Rate, parse_rate
 from storage import throttle as sql
@@ -56,16 +59,6 @@ class Ticket:
     """A reserved send; `send_id` names its window row (0 without a rate)."""
 
     send_id: int
-
-
-@dataclass(frozen=True)
-class Wait:
-    """The pool is over a limit: this message may try it again at `until`."""
-
-    pool: str  # its name
-    reason: str  # rate | daily | cooldown (a retried message meeting cooling pools)
-    until: float
-    text: str  # for last_response: "waiting: pool X rate limit 60/min"
 
 
 @dataclass

@@ -21,6 +21,7 @@ import aiosmtplib
 from aiosmtplib import SMTPConnectError, SMTPException, SMTPHeloError, SMTPResponseException
 
 from gateway import metrics
+from gateway.delivery import slowdown
 from gateway.delivery.backoff import Backoff, Slots
 from gateway.delivery.pipelining import (
     PipelinedSession,
@@ -65,8 +66,11 @@ class SessionSettings:
     command_timeout: float = 300.0
     idle_timeout: float = 60.0
     max_messages_per_connection: int = 1000
-    cooldown: float = 10.0  # first pause of a failing pool; doubles, at most 5 minutes
-    backoff: float = 60.0  # how long a throttling reply (421, 4.7.x) halves concurrency
+    # COOLDOWN and BACKOFF (gateway.delivery.slowdown): the first pause of a failing pool
+    # (doubling, at most 5 minutes); how long a throttling reply (421, 4.7.x) halves
+    # concurrency.
+    cooldown: float = 10.0
+    backoff: float = 60.0
     # Where a connection may go: resolved once, checked, connected to the checked address.
     guard: HostGuard = field(default_factory=HostGuard)
 
@@ -244,20 +248,28 @@ class UpstreamPool:
     async def _transaction(
         self, session: _Session, message: QueuedMessage
     ) -> dict[str, DeliveryResult]:
+        """The message's transaction on `session`, less what needs SMTPUTF8 where the
+        upstream lacks it: those recipients (all of them, for such a sender) are refused."""
         options = self._mail_options(session.extensions, message)
-        encoding = "utf-8" if "SMTPUTF8" in options else "ascii"
-        if encoding == "ascii" and not message.mail_from.isascii():
+        if "SMTPUTF8" in options:
+            return await self._mail_rcpt_data(session, message, options, "utf-8")
+        if not message.mail_from.isascii():
             return dict.fromkeys(message.recipients, _NEEDS_SMTPUTF8)
-        ascii_only = encoding == "ascii"
-        unsendable = {
-            r: _NEEDS_SMTPUTF8 for r in message.recipients if ascii_only and not r.isascii()
-        }
-        if unsendable:
-            sendable = [r for r in message.recipients if r.isascii()]
-            if not sendable:
-                return unsendable
-            message = replace(message, recipients=sendable)
-            return {**unsendable, **await self._transaction(session, message)}
+        unsendable = {r: _NEEDS_SMTPUTF8 for r in message.recipients if not r.isascii()}
+        if not unsendable:
+            return await self._mail_rcpt_data(session, message, options, "ascii")
+        sendable = [r for r in message.recipients if r.isascii()]
+        if not sendable:
+            return unsendable
+        message = replace(message, recipients=sendable)
+        return {**unsendable, **await self._transaction(session, message)}
+
+    async def _mail_rcpt_data(
+        self, session: _Session, message: QueuedMessage, options: list[str], encoding: str
+    ) -> dict[str, DeliveryResult]:
+        """MAIL, RCPT and DATA (after an RSET when the last transaction did not end well) and
+        what the replies mean; _StaleSession when a reused session was closed before any
+        of it."""
         try:
             if session.dirty:
                 await session.pipe.command(b"RSET")
@@ -473,14 +485,17 @@ class UpstreamPool:
     # --- health -----------------------------------------------------------------------
 
     def _mark(self, healthy: bool) -> None:
+        """Count a success (the pool is healthy again) or a failure of the pool itself: after
+        a few in a row it cools down, set aside for a while (COOLDOWN of
+        gateway.delivery.slowdown; a throttling reply narrows it instead: BACKOFF)."""
         if healthy:
             self.failures = 0
             self.unhealthy_until = 0.0
             return
         self.failures += 1
         self.failed_at = time.time()
-        if self.failures >= 3:
-            cooldown = min(300.0, self._session.cooldown * 2 ** (self.failures - 3))
+        cooldown = slowdown.cooldown(self.failures, self._session.cooldown)
+        if cooldown is not None:
             self.unhealthy_until = self.failed_at + cooldown
             log.warning(
                 "pool %s unhealthy after %d failures; cool-down %.0fs",

@@ -12,14 +12,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
 from gateway import maillog, metrics
 from gateway.delivery import simulator
 from gateway.delivery.backoff import is_throttling
 from gateway.delivery.direct import DIRECT, DirectRoutes
-from gateway.delivery.throttle import Throttle, Ticket, Wait, show_limits
+from gateway.delivery.slowdown import Postponed, Wait, no_pool_wait
+from gateway.delivery.throttle import Throttle, Ticket, show_limits
 from gateway.delivery.upstream import (
     PoolSettings,
     PoolUnavailable,
@@ -27,17 +28,14 @@ from gateway.delivery.upstream import (
     UpstreamPool,
     deferred,
 )
-from gateway.message import DeliveryResult, Outcome, QueuedMessage, Route
-from gateway.queue.store import NO_POOL, AttemptRecord, Queue
-from gateway.routing import candidates, current, describe
+from gateway.message import DeliveryResult, Outcome, QueuedMessage
+from gateway.queue import retry
+from gateway.queue.store import AttemptRecord, Queue
+from gateway.routing import Plan, at_attempt
 from storage.writer import StorageUnavailable
 
 log = logging.getLogger("postern.delivery")
 
-# A route with no active pool is looked at again after NO_POOL_WAIT seconds, doubling up to
-# NO_POOL_WAIT_MAX while the reason stays the same; a change of pools wakes it at once.
-NO_POOL_WAIT = 60.0
-NO_POOL_WAIT_MAX = 900.0
 # At shutdown, transactions still waiting for an upstream are cut off this long before the
 # drain deadline, so that their outcome is recorded by then.
 CUT_OFF_GRACE = 1.0
@@ -89,6 +87,9 @@ class PoolRegistry:
 
 
 class Delivery:
+    """The workers, their buffer and poller; intake reaches them as a
+    gateway.queue.handoff.Handoff."""
+
     def __init__(
         self,
         queue: Queue,
@@ -228,11 +229,11 @@ class Delivery:
                 self._wake.set()  # more may be due: go again at once
 
     async def _housekeeping(self) -> None:
-        rounds = 0
+        """Every 5 s: renew this node's claims and its sends' rate tickets, and close the
+        upstream sessions idle too long."""
         renewed = time.monotonic()
         while True:
             await asyncio.sleep(5.0)
-            rounds += 1
             if time.monotonic() - renewed >= self._queue.lease / 4:
                 # Keep this node's claims alive while it holds them, however long a message
                 # waits for a connection: a lapsed lease would let the poller (or another
@@ -249,18 +250,6 @@ class Delivery:
                 await pool.reap_idle()
             if self._direct is not None:
                 await self._direct.reap_idle()
-            try:
-                suppressions = self._queue.suppressions
-                await (suppressions.reload() if rounds % 12 == 0 else suppressions.refresh())
-            except Exception as error:  # keep the old copy; try again next round
-                log.warning("suppression list refresh failed: %s", error)
-            if rounds % 6:  # the gauge every 30 s: counting a large queue is not free
-                continue
-            try:
-                for state, count in (await self._queue.counts()).items():
-                    metrics.QUEUE_MESSAGES.labels(state=state).set(count)
-            except Exception as error:  # a gauge must never stop housekeeping
-                log.warning("queue gauge refresh failed: %s", error)
 
     # --- one attempt ------------------------------------------------------------------
 
@@ -298,8 +287,8 @@ class Delivery:
         return status
 
     async def _postpone(self, message: QueuedMessage, wait: Wait) -> str:
-        """Every ready pool of the route is over a limit: back to the queue until a slot
-        frees, without an attempt counted (the limit is ours, not the message's)."""
+        """The message must WAIT (gateway.delivery.slowdown): back to the queue until
+        `wait.until`, without an attempt counted (the cause is ours, not the message's)."""
         await self._queue.postpone(message, wait.until, wait.pool, wait.text)
         delay = max(0.0, wait.until - time.time())
         asyncio.get_running_loop().call_later(delay + 0.01, self.wake)  # claim it on time
@@ -338,13 +327,12 @@ class Delivery:
     async def _attempt(
         self, message: QueuedMessage
     ) -> tuple[dict[str, DeliveryResult], str | None]:
-        pools = self._registry.settings()
-        route = current(message.route, pools)  # default-routed mail: today's default
-        pool_ids = candidates(route, pools, set())
+        plan = at_attempt(message.route, self._registry.settings())  # routed afresh
+        pool_ids = plan.pool_ids
         if not pool_ids:
-            if route.direct and self._direct is not None:  # no pool at all: MX
+            if plan.direct and self._direct is not None:  # no pool at all: MX
                 return await self._direct.deliver(message), DIRECT
-            return self._unserved(message, route), None
+            return self._unserved(message, plan), None
         if message.retried_at is not None:  # an operator's retry: the route's pools afresh
             for pool_id in pool_ids:
                 self._registry.get(pool_id).forgive(message.retried_at)
@@ -374,34 +362,37 @@ class Delivery:
             return results, pool.name
         if waits and tried is None:
             wait = min(waits, key=lambda w: w.until)
-            deadline = message.created_at + self._queue.max_age
+            deadline = self._deadline(message)
             if time.time() < deadline:
                 raise Postponed(replace(wait, until=min(wait.until, deadline)))
             last = deferred(wait.text)  # recorded past max_age: it expires as usual
         return dict.fromkeys(message.recipients, last), tried
 
-    def _unserved(self, message: QueuedMessage, route: Route) -> dict[str, DeliveryResult]:
-        """The message's pool or group has no active pool now. It waits for one (Postponed,
-        no attempt counted) and never goes out through another group; past max_age the
+    def _unserved(self, message: QueuedMessage, plan: Plan) -> dict[str, DeliveryResult]:
+        """No active pool serves the message's route now. It waits for one (Postponed, no
+        attempt counted) and never goes out through another group; past max_age the
         deferral is recorded and it expires as usual."""
-        if route.direct:
-            text = "no active pool, and direct delivery is off"
-        else:
-            text = f"{NO_POOL} for {describe(route)}"
-        deadline = message.created_at + self._queue.max_age
+        text = plan.unserved()
+        deadline = self._deadline(message)
         now = time.time()
-        if not route.direct and now < deadline:
+        if plan.waits and now < deadline:
+            route = plan.route
             label = route.pool_id or route.ip_pool or ""
-            until = min(now + _no_pool_wait(message, text, now), deadline)
+            wait = no_pool_wait(message.last_response, text, message.updated_at, now)
+            until = min(now + wait, deadline)
             raise Postponed(Wait(pool=label, reason="no_pool", until=until, text=text))
         return dict.fromkeys(message.recipients, deferred(text, "4.4.3"))
 
-    def _wait_for_cooldown(self, message: QueuedMessage, pool_ids: list[str]) -> None:
+    def _deadline(self, message: QueuedMessage) -> float:
+        """When the message expires: a wait never runs past it."""
+        return retry.deadline(message.created_at, self._queue.max_age)
+
+    def _wait_for_cooldown(self, message: QueuedMessage, pool_ids: Sequence[str]) -> None:
         """A retried message whose pools all went back to cooling down since the retry (they
         failed again): it waits for the first to be ready, with no attempt counted, rather
         than spend its forced attempt on no upstream at all."""
         first = min((self._registry.get(pid) for pid in pool_ids), key=lambda p: p.unhealthy_until)
-        until = min(first.unhealthy_until, message.created_at + self._queue.max_age)
+        until = min(first.unhealthy_until, self._deadline(message))
         if until > time.time():
             text = f"waiting: pool {first.name} cooling down after repeated failures"
             raise Postponed(Wait(pool=first.name, reason="cooldown", until=until, text=text))
@@ -439,22 +430,6 @@ class Delivery:
             await self._queue.note_throttled(message.id, status, pool.name, text)
         except StorageUnavailable as error:  # an event lost is better than a send repeated
             log.warning("recording the throttled event of %s failed: %s", message.id, error)
-
-
-class Postponed(Exception):
-    """Every ready pool of the route is over a limit: the message waits for `wait.until`."""
-
-    def __init__(self, wait: Wait) -> None:
-        super().__init__(wait.text)
-        self.wait = wait
-
-
-def _no_pool_wait(message: QueuedMessage, text: str, now: float) -> float:
-    """NO_POOL_WAIT, or twice the last wait (up to NO_POOL_WAIT_MAX) when the message was
-    already waiting for the same reason."""
-    if message.last_response != text:
-        return NO_POOL_WAIT
-    return min(max(2 * (now - message.updated_at), NO_POOL_WAIT), NO_POOL_WAIT_MAX)
 
 
 def _may_have_reached(result: DeliveryResult) -> bool:

@@ -17,7 +17,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import asdict, dataclass
 
-from gateway.dkim import signer as dkim
+from gateway.dkim.keys import dns_record, generate_key, record_name
+from gateway.dkim.names import default_selector
 from gateway.dns import NoRecords, NoSuchDomain, Resolver, Temporary, TxtRecords
 from storage import dkim_keys, domains
 from storage.db import Database
@@ -58,7 +59,7 @@ class Check:
 def records(domain: str, key: DkimKeyRecord | None, hostname: str) -> list[Record]:
     found: list[Record] = []
     if key is not None:
-        record = dkim.dns_record(key.selector, domain, key.algorithm, key.public_key)
+        record = dns_record(key.selector, domain, key.algorithm, key.public_key)
         found.append(Record("dkim", "TXT", record.name, record.value, True))
     found.append(Record("spf", "TXT", domain, f"v=spf1 a:{hostname} ~all", True))
     found.append(Record("dmarc", "TXT", f"_dmarc.{domain}", "v=DMARC1; p=none", False))
@@ -83,10 +84,10 @@ async def register(
     record = await domains.add_domain(db, domain, verified=verified)
     key = await signing_key(db, domain)
     if key is None:
-        pair = await asyncio.to_thread(dkim.generate_key, algorithm)
+        pair = await asyncio.to_thread(generate_key, algorithm)
         taken = [k.selector for k in await dkim_keys.list_keys(db, domain)]
         key = await dkim_keys.add_key(
-            db, box, domain=domain, selector=dkim.default_selector(taken),
+            db, box, domain=domain, selector=default_selector(taken),
             algorithm=pair.algorithm, private_pem=pair.private_pem, public_key=pair.public_key,
         )  # fmt: skip
     return record, key
@@ -157,7 +158,7 @@ async def verify(
     key = await signing_key(db, domain)
     dmarc_name = f"_dmarc.{domain}"
     lookups = [resolver.txt(domain), resolver.txt(dmarc_name)]
-    dkim_name = dkim.record_name(key.selector, domain) if key is not None else ""
+    dkim_name = record_name(key.selector, domain) if key is not None else ""
     if key is not None:
         lookups.append(resolver.txt(dkim_name))
     answers = await asyncio.gather(*lookups)

@@ -7,24 +7,48 @@ by; /openapi.json states these rules (api.schemas builds its field types from he
     tags              X-Postern-Tags (a,b,c)      at most 10, each 1 to 64 of header-safe text
     sandbox           X-Postern-Sandbox           "true" or "false" (any case, blanks around)
 
-Header-safe text (gateway.intake.message_builder.text_problem): valid UTF-8, no control character
-but TAB, no line separator (U+2028, U+2029), no RFC 2047 encoded-word. These values end up
-in logs, events and webhooks; an encoded-word or a line separator would be read differently
-by the next program that decodes them.
+Header-safe text (`text_problem`, which the other text fields pass too, from a sender's
+name to a webhook's description): valid UTF-8, no control character but TAB, no line
+separator (U+2028, U+2029), no RFC 2047 encoded-word. These values end up in logs, events
+and webhooks; an encoded-word or a line separator would be read differently by the next
+program that decodes them.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from gateway.intake.message_builder import text_problem
+# C0 controls but TAB, DEL, C1, and the characters str.splitlines() breaks lines at.
+_UNSAFE = r"\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029"
+_HEADER_UNSAFE = re.compile(f"[{_UNSAFE}]")
+# RFC 2047 syntax; spelled without \s (Python's and ECMA-262's differ) to read the same in
+# /openapi.json, where these two are the patterns of header-bound text.
+ENCODED_WORD = r"=\?[^? \t\r\n]*\?[bBqQ]\?[^? \t\r\n]*\?="
+HEADER_SAFE = f"^[^{_UNSAFE}]*$"
+_ENCODED_WORD = re.compile(ENCODED_WORD)
 
 MAX_ALIAS_ID = 128
 MAX_IDEMPOTENCY_KEY = 128
 MAX_TAGS = 10
 MAX_TAG = 64
 SANDBOX_VALUES = ("true", "false")
+
+
+def text_problem(value: str, *, header: bool) -> str | None:
+    """Why `value` may not be used (in a header, when `header`), or None."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "not valid UTF-8"
+    if "\x00" in value:
+        return "NUL character"
+    if header and _HEADER_UNSAFE.search(value):
+        return "control character or line break"
+    if header and _ENCODED_WORD.search(value):
+        return "RFC 2047 encoded-word syntax (send the decoded text)"
+    return None
 
 
 @dataclass(frozen=True)

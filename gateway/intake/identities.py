@@ -114,9 +114,6 @@ class Identities:
             return None
         return _first_unverified((mail_from,), self)
 
-    def is_verified_domain(self, domain: str) -> bool:
-        return domain in self._domains
-
 
 def _first_unverified(senders: Iterable[str], identities: Identities) -> str | None:
     for sender in senders:

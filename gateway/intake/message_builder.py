@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import email.policy
 import email.utils
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from email.errors import MessageError
@@ -24,15 +23,8 @@ import idna
 
 from gateway.addresses import envelope_problem, normalise
 from gateway.headers import content_problem, header_fields, split_header
+from gateway.intake.fields import text_problem
 
-# C0 controls but TAB, DEL, C1, and the characters str.splitlines() breaks lines at.
-_UNSAFE = r"\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029"
-_HEADER_UNSAFE = re.compile(f"[{_UNSAFE}]")
-# RFC 2047 syntax; spelled without \s (Python's and ECMA-262's differ) to read the same in
-# /openapi.json, where these two are the patterns of header-bound text.
-ENCODED_WORD = r"=\?[^? \t\r\n]*\?[bBqQ]\?[^? \t\r\n]*\?="
-HEADER_SAFE = f"^[^{_UNSAFE}]*$"
-_ENCODED_WORD = re.compile(ENCODED_WORD)
 MAX_NAME = 256
 
 
@@ -96,21 +88,6 @@ class Built:
     content: bytes  # CRLF line ends
     message_id: str  # the Message-ID header value, with its angle brackets
     smtputf8: bool = field(default=False)  # some local part is not ASCII
-
-
-def text_problem(value: str, *, header: bool) -> str | None:
-    """Why `value` may not be used (in a header, when `header`), or None."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return "not valid UTF-8"
-    if "\x00" in value:
-        return "NUL character"
-    if header and _HEADER_UNSAFE.search(value):
-        return "control character or line break"
-    if header and _ENCODED_WORD.search(value):
-        return "RFC 2047 encoded-word syntax (send the decoded text)"
-    return None
 
 
 def _split_address(value: str) -> tuple[str, str]:

@@ -19,13 +19,22 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from gateway import maillog, metrics
-from gateway.delivery.workers import Delivery, PoolRegistry
-from gateway.dkim.signer import DkimError, Signers
+from gateway.dkim.cache import Signers
+from gateway.dkim.errors import DkimError
 from gateway.intake.identities import Identities
 from gateway.message import QueuedMessage, Route, Submission
+from gateway.queue import idempotency
+from gateway.queue.handoff import Handoff, Pools
+from gateway.queue.idempotency import Duplicate, KeyReused
 from gateway.queue.store import Queue
-from gateway.routing import AliasNotVerified, NoActivePool, UnknownRoute, choose_route
-from storage.idempotency import ANONYMOUS, Duplicate, KeyReused
+from gateway.routing import (
+    AliasNotVerified,
+    NoActivePool,
+    UnknownRoute,
+    choose_route,
+    within_groups,
+)
+from storage.keys import submit_refusal
 
 log = logging.getLogger("postern.intake")
 
@@ -108,8 +117,8 @@ class Intake:
     def __init__(
         self,
         queue: Queue,
-        registry: PoolRegistry,
-        delivery: Delivery,
+        registry: Pools,
+        delivery: Handoff,
         signers: Signers | None = None,
         identities: Identities | None = None,
     ) -> None:
@@ -150,7 +159,7 @@ class Intake:
         try:
             blocked, submission, route = self._policy(submission)
         except Refusal:
-            await self._raise_if_seen(submission)
+            await idempotency.raise_if_seen(self._queue.db, submission)
             raise
         submission = await self._signed(submission)
         # The client may go while the commit is under way (aiosmtpd then cancels the
@@ -226,15 +235,6 @@ class Intake:
             metrics.MESSAGES_REFUSED.labels(reason="dkim_unsigned").inc()
             return submission
 
-    async def _raise_if_seen(self, submission: Submission) -> None:
-        key = submission.idempotency_key
-        if key is None:
-            return
-        scope = submission.sender.api_key_id if submission.sender else ANONYMOUS
-        seen = await self._queue.find_idempotent(scope, key)
-        if seen is not None:
-            raise seen.refusal(submission.request_hash)
-
     def _permitted(self, submission: Submission, route: Route) -> Route:
         """The route, if the submission's API key may use it (NotPermitted otherwise).
 
@@ -244,36 +244,20 @@ class Intake:
         sender = submission.sender
         if sender is None:
             return route
+        lacking = submit_refusal(sender, submission.sandbox)
+        if lacking is not None:
+            raise NotPermitted(lacking)
         if submission.sandbox:
-            if not sender.may_sandbox:
-                raise NotPermitted("sandbox sends need an API key with the sandbox scope")
             return route
-        if not sender.may_send:
-            raise NotPermitted("this API key has no send scope")
         allowed = sender.ip_pools
         if allowed is None:
             return route
-        if self._group(route) in allowed:
-            # Kept to that group: a default route would follow the default wherever it
-            # moves, perhaps out of the groups this key may use.
-            return replace(route, default=False)
-        if not submission.alias_id:  # its own group: an active one, else one that waits
-            settings = self._registry.settings()
-            active = {pool.ip_pool for pool in settings if pool.is_active}
-            known = {pool.ip_pool for pool in settings}
-            for group in sorted(allowed, key=lambda group: (group not in active, group)):
-                if group in known:
-                    return Route(ip_pool=group)
-        pools = ", ".join(sorted(allowed)) or "none"
-        raise NotPermitted(f"this API key may only send through ip_pool {pools}")
-
-    def _group(self, route: Route) -> str | None:
-        if route.pool_id is None:
-            return route.ip_pool
-        for pool in self._registry.settings():
-            if pool.id == route.pool_id:
-                return pool.ip_pool
-        return None
+        pools = self._registry.settings()
+        kept = within_groups(route, allowed, pools, named=bool(submission.alias_id))
+        if kept is None:
+            names = ", ".join(sorted(allowed)) or "none"
+            raise NotPermitted(f"this API key may only send through ip_pool {names}")
+        return kept
 
 
 def _observed(stored: asyncio.Future[Any]) -> None:

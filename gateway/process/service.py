@@ -26,9 +26,10 @@ import os
 import secrets
 import signal
 import socket
-from dataclasses import fields, replace
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -36,12 +37,12 @@ from api.app import MetricsAccess, create_app, metrics_app
 from api.context import ApiContext
 from api.management import Management
 from gateway import metrics
-from gateway.config import Config, ConfigError, PoolConfig, load, server_tls_context
+from gateway.config import Config, ConfigError, load, server_tls_context
 from gateway.delivery.direct import DirectRoutes
 from gateway.delivery.throttle import Throttle
-from gateway.delivery.upstream import PoolSettings, SessionSettings
+from gateway.delivery.upstream import SessionSettings
 from gateway.delivery.workers import Delivery, PoolRegistry
-from gateway.dkim.signer import Signers
+from gateway.dkim.cache import Signers
 from gateway.dkim.signing_process import SigningProcess
 from gateway.dns import Resolver
 from gateway.intake.identities import Identities
@@ -50,17 +51,31 @@ from gateway.process import logs
 from gateway.process.descriptors import Budget, TooFewDescriptors, door_budget
 from gateway.process.http_server import DoorLimits, HttpDoor
 from gateway.process.instance import DataDirLock, database_of
+from gateway.process.pools import WATCH_INTERVAL, PoolSync
 from gateway.queue.retention import Retention
 from gateway.queue.store import Queue
+from gateway.queue.suppressions import FOLLOW_INTERVAL
+from gateway.queue.upkeep import (
+    GAUGE_INTERVAL,
+    PURGE_INTERVAL,
+    count_messages,
+    purge_idempotency_keys,
+)
 from gateway.security.hostguard import HostGuard
-from gateway.security.pool_secrets import unseal
 from gateway.security.ratelimit import RateLimiter
 from gateway.security.secrets import SecretBox, SecretError, bind_to_database
 from gateway.smtpd.server import ListenerLimits, PosternHandler
-from gateway.webhooks.node import start_webhooks
-from storage.db import SchemaError, create_schema, database_url, open_database, prepare_data_dir
+from gateway.tasks import Loops
+from gateway.webhooks.node import Webhooks, start_webhooks
+from storage.db import (
+    Database,
+    SchemaError,
+    create_schema,
+    database_url,
+    open_database,
+    prepare_data_dir,
+)
 from storage.keys import KeyStore
-from storage.pools import list_pools, same_endpoint, sync_config_pools
 from storage.writer import StorageUnavailable, Writer
 
 log = logging.getLogger("postern")
@@ -102,7 +117,45 @@ def node_id(data_dir: Path) -> str:
 RELOADED = ("pools", "policy")
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """What start checks and takes before any task runs, so that what an operator must fix
+    (descriptors, certificate, secret key, addresses in use) fails first."""
+
+    node: str  # this node's identity in its claims
+    box: SecretBox  # DKIM keys, pool passwords
+    budget: Budget  # file descriptors per door
+    smtp_limits: ListenerLimits  # holds the TLS certificate
+    smtp_sockets: list[socket.socket]
+    http_socket: socket.socket
+    metrics_socket: socket.socket | None  # None: /metrics is served on the http socket
+
+
+@dataclass(frozen=True)
+class Storage:
+    db: Database
+    writer: Writer  # every write, group-committed
+    queue: Queue
+
+
+@dataclass(frozen=True)
+class Outbound:
+    """How this node reaches hosts. SSRF: one guard for every connection to a host someone
+    else named (pools, pool tests); MX targets and webhook URLs get a stricter one each
+    (public addresses only, by default: a key with the webhooks scope must not reach
+    internal services)."""
+
+    resolver: Resolver
+    pools: HostGuard
+    mx: HostGuard
+    webhooks: HostGuard
+
+
 class Service:
+    """`postern serve`. start() makes the parts in phases: prepare (limits, certificate,
+    secret key, sockets), storage, delivery (the live pools loaded), intake (signing,
+    identities), background work, and last the doors. stop() ends the parts made."""
+
     def __init__(
         self, config: Config, drain_timeout: float = 10.0, config_path: str | None = None
     ) -> None:
@@ -112,8 +165,27 @@ class Service:
         self._stopping = asyncio.Event()
         self._reloads: set[asyncio.Task[None]] = set()
         self._started = False  # SIGHUP before this: ignored (start reads the file anyway)
+        # The parts, in the order start makes them; None until made.
+        self._lock: DataDirLock | None = None  # one serve per data_dir
+        self.box: SecretBox | None = None
+        self.db: Database | None = None
+        self.writer: Writer | None = None
+        self.queue: Queue | None = None
+        self.registry: PoolRegistry | None = None  # the live pools
+        self.delivery: Delivery | None = None
+        self.pool_sync: PoolSync | None = None  # keeps the registry equal to storage
+        self.signers: Signers | None = None
+        self.identities: Identities | None = None
+        self.intake: Intake | None = None
+        self.retention: Retention | None = None
+        self.webhooks: Webhooks | None = None
+        self.loops = Loops()  # periodic upkeep: caches, the queue gauge, purges
+        self.smtp_handler: PosternHandler | None = None
         self._servers: list[asyncio.base_events.Server] = []
+        self.api: ApiContext | None = None
         self._http: list[HttpDoor] = []
+
+    # --- start ------------------------------------------------------------------------
 
     async def start(self) -> None:
         # A SIGHUP (a reload by systemd, say) during start-up, which may include a schema
@@ -130,13 +202,33 @@ class Service:
         try:
             await self._start()
         except BaseException:
-            self._lock.release()
+            self._release_lock()
             with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
                 asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             raise
         self._started = True
 
     async def _start(self) -> None:
+        config = self.config
+        ready = self._prepare()
+        storage = await self._open_storage(ready)
+        outbound = self._outbound()
+        registry, delivery, pools = await self._start_delivery(ready, storage, outbound)
+        intake, identities = await self._start_intake(ready, storage, registry, delivery)
+        await self._start_background(ready, storage, outbound, pools)
+        manage = Management.build(
+            config, ready.box, identities, pools, outbound.pools, outbound.webhooks
+        )
+        await self._open_doors(ready, storage, intake, manage, delivery.wake)
+        log.info(
+            "postern %s listening: smtp %s, http %s:%d; database %s",
+            ready.node,
+            ", ".join(f"{h}:{p}" for h, p in config.smtp.listen),
+            *config.http.listen,
+            database_of(config),
+        )
+
+    def _prepare(self) -> Prepared:
         config = self.config
         data_dir = config.server.data_dir
         try:
@@ -147,178 +239,175 @@ class Service:
             budget = door_budget(config)  # raises the open-file limit, fits the caps under it
         except TooFewDescriptors as error:
             raise StartupError(str(error)) from None
-        limits = self._listener_limits(budget)  # loads the TLS certificate: fail before any task
+        smtp_limits = self._listener_limits(budget)  # loads the TLS certificate
         try:
-            self.box = SecretBox.from_environment(data_dir)  # DKIM keys, pool passwords
+            self.box = SecretBox.from_environment(data_dir)
         except SecretError as error:
             raise StartupError(str(error)) from None
-        smtp_sockets = [bind(host, port) for host, port in config.smtp.listen]
-        http_socket = bind(*config.http.listen)
         metrics_listen = config.http.metrics_listen
-        metrics_socket = bind(*metrics_listen) if metrics_listen else None
+        return Prepared(
+            node=node,
+            box=self.box,
+            budget=budget,
+            smtp_limits=smtp_limits,
+            smtp_sockets=[bind(host, port) for host, port in config.smtp.listen],
+            http_socket=bind(*config.http.listen),
+            metrics_socket=bind(*metrics_listen) if metrics_listen else None,
+        )
 
-        self.db = open_database(database_url(config.storage.url, data_dir))
+    async def _open_storage(self, ready: Prepared) -> Storage:
+        """The database (schema upgraded), its writer, the queue on them."""
+        config = self.config
+        db = self.db = open_database(database_url(config.storage.url, config.server.data_dir))
         try:
-            await create_schema(self.db)
+            await create_schema(db)
         except SchemaError as error:
             raise StartupError(str(error)) from None
         except (OSError, SQLAlchemyError) as error:
             raise StartupError(f"cannot open the database: {_first_line(error)}") from None
         try:
-            await bind_to_database(self.db, self.box)
+            await bind_to_database(db, ready.box)
         except SecretError as error:
             raise StartupError(str(error)) from None
-        self.writer = Writer(self.db, on_failure=_count_write_failure)
-        self.writer.start()
-        delivery_cfg = config.delivery
+        writer = self.writer = Writer(db, on_failure=_count_write_failure)
+        writer.start()
+        delivery = config.delivery
         # Renewed every lease/4 while this node holds a message; lapses only if it dies.
         lease = 120.0
-        self.queue = Queue(
-            self.db, self.writer, node, delivery_cfg.retry_schedule, delivery_cfg.max_age, lease
+        queue = self.queue = Queue(
+            db, writer, ready.node, delivery.retry_schedule, delivery.max_age, lease
         )
-        await self.queue.release_claims()  # whatever this node held when it last stopped
-        await self.queue.suppressions.reload()
+        await queue.release_claims()  # whatever this node held when it last stopped
+        await queue.suppressions.reload()
+        return Storage(db, writer, queue)
 
-        self.resolver = Resolver(config.dns.nameservers)
-        # SSRF: one guard for every connection to a host someone else named (pools, pool
-        # tests); MX targets and webhook URLs get a stricter one each (public addresses
-        # only, by default: a key with the webhooks scope must not reach internal services).
-        guard_resolver = self.resolver if config.dns.nameservers else None
+    def _outbound(self) -> Outbound:
+        config = self.config
+        resolver = Resolver(config.dns.nameservers)
+        guard_resolver = resolver if config.dns.nameservers else None
         deny = config.security.deny_networks
-        guard = HostGuard(deny, resolver=guard_resolver)
-        mx_guard = HostGuard(
-            deny, allow_private=delivery_cfg.mx_allow_private, resolver=guard_resolver
-        )
-        webhook_guard = HostGuard(
-            deny, allow_private=config.webhooks.allow_private, resolver=guard_resolver
-        )
-        session = SessionSettings(
-            local_hostname=config.server.hostname,
-            connect_timeout=delivery_cfg.connect_timeout,
-            command_timeout=delivery_cfg.command_timeout,
-            idle_timeout=delivery_cfg.idle_timeout,
-            max_messages_per_connection=delivery_cfg.max_messages_per_connection,
-            cooldown=min(10.0, delivery_cfg.retry_schedule[0]),
-            guard=guard,
-        )
-        self.registry = PoolRegistry(session)
-        await self.reload_pools()
-        direct = DirectRoutes(self.resolver, session, delivery_cfg.mx_port, guard=mx_guard)
-        self.delivery = Delivery(
-            self.queue, self.registry, workers=delivery_cfg.workers, direct=direct,
-            throttle=Throttle(self.db, self.writer),
-        )  # fmt: skip
-        self.delivery.start()
-        self.retention = Retention(self.writer, config.storage.retention)
-        self.retention.start()
-        self.delivery.wake()
-        # A key made by `postern dkim generate` in another process is picked up within 2 s.
-        self.signers = Signers(self.db, self.box, ttl=2.0, offload=SigningProcess())
-        await self.signers.reload()
-        # Verified domains and aliases (routing, policy.sender); other nodes' changes within 2 s.
-        self.identities = Identities(self.db, enforce=config.policy.sender == "verified")
-        await self.identities.reload()
-        self.intake = Intake(
-            self.queue, self.registry, self.delivery, self.signers, identities=self.identities
+        return Outbound(
+            resolver=resolver,
+            pools=HostGuard(deny, resolver=guard_resolver),
+            mx=HostGuard(
+                deny, allow_private=config.delivery.mx_allow_private, resolver=guard_resolver
+            ),
+            webhooks=HostGuard(
+                deny, allow_private=config.webhooks.allow_private, resolver=guard_resolver
+            ),
         )
 
-        self.keys = KeyStore(self.db)  # API keys: HTTP bearer tokens and SMTP AUTH passwords
+    async def _start_delivery(
+        self, ready: Prepared, storage: Storage, outbound: Outbound
+    ) -> tuple[PoolRegistry, Delivery, PoolSync]:
+        """The live pools loaded from storage, then the workers."""
+        config = self.config.delivery
+        session = SessionSettings(
+            local_hostname=self.config.server.hostname,
+            connect_timeout=config.connect_timeout,
+            command_timeout=config.command_timeout,
+            idle_timeout=config.idle_timeout,
+            max_messages_per_connection=config.max_messages_per_connection,
+            cooldown=min(10.0, config.retry_schedule[0]),
+            guard=outbound.pools,
+        )
+        registry = self.registry = PoolRegistry(session)
+        direct = DirectRoutes(outbound.resolver, session, config.mx_port, guard=outbound.mx)
+        db, writer, queue = storage.db, storage.writer, storage.queue
+        delivery = self.delivery = Delivery(
+            queue, registry, workers=config.workers, direct=direct, throttle=Throttle(db, writer)
+        )
+        pools = self.pool_sync = PoolSync(
+            db, ready.box, registry, queue, delivery.wake, self.config.pools
+        )
+        await pools.changed()
+        delivery.start()
+        delivery.wake()
+        return registry, delivery, pools
+
+    async def _start_intake(
+        self, ready: Prepared, storage: Storage, registry: PoolRegistry, delivery: Delivery
+    ) -> tuple[Intake, Identities]:
+        """DKIM signing, the senders' identities, and the policy pipeline of both doors."""
+        db = storage.db
+        # A key made by `postern dkim generate` in another process is picked up within 2 s.
+        signers = self.signers = Signers(db, ready.box, ttl=2.0, offload=SigningProcess())
+        await signers.reload()
+        # Verified domains and aliases (routing, policy.sender); other nodes' changes within 2 s.
+        enforce = self.config.policy.sender == "verified"
+        identities = self.identities = Identities(db, enforce=enforce)
+        await identities.reload()
+        # Intake meets delivery only through gateway.queue.handoff: the registry routes,
+        # delivery takes the messages it stores.
+        self.intake = Intake(storage.queue, registry, delivery, signers, identities=identities)
+        return self.intake, identities
+
+    async def _start_background(
+        self, ready: Prepared, storage: Storage, outbound: Outbound, pools: PoolSync
+    ) -> None:
+        """The retention sweep, the event webhooks, and the loops keeping caches current."""
+        config = self.config
+        db, writer, queue = storage.db, storage.writer, storage.queue
+        self.retention = Retention(writer, config.storage.retention)
+        self.retention.start()
+        self.webhooks = await start_webhooks(
+            config.webhooks, db, writer, ready.box, outbound.webhooks, ready.node
+        )
+        loops = self.loops
+        loops.every(FOLLOW_INTERVAL, queue.suppressions.follow, "suppression list refresh")
+        loops.every(GAUGE_INTERVAL, partial(count_messages, queue), "queue gauge refresh")
+        loops.every(WATCH_INTERVAL, pools.look, "checking for pool changes")  # other nodes
+        purge = partial(purge_idempotency_keys, db)  # both doors reserve keys
+        loops.every(PURGE_INTERVAL, purge, "purging idempotency keys", at_once=True)
+
+    async def _open_doors(
+        self,
+        ready: Prepared,
+        storage: Storage,
+        intake: Intake,
+        manage: Management,
+        wake: Callable[[], None],
+    ) -> None:
+        """SMTP, then the API on HTTP (and /metrics): from here on, mail comes in."""
+        config = self.config
+        keys = KeyStore(storage.db)  # API keys: HTTP bearer tokens and SMTP AUTH passwords
         limiter = RateLimiter(config.http.rate_limit)  # per key, across both doors
-        self.smtp_handler = PosternHandler(self.intake, limits, self.keys, self.writer, limiter)
+        handler = PosternHandler(intake, ready.smtp_limits, keys, storage.writer, limiter)
+        self.smtp_handler = handler
         loop = asyncio.get_running_loop()
-        for sock in smtp_sockets:
-            self._servers.append(await loop.create_server(self.smtp_handler.protocol, sock=sock))
+        for sock in ready.smtp_sockets:
+            self._servers.append(await loop.create_server(handler.protocol, sock=sock))
         self.api = ApiContext(
-            db=self.db,
-            writer=self.writer,
-            intake=self.intake,
-            keys=self.keys,
+            db=storage.db,
+            writer=storage.writer,
+            intake=intake,
+            keys=keys,
             limiter=limiter,
-            suppressions=self.queue.suppressions,
+            suppressions=storage.queue.suppressions,
             hostname=config.server.hostname,
-            handoff_timeout=delivery_cfg.handoff_timeout,
+            handoff_timeout=config.delivery.handoff_timeout,
             max_body_size=config.http.max_body_size,
             body_timeout=config.http.body_timeout,
             max_message_size=config.smtp.max_message_size,
             max_header_size=config.smtp.max_header_size,
-            queue=self.queue,
-            wake=self.delivery.wake,
-            manage=Management.build(
-                config,
-                self.box,
-                self.identities,
-                self.registry,
-                self.reload_pools,
-                guard,
-                webhook_guard,
-            ),
+            queue=storage.queue,
+            wake=wake,
+            manage=manage,
         )
-        self.api.start()
-        self.webhooks = await start_webhooks(  # signed event webhooks ([webhooks])
-            config.webhooks, self.db, self.writer, self.box, webhook_guard, node
-        )
-        self._start_http(budget, http_socket, metrics_socket)
-        log.info(
-            "postern %s listening: smtp %s, http %s:%d; database %s",
-            node,
-            ", ".join(f"{h}:{p}" for h, p in config.smtp.listen),
-            *config.http.listen,
-            database_of(config),
-        )
+        self._start_http(ready, storage, self.api)
 
-    async def reload_pools(self) -> None:
-        """Make the live pools match storage (config pools are synced into it first)."""
-        config_pools = {pool.name: pool for pool in self.config.pools}
-        await sync_config_pools(self.db, self.config.pools)
-        settings = []
-        for row in await list_pools(self.db):
-            password = (
-                _config_password(row, config_pools.get(row.name))
-                if row.source == "config"
-                else unseal(self.box, row)  # API pools: AES-GCM, bound to the pool id
-            )
-            settings.append(
-                PoolSettings(
-                    id=row.id,
-                    name=row.name,
-                    host=row.host,
-                    port=row.port,
-                    username=row.username,
-                    password=password,
-                    encryption=row.encryption,
-                    ip_pool=row.ip_pool,
-                    priority=row.priority,
-                    max_connections=row.max_connections,
-                    is_default=row.is_default,
-                    is_active=row.is_active,
-                    tls_verify=row.tls_verify,
-                    rate=row.rate,
-                    daily_limit=row.daily_limit,
-                )
-            )
-        self.registry.load(settings)
-        # Mail waiting for an active pool is looked at again now, not at its next poll.
-        try:
-            woken = await self.queue.wake_pool_waiters()
-        except StorageUnavailable as error:  # they wait for their next look instead
-            log.warning("waking the mail waiting for a pool failed: %s", error)
-            return
-        if woken and hasattr(self, "delivery"):
-            self.delivery.wake()
-
-    def _start_http(
-        self, budget: Budget, http_socket: socket.socket, metrics_socket: socket.socket | None
-    ) -> None:
+    def _start_http(self, ready: Prepared, storage: Storage, api: ApiContext) -> None:
         """The API on http.listen; /metrics there or alone on http.metrics_listen."""
         http = self.config.http
         need_key = http.metrics_need_key()
+        metrics_socket = ready.metrics_socket
         access: MetricsAccess = "elsewhere" if metrics_socket else "key" if need_key else "open"
-        app = create_app(self.queue.ping, self.api, self.writer.readiness, access)
-        limits = DoorLimits("http", budget.caps["http"], http.header_timeout)
-        self._http.append(HttpDoor(app, http_socket, limits))
+        app = create_app(storage.queue.ping, api, storage.writer.readiness, access)
+        limits = DoorLimits("http", ready.budget.caps["http"], http.header_timeout)
+        self._http.append(HttpDoor(app, ready.http_socket, limits))
         if metrics_socket is not None:
-            limits = DoorLimits("metrics", budget.caps["metrics"], http.header_timeout)
-            self._http.append(HttpDoor(metrics_app(self.api, need_key), metrics_socket, limits))
+            limits = DoorLimits("metrics", ready.budget.caps["metrics"], http.header_timeout)
+            self._http.append(HttpDoor(metrics_app(api, need_key), metrics_socket, limits))
 
     def _listener_limits(self, budget: Budget) -> ListenerLimits:
         smtp = self.config.smtp
@@ -337,6 +426,8 @@ class Service:
             auth_failures_per_address=smtp.auth_failures_per_address,
             auth_failures_per_minute=smtp.auth_failures_per_minute,
         )
+
+    # --- run --------------------------------------------------------------------------
 
     def request_stop(self, sig: signal.Signals | None = None) -> None:
         name = sig.name if sig is not None else "stop request"
@@ -377,6 +468,9 @@ class Service:
     async def reload(self) -> None:
         """Read the config file again and apply its `[[pools]]` and `[policy]`; a file that
         does not load changes nothing. Logged either way, never fatal."""
+        identities, pools = self.identities, self.pool_sync
+        if identities is None or pools is None:
+            return  # not started: start reads the file anyway
         try:
             fresh = load(self.config_path)
         except ConfigError as error:
@@ -396,9 +490,10 @@ class Service:
                     pool.password_env,
                 )
         self.config = replace(self.config, pools=fresh.pools, policy=fresh.policy)
-        self.identities.enforce = fresh.policy.sender == "verified"
+        identities.enforce = fresh.policy.sender == "verified"
+        pools.declared = fresh.pools
         try:
-            await self.api.management().reload_pools()  # serialised with the API's changes
+            await pools.changed()  # serialised with the API's changes
         except Exception as error:  # storage down: the old pools keep running
             log.error("SIGHUP: pools not reloaded: %s", _first_line(error))
             return
@@ -414,62 +509,69 @@ class Service:
     # --- stop -------------------------------------------------------------------------
 
     async def stop(self) -> None:
+        """End what start made, in about the reverse order; but delivery drains (within
+        drain_timeout of the call) as soon as the doors are closed and nothing new starts."""
         log.info("stopping: no new connections; finishing in-flight work")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.drain_timeout  # deliveries end within it
+        await self._close_doors()
+        for task in list(self._reloads):
+            task.cancel()
+        await self.loops.stop()
+        if self.delivery is not None:
+            await self.delivery.stop(max(0.0, deadline - loop.time()))
+        if self.retention is not None:
+            await self.retention.stop()
+        if self.webhooks is not None:  # POSTs in flight are cancelled: their events stay owed
+            await self.webhooks.stop()
+        await self._release_claims()
+        if self.api is not None:
+            await self.api.stop()  # its background writes need the writer
+        if self.signers is not None:
+            await self.signers.close()
+        if self.writer is not None:
+            await self.writer.stop()
+        for door in self._http:
+            await door.wait_closed(timeout=5)
+        if self.db is not None:
+            await self.db.dispose()
+        self._release_lock()
+        log.info("stopped")
+
+    async def _close_doors(self) -> None:
+        """No new connections or requests; let end-of-data commits finish (5 s at most),
+        then end the SMTP sessions. HTTP requests in flight finish on their own."""
         for server in self._servers:
             server.close()
         for door in self._http:
-            door.close()  # no new HTTP requests; in-flight ones finish
-        await self._wait(lambda: self.smtp_handler.submitting == 0, 5.0)
-        for session in list(self.smtp_handler.sessions):
-            session.abort()
-        for task in list(self._reloads):
-            task.cancel()
-        await self.delivery.stop(max(0.0, deadline - loop.time()))
-        if hasattr(self, "retention"):
-            await self.retention.stop()
-        webhooks = getattr(self, "webhooks", None)
-        if webhooks is not None:  # POSTs in flight are cancelled: their events stay owed
-            await webhooks.stop()
+            door.close()
+        handler = self.smtp_handler
+        if handler is not None:
+            await self._wait(lambda: handler.submitting == 0, 5.0)
+            for session in list(handler.sessions):
+                session.abort()
+
+    async def _release_claims(self) -> None:
+        if self.queue is None:
+            return
         try:
             await self.queue.release_claims()
         except StorageUnavailable as error:
             # Not fatal: the next start of this node releases them, other nodes when the
             # lease lapses.
             log.warning("could not release claimed messages: %s", error)
-        if hasattr(self, "api"):
-            await self.api.stop()  # its background writes need the writer
-        if hasattr(self, "signers"):
-            await self.signers.close()
-        await self.writer.stop()
-        for door in self._http:
-            await door.wait_closed(timeout=5)
-        await self.db.dispose()
-        self._lock.release()
-        log.info("stopped")
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     @staticmethod
-    async def _wait(condition: object, timeout: float) -> None:
+    async def _wait(condition: Callable[[], bool], timeout: float) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while not condition() and loop.time() < deadline:  # type: ignore[operator]
+        while not condition() and loop.time() < deadline:
             await asyncio.sleep(0.02)
-
-
-def _config_password(row: Any, declared: PoolConfig | None) -> str:
-    """A config pool's password (from this node's environment) goes only to the endpoint
-    this node's file declares with it: nodes sharing a database may disagree for a while,
-    and the row holds whichever file was synced last."""
-    if declared is None or not same_endpoint(row, declared):
-        if declared is not None and declared.password():
-            log.warning(
-                "pool %r: the stored host, port, encryption or username differ from this "
-                "node's config file; its password is not used until they agree",
-                row.name,
-            )
-        return ""
-    return declared.password()
 
 
 def _count_write_failure(failure: StorageUnavailable) -> None:

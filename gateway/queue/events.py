@@ -1,17 +1,16 @@
 """Events: what happened to a message, one row per change, written with the change itself.
 
 `gateway.queue.store` adds the rows to the transaction of each state change (the outbox); the
-webhook sender and GET /v1/messages/{id} read them. Every event names one recipient,
-except `throttled`, which is about the pool a message met.
+webhook sender and GET /v1/messages/{id} read them, in the public shape storage.event_json
+gives them. Every event names one recipient, except `throttled`, which is about the pool a
+message met.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import insert
 
 from gateway.message import DeliveryResult, Outcome
 from storage.models import Event, MessageMeta
@@ -85,42 +84,3 @@ def result_type(result: DeliveryResult, expired: bool = False) -> str:
         Outcome.DEFERRED: DEFERRED,
         Outcome.BOUNCED: BOUNCED,
     }[result.outcome]
-
-
-def event_id(number: int) -> str:
-    return f"evt_{number}"
-
-
-def to_json(
-    event: Any, tags: Sequence[str] = (), metadata: Mapping[str, str] | None = None
-) -> dict[str, Any]:
-    """The public shape of an event row (the message status; webhook payloads have the same
-    shape, made by the database: storage.webhook_outbox.batch)."""
-    response = None
-    if event.code is not None or event.enhanced or event.response:
-        response = {
-            "code": event.code,
-            "enhanced_status": event.enhanced,
-            "text": event.response or "",
-        }
-    return {
-        "id": event_id(event.id),
-        "type": event.type,
-        "created_at": datetime.fromtimestamp(event.created_at, UTC)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z"),
-        "message_id": event.message_id,
-        "message_status": event.message_status,
-        "recipient": event.recipient,
-        "pool": event.pool,
-        "attempt": event.attempt,
-        "response": response,
-        "tags": list(tags),
-        "metadata": dict(metadata or {}),
-    }
-
-
-def for_message(conn: Connection, message_id: str, limit: int = 1000) -> list[dict[str, Any]]:
-    """A message's events in order (without tags: the message shows them once)."""
-    rows = conn.execute(select(E).where(E.c.message_id == message_id).order_by(E.c.id).limit(limit))
-    return [to_json(r) for r in rows]

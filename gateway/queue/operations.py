@@ -39,7 +39,6 @@ FILTER_FIELDS = ("status", "pool", "recipient", "from", "tag", "since", "until")
 Status = Literal[STATUSES]  # type: ignore[valid-type]
 _STATUS = f"(?:{'|'.join(STATUSES)})"
 STATUS_PATTERN = rf"^[ \t]*{_STATUS}[ \t]*(?:,[ \t]*{_STATUS}[ \t]*)*$"  # "queued, deferred"
-NO_CONTROL_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"  # addresses.has_control
 
 
 class FilterError(ValueError):

@@ -1,10 +1,8 @@
 """The queue owns every state change of a message; each change is one transaction.
 
-    accept ──> queued ──attempt──> delivered            (every recipient accepted)
-                 │                 bounced              (every recipient final, one refused
-                 │                                       permanently or expired at max_age)
-                 └──attempt──> deferred ──attempt──> ... (some recipient got 4xx, a drop
-                                                          or a timeout; retried on schedule)
+What a change makes of a message is gateway.queue.states' (the state machine); when a
+deferred message is due again, gateway.queue.retry's; the SQL is storage.queue_sql's. This
+module runs the transactions.
 
 A message with work left has `due_at` set: the time it may next be attempted. A worker that
 claims it writes its node id to `claimed_by` and moves `due_at` to the end of its lease, so a
@@ -24,80 +22,23 @@ takes no step of retry_schedule: the schedule's position is `attempts - forced_a
 
 from __future__ import annotations
 
-import random
-import secrets
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection
 
-from gateway.addresses import mailbox_key
-from gateway.message import DeliveryResult, Outcome, QueuedMessage, Route, Submission
-from gateway.queue import events
+from gateway.message import DeliveryResult, QueuedMessage, Route, Submission
+from gateway.queue import events, idempotency, ids, retry, states
+from gateway.queue import suppressions as suppression_list
 from gateway.queue.suppressions import SuppressionCache
-from storage import idempotency
+from gateway.routing import NO_POOL
 from storage import queue_sql as sql
+from storage import suppressions as stored_suppressions
 from storage.db import Database
 from storage.messages import INSERT_META, meta_row
-from storage.models import Message, MessageBody, MessageTag, Recipient, Suppression
 from storage.writer import Batch, Writer
-
-M = Message.__table__  # type: ignore[attr-defined]
-B = MessageBody.__table__  # type: ignore[attr-defined]
-R = Recipient.__table__  # type: ignore[attr-defined]
-S = Suppression.__table__  # type: ignore[attr-defined]
-T = MessageTag.__table__  # type: ignore[attr-defined]
-
-ACTIVE_STATES = ("queued", "deferred")
-# How last_response begins while a message waits for its route to have an active pool.
-NO_POOL = "waiting: no active pool"
-# What a claim reads of each message (its recipients and body come next).
-_CLAIMED = (
-    M.c.id, M.c.mail_from, M.c.attempts, M.c.created_at, M.c.ip_pool, M.c.pool_id,
-    M.c.retried_at, M.c.forced_attempts, M.c.last_response, M.c.updated_at, M.c.route_default,
-)  # fmt: skip
-
-_ids = random.Random(secrets.randbits(128))  # seeded once: os.urandom per id costs a syscall
-
-
-def new_message_id() -> str:
-    """Time-ordered and unique: 'msg_' + milliseconds in hex + 64 random bits.
-
-    Not a secret: looking a message up needs the API key that sent it.
-    """
-    return f"msg_{int(time.time() * 1000):011x}{_ids.getrandbits(64):016x}"
-
-
-def new_id_for(sandbox: bool) -> str:
-    """A new message's id: sandbox ids say so (`sandbox_msg_...`)."""
-    return ("sandbox_" if sandbox else "") + new_message_id()
-
-
-def next_attempt(
-    steps: int,
-    created_at: float,
-    now: float,
-    schedule: Sequence[float],
-    max_age: float,
-    jitter: float = 0.1,
-    rng: random.Random | None = None,
-) -> float | None:
-    """When to try again after `steps` steps of the schedule, or None once the message has
-    expired. Each failed attempt takes one step, except one an operator's retry asked for.
-
-    The schedule's last interval repeats; up to `jitter` of the interval is added so that a
-    burst of deferred mail does not come back all at once. The last retry falls exactly at
-    the deadline, so a message always gets one attempt at max_age before it bounces.
-    """
-    deadline = created_at + max_age
-    if now >= deadline:
-        return None
-    interval = schedule[min(max(steps, 1), len(schedule)) - 1]
-    interval += interval * jitter * (rng or random).random()
-    return min(now + interval, deadline)
 
 
 @dataclass(frozen=True)
@@ -125,9 +66,12 @@ class Queue:
         self._schedule = tuple(schedule)
         self._max_age = max_age
         self._lease = lease
-        dialect = sqlite if db.is_sqlite else postgresql
-        self._suppress = dialect.insert(S).on_conflict_do_nothing(index_elements=["email"])
+        self._suppress = stored_suppressions.add_if_absent(db.is_sqlite)
         self.suppressions = SuppressionCache(db)
+
+    @property
+    def db(self) -> Database:
+        return self._db
 
     # --- intake -----------------------------------------------------------------------
 
@@ -142,7 +86,7 @@ class Queue:
         now = time.time()
         sandbox = submission.sandbox
         claim = claim and not sandbox
-        message_id = submission.message_id or new_id_for(sandbox)
+        message_id = submission.message_id or ids.new_id_for(sandbox)
         batch = Batch()
         batch.add(
             sql.INSERT_MESSAGE,
@@ -195,17 +139,15 @@ class Queue:
                 for r in submission.suppressed
             ],
         )
-        key = submission.idempotency_key
-        if key is None:
+        if submission.idempotency_key is None:
             await self._writer.submit(batch)
         else:
-            scope = submission.sender.api_key_id if submission.sender else idempotency.ANONYMOUS
-            digest = submission.request_hash
+            reserve = idempotency.reserve_then_store
             holder = await self._writer.submit(
-                lambda conn: _reserve_then_store(conn, scope, key, message_id, now, digest, batch)
+                lambda conn: reserve(conn, submission, message_id, now, batch)
             )
             if holder is not None:
-                raise holder.refusal(digest)
+                raise holder.refusal(submission.request_hash)
         return QueuedMessage(
             id=message_id,
             mail_from=submission.mail_from,
@@ -248,10 +190,6 @@ class Queue:
             ],
         )
 
-    async def find_idempotent(self, scope: str, key: str) -> idempotency.Hit | None:
-        """The live reservation of an idempotency key, if any (a read; no reservation)."""
-        return await idempotency.find(self._db, scope, key)
-
     # --- delivery ---------------------------------------------------------------------
 
     async def claim_due(self, limit: int) -> list[QueuedMessage]:
@@ -260,33 +198,18 @@ class Queue:
 
     def _claim(self, conn: Connection, limit: int) -> list[QueuedMessage]:
         now = time.time()
-        due = select(M.c.id).where(M.c.due_at <= now).order_by(M.c.due_at).limit(limit)
-        if not self._db.is_sqlite:
-            due = due.with_for_update(skip_locked=True)
-        claimed = conn.execute(
-            update(M)
-            .where(M.c.id.in_(due.scalar_subquery()))
-            .values(claimed_by=self.node_id, due_at=now + self._lease)
-            .returning(*_CLAIMED)
-        )
-        rows = claimed.all()
+        rows = sql.claim_due(conn, self.node_id, now, now + self._lease, limit)
         if not rows:
             return []
-        ids = [row.id for row in rows]
-        pending: dict[str, list[str]] = {message_id: [] for message_id in ids}
+        claimed = [row.id for row in rows]
+        pending: dict[str, list[str]] = {message_id: [] for message_id in claimed}
         bounced: set[str] = set()
-        recipients = conn.execute(
-            select(R.c.message_id, R.c.email, R.c.status)
-            .where(R.c.message_id.in_(ids))
-            .order_by(R.c.id)
-        )
-        for message_id, email, status in recipients:
+        for message_id, email, status in sql.recipients_of(conn, claimed):
             if status == "pending":
                 pending[message_id].append(email)
             elif status == "bounced":
                 bounced.add(message_id)
-        body_rows = conn.execute(select(B.c.message_id, B.c.data).where(B.c.message_id.in_(ids)))
-        bodies: dict[str, bytes] = {row.message_id: row.data for row in body_rows}
+        bodies = sql.bodies_of(conn, claimed)
         return [
             QueuedMessage(
                 id=row.id,
@@ -314,26 +237,18 @@ class Queue:
         """
         now = time.time()
         message = attempt.message
-        results = dict(attempt.results)
-        expired: set[str] = set()
-        retry_at: float | None = None
         number = message.attempts + 1  # this attempt's
         forced = message.retried_at is not None
-        if any(r.outcome is Outcome.DEFERRED for r in results.values()):
-            # A forced attempt takes no step: the wait after it is the one the message was
-            # on (the first, if it never failed), and its next failure takes the next step.
-            steps = message.schedule_steps + (0 if forced else 1)
-            retry_at = next_attempt(steps, message.created_at, now, self._schedule, self._max_age)
-            if retry_at is None:
-                expired = {rcpt for rcpt, r in results.items() if r.outcome is Outcome.DEFERRED}
-                results = {rcpt: _expire(r) for rcpt, r in results.items()}
-        status = message_status(results.values(), retry_at, message.any_bounced)
-        suppress = [
-            (mailbox_key(rcpt), "complaint" if result.complaint else "bounced")
-            for rcpt, result in results.items()
-            if result.hard_bounce or result.complaint
-        ]
-        batch = self._attempt_rows(attempt, results, expired, status, now, number)
+        retry_at: float | None = None
+        if states.has_deferred(attempt.results.values()):
+            steps = retry.steps_after(message.schedule_steps, forced)
+            retry_at = retry.next_attempt(
+                steps, message.created_at, now, self._schedule, self._max_age
+            )
+        settled = states.settle(dict(attempt.results), retry_at, message.any_bounced)
+        results, status = settled.results, settled.status
+        suppress = suppression_list.from_results(results)
+        batch = self._attempt_rows(attempt, results, settled.expired, status, now, number)
         if retry_at is None:
             batch.add(sql.RECORD_BODY_GONE, {"m_id": message.id, **_stamp(now, number)})
         if suppress:  # the upstream said so, whoever holds the claim now
@@ -347,7 +262,7 @@ class Queue:
             "status": status,
             "due": retry_at,
             "pool": attempt.pool,
-            "response": _summary(results),
+            "response": states.summary(results),
             "now": now,
             "forced": int(forced),
         }
@@ -375,7 +290,7 @@ class Queue:
                 {
                     "m_id": message.id,
                     "m_email": rcpt,
-                    "status": _recipient_status(result),
+                    "status": states.recipient_status(result),
                     "code": result.code,
                     "response": result.describe(),
                     "now": now,
@@ -444,7 +359,8 @@ class Queue:
 
     async def postpone(self, message: QueuedMessage, until: float, pool: str, reason: str) -> None:
         """Give back a message this node holds, `deferred` until `until` because `pool` is
-        over its rate or daily limit, or its route has no active pool: a `deferred` event per
+        over its rate or daily limit, or its route has no active pool (a WAIT, in the words
+        of gateway.delivery.slowdown; a failed attempt is `record`'s): a `deferred` event per
         waiting recipient says why (once: not again while the reason stays the same), but no
         attempt is counted and no retry schedule step taken (the message did nothing wrong).
         Written only if the claim still held, like an attempt."""
@@ -466,15 +382,7 @@ class Queue:
         """Make the messages waiting for an active pool due now (the pools changed);
         returns how many."""
         now = time.time()
-        waiting = update(M).where(
-            M.c.due_at > now,
-            M.c.claimed_by.is_(None),
-            M.c.status == "deferred",
-            M.c.last_response.startswith(NO_POOL, autoescape=True),
-        )
-        return await self._writer.submit(
-            lambda conn: conn.execute(waiting.values(due_at=now)).rowcount
-        )
+        return int(await self._writer.submit(lambda conn: sql.wake_waiting(conn, NO_POOL, now)))
 
     @property
     def max_age(self) -> float:
@@ -492,17 +400,9 @@ class Queue:
         """Make these messages due now (those with work left that no worker holds), as
         `postqueue -f` does: the attempt this asks for clears the cool-down its pools were
         in at the time of the retry and takes no step of retry_schedule (`record`)."""
-        return list(await self._writer.submit(lambda conn: self._retry(conn, message_ids)))
-
-    def _retry(self, conn: Connection, message_ids: Sequence[str]) -> list[str]:
-        now = time.time()
-        rows = conn.execute(
-            update(M)
-            .where(M.c.id.in_(list(message_ids)), M.c.due_at.is_not(None), _free(now))
-            .values(due_at=now, claimed_by=None, retried_at=now)
-            .returning(M.c.id)
+        return list(
+            await self._writer.submit(lambda conn: sql.retry_now(conn, message_ids, time.time()))
         )
-        return [row.id for row in rows]
 
     async def cancel(self, message_ids: Sequence[str]) -> Cancelled:
         """Stop these messages: their pending recipients become `cancelled` (with an event
@@ -518,16 +418,9 @@ class Queue:
     def _cancel(self, conn: Connection, message_ids: Sequence[str]) -> Cancelled:
         now = time.time()
         asked = list(dict.fromkeys(message_ids))
-        active = select(M.c.id, M.c.claimed_by, M.c.due_at).where(
-            M.c.id.in_(asked), M.c.due_at.is_not(None)
-        )
-        if not self._db.is_sqlite:
-            # Never wait for a row another transaction holds (a node recording or renewing
-            # its delivery locks the same rows in its own order: waiting could deadlock).
-            active = active.with_for_update(skip_locked=True)
         free: list[str] = []
         busy: list[str] = []
-        for row in conn.execute(active):
+        for row in sql.active_of(conn, asked):
             lapsed = row.claimed_by is None or row.due_at <= now
             (free if lapsed else busy).append(row.id)
         seen = set(free) | set(busy)
@@ -535,48 +428,21 @@ class Queue:
         if skipped and not self._db.is_sqlite:
             # Not returned: final, unknown, or locked by someone else. A plain read (no lock)
             # tells them apart; the locked ones are busy, left for the caller to try again.
-            still = select(M.c.id).where(M.c.id.in_(skipped), M.c.due_at.is_not(None))
-            locked = {row.id for row in conn.execute(still)}
+            locked = sql.with_work_left(conn, skipped)
             busy += [m_id for m_id in skipped if m_id in locked]
         if not free:
             return Cancelled([], busy)
-        pending = conn.execute(
-            select(R.c.message_id, R.c.email)
-            .where(R.c.message_id.in_(free), R.c.status == "pending")
-            .order_by(R.c.id)
-        ).all()
-        conn.execute(
-            update(M)
-            .where(M.c.id.in_(free))
-            .values(
-                status="cancelled",
-                due_at=None,
-                claimed_by=None,
-                last_response="cancelled by an operator",
-                updated_at=now,
-            )
-        )
-        conn.execute(
-            update(R)
-            .where(R.c.message_id.in_(free), R.c.status == "pending")
-            .values(status="cancelled", response="cancelled by an operator", updated_at=now)
-        )
+        pending = sql.pending_of(conn, free)
+        sql.mark_cancelled(conn, free, now, _CANCELLED)
         if pending:
             conn.execute(
                 events.INSERT_EVENT,
                 [
-                    events.row(
-                        events.CANCELLED,
-                        m_id,
-                        "cancelled",
-                        now,
-                        email,
-                        response="cancelled by an operator",
-                    )
+                    events.row(events.CANCELLED, m_id, "cancelled", now, email, response=_CANCELLED)
                     for m_id, email in pending
                 ],
             )
-        conn.execute(delete(B).where(B.c.message_id.in_(free)))
+        sql.delete_bodies(conn, free)
         return Cancelled(free, busy)
 
     # --- reads ------------------------------------------------------------------------
@@ -589,17 +455,14 @@ class Queue:
         """Messages with work left, by state (reads only the due index)."""
 
         def query(conn: Connection) -> dict[str, int]:
-            rows = conn.execute(
-                select(M.c.status, func.count()).where(M.c.due_at.is_not(None)).group_by(M.c.status)
-            )
-            counts = dict.fromkeys(ACTIVE_STATES, 0)
-            counts.update({status: n for status, n in rows})
+            counts = dict.fromkeys(states.ACTIVE_STATES, 0)
+            counts.update({status: n for status, n in conn.execute(sql.COUNT_ACTIVE)})
             return counts
 
         return await self._db.read(query)
 
     async def ping(self) -> None:
-        await self._db.read(lambda conn: conn.execute(text("SELECT 1")))
+        await self._db.read(lambda conn: conn.execute(sql.PING))
 
 
 def _stamp(now: float, attempt: int) -> dict[str, Any]:
@@ -615,54 +478,10 @@ def _add_events_if_stamped(
     batch.add(sql.RECORD_EVENT, [{**row, **stamp} for row in rows])
 
 
+_CANCELLED = "cancelled by an operator"  # the response of what an operator cancels
+
+
 @dataclass(frozen=True)
 class Cancelled:
     cancelled: list[str]
     busy: list[str]  # being delivered or locked right now: not cancelled, try again later
-
-
-def _free(now: float) -> Any:
-    """No worker holds the message, or its holder's lease has lapsed."""
-    return M.c.claimed_by.is_(None) | (M.c.due_at <= now)
-
-
-def message_status(results: Any, retry_at: float | None, any_bounced: bool = False) -> str:
-    outcomes = {r.outcome for r in results}
-    if retry_at is not None:
-        return "deferred"
-    if outcomes <= {Outcome.DELIVERED} and not any_bounced:
-        return "delivered"
-    return "bounced"
-
-
-def _reserve_then_store(
-    conn: Connection,
-    scope: str,
-    key: str,
-    message_id: str,
-    now: float,
-    digest: str | None,
-    batch: Batch,
-) -> idempotency.Hit | None:
-    """Inside the shared transaction: reserve the key, and store the message only if won."""
-    holder = idempotency.reserve(conn, scope, key, message_id, now, digest)
-    if holder is None:
-        for statement, params in batch.steps:
-            conn.execute(statement, params)
-    return holder
-
-
-def _recipient_status(result: DeliveryResult) -> str:
-    return "pending" if result.outcome is Outcome.DEFERRED else result.outcome.value
-
-
-def _expire(result: DeliveryResult) -> DeliveryResult:
-    if result.outcome is not Outcome.DEFERRED:
-        return result
-    text = f"expired after max_age; last: {result.describe()}"
-    return replace(result, outcome=Outcome.BOUNCED, enhanced="5.4.7", text=text)
-
-
-def _summary(results: dict[str, DeliveryResult]) -> str:
-    worst = sorted(results.values(), key=lambda r: r.outcome is Outcome.DELIVERED)
-    return worst[0].describe() if worst else ""

@@ -10,11 +10,12 @@ still store them as given (mixed case, quoted).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from sqlalchemy import Connection, select
 
 from gateway.addresses import mailbox_key
+from gateway.message import DeliveryResult
 from storage.db import Database
 from storage.models import Suppression
 
@@ -22,6 +23,18 @@ S = Suppression.__table__  # type: ignore[attr-defined]
 
 # A row committed a little after another node's refresh may carry an older created_at.
 _SLACK = 30.0
+FOLLOW_INTERVAL = 5.0  # seconds between looks at other nodes' changes (`follow`)
+RELOAD_EVERY = 12  # looks: removals made elsewhere show within a minute
+
+
+def from_results(results: Mapping[str, DeliveryResult]) -> list[tuple[str, str]]:
+    """The entries (mailbox key, reason) an attempt's results add to the list: a hard
+    bounce's address ("bounced") and a complaint's ("complaint")."""
+    return [
+        (mailbox_key(rcpt), "complaint" if result.complaint else "bounced")
+        for rcpt, result in results.items()
+        if result.hard_bounce or result.complaint
+    ]
 
 
 class SuppressionCache:
@@ -29,6 +42,7 @@ class SuppressionCache:
         self._db = db
         self._keys: set[str] = set()
         self._watermark = 0.0
+        self._looks = 0
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -62,6 +76,12 @@ class SuppressionCache:
 
         self._keys.update(await self._db.read(query))
         self._watermark = started - _SLACK
+
+    async def follow(self) -> None:
+        """One look at other nodes' changes, run every FOLLOW_INTERVAL: additions each
+        time, a full reload every RELOAD_EVERY looks (for removals)."""
+        self._looks += 1
+        await (self.reload() if self._looks % RELOAD_EVERY == 0 else self.refresh())
 
 
 def _stored_key(email: str) -> str:

@@ -1,4 +1,4 @@
-"""Pool passwords at rest: AES-GCM (gateway.security.secrets) bound to the pool's id.
+"""Pool passwords at rest: sealed (gateway.security.secrets) and bound to the pool's id.
 
 The associated data names the pool, so a ciphertext copied into another pool's row does
 not decrypt there. Config-file pools keep no password in storage: theirs comes from the
@@ -16,13 +16,9 @@ from storage.dkim_keys import Cipher
 log = logging.getLogger("postern.pools")
 
 
-def _bound_to(pool_id: str) -> bytes:
-    return f"smtp_pool:{pool_id}:password".encode()
-
-
 def seal(box: Cipher, pool_id: str, password: str) -> str:
     """The ciphertext to store ("" for no password)."""
-    return box.encrypt(password, _bound_to(pool_id)) if password else ""
+    return box.seal(password, "smtp_pool", pool_id, "password") if password else ""
 
 
 def unseal(box: Cipher, row: Any) -> str:
@@ -31,7 +27,7 @@ def unseal(box: Cipher, row: Any) -> str:
     if not row.password_enc:
         return ""
     try:
-        return box.decrypt(row.password_enc, _bound_to(row.id)).decode("utf-8")
+        return box.unseal(row.password_enc, "smtp_pool", row.id, "password").decode("utf-8")
     except (SecretError, UnicodeDecodeError) as error:
         log.error("the password of pool %r cannot be decrypted: %s", row.name, error)
         return ""

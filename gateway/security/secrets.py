@@ -11,6 +11,9 @@ Ciphertexts are AES-256-GCM (`cryptography`), as text: ``pst1.<key id>.<nonce+ci
 The key id (a hash of the key, not the key) lets `decrypt` say "made with another key"
 instead of a bare authentication failure. `associated` data binds a ciphertext to its
 context (e.g. the row it belongs to): a value copied into another row does not decrypt.
+Every stored secret is sealed that way through `seal`/`unseal`, which spell the context as
+its parts joined by ":" (`smtp_pool:<id>:password`, `webhook:<id>:secret`,
+`dkim_key:<domain>:<selector>`): the bytes stored ciphertexts were made with.
 
     SecretError
      ├── SecretKeyError        the key cannot be loaded or created (one line for the operator)
@@ -139,6 +142,19 @@ class SecretBox:
 
     def decrypt_text(self, token: str, associated: bytes = b"") -> str:
         return self.decrypt(token, associated).decode("utf-8")
+
+    def seal(self, data: bytes | str, *context: str) -> str:
+        """A secret to store, bound to its `context` (what it is and the row it belongs to)."""
+        return self.encrypt(data, bound_to(*context))
+
+    def unseal(self, token: str, *context: str) -> bytes:
+        """The secret `seal` stored with the same `context`; DecryptError otherwise."""
+        return self.decrypt(token, bound_to(*context))
+
+
+def bound_to(*context: str) -> bytes:
+    """The associated data of a secret stored in `context`."""
+    return ":".join(context).encode()
 
 
 def installed_key_id(data_dir: Path, environ: Mapping[str, str] | None = None) -> str | None:

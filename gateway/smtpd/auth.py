@@ -110,16 +110,6 @@ def client_of(host: str) -> str:
     return str(ipaddress.IPv6Network((address, 64), strict=False))
 
 
-def is_loopback(peer: Any) -> bool:
-    host = peer[0] if isinstance(peer, tuple) and peer else str(peer or "")
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    mapped = getattr(address, "ipv4_mapped", None)
-    return bool(address.is_loopback or (mapped is not None and mapped.is_loopback))
-
-
 def sender_of(session: Session) -> Sender | None:
     """The API key the session logged in with, as intake's Sender (None: no AUTH)."""
     key = session.auth_data

@@ -21,6 +21,7 @@ from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 
 from gateway import maillog, metrics
 from gateway.addresses import envelope_problem, has_control
+from gateway.config import is_loopback
 from gateway.headers import MAX_HOPS, Cleaned, clean_header, header_size
 from gateway.intake.fields import control_problems, sandbox_flag
 from gateway.intake.pipeline import (
@@ -35,9 +36,9 @@ from gateway.intake.pipeline import (
 )
 from gateway.intake.request_digest import smtp_digest
 from gateway.message import Submission
-from gateway.queue.store import new_id_for
+from gateway.queue.ids import new_id_for
 from gateway.security.ratelimit import RateLimiter
-from gateway.smtpd.auth import ApiKeyAuth, AuthThrottle, is_loopback, key_refusal, sender_of
+from gateway.smtpd.auth import ApiKeyAuth, AuthThrottle, key_refusal, sender_of
 from gateway.smtpd.data import DataBudget, Refusal, Transfer
 from storage.keys import KeyStore
 from storage.writer import StorageFull, StorageUnavailable, Writer
@@ -234,7 +235,9 @@ class PosternSMTP(ApiKeyAuth, SMTP):
             metrics.SMTP_SESSIONS.set(len(sessions))
         super().connection_made(transport)
         # AUTH only over TLS, or from loopback (aiosmtpd knows only "TLS always").
-        self._auth_require_tls = not is_loopback(self.session.peer if self.session else None)
+        name = self.session.peer if self.session else None
+        host = name[0] if isinstance(name, tuple) and name else str(name or "")
+        self._auth_require_tls = not is_loopback(host)
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._refused:
@@ -291,33 +294,14 @@ class PosternSMTP(ApiKeyAuth, SMTP):
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
         """aiosmtpd's DATA, read into one buffer (gateway.smtpd.data) within the budget."""
-        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
-            return
-        assert self.envelope is not None
-        if not self.envelope.rcpt_tos:
-            await self.push("503 Error: need RCPT command")
-            return
-        if arg:
-            await self.push("501 Syntax: DATA")
-            return
-        if self._handler.data_budget.full:  # before the 354: no body is sent for nothing
-            metrics.MESSAGES_REFUSED.labels(reason="data_budget").inc()
-            await self.push(Reply.NO_ROOM)
+        if not await self._may_send_data(arg):
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         transfer = Transfer(self._reader, self._limits.max_message_size, self._handler.data_budget)
         try:
             if not await transfer.receive():
                 return  # the connection is gone
-            if transfer.refusal is not None:
-                status, reason = _REFUSED[transfer.refusal]
-                metrics.MESSAGES_REFUSED.labels(reason=reason).inc()
-            elif transfer.problem is not None:  # bare CR or LF, NUL (SPEC: known pitfalls)
-                metrics.MESSAGES_REFUSED.labels(reason="bad_content").inc()
-                status = Reply.BAD_CONTENT.format(transfer.problem)
-            else:
-                self.envelope.content = self.envelope.original_content = transfer.content
-                status = await self._call_handler_hook("DATA")
+            status = await self._reply_to(transfer)
         except asyncio.CancelledError:  # the connection was lost (as aiosmtpd does)
             self._writer.close()
             raise
@@ -327,6 +311,36 @@ class PosternSMTP(ApiKeyAuth, SMTP):
             # on this connection must start a new transaction, not get "503 nested MAIL".
             self._set_post_data_state()
         await self.push("250 OK" if status is MISSING else status)
+
+    async def _may_send_data(self, arg: str) -> bool:
+        """Whether the client may send the content now; when not, it has been told why."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return False
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return False
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return False
+        if self._handler.data_budget.full:  # before the 354: no body is sent for nothing
+            metrics.MESSAGES_REFUSED.labels(reason="data_budget").inc()
+            await self.push(Reply.NO_ROOM)
+            return False
+        return True
+
+    async def _reply_to(self, transfer: Transfer) -> Any:
+        """The reply to content received whole: its refusal, or the handler's answer."""
+        assert self.envelope is not None
+        if transfer.refusal is not None:
+            status, reason = _REFUSED[transfer.refusal]
+            metrics.MESSAGES_REFUSED.labels(reason=reason).inc()
+            return status
+        if transfer.problem is not None:  # bare CR or LF, NUL: what relaying would alter
+            metrics.MESSAGES_REFUSED.labels(reason="bad_content").inc()
+            return Reply.BAD_CONTENT.format(transfer.problem)
+        self.envelope.content = self.envelope.original_content = transfer.content
+        return await self._call_handler_hook("DATA")
 
     async def push(self, status: Any) -> None:
         if isinstance(status, str):
@@ -462,6 +476,14 @@ class PosternHandler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or b""  # canonical, lines checked: smtp_data
+        checked = self._checked_header(raw)
+        if isinstance(checked, str):
+            return checked
+        return await self._submit(await self._submission(session, envelope, checked))
+
+    def _checked_header(self, raw: bytes) -> Cleaned | str:
+        """The message with our X-Postern-* control fields taken out of its header, or the
+        reply refusing it: a header too big, a mail loop, a bad control field value."""
         if header_size(raw) > self._limits.max_header_size:
             metrics.MESSAGES_REFUSED.labels(reason="header_too_big").inc()
             return Reply.HEADER_TOO_BIG.format(self._limits.max_header_size)
@@ -469,15 +491,22 @@ class PosternHandler:
         if cleaned.hops >= MAX_HOPS:
             metrics.MESSAGES_REFUSED.labels(reason="loop").inc()
             return Reply.TOO_MANY_HOPS
-        controls = cleaned.controls
-        problem = _control_problem(controls)
+        problem = _control_problem(cleaned.controls)
         if problem:
             return Reply.BAD_CONTENT.format(problem)
+        return cleaned
+
+    async def _submission(
+        self, session: Session, envelope: Envelope, cleaned: Cleaned
+    ) -> Submission:
+        """What intake is given: the envelope, the content behind our Received field (and a
+        Date and Message-ID when it had none), and what the control fields asked for."""
+        controls = cleaned.controls
         mail_from = "" if envelope.mail_from == NULL_SENDER else envelope.mail_from or ""
         key = controls.get("idempotency-key") or None
         sandbox = sandbox_flag(_values(controls, "sandbox"))
         message_id = new_id_for(sandbox)
-        submission = Submission(
+        return Submission(
             mail_from=mail_from,
             recipients=tuple(envelope.rcpt_tos),
             content=self._added(session, envelope, message_id, cleaned) + cleaned.content,
@@ -493,6 +522,9 @@ class PosternHandler:
             message_id=message_id,
             client=maillog.client(session.peer),
         )
+
+    async def _submit(self, submission: Submission) -> str:
+        """Intake's answer to the message, as an SMTP reply."""
         self.submitting += 1
         try:
             accepted = await self._intake.submit(submission)

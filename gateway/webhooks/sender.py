@@ -133,73 +133,104 @@ class WebhookSender:
     # --- sending ----------------------------------------------------------------------
 
     async def _serve(self, webhook_id: str, failures: int) -> None:
-        """Send for one leased webhook until it runs dry, fails, or is taken away."""
-        loop = asyncio.get_running_loop()
+        """Send for one leased webhook until it runs dry, fails, or is taken away; then give
+        the lease back unless it is lost or a failure's back-off now holds it."""
+        hold = _Hold(webhook_id, failures)
         client: httpx.AsyncClient | None = None
-        keep = True  # whether the lease is still ours to give back
         try:
             client = await self._client()
-            idle_until = loop.time() + self.idle
-            renewed = loop.time()
-            posted_at = float("-inf")
-            secret: tuple[str, str] | None = None  # (ciphertext, clear)
-            while True:
-                now = time.time()
-                work = await self._db.read(
-                    lambda conn: _next_batch(conn, webhook_id, self.batch_size)
-                )
-                target = work.target
-                if target is None or not target.active or target.holder != self.node:
-                    keep = target is not None and target.holder == self.node  # deactivated
-                    return
-                if not work.rows:
-                    if work.upto > target.cursor:  # events it does not want: skip them
-                        await self._advance(webhook_id, target, work.upto)
-                    if loop.time() >= idle_until:
-                        return
-                    if loop.time() - renewed > self.lease / 3:
-                        keep = await self._renew(webhook_id)
-                        renewed = loop.time()
-                        if not keep:
-                            return
-                    await asyncio.sleep(self.poll)
-                    continue
-                if target.written_at(work.rows[0]) < now - self.max_age:
-                    await self._drop(webhook_id, target, work, now)
-                    continue
-                since_post = loop.time() - posted_at
-                if len(work.rows) < self.batch_size and since_post < self.linger:
-                    await asyncio.sleep(self.linger - since_post)  # let the batch fill
-                    continue
-                if secret is None or secret[0] != target.secret_enc:
-                    clear = self._unseal(webhook_id, target.secret_enc)
-                    if clear is None:
-                        await self._failed(webhook_id, len(work.rows), failures, None, _SECRET, 0)
-                        keep = False
-                        return
-                    secret = (target.secret_enc, clear)
-                ok, keep = await self._post(client, webhook_id, secret[1], work, failures)
-                if not ok or not keep:
-                    keep = keep and ok
-                    return
-                failures = 0
-                renewed = posted_at = loop.time()
-                idle_until = renewed + self.idle
-                if len(work.rows) < self.batch_size:  # caught up: the next one can wait
-                    await asyncio.sleep(self.linger)
+            hold.start(_clock(), self.idle)
+            await self._send_batches(client, hold)
         except asyncio.CancelledError:
-            keep = False  # stop() gives every lease back at once
+            hold.ours = False  # stop() gives every lease back at once
             raise
         except Exception as error:
             log.warning("webhook %s: sending failed: %s", webhook_id, error)
         finally:
             if client is not None:
                 await client.aclose()
-            if keep:
-                with contextlib.suppress(StorageUnavailable):
-                    await self._writer.submit(
-                        lambda conn: outbox.release(conn, self.node, webhook_id)
-                    )
+            if hold.ours:
+                await self._give_back(webhook_id)
+
+    async def _send_batches(self, client: httpx.AsyncClient, hold: _Hold) -> None:
+        """Batch after batch, in commit order, until one of them ends this task's turn."""
+        while True:
+            now = time.time()
+            work = await self._db.read(
+                lambda conn: _next_batch(conn, hold.webhook_id, self.batch_size)
+            )
+            target = work.target
+            if target is None or not target.active or target.holder != self.node:
+                hold.ours = target is not None and target.holder == self.node  # deactivated
+                return
+            if not work.rows:
+                if not await self._wait_for_events(hold, target, work.upto):
+                    return
+            elif target.written_at(work.rows[0]) < now - self.max_age:
+                await self._drop(hold.webhook_id, target, work, now)
+            elif (fill := self._time_to_fill(hold, work)) > 0:
+                await asyncio.sleep(fill)
+            elif not await self._deliver(client, hold, target, work):
+                return
+
+    async def _wait_for_events(
+        self, hold: _Hold, target: outbox.WebhookState, upto: Position
+    ) -> bool:
+        """Nothing wanted to send: move the cursor past what the webhook does not want, keep
+        the lease alive, and wait a poll. False when the task should end: idle too long, or
+        the lease was lost."""
+        if upto > target.cursor:  # events it does not want: skip them
+            await self._advance(hold.webhook_id, target, upto)
+        if _clock() >= hold.idle_until:
+            return False
+        if _clock() - hold.renewed > self.lease / 3:
+            hold.ours = await self._renew(hold.webhook_id)
+            hold.renewed = _clock()
+            if not hold.ours:
+                return False
+        await asyncio.sleep(self.poll)
+        return True
+
+    def _time_to_fill(self, hold: _Hold, work: EventBatch) -> float:
+        """Seconds to let a partial batch fill: what is left of `linger` since the last POST
+        (none when the batch is full or that POST is older)."""
+        since_post = _clock() - hold.posted_at
+        if len(work.rows) < self.batch_size and since_post < self.linger:
+            return self.linger - since_post
+        return 0.0
+
+    async def _deliver(
+        self, client: httpx.AsyncClient, hold: _Hold, target: outbox.WebhookState, work: EventBatch
+    ) -> bool:
+        """POST the batch signed; False when the task should end (a failure, or the lease
+        lost while recording the delivery)."""
+        secret = self._secret(hold, target)
+        if secret is None:
+            await self._failed(hold.webhook_id, len(work.rows), hold.failures, None, _SECRET, 0)
+            hold.ours = False
+            return False
+        delivered, held = await self._post(client, hold.webhook_id, secret, work, hold.failures)
+        hold.ours = delivered and held
+        if not hold.ours:
+            return False
+        hold.delivered(_clock(), self.idle)
+        if len(work.rows) < self.batch_size:  # caught up: the next one can wait
+            await asyncio.sleep(self.linger)
+        return True
+
+    def _secret(self, hold: _Hold, target: outbox.WebhookState) -> str | None:
+        """The signing secret in clear (None: it cannot be), unsealed again only when the
+        webhook's secret changed."""
+        if hold.secret is None or hold.secret[0] != target.secret_enc:
+            clear = self._unseal(hold.webhook_id, target.secret_enc)
+            if clear is None:
+                return None
+            hold.secret = (target.secret_enc, clear)
+        return hold.secret[1]
+
+    async def _give_back(self, webhook_id: str) -> None:
+        with contextlib.suppress(StorageUnavailable):
+            await self._writer.submit(lambda conn: outbox.release(conn, self.node, webhook_id))
 
     async def _client(self) -> httpx.AsyncClient:
         """A client of its own for one webhook (one keep-alive connection)."""
@@ -227,12 +258,14 @@ class WebhookSender:
         )
         return held
 
-    async def _advance(self, webhook_id: str, seen: outbox.Target, new: Position) -> None:
+    async def _advance(self, webhook_id: str, seen: outbox.WebhookState, new: Position) -> None:
         await self._writer.submit(
             lambda conn: outbox.advance(conn, webhook_id, self.node, seen, new)
         )
 
-    async def _drop(self, webhook_id: str, target: outbox.Target, work: Batch, now: float) -> None:
+    async def _drop(
+        self, webhook_id: str, target: outbox.WebhookState, work: EventBatch, now: float
+    ) -> None:
         """Skip what is past max_age: the batch's old events, and on to where events younger
         than max_age start. Counted by a read first: the write only moves the cursor."""
         cutoff = now - self.max_age
@@ -273,7 +306,7 @@ class WebhookSender:
         client: httpx.AsyncClient,
         webhook_id: str,
         secret: str,
-        work: Batch,
+        work: EventBatch,
         failures: int,
     ) -> tuple[bool, bool]:
         """One POST of a batch and its record: (delivered, lease still held)."""
@@ -363,27 +396,56 @@ class WebhookSender:
         return response.status_code
 
 
+def _clock() -> float:
+    """The event loop's monotonic clock (what leases, idling and lingering are timed by)."""
+    return asyncio.get_running_loop().time()
+
+
 def _tls_context() -> ssl.SSLContext:
     context = httpx.create_ssl_context()
     httpx.AsyncHTTPTransport(verify=context)  # imports what the first request would
     return context
 
 
-def wanted(target: outbox.Target) -> frozenset[str] | None:
+def wanted(target: outbox.WebhookState) -> frozenset[str] | None:
     """The event types the webhook receives (None = every type)."""
     return wanted_types(target.event_types, target.final_only, events.FINAL)
 
 
+@dataclass
+class _Hold:
+    """One task's turn at a leased webhook, by the event loop's clock."""
+
+    webhook_id: str
+    failures: int  # failed POSTs in a row so far (the back-off step)
+    renewed: float = 0.0  # when the lease was last taken, renewed or extended by a delivery
+    idle_until: float = 0.0  # when the task gives the lease back if nothing is owed
+    posted_at: float = float("-inf")  # when the last batch went out
+    secret: tuple[str, str] | None = None  # (ciphertext, clear) of the signing secret
+    ours: bool = True  # whether the lease is still this node's to give back
+
+    def start(self, now: float, idle: float) -> None:
+        """The turn starts at `now`, the lease just taken."""
+        self.renewed = now
+        self.idle_until = now + idle
+
+    def delivered(self, now: float, idle: float) -> None:
+        """A batch went out at `now`; recording it extended the lease."""
+        self.failures = 0
+        self.posted_at = now
+        self.start(now, idle)
+
+
 @dataclass(frozen=True)
-class Batch:
-    target: outbox.Target | None  # the webhook as it is now (None: deleted)
+class EventBatch:
+    target: outbox.WebhookState | None  # the webhook as it is now (None: deleted)
     rows: list[outbox.Owed]  # the next events it wants, in their public JSON
     upto: Position  # the horizon they were read up to
 
 
-def _next_batch(conn: Connection, webhook_id: str, limit: int) -> Batch:
+def _next_batch(conn: Connection, webhook_id: str, limit: int) -> EventBatch:
     target = outbox.target(conn, webhook_id)
     if target is None:
-        return Batch(None, [], outbox.START)
+        return EventBatch(None, [], outbox.START)
     upto = outbox.horizon(conn)
-    return Batch(target, outbox.batch(conn, target.cursor, upto, wanted(target), limit), upto)
+    return EventBatch(target, outbox.batch(conn, target.cursor, upto, wanted(target), limit), upto)

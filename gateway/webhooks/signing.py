@@ -25,17 +25,13 @@ def new_secret() -> str:
     return PREFIX + secrets.token_urlsafe(32)
 
 
-def _bound_to(webhook_id: str) -> bytes:
-    return f"webhook:{webhook_id}:secret".encode()
-
-
 def seal(box: Cipher, webhook_id: str, secret: str) -> str:
-    return box.encrypt(secret, _bound_to(webhook_id))
+    return box.seal(secret, "webhook", webhook_id, "secret")
 
 
 def unseal(box: Cipher, webhook_id: str, token: str) -> str:
     """The secret in clear; raises the box's error when it cannot be decrypted."""
-    return box.decrypt(token, _bound_to(webhook_id)).decode("utf-8")
+    return box.unseal(token, "webhook", webhook_id, "secret").decode("utf-8")
 
 
 def signature(secret: str, timestamp: int, body: bytes) -> str:

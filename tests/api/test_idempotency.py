@@ -16,7 +16,7 @@ from email.utils import formatdate
 import pytest
 from sqlalchemy import Connection, text
 
-from storage.idempotency import TTL, purge_expired
+from gateway.queue.idempotency import TTL, purge_expired
 from tests.support.api import Api, payload
 from tests.support.rows import query
 from tests.support.sink import Sink

@@ -228,9 +228,7 @@ async def test_pools_changed_elsewhere_reach_the_live_pools(api: Api) -> None:
     from storage import pools
     from tests.support.service import wait_until
 
-    manage = api.svc.api.management()
-    await manage.stop()
-    manage.start(api.svc.db, interval=0.05)  # the default is 5 s
+    api.svc.loops.every(0.05, api.svc.pool_sync.look, "fast look")  # the node's: every 5 s
     record = await pools.create_pool(
         api.svc.db, pool_body(name="elsewhere", port=2600), lambda _: ""
     )

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from gateway.delivery import workers as delivery
+from gateway.delivery import slowdown
 from tests.support.api import Api, ApiFactory, payload
 from tests.support.processes import free_port
 from tests.support.resources import POOLS, call, create_pool, verified_alias, verified_domain
@@ -260,8 +260,8 @@ async def test_every_pool_inactive_pauses_the_queue_with_one_event_per_wait(
 ) -> None:
     """Every pool off: mail is accepted and waits (never direct to MX), looked at again
     and again with a single `deferred` event; a pool back on lets it go."""
-    monkeypatch.setattr(delivery, "NO_POOL_WAIT", 0.1)
-    monkeypatch.setattr(delivery, "NO_POOL_WAIT_MAX", 0.2)
+    monkeypatch.setattr(slowdown, "NO_POOL_WAIT", 0.1)
+    monkeypatch.setattr(slowdown, "NO_POOL_WAIT_MAX", 0.2)
     api = setup.api
     for pool_id in setup.pools.values():
         await call(api, "PATCH", f"{POOLS}/{pool_id}", setup.key, {"is_active": False})

@@ -11,7 +11,8 @@ import pytest
 
 from gateway.config import ConfigError
 from gateway.delivery import mx
-from gateway.dkim import signer as dkim
+from gateway.dkim.keys import generate_key
+from gateway.dkim.signer import Signer
 from gateway.dns import (
     Addresses,
     AddressResult,
@@ -166,8 +167,8 @@ async def test_large_answers_fall_back_to_tcp(server: DnsServer) -> None:
 
 
 async def test_dkim_record_published_in_zone_form_verifies_through_dns(server: DnsServer) -> None:
-    key = dkim.generate_key("rsa")
-    signer = dkim.Signer("example.test", "s1", key.private_pem)
+    key = generate_key("rsa")
+    signer = Signer("example.test", "s1", key.private_pem)
     record = signer.record()
     name, _, rdata = record.zone().partition(" IN TXT ")
     server.add(name, "TXT", rdata)
@@ -222,9 +223,9 @@ def test_targets_keep_order_skip_repeats_and_respect_the_limit() -> None:
     }
     found = mx.targets("a.test", route, answers)
     assert found == (
-        mx.Target("mx1", "192.0.2.1", 25),
-        mx.Target("mx1", "2001:db8::1", 25),
-        mx.Target("mx2", "192.0.2.2", 25),
+        mx.MxTarget("mx1", "192.0.2.1", 25),
+        mx.MxTarget("mx1", "2001:db8::1", 25),
+        mx.MxTarget("mx2", "192.0.2.2", 25),
     )
     assert mx.targets("a.test", route, answers, limit=2) == found[:2]
 
@@ -235,7 +236,7 @@ def test_targets_defer_on_dns_trouble_and_bounce_when_no_host_exists() -> None:
         "mx1": Temporary("timed out"),
         "mx2": Addresses(("192.0.2.2",)),
     }
-    assert mx.targets("a.test", route, half) == (mx.Target("mx2", "192.0.2.2", 25),)
+    assert mx.targets("a.test", route, half) == (mx.MxTarget("mx2", "192.0.2.2", 25),)
     stuck = mx.targets("a.test", route, {"mx1": Temporary("timed out"), "mx2": NoRecords()})
     assert isinstance(stuck, DeliveryResult) and stuck.outcome is Outcome.DEFERRED
     nowhere = mx.targets("a.test", route, {"mx1": NoSuchDomain(), "mx2": NoRecords()})
@@ -277,11 +278,11 @@ async def test_a_message_is_planned_per_domain(server: DnsServer) -> None:
     ]  # fmt: skip
     assert by_domain["mx.test"].recipients == ("a@mx.test", "b@MX.test")
     assert by_domain["mx.test"].targets == (
-        mx.Target("primary.mx.test", "127.0.0.2", PORT),
-        mx.Target("backup.mx.test", "127.0.0.3", PORT),
+        mx.MxTarget("primary.mx.test", "127.0.0.2", PORT),
+        mx.MxTarget("backup.mx.test", "127.0.0.3", PORT),
     )
-    assert by_domain["plain.test"].targets == (mx.Target("plain.test", "127.0.0.4", PORT),)
-    assert by_domain["[127.0.0.5]"].targets == (mx.Target("127.0.0.5", "127.0.0.5", PORT),)
+    assert by_domain["plain.test"].targets == (mx.MxTarget("plain.test", "127.0.0.4", PORT),)
+    assert by_domain["[127.0.0.5]"].targets == (mx.MxTarget("127.0.0.5", "127.0.0.5", PORT),)
     outcome = {domain: plan.outcome for domain, plan in by_domain.items()}
     assert outcome["mx.test"] is None
     enhanced = {d: o.enhanced for d, o in outcome.items() if o is not None}
@@ -306,4 +307,4 @@ async def test_a_domain_deferred_by_servfail_is_delivered_once_dns_recovers(
     server.heal()
     second = await mx.plan_domain(resolver, "later.test", ["a@later.test"], PORT)
     assert second.outcome is None
-    assert second.targets == (mx.Target("mx.later.test", "127.0.0.2", PORT),)
+    assert second.targets == (mx.MxTarget("mx.later.test", "127.0.0.2", PORT),)

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.delivery.probe import ProbeResult, Target, probe
+from gateway.delivery.probe import ProbeResult, ProbeTarget, probe
 from tests.support.processes import LOOPBACK, free_port
 from tests.support.sink import Sink
 
@@ -29,7 +29,7 @@ def sink(request: pytest.FixtureRequest) -> Iterator[Sink]:
 
 async def run(sink: Sink | None, timeout: float = 2.0, **fields: object) -> ProbeResult:
     port = sink.port if sink is not None else free_port()
-    target = Target(**{"host": LOOPBACK, "port": port, "encryption": "none", **fields})  # type: ignore[arg-type]
+    target = ProbeTarget(**{"host": LOOPBACK, "port": port, "encryption": "none", **fields})  # type: ignore[arg-type]
     return await probe(target, [LOOPBACK], local_hostname="postern.test", timeout=timeout)
 
 
@@ -99,7 +99,7 @@ async def test_the_password_is_scrubbed_from_an_echoing_server(sink: Sink) -> No
     sink.fail("connect", f"554 5.7.0 nope {SECRET}")
     result = await run(sink, username="u", password=SECRET)
     assert SECRET not in (result.error or "") and "***" in (result.error or "")
-    assert SECRET not in repr(Target(LOOPBACK, 25, "tls", "u", SECRET))
+    assert SECRET not in repr(ProbeTarget(LOOPBACK, 25, "tls", "u", SECRET))
 
 
 async def test_an_echoed_password_is_masked_before_the_reply_is_cut(sink: Sink) -> None:
@@ -149,7 +149,7 @@ async def test_a_server_echoing_the_password_in_any_form_does_not_leak_it(echo: 
     server = await _echoing_server(echo)
     try:
         port = server.sockets[0].getsockname()[1]
-        target = Target(LOOPBACK, port, "none", username="user", password=ODD_SECRET)
+        target = ProbeTarget(LOOPBACK, port, "none", username="user", password=ODD_SECRET)
         result = await probe(target, [LOOPBACK], local_hostname="postern.test", timeout=2.0)
     finally:
         server.close()

@@ -12,8 +12,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from gateway.dkim import signer as dkim
-from gateway.dkim.signer import KeyPair, Signers
+from gateway.dkim.cache import Signers
+from gateway.dkim.keys import DnsRecord, KeyPair, dns_record, generate_key
 from gateway.security import secrets
 from gateway.security.secrets import DecryptError, SecretBox, WrongKeyError
 from storage import dkim_keys
@@ -25,7 +25,7 @@ MESSAGE = b"From: app@example.com\r\nTo: a@example.net\r\nSubject: hi\r\n\r\nbod
 
 @pytest.fixture(scope="module")
 def keys() -> list[KeyPair]:
-    return [dkim.generate_key("ed25519") for _ in range(3)]
+    return [generate_key("ed25519") for _ in range(3)]
 
 
 @pytest.fixture
@@ -224,7 +224,7 @@ async def test_an_activation_waits_for_one_in_flight_on_another_node(
 # --- the signer table --------------------------------------------------------------------
 
 
-def published(*records: dkim.DnsRecord) -> Any:
+def published(*records: DnsRecord) -> Any:
     table = {f"{r.name}.".encode(): r.value.encode() for r in records}
     return lambda name, timeout=5: table.get(name)
 
@@ -246,7 +246,7 @@ async def test_signers_sign_with_the_active_key_and_follow_rotation(
     assert rotated is not None and rotated.selector == "new"
     signed_after = rotated.signed(MESSAGE)
 
-    records = [dkim.dns_record(k.selector, k.domain, k.algorithm, k.public_key) for k in (old, new)]
+    records = [dns_record(k.selector, k.domain, k.algorithm, k.public_key) for k in (old, new)]
     assert dkimpy.verify(signed_before, dnsfunc=published(*records))
     assert dkimpy.verify(signed_after, dnsfunc=published(*records))
     assert not dkimpy.verify(signed_before, dnsfunc=published(records[1]))

@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 from sqlalchemy import Connection, Engine, event, insert, inspect, text
 
-import gateway.queue.store as queue_module
+import gateway.queue.ids as ids_module
 from gateway.message import DeliveryResult, Outcome, QueuedMessage, Route, Sender
 from gateway.queue.operations import MessageBusy, MessageFinal, cancel_one
 from gateway.queue.store import AttemptRecord, Queue
@@ -118,7 +118,7 @@ async def test_enqueue_is_atomic(
         )
 
     await backend.transaction(orphan_body)
-    monkeypatch.setattr(queue_module, "new_message_id", lambda: clash)
+    monkeypatch.setattr(ids_module, "new_message_id", lambda: clash)
 
     with pytest.raises(StorageUnavailable):
         await queue.enqueue(submission(), ROUTE, claim=False)

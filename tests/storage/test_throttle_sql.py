@@ -9,7 +9,8 @@ import time
 
 from sqlalchemy import Connection, func, select
 
-from gateway.delivery.throttle import Throttle, Ticket, Wait
+from gateway.delivery.slowdown import Wait
+from gateway.delivery.throttle import Throttle, Ticket
 from gateway.delivery.upstream import PoolSettings
 from storage import throttle as sql
 from storage.db import Database

@@ -13,6 +13,7 @@ from sqlalchemy import Connection, inspect, select, text
 
 from gateway.message import DeliveryResult, Outcome
 from gateway.queue import events
+from storage import event_json
 from storage import webhook_outbox as outbox
 from storage.db import Database, create_schema
 from storage.webhook_outbox import Position
@@ -32,7 +33,7 @@ async def hook(db: Database, **values: Any) -> str:
     return record.id
 
 
-async def target(db: Database, webhook_id: str) -> outbox.Target:
+async def target(db: Database, webhook_id: str) -> outbox.WebhookState:
     found = await db.read(lambda conn: outbox.target(conn, webhook_id))
     assert found is not None
     return found
@@ -40,7 +41,7 @@ async def target(db: Database, webhook_id: str) -> outbox.Target:
 
 async def next_batch(
     db: Database, webhook_id: str, limit: int = 100
-) -> tuple[outbox.Target, list[Any], Position]:
+) -> tuple[outbox.WebhookState, list[Any], Position]:
     """What the sender would read now: the webhook, its next events, the horizon."""
     hook_now = await target(db, webhook_id)
     types = wanted_types(hook_now.event_types, hook_now.final_only, events.FINAL)
@@ -106,7 +107,7 @@ async def test_each_webhook_reads_its_filter_in_order_in_batches(backend: Databa
 
 
 async def test_the_database_shapes_each_event_as_the_api_does(backend: Database) -> None:
-    """Webhook payloads are JSON made in SQL: the same document as events.to_json, with the
+    """Webhook payloads are JSON made in SQL: the same document as event_json.to_json, with the
     message's tags and metadata, for every kind of row."""
     target_id = await hook(backend)
     at = 1795324441.512771  # milliseconds truncate, never round up
@@ -134,7 +135,7 @@ async def test_the_database_shapes_each_event_as_the_api_does(backend: Database)
     _, owed, _ = await next_batch(backend, target_id)
     stored = await backend.read(lambda c: c.execute(select(events.E).order_by(events.E.c.id)).all())
     tags = {"msg_meta": (["welcome", "ü"], {"user": "42"})}
-    expected = [events.to_json(r, *tags.get(r.message_id, ([], {}))) for r in stored]
+    expected = [event_json.to_json(r, *tags.get(r.message_id, ([], {}))) for r in stored]
     assert [json.loads(o.json) for o in owed] == expected
     assert expected[0]["created_at"] == "2026-11-22T05:14:01.512Z"
     assert expected[2]["response"] == {"code": None, "enhanced_status": None, "text": "rate 10/min"}

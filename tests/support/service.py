@@ -153,7 +153,7 @@ class ServiceFactory:
     async def stop_all(self) -> None:
         errors: list[BaseException] = []
         for svc in reversed(self.started):
-            if not hasattr(svc, "writer"):
+            if svc.writer is None:
                 continue  # start() failed before anything needed stopping
             try:
                 await asyncio.wait_for(svc.stop(), timeout=30)

@@ -3,6 +3,7 @@ zone-file text that `postern dkim generate` prints (parsed by a real zone parser
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import re
 from collections.abc import Callable
@@ -16,8 +17,17 @@ from dkim.canonicalization import Relaxed
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.dkim import signer as dkim
-from gateway.dkim.signer import DnsRecord, KeyPair, Signer
+from gateway.dkim.canonical import (
+    parse_message,
+    relaxed_body,
+    relaxed_header_value,
+    select_fields,
+    signed_header_names,
+)
+from gateway.dkim.errors import DkimError, KeyFormatError, MessageFormatError, NotCanonicalError
+from gateway.dkim.keys import DnsRecord, KeyPair, dns_record, generate_key
+from gateway.dkim.names import default_selector, from_domain, normalise_domain, normalise_selector
+from gateway.dkim.signer import Signer
 
 DOMAIN = "example.com"
 MESSAGE = (
@@ -39,12 +49,12 @@ MESSAGE = (
 
 @pytest.fixture(scope="module")
 def rsa_key() -> KeyPair:
-    return dkim.generate_key("rsa")
+    return generate_key("rsa")
 
 
 @pytest.fixture(scope="module")
 def ed_key() -> KeyPair:
-    return dkim.generate_key("ed25519")
+    return generate_key("ed25519")
 
 
 @pytest.fixture(params=["rsa", "ed25519"])
@@ -94,7 +104,7 @@ def test_rsa_key_is_2048_bits_by_default(rsa_key: KeyPair) -> None:
 def test_ed25519_public_key_is_the_raw_32_bytes(ed_key: KeyPair) -> None:
     private = serialization.load_pem_private_key(ed_key.private_pem, None)
     assert isinstance(private, ed25519.Ed25519PrivateKey)
-    assert len(dkim.base64.b64decode(ed_key.public_key)) == 32
+    assert len(base64.b64decode(ed_key.public_key)) == 32
 
 
 def test_key_repr_never_shows_the_private_key(rsa_key: KeyPair) -> None:
@@ -102,22 +112,22 @@ def test_key_repr_never_shows_the_private_key(rsa_key: KeyPair) -> None:
 
 
 def test_too_small_or_unknown_keys_are_refused() -> None:
-    with pytest.raises(dkim.KeyFormatError):
-        dkim.generate_key("rsa", bits=512)
-    with pytest.raises(dkim.KeyFormatError):
-        dkim.generate_key("dsa")
-    with pytest.raises(dkim.KeyFormatError):
+    with pytest.raises(KeyFormatError):
+        generate_key("rsa", bits=512)
+    with pytest.raises(KeyFormatError):
+        generate_key("dsa")
+    with pytest.raises(KeyFormatError):
         Signer(DOMAIN, "s1", b"-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----\n")
 
 
 def test_record_value_and_name(key: KeyPair) -> None:
-    record = dkim.dns_record("s1", DOMAIN, key.algorithm, key.public_key)
+    record = dns_record("s1", DOMAIN, key.algorithm, key.public_key)
     assert record.name == "s1._domainkey.example.com"
     assert record.value == f"v=DKIM1; k={key.algorithm}; p={key.public_key}"
 
 
 def test_rsa_record_is_split_into_strings_of_at_most_255_bytes(rsa_key: KeyPair) -> None:
-    record = dkim.dns_record("s1", DOMAIN, "rsa", rsa_key.public_key)
+    record = dns_record("s1", DOMAIN, "rsa", rsa_key.public_key)
     assert len(record.value) > 255
     assert len(record.strings) == 2
     assert all(len(part.encode()) <= 255 for part in record.strings)
@@ -128,40 +138,40 @@ def test_rsa_record_is_split_into_strings_of_at_most_255_bytes(rsa_key: KeyPair)
 
 
 def test_zone_line_parses_back_to_the_whole_value(key: KeyPair) -> None:
-    record = dkim.dns_record("s1", DOMAIN, key.algorithm, key.public_key)
+    record = dns_record("s1", DOMAIN, key.algorithm, key.public_key)
     served = published(record.zone(ttl=3600))
     assert served(b"s1._domainkey.example.com.") == record.value.encode()
 
 
 def test_names_are_normalised_and_checked() -> None:
-    assert dkim.normalise_domain("Example.COM.") == "example.com"
-    assert dkim.normalise_domain("bücher.example") == "xn--bcher-kva.example"
-    assert dkim.normalise_selector("Mail-2025.A") == "mail-2025.a"
+    assert normalise_domain("Example.COM.") == "example.com"
+    assert normalise_domain("bücher.example") == "xn--bcher-kva.example"
+    assert normalise_selector("Mail-2025.A") == "mail-2025.a"
     for bad in ("", "-x", "a b", "x_y", "a..b"):
-        with pytest.raises(dkim.DkimError):
-            dkim.normalise_selector(bad)
+        with pytest.raises(DkimError):
+            normalise_selector(bad)
     for bad in ("", "exa mple.com", "-a.com", "a..com"):
-        with pytest.raises(dkim.DkimError):
-            dkim.normalise_domain(bad)
+        with pytest.raises(DkimError):
+            normalise_domain(bad)
 
 
 def test_default_selector_avoids_taken_names() -> None:
     day = dt.date(2025, 6, 2)
-    assert dkim.default_selector([], day) == "p20250602"
-    assert dkim.default_selector(["p20250602"], day) == "p20250602-2"
-    assert dkim.default_selector(["P20250602", "p20250602-2"], day) == "p20250602-3"
+    assert default_selector([], day) == "p20250602"
+    assert default_selector(["p20250602"], day) == "p20250602-2"
+    assert default_selector(["P20250602", "p20250602-2"], day) == "p20250602-3"
 
 
 def test_from_domain() -> None:
-    assert dkim.from_domain(MESSAGE) == "example.com"
-    assert dkim.from_domain(b"From: =?utf-8?q?J=C3=B6rg?= <j@Mail.Example.COM>\r\n\r\n") == (
+    assert from_domain(MESSAGE) == "example.com"
+    assert from_domain(b"From: =?utf-8?q?J=C3=B6rg?= <j@Mail.Example.COM>\r\n\r\n") == (
         "mail.example.com"
     )
-    assert dkim.from_domain(b"From: a@x.test,\r\n b@x.test\r\n\r\nbody\r\n") == "x.test"
-    assert dkim.from_domain(b"From: a@x.test, b@y.test\r\n\r\n") is None
-    assert dkim.from_domain(b"To: a@x.test\r\n\r\n") is None
-    assert dkim.from_domain(b"From: a@x.test\r\nFrom: b@x.test\r\n\r\n") is None
-    assert dkim.from_domain(b"From: undisclosed\r\n\r\n") is None
+    assert from_domain(b"From: a@x.test,\r\n b@x.test\r\n\r\nbody\r\n") == "x.test"
+    assert from_domain(b"From: a@x.test, b@y.test\r\n\r\n") is None
+    assert from_domain(b"To: a@x.test\r\n\r\n") is None
+    assert from_domain(b"From: a@x.test\r\nFrom: b@x.test\r\n\r\n") is None
+    assert from_domain(b"From: undisclosed\r\n\r\n") is None
 
 
 # --- signing -------------------------------------------------------------------------------
@@ -169,7 +179,7 @@ def test_from_domain() -> None:
 
 def signer_for(key: KeyPair, selector: str = "s1") -> tuple[Signer, DnsRecord]:
     signer = Signer(DOMAIN, selector, key.private_pem)
-    return signer, dkim.dns_record(selector, DOMAIN, key.algorithm, key.public_key)
+    return signer, dns_record(selector, DOMAIN, key.algorithm, key.public_key)
 
 
 def test_signature_verifies_against_the_printed_record(key: KeyPair) -> None:
@@ -198,7 +208,7 @@ def test_signature_header_tags(key: KeyPair) -> None:
 
 
 def test_signed_header_names_cover_the_list_headers() -> None:
-    names = dkim.signed_header_names(
+    names = signed_header_names(
         [b"List-Unsubscribe-Post", b"Reply-To", b"FROM", b"List-Unsubscribe", b"Received"]
     )
     assert names == (b"from", b"reply-to", b"list-unsubscribe", b"list-unsubscribe-post", b"from")
@@ -291,9 +301,9 @@ def test_key_rotation_keeps_old_mail_verifiable(rsa_key: KeyPair, ed_key: KeyPai
 
 def test_another_keys_record_does_not_verify(ed_key: KeyPair) -> None:
     signer, _ = signer_for(ed_key)
-    other = dkim.generate_key("ed25519")
+    other = generate_key("ed25519")
     assert not verifies(
-        signer.signed(MESSAGE), dkim.dns_record("s1", DOMAIN, "ed25519", other.public_key).zone()
+        signer.signed(MESSAGE), dns_record("s1", DOMAIN, "ed25519", other.public_key).zone()
     )
 
 
@@ -308,15 +318,15 @@ def test_another_keys_record_does_not_verify(ed_key: KeyPair) -> None:
 )
 def test_non_canonical_content_is_refused(rsa_key: KeyPair, content: bytes) -> None:
     signer, _ = signer_for(rsa_key)
-    with pytest.raises(dkim.NotCanonicalError):
+    with pytest.raises(NotCanonicalError):
         signer.sign(content)
 
 
 def test_message_without_from_is_refused(ed_key: KeyPair) -> None:
     signer, _ = signer_for(ed_key)
-    with pytest.raises(dkim.MessageFormatError):
+    with pytest.raises(MessageFormatError):
         signer.sign(b"To: a@example.net\r\nSubject: x\r\n\r\nbody\r\n")
-    with pytest.raises(dkim.MessageFormatError):
+    with pytest.raises(MessageFormatError):
         signer.sign(b"From app@example.com\r\nnot a header\r\n\r\nbody\r\n")
 
 
@@ -343,7 +353,7 @@ def test_body_hash_and_header_list_match_dkimpys_own_signer(rsa_key: KeyPair) ->
         serialization.NoEncryption(),
     )
     reference = dkimpy.DKIM(MESSAGE)
-    include = dkim.signed_header_names(name for name, _ in reference.headers)
+    include = signed_header_names(name for name, _ in reference.headers)
     theirs = reference.sign(
         b"s1", DOMAIN.encode(), pkcs1, canonicalize=(b"relaxed", b"relaxed"),
         include_headers=list(include),
@@ -364,7 +374,7 @@ def test_body_hash_and_header_list_match_dkimpys_own_signer(rsa_key: KeyPair) ->
 @settings(max_examples=400, deadline=None)
 def test_relaxed_body_is_byte_for_byte_dkimpys(parts: list[bytes]) -> None:
     body = b"".join(parts)
-    assert dkim.relaxed_body(body) == Relaxed.canonicalize_body(body)
+    assert relaxed_body(body) == Relaxed.canonicalize_body(body)
 
 
 # --- the signer's own header parsing and canonicalisation, held to dkimpy's ----------------
@@ -396,7 +406,7 @@ def test_header_parse_is_dkimpys_rfc822_parse(
     block = header_block(fields)
     body = b"".join(body_parts)
     theirs, their_body = dkimpy.rfc822_parse(block + b"\r\n" + body)
-    ours, our_body = dkim._split(block + b"\r\n" + body)
+    ours, our_body = parse_message(block + b"\r\n" + body)
     assert [(bytes(n), bytes(v)) for n, v in theirs] == ours
     assert their_body == our_body
 
@@ -410,15 +420,15 @@ def test_header_parse_agrees_with_dkimpy_on_odd_lines(block: bytes) -> None:
     try:
         theirs = [(bytes(n), bytes(v)) for n, v in dkimpy.rfc822_parse(block + b"\r\n")[0]]
     except dkimpy.MessageFormatError:
-        with pytest.raises(dkim.MessageFormatError):
-            dkim._split(block + b"\r\n")
+        with pytest.raises(MessageFormatError):
+            parse_message(block + b"\r\n")
     else:
-        assert dkim._split(block + b"\r\n")[0] == theirs
+        assert parse_message(block + b"\r\n")[0] == theirs
 
 
 def test_a_header_starting_with_a_continuation_line_is_a_format_error() -> None:
-    with pytest.raises(dkim.MessageFormatError):
-        dkim._split(b" folded: x\r\nFrom: a@example.com\r\n\r\nbody\r\n")
+    with pytest.raises(MessageFormatError):
+        parse_message(b" folded: x\r\nFrom: a@example.com\r\n\r\nbody\r\n")
 
 
 @given(fields_strategy)
@@ -426,11 +436,11 @@ def test_a_header_starting_with_a_continuation_line_is_a_format_error() -> None:
 def test_relaxed_header_values_and_selection_are_dkimpys(
     fields: list[tuple[bytes, bytes]],
 ) -> None:
-    parsed, _ = dkim._split(header_block(fields) + b"\r\n")
-    include = dkim.signed_header_names(name for name, _ in parsed)
+    parsed, _ = parse_message(header_block(fields) + b"\r\n")
+    include = signed_header_names(name for name, _ in parsed)
     theirs = dkimpy.select_headers(Relaxed.canonicalize_headers(parsed), list(include))
-    ours = [(name, dkim.relaxed_header_value(value) + b"\r\n")
-            for name, value in dkim._select(parsed, include)]  # fmt: skip
+    ours = [(name, relaxed_header_value(value) + b"\r\n")
+            for name, value in select_fields(parsed, include)]  # fmt: skip
     assert ours == theirs
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from gateway.dkim import signer as dkim
 from gateway.dkim.domains import check_dkim, check_dmarc, check_spf, records
+from gateway.dkim.keys import txt_value
 from gateway.dns import NoRecords, NoSuchDomain, Temporary, TxtRecords
 from storage.dkim_keys import DkimKeyRecord
 
@@ -13,7 +13,7 @@ KEY = DkimKeyRecord("dkim_1", "example.com", "s1", "ed25519", "PUBKEY==", "activ
 def test_records_to_publish() -> None:
     dkim_record, spf, dmarc = records("example.com", KEY, "relay.example.net")
     assert (dkim_record.purpose, dkim_record.name) == ("dkim", "s1._domainkey.example.com")
-    assert dkim_record.value == dkim.txt_value("ed25519", "PUBKEY==")
+    assert dkim_record.value == txt_value("ed25519", "PUBKEY==")
     assert (spf.name, spf.value) == ("example.com", "v=spf1 a:relay.example.net ~all")
     assert (dmarc.name, dmarc.value) == ("_dmarc.example.com", "v=DMARC1; p=none")
     assert [r.required for r in (dkim_record, spf, dmarc)] == [True, True, False]

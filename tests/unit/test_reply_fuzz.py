@@ -10,7 +10,12 @@ import asyncio
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from gateway.delivery.pipelining import MAX_REPLY_BYTES, MAX_REPLY_LINES, PipelinedSession, Reply
+from gateway.delivery.pipelining import (
+    MAX_REPLY_BYTES,
+    MAX_REPLY_LINES,
+    PipelinedSession,
+    UpstreamReply,
+)
 
 
 class _Transport(asyncio.Transport):
@@ -33,8 +38,10 @@ class _Transport(asyncio.Transport):
         return self.closing
 
 
-def _feed(chunks: list[bytes], expected: int) -> tuple[PipelinedSession, list[Reply | None]]:
-    async def run() -> tuple[PipelinedSession, list[Reply | None]]:
+def _feed(
+    chunks: list[bytes], expected: int
+) -> tuple[PipelinedSession, list[UpstreamReply | None]]:
+    async def run() -> tuple[PipelinedSession, list[UpstreamReply | None]]:
         session = PipelinedSession(_Transport(), pipelining=True, timeout=1.0)
         futures = session._send(b"NOOP\r\n", expected)
         for chunk in chunks:

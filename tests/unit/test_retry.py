@@ -1,4 +1,4 @@
-"""The retry schedule (gateway.queue.store.next_attempt): a pure function, no I/O."""
+"""The retry schedule (gateway.queue.retry.next_attempt): a pure function, no I/O."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from gateway.queue.store import next_attempt
+from gateway.queue.retry import next_attempt
 
 SCHEDULE = (60.0, 300.0, 900.0, 3600.0, 14400.0)
 DAY = 86400.0

@@ -12,10 +12,12 @@ from gateway.routing import (
     AliasView,
     NoActivePool,
     UnknownRoute,
+    at_attempt,
     candidates,
     choose_route,
     current,
     default_route,
+    within_groups,
 )
 
 
@@ -119,7 +121,7 @@ def test_only_inactive_pools_means_waiting_not_direct_delivery() -> None:
     off = FakePool("pool_off", is_active=False)
     route = choose_route(None, "app@example.com", (off,))
     assert route == Route(ip_pool="transactional", default=True) and not route.direct
-    assert candidates(route, (off,), set()) == []
+    assert candidates(route, (off,)) == []
     old_default = FakePool("pool_old", "internal", is_default=True, is_active=False)
     assert default_route([off, old_default]) == Route(pool_id="pool_old", default=True)
 
@@ -142,51 +144,42 @@ def test_a_default_route_follows_the_current_default_an_explicit_one_keeps_to_it
 
 
 def test_candidates_by_priority() -> None:
-    assert candidates(Route(ip_pool="transactional"), POOLS, set()) == ["pool_ses", "pool_postmark"]
-    assert candidates(Route(ip_pool="marketing"), POOLS, set()) == ["pool_bulk_b", "pool_bulk_a"]
-
-
-def test_candidates_put_unhealthy_pools_last() -> None:
-    assert candidates(Route(ip_pool="transactional"), POOLS, {"pool_ses"}) == [
-        "pool_postmark",
-        "pool_ses",
-    ]
-    both = {"pool_ses", "pool_postmark"}
-    assert candidates(Route(ip_pool="transactional"), POOLS, both) == ["pool_ses", "pool_postmark"]
+    assert candidates(Route(ip_pool="transactional"), POOLS) == ["pool_ses", "pool_postmark"]
+    assert candidates(Route(ip_pool="marketing"), POOLS) == ["pool_bulk_b", "pool_bulk_a"]
 
 
 def test_candidates_ties_are_stable() -> None:
     twins = (FakePool("pool_b", priority=1), FakePool("pool_a", priority=1))
-    assert candidates(Route(ip_pool="transactional"), twins, set()) == ["pool_a", "pool_b"]
+    assert candidates(Route(ip_pool="transactional"), twins) == ["pool_a", "pool_b"]
 
 
 def test_candidates_skip_deactivated_pools() -> None:
     off = FakePool("pool_off", "transactional", priority=0, is_active=False)
-    assert candidates(Route(ip_pool="transactional"), (*POOLS, off), set()) == [
+    assert candidates(Route(ip_pool="transactional"), (*POOLS, off)) == [
         "pool_ses",
         "pool_postmark",
     ]
 
 
 def test_candidates_for_one_pool() -> None:
-    assert candidates(Route(pool_id="pool_postmark"), POOLS, set()) == ["pool_postmark"]
+    assert candidates(Route(pool_id="pool_postmark"), POOLS) == ["pool_postmark"]
 
 
 def test_a_route_to_a_vanished_pool_or_group_has_no_candidates() -> None:
     """Queued mail waits for its own pool or group: never the default, never direct."""
     pools = (*POOLS, INTERNAL)
-    assert candidates(Route(pool_id="pool_deleted"), pools, set()) == []
-    assert candidates(Route(ip_pool="gone"), pools, set()) == []
+    assert candidates(Route(pool_id="pool_deleted"), pools) == []
+    assert candidates(Route(ip_pool="gone"), pools) == []
 
 
 def test_a_route_to_a_deactivated_pool_has_no_candidates() -> None:
     off = FakePool("pool_off", "transactional", is_active=False)
-    assert candidates(Route(pool_id="pool_off"), (*POOLS, off), set()) == []
+    assert candidates(Route(pool_id="pool_off"), (*POOLS, off)) == []
 
 
 def test_vanished_route_without_any_pool_has_no_candidates() -> None:
-    assert candidates(Route(pool_id="pool_deleted"), (), set()) == []
-    assert candidates(Route(), POOLS, set()) == []  # direct stays direct
+    assert candidates(Route(pool_id="pool_deleted"), ()) == []
+    assert candidates(Route(), POOLS) == []  # direct stays direct
 
 
 # --- verified aliases (issue 4) -------------------------------------------------------------
@@ -235,3 +228,51 @@ def test_a_stored_route_without_pool_or_group_takes_the_default_while_pools_exis
     """Written while no pool existed, or by an older node: never MX once pools exist."""
     assert current(Route(), (SES, INTERNAL)) == Route(pool_id="pool_internal", default=True)
     assert current(Route(), ()) == Route(default=True)
+
+
+# --- at each attempt ------------------------------------------------------------------------
+
+
+def test_an_attempt_tries_the_routes_pools_as_they_are_now() -> None:
+    plan = at_attempt(Route(ip_pool="marketing"), POOLS)
+    assert plan.pool_ids == ("pool_bulk_b", "pool_bulk_a") and not plan.waits
+    followed = at_attempt(Route(pool_id="pool_ses", default=True), (*POOLS, INTERNAL))
+    assert followed.route == Route(pool_id="pool_internal", default=True)
+    assert followed.pool_ids == ("pool_internal",)
+
+
+def test_an_attempt_without_an_active_pool_waits_and_says_why() -> None:
+    plan = at_attempt(Route(pool_id="pool_deleted"), POOLS)
+    assert plan.pool_ids == () and plan.waits and not plan.direct
+    assert plan.unserved() == "waiting: no active pool for pool pool_deleted"
+
+
+def test_an_attempt_without_any_pool_goes_direct() -> None:
+    plan = at_attempt(Route(default=True), ())
+    assert plan.direct and not plan.waits
+    assert plan.unserved() == "no active pool, and direct delivery is off"
+
+
+# --- a key limited to some groups -----------------------------------------------------------
+
+
+def test_a_route_in_an_allowed_group_is_kept_to_it() -> None:
+    default = Route(pool_id="pool_ses", default=True)
+    assert within_groups(default, {"transactional"}, POOLS, named=False) == Route(
+        pool_id="pool_ses"
+    )
+
+
+def test_an_unnamed_route_goes_through_the_keys_own_group_active_first() -> None:
+    off = FakePool("pool_off", "internal", is_active=False)
+    pools = (*POOLS, off)
+    route = Route(ip_pool="transactional", default=True)
+    assert within_groups(route, {"marketing", "internal"}, pools, named=False) == Route(
+        ip_pool="marketing"
+    )
+    assert within_groups(route, {"internal"}, pools, named=False) == Route(ip_pool="internal")
+    assert within_groups(route, {"unknown"}, pools, named=False) is None
+
+
+def test_a_named_route_outside_the_keys_groups_is_not_permitted() -> None:
+    assert within_groups(Route(pool_id="pool_ses"), {"marketing"}, POOLS, named=True) is None

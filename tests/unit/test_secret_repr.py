@@ -4,7 +4,7 @@ prints the object must not print the password."""
 from __future__ import annotations
 
 from gateway.config import StorageConfig
-from gateway.delivery.probe import Target
+from gateway.delivery.probe import ProbeTarget
 from gateway.delivery.upstream import PoolSettings
 
 SECRET = "pw-Zq81-never-shown"
@@ -18,7 +18,7 @@ def test_pool_settings_repr_hides_the_password() -> None:
 
 
 def test_probe_target_repr_hides_the_password() -> None:
-    assert SECRET not in repr(Target("smtp.example.test", 587, "tls", "user", SECRET))
+    assert SECRET not in repr(ProbeTarget("smtp.example.test", 587, "tls", "user", SECRET))
 
 
 def test_storage_url_with_a_password_is_not_in_repr() -> None:

@@ -82,6 +82,18 @@ def test_associated_data_binds_a_ciphertext_to_its_record() -> None:
         sealed.decrypt(token)
 
 
+def test_seal_binds_the_context_stored_secrets_were_made_with() -> None:
+    """Pool passwords, webhook secrets and DKIM keys stored before `seal` existed still open."""
+    sealed = box()
+    for context in (("smtp_pool", "p1", "password"), ("webhook", "wh_1", "secret")):
+        old = sealed.encrypt("s3cret", associated=":".join(context).encode())
+        assert sealed.unseal(old, *context) == b"s3cret"
+        assert sealed.decrypt(sealed.seal("x", *context), ":".join(context).encode()) == b"x"
+    assert sealed.unseal(sealed.encrypt("pem", b"dkim_key:a.test:s1"), "dkim_key", "a.test", "s1")
+    with pytest.raises(DecryptError):
+        sealed.unseal(sealed.seal("pem", "dkim_key", "a.test", "s1"), "dkim_key", "b.test", "s1")
+
+
 def test_key_from_the_environment_writes_no_file(tmp_path: Path) -> None:
     key = secrets.generate_key()
     first = SecretBox.from_environment(tmp_path, {secrets.ENV_VAR: key})

@@ -18,16 +18,16 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-from gateway.dkim import signer as dkim
 from gateway.dkim import signing_process
-from gateway.dkim.signer import KeyPair, Signer
+from gateway.dkim.keys import KeyPair, generate_key, load_private_key
+from gateway.dkim.signer import Signer
 from gateway.dkim.signing_process import SigningProcess, SigningUnavailable
 from tests.support.service import wait_until
 
 
 @pytest.fixture(scope="module")
 def rsa_key() -> KeyPair:
-    return dkim.generate_key("rsa")
+    return generate_key("rsa")
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ async def process() -> AsyncIterator[SigningProcess]:
 
 @functools.cache
 def loaded(pem: bytes) -> rsa.RSAPrivateKey:
-    private = dkim.load_private_key(pem)  # ~25 ms: RSA keys are checked when loaded
+    private = load_private_key(pem)  # ~25 ms: RSA keys are checked when loaded
     assert isinstance(private, rsa.RSAPrivateKey)
     return private
 
@@ -70,7 +70,7 @@ async def test_signatures_are_the_ones_openssl_makes_in_process(
 
 
 async def test_two_keys_each_sign_with_their_own(process: SigningProcess, rsa_key: KeyPair) -> None:
-    other = dkim.generate_key("rsa", bits=1024)
+    other = generate_key("rsa", bits=1024)
     digest = hashlib.sha256(b"x").digest()
     first, second = await asyncio.gather(
         process.sign(rsa_key.private_pem, digest), process.sign(other.private_pem, digest)

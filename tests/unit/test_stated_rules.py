@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from api.schemas import HEADER_TEXT
 from gateway import rates, timestamps
-from gateway.intake.message_builder import text_problem
+from gateway.intake.fields import text_problem
 from gateway.queue.operations import STATUS_PATTERN, FilterError, make_filter
 
 

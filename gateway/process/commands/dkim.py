@@ -14,7 +14,9 @@ import json
 from typing import Any
 
 from gateway.config import Config
-from gateway.dkim import signer as dkim
+from gateway.dkim.errors import DkimError
+from gateway.dkim.keys import dns_record, generate_key
+from gateway.dkim.names import default_selector, normalise_domain, normalise_selector
 from gateway.process.commands.admin import CommandError, leaf, with_database
 from gateway.security.secrets import SecretBox, SecretError, bind_to_database
 from storage import dkim_keys
@@ -50,17 +52,17 @@ def run(args: argparse.Namespace, config: Config) -> int:
 async def _act(db: Database, box: SecretBox, args: argparse.Namespace) -> Any:
     try:
         await bind_to_database(db, box)
-        domain = dkim.normalise_domain(args.domain) if args.domain else None
+        domain = normalise_domain(args.domain) if args.domain else None
         if args.action == "generate":
             assert domain is not None
             return await _generate(db, box, domain, args.selector, args.algorithm)
         if args.action == "list":
             return [_record(key) for key in await dkim_keys.list_keys(db, domain)]
         assert domain is not None
-        selector = dkim.normalise_selector(args.selector)
+        selector = normalise_selector(args.selector)
         change = dkim_keys.activate_key if args.action == "activate" else dkim_keys.retire_key
         return _record(await change(db, domain, selector))
-    except (dkim.DkimError, dkim_keys.DkimKeyError, SecretError) as error:
+    except (DkimError, dkim_keys.DkimKeyError, SecretError) as error:
         raise CommandError(str(error)) from None
 
 
@@ -69,15 +71,15 @@ async def _generate(
 ) -> dict[str, Any]:
     if selector is None:
         taken = [key.selector for key in await dkim_keys.list_keys(db, domain)]
-        selector = dkim.default_selector(taken)
+        selector = default_selector(taken)
     else:
-        selector = dkim.normalise_selector(selector)
-    pair = dkim.generate_key(algorithm)
+        selector = normalise_selector(selector)
+    pair = generate_key(algorithm)
     stored = await dkim_keys.add_key(
         db, box, domain=domain, selector=selector, algorithm=pair.algorithm,
         private_pem=pair.private_pem, public_key=pair.public_key,
     )  # fmt: skip
-    record = dkim.dns_record(selector, domain, pair.algorithm, pair.public_key)
+    record = dns_record(selector, domain, pair.algorithm, pair.public_key)
     return {
         "domain": domain,
         "selector": selector,

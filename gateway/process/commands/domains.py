@@ -15,7 +15,9 @@ from typing import Any
 
 from gateway.config import Config
 from gateway.dkim import domains as sender_domains
-from gateway.dkim import signer as dkim
+from gateway.dkim.errors import DkimError
+from gateway.dkim.keys import txt_strings
+from gateway.dkim.names import normalise_domain
 from gateway.process.commands.admin import CommandError, iso_seconds, leaf, with_database
 from gateway.security.secrets import SecretBox, SecretError, bind_to_database
 from storage import domains
@@ -69,11 +71,11 @@ async def _act(db: Database, box: SecretBox, args: argparse.Namespace, hostname:
     if args.action == "list":
         return [await _json(db, record, hostname) for record in await domains.list_domains(db)]
     try:
-        name = dkim.normalise_domain(args.domain)
+        name = normalise_domain(args.domain)
         record, _ = await sender_domains.register(
             db, box, name, verified=args.verified, algorithm=args.algorithm
         )
-    except (dkim.DkimError, domains.DomainExists) as error:
+    except (DkimError, domains.DomainExists) as error:
         raise CommandError(str(error)) from None
     return await _json(db, record, hostname)
 
@@ -87,7 +89,7 @@ def _text(action: str, result: Any) -> str:
         return "\n".join(rows) if rows else "no domains"
     lines = [f"; {result['domain']} ({result['id']}): publish these records"]
     for record in result["records"]:
-        quoted = " ".join(f'"{part}"' for part in dkim.txt_strings(record["value"]))
+        quoted = " ".join(f'"{part}"' for part in txt_strings(record["value"]))
         optional = "" if record["required"] else "  ; recommended"
         lines.append(f"{record['name']}. IN TXT {quoted}{optional}")
     state = (

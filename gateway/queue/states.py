@@ -1,0 +1,79 @@
+"""The state machine: what an attempt's results make of a message and its recipients.
+
+    accept ──> queued ──attempt──> delivered            (every recipient accepted)
+                 │                 bounced              (every recipient final, one refused
+                 │                                       permanently or expired at max_age)
+                 └──attempt──> deferred ──attempt──> ... (some recipient got 4xx, a drop
+                                                          or a timeout; retried on schedule)
+
+Beside these: `sandbox` (stored final, never attempted) and `cancelled` (an operator
+stopped it). A recipient is `pending` until its own result is final, so a retry goes only to
+those still pending. Pure: no I/O. gateway.queue.store writes each change in one
+transaction; gateway.queue.retry says when a deferred message is due again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+
+from gateway.message import DeliveryResult, Outcome
+
+ACTIVE_STATES = ("queued", "deferred")  # the states of a message with work left
+
+
+@dataclass(frozen=True)
+class Settled:
+    """One attempt's results as stored: the message's new status and each recipient's."""
+
+    results: dict[str, DeliveryResult]  # recipient -> result; an expired deferral bounced
+    expired: set[str]  # recipients whose deferral expired at max_age
+    status: str
+
+
+def has_deferred(results: Iterable[DeliveryResult]) -> bool:
+    """Some recipient is to be tried again (unless the message has expired)."""
+    return any(result.outcome is Outcome.DEFERRED for result in results)
+
+
+def settle(
+    results: dict[str, DeliveryResult], retry_at: float | None, any_bounced: bool
+) -> Settled:
+    """What an attempt makes of the message. `retry_at` is when it is due again; None when
+    it is not, so every deferral left expires (the message had its last attempt)."""
+    expired: set[str] = set()
+    if retry_at is None:
+        expired = {rcpt for rcpt, r in results.items() if r.outcome is Outcome.DEFERRED}
+        results = {rcpt: expire(result) for rcpt, result in results.items()}
+    return Settled(results, expired, message_status(results.values(), retry_at, any_bounced))
+
+
+def message_status(
+    results: Iterable[DeliveryResult], retry_at: float | None, any_bounced: bool = False
+) -> str:
+    """deferred while due again; delivered when every recipient took it; else bounced."""
+    outcomes = {r.outcome for r in results}
+    if retry_at is not None:
+        return "deferred"
+    if outcomes <= {Outcome.DELIVERED} and not any_bounced:
+        return "delivered"
+    return "bounced"
+
+
+def recipient_status(result: DeliveryResult) -> str:
+    """A deferred recipient stays pending; the others take their outcome's name."""
+    return "pending" if result.outcome is Outcome.DEFERRED else result.outcome.value
+
+
+def expire(result: DeliveryResult) -> DeliveryResult:
+    """A deferral past max_age becomes a bounce (5.4.7) that quotes the last reply."""
+    if result.outcome is not Outcome.DEFERRED:
+        return result
+    text = f"expired after max_age; last: {result.describe()}"
+    return replace(result, outcome=Outcome.BOUNCED, enhanced="5.4.7", text=text)
+
+
+def summary(results: dict[str, DeliveryResult]) -> str:
+    """The message's last_response: the worst recipient's reply."""
+    worst = sorted(results.values(), key=lambda r: r.outcome is Outcome.DELIVERED)
+    return worst[0].describe() if worst else ""

@@ -1,0 +1,121 @@
+"""The import contracts: the layers hold, checked on every import statement of the code.
+
+    gateway.process   the composition root: service, CLI, logging; the only code importing api
+          |
+         api          the HTTP door
+          |
+       gateway        smtpd (the SMTP door), intake, routing, queue, delivery, dkim, webhooks...
+          |
+       storage        tables and SQL; imports nothing above it
+
+Inside gateway, intake and delivery meet only through the hand-off interface and storage, the
+routing engine knows nothing of the doors or of who calls it, and the two doors (smtpd and api)
+do not know each other. Every import counts, at module level or inside a function, under
+TYPE_CHECKING or not: a deferred import is still a dependency.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PACKAGES = ("gateway", "api", "storage")
+
+
+def modules() -> Iterator[tuple[str, Path]]:
+    for package in PACKAGES:
+        for path in sorted((REPO / package).rglob("*.py")):
+            parts = path.relative_to(REPO).with_suffix("").parts
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            yield ".".join(parts), path
+
+
+def imports_of(name: str, path: Path) -> Iterator[tuple[int, str]]:
+    """(line, imported module) for every import in the file, relative ones resolved."""
+    is_package = path.name == "__init__.py"
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = name.split(".")
+                anchor = anchor[: len(anchor) - node.level + (1 if is_package else 0)]
+                base = ".".join([*anchor, base] if base else anchor)
+            yield node.lineno, base
+            for alias in node.names:  # `from gateway import dkim` imports gateway.dkim
+                yield node.lineno, f"{base}.{alias.name}"
+
+
+def within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+# (importer, imported, why): no module within the first may import one within the second.
+FORBIDDEN: list[tuple[str, str, str]] = [
+    ("storage", "gateway", "storage is the bottom layer"),
+    ("storage", "api", "storage is the bottom layer"),
+    ("api", "gateway.process", "only the composition root sits above api"),
+    ("gateway.intake", "gateway.delivery", "intake hands over through the hand-off interface"),
+    ("gateway.delivery", "gateway.intake", "delivery takes mail from storage and the hand-off"),
+    ("api", "gateway.smtpd", "the two doors do not know each other"),
+    ("gateway.smtpd", "gateway.delivery", "a door hands mail to intake, never to delivery"),
+    ("gateway.routing", "gateway.smtpd", "the routing engine knows nothing of the doors"),
+    ("gateway.routing", "gateway.intake", "the routing engine knows nothing of its callers"),
+    ("gateway.routing", "gateway.delivery", "the routing engine knows nothing of its callers"),
+]
+_BELOW_ROOT = "gateway, outside the composition root"
+
+
+def broken_rules(name: str, imported: str) -> Iterator[str]:
+    if within(name, "gateway") and not within(name, "gateway.process"):
+        for above in ("api", "gateway.process"):
+            if within(imported, above):
+                yield f"{_BELOW_ROOT}, may not import {above}"
+    for importer, forbidden, why in FORBIDDEN:
+        if within(name, importer) and within(imported, forbidden):
+            yield why
+
+
+def violations() -> list[str]:
+    found: dict[tuple[str, int, str], str] = {}  # one line per statement and rule
+    for name, path in modules():
+        shown = str(path.relative_to(REPO) if path.is_relative_to(REPO) else path)
+        for line, imported in imports_of(name, path):
+            for why in broken_rules(name, imported):
+                text = f"{shown}:{line}: {name} imports {imported} ({why})"
+                found.setdefault((shown, line, why), text)
+    return sorted(found.values())
+
+
+def test_the_layers_hold() -> None:
+    broken = violations()
+    assert not broken, "import contracts broken:\n" + "\n".join(broken)
+
+
+@pytest.mark.parametrize(
+    ("importer", "source", "expected"),
+    [
+        ("storage.x", "from gateway.addresses import normalise", True),
+        ("storage.x", "def f():\n    from gateway import dkim", True),
+        ("gateway.queue.store", "from api import errors", True),
+        ("gateway.process.service", "from api import app", False),
+        ("api.app", "from gateway.process import cli", True),
+        ("gateway.intake.pipeline", "from ..delivery import workers", True),
+        ("gateway.intake.pipeline", "from gateway.queue import handoff", False),
+    ],
+)
+def test_the_check_sees_each_kind_of_import(
+    tmp_path: Path, importer: str, source: str, expected: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The contract check itself: absolute, deferred and relative imports all count."""
+    path = tmp_path / "m.py"
+    path.write_text(source + "\n")
+    monkeypatch.setattr(f"{__name__}.modules", lambda: iter([(importer, path)]))
+    assert bool(violations()) is expected
