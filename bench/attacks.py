@@ -34,9 +34,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.dnsserver import DnsServer
-from tests.hostile import HostileSmtp
-from tests.processes import free_port, spawn_serve
+from tests.support.dnsserver import DnsServer
+from tests.support.hostile import HostileSmtp
+from tests.support.processes import free_port, spawn_serve
 
 DOMAIN = "hostile.test"
 PROBE_EVERY = 0.05

@@ -43,8 +43,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.processes import child_env, free_port
-from tests.sink import Sink
+from tests.support.processes import child_env, free_port
+from tests.support.sink import Sink
 
 HOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parents[1]

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Crash-loop soak: `postern serve` SIGKILLed at random moments, for many rounds.
 
-The loop of tests/e2e/test_crash_loop.py (tests/crashloop.py), for long runs: each round
+The loop of tests/e2e/test_crash_loop.py (tests/support/crashloop.py), for long runs: each round
 gives the fault-injecting sink a few random upstream faults, starts postern on the same
 data_dir, streams messages at it over SMTP and HTTP and kills it with SIGKILL at a random
 moment. After the last round the sink is healed, postern drains the queue, and the run
@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.crashloop import Settings, run
+from tests.support.crashloop import Settings, run
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,7 @@ from aiosmtplib import (
     SMTPTimeoutError,
 )
 
-from tests.sink import Sink
+from tests.support.sink import Sink
 
 SENDER = "sender@example.com"
 MESSAGE = b"Subject: hello\r\n\r\nline one\r\n.leading dot\r\n"

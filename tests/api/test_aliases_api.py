@@ -5,64 +5,26 @@ verified alias)."""
 
 from __future__ import annotations
 
-import email
-import email.policy
-import re
 import time
-from typing import Any
 
 import pytest
 from sqlalchemy import update
 
 from storage.models import AliasToken
-from tests.api.conftest import Api, payload
-from tests.api.resources import call
-from tests.conftest import wait_for_status
-from tests.sink import Sink
+from tests.support.api import Api, payload
+from tests.support.resources import (
+    ALIASES,
+    call,
+    create,
+    link_for,
+    verified_alias,
+    verified_domain,
+    verify,
+)
+from tests.support.rows import wait_for_status
+from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(60)
-ALIASES = "/api/v1/aliases"
-LINK = re.compile(r"http://[^\s]+/api/v1/aliases/verify\?token=([A-Za-z0-9_\-]+)")
-
-
-async def verified_domain(api: Api, domain: str = "yourdomain.test") -> None:
-    admin = await api.key("admin")
-    body = {"domain": domain, "verified": True, "algorithm": "ed25519"}
-    response = await call(api, "POST", "/api/v1/domains", admin, body)
-    assert response.status_code == 201, response.text
-
-
-async def create(api: Api, key: str, **fields: Any) -> dict[str, Any]:
-    body = {"email": "marketing@yourdomain.test", "name": "Your Company Marketing"} | fields
-    response = await call(api, "POST", ALIASES, key, body)
-    assert response.status_code == 201, response.text
-    created: dict[str, Any] = response.json()
-    return created
-
-
-async def link_for(sink: Sink, address: str) -> str:
-    assert await sink.wait_for_async(1)
-    [message] = [m for m in sink.messages if address in m.rcpt_tos]
-    parsed = email.message_from_bytes(message.data, policy=email.policy.default)
-    text = parsed.get_content()  # type: ignore[attr-defined]
-    found = LINK.search(text)
-    assert found, text
-    return found.group(0)
-
-
-async def verify(api: Api, link: str) -> dict[str, Any]:
-    path = link.split("://", 1)[1].split("/", 1)[1]
-    response = await api.http.get("/" + path)
-    assert response.status_code == 200, response.text
-    verified: dict[str, Any] = response.json()
-    return verified
-
-
-async def verified_alias(api: Api, sink: Sink, key: str, address: str, **fields: Any) -> str:
-    sink.messages.clear()
-    created = await create(api, key, email=address, **fields)
-    await verify(api, await link_for(sink, address))
-    return str(created["alias"]["id"])
 
 
 async def test_the_domain_must_be_verified(api: Api) -> None:

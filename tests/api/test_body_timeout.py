@@ -7,8 +7,8 @@ import asyncio
 import time
 from typing import Any
 
-from tests.api.test_hostile_http import VALID
-from tests.conftest import query
+from tests.support.api import VALID
+from tests.support.rows import query
 
 
 async def test_a_body_trickled_past_body_timeout_gets_408(api_client: Any) -> None:

@@ -12,9 +12,9 @@ import pytest
 
 from gateway.process.cli import main
 from storage import dkim_keys
-from tests.api.conftest import Api, ApiFactory
-from tests.api.resources import call
-from tests.dnsserver import DnsServer
+from tests.support.api import Api, ApiFactory
+from tests.support.dnsserver import DnsServer
+from tests.support.resources import call
 
 pytestmark = pytest.mark.timeout(60)
 DOMAINS = "/api/v1/domains"

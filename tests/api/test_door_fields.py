@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 
 from gateway.smtpd import replies
-from tests.api.conftest import Shared, payload
-from tests.conftest import smtp_send
+from tests.support.api import Shared, payload
+from tests.support.smtp import smtp_send
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.asyncio(loop_scope="module")]
 

@@ -20,9 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from storage.keys import create_key
-from tests.api.conftest import DEFAULTS
-from tests.conftest import ManagedService, make_config
-from tests.sink import Sink
+from tests.support.api import DEFAULTS
+from tests.support.service import ManagedService, make_config
+from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(120)
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.api.conftest import Api
+from tests.support.api import Api
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -14,7 +14,7 @@ import time
 import httpx
 import pytest
 
-from tests.api.conftest import Shared, auth
+from tests.support.api import VALID, Shared, auth
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.asyncio(loop_scope="module")]
 
@@ -56,12 +56,6 @@ async def test_deep_nesting_is_400_not_a_recursion_error(
     key = await _admin(shared)
     response = await shared.api.http.request(method, path, content=body, headers=auth(key))
     assert_refused_4xx(response)
-
-
-VALID = (
-    b'"from": {"email": "app@sender.test"}, "to": [{"email": "rcpt@example.test"}], '
-    b'"subject": "s", "text": "t"'
-)
 
 
 @pytest.mark.parametrize(

@@ -18,9 +18,10 @@ from sqlalchemy import Connection, text
 
 from gateway.queue.idempotency import TTL, purge_expired
 from gateway.smtpd import replies
-from tests.api.conftest import Api, payload
-from tests.conftest import query, smtp_send
-from tests.sink import Sink
+from tests.support.api import Api, payload
+from tests.support.rows import query
+from tests.support.sink import Sink
+from tests.support.smtp import smtp_send
 
 pytestmark = pytest.mark.timeout(30)
 

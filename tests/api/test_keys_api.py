@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from api.schemas import CreatedKeyResponse, KeyList, KeyResponse
-from tests.api.conftest import Api, auth
+from tests.support.api import Api, auth
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -9,9 +9,9 @@ import re
 import pytest
 
 from api.schemas import MessageStatus
-from tests.api.conftest import RCPT, Api, payload
-from tests.conftest import SINK_POOL
-from tests.sink import Sink
+from tests.support.api import RCPT, Api, payload
+from tests.support.service import SINK_POOL
+from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from starlette.routing import Route
 
-from tests.api.conftest import Api
+from tests.support.api import Api
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from tests.api.conftest import Api
-from tests.api.resources import POOLS, call, create_pool, live_pools, pool_body
+from tests.support.api import Api
+from tests.support.resources import POOLS, call, create_pool, live_pools, pool_body
 
 pytestmark = pytest.mark.timeout(60)
 

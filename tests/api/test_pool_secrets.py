@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 from gateway.security.pool_secrets import unseal
-from tests.api.conftest import Api, ApiFactory, auth, payload
-from tests.api.resources import POOLS, call, create_pool, live_pools
-from tests.conftest import query, sink_pool, wait_for_status
-from tests.sink import Sink
+from tests.support.api import Api, ApiFactory, auth, payload
+from tests.support.resources import POOLS, call, create_pool, live_pools
+from tests.support.rows import query, wait_for_status
+from tests.support.service import sink_pool
+from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(60)
 

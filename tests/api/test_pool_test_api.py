@@ -9,10 +9,11 @@ from collections.abc import Iterator
 import pytest
 
 from storage import pools
-from tests.api.conftest import Api, ApiFactory
-from tests.api.resources import POOLS, call, create_pool
-from tests.conftest import free_port, wait_for_status
-from tests.sink import Sink
+from tests.support.api import Api, ApiFactory
+from tests.support.processes import free_port
+from tests.support.resources import POOLS, call, create_pool
+from tests.support.rows import wait_for_status
+from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(60)
 CONFIGS = "/api/v1/smtp/configs"

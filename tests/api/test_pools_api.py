@@ -8,11 +8,18 @@ from typing import Any
 
 import pytest
 
-from tests.api.conftest import Api, ApiFactory, payload
-from tests.api.resources import POOLS, call, create_pool, live_pools, pool_body
-from tests.api.test_aliases_api import verified_alias, verified_domain
-from tests.conftest import wait_for_status
-from tests.sink import Sink
+from tests.support.api import Api, ApiFactory, payload
+from tests.support.resources import (
+    POOLS,
+    call,
+    create_pool,
+    live_pools,
+    pool_body,
+    verified_alias,
+    verified_domain,
+)
+from tests.support.rows import wait_for_status
+from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -219,7 +226,7 @@ async def test_deactivating_and_regrouping_reach_the_live_pools(api: Api) -> Non
 async def test_pools_changed_elsewhere_reach_the_live_pools(api: Api) -> None:
     """Another node (same database) or a script: the watcher reloads within seconds."""
     from storage import pools
-    from tests.conftest import wait_until
+    from tests.support.service import wait_until
 
     api.svc.loops.every(0.05, api.svc.pool_sync.look, "fast look")  # the node's: every 5 s
     record = await pools.create_pool(

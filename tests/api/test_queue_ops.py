@@ -11,63 +11,23 @@ import time
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, select, update
 
 from api.schemas import BulkResult, MessageList, MessageStatus
 from gateway.queue import operations as queue_ops
 from gateway.queue.operations import make_filter
-from storage.db import Database
 from storage.message_search import encode_cursor
-from storage.models import Message, MessageBody, MessageMeta, MessageTag, Recipient
-from tests.api.conftest import Api, ApiFactory, auth, payload
-from tests.conftest import SINK_POOL, wait_until
-from tests.sink import Sink
+from storage.models import Message, MessageBody
+from tests.support.api import Api, ApiFactory, auth, payload
+from tests.support.service import SINK_POOL, wait_until
+from tests.support.sink import Sink
+from tests.support.stored import seed
 
 pytestmark = pytest.mark.timeout(90)
 
 M = Message.__table__  # type: ignore[attr-defined]
 B = MessageBody.__table__  # type: ignore[attr-defined]
-STATUSES = ("queued", "deferred", "delivered", "bounced")
 LATER = {"delivery": {"retry_schedule": ["1h"], "handoff_timeout": "3s"}}
-
-
-async def seed(db: Database, n: int, owners: list[str]) -> list[dict[str, Any]]:
-    """n messages written straight to storage (no delivery touches them: the active ones
-    are due in an hour). Message i: status STATUSES[i % 4], sender s{i % 5}, recipient
-    r{i % 10}, tag t{i % 10}, owner owners[i % len(owners)], pool `sink` when i is odd."""
-    now = time.time()
-    messages, recipients, meta, tags = [], [], [], []
-    for i in range(n):
-        message_id = f"msg_seed{i:05d}"
-        status = STATUSES[i % 4]
-        active = status in ("queued", "deferred")
-        created = float(int(now) - 10_000 + i // 2)  # pairs tie: the cursor orders by id
-        messages.append(
-            {"id": message_id, "status": status, "source": "http",
-             "mail_from": f"s{i % 5}@sender.test", "last_pool": SINK_POOL if i % 2 else "other",
-             "attempts": 0 if status == "queued" else 1, "size": 10, "created_at": created,
-             "updated_at": created, "due_at": now + 3600 if active else None,
-             "api_key_id": owners[i % len(owners)]}
-        )  # fmt: skip
-        recipients.append(
-            {"message_id": message_id, "email": f"r{i % 10}@example.test",
-             "status": "pending" if active else status, "updated_at": created}
-        )  # fmt: skip
-        meta.append(
-            {"message_id": message_id, "api_key_id": owners[i % len(owners)], "provider": "smtp",
-             "tags": f'["t{i % 10}"]', "metadata_json": "{}"}
-        )  # fmt: skip
-        tags.append({"message_id": message_id, "tag": f"t{i % 10}"})
-
-    def fill(conn: Connection) -> None:
-        conn.execute(insert(M), messages)
-        conn.execute(insert(B), [{"message_id": m["id"], "data": b"x"} for m in messages])
-        conn.execute(insert(Recipient.__table__), recipients)  # type: ignore[attr-defined]
-        conn.execute(insert(MessageMeta.__table__), meta)  # type: ignore[attr-defined]
-        conn.execute(insert(MessageTag.__table__), tags)  # type: ignore[attr-defined]
-
-    await db.transaction(fill)
-    return messages
 
 
 async def _all_pages(api: Api, key: str, limit: int = 100, **filters: Any) -> list[str]:

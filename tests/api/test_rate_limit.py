@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.api.conftest import ApiFactory
+from tests.support.api import ApiFactory
 
 pytestmark = pytest.mark.timeout(30)
 

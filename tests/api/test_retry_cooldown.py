@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from tests.api.conftest import Api, ApiFactory, auth
-from tests.conftest import SINK_POOL, wait_until
-from tests.sink import Sink
+from tests.support.api import Api, ApiFactory, auth
+from tests.support.service import SINK_POOL, wait_until
+from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -16,18 +16,13 @@ import pytest
 
 from gateway.delivery import slowdown
 from gateway.smtpd import replies
-from tests.api.conftest import Api, ApiFactory, payload
-from tests.api.resources import POOLS, call, create_pool
-from tests.api.test_aliases_api import verified_alias, verified_domain
-from tests.conftest import (
-    free_port,
-    message_row,
-    query,
-    smtp_send,
-    wait_for_status,
-    wait_until,
-)
-from tests.sink import Sink
+from tests.support.api import Api, ApiFactory, payload
+from tests.support.processes import free_port
+from tests.support.resources import POOLS, call, create_pool, verified_alias, verified_domain
+from tests.support.rows import message_row, query, wait_for_status
+from tests.support.service import wait_until
+from tests.support.sink import Sink
+from tests.support.smtp import smtp_send
 
 pytestmark = pytest.mark.timeout(60)
 MKT_LOGIN = ("marketing-user", "mkt-password-1")

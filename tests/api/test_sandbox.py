@@ -10,9 +10,10 @@ import re
 
 import pytest
 
-from tests.api.conftest import Api, ApiFactory, payload
-from tests.conftest import message_row, smtp_send
-from tests.sink import Sink
+from tests.support.api import Api, ApiFactory, payload
+from tests.support.rows import message_row
+from tests.support.sink import Sink
+from tests.support.smtp import smtp_send
 
 pytestmark = pytest.mark.timeout(30)
 

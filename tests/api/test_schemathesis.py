@@ -38,9 +38,9 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from storage.keys import create_key
-from tests.api.conftest import DEFAULTS
-from tests.conftest import ManagedService, make_config
-from tests.sink import Sink
+from tests.support.api import DEFAULTS
+from tests.support.service import ManagedService, make_config
+from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -15,12 +15,12 @@ import re
 import dkim as dkimpy
 import pytest
 
-from tests.api.conftest import RCPT, SENDER, Api, ApiFactory, auth, payload
-from tests.api.resources import call
-from tests.conftest import SINK_POOL, metric, query, sink_pool, wait_until
-from tests.integration.test_dkim_relay import published
-from tests.integration.test_smtp_cleanup import signed_names
-from tests.sink import Sink
+from tests.support.api import RCPT, SENDER, Api, ApiFactory, auth, payload
+from tests.support.dkim import published, signed_names
+from tests.support.resources import call
+from tests.support.rows import query
+from tests.support.service import SINK_POOL, metric, sink_pool, wait_until
+from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(30)
 

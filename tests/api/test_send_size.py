@@ -3,7 +3,7 @@ large body is parsed off the event loop."""
 
 from __future__ import annotations
 
-from tests.api.conftest import ApiFactory, payload
+from tests.support.api import ApiFactory, payload
 
 
 async def test_a_built_message_over_max_message_size_is_413(api_client: ApiFactory) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.api.conftest import Shared, auth, payload
+from tests.support.api import Shared, auth, payload
 
 pytestmark = [pytest.mark.timeout(30), pytest.mark.asyncio(loop_scope="module")]
 

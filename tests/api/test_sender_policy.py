@@ -11,12 +11,12 @@ import pytest
 
 from gateway.process.cli import main
 from gateway.smtpd import replies
-from tests.api.conftest import Api, ApiFactory, payload
-from tests.api.resources import call
-from tests.api.test_aliases_api import verified_alias
-from tests.api.test_smtp_auth import Dialogue, plain
-from tests.conftest import all_messages, smtp_send, wait_until
-from tests.sink import Sink
+from tests.support.api import Api, ApiFactory, payload
+from tests.support.resources import call, verified_alias
+from tests.support.rows import all_messages
+from tests.support.service import wait_until
+from tests.support.sink import Sink
+from tests.support.smtp import Dialogue, plain, smtp_send
 
 pytestmark = pytest.mark.timeout(60)
 VERIFIED = {"policy": {"sender": "verified"}}

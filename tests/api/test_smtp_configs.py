@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from tests.api.conftest import Api, ApiFactory
-from tests.api.resources import POOLS, call, live_pools
+from tests.support.api import Api, ApiFactory
+from tests.support.resources import POOLS, call, live_pools
 
 pytestmark = pytest.mark.timeout(60)
 CONFIGS = "/api/v1/smtp/configs"

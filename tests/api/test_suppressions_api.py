@@ -9,9 +9,9 @@ import pytest
 
 from api.schemas import SuppressionList, SuppressionResponse
 from gateway.smtpd import replies
-from tests.api.conftest import Api, auth, payload
-from tests.conftest import smtp_send
-from tests.sink import Sink
+from tests.support.api import Api, auth, payload
+from tests.support.sink import Sink
+from tests.support.smtp import smtp_send
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -1,5 +1,5 @@
 """Signed webhooks end to end: a real Service, a real upstream sink and a real HTTP receiver
-(tests/webhook_receiver.py) on loopback, which `[webhooks] allow_private` lets through."""
+(tests/support/webhook_receiver.py) on loopback, which `[webhooks] allow_private` lets through."""
 
 from __future__ import annotations
 
@@ -15,10 +15,12 @@ from gateway.queue import events
 from gateway.webhooks.sender import WebhookSender
 from gateway.webhooks.signing import new_secret, seal
 from storage.webhooks import create_webhook
-from tests.api.conftest import Api, ApiFactory, auth, payload
-from tests.conftest import metric, query, smtp_send, wait_until
-from tests.sink import Sink
-from tests.webhook_receiver import Receiver
+from tests.support.api import Api, ApiFactory, auth, payload
+from tests.support.rows import query
+from tests.support.service import metric, wait_until
+from tests.support.sink import Sink
+from tests.support.smtp import smtp_send
+from tests.support.webhook_receiver import Receiver
 
 MESSAGE = b"From: app@sender.test\r\nTo: r@example.test\r\nSubject: hi\r\n\r\nbody\r\n"
 

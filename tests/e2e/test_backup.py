@@ -27,9 +27,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import MakePostern, Postern, wait_until
-from tests.processes import child_cwd, child_env, postern_argv
-from tests.sink import Sink
+from tests.support.processes import child_cwd, child_env, postern_argv
+from tests.support.serve import MakePostern, Postern, wait_until
+from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(180)
 

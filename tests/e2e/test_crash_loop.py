@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.crashloop import Settings, run
+from tests.support.crashloop import Settings, run
 
 ROUNDS = int(os.environ.get("POSTERN_CRASH_ROUNDS", "20"))
 SEED = os.environ.get("POSTERN_CRASH_SEED")

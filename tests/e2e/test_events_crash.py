@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import MakePostern, seqs_received, wait_until
-from tests.sink import Sink
+from tests.support.serve import MakePostern, seqs_received, wait_until
+from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(120)
 

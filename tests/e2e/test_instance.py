@@ -15,16 +15,13 @@ import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import asyncpg
 import pytest
-from sqlmodel import SQLModel
 
 from gateway.security.secrets import KEY_FILE
-from storage.db import open_database
-from tests.e2e.conftest import EXIT_TIMEOUT, MakePostern, Postern, config_text, wait_until
-from tests.processes import child_env, free_port, postern_argv, spawn_serve
-from tests.sink import Sink, _write_self_signed_cert
-from tests.storage.conftest import _PG_TEST_LOCK, PG_URL, _asyncpg_dsn, _require_pg
+from tests.support.databases import clean_postgresql
+from tests.support.processes import child_env, free_port, postern_argv, spawn_serve
+from tests.support.serve import EXIT_TIMEOUT, MakePostern, Postern, config_text, wait_until
+from tests.support.sink import Sink, write_self_signed_cert
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -90,7 +87,7 @@ def test_relative_paths_of_a_config_are_beside_it_from_any_folder(tmp_path: Path
     etc, elsewhere = tmp_path / "etc", tmp_path / "elsewhere"
     (etc / "tls").mkdir(parents=True)
     elsewhere.mkdir()
-    _write_self_signed_cert(etc / "tls")
+    write_self_signed_cert(etc / "tls")
     tls = '[smtp]\ntls_cert = "tls/sink-cert.pem"\ntls_key = "tls/sink-key.pem"\n'
     server = new_postern(etc, Path("var"))
     config = server.config
@@ -226,18 +223,8 @@ def test_a_second_serve_on_one_data_dir_is_refused_until_the_first_dies(
 @pytest.fixture
 async def clean_pg() -> AsyncIterator[str]:
     """PostgreSQL with no Postern tables, held for this test alone."""
-    await _require_pg(PG_URL)
-    lock = await asyncpg.connect(_asyncpg_dsn(PG_URL), timeout=5)
-    try:
-        await lock.execute("SELECT pg_advisory_lock($1)", _PG_TEST_LOCK, timeout=60)
-        db = open_database(PG_URL)
-        try:
-            await db.transaction(SQLModel.metadata.drop_all)
-        finally:
-            await db.dispose()
-        yield PG_URL
-    finally:
-        await lock.close()
+    async with clean_postgresql() as url:
+        yield url
 
 
 def test_on_postgresql_nodes_share_the_database_but_not_a_data_dir(

@@ -1,5 +1,5 @@
 """The mail log as `postern serve` writes it to stderr: ISO 8601 times with the UTC offset,
-one line per record, the intake, delivery and refusal lines of tests/api/test_mail_log.py.
+one line per record, the intake, delivery and refusal lines of tests/integration/test_mail_log.py.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import smtplib
 
 import pytest
 
-from tests.e2e.conftest import SENDER, MakePostern, wait_until
-from tests.sink import Sink
+from tests.support.serve import SENDER, MakePostern, wait_until
+from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(90)
 

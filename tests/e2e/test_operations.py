@@ -18,9 +18,9 @@ from datetime import datetime
 from typing import Any
 
 from gateway.smtpd import replies
-from tests.e2e.conftest import MakePostern, Postern, run_cli, wait_until
-from tests.processes import spawn_serve
-from tests.sink import Sink
+from tests.support.processes import spawn_serve
+from tests.support.serve import MakePostern, Postern, run_cli, wait_until
+from tests.support.sink import Sink
 
 DRAIN_BOUND = 10.0  # README: in-flight deliveries finish or are cut off within 10 s
 EXIT_MARGIN = 3.0  # then the rest of the shutdown (closing storage, the HTTP server)

@@ -17,15 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import (
-    MakePostern,
-    free_port,
-    run_cli,
-    seqs_received,
-    wait_until,
-)
-from tests.processes import REPO
-from tests.sink import Sink
+from tests.support.processes import REPO
+from tests.support.serve import MakePostern, free_port, run_cli, seqs_received, wait_until
+from tests.support.sink import Sink
 
 COUNT = 20
 DELIVERY_TIMEOUT = 20.0  # seconds for mail pending at a restart to reach the sink

@@ -8,15 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import (
-    ServiceFactory,
-    make_config,
-    recipient_rows,
-    smtp_send,
-    wait_for_status,
-)
-from tests.dnsserver import DnsServer
-from tests.sink import Sink
+from tests.support.dnsserver import DnsServer
+from tests.support.rows import recipient_rows, wait_for_status
+from tests.support.service import ServiceFactory, make_config
+from tests.support.sink import Sink
+from tests.support.smtp import smtp_send
 
 pytestmark = pytest.mark.timeout(30)
 

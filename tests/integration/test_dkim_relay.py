@@ -3,33 +3,17 @@ stores, and verified at a real sink against exactly the record it printed."""
 
 from __future__ import annotations
 
-import argparse
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import dkim as dkimpy
 import pytest
 
-from gateway.config import Config
-from gateway.process.commands.admin import with_database
-from gateway.process.commands.dkim import _act
-from gateway.security.secrets import SecretBox
-from tests.conftest import ServiceFactory, make_config, metric, smtp_send
-from tests.sink import Sink
+from tests.support.dkim import dkim_cli, published
+from tests.support.service import ServiceFactory, make_config, metric
+from tests.support.sink import Sink
+from tests.support.smtp import smtp_send
 
 pytestmark = pytest.mark.timeout(30)
-
-
-def published(*keys: dict[str, Any]) -> Callable[..., bytes | None]:
-    """A dkimpy `dnsfunc` serving the records `postern dkim generate --json` printed."""
-    records = {key["name"].lower() + ".": key["value"].encode() for key in keys}
-
-    def dnsfunc(name: bytes | str, timeout: float = 5) -> bytes | None:
-        text = name.decode() if isinstance(name, bytes) else name
-        return records.get(text.lower())
-
-    return dnsfunc
 
 
 def message(body: bytes = b"Hello, signed world.\r\n") -> bytes:
@@ -38,13 +22,6 @@ def message(body: bytes = b"Hello, signed world.\r\n") -> bytes:
         b"Date: Sun, 22 Nov 2026 00:00:00 +0000\r\nMessage-ID: <1@signed.test>\r\n"
         b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n" + body
     )
-
-
-async def dkim_cli(config: Config, action: str, **options: Any) -> Any:
-    """What `postern dkim ACTION --json` does, against the test's data_dir."""
-    args = argparse.Namespace(action=action, json=True, **{"selector": None, **options})
-    box = SecretBox.from_environment(config.server.data_dir)
-    return await with_database(config, lambda db: _act(db, box, args))
 
 
 @pytest.mark.parametrize("algorithm", ["rsa", "ed25519"])

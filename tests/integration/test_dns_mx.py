@@ -28,7 +28,7 @@ from gateway.dns import (
     parse_nameserver,
 )
 from gateway.message import DeliveryResult, Outcome
-from tests.dnsserver import DnsServer
+from tests.support.dnsserver import DnsServer
 
 PORT = 2525
 

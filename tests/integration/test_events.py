@@ -12,18 +12,17 @@ from typing import Any
 import pytest
 
 from gateway.queue.retention import Retention
-from tests.conftest import (
-    ServiceFactory,
+from tests.support.rows import (
     has_body,
     message_row,
     query,
     recipient_rows,
-    smtp_send,
     suppression_reason,
     wait_for_status,
 )
-from tests.integration.test_relay import SENDER, message, queued_id
-from tests.sink import Sink
+from tests.support.service import ServiceFactory
+from tests.support.sink import Sink
+from tests.support.smtp import SENDER, message, queued_id, smtp_send
 
 pytestmark = pytest.mark.timeout(40)
 

@@ -27,8 +27,10 @@ import pytest
 
 from gateway.smtpd import replies
 from storage.keys import create_key
-from tests.conftest import ManagedService, ServiceFactory, query, smtp_send, wait_until
-from tests.sink import Sink
+from tests.support.rows import query
+from tests.support.service import ManagedService, ServiceFactory, wait_until
+from tests.support.sink import Sink
+from tests.support.smtp import smtp_send
 
 pytestmark = pytest.mark.timeout(120)
 

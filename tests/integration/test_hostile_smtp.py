@@ -21,15 +21,10 @@ import pytest
 from gateway.config import ConfigError, from_dict
 from gateway.smtpd import auth as smtp_auth
 from gateway.smtpd import replies
-from tests.conftest import LOOPBACK, ManagedService, ServiceFactory, free_port
-from tests.integration.test_smtp_listener import (
-    GOOD,
-    OpenClient,
-    RawClient,
-    assert_refused,
-    only_the_marker_arrives,
-)
-from tests.sink import Sink
+from tests.support.processes import LOOPBACK, free_port
+from tests.support.service import ManagedService, ServiceFactory
+from tests.support.sink import Sink
+from tests.support.smtp import GOOD, OpenClient, RawClient, assert_refused, only_the_marker_arrives
 
 pytestmark = pytest.mark.timeout(60)
 

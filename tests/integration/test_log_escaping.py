@@ -17,9 +17,9 @@ import pytest
 from gateway.addresses import escape_for_log
 from gateway.process.logs import FORMAT, EscapingFormatter
 from storage.keys import create_key
-from tests.conftest import ServiceFactory, smtp_send
-from tests.integration.test_smtp_listener import RawClient
-from tests.sink import Sink
+from tests.support.service import ServiceFactory
+from tests.support.sink import Sink
+from tests.support.smtp import RawClient, smtp_send
 
 pytestmark = pytest.mark.timeout(60)
 

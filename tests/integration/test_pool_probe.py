@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import pytest
 
 from gateway.delivery.probe import ProbeResult, ProbeTarget, probe
-from tests.conftest import LOOPBACK, free_port
-from tests.sink import Sink
+from tests.support.processes import LOOPBACK, free_port
+from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(30)
 SECRET = "pw-Zq81-never-shown"

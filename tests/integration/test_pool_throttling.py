@@ -10,28 +10,24 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import asyncpg
 import pytest
-from sqlmodel import SQLModel
 
 import storage.models  # noqa: F401  (every table on SQLModel.metadata)
 from gateway.config import Config
 from gateway.security.secrets import KEY_FILE
-from storage.db import open_database
 from storage.pools import config_pool_id
-from tests.conftest import (
+from tests.support.databases import clean_postgresql
+from tests.support.rows import query, wait_for_status
+from tests.support.service import (
     SINK_POOL,
     ServiceFactory,
     make_config,
     metric,
-    query,
     sink_pool,
-    smtp_send,
-    wait_for_status,
     wait_until,
 )
-from tests.sink import Sink
-from tests.storage.conftest import _PG_TEST_LOCK, PG_URL, _asyncpg_dsn, _require_pg
+from tests.support.sink import Sink
+from tests.support.smtp import smtp_send
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -201,18 +197,8 @@ async def test_a_421_greeting_backs_off_too(service: ServiceFactory, sink: Sink)
 @pytest.fixture
 async def clean_pg() -> AsyncIterator[str]:
     """PostgreSQL with no Postern tables, held for this test alone."""
-    await _require_pg(PG_URL)
-    lock = await asyncio.wait_for(asyncpg.connect(_asyncpg_dsn(PG_URL)), 5)
-    try:
-        await asyncio.wait_for(lock.execute("SELECT pg_advisory_lock($1)", _PG_TEST_LOCK), 60)
-        db = open_database(PG_URL)
-        try:
-            await db.transaction(SQLModel.metadata.drop_all)
-        finally:
-            await db.dispose()
-        yield PG_URL
-    finally:
-        await lock.close()
+    async with clean_postgresql() as url:
+        yield url
 
 
 async def test_rate_holds_across_two_nodes_on_postgresql(

@@ -1,4 +1,4 @@
-"""End to end: client -> real in-process Service -> real upstream sink (tests/sink.py).
+"""End to end: client -> real in-process Service -> real upstream sink (tests/support/sink.py).
 
 SPEC "Delivery semantics" and "Routing": durable acceptance, at-least-once delivery with
 retries on `retry_schedule`, bounces on 5xx and past `max_age`, suppression after a hard
@@ -15,48 +15,27 @@ import aiosmtplib
 import pytest
 
 from gateway.smtpd import replies
-from tests.conftest import (
-    CLIENT_HELO,
-    LOOPBACK,
-    SINK_POOL,
-    ServiceFactory,
+from tests.support.processes import LOOPBACK, free_port
+from tests.support.rows import (
     all_messages,
-    free_port,
     has_body,
-    make_config,
     message_row,
-    metric,
     recipient_rows,
-    sink_pool,
-    smtp_send,
     suppression_reason,
     wait_for_status,
+)
+from tests.support.service import (
+    SINK_POOL,
+    ServiceFactory,
+    make_config,
+    metric,
+    sink_pool,
     wait_until,
 )
-from tests.sink import Sink
+from tests.support.sink import Sink
+from tests.support.smtp import CLIENT_HELO, SENDER, message, queued_id, smtp_send
 
 pytestmark = pytest.mark.timeout(30)
-
-SENDER = "app@sender.test"
-QUEUED = re.compile(r"^2\.0\.0 .*queued as (msg_[0-9a-f]+)\s*$")
-
-
-def message(subject: str = "hello", body: bytes = b"Hi there.\r\n") -> bytes:
-    return (
-        b"From: App <app@sender.test>\r\n"
-        b"To: Someone <rcpt@example.test>\r\n"
-        b"Subject: " + subject.encode() + b"\r\n"
-        b"Message-ID: <" + subject.encode() + b"@sender.test>\r\n"
-        b"\r\n" + body
-    )
-
-
-def queued_id(reply: tuple[int, str]) -> str:
-    code, text = reply
-    assert code == 250, reply
-    match = QUEUED.match(text)
-    assert match, f"250 reply does not name the message id: {text!r}"
-    return match.group(1)
 
 
 def split_received(data: bytes) -> tuple[bytes, bytes]:

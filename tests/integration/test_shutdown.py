@@ -22,18 +22,10 @@ from gateway.delivery.workers import PoolRegistry
 from gateway.dns import Resolver
 from gateway.message import Outcome, QueuedMessage
 from gateway.security.hostguard import HostGuard
-from tests.conftest import (
-    SINK_POOL,
-    ManagedService,
-    ServiceFactory,
-    message_row,
-    metric,
-    query,
-    smtp_send,
-    wait_until,
-)
-from tests.integration.test_relay import SENDER, message, queued_id
-from tests.sink import Sink
+from tests.support.rows import message_row, query
+from tests.support.service import SINK_POOL, ManagedService, ServiceFactory, metric, wait_until
+from tests.support.sink import Sink
+from tests.support.smtp import SENDER, message, queued_id, smtp_send
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -14,16 +14,12 @@ from pathlib import Path
 import dkim as dkimpy
 import pytest
 
-from tests.conftest import (
-    CLIENT_HELO,
-    LOOPBACK,
-    ServiceFactory,
-    make_config,
-    query,
-    smtp_send,
-)
-from tests.integration.test_dkim_relay import dkim_cli, published
-from tests.sink import Sink
+from tests.support.dkim import dkim_cli, published, signed_names
+from tests.support.processes import LOOPBACK
+from tests.support.rows import query
+from tests.support.service import ServiceFactory, make_config
+from tests.support.sink import Sink
+from tests.support.smtp import CLIENT_HELO, smtp_send
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -40,17 +36,6 @@ def queued_id(text: str) -> str:
     match = re.search(r"queued as (\S+)", text)
     assert match, text
     return match.group(1)
-
-
-def signed_names(data: bytes) -> set[str]:
-    """The h= tag of the message's DKIM-Signature, lower-cased."""
-    parsed = email.message_from_bytes(data, policy=email.policy.SMTP)
-    tags = dict(
-        part.strip().split("=", 1)
-        for part in str(parsed["DKIM-Signature"]).split(";")
-        if "=" in part
-    )
-    return {name.strip().lower() for name in re.sub(r"\s", "", tags["h"]).split(":")}
 
 
 async def test_bcc_goes_and_a_signed_date_and_message_id_are_added(

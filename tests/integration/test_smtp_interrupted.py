@@ -11,9 +11,9 @@ import pytest
 from gateway.message import QueuedMessage, Route, Submission
 from gateway.queue.store import Queue
 from gateway.smtpd import replies
-from tests.conftest import ServiceFactory
-from tests.integration.test_smtp_listener import GOOD, RawClient
-from tests.sink import Sink
+from tests.support.service import ServiceFactory
+from tests.support.sink import Sink
+from tests.support.smtp import GOOD, RawClient
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -10,122 +10,24 @@ check that the marker is the only thing the upstream ever saw.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 
 import pytest
 
 from gateway.smtpd import replies
-from tests.conftest import LOOPBACK, ManagedService, ServiceFactory, metric
-from tests.sink import Sink
+from tests.support.service import ManagedService, ServiceFactory, metric
+from tests.support.sink import Sink
+from tests.support.smtp import (
+    GOOD,
+    OpenClient,
+    RawClient,
+    assert_refused,
+    only_the_marker_arrives,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
-READ_TIMEOUT = 5.0
 REFUSED = "postern_messages_refused_total"
-GOOD = b"From: a@x.test\r\nTo: b@y.test\r\nSubject: marker\r\n\r\nthe one intended message\r\n"
-
-
-@dataclass
-class Reply:
-    code: int
-    lines: list[str]  # text after "NNN-" / "NNN "
-
-    @property
-    def text(self) -> str:
-        return " ".join(self.lines)
-
-    @property
-    def enhanced(self) -> str:
-        """The enhanced status code (RFC 3463) of the last line, or ''."""
-        token = self.lines[-1].split(" ", 1)[0] if self.lines else ""
-        parts = token.split(".")
-        ok = len(parts) == 3 and all(part.isdigit() for part in parts)
-        return token if ok else ""
-
-    def __str__(self) -> str:
-        return f"{self.code} {self.text}"
-
-
-class RawClient:
-    """An SMTP client that sends exactly the bytes it is given."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.greeting: Reply | None = None
-
-    @classmethod
-    async def connect(cls, port: int, greet: bool = True) -> RawClient:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(LOOPBACK, port), READ_TIMEOUT
-        )
-        client = cls(reader, writer)
-        if greet:
-            client.greeting = await client.reply()
-        return client
-
-    async def reply(self) -> Reply:
-        code, lines = 0, list[str]()
-        while True:
-            raw = await asyncio.wait_for(self.reader.readline(), READ_TIMEOUT)
-            if not raw:
-                raise ConnectionError(f"connection closed; reply so far: {code} {lines}")
-            assert raw.endswith(b"\r\n"), f"reply line without CRLF: {raw!r}"
-            line = raw[:-2].decode("utf-8", "replace")
-            code = int(line[:3])
-            lines.append(line[4:])
-            if line[3:4] != "-":
-                return Reply(code, lines)
-
-    async def send(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
-
-    async def command(self, line: bytes | str) -> Reply:
-        if isinstance(line, str):
-            line = line.encode()
-        await self.send(line + b"\r\n")
-        return await self.reply()
-
-    async def ehlo(self, name: str = "client.test") -> Reply:
-        reply = await self.command(f"EHLO {name}")
-        assert reply.code == 250, reply
-        return reply
-
-    async def data(self, content: bytes) -> Reply:
-        """DATA, then `content` exactly as given, then the final dot (no stuffing)."""
-        start = await self.command("DATA")
-        assert start.code == 354, start
-        await self.send(content + b".\r\n")
-        return await self.reply()
-
-    async def transaction(
-        self, content: bytes, sender: str = "a@x.test", rcpts: tuple[str, ...] = ("b@y.test",)
-    ) -> Reply:
-        reply = await self.command(f"MAIL FROM:<{sender}>")
-        assert reply.code == 250, reply
-        for rcpt in rcpts:
-            reply = await self.command(f"RCPT TO:<{rcpt}>")
-            assert reply.code == 250, reply
-        return await self.data(content)
-
-    async def at_eof(self) -> bool:
-        """True once the server has closed the connection."""
-        try:
-            rest = await asyncio.wait_for(self.reader.read(), READ_TIMEOUT)
-        except (TimeoutError, ConnectionError):
-            return False
-        return rest == b""
-
-    async def close(self) -> None:
-        self.writer.close()
-        with contextlib.suppress(Exception):
-            await self.writer.wait_closed()
-
-
-OpenClient = Callable[..., Awaitable[RawClient]]
 
 
 @pytest.fixture
@@ -141,24 +43,6 @@ async def client_factory() -> AsyncIterator[OpenClient]:
     yield open_client
     for client in clients:
         await client.close()
-
-
-async def only_the_marker_arrives(client: RawClient, sink: Sink) -> None:
-    """Send a correct message on the same session; it must be accepted and be the only
-    message the upstream ever receives."""
-    reply = await client.transaction(GOOD)
-    assert reply.code == 250, reply
-    assert await sink.wait_for_async(1, timeout=5)
-    await asyncio.sleep(0.3)  # anything smuggled alongside would be here by now
-    assert len(sink.messages) == 1, [m.data for m in sink.messages]
-    assert sink.messages[0].data.endswith(GOOD)
-    assert sink.dropped_after_data == []
-
-
-def assert_refused(reply: Reply, expected: replies.Reply) -> None:
-    """`reply` has the code and enhanced status of `expected`, one the server sends."""
-    assert reply.code == expected.code, str(reply)
-    assert reply.enhanced == expected.enhanced, str(reply)
 
 
 # --- greeting and EHLO ---------------------------------------------------------------------

@@ -21,8 +21,10 @@ from sqlalchemy import event
 from gateway.smtpd import replies
 from storage import db as storage_db
 from storage.keys import create_key
-from tests.conftest import ManagedService, ServiceFactory, metric, query, smtp_send, wait_until
-from tests.sink import Sink
+from tests.support.rows import query
+from tests.support.service import ManagedService, ServiceFactory, metric, wait_until
+from tests.support.sink import Sink
+from tests.support.smtp import smtp_send
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -11,8 +11,10 @@ import pytest
 
 from gateway.delivery.upstream import PoolSettings, PoolUnavailable, SessionSettings, UpstreamPool
 from gateway.message import QueuedMessage
-from tests.conftest import ServiceFactory, free_port, make_config, smtp_send, wait_until
-from tests.sink import Sink
+from tests.support.processes import free_port
+from tests.support.service import ServiceFactory, make_config, wait_until
+from tests.support.sink import Sink
+from tests.support.smtp import smtp_send
 
 pytestmark = pytest.mark.timeout(30)
 

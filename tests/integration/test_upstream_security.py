@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from gateway.smtpd import replies
-from tests.conftest import ServiceFactory, make_config, smtp_send
-from tests.sink import Sink
+from tests.support.service import ServiceFactory, make_config
+from tests.support.sink import Sink
+from tests.support.smtp import smtp_send
 
 pytestmark = pytest.mark.timeout(30)
 

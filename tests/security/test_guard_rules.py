@@ -7,8 +7,8 @@ import pytest
 
 from gateway.dns import Resolver
 from gateway.security.hostguard import HostGuard, HostRefused, HostUnresolved
-from tests.dnsserver import DnsServer
-from tests.processes import free_port
+from tests.support.dnsserver import DnsServer
+from tests.support.processes import free_port
 
 # Every way to write an address that reaches this host: unspecified forms (a connection to
 # 0.0.0.0 or :: goes to the local host), and IPv6 addresses embedding 127.0.0.1.

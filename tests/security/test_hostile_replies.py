@@ -16,10 +16,10 @@ import time
 
 import pytest
 
-from tests.dnsserver import DnsServer
-from tests.e2e.conftest import Postern
-from tests.hostile import HostileSmtp, Stage
-from tests.security.conftest import HealthProbe, Serve, assert_deferred, rss_mb, submit
+from tests.support.attacks import HealthProbe, assert_deferred, rss_mb, submit
+from tests.support.dnsserver import DnsServer
+from tests.support.hostile import HostileSmtp, Stage
+from tests.support.serve import Postern, Serve
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -26,10 +26,9 @@ import pytest
 from gateway.smtpd import replies
 from storage.db import database_url, open_database
 from storage.keys import create_key
-from tests.e2e.conftest import START_TIMEOUT, Postern, config_text, message
-from tests.e2e.conftest import sink as sink  # the fixture, for these tests
-from tests.processes import child_cwd, child_env, free_port, postern_argv
-from tests.sink import Sink
+from tests.support.processes import child_cwd, child_env, free_port, postern_argv
+from tests.support.serve import START_TIMEOUT, Launcher, Postern, config_text, message
+from tests.support.sink import Sink
 
 HEAD = b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Slow: " + b"a" * 200 + b"\r\n\r\n"
 Start = Callable[..., Postern]
@@ -39,7 +38,7 @@ Start = Callable[..., Postern]
 def start(tmp_path: Path) -> Iterator[Start]:
     """start(sink_port, http="", smtp="", nofile=None) -> a running Postern whose [http] and
     [smtp] tables get the extra lines, with RLIMIT_NOFILE (soft, hard) if given."""
-    made: list[Postern] = []
+    launcher = Launcher(tmp_path)
 
     def make(
         sink_port: int | None = None,
@@ -48,31 +47,27 @@ def start(tmp_path: Path) -> Iterator[Start]:
         extra: str = "",
         nofile: tuple[int, int] | None = None,
     ) -> Postern:
-        log_dir = tmp_path / f"postern{len(made)}"
-        log_dir.mkdir()
-        smtp_port, http_port = free_port(), free_port()
-        text = config_text(
-            data_dir=log_dir / "var", smtp_port=smtp_port, http_port=http_port,
-            sink_port=sink_port, extra=extra,
-        )  # fmt: skip
-        text = text.replace(
-            f'listen = "127.0.0.1:{http_port}"\n', f'listen = "127.0.0.1:{http_port}"\n{http}\n'
-        )
-        text = text.replace(
-            f'listen = ["127.0.0.1:{smtp_port}"]\n', f'listen = ["127.0.0.1:{smtp_port}"]\n{smtp}\n'
-        )
-        config = log_dir / "postern.toml"
-        config.write_text(text)
-        postern = Postern(config, smtp_port, http_port, log_dir)
-        made.append(postern)
+        def write(log_dir: Path, smtp_port: int, http_port: int) -> str:
+            text = config_text(
+                data_dir=log_dir / "var", smtp_port=smtp_port, http_port=http_port,
+                sink_port=sink_port, extra=extra,
+            )  # fmt: skip
+            text = text.replace(
+                f'listen = "127.0.0.1:{http_port}"\n', f'listen = "127.0.0.1:{http_port}"\n{http}\n'
+            )
+            return text.replace(
+                f'listen = ["127.0.0.1:{smtp_port}"]\n',
+                f'listen = ["127.0.0.1:{smtp_port}"]\n{smtp}\n',
+            )
+
+        postern = launcher.launch(write, start=False)
         spawn(postern, nofile)
         return postern
 
     try:
         yield make
     finally:
-        for postern in made:
-            postern.kill()
+        launcher.close()
 
 
 def spawn(postern: Postern, nofile: tuple[int, int] | None) -> None:

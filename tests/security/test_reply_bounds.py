@@ -1,5 +1,5 @@
 """Where the reply bound lies: a long reply within it is an answer like any other; one
-line more and the session is dropped (in process, against tests.hostile's server)."""
+line more and the session is dropped (in process, against tests.support.hostile's server)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 from gateway.delivery.pipelining import MAX_REPLY_LINES
-from tests.conftest import ServiceFactory, make_config, recipient_rows, smtp_send, wait_for_status
-from tests.hostile import HostileSmtp, Stage
+from tests.support.hostile import HostileSmtp, Stage
+from tests.support.rows import recipient_rows, wait_for_status
+from tests.support.service import ServiceFactory, make_config
+from tests.support.smtp import smtp_send
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -26,17 +26,10 @@ from gateway.smtpd import replies
 from storage import pools
 from storage.keys import CACHE_SECONDS
 from storage.pools import config_pool_id
-from tests.api import conftest as api_fixtures
-from tests.api.conftest import Api, ApiFactory, auth, payload
-from tests.api.resources import POOLS, call, create_pool
-from tests.e2e import conftest as e2e_fixtures
-from tests.e2e.conftest import MakePostern, Postern, run_cli
-from tests.sink import Sink
-
-# The fixtures of the two suites this file borrows from (conftest files of sibling folders).
-api = api_fixtures.api
-api_client = api_fixtures.api_client
-postern_process = e2e_fixtures.postern_process
+from tests.support.api import Api, ApiFactory, auth, payload
+from tests.support.resources import POOLS, call, create_pool
+from tests.support.serve import MakePostern, Postern, run_cli
+from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(90)
 

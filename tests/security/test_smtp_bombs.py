@@ -30,12 +30,12 @@ from pathlib import Path
 import pytest
 
 from gateway.smtpd import replies
-from tests.conftest import LOOPBACK, ServiceFactory, make_config, metric, smtp_send
-from tests.e2e.conftest import MakePostern, Postern, postern_process, run_cli  # noqa: F401
-from tests.integration.test_dkim_relay import dkim_cli
-from tests.integration.test_smtp_listener import RawClient
-from tests.processes import free_port
-from tests.sink import Sink
+from tests.support.dkim import dkim_cli
+from tests.support.processes import LOOPBACK, free_port
+from tests.support.serve import MakePostern, Postern, run_cli
+from tests.support.service import ServiceFactory, make_config, metric
+from tests.support.sink import Sink
+from tests.support.smtp import RawClient, smtp_send
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -156,7 +156,7 @@ def _opening(reply: replies.Reply) -> str:
 
 
 def test_a_fold_bomb_over_the_header_cap_is_refused_552_at_once(
-    postern_process: MakePostern,  # noqa: F811
+    postern_process: MakePostern,
 ) -> None:
     postern = start(postern_process)
 
@@ -167,7 +167,7 @@ def test_a_fold_bomb_over_the_header_cap_is_refused_552_at_once(
 
 
 def test_a_fold_bomb_under_a_raised_header_cap_is_parsed_in_one_pass(
-    postern_process: MakePostern,  # noqa: F811
+    postern_process: MakePostern,
 ) -> None:
     """Signed (the DKIM signer parses the header too) and past every header parser."""
     postern = start(postern_process, "max_header_size = 2000000\n", dkim_domain="bomb.test")
@@ -179,7 +179,7 @@ def test_a_fold_bomb_under_a_raised_header_cap_is_parsed_in_one_pass(
 
 
 def test_a_data_of_empty_lines_is_read_into_one_buffer(
-    postern_process: MakePostern,  # noqa: F811
+    postern_process: MakePostern,
 ) -> None:
     """Signed too: DKIM's canonical body drops the empty lines at its end (dkimpy: one
     Python loop turn each)."""

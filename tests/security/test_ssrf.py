@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from tests.dnsserver import DnsServer
-from tests.e2e.conftest import Postern
-from tests.security.conftest import Serve, admin_key, assert_deferred, http, submit, wait_for
-from tests.sink import Sink
+from tests.support.attacks import admin_key, assert_deferred, http, submit, wait_for
+from tests.support.dnsserver import DnsServer
+from tests.support.serve import Postern, Serve
+from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(90)
 

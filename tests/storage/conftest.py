@@ -1,65 +1,25 @@
 """Fixtures for the storage tests: every test runs against SQLite and PostgreSQL.
 
-SQLite is a real file in the test's tmp_path. PostgreSQL is the database at
-`POSTERN_TEST_PG_URL` (default `postgresql+asyncpg://postgres@127.0.0.1:5432/test`) with every
-Postern table dropped before each test. An unreachable PostgreSQL skips its half of the tests,
-unless `POSTERN_TEST_PG` is set (CI sets it): then it is a failure.
+SQLite is a real file in the test's tmp_path. PostgreSQL is the database of
+tests/support/databases.py, with every Postern table dropped before each test and held by
+that test alone.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
-import asyncpg
 import pytest
-from sqlmodel import SQLModel
 
 import storage.models  # noqa: F401  (registers every table on SQLModel.metadata)
 from gateway.queue.store import Queue
 from storage.db import Database, create_schema, database_url, open_database
 from storage.writer import Writer
+from tests.support.databases import MakeQueue, clean_postgresql
 
-PG_URL = os.environ.get("POSTERN_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
-# Held for the whole of one PostgreSQL test, so that two test processes sharing the
-# database (xdist, two developers) never drop each other's tables mid-test.
-_PG_TEST_LOCK = 73_020_001
-_CONNECT_TIMEOUT = 5.0
-_LOCK_TIMEOUT = 60.0
 _STOP_TIMEOUT = 10.0
-
-_pg_problem_cache: dict[str, str | None] = {}
-
-
-def _asyncpg_dsn(url: str) -> str:
-    return "postgresql://" + url.split("://", 1)[1]
-
-
-async def _pg_problem(url: str) -> str | None:
-    """None when PostgreSQL at `url` accepts a connection, else why not (cached)."""
-    if url not in _pg_problem_cache:
-        try:
-            conn = await asyncio.wait_for(
-                asyncpg.connect(_asyncpg_dsn(url)), timeout=_CONNECT_TIMEOUT
-            )
-        except Exception as error:  # any failure to connect means "unreachable" here
-            _pg_problem_cache[url] = f"{type(error).__name__}: {error}"
-        else:
-            await conn.close()
-            _pg_problem_cache[url] = None
-    return _pg_problem_cache[url]
-
-
-async def _require_pg(url: str) -> None:
-    problem = await _pg_problem(url)
-    if problem is None:
-        return
-    message = f"PostgreSQL at {url} is unreachable ({problem})"
-    if os.environ.get("POSTERN_TEST_PG"):
-        pytest.fail(f"{message}; POSTERN_TEST_PG is set, so PostgreSQL tests must run")
-    pytest.skip(f"{message}; set POSTERN_TEST_PG=1 to make this a failure")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -74,21 +34,13 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
             await db.dispose()
         return
 
-    await _require_pg(PG_URL)
-    lock = await asyncio.wait_for(asyncpg.connect(_asyncpg_dsn(PG_URL)), _CONNECT_TIMEOUT)
-    try:
-        await asyncio.wait_for(
-            lock.execute("SELECT pg_advisory_lock($1)", _PG_TEST_LOCK), _LOCK_TIMEOUT
-        )
-        db = open_database(PG_URL)
+    async with clean_postgresql() as url:
+        db = open_database(url)
         try:
-            await asyncio.wait_for(db.transaction(SQLModel.metadata.drop_all), _LOCK_TIMEOUT)
             await create_schema(db)
             yield db
         finally:
             await db.dispose()
-    finally:
-        await lock.close()  # also releases the advisory lock
 
 
 @pytest.fixture
@@ -110,9 +62,6 @@ async def writer(backend: Database) -> AsyncIterator[Writer]:
         yield started
     finally:
         await asyncio.wait_for(started.stop(), _STOP_TIMEOUT)
-
-
-MakeQueue = Callable[..., Awaitable[Queue]]
 
 
 @pytest.fixture

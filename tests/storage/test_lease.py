@@ -11,10 +11,10 @@ from gateway.delivery.workers import Delivery, PoolRegistry
 from gateway.message import DeliveryResult, Outcome, Route
 from gateway.queue.store import AttemptRecord
 from storage.db import Database
-from tests.conftest import metric
-from tests.sink import Sink
-from tests.storage.conftest import MakeQueue
-from tests.storage.test_queue import message_row, submission
+from tests.support.databases import MakeQueue
+from tests.support.service import metric
+from tests.support.sink import Sink
+from tests.support.stored import message_row, submission
 
 DELIVERED = DeliveryResult(Outcome.DELIVERED, 250, "2.0.0", "ok")
 

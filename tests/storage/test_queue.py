@@ -14,41 +14,23 @@ import pytest
 from sqlalchemy import Connection, Engine, event, insert, inspect, text
 
 import gateway.queue.ids as ids_module
-from gateway.message import DeliveryResult, Outcome, QueuedMessage, Route, Sender, Submission
+from gateway.message import DeliveryResult, Outcome, QueuedMessage, Route, Sender
 from gateway.queue.operations import MessageBusy, MessageFinal, cancel_one
 from gateway.queue.store import AttemptRecord, Queue
 from storage.db import Database, SchemaError, create_schema
 from storage.messages import message_state
 from storage.models import SCHEMA_VERSION, Message
 from storage.writer import StorageUnavailable
-from tests.storage.conftest import MakeQueue
+from tests.support.databases import MakeQueue
+from tests.support.stored import CONTENT, fetch, message_row, submission
 
 ROUTE = Route(ip_pool="transactional")
-CONTENT = b"From: app@example.com\r\nSubject: hello\r\n\r\nbody line\r\n"
+
 
 DELIVERED = DeliveryResult(Outcome.DELIVERED, 250, "2.0.0", "OK queued as 1234")
 DEFERRED = DeliveryResult(Outcome.DEFERRED, 451, "4.3.0", "try again later")
 USER_UNKNOWN = DeliveryResult(Outcome.BOUNCED, 550, "5.1.1", "no such user")
 POLICY = DeliveryResult(Outcome.BOUNCED, 550, "5.7.1", "relaying denied")
-
-
-def submission(*recipients: str, content: bytes = CONTENT) -> Submission:
-    return Submission(
-        mail_from="app@example.com",
-        recipients=recipients or ("alice@example.com", "bob@example.com"),
-        content=content,
-        source="http",
-    )
-
-
-async def fetch(db: Database, sql: str, **params: Any) -> list[Any]:
-    return await db.read(lambda conn: list(conn.execute(text(sql), params)))
-
-
-async def message_row(db: Database, message_id: str) -> Any:
-    found = await fetch(db, "SELECT * FROM message WHERE id = :id", id=message_id)
-    assert len(found) == 1, f"message {message_id}: {len(found)} rows"
-    return found[0]
 
 
 async def recipient_rows(db: Database, message_id: str) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from sqlalchemy import Connection, inspect, text
 
 from storage.db import Database
 from storage.models import SCHEMA_VERSION
-from tests.processes import child_cwd, child_env, postern_argv
+from tests.support.processes import child_cwd, child_env, postern_argv
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -22,7 +22,7 @@ from gateway.dkim import signing_process
 from gateway.dkim.keys import KeyPair, generate_key, load_private_key
 from gateway.dkim.signer import Signer
 from gateway.dkim.signing_process import SigningProcess, SigningUnavailable
-from tests.conftest import wait_until
+from tests.support.service import wait_until
 
 
 @pytest.fixture(scope="module")

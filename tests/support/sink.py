@@ -280,7 +280,7 @@ class Sink:
         if tls is not None:
             certdir = tempfile.mkdtemp(prefix="postern-sink-")
             weakref.finalize(self, shutil.rmtree, certdir, ignore_errors=True)
-            self.cert_path, self.key_path = _write_self_signed_cert(Path(certdir))
+            self.cert_path, self.key_path = write_self_signed_cert(Path(certdir))
 
         self.messages: list[Received] = []
         self.dropped_after_data: list[Received] = []
@@ -586,7 +586,7 @@ def _self_signed_pem() -> tuple[bytes, bytes]:
     return cert_pem, key_pem
 
 
-def _write_self_signed_cert(directory: Path) -> tuple[str, str]:
+def write_self_signed_cert(directory: Path) -> tuple[str, str]:
     cert_pem, key_pem = _self_signed_pem()
     cert_path, key_path = directory / "sink-cert.pem", directory / "sink-key.pem"
     cert_path.write_bytes(cert_pem)

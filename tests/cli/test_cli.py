@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from gateway.process.cli import main
-from tests.api.conftest import Api, ApiFactory
-from tests.conftest import smtp_send
-from tests.processes import child_cwd, child_env, postern_argv
+from tests.support.api import Api, ApiFactory
+from tests.support.processes import child_cwd, child_env, postern_argv
+from tests.support.smtp import smtp_send
 
 pytestmark = pytest.mark.timeout(60)
 

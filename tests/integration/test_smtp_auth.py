@@ -9,68 +9,19 @@ import asyncio
 import base64
 import logging
 import socket
-import ssl
 import time
 
 import pytest
 
 from gateway.smtpd import auth as smtp_auth
 from gateway.smtpd import replies
-from tests.api.conftest import Api, ApiFactory
-from tests.conftest import free_port, query
-from tests.sink import Sink
+from tests.support.api import Api, ApiFactory
+from tests.support.processes import free_port
+from tests.support.rows import query
+from tests.support.sink import Sink
+from tests.support.smtp import Dialogue, plain
 
 pytestmark = pytest.mark.timeout(30)
-
-MESSAGE = b"From: app@sender.test\r\nTo: rcpt@example.test\r\nSubject: s\r\n\r\nbody\r\n.\r\n"
-
-
-class Dialogue:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-
-    @classmethod
-    async def open(cls, host: str, port: int) -> Dialogue:
-        reader, writer = await asyncio.open_connection(host, port)
-        dialogue = cls(reader, writer)
-        assert (await dialogue.reply())[0] == 220
-        return dialogue
-
-    async def reply(self) -> tuple[int, str]:
-        lines = []
-        while True:
-            line = (await asyncio.wait_for(self.reader.readline(), 15)).decode().rstrip()
-            lines.append(line[4:])
-            if line[3:4] != "-":
-                return int(line[:3]), "\n".join(lines)
-
-    async def say(self, line: str | bytes) -> tuple[int, str]:
-        data = line if isinstance(line, bytes) else line.encode() + b"\r\n"
-        self.writer.write(data)
-        await self.writer.drain()
-        return await self.reply()
-
-    async def starttls(self) -> None:
-        assert (await self.say("STARTTLS"))[0] == 220
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        await self.writer.start_tls(context)
-
-    async def send_message(self, extra_headers: bytes = b"") -> tuple[int, str]:
-        for line in ("MAIL FROM:<app@sender.test>", "RCPT TO:<rcpt@example.test>"):
-            code, text = await self.say(line)
-            if code != 250:
-                return code, text
-        assert (await self.say("DATA"))[0] == 354
-        return await self.say(extra_headers + MESSAGE)
-
-    def close(self) -> None:
-        self.writer.close()
-
-
-def plain(secret: str, user: str = "apikey") -> str:
-    return "AUTH PLAIN " + base64.b64encode(f"\0{user}\0{secret}".encode()).decode()
 
 
 async def listener(api_client: ApiFactory, **smtp: object) -> Api:

@@ -22,12 +22,7 @@ from storage.keys import (
     revoke_key,
 )
 from storage.suppressions import add_suppression, list_suppressions, remove_suppression
-from tests.storage.conftest import (  # noqa: F401  (fixtures)
-    MakeQueue,
-    backend,
-    make_queue,
-    other_db,
-)
+from tests.support.databases import MakeQueue
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -51,9 +46,9 @@ async def rows(db: Database, sql: str) -> list[tuple[object, ...]]:
 
 
 async def test_racing_nodes_store_one_message_per_idempotency_key(
-    backend: Database,  # noqa: F811
-    other_db: Database,  # noqa: F811
-    make_queue: MakeQueue,  # noqa: F811
+    backend: Database,
+    other_db: Database,
+    make_queue: MakeQueue,
 ) -> None:
     node_a = await make_queue("node-a")
     node_b = await make_queue("node-b", db=other_db)
@@ -70,8 +65,8 @@ async def test_racing_nodes_store_one_message_per_idempotency_key(
 
 
 async def test_other_jobs_in_the_same_group_commit_survive_a_lost_race(
-    backend: Database,  # noqa: F811
-    make_queue: MakeQueue,  # noqa: F811
+    backend: Database,
+    make_queue: MakeQueue,
 ) -> None:
     queue = await make_queue("node-a")
     jobs = [submission("same") for _ in range(5)] + [submission(None) for _ in range(5)]
@@ -86,7 +81,7 @@ async def test_other_jobs_in_the_same_group_commit_survive_a_lost_race(
 
 
 async def test_keys_store_only_a_hash_and_revoked_keys_stop_working(
-    backend: Database,  # noqa: F811
+    backend: Database,
 ) -> None:
     record, secret = await create_key(backend, "ci", ["send", "sandbox", "send"])
     assert secret.startswith("msk_") and len(secret) >= 4 + 43
@@ -105,7 +100,7 @@ async def test_keys_store_only_a_hash_and_revoked_keys_stop_working(
 
 
 async def test_suppressions_are_one_per_mailbox_and_page_in_order(
-    backend: Database,  # noqa: F811
+    backend: Database,
 ) -> None:
     _, created = await add_suppression(backend, "A@Example.TEST", "manual")
     again, created_again = await add_suppression(backend, "A@example.test", "complaint")
@@ -124,7 +119,7 @@ async def test_suppressions_are_one_per_mailbox_and_page_in_order(
 
 
 async def test_an_expired_reservation_is_taken_over_and_a_live_one_is_not(
-    backend: Database,  # noqa: F811
+    backend: Database,
 ) -> None:
     now = 1_000_000.0
 
@@ -144,8 +139,8 @@ async def test_an_expired_reservation_is_taken_over_and_a_live_one_is_not(
 
 
 async def test_a_reused_key_is_told_from_a_retry_by_the_request_digest(
-    backend: Database,  # noqa: F811
-    make_queue: MakeQueue,  # noqa: F811
+    backend: Database,
+    make_queue: MakeQueue,
 ) -> None:
     queue = await make_queue("node-a")
     first = await queue.enqueue(replace(submission("k"), request_hash="a" * 64), Route(), False)
@@ -159,8 +154,8 @@ async def test_a_reused_key_is_told_from_a_retry_by_the_request_digest(
 
 
 async def test_upgrade_adds_the_request_digest_to_existing_reservations(
-    backend: Database,  # noqa: F811
-    make_queue: MakeQueue,  # noqa: F811
+    backend: Database,
+    make_queue: MakeQueue,
 ) -> None:
     """A schema 4 database gets idempotency.request_hash; its reservations keep working and
     match any request (they were made without a digest)."""

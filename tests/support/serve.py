@@ -1,27 +1,29 @@
-"""End-to-end fixtures: a real `postern serve` subprocess in front of a Sink.
+"""A real `postern serve` subprocess: its config, a `Postern` handle to start, signal and
+feed it, and a `Launcher` that starts each one in a folder of its own and kills them all at
+the end, whatever the test did. Every wait here is bounded.
 
-`postern_process` gives a factory of `Postern` handles; every process it started is killed
-at teardown, whatever the test did. Every wait here is bounded.
+The `postern_process` fixture (the end-to-end tests) and the `serve` fixture (the attack
+reproductions) both start their processes through a Launcher.
 """
 
 from __future__ import annotations
 
+import json
 import signal
 import smtplib
 import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.policy import SMTP
 from pathlib import Path
+from typing import Any
 
-import pytest
-
-from tests.processes import child_cwd, child_env, free_port, postern_argv, spawn_serve
-from tests.sink import Sink
+from tests.support.processes import child_cwd, child_env, free_port, postern_argv, spawn_serve
+from tests.support.sink import Sink
 
 START_TIMEOUT = 20.0  # seconds for `postern serve` to answer /healthz with 200
 EXIT_TIMEOUT = 20.0  # seconds for a signalled process to exit
@@ -49,6 +51,8 @@ def config_text(
     sink_port: int | None,
     extra: str = "",
 ) -> str:
+    """The end-to-end config: loopback ports, a retry every second, any sender, the sink as
+    the default pool (when there is one), then `extra` appended as it is."""
     text = f"""\
 [server]
 hostname = "postern.e2e.test"
@@ -80,6 +84,31 @@ encryption = "none"
 is_default = true
 """
     return text + extra
+
+
+Tables = dict[str, dict[str, Any]]
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return json.dumps(value)  # strings and lists of strings: valid TOML too
+
+
+def tables_text(tables: Tables, pools: list[dict[str, Any]]) -> str:
+    """A config file from plain dicts: one `[table]` each, then one `[[pools]]` each."""
+    lines: list[str] = []
+    for table, keys in tables.items():
+        lines.append(f"[{table}]")
+        lines.extend(f"{key} = {_toml(value)}" for key, value in keys.items())
+        lines.append("")
+    for pool in pools:
+        lines.append("[[pools]]")
+        lines.extend(f"{key} = {_toml(value)}" for key, value in pool.items())
+        lines.append("")
+    return "\n".join(lines)
 
 
 def message(seq: int, tag: str) -> EmailMessage:
@@ -204,48 +233,33 @@ class Postern:
             self.client = None
 
 
-@pytest.fixture
-def sink() -> Iterator[Sink]:
-    running = Sink().start()
-    try:
-        yield running
-    finally:
-        running.stop()
-
-
 MakePostern = Callable[..., Postern]
+Serve = Callable[..., Postern]
+# (folder of the process, its SMTP port, its HTTP port) -> the text of its config file
+ConfigWriter = Callable[[Path, int, int], str]
 
 
-@pytest.fixture
-def postern_process(tmp_path: Path) -> Iterator[MakePostern]:
-    """Factory: `make(sink_port, extra="")` -> a started Postern. All are killed at teardown."""
-    made: list[Postern] = []
+class Launcher:
+    """Makes `Postern`s under `root` (one folder each, fresh ports); close() kills them all."""
 
-    def make(sink_port: int | None, extra: str = "", start: bool = True) -> Postern:
-        index = len(made)
-        log_dir = tmp_path / f"postern{index}"
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.made: list[Postern] = []
+
+    def launch(self, write_config: ConfigWriter, start: bool = True) -> Postern:
+        log_dir = self.root / f"postern{len(self.made)}"
         log_dir.mkdir()
         smtp_port, http_port = free_port(), free_port()
         config = log_dir / "postern.toml"
-        config.write_text(
-            config_text(
-                data_dir=log_dir / "var",
-                smtp_port=smtp_port,
-                http_port=http_port,
-                sink_port=sink_port,
-                extra=extra,
-            )
-        )
+        config.write_text(write_config(log_dir, smtp_port, http_port))
         postern = Postern(config, smtp_port, http_port, log_dir)
-        made.append(postern)
+        self.made.append(postern)
         if start:
             postern.start()
         return postern
 
-    try:
-        yield make
-    finally:
-        for postern in made:
+    def close(self) -> None:
+        for postern in self.made:
             postern.close_client()
             postern.kill()
 

@@ -4,7 +4,7 @@ The driver behind `tests/e2e/test_crash_loop.py` (a short run in CI) and `bench/
 (long runs). One run:
 
 1. Create a data_dir, an API key with scope `send` (`postern keys create --json`), and a
-   config pointing at a fault-injecting `tests.sink.Sink` on loopback.
+   config pointing at a fault-injecting `tests.support.sink.Sink` on loopback.
 2. For each round: give the sink a few random temporary faults (4xx at some stage, a
    dropped connection, a short hang, or the whole upstream down), start `postern serve`
    on the same data_dir, stream messages at it over SMTP and over `POST /v1/send`, each
@@ -52,8 +52,8 @@ from typing import IO
 
 import httpx
 
-from tests.processes import child_cwd, child_env, free_port, postern_argv, spawn_serve
-from tests.sink import Sink
+from tests.support.processes import child_cwd, child_env, free_port, postern_argv, spawn_serve
+from tests.support.sink import Sink
 
 SENDER = "crash@example.com"
 START_TIMEOUT = 30.0  # seconds for `postern serve` to answer /healthz

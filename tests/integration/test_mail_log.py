@@ -19,10 +19,10 @@ import pytest
 
 from gateway.process.logs import FORMAT, EscapingFormatter
 from gateway.smtpd import replies
-from tests.api.conftest import Api, ApiFactory, auth, payload
-from tests.conftest import smtp_send, wait_until
-from tests.integration.test_smtp_listener import RawClient
-from tests.sink import Sink
+from tests.support.api import Api, ApiFactory, auth, payload
+from tests.support.service import wait_until
+from tests.support.sink import Sink
+from tests.support.smtp import RawClient, smtp_send
 
 pytestmark = pytest.mark.timeout(60)
 

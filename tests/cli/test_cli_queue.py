@@ -17,8 +17,8 @@ import pytest
 from gateway.process.cli import main
 from storage.db import create_schema, database_url, open_database
 from storage.messages import message_state
-from tests.api.test_queue_ops import seed
-from tests.processes import child_cwd, child_env, postern_argv
+from tests.support.processes import child_cwd, child_env, postern_argv
+from tests.support.stored import seed
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -32,7 +32,7 @@ def config(tmp_path: Path) -> str:
 
 
 def _seeded(config: str, n: int) -> list[dict[str, Any]]:
-    """n messages as tests.api.test_queue_ops.seed writes them (statuses cycle queued,
+    """n messages as tests.support.stored.seed writes them (statuses cycle queued,
     deferred, delivered, bounced; tag t{i % 10}), straight into the config's database."""
 
     async def run() -> list[dict[str, Any]]:
