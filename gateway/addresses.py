@@ -16,6 +16,7 @@ from storage.mailboxes import normalise as normalise
 
 CONTROL = r"\x00-\x1f\x7f-\x9f"  # C0, DEL and C1: the body of a character class
 _CONTROL = re.compile(f"[{CONTROL}]")
+_COMMAND_BREAKING = re.compile(r"[\x00-\x1f\x7f]")  # CONTROL but C1: ends or splits a line
 NO_CONTROL_PATTERN = f"^[^{CONTROL}]*$"  # text without them, as /openapi.json states it
 _DOMAIN_LABEL = re.compile(r"^(?!-)[A-Za-z0-9\-\u0080-\U0010ffff]{1,63}(?<!-)$")
 _LOCAL_ATOM = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-\u0080-\U0010ffff]+$")
@@ -23,6 +24,12 @@ _LOCAL_ATOM = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-\u0080-\U0010ffff]+$"
 
 def has_control(text: str) -> bool:
     return bool(_CONTROL.search(text))
+
+
+def breaks_a_command(text: str) -> bool:
+    """Whether `text` written into an SMTP command could end or split it: the last check
+    before an address reaches an upstream (the doors refused all control characters)."""
+    return bool(_COMMAND_BREAKING.search(text))
 
 
 _LOG_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}

@@ -54,17 +54,18 @@ def parse_address(value: str, where: str) -> tuple[str, int]:
     return host, number
 
 
-def is_loopback(host: str) -> bool:
-    """Whether `host` names this machine: localhost, 127/8, ::1, or 127/8 mapped into IPv6
-    (how a dual-stack socket shows an IPv4 peer)."""
+def is_loopback(host: str, mapped: bool = False) -> bool:
+    """Whether `host` names this machine: localhost, 127/8, ::1; with `mapped`, also 127/8
+    mapped into IPv6, which is how a dual-stack socket shows an IPv4 peer (hosts an operator
+    writes are taken in the plain forms only, as LOOPBACK_PATTERN documents them)."""
     if host == "localhost":
         return True
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
         return False
-    mapped = getattr(address, "ipv4_mapped", None)
-    return address.is_loopback or (mapped is not None and mapped.is_loopback)
+    ipv4 = getattr(address, "ipv4_mapped", None) if mapped else None
+    return address.is_loopback or (ipv4 is not None and ipv4.is_loopback)
 
 
 @dataclass(frozen=True)

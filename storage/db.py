@@ -24,7 +24,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlmodel import SQLModel
 
-from storage.errors import StorageError, unavailable
+from storage.errors import StorageError, database_failed, unavailable
 from storage.models import EVENT_TXID, SCHEMA_VERSION, Meta
 
 log = logging.getLogger("postern.storage")
@@ -95,11 +95,14 @@ class Database:
         return "sqlite" if self.is_sqlite else "postgresql"
 
     async def read(self, query: Query[T]) -> T:
-        """Run `query` on a connection outside any explicit transaction. A driver's error
-        is raised as the StorageUnavailable it stands for, as a write's is (storage.errors)."""
+        """Run `query` on a connection outside any explicit transaction. The database failing
+        (down, locked, I/O) is raised as the StorageUnavailable it stands for, as a write's
+        is; any other error (a bug in the query) is raised as it is, with its traceback."""
         try:
             return await self._read(query)
         except (SQLAlchemyError, OSError) as error:
+            if not database_failed(error):
+                raise
             raise unavailable(error) from error
 
     async def _read(self, query: Query[T]) -> T:

@@ -101,12 +101,12 @@ class Grants(Protocol):
     def may_sandbox(self) -> bool: ...
 
 
-def submit_refusal(key: Grants, sandbox: bool) -> str | None:
-    """Why `key` may not submit a message (a sandbox one when `sandbox`), or None: the one
-    check, in the same words, for the HTTP and the SMTP door."""
+def missing_scope(key: Grants, sandbox: bool) -> str | None:
+    """The scope `key` lacks to submit a message (a sandbox one when `sandbox`), or None: the
+    one check both doors make; each door says it in its own words."""
     if sandbox:
-        return None if key.may_sandbox else "sandbox sends need an API key with the 'sandbox' scope"
-    return None if key.may_send else "this API key lacks a send scope"
+        return None if key.may_sandbox else "sandbox"
+    return None if key.may_send else "send"
 
 
 def check_scopes(scopes: Iterable[str]) -> tuple[str, ...]:

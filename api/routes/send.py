@@ -31,11 +31,13 @@ from gateway.intake.pipeline import Accepted, Duplicate, NoRoute
 from gateway.intake.request_digest import json_digest
 from gateway.message import Sender, Submission
 from gateway.queue import idempotency
-from storage.keys import ApiKeyRecord, submit_refusal
+from storage.keys import ApiKeyRecord, missing_scope
 from storage.messages import MessageState, message_state
 
 SANDBOX_HEADERS = ("x-misarmail-sandbox", "x-postern-sandbox")
 QUEUED_TEXT = "Email queued for retry"
+_LACKING_SEND = "this API key lacks a send scope"
+_LACKING_SANDBOX = "sandbox sends need an API key with the 'sandbox' scope"
 # What a send says when its message could not be stored (elsewhere: that storage failed).
 _NOT_STORED: dict[type[Exception], errors.Answer] = {
     StorageFull: errors.Answer(
@@ -143,9 +145,8 @@ async def send(request: Request) -> Response:
     ctx: ApiContext = request.app.state.api
     key = await authenticate(request, ctx.keys, ctx.limiter)
     sandbox = sandbox_requested(request)
-    lacking = submit_refusal(key, sandbox)
-    if lacking is not None:
-        raise errors.Forbidden(lacking)
+    if missing_scope(key, sandbox) is not None:
+        raise errors.Forbidden(_LACKING_SANDBOX if sandbox else _LACKING_SEND)
     raw = await request.body()
     if len(raw) > _INLINE_BODY:
         body, built = await _parse_and_build_in_thread(raw, ctx.hostname)

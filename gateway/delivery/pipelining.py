@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import aiosmtplib
 
-from gateway.addresses import has_control
+from gateway.addresses import breaks_a_command
 from gateway.errors import DeliveryError
 
 MAX_REPLY_LINES = 100  # lines of one reply (an EHLO has a dozen; RFC 5321 sets no limit)
@@ -204,9 +204,9 @@ class PipelinedSession(asyncio.Protocol):
         self, mail_from: str, rcpts: list[str], content: bytes, options: list[str], encoding: str
     ) -> TransactionReplies:
         """One whole transaction; the caller decides what the replies mean."""
-        if has_control(mail_from):
+        if breaks_a_command(mail_from):
             return TransactionReplies(BAD_ADDRESS, {})
-        sendable = [r for r in rcpts if not has_control(r)]
+        sendable = [r for r in rcpts if not breaks_a_command(r)]
         rcpt_replies = {r: BAD_ADDRESS for r in rcpts if r not in sendable}
         params = "".join(" " + option for option in options)
         mail = f"MAIL FROM:<{mail_from}>{params}\r\n".encode(encoding)

@@ -35,9 +35,12 @@ from gateway.routing import (
     choose_route,
     within_groups,
 )
-from storage.keys import submit_refusal
+from storage.keys import missing_scope
 
 log = logging.getLogger("postern.intake")
+
+_LACKING_SEND = "this API key has no send scope"
+_LACKING_SANDBOX = "sandbox sends need an API key with the sandbox scope"
 
 __all__ = [
     "Accepted",
@@ -118,14 +121,14 @@ class Intake:
     def __init__(
         self,
         queue: Queue,
-        registry: Pools,
-        delivery: Handoff,
+        pools: Pools,
+        handoff: Handoff,
         signers: Signers | None = None,
         identities: Identities | None = None,
     ) -> None:
         self._queue = queue
-        self._registry = registry
-        self._delivery = delivery
+        self._pools = pools
+        self._handoff = handoff
         self._signers = signers
         self._identities = identities  # aliases for routing, verified senders for policy
 
@@ -179,15 +182,15 @@ class Intake:
     ) -> tuple[QueuedMessage, asyncio.Future[str] | None]:
         """Store durably, then hand to delivery: claimed here when a worker has room."""
         sandbox = submission.sandbox
-        claim = not sandbox and self._delivery.has_room()
+        claim = not sandbox and self._handoff.has_room()
         message = await self._queue.enqueue(submission, route, claim=claim)
         metrics.MESSAGES_RECEIVED.labels(source=submission.source).inc()
         maillog.received(message.id, submission)
-        attempt = self._delivery.wait_for(message.id) if watch and not sandbox else None
+        attempt = self._handoff.wait_for(message.id) if watch and not sandbox else None
         if claim:
-            self._delivery.push(message)
+            self._handoff.push(message)
         elif not sandbox:
-            self._delivery.wake()
+            self._handoff.wake()
         return message, attempt
 
     def _policy(self, submission: Submission) -> tuple[set[str], Submission, Route]:
@@ -208,7 +211,7 @@ class Intake:
             route = choose_route(
                 submission.alias_id,
                 submission.mail_from,
-                self._registry.settings(),
+                self._pools.settings(),
                 identities.aliases if identities is not None else (),
             )
         except UnknownRoute:
@@ -245,15 +248,14 @@ class Intake:
         sender = submission.sender
         if sender is None:
             return route
-        lacking = submit_refusal(sender, submission.sandbox)
-        if lacking is not None:
-            raise NotPermitted(lacking)
+        if missing_scope(sender, submission.sandbox) is not None:
+            raise NotPermitted(_LACKING_SANDBOX if submission.sandbox else _LACKING_SEND)
         if submission.sandbox:
             return route
         allowed = sender.ip_pools
         if allowed is None:
             return route
-        pools = self._registry.settings()
+        pools = self._pools.settings()
         kept = within_groups(route, allowed, pools, named=bool(submission.alias_id))
         if kept is None:
             names = ", ".join(sorted(allowed)) or "none"

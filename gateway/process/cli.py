@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from gateway.config import Config, ConfigError, load
+from gateway.errors import StorageUnavailable
 from gateway.process import instance
 from gateway.process.commands import admin as cli_admin
 from gateway.process.commands import backup as cli_backup
@@ -124,9 +125,12 @@ def _main(argv: Sequence[str] | None) -> int:
         factory = _event_loop_runner()
         with asyncio.Runner(loop_factory=factory) as runner:  # type: ignore[arg-type]
             return runner.run(_serve(config, config_path))
-    except ConfigError as error:
+    except ConfigError as error:  # the operator's mistake: fix it and run again
         print(f"postern: error: {error}", file=sys.stderr)
         return 2
+    except StorageUnavailable as error:  # not a mistake: the same command may work later
+        print(f"postern: error: the database is unavailable: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 0
 

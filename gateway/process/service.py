@@ -1,7 +1,7 @@
 """Builds and wires the parts of `postern serve`, and runs their lifecycle.
 
 The message path, once:
-  1. A client hands over a message: SMTP (smtp_server) or HTTP (api).
+  1. A client hands over a message: SMTP (gateway.smtpd) or HTTP (api).
   2. Intake applies policy: suppression, idempotency, routing (routing, pure), DKIM.
   3. The queue stores message, body and recipients in one group-committed transaction,
      claimed by this node; only then does the client get its 250 / 200 / 202.

@@ -162,7 +162,7 @@ class PosternSMTP(ApiKeyAuth, SMTP):
         # AUTH only over TLS, or from loopback (aiosmtpd knows only "TLS always").
         name = self.session.peer if self.session else None
         host = name[0] if isinstance(name, tuple) and name else str(name or "")
-        self._auth_require_tls = not is_loopback(host)
+        self._auth_require_tls = not is_loopback(host, mapped=True)  # the peer's address
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._refused:

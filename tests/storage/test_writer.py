@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Connection, insert, select, text
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from storage.db import Database
 from storage.models import Meta
@@ -205,10 +206,25 @@ async def test_a_refused_statement_is_no_storage_failure(backend: Database) -> N
 
 
 async def test_a_failed_read_is_storage_unavailable_as_a_write_is(backend: Database) -> None:
-    def broken(conn: Connection) -> Any:
-        return conn.execute(text("SELECT secret_value FROM no_such_table")).all()
+    def database_down(conn: Connection) -> Any:
+        conn.execute(text("SELECT 1"))
+        cause = Exception("server closed the connection unexpectedly\nSELECT secret_value")
+        raise OperationalError("SELECT secret_value FROM t", {}, cause)
 
     with pytest.raises(StorageUnavailable) as failed:
-        await backend.read(broken)
+        await backend.read(database_down)
     assert type(failed.value) is StorageUnavailable
     assert "\n" not in str(failed.value)  # the driver's first line: no SQL statement
+    assert "secret_value" not in str(failed.value)
+
+
+async def test_a_read_with_a_bug_in_its_query_keeps_its_own_error(backend: Database) -> None:
+    """Only the database failing is an outage; a wrong query must show as the bug it is."""
+    if backend.is_sqlite:
+        pytest.skip("SQLite reports a wrong query as an OperationalError, as it does an outage")
+
+    def wrong(conn: Connection) -> Any:
+        return conn.execute(text("SELECT nonsense FROM meta WHERE")).all()
+
+    with pytest.raises(DBAPIError):
+        await backend.read(wrong)

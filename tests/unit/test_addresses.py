@@ -6,7 +6,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.addresses import envelope_problem, has_control, mailbox_key, normalise
+from gateway.addresses import (
+    breaks_a_command,
+    envelope_problem,
+    has_control,
+    mailbox_key,
+    normalise,
+)
 
 
 @pytest.mark.parametrize(
@@ -171,3 +177,15 @@ def test_mailbox_key_is_idempotent(address: str) -> None:
 
 def test_nested_quotes_key_alike() -> None:
     assert mailbox_key('"\\"a\\""@x.test') == mailbox_key('"a"@x.test') == "a@x.test"
+
+
+@pytest.mark.parametrize("char", ["\r", "\n", "\x00", "\t", "\x7f"])
+def test_c0_and_del_break_an_smtp_command(char: str) -> None:
+    assert breaks_a_command(f"a{char}b@example.com")
+    assert has_control(f"a{char}b@example.com")
+
+
+def test_c1_is_control_but_does_not_break_a_command() -> None:
+    """Delivery's last check is about the wire; the doors refuse C1 as well."""
+    assert has_control("a\x85b@example.com")
+    assert not breaks_a_command("a\x85b@example.com")

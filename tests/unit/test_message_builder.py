@@ -224,6 +224,7 @@ def test_any_names_and_subject_give_an_error_or_exactly_our_headers(
          "Content-Transfer-Encoding"]
     )  # fmt: skip
     message = parse(built.content)
-    assert message["Subject"] == subject.strip() or message["Subject"] == subject
+    # A parser drops the whitespace that starts a field's value, and may keep what ends it.
+    assert message["Subject"] in (subject, subject.strip(), subject.lstrip())
     assert message["From"].addresses[0].username == "app"
     assert message["To"].addresses[0].addr_spec == "rcpt@example.test"
