@@ -44,7 +44,7 @@ RENEW = update(PS).where(PS.c.id == bindparam("send_id")).values(at=bindparam("u
 
 
 @dataclass(frozen=True)
-class Refused:
+class OverLimit:
     """Over a limit: `slots` are the times at which the next sends become allowed."""
 
     reason: str  # rate | daily
@@ -69,7 +69,7 @@ def reserve(
     daily: int,
     *,
     lease: float,
-) -> int | Refused:
+) -> int | OverLimit:
     """Take one send from the pool's limits: the id of its `pool_send` row (0 without a
     rate), or why not. `count`/`window` 0 = no rate; `daily` 0 = no daily cap. The row is
     in flight until SENT, its `at` leased to `now + lease` (see the module docstring)."""
@@ -81,7 +81,7 @@ def reserve(
             select(PD.c.count).where(PD.c.pool_id == pool_id, PD.c.day == day)
         ).scalar()
         if (used or 0) >= daily:
-            return Refused("daily", (next_midnight(now),))
+            return OverLimit("daily", (next_midnight(now),))
     send_id = 0
     if count:
         # Pruning here keeps the table at about N rows per pool: one index range each time.
@@ -98,7 +98,7 @@ def reserve(
                 .offset(used - count)
                 .limit(_SLOTS)
             ).scalars()
-            return Refused("rate", tuple(min(at, now) + window for at in oldest))
+            return OverLimit("rate", tuple(min(at, now) + window for at in oldest))
         send_id = conn.execute(
             insert(PS).values(pool_id=pool_id, at=now + lease).returning(PS.c.id)
         ).scalar_one()

@@ -42,7 +42,7 @@ from gateway.message import DeliveryResult, Outcome
 DEFAULT_TARGET_LIMIT = 10
 
 
-class Hop(NamedTuple):
+class HostToTry(NamedTuple):
     """One host to try, before its addresses are known."""
 
     host: str
@@ -114,12 +114,12 @@ def domain_literal(domain: str) -> str | None:
         return None
 
 
-def hops(domain: str, mx: MxResult, port: int) -> tuple[Hop, ...] | DeliveryResult:
+def hops(domain: str, mx: MxResult, port: int) -> tuple[HostToTry, ...] | DeliveryResult:
     """The hosts to try for `domain` given its MX answer, or the outcome for every recipient."""
     if isinstance(mx, MxHosts):
-        return tuple(Hop(item.host, port) for item in mx.hosts)
+        return tuple(HostToTry(item.host, port) for item in mx.hosts)
     if isinstance(mx, NoMx):
-        return (Hop(domain, port),)
+        return (HostToTry(domain, port),)
     if isinstance(mx, NullMx):
         return null_mx(domain)
     if isinstance(mx, NoSuchDomain):
@@ -130,7 +130,7 @@ def hops(domain: str, mx: MxResult, port: int) -> tuple[Hop, ...] | DeliveryResu
 
 def targets(
     domain: str,
-    route: Sequence[Hop],
+    route: Sequence[HostToTry],
     addresses: Mapping[str, AddressResult],
     limit: int = DEFAULT_TARGET_LIMIT,
 ) -> tuple[MxTarget, ...] | DeliveryResult:

@@ -66,7 +66,7 @@ class _Closed:
     """What this node knows of a full pool: it stays full until `slots[0]`."""
 
     limits: tuple[str, int]
-    refused: sql.Refused
+    refused: sql.OverLimit
     step: float  # spacing of waiters beyond the known slots
 
 
@@ -96,7 +96,7 @@ class Throttle:
         if prune:
             self._pruned = now
 
-        def work(conn: Connection) -> int | sql.Refused:
+        def work(conn: Connection) -> int | sql.OverLimit:
             if prune:
                 sql.prune(conn, now)
             return sql.reserve(
@@ -104,7 +104,7 @@ class Throttle:
             )
 
         verdict = await self._run(work)
-        if isinstance(verdict, sql.Refused):
+        if isinstance(verdict, sql.OverLimit):
             step = rate.window / rate.count if rate and verdict.reason == "rate" else 0.0
             closed = self._closed[pool.id] = _Closed(limits, verdict, step)
             return self._wait(pool, closed, rate)

@@ -45,7 +45,7 @@ class DataBudget:
         self.used -= size
 
 
-class Refusal(enum.Enum):
+class TransferRefusal(enum.Enum):
     TOO_BIG = enum.auto()  # over max_message_size
     LINE_TOO_LONG = enum.auto()  # a line over 998 bytes
     NO_ROOM = enum.auto()  # the DataBudget is spent
@@ -65,7 +65,7 @@ class Transfer:
         self._size = 0  # bytes of whole lines read, as sent (stuffed)
         self._content = bytearray()  # those lines, unstuffed
         self.content = b""
-        self.refusal: Refusal | None = None
+        self.refusal: TransferRefusal | None = None
         self.problem: str | None = None
 
     async def receive(self) -> bool:
@@ -91,7 +91,7 @@ class Transfer:
                     del raw[: lines - 2]
                 pending = len(raw) - 2 - raw.endswith(b"\r") - (raw[2:3] == b".")
                 if pending > MAX_LINE:  # a line not ended in time
-                    self._refuse(Refusal.LINE_TOO_LONG)
+                    self._refuse(TransferRefusal.LINE_TOO_LONG)
             scan = max(0, len(raw) - len(END) + 1)
             if self.refusal is not None:  # keep only where the final dot may start
                 del raw[:scan]
@@ -111,13 +111,13 @@ class Transfer:
             return
         self._size += stop - 2
         if self._size > self._max_size:
-            self._refuse(Refusal.TOO_BIG)
+            self._refuse(TransferRefusal.TOO_BIG)
             return
         if raw.find(b"\r\n.", 0, stop) >= 0:  # RFC 5321 §4.5.2: a line's leading dot doubled
             raw = raw[:stop].replace(b"\r\n.", b"\r\n")
             stop = len(raw)
         if has_long_line(raw, 2, stop):  # the doubled dot not counted (RFC 5321 §4.5.3.1.6)
-            self._refuse(Refusal.LINE_TOO_LONG)
+            self._refuse(TransferRefusal.LINE_TOO_LONG)
             return
         if self.problem is not None:
             return
@@ -128,12 +128,12 @@ class Transfer:
             return
         lines = memoryview(raw)[2:stop]
         if not self._budget.take(len(lines)):
-            self._refuse(Refusal.NO_ROOM)
+            self._refuse(TransferRefusal.NO_ROOM)
             return
         self._held += len(lines)
         self._content += lines
 
-    def _refuse(self, refusal: Refusal) -> None:
+    def _refuse(self, refusal: TransferRefusal) -> None:
         self.refusal = refusal
         self._content = bytearray()
         self.release()

@@ -32,7 +32,7 @@ from gateway.queue.ids import new_id_for
 from gateway.security.ratelimit import RateLimiter
 from gateway.smtpd import replies
 from gateway.smtpd.auth import ApiKeyAuth, AuthThrottle, key_refusal, sender_of
-from gateway.smtpd.data import DataBudget, Refusal, Transfer
+from gateway.smtpd.data import DataBudget, Transfer, TransferRefusal
 from storage.keys import KeyStore
 from storage.writer import Writer
 
@@ -556,7 +556,7 @@ def _control_problem(controls: dict[str, str]) -> str | None:
 
 # A transfer's refusal -> its reply, and its reason in postern_messages_refused_total
 _REFUSED = {
-    Refusal.TOO_BIG: (replies.TOO_BIG, "too_big"),
-    Refusal.LINE_TOO_LONG: (replies.LINE_TOO_LONG, "line_too_long"),
-    Refusal.NO_ROOM: (replies.NO_ROOM, "data_budget"),
+    TransferRefusal.TOO_BIG: (replies.TOO_BIG, "too_big"),
+    TransferRefusal.LINE_TOO_LONG: (replies.LINE_TOO_LONG, "line_too_long"),
+    TransferRefusal.NO_ROOM: (replies.NO_ROOM, "data_budget"),
 }

@@ -197,7 +197,8 @@ def test_recipients_are_grouped_by_normalised_domain() -> None:
 
 def test_hops_for_each_kind_of_mx_answer() -> None:
     hosts = MxHosts((MxHost("mx1.a.test", 10), MxHost("mx2.a.test", 20)))
-    assert mx.hops("a.test", hosts, 25) == (mx.Hop("mx1.a.test", 25), mx.Hop("mx2.a.test", 25))
+    expected = (mx.HostToTry("mx1.a.test", 25), mx.HostToTry("mx2.a.test", 25))
+    assert mx.hops("a.test", hosts, 25) == expected
     assert mx.hops("a.test", NoMx(), PORT) == (("a.test", PORT),)
 
     null = mx.hops("a.test", NullMx(), 25)
@@ -215,7 +216,7 @@ def test_hops_for_each_kind_of_mx_answer() -> None:
 
 
 def test_targets_keep_order_skip_repeats_and_respect_the_limit() -> None:
-    route = (mx.Hop("mx1", 25), mx.Hop("mx2", 25), mx.Hop("mx3", 25))
+    route = (mx.HostToTry("mx1", 25), mx.HostToTry("mx2", 25), mx.HostToTry("mx3", 25))
     answers: dict[str, AddressResult] = {
         "mx1": Addresses(("192.0.2.1", "2001:db8::1")),
         "mx2": Addresses(("192.0.2.1", "192.0.2.2")),
@@ -231,7 +232,7 @@ def test_targets_keep_order_skip_repeats_and_respect_the_limit() -> None:
 
 
 def test_targets_defer_on_dns_trouble_and_bounce_when_no_host_exists() -> None:
-    route = (mx.Hop("mx1", 25), mx.Hop("mx2", 25))
+    route = (mx.HostToTry("mx1", 25), mx.HostToTry("mx2", 25))
     half: dict[str, AddressResult] = {
         "mx1": Temporary("timed out"),
         "mx2": Addresses(("192.0.2.2",)),

@@ -22,7 +22,7 @@ from gateway.delivery import pipelining
 from gateway.dkim.canonical import parse_message, relaxed_body
 from gateway.dkim.errors import MessageFormatError
 from gateway.headers import MAX_LINE, canonical_problem, has_long_line, header_fields
-from gateway.smtpd.data import DataBudget, Refusal, Transfer
+from gateway.smtpd.data import DataBudget, Transfer, TransferRefusal
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -120,7 +120,9 @@ def test_has_long_line_is_the_longest_split_line(parts: list[tuple[int, bytes]])
 # --- the DATA reader, fed in random chunks -------------------------------------------------------
 
 
-def reference_data(stream: bytes, max_size: int) -> tuple[set[Refusal], bytes, bytes] | None:
+def reference_data(
+    stream: bytes, max_size: int
+) -> tuple[set[TransferRefusal], bytes, bytes] | None:
     """aiosmtpd 1.4.6's reading of DATA, a line at a time, but for the doubled dot, which
     RFC 5321 §4.5.3.1.6 leaves out of a line's length: the refusals that apply (either may
     be answered when both do), the content (unstuffed), and what follows the final dot;
@@ -136,9 +138,9 @@ def reference_data(stream: bytes, max_size: int) -> tuple[set[Refusal], bytes, b
         lines.append(text)
     refusals = set()
     if sum(map(len, lines)) > max_size:
-        refusals.add(Refusal.TOO_BIG)
+        refusals.add(TransferRefusal.TOO_BIG)
     if any(len(text) - 2 - text.startswith(b".") > MAX_LINE for text in lines):
-        refusals.add(Refusal.LINE_TOO_LONG)
+        refusals.add(TransferRefusal.LINE_TOO_LONG)
     content = b"".join(text[1:] if text.startswith(b".") else text for text in lines)
     return refusals, content, stream[at:]
 

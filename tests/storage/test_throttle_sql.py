@@ -64,11 +64,11 @@ async def test_rolling_window(backend: Database) -> None:
     granted = [await _reserve(backend, start + i, 3, 10.0, 0) for i in range(3)]
     assert all(isinstance(g, int) and g > 0 for g in granted)
     refused = await _reserve(backend, start + 5, 3, 10.0, 0)
-    assert isinstance(refused, sql.Refused) and refused.reason == "rate"
+    assert isinstance(refused, sql.OverLimit) and refused.reason == "rate"
     assert refused.slots == (start + 10, start + 11, start + 12)
     # The first send leaves the window at start + 10: one slot again, and only one.
     assert isinstance(await _reserve(backend, start + 10.5, 3, 10.0, 0), int)
-    assert isinstance(await _reserve(backend, start + 10.6, 3, 10.0, 0), sql.Refused)
+    assert isinstance(await _reserve(backend, start + 10.6, 3, 10.0, 0), sql.OverLimit)
 
 
 async def test_a_sent_row_moves_its_window(backend: Database) -> None:
@@ -76,7 +76,7 @@ async def test_a_sent_row_moves_its_window(backend: Database) -> None:
     send_id = await _reserve(backend, 100.0, 1, 10.0, 0)
     assert await _finish(backend, send_id, 104.0) == 1
     refused = await _reserve(backend, 111.0, 1, 10.0, 0)  # 10 s after the answer, not the start
-    assert isinstance(refused, sql.Refused) and refused.slots == (114.0,)
+    assert isinstance(refused, sql.OverLimit) and refused.slots == (114.0,)
 
 
 async def test_a_send_in_flight_counts_however_long_it_takes(backend: Database) -> None:
@@ -90,17 +90,17 @@ async def test_a_send_in_flight_counts_however_long_it_takes(backend: Database) 
     assert await _ats(backend) == [start + lease]
     refused = await _reserve(backend, start + 0.5, 1, 1.0, 0, lease)
     # It could end any moment: the earliest slot is a window from now, not from its lease.
-    assert isinstance(refused, sql.Refused) and refused.slots == (start + 1.5,)
+    assert isinstance(refused, sql.OverLimit) and refused.slots == (start + 1.5,)
     for later in (start + 1.01, start + 30.0, start + 119.0):  # still in flight: refused
         refused = await _reserve(backend, later, 1, 1.0, 0, lease)
-        assert isinstance(refused, sql.Refused) and refused.reason == "rate"
+        assert isinstance(refused, sql.OverLimit) and refused.reason == "rate"
         assert refused.slots == (later + 1.0,)
     assert await _ats(backend) == [start + lease]  # never pruned while in flight
 
     done = start + 40.0  # the upstream answers (or the send fails) at T
     assert await _finish(backend, send_id, done) == 1  # the row was still there
     refused = await _reserve(backend, done + 0.99, 1, 1.0, 0, lease)
-    assert isinstance(refused, sql.Refused) and refused.slots == (done + 1.0,)
+    assert isinstance(refused, sql.OverLimit) and refused.slots == (done + 1.0,)
     assert isinstance(await _reserve(backend, done + 1.0, 1, 1.0, 0, lease), int)
     assert await _ats(backend) == [done + 1.0 + lease]  # the finished send pruned, not before
 
@@ -113,12 +113,12 @@ async def test_a_renewed_lease_holds_and_an_abandoned_one_runs_out(backend: Data
     await _renew(backend, send_id, start + 8.0 + 10.0)  # renewed at +8, then its node dies
     assert await _ats(backend) == [start + 10.0, start + 18.0]
     # The other one, never renewed, runs out with its lease: counted until +10 + window.
-    assert isinstance(await _reserve(backend, start + 10.5, 2, 1.0, 0, 10.0), sql.Refused)
+    assert isinstance(await _reserve(backend, start + 10.5, 2, 1.0, 0, 10.0), sql.OverLimit)
     assert isinstance(await _reserve(backend, start + 11.0, 2, 1.0, 0, 10.0), int)
     # The renewed one lapses at +18 (no renewal since): it frees its slot at +19; the one
     # just reserved, in flight, no sooner than a window from now.
     refused = await _reserve(backend, start + 18.5, 2, 1.0, 0, 10.0)
-    assert isinstance(refused, sql.Refused) and refused.slots == (start + 19.0, start + 19.5)
+    assert isinstance(refused, sql.OverLimit) and refused.slots == (start + 19.0, start + 19.5)
     assert isinstance(await _reserve(backend, start + 19.0, 2, 1.0, 0, 10.0), int)
     assert await _finish(backend, send_id, start + 30.0) == 0  # long gone: a no-op
 
@@ -157,7 +157,7 @@ async def test_daily_cap_until_utc_midnight(backend: Database) -> None:
     for _ in range(2):
         assert await _reserve(backend, noon, 0, 0.0, 2) == 0
     refused = await _reserve(backend, noon + 60, 0, 0.0, 2)
-    assert isinstance(refused, sql.Refused) and refused.reason == "daily"
+    assert isinstance(refused, sql.OverLimit) and refused.reason == "daily"
     assert refused.slots == (1_700_092_800.0,)  # 2023-11-16 00:00 UTC
     assert await _reserve(backend, 1_700_092_800.0, 0, 0.0, 2) == 0  # a new day
 
