@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from functools import cached_property
 
 from argon2 import PasswordHasher, profiles
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -50,10 +49,8 @@ class Passwords:
     def __init__(self, hasher: PasswordHasher | None = None, parallel: int = PARALLEL) -> None:
         self.hasher = hasher or PasswordHasher.from_parameters(PROFILE)
         self._slots = asyncio.Semaphore(parallel)
-
-    @cached_property
-    def _dummy(self) -> str:
-        return self.hasher.hash(secrets.token_urlsafe(18))
+        # Made now, not at the first unknown user's login (which would cost twice).
+        self._dummy = self.hasher.hash(secrets.token_urlsafe(18))
 
     def hash(self, password: str) -> str:
         """The PHC string of `password` (blocks ~50 ms: off the loop in a server)."""

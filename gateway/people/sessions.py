@@ -80,9 +80,8 @@ class Sessions:
         if found is None or not found[1].is_active:
             return None
         session, user = found
-        if min(now + self.lifetimes.idle, session.absolute_expires_at) - session.expires_at > (
-            TOUCH_EVERY
-        ):
+        slid = min(now + self.lifetimes.idle, session.absolute_expires_at)
+        if slid - session.expires_at > TOUCH_EVERY:
             await stored.touch_session(self._db, session.id, now=now, idle=self.lifetimes.idle)
         return LoggedIn(session, user)
 

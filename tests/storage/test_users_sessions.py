@@ -7,9 +7,11 @@ import asyncio
 import hashlib
 
 import pytest
+from sqlalchemy import Connection, text
 
 from storage import sessions, users
-from storage.db import Database
+from storage.db import Database, create_schema
+from storage.models import SCHEMA_VERSION
 
 HOUR = 3600.0
 
@@ -94,3 +96,20 @@ async def test_revoke_one_all_and_rotate(backend: Database) -> None:
     assert await sessions.revoke_session(backend, made[1].id, user_id=user.id)
     assert await sessions.revoke_user_sessions(backend, user.id, keep=rotated.id) == 1
     assert [s.id for s in await sessions.list_user_sessions(backend, user.id, 2.0)] == [rotated.id]
+
+
+async def test_a_schema_5_database_gains_the_tables(backend: Database) -> None:
+    def to_schema_5(conn: Connection) -> None:
+        conn.execute(text("DROP TABLE sessions"))
+        conn.execute(text("DROP TABLE users"))
+        conn.execute(text("UPDATE postern_meta SET value = '5' WHERE key = 'schema_version'"))
+
+    await backend.transaction(to_schema_5)
+    await create_schema(backend)
+    assert (await _user(backend, "a@example.com")).role == "owner"
+    version = await backend.read(
+        lambda conn: conn.execute(
+            text("SELECT value FROM postern_meta WHERE key = 'schema_version'")
+        ).scalar()
+    )
+    assert version == str(SCHEMA_VERSION) == "6"
