@@ -1,10 +1,10 @@
 """Passwords: argon2id through argon2-cffi, verified off the event loop.
 
 The parameters are argon2-cffi's RFC 9106 low-memory profile (64 MiB, 3 passes, 4 lanes):
-about 50 ms a verification. A hash made with other parameters still verifies, and says it
-needs a rehash (the login that proved the password stores a new one). An unknown user's
-login verifies a dummy hash made with the same parameters, so it costs what a known
-user's does.
+tens of milliseconds a verification (bench/login.py). A hash made with other parameters
+still verifies, and says it needs a rehash (the login that proved the password stores a new
+one). An unknown user's login verifies a dummy hash made with the same parameters, so it
+costs what a known user's does.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class Passwords:
         self._dummy = self.hasher.hash(secrets.token_urlsafe(18))
 
     def hash(self, password: str) -> str:
-        """The PHC string of `password` (blocks ~50 ms: off the loop in a server)."""
+        """The PHC string of `password` (blocks for a whole argon2 run: hash_async in a server)."""
         return self.hasher.hash(password)
 
     async def hash_async(self, password: str) -> str:
