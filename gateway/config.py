@@ -156,6 +156,12 @@ class WebhooksConfig:
 
 
 @dataclass(frozen=True)
+class AuthConfig:
+    session_idle: float = 12 * 3600.0  # a session unused this long ends
+    session_absolute: float = 7 * 86400.0  # a session ends this long after login, used or not
+
+
+@dataclass(frozen=True)
 class PoolConfig:
     name: str
     host: str
@@ -189,6 +195,7 @@ class Config:
     dns: DnsConfig = field(default_factory=DnsConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
     pools: tuple[PoolConfig, ...] = ()
 
 
@@ -410,6 +417,10 @@ _SECTIONS: dict[str, tuple[type, dict[str, Converter]]] = {
             "allow_private": _bool,
         },
     ),
+    "auth": (
+        AuthConfig,
+        {"session_idle": _positive_duration, "session_absolute": _positive_duration},
+    ),
 }
 
 _POOL_KEYS: dict[str, Converter] = {
@@ -502,6 +513,10 @@ def _check(config: Config) -> None:
         raise ConfigError(
             "storage.retention: must be at least webhooks.max_age (events still owed to a "
             "receiver must not be deleted)"
+        )
+    if not 60 <= config.auth.session_idle <= config.auth.session_absolute:
+        raise ConfigError(
+            "auth.session_idle: must be at least 1m and at most auth.session_absolute"
         )
     url = config.storage.url
     if url and not url.startswith(("postgresql", "sqlite")):

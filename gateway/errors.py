@@ -15,6 +15,9 @@ The SMTP door answers through gateway.smtpd.replies, the HTTP door through api.e
     │   │   ├── InvalidCursor           (storage.message_search) also a ValueError
     │   │   ├── UnknownScope            (storage.keys) also a ValueError
     │   │   ├── BadMoveTarget           (storage.pools) also a PoolError
+    │   │   ├── UnknownRole             (people.roles) also a ValueError
+    │   │   ├── BadUserField            (people.users) also a ValueError
+    │   │   ├── WeakPassword            (people.passwords)
     │   │   └── _DuplicateKey           (api.schemas) a JSON key given twice
     │   ├── Refusal                     (intake.pipeline) the sending policy refuses it
     │   │   ├── AllSuppressed           every recipient is suppressed
@@ -35,7 +38,10 @@ The SMTP door answers through gateway.smtpd.replies, the HTTP door through api.e
     │   ├── PoolError                   (storage.pools) PoolNotFound, PoolReadOnly,
     │   │                               PoolNameTaken, ConfigDefault, PoolInUse, BadMoveTarget
     │   ├── DomainExists                (storage.domains)
-    │   └── DkimKeyError                (storage.dkim_keys) DkimKeyNotFound, DkimKeyExists
+    │   ├── DkimKeyError                (storage.dkim_keys) DkimKeyNotFound, DkimKeyExists
+    │   ├── UserError                   (storage.users) UserExists, UserNotFound, LastOwner
+    │   ├── RoleRefused                 (people.roles) the actor's role forbids it; `code`
+    │   └── LoginRefused                (people.users) wrong email or password, whichever
     ├── IdempotencyError                the idempotency key was seen before
     │   ├── Duplicate                   (storage.idempotency) same request: the first stands
     │   └── KeyReused                   (storage.idempotency) another request: refused

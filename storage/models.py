@@ -11,7 +11,7 @@ from sqlalchemy import DDL, BigInteger, Boolean, Column, Index, Integer, LargeBi
 from sqlalchemy.event import listen
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 # A 64-bit key on PostgreSQL; on SQLite exactly INTEGER, so that it is the rowid.
 BIG_ID = BigInteger().with_variant(Integer(), "sqlite")
@@ -394,3 +394,40 @@ class PoolDay(SQLModel, table=True):
     pool_id: str = Field(primary_key=True, max_length=64)
     day: str = Field(primary_key=True, max_length=10)  # YYYY-MM-DD
     count: int = 0
+
+
+class User(SQLModel, table=True):
+    """A person who logs in (machines use API keys). `email` is the mailbox_key form."""
+
+    __tablename__ = "users"  # `user` is a reserved word in PostgreSQL
+
+    id: str = Field(primary_key=True, max_length=64)  # usr_...
+    email: str = Field(unique=True, max_length=320)
+    name: str = Field(default="", max_length=128)
+    password_hash: str = Field(max_length=256)  # argon2id, PHC string form
+    role: str = Field(max_length=16)  # owner | admin | member
+    disabled_at: float | None = None
+    created_at: float
+    updated_at: float
+
+
+class UserSession(SQLModel, table=True):
+    """A logged-in browser: only the SHA-256 of its random token is kept. `expires_at`
+    slides with use and never passes `absolute_expires_at`, so it alone says when the
+    session ends (the purge reads its index)."""
+
+    __tablename__ = "sessions"
+    __table_args__ = (
+        Index("ix_sessions_user", "user_id"),
+        Index("ix_sessions_expires", "expires_at"),
+    )
+
+    id: str = Field(primary_key=True, max_length=64)  # ses_...
+    user_id: str = Field(max_length=64)
+    token_hash: str = Field(unique=True, max_length=64)  # hex SHA-256 of the token
+    created_at: float
+    last_seen_at: float
+    expires_at: float
+    absolute_expires_at: float
+    user_agent: str = Field(default="", max_length=256)
+    ip: str = Field(default="", max_length=64)

@@ -22,6 +22,7 @@ from gateway.process.commands import backup as cli_backup
 from gateway.process.commands import dkim as cli_dkim
 from gateway.process.commands import domains as cli_domains
 from gateway.process.commands import queue as cli_queue
+from gateway.process.commands import users as cli_users
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     cli_domains.add_commands(commands)
     cli_queue.add_commands(commands)
     cli_backup.add_commands(commands)
+    cli_users.add_commands(commands)
     return parser
 
 
@@ -118,7 +120,7 @@ def _main(argv: Sequence[str] | None) -> int:
             return 0
         if args.command != "serve":
             instance.require_database(config, config_path)
-        for commands in (cli_admin, cli_backup, cli_dkim, cli_domains, cli_queue):
+        for commands in (cli_admin, cli_backup, cli_dkim, cli_domains, cli_queue, cli_users):
             if args.command in commands.COMMANDS:
                 return commands.run(args, config)
         _setup_logging(args.log_level)

@@ -534,3 +534,20 @@ def test_metrics_listen_parsed(tmp_path: Path) -> None:
     config = load(write(tmp_path, '[http]\nmetrics_listen = "127.0.0.1:9102"\n'))
     assert config.http.metrics_listen == ("127.0.0.1", 9102)
     assert Config().http.metrics_listen is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '[auth]\nsession_idle = "30s"\n',
+        '[auth]\nsession_idle = "2d"\nsession_absolute = "1d"\n',
+        '[auth]\nsession_absolute = "0s"\n',
+    ],
+)
+def test_session_lifetimes_refused(tmp_path: Path, text: str) -> None:
+    assert "auth.session_" in refusal(tmp_path, text)
+
+
+def test_session_lifetimes_read(tmp_path: Path) -> None:
+    config = load(write(tmp_path, '[auth]\nsession_idle = "1h"\nsession_absolute = "1d"\n'))
+    assert (config.auth.session_idle, config.auth.session_absolute) == (3600.0, 86400.0)

@@ -1,0 +1,2 @@
+"""People: users, their passwords and roles, and their sessions (what a browser logs in to;
+machines keep using API keys)."""

@@ -1,0 +1,104 @@
+"""Sessions: a random token in the browser, its SHA-256 in storage.
+
+A session slides: each use moves its end to `idle` from now, never past `absolute` from its
+start. Storing the new end costs a write, so a session is touched only when its end would
+move by more than TOUCH_EVERY (a request a second stays one read). Rotation (at login, on a
+role change) replaces the session in one transaction: the old token stops working as the
+new one starts. The clock is passed in, so that expiry is tested without waiting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from storage import sessions as stored
+from storage.db import Database
+from storage.sessions import SessionRecord
+from storage.users import UserRecord
+
+TOKEN_BYTES = 32  # secrets.token_urlsafe(32): 43 characters
+TOKEN_MAX = 128  # longer is no token of ours: refused before hashing
+TOUCH_EVERY = 60.0
+
+
+@dataclass(frozen=True)
+class Lifetimes:
+    idle: float = 12 * 3600.0
+    absolute: float = 7 * 86400.0
+
+
+@dataclass(frozen=True)
+class LoggedIn:
+    """A live session and its (active) user."""
+
+    session: SessionRecord
+    user: UserRecord
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(TOKEN_BYTES)
+
+
+class Sessions:
+    def __init__(
+        self,
+        db: Database,
+        lifetimes: Lifetimes | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._db = db
+        self.lifetimes = lifetimes or Lifetimes()
+        self._clock = clock
+
+    async def start(
+        self, user: UserRecord, user_agent: str = "", ip: str = "", replaces: str | None = None
+    ) -> tuple[str, SessionRecord]:
+        """A new session for `user` (ending `replaces`, if given): the token for the cookie,
+        shown this once, and the stored record."""
+        token = new_token()
+        record = await stored.create_session(
+            self._db, user.id, hash_token(token), now=self._clock(),
+            idle=self.lifetimes.idle, absolute=self.lifetimes.absolute,
+            user_agent=user_agent, ip=ip, replaces=replaces,
+        )  # fmt: skip
+        return token, record
+
+    async def resolve(self, token: str) -> LoggedIn | None:
+        """The live session this token opens, with its active user, or None; slides it."""
+        if not token or len(token) > TOKEN_MAX:
+            return None
+        now = self._clock()
+        found = await stored.find_session(self._db, hash_token(token), now)
+        if found is None or not found[1].is_active:
+            return None
+        session, user = found
+        slid = min(now + self.lifetimes.idle, session.absolute_expires_at)
+        if slid - session.expires_at > TOUCH_EVERY:
+            await stored.touch_session(self._db, session.id, now=now, idle=self.lifetimes.idle)
+        return LoggedIn(session, user)
+
+    async def rotate(self, logged_in: LoggedIn, user_agent: str = "", ip: str = "") -> str:
+        """Replace the session with a new one for the same user; the new token."""
+        token, _ = await self.start(logged_in.user, user_agent, ip, replaces=logged_in.session.id)
+        return token
+
+    async def end(self, session_id: str, user_id: str | None = None) -> bool:
+        """End one session (only `user_id`'s, when given: a user revoking their own)."""
+        return await stored.revoke_session(self._db, session_id, user_id)
+
+    async def end_all(self, user_id: str, keep: str | None = None) -> int:
+        return await stored.revoke_user_sessions(self._db, user_id, keep)
+
+    async def list(self, user_id: str) -> list[SessionRecord]:
+        return await stored.list_user_sessions(self._db, user_id, self._clock())
+
+    async def purge(self) -> int:
+        return await stored.purge_expired(self._db, self._clock())

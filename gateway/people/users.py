@@ -1,0 +1,117 @@
+"""Users: creation, login, role changes, disabling and password resets, each with the role
+checks of gateway.people.roles. `actor` is the role of whoever acts (None: the operator at
+the console, who may do anything).
+
+A login refusal is one LoginRefused whatever the cause (no such user, wrong password,
+disabled), after the same work: one argon2 verification.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from gateway.addresses import envelope_problem, has_control, mailbox_key
+from gateway.errors import InvalidInput, Refused
+from gateway.people import passwords as pw
+from gateway.people import roles
+from storage import sessions as stored_sessions
+from storage import users as stored
+from storage.db import Database
+from storage.users import UserNotFound, UserRecord
+
+NAME_MAX = 128
+
+
+class LoginRefused(Refused):
+    """Wrong email or password (the text never says which, nor whether the user exists)."""
+
+    def __init__(self) -> None:
+        super().__init__("wrong email or password")
+
+
+class BadUserField(InvalidInput, ValueError):
+    """An email or name that cannot be a user's."""
+
+
+def check_email(email: str) -> str:
+    """The email's mailbox_key form, or BadUserField."""
+    problem = "control character" if has_control(email) else envelope_problem(email)
+    if problem or "@" not in email:
+        raise BadUserField(f"{email!r} is not an email address: {problem or 'no domain'}")
+    return mailbox_key(email)
+
+
+def check_name(name: str) -> str:
+    if len(name) > NAME_MAX or has_control(name):
+        raise BadUserField(f"a name has at most {NAME_MAX} printable characters")
+    return name.strip()
+
+
+class Users:
+    def __init__(
+        self, db: Database, passwords: pw.Passwords, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._db = db
+        self._passwords = passwords
+        self._clock = clock
+
+    async def create(
+        self, email: str, role: str, password: str, name: str = "", actor: str | None = None
+    ) -> UserRecord:
+        roles.require_user_manager(actor)
+        roles.require_may_grant(actor, role)
+        key, name = check_email(email), check_name(name)
+        password_hash = await self._passwords.hash_async(pw.check_new(password))
+        return await stored.create_user(self._db, key, name, role, password_hash, self._clock())
+
+    async def login(self, email: str, password: str) -> UserRecord:
+        """The user these credentials are for; LoginRefused after one verification, whatever
+        the reason. A hash with outdated parameters is replaced by one with today's."""
+        user = await stored.find_by_email(self._db, email) if len(email) <= 320 else None
+        matched = await self._passwords.verify(user.password_hash if user else None, password)
+        if user is None or not matched or not user.is_active:
+            raise LoginRefused()
+        if self._passwords.needs_rehash(user.password_hash):
+            new_hash = await self._passwords.hash_async(password)
+            user = await stored.set_password(self._db, user.id, new_hash, self._clock())
+        return user
+
+    async def find(self, email: str) -> UserRecord:
+        user = await stored.find_by_email(self._db, check_email(email))
+        if user is None:
+            raise UserNotFound(f"no user with email {mailbox_key(email)}")
+        return user
+
+    async def change_role(self, user_id: str, role: str, actor: str | None = None) -> UserRecord:
+        """Set the role; LastOwner if it would demote the last active owner."""
+        roles.require_user_manager(actor)
+        target = await self._get(user_id)
+        roles.require_may_touch(actor, target.role)
+        roles.require_may_grant(actor, role)
+        return await stored.set_role(self._db, user_id, role, self._clock())
+
+    async def disable(self, user_id: str, actor: str | None = None) -> UserRecord:
+        """Disable the user (their sessions stop opening at once); LastOwner for the last
+        active owner."""
+        roles.require_user_manager(actor)
+        target = await self._get(user_id)
+        roles.require_may_touch(actor, target.role)
+        return await stored.disable_user(self._db, user_id, self._clock())
+
+    async def reset_password(
+        self, user_id: str, password: str, actor: str | None = None
+    ) -> UserRecord:
+        roles.require_user_manager(actor)
+        target = await self._get(user_id)
+        roles.require_may_touch(actor, target.role)
+        password_hash = await self._passwords.hash_async(pw.check_new(password))
+        changed = await stored.set_password(self._db, user_id, password_hash, self._clock())
+        await stored_sessions.revoke_user_sessions(self._db, user_id)  # logged out everywhere
+        return changed
+
+    async def _get(self, user_id: str) -> UserRecord:
+        user = await stored.get_user(self._db, user_id)
+        if user is None:
+            raise UserNotFound(f"no user with id {user_id}")
+        return user
