@@ -42,6 +42,18 @@ def check_email(email: str) -> str:
     return mailbox_key(email)
 
 
+def _may_be_stored(email: str) -> bool:
+    """Whether `email` could be a stored user's (looked up) or is no address at all (not
+    looked up, but verified against the dummy hash all the same)."""
+    if len(email) > 320 or has_control(email):
+        return False
+    try:
+        email.encode("utf-8")  # a lone surrogate cannot be sent to the database
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_name(name: str) -> str:
     if len(name) > NAME_MAX or has_control(name):
         raise BadUserField(f"a name has at most {NAME_MAX} printable characters")
@@ -68,7 +80,7 @@ class Users:
     async def login(self, email: str, password: str) -> UserRecord:
         """The user these credentials are for; LoginRefused after one verification, whatever
         the reason. A hash with outdated parameters is replaced by one with today's."""
-        user = await stored.find_by_email(self._db, email) if len(email) <= 320 else None
+        user = await stored.find_by_email(self._db, email) if _may_be_stored(email) else None
         matched = await self._passwords.verify(user.password_hash if user else None, password)
         if user is None or not matched or not user.is_active:
             raise LoginRefused()

@@ -72,6 +72,9 @@ async def test_every_refused_login_costs_one_verification(backend: Database) -> 
         ("a@example.com", "wrong password!"),
         ("b@example.com", SECRET),
         ("a@example.com", "x" * 5000),
+        ("a@\udcffexample.com", SECRET),  # no address to look up: the dummy hash all the same
+        ("a\r\n@example.com", SECRET),
+        ("a" * 400 + "@example.com", SECRET),
     ]:
         counting.verified = 0
         with pytest.raises(LoginRefused) as refused:
