@@ -10,6 +10,7 @@ new one starts. The clock is passed in, so that expiry is tested without waiting
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 import time
 from collections.abc import Callable
@@ -19,6 +20,8 @@ from storage import sessions as stored
 from storage.db import Database
 from storage.sessions import SessionRecord
 from storage.users import UserRecord
+
+log = logging.getLogger("postern.people")
 
 TOKEN_BYTES = 32  # secrets.token_urlsafe(32): 43 characters
 TOKEN_MAX = 128  # longer is no token of ours: refused before hashing
@@ -102,3 +105,11 @@ class Sessions:
 
     async def purge(self) -> int:
         return await stored.purge_expired(self._db, self._clock())
+
+
+async def purge_expired_sessions(sessions: Sessions) -> None:
+    """Delete the sessions past their end (the process runs it as a loop: idempotent, so every
+    node may)."""
+    removed = await sessions.purge()
+    if removed:
+        log.info("purged %d expired sessions", removed)

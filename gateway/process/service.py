@@ -44,6 +44,7 @@ from gateway.dkim.signing_process import SigningProcess
 from gateway.dns import Resolver
 from gateway.intake.identities import Identities
 from gateway.intake.pipeline import Intake
+from gateway.people.sessions import Lifetimes, Sessions, purge_expired_sessions
 from gateway.process import logs
 from gateway.process.http_server import DoorLimits, HttpDoor
 from gateway.process.instance import DataDirLock, database_of
@@ -154,7 +155,7 @@ class Service:
         try:
             await self._start()
         except BaseException:
-            self._release_lock()
+            await self._undo_start()
             with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
                 asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             raise
@@ -285,6 +286,10 @@ class Service:
         loops.every(WATCH_INTERVAL, pools.look, "checking for pool changes")  # other nodes
         purge = partial(purge_idempotency_keys, db)  # both doors reserve keys
         loops.every(PURGE_INTERVAL, purge, "purging idempotency keys", at_once=True)
+        auth = config.auth
+        sessions = Sessions(db, Lifetimes(auth.session_idle, auth.session_absolute))
+        purge = partial(purge_expired_sessions, sessions)
+        loops.every(PURGE_INTERVAL, purge, "purging expired sessions", at_once=True)
 
     async def _open_doors(
         self,
@@ -420,6 +425,22 @@ class Service:
         """End what start made, in about the reverse order; but delivery drains (within
         drain_timeout of the call) as soon as the doors are closed and nothing new starts."""
         log.info("stopping: no new connections; finishing in-flight work")
+        await self._end_parts()
+        log.info("stopped")
+
+    async def _undo_start(self) -> None:
+        """A start that failed part-way ends what it had made (the writer's thread, workers,
+        loops, the database) rather than leave them to the event loop's close; its own error
+        is the one reported."""
+        try:
+            await self._end_parts()
+        except Exception:
+            log.exception("while undoing a failed start")
+        finally:
+            self._release_lock()
+
+    async def _end_parts(self) -> None:
+        """Every part made, ended; a part never made (None) is passed over."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.drain_timeout  # deliveries end within it
         await self._close_doors()
@@ -444,7 +465,6 @@ class Service:
         if self.db is not None:
             await self.db.dispose()
         self._release_lock()
-        log.info("stopped")
 
     async def _close_doors(self) -> None:
         """No new connections or requests; let end-of-data commits finish (5 s at most),

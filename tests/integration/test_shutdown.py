@@ -21,9 +21,17 @@ from gateway.delivery.upstream import PoolSettings, PoolUnavailable, SessionSett
 from gateway.delivery.workers import PoolRegistry
 from gateway.dns import Resolver
 from gateway.message import Outcome, QueuedMessage
+from gateway.process.startup import StartupError
 from gateway.security.hostguard import HostGuard
 from tests.support.rows import message_row, query
-from tests.support.service import SINK_POOL, ManagedService, ServiceFactory, metric, wait_until
+from tests.support.service import (
+    SINK_POOL,
+    ConfigFactory,
+    ManagedService,
+    ServiceFactory,
+    metric,
+    wait_until,
+)
 from tests.support.sink import Sink
 from tests.support.smtp import SENDER, message, queued_id, smtp_send
 
@@ -127,3 +135,27 @@ async def test_an_mx_host_first_used_after_the_cut_off_gets_no_send(sink: Sink) 
     assert "shutting down" in results["a@[127.0.0.1]"].describe()
     assert sink.connections_total == 0 and sink.messages == []
     await routes.close()
+
+
+async def test_a_start_that_fails_late_ends_what_it_had_started(
+    config_factory: ConfigFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure in the last phase (the doors) leaves no writer thread, worker or loop
+    behind, and frees the data_dir for the next start."""
+
+    async def doors_fail(*args: object, **kwargs: object) -> None:
+        raise StartupError("the doors would not open")
+
+    config = config_factory()
+    failing = ManagedService(config)
+    monkeypatch.setattr(failing, "_open_doors", doors_fail)
+    with pytest.raises(StartupError):
+        await failing.start()
+    assert failing.writer is not None and not failing.writer.running
+    current = asyncio.current_task()
+    left = [t.get_name() for t in asyncio.all_tasks() if t is not current and not t.done()]
+    assert not [name for name in left if name.startswith(("worker-", "poller", "housekeeping"))]
+    assert not [name for name in left if "refresh" in name or "purging" in name], left
+    again = ManagedService(config)  # the lock on data_dir was given back
+    await again.start()
+    await again.stop()
