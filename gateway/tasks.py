@@ -25,17 +25,18 @@ async def repeat(
     work: Callable[[], Awaitable[None]],
     what: str,
     at_once: bool = False,
+    logger: logging.Logger = log,
 ) -> None:
     """Run `work` every `interval` seconds (the first time after one interval, or at once)
-    until cancelled. A failure is logged as "<what> failed" and the next round comes all
-    the same: housekeeping must never die."""
+    until cancelled. A failure is logged (on the owner's `logger`) as "<what> failed" and
+    the next round comes all the same: housekeeping must never die."""
     if not at_once:
         await asyncio.sleep(interval)
     while True:
         try:
             await work()
         except Exception as error:
-            log.warning("%s failed: %s", what, error)
+            logger.warning("%s failed: %s", what, error)
         await asyncio.sleep(interval)
 
 

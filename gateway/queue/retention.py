@@ -7,7 +7,7 @@ import asyncio
 import logging
 import time
 
-from gateway.tasks import cancel_and_wait
+from gateway.tasks import cancel_and_wait, repeat
 from storage.retention import purge_chunk
 from storage.writer import Writer
 
@@ -25,7 +25,8 @@ class Retention:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="retention")
+        sweeps = repeat(self._interval, self._sweep_and_report, "retention sweep", logger=log)
+        self._task = asyncio.get_running_loop().create_task(sweeps, name="retention")
 
     async def stop(self) -> None:
         await cancel_and_wait(self._task)
@@ -42,13 +43,7 @@ class Retention:
                 return total
             await asyncio.sleep(0.05)  # let intake's commits through between chunks
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            try:
-                removed = await self.sweep()
-            except Exception as error:  # storage trouble: try again next time
-                log.warning("retention sweep failed: %s", error)
-                continue
-            if removed:
-                log.info("retention: deleted %d final messages older than the limit", removed)
+    async def _sweep_and_report(self) -> None:
+        removed = await self.sweep()  # storage trouble: logged by repeat, tried next time
+        if removed:
+            log.info("retention: deleted %d final messages older than the limit", removed)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from gateway import metrics
 from gateway.config import WebhooksConfig
 from gateway.security.hostguard import HostGuard
-from gateway.tasks import cancel_and_wait
+from gateway.tasks import cancel_and_wait, repeat
 from gateway.webhooks.sender import WebhookSender
 from storage import webhook_outbox as outbox
 from storage.db import Database
@@ -66,14 +66,17 @@ class Webhooks:
             max_age=s.max_age,
         )
         self._task: asyncio.Task[None] | None = None
+        self._prune_at = 0.0  # loop time of the next prune of attempt rows
 
     async def start(self) -> None:
         if self._send:
             await self.sender.release_all()  # what this node held when it last stopped
             self.sender.start()
-        self._task = asyncio.get_running_loop().create_task(
-            self._housekeeping(), name="webhook-housekeeping"
-        )
+        upkeep = repeat(
+            self.settings.gauge_every, self._housekeeping, "webhook housekeeping",
+            at_once=True, logger=log,
+        )  # fmt: skip
+        self._task = asyncio.get_running_loop().create_task(upkeep, name="webhook-housekeeping")
 
     async def stop(self) -> None:
         await cancel_and_wait(self._task)
@@ -82,21 +85,13 @@ class Webhooks:
             await self.sender.stop()
 
     async def _housekeeping(self) -> None:
-        """Refresh the pending gauge; keep only the latest attempt rows of each webhook."""
-        s = self.settings
-        loop = asyncio.get_running_loop()
-        prune_at = 0.0
-        while True:
-            try:
-                metrics.EVENTS_PENDING.set(await backlog(self._db))
-                if loop.time() >= prune_at:
-                    prune_at = loop.time() + s.prune_every
-                    await self._writer.submit(
-                        lambda conn: outbox.prune_attempts(conn, KEEP_ATTEMPTS)
-                    )
-            except Exception as error:  # storage trouble: try again later
-                log.warning("webhook housekeeping failed: %s", error)
-            await asyncio.sleep(s.gauge_every)
+        """Refresh the pending gauge; keep only the latest attempt rows of each webhook
+        (every prune_every)."""
+        metrics.EVENTS_PENDING.set(await backlog(self._db))
+        now = asyncio.get_running_loop().time()
+        if now >= self._prune_at:
+            self._prune_at = now + self.settings.prune_every
+            await self._writer.submit(lambda conn: outbox.prune_attempts(conn, KEEP_ATTEMPTS))
 
 
 async def start_webhooks(
