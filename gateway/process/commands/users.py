@@ -70,14 +70,9 @@ def _read_password() -> str:
 
 
 def _json(user: UserRecord) -> dict[str, Any]:
-    return {
-        "id": user.id,
-        "email": user.email,
-        "name": user.name,
-        "role": user.role,
-        "disabled_at": iso_seconds(user.disabled_at),
-        "created_at": iso_seconds(user.created_at),
-    }
+    """What the record shows (never the hash: UserRecord.as_json), times as the CLI prints them."""
+    times = ("disabled_at", "created_at", "updated_at")
+    return {**user.as_json(), **{name: iso_seconds(getattr(user, name)) for name in times}}
 
 
 async def _act(db: Database, args: argparse.Namespace, password: str | None) -> Any:
