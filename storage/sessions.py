@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from sqlalchemy import Connection, delete, func, select, update
@@ -44,18 +44,12 @@ class SessionRecord:
         return shown
 
 
+_COLUMNS = tuple(f.name for f in fields(SessionRecord))
+
+
 def _record(row: Any) -> SessionRecord:
-    return SessionRecord(
-        id=row.id,
-        user_id=row.user_id,
-        created_at=row.created_at,
-        last_seen_at=row.last_seen_at,
-        expires_at=row.expires_at,
-        absolute_expires_at=row.absolute_expires_at,
-        user_agent=row.user_agent,
-        ip=row.ip,
-        token_hash=row.token_hash,
-    )
+    """The record of a sessions row (as storage.users.user_from_row makes a user's)."""
+    return SessionRecord(**{name: getattr(row, name) for name in _COLUMNS})
 
 
 def _new(
