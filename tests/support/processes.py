@@ -4,6 +4,7 @@ port, and the child's environment. Free of pytest, so that bench/soak.py can use
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -13,11 +14,28 @@ REPO = Path(__file__).resolve().parents[2]
 LOOPBACK = "127.0.0.1"
 
 
+# Below Linux's ephemeral range (32768-60999): a port the kernel hands out with bind(0) is one it
+# may also give to an outgoing connection before the test listens on it (seen in CI: "Address
+# already in use" on a port bound and released a moment earlier). Ports given out by this process
+# are not given again, so two listeners of one test never collide either.
+_PORTS = range(20000, 32768)
+_given: set[int] = set()
+
+
 def free_port() -> int:
-    """A loopback TCP port nobody listens on (bound then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
+    """A loopback TCP port nobody listens on, outside the range outgoing connections use."""
+    for _ in range(200):
+        port = random.choice(_PORTS)
+        if port in _given:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((LOOPBACK, port))
+            except OSError:
+                continue
+        _given.add(port)
+        return port
+    raise RuntimeError("no free loopback port below the ephemeral range")
 
 
 # Set (as .ci/run sets it) to an installed `postern` executable, the child processes run that
