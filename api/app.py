@@ -201,7 +201,7 @@ def metrics_route(api: ApiContext | None, need_key: bool) -> Route:
         if need_key:
             if api is None:
                 raise errors.Unauthorized()
-            await authenticate(request, api.keys, api.limiter, "metrics")
+            await authenticate(request, api, "metrics")
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return Route("/metrics", metrics_endpoint, methods=["GET"])

@@ -1,15 +1,96 @@
-"""Who is calling: `Authorization: Bearer msk_...` -> an API key record, its scopes, and a
-per-key rate limit (a token bucket per node, sized by `[http] rate_limit`, that the SMTP
-listener draws on too: gateway.security.ratelimit).
+"""Who is calling: a machine with `Authorization: Bearer msk_...` (an API key), or a person
+with the session cookie `sb-access-token` (the seeds' name, so their clients work as
+written). Either way the route gets a Caller: what it may do, and whom it acts for.
+
+A key wins when both are sent, and is never subject to CSRF (a browser does not send it on
+its own). A cookie is: it authenticates no cross-site request (`Sec-Fetch-Site`), and a
+state-changing request it authenticates must come from this origin (`Origin`) and carry the
+session's CSRF token (`X-CSRF-Token`, or a form's `csrf_token`). The token is an HMAC of the
+session's own token, so it needs no storage, dies with the session and changes at rotation.
+
+Each caller draws on a per-node token bucket sized by `[http] rate_limit` (that the SMTP
+listener draws on too for keys: gateway.security.ratelimit).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
 from starlette.requests import Request
 
-from api.errors import Forbidden, RateLimited, Unauthorized
-from gateway.security.ratelimit import RateLimiter
-from storage.keys import ApiKeyRecord, KeyStore
+from api.errors import CsrfFailed, Forbidden, RateLimited, Unauthorized
+from api.forms import form_fields, is_form
+from gateway.people import roles
+from gateway.people.sessions import LoggedIn
+from storage.keys import SEND_SCOPES, ApiKeyRecord, scopes_allow
+from storage.sessions import SessionRecord
+from storage.users import UserRecord
+
+if TYPE_CHECKING:
+    from api.context import ApiContext
+
+COOKIE = "sb-access-token"
+CSRF_HEADER = "x-csrf-token"
+CSRF_FIELD = "csrf_token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_SAME_SITE = frozenset({"same-origin", "none"})  # `none`: typed in the address bar
+
+
+@dataclass(frozen=True)
+class Caller:
+    """A request's author: an API key (with its owner, if it has one) or a logged-in user.
+    `id` names it in records and logs (key_... or usr_...)."""
+
+    key: ApiKeyRecord | None = None
+    user: UserRecord | None = None
+    session: SessionRecord | None = None
+    token: str = field(default="", repr=False)  # the session's token, for its CSRF token
+
+    @property
+    def id(self) -> str:
+        if self.key is not None:
+            return self.key.id
+        assert self.user is not None
+        return self.user.id
+
+    @property
+    def role(self) -> str | None:
+        return self.user.role if self.user is not None else None
+
+    def has(self, scope: str) -> bool:
+        """Allowed by the key's scopes and by its user's role: a key never exceeds it."""
+        if self.key is not None and not self.key.has(scope):
+            return False
+        if self.user is not None and not scopes_allow(roles.scopes_of(self.user.role), scope):
+            return False
+        return self.key is not None or self.user is not None
+
+    @property
+    def may_send(self) -> bool:
+        return any(self.has(scope) for scope in SEND_SCOPES)
+
+    @property
+    def may_sandbox(self) -> bool:
+        return self.has("sandbox")
+
+    @property
+    def ip_pools(self) -> frozenset[str] | None:
+        """The ip_pools this caller may send through; None when it may use any."""
+        return self.key.ip_pools if self.key is not None else None
+
+    @property
+    def csrf_token(self) -> str:
+        return csrf_token(self.token) if self.token else ""
+
+
+def csrf_token(session_token: str) -> str:
+    digest = hmac.new(session_token.encode(), b"postern csrf", hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
 def bearer(request: Request) -> str | None:
@@ -20,18 +101,89 @@ def bearer(request: Request) -> str | None:
     return token.strip()
 
 
-async def authenticate(
-    request: Request, keys: KeyStore, limiter: RateLimiter, scope: str | None = None
-) -> ApiKeyRecord:
-    """The calling key (401 without a valid one, 429 over its rate, 403 without `scope`)."""
+async def authenticate(request: Request, ctx: ApiContext, scope: str | None = None) -> Caller:
+    """The caller (401 without a valid key or session, 403 for a cookie on a cross-site or
+    token-less change, 429 over its rate, 403 without `scope`)."""
     secret = bearer(request)
-    key = await keys.authenticate(secret) if secret else None
-    if key is None:
+    key = await ctx.keys.authenticate(secret) if secret is not None else None
+    caller = Caller(key=key) if key is not None else None
+    if secret is None:
+        caller = await session_caller(request, ctx)
+        if caller is not None and request.method not in SAFE_METHODS:
+            await check_csrf(request, caller)
+    if caller is None:
         raise Unauthorized()
-    request.state.key_id = key.id  # for the mail log's line of a refused send
-    wait = limiter.take(key.id)
+    request.state.key_id = caller.id  # for the mail log's line of a refused send
+    wait = ctx.limiter.take(caller.id)
     if wait > 0:
         raise RateLimited(wait)
-    if scope is not None and not key.has(scope):
-        raise Forbidden(f"this API key lacks the {scope!r} scope")
-    return key
+    if scope is not None and not caller.has(scope):
+        what = "this API key" if caller.key is not None else f"a {caller.role}"
+        raise Forbidden(f"{what} lacks the {scope!r} scope")
+    return caller
+
+
+async def session_caller(request: Request, ctx: ApiContext) -> Caller | None:
+    """The logged-in user of the session cookie, or None (no cookie, no live session, or a
+    cross-site request, which a cookie never authenticates). A session opened before the
+    user's role changed is rotated here: the new cookie goes out with this answer."""
+    token = request.cookies.get(COOKIE)
+    if not token or ctx.people is None or not same_site(request):
+        return None
+    logged_in = await ctx.people.sessions.resolve(token)
+    if logged_in is None:
+        return None
+    if logged_in.stale_role:
+        token, logged_in = await _rotate(request, ctx, logged_in)
+    return Caller(user=logged_in.user, session=logged_in.session, token=token)
+
+
+async def _rotate(request: Request, ctx: ApiContext, old: LoggedIn) -> tuple[str, LoggedIn]:
+    assert ctx.people is not None
+    token, record = await ctx.people.sessions.start(
+        old.user, old.session.user_agent, old.session.ip, replaces=old.session.id
+    )
+    request.state.new_session = token  # api.app.SessionCookies sets it on the answer
+    return token, LoggedIn(record, old.user)
+
+
+def same_site(request: Request) -> bool:
+    """Whether the browser says the request comes from a page of this site (or says
+    nothing: not a browser, or an old one, which the Origin check then covers)."""
+    site = request.headers.get("sec-fetch-site")
+    return site is None or site in _SAME_SITE
+
+
+def same_origin(request: Request, public_url: str = "") -> bool:
+    """Whether `Origin`, if sent, is this server's own (as the request reached it, or its
+    public URL): a change from another site's page is refused even without Sec-Fetch-Site."""
+    if not same_site(request):
+        return False
+    origin = request.headers.get("origin")
+    if origin is None:
+        return True
+    own = {f"{request.url.scheme}://{request.headers.get('host', '')}".lower()}
+    if public_url:
+        parts = urlsplit(public_url)
+        own.add(f"{parts.scheme}://{parts.netloc}".lower())
+    return origin.lower() in own
+
+
+async def check_csrf(request: Request, caller: Caller) -> None:
+    """A cookie-authenticated change: this origin, and the session's CSRF token."""
+    api = request.app.state.api
+    if not same_origin(request, api.public_url if api is not None else ""):
+        raise CsrfFailed("cross-origin request refused")
+    sent = request.headers.get(CSRF_HEADER) or await _form_token(request)
+    if not sent or not hmac.compare_digest(sent.encode(), caller.csrf_token.encode()):
+        raise CsrfFailed(
+            "missing or wrong CSRF token: send the csrf_token of GET /auth/me "
+            "as the X-CSRF-Token header"
+        )
+
+
+async def _form_token(request: Request) -> str | None:
+    """The `csrf_token` field of a url-encoded form (a page's form without JavaScript)."""
+    if is_form(request.headers.get("content-type", "")):  # the route reads the body again
+        return form_fields(await request.body()).get(CSRF_FIELD)
+    return None

@@ -12,6 +12,9 @@ from typing import Any
 from api.errors import Unavailable
 from api.management import Management
 from gateway.intake.pipeline import Intake
+from gateway.people.login_throttle import LoginThrottle
+from gateway.people.sessions import Sessions
+from gateway.people.users import Users
 from gateway.queue.store import Queue
 from gateway.queue.suppressions import SuppressionCache
 from gateway.security.ratelimit import RateLimiter
@@ -20,6 +23,15 @@ from storage.keys import KeyStore
 from storage.writer import Writer
 
 log = logging.getLogger("postern.api")
+
+
+@dataclass
+class People:
+    """Users and their sessions (absent in bare-app tests: only keys authenticate)."""
+
+    users: Users
+    sessions: Sessions
+    throttle: LoginThrottle = field(default_factory=LoginThrottle)
 
 
 @dataclass
@@ -39,12 +51,19 @@ class ApiContext:
     manage: Management | None = None  # pools, aliases, domains (absent in bare-app tests)
     queue: Queue | None = None  # retry/cancel of messages (absent in bare-app tests)
     wake: Callable[[], None] | None = None  # nudges this node's delivery poller after a retry
+    people: People | None = None  # users and sessions: without them, only keys authenticate
+    public_url: str = ""  # [http] public_url: its origin is this server's own, as the Host's
     _pending: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
 
     def management(self) -> Management:
         if self.manage is None:
             raise Unavailable("management is not available on this node")
         return self.manage
+
+    def persons(self) -> People:
+        if self.people is None:
+            raise Unavailable("users are not available on this node")
+        return self.people
 
     def message_queue(self) -> Queue:
         if self.queue is None:

@@ -11,14 +11,18 @@
     │   └── SmtpTestFailed    400 smtp_*_error      the connection test failed (MailSage view),
     │                             upstream_rejected the upstream refused the test message
     ├── Unauthorized          401 unauthorized      no key, an unknown or revoked key
-    ├── Forbidden             403 forbidden         the key lacks the scope or the ip_pool
+    ├── Forbidden             403 forbidden         the key or role lacks the scope or the ip_pool
+    │   ├── CsrfFailed        403 csrf_failed       a cookie's change without this origin or token
+    │   ├── RoleRefused       403 owner_required    only an owner may do this
+    │   │                         role_above_own    a role above the caller's own
     │   ├── UnverifiedSender  403 unverified_sender From is no verified domain or alias
     │   ├── AliasNotVerified  403 alias_not_verified    alias_id names an unverified alias
     │   └── LastVerifiedAlias 403 last_verified_alias   the only verified alias left
     ├── NotFound              404 not_found
     │   └── UnknownToken      404 invalid_token     unknown, used or expired verification link
     ├── MethodNotAllowed      405 method_not_allowed
-    ├── Conflict              409 conflict          the name, domain or address is taken
+    ├── Conflict              409 conflict          the name, domain, address or user is taken
+    │   ├── LastOwnerConflict 409 last_owner        it would leave no active owner
     │   ├── ConfigPool        409 config_pool       the pool is declared in the config file
     │   ├── AliasInUse        409 alias_in_use      queued mail still references the alias
     │   ├── PoolInUse         409 pool_in_use       queued mail still needs the pool (move_to)
@@ -59,9 +63,11 @@ from starlette.responses import JSONResponse, Response
 
 from gateway.errors import PosternError, StorageUnavailable
 from gateway.intake import pipeline as intake
+from gateway.people import passwords, roles, users
 from gateway.security.hostguard import HostRefused
 from storage import aliases, domains, pools
 from storage import errors as storage_errors
+from storage import users as stored_users
 from storage.idempotency import KeyReused
 
 log = logging.getLogger("postern.api")
@@ -113,7 +119,7 @@ class NoRoute(InvalidRequest):
 class Unauthorized(ApiError):
     status, code = 401, "unauthorized"
 
-    def __init__(self, error: str = "missing or invalid API key") -> None:
+    def __init__(self, error: str = "missing or invalid API key or session") -> None:
         super().__init__(error, headers={"WWW-Authenticate": "Bearer"})
 
 
@@ -146,6 +152,18 @@ class Forbidden(ApiError):
     status, code = 403, "forbidden"
 
 
+class CsrfFailed(Forbidden):
+    code = "csrf_failed"
+
+
+class OwnerRequired(Forbidden):
+    code = "owner_required"
+
+
+class RoleAboveOwn(Forbidden):
+    code = "role_above_own"
+
+
 class UnverifiedSender(Forbidden):
     code = "unverified_sender"
 
@@ -174,6 +192,10 @@ class MethodNotAllowed(ApiError):
 
 class Conflict(ApiError):
     status, code = 409, "conflict"
+
+
+class LastOwnerConflict(Conflict):
+    code = "last_owner"
 
 
 class ConfigPool(Conflict):
@@ -335,6 +357,15 @@ ANSWERS: dict[type[Exception], Answer] = {
     ),
     intake.UnverifiedSender: Answer(UnverifiedSender, "{error.reason}"),
     intake.NotPermitted: Answer(Forbidden, "{error.reason}"),
+    # people: who may do what
+    roles.OwnerRequired: Answer(OwnerRequired, "{error}"),
+    roles.RoleAboveOwn: Answer(RoleAboveOwn, "{error}"),
+    roles.LastOwner: Answer(LastOwnerConflict, "{error}"),
+    roles.UnknownRole: Answer(InvalidRequest, "role: {error}", field="role"),
+    users.BadUserField: Answer(InvalidRequest, "{error}"),
+    passwords.WeakPassword: Answer(InvalidRequest, "password: {error}", field="password"),
+    stored_users.UserExists: Answer(Conflict, "{error}"),
+    stored_users.UserNotFound: Answer(NotFound, "user not found"),
 }
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from api import errors
+from api.auth import Caller
 from api.context import ApiContext
 from api.management import Management
 from api.resource_schemas import HOST_PATTERN
@@ -40,7 +41,6 @@ from gateway.rates import parse_rate
 from gateway.security.hostguard import HostUnresolved
 from gateway.security.pool_secrets import seal
 from storage import pools
-from storage.keys import ApiKeyRecord
 from storage.messages import message_state
 from storage.pools import PoolRecord, same_endpoint
 
@@ -194,7 +194,7 @@ async def get(ctx: ApiContext, pool_id: str) -> PoolRecord:
 
 
 async def test(
-    ctx: ApiContext, key: ApiKeyRecord, record: PoolRecord, recipient: str | None
+    ctx: ApiContext, key: Caller, record: PoolRecord, recipient: str | None
 ) -> tuple[ProbeResult, TestSend | None]:
     """Run the connection test; on success with a recipient, send the test message and
     wait up to handoff_timeout for the upstream's answer."""
@@ -219,7 +219,7 @@ async def test(
     return result, await _send_test_message(ctx, key, record, recipient)
 
 
-def may_send_through(key: ApiKeyRecord, record: PoolRecord) -> None:
+def may_send_through(key: Caller, record: PoolRecord) -> None:
     """A test message is mail like any other: the key needs a send scope that covers the
     pool's ip_pool, as well as `pools` (403 otherwise, before anything is sent)."""
     allowed = key.ip_pools
@@ -250,7 +250,7 @@ async def _target(manage: Management, record: PoolRecord) -> ProbeTarget:
 
 
 async def _send_test_message(
-    ctx: ApiContext, key: ApiKeyRecord, record: PoolRecord, recipient: str
+    ctx: ApiContext, key: Caller, record: PoolRecord, recipient: str
 ) -> TestSend:
     sender = record.from_email or f"postern@{ctx.hostname}"
     draft = Draft(

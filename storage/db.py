@@ -252,6 +252,14 @@ _ADDED_COLUMNS = (
     ("message", "forced_attempts", "INTEGER NOT NULL DEFAULT 0"),
     ("idempotency", "request_hash", "VARCHAR(64)"),  # NULL: a reservation that matches any
     ("message", "route_default", "BOOLEAN NOT NULL DEFAULT FALSE"),
+    # Schema 7: who owns what (users), and the role a session was opened for.
+    ("message", "user_id", "VARCHAR(64)"),
+    ("api_key", "user_id", "VARCHAR(64)"),
+    ("smtp_pool", "created_by", "VARCHAR(64)"),
+    ("sender_domain", "created_by", "VARCHAR(64)"),
+    ("sender_alias", "created_by", "VARCHAR(64)"),
+    ("webhook", "created_by", "VARCHAR(64)"),
+    ("sessions", "role", "VARCHAR(16) NOT NULL DEFAULT ''"),
 )
 
 # Run once, right after their column was added, to fill it in for the rows already there.

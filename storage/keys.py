@@ -42,6 +42,15 @@ SCOPES = (
 CACHE_SECONDS = 2.0  # how long a node may keep using a key revoked elsewhere
 
 
+def scopes_allow(scopes: Iterable[str], scope: str) -> bool:
+    """Whether `scopes` allow `scope`: `admin` implies every scope; `send` implies its
+    pool-limited forms."""
+    held = set(scopes)
+    if "admin" in held or scope in held:
+        return True
+    return scope in SEND_SCOPES and "send" in held
+
+
 class UnknownScope(InvalidInput, ValueError):
     """A scope name that is not one of SCOPES."""
 
@@ -58,10 +67,7 @@ class ApiKeyRecord:
     revoked_at: float | None = None
 
     def has(self, scope: str) -> bool:
-        """`admin` implies every scope; `send` implies its pool-limited forms."""
-        if "admin" in self.scopes or scope in self.scopes:
-            return True
-        return scope in SEND_SCOPES and "send" in self.scopes
+        return scopes_allow(self.scopes, scope)
 
     @property
     def may_send(self) -> bool:

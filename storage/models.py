@@ -11,7 +11,7 @@ from sqlalchemy import DDL, BigInteger, Boolean, Column, Index, Integer, LargeBi
 from sqlalchemy.event import listen
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 # A 64-bit key on PostgreSQL; on SQLite exactly INTEGER, so that it is the rowid.
 BIG_ID = BigInteger().with_variant(Integer(), "sqlite")
@@ -43,6 +43,8 @@ class Message(SQLModel, table=True):
         # in order, never every message the key ever sent (`id` too: the pages order by it
         # after created_at, and without it SQLite sorts each run of equal created_at).
         Index("ix_message_api_key", "api_key_id", "created_at", "id"),
+        # A member searches the mail they sent (by session or by their keys): the same shape.
+        Index("ix_message_user", "user_id", "created_at", "id"),
     )
 
     id: str = Field(primary_key=True, max_length=64)
@@ -68,6 +70,8 @@ class Message(SQLModel, table=True):
     # The API key that sent it (None: unauthenticated SMTP); also in message_meta, here for
     # the search's index.
     api_key_id: str | None = Field(default=None, max_length=64)
+    # The user who sent it: logged in, or the owner of the key it came with (None: neither).
+    user_id: str | None = Field(default=None, max_length=64)
     # Set by an operator's retry, cleared by the attempt it asks for (gateway.queue.store).
     retried_at: float | None = None
     # Attempts operators' retries asked for: they take no step of retry_schedule.
@@ -142,6 +146,9 @@ class ApiKey(SQLModel, table=True):
     scopes: str  # space-separated
     created_at: float
     revoked_at: float | None = None
+    # The user it belongs to: it never does more than that user's role allows (None: made at
+    # the console or before users existed, bounded by its scopes alone).
+    user_id: str | None = Field(default=None, max_length=64)
 
 
 class Idempotency(SQLModel, table=True):
@@ -180,6 +187,7 @@ class Pool(SQLModel, table=True):
     rate: str = ""  # "100/min", "14/s": sends per rolling window across nodes; "" = none
     daily_limit: int = 0  # sends per UTC day across nodes; 0 = none
     created_at: float
+    created_by: str | None = Field(default=None, max_length=64)  # user id; None: console/config
 
 
 class Meta(SQLModel, table=True):
@@ -227,6 +235,7 @@ class SenderDomain(SQLModel, table=True):
     created_at: float
     verified_at: float | None = None
     checked_at: float | None = None  # last DNS check
+    created_by: str | None = Field(default=None, max_length=64)  # user id; None: console/config
 
 
 class SenderAlias(SQLModel, table=True):
@@ -253,6 +262,7 @@ class SenderAlias(SQLModel, table=True):
     ip_pool: str | None = Field(default=None, max_length=64)
     created_at: float
     verified_at: float | None = None
+    created_by: str | None = Field(default=None, max_length=64)  # user id; None: console/config
 
 
 class AliasToken(SQLModel, table=True):
@@ -338,6 +348,7 @@ class Webhook(SQLModel, table=True):
     is_active: bool = True
     created_at: float
     updated_at: float
+    created_by: str | None = Field(default=None, max_length=64)  # user id; None: console/config
     # Sending state, shared by the nodes: who sends for it now, when it may next try.
     claimed_by: str | None = Field(default=None, max_length=64)
     claimed_until: float | None = None
@@ -431,3 +442,6 @@ class UserSession(SQLModel, table=True):
     absolute_expires_at: float
     user_agent: str = Field(default="", max_length=256)
     ip: str = Field(default="", max_length=64)
+    # The user's role when the session began: a session outlives no role change (it is
+    # rotated at its next request, gateway.people.sessions).
+    role: str = Field(default="", max_length=16)

@@ -37,6 +37,7 @@ class SessionRecord:
     user_agent: str
     ip: str
     token_hash: str = field(repr=False)
+    role: str = ""  # the user's role when it began ("" before schema 7)
 
     def as_json(self) -> dict[str, Any]:
         shown = asdict(self)
@@ -54,7 +55,7 @@ def _record(row: Any) -> SessionRecord:
 
 def _new(
     user_id: str, token_hash: str, now: float, idle: float, absolute: float, user_agent: str,
-    ip: str,
+    ip: str, role: str,
 ) -> SessionRecord:  # fmt: skip
     return SessionRecord(
         id="ses_" + secrets.token_hex(8),
@@ -66,16 +67,17 @@ def _new(
         user_agent=user_agent[:USER_AGENT_MAX],
         ip=ip[:IP_MAX],
         token_hash=token_hash,
+        role=role,
     )
 
 
 async def create_session(
     db: Database, user_id: str, token_hash: str, *, now: float, idle: float, absolute: float,
-    user_agent: str = "", ip: str = "", replaces: str | None = None,
+    user_agent: str = "", ip: str = "", replaces: str | None = None, role: str = "",
 ) -> SessionRecord:  # fmt: skip
     """Store a new session; with `replaces`, that session is deleted in the same
     transaction (rotation: the old token stops working as the new one starts)."""
-    record = _new(user_id, token_hash, now, idle, absolute, user_agent, ip)
+    record = _new(user_id, token_hash, now, idle, absolute, user_agent, ip, role)
 
     def work(conn: Connection) -> None:
         if replaces is not None:

@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from api import errors
-from api.auth import authenticate
+from api.auth import Caller, authenticate
 from api.context import ApiContext, iso
 from api.management import TOKEN_TTL
 from api.openapi import operation, path_parameter, query_parameter
@@ -36,7 +36,6 @@ from gateway.message import Sender, Submission
 from storage import aliases
 from storage.aliases import AliasRecord
 from storage.domains import get_domain
-from storage.keys import ApiKeyRecord
 
 log = logging.getLogger("postern.api")
 
@@ -67,9 +66,9 @@ def _bad(field: str, message: str) -> errors.InvalidRequest:
     return errors.InvalidRequest(f"{field}: {message}", [{"field": field, "message": message}])
 
 
-async def _caller(request: Request) -> tuple[ApiContext, ApiKeyRecord]:
+async def _caller(request: Request) -> tuple[ApiContext, Caller]:
     ctx: ApiContext = request.app.state.api
-    return ctx, await authenticate(request, ctx.keys, ctx.limiter, SCOPE)
+    return ctx, await authenticate(request, ctx, SCOPE)
 
 
 async def _changed(ctx: ApiContext) -> None:
@@ -134,7 +133,7 @@ async def create(request: Request) -> Response:
 
 
 async def _send_verification(
-    ctx: ApiContext, key: ApiKeyRecord, record: AliasRecord, link: str
+    ctx: ApiContext, key: Caller, record: AliasRecord, link: str
 ) -> str | None:
     """Through Intake like any mail; None (and the reason logged) when it is refused."""
     domain = record.email.rpartition("@")[2]

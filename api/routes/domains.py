@@ -59,7 +59,7 @@ async def domain_json(ctx: ApiContext, record: DomainRecord) -> dict[str, Any]:
 
 async def _caller(request: Request) -> ApiContext:
     ctx: ApiContext = request.app.state.api
-    await authenticate(request, ctx.keys, ctx.limiter, SCOPE)
+    await authenticate(request, ctx, SCOPE)
     return ctx
 
 
@@ -96,7 +96,7 @@ async def list_all(request: Request) -> Response:
 )
 async def create(request: Request) -> Response:
     ctx: ApiContext = request.app.state.api
-    key = await authenticate(request, ctx.keys, ctx.limiter, SCOPE)
+    key = await authenticate(request, ctx, SCOPE)
     manage = ctx.management()
     body = parse(DomainCreate, await request.body())
     try:

@@ -34,7 +34,7 @@ def key_json(record: ApiKeyRecord) -> dict[str, Any]:
 @operation("List API keys", scope=SCOPE, responses={200: ("every key, revoked ones too", KeyList)})
 async def list_all(request: Request) -> Response:
     ctx: ApiContext = request.app.state.api
-    await authenticate(request, ctx.keys, ctx.limiter, SCOPE)
+    await authenticate(request, ctx, SCOPE)
     keys = await list_keys(ctx.db)
     return JSONResponse({"success": True, "keys": [key_json(key) for key in keys]})
 
@@ -47,7 +47,7 @@ async def list_all(request: Request) -> Response:
 )
 async def create(request: Request) -> Response:
     ctx: ApiContext = request.app.state.api
-    caller = await authenticate(request, ctx.keys, ctx.limiter, SCOPE)
+    caller = await authenticate(request, ctx, SCOPE)
     body = parse(KeyCreate, await request.body())
     problem = text_problem(body.name, header=True)
     if problem:
@@ -63,7 +63,7 @@ async def create(request: Request) -> Response:
 
 async def _one(request: Request) -> tuple[ApiContext, str]:
     ctx: ApiContext = request.app.state.api
-    await authenticate(request, ctx.keys, ctx.limiter, SCOPE)
+    await authenticate(request, ctx, SCOPE)
     return ctx, request.path_params["key_id"]
 
 
@@ -93,7 +93,7 @@ async def show(request: Request) -> Response:
 )
 async def revoke(request: Request) -> Response:
     ctx: ApiContext = request.app.state.api
-    caller = await authenticate(request, ctx.keys, ctx.limiter, SCOPE)
+    caller = await authenticate(request, ctx, SCOPE)
     key_id = request.path_params["key_id"]
     target = await get_key(ctx.db, key_id)
     if target is None:

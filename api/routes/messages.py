@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from api import errors, schemas
-from api.auth import authenticate
+from api.auth import Caller, authenticate
 from api.context import ApiContext, iso
 from api.openapi import operation, path_parameter, query_parameter
 from api.schemas import (
@@ -37,7 +37,6 @@ from gateway.queue.operations import (
     make_filter,
     summary_json,
 )
-from storage.keys import ApiKeyRecord
 from storage.message_search import (
     MAX_LIMIT,
     STATUSES,
@@ -61,12 +60,12 @@ def _invalid(field: str, message: str) -> errors.InvalidRequest:
     return errors.InvalidRequest(f"{field}: {message}", [{"field": field, "message": message}])
 
 
-def _owner(key: ApiKeyRecord) -> str | None:
+def _owner(key: Caller) -> str | None:
     """The restriction a search runs under: None for an admin, else the key's own mail."""
     return None if key.has("admin") else key.id
 
 
-async def _visible(ctx: ApiContext, key: ApiKeyRecord, message_id: str) -> MessageState:
+async def _visible(ctx: ApiContext, key: Caller, message_id: str) -> MessageState:
     state = await message_state(ctx.db, message_id, True) if len(message_id) <= 64 else None
     if state is None or not (key.has("admin") or state.api_key_id == key.id):
         raise errors.NotFound("no such message")
@@ -120,7 +119,7 @@ _FILTER_PARAMETERS = [
 )
 async def list_messages(request: Request) -> Response:
     ctx: ApiContext = request.app.state.api
-    key = await authenticate(request, ctx.keys, ctx.limiter)
+    key = await authenticate(request, ctx)
     query = request.query_params
     for name in query:
         if name not in QUERY:
@@ -157,7 +156,7 @@ async def list_messages(request: Request) -> Response:
 )
 async def get_message(request: Request) -> Response:
     ctx: ApiContext = request.app.state.api
-    key = await authenticate(request, ctx.keys, ctx.limiter)
+    key = await authenticate(request, ctx)
     state = await _visible(ctx, key, request.path_params["message_id"])
     return JSONResponse(
         {
@@ -196,7 +195,7 @@ async def _act_on_one(
     """Retry or cancel the message of the path, if the key may see it; 409 when it is final
     or being delivered."""
     ctx: ApiContext = request.app.state.api
-    key = await authenticate(request, ctx.keys, ctx.limiter)
+    key = await authenticate(request, ctx)
     state = await _visible(ctx, key, request.path_params["message_id"])
     try:
         await act(ctx, state)
@@ -250,7 +249,7 @@ async def cancel_message(request: Request) -> Response:
 
 async def _bulk(request: Request, action: queue_ops.Action) -> Response:
     ctx: ApiContext = request.app.state.api
-    key = await authenticate(request, ctx.keys, ctx.limiter)
+    key = await authenticate(request, ctx)
     body = parse(BulkRequest, await request.body())
     given = body.filter.model_dump(by_alias=True, exclude={"all"})
     try:

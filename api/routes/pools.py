@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from api import pool_ops
-from api.auth import authenticate
+from api.auth import Caller, authenticate
 from api.context import ApiContext, iso
 from api.openapi import operation, path_parameter, query_parameter
 from api.resource_schemas import (
@@ -28,7 +28,6 @@ from api.resource_schemas import (
     SmtpPoolList,
 )
 from api.schemas import HEADER_TEXT, ErrorResponse, parse, refuse_nulls
-from storage.keys import ApiKeyRecord
 from storage.pools import PoolRecord, pool_records
 
 SCOPE = "pools"
@@ -77,9 +76,9 @@ def pool_json(record: PoolRecord) -> dict[str, Any]:
     }
 
 
-async def _caller(request: Request) -> tuple[ApiContext, ApiKeyRecord]:
+async def _caller(request: Request) -> tuple[ApiContext, Caller]:
     ctx: ApiContext = request.app.state.api
-    key = await authenticate(request, ctx.keys, ctx.limiter, SCOPE)
+    key = await authenticate(request, ctx, SCOPE)
     return ctx, key
 
 

@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from api import errors
-from api.auth import authenticate
+from api.auth import Caller, authenticate
 from api.context import ApiContext, iso
 from api.openapi import operation
 from api.schemas import ErrorResponse, QueuedResponse, SendRequest, SendResponse, parse
@@ -31,7 +31,7 @@ from gateway.intake.pipeline import Accepted, Duplicate, NoRoute
 from gateway.intake.request_digest import json_digest
 from gateway.message import Sender, Submission
 from gateway.queue import idempotency
-from storage.keys import ApiKeyRecord, missing_scope
+from storage.keys import missing_scope
 from storage.messages import MessageState, message_state
 
 SANDBOX_HEADERS = ("x-misarmail-sandbox", "x-postern-sandbox")
@@ -143,7 +143,7 @@ def _parse_and_build(raw: bytes, hostname: str) -> tuple[SendRequest, Built]:
 )
 async def send(request: Request) -> Response:
     ctx: ApiContext = request.app.state.api
-    key = await authenticate(request, ctx.keys, ctx.limiter)
+    key = await authenticate(request, ctx)
     sandbox = sandbox_requested(request)
     if missing_scope(key, sandbox) is not None:
         raise errors.Forbidden(_LACKING_SANDBOX if sandbox else _LACKING_SEND)
@@ -196,7 +196,7 @@ def _check_size(ctx: ApiContext, built: Built) -> None:
 
 
 def _submission(
-    request: Request, key: ApiKeyRecord, body: SendRequest, built: Built, sandbox: bool
+    request: Request, key: Caller, body: SendRequest, built: Built, sandbox: bool
 ) -> Submission:
     """What intake takes from either door, here from the request and the key sending it."""
     return Submission(
@@ -217,7 +217,7 @@ def _submission(
 
 def _save_answer(
     ctx: ApiContext,
-    key: ApiKeyRecord,
+    key: Caller,
     idempotency_key: str,
     message_id: str,
     status: int,
@@ -272,7 +272,7 @@ def _bounced(state: MessageState | None, base: dict[str, Any]) -> tuple[int, dic
 
 
 async def _replay(
-    ctx: ApiContext, key: ApiKeyRecord, idempotency_key: str, duplicate: Duplicate
+    ctx: ApiContext, key: Caller, idempotency_key: str, duplicate: Duplicate
 ) -> Response:
     """The first request's answer, marked idempotent; waits for it while it is in flight."""
     response = duplicate.response

@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from api import errors, pool_ops
-from api.auth import authenticate
+from api.auth import Caller, authenticate
 from api.context import ApiContext, iso
 from api.openapi import operation, path_parameter, query_parameter
 from api.resource_schemas import (
@@ -32,7 +32,6 @@ from api.resource_schemas import (
 )
 from api.routes.pools import DELETE_REFUSALS, MOVE_TO, MOVE_TO_TEXT
 from api.schemas import ErrorResponse, parse, refuse_nulls
-from storage.keys import ApiKeyRecord
 from storage.pools import PoolRecord, pool_records
 
 SCOPE = "pools"
@@ -65,9 +64,9 @@ def encryption(use_tls: bool, port: int) -> str:
     return "ssl" if port == 465 else "tls"
 
 
-async def _caller(request: Request) -> tuple[ApiContext, ApiKeyRecord]:
+async def _caller(request: Request) -> tuple[ApiContext, Caller]:
     ctx: ApiContext = request.app.state.api
-    return ctx, await authenticate(request, ctx.keys, ctx.limiter, SCOPE)
+    return ctx, await authenticate(request, ctx, SCOPE)
 
 
 def _page_number(request: Request, name: str, default: int, most: int) -> int:

@@ -80,7 +80,7 @@ _LIST_PARAMETERS = ("reason", "limit", "cursor")
 )
 async def list_all(request: Request) -> Response:
     ctx: ApiContext = request.app.state.api
-    await authenticate(request, ctx.keys, ctx.limiter, SCOPE)
+    await authenticate(request, ctx, SCOPE)
     query = request.query_params
     for name in query:  # a misspelt filter is refused, not silently ignored (as /v1/messages)
         if name not in _LIST_PARAMETERS:
@@ -117,7 +117,7 @@ async def list_all(request: Request) -> Response:
 )
 async def add(request: Request) -> Response:
     ctx: ApiContext = request.app.state.api
-    await authenticate(request, ctx.keys, ctx.limiter, SCOPE)
+    await authenticate(request, ctx, SCOPE)
     body = parse(SuppressionCreate, await request.body())
     email = _address(body.email)
     record, created = await add_suppression(ctx.db, email, body.reason)
@@ -135,7 +135,7 @@ async def add(request: Request) -> Response:
 )
 async def show(request: Request) -> Response:
     ctx: ApiContext = request.app.state.api
-    await authenticate(request, ctx.keys, ctx.limiter, SCOPE)
+    await authenticate(request, ctx, SCOPE)
     email = _address(request.path_params["email"])
     record = await get_suppression(ctx.db, email)
     if record is None:
@@ -151,7 +151,7 @@ async def show(request: Request) -> Response:
 )
 async def remove(request: Request) -> Response:
     ctx: ApiContext = request.app.state.api
-    await authenticate(request, ctx.keys, ctx.limiter, SCOPE)
+    await authenticate(request, ctx, SCOPE)
     email = _address(request.path_params["email"])
     if not await remove_suppression(ctx.db, email):
         raise errors.NotFound("this address is not suppressed")

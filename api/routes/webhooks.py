@@ -67,7 +67,7 @@ def _bad(field: str, message: str) -> errors.InvalidRequest:
 
 async def _caller(request: Request) -> ApiContext:
     ctx: ApiContext = request.app.state.api
-    await authenticate(request, ctx.keys, ctx.limiter, SCOPE)
+    await authenticate(request, ctx, SCOPE)
     return ctx
 
 

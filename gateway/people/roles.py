@@ -13,9 +13,13 @@ transaction (LastOwner), as a check made before it could race.
 from __future__ import annotations
 
 from gateway.errors import InvalidInput, Refused
+from storage.keys import SCOPES
 from storage.users import OWNER, LastOwner
 
-__all__ = ["ADMIN", "MEMBER", "OWNER", "ROLES", "LastOwner", "RoleRefused", "UnknownRole"]
+__all__ = [
+    "ADMIN", "MEMBER", "OWNER", "ROLES", "LastOwner", "OwnerRequired", "RoleAboveOwn",
+    "RoleRefused", "UnknownRole",
+]  # fmt: skip
 
 ADMIN = "admin"
 MEMBER = "member"
@@ -30,9 +34,24 @@ class UnknownRole(InvalidInput, ValueError):
 class RoleRefused(Refused):
     """The actor's role does not allow this; `code` says which rule refused it."""
 
-    def __init__(self, message: str, code: str) -> None:
-        super().__init__(message)
-        self.code = code
+    code = "forbidden"
+
+
+class OwnerRequired(RoleRefused):
+    code = "owner_required"
+
+
+class RoleAboveOwn(RoleRefused):
+    code = "role_above_own"
+
+
+MEMBER_SCOPES = ("send", "sandbox")
+
+
+def scopes_of(role: str) -> tuple[str, ...]:
+    """What a role may do, in API key scopes: owners and admins everything (users apart,
+    which require_user_manager keeps to owners), members sending."""
+    return SCOPES if role in (OWNER, ADMIN) else MEMBER_SCOPES
 
 
 def check_role(role: str) -> str:
@@ -49,17 +68,17 @@ def at_least(actor: str, role: str) -> bool:
 def require_user_manager(actor: str | None) -> None:
     """Only owners (and the operator) manage users."""
     if actor is not None and actor != OWNER:
-        raise RoleRefused("only an owner manages users", code="owner_required")
+        raise OwnerRequired("only an owner manages users")
 
 
 def require_may_grant(actor: str | None, role: str) -> None:
     """Nobody grants a role above their own."""
     check_role(role)
     if actor is not None and not at_least(actor, role):
-        raise RoleRefused(f"a {actor} cannot grant the {role} role", code="role_above_own")
+        raise RoleAboveOwn(f"a {actor} cannot grant the {role} role")
 
 
 def require_may_touch(actor: str | None, target: str) -> None:
     """Nobody changes a user whose role is above their own (an admin, an owner)."""
     if actor is not None and not at_least(actor, target):
-        raise RoleRefused(f"a {actor} cannot change a {target}", code="role_above_own")
+        raise RoleAboveOwn(f"a {actor} cannot change a {target}")

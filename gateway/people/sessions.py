@@ -2,9 +2,14 @@
 
 A session slides: each use moves its end to `idle` from now, never past `absolute` from its
 start. Storing the new end costs a write, so a session is touched only when its end would
-move by more than TOUCH_EVERY (a request a second stays one read). Rotation (at login, on a
-role change) replaces the session in one transaction: the old token stops working as the
-new one starts. The clock is passed in, so that expiry is tested without waiting.
+move by more than TOUCH_EVERY (a request a second stays one read). A resolved session is
+kept in memory for CACHE_SECONDS, so a burst of requests costs one read: a session ended on
+another node stops opening here within that time, one ended on this node at once.
+
+Rotation (at login, on a role change) replaces the session in one transaction: the old token
+stops working as the new one starts. A session records the role it was opened for; the
+first request after the user's role changed gets it rotated (`LoggedIn.stale_role`). The
+clock is passed in, so that expiry is tested without waiting.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ log = logging.getLogger("postern.people")
 TOKEN_BYTES = 32  # secrets.token_urlsafe(32): 43 characters
 TOKEN_MAX = 128  # longer is no token of ours: refused before hashing
 TOUCH_EVERY = 60.0
+CACHE_SECONDS = 2.0
+CACHE_MAX = 10_000
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,11 @@ class LoggedIn:
 
     session: SessionRecord
     user: UserRecord
+
+    @property
+    def stale_role(self) -> bool:
+        """The user's role changed since the session began: it must be rotated."""
+        return self.session.role != self.user.role
 
 
 def hash_token(token: str) -> str:
@@ -60,6 +72,7 @@ class Sessions:
         self._db = db
         self.lifetimes = lifetimes or Lifetimes()
         self._clock = clock
+        self._cache: dict[str, tuple[float, LoggedIn]] = {}  # token hash -> (until, it)
 
     async def start(
         self, user: UserRecord, user_agent: str = "", ip: str = "", replaces: str | None = None
@@ -70,23 +83,33 @@ class Sessions:
         record = await stored.create_session(
             self._db, user.id, hash_token(token), now=self._clock(),
             idle=self.lifetimes.idle, absolute=self.lifetimes.absolute,
-            user_agent=user_agent, ip=ip, replaces=replaces,
+            user_agent=user_agent, ip=ip, replaces=replaces, role=user.role,
         )  # fmt: skip
+        if replaces is not None:
+            self._forget(replaces)
         return token, record
 
     async def resolve(self, token: str) -> LoggedIn | None:
         """The live session this token opens, with its active user, or None; slides it."""
         if not token or len(token) > TOKEN_MAX:
             return None
-        now = self._clock()
-        found = await stored.find_session(self._db, hash_token(token), now)
+        digest, now = hash_token(token), self._clock()
+        cached = self._cache.get(digest)
+        if cached is not None and cached[0] > now and cached[1].session.expires_at > now:
+            return cached[1]
+        found = await stored.find_session(self._db, digest, now)
         if found is None or not found[1].is_active:
+            self._cache.pop(digest, None)
             return None
         session, user = found
         slid = min(now + self.lifetimes.idle, session.absolute_expires_at)
         if slid - session.expires_at > TOUCH_EVERY:
             await stored.touch_session(self._db, session.id, now=now, idle=self.lifetimes.idle)
-        return LoggedIn(session, user)
+        logged_in = LoggedIn(session, user)
+        if len(self._cache) >= CACHE_MAX:  # bounded: drop everything rather than grow
+            self._cache.clear()
+        self._cache[digest] = (now + CACHE_SECONDS, logged_in)
+        return logged_in
 
     async def rotate(self, logged_in: LoggedIn, user_agent: str = "", ip: str = "") -> str:
         """Replace the session with a new one for the same user; the new token."""
@@ -95,10 +118,26 @@ class Sessions:
 
     async def end(self, session_id: str, user_id: str | None = None) -> bool:
         """End one session (only `user_id`'s, when given: a user revoking their own)."""
-        return await stored.revoke_session(self._db, session_id, user_id)
+        ended = await stored.revoke_session(self._db, session_id, user_id)
+        if ended:
+            self._forget(session_id)
+        return ended
 
     async def end_all(self, user_id: str, keep: str | None = None) -> int:
-        return await stored.revoke_user_sessions(self._db, user_id, keep)
+        ended = await stored.revoke_user_sessions(self._db, user_id, keep)
+        self._cache = {
+            digest: entry
+            for digest, entry in self._cache.items()
+            if entry[1].user.id != user_id or entry[1].session.id == keep
+        }
+        return ended
+
+    def forget_user(self, user_id: str) -> None:
+        """Read the user's sessions afresh at their next use (their role or state changed)."""
+        self._cache = {d: e for d, e in self._cache.items() if e[1].user.id != user_id}
+
+    def _forget(self, session_id: str) -> None:
+        self._cache = {d: e for d, e in self._cache.items() if e[1].session.id != session_id}
 
     async def list(self, user_id: str) -> list[SessionRecord]:
         return await stored.list_user_sessions(self._db, user_id, self._clock())

@@ -15,6 +15,7 @@ from gateway.addresses import envelope_problem, has_control, mailbox_key
 from gateway.errors import InvalidInput, Refused
 from gateway.people import passwords as pw
 from gateway.people import roles
+from gateway.people.sessions import Sessions
 from storage import sessions as stored_sessions
 from storage import users as stored
 from storage.db import Database
@@ -62,11 +63,16 @@ def check_name(name: str) -> str:
 
 class Users:
     def __init__(
-        self, db: Database, passwords: pw.Passwords, clock: Callable[[], float] = time.time
+        self,
+        db: Database,
+        passwords: pw.Passwords,
+        clock: Callable[[], float] = time.time,
+        sessions: Sessions | None = None,  # told of each change, so its cache never lags here
     ) -> None:
         self._db = db
         self._passwords = passwords
         self._clock = clock
+        self._sessions = sessions
 
     async def create(
         self, email: str, role: str, password: str, name: str = "", actor: str | None = None
@@ -101,7 +107,9 @@ class Users:
         target = await self._get(user_id)
         roles.require_may_touch(actor, target.role)
         roles.require_may_grant(actor, role)
-        return await stored.set_role(self._db, user_id, role, self._clock())
+        changed = await stored.set_role(self._db, user_id, role, self._clock())
+        self._changed(user_id)  # its sessions are rotated at their next request
+        return changed
 
     async def disable(self, user_id: str, actor: str | None = None) -> UserRecord:
         """Disable the user (their sessions stop opening at once); LastOwner for the last
@@ -109,7 +117,9 @@ class Users:
         roles.require_user_manager(actor)
         target = await self._get(user_id)
         roles.require_may_touch(actor, target.role)
-        return await stored.disable_user(self._db, user_id, self._clock())
+        disabled = await stored.disable_user(self._db, user_id, self._clock())
+        self._changed(user_id)
+        return disabled
 
     async def reset_password(
         self, user_id: str, password: str, actor: str | None = None
@@ -120,7 +130,12 @@ class Users:
         password_hash = await self._passwords.hash_async(pw.check_new(password))
         changed = await stored.set_password(self._db, user_id, password_hash, self._clock())
         await stored_sessions.revoke_user_sessions(self._db, user_id)  # logged out everywhere
+        self._changed(user_id)
         return changed
+
+    def _changed(self, user_id: str) -> None:
+        if self._sessions is not None:
+            self._sessions.forget_user(user_id)
 
     async def _get(self, user_id: str) -> UserRecord:
         user = await stored.get_user(self._db, user_id)

@@ -8,6 +8,7 @@ A full bucket is the same as none, so memory stays bounded by dropping full buck
 
 from __future__ import annotations
 
+import ipaddress
 import time
 
 from gateway.rates import parse_rate
@@ -59,3 +60,17 @@ class RateLimiter:
         if len(kept) >= self._max_names:
             kept = dict(sorted(kept.items(), key=lambda item: item[1])[: self._max_names // 2])
         self._buckets = {name: (level, now) for name, level in kept.items()}
+
+
+def client_of(host: str) -> str:
+    """The unit of login and AUTH throttling: an IPv4 address, or an IPv6 /64 (one subscriber's
+    network: a client could otherwise take a fresh address for every guess)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if not isinstance(address, ipaddress.IPv6Address):
+        return host
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(ipaddress.IPv6Network((address, 64), strict=False))

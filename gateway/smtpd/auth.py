@@ -21,7 +21,6 @@ its rate (`[http] rate_limit`, one bucket per key shared with the HTTP API).
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import math
 import re
 import time
@@ -30,7 +29,7 @@ from typing import Any
 from aiosmtpd.smtp import AuthResult, LoginPassword, Session
 
 from gateway.message import Sender
-from gateway.security.ratelimit import RateLimiter
+from gateway.security.ratelimit import RateLimiter, client_of
 from gateway.smtpd import replies
 from storage.keys import KEY_PREFIX, ApiKeyRecord, KeyStore
 
@@ -88,20 +87,6 @@ class AuthThrottle:
         if len(self._failures) > 25_000:
             recent = sorted(self._failures.items(), key=lambda item: item[1])[-25_000:]
             self._failures = dict(recent)
-
-
-def client_of(host: str) -> str:
-    """The unit of AUTH throttling: an IPv4 address, or an IPv6 /64 (one subscriber's
-    network: a client could otherwise take a fresh address for every guess)."""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return host
-    if not isinstance(address, ipaddress.IPv6Address):
-        return host
-    if address.ipv4_mapped is not None:
-        return str(address.ipv4_mapped)
-    return str(ipaddress.IPv6Network((address, 64), strict=False))
 
 
 def sender_of(session: Session) -> Sender | None:

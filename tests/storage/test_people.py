@@ -116,9 +116,9 @@ async def test_sessions_slide_stop_at_the_cap_rotate_and_keep_no_token(
     backend: Database,
 ) -> None:
     clock = Clock()
-    people = Users(backend, passwords.Passwords(CHEAP), clock)
-    user = await people.create("a@example.com", "owner", SECRET)
     sessions = Sessions(backend, Lifetimes(idle=3600, absolute=4 * 3600), clock)
+    people = Users(backend, passwords.Passwords(CHEAP), clock, sessions)
+    user = await people.create("a@example.com", "owner", SECRET)
     token, _ = await sessions.start(user, user_agent="test", ip="192.0.2.1")
 
     for _ in range(3):  # used every 50 minutes: it slides

@@ -7,7 +7,7 @@ import asyncio
 import hashlib
 
 import pytest
-from sqlalchemy import Connection, text
+from sqlalchemy import inspect, Connection, text
 
 from storage import sessions, users
 from storage.db import Database, create_schema
@@ -112,4 +112,24 @@ async def test_a_schema_5_database_gains_the_tables(backend: Database) -> None:
             text("SELECT value FROM postern_meta WHERE key = 'schema_version'")
         ).scalar()
     )
-    assert version == str(SCHEMA_VERSION) == "6"
+    assert version == str(SCHEMA_VERSION) == "7"
+
+
+async def test_a_schema_6_database_gains_the_owner_columns(backend: Database) -> None:
+    added = [("sessions", "role"), ("message", "user_id"), ("api_key", "user_id")]
+    added += [(t, "created_by") for t in ("smtp_pool", "sender_domain", "sender_alias", "webhook")]
+
+    def to_schema_6(conn: Connection) -> None:
+        conn.execute(text("DROP INDEX IF EXISTS ix_message_user"))
+        for table, column in added:
+            conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
+        conn.execute(text("UPDATE postern_meta SET value = '6' WHERE key = 'schema_version'"))
+
+    await backend.transaction(to_schema_6)
+    await create_schema(backend)
+
+    def columns(conn: Connection) -> set[tuple[str, str]]:
+        found = inspect(conn)
+        return {(t, c["name"]) for t, _ in added for c in found.get_columns(t)}
+
+    assert set(added) <= await backend.read(columns)
