@@ -141,9 +141,7 @@ def profile_run(args: argparse.Namespace, out_dir: Path) -> tuple[Path, float, d
     )
     sink = compare_postfix.SmtpSink()
     try:
-        postern = relay.Postern(
-            command, out_dir, sink.port, args.upstream_connections, args.dkim
-        )
+        postern = relay.Postern(command, out_dir, sink.port, args.upstream_connections, args.dkim)
         try:
             postern.wait_ready(time.monotonic() + 60)
             hooks = None

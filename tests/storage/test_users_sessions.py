@@ -7,7 +7,7 @@ import asyncio
 import hashlib
 
 import pytest
-from sqlalchemy import inspect, Connection, text
+from sqlalchemy import Connection, inspect, text
 
 from storage import sessions, users
 from storage.db import Database, create_schema
