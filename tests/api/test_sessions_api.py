@@ -76,6 +76,18 @@ async def test_behind_a_tls_proxy_the_cookie_is_secure(api_client: ApiFactory) -
     assert "Secure" in answer.headers["set-cookie"]
 
 
+async def test_a_proxy_on_loopback_that_says_https_makes_it_secure(api: Api) -> None:
+    await make_user(api.svc.db, "a@example.com")
+    login = {"email": "a@example.com", "password": PASSWORD}
+    proxied = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "198.51.100.7"}
+    answer = await api.http.post("/auth/login", json=login, headers=proxied)
+    assert "Secure" in answer.headers["set-cookie"]
+    cookies = {"sb-access-token": answer.cookies["sb-access-token"]}
+    async with httpx.AsyncClient(base_url=api.http.base_url, cookies=cookies) as browser:
+        sessions = (await browser.get("/auth/sessions", headers=proxied)).json()["sessions"]
+    assert sessions[0]["ip"] == "198.51.100.7"  # the client the proxy named
+
+
 async def test_a_form_login_goes_to_a_local_page_only(api: Api) -> None:
     await make_user(api.svc.db, "a@example.com")
     form = {"email": "a@example.com", "password": PASSWORD, "next": "/settings/pools"}
