@@ -136,6 +136,12 @@ async def test_failed_logins_are_throttled_per_account_before_any_verification(
     assert time.monotonic() - started < 0.05  # refused before argon2 ran
 
 
+async def test_failed_logins_are_throttled_per_address_across_accounts(api: Api) -> None:
+    guesses = [{"email": f"u{n}@example.com", "password": "wrong password"} for n in range(21)]
+    codes = [(await api.http.post("/auth/login", json=body)).status_code for body in guesses]
+    assert codes == [401] * 20 + [429]
+
+
 async def test_a_cookie_change_needs_this_origin_and_the_csrf_token(
     api: Api, people: list[Person]
 ) -> None:
