@@ -32,7 +32,18 @@ from api import errors
 from api.auth import authenticate
 from api.context import ApiContext
 from api.openapi import build_openapi, operation
-from api.routes import aliases, domains, keys, messages, pools, send, smtp_configs, suppressions
+from api.routes import (
+    aliases,
+    domains,
+    invitation_page,
+    invitations,
+    keys,
+    messages,
+    pools,
+    send,
+    smtp_configs,
+    suppressions,
+)
 from api.routes import webhooks as webhook_routes
 from gateway import maillog, metrics
 from storage.writer import StorageUnavailable
@@ -233,7 +244,8 @@ def create_app(
 
 # The API's resources, served when the app has an ApiContext.
 _RESOURCES = (
-    send, messages, keys, suppressions, pools, smtp_configs, aliases, domains, webhook_routes
+    send, messages, keys, suppressions, pools, smtp_configs, aliases, domains, webhook_routes,
+    invitations, invitation_page,
 )  # fmt: skip
 
 
