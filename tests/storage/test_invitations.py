@@ -24,22 +24,36 @@ def _hash(token: str) -> str:
 
 async def _alias(db: Database) -> accounts.AccountRecord:
     created = await aliases.create_alias(
-        db, email="team@example.com", name="Team", is_default=False, ip_pool=None,
-        token_hash=_hash("alias"), expires_at=time.time() + DAY,
-    )  # fmt: skip
+        db,
+        email="team@example.com",
+        name="Team",
+        is_default=False,
+        ip_pool=None,
+        token_hash=_hash("alias"),
+        expires_at=time.time() + DAY,
+    )
     found = await accounts.get_account(db, created.id)
     assert found is not None and found.kind == accounts.ALIAS
     return found
 
 
 async def _invite(
-    db: Database, account: accounts.AccountRecord, email: str, token: str, now: float,
+    db: Database,
+    account: accounts.AccountRecord,
+    email: str,
+    token: str,
+    now: float,
     inviter: str | None = None,
-) -> invitations.InvitationRecord:  # fmt: skip
+) -> invitations.InvitationRecord:
     return await invitations.create_invitation(
-        db, account=account.ref, invitee_email=email, role="member", inviter_id=inviter,
-        token_hash=_hash(token), now=now,
-    )  # fmt: skip
+        db,
+        account=account.ref,
+        invitee_email=email,
+        role="member",
+        inviter_id=inviter,
+        token_hash=_hash(token),
+        now=now,
+    )
 
 
 async def test_accounts_are_named_by_kind_and_id(backend: Database) -> None:
