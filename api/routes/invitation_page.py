@@ -21,7 +21,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from api import errors
-from api.auth import COOKIE, Caller, same_origin, session_caller
+from api.auth import Caller, cookie_header, same_origin, session_caller
 from api.context import ApiContext
 from api.forms import form_fields, is_form
 from api.invitation_schemas import TokenAccept, TokenAccepted
@@ -109,14 +109,17 @@ async def show(request: Request) -> Response:
     return await _form_page(request, ctx, request.query_params.get("token", ""))
 
 
-def _set_session(request: Request, response: Response, token: str, max_age: float) -> None:
-    """The session cookie as /auth/login sets it: HttpOnly, SameSite=Lax, Path=/, Secure
-    over TLS."""
-    secure = request.url.scheme == "https"
-    response.set_cookie(
-        COOKIE, token, max_age=int(max_age), path="/", secure=secure, httponly=True,
-        samesite="lax",
-    )  # fmt: skip
+def _client(request: Request) -> str:
+    return request.client.host if request.client else ""
+
+
+def _admit(request: Request, ctx: ApiContext, email: str, password: bool) -> None:
+    """A password is argon2 work: it draws on the login budgets, as POST /auth/login does."""
+    if not password or ctx.people is None:
+        return
+    wait = ctx.people.throttle.admit(_client(request), email)
+    if wait > 0:
+        raise errors.RateLimited(wait)
 
 
 async def _read(request: Request) -> tuple[TokenAccept, bool]:
@@ -138,9 +141,9 @@ async def _log_in(
         return
     replaces = caller.session.id if caller is not None and caller.session is not None else None
     agent = request.headers.get("user-agent", "")
-    ip = request.client.host if request.client else ""
-    token, _ = await ctx.people.sessions.start(user, agent, ip, replaces=replaces)
-    _set_session(request, answer, token, ctx.people.sessions.lifetimes.absolute)
+    token, _ = await ctx.people.sessions.start(user, agent, _client(request), replaces=replaces)
+    max_age = int(ctx.people.sessions.lifetimes.absolute)  # as POST /auth/login sets it
+    answer.headers.append("set-cookie", cookie_header(request, token, max_age).decode())
 
 
 @operation(
@@ -169,6 +172,7 @@ async def accept(request: Request) -> Response:
     domain = Invitations(ctx.db, ctx.people.users if ctx.people is not None else None)
     try:
         invitation = await domain.by_token(body.token)
+        _admit(request, ctx, invitation.invitee_email, bool(body.password))
         user = await domain.accept_token(
             body.token, body.password or "", body.name or "", signed_in
         )
@@ -177,6 +181,8 @@ async def accept(request: Request) -> Response:
             raise
         refused = error if isinstance(error, errors.ApiError) else errors.answer(error)
         return await _form_page(request, ctx, body.token, refused.error, refused.status)
+    if body.password and ctx.people is not None:
+        ctx.people.throttle.passed(_client(request), invitation.invitee_email)
     account = await get_account(ctx.db, invitation.account_id)
     account_email = account.email if account else ""
     answer = _answer(user, account_email, form)

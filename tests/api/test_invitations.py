@@ -20,21 +20,19 @@ from argon2 import PasswordHasher
 from sqlalchemy import update
 
 from api.auth import COOKIE, csrf_token
-from api.context import People
 from gateway.people.passwords import Passwords
-from gateway.people.sessions import Sessions
 from gateway.people.users import Users
 from storage import aliases, domains
 from storage.db import Database
 from storage.models import Invitation, SenderAlias, SenderDomain
 from storage.users import UserRecord
 from tests.support.api import Api, auth
+from tests.support.people import PASSWORD, sign_in
 from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(60)
 
 CHEAP = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)  # tests' own speed
-SECRET = "correct horse battery"
 LINK = re.compile(r"(http://\S+)(/invitations/accept\?token=([A-Za-z0-9_\-]+))")
 INVITATION_KEYS = {"id", "invitee_email", "role", "status", "created_at", "expires_at"}
 SHARE_KEYS = {"user_id", "email", "role", "shared_at"}
@@ -43,16 +41,11 @@ ERROR_KEYS = {"success", "code", "error", "details"}
 
 
 class Persons:
-    """Users of the running service, each with a logged-in client of their own."""
+    """Users of the running service, each signed in through POST /auth/login with a cookie
+    jar of its own, sending the CSRF token as the dashboard's script does."""
 
     def __init__(self, api: Api) -> None:
         self.api = api
-        ctx = api.svc.api
-        assert ctx is not None
-        if ctx.people is None:  # until the service wires people itself
-            sessions = Sessions(ctx.db)
-            ctx.people = People(Users(ctx.db, Passwords(CHEAP), sessions=sessions), sessions)
-        self.people = ctx.people
         self.clients: list[httpx.AsyncClient] = []
 
     @property
@@ -70,9 +63,12 @@ class Persons:
     async def user(
         self, address: str, role: str = "member", name: str = ""
     ) -> tuple[UserRecord, httpx.AsyncClient]:
-        made = await self.people.users.create(address, role, SECRET, name or address)
-        token, _ = await self.people.sessions.start(made)
-        return made, self.client(token)
+        users = Users(self.db, Passwords(CHEAP))  # a login rehashes it with today's parameters
+        made = await users.create(address, role, PASSWORD, name or address)
+        person = await sign_in(str(self.api.http.base_url), made)
+        person.http.headers["X-CSRF-Token"] = person.csrf
+        self.clients.append(person.http)
+        return made, person.http
 
     async def close(self) -> None:
         for made in self.clients:
@@ -193,7 +189,7 @@ async def test_invite_email_link_accept_creates_the_user_and_shares(
     assert page.headers["referrer-policy"] == "no-referrer"
 
     accepted = await api.http.post(
-        "/invitations/accept", json={"token": token, "password": SECRET, "name": "New Person"}
+        "/invitations/accept", json={"token": token, "password": PASSWORD, "name": "New Person"}
     )
     assert accepted.status_code == 200, accepted.text
     assert accepted.json()["account_email"] == "team@yourdomain.test"
@@ -397,7 +393,7 @@ async def test_a_double_accept_shares_once(api: Api, people: Persons, sink: Sink
     _, token = await link_to(sink, "new@example.test")
     tries = await asyncio.gather(
         *[
-            people.client().post("/invitations/accept", json={"token": token, "password": SECRET})
+            people.client().post("/invitations/accept", json={"token": token, "password": PASSWORD})
             for _ in range(4)
         ]
     )
@@ -423,7 +419,7 @@ async def test_an_existing_user_signs_in_to_accept_the_link(
     wrong = {"token": token, "password": "not the password"}
     _error(await api.http.post("/invitations/accept", json=wrong), 401, "unauthorized")
     # The page's own form (url-encoded), from another site: refused; from this one: accepted.
-    form = {"token": token, "password": SECRET}
+    form = {"token": token, "password": PASSWORD}
     evil = await api.http.post(
         "/invitations/accept", data=form, headers={"Origin": "http://evil.test"}
     )
