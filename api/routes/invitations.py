@@ -57,11 +57,12 @@ _ACCOUNT = path_parameter(
 )
 _INVITATION = path_parameter("invitation_id", "the invitation's id (inv_...)")
 _USER = path_parameter("user_id", "the user's id (usr_...)")
+_ONE = f"({'|'.join(STATUSES)})"
 _STATUS = query_parameter(
     "status",
     "comma-separated statuses to list, or `all` (default: pending,expired)",
     maxLength=64,
-    pattern=r"^[a-z,]*$",
+    pattern=rf"^(|all|{_ONE}(,{_ONE})*)$",
 )
 _NOT_FOUND = ("no such account (or one you may not see), or no such invitation", ErrorResponse)
 _OWNER = ("only the account's owner may do this (owner_required)", ErrorResponse)

@@ -7,6 +7,7 @@ answer shapes, and every refusal in the API's one JSON shape."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email
 import email.policy
 import re
@@ -26,7 +27,8 @@ from storage import aliases, domains
 from storage.db import Database
 from storage.models import Invitation, SenderAlias, SenderDomain
 from storage.users import UserRecord
-from tests.support.api import Api, auth
+from tests.support.api import Api, ApiFactory, auth
+from tests.support.databases import clean_postgresql
 from tests.support.people import PASSWORD, sign_in
 from tests.support.sink import Sink
 
@@ -378,7 +380,20 @@ async def _expire(db: Database, invitation_id: str) -> None:
     await db.transaction(lambda conn: conn.execute(query))
 
 
-async def test_a_double_accept_shares_once(api: Api, people: Persons, sink: Sink) -> None:
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+async def test_a_double_accept_shares_once(
+    api_client: ApiFactory, sink: Sink, database: str
+) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        storage = {}
+        if database == "postgresql":
+            storage = {"storage": {"url": await stack.enter_async_context(clean_postgresql())}}
+        people = Persons(await api_client(**storage))
+        stack.push_async_callback(people.close)
+        await _accept_together(people, sink)
+
+
+async def _accept_together(people: Persons, sink: Sink) -> None:
     boss, boss_client = await people.user("boss@example.test")
     _, bob_client = await people.user("bob@example.test")
     account = await alias_of(people.db, boss, "team@yourdomain.test")
@@ -503,3 +518,28 @@ async def test_refusals(api: Api, people: Persons, sink: Sink) -> None:
     assert suppressed.status_code in (200, 201), suppressed.text
     refused = await invite(boss_client, account, "gone@example.test")
     assert refused["email_sent"] is False and refused["invitation"]["status"] == "pending"
+
+
+async def test_hostile_input_is_a_4xx(api: Api, people: Persons) -> None:
+    boss, boss_client = await people.user("boss@example.test")
+    account = await alias_of(people.db, boss, "team@yourdomain.test")
+    json_type = {"Content-Type": "application/json"}
+    form_type = {"Content-Type": "application/x-www-form-urlencoded"}
+    tries = [
+        ("POST", invitations_of(account), b'{"email": "\\ud800@example.test"}', json_type),
+        ("POST", invitations_of(account), b'{"email": "a@b.test", "email": "c@d.test"}', json_type),
+        ("POST", "/mail/invitations/accept", b'{"invitation_id": "\\ud800"}', json_type),
+        ("POST", "/mail/invitations/decline", b"[]", json_type),
+        ("GET", "/mail/accounts/%ED%A0%80/invitations", b"", {}),
+        ("DELETE", f"/mail/accounts/{account}/shares/%00", b"", {}),
+        ("POST", f"{invitations_of(account)}/%ff/resend", b"", {}),
+        ("GET", "/invitations/accept?token=%ED%A0%80", b"", {}),
+        ("GET", "/invitations/accept?token=" + "x" * 5000, b"", {}),
+        ("POST", "/invitations/accept", b'{"token": "\\ud800"}', json_type),
+        ("POST", "/invitations/accept", b"token=%ff%fe&password=x", form_type),
+        ("POST", "/invitations/accept", b"token=abc&password=" + b"x" * 2000, form_type),
+        ("POST", "/invitations/accept", b"not json", json_type),
+    ]
+    for method, path, body, headers in tries:
+        answer = await boss_client.request(method, path, content=body, headers=headers)
+        assert 400 <= answer.status_code < 500, (path, body, answer.status_code, answer.text)
