@@ -145,10 +145,10 @@ class Invitations:
         self, actor: Actor, account_id: str, email: str, role: str = roles.MEMBER
     ) -> tuple[InvitationRecord, str]:
         """A new pending invitation and its token (for the email only)."""
+        found = await self.account(actor, account_id, manage=True)
         if role not in INVITABLE:
             raise NotInvitable(f"role: an invitation's role is one of {', '.join(INVITABLE)}")
         roles.require_may_grant(actor.role, role)
-        found = await self.account(actor, account_id, manage=True)
         if found.kind == accounts.DOMAIN and not found.is_verified:
             raise NotInvitable(f"{found.email} is not verified yet: verify it, then share it")
         key = check_email(email)
