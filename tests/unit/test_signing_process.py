@@ -115,6 +115,9 @@ async def test_a_child_that_stops_answering_is_replaced(
     digest = hashlib.sha256(b"x").digest()
     await process.sign(rsa_key.private_pem, digest)  # started at the usual timeout: a loaded
     monkeypatch.setattr(signing_process, "ANSWER_TIMEOUT", 0.3)  # machine starts it slowly
+    if process._timer is not None:  # the check armed at the usual interval: at the new one
+        process._timer.cancel()
+        process._timer = None
     stuck = process.pid
     assert stuck is not None
     os.kill(stuck, signal.SIGSTOP)
