@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
+from gateway.addresses import CONTROL
 from gateway.errors import InvalidInput, Refused
 from gateway.intake.message_builder import Draft, Mailbox
 from gateway.people import roles
@@ -36,7 +37,9 @@ INVITABLE = (roles.ADMIN, roles.MEMBER)
 TOKEN_BYTES = 32
 TOKEN_MAX = 128  # longer is no token of ours
 LINK_PATH = "/invitations/accept"
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]")
+# The one control class (gateway.addresses), and the Unicode line separators: a name shown
+# on a line of the text must not break it either.
+_CONTROL = re.compile(f"[{CONTROL}\u2028\u2029]")
 
 
 class AccountNotFound(Refused):
