@@ -35,7 +35,7 @@ from gateway.addresses import envelope_problem, normalise
 from gateway.intake.fields import text_problem
 from gateway.intake.message_builder import Draft, Mailbox, build
 from gateway.intake.pipeline import Refusal
-from gateway.message import Submission
+from gateway.message import Sender, Submission
 from storage import aliases
 from storage.aliases import AliasRecord
 from storage.domains import get_domain
@@ -169,7 +169,7 @@ async def _send_verification(
         content=built.content,
         source="http",
         tags=("alias-verification",),
-        sender=key.sender(may_send=True, may_sandbox=False),
+        sender=Sender(key.id, may_send=True, may_sandbox=False, user_id=key.user_id),
         system=True,
     )
     try:
