@@ -32,7 +32,18 @@ from api import errors
 from api.auth import authenticate
 from api.context import ApiContext
 from api.openapi import build_openapi, operation
-from api.routes import aliases, domains, keys, messages, pools, send, smtp_configs, suppressions
+from api.routes import (
+    aliases,
+    auth,
+    domains,
+    keys,
+    messages,
+    pools,
+    send,
+    smtp_configs,
+    suppressions,
+    users,
+)  # fmt: skip
 from api.routes import webhooks as webhook_routes
 from gateway import maillog, metrics
 from storage.writer import StorageUnavailable
@@ -128,6 +139,27 @@ class BodyLimit:
 
     def _too_large(self) -> errors.PayloadTooLarge:
         return errors.PayloadTooLarge(f"request body larger than {self.max_size} bytes")
+
+
+class SessionCookies:
+    """Pure ASGI middleware: a session rotated while the request was authenticated (its
+    user's role changed: api.auth) sends its new cookie with the answer, whatever it is."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_cookie(message: Message) -> None:
+            cookie = (scope.get("state") or {}).get("session_cookie")
+            if message["type"] == "http.response.start" and cookie:
+                message["headers"] = [*message.get("headers", []), (b"set-cookie", cookie)]
+            await send(message)
+
+        await self.app(scope, receive, with_cookie)
 
 
 class SendRefusals:
@@ -233,7 +265,8 @@ def create_app(
 
 # The API's resources, served when the app has an ApiContext.
 _RESOURCES = (
-    send, messages, keys, suppressions, pools, smtp_configs, aliases, domains, webhook_routes
+    auth, users, send, messages, keys, suppressions, pools, smtp_configs, aliases, domains,
+    webhook_routes,
 )  # fmt: skip
 
 
@@ -260,6 +293,7 @@ def _add_middleware(app: Starlette, api: ApiContext | None) -> None:
     if api is not None:
         app.add_middleware(BodyLimit, max_size=api.max_body_size, timeout=api.body_timeout)
         app.add_middleware(SendRefusals, paths=send.PATHS)
+        app.add_middleware(SessionCookies)
     app.add_middleware(RequestMetrics)
 
 

@@ -159,8 +159,23 @@ async def _rotate(request: Request, ctx: ApiContext, old: LoggedIn) -> tuple[str
     token, record = await ctx.people.sessions.start(
         old.user, old.session.user_agent, old.session.ip, replaces=old.session.id
     )
-    request.state.new_session = token  # api.app.SessionCookies sets it on the answer
+    max_age = int(ctx.people.sessions.lifetimes.absolute)
+    request.state.session_cookie = cookie_header(request, token, max_age)  # api.app sends it
     return token, LoggedIn(record, old.user)
+
+
+def cookie_header(request: Request, token: str, max_age: int) -> bytes:
+    """The Set-Cookie value of a session (an empty token and 0: the one that clears it)."""
+    cookie = f"{COOKIE}={token}; HttpOnly; Max-Age={max_age}; Path=/; SameSite=Lax"
+    return (cookie + ("; Secure" if secure_cookies(request) else "")).encode("latin-1")
+
+
+def secure_cookies(request: Request) -> bool:
+    """Over TLS, as uvicorn sees it (a trusted proxy's X-Forwarded-Proto included), or when
+    the public URL says the server is reached over https."""
+    api = request.app.state.api
+    public = api.public_url if api is not None else ""
+    return request.url.scheme == "https" or public.lower().startswith("https://")
 
 
 def same_site(request: Request) -> bool:

@@ -121,6 +121,14 @@ class Users:
         self._changed(user_id)
         return disabled
 
+    async def enable(self, user_id: str, actor: str | None = None) -> UserRecord:
+        roles.require_user_manager(actor)
+        target = await self._get(user_id)
+        roles.require_may_touch(actor, target.role)
+        enabled = await stored.enable_user(self._db, user_id, self._clock())
+        self._changed(user_id)
+        return enabled
+
     async def reset_password(
         self, user_id: str, password: str, actor: str | None = None
     ) -> UserRecord:

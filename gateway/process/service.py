@@ -31,7 +31,7 @@ from functools import partial
 from sqlalchemy.exc import SQLAlchemyError
 
 from api.app import MetricsAccess, create_app, metrics_app
-from api.context import ApiContext
+from api.context import ApiContext, People
 from api.management import Management
 from gateway import metrics
 from gateway.config import Config, ConfigError, load
@@ -44,7 +44,9 @@ from gateway.dkim.signing_process import SigningProcess
 from gateway.dns import Resolver
 from gateway.intake.identities import Identities
 from gateway.intake.pipeline import Intake
+from gateway.people.passwords import Passwords
 from gateway.people.sessions import Lifetimes, Sessions, purge_expired_sessions
+from gateway.people.users import Users
 from gateway.process import logs
 from gateway.process.http_server import DoorLimits, HttpDoor
 from gateway.process.instance import DataDirLock, database_of
@@ -136,6 +138,7 @@ class Service:
         self.smtp_handler: PosternHandler | None = None
         self._servers: list[asyncio.base_events.Server] = []
         self.api: ApiContext | None = None
+        self.people: People | None = None  # users and sessions, for the HTTP door
         self._http: list[HttpDoor] = []
 
     # --- start ------------------------------------------------------------------------
@@ -288,6 +291,7 @@ class Service:
         loops.every(PURGE_INTERVAL, purge, "purging idempotency keys", at_once=True)
         auth = config.auth
         sessions = Sessions(db, Lifetimes(auth.session_idle, auth.session_absolute))
+        self.people = People(Users(db, Passwords(), sessions=sessions), sessions)
         purge = partial(purge_expired_sessions, sessions)
         loops.every(PURGE_INTERVAL, purge, "purging expired sessions", at_once=True)
 
@@ -324,6 +328,8 @@ class Service:
             queue=storage.queue,
             wake=wake,
             manage=manage,
+            people=self.people,
+            public_url=config.http.public_url,
         )
         self._start_http(ready, storage, self.api)
 
