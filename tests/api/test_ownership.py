@@ -31,7 +31,7 @@ SANDBOX = {"X-Postern-Sandbox": "true"}
 
 
 @pytest.fixture
-async def people(api: Api) -> AsyncIterator[list[Person]]:
+async def people() -> AsyncIterator[list[Person]]:
     """The people a test signs in: their clients are closed at its end."""
     signed_in: list[Person] = []
     yield signed_in
@@ -57,7 +57,7 @@ async def new_key(who: Person, *scopes: str) -> httpx.Response:
 
 def ids(answer: httpx.Response, field: str = "data") -> set[str]:
     assert answer.status_code == 200, answer.text
-    return {item["id"] for item in answer.json()[field]}
+    return {item["message_id" if field == "data" else "id"] for item in answer.json()[field]}
 
 
 async def test_a_member_sees_only_their_messages_and_an_admin_all(
@@ -117,11 +117,11 @@ async def test_a_key_is_capped_at_its_users_role_as_it_is_now(
 ) -> None:
     admin = await person(api, people, "a@example.com", "admin")
     key = (await new_key(admin, "pools", "send", "sandbox")).json()["key"]["key"]
-    assert (await api.get("/api/v1/pools", key=key)).status_code == 200
+    assert (await api.get("/api/v1/smtp-pools", key=key)).status_code == 200
     await Users(api.svc.db, Passwords()).change_role(admin.user.id, "member")
 
     async def refused() -> bool:
-        return (await api.get("/api/v1/pools", key=key)).status_code == 403
+        return (await api.get("/api/v1/smtp-pools", key=key)).status_code == 403
 
     assert await wait_until(refused, timeout=CACHE_SECONDS + 3)
     assert (await api.send(key=key, headers=SANDBOX)).status_code == 200  # member may send
@@ -166,7 +166,7 @@ async def test_what_a_user_makes_records_them(
         "alias": await admin.call("POST", "/api/v1/aliases", json={"email": "me@mine.test"}),
         "pool": await admin.call(
             "POST",
-            "/api/v1/pools",
+            "/api/v1/smtp-pools",
             json={"name": "p", "host": "127.0.0.1", "port": 2525, "encryption": "none"},
         ),
         "webhook": await admin.call(
@@ -180,7 +180,7 @@ async def test_what_a_user_makes_records_them(
         assert record["created_by"] == admin.user.id, kind
     console = await api.key("admin")
     pool = await api.http.post(
-        "/api/v1/pools",
+        "/api/v1/smtp-pools",
         json={"name": "q", "host": "127.0.0.1", "port": 2526, "encryption": "none"},
         headers=auth(console),
     )
