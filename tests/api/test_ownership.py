@@ -1,7 +1,8 @@
 """Ownership over a real uvicorn with cookie jars: keys belong to a user and never exceed its
 role (at creation and at use, over HTTP and SMTP AUTH; a disabled user's keys stop), what a
 user makes remembers them (`created_by`, `message.user_id`), and a member sees only their
-own messages and keys (another's is a 404), while admins see everything."""
+own messages and keys (another's is a 404), while admins see everything. Each test runs on
+SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -22,12 +23,28 @@ from storage.keys import CACHE_SECONDS, ApiKeyRecord
 from storage.messages import message_state
 from storage.users import UserRecord
 from tests.support.api import Api, ApiFactory, auth, payload
+from tests.support.databases import clean_postgresql
 from tests.support.people import Person, make_user, sign_in
 from tests.support.service import wait_until
 from tests.support.smtp import Dialogue, plain
 
 pytestmark = pytest.mark.timeout(60)
 SANDBOX = {"X-Postern-Sandbox": "true"}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, Any]]:
+    """The configuration's [storage] table: SQLite in the data_dir, or a clean PostgreSQL."""
+    if request.param == "sqlite":
+        yield {}
+        return
+    async with clean_postgresql() as url:
+        yield {"storage": {"url": url}}
+
+
+@pytest.fixture
+async def api(api_client: ApiFactory, backend: dict[str, Any]) -> Api:
+    return await api_client(**backend)
 
 
 @pytest.fixture
@@ -128,9 +145,9 @@ async def test_a_key_is_capped_at_its_users_role_as_it_is_now(
 
 
 async def test_a_disabled_users_keys_stop_over_http_and_smtp(
-    api_client: ApiFactory, people: list[Person]
+    api_client: ApiFactory, backend: dict[str, Any], people: list[Person]
 ) -> None:
-    api = await api_client(smtp={"require_auth": True})
+    api = await api_client(smtp={"require_auth": True}, **backend)
     member = await person(api, people, "m@example.com", "member")
     secret = (await new_key(member, "send")).json()["key"]["key"]
     smtp = await Dialogue.open("127.0.0.1", api.svc.smtp_port)
@@ -155,9 +172,9 @@ async def test_a_disabled_users_keys_stop_over_http_and_smtp(
 
 
 async def test_what_a_user_makes_records_them(
-    api_client: ApiFactory, people: list[Person]
+    api_client: ApiFactory, backend: dict[str, Any], people: list[Person]
 ) -> None:
-    api = await api_client(webhooks={"allow_private": True}, pools=[])
+    api = await api_client(webhooks={"allow_private": True}, pools=[], **backend)
     admin = await person(api, people, "a@example.com", "admin")
     made = {
         "domain": await admin.call(
