@@ -25,6 +25,7 @@ from api.schemas import CreatedKeyResponse, ErrorResponse, KeyCreate, KeyList, K
 from gateway.intake.fields import text_problem
 from gateway.people import roles
 from storage.keys import ApiKeyRecord, create_key, get_key, list_keys, revoke_key
+from storage.users import get_user
 
 SCOPE = "keys"
 
@@ -59,7 +60,7 @@ async def create(request: Request) -> Response:
     if problem:
         raise errors.InvalidRequest(f"name: {problem}", [{"field": "name", "message": problem}])
     if caller.user is not None:
-        roles.beyond_role(caller.user.role, body.scopes)  # 403 role_above_own
+        roles.require_scopes_within(caller.user.role, body.scopes)  # 403 role_above_own
     beyond = [scope for scope in body.scopes if not caller.has(scope)]
     if beyond:
         raise errors.Forbidden(f"a key cannot grant scopes it lacks: {', '.join(beyond)}")
@@ -71,6 +72,16 @@ async def create(request: Request) -> Response:
 
 async def _visibility(ctx: ApiContext, caller: Caller) -> Visibility:
     return await visible_to(ctx, caller, "key")
+
+
+async def _may_touch_owner(ctx: ApiContext, caller: Caller, target: ApiKeyRecord) -> None:
+    """An admin does not take down an owner's key (403 role_above_own), as it does not
+    change the owner."""
+    if caller.user is None or target.user_id is None:
+        return
+    owner = await get_user(ctx.db, target.user_id)
+    if owner is not None:
+        roles.require_may_touch(caller.user.role, owner.role)
 
 
 async def _visible(ctx: ApiContext, caller: Caller, key_id: str) -> ApiKeyRecord:
@@ -100,7 +111,10 @@ async def show(request: Request) -> Response:
     parameters=[path_parameter("key_id", "the key's id (key_...)")],
     responses={
         200: ("the key, now revoked", KeyResponse),
-        403: ("the key holds scopes the caller lacks", ErrorResponse),
+        403: (
+            "the key holds scopes the caller lacks, or is an owner's (role_above_own)",
+            ErrorResponse,
+        ),
         404: ("no such key", ErrorResponse),
     },
 )
@@ -110,6 +124,8 @@ async def revoke(request: Request) -> Response:
     key_id = request.path_params["key_id"]
     target = await _visible(ctx, caller, key_id)
     own = caller.user_id is not None and target.user_id == caller.user_id
+    if not own:
+        await _may_touch_owner(ctx, caller, target)
     beyond = [] if own else [scope for scope in target.scopes if not caller.has(scope)]
     if beyond:  # as for creating: a `keys` key cannot take down a stronger one (but its own)
         raise errors.Forbidden(f"a key cannot revoke one with scopes it lacks: {', '.join(beyond)}")

@@ -68,7 +68,7 @@ def key_allows(key: ApiKeyRecord, scope: str) -> bool:
     return key.has(scope) and allows(owner.role if owner is not None else None, scope)
 
 
-def beyond_role(role: str, scopes: tuple[str, ...] | list[str]) -> None:
+def require_scopes_within(role: str, scopes: tuple[str, ...] | list[str]) -> None:
     """RoleAboveOwn unless a user of `role` may hold each of `scopes` (for a key of theirs)."""
     above = [scope for scope in scopes if not allows(role, scope)]
     if above:

@@ -127,6 +127,15 @@ async def test_a_members_keys_stay_within_member_and_their_own(
     assert (refused.status_code, refused.json()["code"]) == (403, "role_above_own")
     admin_key = await api.key("admin")
     assert mine["id"] in ids(await api.get("/api/v1/keys", key=admin_key), "keys")
+    # An admin sees every key but takes down no owner's; the owner does, and the member
+    # their own.
+    owner = await person(api, people, "boss@example.com", "owner")
+    admin = await person(api, people, "a@example.com", "admin")
+    owners = (await new_key(owner, "send")).json()["key"]["id"]
+    refused = await admin.call("DELETE", f"/api/v1/keys/{owners}")
+    assert (refused.status_code, refused.json()["code"]) == (403, "role_above_own")
+    assert (await admin.call("DELETE", f"/api/v1/keys/{mine['id']}")).status_code == 200
+    assert (await owner.call("DELETE", f"/api/v1/keys/{owners}")).status_code == 200
 
 
 async def test_a_key_is_capped_at_its_users_role_as_it_is_now(
