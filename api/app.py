@@ -36,6 +36,8 @@ from api.routes import (
     aliases,
     auth,
     domains,
+    invitation_page,
+    invitations,
     keys,
     messages,
     pools,
@@ -266,7 +268,7 @@ def create_app(
 # The API's resources, served when the app has an ApiContext.
 _RESOURCES = (
     auth, users, send, messages, keys, suppressions, pools, smtp_configs, aliases, domains,
-    webhook_routes,
+    webhook_routes, invitations, invitation_page,
 )  # fmt: skip
 
 

@@ -125,8 +125,10 @@ async def authenticate(request: Request, ctx: ApiContext, scope: str | None = No
     caller = Caller(key=key, user=key.owner) if key is not None else None
     if secret is None:
         caller = await session_caller(request, ctx)
-        if caller is not None and request.method not in SAFE_METHODS:
-            await check_csrf(request, caller)
+        if caller is not None:
+            if request.method not in SAFE_METHODS:  # the token the page was given counts
+                await check_csrf(request, caller)
+            caller = await _rotated_if_stale(request, ctx, caller)
     if caller is None:
         raise Unauthorized()
     request.state.key_id = caller.id  # for the mail log's line of a refused send
@@ -141,27 +143,29 @@ async def authenticate(request: Request, ctx: ApiContext, scope: str | None = No
 
 async def session_caller(request: Request, ctx: ApiContext) -> Caller | None:
     """The logged-in user of the session cookie, or None (no cookie, no live session, or a
-    cross-site request, which a cookie never authenticates). A session opened before the
-    user's role changed is rotated here: the new cookie goes out with this answer."""
+    cross-site request, which a cookie never authenticates)."""
     token = request.cookies.get(COOKIE)
     if not token or ctx.people is None or not same_site(request):
         return None
     logged_in = await ctx.people.sessions.resolve(token)
     if logged_in is None:
         return None
-    if logged_in.stale_role:
-        token, logged_in = await _rotate(request, ctx, logged_in)
     return Caller(user=logged_in.user, session=logged_in.session, token=token)
 
 
-async def _rotate(request: Request, ctx: ApiContext, old: LoggedIn) -> tuple[str, LoggedIn]:
-    assert ctx.people is not None
-    token, record = await ctx.people.sessions.start(
-        old.user, old.session.user_agent, old.session.ip, replaces=old.session.id
-    )
-    max_age = int(ctx.people.sessions.lifetimes.absolute)
-    request.state.session_cookie = cookie_header(request, token, max_age)  # api.app sends it
-    return token, LoggedIn(record, old.user)
+async def _rotated_if_stale(request: Request, ctx: ApiContext, caller: Caller) -> Caller:
+    """A session opened before its user's role changed is replaced by a new one, whose
+    cookie goes out with this answer (api.app.SessionCookies)."""
+    old = caller.session
+    if ctx.people is None or old is None or caller.user is None:
+        return caller
+    if not LoggedIn(old, caller.user).stale_role:
+        return caller
+    sessions = ctx.people.sessions
+    token, record = await sessions.start(caller.user, old.user_agent, old.ip, replaces=old.id)
+    max_age = int(sessions.lifetimes.absolute)
+    request.state.session_cookie = cookie_header(request, token, max_age)
+    return Caller(user=caller.user, session=record, token=token)
 
 
 def cookie_header(request: Request, token: str, max_age: int) -> bytes:

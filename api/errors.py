@@ -11,10 +11,12 @@
     │   └── SmtpTestFailed    400 smtp_*_error      the connection test failed (MailSage view),
     │                             upstream_rejected the upstream refused the test message
     ├── Unauthorized          401 unauthorized      no key, an unknown or revoked key
+    │   └── SignInRequired    401 sign_in_required  an invitation's link, for a user not signed in
     ├── Forbidden             403 forbidden         the key or role lacks the scope or the ip_pool
     │   ├── CsrfFailed        403 csrf_failed       a cookie's change without this origin or token
     │   ├── RoleRefused       403 owner_required    only an owner may do this
     │   │                         role_above_own    a role above the caller's own
+    │   ├── UserRequired      403 user_required     a person's route, called by a key without a user
     │   ├── UnverifiedSender  403 unverified_sender From is no verified domain or alias
     │   ├── AliasNotVerified  403 alias_not_verified    alias_id names an unverified alias
     │   └── LastVerifiedAlias 403 last_verified_alias   the only verified alias left
@@ -22,6 +24,9 @@
     │   └── UnknownToken      404 invalid_token     unknown, used or expired verification link
     ├── MethodNotAllowed      405 method_not_allowed
     ├── Conflict              409 conflict          the name, domain, address or user is taken
+    │   ├── AlreadyShared     409 already_shared    the invited address already shares the account
+    │   ├── InvitationPending 409 invitation_pending    a live invitation of the address exists
+    │   ├── InvitationClosed  409 invitation_closed     answered, revoked or expired
     │   ├── LastOwnerConflict 409 last_owner        it would leave no active owner
     │   ├── ConfigPool        409 config_pool       the pool is declared in the config file
     │   ├── AliasInUse        409 alias_in_use      queued mail still references the alias
@@ -63,10 +68,11 @@ from starlette.responses import JSONResponse, Response
 
 from gateway.errors import PosternError, StorageUnavailable
 from gateway.intake import pipeline as intake
-from gateway.people import passwords, roles, users
+from gateway.people import invitations, passwords, roles, users
 from gateway.security.hostguard import HostRefused
 from storage import aliases, domains, pools
 from storage import errors as storage_errors
+from storage import invitations as stored_invitations
 from storage import users as stored_users
 from storage.idempotency import KeyReused
 
@@ -123,6 +129,10 @@ class Unauthorized(ApiError):
         super().__init__(error, headers={"WWW-Authenticate": "Bearer"})
 
 
+class SignInRequired(Unauthorized):
+    code = "sign_in_required"
+
+
 class HostNotAllowed(InvalidRequest):
     code = "host_not_allowed"
 
@@ -164,6 +174,10 @@ class RoleAboveOwn(Forbidden):
     code = "role_above_own"
 
 
+class UserRequired(Forbidden):
+    code = "user_required"
+
+
 class UnverifiedSender(Forbidden):
     code = "unverified_sender"
 
@@ -192,6 +206,18 @@ class MethodNotAllowed(ApiError):
 
 class Conflict(ApiError):
     status, code = 409, "conflict"
+
+
+class AlreadyShared(Conflict):
+    code = "already_shared"
+
+
+class InvitationPending(Conflict):
+    code = "invitation_pending"
+
+
+class InvitationClosed(Conflict):
+    code = "invitation_closed"
 
 
 class LastOwnerConflict(Conflict):
@@ -366,6 +392,15 @@ ANSWERS: dict[type[Exception], Answer] = {
     passwords.WeakPassword: Answer(InvalidRequest, "password: {error}", field="password"),
     stored_users.UserExists: Answer(Conflict, "{error}"),
     stored_users.UserNotFound: Answer(NotFound, "user not found"),
+    users.LoginRefused: Answer(Unauthorized, "{error}"),
+    # invitations and shares (seed 004)
+    invitations.AccountNotFound: Answer(NotFound, "{error}"),
+    invitations.InvitationNotFound: Answer(NotFound, "{error}"),
+    invitations.InvitationClosed: Answer(InvitationClosed, "{error}"),
+    invitations.NotInvitable: Answer(InvalidRequest, "{error}"),
+    invitations.SignInRequired: Answer(SignInRequired, "{error}"),
+    stored_invitations.AlreadyShared: Answer(AlreadyShared, "{error}"),
+    stored_invitations.InvitationPending: Answer(InvitationPending, "{error}"),
 }
 
 

@@ -445,3 +445,54 @@ class UserSession(SQLModel, table=True):
     # The user's role when the session began: a session outlives no role change (it is
     # rotated at its next request, gateway.people.sessions).
     role: str = Field(default="", max_length=16)
+
+
+class Invitation(SQLModel, table=True):
+    """An invitation to share an account (an alias or a domain today, a connected mail
+    account later: `account_kind` says which table `account_id` is in, so a new kind needs
+    no change of the rows). Only the SHA-256 of the emailed token is kept. `expired` is not
+    stored while the row is the live one: it is `pending` with `expires_at` passed; a
+    replaced expired row is closed as `expired`, so that one pending row per account and
+    address is all the partial unique index ever sees."""
+
+    __tablename__ = "invitations"
+    __table_args__ = (
+        Index(
+            "ux_invitations_pending",
+            "account_kind",
+            "account_id",
+            "invitee_email",
+            unique=True,
+            sqlite_where=text("status = 'pending'"),
+            postgresql_where=text("status = 'pending'"),
+        ),
+        Index("ix_invitations_account", "account_kind", "account_id", "created_at"),
+        Index("ix_invitations_invitee", "invitee_email", "status"),
+    )
+
+    id: str = Field(primary_key=True, max_length=64)  # inv_...
+    account_kind: str = Field(max_length=16)  # alias | domain (| account, later)
+    account_id: str = Field(max_length=64)
+    invitee_email: str = Field(max_length=320)  # the mailbox_key form
+    role: str = Field(max_length=16)  # admin | member
+    status: str = Field(max_length=16)  # pending | accepted | declined | revoked | expired
+    token_hash: str = Field(unique=True, max_length=64)  # hex SHA-256 of the emailed token
+    inviter_id: str | None = Field(default=None, max_length=64)  # usr_... or key_...
+    created_at: float
+    expires_at: float
+    responded_at: float | None = None
+
+
+class Share(SQLModel, table=True):
+    """An account shared with a user (an accepted invitation): one row per account and
+    user, the primary key."""
+
+    __tablename__ = "shares"
+    __table_args__ = (Index("ix_shares_user", "user_id", "account_kind"),)
+
+    account_kind: str = Field(primary_key=True, max_length=16)
+    account_id: str = Field(primary_key=True, max_length=64)
+    user_id: str = Field(primary_key=True, max_length=64)
+    role: str = Field(max_length=16)  # admin | member
+    shared_at: float
+    invitation_id: str | None = Field(default=None, max_length=64)

@@ -70,12 +70,13 @@ def user_from_row(row: Any, prefix: str = "") -> UserRecord:
     return UserRecord(**{name: getattr(row, prefix + name) for name in _COLUMNS})
 
 
-async def create_user(
-    db: Database, email: str, name: str, role: str, password_hash: str, now: float | None = None
+def new_user_record(
+    email: str, name: str, role: str, password_hash: str, now: float | None = None
 ) -> UserRecord:
-    """Store a new user; UserExists if the email is taken."""
+    """A user not stored yet (create_user stores it; storage.invitations stores one in the
+    transaction that accepts an invitation)."""
     now = time.time() if now is None else now
-    record = UserRecord(
+    return UserRecord(
         id="usr_" + secrets.token_hex(8),
         email=mailbox_key(email),
         name=name,
@@ -85,8 +86,20 @@ async def create_user(
         updated_at=now,
         password_hash=password_hash,
     )
+
+
+def insert_user(conn: Connection, record: UserRecord) -> None:
+    """Store `record` in the caller's transaction (IntegrityError if the email is taken)."""
+    conn.execute(U.insert().values(**asdict(record)))
+
+
+async def create_user(
+    db: Database, email: str, name: str, role: str, password_hash: str, now: float | None = None
+) -> UserRecord:
+    """Store a new user; UserExists if the email is taken."""
+    record = new_user_record(email, name, role, password_hash, now)
     try:
-        await db.transaction(lambda conn: conn.execute(U.insert().values(**asdict(record))))
+        await db.transaction(lambda conn: insert_user(conn, record))
     except IntegrityError:
         raise UserExists(f"a user with email {record.email} exists") from None
     return record

@@ -83,6 +83,15 @@ class Users:
         password_hash = await self._passwords.hash_async(pw.check_new(password))
         return await stored.create_user(self._db, key, name, role, password_hash, self._clock())
 
+    async def new_record(self, email: str, role: str, password: str, name: str = "") -> UserRecord:
+        """A user checked and hashed but not stored: for a caller that stores it in a
+        transaction of its own (accepting an invitation makes the user and the share at once)."""
+        key, name = check_email(email), check_name(name)
+        password_hash = await self._passwords.hash_async(pw.check_new(password))
+        return stored.new_user_record(
+            key, name, roles.check_role(role), password_hash, self._clock()
+        )
+
     async def login(self, email: str, password: str) -> UserRecord:
         """The user these credentials are for; LoginRefused after one verification, whatever
         the reason. A hash with outdated parameters is replaced by one with today's."""

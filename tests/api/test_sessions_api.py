@@ -220,8 +220,8 @@ async def test_a_role_change_rotates_the_session_and_caps_it(
     assert (await admin.call("GET", "/api/smtp-pools")).status_code == 200
     demoted = await owner.call("PATCH", f"/api/v1/users/{admin.user.id}", json={"role": "member"})
     assert demoted.status_code == 200 and demoted.json()["user"]["role"] == "member"
-    answer = await admin.call("GET", "/api/smtp-pools")
-    assert answer.status_code == 403  # a member now
+    answer = await admin.call("POST", "/api/smtp-pools", json=POOL)  # the token it was given
+    assert answer.status_code == 403 and answer.json()["code"] == "forbidden"  # a member now
     assert "sb-access-token=" in answer.headers["set-cookie"] and admin.token != before
     old = await me_with(api, before)
     assert old.status_code == 401

@@ -112,9 +112,9 @@ async def test_a_killed_child_fails_what_it_owed_and_is_replaced(
 async def test_a_child_that_stops_answering_is_replaced(
     process: SigningProcess, rsa_key: KeyPair, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(signing_process, "ANSWER_TIMEOUT", 0.3)
     digest = hashlib.sha256(b"x").digest()
-    await process.sign(rsa_key.private_pem, digest)
+    await process.sign(rsa_key.private_pem, digest)  # started at the usual timeout: a loaded
+    monkeypatch.setattr(signing_process, "ANSWER_TIMEOUT", 0.3)  # machine starts it slowly
     stuck = process.pid
     assert stuck is not None
     os.kill(stuck, signal.SIGSTOP)
