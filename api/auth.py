@@ -25,9 +25,10 @@ from starlette.requests import Request
 
 from api.errors import CsrfFailed, Forbidden, RateLimited, Unauthorized
 from api.forms import form_fields, is_form
+from gateway.message import Sender
 from gateway.people import roles
 from gateway.people.sessions import LoggedIn
-from storage.keys import SEND_SCOPES, ApiKeyRecord, scopes_allow
+from storage.keys import SEND_SCOPES, ApiKeyRecord
 from storage.sessions import SessionRecord
 from storage.users import UserRecord
 
@@ -59,6 +60,11 @@ class Caller:
         return self.user.id
 
     @property
+    def user_id(self) -> str | None:
+        """The user whose records this caller makes (None: a key made at the console)."""
+        return self.user.id if self.user is not None else None
+
+    @property
     def role(self) -> str | None:
         return self.user.role if self.user is not None else None
 
@@ -66,7 +72,7 @@ class Caller:
         """Allowed by the key's scopes and by its user's role: a key never exceeds it."""
         if self.key is not None and not self.key.has(scope):
             return False
-        if self.user is not None and not scopes_allow(roles.scopes_of(self.user.role), scope):
+        if self.user is not None and not roles.allows(self.user.role, scope):
             return False
         return self.key is not None or self.user is not None
 
@@ -82,6 +88,16 @@ class Caller:
     def ip_pools(self) -> frozenset[str] | None:
         """The ip_pools this caller may send through; None when it may use any."""
         return self.key.ip_pools if self.key is not None else None
+
+    def sender(self, may_send: bool | None = None, may_sandbox: bool | None = None) -> Sender:
+        """This caller as intake's Sender (what it may submit, and whose the mail is)."""
+        return Sender(
+            self.id,
+            self.may_send if may_send is None else may_send,
+            self.may_sandbox if may_sandbox is None else may_sandbox,
+            self.ip_pools,
+            user_id=self.user_id,
+        )
 
     @property
     def csrf_token(self) -> str:
@@ -106,7 +122,7 @@ async def authenticate(request: Request, ctx: ApiContext, scope: str | None = No
     token-less change, 429 over its rate, 403 without `scope`)."""
     secret = bearer(request)
     key = await ctx.keys.authenticate(secret) if secret is not None else None
-    caller = Caller(key=key) if key is not None else None
+    caller = Caller(key=key, user=key.owner) if key is not None else None
     if secret is None:
         caller = await session_caller(request, ctx)
         if caller is not None:

@@ -23,6 +23,7 @@ from api import errors
 from api.auth import Caller
 from api.context import ApiContext
 from api.management import Management
+from api.ownership import visible_to
 from api.resource_schemas import HOST_PATTERN
 from gateway.addresses import envelope_problem
 from gateway.config import is_loopback
@@ -36,7 +37,7 @@ from gateway.intake.pipeline import (
     UnknownAlias,
     UnverifiedSender,
 )
-from gateway.message import Sender, Submission
+from gateway.message import Submission
 from gateway.rates import parse_rate
 from gateway.security.hostguard import HostUnresolved
 from gateway.security.pool_secrets import seal
@@ -134,13 +135,15 @@ async def check_target(manage: Management, state: Mapping[str, Any], stored: boo
     await manage.guard.check(state["host"], state["port"])
 
 
-async def create(ctx: ApiContext, values: dict[str, Any], password: str | None) -> PoolRecord:
+async def create(
+    ctx: ApiContext, caller: Caller, values: dict[str, Any], password: str | None
+) -> PoolRecord:
     manage = ctx.management()
     check_fields({**values, "password": password})
     values = normalise(values)
     await check_target(manage, values)
     record = await pools.create_pool(
-        ctx.db, values, lambda pool_id: seal(manage.box, pool_id, password or "")
+        ctx.db, values, lambda pool_id: seal(manage.box, pool_id, password or ""), caller.user_id
     )
     await manage.pools.changed()
     return record
@@ -148,6 +151,7 @@ async def create(ctx: ApiContext, values: dict[str, Any], password: str | None) 
 
 async def update(
     ctx: ApiContext,
+    caller: Caller,
     pool_id: str,
     changes: dict[str, Any],
     password: str | None,
@@ -157,7 +161,7 @@ async def update(
     """`new_password`: the body named a password (None or "" removes it); `partial`: it did
     not give all of username, encryption and host (see check_target)."""
     manage = ctx.management()
-    current = await get(ctx, pool_id)
+    current = await get(ctx, caller, pool_id)
     if current.source != "api":
         raise errors.ConfigPool(
             f"pool {current.name!r} is declared in the config file; change it there"
@@ -173,7 +177,7 @@ async def update(
     return record
 
 
-async def delete(ctx: ApiContext, pool_id: str, move_to: str | None) -> int:
+async def delete(ctx: ApiContext, caller: Caller, pool_id: str, move_to: str | None) -> int:
     """Delete the pool; queued mail that needs it moves to `move_to` (else 409
     pool_in_use). Returns how many messages moved."""
     manage = ctx.management()
@@ -181,16 +185,33 @@ async def delete(ctx: ApiContext, pool_id: str, move_to: str | None) -> int:
         not move_to or len(move_to) > 64 or text_problem(move_to, header=True)
     ):
         raise _bad("move_to", "not a pool id")
+    await get(ctx, caller, pool_id)
+    if move_to is not None and not await _sees(ctx, caller, move_to):
+        raise pools.BadMoveTarget("move_to must name another active SMTP pool")
     _, moved = await pools.delete_pool(ctx.db, pool_id, move_to)
     await manage.pools.changed()
     return moved
 
 
-async def get(ctx: ApiContext, pool_id: str) -> PoolRecord:
+async def get(ctx: ApiContext, caller: Caller, pool_id: str) -> PoolRecord:
+    """The pool, if the caller may see it (another's is a 404, as for none)."""
     record = await pools.get_pool(ctx.db, pool_id) if len(pool_id) <= 64 else None
-    if record is None:
+    seen = await visible_to(ctx, caller, "pool")
+    if record is None or not seen.allows(record.id, record.created_by):
         raise errors.NotFound("no such SMTP pool")
     return record
+
+
+async def _sees(ctx: ApiContext, caller: Caller, pool_id: str) -> bool:
+    record = await pools.get_pool(ctx.db, pool_id)
+    seen = await visible_to(ctx, caller, "pool")
+    return record is None or seen.allows(record.id, record.created_by)  # none: storage says
+
+
+async def records(ctx: ApiContext, caller: Caller) -> list[PoolRecord]:
+    """The pools the caller may see (both views list these)."""
+    seen = await visible_to(ctx, caller, "pool")
+    return seen.only(await pools.pool_records(ctx.db), lambda r: (r.id, r.created_by))
 
 
 async def test(
@@ -275,7 +296,7 @@ async def _send_test_message(
         source="http",
         alias_id=record.id,
         tags=("pool-test",),
-        sender=Sender(key.id, key.may_send, may_sandbox=False, ip_pools=key.ip_pools),
+        sender=key.sender(may_sandbox=False),
         # Postern's own address needs no verified domain; an operator's from_email does.
         system=not record.from_email,
     )

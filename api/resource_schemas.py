@@ -148,6 +148,7 @@ class SmtpPool(BaseModel):
         description="a password is stored (write-only); a change of host, port, encryption, "
         "tls_verify or username without a new password clears it"
     )
+    created_by: str | None = Field(None, description="the user who made it (null: a key's)")
 
 
 class SmtpPoolList(RootModel[list[SmtpPool]]):
@@ -286,6 +287,7 @@ class Alias(BaseModel):
     is_verified: bool
     ip_pool: str | None
     created_at: str
+    created_by: str | None = Field(None, description="the user who made it (null: a key's)")
 
 
 class AliasResponse(BaseModel):
@@ -326,6 +328,7 @@ class Domain(BaseModel):
     verified_at: str | None
     checked_at: str | None
     records: list[DnsRecord]
+    created_by: str | None = Field(None, description="the user who made it (null: a key's)")
 
 
 class DomainResponse(BaseModel):

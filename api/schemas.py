@@ -352,6 +352,7 @@ class Key(BaseModel):
     scopes: list[str]
     created_at: str
     revoked_at: str | None
+    user_id: str | None = Field(None, description="the user it belongs to (null: console's)")
 
 
 class CreatedKey(Key):

@@ -66,6 +66,7 @@ class WebhookOut(BaseModel):
     updated_at: str
     failures: int = Field(description="consecutive failed POSTs")
     next_attempt_at: str | None = Field(description="while backing off after failures")
+    created_by: str | None = Field(None, description="the user who made it (null: a key's)")
 
 
 class CreatedWebhook(WebhookOut):

@@ -8,12 +8,16 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class Sender:
-    """Who submitted a message, when it came with an API key (SMTP AUTH or HTTP)."""
+    """Who submitted a message, when it came with an API key (SMTP AUTH or HTTP) or from a
+    logged-in user. `api_key_id` names the caller (the key, else the user: the namespace of
+    its idempotency keys); `user_id` is the user the message belongs to (the logged-in one,
+    or the key's owner; None for a key made at the console)."""
 
     api_key_id: str
     may_send: bool
     may_sandbox: bool
     ip_pools: frozenset[str] | None = None  # the groups this key may use; None = any
+    user_id: str | None = None
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,7 @@ class AliasRecord:
     ip_pool: str | None
     created_at: float
     verified_at: float | None
+    created_by: str | None = None  # the user who made it (None: console, config, or key)
 
 
 def _record(row: Any) -> AliasRecord:
@@ -73,6 +74,7 @@ def _record(row: Any) -> AliasRecord:
         ip_pool=row.ip_pool,
         created_at=row.created_at,
         verified_at=row.verified_at,
+        created_by=row.created_by,
     )
 
 
@@ -108,6 +110,7 @@ async def create_alias(
     ip_pool: str | None,
     token_hash: str,
     expires_at: float,
+    created_by: str | None = None,
 ) -> AliasRecord:
     """Store an unverified alias and its verification token together."""
     alias_id = "ali_" + secrets.token_hex(8)
@@ -129,6 +132,7 @@ async def create_alias(
                 is_verified=False,
                 ip_pool=ip_pool,
                 created_at=now,
+                created_by=created_by,
             )
         )
         conn.execute(

@@ -33,6 +33,7 @@ class DomainRecord:
     created_at: float
     verified_at: float | None
     checked_at: float | None
+    created_by: str | None = None  # the user who added it (None: console, config, or key)
 
 
 def _record(row: Any) -> DomainRecord:
@@ -43,11 +44,14 @@ def _record(row: Any) -> DomainRecord:
         created_at=row.created_at,
         verified_at=row.verified_at,
         checked_at=row.checked_at,
+        created_by=row.created_by,
     )
 
 
-async def add_domain(db: Database, domain: str, *, verified: bool = False) -> DomainRecord:
-    """Register `domain` (already normalised: lower-case A-labels)."""
+async def add_domain(
+    db: Database, domain: str, *, verified: bool = False, created_by: str | None = None
+) -> DomainRecord:
+    """Register `domain` (already normalised: lower-case A-labels), for `created_by`."""
     now = time.time()
     record = DomainRecord(
         id="dom_" + secrets.token_hex(8),
@@ -56,6 +60,7 @@ async def add_domain(db: Database, domain: str, *, verified: bool = False) -> Do
         created_at=now,
         verified_at=now if verified else None,
         checked_at=None,
+        created_by=created_by,
     )
 
     def work(conn: Connection) -> DomainRecord:

@@ -12,16 +12,18 @@ import hmac
 import secrets
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, Select, select, update
 
 from storage.db import Database
 from storage.errors import InvalidInput
-from storage.models import ApiKey
+from storage.models import ApiKey, User
+from storage.users import UserRecord, user_from_row
 
 K = ApiKey.__table__  # type: ignore[attr-defined]
+U = User.__table__  # type: ignore[attr-defined]
 
 KEY_PREFIX = "msk_"
 SEND_SCOPES = {"send": None, "send:transactional": "transactional", "send:marketing": "marketing"}
@@ -57,7 +59,9 @@ class UnknownScope(InvalidInput, ValueError):
 
 @dataclass(frozen=True)
 class ApiKeyRecord:
-    """A stored key, without its secret or hash."""
+    """A stored key, without its secret or hash. `user_id`: the user it belongs to (None:
+    made at the console, bounded by its scopes alone); `owner`: that user's record, loaded
+    with the key when it authenticates (the gateway caps the key at the owner's role)."""
 
     id: str
     name: str
@@ -65,6 +69,8 @@ class ApiKeyRecord:
     scopes: tuple[str, ...]
     created_at: float
     revoked_at: float | None = None
+    user_id: str | None = None
+    owner: UserRecord | None = field(default=None, compare=False, repr=False)
 
     def has(self, scope: str) -> bool:
         return scopes_allow(self.scopes, scope)
@@ -94,6 +100,7 @@ class ApiKeyRecord:
             "scopes": list(self.scopes),
             "created_at": self.created_at,
             "revoked_at": self.revoked_at,
+            "user_id": self.user_id,
         }
 
 
@@ -132,7 +139,7 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).hexdigest()
 
 
-def _record(row: Any) -> ApiKeyRecord:
+def _record(row: Any, owner: UserRecord | None = None) -> ApiKeyRecord:
     return ApiKeyRecord(
         id=row.id,
         name=row.name,
@@ -140,11 +147,35 @@ def _record(row: Any) -> ApiKeyRecord:
         scopes=tuple(row.scopes.split()),
         created_at=row.created_at,
         revoked_at=row.revoked_at,
+        user_id=row.user_id,
+        owner=owner,
     )
 
 
-async def create_key(db: Database, name: str, scopes: Iterable[str]) -> tuple[ApiKeyRecord, str]:
-    """Store a new key; returns it with its secret, which is never available again."""
+def _with_owner() -> Select[Any]:
+    """Keys with their owner's columns (prefixed `owner_`), in the same read."""
+    owner = [column.label("owner_" + column.name) for column in U.c]
+    return select(K, *owner).select_from(K.outerjoin(U, U.c.id == K.c.user_id))
+
+
+def _owned_record(row: Any) -> ApiKeyRecord | None:
+    """The key of a `_with_owner` row, if it may act: unrevoked, and its owner (if it has
+    one) still there and not disabled."""
+    if row.revoked_at is not None:
+        return None
+    if row.user_id is None:
+        return _record(row)
+    if row.owner_id is None or row.owner_disabled_at is not None:
+        return None
+    return _record(row, user_from_row(row, "owner_"))
+
+
+async def create_key(
+    db: Database, name: str, scopes: Iterable[str], user_id: str | None = None
+) -> tuple[ApiKeyRecord, str]:
+    """Store a new key (belonging to `user_id`, if given); returns it with its secret, which
+    is never available again. Whether the user's role allows the scopes is the caller's
+    check (gateway.people.roles), as is every role rule."""
     wanted = check_scopes(scopes)
     secret = KEY_PREFIX + secrets.token_urlsafe(32)
     record = ApiKeyRecord(
@@ -153,6 +184,7 @@ async def create_key(db: Database, name: str, scopes: Iterable[str]) -> tuple[Ap
         prefix=secret[:12],
         scopes=wanted,
         created_at=time.time(),
+        user_id=user_id,
     )
     values = {
         "id": record.id,
@@ -162,19 +194,31 @@ async def create_key(db: Database, name: str, scopes: Iterable[str]) -> tuple[Ap
         "scopes": " ".join(wanted),
         "created_at": record.created_at,
         "revoked_at": None,
+        "user_id": user_id,
     }
     await db.transaction(lambda conn: conn.execute(K.insert().values(**values)))
     return record, secret
 
 
-async def list_keys(db: Database) -> list[ApiKeyRecord]:
-    rows = await db.read(lambda conn: list(conn.execute(select(K).order_by(K.c.created_at))))
+async def list_keys(db: Database, user_id: str | None = None) -> list[ApiKeyRecord]:
+    """Every key, or only those of `user_id` when given."""
+    query = select(K).order_by(K.c.created_at)
+    if user_id is not None:
+        query = query.where(K.c.user_id == user_id)
+    rows = await db.read(lambda conn: list(conn.execute(query)))
     return [_record(row) for row in rows]
 
 
 async def get_key(db: Database, key_id: str) -> ApiKeyRecord | None:
     rows = await db.read(lambda conn: list(conn.execute(select(K).where(K.c.id == key_id))))
     return _record(rows[0]) if rows else None
+
+
+async def active_key(db: Database, key_id: str) -> ApiKeyRecord | None:
+    """The key with its owner, if it may still act (see _owned_record), else None."""
+    query = _with_owner().where(K.c.id == key_id)
+    row = await db.read(lambda conn: conn.execute(query).first())
+    return _owned_record(row) if row is not None else None
 
 
 async def revoke_key(db: Database, key_id: str) -> ApiKeyRecord | None:
@@ -192,14 +236,16 @@ async def revoke_key(db: Database, key_id: str) -> ApiKeyRecord | None:
 
 
 async def find_by_secret(db: Database, secret: str) -> ApiKeyRecord | None:
-    """The active key whose secret this is, or None."""
+    """The active key whose secret this is, with its owner (one read, joined), or None: an
+    unknown or revoked key, or one whose owner is disabled."""
     if not secret.startswith(KEY_PREFIX) or len(secret) > 128:
         return None
     wanted = hash_secret(secret)
-    rows = await db.read(lambda conn: list(conn.execute(select(K).where(K.c.hash == wanted))))
+    query = _with_owner().where(K.c.hash == wanted)
+    rows = await db.read(lambda conn: list(conn.execute(query)))
     for row in rows:
-        if hmac.compare_digest(row.hash, wanted) and row.revoked_at is None:
-            return _record(row)
+        if hmac.compare_digest(row.hash, wanted):
+            return _owned_record(row)
     return None
 
 
@@ -208,15 +254,17 @@ class KeyStore:
 
     Only hits are cached (for CACHE_SECONDS), keyed by the secret's hash, so a revocation
     on another node or from the CLI takes effect here within that time; one on this node
-    at once. `still_active` answers the same for a key already authenticated (an SMTP
-    session asks at every MAIL), with the same bound.
+    at once. A key comes with its owner, read in the same query: the owner's disabling or
+    new role reaches the key within the same bound. `current` answers the same for a key
+    already authenticated (an SMTP session asks at every MAIL).
     """
 
     def __init__(self, db: Database, ttl: float = CACHE_SECONDS) -> None:
         self._db = db
         self._ttl = ttl
         self._cache: dict[str, tuple[float, ApiKeyRecord]] = {}
-        self._active: dict[str, float] = {}  # key id -> until when it is known active
+        # key id -> until when it is known active, and as it was then (owner included)
+        self._active: dict[str, tuple[float, ApiKeyRecord]] = {}
 
     async def authenticate(self, secret: str) -> ApiKeyRecord | None:
         digest = hash_secret(secret)
@@ -233,19 +281,25 @@ class KeyStore:
         self._cache[digest] = (now + self._ttl, record)
         return record
 
-    async def still_active(self, key_id: str) -> bool:
-        """Whether the key has not been revoked (as of at most CACHE_SECONDS ago)."""
+    async def current(self, key_id: str) -> ApiKeyRecord | None:
+        """The key with its owner as of at most CACHE_SECONDS ago; None once it may no
+        longer act (revoked, or its owner disabled)."""
         now = time.monotonic()
-        if self._active.get(key_id, 0.0) > now:
-            return True
-        record = await get_key(self._db, key_id)
-        if record is None or record.revoked_at is not None:
+        cached = self._active.get(key_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        record = await active_key(self._db, key_id)
+        if record is None:
             self._active.pop(key_id, None)
-            return False
+            return None
         if len(self._active) > 10_000:  # bounded: drop everything rather than grow
             self._active.clear()
-        self._active[key_id] = now + self._ttl
-        return True
+        self._active[key_id] = (now + self._ttl, record)
+        return record
+
+    async def still_active(self, key_id: str) -> bool:
+        """Whether the key may still act (as of at most CACHE_SECONDS ago)."""
+        return await self.current(key_id) is not None
 
     def forget(self, key_id: str) -> None:
         """Drop a key from the cache (it was just revoked here)."""

@@ -44,8 +44,9 @@ class InvalidCursor(InvalidInput, ValueError):
 
 @dataclass(frozen=True)
 class MessageFilter:
-    """What to look for; every criterion given must match. `api_key_id` is not a criterion
-    but a restriction: a key other than an admin's sees only the mail it sent."""
+    """What to look for; every criterion given must match. `api_key_id` and `user_id` are
+    not criteria but restrictions: a key other than an admin's sees only the mail it sent,
+    a member only their own (api.routes.messages says who is restricted how)."""
 
     statuses: tuple[str, ...] = ()
     pool: str | None = None
@@ -55,6 +56,7 @@ class MessageFilter:
     since: float | None = None  # created_at >= since
     until: float | None = None  # created_at < until
     api_key_id: str | None = None
+    user_id: str | None = None
 
     def is_empty(self) -> bool:
         """True when no criterion narrows the search (the restriction does not count)."""
@@ -131,6 +133,8 @@ def criteria(flt: MessageFilter, statuses: Sequence[str] | None = None) -> list[
         # On `message` itself (ix_message_api_key), so that a page is read from the index
         # in order rather than by sorting every message the key ever sent.
         clauses.append(M.c.api_key_id == flt.api_key_id)
+    if flt.user_id is not None:
+        clauses.append(M.c.user_id == flt.user_id)  # ix_message_user, for the same reason
     return clauses
 
 

@@ -112,6 +112,7 @@ class PoolRecord:
     source: str  # config | api
     created_at: float
     has_password: bool
+    created_by: str | None = None  # the user who made it (None: console, config, or key)
 
 
 def _record(row: Any) -> PoolRecord:
@@ -121,6 +122,7 @@ def _record(row: Any) -> PoolRecord:
         source=row.source,
         created_at=row.created_at,
         has_password=bool(row.password_enc),
+        created_by=row.created_by,
         **values,
     )
 
@@ -211,8 +213,11 @@ def _name_free(conn: Connection, name: str, pool_id: str) -> None:
         raise PoolNameTaken(f"a pool named {name!r} already exists")
 
 
-async def create_pool(db: Database, values: Mapping[str, Any], seal: Seal) -> PoolRecord:
-    """Store a new API pool; `seal(id)` gives the password ciphertext for its new id."""
+async def create_pool(
+    db: Database, values: Mapping[str, Any], seal: Seal, created_by: str | None = None
+) -> PoolRecord:
+    """Store a new API pool, made by `created_by`; `seal(id)` gives the password ciphertext
+    for its new id."""
     unknown = set(values) - EDITABLE
     if unknown:
         raise ValueError(f"not pool fields: {sorted(unknown)}")
@@ -227,7 +232,12 @@ async def create_pool(db: Database, values: Mapping[str, Any], seal: Seal) -> Po
             _take_default(conn, pool_id)
         conn.execute(
             P.insert().values(
-                id=pool_id, source="api", password_enc=password_enc, created_at=now, **values
+                id=pool_id,
+                source="api",
+                password_enc=password_enc,
+                created_at=now,
+                created_by=created_by,
+                **values,
             )
         )
         return _record(conn.execute(select(P).where(P.c.id == pool_id)).one())

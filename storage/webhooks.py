@@ -41,6 +41,7 @@ class WebhookRecord:
     updated_at: float
     failures: int
     next_attempt_at: float
+    created_by: str | None = None  # the user who made it (None: console or key)
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ def _record(row: Any) -> WebhookRecord:
         updated_at=row.updated_at,
         failures=row.failures,
         next_attempt_at=row.next_attempt_at,
+        created_by=row.created_by,
     )
 
 
@@ -81,7 +83,9 @@ def _stored(values: Mapping[str, Any]) -> dict[str, Any]:
     return stored
 
 
-async def create_webhook(db: Database, values: Mapping[str, Any], seal: Seal) -> WebhookRecord:
+async def create_webhook(
+    db: Database, values: Mapping[str, Any], seal: Seal, created_by: str | None = None
+) -> WebhookRecord:
     now = time.time()
     webhook_id = new_id()
     row = {
@@ -98,6 +102,7 @@ async def create_webhook(db: Database, values: Mapping[str, Any], seal: Seal) ->
         "claimed_until": None,
         "next_attempt_at": 0.0,
         "failures": 0,
+        "created_by": created_by,
     }
 
     def work(conn: Connection) -> None:

@@ -5,7 +5,9 @@ An alias's address must be on a verified domain. Creating one sends a verificati
 `GET /api/v1/aliases/verify?token=...`: single-use, valid 48 hours, only its SHA-256 kept.
 Following it sets `is_verified`; from then on mail From the alias routes to its ip_pool and
 passes the `verified` sender policy. Only name, is_default and ip_pool change afterwards.
-The refusals of storage.aliases (AliasError) are answered from api.errors.ANSWERS.
+The refusals of storage.aliases (AliasError) are answered from api.errors.ANSWERS. An
+alias records the user who made it (`created_by`); a caller sees the aliases
+api.ownership lets it see (`_visible`), another's is a 404.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from api.auth import Caller, authenticate
 from api.context import ApiContext, iso
 from api.management import TOKEN_TTL
 from api.openapi import operation, path_parameter, query_parameter
+from api.ownership import visible_to
 from api.resource_schemas import AliasCreate, AliasList, AliasResponse, AliasUpdate
 from api.schemas import ErrorResponse, Ok, parse
 from gateway.addresses import envelope_problem, normalise
@@ -55,6 +58,7 @@ def alias_json(record: AliasRecord) -> dict[str, Any]:
         "is_verified": record.is_verified,
         "ip_pool": record.ip_pool,
         "created_at": iso(record.created_at),
+        "created_by": record.created_by,
     }
 
 
@@ -71,6 +75,15 @@ async def _caller(request: Request) -> tuple[ApiContext, Caller]:
     return ctx, await authenticate(request, ctx, SCOPE)
 
 
+async def _visible(ctx: ApiContext, caller: Caller, request: Request) -> AliasRecord:
+    """The alias of the path, if the caller may see it (another's is a 404, as for none)."""
+    record = await aliases.get_alias(ctx.db, request.path_params["alias_id"])
+    seen = await visible_to(ctx, caller, "alias")
+    if record is None or not seen.allows(record.id, record.created_by):
+        raise errors.NotFound("alias not found")
+    return record
+
+
 async def _changed(ctx: ApiContext) -> None:
     """Intake routes and checks senders from memory: make it see the change now."""
     await ctx.management().identities.reload()
@@ -78,8 +91,9 @@ async def _changed(ctx: ApiContext) -> None:
 
 @operation("List sending aliases", scope=SCOPE, responses={200: ("every alias", AliasList)})
 async def list_all(request: Request) -> Response:
-    ctx, _ = await _caller(request)
-    found = await aliases.list_aliases(ctx.db)
+    ctx, caller = await _caller(request)
+    seen = await visible_to(ctx, caller, "alias")
+    found = seen.only(await aliases.list_aliases(ctx.db), lambda a: (a.id, a.created_by))
     return JSONResponse({"success": True, "aliases": [alias_json(a) for a in found]})
 
 
@@ -122,6 +136,7 @@ async def create(request: Request) -> Response:
         ip_pool=body.ip_pool,
         token_hash=token_hash(token),
         expires_at=time.time() + TOKEN_TTL,
+        created_by=key.user_id,
     )
     await _changed(ctx)
     link = f"{manage.public_url}{BASE}/verify?token={token}"
@@ -154,7 +169,7 @@ async def _send_verification(
         content=built.content,
         source="http",
         tags=("alias-verification",),
-        sender=Sender(key.id, may_send=True, may_sandbox=False),
+        sender=Sender(key.id, may_send=True, may_sandbox=False, user_id=key.user_id),
         system=True,
     )
     try:
@@ -203,10 +218,8 @@ async def verify(request: Request) -> Response:
     responses={200: ("the alias", AliasResponse), 404: _NOT_FOUND},
 )
 async def show(request: Request) -> Response:
-    ctx, _ = await _caller(request)
-    record = await aliases.get_alias(ctx.db, request.path_params["alias_id"])
-    if record is None:
-        raise errors.NotFound("alias not found")
+    ctx, caller = await _caller(request)
+    record = await _visible(ctx, caller, request)
     return JSONResponse({"success": True, "alias": alias_json(record)})
 
 
@@ -219,7 +232,8 @@ async def show(request: Request) -> Response:
     responses={200: ("the alias", AliasResponse), 404: _NOT_FOUND},
 )
 async def change(request: Request) -> Response:
-    ctx, _ = await _caller(request)
+    ctx, caller = await _caller(request)
+    await _visible(ctx, caller, request)
     raw = await request.body()
     try:
         fields = json.loads(raw)
@@ -258,7 +272,8 @@ async def change(request: Request) -> Response:
     },
 )
 async def remove(request: Request) -> Response:
-    ctx, _ = await _caller(request)
+    ctx, caller = await _caller(request)
+    await _visible(ctx, caller, request)
     await aliases.delete_alias(ctx.db, request.path_params["alias_id"])
     await _changed(ctx)
     return JSONResponse({"success": True})

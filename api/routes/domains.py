@@ -5,7 +5,9 @@ answers the DNS records to publish: DKIM, SPF, DMARC. `POST /{id}/verify` looks 
 through the `[dns] nameservers` (uncached) and verifies the domain when DKIM and SPF are
 there. An `admin` key may add a domain already verified (`"verified": true`), e.g. for a
 domain whose DNS is managed elsewhere. `{id}` is the domain's id or its name. A domain
-registered twice (DomainExists) is answered from api.errors.ANSWERS.
+registered twice (DomainExists) is answered from api.errors.ANSWERS. A domain records the
+user who added it (`created_by`); a caller sees the domains api.ownership lets it see,
+another's is a 404.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from api import errors
-from api.auth import authenticate
+from api.auth import Caller, authenticate
 from api.context import ApiContext, iso
 from api.openapi import operation, path_parameter
+from api.ownership import visible_to
 from api.resource_schemas import DomainCreate, DomainList, DomainResponse, DomainVerification
 from api.schemas import ErrorResponse, Ok, parse
 from gateway.dkim import domains as sender_domains
@@ -54,16 +57,17 @@ async def domain_json(ctx: ApiContext, record: DomainRecord) -> dict[str, Any]:
             }
             for item in publish
         ],
+        "created_by": record.created_by,
     }
 
 
-async def _caller(request: Request) -> ApiContext:
+async def _caller(request: Request) -> tuple[ApiContext, Caller]:
     ctx: ApiContext = request.app.state.api
-    await authenticate(request, ctx, SCOPE)
-    return ctx
+    return ctx, await authenticate(request, ctx, SCOPE)
 
 
-async def _one(ctx: ApiContext, request: Request) -> DomainRecord:
+async def _one(ctx: ApiContext, caller: Caller, request: Request) -> DomainRecord:
+    """The domain of the path, if the caller may see it (another's is a 404, as for none)."""
     key = request.path_params["domain_id"]
     if not key.startswith("dom_"):
         try:
@@ -71,15 +75,18 @@ async def _one(ctx: ApiContext, request: Request) -> DomainRecord:
         except DkimError:
             raise errors.NotFound("no such domain") from None
     record = await domains.get_domain(ctx.db, key) if len(key) <= 253 else None
-    if record is None:
+    seen = await visible_to(ctx, caller, "domain")
+    if record is None or not seen.allows(record.id, record.created_by):
         raise errors.NotFound("no such domain")
     return record
 
 
 @operation("List domains", scope=SCOPE, responses={200: ("every domain", DomainList)})
 async def list_all(request: Request) -> Response:
-    ctx = await _caller(request)
-    found = [await domain_json(ctx, record) for record in await domains.list_domains(ctx.db)]
+    ctx, caller = await _caller(request)
+    seen = await visible_to(ctx, caller, "domain")
+    records = seen.only(await domains.list_domains(ctx.db), lambda r: (r.id, r.created_by))
+    found = [await domain_json(ctx, record) for record in records]
     return JSONResponse({"success": True, "domains": found})
 
 
@@ -110,7 +117,12 @@ async def create(request: Request) -> Response:
     if body.verified and not key.has("admin"):
         raise errors.Forbidden("only an admin key may add a domain as already verified")
     record, _ = await sender_domains.register(
-        ctx.db, manage.box, name, verified=body.verified, algorithm=body.algorithm
+        ctx.db,
+        manage.box,
+        name,
+        verified=body.verified,
+        algorithm=body.algorithm,
+        created_by=key.user_id,
     )
     if record.is_verified:
         await manage.identities.reload()
@@ -126,8 +138,8 @@ async def create(request: Request) -> Response:
     responses={200: ("the domain and its records", DomainResponse), 404: _NOT_FOUND},
 )
 async def show(request: Request) -> Response:
-    ctx = await _caller(request)
-    record = await _one(ctx, request)
+    ctx, caller = await _caller(request)
+    record = await _one(ctx, caller, request)
     return JSONResponse({"success": True, "domain": await domain_json(ctx, record)})
 
 
@@ -143,9 +155,9 @@ async def show(request: Request) -> Response:
     responses={200: ("what DNS says", DomainVerification), 404: _NOT_FOUND},
 )
 async def verify(request: Request) -> Response:
-    ctx = await _caller(request)
+    ctx, caller = await _caller(request)
     manage = ctx.management()
-    record = await _one(ctx, request)
+    record = await _one(ctx, caller, request)
     updated, checks = await sender_domains.verify(ctx.db, manage.resolver, record)
     if updated.is_verified and not record.is_verified:
         await manage.identities.reload()
@@ -167,8 +179,8 @@ async def verify(request: Request) -> Response:
     responses={200: ("removed", Ok), 404: _NOT_FOUND},
 )
 async def remove(request: Request) -> Response:
-    ctx = await _caller(request)
-    record = await _one(ctx, request)
+    ctx, caller = await _caller(request)
+    record = await _one(ctx, caller, request)
     await domains.delete_domain(ctx.db, record.id)
     await ctx.management().identities.reload()
     return JSONResponse({"success": True})

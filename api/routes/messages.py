@@ -1,7 +1,8 @@
 """/v1/messages: find messages, see where one is, retry or cancel them one by one or in bulk.
 
-A key sees and acts on only the messages it sent (an `admin` key on all); another key's
-message is a 404, so that a message id reveals nothing to another key. Bulk operations take
+A key sees and acts on only the messages it sent (an `admin` key on all); a member, and any
+key of a user, those of that user (an admin or owner on all: see `restriction`). Another's
+message is a 404, so that a message id reveals nothing. Bulk operations take
 the search's filters; one with no criterion must say `"all": true` to touch the whole queue.
 """
 
@@ -60,14 +61,30 @@ def _invalid(field: str, message: str) -> errors.InvalidRequest:
     return errors.InvalidRequest(f"{field}: {message}", [{"field": field, "message": message}])
 
 
-def _owner(key: Caller) -> str | None:
-    """The restriction a search runs under: None for an admin, else the key's own mail."""
-    return None if key.has("admin") else key.id
+def restriction(caller: Caller) -> dict[str, str]:
+    """Whose mail the caller sees, as make_filter's restriction: everyone's with the `admin`
+    scope (an admin's or owner's session, an admin key of theirs or of the console); else
+    its user's (a member, or any key of a user: a key acts for its owner); else, for a key
+    made at the console, the mail it sent. The one place that says it: may_see follows it."""
+    if caller.has("admin"):
+        return {}
+    if caller.user is not None:
+        return {"user_id": caller.user.id}
+    return {"api_key_id": caller.id}
+
+
+def may_see(caller: Caller, state: MessageState) -> bool:
+    restricted = restriction(caller)
+    if "user_id" in restricted:
+        return state.user_id == restricted["user_id"]
+    return "api_key_id" not in restricted or state.api_key_id == restricted["api_key_id"]
 
 
 async def _visible(ctx: ApiContext, key: Caller, message_id: str) -> MessageState:
+    """The message, if the caller may see it; another's is a 404 (never a 403 that would
+    confirm it exists)."""
     state = await message_state(ctx.db, message_id, True) if len(message_id) <= 64 else None
-    if state is None or not (key.has("admin") or state.api_key_id == key.id):
+    if state is None or not may_see(key, state):
         raise errors.NotFound("no such message")
     return state
 
@@ -127,7 +144,7 @@ async def list_messages(request: Request) -> Response:
         if len(query.getlist(name)) > 1:
             raise _invalid(name, "given more than once")
     try:
-        flt = make_filter(dict(query), _owner(key))
+        flt = make_filter(dict(query), **restriction(key))
     except FilterError as error:
         raise _invalid(error.field, error.message) from None
     raw_limit = query.get("limit", str(DEFAULT_LIMIT))
@@ -253,7 +270,7 @@ async def _bulk(request: Request, action: queue_ops.Action) -> Response:
     body = parse(BulkRequest, await request.body())
     given = body.filter.model_dump(by_alias=True, exclude={"all"})
     try:
-        flt = make_filter(given, _owner(key))
+        flt = make_filter(given, **restriction(key))
     except FilterError as error:
         raise _invalid(f"filter.{error.field}", error.message) from None
     if flt.is_empty() and not body.filter.all:

@@ -28,7 +28,7 @@ from api.resource_schemas import (
     SmtpPoolList,
 )
 from api.schemas import HEADER_TEXT, ErrorResponse, parse, refuse_nulls
-from storage.pools import PoolRecord, pool_records
+from storage.pools import PoolRecord
 
 SCOPE = "pools"
 PREFIXES = ("/api/v1/smtp-pools", "/api/smtp-pools")
@@ -73,6 +73,7 @@ def pool_json(record: PoolRecord) -> dict[str, Any]:
         "daily_limit": record.daily_limit,
         "source": record.source,
         "has_password": record.has_password,
+        "created_by": record.created_by,
     }
 
 
@@ -88,8 +89,8 @@ async def _caller(request: Request) -> tuple[ApiContext, Caller]:
     responses={200: ("every pool, config-file ones included; never a password", SmtpPoolList)},
 )
 async def list_all(request: Request) -> Response:
-    ctx, _ = await _caller(request)
-    return JSONResponse([pool_json(record) for record in await pool_records(ctx.db)])
+    ctx, caller = await _caller(request)
+    return JSONResponse([pool_json(record) for record in await pool_ops.records(ctx, caller)])
 
 
 @operation(
@@ -99,10 +100,10 @@ async def list_all(request: Request) -> Response:
     responses={201: ("the pool", SmtpPool), 400: _HOST, 409: _CONFIG},
 )
 async def create(request: Request) -> Response:
-    ctx, _ = await _caller(request)
+    ctx, caller = await _caller(request)
     body = parse(PoolCreate, await request.body())
     values = body.model_dump(exclude={"password"})
-    record = await pool_ops.create(ctx, values, body.password)
+    record = await pool_ops.create(ctx, caller, values, body.password)
     return JSONResponse(pool_json(record), status_code=201)
 
 
@@ -113,8 +114,9 @@ async def create(request: Request) -> Response:
     responses={200: ("the pool", SmtpPool), 404: _NOT_FOUND},
 )
 async def show(request: Request) -> Response:
-    ctx, _ = await _caller(request)
-    return JSONResponse(pool_json(await pool_ops.get(ctx, request.path_params["pool_id"])))
+    ctx, caller = await _caller(request)
+    record = await pool_ops.get(ctx, caller, request.path_params["pool_id"])
+    return JSONResponse(pool_json(record))
 
 
 @operation(
@@ -125,15 +127,16 @@ async def show(request: Request) -> Response:
     responses={200: ("the pool", SmtpPool), 400: _HOST, 404: _NOT_FOUND, 409: _CONFIG},
 )
 async def change(request: Request) -> Response:
-    ctx, _ = await _caller(request)
+    ctx, caller = await _caller(request)
     raw = await request.body()
     body = parse(PoolUpdate, raw)
     given = body.model_fields_set
     refuse_nulls(body)
     changes = {name: getattr(body, name) for name in given if name != "password"}
     partial = not {"username", "encryption", "host"} <= given
+    pool_id = request.path_params["pool_id"]
     record = await pool_ops.update(
-        ctx, request.path_params["pool_id"], changes, body.password, "password" in given, partial
+        ctx, caller, pool_id, changes, body.password, "password" in given, partial
     )
     return JSONResponse(pool_json(record))
 
@@ -150,9 +153,9 @@ async def change(request: Request) -> Response:
     },
 )
 async def remove(request: Request) -> Response:
-    ctx, _ = await _caller(request)
+    ctx, caller = await _caller(request)
     move_to = request.query_params.get("move_to")
-    moved = await pool_ops.delete(ctx, request.path_params["pool_id"], move_to)
+    moved = await pool_ops.delete(ctx, caller, request.path_params["pool_id"], move_to)
     return JSONResponse({"success": True, **({"moved": moved} if move_to else {})})
 
 
@@ -189,7 +192,7 @@ async def test(request: Request) -> Response:
     ctx, key = await _caller(request)
     raw = await request.body()
     body = parse(PoolTest, raw) if raw.strip() else PoolTest(recipient=None)
-    record = await pool_ops.get(ctx, request.path_params["pool_id"])
+    record = await pool_ops.get(ctx, key, request.path_params["pool_id"])
     result, sent = await pool_ops.test(ctx, key, record, body.recipient)
     answer: dict[str, Any] = {
         "success": result.success,

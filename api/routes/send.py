@@ -29,7 +29,7 @@ from gateway.intake.fields import control_problems, sandbox_flag, text_problem
 from gateway.intake.message_builder import BuildError, Built, Draft, Mailbox, build
 from gateway.intake.pipeline import Accepted, Duplicate, NoRoute
 from gateway.intake.request_digest import json_digest
-from gateway.message import Sender, Submission
+from gateway.message import Submission
 from gateway.queue import idempotency
 from storage.keys import missing_scope
 from storage.messages import MessageState, message_state
@@ -209,7 +209,7 @@ def _submission(
         request_hash=_digest(body, sandbox) if body.idempotency_key is not None else None,
         sandbox=sandbox,
         tags=tuple(body.tags),
-        sender=Sender(key.id, key.may_send, key.may_sandbox, key.ip_pools),
+        sender=key.sender(),
         metadata=dict(body.metadata),
         client=maillog.client(request.client),
     )

@@ -32,7 +32,7 @@ from api.resource_schemas import (
 )
 from api.routes.pools import DELETE_REFUSALS, MOVE_TO, MOVE_TO_TEXT
 from api.schemas import ErrorResponse, parse, refuse_nulls
-from storage.pools import PoolRecord, pool_records
+from storage.pools import PoolRecord
 
 SCOPE = "pools"
 BASE = "/api/v1/smtp/configs"
@@ -96,10 +96,10 @@ def _page_number(request: Request, name: str, default: int, most: int) -> int:
     responses={200: ("one page", SmtpConfigPage)},
 )
 async def list_all(request: Request) -> Response:
-    ctx, _ = await _caller(request)
+    ctx, caller = await _caller(request)
     page = _page_number(request, "page", 1, MAX_PAGE_NUMBER)
     per_page = _page_number(request, "per_page", 20, MAX_PER_PAGE)
-    records = await pool_records(ctx.db)
+    records = await pool_ops.records(ctx, caller)
     chunk = records[(page - 1) * per_page : page * per_page]
     return JSONResponse(
         {
@@ -121,11 +121,11 @@ async def list_all(request: Request) -> Response:
     responses={201: ("the configuration", SmtpConfig), 409: _CONFLICT},
 )
 async def create(request: Request) -> Response:
-    ctx, _ = await _caller(request)
+    ctx, caller = await _caller(request)
     body = parse(ConfigCreate, await request.body())
     values = body.model_dump(exclude={"password", "use_tls"})
     values["encryption"] = encryption(body.use_tls, body.port)
-    record = await pool_ops.create(ctx, values, body.password)
+    record = await pool_ops.create(ctx, caller, values, body.password)
     return JSONResponse(config_json(record), status_code=201)
 
 
@@ -136,8 +136,9 @@ async def create(request: Request) -> Response:
     responses={200: ("the configuration", SmtpConfig), 404: _NOT_FOUND},
 )
 async def show(request: Request) -> Response:
-    ctx, _ = await _caller(request)
-    return JSONResponse(config_json(await pool_ops.get(ctx, request.path_params["config_id"])))
+    ctx, caller = await _caller(request)
+    record = await pool_ops.get(ctx, caller, request.path_params["config_id"])
+    return JSONResponse(config_json(record))
 
 
 @operation(
@@ -149,19 +150,19 @@ async def show(request: Request) -> Response:
     responses={200: ("the configuration", SmtpConfig), 404: _NOT_FOUND, 409: _CONFLICT},
 )
 async def update(request: Request) -> Response:
-    ctx, _ = await _caller(request)
+    ctx, caller = await _caller(request)
     config_id = request.path_params["config_id"]
     body = parse(ConfigUpdate, await request.body())
     given = body.model_fields_set
     refuse_nulls(body)
     changes = {name: getattr(body, name) for name in given - {"password", "use_tls"}}
     if "use_tls" in given or "port" in given:
-        current = await pool_ops.get(ctx, config_id)
+        current = await pool_ops.get(ctx, caller, config_id)
         use_tls = body.use_tls if body.use_tls is not None else current.encryption != "none"
         changes["encryption"] = encryption(use_tls, body.port or current.port)
     partial = not {"username", "use_tls", "host"} <= given
     record = await pool_ops.update(
-        ctx, config_id, changes, body.password, "password" in given, partial
+        ctx, caller, config_id, changes, body.password, "password" in given, partial
     )
     return JSONResponse({**config_json(record), "updated_at": iso(time.time())})
 
@@ -178,9 +179,9 @@ async def update(request: Request) -> Response:
     },
 )
 async def remove(request: Request) -> Response:
-    ctx, _ = await _caller(request)
+    ctx, caller = await _caller(request)
     move_to = request.query_params.get("move_to")
-    moved = await pool_ops.delete(ctx, request.path_params["config_id"], move_to)
+    moved = await pool_ops.delete(ctx, caller, request.path_params["config_id"], move_to)
     answer: dict[str, Any] = {"message": "SMTP configuration deleted successfully"}
     if move_to:
         answer["moved"] = moved
@@ -216,7 +217,7 @@ async def remove(request: Request) -> Response:
 async def test(request: Request) -> Response:
     ctx, key = await _caller(request)
     body = parse(ConfigTest, await request.body())
-    record = await pool_ops.get(ctx, request.path_params["config_id"])
+    record = await pool_ops.get(ctx, key, request.path_params["config_id"])
     result, sent = await pool_ops.test(ctx, key, record, body.recipient)
     if not result.success or sent is None:
         raise errors.SmtpTestFailed(

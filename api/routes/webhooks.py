@@ -3,7 +3,8 @@
 The signing secret is in the creation response and nowhere else: it is stored encrypted,
 bound to the webhook's id (gateway.webhooks.signing). URLs pass the webhooks' SSRF guard
 (public addresses only unless `[webhooks] allow_private`) at create and PATCH (and the
-sender checks again before every POST).
+sender checks again before every POST). A webhook records the user who made it
+(`created_by`); a caller sees the webhooks api.ownership lets it see, another's is a 404.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from api import errors
-from api.auth import authenticate
+from api.auth import Caller, authenticate
 from api.context import ApiContext, iso
 from api.openapi import operation, path_parameter, query_parameter
+from api.ownership import visible_to
 from api.schemas import ErrorResponse, Ok, parse, refuse_nulls
 from api.webhook_schemas import (
     AttemptList,
@@ -58,6 +60,7 @@ def webhook_json(record: WebhookRecord) -> dict[str, Any]:
         "updated_at": iso(record.updated_at),
         "failures": record.failures,
         "next_attempt_at": iso(record.next_attempt_at) if record.next_attempt_at else None,
+        "created_by": record.created_by,
     }
 
 
@@ -65,10 +68,9 @@ def _bad(field: str, message: str) -> errors.InvalidRequest:
     return errors.InvalidRequest(f"{field}: {message}", [{"field": field, "message": message}])
 
 
-async def _caller(request: Request) -> ApiContext:
+async def _caller(request: Request) -> tuple[ApiContext, Caller]:
     ctx: ApiContext = request.app.state.api
-    await authenticate(request, ctx, SCOPE)
-    return ctx
+    return ctx, await authenticate(request, ctx, SCOPE)
 
 
 async def _check(ctx: ApiContext, values: dict[str, Any]) -> None:
@@ -92,17 +94,20 @@ async def _check(ctx: ApiContext, values: dict[str, Any]) -> None:
         raise _bad("description", problem)
 
 
-async def _get(ctx: ApiContext, request: Request) -> WebhookRecord:
+async def _get(ctx: ApiContext, caller: Caller, request: Request) -> WebhookRecord:
+    """The webhook of the path, if the caller may see it (else a 404, as for none)."""
     record = await store.get_webhook(ctx.db, request.path_params["webhook_id"])
-    if record is None:
+    seen = await visible_to(ctx, caller, "webhook")
+    if record is None or not seen.allows(record.id, record.created_by):
         raise errors.NotFound("no such webhook")
     return record
 
 
 @operation("List webhooks", scope=SCOPE, responses={200: ("every webhook", WebhookList)})
 async def list_all(request: Request) -> Response:
-    ctx = await _caller(request)
-    records = await store.list_webhooks(ctx.db)
+    ctx, caller = await _caller(request)
+    seen = await visible_to(ctx, caller, "webhook")
+    records = seen.only(await store.list_webhooks(ctx.db), lambda r: (r.id, r.created_by))
     return JSONResponse({"success": True, "webhooks": [webhook_json(r) for r in records]})
 
 
@@ -116,14 +121,14 @@ async def list_all(request: Request) -> Response:
     },
 )
 async def create(request: Request) -> Response:
-    ctx = await _caller(request)
+    ctx, caller = await _caller(request)
     body = parse(WebhookCreate, await request.body())
     values = body.model_dump()
     await _check(ctx, values)
     box = ctx.management().box
     secret = new_secret()
     record = await store.create_webhook(
-        ctx.db, values, lambda webhook_id: seal(box, webhook_id, secret)
+        ctx.db, values, lambda webhook_id: seal(box, webhook_id, secret), caller.user_id
     )
     answer = {**webhook_json(record), "secret": secret}
     return JSONResponse({"success": True, "webhook": answer}, status_code=201)
@@ -136,8 +141,9 @@ async def create(request: Request) -> Response:
     responses={200: ("the webhook (never its secret)", WebhookResponse), 404: _NOT_FOUND},
 )
 async def show(request: Request) -> Response:
-    ctx = await _caller(request)
-    return JSONResponse({"success": True, "webhook": webhook_json(await _get(ctx, request))})
+    ctx, caller = await _caller(request)
+    record = await _get(ctx, caller, request)
+    return JSONResponse({"success": True, "webhook": webhook_json(record)})
 
 
 @operation(
@@ -148,12 +154,12 @@ async def show(request: Request) -> Response:
     responses={200: ("the webhook", WebhookResponse), 400: _URL, 404: _NOT_FOUND},
 )
 async def change(request: Request) -> Response:
-    ctx = await _caller(request)
+    ctx, caller = await _caller(request)
     body = parse(WebhookUpdate, await request.body())
     given = body.model_fields_set
     refuse_nulls(body)
     changes = {name: getattr(body, name) for name in given}
-    current = await _get(ctx, request)
+    current = await _get(ctx, caller, request)
     await _check(
         ctx,
         {
@@ -176,7 +182,8 @@ async def change(request: Request) -> Response:
     responses={200: ("deleted", Ok), 404: _NOT_FOUND},
 )
 async def remove(request: Request) -> Response:
-    ctx = await _caller(request)
+    ctx, caller = await _caller(request)
+    await _get(ctx, caller, request)
     if not await store.delete_webhook(ctx.db, request.path_params["webhook_id"]):
         raise errors.NotFound("no such webhook")
     return JSONResponse({"success": True})
@@ -208,10 +215,10 @@ def parse_since(value: Any) -> float:
     },
 )
 async def replay(request: Request) -> Response:
-    ctx = await _caller(request)
+    ctx, caller = await _caller(request)
     body = parse(ReplayRequest, await request.body())
     since = parse_since(body.since)
-    record = await _get(ctx, request)
+    record = await _get(ctx, caller, request)
     if not record.is_active:
         raise errors.WebhookInactive("the webhook is inactive: activate it first")
     types = store.wanted_types(record.event_types, record.final_only, events.FINAL)
@@ -237,11 +244,11 @@ async def replay(request: Request) -> Response:
     responses={200: ("its latest POSTs, newest first", AttemptList), 404: _NOT_FOUND},
 )
 async def deliveries(request: Request) -> Response:
-    ctx = await _caller(request)
+    ctx, caller = await _caller(request)
     raw = request.query_params.get("limit", "50")
     if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_ATTEMPTS:
         raise _bad("limit", f"1 to {MAX_ATTEMPTS}")
-    record = await _get(ctx, request)
+    record = await _get(ctx, caller, request)
     rows = await store.attempts(ctx.db, record.id, int(raw))
     return JSONResponse(
         {

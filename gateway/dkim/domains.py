@@ -77,11 +77,18 @@ async def signing_key(db: Database, domain: str) -> DkimKeyRecord | None:
 
 
 async def register(
-    db: Database, box: Cipher, domain: str, *, verified: bool, algorithm: str = "rsa"
+    db: Database,
+    box: Cipher,
+    domain: str,
+    *,
+    verified: bool,
+    algorithm: str = "rsa",
+    created_by: str | None = None,
 ) -> tuple[DomainRecord, DkimKeyRecord | None]:
-    """Add a domain (DomainExists when it is there) and make sure it has a DKIM key: a key
-    made before (e.g. by `postern dkim generate`) is kept, else one is generated."""
-    record = await domains.add_domain(db, domain, verified=verified)
+    """Add a domain for user `created_by` (DomainExists when it is there) and make sure it
+    has a DKIM key: a key made before (e.g. by `postern dkim generate`) is kept, else one is
+    generated."""
+    record = await domains.add_domain(db, domain, verified=verified, created_by=created_by)
     key = await signing_key(db, domain)
     if key is None:
         pair = await asyncio.to_thread(generate_key, algorithm)

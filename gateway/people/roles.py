@@ -13,7 +13,7 @@ transaction (LastOwner), as a check made before it could race.
 from __future__ import annotations
 
 from gateway.errors import InvalidInput, Refused
-from storage.keys import SCOPES
+from storage.keys import SCOPES, ApiKeyRecord, scopes_allow
 from storage.users import OWNER, LastOwner
 
 __all__ = [
@@ -45,13 +45,34 @@ class RoleAboveOwn(RoleRefused):
     code = "role_above_own"
 
 
-MEMBER_SCOPES = ("send", "sandbox")
+# `keys`: a member makes and revokes their own keys (api.ownership shows them no other's),
+# which hold no scope above these.
+MEMBER_SCOPES = ("send", "sandbox", "keys")
 
 
 def scopes_of(role: str) -> tuple[str, ...]:
     """What a role may do, in API key scopes: owners and admins everything (users apart,
-    which require_user_manager keeps to owners), members sending."""
+    which require_user_manager keeps to owners), members sending and their own keys."""
     return SCOPES if role in (OWNER, ADMIN) else MEMBER_SCOPES
+
+
+def allows(role: str | None, scope: str) -> bool:
+    """Whether a user of `role` may act with `scope` (None: no user, no bound)."""
+    return role is None or scopes_allow(scopes_of(role), scope)
+
+
+def key_allows(key: ApiKeyRecord, scope: str) -> bool:
+    """Whether `key` may act with `scope`: its scopes, capped at its owner's role (a key
+    never exceeds its user's role, whatever it was given when the user stood higher)."""
+    owner = key.owner
+    return key.has(scope) and allows(owner.role if owner is not None else None, scope)
+
+
+def require_scopes_within(role: str, scopes: tuple[str, ...] | list[str]) -> None:
+    """RoleAboveOwn unless a user of `role` may hold each of `scopes` (for a key of theirs)."""
+    above = [scope for scope in scopes if not allows(role, scope)]
+    if above:
+        raise RoleAboveOwn(f"a {role} cannot give a key the scopes {', '.join(above)}")
 
 
 def check_role(role: str) -> str:

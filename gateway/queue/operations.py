@@ -97,11 +97,13 @@ def _statuses(value: Any) -> tuple[str, ...]:
     return tuple(found)
 
 
-def make_filter(values: Mapping[str, Any], api_key_id: str | None = None) -> MessageFilter:
+def make_filter(
+    values: Mapping[str, Any], api_key_id: str | None = None, user_id: str | None = None
+) -> MessageFilter:
     """A filter from field -> value (names as in FILTER_FIELDS; absent or None: no criterion).
 
-    `api_key_id` restricts the result to that key's messages (None: everyone's, for admins
-    and the CLI). Raises FilterError naming the first bad field.
+    `api_key_id` restricts the result to that key's messages, `user_id` to that user's (None:
+    everyone's, for admins and the CLI). Raises FilterError naming the first bad field.
     """
     get = {name: values.get(name) for name in FILTER_FIELDS}
     flt = MessageFilter(
@@ -113,6 +115,7 @@ def make_filter(values: Mapping[str, Any], api_key_id: str | None = None) -> Mes
         since=parse_time("since", get["since"]) if get["since"] is not None else None,
         until=parse_time("until", get["until"]) if get["until"] is not None else None,
         api_key_id=api_key_id,
+        user_id=user_id,
     )
     return flt  # until <= since is no error: such a range matches nothing
 

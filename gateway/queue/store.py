@@ -141,6 +141,7 @@ class Queue:
             "claimed_by": self.node_id if claim else None,
             "last_response": None,
             "api_key_id": submission.sender.api_key_id if submission.sender else None,
+            "user_id": submission.sender.user_id if submission.sender else None,
         }
 
     # --- delivery ---------------------------------------------------------------------

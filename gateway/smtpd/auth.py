@@ -14,8 +14,10 @@ connections (`[smtp] auth_failures_per_address`), as may every address together
 parallel connections cannot overdraw them; over budget, AUTH is 421 4.7.0 unchecked.
 
 A logged-in session keeps the key's rights only while the key does: at every MAIL the key
-must still be unrevoked (seen within storage.keys.CACHE_SECONDS, from any node) and within
-its rate (`[http] rate_limit`, one bucket per key shared with the HTTP API).
+must still be unrevoked, its owner (if it has one) not disabled (both seen within
+storage.keys.CACHE_SECONDS, from any node), and within its rate (`[http] rate_limit`, one
+bucket per key shared with the HTTP API). A key with an owner never sends beyond the
+owner's role (gateway.people.roles.key_allows), as that role is at each MAIL.
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ from typing import Any
 from aiosmtpd.smtp import AuthResult, LoginPassword, Session
 
 from gateway.message import Sender
+from gateway.people.roles import key_allows
 from gateway.security.ratelimit import RateLimiter, client_of
 from gateway.smtpd import replies
-from storage.keys import KEY_PREFIX, ApiKeyRecord, KeyStore
+from storage.keys import KEY_PREFIX, SEND_SCOPES, ApiKeyRecord, KeyStore
 
 BASE_DELAY = 0.25
 MAX_DELAY = 8.0
@@ -94,21 +97,31 @@ def sender_of(session: Session) -> Sender | None:
     key = session.auth_data
     if not isinstance(key, ApiKeyRecord):
         return None
-    return Sender(key.id, key.may_send, key.may_sandbox, key.ip_pools)
+    return key_sender(key)
+
+
+def key_sender(key: ApiKeyRecord) -> Sender:
+    """What `key` may submit, capped at its owner's role, and whose the mail is."""
+    may_send = any(key_allows(key, scope) for scope in SEND_SCOPES)
+    may_sandbox = key_allows(key, "sandbox")
+    return Sender(key.id, may_send, may_sandbox, key.ip_pools, user_id=key.user_id)
 
 
 async def key_refusal(
     session: Session, keys: KeyStore | None, limiter: RateLimiter | None
 ) -> str | None:
-    """At MAIL: the reply refusing it when the session's key was revoked since it logged in
-    (the session is then logged out: AUTH again with a valid key) or is over its rate."""
+    """At MAIL: the reply refusing it when the session's key was revoked (or its owner
+    disabled) since it logged in (the session is then logged out: AUTH again with a valid
+    key) or is over its rate."""
     key = session.auth_data
     if not isinstance(key, ApiKeyRecord):
         return None
-    if keys is None or not await keys.still_active(key.id):
+    current = await keys.current(key.id) if keys is not None else None
+    if current is None:
         session.authenticated = False
         session.auth_data = session.login_data = None
         return replies.AUTH_KEY_REVOKED
+    session.auth_data = current  # its owner's role as it is now
     wait = limiter.take(key.id) if limiter is not None else 0.0
     return replies.AUTH_KEY_RATE.format(seconds=math.ceil(wait)) if wait > 0 else None
 
@@ -157,7 +170,8 @@ class ApiKeyAuth:
             details = f"mechanism={mechanism} key lookup failed: {type(error).__name__}"
             self.log_refusal(replies.AUTH_UNAVAILABLE, details)  # type: ignore[attr-defined]
             return AuthResult(success=False, handled=False, message=replies.AUTH_UNAVAILABLE)
-        if key is not None and (key.may_send or key.may_sandbox):
+        grants = key_sender(key) if key is not None else None
+        if key is not None and grants is not None and (grants.may_send or grants.may_sandbox):
             throttle.passed(host)
             return AuthResult(success=True, auth_data=key)
         user = _shown_user(offered.login.decode("utf-8", "replace"), secret)

@@ -14,6 +14,7 @@ from gateway.message import Route, Sender, Submission
 from storage import idempotency
 from storage.db import Database, create_schema
 from storage.keys import (
+    KeyStore,
     UnknownScope,
     create_key,
     find_by_secret,
@@ -22,6 +23,7 @@ from storage.keys import (
     revoke_key,
 )
 from storage.suppressions import add_suppression, list_suppressions, remove_suppression
+from storage.users import create_user, disable_user, set_role
 from tests.support.databases import MakeQueue
 
 pytestmark = pytest.mark.timeout(60)
@@ -97,6 +99,24 @@ async def test_keys_store_only_a_hash_and_revoked_keys_stop_working(
     assert [k.id for k in await list_keys(backend)] == [record.id]
     with pytest.raises(UnknownScope):
         await create_key(backend, "bad", ["root"])
+
+
+async def test_a_key_comes_with_its_owner_and_stops_with_them(backend: Database) -> None:
+    user = await create_user(backend, "m@example.com", "", "owner", "hash")
+    await create_user(backend, "o@example.com", "", "owner", "hash")  # not the last owner
+    record, secret = await create_key(backend, "mine", ["send"], user.id)
+    found = await find_by_secret(backend, secret)
+    assert found is not None and found.user_id == user.id
+    assert found.owner is not None and found.owner.role == "owner"
+    assert [k.id for k in await list_keys(backend, user.id)] == [record.id]
+    assert await list_keys(backend, "usr_nobody") == []
+    keys = KeyStore(backend, ttl=0.0)  # no cache: each read sees the change at once
+    await set_role(backend, user.id, "member")
+    current = await keys.current(record.id)
+    assert current is not None and current.owner is not None and current.owner.role == "member"
+    await disable_user(backend, user.id)
+    assert await find_by_secret(backend, secret) is None
+    assert await keys.current(record.id) is None and await keys.authenticate(secret) is None
 
 
 async def test_suppressions_are_one_per_mailbox_and_page_in_order(
