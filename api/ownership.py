@@ -2,10 +2,10 @@
 
 Admins and owners see everything, as does a key made at the console (its scope is its only
 bound, as before users existed). A member sees what they created (`created_by`, a key's
-`user_id`); what is shared with them joins that set here, in `visible_to`, and nowhere
-else. A record a caller may not see is answered as absent (404), never as forbidden, so
-that its id confirms nothing. Messages follow their own rule (api.routes.messages), on the
-`message.user_id` index.
+`user_id`) and the accounts shared with them (storage.shares), joined here, in
+`visible_to`, and nowhere else. A record a caller may not see is answered as absent (404),
+never as forbidden, so that its id confirms nothing. Messages follow their own rule
+(api.routes.messages), on the `message.user_id` index.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from typing import TypeVar
 from api.auth import Caller
 from api.context import ApiContext
 from gateway.people import roles
+from storage.accounts import KINDS
+from storage.shares import shared_account_ids
 
 T = TypeVar("T")
 
@@ -49,9 +51,10 @@ def sees_everything(caller: Caller) -> bool:
 
 
 async def visible_to(ctx: ApiContext, caller: Caller, kind: str) -> Visibility:
-    """What `caller` sees of `kind` ("alias", "domain", "pool", "webhook", "key"). Shared
-    accounts join here: `shared=frozenset(await shared_account_ids(ctx.db, user.id, kind))`."""
+    """What `caller` sees of `kind` ("alias", "domain", "pool", "webhook", "key"): what
+    they created, and the accounts (aliases, domains) shared with them."""
     if sees_everything(caller):
         return Visibility()
     assert caller.user is not None
-    return Visibility(caller.user.id)
+    shared = await shared_account_ids(ctx.db, caller.user.id, kind) if kind in KINDS else set()
+    return Visibility(caller.user.id, frozenset(shared))

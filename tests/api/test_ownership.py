@@ -19,6 +19,8 @@ from api.ownership import visible_to
 from gateway.people.passwords import Passwords
 from gateway.people.users import Users
 from gateway.smtpd import replies
+from storage.aliases import create_alias
+from storage.invitations import accept, create_invitation
 from storage.keys import CACHE_SECONDS, ApiKeyRecord
 from storage.messages import message_state
 from storage.users import UserRecord
@@ -220,10 +222,29 @@ def _user(role: str, user_id: str = "usr_1") -> UserRecord:
 
 
 async def test_visibility_is_everything_for_admins_and_console_keys_else_ones_own() -> None:
-    ctx: Any = None  # visible_to reads nothing yet (shared accounts will)
-    member = await visible_to(ctx, Caller(user=_user("member")), "alias")
-    assert member.allows("ali_1", "usr_1") and not member.allows("ali_2", "usr_2")
-    assert not member.allows("ali_3", None)  # a console-made one is no member's
+    ctx: Any = None  # pools are never shared: visible_to reads nothing for them
+    member = await visible_to(ctx, Caller(user=_user("member")), "pool")
+    assert member.allows("smtp_1", "usr_1") and not member.allows("smtp_2", "usr_2")
+    assert not member.allows("smtp_3", None)  # a console-made one is no member's
     console = Caller(key=ApiKeyRecord("key_1", "ci", "msk_", ("aliases",), 0.0))
     for caller in (Caller(user=_user("admin")), Caller(user=_user("owner")), console):
         assert (await visible_to(ctx, caller, "alias")).everything
+
+
+async def test_an_alias_shared_with_a_member_is_theirs_to_see(api: Api) -> None:
+    owner = await make_user(api.svc.db, "owner@example.com", "owner")
+    member = await make_user(api.svc.db, "member@example.com", "member")
+    alias = await create_alias(
+        api.svc.db, email="team@sender.test", name="", is_default=False, ip_pool=None,
+        token_hash="0" * 64, expires_at=time.time() + 60, created_by=owner.id,
+    )  # fmt: skip
+    ctx = api.svc.api
+    before = await visible_to(ctx, Caller(user=member), "alias")
+    assert not before.allows(alias.id, owner.id)
+    invitation = await create_invitation(
+        api.svc.db, account=("alias", alias.id), invitee_email=member.email, role="member",
+        inviter_id=owner.id, token_hash="1" * 64, now=time.time(),
+    )  # fmt: skip
+    assert await accept(api.svc.db, invitation.id, member.id, time.time())
+    after = await visible_to(ctx, Caller(user=member), "alias")
+    assert after.allows(alias.id, owner.id) and not after.allows("ali_other", owner.id)
