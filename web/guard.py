@@ -73,7 +73,8 @@ async def sign_in_needed(request: Request, error: Exception) -> Response:
         answer = fragment("_error.html", 401, title="Signed out", text="Your session ended.")
         answer.headers["HX-Redirect"] = target
         return answer
-    return RedirectResponse(target, status_code=303, headers={"Cache-Control": "no-store"})
+    headers = {"Cache-Control": "no-store", "Vary": "HX-Request"}
+    return RedirectResponse(target, status_code=303, headers=headers)
 
 
 def _refusal(request: Request, error: errors.ApiError) -> Response:
