@@ -150,3 +150,26 @@ def test_a_csrf_refusal_is_shown_in_place(tab: Watched, sink: Sink, tmp_path: Pa
     assert "could not be accepted" in alert.inner_text()
     assert page.get_by_role("heading", level=1).inner_text() == "SMTP Pools"  # still the page
     tab.check(tmp_path / "csrf-refused.png")
+
+
+def test_every_page_of_an_owner_is_clean_and_reachable_by_keyboard(
+    tab: Watched, tmp_path: Path
+) -> None:
+    sign_in(tab, OWNER)
+    page = tab.page
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.textContent") == "Skip to content"
+    for name, path in (
+        ("overview", "/"),
+        ("pool-new", "/settings/pools/new"),
+        ("users", "/settings/users"),
+        ("sessions", "/settings/sessions"),
+    ):
+        answer = page.goto(tab.origin + path)
+        assert answer is not None and answer.status == 200, path
+        unlabelled = page.evaluate(
+            """() => [...document.querySelectorAll('input:not([type=hidden]), select')]
+                .filter(e => !e.labels || e.labels.length === 0).map(e => e.name)"""
+        )
+        assert unlabelled == [], (path, unlabelled)
+        tab.check(tmp_path / f"{name}.png")
