@@ -3,8 +3,10 @@ that holds a non-editable install of Postern (and nothing from the checkout on i
 
 From an empty folder it starts `postern serve` with no config at all (the Quick start) and
 checks /healthz, then follows "A first send": a config with a pool at a local aiosmtpd sink,
-`postern domains add example.com --verified`, one message over SMTP to the sink; each serve
-is stopped with SIGTERM, which must exit 0. A module missing from the wheel makes
+`postern domains add example.com --verified`, one message over SMTP to the sink, and the
+dashboard's sign-in page with the htmx it loads (templates and static files are package
+data: a wheel without them serves no page); each serve is stopped with SIGTERM, which must
+exit 0. A module missing from the wheel makes
 `postern` die at start and this script fail. Every wait is bounded.
 
     python .ci/install_check.py /path/to/venv/bin/postern
@@ -12,6 +14,7 @@ is stopped with SIGTERM, which must exit 0. A module missing from the wheel make
 
 from __future__ import annotations
 
+import re
 import signal
 import smtplib
 import socket
@@ -91,6 +94,29 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         sys.exit(f"install check: postern exited {status} on SIGTERM")
 
 
+def fetch(url: str) -> tuple[int, dict[str, str], bytes]:
+    with urllib.request.urlopen(url, timeout=10) as got:
+        return got.status, {k.lower(): v for k, v in got.headers.items()}, got.read()
+
+
+def dashboard(http_port: int) -> None:
+    """The installed package serves the sign-in page, and the htmx it names."""
+    base = f"http://127.0.0.1:{http_port}"
+    status, headers, body = fetch(f"{base}/login")
+    page = body.decode()
+    if status != 200 or "<h1>Sign in</h1>" not in page:
+        sys.exit(f"install check: /login answered {status} without the sign-in form")
+    if "script-src 'self'" not in headers.get("content-security-policy", ""):
+        sys.exit("install check: /login has no Content-Security-Policy")
+    found = re.search(r'src="(/static/[0-9a-f]+/htmx\.min\.js)"', page)
+    if found is None:
+        sys.exit("install check: the sign-in page loads no htmx.min.js")
+    status, headers, body = fetch(base + found.group(1))
+    if status != 200 or b"htmx" not in body[:200] or "immutable" not in headers["cache-control"]:
+        sys.exit(f"install check: {found.group(1)} answered {status} without htmx")
+    print("install check: the dashboard's sign-in page and htmx.min.js are served")
+
+
 def quick_start(postern: str, folder: Path) -> None:
     """`postern serve` exactly as the README's Quick start runs it: no config, defaults."""
     if not (port_free(2525) and port_free(8080)):
@@ -128,6 +154,11 @@ def relay_one(postern: str, folder: Path) -> None:
         if not handler.arrived.wait(RELAY_TIMEOUT):
             proc.kill()
             sys.exit("install check: the message did not reach the sink")
+        try:
+            dashboard(http_port)
+        except BaseException:
+            proc.kill()
+            raise
         stop(proc)
     finally:
         sink.stop()

@@ -77,6 +77,7 @@ from storage.db import (
 )
 from storage.keys import KeyStore
 from storage.writer import StorageUnavailable, Writer
+from web.app import dashboard
 
 log = logging.getLogger("postern")
 
@@ -340,6 +341,7 @@ class Service:
         metrics_socket = ready.metrics_socket
         access: MetricsAccess = "elsewhere" if metrics_socket else "key" if need_key else "open"
         app = create_app(storage.queue.ping, api, storage.writer.readiness, access)
+        app.router.routes.append(dashboard(api))  # the dashboard's pages, after the API's
         limits = DoorLimits("http", ready.budget.caps["http"], http.header_timeout)
         self._http.append(HttpDoor(app, ready.http_socket, limits))
         if metrics_socket is not None:

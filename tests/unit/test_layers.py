@@ -1,8 +1,8 @@
 """The import contracts: the layers hold, checked on every import statement of the code.
 
-    gateway.process   the composition root: service, CLI, logging; the only code importing api
-          |
-         api          the HTTP door
+    gateway.process   the composition root: service, CLI, logging; the only code importing
+          |           api and web
+     api   web        the HTTP door; the dashboard beside it (web may import api, api never web)
           |
        gateway        smtpd (the SMTP door), intake, routing, queue, delivery, dkim, webhooks...
           |
@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGES = ("gateway", "api", "storage")
+PACKAGES = ("gateway", "api", "storage", "web")
 
 
 def modules() -> Iterator[tuple[str, Path]]:
@@ -62,7 +62,12 @@ def within(module: str, package: str) -> bool:
 FORBIDDEN: list[tuple[str, str, str]] = [
     ("storage", "gateway", "storage is the bottom layer"),
     ("storage", "api", "storage is the bottom layer"),
+    ("storage", "web", "storage is the bottom layer"),
     ("api", "gateway.process", "only the composition root sits above api"),
+    ("api", "web", "the dashboard sits beside the API, on it: never the other way"),
+    ("web", "gateway.process", "only the composition root sits above web"),
+    ("web", "gateway.delivery", "the dashboard reaches delivery through api.pool_ops only"),
+    ("web", "gateway.smtpd", "the dashboard is a door of its own, beside the API's"),
     ("gateway.intake", "gateway.delivery", "intake hands over through the hand-off interface"),
     ("gateway.delivery", "gateway.intake", "delivery takes mail from storage and the hand-off"),
     ("gateway.queue", "gateway.intake", "the queue sits below intake and delivery"),
@@ -87,7 +92,7 @@ ALLOWED = {
 
 def broken_rules(name: str, imported: str) -> Iterator[str]:
     if within(name, "gateway") and not within(name, "gateway.process"):
-        for above in ("api", "gateway.process"):
+        for above in ("api", "web", "gateway.process"):
             if within(imported, above):
                 yield f"{_BELOW_ROOT}, may not import {above}"
     allowed = any(name == a and within(imported, b) for a, b in ALLOWED)
@@ -125,6 +130,12 @@ def test_the_layers_hold() -> None:
         ("gateway.queue.leak", "from gateway.delivery import workers", True),
         ("api.routes.pools", "from gateway.delivery import upstream", True),
         ("api.management", "from gateway.delivery.upstream import PoolSettings", False),
+        ("api.app", "from web.app import dashboard", True),
+        ("gateway.queue.store", "from web import render", True),
+        ("web.pages.pools", "from gateway.delivery import probe", True),
+        ("web.app", "from gateway.process import service", True),
+        ("web.pages.pools", "from api import pool_ops", False),
+        ("gateway.process.service", "from web.app import dashboard", False),
     ],
 )
 def test_the_check_sees_each_kind_of_import(

@@ -1,0 +1,154 @@
+"""Settings → SMTP Pools: list, create, edit, delete (confirmed on a page of its own, so it
+works without JavaScript), and the connection test (htmx swaps in its result; without
+JavaScript the form posts and the result is a page). Everything goes through api.pool_ops,
+as the API's routes do, with the API's scope `pools`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
+
+from api import pool_ops
+from api.auth import Caller
+from api.context import ApiContext
+from api.forms import form_fields
+from gateway.errors import PosternError
+from storage.pools import PoolRecord, pool_records
+from web.guard import signed_in
+from web.pages.pool_form import (
+    ENCRYPTIONS,
+    PoolForm,
+    answer_of,
+    checked_create,
+    checked_update,
+    values_of,
+)
+from web.render import fragment, is_htmx, page
+
+SCOPE = "pools"
+LIST = "/settings/pools"
+DONE = {"created": "Pool created.", "updated": "Pool saved.", "deleted": "Pool deleted."}
+
+
+def _back(done: str) -> Response:
+    return RedirectResponse(f"{LIST}?done={done}", status_code=303)
+
+
+def _live(ctx: ApiContext, record: PoolRecord) -> bool:
+    """Whether this node's delivery holds the pool (its live registry: no I/O)."""
+    return ctx.management().pools.live(record.id) is not None
+
+
+async def list_pools(request: Request) -> Response:
+    ctx, caller = await signed_in(request, SCOPE)
+    records = await pool_records(ctx.db)
+    rows = [(record, _live(ctx, record)) for record in records]
+    notice = DONE.get(request.query_params.get("done", ""), "")
+    return page(request, "pools/list.html", caller, rows=rows, notice=notice)
+
+
+def _form_page(
+    request: Request, caller: Caller, form: PoolForm, record: PoolRecord | None, status: int = 200
+) -> Response:
+    return page(
+        request, "pools/form.html", caller, status,
+        form=form, record=record, encryptions=ENCRYPTIONS,
+    )  # fmt: skip
+
+
+async def new_pool(request: Request) -> Response:
+    _, caller = await signed_in(request, SCOPE)
+    return _form_page(request, caller, PoolForm.of(None), None)
+
+
+async def create_pool(request: Request) -> Response:
+    ctx, caller = await signed_in(request, SCOPE)
+    fields = form_fields(await request.body())
+    form = PoolForm(values_of(fields))
+    try:
+        values = checked_create(form.values, fields.get("password") or None)
+        await pool_ops.create(ctx, values, fields.get("password") or None)
+    except PosternError as error:
+        return _form_page(request, caller, form.refused(error), None, answer_of(error).status)
+    return _back("created")
+
+
+async def edit_pool(request: Request) -> Response:
+    ctx, caller = await signed_in(request, SCOPE)
+    record = await pool_ops.get(ctx, request.path_params["pool_id"])
+    return _form_page(request, caller, PoolForm.of(record), record)
+
+
+async def update_pool(request: Request) -> Response:
+    ctx, caller = await signed_in(request, SCOPE)
+    record = await pool_ops.get(ctx, request.path_params["pool_id"])
+    fields = form_fields(await request.body())
+    form = PoolForm(values_of(fields))
+    remove = "remove_password" in fields
+    password = "" if remove else fields.get("password") or None
+    try:
+        changes = checked_update(form.values, password)
+        await pool_ops.update(ctx, record.id, changes, password, password is not None, False)
+    except PosternError as error:
+        return _form_page(request, caller, form.refused(error), record, answer_of(error).status)
+    return _back("updated")
+
+
+async def confirm_delete(request: Request) -> Response:
+    ctx, caller = await signed_in(request, SCOPE)
+    record = await pool_ops.get(ctx, request.path_params["pool_id"])
+    return await _delete_page(request, ctx, caller, record, "", 200)
+
+
+async def _delete_page(
+    request: Request, ctx: ApiContext, caller: Caller, record: PoolRecord, problem: str, status: int
+) -> Response:
+    others = [r for r in await pool_records(ctx.db) if r.id != record.id and r.is_active]
+    return page(
+        request, "pools/delete.html", caller, status,
+        record=record, others=others, problem=problem,
+    )  # fmt: skip
+
+
+async def delete_pool(request: Request) -> Response:
+    ctx, caller = await signed_in(request, SCOPE)
+    record = await pool_ops.get(ctx, request.path_params["pool_id"])
+    move_to = form_fields(await request.body()).get("move_to") or None
+    try:
+        await pool_ops.delete(ctx, record.id, move_to)
+    except PosternError as error:
+        problem = answer_of(error).error
+        return await _delete_page(request, ctx, caller, record, problem, answer_of(error).status)
+    return _back("deleted")
+
+
+async def test_pool(request: Request) -> Response:
+    ctx, caller = await signed_in(request, SCOPE)
+    record = await pool_ops.get(ctx, request.path_params["pool_id"])
+    recipient = form_fields(await request.body()).get("recipient", "").strip() or None
+    outcome: dict[str, Any] = {"record": record, "recipient": recipient or ""}
+    status = 200
+    try:
+        result, sent = await pool_ops.test(ctx, caller, record, recipient)
+        outcome.update(result=result, sent=sent, problem="")
+    except PosternError as error:
+        outcome.update(result=None, sent=None, problem=answer_of(error).error)
+        status = answer_of(error).status
+    if is_htmx(request):
+        return fragment("pools/_test.html", status, **outcome)
+    return page(request, "pools/test.html", caller, status, vary=True, **outcome)
+
+
+routes = [
+    Route(LIST, list_pools, methods=["GET"]),
+    Route(LIST, create_pool, methods=["POST"]),
+    Route(LIST + "/new", new_pool, methods=["GET"]),
+    Route(LIST + "/{pool_id}", edit_pool, methods=["GET"]),
+    Route(LIST + "/{pool_id}", update_pool, methods=["POST"]),
+    Route(LIST + "/{pool_id}/delete", confirm_delete, methods=["GET"]),
+    Route(LIST + "/{pool_id}/delete", delete_pool, methods=["POST"]),
+    Route(LIST + "/{pool_id}/test", test_pool, methods=["POST"]),
+]
