@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from storage.pools import pool_records
+from api import pool_ops
 from web.guard import signed_in
 from web.render import page
 
@@ -15,7 +15,7 @@ async def overview(request: Request) -> Response:
     ctx, caller = await signed_in(request)
     summary = None
     if caller.has("pools"):
-        records = await pool_records(ctx.db)
+        records = await pool_ops.records(ctx, caller)
         summary = {
             "total": len(records),
             "active": sum(record.is_active for record in records),

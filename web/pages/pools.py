@@ -44,7 +44,7 @@ def _live(ctx: ApiContext, record: PoolRecord) -> bool:
 
 async def list_pools(request: Request) -> Response:
     ctx, caller = await signed_in(request, SCOPE)
-    records = await pool_records(ctx.db)
+    records = await pool_ops.records(ctx, caller)
     rows = [(record, _live(ctx, record)) for record in records]
     notice = DONE.get(request.query_params.get("done", ""), "")
     return page(request, "pools/list.html", caller, rows=rows, notice=notice)
@@ -70,7 +70,7 @@ async def create_pool(request: Request) -> Response:
     form = PoolForm(values_of(fields))
     try:
         values = checked_create(form.values, fields.get("password") or None)
-        await pool_ops.create(ctx, values, fields.get("password") or None)
+        await pool_ops.create(ctx, caller, values, fields.get("password") or None)
     except PosternError as error:
         return _form_page(request, caller, form.refused(error), None, answer_of(error).status)
     return _back("created")
@@ -78,20 +78,21 @@ async def create_pool(request: Request) -> Response:
 
 async def edit_pool(request: Request) -> Response:
     ctx, caller = await signed_in(request, SCOPE)
-    record = await pool_ops.get(ctx, request.path_params["pool_id"])
+    record = await pool_ops.get(ctx, caller, request.path_params["pool_id"])
     return _form_page(request, caller, PoolForm.of(record), record)
 
 
 async def update_pool(request: Request) -> Response:
     ctx, caller = await signed_in(request, SCOPE)
-    record = await pool_ops.get(ctx, request.path_params["pool_id"])
+    record = await pool_ops.get(ctx, caller, request.path_params["pool_id"])
     fields = form_fields(await request.body())
     form = PoolForm(values_of(fields))
     remove = "remove_password" in fields
     password = "" if remove else fields.get("password") or None
     try:
         changes = checked_update(form.values, password)
-        await pool_ops.update(ctx, record.id, changes, password, password is not None, False)
+        given = password is not None
+        await pool_ops.update(ctx, caller, record.id, changes, password, given, False)
     except PosternError as error:
         return _form_page(request, caller, form.refused(error), record, answer_of(error).status)
     return _back("updated")
@@ -99,7 +100,7 @@ async def update_pool(request: Request) -> Response:
 
 async def confirm_delete(request: Request) -> Response:
     ctx, caller = await signed_in(request, SCOPE)
-    record = await pool_ops.get(ctx, request.path_params["pool_id"])
+    record = await pool_ops.get(ctx, caller, request.path_params["pool_id"])
     return await _delete_page(request, ctx, caller, record, "", 200)
 
 
@@ -115,10 +116,10 @@ async def _delete_page(
 
 async def delete_pool(request: Request) -> Response:
     ctx, caller = await signed_in(request, SCOPE)
-    record = await pool_ops.get(ctx, request.path_params["pool_id"])
+    record = await pool_ops.get(ctx, caller, request.path_params["pool_id"])
     move_to = form_fields(await request.body()).get("move_to") or None
     try:
-        await pool_ops.delete(ctx, record.id, move_to)
+        await pool_ops.delete(ctx, caller, record.id, move_to)
     except PosternError as error:
         problem = answer_of(error).error
         return await _delete_page(request, ctx, caller, record, problem, answer_of(error).status)
@@ -127,7 +128,7 @@ async def delete_pool(request: Request) -> Response:
 
 async def test_pool(request: Request) -> Response:
     ctx, caller = await signed_in(request, SCOPE)
-    record = await pool_ops.get(ctx, request.path_params["pool_id"])
+    record = await pool_ops.get(ctx, caller, request.path_params["pool_id"])
     recipient = form_fields(await request.body()).get("recipient", "").strip() or None
     outcome: dict[str, Any] = {"record": record, "recipient": recipient or ""}
     status = 200
