@@ -301,6 +301,11 @@ class KeyStore:
         """Whether the key may still act (as of at most CACHE_SECONDS ago)."""
         return await self.current(key_id) is not None
 
+    def forget_user(self, user_id: str) -> None:
+        """Drop the keys of a user from the cache (their role or state just changed here)."""
+        self._active = {k: e for k, e in self._active.items() if e[1].user_id != user_id}
+        self._cache = {d: e for d, e in self._cache.items() if e[1].user_id != user_id}
+
     def forget(self, key_id: str) -> None:
         """Drop a key from the cache (it was just revoked here)."""
         self._active.pop(key_id, None)

@@ -9,13 +9,12 @@ disabled), after the same work: one argon2 verification.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from gateway.addresses import envelope_problem, has_control, mailbox_key
 from gateway.errors import InvalidInput, Refused
 from gateway.people import passwords as pw
 from gateway.people import roles
-from gateway.people.sessions import Sessions
 from storage import sessions as stored_sessions
 from storage import users as stored
 from storage.db import Database
@@ -67,12 +66,14 @@ class Users:
         db: Database,
         passwords: pw.Passwords,
         clock: Callable[[], float] = time.time,
-        sessions: Sessions | None = None,  # told of each change, so its cache never lags here
+        forget: Sequence[Callable[[str], None]] = (),
     ) -> None:
         self._db = db
         self._passwords = passwords
         self._clock = clock
-        self._sessions = sessions
+        # Told of each user changed here (the caches of sessions and keys), so that this
+        # node never acts on the user as they were; other nodes within their cache's bound.
+        self._forget = tuple(forget)
 
     async def create(
         self, email: str, role: str, password: str, name: str = "", actor: str | None = None
@@ -151,8 +152,8 @@ class Users:
         return changed
 
     def _changed(self, user_id: str) -> None:
-        if self._sessions is not None:
-            self._sessions.forget_user(user_id)
+        for forget in self._forget:
+            forget(user_id)
 
     async def _get(self, user_id: str) -> UserRecord:
         user = await stored.get_user(self._db, user_id)

@@ -290,11 +290,16 @@ class Service:
         loops.every(WATCH_INTERVAL, pools.look, "checking for pool changes")  # other nodes
         purge = partial(purge_idempotency_keys, db)  # both doors reserve keys
         loops.every(PURGE_INTERVAL, purge, "purging idempotency keys", at_once=True)
-        auth = config.auth
+
+    def _people(self, db: Database, keys: KeyStore) -> People:
+        """Users and their sessions (purged in a loop: idempotent, so on every node). A
+        change made here reaches this node's caches of sessions and keys at once."""
+        auth = self.config.auth
         sessions = Sessions(db, Lifetimes(auth.session_idle, auth.session_absolute))
-        self.people = People(Users(db, Passwords(), sessions=sessions), sessions)
+        users = Users(db, Passwords(), forget=(sessions.forget_user, keys.forget_user))
         purge = partial(purge_expired_sessions, sessions)
-        loops.every(PURGE_INTERVAL, purge, "purging expired sessions", at_once=True)
+        self.loops.every(PURGE_INTERVAL, purge, "purging expired sessions", at_once=True)
+        return People(users, sessions)
 
     async def _open_doors(
         self,
@@ -307,6 +312,7 @@ class Service:
         """SMTP, then the API on HTTP (and /metrics): from here on, mail comes in."""
         config = self.config
         keys = KeyStore(storage.db)  # API keys: HTTP bearer tokens and SMTP AUTH passwords
+        self.people = self._people(storage.db, keys)
         limiter = RateLimiter(config.http.rate_limit)  # per key, across both doors
         handler = PosternHandler(intake, ready.smtp_limits, keys, storage.writer, limiter)
         self.smtp_handler = handler

@@ -268,6 +268,19 @@ async def test_disabling_a_user_ends_their_access_at_once(api: Api, people: list
     assert (await member.call("GET", "/auth/me")).status_code == 401
 
 
+async def test_disabling_a_user_stops_their_keys_on_this_node_at_once(
+    api: Api, people: list[Person]
+) -> None:
+    owner = await person(api, people, "owner@example.com")
+    member = await person(api, people, "member@example.com", "member")
+    made = await member.call("POST", "/api/v1/keys", json={"name": "ci", "scopes": ["send"]})
+    assert made.status_code == 201, made.text
+    key = made.json()["key"]["key"]
+    assert (await api.http.get("/v1/messages", headers=auth(key))).status_code == 200
+    await owner.call("PATCH", f"/api/v1/users/{member.user.id}", json={"disabled": True})
+    assert (await api.http.get("/v1/messages", headers=auth(key))).status_code == 401
+
+
 async def test_a_user_lists_and_ends_their_own_sessions(api: Api, people: list[Person]) -> None:
     laptop = await person(api, people, "a@example.com")
     phone = await sign_in(str(api.http.base_url), laptop.user)

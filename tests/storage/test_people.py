@@ -117,7 +117,7 @@ async def test_sessions_slide_stop_at_the_cap_rotate_and_keep_no_token(
 ) -> None:
     clock = Clock()
     sessions = Sessions(backend, Lifetimes(idle=3600, absolute=4 * 3600), clock)
-    people = Users(backend, passwords.Passwords(CHEAP), clock, sessions)
+    people = Users(backend, passwords.Passwords(CHEAP), clock, [sessions.forget_user])
     user = await people.create("a@example.com", "owner", SECRET)
     token, _ = await sessions.start(user, user_agent="test", ip="192.0.2.1")
 
