@@ -10,9 +10,16 @@ from gateway.bounces.model import Entry, Feedback, Limits, Returned
 FEEDBACK_TYPE = "message/feedback-report"
 
 
-def feedback(part: Message, limits: Limits) -> Feedback:
-    """The report's fields. The email package leaves this part as text: parsed here."""
-    fields = mime.headers_from_text(mime.text_of(part, limits.max_text))
+def fields(part: Message, limits: Limits) -> Message:
+    """The report's fields: the email package parses a message/* part's payload as a
+    message (the fields are its headers); a form it left as text is parsed here."""
+    payload = part.get_payload()
+    if isinstance(payload, list) and payload and isinstance(payload[0], Message):
+        return payload[0]
+    return mime.headers_from_text(mime.text_of(part, limits.max_text))
+
+
+def feedback(fields: Message, limits: Limits) -> Feedback:
     cap = limits.max_header
     rcpts = [dsn.address(v) for v in mime.headers(fields, "Original-Rcpt-To", cap)]
     return Feedback(

@@ -30,6 +30,7 @@ _BROKEN = {
     "StartBoundaryNotFoundDefect",
     "MultipartInvariantViolationDefect",
     "MissingHeaderBodySeparatorDefect",
+    "CloseBoundaryNotFoundDefect",  # cut short: a truncated report
 }
 _ANGLE = re.compile(r"<([^<>\s]*)>")
 
@@ -69,7 +70,7 @@ def _parse(raw: bytes, refs: tuple[str, ...], limits: Limits, stats: Stats) -> R
     if signal:
         return base.auto_reply(signal)
     broken = sorted(set(mime.defects(message)) & _BROKEN)
-    if broken and message.is_multipart():
+    if broken and mime.content_type(message).startswith("multipart/"):
         return base.report("unparsed", error="broken MIME structure: " + ", ".join(broken))
     return base.report("other")
 
@@ -140,9 +141,18 @@ def _complaint(base: _Base) -> Report | None:
     part = next((p for p in base.parts if mime.content_type(p) == arf.FEEDBACK_TYPE), None)
     if part is None:
         return None
-    feedback = arf.feedback(part, base.limits)
+    fields = arf.fields(part, base.limits)
+    feedback = arf.feedback(fields, base.limits)
     entries, stats = base.capped(arf.entries(feedback, base.returned))
-    return base.report("complaint", format="arf", entries=entries, feedback=feedback, stats=stats)
+    mta = dsn.typed_value(mime.header(fields, "Reporting-MTA", base.limits.max_header))
+    return base.report(
+        "complaint",
+        format="arf",
+        entries=entries,
+        feedback=feedback,
+        reporting_mta=mta,
+        stats=stats,
+    )
 
 
 def _delivery_status(base: _Base) -> Report | None:

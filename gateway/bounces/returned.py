@@ -35,7 +35,7 @@ def from_headers(headers: Message, refs: Sequence[str], limits: Limits) -> Retur
     cap = limits.max_header
     found = tuple((name, mime.header(headers, name, cap)) for name in refs)
     returned = Returned(
-        message_id=mime.header(headers, "Message-ID", cap).replace(" ", ""),
+        message_id=message_id(mime.header(headers, "Message-ID", cap)),
         from_=mime.header(headers, "From", cap),
         to=mime.header(headers, "To", cap),
         subject=mime.header(headers, "Subject", cap),
@@ -43,3 +43,12 @@ def from_headers(headers: Message, refs: Sequence[str], limits: Limits) -> Retur
         refs=tuple((name, value) for name, value in found if value),
     )
     return returned if returned != Returned() else None
+
+
+def message_id(value: str) -> str:
+    """A Message-ID in its `<left@right>` form, as the sender wrote it in angle brackets:
+    some systems return it without them (RFC 5965's own example does)."""
+    value = value.replace(" ", "")
+    if value and "@" in value and not value.startswith("<"):
+        return f"<{value}>"
+    return value
