@@ -46,7 +46,7 @@ def marker(message: Message) -> str:
 def auto_submitted(message: Message) -> str:
     """`Auto-Submitted: auto-replied` or `auto-generated` (any other value but `no`), or ""."""
     value = mime.header(message, "Auto-Submitted", 100).lower()
-    keyword = value.split(";")[0].strip()
+    keyword = re.split(r"[;(\s]", value.strip(), maxsplit=1)[0]  # no parameters, no comment
     if keyword and keyword != "no":
         return f"Auto-Submitted: {keyword}"
     return ""

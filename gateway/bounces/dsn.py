@@ -18,12 +18,13 @@ _TYPE = re.compile(r"[A-Za-z][A-Za-z0-9-]{0,19}")  # rfc822, dns, smtp, x-unix, 
 def blocks(part: Message, limits: Limits) -> list[Message]:
     """The field blocks of a delivery-status part: the email package splits the usual form
     itself; a form it leaves as text (the global one, a transfer encoding) is split here."""
+    most = limits.max_recipients + 2  # the per-message block, and one to tell a cut
     payload = part.get_payload()
     if isinstance(payload, list):
-        return [b for b in payload[: limits.max_recipients + 1] if isinstance(b, Message)]
+        return [b for b in payload[:most] if isinstance(b, Message)]
     text = mime.text_of(part, limits.max_text)
     chunks = re.split(r"\r?\n[ \t]*\r?\n", text.strip())
-    return [mime.headers_from_text(chunk) for chunk in chunks[: limits.max_recipients + 1]]
+    return [mime.headers_from_text(chunk) for chunk in chunks[:most]]
 
 
 def typed_value(field: str) -> str:

@@ -1,8 +1,12 @@
 """The email package behind a fence: parse a bounded prefix, walk a bounded number of parts,
 read headers and text so that a malformed part yields "" rather than an exception.
 
-policy.default decodes RFC 2047 words and unfolds lines, but its header parser has raised on
-odd input in past CPython releases; every read here falls back to the raw value instead.
+The structure is parsed with policy.compat32 and each header value read is decoded with
+policy.default's header classes only after it was cut to a bounded length. Measured on
+CPython 3.11: parsing with policy.default costs time quadratic in a Content-Type header's
+parameters (87 KB of them: 7.6 s; compat32: 0.0 s) and ~17 times compat32's on many small
+parts, since it builds a header object for every part's Content-Type as it parses. A
+report is hostile input; its cost must not depend on what its sender put in a header.
 """
 
 from __future__ import annotations
@@ -16,11 +20,25 @@ from email.message import Message
 from email.parser import Parser
 
 _SPACES = re.compile(r"\s+")
-_HEADERS_ONLY = Parser(policy=email.policy.default)
+_FOLD = re.compile(r"\r?\n(?=[ \t])")
+_HEADERS_ONLY = Parser(policy=email.policy.compat32)
 
 
-def from_bytes(raw: bytes, max_bytes: int) -> Message:
-    return email.message_from_bytes(raw[:max_bytes], policy=email.policy.default)
+def from_bytes(raw: bytes, max_bytes: int, max_parts: int) -> tuple[Message, int]:
+    """The message parsed from at most `max_bytes` of `raw`, cut before its 4 * `max_parts`th
+    boundary-like line ("--..."): no more parts are built than can be walked. Also how many
+    bytes were parsed."""
+    end = _boundary_cut(raw, min(len(raw), max_bytes), 4 * max_parts)
+    return email.message_from_bytes(raw[:end], policy=email.policy.compat32), end
+
+
+def _boundary_cut(raw: bytes, end: int, most: int) -> int:
+    found = -1
+    for _ in range(most):
+        found = raw.find(b"\n--", found + 1, end)
+        if found < 0:
+            return end
+    return found + 1  # the start of that line
 
 
 def headers_from_text(text: str) -> Message:
@@ -72,7 +90,7 @@ def headers(part: Message, name: str, limit: int = 1000) -> list[str]:
         values = part.get_all(name) or []
     except Exception:
         values = [value for key, value in part.raw_items() if key.lower() == name.lower()]
-    return [collapse(_text(value), limit) for value in values]
+    return [collapse(_text(value, name), limit) for value in values]
 
 
 def _read(part: Message, name: str) -> str:
@@ -80,14 +98,25 @@ def _read(part: Message, name: str) -> str:
         value = part.get(name)
     except Exception:
         value = next((v for k, v in part.raw_items() if k.lower() == name.lower()), None)
-    return "" if value is None else _text(value)
+    return "" if value is None else _text(value, name)
 
 
-def _text(value: object) -> str:
+def _text(value: object, name: str) -> str:
+    """The value decoded (RFC 2047 words, 8-bit UTF-8), cut before policy.default sees it."""
     try:
-        return str(value)
-    except Exception:  # a header object that cannot be rendered: its raw form
-        return getattr(value, "_value", "") or ""
+        raw = str(value)[:_RAW_CAP]
+    except Exception:  # a compat32 Header that cannot be rendered
+        return ""
+    raw = _FOLD.sub("", raw)
+    with contextlib.suppress(UnicodeError):  # undecodable bytes were surrogate-escaped
+        raw = raw.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    try:
+        return str(email.policy.default.header_factory(name, raw))
+    except Exception:  # a value the header classes cannot take: as written
+        return raw
+
+
+_RAW_CAP = 8000  # characters of a raw header value decoded: bounded work whatever the value
 
 
 def collapse(text: str, limit: int) -> str:

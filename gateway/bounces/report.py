@@ -45,20 +45,17 @@ def parse(
     returned message (kept under the names given). Never raises."""
     if isinstance(raw, str):  # a caller's slip, not a reason to raise
         raw = raw.encode("utf-8", "surrogateescape")
-    stats = Stats(
-        bytes_parsed=min(len(raw), limits.max_bytes), truncated=len(raw) > limits.max_bytes
-    )
     try:
-        return _parse(raw, tuple(ref_headers), limits, stats)
+        return _parse(raw, tuple(ref_headers), limits)
     except Exception as error:  # the contract: a report that cannot be read is `unparsed`
         text = f"{type(error).__name__}: {error}"
-        return Report(kind="unparsed", error=text[: limits.max_diagnostic], stats=stats)
+        return Report(kind="unparsed", error=text[: limits.max_diagnostic])
 
 
-def _parse(raw: bytes, refs: tuple[str, ...], limits: Limits, stats: Stats) -> Report:
-    message = mime.from_bytes(raw, limits.max_bytes)
+def _parse(raw: bytes, refs: tuple[str, ...], limits: Limits) -> Report:
+    message, end = mime.from_bytes(raw, limits.max_bytes, limits.max_parts)
     parts = list(mime.walk(message, limits.max_parts))
-    stats = Stats(stats.bytes_parsed, len(parts), stats.truncated)
+    stats = Stats(end, len(parts), end < len(raw))
     base = _Base(message, parts, refs, limits, stats)
     if not message.keys():
         return base.report("unparsed", error="no header fields")
