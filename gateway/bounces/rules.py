@@ -36,7 +36,7 @@ CLASSES = ("hard", "soft", "policy", "complaint", "auto_reply", "ignore")
 SHIPPED = "shipped"
 _KEYS = {"name", "status", "text", "action", "class", "reason"}
 _STATUS = re.compile(r"[245]\.(?:\d{1,3}\.\d{1,3}|\d{1,3}\.|)")  # 5.1.1, 5.1. or 5.
-_RULE_HEADER = re.compile(r"^\s*\[\[\s*rule\s*\]\]", re.MULTILINE)
+_RULE_HEADER = re.compile(r"^[ \t]*\[\[[ \t]*rule[ \t]*\]\]", re.MULTILINE)
 
 
 @dataclass(frozen=True)
