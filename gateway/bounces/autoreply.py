@@ -50,3 +50,12 @@ def auto_submitted(message: Message) -> str:
     if keyword and keyword != "no":
         return f"Auto-Submitted: {keyword}"
     return ""
+
+
+_MAIL_SYSTEMS = ("mailer-daemon", "mail-daemon", "postmaster", "mail.delivery.system")
+
+
+def from_a_mail_system(message: Message) -> bool:
+    """Whether the From is a mail system's own address (bounces come from those)."""
+    sender = mime.header(message, "From", 300).lower()
+    return any(f"{name}@" in sender for name in _MAIL_SYSTEMS)

@@ -9,16 +9,20 @@ The order of the questions decides what a message is, so it is spelled out here:
 4. an auto-reply marker (X-Autoreply, Precedence: auto_reply, an out-of-office subject)
    -> `auto_reply`: a vacation message is never read as a bounce;
 5. a plain-text bounce one of the fallback parsers recognises -> `dsn`;
-6. `Auto-Submitted` other than `no` -> `auto_reply` (RFC 3834);
+6. `Auto-Submitted` other than `no` -> `auto_reply` (RFC 3834), unless it comes from a
+   mail system (MAILER-DAEMON, postmaster): a bounce in a form no parser knows is `other`,
+   listed for a person to read, rather than an auto-reply quietly ignored;
 7. a multipart whose structure is broken -> `unparsed`, with the parser's defects;
 8. anything else -> `other`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
 from email.message import Message
+from typing import Any
 
 from gateway.bounces import arf, autoreply, dsn, fallback, mime, returned
 from gateway.bounces.model import DEFAULT_LIMITS, Entry, Limits, Report, Returned, Stats
@@ -64,7 +68,7 @@ def _parse(raw: bytes, refs: tuple[str, ...], limits: Limits) -> Report:
         if found is not None:
             return found
     signal = autoreply.auto_submitted(message)
-    if signal:
+    if signal and not autoreply.from_a_mail_system(message):
         return base.auto_reply(signal)
     broken = sorted(set(mime.defects(message)) & _BROKEN)
     if broken and mime.content_type(message).startswith("multipart/"):
@@ -87,18 +91,17 @@ class _Base:
         self.stats = stats
         self.returned = _first_returned(parts, refs, limits)
 
-    def report(self, kind: str, **fields: object) -> Report:
+    def report(self, kind: str, **fields: Any) -> Report:
         cap = self.limits.max_header
-        values: dict[str, object] = {
-            "kind": kind,
-            "returned": self.returned,
-            "subject": mime.header(self.message, "Subject", cap),
-            "from_": mime.header(self.message, "From", cap),
-            "addressed_to": _addressed_to(self.message, cap),
-            "stats": self.stats,
-        }
-        values.update(fields)
-        return Report(**values)  # type: ignore[arg-type]
+        common = Report(
+            kind=kind,
+            returned=self.returned,
+            subject=mime.header(self.message, "Subject", cap),
+            from_=mime.header(self.message, "From", cap),
+            addressed_to=_addressed_to(self.message, cap),
+            stats=self.stats,
+        )
+        return dataclasses.replace(common, **fields)
 
     def auto_reply(self, signal: str) -> Report:
         sender = dsn.address(mime.header(self.message, "From", self.limits.max_header))

@@ -188,6 +188,8 @@ CASES: dict[str, Case] = {
         "<yh-welcome-18@example.com>",
     ),
     "human_reply.eml": Case("other", "", []),
+    # Auto-Submitted from MAILER-DAEMON in words no parser knows: listed, not ignored.
+    "unknown_mta_bounce.eml": Case("other", "", []),
     "truncated.eml": Case("unparsed", "", []),
     "broken_multipart.eml": Case("unparsed", "", []),
     "garbage.bin": Case("unparsed", "", []),
