@@ -21,7 +21,8 @@ def fields(part: Message, limits: Limits) -> Message:
 
 def feedback(fields: Message, limits: Limits) -> Feedback:
     cap = limits.max_header
-    rcpts = [dsn.address(v) for v in mime.headers(fields, "Original-Rcpt-To", cap)]
+    most = limits.max_recipients
+    rcpts = [dsn.address(v) for v in mime.headers(fields, "Original-Rcpt-To", cap, most)]
     return Feedback(
         feedback_type=mime.header(fields, "Feedback-Type", 50).lower(),
         user_agent=mime.header(fields, "User-Agent", cap),

@@ -121,7 +121,9 @@ def gmail(text: Text, limits: Limits) -> Bounce | None:
 
 
 def _gmail_recipients(report: str) -> list[str]:
-    listed = re.search(r"following recipient[^\n]*:\s*\n\s*\n?((?:[ \t]+\S+\n?)+)", report)
+    listed = re.search(
+        r"following recipient[^\n]*:[ \t]*\n(?:[ \t]*\n)*((?:[ \t]+\S+[ \t]*(?:\n|\Z))+)", report
+    )
     if listed:
         return re.findall(_ADDR, listed.group(1))
     sentence = re.search(rf"(?:delivered|delivering your message) to ({_ADDR})", report)

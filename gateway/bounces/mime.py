@@ -84,13 +84,13 @@ def header(part: Message, name: str, limit: int = 1000) -> str:
     return collapse(_read(part, name), limit)
 
 
-def headers(part: Message, name: str, limit: int = 1000) -> list[str]:
-    """Every `name` field, each as `header` returns it."""
+def headers(part: Message, name: str, limit: int = 1000, most: int = 20) -> list[str]:
+    """The first `most` `name` fields, each as `header` returns it."""
     try:
-        values = part.get_all(name) or []
+        values = (part.get_all(name) or [])[:most]
     except Exception:
         values = [value for key, value in part.raw_items() if key.lower() == name.lower()]
-    return [collapse(_text(value, name), limit) for value in values]
+    return [collapse(_text(value, name), limit) for value in values[:most]]
 
 
 def _read(part: Message, name: str) -> str:

@@ -453,3 +453,31 @@ def test_mangled_reports_never_raise(sample: bytes, cut: int, insert: bytes, at:
     report = parse(raw)
     assert report.kind in KINDS
     shipped().classify_report(report)
+
+
+_SIGNATURES = [
+    "Hi. This is the qmail-send program at x.",
+    "Sorry, we were unable to deliver your message to the following address.",
+    "This message was created automatically by mail delivery software.",
+    "This is the mail system at host x.",
+    "** Address not found **\nDelivery to the following recipient failed permanently:",
+    "Delivery has failed to these recipients or groups:\nDiagnostic information for administrators",
+]
+_FILLERS = [
+    " \n" * 30000,
+    "x@" + "a." * 30000,
+    "<" * 60000,
+    ("  a@b.example\n" + "    x\n") * 3000,
+    ("<a@b.cd>:\n" + " " * 50 + "\n") * 1000,
+]
+
+
+@pytest.mark.parametrize("signature", _SIGNATURES)
+@pytest.mark.parametrize("filler", range(len(_FILLERS)))
+def test_fallback_parsers_on_hostile_text(signature: str, filler: int) -> None:
+    """Each parser's signature, then text made to make a regular expression backtrack:
+    every expression is linear in the text (a quadratic one would hang here for minutes)."""
+    raw = "From: MAILER-DAEMON@x.example\nSubject: Delivery Status Notification (Failure)\n\n"
+    report = parse((raw + signature + "\n" + _FILLERS[filler]).encode())
+    assert report.kind in KINDS
+    assert len(report.entries) <= DEFAULT_LIMITS.max_recipients
