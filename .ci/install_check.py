@@ -167,10 +167,18 @@ def relay_one(postern: str, folder: Path) -> None:
     print("install check: one message relayed through a local sink, SIGTERM exit 0")
 
 
+def bounce_rules() -> None:
+    """Package data ships in the wheel: the bounce rules load from the installed package."""
+    from gateway.bounces.rules import shipped  # the installed one: this runs with -P
+
+    print(f"install check: {len(shipped().rules)} bounce rules load from the installed package")
+
+
 def main() -> None:
     postern = sys.argv[1]
     version = subprocess.run([postern, "--version"], capture_output=True, text=True, check=True)
     print(f"install check: {version.stdout.strip()}")
+    bounce_rules()
     with tempfile.TemporaryDirectory(prefix="postern-install-") as empty:
         quick_start(postern, Path(empty))
     with tempfile.TemporaryDirectory(prefix="postern-install-") as empty:

@@ -18,6 +18,7 @@ a function, under TYPE_CHECKING or not: a deferred import is still a dependency.
 from __future__ import annotations
 
 import ast
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -80,6 +81,15 @@ FORBIDDEN: list[tuple[str, str, str]] = [
     ("gateway.routing", "gateway.intake", "the routing engine knows nothing of its callers"),
     ("gateway.routing", "gateway.delivery", "the routing engine knows nothing of its callers"),
 ]
+# (package, the only Postern modules it may import besides its own, why): the standard
+# library is always allowed.
+ONLY: list[tuple[str, tuple[str, ...], str]] = [
+    (
+        "gateway.bounces",
+        ("gateway.errors", "gateway.addresses"),
+        "the bounce parser is a pure library: stdlib, errors and addresses only",
+    ),
+]
 _BELOW_ROOT = "gateway, outside the composition root"
 # (importer, imported): the exceptions, each with its reason.
 ALLOWED = {
@@ -95,10 +105,19 @@ def broken_rules(name: str, imported: str) -> Iterator[str]:
         for above in ("api", "web", "gateway.process"):
             if within(imported, above):
                 yield f"{_BELOW_ROOT}, may not import {above}"
+    for package, may_import, why in ONLY:
+        if within(name, package) and not _only_allows(package, may_import, imported):
+            yield why
     allowed = any(name == a and within(imported, b) for a, b in ALLOWED)
     for importer, forbidden, why in FORBIDDEN:
         if within(name, importer) and within(imported, forbidden) and not allowed:
             yield why
+
+
+def _only_allows(package: str, may_import: tuple[str, ...], imported: str) -> bool:
+    if imported.split(".")[0] in sys.stdlib_module_names:
+        return True
+    return any(within(imported, allowed) for allowed in (package, *may_import))
 
 
 def violations() -> list[str]:
@@ -136,6 +155,13 @@ def test_the_layers_hold() -> None:
         ("web.app", "from gateway.process import service", True),
         ("web.pages.pools", "from api import pool_ops", False),
         ("gateway.process.service", "from web.app import dashboard", False),
+        ("gateway.bounces.report", "import email.parser", False),
+        ("gateway.bounces.rules", "from gateway.errors import ConfigError", False),
+        ("gateway.bounces.dsn", "from gateway.addresses import mailbox_key", False),
+        ("gateway.bounces.dsn", "from . import mime", False),
+        ("gateway.bounces.report", "def f():\n    from storage import db", True),
+        ("gateway.bounces.report", "from gateway.queue import suppressions", True),
+        ("gateway.bounces.rules", "import idna", True),
     ],
 )
 def test_the_check_sees_each_kind_of_import(
