@@ -233,7 +233,6 @@ async def show(request: Request) -> Response:
 )
 async def change(request: Request) -> Response:
     ctx, caller = await _caller(request)
-    await _visible(ctx, caller, request)
     raw = await request.body()
     try:
         fields = json.loads(raw)
@@ -247,6 +246,7 @@ async def change(request: Request) -> Response:
                 [{"field": name, "message": "cannot be changed"} for name in fixed],
             )
     body = parse(AliasUpdate, raw)
+    await _visible(ctx, caller, request)  # after the body's checks, as before ownership
     changes = {name: getattr(body, name) for name in body.model_fields_set}
     if changes.get("is_default", False) is None:
         raise _bad("is_default", "may not be null")
