@@ -163,6 +163,21 @@ async def update_alias(db: Database, alias_id: str, changes: Mapping[str, Any]) 
     return await db.transaction(work)
 
 
+async def new_token(db: Database, alias_id: str, token_hash: str, expires_at: float) -> AliasRecord:
+    """Replace the alias's unspent tokens with a new one (a verification message sent
+    again: the last link sent is the one that works). AliasNotFound when it is gone."""
+
+    def work(conn: Connection) -> AliasRecord:
+        row = _one(conn, alias_id)
+        conn.execute(delete(T).where(T.c.alias_id == alias_id, T.c.used_at.is_(None)))
+        conn.execute(
+            T.insert().values(token_hash=token_hash, alias_id=alias_id, expires_at=expires_at)
+        )
+        return _record(row)
+
+    return await db.transaction(work)
+
+
 async def delete_alias(db: Database, alias_id: str) -> AliasRecord:
     """Remove an alias: AliasNotFound, AliasInUse or LastVerifiedAlias when it may not go."""
 

@@ -20,7 +20,18 @@ from api.context import ApiContext
 from gateway.errors import PosternError
 from web import guard, static_files
 from web.headers import SecurityHeaders
-from web.pages import auth, overview, pools, sessions, users
+from web.pages import (
+    aliases,
+    auth,
+    domains,
+    keys,
+    overview,
+    pools,
+    sessions,
+    suppressions,
+    users,
+    webhooks,
+)
 
 
 class Dashboard(BaseRoute):
@@ -63,6 +74,8 @@ def routes() -> list[BaseRoute]:
         Route("/static/{digest}/{name}", static_files.serve, methods=["GET"]),
     ]
     for module in (auth, overview, pools, sessions, users):
+        table.extend(module.routes)
+    for module in (aliases, domains, keys, webhooks, suppressions):
         table.extend(module.routes)
     return table
 

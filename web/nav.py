@@ -33,11 +33,11 @@ MAIN = (
 )
 SETTINGS = (
     Entry("SMTP Pools", "/settings/pools", scope="pools"),
-    Entry("Aliases", None, scope="aliases"),
-    Entry("Domains", None, scope="domains"),
-    Entry("Webhooks", None, scope="webhooks"),
-    Entry("Suppressions", None, scope="suppressions"),
-    Entry("API keys", None, scope="keys"),
+    Entry("Aliases", "/aliases", scope="aliases"),
+    Entry("Domains", "/domains", scope="domains"),
+    Entry("Webhooks", "/webhooks", scope="webhooks"),
+    Entry("Suppressions", "/suppressions", scope="suppressions"),
+    Entry("API keys", "/keys", scope="keys"),
     Entry("Users", "/settings/users", owner_only=True),
     Entry("My sessions", "/settings/sessions"),
     Entry("Accounts", None),

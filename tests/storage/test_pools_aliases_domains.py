@@ -157,6 +157,16 @@ async def test_a_token_verifies_once_and_not_after_expiry(backend: Database) -> 
     assert await aliases.redeem_token(backend, "t2") is None
 
 
+async def test_a_new_token_replaces_the_unspent_ones(backend: Database) -> None:
+    alias = await new_alias(backend, "a@example.com", token="first")
+    again = await aliases.new_token(backend, alias.id, "second", time.time() + 60)
+    assert again.id == alias.id and not again.is_verified
+    assert await aliases.redeem_token(backend, "first") is None  # the last link sent works
+    assert (await aliases.redeem_token(backend, "second")) is not None
+    with pytest.raises(aliases.AliasNotFound):
+        await aliases.new_token(backend, "ali_none", "third", time.time() + 60)
+
+
 async def test_the_only_verified_alias_cannot_be_deleted(backend: Database) -> None:
     first = await new_alias(backend, "a@example.com", token="t1")
     await aliases.redeem_token(backend, "t1")

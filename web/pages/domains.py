@@ -1,0 +1,170 @@
+"""Settings → Domains: the domains mail may be sent From. Add one (its DKIM key made as
+POST /api/v1/domains makes it), see the DNS records to publish (each with a copy button),
+run the DNS check and see each record's state, see the domain's DKIM keys, remove it.
+
+The checks are the API's (api.routes.domains): the scope `domains`, DomainCreate and the
+same name rules, `verified` for admins only, a domain the caller may not see (api.ownership)
+answered as absent. The records and the check are gateway.dkim.domains'.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from api import errors
+from api.auth import Caller
+from api.context import ApiContext
+from api.forms import form_fields
+from api.ownership import visible_to
+from api.resource_schemas import DomainCreate
+from api.routes import domains as api_domains
+from gateway.dkim import domains as sender_domains
+from gateway.dkim.domains import Check
+from gateway.dkim.errors import DkimError
+from gateway.dkim.names import normalise_domain
+from gateway.errors import PosternError
+from storage import dkim_keys, domains
+from storage.domains import DomainRecord
+from web.guard import signed_in
+from web.pages.pool_form import answer_of
+from web.pages.resource_form import Confirm, Form, back, checked, confirm
+from web.render import page
+
+SCOPE = api_domains.SCOPE
+PATH = "/domains"
+ALGORITHMS = (("rsa", "RSA 2048 (every receiver)"), ("ed25519", "Ed25519 (shorter; newer)"))
+DEFAULTS: dict[str, Any] = {"domain": "", "algorithm": "rsa", "verified": False}
+DONE = {"added": "Domain added: publish its records, then verify it.", "deleted": "Domain removed."}
+
+
+async def _list_page(
+    request: Request, ctx: ApiContext, caller: Caller, form: Form, status: int = 200
+) -> Response:
+    seen = await visible_to(ctx, caller, "domain")
+    records = seen.only(await domains.list_domains(ctx.db), lambda r: (r.id, r.created_by))
+    notice = DONE.get(request.query_params.get("done", ""), "")
+    return page(
+        request, "domains/list.html", caller, status,
+        domains=records, form=form, notice=notice, algorithms=ALGORITHMS,
+        may_preverify=caller.has("admin"),
+    )  # fmt: skip
+
+
+async def list_domains(request: Request) -> Response:
+    ctx, caller = await signed_in(request, SCOPE)
+    return await _list_page(request, ctx, caller, Form(dict(DEFAULTS)))
+
+
+def _name(given: str) -> str:
+    """The domain's name as the API takes it (InvalidRequest naming the field otherwise)."""
+    try:
+        return normalise_domain(given)
+    except DkimError as error:
+        raise errors.InvalidRequest(
+            f"domain: {error}", [{"field": "domain", "message": "not a domain name"}]
+        ) from None
+
+
+async def _register(ctx: ApiContext, caller: Caller, values: dict[str, Any]) -> DomainRecord:
+    """POST /api/v1/domains's steps: checked, registered with its DKIM key."""
+    body = checked(DomainCreate, values)
+    name = _name(body.domain)
+    if body.verified and not caller.has("admin"):
+        raise errors.Forbidden("only an admin may add a domain as already verified")
+    manage = ctx.management()
+    record, _ = await sender_domains.register(
+        ctx.db, manage.box, name, verified=body.verified, algorithm=body.algorithm,
+        created_by=caller.user_id,
+    )  # fmt: skip
+    if record.is_verified:
+        await manage.identities.reload()
+    return record
+
+
+async def add_domain(request: Request) -> Response:
+    ctx, caller = await signed_in(request, SCOPE)
+    fields = form_fields(await request.body())
+    values = {
+        "domain": fields.get("domain", "").strip(),
+        "algorithm": fields.get("algorithm", "rsa"),
+        "verified": "verified" in fields,
+    }
+    form = Form(values)
+    try:
+        record = await _register(ctx, caller, values)
+    except PosternError as error:
+        return await _list_page(request, ctx, caller, form.refused(error), answer_of(error).status)
+    return back(f"{PATH}/{record.id}", "added")
+
+
+async def _domain_page(
+    request: Request, ctx: ApiContext, caller: Caller, record: DomainRecord,
+    checks: list[Check] | None = None,
+) -> Response:  # fmt: skip
+    """The domain, its records to publish (what GET /api/v1/domains/{id} answers), its
+    DKIM keys, and what the last check found of each record, if one just ran."""
+    key = await sender_domains.signing_key(ctx.db, record.domain)
+    return page(
+        request, "domains/show.html", caller,
+        domain=record,
+        records=sender_domains.records(record.domain, key, ctx.hostname),
+        keys=await dkim_keys.list_keys(ctx.db, record.domain),
+        checks={check.purpose: check for check in checks or []},
+        checked=checks is not None,
+        notice=DONE.get(request.query_params.get("done", ""), ""),
+    )  # fmt: skip
+
+
+async def show_domain(request: Request) -> Response:
+    ctx, caller = await signed_in(request, SCOPE)
+    record = await api_domains._one(ctx, caller, request)
+    return await _domain_page(request, ctx, caller, record)
+
+
+async def verify_domain(request: Request) -> Response:
+    """POST /api/v1/domains/{id}/verify's check, shown record by record."""
+    ctx, caller = await signed_in(request, SCOPE)
+    manage = ctx.management()
+    record = await api_domains._one(ctx, caller, request)
+    updated, checks = await sender_domains.verify(ctx.db, manage.resolver, record)
+    if updated.is_verified and not record.is_verified:
+        await manage.identities.reload()
+    return await _domain_page(request, ctx, caller, updated, checks)
+
+
+def _asked(record: DomainRecord) -> Confirm:
+    return Confirm(
+        title=f"Remove the domain {record.domain}?",
+        text="Mail From it is refused again; its DKIM keys stay, for adding it back.",
+        action=f"{PATH}/{record.id}/delete",
+        button=f"Remove {record.domain}",
+        cancel=f"{PATH}/{record.id}",
+    )
+
+
+async def confirm_delete(request: Request) -> Response:
+    ctx, caller = await signed_in(request, SCOPE)
+    record = await api_domains._one(ctx, caller, request)
+    return confirm(request, caller, _asked(record))
+
+
+async def delete_domain(request: Request) -> Response:
+    ctx, caller = await signed_in(request, SCOPE)
+    record = await api_domains._one(ctx, caller, request)
+    await domains.delete_domain(ctx.db, record.id)
+    await ctx.management().identities.reload()
+    return back(PATH, "deleted")
+
+
+routes = [
+    Route(PATH, list_domains, methods=["GET"]),
+    Route(PATH, add_domain, methods=["POST"]),
+    Route(PATH + "/{domain_id}", show_domain, methods=["GET"]),
+    Route(PATH + "/{domain_id}/verify", verify_domain, methods=["POST"]),
+    Route(PATH + "/{domain_id}/delete", confirm_delete, methods=["GET"]),
+    Route(PATH + "/{domain_id}/delete", delete_domain, methods=["POST"]),
+]
