@@ -170,6 +170,17 @@ async def create_account(
         raise AccountExists(f"{email} is already connected") from None
 
 
+async def address_and_count(db: Database, email: str, user_id: str) -> tuple[bool, int]:
+    """Whether the address is connected (by anyone), and how many accounts the user has."""
+    key = mailbox_key(email)
+
+    def read(conn: Connection) -> tuple[bool, int]:
+        taken = conn.execute(select(A.c.id).where(A.c.email == key)).first() is not None
+        return taken, _count(conn, user_id)
+
+    return await db.read(read)
+
+
 async def get_account(db: Database, account_id: str) -> MailAccountRecord | None:
     row = await db.read(lambda conn: conn.execute(select(A).where(A.c.id == account_id)).first())
     return None if row is None else _record(row)
