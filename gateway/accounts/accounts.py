@@ -29,7 +29,7 @@ from gateway.accounts.verify import (
     default_security,
 )
 from gateway.errors import InvalidInput, SecretError
-from gateway.security.hostguard import HostGuard
+from gateway.security.hostguard import HostGuard, HostRefused
 from storage import mail_accounts
 from storage.dkim_keys import Cipher
 from storage.mail_accounts import AccountExists, AccountQuota, MailAccountRecord, SyncJob
@@ -44,6 +44,14 @@ class BadAccountField(InvalidInput, ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field, self.problem = field, message
+
+
+class HostNotAllowed(HostRefused):
+    """One side's host is in a denied network (the SSRF guard); `field` names it."""
+
+    def __init__(self, field: str, refused: HostRefused) -> None:
+        super().__init__(str(refused))
+        self.field = field
 
 
 def seal(box: Cipher, account_id: str, password: str) -> str:
@@ -101,7 +109,10 @@ class Accounts:
             problem = clear_text_problem(endpoint)
             if problem:
                 raise BadAccountField(f"{name}_security", problem)
-            await self._guard.check(endpoint.host, endpoint.port)
+            try:
+                await self._guard.check(endpoint.host, endpoint.port)
+            except HostRefused as refused:
+                raise HostNotAllowed(f"{name}_host", refused) from None
         await self._may_add(user_id, fields["email"])
         timeout = self.settings.timeout
         await check_imap(imap, self._guard, timeout)

@@ -47,7 +47,11 @@ class AccountSync:
         self._guard = guard
         self.settings = settings
 
-    async def run_once(self) -> int:
+    async def run_once(self) -> None:
+        """One round of the background loop."""
+        await self.sync_due()
+
+    async def sync_due(self) -> int:
         """Sync the accounts due now that this node leases; how many it synced."""
         now = time.time()
         due = await self._db.read(lambda conn: mail_accounts.due(conn, now, BATCH))
