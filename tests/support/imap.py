@@ -174,6 +174,21 @@ service imap-login {{
 }}
 """
 
+    def set_password(self, user: str, password: str) -> None:
+        """Change a user's password, and wait until dovecot takes it (it reads the
+        passwd-file again when it sees it changed, not at once)."""
+        self.users[user] = password
+        self._write_passwd()
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                with self.client(user):
+                    return
+            except imaplib.IMAP4.error:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
     # --- the tests' own client ---------------------------------------------------------
 
     def append(self, user: str, message: bytes, mailbox: str = "INBOX") -> None:
