@@ -471,7 +471,7 @@ class Invitation(SQLModel, table=True):
     )
 
     id: str = Field(primary_key=True, max_length=64)  # inv_...
-    account_kind: str = Field(max_length=16)  # alias | domain (| account, later)
+    account_kind: str = Field(max_length=16)  # alias | domain | account
     account_id: str = Field(max_length=64)
     invitee_email: str = Field(max_length=320)  # the mailbox_key form
     role: str = Field(max_length=16)  # admin | member

@@ -27,6 +27,7 @@ from storage.users import UserRecord
 from tests.support.api import Api, ApiFactory, auth
 from tests.support.imap import Dovecot, available
 from tests.support.people import PASSWORD, sign_in
+from tests.support.service import wait_until
 from tests.support.sink import Sink
 
 pytestmark = [
@@ -368,3 +369,21 @@ async def test_the_password_is_in_no_answer_and_no_log(
         assert secret not in row.password_enc
         for answer in answers:
             assert secret not in answer.text
+
+
+async def test_serve_syncs_connected_accounts_in_the_background(
+    api_client: ApiFactory, imap: Dovecot, smtp: Sink
+) -> None:
+    running = await api_client(accounts={"sync_interval": "1s", "timeout": "5s"})
+    made = People(running)
+    try:
+        _, alice = await made("owner@example.test", "owner")
+        created = await alice.call("POST", ACCOUNTS, json=body(imap, smtp))
+        assert created.json()["account"]["sync_status"] == "pending"
+
+        async def synced() -> bool:
+            return [a["sync_status"] for a in await listed(alice)] == ["synced"]
+
+        assert await wait_until(synced, timeout=10)
+    finally:
+        await made.close()
