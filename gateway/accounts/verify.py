@@ -110,6 +110,30 @@ def server_text(text: str | bytes, endpoint: Endpoint) -> str:
 # --- IMAP ---------------------------------------------------------------------------------------
 
 
+class _Protocol(aioimaplib.IMAP4ClientProtocol):
+    """aioimaplib's protocol, telling a greeting that is not IMAP's (or a connection closed
+    before one) at once: its own would fail in a task nobody awaits, log the peer's words,
+    and leave the caller waiting out its timeout."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.ended: asyncio.Future[str] = loop.create_future()
+
+    async def welcome(self, command: bytes) -> None:
+        try:
+            await super().welcome(command)
+        except Exception:  # not an IMAP greeting, or its CAPABILITY failed
+            self._end("the server did not greet in IMAP")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._end("the server closed the connection")
+
+    def _end(self, why: str) -> None:
+        if not self.ended.done():
+            self.ended.set_result(why)
+
+
 class _GuardedIMAP(aioimaplib.IMAP4):
     """aioimaplib's client on a socket HostGuard connected (it would connect by name)."""
 
@@ -123,7 +147,7 @@ class _GuardedIMAP(aioimaplib.IMAP4):
         self, host: str, port: int, loop, conn_lost_cb=None, ssl_context=None
     ) -> None:
         running = loop if loop is not None else asyncio.get_running_loop()
-        self.protocol = aioimaplib.IMAP4ClientProtocol(running, conn_lost_cb)
+        self.protocol = _Protocol(running)
         self._client_task = running.create_task(
             running.create_connection(
                 lambda: self.protocol,
@@ -163,7 +187,14 @@ async def _hello(client: _GuardedIMAP, endpoint: Endpoint, stage: _Stage) -> Non
     except OSError as error:
         raise stage.failed(error.strerror or str(error)) from None
     stage.name = "greeting"
-    await client.wait_hello_from_server()
+    protocol = client.protocol
+    greeted = asyncio.ensure_future(protocol.wait("AUTH|NONAUTH"))
+    try:
+        await asyncio.wait({greeted, protocol.ended}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        greeted.cancel()
+    if protocol.state not in (aioimaplib.AUTH, aioimaplib.NONAUTH):
+        raise stage.failed(protocol.ended.result())
 
 
 async def _starttls(client: _GuardedIMAP, endpoint: Endpoint, stage: _Stage) -> None:

@@ -170,6 +170,8 @@ async def test_implicit_tls_on_both_sides(app: Api, people: People, imap: Doveco
         ({"imap_port": 1}, "imap_connect_failed", "imap", "connect", "IMAP connect failed"),
         ({"imap_security": "ssl"}, "imap_tls_failed", "imap", "tls", "IMAP tls failed"),
         ({"tls_verify": True}, "imap_tls_failed", "imap", "tls", "certificate verify failed"),
+        # An SMTP server where IMAP was expected: refused at its greeting, at once.
+        ({"imap_port": "smtp"}, "imap_greeting_failed", "imap", "greeting", "not greet in IMAP"),
     ],
 )
 async def test_imap_failures_name_side_and_stage(
@@ -177,12 +179,14 @@ async def test_imap_failures_name_side_and_stage(
     side: str, stage: str, words: str,
 ) -> None:  # fmt: skip
     _, alice = await people("owner@example.test", "owner")
+    if changes.get("imap_port") == "smtp":
+        changes = {"imap_port": smtp.port}
     refused = await alice.call("POST", ACCOUNTS, json=body(imap, smtp, **changes))
     assert refused.status_code == 400, refused.text
     answer = refused.json()
     assert (answer["code"], answer["side"], answer["stage"]) == (code, side, stage)
     assert words in answer["error"] and answer["success"] is False
-    assert smtp.auth_attempts == []  # IMAP first: nothing went to the SMTP server
+    assert smtp.auth_attempts == []  # IMAP first: no AUTH went to the SMTP server
     assert await listed(alice) == []
 
 
