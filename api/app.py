@@ -33,6 +33,7 @@ from api.auth import authenticate
 from api.context import ApiContext
 from api.openapi import build_openapi, operation
 from api.routes import (
+    accounts,
     aliases,
     auth,
     domains,
@@ -268,7 +269,7 @@ def create_app(
 # The API's resources, served when the app has an ApiContext.
 _RESOURCES = (
     auth, users, send, messages, keys, suppressions, pools, smtp_configs, aliases, domains,
-    webhook_routes, invitations, invitation_page,
+    webhook_routes, invitations, invitation_page, accounts,
 )  # fmt: skip
 
 

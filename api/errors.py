@@ -8,6 +8,8 @@
     │   ├── NoRoute           400 no_route          the pool or group asked for has no active pool
     │   ├── HostNotAllowed    400 host_not_allowed  a pool host in a denied network (SSRF)
     │   ├── InvalidToken      400 invalid_token     unknown, used or expired verification link
+    │   ├── CredentialsRefused 400 imap_<stage>_failed, smtp_<stage>_failed  a connected
+    │   │                         account's login could not be proved (side and stage named)
     │   └── SmtpTestFailed    400 smtp_*_error      the connection test failed (MailSage view),
     │                             upstream_rejected the upstream refused the test message
     ├── Unauthorized          401 unauthorized      no key, an unknown or revoked key
@@ -19,12 +21,15 @@
     │   ├── UserRequired      403 user_required     a person's route, called by a key without a user
     │   ├── UnverifiedSender  403 unverified_sender From is no verified domain or alias
     │   ├── AliasNotVerified  403 alias_not_verified    alias_id names an unverified alias
-    │   └── LastVerifiedAlias 403 last_verified_alias   the only verified alias left
+    │   ├── LastVerifiedAlias 403 last_verified_alias   the only verified alias left
+    │   ├── AccountQuota      403 account_quota     [accounts] max_per_user reached
+    │   └── AccountInUse      403 account_in_use    the only default account, queued mail From it
     ├── NotFound              404 not_found
     │   └── UnknownToken      404 invalid_token     unknown, used or expired verification link
     ├── MethodNotAllowed      405 method_not_allowed
     ├── Conflict              409 conflict          the name, domain, address or user is taken
     │   ├── AlreadyShared     409 already_shared    the invited address already shares the account
+    │   ├── AlreadyConnected  409 already_connected the mail account's address is connected
     │   ├── InvitationPending 409 invitation_pending    a live invitation of the address exists
     │   ├── InvitationClosed  409 invitation_closed     answered, revoked or expired
     │   ├── LastOwnerConflict 409 last_owner        it would leave no active owner
@@ -70,7 +75,7 @@ from gateway.errors import PosternError, StorageUnavailable
 from gateway.intake import pipeline as intake
 from gateway.people import invitations, passwords, roles, users
 from gateway.security.hostguard import HostRefused
-from storage import aliases, domains, pools
+from storage import aliases, domains, mail_accounts, pools
 from storage import errors as storage_errors
 from storage import invitations as stored_invitations
 from storage import users as stored_users
@@ -141,6 +146,15 @@ class InvalidToken(InvalidRequest):
     code = "invalid_token"
 
 
+class CredentialsRefused(InvalidRequest):
+    """A connected account's IMAP login or SMTP AUTH failed: `side` and `stage` in the body,
+    and in the code (`imap_login_failed`, `smtp_auth_failed`, `imap_tls_failed`...)."""
+
+    def __init__(self, side: str, stage: str, error: str) -> None:
+        super().__init__(error, extra={"side": side, "stage": stage})
+        self.code = f"{side}_{stage}_failed"
+
+
 class SmtpTestFailed(InvalidRequest):
     """Seed 003's shape: `error` the summary, `message` the detail, `code` the stage."""
 
@@ -190,6 +204,14 @@ class LastVerifiedAlias(Forbidden):
     code = "last_verified_alias"
 
 
+class AccountQuota(Forbidden):
+    code = "account_quota"
+
+
+class AccountInUse(Forbidden):
+    code = "account_in_use"
+
+
 class NotFound(ApiError):
     status, code = 404, "not_found"
 
@@ -210,6 +232,10 @@ class Conflict(ApiError):
 
 class AlreadyShared(Conflict):
     code = "already_shared"
+
+
+class AlreadyConnected(Conflict):
+    code = "already_connected"
 
 
 class InvitationPending(Conflict):
@@ -401,6 +427,11 @@ ANSWERS: dict[type[Exception], Answer] = {
     invitations.SignInRequired: Answer(SignInRequired, "{error}"),
     stored_invitations.AlreadyShared: Answer(AlreadyShared, "{error}"),
     stored_invitations.InvitationPending: Answer(InvitationPending, "{error}"),
+    # connected accounts (seed 004)
+    mail_accounts.AccountNotFound: Answer(NotFound, "account not found"),
+    mail_accounts.AccountExists: Answer(AlreadyConnected, "{error}"),
+    mail_accounts.AccountQuota: Answer(AccountQuota, "{error}"),
+    mail_accounts.AccountInUse: Answer(AccountInUse, "{error}"),
 }
 
 

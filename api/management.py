@@ -7,9 +7,10 @@ routes say so (`changed`), and the process makes delivery follow storage.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
+from gateway.accounts.accounts import Settings as AccountSettings
 from gateway.config import Config
 from gateway.delivery.upstream import PoolSettings
 from gateway.dns import Resolver
@@ -43,6 +44,7 @@ class Management:
     hostname: str  # EHLO name of the connection test; SPF record
     probe_timeout: float  # per step of the connection test
     public_url: str  # base of the links in verification mail
+    accounts: AccountSettings = field(default_factory=AccountSettings)  # connected accounts
 
     @classmethod
     def build(
@@ -69,4 +71,9 @@ class Management:
             hostname=config.server.hostname,
             probe_timeout=min(config.delivery.connect_timeout, 15.0),
             public_url=config.http.public_url or f"http://{shown}:{port}",
+            accounts=AccountSettings(
+                max_per_user=config.accounts.max_per_user,
+                timeout=config.accounts.timeout,
+                hostname=config.server.hostname,
+            ),
         )

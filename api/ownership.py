@@ -51,8 +51,9 @@ def sees_everything(caller: Caller) -> bool:
 
 
 async def visible_to(ctx: ApiContext, caller: Caller, kind: str) -> Visibility:
-    """What `caller` sees of `kind` ("alias", "domain", "pool", "webhook", "key"): what
-    they created, and the accounts (aliases, domains) shared with them."""
+    """What `caller` sees of `kind` ("alias", "domain", "account", "pool", "webhook",
+    "key"): what they created, and the accounts (aliases, domains, connected accounts)
+    shared with them."""
     if sees_everything(caller):
         return Visibility()
     assert caller.user is not None

@@ -162,6 +162,13 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class AccountsConfig:
+    max_per_user: int = 10  # connected mail accounts one user may have (403 account_quota)
+    sync_interval: float = 60.0  # how often this node looks for accounts to sync
+    timeout: float = 15.0  # each credential check and each sync's connection, end to end
+
+
+@dataclass(frozen=True)
 class PoolConfig:
     name: str
     host: str
@@ -196,6 +203,7 @@ class Config:
     security: SecurityConfig = field(default_factory=SecurityConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    accounts: AccountsConfig = field(default_factory=AccountsConfig)
     pools: tuple[PoolConfig, ...] = ()
 
 
@@ -420,6 +428,14 @@ _SECTIONS: dict[str, tuple[type, dict[str, Converter]]] = {
     "auth": (
         AuthConfig,
         {"session_idle": _positive_duration, "session_absolute": _positive_duration},
+    ),
+    "accounts": (
+        AccountsConfig,
+        {
+            "max_per_user": _positive_int,
+            "sync_interval": _positive_duration,
+            "timeout": _positive_duration,
+        },
     ),
 }
 

@@ -471,7 +471,7 @@ class Invitation(SQLModel, table=True):
     )
 
     id: str = Field(primary_key=True, max_length=64)  # inv_...
-    account_kind: str = Field(max_length=16)  # alias | domain (| account, later)
+    account_kind: str = Field(max_length=16)  # alias | domain | account
     account_id: str = Field(max_length=64)
     invitee_email: str = Field(max_length=320)  # the mailbox_key form
     role: str = Field(max_length=16)  # admin | member
@@ -496,3 +496,52 @@ class Share(SQLModel, table=True):
     role: str = Field(max_length=16)  # admin | member
     shared_at: float
     invitation_id: str | None = Field(default=None, max_length=64)
+
+
+class MailAccount(SQLModel, table=True):
+    """A connected mail account (seed 004): an IMAP/SMTP mailbox its owner proved they can
+    log in to. Its id is a UUID (the seed's form), which is how storage.accounts tells it
+    from an alias or a domain. The password is sealed, bound to the id (write-only).
+
+    Sync state, shared by the nodes: a node leases an account (`claimed_by`,
+    `claimed_until`) for one sync; a dead node's lease lapses and another takes it."""
+
+    __tablename__ = "mail_account"
+    __table_args__ = (
+        Index("ix_mail_account_user", "user_id", "created_at"),
+        Index("ix_mail_account_due", "next_sync_at"),
+        # The database itself refuses a second default account for one user.
+        Index(
+            "ux_mail_account_default",
+            "user_id",
+            unique=True,
+            sqlite_where=text("is_default"),
+            postgresql_where=text("is_default"),
+        ),
+    )
+
+    id: str = Field(primary_key=True, max_length=64)  # a UUID
+    user_id: str | None = Field(default=None, max_length=64)  # the owner (its creator)
+    email: str = Field(unique=True, max_length=254)  # the mailbox_key form
+    name: str = Field(default="", max_length=256)
+    imap_host: str = Field(max_length=253)
+    imap_port: int
+    imap_security: str = Field(max_length=16)  # ssl | starttls | none (loopback only)
+    smtp_host: str = Field(max_length=253)
+    smtp_port: int
+    smtp_security: str = Field(max_length=16)  # ssl | starttls | none (loopback only)
+    tls_verify: bool = True
+    username: str = Field(max_length=320)
+    password_enc: str = ""  # sealed, bound to the id; "" once a host changed without a new one
+    is_default: bool = False
+    sync_status: str = Field(default="pending", max_length=16)  # pending|syncing|synced|error
+    last_error: str | None = Field(default=None, max_length=512)
+    last_synced_at: float | None = None
+    uidvalidity: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    uidnext: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    next_sync_at: float = 0.0  # due for a sync from then on
+    claimed_by: str | None = Field(default=None, max_length=64)
+    claimed_until: float | None = None
+    created_at: float
+    updated_at: float
+    created_by: str | None = Field(default=None, max_length=64)  # user id; None: console key

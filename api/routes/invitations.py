@@ -1,12 +1,12 @@
 """/mail/accounts/{id}/invitations, /mail/accounts/{id}/shares, /mail/invitations/... (seed
 004, also under /api/v1/mail). The emailed link's page is api.routes.invitation_page.
 
-An account is an alias (ali_...) or a verified domain (dom_...) until connected accounts
-exist (gateway.people.invitations). Every route takes a session or an API key: a key acts
-as its user when it has one, else only an admin-scoped key acts on accounts (as the
-operator); the invitee's routes (pending, accept, decline) need a person. The invitation
-email goes through Intake like any mail (From postmaster@ this server); if it is refused
-the invitation stands and the answer says `email_sent: false`.
+An account is an alias (ali_...), a verified domain (dom_...) or a connected mail account
+(its UUID: api.routes.accounts) (gateway.people.invitations). Every route takes a session
+or an API key: a key acts as its user when it has one, else only an admin-scoped key acts on
+accounts (as the operator); the invitee's routes (pending, accept, decline) need a person.
+The invitation email goes through Intake like any mail (From postmaster@ this server); if it
+is refused the invitation stands and the answer says `email_sent: false`.
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ log = logging.getLogger("postern.api")
 
 PREFIXES = ("/mail", "/api/v1/mail")
 _ACCOUNT = path_parameter(
-    "account_id", "the account's id: an alias (ali_...) or a domain (dom_...)"
+    "account_id",
+    "the account's id: an alias (ali_...), a domain (dom_...) or a connected account (a UUID)",
 )
 _INVITATION = path_parameter("invitation_id", "the invitation's id (inv_...)")
 _USER = path_parameter("user_id", "the user's id (usr_...)")

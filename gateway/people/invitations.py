@@ -1,13 +1,14 @@
 """Sharing an account with people through invitations (seed 004).
 
-An account (storage.accounts: an alias or a domain today) is managed by its owner: the user
-who created it, or any owner or admin (and the operator: an admin-scoped API key without a
-user, `Actor.user` None). The owner invites an address with a role (admin or member, never
-above their own); the invitee accepts, by id when logged in as that address's user or by
-the emailed token (which creates the user, role member, if there is none), or declines. An
-invitation is bound to its address: to anyone else it does not exist (InvitationNotFound,
-never a refusal that would confirm it does), and an account a user may not see does not
-exist either (AccountNotFound). Only the SHA-256 of the emailed token is kept.
+An account (storage.accounts: an alias, a domain or a connected mail account) is managed by
+its owner: the user who created it, or any owner or admin (and the operator: an admin-scoped
+API key without a user, `Actor.user` None). The owner invites an address with a role (admin
+or member, never above their own); the invitee accepts, by id when logged in as that
+address's user or by the emailed token (which creates the user, role member, if there is
+none), or declines. An invitation is bound to its address: to anyone else it does not
+exist (InvitationNotFound, never a refusal that would confirm it does), and an account a
+user may not see does not exist either (AccountNotFound). Only the SHA-256 of the emailed
+token is kept.
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ from api.app import MetricsAccess, create_app, metrics_app
 from api.context import ApiContext, People
 from api.management import Management
 from gateway import metrics
+from gateway.accounts.sync import AccountSync, SyncSettings
 from gateway.config import Config, ConfigError, load
 from gateway.delivery.direct import DirectRoutes
 from gateway.delivery.throttle import Throttle
@@ -135,6 +136,7 @@ class Service:
         self.intake: Intake | None = None
         self.retention: Retention | None = None
         self.webhooks: Webhooks | None = None
+        self.account_sync: AccountSync | None = None  # connected accounts' inboxes
         self.loops = Loops()  # periodic upkeep: caches, the queue gauge, purges
         self.smtp_handler: PosternHandler | None = None
         self._servers: list[asyncio.base_events.Server] = []
@@ -290,6 +292,7 @@ class Service:
         loops.every(WATCH_INTERVAL, pools.look, "checking for pool changes")  # other nodes
         purge = partial(purge_idempotency_keys, db)  # both doors reserve keys
         loops.every(PURGE_INTERVAL, purge, "purging idempotency keys", at_once=True)
+        await self._start_account_sync(ready, db, outbound)
 
     def _people(self, db: Database, keys: KeyStore) -> People:
         """Users and their sessions (purged in a loop: idempotent, so on every node). A
@@ -300,6 +303,16 @@ class Service:
         purge = partial(purge_expired_sessions, sessions)
         self.loops.every(PURGE_INTERVAL, purge, "purging expired sessions", at_once=True)
         return People(users, sessions)
+
+    async def _start_account_sync(self, ready: Prepared, db: Database, outbound: Outbound) -> None:
+        """Connected accounts' inboxes, each synced by one node at a time (a lease in
+        storage); the pools' SSRF guard, as an account's servers are named like a pool's."""
+        accounts = self.config.accounts
+        settings = SyncSettings(ready.node, accounts.sync_interval, accounts.timeout)
+        sync = self.account_sync = AccountSync(db, ready.box, outbound.pools, settings)
+        await sync.release()  # whatever this node held when it last stopped
+        loops = self.loops
+        loops.every(accounts.sync_interval, sync.run_once, "syncing connected accounts", True)
 
     async def _open_doors(
         self,
@@ -461,6 +474,7 @@ class Service:
         for task in list(self._reloads):
             task.cancel()
         await self.loops.stop()
+        await self._release_accounts()
         if self.delivery is not None:
             await self.delivery.stop(max(0.0, deadline - loop.time()))
         if self.retention is not None:
@@ -502,6 +516,15 @@ class Service:
             # Not fatal: the next start of this node releases them, other nodes when the
             # lease lapses.
             log.warning("could not release claimed messages: %s", error)
+
+    async def _release_accounts(self) -> None:
+        """A sync cut short by the stop gives its account back (else it waits out its lease)."""
+        if self.account_sync is None:
+            return
+        try:
+            await self.account_sync.release()
+        except StorageUnavailable as error:
+            log.warning("could not release connected accounts' sync leases: %s", error)
 
     def _release_lock(self) -> None:
         if self._lock is not None:

@@ -1,7 +1,8 @@
 """SSRF guard: the one place that decides where an outbound connection may go.
 
 Every connection Postern opens to a host someone else named passes here: upstream pools at
-delivery time and in their connection test, direct MX targets, webhook URLs. The guard
+delivery time and in their connection test, direct MX targets, webhook URLs, connected
+accounts' IMAP and SMTP servers (their check and their sync). The guard
 resolves the name once, refuses it if any of its addresses is in a denied network, and the
 caller connects to an address it checked (`connect`, or the address `resolve` returned),
 never to the name again: a DNS answer that changes between the check and the connection

@@ -6,6 +6,7 @@ Peers Postern talks to:
     hostile           an SMTP server that floods one stage with `250-` lines that never end
     dnsserver         a loopback DNS server whose answers the test sets
     webhook_receiver  an HTTP server that checks each webhook's signature and records it
+    imap              a real IMAP server: Debian's dovecot with its own config, users and maildirs
 Clients a test talks to Postern with:
     smtp              smtp_send (stdlib, one transaction), RawClient (exact bytes), Dialogue (AUTH)
     api               the HTTP API of an in-process Service and an httpx client for it

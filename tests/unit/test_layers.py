@@ -80,6 +80,9 @@ FORBIDDEN: list[tuple[str, str, str]] = [
     ("gateway.routing", "gateway.smtpd", "the routing engine knows nothing of the doors"),
     ("gateway.routing", "gateway.intake", "the routing engine knows nothing of its callers"),
     ("gateway.routing", "gateway.delivery", "the routing engine knows nothing of its callers"),
+    ("gateway.accounts", "gateway.smtpd", "connected accounts know nothing of the doors"),
+    ("gateway.accounts", "gateway.intake", "proving and syncing a mailbox sends no mail"),
+    ("gateway.accounts", "gateway.delivery", "accounts reach delivery only where ALLOWED says"),
 ]
 # (package, the only Postern modules it may import besides its own, why): the standard
 # library is always allowed.
@@ -97,6 +100,8 @@ ALLOWED = {
     ("api.pool_ops", "gateway.delivery.probe"),
     # LivePools hands the API a live pool's settings (for that test): delivery's own type.
     ("api.management", "gateway.delivery.upstream"),
+    # An account's SMTP AUTH is proved by the same dialogue as a pool's connection test.
+    ("gateway.accounts.verify", "gateway.delivery.probe"),
 }
 
 
@@ -150,6 +155,9 @@ def test_the_layers_hold() -> None:
         ("api.routes.pools", "from gateway.delivery import upstream", True),
         ("api.management", "from gateway.delivery.upstream import PoolSettings", False),
         ("api.app", "from web.app import dashboard", True),
+        ("gateway.accounts.sync", "from api import errors", True),
+        ("gateway.accounts.verify", "from gateway.delivery.probe import probe", False),
+        ("gateway.accounts.sync", "from gateway.delivery import workers", True),
         ("gateway.queue.store", "from web import render", True),
         ("web.pages.pools", "from gateway.delivery import probe", True),
         ("web.app", "from gateway.process import service", True),

@@ -1,0 +1,93 @@
+"""Request and response bodies of connected accounts (seed 004, field for field, plus the
+record's added fields). Requests are strict as in api.schemas: a wrong type or an unknown
+field is a 400."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.resource_schemas import LOOPBACK_PATTERN, Email, Host, Port
+from api.schemas import HEADER_TEXT, Strict
+
+Security = Literal["ssl", "starttls", "none"]
+SyncStatus = Literal["pending", "syncing", "synced", "error"]
+
+
+def _clear_text_on_loopback_only() -> dict[str, Any]:
+    """A side without TLS (`none`) only towards a loopback host: the password in clear never
+    leaves the machine (gateway.accounts.verify)."""
+
+    def side(name: str) -> dict[str, Any]:
+        switch = f"{name}_security"
+        loopback = {"properties": {f"{name}_host": {"pattern": LOOPBACK_PATTERN}}}
+        plain = {"required": [switch], "properties": {switch: {"const": "none"}}}
+        return {"anyOf": [{"not": plain}, loopback]}
+
+    return {"allOf": [side("imap"), side("smtp")]}
+
+
+_SECURITY = (
+    "ssl (implicit TLS), starttls, or none (loopback hosts only); default: ssl on the side's "
+    "TLS port (993, 465), else starttls"
+)
+
+
+class AccountConnect(Strict):
+    model_config = ConfigDict(json_schema_extra=_clear_text_on_loopback_only())
+
+    email: Email
+    name: Annotated[str, Field(max_length=256, json_schema_extra=HEADER_TEXT)] = ""
+    imap_host: Host
+    imap_port: Port
+    smtp_host: Host
+    smtp_port: Port
+    username: Annotated[str, Field(min_length=1, max_length=320, json_schema_extra=HEADER_TEXT)]
+    password: Annotated[
+        str,
+        Field(
+            min_length=1, max_length=1024, description="write-only; stored encrypted",
+            json_schema_extra=HEADER_TEXT,
+        ),
+    ]  # fmt: skip
+    imap_security: Security | None = Field(default=None, description=_SECURITY)
+    smtp_security: Security | None = Field(default=None, description=_SECURITY)
+    tls_verify: bool = Field(
+        default=True, description="false: accept the servers' certificates unverified"
+    )
+
+
+class Account(BaseModel):
+    id: str
+    email: str
+    name: str
+    imap_host: str
+    imap_port: int
+    imap_security: Security
+    smtp_host: str
+    smtp_port: int
+    smtp_security: Security
+    tls_verify: bool
+    username: str
+    sync_status: SyncStatus
+    is_default: bool
+    created_at: str
+    last_error: str | None
+    last_synced_at: str | None
+
+
+class AccountList(BaseModel):
+    success: Literal[True]
+    accounts: list[Account]
+
+
+class ConnectedAccount(BaseModel):
+    id: str
+    email: str
+    sync_status: SyncStatus
+
+
+class ConnectResponse(BaseModel):
+    success: Literal[True]
+    account: ConnectedAccount

@@ -1,0 +1,187 @@
+"""/mail/accounts (seed 004; also /api/v1/mail/accounts and /api/v1/accounts): connected
+IMAP/SMTP mail accounts. List, connect (credentials proved by a real IMAP login and SMTP AUTH
+before anything is stored: gateway.accounts), disconnect.
+
+Every route takes a session or an API key (its user's). Connecting needs a person (the
+account is theirs: a key without a user is 403 `user_required`). A caller sees, and may
+disconnect, the accounts they connected and those shared with them; admins and owners see
+all (api.ownership.visible_to, kind `account`); another's account is a 404. The password is
+write-only: no answer carries it, and it is stored sealed, bound to the account's id.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from api import errors
+from api.account_schemas import AccountConnect, AccountList, ConnectResponse
+from api.auth import Caller, authenticate
+from api.context import ApiContext, iso
+from api.openapi import operation, path_parameter
+from api.ownership import visible_to
+from api.resource_schemas import HOST_PATTERN
+from api.schemas import ErrorResponse, Ok, parse
+from gateway.accounts.accounts import Accounts, BadAccountField, HostNotAllowed
+from gateway.accounts.verify import VerifyFailed
+from gateway.addresses import envelope_problem
+from gateway.intake.fields import text_problem
+from storage import mail_accounts
+from storage.accounts import ACCOUNT
+from storage.mail_accounts import MailAccountRecord
+
+PREFIXES = ("/mail/accounts", "/api/v1/mail/accounts", "/api/v1/accounts")
+_ID = [path_parameter("account_id", "the account's id (a UUID)")]
+_HOST = re.compile(HOST_PATTERN)
+_MAX_ID = 64
+
+
+def account_json(record: MailAccountRecord) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "email": record.email,
+        "name": record.name,
+        "imap_host": record.imap_host,
+        "imap_port": record.imap_port,
+        "imap_security": record.imap_security,
+        "smtp_host": record.smtp_host,
+        "smtp_port": record.smtp_port,
+        "smtp_security": record.smtp_security,
+        "tls_verify": record.tls_verify,
+        "username": record.username,
+        "sync_status": record.sync_status,
+        "is_default": record.is_default,
+        "created_at": iso(record.created_at),
+        "last_error": record.last_error,
+        "last_synced_at": iso(record.last_synced_at) if record.last_synced_at else None,
+    }
+
+
+async def _caller(request: Request) -> tuple[ApiContext, Caller]:
+    ctx: ApiContext = request.app.state.api
+    return ctx, await authenticate(request, ctx)
+
+
+def _domain(ctx: ApiContext) -> Accounts:
+    manage = ctx.management()
+    return Accounts(ctx.db, manage.box, manage.guard, manage.accounts)
+
+
+def _bad(field: str, message: str) -> errors.InvalidRequest:
+    return errors.InvalidRequest(f"{field}: {message}", [{"field": field, "message": message}])
+
+
+def _check(body: AccountConnect) -> None:
+    """What the schema states but pydantic does not enforce (InvalidRequest naming it)."""
+    for field in ("name", "username", "password"):
+        problem = text_problem(getattr(body, field), header=True)
+        if problem:
+            raise _bad(field, problem)
+    problem = text_problem(body.email, header=True) or envelope_problem(body.email)
+    if problem:
+        raise _bad("email", problem)
+    for field in ("imap_host", "smtp_host"):
+        if not _HOST.fullmatch(getattr(body, field)):
+            raise _bad(field, "not a host name or IP address")
+
+
+def _host(value: str) -> str:
+    """As the connection wants it: no brackets around an IPv6 literal."""
+    value = value.strip()
+    return value[1:-1] if value.startswith("[") and value.endswith("]") else value
+
+
+@operation(
+    "List connected accounts",
+    scope="",
+    description="The accounts the caller connected and those shared with them (admins and "
+    "owners: every account). Never a password.",
+    responses={200: ("the accounts", AccountList)},
+)
+async def list_all(request: Request) -> Response:
+    ctx, caller = await _caller(request)
+    seen = await visible_to(ctx, caller, ACCOUNT)
+    records = seen.only(await mail_accounts.list_accounts(ctx.db), lambda r: (r.id, r.user_id))
+    return JSONResponse({"success": True, "accounts": [account_json(r) for r in records]})
+
+
+@operation(
+    "Connect an account",
+    scope="",
+    request=AccountConnect,
+    description="Proves the credentials first, by a real IMAP login and a real SMTP AUTH "
+    "(each through the SSRF guard, each bounded by [accounts] timeout); nothing is stored "
+    "unless both succeed. The account then syncs in the background (sync_status pending).",
+    responses={
+        201: ("connected; its inbox sync is pending", ConnectResponse),
+        400: (
+            "a bad field; a host in a denied network (host_not_allowed); or the login failed: "
+            "code imap_<stage>_failed / smtp_<stage>_failed, with side and stage",
+            ErrorResponse,
+        ),
+        403: ("account_quota, or a key without a user (user_required)", ErrorResponse),
+        409: ("the address is already connected (already_connected)", ErrorResponse),
+    },
+)
+async def connect(request: Request) -> Response:
+    ctx, caller = await _caller(request)
+    body = parse(AccountConnect, await request.body())
+    _check(body)
+    if caller.user is None:
+        raise errors.UserRequired("an account belongs to a person: log in, or use a user's key")
+    values = body.model_dump(exclude={"password"})
+    values["imap_host"], values["smtp_host"] = _host(body.imap_host), _host(body.smtp_host)
+    try:
+        record = await _domain(ctx).connect(caller.user.id, values, body.password)
+    except VerifyFailed as failed:
+        raise errors.CredentialsRefused(failed.side, failed.stage, str(failed)) from None
+    except BadAccountField as bad:
+        raise _bad(bad.field, bad.problem) from None
+    except HostNotAllowed as refused:
+        raise errors.HostNotAllowed(
+            f"{refused.field}: {refused}", [{"field": refused.field, "message": str(refused)}]
+        ) from None
+    account = {"id": record.id, "email": record.email, "sync_status": record.sync_status}
+    return JSONResponse({"success": True, "account": account}, status_code=201)
+
+
+@operation(
+    "Disconnect an account",
+    scope="",
+    parameters=_ID,
+    description="Stops the account's inbox sync; nothing already synced is deleted.",
+    responses={
+        200: ("disconnected", Ok),
+        403: (
+            "the only default account while queued mail is from it (account_in_use)",
+            ErrorResponse,
+        ),
+        404: ("no such account, or one you may not see", ErrorResponse),
+    },
+)
+async def disconnect(request: Request) -> Response:
+    ctx, caller = await _caller(request)
+    account_id = request.path_params["account_id"]
+    short = len(account_id) <= _MAX_ID
+    record = await mail_accounts.get_account(ctx.db, account_id) if short else None
+    if record is not None:
+        seen = await visible_to(ctx, caller, ACCOUNT)
+        if seen.allows(record.id, record.user_id):
+            await _domain(ctx).disconnect(record.id)
+            return JSONResponse({"success": True})
+    raise errors.NotFound("account not found")
+
+
+routes = [
+    route
+    for prefix in PREFIXES
+    for route in (
+        Route(prefix, list_all, methods=["GET"]),
+        Route(prefix, connect, methods=["POST"]),
+        Route(prefix + "/{account_id}", disconnect, methods=["DELETE"]),
+    )
+]
