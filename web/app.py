@@ -20,7 +20,7 @@ from api.context import ApiContext
 from gateway.errors import PosternError
 from web import guard, static_files
 from web.headers import SecurityHeaders
-from web.pages import auth, overview, pools, sessions, users
+from web.pages import auth, invitations, message, messages, overview, pools, sessions, users
 
 
 class Dashboard(BaseRoute):
@@ -62,7 +62,7 @@ def routes() -> list[BaseRoute]:
     table: list[BaseRoute] = [
         Route("/static/{digest}/{name}", static_files.serve, methods=["GET"]),
     ]
-    for module in (auth, overview, pools, sessions, users):
+    for module in (auth, overview, pools, sessions, users, messages, message, invitations):
         table.extend(module.routes)
     return table
 
