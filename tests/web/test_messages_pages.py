@@ -195,19 +195,23 @@ async def test_retry_then_cancel_a_deferred_message(later: tuple[Api, Browser], 
     assert retried.status_code == 303
     assert retried.headers["location"] == f"/messages/{message_id}?done=retried"
 
-    async def tried_again() -> bool:
+    async def tried(times: int) -> bool:
         row = await message_row(api.svc, message_id)
-        return row is not None and row["attempts"] == 2 and row["status"] == "deferred"
+        return row is not None and row["attempts"] == times and row["status"] == "deferred"
 
-    assert await wait_until(tried_again, timeout=10)
+    assert await wait_until(lambda: tried(2), timeout=10)
     shown = await owner.get(retried.headers["location"])
     assert "Retried: the message is due now." in shown.text
+    again = await owner.htmx(f"/messages/{message_id}/retry")  # htmx: the status part again
+    assert again.status_code == 200 and "<html" not in again.text
+    assert "Retried: the message is due now." in again.text and owner.csrf in again.text
+    assert await wait_until(lambda: tried(3), timeout=10)
     cancelled = await owner.htmx(f"/messages/{message_id}/cancel")
     assert cancelled.status_code == 200 and "<html" not in cancelled.text
     assert '<span class="status status-cancelled">cancelled</span>' in cancelled.text
     assert "Message cancelled." in cancelled.text and "Retry now" not in cancelled.text
-    again = await owner.post(f"/messages/{message_id}/retry")
-    assert again.status_code == 409 and "no work left (it is cancelled)" in again.text
+    final = await owner.post(f"/messages/{message_id}/retry")
+    assert final.status_code == 409 and "no work left (it is cancelled)" in final.text
     page = await owner.get(f"/messages/{message_id}")
     assert "The body is gone" in page.text and "Raw source" not in page.text
     assert (await owner.get(f"/messages/{message_id}/raw")).status_code == 404

@@ -140,7 +140,8 @@ async def _act(request: Request, action: str) -> Response:
     done = "retried" if action == "retry" else "cancelled"
     if is_htmx(request):
         after = await visible(ctx, caller, state.id)
-        return fragment("messages/_summary.html", **_summary(after, notice=DONE[done]))
+        shown = _summary(after, notice=DONE[done])
+        return fragment("messages/_summary.html", csrf=caller.csrf_token, **shown)
     return RedirectResponse(f"/messages/{state.id}?done={done}", status_code=303)
 
 
@@ -154,7 +155,8 @@ async def _refused(
         else f"The message has no work left (it is {state.status})."
     )
     if is_htmx(request):
-        return fragment("messages/_summary.html", 409, **_summary(state, problem=problem))
+        shown = _summary(state, problem=problem)
+        return fragment("messages/_summary.html", 409, csrf=caller.csrf_token, **shown)
     return page(
         request, "messages/show.html", caller, 409, vary=True,
         **_summary(state, problem=problem), mail=await _mail(ctx, state.id),
