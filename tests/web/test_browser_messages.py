@@ -136,6 +136,23 @@ def shows(tab: Watched, path: str, text: str, tries: int = 40) -> None:
     raise AssertionError(f"{text!r} never appeared on {path}")
 
 
+def unlabelled(page: Any) -> list[str]:
+    """The names of the controls with no label (every one must have one)."""
+    found: list[str] = page.evaluate(
+        """() => [...document.querySelectorAll('input:not([type=hidden]), select')]
+            .filter(e => !e.labels || e.labels.length === 0).map(e => e.name)"""
+    )
+    return found
+
+
+def fits(page: Any, width: int = 320) -> bool:
+    """Readable at `width` px: nothing wider than the screen but the tables' own scroll."""
+    page.set_viewport_size({"width": width, "height": 800})
+    scroll_width: int = page.evaluate("document.documentElement.scrollWidth")
+    page.set_viewport_size({"width": 1280, "height": 900})
+    return scroll_width <= width
+
+
 def check(tab: Watched, blocked: list[str], screenshot: Path) -> None:
     """tab.check, where the requests the frame's CSP refused (Chromium announces them, then
     fails them as `csp`: none left the browser) are not counted as made."""
@@ -165,6 +182,7 @@ def test_an_owner_finds_opens_retries_and_cancels_a_message(
     page.wait_for_url(re.compile(r"status=deferred"))
     assert page.get_by_role("link", name=later).count() == 1
     assert page.get_by_role("link", name=delivered).count() == 0
+    assert unlabelled(page) == [] and fits(page)
     tab.check(tmp_path / "1-messages-deferred.png")
 
     page.get_by_role("link", name=later).click()
@@ -183,6 +201,7 @@ def test_an_owner_finds_opens_retries_and_cancels_a_message(
     page.screenshot(path=str(tmp_path / "2b-message-html-frame.png"))
     check(tab, blocked, tmp_path / "2-message-deferred.png")
     assert dialogs == []  # the message's script never ran
+    assert unlabelled(page) == [] and fits(page)
 
     page.get_by_role("button", name="Retry now").click()
     page.get_by_text("Retried: the message is due now.").wait_for(timeout=10_000)
