@@ -38,7 +38,17 @@ class MailView:
 
 
 def view(data: bytes) -> MailView:
-    """The parts of `data` (a whole RFC 5322 message) worth showing."""
+    """The parts of `data` (a whole RFC 5322 message) worth showing; a message the email
+    package cannot take apart at all is shown as text, as it came."""
+    try:
+        return _view(data)
+    except Exception:
+        shown = MailView()
+        shown.text = _bounded(shown, data.decode("utf-8", "replace").replace("\r\n", "\n"))
+        return shown
+
+
+def _view(data: bytes) -> MailView:
     parsed = email.message_from_bytes(data, policy=email.policy.default)
     assert isinstance(parsed, EmailMessage)
     shown = MailView(headers=_headers(parsed))

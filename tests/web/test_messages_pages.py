@@ -29,6 +29,7 @@ from tests.support.stored import seed
 from tests.support.web import Browser, sign_in
 from tests.web.conftest import SignIn
 from web.guard import CSRF_TEXT as _CSRF_TEXT
+from web.mail_view import SHOWN_CHARACTERS, view
 from web.pages.message import FRAME_CSP
 
 pytestmark = pytest.mark.timeout(60)
@@ -296,3 +297,33 @@ async def test_the_banner_offers_pending_invitations_to_accept_or_decline(
     stranger = await person("eve@example.com", "member")
     third = await _invite(api, boss, "ops@yourdomain.test", "bob@example.com")
     assert (await stranger.post(f"/invitations/{third}/accept", {"next": "/"})).status_code == 404
+
+
+# --- hostile mail, as the message page shows it ------------------------------------------------
+
+
+def test_mail_that_breaks_the_rules_is_still_shown() -> None:
+    unknown_charset = (
+        b"Subject: =?x-unknown?q?odd?=\r\nContent-Type: text/plain; charset=x-unknown\r\n"
+        b"Content-Transfer-Encoding: quoted-printable\r\n\r\ncaf=E9\r\n"
+    )
+    shown = view(unknown_charset)
+    assert shown.text is not None and shown.text.startswith("caf") and shown.subject
+    html_only = b"Content-Type: text/html\r\n\r\n<p>hi</p>\r\n"
+    assert view(html_only).html == "<p>hi</p>\n" and view(html_only).text is None
+    broken = b"Content-Type: multipart/mixed; boundary=zz\r\n\r\n--zz\r\nno end\x00\xff"
+    assert view(broken).headers  # whatever it holds, no error
+    long = b"Subject: long\r\n\r\n" + b"x" * (SHOWN_CHARACTERS + 10)
+    cut = view(long)
+    assert cut.cut and cut.text is not None and len(cut.text) == SHOWN_CHARACTERS
+    attached = (
+        b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain"
+        b"\r\n\r\nsee attached\r\n--b\r\nContent-Type: application/pdf\r\n"
+        b"Content-Disposition: attachment; filename=report.pdf\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\nJVBERi0=\r\n--b--\r\n"
+    )
+    shown = view(attached)
+    assert shown.text == "see attached"  # the line end before a boundary is the boundary's
+    assert [(a.name, a.content_type, a.size) for a in shown.attachments] == [
+        ("report.pdf", "application/pdf", 5)
+    ]
