@@ -90,9 +90,7 @@ async def test_bad_and_expired_tokens(api: Api, sink: Sink) -> None:
     assert expired.status_code == 404
 
 
-async def test_resend_sends_a_new_link_and_the_old_one_stops_working(
-    api: Api, sink: Sink
-) -> None:
+async def test_resend_sends_a_new_link_and_the_old_one_stops_working(api: Api, sink: Sink) -> None:
     await verified_domain(api)
     key = await api.key("aliases")
     alias_id = (await create(api, key))["alias"]["id"]
