@@ -23,7 +23,7 @@ from starlette.routing import Route
 from api import errors
 from api.auth import Caller
 from api.context import ApiContext
-from api.routes.messages import may_see
+from api.message_ops import may_see
 from gateway.queue import operations as queue_ops
 from gateway.queue.operations import MessageBusy, MessageFinal
 from storage.messages import MessageState, RecipientState, message_state
@@ -44,7 +44,7 @@ _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
 
 
 async def visible(ctx: ApiContext, caller: Caller, message_id: str) -> MessageState:
-    """The message, if the caller may see it (api.routes.messages.may_see); else a 404."""
+    """The message, if the caller may see it (api.message_ops.may_see); else a 404."""
     state = await message_state(ctx.db, message_id, True) if len(message_id) <= 64 else None
     if state is None or not may_see(caller, state):
         raise errors.NotFound("no such message")

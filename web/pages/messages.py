@@ -1,7 +1,7 @@
 """Messages: the search (every filter of GET /v1/messages, a page at a time on its cursor),
 and bulk retry or cancel of what it finds, counted first (a dry run) and done only once
 confirmed. The search form is a plain GET form (a bookmarkable address; htmx swaps only the
-results in). Whose mail a person sees is api.routes.messages.restriction's answer, as over
+results in). Whose mail a person sees is api.message_ops.restriction's answer, as over
 the API: a member, their own; an admin or owner, everyone's.
 
 Not here: a search by the Message-ID header or the subject. Neither is stored outside the
@@ -22,7 +22,7 @@ from starlette.routing import Route
 from api.auth import Caller
 from api.context import ApiContext
 from api.forms import form_fields
-from api.routes.messages import DEFAULT_LIMIT, restriction
+from api.message_ops import DEFAULT_LIMIT, restriction
 from gateway.queue import operations as queue_ops
 from gateway.queue.operations import FilterError, make_filter
 from storage.message_search import (
