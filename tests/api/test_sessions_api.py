@@ -266,6 +266,9 @@ async def test_disabling_a_user_ends_their_access_at_once(api: Api, people: list
     off = await owner.call("PATCH", f"/api/v1/users/{member.user.id}", json={"disabled": True})
     assert off.status_code == 200 and off.json()["user"]["disabled_at"]
     assert (await member.call("GET", "/auth/me")).status_code == 401
+    on = await owner.call("PATCH", f"/api/v1/users/{member.user.id}", json={"disabled": False})
+    assert on.status_code == 200 and on.json()["user"]["disabled_at"] is None
+    assert (await member.call("GET", "/auth/me")).status_code == 401  # its sessions ended
 
 
 async def test_disabling_a_user_stops_their_keys_on_this_node_at_once(
