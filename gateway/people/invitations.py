@@ -139,10 +139,11 @@ class Invitations:
         if owns:
             return found
         assert actor.user is not None
-        if await shares.get_share(self._db, *found.ref, actor.user.id) is None:
+        share = await shares.get_share(self._db, *found.ref, actor.user.id)
+        if share is None:
             raise AccountNotFound("account not found")
-        if manage:
-            raise roles.OwnerRequired("only the account's owner manages its invitations")
+        if manage and share.role != roles.ADMIN:  # an admin share manages it as its owner
+            raise roles.OwnerRequired("only the account's owner (or its admins) manages this")
         return found
 
     async def invite(
