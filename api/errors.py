@@ -311,10 +311,12 @@ class DomainNotVerified(ApiError):
 class RateLimited(ApiError):
     status, code = 429, "rate_limit"  # the MailSage view's word, on every route
 
-    def __init__(self, retry_after: float) -> None:
+    def __init__(
+        self, retry_after: float, error: str = "rate limit exceeded for this API key"
+    ) -> None:
         seconds = max(1, math.ceil(retry_after))
         super().__init__(
-            "rate limit exceeded for this API key",
+            error,
             extra={"retry_after": seconds},
             headers={"Retry-After": str(seconds)},
         )
