@@ -117,7 +117,12 @@ _HTML_OR_TEXT: dict[str, Any] = {
     "anyOf": [
         {"required": [name], "properties": {name: {"type": "string", "minLength": 1}}}
         for name in ("html", "text")
-    ]
+    ],
+    # alias_id and account_id name a route each: one of them, never both.
+    "not": {
+        "required": ["alias_id", "account_id"],
+        "properties": {"alias_id": {"type": "string"}, "account_id": {"type": "string"}},
+    },
 }
 
 
