@@ -1,5 +1,6 @@
 """The routing engine's connected accounts (gateway.routing): an account is an upstream of
-its own, pinned, in no group, never the default, with no failover."""
+its own, pinned, in no group, never the default, with no failover; and delivery's registry,
+which holds the accounts' upstreams beside the pools, never among them."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from dataclasses import dataclass
 
 import pytest
 
+from gateway.delivery.upstream import PoolSettings, SessionSettings
+from gateway.delivery.workers import PoolRegistry
 from gateway.message import Route
 from gateway.routing import (
     AccountView,
@@ -90,3 +93,25 @@ def test_account_lookups() -> None:
     assert pinned_account(Route(pool_id=BOB.id), ACCOUNTS) is BOB
     assert pinned_account(Route(pool_id=SES.id), ACCOUNTS) is None
     assert pinned_account(Route(ip_pool="marketing"), ACCOUNTS) is None
+
+
+# --- the live registry: accounts beside the pools ------------------------------------------
+
+
+async def test_the_registry_keeps_accounts_out_of_the_pools() -> None:
+    registry = PoolRegistry(SessionSettings(local_hostname="postern.test"))
+    pool = PoolSettings(id="pool_a", name="a", host="127.0.0.1", port=2525)
+    account = PoolSettings(
+        id=ALICE.id, name=ALICE.email, host="127.0.0.1", port=2526, ip_pool="", source="account"
+    )
+    registry.load([pool])
+    registry.load_accounts([account])
+    assert registry.settings() == [pool]  # routing's groups and defaults never see it
+    assert registry.account_ids() == {ALICE.id}
+    assert registry.get(ALICE.id).name == ALICE.email  # the metrics' pool label
+    kept = registry.get(ALICE.id)
+    registry.load([])  # the pools change: the account's upstream (and sessions) stay
+    assert registry.get(ALICE.id) is kept
+    registry.load_accounts([])  # disconnected
+    assert registry.account_ids() == frozenset() and registry.all() == []
+    await registry.close()
