@@ -33,7 +33,7 @@ from collections.abc import Iterable
 
 from gateway.addresses import mailbox_key
 from gateway.headers import header_fields, mailboxes, split_header
-from gateway.message import Submission
+from gateway.message import Sender, Submission
 from gateway.people import roles
 from gateway.routing import AccountView, AliasView
 from storage.aliases import list_aliases
@@ -115,12 +115,17 @@ class Identities:
     def account_problem(self, submission: Submission, account: AccountView | None) -> str | None:
         """Why this caller may not send as a connected account (its From or envelope
         sender is one's address, or `account` is the one it is routed through), or None."""
-        sender = submission.sender
-        if sender is None or sender.user_id is None or submission.system:
-            return None  # a console key, a trusted listener, Postern's own mail
+        if submission.system:
+            return None  # Postern's own mail
+        addresses = [*_senders(submission), *([account.email] if account else [])]
+        return self.accounts_refused(addresses, submission.sender)
+
+    def accounts_refused(self, addresses: Iterable[str], sender: Sender | None) -> str | None:
+        """Why `sender` may not send as the connected accounts among `addresses`, or None."""
+        if sender is None or sender.user_id is None:
+            return None  # a console key, a trusted listener: the policy's rule alone
         if sender.role is not None and roles.at_least(sender.role, roles.ADMIN):
             return None
-        addresses = [*_senders(submission), *([account.email] if account else [])]
         for address in addresses:
             users = self._users.get(mailbox_key(address))
             if users is not None and sender.user_id not in users:

@@ -23,7 +23,7 @@ from gateway.dkim.cache import Signers
 from gateway.dkim.errors import DkimError
 from gateway.errors import Refused
 from gateway.intake.identities import Identities
-from gateway.message import QueuedMessage, Route, Submission
+from gateway.message import QueuedMessage, Route, Sender, Submission
 from gateway.queue import idempotency
 from gateway.queue.handoff import Handoff, Pools
 from gateway.queue.idempotency import Duplicate, KeyReused
@@ -150,16 +150,21 @@ class Intake:
         """Which of `addresses` must not be sent to."""
         return await self._queue.is_suppressed(addresses)
 
-    async def envelope_problem(self, mail_from: str) -> str | None:
+    async def envelope_problem(self, mail_from: str, sender: Sender | None = None) -> str | None:
         """Why the sender policy refuses this envelope sender (a reason safe to show), or
-        None. For a door that can refuse before the message ("" is the null sender)."""
+        None. For a door that can refuse before the message ("" is the null sender). With
+        `sender`, also a connected account's address it may not send as."""
         identities = self._identities
-        if identities is None or not identities.enforce or not mail_from:
+        if identities is None or not mail_from:
             return None
         await identities.refresh_if_stale()
         problem = identities.envelope_problem(mail_from)
         if problem is not None:
             metrics.MESSAGES_REFUSED.labels(reason="unverified_sender").inc()
+            return problem
+        problem = identities.accounts_refused((mail_from,), sender)
+        if problem is not None:
+            metrics.MESSAGES_REFUSED.labels(reason="account_not_shared").inc()
         return problem
 
     async def submit(self, submission: Submission, *, watch: bool = False) -> Accepted:
