@@ -98,6 +98,7 @@ class Caller:
             self.may_sandbox if may_sandbox is None else may_sandbox,
             self.ip_pools,
             user_id=self.user_id,
+            role=self.role,
         )
 
     @property

@@ -5,6 +5,7 @@
     ApiError
     ├── InvalidRequest        400 invalid_request   malformed JSON, a field of the wrong type
     │   ├── UnknownAlias      400 unknown_alias     alias_id names neither pool nor alias
+    │   ├── UnknownAccount    400 unknown_account   account_id names no account the caller sees
     │   ├── NoRoute           400 no_route          the pool or group asked for has no active pool
     │   ├── HostNotAllowed    400 host_not_allowed  a pool host in a denied network (SSRF)
     │   ├── InvalidToken      400 invalid_token     unknown, used or expired verification link
@@ -122,6 +123,10 @@ class InvalidRequest(ApiError):
 
 class UnknownAlias(InvalidRequest):
     code = "unknown_alias"
+
+
+class UnknownAccount(InvalidRequest):
+    code = "unknown_account"
 
 
 class NoRoute(InvalidRequest):
@@ -410,6 +415,12 @@ ANSWERS: dict[type[Exception], Answer] = {
         "unknown alias_id",
         field="alias_id",
         detail="names neither an SMTP pool nor an alias",
+    ),
+    intake.NoSuchAccount: Answer(
+        UnknownAccount,
+        "unknown account_id",
+        field="account_id",
+        detail="names no connected account you may send through",
     ),
     intake.AliasUnverified: Answer(
         AliasNotVerified, "{error.reason}", field="alias_id", detail="verify the alias first"

@@ -48,7 +48,8 @@ from gateway.intake.pipeline import Intake
 from gateway.people.passwords import Passwords
 from gateway.people.sessions import Lifetimes, Sessions, purge_expired_sessions
 from gateway.people.users import Users
-from gateway.process import logs
+from gateway.process import account_routes, logs
+from gateway.process.account_routes import AccountRoutes
 from gateway.process.http_server import DoorLimits, HttpDoor
 from gateway.process.instance import DataDirLock, database_of
 from gateway.process.pools import WATCH_INTERVAL, PoolSync
@@ -131,6 +132,7 @@ class Service:
         self.registry: PoolRegistry | None = None  # the live pools
         self.delivery: Delivery | None = None
         self.pool_sync: PoolSync | None = None  # keeps the registry equal to storage
+        self.account_routes: AccountRoutes | None = None  # connected accounts' upstreams
         self.signers: Signers | None = None
         self.identities: Identities | None = None
         self.intake: Intake | None = None
@@ -177,8 +179,9 @@ class Service:
         intake, identities = await self._start_intake(ready, storage, registry, delivery)
         await self._start_background(ready, storage, outbound, pools)
         manage = Management.build(
-            config, ready.box, identities, pools, outbound.pools, outbound.webhooks
-        )
+            config, ready.box, identities, pools, outbound.pools, outbound.webhooks,
+            account_routes=self.account_routes,
+        )  # fmt: skip
         await self._open_doors(ready, storage, intake, manage, delivery.wake)
         log.info(
             "postern %s listening: smtp %s, http %s:%d; database %s",
@@ -254,6 +257,11 @@ class Service:
             db, ready.box, registry, queue, delivery.wake, self.config.pools
         )
         await pools.changed()
+        # Connected accounts: each its own upstream beside the pools (gateway.routing).
+        accounts = self.account_routes = AccountRoutes(
+            db, ready.box, registry, queue, delivery.wake
+        )
+        await accounts.changed()
         delivery.start()
         delivery.wake()
         return registry, delivery, pools
@@ -290,6 +298,9 @@ class Service:
         loops.every(FOLLOW_INTERVAL, queue.suppressions.follow, "suppression list refresh")
         loops.every(GAUGE_INTERVAL, partial(count_messages, queue), "queue gauge refresh")
         loops.every(WATCH_INTERVAL, pools.look, "checking for pool changes")  # other nodes
+        if self.account_routes is not None:
+            watch = account_routes.WATCH_INTERVAL
+            loops.every(watch, self.account_routes.look, "checking for account changes")
         purge = partial(purge_idempotency_keys, db)  # both doors reserve keys
         loops.every(PURGE_INTERVAL, purge, "purging idempotency keys", at_once=True)
         await self._start_account_sync(ready, db, outbound)
