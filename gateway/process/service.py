@@ -35,6 +35,7 @@ from api.context import ApiContext, People
 from api.management import Management
 from gateway import metrics
 from gateway.accounts.sync import AccountSync, SyncSettings
+from gateway.bounces.returnpath import VERP_KEY, ReturnPath
 from gateway.config import Config, ConfigError, load
 from gateway.delivery.direct import DirectRoutes
 from gateway.delivery.throttle import Throttle
@@ -248,7 +249,12 @@ class Service:
         direct = DirectRoutes(outbound.resolver, session, config.mx_port, guard=outbound.mx)
         db, writer, queue = storage.db, storage.writer, storage.queue
         delivery = self.delivery = Delivery(
-            queue, registry, workers=config.workers, direct=direct, throttle=Throttle(db, writer)
+            queue,
+            registry,
+            workers=config.workers,
+            direct=direct,
+            throttle=Throttle(db, writer),
+            return_path=self.return_path(ready),
         )
         pools = self.pool_sync = PoolSync(
             db, ready.box, registry, queue, delivery.wake, self.config.pools
@@ -257,6 +263,11 @@ class Service:
         delivery.start()
         delivery.wake()
         return registry, delivery, pools
+
+    def return_path(self, ready: Prepared) -> ReturnPath:
+        """The VERP return path ([bounces] domain), its key derived from the secret key:
+        the same on every node, so any node verifies what another sent."""
+        return ReturnPath(self.config.bounces.domain, ready.box.derive(VERP_KEY))
 
     async def _start_intake(
         self, ready: Prepared, storage: Storage, registry: PoolRegistry, delivery: Delivery
@@ -272,7 +283,14 @@ class Service:
         await identities.reload()
         # Intake meets delivery only through gateway.queue.handoff: the registry routes,
         # delivery takes the messages it stores.
-        self.intake = Intake(storage.queue, registry, delivery, signers, identities=identities)
+        self.intake = Intake(
+            storage.queue,
+            registry,
+            delivery,
+            signers,
+            identities=identities,
+            return_path=self.return_path(ready),
+        )
         return self.intake, identities
 
     async def _start_background(
