@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import pytest
+from sqlalchemy import Connection, inspect, text
 
 from gateway.bounces import effects
 from gateway.bounces.ingest import BounceIngest, Settings, Source
@@ -14,7 +15,7 @@ from gateway.bounces.returnpath import ReturnPath
 from gateway.message import DeliveryResult, Outcome, Route
 from gateway.queue.store import AttemptRecord, Queue
 from storage import event_json
-from storage.db import Database
+from storage.db import Database, create_schema
 from tests.support.reports import auto_reply, complaint, dsn
 from tests.support.stored import fetch, message_row, submission
 
@@ -69,7 +70,10 @@ async def test_a_hard_bounce_by_verp_suppresses_and_bounces_the_message(
     assert result.outcome == "processed"
     row = await report(backend, result.report_id)
     assert (row.message_id, row.matched_by, row.cls, row.rule) == (
-        message_id, "verp", "hard", "bad-mailbox"
+        message_id,
+        "verp",
+        "hard",
+        "bad-mailbox",
     )
     entry = await suppression(backend, "gone@example.test")
     assert (entry.reason, entry.note) == ("hard_bounce", "bad-mailbox")
@@ -213,9 +217,7 @@ async def test_an_auto_reply_changes_nothing(backend: Database, queue: Queue) ->
     assert await events_of(backend, message_id) == before
 
 
-async def test_an_unparsable_report_is_kept_with_its_error(
-    backend: Database, queue: Queue
-) -> None:
+async def test_an_unparsable_report_is_kept_with_its_error(backend: Database, queue: Queue) -> None:
     result = await ingest(backend, queue).ingest(b"\x00\x01 not mail", LISTENER)
     assert result.outcome == "unparsed"
     row = await report(backend, result.report_id)
@@ -261,3 +263,26 @@ async def test_reclassify_applies_the_new_class_once(backend: Database, queue: Q
     assert len(bounced) == 1 and bounced[0]["bounce"]["rule"] == "operator"
     row = await report(backend, report_id)
     assert row.cls == "hard" and json.loads(row.entries)[0]["cls"] == "hard"
+
+
+async def test_a_schema_7_database_gains_the_bounce_columns_and_tables(backend: Database) -> None:
+    def to_schema_7(conn: Connection) -> None:
+        conn.execute(text("DROP TABLE bounce_report"))
+        conn.execute(text("DROP TABLE soft_bounce"))
+        conn.execute(text("ALTER TABLE event DROP COLUMN detail"))
+        conn.execute(text("ALTER TABLE suppression DROP COLUMN note"))
+        conn.execute(text("UPDATE postern_meta SET value = '7' WHERE key = 'schema_version'"))
+
+    await backend.transaction(to_schema_7)
+    await create_schema(backend)
+
+    def shape(conn: Connection) -> tuple[set[str], set[str], set[str]]:
+        found = inspect(conn)
+        columns = {c["name"] for c in found.get_columns("event")}
+        columns |= {c["name"] for c in found.get_columns("suppression")}
+        indexes = {i["name"] for i in found.get_indexes("bounce_report")}
+        return columns, set(found.get_table_names()), indexes
+
+    columns, tables, indexes = await backend.read(shape)
+    assert {"detail", "note"} <= columns and {"bounce_report", "soft_bounce"} <= tables
+    assert "ix_bounce_report_status" in indexes
