@@ -9,6 +9,7 @@ module only says how. A report is inserted once: `insert` does nothing when its
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -75,9 +76,7 @@ class Page:
     next_cursor: int | None  # the id to pass as `before` for the next page
 
 
-def page(
-    conn: Connection, statuses: Sequence[str] | None, limit: int, before: int | None
-) -> Page:
+def page(conn: Connection, statuses: Sequence[str] | None, limit: int, before: int | None) -> Page:
     """Newest first, without the raw bytes; `statuses` None is every status."""
     query = select(*LIST_COLUMNS).order_by(BR.c.id.desc()).limit(limit + 1)
     if statuses:
@@ -153,3 +152,22 @@ def count_soft(conn: Connection, email: str, now: float, window: float) -> int:
 # A delivery to these addresses (`email`, mailbox keys) forgets their soft bounces: run in
 # the attempt's own transaction (gateway.queue.store), one primary-key delete each.
 FORGET_SOFT = delete(SB).where(SB.c.email == bindparam("soft_email"))
+
+
+def as_json(row: Any, with_raw: bool = False) -> dict[str, Any]:
+    """A report's public shape (times as UNIX seconds: each door formats them)."""
+    entries = json.loads(row.entries or "[]")
+    found = {
+        "id": int(row.id), "received_at": row.received_at, "source": row.source,
+        "account_id": row.account_id, "mailbox": row.mailbox, "uid": row.uid,
+        "kind": row.kind, "format": row.format, "status": row.status, "error": row.error,
+        "message_id": row.message_id, "recipient": row.recipient,
+        "matched_by": row.matched_by, "classification": row.cls, "rule": row.rule,
+        "reason": row.reason, "size": row.size,
+        "entries": entries if isinstance(entries, list) else [],
+    }  # fmt: skip
+    if with_raw:
+        raw = bytes(row.raw)
+        found["raw"] = raw.decode("utf-8", "backslashreplace")
+        found["truncated"] = len(raw) < row.size
+    return found

@@ -35,7 +35,10 @@ from api.context import ApiContext, People
 from api.management import Management
 from gateway import metrics
 from gateway.accounts.sync import AccountSync, SyncSettings
+from gateway.bounces.ingest import BounceIngest
+from gateway.bounces.ingest import Settings as BounceSettings
 from gateway.bounces.returnpath import VERP_KEY, ReturnPath
+from gateway.bounces.rules import load as load_rules
 from gateway.config import Config, ConfigError, load
 from gateway.delivery.direct import DirectRoutes
 from gateway.delivery.throttle import Throttle
@@ -126,6 +129,7 @@ class Service:
         # The parts, in the order start makes them; None until made.
         self._lock: DataDirLock | None = None  # one serve per data_dir
         self.box: SecretBox | None = None
+        self.bounces: BounceIngest | None = None  # reports that came back (gateway.bounces)
         self.db: Database | None = None
         self.writer: Writer | None = None
         self.queue: Queue | None = None
@@ -213,7 +217,16 @@ class Service:
         )
         await queue.release_claims()  # whatever this node held when it last stopped
         await queue.suppressions.reload()
+        self.bounces = self._bounce_ingest(ready, db, queue)
         return Storage(db, writer, queue)
+
+    def _bounce_ingest(self, ready: Prepared, db: Database, queue: Queue) -> BounceIngest:
+        """Where reports that came back go in (the API's upload; the IMAP sync and the
+        bounce listener when they run): the user's rules before the shipped ones."""
+        bounces = self.config.bounces
+        settings = BounceSettings(bounces.soft_limit, bounces.soft_window, bounces.max_report_size)
+        rules = load_rules(bounces.rules_file or None)
+        return BounceIngest(db, self.return_path(ready), rules, settings, queue.suppressions)
 
     def _outbound(self) -> Outbound:
         config = self.config
@@ -368,6 +381,8 @@ class Service:
             manage=manage,
             people=self.people,
             public_url=config.http.public_url,
+            bounces=self.bounces,
+            max_report_size=config.bounces.max_report_size,
         )
         self._start_http(ready, storage, self.api)
 
