@@ -73,7 +73,7 @@ async def list_all(request: Request) -> Response:
         raise _field("status", f"one of {', '.join(stored.STATUSES)}")
     limit = _number(query.get("limit", "50"), "limit", 1, MAX_PAGE)
     raw_cursor = query.get("cursor") or None
-    cursor = _number(raw_cursor, "cursor", 1, 10**18) if raw_cursor else None
+    cursor = _number(raw_cursor, "cursor", 0, 10**18 - 1) if raw_cursor else None
     statuses = [status] if status else None
     page = await ctx.db.read(lambda conn: stored.page(conn, statuses, limit, cursor))
     more = str(page.next_cursor) if page.next_cursor is not None else None
