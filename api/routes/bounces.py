@@ -15,7 +15,7 @@ from api.auth import authenticate
 from api.bounce_schemas import BounceList, BounceResponse, BounceUploaded
 from api.context import ApiContext, iso
 from api.openapi import operation, path_parameter, query_parameter
-from api.schemas import ErrorResponse
+from api.schemas import EMAIL, ErrorResponse
 from gateway.addresses import envelope_problem
 from gateway.bounces.ingest import Source
 from gateway.intake.fields import text_problem
@@ -72,8 +72,8 @@ async def list_all(request: Request) -> Response:
     if status is not None and status not in stored.STATUSES:
         raise _field("status", f"one of {', '.join(stored.STATUSES)}")
     limit = _number(query.get("limit", "50"), "limit", 1, MAX_PAGE)
-    raw_cursor = query.get("cursor") or None
-    cursor = _number(raw_cursor, "cursor", 0, 10**18 - 1) if raw_cursor else None
+    raw_cursor = query.get("cursor")
+    cursor = _number(raw_cursor, "cursor", 0, 10**18 - 1) if raw_cursor is not None else None
     statuses = [status] if status else None
     page = await ctx.db.read(lambda conn: stored.page(conn, statuses, limit, cursor))
     more = str(page.next_cursor) if page.next_cursor is not None else None
@@ -107,6 +107,7 @@ async def show(request: Request) -> Response:
             "envelope_recipient",
             "the address the report was sent to (a VERP address), if known",
             maxLength=254,
+            **EMAIL,
         ),
     ],
     description="The request body is the raw report (message/rfc822), at most "
@@ -117,6 +118,7 @@ async def show(request: Request) -> Response:
         201: ("stored (and applied when it matched)", BounceUploaded),
         200: ("seen before: nothing done again", BounceUploaded),
         413: ("larger than [bounces] max_report_size", ErrorResponse),
+        422: ("no report in the body", ErrorResponse),
         503: ("bounce processing is not running", ErrorResponse),
     },
 )
@@ -135,7 +137,7 @@ async def upload(request: Request) -> Response:
     if len(raw) > ctx.max_report_size:
         raise errors.PayloadTooLarge(f"a report is at most {ctx.max_report_size} bytes")
     if not raw.strip():
-        raise _field("body", "the raw report is missing")
+        raise errors.EmptyReport("the request body must be the raw report")
     result = await ctx.bounces.ingest(raw, Source("api", envelope_recipient=rcpt))
     answer = {"success": True, "outcome": result.outcome, "report_id": result.report_id}
     return JSONResponse(answer, status_code=200 if result.outcome == "duplicate" else 201)

@@ -115,7 +115,7 @@ async def test_the_bounds_of_the_api(api: Api) -> None:
     sender = await api.key("send")
     assert (await upload(api, sender, b"x")).status_code == 403
     assert (await upload(api, key, b"x" * 20_001)).status_code == 413
-    assert (await upload(api, key, b"")).status_code == 400
+    assert (await upload(api, key, b"")).status_code == 422
     assert (await upload(api, key, b"x", envelope_recipient="a\r\nb")).status_code == 400
     assert (await upload(api, key, b"x", other="1")).status_code == 400
     assert (await api.get("/api/v1/bounces/999", key=key)).status_code == 404
