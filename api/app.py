@@ -36,6 +36,7 @@ from api.routes import (
     accounts,
     aliases,
     auth,
+    bounces,
     domains,
     invitation_page,
     invitations,
@@ -273,7 +274,7 @@ def create_app(
 # The API's resources, served when the app has an ApiContext.
 _RESOURCES = (
     auth, users, send, messages, keys, suppressions, pools, smtp_configs, aliases, domains,
-    webhook_routes, invitations, invitation_page, accounts,
+    webhook_routes, invitations, invitation_page, accounts, bounces,
 )  # fmt: skip
 
 

@@ -47,6 +47,7 @@
     ├── Suppressed            422 suppressed        every recipient is suppressed
     ├── DomainNotVerified     422 domain_not_verified   an alias on an unverified domain
     ├── UpstreamRejected      422 upstream_rejected the upstream refused it permanently
+    ├── EmptyReport           422 empty_report      POST /api/v1/bounces without a report
     ├── RateLimited           429 rate_limit        over [http] rate_limit; Retry-After
     ├── Unavailable           503 unavailable       storage failed; nothing was accepted
     └── StorageFull           507 storage_full      no space left to store it; nothing was
@@ -307,6 +308,10 @@ class Suppressed(ApiError):
 
 class UpstreamRejected(ApiError):
     status, code = 422, "upstream_rejected"
+
+
+class EmptyReport(ApiError):
+    status, code = 422, "empty_report"
 
 
 class DomainNotVerified(ApiError):

@@ -398,6 +398,7 @@ class Suppression(BaseModel):
     email: str
     reason: str
     created_at: str
+    note: str | None = None  # a bounce report's suppression: the rule that decided
 
 
 class SuppressionResponse(BaseModel):

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from gateway.bounces import rules as bounce_rules
 from gateway.dns import parse_nameserver
 from gateway.errors import ConfigError
 from gateway.rates import parse_rate
@@ -169,6 +170,17 @@ class AccountsConfig:
 
 
 @dataclass(frozen=True)
+class BouncesConfig:
+    # The VERP return-path domain: mail leaves as bounces+<token>@domain; "" = off (the
+    # client's envelope sender is kept, as before).
+    domain: str = ""
+    rules_file: str = ""  # the user's classification rules, tried before the shipped ones
+    soft_limit: int = 3  # soft bounces of one address within soft_window: then suppressed
+    soft_window: float = 7 * 86400.0
+    max_report_size: int = 256 * 1024  # bytes of a raw report stored (and taken by the API)
+
+
+@dataclass(frozen=True)
 class PoolConfig:
     name: str
     host: str
@@ -204,6 +216,7 @@ class Config:
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     accounts: AccountsConfig = field(default_factory=AccountsConfig)
+    bounces: BouncesConfig = field(default_factory=BouncesConfig)
     pools: tuple[PoolConfig, ...] = ()
 
 
@@ -264,6 +277,13 @@ def _hostname(value: Any, where: str) -> str:
     if not name or len(name) > 253 or not all(_HOST_LABEL.match(label) for label in labels):
         raise ConfigError(f"{where}: {name!r} is not a valid host name (letters, digits, '-', '.')")
     return name
+
+
+def _bounce_domain(value: Any, where: str) -> str:
+    """ "" (off) or a host name, lower-cased."""
+    if value == "":
+        return ""
+    return _hostname(value, where).lower().rstrip(".")
 
 
 def _choice(*options: str) -> Converter:
@@ -437,6 +457,16 @@ _SECTIONS: dict[str, tuple[type, dict[str, Converter]]] = {
             "timeout": _positive_duration,
         },
     ),
+    "bounces": (
+        BouncesConfig,
+        {
+            "domain": _bounce_domain,
+            "rules_file": _str,
+            "soft_limit": _positive_int,
+            "soft_window": _positive_duration,
+            "max_report_size": _positive_int,
+        },
+    ),
 }
 
 _POOL_KEYS: dict[str, Converter] = {
@@ -534,6 +564,8 @@ def _check(config: Config) -> None:
         raise ConfigError(
             "auth.session_idle: must be at least 1m and at most auth.session_absolute"
         )
+    if config.bounces.rules_file:
+        bounce_rules.load(config.bounces.rules_file)  # a bad file: ConfigError, exit 2
     url = config.storage.url
     if url and not url.startswith(("postgresql", "sqlite")):
         raise ConfigError(
@@ -599,6 +631,7 @@ def _beside(base: Path, config: Config) -> Config:
             config.smtp, tls_cert=path(config.smtp.tls_cert), tls_key=path(config.smtp.tls_key)
         ),
         storage=replace(config.storage, url=_sqlite_beside(base, config.storage.url)),
+        bounces=replace(config.bounces, rules_file=path(config.bounces.rules_file)),
     )
 
 

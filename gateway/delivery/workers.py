@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
 from gateway import maillog, metrics
+from gateway.bounces.returnpath import ReturnPath
 from gateway.delivery import simulator
 from gateway.delivery.backoff import is_throttling
 from gateway.delivery.direct import DIRECT, DirectRoutes
@@ -117,8 +118,10 @@ class Delivery:
         poll_interval: float = 1.0,
         direct: DirectRoutes | None = None,
         throttle: Throttle | None = None,
+        return_path: ReturnPath | None = None,
     ) -> None:
         self._queue = queue
+        self._return_path = return_path  # [bounces] domain: the VERP envelope sender
         self._registry = registry
         self._throttle = throttle  # pool rate and daily limits; None = none enforced
         self._direct = direct  # MX delivery for routes that name no pool
@@ -271,6 +274,7 @@ class Delivery:
     # --- one attempt ------------------------------------------------------------------
 
     async def deliver(self, message: QueuedMessage) -> str:
+        message = self._with_return_path(message)
         try:
             results, pool_name = await self._attempt_all(message)
         except Postponed as postponed:
@@ -295,6 +299,14 @@ class Delivery:
             metrics.POSSIBLE_DUPLICATES.labels(pool=pool_name or "none").inc()
         _count(results, pool_name or "none")
         return self._answer(message.id, recorded or "deferred")
+
+    def _with_return_path(self, message: QueuedMessage) -> QueuedMessage:
+        """The message with its VERP envelope sender (one HMAC), when a bounce domain is
+        set; the null sender stays null (nothing may bounce a bounce)."""
+        return_path = self._return_path
+        if return_path is None or not return_path.enabled or not message.mail_from:
+            return message
+        return replace(message, mail_from=return_path.address(message.id, message.mail_from))
 
     def _answer(self, message_id: str, status: str) -> str:
         """Tell whoever waits for this message's attempt (an HTTP send) how it went."""

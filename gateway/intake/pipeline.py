@@ -19,12 +19,13 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from gateway import maillog, metrics
+from gateway.bounces.returnpath import ReturnPath
 from gateway.dkim.cache import Signers
 from gateway.dkim.errors import DkimError
 from gateway.errors import Refused
 from gateway.intake.identities import Identities
 from gateway.message import QueuedMessage, Route, Sender, Submission
-from gateway.queue import idempotency
+from gateway.queue import idempotency, ids
 from gateway.queue.handoff import Handoff, Pools
 from gateway.queue.idempotency import Duplicate, KeyReused
 from gateway.queue.store import Queue
@@ -139,8 +140,10 @@ class Intake:
         handoff: Handoff,
         signers: Signers | None = None,
         identities: Identities | None = None,
+        return_path: ReturnPath | None = None,
     ) -> None:
         self._queue = queue
+        self._return_path = return_path  # [bounces] domain: the reference header
         self._pools = pools
         self._handoff = handoff
         self._signers = signers
@@ -184,7 +187,7 @@ class Intake:
         except Refusal:
             await idempotency.raise_if_seen(self._queue.db, submission)
             raise
-        submission = await self._signed(submission)
+        submission = await self._signed(self._referenced(submission))
         # The client may go while the commit is under way (aiosmtpd then cancels the
         # handler), yet the commit goes on: storing and handing over are one unit that a
         # cancellation cannot split, or a claimed message would wait for a restart.
@@ -264,6 +267,21 @@ class Intake:
         """The connected account the route is pinned to, or None."""
         identities = self._identities
         return pinned_account(route, identities.accounts) if identities is not None else None
+
+    def _referenced(self, submission: Submission) -> Submission:
+        """With a bounce domain, the message gets its id now and an `X-Postern-Ref` field
+        naming it (gateway.bounces.returnpath), before it is signed and stored: what
+        delivery relays is the stored, signed bytes, so the field is added once, covered by
+        no re-signing, and found in a report's returned headers even when a provider
+        rewrote the return path. Delivery cannot add it: retries relay the stored bytes,
+        and a field added after signing would be a second copy of work per attempt."""
+        return_path = self._return_path
+        if return_path is None or not return_path.enabled or submission.sandbox:
+            return submission
+        message_id = submission.message_id or ids.new_id_for(submission.sandbox)
+        header = return_path.header(message_id)
+        content = header + submission.content
+        return replace(submission, message_id=message_id, content=content)
 
     async def _signed(self, submission: Submission) -> Submission:
         """Sign once, here, before storing: retries relay the stored, signed bytes."""

@@ -35,6 +35,10 @@ from api.context import ApiContext, People
 from api.management import Management
 from gateway import metrics
 from gateway.accounts.sync import AccountSync, SyncSettings
+from gateway.bounces.ingest import BounceIngest
+from gateway.bounces.ingest import Settings as BounceSettings
+from gateway.bounces.returnpath import VERP_KEY, ReturnPath
+from gateway.bounces.rules import load as load_rules
 from gateway.config import Config, ConfigError, load
 from gateway.delivery.direct import DirectRoutes
 from gateway.delivery.throttle import Throttle
@@ -126,6 +130,7 @@ class Service:
         # The parts, in the order start makes them; None until made.
         self._lock: DataDirLock | None = None  # one serve per data_dir
         self.box: SecretBox | None = None
+        self.bounces: BounceIngest | None = None  # reports that came back (gateway.bounces)
         self.db: Database | None = None
         self.writer: Writer | None = None
         self.queue: Queue | None = None
@@ -215,7 +220,16 @@ class Service:
         )
         await queue.release_claims()  # whatever this node held when it last stopped
         await queue.suppressions.reload()
+        self.bounces = self._bounce_ingest(ready, db, queue)
         return Storage(db, writer, queue)
+
+    def _bounce_ingest(self, ready: Prepared, db: Database, queue: Queue) -> BounceIngest:
+        """Where reports that came back go in (the API's upload; the IMAP sync and the
+        bounce listener when they run): the user's rules before the shipped ones."""
+        bounces = self.config.bounces
+        settings = BounceSettings(bounces.soft_limit, bounces.soft_window, bounces.max_report_size)
+        rules = load_rules(bounces.rules_file or None)
+        return BounceIngest(db, self.return_path(ready), rules, settings, queue.suppressions)
 
     def _outbound(self) -> Outbound:
         config = self.config
@@ -251,7 +265,12 @@ class Service:
         direct = DirectRoutes(outbound.resolver, session, config.mx_port, guard=outbound.mx)
         db, writer, queue = storage.db, storage.writer, storage.queue
         delivery = self.delivery = Delivery(
-            queue, registry, workers=config.workers, direct=direct, throttle=Throttle(db, writer)
+            queue,
+            registry,
+            workers=config.workers,
+            direct=direct,
+            throttle=Throttle(db, writer),
+            return_path=self.return_path(ready),
         )
         pools = self.pool_sync = PoolSync(
             db, ready.box, registry, queue, delivery.wake, self.config.pools
@@ -265,6 +284,11 @@ class Service:
         delivery.start()
         delivery.wake()
         return registry, delivery, pools
+
+    def return_path(self, ready: Prepared) -> ReturnPath:
+        """The VERP return path ([bounces] domain), its key derived from the secret key:
+        the same on every node, so any node verifies what another sent."""
+        return ReturnPath(self.config.bounces.domain, ready.box.derive(VERP_KEY))
 
     async def _start_intake(
         self, ready: Prepared, storage: Storage, registry: PoolRegistry, delivery: Delivery
@@ -280,7 +304,14 @@ class Service:
         await identities.reload()
         # Intake meets delivery only through gateway.queue.handoff: the registry routes,
         # delivery takes the messages it stores.
-        self.intake = Intake(storage.queue, registry, delivery, signers, identities=identities)
+        self.intake = Intake(
+            storage.queue,
+            registry,
+            delivery,
+            signers,
+            identities=identities,
+            return_path=self.return_path(ready),
+        )
         return self.intake, identities
 
     async def _start_background(
@@ -361,6 +392,8 @@ class Service:
             manage=manage,
             people=self.people,
             public_url=config.http.public_url,
+            bounces=self.bounces,
+            max_report_size=config.bounces.max_report_size,
         )
         self._start_http(ready, storage, self.api)
 
