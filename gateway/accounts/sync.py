@@ -8,8 +8,9 @@
 A sync is bounded by `timeout` end to end, and its lease lasts `LEASES` times that, so a lease
 never lapses under a live node: another node takes an account only from a node that died
 (its lease passed), or after this node gives its leases back (start, stop). Every connection
-goes through the SSRF guard (gateway.accounts.verify). What comes later (the UID sync of new
-mail, bounce processing) starts from the stored UIDVALIDITY and UIDNEXT.
+goes through the SSRF guard (gateway.accounts.verify). With an `Inbox`, a sync also reads the
+new mail by UID and hands each report over (gateway.accounts.inbox): the sync is then bounded
+by LEASES - 1 timeouts, and starts no message after one.
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ import logging
 import time
 from dataclasses import dataclass
 
+from aioimaplib import aioimaplib
+
 from gateway.accounts.accounts import unseal
+from gateway.accounts.inbox import Inbox, LeaseLost
 from gateway.accounts.verify import IMAP, Endpoint, VerifyFailed, imap_session, inbox_state
-from gateway.errors import PosternError
+from gateway.errors import PosternError, StorageUnavailable
 from gateway.security.hostguard import HostGuard
 from storage import mail_accounts
 from storage.db import Database
@@ -41,11 +45,19 @@ class SyncSettings:
 
 
 class AccountSync:
-    def __init__(self, db: Database, box: Cipher, guard: HostGuard, settings: SyncSettings) -> None:
+    def __init__(
+        self,
+        db: Database,
+        box: Cipher,
+        guard: HostGuard,
+        settings: SyncSettings,
+        inbox: Inbox | None = None,
+    ) -> None:
         self._db = db
         self._box = box
         self._guard = guard
         self.settings = settings
+        self._inbox = inbox  # None: the sync only reads INBOX's state
 
     async def run_once(self) -> None:
         """One round of the background loop."""
@@ -83,8 +95,8 @@ class AccountSync:
             log.warning("account %s (%s): sync failed: %s", job.id, job.email, outcome.error)
 
     async def sync_one(self, job: SyncJob) -> SyncOutcome:
-        """Log in, SELECT INBOX, read UIDVALIDITY and UIDNEXT; never raises for the
-        mailbox's sake (its failure is the outcome)."""
+        """Log in, SELECT INBOX, read UIDVALIDITY and UIDNEXT (and, with an Inbox, hand its
+        new mail over); never raises for the mailbox's sake (its failure is the outcome)."""
         password = unseal(self._box, job)
         if not password:
             return SyncOutcome(ERROR, "no password stored: connect the account again")
@@ -93,19 +105,35 @@ class AccountSync:
             job.tls_verify,
         )  # fmt: skip
         timeout = self.settings.timeout
+        limit = timeout if self._inbox is None else (LEASES - 1) * timeout
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(limit):
                 async with imap_session(endpoint, self._guard, timeout) as client:
-                    uidvalidity, uidnext = await inbox_state(client)
+                    return await self._read(client, job)
         except VerifyFailed as failed:
             return SyncOutcome(ERROR, str(failed))
+        except LeaseLost:
+            return SyncOutcome(ERROR, "the account's lease was lost mid-sync")
+        except StorageUnavailable as error:
+            return SyncOutcome(ERROR, f"storage unavailable: {error}")
         except PosternError as refused:  # the SSRF guard: a host now in a denied network
             return SyncOutcome(ERROR, f"IMAP connect refused: {refused}")
         except TimeoutError:
-            return SyncOutcome(ERROR, f"{IMAP.upper()} sync took longer than {timeout:g}s")
+            return SyncOutcome(ERROR, f"{IMAP.upper()} sync took longer than {limit:g}s")
         except Exception as error:  # the server said something unexpected mid-sync
             return SyncOutcome(ERROR, f"IMAP sync failed: {error.__class__.__name__}")
-        return SyncOutcome(SYNCED, uidvalidity=uidvalidity, uidnext=uidnext)
+
+    async def _read(self, client: aioimaplib.IMAP4, job: SyncJob) -> SyncOutcome:
+        if self._inbox is None:
+            uidvalidity, uidnext = await inbox_state(client)
+            return SyncOutcome(SYNCED, uidvalidity=uidvalidity, uidnext=uidnext)
+        drained = await self._inbox.drain(client, job.id)
+        if drained.handed or drained.skipped:
+            log.info(
+                "account %s: %d reports handed over, %d messages skipped",
+                job.id, drained.handed, drained.skipped,
+            )  # fmt: skip
+        return SyncOutcome(SYNCED, uidvalidity=drained.uidvalidity, uidnext=drained.uidnext)
 
     async def release(self) -> None:
         """Give back every lease this node holds (start-up, shutdown)."""
