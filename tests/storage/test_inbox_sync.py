@@ -7,6 +7,7 @@ deleted; a message over the size cap skipped and recorded."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 from collections.abc import Iterator
@@ -282,3 +283,29 @@ async def test_a_round_takes_a_bounded_batch(
     assert [source.uid for source in ingest.sources] == [1, 2, 3, 4]
     await sync.sync_due()
     assert [source.uid for source in ingest.sources] == [1, 2, 3, 4, 5]
+
+
+async def test_idle_picks_new_mail_up_without_waiting_for_the_poll(
+    backend: Database, box: SecretBox, imap: Dovecot
+) -> None:
+    account_id = await _account_id(backend, box, imap)
+    ingest = RecordingIngest()
+    inbox = Inbox(backend, ingest, InboxSettings(), "node-a")
+    settings = SyncSettings("node-a", 3600, 10, idle=True, idle_renew=1.0, idle_retry=0.2)
+    sync = AccountSync(backend, box, HostGuard(), settings, inbox)
+    try:
+        assert await sync.sync_due() == 1  # nothing yet; due again only in an hour
+        assert sync.idle is not None and sync.idle.watching(account_id)
+        await asyncio.sleep(1.5)  # an IDLE renewed (DONE, NOOP, IDLE) in the meantime
+        imap.append(USER, _report("rfc3464_simple.eml"))
+        await asyncio.wait_for(ingest.committed.wait(), 10)
+        assert [source.uid for source in ingest.sources] == [1]
+        await mail_accounts.delete_account(backend, account_id)
+        imap.append(USER, _report("qmail.eml"))  # a disconnected account is not watched
+        for _ in range(50):
+            if not sync.idle.watching(account_id):
+                break
+            await asyncio.sleep(0.1)
+        assert not sync.idle.watching(account_id) and len(ingest.calls) == 1
+    finally:
+        await sync.stop()
