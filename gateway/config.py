@@ -169,6 +169,16 @@ class AccountsConfig:
 
 
 @dataclass(frozen=True)
+class BouncesConfig:
+    domain: str = ""  # the VERP return-path domain: bounces+TOKEN@domain
+    listen: tuple[str, int] | None = None  # the inbound bounce listener; None: off
+    listen_public: bool = False  # a listen address off loopback (it takes only `domain`)
+    max_report_size: int = 10 * 1024 * 1024  # bytes: larger reports are refused or skipped
+    processed_folder: str = ""  # IMAP: processed mail moved there; "": flagged in place
+    idle: bool = True  # IMAP IDLE where the server offers it (else the sync interval only)
+
+
+@dataclass(frozen=True)
 class PoolConfig:
     name: str
     host: str
@@ -204,6 +214,7 @@ class Config:
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     accounts: AccountsConfig = field(default_factory=AccountsConfig)
+    bounces: BouncesConfig = field(default_factory=BouncesConfig)
     pools: tuple[PoolConfig, ...] = ()
 
 
@@ -264,6 +275,22 @@ def _hostname(value: Any, where: str) -> str:
     if not name or len(name) > 253 or not all(_HOST_LABEL.match(label) for label in labels):
         raise ConfigError(f"{where}: {name!r} is not a valid host name (letters, digits, '-', '.')")
     return name
+
+
+def _domain_or_empty(value: Any, where: str) -> str:
+    text: str = _str(value, where)
+    return _hostname(text, where).lower().removesuffix(".") if text else ""
+
+
+def _folder(value: Any, where: str) -> str:
+    """An IMAP mailbox name as the user's server spells it: printable, no quote or
+    backslash (sent as a quoted string), not INBOX itself."""
+    text: str = _str(value, where)
+    if len(text) > 200 or not text.isprintable() or any(c in text for c in '"\\'):
+        raise ConfigError(f"{where}: {text!r} is not a mailbox name Postern can use")
+    if text.upper() == "INBOX":
+        raise ConfigError(f"{where}: processed mail cannot go to INBOX itself")
+    return text
 
 
 def _choice(*options: str) -> Converter:
@@ -437,6 +464,17 @@ _SECTIONS: dict[str, tuple[type, dict[str, Converter]]] = {
             "timeout": _positive_duration,
         },
     ),
+    "bounces": (
+        BouncesConfig,
+        {
+            "domain": _domain_or_empty,
+            "listen": _listen_optional,
+            "listen_public": _bool,
+            "max_report_size": _positive_int,
+            "processed_folder": _folder,
+            "idle": _bool,
+        },
+    ),
 }
 
 _POOL_KEYS: dict[str, Converter] = {
@@ -491,6 +529,19 @@ def _pools(raw: Any) -> tuple[PoolConfig, ...]:
     return tuple(pools)
 
 
+def _check_bounces(bounces: BouncesConfig) -> None:
+    if bounces.listen is None:
+        return
+    if not bounces.domain:
+        raise ConfigError("bounces.listen: set bounces.domain, the only domain it accepts mail for")
+    host, port = bounces.listen
+    if not bounces.listen_public and not is_loopback(host):
+        raise ConfigError(
+            f"bounces.listen: {host}:{port} is not loopback; set bounces.listen_public = true "
+            "to listen there (it accepts mail for bounces.domain only)"
+        )
+
+
 def _check(config: Config) -> None:
     if not config.smtp.require_auth:
         for host, port in config.smtp.listen:
@@ -514,6 +565,7 @@ def _check(config: Config) -> None:
             raise ConfigError(f"smtp.{name}: cannot read {path}")
     if config.smtp.tls_cert:
         server_tls_context(config.smtp.tls_cert, config.smtp.tls_key)
+    _check_bounces(config.bounces)
     defaults = [pool.name for pool in config.pools if pool.is_default]
     if len(defaults) > 1:
         raise ConfigError(f"[[pools]]: only one pool may be is_default (got {', '.join(defaults)})")
