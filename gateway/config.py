@@ -173,7 +173,9 @@ class BouncesConfig:
     domain: str = ""  # the VERP return-path domain: bounces+TOKEN@domain
     listen: tuple[str, int] | None = None  # the inbound bounce listener; None: off
     listen_public: bool = False  # a listen address off loopback (it takes only `domain`)
-    max_report_size: int = 10 * 1024 * 1024  # bytes: larger reports are refused or skipped
+    # Bytes of one message the listener takes and the IMAP sync fetches (more: refused 552,
+    # or skipped and recorded); what is stored of a report is capped apart, smaller.
+    max_inbound_size: int = 10 * 1024 * 1024
     processed_folder: str = ""  # IMAP: processed mail moved there; "": flagged in place
     idle: bool = True  # IMAP IDLE where the server offers it (else the sync interval only)
 
@@ -470,7 +472,7 @@ _SECTIONS: dict[str, tuple[type, dict[str, Converter]]] = {
             "domain": _domain_or_empty,
             "listen": _listen_optional,
             "listen_public": _bool,
-            "max_report_size": _positive_int,
+            "max_inbound_size": _positive_int,
             "processed_folder": _folder,
             "idle": _bool,
         },

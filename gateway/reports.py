@@ -40,8 +40,8 @@ class Source:
 
 @dataclass(frozen=True)
 class IngestResult:
-    status: str  # processed | duplicate | unmatched | unparsed | ignored
-    report_id: str | None = None
+    outcome: str  # processed | duplicate | unmatched | unparsed | ignored
+    report_id: int | None = None
 
 
 class Ingest(Protocol):
@@ -58,7 +58,7 @@ async def hand_over(ingest: Ingest, raw: bytes, source: Source) -> IngestResult:
     except Exception:
         count(source.kind, FAILED)
         raise
-    count(source.kind, result.status)
+    count(source.kind, result.outcome)
     return result
 
 

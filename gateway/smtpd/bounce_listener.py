@@ -111,7 +111,7 @@ class BounceHandler:
                 result = await hand_over(self._ingest, raw, source)
                 log.info(
                     "report for <%s> from %s: %s", recipient, maillog.client(session.peer),
-                    result.status,
+                    result.outcome,
                 )  # fmt: skip
         except StorageUnavailable as error:
             log.error("could not store a report: %s", error)

@@ -30,7 +30,7 @@ class RecordingIngest:
         self._seen.add(key)
         self.results.append(status)
         self.committed.set()
-        return IngestResult(status, report_id=f"rpt_{len(self.calls)}")
+        return IngestResult(status, report_id=len(self.calls))
 
     @property
     def sources(self) -> list[Source]:

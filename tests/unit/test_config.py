@@ -561,11 +561,11 @@ def test_the_bounce_listener_is_off_by_default() -> None:
 def test_bounces_read(tmp_path: Path) -> None:
     text = (
         '[bounces]\ndomain = "Bounce.Example.TEST."\nlisten = "127.0.0.1:2526"\n'
-        'processed_folder = "Postern Processed"\nmax_report_size = 1000\n'
+        'processed_folder = "Postern Processed"\nmax_inbound_size = 1000\n'
     )
     bounces = load(write(tmp_path, text)).bounces
     assert (bounces.domain, bounces.listen) == ("bounce.example.test", ("127.0.0.1", 2526))
-    assert (bounces.processed_folder, bounces.max_report_size) == ("Postern Processed", 1000)
+    assert (bounces.processed_folder, bounces.max_inbound_size) == ("Postern Processed", 1000)
 
 
 @pytest.mark.parametrize(
@@ -576,7 +576,7 @@ def test_bounces_read(tmp_path: Path) -> None:
         ('[bounces]\ndomain = "not a domain"\n', "bounces.domain"),
         ('[bounces]\nprocessed_folder = "INBOX"\n', "INBOX itself"),
         ('[bounces]\nprocessed_folder = "a\\"b"\n', "bounces.processed_folder"),
-        ("[bounces]\nmax_report_size = 0\n", "bounces.max_report_size"),
+        ("[bounces]\nmax_inbound_size = 0\n", "bounces.max_inbound_size"),
     ],
 )
 def test_bounces_refused(tmp_path: Path, text: str, words: str) -> None:

@@ -83,6 +83,15 @@ FORBIDDEN: list[tuple[str, str, str]] = [
     ("gateway.accounts", "gateway.smtpd", "connected accounts know nothing of the doors"),
     ("gateway.accounts", "gateway.intake", "proving and syncing a mailbox sends no mail"),
     ("gateway.accounts", "gateway.delivery", "accounts reach delivery only where ALLOWED says"),
+    (
+        "gateway.reports",
+        "gateway.smtpd",
+        "the ways in know the processing's interface, not it them",
+    ),
+    ("gateway.reports", "gateway.accounts", "the ways in know the processing's interface only"),
+    ("gateway.reports", "storage", "an interface: what implements it stores"),
+    ("gateway.smtpd.bounce_listener", "gateway.intake", "a bounce listener queues nothing"),
+    ("gateway.smtpd.bounce_listener", "gateway.queue", "a bounce listener queues nothing"),
 ]
 # (package, the only Postern modules it may import besides its own, why): the standard
 # library is always allowed.
@@ -170,6 +179,10 @@ def test_the_layers_hold() -> None:
         ("gateway.bounces.report", "def f():\n    from storage import db", True),
         ("gateway.bounces.report", "from gateway.queue import suppressions", True),
         ("gateway.bounces.rules", "import idna", True),
+        ("gateway.reports", "from gateway import metrics", False),
+        ("gateway.reports", "from gateway.accounts import inbox", True),
+        ("gateway.smtpd.bounce_listener", "from gateway.intake import pipeline", True),
+        ("gateway.smtpd.bounce_listener", "from gateway.reports import Ingest", False),
     ],
 )
 def test_the_check_sees_each_kind_of_import(
