@@ -28,6 +28,7 @@ log = logging.getLogger("postern.accounts")
 RENEW = 24 * 60.0  # seconds an IDLE lasts before DONE, NOOP and a new IDLE
 RETRY = 60.0  # seconds before logging in again after a failure
 MAX_WATCHED = 200  # accounts one node holds an IDLE connection to
+MAX_FAILURES = 3  # IDLE sessions failed in a row before a watch gives up
 Wake = Callable[[str, bool], Awaitable[bool]]  # (account, new mail?) -> still wanted?
 
 
@@ -66,14 +67,23 @@ class IdleWatch:
         self._tasks.clear()
 
     async def _run(self, account_id: str, endpoint: Endpoint) -> None:
+        """IDLE sessions one after another; after MAX_FAILURES failed ones in a row (a changed
+        password, say: no lock-out by our retries) it stops, and the next good sync of the
+        account starts it again."""
+        failures, loop = 0, asyncio.get_running_loop()
         while True:
+            began = loop.time()
             try:
                 if not await self._session(account_id, endpoint):
                     return
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # the server, the network: try again later
-                log.info("account %s: IDLE ended (%s); again in %gs", account_id, error, self.retry)
+                # a session that went through a renewal worked: only its end failed
+                failures = 1 if loop.time() - began > self.renew else failures + 1
+                log.info("account %s: IDLE ended (%s)", account_id, error)
+                if failures >= MAX_FAILURES:
+                    return
             await asyncio.sleep(self.retry)
             if not await self._wake(account_id, False):
                 return

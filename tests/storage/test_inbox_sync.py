@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 
 from gateway.accounts.accounts import seal
+from gateway.accounts.idle import MAX_FAILURES, IdleWatch
 from gateway.accounts.inbox import KEYWORD, Inbox, InboxSettings, _Run
 from gateway.accounts.sync import AccountSync, SyncSettings
+from gateway.accounts.verify import Endpoint
 from gateway.reports import DUPLICATE, PROCESSED
 from gateway.security.hostguard import HostGuard
 from gateway.security.secrets import SecretBox
@@ -27,6 +29,7 @@ from storage.db import Database
 from storage.inbox import Cursor
 from tests.support.imap import Dovecot, available
 from tests.support.ingest import RecordingIngest
+from tests.support.processes import free_port
 
 pytestmark = [
     pytest.mark.timeout(60),
@@ -309,3 +312,27 @@ async def test_idle_picks_new_mail_up_without_waiting_for_the_poll(
         assert not sync.idle.watching(account_id) and len(ingest.calls) == 1
     finally:
         await sync.stop()
+
+
+async def test_an_idle_watch_that_cannot_log_in_gives_up() -> None:
+    """A server gone, or a password changed since the sync: a few tries, then no more (no
+    lock-out by our retries); the next good sync starts the watch again. (Nothing listens
+    on the port: dovecot itself slows repeated failed logins down to seconds.)"""
+    asked: list[bool] = []
+
+    async def wake(account_id: str, news: bool) -> bool:
+        asked.append(news)
+        return True
+
+    watch = IdleWatch(HostGuard(), wake, 5, renew=1.0, retry=0.05)
+    endpoint = Endpoint("127.0.0.1", free_port(), "starttls", USER, "changed", False)
+    try:
+        watch.watch("acc", endpoint)
+        for _ in range(100):
+            if not watch.watching("acc"):
+                break
+            await asyncio.sleep(0.1)
+        assert not watch.watching("acc")
+        assert asked == [False] * (MAX_FAILURES - 1)  # still wanted, between the tries
+    finally:
+        await watch.stop()
