@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from starlette.requests import Request
 
-from api.errors import CsrfFailed, Forbidden, RateLimited, Unauthorized
+from api.errors import CsrfFailed, Forbidden, RateLimited, Unauthorized, UserRequired
 from api.forms import form_fields, is_form
 from gateway.message import Sender
 from gateway.people import roles
@@ -102,6 +102,24 @@ class Caller:
     @property
     def csrf_token(self) -> str:
         return csrf_token(self.token) if self.token else ""
+
+
+def for_people_matters(caller: Caller) -> Caller:
+    """A caller fit to act on people's own matters (users, sessions, invitations, accounts):
+    a session, or a key that holds the `admin` scope itself. A key given for sending never
+    acts there as its person, whatever that person's role."""
+    if caller.key is not None and not caller.key.has("admin"):
+        raise Forbidden("this API key lacks the 'admin' scope: people's matters need it")
+    return caller
+
+
+def acting_person(caller: Caller) -> UserRecord:
+    """The user a caller acts for on people's own matters (for_people_matters): a session's,
+    or an admin key's owner; 403 user_required for a key without a user."""
+    for_people_matters(caller)
+    if caller.user is None:
+        raise UserRequired("a person's matter: sign in, or use an admin key of a user")
+    return caller.user
 
 
 def csrf_token(session_token: str) -> str:

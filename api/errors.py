@@ -35,6 +35,7 @@
     │   ├── LastOwnerConflict 409 last_owner        it would leave no active owner
     │   ├── ConfigPool        409 config_pool       the pool is declared in the config file
     │   ├── AliasInUse        409 alias_in_use      queued mail still references the alias
+    │   ├── AliasVerified     409 alias_verified    a new link for an alias verified already
     │   ├── PoolInUse         409 pool_in_use       queued mail still needs the pool (move_to)
     │   ├── MessageFinal      409 message_final     retry/cancel of a message with no work left
     │   ├── MessageBusy       409 message_busy      retry/cancel of a message being delivered
@@ -256,6 +257,10 @@ class ConfigPool(Conflict):
 
 class AliasInUse(Conflict):
     code = "alias_in_use"
+
+
+class AliasVerified(Conflict):
+    code = "alias_verified"
 
 
 class PoolInUse(Conflict):

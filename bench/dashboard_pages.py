@@ -1,14 +1,18 @@
 #!/usr/bin/env python3
-"""How long the dashboard's pages take, through real uvicorn: the sign-in page (no session)
-and Settings → SMTP Pools (a signed-in owner), median and p99.
+"""How long the dashboard's pages take, through real uvicorn: the sign-in page (no session),
+Settings → SMTP Pools (a signed-in owner), and Messages (the search, a member's own mail, one
+message's page) with --messages in storage, median and p99.
 
-    python3 bench/dashboard_pages.py                   # SQLite, 20 pools, 1000 requests each
+    python3 bench/dashboard_pages.py                   # SQLite, 20 pools, 100k messages
     python3 bench/dashboard_pages.py --pools 200 -n 500 --storage postgresql+asyncpg://...
+    python3 bench/dashboard_pages.py --messages 1000000 --fill-seconds 600
 
 Starts Postern's Service in this process (real uvicorn on loopback, real storage), makes the
 pools through the API, signs an owner in through the sign-in form, then requests each page
 one at a time on a keep-alive connection. The time is the whole answer as the client sees
-it: session lookup, storage read, template rendering, headers.
+it: session lookup, storage read, template rendering, headers. The messages are written
+straight to storage (no delivery), for at most --fill-seconds: the figures say how many
+there were.
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
+from sqlalchemy import insert
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -29,10 +35,22 @@ from gateway.config import from_dict
 from gateway.people.passwords import Passwords
 from gateway.people.users import Users
 from gateway.process.service import Service
+from storage.db import Database
 from storage.keys import create_key
+from storage.models import Event, Message, MessageBody, Recipient
+from storage.users import UserRecord
 from tests.support.processes import free_port
 
 PASSWORD = "correct horse battery staple"
+BATCH = 5000  # messages per transaction while filling
+STATUSES = ("delivered", "delivered", "delivered", "bounced", "deferred", "queued")
+BODY = (
+    b"From: App <app@sender.test>\r\nTo: r@example.test\r\nSubject: Your receipt\r\n"
+    b"MIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary=b\r\n\r\n"
+    b"--b\r\nContent-Type: text/plain\r\n\r\n" + b"Thank you for your order.\r\n" * 40
+    + b"--b\r\nContent-Type: text/html\r\n\r\n" + b"<p>Thank you for your order.</p>\r\n" * 40
+    + b"--b--\r\n"
+)  # fmt: skip
 
 
 async def timed(http: httpx.AsyncClient, path: str, n: int) -> list[float]:
@@ -48,7 +66,7 @@ async def timed(http: httpx.AsyncClient, path: str, n: int) -> list[float]:
 def line(label: str, spent: list[float]) -> str:
     p99 = sorted(spent)[max(0, int(len(spent) * 0.99) - 1)]
     median = statistics.median(spent)
-    return f"{label:<34} median {median:6.2f} ms  p99 {p99:6.2f} ms  (n={len(spent)})"
+    return f"{label:<38} median {median:6.2f} ms  p99 {p99:6.2f} ms  (n={len(spent)})"
 
 
 async def make_pools(service: Service, base: str, count: int) -> None:
@@ -64,27 +82,95 @@ async def make_pools(service: Service, base: str, count: int) -> None:
             assert answer.status_code == 201, answer.text
 
 
-async def measure(service: Service, base: str, n: int, pools: int) -> None:
+def _rows(start: int, count: int, owners: list[str], now: float) -> dict[str, list[Any]]:
+    """Messages start..start+count: one recipient and one event each, a body while active."""
+    rows: dict[str, list[Any]] = {"message": [], "recipient": [], "event": [], "body": []}
+    for i in range(start, start + count):
+        message_id, status = f"msg_bench{i:08d}", STATUSES[i % len(STATUSES)]
+        active, created = status in ("queued", "deferred"), now - 86_400 + i * 0.01
+        rows["message"].append(
+            {"id": message_id, "status": status, "source": "smtp",
+             "mail_from": f"s{i % 50}@sender.test", "last_pool": f"pool-{i % 5}",
+             "attempts": 1, "size": len(BODY), "created_at": created, "updated_at": created,
+             "due_at": now + 3600 if active else None, "user_id": owners[i % len(owners)],
+             "last_response": "451 4.3.0 try later" if active else "250 2.0.0 OK"}
+        )  # fmt: skip
+        rows["recipient"].append(
+            {"message_id": message_id, "email": f"r{i % 1000}@example.test",
+             "status": "pending" if active else status, "attempts": 1, "updated_at": created}
+        )  # fmt: skip
+        rows["event"].append(
+            {"type": "queued", "message_id": message_id, "recipient": f"r{i % 1000}@example.test",
+             "attempt": 0, "message_status": "queued", "created_at": created}
+        )  # fmt: skip
+        if active:
+            rows["body"].append({"message_id": message_id, "data": BODY})
+    return rows
+
+
+TABLES = {
+    "message": Message.__table__,  # type: ignore[attr-defined]
+    "recipient": Recipient.__table__,  # type: ignore[attr-defined]
+    "event": Event.__table__,  # type: ignore[attr-defined]
+    "body": MessageBody.__table__,  # type: ignore[attr-defined]
+}
+
+
+async def fill(db: Database, total: int, owners: list[str], seconds: float) -> int:
+    """Up to `total` messages written straight to storage, for at most `seconds`."""
+    started, now, made = time.monotonic(), time.time(), 0
+    while made < total and time.monotonic() - started < seconds:
+        rows = _rows(made, min(BATCH, total - made), owners, now)
+        await db.transaction(
+            lambda conn, rows=rows: [conn.execute(insert(TABLES[n]), rows[n]) for n in rows]
+        )
+        made += len(rows["message"])
+    return made
+
+
+async def sign_in(base: str, user: UserRecord, client: httpx.AsyncClient) -> None:
+    fields = {"email": user.email, "password": PASSWORD, "next": "/"}
+    signed = await client.post("/login", data=fields)
+    assert signed.status_code == 303, signed.text
+
+
+async def measure(
+    service: Service, base: str, n: int, pools: int, messages: int, fill_s: float
+) -> None:
     assert service.db is not None
     await make_pools(service, base, pools)
-    user = await Users(service.db, Passwords()).create("bench@example.com", "owner", PASSWORD)
+    users = Users(service.db, Passwords())
+    user = await users.create("bench@example.com", "owner", PASSWORD)
+    member = await users.create("member@example.com", "member", PASSWORD)
+    others = [f"usr_other{k}" for k in range(8)]  # the member's mail is one message in ten
+    made = await fill(service.db, messages, [member.id, *others, user.id], fill_s)
+    group = (made // len(STATUSES) - 1) * len(STATUSES)  # the last whole run of STATUSES
+    one = f"msg_bench{group + STATUSES.index('deferred'):08d}"
     async with (
         httpx.AsyncClient(base_url=base) as anonymous,
         httpx.AsyncClient(base_url=base) as owner,
+        httpx.AsyncClient(base_url=base) as mine,
     ):
-        fields = {"email": user.email, "password": PASSWORD, "next": "/settings/pools"}
-        signed = await owner.post("/login", data=fields)
-        assert signed.status_code == 303, signed.text
+        await sign_in(base, user, owner)
+        await sign_in(base, member, mine)
+        first = await owner.get("/messages?limit=50")
+        older = first.text.split('rel="next"')[0].rsplit('href="', 1)[1].split('"')[0]
         for label, client, path in (
             ("GET /login (signed out)", anonymous, "/login"),
             (f"GET /settings/pools ({pools} pools)", owner, "/settings/pools"),
             ("GET / (overview)", owner, "/"),
+            (f"GET /messages ({made:,} messages)", owner, "/messages"),
+            ("GET /messages, the next page", owner, older.replace("&amp;", "&")),
+            ("GET /messages?status=deferred", owner, "/messages?status=deferred"),
+            ("GET /messages?recipient=r7@…", owner, "/messages?recipient=r7%40example.test"),
+            ("GET /messages (a member's own)", mine, "/messages"),
+            ("GET /messages/{id} (deferred, body)", owner, f"/messages/{one}"),
         ):
             await timed(client, path, 20)  # warm up
             print(line(label, await timed(client, path, n)))
 
 
-async def run(n: int, pools: int, storage_url: str) -> None:
+async def run(n: int, pools: int, storage_url: str, messages: int, fill_s: float) -> None:
     with tempfile.TemporaryDirectory() as data_dir:
         port = free_port()
         config = from_dict({
@@ -96,7 +182,7 @@ async def run(n: int, pools: int, storage_url: str) -> None:
         service = Service(config)
         await service.start()
         try:
-            await measure(service, f"http://127.0.0.1:{port}", n, pools)
+            await measure(service, f"http://127.0.0.1:{port}", n, pools, messages, fill_s)
         finally:
             await service.stop()
 
@@ -106,9 +192,11 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=1000, help="requests per page")
     parser.add_argument("--pools", type=int, default=20, help="pools on the pools page")
     parser.add_argument("--storage", default="", help="a storage.url (default: SQLite)")
+    parser.add_argument("--messages", type=int, default=100_000, help="messages in storage")
+    parser.add_argument("--fill-seconds", type=float, default=300, help="most time to fill")
     args = parser.parse_args()
     print(f"{time.strftime('%Y-%m-%d %H:%M')}  storage: {args.storage or 'SQLite'}")
-    asyncio.run(run(args.n, args.pools, args.storage))
+    asyncio.run(run(args.n, args.pools, args.storage, args.messages, args.fill_seconds))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from storage.db import Database
 from storage.errors import Refused
 from storage.models import AliasToken, Message, SenderAlias
+from storage.shares import end_account
 
 A = SenderAlias.__table__  # type: ignore[attr-defined]
 T = AliasToken.__table__  # type: ignore[attr-defined]
@@ -203,6 +204,7 @@ async def delete_alias(db: Database, alias_id: str) -> AliasRecord:
                 raise LastVerifiedAlias("cannot delete the only remaining verified alias")
         conn.execute(delete(T).where(T.c.alias_id == alias_id))
         conn.execute(delete(A).where(A.c.id == alias_id))
+        end_account(conn, "alias", alias_id, time.time())  # storage.accounts.ALIAS
         return _record(row)
 
     return await db.transaction(work)

@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from storage.db import Database
 from storage.errors import Refused
 from storage.models import SenderDomain
+from storage.shares import end_account
 
 D = SenderDomain.__table__  # type: ignore[attr-defined]
 
@@ -116,6 +117,7 @@ async def delete_domain(db: Database, domain_id: str) -> DomainRecord | None:
         if row is None:
             return None
         conn.execute(delete(D).where(D.c.id == domain_id))
+        end_account(conn, "domain", domain_id, time.time())  # storage.accounts.DOMAIN
         return _record(row)
 
     return await db.transaction(work)

@@ -27,11 +27,11 @@ from sqlalchemy.exc import IntegrityError
 from storage.db import Database
 from storage.errors import Refused
 from storage.mailboxes import mailbox_key
-from storage.models import MailAccount, Message, Share
+from storage.models import MailAccount, Message
+from storage.shares import end_account
 
 A = MailAccount.__table__  # type: ignore[attr-defined]
 M = Message.__table__  # type: ignore[attr-defined]
-SH = Share.__table__  # type: ignore[attr-defined]
 
 PENDING, SYNCING, SYNCED, ERROR = "pending", "syncing", "synced", "error"
 STATUSES = (PENDING, SYNCING, SYNCED, ERROR)
@@ -215,7 +215,7 @@ async def delete_account(db: Database, account_id: str) -> MailAccountRecord:
                 "let that mail go (or cancel it), then disconnect"
             )
         conn.execute(delete(A).where(A.c.id == account_id))
-        conn.execute(delete(SH).where(SH.c.account_kind == KIND, SH.c.account_id == account_id))
+        end_account(conn, KIND, account_id, time.time())
         if row.is_default and heir is not None:
             conn.execute(update(A).where(A.c.id == heir.id).values(is_default=True))
         return _record(row)

@@ -24,6 +24,7 @@ S = UserSession.__table__  # type: ignore[attr-defined]
 
 USER_AGENT_MAX = 256
 IP_MAX = 64
+MAX_PER_USER = 50  # live sessions a user may hold: a new one past it ends the least used
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,11 @@ async def create_session(
         if replaces is not None:
             conn.execute(delete(S).where(S.c.id == replaces))
         conn.execute(S.insert().values(**asdict(record)))
+        beyond = (
+            select(S.c.id).where(S.c.user_id == user_id)
+            .order_by(S.c.last_seen_at.desc(), S.c.id).offset(MAX_PER_USER)
+        )  # fmt: skip
+        conn.execute(delete(S).where(S.c.id.in_(beyond.scalar_subquery())))
 
     await db.transaction(work)
     return record

@@ -11,10 +11,11 @@ from typing import Any
 from sqlalchemy import Connection, delete, select, update
 
 from storage.db import Database
-from storage.models import Share, User
+from storage.models import Invitation, Share, User
 
 SH = Share.__table__  # type: ignore[attr-defined]
 U = User.__table__  # type: ignore[attr-defined]
+INV = Invitation.__table__  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,18 @@ def _record(row: Any) -> ShareRecord:
 
 def _joined() -> Any:
     return select(SH, U.c.email).join(U, U.c.id == SH.c.user_id)
+
+
+def end_account(conn: Connection, kind: str, account_id: str, now: float) -> None:
+    """In the transaction deleting an account: its shares go and its open invitations are
+    revoked, so that none can be accepted for an account that is no more."""
+    conn.execute(delete(SH).where(SH.c.account_kind == kind, SH.c.account_id == account_id))
+    conn.execute(
+        update(INV)
+        .where(INV.c.account_kind == kind, INV.c.account_id == account_id)
+        .where(INV.c.status == "pending")  # storage.invitations.PENDING (it imports this)
+        .values(status="revoked", responded_at=now)
+    )
 
 
 def put_share(

@@ -13,15 +13,16 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from storage.db import Database
 from storage.errors import Refused
 from storage.mailboxes import mailbox_key
-from storage.models import User
+from storage.models import User, UserSession
 
 U = User.__table__  # type: ignore[attr-defined]
+S = UserSession.__table__  # type: ignore[attr-defined]  # ended with some changes
 
 OWNER = "owner"
 _COLUMNS = tuple(column.name for column in U.c)
@@ -137,10 +138,13 @@ async def count_owners(db: Database) -> int:
 
 
 async def _change(
-    db: Database, user_id: str, values: dict[str, Any], leaves_owner: bool
-) -> UserRecord:
+    db: Database, user_id: str, values: dict[str, Any], leaves_owner: bool,
+    end_sessions: bool = False,
+) -> UserRecord:  # fmt: skip
     """Apply `values` to the user in one transaction; when `leaves_owner` (the user stops
-    being an active owner if it is one), LastOwner if no other active owner remains."""
+    being an active owner if it is one), LastOwner if no other active owner remains; with
+    `end_sessions`, every session of the user ends in that same transaction (a disabled
+    user re-enabled, or a reset password, never brings an old cookie back)."""
 
     def work(conn: Connection) -> UserRecord:
         if leaves_owner:
@@ -150,6 +154,8 @@ async def _change(
         found = conn.execute(update(U).where(U.c.id == user_id).values(**values)).rowcount
         if not found:
             raise UserNotFound(f"no user with id {user_id}")
+        if end_sessions:
+            conn.execute(delete(S).where(S.c.user_id == user_id))
         return user_from_row(conn.execute(select(U).where(U.c.id == user_id)).one())
 
     return await db.exclusive(work)
@@ -169,7 +175,8 @@ async def disable_user(db: Database, user_id: str, now: float | None = None) -> 
         raise UserNotFound(f"no user with id {user_id}")
     if current.disabled_at is not None:
         return current
-    return await _change(db, user_id, {"disabled_at": now, "updated_at": now}, leaves_owner=True)
+    values = {"disabled_at": now, "updated_at": now}
+    return await _change(db, user_id, values, leaves_owner=True, end_sessions=True)
 
 
 async def enable_user(db: Database, user_id: str, now: float | None = None) -> UserRecord:
@@ -178,8 +185,10 @@ async def enable_user(db: Database, user_id: str, now: float | None = None) -> U
 
 
 async def set_password(
-    db: Database, user_id: str, password_hash: str, now: float | None = None
-) -> UserRecord:
+    db: Database, user_id: str, password_hash: str, now: float | None = None,
+    end_sessions: bool = False,
+) -> UserRecord:  # fmt: skip
+    """A new hash (a rehash at login keeps the sessions; a reset ends them with it)."""
     now = time.time() if now is None else now
     values = {"password_hash": password_hash, "updated_at": now}
-    return await _change(db, user_id, values, leaves_owner=False)
+    return await _change(db, user_id, values, leaves_owner=False, end_sessions=end_sessions)

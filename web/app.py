@@ -24,7 +24,10 @@ from web.pages import (
     aliases,
     auth,
     domains,
+    invitations,
     keys,
+    message,
+    messages,
     overview,
     pools,
     sessions,
@@ -73,7 +76,7 @@ def routes() -> list[BaseRoute]:
     table: list[BaseRoute] = [
         Route("/static/{digest}/{name}", static_files.serve, methods=["GET"]),
     ]
-    for module in (auth, overview, pools, sessions, users):
+    for module in (auth, overview, pools, sessions, users, messages, message, invitations):
         table.extend(module.routes)
     for module in (aliases, domains, keys, webhooks, suppressions):
         table.extend(module.routes)

@@ -22,6 +22,7 @@ from api.auth import SAFE_METHODS, Caller, check_csrf, session_caller
 from api.context import ApiContext
 from gateway.errors import PosternError
 from gateway.people import roles
+from web import banner
 from web.render import fragment, is_htmx, page
 
 log = logging.getLogger("postern.web")
@@ -59,6 +60,8 @@ async def signed_in(
     wait = ctx.limiter.take(caller.id)
     if wait > 0:
         raise errors.RateLimited(wait)
+    if not is_htmx(request):  # a whole page shows the banner (web.banner); a fragment not
+        request.state.invitations = await banner.pending(ctx, caller)
     if scope is not None and not caller.has(scope):
         raise errors.Forbidden(f"a {caller.role} may not see or change this ({scope!r})")
     if owner:

@@ -1,7 +1,9 @@
 """The security headers of every dashboard answer (pages, fragments, static files, errors).
 
 The Content-Security-Policy allows no inline script or style and no remote origin: every
-script and style sheet is a file of web/static, served by this server.
+script and style sheet is a file of web/static, served by this server. An answer that sets
+one of these headers itself keeps its own: only the frame of a message's HTML does
+(web.pages.message: stricter still, but framed by the dashboard's own pages).
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ class SecurityHeaders:
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *HEADERS]
+                headers = list(message.get("headers", []))
+                own = {name.lower() for name, _ in headers}
+                message["headers"] = headers + [h for h in HEADERS if h[0] not in own]
             await send(message)
 
         await self.app(scope, receive, with_headers)

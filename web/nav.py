@@ -28,7 +28,7 @@ class Entry:
 
 MAIN = (
     Entry("Overview", "/"),
-    Entry("Messages", None),
+    Entry("Messages", "/messages"),
     Entry("Live", None),
 )
 SETTINGS = (

@@ -74,6 +74,7 @@ def page(
         "csrf": caller.csrf_token if caller is not None else "",
         "sections": nav.sections(caller) if caller is not None else [],
         "path": request.url.path,
+        "invitations": getattr(request.state, "invitations", []),  # web.guard loads them
     }
     return html(ENV.get_template(template).render(**shared, **context), status, vary)
 

@@ -20,7 +20,7 @@ from starlette.routing import Route
 
 from api import errors
 from api.account_schemas import AccountConnect, AccountList, ConnectResponse
-from api.auth import Caller, authenticate
+from api.auth import Caller, authenticate, for_people_matters
 from api.context import ApiContext, iso
 from api.openapi import operation, path_parameter
 from api.ownership import visible_to
@@ -62,8 +62,9 @@ def account_json(record: MailAccountRecord) -> dict[str, Any]:
 
 
 async def _caller(request: Request) -> tuple[ApiContext, Caller]:
+    """The caller, fit for a person's matters: a session, or a key with `admin` itself."""
     ctx: ApiContext = request.app.state.api
-    return ctx, await authenticate(request, ctx)
+    return ctx, for_people_matters(await authenticate(request, ctx))
 
 
 def _domain(ctx: ApiContext) -> Accounts:

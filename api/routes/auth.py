@@ -20,6 +20,7 @@ from starlette.routing import Route
 from api import errors
 from api.auth import (
     Caller,
+    acting_person,
     authenticate,
     check_csrf,
     cookie_header,
@@ -145,12 +146,10 @@ async def logout(request: Request) -> Response:
 
 
 async def _person(request: Request) -> tuple[ApiContext, Caller, UserRecord]:
-    """The caller, who must be a person: a session, or a key acting for its user."""
+    """The caller, who must be a person: a session, or an admin key acting for its user."""
     ctx: ApiContext = request.app.state.api
     caller = await authenticate(request, ctx)
-    if caller.user is None:
-        raise errors.Forbidden("an API key without a user is not a person")
-    return ctx, caller, caller.user
+    return ctx, caller, acting_person(caller)
 
 
 @operation(
@@ -161,7 +160,10 @@ async def _person(request: Request) -> tuple[ApiContext, Caller, UserRecord]:
     },
 )
 async def me(request: Request) -> Response:
-    _, caller, user = await _person(request)
+    caller = await authenticate(request, request.app.state.api)
+    user = caller.user  # any key of a user may ask whose it is; sessions' matters need more
+    if user is None:
+        raise errors.UserRequired("an API key without a user is no person")
     return JSONResponse({
         "success": True, "id": user.id, "email": user.email, "name": user.name,
         "role": user.role, "csrf_token": caller.csrf_token,

@@ -5,9 +5,10 @@ answers the DNS records to publish: DKIM, SPF, DMARC. `POST /{id}/verify` looks 
 through the `[dns] nameservers` (uncached) and verifies the domain when DKIM and SPF are
 there. An `admin` key may add a domain already verified (`"verified": true`), e.g. for a
 domain whose DNS is managed elsewhere. `{id}` is the domain's id or its name. A domain
-registered twice (DomainExists) is answered from api.errors.ANSWERS. A domain records the
-user who added it (`created_by`); a caller sees the domains api.ownership lets it see,
-another's is a 404.
+registered twice (DomainExists) is answered from api.errors.ANSWERS. The work is
+api.domain_ops' (shared with the dashboard); here requests are read and answered. A domain
+records the user who added it (`created_by`); a caller sees the domains api.ownership lets it
+see, another's is a 404.
 """
 
 from __future__ import annotations
@@ -18,20 +19,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from api import errors
+from api import domain_ops
 from api.auth import Caller, authenticate
 from api.context import ApiContext, iso
+from api.domain_ops import SCOPE
 from api.openapi import operation, path_parameter
-from api.ownership import visible_to
 from api.resource_schemas import DomainCreate, DomainList, DomainResponse, DomainVerification
 from api.schemas import ErrorResponse, Ok, parse
 from gateway.dkim import domains as sender_domains
-from gateway.dkim.errors import DkimError
-from gateway.dkim.names import normalise_domain
-from storage import domains
 from storage.domains import DomainRecord
 
-SCOPE = "domains"
 BASE = "/api/v1/domains"
 _ID = [path_parameter("domain_id", "the domain's id (dom_...) or its name")]
 _NOT_FOUND = ("no such domain", ErrorResponse)
@@ -67,25 +64,13 @@ async def _caller(request: Request) -> tuple[ApiContext, Caller]:
 
 
 async def _one(ctx: ApiContext, caller: Caller, request: Request) -> DomainRecord:
-    """The domain of the path, if the caller may see it (another's is a 404, as for none)."""
-    key = request.path_params["domain_id"]
-    if not key.startswith("dom_"):
-        try:
-            key = normalise_domain(key)
-        except DkimError:
-            raise errors.NotFound("no such domain") from None
-    record = await domains.get_domain(ctx.db, key) if len(key) <= 253 else None
-    seen = await visible_to(ctx, caller, "domain")
-    if record is None or not seen.allows(record.id, record.created_by):
-        raise errors.NotFound("no such domain")
-    return record
+    return await domain_ops.get(ctx, caller, request.path_params["domain_id"])
 
 
 @operation("List domains", scope=SCOPE, responses={200: ("every domain", DomainList)})
 async def list_all(request: Request) -> Response:
     ctx, caller = await _caller(request)
-    seen = await visible_to(ctx, caller, "domain")
-    records = seen.only(await domains.list_domains(ctx.db), lambda r: (r.id, r.created_by))
+    records = await domain_ops.records(ctx, caller)
     found = [await domain_json(ctx, record) for record in records]
     return JSONResponse({"success": True, "domains": found})
 
@@ -102,30 +87,9 @@ async def list_all(request: Request) -> Response:
     },
 )
 async def create(request: Request) -> Response:
-    ctx: ApiContext = request.app.state.api
-    key = await authenticate(request, ctx, SCOPE)
-    manage = ctx.management()
+    ctx, caller = await _caller(request)
     body = parse(DomainCreate, await request.body())
-    try:
-        if body.domain != body.domain.strip():  # as /openapi.json says: no blanks around
-            raise DkimError(f"{body.domain!r} has blanks around it")
-        name = normalise_domain(body.domain)
-    except DkimError as error:
-        raise errors.InvalidRequest(
-            f"domain: {error}", [{"field": "domain", "message": "not a domain name"}]
-        ) from None
-    if body.verified and not key.has("admin"):
-        raise errors.Forbidden("only an admin key may add a domain as already verified")
-    record, _ = await sender_domains.register(
-        ctx.db,
-        manage.box,
-        name,
-        verified=body.verified,
-        algorithm=body.algorithm,
-        created_by=key.user_id,
-    )
-    if record.is_verified:
-        await manage.identities.reload()
+    record = await domain_ops.create(ctx, caller, body)
     return JSONResponse(
         {"success": True, "domain": await domain_json(ctx, record)}, status_code=201
     )
@@ -156,11 +120,7 @@ async def show(request: Request) -> Response:
 )
 async def verify(request: Request) -> Response:
     ctx, caller = await _caller(request)
-    manage = ctx.management()
-    record = await _one(ctx, caller, request)
-    updated, checks = await sender_domains.verify(ctx.db, manage.resolver, record)
-    if updated.is_verified and not record.is_verified:
-        await manage.identities.reload()
+    updated, checks = await domain_ops.verify(ctx, await _one(ctx, caller, request))
     return JSONResponse(
         {
             "success": True,
@@ -180,9 +140,7 @@ async def verify(request: Request) -> Response:
 )
 async def remove(request: Request) -> Response:
     ctx, caller = await _caller(request)
-    record = await _one(ctx, caller, request)
-    await domains.delete_domain(ctx.db, record.id)
-    await ctx.management().identities.reload()
+    await domain_ops.delete(ctx, await _one(ctx, caller, request))
     return JSONResponse({"success": True})
 
 

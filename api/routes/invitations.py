@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from api import errors
-from api.auth import Caller, authenticate
+from api.auth import Caller, acting_person, authenticate
 from api.context import ApiContext, iso
 from api.invitation_schemas import (
     InvitationAnswer,
@@ -85,7 +85,8 @@ def actor_of(caller: Caller) -> Actor:
     """The user a caller acts as on accounts; an admin-scoped key without a user acts as the
     operator; any other key without a user may not act on accounts."""
     if caller.user is not None:
-        return Actor(caller.user.id, caller.user)
+        user = acting_person(caller)  # a key of a user acts for them only with `admin`
+        return Actor(user.id, user)
     if caller.has("admin"):
         return Actor(caller.id)
     raise errors.Forbidden("an API key without a user acts on accounts only with the admin scope")
@@ -98,6 +99,7 @@ async def _person(request: Request) -> tuple[ApiContext, UserRecord]:
         raise errors.UserRequired(
             "invitations are received by people: log in (or use a key that belongs to a user)"
         )
+    acting_person(caller)
     return ctx, caller.user
 
 

@@ -5,7 +5,8 @@ no back door to `admin`. A key made by a logged-in user, or by a key that has an
 belongs to that user (`user_id`) and may hold no scope above the user's role (403
 role_above_own); at use it is capped at the role the user has then (api.auth). Members see
 and revoke only their own keys (api.ownership). The secret is in the creation response and
-nowhere else, ever.
+nowhere else, ever. The work is api.key_ops' (shared with the dashboard); here requests are
+read and answered.
 """
 
 from __future__ import annotations
@@ -16,18 +17,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from api import errors
-from api.auth import Caller, authenticate
+from api import key_ops
+from api.auth import authenticate
 from api.context import ApiContext, iso
+from api.key_ops import SCOPE
 from api.openapi import operation, path_parameter
-from api.ownership import Visibility, visible_to
 from api.schemas import CreatedKeyResponse, ErrorResponse, KeyCreate, KeyList, KeyResponse, parse
-from gateway.intake.fields import text_problem
-from gateway.people import roles
-from storage.keys import ApiKeyRecord, create_key, get_key, list_keys, revoke_key
-from storage.users import get_user
-
-SCOPE = "keys"
+from storage.keys import ApiKeyRecord
 
 
 def key_json(record: ApiKeyRecord) -> dict[str, Any]:
@@ -42,7 +38,7 @@ def key_json(record: ApiKeyRecord) -> dict[str, Any]:
 async def list_all(request: Request) -> Response:
     ctx: ApiContext = request.app.state.api
     caller = await authenticate(request, ctx, SCOPE)
-    keys = await list_keys(ctx.db, (await _visibility(ctx, caller)).user_id)
+    keys = await key_ops.records(ctx, caller)
     return JSONResponse({"success": True, "keys": [key_json(key) for key in keys]})
 
 
@@ -56,40 +52,10 @@ async def create(request: Request) -> Response:
     ctx: ApiContext = request.app.state.api
     caller = await authenticate(request, ctx, SCOPE)
     body = parse(KeyCreate, await request.body())
-    problem = text_problem(body.name, header=True)
-    if problem:
-        raise errors.InvalidRequest(f"name: {problem}", [{"field": "name", "message": problem}])
-    if caller.user is not None:
-        roles.require_scopes_within(caller.user.role, body.scopes)  # 403 role_above_own
-    beyond = [scope for scope in body.scopes if not caller.has(scope)]
-    if beyond:
-        raise errors.Forbidden(f"a key cannot grant scopes it lacks: {', '.join(beyond)}")
-    record, secret = await create_key(ctx.db, body.name, body.scopes, caller.user_id)
+    record, secret = await key_ops.create(ctx, caller, body)
     return JSONResponse(
         {"success": True, "key": {**key_json(record), "key": secret}}, status_code=201
     )
-
-
-async def _visibility(ctx: ApiContext, caller: Caller) -> Visibility:
-    return await visible_to(ctx, caller, "key")
-
-
-async def _may_touch_owner(ctx: ApiContext, caller: Caller, target: ApiKeyRecord) -> None:
-    """An admin does not take down an owner's key (403 role_above_own), as it does not
-    change the owner."""
-    if caller.user is None or target.user_id is None:
-        return
-    owner = await get_user(ctx.db, target.user_id)
-    if owner is not None:
-        roles.require_may_touch(caller.user.role, owner.role)
-
-
-async def _visible(ctx: ApiContext, caller: Caller, key_id: str) -> ApiKeyRecord:
-    """The key of the path, if the caller may see it (another member's is a 404)."""
-    record = await get_key(ctx.db, key_id)
-    if record is None or not (await _visibility(ctx, caller)).allows(record.id, record.user_id):
-        raise errors.NotFound("no such API key")
-    return record
 
 
 @operation(
@@ -101,7 +67,7 @@ async def _visible(ctx: ApiContext, caller: Caller, key_id: str) -> ApiKeyRecord
 async def show(request: Request) -> Response:
     ctx: ApiContext = request.app.state.api
     caller = await authenticate(request, ctx, SCOPE)
-    record = await _visible(ctx, caller, request.path_params["key_id"])
+    record = await key_ops.get(ctx, caller, request.path_params["key_id"])
     return JSONResponse({"success": True, "key": key_json(record)})
 
 
@@ -121,18 +87,8 @@ async def show(request: Request) -> Response:
 async def revoke(request: Request) -> Response:
     ctx: ApiContext = request.app.state.api
     caller = await authenticate(request, ctx, SCOPE)
-    key_id = request.path_params["key_id"]
-    target = await _visible(ctx, caller, key_id)
-    own = caller.user_id is not None and target.user_id == caller.user_id
-    if not own:
-        await _may_touch_owner(ctx, caller, target)
-    beyond = [] if own else [scope for scope in target.scopes if not caller.has(scope)]
-    if beyond:  # as for creating: a `keys` key cannot take down a stronger one (but its own)
-        raise errors.Forbidden(f"a key cannot revoke one with scopes it lacks: {', '.join(beyond)}")
-    record = await revoke_key(ctx.db, key_id)
-    if record is None:
-        raise errors.NotFound("no such API key")
-    ctx.keys.forget(key_id)
+    target = await key_ops.get(ctx, caller, request.path_params["key_id"])
+    record = await key_ops.revoke(ctx, caller, target)
     return JSONResponse({"success": True, "key": key_json(record)})
 
 

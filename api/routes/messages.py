@@ -15,9 +15,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from api import errors, schemas
-from api.auth import Caller, authenticate
+from api import errors, message_ops, schemas
+from api.auth import authenticate
 from api.context import ApiContext, iso
+from api.message_ops import DEFAULT_LIMIT, restriction
 from api.openapi import operation, path_parameter, query_parameter
 from api.schemas import (
     BulkRequest,
@@ -45,9 +46,8 @@ from storage.message_search import (
     decode_cursor,
     search,
 )
-from storage.messages import MessageState, RecipientState, message_state
+from storage.messages import MessageState, RecipientState
 
-DEFAULT_LIMIT = 50
 QUERY = (*queue_ops.FILTER_FIELDS, "limit", "cursor")
 
 
@@ -59,34 +59,6 @@ def _recipient_status(recipient: RecipientState) -> str:
 
 def _invalid(field: str, message: str) -> errors.InvalidRequest:
     return errors.InvalidRequest(f"{field}: {message}", [{"field": field, "message": message}])
-
-
-def restriction(caller: Caller) -> dict[str, str]:
-    """Whose mail the caller sees, as make_filter's restriction: everyone's with the `admin`
-    scope (an admin's or owner's session, an admin key of theirs or of the console); else
-    its user's (a member, or any key of a user: a key acts for its owner); else, for a key
-    made at the console, the mail it sent. The one place that says it: may_see follows it."""
-    if caller.has("admin"):
-        return {}
-    if caller.user is not None:
-        return {"user_id": caller.user.id}
-    return {"api_key_id": caller.id}
-
-
-def may_see(caller: Caller, state: MessageState) -> bool:
-    restricted = restriction(caller)
-    if "user_id" in restricted:
-        return state.user_id == restricted["user_id"]
-    return "api_key_id" not in restricted or state.api_key_id == restricted["api_key_id"]
-
-
-async def _visible(ctx: ApiContext, key: Caller, message_id: str) -> MessageState:
-    """The message, if the caller may see it; another's is a 404 (never a 403 that would
-    confirm it exists)."""
-    state = await message_state(ctx.db, message_id, True) if len(message_id) <= 64 else None
-    if state is None or not may_see(key, state):
-        raise errors.NotFound("no such message")
-    return state
 
 
 _FILTER_PARAMETERS = [
@@ -174,7 +146,7 @@ async def list_messages(request: Request) -> Response:
 async def get_message(request: Request) -> Response:
     ctx: ApiContext = request.app.state.api
     key = await authenticate(request, ctx)
-    state = await _visible(ctx, key, request.path_params["message_id"])
+    state = await message_ops.get(ctx, key, request.path_params["message_id"])
     return JSONResponse(
         {
             "message_id": state.id,
@@ -213,7 +185,7 @@ async def _act_on_one(
     or being delivered."""
     ctx: ApiContext = request.app.state.api
     key = await authenticate(request, ctx)
-    state = await _visible(ctx, key, request.path_params["message_id"])
+    state = await message_ops.get(ctx, key, request.path_params["message_id"])
     try:
         await act(ctx, state)
     except (MessageFinal, MessageBusy) as error:

@@ -3,7 +3,8 @@
 One mailbox, one entry: addresses are kept under `gateway.addresses.mailbox_key` (quotes
 removed, lower-cased, IDNs as A-labels), so `"Bob"@Example.org` adds, finds and removes
 `bob@example.org`. Changes apply to this node's in-memory copy at once, to other nodes'
-within their refresh.
+within their refresh. The work is api.suppression_ops' (shared with the dashboard); here
+requests are read and answered.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from api import errors
+from api import errors, suppression_ops
 from api.auth import authenticate
 from api.context import ApiContext, iso
 from api.openapi import operation, path_parameter, query_parameter
@@ -26,33 +27,16 @@ from api.schemas import (
     SuppressionResponse,
     parse,
 )
-from gateway.addresses import envelope_problem, mailbox_key
+from api.suppression_ops import MAX_CURSOR, SCOPE
 from gateway.intake.fields import text_problem
-from storage.suppressions import (
-    REASONS,
-    SuppressionRecord,
-    add_suppression,
-    get_suppression,
-    list_suppressions,
-    remove_suppression,
-)
+from storage.suppressions import REASONS, SuppressionRecord, list_suppressions
 
-SCOPE = "suppressions"
 MAX_PAGE = 1000
-MAX_CURSOR = 320
 _EMAIL = path_parameter("email", "the address", maxLength=254, **EMAIL)
 
 
 def _json(record: SuppressionRecord) -> dict[str, str | None]:
     return {"email": record.email, "reason": record.reason, "created_at": iso(record.created_at)}
-
-
-def _address(value: str, field: str = "email") -> str:
-    """The address's mailbox key, or a 400 naming the field."""
-    problem = text_problem(value, header=True) or envelope_problem(value)
-    if problem:
-        raise errors.InvalidRequest(f"{field}: {problem}", [{"field": field, "message": problem}])
-    return mailbox_key(value)
 
 
 _LIST_PARAMETERS = ("reason", "limit", "cursor")
@@ -119,9 +103,7 @@ async def add(request: Request) -> Response:
     ctx: ApiContext = request.app.state.api
     await authenticate(request, ctx, SCOPE)
     body = parse(SuppressionCreate, await request.body())
-    email = _address(body.email)
-    record, created = await add_suppression(ctx.db, email, body.reason)
-    ctx.suppressions.add([email])
+    record, created = await suppression_ops.add(ctx, body)
     return JSONResponse(
         {"success": True, "suppression": _json(record)}, status_code=201 if created else 200
     )
@@ -136,10 +118,7 @@ async def add(request: Request) -> Response:
 async def show(request: Request) -> Response:
     ctx: ApiContext = request.app.state.api
     await authenticate(request, ctx, SCOPE)
-    email = _address(request.path_params["email"])
-    record = await get_suppression(ctx.db, email)
-    if record is None:
-        raise errors.NotFound("this address is not suppressed")
+    record = await suppression_ops.get(ctx, request.path_params["email"])
     return JSONResponse({"success": True, "suppression": _json(record)})
 
 
@@ -152,10 +131,7 @@ async def show(request: Request) -> Response:
 async def remove(request: Request) -> Response:
     ctx: ApiContext = request.app.state.api
     await authenticate(request, ctx, SCOPE)
-    email = _address(request.path_params["email"])
-    if not await remove_suppression(ctx.db, email):
-        raise errors.NotFound("this address is not suppressed")
-    ctx.suppressions.discard(email)
+    await suppression_ops.remove(ctx, request.path_params["email"])
     return JSONResponse({"success": True})
 
 

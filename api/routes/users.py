@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from api import errors
-from api.auth import authenticate
+from api.auth import acting_person, authenticate
 from api.context import ApiContext
 from api.openapi import operation, path_parameter
 from api.people_schemas import CreatedUserResponse, UserCreate, UserList, UserPatch, UserResponse
@@ -35,8 +35,9 @@ async def _actor(request: Request) -> tuple[ApiContext, str]:
     caller = await authenticate(request, ctx)
     if caller.user is None:
         raise errors.OwnerRequired("users are managed by an owner (or at the console)")
-    roles.require_user_manager(caller.user.role)
-    return ctx, caller.user.role
+    user = acting_person(caller)
+    roles.require_user_manager(user.role)
+    return ctx, user.role
 
 
 @operation("List users", responses={200: ("every user", UserList), **_REFUSALS})

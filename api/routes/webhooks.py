@@ -5,6 +5,7 @@ bound to the webhook's id (gateway.webhooks.signing). URLs pass the webhooks' SS
 (public addresses only unless `[webhooks] allow_private`) at create and PATCH (and the
 sender checks again before every POST). A webhook records the user who made it
 (`created_by`); a caller sees the webhooks api.ownership lets it see, another's is a 404.
+The work is api.webhook_ops' (shared with the dashboard); here requests are read and answered.
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from api import errors
+from api import errors, webhook_ops
 from api.auth import Caller, authenticate
 from api.context import ApiContext, iso
 from api.openapi import operation, path_parameter, query_parameter
-from api.ownership import visible_to
 from api.schemas import ErrorResponse, Ok, parse, refuse_nulls
+from api.webhook_ops import SCOPE
 from api.webhook_schemas import (
     AttemptList,
     CreatedWebhookResponse,
@@ -31,16 +32,9 @@ from api.webhook_schemas import (
     WebhookResponse,
     WebhookUpdate,
 )
-from gateway.intake.fields import text_problem
-from gateway.queue import events
-from gateway.queue.operations import FilterError, parse_time
-from gateway.security.hostguard import HostRefused
-from gateway.webhooks import urls as webhook_urls
-from gateway.webhooks.signing import new_secret, seal
 from storage import webhooks as store
 from storage.webhooks import WebhookRecord
 
-SCOPE = "webhooks"
 PREFIX = "/api/v1/webhooks"
 MAX_ATTEMPTS = 1000
 _ID = [path_parameter("webhook_id", "the webhook's id (wh_...)")]
@@ -73,41 +67,14 @@ async def _caller(request: Request) -> tuple[ApiContext, Caller]:
     return ctx, await authenticate(request, ctx, SCOPE)
 
 
-async def _check(ctx: ApiContext, values: dict[str, Any]) -> None:
-    """Checks beyond the schema: the URL (syntax and SSRF guard), the description."""
-    url = values.get("url")
-    if url is not None:
-        try:
-            await webhook_urls.check(ctx.management().webhook_guard, url)
-        except webhook_urls.BadUrl as error:
-            raise _bad("url", str(error)) from None
-        except HostRefused as error:
-            raise errors.HostNotAllowed(
-                f"url: {error}", [{"field": "url", "message": str(error)}]
-            ) from None
-    types, final_only = values.get("event_types"), values.get("final_only")
-    if final_only and types and not set(types) & events.FINAL:
-        raise _bad("event_types", "none is a final outcome: final_only would receive nothing")
-    description = values.get("description")
-    problem = text_problem(description, header=True) if description else None
-    if problem:
-        raise _bad("description", problem)
-
-
 async def _get(ctx: ApiContext, caller: Caller, request: Request) -> WebhookRecord:
-    """The webhook of the path, if the caller may see it (else a 404, as for none)."""
-    record = await store.get_webhook(ctx.db, request.path_params["webhook_id"])
-    seen = await visible_to(ctx, caller, "webhook")
-    if record is None or not seen.allows(record.id, record.created_by):
-        raise errors.NotFound("no such webhook")
-    return record
+    return await webhook_ops.get(ctx, caller, request.path_params["webhook_id"])
 
 
 @operation("List webhooks", scope=SCOPE, responses={200: ("every webhook", WebhookList)})
 async def list_all(request: Request) -> Response:
     ctx, caller = await _caller(request)
-    seen = await visible_to(ctx, caller, "webhook")
-    records = seen.only(await store.list_webhooks(ctx.db), lambda r: (r.id, r.created_by))
+    records = await webhook_ops.records(ctx, caller)
     return JSONResponse({"success": True, "webhooks": [webhook_json(r) for r in records]})
 
 
@@ -123,13 +90,7 @@ async def list_all(request: Request) -> Response:
 async def create(request: Request) -> Response:
     ctx, caller = await _caller(request)
     body = parse(WebhookCreate, await request.body())
-    values = body.model_dump()
-    await _check(ctx, values)
-    box = ctx.management().box
-    secret = new_secret()
-    record = await store.create_webhook(
-        ctx.db, values, lambda webhook_id: seal(box, webhook_id, secret), caller.user_id
-    )
+    record, secret = await webhook_ops.create(ctx, caller, body.model_dump())
     answer = {**webhook_json(record), "secret": secret}
     return JSONResponse({"success": True, "webhook": answer}, status_code=201)
 
@@ -160,17 +121,7 @@ async def change(request: Request) -> Response:
     refuse_nulls(body)
     changes = {name: getattr(body, name) for name in given}
     current = await _get(ctx, caller, request)
-    await _check(
-        ctx,
-        {
-            "event_types": current.event_types,
-            "final_only": current.final_only,
-            **changes,
-        },
-    )
-    record = await store.update_webhook(ctx.db, request.path_params["webhook_id"], changes)
-    if record is None:
-        raise errors.NotFound("no such webhook")
+    record = await webhook_ops.change(ctx, current, changes)
     return JSONResponse({"success": True, "webhook": webhook_json(record)})
 
 
@@ -183,19 +134,8 @@ async def change(request: Request) -> Response:
 )
 async def remove(request: Request) -> Response:
     ctx, caller = await _caller(request)
-    await _get(ctx, caller, request)
-    if not await store.delete_webhook(ctx.db, request.path_params["webhook_id"]):
-        raise errors.NotFound("no such webhook")
+    await webhook_ops.delete(ctx, await _get(ctx, caller, request))
     return JSONResponse({"success": True})
-
-
-def parse_since(value: Any) -> float:
-    """ISO 8601 (no zone = UTC) or UNIX seconds -> UNIX seconds; InvalidRequest otherwise
-    (the parser of the queue filters' since/until)."""
-    try:
-        return parse_time("since", value)
-    except FilterError:
-        raise _bad("since", "an ISO 8601 time or UNIX seconds, from 1970 to 9999") from None
 
 
 @operation(
@@ -217,14 +157,8 @@ def parse_since(value: Any) -> float:
 async def replay(request: Request) -> Response:
     ctx, caller = await _caller(request)
     body = parse(ReplayRequest, await request.body())
-    since = parse_since(body.since)
-    record = await _get(ctx, caller, request)
-    if not record.is_active:
-        raise errors.WebhookInactive("the webhook is inactive: activate it first")
-    types = store.wanted_types(record.event_types, record.final_only, events.FINAL)
-    queued = await store.replay(ctx.db, record.id, since, types)
-    if queued is None:
-        raise errors.NotFound("no such webhook")
+    since = webhook_ops.parse_since(body.since)
+    queued = await webhook_ops.replay(ctx, await _get(ctx, caller, request), since)
     return JSONResponse({"success": True, "queued": queued}, status_code=202)
 
 

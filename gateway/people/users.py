@@ -15,7 +15,6 @@ from gateway.addresses import envelope_problem, has_control, mailbox_key
 from gateway.errors import InvalidInput, Refused
 from gateway.people import passwords as pw
 from gateway.people import roles
-from storage import sessions as stored_sessions
 from storage import users as stored
 from storage.db import Database
 from storage.users import UserNotFound, UserRecord
@@ -146,8 +145,9 @@ class Users:
         target = await self._get(user_id)
         roles.require_may_touch(actor, target.role)
         password_hash = await self._passwords.hash_async(pw.check_new(password))
-        changed = await stored.set_password(self._db, user_id, password_hash, self._clock())
-        await stored_sessions.revoke_user_sessions(self._db, user_id)  # logged out everywhere
+        changed = await stored.set_password(
+            self._db, user_id, password_hash, self._clock(), end_sessions=True
+        )  # logged out everywhere, in the same transaction
         self._changed(user_id)
         return changed
 

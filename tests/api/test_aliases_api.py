@@ -90,6 +90,41 @@ async def test_bad_and_expired_tokens(api: Api, sink: Sink) -> None:
     assert expired.status_code == 404
 
 
+async def test_resend_sends_a_new_link_and_the_old_one_stops_working(api: Api, sink: Sink) -> None:
+    await verified_domain(api)
+    key = await api.key("aliases")
+    alias_id = (await create(api, key))["alias"]["id"]
+    first = await link_for(sink, "marketing@yourdomain.test")
+    sink.messages.clear()
+    resent = await call(api, "POST", f"{ALIASES}/{alias_id}/resend", key)
+    assert resent.status_code == 200, resent.text
+    body = resent.json()
+    assert body["success"] is True and body["verification_message_id"]
+    assert (body["alias"]["id"], body["alias"]["is_verified"]) == (alias_id, False)
+    second = await link_for(sink, "marketing@yourdomain.test")
+    assert second != first
+    old = await api.http.get("/" + first.split("://", 1)[1].split("/", 1)[1])
+    assert (old.status_code, old.json()["code"]) == (404, "invalid_token")
+    assert (await verify(api, second))["alias"]["is_verified"] is True
+
+    again = await call(api, "POST", f"{ALIASES}/{alias_id}/resend", key)
+    assert (again.status_code, again.json()["code"]) == (409, "alias_verified")
+    assert "verified already" in again.json()["error"]
+
+
+async def test_resend_of_an_alias_not_seen_is_a_404(api: Api) -> None:
+    await verified_domain(api)
+    key = await api.key("aliases")
+    unknown = await call(api, "POST", f"{ALIASES}/ali_nope/resend", key)
+    assert (unknown.status_code, unknown.json()["code"]) == (404, "not_found")
+    alias_id = (await create(api, key, email="gone@yourdomain.test"))["alias"]["id"]
+    assert (await call(api, "DELETE", f"{ALIASES}/{alias_id}", key)).status_code == 200
+    gone = await call(api, "POST", f"{ALIASES}/{alias_id}/resend", key)
+    assert gone.status_code == 404
+    sender = await api.key("send")
+    assert (await call(api, "POST", f"{ALIASES}/{alias_id}/resend", sender)).status_code == 403
+
+
 async def test_only_name_is_default_and_ip_pool_change(api: Api) -> None:
     await verified_domain(api)
     key = await api.key("aliases")

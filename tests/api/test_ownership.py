@@ -19,10 +19,11 @@ from api.ownership import visible_to
 from gateway.people.passwords import Passwords
 from gateway.people.users import Users
 from gateway.smtpd import replies
-from storage.aliases import create_alias
-from storage.invitations import accept, create_invitation
+from storage.aliases import create_alias, delete_alias
+from storage.invitations import accept, create_invitation, get_invitation
 from storage.keys import CACHE_SECONDS, ApiKeyRecord
 from storage.messages import message_state
+from storage.shares import list_shares
 from storage.users import UserRecord
 from tests.support.api import Api, ApiFactory, auth, payload
 from tests.support.databases import clean_postgresql
@@ -248,3 +249,27 @@ async def test_an_alias_shared_with_a_member_is_theirs_to_see(api: Api) -> None:
     assert await accept(api.svc.db, invitation.id, member.id, time.time())
     after = await visible_to(ctx, Caller(user=member), "alias")
     assert after.allows(alias.id, owner.id) and not after.allows("ali_other", owner.id)
+
+
+async def test_deleting_an_alias_ends_its_shares_and_open_invitations(api: Api) -> None:
+    owner = await make_user(api.svc.db, "owner@example.com", "owner")
+    member = await make_user(api.svc.db, "member@example.com", "member")
+    alias = await create_alias(
+        api.svc.db, email="team@sender.test", name="", is_default=False, ip_pool=None,
+        token_hash="0" * 64, expires_at=time.time() + 60, created_by=owner.id,
+    )  # fmt: skip
+    account = ("alias", alias.id)
+    accepted = await create_invitation(
+        api.svc.db, account=account, invitee_email=member.email, role="member",
+        inviter_id=owner.id, token_hash="1" * 64, now=time.time(),
+    )  # fmt: skip
+    assert await accept(api.svc.db, accepted.id, member.id, time.time())
+    open_one = await create_invitation(
+        api.svc.db, account=account, invitee_email="later@example.com", role="member",
+        inviter_id=owner.id, token_hash="2" * 64, now=time.time(),
+    )  # fmt: skip
+    await delete_alias(api.svc.db, alias.id)
+    assert await list_shares(api.svc.db, *account) == []
+    closed = await get_invitation(api.svc.db, open_one.id)
+    assert closed is not None and closed.status == "revoked"
+    assert not await accept(api.svc.db, open_one.id, member.id, time.time())

@@ -266,6 +266,9 @@ async def test_disabling_a_user_ends_their_access_at_once(api: Api, people: list
     off = await owner.call("PATCH", f"/api/v1/users/{member.user.id}", json={"disabled": True})
     assert off.status_code == 200 and off.json()["user"]["disabled_at"]
     assert (await member.call("GET", "/auth/me")).status_code == 401
+    on = await owner.call("PATCH", f"/api/v1/users/{member.user.id}", json={"disabled": False})
+    assert on.status_code == 200 and on.json()["user"]["disabled_at"] is None
+    assert (await member.call("GET", "/auth/me")).status_code == 401  # its sessions ended
 
 
 async def test_disabling_a_user_stops_their_keys_on_this_node_at_once(
@@ -279,6 +282,31 @@ async def test_disabling_a_user_stops_their_keys_on_this_node_at_once(
     assert (await api.http.get("/v1/messages", headers=auth(key))).status_code == 200
     await owner.call("PATCH", f"/api/v1/users/{member.user.id}", json={"disabled": True})
     assert (await api.http.get("/v1/messages", headers=auth(key))).status_code == 401
+
+
+async def test_a_key_acts_for_its_person_only_with_the_admin_scope(
+    api: Api, people: list[Person]
+) -> None:
+    owner = await person(api, people, "owner@example.com")
+    made = await owner.call("POST", "/api/v1/keys", json={"name": "ci", "scopes": ["send"]})
+    sender = auth(made.json()["key"]["key"])
+    made = await owner.call("POST", "/api/v1/keys", json={"name": "ops", "scopes": ["admin"]})
+    admin = auth(made.json()["key"]["key"])
+    new_owner = {"email": "x@example.com", "role": "owner"}
+    for method, path, body in (
+        ("POST", "/api/v1/users", new_owner),
+        ("POST", f"/api/v1/users/{owner.user.id}/reset-password", None),
+        ("GET", "/auth/sessions", None),
+        ("GET", "/mail/invitations/pending", None),
+        ("POST", "/mail/accounts/ali_0000000000000000/invitations", {"email": "y@example.com"}),
+        ("GET", "/mail/accounts", None),
+    ):
+        answer = await api.http.request(method, path, json=body, headers=sender)
+        assert answer.status_code == 403, (path, answer.text)
+    assert (await api.http.get("/auth/me", headers=sender)).json()["id"] == owner.user.id
+    assert (await api.http.get("/auth/sessions", headers=admin)).status_code == 200
+    created = await api.http.post("/api/v1/users", json=new_owner, headers=admin)
+    assert created.status_code == 201
 
 
 async def test_a_user_lists_and_ends_their_own_sessions(api: Api, people: list[Person]) -> None:

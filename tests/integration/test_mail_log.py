@@ -335,7 +335,8 @@ async def test_every_http_send_refusal_is_one_line_with_key_envelope_and_status(
         unverified,
     ), unverified
     unknown_key = await refused(401, json=payload(), headers=auth("msk_" + "y" * 43))
-    assert unknown_key.endswith(": 401 unauthorized: missing or invalid API key; proto=HTTP")
+    expected = ": 401 unauthorized: missing or invalid API key or session; proto=HTTP"
+    assert unknown_key.endswith(expected)
     bad_json = await refused(400, content=b"{", headers=auth(key))
     assert re.fullmatch(rf"\d+: 400 invalid_request: .+; proto=HTTP key={key_id}", bad_json)
     too_big = await refused(413, content=b"x" * 100_001, headers=auth(key))  # by BodyLimit

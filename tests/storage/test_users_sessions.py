@@ -133,3 +133,14 @@ async def test_a_schema_6_database_gains_the_owner_columns(backend: Database) ->
         return {(t, c["name"]) for t, _ in added for c in found.get_columns(t)}
 
     assert set(added) <= await backend.read(columns)
+
+
+async def test_a_user_holds_at_most_fifty_sessions_the_least_used_end(backend: Database) -> None:
+    user = await _user(backend, "a@example.com")
+    made = [
+        await sessions.create_session(backend, user.id, f"{i:064x}", now=float(i), idle=HOUR,
+                                      absolute=2 * HOUR)
+        for i in range(sessions.MAX_PER_USER + 2)
+    ]  # fmt: skip
+    listed = {s.id for s in await sessions.list_user_sessions(backend, user.id, 100.0)}
+    assert listed == {s.id for s in made[2:]}  # the two least recently used ended

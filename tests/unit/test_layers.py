@@ -11,7 +11,10 @@
 Inside gateway, intake and delivery meet only through the hand-off interface and storage (the
 queue, which holds that interface, sits below both), the routing engine knows nothing of the
 doors or of who calls it, the two doors (smtpd and api) do not know each other, and the API
-reaches delivery only where ALLOWED says why. Every import counts, at module level or inside
+reaches delivery only where ALLOWED says why. The dashboard's pages and the API's routes are
+two doors to the same work: what both do lives in api/*_ops.py, so a page never imports a
+route module (the sign-in page apart, which is the API's login on purpose), nor anything of
+api's that is private. Every import counts, at module level or inside
 a function, under TYPE_CHECKING or not: a deferred import is still a dependency.
 """
 
@@ -69,6 +72,7 @@ FORBIDDEN: list[tuple[str, str, str]] = [
     ("web", "gateway.process", "only the composition root sits above web"),
     ("web", "gateway.delivery", "the dashboard reaches delivery through api.pool_ops only"),
     ("web", "gateway.smtpd", "the dashboard is a door of its own, beside the API's"),
+    ("web", "api.routes", "what both doors do lives in api/*_ops.py; pages never import routes"),
     ("gateway.intake", "gateway.delivery", "intake hands over through the hand-off interface"),
     ("gateway.delivery", "gateway.intake", "delivery takes mail from storage and the hand-off"),
     ("gateway.queue", "gateway.intake", "the queue sits below intake and delivery"),
@@ -111,6 +115,8 @@ ALLOWED = {
     ("api.management", "gateway.delivery.upstream"),
     # An account's SMTP AUTH is proved by the same dialogue as a pool's connection test.
     ("gateway.accounts.verify", "gateway.delivery.probe"),
+    # Signing in from a page is POST /auth/login itself (throttling, rotation, the cookie).
+    ("web.pages.auth", "api.routes.auth"),
 }
 
 
@@ -150,6 +156,64 @@ def test_the_layers_hold() -> None:
     assert not broken, "import contracts broken:\n" + "\n".join(broken)
 
 
+def _is_private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def private_uses(path: Path) -> Iterator[tuple[int, str]]:
+    """(line, what) for every private name of api the file reaches: imported from an api
+    module, or read as an attribute of a name an api module is bound to."""
+    tree = ast.parse(path.read_text(), str(path))
+    bound: set[str] = set()  # local names of api modules
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            bound |= {a.asname for a in node.names if a.asname and within(a.name, "api")}
+        elif isinstance(node, ast.ImportFrom) and node.module and within(node.module, "api"):
+            for alias in node.names:
+                if _is_private(alias.name):
+                    yield node.lineno, f"{node.module}.{alias.name}"
+                bound.add(alias.asname or alias.name)
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in bound
+            and _is_private(node.attr)
+        ):
+            yield node.lineno, f"{node.value.id}.{node.attr}"
+
+
+def test_pages_use_nothing_private_of_the_api() -> None:
+    """A page calls api's public functions (api/*_ops.py): a private helper of a route is
+    that route's to change."""
+    found = [
+        f"{path.relative_to(REPO)}:{line}: {what}"
+        for name, path in modules()
+        if within(name, "web")
+        for line, what in private_uses(path)
+    ]
+    assert not found, "pages reaching into api's privates:\n" + "\n".join(found)
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("from api.routes import aliases as a\na._visible(1)", True),
+        ("from api import alias_ops\nalias_ops._bad('x', 'y')", True),
+        ("from api.alias_ops import _bad", True),
+        ("import api.alias_ops as ops\nops._bad", True),
+        ("from api import alias_ops\nalias_ops.get(1)", False),
+        ("from web import render\nrender._env", False),
+    ],
+)
+def test_the_private_check_sees_each_kind_of_use(
+    tmp_path: Path, source: str, expected: bool
+) -> None:
+    path = tmp_path / "m.py"
+    path.write_text(source + "\n")
+    assert bool(list(private_uses(path))) is expected
+
+
 @pytest.mark.parametrize(
     ("importer", "source", "expected"),
     [
@@ -171,6 +235,11 @@ def test_the_layers_hold() -> None:
         ("web.pages.pools", "from gateway.delivery import probe", True),
         ("web.app", "from gateway.process import service", True),
         ("web.pages.pools", "from api import pool_ops", False),
+        ("web.pages.aliases", "from api.routes import aliases", True),
+        ("web.pages.keys", "def f():\n    from api.routes.keys import SCOPE", True),
+        ("web.pages.aliases", "from api import alias_ops", False),
+        ("web.pages.auth", "from api.routes.auth import login", False),
+        ("web.pages.users", "from api.routes.auth import login", True),
         ("gateway.process.service", "from web.app import dashboard", False),
         ("gateway.bounces.report", "import email.parser", False),
         ("gateway.bounces.rules", "from gateway.errors import ConfigError", False),

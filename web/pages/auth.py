@@ -1,7 +1,8 @@
 """Signing in and out from a page. The work is POST /auth/login's and /auth/logout's own
-(api.routes.auth: throttling, the origin check, rotation, the cookie); these routes only
-turn their answers into pages: a refused login is the form again with the reason, a
-successful one or a sign-out a 303 carrying the API's Set-Cookie."""
+(api.routes.auth: throttling, the origin check, rotation, the cookie; the one route module a
+page may import, tests/unit/test_layers.py says so); these routes only turn their answers
+into pages: a refused login is the form again with the reason, a successful one or a
+sign-out a 303 carrying the API's Set-Cookie."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from starlette.routing import Route
 from api import errors
 from api.auth import session_caller
 from api.forms import form_fields
-from api.routes import auth as api_auth
+from api.routes.auth import login as api_login
+from api.routes.auth import logout as api_logout
 from web.render import page
 
 
@@ -41,7 +43,7 @@ async def login(request: Request) -> Response:
     fields = form_fields(await request.body())  # read again, from the cache, by the API
     next_page = local_page(fields.get("next", "/"))
     try:
-        answer = await api_auth.login(request)
+        answer = await api_login(request)
     except errors.ApiError as refused:
         email = fields.get("email", "")[:320]
         return page(
@@ -52,7 +54,7 @@ async def login(request: Request) -> Response:
 
 
 async def logout(request: Request) -> Response:
-    return _redirect("/login", await api_auth.logout(request))
+    return _redirect("/login", await api_logout(request))
 
 
 routes = [

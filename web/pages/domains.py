@@ -2,8 +2,8 @@
 POST /api/v1/domains makes it), see the DNS records to publish (each with a copy button),
 run the DNS check and see each record's state, see the domain's DKIM keys, remove it.
 
-The checks are the API's (api.routes.domains): the scope `domains`, DomainCreate and the
-same name rules, `verified` for admins only, a domain the caller may not see (api.ownership)
+The work is the API's own (api.domain_ops): the scope `domains`, DomainCreate and the same
+name rules, `verified` for admins only, a domain the caller may not see (api.ownership)
 answered as absent. The records and the check are gateway.dkim.domains'.
 """
 
@@ -15,37 +15,33 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from api import errors
+from api import domain_ops
 from api.auth import Caller
 from api.context import ApiContext
 from api.forms import form_fields
-from api.ownership import visible_to
 from api.resource_schemas import DomainCreate
-from api.routes import domains as api_domains
 from gateway.dkim import domains as sender_domains
 from gateway.dkim.domains import Check
-from gateway.dkim.errors import DkimError
-from gateway.dkim.names import normalise_domain
 from gateway.errors import PosternError
-from storage import dkim_keys, domains
+from storage import dkim_keys
 from storage.domains import DomainRecord
 from web.guard import signed_in
 from web.pages.pool_form import answer_of
 from web.pages.resource_form import Confirm, Form, back, checked, confirm
 from web.render import page
 
-SCOPE = api_domains.SCOPE
+SCOPE = domain_ops.SCOPE
 PATH = "/domains"
 ALGORITHMS = (("rsa", "RSA 2048 (every receiver)"), ("ed25519", "Ed25519 (shorter; newer)"))
 DEFAULTS: dict[str, Any] = {"domain": "", "algorithm": "rsa", "verified": False}
+ADMIN_ONLY = "only an admin may add a domain as already verified"
 DONE = {"added": "Domain added: publish its records, then verify it.", "deleted": "Domain removed."}
 
 
 async def _list_page(
     request: Request, ctx: ApiContext, caller: Caller, form: Form, status: int = 200
 ) -> Response:
-    seen = await visible_to(ctx, caller, "domain")
-    records = seen.only(await domains.list_domains(ctx.db), lambda r: (r.id, r.created_by))
+    records = await domain_ops.records(ctx, caller)
     notice = DONE.get(request.query_params.get("done", ""), "")
     return page(
         request, "domains/list.html", caller, status,
@@ -59,30 +55,10 @@ async def list_domains(request: Request) -> Response:
     return await _list_page(request, ctx, caller, Form(dict(DEFAULTS)))
 
 
-def _name(given: str) -> str:
-    """The domain's name as the API takes it (InvalidRequest naming the field otherwise)."""
-    try:
-        return normalise_domain(given)
-    except DkimError as error:
-        raise errors.InvalidRequest(
-            f"domain: {error}", [{"field": "domain", "message": "not a domain name"}]
-        ) from None
-
-
 async def _register(ctx: ApiContext, caller: Caller, values: dict[str, Any]) -> DomainRecord:
-    """POST /api/v1/domains's steps: checked, registered with its DKIM key."""
+    """POST /api/v1/domains: checked, registered with its DKIM key."""
     body = checked(DomainCreate, values)
-    name = _name(body.domain)
-    if body.verified and not caller.has("admin"):
-        raise errors.Forbidden("only an admin may add a domain as already verified")
-    manage = ctx.management()
-    record, _ = await sender_domains.register(
-        ctx.db, manage.box, name, verified=body.verified, algorithm=body.algorithm,
-        created_by=caller.user_id,
-    )  # fmt: skip
-    if record.is_verified:
-        await manage.identities.reload()
-    return record
+    return await domain_ops.create(ctx, caller, body, ADMIN_ONLY)
 
 
 async def add_domain(request: Request) -> Response:
@@ -119,20 +95,20 @@ async def _domain_page(
     )  # fmt: skip
 
 
+async def _one(ctx: ApiContext, caller: Caller, request: Request) -> DomainRecord:
+    return await domain_ops.get(ctx, caller, request.path_params["domain_id"])
+
+
 async def show_domain(request: Request) -> Response:
     ctx, caller = await signed_in(request, SCOPE)
-    record = await api_domains._one(ctx, caller, request)
+    record = await _one(ctx, caller, request)
     return await _domain_page(request, ctx, caller, record)
 
 
 async def verify_domain(request: Request) -> Response:
     """POST /api/v1/domains/{id}/verify's check, shown record by record."""
     ctx, caller = await signed_in(request, SCOPE)
-    manage = ctx.management()
-    record = await api_domains._one(ctx, caller, request)
-    updated, checks = await sender_domains.verify(ctx.db, manage.resolver, record)
-    if updated.is_verified and not record.is_verified:
-        await manage.identities.reload()
+    updated, checks = await domain_ops.verify(ctx, await _one(ctx, caller, request))
     return await _domain_page(request, ctx, caller, updated, checks)
 
 
@@ -148,15 +124,14 @@ def _asked(record: DomainRecord) -> Confirm:
 
 async def confirm_delete(request: Request) -> Response:
     ctx, caller = await signed_in(request, SCOPE)
-    record = await api_domains._one(ctx, caller, request)
+    record = await _one(ctx, caller, request)
     return confirm(request, caller, _asked(record))
 
 
 async def delete_domain(request: Request) -> Response:
     ctx, caller = await signed_in(request, SCOPE)
-    record = await api_domains._one(ctx, caller, request)
-    await domains.delete_domain(ctx.db, record.id)
-    await ctx.management().identities.reload()
+    record = await _one(ctx, caller, request)
+    await domain_ops.delete(ctx, record)
     return back(PATH, "deleted")
 
 

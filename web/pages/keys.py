@@ -1,37 +1,31 @@
 """Settings → API keys: the keys the caller may see (a member: their own), create one (its
 secret on the result page, this once, never again), revoke one (confirmed first).
 
-The checks are the API's (api.routes.keys): the scope `keys`, KeyCreate, no scope above the
+The work is the API's own (api.key_ops): the scope `keys`, KeyCreate, no scope above the
 caller's role nor beyond what it holds (the boxes offered are those it may grant; a forged
 form is refused all the same), a member's or an owner's key out of reach as the API says.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from api import errors
+from api import key_ops
 from api.auth import Caller
 from api.context import ApiContext
 from api.forms import form_fields
-from api.ownership import visible_to
-from api.routes import keys as api_keys
 from api.schemas import KeyCreate
 from gateway.errors import PosternError
-from gateway.intake.fields import text_problem
-from gateway.people import roles
-from storage.keys import SCOPES, ApiKeyRecord, create_key, list_keys, revoke_key
+from storage.keys import SCOPES, ApiKeyRecord, list_keys
 from storage.users import list_users
 from web.guard import signed_in
 from web.pages.pool_form import answer_of
 from web.pages.resource_form import Confirm, Form, back, checked, chosen, confirm, refused_confirm
 from web.render import page
 
-SCOPE = api_keys.SCOPE
+SCOPE = key_ops.SCOPE
 PATH = "/keys"
 BOX = "scope-"  # a checkbox per scope: `scope-send`, `scope-keys`...
 DONE = {"revoked": "Key revoked: it stops working within seconds on every node."}
@@ -52,7 +46,7 @@ async def _owners(ctx: ApiContext, caller: Caller, everything: bool) -> dict[str
 async def _list_page(
     request: Request, ctx: ApiContext, caller: Caller, form: Form, status: int = 200
 ) -> Response:
-    seen = await visible_to(ctx, caller, "key")
+    seen = await key_ops.visibility(ctx, caller)
     return page(
         request, "keys/list.html", caller, status,
         keys=await list_keys(ctx.db, seen.user_id),
@@ -67,26 +61,13 @@ async def list_all(request: Request) -> Response:
     return await _list_page(request, ctx, caller, Form({"name": "", "scopes": ["send"]}))
 
 
-async def _create(ctx: ApiContext, caller: Caller, values: dict[str, Any]) -> tuple[Any, str]:
-    """POST /api/v1/keys's steps: checked, bounded by the role and the caller's scopes."""
-    body = checked(KeyCreate, values)
-    problem = text_problem(body.name, header=True)
-    if problem:
-        raise errors.InvalidRequest(f"name: {problem}", [{"field": "name", "message": problem}])
-    if caller.user is not None:
-        roles.require_scopes_within(caller.user.role, body.scopes)  # 403 role_above_own
-    beyond = [scope for scope in body.scopes if not caller.has(scope)]
-    if beyond:
-        raise errors.Forbidden(f"a key cannot grant scopes it lacks: {', '.join(beyond)}")
-    return await create_key(ctx.db, body.name, body.scopes, caller.user_id)
-
-
 async def create(request: Request) -> Response:
     ctx, caller = await signed_in(request, SCOPE)
     fields = form_fields(await request.body())
     form = Form({"name": fields.get("name", "").strip(), "scopes": chosen(fields, BOX, SCOPES)})
     try:
-        record, secret = await _create(ctx, caller, form.values)
+        body = checked(KeyCreate, form.values)
+        record, secret = await key_ops.create(ctx, caller, body)
     except PosternError as error:
         refused = form.refused(error, unnamed="scopes")
         return await _list_page(request, ctx, caller, refused, answer_of(error).status)
@@ -104,30 +85,17 @@ def _asked(record: ApiKeyRecord) -> Confirm:
     )
 
 
-async def _revoke(ctx: ApiContext, caller: Caller, target: ApiKeyRecord) -> None:
-    """DELETE /api/v1/keys/{id}'s checks and work: one's own key, or one within reach."""
-    own = caller.user_id is not None and target.user_id == caller.user_id
-    if not own:
-        await api_keys._may_touch_owner(ctx, caller, target)
-    beyond = [] if own else [scope for scope in target.scopes if not caller.has(scope)]
-    if beyond:
-        raise errors.Forbidden(f"a key cannot revoke one with scopes it lacks: {', '.join(beyond)}")
-    if await revoke_key(ctx.db, target.id) is None:
-        raise errors.NotFound("no such API key")
-    ctx.keys.forget(target.id)
-
-
 async def confirm_revoke(request: Request) -> Response:
     ctx, caller = await signed_in(request, SCOPE)
-    target = await api_keys._visible(ctx, caller, request.path_params["key_id"])
+    target = await key_ops.get(ctx, caller, request.path_params["key_id"])
     return confirm(request, caller, _asked(target))
 
 
 async def revoke(request: Request) -> Response:
     ctx, caller = await signed_in(request, SCOPE)
-    target = await api_keys._visible(ctx, caller, request.path_params["key_id"])
+    target = await key_ops.get(ctx, caller, request.path_params["key_id"])
     try:
-        await _revoke(ctx, caller, target)
+        await key_ops.revoke(ctx, caller, target)
     except PosternError as error:
         return refused_confirm(request, caller, _asked(target), error)
     return back(PATH, "revoked")

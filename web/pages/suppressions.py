@@ -2,41 +2,31 @@
 address order, filtered by reason), one address looked up with why it is there; add one
 (address and reason), remove one (confirmed first).
 
-The checks are the API's (api.routes.suppressions): the scope `suppressions`, the same
+The work is the API's own (api.suppression_ops): the scope `suppressions`, the same
 address rule (one mailbox, one entry: gateway.addresses.mailbox_key), the same list
 parameters, and this node's in-memory copy changed at once.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from api import errors
+from api import errors, suppression_ops
 from api.auth import Caller
 from api.context import ApiContext
 from api.forms import form_fields
-from api.routes import suppressions as api_suppressions
 from api.schemas import SuppressionCreate
 from gateway.errors import PosternError
 from gateway.intake.fields import text_problem
-from storage.suppressions import (
-    REASONS,
-    SuppressionRecord,
-    add_suppression,
-    get_suppression,
-    list_suppressions,
-    remove_suppression,
-)
+from storage.suppressions import REASONS, SuppressionRecord, get_suppression, list_suppressions
 from web.guard import signed_in
 from web.pages.pool_form import answer_of
 from web.pages.resource_form import Confirm, Form, back, checked, confirm
 from web.render import page
 
-SCOPE = api_suppressions.SCOPE
+SCOPE = suppression_ops.SCOPE
 PATH = "/suppressions"
 PAGE_SIZE = 50
 WHY = {
@@ -55,7 +45,7 @@ def _filters(request: Request) -> tuple[str | None, str | None]:
     if reason is not None and reason not in REASONS:
         raise errors.InvalidRequest(f"reason: one of {', '.join(REASONS)}")
     cursor = request.query_params.get("cursor") or None
-    too_long = cursor is not None and len(cursor) > api_suppressions.MAX_CURSOR
+    too_long = cursor is not None and len(cursor) > suppression_ops.MAX_CURSOR
     if cursor is not None and (too_long or text_problem(cursor, header=True)):
         raise errors.InvalidRequest("cursor: invalid")
     return reason, cursor
@@ -64,7 +54,7 @@ def _filters(request: Request) -> tuple[str | None, str | None]:
 async def _found(ctx: ApiContext, search: str) -> tuple[SuppressionRecord | None, str]:
     """The entry of a searched address, or the problem with the address."""
     try:
-        return await get_suppression(ctx.db, api_suppressions._address(search, "q")), ""
+        return await get_suppression(ctx.db, suppression_ops.address(search, "q")), ""
     except PosternError as error:
         return None, answer_of(error).error
 
@@ -89,37 +79,21 @@ async def list_all(request: Request) -> Response:
     return await _list_page(request, ctx, caller, Form({"email": "", "reason": "manual"}))
 
 
-async def _add(ctx: ApiContext, values: dict[str, Any]) -> tuple[str, bool]:
-    """POST /api/v1/suppressions's steps: the address's mailbox key and whether it is new."""
-    body = checked(SuppressionCreate, values)
-    email = api_suppressions._address(body.email)
-    _, created = await add_suppression(ctx.db, email, body.reason)
-    ctx.suppressions.add([email])
-    return email, created
-
-
 async def add(request: Request) -> Response:
     ctx, caller = await signed_in(request, SCOPE)
     fields = form_fields(await request.body())
     form = Form({"email": fields.get("email", "").strip(), "reason": fields.get("reason", "")})
     try:
-        email, created = await _add(ctx, form.values)
+        body = checked(SuppressionCreate, form.values)
+        record, created = await suppression_ops.add(ctx, body)
     except PosternError as error:
         return await _list_page(request, ctx, caller, form.refused(error), answer_of(error).status)
-    return back(PATH, "added" if created else "updated", q=email)
-
-
-async def _entry(ctx: ApiContext, given: str) -> SuppressionRecord:
-    """The entry of `given` (GET /api/v1/suppressions/{email}'s rule), or a 404."""
-    record = await get_suppression(ctx.db, api_suppressions._address(given))
-    if record is None:
-        raise errors.NotFound("this address is not suppressed")
-    return record
+    return back(PATH, "added" if created else "updated", q=record.email)
 
 
 async def confirm_remove(request: Request) -> Response:
     ctx, caller = await signed_in(request, SCOPE)
-    record = await _entry(ctx, request.query_params.get("email", ""))
+    record = await suppression_ops.get(ctx, request.query_params.get("email", ""))
     asked = Confirm(
         title=f"Stop suppressing {record.email}?",
         text=f"It was suppressed because {WHY.get(record.reason, record.reason)}. "
@@ -135,10 +109,7 @@ async def confirm_remove(request: Request) -> Response:
 async def remove(request: Request) -> Response:
     """DELETE /api/v1/suppressions/{email}'s steps."""
     ctx, _ = await signed_in(request, SCOPE)
-    email = api_suppressions._address(form_fields(await request.body()).get("email", ""))
-    if not await remove_suppression(ctx.db, email):
-        raise errors.NotFound("this address is not suppressed")
-    ctx.suppressions.discard(email)
+    await suppression_ops.remove(ctx, form_fields(await request.body()).get("email", ""))
     return back(PATH, "removed")
 
 

@@ -2,9 +2,9 @@
 the result page, this once), edit one, switch it off and on, see its recent deliveries and
 replay its events since a time (POST /api/v1/webhooks/{id}/replay's `since`), delete one.
 
-The checks are the API's (api.routes.webhooks): the scope `webhooks`, WebhookCreate and
-WebhookUpdate, the URL's syntax and SSRF guard and the event filter (`_check`), a webhook
-the caller may not see (api.ownership) answered as absent.
+The work is the API's own (api.webhook_ops): the scope `webhooks`, WebhookCreate and
+WebhookUpdate, the URL's syntax and SSRF guard and the event filter, a webhook the caller
+may not see (api.ownership) answered as absent.
 """
 
 from __future__ import annotations
@@ -16,17 +16,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from api import errors
+from api import webhook_ops
 from api.auth import Caller
 from api.context import ApiContext
 from api.forms import form_fields
-from api.ownership import visible_to
-from api.routes import webhooks as api_webhooks
 from api.schemas import refuse_nulls
 from api.webhook_schemas import ReplayRequest, WebhookCreate, WebhookUpdate
 from gateway.errors import PosternError
 from gateway.queue import events
-from gateway.webhooks.signing import new_secret, seal
 from storage import webhooks as store
 from storage.webhooks import WebhookRecord
 from web.guard import signed_in
@@ -34,7 +31,8 @@ from web.pages.pool_form import answer_of
 from web.pages.resource_form import Confirm, Form, back, checked, chosen, confirm
 from web.render import page
 
-SCOPE = api_webhooks.SCOPE
+SCOPE = webhook_ops.SCOPE
+INACTIVE = "the webhook is off: switch it on first"
 PATH = "/webhooks"
 BOX = "event-"  # a checkbox per event type
 SHOWN_ATTEMPTS = 50
@@ -58,8 +56,7 @@ def _notice(request: Request) -> str:
 
 async def list_all(request: Request) -> Response:
     ctx, caller = await signed_in(request, SCOPE)
-    seen = await visible_to(ctx, caller, "webhook")
-    records = seen.only(await store.list_webhooks(ctx.db), lambda r: (r.id, r.created_by))
+    records = await webhook_ops.records(ctx, caller)
     shown: dict[str, Any] = {"webhooks": records, "notice": _notice(request)}
     return page(request, "webhooks/list.html", caller, **shown)
 
@@ -90,24 +87,12 @@ async def new_webhook(request: Request) -> Response:
     return _form_page(request, caller, Form(dict(DEFAULTS)), None)
 
 
-async def _create(
-    ctx: ApiContext, caller: Caller, values: dict[str, Any]
-) -> tuple[WebhookRecord, str]:
-    """POST /api/v1/webhooks's steps: checked, stored with its secret sealed."""
-    body = checked(WebhookCreate, _body(values)).model_dump()
-    await api_webhooks._check(ctx, body)
-    box, secret = ctx.management().box, new_secret()
-    record = await store.create_webhook(
-        ctx.db, body, lambda webhook_id: seal(box, webhook_id, secret), caller.user_id
-    )
-    return record, secret
-
-
 async def create(request: Request) -> Response:
     ctx, caller = await signed_in(request, SCOPE)
     form = Form(_values(form_fields(await request.body())))
     try:
-        record, secret = await _create(ctx, caller, form.values)
+        body = checked(WebhookCreate, _body(form.values)).model_dump()
+        record, secret = await webhook_ops.create(ctx, caller, body)
     except PosternError as error:
         return _form_page(request, caller, form.refused(error), None, answer_of(error).status)
     return page(request, "webhooks/created.html", caller, record=record, secret=secret)
@@ -118,12 +103,7 @@ async def _change(ctx: ApiContext, current: WebhookRecord, given: dict[str, Any]
     body = checked(WebhookUpdate, given)
     refuse_nulls(body)
     changes = {name: getattr(body, name) for name in body.model_fields_set}
-    was = {"event_types": current.event_types, "final_only": current.final_only}
-    await api_webhooks._check(ctx, {**was, **changes})
-    record = await store.update_webhook(ctx.db, current.id, changes)
-    if record is None:
-        raise errors.NotFound("no such webhook")
-    return record
+    return await webhook_ops.change(ctx, current, changes)
 
 
 async def _webhook_page(
@@ -145,15 +125,19 @@ def _an_hour_ago() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 3600))
 
 
+async def _get(ctx: ApiContext, caller: Caller, request: Request) -> WebhookRecord:
+    return await webhook_ops.get(ctx, caller, request.path_params["webhook_id"])
+
+
 async def show(request: Request) -> Response:
     ctx, caller = await signed_in(request, SCOPE)
-    record = await api_webhooks._get(ctx, caller, request)
+    record = await _get(ctx, caller, request)
     return await _webhook_page(request, ctx, caller, record)
 
 
 async def save(request: Request) -> Response:
     ctx, caller = await signed_in(request, SCOPE)
-    current = await api_webhooks._get(ctx, caller, request)
+    current = await _get(ctx, caller, request)
     form = Form(_values(form_fields(await request.body())))
     try:
         await _change(ctx, current, _body(form.values))
@@ -167,7 +151,7 @@ async def save(request: Request) -> Response:
 async def switch(request: Request) -> Response:
     """Off, or on again (which also clears the back-off, as the API's is_active: true)."""
     ctx, caller = await signed_in(request, SCOPE)
-    current = await api_webhooks._get(ctx, caller, request)
+    current = await _get(ctx, caller, request)
     on = form_fields(await request.body()).get("is_active") == "on"
     await _change(ctx, current, {"is_active": on})
     return back(f"{PATH}/{current.id}", "on" if on else "off")
@@ -176,19 +160,16 @@ async def switch(request: Request) -> Response:
 async def replay(request: Request) -> Response:
     """POST /api/v1/webhooks/{id}/replay: its events since `since` sent again."""
     ctx, caller = await signed_in(request, SCOPE)
-    record = await api_webhooks._get(ctx, caller, request)
+    record = await _get(ctx, caller, request)
     raw = form_fields(await request.body()).get("since", "").strip()
     try:
         given = checked(ReplayRequest, {"since": int(raw) if raw.isdigit() else raw}).since
-        since = api_webhooks.parse_since(given)
-        if not record.is_active:
-            raise errors.WebhookInactive("the webhook is off: switch it on first")
-        types = store.wanted_types(record.event_types, record.final_only, events.FINAL)
-        queued = await store.replay(ctx.db, record.id, since, types)
+        since = webhook_ops.parse_since(given)
+        queued = await webhook_ops.replay(ctx, record, since, INACTIVE)
     except PosternError as error:
         problem, status = answer_of(error).error, answer_of(error).status
         return await _webhook_page(request, ctx, caller, record, None, status, problem)
-    return back(f"{PATH}/{record.id}", "replayed", queued=str(queued or 0))
+    return back(f"{PATH}/{record.id}", "replayed", queued=str(queued))
 
 
 def _asked(record: WebhookRecord) -> Confirm:
@@ -203,15 +184,14 @@ def _asked(record: WebhookRecord) -> Confirm:
 
 async def confirm_delete(request: Request) -> Response:
     ctx, caller = await signed_in(request, SCOPE)
-    record = await api_webhooks._get(ctx, caller, request)
+    record = await _get(ctx, caller, request)
     return confirm(request, caller, _asked(record))
 
 
 async def delete(request: Request) -> Response:
     ctx, caller = await signed_in(request, SCOPE)
-    record = await api_webhooks._get(ctx, caller, request)
-    if not await store.delete_webhook(ctx.db, record.id):
-        raise errors.NotFound("no such webhook")
+    record = await _get(ctx, caller, request)
+    await webhook_ops.delete(ctx, record)
     return back(PATH, "deleted")
 
 

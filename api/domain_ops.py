@@ -1,0 +1,102 @@
+"""What the two doors to sender domains share (/api/v1/domains and Settings → Domains):
+who sees which domain, the name rules, registering one with its DKIM key, the DNS check,
+and Intake told when the verified domains change.
+
+    create:  name checked -> `verified` for admins only -> registered (its DKIM key made, or
+             one `postern dkim generate` made kept) -> Intake reloads when it is verified
+    verify:  DKIM, SPF, DMARC looked up (gateway.dkim.domains) -> Intake reloads when it
+             became verified
+
+`get` is the door to one domain (by id or name; another's is a 404, as for none); the
+operations on one domain take what `get` returned. A domain registered twice (DomainExists)
+is answered from api.errors.ANSWERS.
+"""
+
+from __future__ import annotations
+
+from api import errors
+from api.auth import Caller
+from api.context import ApiContext
+from api.ownership import visible_to
+from api.resource_schemas import DomainCreate
+from gateway.dkim import domains as sender_domains
+from gateway.dkim.domains import Check
+from gateway.dkim.errors import DkimError
+from gateway.dkim.names import normalise_domain
+from storage import domains
+from storage.domains import DomainRecord
+
+SCOPE = "domains"
+ADMIN_ONLY = "only an admin key may add a domain as already verified"
+
+
+async def records(ctx: ApiContext, caller: Caller) -> list[DomainRecord]:
+    """Every domain the caller may see."""
+    seen = await visible_to(ctx, caller, "domain")
+    return seen.only(await domains.list_domains(ctx.db), lambda r: (r.id, r.created_by))
+
+
+async def get(ctx: ApiContext, caller: Caller, key: str) -> DomainRecord:
+    """The domain of `key` (its id or its name), if the caller may see it (another's is a
+    404, as for none)."""
+    if not key.startswith("dom_"):
+        try:
+            key = normalise_domain(key)
+        except DkimError:
+            raise errors.NotFound("no such domain") from None
+    record = await domains.get_domain(ctx.db, key) if len(key) <= 253 else None
+    seen = await visible_to(ctx, caller, "domain")
+    if record is None or not seen.allows(record.id, record.created_by):
+        raise errors.NotFound("no such domain")
+    return record
+
+
+def checked_name(given: str) -> str:
+    """The domain's name, normalised (InvalidRequest naming the field otherwise; as
+    /openapi.json says, no blanks around it)."""
+    try:
+        if given != given.strip():
+            raise DkimError(f"{given!r} has blanks around it")
+        return normalise_domain(given)
+    except DkimError as error:
+        raise errors.InvalidRequest(
+            f"domain: {error}", [{"field": "domain", "message": "not a domain name"}]
+        ) from None
+
+
+async def create(
+    ctx: ApiContext, caller: Caller, body: DomainCreate, admin_only: str = ADMIN_ONLY
+) -> DomainRecord:
+    """The domain registered with its DKIM key; `verified` only for an admin (403 with the
+    door's own words, `admin_only`)."""
+    name = checked_name(body.domain)
+    if body.verified and not caller.has("admin"):
+        raise errors.Forbidden(admin_only)
+    manage = ctx.management()
+    record, _ = await sender_domains.register(
+        ctx.db,
+        manage.box,
+        name,
+        verified=body.verified,
+        algorithm=body.algorithm,
+        created_by=caller.user_id,
+    )
+    if record.is_verified:
+        await manage.identities.reload()
+    return record
+
+
+async def verify(ctx: ApiContext, record: DomainRecord) -> tuple[DomainRecord, list[Check]]:
+    """What DNS says of the domain's records, and the domain after it (a failed check
+    never un-verifies it)."""
+    manage = ctx.management()
+    updated, checks = await sender_domains.verify(ctx.db, manage.resolver, record)
+    if updated.is_verified and not record.is_verified:
+        await manage.identities.reload()
+    return updated, checks
+
+
+async def delete(ctx: ApiContext, record: DomainRecord) -> None:
+    """The domain removed: mail From it is refused again; its DKIM keys stay."""
+    await domains.delete_domain(ctx.db, record.id)
+    await ctx.management().identities.reload()
