@@ -36,6 +36,7 @@ from api.routes import (
     accounts,
     aliases,
     auth,
+    bounces,
     domains,
     invitation_page,
     invitations,
@@ -146,7 +147,8 @@ class BodyLimit:
 
 class SessionCookies:
     """Pure ASGI middleware: a session rotated while the request was authenticated (its
-    user's role changed: api.auth) sends its new cookie with the answer, whatever it is."""
+    user's role changed: api.auth) sends its new cookie with the answer, whatever it is, and
+    its new CSRF token as `X-CSRF-Token` (a page's script takes it from there)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -157,9 +159,12 @@ class SessionCookies:
             return
 
         async def with_cookie(message: Message) -> None:
-            cookie = (scope.get("state") or {}).get("session_cookie")
+            state = scope.get("state") or {}
+            cookie = state.get("session_cookie")
             if message["type"] == "http.response.start" and cookie:
-                message["headers"] = [*message.get("headers", []), (b"set-cookie", cookie)]
+                csrf = state["session_csrf"].encode()
+                added = [(b"set-cookie", cookie), (b"x-csrf-token", csrf)]
+                message["headers"] = [*message.get("headers", []), *added]
             await send(message)
 
         await self.app(scope, receive, with_cookie)
@@ -269,7 +274,7 @@ def create_app(
 # The API's resources, served when the app has an ApiContext.
 _RESOURCES = (
     auth, users, send, messages, keys, suppressions, pools, smtp_configs, aliases, domains,
-    webhook_routes, invitations, invitation_page, accounts,
+    webhook_routes, invitations, invitation_page, accounts, bounces,
 )  # fmt: skip
 
 

@@ -40,6 +40,7 @@ CSRF_HEADER = "x-csrf-token"
 CSRF_FIELD = "csrf_token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _SAME_SITE = frozenset({"same-origin", "none"})  # `none`: typed in the address bar
+TOO_MANY_SIGN_INS = "too many sign-ins for this address or account; try again later"
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ class Caller:
             self.may_sandbox if may_sandbox is None else may_sandbox,
             self.ip_pools,
             user_id=self.user_id,
+            role=self.role,
         )
 
     @property
@@ -125,6 +127,11 @@ def acting_person(caller: Caller) -> UserRecord:
 def csrf_token(session_token: str) -> str:
     digest = hmac.new(session_token.encode(), b"postern csrf", hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def client_address(request: Request) -> str:
+    """The client, as uvicorn gives it (a trusted proxy's X-Forwarded-For included)."""
+    return request.client.host if request.client else ""
 
 
 def bearer(request: Request) -> str | None:
@@ -173,17 +180,17 @@ async def session_caller(request: Request, ctx: ApiContext) -> Caller | None:
 
 async def _rotated_if_stale(request: Request, ctx: ApiContext, caller: Caller) -> Caller:
     """A session opened before its user's role changed is replaced by a new one, whose
-    cookie goes out with this answer (api.app.SessionCookies)."""
-    old = caller.session
-    if ctx.people is None or old is None or caller.user is None:
+    cookie and CSRF token go out with this answer (api.app.SessionCookies)."""
+    if ctx.people is None or caller.session is None or caller.user is None:
         return caller
-    if not LoggedIn(old, caller.user).stale_role:
+    logged_in = LoggedIn(caller.session, caller.user)
+    if not logged_in.stale_role:
         return caller
     sessions = ctx.people.sessions
-    token, record = await sessions.start(caller.user, old.user_agent, old.ip, replaces=old.id)
-    max_age = int(sessions.lifetimes.absolute)
-    request.state.session_cookie = cookie_header(request, token, max_age)
-    return Caller(user=caller.user, session=record, token=token)
+    token, renewed = await sessions.rotate(logged_in)
+    request.state.session_cookie = cookie_header(request, token, int(sessions.lifetimes.absolute))
+    request.state.session_csrf = csrf_token(token)
+    return Caller(user=renewed.user, session=renewed.session, token=token)
 
 
 def cookie_header(request: Request, token: str, max_age: int) -> bytes:

@@ -11,6 +11,7 @@ from typing import Any
 
 from api.errors import Unavailable
 from api.management import Management
+from gateway.bounces.ingest import BounceIngest
 from gateway.intake.pipeline import Intake
 from gateway.people.login_throttle import LoginThrottle
 from gateway.people.sessions import Sessions
@@ -53,6 +54,8 @@ class ApiContext:
     wake: Callable[[], None] | None = None  # nudges this node's delivery poller after a retry
     people: People | None = None  # users and sessions: without them, only keys authenticate
     public_url: str = ""  # [http] public_url: its origin is this server's own, as the Host's
+    bounces: BounceIngest | None = None  # POST /api/v1/bounces (absent in bare-app tests)
+    max_report_size: int = 256 * 1024  # [bounces] max_report_size
     _pending: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
 
     def management(self) -> Management:

@@ -5,6 +5,7 @@
     ApiError
     ├── InvalidRequest        400 invalid_request   malformed JSON, a field of the wrong type
     │   ├── UnknownAlias      400 unknown_alias     alias_id names neither pool nor alias
+    │   ├── UnknownAccount    400 unknown_account   account_id names no account the caller sees
     │   ├── NoRoute           400 no_route          the pool or group asked for has no active pool
     │   ├── HostNotAllowed    400 host_not_allowed  a pool host in a denied network (SSRF)
     │   ├── InvalidToken      400 invalid_token     unknown, used or expired verification link
@@ -46,6 +47,7 @@
     ├── Suppressed            422 suppressed        every recipient is suppressed
     ├── DomainNotVerified     422 domain_not_verified   an alias on an unverified domain
     ├── UpstreamRejected      422 upstream_rejected the upstream refused it permanently
+    ├── EmptyReport           422 empty_report      POST /api/v1/bounces without a report
     ├── RateLimited           429 rate_limit        over [http] rate_limit; Retry-After
     ├── Unavailable           503 unavailable       storage failed; nothing was accepted
     └── StorageFull           507 storage_full      no space left to store it; nothing was
@@ -122,6 +124,10 @@ class InvalidRequest(ApiError):
 
 class UnknownAlias(InvalidRequest):
     code = "unknown_alias"
+
+
+class UnknownAccount(InvalidRequest):
+    code = "unknown_account"
 
 
 class NoRoute(InvalidRequest):
@@ -304,6 +310,10 @@ class UpstreamRejected(ApiError):
     status, code = 422, "upstream_rejected"
 
 
+class EmptyReport(ApiError):
+    status, code = 422, "empty_report"
+
+
 class DomainNotVerified(ApiError):
     status, code = 422, "domain_not_verified"
 
@@ -311,10 +321,12 @@ class DomainNotVerified(ApiError):
 class RateLimited(ApiError):
     status, code = 429, "rate_limit"  # the MailSage view's word, on every route
 
-    def __init__(self, retry_after: float) -> None:
+    def __init__(
+        self, retry_after: float, error: str = "rate limit exceeded for this API key"
+    ) -> None:
         seconds = max(1, math.ceil(retry_after))
         super().__init__(
-            "rate limit exceeded for this API key",
+            error,
             extra={"retry_after": seconds},
             headers={"Retry-After": str(seconds)},
         )
@@ -408,6 +420,12 @@ ANSWERS: dict[type[Exception], Answer] = {
         "unknown alias_id",
         field="alias_id",
         detail="names neither an SMTP pool nor an alias",
+    ),
+    intake.NoSuchAccount: Answer(
+        UnknownAccount,
+        "unknown account_id",
+        field="account_id",
+        detail="names no connected account you may send through",
     ),
     intake.AliasUnverified: Answer(
         AliasNotVerified, "{error.reason}", field="alias_id", detail="verify the alias first"

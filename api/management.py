@@ -33,6 +33,14 @@ class LivePools(Protocol):
         ...
 
 
+class LiveAccounts(Protocol):
+    """The connected accounts this node sends through (each its own SMTP server)."""
+
+    async def changed(self) -> None:
+        """Storage's accounts changed: the live upstreams follow before this returns."""
+        ...
+
+
 @dataclass
 class Management:
     box: Cipher  # pool passwords (and DKIM keys) at rest
@@ -45,6 +53,7 @@ class Management:
     probe_timeout: float  # per step of the connection test
     public_url: str  # base of the links in verification mail
     accounts: AccountSettings = field(default_factory=AccountSettings)  # connected accounts
+    account_routes: LiveAccounts | None = None  # their live upstreams (None: not sending)
 
     @classmethod
     def build(
@@ -55,6 +64,7 @@ class Management:
         pools: LivePools,
         guard: HostGuard | None = None,
         webhook_guard: HostGuard | None = None,
+        account_routes: LiveAccounts | None = None,
     ) -> Management:
         host, port = config.http.listen
         shown = f"[{host}]" if ":" in host else host
@@ -76,4 +86,5 @@ class Management:
                 timeout=config.accounts.timeout,
                 hostname=config.server.hostname,
             ),
+            account_routes=account_routes,
         )

@@ -43,6 +43,7 @@ TIME: dict[str, Any] = {
 # a position in a list (a next_cursor it returned), the id of a pool or an alias.
 CURSOR: dict[str, Any] = {"format": "cursor"}
 ALIAS_ID: dict[str, Any] = {**HEADER_TEXT, "format": "alias-id"}
+UUID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 MAX_CURSOR = 256
 # The message filters (gateway.queue.operations.make_filter), in the query string and in JSON.
 FILTER_FIELDS: dict[str, dict[str, Any]] = {
@@ -116,7 +117,12 @@ _HTML_OR_TEXT: dict[str, Any] = {
     "anyOf": [
         {"required": [name], "properties": {name: {"type": "string", "minLength": 1}}}
         for name in ("html", "text")
-    ]
+    ],
+    # alias_id and account_id name a route each: one of them, never both.
+    "not": {
+        "required": ["alias_id", "account_id"],
+        "properties": {"alias_id": {"type": "string"}, "account_id": {"type": "string"}},
+    },
 }
 
 
@@ -139,6 +145,15 @@ class SendRequest(Strict):
         max_length=fields.MAX_ALIAS_ID,
         description="the id of an SMTP pool or an alias (unknown: 400 unknown_alias)",
         json_schema_extra=ALIAS_ID,
+    )
+    account_id: str | None = Field(
+        default=None,
+        pattern=UUID_PATTERN,
+        description=(
+            "the id of a connected account to send through, with its own SMTP server and "
+            "credentials (unknown, or not yours nor shared with you: 400 unknown_account); "
+            "not with alias_id"
+        ),
     )
     idempotency_key: str | None = Field(
         default=None,
@@ -383,6 +398,7 @@ class Suppression(BaseModel):
     email: str
     reason: str
     created_at: str
+    note: str | None = None  # a bounce report's suppression: the rule that decided
 
 
 class SuppressionResponse(BaseModel):

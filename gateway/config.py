@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from gateway.bounces import rules as bounce_rules
 from gateway.dns import parse_nameserver
 from gateway.errors import ConfigError
 from gateway.rates import parse_rate
@@ -170,11 +171,17 @@ class AccountsConfig:
 
 @dataclass(frozen=True)
 class BouncesConfig:
-    domain: str = ""  # the VERP return-path domain: bounces+TOKEN@domain
+    # The VERP return-path domain: mail leaves as bounces+<token>@domain; "" = off (the
+    # client's envelope sender is kept, as before). The bounce listener takes mail for it.
+    domain: str = ""
+    rules_file: str = ""  # the user's classification rules, tried before the shipped ones
+    soft_limit: int = 3  # soft bounces of one address within soft_window: then suppressed
+    soft_window: float = 7 * 86400.0
+    max_report_size: int = 256 * 1024  # bytes of a raw report stored (and taken by the API)
     listen: tuple[str, int] | None = None  # the inbound bounce listener; None: off
     listen_public: bool = False  # a listen address off loopback (it takes only `domain`)
     # Bytes of one message the listener takes and the IMAP sync fetches (more: refused 552,
-    # or skipped and recorded); what is stored of a report is capped apart, smaller.
+    # or skipped and recorded); what is stored of it is max_report_size.
     max_inbound_size: int = 10 * 1024 * 1024
     processed_folder: str = ""  # IMAP: processed mail moved there; "": flagged in place
     idle: bool = True  # IMAP IDLE where the server offers it (else the sync interval only)
@@ -279,9 +286,11 @@ def _hostname(value: Any, where: str) -> str:
     return name
 
 
-def _domain_or_empty(value: Any, where: str) -> str:
-    text: str = _str(value, where)
-    return _hostname(text, where).lower().removesuffix(".") if text else ""
+def _bounce_domain(value: Any, where: str) -> str:
+    """ "" (off) or a host name, lower-cased."""
+    if value == "":
+        return ""
+    return _hostname(value, where).lower().rstrip(".")
 
 
 def _folder(value: Any, where: str) -> str:
@@ -469,7 +478,11 @@ _SECTIONS: dict[str, tuple[type, dict[str, Converter]]] = {
     "bounces": (
         BouncesConfig,
         {
-            "domain": _domain_or_empty,
+            "domain": _bounce_domain,
+            "rules_file": _str,
+            "soft_limit": _positive_int,
+            "soft_window": _positive_duration,
+            "max_report_size": _positive_int,
             "listen": _listen_optional,
             "listen_public": _bool,
             "max_inbound_size": _positive_int,
@@ -588,6 +601,8 @@ def _check(config: Config) -> None:
         raise ConfigError(
             "auth.session_idle: must be at least 1m and at most auth.session_absolute"
         )
+    if config.bounces.rules_file:
+        bounce_rules.load(config.bounces.rules_file)  # a bad file: ConfigError, exit 2
     url = config.storage.url
     if url and not url.startswith(("postgresql", "sqlite")):
         raise ConfigError(
@@ -653,6 +668,7 @@ def _beside(base: Path, config: Config) -> Config:
             config.smtp, tls_cert=path(config.smtp.tls_cert), tls_key=path(config.smtp.tls_key)
         ),
         storage=replace(config.storage, url=_sqlite_beside(base, config.storage.url)),
+        bounces=replace(config.bounces, rules_file=path(config.bounces.rules_file)),
     )
 
 

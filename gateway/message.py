@@ -18,6 +18,7 @@ class Sender:
     may_sandbox: bool
     ip_pools: frozenset[str] | None = None  # the groups this key may use; None = any
     user_id: str | None = None
+    role: str | None = None  # the user's role now (owner|admin|member); None: no user
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class Submission:
     content: bytes  # RFC 5322 bytes, CRLF line ends, control headers already removed
     source: str  # "smtp" | "http"
     alias_id: str | None = None
+    account_id: str | None = None  # a connected account to send through (HTTP only)
     idempotency_key: str | None = None
     request_hash: str | None = None  # digest of the canonical request, for the key's reuse
     sandbox: bool = False

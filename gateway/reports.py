@@ -1,21 +1,21 @@
 """What the ways in (a connected account's inbox, the bounce listener) hand a report to.
 
 The processing itself (parse, match, classify, record: one transaction, deduplicated by
-where the report came from) is `Ingest`'s; this module only names its interface, so that
-the ways in are built and tested against it, and counts what each way in was answered.
-
-`Source`, `IngestResult` and `Ingest` mirror the processing entry point's own types
-(gateway.bounces.ingest: `BounceIngest.ingest(raw, source) -> IngestResult`) field for field.
+where the report came from) is gateway.bounces.ingest's `BounceIngest`; the ways in know it
+only as `Ingest`, the protocol it satisfies, so that they are built and tested on their own
+(tests/support/ingest.py), and this module counts what each way in was answered.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
 from gateway import metrics
+from gateway.bounces.ingest import IngestResult, Source, SourceKind
 
-Kind = Literal["imap", "listener", "api"]
+__all__ = ["Ingest", "IngestResult", "Source", "count", "delivered_to", "hand_over"]
+
+Kind = SourceKind
 IMAP: Kind = "imap"
 LISTENER: Kind = "listener"
 API: Kind = "api"
@@ -24,24 +24,6 @@ PROCESSED, DUPLICATE, UNMATCHED, UNPARSED, IGNORED = (
 )  # fmt: skip
 SKIPPED, FAILED = "skipped", "failed"  # counted here only: never handed over, or not stored
 MAX_ENVELOPE_HEADER = 64 * 1024  # bytes of a report's header searched for Delivered-To
-
-
-@dataclass(frozen=True)
-class Source:
-    """Where a report came from: its mailbox position (IMAP) or its envelope recipient."""
-
-    kind: Kind
-    account_id: str | None = None
-    mailbox: str | None = None
-    uidvalidity: int | None = None
-    uid: int | None = None
-    envelope_recipient: str | None = None
-
-
-@dataclass(frozen=True)
-class IngestResult:
-    outcome: str  # processed | duplicate | unmatched | unparsed | ignored
-    report_id: int | None = None
 
 
 class Ingest(Protocol):

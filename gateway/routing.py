@@ -6,9 +6,12 @@ which pools to try, or that the message waits, or goes direct). It knows nothing
 doors, intake or delivery: they call it.
 
 Order:
+0. `account_id` names a connected account -> pinned to that account's own SMTP server
+   (names none -> UnknownAccount).
 1. `alias_id` names a pool -> that pool; names a verified alias -> the alias's ip_pool
    group; names nothing -> UnknownRoute, an alias not yet verified -> AliasNotVerified.
-2. A verified alias whose email is the From address -> its ip_pool group.
+2. A connected account whose address is the From address -> pinned to that account; else
+   a verified alias whose email is the From address -> its ip_pool group.
 3. The default pool, else the `transactional` group, else the group of the first pool
    (among active pools; when every pool is inactive, among all: the mail waits for them).
 4. No pool at all -> direct delivery to the recipients' MX hosts.
@@ -18,6 +21,12 @@ them, never going out another way (`candidates` is then empty). Each refusal is 
 at the door. A route chosen by 3 or 4 is the default (`Route.default`): it is chosen again
 at each attempt (`current`), so queued mail follows the operator's new default pool.
 A key limited to some groups keeps its mail to them (`within_groups`).
+
+A connected account is an upstream of its own, never a pool: it is in no group, never the
+default, and its route (`Route(pool_id=<account id>)`) has no failover. Mail from a person's
+mailbox leaves through that mailbox's server or not at all: at each attempt the account is
+the only candidate (`at_attempt`'s `accounts`: the ids of the accounts delivery holds), and
+while it is not there (disconnected) the message waits like one whose pool is gone.
 """
 
 from __future__ import annotations
@@ -61,6 +70,18 @@ class AliasView:
         return mailbox_key(self.email)
 
 
+@dataclass(frozen=True)
+class AccountView:
+    """A connected account as routing sees it: its id and its address."""
+
+    id: str
+    email: str
+
+    @cached_property
+    def key(self) -> str:
+        return mailbox_key(self.email)
+
+
 class RouteRefused(Refused):
     """No route for this message; the door says why (never a silent fallback)."""
 
@@ -73,6 +94,10 @@ class AliasNotVerified(RouteRefused):
     """alias_id names an alias whose address has not been verified yet."""
 
 
+class UnknownAccount(RouteRefused):
+    """account_id names no connected account."""
+
+
 class NoActivePool(RouteRefused):
     """The pool or group the message asked for has no active pool."""
 
@@ -82,15 +107,41 @@ def choose_route(
     mail_from: str,
     pools: Sequence[PoolLike],
     aliases: Sequence[AliasView] = (),
+    *,
+    account_id: str | None = None,
+    accounts: Sequence[AccountView] = (),
 ) -> Route:
     active = [pool for pool in pools if pool.is_active]
+    if account_id:
+        return _by_account_id(account_id, accounts)
     if alias_id:
         return _served(_by_alias_id(alias_id, pools, aliases), active)
     sender = mailbox_key(mail_from) if mail_from else ""
+    account = account_of(sender, accounts)
+    if account is not None:
+        return Route(pool_id=account.id)
     for alias in aliases:
         if alias.is_verified and alias.ip_pool and alias.key == sender:
             return _served(Route(ip_pool=alias.ip_pool), active)
     return default_route(pools)
+
+
+def account_of(address: str, accounts: Sequence[AccountView]) -> AccountView | None:
+    """The connected account whose address `address` is (any case), or None."""
+    key = mailbox_key(address) if address else ""
+    return next((account for account in accounts if key and account.key == key), None)
+
+
+def pinned_account(route: Route, accounts: Sequence[AccountView]) -> AccountView | None:
+    """The connected account `route` is pinned to, or None (a pool, a group, direct)."""
+    return next((account for account in accounts if account.id == route.pool_id), None)
+
+
+def _by_account_id(account_id: str, accounts: Sequence[AccountView]) -> Route:
+    for account in accounts:
+        if account.id == account_id:
+            return Route(pool_id=account.id)
+    raise UnknownAccount(account_id)
 
 
 def _by_alias_id(alias_id: str, pools: Sequence[PoolLike], aliases: Sequence[AliasView]) -> Route:
@@ -217,7 +268,10 @@ class Plan:
         return f"{NO_POOL} for {describe(self.route)}"
 
 
-def at_attempt(route: Route, pools: Sequence[PoolLike]) -> Plan:
-    """Where a message stored with `route` goes at this attempt, among `pools` as they are."""
+def at_attempt(route: Route, pools: Sequence[PoolLike], accounts: Collection[str] = ()) -> Plan:
+    """Where a message stored with `route` goes at this attempt, among `pools` as they are
+    (and the connected accounts' upstreams, by id: a route pinned to one goes there only)."""
+    if route.pool_id is not None and route.pool_id in accounts:
+        return Plan(route, (route.pool_id,))
     now = current(route, pools)
     return Plan(now, tuple(candidates(now, pools)))

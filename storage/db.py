@@ -260,6 +260,9 @@ _ADDED_COLUMNS = (
     ("sender_alias", "created_by", "VARCHAR(64)"),
     ("webhook", "created_by", "VARCHAR(64)"),
     ("sessions", "role", "VARCHAR(16) NOT NULL DEFAULT ''"),
+    # Schema 8: reports that came back (bounce_report and soft_bounce are new tables).
+    ("event", "detail", "TEXT"),
+    ("suppression", "note", "TEXT"),
 )
 
 # Run once, right after their column was added, to fill it in for the rows already there.

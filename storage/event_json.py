@@ -6,6 +6,7 @@ tests/storage/test_webhook_outbox.py holds the two to one document.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -25,6 +26,7 @@ from sqlalchemy import (
     or_,
     select,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 
 from storage.models import Event
 
@@ -47,7 +49,7 @@ def to_json(
             "enhanced_status": event.enhanced,
             "text": event.response or "",
         }
-    return {
+    document = {
         "id": event_id(event.id),
         "type": event.type,
         "created_at": datetime.fromtimestamp(event.created_at, UTC)
@@ -62,6 +64,8 @@ def to_json(
         "tags": list(tags),
         "metadata": dict(metadata or {}),
     }
+    detail = getattr(event, "detail", None)
+    return document | json.loads(detail) if detail else document
 
 
 def for_message(conn: Connection, message_id: str, limit: int = 1000) -> list[dict[str, Any]]:
@@ -113,4 +117,8 @@ def as_sql(dialect: str, e: Any, tags: Any, metadata: Any) -> ColumnElement[str]
         "tags", as_json(func.coalesce(tags, "[]")),
         "metadata", as_json(func.coalesce(metadata, "{}")),
     )  # fmt: skip
-    return cast(document, Text) if pg else document
+    # A report's event adds its `detail` object's keys (`async`, `bounce`) to the document.
+    if pg:
+        merged = cast(cast(document, JSONB).op("||")(cast(e.c.detail, JSONB)), Text)
+        return case((e.c.detail.is_(None), cast(document, Text)), else_=merged)
+    return case((e.c.detail.is_(None), document), else_=func.json_patch(document, e.c.detail))

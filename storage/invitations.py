@@ -236,7 +236,8 @@ async def accept(
     try:
         return await db.transaction(work)
     except IntegrityError:
-        assert new_user is not None  # the share's key was checked in the transaction
+        if new_user is None:  # the share's key was checked in the transaction: not this
+            raise
         raise UserExists(f"a user with email {new_user.email} exists") from None
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, and_, case, delete, func, or_, select, text, update
@@ -190,6 +190,30 @@ async def list_accounts(db: Database) -> list[MailAccountRecord]:
     """Every account, oldest first (the caller keeps those its caller may see)."""
     query = select(A).order_by(A.c.created_at, A.c.id)
     return await db.read(lambda conn: [_record(row) for row in conn.execute(query)])
+
+
+@dataclass(frozen=True)
+class SendingAccount:
+    """What delivery needs to send through an account's own SMTP server (the password still
+    sealed: only the delivering process opens it)."""
+
+    id: str
+    email: str
+    smtp_host: str
+    smtp_port: int
+    smtp_security: str
+    tls_verify: bool
+    username: str
+    password_enc: str = field(repr=False)
+
+
+async def sending_accounts(db: Database) -> list[SendingAccount]:
+    """Every connected account's SMTP side, by id."""
+    query = select(
+        A.c.id, A.c.email, A.c.smtp_host, A.c.smtp_port, A.c.smtp_security, A.c.tls_verify,
+        A.c.username, A.c.password_enc,
+    ).order_by(A.c.id)  # fmt: skip
+    return await db.read(lambda conn: [SendingAccount(*row) for row in conn.execute(query)])
 
 
 def _queued_from(conn: Connection, email: str) -> bool:

@@ -11,7 +11,7 @@ from sqlalchemy import DDL, BigInteger, Boolean, Column, Index, Integer, LargeBi
 from sqlalchemy.event import listen
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 # A 64-bit key on PostgreSQL; on SQLite exactly INTEGER, so that it is the rowid.
 BIG_ID = BigInteger().with_variant(Integer(), "sqlite")
@@ -112,8 +112,9 @@ class Suppression(SQLModel, table=True):
     __table_args__ = (Index("ix_suppression_created", "created_at"),)
 
     email: str = Field(primary_key=True)  # storage.mailboxes.mailbox_key of the address
-    reason: str = Field(max_length=16)  # unsubscribed | bounced | complaint | manual
+    reason: str = Field(max_length=16)  # storage.suppressions.REASONS
     created_at: float
+    note: str | None = None  # why, in words: the bounce rule that decided (schema 8)
 
 
 class MessageMeta(SQLModel, table=True):
@@ -315,6 +316,9 @@ class Event(SQLModel, table=True):
     attempt: int = 0  # the attempt that produced it; 0 at intake
     message_status: str = Field(max_length=16)  # the message's status after the change
     created_at: float
+    # JSON object merged into the public event (schema 8): a report that came back later
+    # adds {"async": true, "bounce": {...}}; NULL for every other event.
+    detail: str | None = None
     # Set by the database: 0 on SQLite, the transaction id on PostgreSQL (EVENT_TXID).
     txid: int = Field(
         default=0, sa_column=Column(BigInteger, nullable=False, server_default=text("0"))
@@ -575,3 +579,55 @@ class InboxSkip(SQLModel, table=True):
     size: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
     reason: str = Field(max_length=256)
     created_at: float
+
+
+class BounceReport(SQLModel, table=True):
+    """A report that came back (bounce, complaint, auto-reply...), kept whatever became of
+    it (gateway.bounces.ingest). `dedupe_key` makes it processed once: its IMAP position
+    (account, mailbox, UIDVALIDITY, UID) when it came from an inbox, else the hash of its
+    bytes; `content_hash` is unique too, so the same bytes met twice (an inbox and the
+    listener) are one report. Its effects are written in the transaction that inserts it."""
+
+    __tablename__ = "bounce_report"
+    __table_args__ = (
+        Index("ix_bounce_report_status", "status", "id"),
+        Index("ix_bounce_report_message", "message_id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(BIG_ID, primary_key=True))
+    dedupe_key: str = Field(unique=True, max_length=80)
+    content_hash: str = Field(unique=True, max_length=64)  # SHA-256 of the whole raw report
+    received_at: float
+    updated_at: float
+    source: str = Field(max_length=16)  # imap | listener | api
+    account_id: str | None = Field(default=None, max_length=64)
+    mailbox: str | None = None
+    uidvalidity: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    uid: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    envelope_recipient: str | None = None
+    raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # cut at max size
+    size: int = 0  # of the whole report
+    kind: str = Field(max_length=16)  # dsn | complaint | auto_reply | unparsed | other
+    format: str = Field(default="", max_length=32)
+    status: str = Field(max_length=16)  # processed | unmatched | unparsed | ignored
+    error: str | None = None  # why unparsed or unmatched
+    message_id: str | None = Field(default=None, max_length=64)
+    recipient: str | None = None  # the first matched recipient (all of them in `entries`)
+    matched_by: str | None = Field(default=None, max_length=16)  # verp | ref | message_id
+    cls: str | None = Field(default=None, max_length=16)  # the first entry's class
+    rule: str | None = Field(default=None, max_length=64)
+    reason: str | None = None
+    entries: str = Field(default="[]", sa_column=Column(Text, nullable=False))  # JSON
+
+
+class SoftBounce(SQLModel, table=True):
+    """Soft bounces of one address within its window (gateway.bounces.effects): reaching
+    [bounces] soft_limit suppresses it; a delivery to it deletes the row."""
+
+    __tablename__ = "soft_bounce"
+
+    email: str = Field(primary_key=True)  # storage.mailboxes.mailbox_key
+    bounces: int = 0  # within the window
+    first_at: float  # the window starts here; a bounce after it ends starts a new one
+    last_at: float

@@ -58,6 +58,7 @@ def _new(
     user_id: str, token_hash: str, now: float, idle: float, absolute: float, user_agent: str,
     ip: str, role: str,
 ) -> SessionRecord:  # fmt: skip
+    """`absolute` is how long from now the session may live at most."""
     return SessionRecord(
         id="ses_" + secrets.token_hex(8),
         user_id=user_id,

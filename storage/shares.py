@@ -98,6 +98,12 @@ async def shared_account_ids(db: Database, user_id: str, kind: str) -> set[str]:
     return await db.read(lambda conn: set(conn.execute(query).scalars()))
 
 
+async def shared_users(db: Database, kind: str) -> list[tuple[str, str]]:
+    """(account id, user id) of every share of this kind."""
+    query = select(SH.c.account_id, SH.c.user_id).where(SH.c.account_kind == kind)
+    return await db.read(lambda conn: [(row[0], row[1]) for row in conn.execute(query)])
+
+
 async def remove_share(db: Database, kind: str, account_id: str, user_id: str) -> bool:
     """Stop sharing the account with the user; whether it was shared."""
     query = delete(SH).where(

@@ -21,7 +21,9 @@ from storage.models import Suppression
 
 S = Suppression.__table__  # type: ignore[attr-defined]
 
-REASONS = ("unsubscribed", "bounced", "complaint", "manual")
+# bounced: the upstream refused it at once; hard_bounce / soft_bounce: a report that came
+# back later (gateway.bounces.effects; the rule that decided is the entry's note).
+REASONS = ("unsubscribed", "bounced", "complaint", "manual", "hard_bounce", "soft_bounce")
 
 
 def _add_if_absent(dialect: Any) -> Any:
@@ -43,13 +45,17 @@ class SuppressionRecord:
     email: str
     reason: str
     created_at: float
+    note: str | None = None  # the bounce rule that decided, for a report's suppression
 
     def as_json(self) -> dict[str, Any]:
-        return {"email": self.email, "reason": self.reason, "created_at": self.created_at}
+        found = {"email": self.email, "reason": self.reason, "created_at": self.created_at}
+        return found | ({"note": self.note} if self.note else {})
 
 
 def _record(row: Any) -> SuppressionRecord:
-    return SuppressionRecord(email=row.email, reason=row.reason, created_at=row.created_at)
+    return SuppressionRecord(
+        email=row.email, reason=row.reason, created_at=row.created_at, note=row.note
+    )
 
 
 async def add_suppression(db: Database, email: str, reason: str) -> tuple[SuppressionRecord, bool]:

@@ -72,6 +72,16 @@ def _domain(ctx: ApiContext) -> Accounts:
     return Accounts(ctx.db, manage.box, manage.guard, manage.accounts)
 
 
+async def _followed(ctx: ApiContext) -> None:
+    """After a connect or disconnect: this node's senders (identities: the address may be
+    sent as) and live upstreams (the account's SMTP server) follow at once; other nodes'
+    within their next look."""
+    manage = ctx.management()
+    await manage.identities.reload()
+    if manage.account_routes is not None:
+        await manage.account_routes.changed()
+
+
 def _bad(field: str, message: str) -> errors.InvalidRequest:
     return errors.InvalidRequest(f"{field}: {message}", [{"field": field, "message": message}])
 
@@ -146,6 +156,7 @@ async def connect(request: Request) -> Response:
         raise errors.HostNotAllowed(
             f"{refused.field}: {refused}", [{"field": refused.field, "message": str(refused)}]
         ) from None
+    await _followed(ctx)
     account = {"id": record.id, "email": record.email, "sync_status": record.sync_status}
     return JSONResponse({"success": True, "account": account}, status_code=201)
 
@@ -173,6 +184,7 @@ async def disconnect(request: Request) -> Response:
         seen = await visible_to(ctx, caller, ACCOUNT)
         if seen.allows(record.id, record.user_id):
             await _domain(ctx).disconnect(record.id)
+            await _followed(ctx)
             return JSONResponse({"success": True})
     raise errors.NotFound("account not found")
 

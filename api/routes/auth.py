@@ -19,10 +19,12 @@ from starlette.routing import Route
 
 from api import errors
 from api.auth import (
+    TOO_MANY_SIGN_INS,
     Caller,
     acting_person,
     authenticate,
     check_csrf,
+    client_address,
     cookie_header,
     csrf_token,
     same_origin,
@@ -52,10 +54,6 @@ def user_json(user: UserRecord) -> dict[str, Any]:
 def set_session_cookie(request: Request, response: Response, token: str, max_age: int) -> None:
     """Sets (or, with "" and 0, clears) the session cookie on `response`."""
     response.headers.append("set-cookie", cookie_header(request, token, max_age).decode())
-
-
-def _client(request: Request) -> str:
-    return request.client.host if request.client else ""
 
 
 async def _credentials(request: Request) -> tuple[LoginRequest, str | None]:
@@ -97,11 +95,11 @@ async def login(request: Request) -> Response:
     if not same_origin(request, ctx.public_url):  # no login CSRF from another site's page
         raise errors.CsrfFailed("cross-origin login refused")
     given, next_page = await _credentials(request)
-    client = _client(request)
+    client = client_address(request)
     wait = people.throttle.admit(client, given.email)
     if wait > 0:
         log.warning("login throttled: email=%r client=%s", given.email[:320], client)
-        raise errors.RateLimited(wait)
+        raise errors.RateLimited(wait, TOO_MANY_SIGN_INS)
     try:
         user = await people.users.login(given.email, given.password)
     except LoginRefused:
@@ -141,7 +139,8 @@ async def logout(request: Request) -> Response:
         await people.sessions.end(caller.session.id)
         log.info("logout: user=%s", caller.id)
     response = JSONResponse({"success": True})
-    set_session_cookie(request, response, "", 0)
+    if same_origin(request, ctx.public_url):  # another site's page cannot sign anyone out
+        set_session_cookie(request, response, "", 0)
     return response
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 from typing import Any
 
 from starlette.requests import Request
@@ -21,7 +22,14 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from api import errors
-from api.auth import Caller, cookie_header, same_origin, session_caller
+from api.auth import (
+    TOO_MANY_SIGN_INS,
+    Caller,
+    client_address,
+    cookie_header,
+    same_origin,
+    session_caller,
+)
 from api.context import ApiContext
 from api.forms import form_fields, is_form
 from api.invitation_schemas import TokenAccept, TokenAccepted
@@ -29,8 +37,11 @@ from api.openapi import operation, query_parameter
 from api.schemas import ErrorResponse, parse
 from gateway.errors import PosternError
 from gateway.people.invitations import LINK_PATH, InvitationNotFound, Invitations, plain
+from gateway.people.users import LoginRefused
 from storage.accounts import get_account
 from storage.users import UserRecord
+
+log = logging.getLogger("postern.auth")
 
 _HEADERS = {
     "Cache-Control": "no-store",
@@ -109,17 +120,13 @@ async def show(request: Request) -> Response:
     return await _form_page(request, ctx, request.query_params.get("token", ""))
 
 
-def _client(request: Request) -> str:
-    return request.client.host if request.client else ""
-
-
 def _admit(request: Request, ctx: ApiContext, email: str, password: bool) -> None:
     """A password is argon2 work: it draws on the login budgets, as POST /auth/login does."""
     if not password or ctx.people is None:
         return
-    wait = ctx.people.throttle.admit(_client(request), email)
+    wait = ctx.people.throttle.admit(client_address(request), email)
     if wait > 0:
-        raise errors.RateLimited(wait)
+        raise errors.RateLimited(wait, TOO_MANY_SIGN_INS)
 
 
 async def _read(request: Request) -> tuple[TokenAccept, bool]:
@@ -141,7 +148,9 @@ async def _log_in(
         return
     replaces = caller.session.id if caller is not None and caller.session is not None else None
     agent = request.headers.get("user-agent", "")
-    token, _ = await ctx.people.sessions.start(user, agent, _client(request), replaces=replaces)
+    token, _ = await ctx.people.sessions.start(
+        user, agent, client_address(request), replaces=replaces
+    )
     max_age = int(ctx.people.sessions.lifetimes.absolute)  # as POST /auth/login sets it
     answer.headers.append("set-cookie", cookie_header(request, token, max_age).decode())
 
@@ -177,12 +186,14 @@ async def accept(request: Request) -> Response:
             body.token, body.password or "", body.name or "", signed_in
         )
     except PosternError as error:
+        if isinstance(error, LoginRefused):  # a sign-in by effect: logged as /auth/login's
+            log.warning("login failed via invitation: client=%s", client_address(request))
         if not form:
             raise
         refused = error if isinstance(error, errors.ApiError) else errors.answer(error)
         return await _form_page(request, ctx, body.token, refused.error, refused.status)
     if body.password and ctx.people is not None:
-        ctx.people.throttle.passed(_client(request), invitation.invitee_email)
+        ctx.people.throttle.passed(client_address(request), invitation.invitee_email)
     account = await get_account(ctx.db, invitation.account_id)
     account_email = account.email if account else ""
     answer = _answer(user, account_email, form)

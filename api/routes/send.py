@@ -21,6 +21,7 @@ from api import errors
 from api.auth import Caller, authenticate
 from api.context import ApiContext, iso
 from api.openapi import operation
+from api.ownership import visible_to
 from api.schemas import ErrorResponse, QueuedResponse, SendRequest, SendResponse, parse
 from gateway import maillog
 from gateway.errors import StorageFull, StorageUnavailable
@@ -31,7 +32,9 @@ from gateway.intake.pipeline import Accepted, Duplicate, NoRoute
 from gateway.intake.request_digest import json_digest
 from gateway.message import Submission
 from gateway.queue import idempotency
+from storage.accounts import ACCOUNT
 from storage.keys import missing_scope
+from storage.mail_accounts import get_account
 from storage.messages import MessageState, message_state
 
 SANDBOX_HEADERS = ("x-misarmail-sandbox", "x-postern-sandbox")
@@ -126,13 +129,15 @@ def _parse_and_build(raw: bytes, hostname: str) -> tuple[SendRequest, Built]:
         200: ("the upstream accepted it (or, sandbox: stored)", SendResponse),
         202: ("stored; retried automatically until the upstream accepts it", QueuedResponse),
         400: (
-            "bad field, header injection attempt, unknown alias_id (unknown_alias), or the "
+            "bad field, header injection attempt, unknown alias_id (unknown_alias), "
+            "account_id naming no account the caller sees (unknown_account), or the "
             "pool or group asked for has no active pool (no_route)",
             ErrorResponse,
         ),
         403: (
-            "no scope for it, From is unverified (unverified_sender), or alias_id names an "
-            "alias not verified yet (alias_not_verified)",
+            "no scope for it, From is unverified (unverified_sender), alias_id names an "
+            "alias not verified yet (alias_not_verified), or From is a connected account "
+            "neither yours nor shared with you",
             ErrorResponse,
         ),
         409: ("idempotency_key_reused: the key was used for another request", ErrorResponse),
@@ -154,6 +159,7 @@ async def send(request: Request) -> Response:
         body, built = _parse_and_build(raw, ctx.hostname)
     request.state.envelope = (built.mail_from, built.recipients)  # for a refusal's log line
     _check_size(ctx, built)
+    await _check_account(ctx, key, body)
     submission = _submission(request, key, body, built, sandbox)
     try:
         accepted = await ctx.intake.submit(submission, watch=ctx.handoff_timeout > 0)
@@ -195,6 +201,23 @@ def _check_size(ctx: ApiContext, built: Built) -> None:
         )
 
 
+async def _check_account(ctx: ApiContext, caller: Caller, body: SendRequest) -> None:
+    """account_id names an account the caller sees (api.ownership: theirs, shared with
+    them, or any for an admin or a console key), and comes without alias_id."""
+    if body.account_id is None:
+        return
+    if body.alias_id is not None:
+        message = "give account_id or alias_id, not both"
+        raise errors.InvalidRequest(message, [{"field": "account_id", "message": message}])
+    record = await get_account(ctx.db, body.account_id.lower())
+    seen = await visible_to(ctx, caller, ACCOUNT)
+    if record is None or not seen.allows(record.id, record.user_id):
+        message = "names no connected account you may send through"
+        raise errors.UnknownAccount(
+            "unknown account_id", [{"field": "account_id", "message": message}]
+        )
+
+
 def _submission(
     request: Request, key: Caller, body: SendRequest, built: Built, sandbox: bool
 ) -> Submission:
@@ -205,6 +228,7 @@ def _submission(
         content=built.content,
         source="http",
         alias_id=body.alias_id,
+        account_id=body.account_id.lower() if body.account_id else None,
         idempotency_key=body.idempotency_key,
         request_hash=_digest(body, sandbox) if body.idempotency_key is not None else None,
         sandbox=sandbox,

@@ -36,7 +36,8 @@ _EMAIL = path_parameter("email", "the address", maxLength=254, **EMAIL)
 
 
 def _json(record: SuppressionRecord) -> dict[str, str | None]:
-    return {"email": record.email, "reason": record.reason, "created_at": iso(record.created_at)}
+    found = {"email": record.email, "reason": record.reason, "created_at": iso(record.created_at)}
+    return found | ({"note": record.note} if record.note else {})
 
 
 _LIST_PARAMETERS = ("reason", "limit", "cursor")

@@ -60,12 +60,18 @@ def seal(box: Cipher, account_id: str, password: str) -> str:
 
 def unseal(box: Cipher, job: SyncJob) -> str:
     """The password of a leased account; "" (and an error logged) when it cannot be opened."""
-    if not job.password_enc:
+    return unseal_password(box, job.id, job.password_enc)
+
+
+def unseal_password(box: Cipher, account_id: str, password_enc: str) -> str:
+    """An account's password from its sealed form; "" (and an error logged) when it cannot
+    be opened (sealed to another id, another key)."""
+    if not password_enc:
         return ""
     try:
-        return box.unseal(job.password_enc, _CONTEXT, job.id, "password").decode("utf-8")
+        return box.unseal(password_enc, _CONTEXT, account_id, "password").decode("utf-8")
     except (SecretError, UnicodeDecodeError) as error:
-        log.error("the password of account %s cannot be decrypted: %s", job.id, error)
+        log.error("the password of account %s cannot be decrypted: %s", account_id, error)
         return ""
 
 

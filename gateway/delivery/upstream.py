@@ -56,6 +56,9 @@ class PoolSettings:
     tls_verify: bool = True
     rate: str = ""  # "100/min": sends per rolling window across nodes (gateway.delivery.throttle)
     daily_limit: int = 0  # sends per UTC day across nodes; 0 = none
+    # "pool" (an SMTP pool), or "account": a connected account's own SMTP server, which
+    # routing pins mail to and never lists among the pools (gateway.routing)
+    source: str = "pool"
 
 
 @dataclass(frozen=True)

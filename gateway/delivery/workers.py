@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
 from gateway import maillog, metrics
+from gateway.bounces.returnpath import ReturnPath
 from gateway.delivery import simulator
 from gateway.delivery.backoff import is_throttling
 from gateway.delivery.direct import DIRECT, DirectRoutes
@@ -42,47 +43,64 @@ CUT_OFF_GRACE = 1.0
 
 
 class PoolRegistry:
-    """The live UpstreamPool objects, one per configured pool."""
+    """The live UpstreamPool objects: one per configured pool, and one per connected
+    account (its own SMTP server, source "account": in no group, never listed as a pool,
+    reached only by a route pinned to it)."""
 
     def __init__(self, session: SessionSettings) -> None:
         self._session = session
         self._pools: dict[str, UpstreamPool] = {}
+        self._accounts: dict[str, UpstreamPool] = {}
         self._cut_off = False  # shutdown's deadline: pools (re)made after it start cut off
 
     def load(self, settings: Iterable[PoolSettings]) -> None:
         """Replace the pool set; pools whose settings did not change keep their sessions."""
+        self._pools = self._replaced(self._pools, settings)
+        show_limits(pool.settings for pool in self._pools.values())
+
+    def load_accounts(self, settings: Iterable[PoolSettings]) -> None:
+        """Replace the connected accounts' upstreams, as `load` does the pools."""
+        self._accounts = self._replaced(self._accounts, settings)
+
+    def _replaced(
+        self, old: dict[str, UpstreamPool], settings: Iterable[PoolSettings]
+    ) -> dict[str, UpstreamPool]:
         fresh: dict[str, UpstreamPool] = {}
         for item in settings:
-            current = self._pools.get(item.id)
+            current = old.get(item.id)
             fresh[item.id] = (
                 current
                 if current and current.settings == item
                 else UpstreamPool(item, self._session)
             )
-        for pool_id, pool in self._pools.items():
+        for pool_id, pool in old.items():
             if fresh.get(pool_id) is not pool:
                 asyncio.get_running_loop().create_task(pool.close())
         if self._cut_off:  # a reload during shutdown: no full send may start in its last second
             for pool in fresh.values():
                 pool.cut_off()
-        self._pools = fresh
-        show_limits(pool.settings for pool in fresh.values())
+        return fresh
 
     def settings(self) -> list[PoolSettings]:
+        """The pools (never the connected accounts: they are no pool of any group)."""
         return [pool.settings for pool in self._pools.values()]
 
+    def account_ids(self) -> frozenset[str]:
+        """The connected accounts delivery can send through now."""
+        return frozenset(self._accounts)
+
     def get(self, pool_id: str) -> UpstreamPool:
-        return self._pools[pool_id]
+        return self._pools.get(pool_id) or self._accounts[pool_id]
 
     def all(self) -> list[UpstreamPool]:
-        return list(self._pools.values())
+        return [*self._pools.values(), *self._accounts.values()]
 
     async def close(self) -> None:
-        await asyncio.gather(*(pool.close() for pool in self._pools.values()))
+        await asyncio.gather(*(pool.close() for pool in self.all()))
 
     def cut_off(self) -> None:
         self._cut_off = True
-        for pool in self._pools.values():
+        for pool in self.all():
             pool.cut_off()
 
 
@@ -100,8 +118,10 @@ class Delivery:
         poll_interval: float = 1.0,
         direct: DirectRoutes | None = None,
         throttle: Throttle | None = None,
+        return_path: ReturnPath | None = None,
     ) -> None:
         self._queue = queue
+        self._return_path = return_path  # [bounces] domain: the VERP envelope sender
         self._registry = registry
         self._throttle = throttle  # pool rate and daily limits; None = none enforced
         self._direct = direct  # MX delivery for routes that name no pool
@@ -254,6 +274,7 @@ class Delivery:
     # --- one attempt ------------------------------------------------------------------
 
     async def deliver(self, message: QueuedMessage) -> str:
+        message = self._with_return_path(message)
         try:
             results, pool_name = await self._attempt_all(message)
         except Postponed as postponed:
@@ -278,6 +299,14 @@ class Delivery:
             metrics.POSSIBLE_DUPLICATES.labels(pool=pool_name or "none").inc()
         _count(results, pool_name or "none")
         return self._answer(message.id, recorded or "deferred")
+
+    def _with_return_path(self, message: QueuedMessage) -> QueuedMessage:
+        """The message with its VERP envelope sender (one HMAC), when a bounce domain is
+        set; the null sender stays null (nothing may bounce a bounce)."""
+        return_path = self._return_path
+        if return_path is None or not return_path.enabled or not message.mail_from:
+            return message
+        return replace(message, mail_from=return_path.address(message.id, message.mail_from))
 
     def _answer(self, message_id: str, status: str) -> str:
         """Tell whoever waits for this message's attempt (an HTTP send) how it went."""
@@ -327,7 +356,8 @@ class Delivery:
     async def _attempt(
         self, message: QueuedMessage
     ) -> tuple[dict[str, DeliveryResult], str | None]:
-        plan = at_attempt(message.route, self._registry.settings())  # routed afresh
+        registry = self._registry
+        plan = at_attempt(message.route, registry.settings(), registry.account_ids())
         pool_ids = plan.pool_ids
         if not pool_ids:
             if plan.direct and self._direct is not None:  # no pool at all: MX

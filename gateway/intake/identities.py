@@ -14,8 +14,14 @@ The sender check, with the policy at "verified":
   envelope is checked at MAIL FROM already (no body is sent for nothing), and again with
   the header From after DATA. A null envelope sender (a bounce) is judged by its header
   From alone. An authenticated session is checked as any other.
-Each must be on a verified domain (exactly that domain: a subdomain is its own) or be a
-verified alias. Postern's own messages (alias verification, pool tests) are exempt.
+Each must be on a verified domain (exactly that domain: a subdomain is its own), be a
+verified alias, or be a connected account's address (seed 002: "or be a connected IMAP
+account"). Postern's own messages (alias verification, pool tests) are exempt.
+
+A connected account's address is a person's mailbox, whatever the policy: a caller with a
+user may send as it (From it, or `account_id`) only as its owner, a user it is shared with
+(storage.shares, kind "account"), or an admin or owner (`account_problem`). A key made at
+the console, and an unauthenticated client of a trusted listener, keep the policy's rule.
 """
 
 from __future__ import annotations
@@ -27,11 +33,14 @@ from collections.abc import Iterable
 
 from gateway.addresses import mailbox_key
 from gateway.headers import header_fields, mailboxes, split_header
-from gateway.message import Submission
-from gateway.routing import AliasView
+from gateway.message import Sender, Submission
+from gateway.people import roles
+from gateway.routing import AccountView, AliasView
 from storage.aliases import list_aliases
 from storage.db import Database
 from storage.domains import verified_domains
+from storage.mail_accounts import KIND, list_accounts
+from storage.shares import shared_users
 
 log = logging.getLogger("postern.identities")
 
@@ -60,6 +69,8 @@ class Identities:
         self.enforce = enforce
         self._ttl = ttl
         self.aliases: tuple[AliasView, ...] = ()
+        self.accounts: tuple[AccountView, ...] = ()  # connected accounts, for routing
+        self._users: dict[str, frozenset[str]] = {}  # account address -> who may send as it
         self._domains: frozenset[str] = frozenset()
         self._addresses: frozenset[str] = frozenset()  # verified aliases, lower-case
         self._loaded_at = float("-inf")
@@ -73,7 +84,16 @@ class Identities:
         )
         self._domains = frozenset(domains)
         self._addresses = frozenset(mailbox_key(a.email) for a in aliases if a.is_verified)
+        await self._reload_accounts()
         self._loaded_at = time.monotonic()
+
+    async def _reload_accounts(self) -> None:
+        accounts = await list_accounts(self._db)
+        users: dict[str, set[str]] = {a.id: {a.user_id} if a.user_id else set() for a in accounts}
+        for account_id, user_id in await shared_users(self._db, KIND):
+            users.get(account_id, set()).add(user_id)
+        self.accounts = tuple(AccountView(a.id, a.email) for a in accounts)
+        self._users = {mailbox_key(a.email): frozenset(users[a.id]) for a in accounts}
 
     async def refresh_if_stale(self) -> None:
         """Reload when older than ttl; a failed reload keeps the old copy (logged)."""
@@ -89,7 +109,29 @@ class Identities:
                 log.warning("reloading domains and aliases failed: %s", error)
 
     def verified(self, address: str) -> bool:
-        return mailbox_key(address) in self._addresses or _domain(address) in self._domains
+        key = mailbox_key(address)
+        return key in self._addresses or key in self._users or _domain(address) in self._domains
+
+    def account_problem(self, submission: Submission, account: AccountView | None) -> str | None:
+        """Why this caller may not send as a connected account (its From or envelope
+        sender is one's address, or `account` is the one it is routed through), or None."""
+        if submission.system:
+            return None  # Postern's own mail
+        addresses = [*_senders(submission), *([account.email] if account else [])]
+        return self.accounts_refused(addresses, submission.sender)
+
+    def accounts_refused(self, addresses: Iterable[str], sender: Sender | None) -> str | None:
+        """Why `sender` may not send as the connected accounts among `addresses`, or None."""
+        if sender is None or sender.user_id is None:
+            return None  # a console key, a trusted listener: the policy's rule alone
+        if sender.role is not None and roles.at_least(sender.role, roles.ADMIN):
+            return None
+        for address in addresses:
+            users = self._users.get(mailbox_key(address))
+            if users is not None and sender.user_id not in users:
+                shown = address.encode("unicode_escape").decode("ascii")[:254]
+                return f"{shown} is a connected account not shared with you"
+        return None
 
     def sender_problem(self, submission: Submission) -> str | None:
         """Why the policy refuses this sender (a reason safe to show), or None."""
@@ -115,12 +157,18 @@ class Identities:
         return _first_unverified((mail_from,), self)
 
 
+def _senders(submission: Submission) -> list[str]:
+    """Every sender address of the submission: the envelope's and the header From's."""
+    found = [submission.mail_from] if submission.mail_from else []
+    return found + (header_from(submission.content) or [])
+
+
 def _first_unverified(senders: Iterable[str], identities: Identities) -> str | None:
     for sender in senders:
         if not identities.verified(sender):
             shown = sender.encode("unicode_escape").decode("ascii")[:254]
             return (
-                f"sender {shown} is not on a verified domain or a verified alias "
-                '(add the domain, or set [policy] sender = "any")'
+                f"sender {shown} is not on a verified domain, a verified alias or a "
+                'connected account (add the domain, or set [policy] sender = "any")'
             )
     return None

@@ -19,20 +19,24 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from gateway import maillog, metrics
+from gateway.bounces.returnpath import ReturnPath
 from gateway.dkim.cache import Signers
 from gateway.dkim.errors import DkimError
 from gateway.errors import Refused
 from gateway.intake.identities import Identities
-from gateway.message import QueuedMessage, Route, Submission
-from gateway.queue import idempotency
+from gateway.message import QueuedMessage, Route, Sender, Submission
+from gateway.queue import idempotency, ids
 from gateway.queue.handoff import Handoff, Pools
 from gateway.queue.idempotency import Duplicate, KeyReused
 from gateway.queue.store import Queue
 from gateway.routing import (
+    AccountView,
     AliasNotVerified,
     NoActivePool,
+    UnknownAccount,
     UnknownRoute,
     choose_route,
+    pinned_account,
     within_groups,
 )
 from storage.keys import missing_scope
@@ -44,12 +48,14 @@ _LACKING_SANDBOX = "sandbox sends need an API key with the sandbox scope"
 
 __all__ = [
     "Accepted",
+    "AccountNotPermitted",
     "AliasUnverified",
     "AllSuppressed",
     "Duplicate",
     "Intake",
     "KeyReused",
     "NoRoute",
+    "NoSuchAccount",
     "NotPermitted",
     "UnknownAlias",
     "UnverifiedSender",
@@ -68,6 +74,10 @@ class AllSuppressed(Refusal):
 
 class UnknownAlias(Refusal):
     reason = "unknown alias_id"
+
+
+class NoSuchAccount(Refusal):
+    reason = "unknown account_id"
 
 
 class AliasUnverified(Refusal):
@@ -93,6 +103,11 @@ class NotPermitted(Refusal):
 
 class UnverifiedSender(NotPermitted):
     """policy.sender = "verified" and the From is no verified domain or alias."""
+
+
+class AccountNotPermitted(NotPermitted):
+    """The caller's user may not send as this connected account (not theirs, not shared
+    with them, not an admin)."""
 
 
 @dataclass(frozen=True)
@@ -125,8 +140,10 @@ class Intake:
         handoff: Handoff,
         signers: Signers | None = None,
         identities: Identities | None = None,
+        return_path: ReturnPath | None = None,
     ) -> None:
         self._queue = queue
+        self._return_path = return_path  # [bounces] domain: the reference header
         self._pools = pools
         self._handoff = handoff
         self._signers = signers
@@ -136,16 +153,21 @@ class Intake:
         """Which of `addresses` must not be sent to."""
         return await self._queue.is_suppressed(addresses)
 
-    async def envelope_problem(self, mail_from: str) -> str | None:
+    async def envelope_problem(self, mail_from: str, sender: Sender | None = None) -> str | None:
         """Why the sender policy refuses this envelope sender (a reason safe to show), or
-        None. For a door that can refuse before the message ("" is the null sender)."""
+        None. For a door that can refuse before the message ("" is the null sender). With
+        `sender`, also a connected account's address it may not send as."""
         identities = self._identities
-        if identities is None or not identities.enforce or not mail_from:
+        if identities is None or not mail_from:
             return None
         await identities.refresh_if_stale()
         problem = identities.envelope_problem(mail_from)
         if problem is not None:
             metrics.MESSAGES_REFUSED.labels(reason="unverified_sender").inc()
+            return problem
+        problem = identities.accounts_refused((mail_from,), sender)
+        if problem is not None:
+            metrics.MESSAGES_REFUSED.labels(reason="account_not_shared").inc()
         return problem
 
     async def submit(self, submission: Submission, *, watch: bool = False) -> Accepted:
@@ -165,7 +187,7 @@ class Intake:
         except Refusal:
             await idempotency.raise_if_seen(self._queue.db, submission)
             raise
-        submission = await self._signed(submission)
+        submission = await self._signed(self._referenced(submission))
         # The client may go while the commit is under way (aiosmtpd then cancels the
         # handler), yet the commit goes on: storing and handing over are one unit that a
         # cancellation cannot split, or a claimed message would wait for a restart.
@@ -207,13 +229,30 @@ class Intake:
                 raise AllSuppressed()
             kept = tuple(r for r in submission.recipients if r not in blocked)
             submission = replace(submission, recipients=kept, suppressed=tuple(sorted(blocked)))
+        route = self._route(submission)
+        account = self._account_of(route)
+        problem = identities.account_problem(submission, account) if identities else None
+        if problem is not None:
+            metrics.MESSAGES_REFUSED.labels(reason="account_not_shared").inc()
+            raise AccountNotPermitted(problem)
+        if account is not None:
+            return blocked, submission, self._account_permitted(submission, route)
+        return blocked, submission, self._permitted(submission, route)
+
+    def _route(self, submission: Submission) -> Route:
+        identities = self._identities
         try:
-            route = choose_route(
+            return choose_route(
                 submission.alias_id,
                 submission.mail_from,
                 self._pools.settings(),
                 identities.aliases if identities is not None else (),
+                account_id=submission.account_id,
+                accounts=identities.accounts if identities is not None else (),
             )
+        except UnknownAccount:
+            metrics.MESSAGES_REFUSED.labels(reason="unknown_account").inc()
+            raise NoSuchAccount() from None
         except UnknownRoute:
             metrics.MESSAGES_REFUSED.labels(reason="unknown_alias").inc()
             raise UnknownAlias() from None
@@ -223,7 +262,26 @@ class Intake:
         except NoActivePool as refused:
             metrics.MESSAGES_REFUSED.labels(reason="no_route").inc()
             raise NoRoute(str(refused)) from None
-        return blocked, submission, self._permitted(submission, route)
+
+    def _account_of(self, route: Route) -> AccountView | None:
+        """The connected account the route is pinned to, or None."""
+        identities = self._identities
+        return pinned_account(route, identities.accounts) if identities is not None else None
+
+    def _referenced(self, submission: Submission) -> Submission:
+        """With a bounce domain, the message gets its id now and an `X-Postern-Ref` field
+        naming it (gateway.bounces.returnpath), before it is signed and stored: what
+        delivery relays is the stored, signed bytes, so the field is added once, covered by
+        no re-signing, and found in a report's returned headers even when a provider
+        rewrote the return path. Delivery cannot add it: retries relay the stored bytes,
+        and a field added after signing would be a second copy of work per attempt."""
+        return_path = self._return_path
+        if return_path is None or not return_path.enabled or submission.sandbox:
+            return submission
+        message_id = submission.message_id or ids.new_id_for(submission.sandbox)
+        header = return_path.header(message_id)
+        content = header + submission.content
+        return replace(submission, message_id=message_id, content=content)
 
     async def _signed(self, submission: Submission) -> Submission:
         """Sign once, here, before storing: retries relay the stored, signed bytes."""
@@ -261,6 +319,19 @@ class Intake:
             names = ", ".join(sorted(allowed)) or "none"
             raise NotPermitted(f"this API key may only send through ip_pool {names}")
         return kept
+
+    def _account_permitted(self, submission: Submission, route: Route) -> Route:
+        """A route pinned to a connected account, if the key may send: a key limited to some
+        ip_pools is refused (an account is in no group, and mail from a mailbox never leaves
+        through another server)."""
+        sender = submission.sender
+        if sender is None:
+            return route
+        if missing_scope(sender, submission.sandbox) is not None:
+            raise NotPermitted(_LACKING_SANDBOX if submission.sandbox else _LACKING_SEND)
+        if sender.ip_pools is not None and not submission.sandbox:
+            raise NotPermitted("this API key may only send through ip_pools, not an account")
+        return route
 
 
 def _observed(stored: asyncio.Future[Any]) -> None:

@@ -13,7 +13,6 @@ token is kept.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import secrets
 import time
@@ -24,6 +23,7 @@ from gateway.addresses import CONTROL
 from gateway.errors import InvalidInput, Refused
 from gateway.intake.message_builder import Draft, Mailbox
 from gateway.people import roles
+from gateway.people.sessions import hash_token
 from gateway.people.users import LoginRefused, Users, check_email
 from storage import accounts, shares
 from storage import invitations as stored
@@ -92,10 +92,6 @@ class Received:
     account_email: str
 
 
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
-
-
 def plain(text: str, limit: int = 100) -> str:
     """`text` fit for a header or one line of a message: no control characters, bounded."""
     return _CONTROL.sub(" ", text).strip()[:limit]
@@ -139,10 +135,11 @@ class Invitations:
         if owns:
             return found
         assert actor.user is not None
-        if await shares.get_share(self._db, *found.ref, actor.user.id) is None:
+        share = await shares.get_share(self._db, *found.ref, actor.user.id)
+        if share is None:
             raise AccountNotFound("account not found")
-        if manage:
-            raise roles.OwnerRequired("only the account's owner manages its invitations")
+        if manage and share.role != roles.ADMIN:  # an admin share manages it as its owner
+            raise roles.OwnerRequired("only the account's owner (or its admins) manages this")
         return found
 
     async def invite(
@@ -163,7 +160,7 @@ class Invitations:
         token = new_token()
         invitation = await stored.create_invitation(
             self._db, account=found.ref, invitee_email=key, role=role, inviter_id=actor.id,
-            token_hash=token_hash(token), now=self._clock(),
+            token_hash=hash_token(token), now=self._clock(),
         )  # fmt: skip
         return invitation, token
 
@@ -185,7 +182,7 @@ class Invitations:
         """The invitation with a new token and expiry (the old link stops working)."""
         invitation = await self._of_account(actor, account_id, invitation_id)
         token = new_token()
-        renewed = await stored.renew(self._db, invitation.id, token_hash(token), self._clock())
+        renewed = await stored.renew(self._db, invitation.id, hash_token(token), self._clock())
         if renewed is None:
             raise await self._closed(invitation.id)
         return renewed, token
@@ -234,7 +231,7 @@ class Invitations:
         """The live invitation of an emailed token; InvitationNotFound if there is none."""
         if not token or len(token) > TOKEN_MAX or not token.isascii():
             raise InvitationNotFound("this link is unknown, already used or expired")
-        found = await stored.find_by_token(self._db, token_hash(token), self._clock())
+        found = await stored.find_by_token(self._db, hash_token(token), self._clock())
         if found is None:
             raise InvitationNotFound("this link is unknown, already used or expired")
         return found

@@ -111,10 +111,18 @@ class Sessions:
         self._cache[digest] = (now + CACHE_SECONDS, logged_in)
         return logged_in
 
-    async def rotate(self, logged_in: LoggedIn, user_agent: str = "", ip: str = "") -> str:
-        """Replace the session with a new one for the same user; the new token."""
-        token, _ = await self.start(logged_in.user, user_agent, ip, replaces=logged_in.session.id)
-        return token
+    async def rotate(self, logged_in: LoggedIn) -> tuple[str, LoggedIn]:
+        """Replace the session with a new one for the same user (their role as it is now),
+        ending no later than the old one would have: a rotation is no new login."""
+        old, now = logged_in.session, self._clock()
+        token = new_token()
+        record = await stored.create_session(
+            self._db, logged_in.user.id, hash_token(token), now=now,
+            idle=self.lifetimes.idle, absolute=max(0.0, old.absolute_expires_at - now),
+            user_agent=old.user_agent, ip=old.ip, replaces=old.id, role=logged_in.user.role,
+        )  # fmt: skip
+        self._forget(old.id)
+        return token, LoggedIn(record, logged_in.user)
 
     async def end(self, session_id: str, user_id: str | None = None) -> bool:
         """End one session (only `user_id`'s, when given: a user revoking their own)."""

@@ -19,6 +19,7 @@ from gateway.errors import StorageUnavailable
 from gateway.process import instance
 from gateway.process.commands import admin as cli_admin
 from gateway.process.commands import backup as cli_backup
+from gateway.process.commands import bounces as cli_bounces
 from gateway.process.commands import dkim as cli_dkim
 from gateway.process.commands import domains as cli_domains
 from gateway.process.commands import queue as cli_queue
@@ -49,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     cli_dkim.add_commands(commands)
     cli_domains.add_commands(commands)
     cli_queue.add_commands(commands)
+    cli_bounces.add_commands(commands)
     cli_backup.add_commands(commands)
     cli_users.add_commands(commands)
     return parser
@@ -120,7 +122,15 @@ def _main(argv: Sequence[str] | None) -> int:
             return 0
         if args.command != "serve":
             instance.require_database(config, config_path)
-        for commands in (cli_admin, cli_backup, cli_dkim, cli_domains, cli_queue, cli_users):
+        for commands in (
+            cli_admin,
+            cli_backup,
+            cli_bounces,
+            cli_dkim,
+            cli_domains,
+            cli_queue,
+            cli_users,
+        ):
             if args.command in commands.COMMANDS:
                 return commands.run(args, config)
         _setup_logging(args.log_level)

@@ -36,6 +36,10 @@ from api.management import Management
 from gateway import metrics
 from gateway.accounts.inbox import Inbox, InboxSettings
 from gateway.accounts.sync import AccountSync, SyncSettings
+from gateway.bounces.ingest import BounceIngest
+from gateway.bounces.ingest import Settings as BounceSettings
+from gateway.bounces.returnpath import VERP_KEY, ReturnPath
+from gateway.bounces.rules import load as load_rules
 from gateway.config import Config, ConfigError, load
 from gateway.delivery.direct import DirectRoutes
 from gateway.delivery.throttle import Throttle
@@ -49,7 +53,8 @@ from gateway.intake.pipeline import Intake
 from gateway.people.passwords import Passwords
 from gateway.people.sessions import Lifetimes, Sessions, purge_expired_sessions
 from gateway.people.users import Users
-from gateway.process import logs
+from gateway.process import account_routes, logs
+from gateway.process.account_routes import AccountRoutes
 from gateway.process.http_server import DoorLimits, HttpDoor
 from gateway.process.instance import DataDirLock, database_of
 from gateway.process.pools import WATCH_INTERVAL, PoolSync
@@ -63,7 +68,6 @@ from gateway.queue.upkeep import (
     count_messages,
     purge_idempotency_keys,
 )
-from gateway.reports import Ingest
 from gateway.security.hostguard import HostGuard
 from gateway.security.ratelimit import RateLimiter
 from gateway.security.secrets import SecretBox, SecretError, bind_to_database
@@ -128,13 +132,14 @@ class Service:
         # The parts, in the order start makes them; None until made.
         self._lock: DataDirLock | None = None  # one serve per data_dir
         self.box: SecretBox | None = None
-        self.bounces: Ingest | None = None  # the report processing the ways in hand over to
+        self.bounces: BounceIngest | None = None  # reports that came back (gateway.bounces)
         self.db: Database | None = None
         self.writer: Writer | None = None
         self.queue: Queue | None = None
         self.registry: PoolRegistry | None = None  # the live pools
         self.delivery: Delivery | None = None
         self.pool_sync: PoolSync | None = None  # keeps the registry equal to storage
+        self.account_routes: AccountRoutes | None = None  # connected accounts' upstreams
         self.signers: Signers | None = None
         self.identities: Identities | None = None
         self.intake: Intake | None = None
@@ -182,8 +187,9 @@ class Service:
         intake, identities = await self._start_intake(ready, storage, registry, delivery)
         await self._start_background(ready, storage, outbound, pools)
         manage = Management.build(
-            config, ready.box, identities, pools, outbound.pools, outbound.webhooks
-        )
+            config, ready.box, identities, pools, outbound.pools, outbound.webhooks,
+            account_routes=self.account_routes,
+        )  # fmt: skip
         await self._open_doors(ready, storage, intake, manage, delivery.wake)
         log.info(
             "postern %s listening: smtp %s, http %s:%d; database %s",
@@ -217,7 +223,16 @@ class Service:
         )
         await queue.release_claims()  # whatever this node held when it last stopped
         await queue.suppressions.reload()
+        self.bounces = self._bounce_ingest(ready, db, queue)
         return Storage(db, writer, queue)
+
+    def _bounce_ingest(self, ready: Prepared, db: Database, queue: Queue) -> BounceIngest:
+        """Where reports that came back go in (the API's upload; the IMAP sync and the
+        bounce listener when they run): the user's rules before the shipped ones."""
+        bounces = self.config.bounces
+        settings = BounceSettings(bounces.soft_limit, bounces.soft_window, bounces.max_report_size)
+        rules = load_rules(bounces.rules_file or None)
+        return BounceIngest(db, self.return_path(ready), rules, settings, queue.suppressions)
 
     def _outbound(self) -> Outbound:
         config = self.config
@@ -253,15 +268,30 @@ class Service:
         direct = DirectRoutes(outbound.resolver, session, config.mx_port, guard=outbound.mx)
         db, writer, queue = storage.db, storage.writer, storage.queue
         delivery = self.delivery = Delivery(
-            queue, registry, workers=config.workers, direct=direct, throttle=Throttle(db, writer)
+            queue,
+            registry,
+            workers=config.workers,
+            direct=direct,
+            throttle=Throttle(db, writer),
+            return_path=self.return_path(ready),
         )
         pools = self.pool_sync = PoolSync(
             db, ready.box, registry, queue, delivery.wake, self.config.pools
         )
         await pools.changed()
+        # Connected accounts: each its own upstream beside the pools (gateway.routing).
+        accounts = self.account_routes = AccountRoutes(
+            db, ready.box, registry, queue, delivery.wake
+        )
+        await accounts.changed()
         delivery.start()
         delivery.wake()
         return registry, delivery, pools
+
+    def return_path(self, ready: Prepared) -> ReturnPath:
+        """The VERP return path ([bounces] domain), its key derived from the secret key:
+        the same on every node, so any node verifies what another sent."""
+        return ReturnPath(self.config.bounces.domain, ready.box.derive(VERP_KEY))
 
     async def _start_intake(
         self, ready: Prepared, storage: Storage, registry: PoolRegistry, delivery: Delivery
@@ -277,7 +307,14 @@ class Service:
         await identities.reload()
         # Intake meets delivery only through gateway.queue.handoff: the registry routes,
         # delivery takes the messages it stores.
-        self.intake = Intake(storage.queue, registry, delivery, signers, identities=identities)
+        self.intake = Intake(
+            storage.queue,
+            registry,
+            delivery,
+            signers,
+            identities=identities,
+            return_path=self.return_path(ready),
+        )
         return self.intake, identities
 
     async def _start_background(
@@ -295,6 +332,9 @@ class Service:
         loops.every(FOLLOW_INTERVAL, queue.suppressions.follow, "suppression list refresh")
         loops.every(GAUGE_INTERVAL, partial(count_messages, queue), "queue gauge refresh")
         loops.every(WATCH_INTERVAL, pools.look, "checking for pool changes")  # other nodes
+        if self.account_routes is not None:
+            watch = account_routes.WATCH_INTERVAL
+            loops.every(watch, self.account_routes.look, "checking for account changes")
         purge = partial(purge_idempotency_keys, db)  # both doors reserve keys
         loops.every(PURGE_INTERVAL, purge, "purging idempotency keys", at_once=True)
         await self._start_account_sync(ready, db, outbound)
@@ -368,6 +408,8 @@ class Service:
             manage=manage,
             people=self.people,
             public_url=config.http.public_url,
+            bounces=self.bounces,
+            max_report_size=config.bounces.max_report_size,
         )
         self._start_http(ready, storage, self.api)
 

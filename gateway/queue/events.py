@@ -29,6 +29,10 @@ CANCELLED = "cancelled"
 COMPLAINT = "complaint"
 THROTTLED = "throttled"
 POSSIBLE_DUPLICATE = "possible_duplicate"  # no reply after the final dot: may arrive twice
+# From reports that came back later (gateway.bounces.effects), with `async: true`: a soft
+# bounce (counted) and a policy block (never a suppression). A hard one is `bounced`.
+SOFT_BOUNCE = "soft_bounce"
+POLICY_BLOCK = "policy_block"
 
 TYPES = (
     QUEUED,
@@ -42,6 +46,8 @@ TYPES = (
     COMPLAINT,
     THROTTLED,
     POSSIBLE_DUPLICATE,
+    SOFT_BOUNCE,
+    POLICY_BLOCK,
 )
 # The last outcome a recipient can have: what a `final_only` webhook receives.
 FINAL = frozenset({DELIVERED, BOUNCED, EXPIRED, SUPPRESSED, SANDBOX, CANCELLED})
@@ -60,8 +66,10 @@ def row(
     result: DeliveryResult | None = None,
     attempt: int = 0,
     response: str | None = None,
+    detail: str | None = None,
 ) -> dict[str, Any]:
-    """The `event` row for one change (give `result` for an upstream's answer)."""
+    """The `event` row for one change (give `result` for an upstream's answer; `detail`,
+    JSON object text, is merged into the public event)."""
     return {
         "type": type_,
         "message_id": message_id,
@@ -73,6 +81,7 @@ def row(
         "attempt": attempt,
         "message_status": message_status,
         "created_at": now,
+        "detail": detail,
     }
 
 

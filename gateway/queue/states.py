@@ -6,6 +6,10 @@
                  └──attempt──> deferred ──attempt──> ... (some recipient got 4xx, a drop
                                                           or a timeout; retried on schedule)
 
+A report that comes back later (gateway.bounces) may turn a recipient the upstream had
+taken into `bounced`: `after_late_bounce` says what that makes of a final message (a
+delivered one becomes bounced, as if the upstream had refused that recipient).
+
 Beside these: `sandbox` (stored final, never attempted) and `cancelled` (an operator
 stopped it). A recipient is `pending` until its own result is final, so a retry goes only to
 those still pending. Pure: no I/O. gateway.queue.store writes each change in one
@@ -77,3 +81,11 @@ def summary(results: dict[str, DeliveryResult]) -> str:
     """The message's last_response: the worst recipient's reply."""
     worst = sorted(results.values(), key=lambda r: r.outcome is Outcome.DELIVERED)
     return worst[0].describe() if worst else ""
+
+
+def after_late_bounce(status: str) -> str | None:
+    """A final message's status once a recipient bounced after the fact, or None when it
+    stays as it is: `delivered` becomes `bounced` (not every recipient took it after all);
+    `bounced` stays; a message with work left is left to its attempts (a recipient's
+    bounced status makes its last attempt settle it as bounced)."""
+    return "bounced" if status == "delivered" else None

@@ -29,11 +29,13 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from gateway.message import DeliveryResult, QueuedMessage, Route, Submission
+from gateway.addresses import mailbox_key
+from gateway.message import DeliveryResult, Outcome, QueuedMessage, Route, Submission
 from gateway.queue import events, idempotency, ids, retry, states
 from gateway.queue import suppressions as suppression_list
 from gateway.queue.suppressions import SuppressionCache
 from gateway.routing import NO_POOL
+from storage import bounce_reports
 from storage import queue_sql as sql
 from storage import suppressions as stored_suppressions
 from storage.db import Database
@@ -205,6 +207,13 @@ class Queue:
         batch = self._attempt_rows(attempt, settled, now, number)
         if retry_at is None:
             batch.add(sql.RECORD_BODY_GONE, {"m_id": message.id, **_stamp(now, number)})
+        delivered = [
+            {"soft_email": mailbox_key(rcpt)}
+            for rcpt, result in results.items()
+            if result.outcome is Outcome.DELIVERED
+        ]
+        if delivered:  # a delivery forgets the address's soft bounces (gateway.bounces)
+            batch.add(bounce_reports.FORGET_SOFT, delivered)
         if suppress:  # the upstream said so, whoever holds the claim now
             batch.add(
                 self._suppress,

@@ -27,6 +27,7 @@ import base64
 import binascii
 import contextlib
 import hashlib
+import hmac
 import os
 import secrets
 import stat
@@ -92,6 +93,14 @@ class SecretBox:
             raise SecretKeyError(f"a secret key has {KEY_BYTES} bytes, got {len(key)}")
         self._aead = AESGCM(key)
         self.key_id = _key_id(key)
+        # The root of derived keys (`derive`): not the key itself, so a derived key's
+        # holder learns nothing of what seals the secrets.
+        self._derive_root = hashlib.sha256(b"postern derived keys\0" + key).digest()
+
+    def derive(self, purpose: str) -> bytes:
+        """A 32-byte key for `purpose` (e.g. "verp"), the same on every node sharing the
+        secret key, and independent of the sealing key and of other purposes."""
+        return hmac.new(self._derive_root, purpose.encode("utf-8"), hashlib.sha256).digest()
 
     @classmethod
     def from_environment(

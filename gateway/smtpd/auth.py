@@ -104,7 +104,8 @@ def key_sender(key: ApiKeyRecord) -> Sender:
     """What `key` may submit, capped at its owner's role, and whose the mail is."""
     may_send = any(key_allows(key, scope) for scope in SEND_SCOPES)
     may_sandbox = key_allows(key, "sandbox")
-    return Sender(key.id, may_send, may_sandbox, key.ip_pools, user_id=key.user_id)
+    role = key.owner.role if key.owner is not None else None
+    return Sender(key.id, may_send, may_sandbox, key.ip_pools, user_id=key.user_id, role=role)
 
 
 async def key_refusal(

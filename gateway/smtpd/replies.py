@@ -15,6 +15,7 @@ from gateway.intake.pipeline import (
     AliasUnverified,
     AllSuppressed,
     NoRoute,
+    NoSuchAccount,
     NotPermitted,
     UnknownAlias,
 )
@@ -88,6 +89,7 @@ BAD_CONTENT = Reply(550, "5.6.0", "Message refused: {problem}")
 OK = Reply(250, "2.0.0", "OK")
 QUEUED = Reply(250, "2.0.0", "OK queued as {message_id}")
 UNKNOWN_ALIAS = Reply(550, "5.7.1", "Unknown X-Postern-Alias-Id")
+UNKNOWN_ACCOUNT = Reply(550, "5.7.1", "Unknown connected account")  # HTTP's account_id only
 ALIAS_NOT_VERIFIED = Reply(550, "5.7.1", "The alias of X-Postern-Alias-Id is not verified yet")
 NO_ROUTE = Reply(550, "5.7.1", "No route: {reason}")
 ALL_SUPPRESSED = Reply(550, "5.7.1", "Every recipient is suppressed")
@@ -104,6 +106,7 @@ TEMPORARY = Reply(451, "4.3.0", "Temporary failure, please try again later")
 # The nearest class of the error's MRO counts; an error of no class here is a bug (TEMPORARY).
 ERRORS: dict[type[Exception], Reply] = {
     UnknownAlias: UNKNOWN_ALIAS,
+    NoSuchAccount: UNKNOWN_ACCOUNT,
     AliasUnverified: ALIAS_NOT_VERIFIED,
     NoRoute: NO_ROUTE,
     AllSuppressed: ALL_SUPPRESSED,

@@ -385,7 +385,7 @@ class PosternHandler:
             problem = envelope_problem(address)
             if problem:
                 return replies.BAD_ADDRESS.format(problem=problem)
-            refusal = await self._intake.envelope_problem(address)
+            refusal = await self._intake.envelope_problem(address, sender_of(session))
             if refusal:  # the sender policy, before the client sends a body for nothing
                 return replies.NOT_PERMITTED.format(reason=refusal)
         if self._storage is not None and self._storage.known_full():

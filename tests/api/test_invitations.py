@@ -290,6 +290,17 @@ async def test_an_invitation_is_bound_to_its_address(api: Api, people: Persons) 
     _error(stranger, 404, "not_found")
 
 
+async def test_an_admin_it_is_shared_with_manages_it(api: Api, people: Persons, sink: Sink) -> None:
+    boss, boss_client = await people.user("boss@example.test", "owner")
+    _, bob_client = await people.user("bob@example.test")  # a member, shared with as admin
+    account = await alias_of(people.db, boss, "team@yourdomain.test")
+    invited = (await invite(boss_client, account, "bob@example.test", role="admin"))["invitation"]
+    await bob_client.post("/mail/invitations/accept", json={"invitation_id": invited["id"]})
+    assert (await bob_client.get(f"/mail/accounts/{account}/shares")).status_code == 200
+    made = await bob_client.post(invitations_of(account), json={"email": "x@example.test"})
+    assert made.status_code == 201, made.text
+
+
 async def test_a_member_it_is_shared_with_is_not_its_owner(
     api: Api, people: Persons, sink: Sink
 ) -> None:

@@ -11,8 +11,9 @@ generated examples per operation; the run takes under a minute on two cores.
 What no schema can say is left to the server, and allowed for here: a valid request may
 be refused by state, with 404, 409 or 422 (`domain_not_verified`, `suppressed`...), and an
 `alias_id` that names no pool or alias is a 400 `unknown_alias` (SPEC: never a silent
-fallback); the document gives such values formats of their own (`alias-id`, `cursor`),
-drawn here from real ones.
+fallback), as is an `account_id` that names no connected account (`unknown_account`); the
+document gives such values formats of their own (`alias-id`, `cursor`), drawn here from real
+ones (no account is connected here: any `account_id` is unknown).
 """
 
 from __future__ import annotations
@@ -113,7 +114,11 @@ def _unknown_reference(response: Any) -> bool:
     if response.status_code != 400:
         return False
     try:
-        return response.json().get("code") in ("unknown_alias", "host_not_allowed")
+        return response.json().get("code") in (
+            "unknown_alias",
+            "unknown_account",
+            "host_not_allowed",
+        )
     except ValueError:
         return False
 

@@ -223,6 +223,9 @@ async def test_a_role_change_rotates_the_session_and_caps_it(
     answer = await admin.call("POST", "/api/smtp-pools", json=POOL)  # the token it was given
     assert answer.status_code == 403 and answer.json()["code"] == "forbidden"  # a member now
     assert "sb-access-token=" in answer.headers["set-cookie"] and admin.token != before
+    admin.csrf = answer.headers["x-csrf-token"]  # the rotated session's, for the next change
+    again = await admin.call("POST", "/api/smtp-pools", json=POOL)
+    assert again.json()["code"] == "forbidden"  # not csrf_failed
     old = await me_with(api, before)
     assert old.status_code == 401
     me = await admin.http.get("/auth/me")

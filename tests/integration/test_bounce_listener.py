@@ -16,8 +16,8 @@ from gateway.reports import IngestResult, Source
 from gateway.smtpd.bounce_listener import BounceHandler
 from gateway.smtpd.server import ListenerLimits
 from tests.support.ingest import RecordingIngest
-from tests.support.processes import LOOPBACK, free_port
-from tests.support.service import ConfigFactory, ManagedService, metric
+from tests.support.processes import LOOPBACK
+from tests.support.service import metric
 from tests.support.smtp import RawClient, smtp_send
 
 pytestmark = pytest.mark.timeout(30)
@@ -149,22 +149,3 @@ async def test_the_main_doors_checks_hold(listener: Listener) -> None:
     finally:
         await client.close()
     assert listener.ingest.calls == []
-
-
-async def test_serve_opens_the_listener_on_the_processing(
-    config_factory: ConfigFactory, tmp_path: Path
-) -> None:
-    port = free_port()
-    config = config_factory(bounces={"domain": DOMAIN, "listen": f"{LOOPBACK}:{port}"})
-    service = ManagedService(config, drain_timeout=5)
-    ingest = RecordingIngest()
-    service.bounces = ingest  # what serve builds (gateway.bounces.ingest) until it lands
-    await service.start()
-    try:
-        assert (await smtp_send(port, "", [VERP], REPORT))[0] == 250
-        assert (await smtp_send(port, "", ["b@y.test"], REPORT))[0] == 550  # not a relay
-        assert [source.envelope_recipient for source in ingest.sources] == [VERP]
-    finally:
-        await service.stop()
-    with pytest.raises(OSError):  # closed with the other doors
-        await smtp_send(port, "", [VERP], REPORT, timeout=2)

@@ -136,7 +136,8 @@ async def test_sessions_slide_stop_at_the_cap_rotate_and_keep_no_token(
     token, _ = await sessions.start(user)
     logged_in = await sessions.resolve(token)
     assert logged_in is not None
-    rotated = await sessions.rotate(logged_in)
+    rotated, renewed = await sessions.rotate(logged_in)
+    assert renewed.session.absolute_expires_at == logged_in.session.absolute_expires_at
     assert await sessions.resolve(token) is None and await sessions.resolve(rotated) is not None
     table = UserSession.__table__  # type: ignore[attr-defined]
     rows = await backend.read(lambda conn: [tuple(r) for r in conn.execute(select(table))])

@@ -120,6 +120,8 @@ async def test_the_database_shapes_each_event_as_the_api_does(backend: Database)
         events.row("queued", "msg_plain", "queued", 1795324446.2929997, "c@x.test"),
         events.row("bounced", "msg_plain", "bounced", at, "b@x.test",
                    result=DeliveryResult(Outcome.BOUNCED, 550, "", "")),
+        events.row("bounced", "msg_meta", "bounced", at, "a@x.test", response="gone",
+                   detail='{"async":true,"bounce":{"report_id":7,"rule":"bad-mailbox"}}'),
     ]  # fmt: skip
 
     def write(conn: Connection) -> None:
@@ -141,6 +143,8 @@ async def test_the_database_shapes_each_event_as_the_api_does(backend: Database)
     assert expected[2]["response"] == {"code": None, "enhanced_status": None, "text": "rate 10/min"}
     assert expected[0]["response"] is None and expected[4]["response"]["code"] == 550
     assert expected[3]["created_at"].endswith(":06.293Z")  # rounded to µs first, as datetime
+    assert expected[5]["async"] is True and expected[5]["bounce"]["report_id"] == 7
+    assert "async" not in expected[4]  # only a report's events carry it
 
 
 async def test_an_open_transaction_holds_back_events_committed_after_it(

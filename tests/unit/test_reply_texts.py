@@ -41,6 +41,7 @@ WIRE = {
     "OK": "250 2.0.0 OK",
     "QUEUED": "250 2.0.0 OK queued as {message_id}",
     "UNKNOWN_ALIAS": "550 5.7.1 Unknown X-Postern-Alias-Id",
+    "UNKNOWN_ACCOUNT": "550 5.7.1 Unknown connected account",
     "ALIAS_NOT_VERIFIED": "550 5.7.1 The alias of X-Postern-Alias-Id is not verified yet",
     "NO_ROUTE": "550 5.7.1 No route: {reason}",
     "ALL_SUPPRESSED": "550 5.7.1 Every recipient is suppressed",

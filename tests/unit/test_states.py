@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from gateway.message import DeliveryResult, Outcome
+from gateway.queue import states
 from gateway.queue.states import message_status, recipient_status, settle, summary
 
 OK = DeliveryResult(Outcome.DELIVERED, 250, "2.0.0", "ok")
@@ -33,3 +34,9 @@ def test_delivered_only_when_no_recipient_ever_bounced() -> None:
 def test_the_summary_is_the_worst_reply() -> None:
     assert summary({"a": OK, "b": NO}) == "550 5.1.1 no such user"
     assert summary({}) == ""
+
+
+def test_a_late_bounce_makes_a_delivered_message_bounced_and_leaves_the_rest() -> None:
+    assert states.after_late_bounce("delivered") == "bounced"
+    for status in ("bounced", "queued", "deferred", "cancelled", "sandbox"):
+        assert states.after_late_bounce(status) is None

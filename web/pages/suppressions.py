@@ -34,6 +34,8 @@ WHY = {
     "complaint": "the recipient marked a message as spam",
     "unsubscribed": "the recipient unsubscribed",
     "manual": "added by hand (the API or this page)",
+    "hard_bounce": "a bounce that came back later said the address does not take mail",
+    "soft_bounce": "too many temporary bounces (a full mailbox) came back within a week",
 }
 DONE = {"added": "Address suppressed.", "updated": "Already suppressed: its reason is updated.",
         "removed": "Address no longer suppressed."}  # fmt: skip

@@ -1,0 +1,129 @@
+"""What one classified entry of a matched report does, written on the caller's connection
+(gateway.bounces.ingest runs it in the transaction that stores the report).
+
+    hard       suppressed (`hard_bounce`, the rule as its note); the recipient becomes
+               bounced, and a delivered message with it (gateway.queue.states); `bounced`
+    soft       counted per address; at [bounces] soft_limit within soft_window,
+               suppressed (`soft_bounce`); `soft_bounce`
+    policy     `policy_block` and a log line: a block says nothing of the address
+    complaint  suppressed (`complaint`); `complaint`
+    auto_reply, ignore: nothing
+
+Every event carries `async: true` and the report's classification (`detail`), through the
+same outbox as every other event, so webhooks get them. Suppressions are added only if
+absent (an operator's own entry stands).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import Connection
+
+from gateway.queue import events, states
+from storage import bounce_reports as stored
+from storage import suppressions as stored_suppressions
+
+log = logging.getLogger("postern.bounces")
+
+SUPPRESSING = {"hard": "hard_bounce", "complaint": "complaint"}
+EVENT_OF = {
+    "hard": events.BOUNCED,
+    "soft": events.SOFT_BOUNCE,
+    "policy": events.POLICY_BLOCK,
+    "complaint": events.COMPLAINT,
+}
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One entry of a report, matched to a recipient of a message, and its class."""
+
+    report_id: int
+    message_id: str
+    recipient: str  # as the message's recipient row has it
+    key: str  # its mailbox key (suppressions, soft counts)
+    cls: str
+    rule: str
+    reason: str
+    status: str = ""  # the enhanced status code the report gave
+    diagnostic: str = ""
+    smtp_code: str = ""
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class SoftPolicy:
+    limit: int
+    window: float
+
+
+def apply(conn: Connection, hit: Hit, soft: SoftPolicy, now: float) -> list[str]:
+    """Write what `hit` does; returns the addresses (keys) it suppressed."""
+    kind = EVENT_OF.get(hit.cls)
+    if kind is None:  # auto_reply, ignore
+        return []
+    status = _message_status(conn, hit, now)
+    suppressed = _suppress(conn, hit, soft, now)
+    conn.execute(events.INSERT_EVENT, [_event(kind, hit, status, now)])
+    if hit.cls == "policy":
+        log.warning(
+            "policy block reported for %s (%s, rule %s): %s",
+            hit.message_id, hit.status, hit.rule, hit.diagnostic[:200],
+        )  # fmt: skip
+    return suppressed
+
+
+def _message_status(conn: Connection, hit: Hit, now: float) -> str:
+    """The message's status after `hit` (a hard bounce may change it)."""
+    message = stored.message_of(conn, hit.message_id)
+    status = message.status if message is not None else "delivered"
+    if hit.cls != "hard":
+        return str(status)
+    response = f"{hit.status} {hit.diagnostic}".strip() or "bounced after delivery"
+    stored.bounce_recipient(conn, hit.message_id, hit.recipient, response, now)
+    after = states.after_late_bounce(status)
+    if after is not None and stored.set_final_status(conn, hit.message_id, status, after, now):
+        return after
+    return str(status)
+
+
+def _suppress(conn: Connection, hit: Hit, soft: SoftPolicy, now: float) -> list[str]:
+    reason = SUPPRESSING.get(hit.cls)
+    note = hit.rule
+    if hit.cls == "soft":
+        seen = stored.count_soft(conn, hit.key, now, soft.window)
+        if seen >= soft.limit:
+            reason, note = "soft_bounce", f"{hit.rule}: {seen} soft bounces within the window"
+    if reason is None:
+        return []
+    row = {"email": hit.key, "reason": reason, "created_at": now, "note": note[:500]}
+    conn.execute(stored_suppressions.add_if_absent(conn.dialect.name == "sqlite"), [row])
+    return [hit.key]
+
+
+def _event(kind: str, hit: Hit, status: str, now: float) -> dict[str, object]:
+    row = events.row(
+        kind, hit.message_id, status, now, hit.recipient,
+        response=hit.diagnostic[:1000] or hit.reason, detail=detail(hit),
+    )  # fmt: skip
+    row["enhanced"] = hit.status[:16] or None
+    row["code"] = int(hit.smtp_code) if hit.smtp_code.isdigit() else None
+    return row
+
+
+def detail(hit: Hit) -> str:
+    """The keys a report's event adds to the public event. No nulls: SQLite merges them in
+    with json_patch, which drops null members."""
+    bounce = {
+        "report_id": hit.report_id,
+        "classification": hit.cls,
+        "rule": hit.rule,
+        "reason": hit.reason,
+        "diagnostic": hit.diagnostic,
+        "status": hit.status,
+        "source": hit.source,
+    }
+    return json.dumps({"async": True, "bounce": bounce}, separators=(",", ":"))

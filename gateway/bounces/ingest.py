@@ -1,0 +1,330 @@
+"""Reports that came back, taken in: parsed, stored once, matched, classified, applied.
+
+This is the one entry point of every way a report arrives (a connected account's IMAP
+inbox, the bounce listener, `POST /api/v1/bounces`): each calls `BounceIngest.ingest` with
+the raw bytes and where they came from. Unlike the parser modules beside it, this module
+does I/O (storage, the queue's tables); tests/unit/test_layers.py allows it that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from sqlalchemy import Connection
+
+from gateway.addresses import mailbox_key
+from gateway.bounces.effects import Hit, SoftPolicy, apply
+from gateway.bounces.model import Entry, Report
+from gateway.bounces.report import parse
+from gateway.bounces.returnpath import REF_HEADER, ReturnPath, own_message_id
+from gateway.bounces.rules import Classification, Rules, shipped
+from gateway.bounces.verp import token_for
+from gateway.queue.suppressions import SuppressionCache
+from storage import bounce_reports as stored
+from storage.db import Database
+
+log = logging.getLogger("postern.bounces")
+
+SourceKind = Literal["imap", "listener", "api"]
+Outcome = Literal["processed", "duplicate", "unmatched", "unparsed", "ignored"]
+PASSIVE = ("auto_reply", "ignore")  # classes that do nothing
+CLASSES = ("hard", "soft", "policy", "complaint", "auto_reply", "ignore")
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where one report came from. IMAP reports name their mailbox position (account,
+    mailbox, UIDVALIDITY, UID): that is what makes them processed once. The listener knows
+    the envelope recipient (the VERP address the report was sent to)."""
+
+    kind: SourceKind
+    account_id: str | None = None
+    mailbox: str | None = None
+    uidvalidity: int | None = None
+    uid: int | None = None
+    envelope_recipient: str | None = None
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What became of one report: `processed` (matched, effects applied), `duplicate`
+    (seen before: nothing done again), `unmatched` (kept, listed, no effect), `unparsed`
+    (kept with the parser's error), `ignored` (an auto-reply, a delivery notice...).
+    `report_id` names the stored report (for a duplicate, the first one)."""
+
+    outcome: Outcome
+    report_id: int | None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """[bounces] soft_limit, soft_window, max_report_size."""
+
+    soft_limit: int = 3
+    soft_window: float = 7 * 86400.0
+    max_report_size: int = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The message a report names, before storage is read: by the VERP token (from the
+    envelope recipient or the headers), else the reference header, else a Message-ID
+    Postern wrote. A token that does not verify stops here: the report is unmatched (no
+    weaker tier may pin a forged report on a message)."""
+
+    message_id: str | None
+    by: str | None = None
+    error: str | None = None
+
+
+def claim_of(report: Report, envelope_recipient: str, return_path: ReturnPath) -> Claim:
+    token = token_for(report, envelope_recipient, return_path.verp)
+    if token is not None:
+        return _verified(token, "verp", return_path)
+    returned = report.returned
+    reference = returned.ref(REF_HEADER) if returned is not None else ""
+    if reference:
+        return _verified(reference, "ref", return_path)
+    own = own_message_id(returned.message_id) if returned is not None else None
+    if own is not None:
+        return Claim(own, "message_id")
+    return Claim(None, error="no VERP token, reference header or Postern Message-ID")
+
+
+def _verified(token: str, by: str, return_path: ReturnPath) -> Claim:
+    message_id = return_path.message_of(token)
+    if message_id is None:
+        return Claim(None, error=f"the {by} token does not verify (forged or altered)")
+    return Claim(message_id, by)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One entry, its class, and the message's recipient it was matched to ("" if none)."""
+
+    entry: Entry
+    classification: Classification
+    recipient: str = ""
+
+    def as_json(self) -> dict[str, str]:
+        entry, verdict = self.entry, self.classification
+        return {
+            "recipient": entry.recipient,
+            "matched": self.recipient,
+            "action": entry.action,
+            "status": entry.status,
+            "diagnostic": entry.diagnostic,
+            "smtp_code": entry.smtp_code,
+            "cls": verdict.cls,
+            "rule": verdict.rule,
+            "reason": verdict.reason,
+        }
+
+
+def matched(verdicts: Sequence[Verdict], recipients: Sequence[tuple[str, str]]) -> list[Verdict]:
+    """Each entry with the message's recipient it speaks of: by its original recipient or
+    its recipient (mailbox keys), else the only recipient when the message had one (a
+    forwarded address, a redacted complaint)."""
+    by_key = {mailbox_key(email): email for email, _ in recipients}
+    only = next(iter(by_key.values())) if len(by_key) == 1 else ""
+    found = []
+    for verdict in verdicts:
+        entry = verdict.entry
+        named = (entry.original_recipient, entry.recipient)
+        hit = next((by_key[mailbox_key(a)] for a in named if a and mailbox_key(a) in by_key), "")
+        found.append(Verdict(entry, verdict.classification, hit or only))
+    return found
+
+
+def status_of(report: Report, verdicts: Sequence[Verdict], claim_error: str | None) -> Outcome:
+    if report.kind == "unparsed":
+        return "unparsed"
+    acting = [v for v in verdicts if v.classification.cls not in PASSIVE]
+    if not acting:
+        return "ignored"
+    if claim_error is None and any(v.recipient for v in acting):
+        return "processed"
+    return "unmatched"
+
+
+@dataclass
+class _Stored:
+    result: IngestResult
+    suppressed: list[str] = field(default_factory=list)
+
+
+class BounceIngest:
+    """Takes reports in (`ingest`) and lets an operator change a report's class
+    (`reclassify`); each one transaction: the report's row and all its effects, or
+    nothing, so a crash at any point neither loses a report nor applies it twice."""
+
+    def __init__(
+        self,
+        db: Database,
+        return_path: ReturnPath,
+        rules: Rules | None = None,
+        settings: Settings | None = None,
+        suppressions: SuppressionCache | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._db = db
+        self._return_path = return_path
+        self._rules = rules or shipped()
+        self._settings = settings or Settings()
+        self._suppressions = suppressions  # this node's copy, told at once
+        self._clock = clock
+
+    async def ingest(self, raw: bytes, source: Source) -> IngestResult:
+        """Store, match, classify and apply one report, once (see the module docstring)."""
+        report = await asyncio.to_thread(parse, raw)
+        claim = claim_of(report, source.envelope_recipient or "", self._return_path)
+        verdicts = [Verdict(e, c) for e, c in self._rules.classify_report(report)]
+        now = self._clock()
+
+        def store(conn: Connection) -> _Stored:
+            return self._store(conn, _Incoming(raw, source, report, claim, verdicts, now))
+
+        done = await self._db.transaction(store)
+        self._after(done)
+        return done.result
+
+    def _after(self, done: _Stored) -> None:
+        if self._suppressions is not None and done.suppressed:
+            self._suppressions.add(done.suppressed)
+        result = done.result
+        log.info("bounce report %s: %s", result.report_id, result.outcome)
+
+    def _store(self, conn: Connection, incoming: _Incoming) -> _Stored:
+        key, digest = incoming.keys()
+        found = stored.existing(conn, key, digest)
+        if found is not None:
+            return _Stored(IngestResult("duplicate", found))
+        claim, verdicts = incoming.claim, incoming.verdicts
+        recipients: list[tuple[str, str]] = []
+        message_id = claim.message_id
+        if message_id is not None:
+            if stored.message_of(conn, message_id) is None:
+                claim = Claim(None, error=f"no message {message_id} (unknown or purged)")
+            else:
+                recipients = stored.recipients_of(conn, message_id)
+        verdicts = matched(verdicts, recipients) if recipients else verdicts
+        status = status_of(incoming.report, verdicts, claim.error)
+        row = incoming.row(key, digest, claim, verdicts, status, self._settings.max_report_size)
+        report_id = stored.insert(conn, row)
+        if report_id is None:  # another node or process stored it meanwhile
+            return _Stored(IngestResult("duplicate", stored.existing(conn, key, digest)))
+        suppressed: list[str] = []
+        if status == "processed" and claim.message_id is not None:
+            for hit in hits(report_id, claim.message_id, verdicts, incoming.source.kind):
+                suppressed += apply(conn, hit, self._soft, incoming.now)
+        return _Stored(IngestResult(status, report_id), suppressed)
+
+    @property
+    def _soft(self) -> SoftPolicy:
+        return SoftPolicy(self._settings.soft_limit, self._settings.soft_window)
+
+    async def reclassify(self, report_id: int, cls: str) -> str:
+        """Give a stored report another class and apply what that class does to its
+        matched recipients: "changed", "unchanged" (it had that class: nothing is applied
+        again) or "unknown" (no such report). What the old class did stays done (a
+        suppression is lifted by removing it)."""
+        if cls not in CLASSES:
+            raise ValueError(f"class must be one of {', '.join(CLASSES)}")
+        now = self._clock()
+        done = await self._db.transaction(lambda conn: self._reclassify(conn, report_id, cls, now))
+        self._after(_Stored(IngestResult("processed", report_id), done[1]))
+        return done[0]
+
+    def _reclassify(
+        self, conn: Connection, report_id: int, cls: str, now: float
+    ) -> tuple[str, list[str]]:
+        row = stored.get(conn, report_id)
+        if row is None:
+            return "unknown", []
+        if row.cls == cls:
+            return "unchanged", []
+        reason = "reclassified by an operator"
+        entries = [{**e, "cls": cls, "rule": OPERATOR, "reason": reason} for e in _entries(row)]
+        acting = cls not in PASSIVE and row.message_id is not None
+        chosen = [e for e in entries if e["matched"]] if acting else []
+        status = "processed" if chosen else "ignored" if cls in PASSIVE else row.status
+        stored.update_report(
+            conn, report_id, cls=cls, rule=OPERATOR, reason=reason, status=status,
+            entries=json.dumps(entries), updated_at=now,
+        )  # fmt: skip
+        suppressed: list[str] = []
+        for hit in (_hit_of(report_id, row.message_id, e, row.source) for e in chosen):
+            suppressed += apply(conn, hit, self._soft, now)
+        return "changed", suppressed
+
+
+OPERATOR = "operator"
+
+
+@dataclass(frozen=True)
+class _Incoming:
+    raw: bytes
+    source: Source
+    report: Report
+    claim: Claim
+    verdicts: list[Verdict]
+    now: float
+
+    def keys(self) -> tuple[str, str]:
+        digest = stored.content_hash(self.raw)
+        s = self.source
+        return stored.dedupe_key(digest, s.account_id, s.mailbox, s.uidvalidity, s.uid), digest
+
+    def row(
+        self, key: str, digest: str, claim: Claim, verdicts: list[Verdict], status: str, cap: int
+    ) -> dict[str, Any]:
+        report, source = self.report, self.source
+        first = next((v for v in verdicts if v.classification.cls not in PASSIVE), None)
+        first = first or (verdicts[0] if verdicts else None)
+        error = report.error or (claim.error if status == "unmatched" else None)
+        if status == "unmatched" and error is None:
+            error = "no entry names a recipient of the message"
+        return {
+            "dedupe_key": key, "content_hash": digest,
+            "received_at": self.now, "updated_at": self.now,
+            "source": source.kind, "account_id": source.account_id, "mailbox": source.mailbox,
+            "uidvalidity": source.uidvalidity, "uid": source.uid,
+            "envelope_recipient": source.envelope_recipient,
+            "raw": self.raw[:cap], "size": len(self.raw),
+            "kind": report.kind, "format": report.format[:32], "status": status,
+            "error": error[:1000] if error else None,
+            "message_id": claim.message_id, "matched_by": claim.by,
+            "recipient": first.recipient or None if first else None,
+            "cls": first.classification.cls if first else None,
+            "rule": first.classification.rule[:64] if first else None,
+            "reason": first.classification.reason if first else None,
+            "entries": json.dumps([v.as_json() for v in verdicts]),
+        }  # fmt: skip
+
+
+def hits(report_id: int, message_id: str, verdicts: Sequence[Verdict], source: str) -> list[Hit]:
+    return [
+        _hit_of(report_id, message_id, v.as_json(), source)
+        for v in verdicts
+        if v.recipient and v.classification.cls not in PASSIVE
+    ]
+
+
+def _hit_of(report_id: int, message_id: str, entry: dict[str, str], source: str) -> Hit:
+    return Hit(
+        report_id=report_id, message_id=message_id, recipient=entry["matched"],
+        key=mailbox_key(entry["matched"]), cls=entry["cls"], rule=entry["rule"],
+        reason=entry["reason"], status=entry["status"], diagnostic=entry["diagnostic"],
+        smtp_code=entry["smtp_code"], source=source,
+    )  # fmt: skip
+
+
+def _entries(row: Any) -> list[dict[str, str]]:
+    found = json.loads(row.entries or "[]")
+    return found if isinstance(found, list) else []

@@ -1,0 +1,173 @@
+"""Reports that came back, as stored (table `bounce_report`), and the rows their effects
+change: soft-bounce counts, a recipient bounced after delivery, the message's status.
+
+gateway.bounces.ingest decides what to write and runs it all in one transaction; this
+module only says how. A report is inserted once: `insert` does nothing when its
+`dedupe_key` or `content_hash` is already there (two nodes, a restart mid-sync) and says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Row, bindparam, delete, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from storage.models import BounceReport, Message, Recipient, SoftBounce
+
+BR = BounceReport.__table__  # type: ignore[attr-defined]
+SB = SoftBounce.__table__  # type: ignore[attr-defined]
+M = Message.__table__  # type: ignore[attr-defined]
+R = Recipient.__table__  # type: ignore[attr-defined]
+
+STATUSES = ("processed", "unmatched", "unparsed", "ignored")
+LIST_COLUMNS = tuple(c for c in BR.columns if c.name != "raw")
+
+
+def content_hash(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
+
+
+def dedupe_key(
+    digest: str,
+    account_id: str | None,
+    mailbox: str | None,
+    uidvalidity: int | None,
+    uid: int | None,
+) -> str:
+    """What makes a report one: its place in an IMAP mailbox when it has one (the same
+    message fetched again after a restart), else its bytes."""
+    if account_id is None or mailbox is None or uidvalidity is None or uid is None:
+        return f"sha256:{digest}"
+    place = f"{account_id}\0{mailbox}\0{uidvalidity}\0{uid}".encode()
+    return f"imap:{hashlib.sha256(place).hexdigest()}"
+
+
+def insert(conn: Connection, row: dict[str, Any]) -> int | None:
+    """Insert a report; its id, or None when it was there already (nothing written)."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(BR).values(**row).on_conflict_do_nothing().returning(BR.c.id)
+    found = conn.execute(statement).scalar()
+    return None if found is None else int(found)
+
+
+def existing(conn: Connection, key: str, digest: str) -> int | None:
+    """The id of the report already stored under `key` or with these bytes."""
+    query = select(BR.c.id).where(or_(BR.c.dedupe_key == key, BR.c.content_hash == digest))
+    found = conn.execute(query.limit(1)).scalar()
+    return None if found is None else int(found)
+
+
+def update_report(conn: Connection, report_id: int, **values: Any) -> None:
+    conn.execute(update(BR).where(BR.c.id == report_id).values(**values))
+
+
+def get(conn: Connection, report_id: int) -> Row[Any] | None:
+    return conn.execute(select(BR).where(BR.c.id == report_id)).first()
+
+
+@dataclass(frozen=True)
+class Page:
+    rows: list[Row[Any]]
+    next_cursor: int | None  # the id to pass as `before` for the next page
+
+
+def page(conn: Connection, statuses: Sequence[str] | None, limit: int, before: int | None) -> Page:
+    """Newest first, without the raw bytes; `statuses` None is every status."""
+    query = select(*LIST_COLUMNS).order_by(BR.c.id.desc()).limit(limit + 1)
+    if statuses:
+        query = query.where(BR.c.status.in_(list(statuses)))
+    if before is not None:
+        query = query.where(BR.c.id < before)
+    rows = list(conn.execute(query))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return Page(rows, int(rows[-1].id) if more and rows else None)
+
+
+# --- the message a report names ----------------------------------------------------------
+
+
+def message_of(conn: Connection, message_id: str) -> Row[Any] | None:
+    """The message (id, status, due_at) or None when there is none (or no longer)."""
+    query = select(M.c.id, M.c.status, M.c.due_at).where(M.c.id == message_id)
+    return conn.execute(query).first()
+
+
+def recipients_of(conn: Connection, message_id: str) -> list[tuple[str, str]]:
+    """(email, status) of each of the message's recipients."""
+    query = select(R.c.email, R.c.status).where(R.c.message_id == message_id)
+    return [(row.email, row.status) for row in conn.execute(query)]
+
+
+def bounce_recipient(
+    conn: Connection, message_id: str, email: str, response: str, now: float
+) -> bool:
+    """A recipient the upstream had taken (or that is still pending) becomes bounced;
+    True when it changed."""
+    changed = conn.execute(
+        update(R)
+        .where(
+            R.c.message_id == message_id,
+            R.c.email == email,
+            R.c.status.in_(["delivered", "pending"]),
+        )
+        .values(status="bounced", response=response[:1000], updated_at=now)
+    )
+    return bool(changed.rowcount)
+
+
+def set_final_status(conn: Connection, message_id: str, old: str, new: str, now: float) -> bool:
+    """A final message (no work left, so no worker holds it) from `old` to `new`."""
+    changed = conn.execute(
+        update(M)
+        .where(M.c.id == message_id, M.c.status == old, M.c.due_at.is_(None))
+        .values(status=new, updated_at=now)
+    )
+    return bool(changed.rowcount)
+
+
+# --- soft bounces ------------------------------------------------------------------------
+
+
+def count_soft(conn: Connection, email: str, now: float, window: float) -> int:
+    """Count one soft bounce of `email` (a mailbox key); the count within its window. A
+    bounce after the window of the first one starts a new window at 1."""
+    row = conn.execute(select(SB).where(SB.c.email == email)).first()
+    if row is None:
+        conn.execute(SB.insert().values(email=email, bounces=1, first_at=now, last_at=now))
+        return 1
+    if now - row.first_at > window:
+        values = {"bounces": 1, "first_at": now, "last_at": now}
+    else:
+        values = {"bounces": row.bounces + 1, "last_at": now}
+    conn.execute(update(SB).where(SB.c.email == email).values(**values))
+    return int(values["bounces"])
+
+
+# A delivery to these addresses (`email`, mailbox keys) forgets their soft bounces: run in
+# the attempt's own transaction (gateway.queue.store), one primary-key delete each.
+FORGET_SOFT = delete(SB).where(SB.c.email == bindparam("soft_email"))
+
+
+def as_json(row: Any, with_raw: bool = False) -> dict[str, Any]:
+    """A report's public shape (times as UNIX seconds: each door formats them)."""
+    entries = json.loads(row.entries or "[]")
+    found = {
+        "id": int(row.id), "received_at": row.received_at, "source": row.source,
+        "account_id": row.account_id, "mailbox": row.mailbox, "uid": row.uid,
+        "kind": row.kind, "format": row.format, "status": row.status, "error": row.error,
+        "message_id": row.message_id, "recipient": row.recipient,
+        "matched_by": row.matched_by, "classification": row.cls, "rule": row.rule,
+        "reason": row.reason, "size": row.size,
+        "entries": entries if isinstance(entries, list) else [],
+    }  # fmt: skip
+    if with_raw:
+        raw = bytes(row.raw)
+        found["raw"] = raw.decode("utf-8", "backslashreplace")
+        found["truncated"] = len(raw) < row.size
+    return found
