@@ -172,12 +172,19 @@ class AccountsConfig:
 @dataclass(frozen=True)
 class BouncesConfig:
     # The VERP return-path domain: mail leaves as bounces+<token>@domain; "" = off (the
-    # client's envelope sender is kept, as before).
+    # client's envelope sender is kept, as before). The bounce listener takes mail for it.
     domain: str = ""
     rules_file: str = ""  # the user's classification rules, tried before the shipped ones
     soft_limit: int = 3  # soft bounces of one address within soft_window: then suppressed
     soft_window: float = 7 * 86400.0
     max_report_size: int = 256 * 1024  # bytes of a raw report stored (and taken by the API)
+    listen: tuple[str, int] | None = None  # the inbound bounce listener; None: off
+    listen_public: bool = False  # a listen address off loopback (it takes only `domain`)
+    # Bytes of one message the listener takes and the IMAP sync fetches (more: refused 552,
+    # or skipped and recorded); what is stored of it is max_report_size.
+    max_inbound_size: int = 10 * 1024 * 1024
+    processed_folder: str = ""  # IMAP: processed mail moved there; "": flagged in place
+    idle: bool = True  # IMAP IDLE where the server offers it (else the sync interval only)
 
 
 @dataclass(frozen=True)
@@ -284,6 +291,17 @@ def _bounce_domain(value: Any, where: str) -> str:
     if value == "":
         return ""
     return _hostname(value, where).lower().rstrip(".")
+
+
+def _folder(value: Any, where: str) -> str:
+    """An IMAP mailbox name as the user's server spells it: printable, no quote or
+    backslash (sent as a quoted string), not INBOX itself."""
+    text: str = _str(value, where)
+    if len(text) > 200 or not text.isprintable() or any(c in text for c in '"\\'):
+        raise ConfigError(f"{where}: {text!r} is not a mailbox name Postern can use")
+    if text.upper() == "INBOX":
+        raise ConfigError(f"{where}: processed mail cannot go to INBOX itself")
+    return text
 
 
 def _choice(*options: str) -> Converter:
@@ -465,6 +483,11 @@ _SECTIONS: dict[str, tuple[type, dict[str, Converter]]] = {
             "soft_limit": _positive_int,
             "soft_window": _positive_duration,
             "max_report_size": _positive_int,
+            "listen": _listen_optional,
+            "listen_public": _bool,
+            "max_inbound_size": _positive_int,
+            "processed_folder": _folder,
+            "idle": _bool,
         },
     ),
 }
@@ -521,6 +544,19 @@ def _pools(raw: Any) -> tuple[PoolConfig, ...]:
     return tuple(pools)
 
 
+def _check_bounces(bounces: BouncesConfig) -> None:
+    if bounces.listen is None:
+        return
+    if not bounces.domain:
+        raise ConfigError("bounces.listen: set bounces.domain, the only domain it accepts mail for")
+    host, port = bounces.listen
+    if not bounces.listen_public and not is_loopback(host):
+        raise ConfigError(
+            f"bounces.listen: {host}:{port} is not loopback; set bounces.listen_public = true "
+            "to listen there (it accepts mail for bounces.domain only)"
+        )
+
+
 def _check(config: Config) -> None:
     if not config.smtp.require_auth:
         for host, port in config.smtp.listen:
@@ -544,6 +580,7 @@ def _check(config: Config) -> None:
             raise ConfigError(f"smtp.{name}: cannot read {path}")
     if config.smtp.tls_cert:
         server_tls_context(config.smtp.tls_cert, config.smtp.tls_key)
+    _check_bounces(config.bounces)
     defaults = [pool.name for pool in config.pools if pool.is_default]
     if len(defaults) > 1:
         raise ConfigError(f"[[pools]]: only one pool may be is_default (got {', '.join(defaults)})")

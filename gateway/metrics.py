@@ -97,3 +97,8 @@ STORAGE_WRITE_FAILURES = Counter(
 )
 for _reason in ("full", "error"):  # exported as 0 before the first failure
     STORAGE_WRITE_FAILURES.labels(reason=_reason)
+BOUNCE_REPORTS = Counter(
+    "postern_bounce_reports_total",
+    "Reports (bounces, complaints, auto-replies) that came in, by way in and result.",
+    ["source", "result"],
+)

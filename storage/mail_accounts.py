@@ -333,3 +333,13 @@ def release(conn: Connection, node: str) -> None:
         .where(A.c.claimed_by == node)
         .values(claimed_by=None, claimed_until=None, sync_status=was)
     )
+
+
+def due_now(conn: Connection, account_id: str, now: float) -> bool:
+    """Make the account due at once (its inbox announced new mail); False when it is gone."""
+    if conn.execute(select(A.c.id).where(A.c.id == account_id)).first() is None:
+        return False
+    conn.execute(
+        update(A).where(A.c.id == account_id, A.c.next_sync_at > now).values(next_sync_at=now)
+    )
+    return True

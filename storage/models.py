@@ -551,6 +551,36 @@ class MailAccount(SQLModel, table=True):
     created_by: str | None = Field(default=None, max_length=64)  # user id; None: console key
 
 
+class InboxCursor(SQLModel, table=True):
+    """How far a connected account's mailbox has been read: the UIDVALIDITY the UIDs belong
+    to and the highest UID handed over (its report committed, or skipped and recorded). A
+    table of its own, not columns of `mail_account`: it outlives a disconnect, as synced data
+    does, and a new table needs no schema upgrade."""
+
+    __tablename__ = "inbox_cursor"
+
+    account_id: str = Field(primary_key=True, max_length=64)
+    mailbox: str = Field(primary_key=True, max_length=256)
+    uidvalidity: int = Field(sa_column=Column(BigInteger, nullable=False))
+    last_uid: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    updated_at: float
+
+
+class InboxSkip(SQLModel, table=True):
+    """A message of a connected account's mailbox that was not handed over (too big), kept
+    so that a user can see why: the mailbox keeps the message itself."""
+
+    __tablename__ = "inbox_skip"
+
+    account_id: str = Field(primary_key=True, max_length=64)
+    mailbox: str = Field(primary_key=True, max_length=256)
+    uidvalidity: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    uid: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    size: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    reason: str = Field(max_length=256)
+    created_at: float
+
+
 class BounceReport(SQLModel, table=True):
     """A report that came back (bounce, complaint, auto-reply...), kept whatever became of
     it (gateway.bounces.ingest). `dedupe_key` makes it processed once: its IMAP position

@@ -21,6 +21,7 @@ log = logging.getLogger("postern")
 
 RESERVE = 256  # beyond delivery.workers: database, idle upstream sessions, webhooks, DNS, logs
 METRICS_CONNECTIONS = 32  # the cap of [http] metrics_listen: a few scrapers
+BOUNCE_CONNECTIONS = 100  # the bounce listener's cap: MTAs returning reports, not clients
 MIN_PER_DOOR = 16
 CEILING = 1 << 20  # when the hard limit is "unlimited" (the kernel's default nr_open)
 
@@ -78,6 +79,8 @@ def door_budget(config: Config) -> Budget:
     wanted = {"smtp": config.smtp.max_connections, "http": config.http.max_connections}
     if config.http.metrics_listen:
         wanted["metrics"] = METRICS_CONNECTIONS
+    if config.bounces.listen:
+        wanted["bounces"] = BOUNCE_CONNECTIONS
     budget = fit(wanted, raise_soft_limit(), RESERVE + config.delivery.workers)
     if budget.lowered:
         log.warning(

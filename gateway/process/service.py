@@ -34,6 +34,7 @@ from api.app import MetricsAccess, create_app, metrics_app
 from api.context import ApiContext, People
 from api.management import Management
 from gateway import metrics
+from gateway.accounts.inbox import Inbox, InboxSettings
 from gateway.accounts.sync import AccountSync, SyncSettings
 from gateway.bounces.ingest import BounceIngest
 from gateway.bounces.ingest import Settings as BounceSettings
@@ -70,6 +71,7 @@ from gateway.queue.upkeep import (
 from gateway.security.hostguard import HostGuard
 from gateway.security.ratelimit import RateLimiter
 from gateway.security.secrets import SecretBox, SecretError, bind_to_database
+from gateway.smtpd.bounce_listener import BounceHandler
 from gateway.smtpd.server import PosternHandler
 from gateway.tasks import Loops
 from gateway.webhooks.node import Webhooks, start_webhooks
@@ -146,6 +148,7 @@ class Service:
         self.account_sync: AccountSync | None = None  # connected accounts' inboxes
         self.loops = Loops()  # periodic upkeep: caches, the queue gauge, purges
         self.smtp_handler: PosternHandler | None = None
+        self.bounce_handler: BounceHandler | None = None  # [bounces] listen
         self._servers: list[asyncio.base_events.Server] = []
         self.api: ApiContext | None = None
         self.people: People | None = None  # users and sessions, for the HTTP door
@@ -348,10 +351,22 @@ class Service:
 
     async def _start_account_sync(self, ready: Prepared, db: Database, outbound: Outbound) -> None:
         """Connected accounts' inboxes, each synced by one node at a time (a lease in
-        storage); the pools' SSRF guard, as an account's servers are named like a pool's."""
-        accounts = self.config.accounts
-        settings = SyncSettings(ready.node, accounts.sync_interval, accounts.timeout)
-        sync = self.account_sync = AccountSync(db, ready.box, outbound.pools, settings)
+        storage); the pools' SSRF guard, as an account's servers are named like a pool's.
+        With the report processing, each sync also hands the inbox's new mail over (and
+        IDLE, where offered, wakes it)."""
+        accounts, bounces = self.config.accounts, self.config.bounces
+        settings = SyncSettings(
+            ready.node, accounts.sync_interval, accounts.timeout, idle=bounces.idle
+        )
+        inbox = None
+        if self.bounces is not None:
+            inbox_settings = InboxSettings(
+                max_size=bounces.max_inbound_size, budget=accounts.timeout,
+                processed_folder=bounces.processed_folder,
+            )  # fmt: skip
+            inbox = Inbox(db, self.bounces, inbox_settings, ready.node)
+        sync = AccountSync(db, ready.box, outbound.pools, settings, inbox)
+        self.account_sync = sync
         await sync.release()  # whatever this node held when it last stopped
         loops = self.loops
         loops.every(accounts.sync_interval, sync.run_once, "syncing connected accounts", True)
@@ -374,6 +389,7 @@ class Service:
         loop = asyncio.get_running_loop()
         for sock in ready.smtp_sockets:
             self._servers.append(await loop.create_server(handler.protocol, sock=sock))
+        await self._open_bounce_listener(ready)
         self.api = ApiContext(
             db=storage.db,
             writer=storage.writer,
@@ -396,6 +412,22 @@ class Service:
             max_report_size=config.bounces.max_report_size,
         )
         self._start_http(ready, storage, self.api)
+
+    async def _open_bounce_listener(self, ready: Prepared) -> None:
+        """[bounces] listen: reports for the bounce domain, handed to the processing."""
+        if ready.bounce_socket is None or ready.bounce_limits is None:
+            return
+        if self.bounces is None:
+            ready.bounce_socket.close()
+            log.warning("bounces.listen is set but reports cannot be processed yet: not listening")
+            return
+        handler = BounceHandler(self.bounces, self.config.bounces.domain, ready.bounce_limits)
+        self.bounce_handler = handler
+        server = await asyncio.get_running_loop().create_server(
+            handler.protocol, sock=ready.bounce_socket
+        )
+        self._servers.append(server)
+        log.info("bounce listener on %s:%d", *self.config.bounces.listen or ("", 0))
 
     def _start_http(self, ready: Prepared, storage: Storage, api: ApiContext) -> None:
         """The API on http.listen; /metrics there or alone on http.metrics_listen."""
@@ -545,11 +577,14 @@ class Service:
             server.close()
         for door in self._http:
             door.close()
-        handler = self.smtp_handler
-        if handler is not None:
-            await self._wait(lambda: handler.submitting == 0, 5.0)
-            for session in list(handler.sessions):
-                session.abort()
+        for handler in (self.smtp_handler, self.bounce_handler):
+            if handler is not None:
+                await self._end_sessions(handler)
+
+    async def _end_sessions(self, handler: PosternHandler | BounceHandler) -> None:
+        await self._wait(lambda: handler.submitting == 0, 5.0)
+        for session in list(handler.sessions):
+            session.abort()
 
     async def _release_claims(self) -> None:
         if self.queue is None:
@@ -562,11 +597,12 @@ class Service:
             log.warning("could not release claimed messages: %s", error)
 
     async def _release_accounts(self) -> None:
-        """A sync cut short by the stop gives its account back (else it waits out its lease)."""
+        """IDLE connections end; a sync cut short by the stop gives its account back (else
+        it waits out its lease)."""
         if self.account_sync is None:
             return
         try:
-            await self.account_sync.release()
+            await self.account_sync.stop()
         except StorageUnavailable as error:
             log.warning("could not release connected accounts' sync leases: %s", error)
 

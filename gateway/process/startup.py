@@ -14,6 +14,9 @@ from gateway.process.descriptors import Budget, TooFewDescriptors, door_budget
 from gateway.security.secrets import SecretBox, SecretError
 from gateway.smtpd.server import ListenerLimits
 
+BOUNCE_RECIPIENTS = 10  # a report goes to one return path; a few at most in one transaction
+BOUNCE_DATA_FACTOR = 8  # the bounce listener holds at most this many largest reports at once
+
 
 class StartupError(ConfigError):
     """Start-up failed for a reason the operator can fix (port in use, unwritable dir)."""
@@ -30,6 +33,8 @@ class Prepared:
     smtp_sockets: list[socket.socket]
     http_socket: socket.socket
     metrics_socket: socket.socket | None  # None: /metrics is served on the http socket
+    bounce_limits: ListenerLimits | None = None  # the bounce listener's; None: off
+    bounce_socket: socket.socket | None = None
 
 
 def prepare(config: Config) -> Prepared:
@@ -48,6 +53,7 @@ def prepare(config: Config) -> Prepared:
     except SecretError as error:
         raise StartupError(str(error)) from None
     metrics_listen = config.http.metrics_listen
+    bounce_listen = config.bounces.listen
     return Prepared(
         node=node,
         box=box,
@@ -56,6 +62,8 @@ def prepare(config: Config) -> Prepared:
         smtp_sockets=[bind(host, port) for host, port in config.smtp.listen],
         http_socket=bind(*config.http.listen),
         metrics_socket=bind(*metrics_listen) if metrics_listen else None,
+        bounce_limits=bounce_limits(config, smtp_limits, budget) if bounce_listen else None,
+        bounce_socket=bind(*bounce_listen) if bounce_listen else None,
     )
 
 
@@ -87,6 +95,23 @@ def listener_limits(config: Config, budget: Budget) -> ListenerLimits:
         tls_context=tls_context,
         auth_failures_per_address=smtp.auth_failures_per_address,
         auth_failures_per_minute=smtp.auth_failures_per_minute,
+    )
+
+
+def bounce_limits(config: Config, smtp: ListenerLimits, budget: Budget) -> ListenerLimits:
+    """The bounce listener's limits: `[bounces] max_inbound_size`, the SMTP door's timeouts
+    and certificate (STARTTLS offered as the door offers it), a DATA budget of its own."""
+    size = config.bounces.max_inbound_size
+    return ListenerLimits(
+        hostname=config.server.hostname,
+        max_message_size=size,
+        max_recipients=BOUNCE_RECIPIENTS,
+        max_connections=budget.caps["bounces"],
+        idle_timeout=smtp.idle_timeout,
+        session_timeout=smtp.session_timeout,
+        max_header_size=smtp.max_header_size,
+        max_data_in_flight=max(size, min(smtp.max_data_in_flight, BOUNCE_DATA_FACTOR * size)),
+        tls_context=smtp.tls_context,
     )
 
 

@@ -15,7 +15,7 @@ import re
 import ssl
 import time
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 
@@ -60,6 +60,16 @@ class ListenerLimits:
     tls_context: ssl.SSLContext | None = None
     auth_failures_per_address: str = "30/h"  # failed AUTH per client address, all connections
     auth_failures_per_minute: int = 0  # failed AUTH from everyone; 0 = no limit
+
+
+class SessionHandler(Protocol):
+    """What PosternSMTP needs of its handler besides aiosmtpd's hooks: the main door's
+    PosternHandler, or the bounce listener's (gateway.smtpd.bounce_listener)."""
+
+    sessions: set[PosternSMTP]
+    data_budget: DataBudget
+    keys: KeyStore | None
+    login_throttle: AuthThrottle
 
 
 _SMTP = TypeVar("_SMTP", bound=type[SMTP])
@@ -125,7 +135,7 @@ class PosternSMTP(ApiKeyAuth, SMTP):
     line_length_limit = 1000  # 998 bytes + CRLF (RFC 5321 §4.5.3.1.6)
     _command: tuple[str, str | None, Envelope | None] = ("CONNECT", None, None)
 
-    def __init__(self, handler: PosternHandler, limits: ListenerLimits) -> None:
+    def __init__(self, handler: SessionHandler, limits: ListenerLimits) -> None:
         super().__init__(
             handler,
             hostname=limits.hostname,

@@ -13,7 +13,7 @@ from gateway.bounces.returnpath import VERP_KEY, ReturnPath
 from gateway.webhooks.sender import WebhookSender
 from tests.support.api import Api, ApiFactory, auth, payload
 from tests.support.reports import auto_reply, dsn
-from tests.support.service import wait_until
+from tests.support.service import metric, wait_until
 from tests.support.webhook_receiver import Receiver
 
 pytestmark = pytest.mark.timeout(40)
@@ -123,3 +123,10 @@ async def test_the_bounds_of_the_api(api: Api) -> None:
     assert (await api.get("/api/v1/bounces", key=key, status="nope")).status_code == 400
     assert (await api.get("/api/v1/bounces", key=key, limit="0")).status_code == 400
     assert (await api.get("/api/v1/bounces", key=sender)).status_code == 403
+
+
+async def test_uploads_are_counted_by_their_outcome(api: Api) -> None:
+    key = await api.key("suppressions")
+    before = metric("postern_bounce_reports_total", source="api", result="ignored")
+    assert (await upload(api, key, auto_reply("app@y.test"))).json()["outcome"] == "ignored"
+    assert metric("postern_bounce_reports_total", source="api", result="ignored") == before + 1

@@ -7,6 +7,8 @@ Peers Postern talks to:
     dnsserver         a loopback DNS server whose answers the test sets
     webhook_receiver  an HTTP server that checks each webhook's signature and records it
     imap              a real IMAP server: Debian's dovecot with its own config, users and maildirs
+Stand-ins for parts of Postern:
+    ingest            RecordingIngest: the report processing's interface, recording each hand-over
 Clients a test talks to Postern with:
     smtp              smtp_send (stdlib, one transaction), RawClient (exact bytes), Dialogue (AUTH)
     api               the HTTP API of an in-process Service and an httpx client for it

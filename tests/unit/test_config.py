@@ -551,3 +551,38 @@ def test_session_lifetimes_refused(tmp_path: Path, text: str) -> None:
 def test_session_lifetimes_read(tmp_path: Path) -> None:
     config = load(write(tmp_path, '[auth]\nsession_idle = "1h"\nsession_absolute = "1d"\n'))
     assert (config.auth.session_idle, config.auth.session_absolute) == (3600.0, 86400.0)
+
+
+def test_the_bounce_listener_is_off_by_default() -> None:
+    bounces = Config().bounces
+    assert (bounces.listen, bounces.domain, bounces.processed_folder) == (None, "", "")
+
+
+def test_bounces_read(tmp_path: Path) -> None:
+    text = (
+        '[bounces]\ndomain = "Bounce.Example.TEST."\nlisten = "127.0.0.1:2526"\n'
+        'processed_folder = "Postern Processed"\nmax_inbound_size = 1000\n'
+    )
+    bounces = load(write(tmp_path, text)).bounces
+    assert (bounces.domain, bounces.listen) == ("bounce.example.test", ("127.0.0.1", 2526))
+    assert (bounces.processed_folder, bounces.max_inbound_size) == ("Postern Processed", 1000)
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ('[bounces]\nlisten = "127.0.0.1:2526"\n', "set bounces.domain"),
+        ('[bounces]\ndomain = "b.test"\nlisten = "0.0.0.0:25"\n', "listen_public"),
+        ('[bounces]\ndomain = "not a domain"\n', "bounces.domain"),
+        ('[bounces]\nprocessed_folder = "INBOX"\n', "INBOX itself"),
+        ('[bounces]\nprocessed_folder = "a\\"b"\n', "bounces.processed_folder"),
+        ("[bounces]\nmax_inbound_size = 0\n", "bounces.max_inbound_size"),
+    ],
+)
+def test_bounces_refused(tmp_path: Path, text: str, words: str) -> None:
+    assert words in refusal(tmp_path, text)
+
+
+def test_a_public_bounce_listener_when_told(tmp_path: Path) -> None:
+    text = '[bounces]\ndomain = "b.test"\nlisten = "0.0.0.0:25"\nlisten_public = true\n'
+    assert load(write(tmp_path, text)).bounces.listen == ("0.0.0.0", 25)
