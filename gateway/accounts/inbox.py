@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from aioimaplib import aioimaplib
 
 from gateway.accounts.verify import inbox_state, printable
+from gateway.errors import PosternError
 from gateway.reports import IMAP, SKIPPED, Ingest, Source, count, delivered_to, hand_over
 from storage import inbox as cursors
 from storage.db import Database
@@ -46,7 +47,7 @@ class InboxSettings:
     processed_folder: str = ""  # "": processed mail stays, flagged; else moved there
 
 
-class LeaseLost(Exception):
+class LeaseLost(PosternError):
     """Another node holds the account now (or it was disconnected): stop at once."""
 
 
