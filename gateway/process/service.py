@@ -545,6 +545,8 @@ class Service:
             server.close()
         for door in self._http:
             door.close()
+        if self.api is not None:
+            self.api.closing.set()  # event streams end within a poll
         handler = self.smtp_handler
         if handler is not None:
             await self._wait(lambda: handler.submitting == 0, 5.0)
