@@ -27,6 +27,7 @@ class Bar:
 class Chart:
     bars: list[Bar] = field(default_factory=list)
     lines: dict[str, str] = field(default_factory=dict)  # CSS class -> polyline points
+    dots: list[tuple[float, float, str]] = field(default_factory=list)  # x, y, title
     top: float = 0.0  # the value at the top of the area
     totals: dict[str, float] = field(default_factory=dict)  # the summary said in words
     width: int = WIDTH
@@ -76,6 +77,12 @@ def latency(stats: list[MinuteStats]) -> Chart:
     for kind in ("latency_mean", "latency_max"):
         points = [(round((s.minute + 0.5) * slot, 1), getattr(s, kind)) for s in delivered]
         chart.lines[kind] = " ".join(f"{x},{round(HEIGHT - _scale(y, top), 1)}" for x, y in points)
+    for s in delivered:  # a lone minute draws no line: a dot says it
+        x, y = (
+            round((s.minute + 0.5) * slot, 1),
+            round(HEIGHT - _scale(s.latency_mean or 0, top), 1),
+        )
+        chart.dots.append((x, y, f"{s.latency_mean:.3f} s mean, {MINUTES - s.minute} min ago"))
     if delivered:
         chart.totals = {
             "mean": round(sum(s.latency_mean or 0.0 for s in delivered) / len(delivered), 3),
