@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import weakref
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from sqlalchemy import Connection
@@ -24,7 +25,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from api import errors, event_ops
-from api.auth import authenticate
+from api.auth import Caller, authenticate
 from api.context import ApiContext
 from api.openapi import operation, query_parameter
 from gateway.queue import events
@@ -129,17 +130,35 @@ async def stream_events(request: Request) -> Response:
             )
     flt = event_ops.event_filter(caller, request.query_params)
     start = await _start(ctx, _last_event_id(request))
-    slots = _slots(request)
-    who = slots.acquire(caller)
+    release = _once(_slots(request), caller)
 
     async def body() -> AsyncIterator[str]:
         try:
             async for chunk in _events(ctx, flt, start):
                 yield chunk
         finally:  # the stream ended, however it ended (a disconnect cancels it here)
+            release()
+
+    stream = body()
+    # A client gone before the first chunk leaves the generator unstarted (no finally): its
+    # place is given back when the generator is collected.
+    weakref.finalize(stream, release)
+    return StreamingResponse(stream, media_type="text/event-stream", headers=HEADERS)
+
+
+def _once(slots: event_ops.StreamSlots, caller: Caller) -> Callable[[], None]:
+    """Take one of the caller's places (429 past the cap) and a function that gives it back,
+    once however often it is called."""
+    who = slots.acquire(caller)
+    given_back = False
+
+    def release() -> None:
+        nonlocal given_back
+        if not given_back:
+            given_back = True
             slots.release(who)
 
-    return StreamingResponse(body(), media_type="text/event-stream", headers=HEADERS)
+    return release
 
 
 routes = [Route("/v1/events/stream", stream_events, methods=["GET"])]
