@@ -38,6 +38,7 @@ from api.routes import (
     auth,
     bounces,
     domains,
+    events_stream,
     invitation_page,
     invitations,
     keys,
@@ -274,7 +275,7 @@ def create_app(
 # The API's resources, served when the app has an ApiContext.
 _RESOURCES = (
     auth, users, send, messages, keys, suppressions, pools, smtp_configs, aliases, domains,
-    webhook_routes, invitations, invitation_page, accounts, bounces,
+    webhook_routes, invitations, invitation_page, accounts, bounces, events_stream,
 )  # fmt: skip
 
 

@@ -57,6 +57,9 @@ class ApiContext:
     bounces: BounceIngest | None = None  # POST /api/v1/bounces (absent in bare-app tests)
     max_report_size: int = 256 * 1024  # [bounces] max_report_size
     _pending: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
+    # Set when the server stops: long answers (event streams) end at once, so that the
+    # drain does not wait for a client that would hold one open for an hour.
+    closing: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     def management(self) -> Management:
         if self.manage is None:

@@ -332,6 +332,13 @@ class RateLimited(ApiError):
         )
 
 
+class TooManyStreams(ApiError):
+    status, code = 429, "too_many_streams"
+
+    def __init__(self, error: str) -> None:
+        super().__init__(error, extra={"retry_after": 5}, headers={"Retry-After": "5"})
+
+
 class Unavailable(ApiError):
     status, code = 503, "unavailable"
 

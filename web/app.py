@@ -26,6 +26,7 @@ from web.pages import (
     domains,
     invitations,
     keys,
+    live,
     message,
     messages,
     overview,
@@ -76,7 +77,7 @@ def routes() -> list[BaseRoute]:
     table: list[BaseRoute] = [
         Route("/static/{digest}/{name}", static_files.serve, methods=["GET"]),
     ]
-    for module in (auth, overview, pools, sessions, users, messages, message, invitations):
+    for module in (auth, overview, pools, sessions, users, messages, message, invitations, live):
         table.extend(module.routes)
     for module in (aliases, domains, keys, webhooks, suppressions):
         table.extend(module.routes)

@@ -29,7 +29,7 @@ class Entry:
 MAIN = (
     Entry("Overview", "/"),
     Entry("Messages", "/messages"),
-    Entry("Live", None),
+    Entry("Live", "/live"),
 )
 SETTINGS = (
     Entry("SMTP Pools", "/settings/pools", scope="pools"),

@@ -577,6 +577,8 @@ class Service:
             server.close()
         for door in self._http:
             door.close()
+        if self.api is not None:
+            self.api.closing.set()  # event streams end within a poll
         for handler in (self.smtp_handler, self.bounce_handler):
             if handler is not None:
                 await self._end_sessions(handler)

@@ -186,7 +186,7 @@ def test_every_page_of_an_owner_passes_axe(audit_tab: Watched, tmp_path: Path) -
     sign_in(audit_tab)
     page = audit_tab.page
     pages = ["/", "/settings/pools", "/settings/pools/new", "/settings/users"]
-    pages += ["/settings/sessions", "/aliases", "/domains", "/keys", "/webhooks"]
+    pages += ["/settings/sessions", "/aliases", "/domains", "/keys", "/webhooks", "/live"]
     pages += ["/webhooks/new", "/suppressions", *made_pages(audit_tab)]
     found = {}
     for scheme in ("light", "dark"):

@@ -1,0 +1,157 @@
+"""The SQL of watching events live (GET /v1/events/stream) and of the dashboard's Live page.
+
+A stream reads the events table as a webhook does (storage.webhook_outbox): in commit order,
+from its position up to the horizon, the last event no uncommitted one can still appear
+before (on PostgreSQL a later id can commit first; on SQLite the id is the order). Each read
+is bounded (`limit` rows) and joined to its message, so that a member's stream shows only
+their own mail, as GET /v1/messages does.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from sqlalchemy import Connection, Integer, Select, cast, exists, func, select
+
+from storage import event_json
+from storage.models import Event, Message, MessageMeta, MessageTag
+from storage.webhook_outbox import START, Position, _compare, horizon, position_of
+
+E = Event.__table__  # type: ignore[attr-defined]
+M = Message.__table__  # type: ignore[attr-defined]
+META = MessageMeta.__table__  # type: ignore[attr-defined]
+TAG = MessageTag.__table__  # type: ignore[attr-defined]
+
+__all__ = ["START", "EventFilter", "Position", "Streamed", "horizon", "read", "resume_at"]
+__all__ += ["CHARTED", "MinuteStats", "per_minute", "recent"]
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """Every criterion given must match; user_id / api_key_id say whose mail is seen."""
+
+    types: tuple[str, ...] = ()
+    message_id: str | None = None
+    recipient: str | None = None
+    pool: str | None = None
+    tag: str | None = None
+    user_id: str | None = None
+    api_key_id: str | None = None
+
+
+class Streamed(NamedTuple):
+    """One event to send: its position (the stream's next start) and its public JSON."""
+
+    position: Position
+    id: int
+    json: str
+
+
+def _filtered(query: Select[Any], flt: EventFilter) -> Select[Any]:
+    if flt.types:
+        query = query.where(E.c.type.in_(flt.types))
+    if flt.message_id is not None:
+        query = query.where(E.c.message_id == flt.message_id)
+    if flt.recipient is not None:
+        query = query.where(E.c.recipient == flt.recipient)
+    if flt.pool is not None:
+        query = query.where(E.c.pool == flt.pool)
+    if flt.tag is not None:  # on ix_message_tag_tag
+        tagged = (TAG.c.tag == flt.tag) & (TAG.c.message_id == E.c.message_id)
+        query = query.where(exists().where(tagged))
+    if flt.user_id is not None:
+        query = query.where(M.c.user_id == flt.user_id)
+    if flt.api_key_id is not None:
+        query = query.where(M.c.api_key_id == flt.api_key_id)
+    return query
+
+
+def _shaped(dialect: str) -> Select[Any]:
+    document = event_json.as_sql(dialect, E, META.c.tags, META.c.metadata_json)
+    joined = E.join(M, M.c.id == E.c.message_id).outerjoin(
+        META, META.c.message_id == E.c.message_id
+    )
+    return select(E.c.txid, E.c.id, document).select_from(joined)
+
+
+def read(
+    conn: Connection, after: Position, upto: Position, flt: EventFilter, limit: int
+) -> tuple[list[Streamed], Position]:
+    """The events in (after, upto] that match, at most `limit`, in commit order, and where
+    the next read starts: past the last one sent, or `upto` when fewer came (the rows in
+    between did not match)."""
+    dialect = conn.dialect.name
+    query = _shaped(dialect).where(
+        _compare(dialect, operator.gt, after.txid, after.id),
+        _compare(dialect, operator.le, upto.txid, upto.id),
+    )
+    order = (E.c.txid, E.c.id) if dialect == "postgresql" else (E.c.id,)
+    query = _filtered(query, flt).order_by(*order).limit(limit)
+    rows = [Streamed(position_of(r), int(r.id), r[2]) for r in conn.execute(query)]
+    if len(rows) < limit:
+        return rows, upto
+    return rows, rows[-1].position
+
+
+def resume_at(conn: Connection, event_id: int) -> Position:
+    """The position of a `Last-Event-ID`: that event's, or, if it is gone (pruned), just
+    before the first event written after it (by id: close enough to commit order)."""
+    row = conn.execute(select(E.c.txid, E.c.id).where(E.c.id == event_id)).first()
+    if row is not None:
+        return position_of(row)
+    later = conn.execute(
+        select(E.c.txid, E.c.id).where(E.c.id > event_id).order_by(E.c.id).limit(1)
+    ).first()
+    if later is None:
+        return horizon(conn)
+    return Position(int(later.txid), int(later.id) - 1)
+
+
+def recent(conn: Connection, flt: EventFilter, limit: int) -> list[str]:
+    """The last `limit` events that match, newest first, as public JSON."""
+    query = _filtered(_shaped(conn.dialect.name), flt).order_by(E.c.id.desc()).limit(limit)
+    return [r[2] for r in conn.execute(query)]
+
+
+class MinuteStats(NamedTuple):
+    """One minute's delivered, deferred and bounced events, and the time from a delivered
+    message's acceptance to the upstream's 250 (mean and worst, seconds)."""
+
+    minute: int  # minutes after the window's start
+    delivered: int = 0
+    deferred: int = 0
+    bounced: int = 0
+    latency_mean: float | None = None
+    latency_max: float | None = None
+
+
+CHARTED = ("delivered", "deferred", "bounced")
+
+
+def _minute(dialect: str, since: float) -> Any:
+    offset = (E.c.created_at - since) / 60.0
+    if dialect == "postgresql":
+        return cast(func.floor(offset), Integer)
+    return cast(offset, Integer)  # SQLite truncates: the offset is never negative here
+
+
+def per_minute(conn: Connection, since: float, flt: EventFilter) -> list[MinuteStats]:
+    """Per minute since `since`, the charted events (read by time on ix_event_created, one
+    grouped row per minute and type: bounded whatever the traffic)."""
+    minute = _minute(conn.dialect.name, since).label("minute")
+    latency = E.c.created_at - M.c.created_at
+    query = (
+        select(minute, E.c.type, func.count(), func.avg(latency), func.max(latency))
+        .select_from(E.join(M, M.c.id == E.c.message_id))
+        .where(E.c.created_at >= since, E.c.type.in_(CHARTED))
+        .group_by(minute, E.c.type)
+    )
+    found: dict[int, dict[str, Any]] = {}
+    for row in conn.execute(_filtered(query, flt)):
+        slot = found.setdefault(int(row[0]), {"minute": int(row[0])})
+        slot[row[1]] = int(row[2])
+        if row[1] == "delivered":
+            slot["latency_mean"], slot["latency_max"] = float(row[3]), float(row[4])
+    return [MinuteStats(**found[m]) for m in sorted(found)]
