@@ -51,6 +51,7 @@ FILTER_FIELDS: dict[str, dict[str, Any]] = {
     "recipient": {"minLength": 1, "maxLength": 254, **EMAIL},
     "from": {"minLength": 1, "maxLength": 254, **EMAIL},
     "tag": {"minLength": 1, "maxLength": 128, "pattern": NO_CONTROL_PATTERN},
+    "message_id_header": {"minLength": 1, "maxLength": 998, "pattern": NO_CONTROL_PATTERN},
 }
 
 Scope = Literal[SCOPES]  # type: ignore[valid-type]

@@ -46,7 +46,7 @@ class Message(SQLModel, table=True):
         # A member searches the mail they sent (by session or by their keys): the same shape.
         Index("ix_message_user", "user_id", "created_at", "id"),
         # A report's returned Message-ID and the search's message_id_header filter.
-        Index("ix_message_header_id", "header_message_id", "created_at"),
+        Index("ix_message_header_id", "header_message_id", "created_at", "id"),
     )
 
     id: str = Field(primary_key=True, max_length=64)
