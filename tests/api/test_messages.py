@@ -10,7 +10,7 @@ import re
 import pytest
 
 from api.schemas import MessageStatus
-from tests.support.api import RCPT, Api, payload
+from tests.support.api import RCPT, Api, auth, payload
 from tests.support.service import SINK_POOL
 from tests.support.sink import Sink
 from tests.support.smtp import smtp_send
@@ -99,6 +99,9 @@ async def test_search_by_the_clients_message_id_with_or_without_brackets(api: Ap
         refused = await api.get("/v1/messages", key=admin, message_id_header=bad)
         assert refused.status_code == 400
         assert refused.json()["details"][0]["field"] == "message_id_header"
+    body = {"filter": {"message_id_header": "Order-7@shop.example"}, "dry_run": True}
+    counted = await api.http.post("/v1/messages/cancel", json=body, headers=auth(admin))
+    assert counted.status_code == 200 and counted.json()["dry_run"] is True  # a criterion
     spec = (await api.http.get("/openapi.json")).json()
     names = [p["name"] for p in spec["paths"]["/v1/messages"]["get"]["parameters"]]
     assert "message_id_header" in names
