@@ -51,6 +51,7 @@ FILTER_FIELDS: dict[str, dict[str, Any]] = {
     "recipient": {"minLength": 1, "maxLength": 254, **EMAIL},
     "from": {"minLength": 1, "maxLength": 254, **EMAIL},
     "tag": {"minLength": 1, "maxLength": 128, "pattern": NO_CONTROL_PATTERN},
+    "message_id_header": {"minLength": 1, "maxLength": 998, "pattern": NO_CONTROL_PATTERN},
 }
 
 Scope = Literal[SCOPES]  # type: ignore[valid-type]
@@ -281,7 +282,7 @@ class MessageList(BaseModel):
     next_cursor: str | None = Field(description="pass as `cursor` for the next page; null: last")
 
 
-_CRITERIA = ("status", "pool", "recipient", "from", "tag", "since", "until")
+_CRITERIA = queue_ops.FILTER_FIELDS
 # A bulk operation needs a criterion (a field that is there and not null), or "all": true.
 _SOME_CRITERION: dict[str, Any] = {
     "anyOf": [
@@ -309,6 +310,11 @@ class MessageFilterBody(Strict):
     recipient: str | None = Field(None, json_schema_extra=FILTER_FIELDS["recipient"])
     from_: str | None = Field(None, alias="from", json_schema_extra=FILTER_FIELDS["from"])
     tag: str | None = Field(None, json_schema_extra=FILTER_FIELDS["tag"])
+    message_id_header: str | None = Field(
+        None,
+        description="the client's own Message-ID, with or without its angle brackets",
+        json_schema_extra=FILTER_FIELDS["message_id_header"],
+    )
     since: str | int | float | None = Field(
         None, description="ISO 8601 or UNIX seconds", json_schema_extra=TIME
     )

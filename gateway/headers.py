@@ -196,3 +196,33 @@ def _fields_named(low: bytes, needle: bytes) -> int:
             count += 1
         at = low.find(needle, end)
     return count
+
+
+MAX_MESSAGE_ID = 255  # characters of a Message-ID kept (storage's indexed column)
+_VALUE = rb"[ \t]*:([^\r\n]*(?:\r\n[ \t][^\r\n]*)*)"  # a value with its continuation lines
+_SPACE = re.compile(r"\s+")
+
+
+def header_value(data: bytes, name: bytes) -> bytes | None:
+    """The first `name` field's value in the header of `data` (folds joined, stripped), or
+    None. One regex search bounded to the header block: no split, no MIME parse."""
+    pattern = re.compile(rb"(?:\A|\n)" + re.escape(name) + _VALUE, re.IGNORECASE)
+    match = pattern.search(data, 0, header_size(data))
+    return match.group(1).replace(b"\r\n", b"").strip() if match else None
+
+
+def normal_message_id(value: str) -> str | None:
+    """A Message-ID as Postern stores and looks it up: the first `<...>` (or the whole
+    value, given without brackets), without white space, at most MAX_MESSAGE_ID
+    characters; None when nothing is left. The one form both sides compare."""
+    value = _SPACE.sub("", value)
+    start = value.find("<")
+    end = value.find(">", start + 1) if start >= 0 else -1
+    core = value[start + 1 : end] if end > start >= 0 else value.strip("<>")
+    return f"<{core}>"[:MAX_MESSAGE_ID] if core else None
+
+
+def message_id(data: bytes) -> str | None:
+    """The message's own Message-ID in its normal form (normal_message_id), or None."""
+    value = header_value(data, b"message-id")
+    return normal_message_id(value.decode("utf-8", "replace")) if value else None

@@ -16,17 +16,16 @@ names, replies) is escaped by gateway.process.logs' formatter, as in every recor
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Mapping
 from typing import Any
 
+from gateway.headers import header_value
 from gateway.message import DeliveryResult, Outcome, QueuedMessage, Submission
 
 log = logging.getLogger("postern.mail")
 
 _DSN = {Outcome.DELIVERED: "2.0.0", Outcome.DEFERRED: "4.0.0", Outcome.BOUNCED: "5.0.0"}
-_MESSAGE_ID = re.compile(rb"\nmessage-id:[ \t]*([^\r\n]*)", re.IGNORECASE)
 
 
 def client(peer: Any) -> str:
@@ -114,10 +113,5 @@ def handed_back(message_id: str) -> None:
 
 def message_id_header(content: bytes) -> str:
     """The Message-ID field's value (`none` without one), looked for in the header only."""
-    end = content.find(b"\r\n\r\n")
-    if content[:11].lower() == b"message-id:":
-        value = content[11 : content.find(b"\r\n")]
-    else:
-        match = _MESSAGE_ID.search(content, 0, end if end >= 0 else len(content))
-        value = match.group(1) if match else b""
-    return value.strip().decode("utf-8", "replace")[:300] or "none"
+    value = header_value(content, b"message-id") or b""
+    return value.decode("utf-8", "replace")[:300] or "none"

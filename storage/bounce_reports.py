@@ -98,6 +98,18 @@ def message_of(conn: Connection, message_id: str) -> Row[Any] | None:
     return conn.execute(query).first()
 
 
+def messages_by_header(conn: Connection, header_message_id: str) -> list[Row[Any]]:
+    """(id, created_at) of the two most recent messages whose own Message-ID is this one
+    (ix_message_header_id): one is a match, two say it is ambiguous."""
+    query = (
+        select(M.c.id, M.c.created_at)
+        .where(M.c.header_message_id == header_message_id)
+        .order_by(M.c.created_at.desc(), M.c.id.desc())
+        .limit(2)
+    )
+    return list(conn.execute(query))
+
+
 def recipients_of(conn: Connection, message_id: str) -> list[tuple[str, str]]:
     """(email, status) of each of the message's recipients."""
     query = select(R.c.email, R.c.status).where(R.c.message_id == message_id)

@@ -263,6 +263,8 @@ _ADDED_COLUMNS = (
     # Schema 8: reports that came back (bounce_report and soft_bounce are new tables).
     ("event", "detail", "TEXT"),
     ("suppression", "note", "TEXT"),
+    # Schema 9: the client's Message-ID, for bounce matching and the search.
+    ("message", "header_message_id", "VARCHAR(255)"),
 )
 
 # Run once, right after their column was added, to fill it in for the rows already there.

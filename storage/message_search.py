@@ -1,7 +1,8 @@
 """Queue search: messages matching a filter, newest first, a page at a time.
 
-Every filter starts from an index (status, from, pool, API key, created_at, or the recipient
-and tag side tables), so a search never scans `message` whole, however large the queue.
+Every filter starts from an index (status, from, pool, API key, the client's Message-ID,
+created_at, or the recipient and tag side tables), so a search never scans `message` whole,
+however large the queue.
 Pages are keyset-paginated on (created_at, id): a cursor names the last row seen, so pages
 stay stable while mail keeps arriving and a deep page costs what the first one does.
 """
@@ -53,6 +54,7 @@ class MessageFilter:
     recipient: str | None = None
     mail_from: str | None = None
     tag: str | None = None
+    message_id_header: str | None = None  # normalised `<...>` (gateway.headers)
     since: float | None = None  # created_at >= since
     until: float | None = None  # created_at < until
     api_key_id: str | None = None
@@ -66,6 +68,7 @@ class MessageFilter:
             or self.recipient is not None
             or self.mail_from is not None
             or self.tag is not None
+            or self.message_id_header is not None
             or self.since is not None
             or self.until is not None
         )
@@ -125,6 +128,8 @@ def criteria(flt: MessageFilter, statuses: Sequence[str] | None = None) -> list[
         clauses.append(M.c.mail_from == flt.mail_from)
     if flt.tag is not None:
         clauses.append(M.c.id.in_(select(T.c.message_id).where(T.c.tag == flt.tag)))
+    if flt.message_id_header is not None:  # ix_message_header_id
+        clauses.append(M.c.header_message_id == flt.message_id_header)
     if flt.since is not None:
         clauses.append(M.c.created_at >= flt.since)
     if flt.until is not None:

@@ -11,7 +11,7 @@ from sqlalchemy import DDL, BigInteger, Boolean, Column, Index, Integer, LargeBi
 from sqlalchemy.event import listen
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 # A 64-bit key on PostgreSQL; on SQLite exactly INTEGER, so that it is the rowid.
 BIG_ID = BigInteger().with_variant(Integer(), "sqlite")
@@ -45,6 +45,8 @@ class Message(SQLModel, table=True):
         Index("ix_message_api_key", "api_key_id", "created_at", "id"),
         # A member searches the mail they sent (by session or by their keys): the same shape.
         Index("ix_message_user", "user_id", "created_at", "id"),
+        # A report's returned Message-ID and the search's message_id_header filter.
+        Index("ix_message_header_id", "header_message_id", "created_at", "id"),
     )
 
     id: str = Field(primary_key=True, max_length=64)
@@ -72,6 +74,9 @@ class Message(SQLModel, table=True):
     api_key_id: str | None = Field(default=None, max_length=64)
     # The user who sent it: logged in, or the owner of the key it came with (None: neither).
     user_id: str | None = Field(default=None, max_length=64)
+    # The client's own Message-ID as stored (gateway.headers.normal_message_id), None
+    # without one: what a bounce's returned headers name, and what operators search by.
+    header_message_id: str | None = Field(default=None, max_length=255)
     # Set by an operator's retry, cleared by the attempt it asks for (gateway.queue.store).
     retried_at: float | None = None
     # Attempts operators' retries asked for: they take no step of retry_schedule.

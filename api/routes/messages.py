@@ -76,6 +76,11 @@ _FILTER_PARAMETERS = [
     query_parameter("from", "the envelope sender", **schemas.FILTER_FIELDS["from"]),
     query_parameter("tag", "one of the tags given at send", **schemas.FILTER_FIELDS["tag"]),
     query_parameter(
+        "message_id_header",
+        "the client's own Message-ID, with or without its angle brackets",
+        **schemas.FILTER_FIELDS["message_id_header"],
+    ),
+    query_parameter(
         "since", "created at or after: ISO 8601 or UNIX seconds", pattern=timestamps.PATTERN
     ),
     query_parameter(

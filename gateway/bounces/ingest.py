@@ -25,6 +25,7 @@ from gateway.bounces.report import parse
 from gateway.bounces.returnpath import REF_HEADER, ReturnPath, own_message_id
 from gateway.bounces.rules import Classification, Rules, shipped
 from gateway.bounces.verp import token_for
+from gateway.headers import normal_message_id
 from gateway.queue.suppressions import SuppressionCache
 from storage import bounce_reports as stored
 from storage.db import Database
@@ -69,18 +70,25 @@ class Settings:
     soft_limit: int = 3
     soft_window: float = 7 * 86400.0
     max_report_size: int = 256 * 1024
+    # [storage] retention: of several messages with a returned Message-ID, only one sent
+    # within it may be taken.
+    retention: float = 30 * 86400.0
 
 
 @dataclass(frozen=True)
 class Claim:
     """The message a report names, before storage is read: by the VERP token (from the
     envelope recipient or the headers), else the reference header, else a Message-ID
-    Postern wrote. A token that does not verify stops here: the report is unmatched (no
-    weaker tier may pin a forged report on a message)."""
+    Postern wrote, else the returned Message-ID (`header`), looked up in storage by
+    `by_header`. A token that does not verify stops here: the report is unmatched (no
+    weaker tier may pin a forged report on a message). `note` says a Message-ID was
+    ambiguous (kept in the report's reason)."""
 
     message_id: str | None
     by: str | None = None
     error: str | None = None
+    header: str | None = None
+    note: str | None = None
 
 
 def claim_of(report: Report, envelope_recipient: str, return_path: ReturnPath) -> Claim:
@@ -94,7 +102,24 @@ def claim_of(report: Report, envelope_recipient: str, return_path: ReturnPath) -
     own = own_message_id(returned.message_id) if returned is not None else None
     if own is not None:
         return Claim(own, "message_id")
-    return Claim(None, error="no VERP token, reference header or Postern Message-ID")
+    header = normal_message_id(returned.message_id) if returned is not None else None
+    if header is not None:
+        return Claim(None, "message_id", header=header)
+    return Claim(None, error="no VERP token, reference header or Message-ID")
+
+
+def by_header(conn: Connection, header: str, since: float) -> Claim:
+    """The message a returned Message-ID names (message.header_message_id): the only one;
+    of several, the most recent if it was sent since `since` (retention), with a note."""
+    found = stored.messages_by_header(conn, header)
+    if not found:
+        return Claim(None, error=f"no message with Message-ID {header}")
+    if len(found) == 1:
+        return Claim(found[0].id, "message_id")
+    if found[0].created_at < since:
+        return Claim(None, error=f"Message-ID {header} names several messages, none recent")
+    note = f"Message-ID {header} names several messages: the most recent, {found[0].id}, taken"
+    return Claim(found[0].id, "message_id", note=note)
 
 
 def _verified(token: str, by: str, return_path: ReturnPath) -> Claim:
@@ -206,6 +231,8 @@ class BounceIngest:
         if found is not None:
             return _Stored(IngestResult("duplicate", found))
         claim, verdicts = incoming.claim, incoming.verdicts
+        if claim.header is not None and claim.message_id is None:
+            claim = by_header(conn, claim.header, incoming.now - self._settings.retention)
         recipients: list[tuple[str, str]] = []
         message_id = claim.message_id
         if message_id is not None:
@@ -303,9 +330,15 @@ class _Incoming:
             "recipient": first.recipient or None if first else None,
             "cls": first.classification.cls if first else None,
             "rule": first.classification.rule[:64] if first else None,
-            "reason": first.classification.reason if first else None,
+            "reason": _reason(first, claim.note),
             "entries": json.dumps([v.as_json() for v in verdicts]),
         }  # fmt: skip
+
+
+def _reason(first: Verdict | None, note: str | None) -> str | None:
+    """The first acting entry's reason, with the claim's note (an ambiguous Message-ID)."""
+    reason = first.classification.reason if first else None
+    return "; ".join(part for part in (reason, note) if part) or None
 
 
 def hits(report_id: int, message_id: str, verdicts: Sequence[Verdict], source: str) -> list[Hit]:

@@ -230,7 +230,12 @@ class Service:
         """Where reports that came back go in (the API's upload; the IMAP sync and the
         bounce listener when they run): the user's rules before the shipped ones."""
         bounces = self.config.bounces
-        settings = BounceSettings(bounces.soft_limit, bounces.soft_window, bounces.max_report_size)
+        settings = BounceSettings(
+            bounces.soft_limit,
+            bounces.soft_window,
+            bounces.max_report_size,
+            retention=self.config.storage.retention,
+        )
         rules = load_rules(bounces.rules_file or None)
         return BounceIngest(db, self.return_path(ready), rules, settings, queue.suppressions)
 

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from gateway import timestamps
 from gateway.addresses import envelope_problem, has_control
 from gateway.errors import InvalidInput, Refused
+from gateway.headers import MAX_LINE, normal_message_id
 from gateway.queue.store import Queue
 from storage.db import Database
 from storage.message_search import (
@@ -35,7 +36,16 @@ Action = Literal["retry", "cancel"]
 # The most messages one bulk call acts on, so that one HTTP request never runs for minutes;
 # the answer says how many are left and where to go on from.
 MAX_BULK = 10_000
-FILTER_FIELDS = ("status", "pool", "recipient", "from", "tag", "since", "until")
+FILTER_FIELDS = (
+    "status",
+    "pool",
+    "recipient",
+    "from",
+    "tag",
+    "message_id_header",
+    "since",
+    "until",
+)
 # What /openapi.json states of the filter values make_filter takes.
 Status = Literal[STATUSES]  # type: ignore[valid-type]
 _STATUS = f"(?:{'|'.join(STATUSES)})"
@@ -75,6 +85,17 @@ def _text(field: str, value: Any, max_length: int) -> str:
     return value
 
 
+def _message_id(value: Any) -> str | None:
+    """A Message-ID with or without its angle brackets, in the form stored with the message
+    (gateway.headers.normal_message_id); None: no criterion."""
+    if value is None:
+        return None
+    found = normal_message_id(_text("message_id_header", value, MAX_LINE))
+    if found is None:
+        raise FilterError("message_id_header", "a Message-ID, such as <id@example.com>")
+    return found
+
+
 def _address(field: str, value: Any) -> str:
     text = _text(field, value, 254)
     problem = envelope_problem(text)
@@ -112,6 +133,7 @@ def make_filter(
         recipient=_address("recipient", get["recipient"]) if get["recipient"] is not None else None,
         mail_from=_address("from", get["from"]) if get["from"] is not None else None,
         tag=_text("tag", get["tag"], 128) if get["tag"] is not None else None,
+        message_id_header=_message_id(get["message_id_header"]),
         since=parse_time("since", get["since"]) if get["since"] is not None else None,
         until=parse_time("until", get["until"]) if get["until"] is not None else None,
         api_key_id=api_key_id,

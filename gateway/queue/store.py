@@ -29,6 +29,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from gateway import headers
 from gateway.addresses import mailbox_key
 from gateway.message import DeliveryResult, Outcome, QueuedMessage, Route, Submission
 from gateway.queue import events, idempotency, ids, retry, states
@@ -144,6 +145,7 @@ class Queue:
             "last_response": None,
             "api_key_id": submission.sender.api_key_id if submission.sender else None,
             "user_id": submission.sender.user_id if submission.sender else None,
+            "header_message_id": headers.message_id(submission.content),
         }
 
     # --- delivery ---------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """GET /v1/messages/{message_id}: the SPEC's fields, per-recipient results, and a 404 for an
-unknown id or another key's message (an admin key sees every message).
+unknown id or another key's message (an admin key sees every message). GET /v1/messages by
+the client's own Message-ID.
 """
 
 from __future__ import annotations
@@ -9,9 +10,10 @@ import re
 import pytest
 
 from api.schemas import MessageStatus
-from tests.support.api import RCPT, Api, payload
+from tests.support.api import RCPT, Api, auth, payload
 from tests.support.service import SINK_POOL
 from tests.support.sink import Sink
+from tests.support.smtp import smtp_send
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -72,3 +74,34 @@ async def test_another_keys_message_is_404_but_admin_sees_it(api: Api, sink: Sin
     assert (await api.get(path, key=await api.key(name="stranger"))).status_code == 404
     assert (await api.get(path, key=await api.key("admin"))).status_code == 200
     assert (await api.get(path, key=None)).status_code == 401
+
+
+async def _smtp_with_message_id(api: Api, header: str) -> str:
+    data = f"From: app@sender.test\r\nTo: {RCPT}\r\nMessage-ID: {header}\r\n\r\nHi\r\n"
+    code, text = await smtp_send(api.svc.smtp_port, "app@sender.test", [RCPT], data.encode())
+    assert code == 250, text
+    found = re.search(r"msg_\w+", text)
+    assert found is not None
+    return found.group(0)
+
+
+async def test_search_by_the_clients_message_id_with_or_without_brackets(api: Api) -> None:
+    wanted = await _smtp_with_message_id(api, "<Order-7@shop.example>")
+    await _smtp_with_message_id(api, "<Order-8@shop.example>")
+    admin = await api.key("admin")
+    for value in ("<Order-7@shop.example>", "Order-7@shop.example", " <Order-7@shop.example> "):
+        response = await api.get("/v1/messages", key=admin, message_id_header=value)
+        assert response.status_code == 200, response.text
+        assert [m["message_id"] for m in response.json()["data"]] == [wanted]
+    none = await api.get("/v1/messages", key=admin, message_id_header="order-7@shop.example")
+    assert none.json()["data"] == []  # compared exactly, as the Message-ID was written
+    for bad in ("<>", "a\x01b"):
+        refused = await api.get("/v1/messages", key=admin, message_id_header=bad)
+        assert refused.status_code == 400
+        assert refused.json()["details"][0]["field"] == "message_id_header"
+    body = {"filter": {"message_id_header": "Order-7@shop.example"}, "dry_run": True}
+    counted = await api.http.post("/v1/messages/cancel", json=body, headers=auth(admin))
+    assert counted.status_code == 200 and counted.json()["dry_run"] is True  # a criterion
+    spec = (await api.http.get("/openapi.json")).json()
+    names = [p["name"] for p in spec["paths"]["/v1/messages"]["get"]["parameters"]]
+    assert "message_id_header" in names

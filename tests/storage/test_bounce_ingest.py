@@ -4,6 +4,7 @@ report processed once, nothing half-written when a failure strikes before the co
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -114,6 +115,51 @@ async def test_postern_message_id_matches_last(backend: Database, queue: Queue) 
     result = await ingest(backend, queue).ingest(raw, LISTENER)
     assert result.outcome == "processed"
     assert (await report(backend, result.report_id)).matched_by == "message_id"
+
+
+async def delivered_as(queue: Queue, header: str, recipient: str) -> str:
+    """A message delivered with the client's own Message-ID field."""
+    content = f"From: app@example.com\r\nMessage-ID: {header}\r\n\r\nbody\r\n".encode()
+    message = await queue.enqueue(submission(recipient, content=content), Route(), claim=True)
+    await queue.record(AttemptRecord(message, dict.fromkeys(message.recipients, DELIVERED), "p"))
+    return message.id
+
+
+async def test_a_client_chosen_message_id_matches(backend: Database, queue: Queue) -> None:
+    message_id = await delivered_as(queue, "<Order-42@shop.example>", "gone@example.test")
+    raw = dsn("gone@example.test", to="x@provider.test", message_id="<Order-42@shop.example>")
+    result = await ingest(backend, queue).ingest(raw, LISTENER)
+    assert result.outcome == "processed"
+    row = await report(backend, result.report_id)
+    assert (row.message_id, row.matched_by, row.cls) == (message_id, "message_id", "hard")
+    assert await suppression(backend, "gone@example.test") is not None
+    unknown = dsn("gone@example.test", to="x@provider.test", message_id="<nope@shop.example>")
+    missed = await ingest(backend, queue).ingest(unknown, LISTENER)
+    assert missed.outcome == "unmatched"
+    assert (
+        "no message with Message-ID <nope@shop.example>"
+        in (await report(backend, missed.report_id)).error
+    )
+
+
+async def test_an_ambiguous_message_id_takes_the_most_recent_and_says_so(
+    backend: Database, queue: Queue
+) -> None:
+    await delivered_as(queue, "<same@app.test>", "gone@example.test")
+    latest = await delivered_as(queue, "<same@app.test>", "gone@example.test")
+    clock = Clock()
+    clock.now = time.time()
+    raw = dsn("gone@example.test", to="x@provider.test", message_id="<same@app.test>")
+    result = await ingest(backend, queue, clock).ingest(raw, LISTENER)
+    assert result.outcome == "processed"
+    row = await report(backend, result.report_id)
+    assert row.message_id == latest
+    assert f"names several messages: the most recent, {latest}, taken" in row.reason
+    clock.now += 31 * 86400  # both past retention: neither is taken
+    stale = dsn("gone@example.test", to="x@provider.test", message_id="<same@app.test>", nonce="2")
+    result = await ingest(backend, queue, clock).ingest(stale, LISTENER)
+    assert result.outcome == "unmatched"
+    assert "none recent" in (await report(backend, result.report_id)).error
 
 
 async def test_a_forged_token_is_unmatched_and_changes_nothing(

@@ -41,7 +41,8 @@ async def message_row(db: Database, message_id: str) -> Any:
 async def seed(db: Database, n: int, owners: list[str]) -> list[dict[str, Any]]:
     """n messages written straight to storage (no delivery touches them: the active ones
     are due in an hour). Message i: status STATUSES[i % 4], sender s{i % 5}, recipient
-    r{i % 10}, tag t{i % 10}, owner owners[i % len(owners)], pool `sink` when i is odd."""
+    r{i % 10}, tag t{i % 10}, Message-ID <m{i % 7}@app.test>, owner owners[i % len(owners)],
+    pool `sink` when i is odd."""
     now = time.time()
     messages, recipients, meta, tags = [], [], [], []
     for i in range(n):
@@ -54,7 +55,7 @@ async def seed(db: Database, n: int, owners: list[str]) -> list[dict[str, Any]]:
              "mail_from": f"s{i % 5}@sender.test", "last_pool": SINK_POOL if i % 2 else "other",
              "attempts": 0 if status == "queued" else 1, "size": 10, "created_at": created,
              "updated_at": created, "due_at": now + 3600 if active else None,
-             "api_key_id": owners[i % len(owners)]}
+             "api_key_id": owners[i % len(owners)], "header_message_id": f"<m{i % 7}@app.test>"}
         )  # fmt: skip
         recipients.append(
             {"message_id": message_id, "email": f"r{i % 10}@example.test",

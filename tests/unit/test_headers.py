@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.headers import MAX_FROM, clean_header, content_problem, mailboxes
+from gateway.headers import (
+    MAX_FROM,
+    clean_header,
+    content_problem,
+    header_value,
+    mailboxes,
+    message_id,
+    normal_message_id,
+)
 
 CLEAN = (
     b"From: App <app@example.com>\r\n"
@@ -194,3 +202,31 @@ def test_mailboxes_of_a_from_value() -> None:
 def test_mailboxes_parses_no_value_too_long_or_nested_past_the_stack() -> None:
     assert mailboxes(b" " + b"a" * MAX_FROM + b"@example.com") is None  # not parsed at all
     assert mailboxes(b"(" * 2000 + b")" * 2000 + b" <a@example.com>") is None  # RecursionError
+
+
+# --- the Message-ID (stored with the message, matched against bounces) -----------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("<a@x.test>", "<a@x.test>"),
+        ("  a@x.test ", "<a@x.test>"),
+        ("<a@x.test> (comment)", "<a@x.test>"),
+        ("<a@\r\n x.test>", "<a@x.test>"),
+        ("<>", None),
+        ("", None),
+        ("<" + "y" * 300 + ">", "<" + "y" * 254),
+    ],
+)
+def test_normal_message_id(value: str, expected: str | None) -> None:
+    assert normal_message_id(value) == expected
+
+
+def test_message_id_is_read_from_the_header_only_folds_joined() -> None:
+    folded = b"From: a@x.test\r\nMessage-ID:\r\n <f@x.test>\r\nTo: b@x.test\r\n\r\nbody\r\n"
+    assert message_id(folded) == "<f@x.test>"
+    assert message_id(b"message-id: <first@x.test>\r\n\r\n") == "<first@x.test>"
+    assert message_id(b"From: a@x.test\r\n\r\nMessage-ID: <body@x.test>\r\n") is None
+    assert message_id(b"Resent-Message-ID: <r@x.test>\r\n\r\n") is None
+    assert header_value(b"X-A: 1\r\nX-AB: 2\r\n\r\n", b"x-ab") == b"2"

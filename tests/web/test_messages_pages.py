@@ -78,12 +78,15 @@ async def test_each_filter_of_the_api_narrows_the_search(api: Api, person: SignI
     page = await owner.get("/messages?limit=100")
     assert page.status_code == 200 and "<h1>Messages</h1>" in page.text
     assert ids_of(page.text) == wanted
+    assert 'name="message_id_header"' in page.text  # the form has the field
     cases: dict[str, Any] = {
         "status=deferred": lambda r: r["status"] == "deferred",
         "status=queued&status=bounced": lambda r: r["status"] in ("queued", "bounced"),
         "from=s1%40sender.test": lambda r: r["mail_from"] == "s1@sender.test",
         "recipient=r3%40example.test": lambda r: r["id"][-2:] in ("03", "13", "23", "33"),
         "tag=t4": lambda r: r["id"][-2:] in ("04", "14", "24", "34"),
+        "message_id_header=m3%40app.test": lambda r: int(r["id"][-2:]) % 7 == 3,
+        "message_id_header=%3Cm5%40app.test%3E": lambda r: int(r["id"][-2:]) % 7 == 5,
         f"pool={SINK_POOL}": lambda r: r["last_pool"] == SINK_POOL,
         f"since={rows[30]['created_at']:.0f}": lambda r: r["created_at"] >= rows[30]["created_at"],
         f"until={rows[10]['created_at']:.0f}": lambda r: r["created_at"] < rows[10]["created_at"],
@@ -93,6 +96,8 @@ async def test_each_filter_of_the_api_narrows_the_search(api: Api, person: SignI
         assert found == newest_first([r for r in rows if keep(r)]), query
     refused = await owner.get("/messages?since=yesterday")
     assert refused.status_code == 400 and "since:" in refused.text and "<form" in refused.text
+    empty = await owner.get("/messages?message_id_header=%3C%3E")
+    assert empty.status_code == 400 and "message_id_header:" in empty.text
 
 
 async def test_pages_follow_the_cursor_and_htmx_gets_the_results_only(

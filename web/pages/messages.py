@@ -4,8 +4,9 @@ confirmed. The search form is a plain GET form (a bookmarkable address; htmx swa
 results in). Whose mail a person sees is api.message_ops.restriction's answer, as over
 the API: a member, their own; an admin or owner, everyone's.
 
-Not here: a search by the Message-ID header or the subject. Neither is stored outside the
-body, and no index holds them, so such a search would read every body (left for an index).
+The client's own Message-ID is a filter too (stored with the message at intake, indexed).
+Not here: a search by the subject, which is stored only in the body, so such a search
+would read every body (left for an index).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from web.guard import signed_in
 from web.render import fragment, is_htmx, page
 
 PATH = "/messages"
-TEXT_FIELDS = ("from", "recipient", "pool", "tag", "since", "until")
+TEXT_FIELDS = ("from", "recipient", "pool", "tag", "message_id_header", "since", "until")
 LIMITS = (25, 50, 100)
 ACTIONS = {"retry": ("retry", "retried"), "cancel": ("cancel", "cancelled")}
 
