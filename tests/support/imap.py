@@ -38,7 +38,14 @@ STOP_TIMEOUT = 5.0
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
 
 
+REQUIRED = bool(os.environ.get("POSTERN_TEST_IMAP"))  # .ci/run sets it: missing is a failure
+
+
 def available() -> bool:
+    """Whether dovecot is here; with POSTERN_TEST_IMAP set its absence fails the tests that
+    need it (at collection) rather than skipping them."""
+    if not os.path.exists(DOVECOT) and REQUIRED:
+        raise RuntimeError(f"POSTERN_TEST_IMAP is set but {DOVECOT} is missing")
     return os.path.exists(DOVECOT)
 
 
