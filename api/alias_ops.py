@@ -32,7 +32,7 @@ from gateway.intake.fields import text_problem
 from gateway.intake.message_builder import Draft, Mailbox, build
 from gateway.intake.pipeline import Refusal
 from gateway.message import Sender, Submission
-from storage import aliases
+from storage import aliases, mail_accounts
 from storage.aliases import AliasRecord
 from storage.domains import get_domain
 
@@ -101,10 +101,14 @@ def checked_identity(body: AliasCreate) -> tuple[str, str]:
 async def require_verified_domain(
     ctx: ApiContext, email: str, advice: DomainAdvice = API_ADVICE
 ) -> None:
-    """DomainNotVerified (422) unless the address's domain is registered and verified."""
+    """DomainNotVerified (422) unless the address's domain is registered and verified, or
+    the address is a connected account's (seed 002: "must be on a verified custom domain or
+    be a connected IMAP account")."""
     domain = email.rpartition("@")[2]
     registered = await get_domain(ctx.db, domain)
     if registered is None or not registered.is_verified:
+        if await mail_accounts.is_connected(ctx.db, email):
+            return
         raise errors.DomainNotVerified(
             advice.message.format(domain=domain),
             [{"field": "email", "message": advice.detail.format(domain=domain)}],

@@ -181,6 +181,12 @@ async def address_and_count(db: Database, email: str, user_id: str) -> tuple[boo
     return await db.read(read)
 
 
+async def is_connected(db: Database, email: str) -> bool:
+    """Whether the address is a connected account's (one indexed read)."""
+    query = select(A.c.id).where(A.c.email == mailbox_key(email)).limit(1)
+    return await db.read(lambda conn: conn.execute(query).first() is not None)
+
+
 async def get_account(db: Database, account_id: str) -> MailAccountRecord | None:
     row = await db.read(lambda conn: conn.execute(select(A).where(A.c.id == account_id)).first())
     return None if row is None else _record(row)

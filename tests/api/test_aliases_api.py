@@ -10,6 +10,7 @@ import time
 import pytest
 from sqlalchemy import update
 
+from storage import mail_accounts
 from storage.models import AliasToken
 from tests.support.api import Api, payload
 from tests.support.resources import (
@@ -44,6 +45,22 @@ async def test_the_domain_must_be_verified(api: Api) -> None:
     assert refused.status_code == 422  # added, not verified yet
     await verified_domain(api, "other.test")
     assert (await call(api, "POST", ALIASES, key, {"email": "a@other.test"})).status_code == 201
+
+
+async def test_a_connected_accounts_address_needs_no_verified_domain(api: Api) -> None:
+    """Seed 002: an alias "must be on a verified custom domain or be a connected IMAP
+    account"."""
+    key = await api.key("aliases")
+    values = {
+        "email": "me@personal.test", "name": "", "imap_host": "127.0.0.1", "imap_port": 993,
+        "imap_security": "ssl", "smtp_host": "127.0.0.1", "smtp_port": 465,
+        "smtp_security": "ssl", "tls_verify": True, "username": "me",
+    }  # fmt: skip
+    await mail_accounts.create_account(api.svc.db, values, lambda _: "sealed", "usr_a", 10)
+    made = await call(api, "POST", ALIASES, key, {"email": "me@personal.test"})
+    assert made.status_code == 201, made.text
+    refused = await call(api, "POST", ALIASES, key, {"email": "other@personal.test"})
+    assert refused.status_code == 422
 
 
 async def test_creation_sends_a_link_that_verifies_once(api: Api, sink: Sink) -> None:
