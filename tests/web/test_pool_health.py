@@ -43,7 +43,7 @@ async def test_a_delivery_shows_a_latency_histogram_and_the_delivered_count(
     assert delivered and int(delivered.group(1)) >= 1  # the metrics are the process's
     assert '<svg class="chart histogram"' in figures and '<rect class="bar' in figures
     assert "p50 " in figures and "p95 " in figures
-    assert "<table class=\"latency-buckets\">" in figures
+    assert '<table class="latency-buckets">' in figures
     assert "style=" not in page.text and "<script>" not in page.text
     assert ">healthy<" in page.text
 

@@ -4,7 +4,8 @@ when), each row a link to the message's own page (/messages/{id}: headers, body,
 Two inboxes: the messages sent with the sandbox flag (`X-Postern-Sandbox: true` or the API's
 field; stored with status `sandbox`, never delivered, their body kept as any stored message's)
 and the messages sent to the simulator (`*@simulator.postern.invalid`, delivered by the
-simulator pool with a scripted outcome). Both are the Messages page's search (status
+simulator pool with a scripted outcome; as any message, its body is deleted once it is final,
+so the list says so instead of a subject). Both are the Messages page's search (status
 `sandbox`, or pool `simulator`), restricted as the API restricts the caller
 (api.message_ops.restriction): a member sees their own test mail only.
 
