@@ -12,7 +12,7 @@ from typing import Protocol
 
 from gateway.accounts.accounts import Settings as AccountSettings
 from gateway.config import Config
-from gateway.delivery.upstream import PoolSettings
+from gateway.delivery.upstream import PoolHealth, PoolSettings
 from gateway.dns import Resolver
 from gateway.intake.identities import Identities
 from gateway.security.hostguard import HostGuard
@@ -30,6 +30,10 @@ class LivePools(Protocol):
 
     def live(self, pool_id: str) -> PoolSettings | None:
         """The pool as delivery uses it (password included), or None when not loaded."""
+        ...
+
+    def health(self, pool_id: str) -> PoolHealth | None:
+        """The pool's failures and cool-down on this node, or None when not loaded."""
         ...
 
 

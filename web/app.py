@@ -31,6 +31,7 @@ from web.pages import (
     messages,
     overview,
     pools,
+    sandbox,
     sessions,
     suppressions,
     users,
@@ -79,7 +80,7 @@ def routes() -> list[BaseRoute]:
     ]
     for module in (auth, overview, pools, sessions, users, messages, message, invitations, live):
         table.extend(module.routes)
-    for module in (aliases, domains, keys, webhooks, suppressions):
+    for module in (aliases, domains, keys, webhooks, suppressions, sandbox):
         table.extend(module.routes)
     return table
 

@@ -30,6 +30,7 @@ MAIN = (
     Entry("Overview", "/"),
     Entry("Messages", "/messages"),
     Entry("Live", "/live"),
+    Entry("Sandbox", "/sandbox"),
 )
 SETTINGS = (
     Entry("SMTP Pools", "/settings/pools", scope="pools"),

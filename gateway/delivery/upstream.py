@@ -79,6 +79,16 @@ class SessionSettings:
     guard: HostGuard = field(default_factory=HostGuard)
 
 
+@dataclass(frozen=True)
+class PoolHealth:
+    """What a pool remembers of its failures, for an operator to read (the dashboard)."""
+
+    failures: int  # in a row, since the last success
+    cooling_until: float | None  # wall clock; None when not cooling down
+    last_error: str  # the last failure of the pool itself ("" when none since it loaded)
+    failed_at: float | None  # wall clock of that failure
+
+
 class _StaleSession(DeliveryError):
     """A reused session turned out to be closed before anything was sent on it."""
 
@@ -146,6 +156,7 @@ class UpstreamPool:
         self.failures = 0
         self.unhealthy_until = 0.0
         self.failed_at = 0.0  # the last failure (wall clock)
+        self.last_error = ""  # what it was: kept after a success, for the dashboard
         labels = {"pool": settings.name}
         self._connect_seconds = metrics.UPSTREAM_CONNECT_SECONDS.labels(**labels)
         self._send_seconds = metrics.UPSTREAM_SEND_SECONDS.labels(**labels)
@@ -163,6 +174,12 @@ class UpstreamPool:
 
     def healthy(self, now: float) -> bool:
         return now >= self.unhealthy_until
+
+    def health(self, now: float) -> PoolHealth:
+        """A read-only copy of the pool's health, as of `now` (wall clock)."""
+        cooling = None if self.healthy(now) else self.unhealthy_until
+        failed_at = self.failed_at or None
+        return PoolHealth(self.failures, cooling, self.last_error, failed_at)
 
     def forgive(self, asked_at: float) -> None:
         """An operator's retry asked at `asked_at`: forget the failures (and end the
@@ -301,14 +318,14 @@ class UpstreamPool:
         if mail.outcome is not Outcome.DELIVERED and _our_fault(mail):
             # The upstream refuses us, not the message (AUTH needed, bad credentials,
             # throttling): never bounce mail for it; fail over and let the pool cool down.
-            self._mark(healthy=False)
+            self._mark(healthy=False, reason=mail.describe())
             raise PoolUnavailable(
                 DeliveryResult(Outcome.DEFERRED, mail.code, mail.enhanced, mail.text)
             )
         if mail.outcome is Outcome.BOUNCED:
             return dict.fromkeys(message.recipients, mail)
         if mail.outcome is Outcome.DEFERRED:
-            self._mark(healthy=False)
+            self._mark(healthy=False, reason=mail.describe())
             raise PoolUnavailable(mail)
         results = {r: classify(reply.code, reply.text) for r, reply in replies.rcpts.items()}
         accepted = [r for r, result in results.items() if result.outcome is Outcome.DELIVERED]
@@ -384,19 +401,17 @@ class UpstreamPool:
             client = await self._open(_START_TLS.get(settings.encryption, False))
         except _CONNECT_ERRORS as error:
             if settings.encryption != "opportunistic" or not _tls_failure(error):
-                self._mark(healthy=False)
-                raise PoolUnavailable(self._refusal(error)) from None
+                raise self._unavailable(error) from None
             # STARTTLS refused or its handshake failed: an MX host still gets the mail in
             # plain text, as Postfix's "may" level does (RFC 3207 §4.1 leaves it to us).
             try:
                 client = await self._open(False)
             except _CONNECT_ERRORS as plain_error:
-                self._mark(healthy=False)
-                raise PoolUnavailable(self._refusal(plain_error)) from None
+                raise self._unavailable(plain_error) from None
         try:
             pipe = PipelinedSession.take_over(client, self._session.command_timeout)
         except SessionClosed as closed:
-            self._mark(healthy=False)
+            self._mark(healthy=False, reason=str(closed))
             raise PoolUnavailable(deferred(f"{self.name}: {closed}")) from None
         self._connect_seconds.observe(time.perf_counter() - started)
         now = time.monotonic()
@@ -446,6 +461,12 @@ class UpstreamPool:
             password=(settings.password or None) if settings.username else None,
         )
 
+    def _unavailable(self, error: BaseException) -> PoolUnavailable:
+        """A failed connect: counted against the pool, and the deferral to fail over with."""
+        refusal = self._refusal(error)
+        self._mark(healthy=False, reason=refusal.describe())
+        return PoolUnavailable(refusal)
+
     def _refusal(self, error: BaseException) -> DeliveryResult:
         """A failed connect as a deferral, keeping a 4xx reply's code and enhanced status
         (a 421 greeting is a throttling signal: gateway.delivery.backoff)."""
@@ -488,7 +509,7 @@ class UpstreamPool:
 
     # --- health -----------------------------------------------------------------------
 
-    def _mark(self, healthy: bool) -> None:
+    def _mark(self, healthy: bool, reason: str = "") -> None:
         """Count a success (the pool is healthy again) or a failure of the pool itself: after
         a few in a row it cools down, set aside for a while (COOLDOWN of
         gateway.delivery.slowdown; a throttling reply narrows it instead: BACKOFF)."""
@@ -498,6 +519,7 @@ class UpstreamPool:
             return
         self.failures += 1
         self.failed_at = time.time()
+        self.last_error = reason[:300]
         cooldown = slowdown.cooldown(self.failures, self._session.cooldown)
         if cooldown is not None:
             self.unhealthy_until = self.failed_at + cooldown

@@ -23,6 +23,7 @@ from gateway.delivery.direct import DIRECT, DirectRoutes
 from gateway.delivery.slowdown import Postponed, Wait, no_pool_wait
 from gateway.delivery.throttle import Throttle, Ticket, show_limits
 from gateway.delivery.upstream import (
+    PoolHealth,
     PoolSettings,
     PoolUnavailable,
     SessionSettings,
@@ -84,6 +85,11 @@ class PoolRegistry:
     def settings(self) -> list[PoolSettings]:
         """The pools (never the connected accounts: they are no pool of any group)."""
         return [pool.settings for pool in self._pools.values()]
+
+    def health(self, pool_id: str) -> PoolHealth | None:
+        """A pool's health as of now (None when not loaded): read only, for the dashboard."""
+        pool = self._pools.get(pool_id)
+        return None if pool is None else pool.health(time.time())
 
     def account_ids(self) -> frozenset[str]:
         """The connected accounts delivery can send through now."""

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from gateway.config import PoolConfig
-from gateway.delivery.upstream import PoolSettings
+from gateway.delivery.upstream import PoolHealth, PoolSettings
 from gateway.delivery.workers import PoolRegistry
 from gateway.queue.store import Queue
 from gateway.security.pool_secrets import unseal
@@ -61,6 +61,10 @@ class PoolSync:
             if settings.id == pool_id:
                 return settings
         return None
+
+    def health(self, pool_id: str) -> PoolHealth | None:
+        """The pool's failures and cool-down on this node (None when not loaded)."""
+        return self._registry.health(pool_id)
 
     async def _load(self) -> None:
         await sync_config_pools(self._db, self.declared)

@@ -1,10 +1,13 @@
 """Settings → SMTP Pools: list, create, edit, delete (confirmed on a page of its own, so it
 works without JavaScript), and the connection test (htmx swaps in its result; without
-JavaScript the form posts and the result is a page). Everything goes through api.pool_ops,
+JavaScript the form posts and the result is a page). The list shows each pool's health on
+this node (failures, cool-down, last error: LivePools.health) and its figures since this node
+started (web.pool_figures, the metrics /metrics exports). Everything goes through api.pool_ops,
 as the API's routes do, with the API's scope `pools`."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import Request
@@ -15,6 +18,7 @@ from api import pool_ops
 from api.auth import Caller
 from api.context import ApiContext
 from api.forms import form_fields
+from api.management import PoolHealth
 from gateway.errors import PosternError
 from storage.pools import PoolRecord, pool_records
 from web.guard import signed_in
@@ -26,6 +30,7 @@ from web.pages.pool_form import (
     checked_update,
     values_of,
 )
+from web.pool_figures import Figures, figures
 from web.render import fragment, is_htmx, page
 
 SCOPE = "pools"
@@ -37,15 +42,28 @@ def _back(done: str) -> Response:
     return RedirectResponse(f"{LIST}?done={done}", status_code=303)
 
 
-def _live(ctx: ApiContext, record: PoolRecord) -> bool:
-    """Whether this node's delivery holds the pool (its live registry: no I/O)."""
-    return ctx.management().pools.live(record.id) is not None
+@dataclass(frozen=True)
+class Row:
+    """One pool as the list shows it: its record, and this node's live view of it."""
+
+    record: PoolRecord
+    live: bool  # this node's delivery holds the pool
+    health: PoolHealth | None  # its failures and cool-down (None: not loaded here)
+    figures: Figures  # this node's metrics of it since start
+
+
+def _row(ctx: ApiContext, record: PoolRecord) -> Row:
+    """From the live registry and the Prometheus metrics: memory only, no I/O."""
+    pools = ctx.management().pools
+    health = pools.health(record.id)
+    live = pools.live(record.id) is not None
+    return Row(record, live, health, figures(record.name))
 
 
 async def list_pools(request: Request) -> Response:
     ctx, caller = await signed_in(request, SCOPE)
     records = await pool_ops.records(ctx, caller)
-    rows = [(record, _live(ctx, record)) for record in records]
+    rows = [_row(ctx, record) for record in records]
     notice = DONE.get(request.query_params.get("done", ""), "")
     return page(request, "pools/list.html", caller, rows=rows, notice=notice)
 

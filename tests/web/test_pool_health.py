@@ -1,0 +1,76 @@
+"""Settings → SMTP Pools shows each pool's health and figures on this node, through a real
+uvicorn with httpx: after a delivery, a latency histogram and a delivered count read from the
+metrics /metrics exports; an upstream that refuses shows failures, the last error and, after
+a few, the cool-down. The quantile estimate from buckets is checked on its own."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+
+from tests.support.api import Api, payload
+from tests.support.rows import wait_for_status
+from tests.support.service import SINK_POOL, wait_until
+from tests.support.sink import Sink
+from tests.web.conftest import SignIn
+from web.pool_figures import quantile
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _figure(html: str) -> str:
+    """The figures section of the pool list."""
+    found = re.search(r'<section class="card pool-figures".*?</section>', html, re.S)
+    assert found, html
+    return found.group(0)
+
+
+async def test_a_delivery_shows_a_latency_histogram_and_the_delivered_count(
+    api: Api, person: SignIn, sink: Sink
+) -> None:
+    owner = await person("ops@example.com")
+    before = await owner.get("/settings/pools")
+    assert before.status_code == 200 and "since it started" in before.text
+    sent = await api.send(payload(subject="Figures"), key=await api.key())
+    assert sent.status_code in (200, 202), sent.text
+    await wait_for_status(api.svc, sent.json()["message_id"], {"delivered"})
+    page = await owner.get("/settings/pools")
+    figures = _figure(page.text)
+    assert f"<strong>{SINK_POOL}</strong>" in figures
+    delivered = re.search(r'class="throughput">(\d+) delivered<', figures)
+    assert delivered and int(delivered.group(1)) >= 1  # the metrics are the process's
+    assert '<svg class="chart histogram"' in figures and '<rect class="bar' in figures
+    assert "p50 " in figures and "p95 " in figures
+    assert '<table class="latency-buckets">' in figures
+    assert "style=" not in page.text and "<script>" not in page.text
+    assert ">healthy<" in page.text
+
+
+async def test_an_upstream_that_refuses_shows_the_last_error_and_the_cool_down(
+    api: Api, person: SignIn, sink: Sink
+) -> None:
+    owner = await person("ops@example.com")
+    sink.fail("mail", "421 4.7.0 go away for now")  # the pool's own fault: counted
+    key = await api.key()
+    for n in range(3):  # COOLDOWN_AFTER failures in a row
+        sent = await api.send(payload(subject=f"refused {n}"), key=key)
+        assert sent.status_code in (200, 202), sent.text
+        await wait_for_status(api.svc, sent.json()["message_id"], {"deferred"})
+
+    async def cooling() -> str | None:
+        text = (await owner.get("/settings/pools")).text
+        return text if "cooling down" in text else None
+
+    text = await wait_until(cooling, timeout=10.0)
+    assert "Last error" in text and "go away for now" in text
+    assert re.search(r"\d+ failures in a row", text)
+
+
+def test_quantiles_are_estimated_within_their_bucket() -> None:
+    cumulative = [(0.01, 2.0), (0.1, 6.0), (1.0, 10.0), (math.inf, 10.0)]
+    assert quantile(0.5, cumulative) == pytest.approx(0.01 + 0.09 * 0.75)
+    assert quantile(0.95, cumulative) == pytest.approx(0.1 + 0.9 * 0.875)
+    assert quantile(0.5, [(0.1, 0.0), (math.inf, 0.0)]) is None
+    assert quantile(0.99, [(0.1, 1.0), (math.inf, 4.0)]) == 0.1  # in +Inf: the last bound
