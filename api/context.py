@@ -12,6 +12,7 @@ from typing import Any
 from api.errors import Unavailable
 from api.management import Management
 from gateway.bounces.ingest import BounceIngest
+from gateway.intake.attachments import AttachmentRules
 from gateway.intake.pipeline import Intake
 from gateway.people.login_throttle import LoginThrottle
 from gateway.people.sessions import Sessions
@@ -56,6 +57,7 @@ class ApiContext:
     public_url: str = ""  # [http] public_url: its origin is this server's own, as the Host's
     bounces: BounceIngest | None = None  # POST /api/v1/bounces (absent in bare-app tests)
     max_report_size: int = 256 * 1024  # [bounces] max_report_size
+    attachment_rules: AttachmentRules = field(default_factory=AttachmentRules)  # [http]
     _pending: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
     # Set when the server stops: long answers (event streams) end at once, so that the
     # drain does not wait for a client that would hold one open for an hour.

@@ -44,10 +44,12 @@
     │   └── WebhookInactive   409 webhook_inactive  replay to a webhook that is switched off
     ├── RequestTimeout        408 request_timeout   the body took longer than [http] body_timeout
     ├── PayloadTooLarge       413 payload_too_large over [http] max_body_size
+    │   └── AttachmentsTooLarge   413 attachments_too_large  over [http] max_attachments_size
     ├── Suppressed            422 suppressed        every recipient is suppressed
     ├── DomainNotVerified     422 domain_not_verified   an alias on an unverified domain
     ├── UpstreamRejected      422 upstream_rejected the upstream refused it permanently
     ├── EmptyReport           422 empty_report      POST /api/v1/bounces without a report
+    ├── AttachmentRefused     422 attachment_refused    in [http] refuse_attachment_types
     ├── RateLimited           429 rate_limit        over [http] rate_limit; Retry-After
     ├── Unavailable           503 unavailable       storage failed; nothing was accepted
     └── StorageFull           507 storage_full      no space left to store it; nothing was
@@ -297,6 +299,10 @@ class PayloadTooLarge(ApiError):
     status, code = 413, "payload_too_large"
 
 
+class AttachmentsTooLarge(PayloadTooLarge):
+    code = "attachments_too_large"
+
+
 class Suppressed(ApiError):
     status, code = 422, "suppressed"
 
@@ -312,6 +318,10 @@ class UpstreamRejected(ApiError):
 
 class EmptyReport(ApiError):
     status, code = 422, "empty_report"
+
+
+class AttachmentRefused(ApiError):
+    status, code = 422, "attachment_refused"
 
 
 class DomainNotVerified(ApiError):

@@ -13,6 +13,7 @@ from api.errors import InvalidRequest
 from gateway import timestamps
 from gateway.addresses import NO_CONTROL_PATTERN
 from gateway.errors import InvalidInput
+from gateway.intake import attachments as attached
 from gateway.intake import fields
 from gateway.intake.fields import ENCODED_WORD, HEADER_SAFE
 from gateway.queue import operations as queue_ops
@@ -113,6 +114,38 @@ class Mailbox(Strict):
     name: str | None = Field(default=None, max_length=256, json_schema_extra=HEADER_TEXT)
 
 
+class AttachmentIn(Strict):
+    """One attachment of POST /v1/send (checked again when decoded: a bad one is a 400
+    naming `attachments[i].<field>`)."""
+
+    filename: str = Field(
+        min_length=1,
+        max_length=attached.MAX_FILENAME,
+        description="the name the recipient sees; RFC 2231-encoded when not ASCII",
+        json_schema_extra=HEADER_TEXT,
+    )
+    content: str = Field(
+        description="the file's bytes, base64 (RFC 4648, padded, no line breaks)",
+        json_schema_extra={"contentEncoding": "base64", "pattern": attached.BASE64},
+    )
+    content_type: str = Field(
+        default=attached.DEFAULT_TYPE,
+        max_length=255,
+        pattern=attached.CONTENT_TYPE,
+        description="type/subtype; not multipart/* nor message/*",
+    )
+    content_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=attached.MAX_CONTENT_ID,
+        pattern=attached.CONTENT_ID,
+        description=(
+            "makes it an inline part (Content-ID: <content_id>) the HTML shows as "
+            '<img src="cid:content_id">; without angle brackets'
+        ),
+    )
+
+
 # Seed 001: "Either html or text is required" (an empty one does not count).
 _HTML_OR_TEXT: dict[str, Any] = {
     "anyOf": [
@@ -165,6 +198,15 @@ class SendRequest(Strict):
     tags: list[Tag] = Field(default_factory=list, max_length=fields.MAX_TAGS)
     metadata: dict[MetaKey, MetaValue] = Field(
         default_factory=dict, max_length=50, json_schema_extra=_META_KEYS
+    )
+    attachments: list[AttachmentIn] = Field(
+        default_factory=list,
+        max_length=attached.MAX_ATTACHMENTS,
+        description=(
+            "files to attach: at most [http] max_attachments_size decoded bytes in all "
+            "(413 attachments_too_large), none of [http] refuse_attachment_types "
+            "(422 attachment_refused)"
+        ),
     )
 
 

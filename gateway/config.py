@@ -104,6 +104,10 @@ class HttpConfig:
     header_timeout: float = 10.0  # to send a complete request head (slowloris)
     metrics_listen: tuple[str, int] | None = None  # /metrics there, not on `listen`
     metrics_auth: bool | None = None  # a key with scope `metrics`; None: off loopback only
+    max_attachments_size: int = 26_214_400  # decoded attachment bytes of one /v1/send
+    # Attachments refused (422 attachment_refused): extensions (".exe") and MIME types
+    # ("application/x-msdownload", "application/*"), lower-cased; empty: all allowed.
+    refuse_attachment_types: tuple[str, ...] = ()
 
     def metrics_need_key(self) -> bool:
         """Whether /metrics asks for a key: as set, else when served off loopback."""
@@ -394,6 +398,23 @@ def _public_url(value: Any, where: str) -> str:
     return text.rstrip("/")
 
 
+_REFUSABLE = re.compile(
+    r"\.[a-z0-9_~+-][a-z0-9._~+-]*|[a-z0-9][a-z0-9!#$&^_.+-]*/(\*|[a-z0-9][a-z0-9!#$&^_.+-]*)"
+)
+
+
+def _refusable(value: Any, where: str) -> tuple[str, ...]:
+    """Extensions and MIME types, compared case aside (so stored lower-cased)."""
+    entries = tuple(entry.strip().lower() for entry in _strings(value, where))
+    for entry in entries:
+        if not _REFUSABLE.fullmatch(entry):
+            raise ConfigError(
+                f'{where}: {entry!r} is neither an extension (".exe") nor a MIME type '
+                '("application/x-msdownload", "application/*")'
+            )
+    return entries
+
+
 def _strings(value: Any, where: str) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise ConfigError(f"{where}: expected a list of strings")
@@ -432,6 +453,8 @@ _SECTIONS: dict[str, tuple[type, dict[str, Converter]]] = {
             "header_timeout": _positive_duration,
             "metrics_listen": _listen_optional,
             "metrics_auth": _bool_or_auto,
+            "max_attachments_size": _positive_int,
+            "refuse_attachment_types": _refusable,
         },
     ),
     "storage": (StorageConfig, {"url": _str, "retention": parse_duration}),

@@ -10,6 +10,8 @@ The SMTP door answers through gateway.smtpd.replies, the HTTP door through api.e
     │   │                               and the text is safe to show
     │   ├── InvalidInput                a value it sent is malformed or not allowed
     │   │   ├── BuildError              (intake.message_builder) also a ValueError
+    │   │   ├── AttachmentsTooLarge     (intake.attachments) over max_attachments_size
+    │   │   ├── AttachmentRefused       (intake.attachments) in refuse_attachment_types
     │   │   ├── FilterError             (queue.operations) also a ValueError
     │   │   ├── BadUrl                  (webhooks.urls) also a ValueError
     │   │   ├── InvalidCursor           (storage.message_search) also a ValueError

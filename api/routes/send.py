@@ -26,6 +26,8 @@ from api.schemas import ErrorResponse, QueuedResponse, SendRequest, SendResponse
 from gateway import maillog
 from gateway.errors import StorageFull, StorageUnavailable
 from gateway.headers import header_size
+from gateway.intake import attachments as attached
+from gateway.intake.attachments import Attachment, AttachmentRules
 from gateway.intake.fields import control_problems, sandbox_flag, text_problem
 from gateway.intake.message_builder import BuildError, Built, Draft, Mailbox, build
 from gateway.intake.pipeline import Accepted, Duplicate, NoRoute
@@ -67,7 +69,7 @@ def sandbox_requested(request: Request) -> bool:
         ) from None
 
 
-def _draft(body: SendRequest) -> Draft:
+def _draft(body: SendRequest, attachments: list[Attachment]) -> Draft:
     def box(item: Any) -> Mailbox:
         return Mailbox(item.email, item.name)
 
@@ -80,7 +82,33 @@ def _draft(body: SendRequest) -> Draft:
         subject=body.subject,
         text=body.text,
         html=body.html,
+        attachments=attachments,
     )
+
+
+def _attachments(body: SendRequest, rules: AttachmentRules) -> list[Attachment]:
+    """The attachments decoded (bad base64: 400 naming it), then within the configured
+    total (413 attachments_too_large) and types (422 attachment_refused)."""
+    decoded: list[Attachment] = []
+    details = []
+    for i, item in enumerate(body.attachments):
+        try:
+            content = attached.decode(item.content)
+        except ValueError as error:
+            details.append({"field": f"attachments[{i}].content", "message": str(error)})
+            continue
+        decoded.append(Attachment(item.filename, content, item.content_type, item.content_id))
+    if details:
+        raise errors.InvalidRequest(f"{details[0]['field']}: {details[0]['message']}", details)
+    try:
+        attached.check(decoded, rules)
+    except attached.AttachmentsTooLarge as error:
+        raise errors.AttachmentsTooLarge(str(error)) from None
+    except attached.AttachmentRefused as error:
+        where = [{"field": f"attachments[{error.index}]", "message": str(error)}]
+        refusal = errors.AttachmentRefused(str(error), where, extra={"filename": error.filename})
+        raise refusal from None
+    return decoded
 
 
 def _check_plain_fields(body: SendRequest) -> None:
@@ -102,11 +130,14 @@ _INLINE_BODY = 64 * 1024
 _LARGE_BODIES = asyncio.Semaphore(2)
 
 
-def _parse_and_build(raw: bytes, hostname: str) -> tuple[SendRequest, Built]:
+def _parse_and_build(
+    raw: bytes, hostname: str, rules: AttachmentRules
+) -> tuple[SendRequest, Built]:
     body = parse(SendRequest, raw)
     _check_plain_fields(body)
+    draft = _draft(body, _attachments(body, rules))
     try:
-        return body, build(_draft(body), hostname)
+        return body, build(draft, hostname)
     except BuildError as error:
         details = [{"field": p.field, "message": p.message} for p in error.problems]
         raise errors.InvalidRequest(
@@ -141,7 +172,17 @@ def _parse_and_build(raw: bytes, hostname: str) -> tuple[SendRequest, Built]:
             ErrorResponse,
         ),
         409: ("idempotency_key_reused: the key was used for another request", ErrorResponse),
-        422: ("every recipient suppressed, or the upstream refused it", ErrorResponse),
+        413: (
+            "the body is over [http] max_body_size, the attachments over "
+            "max_attachments_size (attachments_too_large), or the message over "
+            "[smtp] max_message_size",
+            ErrorResponse,
+        ),
+        422: (
+            "every recipient suppressed, the upstream refused it, or an attachment's type "
+            "is refused by [http] refuse_attachment_types (attachment_refused)",
+            ErrorResponse,
+        ),
         503: ("storage failed: nothing was accepted", ErrorResponse),
         507: ("no space left to store it (storage_full): nothing was accepted", ErrorResponse),
     },
@@ -154,9 +195,9 @@ async def send(request: Request) -> Response:
         raise errors.Forbidden(_LACKING_SANDBOX if sandbox else _LACKING_SEND)
     raw = await request.body()
     if len(raw) > _INLINE_BODY:
-        body, built = await _parse_and_build_in_thread(raw, ctx.hostname)
+        body, built = await _parse_and_build_in_thread(raw, ctx.hostname, ctx.attachment_rules)
     else:
-        body, built = _parse_and_build(raw, ctx.hostname)
+        body, built = _parse_and_build(raw, ctx.hostname, ctx.attachment_rules)
     request.state.envelope = (built.mail_from, built.recipients)  # for a refusal's log line
     _check_size(ctx, built)
     await _check_account(ctx, key, body)
@@ -180,11 +221,13 @@ async def send(request: Request) -> Response:
     return JSONResponse(payload, status_code=status)
 
 
-async def _parse_and_build_in_thread(raw: bytes, hostname: str) -> tuple[SendRequest, Built]:
+async def _parse_and_build_in_thread(
+    raw: bytes, hostname: str, rules: AttachmentRules
+) -> tuple[SendRequest, Built]:
     """Parsing and building a large body takes CPU time the event loop (SMTP, delivery)
     cannot spare: done in a thread, a few at a time so memory stays bounded."""
     async with _LARGE_BODIES:
-        return await asyncio.to_thread(_parse_and_build, raw, hostname)
+        return await asyncio.to_thread(_parse_and_build, raw, hostname, rules)
 
 
 def _check_size(ctx: ApiContext, built: Built) -> None:

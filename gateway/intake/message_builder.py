@@ -17,13 +17,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from email.errors import MessageError
 from email.headerregistry import Address, BaseHeader, HeaderRegistry
-from email.message import EmailMessage
+from email.message import EmailMessage, MIMEPart
 
 import idna
 
 from gateway.addresses import envelope_problem, normalise
 from gateway.errors import InvalidInput
 from gateway.headers import content_problem, header_fields, split_header
+from gateway.intake.attachments import (
+    Attachment,
+    content_id_problem,
+    filename_problem,
+    type_problem,
+)
 from gateway.intake.fields import text_problem
 
 MAX_NAME = 256
@@ -66,6 +72,7 @@ class Draft:
     cc: Sequence[Mailbox] = ()
     bcc: Sequence[Mailbox] = ()
     reply_to: Mailbox | None = None
+    attachments: Sequence[Attachment] = ()
 
 
 @dataclass(frozen=True)
@@ -138,6 +145,20 @@ class _Builder:
         built = [self.mailbox(box, f"{where}[{i}]") for i, box in enumerate(boxes)]
         return [address for address in built if address is not None]
 
+    def attachments(self, attachments: Sequence[Attachment]) -> None:
+        """Header-bound fields of each attachment (the API checks them first; this is the
+        builder's own guard, as for every other header-bound field)."""
+        for i, item in enumerate(attachments):
+            where = f"attachments[{i}]"
+            checks = [
+                ("filename", filename_problem(item.filename)),
+                ("content_type", type_problem(item.content_type)),
+                ("content_id", item.content_id and content_id_problem(item.content_id)),
+            ]
+            for name, problem in checks:
+                if problem:
+                    self.problems.append(Problem(f"{where}.{name}", problem))
+
     def text(self, value: str | None, where: str, *, header: bool) -> None:
         problem = text_problem(value, header=header) if value is not None else None
         if problem:
@@ -159,6 +180,7 @@ def build(draft: Draft, hostname: str, *, date: str | None = None) -> Built:
     check.text(draft.subject, "subject", header=True)
     check.text(draft.text, "text", header=False)
     check.text(draft.html, "html", header=False)
+    check.attachments(draft.attachments)
     if not (draft.text or draft.html):
         check.problems.append(Problem("text", "html or text is required"))
     if not draft.to:
@@ -183,7 +205,7 @@ def build(draft: Draft, hostname: str, *, date: str | None = None) -> Built:
         message["Date"] = date or email.utils.formatdate(usegmt=True)
         message["Message-ID"] = message_id
         expected += ["Subject", "Date", "Message-ID"]
-        _set_bodies(message, draft.text, draft.html)
+        _set_content(message, draft)
         content = message.as_bytes()
     except (ValueError, MessageError, IndexError, TypeError) as error:
         # The email package refused (or tripped over) something the checks above let by.
@@ -199,7 +221,61 @@ def build(draft: Draft, hostname: str, *, date: str | None = None) -> Built:
     return Built(_envelope(sender), tuple(recipients), content, message_id, check.utf8)
 
 
-def _set_bodies(message: EmailMessage, text: str | None, html: str | None) -> None:
+def _set_content(message: EmailMessage, draft: Draft) -> None:
+    """The MIME tree: the bodies (text, html or multipart/alternative of both); with inline
+    parts and HTML, multipart/related(bodies, inline parts); with other attachments (or
+    inline parts but no HTML to show them), multipart/mixed(that, attachments)."""
+    if not draft.attachments:
+        _set_bodies(message, draft.text, draft.html)
+        return
+    inline = [a for a in draft.attachments if a.content_id] if draft.html else []
+    rest = [a for a in draft.attachments if a not in inline]
+    message["MIME-Version"] = "1.0"  # set_content, which would add it, sets no multipart
+    bodies = MIMEPart(policy=message.policy)
+    _set_bodies(bodies, draft.text, draft.html)
+    if inline:
+        related = MIMEPart(policy=message.policy)
+        related.make_related()
+        related.set_param("type", bodies.get_content_type())  # RFC 2387 requires it
+        _attach_all(related, [bodies, *(_part(a, message.policy) for a in inline)])
+        bodies = related
+    if not rest:
+        _adopt(message, bodies)
+        return
+    message.make_mixed()
+    _attach_all(message, [bodies, *(_part(a, message.policy) for a in rest)])
+
+
+def _attach_all(container: MIMEPart, parts: Sequence[MIMEPart]) -> None:
+    for part in parts:
+        container.attach(part)
+
+
+def _adopt(message: EmailMessage, part: MIMEPart) -> None:
+    """Make `part`'s content (its Content-* fields and payload) the message's own."""
+    for name, value in part.items():
+        message[name] = value
+    message.set_payload(part.get_payload())
+
+
+def _part(attachment: Attachment, policy: email.policy.Policy) -> MIMEPart:
+    """One attachment, base64; its filename in Content-Disposition and, for old clients,
+    as Content-Type's `name` (both RFC 2231-encoded by the policy when not ASCII)."""
+    part = MIMEPart(policy=policy)
+    maintype, _, subtype = attachment.content_type.lower().partition("/")
+    part.set_content(
+        attachment.content,
+        maintype,
+        subtype,
+        disposition="inline" if attachment.content_id else "attachment",
+        filename=attachment.filename,
+        cid=f"<{attachment.content_id}>" if attachment.content_id else None,
+    )
+    part.set_param("name", attachment.filename)
+    return part
+
+
+def _set_bodies(message: MIMEPart, text: str | None, html: str | None) -> None:
     # Non-ASCII bodies go quoted-printable so that the message is 7-bit clean and relays
     # through upstreams without 8BITMIME.
     def cte(body: str) -> str | None:

@@ -48,6 +48,7 @@ from gateway.delivery.workers import Delivery, PoolRegistry
 from gateway.dkim.cache import Signers
 from gateway.dkim.signing_process import SigningProcess
 from gateway.dns import Resolver
+from gateway.intake.attachments import AttachmentRules
 from gateway.intake.identities import Identities
 from gateway.intake.pipeline import Intake
 from gateway.people.passwords import Passwords
@@ -415,6 +416,9 @@ class Service:
             public_url=config.http.public_url,
             bounces=self.bounces,
             max_report_size=config.bounces.max_report_size,
+            attachment_rules=AttachmentRules(
+                config.http.max_attachments_size, config.http.refuse_attachment_types
+            ),
         )
         self._start_http(ready, storage, self.api)
 

@@ -586,3 +586,14 @@ def test_bounces_refused(tmp_path: Path, text: str, words: str) -> None:
 def test_a_public_bounce_listener_when_told(tmp_path: Path) -> None:
     text = '[bounces]\ndomain = "b.test"\nlisten = "0.0.0.0:25"\nlisten_public = true\n'
     assert load(write(tmp_path, text)).bounces.listen == ("0.0.0.0", 25)
+
+
+def test_refuse_attachment_types_takes_extensions_and_mime_types_lower_cased() -> None:
+    config = cfg.from_dict(
+        {"http": {"refuse_attachment_types": [".EXE", "Application/X-MSDownload", "image/*"]}}
+    )
+    assert config.http.refuse_attachment_types == (".exe", "application/x-msdownload", "image/*")
+    assert config.http.max_attachments_size == 26_214_400
+    for bad in ["exe", "application/", "*/*", ".e xe"]:
+        with pytest.raises(ConfigError, match="refuse_attachment_types"):
+            cfg.from_dict({"http": {"refuse_attachment_types": [bad]}})

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.headers import content_problem, header_fields, split_header
+from gateway.intake.attachments import Attachment, refused_by
 from gateway.intake.message_builder import BuildError, Draft, Mailbox, build
 
 HOST = "postern.test"
@@ -228,3 +229,67 @@ def test_any_names_and_subject_give_an_error_or_exactly_our_headers(
     assert message["Subject"] in (subject, subject.strip(), subject.lstrip())
     assert message["From"].addresses[0].username == "app"
     assert message["To"].addresses[0].addr_spec == "rcpt@example.test"
+
+
+# --- attachments --------------------------------------------------------------------------
+
+
+def test_an_inline_image_with_html_only_is_multipart_related_with_its_type() -> None:
+    image = Attachment("logo.png", b"\x89PNG", "image/png", "logo@app")
+    built = build(draft(text=None, html='<img src="cid:logo@app">', attachments=[image]), HOST)
+    message = parse(built.content)
+    assert message.get_content_type() == "multipart/related"
+    assert message.get_param("type") == "text/html"
+    assert header_names(built.content).count("MIME-Version") == 1
+    [html, inline] = message.iter_parts()
+    assert html.get_content_type() == "text/html" and inline["Content-ID"] == "<logo@app>"
+
+
+def test_an_inline_part_without_html_is_a_plain_part_of_multipart_mixed() -> None:
+    image = Attachment("logo.png", b"\x89PNG", "image/png", "logo@app")
+    message = parse(build(draft(attachments=[image]), HOST).content)
+    assert message.get_content_type() == "multipart/mixed"
+    [text, inline] = message.iter_parts()
+    assert text.get_content_type() == "text/plain"
+    assert inline.get_content_disposition() == "inline" and inline.get_content() == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    ("attachment", "field"),
+    [
+        (Attachment("a\r\nBcc: x@evil.test", b""), "attachments[0].filename"),
+        (Attachment("=?utf-8?q?a?=", b""), "attachments[0].filename"),
+        (Attachment("a" * 256, b""), "attachments[0].filename"),
+        (Attachment("a", b"", "text/plain\r\nX: y"), "attachments[0].content_type"),
+        (Attachment("a", b"", "message/rfc822"), "attachments[0].content_type"),
+        (Attachment("a", b"", "image/png", "<x>\r\n"), "attachments[0].content_id"),
+    ],
+)
+def test_header_bound_attachment_fields_are_refused_by_the_builder(
+    attachment: Attachment, field: str
+) -> None:
+    with pytest.raises(BuildError) as error:
+        build(draft(attachments=[attachment]), HOST)
+    assert field in problems(error)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(min_size=1, max_size=80))
+def test_any_filename_is_refused_or_decodes_back(filename: str) -> None:
+    data = filename.encode("utf-8", "surrogatepass")
+    try:
+        built = build(draft(attachments=[Attachment(filename, data)]), HOST)
+    except BuildError:
+        return
+    assert content_problem(built.content) is None
+    [_, part] = parse(built.content).iter_parts()
+    assert part.get_filename() == filename and part.get_content() == data
+
+
+def test_refused_by_matches_extensions_and_types_case_and_trailing_dots_aside() -> None:
+    refuse = (".exe", "application/x-msdownload", "image/*")
+    assert refused_by(Attachment("A.ExE. ", b""), refuse) == ".exe"
+    assert refused_by(Attachment("a.bin", b"", "Application/X-MSDownload"), refuse)
+    assert refused_by(Attachment("a.bin", b"", "image/svg+xml"), refuse) == "image/*"
+    assert refused_by(Attachment("a.exe.pdf", b"", "application/pdf"), refuse) is None
+    assert refused_by(Attachment("a.exe", b""), ()) is None
