@@ -29,7 +29,7 @@ from tests.support.stored import seed
 from tests.support.web import Browser, sign_in
 from tests.web.conftest import SignIn
 from web.guard import CSRF_TEXT as _CSRF_TEXT
-from web.mail_view import SHOWN_CHARACTERS, view
+from gateway.mailview import SHOWN_CHARACTERS, view
 from web.pages.message import FRAME_CSP
 
 pytestmark = pytest.mark.timeout(60)

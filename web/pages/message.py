@@ -29,7 +29,7 @@ from gateway.queue.operations import MessageBusy, MessageFinal
 from storage.messages import MessageState, RecipientState, message_state
 from storage.queue_sql import bodies_of
 from web.guard import signed_in
-from web.mail_view import MailView, view
+from gateway.mailview import MailView, view
 from web.render import fragment, html, is_htmx, page
 
 PATH = "/messages/{message_id}"
