@@ -26,7 +26,8 @@
     │   ├── AccountQuota      403 account_quota     [accounts] max_per_user reached
     │   └── AccountInUse      403 account_in_use    the only default account, queued mail From it
     ├── NotFound              404 not_found
-    │   └── UnknownToken      404 invalid_token     unknown, used or expired verification link
+    │   ├── UnknownToken      404 invalid_token     unknown, used or expired verification link
+    │   └── BodyGone          404 body_gone         the message is there, its stored body not
     ├── MethodNotAllowed      405 method_not_allowed
     ├── Conflict              409 conflict          the name, domain, address or user is taken
     │   ├── AlreadyShared     409 already_shared    the invited address already shares the account
@@ -229,6 +230,13 @@ class UnknownToken(NotFound):
     """A well-formed verification token that names nothing (any more)."""
 
     code = "invalid_token"
+
+
+class BodyGone(NotFound):
+    """The message exists (and the caller may see it) but its body was deleted: when it
+    became final, or by retention."""
+
+    code = "body_gone"
 
 
 class MethodNotAllowed(ApiError):

@@ -12,6 +12,7 @@ from api import errors
 from api.auth import Caller
 from api.context import ApiContext
 from storage.messages import MessageState, message_state
+from storage.queue_sql import bodies_of
 
 DEFAULT_LIMIT = 50  # a page of search results unless the caller asks for another size
 
@@ -42,3 +43,16 @@ async def get(ctx: ApiContext, caller: Caller, message_id: str) -> MessageState:
     if state is None or not may_see(caller, state):
         raise errors.NotFound("no such message")
     return state
+
+
+async def body(ctx: ApiContext, state: MessageState) -> bytes:
+    """The message's stored bytes, exactly; BodyGone once they were deleted (a final
+    message's body goes at once, any other's by retention: the metadata stays)."""
+    bodies = await ctx.db.read(lambda conn: bodies_of(conn, [state.id]))
+    data = bodies.get(state.id)
+    if data is None:
+        raise errors.BodyGone(
+            "the body of this message is gone: Postern keeps it only until the message is "
+            "final (or retention deletes it); its status and events remain"
+        )
+    return data

@@ -305,6 +305,22 @@ class MessageStatus(BaseModel):
     events: list[MessageEvent]
 
 
+class ContentAttachment(BaseModel):
+    filename: str = Field(description='the part\'s file name, or "(no name)"')
+    content_type: str
+    size: int = Field(description="decoded bytes")
+    content_id: str | None = Field(description="an inline part's Content-ID, no angle brackets")
+
+
+class MessageContent(BaseModel):
+    message_id: str
+    headers: list[tuple[str, str]] = Field(description="[name, value], in order, decoded")
+    text: str | None
+    html: str | None = Field(description="as sent: untrusted, never render it unsandboxed")
+    attachments: list[ContentAttachment] = Field(description="what they are, not their bytes")
+    truncated: bool = Field(description="text or HTML longer than shown: /raw has it all")
+
+
 class MessageSummary(BaseModel):
     message_id: str
     status: MessageStatusName

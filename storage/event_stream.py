@@ -25,6 +25,7 @@ META = MessageMeta.__table__  # type: ignore[attr-defined]
 TAG = MessageTag.__table__  # type: ignore[attr-defined]
 
 __all__ = ["START", "EventFilter", "Position", "Streamed", "horizon", "read", "resume_at"]
+__all__ += ["before_last"]
 __all__ += ["CHARTED", "MinuteStats", "per_minute", "recent"]
 
 
@@ -107,6 +108,16 @@ def resume_at(conn: Connection, event_id: int) -> Position:
     if later is None:
         return horizon(conn)
     return Position(int(later.txid), int(later.id) - 1)
+
+
+def before_last(conn: Connection, count: int) -> Position:
+    """Where to start to read the last `count` events written (by id, before any filter:
+    `postern tail`'s first lines), up to the horizon."""
+    if count <= 0:
+        return horizon(conn)
+    query = select(E.c.id).order_by(E.c.id.desc()).offset(count).limit(1)
+    older = conn.execute(query).scalar()
+    return START if older is None else resume_at(conn, int(older))
 
 
 def recent(conn: Connection, flt: EventFilter, limit: int) -> list[str]:

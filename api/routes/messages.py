@@ -1,4 +1,5 @@
-"""/v1/messages: find messages, see where one is, retry or cancel them one by one or in bulk.
+"""/v1/messages: find messages, see where one is and what it says (its stored bytes, or them
+parsed), retry or cancel them one by one or in bulk.
 
 A key sees and acts on only the messages it sent (an `admin` key on all); a member, and any
 key of a user, those of that user (an admin or owner on all: see `restriction`). Another's
@@ -8,6 +9,7 @@ the search's filters; one with no criterion must say `"all": true` to touch the 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -25,12 +27,13 @@ from api.schemas import (
     BulkResult,
     CancelResult,
     ErrorResponse,
+    MessageContent,
     MessageList,
     MessageStatus,
     RetryResult,
     parse,
 )
-from gateway import timestamps
+from gateway import mailview, timestamps
 from gateway.queue import operations as queue_ops
 from gateway.queue.operations import (
     FilterError,
@@ -174,6 +177,69 @@ async def get_message(request: Request) -> Response:
     )
 
 
+_BODY_404 = (
+    "no such message, or another key's (not_found); or its body is gone (body_gone: kept only "
+    "until the message is final, or by retention)",
+    ErrorResponse,
+)
+
+
+@operation(
+    "Get a message's raw source",
+    scope="",
+    parameters=[path_parameter("message_id", "the id POST /v1/send returned")],
+    responses={
+        200: ("message/rfc822: the bytes as stored (DKIM-signed), exactly", None),
+        404: _BODY_404,
+    },
+    description="Like `postcat -q`. Bodies are kept while a message has work left.",
+)
+async def message_raw(request: Request) -> Response:
+    ctx: ApiContext = request.app.state.api
+    key = await authenticate(request, ctx)
+    state = await message_ops.get(ctx, key, request.path_params["message_id"])
+    data = await message_ops.body(ctx, state)
+    headers = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+    return Response(bytes(data), media_type="message/rfc822", headers=headers)
+
+
+@operation(
+    "Get a message's content, parsed",
+    scope="",
+    parameters=[path_parameter("message_id", "the id POST /v1/send returned")],
+    responses={
+        200: ("its header fields, text, HTML and attachments", MessageContent),
+        404: _BODY_404,
+    },
+    description=f"Text and HTML are cut at {mailview.SHOWN_CHARACTERS:,} characters each "
+    f"(`truncated`); at most {mailview.MAX_HEADERS} header fields and "
+    f"{mailview.MAX_ATTACHMENTS} attachments are listed. Attachment bytes are in /raw.",
+)
+async def message_content(request: Request) -> Response:
+    ctx: ApiContext = request.app.state.api
+    key = await authenticate(request, ctx)
+    state = await message_ops.get(ctx, key, request.path_params["message_id"])
+    data = await message_ops.body(ctx, state)
+    shown = await asyncio.to_thread(mailview.view, bytes(data))  # bounded by max size
+    return JSONResponse(_content_json(state.id, shown), headers={"Cache-Control": "no-store"})
+
+
+def _content_json(message_id: str, shown: mailview.MailView) -> dict[str, Any]:
+    attachments = [
+        {"filename": a.name, "content_type": a.content_type, "size": a.size}
+        | {"content_id": a.content_id}
+        for a in shown.attachments
+    ]
+    return {
+        "message_id": message_id,
+        "headers": [[name, value] for name, value in shown.headers],
+        "text": shown.text,
+        "html": shown.html,
+        "attachments": attachments,
+        "truncated": shown.cut,
+    }
+
+
 _ONE = [path_parameter("message_id", "the id POST /v1/send returned")]
 _CONFLICT = "the message has no work left (message_final) or is being delivered (message_busy)"
 _RETRY = (
@@ -299,6 +365,8 @@ routes = [
     Route("/v1/messages/retry", retry_many, methods=["POST"]),
     Route("/v1/messages/cancel", cancel_many, methods=["POST"]),
     Route("/v1/messages/{message_id}", get_message, methods=["GET"]),
+    Route("/v1/messages/{message_id}/raw", message_raw, methods=["GET"]),
+    Route("/v1/messages/{message_id}/content", message_content, methods=["GET"]),
     Route("/v1/messages/{message_id}/retry", retry_message, methods=["POST"]),
     Route("/v1/messages/{message_id}/cancel", cancel_message, methods=["POST"]),
 ]

@@ -23,6 +23,7 @@ from gateway.process.commands import bounces as cli_bounces
 from gateway.process.commands import dkim as cli_dkim
 from gateway.process.commands import domains as cli_domains
 from gateway.process.commands import queue as cli_queue
+from gateway.process.commands import tail as cli_tail
 from gateway.process.commands import users as cli_users
 
 
@@ -50,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     cli_dkim.add_commands(commands)
     cli_domains.add_commands(commands)
     cli_queue.add_commands(commands)
+    cli_tail.add_commands(commands)
     cli_bounces.add_commands(commands)
     cli_backup.add_commands(commands)
     cli_users.add_commands(commands)
@@ -129,6 +131,7 @@ def _main(argv: Sequence[str] | None) -> int:
             cli_dkim,
             cli_domains,
             cli_queue,
+            cli_tail,
             cli_users,
         ):
             if args.command in commands.COMMANDS:

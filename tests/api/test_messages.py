@@ -5,11 +5,13 @@ the client's own Message-ID.
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import pytest
 
-from api.schemas import MessageStatus
+from api.schemas import MessageContent, MessageStatus
+from storage.queue_sql import bodies_of
 from tests.support.api import RCPT, Api, auth, payload
 from tests.support.service import SINK_POOL
 from tests.support.sink import Sink
@@ -105,3 +107,80 @@ async def test_search_by_the_clients_message_id_with_or_without_brackets(api: Ap
     spec = (await api.http.get("/openapi.json")).json()
     names = [p["name"] for p in spec["paths"]["/v1/messages"]["get"]["parameters"]]
     assert "message_id_header" in names
+
+
+MIXED = (
+    "From: app@sender.test\r\nTo: {rcpt}\r\nSubject: =?utf-8?q?Caf=C3=A9?= report\r\n"
+    "Message-ID: <cat-1@sender.test>\r\nMIME-Version: 1.0\r\n"
+    'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n'
+    '--b1\r\nContent-Type: multipart/alternative; boundary="b2"\r\n\r\n'
+    "--b2\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nHello text\r\n"
+    "--b2\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<p>Hello html</p>\r\n--b2--\r\n"
+    "--b1\r\nContent-Type: image/png\r\nContent-ID: <logo@x>\r\n"
+    'Content-Disposition: inline; filename="logo.png"\r\n'
+    "Content-Transfer-Encoding: base64\r\n\r\nAAECAwQ=\r\n--b1--\r\n"
+)
+
+
+async def _until_status(api: Api, key: str, message_id: str, status: str) -> None:
+    for _ in range(100):  # bounded: 10 s
+        answer = await api.get(f"/v1/messages/{message_id}", key=key)
+        if answer.json()["status"] == status:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{message_id} never became {status}")
+
+
+async def _stored_body(api: Api, message_id: str) -> bytes:
+    rows = await api.svc.db.read(lambda conn: bodies_of(conn, [message_id]))
+    return bytes(rows[message_id])
+
+
+async def test_raw_and_content_of_a_message_with_work_left(api: Api, sink: Sink) -> None:
+    sink.fail("rcpt", "451 4.3.0 try later")  # deferred: its body is kept
+    data = MIXED.format(rcpt=RCPT).encode()
+    code, text = await smtp_send(api.svc.smtp_port, "app@sender.test", [RCPT], data)
+    assert code == 250, text
+    found = re.search(r"msg_\w+", text)
+    assert found is not None
+    message_id, admin = found.group(0), await api.key("admin")
+
+    raw = await api.get(f"/v1/messages/{message_id}/raw", key=admin)
+    assert raw.status_code == 200, raw.text
+    assert raw.headers["content-type"] == "message/rfc822"
+    assert raw.content == await _stored_body(api, message_id)
+    assert raw.content.endswith(data.split(b"\r\n\r\n", 1)[1])  # the body as sent
+
+    content = await api.get(f"/v1/messages/{message_id}/content", key=admin)
+    assert content.status_code == 200, content.text
+    shown = content.json()
+    MessageContent.model_validate(shown)  # the documented shape
+    assert ["Subject", "Café report"] in shown["headers"]
+    assert shown["text"] == "Hello text" and shown["html"] == "<p>Hello html</p>"
+    assert shown["attachments"] == [
+        {"filename": "logo.png", "content_type": "image/png", "size": 5, "content_id": "logo@x"}
+    ]
+    assert shown["truncated"] is False
+
+
+async def test_raw_and_content_are_404_for_another_and_body_gone_when_final(
+    api: Api, sink: Sink
+) -> None:
+    owner, stranger = await api.key(name="owner"), await api.key(name="stranger")
+    sink.fail("rcpt", "451 4.3.0 try later", match="later@example.test")
+    later = payload(to=[{"email": "later@example.test"}])
+    kept = (await api.send(later, key=owner)).json()["message_id"]
+    delivered = (await api.send(key=owner)).json()["message_id"]  # final: its body deleted
+    await _until_status(api, owner, delivered, "delivered")
+    for part in ("raw", "content"):
+        assert (await api.get(f"/v1/messages/{kept}/{part}", key=owner)).status_code == 200
+        hidden = await api.get(f"/v1/messages/{kept}/{part}", key=stranger)
+        assert hidden.status_code == 404 and hidden.json()["code"] == "not_found"
+        gone = await api.get(f"/v1/messages/{delivered}/{part}", key=owner)
+        assert gone.status_code == 404 and gone.json()["code"] == "body_gone"
+        assert "gone" in gone.json()["error"]
+        missing = await api.get(f"/v1/messages/msg_nope/{part}", key=owner)
+        assert missing.json()["code"] == "not_found"
+    spec = (await api.http.get("/openapi.json")).json()["paths"]
+    assert "get" in spec["/v1/messages/{message_id}/raw"]
+    assert "get" in spec["/v1/messages/{message_id}/content"]

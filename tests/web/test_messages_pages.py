@@ -16,6 +16,7 @@ import pytest
 from markupsafe import escape
 from sqlalchemy import update
 
+from gateway.mailview import SHOWN_CHARACTERS, view
 from gateway.people.invitations import Actor, Invitations
 from storage import aliases
 from storage.models import Message, SenderAlias
@@ -29,7 +30,6 @@ from tests.support.stored import seed
 from tests.support.web import Browser, sign_in
 from tests.web.conftest import SignIn
 from web.guard import CSRF_TEXT as _CSRF_TEXT
-from web.mail_view import SHOWN_CHARACTERS, view
 from web.pages.message import FRAME_CSP
 
 pytestmark = pytest.mark.timeout(60)

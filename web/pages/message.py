@@ -24,12 +24,12 @@ from api import errors
 from api.auth import Caller
 from api.context import ApiContext
 from api.message_ops import may_see
+from gateway.mailview import MailView, view
 from gateway.queue import operations as queue_ops
 from gateway.queue.operations import MessageBusy, MessageFinal
 from storage.messages import MessageState, RecipientState, message_state
 from storage.queue_sql import bodies_of
 from web.guard import signed_in
-from web.mail_view import MailView, view
 from web.render import fragment, html, is_htmx, page
 
 PATH = "/messages/{message_id}"

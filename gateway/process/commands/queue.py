@@ -1,4 +1,4 @@
-"""`postern queue list|show|retry|cancel|purge`: the API's queue operations for operators.
+"""`postern queue list|show|cat|retry|cancel|purge`: the API's queue operations for operators.
 
 The command opens the configured database itself and acts through a Queue of its own (node
 id "cli") with its own storage writer, so it works whether `postern serve` runs or not; a
@@ -11,12 +11,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from gateway.addresses import has_control
 from gateway.config import Config
 from gateway.process.commands.admin import CommandError, iso_seconds, leaf, with_database
+from gateway.process.commands.admin import common_options as admin_options
 from gateway.queue.operations import Action as QueueAction
 from gateway.queue.operations import FilterError, bulk, make_filter, summary_json
 from gateway.queue.store import Queue
@@ -30,6 +32,7 @@ from storage.message_search import (
     search,
 )
 from storage.messages import MessageState, message_state
+from storage.queue_sql import bodies_of
 from storage.writer import Writer
 
 COMMANDS = ("queue",)
@@ -45,6 +48,9 @@ def add_commands(commands: Any) -> None:
     listing.add_argument("--limit", type=int, default=50, help=f"1 to {MAX_LIMIT} (default 50)")
     listing.add_argument("--cursor", help="next_cursor of the previous page")
     leaf(actions, "show", "a message's recipients and events").add_argument("id")
+    cat = actions.add_parser("cat", help="print a message's stored bytes, like postcat -q")
+    admin_options(cat)
+    cat.add_argument("id")
     for name, text in (
         ("retry", "make messages due now, like postqueue -f (ids, or a filter)"),
         ("cancel", "stop messages (ids, or a filter)"),
@@ -70,6 +76,8 @@ def _filters(parser: argparse.ArgumentParser, bulk: bool = False) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
+    if args.action == "cat":
+        return _cat(args.id, config)
     action = _ACTIONS[args.action]
     result = asyncio.run(with_database(config, lambda db: _with_queue(db, config, args, action)))
     print(json.dumps(result, ensure_ascii=False) if args.json else _text(args.action, result))
@@ -77,6 +85,30 @@ def run(args: argparse.Namespace, config: Config) -> int:
 
 
 Action = Callable[[Database, Queue, argparse.Namespace], Awaitable[Any]]
+
+
+def _cat(message_id: str, config: Config) -> int:
+    """The stored bytes on stdout, exactly (no newline added); exit 1 and one stderr line
+    when there is no such message or its body is gone (deleted when final, or by retention)."""
+    found = asyncio.run(with_database(config, lambda db: _body(db, message_id)))
+    if isinstance(found, str):
+        print(f"postern: {found}", file=sys.stderr)
+        return 1
+    sys.stdout.flush()
+    sys.stdout.buffer.write(found)
+    return 0
+
+
+async def _body(db: Database, message_id: str) -> bytes | str:
+    """The body, or why there is none."""
+    state = await message_state(db, message_id) if len(message_id) <= 64 else None
+    if state is None:
+        return f"no message with id {message_id!r}"
+    bodies = await db.read(lambda conn: bodies_of(conn, [message_id]))
+    if message_id not in bodies:
+        why = "bodies are deleted when final, and by retention"
+        return f"the body of {message_id} is gone ({state.status}: {why})"
+    return bytes(bodies[message_id])
 
 
 async def _with_queue(db: Database, config: Config, args: argparse.Namespace, act: Action) -> Any:

@@ -1,9 +1,11 @@
-"""A stored message's bytes as a page shows them: its header fields, its text, its HTML (only
-ever served to a sandboxed frame: web.pages.message), its attachments by name.
+"""A stored message's bytes as people read them: its header fields, its text, its HTML, its
+attachments by name (never their bytes). The one parser behind the dashboard's message page
+(web.pages.message, whose HTML only ever goes to a sandboxed frame) and the API's
+GET /v1/messages/{id}/content.
 
 Mail is hostile input: every step here tolerates what the email package rejects (an unknown
 charset, a broken header, a part that is not what it says) and shows what it can rather than
-fail the page. What is shown is bounded (SHOWN_CHARACTERS); the raw source has the rest.
+fail. What is shown is bounded (SHOWN_CHARACTERS); the raw source has the rest.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from email.message import EmailMessage, Message
 
 SHOWN_CHARACTERS = 200_000
 MAX_HEADERS = 200
+MAX_ATTACHMENTS = 100
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,7 @@ class Attachment:
     name: str
     content_type: str
     size: int
+    content_id: str | None = None  # an inline part's Content-ID, without its angle brackets
 
 
 @dataclass
@@ -95,9 +99,18 @@ def _attachments(parsed: EmailMessage) -> list[Attachment]:
         parts = list(parsed.iter_attachments()) if parsed.is_multipart() else []
     except Exception:
         return found
-    for part in parts[:100]:
+    for part in parts[:MAX_ATTACHMENTS]:
         payload = part.get_payload(decode=True)
         size = len(payload) if isinstance(payload, bytes) else 0
         name = part.get_filename() or "(no name)"
-        found.append(Attachment(str(name), part.get_content_type(), size))
+        found.append(Attachment(str(name), part.get_content_type(), size, _content_id(part)))
     return found
+
+
+def _content_id(part: Message) -> str | None:
+    try:
+        raw = part.get("Content-ID")
+    except Exception:  # a header the parser cannot decode: no id rather than no list
+        return None
+    value = " ".join(str(raw).split()).strip("<>") if raw is not None else ""
+    return value[:998] or None
