@@ -41,7 +41,7 @@ SETTINGS = (
     Entry("API keys", "/keys", scope="keys"),
     Entry("Users", "/settings/users", owner_only=True),
     Entry("My sessions", "/settings/sessions"),
-    Entry("Accounts", None),
+    Entry("Accounts", "/accounts"),
     Entry("Reputation", None),
 )
 
