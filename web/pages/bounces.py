@@ -53,7 +53,7 @@ def _status(request: Request) -> str | None:
 def _next_url(status: str | None, cursor: int | None) -> str:
     if cursor is None:
         return ""
-    query = {"status": status or "", "cursor": str(cursor)}
+    query = {"chosen": status or "", "cursor": str(cursor)}
     return f"{PATH}?{urlencode({k: v for k, v in query.items() if v})}"
 
 
@@ -64,7 +64,7 @@ async def list_reports(request: Request) -> Response:
     statuses = [status] if status else None
     found = await ctx.db.read(lambda conn: stored.page(conn, statuses, PAGE_SIZE, cursor))
     shown: dict[str, Any] = {
-        "reports": [stored.as_json(row) for row in found.rows], "status": status or "",
+        "reports": [stored.as_json(row) for row in found.rows], "chosen": status or "",
         "statuses": stored.STATUSES, "next_url": _next_url(status, found.next_cursor),
     }  # fmt: skip
     return page(request, "bounces/list.html", caller, **shown)
