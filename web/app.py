@@ -21,8 +21,10 @@ from gateway.errors import PosternError
 from web import guard, static_files
 from web.headers import SecurityHeaders
 from web.pages import (
+    accounts,
     aliases,
     auth,
+    bounces,
     domains,
     invitations,
     keys,
@@ -80,7 +82,7 @@ def routes() -> list[BaseRoute]:
     ]
     for module in (auth, overview, pools, sessions, users, messages, message, invitations, live):
         table.extend(module.routes)
-    for module in (aliases, domains, keys, webhooks, suppressions, sandbox):
+    for module in (aliases, domains, keys, webhooks, suppressions, sandbox, accounts, bounces):
         table.extend(module.routes)
     return table
 

@@ -38,10 +38,11 @@ SETTINGS = (
     Entry("Domains", "/domains", scope="domains"),
     Entry("Webhooks", "/webhooks", scope="webhooks"),
     Entry("Suppressions", "/suppressions", scope="suppressions"),
+    Entry("Bounces", "/bounces", scope="suppressions"),
     Entry("API keys", "/keys", scope="keys"),
     Entry("Users", "/settings/users", owner_only=True),
     Entry("My sessions", "/settings/sessions"),
-    Entry("Accounts", None),
+    Entry("Accounts", "/accounts"),
     Entry("Reputation", None),
 )
 

@@ -11,33 +11,22 @@ write-only: no answer carries it, and it is stored sealed, bound to the account'
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from api import errors
+from api import account_ops
 from api.account_schemas import AccountConnect, AccountList, ConnectResponse
 from api.auth import Caller, authenticate, for_people_matters
 from api.context import ApiContext, iso
 from api.openapi import operation, path_parameter
-from api.ownership import visible_to
-from api.resource_schemas import HOST_PATTERN
 from api.schemas import ErrorResponse, Ok, parse
-from gateway.accounts.accounts import Accounts, BadAccountField, HostNotAllowed
-from gateway.accounts.verify import VerifyFailed
-from gateway.addresses import envelope_problem
-from gateway.intake.fields import text_problem
-from storage import mail_accounts
-from storage.accounts import ACCOUNT
 from storage.mail_accounts import MailAccountRecord
 
 PREFIXES = ("/mail/accounts", "/api/v1/mail/accounts", "/api/v1/accounts")
 _ID = [path_parameter("account_id", "the account's id (a UUID)")]
-_HOST = re.compile(HOST_PATTERN)
-_MAX_ID = 64
 
 
 def account_json(record: MailAccountRecord) -> dict[str, Any]:
@@ -67,45 +56,6 @@ async def _caller(request: Request) -> tuple[ApiContext, Caller]:
     return ctx, for_people_matters(await authenticate(request, ctx))
 
 
-def _domain(ctx: ApiContext) -> Accounts:
-    manage = ctx.management()
-    return Accounts(ctx.db, manage.box, manage.guard, manage.accounts)
-
-
-async def _followed(ctx: ApiContext) -> None:
-    """After a connect or disconnect: this node's senders (identities: the address may be
-    sent as) and live upstreams (the account's SMTP server) follow at once; other nodes'
-    within their next look."""
-    manage = ctx.management()
-    await manage.identities.reload()
-    if manage.account_routes is not None:
-        await manage.account_routes.changed()
-
-
-def _bad(field: str, message: str) -> errors.InvalidRequest:
-    return errors.InvalidRequest(f"{field}: {message}", [{"field": field, "message": message}])
-
-
-def _check(body: AccountConnect) -> None:
-    """What the schema states but pydantic does not enforce (InvalidRequest naming it)."""
-    for field in ("name", "username", "password"):
-        problem = text_problem(getattr(body, field), header=True)
-        if problem:
-            raise _bad(field, problem)
-    problem = text_problem(body.email, header=True) or envelope_problem(body.email)
-    if problem:
-        raise _bad("email", problem)
-    for field in ("imap_host", "smtp_host"):
-        if not _HOST.fullmatch(getattr(body, field)):
-            raise _bad(field, "not a host name or IP address")
-
-
-def _host(value: str) -> str:
-    """As the connection wants it: no brackets around an IPv6 literal."""
-    value = value.strip()
-    return value[1:-1] if value.startswith("[") and value.endswith("]") else value
-
-
 @operation(
     "List connected accounts",
     scope="",
@@ -115,8 +65,7 @@ def _host(value: str) -> str:
 )
 async def list_all(request: Request) -> Response:
     ctx, caller = await _caller(request)
-    seen = await visible_to(ctx, caller, ACCOUNT)
-    records = seen.only(await mail_accounts.list_accounts(ctx.db), lambda r: (r.id, r.user_id))
+    records = await account_ops.records(ctx, caller)
     return JSONResponse({"success": True, "accounts": [account_json(r) for r in records]})
 
 
@@ -141,22 +90,7 @@ async def list_all(request: Request) -> Response:
 async def connect(request: Request) -> Response:
     ctx, caller = await _caller(request)
     body = parse(AccountConnect, await request.body())
-    _check(body)
-    if caller.user is None:
-        raise errors.UserRequired("an account belongs to a person: log in, or use a user's key")
-    values = body.model_dump(exclude={"password"})
-    values["imap_host"], values["smtp_host"] = _host(body.imap_host), _host(body.smtp_host)
-    try:
-        record = await _domain(ctx).connect(caller.user.id, values, body.password)
-    except VerifyFailed as failed:
-        raise errors.CredentialsRefused(failed.side, failed.stage, str(failed)) from None
-    except BadAccountField as bad:
-        raise _bad(bad.field, bad.problem) from None
-    except HostNotAllowed as refused:
-        raise errors.HostNotAllowed(
-            f"{refused.field}: {refused}", [{"field": refused.field, "message": str(refused)}]
-        ) from None
-    await _followed(ctx)
+    record = await account_ops.connect(ctx, caller, body)
     account = {"id": record.id, "email": record.email, "sync_status": record.sync_status}
     return JSONResponse({"success": True, "account": account}, status_code=201)
 
@@ -177,16 +111,9 @@ async def connect(request: Request) -> Response:
 )
 async def disconnect(request: Request) -> Response:
     ctx, caller = await _caller(request)
-    account_id = request.path_params["account_id"]
-    short = len(account_id) <= _MAX_ID
-    record = await mail_accounts.get_account(ctx.db, account_id) if short else None
-    if record is not None:
-        seen = await visible_to(ctx, caller, ACCOUNT)
-        if seen.allows(record.id, record.user_id):
-            await _domain(ctx).disconnect(record.id)
-            await _followed(ctx)
-            return JSONResponse({"success": True})
-    raise errors.NotFound("account not found")
+    record = await account_ops.get(ctx, caller, request.path_params["account_id"])
+    await account_ops.disconnect(ctx, record)
+    return JSONResponse({"success": True})
 
 
 routes = [
