@@ -118,3 +118,19 @@ def test_domains_verify_and_remove(config: str) -> None:
     removed = as_json(postern(config, "domains", "remove", added["id"], "--json"))
     assert removed["removed"] is True
     assert as_json(postern(config, "domains", "list", "--json")) == []
+
+
+def test_webhooks_add_checks_as_the_api_does(config: str) -> None:
+    """The API's checks (webhook_ops.create_with): a private address is refused, one line and
+    exit status 2; a public one is stored and its secret printed once."""
+    private = postern(config, "webhooks", "add", "http://127.0.0.1:9/hook")
+    assert private.returncode == 2 and private.stderr.count("\n") == 1, private.stderr
+    bad = postern(config, "webhooks", "add", "https://93.184.216.34/h", "--event", "nope")
+    assert bad.returncode == 2
+    added = as_json(postern(
+        config, "webhooks", "add", "https://93.184.216.34/hook", "--event", "delivered",
+        "--final-only", "--json",
+    ))  # fmt: skip
+    assert added["secret"].startswith("whsec_") and added["event_types"] == ["delivered"]
+    listed = as_json(postern(config, "webhooks", "list", "--json"))
+    assert [row["id"] for row in listed] == [added["id"]] and "secret" not in listed[0]

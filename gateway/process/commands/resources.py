@@ -16,10 +16,19 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from pydantic import ValidationError
+
+from api import webhook_ops
+from api.errors import ApiError
+from api.webhook_schemas import WebhookCreate
 from gateway.config import Config
+from gateway.dns import Resolver
 from gateway.errors import Refused
 from gateway.process.commands.admin import CommandError, NotFound, iso_seconds, with_database
 from gateway.process.commands.options import leaf
+from gateway.queue import events
+from gateway.security.hostguard import HostGuard
+from gateway.security.secrets import SecretBox, SecretError, bind_to_database
 from storage import aliases, pools, webhooks
 from storage.db import Database
 
@@ -42,10 +51,22 @@ def add_commands(commands: Any) -> None:
         remove.add_argument("id")
         if name == "pools":
             remove.add_argument("--move-to", help="pool id that takes the queued mail needing it")
+        if name == "webhooks":
+            _webhook_add(leaf(actions, "add", "add a webhook and print its signing secret (once)"))
+
+
+def _webhook_add(add: argparse.ArgumentParser) -> None:
+    add.add_argument("url")
+    add.add_argument(
+        "--event", dest="events", action="append", choices=events.TYPES, metavar="TYPE",
+        help="repeat for several (default: every type)",
+    )  # fmt: skip
+    add.add_argument("--final-only", action="store_true", help="only each recipient's outcome")
+    add.add_argument("--description", default="")
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    result = asyncio.run(with_database(config, lambda db: _act(db, args)))
+    result = asyncio.run(with_database(config, lambda db: _act(db, args, config)))
     print(json.dumps(result, ensure_ascii=False) if args.json else _text(args, result))
     return 0
 
@@ -73,7 +94,9 @@ _LIST: dict[str, Callable[[Database], Awaitable[list[Any]]]] = {
 }
 
 
-async def _act(db: Database, args: argparse.Namespace) -> Any:
+async def _act(db: Database, args: argparse.Namespace, config: Config) -> Any:
+    if args.action == "add":
+        return await _add_webhook(db, args, config)
     if args.action == "list":
         return [as_json(record) for record in await _LIST[args.command](db)]
     record = await _GET[args.command](db, args.id) if len(args.id) <= 64 else None
@@ -98,6 +121,38 @@ async def _remove(db: Database, args: argparse.Namespace) -> dict[str, Any]:
     return {"removed": True}
 
 
+async def _add_webhook(db: Database, args: argparse.Namespace, config: Config) -> dict[str, Any]:
+    """The API's checks and storing (webhook_ops.create_with), the same schema first."""
+    values = {"url": args.url, "final_only": args.final_only, "description": args.description}
+    if args.events:
+        values["event_types"] = args.events
+    try:
+        body = WebhookCreate.model_validate(values).model_dump(exclude_unset=True)
+        box = await _bound_box(db, config)
+        nameservers = config.dns.nameservers
+        guard = HostGuard(
+            config.security.deny_networks, allow_private=config.webhooks.allow_private,
+            resolver=Resolver(nameservers) if nameservers else None,
+        )  # fmt: skip
+        record, secret = await webhook_ops.create_with(db, box, guard, body, None)
+    except ValidationError as error:
+        first = error.errors()[0]
+        raise CommandError(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    except ApiError as error:
+        raise CommandError(str(error)) from None
+    return {**as_json(record), "secret": secret}
+
+
+async def _bound_box(db: Database, config: Config) -> SecretBox:
+    """The secret key, as `serve` holds it (bound to this database)."""
+    try:
+        box = SecretBox.from_environment(config.server.data_dir)
+        await bind_to_database(db, box)
+    except SecretError as error:
+        raise CommandError(str(error)) from None
+    return box
+
+
 def _line(kind: str, item: dict[str, Any]) -> str:
     if kind == "pools":
         state = "active" if item["is_active"] else "inactive"
@@ -113,6 +168,9 @@ def _text(args: argparse.Namespace, result: Any) -> str:
     if args.action == "list":
         rows = [_line(args.command, item) for item in result]
         return "\n".join(rows) if rows else f"no {args.command}"
+    if args.action == "add":
+        return (f"added webhook {result['id']} -> {result['url']}\nsecret: {result['secret']}\n"
+                "The secret is shown this once: store it now.")  # fmt: skip
     if args.action == "show":
         return "\n".join(f"{name}: {value}" for name, value in result.items())
     moved = f"; {result['moved']} queued messages moved" if result.get("moved") else ""
