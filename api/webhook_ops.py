@@ -22,10 +22,12 @@ from api.ownership import visible_to
 from gateway.intake.fields import text_problem
 from gateway.queue import events
 from gateway.queue.operations import FilterError, parse_time
-from gateway.security.hostguard import HostRefused
+from gateway.security.hostguard import HostGuard, HostRefused
 from gateway.webhooks import urls as webhook_urls
 from gateway.webhooks.signing import new_secret, seal
 from storage import webhooks as store
+from storage.db import Database
+from storage.dkim_keys import Cipher
 from storage.webhooks import WebhookRecord
 
 SCOPE = "webhooks"
@@ -37,12 +39,16 @@ def _bad(field: str, message: str) -> errors.InvalidRequest:
 
 
 async def check(ctx: ApiContext, values: dict[str, Any]) -> None:
+    await check_with(ctx.management().webhook_guard, values)
+
+
+async def check_with(guard: HostGuard, values: dict[str, Any]) -> None:
     """Checks beyond the schema: the URL (syntax and SSRF guard), the event filter, the
     description (InvalidRequest or HostNotAllowed naming the field)."""
     url = values.get("url")
     if url is not None:
         try:
-            await webhook_urls.check(ctx.management().webhook_guard, url)
+            await webhook_urls.check(guard, url)
         except webhook_urls.BadUrl as error:
             raise _bad("url", str(error)) from None
         except HostRefused as error:
@@ -77,10 +83,18 @@ async def create(
     ctx: ApiContext, caller: Caller, values: dict[str, Any]
 ) -> tuple[WebhookRecord, str]:
     """A new webhook of WebhookCreate's `values`, checked, and its signing secret."""
-    await check(ctx, values)
-    box, secret = ctx.management().box, new_secret()
+    manage = ctx.management()
+    return await create_with(ctx.db, manage.box, manage.webhook_guard, values, caller.user_id)
+
+
+async def create_with(
+    db: Database, box: Cipher, guard: HostGuard, values: dict[str, Any], created_by: str | None
+) -> tuple[WebhookRecord, str]:
+    """create's work, for callers without a running service (`postern webhooks add`)."""
+    await check_with(guard, values)
+    secret = new_secret()
     record = await store.create_webhook(
-        ctx.db, values, lambda webhook_id: seal(box, webhook_id, secret), caller.user_id
+        db, values, lambda webhook_id: seal(box, webhook_id, secret), created_by
     )
     return record, secret
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from gateway.addresses import envelope_problem, escape_for_log, has_control, mailbox_key
 from gateway.config import Config, ConfigError
+from gateway.process.commands.options import leaf
 from storage.db import (
     Database,
     SchemaError,
@@ -61,22 +62,6 @@ def add_commands(commands: Any) -> None:
     listing.add_argument("--reason", choices=REASONS)
     listing.add_argument("--limit", type=int, default=0, help="at most this many (0: all)")
     leaf(actions, "remove", "send to an address again").add_argument("email")
-
-
-def leaf(actions: Any, name: str, text: str) -> argparse.ArgumentParser:
-    parser: argparse.ArgumentParser = actions.add_parser(name, help=text)
-    common_options(parser)
-    parser.add_argument("--json", action="store_true", help="print JSON")
-    return parser
-
-
-def common_options(parser: argparse.ArgumentParser) -> None:
-    """--config and --verbose, accepted after the subcommand too (own dests: a subparser's
-    defaults would overwrite what was given before the subcommand)."""
-    parser.add_argument("--config", dest="sub_config", help=argparse.SUPPRESS)
-    parser.add_argument(
-        "--verbose", dest="sub_verbose", action="store_true", help=argparse.SUPPRESS
-    )
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
@@ -215,3 +200,8 @@ def _text(command: str, action: str, result: Any) -> str:
         verb = "suppressed" if result["created"] else "updated"
         return f"{verb} {result['email']} ({result['reason']})"
     return f"removed {result['email']}"
+
+
+class NotFound(CommandError):
+    """What the command names does not exist: exit status 1, not 2 (no mistake in the
+    command's form; a script may tell the two apart)."""

@@ -29,7 +29,7 @@ from typing import Any
 from sqlalchemy.engine import make_url
 
 from gateway.config import Config, ConfigError
-from gateway.process.commands import admin as cli_admin
+from gateway.process.commands.options import common_options
 from gateway.security.secrets import ENV_VAR, KEY_FILE, META_KEY_ID, SecretError, installed_key_id
 from storage.backup import BackupError, backup_sqlite
 from storage.db import database_url
@@ -48,7 +48,7 @@ def add_commands(commands: Any) -> None:
         "backup", help="copy the database (online) and the secret key into a new directory"
     )
     parser.add_argument("path", help="a new or empty directory: the copy of data_dir")
-    cli_admin.common_options(parser)  # --config and --verbose after the subcommand too
+    common_options(parser)  # --config and --verbose after the subcommand too
     parser.add_argument(
         "--without-key",
         action="store_true",

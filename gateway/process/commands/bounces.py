@@ -13,7 +13,8 @@ from gateway.bounces.ingest import CLASSES, BounceIngest, Settings
 from gateway.bounces.returnpath import VERP_KEY, ReturnPath
 from gateway.bounces.rules import load
 from gateway.config import Config
-from gateway.process.commands.admin import CommandError, iso_seconds, leaf, with_database
+from gateway.process.commands.admin import CommandError, iso_seconds, with_database
+from gateway.process.commands.options import leaf
 from gateway.security.secrets import SecretBox
 from storage import bounce_reports as stored
 from storage.db import Database

@@ -17,7 +17,8 @@ from gateway.config import Config
 from gateway.dkim.errors import DkimError
 from gateway.dkim.keys import dns_record, generate_key
 from gateway.dkim.names import default_selector, normalise_domain, normalise_selector
-from gateway.process.commands.admin import CommandError, leaf, with_database
+from gateway.process.commands.admin import CommandError, with_database
+from gateway.process.commands.options import leaf
 from gateway.security.secrets import SecretBox, SecretError, bind_to_database
 from storage import dkim_keys
 from storage.db import Database

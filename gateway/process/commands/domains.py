@@ -18,7 +18,9 @@ from gateway.dkim import domains as sender_domains
 from gateway.dkim.errors import DkimError
 from gateway.dkim.keys import txt_strings
 from gateway.dkim.names import normalise_domain
-from gateway.process.commands.admin import CommandError, iso_seconds, leaf, with_database
+from gateway.dns import Resolver
+from gateway.process.commands.admin import CommandError, NotFound, iso_seconds, with_database
+from gateway.process.commands.options import leaf
 from gateway.security.secrets import SecretBox, SecretError, bind_to_database
 from storage import domains
 from storage.db import Database
@@ -35,6 +37,8 @@ def add_commands(commands: Any) -> None:
     add.add_argument("--verified", action="store_true", help="mark it verified now (no DNS check)")
     add.add_argument("--algorithm", choices=["rsa", "ed25519"], default="rsa")
     leaf(actions, "list", "list domains and whether they are verified")
+    leaf(actions, "verify", "check the domain's DNS records now").add_argument("domain")
+    leaf(actions, "remove", "remove a domain (its DKIM keys stay)").add_argument("domain")
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
@@ -43,6 +47,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     except SecretError as error:
         raise CommandError(str(error)) from None
     hostname = config.server.hostname
+    args.nameservers = config.dns.nameservers  # verify asks these, as `serve` does
     result = asyncio.run(with_database(config, lambda db: _act(db, box, args, hostname)))
     print(json.dumps(result) if args.json else _text(args.action, result))
     return 0
@@ -70,6 +75,8 @@ async def _act(db: Database, box: SecretBox, args: argparse.Namespace, hostname:
         raise CommandError(str(error)) from None
     if args.action == "list":
         return [await _json(db, record, hostname) for record in await domains.list_domains(db)]
+    if args.action in ("verify", "remove"):
+        return await _existing(db, args, hostname)
     try:
         name = normalise_domain(args.domain)
         record, _ = await sender_domains.register(
@@ -80,7 +87,24 @@ async def _act(db: Database, box: SecretBox, args: argparse.Namespace, hostname:
     return await _json(db, record, hostname)
 
 
+async def _existing(db: Database, args: argparse.Namespace, hostname: str) -> dict[str, Any]:
+    """verify or remove a domain named by name or id (as the API's routes take it)."""
+    record = await domains.get_domain(db, args.domain) if len(args.domain) <= 255 else None
+    if record is None:
+        raise NotFound(f"no such domain: {args.domain}")
+    if args.action == "remove":
+        await domains.delete_domain(db, record.id)
+        return {**await _json(db, record, hostname), "removed": True}
+    resolver = Resolver(args.nameservers)
+    updated, checks = await sender_domains.verify(db, resolver, record)
+    return {**await _json(db, updated, hostname), "checks": [c.as_json() for c in checks]}
+
+
 def _text(action: str, result: Any) -> str:
+    if action == "remove":
+        return f"removed {result['domain']} ({result['id']}); mail From it is refused again"
+    if action == "verify":
+        return _verify_text(result)
     if action == "list":
         rows = [
             f"{d['domain']}  {'verified' if d['verified'] else 'unverified'}  {d['id']}"
@@ -99,3 +123,10 @@ def _text(action: str, result: Any) -> str:
     )
     lines.append(f"; {state}")
     return "\n".join(lines)
+
+
+def _verify_text(result: dict[str, Any]) -> str:
+    lines = [f"{c['purpose']} {c['name']}: {c['status']}  {c['detail']}".rstrip()
+             for c in result["checks"]]  # fmt: skip
+    state = "verified" if result["verified"] else "not verified"
+    return "\n".join([*lines, f"{result['domain']}: {state}"])

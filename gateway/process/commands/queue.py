@@ -17,8 +17,9 @@ from typing import Any
 
 from gateway.addresses import has_control
 from gateway.config import Config
-from gateway.process.commands.admin import CommandError, iso_seconds, leaf, with_database
-from gateway.process.commands.admin import common_options as admin_options
+from gateway.process.commands.admin import CommandError, iso_seconds, with_database
+from gateway.process.commands.options import common_options as admin_options
+from gateway.process.commands.options import leaf
 from gateway.queue.operations import Action as QueueAction
 from gateway.queue.operations import FilterError, bulk, make_filter, summary_json
 from gateway.queue.store import Queue

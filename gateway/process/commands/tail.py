@@ -22,7 +22,8 @@ from sqlalchemy import Connection
 
 from gateway.addresses import has_control
 from gateway.config import Config
-from gateway.process.commands.admin import CommandError, common_options, with_database
+from gateway.process.commands.admin import CommandError, with_database
+from gateway.process.commands.options import common_options
 from gateway.queue import events
 from gateway.queue.operations import FilterError, make_filter
 from storage import event_stream

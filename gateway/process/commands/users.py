@@ -21,7 +21,8 @@ from gateway.errors import Refused
 from gateway.people import passwords
 from gateway.people.roles import ROLES
 from gateway.people.users import Users
-from gateway.process.commands.admin import CommandError, iso_seconds, leaf, with_database
+from gateway.process.commands.admin import CommandError, iso_seconds, with_database
+from gateway.process.commands.options import leaf
 from storage.db import Database
 from storage.users import UserRecord, list_users
 

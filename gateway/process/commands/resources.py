@@ -1,0 +1,177 @@
+"""`postern pools|aliases|webhooks list|show|remove`: the API's resources for operators.
+
+They read and delete through storage, as the API's *_ops do after their ownership checks
+(the operator at the console sees everything); what storage refuses (a pool queued mail
+still needs, the last verified alias) is its own one line and exit status 2, an unknown id
+exit status 1. A running `postern serve` follows within seconds (it reloads identities and
+pools from storage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from pydantic import ValidationError
+
+from api import webhook_ops
+from api.errors import ApiError
+from api.webhook_schemas import WebhookCreate
+from gateway.config import Config
+from gateway.dns import Resolver
+from gateway.errors import Refused
+from gateway.process.commands.admin import CommandError, NotFound, iso_seconds, with_database
+from gateway.process.commands.options import leaf
+from gateway.queue import events
+from gateway.security.hostguard import HostGuard
+from gateway.security.secrets import SecretBox, SecretError, bind_to_database
+from storage import aliases, pools, webhooks
+from storage.db import Database
+
+COMMANDS = ("pools", "aliases", "webhooks")
+_SINGULAR = {"pools": "SMTP pool", "aliases": "alias", "webhooks": "webhook"}
+_TIMES = ("created_at", "updated_at", "verified_at", "next_attempt_at")
+
+
+def add_commands(commands: Any) -> None:
+    for name, text in (
+        ("pools", "SMTP pools mail is relayed through"),
+        ("aliases", "sender addresses (aliases)"),
+        ("webhooks", "webhook endpoints"),
+    ):
+        parser = commands.add_parser(name, help=text)
+        actions = parser.add_subparsers(dest="action", required=True)
+        leaf(actions, "list", f"list {name}")
+        leaf(actions, "show", f"show one {_SINGULAR[name]}").add_argument("id")
+        remove = leaf(actions, "remove", f"remove a {_SINGULAR[name]}")
+        remove.add_argument("id")
+        if name == "pools":
+            remove.add_argument("--move-to", help="pool id that takes the queued mail needing it")
+        if name == "webhooks":
+            _webhook_add(leaf(actions, "add", "add a webhook and print its signing secret (once)"))
+
+
+def _webhook_add(add: argparse.ArgumentParser) -> None:
+    add.add_argument("url")
+    add.add_argument(
+        "--event", dest="events", action="append", choices=events.TYPES, metavar="TYPE",
+        help="repeat for several (default: every type)",
+    )  # fmt: skip
+    add.add_argument("--final-only", action="store_true", help="only each recipient's outcome")
+    add.add_argument("--description", default="")
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    result = asyncio.run(with_database(config, lambda db: _act(db, args, config)))
+    print(json.dumps(result, ensure_ascii=False) if args.json else _text(args, result))
+    return 0
+
+
+def as_json(record: Any) -> dict[str, Any]:
+    """The record's fields, times as the CLI prints them (records hold no secrets)."""
+    values = dataclasses.asdict(record)
+    for name in _TIMES:
+        if name in values and isinstance(values[name], float):
+            values[name] = iso_seconds(values[name])
+    if isinstance(values.get("event_types"), tuple | list):
+        values["event_types"] = list(values["event_types"])
+    return values
+
+
+_GET: dict[str, Callable[[Database, str], Awaitable[Any]]] = {
+    "pools": pools.get_pool,
+    "aliases": aliases.get_alias,
+    "webhooks": webhooks.get_webhook,
+}
+_LIST: dict[str, Callable[[Database], Awaitable[list[Any]]]] = {
+    "pools": pools.pool_records,
+    "aliases": aliases.list_aliases,
+    "webhooks": webhooks.list_webhooks,
+}
+
+
+async def _act(db: Database, args: argparse.Namespace, config: Config) -> Any:
+    if args.action == "add":
+        return await _add_webhook(db, args, config)
+    if args.action == "list":
+        return [as_json(record) for record in await _LIST[args.command](db)]
+    record = await _GET[args.command](db, args.id) if len(args.id) <= 64 else None
+    if record is None:
+        raise NotFound(f"no such {_SINGULAR[args.command]}: {args.id}")
+    if args.action == "show":
+        return as_json(record)
+    try:
+        return {**as_json(record), **await _remove(db, args)}
+    except Refused as error:
+        raise CommandError(str(error)) from None
+
+
+async def _remove(db: Database, args: argparse.Namespace) -> dict[str, Any]:
+    if args.command == "pools":
+        _, moved = await pools.delete_pool(db, args.id, args.move_to)
+        return {"removed": True, "moved": moved}
+    if args.command == "aliases":
+        await aliases.delete_alias(db, args.id)
+    elif not await webhooks.delete_webhook(db, args.id):
+        raise NotFound(f"no such webhook: {args.id}")
+    return {"removed": True}
+
+
+async def _add_webhook(db: Database, args: argparse.Namespace, config: Config) -> dict[str, Any]:
+    """The API's checks and storing (webhook_ops.create_with), the same schema first."""
+    values = {"url": args.url, "final_only": args.final_only, "description": args.description}
+    if args.events:
+        values["event_types"] = args.events
+    try:
+        body = WebhookCreate.model_validate(values).model_dump(exclude_unset=True)
+        box = await _bound_box(db, config)
+        nameservers = config.dns.nameservers
+        guard = HostGuard(
+            config.security.deny_networks, allow_private=config.webhooks.allow_private,
+            resolver=Resolver(nameservers) if nameservers else None,
+        )  # fmt: skip
+        record, secret = await webhook_ops.create_with(db, box, guard, body, None)
+    except ValidationError as error:
+        first = error.errors()[0]
+        raise CommandError(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    except ApiError as error:
+        raise CommandError(str(error)) from None
+    return {**as_json(record), "secret": secret}
+
+
+async def _bound_box(db: Database, config: Config) -> SecretBox:
+    """The secret key, as `serve` holds it (bound to this database)."""
+    try:
+        box = SecretBox.from_environment(config.server.data_dir)
+        await bind_to_database(db, box)
+    except SecretError as error:
+        raise CommandError(str(error)) from None
+    return box
+
+
+def _line(kind: str, item: dict[str, Any]) -> str:
+    if kind == "pools":
+        state = "active" if item["is_active"] else "inactive"
+        return f"{item['id']}  {item['name']}  {item['host']}:{item['port']}  {state}"
+    if kind == "aliases":
+        state = "verified" if item["is_verified"] else "unverified"
+        return f"{item['id']}  {item['email']}  {state}{'  default' if item['is_default'] else ''}"
+    types = ",".join(item["event_types"]) or "all events"
+    return f"{item['id']}  {item['url']}  {types}{'' if item['is_active'] else '  inactive'}"
+
+
+def _text(args: argparse.Namespace, result: Any) -> str:
+    if args.action == "list":
+        rows = [_line(args.command, item) for item in result]
+        return "\n".join(rows) if rows else f"no {args.command}"
+    if args.action == "add":
+        return (f"added webhook {result['id']} -> {result['url']}\nsecret: {result['secret']}\n"
+                "The secret is shown this once: store it now.")  # fmt: skip
+    if args.action == "show":
+        return "\n".join(f"{name}: {value}" for name, value in result.items())
+    moved = f"; {result['moved']} queued messages moved" if result.get("moved") else ""
+    return f"removed {_SINGULAR[args.command]} {result['id']}{moved}"
