@@ -5,6 +5,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+# The pool name of direct delivery to the recipients' MX hosts (metrics, the mail log): its 250
+# is the recipient's own server accepting, where a relay's 250 is only the next hop's.
+DIRECT_POOL = "direct"
+
 
 @dataclass(frozen=True)
 class Sender:

@@ -28,10 +28,10 @@ from gateway.delivery.upstream import (
     deferred,
 )
 from gateway.dns import Resolver
-from gateway.message import DeliveryResult, Outcome, QueuedMessage
+from gateway.message import DIRECT_POOL, DeliveryResult, Outcome, QueuedMessage
 from gateway.security.hostguard import HostGuard
 
-DIRECT = "direct"  # the pool name in metrics and the mail log: one label for every MX host
+DIRECT = DIRECT_POOL  # the pool name in metrics and the mail log: one label for every MX host
 log = logging.getLogger("postern.direct")
 
 

@@ -31,7 +31,7 @@ from sqlalchemy import Connection
 
 from gateway import headers
 from gateway.addresses import mailbox_key
-from gateway.message import DeliveryResult, Outcome, QueuedMessage, Route, Submission
+from gateway.message import DIRECT_POOL, DeliveryResult, Outcome, QueuedMessage, Route, Submission
 from gateway.queue import events, idempotency, ids, retry, states
 from gateway.queue import suppressions as suppression_list
 from gateway.queue.suppressions import SuppressionCache
@@ -214,7 +214,11 @@ class Queue:
             for rcpt, result in results.items()
             if result.outcome is Outcome.DELIVERED
         ]
-        if delivered:  # a delivery forgets the address's soft bounces (gateway.bounces)
+        # A delivery forgets the address's soft bounces (gateway.bounces), when it is one: the
+        # recipient's own MX accepting. A relay's 250 is not: the soft bounce of that very
+        # message may come back later, and forgetting at each send would keep a mailbox that
+        # is full for good from ever reaching the limit (send, bounce, send, bounce...).
+        if delivered and attempt.pool == DIRECT_POOL:
             batch.add(bounce_reports.FORGET_SOFT, delivered)
         if suppress:  # the upstream said so, whoever holds the claim now
             batch.add(
