@@ -4,7 +4,8 @@
       UID SEARCH UID last+1:* UNKEYWORD $PosternProcessed -> the next `batch` UIDs
       UID FETCH (RFC822.SIZE) -> each message: over `max_size` skipped and recorded; else
       UID FETCH BODY.PEEK[]<0.max_size+1> -> ingest (committed) -> marked on the server
-      (\\Seen + $PosternProcessed, or MOVE/COPY to `processed_folder`) -> cursor advanced
+      (a report: \\Seen + $PosternProcessed, or MOVE/COPY to `processed_folder`; any other
+      mail: the keyword alone) -> cursor advanced
 
 Never lose, never double-count: the cursor moves past a message only after its report was
 committed (or its skip recorded), so a node killed between the two hands it over again,
@@ -25,7 +26,18 @@ from aioimaplib import aioimaplib
 
 from gateway.accounts.verify import inbox_state, printable
 from gateway.errors import PosternError
-from gateway.reports import IMAP, SKIPPED, Ingest, Source, count, delivered_to, hand_over
+from gateway.reports import (
+    IMAP,
+    PROCESSED,
+    SKIPPED,
+    UNMATCHED,
+    Ingest,
+    IngestResult,
+    Source,
+    count,
+    delivered_to,
+    hand_over,
+)
 from storage import inbox as cursors
 from storage.db import Database
 from storage.inbox import Cursor, Skipped
@@ -36,6 +48,10 @@ KEYWORD = "$PosternProcessed"
 MAX_SAID = 200  # characters of a server's refusal kept for the log
 _UID = re.compile(rb"\bUID (\d+)")
 _SIZE = re.compile(rb"\bRFC822\.SIZE (\d+)")
+# What is marked read (or moved) once handed over: a bounce or complaint, matched or not.
+# Anything else (a person's letter, an out-of-office reply, what did not parse, a duplicate
+# met again after a restart) only gets the keyword no mail client shows.
+REPORTS = (PROCESSED, UNMATCHED)
 
 
 @dataclass(frozen=True)
@@ -105,12 +121,12 @@ class Inbox:
         count(IMAP, SKIPPED)
         log.warning("account %s: UID %d skipped: %s", account_id, at.last_uid, why)
 
-    async def hand_over(self, raw: bytes, account_id: str, at: Cursor) -> None:
+    async def hand_over(self, raw: bytes, account_id: str, at: Cursor) -> IngestResult:
         source = Source(
             kind=IMAP, account_id=account_id, mailbox=MAILBOX, uidvalidity=at.uidvalidity,
             uid=at.last_uid, envelope_recipient=delivered_to(raw),
         )  # fmt: skip
-        await hand_over(self._ingest, raw, source)
+        return await hand_over(self._ingest, raw, source)
 
 
 class _Run:
@@ -137,8 +153,8 @@ class _Run:
         limit = self.settings.max_size
         raw = await self._fetch(uid) if size is not None and size <= limit else None
         if raw is not None and len(raw) <= limit:
-            await self.inbox.hand_over(raw, self.account_id, at)
-            await self._mark(uid)
+            result = await self.inbox.hand_over(raw, self.account_id, at)
+            await self._mark(uid, report=result.outcome in REPORTS)
             self.handed += 1
         elif size is not None and (size > limit or raw is not None):
             await self.inbox.record_skip(self.account_id, at, max(size, len(raw or b"")))
@@ -179,18 +195,21 @@ class _Run:
                 return bytes(line)
         return None
 
-    async def _mark(self, uid: int) -> None:
-        """Processed, on the server: moved to the folder the user named, else (or when the
-        move is refused) flagged. Never deleted. A refusal is logged: the cursor, not the
-        mark, is what counts; the mark keeps a new UIDVALIDITY from reading it again."""
+    async def _mark(self, uid: int, report: bool) -> None:
+        """Processed, on the server. A report (a bounce, a complaint): moved to the folder
+        the user named, else (or when the move is refused) flagged \\Seen and processed. Any
+        other mail (a person's letter, an out-of-office reply) only gets the keyword the
+        user's client does not show: it stays unread, where it was. Never deleted. A
+        refusal is logged: the cursor, not the mark, is what counts; the mark keeps a new
+        UIDVALIDITY from reading it again."""
         folder = self.settings.processed_folder
         try:
-            if folder and await _moved(self.client, str(uid), folder):
+            if report and folder and await _moved(self.client, str(uid), folder):
                 return
         except aioimaplib.Error as error:
             who = self.account_id
             log.warning("account %s: UID %d not moved to %r: %s", who, uid, folder, error)
-        flags = f"(\\Seen {KEYWORD})"
+        flags = f"(\\Seen {KEYWORD})" if report else f"({KEYWORD})"
         response = await self.client.uid("store", str(uid), "+FLAGS.SILENT", flags)
         if response.result != "OK":
             log.warning("account %s: UID %d not flagged processed", self.account_id, uid)

@@ -35,6 +35,9 @@ log = logging.getLogger("postern.bounces")
 SourceKind = Literal["imap", "listener", "api"]
 Outcome = Literal["processed", "duplicate", "unmatched", "unparsed", "ignored"]
 PASSIVE = ("auto_reply", "ignore")  # classes that do nothing
+# Kinds whose whole text is kept (size-capped): reports, and what may be one but failed to
+# parse (kept, with the error, for a person to read); of the rest only the header block.
+REPORT_KINDS = ("dsn", "complaint", "unparsed")
 CLASSES = ("hard", "soft", "policy", "complaint", "auto_reply", "ignore")
 
 
@@ -308,6 +311,15 @@ class _Incoming:
         s = self.source
         return stored.dedupe_key(digest, s.account_id, s.mailbox, s.uidvalidity, s.uid), digest
 
+    def kept(self, cap: int) -> bytes:
+        """What is stored of the raw message: a report's first `cap` bytes; of mail that is no
+        report (a person's, in a connected inbox), its header block only: nobody's letters
+        are copied into Postern."""
+        if self.report.kind in REPORT_KINDS:
+            return self.raw[:cap]
+        end = self.raw.find(b"\r\n\r\n", 0, cap)
+        return self.raw[: end + 2 if end >= 0 else min(cap, 8192)]
+
     def row(
         self, key: str, digest: str, claim: Claim, verdicts: list[Verdict], status: str, cap: int
     ) -> dict[str, Any]:
@@ -323,7 +335,7 @@ class _Incoming:
             "source": source.kind, "account_id": source.account_id, "mailbox": source.mailbox,
             "uidvalidity": source.uidvalidity, "uid": source.uid,
             "envelope_recipient": source.envelope_recipient,
-            "raw": self.raw[:cap], "size": len(self.raw),
+            "raw": self.kept(cap), "size": len(self.raw),
             "kind": report.kind, "format": report.format[:32], "status": status,
             "error": error[:1000] if error else None,
             "message_id": claim.message_id, "matched_by": claim.by,

@@ -100,3 +100,36 @@ async def test_a_dsn_in_a_connected_inbox_suppresses_the_recipient(
         client.select("INBOX")
         _, flags = client.fetch("1", "(FLAGS)")
     assert KEYWORD.encode() in (flags[0] or b"")  # processed, and still there
+
+
+async def test_a_persons_letter_in_a_connected_inbox_stays_unread_and_is_not_copied(
+    tmp_path: Path, service: ServiceFactory, sink: Sink, imap: Dovecot
+) -> None:
+    bounces = {"domain": DOMAIN, "idle": False, "processed_folder": "Processed"}
+    accounts = {"sync_interval": "1h"}
+    svc = await service(make_config(tmp_path, sink, bounces=bounces, accounts=accounts))
+    assert svc.db is not None and svc.box is not None and svc.account_sync is not None
+    box = svc.box
+    values = {
+        "email": USER, "name": "", "imap_host": "127.0.0.1", "imap_port": imap.port,
+        "imap_security": "starttls", "smtp_host": "127.0.0.1", "smtp_port": 25,
+        "smtp_security": "none", "tls_verify": False, "username": USER,
+    }  # fmt: skip
+    await mail_accounts.create_account(
+        svc.db, values, lambda account_id: seal(box, account_id, PASSWORD), "usr_a", 10
+    )
+    letter = (
+        b"From: friend@example.org\r\nTo: bounces@app.test\r\nSubject: lunch?\r\n"
+        b"Message-ID: <lunch@example.org>\r\n\r\nShall we meet at noon? A private line.\r\n"
+    )
+    imap.append(USER, letter)
+    await svc.account_sync.sync_due()
+    with imap.client(USER) as client:
+        client.select("INBOX")
+        _, flags = client.fetch("1", "(FLAGS)")
+    marks = flags[0] or b""
+    assert KEYWORD.encode() in marks and b"\\Seen" not in marks  # unread, where it was
+    kept = await svc.db.read(
+        lambda conn: [bytes(r[0]) for r in conn.exec_driver_sql("SELECT raw FROM bounce_report")]
+    )
+    assert kept and b"Subject: lunch?" in kept[0] and b"private line" not in kept[0]
