@@ -35,6 +35,7 @@ log = logging.getLogger("postern.bounces")
 SourceKind = Literal["imap", "listener", "api"]
 Outcome = Literal["processed", "duplicate", "unmatched", "unparsed", "ignored"]
 PASSIVE = ("auto_reply", "ignore")  # classes that do nothing
+SIGNED = ("verp", "ref")  # the claims a stranger cannot make (Claim.by)
 # Kinds whose whole text is kept (size-capped): reports, and what may be one but failed to
 # parse (kept, with the error, for a person to read); of the rest only the header block.
 REPORT_KINDS = ("dsn", "complaint", "unparsed")
@@ -155,12 +156,16 @@ class Verdict:
         }
 
 
-def matched(verdicts: Sequence[Verdict], recipients: Sequence[tuple[str, str]]) -> list[Verdict]:
+def matched(
+    verdicts: Sequence[Verdict], recipients: Sequence[tuple[str, str]], signed: bool = True
+) -> list[Verdict]:
     """Each entry with the message's recipient it speaks of: by its original recipient or
-    its recipient (mailbox keys), else the only recipient when the message had one (a
-    forwarded address, a redacted complaint)."""
+    its recipient (mailbox keys), else, when the claim was signed (`signed`: a VERP token or
+    the reference header, which only recipients of the message have seen), the only
+    recipient when the message had one (a forwarded address, a redacted complaint). A claim
+    by a bare Message-ID, which anyone may guess, must name its recipient."""
     by_key = {mailbox_key(email): email for email, _ in recipients}
-    only = next(iter(by_key.values())) if len(by_key) == 1 else ""
+    only = next(iter(by_key.values())) if len(by_key) == 1 and signed else ""
     found = []
     for verdict in verdicts:
         entry = verdict.entry
@@ -243,7 +248,8 @@ class BounceIngest:
                 claim = Claim(None, error=f"no message {message_id} (unknown or purged)")
             else:
                 recipients = stored.recipients_of(conn, message_id)
-        verdicts = matched(verdicts, recipients) if recipients else verdicts
+        if recipients:  # the fallback to the only recipient needs a signed claim (VERP, ref)
+            verdicts = matched(verdicts, recipients, claim.by in SIGNED)
         status = status_of(incoming.report, verdicts, claim.error)
         row = incoming.row(key, digest, claim, verdicts, status, self._settings.max_report_size)
         report_id = stored.insert(conn, row)

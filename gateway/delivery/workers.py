@@ -308,9 +308,14 @@ class Delivery:
 
     def _with_return_path(self, message: QueuedMessage) -> QueuedMessage:
         """The message with its VERP envelope sender (one HMAC), when a bounce domain is
-        set; the null sender stays null (nothing may bounce a bounce)."""
+        set, unless it leaves through a connected account; the null sender stays null
+        (nothing may bounce a bounce)."""
         return_path = self._return_path
         if return_path is None or not return_path.enabled or not message.mail_from:
+            return message
+        if message.route.pool_id in self._registry.account_ids():
+            # A person's own server: it refuses or rewrites a sender it does not own, and
+            # what bounces comes back to the account's inbox, which Postern reads.
             return message
         return replace(message, mail_from=return_path.address(message.id, message.mail_from))
 

@@ -334,3 +334,15 @@ async def test_a_schema_7_database_gains_the_bounce_columns_and_tables(backend: 
     columns, tables, indexes = await backend.read(shape)
     assert {"detail", "note"} <= columns and {"bounce_report", "soft_bounce"} <= tables
     assert "ix_bounce_report_status" in indexes
+
+
+async def test_a_bare_message_id_claim_must_name_its_recipient(
+    backend: Database, queue: Queue
+) -> None:
+    """Anyone may guess a Message-ID: a report matched by it alone, naming someone else,
+    does not fall back to the message's only recipient (a VERP token or the reference header
+    would: only the message's recipients have seen those)."""
+    await delivered_as(queue, "<Order-43@shop.example>", "kept@example.test")
+    raw = dsn("stranger@example.test", to="x@provider.test", message_id="<Order-43@shop.example>")
+    await ingest(backend, queue).ingest(raw, LISTENER)
+    assert await suppression(backend, "kept@example.test") is None
