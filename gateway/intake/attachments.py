@@ -73,8 +73,10 @@ def decode(content: str) -> bytes:
 
 def filename_problem(filename: str) -> str | None:
     """Why `filename` may not be a Content-Disposition filename, or None."""
-    if not filename or len(filename) > MAX_FILENAME:
+    if not filename.strip() or len(filename) > MAX_FILENAME:  # blank: no name a client keeps
         return f"must be 1 to {MAX_FILENAME} characters"
+    if filename != filename.strip():  # a reader strips them: the name would not come back
+        return "must not begin or end with white space"
     return text_problem(filename, header=True)
 
 
