@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.support.processes import child_cwd, child_env, postern_argv
+from tests.support.serve import Launcher, Postern, config_text
 
 CHROMIUM = Path("/usr/bin/chromium")
 REQUIRED = bool(os.environ.get("POSTERN_TEST_BROWSER"))
@@ -74,3 +77,44 @@ def create_user(config: Path, email: str, role: str, password: str) -> None:
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
+
+
+@contextmanager
+def chromium_browser() -> Iterator[Any]:
+    """Debian's Chromium, headless, through Playwright; closed on the way out."""
+    from playwright.sync_api import sync_playwright  # only the browser tests need it
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@contextmanager
+def serve_with_users(
+    folder: Path, users: Mapping[str, str], password: str, sink_port: int | None = None,
+    edit: Callable[[str], str] = lambda text: text,
+) -> Iterator[Postern]:  # fmt: skip
+    """A real `postern serve` (its pool the sink at `sink_port`, if any; `edit` changes its
+    config text) with `users` (email -> role, each with `password`) made at the console
+    before it starts; stopped on the way out."""
+    launcher = Launcher(folder)
+
+    def write(data: Path, smtp_port: int, http_port: int) -> str:
+        return edit(
+            config_text(
+                data_dir=data / "var", smtp_port=smtp_port, http_port=http_port,
+                sink_port=sink_port,
+            )
+        )  # fmt: skip
+
+    try:
+        running = launcher.launch(write, start=False)
+        for email, role in users.items():
+            create_user(running.config, email, role, password)
+        running.start()
+        yield running
+    finally:
+        launcher.close()

@@ -14,8 +14,13 @@ from typing import Any
 
 import pytest
 
-from tests.support.browser import CHROMIUM, Watched, create_user, skip_without_a_browser
-from tests.support.serve import Launcher, Postern, config_text
+from tests.support.browser import (
+    Watched,
+    chromium_browser,
+    serve_with_users,
+    skip_without_a_browser,
+)
+from tests.support.serve import Postern
 from tests.support.sink import Sink
 from tests.support.smtp import queued_id
 
@@ -35,33 +40,17 @@ def sink() -> Iterator[Sink]:
 
 @pytest.fixture(scope="module")
 def postern(tmp_path_factory: pytest.TempPathFactory, sink: Sink) -> Iterator[Postern]:
-    launcher = Launcher(tmp_path_factory.mktemp("postern"))
-
-    def write(folder: Path, smtp_port: int, http_port: int) -> str:
-        return config_text(
-            data_dir=folder / "var", smtp_port=smtp_port, http_port=http_port, sink_port=sink.port
-        )
-
-    try:
-        running = launcher.launch(write, start=False)
-        create_user(running.config, OWNER, "owner", PASSWORD)
-        running.start()
+    with serve_with_users(
+        tmp_path_factory.mktemp("postern"), {OWNER: "owner"}, PASSWORD, sink.port
+    ) as running:
         yield running
-    finally:
-        launcher.close()
 
 
 @pytest.fixture
 def tab(postern: Postern) -> Iterator[Watched]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
-        try:
-            context = browser.new_context(viewport={"width": 1280, "height": 900})
-            yield Watched(context.new_page(), f"http://127.0.0.1:{postern.http_port}")
-        finally:
-            browser.close()
+    with chromium_browser() as browser:
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        yield Watched(context.new_page(), f"http://127.0.0.1:{postern.http_port}")
 
 
 def send(postern: Postern, to: str) -> str:

@@ -19,8 +19,13 @@ from typing import Any
 
 import pytest
 
-from tests.support.browser import CHROMIUM, Watched, create_user, skip_without_a_browser
-from tests.support.serve import Launcher, Postern, config_text, run_cli
+from tests.support.browser import (
+    Watched,
+    chromium_browser,
+    serve_with_users,
+    skip_without_a_browser,
+)
+from tests.support.serve import Postern, run_cli
 from tests.support.sink import Sink
 from tests.support.smtp import queued_id
 
@@ -44,25 +49,21 @@ def sink() -> Iterator[Sink]:
         running.stop()
 
 
+def _an_hour_between_attempts(text: str) -> str:
+    return text.replace('retry_schedule = ["1s"]', 'retry_schedule = ["1h"]')
+
+
 @pytest.fixture(scope="module")
 def postern(tmp_path_factory: pytest.TempPathFactory, sink: Sink) -> Iterator[Postern]:
     """Postern with the sink as its pool; a deferred message waits an hour (until retried)."""
-    launcher = Launcher(tmp_path_factory.mktemp("postern"))
-
-    def write(folder: Path, smtp_port: int, http_port: int) -> str:
-        text = config_text(
-            data_dir=folder / "var", smtp_port=smtp_port, http_port=http_port, sink_port=sink.port
-        )
-        return text.replace('retry_schedule = ["1s"]', 'retry_schedule = ["1h"]')
-
-    try:
-        running = launcher.launch(write, start=False)
-        create_user(running.config, OWNER, "owner", PASSWORD)
-        create_user(running.config, MEMBER, "member", PASSWORD)
-        running.start()
+    with serve_with_users(
+        tmp_path_factory.mktemp("postern"),
+        {OWNER: "owner", MEMBER: "member"},
+        PASSWORD,
+        sink.port,
+        edit=_an_hour_between_attempts,
+    ) as running:
         yield running
-    finally:
-        launcher.close()
 
 
 @pytest.fixture(scope="module")
@@ -77,14 +78,8 @@ def domain_id(postern: Postern) -> str:
 
 @pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with chromium_browser() as browser:
+        yield browser
 
 
 @pytest.fixture

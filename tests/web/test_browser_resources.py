@@ -18,8 +18,13 @@ from typing import Any
 
 import pytest
 
-from tests.support.browser import CHROMIUM, Watched, create_user, skip_without_a_browser
-from tests.support.serve import Launcher, Postern, config_text
+from tests.support.browser import (
+    Watched,
+    chromium_browser,
+    serve_with_users,
+    skip_without_a_browser,
+)
+from tests.support.serve import Postern
 
 pytestmark = [skip_without_a_browser(), pytest.mark.timeout(180)]
 PASSWORD = "correct horse battery staple"
@@ -30,32 +35,16 @@ SERIOUS = ("serious", "critical")
 
 @pytest.fixture(scope="module")
 def postern(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postern]:
-    launcher = Launcher(tmp_path_factory.mktemp("postern"))
-
-    def write(folder: Path, smtp_port: int, http_port: int) -> str:
-        return config_text(
-            data_dir=folder / "var", smtp_port=smtp_port, http_port=http_port, sink_port=None
-        )
-
-    try:
-        running = launcher.launch(write, start=False)
-        create_user(running.config, OWNER, "owner", PASSWORD)
-        running.start()
+    with serve_with_users(
+        tmp_path_factory.mktemp("postern"), {OWNER: "owner"}, PASSWORD
+    ) as running:
         yield running
-    finally:
-        launcher.close()
 
 
 @pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with chromium_browser() as browser:
+        yield browser
 
 
 def open_tab(chromium: Any, postern: Postern, **options: Any) -> Iterator[Watched]:
