@@ -17,7 +17,7 @@ from sqlalchemy import Connection, Integer, Select, cast, exists, func, select
 
 from storage import event_json
 from storage.models import Event, Message, MessageMeta, MessageTag
-from storage.webhook_outbox import START, Position, _compare, horizon, position_of
+from storage.webhook_outbox import START, Position, compare_position, horizon, position_of
 
 E = Event.__table__  # type: ignore[attr-defined]
 M = Message.__table__  # type: ignore[attr-defined]
@@ -85,8 +85,8 @@ def read(
     between did not match)."""
     dialect = conn.dialect.name
     query = _shaped(dialect).where(
-        _compare(dialect, operator.gt, after.txid, after.id),
-        _compare(dialect, operator.le, upto.txid, upto.id),
+        compare_position(dialect, operator.gt, after.txid, after.id),
+        compare_position(dialect, operator.le, upto.txid, upto.id),
     )
     order = (E.c.txid, E.c.id) if dialect == "postgresql" else (E.c.id,)
     query = _filtered(query, flt).order_by(*order).limit(limit)

@@ -77,7 +77,7 @@ def horizon(conn: Connection) -> Position:
     return position_of(row) if row is not None else START
 
 
-def _compare(dialect: str, op: Callable[[Any, Any], Any], txid: Any, id_: Any) -> Any:
+def compare_position(dialect: str, op: Callable[[Any, Any], Any], txid: Any, id_: Any) -> Any:
     """`op` between an event's position and (txid, id_): by (txid, id) on PostgreSQL, by the
     rowid alone on SQLite (txid is 0 there, and the rowid is read in order without a sort)."""
     if dialect == "postgresql":
@@ -86,7 +86,7 @@ def _compare(dialect: str, op: Callable[[Any, Any], Any], txid: Any, id_: Any) -
 
 
 def _after(conn: Connection, position: Position) -> ColumnElement[bool]:
-    result: ColumnElement[bool] = _compare(
+    result: ColumnElement[bool] = compare_position(
         conn.dialect.name, operator.gt, position.txid, position.id
     )
     return result
@@ -97,8 +97,8 @@ def _between(dialect: str, filtered: bool) -> Select[Any]:
     """The events in (after, upto] (parameters a_txid, a_id, u_txid, u_id) of the wanted
     `types` when `filtered`, in commit order. Built once: these run for every POST."""
     query = select(E).where(
-        _compare(dialect, operator.gt, bindparam("a_txid"), bindparam("a_id")),
-        _compare(dialect, operator.le, bindparam("u_txid"), bindparam("u_id")),
+        compare_position(dialect, operator.gt, bindparam("a_txid"), bindparam("a_id")),
+        compare_position(dialect, operator.le, bindparam("u_txid"), bindparam("u_id")),
     )
     order = (E.c.txid, E.c.id) if dialect == "postgresql" else (E.c.id,)
     query = query.order_by(*order)
