@@ -11,7 +11,7 @@ from __future__ import annotations
 from api import errors
 from api.auth import Caller
 from api.context import ApiContext
-from storage.messages import MessageState, message_state
+from storage.messages import MessageState, RecipientState, message_state
 from storage.queue_sql import bodies_of
 
 DEFAULT_LIMIT = 50  # a page of search results unless the caller asks for another size
@@ -27,6 +27,13 @@ def restriction(caller: Caller) -> dict[str, str]:
     if caller.user is not None:
         return {"user_id": caller.user.id}
     return {"api_key_id": caller.id}
+
+
+def recipient_status(recipient: RecipientState) -> str:
+    """A recipient's status as the API says it: a pending one tried already is deferred."""
+    if recipient.status == "pending":
+        return "deferred" if recipient.attempts else "queued"
+    return recipient.status
 
 
 def may_see(caller: Caller, state: MessageState) -> bool:
@@ -45,11 +52,16 @@ async def get(ctx: ApiContext, caller: Caller, message_id: str) -> MessageState:
     return state
 
 
-async def body(ctx: ApiContext, state: MessageState) -> bytes:
-    """The message's stored bytes, exactly; BodyGone once they were deleted (a final
+async def stored_body(ctx: ApiContext, message_id: str) -> bytes | None:
+    """The message's stored bytes, exactly, or None once they were deleted (a final
     message's body goes at once, any other's by retention: the metadata stays)."""
-    bodies = await ctx.db.read(lambda conn: bodies_of(conn, [state.id]))
-    data = bodies.get(state.id)
+    bodies = await ctx.db.read(lambda conn: bodies_of(conn, [message_id]))
+    return bodies.get(message_id)
+
+
+async def body(ctx: ApiContext, state: MessageState) -> bytes:
+    """The message's stored bytes; BodyGone once they were deleted."""
+    data = await stored_body(ctx, state.id)
     if data is None:
         raise errors.BodyGone(
             "the body of this message is gone: Postern keeps it only until the message is "

@@ -49,15 +49,9 @@ from storage.message_search import (
     decode_cursor,
     search,
 )
-from storage.messages import MessageState, RecipientState
+from storage.messages import MessageState
 
 QUERY = (*queue_ops.FILTER_FIELDS, "limit", "cursor")
-
-
-def _recipient_status(recipient: RecipientState) -> str:
-    if recipient.status == "pending":
-        return "deferred" if recipient.attempts else "queued"
-    return recipient.status
 
 
 def _invalid(field: str, message: str) -> errors.InvalidRequest:
@@ -162,7 +156,11 @@ async def get_message(request: Request) -> Response:
             "pool": state.pool,
             "attempts": state.attempts,
             "recipients": [
-                {"email": r.email, "status": _recipient_status(r), "response": r.response}
+                {
+                    "email": r.email,
+                    "status": message_ops.recipient_status(r),
+                    "response": r.response,
+                }
                 for r in state.recipients
             ],
             "created_at": iso(state.created_at),

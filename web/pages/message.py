@@ -20,15 +20,13 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from api import errors
+from api import errors, message_ops
 from api.auth import Caller
 from api.context import ApiContext
-from api.message_ops import may_see
 from gateway.mailview import MailView, view
 from gateway.queue import operations as queue_ops
 from gateway.queue.operations import MessageBusy, MessageFinal
-from storage.messages import MessageState, RecipientState, message_state
-from storage.queue_sql import bodies_of
+from storage.messages import MessageState
 from web.guard import signed_in
 from web.render import fragment, html, is_htmx, page
 
@@ -43,26 +41,6 @@ DONE = {"retried": "Retried: the message is due now.", "cancelled": "Message can
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
 
 
-async def visible(ctx: ApiContext, caller: Caller, message_id: str) -> MessageState:
-    """The message, if the caller may see it (api.message_ops.may_see); else a 404."""
-    state = await message_state(ctx.db, message_id, True) if len(message_id) <= 64 else None
-    if state is None or not may_see(caller, state):
-        raise errors.NotFound("no such message")
-    return state
-
-
-async def body_of(ctx: ApiContext, message_id: str) -> bytes | None:
-    bodies = await ctx.db.read(lambda conn: bodies_of(conn, [message_id]))
-    return bodies.get(message_id)
-
-
-def recipient_status(recipient: RecipientState) -> str:
-    """As GET /v1/messages/{id} says it: a pending recipient tried already is deferred."""
-    if recipient.status == "pending":
-        return "deferred" if recipient.attempts else "queued"
-    return recipient.status
-
-
 def timeline(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The events as rows, their time as UNIX seconds (for the `when` filter)."""
     return [event | {"at": _seconds(event["created_at"])} for event in events]
@@ -73,13 +51,13 @@ def _seconds(iso: str) -> float:
 
 
 async def _mail(ctx: ApiContext, message_id: str) -> MailView | None:
-    data = await body_of(ctx, message_id)
+    data = await message_ops.stored_body(ctx, message_id)
     return None if data is None else await asyncio.to_thread(view, data)  # bounded by size
 
 
 async def show(request: Request) -> Response:
     ctx, caller = await signed_in(request)
-    state = await visible(ctx, caller, request.path_params["message_id"])
+    state = await message_ops.get(ctx, caller, request.path_params["message_id"])
     notice = DONE.get(request.query_params.get("done", ""), "")
     return page(
         request, "messages/show.html", caller, vary=True,
@@ -89,7 +67,7 @@ async def show(request: Request) -> Response:
 
 
 def _summary(state: MessageState, notice: str = "", problem: str = "") -> dict[str, Any]:
-    recipients = [(r, recipient_status(r)) for r in state.recipients]
+    recipients = [(r, message_ops.recipient_status(r)) for r in state.recipients]
     active = state.status in ("queued", "deferred")
     return {
         "message": state, "recipients": recipients, "active": active,
@@ -100,7 +78,7 @@ def _summary(state: MessageState, notice: str = "", problem: str = "") -> dict[s
 async def framed_html(request: Request) -> Response:
     """The message's HTML, alone, for the sandboxed frame of its page."""
     ctx, caller = await signed_in(request)
-    state = await visible(ctx, caller, request.path_params["message_id"])
+    state = await message_ops.get(ctx, caller, request.path_params["message_id"])
     mail = await _mail(ctx, state.id)
     if mail is None or mail.html is None:
         raise errors.NotFound("this message has no HTML body (any more)")
@@ -113,8 +91,8 @@ async def framed_html(request: Request) -> Response:
 async def raw(request: Request) -> Response:
     """The source as stored (text/plain; `?download=1`: as a file, <id>.eml)."""
     ctx, caller = await signed_in(request)
-    state = await visible(ctx, caller, request.path_params["message_id"])
-    data = await body_of(ctx, state.id)
+    state = await message_ops.get(ctx, caller, request.path_params["message_id"])
+    data = await message_ops.stored_body(ctx, state.id)
     if data is None:
         raise errors.NotFound("the body of this message is gone: it is kept only until final")
     headers = {"Cache-Control": "no-store"}
@@ -127,7 +105,7 @@ async def raw(request: Request) -> Response:
 async def _act(request: Request, action: str) -> Response:
     """Retry or cancel; htmx gets the status part of the page again, a browser a 303."""
     ctx, caller = await signed_in(request)
-    state = await visible(ctx, caller, request.path_params["message_id"])
+    state = await message_ops.get(ctx, caller, request.path_params["message_id"])
     try:
         if action == "retry":
             await queue_ops.retry_one(ctx.message_queue(), ctx.db, state)
@@ -139,7 +117,7 @@ async def _act(request: Request, action: str) -> Response:
         return await _refused(request, ctx, caller, state, error)
     done = "retried" if action == "retry" else "cancelled"
     if is_htmx(request):
-        after = await visible(ctx, caller, state.id)
+        after = await message_ops.get(ctx, caller, state.id)
         shown = _summary(after, notice=DONE[done])
         return fragment("messages/_summary.html", csrf=caller.csrf_token, **shown)
     return RedirectResponse(f"/messages/{state.id}?done={done}", status_code=303)
