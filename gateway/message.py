@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 # The pool name of direct delivery to the recipients' MX hosts (metrics, the mail log): its 250
 # is the recipient's own server accepting, where a relay's 250 is only the next hop's.
 DIRECT_POOL = "direct"
+# The pool name the simulator's results and events carry (its addresses never leave).
+SIMULATOR_POOL = "simulator"
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,10 @@ A `+tag` after the local part is ignored (`bounced+signup@...`), so tests can va
 
 from __future__ import annotations
 
-from gateway.message import DeliveryResult, Outcome
+from gateway.message import SIMULATOR_POOL, DeliveryResult, Outcome
 
 DOMAIN = "simulator.postern.invalid"
-POOL = "simulator"  # the pool name its results and events carry
+POOL = SIMULATOR_POOL  # the pool name its results and events carry
 
 _DELIVERED = DeliveryResult(Outcome.DELIVERED, 250, "2.0.0", "simulated delivery")
 _BOUNCED = DeliveryResult(Outcome.BOUNCED, 550, "5.1.1", "simulated hard bounce")

@@ -26,6 +26,7 @@ from starlette.routing import Route
 
 from api.context import ApiContext
 from api.message_ops import restriction
+from gateway.message import SIMULATOR_POOL
 from gateway.queue.operations import make_filter
 from storage.message_search import InvalidCursor, MessageSummary, search
 from storage.queue_sql import bodies_of
@@ -35,7 +36,6 @@ from web.render import page
 PATH = "/sandbox"
 LIMIT = 50
 HEADER_BYTES = 16 * 1024  # the header fields of a body: enough for a subject, bounded
-SIMULATOR_POOL = "simulator"  # gateway.delivery.simulator.POOL (web may not import delivery)
 KINDS = {"sandbox": {"status": "sandbox"}, "simulator": {"pool": SIMULATOR_POOL}}
 
 
