@@ -6,6 +6,8 @@ and Intake told when the verified domains change.
              one `postern dkim generate` made kept) -> Intake reloads when it is verified
     verify:  DKIM, SPF, DMARC looked up (gateway.dkim.domains) -> Intake reloads when it
              became verified
+    rotate:  a pending DKIM key beside the active one -> activated once DNS answers its
+             record (gateway.dkim.rotation), or cancelled
 
 `get` is the door to one domain (by id or name; another's is a 404, as for none); the
 operations on one domain take what `get` returned. A domain registered twice (DomainExists)
@@ -20,10 +22,12 @@ from api.context import ApiContext
 from api.ownership import visible_to
 from api.resource_schemas import DomainCreate
 from gateway.dkim import domains as sender_domains
+from gateway.dkim import rotation
 from gateway.dkim.domains import Check
 from gateway.dkim.errors import DkimError
-from gateway.dkim.names import normalise_domain
-from storage import domains
+from gateway.dkim.names import normalise_domain, normalise_selector
+from storage import dkim_keys, domains
+from storage.dkim_keys import DkimKeyRecord
 from storage.domains import DomainRecord
 
 SCOPE = "domains"
@@ -100,3 +104,34 @@ async def delete(ctx: ApiContext, record: DomainRecord) -> None:
     """The domain removed: mail From it is refused again; its DKIM keys stay."""
     await domains.delete_domain(ctx.db, record.id)
     await ctx.management().identities.reload()
+
+
+async def keys(ctx: ApiContext, record: DomainRecord) -> list[DkimKeyRecord]:
+    """The domain's DKIM keys, newest first."""
+    found = await dkim_keys.list_keys(ctx.db, record.domain)
+    return sorted(found, key=lambda key: key.created_at, reverse=True)
+
+
+def _selector(given: str) -> str:
+    try:
+        return normalise_selector(given)
+    except DkimError:
+        raise errors.NotFound("no such DKIM key") from None
+
+
+async def rotate(ctx: ApiContext, record: DomainRecord, algorithm: str) -> DkimKeyRecord:
+    """A new pending key beside the active one (RotationInProgress when one is pending)."""
+    return await rotation.start(ctx.db, ctx.management().box, record.domain, algorithm)
+
+
+async def activate_key(
+    ctx: ApiContext, record: DomainRecord, selector: str
+) -> tuple[DkimKeyRecord, Check]:
+    """The pending key `selector` signs from now on, once DNS answers its record."""
+    resolver = ctx.management().resolver
+    return await rotation.activate(ctx.db, resolver, record.domain, _selector(selector))
+
+
+async def cancel_key(ctx: ApiContext, record: DomainRecord, selector: str) -> DkimKeyRecord:
+    """The pending key `selector` retired: the rotation abandoned."""
+    return await rotation.cancel(ctx.db, record.domain, _selector(selector))

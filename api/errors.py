@@ -77,11 +77,12 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from gateway.dkim import rotation
 from gateway.errors import PosternError, StorageUnavailable
 from gateway.intake import pipeline as intake
 from gateway.people import invitations, passwords, roles, users
 from gateway.security.hostguard import HostRefused
-from storage import aliases, domains, mail_accounts, pools
+from storage import aliases, dkim_keys, domains, mail_accounts, pools
 from storage import errors as storage_errors
 from storage import invitations as stored_invitations
 from storage import users as stored_users
@@ -283,6 +284,18 @@ class PoolInUse(Conflict):
     code = "pool_in_use"
 
 
+class RotationInProgress(Conflict):
+    code = "rotation_in_progress"
+
+
+class DkimRecordNotPublished(Conflict):
+    code = "dkim_record_not_published"
+
+
+class DkimKeyNotPending(Conflict):
+    code = "dkim_key_not_pending"
+
+
 class MessageFinal(Conflict):
     code = "message_final"
 
@@ -424,6 +437,10 @@ ANSWERS: dict[type[Exception], Answer] = {
     aliases.AliasInUse: Answer(AliasInUse, "{error}"),
     aliases.LastVerifiedAlias: Answer(LastVerifiedAlias, "{error}"),
     domains.DomainExists: Answer(Conflict, "{error}"),
+    dkim_keys.DkimKeyNotFound: Answer(NotFound, "no such DKIM key"),
+    rotation.RotationInProgress: Answer(RotationInProgress, "{error}"),
+    rotation.RecordNotPublished: Answer(DkimRecordNotPublished, "{error}"),
+    rotation.NotPending: Answer(DkimKeyNotPending, "{error}"),
     pools.PoolNotFound: Answer(NotFound, "{error}"),
     pools.PoolReadOnly: Answer(ConfigPool, "{error}"),
     pools.ConfigDefault: Answer(ConfigPool, "{error}"),

@@ -355,3 +355,25 @@ class DomainVerification(BaseModel):
     verified: bool
     domain: Domain
     checks: list[DomainCheck]
+
+
+class DkimKeyCreate(Strict):
+    algorithm: Literal["rsa", "ed25519"] = "rsa"
+
+
+class DkimKey(BaseModel):
+    selector: str
+    algorithm: Literal["rsa", "ed25519"]
+    status: Literal["active", "pending", "retired"]
+    created_at: str
+    record: DnsRecord = Field(description="the TXT record that publishes this key")
+
+
+class DkimKeyList(BaseModel):
+    success: Literal[True]
+    keys: list[DkimKey]
+
+
+class DkimKeyResponse(BaseModel):
+    success: Literal[True]
+    key: DkimKey

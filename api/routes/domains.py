@@ -24,14 +24,26 @@ from api.auth import Caller, authenticate
 from api.context import ApiContext, iso
 from api.domain_ops import SCOPE
 from api.openapi import operation, path_parameter
-from api.resource_schemas import DomainCreate, DomainList, DomainResponse, DomainVerification
+from api.resource_schemas import (
+    DkimKeyCreate,
+    DkimKeyList,
+    DkimKeyResponse,
+    DomainCreate,
+    DomainList,
+    DomainResponse,
+    DomainVerification,
+)
 from api.schemas import ErrorResponse, Ok, parse
 from gateway.dkim import domains as sender_domains
+from gateway.dkim.keys import dns_record
+from storage.dkim_keys import DkimKeyRecord
 from storage.domains import DomainRecord
 
 BASE = "/api/v1/domains"
 _ID = [path_parameter("domain_id", "the domain's id (dom_...) or its name")]
 _NOT_FOUND = ("no such domain", ErrorResponse)
+_KEY = [*_ID, path_parameter("selector", "the DKIM key's selector")]
+_NO_KEY = ("no such domain or DKIM key", ErrorResponse)
 
 
 async def domain_json(ctx: ApiContext, record: DomainRecord) -> dict[str, Any]:
@@ -144,10 +156,106 @@ async def remove(request: Request) -> Response:
     return JSONResponse({"success": True})
 
 
+def key_json(key: DkimKeyRecord) -> dict[str, Any]:
+    record = dns_record(key.selector, key.domain, key.algorithm, key.public_key)
+    return {
+        "selector": key.selector,
+        "algorithm": key.algorithm,
+        "status": key.status,
+        "created_at": iso(key.created_at),
+        "record": {
+            "purpose": "dkim", "type": "TXT", "name": record.name, "value": record.value,
+            "required": key.status != "retired",
+        },
+    }  # fmt: skip
+
+
+@operation(
+    "List a domain's DKIM keys",
+    scope=SCOPE,
+    parameters=_ID,
+    responses={200: ("the keys, newest first", DkimKeyList), 404: _NOT_FOUND},
+)
+async def list_keys(request: Request) -> Response:
+    ctx, caller = await _caller(request)
+    found = await domain_ops.keys(ctx, await _one(ctx, caller, request))
+    return JSONResponse({"success": True, "keys": [key_json(key) for key in found]})
+
+
+@operation(
+    "Start a DKIM key rotation",
+    scope=SCOPE,
+    parameters=_ID,
+    request=DkimKeyCreate,
+    description=(
+        "Makes a new key, pending beside the active one (which signs on). Publish its "
+        "record, then activate it."
+    ),
+    responses={
+        201: ("the pending key and its record to publish", DkimKeyResponse),
+        404: _NOT_FOUND,
+        409: ("a rotation is in progress (`rotation_in_progress`)", ErrorResponse),
+    },
+)
+async def rotate(request: Request) -> Response:
+    ctx, caller = await _caller(request)
+    record = await _one(ctx, caller, request)
+    body = parse(DkimKeyCreate, await request.body())
+    key = await domain_ops.rotate(ctx, record, body.algorithm)
+    return JSONResponse({"success": True, "key": key_json(key)}, status_code=201)
+
+
+@operation(
+    "Activate a pending DKIM key",
+    scope=SCOPE,
+    parameters=_KEY,
+    description=(
+        "Looks the key's record up; once DNS answers it with this key, the key signs from "
+        "now on and the previous one is retired (keep its record published a few days)."
+    ),
+    responses={
+        200: ("the key, now active", DkimKeyResponse),
+        404: _NO_KEY,
+        409: (
+            "the record is not published yet (`dkim_record_not_published`), or the key is "
+            "not pending (`dkim_key_not_pending`)",
+            ErrorResponse,
+        ),
+    },
+)
+async def activate(request: Request) -> Response:
+    ctx, caller = await _caller(request)
+    record = await _one(ctx, caller, request)
+    key, _ = await domain_ops.activate_key(ctx, record, request.path_params["selector"])
+    return JSONResponse({"success": True, "key": key_json(key)})
+
+
+@operation(
+    "Cancel a DKIM key rotation",
+    scope=SCOPE,
+    parameters=_KEY,
+    description="Retires the pending key; the active key signs on.",
+    responses={
+        200: ("the key, now retired", DkimKeyResponse),
+        404: _NO_KEY,
+        409: ("the key is not pending (`dkim_key_not_pending`)", ErrorResponse),
+    },
+)
+async def cancel(request: Request) -> Response:
+    ctx, caller = await _caller(request)
+    record = await _one(ctx, caller, request)
+    key = await domain_ops.cancel_key(ctx, record, request.path_params["selector"])
+    return JSONResponse({"success": True, "key": key_json(key)})
+
+
 routes = [
     Route(BASE, list_all, methods=["GET"]),
     Route(BASE, create, methods=["POST"]),
     Route(BASE + "/{domain_id}", show, methods=["GET"]),
     Route(BASE + "/{domain_id}", remove, methods=["DELETE"]),
     Route(BASE + "/{domain_id}/verify", verify, methods=["POST"]),
+    Route(BASE + "/{domain_id}/dkim-keys", list_keys, methods=["GET"]),
+    Route(BASE + "/{domain_id}/dkim-keys", rotate, methods=["POST"]),
+    Route(BASE + "/{domain_id}/dkim-keys/{selector}/activate", activate, methods=["POST"]),
+    Route(BASE + "/{domain_id}/dkim-keys/{selector}/cancel", cancel, methods=["POST"]),
 ]

@@ -81,6 +81,24 @@ async def test_a_domain_shows_its_records_and_verifies_against_the_dns(
     listed = await owner.get("/domains")
     assert 'href="' + path + '"' in listed.text and ">verified<" in listed.text
 
+    # DKIM rotation: a pending key beside the active one, activated once DNS answers it.
+    rotating = await owner.post(path + "/dkim-keys", {"algorithm": "ed25519"})
+    assert rotating.status_code == 303 and "done=rotating" in rotating.headers["location"]
+    shown = await owner.get(path)
+    selector = one(r"Rotation in progress: <code>([^<]+)</code>", shown.text)
+    new_name = one(rf'id="pending-name-{selector}" class="copy-value">([^<]+)<', shown.text)
+    new_value = one(rf'id="pending-value-{selector}" class="copy-value">([^<]+)<', shown.text)
+    again = await owner.post(path + "/dkim-keys", {"algorithm": "rsa"})
+    assert again.status_code == 409 and "rotation in progress" in again.text
+    early = await owner.post(f"{path}/dkim-keys/{selector}/activate")
+    assert early.status_code == 409 and "does not carry this key yet" in early.text
+    dns.add(new_name, "TXT", txt(new_value.replace("&#34;", '"')))
+    activated = await owner.post(f"{path}/dkim-keys/{selector}/activate")
+    assert activated.status_code == 303 and "done=activated" in activated.headers["location"]
+    shown = await owner.get(path)
+    assert "Rotation in progress" not in shown.text and ">retired<" in shown.text
+    assert (await owner.post(f"{path}/dkim-keys/{selector}/activate")).status_code == 409
+
     assert "Remove the domain example.test?" in (await owner.get(path + "/delete")).text
     removed = await owner.post(path + "/delete")
     assert removed.status_code == 303

@@ -1,6 +1,8 @@
 """Settings → Domains: the domains mail may be sent From. Add one (its DKIM key made as
 POST /api/v1/domains makes it), see the DNS records to publish (each with a copy button),
-run the DNS check and see each record's state, see the domain's DKIM keys, remove it.
+run the DNS check and see each record's state, see the domain's DKIM keys and rotate them
+(a pending key beside the active one, its record to publish, activated once DNS answers it),
+remove it.
 
 The work is the API's own (api.domain_ops): the scope `domains`, DomainCreate and the same
 name rules, `verified` for admins only, a domain the caller may not see (api.ownership)
@@ -19,11 +21,11 @@ from api import domain_ops
 from api.auth import Caller
 from api.context import ApiContext
 from api.forms import form_fields
-from api.resource_schemas import DomainCreate
+from api.resource_schemas import DkimKeyCreate, DomainCreate
 from gateway.dkim import domains as sender_domains
 from gateway.dkim.domains import Check
+from gateway.dkim.keys import dns_record
 from gateway.errors import PosternError
-from storage import dkim_keys
 from storage.domains import DomainRecord
 from web.guard import signed_in
 from web.pages.pool_form import answer_of
@@ -35,7 +37,14 @@ PATH = "/domains"
 ALGORITHMS = (("rsa", "RSA 2048 (every receiver)"), ("ed25519", "Ed25519 (shorter; newer)"))
 DEFAULTS: dict[str, Any] = {"domain": "", "algorithm": "rsa", "verified": False}
 ADMIN_ONLY = "only an admin may add a domain as already verified"
-DONE = {"added": "Domain added: publish its records, then verify it.", "deleted": "Domain removed."}
+DONE = {
+    "added": "Domain added: publish its records, then verify it.",
+    "deleted": "Domain removed.",
+    "rotating": "New DKIM key made: publish its record, wait for DNS, then activate it.",
+    "activated": "The new DKIM key signs from now on. Keep the old key's record published "
+    "a few days, for mail still on its way.",
+    "cancelled": "Rotation cancelled: the active key signs on.",
+}
 
 
 async def _list_page(
@@ -79,19 +88,27 @@ async def add_domain(request: Request) -> Response:
 
 async def _domain_page(
     request: Request, ctx: ApiContext, caller: Caller, record: DomainRecord,
-    checks: list[Check] | None = None,
+    checks: list[Check] | None = None, problem: str = "", status: int = 200,
 ) -> Response:  # fmt: skip
     """The domain, its records to publish (what GET /api/v1/domains/{id} answers), its
-    DKIM keys, and what the last check found of each record, if one just ran."""
+    DKIM keys (a pending one with its record), and what the last check found of each
+    record, if one just ran."""
     key = await sender_domains.signing_key(ctx.db, record.domain)
+    keys = await domain_ops.keys(ctx, record)
     return page(
-        request, "domains/show.html", caller,
+        request, "domains/show.html", caller, status,
         domain=record,
         records=sender_domains.records(record.domain, key, ctx.hostname),
-        keys=await dkim_keys.list_keys(ctx.db, record.domain),
+        keys=keys,
+        pending=[
+            (k, dns_record(k.selector, k.domain, k.algorithm, k.public_key))
+            for k in keys if k.status == "pending"
+        ],
+        algorithms=ALGORITHMS,
         checks={check.purpose: check for check in checks or []},
         checked=checks is not None,
         notice=DONE.get(request.query_params.get("done", ""), ""),
+        problem=problem,
     )  # fmt: skip
 
 
@@ -110,6 +127,48 @@ async def verify_domain(request: Request) -> Response:
     ctx, caller = await signed_in(request, SCOPE)
     updated, checks = await domain_ops.verify(ctx, await _one(ctx, caller, request))
     return await _domain_page(request, ctx, caller, updated, checks)
+
+
+async def rotate_key(request: Request) -> Response:
+    """POST /api/v1/domains/{id}/dkim-keys: a pending key beside the active one."""
+    ctx, caller = await signed_in(request, SCOPE)
+    record = await _one(ctx, caller, request)
+    fields = form_fields(await request.body())
+    try:
+        body = checked(DkimKeyCreate, {"algorithm": fields.get("algorithm", "rsa")})
+        await domain_ops.rotate(ctx, record, body.algorithm)
+    except PosternError as error:
+        answer = answer_of(error)
+        return await _domain_page(
+            request, ctx, caller, record, problem=answer.error, status=answer.status
+        )
+    return back(f"{PATH}/{record.id}", "rotating")
+
+
+async def _key_step(request: Request, step: str) -> Response:
+    """Activate (once DNS answers its record) or cancel a pending key."""
+    ctx, caller = await signed_in(request, SCOPE)
+    record = await _one(ctx, caller, request)
+    selector = request.path_params["selector"]
+    try:
+        if step == "activate":
+            await domain_ops.activate_key(ctx, record, selector)
+        else:
+            await domain_ops.cancel_key(ctx, record, selector)
+    except PosternError as error:
+        answer = answer_of(error)
+        return await _domain_page(
+            request, ctx, caller, record, problem=answer.error, status=answer.status
+        )
+    return back(f"{PATH}/{record.id}", "activated" if step == "activate" else "cancelled")
+
+
+async def activate_key(request: Request) -> Response:
+    return await _key_step(request, "activate")
+
+
+async def cancel_key(request: Request) -> Response:
+    return await _key_step(request, "cancel")
 
 
 def _asked(record: DomainRecord) -> Confirm:
@@ -140,6 +199,9 @@ routes = [
     Route(PATH, add_domain, methods=["POST"]),
     Route(PATH + "/{domain_id}", show_domain, methods=["GET"]),
     Route(PATH + "/{domain_id}/verify", verify_domain, methods=["POST"]),
+    Route(PATH + "/{domain_id}/dkim-keys", rotate_key, methods=["POST"]),
+    Route(PATH + "/{domain_id}/dkim-keys/{selector}/activate", activate_key, methods=["POST"]),
+    Route(PATH + "/{domain_id}/dkim-keys/{selector}/cancel", cancel_key, methods=["POST"]),
     Route(PATH + "/{domain_id}/delete", confirm_delete, methods=["GET"]),
     Route(PATH + "/{domain_id}/delete", delete_domain, methods=["POST"]),
 ]
