@@ -95,3 +95,13 @@ async def per_minute(
     since = (time.time() // 60 - minutes + 1) * 60
     stats = await ctx.db.read(lambda conn: event_stream.per_minute(conn, since, flt))
     return since, stats
+
+
+async def per_pool_minute(
+    ctx: ApiContext, pools: list[str], minutes: int = 60
+) -> tuple[float, dict[str, list[MinuteStats]]]:
+    """The window's start (on a minute) and each pool's charted events per minute (all
+    senders': a pool's throughput, shown to those who may manage pools)."""
+    since = (time.time() // 60 - minutes + 1) * 60
+    stats = await ctx.db.read(lambda conn: event_stream.per_pool_minute(conn, since, pools))
+    return since, stats

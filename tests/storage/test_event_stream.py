@@ -87,3 +87,28 @@ async def test_recent_and_per_minute(backend: Database) -> None:
     assert stats[1].latency_max is not None and abs(stats[1].latency_max - 10) < 0.01
     only_a = EventFilter(user_id="usr_a")
     assert len(await backend.read(lambda conn: event_stream.per_minute(conn, since, only_a))) == 1
+
+
+async def test_per_pool_minute_counts_each_pool_apart(backend: Database) -> None:
+    since = (time.time() // 60 - 59) * 60
+    await message(backend, "msg_p", None, since)
+    rows = [
+        events.row("delivered", "msg_p", "queued", since + 5, "a@x.test", pool="one"),
+        events.row("delivered", "msg_p", "queued", since + 65, "b@x.test", pool="one"),
+        events.row("deferred", "msg_p", "queued", since + 66, "c@x.test", pool="two"),
+        events.row("delivered", "msg_p", "queued", since + 67, "d@x.test", pool="three"),
+        events.row("delivered", "msg_p", "queued", since - 60, "e@x.test", pool="one"),  # older
+    ]
+    await backend.transaction(lambda conn: conn.execute(events.INSERT_EVENT, rows))
+
+    def read(conn: Connection) -> Any:
+        return event_stream.per_pool_minute(conn, since, ["one", "two"])
+
+    found = await backend.read(read)
+    assert {
+        pool: [(s.minute, s.delivered, s.deferred) for s in stats] for pool, stats in found.items()
+    } == {
+        "one": [(0, 1, 0), (1, 1, 0)],
+        "two": [(1, 0, 1)],
+    }
+    assert await backend.read(lambda conn: event_stream.per_pool_minute(conn, since, [])) == {}

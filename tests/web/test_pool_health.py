@@ -46,6 +46,32 @@ async def test_a_delivery_shows_a_latency_histogram_and_the_delivered_count(
     assert '<table class="latency-buckets">' in figures
     assert "style=" not in page.text and "<script>" not in page.text
     assert ">healthy<" in page.text
+    # Throughput per minute over the last hour, every node's: from the events in storage.
+    hour = re.search(r"Last hour, every node: (\d+) delivered", figures)
+    assert hour and int(hour.group(1)) == 1
+    assert '<svg class="chart outcomes"' in figures and '<rect class="bar delivered"' in figures
+
+
+async def test_pools_are_listed_fifty_a_page(api: Api, person: SignIn) -> None:
+    owner = await person("ops@example.com")
+    key = await api.key("pools")
+    for n in range(55):
+        body = {"name": f"p{n:02}", "host": "127.0.0.1", "port": 2525 + n, "encryption": "none"}
+        made = await api.http.post(
+            "/api/v1/smtp-pools", json=body, headers={"Authorization": f"Bearer {key}"}
+        )
+        assert made.status_code == 201, made.text
+    first = await owner.get("/settings/pools")
+    assert first.status_code == 200 and first.text.count('<tr id="pool-') == 50
+    assert 'rel="next"' in first.text and "Page 1 of 2" in first.text
+    second = await owner.get("/settings/pools?page=2")
+    assert second.text.count('<tr id="pool-') == 56 - 50  # the sink's pool and 55 made
+    assert 'rel="prev"' in second.text and 'rel="next"' not in second.text
+    beyond = await owner.get("/settings/pools?page=9")
+    assert beyond.status_code == 200 and "Page 2 of 2" in beyond.text
+    for bad in ("0", "-1", "x", "9999999"):
+        refused = await owner.get(f"/settings/pools?page={bad}")
+        assert refused.status_code == 400 and "page: a whole number from 1" in refused.text
 
 
 async def test_an_upstream_that_refuses_shows_the_last_error_and_the_cool_down(

@@ -1,9 +1,11 @@
 """Settings → SMTP Pools: list, create, edit, delete (confirmed on a page of its own, so it
 works without JavaScript), and the connection test (htmx swaps in its result; without
 JavaScript the form posts and the result is a page). The list shows each pool's health on
-this node (failures, cool-down, last error: LivePools.health) and its figures since this node
-started (web.pool_figures, the metrics /metrics exports). Everything goes through api.pool_ops,
-as the API's routes do, with the API's scope `pools`."""
+this node (failures, cool-down, last error: LivePools.health), its figures since this node
+started (web.pool_figures, the metrics /metrics exports), and its throughput per minute over
+the last hour on every node (its delivered, deferred and bounced events), PAGE_SIZE pools a
+page. Everything goes through api.pool_ops, as the API's routes do, with the API's scope
+`pools`."""
 
 from __future__ import annotations
 
@@ -14,13 +16,15 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from api import pool_ops
+from api import event_ops, pool_ops
 from api.auth import Caller
 from api.context import ApiContext
 from api.forms import form_fields
 from api.management import PoolHealth
 from gateway.errors import PosternError
+from storage.event_stream import MinuteStats
 from storage.pools import PoolRecord, pool_records
+from web import charts
 from web.guard import signed_in
 from web.pages.pool_form import (
     ENCRYPTIONS,
@@ -35,6 +39,7 @@ from web.render import fragment, is_htmx, page
 
 SCOPE = "pools"
 LIST = "/settings/pools"
+PAGE_SIZE = 50  # pools a page: each row reads the node's metrics, the page one grouped query
 DONE = {"created": "Pool created.", "updated": "Pool saved.", "deleted": "Pool deleted."}
 
 
@@ -50,22 +55,38 @@ class Row:
     live: bool  # this node's delivery holds the pool
     health: PoolHealth | None  # its failures and cool-down (None: not loaded here)
     figures: Figures  # this node's metrics of it since start
+    throughput: charts.Chart  # every node's outcomes per minute, the last hour
 
 
-def _row(ctx: ApiContext, record: PoolRecord) -> Row:
-    """From the live registry and the Prometheus metrics: memory only, no I/O."""
+def _row(ctx: ApiContext, record: PoolRecord, minutes: list[MinuteStats]) -> Row:
+    """From the live registry and the Prometheus metrics (memory), and `minutes`."""
     pools = ctx.management().pools
     health = pools.health(record.id)
     live = pools.live(record.id) is not None
-    return Row(record, live, health, figures(record.name))
+    return Row(record, live, health, figures(record.name), charts.outcomes(minutes))
+
+
+def _page_number(request: Request) -> int | None:
+    """`?page=` (1 when absent); None when it is no whole number from 1."""
+    given = request.query_params.get("page", "1").strip()
+    return int(given) if given.isdigit() and 0 < len(given) <= 6 and int(given) > 0 else None
 
 
 async def list_pools(request: Request) -> Response:
     ctx, caller = await signed_in(request, SCOPE)
     records = await pool_ops.records(ctx, caller)
-    rows = [_row(ctx, record) for record in records]
-    notice = DONE.get(request.query_params.get("done", ""), "")
-    return page(request, "pools/list.html", caller, rows=rows, notice=notice)
+    number = _page_number(request)
+    pages = max(1, -(-len(records) // PAGE_SIZE))
+    shown = min(number or 1, pages)
+    on_page = records[(shown - 1) * PAGE_SIZE : shown * PAGE_SIZE]
+    since, stats = await event_ops.per_pool_minute(ctx, [r.name for r in on_page])
+    rows = [_row(ctx, record, stats.get(record.name, [])) for record in on_page]
+    return page(
+        request, "pools/list.html", caller, 200 if number else 400,
+        rows=rows, notice=DONE.get(request.query_params.get("done", ""), ""),
+        problem="" if number else "page: a whole number from 1",
+        page_number=shown, pages=pages, total=len(records), since=since,
+    )  # fmt: skip
 
 
 def _form_page(
