@@ -97,7 +97,8 @@ def _rows(start: int, count: int, owners: list[str], now: float) -> dict[str, li
         )  # fmt: skip
         rows["recipient"].append(
             {"message_id": message_id, "email": f"r{i % 1000}@example.test",
-             "status": "pending" if active else status, "attempts": 1, "updated_at": created}
+             "status": "pending" if active else status, "attempts": 1, "updated_at": created,
+             "message_created_at": created}
         )  # fmt: skip
         rows["event"].append(
             {"type": "queued", "message_id": message_id, "recipient": f"r{i % 1000}@example.test",

@@ -116,6 +116,7 @@ def deferred_rows(
             "message_id": message_id,
             "email": RCPT,
             "status": "pending",
+            "message_created_at": created,
             "attempts": attempts,
             "code": 451,
             "response": "451 4.3.0 try again later",

@@ -265,10 +265,16 @@ _ADDED_COLUMNS = (
     ("suppression", "note", "TEXT"),
     # Schema 9: the client's Message-ID, for bounce matching and the search.
     ("message", "header_message_id", "VARCHAR(255)"),
+    # Schema 10: the search by recipient reads by (email, time).
+    ("recipient", "message_created_at", "FLOAT NOT NULL DEFAULT 0"),
 )
 
 # Run once, right after their column was added, to fill it in for the rows already there.
 _BACKFILLS = {
+    ("recipient", "message_created_at"): (
+        "UPDATE recipient SET message_created_at = COALESCE((SELECT message.created_at"
+        " FROM message WHERE message.id = recipient.message_id), 0)"
+    ),
     ("message", "api_key_id"): (
         "UPDATE message SET api_key_id = (SELECT message_meta.api_key_id FROM message_meta"
         " WHERE message_meta.message_id = message.id)"
@@ -298,7 +304,10 @@ _BACKFILLS = {
 
 
 # Indexes an older schema had that a newer one replaced.
-_DROPPED_INDEXES = ("ix_recipient_message",)  # by ix_recipient_message_email
+_DROPPED_INDEXES = (
+    "ix_recipient_message",  # by ix_recipient_message_email
+    "ix_recipient_email",  # by ix_recipient_email_time (schema 10)
+)
 
 # What schema 3's webhook fan-out used. Dropped on SQLite (one node); kept on PostgreSQL,
 # where nodes not yet upgraded still write `pending` and read `webhook_delivery` during a

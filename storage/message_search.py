@@ -14,7 +14,7 @@ import binascii
 import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import Connection, Select, and_, func, or_, select, tuple_
@@ -151,14 +151,43 @@ def _page(query: Select[Any], after: Key | None, limit: int) -> Select[Any]:
 
 def search_query(flt: MessageFilter, after: Key | None, limit: int) -> Select[Any]:
     """One page of summaries plus one row (to tell whether another page follows)."""
+    columns = (M, META.c.tags, P.c.name.label("pool_name"))
+    spellings = {flt.recipient, normalise(flt.recipient)} if flt.recipient else set()
+    if len(spellings) == 1:
+        return _by_recipient(columns, flt, spellings.pop(), after, limit + 1)
     query = (
-        select(M, META.c.tags, P.c.name.label("pool_name"))
+        select(*columns)
         .select_from(
             M.outerjoin(META, META.c.message_id == M.c.id).outerjoin(P, P.c.id == M.c.pool_id)
         )
         .where(*criteria(flt))
     )
     return _page(query, after, limit + 1)
+
+
+def _by_recipient(
+    columns: tuple[Any, ...], flt: MessageFilter, email: str, after: Key | None, limit: int
+) -> Select[Any]:
+    """A page of the mail to one address (spelt as stored), read in time order from
+    ix_recipient_email_time: as many index entries as the page needs (and those the other
+    criteria pass over), not every message the address ever got. (A message lists an
+    address once, so it appears once.)"""
+    others = criteria(replace(flt, recipient=None))
+    query = (
+        select(*columns)
+        .select_from(
+            R.join(M, M.c.id == R.c.message_id)
+            .outerjoin(META, META.c.message_id == M.c.id)
+            .outerjoin(P, P.c.id == M.c.pool_id)
+        )
+        .where(R.c.email == email, *others)
+    )
+    if after is not None:
+        query = query.where(
+            tuple_(R.c.message_created_at, R.c.message_id) < tuple_(after[0], after[1])
+        )
+    order = (R.c.message_created_at.desc(), R.c.message_id.desc())
+    return query.order_by(*order).limit(limit)
 
 
 def _summaries(conn: Connection, rows: Sequence[Any], now: float) -> list[MessageSummary]:

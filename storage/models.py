@@ -7,11 +7,22 @@ Bodies live in their own table so that scans of `message` never drag them along.
 
 from __future__ import annotations
 
-from sqlalchemy import DDL, BigInteger, Boolean, Column, Index, Integer, LargeBinary, Text, text
+from sqlalchemy import (
+    DDL,
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    Text,
+    text,
+)
 from sqlalchemy.event import listen
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 # A 64-bit key on PostgreSQL; on SQLite exactly INTEGER, so that it is the rowid.
 BIG_ID = BigInteger().with_variant(Integer(), "sqlite")
@@ -99,13 +110,19 @@ class Recipient(SQLModel, table=True):
         # only ix_recipient_email to choose from SQLite would scan every message sent to a
         # popular address (measured: the relay slowed down as the table grew).
         Index("ix_recipient_message_email", "message_id", "email"),
-        Index("ix_recipient_email", "email"),
+        # The search by recipient reads its page in time order from here (schema 10), not
+        # every message the address ever got; lookups by address use it too.
+        Index("ix_recipient_email_time", "email", "message_created_at", "message_id"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
     message_id: str = Field(max_length=64)
     email: str
     status: str = Field(max_length=16)  # pending | delivered | bounced | suppressed | sandbox
+    # The message's created_at, copied (schema 10): the search by recipient's order.
+    message_created_at: float = Field(
+        default=0.0, sa_column=Column(Float, nullable=False, server_default=text("0"))
+    )
     attempts: int = 0
     code: int | None = None
     response: str | None = None

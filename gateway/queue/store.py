@@ -400,6 +400,7 @@ def _recipient_rows(
             "message_id": message_id,
             "email": email,
             "status": status,
+            "message_created_at": now,
             "attempts": 0,
             "code": None,
             "response": response,

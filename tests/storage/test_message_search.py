@@ -77,6 +77,7 @@ def _rows(n: int, base: float = 1000.0) -> dict[str, list[dict[str, Any]]]:
                 "message_id": message_id,
                 "email": f"r{i % 10}@example.test",
                 "status": "delivered" if status == "delivered" else "pending",
+                "message_created_at": base + i // 2,
                 "updated_at": base,
             }
         )
@@ -249,3 +250,29 @@ def test_cursor_round_trips_and_rejects_garbage() -> None:
     for bad in ("", "!!!", "bm90IGpzb24", encode_cursor((1.0, "x"))[:-3], "WzEsMl0"):
         with pytest.raises(InvalidCursor):
             decode_cursor(bad)
+
+
+async def test_the_mail_to_one_address_is_read_in_page_order(backend: Database) -> None:
+    """The search by recipient reads ix_recipient_email_time in page order (no sort of every
+    message the address got), pages cover each match once, and other criteria still hold."""
+    await _fill(backend, 600)
+    flt = MessageFilter(recipient="r7@example.test")
+    for what, query in {
+        "page": search_query(flt, None, 50),
+        "next page": search_query(flt, (1100.0, "msg_00200"), 50),
+    }.items():
+        plan = await _plan(backend, query)
+        assert not _full_scans(backend, plan), f"{what}:\n{plan}"
+        if backend.is_sqlite:
+            assert "ix_recipient_email_time" in plan and "TEMP B-TREE" not in plan, plan
+    for given in (flt, MessageFilter(recipient="r7@example.test", statuses=("deferred",))):
+        seen: list[tuple[float, str]] = []
+        cursor: str | None = None
+        while True:
+            page, cursor = await search(backend, given, 7, cursor)
+            seen += [(m.created_at, m.id) for m in page]
+            if cursor is None:
+                break
+        rows = [r for i, r in enumerate(_rows(600)["message"]) if i % 10 == 7]
+        rows = [r for r in rows if not given.statuses or r["status"] in given.statuses]
+        assert seen == sorted(((r["created_at"], r["id"]) for r in rows), reverse=True)
