@@ -4,7 +4,7 @@ pool's `rate` (sends per rolling window), in the config file and over the API al
     "100/min", "14/s", "50/sec", "1000/hour", "20/10s" (20 per 10 seconds)
 
 Units s, sec, second, m, min, minute, h, hour (plurals too, any case); the count is 1 to
-1,000,000 and the window 1 second to 24 hours (storage.throttle keeps no older sends);
+1,000,000 and the window 1 second to 24 hours (storage.limits: no older sends are kept);
 spaces or tabs around it are ignored. `PATTERN` is the same grammar, bounds included, as
 /openapi.json states it.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from storage.throttle import MAX_WINDOW
+from storage.limits import MAX_WINDOW
 
 _UNITS = {
     **dict.fromkeys(("s", "sec", "second", "seconds"), 1),

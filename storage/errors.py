@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import errno
 
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-
 
 class PosternError(Exception):
     """The root: an error Postern raises on purpose (anything else is a bug)."""
@@ -90,6 +88,10 @@ def is_disk_full(error: BaseException) -> bool:
 def database_failed(error: BaseException) -> bool:
     """The database itself failed (full, locked, I/O, down), not one write's data (a
     unique-key clash): every write would fail the same way for now."""
+    # Imported here: the error tree is imported by the config's checks, which a command
+    # that only reads the config should not pay SQLAlchemy for (0.6 s).
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
     if isinstance(error, OSError | OperationalError | InterfaceError) or is_disk_full(error):
         return True  # (asyncpg's disk_full arrives as a bare DBAPIError)
     return isinstance(error, DBAPIError) and error.connection_invalidated

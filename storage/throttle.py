@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from storage.limits import MAX_WINDOW
 from storage.models import Pool, PoolDay, PoolSend
 
 P = Pool.__table__  # type: ignore[attr-defined]
@@ -33,8 +34,6 @@ PD = PoolDay.__table__  # type: ignore[attr-defined]
 
 # How many upcoming slot times a refusal reports (enough to spread a burst of waiters).
 _SLOTS = 100
-# The longest window a rate may have (gateway.delivery.throttle); older rows are always garbage.
-MAX_WINDOW = 86400.0
 
 # A send's time moved to when the upstream answered or the send failed ({"send_id",
 # "done"}): the window then runs from when the send ended, not from the reservation.

@@ -147,8 +147,7 @@ def _main(argv: Sequence[str] | None) -> int:
     args = _parser(words).parse_args(words)
     from gateway.config import ConfigError, load  # after parsing: --help needs neither
     from gateway.errors import StorageUnavailable
-    from gateway.process import instance
-    from gateway.process.commands.admin import NotFound
+    from gateway.process.commands.refusals import NotFound
 
     if args.command == "serve":  # SIGHUP's default ends the process: not while it starts
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -158,10 +157,14 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         config = load(config_path)
         if args.verbose or getattr(args, "sub_verbose", False):
+            from gateway.process import instance  # SQLAlchemy: after check-config's answer
+
             print(instance.describe(config, config_path), file=sys.stderr)
         if args.command == "check-config":
             print("configuration OK")
             return 0
+        from gateway.process import instance
+
         if args.command != "serve":
             instance.require_database(config, config_path)
         if args.command in GROUPS:

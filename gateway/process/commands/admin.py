@@ -15,8 +15,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gateway.addresses import envelope_problem, escape_for_log, has_control, mailbox_key
-from gateway.config import Config, ConfigError
+from gateway.config import Config
 from gateway.process.commands.options import leaf
+
+# Re-exported: the commands import both from here.
+from gateway.process.commands.refusals import CommandError as CommandError
+from gateway.process.commands.refusals import NotFound as NotFound
 from storage.db import (
     Database,
     SchemaError,
@@ -34,10 +38,6 @@ from storage.suppressions import (
 )
 
 COMMANDS = ("keys", "suppressions")
-
-
-class CommandError(ConfigError):
-    """The operation was refused; the message is the one line the operator sees."""
 
 
 def add_commands(commands: Any) -> None:
@@ -200,8 +200,3 @@ def _text(command: str, action: str, result: Any) -> str:
         verb = "suppressed" if result["created"] else "updated"
         return f"{verb} {result['email']} ({result['reason']})"
     return f"removed {result['email']}"
-
-
-class NotFound(CommandError):
-    """What the command names does not exist: exit status 1, not 2 (no mistake in the
-    command's form; a script may tell the two apart)."""
