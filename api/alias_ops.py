@@ -34,6 +34,7 @@ from gateway.intake.pipeline import Refusal
 from gateway.message import Sender, Submission
 from storage import aliases, mail_accounts
 from storage.aliases import AliasRecord
+from storage.db import Database
 from storage.domains import get_domain
 
 log = logging.getLogger("postern.api")
@@ -99,15 +100,15 @@ def checked_identity(body: AliasCreate) -> tuple[str, str]:
 
 
 async def require_verified_domain(
-    ctx: ApiContext, email: str, advice: DomainAdvice = API_ADVICE
+    db: Database, email: str, advice: DomainAdvice = API_ADVICE
 ) -> None:
     """DomainNotVerified (422) unless the address's domain is registered and verified, or
     the address is a connected account's (seed 002: "must be on a verified custom domain or
     be a connected IMAP account")."""
     domain = email.rpartition("@")[2]
-    registered = await get_domain(ctx.db, domain)
+    registered = await get_domain(db, domain)
     if registered is None or not registered.is_verified:
-        if await mail_accounts.is_connected(ctx.db, email):
+        if await mail_accounts.is_connected(db, email):
             return
         raise errors.DomainNotVerified(
             advice.message.format(domain=domain),
@@ -121,7 +122,7 @@ async def create(
     """A new alias, unverified, and the id of its verification message (None: Intake
     refused it, the reason logged)."""
     email, name = checked_identity(body)
-    await require_verified_domain(ctx, email, advice)
+    await require_verified_domain(ctx.db, email, advice)
     token = secrets.token_urlsafe(32)
     record = await aliases.create_alias(
         ctx.db,

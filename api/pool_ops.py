@@ -39,9 +39,11 @@ from gateway.intake.pipeline import (
 )
 from gateway.message import Submission
 from gateway.rates import parse_rate
-from gateway.security.hostguard import HostUnresolved
+from gateway.security.hostguard import HostGuard, HostUnresolved
 from gateway.security.pool_secrets import seal
 from storage import pools
+from storage.db import Database
+from storage.dkim_keys import Cipher
 from storage.messages import message_state
 from storage.pools import PoolRecord, same_endpoint
 
@@ -120,7 +122,7 @@ CLEAR_TEXT_AUTH = (
 )
 
 
-async def check_target(manage: Management, state: Mapping[str, Any], stored: bool = False) -> None:
+async def check_target(guard: HostGuard, state: Mapping[str, Any], stored: bool = False) -> None:
     """The merged pool (after the change) may be stored: no clear-text AUTH off loopback,
     no host in a denied network. `stored`: the request left out some of username,
     encryption and host, so a clear-text AUTH comes of the pool's own values: a 409 (the
@@ -132,19 +134,32 @@ async def check_target(manage: Management, state: Mapping[str, Any], stored: boo
                 [{"field": "encryption", "message": CLEAR_TEXT_AUTH}],
             )
         raise _bad("encryption", CLEAR_TEXT_AUTH)
-    await manage.guard.check(state["host"], state["port"])
+    await guard.check(state["host"], state["port"])
+
+
+async def store(
+    db: Database,
+    box: Cipher,
+    guard: HostGuard,
+    values: dict[str, Any],
+    password: str | None,
+    created_by: str | None,
+) -> PoolRecord:
+    """A new pool (values as PoolCreate checked them) stored with its password sealed, after
+    the checks the schema cannot make: the API's create and `postern pools add` alike."""
+    check_fields({**values, "password": password})
+    values = normalise(values)
+    await check_target(guard, values)
+    return await pools.create_pool(
+        db, values, lambda pool_id: seal(box, pool_id, password or ""), created_by
+    )
 
 
 async def create(
     ctx: ApiContext, caller: Caller, values: dict[str, Any], password: str | None
 ) -> PoolRecord:
     manage = ctx.management()
-    check_fields({**values, "password": password})
-    values = normalise(values)
-    await check_target(manage, values)
-    record = await pools.create_pool(
-        ctx.db, values, lambda pool_id: seal(manage.box, pool_id, password or ""), caller.user_id
-    )
+    record = await store(ctx.db, manage.box, manage.guard, values, password, caller.user_id)
     await manage.pools.changed()
     return record
 
@@ -170,7 +185,7 @@ async def update(
     changes = normalise(changes)
     state = {name: getattr(current, name) for name in ("username", "encryption", "host", "port")}
     state.update({k: v for k, v in changes.items() if k in state})
-    await check_target(manage, state, stored=partial)
+    await check_target(manage.guard, state, stored=partial)
     sealer = (lambda pid: seal(manage.box, pid, password or "")) if new_password else None
     record = await pools.update_pool(ctx.db, pool_id, changes, sealer)
     await manage.pools.changed()
@@ -226,18 +241,24 @@ async def test(
             raise _bad("recipient", problem)
         may_send_through(key, record)
     target = await _target(manage, record)
-    try:
-        addresses = await manage.guard.resolve(record.host, record.port)
-    except HostUnresolved as unresolved:
-        return failed("connect_failed", str(unresolved), None), None
-    result = await probe(
-        target, addresses, local_hostname=manage.hostname, timeout=manage.probe_timeout
-    )
+    result = await probe_through(manage.guard, target, manage.hostname, manage.probe_timeout)
     if not result.success or recipient is None:
         return result, None
     if not record.is_active:
         raise errors.Conflict("the pool is inactive: a test message would not go through it")
     return result, await _send_test_message(ctx, key, record, recipient)
+
+
+async def probe_through(
+    guard: HostGuard, target: ProbeTarget, hostname: str, timeout: float
+) -> ProbeResult:
+    """The connection test of `target`, to the addresses the SSRF guard allows (a name
+    that does not resolve is a failed test, not an error)."""
+    try:
+        addresses = await guard.resolve(target.host, target.port)
+    except HostUnresolved as unresolved:
+        return failed("connect_failed", str(unresolved), None)
+    return await probe(target, addresses, local_hostname=hostname, timeout=timeout)
 
 
 def may_send_through(key: Caller, record: PoolRecord) -> None:

@@ -1,4 +1,6 @@
-"""`postern pools|aliases|webhooks list|show|remove`: the API's resources for operators.
+"""`postern pools|aliases|webhooks list|show|remove`: the API's resources for operators
+(`pools add|test`, `aliases add|resend` and `webhooks add` set them up, with the API's checks:
+pools and aliases in gateway.process.commands.resource_setup).
 
 They read and delete through storage, as the API's *_ops do after their ownership checks
 (the operator at the console sees everything); what storage refuses (a pool queued mail
@@ -24,6 +26,7 @@ from api.webhook_schemas import WebhookCreate
 from gateway.config import Config
 from gateway.dns import Resolver
 from gateway.errors import Refused
+from gateway.process.commands import resource_setup as setup
 from gateway.process.commands.admin import CommandError, NotFound, iso_seconds, with_database
 from gateway.process.commands.options import leaf
 from gateway.queue import events
@@ -53,6 +56,16 @@ def add_commands(commands: Any) -> None:
             remove.add_argument("--move-to", help="pool id that takes the queued mail needing it")
         if name == "webhooks":
             _webhook_add(leaf(actions, "add", "add a webhook and print its signing secret (once)"))
+        if name == "pools":
+            setup.add_pool_arguments(leaf(actions, "add", "add an SMTP pool"))
+            leaf(actions, "test", "test a pool's connection (exit 1 when it fails)").add_argument(
+                "id"
+            )
+        if name == "aliases":
+            setup.add_alias_arguments(
+                leaf(actions, "add", "add an alias and print its verification link")
+            )
+            leaf(actions, "resend", "print a new verification link").add_argument("id")
 
 
 def _webhook_add(add: argparse.ArgumentParser) -> None:
@@ -68,7 +81,8 @@ def _webhook_add(add: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, config: Config) -> int:
     result = asyncio.run(with_database(config, lambda db: _act(db, args, config)))
     print(json.dumps(result, ensure_ascii=False) if args.json else _text(args, result))
-    return 0
+    failed = args.action == "test" and not result["success"]
+    return 1 if failed else 0
 
 
 def as_json(record: Any) -> dict[str, Any]:
@@ -95,8 +109,9 @@ _LIST: dict[str, Callable[[Database], Awaitable[list[Any]]]] = {
 
 
 async def _act(db: Database, args: argparse.Namespace, config: Config) -> Any:
-    if args.action == "add":
-        return await _add_webhook(db, args, config)
+    setting_up = _SET_UP.get((args.command, args.action))
+    if setting_up is not None:
+        return await setting_up(db, args, config)
     if args.action == "list":
         return [as_json(record) for record in await _LIST[args.command](db)]
     record = await _GET[args.command](db, args.id) if len(args.id) <= 64 else None
@@ -108,6 +123,18 @@ async def _act(db: Database, args: argparse.Namespace, config: Config) -> Any:
         return {**as_json(record), **await _remove(db, args)}
     except Refused as error:
         raise CommandError(str(error)) from None
+
+
+async def _add_pool(db: Database, args: argparse.Namespace, config: Config) -> dict[str, Any]:
+    return as_json(await setup.add_pool(db, args, config))
+
+
+async def _test_pool(db: Database, args: argparse.Namespace, config: Config) -> dict[str, Any]:
+    return await setup.test_pool(db, args.id, config)
+
+
+async def _resend(db: Database, args: argparse.Namespace, config: Config) -> dict[str, Any]:
+    return await setup.resend_alias(db, args.id, config)
 
 
 async def _remove(db: Database, args: argparse.Namespace) -> dict[str, Any]:
@@ -153,6 +180,15 @@ async def _bound_box(db: Database, config: Config) -> SecretBox:
     return box
 
 
+_SET_UP: dict[tuple[str, str], Callable[[Database, argparse.Namespace, Config], Awaitable[Any]]] = {
+    ("webhooks", "add"): _add_webhook,
+    ("pools", "add"): _add_pool,
+    ("pools", "test"): _test_pool,
+    ("aliases", "add"): setup.add_alias,
+    ("aliases", "resend"): _resend,
+}
+
+
 def _line(kind: str, item: dict[str, Any]) -> str:
     if kind == "pools":
         state = "active" if item["is_active"] else "inactive"
@@ -168,6 +204,10 @@ def _text(args: argparse.Namespace, result: Any) -> str:
     if args.action == "list":
         rows = [_line(args.command, item) for item in result]
         return "\n".join(rows) if rows else f"no {args.command}"
+    if args.command == "pools" and args.action in ("add", "test"):
+        return setup.test_line(result) if args.action == "test" else setup.pool_line(result)
+    if args.command == "aliases" and args.action in ("add", "resend"):
+        return setup.alias_line(result)
     if args.action == "add":
         return (f"added webhook {result['id']} -> {result['url']}\nsecret: {result['secret']}\n"
                 "The secret is shown this once: store it now.")  # fmt: skip
