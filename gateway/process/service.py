@@ -430,7 +430,7 @@ class Service:
             ready.bounce_socket.close()
             log.warning("bounces.listen is set but reports cannot be processed yet: not listening")
             return
-        handler = BounceHandler(self.bounces, self.config.bounces.domain, ready.bounce_limits)
+        handler = BounceHandler(self.bounces, self.return_path(ready), ready.bounce_limits)
         self.bounce_handler = handler
         server = await asyncio.get_running_loop().create_server(
             handler.protocol, sock=ready.bounce_socket
