@@ -204,7 +204,10 @@ def count_soft(conn: Connection, email: str, now: float, window: float) -> int:
         values = {"bounces": 1, "first_at": now, "last_at": now}
     else:
         values = {"bounces": row.bounces + 1, "last_at": now}
-    conn.execute(update(SB).where(SB.c.email == email).values(**values))
+    if not conn.execute(update(SB).where(SB.c.email == email).values(**values)).rowcount:
+        # the retention sweep deleted it since the read (it was past its window): start over
+        conn.execute(SB.insert().values(email=email, bounces=1, first_at=now, last_at=now))
+        return 1
     return int(values["bounces"])
 
 
