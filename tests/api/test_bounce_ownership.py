@@ -3,7 +3,8 @@ admin sees every report; a member those of their own mail, and of mail that left
 a connected account they own or that is shared with them; a key made at the console those
 of the mail it sent; a report matched to no message is an admin's only. Another's report
 is a 404 (never a 403), to read and to reclassify; reclassifying is an admin's or the
-sender's. On SQLite and on PostgreSQL."""
+sender's. The inbox mail an account's sync skipped is listed to whoever sees the account.
+On SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from gateway.accounts.accounts import seal
 from gateway.bounces.returnpath import VERP_KEY, ReturnPath
 from storage import mail_accounts
 from storage.accounts import ACCOUNT
+from storage.inbox import Skipped, skip
 from storage.keys import create_key
 from storage.mail_accounts import MailAccountRecord
 from storage.messages import message_state
@@ -204,3 +206,34 @@ async def test_reports_follow_their_messages_visibility(
         json={"class": "policy"}, headers=auth(console),
     )  # fmt: skip
     assert by_console.status_code == 200, by_console.text
+
+
+async def test_the_inbox_mail_the_sync_skipped_is_listed_to_who_sees_the_account(
+    api: Api, people: list[Person], mailbox: Sink
+) -> None:
+    owner = await person(api, people, "owner@people.test")
+    sharer = await person(api, people, "shared@people.test")
+    stranger = await person(api, people, "stranger@people.test")
+    admin = await person(api, people, "admin@people.test", "admin")
+    account = await connected(api, owner, mailbox)
+    await api.svc.db.transaction(
+        lambda c: put_share(c, ACCOUNT, account.id, sharer.user.id, "member", 0.0, None)
+    )
+    for uid, at in ((4, 1_800_000_000.0), (5, 1_800_000_060.0)):
+        record = Skipped(account.id, "INBOX", 11, uid, 12_000_000, "over 10485760 bytes", at)
+        await api.svc.db.transaction(lambda conn, record=record: skip(conn, record))
+
+    path = f"/api/v1/accounts/{account.id}/skipped"
+    for who in (owner, sharer, admin):
+        answer = await who.call("GET", path)
+        assert answer.status_code == 200, answer.text
+        found = answer.json()["skipped"]
+        assert [(s["uid"], s["size"], s["mailbox"]) for s in found] == [
+            (5, 12_000_000, "INBOX"),  # newest first
+            (4, 12_000_000, "INBOX"),
+        ]
+        assert found[0]["created_at"].startswith("2027-01-15T08:01:00")
+    assert (await owner.call("GET", f"/mail/accounts/{account.id}/skipped")).status_code == 200
+    refused = await stranger.call("GET", path)
+    assert (refused.status_code, refused.json()["code"]) == (404, "not_found")
+    assert (await owner.call("GET", "/api/v1/accounts/nope/skipped")).status_code == 404
