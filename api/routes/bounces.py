@@ -59,6 +59,7 @@ def _number(value: str, name: str, low: int, high: int) -> int:
 
 @operation(
     "List reports that came back (bounces, complaints, auto-replies)",
+    scope="",
     description="An admin sees every report; anyone else those matched to mail they may "
     "see (as /v1/messages) or sent through a connected account they own or that is shared "
     "with them. Unmatched reports are an admin's only.",
@@ -97,6 +98,7 @@ async def list_all(request: Request) -> Response:
 
 @operation(
     "Get one report, with its raw bytes",
+    scope="",
     parameters=[_ID],
     responses={
         200: ("the report", BounceResponse),
@@ -113,6 +115,7 @@ async def show(request: Request) -> Response:
 
 @operation(
     "Give a report another class (`postern bounces reclassify`)",
+    scope="",
     parameters=[_ID],
     request=BounceReclassify,
     description="The new class is applied to the report's matched recipients (a `hard` "
