@@ -21,8 +21,9 @@ from gateway.accounts.accounts import Accounts, BadAccountField, HostNotAllowed
 from gateway.accounts.verify import VerifyFailed
 from gateway.addresses import envelope_problem
 from gateway.intake.fields import text_problem
-from storage import mail_accounts
+from storage import inbox, mail_accounts
 from storage.accounts import ACCOUNT
+from storage.inbox import Skipped
 from storage.mail_accounts import MailAccountRecord
 
 _HOST = re.compile(HOST_PATTERN)
@@ -111,3 +112,12 @@ async def disconnect(ctx: ApiContext, record: MailAccountRecord) -> None:
     """Its inbox sync stops; nothing already synced is deleted."""
     await _domain(ctx).disconnect(record.id)
     await _followed(ctx)
+
+
+MAX_SKIPPED = 200  # the latest skipped messages an answer lists
+
+
+async def skipped(ctx: ApiContext, record: MailAccountRecord) -> list[Skipped]:
+    """The account's latest inbox messages the sync did not hand over (too big), newest
+    first: each stays in the mailbox; its record goes with retention (storage.retention)."""
+    return await ctx.db.read(lambda conn: inbox.latest_skipped(conn, MAX_SKIPPED, record.id))

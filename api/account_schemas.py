@@ -82,6 +82,22 @@ class AccountList(BaseModel):
     accounts: list[Account]
 
 
+class SkippedMail(BaseModel):
+    """A message of the account's mailbox the sync did not hand over; it stays there."""
+
+    mailbox: str
+    uidvalidity: int
+    uid: int
+    size: int
+    reason: str
+    created_at: str
+
+
+class SkippedList(BaseModel):
+    success: Literal[True]
+    skipped: list[SkippedMail]
+
+
 class ConnectedAccount(BaseModel):
     id: str
     email: str

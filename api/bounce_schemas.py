@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 ReportStatus = Literal["processed", "unmatched", "unparsed", "ignored"]
 
@@ -55,6 +55,22 @@ class BounceList(BaseModel):
 
 class BounceResponse(BaseModel):
     success: Literal[True]
+    bounce: BounceDetail
+
+
+class BounceReclassify(BaseModel):
+    """POST /api/v1/bounces/{id}/reclassify: the report's new class (gateway.bounces.ingest
+    CLASSES), applied to its matched recipients."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", populate_by_name=False)
+    cls: Literal["hard", "soft", "policy", "complaint", "auto_reply", "ignore"] = Field(
+        alias="class"
+    )
+
+
+class BounceReclassified(BaseModel):
+    success: Literal[True]
+    outcome: Literal["changed", "unchanged"]
     bounce: BounceDetail
 
 

@@ -119,7 +119,9 @@ class HttpConfig:
 @dataclass(frozen=True)
 class StorageConfig:
     url: str = field(default="", repr=False)  # may carry the database password
-    retention: float = 30 * 86400.0  # final messages and their events are kept this long
+    # Final messages and their events are kept this long, and bounce reports and skipped-
+    # inbox records from their arrival (storage.retention).
+    retention: float = 30 * 86400.0
 
 
 @dataclass(frozen=True)

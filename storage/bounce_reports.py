@@ -14,15 +14,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Row, bindparam, delete, or_, select, update
+from sqlalchemy import ColumnElement, Connection, Row, bindparam, delete, false, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from storage.models import BounceReport, Message, Recipient, SoftBounce
+from storage.models import BounceReport, MailAccount, Message, Recipient, SoftBounce
 
 BR = BounceReport.__table__  # type: ignore[attr-defined]
 SB = SoftBounce.__table__  # type: ignore[attr-defined]
 M = Message.__table__  # type: ignore[attr-defined]
 R = Recipient.__table__  # type: ignore[attr-defined]
+MA = MailAccount.__table__  # type: ignore[attr-defined]
 
 STATUSES = ("processed", "unmatched", "unparsed", "ignored")
 LIST_COLUMNS = tuple(c for c in BR.columns if c.name != "raw")
@@ -66,8 +67,45 @@ def update_report(conn: Connection, report_id: int, **values: Any) -> None:
     conn.execute(update(BR).where(BR.c.id == report_id).values(**values))
 
 
-def get(conn: Connection, report_id: int) -> Row[Any] | None:
-    return conn.execute(select(BR).where(BR.c.id == report_id)).first()
+@dataclass(frozen=True)
+class Viewer:
+    """Whose reports a caller sees when not everyone's (api.bounce_ops says who): those
+    matched to a message sent by `user_id` (by session or by any of their keys) or, for a
+    key made at the console, by `api_key_id`; and those of a message that left through a
+    connected account `user_id` owns or one of `accounts` (shared with them). A report
+    matched to no message (or to one retention deleted) is in none of these."""
+
+    user_id: str | None = None
+    api_key_id: str | None = None
+    accounts: frozenset[str] = frozenset()
+
+
+def _seen_by(viewer: Viewer) -> ColumnElement[bool]:
+    allowed: list[ColumnElement[bool]] = []
+    if viewer.user_id is not None:
+        allowed.append(M.c.user_id == viewer.user_id)
+        owned = select(MA.c.id).where(MA.c.user_id == viewer.user_id)
+        allowed.append(M.c.pool_id.in_(owned))  # an account's route is its id (gateway.routing)
+    if viewer.accounts:
+        allowed.append(M.c.pool_id.in_(sorted(viewer.accounts)))
+    if viewer.api_key_id is not None:
+        allowed.append(M.c.api_key_id == viewer.api_key_id)
+    return or_(*allowed) if allowed else false()
+
+
+def get(conn: Connection, report_id: int, viewer: Viewer | None = None) -> Row[Any] | None:
+    """The report, with its message's `sender_user_id` and `sender_key_id` (None when
+    unmatched or the message is gone); None when there is none or `viewer` may not see it
+    (None: everyone's)."""
+    sender = (M.c.user_id.label("sender_user_id"), M.c.api_key_id.label("sender_key_id"))
+    query = (
+        select(BR, *sender)
+        .select_from(BR.outerjoin(M, M.c.id == BR.c.message_id))
+        .where(BR.c.id == report_id)
+    )
+    if viewer is not None:
+        query = query.where(_seen_by(viewer))
+    return conn.execute(query).first()
 
 
 @dataclass(frozen=True)
@@ -76,9 +114,18 @@ class Page:
     next_cursor: int | None  # the id to pass as `before` for the next page
 
 
-def page(conn: Connection, statuses: Sequence[str] | None, limit: int, before: int | None) -> Page:
-    """Newest first, without the raw bytes; `statuses` None is every status."""
+def page(
+    conn: Connection,
+    statuses: Sequence[str] | None,
+    limit: int,
+    before: int | None,
+    viewer: Viewer | None = None,
+) -> Page:
+    """Newest first, without the raw bytes; `statuses` None is every status, `viewer` None
+    everyone's reports."""
     query = select(*LIST_COLUMNS).order_by(BR.c.id.desc()).limit(limit + 1)
+    if viewer is not None:
+        query = query.join(M, M.c.id == BR.c.message_id).where(_seen_by(viewer))
     if statuses:
         query = query.where(BR.c.status.in_(list(statuses)))
     if before is not None:
@@ -157,7 +204,10 @@ def count_soft(conn: Connection, email: str, now: float, window: float) -> int:
         values = {"bounces": 1, "first_at": now, "last_at": now}
     else:
         values = {"bounces": row.bounces + 1, "last_at": now}
-    conn.execute(update(SB).where(SB.c.email == email).values(**values))
+    if not conn.execute(update(SB).where(SB.c.email == email).values(**values)).rowcount:
+        # the retention sweep deleted it since the read (it was past its window): start over
+        conn.execute(SB.insert().values(email=email, bounces=1, first_at=now, last_at=now))
+        return 1
     return int(values["bounces"])
 
 

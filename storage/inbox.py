@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection, select, update
 
@@ -76,9 +77,21 @@ def skip(conn: Connection, record: Skipped) -> None:
     conn.execute(S.insert().values(**values))
 
 
+def _skipped(row: Any) -> Skipped:
+    return Skipped(
+        row.account_id, row.mailbox, row.uidvalidity, row.uid, row.size, row.reason,
+        row.created_at,
+    )  # fmt: skip
+
+
 def skipped(conn: Connection, account_id: str) -> list[Skipped]:
     query = select(S).where(S.c.account_id == account_id).order_by(S.c.created_at, S.c.uid)
-    return [
-        Skipped(r.account_id, r.mailbox, r.uidvalidity, r.uid, r.size, r.reason, r.created_at)
-        for r in conn.execute(query)
-    ]
+    return [_skipped(row) for row in conn.execute(query)]
+
+
+def latest_skipped(conn: Connection, limit: int, account_id: str | None = None) -> list[Skipped]:
+    """The latest skipped messages, newest first: of one account, or of every account."""
+    query = select(S).order_by(S.c.created_at.desc(), S.c.uid.desc()).limit(limit)
+    if account_id is not None:
+        query = query.where(S.c.account_id == account_id)
+    return [_skipped(row) for row in conn.execute(query)]

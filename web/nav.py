@@ -38,7 +38,7 @@ SETTINGS = (
     Entry("Domains", "/domains", scope="domains"),
     Entry("Webhooks", "/webhooks", scope="webhooks"),
     Entry("Suppressions", "/suppressions", scope="suppressions"),
-    Entry("Bounces", "/bounces", scope="suppressions"),
+    Entry("Bounces", "/bounces"),  # each sees the reports of their mail (api.bounce_ops)
     Entry("API keys", "/keys", scope="keys"),
     Entry("Users", "/settings/users", owner_only=True),
     Entry("My sessions", "/settings/sessions"),

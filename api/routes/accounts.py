@@ -1,6 +1,6 @@
 """/mail/accounts (seed 004; also /api/v1/mail/accounts and /api/v1/accounts): connected
 IMAP/SMTP mail accounts. List, connect (credentials proved by a real IMAP login and SMTP AUTH
-before anything is stored: gateway.accounts), disconnect.
+before anything is stored: gateway.accounts), disconnect, and the inbox mail the sync skipped.
 
 Every route takes a session or an API key (its user's). Connecting needs a person (the
 account is theirs: a key without a user is 403 `user_required`). A caller sees, and may
@@ -18,11 +18,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from api import account_ops
-from api.account_schemas import AccountConnect, AccountList, ConnectResponse
+from api.account_schemas import AccountConnect, AccountList, ConnectResponse, SkippedList
 from api.auth import Caller, authenticate, for_people_matters
 from api.context import ApiContext, iso
 from api.openapi import operation, path_parameter
 from api.schemas import ErrorResponse, Ok, parse
+from storage.inbox import Skipped
 from storage.mail_accounts import MailAccountRecord
 
 PREFIXES = ("/mail/accounts", "/api/v1/mail/accounts", "/api/v1/accounts")
@@ -116,6 +117,33 @@ async def disconnect(request: Request) -> Response:
     return JSONResponse({"success": True})
 
 
+def skipped_json(skip: Skipped) -> dict[str, Any]:
+    return {
+        "mailbox": skip.mailbox, "uidvalidity": skip.uidvalidity, "uid": skip.uid,
+        "size": skip.size, "reason": skip.reason, "created_at": iso(skip.created_at),
+    }  # fmt: skip
+
+
+@operation(
+    "List the inbox mail the sync skipped",
+    scope="",
+    parameters=_ID,
+    description="The account's latest messages (at most "
+    f"{account_ops.MAX_SKIPPED}, newest first) that the inbox sync did not hand to the "
+    "bounce processing because they were over [bounces] max_inbound_size. Each stays in "
+    "the mailbox, flagged; its record is deleted after [storage] retention.",
+    responses={
+        200: ("the skipped messages", SkippedList),
+        404: ("no such account, or one you may not see", ErrorResponse),
+    },
+)
+async def skipped(request: Request) -> Response:
+    ctx, caller = await _caller(request)
+    record = await account_ops.get(ctx, caller, request.path_params["account_id"])
+    found = await account_ops.skipped(ctx, record)
+    return JSONResponse({"success": True, "skipped": [skipped_json(s) for s in found]})
+
+
 routes = [
     route
     for prefix in PREFIXES
@@ -123,5 +151,6 @@ routes = [
         Route(prefix, list_all, methods=["GET"]),
         Route(prefix, connect, methods=["POST"]),
         Route(prefix + "/{account_id}", disconnect, methods=["DELETE"]),
+        Route(prefix + "/{account_id}/skipped", skipped, methods=["GET"]),
     )
 ]

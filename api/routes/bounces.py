@@ -1,6 +1,11 @@
 """/api/v1/bounces: the reports that came back (gateway.bounces), recent and unmatched,
-one with its raw bytes, and a report uploaded by HTTP (providers that forward bounces
-that way). Scope `suppressions`: what comes back is what fills the suppression list."""
+one with its raw bytes, one given another class, and a report uploaded by HTTP (providers
+that forward bounces that way).
+
+Reading and reclassifying follow the matched message's visibility (api.bounce_ops, shared
+with the dashboard): an admin sees every report, anyone else those of the mail they may
+see, and another's report is a 404. Uploading needs the scope `suppressions`: what comes
+back is what fills the suppression list."""
 
 from __future__ import annotations
 
@@ -10,12 +15,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from api import errors
+from api import bounce_ops, errors
 from api.auth import authenticate
-from api.bounce_schemas import BounceList, BounceResponse, BounceUploaded
+from api.bounce_schemas import (
+    BounceList,
+    BounceReclassified,
+    BounceReclassify,
+    BounceResponse,
+    BounceUploaded,
+)
 from api.context import ApiContext, iso
 from api.openapi import operation, path_parameter, query_parameter
-from api.schemas import EMAIL, ErrorResponse
+from api.schemas import EMAIL, ErrorResponse, parse
 from gateway.addresses import envelope_problem
 from gateway.bounces.ingest import Source
 from gateway.intake.fields import text_problem
@@ -48,7 +59,10 @@ def _number(value: str, name: str, low: int, high: int) -> int:
 
 @operation(
     "List reports that came back (bounces, complaints, auto-replies)",
-    scope=SCOPE,
+    scope="",
+    description="An admin sees every report; anyone else those matched to mail they may "
+    "see (as /v1/messages) or sent through a connected account they own or that is shared "
+    "with them. Unmatched reports are an admin's only.",
     parameters=[
         query_parameter("status", "only this status (empty: any)", enum=["", *stored.STATUSES]),
         query_parameter(
@@ -64,7 +78,7 @@ def _number(value: str, name: str, low: int, high: int) -> int:
 )
 async def list_all(request: Request) -> Response:
     ctx: ApiContext = request.app.state.api
-    await authenticate(request, ctx, SCOPE)
+    caller = await authenticate(request, ctx)
     query = request.query_params
     for name in query:
         if name not in _PARAMETERS:
@@ -76,7 +90,7 @@ async def list_all(request: Request) -> Response:
     raw_cursor = query.get("cursor")
     cursor = _number(raw_cursor, "cursor", 0, 10**18 - 1) if raw_cursor is not None else None
     statuses = [status] if status else None
-    page = await ctx.db.read(lambda conn: stored.page(conn, statuses, limit, cursor))
+    page = await bounce_ops.page(ctx, caller, statuses, limit, cursor)
     more = str(page.next_cursor) if page.next_cursor is not None else None
     bounces = [_shown(row) for row in page.rows]
     return JSONResponse({"success": True, "bounces": bounces, "next_cursor": more})
@@ -84,20 +98,46 @@ async def list_all(request: Request) -> Response:
 
 @operation(
     "Get one report, with its raw bytes",
-    scope=SCOPE,
+    scope="",
     parameters=[_ID],
-    responses={200: ("the report", BounceResponse), 404: ("no such report", ErrorResponse)},
+    responses={
+        200: ("the report", BounceResponse),
+        404: ("no such report, or not one the caller may see", ErrorResponse),
+    },
 )
 async def show(request: Request) -> Response:
     ctx: ApiContext = request.app.state.api
-    await authenticate(request, ctx, SCOPE)
-    raw_id = request.path_params["id"]
-    if not (raw_id.isascii() and raw_id.isdigit() and len(raw_id) <= 18):
-        raise errors.NotFound("no such report")
-    row = await ctx.db.read(lambda conn: stored.get(conn, int(raw_id)))
-    if row is None:
-        raise errors.NotFound("no such report")
+    caller = await authenticate(request, ctx)
+    report = bounce_ops.report_id(request.path_params["id"])
+    row = await bounce_ops.get(ctx, caller, report)
     return JSONResponse({"success": True, "bounce": _shown(row, with_raw=True)})
+
+
+@operation(
+    "Give a report another class (`postern bounces reclassify`)",
+    scope="",
+    parameters=[_ID],
+    request=BounceReclassify,
+    description="The new class is applied to the report's matched recipients (a `hard` "
+    "one suppresses them); what the old class did stays done. An admin, or the sender of "
+    "the report's message.",
+    responses={
+        200: ("reclassified (or it had that class already)", BounceReclassified),
+        403: ("the caller did not send the report's message", ErrorResponse),
+        404: ("no such report, or not one the caller may see", ErrorResponse),
+        503: ("bounce processing is not running", ErrorResponse),
+    },
+)
+async def reclassify(request: Request) -> Response:
+    ctx: ApiContext = request.app.state.api
+    caller = await authenticate(request, ctx)
+    report = bounce_ops.report_id(request.path_params["id"])
+    await bounce_ops.get(ctx, caller, report)  # 404 before the body is looked at
+    body = parse(BounceReclassify, await request.body())
+    outcome = await bounce_ops.reclassify(ctx, caller, report, body.cls)
+    row = await bounce_ops.get(ctx, caller, report)
+    shown = {"success": True, "outcome": outcome, "bounce": _shown(row, with_raw=True)}
+    return JSONResponse(shown)
 
 
 @operation(
@@ -149,4 +189,5 @@ routes = [
     Route("/api/v1/bounces", list_all, methods=["GET"]),
     Route("/api/v1/bounces", upload, methods=["POST"]),
     Route("/api/v1/bounces/{id}", show, methods=["GET"]),
+    Route("/api/v1/bounces/{id}/reclassify", reclassify, methods=["POST"]),
 ]

@@ -329,7 +329,9 @@ class Service:
         """The retention sweep, the event webhooks, and the loops keeping caches current."""
         config = self.config
         db, writer, queue = storage.db, storage.writer, storage.queue
-        self.retention = Retention(writer, config.storage.retention)
+        self.retention = Retention(
+            writer, config.storage.retention, soft_window=config.bounces.soft_window
+        )
         self.retention.start()
         self.webhooks = await start_webhooks(
             config.webhooks, db, writer, ready.box, outbound.webhooks, ready.node
@@ -430,7 +432,7 @@ class Service:
             ready.bounce_socket.close()
             log.warning("bounces.listen is set but reports cannot be processed yet: not listening")
             return
-        handler = BounceHandler(self.bounces, self.config.bounces.domain, ready.bounce_limits)
+        handler = BounceHandler(self.bounces, self.return_path(ready), ready.bounce_limits)
         self.bounce_handler = handler
         server = await asyncio.get_running_loop().create_server(
             handler.protocol, sock=ready.bounce_socket

@@ -1,14 +1,20 @@
 """The retention sweep: every few minutes, delete final messages older than
-`[storage] retention` (storage.retention), a bounded chunk per transaction."""
+`[storage] retention` (storage.retention), a bounded chunk per transaction; then what came
+back: bounce reports and skipped-inbox records older than the same limit, and soft-bounce
+counts whose `[bounces] soft_window` has ended (storage.retention says why each may go)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import Connection
 
 from gateway.tasks import cancel_and_wait, repeat
-from storage.retention import purge_chunk
+from storage.retention import purge_chunk, purge_reports, purge_skips, purge_soft
 from storage.writer import Writer
 
 log = logging.getLogger("postern.retention")
@@ -17,11 +23,30 @@ INTERVAL = 600.0  # seconds between sweeps
 CHUNK = 500  # messages per transaction: short enough not to hold up intake's commits
 
 
+@dataclass(frozen=True)
+class BouncesSwept:
+    """How many rows of what came back one sweep deleted."""
+
+    reports: int = 0
+    skips: int = 0
+    soft: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.reports or self.skips or self.soft)
+
+
 class Retention:
-    def __init__(self, writer: Writer, keep: float, interval: float = INTERVAL) -> None:
+    def __init__(
+        self,
+        writer: Writer,
+        keep: float,
+        interval: float = INTERVAL,
+        soft_window: float | None = None,
+    ) -> None:
         self._writer = writer
         self._keep = keep
         self._interval = interval
+        self._soft_window = soft_window  # [bounces] soft_window; None: counts are kept
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -35,9 +60,25 @@ class Retention:
     async def sweep(self) -> int:
         """Delete every final message past retention, chunk by chunk; how many went."""
         before = time.time() - self._keep
+        return await self._chunks(lambda conn: purge_chunk(conn, before, CHUNK))
+
+    async def sweep_bounces(self) -> BouncesSwept:
+        """Delete the bounce reports and skipped-inbox records past retention and the
+        soft-bounce counts past their window, chunk by chunk; how many of each went."""
+        now = time.time()
+        before = now - self._keep
+        reports = await self._chunks(lambda conn: purge_reports(conn, before, CHUNK))
+        skips = await self._chunks(lambda conn: purge_skips(conn, before, CHUNK))
+        soft = 0
+        if self._soft_window is not None:
+            started = now - self._soft_window
+            soft = await self._chunks(lambda conn: purge_soft(conn, started, CHUNK))
+        return BouncesSwept(reports, skips, soft)
+
+    async def _chunks(self, purge: Callable[[Connection], int]) -> int:
         total = 0
         while True:
-            removed: int = await self._writer.submit(lambda conn: purge_chunk(conn, before, CHUNK))
+            removed: int = await self._writer.submit(purge)
             total += removed
             if removed < CHUNK:
                 return total
@@ -47,3 +88,10 @@ class Retention:
         removed = await self.sweep()  # storage trouble: logged by repeat, tried next time
         if removed:
             log.info("retention: deleted %d final messages older than the limit", removed)
+        swept = await self.sweep_bounces()
+        if swept:
+            log.info(
+                "retention: deleted %d bounce reports, %d skipped-inbox records, "
+                "%d soft-bounce counts past their window",
+                swept.reports, swept.skips, swept.soft,
+            )  # fmt: skip

@@ -1,12 +1,17 @@
 """The inbound bounce listener (`[bounces] listen`): where the VERP return path's MX points.
 
 It takes mail for the bounce domain's VERP addresses only (`bounces+TOKEN@domain`), as
-Postal's does: any other recipient is `550 5.7.1 relaying denied` at RCPT, so it is never a
-relay, and nothing it takes is queued for delivery. Each message is handed to the report
-processing (gateway.reports.Ingest) once per recipient, with that recipient as the envelope
-recipient, and `250` is answered only once every hand-over committed; a storage failure is a
-`451 4.3.0`, which the sending MTA retries (the processing's dedupe makes a retry after a
-partial commit harmless).
+Postal's does: any other recipient (the bare `bounces@domain` too) is `550 5.7.1 relaying
+denied` at RCPT, so it is never a relay, and nothing it takes is queued for delivery. The
+token's signature is checked at RCPT (gateway.bounces.returnpath.ReturnPath.message_of): a
+token Postern did not sign (forged, of another installation, mangled) is `550 5.1.1`, so
+that nobody can fill the report table through it. The message the token names need not
+still be stored (retention may have deleted it): such a report is kept as unmatched.
+
+Each message is handed to the report processing (gateway.reports.Ingest) once per
+recipient, with that recipient as the envelope recipient, and `250` is answered only once
+every hand-over committed; a storage failure is a `451 4.3.0`, which the sending MTA
+retries (the processing's dedupe makes a retry after a partial commit harmless).
 
 The SMTP dialogue is the main door's own protocol (gateway.smtpd.server.PosternSMTP): the
 same line and size limits, bare CR/LF and NUL refused, control characters refused in
@@ -22,7 +27,8 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway import maillog
 from gateway.addresses import envelope_problem, has_control
-from gateway.bounces.verp import Verp, token
+from gateway.bounces.returnpath import ReturnPath
+from gateway.bounces.verp import token
 from gateway.errors import PosternError, StorageUnavailable
 from gateway.reports import LISTENER, Ingest, Source, hand_over
 from gateway.smtpd import replies
@@ -34,15 +40,21 @@ from storage.keys import KeyStore
 
 log = logging.getLogger("postern.bounces")
 RELAY_DENIED = Reply(550, "5.7.1", "relaying denied")
+UNKNOWN_TOKEN = Reply(550, "5.1.1", "no such bounce address")
 TAKEN = Reply(250, "2.0.0", "OK report received")
+
+
+def peer(session: Session) -> str:
+    return maillog.client(session.peer)
 
 
 class BounceHandler:
     """aiosmtpd handler hooks of the bounce listener."""
 
-    def __init__(self, ingest: Ingest, domain: str, limits: ListenerLimits) -> None:
+    def __init__(self, ingest: Ingest, return_path: ReturnPath, limits: ListenerLimits) -> None:
         self._ingest = ingest
-        self._verp = Verp(domain=domain)
+        self._return_path = return_path  # its domain is the one taken, its key checks tokens
+        self._verp = return_path.verp
         self._limits = limits
         self.keys: KeyStore | None = None  # nobody logs in here
         self.login_throttle = AuthThrottle("1/h", 0)
@@ -93,8 +105,12 @@ class BounceHandler:
         problem = envelope_problem(address)
         if problem:
             return replies.BAD_ADDRESS.format(problem=problem)
-        if token(address, self._verp) is None:
+        found = token(address, self._verp)
+        if found is None:
             return RELAY_DENIED
+        if self._return_path.message_of(found) is None:
+            log.info("refused a bounce address with a bad token from %s", peer(session))
+            return UNKNOWN_TOKEN
         if len(envelope.rcpt_tos) >= self._limits.max_recipients:
             return replies.TOO_MANY_RECIPIENTS
         if address not in envelope.rcpt_tos:
@@ -110,7 +126,7 @@ class BounceHandler:
                 source = Source(kind=LISTENER, envelope_recipient=recipient)
                 result = await hand_over(self._ingest, raw, source)
                 log.info(
-                    "report for <%s> from %s: %s", recipient, maillog.client(session.peer),
+                    "report for <%s> from %s: %s", recipient, peer(session),
                     result.outcome,
                 )  # fmt: skip
         except StorageUnavailable as error:

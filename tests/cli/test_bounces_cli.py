@@ -1,5 +1,6 @@
-"""`postern bounces list|show|reclassify`: the reports as the API shows them, text and
---json; a reclassification applies its class's effect once; refusals exit 2."""
+"""`postern bounces list|show|reclassify|skipped`: the reports as the API shows them, text
+and --json; a reclassification applies its class's effect once; the inbox mail the sync
+skipped, of every account or one; refusals exit 2."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from gateway.bounces.ingest import BounceIngest, Source
 from gateway.bounces.returnpath import ReturnPath
 from gateway.process.cli import main
 from storage.db import create_schema, database_url, open_database, prepare_data_dir
+from storage.inbox import Skipped, skip
 from tests.support.reports import dsn
 
 pytestmark = pytest.mark.timeout(60)
@@ -49,6 +51,9 @@ async def _seed(data_dir: Path) -> None:
         blocked = dsn("r@example.test", "5.7.1", "550 5.7.1 blocked", message_id=own)
         await ingest.ingest(blocked, Source("listener"))
         await ingest.ingest(dsn("x@example.test", nonce="2"), Source("listener"))
+        for account, uid, at in (("acct-a", 7, 100.0), ("acct-b", 9, 200.0)):
+            record = Skipped(account, "INBOX", 3, uid, 20_000_000, "over 10485760 bytes", at)
+            await db.transaction(lambda conn, record=record: skip(conn, record))
     finally:
         await db.dispose()
 
@@ -88,3 +93,21 @@ def test_refusals(config: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(capsys, *args)[0] == 2
     with pytest.raises(SystemExit):
         main(["bounces", "reclassify", "1", "--class", "nope", "--config", config])
+
+
+def test_skipped_inbox_mail(config: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "bounces", "skipped", "--config", config, "--json")
+    assert code == 0
+    listed = json.loads(out)
+    assert [(r["account_id"], r["uid"], r["size"]) for r in listed] == [
+        ("acct-b", 9, 20_000_000),  # newest first
+        ("acct-a", 7, 20_000_000),
+    ]
+    code, out, _ = run(capsys, "bounces", "skipped", "--account", "acct-a", "--config", config)
+    assert code == 0 and out.strip().splitlines() == [
+        "1970-01-01T00:01:40+00:00  acct-a  INBOX  uidvalidity 3  uid 7  20000000 bytes  "
+        "over 10485760 bytes"
+    ]
+    code, out, _ = run(capsys, "bounces", "skipped", "--account", "none", "--config", config)
+    assert code == 0 and out.strip() == "no skipped inbox mail"
+    assert run(capsys, "bounces", "skipped", "--limit", "0", "--config", config)[0] == 2

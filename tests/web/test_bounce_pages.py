@@ -1,7 +1,8 @@
 """The Bounces pages through a real uvicorn with httpx: a DSN uploaded as providers forward
 them (POST /api/v1/bounces: the one ingest), listed with its class, rule, message and
 recipient, unmatched ones filtered, one opened with its raw text escaped, reclassified as
-`postern bounces reclassify` does; a member (no `suppressions`) refused."""
+`postern bounces reclassify` does; a member sees and reclassifies the reports of their own
+mail only (another's is a 404)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,16 @@ from typing import Any
 import pytest
 
 from gateway.bounces.returnpath import VERP_KEY, ReturnPath
+from storage.keys import create_key
 from tests.support.api import Api, ApiFactory, auth, payload
+from tests.support.people import make_user
 from tests.support.reports import dsn
+from tests.support.web import sign_in
 from tests.web.conftest import SignIn
 
 pytestmark = pytest.mark.timeout(60)
 DOMAIN = "bounce.postern.test"
-REFUSED = "<h1>Refused</h1>"
+FORGED = f"bounces+msg_00000000000000000000000000a-aaaaaaaaaaaaaaaa@{DOMAIN}"
 
 
 @pytest.fixture
@@ -31,14 +35,17 @@ async def upload(api: Api, key: str, raw: bytes) -> Any:
     return answer.json()
 
 
-async def bounced(api: Api, key: str) -> tuple[str, int]:
-    """A message sent and its DSN uploaded: (message id, report id)."""
-    sent = await api.send(payload(to=[{"email": "gone@example.test"}]), key=key)
+async def bounced(
+    api: Api, key: str, uploader: str = "", to: str = "gone@example.test"
+) -> tuple[str, int]:
+    """A message sent with `key` and its DSN uploaded (with `uploader`, else the same
+    key): (message id, report id)."""
+    sent = await api.send(payload(to=[{"email": to}]), key=key)
     assert sent.status_code == 200, sent.text
     message_id = sent.json()["message_id"]
     assert api.svc.box is not None
     verp = ReturnPath(DOMAIN, api.svc.box.derive(VERP_KEY)).address(message_id, "")
-    answer = await upload(api, key, dsn("gone@example.test", to=verp))
+    answer = await upload(api, uploader or key, dsn(to, to=verp, nonce=message_id))
     assert answer["outcome"] == "processed"
     return message_id, int(answer["report_id"])
 
@@ -46,8 +53,7 @@ async def bounced(api: Api, key: str) -> tuple[str, int]:
 async def test_reports_are_listed_opened_and_reclassified(api: Api, person: SignIn) -> None:
     key = await api.key("send", "suppressions")
     message_id, report_id = await bounced(api, key)
-    forged = f"bounces+msg_00000000000000000000000000a-aaaaaaaaaaaaaaaa@{DOMAIN}"
-    odd = dsn("x@example.test", diagnostic="550 <script>alert(1)</script>", to=forged, nonce="2")
+    odd = dsn("x@example.test", diagnostic="550 <script>alert(1)</script>", to=FORGED, nonce="2")
     unmatched = int((await upload(api, key, odd))["report_id"])
     owner = await person("ops@example.com")
 
@@ -74,14 +80,30 @@ async def test_reports_are_listed_opened_and_reclassified(api: Api, person: Sign
     assert (await owner.get("/bounces/x1")).status_code == 400
 
 
-async def test_a_member_is_refused(api: Api, person: SignIn) -> None:
+async def test_a_member_sees_the_reports_of_their_own_mail_only(api: Api, person: SignIn) -> None:
     key = await api.key("send", "suppressions")
-    _, report_id = await bounced(api, key)
-    member = await person("member@example.com", role="member")
-    assert 'href="/bounces"' not in (await member.get("/")).text
-    for answer in (
-        await member.get("/bounces"),
-        await member.get(f"/bounces/{report_id}"),
-        await member.post(f"/bounces/{report_id}/reclassify", {"class": "soft"}),
-    ):
-        assert answer.status_code == 403 and REFUSED in answer.text
+    _, others = await bounced(api, key)
+    unmatched = await upload(api, key, dsn("x@example.test", to=FORGED, nonce="3"))
+    user = await make_user(api.svc.db, "member@example.com", "member")
+    _, members_key = await create_key(api.svc.db, "mine", ["send"], user_id=user.id)
+    message_id, own = await bounced(api, members_key, key, "also@example.test")
+    member = await sign_in(str(api.http.base_url), user)
+    stranger = await person("stranger@example.com", role="member")
+    try:
+        assert 'href="/bounces"' in (await member.get("/")).text
+        listed = (await member.get("/bounces")).text
+        assert f'id="report-{own}"' in listed and f'href="/messages/{message_id}"' in listed
+        assert f'id="report-{others}"' not in listed
+        assert f'id="report-{unmatched["report_id"]}"' not in listed
+        assert f'id="report-{own}"' not in (await stranger.get("/bounces")).text
+        shown = await member.get(f"/bounces/{own}")
+        assert shown.status_code == 200 and 'action="/bounces/' in shown.text  # theirs to change
+        changed = await member.post(f"/bounces/{own}/reclassify", {"class": "soft"})
+        assert changed.status_code == 303
+        for report in (others, unmatched["report_id"]):  # another's: as if there were none
+            assert (await member.get(f"/bounces/{report}")).status_code == 404
+            refused = await member.post(f"/bounces/{report}/reclassify", {"class": "soft"})
+            assert refused.status_code == 404
+        assert (await stranger.get(f"/bounces/{own}")).status_code == 404
+    finally:
+        await member.http.aclose()

@@ -2,8 +2,11 @@
 page at a time, all or by status (unmatched: those no message of ours was found for); one
 report with its raw text (size-capped) and a form to give it another class.
 
-The reading is GET /api/v1/bounces' (storage.bounce_reports), the reclassifying `postern
-bounces reclassify`'s (BounceIngest.reclassify); the scope is the API's: `suppressions`.
+Who sees and reclassifies which report is the API's rule (api.bounce_ops, shared with GET
+/api/v1/bounces): an admin every report, anyone else those of the mail they may see (and
+of the connected accounts they own or that are shared with them); another's report is a
+404. Reclassifying is an admin's or the sender's of the matched message (the form is shown
+only to them).
 """
 
 from __future__ import annotations
@@ -15,8 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from api import errors
-from api.context import ApiContext
+from api import bounce_ops, errors
 from api.forms import form_fields
 from gateway.bounces.ingest import CLASSES
 from storage import bounce_reports as stored
@@ -24,7 +26,6 @@ from web.guard import signed_in
 from web.pages.resource_form import back
 from web.render import page
 
-SCOPE = "suppressions"  # as /api/v1/bounces: what comes back fills the suppression list
 PATH = "/bounces"
 PAGE_SIZE = 50
 MAX_SHOWN = 64 * 1024  # of a report's raw text: a huge report would make a huge page
@@ -58,11 +59,11 @@ def _next_url(status: str | None, cursor: int | None) -> str:
 
 
 async def list_reports(request: Request) -> Response:
-    ctx, caller = await signed_in(request, SCOPE)
+    ctx, caller = await signed_in(request)
     status = _status(request)
     cursor = _number(request.query_params.get("cursor"), "cursor")
     statuses = [status] if status else None
-    found = await ctx.db.read(lambda conn: stored.page(conn, statuses, PAGE_SIZE, cursor))
+    found = await bounce_ops.page(ctx, caller, statuses, PAGE_SIZE, cursor)
     shown: dict[str, Any] = {
         "reports": [stored.as_json(row) for row in found.rows], "chosen": status or "",
         "statuses": stored.STATUSES, "next_url": _next_url(status, found.next_cursor),
@@ -70,40 +71,33 @@ async def list_reports(request: Request) -> Response:
     return page(request, "bounces/list.html", caller, **shown)
 
 
-async def _report(ctx: ApiContext, request: Request) -> dict[str, Any]:
+def _report_id(request: Request) -> int:
     report_id = _number(request.path_params["report_id"], "id")
-    row = None
-    if report_id is not None:
-        row = await ctx.db.read(lambda conn: stored.get(conn, report_id))
-    if row is None:
+    if report_id is None:
         raise errors.NotFound("no such report")
-    return stored.as_json(row, with_raw=True)
+    return report_id
 
 
 async def show(request: Request) -> Response:
-    ctx, caller = await signed_in(request, SCOPE)
-    report = await _report(ctx, request)
+    ctx, caller = await signed_in(request)
+    row = await bounce_ops.get(ctx, caller, _report_id(request))
+    report = stored.as_json(row, with_raw=True)
     raw: str = report["raw"]
     shown: dict[str, Any] = {
         "report": report, "raw": raw[:MAX_SHOWN], "cut": len(raw) > MAX_SHOWN,
         "classes": CLASSES, "notice": DONE.get(request.query_params.get("done", ""), ""),
+        "may_reclassify": bounce_ops.may_reclassify(caller, row),
     }  # fmt: skip
     return page(request, "bounces/show.html", caller, **shown)
 
 
 async def reclassify(request: Request) -> Response:
     """`postern bounces reclassify`: the new class, applied to its matched recipients."""
-    ctx, _ = await signed_in(request, SCOPE)
-    report = await _report(ctx, request)
+    ctx, caller = await signed_in(request)
+    report_id = _report_id(request)
     cls = form_fields(await request.body()).get("class", "")
-    if cls not in CLASSES:
-        raise errors.InvalidRequest(f"class: one of {', '.join(CLASSES)}")
-    if ctx.bounces is None:
-        raise errors.Unavailable("bounce processing is not running on this node")
-    outcome = await ctx.bounces.reclassify(report["id"], cls)
-    if outcome == "unknown":
-        raise errors.NotFound("no such report")
-    return back(f"{PATH}/{report['id']}", outcome)
+    outcome = await bounce_ops.reclassify(ctx, caller, report_id, cls)
+    return back(f"{PATH}/{report_id}", outcome)
 
 
 routes = [

@@ -1,6 +1,8 @@
-"""`postern bounces list|show|reclassify`: the reports that came back, for operators (the
-same records as GET /api/v1/bounces). A reclassification applies the new class's effects
-in one transaction; a running `serve` sees a new suppression within its refresh."""
+"""`postern bounces list|show|reclassify|skipped`: the reports that came back, for operators
+(the same records as GET /api/v1/bounces). A reclassification applies the new class's
+effects in one transaction; a running `serve` sees a new suppression within its refresh.
+`skipped` lists the connected accounts' inbox mail the sync did not hand over (too big; the
+same records as GET /api/v1/accounts/{id}/skipped, of every account or one)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from gateway.process.commands.options import leaf
 from gateway.security.secrets import SecretBox
 from storage import bounce_reports as stored
 from storage.db import Database
+from storage.inbox import latest_skipped
 
 COMMANDS = ("bounces",)
 
@@ -33,10 +36,15 @@ def add_commands(commands: Any) -> None:
     again = leaf(actions, "reclassify", "give a report another class and apply it")
     again.add_argument("id", type=int)
     again.add_argument("--class", dest="cls", required=True, choices=CLASSES)
+    skips = leaf(actions, "skipped", "inbox mail the sync skipped (too big), newest first")
+    skips.add_argument("--account", help="only this connected account (its id)")
+    skips.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    action = {"list": _list, "show": _show, "reclassify": _reclassify}[args.action]
+    action = {"list": _list, "show": _show, "reclassify": _reclassify, "skipped": _skipped}[
+        args.action
+    ]
     result = asyncio.run(with_database(config, lambda db: action(db, args, config)))
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
@@ -77,6 +85,13 @@ async def _reclassify(db: Database, args: argparse.Namespace, config: Config) ->
     return {"id": args.id, "class": args.cls, "outcome": outcome}
 
 
+async def _skipped(db: Database, args: argparse.Namespace, config: Config) -> list[dict[str, Any]]:
+    if not 1 <= args.limit <= 10_000:
+        raise CommandError("--limit must be 1 to 10000")
+    found = await db.read(lambda conn: latest_skipped(conn, args.limit, args.account))
+    return [skip.__dict__ | {"created_at": iso_seconds(skip.created_at)} for skip in found]
+
+
 def _text(action: str, result: Any) -> str:
     if action == "list":
         rows = [
@@ -86,6 +101,13 @@ def _text(action: str, result: Any) -> str:
             for r in result
         ]
         return "\n".join(rows) if rows else "no bounce reports"
+    if action == "skipped":
+        rows = [
+            f"{r['created_at']}  {r['account_id']}  {r['mailbox']}  uidvalidity {r['uidvalidity']}"
+            f"  uid {r['uid']}  {r['size']} bytes  {r['reason']}"
+            for r in result
+        ]
+        return "\n".join(rows) if rows else "no skipped inbox mail"
     if action == "show":
         shown = {k: v for k, v in result.items() if k != "raw"}
         lines = [f"{k}: {json.dumps(v, ensure_ascii=False)}" for k, v in shown.items()]

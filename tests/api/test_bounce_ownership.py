@@ -1,0 +1,239 @@
+"""Bounce reports follow their message's visibility over a real uvicorn (api.bounce_ops): an
+admin sees every report; a member those of their own mail, and of mail that left through
+a connected account they own or that is shared with them; a key made at the console those
+of the mail it sent; a report matched to no message is an admin's only. Another's report
+is a 404 (never a 403), to read and to reclassify; reclassifying is an admin's or the
+sender's. The inbox mail an account's sync skipped is listed to whoever sees the account.
+On SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.accounts.accounts import seal
+from gateway.bounces.returnpath import VERP_KEY, ReturnPath
+from storage import mail_accounts
+from storage.accounts import ACCOUNT
+from storage.inbox import Skipped, skip
+from storage.keys import create_key
+from storage.mail_accounts import MailAccountRecord
+from storage.messages import message_state
+from storage.shares import put_share
+from tests.support.api import Api, ApiFactory, auth, payload
+from tests.support.databases import clean_postgresql
+from tests.support.people import Person, make_user, sign_in
+from tests.support.reports import dsn
+from tests.support.sink import Sink
+
+pytestmark = pytest.mark.timeout(90)
+
+DOMAIN = "bounce.postern.test"
+ALICE, ALICE_PW = "alice@mailbox.test", "alice's mailbox secret"
+GONE = "gone@example.test"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, Any]]:
+    if request.param == "sqlite":
+        yield {}
+        return
+    async with clean_postgresql() as url:
+        yield {"storage": {"url": url}}
+
+
+@pytest.fixture
+def mailbox() -> Iterator[Sink]:
+    """The connected account's own SMTP server (AUTH required: Alice's credentials)."""
+    with Sink(auth=(ALICE, ALICE_PW), tls="starttls") as server:
+        yield server
+
+
+@pytest.fixture
+async def api(api_client: ApiFactory, backend: dict[str, Any]) -> Api:
+    return await api_client(**backend, bounces={"domain": DOMAIN})
+
+
+@pytest.fixture
+async def people() -> AsyncIterator[list[Person]]:
+    signed_in: list[Person] = []
+    yield signed_in
+    for person in signed_in:
+        await person.http.aclose()
+
+
+async def person(api: Api, people: list[Person], email: str, role: str = "member") -> Person:
+    signed_in = await sign_in(str(api.http.base_url), await make_user(api.svc.db, email, role))
+    people.append(signed_in)
+    return signed_in
+
+
+async def connected(api: Api, owner: Person, mailbox: Sink) -> MailAccountRecord:
+    """Alice's mailbox connected as `owner`'s account (stored as the connect route stores
+    it; the credentials' proof is tests/api/test_accounts_api.py's), then followed."""
+    values = {
+        "email": ALICE, "name": "Alice", "imap_host": "127.0.0.1", "imap_port": 1,
+        "imap_security": "none", "smtp_host": "127.0.0.1", "smtp_port": mailbox.port,
+        "smtp_security": "starttls", "tls_verify": False, "username": ALICE,
+    }  # fmt: skip
+    box = api.svc.box
+    assert box is not None
+    record = await mail_accounts.create_account(
+        api.svc.db, values, lambda account_id: seal(box, account_id, ALICE_PW),
+        owner.user.id, max_per_user=5,
+    )  # fmt: skip
+    await followed(api)
+    return record
+
+
+async def followed(api: Api) -> None:
+    """The node follows the accounts (and shares) as the API's changes make it."""
+    assert api.svc.identities is not None and api.svc.account_routes is not None
+    await api.svc.identities.reload()
+    await api.svc.account_routes.changed()
+
+
+def checked(answer: httpx.Response) -> str:
+    assert answer.status_code == 200, answer.text
+    return str(answer.json()["message_id"])
+
+
+async def bounced(api: Api, uploader: str, message_id: str | None) -> int:
+    """A DSN for `message_id` (None: a forged token, so unmatched) uploaded; its report id."""
+    assert api.svc.box is not None
+    if message_id is None:
+        verp = f"bounces+msg_00000000000000000000000000a-aaaaaaaaaaaaaaaa@{DOMAIN}"
+    else:
+        verp = ReturnPath(DOMAIN, api.svc.box.derive(VERP_KEY)).address(message_id, "")
+    headers = auth(uploader) | {"Content-Type": "message/rfc822"}
+    raw = dsn(GONE, to=verp, nonce=message_id or "forged")
+    answer = await api.http.post("/api/v1/bounces", content=raw, headers=headers)
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["outcome"] == ("unmatched" if message_id is None else "processed")
+    return int(answer.json()["report_id"])
+
+
+def listed(answer: httpx.Response) -> set[int]:
+    assert answer.status_code == 200, answer.text
+    return {bounce["id"] for bounce in answer.json()["bounces"]}
+
+
+async def test_reports_follow_their_messages_visibility(
+    api: Api, people: list[Person], sink: Sink, mailbox: Sink
+) -> None:
+    admin = await person(api, people, "admin@people.test", "admin")
+    owner = await person(api, people, "owner@people.test")  # connects Alice's mailbox
+    sharer = await person(api, people, "shared@people.test")  # Alice's mailbox is shared
+    stranger = await person(api, people, "stranger@people.test")
+    account = await connected(api, owner, mailbox)
+    await api.svc.db.transaction(
+        lambda c: put_share(c, ACCOUNT, account.id, sharer.user.id, "member", 0.0, None)
+    )
+    await followed(api)
+    uploader = await api.key("suppressions")  # a provider's forwarder: uploads only
+    console = await api.key("send")
+
+    via_account = payload(from_={"email": ALICE}, to=[{"email": GONE}], account_id=account.id)
+    owners = checked(await owner.call("POST", "/v1/send", json=via_account))
+    sharers = checked(await sharer.call("POST", "/v1/send", json=via_account))
+    strangers = checked(await stranger.call("POST", "/v1/send", json=payload(to=[{"email": GONE}])))
+    consoles = checked(await api.send(payload(to=[{"email": GONE}]), key=console))
+    state = await message_state(api.svc.db, owners)
+    assert state is not None and state.user_id == owner.user.id
+    reports = {
+        name: await bounced(api, uploader, message_id)
+        for name, message_id in (
+            ("owner", owners), ("sharer", sharers), ("stranger", strangers),
+            ("console", consoles), ("unmatched", None),
+        )
+    }  # fmt: skip
+
+    def only(*names: str) -> set[int]:
+        return {reports[name] for name in names}
+
+    assert listed(await admin.call("GET", "/api/v1/bounces")) == set(reports.values())
+    # the account's owner: their own, and what the one it is shared with sent through it
+    assert listed(await owner.call("GET", "/api/v1/bounces")) == only("owner", "sharer")
+    # the one it is shared with: their own, and the owner's through the shared account
+    assert listed(await sharer.call("GET", "/api/v1/bounces")) == only("owner", "sharer")
+    assert listed(await stranger.call("GET", "/api/v1/bounces")) == only("stranger")
+    assert listed(await api.get("/api/v1/bounces", key=console)) == only("console")
+    assert listed(await api.get("/api/v1/bounces", key=uploader)) == set()  # sent nothing
+    unmatched = await stranger.call("GET", "/api/v1/bounces", params={"status": "unmatched"})
+    assert listed(unmatched) == set()
+    # A key of a member acts for the member.
+    _, members_key = await create_key(api.svc.db, "mine", ["send"], user_id=stranger.user.id)
+    assert listed(await api.get("/api/v1/bounces", key=members_key)) == only("stranger")
+
+    for who, name in (
+        (stranger, "owner"), (stranger, "unmatched"), (owner, "stranger"),
+        (owner, "unmatched"), (sharer, "console"),
+    ):  # fmt: skip
+        path = f"/api/v1/bounces/{reports[name]}"
+        answer = await who.call("GET", path)
+        assert (answer.status_code, answer.json()["code"]) == (404, "not_found"), (who, name)
+        again = await who.call("POST", path + "/reclassify", json={"class": "soft"})
+        assert again.status_code == 404, (who, name)
+    shown = await sharer.call("GET", f"/api/v1/bounces/{reports['owner']}")
+    assert shown.status_code == 200 and shown.json()["bounce"]["message_id"] == owners
+    assert (await admin.call("GET", f"/api/v1/bounces/{reports['unmatched']}")).status_code == 200
+
+    # Reclassifying: the sender of the message or an admin; seeing it is not enough.
+    refused = await sharer.call(
+        "POST", f"/api/v1/bounces/{reports['owner']}/reclassify", json={"class": "soft"}
+    )
+    assert (refused.status_code, refused.json()["code"]) == (403, "forbidden")
+    path = f"/api/v1/bounces/{reports['owner']}/reclassify"
+    done = await owner.call("POST", path, json={"class": "soft"})
+    assert done.status_code == 200, done.text
+    assert done.json()["outcome"] == "changed"
+    assert done.json()["bounce"]["classification"] == "soft"
+    same = await owner.call("POST", path, json={"class": "soft"})
+    assert same.json()["outcome"] == "unchanged"
+    bad = await owner.call("POST", path, json={"class": "bogus"})
+    assert bad.status_code == 400
+    unknown = await owner.call("POST", path, json={"class": "soft", "other": 1})
+    assert unknown.status_code == 400
+    by_admin = await admin.call(
+        "POST", f"/api/v1/bounces/{reports['unmatched']}/reclassify", json={"class": "ignore"}
+    )
+    assert by_admin.status_code == 200 and by_admin.json()["outcome"] == "changed"
+    by_console = await api.http.post(
+        f"/api/v1/bounces/{reports['console']}/reclassify",
+        json={"class": "policy"}, headers=auth(console),
+    )  # fmt: skip
+    assert by_console.status_code == 200, by_console.text
+
+
+async def test_the_inbox_mail_the_sync_skipped_is_listed_to_who_sees_the_account(
+    api: Api, people: list[Person], mailbox: Sink
+) -> None:
+    owner = await person(api, people, "owner@people.test")
+    sharer = await person(api, people, "shared@people.test")
+    stranger = await person(api, people, "stranger@people.test")
+    admin = await person(api, people, "admin@people.test", "admin")
+    account = await connected(api, owner, mailbox)
+    await api.svc.db.transaction(
+        lambda c: put_share(c, ACCOUNT, account.id, sharer.user.id, "member", 0.0, None)
+    )
+    for uid, at in ((4, 1_800_000_000.0), (5, 1_800_000_060.0)):
+        record = Skipped(account.id, "INBOX", 11, uid, 12_000_000, "over 10485760 bytes", at)
+        await api.svc.db.transaction(lambda conn, record=record: skip(conn, record))
+
+    path = f"/api/v1/accounts/{account.id}/skipped"
+    for who in (owner, sharer, admin):
+        answer = await who.call("GET", path)
+        assert answer.status_code == 200, answer.text
+        found = answer.json()["skipped"]
+        assert [(s["uid"], s["size"], s["mailbox"]) for s in found] == [
+            (5, 12_000_000, "INBOX"),  # newest first
+            (4, 12_000_000, "INBOX"),
+        ]
+        assert found[0]["created_at"].startswith("2027-01-15T08:01:00")
+    assert (await owner.call("GET", f"/mail/accounts/{account.id}/skipped")).status_code == 200
+    refused = await stranger.call("GET", path)
+    assert (refused.status_code, refused.json()["code"]) == (404, "not_found")
+    assert (await owner.call("GET", "/api/v1/accounts/nope/skipped")).status_code == 404
