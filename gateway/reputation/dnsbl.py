@@ -116,7 +116,7 @@ def query_name(subject: str, blocklist: Blocklist, dqs_key: str = "") -> str | N
     return ".".join(reversed(nibbles)) + f".{zone}"
 
 
-def _test_name(entry: str, blocklist: Blocklist, dqs_key: str) -> str:
+def entry_name(entry: str, blocklist: Blocklist, dqs_key: str) -> str:
     zone = f"{dqs_key}.{blocklist.dqs_zone}" if dqs_key and blocklist.dqs_zone else blocklist.zone
     if blocklist.kind == "ip":
         return ".".join(reversed(entry.split("."))) + f".{zone}"
@@ -170,8 +170,8 @@ class Dnsbl:
         """None when `blocklist` lists its test entry and not its clean one (RFC 5782 §5),
         else why it cannot be trusted."""
         listed, clean = await asyncio.gather(
-            self._ask(_test_name(blocklist.test_listed, blocklist, self._key), blocklist, False),
-            self._ask(_test_name(blocklist.test_clean, blocklist, self._key), blocklist, False),
+            self._ask(entry_name(blocklist.test_listed, blocklist, self._key), blocklist, False),
+            self._ask(entry_name(blocklist.test_clean, blocklist, self._key), blocklist, False),
         )
         if isinstance(listed, QueryError):
             return f"test entry {blocklist.test_listed}: {listed.reason}"
