@@ -87,6 +87,20 @@ def _stored(row: Any) -> StoredCheck:
     )  # fmt: skip
 
 
+def as_json(check: StoredCheck) -> dict[str, Any]:
+    """One subject's verdict as the CLI and the API show it (times in UNIX seconds)."""
+    return {
+        "subject": check.subject,
+        "kind": check.kind,
+        "status": check.status,
+        "listings": [dict(item) for item in check.listings],
+        "errors": [dict(item) for item in check.errors],
+        "last_checked_at": check.checked_at,
+        "attempted_at": check.attempted_at,
+        "listed_since": check.listed_since,
+    }
+
+
 async def latest_results(db: Database, subjects: Sequence[str]) -> dict[str, BlocklistResult]:
     """The latest verdict of each of `subjects` (IP addresses or domains, as checked: domains
     lower case); a subject never checked is absent."""

@@ -30,8 +30,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from gateway.config import BlocklistsConfig
 from gateway.dns import Addresses, NoRecords, NoSuchDomain, Resolver, Temporary, TxtRecords
-from gateway.errors import PosternError
 from gateway.reputation.lists import LISTS, Blocklist
 from storage import blocklists as stored
 from storage.blocklists import CLEAN, LISTED, UNKNOWN, Verdict
@@ -90,10 +90,6 @@ class RoundReport:
     verdicts: tuple[Verdict, ...] = ()
     newly_listed: tuple[Verdict, ...] = ()
     completed_at: float | None = None
-
-
-class NotDue(PosternError):
-    """Another node holds the check's lease (the CLI's `check` says so)."""
 
 
 def query_name(subject: str, blocklist: Blocklist, dqs_key: str = "") -> str | None:
@@ -221,6 +217,29 @@ class BlocklistCheck:
         self.lists = tuple(LISTS[name] for name in settings.lists)
         self.dnsbl = Dnsbl(resolver, settings.spamhaus_dqs_key)
         self._clock = clock
+
+    @classmethod
+    def build(
+        cls, db: Database, config: BlocklistsConfig, nameservers: Sequence[str], node: str
+    ) -> BlocklistCheck:
+        """The check `[blocklists]` describes, asking through `[dns] nameservers`, uncached."""
+        settings = Settings(
+            node, config.interval, config.timeout, config.concurrency, config.sending_ips,
+            config.lists, config.spamhaus_dqs_key,
+        )  # fmt: skip
+        timeout = config.timeout
+        resolver = Resolver(nameservers, timeout=timeout, lifetime=timeout, cache_size=0)
+        return cls(db, resolver, settings)
+
+    @property
+    def watch(self) -> float:
+        """How often the loop looks whether a round is due."""
+        return min(WATCH, self.settings.interval)
+
+    async def release(self) -> None:
+        """Give back the lease this node held when it last stopped (start-up)."""
+        node = self.settings.node
+        await self._db.transaction(lambda conn: stored.release(conn, node))
 
     async def run_once(self) -> None:
         """One look from the loop: a round if one is due and this node wins the lease."""
