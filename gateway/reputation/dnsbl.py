@@ -12,8 +12,9 @@ NXDOMAIN or NODATA is "not listed"; an A answer in 127.0.0.0/8 is a listing with
 and the list's meaning for it (and the TXT the list gives, if any); a code the list documents
 as an error (Spamhaus's 127.255.255.252/254/255) or an answer outside 127/8 (a resolver that
 invents answers) is an error; SERVFAIL or a timeout too. A list is verified at the start of
-each round (RFC 5782 §5): its test entry must be listed and its clean entry not; a list that
-fails is logged and reported `unknown` for every subject, never trusted to say "clean".
+each round, and at a node's start (RFC 5782 §5): its test entry must be listed and its clean
+entry not; a list that fails is logged and reported `unknown` for every subject, never
+trusted to say "clean".
 
 A subject's verdict: `listed` when any list lists it, else `unknown` when any list could not
 answer (a query error or an unverified list), else `clean`. A Spamhaus DQS key is part of the
@@ -90,6 +91,7 @@ class RoundReport:
     verdicts: tuple[Verdict, ...] = ()
     newly_listed: tuple[Verdict, ...] = ()
     completed_at: float | None = None
+    subjects: int = 0  # how many there were to check (0: nothing asked at all)
 
 
 def query_name(subject: str, blocklist: Blocklist, dqs_key: str = "") -> str | None:
@@ -217,6 +219,7 @@ class BlocklistCheck:
         self.lists = tuple(LISTS[name] for name in settings.lists)
         self.dnsbl = Dnsbl(resolver, settings.spamhaus_dqs_key)
         self._clock = clock
+        self._verified = False  # this process has verified the lists (at its first look)
 
     @classmethod
     def build(
@@ -242,8 +245,12 @@ class BlocklistCheck:
         await self._db.transaction(lambda conn: stored.release(conn, node))
 
     async def run_once(self) -> None:
-        """One look from the loop: a round if one is due and this node wins the lease."""
-        await self.round(force=False)
+        """One look from the loop: a round if one is due and this node wins the lease. The
+        first look of a process verifies the lists even when no round is due (a node
+        restarted within the interval), so that a broken list is reported at start."""
+        report = await self.round(force=False)
+        if not report.ran and report.subjects and not self._verified:
+            await self.verify()
 
     async def check_now(self) -> RoundReport:
         """A round now, however recent the last one (unless another node runs one)."""
@@ -266,7 +273,7 @@ class BlocklistCheck:
             lambda conn: stored.claim(conn, node, now, now + lease, due_before)
         )
         if not won:
-            return RoundReport(False, {})
+            return RoundReport(False, {}, subjects=len(found))
         try:
             async with asyncio.timeout(lease - 30.0):
                 report = await self._round(found)
@@ -294,10 +301,11 @@ class BlocklistCheck:
             "blocklist check: %d subjects, %d listed, %d unknown, %d clean",
             len(verdicts), counts[LISTED], counts[UNKNOWN], counts[CLEAN],
         )  # fmt: skip
-        return RoundReport(True, verification, tuple(verdicts), tuple(newly), completed)
+        return RoundReport(True, verification, tuple(verdicts), tuple(newly), completed, len(found))
 
     async def verify(self) -> dict[str, str | None]:
         """Each list's verification: None when it may be trusted, else why not (logged)."""
+        self._verified = True
         results = await asyncio.gather(*(self.dnsbl.verify(blocklist) for blocklist in self.lists))
         pairs = zip(self.lists, results, strict=True)
         verification = {blocklist.name: why for blocklist, why in pairs}

@@ -233,3 +233,21 @@ async def test_nothing_to_check_sends_no_query(server: DnsServer, db: Database) 
     check = BlocklistCheck(db, resolver(server), settings())
     report = await check.check_now()
     assert not report.ran and sum(server.transports.values()) == 0
+
+
+async def test_a_restarted_node_verifies_at_start_without_a_round(
+    server: DnsServer, db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    working_lists(server, ("spamcop",))  # barracuda: dead
+    lists = {"sending_ips": ("192.0.2.8",), "lists": ("spamcop", "barracuda")}
+    await BlocklistCheck(db, resolver(server), settings(**lists)).check_now()
+    asked = server.count("8.2.0.192.bl.spamcop.net", "A")
+    tests = server.count("2.0.0.127.bl.spamcop.net", "A")
+    caplog.clear()
+    restarted = BlocklistCheck(db, resolver(server), settings(node="node-b", **lists))
+    await restarted.run_once()  # within the interval: no round, but the lists are verified
+    assert server.count("8.2.0.192.bl.spamcop.net", "A") == asked
+    assert server.count("2.0.0.127.bl.spamcop.net", "A") == tests + 1
+    assert "blocklist barracuda failed verification" in caplog.text
+    await restarted.run_once()  # once per process
+    assert server.count("2.0.0.127.bl.spamcop.net", "A") == tests + 1
