@@ -47,9 +47,14 @@ WATCH = 300.0  # at most this long between two looks at whether a round is due
 
 @dataclass(frozen=True)
 class Listed:
-    code: str
+    code: str  # the first code (those the list's table names first, then by address)
     meaning: str
     text: str = ""  # the list's TXT for the entry (a reason, a removal link)
+    more: tuple[tuple[str, str], ...] = ()  # further codes answered, with their meanings
+
+    @property
+    def codes(self) -> tuple[tuple[str, str], ...]:
+        return ((self.code, self.meaning), *self.more)
 
 
 @dataclass(frozen=True)
@@ -156,13 +161,17 @@ class Dnsbl:
                 f"{blocklist.name} answered {odd}, outside 127.0.0.0/8: "
                 "the resolver invents answers (not a blocklist's reply)"
             )
-        code = min(codes, key=lambda c: (c not in blocklist.codes, ipaddress.ip_address(c)))
+        ordered = sorted(
+            set(codes), key=lambda c: (c not in blocklist.codes, ipaddress.ip_address(c))
+        )
+        more = tuple((other, blocklist.meaning(other)) for other in ordered[1:])
+        code = ordered[0]
         text = ""
         if with_text:
             txt = await self._resolver.txt(name)
             if isinstance(txt, TxtRecords) and txt.values:
                 text = self._masked(txt.values[0])[:300]
-        return Listed(code, blocklist.meaning(code), text)
+        return Listed(code, blocklist.meaning(code), text, more)
 
     async def verify(self, blocklist: Blocklist) -> str | None:
         """None when `blocklist` lists its test entry and not its clean one (RFC 5782 §5),
@@ -340,11 +349,12 @@ class BlocklistCheck:
 
 def _verdict(subject: Subject, results: Sequence[tuple[Blocklist, QueryResult]]) -> Verdict:
     listings = tuple(
-        {"list": blocklist.name, "code": answer.code, "meaning": answer.meaning}
+        {"list": blocklist.name, "code": code, "meaning": meaning}
         | ({"text": answer.text} if answer.text else {})
         for blocklist, answer in results
         if isinstance(answer, Listed)
-    )
+        for code, meaning in answer.codes
+    )  # one per code: ZEN may answer SBL and XBL at once
     errors = tuple(
         {"list": blocklist.name, "reason": answer.reason}
         for blocklist, answer in results

@@ -100,6 +100,13 @@ async def test_listed_clean_error_and_timeout(server: DnsServer) -> None:
         "127.0.0.3", SPAMHAUS_ZEN.codes["127.0.0.3"]
     )
     assert await dnsbl.query("2001:db8::1", SPAMCOP) is None  # not asked at all
+    # ZEN answering several codes at once (SBL and XBL): each is a listing.
+    several = query_name("192.0.2.15", SPAMHAUS_ZEN)
+    assert several is not None
+    server.set(several, "A", "127.0.0.4", "127.0.0.2")
+    both = await dnsbl.query("192.0.2.15", SPAMHAUS_ZEN)
+    assert isinstance(both, Listed)
+    assert [code for code, _ in both.codes] == ["127.0.0.2", "127.0.0.4"]
 
 
 async def test_verification(server: DnsServer) -> None:
