@@ -8,6 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from storage import blocklists
+from storage.db import open_database
 from tests.support.api import ApiFactory
 from tests.support.dnsbl import list_subject, working_lists
 from tests.support.dnsserver import DnsServer
@@ -61,3 +63,26 @@ async def test_round_at_start_and_the_verdicts(api_client: ApiFactory, dns: DnsS
     assert (bad.status_code, bad.json()["code"]) == (400, "invalid_request")
     odd = await call(api, "GET", f"{BLOCKLISTS}?page=2", admin)
     assert odd.status_code == 400
+
+
+async def test_a_stop_mid_round_gives_the_lease_back(
+    api_client: ApiFactory, dns: DnsServer
+) -> None:
+    working_lists(dns, ("spamcop",))
+    dns.fail("7.2.0.192.bl.spamcop.net", "timeout")  # the round waits on it
+    api = await api_client(
+        dns={"nameservers": [dns.nameserver]},
+        blocklists={"enabled": True, "timeout": "3s", "sending_ips": ["192.0.2.7"],
+                    "lists": ["spamcop"]},
+    )  # fmt: skip
+    assert await wait_until(lambda: dns.count("7.2.0.192.bl.spamcop.net", "A") > 0, timeout=10)
+    state = await blocklists.run_state(api.svc.db)
+    assert state is not None and state.claimed_by is not None and state.completed_at is None
+    db_url = api.svc.db.url
+    await api.svc.stop()
+    reopened = open_database(db_url)
+    try:
+        after = await blocklists.run_state(reopened)
+    finally:
+        await reopened.dispose()
+    assert after is not None and after.claimed_by is None and after.completed_at is None
