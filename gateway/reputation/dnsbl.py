@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 from gateway.config import BlocklistsConfig
 from gateway.dns import Addresses, NoRecords, NoSuchDomain, Resolver, Temporary, TxtRecords
+from gateway.metrics import BLOCKLIST_COMPLETED, BLOCKLIST_SUBJECTS
 from gateway.reputation.lists import LISTS, Blocklist
 from storage import blocklists as stored
 from storage.blocklists import CLEAN, LISTED, UNKNOWN, Verdict
@@ -260,6 +261,15 @@ class BlocklistCheck:
         report = await self.round(force=False)
         if not report.ran and report.subjects and not self._verified:
             await self.verify()
+        await self.count()
+
+    async def count(self) -> None:
+        """The gauges from storage (every node: whichever ran the round)."""
+        checks = await stored.all_checks(self._db)
+        for status in stored.STATUSES:
+            BLOCKLIST_SUBJECTS.labels(status).set(sum(c.status == status for c in checks))
+        state = await stored.run_state(self._db)
+        BLOCKLIST_COMPLETED.set((state.completed_at or 0.0) if state else 0.0)
 
     async def check_now(self) -> RoundReport:
         """A round now, however recent the last one (unless another node runs one)."""

@@ -14,7 +14,7 @@ from tests.support.api import ApiFactory
 from tests.support.dnsbl import list_subject, working_lists
 from tests.support.dnsserver import DnsServer
 from tests.support.resources import call
-from tests.support.service import wait_until
+from tests.support.service import metric, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 BLOCKLISTS = "/api/v1/blocklists"
@@ -55,6 +55,10 @@ async def test_round_at_start_and_the_verdicts(api_client: ApiFactory, dns: DnsS
     assert (second["subject"], second["status"], second["errors"]) == ("192.0.2.8", "clean", [])
     only = (await call(api, "GET", f"{BLOCKLISTS}?status=clean", admin)).json()["subjects"]
     assert [s["subject"] for s in only] == ["192.0.2.8"]
+
+    listed = await wait_until(lambda: metric("postern_blocklist_subjects", status="listed") == 1)
+    assert listed and metric("postern_blocklist_subjects", status="clean") == 1
+    assert metric("postern_blocklist_last_completed_timestamp_seconds") > 0
 
     sender = await api.key("send")
     assert (await call(api, "GET", BLOCKLISTS, sender)).status_code == 403
