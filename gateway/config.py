@@ -23,6 +23,7 @@ from gateway.bounces import rules as bounce_rules
 from gateway.dns import parse_nameserver
 from gateway.errors import ConfigError
 from gateway.rates import parse_rate
+from gateway.reputation.lists import DEFAULT_LISTS, LISTS
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -194,6 +195,20 @@ class BouncesConfig:
 
 
 @dataclass(frozen=True)
+class BlocklistsConfig:
+    enabled: bool = True  # the scheduled DNSBL check (one node of many runs each round)
+    interval: float = 6 * 3600.0  # a round this long after the last completed one
+    timeout: float = 5.0  # one DNS query, end to end
+    concurrency: int = 8  # queries in flight at once
+    # The addresses the world sees this gateway's mail come from (see config.example.toml).
+    sending_ips: tuple[str, ...] = ()
+    lists: tuple[str, ...] = DEFAULT_LISTS  # gateway.reputation.dnsbl.LISTS by name
+    # Spamhaus Data Query Service key: ZEN and DBL asked at <key>.zen.dq.spamhaus.net (a
+    # secret: never logged nor shown).
+    spamhaus_dqs_key: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
 class PoolConfig:
     name: str
     host: str
@@ -230,6 +245,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     accounts: AccountsConfig = field(default_factory=AccountsConfig)
     bounces: BouncesConfig = field(default_factory=BouncesConfig)
+    blocklists: BlocklistsConfig = field(default_factory=BlocklistsConfig)
     pools: tuple[PoolConfig, ...] = ()
 
 
@@ -417,6 +433,31 @@ def _refusable(value: Any, where: str) -> tuple[str, ...]:
     return entries
 
 
+def _ip_addresses(value: Any, where: str) -> tuple[str, ...]:
+    found = []
+    for entry in _strings(value, where):
+        try:
+            found.append(str(ipaddress.ip_address(entry.strip())))
+        except ValueError:
+            raise ConfigError(f"{where}: {entry!r} is not an IP address") from None
+    return tuple(dict.fromkeys(found))
+
+
+def _list_names(value: Any, where: str) -> tuple[str, ...]:
+    names = _strings(value, where)
+    for name in names:
+        if name not in LISTS:
+            raise ConfigError(f"{where}: unknown list {name!r} (one of: {', '.join(LISTS)})")
+    return tuple(dict.fromkeys(names))
+
+
+def _dqs_key(value: Any, where: str) -> str:
+    text: str = _str(value, where).strip()
+    if text and not re.fullmatch(r"[a-z0-9]{8,64}", text):
+        raise ConfigError(f"{where}: expected the key Spamhaus gave (lower-case letters, digits)")
+    return text
+
+
 def _strings(value: Any, where: str) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise ConfigError(f"{where}: expected a list of strings")
@@ -513,6 +554,18 @@ _SECTIONS: dict[str, tuple[type, dict[str, Converter]]] = {
             "max_inbound_size": _positive_int,
             "processed_folder": _folder,
             "idle": _bool,
+        },
+    ),
+    "blocklists": (
+        BlocklistsConfig,
+        {
+            "enabled": _bool,
+            "interval": _positive_duration,
+            "timeout": _positive_duration,
+            "concurrency": _positive_int,
+            "sending_ips": _ip_addresses,
+            "lists": _list_names,
+            "spamhaus_dqs_key": _dqs_key,
         },
     ),
 }

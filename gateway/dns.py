@@ -6,6 +6,7 @@ and turns every outcome into a value the caller matches on:
 
     mx(domain)        MxHosts | NullMx | NoMx | NoSuchDomain | Temporary
     addresses(host)   Addresses | NoRecords | NoSuchDomain | Temporary
+    a(name)           Addresses | NoRecords | NoSuchDomain | Temporary  (IPv4 only: DNSBLs)
     txt(name)         TxtRecords | NoRecords | NoSuchDomain | Temporary
 
 `Temporary` (SERVFAIL, REFUSED, timeout, no usable server) is the only outcome a caller
@@ -192,6 +193,13 @@ class Resolver:
         if isinstance(v4, NoSuchDomain) and isinstance(v6, NoSuchDomain):
             return NoSuchDomain()
         return NoRecords()
+
+    async def a(self, name: str) -> AddressResult:
+        """A records only, in the order the server gave (a DNSBL's answer codes)."""
+        answer = await self._query(name, "A")
+        if not isinstance(answer, dns.resolver.Answer):
+            return answer
+        return Addresses(tuple(rdata.address for rdata in answer))
 
     async def txt(self, name: str) -> TxtResult:
         answer = await self._query(name, "TXT")

@@ -102,3 +102,12 @@ BOUNCE_REPORTS = Counter(
     "Reports (bounces, complaints, auto-replies) that came in, by way in and result.",
     ["source", "result"],
 )
+BLOCKLIST_SUBJECTS = Gauge(
+    "postern_blocklist_subjects",
+    "Sending IPs and domains by their latest DNSBL verdict (clean, listed, unknown).",
+    ["status"],
+)
+BLOCKLIST_COMPLETED = Gauge(
+    "postern_blocklist_last_completed_timestamp_seconds",
+    "When the last whole DNSBL round completed, on any node (0: never).",
+)

@@ -267,6 +267,7 @@ _ADDED_COLUMNS = (
     ("message", "header_message_id", "VARCHAR(255)"),
     # Schema 10: the search by recipient reads by (email, time).
     ("recipient", "message_created_at", "FLOAT NOT NULL DEFAULT 0"),
+    # Schema 10: DNSBL checks (blocklist_check and blocklist_run are new tables, no column).
 )
 
 # Run once, right after their column was added, to fill it in for the rows already there.

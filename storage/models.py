@@ -653,3 +653,38 @@ class SoftBounce(SQLModel, table=True):
     bounces: int = 0  # within the window
     first_at: float  # the window starts here; a bounce after it ends starts a new one
     last_at: float
+
+
+class BlocklistCheck(SQLModel, table=True):
+    """The latest DNSBL verdict of one subject (a sending IP address or domain), written by
+    the scheduled check (gateway.reputation.dnsbl). Schema 10.
+
+    `listings` is a JSON list of {"list", "code", "meaning"}; `errors` a JSON list of
+    {"list", "reason"} for the lists that gave no answer this time (a query error, or a list
+    that failed its verification). `checked_at` is when the last check that reached a verdict
+    (clean or listed) completed: an `unknown` round leaves it as it was."""
+
+    __tablename__ = "blocklist_check"
+
+    subject: str = Field(primary_key=True, max_length=253)  # an IP address or a domain
+    kind: str = Field(max_length=8)  # ip | domain
+    status: str = Field(max_length=8)  # clean | listed | unknown
+    listings: str = "[]"
+    errors: str = "[]"
+    checked_at: float | None = None
+    attempted_at: float  # the last round that asked about it, whatever came back
+    listed_since: float | None = None  # when it became listed (None: not listed now)
+
+
+class BlocklistRun(SQLModel, table=True):
+    """The lease of the scheduled DNSBL check, one row per check name: one node of many runs
+    it (`claimed_by` until `claimed_until`, a conditional UPDATE); a dead node's lease lapses.
+    `completed_at` is when the last whole round finished. Schema 10."""
+
+    __tablename__ = "blocklist_run"
+
+    name: str = Field(primary_key=True, max_length=32)
+    claimed_by: str | None = Field(default=None, max_length=64)
+    claimed_until: float | None = None
+    started_at: float | None = None
+    completed_at: float | None = None

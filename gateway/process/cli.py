@@ -37,6 +37,7 @@ GROUPS: dict[str, tuple[str, str]] = {
     "queue": ("queue", "find, retry and cancel messages"),
     "tail": ("tail", "print message events as they happen (tail -f)"),
     "bounces": ("bounces", "reports that came back (bounces, complaints)"),
+    "blocklists": ("blocklists", "DNSBL checks of the sending IPs and domains"),
     "backup": ("backup", "copy the database (online) and the secret key into a new directory"),
     "users": ("users", "people who log in to the dashboard"),
 }

@@ -69,6 +69,7 @@ from gateway.queue.upkeep import (
     count_messages,
     purge_idempotency_keys,
 )
+from gateway.reputation.dnsbl import BlocklistCheck
 from gateway.security.hostguard import HostGuard
 from gateway.security.ratelimit import RateLimiter
 from gateway.security.secrets import SecretBox, SecretError, bind_to_database
@@ -346,6 +347,10 @@ class Service:
         purge = partial(purge_idempotency_keys, db)  # both doors reserve keys
         loops.every(PURGE_INTERVAL, purge, "purging idempotency keys", at_once=True)
         await self._start_account_sync(ready, db, outbound)
+        if config.blocklists.enabled:  # a round per interval, by one node of many (a lease)
+            check = BlocklistCheck.build(db, config.blocklists, config.dns.nameservers, ready.node)
+            await check.release()  # whatever this node held when it last stopped
+            loops.every(check.watch, check.run_once, "checking blocklists", at_once=True)
 
     def _people(self, db: Database, keys: KeyStore) -> People:
         """Users and their sessions (purged in a loop: idempotent, so on every node). A

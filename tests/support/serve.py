@@ -73,6 +73,9 @@ idle_timeout = "2s"
 
 [policy]
 sender = "any"
+
+[blocklists]
+enabled = false  # no DNSBL queries to the real lists from a test
 """
     if sink_port is not None:
         text += f"""

@@ -1,0 +1,8 @@
+"""Sender reputation (issue 21): what the world thinks of the IPs and domains Postern sends
+from, measured in the open.
+
+    lists   the DNS blocklists known by name: zone, what each answer code means, test entries
+    dnsbl   the scheduled check of every sending IP and domain against those lists (one node
+            of many each round, under a lease in storage), its list verification at start,
+            and the typed outcome of one query
+"""
