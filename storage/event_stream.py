@@ -127,8 +127,8 @@ def recent(conn: Connection, flt: EventFilter, limit: int) -> list[str]:
 
 
 class MinuteStats(NamedTuple):
-    """One minute's delivered, deferred and bounced events, and the time from a delivered
-    message's acceptance to the upstream's 250 (mean and worst, seconds)."""
+    """One minute's delivered, deferred and bounced events, and the upstream's SMTP
+    transaction time of its deliveries (mean and worst, seconds)."""
 
     minute: int  # minutes after the window's start
     delivered: int = 0
@@ -152,7 +152,7 @@ def per_minute(conn: Connection, since: float, flt: EventFilter) -> list[MinuteS
     """Per minute since `since`, the charted events (read by time on ix_event_created, one
     grouped row per minute and type: bounded whatever the traffic)."""
     minute = _minute(conn.dialect.name, since).label("minute")
-    latency = E.c.created_at - M.c.created_at
+    latency = E.c.upstream_seconds
     query = (
         select(minute, E.c.type, func.count(), func.avg(latency), func.max(latency))
         .select_from(E.join(M, M.c.id == E.c.message_id))
@@ -163,7 +163,7 @@ def per_minute(conn: Connection, since: float, flt: EventFilter) -> list[MinuteS
     for row in conn.execute(_filtered(query, flt)):
         slot = found.setdefault(int(row[0]), {"minute": int(row[0])})
         slot[row[1]] = int(row[2])
-        if row[1] == "delivered":
+        if row[1] == "delivered" and row[3] is not None:
             slot["latency_mean"], slot["latency_max"] = float(row[3]), float(row[4])
     return [MinuteStats(**found[m]) for m in sorted(found)]
 

@@ -341,6 +341,9 @@ class Event(SQLModel, table=True):
     # JSON object merged into the public event (schema 8): a report that came back later
     # adds {"async": true, "bounce": {...}}; NULL for every other event.
     detail: str | None = None
+    # Seconds of the upstream's SMTP transaction that gave this answer (schema 10; NULL
+    # when no session answered): the Live page's latency per minute, with no join.
+    upstream_seconds: float | None = None
     # Set by the database: 0 on SQLite, the transaction id on PostgreSQL (EVENT_TXID).
     txid: int = Field(
         default=0, sa_column=Column(BigInteger, nullable=False, server_default=text("0"))

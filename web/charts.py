@@ -69,7 +69,8 @@ def outcomes(stats: list[MinuteStats]) -> Chart:
 
 
 def latency(stats: list[MinuteStats]) -> Chart:
-    """Seconds from acceptance to the upstream's 250 per minute: mean and worst."""
+    """Seconds of the upstream's SMTP transaction per minute (MAIL to the reply after the
+    final dot, as the pools page's histogram): mean and worst."""
     delivered = [s for s in stats if s.latency_mean is not None]
     top = _nice(max((s.latency_max or 0.0 for s in delivered), default=0.0))
     chart = Chart(top=top)

@@ -82,6 +82,7 @@ def row(
         "message_status": message_status,
         "created_at": now,
         "detail": detail,
+        "upstream_seconds": result.hop.transfer if result and result.hop else None,
     }
 
 

@@ -1,6 +1,6 @@
 """The event stream's SQL on SQLite and PostgreSQL: reads in commit order up to a horizon,
 filters and the owner's restriction, resuming at an event, the recent events, and the
-per-minute counts and latency of the Live page's charts."""
+per-minute counts and upstream latency of the Live page's charts."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import Connection, insert
 
+from gateway.message import DeliveryResult, Hop, Outcome
 from gateway.queue import events
 from storage import event_stream
 from storage.db import Database
@@ -27,8 +28,14 @@ async def message(db: Database, message_id: str, user_id: str | None, at: float)
     await db.transaction(lambda conn: conn.execute(insert(M), [row]))
 
 
-async def event(db: Database, kind: str, message_id: str, at: float, to: str = "r@x.test") -> None:
-    row = events.row(kind, message_id, "queued", at, to)
+async def event(
+    db: Database, kind: str, message_id: str, at: float, to: str = "r@x.test",
+    upstream: float | None = None,
+) -> None:  # fmt: skip
+    result = None
+    if upstream is not None:  # the upstream's transaction took this long
+        result = DeliveryResult(Outcome.DELIVERED, 250, hop=Hop("relay", 0.0, upstream))
+    row = events.row(kind, message_id, "queued", at, to, result=result)
     await db.transaction(lambda conn: conn.execute(events.INSERT_EVENT, [row]))
 
 
@@ -72,9 +79,9 @@ async def test_recent_and_per_minute(backend: Database) -> None:
     since = (time.time() // 60 - 59) * 60
     await message(backend, "msg_a", "usr_a", since + 60)
     await message(backend, "msg_b", None, since + 120)
-    await event(backend, "delivered", "msg_a", since + 62)  # 2 s after acceptance
+    await event(backend, "delivered", "msg_a", since + 62, upstream=2.0)
     await event(backend, "deferred", "msg_b", since + 125)
-    await event(backend, "delivered", "msg_b", since + 130)  # 10 s after, in minute 2
+    await event(backend, "delivered", "msg_b", since + 130, upstream=10.0)  # in minute 2
     await event(backend, "bounced", "msg_b", since + 170)
 
     newest = await backend.read(lambda conn: event_stream.recent(conn, EventFilter(), 2))
