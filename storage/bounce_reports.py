@@ -4,6 +4,11 @@ change: soft-bounce counts, a recipient bounced after delivery, the message's st
 gateway.bounces.ingest decides what to write and runs it all in one transaction; this
 module only says how. A report is inserted once: `insert` does nothing when its
 `dedupe_key` or `content_hash` is already there (two nodes, a restart mid-sync) and says so.
+
+A report's identity (`content_hash`) is the SHA-256 of its bytes, scoped to the envelope
+recipient it came for when it came with one (`identity`): one SMTP transaction to the
+bounce listener with several VERP recipients is one report per recipient (each about its
+own message), and the same bytes sent again to the same recipient are one report.
 """
 
 from __future__ import annotations
@@ -32,6 +37,21 @@ def content_hash(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
+def scope(envelope_recipient: str | None) -> str | None:
+    """The envelope recipient as a report's identity uses it (a VERP address: any case)."""
+    found = (envelope_recipient or "").strip().strip("<>").strip().lower()
+    return found or None
+
+
+def identity(digest: str, envelope_recipient: str | None) -> str:
+    """A report's identity: the hash of its bytes (`digest`), or, when it came for an
+    envelope recipient, a hash of that recipient and `digest` (64 hex digits either way)."""
+    scoped = scope(envelope_recipient)
+    if scoped is None:
+        return digest
+    return hashlib.sha256(f"{scoped}\0{digest}".encode()).hexdigest()
+
+
 def dedupe_key(
     digest: str,
     account_id: str | None,
@@ -40,7 +60,7 @@ def dedupe_key(
     uid: int | None,
 ) -> str:
     """What makes a report one: its place in an IMAP mailbox when it has one (the same
-    message fetched again after a restart), else its bytes."""
+    message fetched again after a restart), else its identity (`digest` is that)."""
     if account_id is None or mailbox is None or uidvalidity is None or uid is None:
         return f"sha256:{digest}"
     place = f"{account_id}\0{mailbox}\0{uidvalidity}\0{uid}".encode()
@@ -55,11 +75,23 @@ def insert(conn: Connection, row: dict[str, Any]) -> int | None:
     return None if found is None else int(found)
 
 
-def existing(conn: Connection, key: str, digest: str) -> int | None:
-    """The id of the report already stored under `key` or with these bytes."""
-    query = select(BR.c.id).where(or_(BR.c.dedupe_key == key, BR.c.content_hash == digest))
+def existing(
+    conn: Connection, key: str, ident: str, digest: str, envelope_recipient: str | None
+) -> int | None:
+    """The id of the report already stored under `key` or `ident`; for a report that came
+    for an envelope recipient, also one with the same bytes (`digest`) stored for no
+    recipient (an upload, an inbox) or for this very one (earlier versions stored a listener
+    report under the bare hash of its bytes, for its first recipient only)."""
+    query = select(BR.c.id).where(or_(BR.c.dedupe_key == key, BR.c.content_hash == ident))
     found = conn.execute(query.limit(1)).scalar()
-    return None if found is None else int(found)
+    if found is not None or ident == digest:
+        return None if found is None else int(found)
+    scoped = scope(envelope_recipient)
+    same = select(BR.c.id, BR.c.envelope_recipient).where(BR.c.content_hash == digest)
+    for row in conn.execute(same.limit(1)):  # content_hash is unique: one row at most
+        if row.envelope_recipient is None or scope(row.envelope_recipient) == scoped:
+            return int(row.id)
+    return None
 
 
 def update_report(conn: Connection, report_id: int, **values: Any) -> None:

@@ -4,9 +4,9 @@ It takes mail for the bounce domain's VERP addresses only (`bounces+TOKEN@domain
 Postal's does: any other recipient is `550 5.7.1 relaying denied` at RCPT, so it is never a
 relay, and nothing it takes is queued for delivery. Each message is handed to the report
 processing (gateway.reports.Ingest) once per recipient, with that recipient as the envelope
-recipient, and `250` is answered only once every hand-over committed; a storage failure is a
-`451 4.3.0`, which the sending MTA retries (the processing's dedupe makes a retry after a
-partial commit harmless).
+recipient (each is its own report: the dedupe is per recipient), and `250` is answered only
+once every hand-over committed; a storage failure is a `451 4.3.0`, which the sending MTA
+retries (the processing's dedupe makes a retry after a partial commit harmless).
 
 The SMTP dialogue is the main door's own protocol (gateway.smtpd.server.PosternSMTP): the
 same line and size limits, bare CR/LF and NUL refused, control characters refused in
@@ -106,8 +106,9 @@ class BounceHandler:
         raw = envelope.original_content or b""  # canonical, size and lines checked
         self.submitting += 1
         try:
+            shared = len(envelope.rcpt_tos) > 1
             for recipient in envelope.rcpt_tos:
-                source = Source(kind=LISTENER, envelope_recipient=recipient)
+                source = Source(kind=LISTENER, envelope_recipient=recipient, shared=shared)
                 result = await hand_over(self._ingest, raw, source)
                 log.info(
                     "report for <%s> from %s: %s", recipient, maillog.client(session.peer),
