@@ -22,12 +22,13 @@ from typing import Any
 from sqlalchemy import Connection, Row, bindparam, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from storage.models import BounceReport, Message, Recipient, SoftBounce
+from storage.models import BounceReport, Message, Recipient, SoftBounce, Suppression
 
 BR = BounceReport.__table__  # type: ignore[attr-defined]
 SB = SoftBounce.__table__  # type: ignore[attr-defined]
 M = Message.__table__  # type: ignore[attr-defined]
 R = Recipient.__table__  # type: ignore[attr-defined]
+SUP = Suppression.__table__  # type: ignore[attr-defined]
 
 STATUSES = ("processed", "unmatched", "unparsed", "ignored")
 LIST_COLUMNS = tuple(c for c in BR.columns if c.name != "raw")
@@ -191,6 +192,25 @@ def count_soft(conn: Connection, email: str, now: float, window: float) -> int:
         values = {"bounces": row.bounces + 1, "last_at": now}
     conn.execute(update(SB).where(SB.c.email == email).values(**values))
     return int(values["bounces"])
+
+
+def remove_suppressions_noted(
+    conn: Connection, keys: Sequence[str], reasons: Sequence[str], mark: str
+) -> list[str]:
+    """Delete the suppressions of `keys` whose reason is one of `reasons` and whose note
+    ends with `mark` (what one report added); the keys deleted."""
+    if not keys:
+        return []
+    statement = (
+        delete(SUP)
+        .where(
+            SUP.c.email.in_(list(keys)),
+            SUP.c.reason.in_(list(reasons)),
+            SUP.c.note.endswith(mark, autoescape=True),
+        )
+        .returning(SUP.c.email)
+    )
+    return [str(email) for email in conn.execute(statement).scalars()]
 
 
 # A delivery to these addresses (`email`, mailbox keys) forgets their soft bounces: run in

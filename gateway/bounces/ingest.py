@@ -19,7 +19,7 @@ from typing import Any, Literal
 from sqlalchemy import Connection
 
 from gateway.addresses import mailbox_key
-from gateway.bounces.effects import Hit, SoftPolicy, apply
+from gateway.bounces.effects import Hit, SoftPolicy, apply, undo
 from gateway.bounces.model import Entry, Report
 from gateway.bounces.report import parse
 from gateway.bounces.returnpath import REF_HEADER, ReturnPath, own_message_id
@@ -287,23 +287,35 @@ class BounceIngest:
     async def reclassify(self, report_id: int, cls: str) -> str:
         """Give a stored report another class and apply what that class does to its
         matched recipients: "changed", "unchanged" (it had that class: nothing is applied
-        again) or "unknown" (no such report). What the old class did stays done (a
-        suppression is lifted by removing it)."""
+        again) or "unknown" (no such report). The suppressions this report itself added
+        (their note names it) are lifted first; an operator's own entry, or one another
+        report added, stays. The rest of what the old class did stays done: events sent,
+        soft-bounce counts, a recipient or message marked bounced."""
         if cls not in CLASSES:
             raise ValueError(f"class must be one of {', '.join(CLASSES)}")
         now = self._clock()
         done = await self._db.transaction(lambda conn: self._reclassify(conn, report_id, cls, now))
-        self._after(_Stored(IngestResult("processed", report_id), done[1]))
-        return done[0]
+        outcome, suppressed, lifted = done
+        if self._suppressions is not None:
+            for key in set(lifted) - set(suppressed):
+                self._suppressions.discard(key)
+        self._after(_Stored(IngestResult("processed", report_id), suppressed))
+        return outcome
 
     def _reclassify(
         self, conn: Connection, report_id: int, cls: str, now: float
-    ) -> tuple[str, list[str]]:
+    ) -> tuple[str, list[str], list[str]]:
         row = stored.get(conn, report_id)
         if row is None:
-            return "unknown", []
+            return "unknown", [], []
         if row.cls == cls:
-            return "unchanged", []
+            return "unchanged", [], []
+        keys = sorted({mailbox_key(e["matched"]) for e in _entries(row) if e.get("matched")})
+        lifted = undo(conn, report_id, keys)
+        if lifted:
+            log.info(
+                "bounce report %s reclassified: lifted %d suppressions", report_id, len(lifted)
+            )
         reason = "reclassified by an operator"
         entries = [{**e, "cls": cls, "rule": OPERATOR, "reason": reason} for e in _entries(row)]
         acting = cls not in PASSIVE and row.message_id is not None
@@ -316,7 +328,7 @@ class BounceIngest:
         suppressed: list[str] = []
         for hit in (_hit_of(report_id, row.message_id, e, row.source) for e in chosen):
             suppressed += apply(conn, hit, self._soft, now)
-        return "changed", suppressed
+        return "changed", suppressed, lifted
 
 
 OPERATOR = "operator"
