@@ -82,17 +82,20 @@ async def make_pools(service: Service, base: str, count: int) -> None:
             assert answer.status_code == 201, answer.text
 
 
-def _rows(start: int, count: int, owners: list[str], now: float) -> dict[str, list[Any]]:
-    """Messages start..start+count: one recipient and one event each, a body while active."""
+def _rows(start: int, count: int, owners: list[str], first: float) -> dict[str, list[Any]]:
+    """Messages start..start+count, 100 a second from `first`: one recipient and one event
+    each (its outcome: the Live page's and the pools page's charts count them), a body while
+    active."""
     rows: dict[str, list[Any]] = {"message": [], "recipient": [], "event": [], "body": []}
+    later = time.time() + 3600  # active mail is due after the run: delivery leaves it
     for i in range(start, start + count):
         message_id, status = f"msg_bench{i:08d}", STATUSES[i % len(STATUSES)]
-        active, created = status in ("queued", "deferred"), now - 86_400 + i * 0.01
+        active, created = status in ("queued", "deferred"), first + i * 0.01
         rows["message"].append(
             {"id": message_id, "status": status, "source": "smtp",
              "mail_from": f"s{i % 50}@sender.test", "last_pool": f"pool-{i % 5}",
              "attempts": 1, "size": len(BODY), "created_at": created, "updated_at": created,
-             "due_at": now + 3600 if active else None, "user_id": owners[i % len(owners)],
+             "due_at": later if active else None, "user_id": owners[i % len(owners)],
              "last_response": "451 4.3.0 try later" if active else "250 2.0.0 OK"}
         )  # fmt: skip
         rows["recipient"].append(
@@ -101,8 +104,9 @@ def _rows(start: int, count: int, owners: list[str], now: float) -> dict[str, li
              "message_created_at": created}
         )  # fmt: skip
         rows["event"].append(
-            {"type": "queued", "message_id": message_id, "recipient": f"r{i % 1000}@example.test",
-             "attempt": 0, "message_status": "queued", "created_at": created}
+            {"type": status, "message_id": message_id, "recipient": f"r{i % 1000}@example.test",
+             "attempt": 1, "message_status": status, "created_at": created,
+             "pool": f"pool-{i % 5}", "upstream_seconds": 0.05 if status == "delivered" else None}
         )  # fmt: skip
         if active:
             rows["body"].append({"message_id": message_id, "data": BODY})
@@ -119,9 +123,11 @@ TABLES = {
 
 async def fill(db: Database, total: int, owners: list[str], seconds: float) -> int:
     """Up to `total` messages written straight to storage, for at most `seconds`."""
-    started, now, made = time.monotonic(), time.time(), 0
+    # 100 messages a second, the last of them now: the last hour holds 360,000 (a busy
+    # node's hour), what the Live page and the pools page chart.
+    started, first, made = time.monotonic(), time.time() - total * 0.01, 0
     while made < total and time.monotonic() - started < seconds:
-        rows = _rows(made, min(BATCH, total - made), owners, now)
+        rows = _rows(made, min(BATCH, total - made), owners, first)
         await db.transaction(
             lambda conn, rows=rows: [conn.execute(insert(TABLES[n]), rows[n]) for n in rows]
         )
@@ -166,6 +172,8 @@ async def measure(
             ("GET /messages?recipient=r7@…", owner, "/messages?recipient=r7%40example.test"),
             ("GET /messages (a member's own)", mine, "/messages"),
             ("GET /messages/{id} (deferred, body)", owner, f"/messages/{one}"),
+            ("GET /live (the last hour charted)", owner, "/live"),
+            ("GET /live (a member's own)", mine, "/live"),
         ):
             await timed(client, path, 20)  # warm up
             print(line(label, await timed(client, path, n)))

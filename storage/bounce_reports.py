@@ -4,6 +4,11 @@ change: soft-bounce counts, a recipient bounced after delivery, the message's st
 gateway.bounces.ingest decides what to write and runs it all in one transaction; this
 module only says how. A report is inserted once: `insert` does nothing when its
 `dedupe_key` or `content_hash` is already there (two nodes, a restart mid-sync) and says so.
+
+A report's identity (`content_hash`) is the SHA-256 of its bytes, scoped to the envelope
+recipient it came for when it came with one (`identity`): one SMTP transaction to the
+bounce listener with several VERP recipients is one report per recipient (each about its
+own message), and the same bytes sent again to the same recipient are one report.
 """
 
 from __future__ import annotations
@@ -17,13 +22,14 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, Row, bindparam, delete, false, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from storage.models import BounceReport, MailAccount, Message, Recipient, SoftBounce
+from storage.models import BounceReport, MailAccount, Message, Recipient, SoftBounce, Suppression
 
 BR = BounceReport.__table__  # type: ignore[attr-defined]
 SB = SoftBounce.__table__  # type: ignore[attr-defined]
 M = Message.__table__  # type: ignore[attr-defined]
 R = Recipient.__table__  # type: ignore[attr-defined]
 MA = MailAccount.__table__  # type: ignore[attr-defined]
+SUP = Suppression.__table__  # type: ignore[attr-defined]
 
 STATUSES = ("processed", "unmatched", "unparsed", "ignored")
 LIST_COLUMNS = tuple(c for c in BR.columns if c.name != "raw")
@@ -31,6 +37,21 @@ LIST_COLUMNS = tuple(c for c in BR.columns if c.name != "raw")
 
 def content_hash(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
+
+
+def scope(envelope_recipient: str | None) -> str | None:
+    """The envelope recipient as a report's identity uses it (a VERP address: any case)."""
+    found = (envelope_recipient or "").strip().strip("<>").strip().lower()
+    return found or None
+
+
+def identity(digest: str, envelope_recipient: str | None) -> str:
+    """A report's identity: the hash of its bytes (`digest`), or, when it came for an
+    envelope recipient, a hash of that recipient and `digest` (64 hex digits either way)."""
+    scoped = scope(envelope_recipient)
+    if scoped is None:
+        return digest
+    return hashlib.sha256(f"{scoped}\0{digest}".encode()).hexdigest()
 
 
 def dedupe_key(
@@ -41,7 +62,7 @@ def dedupe_key(
     uid: int | None,
 ) -> str:
     """What makes a report one: its place in an IMAP mailbox when it has one (the same
-    message fetched again after a restart), else its bytes."""
+    message fetched again after a restart), else its identity (`digest` is that)."""
     if account_id is None or mailbox is None or uidvalidity is None or uid is None:
         return f"sha256:{digest}"
     place = f"{account_id}\0{mailbox}\0{uidvalidity}\0{uid}".encode()
@@ -56,11 +77,23 @@ def insert(conn: Connection, row: dict[str, Any]) -> int | None:
     return None if found is None else int(found)
 
 
-def existing(conn: Connection, key: str, digest: str) -> int | None:
-    """The id of the report already stored under `key` or with these bytes."""
-    query = select(BR.c.id).where(or_(BR.c.dedupe_key == key, BR.c.content_hash == digest))
+def existing(
+    conn: Connection, key: str, ident: str, digest: str, envelope_recipient: str | None
+) -> int | None:
+    """The id of the report already stored under `key` or `ident`; for a report that came
+    for an envelope recipient, also one with the same bytes (`digest`) stored for no
+    recipient (an upload, an inbox) or for this very one (earlier versions stored a listener
+    report under the bare hash of its bytes, for its first recipient only)."""
+    query = select(BR.c.id).where(or_(BR.c.dedupe_key == key, BR.c.content_hash == ident))
     found = conn.execute(query.limit(1)).scalar()
-    return None if found is None else int(found)
+    if found is not None or ident == digest:
+        return None if found is None else int(found)
+    scoped = scope(envelope_recipient)
+    same = select(BR.c.id, BR.c.envelope_recipient).where(BR.c.content_hash == digest)
+    for row in conn.execute(same.limit(1)):  # content_hash is unique: one row at most
+        if row.envelope_recipient is None or scope(row.envelope_recipient) == scoped:
+            return int(row.id)
+    return None
 
 
 def update_report(conn: Connection, report_id: int, **values: Any) -> None:
@@ -209,6 +242,25 @@ def count_soft(conn: Connection, email: str, now: float, window: float) -> int:
         conn.execute(SB.insert().values(email=email, bounces=1, first_at=now, last_at=now))
         return 1
     return int(values["bounces"])
+
+
+def remove_suppressions_noted(
+    conn: Connection, keys: Sequence[str], reasons: Sequence[str], mark: str
+) -> list[str]:
+    """Delete the suppressions of `keys` whose reason is one of `reasons` and whose note
+    ends with `mark` (what one report added); the keys deleted."""
+    if not keys:
+        return []
+    statement = (
+        delete(SUP)
+        .where(
+            SUP.c.email.in_(list(keys)),
+            SUP.c.reason.in_(list(reasons)),
+            SUP.c.note.endswith(mark, autoescape=True),
+        )
+        .returning(SUP.c.email)
+    )
+    return [str(email) for email in conn.execute(statement).scalars()]
 
 
 # A delivery to these addresses (`email`, mailbox keys) forgets their soft bounces: run in

@@ -341,6 +341,12 @@ def release(conn: Connection, node: str) -> None:
     )
 
 
+def existing_ids(conn: Connection, account_ids: list[str]) -> set[str]:
+    """Which of these accounts are still connected (their rows are there)."""
+    query = select(A.c.id).where(A.c.id.in_(account_ids))
+    return {row.id for row in conn.execute(query)}
+
+
 def due_now(conn: Connection, account_id: str, now: float) -> bool:
     """Make the account due at once (its inbox announced new mail); False when it is gone."""
     if conn.execute(select(A.c.id).where(A.c.id == account_id)).first() is None:

@@ -609,9 +609,12 @@ class InboxSkip(SQLModel, table=True):
 class BounceReport(SQLModel, table=True):
     """A report that came back (bounce, complaint, auto-reply...), kept whatever became of
     it (gateway.bounces.ingest). `dedupe_key` makes it processed once: its IMAP position
-    (account, mailbox, UIDVALIDITY, UID) when it came from an inbox, else the hash of its
-    bytes; `content_hash` is unique too, so the same bytes met twice (an inbox and the
-    listener) are one report. Its effects are written in the transaction that inserts it."""
+    (account, mailbox, UIDVALIDITY, UID) when it came from an inbox, else its identity;
+    `content_hash` (the identity) is unique too: the SHA-256 of its bytes, scoped to the
+    envelope recipient it came for when it has one (storage.bounce_reports.identity), so
+    one transaction to several VERP addresses is one report per address, and the same
+    bytes met twice for the same address are one report. Its effects are written in the
+    transaction that inserts it."""
 
     __tablename__ = "bounce_report"
     __table_args__ = (
@@ -622,7 +625,7 @@ class BounceReport(SQLModel, table=True):
 
     id: int | None = Field(default=None, sa_column=Column(BIG_ID, primary_key=True))
     dedupe_key: str = Field(unique=True, max_length=80)
-    content_hash: str = Field(unique=True, max_length=64)  # SHA-256 of the whole raw report
+    content_hash: str = Field(unique=True, max_length=64)  # SHA-256: bytes (+ envelope rcpt)
     received_at: float
     updated_at: float
     source: str = Field(max_length=16)  # imap | listener | api

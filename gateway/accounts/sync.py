@@ -71,8 +71,21 @@ class AccountSync:
         self._news: set[str] = set()  # accounts whose IDLE announced mail not yet synced
 
     async def run_once(self) -> None:
-        """One round of the background loop."""
+        """One round of the background loop: the IDLE watches of accounts disconnected since
+        (on any node) end and log out, then the due accounts are synced."""
+        await self.forget_disconnected()
         await self.sync_due()
+
+    async def forget_disconnected(self) -> list[str]:
+        """End the IDLE watches of accounts that are gone; which they were."""
+        watched = self.idle.watched() if self.idle is not None else []
+        if self.idle is None or not watched:
+            return []
+        found = await self._db.read(lambda conn: mail_accounts.existing_ids(conn, watched))
+        gone = [account_id for account_id in watched if account_id not in found]
+        for account_id in gone:
+            self.idle.forget(account_id)
+        return gone
 
     async def sync_due(self) -> int:
         """Sync the accounts due now that this node leases; how many it synced."""

@@ -11,7 +11,8 @@
 
 Every event carries `async: true` and the report's classification (`detail`), through the
 same outbox as every other event, so webhooks get them. Suppressions are added only if
-absent (an operator's own entry stands).
+absent (an operator's own entry stands), and their note ends with the report that caused
+them (`[bounce report 12]`): `undo` lifts exactly those when the report is reclassified.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from storage import suppressions as stored_suppressions
 log = logging.getLogger("postern.bounces")
 
 SUPPRESSING = {"hard": "hard_bounce", "complaint": "complaint"}
+REASONS = ("hard_bounce", "complaint", "soft_bounce")  # the suppressions a report adds
 EVENT_OF = {
     "hard": events.BOUNCED,
     "soft": events.SOFT_BOUNCE,
@@ -99,9 +101,22 @@ def _suppress(conn: Connection, hit: Hit, soft: SoftPolicy, now: float) -> list[
             reason, note = "soft_bounce", f"{hit.rule}: {seen} soft bounces within the window"
     if reason is None:
         return []
-    row = {"email": hit.key, "reason": reason, "created_at": now, "note": note[:500]}
+    note = f"{note[:450]} {mark(hit.report_id)}"
+    row = {"email": hit.key, "reason": reason, "created_at": now, "note": note}
     conn.execute(stored_suppressions.add_if_absent(conn.dialect.name == "sqlite"), [row])
     return [hit.key]
+
+
+def mark(report_id: int) -> str:
+    """How a suppression's note names the report that caused it (its end)."""
+    return f"[bounce report {report_id}]"
+
+
+def undo(conn: Connection, report_id: int, keys: list[str]) -> list[str]:
+    """Lift the suppressions of `keys` (mailbox keys) that report `report_id` itself added
+    (a report's reason, and a note ending with its mark); an operator's entry, or one
+    another report added, stays. The keys lifted."""
+    return stored.remove_suppressions_noted(conn, keys, REASONS, mark(report_id))
 
 
 def _event(kind: str, hit: Hit, status: str, now: float) -> dict[str, object]:

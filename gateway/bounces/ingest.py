@@ -19,7 +19,7 @@ from typing import Any, Literal
 from sqlalchemy import Connection
 
 from gateway.addresses import mailbox_key
-from gateway.bounces.effects import Hit, SoftPolicy, apply
+from gateway.bounces.effects import Hit, SoftPolicy, apply, undo
 from gateway.bounces.model import Entry, Report
 from gateway.bounces.report import parse
 from gateway.bounces.returnpath import REF_HEADER, ReturnPath, own_message_id
@@ -46,7 +46,9 @@ CLASSES = ("hard", "soft", "policy", "complaint", "auto_reply", "ignore")
 class Source:
     """Where one report came from. IMAP reports name their mailbox position (account,
     mailbox, UIDVALIDITY, UID): that is what makes them processed once. The listener knows
-    the envelope recipient (the VERP address the report was sent to)."""
+    the envelope recipient (the VERP address the report was sent to); `shared` says the
+    same bytes came in one transaction for other VERP addresses too, so the report is not
+    about this address's message by elimination (see `matched`)."""
 
     kind: SourceKind
     account_id: str | None = None
@@ -54,6 +56,7 @@ class Source:
     uidvalidity: int | None = None
     uid: int | None = None
     envelope_recipient: str | None = None
+    shared: bool = False
 
 
 @dataclass(frozen=True)
@@ -159,20 +162,30 @@ class Verdict:
 def matched(
     verdicts: Sequence[Verdict], recipients: Sequence[tuple[str, str]], signed: bool = True
 ) -> list[Verdict]:
-    """Each entry with the message's recipient it speaks of: by its original recipient or
-    its recipient (mailbox keys), else, when the claim was signed (`signed`: a VERP token or
-    the reference header, which only recipients of the message have seen), the only
-    recipient when the message had one (a forwarded address, a redacted complaint). A claim
-    by a bare Message-ID, which anyone may guess, must name its recipient."""
+    """Each entry with the message's recipient it speaks of, by its original recipient or
+    its recipient (mailbox keys). An entry naming anyone else is matched to nobody: a
+    report only ever touches recipients the message had, each only by its own entry.
+
+    One exception, by elimination: when the claim was signed (`signed`: a VERP token or
+    the reference header, which only the message's recipients have seen), the message had
+    a single recipient, no entry names it and the entries name at most one other address
+    (a forwarded address, a redacted complaint), they are about that recipient. A claim by
+    a bare Message-ID, which anyone may guess, must name its recipient."""
     by_key = {mailbox_key(email): email for email, _ in recipients}
-    only = next(iter(by_key.values())) if len(by_key) == 1 and signed else ""
-    found = []
-    for verdict in verdicts:
-        entry = verdict.entry
-        named = (entry.original_recipient, entry.recipient)
-        hit = next((by_key[mailbox_key(a)] for a in named if a and mailbox_key(a) in by_key), "")
-        found.append(Verdict(entry, verdict.classification, hit or only))
-    return found
+
+    def named(entry: Entry) -> str:
+        said = (entry.original_recipient, entry.recipient)
+        return next((by_key[mailbox_key(a)] for a in said if a and mailbox_key(a) in by_key), "")
+
+    hits = [named(v.entry) for v in verdicts]
+    others = {mailbox_key(v.entry.recipient) for v in verdicts if v.entry.recipient}
+    only = ""
+    if signed and len(by_key) == 1 and not any(hits) and len(others) <= 1:
+        only = next(iter(by_key.values()))
+    return [
+        Verdict(v.entry, v.classification, hit or only)
+        for v, hit in zip(verdicts, hits, strict=True)
+    ]
 
 
 def status_of(report: Report, verdicts: Sequence[Verdict], claim_error: str | None) -> Outcome:
@@ -234,8 +247,13 @@ class BounceIngest:
         log.info("bounce report %s: %s", result.report_id, result.outcome)
 
     def _store(self, conn: Connection, incoming: _Incoming) -> _Stored:
-        key, digest = incoming.keys()
-        found = stored.existing(conn, key, digest)
+        key, ident, digest = incoming.keys()
+        rcpt = incoming.source.envelope_recipient
+
+        def seen() -> int | None:
+            return stored.existing(conn, key, ident, digest, rcpt)
+
+        found = seen()
         if found is not None:
             return _Stored(IngestResult("duplicate", found))
         claim, verdicts = incoming.claim, incoming.verdicts
@@ -249,12 +267,13 @@ class BounceIngest:
             else:
                 recipients = stored.recipients_of(conn, message_id)
         if recipients:  # the fallback to the only recipient needs a signed claim (VERP, ref)
-            verdicts = matched(verdicts, recipients, claim.by in SIGNED)
+            signed = claim.by in SIGNED and not incoming.source.shared
+            verdicts = matched(verdicts, recipients, signed)
         status = status_of(incoming.report, verdicts, claim.error)
-        row = incoming.row(key, digest, claim, verdicts, status, self._settings.max_report_size)
+        row = incoming.row(key, ident, claim, verdicts, status, self._settings.max_report_size)
         report_id = stored.insert(conn, row)
         if report_id is None:  # another node or process stored it meanwhile
-            return _Stored(IngestResult("duplicate", stored.existing(conn, key, digest)))
+            return _Stored(IngestResult("duplicate", seen()))
         suppressed: list[str] = []
         if status == "processed" and claim.message_id is not None:
             for hit in hits(report_id, claim.message_id, verdicts, incoming.source.kind):
@@ -268,23 +287,35 @@ class BounceIngest:
     async def reclassify(self, report_id: int, cls: str) -> str:
         """Give a stored report another class and apply what that class does to its
         matched recipients: "changed", "unchanged" (it had that class: nothing is applied
-        again) or "unknown" (no such report). What the old class did stays done (a
-        suppression is lifted by removing it)."""
+        again) or "unknown" (no such report). The suppressions this report itself added
+        (their note names it) are lifted first; an operator's own entry, or one another
+        report added, stays. The rest of what the old class did stays done: events sent,
+        soft-bounce counts, a recipient or message marked bounced."""
         if cls not in CLASSES:
             raise ValueError(f"class must be one of {', '.join(CLASSES)}")
         now = self._clock()
         done = await self._db.transaction(lambda conn: self._reclassify(conn, report_id, cls, now))
-        self._after(_Stored(IngestResult("processed", report_id), done[1]))
-        return done[0]
+        outcome, suppressed, lifted = done
+        if self._suppressions is not None:
+            for key in set(lifted) - set(suppressed):
+                self._suppressions.discard(key)
+        self._after(_Stored(IngestResult("processed", report_id), suppressed))
+        return outcome
 
     def _reclassify(
         self, conn: Connection, report_id: int, cls: str, now: float
-    ) -> tuple[str, list[str]]:
+    ) -> tuple[str, list[str], list[str]]:
         row = stored.get(conn, report_id)
         if row is None:
-            return "unknown", []
+            return "unknown", [], []
         if row.cls == cls:
-            return "unchanged", []
+            return "unchanged", [], []
+        keys = sorted({mailbox_key(e["matched"]) for e in _entries(row) if e.get("matched")})
+        lifted = undo(conn, report_id, keys)
+        if lifted:
+            log.info(
+                "bounce report %s reclassified: lifted %d suppressions", report_id, len(lifted)
+            )
         reason = "reclassified by an operator"
         entries = [{**e, "cls": cls, "rule": OPERATOR, "reason": reason} for e in _entries(row)]
         acting = cls not in PASSIVE and row.message_id is not None
@@ -297,7 +328,7 @@ class BounceIngest:
         suppressed: list[str] = []
         for hit in (_hit_of(report_id, row.message_id, e, row.source) for e in chosen):
             suppressed += apply(conn, hit, self._soft, now)
-        return "changed", suppressed
+        return "changed", suppressed, lifted
 
 
 OPERATOR = "operator"
@@ -312,10 +343,13 @@ class _Incoming:
     verdicts: list[Verdict]
     now: float
 
-    def keys(self) -> tuple[str, str]:
+    def keys(self) -> tuple[str, str, str]:
+        """(dedupe key, identity, hash of the bytes): see storage.bounce_reports."""
         digest = stored.content_hash(self.raw)
         s = self.source
-        return stored.dedupe_key(digest, s.account_id, s.mailbox, s.uidvalidity, s.uid), digest
+        ident = stored.identity(digest, s.envelope_recipient)
+        key = stored.dedupe_key(ident, s.account_id, s.mailbox, s.uidvalidity, s.uid)
+        return key, ident, digest
 
     def kept(self, cap: int) -> bytes:
         """What is stored of the raw message: a report's first `cap` bytes; of mail that is no
@@ -327,7 +361,7 @@ class _Incoming:
         return self.raw[: end + 2 if end >= 0 else min(cap, 8192)]
 
     def row(
-        self, key: str, digest: str, claim: Claim, verdicts: list[Verdict], status: str, cap: int
+        self, key: str, ident: str, claim: Claim, verdicts: list[Verdict], status: str, cap: int
     ) -> dict[str, Any]:
         report, source = self.report, self.source
         first = next((v for v in verdicts if v.classification.cls not in PASSIVE), None)
@@ -336,7 +370,7 @@ class _Incoming:
         if status == "unmatched" and error is None:
             error = "no entry names a recipient of the message"
         return {
-            "dedupe_key": key, "content_hash": digest,
+            "dedupe_key": key, "content_hash": ident,
             "received_at": self.now, "updated_at": self.now,
             "source": source.kind, "account_id": source.account_id, "mailbox": source.mailbox,
             "uidvalidity": source.uidvalidity, "uid": source.uid,

@@ -5,8 +5,11 @@ The token names the message and cannot be forged: `<message id>-<mac>`, where th
 HMAC-SHA256 over the id under a key derived from the installation's secret key, cut to 80
 bits and written in lower-case base32 (some mail systems lower-case a whole address; the
 token is read back lower-cased, and message ids are lower-case already). One HMAC per
-message: delivery sends all of a message's recipients in one transaction, so the token is
-per message and a report's own entries name the recipient.
+message: delivery sends all of a message's recipients in one transaction (per upstream or
+MX domain), and a transaction has one envelope sender, so the token is per message and a
+report's own entries name the recipient. Every recipient of the message has seen the token;
+gateway.bounces.ingest.matched therefore lets a report touch only recipients the message
+had, each by its own entry (README "Return path" says what risk remains).
 
 Pure: the key is handed in (gateway.process derives it from SecretBox); no I/O here.
 """

@@ -9,8 +9,9 @@ that nobody can fill the report table through it. The message the token names ne
 still be stored (retention may have deleted it): such a report is kept as unmatched.
 
 Each message is handed to the report processing (gateway.reports.Ingest) once per
-recipient, with that recipient as the envelope recipient, and `250` is answered only once
-every hand-over committed; a storage failure is a `451 4.3.0`, which the sending MTA
+recipient, with that recipient as the envelope recipient (each is its own report: the dedupe
+is per recipient), and `250` is answered only once every hand-over committed; a storage
+failure is a `451 4.3.0`, which the sending MTA
 retries (the processing's dedupe makes a retry after a partial commit harmless).
 
 The SMTP dialogue is the main door's own protocol (gateway.smtpd.server.PosternSMTP): the
@@ -122,8 +123,9 @@ class BounceHandler:
         raw = envelope.original_content or b""  # canonical, size and lines checked
         self.submitting += 1
         try:
+            shared = len(envelope.rcpt_tos) > 1
             for recipient in envelope.rcpt_tos:
-                source = Source(kind=LISTENER, envelope_recipient=recipient)
+                source = Source(kind=LISTENER, envelope_recipient=recipient, shared=shared)
                 result = await hand_over(self._ingest, raw, source)
                 log.info(
                     "report for <%s> from %s: %s", recipient, peer(session),

@@ -17,6 +17,7 @@ from gateway.message import DIRECT_POOL, DeliveryResult, Outcome, Route
 from gateway.queue.store import AttemptRecord, Queue
 from storage import event_json
 from storage.db import Database, create_schema
+from storage.suppressions import add_suppression
 from tests.support.reports import auto_reply, complaint, dsn
 from tests.support.stored import fetch, message_row, submission
 
@@ -77,7 +78,8 @@ async def test_a_hard_bounce_by_verp_suppresses_and_bounces_the_message(
         "bad-mailbox",
     )
     entry = await suppression(backend, "gone@example.test")
-    assert (entry.reason, entry.note) == ("hard_bounce", "bad-mailbox")
+    note = f"bad-mailbox [bounce report {result.report_id}]"  # the report that caused it
+    assert (entry.reason, entry.note) == ("hard_bounce", note)
     assert queue.suppressions.suppressed(["gone@example.test"])  # this node knows at once
     assert (await message_row(backend, message_id)).status == "bounced"
     rcpt = await fetch(backend, "SELECT status FROM recipient WHERE message_id = :m", m=message_id)
@@ -306,11 +308,49 @@ async def test_reclassify_applies_the_new_class_once(backend: Database, queue: Q
     assert await taker.reclassify(report_id, "hard") == "unchanged"
     assert await taker.reclassify(999_999, "hard") == "unknown"
     entry = await suppression(backend, "r@example.test")
-    assert (entry.reason, entry.note) == ("hard_bounce", "operator")
+    assert (entry.reason, entry.note) == ("hard_bounce", f"operator [bounce report {report_id}]")
     bounced = [e for e in await events_of(backend, message_id) if e["type"] == "bounced"]
     assert len(bounced) == 1 and bounced[0]["bounce"]["rule"] == "operator"
     row = await report(backend, report_id)
     assert row.cls == "hard" and json.loads(row.entries)[0]["cls"] == "hard"
+
+
+async def test_reclassifying_lifts_only_the_suppressions_the_report_itself_added(
+    backend: Database, queue: Queue
+) -> None:
+    """hard -> soft: the suppression that report added goes (here and in this node's copy);
+    a manual entry and one another report added stay; soft -> hard adds it again."""
+    message_id = await delivered(queue, "a@example.test", "b@example.test", "c@example.test")
+    taker = ingest(backend, queue)
+    await add_suppression(backend, "b@example.test", "manual")
+    earlier = dsn("c@example.test", to=verp(message_id), nonce="c")
+    assert (await taker.ingest(earlier, LISTENER)).outcome == "processed"
+    raw = dsn("a@example.test", to=verp(message_id), nonce="abc").replace(
+        b"Final-Recipient: rfc822; a@example.test\r\n",
+        b"Final-Recipient: rfc822; a@example.test\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+        b"Diagnostic-Code: smtp; 550 5.1.1 user unknown\r\n\r\n"
+        b"Final-Recipient: rfc822; b@example.test\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+        b"Diagnostic-Code: smtp; 550 5.1.1 user unknown\r\n\r\n"
+        b"Final-Recipient: rfc822; c@example.test\r\n",
+    )
+    result = await taker.ingest(raw, LISTENER)
+    assert result.outcome == "processed" and result.report_id is not None
+    matched = [e["matched"] for e in json.loads((await report(backend, result.report_id)).entries)]
+    assert matched == ["a@example.test", "b@example.test", "c@example.test"]
+    assert queue.suppressions.suppressed(["a@example.test"])
+
+    assert await taker.reclassify(result.report_id, "soft") == "changed"
+    assert await suppression(backend, "a@example.test") is None  # this report's: lifted
+    assert not queue.suppressions.suppressed(["a@example.test"])
+    assert (await suppression(backend, "b@example.test")).reason == "manual"  # an operator's
+    kept = await suppression(backend, "c@example.test")  # the earlier report's
+    assert kept.note.endswith(f"[bounce report {result.report_id - 1}]")
+
+    assert await taker.reclassify(result.report_id, "complaint") == "changed"
+    assert (await suppression(backend, "a@example.test")).reason == "complaint"
+    assert await taker.reclassify(result.report_id, "ignore") == "changed"
+    assert await suppression(backend, "a@example.test") is None
+    assert (await suppression(backend, "b@example.test")).reason == "manual"
 
 
 async def test_a_schema_7_database_gains_the_bounce_columns_and_tables(backend: Database) -> None:

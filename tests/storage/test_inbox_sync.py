@@ -314,6 +314,45 @@ async def test_idle_picks_new_mail_up_without_waiting_for_the_poll(
         await sync.stop()
 
 
+async def test_a_disconnected_accounts_idle_logs_out_at_the_next_sync_round(
+    backend: Database, box: SecretBox, imap: Dovecot
+) -> None:
+    """With the default renewal (24 minutes), the watch would keep its connection until the
+    next renewal: the sync loop's next round (run_once) notices the account is gone and
+    the IDLE ends with DONE and LOGOUT (dovecot logs `Logged out`, not a dropped
+    connection)."""
+    account_id = await _account_id(backend, box, imap)
+    inbox = Inbox(backend, RecordingIngest(), InboxSettings(), "node-a")
+    settings = SyncSettings("node-a", 3600, 10, idle=True)  # renew: 24 minutes
+    sync = AccountSync(backend, box, HostGuard(), settings, inbox)
+    try:
+        await sync.run_once()
+        assert sync.idle is not None and sync.idle.watching(account_id)
+        for _ in range(50):  # the IDLE session logged in (the sync's own has logged out)
+            if imap.log_text().count("Login: user=") == 2:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.2)  # into its IDLE
+        logged_out = imap.log_text().count("Logged out")
+        assert logged_out == 1  # the sync's session only
+        await sync.run_once()  # still connected: still watched
+        assert sync.idle.watching(account_id)
+        await mail_accounts.delete_account(backend, account_id)
+        await sync.run_once()
+        for _ in range(50):
+            if not sync.idle.watching(account_id):
+                break
+            await asyncio.sleep(0.1)
+        assert not sync.idle.watching(account_id)
+        for _ in range(50):  # dovecot writes its log line as the session ends
+            if imap.log_text().count("Logged out") > logged_out:
+                break
+            await asyncio.sleep(0.1)
+        assert imap.log_text().count("Logged out") == logged_out + 1, imap.log_text()
+    finally:
+        await sync.stop()
+
+
 async def test_an_idle_watch_that_cannot_log_in_gives_up() -> None:
     """A server gone, or a password changed since the sync: a few tries, then no more (no
     lock-out by our retries); the next good sync starts the watch again. (Nothing listens
