@@ -18,7 +18,7 @@ from gateway.smtpd.bounce_listener import BounceHandler
 from gateway.smtpd.server import ListenerLimits
 from storage import bounce_reports as stored
 from storage.db import Database
-from tests.storage.test_bounce_ingest import delivered, ingest, report, suppression, verp
+from tests.storage.test_bounce_ingest import RP, delivered, ingest, report, suppression, verp
 from tests.support.processes import LOOPBACK
 from tests.support.smtp import smtp_send
 from tests.support.stored import fetch
@@ -64,7 +64,7 @@ async def listener(backend: Database, queue: Queue) -> AsyncIterator[int]:
         max_connections=10, idle_timeout=5, session_timeout=20,
         max_data_in_flight=256 * 1024,
     )  # fmt: skip
-    handler = BounceHandler(ingest(backend, queue), "bounce.test", limits)
+    handler = BounceHandler(ingest(backend, queue), RP, limits)
     server = await asyncio.get_running_loop().create_server(handler.protocol, LOOPBACK, 0)
     try:
         yield server.sockets[0].getsockname()[1]
