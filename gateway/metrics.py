@@ -102,3 +102,20 @@ BOUNCE_REPORTS = Counter(
     "Reports (bounces, complaints, auto-replies) that came in, by way in and result.",
     ["source", "result"],
 )
+REPUTATION_SCORE = Gauge(
+    "postern_reputation_score",
+    "Reputation score (0-100) of each account, pool and domain, as of the last evaluation on "
+    "the node that holds its lease (absent while collecting).",
+    ["kind", "subject"],
+)
+REPUTATION_POINTS = Gauge(
+    "postern_reputation_points",
+    "Points each signal costs a subject's reputation score.",
+    ["kind", "subject", "signal"],
+)
+REPUTATION_VALUE = Gauge(
+    "postern_reputation_signal",
+    "Each signal's value behind a reputation score (a rate, a count of listings, 1 when a "
+    "record is missing).",
+    ["kind", "subject", "signal"],
+)

@@ -1,0 +1,82 @@
+"""The reputation roll-up, its lease and each subject's crossing, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection, text
+
+from storage import reputation
+from storage.db import Database
+from storage.reputation import DayCounts
+from tests.support.reputation import record_sends
+
+DAY = 86400.0
+NOW = 1_780_000_000.0  # 2026-05-28 (UTC) 20:26:40
+
+
+def totals(rows: list[DayCounts]) -> dict[tuple[str, str], tuple[int, int, int, int]]:
+    return {
+        (r.pool, r.domain): (r.delivered, r.hard_bounces, r.complaints, r.deferrals) for r in rows
+    }
+
+
+async def roll(db: Database, node: str, now: float) -> None:
+    assert await db.transaction(lambda c: reputation.take_lease(c, node, now, now + 600))
+    while await db.transaction(lambda c: reputation.roll_up_step(c, node, now)):
+        pass
+
+
+async def test_roll_up_counts_each_event_once_by_pool_and_sender_domain(backend: Database) -> None:
+    await record_sends(backend, "relay", "a@Example.com", NOW - 3 * DAY, delivered=5, bounced=1)
+    await record_sends(backend, "relay", "b@example.com", NOW - 20 * DAY, delivered=2, deferred=3)
+    await record_sends(backend, "acct@x.org", "acct@x.org", NOW - 600, complaints=1, late_bounces=2)
+    await record_sends(backend, "relay", "c@example.com", NOW - 10, delivered=7)  # in the margin
+    await record_sends(backend, "relay", "d@example.com", NOW - 40 * DAY, delivered=9)  # too old
+    await roll(backend, "n1", NOW)
+    week = await backend.read(lambda c: reputation.window_totals(c, reputation.since_day(NOW, 7)))
+    month = await backend.read(lambda c: reputation.window_totals(c, reputation.since_day(NOW, 30)))
+    assert totals(week) == {("relay", "example.com"): (5, 1, 0, 0), ("acct@x.org", "x.org"): (0, 2, 1, 0)}
+    assert totals(month)[("relay", "example.com")] == (7, 1, 0, 3)
+    # a second run adds only what is new: the margin's message, once
+    await roll(backend, "n1", NOW + 120)
+    await roll(backend, "n1", NOW + 120)
+    week = await backend.read(lambda c: reputation.window_totals(c, reputation.since_day(NOW, 7)))
+    assert totals(week)[("relay", "example.com")] == (12, 1, 0, 0)
+
+
+async def test_a_span_never_crosses_midnight(backend: Database) -> None:
+    midnight = reputation.day_start(NOW)
+    await record_sends(backend, "relay", "a@example.com", midnight - 5, delivered=1)
+    await record_sends(backend, "relay", "a@example.com", midnight + 5, delivered=2)
+    await roll(backend, "n1", NOW)
+
+    def days(conn: Connection) -> list[tuple[str, int]]:
+        rows = conn.execute(text("SELECT day, delivered FROM reputation_day ORDER BY day"))
+        return [(r.day, r.delivered) for r in rows]
+
+    assert await backend.read(days) == [
+        (reputation.day_of(midnight - 5), 1),
+        (reputation.day_of(midnight + 5), 2),
+    ]
+
+
+async def test_one_node_holds_the_lease_until_it_lapses(backend: Database, other_db: Database) -> None:
+    assert await backend.transaction(lambda c: reputation.take_lease(c, "n1", NOW, NOW + 60))
+    assert not await other_db.transaction(lambda c: reputation.take_lease(c, "n2", NOW, NOW + 60))
+    assert await backend.transaction(lambda c: reputation.take_lease(c, "n1", NOW + 1, NOW + 61))
+    assert not await other_db.transaction(lambda c: reputation.roll_up_step(c, "n2", NOW))
+    assert await other_db.transaction(lambda c: reputation.take_lease(c, "n2", NOW + 62, NOW + 99))
+    await other_db.transaction(lambda c: reputation.release_lease(c, "n2"))
+    assert await backend.transaction(lambda c: reputation.take_lease(c, "n1", NOW + 63, NOW + 99))
+
+
+async def test_a_crossing_into_risk_is_reported_once(backend: Database) -> None:
+    def record(score: int, at_risk: bool) -> object:
+        return lambda c: reputation.record_score(c, "pool", "p1", score, at_risk, NOW)
+
+    assert not await backend.transaction(record(90, False))
+    assert await backend.transaction(record(60, True))
+    assert not await backend.transaction(record(55, True))
+    assert not await backend.transaction(record(80, False))
+    assert await backend.transaction(record(65, True))
+    state = (await backend.read(reputation.states))[("pool", "p1")]
+    assert state.score == 65 and state.at_risk
