@@ -44,6 +44,7 @@ from api.routes import (
     keys,
     messages,
     pools,
+    reputation,
     send,
     smtp_configs,
     suppressions,
@@ -275,7 +276,7 @@ def create_app(
 # The API's resources, served when the app has an ApiContext.
 _RESOURCES = (
     auth, users, send, messages, keys, suppressions, pools, smtp_configs, aliases, domains,
-    webhook_routes, invitations, invitation_page, accounts, bounces, events_stream,
+    webhook_routes, invitations, invitation_page, accounts, bounces, events_stream, reputation,
 )  # fmt: skip
 
 

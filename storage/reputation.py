@@ -130,15 +130,19 @@ def roll_up_step(conn: Connection, node: str, now: float) -> bool:
     lease; True when there is more to roll."""
     if not holds_lease(conn, node, now):
         return False
-    start = conn.execute(select(J.c.rolled_until).where(J.c.name == JOB)).scalar()
-    if start is None:
-        start = day_start(now) - (FIRST_DAYS - 1) * 86400.0
+    rolled = conn.execute(select(J.c.rolled_until).where(J.c.name == JOB)).scalar()
+    start = day_start(now) - (FIRST_DAYS - 1) * 86400.0 if rolled is None else float(rolled)
     horizon = now - MARGIN
     if start >= horizon:
         return False
     end = min(horizon, day_start(start) + 86400.0)
+    # The span is claimed first, compare-and-set: a second run that read the same start
+    # (a lease taken over mid-run) moves nothing and counts nothing.
+    same = J.c.rolled_until.is_(None) if rolled is None else J.c.rolled_until == rolled
+    claimed = conn.execute(update(J).where(J.c.name == JOB, same).values(rolled_until=end))
+    if claimed.rowcount != 1:
+        return False
     add_counts(conn, day_of(start), count_events(conn, start, end))
-    conn.execute(update(J).where(J.c.name == JOB).values(rolled_until=end))
     return end < horizon
 
 
@@ -205,13 +209,13 @@ class SubjectState:
 
 
 def states(conn: Connection) -> dict[tuple[str, str], SubjectState]:
-    return {
-        (r.kind, r.subject): SubjectState(
+    found = {}
+    for r in conn.execute(select(S)):
+        found[(r.kind, r.subject)] = SubjectState(
             r.kind, r.subject, r.score, bool(r.at_risk), r.evaluated_at,
             r.spf, r.dkim, r.dmarc, r.setup_checked_at,
         )  # fmt: skip
-        for r in conn.execute(select(S))
-    }
+    return found
 
 
 def _ensure(conn: Connection, kind: str, subject: str) -> None:
@@ -227,16 +231,19 @@ def record_score(
     where = and_(S.c.kind == kind, S.c.subject == subject)
     crossed = False
     if at_risk:
-        done = conn.execute(
-            update(S).where(where, S.c.at_risk.is_(False)).values(at_risk=True)
-        )
+        done = conn.execute(update(S).where(where, S.c.at_risk.is_(False)).values(at_risk=True))
         crossed = done.rowcount == 1
     conn.execute(update(S).where(where).values(score=score, at_risk=at_risk, evaluated_at=now))
     return crossed
 
 
 def record_setup(
-    conn: Connection, domain: str, spf: bool | None, dkim: bool | None, dmarc: bool | None, now: float
+    conn: Connection,
+    domain: str,
+    spf: bool | None,
+    dkim: bool | None,
+    dmarc: bool | None,
+    now: float,
 ) -> None:
     _ensure(conn, "domain", domain)
     conn.execute(

@@ -111,9 +111,9 @@ def _blocklist(
     if any(r.status == "listed" for r in mine):
         lists = {listing.get("list", "") for listing in listings}
         return "listed", listings, last, max(len(lists), 1)
-    if mine and len(mine) == len(subject.blocklist_subjects):
-        if all(r.status == "clean" for r in mine):
-            return "clean", listings, last, 0
+    whole = mine and len(mine) == len(subject.blocklist_subjects)
+    if whole and all(r.status == "clean" for r in mine):
+        return "clean", listings, last, 0
     return "unknown", listings, last, None
 
 
@@ -159,15 +159,14 @@ async def reports(
         )
         mine = _counts_for(subject, today)
         state = warm.get(subject.kind, {}).get(subject.id)
-        found.append(
-            Report(
-                subject, score(inputs, thresholds, at_risk_below), status, listings, last,
-                state.status if state else NOT_STARTED,
-                state.daily_limit if state else None,
-                state.sent_today if state else mine.delivered + mine.hard_bounces,
-                evaluated_at, counts,
-            )  # fmt: skip
-        )
+        report = Report(
+            subject, score(inputs, thresholds, at_risk_below), status, listings, last,
+            state.status if state else NOT_STARTED,
+            state.daily_limit if state else None,
+            state.sent_today if state else mine.delivered + mine.hard_bounces,
+            evaluated_at, counts,
+        )  # fmt: skip
+        found.append(report)
     return found
 
 

@@ -20,7 +20,9 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 from importlib import resources
+from itertools import pairwise
 from typing import Any
 
 from gateway.errors import ConfigError
@@ -193,6 +195,12 @@ def score(inputs: Inputs, thresholds: Thresholds, at_risk_below: int = 70) -> Sc
 # --- thresholds as data -------------------------------------------------------------------
 
 
+@cache
+def shipped_thresholds() -> Thresholds:
+    """The shipped `thresholds.toml`, read once."""
+    return load_thresholds()
+
+
 def load_thresholds(text: str | None = None, where: str = "thresholds.toml") -> Thresholds:
     """The thresholds from TOML text (default: the shipped `thresholds.toml`); ConfigError
     naming what is wrong."""
@@ -228,13 +236,14 @@ def _steps(raw: Any, where: str) -> tuple[Step, ...]:
         raise ConfigError(f"{where}: steps must be a non-empty list")
     steps = []
     for item in raw:
-        at, points = (item.get("at"), item.get("points")) if isinstance(item, dict) else (None, None)
+        item = item if isinstance(item, dict) else {}
+        at, points = item.get("at"), item.get("points")
         if not isinstance(at, int | float) or isinstance(at, bool) or at < 0:
             raise ConfigError(f"{where}: each step needs at >= 0")
         if not isinstance(points, int) or isinstance(points, bool) or not 0 <= points <= 100:
             raise ConfigError(f"{where}: each step needs points from 0 to 100")
         steps.append(Step(float(at), points, str(item.get("source", ""))))
-    ordered = all(a.at < b.at and a.points <= b.points for a, b in zip(steps, steps[1:], strict=False))
+    ordered = all(a.at < b.at and a.points <= b.points for a, b in pairwise(steps))
     if not ordered:
         raise ConfigError(f"{where}: steps must rise (at and points ascending)")
     return tuple(steps)

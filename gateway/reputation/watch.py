@@ -14,15 +14,17 @@ new crossing. Sending is never resumed here: a person resumes it (warmup's own r
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from gateway import metrics
-from gateway.dkim.domains import check_records
+from gateway.dkim.domains import Check, check_records
 from gateway.dns import Resolver
 from gateway.queue import events
 from gateway.reputation.report import DOMAIN, Report, all_subjects, reports
@@ -48,6 +50,14 @@ class WatchSettings:
     setup_interval: float = 6 * 3600.0  # a domain's records are looked up again after this
 
 
+def _known(check: Check | None) -> bool | None:
+    """Whether a record passed; None when not known now (a temporary error): it costs
+    nothing and is asked again at the next evaluation."""
+    if check is None or check.status == "temporary_error":
+        return None
+    return check.passed
+
+
 class ReputationWatch:
     def __init__(
         self,
@@ -63,11 +73,16 @@ class ReputationWatch:
         self.settings = settings
         self.thresholds = thresholds or load_thresholds()
         self.pause_sending = pause_sending
-        self._clock = clock
+        self.clock = clock
+        self._running = asyncio.Lock()  # tests move it past the roll-up's margin
 
     async def run_once(self) -> list[Report] | None:
         """One evaluation if this node gets the lease; the reports, else None."""
-        node, now = self.settings.node, self._clock()
+        async with self._running:  # the loop's and a caller's, one after the other
+            return await self._run()
+
+    async def _run(self) -> list[Report] | None:
+        node, now = self.settings.node, self.clock()
         until = now + 2 * self.settings.interval + 60.0
         taken = await self._db.transaction(lambda c: reputation.take_lease(c, node, now, until))
         if not taken:
@@ -81,6 +96,7 @@ class ReputationWatch:
         found = await reports(self._db, subjects, self.thresholds, self.settings.threshold, now)
         self._gauges(found)
         keep = {(r.subject.kind, r.subject.id) for r in found}
+        keep |= {(DOMAIN, s.domain) for s in subjects if s.domain}  # their records
         crossed = await self._db.transaction(lambda c: self._record(c, found, keep, now))
         for report in crossed:
             await self._pause(report)
@@ -99,20 +115,16 @@ class ReputationWatch:
             if checked is not None and now - checked < self.settings.setup_interval:
                 continue
             checks = {c.purpose: c for c in await check_records(self._db, self._resolver, name)}
-
-            def found(purpose: str) -> bool | None:
-                check = checks.get(purpose)
-                if check is None or check.status == "temporary_error":
-                    return None  # not known now: costs nothing, asked again next time
-                return check.passed
-
-            spf, dkim, dmarc = found("spf"), found("dkim"), found("dmarc")
+            spf, dkim, dmarc = (_known(checks.get(p)) for p in ("spf", "dkim", "dmarc"))
+            if not checks["dkim"].name:
+                dkim = None  # no key of Postern's (an account's provider signs): not known
             # DMARC counts when published and aligned: Postern signs with the From domain's
-            # own key (d= is the domain), so a verified DKIM record is the aligned identifier.
-            aligned = None if dmarc is None else bool(dmarc and dkim)
+            # own key (d= is the domain), so its verified DKIM record is the aligned
+            # identifier; a published record with that record missing is not aligned.
+            aligned = None if dmarc is None else bool(dmarc and dkim is not False)
             await self._db.transaction(
-                lambda c, n=name, s=spf, k=dkim, a=aligned: reputation.record_setup(
-                    c, n, s, k, a, now
+                partial(
+                    reputation.record_setup, domain=name, spf=spf, dkim=dkim, dmarc=aligned, now=now
                 )
             )
 
@@ -123,7 +135,8 @@ class ReputationWatch:
         for report in found:
             subject = report.subject
             at_risk = report.result.status == AT_RISK
-            if reputation.record_score(conn, subject.kind, subject.id, report.result.score, at_risk, now):
+            value = report.result.score
+            if reputation.record_score(conn, subject.kind, subject.id, value, at_risk, now):
                 conn.execute(events.INSERT_EVENT, [self._event(report, now)])
                 crossed.append(report)
         reputation.forget(conn, keep)

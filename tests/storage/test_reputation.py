@@ -34,7 +34,10 @@ async def test_roll_up_counts_each_event_once_by_pool_and_sender_domain(backend:
     await roll(backend, "n1", NOW)
     week = await backend.read(lambda c: reputation.window_totals(c, reputation.since_day(NOW, 7)))
     month = await backend.read(lambda c: reputation.window_totals(c, reputation.since_day(NOW, 30)))
-    assert totals(week) == {("relay", "example.com"): (5, 1, 0, 0), ("acct@x.org", "x.org"): (0, 2, 1, 0)}
+    assert totals(week) == {
+        ("relay", "example.com"): (5, 1, 0, 0),
+        ("acct@x.org", "x.org"): (0, 2, 1, 0),
+    }
     assert totals(month)[("relay", "example.com")] == (7, 1, 0, 3)
     # a second run adds only what is new: the margin's message, once
     await roll(backend, "n1", NOW + 120)
@@ -59,7 +62,9 @@ async def test_a_span_never_crosses_midnight(backend: Database) -> None:
     ]
 
 
-async def test_one_node_holds_the_lease_until_it_lapses(backend: Database, other_db: Database) -> None:
+async def test_one_node_holds_the_lease_until_it_lapses(
+    backend: Database, other_db: Database
+) -> None:
     assert await backend.transaction(lambda c: reputation.take_lease(c, "n1", NOW, NOW + 60))
     assert not await other_db.transaction(lambda c: reputation.take_lease(c, "n2", NOW, NOW + 60))
     assert await backend.transaction(lambda c: reputation.take_lease(c, "n1", NOW + 1, NOW + 61))

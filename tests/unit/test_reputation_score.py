@@ -94,9 +94,7 @@ def test_hard_bounce_rate_edges(bounces: int, expected: int) -> None:
     assert points(score(both(counts), T), HARD_BOUNCE_RATE) == expected
 
 
-@pytest.mark.parametrize(
-    ("deferrals", "expected"), [(99, 0), (100, 5), (200, 15), (400, 30)]
-)
+@pytest.mark.parametrize(("deferrals", "expected"), [(99, 0), (100, 5), (200, 15), (400, 30)])
 def test_deferral_rate_edges(deferrals: int, expected: int) -> None:
     counts = Counts(delivered=1000 - deferrals, deferrals=deferrals)
     assert points(score(both(counts), T), DEFERRAL_RATE) == expected
@@ -115,7 +113,9 @@ def test_domain_setup_each_missing_record_costs_and_unknown_costs_nothing() -> N
     assert points(result, DKIM_MISSING) == 0
     assert points(result, DMARC_MISSING) == 0
     assert result.score == 90
-    assert not any(c.signal == SPF_MISSING for c in score(both(Counts(delivered=1000)), T).components)
+    assert not any(
+        c.signal == SPF_MISSING for c in score(both(Counts(delivered=1000)), T).components
+    )
 
 
 def test_the_threshold_edge_70_is_not_at_risk_69_is() -> None:
