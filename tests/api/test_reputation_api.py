@@ -22,6 +22,8 @@ from tests.support.api import Api, ApiFactory, auth
 from tests.support.dnsserver import DnsServer
 from tests.support.people import sign_in
 from tests.support.reputation import record_sends
+from tests.support.service import metric, wait_until
+from tests.support.webhook_receiver import Receiver
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -50,7 +52,11 @@ async def _account(api: Api, email: str, user_id: str) -> mail_accounts.MailAcco
 
 
 async def _setup(api_client: ApiFactory, dns: DnsServer, **reputation: Any) -> tuple[Api, Any]:
-    api = await api_client(dns={"nameservers": [dns.nameserver]}, reputation=reputation)
+    api = await api_client(
+        dns={"nameservers": [dns.nameserver]},
+        reputation=reputation,
+        webhooks={"allow_private": True},
+    )
     assert api.svc.reputation is not None
     # sends recorded now are past the roll-up's margin (a minute) by this clock
     api.svc.reputation.clock = lambda: time.time() + 120
@@ -170,6 +176,15 @@ async def test_a_crossing_fires_one_event_and_the_pause(
     await pools.create_pool(
         api.svc.db, {"name": "relay", "host": "127.0.0.1", "port": 2525}, lambda _: ""
     )
+    receiver = await Receiver().start()
+    key = await api.key("webhooks")
+    hook = await api.http.post(
+        "/api/v1/webhooks",
+        json={"url": receiver.url, "event_types": ["reputation_at_risk"]},
+        headers=auth(key),
+    )
+    assert hook.status_code == 201, hook.text
+    receiver.secrets[hook.json()["webhook"]["id"]] = hook.json()["webhook"]["secret"]
     paused: list[tuple[str, str, str]] = []
 
     async def pause(kind: str, subject_id: str, reason: str) -> None:
@@ -197,3 +212,14 @@ async def test_a_crossing_fires_one_event_and_the_pause(
     rows = await api.svc.db.read(risky)
     assert len(rows) == 1 and rows[0].pool == "relay" and rows[0].message_id == ""
     assert '"score":15' in rows[0].detail
+    assert metric("postern_reputation_score", kind="pool", subject="relay") == 15
+    signal = {"kind": "pool", "subject": "relay", "signal": "complaint_rate"}
+    assert metric("postern_reputation_points", **signal) == 80
+    try:
+        assert await wait_until(lambda: bool(receiver.events), timeout=10)
+    finally:
+        await receiver.stop()
+    event = receiver.events[0]
+    assert event["type"] == "reputation_at_risk" and event["message_id"] == ""
+    assert event["reputation"]["kind"] == "pool" and event["reputation"]["score"] == 15
+    assert event["reputation"]["threshold"] == 90
