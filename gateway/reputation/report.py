@@ -91,13 +91,27 @@ class Report:
         }
 
 
-def _counts_for(subject: Subject, totals: Sequence[DayCounts]) -> Counts:
-    found = Counts()
-    for row in totals:
-        mine = row.domain == subject.id if subject.kind == DOMAIN else row.pool == subject.label
-        if mine:
-            found += Counts(row.delivered, row.hard_bounces, row.complaints, row.deferrals)
-    return found
+@dataclass(frozen=True)
+class _Totals:
+    """One window's counts summed by pool label and by sender domain."""
+
+    by_pool: dict[str, Counts]
+    by_domain: dict[str, Counts]
+
+    @classmethod
+    def of(cls, rows: Sequence[DayCounts]) -> _Totals:
+        by_pool: dict[str, Counts] = defaultdict(Counts)
+        by_domain: dict[str, Counts] = defaultdict(Counts)
+        for row in rows:
+            counts = Counts(row.delivered, row.hard_bounces, row.complaints, row.deferrals)
+            by_pool[row.pool] += counts
+            by_domain[row.domain] += counts
+        return cls(dict(by_pool), dict(by_domain))
+
+    def of_subject(self, subject: Subject) -> Counts:
+        if subject.kind == DOMAIN:
+            return self.by_domain.get(subject.id, Counts())
+        return self.by_pool.get(subject.label, Counts())
 
 
 def _blocklist(
@@ -135,12 +149,12 @@ async def reports(
 ) -> list[Report]:
     """The reputation of each of `subjects`, as of the last roll-up."""
 
-    def read(conn: Any) -> tuple[dict[int, list[DayCounts]], list[DayCounts], dict[Any, Any], Any]:
+    def read(conn: Any) -> tuple[dict[int, _Totals], _Totals, dict[Any, Any], Any]:
         windows = {
-            days: reputation.window_totals(conn, reputation.since_day(now, days))
+            days: _Totals.of(reputation.window_totals(conn, reputation.since_day(now, days)))
             for days in thresholds.windows
         }
-        today = reputation.window_totals(conn, reputation.day_of(now))
+        today = _Totals.of(reputation.window_totals(conn, reputation.day_of(now)))
         return windows, today, reputation.states(conn), reputation.last_evaluation(conn)
 
     windows, today, states, evaluated_at = await db.read(read)
@@ -152,12 +166,12 @@ async def reports(
         warm[kind] = await warmup.warmup_states(db, kind, ids, now) if ids else {}
     found = []
     for subject in subjects:
-        counts = {days: _counts_for(subject, rows) for days, rows in windows.items()}
+        counts = {days: totals.of_subject(subject) for days, totals in windows.items()}
         status, listings, last, lists = _blocklist(subject, listed)
         inputs = Inputs(
             tuple(Window(days, c) for days, c in counts.items()), lists, _setup(subject, states)
         )
-        mine = _counts_for(subject, today)
+        mine = today.of_subject(subject)
         state = warm.get(subject.kind, {}).get(subject.id)
         report = Report(
             subject, score(inputs, thresholds, at_risk_below), status, listings, last,
