@@ -260,6 +260,18 @@ def forget(conn: Connection, keep: set[tuple[str, str]]) -> None:
             conn.execute(S.delete().where(S.c.kind == row.kind, S.c.subject == row.subject))
 
 
+def purge(conn: Connection, first_day: str, events_before: float, event_type: str) -> None:
+    """Delete the roll-up's days before `first_day` (no window reads them) and the
+    evaluation's own events (message_id "": retention, which purges by message, never
+    reaches them) written before `events_before`, on ix_event_message."""
+    conn.execute(D.delete().where(D.c.day < first_day))
+    conn.execute(
+        E.delete().where(
+            E.c.message_id == "", E.c.type == event_type, E.c.created_at < events_before
+        )
+    )
+
+
 def _insert_ignore(conn: Connection, table: Any, values: dict[str, Any], keys: list[str]) -> Any:
     if conn.dialect.name == "postgresql":
         return postgresql.insert(table).values(**values).on_conflict_do_nothing(index_elements=keys)

@@ -366,7 +366,7 @@ class Service:
             return
         watch_settings = WatchSettings(
             ready.node, settings.interval, settings.threshold, settings.pause_on_risk,
-            settings.setup_interval,
+            settings.setup_interval, self.config.storage.retention,
         )  # fmt: skip
         self.reputation = ReputationWatch(db, outbound.resolver, watch_settings)
         self.loops.every(settings.interval, self._evaluate, "evaluating sender reputation", True)

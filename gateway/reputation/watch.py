@@ -48,6 +48,7 @@ class WatchSettings:
     threshold: int = 70  # below it: at risk
     pause_on_risk: bool = False
     setup_interval: float = 6 * 3600.0  # a domain's records are looked up again after this
+    keep_events: float = 30 * 86400.0  # its reputation_at_risk events: [storage] retention
 
 
 def _known(check: Check | None) -> bool | None:
@@ -140,6 +141,11 @@ class ReputationWatch:
                 conn.execute(events.INSERT_EVENT, [self._event(report, now)])
                 crossed.append(report)
         reputation.forget(conn, keep)
+        longest = max(self.thresholds.windows)
+        reputation.purge(
+            conn, reputation.since_day(now, longest), now - self.settings.keep_events,
+            events.REPUTATION_AT_RISK,
+        )  # fmt: skip
         reputation.evaluated(conn, self.settings.node, now)
         return crossed
 

@@ -85,3 +85,39 @@ async def test_a_crossing_into_risk_is_reported_once(backend: Database) -> None:
     assert await backend.transaction(record(65, True))
     state = (await backend.read(reputation.states))[("pool", "p1")]
     assert state.score == 65 and state.at_risk
+
+
+async def test_purge_keeps_the_windows_and_recent_events(backend: Database) -> None:
+    old, recent = NOW - 40 * DAY, NOW - DAY
+    await record_sends(backend, "relay", "a@example.com", old, delivered=1)
+    await record_sends(backend, "relay", "a@example.com", recent, delivered=2)
+
+    def fill(conn: Connection) -> None:
+        reputation.add_counts(conn, reputation.day_of(old), [DayCounts("relay", "x", 1, 0, 0, 0)])
+        reputation.add_counts(
+            conn, reputation.day_of(recent), [DayCounts("relay", "x", 2, 0, 0, 0)]
+        )
+        for at in (old, recent):
+            conn.execute(
+                text(
+                    "INSERT INTO event (type, message_id, message_status, created_at, attempt,"
+                    " txid) VALUES ('reputation_at_risk', '', '', :at, 0, 0)"
+                ),
+                {"at": at},
+            )
+
+    await backend.transaction(fill)
+    first = reputation.since_day(NOW, 30)
+    await backend.transaction(
+        lambda c: reputation.purge(c, first, NOW - 30 * DAY, "reputation_at_risk")
+    )
+
+    def left(conn: Connection) -> tuple[list[str], list[float], int]:
+        days = [r.day for r in conn.execute(text("SELECT day FROM reputation_day"))]
+        risky = "SELECT created_at FROM event WHERE type = 'reputation_at_risk'"
+        others = "SELECT count(*) FROM event WHERE message_id <> ''"
+        return days, [r[0] for r in conn.execute(text(risky))], conn.execute(text(others)).scalar()
+
+    days, risky, others = await backend.read(left)
+    assert days == [reputation.day_of(recent)] and risky == [recent]
+    assert others == 3  # a message's events are retention's to purge, not this
