@@ -87,6 +87,7 @@ class ReputationWatch:
         until = now + 2 * self.settings.interval + 60.0
         taken = await self._db.transaction(lambda c: reputation.take_lease(c, node, now, until))
         if not taken:
+            self._gauges([])  # another node evaluates: its gauges are the ones to read
             return None
         for _ in range(MAX_ROLL_STEPS):
             more = await self._db.transaction(lambda c: reputation.roll_up_step(c, node, now))
