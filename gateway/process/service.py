@@ -346,7 +346,7 @@ class Service:
         purge = partial(purge_idempotency_keys, db)  # both doors reserve keys
         loops.every(PURGE_INTERVAL, purge, "purging idempotency keys", at_once=True)
         await self._start_account_sync(ready, db, outbound)
-        self._start_reputation(ready, db, outbound)
+        self._start_reputation(ready, db)
 
     def _people(self, db: Database, keys: KeyStore) -> People:
         """Users and their sessions (purged in a loop: idempotent, so on every node). A
@@ -358,7 +358,7 @@ class Service:
         self.loops.every(PURGE_INTERVAL, purge, "purging expired sessions", at_once=True)
         return People(users, sessions)
 
-    def _start_reputation(self, ready: Prepared, db: Database, outbound: Outbound) -> None:
+    def _start_reputation(self, ready: Prepared, db: Database) -> None:
         """The reputation evaluation: every node tries, the lease lets one run it at a time.
         `pause_sending` is the no-op until warmup's pause is wired here."""
         settings = self.config.reputation
@@ -368,7 +368,9 @@ class Service:
             ready.node, settings.interval, settings.threshold, settings.pause_on_risk,
             settings.setup_interval, self.config.storage.retention,
         )  # fmt: skip
-        self.reputation = ReputationWatch(db, outbound.resolver, watch_settings)
+        # no cache, as the domains' own check: a record fixed a minute ago counts
+        resolver = Resolver(self.config.dns.nameservers, cache_size=0)
+        self.reputation = ReputationWatch(db, resolver, watch_settings)
         self.loops.every(settings.interval, self._evaluate, "evaluating sender reputation", True)
 
     async def _evaluate(self) -> None:

@@ -223,3 +223,41 @@ async def test_a_crossing_fires_one_event_and_the_pause(
     assert event["type"] == "reputation_at_risk" and event["message_id"] == ""
     assert event["reputation"]["kind"] == "pool" and event["reputation"]["score"] == 15
     assert event["reputation"]["threshold"] == 90
+
+
+def _txt(value: str) -> str:
+    return " ".join(f'"{value[i : i + 255]}"' for i in range(0, len(value), 255))
+
+
+async def test_the_domain_records_as_dns_has_them(api_client: ApiFactory, dns: DnsServer) -> None:
+    api, _ = await _setup(api_client, dns, setup_interval="1s")
+    admin = await api.key("admin")
+    body = {"domain": "signed.test", "verified": True, "algorithm": "ed25519"}
+    made = await api.http.post("/api/v1/domains", json=body, headers=auth(admin))
+    assert made.status_code == 201, made.text
+    published = {r["purpose"]: r for r in made.json()["domain"]["records"]}
+    dns.add("signed.test", "TXT", '"v=spf1 a:postern.test ~all"')
+    dns.add(published["dkim"]["name"], "TXT", _txt(published["dkim"]["value"]))
+    dns.add("_dmarc.signed.test", "TXT", '"v=DMARC1; p=none"')
+    watch = api.svc.reputation
+    assert watch is not None
+    path = "/api/v1/reputation/domain/signed.test"
+
+    async def setup_costs(at: float) -> dict[str, Any]:
+        watch.clock = lambda: at
+        await watch.run_once()
+        data = (await api.get(path, key=admin)).json()["data"]
+        return {c["signal"]: (c["value"], c["points"]) for c in data["components"]}
+
+    now = time.time()
+    costs = await setup_costs(now + 120)
+    assert costs["spf_missing"] == costs["dkim_missing"] == costs["dmarc_missing"] == (False, 0)
+
+    dns.set(published["dkim"]["name"], "TXT", '"v=DKIM1; k=ed25519; p=SOMEONEELSE"')
+    costs = await setup_costs(now + 240)
+    assert costs["dkim_missing"] == (True, 10)
+    assert costs["dmarc_missing"] == (True, 10)  # published, but nothing aligned signs
+
+    dns.fail(None, "servfail")  # not known now: costs nothing, asked again next time
+    costs = await setup_costs(now + 360)
+    assert costs["spf_missing"] == costs["dkim_missing"] == costs["dmarc_missing"] == (None, 0)
