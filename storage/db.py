@@ -265,6 +265,8 @@ _ADDED_COLUMNS = (
     ("suppression", "note", "TEXT"),
     # Schema 9: the client's Message-ID, for bounce matching and the search.
     ("message", "header_message_id", "VARCHAR(255)"),
+    # Schema 10: sender reputation (reputation_day, reputation_job and reputation_subject
+    # are new tables: no column added).
 )
 
 # Run once, right after their column was added, to fill it in for the rows already there.
