@@ -125,9 +125,10 @@ def last_evaluation(conn: Connection) -> float | None:
 # --- the roll-up ----------------------------------------------------------------------------
 
 
-def roll_up_step(conn: Connection, node: str, now: float) -> bool:
+def roll_up_step(conn: Connection, node: str, now: float, skip_pools: tuple[str, ...] = ()) -> bool:
     """Roll one span of events up (at most to the next UTC midnight) if `node` holds the
-    lease; True when there is more to roll."""
+    lease; True when there is more to roll. Events of `skip_pools` (the simulator's: its
+    scripted bounces are tests, not a reputation) are not counted."""
     if not holds_lease(conn, node, now):
         return False
     rolled = conn.execute(select(J.c.rolled_until).where(J.c.name == JOB)).scalar()
@@ -142,7 +143,8 @@ def roll_up_step(conn: Connection, node: str, now: float) -> bool:
     claimed = conn.execute(update(J).where(J.c.name == JOB, same).values(rolled_until=end))
     if claimed.rowcount != 1:
         return False
-    add_counts(conn, day_of(start), count_events(conn, start, end))
+    counts = [c for c in count_events(conn, start, end) if c.pool not in skip_pools]
+    add_counts(conn, day_of(start), counts)
     return end < horizon
 
 

@@ -26,6 +26,7 @@ from typing import Any
 from gateway import metrics
 from gateway.dkim.domains import Check, check_records
 from gateway.dns import Resolver
+from gateway.message import SIMULATOR_POOL
 from gateway.queue import events
 from gateway.reputation.report import DOMAIN, Report, all_subjects, reports
 from gateway.reputation.score import AT_RISK, Thresholds, load_thresholds
@@ -90,7 +91,9 @@ class ReputationWatch:
             self._gauges([])  # another node evaluates: its gauges are the ones to read
             return None
         for _ in range(MAX_ROLL_STEPS):
-            more = await self._db.transaction(lambda c: reputation.roll_up_step(c, node, now))
+            more = await self._db.transaction(
+                lambda c: reputation.roll_up_step(c, node, now, (SIMULATOR_POOL,))
+            )
             if not more:
                 break
         subjects = await all_subjects(self._db)

@@ -21,7 +21,7 @@ def totals(rows: list[DayCounts]) -> dict[tuple[str, str], tuple[int, int, int, 
 
 async def roll(db: Database, node: str, now: float) -> None:
     assert await db.transaction(lambda c: reputation.take_lease(c, node, now, now + 600))
-    while await db.transaction(lambda c: reputation.roll_up_step(c, node, now)):
+    while await db.transaction(lambda c: reputation.roll_up_step(c, node, now, ("simulator",))):
         pass
 
 
@@ -31,6 +31,7 @@ async def test_roll_up_counts_each_event_once_by_pool_and_sender_domain(backend:
     await record_sends(backend, "acct@x.org", "acct@x.org", NOW - 600, complaints=1, late_bounces=2)
     await record_sends(backend, "relay", "c@example.com", NOW - 10, delivered=7)  # in the margin
     await record_sends(backend, "relay", "d@example.com", NOW - 40 * DAY, delivered=9)  # too old
+    await record_sends(backend, "simulator", "e@example.com", NOW - DAY, bounced=9)  # a test
     await roll(backend, "n1", NOW)
     week = await backend.read(lambda c: reputation.window_totals(c, reputation.since_day(NOW, 7)))
     month = await backend.read(lambda c: reputation.window_totals(c, reputation.since_day(NOW, 30)))
