@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from sqlalchemy import Connection, text
 
 from storage import reputation
@@ -122,3 +124,28 @@ async def test_purge_keeps_the_windows_and_recent_events(backend: Database) -> N
     days, risky, others = await backend.read(left)
     assert days == [reputation.day_of(recent)] and risky == [recent]
     assert others == 3  # a message's events are retention's to purge, not this
+
+
+async def test_a_reputation_event_is_in_the_stream_for_all_but_owners(backend: Database) -> None:
+    from storage import event_stream
+
+    def add(conn: Connection) -> None:
+        conn.execute(
+            text(
+                "INSERT INTO event (type, message_id, message_status, pool, created_at, attempt,"
+                " txid) VALUES ('reputation_at_risk', '', '', 'relay', :at, 0, 0)"
+            ),
+            {"at": NOW},
+        )
+
+    await backend.transaction(add)
+    everyone = event_stream.EventFilter()
+    members = event_stream.EventFilter(user_id="usr_x")
+    start, end = event_stream.Position(0, 0), event_stream.Position(2**62, 2**62)
+
+    def seen(flt: event_stream.EventFilter) -> object:
+        return lambda c: event_stream.read(c, start, end, flt, 10)[0]
+
+    rows = await backend.read(seen(everyone))
+    assert [json.loads(row.json)["type"] for row in rows] == ["reputation_at_risk"]
+    assert await backend.read(seen(members)) == []
