@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from sqlalchemy import Connection, text
@@ -149,3 +150,32 @@ async def test_a_reputation_event_is_in_the_stream_for_all_but_owners(backend: D
     rows = await backend.read(seen(everyone))
     assert [json.loads(row.json)["type"] for row in rows] == ["reputation_at_risk"]
     assert await backend.read(seen(members)) == []
+
+
+async def test_two_nodes_one_evaluation_one_event(backend: Database, other_db: Database) -> None:
+    from gateway.dns import Resolver
+    from gateway.reputation.watch import ReputationWatch, WatchSettings
+    from storage import pools
+
+    await pools.create_pool(backend, {"name": "relay", "host": "127.0.0.1", "port": 25}, str)
+    await record_sends(backend, "relay", "a@x.test", NOW, delivered=150, complaints=1)
+    resolver = Resolver(["127.0.0.1:9"])  # no domain here: never asked
+    nodes = [
+        ReputationWatch(db, resolver, WatchSettings(node), clock=lambda: NOW + 120)
+        for db, node in ((backend, "node-a"), (other_db, "node-b"))
+    ]
+    first, second = await asyncio.gather(*(node.run_once() for node in nodes))
+    assert (first is None) != (second is None)  # one node evaluated
+    winner = nodes[0] if first is not None else nodes[1]
+    await winner.run_once()  # again: still at risk, no second event
+
+    def risky(conn: Connection) -> int:
+        query = "SELECT count(*) FROM event WHERE type = 'reputation_at_risk'"
+        return int(conn.execute(text(query)).scalar() or 0)
+
+    assert await backend.read(risky) == 1
+    week = await backend.read(lambda c: reputation.window_totals(c, reputation.since_day(NOW, 7)))
+    assert totals(week) == {("relay", "x.test"): (150, 0, 1, 0)}  # counted once
+    await winner.release()
+    loser = nodes[1] if winner is nodes[0] else nodes[0]
+    assert await loser.run_once() is not None  # the lease given back: the other takes it
