@@ -29,7 +29,7 @@ from gateway.dns import Resolver
 from gateway.message import SIMULATOR_POOL
 from gateway.queue import events
 from gateway.reputation.report import DOMAIN, Report, all_subjects, reports
-from gateway.reputation.score import AT_RISK, Thresholds, load_thresholds
+from gateway.reputation.score import AT_RISK, Thresholds, shipped_thresholds
 from storage import reputation
 from storage.db import Database
 
@@ -73,10 +73,10 @@ class ReputationWatch:
         self._db = db
         self._resolver = resolver
         self.settings = settings
-        self.thresholds = thresholds or load_thresholds()
+        self.thresholds = thresholds or shipped_thresholds()
         self.pause_sending = pause_sending
-        self.clock = clock
-        self._running = asyncio.Lock()  # tests move it past the roll-up's margin
+        self.clock = clock  # tests move it past the roll-up's margin
+        self._running = asyncio.Lock()
 
     async def run_once(self) -> list[Report] | None:
         """One evaluation if this node gets the lease; the reports, else None."""
