@@ -245,8 +245,9 @@ def record_setup(
     spf: bool | None,
     dkim: bool | None,
     dmarc: bool | None,
-    now: float,
+    now: float | None,
 ) -> None:
+    """A domain's records as looked up (None: not known); `now` None leaves it due again."""
     _ensure(conn, "domain", domain)
     conn.execute(
         update(S)

@@ -135,8 +135,8 @@ def _setup(subject: Subject, states: dict[tuple[str, str], SubjectState]) -> Dom
     if subject.domain is None:
         return None
     state = states.get((DOMAIN, subject.domain))
-    if state is None or state.setup_checked_at is None:
-        return DomainSetup()
+    if state is None:
+        return DomainSetup()  # not looked up yet
     return DomainSetup(state.spf, state.dkim, state.dmarc)
 
 

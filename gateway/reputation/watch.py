@@ -53,8 +53,7 @@ class WatchSettings:
 
 
 def _known(check: Check | None) -> bool | None:
-    """Whether a record passed; None when not known now (a temporary error): it costs
-    nothing and is asked again at the next evaluation."""
+    """Whether a record passed; None when not known (a temporary error)."""
     if check is None or check.status == "temporary_error":
         return None
     return check.passed
@@ -127,11 +126,17 @@ class ReputationWatch:
             # own key (d= is the domain), so its verified DKIM record is the aligned
             # identifier; a published record with that record missing is not aligned.
             aligned = None if dmarc is None else bool(dmarc and dkim is not False)
-            await self._db.transaction(
-                partial(
-                    reputation.record_setup, domain=name, spf=spf, dkim=dkim, dmarc=aligned, now=now
-                )
-            )
+            failed = {p for p, c in checks.items() if c.status == "temporary_error"}
+            if state is not None:  # what DNS did not answer now stays as last known
+                spf = state.spf if "spf" in failed else spf
+                dkim = state.dkim if "dkim" in failed else dkim
+                aligned = state.dmarc if failed & {"dkim", "dmarc"} else aligned
+            # A failed lookup leaves the domain due: asked again at the next evaluation.
+            record = partial(
+                reputation.record_setup, domain=name, spf=spf, dkim=dkim, dmarc=aligned,
+                now=None if failed else now,
+            )  # fmt: skip
+            await self._db.transaction(record)
 
     def _record(
         self, conn: Any, found: list[Report], keep: set[tuple[str, str]], now: float

@@ -230,7 +230,7 @@ def _txt(value: str) -> str:
 
 
 async def test_the_domain_records_as_dns_has_them(api_client: ApiFactory, dns: DnsServer) -> None:
-    api, _ = await _setup(api_client, dns, setup_interval="1s")
+    api, _ = await _setup(api_client, dns, setup_interval="100s")
     admin = await api.key("admin")
     body = {"domain": "signed.test", "verified": True, "algorithm": "ed25519"}
     made = await api.http.post("/api/v1/domains", json=body, headers=auth(admin))
@@ -258,6 +258,19 @@ async def test_the_domain_records_as_dns_has_them(api_client: ApiFactory, dns: D
     assert costs["dkim_missing"] == (True, 10)
     assert costs["dmarc_missing"] == (True, 10)  # published, but nothing aligned signs
 
-    dns.fail(None, "servfail")  # not known now: costs nothing, asked again next time
+    dns.fail(None, "servfail")  # not answered now: the last known answer stays
     costs = await setup_costs(now + 360)
-    assert costs["spf_missing"] == costs["dkim_missing"] == costs["dmarc_missing"] == (None, 0)
+    assert costs["spf_missing"] == (False, 0) and costs["dkim_missing"] == (True, 10)
+    made = await api.http.post(
+        "/api/v1/domains", json={"domain": "new.test", "verified": True}, headers=auth(admin)
+    )
+    assert made.status_code == 201
+    await setup_costs(now + 361)  # a domain never answered for: not known, costs nothing
+    fresh = (await api.get("/api/v1/reputation/domain/new.test", key=admin)).json()["data"]
+    setup = {c["signal"]: (c["value"], c["points"]) for c in fresh["components"]}
+    assert setup["spf_missing"] == setup["dkim_missing"] == (None, 0)
+
+    dns.heal()  # asked again at the next evaluation, not setup_interval later
+    dns.set(published["dkim"]["name"], "TXT", _txt(published["dkim"]["value"]))
+    costs = await setup_costs(now + 362)
+    assert costs["dkim_missing"] == (False, 0) and costs["dmarc_missing"] == (False, 0)
