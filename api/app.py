@@ -45,6 +45,7 @@ from api.routes import (
     keys,
     messages,
     pools,
+    reputation,
     send,
     smtp_configs,
     suppressions,
@@ -277,6 +278,7 @@ def create_app(
 _RESOURCES = (
     auth, users, send, messages, keys, suppressions, pools, smtp_configs, aliases, domains,
     webhook_routes, invitations, invitation_page, accounts, bounces, events_stream, blocklists,
+    reputation,
 )  # fmt: skip
 
 

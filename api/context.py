@@ -58,6 +58,7 @@ class ApiContext:
     bounces: BounceIngest | None = None  # POST /api/v1/bounces (absent in bare-app tests)
     max_report_size: int = 256 * 1024  # [bounces] max_report_size
     attachment_rules: AttachmentRules = field(default_factory=AttachmentRules)  # [http]
+    reputation_threshold: int = 70  # [reputation] threshold: below it, at risk
     _pending: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
     # Set when the server stops: long answers (event streams) end at once, so that the
     # drain does not wait for a client that would hold one open for an hour.

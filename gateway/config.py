@@ -209,6 +209,15 @@ class BlocklistsConfig:
 
 
 @dataclass(frozen=True)
+class ReputationConfig:
+    enabled: bool = True  # this node may run the evaluation (one node at a time, a lease)
+    interval: float = 300.0  # between evaluations (never per message)
+    threshold: int = 70  # a score below it is at risk: reputation_at_risk, once per crossing
+    pause_on_risk: bool = False  # also pause the account's or pool's sending (warmup)
+    setup_interval: float = 6 * 3600.0  # a domain's SPF, DKIM and DMARC looked up again after
+
+
+@dataclass(frozen=True)
 class PoolConfig:
     name: str
     host: str
@@ -246,6 +255,7 @@ class Config:
     accounts: AccountsConfig = field(default_factory=AccountsConfig)
     bounces: BouncesConfig = field(default_factory=BouncesConfig)
     blocklists: BlocklistsConfig = field(default_factory=BlocklistsConfig)
+    reputation: ReputationConfig = field(default_factory=ReputationConfig)
     pools: tuple[PoolConfig, ...] = ()
 
 
@@ -383,6 +393,13 @@ def _non_negative_int(value: Any, where: str) -> int:
     number: int = _int_any(value, where)
     if number < 0:
         raise ConfigError(f"{where}: must be an integer >= 0, got {number}")
+    return number
+
+
+def _score(value: Any, where: str) -> int:
+    number: int = _int_any(value, where)
+    if not 1 <= number <= 100:
+        raise ConfigError(f"{where}: must be a score from 1 to 100")
     return number
 
 
@@ -568,6 +585,16 @@ _SECTIONS: dict[str, tuple[type, dict[str, Converter]]] = {
             "spamhaus_dqs_key": _dqs_key,
         },
     ),
+    "reputation": (
+        ReputationConfig,
+        {
+            "enabled": _bool,
+            "interval": _positive_duration,
+            "threshold": _score,
+            "pause_on_risk": _bool,
+            "setup_interval": _positive_duration,
+        },
+    ),
 }
 
 _POOL_KEYS: dict[str, Converter] = {
@@ -679,6 +706,8 @@ def _check(config: Config) -> None:
         raise ConfigError(
             "auth.session_idle: must be at least 1m and at most auth.session_absolute"
         )
+    if config.reputation.interval < 60:
+        raise ConfigError("reputation.interval: must be at least 1m (it reads the whole roll-up)")
     if config.bounces.rules_file:
         bounce_rules.load(config.bounces.rules_file)  # a bad file: ConfigError, exit 2
     url = config.storage.url

@@ -111,3 +111,20 @@ BLOCKLIST_COMPLETED = Gauge(
     "postern_blocklist_last_completed_timestamp_seconds",
     "When the last whole DNSBL round completed, on any node (0: never).",
 )
+REPUTATION_SCORE = Gauge(
+    "postern_reputation_score",
+    "Reputation score (0-100) of each account, pool and domain, as of the last evaluation on "
+    "the node that holds its lease (absent while collecting).",
+    ["kind", "subject"],
+)
+REPUTATION_POINTS = Gauge(
+    "postern_reputation_points",
+    "Points each signal costs a subject's reputation score.",
+    ["kind", "subject", "signal"],
+)
+REPUTATION_VALUE = Gauge(
+    "postern_reputation_signal",
+    "Each signal's value behind a reputation score (a rate, a count of listings, 1 when a "
+    "record is missing).",
+    ["kind", "subject", "signal"],
+)

@@ -270,6 +270,8 @@ _ADDED_COLUMNS = (
     # Schema 10: DNSBL checks (blocklist_check and blocklist_run are new tables, no column).
     # Schema 10: each upstream answer's transaction time, for the Live page's latency chart.
     ("event", "upstream_seconds", "FLOAT"),
+    # Schema 10: sender reputation (reputation_day, reputation_job and reputation_subject
+    # are new tables: no column added).
 )
 
 # Run once, right after their column was added, to fill it in for the rows already there.

@@ -71,7 +71,9 @@ def _filtered(query: Select[Any], flt: EventFilter) -> Select[Any]:
 
 def _shaped(dialect: str) -> Select[Any]:
     document = event_json.as_sql(dialect, E, META.c.tags, META.c.metadata_json)
-    joined = E.join(M, M.c.id == E.c.message_id).outerjoin(
+    # An outer join: an event about no message (reputation_at_risk, message_id "") is in
+    # the stream too; a member's or a key's filter on the message's owner leaves it out.
+    joined = E.outerjoin(M, M.c.id == E.c.message_id).outerjoin(
         META, META.c.message_id == E.c.message_id
     )
     return select(E.c.txid, E.c.id, document).select_from(joined)

@@ -694,3 +694,51 @@ class BlocklistRun(SQLModel, table=True):
     claimed_until: float | None = None
     started_at: float | None = None
     completed_at: float | None = None
+
+
+class ReputationDay(SQLModel, table=True):
+    """What happened to the mail sent through one pool (or account: its label is the
+    address) From one domain on one UTC day, rolled up from `event` by the reputation
+    evaluation (storage.reputation) so that a 30-day window reads 30 rows per subject, not
+    every event, and outlives [storage] retention. Schema 10."""
+
+    __tablename__ = "reputation_day"
+
+    day: str = Field(primary_key=True, max_length=10)  # YYYY-MM-DD (UTC)
+    pool: str = Field(primary_key=True, max_length=128)  # the events' pool label; "" none
+    domain: str = Field(primary_key=True, max_length=253)  # of the envelope sender, lower case
+    delivered: int = Field(default=0, sa_column=_zero_bigint())
+    hard_bounces: int = Field(default=0, sa_column=_zero_bigint())
+    complaints: int = Field(default=0, sa_column=_zero_bigint())
+    deferrals: int = Field(default=0, sa_column=_zero_bigint())
+
+
+class ReputationJob(SQLModel, table=True):
+    """The reputation evaluation's lease (one node runs it) and how far the events were
+    rolled up (`rolled_until`, a created_at): one row, name "evaluation". Schema 10."""
+
+    __tablename__ = "reputation_job"
+
+    name: str = Field(primary_key=True, max_length=32)
+    claimed_by: str | None = Field(default=None, max_length=64)
+    claimed_until: float | None = None
+    rolled_until: float | None = None
+    evaluated_at: float | None = None
+
+
+class ReputationSubject(SQLModel, table=True):
+    """The last evaluation of one account, pool or domain: its score and whether it was at
+    risk (a `reputation_at_risk` event fires once per crossing), and for a domain its
+    records as last looked up (None: not known). Schema 10."""
+
+    __tablename__ = "reputation_subject"
+
+    kind: str = Field(primary_key=True, max_length=16)  # account | pool | domain
+    subject: str = Field(primary_key=True, max_length=253)  # account or pool id, domain name
+    score: int | None = None
+    at_risk: bool = False
+    evaluated_at: float | None = None
+    spf: bool | None = None
+    dkim: bool | None = None
+    dmarc: bool | None = None
+    setup_checked_at: float | None = None

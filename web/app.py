@@ -33,6 +33,7 @@ from web.pages import (
     messages,
     overview,
     pools,
+    reputation,
     sandbox,
     sessions,
     suppressions,
@@ -82,7 +83,9 @@ def routes() -> list[BaseRoute]:
     ]
     for module in (auth, overview, pools, sessions, users, messages, message, invitations, live):
         table.extend(module.routes)
-    for module in (aliases, domains, keys, webhooks, suppressions, sandbox, accounts, bounces):
+    for module in (
+        aliases, domains, keys, webhooks, suppressions, sandbox, accounts, bounces, reputation,
+    ):  # fmt: skip
         table.extend(module.routes)
     return table
 

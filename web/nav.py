@@ -43,7 +43,7 @@ SETTINGS = (
     Entry("Users", "/settings/users", owner_only=True),
     Entry("My sessions", "/settings/sessions"),
     Entry("Accounts", "/accounts"),
-    Entry("Reputation", None),
+    Entry("Reputation", "/reputation"),
 )
 
 

@@ -161,7 +161,15 @@ async def verify(
     db: Database, resolver: Resolver, record: DomainRecord
 ) -> tuple[DomainRecord, list[Check]]:
     """Look the records up; a pass (DKIM and SPF) verifies the domain."""
-    domain = record.domain
+    checks = await check_records(db, resolver, record.domain)
+    passed = all(check.passed for check in checks if check.required)
+    updated = await domains.record_check(db, record.id, passed)
+    return (updated or record), checks
+
+
+async def check_records(db: Database, resolver: Resolver, domain: str) -> list[Check]:
+    """What DNS says of the domain's DKIM (its signing key's record), SPF and DMARC
+    records, changing nothing (the reputation's domain setup reads it too)."""
     key = await signing_key(db, domain)
     dmarc_name = f"_dmarc.{domain}"
     lookups = [resolver.txt(domain), resolver.txt(dmarc_name)]
@@ -175,6 +183,4 @@ async def verify(
     else:
         checks.append(Check("dkim", "", "missing", True, detail="the domain has no DKIM key"))
     checks += [check_spf(domain, answers[0]), check_dmarc(dmarc_name, answers[1])]
-    passed = all(check.passed for check in checks if check.required)
-    updated = await domains.record_check(db, record.id, passed)
-    return (updated or record), checks
+    return checks

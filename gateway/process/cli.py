@@ -40,6 +40,7 @@ GROUPS: dict[str, tuple[str, str]] = {
     "blocklists": ("blocklists", "DNSBL checks of the sending IPs and domains"),
     "backup": ("backup", "copy the database (online) and the secret key into a new directory"),
     "users": ("users", "people who log in to the dashboard"),
+    "reputation": ("reputation", "sender reputation scores and why"),
 }
 
 

@@ -70,6 +70,7 @@ from gateway.queue.upkeep import (
     purge_idempotency_keys,
 )
 from gateway.reputation.dnsbl import BlocklistCheck
+from gateway.reputation.watch import ReputationWatch, WatchSettings
 from gateway.security.hostguard import HostGuard
 from gateway.security.ratelimit import RateLimiter
 from gateway.security.secrets import SecretBox, SecretError, bind_to_database
@@ -148,6 +149,7 @@ class Service:
         self.retention: Retention | None = None
         self.webhooks: Webhooks | None = None
         self.account_sync: AccountSync | None = None  # connected accounts' inboxes
+        self.reputation: ReputationWatch | None = None  # the evaluation (one node: a lease)
         self.loops = Loops()  # periodic upkeep: caches, the queue gauge, purges
         self.smtp_handler: PosternHandler | None = None
         self.bounce_handler: BounceHandler | None = None  # [bounces] listen
@@ -351,6 +353,7 @@ class Service:
             check = BlocklistCheck.build(db, config.blocklists, config.dns.nameservers, ready.node)
             await check.release()  # whatever this node held when it last stopped
             loops.every(check.watch, check.run_once, "checking blocklists", at_once=True)
+        self._start_reputation(ready, db)
 
     def _people(self, db: Database, keys: KeyStore) -> People:
         """Users and their sessions (purged in a loop: idempotent, so on every node). A
@@ -361,6 +364,25 @@ class Service:
         purge = partial(purge_expired_sessions, sessions)
         self.loops.every(PURGE_INTERVAL, purge, "purging expired sessions", at_once=True)
         return People(users, sessions)
+
+    def _start_reputation(self, ready: Prepared, db: Database) -> None:
+        """The reputation evaluation: every node tries, the lease lets one run it at a time.
+        `pause_sending` is the no-op until warmup's pause is wired here."""
+        settings = self.config.reputation
+        if not settings.enabled:
+            return
+        watch_settings = WatchSettings(
+            ready.node, settings.interval, settings.threshold, settings.pause_on_risk,
+            settings.setup_interval, self.config.storage.retention,
+        )  # fmt: skip
+        # no cache, as the domains' own check: a record fixed a minute ago counts
+        resolver = Resolver(self.config.dns.nameservers, cache_size=0)
+        self.reputation = ReputationWatch(db, resolver, watch_settings)
+        self.loops.every(settings.interval, self._evaluate, "evaluating sender reputation", True)
+
+    async def _evaluate(self) -> None:
+        if self.reputation is not None:
+            await self.reputation.run_once()
 
     async def _start_account_sync(self, ready: Prepared, db: Database, outbound: Outbound) -> None:
         """Connected accounts' inboxes, each synced by one node at a time (a lease in
@@ -426,6 +448,7 @@ class Service:
             attachment_rules=AttachmentRules(
                 config.http.max_attachments_size, config.http.refuse_attachment_types
             ),
+            reputation_threshold=config.reputation.threshold,
         )
         self._start_http(ready, storage, self.api)
 
@@ -567,6 +590,7 @@ class Service:
             task.cancel()
         await self.loops.stop()
         await self._release_accounts()
+        await self._release_reputation()
         if self.delivery is not None:
             await self.delivery.stop(max(0.0, deadline - loop.time()))
         if self.retention is not None:
@@ -623,6 +647,15 @@ class Service:
             await self.account_sync.stop()
         except StorageUnavailable as error:
             log.warning("could not release connected accounts' sync leases: %s", error)
+
+    async def _release_reputation(self) -> None:
+        """Give the evaluation's lease back: another node evaluates at its next turn."""
+        if self.reputation is None:
+            return
+        try:
+            await self.reputation.release()
+        except StorageUnavailable as error:
+            log.warning("could not release the reputation lease: %s", error)
 
     def _release_lock(self) -> None:
         if self._lock is not None:

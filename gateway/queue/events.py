@@ -33,6 +33,10 @@ POSSIBLE_DUPLICATE = "possible_duplicate"  # no reply after the final dot: may a
 # bounce (counted) and a policy block (never a suppression). A hard one is `bounced`.
 SOFT_BOUNCE = "soft_bounce"
 POLICY_BLOCK = "policy_block"
+# About an account, pool or domain, not a message (message_id ""): its reputation score
+# has just crossed below [reputation] threshold (gateway.reputation.watch), with
+# {"reputation": {kind, id, name, score, threshold, window_days, components}}.
+REPUTATION_AT_RISK = "reputation_at_risk"
 
 TYPES = (
     QUEUED,
@@ -48,6 +52,7 @@ TYPES = (
     POSSIBLE_DUPLICATE,
     SOFT_BOUNCE,
     POLICY_BLOCK,
+    REPUTATION_AT_RISK,
 )
 # The last outcome a recipient can have: what a `final_only` webhook receives.
 FINAL = frozenset({DELIVERED, BOUNCED, EXPIRED, SUPPRESSED, SANDBOX, CANCELLED})

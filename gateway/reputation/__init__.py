@@ -5,4 +5,7 @@ from, measured in the open.
     dnsbl   the scheduled check of every sending IP and domain against those lists (one node
             of many each round, under a lease in storage), its list verification at start,
             and the typed outcome of one query
+    score   the score, a pure function over recorded counts and thresholds.toml
+    report  each subject's report (score, components, blocklist and warmup state)
+    watch   the periodic evaluation that acts on it (gauges, reputation_at_risk, pause)
 """

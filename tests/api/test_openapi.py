@@ -84,3 +84,18 @@ async def test_every_integer_query_parameter_refuses_other_digits_with_a_400(api
                     )
                     assert answer.status_code in (400, 404), (path, digits, answer.text)
     assert found >= 5
+
+
+async def test_reputation_documents_the_seed_fields(api: Api) -> None:
+    document = (await api.http.get("/openapi.json")).json()
+    for path in (
+        "/mail/accounts/reputation",
+        "/api/v1/reputation",
+        "/api/v1/reputation/{kind}/{id}",
+    ):
+        assert "get" in document["paths"][path]
+    item = document["components"]["schemas"]["AccountReputation"]["properties"]
+    assert list(item) == [
+        "account_id", "email", "reputation_score", "warmup_status", "daily_limit",
+        "sent_today", "blacklist_status", "last_checked_at", "reputation_status", "components",
+    ]  # fmt: skip
