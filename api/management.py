@@ -37,6 +37,14 @@ class LivePools(Protocol):
         ...
 
 
+class LiveWarmups(Protocol):
+    """This node's warmup gate (gateway.delivery.warmup.WarmupGate), as the routes see it."""
+
+    async def changed(self, kind: str, subject_id: str) -> None:
+        """A warmup changed through this node: delivery follows before this returns."""
+        ...
+
+
 class LiveAccounts(Protocol):
     """The connected accounts this node sends through (each its own SMTP server)."""
 
@@ -58,6 +66,8 @@ class Management:
     public_url: str  # base of the links in verification mail
     accounts: AccountSettings = field(default_factory=AccountSettings)  # connected accounts
     account_routes: LiveAccounts | None = None  # their live upstreams (None: not sending)
+    warmup: LiveWarmups | None = None  # delivery's warmup gate (None: not sending)
+    warmup_timezone: str = "UTC"  # [warmup] timezone: a new warmup's, unless given
 
     @classmethod
     def build(
@@ -69,6 +79,7 @@ class Management:
         guard: HostGuard | None = None,
         webhook_guard: HostGuard | None = None,
         account_routes: LiveAccounts | None = None,
+        warmup: LiveWarmups | None = None,
     ) -> Management:
         host, port = config.http.listen
         shown = f"[{host}]" if ":" in host else host
@@ -91,4 +102,6 @@ class Management:
                 hostname=config.server.hostname,
             ),
             account_routes=account_routes,
+            warmup=warmup,
+            warmup_timezone=config.warmup.timezone,
         )

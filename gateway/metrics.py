@@ -86,6 +86,12 @@ POOL_THROTTLED = Counter(
     "reply that halved the pool's concurrency (backoff).",
     ["pool", "reason"],
 )
+WARMUP_PAUSED = Counter(
+    "postern_warmup_paused_total",
+    "Warmups paused by Postern itself: a bounce or complaint spike, or a receiver's "
+    "throttling replies (a person's pauses are not counted).",
+    ["kind", "reason"],
+)
 POOL_RATE_LIMIT = Gauge(
     "postern_pool_rate_limit", "A pool's configured rate in sends per second (0 = none).", ["pool"]
 )

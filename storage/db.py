@@ -265,6 +265,7 @@ _ADDED_COLUMNS = (
     ("suppression", "note", "TEXT"),
     # Schema 9: the client's Message-ID, for bounce matching and the search.
     ("message", "header_message_id", "VARCHAR(255)"),
+    # Schema 10: warmup schedules (a new table, `warmup`, from create_all; no new column).
 )
 
 # Run once, right after their column was added, to fill it in for the rows already there.

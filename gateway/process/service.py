@@ -24,6 +24,7 @@ import contextlib
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from functools import partial
@@ -41,9 +42,11 @@ from gateway.bounces.ingest import Settings as BounceSettings
 from gateway.bounces.returnpath import VERP_KEY, ReturnPath
 from gateway.bounces.rules import load as load_rules
 from gateway.config import Config, ConfigError, load
+from gateway.delivery import warmup
 from gateway.delivery.direct import DirectRoutes
 from gateway.delivery.throttle import Throttle
 from gateway.delivery.upstream import SessionSettings
+from gateway.delivery.warmup import WarmupGate
 from gateway.delivery.workers import Delivery, PoolRegistry
 from gateway.dkim.cache import Signers
 from gateway.dkim.signing_process import SigningProcess
@@ -139,6 +142,9 @@ class Service:
         self.queue: Queue | None = None
         self.registry: PoolRegistry | None = None  # the live pools
         self.delivery: Delivery | None = None
+        self.warmup: WarmupGate | None = None  # accounts' and pools' warmups (delivery's)
+        # The warmups' clock: their days and hours (a test moves it; the queue keeps time).
+        self.warmup_clock: Callable[[], float] = time.time
         self.pool_sync: PoolSync | None = None  # keeps the registry equal to storage
         self.account_routes: AccountRoutes | None = None  # connected accounts' upstreams
         self.signers: Signers | None = None
@@ -189,7 +195,7 @@ class Service:
         await self._start_background(ready, storage, outbound, pools)
         manage = Management.build(
             config, ready.box, identities, pools, outbound.pools, outbound.webhooks,
-            account_routes=self.account_routes,
+            account_routes=self.account_routes, warmup=self.warmup,
         )  # fmt: skip
         await self._open_doors(ready, storage, intake, manage, delivery.wake)
         log.info(
@@ -273,6 +279,8 @@ class Service:
         registry = self.registry = PoolRegistry(session)
         direct = DirectRoutes(outbound.resolver, session, config.mx_port, guard=outbound.mx)
         db, writer, queue = storage.db, storage.writer, storage.queue
+        gate = self.warmup = WarmupGate(db, writer, self.config.warmup, self.warmup_clock)
+        await gate.follow()
         delivery = self.delivery = Delivery(
             queue,
             registry,
@@ -280,6 +288,7 @@ class Service:
             direct=direct,
             throttle=Throttle(db, writer),
             return_path=self.return_path(ready),
+            warmup=gate,
         )
         pools = self.pool_sync = PoolSync(
             db, ready.box, registry, queue, delivery.wake, self.config.pools
@@ -338,6 +347,10 @@ class Service:
         loops.every(FOLLOW_INTERVAL, queue.suppressions.follow, "suppression list refresh")
         loops.every(GAUGE_INTERVAL, partial(count_messages, queue), "queue gauge refresh")
         loops.every(WATCH_INTERVAL, pools.look, "checking for pool changes")  # other nodes
+        if self.warmup is not None:
+            loops.every(warmup.FOLLOW_INTERVAL, self.warmup.follow, "following warmups")
+            check = config.warmup.check_interval
+            loops.every(check, self.warmup.check_spikes, "checking warmups for spikes")
         if self.account_routes is not None:
             watch = account_routes.WATCH_INTERVAL
             loops.every(watch, self.account_routes.look, "checking for account changes")
