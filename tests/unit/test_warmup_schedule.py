@@ -3,6 +3,7 @@ day number in a time zone (midnight roll, DST days), the hourly cap."""
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
@@ -26,7 +27,11 @@ def at(text: str, tz: str = "UTC") -> float:
 
 @pytest.mark.parametrize(
     ("preset", "days", "first", "last"),
-    [("conservative", 30, 20, 3500), ("transactional", 21, 50, 10000), ("aggressive", 14, 50, 15000)],
+    [
+        ("conservative", 30, 20, 3500),
+        ("transactional", 21, 50, 10000),
+        ("aggressive", 14, 50, 15000),
+    ],
 )
 def test_presets_have_their_documented_length_and_ends(
     preset: str, days: int, first: int, last: int
@@ -36,7 +41,7 @@ def test_presets_have_their_documented_length_and_ends(
     assert schedule.limit(1) == first and schedule.limit(days) == last
     assert schedule.limit(0) is None and schedule.limit(days + 1) is None
     volumes = PRESETS[preset]
-    assert all(a < b for a, b in zip(volumes, volumes[1:], strict=False))  # always growing
+    assert all(a < b for a, b in itertools.pairwise(volumes))  # always growing
 
 
 def test_linear_ramp_grows_by_step_and_stops_at_the_cap() -> None:
