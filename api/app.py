@@ -48,6 +48,7 @@ from api.routes import (
     smtp_configs,
     suppressions,
     users,
+    warmup,
 )  # fmt: skip
 from api.routes import webhooks as webhook_routes
 from gateway import maillog, metrics
@@ -275,7 +276,7 @@ def create_app(
 # The API's resources, served when the app has an ApiContext.
 _RESOURCES = (
     auth, users, send, messages, keys, suppressions, pools, smtp_configs, aliases, domains,
-    webhook_routes, invitations, invitation_page, accounts, bounces, events_stream,
+    webhook_routes, invitations, invitation_page, accounts, bounces, events_stream, warmup,
 )  # fmt: skip
 
 

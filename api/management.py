@@ -44,6 +44,10 @@ class LiveWarmups(Protocol):
         """A warmup changed through this node: delivery follows before this returns."""
         ...
 
+    def now(self) -> float:
+        """The warmups' time (their days and hours): the wall clock but in tests."""
+        ...
+
 
 class LiveAccounts(Protocol):
     """The connected accounts this node sends through (each its own SMTP server)."""
@@ -68,6 +72,8 @@ class Management:
     account_routes: LiveAccounts | None = None  # their live upstreams (None: not sending)
     warmup: LiveWarmups | None = None  # delivery's warmup gate (None: not sending)
     warmup_timezone: str = "UTC"  # [warmup] timezone: a new warmup's, unless given
+    warmup_hours: int = 24  # [warmup] active_hours and burst: the hourly cap shown
+    warmup_burst: float = 0.2
 
     @classmethod
     def build(
@@ -104,4 +110,6 @@ class Management:
             account_routes=account_routes,
             warmup=warmup,
             warmup_timezone=config.warmup.timezone,
+            warmup_hours=config.warmup.active_hours,
+            warmup_burst=config.warmup.burst,
         )

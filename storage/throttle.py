@@ -98,9 +98,7 @@ def reserve_counted(
     caller serialises: it holds a lock on the subject's row (PostgreSQL) or runs in
     SQLite's one writer."""
     if daily:
-        used = conn.execute(
-            select(PD.c.count).where(PD.c.pool_id == key, PD.c.day == day)
-        ).scalar()
+        used = conn.execute(select(PD.c.count).where(PD.c.pool_id == key, PD.c.day == day)).scalar()
         if (used or 0) >= daily:
             return OverLimit("daily", (day_ends,))
     send_id = 0

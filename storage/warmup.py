@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy import Connection, delete, func, insert, select, update
 from sqlalchemy.engine import RowMapping
 
-from storage import throttle
+from storage import queue_sql, throttle
 from storage.db import Database
 from storage.models import Event, MailAccount, Message, Pool, PoolDay, PoolSend, Warmup
 from storage.warmup_schedule import (
@@ -112,6 +112,16 @@ class Over:
     reason: str  # warmup_hourly | warmup_daily
     until: float
     limit: int
+
+
+def waiting_text(kind: str, name: str) -> str:
+    """How a message waiting for a warmup's limits begins its last_response."""
+    return f"waiting: warmup of {kind} {name}"
+
+
+def paused_text(kind: str, name: str, reason: str) -> str:
+    """The last_response of a message waiting for a paused warmup (`resume` wakes them)."""
+    return f"{waiting_text(kind, name)} paused: {reason}"
 
 
 def key(kind: str, subject_id: str) -> str:
@@ -273,9 +283,18 @@ async def clear_warmup(db: Database, kind: str, subject_id: str) -> bool:
     return await db.transaction(work)
 
 
-async def resume(db: Database, kind: str, subject_id: str, now: float) -> WarmupRecord | None:
+async def resume(
+    db: Database,
+    kind: str,
+    subject_id: str,
+    now: float,
+    name: str | None = None,
+    wall: float | None = None,
+) -> WarmupRecord | None:
     """A person resumes a paused warmup: active again on the day it was paused on (the
-    start day moves on by the days paused). Not paused: unchanged. None: no warmup."""
+    start day moves on by the days paused). Not paused: unchanged. None: no warmup. With
+    the subject's `name`, the mail waiting for the pause is due at once (`wall`: the
+    queue's time, `now` by default)."""
 
     def work(conn: Connection) -> WarmupRecord | None:
         where = (W.c.kind == kind, W.c.subject_id == subject_id)
@@ -294,6 +313,9 @@ async def resume(db: Database, kind: str, subject_id: str, now: float) -> Warmup
             .values(status="active", start_day=start, paused_reason=None, paused_at=None,
                     updated_at=now)
         )  # fmt: skip
+        if name is not None:
+            due = now if wall is None else wall
+            queue_sql.wake_waiting(conn, f"{waiting_text(kind, name)} paused:", due)
         return _read(conn, now, *where)[0]
 
     return await db.transaction(work)

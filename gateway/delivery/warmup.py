@@ -97,6 +97,10 @@ class WarmupGate:
         self._renewed = time.monotonic()
         self._replies: dict[tuple[str, str], collections.deque[float]] = {}
 
+    def now(self) -> float:
+        """The warmups' time (`clock`): what their days and hours are counted by."""
+        return self.clock()
+
     # --- which subjects have a warmup ---------------------------------------------------
 
     async def follow(self) -> None:
@@ -135,16 +139,16 @@ class WarmupGate:
 
         verdict = await self._run(work)
         if isinstance(verdict, stored.Paused):
-            text = f"waiting: warmup of {subject[0]} {pool.name} paused: {verdict.reason}"
+            text = stored.paused_text(subject[0], pool.name, verdict.reason)
             until = now + settings.paused_recheck
             closed = self._closed[subject] = _Closed(until, "warmup_paused", text, 0.0)
             return self._wait(pool, subject, closed, now)
         if isinstance(verdict, stored.Over):
             if verdict.reason == "warmup_daily":
-                text = f"waiting: warmup of {subject[0]} {pool.name} daily limit {verdict.limit}"
+                text = f"{stored.waiting_text(subject[0], pool.name)} daily limit {verdict.limit}"
                 step = 0.0
             else:
-                text = f"waiting: warmup of {subject[0]} {pool.name} hourly cap {verdict.limit}"
+                text = f"{stored.waiting_text(subject[0], pool.name)} hourly cap {verdict.limit}"
                 step = stored.HOUR / max(1, verdict.limit)
             closed = self._closed[subject] = _Closed(verdict.until, verdict.reason, text, step)
             return self._wait(pool, subject, closed, now)
@@ -247,10 +251,14 @@ class WarmupGate:
 
     async def check_spikes(self) -> None:
         """Pause each active warmup whose mail over the last `window` (wall clock: the
-        events' time) bounced or was complained of at or over the configured rates."""
+        events' time), since it was set or resumed, bounced or was complained of at or over
+        the configured rates."""
         settings = self.settings
-        since = time.time() - settings.window
-        for record, name in await stored.active(self._db, self.clock()):
+        wall, now = time.time(), self.clock()
+        for record, name in await stored.active(self._db, now):
+            # Since the warmup was set or last resumed: what a person resumed is judged
+            # afresh, not paused again at once for the spike they looked at.
+            since = max(wall - settings.window, wall - max(0.0, now - record.updated_at))
             seen = await stored.outcomes(self._db, name, since)
             if seen.sent < settings.min_volume:
                 continue
