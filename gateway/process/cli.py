@@ -39,6 +39,7 @@ GROUPS: dict[str, tuple[str, str]] = {
     "bounces": ("bounces", "reports that came back (bounces, complaints)"),
     "backup": ("backup", "copy the database (online) and the secret key into a new directory"),
     "users": ("users", "people who log in to the dashboard"),
+    "warmup": ("warmup", "warmups of pools and connected accounts"),
 }
 
 
