@@ -37,6 +37,7 @@ from gateway.config import WarmupConfig
 from gateway.delivery.slowdown import Wait
 from gateway.delivery.upstream import PoolSettings
 from gateway.message import DeliveryResult
+from storage import queue_sql
 from storage import throttle as throttle_sql
 from storage import warmup as stored
 from storage.db import Database
@@ -74,6 +75,7 @@ class _Closed:
     reason: str
     text: str
     step: float  # spacing of further waiters (hourly cap), 0 = none
+    name: str  # the subject's, as its waiting mail's last_response names it
 
 
 class WarmupGate:
@@ -91,6 +93,8 @@ class WarmupGate:
         self.clock = clock
         self._lease = lease
         self._subjects: set[tuple[str, str]] = set()
+        # Each one's stored status, updated_at and start day, as last read: a change is seen.
+        self._seen: dict[tuple[str, str], tuple[str, float, str]] = {}
         self._closed: dict[tuple[str, str], _Closed] = {}
         self._tail: dict[tuple[str, str], float] = {}
         self._in_flight: dict[int, None] = {}
@@ -106,16 +110,43 @@ class WarmupGate:
     async def follow(self) -> None:
         """Reload which subjects have a warmup (a loop; at once after a change here)."""
         records = await stored.list_warmups(self._db, self.clock())
-        subjects = {(r.kind, r.subject_id) for r in records if r.status != "complete"}
-        self._subjects = subjects
-        self._closed = {k: v for k, v in self._closed.items() if k in subjects}
+        seen = {
+            (r.kind, r.subject_id): (r.stored_status, r.updated_at, r.start_day)
+            for r in records
+            if r.status != "complete"
+        }
+        # A warmup changed elsewhere (another node, the CLI, the reputation watcher):
+        # what this node knew of it is forgotten, so a resume there counts here at once.
+        kept = {k: v for k, v in self._closed.items() if seen.get(k) == self._seen.get(k)}
+        dropped = [(k, v) for k, v in self._closed.items() if k not in kept]
+        self._closed = {k: v for k, v in kept.items() if k in seen}
+        self._seen = seen
+        self._subjects = set(seen)
+        for (kind, _), closed in dropped:
+            if closed.reason == "warmup_paused":  # resumed or cleared: its mail goes now
+                await self._wake_paused(kind, closed.name)
+
+    async def _wake_paused(self, kind: str, name: str) -> None:
+        """Make the mail this node held for a pause due now: a resume made elsewhere
+        (another node, the CLI) may have woken it while this node still knew it paused."""
+        prefix = f"{stored.waiting_text(kind, name)} paused:"
+
+        def work(conn: Connection) -> int:
+            return queue_sql.wake_waiting(conn, prefix, time.time())
+
+        try:
+            await self._writer.submit(work)
+        except StorageUnavailable as error:  # it looks again at its paused_recheck
+            log.warning("waking the mail of a resumed warmup failed: %s", error)
 
     async def changed(self, kind: str, subject_id: str) -> None:
         """A warmup was set, cleared, paused or resumed through this node: forget what
         was known of it and follow storage at once."""
-        self._closed.pop((kind, subject_id), None)
+        closed = self._closed.pop((kind, subject_id), None)
         self._tail.pop((kind, subject_id), None)
         await self.follow()
+        if closed is not None and closed.reason == "warmup_paused":
+            await self._wake_paused(kind, closed.name)
 
     # --- one send -------------------------------------------------------------------------
 
@@ -141,7 +172,7 @@ class WarmupGate:
         if isinstance(verdict, stored.Paused):
             text = stored.paused_text(subject[0], pool.name, verdict.reason)
             until = now + settings.paused_recheck
-            closed = self._closed[subject] = _Closed(until, "warmup_paused", text, 0.0)
+            closed = self._closed[subject] = _Closed(until, "warmup_paused", text, 0.0, pool.name)
             return self._wait(pool, subject, closed, now)
         if isinstance(verdict, stored.Over):
             if verdict.reason == "warmup_daily":
@@ -150,7 +181,9 @@ class WarmupGate:
             else:
                 text = f"{stored.waiting_text(subject[0], pool.name)} hourly cap {verdict.limit}"
                 step = stored.HOUR / max(1, verdict.limit)
-            closed = self._closed[subject] = _Closed(verdict.until, verdict.reason, text, step)
+            closed = self._closed[subject] = _Closed(
+                verdict.until, verdict.reason, text, step, pool.name
+            )
             return self._wait(pool, subject, closed, now)
         self._closed.pop(subject, None)
         self._tail.pop(subject, None)
