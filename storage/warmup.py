@@ -451,18 +451,29 @@ async def outcomes(db: Database, name: str, since: float) -> Outcomes:
     back later) from `since` on; reads `ix_event_created`."""
 
     def query(conn: Connection) -> dict[str, int]:
-        through = func.coalesce(E.c.pool, M.c.last_pool)
-        rows = conn.execute(
+        kinds = ("delivered", "bounced", "complaint")
+        # The upstream's answers name the pool in the event itself (no join) ...
+        sync = conn.execute(
+            select(E.c.type, func.count())
+            .where(E.c.created_at >= since, E.c.pool == name, E.c.type.in_(kinds))
+            .group_by(E.c.type)
+        ).all()
+        # ... a report that came back later names none: its message's last pool does.
+        late = conn.execute(
             select(E.c.type, func.count())
             .select_from(E.join(M, M.c.id == E.c.message_id))
             .where(
                 E.c.created_at >= since,
-                E.c.type.in_(("delivered", "bounced", "complaint")),
-                through == name,
+                E.c.pool.is_(None),
+                E.c.type.in_(("bounced", "complaint")),
+                M.c.last_pool == name,
             )
             .group_by(E.c.type)
         ).all()
-        return {kind: count for kind, count in rows}
+        counts: dict[str, int] = {}
+        for kind, count in [*sync, *late]:
+            counts[kind] = counts.get(kind, 0) + count
+        return counts
 
     counts = await db.read(query)
     return replace(

@@ -4,14 +4,21 @@ clear."""
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import pytest
 
+from gateway.config import WarmupConfig
+from gateway.delivery.slowdown import Wait
+from gateway.delivery.upstream import PoolSettings
+from gateway.delivery.warmup import WarmupGate
+from gateway.message import DeliveryResult, Outcome
 from storage import warmup
 from storage.db import Database
 from storage.warmup_schedule import Schedule
+from storage.writer import Writer
 
 TZ = "Europe/Paris"
 OPTS = {"lease": 60.0, "active_hours": 2, "burst": 0.2}
@@ -123,3 +130,49 @@ async def test_clear_removes_the_warmup_and_its_counts(backend: Database) -> Non
     assert isinstance(await take(backend, now + 3), warmup.Reserved)  # counts started over
     listed = await warmup.list_warmups(backend, now)
     assert [(r.kind, r.subject_id, r.sent_today) for r in listed] == [("pool", "p1", 1)]
+
+
+async def test_the_gate_for_an_account(backend: Database, writer: Writer) -> None:
+    """delivery's WarmupGate over real storage: an account's sends, its waits (on the wall
+    clock, however the warmup clock is set), a send given back, throttling replies."""
+    clock = [at("2026-06-01T09:00:00")]
+    settings = WarmupConfig(active_hours=2, burst=0.0, throttle_replies=2)
+    gate = WarmupGate(backend, writer, settings, clock=lambda: clock[0])
+    account = PoolSettings(id="acc1", name="me@personal.test", host="h", port=1, source="account")
+    pool = PoolSettings(id="acc1", name="same id, a pool", host="h", port=1)
+    await warmup.set_warmup(backend, "account", "acc1", Schedule(start=4, step=1, cap=5), TZ,
+                            clock[0])  # fmt: skip
+    await gate.follow()
+    assert await gate.reserve(pool) is None  # a pool's id is another subject
+    first = await gate.reserve(account)
+    assert isinstance(first, warmup.Reserved)
+    await gate.release(first)  # the pool's own limit refused it: it does not count
+    taken = [await gate.reserve(account) for _ in range(3)]  # ceil(4/2) + 1 an hour
+    assert all(isinstance(t, warmup.Reserved) for t in taken)
+    for reserved in taken:
+        await gate.sent(reserved)  # type: ignore[arg-type]
+    wait = await gate.reserve(account)
+    assert isinstance(wait, Wait) and wait.reason == "warmup_hourly"
+    assert wait.text == "waiting: warmup of account me@personal.test hourly cap 3"
+    assert wait.until == pytest.approx(time.time() + 3600, abs=5)  # wall clock
+    later = await gate.reserve(account)  # answered from memory, one step later
+    assert isinstance(later, Wait) and later.until > wait.until
+    state = (await warmup.warmup_states(backend, "account", ["acc1"], clock[0]))["acc1"]
+    assert state == warmup.WarmupState("active", 4, 3)
+
+    def reply(code: int, enhanced: str, text_: str) -> DeliveryResult:
+        return DeliveryResult(Outcome.DEFERRED, code, enhanced, text_)
+
+    await gate.throttled(account, reply(421, "4.3.2", "service shutting down"))
+    await gate.throttled(account, reply(451, "4.7.1", "rate limited, try again later"))
+    assert (await warmup.get_warmup(backend, "account", "acc1", clock[0])).status == "active"  # type: ignore[union-attr]
+    await gate.throttled(account, reply(421, "4.7.0", "Too many messages"))
+    record = await warmup.get_warmup(backend, "account", "acc1", clock[0])
+    assert record is not None and record.status == "paused"
+    assert record.paused_reason == (
+        "receiver throttling: 2 throttling replies within 1h, the last: 421 4.7.0 Too many messages"
+    )
+    clock[0] += 7200
+    paused = await gate.reserve(account)
+    assert isinstance(paused, Wait) and paused.reason == "warmup_paused"
+    assert paused.text.startswith("waiting: warmup of account me@personal.test paused: receiver")
