@@ -10,8 +10,9 @@ the key `warmup:<kind>:<id>` and the warmup's local day.
                 complete      after the last day: it limits nothing any more
 
 A pause keeps the day it was on: `resume` moves the start day on by the days paused, so the
-ramp goes on where it stopped. `sent_today` is counted while a warmup exists (whatever its
-status), for today's local day; a subject without a warmup reports 0 and `not_started`.
+ramp goes on where it stopped. `sent_today` counts the sends made under an active warmup
+on today's local day (what is sent before it starts, or once it is complete, is not
+counted); a subject without a warmup reports 0 and `not_started`.
 
 The reserving transaction is serialised per subject as a pool's is: on PostgreSQL it locks
 the warmup's row FOR UPDATE; SQLite has one writer.
