@@ -83,7 +83,8 @@ DKIM_SIGNATURES = Counter(
 POOL_THROTTLED = Counter(
     "postern_pool_throttled_total",
     "Sends held back by a pool's limit (rate, daily) or met with an upstream throttling "
-    "reply that halved the pool's concurrency (backoff).",
+    "reply that halved the pool's concurrency (backoff), or by a warmup (warmup_hourly, "
+    "warmup_daily, warmup_paused).",
     ["pool", "reason"],
 )
 WARMUP_PAUSED = Counter(
