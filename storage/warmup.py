@@ -12,7 +12,7 @@ the key `warmup:<kind>:<id>` and the warmup's local day.
 A pause keeps the day it was on: `resume` moves the start day on by the days paused, so the
 ramp goes on where it stopped. `sent_today` counts the sends made under an active warmup
 on today's local day (what is sent before it starts, or once it is complete, is not
-counted); a subject without a warmup reports 0 and `not_started`.
+counted); `warmup_states` leaves out a subject without a warmup.
 
 The reserving transaction is serialised per subject as a pool's is: on PostgreSQL it locks
 the warmup's row FOR UPDATE; SQLite has one writer.
@@ -60,9 +60,6 @@ class WarmupState:
     status: str  # not_started | active | paused | complete
     daily_limit: int | None
     sent_today: int
-
-
-NOT_STARTED = WarmupState("not_started", None, 0)
 
 
 @dataclass(frozen=True)
@@ -198,7 +195,8 @@ def _read(conn: Connection, now: float, *where: Any) -> list[WarmupRecord]:
 async def warmup_states(
     db: Database, kind: str, ids: Sequence[str], now: float
 ) -> dict[str, WarmupState]:
-    """Each id's warmup as of `now`; an id without one is `not_started`, no limit, 0 sent."""
+    """The warmup of each id that has one, as of `now` (an id without one is missing: its
+    caller knows best what to say of it, `not_started` with its own count of the day)."""
     wanted = list(dict.fromkeys(ids))
     if not wanted:
         return {}
@@ -206,8 +204,7 @@ async def warmup_states(
     def query(conn: Connection) -> list[WarmupRecord]:
         return _read(conn, now, W.c.kind == kind, W.c.subject_id.in_(wanted))
 
-    found = {record.subject_id: record.state for record in await db.read(query)}
-    return {subject: found.get(subject, NOT_STARTED) for subject in wanted}
+    return {record.subject_id: record.state for record in await db.read(query)}
 
 
 async def get_warmup(db: Database, kind: str, subject_id: str, now: float) -> WarmupRecord | None:

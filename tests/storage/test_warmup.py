@@ -45,11 +45,8 @@ async def test_states_of_subjects_with_and_without_a_warmup(backend: Database) -
     now = at("2026-06-01T09:00:00")
     await warmup.set_warmup(backend, "pool", "p1", Schedule(start=4, step=4, cap=12), TZ, now)
     states = await warmup.warmup_states(backend, "pool", ["p1", "p2"], now)
-    assert states == {
-        "p1": warmup.WarmupState("active", 4, 0),
-        "p2": warmup.WarmupState("not_started", None, 0),
-    }
-    assert await warmup.warmup_states(backend, "account", ["p1"], now) == {"p1": warmup.NOT_STARTED}
+    assert states == {"p1": warmup.WarmupState("active", 4, 0)}  # p2 has none: missing
+    assert await warmup.warmup_states(backend, "account", ["p1"], now) == {}
     later = at("2026-06-03T09:00:00")
     assert (await warmup.warmup_states(backend, "pool", ["p1"], later))["p1"].daily_limit == 12
     done = at("2026-06-04T00:00:00")  # day 4 of a 3-day ramp
