@@ -37,6 +37,10 @@ async def test_a_pools_warmup_set_shown_paused_resumed_cleared(api: Api) -> None
         "active", 1, 50, 4,
     )  # fmt: skip
     assert body["timezone"] == "Asia/Tokyo" and body["sent_today"] == 0
+    pool = (await api.get(f"/api/v1/smtp-pools/{body['id']}", key=key)).json()
+    assert pool["warmup"] == {"status": "active", "daily_limit": 50, "sent_today": 0}
+    [listed_pool] = (await api.get("/api/v1/smtp-pools", key=key)).json()
+    assert listed_pool["warmup"]["status"] == "active"
     listed = await api.get("/api/v1/warmup/pool", key=key)
     assert [w["id"] for w in listed.json()["warmups"]] == [body["id"]]
     paused = await api.http.post(POOL + "/pause", json={"reason": "checking the lists"},
@@ -52,6 +56,8 @@ async def test_a_pools_warmup_set_shown_paused_resumed_cleared(api: Api) -> None
     assert (await api.http.delete(POOL, headers=auth(key))).json() == {"success": True}
     assert (await api.get(POOL, key=key)).status_code == 404
     assert (await api.http.delete(POOL, headers=auth(key))).status_code == 404
+    pool = (await api.get(f"/api/v1/smtp-pools/{body['id']}", key=key)).json()
+    assert pool["warmup"] is None
 
 
 @pytest.mark.parametrize(
@@ -102,6 +108,8 @@ async def test_who_may_touch_which_warmup(api: Api) -> None:
         made = await mine.call("PUT", path, json={"preset": "conservative"})
         assert made.status_code == 200, made.text
         assert (made.json()["name"], made.json()["daily_limit"]) == ("me@personal.test", 20)
+        accounts = (await mine.call("GET", "/api/v1/accounts")).json()["accounts"]
+        assert accounts[0]["warmup"] == {"status": "active", "daily_limit": 20, "sent_today": 0}
         listed = await mine.call("GET", "/api/v1/warmup/account")
         assert [w["id"] for w in listed.json()["warmups"]] == [account.id]
         assert (await theirs.call("GET", "/api/v1/warmup/account")).json()["warmups"] == []
