@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.resource_schemas import LOOPBACK_PATTERN, Email, Host, Port
+from api.resource_schemas import LOOPBACK_PATTERN, Email, Host, Port, WarmupBrief
 from api.schemas import HEADER_TEXT, Strict
 
 Security = Literal["ssl", "starttls", "none"]
@@ -75,6 +75,9 @@ class Account(BaseModel):
     created_at: str
     last_error: str | None
     last_synced_at: str | None
+    warmup: WarmupBrief | None = Field(
+        None, description="its warmup (/api/v1/warmup/account/{id}), null when it has none"
+    )
 
 
 class AccountList(BaseModel):

@@ -50,6 +50,7 @@ from api.routes import (
     smtp_configs,
     suppressions,
     users,
+    warmup,
 )  # fmt: skip
 from api.routes import webhooks as webhook_routes
 from gateway import maillog, metrics
@@ -278,7 +279,7 @@ def create_app(
 _RESOURCES = (
     auth, users, send, messages, keys, suppressions, pools, smtp_configs, aliases, domains,
     webhook_routes, invitations, invitation_page, accounts, bounces, events_stream, blocklists,
-    reputation,
+    reputation, warmup,
 )  # fmt: skip
 
 

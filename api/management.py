@@ -37,6 +37,18 @@ class LivePools(Protocol):
         ...
 
 
+class LiveWarmups(Protocol):
+    """This node's warmup gate (gateway.delivery.warmup.WarmupGate), as the routes see it."""
+
+    async def changed(self, kind: str, subject_id: str) -> None:
+        """A warmup changed through this node: delivery follows before this returns."""
+        ...
+
+    def now(self) -> float:
+        """The warmups' time (their days and hours): the wall clock but in tests."""
+        ...
+
+
 class LiveAccounts(Protocol):
     """The connected accounts this node sends through (each its own SMTP server)."""
 
@@ -58,6 +70,10 @@ class Management:
     public_url: str  # base of the links in verification mail
     accounts: AccountSettings = field(default_factory=AccountSettings)  # connected accounts
     account_routes: LiveAccounts | None = None  # their live upstreams (None: not sending)
+    warmup: LiveWarmups | None = None  # delivery's warmup gate (None: not sending)
+    warmup_timezone: str = "UTC"  # [warmup] timezone: a new warmup's, unless given
+    warmup_hours: int = 24  # [warmup] active_hours and burst: the hourly cap shown
+    warmup_burst: float = 0.2
 
     @classmethod
     def build(
@@ -69,6 +85,7 @@ class Management:
         guard: HostGuard | None = None,
         webhook_guard: HostGuard | None = None,
         account_routes: LiveAccounts | None = None,
+        warmup: LiveWarmups | None = None,
     ) -> Management:
         host, port = config.http.listen
         shown = f"[{host}]" if ":" in host else host
@@ -91,4 +108,8 @@ class Management:
                 hostname=config.server.hostname,
             ),
             account_routes=account_routes,
+            warmup=warmup,
+            warmup_timezone=config.warmup.timezone,
+            warmup_hours=config.warmup.active_hours,
+            warmup_burst=config.warmup.burst,
         )

@@ -126,6 +126,12 @@ class PoolUpdate(Patch):
     daily_limit: DailyLimit | None = None
 
 
+class WarmupBrief(BaseModel):
+    status: Literal["not_started", "active", "paused", "complete"]
+    daily_limit: int | None = Field(description="today's, from the schedule")
+    sent_today: int
+
+
 class SmtpPool(BaseModel):
     id: str
     name: str
@@ -149,6 +155,9 @@ class SmtpPool(BaseModel):
         "tls_verify or username without a new password clears it"
     )
     created_by: str | None = Field(None, description="the user who made it (null: a key's)")
+    warmup: WarmupBrief | None = Field(
+        None, description="its warmup (/api/v1/warmup/pool/{id}), null when it has none"
+    )
 
 
 class SmtpPoolList(RootModel[list[SmtpPool]]):

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from gateway.bounces import rules as bounce_rules
 from gateway.dns import parse_nameserver
@@ -218,6 +219,34 @@ class ReputationConfig:
 
 
 @dataclass(frozen=True)
+class WarmupConfig:
+    # The zone whose midnight rolls a warmup's day (zoneinfo name); stored with each warmup
+    # when it is set, so a later change here moves none already running.
+    timezone: str = "UTC"
+    # The hourly cap: ceil(daily limit / active_hours) plus a burst of `burst` of it (at
+    # least one), in any rolling hour: the day's limit is spread, not spent at once.
+    active_hours: int = 24
+    burst: float = 0.2
+    # The spike check, every check_interval on each node, over the last `window` of mail
+    # through each warming subject: pause at a hard-bounce rate of bounce_rate or more
+    # (Amazon SES puts an account under review at 5 %) or a complaint rate of
+    # complaint_rate or more (Gmail's bulk-sender rules: never reach 0.3 %), once at least
+    # min_volume recipients were sent in the window.
+    check_interval: float = 60.0
+    window: float = 86400.0
+    min_volume: int = 20
+    bounce_rate: float = 0.05
+    complaint_rate: float = 0.003
+    # A receiver's throttling replies (421, or 4.7.x saying "rate limited", "try again
+    # later"...): this many within throttle_window pause the warmup; 0 = never.
+    throttle_replies: int = 3
+    throttle_window: float = 3600.0
+    # Mail of a paused subject waits in the queue; it looks again this often (a resume on
+    # this node wakes it at once).
+    paused_recheck: float = 300.0
+
+
+@dataclass(frozen=True)
 class PoolConfig:
     name: str
     host: str
@@ -256,6 +285,7 @@ class Config:
     bounces: BouncesConfig = field(default_factory=BouncesConfig)
     blocklists: BlocklistsConfig = field(default_factory=BlocklistsConfig)
     reputation: ReputationConfig = field(default_factory=ReputationConfig)
+    warmup: WarmupConfig = field(default_factory=WarmupConfig)
     pools: tuple[PoolConfig, ...] = ()
 
 
@@ -475,6 +505,28 @@ def _dqs_key(value: Any, where: str) -> str:
     return text
 
 
+def _timezone(value: Any, where: str) -> str:
+    name = _str(value, where)
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"{where}: unknown time zone {name!r} (a zoneinfo name)") from None
+    return name
+
+
+def _fraction(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise ConfigError(f"{where}: expected a number from 0 to 1")
+    return float(value)
+
+
+def _hours(value: Any, where: str) -> int:
+    hours = _positive_int(value, where)
+    if hours > 24:
+        raise ConfigError(f"{where}: at most 24")
+    return hours
+
+
 def _strings(value: Any, where: str) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise ConfigError(f"{where}: expected a list of strings")
@@ -593,6 +645,22 @@ _SECTIONS: dict[str, tuple[type, dict[str, Converter]]] = {
             "threshold": _score,
             "pause_on_risk": _bool,
             "setup_interval": _positive_duration,
+        },
+    ),
+    "warmup": (
+        WarmupConfig,
+        {
+            "timezone": _timezone,
+            "active_hours": _hours,
+            "burst": _fraction,
+            "check_interval": _positive_duration,
+            "window": _positive_duration,
+            "min_volume": _positive_int,
+            "bounce_rate": _fraction,
+            "complaint_rate": _fraction,
+            "throttle_replies": _non_negative_int,
+            "throttle_window": _positive_duration,
+            "paused_recheck": _positive_duration,
         },
     ),
 }

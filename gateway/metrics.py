@@ -83,8 +83,15 @@ DKIM_SIGNATURES = Counter(
 POOL_THROTTLED = Counter(
     "postern_pool_throttled_total",
     "Sends held back by a pool's limit (rate, daily) or met with an upstream throttling "
-    "reply that halved the pool's concurrency (backoff).",
+    "reply that halved the pool's concurrency (backoff), or by a warmup (warmup_hourly, "
+    "warmup_daily, warmup_paused).",
     ["pool", "reason"],
+)
+WARMUP_PAUSED = Counter(
+    "postern_warmup_paused_total",
+    "Warmups paused by Postern itself: a bounce or complaint spike, or a receiver's "
+    "throttling replies (a person's pauses are not counted).",
+    ["kind", "reason"],
 )
 POOL_RATE_LIMIT = Gauge(
     "postern_pool_rate_limit", "A pool's configured rate in sends per second (0 = none).", ["pool"]

@@ -272,6 +272,7 @@ _ADDED_COLUMNS = (
     ("event", "upstream_seconds", "FLOAT"),
     # Schema 10: sender reputation (reputation_day, reputation_job and reputation_subject
     # are new tables: no column added).
+    # Schema 10: warmup schedules (a new table, `warmup`, from create_all; no new column).
 )
 
 # Run once, right after their column was added, to fill it in for the rows already there.

@@ -436,6 +436,30 @@ class PoolDay(SQLModel, table=True):
     count: int = 0
 
 
+class Warmup(SQLModel, table=True):
+    """A warmup of one account or pool (schema 10; storage.warmup). Sends are counted in
+    `pool_send` / `pool_day` under the key `warmup:<kind>:<id>`, the day being the local
+    day of `timezone`. `status` is active or paused as stored; not_started and complete
+    follow from the day (storage.warmup_schedule)."""
+
+    __tablename__ = "warmup"
+
+    kind: str = Field(primary_key=True, max_length=16)  # account | pool
+    subject_id: str = Field(primary_key=True, max_length=64)
+    preset: str | None = Field(default=None, max_length=32)  # None: the linear ramp below
+    start_volume: int = 0
+    step: int = 0
+    cap: int = 0
+    timezone: str = Field(max_length=64)  # [warmup] timezone when set, or as given
+    start_day: str = Field(max_length=10)  # YYYY-MM-DD, local: day 1
+    status: str = Field(max_length=16)  # active | paused
+    paused_reason: str | None = Field(default=None, max_length=512)
+    paused_at: float | None = None
+    created_at: float
+    updated_at: float
+    created_by: str | None = Field(default=None, max_length=64)  # user id; None: console
+
+
 class User(SQLModel, table=True):
     """A person who logs in (machines use API keys). `email` is the mailbox_key form."""
 

@@ -74,42 +74,66 @@ def reserve(
     in flight until SENT, its `at` leased to `now + lease` (see the module docstring)."""
     if conn.dialect.name == "postgresql":
         conn.execute(select(P.c.id).where(P.c.id == pool_id).with_for_update())
-    day = utc_day(now)
+    return reserve_counted(
+        conn, pool_id, now, count, window, daily,
+        lease=lease, day=utc_day(now), day_ends=next_midnight(now),
+    )  # fmt: skip
+
+
+def reserve_counted(
+    conn: Connection,
+    key: str,
+    now: float,
+    count: int,
+    window: float,
+    daily: int,
+    *,
+    lease: float,
+    day: str,
+    day_ends: float,
+) -> int | OverLimit:
+    """`reserve` for any counted subject (`key`: a pool's id, or a warmup's
+    `warmup:<kind>:<id>`), its day named by the caller (`day`, ending at `day_ends`). The
+    caller serialises: it holds a lock on the subject's row (PostgreSQL) or runs in
+    SQLite's one writer."""
     if daily:
-        used = conn.execute(
-            select(PD.c.count).where(PD.c.pool_id == pool_id, PD.c.day == day)
-        ).scalar()
+        used = conn.execute(select(PD.c.count).where(PD.c.pool_id == key, PD.c.day == day)).scalar()
         if (used or 0) >= daily:
-            return OverLimit("daily", (next_midnight(now),))
+            return OverLimit("daily", (day_ends,))
     send_id = 0
     if count:
         # Pruning here keeps the table at about N rows per pool: one index range each time.
-        conn.execute(delete(PS).where(PS.c.pool_id == pool_id, PS.c.at <= now - window))
-        used = conn.execute(select(func.count()).where(PS.c.pool_id == pool_id)).scalar() or 0
+        conn.execute(delete(PS).where(PS.c.pool_id == key, PS.c.at <= now - window))
+        used = conn.execute(select(func.count()).where(PS.c.pool_id == key)).scalar() or 0
         if used >= count:
             # The (used - count + 1)-th oldest send leaving the window frees the first slot.
             # A send in flight (`at` in the future) ends at the earliest now: its slot is
             # then no sooner than now + window (a lower bound; asking again then is exact).
             oldest = conn.execute(
                 select(PS.c.at)
-                .where(PS.c.pool_id == pool_id)
+                .where(PS.c.pool_id == key)
                 .order_by(PS.c.at)
                 .offset(used - count)
                 .limit(_SLOTS)
             ).scalars()
             return OverLimit("rate", tuple(min(at, now) + window for at in oldest))
         send_id = conn.execute(
-            insert(PS).values(pool_id=pool_id, at=now + lease).returning(PS.c.id)
+            insert(PS).values(pool_id=key, at=now + lease).returning(PS.c.id)
         ).scalar_one()
     if daily:
-        dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
-        upsert = dialect.insert(PD).values(pool_id=pool_id, day=day, count=1)
-        conn.execute(
-            upsert.on_conflict_do_update(
-                index_elements=["pool_id", "day"], set_={"count": PD.c.count + 1}
-            )
-        )
+        count_day(conn, key, day, 1)
     return send_id
+
+
+def count_day(conn: Connection, key: str, day: str, delta: int) -> None:
+    """Add `delta` to `key`'s count for `day` (a row made at 1 when there is none)."""
+    dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
+    upsert = dialect.insert(PD).values(pool_id=key, day=day, count=max(delta, 0))
+    conn.execute(
+        upsert.on_conflict_do_update(
+            index_elements=["pool_id", "day"], set_={"count": PD.c.count + delta}
+        )
+    )
 
 
 def prune(conn: Connection, now: float) -> None:

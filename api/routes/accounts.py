@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from api import account_ops
+from api import account_ops, warmup_ops
 from api.account_schemas import AccountConnect, AccountList, ConnectResponse, SkippedList
 from api.auth import Caller, authenticate, for_people_matters
 from api.context import ApiContext, iso
@@ -25,12 +25,16 @@ from api.openapi import operation, path_parameter
 from api.schemas import ErrorResponse, Ok, parse
 from storage.inbox import Skipped
 from storage.mail_accounts import MailAccountRecord
+from storage.warmup import WarmupState, warmup_states
 
 PREFIXES = ("/mail/accounts", "/api/v1/mail/accounts", "/api/v1/accounts")
 _ID = [path_parameter("account_id", "the account's id (a UUID)")]
 
 
-def account_json(record: MailAccountRecord) -> dict[str, Any]:
+def account_json(
+    record: MailAccountRecord, warm: dict[str, WarmupState] | None = None
+) -> dict[str, Any]:
+    state = (warm or {}).get(record.id)
     return {
         "id": record.id,
         "email": record.email,
@@ -48,6 +52,13 @@ def account_json(record: MailAccountRecord) -> dict[str, Any]:
         "created_at": iso(record.created_at),
         "last_error": record.last_error,
         "last_synced_at": iso(record.last_synced_at) if record.last_synced_at else None,
+        "warmup": None
+        if state is None
+        else {
+            "status": state.status,
+            "daily_limit": state.daily_limit,
+            "sent_today": state.sent_today,
+        },
     }
 
 
@@ -67,7 +78,9 @@ async def _caller(request: Request) -> tuple[ApiContext, Caller]:
 async def list_all(request: Request) -> Response:
     ctx, caller = await _caller(request)
     records = await account_ops.records(ctx, caller)
-    return JSONResponse({"success": True, "accounts": [account_json(r) for r in records]})
+    ids = [r.id for r in records]
+    warm = await warmup_states(ctx.db, "account", ids, warmup_ops.now(ctx))
+    return JSONResponse({"success": True, "accounts": [account_json(r, warm) for r in records]})
 
 
 @operation(

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from api import pool_ops
+from api import pool_ops, warmup_ops
 from api.auth import Caller, authenticate
 from api.context import ApiContext, iso
 from api.openapi import operation, path_parameter, query_parameter
@@ -29,6 +29,7 @@ from api.resource_schemas import (
 )
 from api.schemas import HEADER_TEXT, ErrorResponse, parse, refuse_nulls
 from storage.pools import PoolRecord
+from storage.warmup import WarmupState, warmup_states
 
 SCOPE = "pools"
 PREFIXES = ("/api/v1/smtp-pools", "/api/smtp-pools")
@@ -53,7 +54,13 @@ MOVE_TO_TEXT = (
 )
 
 
-def pool_json(record: PoolRecord) -> dict[str, Any]:
+async def warmups(ctx: ApiContext, records: list[PoolRecord]) -> dict[str, WarmupState]:
+    """The pools' warmups (storage.warmup), by pool id; a pool without one is missing."""
+    return await warmup_states(ctx.db, "pool", [r.id for r in records], warmup_ops.now(ctx))
+
+
+def pool_json(record: PoolRecord, warm: dict[str, WarmupState] | None = None) -> dict[str, Any]:
+    state = (warm or {}).get(record.id)
     return {
         "id": record.id,
         "name": record.name,
@@ -74,6 +81,13 @@ def pool_json(record: PoolRecord) -> dict[str, Any]:
         "source": record.source,
         "has_password": record.has_password,
         "created_by": record.created_by,
+        "warmup": None
+        if state is None
+        else {
+            "status": state.status,
+            "daily_limit": state.daily_limit,
+            "sent_today": state.sent_today,
+        },
     }
 
 
@@ -90,7 +104,9 @@ async def _caller(request: Request) -> tuple[ApiContext, Caller]:
 )
 async def list_all(request: Request) -> Response:
     ctx, caller = await _caller(request)
-    return JSONResponse([pool_json(record) for record in await pool_ops.records(ctx, caller)])
+    records = await pool_ops.records(ctx, caller)
+    warm = await warmups(ctx, records)
+    return JSONResponse([pool_json(record, warm) for record in records])
 
 
 @operation(
@@ -116,7 +132,7 @@ async def create(request: Request) -> Response:
 async def show(request: Request) -> Response:
     ctx, caller = await _caller(request)
     record = await pool_ops.get(ctx, caller, request.path_params["pool_id"])
-    return JSONResponse(pool_json(record))
+    return JSONResponse(pool_json(record, await warmups(ctx, [record])))
 
 
 @operation(
@@ -138,7 +154,7 @@ async def change(request: Request) -> Response:
     record = await pool_ops.update(
         ctx, caller, pool_id, changes, body.password, "password" in given, partial
     )
-    return JSONResponse(pool_json(record))
+    return JSONResponse(pool_json(record, await warmups(ctx, [record])))
 
 
 @operation(

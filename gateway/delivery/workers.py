@@ -30,10 +30,12 @@ from gateway.delivery.upstream import (
     UpstreamPool,
     deferred,
 )
+from gateway.delivery.warmup import WarmupGate
 from gateway.message import DeliveryResult, Outcome, QueuedMessage
 from gateway.queue import retry
 from gateway.queue.store import AttemptRecord, Queue
 from gateway.routing import Plan, at_attempt
+from storage.warmup import Reserved
 from storage.writer import StorageUnavailable
 
 log = logging.getLogger("postern.delivery")
@@ -125,8 +127,10 @@ class Delivery:
         direct: DirectRoutes | None = None,
         throttle: Throttle | None = None,
         return_path: ReturnPath | None = None,
+        warmup: WarmupGate | None = None,
     ) -> None:
         self._queue = queue
+        self._warmup = warmup  # accounts' and pools' warmups; None = none enforced
         self._return_path = return_path  # [bounces] domain: the VERP envelope sender
         self._registry = registry
         self._throttle = throttle  # pool rate and daily limits; None = none enforced
@@ -272,6 +276,8 @@ class Delivery:
             if self._throttle is not None:
                 # Sends in flight keep counting against their pool's rate (it paces itself).
                 await self._throttle.renew()
+            if self._warmup is not None:
+                await self._warmup.renew()
             for pool in self._registry.all():
                 await pool.reap_idle()
             if self._direct is not None:
@@ -389,13 +395,20 @@ class Delivery:
         waits: list[Wait] = []
         for pool_id in ready:
             pool = self._registry.get(pool_id)
+            # A warming subject over its hour's or day's share, or paused: it waits.
+            warm = await self._warmup.reserve(pool.settings) if self._warmup else None
+            if isinstance(warm, Wait):
+                waits.append(warm)
+                continue
             ticket = await self._throttle.reserve(pool.settings) if self._throttle else None
             if isinstance(ticket, Wait):  # over its limit: the next pool, if any, goes now
+                if warm is not None and self._warmup is not None:
+                    await self._warmup.release(warm)
                 waits.append(ticket)
                 continue
             tried = pool.name
             try:
-                results = await self._send(message, pool, ticket)
+                results = await self._send(message, pool, ticket, warm)
             except PoolUnavailable as unavailable:
                 last = unavailable.result
                 log.info("pool %s unavailable for %s: %s", pool.name, message.id, last.describe())
@@ -439,7 +452,11 @@ class Delivery:
             raise Postponed(Wait(pool=first.name, reason="cooldown", until=until, text=text))
 
     async def _send(
-        self, message: QueuedMessage, pool: UpstreamPool, ticket: Ticket | None
+        self,
+        message: QueuedMessage,
+        pool: UpstreamPool,
+        ticket: Ticket | None,
+        warm: Reserved | None = None,
     ) -> dict[str, DeliveryResult]:
         """One try through one pool; a throttling reply (421, 4.7.x) makes it back off."""
         try:
@@ -450,6 +467,8 @@ class Delivery:
         finally:
             if ticket is not None and self._throttle is not None:
                 await self._throttle.sent(ticket)
+            if warm is not None and self._warmup is not None:
+                await self._warmup.sent(warm)
         await self._throttled(message, pool, results.values())
         return results
 
@@ -459,6 +478,8 @@ class Delivery:
         reply = next((r for r in results if is_throttling(r)), None)
         if reply is None:
             return
+        if self._warmup is not None:  # a receiver asking to slow down may pause a warmup
+            await self._warmup.throttled(pool.settings, reply)
         halved = pool.backoff.trigger()
         metrics.POOL_THROTTLED.labels(pool=pool.name, reason="backoff").inc()
         log.warning(

@@ -41,6 +41,7 @@ GROUPS: dict[str, tuple[str, str]] = {
     "backup": ("backup", "copy the database (online) and the secret key into a new directory"),
     "users": ("users", "people who log in to the dashboard"),
     "reputation": ("reputation", "sender reputation scores and why"),
+    "warmup": ("warmup", "warmups of pools and connected accounts"),
 }
 
 

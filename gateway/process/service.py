@@ -24,6 +24,7 @@ import contextlib
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from functools import partial
@@ -41,9 +42,11 @@ from gateway.bounces.ingest import Settings as BounceSettings
 from gateway.bounces.returnpath import VERP_KEY, ReturnPath
 from gateway.bounces.rules import load as load_rules
 from gateway.config import Config, ConfigError, load
+from gateway.delivery import warmup
 from gateway.delivery.direct import DirectRoutes
 from gateway.delivery.throttle import Throttle
 from gateway.delivery.upstream import SessionSettings
+from gateway.delivery.warmup import WarmupGate
 from gateway.delivery.workers import Delivery, PoolRegistry
 from gateway.dkim.cache import Signers
 from gateway.dkim.signing_process import SigningProcess
@@ -78,6 +81,7 @@ from gateway.smtpd.bounce_listener import BounceHandler
 from gateway.smtpd.server import PosternHandler
 from gateway.tasks import Loops
 from gateway.webhooks.node import Webhooks, start_webhooks
+from storage import warmup as stored_warmup
 from storage.db import (
     Database,
     SchemaError,
@@ -141,6 +145,9 @@ class Service:
         self.queue: Queue | None = None
         self.registry: PoolRegistry | None = None  # the live pools
         self.delivery: Delivery | None = None
+        self.warmup: WarmupGate | None = None  # accounts' and pools' warmups (delivery's)
+        # The warmups' clock: their days and hours (a test moves it; the queue keeps time).
+        self.warmup_clock: Callable[[], float] = time.time
         self.pool_sync: PoolSync | None = None  # keeps the registry equal to storage
         self.account_routes: AccountRoutes | None = None  # connected accounts' upstreams
         self.signers: Signers | None = None
@@ -192,7 +199,7 @@ class Service:
         await self._start_background(ready, storage, outbound, pools)
         manage = Management.build(
             config, ready.box, identities, pools, outbound.pools, outbound.webhooks,
-            account_routes=self.account_routes,
+            account_routes=self.account_routes, warmup=self.warmup,
         )  # fmt: skip
         await self._open_doors(ready, storage, intake, manage, delivery.wake)
         log.info(
@@ -276,6 +283,8 @@ class Service:
         registry = self.registry = PoolRegistry(session)
         direct = DirectRoutes(outbound.resolver, session, config.mx_port, guard=outbound.mx)
         db, writer, queue = storage.db, storage.writer, storage.queue
+        gate = self.warmup = WarmupGate(db, writer, self.config.warmup, self.warmup_clock)
+        await gate.follow()
         delivery = self.delivery = Delivery(
             queue,
             registry,
@@ -283,6 +292,7 @@ class Service:
             direct=direct,
             throttle=Throttle(db, writer),
             return_path=self.return_path(ready),
+            warmup=gate,
         )
         pools = self.pool_sync = PoolSync(
             db, ready.box, registry, queue, delivery.wake, self.config.pools
@@ -343,6 +353,10 @@ class Service:
         loops.every(FOLLOW_INTERVAL, queue.suppressions.follow, "suppression list refresh")
         loops.every(GAUGE_INTERVAL, partial(count_messages, queue), "queue gauge refresh")
         loops.every(WATCH_INTERVAL, pools.look, "checking for pool changes")  # other nodes
+        if self.warmup is not None:
+            loops.every(warmup.FOLLOW_INTERVAL, self.warmup.follow, "following warmups")
+            check = config.warmup.check_interval
+            loops.every(check, self.warmup.check_spikes, "checking warmups for spikes")
         if self.account_routes is not None:
             watch = account_routes.WATCH_INTERVAL
             loops.every(watch, self.account_routes.look, "checking for account changes")
@@ -350,9 +364,9 @@ class Service:
         loops.every(PURGE_INTERVAL, purge, "purging idempotency keys", at_once=True)
         await self._start_account_sync(ready, db, outbound)
         if config.blocklists.enabled:  # a round per interval, by one node of many (a lease)
-            check = BlocklistCheck.build(db, config.blocklists, config.dns.nameservers, ready.node)
-            await check.release()  # whatever this node held when it last stopped
-            loops.every(check.watch, check.run_once, "checking blocklists", at_once=True)
+            dnsbl = BlocklistCheck.build(db, config.blocklists, config.dns.nameservers, ready.node)
+            await dnsbl.release()  # whatever this node held when it last stopped
+            loops.every(dnsbl.watch, dnsbl.run_once, "checking blocklists", at_once=True)
         self._start_reputation(ready, db)
 
     def _people(self, db: Database, keys: KeyStore) -> People:
@@ -367,7 +381,8 @@ class Service:
 
     def _start_reputation(self, ready: Prepared, db: Database) -> None:
         """The reputation evaluation: every node tries, the lease lets one run it at a time.
-        `pause_sending` is the no-op until warmup's pause is wired here."""
+        With `pause_on_risk`, a subject at risk has its warmup paused (storage.warmup.pause:
+        every node's gate follows within seconds) until a person resumes it."""
         settings = self.config.reputation
         if not settings.enabled:
             return
@@ -377,8 +392,13 @@ class Service:
         )  # fmt: skip
         # no cache, as the domains' own check: a record fixed a minute ago counts
         resolver = Resolver(self.config.dns.nameservers, cache_size=0)
-        self.reputation = ReputationWatch(db, resolver, watch_settings)
+        self.reputation = ReputationWatch(
+            db, resolver, watch_settings, pause_sending=partial(self._pause_warmup, db)
+        )
         self.loops.every(settings.interval, self._evaluate, "evaluating sender reputation", True)
+
+    async def _pause_warmup(self, db: Database, kind: str, subject_id: str, reason: str) -> None:
+        await stored_warmup.pause(db, kind, subject_id, reason, self.warmup_clock())
 
     async def _evaluate(self) -> None:
         if self.reputation is not None:

@@ -1,0 +1,175 @@
+"""storage.warmup on SQLite and PostgreSQL: set, states, the hourly and daily counting
+shared by two connection pools (two nodes), release, pause and resume on the paused day,
+clear."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from gateway.config import WarmupConfig
+from gateway.delivery.slowdown import Wait
+from gateway.delivery.upstream import PoolSettings
+from gateway.delivery.warmup import WarmupGate
+from gateway.message import DeliveryResult, Outcome
+from storage import warmup
+from storage.db import Database
+from storage.warmup_schedule import Schedule
+from storage.writer import Writer
+
+TZ = "Europe/Paris"
+OPTS = {"lease": 60.0, "active_hours": 2, "burst": 0.2}
+
+
+def at(text: str) -> float:
+    return datetime.fromisoformat(text).replace(tzinfo=ZoneInfo(TZ)).timestamp()
+
+
+async def take(db: Database, now: float, subject: str = "p1") -> object:
+    return await db.transaction(lambda conn: warmup.reserve(conn, "pool", subject, now, **OPTS))
+
+
+async def sent(db: Database, reserved: object, done: float) -> None:
+    from storage.throttle import SENT
+
+    assert isinstance(reserved, warmup.Reserved)
+    await db.transaction(
+        lambda conn: conn.execute(SENT, {"send_id": reserved.send_id, "done": done})
+    )
+
+
+async def test_states_of_subjects_with_and_without_a_warmup(backend: Database) -> None:
+    now = at("2026-06-01T09:00:00")
+    await warmup.set_warmup(backend, "pool", "p1", Schedule(start=4, step=4, cap=12), TZ, now)
+    states = await warmup.warmup_states(backend, "pool", ["p1", "p2"], now)
+    assert states == {"p1": warmup.WarmupState("active", 4, 0)}  # p2 has none: missing
+    assert await warmup.warmup_states(backend, "account", ["p1"], now) == {}
+    later = at("2026-06-03T09:00:00")
+    assert (await warmup.warmup_states(backend, "pool", ["p1"], later))["p1"].daily_limit == 12
+    done = at("2026-06-04T00:00:00")  # day 4 of a 3-day ramp
+    assert (await warmup.warmup_states(backend, "pool", ["p1"], done))["p1"] == (
+        warmup.WarmupState("complete", None, 0)
+    )
+    assert await take(backend, done) is None  # complete: limits nothing
+    future = "2026-06-10"
+    await warmup.set_warmup(backend, "account", "a1", Schedule(preset="aggressive"), TZ, now,
+                            start_day=future)  # fmt: skip
+    record = await warmup.get_warmup(backend, "account", "a1", now)
+    assert record is not None and record.status == "not_started" and record.daily_limit is None
+
+
+async def test_hourly_then_daily_limits_hold_across_two_nodes(
+    backend: Database, other_db: Database
+) -> None:
+    now = at("2026-06-01T09:00:00")
+    await warmup.set_warmup(backend, "pool", "p1", Schedule(start=4, step=4, cap=12), TZ, now)
+    # Day 1: 4 a day over 2 active hours: ceil(4/2) + 1 = 3 in any rolling hour.
+    first = [await take(db, now + i) for i, db in enumerate([backend, other_db, backend])]
+    assert all(isinstance(r, warmup.Reserved) for r in first)
+    for reserved in first:
+        await sent(backend, reserved, now + 10)
+    over = await take(other_db, now + 20)
+    assert isinstance(over, warmup.Over) and over.reason == "warmup_hourly"
+    assert over.limit == 3 and over.until == pytest.approx(now + 10 + 3600)
+    hour_later = now + 3700
+    fourth = await take(backend, hour_later)
+    assert isinstance(fourth, warmup.Reserved)
+    daily = await take(other_db, hour_later + 1)
+    assert isinstance(daily, warmup.Over) and daily.reason == "warmup_daily"
+    assert daily.until == at("2026-06-02T00:00:00")  # Paris midnight
+    state = (await warmup.warmup_states(backend, "pool", ["p1"], hour_later))["p1"]
+    assert state == warmup.WarmupState("active", 4, 4)
+    # A send taken and given back (the pool's own limit refused it) does not count.
+    await backend.transaction(lambda conn: warmup.release(conn, fourth))
+    assert isinstance(await take(backend, hour_later + 2), warmup.Reserved)
+    # Day 2 opens 8.
+    tomorrow = at("2026-06-02T00:00:01")
+    assert (await warmup.warmup_states(backend, "pool", ["p1"], tomorrow))["p1"] == (
+        warmup.WarmupState("active", 8, 0)
+    )
+    assert isinstance(await take(other_db, tomorrow), warmup.Reserved)
+
+
+async def test_pause_holds_the_day_and_resume_goes_on_from_it(backend: Database) -> None:
+    now = at("2026-06-01T09:00:00")
+    await warmup.set_warmup(backend, "pool", "p1", Schedule(preset="conservative"), TZ, now)
+    day2 = at("2026-06-02T12:00:00")
+    await warmup.pause(backend, "pool", "p1", "complaint spike: 2 of 40", day2)
+    assert await take(backend, day2 + 60) == warmup.Paused("complaint spike: 2 of 40")
+    # A second pause keeps the first reason; an unknown subject is no error.
+    assert not await warmup.paused(backend, "pool", "p1", "another", day2 + 1)
+    await warmup.pause(backend, "pool", "nobody", "x", day2)
+    day5 = at("2026-06-05T08:00:00")
+    record = await warmup.get_warmup(backend, "pool", "p1", day5)
+    assert record is not None
+    assert (record.status, record.day, record.daily_limit) == ("paused", 2, 30)
+    assert record.paused_reason == "complaint spike: 2 of 40"
+    resumed = await warmup.resume(backend, "pool", "p1", day5)
+    assert resumed is not None
+    assert (resumed.status, resumed.day, resumed.daily_limit) == ("active", 2, 30)
+    assert resumed.paused_reason is None and resumed.start_day == "2026-06-04"
+    assert isinstance(await take(backend, day5), warmup.Reserved)
+    assert await warmup.resume(backend, "pool", "nobody", day5) is None
+
+
+async def test_clear_removes_the_warmup_and_its_counts(backend: Database) -> None:
+    now = at("2026-06-01T09:00:00")
+    await warmup.set_warmup(backend, "pool", "p1", Schedule(start=1, step=1, cap=3), TZ, now)
+    assert isinstance(await take(backend, now), warmup.Reserved)
+    assert isinstance(await take(backend, now + 1), warmup.Over)
+    assert await warmup.clear_warmup(backend, "pool", "p1")
+    assert not await warmup.clear_warmup(backend, "pool", "p1")
+    assert await take(backend, now + 2) is None
+    await warmup.set_warmup(backend, "pool", "p1", Schedule(start=1, step=1, cap=3), TZ, now)
+    assert isinstance(await take(backend, now + 3), warmup.Reserved)  # counts started over
+    listed = await warmup.list_warmups(backend, now)
+    assert [(r.kind, r.subject_id, r.sent_today) for r in listed] == [("pool", "p1", 1)]
+
+
+async def test_the_gate_for_an_account(backend: Database, writer: Writer) -> None:
+    """delivery's WarmupGate over real storage: an account's sends, its waits (on the wall
+    clock, however the warmup clock is set), a send given back, throttling replies."""
+    clock = [at("2026-06-01T09:00:00")]
+    settings = WarmupConfig(active_hours=2, burst=0.0, throttle_replies=2)
+    gate = WarmupGate(backend, writer, settings, clock=lambda: clock[0])
+    account = PoolSettings(id="acc1", name="me@personal.test", host="h", port=1, source="account")
+    pool = PoolSettings(id="acc1", name="same id, a pool", host="h", port=1)
+    await warmup.set_warmup(backend, "account", "acc1", Schedule(start=4, step=1, cap=5), TZ,
+                            clock[0])  # fmt: skip
+    await gate.follow()
+    assert await gate.reserve(pool) is None  # a pool's id is another subject
+    first = await gate.reserve(account)
+    assert isinstance(first, warmup.Reserved)
+    await gate.release(first)  # the pool's own limit refused it: it does not count
+    taken = [await gate.reserve(account) for _ in range(3)]  # ceil(4/2) + 1 an hour
+    assert all(isinstance(t, warmup.Reserved) for t in taken)
+    for reserved in taken:
+        await gate.sent(reserved)  # type: ignore[arg-type]
+    wait = await gate.reserve(account)
+    assert isinstance(wait, Wait) and wait.reason == "warmup_hourly"
+    assert wait.text == "waiting: warmup of account me@personal.test hourly cap 3"
+    assert wait.until == pytest.approx(time.time() + 3600, abs=5)  # wall clock
+    later = await gate.reserve(account)  # answered from memory, one step later
+    assert isinstance(later, Wait) and later.until > wait.until
+    state = (await warmup.warmup_states(backend, "account", ["acc1"], clock[0]))["acc1"]
+    assert state == warmup.WarmupState("active", 4, 3)
+
+    def reply(code: int, enhanced: str, text_: str) -> DeliveryResult:
+        return DeliveryResult(Outcome.DEFERRED, code, enhanced, text_)
+
+    await gate.throttled(account, reply(421, "4.3.2", "service shutting down"))
+    await gate.throttled(account, reply(451, "4.7.1", "rate limited, try again later"))
+    assert (await warmup.get_warmup(backend, "account", "acc1", clock[0])).status == "active"  # type: ignore[union-attr]
+    await gate.throttled(account, reply(421, "4.7.0", "Too many messages"))
+    record = await warmup.get_warmup(backend, "account", "acc1", clock[0])
+    assert record is not None and record.status == "paused"
+    assert record.paused_reason == (
+        "receiver throttling: 2 throttling replies within 1h, the last: 421 4.7.0 Too many messages"
+    )
+    clock[0] += 7200
+    paused = await gate.reserve(account)
+    assert isinstance(paused, Wait) and paused.reason == "warmup_paused"
+    assert paused.text.startswith("waiting: warmup of account me@personal.test paused: receiver")
