@@ -31,6 +31,7 @@ from storage import queue_sql, throttle
 from storage.db import Database
 from storage.models import Event, MailAccount, Message, Pool, PoolDay, PoolSend, Warmup
 from storage.warmup_schedule import (
+    MAX_VOLUME,
     Schedule,
     ScheduleError,
     day_key,
@@ -319,24 +320,36 @@ async def resume(
     return await db.transaction(work)
 
 
+# A subject paused with no warmup running gets a finished one-day ramp, paused: its sending
+# waits until a person resumes it, and after that the warmup limits nothing (complete).
+HOLD = {"preset": None, "start_volume": MAX_VOLUME, "step": 0, "cap": MAX_VOLUME,
+        "timezone": "UTC", "start_day": "2000-01-01"}  # fmt: skip
+
+
 def pause_in(conn: Connection, kind: str, subject_id: str, reason: str, now: float) -> bool:
-    """Pause the subject's warmup on `conn` if it is active or not started (True), with
-    `reason`; a paused one keeps its first reason, a complete one is not paused."""
+    """Pause the subject's sending on `conn` with `reason` (True): its warmup, whatever its
+    day, or (none running) a finished one, paused (HOLD). A paused one keeps its first
+    reason (False)."""
     found = _read(conn, now, W.c.kind == kind, W.c.subject_id == subject_id)
-    if not found or found[0].status not in ("active", "not_started"):
-        return False
-    conn.execute(
+    paused = {"status": "paused", "paused_reason": reason[:512], "paused_at": now}
+    if not found:
+        conn.execute(
+            insert(W).values(kind=kind, subject_id=subject_id, created_at=now, updated_at=now,
+                             created_by=None, **HOLD, **paused)
+        )  # fmt: skip
+        return True
+    changed = conn.execute(
         update(W)
         .where(W.c.kind == kind, W.c.subject_id == subject_id, W.c.status == "active")
-        .values(status="paused", paused_reason=reason[:512], paused_at=now, updated_at=now)
+        .values(updated_at=now, **paused)
     )
-    return True
+    return changed.rowcount == 1
 
 
 async def pause(db: Database, kind: str, subject_id: str, reason: str, now: float) -> None:
     """The reputation watcher's (and the spike check's) entry point: pause the subject's
-    warmup, recording why. Its sending stops (mail waits in the queue, deferred with the
-    reason) until a person resumes it. No warmup, or a complete one: nothing happens."""
+    sending, recording why (its warmup, or a finished one made to hold it: pause_in). Mail
+    waits in the queue, deferred with the reason, until a person resumes it."""
 
     def work(conn: Connection) -> bool:
         return pause_in(conn, kind, subject_id, reason, now)

@@ -99,9 +99,8 @@ async def test_pause_holds_the_day_and_resume_goes_on_from_it(backend: Database)
     day2 = at("2026-06-02T12:00:00")
     await warmup.pause(backend, "pool", "p1", "complaint spike: 2 of 40", day2)
     assert await take(backend, day2 + 60) == warmup.Paused("complaint spike: 2 of 40")
-    # A second pause keeps the first reason; an unknown subject is no error.
+    # A second pause keeps the first reason.
     assert not await warmup.paused(backend, "pool", "p1", "another", day2 + 1)
-    await warmup.pause(backend, "pool", "nobody", "x", day2)
     day5 = at("2026-06-05T08:00:00")
     record = await warmup.get_warmup(backend, "pool", "p1", day5)
     assert record is not None
@@ -113,6 +112,20 @@ async def test_pause_holds_the_day_and_resume_goes_on_from_it(backend: Database)
     assert resumed.paused_reason is None and resumed.start_day == "2026-06-04"
     assert isinstance(await take(backend, day5), warmup.Reserved)
     assert await warmup.resume(backend, "pool", "nobody", day5) is None
+
+
+async def test_a_subject_without_a_warmup_is_held_until_resumed(backend: Database) -> None:
+    """pause_on_risk's pause of a pool with no warmup running: its sending waits, and once
+    resumed nothing limits it (a finished warmup)."""
+    now = at("2026-06-02T12:00:00")
+    assert await take(backend, now, "plain") is None  # no warmup: nothing limits it
+    assert await warmup.paused(backend, "pool", "plain", "score 41 < 70", now)
+    assert await take(backend, now + 1, "plain") == warmup.Paused("score 41 < 70")
+    state = (await warmup.warmup_states(backend, "pool", ["plain"], now + 2))["plain"]
+    assert state.status == "paused"
+    resumed = await warmup.resume(backend, "pool", "plain", now + 3)
+    assert resumed is not None and resumed.status == "complete"
+    assert await take(backend, now + 4, "plain") is None
 
 
 async def test_clear_removes_the_warmup_and_its_counts(backend: Database) -> None:
