@@ -291,6 +291,18 @@ class MessageBusy(Conflict):
     code = "message_busy"
 
 
+class MessageHeld(Conflict):
+    """A retry or hold of a message on hold: release it first."""
+
+    code = "message_held"
+
+
+class MessageNotHeld(Conflict):
+    """A release of a message that is not on hold."""
+
+    code = "message_not_held"
+
+
 class IdempotencyKeyReused(Conflict):
     code = "idempotency_key_reused"
 

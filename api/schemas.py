@@ -285,7 +285,7 @@ class MessageEvent(BaseModel):
 
 
 MessageStatusName = Literal[
-    "queued", "delivered", "deferred", "bounced", "suppressed", "sandbox", "cancelled"
+    "queued", "delivered", "deferred", "held", "bounced", "suppressed", "sandbox", "cancelled"
 ]
 
 
@@ -397,6 +397,8 @@ class BulkResult(BaseModel):
     matched: int = Field(description="messages with work left that match")
     retried: int | None = Field(None, description="retry: made due now")
     cancelled: int | None = Field(None, description="cancel: stopped")
+    held: int | None = Field(None, description="hold: put on hold")
+    released: int | None = Field(None, description="release: released, due now")
     busy: int = Field(description="being delivered right now: left alone")
     dry_run: bool
     remaining: int | None = Field(
@@ -417,6 +419,18 @@ class RetryResult(BaseModel):
 class CancelResult(BaseModel):
     message_id: str
     status: Literal["cancelled"]
+
+
+class HoldResult(BaseModel):
+    message_id: str
+    status: Literal["held"]
+
+
+class ReleaseResult(BaseModel):
+    message_id: str
+    status: Literal["queued", "deferred"] = Field(
+        description="queued when never tried, else deferred; due now either way"
+    )
 
 
 class KeyCreate(Strict):

@@ -265,6 +265,9 @@ _ADDED_COLUMNS = (
     ("suppression", "note", "TEXT"),
     # Schema 9: the client's Message-ID, for bounce matching and the search.
     ("message", "header_message_id", "VARCHAR(255)"),
+    # Schema 10: hold and release (postsuper -h/-H), held time left out of max_age.
+    ("message", "held_at", "FLOAT"),
+    ("message", "held_for", "FLOAT NOT NULL DEFAULT 0"),
 )
 
 # Run once, right after their column was added, to fill it in for the rows already there.

@@ -7,14 +7,31 @@ Bodies live in their own table so that scans of `message` never drag them along.
 
 from __future__ import annotations
 
-from sqlalchemy import DDL, BigInteger, Boolean, Column, Index, Integer, LargeBinary, Text, text
+from sqlalchemy import (
+    DDL,
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    Text,
+    text,
+)
 from sqlalchemy.event import listen
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 # A 64-bit key on PostgreSQL; on SQLite exactly INTEGER, so that it is the rowid.
 BIG_ID = BigInteger().with_variant(Integer(), "sqlite")
+
+
+# The `due_at` of a held message (status `held`, gateway.queue.store.hold): it still has work
+# left (due_at not NULL, so retention and the queue gauge see it), but its time lies past
+# any claim, so the due index never offers it to a worker and it sorts after all due mail.
+HELD_DUE = 253402300799.0  # 9999-12-31T23:59:59Z
 
 
 class Message(SQLModel, table=True):
@@ -50,7 +67,7 @@ class Message(SQLModel, table=True):
     )
 
     id: str = Field(primary_key=True, max_length=64)
-    status: str = Field(max_length=16)  # queued | deferred | delivered | bounced | sandbox
+    status: str = Field(max_length=16)  # queued | deferred | held | delivered | bounced | ...
     source: str = Field(max_length=16)  # smtp | http
     mail_from: str
     alias_id: str | None = None  # routing hint from the client
@@ -82,6 +99,12 @@ class Message(SQLModel, table=True):
     # Attempts operators' retries asked for: they take no step of retry_schedule.
     forced_attempts: int = Field(
         default=0, sa_column=Column(Integer, nullable=False, server_default=text("0"))
+    )
+    # On hold (status `held`, postsuper -h) since this time; NULL when not held.
+    held_at: float | None = None
+    # Seconds spent on hold before now, in total: they do not count towards max_age.
+    held_for: float = Field(
+        default=0.0, sa_column=Column(Float, nullable=False, server_default=text("0"))
     )
 
 

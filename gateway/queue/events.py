@@ -33,6 +33,9 @@ POSSIBLE_DUPLICATE = "possible_duplicate"  # no reply after the final dot: may a
 # bounce (counted) and a policy block (never a suppression). A hard one is `bounced`.
 SOFT_BOUNCE = "soft_bounce"
 POLICY_BLOCK = "policy_block"
+# An operator's hold and release (postsuper -h/-H), one per recipient still pending.
+HELD = "held"
+RELEASED = "released"
 
 TYPES = (
     QUEUED,
@@ -48,6 +51,8 @@ TYPES = (
     POSSIBLE_DUPLICATE,
     SOFT_BOUNCE,
     POLICY_BLOCK,
+    HELD,
+    RELEASED,
 )
 # The last outcome a recipient can have: what a `final_only` webhook receives.
 FINAL = frozenset({DELIVERED, BOUNCED, EXPIRED, SUPPRESSED, SANDBOX, CANCELLED})
