@@ -44,6 +44,7 @@ from api.routes import (
     keys,
     messages,
     pools,
+    recipient_routes,
     send,
     smtp_configs,
     suppressions,
@@ -276,6 +277,7 @@ def create_app(
 _RESOURCES = (
     auth, users, send, messages, keys, suppressions, pools, smtp_configs, aliases, domains,
     webhook_routes, invitations, invitation_page, accounts, bounces, events_stream,
+    recipient_routes,
 )  # fmt: skip
 
 

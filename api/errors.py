@@ -7,6 +7,7 @@
     │   ├── UnknownAlias      400 unknown_alias     alias_id names neither pool nor alias
     │   ├── UnknownAccount    400 unknown_account   account_id names no account the caller sees
     │   ├── NoRoute           400 no_route          the pool or group asked for has no active pool
+    │   ├── UnknownPool       400 unknown_pool      a route names no pool by that name
     │   ├── HostNotAllowed    400 host_not_allowed  a pool host in a denied network (SSRF)
     │   ├── InvalidToken      400 invalid_token     unknown, used or expired verification link
     │   ├── CredentialsRefused 400 imap_<stage>_failed, smtp_<stage>_failed  a connected
@@ -41,6 +42,10 @@
     │   ├── PoolInUse         409 pool_in_use       queued mail still needs the pool (move_to)
     │   ├── MessageFinal      409 message_final     retry/cancel of a message with no work left
     │   ├── MessageBusy       409 message_busy      retry/cancel of a message being delivered
+    │   ├── MessageHeld       409 message_held      retry/hold of a message on hold
+    │   ├── MessageNotHeld    409 message_not_held  release of a message not on hold
+    │   ├── RouteExists       409 route_exists      the recipient domain has a stored route
+    │   ├── RouteInConfig     409 route_in_config   the config file routes that domain
     │   ├── IdempotencyKeyReused  409 idempotency_key_reused  the key named another request
     │   └── WebhookInactive   409 webhook_inactive  replay to a webhook that is switched off
     ├── RequestTimeout        408 request_timeout   the body took longer than [http] body_timeout
@@ -127,6 +132,10 @@ class InvalidRequest(ApiError):
 
 class UnknownAlias(InvalidRequest):
     code = "unknown_alias"
+
+
+class UnknownPool(InvalidRequest):
+    code = "unknown_pool"
 
 
 class UnknownAccount(InvalidRequest):
@@ -289,6 +298,14 @@ class MessageFinal(Conflict):
 
 class MessageBusy(Conflict):
     code = "message_busy"
+
+
+class RouteExists(Conflict):
+    code = "route_exists"
+
+
+class RouteInConfig(Conflict):
+    code = "route_in_config"
 
 
 class MessageHeld(Conflict):

@@ -215,6 +215,12 @@ class RecipientResult(BaseModel):
     response: str | None = None
 
 
+SPLIT = (
+    "only when routes by recipient domain split the message: every part's id, the first "
+    "being message_id (each part is a message of its own, with its own recipients)"
+)
+
+
 class SendResponse(BaseModel):
     """200: accepted by the upstream (or stored, for a sandbox send)."""
 
@@ -223,6 +229,7 @@ class SendResponse(BaseModel):
     provider: Literal["smtp", "sandbox"]
     timestamp: str
     idempotent: bool | None = None
+    message_ids: list[str] | None = Field(None, description=SPLIT)
     suppressed_recipients: list[str] | None = Field(
         None, description="recipients left out as suppressed (the others were sent)"
     )
@@ -239,6 +246,7 @@ class QueuedResponse(BaseModel):
     provider: Literal["smtp"]
     timestamp: str
     idempotent: bool | None = None
+    message_ids: list[str] | None = Field(None, description=SPLIT)
     suppressed_recipients: list[str] | None = Field(
         None, description="recipients left out as suppressed (the others were stored)"
     )

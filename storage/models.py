@@ -253,6 +253,21 @@ class DkimKey(SQLModel, table=True):
     created_at: float
 
 
+class RecipientRoute(SQLModel, table=True):
+    """A transport-map entry made over the API (gateway.routing.DomainRoute): mail to
+    `recipient_domain` (exact, or `.suffix` for every subdomain) goes through the pool named
+    `pool`, else the group `ip_pool`. The config's `[[routes]]` are not stored here."""
+
+    __tablename__ = "recipient_route"
+
+    id: str = Field(primary_key=True, max_length=64)
+    recipient_domain: str = Field(unique=True, max_length=254)  # lower-case A-labels
+    pool: str | None = Field(default=None, max_length=255)  # a pool's name
+    ip_pool: str | None = Field(default=None, max_length=64)
+    created_at: float
+    created_by: str | None = Field(default=None, max_length=64)  # user id; None: console
+
+
 class SenderDomain(SQLModel, table=True):
     """A domain mail may be sent From (policy.sender = "verified"), once verified."""
 

@@ -309,7 +309,7 @@ class Service:
         await signers.reload()
         # Verified domains and aliases (routing, policy.sender); other nodes' changes within 2 s.
         enforce = self.config.policy.sender == "verified"
-        identities = self.identities = Identities(db, enforce=enforce)
+        identities = self.identities = Identities(db, enforce=enforce, routes=self.config.routes)
         await identities.reload()
         # Intake meets delivery only through gateway.queue.handoff: the registry routes,
         # delivery takes the messages it stores.

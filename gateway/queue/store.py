@@ -93,22 +93,38 @@ class Queue:
         holds it, nothing is stored and `Duplicate` names that message (`KeyReused` when
         it was another request).
         """
+        return (await self.enqueue_parts([(submission, route)], claim))[0]
+
+    async def enqueue_parts(
+        self, parts: Sequence[tuple[Submission, Route]], claim: bool
+    ) -> list[QueuedMessage]:
+        """Store the parts of one request (a message split by its recipients' routes: each
+        part one queue entry, a message of its own) in one transaction: all or none. The
+        idempotency key, when given, is reserved once for the whole request, naming the
+        first part (the HTTP door's saved answer lists them all)."""
         now = time.time()
-        claim = claim and not submission.sandbox
-        message_id = submission.message_id or ids.new_id_for(submission.sandbox)
-        batch = self._new_message_rows(submission, route, message_id, now, claim)
-        holder = await self._writer.submit(_storing(batch, submission, message_id, now))
+        first = parts[0][0]
+        claim = claim and not first.sandbox
+        batch = Batch()
+        stored: list[QueuedMessage] = []
+        for submission, route in parts:
+            message_id = submission.message_id or ids.new_id_for(submission.sandbox)
+            batch.steps += self._new_message_rows(submission, route, message_id, now, claim).steps
+            stored.append(
+                QueuedMessage(
+                    id=message_id,
+                    mail_from=submission.mail_from,
+                    recipients=list(submission.recipients),
+                    content=submission.content,
+                    attempts=0,
+                    created_at=now,
+                    route=route,
+                )
+            )
+        holder = await self._writer.submit(_storing(batch, first, stored[0].id, now))
         if holder is not None:  # another message holds the idempotency key
-            raise holder.refusal(submission.request_hash)
-        return QueuedMessage(
-            id=message_id,
-            mail_from=submission.mail_from,
-            recipients=list(submission.recipients),
-            content=submission.content,
-            attempts=0,
-            created_at=now,
-            route=route,
-        )
+            raise holder.refusal(first.request_hash)
+        return stored
 
     def _new_message_rows(
         self, submission: Submission, route: Route, message_id: str, now: float, claim: bool
