@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, inspect, text
 
 from gateway.message import DeliveryResult, Outcome, Route
 from gateway.queue.operations import (
@@ -19,10 +19,10 @@ from gateway.queue.operations import (
     retry_one,
 )
 from gateway.queue.store import AttemptRecord, Queue
-from storage.db import Database
+from storage.db import Database, create_schema
 from storage.message_search import MessageFilter, search
 from storage.messages import message_state
-from storage.models import HELD_DUE
+from storage.models import HELD_DUE, SCHEMA_VERSION
 from tests.support.databases import MakeQueue
 from tests.support.stored import fetch, message_row, submission
 
@@ -172,3 +172,33 @@ async def test_a_held_message_can_be_cancelled(backend: Database, queue: Queue) 
     assert (await queue.counts())["held"] == 1
     assert (await queue.cancel([queued.id])).cancelled == [queued.id]
     assert (await message_row(backend, queued.id)).status == "cancelled"
+
+
+async def test_a_schema_9_database_gains_the_hold_columns_and_the_routes_table(
+    backend: Database, queue: Queue
+) -> None:
+    """Schema 10: held_at and held_for are added to `message` (a row already there reads
+    held_for 0), recipient_route is created."""
+    before = await queue.enqueue(submission(), ROUTE, claim=False)
+
+    def to_schema_9(conn: Connection) -> None:
+        conn.execute(text("DROP TABLE recipient_route"))
+        conn.execute(text("ALTER TABLE message DROP COLUMN held_at"))
+        conn.execute(text("ALTER TABLE message DROP COLUMN held_for"))
+        conn.execute(text("UPDATE postern_meta SET value = '9' WHERE key = 'schema_version'"))
+
+    await backend.transaction(to_schema_9)
+    await create_schema(backend)
+
+    def found(conn: Connection) -> tuple[set[str], set[str], str]:
+        seen = inspect(conn)
+        columns = {c["name"] for c in seen.get_columns("message")}
+        query = text("SELECT value FROM postern_meta WHERE key = 'schema_version'")
+        return columns, set(seen.get_table_names()), str(conn.execute(query).scalar())
+
+    columns, tables, version = await backend.read(found)
+    assert {"held_at", "held_for"} <= columns and "recipient_route" in tables
+    assert version == str(SCHEMA_VERSION) == "10"
+    row = await message_row(backend, before.id)
+    assert row.held_for == 0 and row.held_at is None
+    assert (await queue.hold([before.id])).done == [before.id]
