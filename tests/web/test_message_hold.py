@@ -1,4 +1,5 @@
-"""The Hold and Release buttons of a message's page, through a real uvicorn with httpx as a
+"""The Hold and Release buttons of a message's page and the bulk hold and release of the
+search, through a real uvicorn with httpx as a
 browser without JavaScript (and htmx, by its headers) uses them; CSRF refused as for retry."""
 
 from __future__ import annotations
@@ -6,10 +7,12 @@ from __future__ import annotations
 import pytest
 
 from tests.support.api import Api
+from tests.support.people import make_user
 from tests.support.rows import message_row
 from tests.support.sink import Sink
 from tests.support.web import Browser
-from tests.web.test_messages_pages import CSRF_TEXT, deferred, later
+from tests.web.conftest import SignIn
+from tests.web.test_messages_pages import CSRF_TEXT, deferred, later, seeded, statuses
 
 pytestmark = pytest.mark.timeout(60)
 __all__ = ["later"]  # the fixture, imported for this module's tests
@@ -46,3 +49,21 @@ async def test_hold_then_release_from_the_message_page(
     assert "Released: the message is due now." in released.text and "Retry now" in released.text
     again = await owner.htmx(f"/messages/{message_id}/release")
     assert again.status_code == 409 and "not on hold" in again.text
+
+
+async def test_bulk_hold_then_release_from_the_search(api: Api, person: SignIn) -> None:
+    owner = await person("ops@example.com")
+    rows = await seeded(api, 20, [await make_user(api.svc.db, "x@example.com", "member")])
+    queued = {r["id"] for r in rows if r["status"] == "queued"}
+    search = await owner.get("/messages?status=queued")
+    assert "/messages/bulk?status=queued&amp;action=hold" in search.text
+    counted = await owner.get("/messages/bulk?action=hold&status=queued")
+    assert f"This will hold <strong>{len(queued)}</strong> messages" in counted.text
+    done = await owner.post("/messages/bulk", {"action": "hold", "status": "queued"})
+    assert done.status_code == 303
+    notice = await owner.get(done.headers["location"])
+    assert f"{len(queued)} messages held." in notice.text
+    assert await statuses(api, queued) == {"held"}
+    released = await owner.post("/messages/bulk", {"action": "release", "status": "held"})
+    assert released.status_code == 303 and "done=released" in released.headers["location"]
+    assert await statuses(api, queued) == {"queued"}
