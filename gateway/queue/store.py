@@ -36,7 +36,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from gateway import headers
+from gateway import headers, maillog
 from gateway.addresses import mailbox_key
 from gateway.message import DIRECT_POOL, DeliveryResult, Outcome, QueuedMessage, Route, Submission
 from gateway.queue import events, idempotency, ids, retry, states
@@ -396,6 +396,7 @@ class Queue:
         changed: Changed = await self._writer.submit(
             lambda conn: self._change(conn, message_ids, _HOLDABLE, "held")
         )
+        maillog.held(changed.done)
         return changed
 
     async def release_held(self, message_ids: Sequence[str]) -> Changed:
@@ -405,6 +406,7 @@ class Queue:
         changed: Changed = await self._writer.submit(
             lambda conn: self._change(conn, message_ids, ("held",), "released")
         )
+        maillog.held(changed.done, released=True)
         return changed
 
     def _change(

@@ -4,8 +4,10 @@ max_age; each hold and release is one transaction with its events."""
 
 from __future__ import annotations
 
+import logging
 import time
 
+import pytest
 from sqlalchemy import Connection, inspect, text
 
 from gateway.message import DeliveryResult, Outcome, Route
@@ -51,10 +53,12 @@ async def backdate(db: Database, message_id: str, **columns: float) -> None:
 
 
 async def test_a_held_message_is_never_claimed_until_released(
-    backend: Database, queue: Queue
+    backend: Database, queue: Queue, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="postern.mail")
     queued = await queue.enqueue(submission(), ROUTE, claim=False)
     held = await queue.hold([queued.id])
+    assert f"id={queued.id} status=placed on hold" in caplog.messages
     assert held.done == [queued.id] and held.busy == []
 
     row = await message_row(backend, queued.id)
@@ -72,6 +76,7 @@ async def test_a_held_message_is_never_claimed_until_released(
 
     released = await queue.release_held([queued.id])
     assert released.done == [queued.id]
+    assert f"id={queued.id} status=released from hold" in caplog.messages
     row = await message_row(backend, queued.id)
     assert row.status == "queued" and row.held_at is None and row.held_for >= 0
     assert row.due_at <= time.time()
