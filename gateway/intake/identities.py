@@ -76,6 +76,7 @@ class Identities:
         self._db = db
         # Routes by recipient domain: the config's (fixed), then the API's (reloaded).
         self._config_routes = tuple(routes)
+        self._stored_routes: tuple[DomainRoute, ...] = ()
         self.domain_routes: tuple[DomainRoute, ...] = self._config_routes
         self.enforce = enforce
         self._ttl = ttl
@@ -92,6 +93,11 @@ class Identities:
         """The config file's `[[routes]]` (they win over a stored entry for their domain)."""
         return self._config_routes
 
+    def use_config_routes(self, routes: Sequence[DomainRoute]) -> None:
+        """The config file's `[[routes]]` as read again (SIGHUP), in force at once."""
+        self._config_routes = tuple(routes)
+        self.domain_routes = self._config_routes + self._stored_routes
+
     async def reload(self) -> None:
         domains = await verified_domains(self._db)
         aliases = await list_aliases(self._db)
@@ -101,11 +107,11 @@ class Identities:
         self._domains = frozenset(domains)
         self._addresses = frozenset(mailbox_key(a.email) for a in aliases if a.is_verified)
         await self._reload_accounts()
-        stored = await list_routes(self._db)
-        self.domain_routes = self._config_routes + tuple(
+        self._stored_routes = tuple(
             DomainRoute(r.recipient_domain, pool=r.pool, ip_pool=r.ip_pool, source="api", id=r.id)
-            for r in stored
+            for r in await list_routes(self._db)
         )
+        self.domain_routes = self._config_routes + self._stored_routes
         self._loaded_at = time.monotonic()
 
     async def _reload_accounts(self) -> None:
