@@ -1,7 +1,8 @@
 """Hold and release (postsuper -h/-H) over HTTP, through a real Service on loopback in front
 of a real sink: a held message is never delivered, survives a restart and its max_age, is
 found by `status=held`, refuses a retry, and is delivered once released; another key's
-message is a 404; the bulk forms take the filters and a dry run."""
+message is a 404; the bulk forms take the filters and a dry run; a webhook asking for
+`held` and `released` gets them, signed."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from storage.models import Message
 from tests.support.api import Api, ApiFactory, auth, payload
 from tests.support.service import wait_until
 from tests.support.sink import Sink
+from tests.support.webhook_receiver import Receiver
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -139,3 +141,30 @@ async def test_bulk_hold_and_release_with_filters_and_dry_run(
 
     whole = await _post(api, "/v1/messages/hold", key, {"filter": {}})
     assert whole.status_code == 400 and whole.json()["code"] == "invalid_request"
+
+
+async def test_a_webhook_gets_the_held_and_released_events(
+    api_client: ApiFactory, sink: Sink
+) -> None:
+    receiver = await Receiver().start()
+    try:
+        api = await api_client(**LATER, webhooks={"allow_private": True})
+        key = await api.key("send", "webhooks")
+        made = await _post(
+            api, "/api/v1/webhooks", key,
+            {"url": receiver.url, "event_types": ["held", "released"]},
+        )  # fmt: skip
+        assert made.status_code == 201, made.text
+        hook = made.json()["webhook"]
+        receiver.secrets[hook["id"]] = hook["secret"]
+        message_id = await _deferred(api, key, sink)
+        assert (await _post(api, f"/v1/messages/{message_id}/hold", key)).status_code == 200
+        assert (await _post(api, f"/v1/messages/{message_id}/release", key)).status_code == 200
+        assert await wait_until(lambda: len(receiver.events) >= 2, timeout=10)
+        got = [(e["type"], e["message_id"], e["recipient"]) for e in receiver.events]
+        assert got == [
+            ("held", message_id, "rcpt@example.test"),
+            ("released", message_id, "rcpt@example.test"),
+        ]
+    finally:
+        await receiver.stop()
