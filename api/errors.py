@@ -7,7 +7,6 @@
     │   ├── UnknownAlias      400 unknown_alias     alias_id names neither pool nor alias
     │   ├── UnknownAccount    400 unknown_account   account_id names no account the caller sees
     │   ├── NoRoute           400 no_route          the pool or group asked for has no active pool
-    │   ├── UnknownPool       400 unknown_pool      a route names no pool by that name
     │   ├── HostNotAllowed    400 host_not_allowed  a pool host in a denied network (SSRF)
     │   ├── InvalidToken      400 invalid_token     unknown, used or expired verification link
     │   ├── CredentialsRefused 400 imap_<stage>_failed, smtp_<stage>_failed  a connected
@@ -53,6 +52,7 @@
     │   └── AttachmentsTooLarge   413 attachments_too_large  over [http] max_attachments_size
     ├── Suppressed            422 suppressed        every recipient is suppressed
     ├── DomainNotVerified     422 domain_not_verified   an alias on an unverified domain
+    ├── UnknownPool           422 unknown_pool      a route names no pool by that name
     ├── UpstreamRejected      422 upstream_rejected the upstream refused it permanently
     ├── EmptyReport           422 empty_report      POST /api/v1/bounces without a report
     ├── AttachmentRefused     422 attachment_refused    in [http] refuse_attachment_types
@@ -132,10 +132,6 @@ class InvalidRequest(ApiError):
 
 class UnknownAlias(InvalidRequest):
     code = "unknown_alias"
-
-
-class UnknownPool(InvalidRequest):
-    code = "unknown_pool"
 
 
 class UnknownAccount(InvalidRequest):
@@ -363,6 +359,12 @@ class AttachmentRefused(ApiError):
 
 class DomainNotVerified(ApiError):
     status, code = 422, "domain_not_verified"
+
+
+class UnknownPool(ApiError):
+    """A route names a pool by a name no pool has."""
+
+    status, code = 422, "unknown_pool"
 
 
 class RateLimited(ApiError):

@@ -10,6 +10,7 @@ routes is refused at creation, and one the config came to route later is listed 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,7 @@ from storage.routes import (
 )
 
 SCOPE = "admin"
+_GROUP = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -92,14 +94,13 @@ async def create(
         raise _invalid("recipient_domain", str(error)) from None
     if (pool is None) == (ip_pool is None):
         raise _invalid("pool", 'give exactly one of "pool" (a pool\'s name) and "ip_pool"')
-    for field, value in (("pool", pool), ("ip_pool", ip_pool)):
-        if value is not None and (not value or len(value) > 64 or has_control(value)):
-            raise _invalid(field, "1 to 64 characters, no control characters")
+    if pool is not None and (not pool or len(pool) > 128 or has_control(pool)):
+        raise _invalid("pool", "1 to 128 characters, no control characters")
+    if ip_pool is not None and not _GROUP.fullmatch(ip_pool):
+        raise _invalid("ip_pool", "1 to 64 letters, digits, '_', '.' or '-', the first no symbol")
     known = {record.name for record in await pool_records(db)} | set(config_pools)
     if pool is not None and pool not in known:
-        raise errors.UnknownPool(
-            f"pool: no pool is named {pool!r}", [{"field": "pool", "message": "no such pool"}]
-        )
+        raise errors.UnknownPool(f"pool: no pool is named {pool!r}")
     if any(route.recipient_domain == domain for route in config_routes):
         raise errors.RouteInConfig(
             f"{domain} is routed by the config file ([[routes]]), which wins: change it there"

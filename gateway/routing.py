@@ -127,7 +127,7 @@ def route_domain(value: str) -> str:
     `.example.com` (every subdomain of example.com); InvalidRouteDomain saying why not."""
     suffix = value.startswith(".")
     name = value[1:] if suffix else value
-    if not name or name != name.strip() or len(name) > 253:
+    if not name or name != name.strip() or len(value) > 253:
         raise InvalidRouteDomain("a domain such as gmail.com, or .example.com for its subdomains")
     try:
         ascii_name = name.encode("idna").decode("ascii").lower()

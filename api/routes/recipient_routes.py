@@ -47,8 +47,9 @@ async def list_all(request: Request) -> Response:
     request=RouteCreate,
     responses={
         201: ("stored; this node routes by it at once, the others within 2 s", RouteResponse),
-        400: ("not a domain, neither or both of pool and ip_pool, no such pool", ErrorResponse),
+        400: ("not a domain, or neither or both of pool and ip_pool", ErrorResponse),
         409: ("the domain has a route (route_exists), or the config routes it", ErrorResponse),
+        422: ("no pool has that name (unknown_pool)", ErrorResponse),
     },
     description="Give exactly one of `pool` (a pool's name) and `ip_pool` (a group).",
 )

@@ -113,10 +113,12 @@ async def test_routes_over_the_api_apply_at_once_and_the_config_wins(
     refusals = [
         ({"recipient_domain": "gmail.test", "pool": "second"}, 409, "route_in_config"),
         ({"recipient_domain": ".example.test", "pool": "second"}, 409, "route_exists"),
-        ({"recipient_domain": "a.test", "pool": "nope"}, 400, "unknown_pool"),
+        ({"recipient_domain": "a.test", "pool": "nope"}, 422, "unknown_pool"),
         ({"recipient_domain": "a b.test", "pool": "second"}, 400, "invalid_request"),
         ({"recipient_domain": "a.test"}, 400, "invalid_request"),
         ({"recipient_domain": "a.test", "pool": "second", "ip_pool": "x"}, 400, "invalid_request"),
+        ({"recipient_domain": "a.test", "pool": None, "ip_pool": "x"}, 400, "invalid_request"),
+        ({"recipient_domain": "bücher.test", "pool": "second"}, 400, "invalid_request"),
     ]
     for body, status, code in refusals:
         refused = await _post(api, admin, body)
