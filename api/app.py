@@ -45,6 +45,7 @@ from api.routes import (
     keys,
     messages,
     pools,
+    recipient_routes,
     reputation,
     send,
     smtp_configs,
@@ -279,7 +280,7 @@ def create_app(
 _RESOURCES = (
     auth, users, send, messages, keys, suppressions, pools, smtp_configs, aliases, domains,
     webhook_routes, invitations, invitation_page, accounts, bounces, events_stream, blocklists,
-    reputation, warmup,
+    reputation, warmup, recipient_routes,
 )  # fmt: skip
 
 

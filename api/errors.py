@@ -41,6 +41,10 @@
     │   ├── PoolInUse         409 pool_in_use       queued mail still needs the pool (move_to)
     │   ├── MessageFinal      409 message_final     retry/cancel of a message with no work left
     │   ├── MessageBusy       409 message_busy      retry/cancel of a message being delivered
+    │   ├── MessageHeld       409 message_held      retry/hold of a message on hold
+    │   ├── MessageNotHeld    409 message_not_held  release of a message not on hold
+    │   ├── RouteExists       409 route_exists      the recipient domain has a stored route
+    │   ├── RouteInConfig     409 route_in_config   the config file routes that domain
     │   ├── IdempotencyKeyReused  409 idempotency_key_reused  the key named another request
     │   └── WebhookInactive   409 webhook_inactive  replay to a webhook that is switched off
     ├── RequestTimeout        408 request_timeout   the body took longer than [http] body_timeout
@@ -48,6 +52,7 @@
     │   └── AttachmentsTooLarge   413 attachments_too_large  over [http] max_attachments_size
     ├── Suppressed            422 suppressed        every recipient is suppressed
     ├── DomainNotVerified     422 domain_not_verified   an alias on an unverified domain
+    ├── UnknownPool           422 unknown_pool      a route names no pool by that name
     ├── UpstreamRejected      422 upstream_rejected the upstream refused it permanently
     ├── EmptyReport           422 empty_report      POST /api/v1/bounces without a report
     ├── AttachmentRefused     422 attachment_refused    in [http] refuse_attachment_types
@@ -304,6 +309,26 @@ class MessageBusy(Conflict):
     code = "message_busy"
 
 
+class RouteExists(Conflict):
+    code = "route_exists"
+
+
+class RouteInConfig(Conflict):
+    code = "route_in_config"
+
+
+class MessageHeld(Conflict):
+    """A retry or hold of a message on hold: release it first."""
+
+    code = "message_held"
+
+
+class MessageNotHeld(Conflict):
+    """A release of a message that is not on hold."""
+
+    code = "message_not_held"
+
+
 class IdempotencyKeyReused(Conflict):
     code = "idempotency_key_reused"
 
@@ -347,6 +372,12 @@ class AttachmentRefused(ApiError):
 
 class DomainNotVerified(ApiError):
     status, code = 422, "domain_not_verified"
+
+
+class UnknownPool(ApiError):
+    """A route names a pool by a name no pool has."""
+
+    status, code = 422, "unknown_pool"
 
 
 class RateLimited(ApiError):

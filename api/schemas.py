@@ -215,6 +215,12 @@ class RecipientResult(BaseModel):
     response: str | None = None
 
 
+SPLIT = (
+    "only when routes by recipient domain split the message: every part's id, the first "
+    "being message_id (each part is a message of its own, with its own recipients)"
+)
+
+
 class SendResponse(BaseModel):
     """200: accepted by the upstream (or stored, for a sandbox send)."""
 
@@ -223,6 +229,7 @@ class SendResponse(BaseModel):
     provider: Literal["smtp", "sandbox"]
     timestamp: str
     idempotent: bool | None = None
+    message_ids: list[str] | None = Field(None, description=SPLIT)
     suppressed_recipients: list[str] | None = Field(
         None, description="recipients left out as suppressed (the others were sent)"
     )
@@ -239,6 +246,7 @@ class QueuedResponse(BaseModel):
     provider: Literal["smtp"]
     timestamp: str
     idempotent: bool | None = None
+    message_ids: list[str] | None = Field(None, description=SPLIT)
     suppressed_recipients: list[str] | None = Field(
         None, description="recipients left out as suppressed (the others were stored)"
     )
@@ -285,7 +293,7 @@ class MessageEvent(BaseModel):
 
 
 MessageStatusName = Literal[
-    "queued", "delivered", "deferred", "bounced", "suppressed", "sandbox", "cancelled"
+    "queued", "delivered", "deferred", "held", "bounced", "suppressed", "sandbox", "cancelled"
 ]
 
 
@@ -397,6 +405,8 @@ class BulkResult(BaseModel):
     matched: int = Field(description="messages with work left that match")
     retried: int | None = Field(None, description="retry: made due now")
     cancelled: int | None = Field(None, description="cancel: stopped")
+    held: int | None = Field(None, description="hold: put on hold")
+    released: int | None = Field(None, description="release: released, due now")
     busy: int = Field(description="being delivered right now: left alone")
     dry_run: bool
     remaining: int | None = Field(
@@ -417,6 +427,18 @@ class RetryResult(BaseModel):
 class CancelResult(BaseModel):
     message_id: str
     status: Literal["cancelled"]
+
+
+class HoldResult(BaseModel):
+    message_id: str
+    status: Literal["held"]
+
+
+class ReleaseResult(BaseModel):
+    message_id: str
+    status: Literal["queued", "deferred"] = Field(
+        description="queued when never tried, else deferred; due now either way"
+    )
 
 
 class KeyCreate(Strict):

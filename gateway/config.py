@@ -25,6 +25,7 @@ from gateway.dns import parse_nameserver
 from gateway.errors import ConfigError
 from gateway.rates import parse_rate
 from gateway.reputation.lists import DEFAULT_LISTS, LISTS
+from gateway.routing import DomainRoute, InvalidRouteDomain, route_domain
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -287,6 +288,8 @@ class Config:
     reputation: ReputationConfig = field(default_factory=ReputationConfig)
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
     pools: tuple[PoolConfig, ...] = ()
+    # [[routes]]: mail by recipient domain (Postfix's transport maps), before /api/v1/routes'
+    routes: tuple[DomainRoute, ...] = ()
 
 
 # --- converters: (value, where) -> typed value ------------------------------------------
@@ -717,6 +720,51 @@ def _pools(raw: Any) -> tuple[PoolConfig, ...]:
     return tuple(pools)
 
 
+_ROUTE_KEYS: dict[str, Converter] = {
+    "recipient_domain": _str,
+    "pool": _str,
+    "ip_pool": _str,
+}
+
+
+def _routes(raw: Any) -> tuple[DomainRoute, ...]:
+    """`[[routes]]`: each with recipient_domain and exactly one of pool (a pool's name) and
+    ip_pool (a group); a domain given twice is refused (which would win?)."""
+    if not isinstance(raw, list):
+        raise ConfigError("[[routes]]: expected an array of tables")
+    routes: list[DomainRoute] = []
+    seen: dict[str, int] = {}
+    for index, table in enumerate(raw):
+        where = f"routes[{index}]"
+        if not isinstance(table, dict):
+            raise ConfigError(f"[{where}]: expected a table")
+        unknown = sorted(set(table) - set(_ROUTE_KEYS))
+        if unknown:
+            raise ConfigError(f"[{where}]: unknown key {unknown[0]!r}")
+        values = {key: _ROUTE_KEYS[key](value, f"{where}.{key}") for key, value in table.items()}
+        if "recipient_domain" not in values:
+            raise ConfigError(f"{where}: missing required key 'recipient_domain'")
+        try:
+            domain = route_domain(values["recipient_domain"])
+        except InvalidRouteDomain as error:
+            raise ConfigError(f"{where}.recipient_domain: {error}") from None
+        pool, ip_pool = values.get("pool"), values.get("ip_pool")
+        if (pool is None) == (ip_pool is None):
+            raise ConfigError(
+                f'{where}: give exactly one of pool = "<pool name>" or ip_pool = "<group>"'
+            )
+        if pool == "" or ip_pool == "":
+            raise ConfigError(f"{where}: {'pool' if pool == '' else 'ip_pool'} is empty")
+        if domain in seen:
+            raise ConfigError(
+                f"[[routes]]: recipient_domain {domain!r} is given twice "
+                f"(routes[{seen[domain]}] and {where})"
+            )
+        seen[domain] = index
+        routes.append(DomainRoute(domain, pool=pool, ip_pool=ip_pool, source="config"))
+    return tuple(routes)
+
+
 def _check_bounces(bounces: BouncesConfig) -> None:
     if bounces.listen is None:
         return
@@ -814,7 +862,7 @@ def server_tls_context(cert: str, key: str) -> ssl.SSLContext:
 def from_dict(raw: Mapping[str, Any], base: Path | None = None) -> Config:
     """Validate a parsed TOML document and build the Config; relative file paths (the
     default data_dir too) are taken from `base`, the config file's folder, when given."""
-    unknown = sorted(set(raw) - set(_SECTIONS) - {"pools"})
+    unknown = sorted(set(raw) - set(_SECTIONS) - {"pools", "routes"})
     if unknown:
         raise ConfigError(f"unknown section [{unknown[0]}]")
     parts: dict[str, Any] = {}
@@ -823,6 +871,8 @@ def from_dict(raw: Mapping[str, Any], base: Path | None = None) -> Config:
             parts[name] = _build(kind, raw[name], keys, name)
     if "pools" in raw:
         parts["pools"] = _pools(raw["pools"])
+    if "routes" in raw:
+        parts["routes"] = _routes(raw["routes"])
     config = Config(**parts)
     if base is not None:
         config = _beside(base, config)

@@ -106,6 +106,14 @@ def waiting(message_id: str, pool: str, seconds: float, why: str) -> None:
     log.info("id=%s pool=%s status=waiting for %.1fs: %s", message_id, pool, seconds, why)
 
 
+def held(message_ids: list[str], released: bool = False) -> None:
+    """An operator's hold or release (postsuper -h/-H), one line per message, after its
+    commit."""
+    what = "released from hold" if released else "placed on hold"
+    for message_id in message_ids:
+        log.info("id=%s status=%s", message_id, what)
+
+
 def handed_back(message_id: str) -> None:
     """Cut off at shutdown before the upstream had the whole message: back to the queue."""
     log.info("id=%s status=handed back at shutdown (nothing sent)", message_id)

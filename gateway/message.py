@@ -132,6 +132,7 @@ class QueuedMessage:
     # message waiting for a pool backs off while the reason stays the same).
     last_response: str | None = None
     updated_at: float = 0.0
+    held_for: float = 0.0  # seconds it spent on hold: max_age leaves them out
 
     @property
     def schedule_steps(self) -> int:

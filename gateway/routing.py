@@ -12,10 +12,16 @@ Order:
    group; names nothing -> UnknownRoute, an alias not yet verified -> AliasNotVerified.
 2. A connected account whose address is the From address -> pinned to that account; else
    a verified alias whose email is the From address -> its ip_pool group.
+2b. The recipient's domain (`DomainRoute`, Postfix's transport maps: `[[routes]]` in the
+   config and /api/v1/routes) -> the pool it names, by name, or its ip_pool group. The most
+   specific entry wins: an exact domain, else the longest `.suffix` (a leading dot matches
+   every subdomain, not the domain itself); between a config entry and an API entry for the
+   same domain, the config's (the file is the operator's fixed policy). `choose_routes`
+   splits the recipients into one group per route (recipients of no entry: the default).
 3. The default pool, else the `transactional` group, else the group of the first pool
    (among active pools; when every pool is inactive, among all: the mail waits for them).
 4. No pool at all -> direct delivery to the recipients' MX hosts.
-A route chosen by 1 or 2 is explicit: it must have an active pool now (else NoActivePool),
+A route chosen by 1, 2 or 2b is explicit: it must have an active pool now (else NoActivePool),
 and keeps to it: mail queued for a pool or group that has lost its active pools waits for
 them, never going out another way (`candidates` is then empty). Each refusal is a 4xx / 550
 at the door. A route chosen by 3 or 4 is the default (`Route.default`): it is chosen again
@@ -31,13 +37,14 @@ while it is not there (disconnected) the message waits like one whose pool is go
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Protocol
 
 from gateway.addresses import mailbox_key
-from gateway.errors import Refused
+from gateway.errors import InvalidInput, Refused
 from gateway.message import Route
 
 DEFAULT_GROUP = "transactional"
@@ -48,6 +55,8 @@ NO_POOL = "waiting: no active pool"
 class PoolLike(Protocol):
     @property
     def id(self) -> str: ...
+    @property
+    def name(self) -> str: ...
     @property
     def ip_pool(self) -> str: ...
     @property
@@ -82,6 +91,66 @@ class AccountView:
         return mailbox_key(self.email)
 
 
+@dataclass(frozen=True)
+class DomainRoute:
+    """One transport-map entry: mail to `recipient_domain` (lower-case; `gmail.com` exactly,
+    or `.example.com`: any subdomain of example.com) goes through the pool named `pool`, or
+    else the group `ip_pool` (exactly one of them is set). `source`: config | api."""
+
+    recipient_domain: str
+    pool: str | None = None
+    ip_pool: str | None = None
+    source: str = "config"
+    id: str = ""  # the stored entry's id (API entries); "" for the config's
+
+    def matches(self, domain: str) -> bool:
+        if self.recipient_domain.startswith("."):
+            return domain.endswith(self.recipient_domain)
+        return domain == self.recipient_domain
+
+    @property
+    def specificity(self) -> tuple[int, int]:
+        """Exact entries before suffixes; longer suffixes before shorter ones."""
+        exact = not self.recipient_domain.startswith(".")
+        return (int(exact), len(self.recipient_domain))
+
+
+class InvalidRouteDomain(InvalidInput, ValueError):
+    """A recipient_domain that is no domain name (nor `.` and one)."""
+
+
+_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def route_domain(value: str) -> str:
+    """A transport-map domain as stored and matched: lower-case A-labels, `gmail.com` or
+    `.example.com` (every subdomain of example.com); InvalidRouteDomain saying why not."""
+    suffix = value.startswith(".")
+    name = value[1:] if suffix else value
+    if not name or name != name.strip() or len(value) > 253:
+        raise InvalidRouteDomain("a domain such as gmail.com, or .example.com for its subdomains")
+    try:
+        ascii_name = name.encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        raise InvalidRouteDomain(f"{name!r} is not a domain name") from None
+    labels = ascii_name.split(".")
+    if not all(_LABEL.match(label) for label in labels):
+        raise InvalidRouteDomain(
+            f"{name!r} is not a domain name (labels of letters, digits and inner hyphens)"
+        )
+    return ("." if suffix else "") + ascii_name
+
+
+def _recipient_domain(address: str) -> str:
+    domain = address.rpartition("@")[2].lower().rstrip(".")
+    if domain.isascii():
+        return domain
+    try:
+        return domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        return domain
+
+
 class RouteRefused(Refused):
     """No route for this message; the door says why (never a silent fallback)."""
 
@@ -111,6 +180,75 @@ def choose_route(
     account_id: str | None = None,
     accounts: Sequence[AccountView] = (),
 ) -> Route:
+    """The one route of a message by what it names and who sends it (steps 0 to 3; the
+    recipients' domains are `choose_routes`')."""
+    route = _named(alias_id, mail_from, pools, aliases, account_id, accounts)
+    return default_route(pools) if route is None else route
+
+
+def choose_routes(
+    alias_id: str | None,
+    mail_from: str,
+    recipients: Sequence[str],
+    pools: Sequence[PoolLike],
+    aliases: Sequence[AliasView] = (),
+    *,
+    account_id: str | None = None,
+    accounts: Sequence[AccountView] = (),
+    domain_routes: Sequence[DomainRoute] = (),
+) -> list[tuple[Route, tuple[str, ...]]]:
+    """The routes of a message and the recipients of each, in the order their first
+    recipient came: one group when the message names its route (steps 0 to 2); else one
+    per route its recipients' domains take (step 2b; recipients of no entry: the default),
+    groups that come to the same route merged. Each group is one queue entry."""
+    route = _named(alias_id, mail_from, pools, aliases, account_id, accounts)
+    if route is not None or not domain_routes:
+        return [(default_route(pools) if route is None else route, tuple(recipients))]
+    active = [pool for pool in pools if pool.is_active]
+    groups: dict[Route, list[str]] = {}
+    default: Route | None = None
+    for rcpt in recipients:
+        entry = domain_route_of(rcpt, domain_routes)
+        if entry is not None:
+            chosen = _served(_by_entry(entry, pools), active)
+        else:
+            default = default_route(pools) if default is None else default
+            chosen = default
+        groups.setdefault(chosen, []).append(rcpt)
+    return [(chosen, tuple(members)) for chosen, members in groups.items()]
+
+
+def domain_route_of(address: str, routes: Sequence[DomainRoute]) -> DomainRoute | None:
+    """The entry of `routes` for the address's domain (case and a trailing dot ignored):
+    the most specific; between two as specific, the first (config entries come first)."""
+    domain = _recipient_domain(address)
+    best: DomainRoute | None = None
+    for entry in routes:
+        if entry.matches(domain) and (best is None or entry.specificity > best.specificity):
+            best = entry
+    return best
+
+
+def _by_entry(entry: DomainRoute, pools: Sequence[PoolLike]) -> Route:
+    """The route a domain entry names: its pool by name (a pool no longer there: one that
+    waits, refused as NoActivePool like any explicit route), else its group."""
+    if entry.pool is not None:
+        for pool in pools:
+            if pool.name == entry.pool:
+                return Route(pool_id=pool.id)
+        raise NoActivePool(f"pool {entry.pool} (route for {entry.recipient_domain})")
+    return Route(ip_pool=entry.ip_pool)
+
+
+def _named(
+    alias_id: str | None,
+    mail_from: str,
+    pools: Sequence[PoolLike],
+    aliases: Sequence[AliasView],
+    account_id: str | None,
+    accounts: Sequence[AccountView],
+) -> Route | None:
+    """The route the message names or its sender implies (steps 0 to 2), or None."""
     active = [pool for pool in pools if pool.is_active]
     if account_id:
         return _by_account_id(account_id, accounts)
@@ -123,7 +261,7 @@ def choose_route(
     for alias in aliases:
         if alias.is_verified and alias.ip_pool and alias.key == sender:
             return _served(Route(ip_pool=alias.ip_pool), active)
-    return default_route(pools)
+    return None
 
 
 def account_of(address: str, accounts: Sequence[AccountView]) -> AccountView | None:

@@ -28,7 +28,7 @@ T = AliasToken.__table__  # type: ignore[attr-defined]
 M = Message.__table__  # type: ignore[attr-defined]
 
 EDITABLE = frozenset({"name", "is_default", "ip_pool"})
-_ACTIVE = ("queued", "deferred")
+_ACTIVE = ("queued", "deferred", "held")
 _DEFAULT_LOCK = 7303
 
 

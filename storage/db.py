@@ -273,6 +273,9 @@ _ADDED_COLUMNS = (
     # Schema 10: sender reputation (reputation_day, reputation_job and reputation_subject
     # are new tables: no column added).
     # Schema 10: warmup schedules (a new table, `warmup`, from create_all; no new column).
+    # Schema 10: hold and release (postsuper -h/-H), held time left out of max_age.
+    ("message", "held_at", "FLOAT"),
+    ("message", "held_for", "FLOAT NOT NULL DEFAULT 0"),
 )
 
 # Run once, right after their column was added, to fill it in for the rows already there.

@@ -31,8 +31,8 @@ R = Recipient.__table__  # type: ignore[attr-defined]
 P = Pool.__table__  # type: ignore[attr-defined]
 T = MessageTag.__table__  # type: ignore[attr-defined]
 
-STATUSES = ("queued", "deferred", "delivered", "bounced", "sandbox", "cancelled")
-ACTIVE = ("queued", "deferred")  # with work left: what retry and cancel act on
+STATUSES = ("queued", "deferred", "held", "delivered", "bounced", "sandbox", "cancelled")
+ACTIVE = ("queued", "deferred", "held")  # with work left (held: until released)
 MAX_LIMIT = 100
 CHUNK = 500  # ids per transaction in the bulk operations
 
@@ -235,15 +235,18 @@ async def search(
     return page, encode_cursor((page[-1].created_at, page[-1].id)) if more else None
 
 
-def _active(flt: MessageFilter) -> tuple[str, ...]:
-    """The active statuses `flt` asks for (all of them when it names none)."""
-    return tuple(s for s in ACTIVE if not flt.statuses or s in flt.statuses)
+def _active(flt: MessageFilter, among: Sequence[str] = ACTIVE) -> tuple[str, ...]:
+    """The active statuses `flt` asks for (all of `among` when it names none)."""
+    return tuple(s for s in among if not flt.statuses or s in flt.statuses)
 
 
-def count_query(flt: MessageFilter, after: Key | None = None) -> Select[Any] | None:
+def count_query(
+    flt: MessageFilter, after: Key | None = None, among: Sequence[str] = ACTIVE
+) -> Select[Any] | None:
     """Counts the matching messages with work left (None: the filter rules them all out),
-    those older than `after` when given."""
-    statuses = _active(flt)
+    those older than `after` when given; only those in a status of `among` (an operation
+    acts on some: a release only on held mail)."""
+    statuses = _active(flt, among)
     if not statuses:
         return None
     query = select(func.count()).select_from(M).where(*criteria(flt, statuses))
@@ -252,18 +255,22 @@ def count_query(flt: MessageFilter, after: Key | None = None) -> Select[Any] | N
     return query
 
 
-def ids_query(flt: MessageFilter, after: Key | None, chunk: int) -> Select[Any] | None:
+def ids_query(
+    flt: MessageFilter, after: Key | None, chunk: int, among: Sequence[str] = ACTIVE
+) -> Select[Any] | None:
     """One chunk of the matching messages with work left (None: the filter rules them out)."""
-    statuses = _active(flt)
+    statuses = _active(flt, among)
     if not statuses:
         return None
     return _page(select(M.c.id, M.c.created_at).where(*criteria(flt, statuses)), after, chunk)
 
 
-async def count_active(db: Database, flt: MessageFilter, after: Key | None = None) -> int:
+async def count_active(
+    db: Database, flt: MessageFilter, after: Key | None = None, among: Sequence[str] = ACTIVE
+) -> int:
     """How many messages with work left match (what a bulk dry run reports); with `after`,
     how many of them come after that position (what a capped bulk operation left)."""
-    query = count_query(flt, after)
+    query = count_query(flt, after, among)
     if query is None:
         return 0
     return int(await db.read(lambda conn: conn.execute(query).scalar_one()))
@@ -274,7 +281,11 @@ def _fetch(query: Select[Any]) -> Callable[[Connection], Sequence[Any]]:
 
 
 async def active_keys(
-    db: Database, flt: MessageFilter, chunk: int = CHUNK, after: Key | None = None
+    db: Database,
+    flt: MessageFilter,
+    chunk: int = CHUNK,
+    after: Key | None = None,
+    among: Sequence[str] = ACTIVE,
 ) -> AsyncGenerator[list[Key]]:
     """The positions (created_at, id) of matching messages with work left, newest first,
     `chunk` at a time, starting after `after` when given.
@@ -283,7 +294,7 @@ async def active_keys(
     long transaction; acting on a chunk does not move the position of the next one.
     """
     while True:
-        query = ids_query(flt, after, chunk)
+        query = ids_query(flt, after, chunk, among)
         if query is None:
             return
         rows = await db.read(_fetch(query))

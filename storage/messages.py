@@ -16,7 +16,7 @@ from sqlalchemy import Connection, insert, select
 
 from storage import event_json
 from storage.db import Database
-from storage.models import Message, MessageMeta, Pool, Recipient
+from storage.models import HELD_DUE, Message, MessageMeta, Pool, Recipient
 
 M = Message.__table__  # type: ignore[attr-defined]
 META = MessageMeta.__table__  # type: ignore[attr-defined]
@@ -78,9 +78,9 @@ class MessageState:
 
 
 def next_attempt_at(due_at: float | None, claimed_by: str | None, now: float) -> float | None:
-    """When the message is next tried: None once final or while a worker holds it (then
-    `due_at` is the end of the worker's lease, not a retry time)."""
-    if due_at is None or (claimed_by is not None and due_at > now):
+    """When the message is next tried: None once final, while held, or while a worker
+    holds it (then `due_at` is the end of the worker's lease, not a retry time)."""
+    if due_at is None or due_at >= HELD_DUE or (claimed_by is not None and due_at > now):
         return None
     return due_at
 

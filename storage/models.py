@@ -28,6 +28,12 @@ SCHEMA_VERSION = 10
 BIG_ID = BigInteger().with_variant(Integer(), "sqlite")
 
 
+# The `due_at` of a held message (status `held`, gateway.queue.store.hold): it still has work
+# left (due_at not NULL, so retention and the queue gauge see it), but its time lies past
+# any claim, so the due index never offers it to a worker and it sorts after all due mail.
+HELD_DUE = 253402300799.0  # 9999-12-31T23:59:59Z
+
+
 class Message(SQLModel, table=True):
     __tablename__ = "message"
     __table_args__ = (
@@ -61,7 +67,7 @@ class Message(SQLModel, table=True):
     )
 
     id: str = Field(primary_key=True, max_length=64)
-    status: str = Field(max_length=16)  # queued | deferred | delivered | bounced | sandbox
+    status: str = Field(max_length=16)  # queued | deferred | held | delivered | bounced | ...
     source: str = Field(max_length=16)  # smtp | http
     mail_from: str
     alias_id: str | None = None  # routing hint from the client
@@ -93,6 +99,12 @@ class Message(SQLModel, table=True):
     # Attempts operators' retries asked for: they take no step of retry_schedule.
     forced_attempts: int = Field(
         default=0, sa_column=Column(Integer, nullable=False, server_default=text("0"))
+    )
+    # On hold (status `held`, postsuper -h) since this time; NULL when not held.
+    held_at: float | None = None
+    # Seconds spent on hold before now, in total: they do not count towards max_age.
+    held_for: float = Field(
+        default=0.0, sa_column=Column(Float, nullable=False, server_default=text("0"))
     )
 
 
@@ -245,6 +257,21 @@ class DkimKey(SQLModel, table=True):
     public_key: str  # the base64 p= value of the DNS record
     status: str = Field(max_length=16)  # pending | active | retired
     created_at: float
+
+
+class RecipientRoute(SQLModel, table=True):
+    """A transport-map entry made over the API (gateway.routing.DomainRoute): mail to
+    `recipient_domain` (exact, or `.suffix` for every subdomain) goes through the pool named
+    `pool`, else the group `ip_pool`. The config's `[[routes]]` are not stored here."""
+
+    __tablename__ = "recipient_route"
+
+    id: str = Field(primary_key=True, max_length=64)
+    recipient_domain: str = Field(unique=True, max_length=254)  # lower-case A-labels
+    pool: str | None = Field(default=None, max_length=255)  # a pool's name
+    ip_pool: str | None = Field(default=None, max_length=64)
+    created_at: float
+    created_by: str | None = Field(default=None, max_length=64)  # user id; None: console
 
 
 class SenderDomain(SQLModel, table=True):

@@ -11,9 +11,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Row, bindparam, delete, func, insert, select, text, update
+from sqlalchemy import (
+    Connection,
+    Float,
+    Row,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+    text,
+    update,
+)
 
-from storage.models import Event, Message, MessageBody, MessageTag, Recipient
+from storage.models import HELD_DUE, Event, Message, MessageBody, MessageTag, Recipient
 
 M = Message.__table__  # type: ignore[attr-defined]
 B = MessageBody.__table__  # type: ignore[attr-defined]
@@ -120,6 +133,7 @@ POSTPONE = (
 CLAIMED = (
     M.c.id, M.c.mail_from, M.c.attempts, M.c.created_at, M.c.ip_pool, M.c.pool_id,
     M.c.retried_at, M.c.forced_attempts, M.c.last_response, M.c.updated_at, M.c.route_default,
+    M.c.held_for,
 )  # fmt: skip
 
 
@@ -131,8 +145,14 @@ def _row_locks(conn: Connection) -> bool:
 def claim_due(conn: Connection, node: str, now: float, until: float, limit: int) -> list[Row[Any]]:
     """Claim for `node` up to `limit` messages due at `now`, oldest due first, leased until
     `until`; returns their CLAIMED columns. Rows another node is claiming are skipped, not
-    waited for."""
-    due = select(M.c.id).where(M.c.due_at <= now).order_by(M.c.due_at).limit(limit)
+    waited for. A held message is never claimed: its due_at is HELD_DUE (past any `now`),
+    and its status is tested too, so that no clock or hand-edited row can deliver it."""
+    due = (
+        select(M.c.id)
+        .where(M.c.due_at <= now, M.c.status != "held")
+        .order_by(M.c.due_at)
+        .limit(limit)
+    )
     if _row_locks(conn):
         due = due.with_for_update(skip_locked=True)
     claimed = conn.execute(
@@ -178,10 +198,11 @@ def _free(now: float) -> Any:
 
 def retry_now(conn: Connection, ids: Sequence[str], now: float) -> list[str]:
     """Make these messages due at `now`, stamped `retried_at`: those with work left that no
-    worker holds. Returns their ids."""
+    worker holds, and not on hold (a retry never releases: `postqueue -f` leaves held mail
+    held). Returns their ids."""
     rows = conn.execute(
         update(M)
-        .where(M.c.id.in_(list(ids)), M.c.due_at.is_not(None), _free(now))
+        .where(M.c.id.in_(list(ids)), M.c.due_at.is_not(None), M.c.status != "held", _free(now))
         .values(due_at=now, claimed_by=None, retried_at=now)
         .returning(M.c.id)
     )
@@ -189,11 +210,12 @@ def retry_now(conn: Connection, ids: Sequence[str], now: float) -> list[str]:
 
 
 def active_of(conn: Connection, ids: Sequence[str]) -> list[Row[Any]]:
-    """(id, claimed_by, due_at) of those of these messages with work left, locked for the
+    """(id, claimed_by, due_at, status, attempts) of those of these messages with work left,
+    locked for the
     transaction. On PostgreSQL rows another transaction holds are skipped, never waited for
     (a node recording or renewing its delivery locks the same rows in its own order:
     waiting could deadlock)."""
-    active = select(M.c.id, M.c.claimed_by, M.c.due_at).where(
+    active = select(M.c.id, M.c.claimed_by, M.c.due_at, M.c.status, M.c.attempts).where(
         M.c.id.in_(ids), M.c.due_at.is_not(None)
     )
     if _row_locks(conn):
@@ -201,9 +223,14 @@ def active_of(conn: Connection, ids: Sequence[str]) -> list[Row[Any]]:
     return list(conn.execute(active))
 
 
-def with_work_left(conn: Connection, ids: Sequence[str]) -> set[str]:
-    """Those of these messages with work left, read without a lock (locked ones included)."""
+def with_work_left(
+    conn: Connection, ids: Sequence[str], statuses: Sequence[str] | None = None
+) -> set[str]:
+    """Those of these messages with work left (in one of `statuses`, when given), read
+    without a lock (locked ones included)."""
     still = select(M.c.id).where(M.c.id.in_(ids), M.c.due_at.is_not(None))
+    if statuses is not None:
+        still = still.where(M.c.status.in_(list(statuses)))
     return {row.id for row in conn.execute(still)}
 
 
@@ -226,6 +253,34 @@ def mark_cancelled(conn: Connection, ids: Sequence[str], now: float, why: str) -
         update(R)
         .where(R.c.message_id.in_(ids), R.c.status == "pending")
         .values(status="cancelled", response=why, updated_at=now)
+    )
+
+
+def mark_held(conn: Connection, ids: Sequence[str], now: float) -> None:
+    """Put these messages on hold: status `held`, due at HELD_DUE (never claimed), the time
+    they were held in `held_at`."""
+    conn.execute(
+        update(M)
+        .where(M.c.id.in_(ids))
+        .values(status="held", due_at=HELD_DUE, claimed_by=None, held_at=now, updated_at=now)
+    )
+
+
+def mark_released(conn: Connection, ids: Sequence[str], now: float) -> None:
+    """Release these held messages: due at `now`, `deferred` when tried before, else
+    `queued`; the time they spent held is added to `held_for` (max_age leaves it out)."""
+    held_since = func.coalesce(M.c.held_at, literal(now, Float))
+    conn.execute(
+        update(M)
+        .where(M.c.id.in_(ids), M.c.status == "held")
+        .values(
+            status=case((M.c.attempts > 0, "deferred"), else_="queued"),
+            due_at=now,
+            claimed_by=None,
+            held_for=M.c.held_for + (literal(now, Float) - held_since),
+            held_at=None,
+            updated_at=now,
+        )
     )
 
 

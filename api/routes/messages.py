@@ -1,5 +1,5 @@
 """/v1/messages: find messages, see where one is and what it says (its stored bytes, or them
-parsed), retry or cancel them one by one or in bulk.
+parsed), retry, cancel, hold or release them one by one or in bulk.
 
 A key sees and acts on only the messages it sent (an `admin` key on all); a member, and any
 key of a user, those of that user (an admin or owner on all: see `restriction`). Another's
@@ -27,9 +27,11 @@ from api.schemas import (
     BulkResult,
     CancelResult,
     ErrorResponse,
+    HoldResult,
     MessageContent,
     MessageList,
     MessageStatus,
+    ReleaseResult,
     RetryResult,
     parse,
 )
@@ -39,6 +41,8 @@ from gateway.queue.operations import (
     FilterError,
     MessageBusy,
     MessageFinal,
+    MessageHeld,
+    MessageNotHeld,
     make_filter,
     summary_json,
 )
@@ -239,7 +243,10 @@ def _content_json(message_id: str, shown: mailview.MailView) -> dict[str, Any]:
 
 
 _ONE = [path_parameter("message_id", "the id POST /v1/send returned")]
-_CONFLICT = "the message has no work left (message_final) or is being delivered (message_busy)"
+_CONFLICT = (
+    "the message has no work left (message_final), is being delivered (message_busy) or is "
+    "on hold (message_held: release it first)"
+)
 _RETRY = (
     "Like `postqueue -f`: the message is due now, the cool-down of its route's pools ends, "
     "and its attempt counts but takes no step of retry_schedule (if it fails, the message "
@@ -250,14 +257,14 @@ _RETRY = (
 async def _act_on_one(
     request: Request, act: Callable[[ApiContext, MessageState], Awaitable[Any]]
 ) -> tuple[ApiContext, MessageState]:
-    """Retry or cancel the message of the path, if the key may see it; 409 when it is final
-    or being delivered."""
+    """Retry, cancel, hold or release the message of the path, if the key may see it; 409
+    when it is final, being delivered, or (not) on hold."""
     ctx: ApiContext = request.app.state.api
     key = await authenticate(request, ctx)
     state = await message_ops.get(ctx, key, request.path_params["message_id"])
     try:
         await act(ctx, state)
-    except (MessageFinal, MessageBusy) as error:
+    except (MessageFinal, MessageBusy, MessageHeld, MessageNotHeld) as error:
         raise _conflict(error, state) from None
     return ctx, state
 
@@ -265,6 +272,10 @@ async def _act_on_one(
 def _conflict(error: Exception, state: MessageState) -> errors.ApiError:
     if isinstance(error, MessageBusy):
         return errors.MessageBusy("the message is being delivered right now; try again shortly")
+    if isinstance(error, MessageHeld):
+        return errors.MessageHeld("the message is on hold: release it first")
+    if isinstance(error, MessageNotHeld):
+        return errors.MessageNotHeld(f"the message is not on hold (it is {state.status})")
     return errors.MessageFinal(f"the message has no work left (it is {state.status})")
 
 
@@ -305,6 +316,56 @@ async def cancel_message(request: Request) -> Response:
     return JSONResponse({"message_id": state.id, "status": "cancelled"})
 
 
+_HOLD = (
+    "Like `postsuper -h`: a queued or deferred message is held, never delivered and never "
+    "expired, until released; the time it spends held does not count towards max_age. A "
+    "retry leaves it held; a cancel stops it."
+)
+_RELEASE = (
+    "Like `postsuper -H`: a held message is due now, queued again (deferred if it was tried "
+    "before), with its max_age deadline moved on by the time it was held."
+)
+
+
+@operation(
+    "Hold a message",
+    scope="",
+    parameters=_ONE,
+    responses={
+        200: ("held: no worker takes it until it is released", HoldResult),
+        404: ("no such message, or another key's", ErrorResponse),
+        409: (_CONFLICT, ErrorResponse),
+    },
+    description=_HOLD,
+)
+async def hold_message(request: Request) -> Response:
+    _, state = await _act_on_one(
+        request, lambda ctx, state: queue_ops.hold_one(ctx.message_queue(), state)
+    )
+    return JSONResponse({"message_id": state.id, "status": "held"})
+
+
+@operation(
+    "Release a held message",
+    scope="",
+    parameters=_ONE,
+    responses={
+        200: ("released: due now", ReleaseResult),
+        404: ("no such message, or another key's", ErrorResponse),
+        409: ("the message is not on hold (message_not_held) or final", ErrorResponse),
+    },
+    description=_RELEASE,
+)
+async def release_message(request: Request) -> Response:
+    ctx, state = await _act_on_one(
+        request, lambda ctx, state: queue_ops.release_one(ctx.message_queue(), state)
+    )
+    if ctx.wake is not None:
+        ctx.wake()
+    status = "deferred" if state.attempts else "queued"
+    return JSONResponse({"message_id": state.id, "status": status})
+
+
 async def _bulk(request: Request, action: queue_ops.Action) -> Response:
     ctx: ApiContext = request.app.state.api
     key = await authenticate(request, ctx)
@@ -322,13 +383,14 @@ async def _bulk(request: Request, action: queue_ops.Action) -> Response:
         )
     except InvalidCursor:
         raise _invalid("cursor", "not a cursor this API returned") from None
-    if action == "retry" and result.done and ctx.wake is not None:
+    if action in ("retry", "release") and result.done and ctx.wake is not None:
         ctx.wake()
     return JSONResponse(result.as_json())
 
 
 _BULK = (
-    'Acts on messages with work left (queued, deferred) matching the filter; `"dry_run": '
+    "Acts on the messages matching the filter that the action applies to (retry and hold: "
+    'queued, deferred; release: held; cancel: queued, deferred, held); `"dry_run": '
     "true` only counts them. Messages being delivered right now are left alone and counted "
     "as busy. A key acts only on the mail it sent. One call acts on at most "
     f"{queue_ops.MAX_BULK:,} messages, newest first; when more match, the answer says how "
@@ -358,13 +420,39 @@ async def cancel_many(request: Request) -> Response:
     return await _bulk(request, "cancel")
 
 
+@operation(
+    "Hold matching messages",
+    scope="",
+    request=BulkRequest,
+    responses={200: ("how many matched and were held", BulkResult)},
+    description=f"{_HOLD} {_BULK}",
+)
+async def hold_many(request: Request) -> Response:
+    return await _bulk(request, "hold")
+
+
+@operation(
+    "Release matching held messages",
+    scope="",
+    request=BulkRequest,
+    responses={200: ("how many matched and were released", BulkResult)},
+    description=f"{_RELEASE} {_BULK}",
+)
+async def release_many(request: Request) -> Response:
+    return await _bulk(request, "release")
+
+
 routes = [
     Route("/v1/messages", list_messages, methods=["GET"]),
     Route("/v1/messages/retry", retry_many, methods=["POST"]),
     Route("/v1/messages/cancel", cancel_many, methods=["POST"]),
+    Route("/v1/messages/hold", hold_many, methods=["POST"]),
+    Route("/v1/messages/release", release_many, methods=["POST"]),
     Route("/v1/messages/{message_id}", get_message, methods=["GET"]),
     Route("/v1/messages/{message_id}/raw", message_raw, methods=["GET"]),
     Route("/v1/messages/{message_id}/content", message_content, methods=["GET"]),
     Route("/v1/messages/{message_id}/retry", retry_message, methods=["POST"]),
     Route("/v1/messages/{message_id}/cancel", cancel_message, methods=["POST"]),
+    Route("/v1/messages/{message_id}/hold", hold_message, methods=["POST"]),
+    Route("/v1/messages/{message_id}/release", release_message, methods=["POST"]),
 ]

@@ -37,7 +37,7 @@ from gateway.queue import idempotency
 from storage.accounts import ACCOUNT
 from storage.keys import missing_scope
 from storage.mail_accounts import get_account
-from storage.messages import MessageState, message_state
+from storage.messages import RecipientState, message_state
 
 SANDBOX_HEADERS = ("x-misarmail-sandbox", "x-postern-sandbox")
 QUEUED_TEXT = "Email queued for retry"
@@ -311,6 +311,8 @@ async def _outcome(
         "provider": "sandbox" if sandbox else "smtp",
         "timestamp": iso(accepted.message.created_at),
     }
+    if accepted.parts:
+        base["message_ids"] = accepted.message_ids
     if accepted.suppressed:  # `suppressed` is the documented boolean (the 422)
         base["suppressed_recipients"] = list(accepted.suppressed)
     # A sandbox send is never attempted (nobody watches it).
@@ -318,14 +320,15 @@ async def _outcome(
     if status in ("delivered", "sandbox"):
         return 200, {"success": True, **base}
     if status == "bounced":
-        return _bounced(await message_state(ctx.db, accepted.message_id), base)
+        states = [await message_state(ctx.db, message_id) for message_id in accepted.message_ids]
+        recipients = [r for state in states if state is not None for r in state.recipients]
+        return _bounced(recipients, base)
     return 202, {"success": False, "queued": True, "message": QUEUED_TEXT, **base}
 
 
-def _bounced(state: MessageState | None, base: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    """A bounced message's answer: 200 listing the refused when someone got it, else the
-    upstream's refusal."""
-    recipients = state.recipients if state else []
+def _bounced(recipients: list[RecipientState], base: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """A bounced message's answer (all its parts' recipients): 200 listing the refused when
+    someone got it, else the upstream's refusal."""
     rejected = [
         {"email": r.email, "response": r.response} for r in recipients if r.status == "bounced"
     ]
@@ -362,7 +365,7 @@ async def _replay(
             "timestamp": iso(state.created_at if state else time.time()),
         }
         if state is not None and state.status == "bounced":
-            status, bounced = _bounced(state, body)
+            status, bounced = _bounced(state.recipients, body)
             response = {"status": status, "body": bounced}
         else:
             if not done:

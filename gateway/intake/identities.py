@@ -29,17 +29,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from gateway.addresses import mailbox_key
 from gateway.headers import header_fields, mailboxes, split_header
 from gateway.message import Sender, Submission
 from gateway.people import roles
-from gateway.routing import AccountView, AliasView
+from gateway.routing import AccountView, AliasView, DomainRoute
 from storage.aliases import list_aliases
 from storage.db import Database
 from storage.domains import verified_domains
 from storage.mail_accounts import KIND, list_accounts
+from storage.routes import list_routes
 from storage.shares import shared_users
 
 log = logging.getLogger("postern.identities")
@@ -64,8 +65,19 @@ def _domain(address: str) -> str:
 
 
 class Identities:
-    def __init__(self, db: Database, *, enforce: bool, ttl: float = 2.0) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        enforce: bool,
+        ttl: float = 2.0,
+        routes: Sequence[DomainRoute] = (),
+    ) -> None:
         self._db = db
+        # Routes by recipient domain: the config's (fixed), then the API's (reloaded).
+        self._config_routes = tuple(routes)
+        self._stored_routes: tuple[DomainRoute, ...] = ()
+        self.domain_routes: tuple[DomainRoute, ...] = self._config_routes
         self.enforce = enforce
         self._ttl = ttl
         self.aliases: tuple[AliasView, ...] = ()
@@ -76,6 +88,16 @@ class Identities:
         self._loaded_at = float("-inf")
         self._lock = asyncio.Lock()
 
+    @property
+    def config_routes(self) -> tuple[DomainRoute, ...]:
+        """The config file's `[[routes]]` (they win over a stored entry for their domain)."""
+        return self._config_routes
+
+    def use_config_routes(self, routes: Sequence[DomainRoute]) -> None:
+        """The config file's `[[routes]]` as read again (SIGHUP), in force at once."""
+        self._config_routes = tuple(routes)
+        self.domain_routes = self._config_routes + self._stored_routes
+
     async def reload(self) -> None:
         domains = await verified_domains(self._db)
         aliases = await list_aliases(self._db)
@@ -85,6 +107,11 @@ class Identities:
         self._domains = frozenset(domains)
         self._addresses = frozenset(mailbox_key(a.email) for a in aliases if a.is_verified)
         await self._reload_accounts()
+        self._stored_routes = tuple(
+            DomainRoute(r.recipient_domain, pool=r.pool, ip_pool=r.ip_pool, source="api", id=r.id)
+            for r in await list_routes(self._db)
+        )
+        self.domain_routes = self._config_routes + self._stored_routes
         self._loaded_at = time.monotonic()
 
     async def _reload_accounts(self) -> None:

@@ -4,6 +4,12 @@
     (From domain with an active key) -> stored (one transaction, group-committed,
     idempotency key reserved in it) -> handed to delivery (sandbox: never) -> acknowledged
 
+A message whose recipients' domains take different routes (`[[routes]]`, /api/v1/routes:
+gateway.routing.choose_routes) is split here into one part per route: each part is a message
+of its own (its own id, Return-Path token and DKIM signature, over its own recipients), and
+every part is stored in the same one transaction, under one idempotency key: all or none,
+never a part twice. `Accepted.parts` names them all.
+
 It knows nothing of SMTP or HTTP: it takes a Submission and returns an Accepted, or raises
 one of the Refusal exceptions below (or `Duplicate` / `KeyReused`), which each door turns
 into its own reply. The sender check (policy.sender) and the aliases come from
@@ -35,7 +41,7 @@ from gateway.routing import (
     NoActivePool,
     UnknownAccount,
     UnknownRoute,
-    choose_route,
+    choose_routes,
     pinned_account,
     within_groups,
 )
@@ -112,14 +118,22 @@ class AccountNotPermitted(NotPermitted):
 
 @dataclass(frozen=True)
 class Accepted:
-    message: QueuedMessage
+    message: QueuedMessage  # the first part
     suppressed: tuple[str, ...] = ()
-    # Resolved with the message's status after its first attempt (when asked to watch).
+    # Resolved with the message's status after its first attempt (when asked to watch); of
+    # a split message, after every part's first attempt: delivered when all were,
+    # deferred while one waits, else bounced.
     attempt: asyncio.Future[str] | None = None
+    # Every part, the first included, when the recipients' routes split the message.
+    parts: tuple[QueuedMessage, ...] = ()
 
     @property
     def message_id(self) -> str:
         return self.message.id
+
+    @property
+    def message_ids(self) -> list[str]:
+        return [part.id for part in self.parts] or [self.message.id]
 
     async def outcome(self, timeout: float) -> str | None:
         """The first attempt's status if it ends within `timeout`; None while pending (or
@@ -183,40 +197,52 @@ class Intake:
         if self._identities is not None:
             await self._identities.refresh_if_stale()
         try:
-            blocked, submission, route = self._policy(submission)
+            blocked, parts = self._policy(submission)
         except Refusal:
             await idempotency.raise_if_seen(self._queue.db, submission)
             raise
-        submission = await self._signed(self._referenced(submission))
+        parts = [(await self._signed(self._referenced(part)), route) for part, route in parts]
         # The client may go while the commit is under way (aiosmtpd then cancels the
         # handler), yet the commit goes on: storing and handing over are one unit that a
         # cancellation cannot split, or a claimed message would wait for a restart.
-        stored = asyncio.ensure_future(self._store(submission, route, watch))
+        stored = asyncio.ensure_future(self._store(parts, watch))
         try:
-            message, attempt = await asyncio.shield(stored)
+            messages, attempt = await asyncio.shield(stored)
         except asyncio.CancelledError:
             stored.add_done_callback(_observed)
             raise
-        return Accepted(message, tuple(sorted(blocked)), attempt)
+        split = tuple(messages) if len(messages) > 1 else ()
+        return Accepted(messages[0], tuple(sorted(blocked)), attempt, split)
 
     async def _store(
-        self, submission: Submission, route: Route, watch: bool
-    ) -> tuple[QueuedMessage, asyncio.Future[str] | None]:
-        """Store durably, then hand to delivery: claimed here when a worker has room."""
-        sandbox = submission.sandbox
+        self, parts: list[tuple[Submission, Route]], watch: bool
+    ) -> tuple[list[QueuedMessage], asyncio.Future[str] | None]:
+        """Store durably (every part in one transaction), then hand to delivery: claimed
+        here when a worker has room."""
+        first = parts[0][0]
+        sandbox = first.sandbox
         claim = not sandbox and self._handoff.has_room()
-        message = await self._queue.enqueue(submission, route, claim=claim)
-        metrics.MESSAGES_RECEIVED.labels(source=submission.source).inc()
-        maillog.received(message.id, submission)
-        attempt = self._handoff.wait_for(message.id) if watch and not sandbox else None
+        messages = await self._queue.enqueue_parts(parts, claim=claim)
+        metrics.MESSAGES_RECEIVED.labels(source=first.source).inc()
+        for message, (part, _) in zip(messages, parts, strict=True):
+            maillog.received(message.id, part)
+        attempt: asyncio.Future[str] | None = None
+        if watch and not sandbox:
+            attempts = [self._handoff.wait_for(message.id) for message in messages]
+            attempt = (
+                attempts[0] if len(attempts) == 1 else asyncio.ensure_future(_combined(attempts))
+            )
         if claim:
-            self._handoff.push(message)
+            for message in messages:
+                self._handoff.push(message)
         elif not sandbox:
             self._handoff.wake()
-        return message, attempt
+        return messages, attempt
 
-    def _policy(self, submission: Submission) -> tuple[set[str], Submission, Route]:
-        """Sender, suppression, routing and the key's permissions (no I/O: all in memory)."""
+    def _policy(self, submission: Submission) -> tuple[set[str], list[tuple[Submission, Route]]]:
+        """Sender, suppression, routing and the key's permissions (no I/O: all in memory).
+        Returns the suppressed and the parts to store: one, or one per route of the
+        recipients' domains (the first keeps the door's message id and the suppressed)."""
         identities = self._identities
         problem = identities.sender_problem(submission) if identities is not None else None
         if problem is not None:
@@ -229,26 +255,43 @@ class Intake:
                 raise AllSuppressed()
             kept = tuple(r for r in submission.recipients if r not in blocked)
             submission = replace(submission, recipients=kept, suppressed=tuple(sorted(blocked)))
-        route = self._route(submission)
-        account = self._account_of(route)
-        problem = identities.account_problem(submission, account) if identities else None
-        if problem is not None:
-            metrics.MESSAGES_REFUSED.labels(reason="account_not_shared").inc()
-            raise AccountNotPermitted(problem)
-        if account is not None:
-            return blocked, submission, self._account_permitted(submission, route)
-        return blocked, submission, self._permitted(submission, route)
+        groups = self._routes(submission)
+        parts: list[tuple[Submission, Route]] = []
+        for index, (route, recipients) in enumerate(groups):
+            part = submission
+            if len(groups) > 1:
+                part = replace(
+                    submission,
+                    recipients=recipients,
+                    message_id=submission.message_id if index == 0 else None,
+                    suppressed=submission.suppressed if index == 0 else (),
+                )
+            account = self._account_of(route)
+            problem = identities.account_problem(part, account) if identities else None
+            if problem is not None:
+                metrics.MESSAGES_REFUSED.labels(reason="account_not_shared").inc()
+                raise AccountNotPermitted(problem)
+            if account is not None:
+                parts.append((part, self._account_permitted(part, route)))
+            else:
+                parts.append((part, self._permitted(part, route)))
+        return blocked, parts
 
-    def _route(self, submission: Submission) -> Route:
+    def _routes(self, submission: Submission) -> list[tuple[Route, tuple[str, ...]]]:
+        """The routes of the message and the recipients of each (gateway.routing); a
+        sandbox message is never split (it goes nowhere)."""
         identities = self._identities
+        by_domain = identities.domain_routes if identities and not submission.sandbox else ()
         try:
-            return choose_route(
+            return choose_routes(
                 submission.alias_id,
                 submission.mail_from,
+                submission.recipients,
                 self._pools.settings(),
                 identities.aliases if identities is not None else (),
                 account_id=submission.account_id,
                 accounts=identities.accounts if identities is not None else (),
+                domain_routes=by_domain,
             )
         except UnknownAccount:
             metrics.MESSAGES_REFUSED.labels(reason="unknown_account").inc()
@@ -332,6 +375,17 @@ class Intake:
         if sender.ip_pools is not None and not submission.sandbox:
             raise NotPermitted("this API key may only send through ip_pools, not an account")
         return route
+
+
+async def _combined(attempts: Sequence[asyncio.Future[str]]) -> str:
+    """A split message's status after every part's first attempt: delivered when every part
+    was, deferred while any part waits, else bounced (final, someone refused)."""
+    statuses = await asyncio.gather(*attempts)
+    if all(status == "delivered" for status in statuses):
+        return "delivered"
+    if any(status not in ("delivered", "bounced") for status in statuses):
+        return "deferred"
+    return "bounced"
 
 
 def _observed(stored: asyncio.Future[Any]) -> None:

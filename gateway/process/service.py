@@ -14,7 +14,7 @@ The message path, once:
 Lifecycle: start -> run until SIGTERM/SIGINT -> stop listeners, let end-of-data commits
 finish, drain in-flight deliveries (within `drain_timeout` of the signal, cutting off what
 still waits for an upstream), release what is left, exit 0. A second signal forces an
-immediate exit. SIGHUP reloads `[[pools]]` and `[policy]` from the config file.
+immediate exit. SIGHUP reloads `[[pools]]`, `[[routes]]` and `[policy]` from the config file.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ log = logging.getLogger("postern")
 
 
 # What SIGHUP applies; every other section needs a restart.
-RELOADED = ("pools", "policy")
+RELOADED = ("pools", "policy", "routes")
 
 
 @dataclass(frozen=True)
@@ -322,7 +322,7 @@ class Service:
         await signers.reload()
         # Verified domains and aliases (routing, policy.sender); other nodes' changes within 2 s.
         enforce = self.config.policy.sender == "verified"
-        identities = self.identities = Identities(db, enforce=enforce)
+        identities = self.identities = Identities(db, enforce=enforce, routes=self.config.routes)
         await identities.reload()
         # Intake meets delivery only through gateway.queue.handoff: the registry routes,
         # delivery takes the messages it stores.
@@ -541,8 +541,8 @@ class Service:
         task.add_done_callback(self._reloads.discard)
 
     async def reload(self) -> None:
-        """Read the config file again and apply its `[[pools]]` and `[policy]`; a file that
-        does not load changes nothing. Logged either way, never fatal."""
+        """Read the config file again and apply its `[[pools]]`, `[[routes]]` and `[policy]`;
+        a file that does not load changes nothing. Logged either way, never fatal."""
         identities, pools = self.identities, self.pool_sync
         if identities is None or pools is None:
             return  # not started: start reads the file anyway
@@ -564,8 +564,11 @@ class Service:
                     pool.name,
                     pool.password_env,
                 )
-        self.config = replace(self.config, pools=fresh.pools, policy=fresh.policy)
+        self.config = replace(
+            self.config, pools=fresh.pools, policy=fresh.policy, routes=fresh.routes
+        )
         identities.enforce = fresh.policy.sender == "verified"
+        identities.use_config_routes(fresh.routes)
         pools.declared = fresh.pools
         try:
             await pools.changed()  # serialised with the API's changes
@@ -573,9 +576,10 @@ class Service:
             log.error("SIGHUP: pools not reloaded: %s", _first_line(error))
             return
         log.info(
-            "SIGHUP: reloaded %d pool(s) from the file (%s) and policy.sender = %r",
+            "SIGHUP: reloaded %d pool(s) from the file (%s), %d route(s) and policy.sender = %r",
             len(fresh.pools),
             ", ".join(pool.name for pool in fresh.pools) or "none",
+            len(fresh.routes),
             fresh.policy.sender,
         )
         if ignored:

@@ -38,6 +38,10 @@ POLICY_BLOCK = "policy_block"
 # {"reputation": {kind, id, name, score, threshold, window_days, components}}.
 REPUTATION_AT_RISK = "reputation_at_risk"
 
+# An operator's hold and release (postsuper -h/-H), one per recipient still pending.
+HELD = "held"
+RELEASED = "released"
+
 TYPES = (
     QUEUED,
     DEFERRED,
@@ -53,6 +57,8 @@ TYPES = (
     SOFT_BOUNCE,
     POLICY_BLOCK,
     REPUTATION_AT_RISK,
+    HELD,
+    RELEASED,
 )
 # The last outcome a recipient can have: what a `final_only` webhook receives.
 FINAL = frozenset({DELIVERED, BOUNCED, EXPIRED, SUPPRESSED, SANDBOX, CANCELLED})

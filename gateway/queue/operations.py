@@ -32,7 +32,17 @@ from storage.message_search import (
 )
 from storage.messages import MessageState, message_state
 
-Action = Literal["retry", "cancel"]
+Action = Literal["retry", "cancel", "hold", "release"]
+# The statuses each action acts on (a bulk call matches only these): a retry and a hold take
+# mail that may be delivered, a release only held mail, a cancel any with work left.
+ACTS_ON: dict[str, tuple[str, ...]] = {
+    "retry": ("queued", "deferred"),
+    "cancel": ACTIVE,
+    "hold": ("queued", "deferred"),
+    "release": ("held",),
+}
+# What the answer calls the messages an action changed.
+DONE_WORD = {"retry": "retried", "cancel": "cancelled", "hold": "held", "release": "released"}
 # The most messages one bulk call acts on, so that one HTTP request never runs for minutes;
 # the answer says how many are left and where to go on from.
 MAX_BULK = 10_000
@@ -67,6 +77,14 @@ class MessageFinal(Refused):
 
 class MessageBusy(Refused):
     """A worker is delivering the message right now."""
+
+
+class MessageHeld(Refused):
+    """The message is on hold: a retry or a second hold waits for its release."""
+
+
+class MessageNotHeld(Refused):
+    """A release of a message that is not on hold."""
 
 
 def parse_time(field: str, value: Any) -> float:
@@ -145,15 +163,15 @@ def make_filter(
 @dataclass(frozen=True)
 class BulkResult:
     action: Action
-    matched: int  # messages with work left that matched (up to the cap)
-    done: int  # retried or cancelled
+    matched: int  # messages the action applies to that matched (up to the cap)
+    done: int  # retried, cancelled, held or released
     busy: int  # held by a worker (or finished) meanwhile: left alone
     dry_run: bool
     remaining: int = 0  # matching messages with work left beyond the cap: not looked at
     next_cursor: str | None = None  # where to go on from, while `remaining`
 
     def as_json(self) -> dict[str, Any]:
-        verb = "retried" if self.action == "retry" else "cancelled"
+        verb = DONE_WORD[self.action]
         found: dict[str, Any] = {
             "matched": self.matched,
             verb: self.done,
@@ -175,7 +193,8 @@ async def bulk(
     limit: int | None = None,
     cursor: str | None = None,
 ) -> BulkResult:
-    """Retry or cancel the active messages matching `flt`, newest first, a chunk per
+    """Retry, cancel, hold or release the messages matching `flt` that the action applies
+    to (ACTS_ON), newest first, a chunk per
     transaction, at most `limit` of them (None: MAX_BULK), after `cursor` when given (the
     `next_cursor` of the call before; InvalidCursor when it is not one).
 
@@ -185,35 +204,74 @@ async def bulk(
     """
     limit = MAX_BULK if limit is None else max(1, limit)
     after: Key | None = decode_cursor(cursor) if cursor else None
+    among = ACTS_ON[action]
     if dry_run:
-        return BulkResult(action, await count_active(db, flt, after), 0, 0, True)
+        return BulkResult(action, await count_active(db, flt, after, among), 0, 0, True)
     matched = done = 0
     last: Key | None = None
-    async with aclosing(active_keys(db, flt, min(CHUNK, limit), after)) as chunks:
+    async with aclosing(active_keys(db, flt, min(CHUNK, limit), after, among)) as chunks:
         async for keys in chunks:
             keys = keys[: limit - matched]
             ids = [message_id for _, message_id in keys]
             matched += len(ids)
             last = keys[-1]
-            if action == "retry":
-                done += len(await queue.retry(ids))
-            else:
-                done += len((await queue.cancel(ids)).cancelled)
+            done += len(await act(queue, action, ids))
             if matched >= limit:
                 break
-    remaining = await count_active(db, flt, last) if matched >= limit else 0
+    remaining = await count_active(db, flt, last, among) if matched >= limit else 0
     next_cursor = encode_cursor(last) if remaining and last is not None else None
     return BulkResult(action, matched, done, matched - done, False, remaining, next_cursor)
 
 
+async def act(queue: Queue, action: Action, ids: list[str]) -> list[str]:
+    """Run `action` on these messages (each chunk one transaction); the ids it changed."""
+    if action == "retry":
+        return await queue.retry(ids)
+    if action == "cancel":
+        return (await queue.cancel(ids)).cancelled
+    if action == "hold":
+        return (await queue.hold(ids)).done
+    return (await queue.release_held(ids)).done
+
+
 async def retry_one(queue: Queue, db: Database, state: MessageState) -> None:
-    """Make one message due now; MessageFinal / MessageBusy when that cannot be."""
+    """Make one message due now; MessageFinal / MessageBusy / MessageHeld when that cannot
+    be."""
+    if state.status == "held":
+        raise MessageHeld(state.id)
     if state.status not in ACTIVE:
         raise MessageFinal(state.id)
     if await queue.retry([state.id]):
         return
     after = await message_state(db, state.id)
+    if after is not None and after.status == "held":
+        raise MessageHeld(state.id)  # held between the read and the retry
     raise MessageFinal(state.id) if after is None or after.status not in ACTIVE else MessageBusy()
+
+
+async def hold_one(queue: Queue, state: MessageState) -> None:
+    """Put one message on hold; MessageFinal / MessageBusy / MessageHeld when that cannot
+    be."""
+    if state.status == "held":
+        raise MessageHeld(state.id)
+    if state.status not in ACTIVE:
+        raise MessageFinal(state.id)
+    result = await queue.hold([state.id])
+    if state.id in result.busy:
+        raise MessageBusy(state.id)
+    if state.id not in result.done:
+        raise MessageFinal(state.id)  # it finished (or was held) between read and hold
+
+
+async def release_one(queue: Queue, state: MessageState) -> None:
+    """Release one held message; MessageNotHeld (MessageFinal once final) otherwise."""
+    if state.status != "held":
+        raise MessageFinal(state.id) if state.status not in ACTIVE else MessageNotHeld(state.id)
+    result = await queue.release_held([state.id])
+    if state.id in result.busy:
+        raise MessageBusy(state.id)
+    if state.id not in result.done:
+        raise MessageNotHeld(state.id)  # released or cancelled meanwhile
 
 
 async def cancel_one(queue: Queue, state: MessageState) -> None:

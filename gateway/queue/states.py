@@ -10,10 +10,13 @@ A report that comes back later (gateway.bounces) may turn a recipient the upstre
 taken into `bounced`: `after_late_bounce` says what that makes of a final message (a
 delivered one becomes bounced, as if the upstream had refused that recipient).
 
-Beside these: `sandbox` (stored final, never attempted) and `cancelled` (an operator
-stopped it). A recipient is `pending` until its own result is final, so a retry goes only to
-those still pending. Pure: no I/O. gateway.queue.store writes each change in one
-transaction; gateway.queue.retry says when a deferred message is due again.
+Beside these: `sandbox` (stored final, never attempted), `cancelled` (an operator
+stopped it) and `held` (an operator put a queued or deferred message on hold, postsuper -h:
+never claimed, never expired, until released back to queued, or to deferred when it was
+tried before; the time held is left out of max_age). A recipient is `pending` until its
+own result is final, so a retry goes only to those still pending. Pure: no I/O.
+gateway.queue.store writes each change in one transaction; gateway.queue.retry says when a
+deferred message is due again.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from dataclasses import dataclass, replace
 
 from gateway.message import DeliveryResult, Outcome
 
-ACTIVE_STATES = ("queued", "deferred")  # the states of a message with work left
+ACTIVE_STATES = ("queued", "deferred", "held")  # the states of a message with work left
 
 
 @dataclass(frozen=True)

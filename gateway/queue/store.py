@@ -15,6 +15,13 @@ Accepted messages are normally claimed by the accepting node in the same transac
 stores them (the fast path): the delivery worker gets the message from memory without a
 second read, and the lease still protects it if the node dies.
 
+An operator's hold (`hold`, postsuper -h) makes a queued or deferred message `held`: its
+`due_at` becomes storage.models.HELD_DUE (work left, but past any claim) and the claim
+skips status `held` too, so a held message is never delivered, and never expires while
+held: `release_held` makes it due now and adds the time it spent held to `held_for`, which
+the max_age deadline leaves out (a message held for a week still gets its full max_age of
+trying). A retry never releases a held message; a cancel stops it.
+
 An operator's retry (`retry`) makes a message due now and stamps `retried_at`. The attempt
 it asks for counts in `attempts` (it reached for an upstream) and in `forced_attempts`, but
 takes no step of retry_schedule: the schedule's position is `attempts - forced_attempts`.
@@ -29,7 +36,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from gateway import headers
+from gateway import headers, maillog
 from gateway.addresses import mailbox_key
 from gateway.message import DIRECT_POOL, DeliveryResult, Outcome, QueuedMessage, Route, Submission
 from gateway.queue import events, idempotency, ids, retry, states
@@ -86,22 +93,38 @@ class Queue:
         holds it, nothing is stored and `Duplicate` names that message (`KeyReused` when
         it was another request).
         """
+        return (await self.enqueue_parts([(submission, route)], claim))[0]
+
+    async def enqueue_parts(
+        self, parts: Sequence[tuple[Submission, Route]], claim: bool
+    ) -> list[QueuedMessage]:
+        """Store the parts of one request (a message split by its recipients' routes: each
+        part one queue entry, a message of its own) in one transaction: all or none. The
+        idempotency key, when given, is reserved once for the whole request, naming the
+        first part (the HTTP door's saved answer lists them all)."""
         now = time.time()
-        claim = claim and not submission.sandbox
-        message_id = submission.message_id or ids.new_id_for(submission.sandbox)
-        batch = self._new_message_rows(submission, route, message_id, now, claim)
-        holder = await self._writer.submit(_storing(batch, submission, message_id, now))
+        first = parts[0][0]
+        claim = claim and not first.sandbox
+        batch = Batch()
+        stored: list[QueuedMessage] = []
+        for submission, route in parts:
+            message_id = submission.message_id or ids.new_id_for(submission.sandbox)
+            batch.steps += self._new_message_rows(submission, route, message_id, now, claim).steps
+            stored.append(
+                QueuedMessage(
+                    id=message_id,
+                    mail_from=submission.mail_from,
+                    recipients=list(submission.recipients),
+                    content=submission.content,
+                    attempts=0,
+                    created_at=now,
+                    route=route,
+                )
+            )
+        holder = await self._writer.submit(_storing(batch, first, stored[0].id, now))
         if holder is not None:  # another message holds the idempotency key
-            raise holder.refusal(submission.request_hash)
-        return QueuedMessage(
-            id=message_id,
-            mail_from=submission.mail_from,
-            recipients=list(submission.recipients),
-            content=submission.content,
-            attempts=0,
-            created_at=now,
-            route=route,
-        )
+            raise holder.refusal(first.request_hash)
+        return stored
 
     def _new_message_rows(
         self, submission: Submission, route: Route, message_id: str, now: float, claim: bool
@@ -182,6 +205,7 @@ class Queue:
                 forced_attempts=row.forced_attempts,
                 last_response=row.last_response,
                 updated_at=row.updated_at,
+                held_for=row.held_for or 0.0,
             )
             for row in rows
         ]
@@ -200,8 +224,9 @@ class Queue:
         retry_at: float | None = None
         if states.has_deferred(attempt.results.values()):
             steps = retry.steps_after(message.schedule_steps, forced)
+            # The time it spent held does not count towards max_age.
             retry_at = retry.next_attempt(
-                steps, message.created_at, now, self._schedule, self._max_age
+                steps, message.created_at + message.held_for, now, self._schedule, self._max_age
             )
         settled = states.settle(dict(attempt.results), retry_at, message.any_bounced)
         results, status = settled.results, settled.status
@@ -362,6 +387,67 @@ class Queue:
         sql.delete_bodies(conn, free)
         return Cancelled(free, busy)
 
+    async def hold(self, message_ids: Sequence[str]) -> Changed:
+        """Put these messages on hold (postsuper -h): queued or deferred ones no worker
+        holds become `held`, never claimed and never expired until released, with a `held`
+        event per pending recipient, each message in this one transaction. One a worker is
+        delivering (or, on PostgreSQL, another transaction has locked) is reported busy;
+        the others (final, held already, unknown) are in neither list."""
+        changed: Changed = await self._writer.submit(
+            lambda conn: self._change(conn, message_ids, _HOLDABLE, "held")
+        )
+        maillog.held(changed.done)
+        return changed
+
+    async def release_held(self, message_ids: Sequence[str]) -> Changed:
+        """Release these held messages (postsuper -H): due now, `queued` (or `deferred`
+        when tried before), with a `released` event per pending recipient. Their time held
+        is added to `held_for`, which max_age leaves out."""
+        changed: Changed = await self._writer.submit(
+            lambda conn: self._change(conn, message_ids, ("held",), "released")
+        )
+        maillog.held(changed.done, released=True)
+        return changed
+
+    def _change(
+        self, conn: Connection, message_ids: Sequence[str], among: tuple[str, ...], to: str
+    ) -> Changed:
+        now = time.time()
+        asked = list(dict.fromkeys(message_ids))
+        free: list[str] = []
+        busy: list[str] = []
+        status_after: dict[str, str] = {}
+        for row in sql.active_of(conn, asked):
+            if row.status not in among:
+                continue
+            lapsed = row.claimed_by is None or row.due_at <= now
+            (free if lapsed else busy).append(row.id)
+            released = "deferred" if row.attempts else "queued"
+            status_after[row.id] = "held" if to == "held" else released
+        if not self._db.is_sqlite:  # locked by another transaction: busy, try again
+            seen = {*free, *busy}
+            skipped = [m_id for m_id in asked if m_id not in seen]
+            if skipped:
+                locked = sql.with_work_left(conn, skipped, among)
+                busy += [m_id for m_id in skipped if m_id in locked]
+        if not free:
+            return Changed([], busy)
+        if to == "held":
+            sql.mark_held(conn, free, now)
+        else:
+            sql.mark_released(conn, free, now)
+        kind, why = (events.HELD, _HELD) if to == "held" else (events.RELEASED, _RELEASED)
+        pending = sql.pending_of(conn, free)
+        if pending:
+            conn.execute(
+                events.INSERT_EVENT,
+                [
+                    events.row(kind, m_id, status_after[m_id], now, email, response=why)
+                    for m_id, email in pending
+                ],
+            )
+        return Changed(free, busy)
+
     # --- reads ------------------------------------------------------------------------
 
     async def is_suppressed(self, addresses: Sequence[str]) -> set[str]:
@@ -514,6 +600,20 @@ def _add_events_if_stamped(
 
 
 _CANCELLED = "cancelled by an operator"  # the response of what an operator cancels
+
+
+_HOLDABLE = ("queued", "deferred")
+_HELD = "held by an operator"
+_RELEASED = "released by an operator"
+
+
+@dataclass(frozen=True)
+class Changed:
+    """What a hold or release did: `done` changed; `busy` being delivered or locked right
+    now (left alone, try again later)."""
+
+    done: list[str]
+    busy: list[str]
 
 
 @dataclass(frozen=True)

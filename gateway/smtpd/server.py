@@ -475,7 +475,8 @@ class PosternHandler:
             return reply
         finally:
             self.submitting -= 1
-        return replies.QUEUED.format(message_id=accepted.message_id)
+        # A message split by its recipients' routes is queued as several: all are named.
+        return replies.QUEUED.format(message_id=" ".join(accepted.message_ids))
 
     async def handle_exception(self, error: Exception) -> str:
         log.error("SMTP session error: %r", error, exc_info=error)

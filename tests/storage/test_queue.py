@@ -358,7 +358,7 @@ async def test_release_claims_makes_own_claims_due(
 
 
 async def test_counts_active_messages(backend: Database, queue: Queue) -> None:
-    assert await queue.counts() == {"queued": 0, "deferred": 0}
+    assert await queue.counts() == {"queued": 0, "deferred": 0, "held": 0}
     await queue.enqueue(submission(), ROUTE, claim=False)
     await queue.enqueue(submission(), ROUTE, claim=False)
     await queue.enqueue(submission(), ROUTE, claim=True)  # in flight: still queued
@@ -367,7 +367,7 @@ async def test_counts_active_messages(backend: Database, queue: Queue) -> None:
     delivered = await queue.enqueue(submission("judy@example.com"), ROUTE, claim=True)
     await queue.record(AttemptRecord(delivered, {"judy@example.com": DELIVERED}, "p"))
 
-    assert await queue.counts() == {"queued": 3, "deferred": 1}
+    assert await queue.counts() == {"queued": 3, "deferred": 1, "held": 0}
 
 
 # --- schema -------------------------------------------------------------------------------

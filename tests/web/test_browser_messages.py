@@ -1,9 +1,10 @@
 """Messages and the invitation banner in a real browser (Debian's Chromium, headless, through
 Playwright) against a real `postern serve` and a loopback sink: a message sent over SMTP is
 found on /messages, opened (timeline, recipients, text, its HTML in the sandboxed frame with
-neither its script run nor its remote image fetched), retried and cancelled; a second user
-accepts an invitation from the banner. On every page: no console error but those the test
-causes on purpose, and no request to any origin but Postern's. Screenshots in tmp_path.
+neither its script run nor its remote image fetched), retried, held, released and
+cancelled; a second user accepts an invitation from the banner. On every page: no console
+error but those the test causes on purpose, and no request to any origin but Postern's.
+Screenshots in tmp_path.
 """
 
 from __future__ import annotations
@@ -155,7 +156,7 @@ def check(tab: Watched, blocked: list[str], screenshot: Path) -> None:
     tab.check(screenshot)
 
 
-def test_an_owner_finds_opens_retries_and_cancels_a_message(
+def test_an_owner_finds_opens_retries_holds_releases_and_cancels_a_message(
     tabs: Any, postern: Postern, sink: Sink, tmp_path: Path
 ) -> None:
     sink.fail("rcpt", "451 4.3.0 try later", match=LATER)
@@ -202,6 +203,17 @@ def test_an_owner_finds_opens_retries_and_cancels_a_message(
     page.get_by_text("Retried: the message is due now.").wait_for(timeout=10_000)
     shows(tab, f"/messages/{later}", "attempt 2")  # tried again, deferred again
     check(tab, blocked, tmp_path / "3-message-retried.png")
+
+    page.get_by_role("button", name="Hold").click()
+    page.get_by_text("Held: no worker takes it until it is released.").wait_for(timeout=10_000)
+    assert page.locator("#message-summary .status").first.inner_text() == "held"
+    assert page.get_by_role("button", name="Retry now").count() == 0
+    check(tab, blocked, tmp_path / "3b-message-held.png")
+    page.get_by_role("button", name="Release").click()
+    page.get_by_text("Released: the message is due now.").wait_for(timeout=10_000)
+    shows(tab, f"/messages/{later}", "attempt 3")  # released: tried at once, deferred again
+    kinds = timeline.locator(".event").all_inner_texts()
+    assert [kind for kind in kinds if kind in ("held", "released")] == ["held", "released"]
 
     page.get_by_role("button", name="Cancel message").click()
     page.get_by_text("Message cancelled.").wait_for(timeout=10_000)

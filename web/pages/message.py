@@ -1,6 +1,6 @@
 """One message: its status and route, each recipient's last reply, its timeline of events,
-its header fields and body, the raw source, and retry and cancel (through the same queue
-operations as POST /v1/messages/{id}/retry|cancel).
+its header fields and body, the raw source, and retry, cancel, hold and release (through the
+same queue operations as POST /v1/messages/{id}/retry|cancel|hold|release).
 
 The HTML of a message is never part of a dashboard page: it is served alone, at /html, to a
 frame with `sandbox` (no script, no form, no same origin) and under a policy of its own that
@@ -25,7 +25,13 @@ from api.auth import Caller
 from api.context import ApiContext
 from gateway.mailview import MailView, view
 from gateway.queue import operations as queue_ops
-from gateway.queue.operations import MessageBusy, MessageFinal
+from gateway.queue.operations import (
+    DONE_WORD,
+    MessageBusy,
+    MessageFinal,
+    MessageHeld,
+    MessageNotHeld,
+)
 from storage.messages import MessageState
 from web.guard import signed_in
 from web.render import fragment, html, is_htmx, page
@@ -37,7 +43,12 @@ FRAME_CSP = (
     "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
     "frame-ancestors 'self'; base-uri 'none'; form-action 'none'; sandbox"
 )
-DONE = {"retried": "Retried: the message is due now.", "cancelled": "Message cancelled."}
+DONE = {
+    "retried": "Retried: the message is due now.",
+    "cancelled": "Message cancelled.",
+    "held": "Held: no worker takes it until it is released.",
+    "released": "Released: the message is due now.",
+}
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
 
 
@@ -68,10 +79,10 @@ async def show(request: Request) -> Response:
 
 def _summary(state: MessageState, notice: str = "", problem: str = "") -> dict[str, Any]:
     recipients = [(r, message_ops.recipient_status(r)) for r in state.recipients]
-    active = state.status in ("queued", "deferred")
+    active = state.status in ("queued", "deferred", "held")
     return {
         "message": state, "recipients": recipients, "active": active,
-        "notice": notice, "problem": problem,
+        "held": state.status == "held", "notice": notice, "problem": problem,
     }  # fmt: skip
 
 
@@ -102,20 +113,26 @@ async def raw(request: Request) -> Response:
     return Response(data, media_type="text/plain; charset=utf-8", headers=headers)
 
 
-async def _act(request: Request, action: str) -> Response:
-    """Retry or cancel; htmx gets the status part of the page again, a browser a 303."""
+async def _act(request: Request, action: queue_ops.Action) -> Response:
+    """Retry, cancel, hold or release; htmx gets the status part of the page again, a
+    browser a 303."""
     ctx, caller = await signed_in(request)
     state = await message_ops.get(ctx, caller, request.path_params["message_id"])
+    queue = ctx.message_queue()
     try:
         if action == "retry":
-            await queue_ops.retry_one(ctx.message_queue(), ctx.db, state)
-            if ctx.wake is not None:
-                ctx.wake()
+            await queue_ops.retry_one(queue, ctx.db, state)
+        elif action == "cancel":
+            await queue_ops.cancel_one(queue, state)
+        elif action == "hold":
+            await queue_ops.hold_one(queue, state)
         else:
-            await queue_ops.cancel_one(ctx.message_queue(), state)
-    except (MessageFinal, MessageBusy) as error:
+            await queue_ops.release_one(queue, state)
+    except (MessageFinal, MessageBusy, MessageHeld, MessageNotHeld) as error:
         return await _refused(request, ctx, caller, state, error)
-    done = "retried" if action == "retry" else "cancelled"
+    if action in ("retry", "release") and ctx.wake is not None:
+        ctx.wake()
+    done = DONE_WORD[action]
     if is_htmx(request):
         after = await message_ops.get(ctx, caller, state.id)
         shown = _summary(after, notice=DONE[done])
@@ -126,12 +143,14 @@ async def _act(request: Request, action: str) -> Response:
 async def _refused(
     request: Request, ctx: ApiContext, caller: Caller, state: MessageState, error: Exception
 ) -> Response:
-    busy = isinstance(error, MessageBusy)
-    problem = (
-        "The message is being delivered right now; try again shortly."
-        if busy
-        else f"The message has no work left (it is {state.status})."
-    )
+    if isinstance(error, MessageBusy):
+        problem = "The message is being delivered right now; try again shortly."
+    elif isinstance(error, MessageHeld):
+        problem = "The message is on hold: release it first."
+    elif isinstance(error, MessageNotHeld):
+        problem = f"The message is not on hold (it is {state.status})."
+    else:
+        problem = f"The message has no work left (it is {state.status})."
     if is_htmx(request):
         shown = _summary(state, problem=problem)
         return fragment("messages/_summary.html", 409, csrf=caller.csrf_token, **shown)
@@ -150,10 +169,20 @@ async def cancel(request: Request) -> Response:
     return await _act(request, "cancel")
 
 
+async def hold(request: Request) -> Response:
+    return await _act(request, "hold")
+
+
+async def release(request: Request) -> Response:
+    return await _act(request, "release")
+
+
 routes = [
     Route(PATH, show, methods=["GET"]),
     Route(PATH + "/html", framed_html, methods=["GET"]),
     Route(PATH + "/raw", raw, methods=["GET"]),
     Route(PATH + "/retry", retry, methods=["POST"]),
     Route(PATH + "/cancel", cancel, methods=["POST"]),
+    Route(PATH + "/hold", hold, methods=["POST"]),
+    Route(PATH + "/release", release, methods=["POST"]),
 ]

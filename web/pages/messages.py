@@ -39,7 +39,12 @@ from web.render import fragment, is_htmx, page
 PATH = "/messages"
 TEXT_FIELDS = ("from", "recipient", "pool", "tag", "message_id_header", "since", "until")
 LIMITS = (25, 50, 100)
-ACTIONS = {"retry": ("retry", "retried"), "cancel": ("cancel", "cancelled")}
+ACTIONS = {
+    "retry": ("retry", "retried"),
+    "cancel": ("cancel", "cancelled"),
+    "hold": ("hold", "held"),
+    "release": ("release", "released"),
+}
 
 
 @dataclass
@@ -127,7 +132,7 @@ async def list_messages(request: Request) -> Response:
 
 def _notice(query: Mapping[str, str]) -> str:
     done, count = query.get("done", ""), query.get("count", "")
-    if done not in ("retried", "cancelled") or not count.isdigit():
+    if done not in {verbs[1] for verbs in ACTIONS.values()} or not count.isdigit():
         return ""
     return f"{int(count):,} message{'s' if int(count) != 1 else ''} {done}."
 
@@ -136,9 +141,15 @@ def _notice(query: Mapping[str, str]) -> str:
 
 
 def _action(value: str) -> queue_ops.Action:
-    if value not in ACTIONS:
-        raise FilterError("action", "retry or cancel")
-    return "retry" if value == "retry" else "cancel"
+    action = _KINDS.get(value)
+    if action is None:
+        raise FilterError("action", "retry, cancel, hold or release")
+    return action
+
+
+_KINDS: dict[str, queue_ops.Action] = {
+    "retry": "retry", "cancel": "cancel", "hold": "hold", "release": "release"
+}  # fmt: skip
 
 
 async def confirm_bulk(request: Request) -> Response:
@@ -173,7 +184,7 @@ async def run_bulk(request: Request) -> Response:
     except InvalidCursor:
         wanted.problem = "This position is not one this action gave: start again."
         return _bulk_page(request, caller, 400, action=action, search=wanted, count=0)
-    if action == "retry" and result.done and ctx.wake is not None:
+    if action in ("retry", "release") and result.done and ctx.wake is not None:
         ctx.wake()
     if not result.remaining:
         done = ACTIONS[action][1]

@@ -1,4 +1,5 @@
-"""`postern queue list|show|cat|retry|cancel|purge`: the API's queue operations for operators.
+"""`postern queue list|show|cat|retry|cancel|hold|release|purge`: the API's queue operations
+for operators.
 
 The command opens the configured database itself and acts through a Queue of its own (node
 id "cli") with its own storage writer, so it works whether `postern serve` runs or not; a
@@ -20,8 +21,16 @@ from gateway.config import Config
 from gateway.process.commands.admin import CommandError, iso_seconds, with_database
 from gateway.process.commands.options import common_options as admin_options
 from gateway.process.commands.options import leaf
+from gateway.queue.operations import (
+    ACTS_ON,
+    DONE_WORD,
+    FilterError,
+    act,
+    bulk,
+    make_filter,
+    summary_json,
+)
 from gateway.queue.operations import Action as QueueAction
-from gateway.queue.operations import FilterError, bulk, make_filter, summary_json
 from gateway.queue.store import Queue
 from storage.db import Database
 from storage.message_search import (
@@ -42,7 +51,7 @@ LEASE = 120.0  # as `postern serve`; the CLI never claims, but a Queue needs one
 
 
 def add_commands(commands: Any) -> None:
-    parser = commands.add_parser("queue", help="find, retry and cancel messages")
+    parser = commands.add_parser("queue", help="find, retry, cancel, hold and release messages")
     actions = parser.add_subparsers(dest="action", required=True)
     listing = leaf(actions, "list", "list messages, newest first")
     _filters(listing)
@@ -55,6 +64,8 @@ def add_commands(commands: Any) -> None:
     for name, text in (
         ("retry", "make messages due now, like postqueue -f (ids, or a filter)"),
         ("cancel", "stop messages (ids, or a filter)"),
+        ("hold", "hold messages, like postsuper -h: never delivered until released"),
+        ("release", "release held messages, like postsuper -H (ids, or a filter)"),
     ):
         command = leaf(actions, name, text)
         command.add_argument("ids", nargs="*", metavar="ID")
@@ -181,36 +192,48 @@ async def _show(db: Database, queue: Queue, args: argparse.Namespace) -> dict[st
 async def _by_ids(
     db: Database, queue: Queue, args: argparse.Namespace, action: QueueAction
 ) -> dict[str, Any]:
-    """Act on the messages named; an unknown id refuses the whole command."""
+    """Act on the messages named; an unknown id refuses the whole command. Those the action
+    does not apply to are listed: `final` (no work left) and, for retry, hold and release,
+    `skipped` (held, or not held)."""
     active: list[str] = []
     final: list[str] = []
+    skipped: list[str] = []
     for message_id in dict.fromkeys(args.ids):
         state = await message_state(db, message_id) if len(message_id) <= 64 else None
         if state is None:
             raise CommandError(f"no message with id {message_id!r}")
-        (active if state.status in ACTIVE else final).append(message_id)
+        if state.status not in ACTIVE:
+            final.append(message_id)
+        elif state.status in ACTS_ON[action]:
+            active.append(message_id)
+        else:
+            skipped.append(message_id)
     done: list[str] = []
     if active and not args.dry_run:
-        if action == "retry":
-            done = await queue.retry(active)
-        else:
-            done = (await queue.cancel(active)).cancelled
+        done = await act(queue, action, active)
     if len(args.ids) == 1 and not done and not args.dry_run:
-        why = "it has no work left" if final else "it is being delivered right now"
+        if final:
+            why = "it has no work left"
+        elif skipped:
+            why = "it is not on hold" if action == "release" else "it is on hold"
+        else:
+            why = "it is being delivered right now"
         raise CommandError(f"cannot {action} {args.ids[0]}: {why}")
-    verb = "retried" if action == "retry" else "cancelled"
     busy = [] if args.dry_run else [m for m in active if m not in done]
-    return {
+    found: dict[str, Any] = {
         "matched": len(active),
-        verb: len(done),
+        DONE_WORD[action]: len(done),
         "busy": len(busy),
         "dry_run": args.dry_run,
         "final": final,
     }
+    if skipped:
+        found["skipped"] = skipped
+    return found
 
 
 async def _act(db: Database, queue: Queue, args: argparse.Namespace) -> dict[str, Any]:
-    action: QueueAction = "retry" if args.action == "retry" else "cancel"
+    action: QueueAction = "cancel" if args.action == "purge" else args.action
     flt = _filter(args)
     ids = getattr(args, "ids", [])
     if ids:
@@ -231,6 +254,8 @@ _ACTIONS: dict[str, Action] = {
     "show": _show,
     "retry": _act,
     "cancel": _act,
+    "hold": _act,
+    "release": _act,
     "purge": _act,
 }
 
@@ -272,12 +297,15 @@ def _text(action: str, result: Any) -> str:
             ),
         ]
         return "\n".join(lines)
-    verb = "retried" if action == "retry" else "cancelled"
+    verb = DONE_WORD["cancel" if action == "purge" else action]
     if result["dry_run"]:
-        return f"dry run: {result['matched']} message(s) with work left match"
+        return f"dry run: {result['matched']} message(s) match"
     text = f"{verb} {result[verb]} of {result['matched']} matching message(s)"
     if result["busy"]:
         text += f"; {result['busy']} being delivered, left alone"
     if result.get("final"):
         text += f"; {len(result['final'])} already final"
+    if result.get("skipped"):
+        state = "not held" if action == "release" else "held"
+        text += f"; {len(result['skipped'])} {state}, left alone"
     return text
