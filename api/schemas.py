@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, RootModel, ValidationError
 
 from api.errors import InvalidRequest
 from gateway import timestamps
@@ -208,6 +208,50 @@ class SendRequest(Strict):
             "(422 attachment_refused)"
         ),
     )
+
+
+MAX_BATCH = 100  # messages of one POST /v1/send/batch (Resend's limit)
+
+
+class SendBatchRequest(RootModel[list[SendRequest]]):
+    """POST /v1/send/batch: a JSON array of 1 to 100 /v1/send bodies, each checked and
+    answered on its own."""
+
+    root: list[SendRequest] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class BatchId(BaseModel):
+    id: str
+
+
+class BatchError(BaseModel):
+    index: int
+    code: str
+    message: str
+
+
+class BatchItem(BaseModel):
+    """One message's answer, as POST /v1/send would give it with no wait for the upstream
+    (202 queued, 200 sandbox, or the error), with its place in the array and its status."""
+
+    model_config = ConfigDict(extra="allow")
+
+    index: int
+    status: int
+    success: bool
+    message_id: str | None = None
+
+
+class SendBatchResponse(BaseModel):
+    """200: every message accepted; 207: some refused. `results` answers each in order;
+    `data` (the ids of those accepted, in order) and `errors` are Resend's shape."""
+
+    success: bool
+    accepted: int
+    refused: int
+    results: list[BatchItem]
+    data: list[BatchId]
+    errors: list[BatchError]
 
 
 class RecipientResult(BaseModel):

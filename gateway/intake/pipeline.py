@@ -199,6 +199,62 @@ class Intake:
             raise
         return Accepted(message, tuple(sorted(blocked)), attempt)
 
+    async def submit_many(
+        self, submissions: Sequence[Submission]
+    ) -> list[Accepted | Refused | Duplicate | KeyReused]:
+        """A batch: each submission through the same policy as `submit`, then every one that
+        passed stored in ONE transaction (gateway.queue.store.enqueue_many), after which
+        delivery is woken to take them. Returns, in order, each one's Accepted or what
+        refused it (a Refusal, Duplicate, KeyReused); a storage failure raises (nothing of
+        the batch was stored)."""
+        if self._identities is not None:
+            await self._identities.refresh_if_stale()
+        results: list[Accepted | Refused | Duplicate | KeyReused | None] = []
+        passed: list[tuple[int, Submission, Route, set[str]]] = []
+        for index, submission in enumerate(submissions):
+            try:
+                blocked, checked, route = self._policy(submission)
+            except Refusal as refusal:
+                try:
+                    await idempotency.raise_if_seen(self._queue.db, submission)
+                except (Duplicate, KeyReused) as seen:
+                    results.append(seen)
+                    continue
+                results.append(refusal)
+                continue
+            checked = await self._signed(self._referenced(checked))
+            passed.append((index, checked, route, blocked))
+            results.append(None)
+        if passed:
+            stored = asyncio.ensure_future(self._store_many(passed))
+            try:
+                outcomes = await asyncio.shield(stored)
+            except asyncio.CancelledError:
+                stored.add_done_callback(_observed)
+                raise
+            for (index, _, _, blocked), outcome in zip(passed, outcomes, strict=True):
+                if isinstance(outcome, Duplicate | KeyReused):
+                    results[index] = outcome
+                else:
+                    results[index] = Accepted(outcome, tuple(sorted(blocked)))
+        return [result for result in results if result is not None]
+
+    async def _store_many(
+        self, passed: Sequence[tuple[int, Submission, Route, set[str]]]
+    ) -> list[QueuedMessage | Duplicate | KeyReused]:
+        """Store the batch in one transaction, then wake delivery (the poller claims)."""
+        items = [(submission, route) for _, submission, route, _ in passed]
+        outcomes = await self._queue.enqueue_many(items)
+        woken = False
+        for (submission, _), outcome in zip(items, outcomes, strict=True):
+            if isinstance(outcome, QueuedMessage):
+                metrics.MESSAGES_RECEIVED.labels(source=submission.source).inc()
+                maillog.received(outcome.id, submission)
+                woken = woken or not submission.sandbox
+        if woken:
+            self._handoff.wake()
+        return outcomes
+
     async def _store(
         self, submission: Submission, route: Route, watch: bool
     ) -> tuple[QueuedMessage, asyncio.Future[str] | None]:

@@ -34,6 +34,7 @@ from gateway.addresses import mailbox_key
 from gateway.message import DIRECT_POOL, DeliveryResult, Outcome, QueuedMessage, Route, Submission
 from gateway.queue import events, idempotency, ids, retry, states
 from gateway.queue import suppressions as suppression_list
+from gateway.queue.idempotency import Duplicate, KeyReused
 from gateway.queue.suppressions import SuppressionCache
 from gateway.routing import NO_POOL
 from storage import bounce_reports
@@ -102,6 +103,43 @@ class Queue:
             created_at=now,
             route=route,
         )
+
+    async def enqueue_many(
+        self, items: Sequence[tuple[Submission, Route]]
+    ) -> list[QueuedMessage | Duplicate | KeyReused]:
+        """Store several messages in ONE transaction (a batch send): each stored, or, when
+        its idempotency key is held by another message (one of the same batch too), the
+        `Duplicate` / `KeyReused` naming that message (nothing of it stored). None is
+        claimed here: delivery's poller takes them (the caller wakes it). A failure of the
+        transaction stores none of them (StorageUnavailable)."""
+        now = time.time()
+        prepared: list[tuple[Submission, str, Batch]] = []
+        for submission, route in items:
+            message_id = submission.message_id or ids.new_id_for(submission.sandbox)
+            rows = self._new_message_rows(submission, route, message_id, now, claim=False)
+            prepared.append((submission, message_id, rows))
+        holders: list[idempotency.Hit | None] = await self._writer.submit(
+            lambda conn: _store_many(conn, prepared, now)
+        )
+        results: list[QueuedMessage | Duplicate | KeyReused] = []
+        for (submission, message_id, _), (_, route), holder in zip(
+            prepared, items, holders, strict=True
+        ):
+            if holder is not None:
+                results.append(holder.refusal(submission.request_hash))
+                continue
+            results.append(
+                QueuedMessage(
+                    id=message_id,
+                    mail_from=submission.mail_from,
+                    recipients=list(submission.recipients),
+                    content=submission.content,
+                    attempts=0,
+                    created_at=now,
+                    route=route,
+                )
+            )
+        return results
 
     def _new_message_rows(
         self, submission: Submission, route: Route, message_id: str, now: float, claim: bool
@@ -390,6 +428,29 @@ def _storing(batch: Batch, submission: Submission, message_id: str, now: float) 
         return batch
     reserve = idempotency.reserve_then_store
     return lambda conn: reserve(conn, submission, message_id, now, batch)
+
+
+def _store_many(
+    conn: Connection, prepared: Sequence[tuple[Submission, str, Batch]], now: float
+) -> list[idempotency.Hit | None]:
+    """Inside one transaction: reserve each message's idempotency key (in order, so a key
+    repeated within the batch is the first item's), then write the rows of those that won,
+    statements of the same shape as one executemany (each message's parent row first)."""
+    holders: list[idempotency.Hit | None] = []
+    merged: dict[Any, list[dict[str, Any]]] = {}
+    for submission, message_id, batch in prepared:
+        holder = None
+        if submission.idempotency_key is not None:
+            holder = idempotency.reserve(conn, submission, message_id, now)
+        holders.append(holder)
+        if holder is None:
+            for statement, params in batch.steps:
+                merged.setdefault(statement, []).extend(
+                    params if isinstance(params, list) else [params]
+                )
+    for statement, rows in merged.items():
+        conn.execute(statement, rows)
+    return holders
 
 
 def _recipient_rows(
