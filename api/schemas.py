@@ -199,6 +199,16 @@ class SendRequest(Strict):
     metadata: dict[MetaKey, MetaValue] = Field(
         default_factory=dict, max_length=50, json_schema_extra=_META_KEYS
     )
+    scheduled_at: str | int | float | None = Field(
+        default=None,
+        description=(
+            "send it later, at this time (ISO 8601 / RFC 3339, or UNIX seconds), at most 30 "
+            "days ahead; until then it waits in the queue and POST /v1/messages/{id}/cancel "
+            "stops it; delivery.max_age counts from it. A time up to 5 minutes past is now; "
+            "further past, or over 30 days ahead: 400"
+        ),
+        json_schema_extra=TIME,
+    )
     attachments: list[AttachmentIn] = Field(
         default_factory=list,
         max_length=attached.MAX_ATTACHMENTS,
@@ -286,6 +296,7 @@ class QueuedResponse(BaseModel):
     suppressed_recipients: list[str] | None = Field(
         None, description="recipients left out as suppressed (the others were stored)"
     )
+    scheduled_at: str | None = Field(None, description="a scheduled send's time: sent then")
 
 
 class ErrorResponse(BaseModel):
@@ -346,6 +357,9 @@ class MessageStatus(BaseModel):
     metadata: dict[str, str]
     next_attempt_at: str | None = Field(description="null once final or while being delivered")
     last_response: str | None = Field(description="the last attempt's worst reply")
+    scheduled_at: str | None = Field(
+        None, description="a scheduled send's time (not attempted before it)"
+    )
     events: list[MessageEvent]
 
 

@@ -47,6 +47,7 @@ class Submission:
     system: bool = False  # Postern's own mail (alias verification, pool test): no sender check
     message_id: str | None = None  # chosen by the door that names it in the message (SMTP)
     client: str = ""  # the submitting peer, `[address]:port`, for the mail log
+    scheduled_at: float | None = None  # not attempted before (UNIX seconds); None: at once
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,13 @@ class QueuedMessage:
     # message waiting for a pool backs off while the reason stays the same).
     last_response: str | None = None
     updated_at: float = 0.0
+    scheduled_at: float | None = None  # a scheduled send's time
+
+    @property
+    def age_from(self) -> float:
+        """When max_age starts counting: the scheduled time of a scheduled send, else the
+        time it was accepted."""
+        return max(self.created_at, self.scheduled_at or 0.0)
 
     @property
     def schedule_steps(self) -> int:

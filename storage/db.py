@@ -265,6 +265,8 @@ _ADDED_COLUMNS = (
     ("suppression", "note", "TEXT"),
     # Schema 9: the client's Message-ID, for bounce matching and the search.
     ("message", "header_message_id", "VARCHAR(255)"),
+    # Schema 10: scheduled sends (the time a message waits for; max_age counts from it).
+    ("message", "scheduled_at", "FLOAT"),
 )
 
 # Run once, right after their column was added, to fill it in for the rows already there.

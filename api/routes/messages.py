@@ -170,6 +170,7 @@ async def get_message(request: Request) -> Response:
             "metadata": state.metadata,
             "next_attempt_at": iso(state.next_attempt_at),
             "last_response": state.last_response,
+            "scheduled_at": iso(state.scheduled_at),
             "events": state.events,
         }
     )

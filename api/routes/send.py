@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from typing import Any
 
 from starlette.requests import Request
@@ -23,7 +24,7 @@ from api.context import ApiContext, iso
 from api.openapi import operation
 from api.ownership import visible_to
 from api.schemas import ErrorResponse, QueuedResponse, SendRequest, SendResponse, parse
-from gateway import maillog
+from gateway import maillog, timestamps
 from gateway.errors import StorageFull, StorageUnavailable
 from gateway.headers import header_size
 from gateway.intake import attachments as attached
@@ -209,6 +210,8 @@ async def send(request: Request) -> Response:
         raise errors.answer(error, NOT_STORED) from None
     # Any other refusal (KeyReused, AllSuppressed, ...) is answered from errors.ANSWERS.
     status, payload = await _outcome(ctx, accepted, sandbox)
+    if submission.scheduled_at is not None and status == 202:
+        payload["scheduled_at"] = iso(submission.scheduled_at)
     if body.idempotency_key is not None:
         save_answer(ctx, key, body.idempotency_key, accepted.message_id, status, payload)
     return JSONResponse(payload, status_code=status)
@@ -226,7 +229,37 @@ async def prepare(
     request.state.envelope = (built.mail_from, built.recipients)  # for a refusal's log line
     _check_size(ctx, built)
     await _check_account(ctx, key, body)
-    return body, _submission(request, key, body, built, sandbox)
+    submission = _submission(request, key, body, built, sandbox)
+    return body, replace(submission, scheduled_at=scheduled_time(body.scheduled_at))
+
+
+MAX_SCHEDULE = 30 * 86400.0  # how far ahead scheduled_at may be (Resend's limit: 30 days)
+SCHEDULE_GRACE = 300.0  # a scheduled_at this far in the past (a client's clock) is now
+
+
+def scheduled_time(value: str | int | float | None, now: float | None = None) -> float | None:
+    """A send's scheduled_at as UNIX seconds, None to send at once (none given, or a time
+    within SCHEDULE_GRACE of now or before it by less); 400 naming the field when it is no
+    time, further in the past, or over 30 days ahead."""
+    if value is None:
+        return None
+    now = time.time() if now is None else now
+    try:
+        when = timestamps.parse(value)
+    except ValueError as error:
+        problem = str(error)
+    else:
+        if when <= now:
+            if now - when <= SCHEDULE_GRACE:
+                return None
+            problem = "is in the past"
+        elif when - now > MAX_SCHEDULE:
+            problem = "is more than 30 days ahead"
+        else:
+            return when
+    raise errors.InvalidRequest(
+        f"scheduled_at: {problem}", [{"field": "scheduled_at", "message": problem}]
+    )
 
 
 async def _parse_and_build_in_thread(

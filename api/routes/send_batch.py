@@ -188,6 +188,8 @@ async def _answer(
     }
     if outcome.suppressed:
         answer["suppressed_recipients"] = list(outcome.suppressed)
+    if submission.scheduled_at is not None and not sandbox:
+        answer["scheduled_at"] = iso(submission.scheduled_at)
     if sandbox:
         status, answer = 200, {"success": True, **answer}
     else:

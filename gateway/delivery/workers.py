@@ -426,7 +426,7 @@ class Delivery:
 
     def _deadline(self, message: QueuedMessage) -> float:
         """When the message expires: a wait never runs past it."""
-        return retry.deadline(message.created_at, self._queue.max_age)
+        return retry.deadline(message.age_from, self._queue.max_age)
 
     def _wait_for_cooldown(self, message: QueuedMessage, pool_ids: Sequence[str]) -> None:
         """A retried message whose pools all went back to cooling down since the retry (they

@@ -250,7 +250,7 @@ class Intake:
             if isinstance(outcome, QueuedMessage):
                 metrics.MESSAGES_RECEIVED.labels(source=submission.source).inc()
                 maillog.received(outcome.id, submission)
-                woken = woken or not submission.sandbox
+                woken = woken or not (submission.sandbox or submission.scheduled_at)
         if woken:
             self._handoff.wake()
         return outcomes
@@ -260,14 +260,16 @@ class Intake:
     ) -> tuple[QueuedMessage, asyncio.Future[str] | None]:
         """Store durably, then hand to delivery: claimed here when a worker has room."""
         sandbox = submission.sandbox
-        claim = not sandbox and self._handoff.has_room()
+        later = submission.scheduled_at is not None  # the poller claims it when it is due
+        claim = not sandbox and not later and self._handoff.has_room()
         message = await self._queue.enqueue(submission, route, claim=claim)
         metrics.MESSAGES_RECEIVED.labels(source=submission.source).inc()
         maillog.received(message.id, submission)
-        attempt = self._handoff.wait_for(message.id) if watch and not sandbox else None
+        watched = watch and not sandbox and not later
+        attempt = self._handoff.wait_for(message.id) if watched else None
         if claim:
             self._handoff.push(message)
-        elif not sandbox:
+        elif not sandbox and not later:
             self._handoff.wake()
         return message, attempt
 

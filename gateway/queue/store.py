@@ -88,7 +88,7 @@ class Queue:
         it was another request).
         """
         now = time.time()
-        claim = claim and not submission.sandbox
+        claim = claim and not submission.sandbox and submission.scheduled_at is None
         message_id = submission.message_id or ids.new_id_for(submission.sandbox)
         batch = self._new_message_rows(submission, route, message_id, now, claim)
         holder = await self._writer.submit(_storing(batch, submission, message_id, now))
@@ -178,12 +178,13 @@ class Queue:
             "size": len(submission.content),
             "created_at": now,
             "updated_at": now,
-            "due_at": None if sandbox else now + self._lease if claim else now,
+            "due_at": _first_due(submission, now, claim, self._lease),
             "claimed_by": self.node_id if claim else None,
             "last_response": None,
             "api_key_id": submission.sender.api_key_id if submission.sender else None,
             "user_id": submission.sender.user_id if submission.sender else None,
             "header_message_id": headers.message_id(submission.content),
+            "scheduled_at": submission.scheduled_at,
         }
 
     # --- delivery ---------------------------------------------------------------------
@@ -220,6 +221,7 @@ class Queue:
                 forced_attempts=row.forced_attempts,
                 last_response=row.last_response,
                 updated_at=row.updated_at,
+                scheduled_at=row.scheduled_at,
             )
             for row in rows
         ]
@@ -239,7 +241,7 @@ class Queue:
         if states.has_deferred(attempt.results.values()):
             steps = retry.steps_after(message.schedule_steps, forced)
             retry_at = retry.next_attempt(
-                steps, message.created_at, now, self._schedule, self._max_age
+                steps, message.age_from, now, self._schedule, self._max_age
             )
         settled = states.settle(dict(attempt.results), retry_at, message.any_bounced)
         results, status = settled.results, settled.status
@@ -428,6 +430,16 @@ def _storing(batch: Batch, submission: Submission, message_id: str, now: float) 
         return batch
     reserve = idempotency.reserve_then_store
     return lambda conn: reserve(conn, submission, message_id, now, batch)
+
+
+def _first_due(submission: Submission, now: float, claim: bool, lease: float) -> float | None:
+    """A new message's due_at: never (sandbox: final at once), its scheduled time, the end
+    of this node's lease when claimed here, else now."""
+    if submission.sandbox:
+        return None
+    if submission.scheduled_at is not None:
+        return max(submission.scheduled_at, now)
+    return now + lease if claim else now
 
 
 def _store_many(

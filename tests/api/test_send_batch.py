@@ -119,9 +119,7 @@ async def test_the_same_batch_again_with_an_idempotency_key_sends_nothing_twice(
     body = again.json()
 
     assert again.status_code == 200, body
-    assert [r["message_id"] for r in body["results"]] == [
-        r["message_id"] for r in first["results"]
-    ]
+    assert [r["message_id"] for r in body["results"]] == [r["message_id"] for r in first["results"]]
     assert all(r["idempotent"] is True for r in body["results"])
     assert await stored(api) == 3
     assert len(sink.messages) == 3
