@@ -27,7 +27,6 @@
     │   └── AccountInUse      403 account_in_use    the only default account, queued mail From it
     ├── NotFound              404 not_found
     │   ├── UnknownToken      404 invalid_token     unknown, used or expired verification link
-    │   └── BodyGone          404 body_gone         the message is there, its stored body not
     ├── MethodNotAllowed      405 method_not_allowed
     ├── Conflict              409 conflict          the name, domain, address or user is taken
     │   ├── AlreadyShared     409 already_shared    the invited address already shares the account
@@ -44,6 +43,8 @@
     │   ├── IdempotencyKeyReused  409 idempotency_key_reused  the key named another request
     │   └── WebhookInactive   409 webhook_inactive  replay to a webhook that is switched off
     ├── RequestTimeout        408 request_timeout   the body took longer than [http] body_timeout
+    ├── BodyGone              410 body_gone         the message is there, its stored body not
+                                                    (deleted after [storage] body_retention)
     ├── PayloadTooLarge       413 payload_too_large over [http] max_body_size
     │   └── AttachmentsTooLarge   413 attachments_too_large  over [http] max_attachments_size
     ├── Suppressed            422 suppressed        every recipient is suppressed
@@ -232,11 +233,11 @@ class UnknownToken(NotFound):
     code = "invalid_token"
 
 
-class BodyGone(NotFound):
-    """The message exists (and the caller may see it) but its body was deleted: when it
-    became final, or by retention."""
+class BodyGone(ApiError):
+    """The message exists (and the caller may see it) but its body was deleted: by
+    `[storage] body_retention` after it became final (410 Gone: it will not come back)."""
 
-    code = "body_gone"
+    status, code = 410, "body_gone"
 
 
 class MethodNotAllowed(ApiError):

@@ -120,6 +120,8 @@ class HttpConfig:
 class StorageConfig:
     url: str = field(default="", repr=False)  # may carry the database password
     retention: float = 30 * 86400.0  # final messages and their events are kept this long
+    # The stored bodies of final messages go sooner (the metadata stays until retention).
+    body_retention: float = 7 * 86400.0
 
 
 @dataclass(frozen=True)
@@ -457,7 +459,10 @@ _SECTIONS: dict[str, tuple[type, dict[str, Converter]]] = {
             "refuse_attachment_types": _refusable,
         },
     ),
-    "storage": (StorageConfig, {"url": _str, "retention": parse_duration}),
+    "storage": (
+        StorageConfig,
+        {"url": _str, "retention": parse_duration, "body_retention": parse_duration},
+    ),
     "delivery": (
         DeliveryConfig,
         {

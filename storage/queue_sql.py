@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Row, bindparam, delete, func, insert, select, text, update
+from sqlalchemy import Connection, Row, bindparam, func, insert, select, text, update
 
 from storage.models import Event, Message, MessageBody, MessageTag, Recipient
 
@@ -59,7 +59,6 @@ UPDATE_MESSAGE = (
         updated_at=bindparam("now"),
     )
 )
-DELETE_BODY = delete(B).where(B.c.message_id == bindparam("m_id"))  # once final
 
 # An attempt's rows are written only if its message update went through (this node still
 # held the claim). That update runs first in the shared transaction and stamps the message
@@ -75,7 +74,6 @@ RECORDED = (
     .exists()
 )
 RECORD_RECIPIENT = UPDATE_RECIPIENT.where(RECORDED)
-RECORD_BODY_GONE = DELETE_BODY.where(RECORDED)
 # Every column but those the database fills in (the id, the transaction's id).
 _EVENT_COLUMNS = [c for c in E.columns if not c.primary_key and c.server_default is None]
 RECORD_EVENT = insert(E).from_select(
@@ -228,10 +226,6 @@ def mark_cancelled(conn: Connection, ids: Sequence[str], now: float, why: str) -
         .where(R.c.message_id.in_(ids), R.c.status == "pending")
         .values(status="cancelled", response=why, updated_at=now)
     )
-
-
-def delete_bodies(conn: Connection, ids: Sequence[str]) -> None:
-    conn.execute(delete(B).where(B.c.message_id.in_(ids)))
 
 
 # --- reads ------------------------------------------------------------------------------

@@ -1,4 +1,6 @@
-"""Retention: final messages leave storage, with everything about them, once old enough.
+"""Retention: final messages leave storage, with everything about them, once old enough
+(`purge_chunk`, after `[storage] retention`); their stored bodies go sooner
+(`purge_bodies_chunk`, after `[storage] body_retention`), the metadata staying.
 
 Only final messages go (`due_at` NULL: delivered, bounced, cancelled, sandbox); a message
 with work left is never touched, however old (max_age bounds that). Each call deletes one
@@ -45,4 +47,26 @@ def purge_chunk(conn: Connection, before: float, limit: int = 1000) -> int:
     for table in _SIDE_TABLES:
         conn.execute(delete(table).where(table.c.message_id.in_(ids)))
     conn.execute(delete(M).where(M.c.id.in_(ids), M.c.due_at.is_(None)))
+    return len(ids)
+
+
+B = MessageBody.__table__  # type: ignore[attr-defined]
+
+
+def purge_bodies_chunk(conn: Connection, before: float, limit: int = 1000) -> int:
+    """Delete the stored bodies of up to `limit` final messages that became final before
+    `before`; how many went. It reads the bodies table (only the recent ones are there) and
+    each one's message by its key, never a scan of every message kept."""
+    old = (
+        select(B.c.message_id)
+        .select_from(B.join(M, M.c.id == B.c.message_id))
+        .where(M.c.due_at.is_(None), M.c.status.in_(FINAL), M.c.updated_at < before)
+        .limit(limit)
+    )
+    if conn.dialect.name == "postgresql":
+        old = old.with_for_update(of=B, skip_locked=True)
+    ids = list(conn.execute(old).scalars())
+    if not ids:
+        return 0
+    conn.execute(delete(B).where(B.c.message_id.in_(ids)))
     return len(ids)

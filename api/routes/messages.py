@@ -176,9 +176,10 @@ async def get_message(request: Request) -> Response:
     )
 
 
-_BODY_404 = (
-    "no such message, or another key's (not_found); or its body is gone (body_gone: kept only "
-    "until the message is final, or by retention)",
+_BODY_404 = ("no such message, or another key's (not_found)", ErrorResponse)
+_BODY_410 = (
+    "body_gone: the message is there but its body was deleted ([storage] body_retention "
+    "after it became final); its status and events remain",
     ErrorResponse,
 )
 
@@ -190,8 +191,12 @@ _BODY_404 = (
     responses={
         200: ("message/rfc822: the bytes as stored (DKIM-signed), exactly", None),
         404: _BODY_404,
+        410: _BODY_410,
     },
-    description="Like `postcat -q`. Bodies are kept while a message has work left.",
+    description=(
+        "Like `postcat -q`. Bodies are kept while a message has work left, then for "
+        "[storage] body_retention (7 days by default)."
+    ),
 )
 async def message_raw(request: Request) -> Response:
     ctx: ApiContext = request.app.state.api
@@ -209,6 +214,7 @@ async def message_raw(request: Request) -> Response:
     responses={
         200: ("its header fields, text, HTML and attachments", MessageContent),
         404: _BODY_404,
+        410: _BODY_410,
     },
     description=f"Text and HTML are cut at {mailview.SHOWN_CHARACTERS:,} characters each "
     f"(`truncated`); at most {mailview.MAX_HEADERS} header fields and "
@@ -294,7 +300,7 @@ async def retry_message(request: Request) -> Response:
     scope="",
     parameters=_ONE,
     responses={
-        200: ("stopped: its pending recipients are cancelled, its body deleted", CancelResult),
+        200: ("stopped: its pending recipients are cancelled", CancelResult),
         404: ("no such message, or another key's", ErrorResponse),
         409: (_CONFLICT, ErrorResponse),
     },

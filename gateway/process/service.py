@@ -329,7 +329,9 @@ class Service:
         """The retention sweep, the event webhooks, and the loops keeping caches current."""
         config = self.config
         db, writer, queue = storage.db, storage.writer, storage.queue
-        self.retention = Retention(writer, config.storage.retention)
+        self.retention = Retention(
+            writer, config.storage.retention, body_keep=config.storage.body_retention
+        )
         self.retention.start()
         self.webhooks = await start_webhooks(
             config.webhooks, db, writer, ready.box, outbound.webhooks, ready.node

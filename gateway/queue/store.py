@@ -8,8 +8,8 @@ A message with work left has `due_at` set: the time it may next be attempted. A 
 claims it writes its node id to `claimed_by` and moves `due_at` to the end of its lease, so a
 node that dies mid-delivery strands nothing: its lease lapses and any node claims the message
 again (on start-up a node also releases what its previous life held). Final messages have
-`due_at` NULL and their body deleted. Recipients carry their own status, so a retry goes only
-to those still pending.
+`due_at` NULL; their body stays for `[storage] body_retention` (gateway.queue.retention).
+Recipients carry their own status, so a retry goes only to those still pending.
 
 Accepted messages are normally claimed by the accepting node in the same transaction that
 stores them (the fast path): the delivery worker gets the message from memory without a
@@ -247,8 +247,6 @@ class Queue:
         results, status = settled.results, settled.status
         suppress = suppression_list.from_results(results)
         batch = self._attempt_rows(attempt, settled, now, number)
-        if retry_at is None:
-            batch.add(sql.RECORD_BODY_GONE, {"m_id": message.id, **_stamp(now, number)})
         delivered = [
             {"soft_email": mailbox_key(rcpt)}
             for rcpt, result in results.items()
@@ -363,9 +361,10 @@ class Queue:
 
     async def cancel(self, message_ids: Sequence[str]) -> Cancelled:
         """Stop these messages: their pending recipients become `cancelled` (with an event
-        each) and the bodies go. A message a worker is delivering right now is left alone
-        and reported as busy: cancelling it could not take back what it is sending. So is
-        one another transaction has locked (PostgreSQL): it is skipped, not waited for.
+        each); the bodies stay for body_retention, as any final message's. A message a
+        worker is delivering right now is left alone and reported as busy: cancelling it
+        could not take back what it is sending. So is one another transaction has locked
+        (PostgreSQL): it is skipped, not waited for.
         Ids that are neither cancelled nor busy had no work left (or do not exist)."""
         cancelled: Cancelled = await self._writer.submit(
             lambda conn: self._cancel(conn, message_ids)
@@ -399,7 +398,6 @@ class Queue:
                     for m_id, email in pending
                 ],
             )
-        sql.delete_bodies(conn, free)
         return Cancelled(free, busy)
 
     # --- reads ------------------------------------------------------------------------

@@ -115,7 +115,7 @@ async def test_message_arrives_byte_for_byte_with_received_header_and_without_co
     assert row["attempts"] == 1
     assert row["last_pool"] == SINK_POOL
     assert {r["status"] for r in (await recipient_rows(svc, message_id)).values()} == {"delivered"}
-    assert not await has_body(svc, message_id)  # final messages drop their body
+    assert await has_body(svc, message_id)  # kept for storage.body_retention (the sweep's)
 
 
 async def test_a_large_message_with_dot_lines_arrives_byte_for_byte(
@@ -318,7 +318,7 @@ async def test_message_past_max_age_bounces(service: ServiceFactory, sink: Sink)
     assert rcpt["status"] == "bounced"
     assert "max_age" in (rcpt["response"] or "")
     assert sink.messages == []
-    assert not await has_body(svc, message_id)
+    assert await has_body(svc, message_id)  # kept for storage.body_retention
 
 
 # --- lifecycle ----------------------------------------------------------------------------
