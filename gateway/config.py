@@ -136,6 +136,8 @@ class DeliveryConfig:
     workers: int = 64
     idle_timeout: float = 60.0
     max_messages_per_connection: int = 1000
+    # A bounce of SMTP mail is told to its envelope sender (an RFC 3464 report), as Postfix does.
+    notify_sender: bool = True
 
 
 @dataclass(frozen=True)
@@ -473,6 +475,7 @@ _SECTIONS: dict[str, tuple[type, dict[str, Converter]]] = {
             "handoff_timeout": _duration,
             "mx_port": _port,
             "mx_allow_private": _bool,
+            "notify_sender": _bool,
             "workers": _positive_int,
             "idle_timeout": _positive_duration,
             "max_messages_per_connection": _positive_int,

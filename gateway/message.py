@@ -134,6 +134,14 @@ class QueuedMessage:
     last_response: str | None = None
     updated_at: float = 0.0
     scheduled_at: float | None = None  # a scheduled send's time
+    source: str = ""  # the door it came through (smtp, http; dsn: a notification of ours)
+    # The envelope sender as the client gave it, when delivery replaced mail_from (VERP).
+    client_sender: str | None = None
+
+    @property
+    def envelope_sender(self) -> str:
+        """The sender the client gave: whom a notification of a bounce goes to."""
+        return self.mail_from if self.client_sender is None else self.client_sender
 
     @property
     def age_from(self) -> float:

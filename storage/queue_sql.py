@@ -118,7 +118,7 @@ POSTPONE = (
 CLAIMED = (
     M.c.id, M.c.mail_from, M.c.attempts, M.c.created_at, M.c.ip_pool, M.c.pool_id,
     M.c.retried_at, M.c.forced_attempts, M.c.last_response, M.c.updated_at, M.c.route_default,
-    M.c.scheduled_at,
+    M.c.scheduled_at, M.c.source,
 )  # fmt: skip
 
 

@@ -317,7 +317,8 @@ class Delivery:
             # A person's own server: it refuses or rewrites a sender it does not own, and
             # what bounces comes back to the account's inbox, which Postern reads.
             return message
-        return replace(message, mail_from=return_path.address(message.id, message.mail_from))
+        verp = return_path.address(message.id, message.mail_from)
+        return replace(message, mail_from=verp, client_sender=message.mail_from)
 
     def _answer(self, message_id: str, status: str) -> str:
         """Tell whoever waits for this message's attempt (an HTTP send) how it went."""

@@ -60,6 +60,7 @@ from gateway.process.http_server import DoorLimits, HttpDoor
 from gateway.process.instance import DataDirLock, database_of
 from gateway.process.pools import WATCH_INTERVAL, PoolSync
 from gateway.process.startup import Prepared, StartupError, prepare
+from gateway.queue.notify import Notifier
 from gateway.queue.retention import Retention
 from gateway.queue.store import Queue
 from gateway.queue.suppressions import FOLLOW_INTERVAL
@@ -219,9 +220,11 @@ class Service:
         delivery = config.delivery
         # Renewed every lease/4 while this node holds a message; lapses only if it dies.
         lease = 120.0
+        notifier = Notifier(self.config.server.hostname) if delivery.notify_sender else None
         queue = self.queue = Queue(
-            db, writer, ready.node, delivery.retry_schedule, delivery.max_age, lease
-        )
+            db, writer, ready.node, delivery.retry_schedule, delivery.max_age, lease,
+            notifier=notifier,
+        )  # fmt: skip
         await queue.release_claims()  # whatever this node held when it last stopped
         await queue.suppressions.reload()
         self.bounces = self._bounce_ingest(ready, db, queue)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from sqlalchemy import Connection
@@ -35,6 +36,7 @@ from gateway.message import DIRECT_POOL, DeliveryResult, Outcome, QueuedMessage,
 from gateway.queue import events, idempotency, ids, retry, states
 from gateway.queue import suppressions as suppression_list
 from gateway.queue.idempotency import Duplicate, KeyReused
+from gateway.queue.notify import Notifier
 from gateway.queue.suppressions import SuppressionCache
 from gateway.routing import NO_POOL
 from storage import bounce_reports
@@ -63,8 +65,10 @@ class Queue:
         schedule: Sequence[float],
         max_age: float,
         lease: float,
+        notifier: Notifier | None = None,
     ) -> None:
         self._db = db
+        self._notifier = notifier  # [delivery] notify_sender: bounces told to SMTP senders
         self._writer = writer
         self.node_id = node_id
         self._schedule = tuple(schedule)
@@ -102,6 +106,8 @@ class Queue:
             attempts=0,
             created_at=now,
             route=route,
+            scheduled_at=submission.scheduled_at,
+            source=submission.source,
         )
 
     async def enqueue_many(
@@ -137,6 +143,8 @@ class Queue:
                     attempts=0,
                     created_at=now,
                     route=route,
+                    scheduled_at=submission.scheduled_at,
+                    source=submission.source,
                 )
             )
         return results
@@ -222,6 +230,7 @@ class Queue:
                 last_response=row.last_response,
                 updated_at=row.updated_at,
                 scheduled_at=row.scheduled_at,
+                source=row.source,
             )
             for row in rows
         ]
@@ -273,11 +282,36 @@ class Queue:
             "now": now,
             "forced": int(forced),
         }
-        batch.first = lambda conn: conn.execute(sql.UPDATE_MESSAGE, params).rowcount > 0
-        if await self._writer.submit(batch):
+        notice = self._notice(message, results, now)
+        if notice is None:
+            batch.first = lambda conn: conn.execute(sql.UPDATE_MESSAGE, params).rowcount > 0
+            work: Batch | Work = batch
+        else:
+            # The notification is stored with the bounce, and only if the bounce is: one
+            # transaction, so it is never lost nor written twice.
+            for statement, rows in notice.steps:
+                batch.add(statement, rows)
+            work = partial(_if_claimed, batch, params)
+        if await self._writer.submit(work):
             self.suppressions.add([email for email, _ in suppress])
             return status
         return None
+
+    def _notice(
+        self, message: QueuedMessage, results: dict[str, DeliveryResult], now: float
+    ) -> Batch | None:
+        """The rows of the notification to the envelope sender of the recipients this
+        attempt bounced (notify.py), or None: none bounced, not SMTP mail, a null sender,
+        notify_sender off, or the sender is suppressed."""
+        notifier = self._notifier
+        if notifier is None or not notifier.wanted(message, message.source):
+            return None
+        bounced = {r: res for r, res in results.items() if res.outcome is Outcome.BOUNCED}
+        if not bounced or self.suppressions.suppressed([message.envelope_sender]):
+            return None
+        notice = notifier.bounce(message, bounced, now)
+        message_id = ids.new_id_for(False)
+        return self._new_message_rows(notice, Route(default=True), message_id, now, claim=False)
 
     @staticmethod
     def _attempt_rows(
@@ -428,6 +462,16 @@ def _storing(batch: Batch, submission: Submission, message_id: str, now: float) 
         return batch
     reserve = idempotency.reserve_then_store
     return lambda conn: reserve(conn, submission, message_id, now, batch)
+
+
+def _if_claimed(batch: Batch, params: dict[str, Any], conn: Connection) -> bool:
+    """An attempt's record as one function: its message update, then (only if this node
+    still held the claim) every other row, the sender's notification among them."""
+    if not conn.execute(sql.UPDATE_MESSAGE, params).rowcount:
+        return False
+    for statement, rows in batch.steps:
+        conn.execute(statement, rows)
+    return True
 
 
 def _first_due(submission: Submission, now: float, claim: bool, lease: float) -> float | None:

@@ -1,0 +1,149 @@
+"""Delivery status notifications (RFC 3464) back to the envelope sender of SMTP mail, as
+Postfix's bounce daemon sends them: when recipients bounce (refused for good, or expired at
+max_age), one `multipart/report; report-type=delivery-status` message to the envelope
+sender naming each of them with the upstream's reply, and the original's header.
+
+Pure: it builds the Submission; gateway.queue.store decides when (an attempt of SMTP mail
+with a non-null sender that bounced some recipient, `[delivery] notify_sender` on) and
+stores it in the very transaction that records the bounce, so it is never lost (committed
+with it) and never doubled (written only if that attempt's record is). The notification
+has the null sender (`MAIL FROM:<>`): a null sender is never notified, so a notification
+that bounces in its turn makes none (no loop), and its source is `dsn`.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import format_datetime, formatdate, make_msgid
+
+from gateway.message import DeliveryResult, QueuedMessage, Submission
+
+SOURCE = "dsn"  # the `source` of a notification: never notified about itself
+_HEADER_LIMIT = 64 * 1024  # of the original's header, returned as text/rfc822-headers
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+@dataclass(frozen=True)
+class Notifier:
+    """What a notification says of the node that sends it."""
+
+    hostname: str  # Reporting-MTA, and the domain of MAILER-DAEMON
+
+    def wanted(self, message: QueuedMessage, source: str) -> bool:
+        """Whether a bounce of `message` is told to its envelope sender: SMTP mail (HTTP
+        senders have webhooks) with a sender that is not null."""
+        return source == "smtp" and bool(message.envelope_sender)
+
+    def bounce(
+        self, message: QueuedMessage, bounced: Mapping[str, DeliveryResult], now: float
+    ) -> Submission:
+        """The notification of `bounced` (recipient -> its final result) to the sender."""
+        content = build_report(self.hostname, message, bounced, now)
+        return Submission(
+            mail_from="",
+            recipients=(message.envelope_sender,),
+            content=content,
+            source=SOURCE,
+            system=True,
+        )
+
+
+def _clean(text: str, limit: int = 900) -> str:
+    """One line of ASCII: control characters (CR, LF) become spaces, the rest '?'."""
+    line = _UNSAFE.sub(" ", text).strip()
+    return line.encode("ascii", "replace").decode("ascii")[:limit]
+
+
+def _status(result: DeliveryResult) -> str:
+    if result.enhanced and re.fullmatch(r"5\.\d{1,3}\.\d{1,3}", result.enhanced):
+        return result.enhanced
+    return "5.0.0"
+
+
+def _date(moment: float) -> str:
+    return format_datetime(datetime.fromtimestamp(moment, UTC))
+
+
+def build_report(
+    hostname: str, message: QueuedMessage, bounced: Mapping[str, DeliveryResult], now: float
+) -> bytes:
+    """An RFC 3464 report (RFC 5322 bytes, CRLF, 7-bit): a text part for people, the
+    message/delivery-status part, and the original's header as text/rfc822-headers."""
+    host = _clean(hostname, 253) or "localhost"
+    boundary = f"postern-dsn-{secrets.token_hex(12)}"
+    human = [
+        f"This is the mail system at host {host}.",
+        "",
+        "I'm sorry to have to inform you that your message could not",
+        "be delivered to one or more recipients. It's attached below.",
+        "",
+    ]
+    for rcpt, result in bounced.items():
+        human.append(f"<{_clean(rcpt, 320)}>: {_clean(result.describe())}")
+    status = [
+        f"Reporting-MTA: dns; {host}",
+        f"X-Postern-Queue-ID: {_clean(message.id, 64)}",
+        f"Arrival-Date: {_date(message.created_at)}",
+    ]
+    for rcpt, result in bounced.items():
+        status += [
+            "",
+            f"Final-Recipient: rfc822; {_clean(rcpt, 320)}",
+            f"Original-Recipient: rfc822; {_clean(rcpt, 320)}",
+            "Action: failed",
+            f"Status: {_status(result)}",
+        ]
+        if result.hop is not None:
+            relay = _clean(result.hop.relay.split("[", 1)[0], 253)
+            if relay:
+                status.append(f"Remote-MTA: dns; {relay}")
+        status += [
+            f"Diagnostic-Code: smtp; {_clean(result.describe()) or 'refused'}",
+            f"Last-Attempt-Date: {_date(now)}",
+        ]
+    header = message.content.split(b"\r\n\r\n", 1)[0][:_HEADER_LIMIT]
+    header_text = header.decode("ascii", "replace").replace("\ufffd", "?")
+    subject = "Undelivered Mail Returned to Sender"
+    lines = [
+        f"From: Mail Delivery System <MAILER-DAEMON@{host}>",
+        f"To: <{_clean(message.envelope_sender, 320)}>",
+        f"Subject: {subject}",
+        f"Date: {formatdate(now)}",
+        f"Message-ID: {make_msgid(domain=host)}",
+        "Auto-Submitted: auto-replied",
+        "MIME-Version: 1.0",
+        f'Content-Type: multipart/report; report-type=delivery-status; boundary="{boundary}"',
+        "",
+        "This is a MIME-encapsulated message.",
+        "",
+        f"--{boundary}",
+        "Content-Description: Notification",
+        "Content-Type: text/plain; charset=us-ascii",
+        "",
+        *human,
+        "",
+        f"--{boundary}",
+        "Content-Description: Delivery report",
+        "Content-Type: message/delivery-status",
+        "",
+        *status,
+        "",
+        f"--{boundary}",
+        "Content-Description: Undelivered Message Headers",
+        "Content-Type: text/rfc822-headers",
+        "",
+        *header_text.split("\r\n"),
+        "",
+        f"--{boundary}--",
+        "",
+    ]
+    return "\r\n".join(_bounded(line) for line in lines).encode("ascii")
+
+
+def _bounded(line: str) -> str:
+    """No line over 998 characters (RFC 5322): a longer one is cut."""
+    return line if len(line) <= 998 else line[:998]
