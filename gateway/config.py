@@ -138,6 +138,9 @@ class DeliveryConfig:
     max_messages_per_connection: int = 1000
     # A bounce of SMTP mail is told to its envelope sender (an RFC 3464 report), as Postfix does.
     notify_sender: bool = True
+    # With notify_sender: a message of SMTP mail still deferred this long after it was
+    # accepted (or its scheduled time) makes one delay notice to the sender; 0: none.
+    delay_warning: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -476,6 +479,7 @@ _SECTIONS: dict[str, tuple[type, dict[str, Converter]]] = {
             "mx_port": _port,
             "mx_allow_private": _bool,
             "notify_sender": _bool,
+            "delay_warning": _duration,
             "workers": _positive_int,
             "idle_timeout": _positive_duration,
             "max_messages_per_connection": _positive_int,

@@ -220,7 +220,11 @@ class Service:
         delivery = config.delivery
         # Renewed every lease/4 while this node holds a message; lapses only if it dies.
         lease = 120.0
-        notifier = Notifier(self.config.server.hostname) if delivery.notify_sender else None
+        notifier = (
+            Notifier(self.config.server.hostname, delivery.delay_warning, delivery.max_age)
+            if delivery.notify_sender
+            else None
+        )
         queue = self.queue = Queue(
             db, writer, ready.node, delivery.retry_schedule, delivery.max_age, lease,
             notifier=notifier,

@@ -32,24 +32,47 @@ class Notifier:
     """What a notification says of the node that sends it."""
 
     hostname: str  # Reporting-MTA, and the domain of MAILER-DAEMON
+    delay_warning: float = 0.0  # a delay notice once deferred this long; 0: never
+    max_age: float = 0.0  # for a delay notice's Will-Retry-Until
 
     def wanted(self, message: QueuedMessage, source: str) -> bool:
         """Whether a bounce of `message` is told to its envelope sender: SMTP mail (HTTP
         senders have webhooks) with a sender that is not null."""
         return source == "smtp" and bool(message.envelope_sender)
 
+    def delay_due(self, message: QueuedMessage, now: float) -> bool:
+        """Whether this attempt, which left recipients deferred, is the first to find the
+        message older than delay_warning: the previous record (`updated_at`) was before that
+        time, this one after it, so the notice goes once."""
+        if self.delay_warning <= 0:
+            return False
+        threshold = message.age_from + self.delay_warning
+        return message.updated_at < threshold <= now
+
     def bounce(
         self, message: QueuedMessage, bounced: Mapping[str, DeliveryResult], now: float
     ) -> Submission:
         """The notification of `bounced` (recipient -> its final result) to the sender."""
-        content = build_report(self.hostname, message, bounced, now)
-        return Submission(
-            mail_from="",
-            recipients=(message.envelope_sender,),
-            content=content,
-            source=SOURCE,
-            system=True,
-        )
+        return _notice(message, build_report(self.hostname, message, bounced, now))
+
+    def delay(
+        self, message: QueuedMessage, deferred: Mapping[str, DeliveryResult], now: float
+    ) -> Submission:
+        """The notice that `deferred` (recipient -> its last result) are still being tried."""
+        until = message.age_from + self.max_age if self.max_age else None
+        content = build_report(self.hostname, message, deferred, now, delayed_until=until)
+        return _notice(message, content)
+
+
+def _notice(message: QueuedMessage, content: bytes) -> Submission:
+    """A notification about `message` to its envelope sender, from the null sender."""
+    return Submission(
+        mail_from="",
+        recipients=(message.envelope_sender,),
+        content=content,
+        source=SOURCE,
+        system=True,
+    )
 
 
 def _clean(text: str, limit: int = 900) -> str:
@@ -58,10 +81,14 @@ def _clean(text: str, limit: int = 900) -> str:
     return line.encode("ascii", "replace").decode("ascii")[:limit]
 
 
-def _status(result: DeliveryResult) -> str:
-    if result.enhanced and re.fullmatch(r"5\.\d{1,3}\.\d{1,3}", result.enhanced):
+def _status(result: DeliveryResult, delayed: bool = False) -> str:
+    """The recipient's RFC 3463 status: its reply's, when of the right class (5 failed, 4
+    delayed), else the class's generic one."""
+    digit = "4" if delayed else "5"
+    pattern = digit + r"\.\d{1,3}\.\d{1,3}"
+    if result.enhanced and re.fullmatch(pattern, result.enhanced):
         return result.enhanced
-    return "5.0.0"
+    return f"{digit}.0.0"
 
 
 def _date(moment: float) -> str:
@@ -69,19 +96,37 @@ def _date(moment: float) -> str:
 
 
 def build_report(
-    hostname: str, message: QueuedMessage, bounced: Mapping[str, DeliveryResult], now: float
+    hostname: str,
+    message: QueuedMessage,
+    bounced: Mapping[str, DeliveryResult],
+    now: float,
+    *,
+    delayed_until: float | None = None,
+    delayed: bool = False,
 ) -> bytes:
     """An RFC 3464 report (RFC 5322 bytes, CRLF, 7-bit): a text part for people, the
-    message/delivery-status part, and the original's header as text/rfc822-headers."""
+    message/delivery-status part, and the original's header as text/rfc822-headers. With
+    `delayed` (or `delayed_until`, the time it is tried until), a delay notice: the
+    recipients are still being tried (Action: delayed, a 4.x.x Status)."""
+    delayed = delayed or delayed_until is not None
     host = _clean(hostname, 253) or "localhost"
     boundary = f"postern-dsn-{secrets.token_hex(12)}"
-    human = [
-        f"This is the mail system at host {host}.",
-        "",
-        "I'm sorry to have to inform you that your message could not",
-        "be delivered to one or more recipients. It's attached below.",
-        "",
-    ]
+    if delayed:
+        told = [
+            "####################################################################",
+            "# THIS IS A WARNING ONLY.  YOU DO NOT NEED TO RESEND YOUR MESSAGE. #",
+            "####################################################################",
+            "",
+            "Your message could not be delivered yet to one or more recipients.",
+            "The mail system will keep trying"
+            + (f" until {_date(delayed_until)}." if delayed_until is not None else "."),
+        ]
+    else:
+        told = [
+            "I'm sorry to have to inform you that your message could not",
+            "be delivered to one or more recipients. It's attached below.",
+        ]
+    human = [f"This is the mail system at host {host}.", "", *told, ""]
     for rcpt, result in bounced.items():
         human.append(f"<{_clean(rcpt, 320)}>: {_clean(result.describe())}")
     status = [
@@ -94,8 +139,8 @@ def build_report(
             "",
             f"Final-Recipient: rfc822; {_clean(rcpt, 320)}",
             f"Original-Recipient: rfc822; {_clean(rcpt, 320)}",
-            "Action: failed",
-            f"Status: {_status(result)}",
+            f"Action: {'delayed' if delayed else 'failed'}",
+            f"Status: {_status(result, delayed)}",
         ]
         if result.hop is not None:
             relay = _clean(result.hop.relay.split("[", 1)[0], 253)
@@ -105,9 +150,13 @@ def build_report(
             f"Diagnostic-Code: smtp; {_clean(result.describe()) or 'refused'}",
             f"Last-Attempt-Date: {_date(now)}",
         ]
+        if delayed_until is not None:
+            status.append(f"Will-Retry-Until: {_date(delayed_until)}")
     header = message.content.split(b"\r\n\r\n", 1)[0][:_HEADER_LIMIT]
     header_text = header.decode("ascii", "replace").replace("\ufffd", "?")
-    subject = "Undelivered Mail Returned to Sender"
+    subject = (
+        "Delayed Mail (still being retried)" if delayed else "Undelivered Mail Returned to Sender"
+    )
     lines = [
         f"From: Mail Delivery System <MAILER-DAEMON@{host}>",
         f"To: <{_clean(message.envelope_sender, 320)}>",

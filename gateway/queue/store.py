@@ -301,15 +301,22 @@ class Queue:
         self, message: QueuedMessage, results: dict[str, DeliveryResult], now: float
     ) -> Batch | None:
         """The rows of the notification to the envelope sender of the recipients this
-        attempt bounced (notify.py), or None: none bounced, not SMTP mail, a null sender,
+        attempt bounced, or of those still deferred once the message is older than
+        delay_warning (notify.py); None: nothing to tell, not SMTP mail, a null sender,
         notify_sender off, or the sender is suppressed."""
         notifier = self._notifier
         if notifier is None or not notifier.wanted(message, message.source):
             return None
         bounced = {r: res for r, res in results.items() if res.outcome is Outcome.BOUNCED}
-        if not bounced or self.suppressions.suppressed([message.envelope_sender]):
+        deferred = {r: res for r, res in results.items() if res.outcome is Outcome.DEFERRED}
+        if bounced:
+            notice = notifier.bounce(message, bounced, now)
+        elif deferred and notifier.delay_due(message, now):
+            notice = notifier.delay(message, deferred, now)
+        else:
             return None
-        notice = notifier.bounce(message, bounced, now)
+        if self.suppressions.suppressed([message.envelope_sender]):
+            return None
         message_id = ids.new_id_for(False)
         return self._new_message_rows(notice, Route(default=True), message_id, now, claim=False)
 

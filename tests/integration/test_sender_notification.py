@@ -154,3 +154,22 @@ async def test_on_postgresql_the_report_is_stored_with_the_bounce(
             await asyncio.sleep(0.1)
         assert await stored(svc) == [("smtp", SENDER, "bounced"), ("dsn", "", "delivered")]
         await svc.stop()
+
+
+async def test_a_delay_warning_is_sent_once_while_the_message_is_retried(
+    service: ServiceFactory, sink: Sink
+) -> None:
+    svc = await service(
+        delivery={"delay_warning": "1s", "retry_schedule": ["1s"], "max_age": "30s"}
+    )
+    sink.fail("rcpt", "451 4.2.2 mailbox full", times=3, match="slow@example.test")
+    message_id = queued_id(await smtp_send(svc.smtp_port, SENDER, ["slow@example.test"], message()))
+    await wait_for_status(svc, message_id, {"delivered"}, timeout=20)
+    assert await sink.wait_for_async(2, timeout=10)
+    await asyncio.sleep(0.5)
+    notices = [m for m in sink.messages if m.rcpt_tos == [SENDER]]
+    assert len(notices) == 1  # once, though two attempts were past the warning time
+    report, blocks, _ = report_of(notices[0])
+    assert report["Subject"].startswith("Delayed Mail")
+    assert blocks[1]["Action"] == "delayed" and blocks[1]["Status"] == "4.2.2"
+    assert [m.rcpt_tos for m in sink.messages if m.rcpt_tos != [SENDER]] == [["slow@example.test"]]

@@ -75,3 +75,21 @@ def test_who_is_notified() -> None:
     notice = notifier.bounce(verp, {"x@example.org": DeliveryResult(Outcome.BOUNCED)}, 0.0)
     assert notice.mail_from == "" and notice.recipients == ("a@example.com",)
     assert notice.source == SOURCE
+
+
+def test_a_delay_notice_says_delayed_and_until_when() -> None:
+    notifier = Notifier("h.example", delay_warning=3600, max_age=86400)
+    message = queued(updated_at=1_800_000_000.0 + 1800)
+    assert not notifier.delay_due(message, 1_800_000_000.0 + 3000)  # not old enough yet
+    assert notifier.delay_due(message, 1_800_000_000.0 + 3700)  # first past the hour
+    later = queued(updated_at=1_800_000_000.0 + 3700)
+    assert not notifier.delay_due(later, 1_800_000_000.0 + 7200)  # told already
+    assert not Notifier("h.example").delay_due(message, 1_900_000_000.0)  # 0: never
+    busy = DeliveryResult(Outcome.DEFERRED, 451, "4.2.2", "mailbox full")
+    notice = notifier.delay(message, {"x@example.org": busy}, 1_800_000_000.0 + 3700)
+    parsed = email.message_from_bytes(notice.content, policy=default)
+    assert parsed["Subject"].startswith("Delayed Mail")
+    _, status, _ = parsed.get_payload()  # type: ignore[misc]
+    [_, block] = status.get_payload()
+    assert block["Action"] == "delayed" and block["Status"] == "4.2.2"
+    assert block["Will-Retry-Until"]
