@@ -7,6 +7,7 @@
     │   ├── UnknownAlias      400 unknown_alias     alias_id names neither pool nor alias
     │   ├── UnknownAccount    400 unknown_account   account_id names no account the caller sees
     │   ├── NoRoute           400 no_route          the pool or group asked for has no active pool
+    │   ├── ScheduleOutOfRange 400 schedule_out_of_range  scheduled_at past, or over 30 days ahead
     │   ├── HostNotAllowed    400 host_not_allowed  a pool host in a denied network (SSRF)
     │   ├── InvalidToken      400 invalid_token     unknown, used or expired verification link
     │   ├── CredentialsRefused 400 imap_<stage>_failed, smtp_<stage>_failed  a connected
@@ -136,6 +137,13 @@ class UnknownAccount(InvalidRequest):
 
 class NoRoute(InvalidRequest):
     code = "no_route"
+
+
+class ScheduleOutOfRange(InvalidRequest):
+    """A scheduled_at of the right form but out of range: in the past, or over 30 days
+    ahead (relative to now, which no schema can state)."""
+
+    code = "schedule_out_of_range"
 
 
 class Unauthorized(ApiError):

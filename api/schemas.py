@@ -205,7 +205,7 @@ class SendRequest(Strict):
             "send it later, at this time (ISO 8601 / RFC 3339, or UNIX seconds), at most 30 "
             "days ahead; until then it waits in the queue and POST /v1/messages/{id}/cancel "
             "stops it; delivery.max_age counts from it. A time up to 5 minutes past is now; "
-            "further past, or over 30 days ahead: 400"
+            "further past, or over 30 days ahead: 400 schedule_out_of_range"
         ),
         json_schema_extra=TIME,
     )
@@ -223,11 +223,17 @@ class SendRequest(Strict):
 MAX_BATCH = 100  # messages of one POST /v1/send/batch (Resend's limit)
 
 
-class SendBatchRequest(RootModel[list[SendRequest]]):
-    """POST /v1/send/batch: a JSON array of 1 to 100 /v1/send bodies, each checked and
-    answered on its own."""
+class SendBatchRequest(RootModel[list[Any]]):
+    """POST /v1/send/batch: a JSON array of 1 to 100 /v1/send bodies (SendRequest). The
+    array is the request's shape; each item is checked on its own and, if it is no valid
+    /v1/send body, answered in `results` with its 400 while the others go on (so an item
+    is any JSON value here)."""
 
-    root: list[SendRequest] = Field(min_length=1, max_length=MAX_BATCH)
+    root: list[Any] = Field(
+        min_length=1,
+        max_length=MAX_BATCH,
+        json_schema_extra={"x-item-schema": "#/components/schemas/SendRequest"},
+    )
 
 
 class BatchId(BaseModel):

@@ -162,8 +162,9 @@ def _parse_and_build(
         202: ("stored; retried automatically until the upstream accepts it", QueuedResponse),
         400: (
             "bad field, header injection attempt, unknown alias_id (unknown_alias), "
-            "account_id naming no account the caller sees (unknown_account), or the "
-            "pool or group asked for has no active pool (no_route)",
+            "account_id naming no account the caller sees (unknown_account), the "
+            "pool or group asked for has no active pool (no_route), or scheduled_at "
+            "in the past or over 30 days ahead (schedule_out_of_range)",
             ErrorResponse,
         ),
         403: (
@@ -248,16 +249,18 @@ def scheduled_time(value: str | int | float | None, now: float | None = None) ->
         when = timestamps.parse(value)
     except ValueError as error:
         problem = str(error)
+        raise errors.InvalidRequest(
+            f"scheduled_at: {problem}", [{"field": "scheduled_at", "message": problem}]
+        ) from None
+    if when <= now:
+        if now - when <= SCHEDULE_GRACE:
+            return None
+        problem = "is in the past"
+    elif when - now > MAX_SCHEDULE:
+        problem = "is more than 30 days ahead"
     else:
-        if when <= now:
-            if now - when <= SCHEDULE_GRACE:
-                return None
-            problem = "is in the past"
-        elif when - now > MAX_SCHEDULE:
-            problem = "is more than 30 days ahead"
-        else:
-            return when
-    raise errors.InvalidRequest(
+        return when
+    raise errors.ScheduleOutOfRange(
         f"scheduled_at: {problem}", [{"field": "scheduled_at", "message": problem}]
     )
 

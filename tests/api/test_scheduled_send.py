@@ -84,6 +84,9 @@ async def test_times_too_far_ahead_or_past_are_refused(api: Api, sink: Sink) -> 
         answer = await api.send(payload(scheduled_at=bad), key=key)
         assert answer.status_code == 400, (bad, answer.text)
         assert answer.json()["details"][0]["field"] == "scheduled_at"
+        shape = bad in ("tomorrow", "2026-02-30")
+        expected = "invalid_request" if shape else "schedule_out_of_range"
+        assert answer.json()["code"] == expected
     # A minute past (a client's clock) is now: sent at once.
     answer = await api.send(payload(scheduled_at=rfc3339(now - 60)), key=key)
     assert answer.status_code == 200, answer.text
