@@ -48,6 +48,7 @@ from api.routes import (
     recipient_routes,
     reputation,
     send,
+    send_batch,
     smtp_configs,
     suppressions,
     users,
@@ -278,9 +279,9 @@ def create_app(
 
 # The API's resources, served when the app has an ApiContext.
 _RESOURCES = (
-    auth, users, send, messages, keys, suppressions, pools, smtp_configs, aliases, domains,
-    webhook_routes, invitations, invitation_page, accounts, bounces, events_stream, blocklists,
-    reputation, warmup, recipient_routes,
+    auth, users, send, send_batch, messages, keys, suppressions, pools, smtp_configs, aliases,
+    domains, webhook_routes, invitations, invitation_page, accounts, bounces, events_stream,
+    blocklists, reputation, warmup, recipient_routes,
 )  # fmt: skip
 
 
@@ -306,7 +307,7 @@ def _add_middleware(app: Starlette, api: ApiContext | None) -> None:
     """Each one added wraps those before it: RequestMetrics ends up outermost."""
     if api is not None:
         app.add_middleware(BodyLimit, max_size=api.max_body_size, timeout=api.body_timeout)
-        app.add_middleware(SendRefusals, paths=send.PATHS)
+        app.add_middleware(SendRefusals, paths=send.PATHS + send_batch.PATHS)
         app.add_middleware(SessionCookies)
     app.add_middleware(RequestMetrics)
 

@@ -7,6 +7,7 @@
     │   ├── UnknownAlias      400 unknown_alias     alias_id names neither pool nor alias
     │   ├── UnknownAccount    400 unknown_account   account_id names no account the caller sees
     │   ├── NoRoute           400 no_route          the pool or group asked for has no active pool
+    │   ├── ScheduleOutOfRange 400 schedule_out_of_range  scheduled_at past, or over 30 days ahead
     │   ├── HostNotAllowed    400 host_not_allowed  a pool host in a denied network (SSRF)
     │   ├── InvalidToken      400 invalid_token     unknown, used or expired verification link
     │   ├── CredentialsRefused 400 imap_<stage>_failed, smtp_<stage>_failed  a connected
@@ -27,7 +28,6 @@
     │   └── AccountInUse      403 account_in_use    the only default account, queued mail From it
     ├── NotFound              404 not_found
     │   ├── UnknownToken      404 invalid_token     unknown, used or expired verification link
-    │   └── BodyGone          404 body_gone         the message is there, its stored body not
     ├── MethodNotAllowed      405 method_not_allowed
     ├── Conflict              409 conflict          the name, domain, address or user is taken
     │   ├── AlreadyShared     409 already_shared    the invited address already shares the account
@@ -48,6 +48,8 @@
     │   ├── IdempotencyKeyReused  409 idempotency_key_reused  the key named another request
     │   └── WebhookInactive   409 webhook_inactive  replay to a webhook that is switched off
     ├── RequestTimeout        408 request_timeout   the body took longer than [http] body_timeout
+    ├── BodyGone              410 body_gone         the message is there, its stored body not
+                                                    (deleted after [storage] body_retention)
     ├── PayloadTooLarge       413 payload_too_large over [http] max_body_size
     │   └── AttachmentsTooLarge   413 attachments_too_large  over [http] max_attachments_size
     ├── Suppressed            422 suppressed        every recipient is suppressed
@@ -141,6 +143,13 @@ class UnknownAccount(InvalidRequest):
 
 class NoRoute(InvalidRequest):
     code = "no_route"
+
+
+class ScheduleOutOfRange(InvalidRequest):
+    """A scheduled_at of the right form but out of range: in the past, or over 30 days
+    ahead (relative to now, which no schema can state)."""
+
+    code = "schedule_out_of_range"
 
 
 class Unauthorized(ApiError):
@@ -238,11 +247,11 @@ class UnknownToken(NotFound):
     code = "invalid_token"
 
 
-class BodyGone(NotFound):
-    """The message exists (and the caller may see it) but its body was deleted: when it
-    became final, or by retention."""
+class BodyGone(ApiError):
+    """The message exists (and the caller may see it) but its body was deleted: by
+    `[storage] body_retention` after it became final (410 Gone: it will not come back)."""
 
-    code = "body_gone"
+    status, code = 410, "body_gone"
 
 
 class MethodNotAllowed(ApiError):

@@ -54,7 +54,7 @@ async def get(ctx: ApiContext, caller: Caller, message_id: str) -> MessageState:
 
 async def stored_body(ctx: ApiContext, message_id: str) -> bytes | None:
     """The message's stored bytes, exactly, or None once they were deleted (a final
-    message's body goes at once, any other's by retention: the metadata stays)."""
+    message's body goes after [storage] body_retention: the metadata stays)."""
     bodies = await ctx.db.read(lambda conn: bodies_of(conn, [message_id]))
     return bodies.get(message_id)
 
@@ -64,7 +64,7 @@ async def body(ctx: ApiContext, state: MessageState) -> bytes:
     data = await stored_body(ctx, state.id)
     if data is None:
         raise errors.BodyGone(
-            "the body of this message is gone: Postern keeps it only until the message is "
-            "final (or retention deletes it); its status and events remain"
+            "the body of this message is gone: Postern keeps a final message's body for "
+            "[storage] body_retention; its status and events remain"
         )
     return data

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, RootModel, ValidationError
 
 from api.errors import InvalidRequest
 from gateway import timestamps
@@ -199,6 +199,16 @@ class SendRequest(Strict):
     metadata: dict[MetaKey, MetaValue] = Field(
         default_factory=dict, max_length=50, json_schema_extra=_META_KEYS
     )
+    scheduled_at: str | int | float | None = Field(
+        default=None,
+        description=(
+            "send it later, at this time (ISO 8601 / RFC 3339, or UNIX seconds), at most 30 "
+            "days ahead; until then it waits in the queue and POST /v1/messages/{id}/cancel "
+            "stops it; delivery.max_age counts from it. A time up to 5 minutes past is now; "
+            "further past, or over 30 days ahead: 400 schedule_out_of_range"
+        ),
+        json_schema_extra=TIME,
+    )
     attachments: list[AttachmentIn] = Field(
         default_factory=list,
         max_length=attached.MAX_ATTACHMENTS,
@@ -208,6 +218,56 @@ class SendRequest(Strict):
             "(422 attachment_refused)"
         ),
     )
+
+
+MAX_BATCH = 100  # messages of one POST /v1/send/batch (Resend's limit)
+
+
+class SendBatchRequest(RootModel[list[Any]]):
+    """POST /v1/send/batch: a JSON array of 1 to 100 /v1/send bodies (SendRequest). The
+    array is the request's shape; each item is checked on its own and, if it is no valid
+    /v1/send body, answered in `results` with its 400 while the others go on (so an item
+    is any JSON value here)."""
+
+    root: list[Any] = Field(
+        min_length=1,
+        max_length=MAX_BATCH,
+        json_schema_extra={"x-item-schema": "#/components/schemas/SendRequest"},
+    )
+
+
+class BatchId(BaseModel):
+    id: str
+
+
+class BatchError(BaseModel):
+    index: int
+    code: str
+    message: str
+
+
+class BatchItem(BaseModel):
+    """One message's answer, as POST /v1/send would give it with no wait for the upstream
+    (202 queued, 200 sandbox, or the error), with its place in the array and its status."""
+
+    model_config = ConfigDict(extra="allow")
+
+    index: int
+    status: int
+    success: bool
+    message_id: str | None = None
+
+
+class SendBatchResponse(BaseModel):
+    """200: every message accepted; 207: some refused. `results` answers each in order;
+    `data` (the ids of those accepted, in order) and `errors` are Resend's shape."""
+
+    success: bool
+    accepted: int
+    refused: int
+    results: list[BatchItem]
+    data: list[BatchId]
+    errors: list[BatchError]
 
 
 class RecipientResult(BaseModel):
@@ -250,6 +310,7 @@ class QueuedResponse(BaseModel):
     suppressed_recipients: list[str] | None = Field(
         None, description="recipients left out as suppressed (the others were stored)"
     )
+    scheduled_at: str | None = Field(None, description="a scheduled send's time: sent then")
 
 
 class ErrorResponse(BaseModel):
@@ -310,6 +371,9 @@ class MessageStatus(BaseModel):
     metadata: dict[str, str]
     next_attempt_at: str | None = Field(description="null once final or while being delivered")
     last_response: str | None = Field(description="the last attempt's worst reply")
+    scheduled_at: str | None = Field(
+        None, description="a scheduled send's time (not attempted before it)"
+    )
     events: list[MessageEvent]
 
 

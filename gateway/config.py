@@ -125,6 +125,8 @@ class StorageConfig:
     # Final messages and their events are kept this long, and bounce reports and skipped-
     # inbox records from their arrival (storage.retention).
     retention: float = 30 * 86400.0
+    # The stored bodies of final messages go sooner (the metadata stays until retention).
+    body_retention: float = 7 * 86400.0
 
 
 @dataclass(frozen=True)
@@ -139,6 +141,11 @@ class DeliveryConfig:
     workers: int = 64
     idle_timeout: float = 60.0
     max_messages_per_connection: int = 1000
+    # A bounce of SMTP mail is told to its envelope sender (an RFC 3464 report), as Postfix does.
+    notify_sender: bool = True
+    # With notify_sender: a message of SMTP mail still deferred this long after it was
+    # accepted (or its scheduled time) makes one delay notice to the sender; 0: none.
+    delay_warning: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -572,7 +579,10 @@ _SECTIONS: dict[str, tuple[type, dict[str, Converter]]] = {
             "refuse_attachment_types": _refusable,
         },
     ),
-    "storage": (StorageConfig, {"url": _str, "retention": parse_duration}),
+    "storage": (
+        StorageConfig,
+        {"url": _str, "retention": parse_duration, "body_retention": parse_duration},
+    ),
     "delivery": (
         DeliveryConfig,
         {
@@ -583,6 +593,8 @@ _SECTIONS: dict[str, tuple[type, dict[str, Converter]]] = {
             "handoff_timeout": _duration,
             "mx_port": _port,
             "mx_allow_private": _bool,
+            "notify_sender": _bool,
+            "delay_warning": _duration,
             "workers": _positive_int,
             "idle_timeout": _positive_duration,
             "max_messages_per_connection": _positive_int,

@@ -47,6 +47,7 @@ class Submission:
     system: bool = False  # Postern's own mail (alias verification, pool test): no sender check
     message_id: str | None = None  # chosen by the door that names it in the message (SMTP)
     client: str = ""  # the submitting peer, `[address]:port`, for the mail log
+    scheduled_at: float | None = None  # not attempted before (UNIX seconds); None: at once
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,21 @@ class QueuedMessage:
     last_response: str | None = None
     updated_at: float = 0.0
     held_for: float = 0.0  # seconds it spent on hold: max_age leaves them out
+    scheduled_at: float | None = None  # a scheduled send's time
+    source: str = ""  # the door it came through (smtp, http; dsn: a notification of ours)
+    # The envelope sender as the client gave it, when delivery replaced mail_from (VERP).
+    client_sender: str | None = None
+
+    @property
+    def envelope_sender(self) -> str:
+        """The sender the client gave: whom a notification of a bounce goes to."""
+        return self.mail_from if self.client_sender is None else self.client_sender
+
+    @property
+    def age_from(self) -> float:
+        """When max_age starts counting: the scheduled time of a scheduled send, else the
+        time it was accepted; moved on by the time it spent on hold (left out of max_age)."""
+        return max(self.created_at, self.scheduled_at or 0.0) + self.held_for
 
     @property
     def schedule_steps(self) -> int:

@@ -276,6 +276,8 @@ _ADDED_COLUMNS = (
     # Schema 10: hold and release (postsuper -h/-H), held time left out of max_age.
     ("message", "held_at", "FLOAT"),
     ("message", "held_for", "FLOAT NOT NULL DEFAULT 0"),
+    # Schema 10: scheduled sends (the time a message waits for; max_age counts from it).
+    ("message", "scheduled_at", "FLOAT"),
 )
 
 # Run once, right after their column was added, to fill it in for the rows already there.

@@ -74,6 +74,7 @@ class MessageState:
     user_id: str | None = None  # the user it belongs to (None: a console key's, or no key's)
     next_attempt_at: float | None = None  # None once final, and while a worker holds it
     last_response: str | None = None  # the last attempt's summary
+    scheduled_at: float | None = None  # a scheduled send's time
     events: list[dict[str, Any]] = field(default_factory=list)  # storage.event_json.to_json
 
 
@@ -123,6 +124,7 @@ def _state(conn: Connection, message_id: str, with_events: bool = False) -> Mess
         user_id=row.user_id,
         next_attempt_at=next_attempt_at(row.due_at, row.claimed_by, time.time()),
         last_response=row.last_response,
+        scheduled_at=row.scheduled_at,
         events=event_json.for_message(conn, message_id) if with_events else [],
     )
 

@@ -96,6 +96,9 @@ class Message(SQLModel, table=True):
     header_message_id: str | None = Field(default=None, max_length=255)
     # Set by an operator's retry, cleared by the attempt it asks for (gateway.queue.store).
     retried_at: float | None = None
+    # A scheduled send's time (`scheduled_at`): not attempted before it, and max_age counts
+    # from it. None: sent at once, max_age from created_at.
+    scheduled_at: float | None = None
     # Attempts operators' retries asked for: they take no step of retry_schedule.
     forced_attempts: int = Field(
         default=0, sa_column=Column(Integer, nullable=False, server_default=text("0"))

@@ -72,7 +72,6 @@ UPDATE_MESSAGE = (
         updated_at=bindparam("now"),
     )
 )
-DELETE_BODY = delete(B).where(B.c.message_id == bindparam("m_id"))  # once final
 
 # An attempt's rows are written only if its message update went through (this node still
 # held the claim). That update runs first in the shared transaction and stamps the message
@@ -88,7 +87,6 @@ RECORDED = (
     .exists()
 )
 RECORD_RECIPIENT = UPDATE_RECIPIENT.where(RECORDED)
-RECORD_BODY_GONE = DELETE_BODY.where(RECORDED)
 # Every column but those the database fills in (the id, the transaction's id).
 _EVENT_COLUMNS = [c for c in E.columns if not c.primary_key and c.server_default is None]
 RECORD_EVENT = insert(E).from_select(
@@ -133,7 +131,7 @@ POSTPONE = (
 CLAIMED = (
     M.c.id, M.c.mail_from, M.c.attempts, M.c.created_at, M.c.ip_pool, M.c.pool_id,
     M.c.retried_at, M.c.forced_attempts, M.c.last_response, M.c.updated_at, M.c.route_default,
-    M.c.held_for,
+    M.c.held_for, M.c.scheduled_at, M.c.source,
 )  # fmt: skip
 
 

@@ -1,5 +1,7 @@
-"""Retention: final messages leave storage, with everything about them, once old enough;
-so do the rows of what came back (gateway.bounces).
+"""Retention: final messages leave storage, with everything about them, once old enough
+(`purge_chunk`, after `[storage] retention`); their stored bodies go sooner
+(`purge_bodies_chunk`, after `[storage] body_retention`), the metadata staying; so do
+the rows of what came back (gateway.bounces).
 
 Only final messages go (`due_at` NULL: delivered, bounced, cancelled, sandbox); a message
 with work left is never touched, however old (max_age bounds that). Each call deletes one
@@ -36,6 +38,7 @@ from storage.models import (
 )
 
 M = Message.__table__  # type: ignore[attr-defined]
+B = MessageBody.__table__  # type: ignore[attr-defined]
 BR = BounceReport.__table__  # type: ignore[attr-defined]
 SB = SoftBounce.__table__  # type: ignore[attr-defined]
 SK = InboxSkip.__table__  # type: ignore[attr-defined]
@@ -120,3 +123,22 @@ def purge_soft(conn: Connection, window_started_before: float, limit: int = 1000
             delete(SB).where(SB.c.email.in_(emails), SB.c.first_at < window_started_before)
         )
     return len(emails)
+
+
+def purge_bodies_chunk(conn: Connection, before: float, limit: int = 1000) -> int:
+    """Delete the stored bodies of up to `limit` final messages that became final before
+    `before`; how many went. It reads the bodies table (only the recent ones are there) and
+    each one's message by its key, never a scan of every message kept."""
+    old = (
+        select(B.c.message_id)
+        .select_from(B.join(M, M.c.id == B.c.message_id))
+        .where(M.c.due_at.is_(None), M.c.status.in_(FINAL), M.c.updated_at < before)
+        .limit(limit)
+    )
+    if conn.dialect.name == "postgresql":
+        old = old.with_for_update(of=B, skip_locked=True)
+    ids = list(conn.execute(old).scalars())
+    if not ids:
+        return 0
+    conn.execute(delete(B).where(B.c.message_id.in_(ids)))
+    return len(ids)

@@ -174,14 +174,16 @@ async def get_message(request: Request) -> Response:
             "metadata": state.metadata,
             "next_attempt_at": iso(state.next_attempt_at),
             "last_response": state.last_response,
+            "scheduled_at": iso(state.scheduled_at),
             "events": state.events,
         }
     )
 
 
-_BODY_404 = (
-    "no such message, or another key's (not_found); or its body is gone (body_gone: kept only "
-    "until the message is final, or by retention)",
+_BODY_404 = ("no such message, or another key's (not_found)", ErrorResponse)
+_BODY_410 = (
+    "body_gone: the message is there but its body was deleted ([storage] body_retention "
+    "after it became final); its status and events remain",
     ErrorResponse,
 )
 
@@ -193,8 +195,12 @@ _BODY_404 = (
     responses={
         200: ("message/rfc822: the bytes as stored (DKIM-signed), exactly", None),
         404: _BODY_404,
+        410: _BODY_410,
     },
-    description="Like `postcat -q`. Bodies are kept while a message has work left.",
+    description=(
+        "Like `postcat -q`. Bodies are kept while a message has work left, then for "
+        "[storage] body_retention (7 days by default)."
+    ),
 )
 async def message_raw(request: Request) -> Response:
     ctx: ApiContext = request.app.state.api
@@ -212,6 +218,7 @@ async def message_raw(request: Request) -> Response:
     responses={
         200: ("its header fields, text, HTML and attachments", MessageContent),
         404: _BODY_404,
+        410: _BODY_410,
     },
     description=f"Text and HTML are cut at {mailview.SHOWN_CHARACTERS:,} characters each "
     f"(`truncated`); at most {mailview.MAX_HEADERS} header fields and "
@@ -304,7 +311,7 @@ async def retry_message(request: Request) -> Response:
     scope="",
     parameters=_ONE,
     responses={
-        200: ("stopped: its pending recipients are cancelled, its body deleted", CancelResult),
+        200: ("stopped: its pending recipients are cancelled", CancelResult),
         404: ("no such message, or another key's", ErrorResponse),
         409: (_CONFLICT, ErrorResponse),
     },

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from typing import Any
 
 from starlette.requests import Request
@@ -23,7 +24,7 @@ from api.context import ApiContext, iso
 from api.openapi import operation
 from api.ownership import visible_to
 from api.schemas import ErrorResponse, QueuedResponse, SendRequest, SendResponse, parse
-from gateway import maillog
+from gateway import maillog, timestamps
 from gateway.errors import StorageFull, StorageUnavailable
 from gateway.headers import header_size
 from gateway.intake import attachments as attached
@@ -41,10 +42,10 @@ from storage.messages import RecipientState, message_state
 
 SANDBOX_HEADERS = ("x-misarmail-sandbox", "x-postern-sandbox")
 QUEUED_TEXT = "Email queued for retry"
-_LACKING_SEND = "this API key lacks a send scope"
-_LACKING_SANDBOX = "sandbox sends need an API key with the 'sandbox' scope"
+LACKING_SEND = "this API key lacks a send scope"
+LACKING_SANDBOX = "sandbox sends need an API key with the 'sandbox' scope"
 # What a send says when its message could not be stored (elsewhere: that storage failed).
-_NOT_STORED: dict[type[Exception], errors.Answer] = {
+NOT_STORED: dict[type[Exception], errors.Answer] = {
     StorageFull: errors.Answer(
         errors.StorageFull,
         "the disk is full: the message could not be stored; nothing was accepted, "
@@ -161,8 +162,9 @@ def _parse_and_build(
         202: ("stored; retried automatically until the upstream accepts it", QueuedResponse),
         400: (
             "bad field, header injection attempt, unknown alias_id (unknown_alias), "
-            "account_id naming no account the caller sees (unknown_account), or the "
-            "pool or group asked for has no active pool (no_route)",
+            "account_id naming no account the caller sees (unknown_account), the "
+            "pool or group asked for has no active pool (no_route), or scheduled_at "
+            "in the past or over 30 days ahead (schedule_out_of_range)",
             ErrorResponse,
         ),
         403: (
@@ -192,16 +194,9 @@ async def send(request: Request) -> Response:
     key = await authenticate(request, ctx)
     sandbox = sandbox_requested(request)
     if missing_scope(key, sandbox) is not None:
-        raise errors.Forbidden(_LACKING_SANDBOX if sandbox else _LACKING_SEND)
+        raise errors.Forbidden(LACKING_SANDBOX if sandbox else LACKING_SEND)
     raw = await request.body()
-    if len(raw) > _INLINE_BODY:
-        body, built = await _parse_and_build_in_thread(raw, ctx.hostname, ctx.attachment_rules)
-    else:
-        body, built = _parse_and_build(raw, ctx.hostname, ctx.attachment_rules)
-    request.state.envelope = (built.mail_from, built.recipients)  # for a refusal's log line
-    _check_size(ctx, built)
-    await _check_account(ctx, key, body)
-    submission = _submission(request, key, body, built, sandbox)
+    body, submission = await prepare(request, ctx, key, raw, sandbox)
     try:
         accepted = await ctx.intake.submit(submission, watch=ctx.handoff_timeout > 0)
     except Duplicate as duplicate:
@@ -213,12 +208,61 @@ async def send(request: Request) -> Response:
             refusal.reason, [{"field": field, "message": refusal.reason}]
         ) from None
     except StorageUnavailable as error:
-        raise errors.answer(error, _NOT_STORED) from None
+        raise errors.answer(error, NOT_STORED) from None
     # Any other refusal (KeyReused, AllSuppressed, ...) is answered from errors.ANSWERS.
     status, payload = await _outcome(ctx, accepted, sandbox)
+    if submission.scheduled_at is not None and status == 202:
+        payload["scheduled_at"] = iso(submission.scheduled_at)
     if body.idempotency_key is not None:
-        _save_answer(ctx, key, body.idempotency_key, accepted.message_id, status, payload)
+        save_answer(ctx, key, body.idempotency_key, accepted.message_id, status, payload)
     return JSONResponse(payload, status_code=status)
+
+
+async def prepare(
+    request: Request, ctx: ApiContext, key: Caller, raw: bytes, sandbox: bool
+) -> tuple[SendRequest, Submission]:
+    """One /v1/send body (JSON bytes) checked and built into what intake takes; an ApiError
+    names what is wrong with it. Batch sends (api.routes.send_batch) check each item so."""
+    if len(raw) > _INLINE_BODY:
+        body, built = await _parse_and_build_in_thread(raw, ctx.hostname, ctx.attachment_rules)
+    else:
+        body, built = _parse_and_build(raw, ctx.hostname, ctx.attachment_rules)
+    request.state.envelope = (built.mail_from, built.recipients)  # for a refusal's log line
+    _check_size(ctx, built)
+    await _check_account(ctx, key, body)
+    submission = _submission(request, key, body, built, sandbox)
+    return body, replace(submission, scheduled_at=scheduled_time(body.scheduled_at))
+
+
+MAX_SCHEDULE = 30 * 86400.0  # how far ahead scheduled_at may be (Resend's limit: 30 days)
+SCHEDULE_GRACE = 300.0  # a scheduled_at this far in the past (a client's clock) is now
+
+
+def scheduled_time(value: str | int | float | None, now: float | None = None) -> float | None:
+    """A send's scheduled_at as UNIX seconds, None to send at once (none given, or a time
+    within SCHEDULE_GRACE of now or before it by less); 400 naming the field when it is no
+    time, further in the past, or over 30 days ahead."""
+    if value is None:
+        return None
+    now = time.time() if now is None else now
+    try:
+        when = timestamps.parse(value)
+    except ValueError as error:
+        problem = str(error)
+        raise errors.InvalidRequest(
+            f"scheduled_at: {problem}", [{"field": "scheduled_at", "message": problem}]
+        ) from None
+    if when <= now:
+        if now - when <= SCHEDULE_GRACE:
+            return None
+        problem = "is in the past"
+    elif when - now > MAX_SCHEDULE:
+        problem = "is more than 30 days ahead"
+    else:
+        return when
+    raise errors.ScheduleOutOfRange(
+        f"scheduled_at: {problem}", [{"field": "scheduled_at", "message": problem}]
+    )
 
 
 async def _parse_and_build_in_thread(
@@ -273,7 +317,7 @@ def _submission(
         alias_id=body.alias_id,
         account_id=body.account_id.lower() if body.account_id else None,
         idempotency_key=body.idempotency_key,
-        request_hash=_digest(body, sandbox) if body.idempotency_key is not None else None,
+        request_hash=request_digest(body, sandbox) if body.idempotency_key is not None else None,
         sandbox=sandbox,
         tags=tuple(body.tags),
         sender=key.sender(),
@@ -282,7 +326,7 @@ def _submission(
     )
 
 
-def _save_answer(
+def save_answer(
     ctx: ApiContext,
     key: Caller,
     idempotency_key: str,
@@ -296,7 +340,7 @@ def _save_answer(
     ctx.in_background(save, f"saving the idempotent answer of {message_id}")
 
 
-def _digest(body: SendRequest, sandbox: bool) -> str:
+def request_digest(body: SendRequest, sandbox: bool) -> str:
     """The canonical request behind an idempotency key: the body as parsed (defaults
     filled in, so spelling and key order do not count) and the sandbox flag."""
     return json_digest({"body": body.model_dump(mode="json", by_alias=True), "sandbox": sandbox})
@@ -345,6 +389,15 @@ async def _replay(
     ctx: ApiContext, key: Caller, idempotency_key: str, duplicate: Duplicate
 ) -> Response:
     """The first request's answer, marked idempotent; waits for it while it is in flight."""
+    status, answer = await replayed(ctx, key, idempotency_key, duplicate)
+    return JSONResponse(answer, status_code=status)
+
+
+async def replayed(
+    ctx: ApiContext, key: Caller, idempotency_key: str, duplicate: Duplicate
+) -> tuple[int, dict[str, Any]]:
+    """(status, body) of the first request's answer, marked idempotent; waits for it while
+    it is in flight."""
     response = duplicate.response
     if response is None:
         first = await message_state(ctx.db, duplicate.message_id)
@@ -374,7 +427,7 @@ async def _replay(
     answer = dict(response["body"])
     if isinstance(answer.get("suppressed"), list):  # saved before it was renamed
         answer["suppressed_recipients"] = answer.pop("suppressed")
-    return JSONResponse({**answer, "idempotent": True}, status_code=response["status"])
+    return int(response["status"]), {**answer, "idempotent": True}
 
 
 PATHS = ("/v1/send", "/mail/v1/send", "/api/v1/send")

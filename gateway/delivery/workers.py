@@ -323,7 +323,8 @@ class Delivery:
             # A person's own server: it refuses or rewrites a sender it does not own, and
             # what bounces comes back to the account's inbox, which Postern reads.
             return message
-        return replace(message, mail_from=return_path.address(message.id, message.mail_from))
+        verp = return_path.address(message.id, message.mail_from)
+        return replace(message, mail_from=verp, client_sender=message.mail_from)
 
     def _answer(self, message_id: str, status: str) -> str:
         """Tell whoever waits for this message's attempt (an HTTP send) how it went."""
@@ -439,7 +440,7 @@ class Delivery:
 
     def _deadline(self, message: QueuedMessage) -> float:
         """When the message expires: a wait never runs past it."""
-        return retry.deadline(message.created_at, self._queue.max_age)
+        return retry.deadline(message.age_from, self._queue.max_age)
 
     def _wait_for_cooldown(self, message: QueuedMessage, pool_ids: Sequence[str]) -> None:
         """A retried message whose pools all went back to cooling down since the retry (they

@@ -214,6 +214,65 @@ class Intake:
         split = tuple(messages) if len(messages) > 1 else ()
         return Accepted(messages[0], tuple(sorted(blocked)), attempt, split)
 
+    async def submit_many(
+        self, submissions: Sequence[Submission]
+    ) -> list[Accepted | Refused | Duplicate | KeyReused]:
+        """A batch: each submission through the same policy as `submit` (split per route
+        as it splits), then every one that passed stored in ONE transaction
+        (gateway.queue.store.enqueue_many), after which delivery is woken to take them.
+        Returns, in order, each one's Accepted or what refused it (a Refusal, Duplicate,
+        KeyReused); a storage failure raises (nothing of the batch was stored)."""
+        if self._identities is not None:
+            await self._identities.refresh_if_stale()
+        results: list[Accepted | Refused | Duplicate | KeyReused | None] = []
+        passed: list[tuple[int, list[tuple[Submission, Route]], set[str]]] = []
+        for index, submission in enumerate(submissions):
+            try:
+                blocked, parts = self._policy(submission)
+            except Refusal as refusal:
+                try:
+                    await idempotency.raise_if_seen(self._queue.db, submission)
+                except (Duplicate, KeyReused) as seen:
+                    results.append(seen)
+                    continue
+                results.append(refusal)
+                continue
+            parts = [(await self._signed(self._referenced(part)), route) for part, route in parts]
+            passed.append((index, parts, blocked))
+            results.append(None)
+        if passed:
+            items = [parts for _, parts, _ in passed]
+            stored = asyncio.ensure_future(self._store_many(items))
+            try:
+                outcomes = await asyncio.shield(stored)
+            except asyncio.CancelledError:
+                stored.add_done_callback(_observed)
+                raise
+            for (index, _, blocked), outcome in zip(passed, outcomes, strict=True):
+                if isinstance(outcome, Duplicate | KeyReused):
+                    results[index] = outcome
+                else:
+                    split = tuple(outcome) if len(outcome) > 1 else ()
+                    results[index] = Accepted(outcome[0], tuple(sorted(blocked)), None, split)
+        return [result for result in results if result is not None]
+
+    async def _store_many(
+        self, items: Sequence[list[tuple[Submission, Route]]]
+    ) -> list[list[QueuedMessage] | Duplicate | KeyReused]:
+        """Store the batch in one transaction, then wake delivery (the poller claims)."""
+        outcomes = await self._queue.enqueue_many(items)
+        woken = False
+        for parts, outcome in zip(items, outcomes, strict=True):
+            if isinstance(outcome, list):
+                first = parts[0][0]
+                metrics.MESSAGES_RECEIVED.labels(source=first.source).inc()
+                for message, (part, _) in zip(outcome, parts, strict=True):
+                    maillog.received(message.id, part)
+                woken = woken or not (first.sandbox or first.scheduled_at)
+        if woken:
+            self._handoff.wake()
+        return outcomes
+
     async def _store(
         self, parts: list[tuple[Submission, Route]], watch: bool
     ) -> tuple[list[QueuedMessage], asyncio.Future[str] | None]:
@@ -221,13 +280,14 @@ class Intake:
         here when a worker has room."""
         first = parts[0][0]
         sandbox = first.sandbox
-        claim = not sandbox and self._handoff.has_room()
+        later = first.scheduled_at is not None  # the poller claims it when it is due
+        claim = not sandbox and not later and self._handoff.has_room()
         messages = await self._queue.enqueue_parts(parts, claim=claim)
         metrics.MESSAGES_RECEIVED.labels(source=first.source).inc()
         for message, (part, _) in zip(messages, parts, strict=True):
             maillog.received(message.id, part)
         attempt: asyncio.Future[str] | None = None
-        if watch and not sandbox:
+        if watch and not sandbox and not later:
             attempts = [self._handoff.wait_for(message.id) for message in messages]
             attempt = (
                 attempts[0] if len(attempts) == 1 else asyncio.ensure_future(_combined(attempts))
@@ -235,7 +295,7 @@ class Intake:
         if claim:
             for message in messages:
                 self._handoff.push(message)
-        elif not sandbox:
+        elif not sandbox and not later:
             self._handoff.wake()
         return messages, attempt
 

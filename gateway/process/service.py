@@ -63,6 +63,7 @@ from gateway.process.http_server import DoorLimits, HttpDoor
 from gateway.process.instance import DataDirLock, database_of
 from gateway.process.pools import WATCH_INTERVAL, PoolSync
 from gateway.process.startup import Prepared, StartupError, prepare
+from gateway.queue.notify import Notifier
 from gateway.queue.retention import Retention
 from gateway.queue.store import Queue
 from gateway.queue.suppressions import FOLLOW_INTERVAL
@@ -229,9 +230,15 @@ class Service:
         delivery = config.delivery
         # Renewed every lease/4 while this node holds a message; lapses only if it dies.
         lease = 120.0
-        queue = self.queue = Queue(
-            db, writer, ready.node, delivery.retry_schedule, delivery.max_age, lease
+        notifier = (
+            Notifier(self.config.server.hostname, delivery.delay_warning, delivery.max_age)
+            if delivery.notify_sender
+            else None
         )
+        queue = self.queue = Queue(
+            db, writer, ready.node, delivery.retry_schedule, delivery.max_age, lease,
+            notifier=notifier,
+        )  # fmt: skip
         await queue.release_claims()  # whatever this node held when it last stopped
         await queue.suppressions.reload()
         self.bounces = self._bounce_ingest(ready, db, queue)
@@ -343,7 +350,10 @@ class Service:
         config = self.config
         db, writer, queue = storage.db, storage.writer, storage.queue
         self.retention = Retention(
-            writer, config.storage.retention, soft_window=config.bounces.soft_window
+            writer,
+            config.storage.retention,
+            soft_window=config.bounces.soft_window,
+            body_keep=config.storage.body_retention,
         )
         self.retention.start()
         self.webhooks = await start_webhooks(

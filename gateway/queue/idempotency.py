@@ -35,6 +35,7 @@ __all__ = [
     "KeyReused",
     "purge_expired",
     "raise_if_seen",
+    "reserve",
     "reserve_then_store",
     "save_answer",
     "scope_of",
@@ -68,6 +69,20 @@ def reserve_then_store(
         for statement, params in batch.steps:
             conn.execute(statement, params)
     return holder
+
+
+def reserve(conn: Connection, submission: Submission, message_id: str, now: float) -> Hit | None:
+    """Inside a storing transaction: reserve the submission's key for `message_id`; the
+    reservation that holds it when another message has it (then store nothing of it)."""
+    assert submission.idempotency_key is not None
+    return rows.reserve(
+        conn,
+        scope_of(submission),
+        submission.idempotency_key,
+        message_id,
+        now,
+        submission.request_hash,
+    )
 
 
 async def raise_if_seen(db: Database, submission: Submission) -> None:

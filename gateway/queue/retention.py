@@ -1,6 +1,7 @@
 """The retention sweep: every few minutes, delete final messages older than
-`[storage] retention` (storage.retention), a bounded chunk per transaction; then what came
-back: bounce reports and skipped-inbox records older than the same limit, and soft-bounce
+`[storage] retention` (storage.retention), a bounded chunk per transaction, and the stored
+bodies of those final for longer than `[storage] body_retention`; then what came back:
+bounce reports and skipped-inbox records older than the retention limit, and soft-bounce
 counts whose `[bounces] soft_window` has ended (storage.retention says why each may go)."""
 
 from __future__ import annotations
@@ -14,7 +15,13 @@ from dataclasses import dataclass
 from sqlalchemy import Connection
 
 from gateway.tasks import cancel_and_wait, repeat
-from storage.retention import purge_chunk, purge_reports, purge_skips, purge_soft
+from storage.retention import (
+    purge_bodies_chunk,
+    purge_chunk,
+    purge_reports,
+    purge_skips,
+    purge_soft,
+)
 from storage.writer import Writer
 
 log = logging.getLogger("postern.retention")
@@ -42,9 +49,11 @@ class Retention:
         keep: float,
         interval: float = INTERVAL,
         soft_window: float | None = None,
+        body_keep: float | None = None,
     ) -> None:
         self._writer = writer
         self._keep = keep
+        self._body_keep = keep if body_keep is None else min(body_keep, keep)
         self._interval = interval
         self._soft_window = soft_window  # [bounces] soft_window; None: counts are kept
         self._task: asyncio.Task[None] | None = None
@@ -84,6 +93,20 @@ class Retention:
                 return total
             await asyncio.sleep(0.05)  # let intake's commits through between chunks
 
+    async def sweep_bodies(self) -> int:
+        """Delete the stored body of every message final for longer than body_retention,
+        chunk by chunk; how many went."""
+        before = time.time() - self._body_keep
+        total = 0
+        while True:
+            removed: int = await self._writer.submit(
+                lambda conn: purge_bodies_chunk(conn, before, CHUNK)
+            )
+            total += removed
+            if removed < CHUNK:
+                return total
+            await asyncio.sleep(0.05)
+
     async def _sweep_and_report(self) -> None:
         removed = await self.sweep()  # storage trouble: logged by repeat, tried next time
         if removed:
@@ -95,3 +118,6 @@ class Retention:
                 "%d soft-bounce counts past their window",
                 swept.reports, swept.skips, swept.soft,
             )  # fmt: skip
+        bodies = await self.sweep_bodies()
+        if bodies:
+            log.info("retention: deleted the bodies of %d final messages", bodies)

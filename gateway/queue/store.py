@@ -8,8 +8,8 @@ A message with work left has `due_at` set: the time it may next be attempted. A 
 claims it writes its node id to `claimed_by` and moves `due_at` to the end of its lease, so a
 node that dies mid-delivery strands nothing: its lease lapses and any node claims the message
 again (on start-up a node also releases what its previous life held). Final messages have
-`due_at` NULL and their body deleted. Recipients carry their own status, so a retry goes only
-to those still pending.
+`due_at` NULL; their body stays for `[storage] body_retention` (gateway.queue.retention).
+Recipients carry their own status, so a retry goes only to those still pending.
 
 Accepted messages are normally claimed by the accepting node in the same transaction that
 stores them (the fast path): the delivery worker gets the message from memory without a
@@ -32,6 +32,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from sqlalchemy import Connection
@@ -41,6 +42,8 @@ from gateway.addresses import mailbox_key
 from gateway.message import DIRECT_POOL, DeliveryResult, Outcome, QueuedMessage, Route, Submission
 from gateway.queue import events, idempotency, ids, retry, states
 from gateway.queue import suppressions as suppression_list
+from gateway.queue.idempotency import Duplicate, KeyReused
+from gateway.queue.notify import Notifier
 from gateway.queue.suppressions import SuppressionCache
 from gateway.routing import NO_POOL
 from storage import bounce_reports
@@ -69,8 +72,10 @@ class Queue:
         schedule: Sequence[float],
         max_age: float,
         lease: float,
+        notifier: Notifier | None = None,
     ) -> None:
         self._db = db
+        self._notifier = notifier  # [delivery] notify_sender: bounces told to SMTP senders
         self._writer = writer
         self.node_id = node_id
         self._schedule = tuple(schedule)
@@ -104,7 +109,7 @@ class Queue:
         first part (the HTTP door's saved answer lists them all)."""
         now = time.time()
         first = parts[0][0]
-        claim = claim and not first.sandbox
+        claim = claim and not first.sandbox and first.scheduled_at is None
         batch = Batch()
         stored: list[QueuedMessage] = []
         for submission, route in parts:
@@ -119,12 +124,56 @@ class Queue:
                     attempts=0,
                     created_at=now,
                     route=route,
+                    scheduled_at=submission.scheduled_at,
+                    source=submission.source,
                 )
             )
         holder = await self._writer.submit(_storing(batch, first, stored[0].id, now))
         if holder is not None:  # another message holds the idempotency key
             raise holder.refusal(first.request_hash)
         return stored
+
+    async def enqueue_many(
+        self, items: Sequence[Sequence[tuple[Submission, Route]]]
+    ) -> list[list[QueuedMessage] | Duplicate | KeyReused]:
+        """Store several messages in ONE transaction (a batch send), each with its parts
+        (one per recipients' route, as `enqueue_parts`): each stored, or, when its
+        idempotency key is held by another message (one of the same batch too), the
+        `Duplicate` / `KeyReused` naming that message (nothing of it stored). None is
+        claimed here: delivery's poller takes them (the caller wakes it). A failure of the
+        transaction stores none of them (StorageUnavailable)."""
+        now = time.time()
+        prepared: list[tuple[Submission, str, Batch]] = []
+        made: list[list[QueuedMessage]] = []
+        for parts in items:
+            batch = Batch()
+            messages: list[QueuedMessage] = []
+            for submission, route in parts:
+                message_id = submission.message_id or ids.new_id_for(submission.sandbox)
+                rows = self._new_message_rows(submission, route, message_id, now, claim=False)
+                batch.steps += rows.steps
+                messages.append(
+                    QueuedMessage(
+                        id=message_id,
+                        mail_from=submission.mail_from,
+                        recipients=list(submission.recipients),
+                        content=submission.content,
+                        attempts=0,
+                        created_at=now,
+                        route=route,
+                        scheduled_at=submission.scheduled_at,
+                        source=submission.source,
+                    )
+                )
+            prepared.append((parts[0][0], messages[0].id, batch))
+            made.append(messages)
+        holders: list[idempotency.Hit | None] = await self._writer.submit(
+            lambda conn: _store_many(conn, prepared, now)
+        )
+        results: list[list[QueuedMessage] | Duplicate | KeyReused] = []
+        for (first, _, _), messages, holder in zip(prepared, made, holders, strict=True):
+            results.append(messages if holder is None else holder.refusal(first.request_hash))
+        return results
 
     def _new_message_rows(
         self, submission: Submission, route: Route, message_id: str, now: float, claim: bool
@@ -163,12 +212,13 @@ class Queue:
             "size": len(submission.content),
             "created_at": now,
             "updated_at": now,
-            "due_at": None if sandbox else now + self._lease if claim else now,
+            "due_at": _first_due(submission, now, claim, self._lease),
             "claimed_by": self.node_id if claim else None,
             "last_response": None,
             "api_key_id": submission.sender.api_key_id if submission.sender else None,
             "user_id": submission.sender.user_id if submission.sender else None,
             "header_message_id": headers.message_id(submission.content),
+            "scheduled_at": submission.scheduled_at,
         }
 
     # --- delivery ---------------------------------------------------------------------
@@ -206,6 +256,8 @@ class Queue:
                 last_response=row.last_response,
                 updated_at=row.updated_at,
                 held_for=row.held_for or 0.0,
+                scheduled_at=row.scheduled_at,
+                source=row.source,
             )
             for row in rows
         ]
@@ -226,14 +278,12 @@ class Queue:
             steps = retry.steps_after(message.schedule_steps, forced)
             # The time it spent held does not count towards max_age.
             retry_at = retry.next_attempt(
-                steps, message.created_at + message.held_for, now, self._schedule, self._max_age
+                steps, message.age_from, now, self._schedule, self._max_age
             )
         settled = states.settle(dict(attempt.results), retry_at, message.any_bounced)
         results, status = settled.results, settled.status
         suppress = suppression_list.from_results(results)
         batch = self._attempt_rows(attempt, settled, now, number)
-        if retry_at is None:
-            batch.add(sql.RECORD_BODY_GONE, {"m_id": message.id, **_stamp(now, number)})
         delivered = [
             {"soft_email": mailbox_key(rcpt)}
             for rcpt, result in results.items()
@@ -260,11 +310,43 @@ class Queue:
             "now": now,
             "forced": int(forced),
         }
-        batch.first = lambda conn: conn.execute(sql.UPDATE_MESSAGE, params).rowcount > 0
-        if await self._writer.submit(batch):
+        notice = self._notice(message, results, now)
+        if notice is None:
+            batch.first = lambda conn: conn.execute(sql.UPDATE_MESSAGE, params).rowcount > 0
+            work: Batch | Work = batch
+        else:
+            # The notification is stored with the bounce, and only if the bounce is: one
+            # transaction, so it is never lost nor written twice.
+            for statement, rows in notice.steps:
+                batch.add(statement, rows)
+            work = partial(_if_claimed, batch, params)
+        if await self._writer.submit(work):
             self.suppressions.add([email for email, _ in suppress])
             return status
         return None
+
+    def _notice(
+        self, message: QueuedMessage, results: dict[str, DeliveryResult], now: float
+    ) -> Batch | None:
+        """The rows of the notification to the envelope sender of the recipients this
+        attempt bounced, or of those still deferred once the message is older than
+        delay_warning (notify.py); None: nothing to tell, not SMTP mail, a null sender,
+        notify_sender off, or the sender is suppressed."""
+        notifier = self._notifier
+        if notifier is None or not notifier.wanted(message, message.source):
+            return None
+        bounced = {r: res for r, res in results.items() if res.outcome is Outcome.BOUNCED}
+        deferred = {r: res for r, res in results.items() if res.outcome is Outcome.DEFERRED}
+        if bounced:
+            notice = notifier.bounce(message, bounced, now)
+        elif deferred and notifier.delay_due(message, now):
+            notice = notifier.delay(message, deferred, now)
+        else:
+            return None
+        if self.suppressions.suppressed([message.envelope_sender]):
+            return None
+        message_id = ids.new_id_for(False)
+        return self._new_message_rows(notice, Route(default=True), message_id, now, claim=False)
 
     @staticmethod
     def _attempt_rows(
@@ -348,9 +430,10 @@ class Queue:
 
     async def cancel(self, message_ids: Sequence[str]) -> Cancelled:
         """Stop these messages: their pending recipients become `cancelled` (with an event
-        each) and the bodies go. A message a worker is delivering right now is left alone
-        and reported as busy: cancelling it could not take back what it is sending. So is
-        one another transaction has locked (PostgreSQL): it is skipped, not waited for.
+        each); the bodies stay for body_retention, as any final message's. A message a
+        worker is delivering right now is left alone and reported as busy: cancelling it
+        could not take back what it is sending. So is one another transaction has locked
+        (PostgreSQL): it is skipped, not waited for.
         Ids that are neither cancelled nor busy had no work left (or do not exist)."""
         cancelled: Cancelled = await self._writer.submit(
             lambda conn: self._cancel(conn, message_ids)
@@ -384,7 +467,6 @@ class Queue:
                     for m_id, email in pending
                 ],
             )
-        sql.delete_bodies(conn, free)
         return Cancelled(free, busy)
 
     async def hold(self, message_ids: Sequence[str]) -> Changed:
@@ -476,6 +558,49 @@ def _storing(batch: Batch, submission: Submission, message_id: str, now: float) 
         return batch
     reserve = idempotency.reserve_then_store
     return lambda conn: reserve(conn, submission, message_id, now, batch)
+
+
+def _if_claimed(batch: Batch, params: dict[str, Any], conn: Connection) -> bool:
+    """An attempt's record as one function: its message update, then (only if this node
+    still held the claim) every other row, the sender's notification among them."""
+    if not conn.execute(sql.UPDATE_MESSAGE, params).rowcount:
+        return False
+    for statement, rows in batch.steps:
+        conn.execute(statement, rows)
+    return True
+
+
+def _first_due(submission: Submission, now: float, claim: bool, lease: float) -> float | None:
+    """A new message's due_at: never (sandbox: final at once), its scheduled time, the end
+    of this node's lease when claimed here, else now."""
+    if submission.sandbox:
+        return None
+    if submission.scheduled_at is not None:
+        return max(submission.scheduled_at, now)
+    return now + lease if claim else now
+
+
+def _store_many(
+    conn: Connection, prepared: Sequence[tuple[Submission, str, Batch]], now: float
+) -> list[idempotency.Hit | None]:
+    """Inside one transaction: reserve each message's idempotency key (in order, so a key
+    repeated within the batch is the first item's), then write the rows of those that won,
+    statements of the same shape as one executemany (each message's parent row first)."""
+    holders: list[idempotency.Hit | None] = []
+    merged: dict[Any, list[dict[str, Any]]] = {}
+    for submission, message_id, batch in prepared:
+        holder = None
+        if submission.idempotency_key is not None:
+            holder = idempotency.reserve(conn, submission, message_id, now)
+        holders.append(holder)
+        if holder is None:
+            for statement, params in batch.steps:
+                merged.setdefault(statement, []).extend(
+                    params if isinstance(params, list) else [params]
+                )
+    for statement, rows in merged.items():
+        conn.execute(statement, rows)
+    return holders
 
 
 def _recipient_rows(

@@ -11,6 +11,7 @@ import re
 import pytest
 
 from api.schemas import MessageContent, MessageStatus
+from gateway.queue.retention import Retention
 from storage.queue_sql import bodies_of
 from tests.support.api import RCPT, Api, auth, payload
 from tests.support.service import SINK_POOL
@@ -163,21 +164,24 @@ async def test_raw_and_content_of_a_message_with_work_left(api: Api, sink: Sink)
     assert shown["truncated"] is False
 
 
-async def test_raw_and_content_are_404_for_another_and_body_gone_when_final(
+async def test_raw_and_content_are_404_for_another_and_410_once_the_body_is_gone(
     api: Api, sink: Sink
 ) -> None:
     owner, stranger = await api.key(name="owner"), await api.key(name="stranger")
     sink.fail("rcpt", "451 4.3.0 try later", match="later@example.test")
     later = payload(to=[{"email": "later@example.test"}])
     kept = (await api.send(later, key=owner)).json()["message_id"]
-    delivered = (await api.send(key=owner)).json()["message_id"]  # final: its body deleted
+    delivered = (await api.send(key=owner)).json()["message_id"]  # final: body_retention on
     await _until_status(api, owner, delivered, "delivered")
+    kept_after = await api.get(f"/v1/messages/{delivered}/raw", key=owner)
+    assert kept_after.status_code == 200  # a final message's body stays for body_retention
+    assert await Retention(api.svc.writer, keep=3600, body_keep=0).sweep_bodies() == 1
     for part in ("raw", "content"):
         assert (await api.get(f"/v1/messages/{kept}/{part}", key=owner)).status_code == 200
         hidden = await api.get(f"/v1/messages/{kept}/{part}", key=stranger)
         assert hidden.status_code == 404 and hidden.json()["code"] == "not_found"
         gone = await api.get(f"/v1/messages/{delivered}/{part}", key=owner)
-        assert gone.status_code == 404 and gone.json()["code"] == "body_gone"
+        assert gone.status_code == 410 and gone.json()["code"] == "body_gone"
         assert "gone" in gone.json()["error"]
         missing = await api.get(f"/v1/messages/msg_nope/{part}", key=owner)
         assert missing.json()["code"] == "not_found"

@@ -153,7 +153,7 @@ async def test_retry_makes_a_deferred_message_due_and_it_is_delivered(
     assert again.status_code == 409 and again.json()["code"] == "message_final"
 
 
-async def test_cancel_records_events_deletes_the_body_and_shows_cancelled(
+async def test_cancel_records_events_keeps_the_body_for_body_retention_and_shows_cancelled(
     api_client: ApiFactory, sink: Sink
 ) -> None:
     api = await api_client(**LATER)
@@ -176,7 +176,7 @@ async def test_cancel_records_events_deletes_the_body_and_shows_cancelled(
     bodies = await api.svc.db.read(
         lambda conn: conn.execute(select(B.c.message_id).where(B.c.message_id == message_id)).all()
     )
-    assert bodies == []
+    assert len(bodies) == 1  # final: kept for storage.body_retention, then the sweep's
     listed = (await api.get("/v1/messages", key=key, status="cancelled")).json()["data"]
     assert [m["message_id"] for m in listed] == [message_id]
 

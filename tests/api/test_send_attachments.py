@@ -14,7 +14,7 @@ from typing import Any
 import dkim as dkimpy
 import pytest
 
-from api.routes.send import _digest
+from api.routes.send import request_digest
 from api.schemas import SendRequest
 from tests.support.api import Api, ApiFactory, payload
 from tests.support.dkim import published
@@ -187,7 +187,7 @@ async def test_the_same_idempotency_key_with_other_attachments_is_a_409(
 
 def test_the_request_digest_covers_every_attachment_field() -> None:
     base = with_files()
-    digests = {_digest(SendRequest.model_validate(base), False)}
+    digests = {request_digest(SendRequest.model_validate(base), False)}
     for name, value in [
         ("filename", "other.pdf"),
         ("content", base64.b64encode(PDF[:-1]).decode()),
@@ -196,7 +196,7 @@ def test_the_request_digest_covers_every_attachment_field() -> None:
     ]:
         changed = with_files()
         changed["attachments"][0][name] = value
-        digests.add(_digest(SendRequest.model_validate(changed), False))
+        digests.add(request_digest(SendRequest.model_validate(changed), False))
     assert len(digests) == 5
 
 

@@ -115,7 +115,7 @@ async def test_message_arrives_byte_for_byte_with_received_header_and_without_co
     assert row["attempts"] == 1
     assert row["last_pool"] == SINK_POOL
     assert {r["status"] for r in (await recipient_rows(svc, message_id)).values()} == {"delivered"}
-    assert not await has_body(svc, message_id)  # final messages drop their body
+    assert await has_body(svc, message_id)  # kept for storage.body_retention (the sweep's)
 
 
 async def test_a_large_message_with_dot_lines_arrives_byte_for_byte(
@@ -284,7 +284,8 @@ async def test_5xx_after_the_final_dot_bounces_without_retry(
     assert rcpt["code"] == 554
     assert await suppression_reason(svc, "e@example.test") is None  # 5.6.x is not 5.1.x
     await asyncio.sleep(1.5)  # a retry (schedule 1s) would have been claimed by now
-    assert sink.messages == []
+    # No retry reached the sink: only the bounce report to the sender (notify_sender).
+    assert [(m.mail_from, m.rcpt_tos) for m in sink.messages] == [("<>", [SENDER])]
     assert (await message_row(svc, message_id))["attempts"] == 1  # type: ignore[index]
 
 
@@ -318,7 +319,7 @@ async def test_message_past_max_age_bounces(service: ServiceFactory, sink: Sink)
     assert rcpt["status"] == "bounced"
     assert "max_age" in (rcpt["response"] or "")
     assert sink.messages == []
-    assert not await has_body(svc, message_id)
+    assert await has_body(svc, message_id)  # kept for storage.body_retention
 
 
 # --- lifecycle ----------------------------------------------------------------------------

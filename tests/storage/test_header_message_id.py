@@ -49,4 +49,18 @@ async def test_a_schema_8_database_gains_the_column_and_its_index(backend: Datab
 
     columns, indexes, version = await backend.read(found)
     assert "header_message_id" in columns and "ix_message_header_id" in indexes
-    assert version == str(SCHEMA_VERSION) and SCHEMA_VERSION >= 9
+    assert version == str(SCHEMA_VERSION)
+
+
+async def test_a_schema_9_database_gains_scheduled_at(backend: Database) -> None:
+    def to_schema_9(conn: Connection) -> None:
+        conn.execute(text("ALTER TABLE message DROP COLUMN scheduled_at"))
+        conn.execute(text("UPDATE postern_meta SET value = '9' WHERE key = 'schema_version'"))
+
+    await backend.transaction(to_schema_9)
+    await create_schema(backend)
+
+    def columns(conn: Connection) -> set[str]:
+        return {c["name"] for c in inspect(conn).get_columns("message")}
+
+    assert "scheduled_at" in await backend.read(columns)

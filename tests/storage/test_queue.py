@@ -221,7 +221,7 @@ async def test_record_all_delivered(backend: Database, queue: Queue) -> None:
     assert row.claimed_by is None
     assert row.attempts == 1
     assert row.last_pool == "pool-1"
-    assert await body(backend, message.id) is None
+    assert await body(backend, message.id) == CONTENT  # kept for body_retention
     for rcpt in (await recipient_rows(backend, message.id)).values():
         assert rcpt.status == "delivered"
         assert rcpt.code == 250
@@ -293,7 +293,7 @@ async def test_hard_bounce_suppresses_recipient(backend: Database, queue: Queue)
     assert status == "bounced"
     row = await message_row(backend, message.id)
     assert row.due_at is None
-    assert await body(backend, message.id) is None
+    assert await body(backend, message.id) == CONTENT  # kept for body_retention
     recipients = await recipient_rows(backend, message.id)
     assert recipients["Carol.Smith@Example.COM"].status == "bounced"
     assert recipients["Carol.Smith@Example.COM"].code == 550
@@ -328,7 +328,7 @@ async def test_past_max_age_bounces_with_5_4_7(make_queue: MakeQueue, backend: D
     assert row.status == "bounced"
     assert row.due_at is None
     assert "5.4.7" in row.last_response
-    assert await body(backend, message.id) is None
+    assert await body(backend, message.id) == CONTENT  # kept for body_retention
     rcpt = (await recipient_rows(backend, message.id))["henry@example.com"]
     assert rcpt.status == "bounced"
     assert "5.4.7" in rcpt.response

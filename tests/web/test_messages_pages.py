@@ -18,6 +18,7 @@ from sqlalchemy import update
 
 from gateway.mailview import SHOWN_CHARACTERS, view
 from gateway.people.invitations import Actor, Invitations
+from gateway.queue.retention import Retention
 from storage import aliases
 from storage.models import Message, SenderAlias
 from storage.users import UserRecord, find_by_email
@@ -218,9 +219,15 @@ async def test_retry_then_cancel_a_deferred_message(later: tuple[Api, Browser], 
     assert "Message cancelled." in cancelled.text and "Retry now" not in cancelled.text
     final = await owner.post(f"/messages/{message_id}/retry")
     assert final.status_code == 409 and "no work left (it is cancelled)" in final.text
+    page = await owner.get(f"/messages/{message_id}")  # final: body kept for body_retention
+    assert "The body is gone" not in page.text and "Raw source" in page.text
+    assert (await owner.get(f"/messages/{message_id}/raw")).status_code == 200
+    writer = api.svc.writer
+    assert writer is not None
+    await Retention(writer, keep=86400, body_keep=0).sweep_bodies()
     page = await owner.get(f"/messages/{message_id}")
     assert "The body is gone" in page.text and "Raw source" not in page.text
-    assert (await owner.get(f"/messages/{message_id}/raw")).status_code == 404
+    assert (await owner.get(f"/messages/{message_id}/raw")).status_code in (404, 410)
     refused = await owner.post(f"/messages/{message_id}/retry", token=False)
     assert refused.status_code == 403 and CSRF_TEXT in refused.text
 

@@ -105,7 +105,9 @@ async def raw(request: Request) -> Response:
     state = await message_ops.get(ctx, caller, request.path_params["message_id"])
     data = await message_ops.stored_body(ctx, state.id)
     if data is None:
-        raise errors.NotFound("the body of this message is gone: it is kept only until final")
+        raise errors.BodyGone(
+            "the body of this message is gone: it is kept storage.body_retention after final"
+        )
     headers = {"Cache-Control": "no-store"}
     if request.query_params.get("download") == "1":
         name = _SAFE_NAME.sub("_", state.id)

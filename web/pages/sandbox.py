@@ -2,12 +2,13 @@
 when), each row a link to the message's own page (/messages/{id}: headers, body, source).
 
 Two inboxes: the messages sent with the sandbox flag (`X-Postern-Sandbox: true` or the API's
-field; stored with status `sandbox`, never delivered, their body kept as any stored message's)
+field; stored with status `sandbox`, never delivered, their body kept as any final message's)
 and the messages sent to the simulator (`*@simulator.postern.invalid`, delivered by the
-simulator pool with a scripted outcome; as any message, its body is deleted once it is final,
-so the list says so instead of a subject). Both are the Messages page's search (status
-`sandbox`, or pool `simulator`), restricted as the API restricts the caller
-(api.message_ops.restriction): a member sees their own test mail only.
+simulator pool with a scripted outcome; as any message, its body is deleted
+storage.body_retention after it is final, and then the list says so instead of a subject).
+Both are the Messages page's search (status `sandbox`, or pool `simulator`), restricted as
+the API restricts the caller (api.message_ops.restriction): a member sees their own test
+mail only.
 
 The subject lives only in the stored body: the page reads the header fields of its own rows'
 bodies (a page at a time, at most LIMIT), never a scan.

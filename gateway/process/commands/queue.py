@@ -101,7 +101,8 @@ Action = Callable[[Database, Queue, argparse.Namespace], Awaitable[Any]]
 
 def _cat(message_id: str, config: Config) -> int:
     """The stored bytes on stdout, exactly (no newline added); exit 1 and one stderr line
-    when there is no such message or its body is gone (deleted when final, or by retention)."""
+    when there is no such message or its body is gone (deleted storage.body_retention
+    after the message became final)."""
     found = asyncio.run(with_database(config, lambda db: _body(db, message_id)))
     if isinstance(found, str):
         print(f"postern: {found}", file=sys.stderr)
