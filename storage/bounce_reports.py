@@ -145,15 +145,45 @@ def message_of(conn: Connection, message_id: str) -> Row[Any] | None:
     return conn.execute(query).first()
 
 
-def messages_by_header(conn: Connection, header_message_id: str) -> list[Row[Any]]:
+@dataclass(frozen=True)
+class Sender:
+    """Whose messages a report may act on when it came from a caller who may act only on
+    their own mail (api.bounce_ops.uploader says who): those sent by `user_id` (by session
+    or any of their keys) or, for a key made at the console, by `api_key_id`. The same rule
+    as reading a message (api.message_ops.restriction) and reclassifying a report."""
+
+    user_id: str | None = None
+    api_key_id: str | None = None
+
+
+def _sent_by(sender: Sender) -> ColumnElement[bool]:
+    if sender.user_id is not None:
+        return M.c.user_id == sender.user_id
+    if sender.api_key_id is not None:
+        return M.c.api_key_id == sender.api_key_id
+    return false()
+
+
+def sent_by(conn: Connection, message_id: str, sender: Sender) -> bool:
+    """Whether `sender` sent the message."""
+    query = select(M.c.id).where(M.c.id == message_id, _sent_by(sender))
+    return conn.execute(query).first() is not None
+
+
+def messages_by_header(
+    conn: Connection, header_message_id: str, sender: Sender | None = None
+) -> list[Row[Any]]:
     """(id, created_at) of the two most recent messages whose own Message-ID is this one
-    (ix_message_header_id): one is a match, two say it is ambiguous."""
+    (ix_message_header_id), of those `sender` sent when given: one is a match, two say it
+    is ambiguous."""
     query = (
         select(M.c.id, M.c.created_at)
         .where(M.c.header_message_id == header_message_id)
         .order_by(M.c.created_at.desc(), M.c.id.desc())
         .limit(2)
     )
+    if sender is not None:
+        query = query.where(_sent_by(sender))
     return list(conn.execute(query))
 
 
