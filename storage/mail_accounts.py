@@ -262,9 +262,11 @@ async def update_account(
         if password_enc is not None:
             values["password_enc"] = password_enc
         elif row.password_enc and moves_password(row, values):
-            values |= {"password_enc": "", "sync_status": ERROR, "last_error": NO_PASSWORD}
-        if relogin and "sync_status" not in values:
+            values["password_enc"] = ""
+        if relogin and values.get("password_enc", row.password_enc):
             values |= {"sync_status": PENDING, "last_error": None, "next_sync_at": now}
+        elif relogin:  # nothing to log in with until the password is given again
+            values |= {"sync_status": ERROR, "last_error": NO_PASSWORD}
         if values:
             conn.execute(update(A).where(A.c.id == account_id).values(updated_at=now, **values))
         return _record(conn.execute(select(A).where(A.c.id == account_id)).one())

@@ -19,6 +19,7 @@ Who may see or disconnect which account is the API's rule (api.ownership), not t
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -179,10 +180,7 @@ class Accounts:
             timeout = self.settings.timeout
             await check_imap(imap, self._guard, timeout)
             await check_smtp(smtp, self._guard, self.settings.hostname, timeout)
-        sealer = None
-        if password is not None:
-            new = password
-            sealer = lambda account_id: seal(self._box, account_id, new)  # noqa: E731
+        sealer = None if password is None else functools.partial(seal, self._box, password=password)
         updated = await mail_accounts.update_account(self._db, record.id, fields, sealer)
         log.info("account %s changed: %s", record.id, ", ".join(sorted(fields)) or "nothing")
         return updated

@@ -156,9 +156,7 @@ async def test_a_new_password_is_proved_on_both_sides_first(
     imap.set_password(ALICE, NEW_PW)
     try:
         # IMAP takes it, the SMTP server does not: refused at its AUTH, nothing stored.
-        refused = await alice.call(
-            "PATCH", f"{ACCOUNTS}/{account_id}", json={"password": NEW_PW}
-        )
+        refused = await alice.call("PATCH", f"{ACCOUNTS}/{account_id}", json={"password": NEW_PW})
         assert (refused.status_code, refused.json()["code"]) == (400, "smtp_auth_failed")
         assert await sealed(app, account_id) == before
         with Sink(auth=(ALICE, NEW_PW), tls="starttls") as renewed:
@@ -195,9 +193,7 @@ async def test_a_moved_server_without_a_password_clears_it(
         assert (account["sync_status"], account["last_error"]) == ("error", NO_PASSWORD)
         assert await sealed(app, account_id) == ""
         # Given again: proved against where it now goes, stored, pending.
-        given = await alice.call(
-            "PATCH", f"{ACCOUNTS}/{account_id}", json={"password": ALICE_PW}
-        )
+        given = await alice.call("PATCH", f"{ACCOUNTS}/{account_id}", json={"password": ALICE_PW})
         assert given.status_code == 200, given.text
         assert other.auth_logins == [ALICE]
     assert given.json()["account"]["sync_status"] == "pending"
