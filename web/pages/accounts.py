@@ -106,7 +106,9 @@ def _edit_page(
     request: Request, caller: Caller, record: MailAccountRecord, form: Form, status: int = 200,
     failure: dict[str, Any] | None = None,
 ) -> Response:  # fmt: skip
-    shown = {"account": record, "form": form, "failure": failure, "securities": SECURITY_CHOICES}
+    shown: dict[str, Any] = {
+        "account": record, "form": form, "failure": failure, "securities": SECURITY_CHOICES,
+    }  # fmt: skip
     return page(request, "accounts/edit.html", caller, status, **shown)
 
 
