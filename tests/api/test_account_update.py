@@ -5,7 +5,7 @@ password or a moved server proved by a real IMAP login and SMTP AUTH first (a fa
 changes nothing); a host or port moved without a password clears the stored one; 404 for
 another's account, 403 for a member it is shared with, 409 for an address taken. And
 `tls_verify: false`: an admin's choice, or anyone's for loopback hosts (403
-tls_verify_admin_only otherwise), on connect and on change."""
+tls_verify_admin_only otherwise), on connect and on change. On SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from storage.shares import put_share
 from storage.users import UserRecord
 from tests.api.test_accounts_api import syncer
 from tests.support.api import Api, ApiFactory
+from tests.support.databases import clean_postgresql
 from tests.support.imap import Dovecot, available
 from tests.support.people import PASSWORD, sign_in
 from tests.support.sink import Sink
@@ -51,9 +52,19 @@ def smtp() -> Iterator[Sink]:
         yield server
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, Any]]:
+    if request.param == "sqlite":
+        yield {}
+        return
+    async with clean_postgresql() as url:
+        yield {"storage": {"url": url}}
+
+
 @pytest.fixture
-async def app(api_client: ApiFactory) -> Api:
-    return await api_client(accounts={"sync_interval": "1h", "max_per_user": 3, "timeout": "5s"})
+async def app(api_client: ApiFactory, backend: dict[str, Any]) -> Api:
+    settings = {"sync_interval": "1h", "max_per_user": 3, "timeout": "5s"}
+    return await api_client(**backend, accounts=settings)
 
 
 @pytest.fixture
