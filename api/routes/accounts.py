@@ -112,9 +112,9 @@ async def connect(request: Request) -> Response:
     parameters=_ID,
     request=AccountUpdate,
     description="Only the fields given change: name, is_default, email, hosts, ports, "
-    "security, username, password, tls_verify. A new password, or a change of where or how "
+    "security, username, password, tls_verify. A new password, a change of where or how "
     "the password goes (a host, a port, a security, the username; tls_verify turned on), "
-    "is proved first as on connect, by a real IMAP login and SMTP AUTH (with the stored "
+    "or a new address is proved first as on connect, by a real IMAP login and SMTP AUTH (with the stored "
     "password when no new one is given); nothing is stored unless both succeed. A host, "
     "port, security or username changed (or tls_verify turned off) without a new password "
     "clears the stored one instead: the account shows sync_status error until it is given. "

@@ -6,7 +6,8 @@
                 status pending (the sync takes it from there), quota and address checked again
                 in the storing transaction
     update:     the changed fields checked as connect's; when where or how the password goes
-                changes, or a new password is given, both logins proved again with the
+                changes, the address changes, or a new password is given, both logins proved
+                again with the
                 result (the new password, else the stored one) before anything is stored;
                 a move without a new password clears the stored one instead (nothing to
                 prove: the account waits, in error, for its password)
@@ -173,8 +174,9 @@ class Accounts:
             if taken:  # by another account: changed() kept only an address that differs
                 key = mail_accounts.mailbox_key(fields["email"])
                 raise AccountExists(f"{key} is already connected")
+        # A new address is a new sending identity: proved as on connect, by logging in.
         relogin = password is not None or any(
-            name in fields for name in (*mail_accounts.PASSWORD_BOUND, "tls_verify")
+            name in fields for name in (*mail_accounts.PASSWORD_BOUND, "tls_verify", "email")
         )
         if relogin and proving:
             timeout = self.settings.timeout

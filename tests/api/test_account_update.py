@@ -144,6 +144,11 @@ async def test_name_and_default_change_without_a_login(
     assert (taken.status_code, taken.json()["code"]) == (409, "already_connected")
     same = await alice.call("PATCH", f"{ACCOUNTS}/{first}", json={"email": "Alice@Example.Test"})
     assert same.status_code == 200, same.text
+    assert len(smtp.auth_attempts) == logins  # the same address: nothing to prove
+    # A new address is a new sending identity: both logins proved first, as on connect.
+    renamed = await alice.call("PATCH", f"{ACCOUNTS}/{second}", json={"email": "new@example.test"})
+    assert renamed.status_code == 200 and renamed.json()["account"]["email"] == "new@example.test"
+    assert len(smtp.auth_attempts) == logins + 1
     strict = await alice.call("PATCH", f"{ACCOUNTS}/{first}", json={"nope": 1})
     assert strict.status_code == 400
     bad_host = await alice.call("PATCH", f"{ACCOUNTS}/{first}", json={"imap_host": "not a host"})
