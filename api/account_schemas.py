@@ -54,7 +54,54 @@ class AccountConnect(Strict):
     imap_security: Security | None = Field(default=None, description=_SECURITY)
     smtp_security: Security | None = Field(default=None, description=_SECURITY)
     tls_verify: bool = Field(
-        default=True, description="false: accept the servers' certificates unverified"
+        default=True,
+        description="false: accept the servers' certificates unverified (an admin's choice, "
+        "or for loopback hosts: anyone else is refused, 403 tls_verify_admin_only)",
+    )
+
+
+class AccountUpdate(Strict):
+    """PATCH /mail/accounts/{id}: only the fields given change. A side's `*_security`
+    none is still loopback only (checked against the host the account will have)."""
+
+    email: Email | None = None
+    name: Annotated[str, Field(max_length=256, json_schema_extra=HEADER_TEXT)] | None = None
+    imap_host: Host | None = None
+    imap_port: Port | None = None
+    smtp_host: Host | None = None
+    smtp_port: Port | None = None
+    username: (
+        Annotated[str, Field(min_length=1, max_length=320, json_schema_extra=HEADER_TEXT)] | None
+    ) = None
+    password: (
+        Annotated[
+            str,
+            Field(
+                min_length=1,
+                max_length=1024,
+                json_schema_extra=HEADER_TEXT,
+                description="write-only; stored encrypted. Given, both logins are proved "
+                "with it first. Left out while a host, port, security or the username "
+                "changes (or tls_verify is turned off), the stored password is cleared",
+            ),
+        ]
+        | None
+    ) = None
+    imap_security: Security | None = Field(
+        default=None, description="as on connect; a port changed without it: the new port's default"
+    )
+    smtp_security: Security | None = Field(
+        default=None, description="as on connect; a port changed without it: the new port's default"
+    )
+    tls_verify: bool | None = Field(
+        default=None,
+        description="false: accept the servers' certificates unverified (an admin's choice, "
+        "or for loopback hosts)",
+    )
+    is_default: bool | None = Field(
+        default=None,
+        description="true: its owner's default account (the previous one no longer is); "
+        "false is refused on the default account (make another the default instead)",
     )
 
 
@@ -110,3 +157,8 @@ class ConnectedAccount(BaseModel):
 class ConnectResponse(BaseModel):
     success: Literal[True]
     account: ConnectedAccount
+
+
+class UpdateResponse(BaseModel):
+    success: Literal[True]
+    account: Account

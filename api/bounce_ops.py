@@ -12,6 +12,10 @@ retention) is an admin's only. A report the caller may not see is a 404, never a
 
 Reclassifying changes what happens to the recipients of someone's mail (a suppression): an
 admin, or the sender of the matched message (the user, or the console key that sent it).
+Uploading a report (`POST /api/v1/bounces`) follows the same rule: an admin's upload may
+match any message; anyone else's only a message they sent (`uploader`), and one naming
+another's message is stored unmatched and does nothing (answered `unmatched`, as a report
+for an unknown message is: the answer tells no one that the message exists).
 """
 
 from __future__ import annotations
@@ -40,6 +44,12 @@ async def viewer(ctx: ApiContext, caller: Caller) -> stored.Viewer | None:
         accounts = await visible_to(ctx, caller, ACCOUNT)
         return stored.Viewer(user_id=restricted["user_id"], accounts=accounts.shared)
     return stored.Viewer(api_key_id=restricted["api_key_id"])
+
+
+def uploader(caller: Caller) -> stored.Sender | None:
+    """Whose messages a report the caller uploads may act on; None: any (an admin)."""
+    restricted = restriction(caller)
+    return stored.Sender(**restricted) if restricted else None
 
 
 async def page(

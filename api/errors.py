@@ -25,7 +25,9 @@
     │   ├── AliasNotVerified  403 alias_not_verified    alias_id names an unverified alias
     │   ├── LastVerifiedAlias 403 last_verified_alias   the only verified alias left
     │   ├── AccountQuota      403 account_quota     [accounts] max_per_user reached
-    │   └── AccountInUse      403 account_in_use    the only default account, queued mail From it
+    │   ├── AccountInUse      403 account_in_use    the only default account, queued mail From it
+    │   └── TlsVerifyAdminOnly 403 tls_verify_admin_only  tls_verify false: admins only,
+    │                             or both hosts loopback
     ├── NotFound              404 not_found
     │   ├── UnknownToken      404 invalid_token     unknown, used or expired verification link
     ├── MethodNotAllowed      405 method_not_allowed
@@ -235,6 +237,10 @@ class AccountQuota(Forbidden):
 
 class AccountInUse(Forbidden):
     code = "account_in_use"
+
+
+class TlsVerifyAdminOnly(Forbidden):
+    code = "tls_verify_admin_only"
 
 
 class NotFound(ApiError):
@@ -537,6 +543,9 @@ ANSWERS: dict[type[Exception], Answer] = {
     mail_accounts.AccountExists: Answer(AlreadyConnected, "{error}"),
     mail_accounts.AccountQuota: Answer(AccountQuota, "{error}"),
     mail_accounts.AccountInUse: Answer(AccountInUse, "{error}"),
+    mail_accounts.DefaultRequired: Answer(
+        InvalidRequest, "is_default: {error}", field="is_default"
+    ),
 }
 
 

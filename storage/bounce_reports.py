@@ -178,15 +178,45 @@ def message_of(conn: Connection, message_id: str) -> Row[Any] | None:
     return conn.execute(query).first()
 
 
-def messages_by_header(conn: Connection, header_message_id: str) -> list[Row[Any]]:
+@dataclass(frozen=True)
+class Sender:
+    """Whose messages a report may act on when it came from a caller who may act only on
+    their own mail (api.bounce_ops.uploader says who): those sent by `user_id` (by session
+    or any of their keys) or, for a key made at the console, by `api_key_id`. The same rule
+    as reading a message (api.message_ops.restriction) and reclassifying a report."""
+
+    user_id: str | None = None
+    api_key_id: str | None = None
+
+
+def _sent_by(sender: Sender) -> ColumnElement[bool]:
+    if sender.user_id is not None:
+        return M.c.user_id == sender.user_id
+    if sender.api_key_id is not None:
+        return M.c.api_key_id == sender.api_key_id
+    return false()
+
+
+def sent_by(conn: Connection, message_id: str, sender: Sender) -> bool:
+    """Whether `sender` sent the message."""
+    query = select(M.c.id).where(M.c.id == message_id, _sent_by(sender))
+    return conn.execute(query).first() is not None
+
+
+def messages_by_header(
+    conn: Connection, header_message_id: str, sender: Sender | None = None
+) -> list[Row[Any]]:
     """(id, created_at) of the two most recent messages whose own Message-ID is this one
-    (ix_message_header_id): one is a match, two say it is ambiguous."""
+    (ix_message_header_id), of those `sender` sent when given: one is a match, two say it
+    is ambiguous."""
     query = (
         select(M.c.id, M.c.created_at)
         .where(M.c.header_message_id == header_message_id)
         .order_by(M.c.created_at.desc(), M.c.id.desc())
         .limit(2)
     )
+    if sender is not None:
+        query = query.where(_sent_by(sender))
     return list(conn.execute(query))
 
 
@@ -226,22 +256,41 @@ def set_final_status(conn: Connection, message_id: str, old: str, new: str, now:
 # --- soft bounces ------------------------------------------------------------------------
 
 
-def count_soft(conn: Connection, email: str, now: float, window: float) -> int:
-    """Count one soft bounce of `email` (a mailbox key); the count within its window. A
-    bounce after the window of the first one starts a new window at 1."""
+MAX_RECENT = 1000  # times kept per address: more than any soft_limit a window needs
+
+
+def count_soft(
+    conn: Connection, email: str, now: float, window: float, keep: int = MAX_RECENT
+) -> int:
+    """Count one soft bounce of `email` (a mailbox key); how many it had within the last
+    `window` (a sliding window: each bounce counts for `window` after it, then no more).
+    The times are kept (`recent`, at most the latest `keep`: the limit that decides), with
+    `first_at` the oldest of them and `last_at` the newest. A row from before `recent` was
+    kept (schema 10) is read as its bounces at `first_at` and the last at `last_at`."""
     row = conn.execute(select(SB).where(SB.c.email == email)).first()
-    if row is None:
-        conn.execute(SB.insert().values(email=email, bounces=1, first_at=now, last_at=now))
-        return 1
-    if now - row.first_at > window:
-        values = {"bounces": 1, "first_at": now, "last_at": now}
-    else:
-        values = {"bounces": row.bounces + 1, "last_at": now}
-    if not conn.execute(update(SB).where(SB.c.email == email).values(**values)).rowcount:
-        # the retention sweep deleted it since the read (it was past its window): start over
-        conn.execute(SB.insert().values(email=email, bounces=1, first_at=now, last_at=now))
-        return 1
-    return int(values["bounces"])
+    within = sorted(t for t in _recent(row) if now - t < window) if row is not None else []
+    times = (within[-(keep - 1) :] if keep > 1 else []) + [now]
+    values = {
+        "bounces": len(times), "first_at": times[0], "last_at": now,
+        "recent": json.dumps(times, separators=(",", ":")),
+    }  # fmt: skip
+    changed = update(SB).where(SB.c.email == email).values(**values)
+    if row is None or not conn.execute(changed).rowcount:
+        # none yet, or the retention sweep deleted it since the read (out of its window)
+        conn.execute(SB.insert().values(email=email, **values))
+    return len(times)
+
+
+def _recent(row: Any) -> list[float]:
+    if row.recent:
+        try:
+            found = json.loads(row.recent)
+        except ValueError:
+            found = None
+        if isinstance(found, list):
+            return [float(t) for t in found if isinstance(t, int | float)]
+    count = max(int(row.bounces or 0), 1)
+    return [float(row.first_at)] * (count - 1) + [float(row.last_at)]
 
 
 def remove_suppressions_noted(

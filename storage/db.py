@@ -278,6 +278,8 @@ _ADDED_COLUMNS = (
     ("message", "held_for", "FLOAT NOT NULL DEFAULT 0"),
     # Schema 10: scheduled sends (the time a message waits for; max_age counts from it).
     ("message", "scheduled_at", "FLOAT"),
+    # Schema 10: soft bounces counted in a sliding window (each bounce's time kept).
+    ("soft_bounce", "recent", "TEXT"),
 )
 
 # Run once, right after their column was added, to fill it in for the rows already there.

@@ -3,6 +3,9 @@
     connect:    quota and address checked, then the row written, in one transaction (the
                 user's quota cannot be passed by two requests at once: SQLite's write lock,
                 PostgreSQL's advisory lock per user); the user's first account is their default
+    update:     fields changed in place (the address checked free again, the owner's
+                default moved, the password replaced, or cleared when where it is sent moves
+                without a new one: `moves_password`), in one transaction
     disconnect: the row and its shares go; whatever was synced stays (its own tables). The
                 only default account of a user is kept while queued mail is From its address
     sync:       a node leases a due account (`claim`: a conditional UPDATE, so one node wins
@@ -64,6 +67,11 @@ class AccountQuota(AccountError):
 
 class AccountInUse(AccountError):
     """The user's only default account while queued mail is From its address."""
+
+
+class DefaultRequired(AccountError):
+    """`is_default: false` on a user's default account: they keep one (make another the
+    default instead)."""
 
 
 @dataclass(frozen=True)
@@ -168,6 +176,105 @@ async def create_account(
         return await db.exclusive(work)
     except IntegrityError:  # a concurrent connect of the same address won
         raise AccountExists(f"{email} is already connected") from None
+
+
+# Where the password goes and how: a change of any of these without a new password clears
+# it (as a pool's ENDPOINT does), so that it is never sent somewhere its owner did not give
+# it for. tls_verify counts only when it is turned off (storage.pools counts any change).
+PASSWORD_BOUND = (
+    "imap_host", "imap_port", "imap_security", "smtp_host", "smtp_port", "smtp_security",
+    "username",
+)  # fmt: skip
+NO_PASSWORD = (
+    "no password stored (cleared when a host, port, security or username changed without a "
+    "new one, or it cannot be decrypted): give the password again"
+)
+
+
+def _same(name: str, old: Any, new: Any) -> bool:
+    if name.endswith("_host") and isinstance(old, str) and isinstance(new, str):
+        return old.lower().rstrip(".") == new.lower().rstrip(".")  # DNS names ignore case
+    if name == "email" and isinstance(old, str) and isinstance(new, str):
+        return mailbox_key(old) == mailbox_key(new)  # one mailbox, however it is spelled
+    return bool(old == new)
+
+
+async def sealed_password(db: Database, account_id: str) -> str:
+    """The account's password as stored (sealed; "" when none, or no such account)."""
+    query = select(A.c.password_enc).where(A.c.id == account_id)
+    return await db.read(lambda conn: str(conn.execute(query).scalar() or ""))
+
+
+def moves_password(row: Any, changes: Mapping[str, Any]) -> bool:
+    """Whether `changes` send the stored password elsewhere, or less safely."""
+    moved = any(
+        not _same(name, getattr(row, name), changes[name])
+        for name in PASSWORD_BOUND
+        if name in changes
+    )
+    return moved or (row.tls_verify and changes.get("tls_verify") is False)
+
+
+def changed(row: Any, changes: Mapping[str, Any]) -> dict[str, Any]:
+    """The changes that differ from `row` (a record or a row)."""
+    return {
+        name: value for name, value in changes.items() if not _same(name, getattr(row, name), value)
+    }
+
+
+async def update_account(
+    db: Database, account_id: str, changes: Mapping[str, Any], seal: Seal | None = None
+) -> MailAccountRecord:
+    """Change an account's fields (FIELDS and `is_default`); `seal` (when given) replaces
+    its password. Without one, a change that moves the password (`moves_password`, decided
+    against the row in this transaction) clears it, and the account shows why (error). A
+    change of credentials or of the IMAP side makes it due for a sync at once, pending.
+    AccountNotFound, AccountExists (the address is another's), DefaultRequired."""
+    unknown = set(changes) - set(FIELDS) - {"is_default"}
+    if unknown:
+        raise ValueError(f"not account fields: {sorted(unknown)}")
+    password_enc = seal(account_id) if seal is not None else None
+    now = time.time()
+
+    def work(conn: Connection) -> MailAccountRecord:
+        row = conn.execute(select(A).where(A.c.id == account_id)).first()
+        if row is None:
+            raise AccountNotFound("account not found")
+        values = dict(changes)
+        if "email" in values:
+            values["email"] = email = mailbox_key(values["email"])
+            other = select(A.c.id).where(A.c.email == email, A.c.id != account_id)
+            if conn.execute(other).first() is not None:
+                raise AccountExists(f"{email} is already connected")
+        default = values.pop("is_default", None)
+        if default is False and row.is_default:
+            raise DefaultRequired(
+                "this is its owner's default account: make another account the default instead"
+            )
+        if default and not row.is_default:
+            _lock_user(conn, row.user_id or "")
+            mine = A.c.user_id == row.user_id if row.user_id is not None else A.c.user_id.is_(None)
+            conn.execute(update(A).where(mine, A.c.id != account_id).values(is_default=False))
+            values["is_default"] = True
+        relogin = password_enc is not None or any(
+            name in values for name in (*PASSWORD_BOUND, "tls_verify")
+        )
+        if password_enc is not None:
+            values["password_enc"] = password_enc
+        elif row.password_enc and moves_password(row, values):
+            values["password_enc"] = ""
+        if relogin and values.get("password_enc", row.password_enc):
+            values |= {"sync_status": PENDING, "last_error": None, "next_sync_at": now}
+        elif relogin:  # nothing to log in with until the password is given again
+            values |= {"sync_status": ERROR, "last_error": NO_PASSWORD}
+        if values:
+            conn.execute(update(A).where(A.c.id == account_id).values(updated_at=now, **values))
+        return _record(conn.execute(select(A).where(A.c.id == account_id)).one())
+
+    try:
+        return await db.exclusive(work)
+    except IntegrityError:  # a concurrent connect or change to the same address won
+        raise AccountExists(f"{changes.get('email')} is already connected") from None
 
 
 async def address_and_count(db: Database, email: str, user_id: str) -> tuple[bool, int]:

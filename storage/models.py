@@ -704,15 +704,18 @@ class BounceReport(SQLModel, table=True):
 
 
 class SoftBounce(SQLModel, table=True):
-    """Soft bounces of one address within its window (gateway.bounces.effects): reaching
-    [bounces] soft_limit suppresses it; a delivery to it deletes the row."""
+    """Soft bounces of one address within the last [bounces] soft_window, a sliding window
+    (gateway.bounces.effects): reaching soft_limit suppresses it; a delivery to it deletes
+    the row."""
 
     __tablename__ = "soft_bounce"
 
     email: str = Field(primary_key=True)  # storage.mailboxes.mailbox_key
     bounces: int = 0  # within the window
-    first_at: float  # the window starts here; a bounce after it ends starts a new one
-    last_at: float
+    first_at: float  # the oldest bounce still within the window
+    last_at: float  # the newest: once it is out of the window, the row counts nothing
+    # Schema 10: the bounces' times within the window, a JSON array (a sliding window)
+    recent: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
 
 
 class BlocklistCheck(SQLModel, table=True):

@@ -16,8 +16,8 @@ What came back, each with its own rule:
   and the sync reads only unflagged mail), and a sender retrying a month later is unheard of.
 - a skipped inbox message's record (`inbox_skip`) goes by the same limit (from when it was
   skipped); the mail itself stays in the mailbox, flagged, as always.
-- a soft-bounce count (`soft_bounce`) whose window ended ([bounces] soft_window from its
-  first bounce) is dead: the next soft bounce of that address would start it over at 1
+- a soft-bounce count (`soft_bounce`) whose newest bounce is out of the sliding window
+  ([bounces] soft_window) is dead: the next soft bounce of that address would count 1
   anyway (storage.bounce_reports.count_soft), so deleting it changes nothing but the size.
 """
 
@@ -110,18 +110,17 @@ def purge_skips(conn: Connection, before: float, limit: int = 1000) -> int:
 
 
 def purge_soft(conn: Connection, window_started_before: float, limit: int = 1000) -> int:
-    """Delete up to `limit` soft-bounce counts whose window started before
-    `window_started_before` (now - [bounces] soft_window): they count nothing any more.
-    A count restarted meanwhile has a new `first_at` and stays (the delete checks again).
+    """Delete up to `limit` soft-bounce counts whose newest bounce is before
+    `window_started_before` (now - [bounces] soft_window): out of the sliding window, they
+    count nothing any more. A count that took a bounce meanwhile has a new `last_at` and
+    stays (the delete checks again).
     The table holds one row per address soft-bounced within the window; it is read without
     an index, which no write then pays for: with 100,000 live rows the scan took 5-11 ms on
     PostgreSQL and 13-34 ms on SQLite (measured on a busy 2-core machine), once a sweep."""
-    stale = select(SB.c.email).where(SB.c.first_at < window_started_before).limit(limit)
+    stale = select(SB.c.email).where(SB.c.last_at < window_started_before).limit(limit)
     emails = list(conn.execute(stale).scalars())
     if emails:
-        conn.execute(
-            delete(SB).where(SB.c.email.in_(emails), SB.c.first_at < window_started_before)
-        )
+        conn.execute(delete(SB).where(SB.c.email.in_(emails), SB.c.last_at < window_started_before))
     return len(emails)
 
 

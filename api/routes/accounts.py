@@ -1,12 +1,15 @@
 """/mail/accounts (seed 004; also /api/v1/mail/accounts and /api/v1/accounts): connected
 IMAP/SMTP mail accounts. List, connect (credentials proved by a real IMAP login and SMTP AUTH
-before anything is stored: gateway.accounts), disconnect, and the inbox mail the sync skipped.
+before anything is stored: gateway.accounts), change (proved again when the credentials or
+where they go change), disconnect, and the inbox mail the sync skipped.
 
 Every route takes a session or an API key (its user's). Connecting needs a person (the
 account is theirs: a key without a user is 403 `user_required`). A caller sees, and may
 disconnect, the accounts they connected and those shared with them; admins and owners see
-all (api.ownership.visible_to, kind `account`); another's account is a 404. The password is
-write-only: no answer carries it, and it is stored sealed, bound to the account's id.
+all (api.ownership.visible_to, kind `account`); another's account is a 404. Changing one is
+its owner's (api.account_ops.may_manage). The password is write-only: no answer carries it,
+and it is stored sealed, bound to the account's id. `tls_verify: false` is an admin's
+choice, or for loopback hosts (403 tls_verify_admin_only otherwise).
 """
 
 from __future__ import annotations
@@ -18,7 +21,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from api import account_ops, warmup_ops
-from api.account_schemas import AccountConnect, AccountList, ConnectResponse, SkippedList
+from api.account_schemas import (
+    AccountConnect,
+    AccountList,
+    AccountUpdate,
+    ConnectResponse,
+    SkippedList,
+    UpdateResponse,
+)
 from api.auth import Caller, authenticate, for_people_matters
 from api.context import ApiContext, iso
 from api.openapi import operation, path_parameter
@@ -110,6 +120,45 @@ async def connect(request: Request) -> Response:
 
 
 @operation(
+    "Change an account",
+    scope="",
+    parameters=_ID,
+    request=AccountUpdate,
+    description="Only the fields given change: name, is_default, email, hosts, ports, "
+    "security, username, password, tls_verify. A new password, a change of where or how "
+    "the password goes (a host, a port, a security, the username; tls_verify turned on), "
+    "or a new address is proved first as on connect, by a real IMAP login and SMTP AUTH "
+    "(with the stored password when no new one is given); nothing is stored unless both "
+    "succeed. A host, "
+    "port, security or username changed (or tls_verify turned off) without a new password "
+    "clears the stored one instead: the account shows sync_status error until it is given. "
+    "The account's owner's (whoever connected it, an admin, or a user it is shared with as "
+    "admin); the account stays connected throughout.",
+    responses={
+        200: ("changed (the account as it is now)", UpdateResponse),
+        400: (
+            "a bad field; a host in a denied network (host_not_allowed); is_default false on "
+            "the default account; or a login failed: imap_<stage>_failed / smtp_<stage>_failed",
+            ErrorResponse,
+        ),
+        403: (
+            "a user it is shared with as member (owner_required); tls_verify false by a "
+            "non-admin for a host off loopback (tls_verify_admin_only)",
+            ErrorResponse,
+        ),
+        404: ("no such account, or one you may not see", ErrorResponse),
+        409: ("the new address is already connected (already_connected)", ErrorResponse),
+    },
+)
+async def change(request: Request) -> Response:
+    ctx, caller = await _caller(request)
+    record = await account_ops.get(ctx, caller, request.path_params["account_id"])
+    body = parse(AccountUpdate, await request.body())
+    updated = await account_ops.update(ctx, caller, record, body)
+    return JSONResponse({"success": True, "account": account_json(updated)})
+
+
+@operation(
     "Disconnect an account",
     scope="",
     parameters=_ID,
@@ -163,6 +212,7 @@ routes = [
     for route in (
         Route(prefix, list_all, methods=["GET"]),
         Route(prefix, connect, methods=["POST"]),
+        Route(prefix + "/{account_id}", change, methods=["PATCH"]),
         Route(prefix + "/{account_id}", disconnect, methods=["DELETE"]),
         Route(prefix + "/{account_id}/skipped", skipped, methods=["GET"]),
     )

@@ -5,7 +5,9 @@ that forward bounces that way).
 Reading and reclassifying follow the matched message's visibility (api.bounce_ops, shared
 with the dashboard): an admin sees every report, anyone else those of the mail they may
 see, and another's report is a 404. Uploading needs the scope `suppressions`: what comes
-back is what fills the suppression list."""
+back is what fills the suppression list. An upload by a caller without `admin` acts only on
+a message that caller sent (api.bounce_ops.uploader); one naming another's message is kept
+unmatched and changes nothing."""
 
 from __future__ import annotations
 
@@ -153,7 +155,10 @@ async def reclassify(request: Request) -> Response:
     ],
     description="The request body is the raw report (message/rfc822), at most "
     "[bounces] max_report_size bytes. It is processed as a report from the bounce "
-    "listener would be, once: the same bytes again answer `duplicate`.",
+    "listener would be, once: the same bytes again answer `duplicate`. Without the "
+    "`admin` scope a report acts only on a message the caller sent (as /v1/messages shows "
+    "them): one that names another's message (by VERP token, reference or Message-ID) is "
+    "stored `unmatched` and changes nothing, answered as a report for an unknown message.",
     request_required=False,
     responses={
         201: ("stored (and applied when it matched)", BounceUploaded),
@@ -165,7 +170,7 @@ async def reclassify(request: Request) -> Response:
 )
 async def upload(request: Request) -> Response:
     ctx: ApiContext = request.app.state.api
-    await authenticate(request, ctx, SCOPE)
+    caller = await authenticate(request, ctx, SCOPE)
     for name in request.query_params:
         if name != "envelope_recipient":
             raise _field(name, "unknown parameter")
@@ -180,7 +185,8 @@ async def upload(request: Request) -> Response:
     if not raw.strip():
         raise errors.EmptyReport("the request body must be the raw report")
     # counted in postern_bounce_reports_total{source="api"} as the other ways in are
-    result = await hand_over(ctx.bounces, raw, Source("api", envelope_recipient=rcpt))
+    source = Source("api", envelope_recipient=rcpt, sender=bounce_ops.uploader(caller))
+    result = await hand_over(ctx.bounces, raw, source)
     answer = {"success": True, "outcome": result.outcome, "report_id": result.report_id}
     return JSONResponse(answer, status_code=200 if result.outcome == "duplicate" else 201)
 

@@ -5,6 +5,12 @@
                 (gateway.accounts.verify) -> stored, password sealed to the account's id,
                 status pending (the sync takes it from there), quota and address checked again
                 in the storing transaction
+    update:     the changed fields checked as connect's; when where or how the password goes
+                changes, the address changes, or a new password is given, both logins proved
+                again with the
+                result (the new password, else the stored one) before anything is stored;
+                a move without a new password clears the stored one instead (nothing to
+                prove: the account waits, in error, for its password)
     disconnect: the account's sync stops (the row goes; a sync under way records nothing),
                 nothing synced is deleted; refused for the user's only default account while
                 queued mail is From its address (storage.mail_accounts.AccountInUse)
@@ -14,6 +20,7 @@ Who may see or disconnect which account is the API's rule (api.ownership), not t
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -129,6 +136,56 @@ class Accounts:
         )  # fmt: skip
         log.info("account %s connected: %s (user %s)", record.id, record.email, user_id)
         return record
+
+    async def update(
+        self, record: MailAccountRecord, changes: Mapping[str, Any], password: str | None
+    ) -> MailAccountRecord:
+        """Change an account: `changes` (its fields, `is_default`), `password` a new one
+        (None: keep the stored one, unless the change moves it: cleared). A side whose port
+        changes without its `*_security` takes the new port's default. VerifyFailed,
+        HostRefused, BadAccountField, AccountExists, DefaultRequired, AccountNotFound."""
+        fields = dict(changes)
+        for side in (IMAP, SMTP):
+            port = fields.get(f"{side}_port")
+            if port is not None and fields.get(f"{side}_security") is None:
+                fields.pop(f"{side}_security", None)
+                if port != getattr(record, f"{side}_port"):
+                    fields[f"{side}_security"] = default_security(side, port)
+            elif f"{side}_security" in fields and fields[f"{side}_security"] is None:
+                fields.pop(f"{side}_security")
+        fields = mail_accounts.changed(record, fields)
+        merged = {name: getattr(record, name) for name in mail_accounts.FIELDS} | fields
+        moves = mail_accounts.moves_password(record, fields)
+        stored = "" if moves else await mail_accounts.sealed_password(self._db, record.id)
+        kept = unseal_password(self._box, record.id, stored) if stored else ""
+        proving = password if password is not None else kept
+        imap, smtp = endpoints(merged, proving)
+        for name, endpoint in ((IMAP, imap), (SMTP, smtp)):
+            problem = clear_text_problem(endpoint)
+            if problem:
+                raise BadAccountField(f"{name}_security", problem)
+            if f"{name}_host" in fields or f"{name}_port" in fields:
+                try:
+                    await self._guard.check(endpoint.host, endpoint.port)
+                except HostRefused as refused:
+                    raise HostNotAllowed(f"{name}_host", refused) from None
+        if "email" in fields:
+            taken, _ = await mail_accounts.address_and_count(self._db, fields["email"], "")
+            if taken:  # by another account: changed() kept only an address that differs
+                key = mail_accounts.mailbox_key(fields["email"])
+                raise AccountExists(f"{key} is already connected")
+        # A new address is a new sending identity: proved as on connect, by logging in.
+        relogin = password is not None or any(
+            name in fields for name in (*mail_accounts.PASSWORD_BOUND, "tls_verify", "email")
+        )
+        if relogin and proving:
+            timeout = self.settings.timeout
+            await check_imap(imap, self._guard, timeout)
+            await check_smtp(smtp, self._guard, self.settings.hostname, timeout)
+        sealer = None if password is None else functools.partial(seal, self._box, password=password)
+        updated = await mail_accounts.update_account(self._db, record.id, fields, sealer)
+        log.info("account %s changed: %s", record.id, ", ".join(sorted(fields)) or "nothing")
+        return updated
 
     async def _may_add(self, user_id: str, email: str) -> None:
         """The refusals that need no connection, before any is made (storing checks again)."""

@@ -124,7 +124,7 @@ class AccountSync:
         new mail over); never raises for the mailbox's sake (its failure is the outcome)."""
         password = unseal(self._box, job)
         if not password:
-            return SyncOutcome(ERROR, "no password stored: connect the account again")
+            return SyncOutcome(ERROR, mail_accounts.NO_PASSWORD)
         endpoint = Endpoint(
             job.imap_host, job.imap_port, job.imap_security, job.username, password,
             job.tls_verify,

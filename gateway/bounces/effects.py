@@ -3,7 +3,8 @@
 
     hard       suppressed (`hard_bounce`, the rule as its note); the recipient becomes
                bounced, and a delivered message with it (gateway.queue.states); `bounced`
-    soft       counted per address; at [bounces] soft_limit within soft_window,
+    soft       counted per address; at [bounces] soft_limit within the last soft_window
+               (a sliding window: each bounce counts for soft_window after it),
                suppressed (`soft_bounce`); `soft_bounce`
     policy     `policy_block` and a log line: a block says nothing of the address
     complaint  suppressed (`complaint`); `complaint`
@@ -96,7 +97,7 @@ def _suppress(conn: Connection, hit: Hit, soft: SoftPolicy, now: float) -> list[
     reason = SUPPRESSING.get(hit.cls)
     note = hit.rule
     if hit.cls == "soft":
-        seen = stored.count_soft(conn, hit.key, now, soft.window)
+        seen = stored.count_soft(conn, hit.key, now, soft.window, keep=soft.limit)
         if seen >= soft.limit:
             reason, note = "soft_bounce", f"{hit.rule}: {seen} soft bounces within the window"
     if reason is None:

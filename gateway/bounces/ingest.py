@@ -57,6 +57,10 @@ class Source:
     uid: int | None = None
     envelope_recipient: str | None = None
     shared: bool = False
+    # A report uploaded by a caller who may act only on their own mail (not an admin):
+    # it matches only a message they sent; one naming another's is kept unmatched, with
+    # no effect. None: any message (the inbox, the listener, an admin's upload).
+    sender: stored.Sender | None = None
 
 
 @dataclass(frozen=True)
@@ -115,10 +119,13 @@ def claim_of(report: Report, envelope_recipient: str, return_path: ReturnPath) -
     return Claim(None, error="no VERP token, reference header or Message-ID")
 
 
-def by_header(conn: Connection, header: str, since: float) -> Claim:
-    """The message a returned Message-ID names (message.header_message_id): the only one;
-    of several, the most recent if it was sent since `since` (retention), with a note."""
-    found = stored.messages_by_header(conn, header)
+def by_header(
+    conn: Connection, header: str, since: float, sender: stored.Sender | None = None
+) -> Claim:
+    """The message a returned Message-ID names (message.header_message_id): the only one
+    (of those `sender` sent, when given); of several, the most recent if it was sent since
+    `since` (retention), with a note."""
+    found = stored.messages_by_header(conn, header, sender)
     if not found:
         return Claim(None, error=f"no message with Message-ID {header}")
     if len(found) == 1:
@@ -257,13 +264,19 @@ class BounceIngest:
         if found is not None:
             return _Stored(IngestResult("duplicate", found))
         claim, verdicts = incoming.claim, incoming.verdicts
+        sender = incoming.source.sender
         if claim.header is not None and claim.message_id is None:
-            claim = by_header(conn, claim.header, incoming.now - self._settings.retention)
+            since = incoming.now - self._settings.retention
+            claim = by_header(conn, claim.header, since, sender)
         recipients: list[tuple[str, str]] = []
         message_id = claim.message_id
         if message_id is not None:
             if stored.message_of(conn, message_id) is None:
                 claim = Claim(None, error=f"no message {message_id} (unknown or purged)")
+            elif sender is not None and not stored.sent_by(conn, message_id, sender):
+                # Another's message: the uploader may not bounce its recipients, change its
+                # status or send its owner events. Kept unmatched, not linked to it.
+                claim = Claim(None, error="it names a message its uploader did not send")
             else:
                 recipients = stored.recipients_of(conn, message_id)
         if recipients:  # the fallback to the only recipient needs a signed claim (VERP, ref)

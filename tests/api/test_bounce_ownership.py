@@ -4,7 +4,8 @@ a connected account they own or that is shared with them; a key made at the cons
 of the mail it sent; a report matched to no message is an admin's only. Another's report
 is a 404 (never a 403), to read and to reclassify; reclassifying is an admin's or the
 sender's. The inbox mail an account's sync skipped is listed to whoever sees the account.
-On SQLite and on PostgreSQL."""
+A report uploaded without the `admin` scope acts only on the uploader's own mail. On SQLite
+and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from tests.support.api import Api, ApiFactory, auth, payload
 from tests.support.databases import clean_postgresql
 from tests.support.people import Person, make_user, sign_in
 from tests.support.reports import dsn
+from tests.support.service import wait_until
 from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(90)
@@ -133,7 +135,10 @@ async def test_reports_follow_their_messages_visibility(
         lambda c: put_share(c, ACCOUNT, account.id, sharer.user.id, "member", 0.0, None)
     )
     await followed(api)
-    uploader = await api.key("suppressions")  # a provider's forwarder: uploads only
+    # A provider's forwarder acting for everyone: an admin key (without `admin`, an upload
+    # acts only on the uploader's own mail: test_an_upload_acts_only_on_the_uploaders_mail).
+    uploader = await api.key("admin")
+    forwarder = await api.key("suppressions")
     console = await api.key("send")
 
     via_account = payload(from_={"email": ALICE}, to=[{"email": GONE}], account_id=account.id)
@@ -161,7 +166,7 @@ async def test_reports_follow_their_messages_visibility(
     assert listed(await sharer.call("GET", "/api/v1/bounces")) == only("owner", "sharer")
     assert listed(await stranger.call("GET", "/api/v1/bounces")) == only("stranger")
     assert listed(await api.get("/api/v1/bounces", key=console)) == only("console")
-    assert listed(await api.get("/api/v1/bounces", key=uploader)) == set()  # sent nothing
+    assert listed(await api.get("/api/v1/bounces", key=forwarder)) == set()  # sent nothing
     unmatched = await stranger.call("GET", "/api/v1/bounces", params={"status": "unmatched"})
     assert listed(unmatched) == set()
     # A key of a member acts for the member.
@@ -237,3 +242,74 @@ async def test_the_inbox_mail_the_sync_skipped_is_listed_to_who_sees_the_account
     refused = await stranger.call("GET", path)
     assert (refused.status_code, refused.json()["code"]) == (404, "not_found")
     assert (await owner.call("GET", "/api/v1/accounts/nope/skipped")).status_code == 404
+
+
+async def upload(api: Api, key: str, raw: bytes) -> httpx.Response:
+    headers = auth(key) | {"Content-Type": "message/rfc822"}
+    return await api.http.post("/api/v1/bounces", content=raw, headers=headers)
+
+
+async def suppressed(api: Api, key: str, email: str) -> bool:
+    answer = await api.get(f"/api/v1/suppressions/{email}", key=key)
+    assert answer.status_code in (200, 404), answer.text
+    return answer.status_code == 200
+
+
+async def test_an_upload_acts_only_on_the_uploaders_mail(
+    api: Api, people: list[Person], sink: Sink
+) -> None:
+    """Two users: Bob (an admin, uploading with a key of scope `suppressions` only, so
+    without `admin`) and Carol (a member). Bob's reports naming Carol's message, by VERP
+    token or by Message-ID, are kept unmatched and change nothing (answered as a report for
+    an unknown message); naming his own, they act; an admin's act on anyone's. A console key
+    without `admin` acts on the mail it sent only."""
+    bob = await person(api, people, "bob@people.test", "admin")
+    carol = await person(api, people, "carol@people.test")
+    _, bobs_key = await create_key(api.svc.db, "forwarder", ["suppressions"], user_id=bob.user.id)
+    admin_key = await api.key("admin")
+    console = await api.key("suppressions")
+    assert api.svc.box is not None
+    path = ReturnPath(DOMAIN, api.svc.box.derive(VERP_KEY))
+
+    carols = checked(await carol.call("POST", "/v1/send", json=payload(to=[{"email": GONE}])))
+    bobs = checked(await bob.call("POST", "/v1/send", json=payload(to=[{"email": "b@x.test"}])))
+    for message_id in (carols, bobs):
+        assert await wait_until(lambda m=message_id: _delivered(api, m), timeout=20)
+
+    by_token = dsn(GONE, to=path.address(carols, ""), nonce="t")
+    by_message_id = dsn(GONE, message_id=f"<{carols}@postern.test>", nonce="m")
+    for raw in (by_token, by_message_id):
+        for key in (bobs_key, console):
+            answer = await upload(api, key, raw + key[-4:].encode())  # each its own bytes
+            assert answer.status_code == 201, answer.text
+            assert answer.json()["outcome"] == "unmatched"
+            report = await api.get(f"/api/v1/bounces/{answer.json()['report_id']}", key=admin_key)
+            shown = report.json()["bounce"]
+            assert (shown["status"], shown["message_id"]) == ("unmatched", None)
+            assert "did not send" in shown["error"]
+            # nobody but an admin sees it: not Carol, whose message it named
+            assert listed(await carol.call("GET", "/api/v1/bounces")) == set()
+    state = await message_state(api.svc.db, carols, True)
+    assert state is not None and state.status == "delivered"
+    assert [r.status for r in state.recipients] == ["delivered"]
+    assert not await suppressed(api, admin_key, GONE)
+    shown_to_carol = await carol.call("GET", f"/v1/messages/{carols}")
+    assert shown_to_carol.json()["status"] == "delivered"
+    kinds = {event["type"] for event in shown_to_carol.json()["events"]}
+    assert "delivered" in kinds and not kinds & {"bounced", "soft_bounce", "complaint"}
+
+    # Bob's report for his own message acts; so does an admin's for Carol's.
+    own = await upload(api, bobs_key, dsn("b@x.test", to=path.address(bobs, ""), nonce="own"))
+    assert own.json()["outcome"] == "processed", own.text
+    assert await suppressed(api, admin_key, "b@x.test")
+    by_admin = await upload(api, admin_key, by_token)
+    assert by_admin.json()["outcome"] == "processed", by_admin.text
+    assert await suppressed(api, admin_key, GONE)
+    state = await message_state(api.svc.db, carols, True)
+    assert state is not None and [r.status for r in state.recipients] == ["bounced"]
+    assert listed(await carol.call("GET", "/api/v1/bounces")) == {by_admin.json()["report_id"]}
+
+
+async def _delivered(api: Api, message_id: str) -> bool:
+    state = await message_state(api.svc.db, message_id)
+    return state is not None and state.status == "delivered"

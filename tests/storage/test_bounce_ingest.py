@@ -15,6 +15,7 @@ from gateway.bounces.ingest import BounceIngest, Settings, Source
 from gateway.bounces.returnpath import ReturnPath
 from gateway.message import DIRECT_POOL, DeliveryResult, Outcome, Route
 from gateway.queue.store import AttemptRecord, Queue
+from storage import bounce_reports as stored
 from storage import event_json
 from storage.db import Database, create_schema
 from storage.suppressions import add_suppression
@@ -142,6 +143,38 @@ async def test_a_client_chosen_message_id_matches(backend: Database, queue: Queu
         "no message with Message-ID <nope@shop.example>"
         in (await report(backend, missed.report_id)).error
     )
+
+
+async def test_an_upload_matches_only_its_senders_messages(backend: Database, queue: Queue) -> None:
+    """A report from a caller who may act only on their own mail (Source.sender): a
+    returned Message-ID is looked up among their messages only, and a token naming
+    another's message leaves the report unmatched, unlinked, with no effect."""
+    older = await delivered_as(queue, "<dup@app.test>", "gone@example.test")
+    newer = await delivered_as(queue, "<dup@app.test>", "gone@example.test")
+    for message_id, user in ((older, "u1"), (newer, "u2")):
+        await backend.transaction(
+            lambda c, m=message_id, u=user: c.execute(
+                text("UPDATE message SET user_id = :u WHERE id = :m"), {"u": u, "m": m}
+            )
+        )
+    taker = ingest(backend, queue)
+    raw = dsn("gone@example.test", to="x@provider.test", message_id="<dup@app.test>")
+    mine = await taker.ingest(raw, Source("api", sender=stored.Sender(user_id="u1")))
+    row = await report(backend, mine.report_id)
+    assert (mine.outcome, row.message_id) == ("processed", older)
+    assert "several" not in (row.reason or "")  # u2's message is not u1's to consider
+
+    stranger = stored.Sender(user_id="u3")
+    by_id = await taker.ingest(raw + b"\r\n", Source("api", sender=stranger))
+    assert by_id.outcome == "unmatched"
+    assert "no message with Message-ID" in (await report(backend, by_id.report_id)).error
+    by_token = dsn("other@example.test", to=verp(newer), nonce="t")
+    result = await taker.ingest(by_token, Source("api", sender=stored.Sender(api_key_id="k")))
+    row = await report(backend, result.report_id)
+    assert (result.outcome, row.message_id) == ("unmatched", None)
+    assert "did not send" in row.error
+    assert (await message_row(backend, newer)).status == "delivered"
+    assert [e["type"] for e in await events_of(backend, newer)].count("bounced") == 0
 
 
 async def test_an_ambiguous_message_id_takes_the_most_recent_and_says_so(

@@ -131,3 +131,38 @@ async def test_a_soft_bounce_after_its_count_was_swept_counts_one(backend: Datab
     # a count restarted since the sweep read it is kept: the delete checks its window again
     assert await backend.transaction(lambda c: purge_soft(c, now - WINDOW)) == 0
     assert await ids(backend, "soft_bounce", "email") == {email}
+
+
+async def test_soft_bounces_count_in_a_sliding_window(backend: Database) -> None:
+    """Each soft bounce counts for the window after it, no longer: at days 0, 5 and 10 of a
+    7-day window the third sees two (days 5 and 10), where a window fixed at the first
+    bounce would have restarted at 1 on day 10; the count keeps only what the limit needs;
+    the sweep deletes a count once its newest bounce is out of the window."""
+    start = time.time() - 30 * DAY
+    email = "sliding@x.test"
+
+    async def bounce(day: float, keep: int = 3) -> int:
+        at = start + day * DAY
+        return int(
+            await backend.transaction(
+                lambda c: bounce_reports.count_soft(c, email, at, WINDOW, keep=keep)
+            )
+        )
+
+    assert [await bounce(0), await bounce(5), await bounce(10)] == [1, 2, 2]
+    assert await bounce(11) == 3  # days 5, 10 and 11 within the last 7 days
+    assert await bounce(11.5) == 3  # the limit: only its latest are kept
+    [row] = await fetch(backend, "SELECT * FROM soft_bounce")
+    assert row.bounces == 3 and row.first_at == start + 10 * DAY
+    # On day 17.2 the oldest bounce (day 10) is out of the window, the newest is not: kept.
+    assert await backend.transaction(lambda c: purge_soft(c, start + 10.2 * DAY)) == 0
+    assert await bounce(18.2) == 2  # days 10 and 11 are out, 11.5 is not (6.7 days)
+    # On day 30 every one is out: the count goes.
+    assert await backend.transaction(lambda c: purge_soft(c, start + 23 * DAY)) == 1
+
+    # A count stored before the times were kept (no `recent`) reads as it was.
+    await backend.transaction(lambda c: bounce_reports.count_soft(c, email, start, WINDOW))
+    await backend.transaction(
+        lambda c: c.execute(bounce_reports.SB.update().values(recent=None, bounces=2))
+    )
+    assert await bounce(1) == 3

@@ -99,3 +99,54 @@ async def test_a_member_sees_and_disconnects_only_theirs(api: Api) -> None:
         assert (await member.post(f"/accounts/{own.id}/disconnect")).status_code == 303
     finally:
         await member.http.aclose()
+
+
+def edited(record: MailAccountRecord, **changed: str) -> dict[str, str]:
+    """The edit form as the page shows it (password empty: kept), with `changed`."""
+    fields = {
+        "email": record.email, "name": record.name, "imap_host": record.imap_host,
+        "imap_port": str(record.imap_port), "imap_security": record.imap_security,
+        "smtp_host": record.smtp_host, "smtp_port": str(record.smtp_port),
+        "smtp_security": record.smtp_security, "username": record.username, "password": "",
+        "tls_verify": "on", "is_default": "on",
+    }  # fmt: skip
+    return {name: value for name, value in (fields | changed).items() if value is not None}
+
+
+async def test_an_account_is_changed_on_its_own_page(api: Api) -> None:
+    member, mine = await signed(api, "member@example.com", "member")
+    _, other = await signed(api, "other@example.com", "member")
+    try:
+        own = await stored(api, "mine@example.test", mine.id)
+        theirs = await stored(api, "theirs@example.test", other.id)
+        listed = (await member.get("/accounts")).text
+        assert f'href="/accounts/{own.id}"' in listed
+        page = await member.get(f"/accounts/{own.id}")
+        assert page.status_code == 200 and 'value="mine@example.test"' in page.text
+        assert 'id="password"' in page.text and SECRET not in page.text
+        assert (await member.get(f"/accounts/{theirs.id}")).status_code == 404
+        assert (await member.post(f"/accounts/{theirs.id}", edited(theirs))).status_code == 404
+
+        # A new name, the password left empty: saved, no login tried, the password kept.
+        saved = await member.post(f"/accounts/{own.id}", edited(own, name="Mine"))
+        assert saved.status_code == 303 and saved.headers["location"] == "/accounts?done=changed"
+        after = await mail_accounts.get_account(api.svc.db, own.id)
+        assert after is not None and after.name == "Mine" and after.has_password
+        # A new password is proved first: nothing listens there, so the IMAP side fails.
+        port = str(free_port())
+        failed = await member.post(
+            f"/accounts/{own.id}",
+            edited(own, imap_port=port, imap_security="none", password=SECRET),
+        )  # fmt: skip
+        assert failed.status_code == 400, failed.text
+        assert 'id="verify-failure"' in failed.text and "IMAP side failed" in failed.text
+        assert SECRET not in failed.text
+        # Certificates unchecked towards a host off loopback: an admin's choice.
+        refused = await member.post(
+            f"/accounts/{own.id}", edited(own, imap_host="imap.example.com", tls_verify=None)
+        )
+        assert refused.status_code == 403 and 'id="tls_verify-problem"' in refused.text
+        kept = await mail_accounts.get_account(api.svc.db, own.id)
+        assert kept is not None and (kept.imap_port, kept.imap_host) == (993, "127.0.0.1")
+    finally:
+        await member.http.aclose()

@@ -1,6 +1,8 @@
 """Settings → Accounts: the connected mail accounts the caller may see (their sync state,
 last error, last sync, default); connect one (both logins proved first: a failed one shown
-beside the form with its side and stage), disconnect one (confirmed on a page of its own).
+beside the form with its side and stage), change one (its own page: as PATCH
+/mail/accounts/{id}, a password left empty is kept), disconnect one (confirmed on a page of
+its own).
 
 The work is the API's own (api.account_ops, as POST /mail/accounts): AccountConnect and the
 same checks, gateway.accounts' verification and refusals, and an account the caller may not
@@ -16,7 +18,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from api import account_ops, errors
-from api.account_schemas import AccountConnect
+from api.account_schemas import AccountConnect, AccountUpdate
 from api.auth import Caller
 from api.context import ApiContext
 from api.forms import form_fields
@@ -38,6 +40,7 @@ DEFAULTS: dict[str, Any] = {
 }  # fmt: skip
 DONE = {
     "connected": "Account connected: its inbox sync starts shortly.",
+    "changed": "Account saved.",
     "disconnected": "Account disconnected: its inbox is no longer synced.",
 }
 
@@ -93,6 +96,54 @@ async def connect(request: Request) -> Response:
     return back(PATH, "connected")
 
 
+def _edit_values(record: MailAccountRecord) -> dict[str, Any]:
+    values = {name: getattr(record, name) for name in (*TEXTS, *PORTS, *SECURITIES)}
+    shown = {"tls_verify": record.tls_verify, "is_default": record.is_default, "password": ""}
+    return values | shown
+
+
+def _edit_page(
+    request: Request, caller: Caller, record: MailAccountRecord, form: Form, status: int = 200,
+    failure: dict[str, Any] | None = None,
+) -> Response:  # fmt: skip
+    shown: dict[str, Any] = {
+        "account": record, "form": form, "failure": failure, "securities": SECURITY_CHOICES,
+    }  # fmt: skip
+    return page(request, "accounts/edit.html", caller, status, **shown)
+
+
+async def edit(request: Request) -> Response:
+    ctx, caller = await signed_in(request)
+    record = await _visible(ctx, caller, request)
+    return _edit_page(request, caller, record, Form(_edit_values(record)))
+
+
+def _update(values: dict[str, Any], password: str) -> AccountUpdate:
+    """The form as PATCH /mail/accounts/{id}'s body: every field (what did not change
+    changes nothing), the password only when given, is_default only when ticked (a default
+    account stops being one when another becomes it)."""
+    given = {name: values[name] for name in (*TEXTS, *PORTS, "tls_verify")}
+    given |= {name: values[name] or None for name in SECURITIES}
+    given["is_default"] = True if values["is_default"] else None
+    return checked(AccountUpdate, given | {"password": password or None})
+
+
+async def change(request: Request) -> Response:
+    ctx, caller = await signed_in(request)
+    record = await _visible(ctx, caller, request)
+    fields = form_fields(await request.body())
+    values = _values(fields) | {"is_default": "is_default" in fields}
+    form = Form(values | {"password": ""})  # write-only: never shown back
+    try:
+        body = _update(values, fields.get("password", ""))
+        await account_ops.update(ctx, caller, record, body)
+    except PosternError as error:
+        failure = error.extra if isinstance(error, errors.CredentialsRefused) else None
+        status = answer_of(error).status
+        return _edit_page(request, caller, record, form.refused(error), status, failure)
+    return back(PATH, "changed")
+
+
 def _asked(record: MailAccountRecord) -> Confirm:
     return Confirm(
         title=f"Disconnect the account {record.email}?",
@@ -126,6 +177,8 @@ async def disconnect(request: Request) -> Response:
 routes = [
     Route(PATH, list_accounts, methods=["GET"]),
     Route(PATH, connect, methods=["POST"]),
+    Route(PATH + "/{account_id}", edit, methods=["GET"]),
+    Route(PATH + "/{account_id}", change, methods=["POST"]),
     Route(PATH + "/{account_id}/disconnect", confirm_disconnect, methods=["GET"]),
     Route(PATH + "/{account_id}/disconnect", disconnect, methods=["POST"]),
 ]
