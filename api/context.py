@@ -59,6 +59,7 @@ class ApiContext:
     max_report_size: int = 256 * 1024  # [bounces] max_report_size
     attachment_rules: AttachmentRules = field(default_factory=AttachmentRules)  # [http]
     reputation_threshold: int = 70  # [reputation] threshold: below it, at risk
+    sending_ips: tuple[str, ...] = ()  # [blocklists] sending_ips: a pool's blocklist subjects
     _pending: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
     # Set when the server stops: long answers (event streams) end at once, so that the
     # drain does not wait for a client that would hold one open for an hour.

@@ -46,7 +46,7 @@ async def subjects(ctx: ApiContext, caller: Caller, kind: str) -> list[Subject]:
     if kind == ACCOUNT:
         return [account_subject(r) for r in await account_ops.records(ctx, caller)]
     if kind == POOL:
-        return [pool_subject(r) for r in await pool_ops.records(ctx, caller)]
+        return [pool_subject(r, ctx.sending_ips) for r in await pool_ops.records(ctx, caller)]
     return [domain_subject(r.domain) for r in await domain_ops.records(ctx, caller)]
 
 
@@ -55,7 +55,7 @@ async def subject(ctx: ApiContext, caller: Caller, kind: str, key: str) -> Subje
     if kind == ACCOUNT:
         return account_subject(await account_ops.get(ctx, caller, key))
     if kind == POOL:
-        return pool_subject(await pool_ops.get(ctx, caller, key))
+        return pool_subject(await pool_ops.get(ctx, caller, key), ctx.sending_ips)
     if kind == DOMAIN:
         return domain_subject((await domain_ops.get(ctx, caller, key)).domain)
     raise errors.NotFound(f"no such kind {kind[:20]!r} (account, pool or domain)")

@@ -61,7 +61,8 @@ async def fill(
         rows = [
             {"type": kind, "message_id": message["id"], "recipient": f"r{i}@x.test",
              "pool": None if kind == "complaint" else pool, "message_status": "delivered",
-             "created_at": at, "attempt": 1, "txid": 0}
+             "created_at": at, "attempt": 1, "txid": 0,
+             "code": 451 if kind == "deferred" else 250 if kind == "delivered" else None}
             for i, kind in enumerate(rng.choice(TYPES) for _ in range(per_message))
         ]  # fmt: skip
         batch.append((message, rows))
@@ -107,6 +108,7 @@ async def main(events: int, pool_count: int, url: str) -> None:
         " count(*) FROM event LEFT OUTER JOIN message ON message.id = event.message_id"
         " WHERE event.created_at >= :a AND event.created_at < :b"
         " AND event.type IN ('delivered','bounced','complaint','deferred','throttled')"
+        " AND (event.type != 'deferred' OR event.code IS NOT NULL)"
         " GROUP BY 1, 2, 3"
     )
     plan = await db.read(lambda c: list(c.execute(text(explain + sql), {"a": now, "b": now + 60})))

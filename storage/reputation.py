@@ -4,15 +4,25 @@ totals, the evaluation's lease and each subject's last evaluation.
 Counting. What a score needs is read from `event` (one row per recipient result, in the
 change's transaction): `delivered`, `bounced` (a 5xx at once, or a report that came back:
 gateway.bounces.effects writes `bounced` with `async`), `complaint` (a feedback report, or
-an upstream's complaint reply), `deferred` and `throttled`. Reading 30 days of events for
-every subject at every evaluation would scan the whole window each time, so the evaluation
-rolls the events up once into `reputation_day` (day, pool label, sender domain -> counts):
-each run reads only the events since the last (`rolled_until`, on `ix_event_created`, each
-message by its primary key), stops `MARGIN` seconds short of now (a transaction stamped
-before it commits is still counted) and never crosses a UTC midnight in one step, and adds
-to the day's rows in the same transaction that moves `rolled_until`: counted once. A
-window's totals then read its days' rows (the primary key starts with `day`). The roll-up
-outlives [storage] retention: a 30-day window holds even with 7 days of events kept.
+an upstream's complaint reply), `deferred` with an upstream's reply (`code` set: a receiver
+deferred it; Postern's own waiting, `Queue.postpone` for a warmup's or a pool's limits,
+writes `deferred` with no code and is not the receivers' verdict) and `throttled`.
+Reading 30 days of events for every subject at every evaluation would scan the whole
+window each time, so the evaluation rolls the events up once into `reputation_day` (day,
+pool label, sender domain -> counts): each run reads only the events since the last
+(`rolled_until`, on `ix_event_created`, each message by its primary key), stops `MARGIN`
+seconds short of now (a transaction stamped before it commits is still counted) and never
+crosses a UTC midnight in one step, and adds to the day's rows in the same transaction that
+moves `rolled_until`: counted once. A window's totals then read its days' rows (the primary
+key starts with `day`). The roll-up outlives [storage] retention: a 30-day window holds
+even with 7 days of events kept.
+
+The bound of rolling up by `created_at`: an event is counted when its `created_at` is past
+`rolled_until` at the run that reads it. An event committed more than `MARGIN` after its
+`created_at` (a transaction that long), or written by a node whose clock is behind the
+evaluating node's by more than `MARGIN`, lands behind `rolled_until` and is never counted.
+`MARGIN` (two minutes) is well above a delivery's transaction and NTP-kept clocks' skew;
+the scores are rates over days, so a rare missed event does not move them.
 
 A report's event carries no pool (pool NULL): it counts for the pool of the message's last
 attempt (`message.last_pool`). An account's pool label is its address (the routes'
@@ -39,7 +49,7 @@ J = ReputationJob.__table__  # type: ignore[attr-defined]
 S = ReputationSubject.__table__  # type: ignore[attr-defined]
 
 JOB = "evaluation"
-MARGIN = 60.0  # seconds: events newer than this are left for the next run
+MARGIN = 120.0  # seconds: events newer than this are left for the next run
 FIRST_DAYS = 30  # a first run rolls up this many days back
 COUNTED = {
     "delivered": "delivered",
@@ -154,7 +164,13 @@ def count_events(conn: Connection, start: float, end: float) -> list[DayCounts]:
     query = (
         select(pool.label("pool"), M.c.mail_from, E.c.type, func.count().label("n"))
         .select_from(E.outerjoin(M, M.c.id == E.c.message_id))
-        .where(E.c.created_at >= start, E.c.created_at < end, E.c.type.in_(list(COUNTED)))
+        .where(
+            E.c.created_at >= start,
+            E.c.created_at < end,
+            E.c.type.in_(list(COUNTED)),
+            # a receiver's deferral has its reply; Postern's own waiting has none
+            or_(E.c.type != "deferred", E.c.code.is_not(None)),
+        )
         .group_by(pool, M.c.mail_from, E.c.type)
     )
     totals: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: dict.fromkeys(FIELDS, 0))
@@ -228,14 +244,19 @@ def record_score(
     conn: Connection, kind: str, subject: str, score: int | None, at_risk: bool, now: float
 ) -> bool:
     """Store a subject's score; True when it has just crossed into risk (it was not at
-    risk): the caller's event fires once per crossing, in this transaction."""
+    risk): the caller's event fires once per crossing, in this transaction. A score of
+    None (collecting: too little volume to judge) leaves `at_risk` as it was, so that
+    at risk -> collecting -> at risk is one crossing, not two."""
     _ensure(conn, kind, subject)
     where = and_(S.c.kind == kind, S.c.subject == subject)
     crossed = False
     if at_risk:
         done = conn.execute(update(S).where(where, S.c.at_risk.is_(False)).values(at_risk=True))
         crossed = done.rowcount == 1
-    conn.execute(update(S).where(where).values(score=score, at_risk=at_risk, evaluated_at=now))
+    values: dict[str, Any] = {"score": score, "evaluated_at": now}
+    if score is not None:
+        values["at_risk"] = at_risk
+    conn.execute(update(S).where(where).values(**values))
     return crossed
 
 

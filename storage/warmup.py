@@ -329,7 +329,9 @@ HOLD = {"preset": None, "start_volume": MAX_VOLUME, "step": 0, "cap": MAX_VOLUME
 def pause_in(conn: Connection, kind: str, subject_id: str, reason: str, now: float) -> bool:
     """Pause the subject's sending on `conn` with `reason` (True): its warmup, whatever its
     day, or (none running) a finished one, paused (HOLD). A paused one keeps its first
-    reason (False)."""
+    reason (False). Only an account or a pool (KINDS): any other kind is refused
+    (ScheduleError), never written."""
+    check_kind(kind)
     found = _read(conn, now, W.c.kind == kind, W.c.subject_id == subject_id)
     paused = {"status": "paused", "paused_reason": reason[:512], "paused_at": now}
     if not found:

@@ -82,7 +82,6 @@ from gateway.smtpd.bounce_listener import BounceHandler
 from gateway.smtpd.server import PosternHandler
 from gateway.tasks import Loops
 from gateway.webhooks.node import Webhooks, start_webhooks
-from storage import warmup as stored_warmup
 from storage.db import (
     Database,
     SchemaError,
@@ -391,24 +390,21 @@ class Service:
 
     def _start_reputation(self, ready: Prepared, db: Database) -> None:
         """The reputation evaluation: every node tries, the lease lets one run it at a time.
-        With `pause_on_risk`, a subject at risk has its warmup paused (storage.warmup.pause:
-        every node's gate follows within seconds) until a person resumes it."""
+        With `pause_on_risk`, an account or pool at risk has its sending paused in the
+        transaction that records the crossing (storage.warmup.pause_in: every node's gate
+        follows within seconds) until a person resumes it."""
         settings = self.config.reputation
         if not settings.enabled:
             return
         watch_settings = WatchSettings(
             ready.node, settings.interval, settings.threshold, settings.pause_on_risk,
             settings.setup_interval, self.config.storage.retention,
+            self.config.blocklists.sending_ips,
         )  # fmt: skip
         # no cache, as the domains' own check: a record fixed a minute ago counts
         resolver = Resolver(self.config.dns.nameservers, cache_size=0)
-        self.reputation = ReputationWatch(
-            db, resolver, watch_settings, pause_sending=partial(self._pause_warmup, db)
-        )
+        self.reputation = ReputationWatch(db, resolver, watch_settings)
         self.loops.every(settings.interval, self._evaluate, "evaluating sender reputation", True)
-
-    async def _pause_warmup(self, db: Database, kind: str, subject_id: str, reason: str) -> None:
-        await stored_warmup.pause(db, kind, subject_id, reason, self.warmup_clock())
 
     async def _evaluate(self) -> None:
         if self.reputation is not None:
@@ -479,6 +475,7 @@ class Service:
                 config.http.max_attachments_size, config.http.refuse_attachment_types
             ),
             reputation_threshold=config.reputation.threshold,
+            sending_ips=config.blocklists.sending_ips,
         )
         self._start_http(ready, storage, self.api)
 

@@ -5,12 +5,20 @@ warmup (storage.warmup) and the domain's records as last checked.
 
 Who counts what: an account, the mail sent through it (its pool label is its address) and
 its address's domain records; a pool, the mail sent through it (its name), no domain of its
-own; a domain, the mail sent From it through any route, and its records. Blocklists are
-asked about an account's domain and SMTP host, a pool's host, a domain itself.
+own; a domain, the mail sent From it through any route, and its records.
+
+Blocklists: a subject's `blacklist_status` reads the verdicts of what the DNSBL check
+(gateway.reputation.dnsbl) asks about, nothing else: an account, its email domain; a
+domain, itself; a pool, the configured `[blocklists] sending_ips` (what receivers see of
+mail relayed through it; a pool's host name is the provider's submission endpoint, never
+asked). `clean` when every one of them has a clean verdict, `listed` when any is listed,
+`unknown` otherwise: one not checked yet or not answered, or none to ask (a pool with no
+`sending_ips` configured is `unknown`: nothing says what receivers see of it).
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -42,25 +50,29 @@ class Subject:
 
 
 def account_subject(record: MailAccountRecord) -> Subject:
+    """An account: blocklists asked about its email domain (as the DNSBL check asks)."""
     domain = reputation.domain_of(record.email)
     return Subject(
-        ACCOUNT, record.id, record.email, record.email, domain or None,
-        tuple(dict.fromkeys(s for s in (domain, record.smtp_host.lower()) if s)),
+        ACCOUNT, record.id, record.email, record.email, domain or None, (domain,) if domain else ()
     )  # fmt: skip
 
 
-def pool_subject(record: PoolRecord) -> Subject:
-    return Subject(POOL, record.id, record.name, record.name, None, (record.host.lower(),))
+def pool_subject(record: PoolRecord, sending_ips: Sequence[str] = ()) -> Subject:
+    """A pool: blocklists asked about `sending_ips` ([blocklists] sending_ips; none: its
+    status is unknown)."""
+    ips = tuple(dict.fromkeys(str(ipaddress.ip_address(ip)) for ip in sending_ips))
+    return Subject(POOL, record.id, record.name, record.name, None, ips)
 
 
 def domain_subject(name: str) -> Subject:
     return Subject(DOMAIN, name, name, "", name, (name,))
 
 
-async def all_subjects(db: Database) -> list[Subject]:
-    """Every connected account, pool and registered sender domain."""
+async def all_subjects(db: Database, sending_ips: Sequence[str] = ()) -> list[Subject]:
+    """Every connected account, pool and registered sender domain (`sending_ips`: the
+    configured [blocklists] sending_ips, a pool's blocklist subjects)."""
     found = [account_subject(r) for r in await mail_accounts.list_accounts(db)]
-    found += [pool_subject(r) for r in await pools.pool_records(db)]
+    found += [pool_subject(r, sending_ips) for r in await pools.pool_records(db)]
     found += [domain_subject(r.domain) for r in await stored_domains.list_domains(db)]
     return found
 

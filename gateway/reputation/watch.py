@@ -6,10 +6,19 @@
               domain -> set the gauges -> for each that has just crossed below `threshold`:
               a `reputation_at_risk` event (webhooks pick it up from the event table) in
               the transaction that records the crossing, so it fires once per crossing on
-              whichever node, then `pause_sending(kind, id, reason)` if `pause_on_risk`.
+              whichever node, and, if `pause_on_risk`, an account's or a pool's sending
+              paused in that same transaction (storage.warmup.pause_in): the crossing, its
+              event and the pause are committed together or not at all. A domain at risk
+              only raises the event: a domain is no warmup's subject (its mail goes through
+              accounts and pools, which have their own scores).
 
 A subject that climbs back to `threshold` or above is no longer at risk; falling again is a
-new crossing. Sending is never resumed here: a person resumes it (warmup's own resume).
+new crossing. One with too little volume to judge (collecting) stays as it was: at risk ->
+collecting -> at risk is one crossing. Sending is never resumed here: a person resumes it
+(warmup's own resume).
+
+The gauges are labelled with the subject's id (an account's or pool's id, a domain's name),
+never an account's address.
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -28,18 +37,13 @@ from gateway.dkim.domains import Check, check_records
 from gateway.dns import Resolver
 from gateway.message import SIMULATOR_POOL
 from gateway.queue import events
-from gateway.reputation.report import DOMAIN, Report, all_subjects, reports
+from gateway.reputation.report import ACCOUNT, DOMAIN, POOL, Report, all_subjects, reports
 from gateway.reputation.score import AT_RISK, Thresholds, shipped_thresholds
-from storage import reputation
+from storage import reputation, warmup
 from storage.db import Database
 
 log = logging.getLogger("postern.reputation")
-PauseSending = Callable[[str, str, str], Awaitable[None]]
 MAX_ROLL_STEPS = 40  # spans rolled up per run (a first run: 30 days, one span each)
-
-
-async def no_pause(kind: str, subject_id: str, reason: str) -> None:
-    """The default `pause_sending`: nothing (the lead wires warmup's pause)."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class WatchSettings:
     pause_on_risk: bool = False
     setup_interval: float = 6 * 3600.0  # a domain's records are looked up again after this
     keep_events: float = 30 * 86400.0  # its reputation_at_risk events: [storage] retention
+    sending_ips: tuple[str, ...] = ()  # [blocklists] sending_ips: a pool's blocklist subjects
 
 
 def _known(check: Check | None) -> bool | None:
@@ -66,14 +71,12 @@ class ReputationWatch:
         resolver: Resolver,
         settings: WatchSettings,
         thresholds: Thresholds | None = None,
-        pause_sending: PauseSending = no_pause,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._db = db
         self._resolver = resolver
         self.settings = settings
         self.thresholds = thresholds or shipped_thresholds()
-        self.pause_sending = pause_sending
         self.clock = clock  # tests move it past the roll-up's margin
         self._running = asyncio.Lock()
 
@@ -95,7 +98,7 @@ class ReputationWatch:
             )
             if not more:
                 break
-        subjects = await all_subjects(self._db)
+        subjects = await all_subjects(self._db, self.settings.sending_ips)
         await self._check_setups({s.domain for s in subjects if s.domain}, now)
         found = await reports(self._db, subjects, self.thresholds, self.settings.threshold, now)
         self._gauges(found)
@@ -103,7 +106,7 @@ class ReputationWatch:
         keep |= {(DOMAIN, s.domain) for s in subjects if s.domain}  # their records
         crossed = await self._db.transaction(lambda c: self._record(c, found, keep, now))
         for report in crossed:
-            await self._pause(report)
+            log.warning("reputation at risk: %s", self._reason(report))
         return found
 
     async def release(self) -> None:
@@ -148,6 +151,8 @@ class ReputationWatch:
             value = report.result.score
             if reputation.record_score(conn, subject.kind, subject.id, value, at_risk, now):
                 conn.execute(events.INSERT_EVENT, [self._event(report, now)])
+                if self.settings.pause_on_risk and subject.kind in (ACCOUNT, POOL):
+                    warmup.pause_in(conn, subject.kind, subject.id, self._reason(report), now)
                 crossed.append(report)
         reputation.forget(conn, keep)
         longest = max(self.thresholds.windows)
@@ -184,22 +189,12 @@ class ReputationWatch:
             f"below {self.settings.threshold} ({', '.join(costly) or 'no single cause'})"
         )
 
-    async def _pause(self, report: Report) -> None:
-        reason = self._reason(report)
-        log.warning("reputation at risk: %s", reason)
-        if not self.settings.pause_on_risk:
-            return
-        try:
-            await self.pause_sending(report.subject.kind, report.subject.id, reason)
-        except Exception as error:  # the next crossing tries again; the event is out
-            log.warning("pausing %s %s failed: %s", report.subject.kind, report.subject.id, error)
-
     def _gauges(self, found: list[Report]) -> None:
         metrics.REPUTATION_SCORE.clear()
         metrics.REPUTATION_POINTS.clear()
         metrics.REPUTATION_VALUE.clear()
         for report in found:
-            labels = {"kind": report.subject.kind, "subject": report.subject.name}
+            labels = {"kind": report.subject.kind, "subject": report.subject.id}
             if report.result.score is not None:  # collecting: no sample
                 metrics.REPUTATION_SCORE.labels(**labels).set(report.result.score)
             for component in report.result.components:

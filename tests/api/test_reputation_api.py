@@ -2,8 +2,10 @@
 field for field as the seed (plus reputation_status and components) for a session and an
 admin key, 403 for a key without admin; `GET /api/v1/reputation` by kind and scope;
 `/api/v1/reputation/{kind}/{id}` with 404s; the domain's records looked up on a loopback DNS
-server; a crossing below the threshold writes one `reputation_at_risk` event and calls the
-pause hook when asked to."""
+server; a crossing below the threshold writes one `reputation_at_risk` event and, when
+asked to, pauses the pool's sending in the same commit; `blacklist_status` read from the
+verdicts of what the DNSBL check asks about (an account's domain, a domain, the configured
+sending IPs for a pool)."""
 
 from __future__ import annotations
 
@@ -16,8 +18,9 @@ from sqlalchemy import select
 
 from gateway.people.passwords import Passwords
 from gateway.people.users import Users
-from storage import mail_accounts, pools
-from storage.models import Event
+from storage import blocklists, mail_accounts, pools, reputation, warmup
+from storage.blocklists import Verdict
+from storage.models import Event, Warmup
 from tests.support.api import Api, ApiFactory, auth
 from tests.support.dnsserver import DnsServer
 from tests.support.people import sign_in
@@ -34,6 +37,8 @@ SEED_FIELDS = [
 ADDED_FIELDS = ["reputation_status", "components"]
 COMPONENT_FIELDS = {"signal", "value", "points", "window_days", "rule"}
 EV = Event.__table__  # type: ignore[attr-defined]
+W = Warmup.__table__  # type: ignore[attr-defined]
+LATER = reputation.MARGIN + 60  # sends recorded now are past the roll-up's margin by then
 
 
 @pytest.fixture
@@ -51,15 +56,18 @@ async def _account(api: Api, email: str, user_id: str) -> mail_accounts.MailAcco
     return await mail_accounts.create_account(api.svc.db, values, lambda _: "", user_id, 10)
 
 
-async def _setup(api_client: ApiFactory, dns: DnsServer, **reputation: Any) -> tuple[Api, Any]:
+async def _setup(
+    api_client: ApiFactory, dns: DnsServer, sending_ips: tuple[str, ...] = (), **settings: Any
+) -> tuple[Api, Any]:
     api = await api_client(
         dns={"nameservers": [dns.nameserver]},
-        reputation=reputation,
+        reputation=settings,
         webhooks={"allow_private": True},
+        blocklists={"enabled": False, "sending_ips": list(sending_ips)},
     )
     assert api.svc.reputation is not None
-    # sends recorded now are past the roll-up's margin (a minute) by this clock
-    api.svc.reputation.clock = lambda: time.time() + 120
+    # sends recorded now are past the roll-up's margin by this clock
+    api.svc.reputation.clock = lambda: time.time() + LATER
     owner = await Users(api.svc.db, Passwords()).create("owner@example.test", "owner", "pw-" * 6)
     return api, owner
 
@@ -101,6 +109,7 @@ async def test_the_seed_shape_field_for_field(api_client: ApiFactory, dns: DnsSe
     assert scored["reputation_score"] == 20
     assert scored["warmup_status"] == "not_started" and scored["daily_limit"] is None
     assert scored["sent_today"] == 400
+    # its domain (what the DNSBL check asks about) has no verdict yet: unknown
     assert scored["blacklist_status"] == "unknown" and scored["last_checked_at"] is None
     collecting = rows[quiet.id]
     assert collecting["reputation_score"] is None
@@ -173,7 +182,7 @@ async def test_a_crossing_fires_one_event_and_the_pause(
     api_client: ApiFactory, dns: DnsServer
 ) -> None:
     api, _ = await _setup(api_client, dns, pause_on_risk=True, threshold=90)
-    await pools.create_pool(
+    pool = await pools.create_pool(
         api.svc.db, {"name": "relay", "host": "127.0.0.1", "port": 2525}, lambda _: ""
     )
     receiver = await Receiver().start()
@@ -185,35 +194,54 @@ async def test_a_crossing_fires_one_event_and_the_pause(
     )
     assert hook.status_code == 201, hook.text
     receiver.secrets[hook.json()["webhook"]["id"]] = hook.json()["webhook"]["secret"]
-    paused: list[tuple[str, str, str]] = []
-
-    async def pause(kind: str, subject_id: str, reason: str) -> None:
-        paused.append((kind, subject_id, reason))
-
     watch = api.svc.reputation
     assert watch is not None
-    watch.pause_sending = pause
-    now = time.time()
-    await record_sends(api.svc.db, "relay", "a@x.test", now, delivered=200, deferred=30)
-    watch.clock = lambda: now + 120
-    await watch.run_once()  # 30 of 230 deferred: 5 points, 95: fine at 90
-    assert paused == []
-    # written after the first run's roll-up (which reached its clock's now less a minute)
-    await record_sends(api.svc.db, "relay", "a@x.test", now + 121, complaints=1)
-    watch.clock = lambda: now + 300
-    await watch.run_once()  # 0.5 % complaints: 80 more
-    await watch.run_once()  # still at risk: no second event
-    assert [p[:1] for p in paused] == [("pool",)]
-    assert "complaint_rate 80" in paused[0][2]
 
     def risky(conn: Any) -> list[Any]:
         return list(conn.execute(select(EV).where(EV.c.type == "reputation_at_risk")))
 
+    def held(conn: Any) -> list[Any]:
+        return list(conn.execute(select(W)))
+
+    now = time.time()
+    # 30 receivers' deferrals, and Postern's own waiting for a limit (no reply: not counted)
+    await record_sends(api.svc.db, "relay", "a@x.test", now, delivered=200, deferred=30, waited=500)
+    watch.clock = lambda: now + LATER
+    await watch.run_once()  # 30 of 230 deferred: 5 points, 95: fine at 90
+    assert await api.svc.db.read(held) == []
+    # written after the first run's roll-up (which reached its clock's now less the margin)
+    await record_sends(api.svc.db, "relay", "a@x.test", now + 61, complaints=1)
+
+    # the crossing's transaction fails after the pause (a crash): nothing of it is kept
+    def crash(*_: Any) -> None:
+        raise RuntimeError("the node died mid-commit")
+
+    real = reputation.evaluated
+    reputation.evaluated = crash  # type: ignore[assignment]
+    try:
+        watch.clock = lambda: now + LATER + 120
+        with pytest.raises(RuntimeError):
+            await watch.run_once()
+    finally:
+        reputation.evaluated = real
+    assert await api.svc.db.read(risky) == [] and await api.svc.db.read(held) == []
+    states = await api.svc.db.read(reputation.states)
+    assert not states[("pool", pool.id)].at_risk  # not at risk and never paused: not half
+
+    watch.clock = lambda: now + LATER + 180
+    await watch.run_once()  # 0.5 % complaints: 80 more
+    await watch.run_once()  # still at risk: no second event
     rows = await api.svc.db.read(risky)
     assert len(rows) == 1 and rows[0].pool == "relay" and rows[0].message_id == ""
     assert '"score":15' in rows[0].detail
-    assert metric("postern_reputation_score", kind="pool", subject="relay") == 15
-    signal = {"kind": "pool", "subject": "relay", "signal": "complaint_rate"}
+    # the pause, committed with the event: the pool's sending held until a person resumes
+    record = await warmup.get_warmup(api.svc.db, "pool", pool.id, now + LATER + 180)
+    assert record is not None and record.status == "paused"
+    assert record.paused_reason is not None and "complaint_rate 80" in record.paused_reason
+    # labelled with the pool's id, never a name (an account's would be its address)
+    assert metric("postern_reputation_score", kind="pool", subject=pool.id) == 15
+    assert metric("postern_reputation_score", kind="pool", subject="relay") == 0  # no sample
+    signal = {"kind": "pool", "subject": pool.id, "signal": "complaint_rate"}
     assert metric("postern_reputation_points", **signal) == 80
     try:
         assert await wait_until(lambda: bool(receiver.events), timeout=10)
@@ -223,6 +251,64 @@ async def test_a_crossing_fires_one_event_and_the_pause(
     assert event["type"] == "reputation_at_risk" and event["message_id"] == ""
     assert event["reputation"]["kind"] == "pool" and event["reputation"]["score"] == 15
     assert event["reputation"]["threshold"] == 90
+
+
+async def test_blacklist_status_reads_what_the_dnsbl_check_asks_about(
+    api_client: ApiFactory, dns: DnsServer
+) -> None:
+    api, owner = await _setup(api_client, dns, sending_ips=("192.0.2.10", "192.0.2.11"))
+    account = await _account(api, "news@clean.test", owner.id)
+    pool = await pools.create_pool(
+        api.svc.db, {"name": "relay", "host": "smtp.provider.test", "port": 2525}, lambda _: ""
+    )
+    admin = await api.key("admin")
+    made = await api.http.post(
+        "/api/v1/domains", json={"domain": "clean.test", "verified": True}, headers=auth(admin)
+    )
+    assert made.status_code == 201, made.text
+    checked = time.time()
+    clean = [
+        Verdict("clean.test", "domain", "clean"),
+        Verdict("192.0.2.10", "ip", "clean"),
+        Verdict("192.0.2.11", "ip", "clean"),
+    ]
+    await blocklists.record(api.svc.db, clean, checked)
+
+    async def statuses() -> dict[str, tuple[str, Any]]:
+        data = (await api.get("/api/v1/reputation", key=admin)).json()["data"]
+        rows = [row for kind in ("accounts", "pools", "domains") for row in data[kind]]
+        return {row["id"]: (row["blacklist_status"], row["last_checked_at"]) for row in rows}
+
+    found = await statuses()
+    # the account's email domain, the domain itself, every sending IP: all clean
+    for key in (account.id, pool.id, "clean.test"):  # (and the test service's own pool)
+        assert found[key][0] == "clean" and found[key][1] is not None, key
+    seed = (await api.get("/mail/accounts/reputation", key=admin)).json()["data"]
+    assert seed[0]["blacklist_status"] == "clean" and seed[0]["last_checked_at"]
+
+    # one sending IP listed: the pool is listed, the account and the domain stay clean
+    listing = {"list": "spamcop", "code": "127.0.0.2", "meaning": "listed"}
+    listed = Verdict("192.0.2.11", "ip", "listed", (listing,))
+    await blocklists.record(api.svc.db, [listed], checked + 1)
+    found = await statuses()
+    assert found[pool.id][0] == "listed" and found[account.id][0] == "clean"
+    # one not answered: unknown (never "clean" on what was not seen)
+    await blocklists.record(api.svc.db, [Verdict("clean.test", "domain", "unknown")], checked + 2)
+    found = await statuses()
+    assert found[account.id][0] == "unknown" and found["clean.test"][0] == "unknown"
+
+
+async def test_a_pool_without_sending_ips_is_unknown(
+    api_client: ApiFactory, dns: DnsServer
+) -> None:
+    api, _ = await _setup(api_client, dns)
+    pool = await pools.create_pool(
+        api.svc.db, {"name": "relay", "host": "smtp.provider.test", "port": 2525}, lambda _: ""
+    )
+    # a verdict about the pool's host name is not what receivers see: never read
+    await blocklists.record(api.svc.db, [Verdict("smtp.provider.test", "domain", "clean")])
+    one = await api.get(f"/api/v1/reputation/pool/{pool.id}", key=await api.key("pools"))
+    assert one.status_code == 200 and one.json()["data"]["blacklist_status"] == "unknown"
 
 
 def _txt(value: str) -> str:

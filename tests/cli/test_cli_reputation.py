@@ -14,7 +14,7 @@ import pytest
 from gateway.config import load
 from gateway.dns import Resolver
 from gateway.reputation.watch import ReputationWatch, WatchSettings
-from storage import pools
+from storage import pools, reputation
 from storage.db import create_schema, database_url, open_database, prepare_data_dir
 from tests.support.processes import child_cwd, child_env, postern_argv
 from tests.support.reputation import record_sends
@@ -51,7 +51,7 @@ def evaluate(config: str) -> None:
             now = time.time()
             await record_sends(db, "relay", "a@x.test", now, delivered=190, bounced=10)
             watch = ReputationWatch(db, Resolver(["127.0.0.1"]), WatchSettings("cli-test"))
-            watch.clock = lambda: now + 120
+            watch.clock = lambda: now + reputation.MARGIN + 60
             assert await watch.run_once() is not None
         finally:
             await db.dispose()

@@ -30,7 +30,9 @@ async def roll(db: Database, node: str, now: float) -> None:
 
 async def test_roll_up_counts_each_event_once_by_pool_and_sender_domain(backend: Database) -> None:
     await record_sends(backend, "relay", "a@Example.com", NOW - 3 * DAY, delivered=5, bounced=1)
-    await record_sends(backend, "relay", "b@example.com", NOW - 20 * DAY, delivered=2, deferred=3)
+    await record_sends(
+        backend, "relay", "b@example.com", NOW - 20 * DAY, delivered=2, deferred=3, waited=4
+    )  # Postern's own waiting (no upstream reply) is no receiver's deferral
     await record_sends(backend, "acct@x.org", "acct@x.org", NOW - 600, complaints=1, late_bounces=2)
     await record_sends(backend, "relay", "c@example.com", NOW - 10, delivered=7)  # in the margin
     await record_sends(backend, "relay", "d@example.com", NOW - 40 * DAY, delivered=9)  # too old
@@ -44,8 +46,8 @@ async def test_roll_up_counts_each_event_once_by_pool_and_sender_domain(backend:
     }
     assert totals(month)[("relay", "example.com")] == (7, 1, 0, 3)
     # a second run adds only what is new: the margin's message, once
-    await roll(backend, "n1", NOW + 120)
-    await roll(backend, "n1", NOW + 120)
+    await roll(backend, "n1", NOW + reputation.MARGIN)
+    await roll(backend, "n1", NOW + reputation.MARGIN)
     week = await backend.read(lambda c: reputation.window_totals(c, reputation.since_day(NOW, 7)))
     assert totals(week)[("relay", "example.com")] == (12, 1, 0, 0)
 
@@ -89,6 +91,20 @@ async def test_a_crossing_into_risk_is_reported_once(backend: Database) -> None:
     assert await backend.transaction(record(65, True))
     state = (await backend.read(reputation.states))[("pool", "p1")]
     assert state.score == 65 and state.at_risk
+
+
+async def test_collecting_leaves_the_risk_as_it_was(backend: Database) -> None:
+    def record(score: int | None, at_risk: bool) -> object:
+        return lambda c: reputation.record_score(c, "pool", "p1", score, at_risk, NOW)
+
+    assert await backend.transaction(record(60, True))
+    assert not await backend.transaction(record(None, False))  # too little volume to judge
+    state = (await backend.read(reputation.states))[("pool", "p1")]
+    assert state.score is None and state.at_risk  # still at risk: not judged again
+    assert not await backend.transaction(record(55, True))  # the same crossing: no event
+    assert not await backend.transaction(record(None, False))
+    assert not await backend.transaction(record(80, False))  # judged fine: no longer at risk
+    assert not (await backend.read(reputation.states))[("pool", "p1")].at_risk
 
 
 async def test_purge_keeps_the_windows_and_recent_events(backend: Database) -> None:
@@ -160,8 +176,9 @@ async def test_two_nodes_one_evaluation_one_event(backend: Database, other_db: D
     await pools.create_pool(backend, {"name": "relay", "host": "127.0.0.1", "port": 25}, str)
     await record_sends(backend, "relay", "a@x.test", NOW, delivered=150, complaints=1)
     resolver = Resolver(["127.0.0.1:9"])  # no domain here: never asked
+    later = NOW + reputation.MARGIN + 60
     nodes = [
-        ReputationWatch(db, resolver, WatchSettings(node), clock=lambda: NOW + 120)
+        ReputationWatch(db, resolver, WatchSettings(node), clock=lambda: later)
         for db, node in ((backend, "node-a"), (other_db, "node-b"))
     ]
     first, second = await asyncio.gather(*(node.run_once() for node in nodes))
@@ -179,3 +196,35 @@ async def test_two_nodes_one_evaluation_one_event(backend: Database, other_db: D
     await winner.release()
     loser = nodes[1] if winner is nodes[0] else nodes[0]
     assert await loser.run_once() is not None  # the lease given back: the other takes it
+
+
+async def test_pause_on_risk_pauses_a_pool_never_a_domain(backend: Database) -> None:
+    """The crossing, its event and the pause in one commit: the pool's sending held (a
+    finished warmup, paused); the domain at risk too, but only its event (no warmup row)."""
+    from gateway.dns import Resolver
+    from gateway.reputation.watch import ReputationWatch, WatchSettings
+    from storage import domains, pools, warmup
+
+    pool = await pools.create_pool(backend, {"name": "relay", "host": "127.0.0.1", "port": 25}, str)
+    await domains.add_domain(backend, "x.test", verified=True)
+    # its records as looked up a moment ago: not due, DNS never asked
+    await backend.transaction(lambda c: reputation.record_setup(c, "x.test", True, None, True, NOW))
+    await record_sends(backend, "relay", "a@x.test", NOW, delivered=150, complaints=1)
+    settings = WatchSettings("node-a", pause_on_risk=True)
+    watch = ReputationWatch(
+        backend, Resolver(["127.0.0.1:9"]), settings, clock=lambda: NOW + reputation.MARGIN + 60
+    )
+    found = await watch.run_once()
+    assert found is not None
+    assert {(r.subject.kind, r.result.status) for r in found} >= {
+        ("pool", "at_risk"),
+        ("domain", "at_risk"),
+    }
+
+    def risky(conn: Connection) -> list[str]:
+        query = "SELECT detail FROM event WHERE type = 'reputation_at_risk'"
+        return sorted(json.loads(r[0])["reputation"]["kind"] for r in conn.execute(text(query)))
+
+    assert await backend.read(risky) == ["domain", "pool"]
+    held = await warmup.list_warmups(backend, NOW)
+    assert [(w.kind, w.subject_id, w.status) for w in held] == [("pool", pool.id, "paused")]

@@ -17,7 +17,7 @@ from gateway.delivery.warmup import WarmupGate
 from gateway.message import DeliveryResult, Outcome
 from storage import warmup
 from storage.db import Database
-from storage.warmup_schedule import Schedule
+from storage.warmup_schedule import Schedule, ScheduleError
 from storage.writer import Writer
 
 TZ = "Europe/Paris"
@@ -186,3 +186,11 @@ async def test_the_gate_for_an_account(backend: Database, writer: Writer) -> Non
     paused = await gate.reserve(account)
     assert isinstance(paused, Wait) and paused.reason == "warmup_paused"
     assert paused.text.startswith("waiting: warmup of account me@personal.test paused: receiver")
+
+
+async def test_only_an_account_or_a_pool_is_paused(backend: Database) -> None:
+    """A domain at risk raises only the event: pause_in refuses it and writes nothing."""
+    now = at("2026-06-02T12:00:00")
+    with pytest.raises(ScheduleError):
+        await backend.transaction(lambda c: warmup.pause_in(c, "domain", "x.test", "risk", now))
+    assert await warmup.list_warmups(backend, now) == []

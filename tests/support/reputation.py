@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import Connection, insert
 
+from gateway.message import DeliveryResult, Outcome
 from gateway.queue import events
 from storage.db import Database
 from storage.models import Message
@@ -28,9 +29,12 @@ async def record_sends(
     complaints: int = 0,
     deferred: int = 0,
     late_bounces: int = 0,
+    waited: int = 0,
 ) -> None:
     """One message From `mail_from` sent through `pool` at `at` with these recipients'
-    outcomes (`late_bounces`: hard bounces reported later, whose events name no pool)."""
+    outcomes (`deferred`: a receiver's 451 reply; `late_bounces`: hard bounces reported
+    later, whose events name no pool; `waited`: Postern's own waiting for a limit,
+    `deferred` with no reply, as Queue.postpone writes it)."""
     message_id = f"rep{next(_ids):08d}"
 
     def work(conn: Connection) -> None:
@@ -42,16 +46,27 @@ async def record_sends(
             )
         )  # fmt: skip
         rows: list[dict[str, Any]] = []
+        reply = DeliveryResult(Outcome.DEFERRED, 451, "4.7.1", "try again later")
         plan = [
-            (events.DELIVERED, delivered, pool),
-            (events.BOUNCED, bounced, pool),
-            (events.COMPLAINT, complaints, None),
-            (events.DEFERRED, deferred, pool),
-            (events.BOUNCED, late_bounces, None),
+            (events.DELIVERED, delivered, pool, None),
+            (events.BOUNCED, bounced, pool, None),
+            (events.COMPLAINT, complaints, None, None),
+            (events.DEFERRED, deferred, pool, reply),
+            (events.BOUNCED, late_bounces, None, None),
+            (events.DEFERRED, waited, pool, None),
         ]
-        for kind, count, named in plan:
+        for kind, count, named, result in plan:
             rows += [
-                events.row(kind, message_id, "delivered", at, f"r{i}@example.net", pool=named)
+                events.row(
+                    kind,
+                    message_id,
+                    "delivered",
+                    at,
+                    f"r{i}@example.net",
+                    pool=named,
+                    result=result,
+                    response=None if result else "waiting: pool relay",
+                )
                 for i in range(count)
             ]
         if rows:

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from storage import domains, mail_accounts, pools
+from storage import domains, mail_accounts, pools, reputation
 from tests.support.api import Api, ApiFactory
 from tests.support.people import make_user
 from tests.support.reputation import record_sends
@@ -44,7 +44,7 @@ async def test_scores_status_and_components_per_kind(api: Api) -> None:
     await record_sends(api.svc.db, "relay", "app@example.test", now, delivered=600, complaints=1)
     watch = api.svc.reputation
     assert watch is not None
-    watch.clock = lambda: now + 120
+    watch.clock = lambda: now + reputation.MARGIN + 60
     await watch.run_once()
 
     browser = await sign_in(str(api.http.base_url), owner)

@@ -30,8 +30,8 @@ def add_commands(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    threshold = config.reputation.threshold
-    found = asyncio.run(with_database(config, lambda db: _reports(db, args.kind, threshold)))
+    threshold, ips = config.reputation.threshold, config.blocklists.sending_ips
+    found = asyncio.run(with_database(config, lambda db: _reports(db, args.kind, threshold, ips)))
     if args.json:
         print(json.dumps([as_json(report) for report in found]))
     else:
@@ -39,8 +39,10 @@ def run(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-async def _reports(db: Database, kind: str | None, threshold: int) -> list[Report]:
-    subjects = [s for s in await all_subjects(db) if kind is None or s.kind == kind]
+async def _reports(
+    db: Database, kind: str | None, threshold: int, sending_ips: tuple[str, ...]
+) -> list[Report]:
+    subjects = [s for s in await all_subjects(db, sending_ips) if kind is None or s.kind == kind]
     return await reports(db, subjects, shipped_thresholds(), threshold, time.time())
 
 
