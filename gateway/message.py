@@ -47,6 +47,7 @@ class Submission:
     system: bool = False  # Postern's own mail (alias verification, pool test): no sender check
     message_id: str | None = None  # chosen by the door that names it in the message (SMTP)
     client: str = ""  # the submitting peer, `[address]:port`, for the mail log
+    client_address: str = ""  # its IP address alone, stored for the search ("": none)
 
 
 @dataclass(frozen=True)

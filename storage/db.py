@@ -268,6 +268,8 @@ _ADDED_COLUMNS = (
     # Schema 10: the search by recipient reads by (email, time).
     ("recipient", "message_created_at", "FLOAT NOT NULL DEFAULT 0"),
     # Schema 10: DNSBL checks (blocklist_check and blocklist_run are new tables, no column).
+    # Schema 10: the search by client address (message_subject_word is a new table).
+    ("message", "client_address", "VARCHAR(32)"),
 )
 
 # Run once, right after their column was added, to fill it in for the rows already there.

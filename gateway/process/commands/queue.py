@@ -69,6 +69,11 @@ def _filters(parser: argparse.ArgumentParser, bulk: bool = False) -> None:
     parser.add_argument("--recipient", help="a recipient's address")
     parser.add_argument("--from", dest="mail_from", help="envelope sender")
     parser.add_argument("--tag")
+    parser.add_argument(
+        "--message-id", dest="message_id_header", help="the client's own Message-ID header"
+    )
+    parser.add_argument("--subject", help="words the Subject has, all of them, any order")
+    parser.add_argument("--client", help="the client's IP address, or a CIDR block")
     parser.add_argument("--since", help="created at or after: ISO 8601 or UNIX seconds")
     parser.add_argument("--until", help="created before: ISO 8601 or UNIX seconds")
     if bulk:
@@ -123,6 +128,9 @@ async def _with_queue(db: Database, config: Config, args: argparse.Namespace, ac
         await writer.stop()
 
 
+_OPTIONS = {"message_id_header": "message-id"}  # a filter field's option, where it differs
+
+
 def _filter(args: argparse.Namespace) -> MessageFilter:
     values = {
         "status": args.status,
@@ -130,13 +138,17 @@ def _filter(args: argparse.Namespace) -> MessageFilter:
         "recipient": args.recipient,
         "from": args.mail_from,
         "tag": args.tag,
+        "message_id_header": args.message_id_header,
+        "subject": args.subject,
+        "client": args.client,
         "since": args.since,
         "until": args.until,
     }
     try:
         return make_filter(values)
     except FilterError as error:
-        raise CommandError(f"--{error.field}: {error.message}") from None
+        option = _OPTIONS.get(error.field, error.field)
+        raise CommandError(f"--{option}: {error.message}") from None
 
 
 def _state(state: MessageState) -> dict[str, Any]:
@@ -246,6 +258,7 @@ def _text(action: str, result: Any) -> str:
         rows = [
             f"{m['message_id']}  {m['status']:<9}  {m['created_at']}  {_safe(m['from'])} -> "
             f"{', '.join(m['recipients'])}  pool={_safe(m['pool'])}  attempts={m['attempts']}"
+            f"  client={m['client_address'] or '-'}"
             for m in result["data"]
         ]
         if result["next_cursor"]:
