@@ -37,7 +37,8 @@ from gateway.people.users import Users
 from gateway.process.service import Service
 from storage.db import Database
 from storage.keys import create_key
-from storage.models import Event, Message, MessageBody, Recipient
+from storage.models import Event, Message, MessageBody, MessageSubjectWord, Recipient
+from storage.search_keys import address_key, subject_words
 from storage.users import UserRecord
 from tests.support.processes import free_port
 
@@ -83,8 +84,12 @@ async def make_pools(service: Service, base: str, count: int) -> None:
 
 
 def _rows(start: int, count: int, owners: list[str], now: float) -> dict[str, list[Any]]:
-    """Messages start..start+count: one recipient and one event each, a body while active."""
-    rows: dict[str, list[Any]] = {"message": [], "recipient": [], "event": [], "body": []}
+    """Messages start..start+count: one recipient and one event each, a body while active,
+    the words of the Subject "Your receipt {i % 5000}" (two in every message, one in 5000),
+    sent from one of 250 clients (198.51.100.{i % 250})."""
+    rows: dict[str, list[Any]] = {
+        "message": [], "recipient": [], "event": [], "body": [], "word": []
+    }  # fmt: skip
     for i in range(start, start + count):
         message_id, status = f"msg_bench{i:08d}", STATUSES[i % len(STATUSES)]
         active, created = status in ("queued", "deferred"), now - 86_400 + i * 0.01
@@ -93,8 +98,13 @@ def _rows(start: int, count: int, owners: list[str], now: float) -> dict[str, li
              "mail_from": f"s{i % 50}@sender.test", "last_pool": f"pool-{i % 5}",
              "attempts": 1, "size": len(BODY), "created_at": created, "updated_at": created,
              "due_at": now + 3600 if active else None, "user_id": owners[i % len(owners)],
-             "last_response": "451 4.3.0 try later" if active else "250 2.0.0 OK"}
+             "last_response": "451 4.3.0 try later" if active else "250 2.0.0 OK",
+             "client_address": address_key(f"198.51.100.{i % 250}")}
         )  # fmt: skip
+        rows["word"] += [
+            {"message_id": message_id, "word": word, "message_created_at": created}
+            for word in subject_words(f"Your receipt {i % 5000}")
+        ]
         rows["recipient"].append(
             {"message_id": message_id, "email": f"r{i % 1000}@example.test",
              "status": "pending" if active else status, "attempts": 1, "updated_at": created,
@@ -114,6 +124,7 @@ TABLES = {
     "recipient": Recipient.__table__,  # type: ignore[attr-defined]
     "event": Event.__table__,  # type: ignore[attr-defined]
     "body": MessageBody.__table__,  # type: ignore[attr-defined]
+    "word": MessageSubjectWord.__table__,  # type: ignore[attr-defined]
 }
 
 
@@ -164,6 +175,10 @@ async def measure(
             ("GET /messages, the next page", owner, older.replace("&amp;", "&")),
             ("GET /messages?status=deferred", owner, "/messages?status=deferred"),
             ("GET /messages?recipient=r7@…", owner, "/messages?recipient=r7%40example.test"),
+            ("GET /messages?subject=receipt", owner, "/messages?subject=receipt"),
+            ("GET /messages?subject=receipt+1234", owner, "/messages?subject=receipt+1234"),
+            ("GET /messages?client=198.51.100.7", owner, "/messages?client=198.51.100.7"),
+            ("GET /messages?client=…/28 (16 clients)", owner, "/messages?client=198.51.100.0%2F28"),
             ("GET /messages (a member's own)", mine, "/messages"),
             ("GET /messages/{id} (deferred, body)", owner, f"/messages/{one}"),
         ):

@@ -317,7 +317,7 @@ class MessageTag(SQLModel, table=True):
 
 class MessageSubjectWord(SQLModel, table=True):
     """One row per distinct word of a message's Subject (storage.search_keys.subject_words),
-    written with the message: the search by subject words reads the first word's entries
+    written with the message: the search by subject words reads the rarest word's entries
     in time order from ix_subject_word_time and checks the others by primary key."""
 
     __tablename__ = "message_subject_word"

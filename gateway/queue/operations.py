@@ -100,8 +100,9 @@ def _message_id(value: Any) -> str | None:
 
 
 def _subject(value: Any) -> tuple[str, ...]:
-    """Words the Subject must all have, in any order and case, the longest first (the one
-    the search reads its index by: a fair guess at the rarest); () when none is asked."""
+    """Words the Subject must all have, in any order and case, the longest first (a fair
+    guess at the rarest, until storage.message_search.rarest_first counts); () when none
+    is asked."""
     if value is None:
         return ()
     words = subject_words(_text("subject", value, MAX_LINE), MAX_QUERY_WORDS + 1)

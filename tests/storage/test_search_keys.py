@@ -16,7 +16,13 @@ from sqlalchemy import Connection, inspect, text
 from gateway.message import Route
 from gateway.queue.store import Queue
 from storage.db import Database, create_schema
-from storage.message_search import MessageFilter, count_active, search, search_query
+from storage.message_search import (
+    MessageFilter,
+    count_active,
+    rarest_first,
+    search,
+    search_query,
+)
 from storage.retention import purge_chunk
 from storage.search_keys import (
     address_key,
@@ -180,6 +186,18 @@ async def test_pages_by_subject_and_client_cover_every_match_once(backend: Datab
     active = [r for r in _rows(300)["message"] if r["status"] != "delivered"]
     wanted = {m for _, m in _expected(("w3",), None, 300)} & {r["id"] for r in active}
     assert await count_active(backend, MessageFilter(subject=("w3",))) == len(wanted)
+
+
+async def test_the_rarest_word_is_read_from_the_index(backend: Database) -> None:
+    """A common word given first (and longest) is not the one read through: counted
+    (up to PROBE entries each), the rare one goes first."""
+    await _fill(backend, 600)
+    given = MessageFilter(subject=("hello", "w3", "r7"))
+    assert (await rarest_first(backend, given)).subject == ("r7", "w3", "hello")
+    assert (await rarest_first(backend, MessageFilter(subject=("hello",)))).subject == ("hello",)
+    missing = MessageFilter(subject=("hello", "nowhere"))
+    assert (await rarest_first(backend, missing)).subject == ("nowhere", "hello")
+    assert await _all_pages(backend, given) == _expected(("hello", "w3", "r7"), None, 600)
 
 
 async def test_a_schema_9_database_gains_the_column_index_and_table(backend: Database) -> None:
