@@ -305,6 +305,10 @@ class MessageStatus(BaseModel):
     next_attempt_at: str | None = Field(description="null once final or while being delivered")
     last_response: str | None = Field(description="the last attempt's worst reply")
     events: list[MessageEvent]
+    client_address: str | None = Field(
+        description="the IP address it was submitted from (SMTP or HTTP client); null: "
+        "Postern's own mail, or stored before this was recorded"
+    )
 
 
 class ContentAttachment(BaseModel):

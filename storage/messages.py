@@ -17,6 +17,7 @@ from sqlalchemy import Connection, insert, select
 from storage import event_json
 from storage.db import Database
 from storage.models import Message, MessageMeta, Pool, Recipient
+from storage.search_keys import address_of
 
 M = Message.__table__  # type: ignore[attr-defined]
 META = MessageMeta.__table__  # type: ignore[attr-defined]
@@ -75,6 +76,7 @@ class MessageState:
     next_attempt_at: float | None = None  # None once final, and while a worker holds it
     last_response: str | None = None  # the last attempt's summary
     events: list[dict[str, Any]] = field(default_factory=list)  # storage.event_json.to_json
+    client_address: str | None = None  # the submitting client's IP (None: not recorded)
 
 
 def next_attempt_at(due_at: float | None, claimed_by: str | None, now: float) -> float | None:
@@ -124,6 +126,7 @@ def _state(conn: Connection, message_id: str, with_events: bool = False) -> Mess
         next_attempt_at=next_attempt_at(row.due_at, row.claimed_by, time.time()),
         last_response=row.last_response,
         events=event_json.for_message(conn, message_id) if with_events else [],
+        client_address=address_of(row.client_address) if row.client_address else None,
     )
 
 

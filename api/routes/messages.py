@@ -184,6 +184,7 @@ async def get_message(request: Request) -> Response:
             "next_attempt_at": iso(state.next_attempt_at),
             "last_response": state.last_response,
             "events": state.events,
+            "client_address": state.client_address,
         }
     )
 

@@ -11,7 +11,7 @@ import re
 import httpx
 import pytest
 
-from api.schemas import MessageList
+from api.schemas import MessageList, MessageStatus
 from tests.support.api import RCPT, Api, auth, payload
 from tests.support.smtp import smtp_send
 
@@ -69,6 +69,8 @@ async def test_search_by_subject_words_and_client_address(api: Api) -> None:
     assert await _found(api, admin, client="127.0.0.0/30", subject="4711") == [invoice, facture]
     listed = (await api.get("/v1/messages", key=admin, subject="4711")).json()["data"]
     assert [m["client_address"] for m in listed] == ["127.0.0.3", "127.0.0.2"]
+    status = (await api.get(f"/v1/messages/{facture}", key=admin)).json()
+    assert MessageStatus.model_validate(status).client_address == "127.0.0.2"
 
     # A key sees its own mail only, whatever it searches for.
     assert await _found(api, sender, subject="4711") == [invoice]

@@ -180,6 +180,7 @@ async def test_a_message_page_shows_timeline_recipients_headers_and_text(
     timeline = text.split('id="timeline-heading"')[1].split("</section>")[0]
     assert timeline.index(">queued<") < timeline.index(">deferred<")
     assert "<dt>Subject</dt><dd>Quarterly report</dd>" in text
+    assert "<dt>Client</dt><dd>127.0.0.1</dd>" in text  # where it was sent from (HTTP)
     assert '<pre class="mail-text">Plain words.\n</pre>' in text
     assert f'<iframe class="mail-html" sandbox="" src="/messages/{message_id}/html"' in text
     assert "<b>there</b>" not in text and "alert(1)" not in text  # never inside the page

@@ -169,6 +169,7 @@ def _state(state: MessageState) -> dict[str, Any]:
             for r in state.recipients
         ],
         "events": state.events,
+        "client_address": state.client_address,
     }
 
 
@@ -267,7 +268,7 @@ def _text(action: str, result: Any) -> str:
     if action == "show":
         lines = [
             f"{result['message_id']}  {result['status']}",
-            f"from:       {_safe(result['from'])}",
+            f"from:       {_safe(result['from'])}   client: {result['client_address'] or '-'}",
             f"pool:       {_safe(result['pool'])}   attempts: {result['attempts']}",
             f"created:    {result['created_at']}   updated: {result['updated_at']}",
             f"next try:   {result['next_attempt_at'] or '-'}",
