@@ -53,6 +53,8 @@ FILTER_FIELDS: dict[str, dict[str, Any]] = {
     "from": {"minLength": 1, "maxLength": 254, **EMAIL},
     "tag": {"minLength": 1, "maxLength": 128, "pattern": NO_CONTROL_PATTERN},
     "message_id_header": {"minLength": 1, "maxLength": 998, "pattern": NO_CONTROL_PATTERN},
+    "subject": {"minLength": 1, "maxLength": 998, "pattern": NO_CONTROL_PATTERN},
+    "client": {"minLength": 1, "maxLength": 64, "pattern": "^[0-9A-Fa-f:.]+(?:/[0-9]{1,3})?$"},
 }
 
 Scope = Literal[SCOPES]  # type: ignore[valid-type]
@@ -375,6 +377,10 @@ class MessageStatus(BaseModel):
         None, description="a scheduled send's time (not attempted before it)"
     )
     events: list[MessageEvent]
+    client_address: str | None = Field(
+        description="the IP address it was submitted from (SMTP or HTTP client); null: "
+        "Postern's own mail, or stored before this was recorded"
+    )
 
 
 class ContentAttachment(BaseModel):
@@ -405,6 +411,10 @@ class MessageSummary(BaseModel):
     updated_at: str
     next_attempt_at: str | None
     last_response: str | None
+    client_address: str | None = Field(
+        description="the IP address it was submitted from (SMTP or HTTP client); null: "
+        "Postern's own mail, or stored before this was recorded"
+    )
 
 
 class MessageList(BaseModel):
@@ -444,6 +454,16 @@ class MessageFilterBody(Strict):
         None,
         description="the client's own Message-ID, with or without its angle brackets",
         json_schema_extra=FILTER_FIELDS["message_id_header"],
+    )
+    subject: str | None = Field(
+        None,
+        description="words the Subject has, all of them, in any order and case",
+        json_schema_extra=FILTER_FIELDS["subject"],
+    )
+    client: str | None = Field(
+        None,
+        description="the client's IP address, or a CIDR block such as 192.0.2.0/24",
+        json_schema_extra=FILTER_FIELDS["client"],
     )
     since: str | int | float | None = Field(
         None, description="ISO 8601 or UNIX seconds", json_schema_extra=TIME

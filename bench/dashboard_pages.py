@@ -37,7 +37,8 @@ from gateway.people.users import Users
 from gateway.process.service import Service
 from storage.db import Database
 from storage.keys import create_key
-from storage.models import Event, Message, MessageBody, Recipient
+from storage.models import Event, Message, MessageBody, MessageSubjectWord, Recipient
+from storage.search_keys import address_key, subject_words
 from storage.users import UserRecord
 from tests.support.processes import free_port
 
@@ -85,8 +86,11 @@ async def make_pools(service: Service, base: str, count: int) -> None:
 def _rows(start: int, count: int, owners: list[str], first: float) -> dict[str, list[Any]]:
     """Messages start..start+count, 100 a second from `first`: one recipient and one event
     each (its outcome: the Live page's and the pools page's charts count them), a body while
-    active."""
-    rows: dict[str, list[Any]] = {"message": [], "recipient": [], "event": [], "body": []}
+    active, the words of the Subject "Your receipt {i % 5000}" (two in every message, one in
+    5000), sent from one of 250 clients (198.51.100.{i % 250})."""
+    rows: dict[str, list[Any]] = {
+        "message": [], "recipient": [], "event": [], "body": [], "word": []
+    }  # fmt: skip
     later = time.time() + 3600  # active mail is due after the run: delivery leaves it
     for i in range(start, start + count):
         message_id, status = f"msg_bench{i:08d}", STATUSES[i % len(STATUSES)]
@@ -96,8 +100,13 @@ def _rows(start: int, count: int, owners: list[str], first: float) -> dict[str, 
              "mail_from": f"s{i % 50}@sender.test", "last_pool": f"pool-{i % 5}",
              "attempts": 1, "size": len(BODY), "created_at": created, "updated_at": created,
              "due_at": later if active else None, "user_id": owners[i % len(owners)],
-             "last_response": "451 4.3.0 try later" if active else "250 2.0.0 OK"}
+             "last_response": "451 4.3.0 try later" if active else "250 2.0.0 OK",
+             "client_address": address_key(f"198.51.100.{i % 250}")}
         )  # fmt: skip
+        rows["word"] += [
+            {"message_id": message_id, "word": word, "message_created_at": created}
+            for word in subject_words(f"Your receipt {i % 5000}")
+        ]
         rows["recipient"].append(
             {"message_id": message_id, "email": f"r{i % 1000}@example.test",
              "status": "pending" if active else status, "attempts": 1, "updated_at": created,
@@ -118,6 +127,7 @@ TABLES = {
     "recipient": Recipient.__table__,  # type: ignore[attr-defined]
     "event": Event.__table__,  # type: ignore[attr-defined]
     "body": MessageBody.__table__,  # type: ignore[attr-defined]
+    "word": MessageSubjectWord.__table__,  # type: ignore[attr-defined]
 }
 
 
@@ -170,6 +180,10 @@ async def measure(
             ("GET /messages, the next page", owner, older.replace("&amp;", "&")),
             ("GET /messages?status=deferred", owner, "/messages?status=deferred"),
             ("GET /messages?recipient=r7@…", owner, "/messages?recipient=r7%40example.test"),
+            ("GET /messages?subject=receipt", owner, "/messages?subject=receipt"),
+            ("GET /messages?subject=receipt+1234", owner, "/messages?subject=receipt+1234"),
+            ("GET /messages?client=198.51.100.7", owner, "/messages?client=198.51.100.7"),
+            ("GET /messages?client=…/28 (16 clients)", owner, "/messages?client=198.51.100.0%2F28"),
             ("GET /messages (a member's own)", mine, "/messages"),
             ("GET /messages/{id} (deferred, body)", owner, f"/messages/{one}"),
             ("GET /live (the last hour charted)", owner, "/live"),

@@ -6,6 +6,7 @@ and the Bcc fields, and refuse content that could smuggle a second message upstr
 
 from __future__ import annotations
 
+import email.header
 import email.utils
 import re
 from dataclasses import dataclass
@@ -220,6 +221,24 @@ def normal_message_id(value: str) -> str | None:
     end = value.find(">", start + 1) if start >= 0 else -1
     core = value[start + 1 : end] if end > start >= 0 else value.strip("<>")
     return f"<{core}>"[:MAX_MESSAGE_ID] if core else None
+
+
+MAX_SUBJECT = 2000  # bytes of a Subject value decoded for the search's words
+
+
+def subject(data: bytes) -> str:
+    """The message's Subject as people read it: RFC 2047 encoded words decoded (one that
+    cannot be is kept as it came), "" without one. At most MAX_SUBJECT bytes are read."""
+    value = header_value(data, b"subject")
+    if not value:
+        return ""
+    raw = value[:MAX_SUBJECT].decode("utf-8", "replace")
+    if "=?" not in raw:
+        return raw
+    try:
+        return str(email.header.make_header(email.header.decode_header(raw)))
+    except Exception:  # a broken encoded word, an unknown charset: as it came
+        return raw
 
 
 def message_id(data: bytes) -> str | None:

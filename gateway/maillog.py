@@ -35,6 +35,13 @@ def client(peer: Any) -> str:
     return str(peer) if peer else "unknown"
 
 
+def client_address(peer: Any) -> str:
+    """A socket address's host alone ("" when there is none, as for a Unix socket)."""
+    if isinstance(peer, (tuple, list)) and len(peer) >= 2:
+        return str(peer[0])
+    return ""
+
+
 def reject(stage: str, where: str, reply: str, details: str) -> None:
     """A refusal at either door: what was asked (`stage`), by whom, and the reply sent."""
     if details:

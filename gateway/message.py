@@ -48,6 +48,7 @@ class Submission:
     message_id: str | None = None  # chosen by the door that names it in the message (SMTP)
     client: str = ""  # the submitting peer, `[address]:port`, for the mail log
     scheduled_at: float | None = None  # not attempted before (UNIX seconds); None: at once
+    client_address: str = ""  # its IP address alone, stored for the search ("": none)
 
 
 @dataclass(frozen=True)

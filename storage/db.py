@@ -280,6 +280,8 @@ _ADDED_COLUMNS = (
     ("message", "scheduled_at", "FLOAT"),
     # Schema 10: soft bounces counted in a sliding window (each bounce's time kept).
     ("soft_bounce", "recent", "TEXT"),
+    # Schema 10: the search by client address (message_subject_word is a new table).
+    ("message", "client_address", "VARCHAR(32)"),
 )
 
 # Run once, right after their column was added, to fill it in for the rows already there.

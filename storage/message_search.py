@@ -1,8 +1,8 @@
 """Queue search: messages matching a filter, newest first, a page at a time.
 
 Every filter starts from an index (status, from, pool, API key, the client's Message-ID,
-created_at, or the recipient and tag side tables), so a search never scans `message` whole,
-however large the queue.
+the client's address, created_at, or the recipient, tag and subject word side tables), so
+a search never scans `message` whole, however large the queue.
 Pages are keyset-paginated on (created_at, id): a cursor names the last row seen, so pages
 stay stable while mail keeps arriving and a deep page costs what the first one does.
 """
@@ -17,23 +17,33 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import Connection, Select, and_, func, or_, select, tuple_
+from sqlalchemy import Connection, Select, and_, exists, func, or_, select, tuple_
 
 from storage.db import Database
 from storage.errors import InvalidInput
 from storage.mailboxes import normalise
 from storage.messages import next_attempt_at
-from storage.models import Message, MessageMeta, MessageTag, Pool, Recipient
+from storage.models import (
+    Message,
+    MessageMeta,
+    MessageSubjectWord,
+    MessageTag,
+    Pool,
+    Recipient,
+)
+from storage.search_keys import address_of
 
 M = Message.__table__  # type: ignore[attr-defined]
 META = MessageMeta.__table__  # type: ignore[attr-defined]
 R = Recipient.__table__  # type: ignore[attr-defined]
 P = Pool.__table__  # type: ignore[attr-defined]
 T = MessageTag.__table__  # type: ignore[attr-defined]
+W = MessageSubjectWord.__table__  # type: ignore[attr-defined]
 
 STATUSES = ("queued", "deferred", "held", "delivered", "bounced", "sandbox", "cancelled")
 ACTIVE = ("queued", "deferred", "held")  # with work left (held: until released)
 MAX_LIMIT = 100
+PROBE = 1000  # index entries counted per subject word to tell the rarest (rarest_first)
 CHUNK = 500  # ids per transaction in the bulk operations
 
 Key = tuple[float, str]  # (created_at, id): a position in newest-first order
@@ -55,6 +65,12 @@ class MessageFilter:
     mail_from: str | None = None
     tag: str | None = None
     message_id_header: str | None = None  # normalised `<...>` (gateway.headers)
+    # Words the Subject must all have (storage.search_keys.subject_words); the first is
+    # the one read from its index (rarest_first puts the rarest there).
+    subject: tuple[str, ...] = ()
+    # The client's address: the first and last key (storage.search_keys.address_range) of
+    # one address (both the same) or of a CIDR block.
+    client: tuple[str, str] | None = None
     since: float | None = None  # created_at >= since
     until: float | None = None  # created_at < until
     api_key_id: str | None = None
@@ -69,6 +85,8 @@ class MessageFilter:
             or self.mail_from is not None
             or self.tag is not None
             or self.message_id_header is not None
+            or bool(self.subject)
+            or self.client is not None
             or self.since is not None
             or self.until is not None
         )
@@ -87,6 +105,7 @@ class MessageSummary:
     updated_at: float
     next_attempt_at: float | None
     last_response: str | None
+    client_address: str | None = None  # the submitting client's IP (None: not recorded)
 
 
 def encode_cursor(key: Key) -> str:
@@ -130,6 +149,16 @@ def criteria(flt: MessageFilter, statuses: Sequence[str] | None = None) -> list[
         clauses.append(M.c.id.in_(select(T.c.message_id).where(T.c.tag == flt.tag)))
     if flt.message_id_header is not None:  # ix_message_header_id
         clauses.append(M.c.header_message_id == flt.message_id_header)
+    if flt.subject:
+        # The first word drives (its entries, an IN the planners read from the index);
+        # the others are looked up by primary key, message by message.
+        first = select(W.c.message_id).where(W.c.word == flt.subject[0])
+        clauses += [M.c.id.in_(first), *_other_words(flt.subject[1:])]
+    if flt.client is not None:  # ix_message_client: one address, or a block as a range
+        low, high = flt.client
+        clauses.append(
+            M.c.client_address == low if low == high else M.c.client_address.between(low, high)
+        )
     if flt.since is not None:
         clauses.append(M.c.created_at >= flt.since)
     if flt.until is not None:
@@ -141,6 +170,12 @@ def criteria(flt: MessageFilter, statuses: Sequence[str] | None = None) -> list[
     if flt.user_id is not None:
         clauses.append(M.c.user_id == flt.user_id)  # ix_message_user, for the same reason
     return clauses
+
+
+def _other_words(words: Sequence[str]) -> list[Any]:
+    """Each word of `words` is in the Subject of the message (a primary key lookup each)."""
+    other = W.alias("other_word")  # not the W a page by subject reads from
+    return [exists().where(other.c.message_id == M.c.id, other.c.word == word) for word in words]
 
 
 def _page(query: Select[Any], after: Key | None, limit: int) -> Select[Any]:
@@ -155,6 +190,8 @@ def search_query(flt: MessageFilter, after: Key | None, limit: int) -> Select[An
     spellings = {flt.recipient, normalise(flt.recipient)} if flt.recipient else set()
     if len(spellings) == 1:
         return _by_recipient(columns, flt, spellings.pop(), after, limit + 1)
+    if flt.subject:
+        return _by_subject(columns, flt, after, limit + 1)
     query = (
         select(*columns)
         .select_from(
@@ -190,6 +227,31 @@ def _by_recipient(
     return query.order_by(*order).limit(limit)
 
 
+def _by_subject(
+    columns: tuple[Any, ...], flt: MessageFilter, after: Key | None, limit: int
+) -> Select[Any]:
+    """A page of the messages whose Subject has every word, read in time order from
+    ix_subject_word_time for the first word (as many entries as the page needs and those
+    the other criteria pass over), the other words checked by primary key. (A message
+    lists a word once, so it appears once.)"""
+    others = criteria(replace(flt, subject=()))
+    query = (
+        select(*columns)
+        .select_from(
+            W.join(M, M.c.id == W.c.message_id)
+            .outerjoin(META, META.c.message_id == M.c.id)
+            .outerjoin(P, P.c.id == M.c.pool_id)
+        )
+        .where(W.c.word == flt.subject[0], *_other_words(flt.subject[1:]), *others)
+    )
+    if after is not None:
+        query = query.where(
+            tuple_(W.c.message_created_at, W.c.message_id) < tuple_(after[0], after[1])
+        )
+    order = (W.c.message_created_at.desc(), W.c.message_id.desc())
+    return query.order_by(*order).limit(limit)
+
+
 def _summaries(conn: Connection, rows: Sequence[Any], now: float) -> list[MessageSummary]:
     recipients: dict[str, list[str]] = {row.id: [] for row in rows}
     if rows:
@@ -213,9 +275,30 @@ def _summaries(conn: Connection, rows: Sequence[Any], now: float) -> list[Messag
             updated_at=row.updated_at,
             next_attempt_at=next_attempt_at(row.due_at, row.claimed_by, now),
             last_response=row.last_response,
+            client_address=address_of(row.client_address) if row.client_address else None,
         )
         for row in rows
     ]
+
+
+async def rarest_first(db: Database, flt: MessageFilter) -> MessageFilter:
+    """`flt` with its subject words rarest first, so that the search reads the index of the
+    one with the fewest messages and checks the others (a common word such as `receipt`
+    beside an order number would otherwise be read through). Each word's entries are
+    counted up to PROBE: at most that many index entries a word, one short read."""
+    if len(flt.subject) < 2:
+        return flt
+
+    def probe(conn: Connection) -> list[int]:
+        counts = []
+        for word in flt.subject:
+            some = select(W.c.message_id).where(W.c.word == word).limit(PROBE).subquery()
+            counts.append(int(conn.execute(select(func.count()).select_from(some)).scalar_one()))
+        return counts
+
+    counts = await db.read(probe)
+    order = sorted(range(len(counts)), key=counts.__getitem__)  # ties: as given (longest)
+    return replace(flt, subject=tuple(flt.subject[i] for i in order))
 
 
 async def search(
@@ -223,6 +306,7 @@ async def search(
 ) -> tuple[list[MessageSummary], str | None]:
     """One page, newest first, and the cursor of the next page (None on the last)."""
     limit = max(1, min(limit, MAX_LIMIT))
+    flt = await rarest_first(db, flt)
     query = search_query(flt, decode_cursor(cursor) if cursor else None, limit)
 
     def run(conn: Connection) -> list[MessageSummary]:
@@ -270,7 +354,7 @@ async def count_active(
 ) -> int:
     """How many messages with work left match (what a bulk dry run reports); with `after`,
     how many of them come after that position (what a capped bulk operation left)."""
-    query = count_query(flt, after, among)
+    query = count_query(await rarest_first(db, flt), after, among)
     if query is None:
         return 0
     return int(await db.read(lambda conn: conn.execute(query).scalar_one()))
@@ -293,6 +377,7 @@ async def active_keys(
     Each chunk is its own read, so a bulk operation over a large queue never holds one
     long transaction; acting on a chunk does not move the position of the next one.
     """
+    flt = await rarest_first(db, flt)
     while True:
         query = ids_query(flt, after, chunk, among)
         if query is None:

@@ -17,6 +17,7 @@ from sqlalchemy import Connection, insert, select
 from storage import event_json
 from storage.db import Database
 from storage.models import HELD_DUE, Message, MessageMeta, Pool, Recipient
+from storage.search_keys import address_of
 
 M = Message.__table__  # type: ignore[attr-defined]
 META = MessageMeta.__table__  # type: ignore[attr-defined]
@@ -76,6 +77,7 @@ class MessageState:
     last_response: str | None = None  # the last attempt's summary
     scheduled_at: float | None = None  # a scheduled send's time
     events: list[dict[str, Any]] = field(default_factory=list)  # storage.event_json.to_json
+    client_address: str | None = None  # the submitting client's IP (None: not recorded)
 
 
 def next_attempt_at(due_at: float | None, claimed_by: str | None, now: float) -> float | None:
@@ -126,6 +128,7 @@ def _state(conn: Connection, message_id: str, with_events: bool = False) -> Mess
         last_response=row.last_response,
         scheduled_at=row.scheduled_at,
         events=event_json.for_message(conn, message_id) if with_events else [],
+        client_address=address_of(row.client_address) if row.client_address else None,
     )
 
 

@@ -64,6 +64,8 @@ class Message(SQLModel, table=True):
         Index("ix_message_user", "user_id", "created_at", "id"),
         # A report's returned Message-ID and the search's message_id_header filter.
         Index("ix_message_header_id", "header_message_id", "created_at", "id"),
+        # The search's client filter: one address in page order, or a CIDR block as a range.
+        Index("ix_message_client", "client_address", "created_at", "id"),
     )
 
     id: str = Field(primary_key=True, max_length=64)
@@ -94,6 +96,9 @@ class Message(SQLModel, table=True):
     # The client's own Message-ID as stored (gateway.headers.normal_message_id), None
     # without one: what a bounce's returned headers name, and what operators search by.
     header_message_id: str | None = Field(default=None, max_length=255)
+    # The submitting client's IP (SMTP peer, HTTP client) as storage.search_keys.address_key
+    # (32 hex digits: text order is address order), None for Postern's own mail.
+    client_address: str | None = Field(default=None, max_length=32)
     # Set by an operator's retry, cleared by the attempt it asks for (gateway.queue.store).
     retried_at: float | None = None
     # A scheduled send's time (`scheduled_at`): not attempted before it, and max_age counts
@@ -338,6 +343,19 @@ class MessageTag(SQLModel, table=True):
 
     message_id: str = Field(primary_key=True, max_length=64)
     tag: str = Field(primary_key=True, max_length=128)
+
+
+class MessageSubjectWord(SQLModel, table=True):
+    """One row per distinct word of a message's Subject (storage.search_keys.subject_words),
+    written with the message: the search by subject words reads the rarest word's entries
+    in time order from ix_subject_word_time and checks the others by primary key."""
+
+    __tablename__ = "message_subject_word"
+    __table_args__ = (Index("ix_subject_word_time", "word", "message_created_at", "message_id"),)
+
+    message_id: str = Field(primary_key=True, max_length=64)
+    word: str = Field(primary_key=True, max_length=64)
+    message_created_at: float  # the message's created_at: the search's order
 
 
 class Event(SQLModel, table=True):

@@ -26,12 +26,21 @@ from sqlalchemy import (
     update,
 )
 
-from storage.models import HELD_DUE, Event, Message, MessageBody, MessageTag, Recipient
+from storage.models import (
+    HELD_DUE,
+    Event,
+    Message,
+    MessageBody,
+    MessageSubjectWord,
+    MessageTag,
+    Recipient,
+)
 
 M = Message.__table__  # type: ignore[attr-defined]
 B = MessageBody.__table__  # type: ignore[attr-defined]
 R = Recipient.__table__  # type: ignore[attr-defined]
 T = MessageTag.__table__  # type: ignore[attr-defined]
+W = MessageSubjectWord.__table__  # type: ignore[attr-defined]
 E = Event.__table__  # type: ignore[attr-defined]
 
 # --- a new message: its row, body, recipients and tags, in one transaction ---------------
@@ -40,6 +49,7 @@ INSERT_MESSAGE = insert(M)
 INSERT_BODY = insert(B)
 INSERT_RECIPIENT = insert(R)
 INSERT_TAG = insert(T)
+INSERT_SUBJECT_WORD = insert(W)
 
 # --- an attempt's results ----------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from storage.models import (
     Message,
     MessageBody,
     MessageMeta,
+    MessageSubjectWord,
     MessageTag,
     Recipient,
     SoftBounce,
@@ -48,6 +49,7 @@ _SIDE_TABLES = (
     Event.__table__,  # type: ignore[attr-defined]
     MessageMeta.__table__,  # type: ignore[attr-defined]
     MessageTag.__table__,  # type: ignore[attr-defined]
+    MessageSubjectWord.__table__,  # type: ignore[attr-defined]
     MessageBody.__table__,  # type: ignore[attr-defined]
 )
 

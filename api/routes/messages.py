@@ -54,6 +54,7 @@ from storage.message_search import (
     search,
 )
 from storage.messages import MessageState
+from storage.search_keys import MAX_QUERY_WORDS, MAX_WORD, MAX_WORDS
 
 QUERY = (*queue_ops.FILTER_FIELDS, "limit", "cursor")
 
@@ -80,6 +81,18 @@ _FILTER_PARAMETERS = [
         "message_id_header",
         "the client's own Message-ID, with or without its angle brackets",
         **schemas.FILTER_FIELDS["message_id_header"],
+    ),
+    query_parameter(
+        "subject",
+        f"words the Subject has, all of them, in any order and case (at most "
+        f"{MAX_QUERY_WORDS}; each up to {MAX_WORD} characters, among its first {MAX_WORDS})",
+        **schemas.FILTER_FIELDS["subject"],
+    ),
+    query_parameter(
+        "client",
+        "the IP address the message was submitted from (SMTP or HTTP client), or a CIDR "
+        "block such as 192.0.2.0/24 or 2001:db8::/32",
+        **schemas.FILTER_FIELDS["client"],
     ),
     query_parameter(
         "since", "created at or after: ISO 8601 or UNIX seconds", pattern=timestamps.PATTERN
@@ -176,6 +189,7 @@ async def get_message(request: Request) -> Response:
             "last_response": state.last_response,
             "scheduled_at": iso(state.scheduled_at),
             "events": state.events,
+            "client_address": state.client_address,
         }
     )
 

@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from api import errors
-from api.auth import Caller, authenticate
+from api.auth import Caller, authenticate, client_address
 from api.context import ApiContext, iso
 from api.openapi import operation
 from api.ownership import visible_to
@@ -323,6 +323,7 @@ def _submission(
         sender=key.sender(),
         metadata=dict(body.metadata),
         client=maillog.client(request.client),
+        client_address=client_address(request),
     )
 
 

@@ -31,6 +31,7 @@ from storage.message_search import (
     encode_cursor,
 )
 from storage.messages import MessageState, message_state
+from storage.search_keys import MAX_QUERY_WORDS, address_range, subject_words
 
 Action = Literal["retry", "cancel", "hold", "release"]
 # The statuses each action acts on (a bulk call matches only these): a retry and a hold take
@@ -53,6 +54,8 @@ FILTER_FIELDS = (
     "from",
     "tag",
     "message_id_header",
+    "subject",
+    "client",
     "since",
     "until",
 )
@@ -114,6 +117,32 @@ def _message_id(value: Any) -> str | None:
     return found
 
 
+def _subject(value: Any) -> tuple[str, ...]:
+    """Words the Subject must all have, in any order and case, the longest first (a fair
+    guess at the rarest, until storage.message_search.rarest_first counts); () when none
+    is asked."""
+    if value is None:
+        return ()
+    words = subject_words(_text("subject", value, MAX_LINE), MAX_QUERY_WORDS + 1)
+    if not words:
+        raise FilterError("subject", "one or more words (letters or digits)")
+    if len(words) > MAX_QUERY_WORDS:
+        raise FilterError("subject", f"at most {MAX_QUERY_WORDS} words")
+    return tuple(sorted(words, key=len, reverse=True))
+
+
+def _client(value: Any) -> tuple[str, str] | None:
+    """An IP address or a CIDR block, as the range of stored keys it covers."""
+    if value is None:
+        return None
+    try:
+        return address_range(_text("client", value, 64).strip())
+    except ValueError:
+        raise FilterError(
+            "client", "an IP address or a CIDR block, such as 192.0.2.7 or 192.0.2.0/24"
+        ) from None
+
+
 def _address(field: str, value: Any) -> str:
     text = _text(field, value, 254)
     problem = envelope_problem(text)
@@ -152,6 +181,8 @@ def make_filter(
         mail_from=_address("from", get["from"]) if get["from"] is not None else None,
         tag=_text("tag", get["tag"], 128) if get["tag"] is not None else None,
         message_id_header=_message_id(get["message_id_header"]),
+        subject=_subject(get["subject"]),
+        client=_client(get["client"]),
         since=parse_time("since", get["since"]) if get["since"] is not None else None,
         until=parse_time("until", get["until"]) if get["until"] is not None else None,
         api_key_id=api_key_id,
@@ -302,4 +333,5 @@ def summary_json(
         "updated_at": when(message.updated_at),
         "next_attempt_at": when(message.next_attempt_at),
         "last_response": message.last_response,
+        "client_address": message.client_address,
     }

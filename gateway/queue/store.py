@@ -51,6 +51,7 @@ from storage import queue_sql as sql
 from storage import suppressions as stored_suppressions
 from storage.db import Database
 from storage.messages import INSERT_META, meta_row
+from storage.search_keys import address_key, subject_words
 from storage.writer import Batch, Work, Writer
 
 
@@ -219,6 +220,9 @@ class Queue:
             "user_id": submission.sender.user_id if submission.sender else None,
             "header_message_id": headers.message_id(submission.content),
             "scheduled_at": submission.scheduled_at,
+            "client_address": address_key(submission.client_address)
+            if submission.client_address
+            else None,
         }
 
     # --- delivery ---------------------------------------------------------------------
@@ -637,6 +641,12 @@ def _add_side_rows(batch: Batch, submission: Submission, message_id: str, now: f
     if submission.tags:
         tags = sorted(set(submission.tags))
         batch.add(sql.INSERT_TAG, [{"message_id": message_id, "tag": tag} for tag in tags])
+    words = subject_words(headers.subject(submission.content))
+    if words:
+        batch.add(
+            sql.INSERT_SUBJECT_WORD,
+            [{"message_id": message_id, "word": w, "message_created_at": now} for w in words],
+        )
     batch.add(
         sql.INSERT_RECIPIENT,
         _recipient_rows(

@@ -457,6 +457,7 @@ class PosternHandler:
             sender=sender_of(session),
             message_id=message_id,
             client=maillog.client(session.peer),
+            client_address=maillog.client_address(session.peer),
         )
 
     async def _submit(self, submission: Submission) -> str:

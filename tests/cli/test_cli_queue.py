@@ -160,6 +160,9 @@ def test_bulk_cancel_dry_run_then_purge(config: str, capsys: pytest.CaptureFixtu
         ["list", "--since", "yesterday"],
         ["list", "--limit", "0"],
         ["list", "--cursor", "garbage"],
+        ["list", "--subject", "!!"],
+        ["list", "--client", "198.51.100.0/99"],
+        ["list", "--message-id", "<>"],
         ["retry", "msg_x", "--tag", "t1"],
         ["cancel"],
     ],
@@ -180,3 +183,43 @@ def test_the_installed_command_runs(config: str) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert len(json.loads(done.stdout)["data"]) == 8
+
+
+def test_list_by_subject_words_client_and_message_id_in_a_subprocess(config: str) -> None:
+    """The installed command finds by Subject words (any case and order), by the client's
+    address or block, and by the Message-ID header: the same filters as the API's."""
+    rows = _seeded(config, 60)
+
+    def listed(*args: str) -> list[dict[str, Any]]:
+        done = subprocess.run(
+            [*postern_argv(), "--config", config, "queue", "list", "--json", "--limit", "100",
+             *args],
+            capture_output=True, text=True, cwd=child_cwd(), env=child_env(), timeout=30,
+            check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return list(json.loads(done.stdout)["data"])
+
+    found = listed("--subject", "SHIPPED order 4")
+    assert [m["message_id"] for m in found] == _newest_first(
+        [r for i, r in enumerate(rows) if i % 9 == 4]
+    )
+    by_client = listed("--client", "198.51.100.5")
+    assert [m["message_id"] for m in by_client] == _newest_first(
+        [r for i, r in enumerate(rows) if i % 6 == 5]
+    )
+    assert {m["client_address"] for m in by_client} == {"198.51.100.5"}
+    block = listed("--client", "198.51.100.4/31", "--subject", "4")
+    assert [m["message_id"] for m in block] == _newest_first(
+        [r for i, r in enumerate(rows) if i % 6 in (4, 5) and i % 9 == 4]
+    )
+    by_header = listed("--message-id", "m3@app.test")
+    assert [m["message_id"] for m in by_header] == _newest_first(
+        [r for i, r in enumerate(rows) if i % 7 == 3]
+    )
+    refused = subprocess.run(
+        [*postern_argv(), "--config", config, "queue", "list", "--client", "nowhere"],
+        capture_output=True, text=True, cwd=child_cwd(), env=child_env(), timeout=30,
+        check=False,
+    )  # fmt: skip
+    assert refused.returncode == 2 and "--client: an IP address" in refused.stderr

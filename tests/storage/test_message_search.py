@@ -26,7 +26,8 @@ from storage.message_search import (
     search,
     search_query,
 )
-from storage.models import Message, MessageMeta, MessageTag, Pool, Recipient
+from storage.models import Message, MessageMeta, MessageSubjectWord, MessageTag, Pool, Recipient
+from storage.search_keys import address_key, address_range
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -46,13 +47,23 @@ FILTERS = {
     "api_key+status": MessageFilter(api_key_id="key_1", statuses=("deferred",)),
     "api_key+tag": MessageFilter(api_key_id="key_1", tag="t5"),
     "api_key+recipient": MessageFilter(api_key_id="key_1", recipient="r7@example.test"),
+    "message_id_header": MessageFilter(message_id_header="<m7@example.test>"),
+    "subject": MessageFilter(subject=("w7",)),
+    "subject words": MessageFilter(subject=("hello", "w7", "x3")),
+    "subject+recipient": MessageFilter(subject=("w7",), recipient="r7@example.test"),
+    "subject+status": MessageFilter(subject=("w7",), statuses=("deferred",)),
+    "api_key+subject": MessageFilter(api_key_id="key_1", subject=("w7", "x3")),
+    "client": MessageFilter(client=address_range("192.0.2.7")),
+    "client block": MessageFilter(client=address_range("192.0.2.0/29")),
+    "api_key+client": MessageFilter(api_key_id="key_1", client=address_range("192.0.2.7")),
 }
+SUBJECT_WORDS = MessageSubjectWord.__table__  # type: ignore[attr-defined]
 
 
 def _rows(n: int, base: float = 1000.0) -> dict[str, list[dict[str, Any]]]:
     """n messages over 5 senders, 10 recipients, 10 tags and 2 keys; every 3rd deferred,
     every 3rd delivered; created_at repeats in pairs (ties the cursor must order by id)."""
-    messages, recipients, meta, tags = [], [], [], []
+    messages, recipients, meta, tags, words = [], [], [], [], []
     for i in range(n):
         message_id = f"msg_{i:05d}"
         status = ("queued", "deferred", "delivered")[i % 3]
@@ -70,8 +81,14 @@ def _rows(n: int, base: float = 1000.0) -> dict[str, list[dict[str, Any]]]:
                 "updated_at": base + i // 2,
                 "due_at": None if status == "delivered" else base,
                 "api_key_id": f"key_{i % 2}",
+                "header_message_id": f"<m{i % 10}@example.test>",
+                "client_address": address_key(f"192.0.2.{i % 20}"),
             }
         )
+        words += [
+            {"message_id": message_id, "word": word, "message_created_at": base + i // 2}
+            for word in ("hello", f"w{i % 10}", f"x{i % 7}", f"r{i % 97}")
+        ]
         recipients.append(
             {
                 "message_id": message_id,
@@ -91,7 +108,9 @@ def _rows(n: int, base: float = 1000.0) -> dict[str, list[dict[str, Any]]]:
             }
         )
         tags.append({"message_id": message_id, "tag": f"t{i % 10}"})
-    return {"message": messages, "recipient": recipients, "meta": meta, "tag": tags}
+    return {
+        "message": messages, "recipient": recipients, "meta": meta, "tag": tags, "word": words
+    }  # fmt: skip
 
 
 async def _fill(db: Database, n: int) -> None:
@@ -110,6 +129,7 @@ async def _fill(db: Database, n: int) -> None:
         conn.execute(insert(Recipient.__table__), rows["recipient"])  # type: ignore[attr-defined]
         conn.execute(insert(MessageMeta.__table__), rows["meta"])  # type: ignore[attr-defined]
         conn.execute(insert(MessageTag.__table__), rows["tag"])  # type: ignore[attr-defined]
+        conn.execute(insert(SUBJECT_WORDS), rows["word"])
 
     await db.transaction(fill)
     await db.transaction(lambda conn: conn.exec_driver_sql("ANALYZE"))

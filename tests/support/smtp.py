@@ -32,15 +32,20 @@ async def smtp_send(
     *,
     mail_options: Sequence[str] = (),
     timeout: float = 10.0,
+    source: str | None = None,
 ) -> tuple[int, str]:
     """One SMTP transaction with the stdlib client, run in a thread (never on the loop).
 
     Returns the reply that ended it: DATA's final reply, or the first refusal of MAIL, or
-    of RCPT when every recipient was refused.
+    of RCPT when every recipient was refused. `source`: the loopback address to send from
+    (another 127.x address stands for another client).
     """
+    bound = (source, 0) if source else None
 
     def run() -> tuple[int, str]:
-        with smtplib.SMTP(LOOPBACK, port, local_hostname=CLIENT_HELO, timeout=timeout) as client:
+        with smtplib.SMTP(
+            LOOPBACK, port, local_hostname=CLIENT_HELO, timeout=timeout, source_address=bound
+        ) as client:
             client.ehlo()
             code, text = client.mail(sender, list(mail_options))
             if code != 250:

@@ -10,7 +10,15 @@ from sqlalchemy import Connection, insert, text
 
 from gateway.message import Submission
 from storage.db import Database
-from storage.models import Message, MessageBody, MessageMeta, MessageTag, Recipient
+from storage.models import (
+    Message,
+    MessageBody,
+    MessageMeta,
+    MessageSubjectWord,
+    MessageTag,
+    Recipient,
+)
+from storage.search_keys import address_key, subject_words
 from tests.support.service import SINK_POOL
 
 CONTENT = b"From: app@example.com\r\nSubject: hello\r\n\r\nbody line\r\n"
@@ -42,9 +50,10 @@ async def seed(db: Database, n: int, owners: list[str]) -> list[dict[str, Any]]:
     """n messages written straight to storage (no delivery touches them: the active ones
     are due in an hour). Message i: status STATUSES[i % 4], sender s{i % 5}, recipient
     r{i % 10}, tag t{i % 10}, Message-ID <m{i % 7}@app.test>, owner owners[i % len(owners)],
-    pool `sink` when i is odd."""
+    pool `sink` when i is odd, Subject "Order {i % 9} shipped" (its words indexed), client
+    198.51.100.{i % 6}."""
     now = time.time()
-    messages, recipients, meta, tags = [], [], [], []
+    messages, recipients, meta, tags, words = [], [], [], [], []
     for i in range(n):
         message_id = f"msg_seed{i:05d}"
         status = STATUSES[i % 4]
@@ -55,8 +64,13 @@ async def seed(db: Database, n: int, owners: list[str]) -> list[dict[str, Any]]:
              "mail_from": f"s{i % 5}@sender.test", "last_pool": SINK_POOL if i % 2 else "other",
              "attempts": 0 if status == "queued" else 1, "size": 10, "created_at": created,
              "updated_at": created, "due_at": now + 3600 if active else None,
-             "api_key_id": owners[i % len(owners)], "header_message_id": f"<m{i % 7}@app.test>"}
+             "api_key_id": owners[i % len(owners)], "header_message_id": f"<m{i % 7}@app.test>",
+             "client_address": address_key(f"198.51.100.{i % 6}")}
         )  # fmt: skip
+        words += [
+            {"message_id": message_id, "word": word, "message_created_at": created}
+            for word in subject_words(f"Order {i % 9} shipped")
+        ]
         recipients.append(
             {"message_id": message_id, "email": f"r{i % 10}@example.test",
              "status": "pending" if active else status, "updated_at": created}
@@ -73,6 +87,7 @@ async def seed(db: Database, n: int, owners: list[str]) -> list[dict[str, Any]]:
         conn.execute(insert(Recipient.__table__), recipients)  # type: ignore[attr-defined]
         conn.execute(insert(MessageMeta.__table__), meta)  # type: ignore[attr-defined]
         conn.execute(insert(MessageTag.__table__), tags)  # type: ignore[attr-defined]
+        conn.execute(insert(MessageSubjectWord.__table__), words)  # type: ignore[attr-defined]
 
     await db.transaction(fill)
     return messages

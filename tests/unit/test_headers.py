@@ -230,3 +230,13 @@ def test_message_id_is_read_from_the_header_only_folds_joined() -> None:
     assert message_id(b"From: a@x.test\r\n\r\nMessage-ID: <body@x.test>\r\n") is None
     assert message_id(b"Resent-Message-ID: <r@x.test>\r\n\r\n") is None
     assert header_value(b"X-A: 1\r\nX-AB: 2\r\n\r\n", b"x-ab") == b"2"
+
+
+def test_subject_is_decoded_folded_and_tolerant() -> None:
+    from gateway.headers import subject
+
+    encoded = b"Subject: =?utf-8?q?Caf=C3=A9?= =?iso-8859-1?q?r=E9sum=E9?=\r\n\r\nb"
+    assert subject(encoded) == "Caférésumé"
+    assert subject(b"From: a\r\nSubject: one\r\n two\r\n\r\nSubject: body\r\n") == "one two"
+    assert subject(b"Subject: =?x-unknown?q?abc?=\r\n\r\n") == "=?x-unknown?q?abc?="
+    assert subject(b"From: a\r\n\r\nSubject: in the body\r\n") == ""

@@ -80,6 +80,8 @@ async def test_each_filter_of_the_api_narrows_the_search(api: Api, person: SignI
     assert page.status_code == 200 and "<h1>Messages</h1>" in page.text
     assert ids_of(page.text) == wanted
     assert 'name="message_id_header"' in page.text  # the form has the field
+    assert 'name="subject"' in page.text and 'name="client"' in page.text
+    assert "via 198.51.100." in page.text  # each row says which client sent it
     cases: dict[str, Any] = {
         "status=deferred": lambda r: r["status"] == "deferred",
         "status=queued&status=bounced": lambda r: r["status"] in ("queued", "bounced"),
@@ -88,6 +90,13 @@ async def test_each_filter_of_the_api_narrows_the_search(api: Api, person: SignI
         "tag=t4": lambda r: r["id"][-2:] in ("04", "14", "24", "34"),
         "message_id_header=m3%40app.test": lambda r: int(r["id"][-2:]) % 7 == 3,
         "message_id_header=%3Cm5%40app.test%3E": lambda r: int(r["id"][-2:]) % 7 == 5,
+        # Subject "Order {i % 9} shipped", client 198.51.100.{i % 6} (tests.support.stored)
+        "subject=Shipped+ORDER+4": lambda r: int(r["id"][-2:]) % 9 == 4,
+        "subject=shipped": lambda r: True,
+        "subject=order+7+missing": lambda r: False,
+        "client=198.51.100.5": lambda r: int(r["id"][-2:]) % 6 == 5,
+        "client=198.51.100.2%2F31": lambda r: int(r["id"][-2:]) % 6 in (2, 3),
+        "client=198.51.100.0%2F24&subject=2": lambda r: int(r["id"][-2:]) % 9 == 2,
         f"pool={SINK_POOL}": lambda r: r["last_pool"] == SINK_POOL,
         f"since={rows[30]['created_at']:.0f}": lambda r: r["created_at"] >= rows[30]["created_at"],
         f"until={rows[10]['created_at']:.0f}": lambda r: r["created_at"] < rows[10]["created_at"],
@@ -99,6 +108,11 @@ async def test_each_filter_of_the_api_narrows_the_search(api: Api, person: SignI
     assert refused.status_code == 400 and "since:" in refused.text and "<form" in refused.text
     empty = await owner.get("/messages?message_id_header=%3C%3E")
     assert empty.status_code == 400 and "message_id_header:" in empty.text
+    for query, field in (("subject=%21%21", "subject:"), ("client=198.51.100.1%2F40", "client:")):
+        bad = await owner.get(f"/messages?{query}")
+        assert bad.status_code == 400 and field in bad.text and "<form" in bad.text
+    kept = await owner.get("/messages?subject=order+4&client=198.51.100.0%2F24")
+    assert 'value="order 4"' in kept.text and 'value="198.51.100.0/24"' in kept.text
 
 
 async def test_pages_follow_the_cursor_and_htmx_gets_the_results_only(
@@ -167,6 +181,7 @@ async def test_a_message_page_shows_timeline_recipients_headers_and_text(
     timeline = text.split('id="timeline-heading"')[1].split("</section>")[0]
     assert timeline.index(">queued<") < timeline.index(">deferred<")
     assert "<dt>Subject</dt><dd>Quarterly report</dd>" in text
+    assert "<dt>Client</dt><dd>127.0.0.1</dd>" in text  # where it was sent from (HTTP)
     assert '<pre class="mail-text">Plain words.\n</pre>' in text
     assert f'<iframe class="mail-html" sandbox="" src="/messages/{message_id}/html"' in text
     assert "<b>there</b>" not in text and "alert(1)" not in text  # never inside the page
@@ -257,6 +272,9 @@ async def test_bulk_counts_first_then_acts_once_confirmed(api: Api, person: Sign
     notice = await owner.get(done.headers["location"])
     assert f"{len(deferred_ids)} messages cancelled." in notice.text
     assert await statuses(api, deferred_ids) == {"cancelled"}
+    by_subject = [r for r in rows if int(r["id"][-2:]) % 9 == 1 and r["status"] == "queued"]
+    counted = await owner.get("/messages/bulk?action=retry&subject=order+1&status=queued")
+    assert by_subject and f"retry <strong>{len(by_subject)}</strong> message" in counted.text
     everything = await owner.get("/messages/bulk?action=retry")
     assert "every message with work left you can see" in everything.text
     assert '<input type="hidden" name="all" value="1">' in everything.text

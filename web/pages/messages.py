@@ -4,9 +4,9 @@ confirmed. The search form is a plain GET form (a bookmarkable address; htmx swa
 results in). Whose mail a person sees is api.message_ops.restriction's answer, as over
 the API: a member, their own; an admin or owner, everyone's.
 
-The client's own Message-ID is a filter too (stored with the message at intake, indexed).
-Not here: a search by the subject, which is stored only in the body, so such a search
-would read every body (left for an index).
+The client's own Message-ID, words of the Subject and the client's address (an IP or a
+CIDR block) are filters too: each stored with the message at intake and indexed
+(storage.search_keys), so none reads a body.
 """
 
 from __future__ import annotations
@@ -37,7 +37,17 @@ from web.guard import signed_in
 from web.render import fragment, is_htmx, page
 
 PATH = "/messages"
-TEXT_FIELDS = ("from", "recipient", "pool", "tag", "message_id_header", "since", "until")
+TEXT_FIELDS = (
+    "from",
+    "recipient",
+    "pool",
+    "tag",
+    "message_id_header",
+    "subject",
+    "client",
+    "since",
+    "until",
+)
 LIMITS = (25, 50, 100)
 ACTIONS = {
     "retry": ("retry", "retried"),

@@ -80,6 +80,11 @@ def _filters(parser: argparse.ArgumentParser, bulk: bool = False) -> None:
     parser.add_argument("--recipient", help="a recipient's address")
     parser.add_argument("--from", dest="mail_from", help="envelope sender")
     parser.add_argument("--tag")
+    parser.add_argument(
+        "--message-id", dest="message_id_header", help="the client's own Message-ID header"
+    )
+    parser.add_argument("--subject", help="words the Subject has, all of them, any order")
+    parser.add_argument("--client", help="the client's IP address, or a CIDR block")
     parser.add_argument("--since", help="created at or after: ISO 8601 or UNIX seconds")
     parser.add_argument("--until", help="created before: ISO 8601 or UNIX seconds")
     if bulk:
@@ -135,6 +140,9 @@ async def _with_queue(db: Database, config: Config, args: argparse.Namespace, ac
         await writer.stop()
 
 
+_OPTIONS = {"message_id_header": "message-id"}  # a filter field's option, where it differs
+
+
 def _filter(args: argparse.Namespace) -> MessageFilter:
     values = {
         "status": args.status,
@@ -142,13 +150,17 @@ def _filter(args: argparse.Namespace) -> MessageFilter:
         "recipient": args.recipient,
         "from": args.mail_from,
         "tag": args.tag,
+        "message_id_header": args.message_id_header,
+        "subject": args.subject,
+        "client": args.client,
         "since": args.since,
         "until": args.until,
     }
     try:
         return make_filter(values)
     except FilterError as error:
-        raise CommandError(f"--{error.field}: {error.message}") from None
+        option = _OPTIONS.get(error.field, error.field)
+        raise CommandError(f"--{option}: {error.message}") from None
 
 
 def _state(state: MessageState) -> dict[str, Any]:
@@ -169,6 +181,7 @@ def _state(state: MessageState) -> dict[str, Any]:
             for r in state.recipients
         ],
         "events": state.events,
+        "client_address": state.client_address,
     }
 
 
@@ -272,6 +285,7 @@ def _text(action: str, result: Any) -> str:
         rows = [
             f"{m['message_id']}  {m['status']:<9}  {m['created_at']}  {_safe(m['from'])} -> "
             f"{', '.join(m['recipients'])}  pool={_safe(m['pool'])}  attempts={m['attempts']}"
+            f"  client={m['client_address'] or '-'}"
             for m in result["data"]
         ]
         if result["next_cursor"]:
@@ -280,7 +294,7 @@ def _text(action: str, result: Any) -> str:
     if action == "show":
         lines = [
             f"{result['message_id']}  {result['status']}",
-            f"from:       {_safe(result['from'])}",
+            f"from:       {_safe(result['from'])}   client: {result['client_address'] or '-'}",
             f"pool:       {_safe(result['pool'])}   attempts: {result['attempts']}",
             f"created:    {result['created_at']}   updated: {result['updated_at']}",
             f"next try:   {result['next_attempt_at'] or '-'}",
