@@ -19,8 +19,9 @@ verdicts: one dead list (Barracuda asked through an unregistered resolver) says 
 any subject, neither "clean" nor "unknown".
 
 A subject's verdict, from the verified lists that take it: `listed` when any lists it, else
-`unknown` when one could not answer (a query error) or none takes it, else `clean`. A Spamhaus DQS key is part of the
-query name: it is replaced by `<dqs-key>` in every reason logged or stored.
+`unknown` when one could not answer (a query error) or none takes it, else `clean`. A
+Spamhaus DQS key is part of the query name: it is replaced by `<dqs-key>` in every reason
+logged or stored.
 """
 
 from __future__ import annotations
