@@ -291,9 +291,11 @@ async def resume(
     wall: float | None = None,
 ) -> WarmupRecord | None:
     """A person resumes a paused warmup: active again on the day it was paused on (the
-    start day moves on by the days paused). Not paused: unchanged. None: no warmup. With
-    the subject's `name`, the mail waiting for the pause is due at once (`wall`: the
-    queue's time, `now` by default)."""
+    start day moves on by the days paused). Not paused: unchanged. None: no warmup. A
+    HOLD (a subject paused with no warmup of its own) is deleted: the record returned is
+    what it was, `not_started` (the subject has no warmup again, and sends unlimited by
+    one). With the subject's `name`, the mail waiting for the pause is due at once
+    (`wall`: the queue's time, `now` by default)."""
 
     def work(conn: Connection) -> WarmupRecord | None:
         where = (W.c.kind == kind, W.c.subject_id == subject_id)
@@ -301,29 +303,55 @@ async def resume(
         if not found:
             return None
         record = found[0]
-        if record.stored_status != "paused":
+        if is_hold(record):
+            conn.execute(delete(W).where(*where))
+            counted = key(kind, subject_id)
+            conn.execute(delete(PS).where(PS.c.pool_id == counted))
+            conn.execute(delete(PD).where(PD.c.pool_id == counted))
+            record = replace(
+                record, status="not_started", stored_status="active", paused_reason=None,
+                paused_at=None, updated_at=now, day=0, daily_limit=None, sent_today=0,
+            )  # fmt: skip
+        elif record.stored_status != "paused":
             return record
-        start = record.start_day
-        if record.day >= 1:  # paused during the ramp: go on from that day
-            start = shifted_start(record.day, now, record.timezone)
-        conn.execute(
-            update(W)
-            .where(*where)
-            .values(status="active", start_day=start, paused_reason=None, paused_at=None,
-                    updated_at=now)
-        )  # fmt: skip
+        else:
+            start = record.start_day
+            if record.day >= 1:  # paused during the ramp: go on from that day
+                start = shifted_start(record.day, now, record.timezone)
+            conn.execute(
+                update(W)
+                .where(*where)
+                .values(status="active", start_day=start, paused_reason=None, paused_at=None,
+                        updated_at=now)
+            )  # fmt: skip
+            record = _read(conn, now, *where)[0]
         if name is not None:
             due = now if wall is None else wall
             queue_sql.wake_waiting(conn, f"{waiting_text(kind, name)} paused:", due)
-        return _read(conn, now, *where)[0]
+        return record
 
     return await db.transaction(work)
 
 
-# A subject paused with no warmup running gets a finished one-day ramp, paused: its sending
-# waits until a person resumes it, and after that the warmup limits nothing (complete).
+# A subject paused with no warmup running gets a finished one-day ramp, paused (a HOLD): its
+# sending waits until a person resumes it, and the resume deletes it (no warmup again).
 HOLD = {"preset": None, "start_volume": MAX_VOLUME, "step": 0, "cap": MAX_VOLUME,
         "timezone": "UTC", "start_day": "2000-01-01"}  # fmt: skip
+HOLD_BY = "postern:hold"  # the created_by a HOLD row may carry (None: pause_in's so far)
+
+
+def is_hold(record: WarmupRecord) -> bool:
+    """Whether `record` is a HOLD, no warmup a person set: `resume` deletes it rather than
+    leave the subject with a `complete` warmup it never had. Told by HOLD's own values (a
+    start day of 2000 no API or CLI call sets with that schedule) and no person's name."""
+    schedule = record.schedule
+    return (
+        record.created_by in (None, HOLD_BY)
+        and record.start_day == HOLD["start_day"]
+        and record.timezone == HOLD["timezone"]
+        and schedule.preset is None
+        and (schedule.start, schedule.step, schedule.cap) == (MAX_VOLUME, 0, MAX_VOLUME)
+    )
 
 
 def pause_in(conn: Connection, kind: str, subject_id: str, reason: str, now: float) -> bool:

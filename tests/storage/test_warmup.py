@@ -116,16 +116,30 @@ async def test_pause_holds_the_day_and_resume_goes_on_from_it(backend: Database)
 
 async def test_a_subject_without_a_warmup_is_held_until_resumed(backend: Database) -> None:
     """pause_on_risk's pause of a pool with no warmup running: its sending waits, and once
-    resumed nothing limits it (a finished warmup)."""
+    resumed the hold is gone: no warmup (not `complete`, which it never had), nothing
+    limits it; a warmup a person set is never taken for a hold."""
     now = at("2026-06-02T12:00:00")
     assert await take(backend, now, "plain") is None  # no warmup: nothing limits it
     assert await warmup.paused(backend, "pool", "plain", "score 41 < 70", now)
     assert await take(backend, now + 1, "plain") == warmup.Paused("score 41 < 70")
     state = (await warmup.warmup_states(backend, "pool", ["plain"], now + 2))["plain"]
     assert state.status == "paused"
+    held = await warmup.get_warmup(backend, "pool", "plain", now + 2)
+    assert held is not None and warmup.is_hold(held)
     resumed = await warmup.resume(backend, "pool", "plain", now + 3)
-    assert resumed is not None and resumed.status == "complete"
+    assert resumed is not None and resumed.status == "not_started"
+    assert (resumed.paused_reason, resumed.daily_limit) == (None, None)
+    assert await warmup.get_warmup(backend, "pool", "plain", now + 3) is None  # deleted
+    assert await warmup.warmup_states(backend, "pool", ["plain"], now + 3) == {}
     assert await take(backend, now + 4, "plain") is None
+    assert await warmup.resume(backend, "pool", "plain", now + 5) is None  # nothing left
+    # A person's warmup, paused and resumed, stays (whatever its schedule).
+    big = Schedule(start=warmup.MAX_VOLUME, step=0, cap=warmup.MAX_VOLUME)
+    await warmup.set_warmup(backend, "pool", "big", big, TZ, now, created_by="u1")
+    await warmup.pause(backend, "pool", "big", "a person", now + 6)
+    kept = await warmup.resume(backend, "pool", "big", now + 7)
+    assert kept is not None and kept.status == "active"
+    assert await warmup.get_warmup(backend, "pool", "big", now + 7) is not None
 
 
 async def test_clear_removes_the_warmup_and_its_counts(backend: Database) -> None:
