@@ -11,8 +11,9 @@ for a pool's limits. A route with another pool goes through that one meanwhile.
 Postern pauses a warmup itself on (a) a bounce or complaint spike in the mail through the
 subject over the last `[warmup] window` (`check_spikes`, a loop on every node, idempotent)
 and (b) the receivers' throttling replies, `throttle_replies` within `throttle_window`
-counted on this node (`throttled`). `paused_reason` says which and the figures. Only a
-person resumes it (API, CLI).
+counted on this node (`throttled`). `paused_reason` says which and the figures, and a
+`warmup_paused` event (message_id "", webhooks) is written in the pause's own transaction:
+once per pause, whichever node pauses it. Only a person resumes it (API, CLI).
 
 Which subjects have a warmup is held in memory (`follow`, every 2 s and at once after a
 change through this node's API), so a send through a subject without one costs nothing.
@@ -23,6 +24,7 @@ wait until a clock time becomes a wait of the same length on the wall clock the 
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import re
 import time
@@ -37,6 +39,7 @@ from gateway.config import WarmupConfig
 from gateway.delivery.slowdown import Wait
 from gateway.delivery.upstream import PoolSettings
 from gateway.message import DeliveryResult
+from gateway.queue import events
 from storage import queue_sql
 from storage import throttle as throttle_sql
 from storage import warmup as stored
@@ -313,8 +316,24 @@ class WarmupGate:
                 await self._pause((record.kind, record.subject_id), name, reason, "bounces")
 
     async def _pause(self, subject: tuple[str, str], name: str, reason: str, why: str) -> None:
+        """Pause the subject's warmup with `reason` and, in the same transaction, write a
+        `warmup_paused` event; neither when it was paused already (by a person, or another
+        node first)."""
         kind, subject_id = subject
-        if await stored.paused(self._db, kind, subject_id, reason, self.clock()):
+        now = self.clock()
+        detail = {"warmup": {"kind": kind, "id": subject_id, "name": name, "reason": reason}}
+        event = events.row(
+            events.WARMUP_PAUSED, "", "", time.time(), pool=name[:128], response=reason[:1000],
+            detail=json.dumps(detail, separators=(",", ":")),
+        )  # fmt: skip
+
+        def work(conn: Connection) -> bool:
+            if not stored.pause_in(conn, kind, subject_id, reason, now):
+                return False
+            conn.execute(events.INSERT_EVENT, [event])
+            return True
+
+        if await self._db.transaction(work):
             metrics.WARMUP_PAUSED.labels(kind=kind, reason=why).inc()
             log.warning("warmup of %s %s paused: %s", kind, name, reason)
             self._closed.pop(subject, None)
