@@ -20,11 +20,24 @@ the warmup's row FOR UPDATE; SQLite has one writer.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Float,
+    String,
+    and_,
+    cast,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.engine import RowMapping
 
 from storage import queue_sql, throttle
@@ -485,39 +498,64 @@ class Outcomes:
 
 
 async def outcomes(db: Database, name: str, since: float) -> Outcomes:
-    """Delivered, hard-bounced and complained-of recipients of mail through the subject
-    named `name` (as `event.pool`, or its message's `last_pool` for a report that came
-    back later) from `since` on; reads `ix_event_created`."""
+    """`outcomes_since` for one subject."""
+    return (await outcomes_since(db, {name: since}))[name]
 
-    def query(conn: Connection) -> dict[str, int]:
+
+async def outcomes_since(db: Database, since: Mapping[str, float]) -> dict[str, Outcomes]:
+    """For each subject named (as `event.pool`, or its message's `last_pool` for a report
+    that came back later), the delivered, hard-bounced and complained-of recipients of its
+    mail from its own `since` on: one statement for them all, grouped by subject, reading
+    `ix_event_created` from the earliest `since`."""
+    if not since:
+        return {}
+    first = min(since.values())
+    rows = [
+        select(cast(literal(name), String).label("name"), cast(literal(t), Float).label("since"))
+        for name, t in since.items()
+    ]
+    subjects = (rows[0] if len(rows) == 1 else union_all(*rows)).cte("warmup_subject")
+
+    def query(conn: Connection) -> list[Any]:
         kinds = ("delivered", "bounced", "complaint")
-        # The upstream's answers name the pool in the event itself (no join) ...
-        sync = conn.execute(
-            select(E.c.type, func.count())
-            .where(E.c.created_at >= since, E.c.pool == name, E.c.type.in_(kinds))
-            .group_by(E.c.type)
-        ).all()
+        # The upstream's answers name the pool in the event itself (no message joined) ...
+        sync = (
+            select(subjects.c.name, E.c.type, func.count().label("n"))
+            .select_from(
+                E.join(
+                    subjects, and_(E.c.pool == subjects.c.name, E.c.created_at >= subjects.c.since)
+                )
+            )
+            .where(E.c.created_at >= first, E.c.type.in_(kinds))
+            .group_by(subjects.c.name, E.c.type)
+        )
         # ... a report that came back later names none: its message's last pool does.
-        late = conn.execute(
-            select(E.c.type, func.count())
-            .select_from(E.join(M, M.c.id == E.c.message_id))
+        late = (
+            select(subjects.c.name, E.c.type, func.count().label("n"))
+            .select_from(
+                E.join(M, M.c.id == E.c.message_id).join(
+                    subjects,
+                    and_(M.c.last_pool == subjects.c.name, E.c.created_at >= subjects.c.since),
+                )
+            )
             .where(
-                E.c.created_at >= since,
+                E.c.created_at >= first,
                 E.c.pool.is_(None),
                 E.c.type.in_(("bounced", "complaint")),
-                M.c.last_pool == name,
             )
-            .group_by(E.c.type)
-        ).all()
-        counts: dict[str, int] = {}
-        for kind, count in [*sync, *late]:
-            counts[kind] = counts.get(kind, 0) + count
-        return counts
+            .group_by(subjects.c.name, E.c.type)
+        )
+        return list(conn.execute(union_all(sync, late)).all())
 
-    counts = await db.read(query)
-    return replace(
-        Outcomes(),
-        delivered=counts.get("delivered", 0),
-        bounced=counts.get("bounced", 0),
-        complaints=counts.get("complaint", 0),
-    )
+    counts: dict[str, dict[str, int]] = {name: {} for name in since}
+    for name, kind, count in await db.read(query):
+        found = counts.setdefault(name, {})
+        found[kind] = found.get(kind, 0) + count
+    return {
+        name: Outcomes(
+            delivered=found.get("delivered", 0),
+            bounced=found.get("bounced", 0),
+            complaints=found.get("complaint", 0),
+        )
+        for name, found in counts.items()
+    }

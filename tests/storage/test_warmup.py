@@ -6,21 +6,27 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from sqlalchemy import select
 
 from gateway.config import WarmupConfig
 from gateway.delivery.slowdown import Wait
 from gateway.delivery.upstream import PoolSettings
 from gateway.delivery.warmup import WarmupGate
 from gateway.message import DeliveryResult, Outcome
-from storage import warmup
+from storage import pools, warmup
 from storage.db import Database
+from storage.models import BlocklistRun, Event
 from storage.warmup_schedule import Schedule
 from storage.writer import Writer
+from tests.support.reputation import record_sends
 
 TZ = "Europe/Paris"
+BR = BlocklistRun.__table__  # type: ignore[attr-defined]
+EV = Event.__table__  # type: ignore[attr-defined]
 OPTS = {"lease": 60.0, "active_hours": 2, "burst": 0.2}
 
 
@@ -200,3 +206,63 @@ async def test_the_gate_for_an_account(backend: Database, writer: Writer) -> Non
     paused = await gate.reserve(account)
     assert isinstance(paused, Wait) and paused.reason == "warmup_paused"
     assert paused.text.startswith("waiting: warmup of account me@personal.test paused: receiver")
+
+
+async def test_outcomes_of_every_subject_in_one_query(backend: Database) -> None:
+    """The spike check's counts: each subject's from its own `since`, its synchronous
+    answers by the event's pool and the reports that came back later by its message's."""
+    t0 = at("2026-06-01T09:00:00")
+    await record_sends(backend, "relay-a", "a@x.test", t0 - 1000, delivered=100)
+    await record_sends(backend, "relay-a", "a@x.test", t0, delivered=10, bounced=2)
+    await record_sends(backend, "relay-b", "b@x.test", t0 + 100, delivered=5, complaints=1,
+                       late_bounces=1, deferred=3)  # fmt: skip
+    found = await warmup.outcomes_since(
+        backend, {"relay-a": t0 - 10, "relay-b": t0 + 50, "quiet": t0}
+    )
+    assert found == {
+        "relay-a": warmup.Outcomes(delivered=10, bounced=2),
+        "relay-b": warmup.Outcomes(delivered=5, bounced=1, complaints=1),
+        "quiet": warmup.Outcomes(),
+    }
+    assert await warmup.outcomes_since(backend, {}) == {}
+    assert (await warmup.outcomes(backend, "relay-a", t0 - 2000)).delivered == 110
+    assert await warmup.outcomes(backend, "relay-b", t0 + 101) == warmup.Outcomes()
+
+
+async def test_the_spike_check_runs_on_the_node_that_leases_it(
+    backend: Database, writer: Writer
+) -> None:
+    """Two nodes' gates: one checks and pauses (a warmup_paused event, once); the other,
+    within half an interval of it, checks nothing."""
+    now = time.time()
+    pool = await pools.create_pool(
+        backend, {"name": "hot", "host": "127.0.0.1", "port": 2525}, lambda _: ""
+    )
+    await warmup.set_warmup(backend, "pool", pool.id, Schedule(preset="aggressive"), TZ,
+                            now - 3600)  # fmt: skip
+    await record_sends(backend, "hot", "a@x.test", now - 60, delivered=19, complaints=1,
+                       bounced=1)  # fmt: skip
+    settings = WarmupConfig(check_interval=60.0, min_volume=20)
+    one = WarmupGate(backend, writer, settings, node="node-a")
+    other = WarmupGate(backend, writer, settings, node="node-b")
+    await one.check_spikes()
+    record = await warmup.get_warmup(backend, "pool", pool.id, time.time())
+    assert record is not None and record.status == "paused"
+    assert record.paused_reason is not None and record.paused_reason.startswith(
+        "complaint spike: 1 complaints of 20 recipients"
+    )
+
+    def lease(conn: Any) -> Any:
+        return conn.execute(select(BR).where(BR.c.name == "warmup_spikes")).one()
+
+    first = await backend.read(lease)
+    assert first.claimed_by is None and first.completed_at is not None
+    await other.check_spikes()  # node-b does not check at all within the interval
+    assert (await backend.read(lease)).started_at == first.started_at
+
+    def paused_events(conn: Any) -> list[Any]:
+        return list(conn.execute(select(EV).where(EV.c.type == "warmup_paused")))
+
+    (event,) = await backend.read(paused_events)
+    assert event.message_id == "" and event.pool == "hot"
+    assert '"warmup":{"kind":"pool"' in event.detail
