@@ -387,6 +387,14 @@ def pause_in(conn: Connection, kind: str, subject_id: str, reason: str, now: flo
     return changed.rowcount == 1
 
 
+def purge_events(conn: Connection, event_type: str, before: float) -> None:
+    """Delete the events of `event_type` about no message (message_id "") written before
+    `before`, on ix_event_message: retention, which purges by message, never reaches them."""
+    conn.execute(
+        delete(E).where(E.c.message_id == "", E.c.type == event_type, E.c.created_at < before)
+    )
+
+
 async def pause(db: Database, kind: str, subject_id: str, reason: str, now: float) -> None:
     """The reputation watcher's (and the spike check's) entry point: pause the subject's
     sending, recording why (its warmup, or a finished one made to hold it: pause_in). Mail

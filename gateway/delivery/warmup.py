@@ -94,9 +94,11 @@ class WarmupGate:
         clock: Callable[[], float] = time.time,
         lease: float = LEASE,
         node: str | None = None,
+        keep_events: float = 30 * 86400.0,
     ) -> None:
         self._db = db
         self._node = node  # the spike check is leased to one node at a time (None: unleased)
+        self._keep_events = keep_events  # its warmup_paused events: [storage] retention
         self._writer = writer
         self.settings = settings
         self.clock = clock
@@ -354,10 +356,10 @@ class WarmupGate:
         `warmup_paused` event; neither when it was paused already (by a person, or another
         node first)."""
         kind, subject_id = subject
-        now = self.clock()
+        now, wall = self.clock(), time.time()
         detail = {"warmup": {"kind": kind, "id": subject_id, "name": name, "reason": reason}}
         event = events.row(
-            events.WARMUP_PAUSED, "", "", time.time(), pool=name[:128], response=reason[:1000],
+            events.WARMUP_PAUSED, "", "", wall, pool=name[:128], response=reason[:1000],
             detail=json.dumps(detail, separators=(",", ":")),
         )  # fmt: skip
 
@@ -365,6 +367,9 @@ class WarmupGate:
             if not stored.pause_in(conn, kind, subject_id, reason, now):
                 return False
             conn.execute(events.INSERT_EVENT, [event])
+            # Retention purges events by message: these (message_id "") go here, as the
+            # reputation watcher's own go with its runs.
+            stored.purge_events(conn, events.WARMUP_PAUSED, wall - self._keep_events)
             return True
 
         if await self._db.transaction(work):

@@ -17,6 +17,7 @@ from gateway.delivery.slowdown import Wait
 from gateway.delivery.upstream import PoolSettings
 from gateway.delivery.warmup import WarmupGate
 from gateway.message import DeliveryResult, Outcome
+from gateway.queue import events
 from storage import pools, warmup
 from storage.db import Database
 from storage.models import BlocklistRun, Event
@@ -232,8 +233,8 @@ async def test_outcomes_of_every_subject_in_one_query(backend: Database) -> None
 async def test_the_spike_check_runs_on_the_node_that_leases_it(
     backend: Database, writer: Writer
 ) -> None:
-    """Two nodes' gates: one checks and pauses (a warmup_paused event, once); the other,
-    within half an interval of it, checks nothing."""
+    """Two nodes' gates: one checks and pauses (a warmup_paused event, once, and those past
+    retention purged); the other, within half an interval of it, checks nothing."""
     now = time.time()
     pool = await pools.create_pool(
         backend, {"name": "hot", "host": "127.0.0.1", "port": 2525}, lambda _: ""
@@ -242,8 +243,10 @@ async def test_the_spike_check_runs_on_the_node_that_leases_it(
                             now - 3600)  # fmt: skip
     await record_sends(backend, "hot", "a@x.test", now - 60, delivered=19, complaints=1,
                        bounced=1)  # fmt: skip
+    old = events.row(events.WARMUP_PAUSED, "", "", now - 40 * 86400, pool="hot", detail="{}")
+    await backend.transaction(lambda conn: conn.execute(events.INSERT_EVENT, [old]))
     settings = WarmupConfig(check_interval=60.0, min_volume=20)
-    one = WarmupGate(backend, writer, settings, node="node-a")
+    one = WarmupGate(backend, writer, settings, node="node-a", keep_events=30 * 86400)
     other = WarmupGate(backend, writer, settings, node="node-b")
     await one.check_spikes()
     record = await warmup.get_warmup(backend, "pool", pool.id, time.time())
@@ -263,6 +266,6 @@ async def test_the_spike_check_runs_on_the_node_that_leases_it(
     def paused_events(conn: Any) -> list[Any]:
         return list(conn.execute(select(EV).where(EV.c.type == "warmup_paused")))
 
-    (event,) = await backend.read(paused_events)
-    assert event.message_id == "" and event.pool == "hot"
+    (event,) = await backend.read(paused_events)  # the one past retention is gone
+    assert event.message_id == "" and event.pool == "hot" and event.created_at > now - 60
     assert '"warmup":{"kind":"pool"' in event.detail
