@@ -1,7 +1,9 @@
 """What the doors do with warmups (api.routes.warmup; `postern warmup` works on storage
 directly): whose subject it is (a pool: the pool's own visibility, scope `pools`; an
-account: its owner, shares and admins, as a person's matter), set, clear, pause, resume,
-each followed at once by this node's delivery (other nodes within 2 s).
+account: seen by its owner, shares and admins, as a person's matter, but changed only by
+whoever may change the account itself, `account_ops.may_manage`: a member it is shared with
+sees its warmup and may not set, clear, pause or resume it, 403 owner_required), set, clear,
+pause, resume, each followed at once by this node's delivery (other nodes within 2 s).
 """
 
 from __future__ import annotations
@@ -40,13 +42,18 @@ def _bad(field: str, message: str) -> errors.InvalidRequest:
     return errors.InvalidRequest(f"{field}: {message}", [{"field": field, "message": message}])
 
 
-async def subject(ctx: ApiContext, caller: Caller, kind: str, subject_id: str) -> Subject:
-    """The pool or account, if `caller` may change it (NotFound otherwise, as for none)."""
+async def subject(
+    ctx: ApiContext, caller: Caller, kind: str, subject_id: str, change: bool = False
+) -> Subject:
+    """The pool or account, if `caller` may see it (NotFound otherwise, as for none); with
+    `change`, an account only if `caller` may change it too (OwnerRequired)."""
     if kind == "pool":
         pool = await pool_ops.get(ctx, caller, subject_id)
         return Subject(kind, pool.id, pool.name)
     if kind == "account":
         account = await account_ops.get(ctx, caller, subject_id)
+        if change:
+            await account_ops.may_manage(ctx, caller, account)
         return Subject(kind, account.id, account.email)
     raise errors.NotFound("no such kind of warmup (account or pool)")
 

@@ -249,9 +249,9 @@ class WarmupConfig:
     # later"...): this many within throttle_window pause the warmup; 0 = never.
     throttle_replies: int = 3
     throttle_window: float = 3600.0
-    # Mail of a paused subject waits in the queue; it looks again this often (a resume on
-    # this node wakes it at once).
-    paused_recheck: float = 300.0
+    # Mail of a paused subject waits in the queue; it looks again this often (a resume
+    # wakes it at once, on every node: this is only the backstop, hence long).
+    paused_recheck: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -530,6 +530,13 @@ def _fraction(value: Any, where: str) -> float:
     return float(value)
 
 
+def _positive_fraction(value: Any, where: str) -> float:
+    """A rate above 0 and at most 1 (a rate of 0 would be reached by any mail at all)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+        raise ConfigError(f"{where}: expected a number above 0, at most 1")
+    return float(value)
+
+
 def _hours(value: Any, where: str) -> int:
     hours = _positive_int(value, where)
     if hours > 24:
@@ -671,8 +678,8 @@ _SECTIONS: dict[str, tuple[type, dict[str, Converter]]] = {
             "check_interval": _positive_duration,
             "window": _positive_duration,
             "min_volume": _positive_int,
-            "bounce_rate": _fraction,
-            "complaint_rate": _fraction,
+            "bounce_rate": _positive_fraction,
+            "complaint_rate": _positive_fraction,
             "throttle_replies": _non_negative_int,
             "throttle_window": _positive_duration,
             "paused_recheck": _positive_duration,

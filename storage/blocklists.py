@@ -194,15 +194,18 @@ def _insert_if_absent(dialect: Any) -> Any:
 _INSERT = {True: _insert_if_absent(sqlite), False: _insert_if_absent(postgresql)}
 
 
-def claim(conn: Connection, node: str, now: float, until: float, due_before: float) -> bool:
+def claim(
+    conn: Connection, node: str, now: float, until: float, due_before: float, name: str = RUN
+) -> bool:
     """Lease the scheduled check to `node` until `until` if no live lease holds it and the last
     round completed before `due_before` (or never): of two nodes claiming at once, exactly one
-    gets it (a conditional UPDATE)."""
-    conn.execute(_INSERT[conn.dialect.name == "sqlite"].values(name=RUN))
+    gets it (a conditional UPDATE). `name`: another periodic job's row, leased alike (the
+    warmup spike check's, gateway.delivery.warmup)."""
+    conn.execute(_INSERT[conn.dialect.name == "sqlite"].values(name=name))
     done = conn.execute(
         update(BR)
         .where(
-            BR.c.name == RUN,
+            BR.c.name == name,
             or_(BR.c.claimed_by.is_(None), BR.c.claimed_until < now, BR.c.claimed_by == node),
             or_(BR.c.completed_at.is_(None), BR.c.completed_at < due_before),
         )
@@ -211,22 +214,22 @@ def claim(conn: Connection, node: str, now: float, until: float, due_before: flo
     return done.rowcount == 1
 
 
-def finish(conn: Connection, node: str, now: float) -> bool:
+def finish(conn: Connection, node: str, now: float, name: str = RUN) -> bool:
     """The round `node` leased has completed: record when, give the lease back. False when the
     lease was no longer this node's (it lapsed and another node took it)."""
     done = conn.execute(
         update(BR)
-        .where(BR.c.name == RUN, BR.c.claimed_by == node)
+        .where(BR.c.name == name, BR.c.claimed_by == node)
         .values(claimed_by=None, claimed_until=None, completed_at=now)
     )
     return done.rowcount == 1
 
 
-def release(conn: Connection, node: str) -> None:
+def release(conn: Connection, node: str, name: str = RUN) -> None:
     """Give the lease back without completing (a round cut short, start-up, shutdown)."""
     conn.execute(
         update(BR)
-        .where(and_(BR.c.name == RUN, BR.c.claimed_by == node))
+        .where(and_(BR.c.name == name, BR.c.claimed_by == node))
         .values(claimed_by=None, claimed_until=None)
     )
 

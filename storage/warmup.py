@@ -20,11 +20,24 @@ the warmup's row FOR UPDATE; SQLite has one writer.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Float,
+    String,
+    and_,
+    cast,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.engine import RowMapping
 
 from storage import queue_sql, throttle
@@ -291,9 +304,11 @@ async def resume(
     wall: float | None = None,
 ) -> WarmupRecord | None:
     """A person resumes a paused warmup: active again on the day it was paused on (the
-    start day moves on by the days paused). Not paused: unchanged. None: no warmup. With
-    the subject's `name`, the mail waiting for the pause is due at once (`wall`: the
-    queue's time, `now` by default)."""
+    start day moves on by the days paused). Not paused: unchanged. None: no warmup. A
+    HOLD (a subject paused with no warmup of its own) is deleted: the record returned is
+    what it was, `not_started` (the subject has no warmup again, and sends unlimited by
+    one). With the subject's `name`, the mail waiting for the pause is due at once
+    (`wall`: the queue's time, `now` by default)."""
 
     def work(conn: Connection) -> WarmupRecord | None:
         where = (W.c.kind == kind, W.c.subject_id == subject_id)
@@ -301,29 +316,55 @@ async def resume(
         if not found:
             return None
         record = found[0]
-        if record.stored_status != "paused":
+        if is_hold(record):
+            conn.execute(delete(W).where(*where))
+            counted = key(kind, subject_id)
+            conn.execute(delete(PS).where(PS.c.pool_id == counted))
+            conn.execute(delete(PD).where(PD.c.pool_id == counted))
+            record = replace(
+                record, status="not_started", stored_status="active", paused_reason=None,
+                paused_at=None, updated_at=now, day=0, daily_limit=None, sent_today=0,
+            )  # fmt: skip
+        elif record.stored_status != "paused":
             return record
-        start = record.start_day
-        if record.day >= 1:  # paused during the ramp: go on from that day
-            start = shifted_start(record.day, now, record.timezone)
-        conn.execute(
-            update(W)
-            .where(*where)
-            .values(status="active", start_day=start, paused_reason=None, paused_at=None,
-                    updated_at=now)
-        )  # fmt: skip
+        else:
+            start = record.start_day
+            if record.day >= 1:  # paused during the ramp: go on from that day
+                start = shifted_start(record.day, now, record.timezone)
+            conn.execute(
+                update(W)
+                .where(*where)
+                .values(status="active", start_day=start, paused_reason=None, paused_at=None,
+                        updated_at=now)
+            )  # fmt: skip
+            record = _read(conn, now, *where)[0]
         if name is not None:
             due = now if wall is None else wall
             queue_sql.wake_waiting(conn, f"{waiting_text(kind, name)} paused:", due)
-        return _read(conn, now, *where)[0]
+        return record
 
     return await db.transaction(work)
 
 
-# A subject paused with no warmup running gets a finished one-day ramp, paused: its sending
-# waits until a person resumes it, and after that the warmup limits nothing (complete).
+# A subject paused with no warmup running gets a finished one-day ramp, paused (a HOLD): its
+# sending waits until a person resumes it, and the resume deletes it (no warmup again).
 HOLD = {"preset": None, "start_volume": MAX_VOLUME, "step": 0, "cap": MAX_VOLUME,
         "timezone": "UTC", "start_day": "2000-01-01"}  # fmt: skip
+HOLD_BY = "postern:hold"  # a HOLD row's created_by: no person's id looks like it
+
+
+def is_hold(record: WarmupRecord) -> bool:
+    """Whether `record` is a HOLD, no warmup a person set: `resume` deletes it rather than
+    leave the subject with a `complete` warmup it never had. Told by HOLD's own values (a
+    start day of 2000 no API or CLI call sets with that schedule) and no person's name."""
+    schedule = record.schedule
+    return (
+        record.created_by == HOLD_BY
+        and record.start_day == HOLD["start_day"]
+        and record.timezone == HOLD["timezone"]
+        and schedule.preset is None
+        and (schedule.start, schedule.step, schedule.cap) == (MAX_VOLUME, 0, MAX_VOLUME)
+    )
 
 
 def pause_in(conn: Connection, kind: str, subject_id: str, reason: str, now: float) -> bool:
@@ -337,7 +378,7 @@ def pause_in(conn: Connection, kind: str, subject_id: str, reason: str, now: flo
     if not found:
         conn.execute(
             insert(W).values(kind=kind, subject_id=subject_id, created_at=now, updated_at=now,
-                             created_by=None, **HOLD, **paused)
+                             created_by=HOLD_BY, **HOLD, **paused)
         )  # fmt: skip
         return True
     changed = conn.execute(
@@ -348,10 +389,18 @@ def pause_in(conn: Connection, kind: str, subject_id: str, reason: str, now: flo
     return changed.rowcount == 1
 
 
+def purge_events(conn: Connection, event_type: str, before: float) -> None:
+    """Delete the events of `event_type` about no message (message_id "") written before
+    `before`, on ix_event_message: retention, which purges by message, never reaches them."""
+    conn.execute(
+        delete(E).where(E.c.message_id == "", E.c.type == event_type, E.c.created_at < before)
+    )
+
+
 async def pause(db: Database, kind: str, subject_id: str, reason: str, now: float) -> None:
-    """The reputation watcher's (and the spike check's) entry point: pause the subject's
-    sending, recording why (its warmup, or a finished one made to hold it: pause_in). Mail
-    waits in the queue, deferred with the reason, until a person resumes it."""
+    """A person's pause (`postern warmup pause`, the API): pause the subject's sending,
+    recording why (its warmup, or a finished one made to hold it: pause_in). Mail waits in
+    the queue, deferred with the reason, until a person resumes it."""
 
     def work(conn: Connection) -> bool:
         return pause_in(conn, kind, subject_id, reason, now)
@@ -459,39 +508,64 @@ class Outcomes:
 
 
 async def outcomes(db: Database, name: str, since: float) -> Outcomes:
-    """Delivered, hard-bounced and complained-of recipients of mail through the subject
-    named `name` (as `event.pool`, or its message's `last_pool` for a report that came
-    back later) from `since` on; reads `ix_event_created`."""
+    """`outcomes_since` for one subject."""
+    return (await outcomes_since(db, {name: since}))[name]
 
-    def query(conn: Connection) -> dict[str, int]:
+
+async def outcomes_since(db: Database, since: Mapping[str, float]) -> dict[str, Outcomes]:
+    """For each subject named (as `event.pool`, or its message's `last_pool` for a report
+    that came back later), the delivered, hard-bounced and complained-of recipients of its
+    mail from its own `since` on: one statement for them all, grouped by subject, reading
+    `ix_event_created` from the earliest `since`."""
+    if not since:
+        return {}
+    first = min(since.values())
+    rows = [
+        select(cast(literal(name), String).label("name"), cast(literal(t), Float).label("since"))
+        for name, t in since.items()
+    ]
+    subjects = (rows[0] if len(rows) == 1 else union_all(*rows)).cte("warmup_subject")
+
+    def query(conn: Connection) -> list[Any]:
         kinds = ("delivered", "bounced", "complaint")
-        # The upstream's answers name the pool in the event itself (no join) ...
-        sync = conn.execute(
-            select(E.c.type, func.count())
-            .where(E.c.created_at >= since, E.c.pool == name, E.c.type.in_(kinds))
-            .group_by(E.c.type)
-        ).all()
+        # The upstream's answers name the pool in the event itself (no message joined) ...
+        sync = (
+            select(subjects.c.name, E.c.type, func.count().label("n"))
+            .select_from(
+                E.join(
+                    subjects, and_(E.c.pool == subjects.c.name, E.c.created_at >= subjects.c.since)
+                )
+            )
+            .where(E.c.created_at >= first, E.c.type.in_(kinds))
+            .group_by(subjects.c.name, E.c.type)
+        )
         # ... a report that came back later names none: its message's last pool does.
-        late = conn.execute(
-            select(E.c.type, func.count())
-            .select_from(E.join(M, M.c.id == E.c.message_id))
+        late = (
+            select(subjects.c.name, E.c.type, func.count().label("n"))
+            .select_from(
+                E.join(M, M.c.id == E.c.message_id).join(
+                    subjects,
+                    and_(M.c.last_pool == subjects.c.name, E.c.created_at >= subjects.c.since),
+                )
+            )
             .where(
-                E.c.created_at >= since,
+                E.c.created_at >= first,
                 E.c.pool.is_(None),
                 E.c.type.in_(("bounced", "complaint")),
-                M.c.last_pool == name,
             )
-            .group_by(E.c.type)
-        ).all()
-        counts: dict[str, int] = {}
-        for kind, count in [*sync, *late]:
-            counts[kind] = counts.get(kind, 0) + count
-        return counts
+            .group_by(subjects.c.name, E.c.type)
+        )
+        return list(conn.execute(union_all(sync, late)).all())
 
-    counts = await db.read(query)
-    return replace(
-        Outcomes(),
-        delivered=counts.get("delivered", 0),
-        bounced=counts.get("bounced", 0),
-        complaints=counts.get("complaint", 0),
-    )
+    counts: dict[str, dict[str, int]] = {name: {} for name in since}
+    for name, kind, count in await db.read(query):
+        found = counts.setdefault(name, {})
+        found[kind] = found.get(kind, 0) + count
+    return {
+        name: Outcomes(
+            delivered=found.get("delivered", 0),
+            bounced=found.get("bounced", 0),
+            complaints=found.get("complaint", 0),
+        )
+        for name, found in counts.items()
+    }

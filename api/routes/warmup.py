@@ -36,8 +36,11 @@ _NOT_FOUND = ("no such pool or account, or (but for PUT) it has no warmup", Erro
 _ACCESS = (
     "A warmup is changed by whoever may change its subject: for a pool, a key with scope "
     "`pools` (or a session) that sees the pool; for an account, its owner, those it is "
-    "shared with and admins (a key needs `admin`)."
+    "shared with as admin, and admins (a key needs `admin`). A member it is shared with sees "
+    "its warmup, and is refused a change (403 owner_required)."
 )
+_OWNER = ("a member the account is shared with: only its owner or admins (owner_required)",
+          ErrorResponse)  # fmt: skip
 
 
 async def _caller(request: Request, kind: str) -> tuple[ApiContext, Caller]:
@@ -47,17 +50,19 @@ async def _caller(request: Request, kind: str) -> tuple[ApiContext, Caller]:
     return ctx, await authenticate(request, ctx, SCOPE)
 
 
-async def _subject(request: Request) -> tuple[ApiContext, warmup_ops.Subject]:
-    ctx, _, found = await _caller_and_subject(request)
+async def _subject(request: Request, change: bool = False) -> tuple[ApiContext, warmup_ops.Subject]:
+    ctx, _, found = await _caller_and_subject(request, change)
     return ctx, found
 
 
 async def _caller_and_subject(
-    request: Request,
+    request: Request, change: bool = False
 ) -> tuple[ApiContext, Caller, warmup_ops.Subject]:
+    """The caller and the subject; with `change`, one the caller may change (an account:
+    its owner or admins, 403 owner_required for a member it is shared with)."""
     kind = request.path_params["kind"]
     ctx, caller = await _caller(request, kind)
-    found = await warmup_ops.subject(ctx, caller, kind, request.path_params["id"])
+    found = await warmup_ops.subject(ctx, caller, kind, request.path_params["id"], change)
     return ctx, caller, found
 
 
@@ -101,10 +106,10 @@ async def show(request: Request) -> Response:
         "held to the day's limit, spread by an hourly cap; over it, mail waits in the queue. "
         + _ACCESS
     ),
-    responses={200: ("the warmup", Warmup), 404: _NOT_FOUND},
+    responses={200: ("the warmup", Warmup), 403: _OWNER, 404: _NOT_FOUND},
 )
 async def put(request: Request) -> Response:
-    ctx, caller, found = await _caller_and_subject(request)
+    ctx, caller, found = await _caller_and_subject(request, change=True)
     body = parse(WarmupSet, await request.body())
     record = await warmup_ops.set_warmup(ctx, caller, found, body)
     return JSONResponse(warmup_ops.warmup_json(ctx, record, found.name))
@@ -115,10 +120,10 @@ async def put(request: Request) -> Response:
     scope="",
     parameters=_ID,
     description="The subject sends unlimited by warmup again. " + _ACCESS,
-    responses={200: ("cleared", Ok), 404: _NOT_FOUND},
+    responses={200: ("cleared", Ok), 403: _OWNER, 404: _NOT_FOUND},
 )
 async def remove(request: Request) -> Response:
-    ctx, found = await _subject(request)
+    ctx, found = await _subject(request, change=True)
     await warmup_ops.clear(ctx, found)
     return JSONResponse({"success": True})
 
@@ -130,10 +135,10 @@ async def remove(request: Request) -> Response:
     request_required=False,
     parameters=_ID,
     description="Its subject sends nothing (mail waits) until resumed. " + _ACCESS,
-    responses={200: ("the warmup", Warmup), 404: _NOT_FOUND},
+    responses={200: ("the warmup", Warmup), 403: _OWNER, 404: _NOT_FOUND},
 )
 async def pause(request: Request) -> Response:
-    ctx, found = await _subject(request)
+    ctx, found = await _subject(request, change=True)
     raw = await request.body()
     body = parse(WarmupPause, raw) if raw.strip() else WarmupPause(reason=None)
     record = await warmup_ops.pause(ctx, found, body.reason)
@@ -148,10 +153,10 @@ async def pause(request: Request) -> Response:
         "A paused warmup goes on from the day it was paused on; its waiting mail is sent "
         "again within the limits. " + _ACCESS
     ),
-    responses={200: ("the warmup", Warmup), 404: _NOT_FOUND},
+    responses={200: ("the warmup", Warmup), 403: _OWNER, 404: _NOT_FOUND},
 )
 async def resume(request: Request) -> Response:
-    ctx, found = await _subject(request)
+    ctx, found = await _subject(request, change=True)
     record = await warmup_ops.resume(ctx, found)
     wake = ctx.wake
     if wake is not None:

@@ -9,10 +9,12 @@ deferred with the reason, no attempt counted, never bounced; max_age still appli
 for a pool's limits. A route with another pool goes through that one meanwhile.
 
 Postern pauses a warmup itself on (a) a bounce or complaint spike in the mail through the
-subject over the last `[warmup] window` (`check_spikes`, a loop on every node, idempotent)
+subject over the last `[warmup] window` (`check_spikes`, a loop on every node, run by the one
+that leases it each `check_interval`, one grouped query; idempotent)
 and (b) the receivers' throttling replies, `throttle_replies` within `throttle_window`
-counted on this node (`throttled`). `paused_reason` says which and the figures. Only a
-person resumes it (API, CLI).
+counted on this node (`throttled`). `paused_reason` says which and the figures, and a
+`warmup_paused` event (message_id "", webhooks) is written in the pause's own transaction:
+once per pause, whichever node pauses it. Only a person resumes it (API, CLI).
 
 Which subjects have a warmup is held in memory (`follow`, every 2 s and at once after a
 change through this node's API), so a send through a subject without one costs nothing.
@@ -23,6 +25,7 @@ wait until a clock time becomes a wait of the same length on the wall clock the 
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import re
 import time
@@ -37,6 +40,8 @@ from gateway.config import WarmupConfig
 from gateway.delivery.slowdown import Wait
 from gateway.delivery.upstream import PoolSettings
 from gateway.message import DeliveryResult
+from gateway.queue import events
+from storage import blocklists as leases
 from storage import queue_sql
 from storage import throttle as throttle_sql
 from storage import warmup as stored
@@ -47,6 +52,8 @@ log = logging.getLogger("postern.warmup")
 
 LEASE = 120.0  # as gateway.delivery.throttle.LEASE: a send in flight counts this far ahead
 FOLLOW_INTERVAL = 2.0  # other nodes' warmup changes are seen within this
+SPIKE_RUN = "warmup_spikes"  # the spike check's lease: its row in blocklist_run
+SPIKE_LEASE = 120.0  # at least this long a node holds it (a node that died lets it lapse)
 # A receiver asking us to slow down (in a 421 or 4.7.x reply): what pauses a warmup.
 THROTTLING_TEXT = re.compile(
     r"rate.?limit|too many|try (again )?later|throttl|slow down|exceeded|"
@@ -86,8 +93,12 @@ class WarmupGate:
         settings: WarmupConfig,
         clock: Callable[[], float] = time.time,
         lease: float = LEASE,
+        node: str | None = None,
+        keep_events: float = 30 * 86400.0,
     ) -> None:
         self._db = db
+        self._node = node  # the spike check is leased to one node at a time (None: unleased)
+        self._keep_events = keep_events  # its warmup_paused events: [storage] retention
         self._writer = writer
         self.settings = settings
         self.clock = clock
@@ -285,14 +296,42 @@ class WarmupGate:
     async def check_spikes(self) -> None:
         """Pause each active warmup whose mail over the last `window` (wall clock: the
         events' time), since it was set or resumed, bounced or was complained of at or over
-        the configured rates."""
+        the configured rates. One node of many runs it each `check_interval` (a lease in
+        storage, blocklist_run's row `warmup_spikes`), one grouped query for all warmups."""
+        node = self._node
+        if node is None:
+            await self._check_spikes()
+            return
+        wall, every = time.time(), self.settings.check_interval
+        lease = max(SPIKE_LEASE, 2 * every)
+
+        def claim(conn: Connection) -> bool:
+            due_before = wall - every / 2  # the last check ended at least half an interval ago
+            return leases.claim(conn, node, wall, wall + lease, due_before, name=SPIKE_RUN)
+
+        if not await self._db.transaction(claim):
+            return  # another node checked (or checks) them
+        try:
+            await self._check_spikes()
+        except BaseException:
+            await self._db.transaction(lambda conn: leases.release(conn, node, name=SPIKE_RUN))
+            raise
+        done = time.time()
+        await self._db.transaction(lambda conn: leases.finish(conn, node, done, name=SPIKE_RUN))
+
+    async def _check_spikes(self) -> None:
         settings = self.settings
         wall, now = time.time(), self.clock()
-        for record, name in await stored.active(self._db, now):
-            # Since the warmup was set or last resumed: what a person resumed is judged
-            # afresh, not paused again at once for the spike they looked at.
-            since = max(wall - settings.window, wall - max(0.0, now - record.updated_at))
-            seen = await stored.outcomes(self._db, name, since)
+        found = await stored.active(self._db, now)
+        # Since the warmup was set or last resumed: what a person resumed is judged
+        # afresh, not paused again at once for the spike they looked at.
+        since: dict[str, float] = {}
+        for record, name in found:
+            start = max(wall - settings.window, wall - max(0.0, now - record.updated_at))
+            since[name] = max(since.get(name, start), start)
+        seen_all = await stored.outcomes_since(self._db, since)
+        for record, name in found:
+            seen = seen_all[name]
             if seen.sent < settings.min_volume:
                 continue
             window = _span(settings.window)
@@ -313,8 +352,27 @@ class WarmupGate:
                 await self._pause((record.kind, record.subject_id), name, reason, "bounces")
 
     async def _pause(self, subject: tuple[str, str], name: str, reason: str, why: str) -> None:
+        """Pause the subject's warmup with `reason` and, in the same transaction, write a
+        `warmup_paused` event; neither when it was paused already (by a person, or another
+        node first)."""
         kind, subject_id = subject
-        if await stored.paused(self._db, kind, subject_id, reason, self.clock()):
+        now, wall = self.clock(), time.time()
+        detail = {"warmup": {"kind": kind, "id": subject_id, "name": name, "reason": reason}}
+        event = events.row(
+            events.WARMUP_PAUSED, "", "", wall, pool=name[:128], response=reason[:1000],
+            detail=json.dumps(detail, separators=(",", ":")),
+        )  # fmt: skip
+
+        def work(conn: Connection) -> bool:
+            if not stored.pause_in(conn, kind, subject_id, reason, now):
+                return False
+            conn.execute(events.INSERT_EVENT, [event])
+            # Retention purges events by message: these (message_id "") go here, as the
+            # reputation watcher's own go with its runs.
+            stored.purge_events(conn, events.WARMUP_PAUSED, wall - self._keep_events)
+            return True
+
+        if await self._db.transaction(work):
             metrics.WARMUP_PAUSED.labels(kind=kind, reason=why).inc()
             log.warning("warmup of %s %s paused: %s", kind, name, reason)
             self._closed.pop(subject, None)

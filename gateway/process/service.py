@@ -289,7 +289,10 @@ class Service:
         registry = self.registry = PoolRegistry(session)
         direct = DirectRoutes(outbound.resolver, session, config.mx_port, guard=outbound.mx)
         db, writer, queue = storage.db, storage.writer, storage.queue
-        gate = self.warmup = WarmupGate(db, writer, self.config.warmup, self.warmup_clock)
+        gate = self.warmup = WarmupGate(
+            db, writer, self.config.warmup, self.warmup_clock, node=ready.node,
+            keep_events=self.config.storage.retention,
+        )  # fmt: skip
         await gate.follow()
         delivery = self.delivery = Delivery(
             queue,

@@ -37,6 +37,10 @@ POLICY_BLOCK = "policy_block"
 # has just crossed below [reputation] threshold (gateway.reputation.watch), with
 # {"reputation": {kind, id, name, score, threshold, window_days, components}}.
 REPUTATION_AT_RISK = "reputation_at_risk"
+# About a warmup (message_id ""): Postern paused it itself, on a bounce or complaint spike
+# or on receivers' throttling replies (gateway.delivery.warmup), written in the pause's
+# transaction, with {"warmup": {kind, id, name, reason}}. A person's pause writes none.
+WARMUP_PAUSED = "warmup_paused"
 
 # An operator's hold and release (postsuper -h/-H), one per recipient still pending.
 HELD = "held"
@@ -57,6 +61,7 @@ TYPES = (
     SOFT_BOUNCE,
     POLICY_BLOCK,
     REPUTATION_AT_RISK,
+    WARMUP_PAUSED,
     HELD,
     RELEASED,
 )

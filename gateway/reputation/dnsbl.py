@@ -10,15 +10,18 @@
 One query's outcome is a value, never an exception (`Listed`, `NotListed`, `QueryError`):
 NXDOMAIN or NODATA is "not listed"; an A answer in 127.0.0.0/8 is a listing with its code
 and the list's meaning for it (and the TXT the list gives, if any); a code the list documents
-as an error (Spamhaus's 127.255.255.252/254/255) or an answer outside 127/8 (a resolver that
-invents answers) is an error; SERVFAIL or a timeout too. A list is verified at the start of
-each round, and at a node's start (RFC 5782 §5): its test entry must be listed and its clean
-entry not; a list that fails is logged and reported `unknown` for every subject, never
-trusted to say "clean".
+as an error (Spamhaus's 127.255.255.252/254/255, and any answer in 127.255.255.0/24, which
+Spamhaus reserves for errors) or an answer outside 127/8 (a resolver that invents answers) is
+an error; SERVFAIL or a timeout too. A list is verified at the start of each round, and at a
+node's start (RFC 5782 §5): its test entry must be listed and its clean entry not; a list
+that fails is logged, reported in the round's `verification`, not asked, and left out of the
+verdicts: one dead list (Barracuda asked through an unregistered resolver) says nothing of
+any subject, neither "clean" nor "unknown".
 
-A subject's verdict: `listed` when any list lists it, else `unknown` when any list could not
-answer (a query error or an unverified list), else `clean`. A Spamhaus DQS key is part of the
-query name: it is replaced by `<dqs-key>` in every reason logged or stored.
+A subject's verdict, from the verified lists that take it: `listed` when any lists it, else
+`unknown` when one could not answer (a query error) or none takes it, else `clean`. A
+Spamhaus DQS key is part of the query name: it is replaced by `<dqs-key>` in every reason
+logged or stored.
 """
 
 from __future__ import annotations
@@ -27,10 +30,12 @@ import asyncio
 import ipaddress
 import logging
 import math
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from gateway.addresses import CONTROL
 from gateway.config import BlocklistsConfig
 from gateway.dns import Addresses, NoRecords, NoSuchDomain, Resolver, Temporary, TxtRecords
 from gateway.metrics import BLOCKLIST_COMPLETED, BLOCKLIST_SUBJECTS
@@ -42,6 +47,7 @@ from storage.domains import verified_domains
 from storage.mail_accounts import list_accounts
 
 log = logging.getLogger("postern.blocklists")
+_CONTROL = re.compile(f"[{CONTROL}]")  # a list's TXT is stored and shown without them
 DQS_MASK = "<dqs-key>"
 WATCH = 300.0  # at most this long between two looks at whether a round is due
 
@@ -153,8 +159,9 @@ class Dnsbl:
             return QueryError(self._masked(answer.reason))
         assert isinstance(answer, Addresses)
         for code in answer.addresses:
-            if code in blocklist.errors:
-                return QueryError(f"{blocklist.name} answered {code}: {blocklist.errors[code]}")
+            error = blocklist.error(code)
+            if error is not None:
+                return QueryError(f"{blocklist.name} answered {code}: {error}")
         codes = [code for code in answer.addresses if _in_loopback_net(code)]
         if len(codes) != len(answer.addresses):
             odd = next(code for code in answer.addresses if code not in codes)
@@ -171,7 +178,7 @@ class Dnsbl:
         if with_text:
             txt = await self._resolver.txt(name)
             if isinstance(txt, TxtRecords) and txt.values:
-                text = self._masked(txt.values[0])[:300]
+                text = _CONTROL.sub(" ", self._masked(txt.values[0]))[:300]
         return Listed(code, blocklist.meaning(code), text, more)
 
     async def verify(self, blocklist: Blocklist) -> str | None:
@@ -340,11 +347,8 @@ class BlocklistCheck:
         gate = asyncio.Semaphore(self.settings.concurrency)
 
         async def ask(subject: Subject, blocklist: Blocklist) -> QueryResult | None:
-            failed = verification.get(blocklist.name)
-            if failed is not None:
-                if query_name(subject.name, blocklist) is None:
-                    return None
-                return QueryError(f"not verified: {failed}")
+            if verification.get(blocklist.name) is not None:
+                return None  # not verified: left out (the round reports it, the log too)
             async with gate:
                 return await self.dnsbl.query(subject.name, blocklist)
 
@@ -371,7 +375,7 @@ def _verdict(subject: Subject, results: Sequence[tuple[Blocklist, QueryResult]])
         if isinstance(answer, QueryError)
     )
     if not results:
-        errors = ({"list": "-", "reason": "none of the configured lists takes this subject"},)
+        errors = ({"list": "-", "reason": "no verified list of those configured takes it"},)
     if listings:
         status = LISTED
     elif errors:

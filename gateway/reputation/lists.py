@@ -5,22 +5,26 @@ A list is queried as `<subject>.<zone>`: an IPv4 address with its octets reverse
 address as 32 reversed nibbles, a domain as it is. An A answer in 127.0.0.0/8 is a listing,
 unless the list documents that code as an error; NXDOMAIN is "not listed". Spamhaus answers
 127.255.255.252 (a typo in the zone), .254 (queried through a public resolver) and .255 (over
-the free use limit) instead of refusing: those are errors, never listings. With a DQS key
+the free use limit) instead of refusing, and reserves the whole of 127.255.255.0/24 for such
+error answers: any answer there is an error, never a listing. With a DQS key
 (`[blocklists] spamhaus_dqs_key`), Spamhaus lists are asked at `<key>.<dqs_zone>` instead.
 
 Sources: spamhaus.org/faqs/dnsbl-usage ("Return codes"), spamcop.net/fom-serve/cache/291.html,
 barracudacentral.org/rbl/how-to-use. Barracuda answers only resolvers registered with it
-(free): an unregistered one fails verification and the list shows as unknown.
+(free): an unregistered one fails verification, and the list is left out of the verdicts
+(logged and reported by the round) until it passes.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
 Kind = Literal["ip", "domain"]
 
+SPAMHAUS_ERROR_NET = "127.255.255.0/24"  # every answer in it is an error, never a listing
 _SPAMHAUS_ERRORS = MappingProxyType(
     {
         "127.255.255.252": "typing error in the DNSBL name",
@@ -41,9 +45,26 @@ class Blocklist:
     test_clean: str = "127.0.0.1"  # must not be (RFC 5782 §5: 127.0.0.1, or INVALID)
     ipv6: bool = False  # whether IPv6 addresses are asked (else skipped: not an error)
     dqs_zone: str = ""  # Spamhaus DQS: asked at <key>.<dqs_zone> when a key is set
+    error_net: str = ""  # a network of answers that are all errors (Spamhaus: 127.255.255/24)
 
     def meaning(self, code: str) -> str:
         return self.codes.get(code, "listed (a code this list's table does not name)")
+
+    def error(self, code: str) -> str | None:
+        """Why `code` is an error answer (None: it is not one): a code the list names as an
+        error, or any code in its reserved error network."""
+        if code in self.errors:
+            return self.errors[code]
+        if self.error_net and _within(code, self.error_net):
+            return f"an error code (the list reserves {self.error_net} for error answers)"
+        return None
+
+
+def _within(code: str, network: str) -> bool:
+    try:
+        return ipaddress.ip_address(code) in ipaddress.ip_network(network)
+    except ValueError:
+        return False
 
 
 SPAMHAUS_ZEN = Blocklist(
@@ -66,6 +87,7 @@ SPAMHAUS_ZEN = Blocklist(
     errors=_SPAMHAUS_ERRORS,
     ipv6=True,
     dqs_zone="zen.dq.spamhaus.net",
+    error_net=SPAMHAUS_ERROR_NET,
 )
 
 SPAMHAUS_DBL = Blocklist(
@@ -91,6 +113,7 @@ SPAMHAUS_DBL = Blocklist(
     test_listed="dbltest.com",
     test_clean="invalid",
     dqs_zone="dbl.dq.spamhaus.net",
+    error_net=SPAMHAUS_ERROR_NET,
 )
 
 SPAMCOP = Blocklist(

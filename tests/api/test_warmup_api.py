@@ -10,6 +10,7 @@ import pytest
 
 from storage import mail_accounts
 from storage.pools import config_pool_id
+from storage.shares import put_share
 from tests.support.api import Api, auth
 from tests.support.people import Person, make_user, sign_in
 from tests.support.service import SINK_POOL
@@ -125,3 +126,45 @@ async def test_the_document_names_every_warmup_route(api: Api) -> None:
     assert "post" in paths["/api/v1/warmup/{kind}/{id}/resume"]
     assert "post" in paths["/api/v1/warmup/{kind}/{id}/pause"]
     assert "get" in paths["/api/v1/warmup/{kind}"]
+
+
+async def test_a_member_it_is_shared_with_sees_but_may_not_change_it(api: Api) -> None:
+    """An account shared with a member: they see its warmup, and setting, clearing,
+    pausing or resuming it is 403 owner_required, as the account's own PATCH; shared as
+    admin, they may."""
+    owner = await make_user(api.svc.db, "owner@example.com", "member")
+    member = await make_user(api.svc.db, "member@example.com", "member")
+    helper = await make_user(api.svc.db, "helper@example.com", "member")
+    account = await mail_accounts.create_account(api.svc.db, VALUES, lambda _: "s", owner.id, 10)
+    for user, role in ((member, "member"), (helper, "admin")):
+        await api.svc.db.transaction(
+            lambda c, u=user, r=role: put_share(c, "account", account.id, u.id, r, 1.0, None)
+        )
+    path = f"/api/v1/warmup/account/{account.id}"
+    people: list[Person] = []
+    base = str(api.http.base_url)
+    try:
+        people = [await sign_in(base, who) for who in (owner, member, helper)]
+        mine, seen_only, shared_admin = people
+        made = await mine.call("PUT", path, json={"preset": "conservative"})
+        assert made.status_code == 200, made.text
+        assert (await seen_only.call("GET", path)).status_code == 200
+        listed = (await seen_only.call("GET", "/api/v1/warmup/account")).json()["warmups"]
+        assert [w["id"] for w in listed] == [account.id]
+        for method, where, body in (
+            ("PUT", path, {"preset": "aggressive"}),
+            ("POST", f"{path}/pause", {"reason": "mine now"}),
+            ("POST", f"{path}/resume", None),
+            ("DELETE", path, None),
+        ):
+            refused = await seen_only.call(method, where, json=body)
+            assert (refused.status_code, refused.json()["code"]) == (403, "owner_required")
+        unchanged = (await mine.call("GET", path)).json()
+        assert (unchanged["status"], unchanged["schedule"]["preset"]) == ("active", "conservative")
+        paused = await shared_admin.call("POST", f"{path}/pause", json={"reason": "looking"})
+        assert paused.status_code == 200 and paused.json()["status"] == "paused"
+        assert (await shared_admin.call("POST", f"{path}/resume")).status_code == 200
+        assert (await mine.call("DELETE", path)).status_code == 200
+    finally:
+        for person in people:
+            await person.http.aclose()

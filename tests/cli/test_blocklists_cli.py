@@ -78,3 +78,21 @@ def test_refusals(tmp_path: Path, server: DnsServer, capsys: pytest.CaptureFixtu
     config = write_config(tmp_path, server, 'lists = ["nope"]')
     code, _, err = run(capsys, "blocklists", "status", "--config", config)
     assert code == 2 and "unknown list 'nope'" in err
+
+
+def test_text_from_dns_is_printed_without_control_characters() -> None:
+    """A list's TXT (and a resolver's reason) reach the terminal escaped: an escape
+    sequence or a line break in them cannot paint or forge a line."""
+    from gateway.process.commands.blocklists import _text
+
+    listing = {"list": "spamcop", "code": "127.0.0.2", "meaning": "spam",
+               "text": "see \x1b[2J\x1b]0;owned\x07 here\nlisted on x: fake"}  # fmt: skip
+    error = {"list": "zen", "reason": "bad\r\x9bnews"}
+    row = {"status": "listed", "kind": "ip", "subject": "192.0.2.7", "last_checked_at": None,
+           "listings": [listing], "errors": [error]}  # fmt: skip
+    result = {"lists": {"spamcop": "verified", "zen": "odd \x1b[31m"}, "completed_at": None,
+              "subjects": [row]}  # fmt: skip
+    printed = _text("check", result)
+    assert not any((ord(c) < 32 and c != "\n") or 0x7F <= ord(c) <= 0x9F for c in printed)
+    assert printed.count("\n") == 5  # 2 lists, completed, the subject, its listing, its error
+    assert "listed on x: fake" in printed and "\\n" in printed

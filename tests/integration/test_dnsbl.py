@@ -82,6 +82,21 @@ async def test_listed_clean_error_and_timeout(server: DnsServer) -> None:
     assert isinstance(error, QueryError) and "public or open resolver" in error.reason
     list_subject(server, "192.0.2.10", "spamhaus-zen", "127.255.255.255")
     assert isinstance(await dnsbl.query("192.0.2.10", SPAMHAUS_ZEN), QueryError)
+    # Spamhaus reserves all of 127.255.255.0/24 for errors: a code there it has not named
+    # (yet) is an error too, on ZEN and on the DBL, never a listing.
+    list_subject(server, "192.0.2.16", "spamhaus-zen", "127.255.255.1")
+    reserved = await dnsbl.query("192.0.2.16", SPAMHAUS_ZEN)
+    assert isinstance(reserved, QueryError) and "127.255.255.0/24" in reserved.reason
+    list_subject(server, "odd.example", "spamhaus-dbl", "127.255.255.200")
+    assert isinstance(await dnsbl.query("odd.example", SPAMHAUS_DBL), QueryError)
+    # ... but only Spamhaus's: on SpamCop the same answer is a listing (127/8).
+    list_subject(server, "192.0.2.17", "spamcop", "127.255.255.1")
+    assert isinstance(await dnsbl.query("192.0.2.17", SPAMCOP), Listed)
+    # A TXT with control characters (an escape sequence, a line break) is kept without them.
+    list_subject(server, "192.0.2.18", "spamcop", "127.0.0.2", "see\\027[31m red\\010")
+    cleaned = await dnsbl.query("192.0.2.18", SPAMCOP)
+    assert isinstance(cleaned, Listed) and "\x1b" not in cleaned.text and "\n" not in cleaned.text
+    assert cleaned.text.startswith("see") and "[31m red" in cleaned.text
     # An answer outside 127/8 (a resolver that invents answers) is no listing either.
     list_subject(server, "192.0.2.11", "spamcop", "198.51.100.1")
     odd = await dnsbl.query("192.0.2.11", SPAMCOP)
@@ -192,20 +207,31 @@ async def test_round_stores_verdicts(server: DnsServer, db: Database) -> None:
     assert after["listed.example"].checked_at == again.completed_at
 
 
-async def test_unverified_list_makes_unknown_never_clean(server: DnsServer, db: Database) -> None:
+async def test_a_dead_list_is_left_out_of_the_verdicts(server: DnsServer, db: Database) -> None:
+    """A list failing its start verification (Barracuda asked through an unregistered
+    resolver) is not asked and says nothing of any subject: the verified one beside it
+    decides clean or listed; the round and the log report the dead one."""
     working_lists(server, ("spamhaus-zen",))  # spamcop's test entry: not listed (dead)
+    list_subject(server, "192.0.2.7", "spamhaus-zen", "127.0.0.2")
     check = BlocklistCheck(
         db,
         resolver(server),
-        settings(sending_ips=("192.0.2.8",), lists=("spamhaus-zen", "spamcop")),
+        settings(sending_ips=("192.0.2.7", "192.0.2.8"), lists=("spamhaus-zen", "spamcop")),
     )
     report = await check.check_now()
     assert report.verification["spamhaus-zen"] is None
     assert report.verification["spamcop"] is not None
-    (verdict,) = report.verdicts
-    assert verdict.status == "unknown"
-    assert verdict.errors[0]["list"] == "spamcop" and "not verified" in verdict.errors[0]["reason"]
+    verdicts = {v.subject: v for v in report.verdicts}
+    assert verdicts["192.0.2.8"].status == "clean" and verdicts["192.0.2.8"].errors == ()
+    assert verdicts["192.0.2.7"].status == "listed" and verdicts["192.0.2.7"].errors == ()
+    assert [x["list"] for x in verdicts["192.0.2.7"].listings] == ["spamhaus-zen"]
     assert server.count("8.2.0.192.bl.spamcop.net", "A") == 0  # an untrusted list is not asked
+    # No verified list at all (every list dead): unknown, never clean.
+    check = BlocklistCheck(
+        db, resolver(server), settings(sending_ips=("192.0.2.8",), lists=("spamcop",))
+    )
+    (verdict,) = (await check.check_now()).verdicts
+    assert verdict.status == "unknown" and "no verified list" in verdict.errors[0]["reason"]
     # Spamhaus's error answer for the subject itself: unknown too.
     list_subject(server, "192.0.2.8", "spamhaus-zen", "127.255.255.252")
     check = BlocklistCheck(

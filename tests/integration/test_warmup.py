@@ -7,6 +7,7 @@ throttling replies pause it too."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from datetime import datetime
 from pathlib import Path
@@ -32,6 +33,7 @@ from tests.support.service import (
 )
 from tests.support.sink import Sink
 from tests.support.smtp import smtp_send
+from tests.support.webhook_receiver import Receiver
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -73,13 +75,20 @@ async def started(
     service: ServiceFactory, tmp_path: Path, sink: Sink, clock: Clock, **warmup: Any
 ) -> Api:
     settings = {"timezone": TZ, "active_hours": 2, "burst": 0.2, "check_interval": "1s"}
-    config = make_config(tmp_path, sink, warmup=settings | warmup, http={"rate_limit": "10000/s"})
+    config = make_config(
+        tmp_path, sink, warmup=settings | warmup, http={"rate_limit": "10000/s"},
+        webhooks={"allow_private": True},
+    )  # fmt: skip
     svc = ManagedService(config)
     svc.warmup_clock = clock
     service.started.append(svc)
     await svc.start()
     host, port = config.http.listen
     return Api(svc, httpx.AsyncClient(base_url=f"http://{host}:{port}", timeout=15.0))
+
+
+async def paused_events(api: Api) -> list[dict[str, Any]]:
+    return await query(api.svc, "SELECT * FROM event WHERE type = 'warmup_paused' ORDER BY id")
 
 
 async def waiting(api: Api) -> list[dict[str, Any]]:
@@ -170,10 +179,12 @@ async def test_day_one_spread_day_two_opens_a_complaint_pauses_resume_sends(
         shown = (await api.get(WARMUP, key=key)).json()
         assert (shown["day"], shown["daily_limit"], shown["sent_today"]) == (2, 8, 2)
 
-        # A complaint about the first message: 1 of 6 is a spike; the warmup pauses.
+        # A complaint about the first message: 1 of 6 is a spike; the warmup pauses. (An
+        # admin uploads it: the mail came in by SMTP, no key's own mail.)
+        admin = await api.key("admin")
         uploaded = await api.http.post(
             "/api/v1/bounces", content=complaint("r0@example.test"),
-            headers=auth(key) | {"Content-Type": "message/rfc822"},
+            headers=auth(admin) | {"Content-Type": "message/rfc822"},
         )  # fmt: skip
         assert uploaded.json()["outcome"] == "processed", uploaded.text
 
@@ -186,6 +197,13 @@ async def test_day_one_spread_day_two_opens_a_complaint_pauses_resume_sends(
         reason = shown["paused_reason"]
         assert reason.startswith("complaint spike: 1 complaints of 6 recipients (16.67%)")
         assert metric("postern_warmup_paused_total", kind="pool", reason="complaints") >= 1
+        # ... and fires the event, once (the check runs on, the warmup is paused already).
+        await asyncio.sleep(1.5)
+        (event,) = await paused_events(api)
+        assert (event["message_id"], event["pool"], event["response"]) == ("", SINK_POOL, reason)
+        assert json.loads(event["detail"]) == {
+            "warmup": {"kind": "pool", "id": POOL_ID, "name": SINK_POOL, "reason": reason}
+        }
 
         # Paused: new mail waits, deferred with the reason.
         await send_many(api.svc.smtp_port, range(6, 8))
@@ -210,7 +228,15 @@ async def test_receiver_throttling_replies_pause_the_warmup(
 ) -> None:
     clock = Clock(paris("2026-06-01T09:00:00"))
     api = await started(service, tmp_path, sink, clock, throttle_replies=2)
+    receiver = await Receiver().start()
     try:
+        hooks = await api.key("webhooks")
+        hook = await api.http.post(
+            "/api/v1/webhooks", json={"url": receiver.url, "event_types": ["warmup_paused"]},
+            headers=auth(hooks),
+        )  # fmt: skip
+        assert hook.status_code == 201, hook.text
+        receiver.secrets[hook.json()["webhook"]["id"]] = hook.json()["webhook"]["secret"]
         key = await api.key("pools")
         answer = await api.http.put(WARMUP, json={"preset": "transactional"}, headers=auth(key))
         assert answer.json()["daily_limit"] == 50
@@ -230,6 +256,16 @@ async def test_receiver_throttling_replies_pause_the_warmup(
         assert shown["paused_reason"].startswith(
             "receiver throttling: 2 throttling replies within 1h, the last: 421 4.7.0"
         )
+        # The pause fires a warmup_paused event; a webhook receives it.
+        assert await wait_until(lambda: bool(receiver.events), timeout=10)
+        sent = receiver.events[0]
+        assert (sent["type"], sent["message_id"], sent["pool"]) == ("warmup_paused", "", SINK_POOL)
+        assert sent["warmup"] == {
+            "kind": "pool",
+            "id": POOL_ID,
+            "name": SINK_POOL,
+            "reason": shown["paused_reason"],
+        }
 
         # Their retries (1 s on) meet the paused warmup and wait, attempts kept.
         async def held() -> list[dict[str, Any]]:
@@ -250,5 +286,7 @@ async def test_receiver_throttling_replies_pause_the_warmup(
         cleared = await api.http.delete(WARMUP, headers=auth(key))
         assert cleared.json() == {"success": True}
         assert (await api.get(WARMUP, key=key)).status_code == 404
+        assert len(receiver.events) == 1  # one pause, one event
     finally:
+        await receiver.stop()
         await api.http.aclose()

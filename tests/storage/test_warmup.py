@@ -6,21 +6,28 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from sqlalchemy import select
 
 from gateway.config import WarmupConfig
 from gateway.delivery.slowdown import Wait
 from gateway.delivery.upstream import PoolSettings
 from gateway.delivery.warmup import WarmupGate
 from gateway.message import DeliveryResult, Outcome
-from storage import warmup
+from gateway.queue import events
+from storage import pools, warmup
 from storage.db import Database
+from storage.models import BlocklistRun, Event
 from storage.warmup_schedule import Schedule, ScheduleError
 from storage.writer import Writer
+from tests.support.reputation import record_sends
 
 TZ = "Europe/Paris"
+BR = BlocklistRun.__table__  # type: ignore[attr-defined]
+EV = Event.__table__  # type: ignore[attr-defined]
 OPTS = {"lease": 60.0, "active_hours": 2, "burst": 0.2}
 
 
@@ -116,16 +123,30 @@ async def test_pause_holds_the_day_and_resume_goes_on_from_it(backend: Database)
 
 async def test_a_subject_without_a_warmup_is_held_until_resumed(backend: Database) -> None:
     """pause_on_risk's pause of a pool with no warmup running: its sending waits, and once
-    resumed nothing limits it (a finished warmup)."""
+    resumed the hold is gone: no warmup (not `complete`, which it never had), nothing
+    limits it; a warmup a person set is never taken for a hold."""
     now = at("2026-06-02T12:00:00")
     assert await take(backend, now, "plain") is None  # no warmup: nothing limits it
     assert await warmup.paused(backend, "pool", "plain", "score 41 < 70", now)
     assert await take(backend, now + 1, "plain") == warmup.Paused("score 41 < 70")
     state = (await warmup.warmup_states(backend, "pool", ["plain"], now + 2))["plain"]
     assert state.status == "paused"
+    held = await warmup.get_warmup(backend, "pool", "plain", now + 2)
+    assert held is not None and warmup.is_hold(held)
     resumed = await warmup.resume(backend, "pool", "plain", now + 3)
-    assert resumed is not None and resumed.status == "complete"
+    assert resumed is not None and resumed.status == "not_started"
+    assert (resumed.paused_reason, resumed.daily_limit) == (None, None)
+    assert await warmup.get_warmup(backend, "pool", "plain", now + 3) is None  # deleted
+    assert await warmup.warmup_states(backend, "pool", ["plain"], now + 3) == {}
     assert await take(backend, now + 4, "plain") is None
+    assert await warmup.resume(backend, "pool", "plain", now + 5) is None  # nothing left
+    # A person's warmup, paused and resumed, stays (whatever its schedule).
+    big = Schedule(start=warmup.MAX_VOLUME, step=0, cap=warmup.MAX_VOLUME)
+    await warmup.set_warmup(backend, "pool", "big", big, TZ, now, created_by="u1")
+    await warmup.pause(backend, "pool", "big", "a person", now + 6)
+    kept = await warmup.resume(backend, "pool", "big", now + 7)
+    assert kept is not None and kept.status == "active"
+    assert await warmup.get_warmup(backend, "pool", "big", now + 7) is not None
 
 
 async def test_clear_removes_the_warmup_and_its_counts(backend: Database) -> None:
@@ -194,3 +215,65 @@ async def test_only_an_account_or_a_pool_is_paused(backend: Database) -> None:
     with pytest.raises(ScheduleError):
         await backend.transaction(lambda c: warmup.pause_in(c, "domain", "x.test", "risk", now))
     assert await warmup.list_warmups(backend, now) == []
+
+
+async def test_outcomes_of_every_subject_in_one_query(backend: Database) -> None:
+    """The spike check's counts: each subject's from its own `since`, its synchronous
+    answers by the event's pool and the reports that came back later by its message's."""
+    t0 = at("2026-06-01T09:00:00")
+    await record_sends(backend, "relay-a", "a@x.test", t0 - 1000, delivered=100)
+    await record_sends(backend, "relay-a", "a@x.test", t0, delivered=10, bounced=2)
+    await record_sends(backend, "relay-b", "b@x.test", t0 + 100, delivered=5, complaints=1,
+                       late_bounces=1, deferred=3)  # fmt: skip
+    found = await warmup.outcomes_since(
+        backend, {"relay-a": t0 - 10, "relay-b": t0 + 50, "quiet": t0}
+    )
+    assert found == {
+        "relay-a": warmup.Outcomes(delivered=10, bounced=2),
+        "relay-b": warmup.Outcomes(delivered=5, bounced=1, complaints=1),
+        "quiet": warmup.Outcomes(),
+    }
+    assert await warmup.outcomes_since(backend, {}) == {}
+    assert (await warmup.outcomes(backend, "relay-a", t0 - 2000)).delivered == 110
+    assert await warmup.outcomes(backend, "relay-b", t0 + 101) == warmup.Outcomes()
+
+
+async def test_the_spike_check_runs_on_the_node_that_leases_it(
+    backend: Database, writer: Writer
+) -> None:
+    """Two nodes' gates: one checks and pauses (a warmup_paused event, once, and those past
+    retention purged); the other, within half an interval of it, checks nothing."""
+    now = time.time()
+    pool = await pools.create_pool(
+        backend, {"name": "hot", "host": "127.0.0.1", "port": 2525}, lambda _: ""
+    )
+    await warmup.set_warmup(backend, "pool", pool.id, Schedule(preset="aggressive"), TZ,
+                            now - 3600)  # fmt: skip
+    await record_sends(backend, "hot", "a@x.test", now - 60, delivered=19, complaints=1,
+                       bounced=1)  # fmt: skip
+    old = events.row(events.WARMUP_PAUSED, "", "", now - 40 * 86400, pool="hot", detail="{}")
+    await backend.transaction(lambda conn: conn.execute(events.INSERT_EVENT, [old]))
+    settings = WarmupConfig(check_interval=60.0, min_volume=20)
+    one = WarmupGate(backend, writer, settings, node="node-a", keep_events=30 * 86400)
+    other = WarmupGate(backend, writer, settings, node="node-b")
+    await one.check_spikes()
+    record = await warmup.get_warmup(backend, "pool", pool.id, time.time())
+    assert record is not None and record.status == "paused"
+    assert record.paused_reason is not None and record.paused_reason.startswith(
+        "complaint spike: 1 complaints of 20 recipients"
+    )
+
+    def lease(conn: Any) -> Any:
+        return conn.execute(select(BR).where(BR.c.name == "warmup_spikes")).one()
+
+    first = await backend.read(lease)
+    assert first.claimed_by is None and first.completed_at is not None
+    await other.check_spikes()  # node-b does not check at all within the interval
+    assert (await backend.read(lease)).started_at == first.started_at
+
+    def paused_events(conn: Any) -> list[Any]:
+        return list(conn.execute(select(EV).where(EV.c.type == "warmup_paused")))
+
+    (event,) = await backend.read(paused_events)  # the one past retention is gone
+    assert event.message_id == "" and event.pool == "hot" and event.created_at > now - 60
+    assert '"warmup":{"kind":"pool"' in event.detail

@@ -597,3 +597,17 @@ def test_refuse_attachment_types_takes_extensions_and_mime_types_lower_cased() -
     for bad in ["exe", "application/", "*/*", ".e xe"]:
         with pytest.raises(ConfigError, match="refuse_attachment_types"):
             cfg.from_dict({"http": {"refuse_attachment_types": [bad]}})
+
+
+@pytest.mark.parametrize("key", ["bounce_rate", "complaint_rate"])
+@pytest.mark.parametrize("value", ["0", "0.0", "-0.1", "1.5", "true"])
+def test_warmup_spike_rates_must_be_above_zero(tmp_path: Path, key: str, value: str) -> None:
+    """A rate of 0 is reached by any mail at all: every warmup would pause at min_volume."""
+    message = refusal(tmp_path, f"[warmup]\n{key} = {value}\n")
+    assert f"warmup.{key}" in message and "above 0" in message
+
+
+def test_warmup_spike_rates_accept_a_small_rate_and_one(tmp_path: Path) -> None:
+    loaded = load(write(tmp_path, "[warmup]\nbounce_rate = 1\ncomplaint_rate = 0.0001\n"))
+    assert loaded.warmup.bounce_rate == 1.0 and loaded.warmup.complaint_rate == 0.0001
+    assert loaded.warmup.paused_recheck == 3600.0  # the backstop: a resume wakes mail at once

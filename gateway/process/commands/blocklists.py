@@ -11,6 +11,7 @@ import json
 import uuid
 from typing import Any
 
+from gateway.addresses import escape_for_log
 from gateway.config import Config
 from gateway.process.commands.admin import CommandError, iso_seconds, with_database
 from gateway.process.commands.options import leaf
@@ -80,7 +81,7 @@ async def _check(db: Database, config: Config) -> dict[str, Any]:
 def _text(action: str, result: dict[str, Any]) -> str:
     lines = []
     if action == "check":
-        lines += [f"list {name}: {state}" for name, state in result["lists"].items()]
+        lines += [f"list {name}: {_safe(state)}" for name, state in result["lists"].items()]
         lines.append(f"completed at {result['completed_at']}")
     else:
         lines.append(
@@ -91,14 +92,21 @@ def _text(action: str, result: dict[str, Any]) -> str:
             lines.append(f"a check is running on {result['running_on']}")
     for row in result["subjects"]:
         lines.append(
-            f"{row['status']:<8} {row['kind']:<6} {row['subject']}  "
+            f"{row['status']:<8} {row['kind']:<6} {_safe(row['subject'])}  "
             f"checked {row['last_checked_at'] or 'never'}"
         )
         for item in row["listings"]:
-            text = f"  ({item['text']})" if item.get("text") else ""
-            lines.append(f"    listed on {item['list']}: {item['code']} {item['meaning']}{text}")
+            text = f"  ({_safe(item['text'])})" if item.get("text") else ""
+            code, meaning = _safe(item["code"]), _safe(item["meaning"])
+            lines.append(f"    listed on {_safe(item['list'])}: {code} {meaning}{text}")
         for item in row["errors"]:
-            lines.append(f"    {item['list']}: no answer: {item['reason']}")
+            lines.append(f"    {_safe(item['list'])}: no answer: {_safe(item['reason'])}")
     if not result["subjects"]:
         lines.append("no subject checked yet")
     return "\n".join(lines)
+
+
+def _safe(text: str) -> str:
+    """What a list or a resolver answered (a TXT record above all), as one line on a
+    terminal: control characters (an escape sequence, a line break) become escapes."""
+    return escape_for_log(str(text))
