@@ -59,7 +59,7 @@ from gateway.process.account_routes import AccountRoutes
 from gateway.process.http_server import DoorLimits, HttpDoor
 from gateway.process.instance import DataDirLock, database_of
 from gateway.process.pools import WATCH_INTERVAL, PoolSync
-from gateway.process.startup import Prepared, StartupError, prepare
+from gateway.process.startup import Prepared, StartupError, WorkerRole, prepare
 from gateway.queue.retention import Retention
 from gateway.queue.store import Queue
 from gateway.queue.suppressions import FOLLOW_INTERVAL
@@ -122,9 +122,17 @@ class Service:
     parts made."""
 
     def __init__(
-        self, config: Config, drain_timeout: float = 10.0, config_path: str | None = None
+        self,
+        config: Config,
+        drain_timeout: float = 10.0,
+        config_path: str | None = None,
+        role: WorkerRole | None = None,
     ) -> None:
         self.config = config
+        # One worker of several (gateway.process.supervisor), or None: the only process.
+        self.role = role
+        # What a node runs once: HTTP, the sweeps, the IMAP sync, the webhook senders.
+        self.primary = role is None or role.primary
         self.config_path = config_path  # what SIGHUP reads again (None: as at start)
         self.drain_timeout = drain_timeout  # seconds from the stop signal (README: 10 s)
         self._stopping = asyncio.Event()
@@ -165,8 +173,10 @@ class Service:
         data_dir = self.config.server.data_dir
         try:
             prepare_data_dir(data_dir)
-            # One serve per data_dir (gateway.process.instance): held until stop() or the exit.
-            self._lock = DataDirLock.acquire(data_dir)
+            # One serve per data_dir (gateway.process.instance): held until stop() or the exit;
+            # by the supervisor when this is one of its workers.
+            if self.role is None:
+                self._lock = DataDirLock.acquire(data_dir)
         except OSError as error:
             raise StartupError(f"cannot use data_dir {data_dir}: {error.strerror}") from None
         try:
@@ -180,7 +190,7 @@ class Service:
 
     async def _start(self) -> None:
         config = self.config
-        ready = prepare(config)
+        ready = prepare(config, self.role)
         self.box = ready.box
         storage = await self._open_storage(ready)
         outbound = self._outbound()
@@ -192,11 +202,13 @@ class Service:
             account_routes=self.account_routes,
         )  # fmt: skip
         await self._open_doors(ready, storage, intake, manage, delivery.wake)
+        host, port = config.http.listen
+        http = f"{host}:{port}" if ready.http_socket else "in worker 0"
         log.info(
-            "postern %s listening: smtp %s, http %s:%d; database %s",
+            "postern %s listening: smtp %s, http %s; database %s",
             ready.node,
             ", ".join(f"{h}:{p}" for h, p in config.smtp.listen),
-            *config.http.listen,
+            http,
             database_of(config),
         )
 
@@ -329,18 +341,25 @@ class Service:
         """The retention sweep, the event webhooks, and the loops keeping caches current."""
         config = self.config
         db, writer, queue = storage.db, storage.writer, storage.queue
+        loops = self.loops
+        # Every process keeps its caches current (other workers and nodes change them).
+        loops.every(FOLLOW_INTERVAL, queue.suppressions.follow, "suppression list refresh")
+        loops.every(WATCH_INTERVAL, pools.look, "checking for pool changes")  # other nodes
+        if self.account_routes is not None:
+            watch = account_routes.WATCH_INTERVAL
+            loops.every(watch, self.account_routes.look, "checking for account changes")
+        if not self.primary:
+            # The rest runs in worker 0 alone. The webhook senders and the IMAP sync take
+            # leases and would be safe in every worker, but would only multiply their scans
+            # (and IMAP IDLE connections, which servers cap per user); the sweeps and the
+            # gauge take none and would repeat each other's work.
+            return
         self.retention = Retention(writer, config.storage.retention)
         self.retention.start()
         self.webhooks = await start_webhooks(
             config.webhooks, db, writer, ready.box, outbound.webhooks, ready.node
         )
-        loops = self.loops
-        loops.every(FOLLOW_INTERVAL, queue.suppressions.follow, "suppression list refresh")
         loops.every(GAUGE_INTERVAL, partial(count_messages, queue), "queue gauge refresh")
-        loops.every(WATCH_INTERVAL, pools.look, "checking for pool changes")  # other nodes
-        if self.account_routes is not None:
-            watch = account_routes.WATCH_INTERVAL
-            loops.every(watch, self.account_routes.look, "checking for account changes")
         purge = partial(purge_idempotency_keys, db)  # both doors reserve keys
         loops.every(PURGE_INTERVAL, purge, "purging idempotency keys", at_once=True)
         await self._start_account_sync(ready, db, outbound)
@@ -351,8 +370,9 @@ class Service:
         auth = self.config.auth
         sessions = Sessions(db, Lifetimes(auth.session_idle, auth.session_absolute))
         users = Users(db, Passwords(), forget=(sessions.forget_user, keys.forget_user))
-        purge = partial(purge_expired_sessions, sessions)
-        self.loops.every(PURGE_INTERVAL, purge, "purging expired sessions", at_once=True)
+        if self.primary:
+            purge = partial(purge_expired_sessions, sessions)
+            self.loops.every(PURGE_INTERVAL, purge, "purging expired sessions", at_once=True)
         return People(users, sessions)
 
     async def _start_account_sync(self, ready: Prepared, db: Database, outbound: Outbound) -> None:
@@ -441,6 +461,8 @@ class Service:
     def _start_http(self, ready: Prepared, storage: Storage, api: ApiContext) -> None:
         """The API on http.listen; /metrics there or alone on http.metrics_listen."""
         http = self.config.http
+        if ready.http_socket is None:
+            return  # another worker serves HTTP
         need_key = http.metrics_need_key()
         metrics_socket = ready.metrics_socket
         access: MetricsAccess = "elsewhere" if metrics_socket else "key" if need_key else "open"
