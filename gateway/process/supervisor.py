@@ -193,6 +193,7 @@ class Supervisor:
             limit=LINE_LIMIT,
         )
         assert worker.proc.stdout is not None and worker.proc.stderr is not None
+        log.info("supervisor: worker %d started (pid %d)", worker.index, worker.proc.pid)
         loop = asyncio.get_running_loop()
         worker.pumps = [
             loop.create_task(self._pump(worker, worker.proc.stdout, sys.stdout.buffer)),
