@@ -490,7 +490,11 @@ class Postern:
         sink_port: int,
         upstreams: int,
         dkim: str | None = None,
+        workers: str | int = 1,
+        pin: str | None = None,
     ) -> None:
+        """`workers`: `[server] workers` (a count or "auto"); `pin`: a CPU list for
+        `taskset -c` (its workers inherit it: "auto" then counts those CPUs)."""
         self.smtp_port, self.http_port = free_ports(2)
         config = tmp / "postern.toml"
         config.write_text(
@@ -503,6 +507,10 @@ class Postern:
                 upstream_connections=upstreams,
             )
         )
+        if workers != 1:
+            value = json.dumps(workers) if isinstance(workers, str) else str(workers)
+            text = config.read_text().replace("[server]\n", f"[server]\nworkers = {value}\n", 1)
+            config.write_text(text)
         if dkim:  # sign every message: a key for the From domain of the bench's mail
             subprocess.run(
                 [*command[:-1], "dkim", "generate", "--config", str(config),
@@ -511,8 +519,9 @@ class Postern:
             )  # fmt: skip
         self.log_path = tmp / "postern.log"
         with self.log_path.open("wb") as log:
+            pinned = ["taskset", "-c", pin] if pin else []
             self.proc = subprocess.Popen(
-                [*command, "--config", str(config)],
+                [*pinned, *command, "--config", str(config)],
                 cwd=REPO_ROOT,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
