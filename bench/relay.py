@@ -492,6 +492,7 @@ class Postern:
         dkim: str | None = None,
         workers: str | int = 1,
         pin: str | None = None,
+        smtp_extra: str = "",
     ) -> None:
         """`workers`: `[server] workers` (a count or "auto"); `pin`: a CPU list for
         `taskset -c` (its workers inherit it: "auto" then counts those CPUs)."""
@@ -507,6 +508,9 @@ class Postern:
                 upstream_connections=upstreams,
             )
         )
+        if smtp_extra:  # more `[smtp]` keys, one per line
+            text = config.read_text().replace("[smtp]\n", f"[smtp]\n{smtp_extra}\n", 1)
+            config.write_text(text)
         if workers != 1:
             value = json.dumps(workers) if isinstance(workers, str) else str(workers)
             text = config.read_text().replace("[server]\n", f"[server]\nworkers = {value}\n", 1)

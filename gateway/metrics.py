@@ -118,6 +118,16 @@ STORAGE_WRITE_FAILURES = Counter(
 )
 for _reason in ("full", "error"):  # exported as 0 before the first failure
     STORAGE_WRITE_FAILURES.labels(reason=_reason)
+EVENT_LOOP_LAG = Histogram(
+    "postern_event_loop_lag_seconds",
+    "How late the event loop woke a 50 ms timer (what held it: a long callback, a pause).",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
+)
+EVENT_LOOP_LAG_MAX = Gauge(
+    "postern_event_loop_lag_max_seconds",
+    "The worst event-loop lag since the process started (with workers: of any worker).",
+    multiprocess_mode="max",
+)
 BOUNCE_REPORTS = Counter(
     "postern_bounce_reports_total",
     "Reports (bounces, complaints, auto-replies) that came in, by way in and result.",

@@ -74,7 +74,7 @@ from gateway.security.ratelimit import RateLimiter
 from gateway.security.secrets import SecretBox, SecretError, bind_to_database
 from gateway.smtpd.bounce_listener import BounceHandler
 from gateway.smtpd.server import PosternHandler
-from gateway.tasks import Loops
+from gateway.tasks import Loops, watch_lag
 from gateway.webhooks.node import Webhooks, start_webhooks
 from storage.db import (
     Database,
@@ -342,6 +342,7 @@ class Service:
         config = self.config
         db, writer, queue = storage.db, storage.writer, storage.queue
         loops = self.loops
+        loops.run(watch_lag, "event loop lag probe")
         # Every process keeps its caches current (other workers and nodes change them).
         loops.every(FOLLOW_INTERVAL, queue.suppressions.follow, "suppression list refresh")
         loops.every(WATCH_INTERVAL, pools.look, "checking for pool changes")  # other nodes
