@@ -425,6 +425,7 @@ class Settings:
     dkim: str | None = None  # Postern signs every message with such a key
     workers: str | int = 1  # Postern's [server] workers
     pin: str | None = None  # CPUs Postern may use (taskset -c); None: all
+    dkim_inline: bool = False  # RSA on each worker's event loop, not in the signing child
 
 
 def source_command(port: int, case: Case, reuse: bool) -> list[str]:
@@ -488,6 +489,7 @@ def measure(system: str, case: Case, settings: Settings, tmp: Path, deadline: fl
             postern = relay.Postern(
                 settings.postern_cmd, tmp, sink.port, settings.upstream_connections,
                 settings.dkim, workers=settings.workers, pin=settings.pin,
+                env_extra={"POSTERN_DKIM_SIGNING": "inline"} if settings.dkim_inline else None,
             )  # fmt: skip
             stack.callback(postern.stop)
             postern.wait_ready(deadline)
@@ -578,7 +580,9 @@ def table(rows: Sequence[Row], settings: Settings, messages: int) -> str:
         f"  upstream connections={settings.upstream_connections}"
         f"  smtp-source {'-d (connections reused)' if settings.reuse else '(a connection each)'}"
         f"  Postern workers={settings.workers}"
-        f"{f' pinned to CPU {settings.pin}' if settings.pin else ''}",
+        f"{f' pinned to CPU {settings.pin}' if settings.pin else ''}"
+        f"{f'  DKIM {settings.dkim}' if settings.dkim else ''}"
+        f"{' signed inline' if settings.dkim_inline else ''}",
         "",
         "| size | C | Postfix acc/s | Postfix dlv/s | Postern acc/s | Postern dlv/s"
         " | ratio acc | ratio dlv | Postfix cpu ms/msg | Postern cpu ms/msg | Postern RSS MB |",
@@ -662,6 +666,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="CPUS",
         help="run Postern under `taskset -c CPUS` (e.g. 0: one core; Postfix is not pinned)",
     )
+    parser.add_argument(
+        "--dkim-inline",
+        action="store_true",
+        help="with --dkim rsa: sign on each worker's event loop, not in the signing child",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
     if args.workers != "auto":
@@ -699,6 +708,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         dkim=args.dkim,
         workers=args.workers,
         pin=args.pin_postern,
+        dkim_inline=args.dkim_inline,
     )
     cases = [
         Case(size=int(size), clients=int(clients), messages=args.messages)

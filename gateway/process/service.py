@@ -317,7 +317,12 @@ class Service:
         """DKIM signing, the senders' identities, and the policy pipeline of both doors."""
         db = storage.db
         # A key made by `postern dkim generate` in another process is picked up within 2 s.
-        signers = self.signers = Signers(db, ready.box, ttl=2.0, offload=SigningProcess())
+        # RSA in a signing child process; POSTERN_DKIM_SIGNING=inline (a switch for
+        # bench/compare_postfix.py --dkim-inline, to measure it against each worker signing
+        # on its own core) signs on the event loop.
+        inline = os.environ.get("POSTERN_DKIM_SIGNING") == "inline"
+        offload = None if inline else SigningProcess()
+        signers = self.signers = Signers(db, ready.box, ttl=2.0, offload=offload)
         await signers.reload()
         # Verified domains and aliases (routing, policy.sender); other nodes' changes within 2 s.
         enforce = self.config.policy.sender == "verified"
