@@ -16,6 +16,7 @@ import sqlite3
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from email.policy import SMTP
 from pathlib import Path
 
@@ -41,9 +42,12 @@ STOP_BOUND = 30.0
 pytestmark = pytest.mark.timeout(120)
 
 
-def two_workers(postern_process: MakePostern, sink_port: int | None) -> Postern:
+def two_workers(
+    postern_process: MakePostern, sink_port: int | None, storage_url: str = ""
+) -> Postern:
     """A started `serve` with two workers (the [server] table carries `workers`)."""
-    postern = postern_process(sink_port, start=False)
+    extra = f'\n[storage]\nurl = "{storage_url}"\n' if storage_url else ""
+    postern = postern_process(sink_port, extra=extra, start=False)
     text = postern.config.read_text()
     postern.config.write_text(text.replace("[server]\n", "[server]\nworkers = 2\n", 1))
     postern.start(timeout=60.0)
@@ -125,11 +129,49 @@ def metric(postern: Postern, name: str) -> float:
     )
 
 
-def test_two_workers_deliver_each_message_once(sink: Sink, postern_process: MakePostern) -> None:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """ "" (SQLite in data_dir) or a fresh PostgreSQL database of this test's own."""
+    if request.param == "sqlite":
+        yield ""
+        return
+    import asyncio
+
+    import asyncpg
+
+    from tests.support.databases import PG_URL, asyncpg_dsn
+
+    base = asyncpg_dsn(PG_URL)
+    name = f"postern_workers_{os.getpid()}_{int(time.time() * 1000)}"
+    server = base.rsplit("/", 1)[0] + "/postgres"
+
+    async def admin(statement: str) -> None:
+        conn = await asyncpg.connect(server, timeout=5)
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    except (OSError, asyncpg.PostgresError, TimeoutError) as error:
+        if os.environ.get("POSTERN_TEST_PG"):
+            raise
+        pytest.skip(f"PostgreSQL unavailable: {error}")
+    try:
+        yield base.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def test_two_workers_deliver_each_message_once(
+    sink: Sink, postern_process: MakePostern, storage_url: str
+) -> None:
     """Both workers take mail at the door and claim due mail from the same storage: with the
-    upstream down first, every message waits in storage and both pollers race for it."""
+    upstream down first, every message waits in storage and both pollers race for it
+    (SQLite: BEGIN IMMEDIATE; PostgreSQL: FOR UPDATE SKIP LOCKED)."""
     sink.stop()
-    postern = two_workers(postern_process, sink.port)
+    postern = two_workers(postern_process, sink.port, storage_url)
     send_over(postern, "once", sessions=8, per_session=10)
     sink.start()
     send_over(postern, "live", sessions=8, per_session=10)
