@@ -47,7 +47,8 @@ from dataclasses import dataclass, field
 from gateway.config import Config
 from gateway.process.instance import DataDirLock
 from gateway.process.logs import FORMAT, ZonedFormatter
-from gateway.process.startup import ROLE_ENV, SharedListeners, StartupError
+from gateway.process.startup import ROLE_ENV, SharedListeners, StartupError, node_id
+from gateway.security.secrets import SecretBox, SecretError
 from storage.db import prepare_data_dir
 
 log = logging.getLogger("postern.supervisor")
@@ -104,6 +105,17 @@ class Supervisor:
         except OSError as error:
             raise StartupError(f"cannot use data_dir {data_dir}: {error.strerror}") from None
         try:
+            # Made once, here, before any worker reads them: two workers' first start would
+            # otherwise each write a node id of its own (the secret key is created without
+            # clobbering, but is checked once here, for one error line).
+            try:
+                node_id(data_dir)
+            except OSError as error:
+                raise StartupError(f"cannot use data_dir {data_dir}: {error.strerror}") from None
+            try:
+                SecretBox.from_environment(data_dir)
+            except SecretError as error:
+                raise StartupError(str(error)) from None
             self._listeners = SharedListeners.bind(self.config, self.count)
             self._metrics_dir = tempfile.mkdtemp(prefix="postern-metrics-")
             return await self._supervise()
@@ -150,7 +162,7 @@ class Supervisor:
                 for task in pending:
                     task.cancel()
                 await self._stop_workers(signal.SIGTERM, wait=self.drain_timeout + STOP_GRACE)
-                if self._stopping.is_set() and not failed:
+                if self._stopping.is_set():  # stopped while starting: what we asked for
                     return 0
                 code = failed[0].proc.returncode if failed[0].proc else None
                 return code if code and code > 0 else 1

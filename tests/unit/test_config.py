@@ -597,3 +597,20 @@ def test_refuse_attachment_types_takes_extensions_and_mime_types_lower_cased() -
     for bad in ["exe", "application/", "*/*", ".e xe"]:
         with pytest.raises(ConfigError, match="refuse_attachment_types"):
             cfg.from_dict({"http": {"refuse_attachment_types": [bad]}})
+
+
+def test_workers_auto_counts_the_usable_cpus(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cfg.os, "sched_getaffinity", lambda _pid: {0, 3, 5})
+    assert load(write(tmp_path, '[server]\nworkers = "auto"\n')).server.workers == 3
+    assert load(write(tmp_path, "[server]\nworkers = 4\n")).server.workers == 4
+    assert Config().server.workers == 1  # one process unless asked
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [("0", "positive"), ('"many"', '"auto"'), ("1000", "at most"), ("2.5", "integer")],
+)
+def test_workers_refusals(tmp_path: Path, value: str, words: str) -> None:
+    assert words in refusal(tmp_path, f"[server]\nworkers = {value}\n")
