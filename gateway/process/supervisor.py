@@ -140,12 +140,22 @@ class Supervisor:
         return await self._drain(watchers)
 
     async def _start_all(self) -> int | None:
-        """Every worker started and ready: None. One failed: the others stopped, its status."""
-        for worker in self.workers:
+        """Every worker started and ready: None. One failed: the others stopped, its status.
+        Worker 0 starts first and alone: what a first start writes (the schema, its upgrade,
+        the secret key's binding, the file's pools) is then written once, by it; the others
+        start together once it is ready and find it all there."""
+        first = await self._start(self.workers[:1])
+        if first is not None or self.count == 1:
+            return first
+        if self._stopping.is_set():  # a stop signal as worker 0 became ready
+            await self._stop_workers(None, wait=self.drain_timeout + STOP_GRACE)
+            return 0
+        return await self._start(self.workers[1:])
+
+    async def _start(self, workers: list[Worker]) -> int | None:
+        for worker in workers:
             await self._spawn(worker)
-        waits = {
-            asyncio.ensure_future(self._ready_or_exit(worker)): worker for worker in self.workers
-        }
+        waits = {asyncio.ensure_future(self._ready_or_exit(worker)): worker for worker in workers}
         deadline = time.monotonic() + START_TIMEOUT
         pending = set(waits)
         while pending:

@@ -51,7 +51,9 @@ def two_workers(
     text = postern.config.read_text()
     postern.config.write_text(text.replace("[server]\n", "[server]\nworkers = 2\n", 1))
     postern.start(timeout=60.0)
-    assert wait_until(lambda: len(workers_of(postern.pid)) == 2, 30.0), postern.stderr()
+    running = "supervisor: 2 workers running"  # every worker has started
+    assert wait_until(lambda: running in postern.stderr(), 60.0), postern.stderr()
+    assert len(workers_of(postern.pid)) == 2, postern.stderr()
     return postern
 
 
@@ -299,3 +301,25 @@ def running_with(config: Path) -> list[int]:
             if str(config).encode() in argv:
                 found.append(int(entry.name))
     return found
+
+
+def test_sighup_reloads_every_worker(sink: Sink, postern_process: MakePostern) -> None:
+    """SIGHUP is passed to each worker; both apply a pool the file added, and the two
+    writing it at once store it once (no UNIQUE error in either)."""
+    postern = two_workers(postern_process, sink.port)
+    text = postern.config.read_text()
+    postern.config.write_text(
+        text + '\n[[pools]]\nname = "added"\nhost = "127.0.0.1"\n'
+        f'port = {sink.port}\nencryption = "none"\n'
+    )
+    assert postern.proc is not None
+    postern.proc.send_signal(signal.SIGHUP)
+    assert wait_until(lambda: postern.stderr().count("SIGHUP: reloaded 2 pool(s)") == 2, 20.0), (
+        postern.stderr()
+    )
+    assert "pools not reloaded" not in postern.stderr()
+    send_over(postern, "hup", sessions=4, per_session=2)
+    got = all_delivered(sink, "hup", 8)
+    assert sorted(got) == expected("hup", 8), postern.stderr()
+    status, _ = postern.stop(signal.SIGTERM, timeout=STOP_BOUND)
+    assert status == 0, postern.stderr()
