@@ -498,6 +498,7 @@ class Postern:
         """`workers`: `[server] workers` (a count or "auto"); `pin`: a CPU list for
         `taskset -c` (its workers inherit it: "auto" then counts those CPUs)."""
         self.smtp_port, self.http_port = free_ports(2)
+        self.workers = workers
         config = tmp / "postern.toml"
         config.write_text(
             CONFIG_TEMPLATE.format(
@@ -538,12 +539,19 @@ class Postern:
 
     def wait_ready(self, deadline: float) -> None:
         limit = min(deadline, time.monotonic() + READY_TIMEOUT)
-        while not (self._healthy() and self._smtp_open()):
+        while not (self._healthy() and self._smtp_open() and self._all_workers()):
             if self.proc.poll() is not None:
                 raise BenchError(f"postern exited with {self.proc.returncode}{self.log_tail()}")
             if time.monotonic() >= limit:
                 raise BenchError(f"postern not ready after {READY_TIMEOUT:g}s{self.log_tail()}")
             time.sleep(0.1)
+
+    def _all_workers(self) -> bool:
+        """With workers, every one has started (worker 0 answers /healthz before the others
+        start: their start-up CPU must not count towards the measurement)."""
+        if self.workers == 1:
+            return True
+        return "workers running" in self.log_path.read_text(errors="replace")
 
     def _healthy(self) -> bool:
         url = f"http://{HOST}:{self.http_port}/healthz"
