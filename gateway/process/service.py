@@ -282,7 +282,9 @@ class Service:
             cooldown=min(10.0, config.retry_schedule[0]),
             guard=outbound.pools,
         )
-        registry = self.registry = PoolRegistry(session)
+        # With workers, each opens its share of a pool's max_connections (the node's cap).
+        processes = self.role.count if self.role is not None else 1
+        registry = self.registry = PoolRegistry(session, processes)
         direct = DirectRoutes(outbound.resolver, session, config.mx_port, guard=outbound.mx)
         db, writer, queue = storage.db, storage.writer, storage.queue
         delivery = self.delivery = Delivery(
