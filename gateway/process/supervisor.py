@@ -171,7 +171,10 @@ class Supervisor:
             if failed or self._stopping.is_set():
                 for task in pending:
                     task.cancel()
-                await self._stop_workers(signal.SIGTERM, wait=self.drain_timeout + STOP_GRACE)
+                # A stop signal was passed on already: a second one would end the workers
+                # without their drain.
+                again = None if self._stopping.is_set() else signal.SIGTERM
+                await self._stop_workers(again, wait=self.drain_timeout + STOP_GRACE)
                 if self._stopping.is_set():  # stopped while starting: what we asked for
                     return 0
                 code = failed[0].proc.returncode if failed[0].proc else None
