@@ -86,6 +86,7 @@ class Supervisor:
         self.count = config.server.workers
         self.workers = [Worker(index) for index in range(self.count)]
         self._listeners: SharedListeners | None = None
+        self._lock: DataDirLock | None = None
         self._metrics_dir: str | None = None
         self._stopping = asyncio.Event()
         self._signals = 0
@@ -101,7 +102,7 @@ class Supervisor:
         data_dir = self.config.server.data_dir
         try:
             prepare_data_dir(data_dir)
-            lock = DataDirLock.acquire(data_dir)
+            lock = self._lock = DataDirLock.acquire(data_dir)
         except OSError as error:
             raise StartupError(f"cannot use data_dir {data_dir}: {error.strerror}") from None
         try:
@@ -206,6 +207,8 @@ class Supervisor:
         if self.config_path:
             argv += ["--config", os.path.abspath(self.config_path)]
         fds = [*role.smtp, *(fd for fd in (role.http, role.metrics, role.bounce) if fd)]
+        if self._lock is not None:
+            fds.append(self._lock.fileno())  # held by the worker too, until it is gone
         worker.ready = asyncio.Event()
         worker.proc = await asyncio.create_subprocess_exec(
             *argv,
@@ -291,7 +294,9 @@ class Supervisor:
             self._stopping.set()
         else:
             log.warning("supervisor: second %s: the workers exit at once", sig.name)
-        self._pass_on(sig)
+        # SIGTERM whichever it was: a worker still importing dies of it quietly, where
+        # SIGINT would raise KeyboardInterrupt there, with a traceback.
+        self._pass_on(signal.SIGTERM)
 
     def _pass_on(self, sig: signal.Signals) -> None:
         for worker in self.workers:
