@@ -23,8 +23,8 @@ What the supervisor does after that:
 - **Start**: it answers for the workers: if one fails to start, the others are stopped and
   `serve` exits with that worker's status (2 for what an operator must fix), its error line
   written once.
-- **SIGTERM / SIGINT**: passed to every worker (as SIGTERM), which drains as a lone `serve` does; the
-  supervisor closes its copies of the sockets (so that nothing more queues on them) and
+- **SIGTERM / SIGINT**: passed to every worker (as SIGTERM), which drains as a lone `serve`
+  does; the supervisor closes its copies of the sockets (so that nothing more queues on them) and
   exits 0 once every worker exited 0. A second signal is passed on too (the workers exit at
   once). **SIGHUP** is passed on: each worker reloads `[[pools]]` and `[policy]`.
 - If the supervisor itself is killed, the kernel ends the workers (PR_SET_PDEATHSIG). They
