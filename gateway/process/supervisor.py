@@ -70,6 +70,7 @@ class Worker:
     proc: asyncio.subprocess.Process | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     deaths: list[float] = field(default_factory=list)  # monotonic times, within CRASH_WINDOW
+    stopped: bool = False  # this process was sent its stop signal
     pumps: list[asyncio.Task[None]] = field(default_factory=list)
 
 
@@ -133,7 +134,7 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop_signal, sig)
-        loop.add_signal_handler(signal.SIGHUP, self._pass_on, signal.SIGHUP)
+        loop.add_signal_handler(signal.SIGHUP, self._reload)
         status = await self._start_all()
         if status is not None:
             return status
@@ -152,7 +153,7 @@ class Supervisor:
             return first
         if self._stopping.is_set():  # a stop signal as worker 0 became ready
             await self._stop_workers(None, wait=self.drain_timeout + STOP_GRACE)
-            return 0
+            return self._status()
         return await self._start(self.workers[1:])
 
     async def _start(self, workers: list[Worker]) -> int | None:
@@ -179,7 +180,7 @@ class Supervisor:
                 again = None if self._stopping.is_set() else signal.SIGTERM
                 await self._stop_workers(again, wait=self.drain_timeout + STOP_GRACE)
                 if self._stopping.is_set():  # stopped while starting: what we asked for
-                    return 0
+                    return self._status()
                 code = failed[0].proc.returncode if failed[0].proc else None
                 return code if code and code > 0 else 1
         return None
@@ -212,6 +213,7 @@ class Supervisor:
         if self._lock is not None:
             fds.append(self._lock.fileno())  # held by the worker too, until it is gone
         worker.ready = asyncio.Event()
+        worker.stopped = False
         worker.proc = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.DEVNULL,
@@ -224,6 +226,8 @@ class Supervisor:
         )
         assert worker.proc.stdout is not None and worker.proc.stderr is not None
         log.info("supervisor: worker %d started (pid %d)", worker.index, worker.proc.pid)
+        if self._stopping.is_set():  # the stop signal came while it was being made
+            self._signal(worker, signal.SIGTERM)
         loop = asyncio.get_running_loop()
         worker.pumps = [
             loop.create_task(self._pump(worker, worker.proc.stdout, sys.stdout.buffer)),
@@ -295,33 +299,61 @@ class Supervisor:
                 self._listeners.close()
             self._stopping.set()
         else:
-            log.warning("supervisor: second %s: the workers exit at once", sig.name)
+            log.warning(
+                "supervisor: second stop signal (%s): exiting at once, the workers without "
+                "draining (messages in flight are retried when a worker starts)",
+                sig.name,
+            )
         # SIGTERM whichever it was: a worker still importing dies of it quietly, where
         # SIGINT would raise KeyboardInterrupt there, with a traceback.
         self._pass_on(signal.SIGTERM)
 
     def _pass_on(self, sig: signal.Signals) -> None:
         for worker in self.workers:
-            if worker.proc is not None and worker.proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    worker.proc.send_signal(sig)
+            self._signal(worker, sig)
+
+    def _signal(self, worker: Worker, sig: signal.Signals) -> None:
+        if worker.proc is not None and worker.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                worker.proc.send_signal(sig)
+            if sig == signal.SIGTERM:
+                worker.stopped = True
+
+    def _reload(self) -> None:
+        """SIGHUP to each worker that has started (one still starting reads the file as it
+        starts, and would not survive a SIGHUP before its handler is set)."""
+        for worker in self.workers:
+            if worker.ready.is_set():
+                self._signal(worker, signal.SIGHUP)
+            elif worker.proc is not None and worker.proc.returncode is None:
+                log.warning(
+                    "supervisor: SIGHUP: worker %d is still starting; not passed on", worker.index
+                )
+
+    def _status(self) -> int:
+        """The exit status once every worker is gone: 1 after a second stop signal or when
+        a worker did not end cleanly (0, or SIGTERM before its handler was set)."""
+        codes = [w.proc.returncode for w in self.workers if w.proc is not None]
+        if self._signals > 1 or any(code not in (0, -signal.SIGTERM) for code in codes):
+            log.warning("supervisor: workers exited %s", codes)
+            return 1
+        log.info("supervisor: stopped")
+        return 0
 
     async def _drain(self, watchers: list[asyncio.Task[None]]) -> int:
         await self._stop_workers(None, wait=self.drain_timeout + STOP_GRACE)
         for task in watchers:
             task.cancel()
         await asyncio.gather(*watchers, return_exceptions=True)
-        codes = [w.proc.returncode for w in self.workers if w.proc is not None]
-        if self._signals > 1 or any(code != 0 for code in codes):
-            log.warning("supervisor: workers exited %s", codes)
-            return 1
-        log.info("supervisor: stopped")
-        return 0
+        return self._status()
 
     async def _stop_workers(self, sig: signal.Signals | None, wait: float) -> None:
         """Signal (unless already signalled) and wait for every worker; kill the late."""
         if sig is not None:
             self._pass_on(sig)
+        for worker in self.workers:  # made after the signal was passed on
+            if not worker.stopped:
+                self._signal(worker, signal.SIGTERM)
         procs = [w.proc for w in self.workers if w.proc is not None]
         waits = [asyncio.ensure_future(proc.wait()) for proc in procs]
         if waits:
