@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any, Literal
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -248,7 +248,7 @@ def metrics_route(api: ApiContext | None, need_key: bool) -> Route:
             if api is None:
                 raise errors.Unauthorized()
             await authenticate(request, api, "metrics")
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     return Route("/metrics", metrics_endpoint, methods=["GET"])
 

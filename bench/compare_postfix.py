@@ -4,6 +4,8 @@
     python bench/compare_postfix.py                  # full matrix, one run per case
     python bench/compare_postfix.py --runs 3         # medians of 3 runs per case
     python bench/compare_postfix.py --quick          # smoke run: small N, two cases
+    python bench/compare_postfix.py --workers auto   # Postern with [server] workers = "auto"
+    python bench/compare_postfix.py --workers 1 --pin-postern 0   # Postern on one core
 
 Per case (size x concurrency) and per run, each system gets a fresh upstream sink
 (`smtp-sink`, counting with `-c`), a fresh instance with an empty queue, and the same
@@ -421,6 +423,9 @@ class Settings:
     keep: bool
     systems: tuple[str, ...]
     dkim: str | None = None  # Postern signs every message with such a key
+    workers: str | int = 1  # Postern's [server] workers
+    pin: str | None = None  # CPUs Postern may use (taskset -c); None: all
+    dkim_inline: bool = False  # RSA on each worker's event loop, not in the signing child
 
 
 def source_command(port: int, case: Case, reuse: bool) -> list[str]:
@@ -482,8 +487,10 @@ def measure(system: str, case: Case, settings: Settings, tmp: Path, deadline: fl
                 raise BenchError(f"postfix master is not running{postfix.log_tail()}")
         else:
             postern = relay.Postern(
-                settings.postern_cmd, tmp, sink.port, settings.upstream_connections, settings.dkim
-            )
+                settings.postern_cmd, tmp, sink.port, settings.upstream_connections,
+                settings.dkim, workers=settings.workers, pin=settings.pin,
+                env_extra={"POSTERN_DKIM_SIGNING": "inline"} if settings.dkim_inline else None,
+            )  # fmt: skip
             stack.callback(postern.stop)
             postern.wait_ready(deadline)
             pid, port = postern.proc.pid, postern.smtp_port
@@ -571,7 +578,11 @@ def table(rows: Sequence[Row], settings: Settings, messages: int) -> str:
     out = [
         f"compare_postfix  N={messages}  {how} {settings.runs}  sink={settings.sink}"
         f"  upstream connections={settings.upstream_connections}"
-        f"  smtp-source {'-d (connections reused)' if settings.reuse else '(a connection each)'}",
+        f"  smtp-source {'-d (connections reused)' if settings.reuse else '(a connection each)'}"
+        f"  Postern workers={settings.workers}"
+        f"{f' pinned to CPU {settings.pin}' if settings.pin else ''}"
+        f"{f'  DKIM {settings.dkim}' if settings.dkim else ''}"
+        f"{' signed inline' if settings.dkim_inline else ''}",
         "",
         "| size | C | Postfix acc/s | Postfix dlv/s | Postern acc/s | Postern dlv/s"
         " | ratio acc | ratio dlv | Postfix cpu ms/msg | Postern cpu ms/msg | Postern RSS MB |",
@@ -597,12 +608,14 @@ def table(rows: Sequence[Row], settings: Settings, messages: int) -> str:
 
 
 def machine() -> str:
-    cpu = "?"
+    cpu, clock = "?", ""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and cpu == "?":
                 cpu = line.split(":", 1)[1].strip()
-                break
+            if line.startswith("cpu MHz") and not clock:
+                clock = f" at {float(line.split(':', 1)[1]):.0f} MHz"
+    cpu += clock
     version = subprocess.run(
         [tool("postconf"), "-d", "mail_version"], capture_output=True, text=True, check=False
     ).stdout.strip()
@@ -643,8 +656,29 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         choices=("rsa", "ed25519"),
         help="Postern DKIM-signs every message with such a key (Postfix signs nothing)",
     )
+    parser.add_argument(
+        "--workers",
+        default="1",
+        help='Postern\'s [server] workers: a count or "auto" (one per CPU it may use)',
+    )
+    parser.add_argument(
+        "--pin-postern",
+        metavar="CPUS",
+        help="run Postern under `taskset -c CPUS` (e.g. 0: one core; Postfix is not pinned)",
+    )
+    parser.add_argument(
+        "--dkim-inline",
+        action="store_true",
+        help="with --dkim rsa: sign on each worker's event loop, not in the signing child",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
+    if args.workers != "auto":
+        if not args.workers.isdigit() or int(args.workers) < 1:
+            parser.error('--workers: a count >= 1 or "auto"')
+        args.workers = int(args.workers)
+    if args.pin_postern and not shutil.which("taskset"):
+        parser.error("--pin-postern needs taskset (util-linux)")
     quick = args.quick
     args.messages = args.messages or (300 if quick else 5000)
     args.clients = args.clients or ("1,10" if quick else "1,10,50")
@@ -672,6 +706,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         keep=args.keep,
         systems=(args.only,) if args.only else ("postfix", "postern"),
         dkim=args.dkim,
+        workers=args.workers,
+        pin=args.pin_postern,
+        dkim_inline=args.dkim_inline,
     )
     cases = [
         Case(size=int(size), clients=int(clients), messages=args.messages)

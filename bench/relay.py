@@ -490,8 +490,15 @@ class Postern:
         sink_port: int,
         upstreams: int,
         dkim: str | None = None,
+        workers: str | int = 1,
+        pin: str | None = None,
+        smtp_extra: str = "",
+        env_extra: dict[str, str] | None = None,
     ) -> None:
+        """`workers`: `[server] workers` (a count or "auto"); `pin`: a CPU list for
+        `taskset -c` (its workers inherit it: "auto" then counts those CPUs)."""
         self.smtp_port, self.http_port = free_ports(2)
+        self.workers = workers
         config = tmp / "postern.toml"
         config.write_text(
             CONFIG_TEMPLATE.format(
@@ -503,6 +510,13 @@ class Postern:
                 upstream_connections=upstreams,
             )
         )
+        if smtp_extra:  # more `[smtp]` keys, one per line
+            text = config.read_text().replace("[smtp]\n", f"[smtp]\n{smtp_extra}\n", 1)
+            config.write_text(text)
+        if workers != 1:
+            value = json.dumps(workers) if isinstance(workers, str) else str(workers)
+            text = config.read_text().replace("[server]\n", f"[server]\nworkers = {value}\n", 1)
+            config.write_text(text)
         if dkim:  # sign every message: a key for the From domain of the bench's mail
             subprocess.run(
                 [*command[:-1], "dkim", "generate", "--config", str(config),
@@ -511,8 +525,11 @@ class Postern:
             )  # fmt: skip
         self.log_path = tmp / "postern.log"
         with self.log_path.open("wb") as log:
+            pinned = ["taskset", "-c", pin] if pin else []
+            env = {**os.environ, **(env_extra or {})}
             self.proc = subprocess.Popen(
-                [*command, "--config", str(config)],
+                [*pinned, *command, "--config", str(config)],
+                env=env,
                 cwd=REPO_ROOT,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -522,12 +539,19 @@ class Postern:
 
     def wait_ready(self, deadline: float) -> None:
         limit = min(deadline, time.monotonic() + READY_TIMEOUT)
-        while not (self._healthy() and self._smtp_open()):
+        while not (self._healthy() and self._smtp_open() and self._all_workers()):
             if self.proc.poll() is not None:
                 raise BenchError(f"postern exited with {self.proc.returncode}{self.log_tail()}")
             if time.monotonic() >= limit:
                 raise BenchError(f"postern not ready after {READY_TIMEOUT:g}s{self.log_tail()}")
             time.sleep(0.1)
+
+    def _all_workers(self) -> bool:
+        """With workers, every one has started (worker 0 answers /healthz before the others
+        start: their start-up CPU must not count towards the measurement)."""
+        if self.workers == 1:
+            return True
+        return "workers running" in self.log_path.read_text(errors="replace")
 
     def _healthy(self) -> bool:
         url = f"http://{HOST}:{self.http_port}/healthz"

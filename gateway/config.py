@@ -76,6 +76,10 @@ def is_loopback(host: str, mapped: bool = False) -> bool:
 class ServerConfig:
     hostname: str = "postern.localdomain"
     data_dir: Path = Path("./var")
+    # Processes `serve` runs (gateway.process.supervisor): 1 = one process, as before;
+    # more = a supervisor and that many workers sharing the SMTP port (SO_REUSEPORT).
+    # "auto" in the file = the CPUs this process may run on (taskset and cpusets count).
+    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -327,6 +331,29 @@ def _positive_int(value: Any, where: str) -> int:
     return number
 
 
+MAX_WORKERS = 256
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask (taskset, a cpuset), else all."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _workers(value: Any, where: str) -> int:
+    """`"auto"` (one per usable CPU) or a count from 1 to MAX_WORKERS."""
+    if value == "auto":
+        return min(MAX_WORKERS, usable_cpus())
+    if isinstance(value, str):
+        raise ConfigError(f'{where}: expected "auto" or a number of processes, got {value!r}')
+    number = _positive_int(value, where)
+    if number > MAX_WORKERS:
+        raise ConfigError(f'{where}: at most {MAX_WORKERS} (or "auto"), got {number}')
+    return number
+
+
 def _port(value: Any, where: str) -> int:
     number: int = _int_any(value, where)
     if not 0 < number < 65536:
@@ -551,7 +578,10 @@ def _strings(value: Any, where: str) -> tuple[str, ...]:
 
 
 _SECTIONS: dict[str, tuple[type, dict[str, Converter]]] = {
-    "server": (ServerConfig, {"hostname": _hostname, "data_dir": lambda v, w: Path(_str(v, w))}),
+    "server": (
+        ServerConfig,
+        {"hostname": _hostname, "data_dir": lambda v, w: Path(_str(v, w)), "workers": _workers},
+    ),
     "smtp": (
         SmtpConfig,
         {

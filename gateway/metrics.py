@@ -1,8 +1,15 @@
-"""Every Prometheus metric, defined once (prefix `postern_`), observed where the work happens."""
+"""Every Prometheus metric, defined once (prefix `postern_`), observed where the work happens.
+
+With several workers (gateway.process.supervisor) each process counts its own in
+prometheus-client's multiprocess files and /metrics sums them (`exposition`): a gauge says
+how (`multiprocess_mode`: `livesum` for what each live worker holds, `mostrecent` for what
+one worker measures for all); outside that mode the argument is ignored."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -30,7 +37,12 @@ POSSIBLE_DUPLICATES = Counter(
     "stored: the retry may deliver a second copy.",
     ["pool"],
 )
-QUEUE_MESSAGES = Gauge("postern_queue_messages", "Messages with work left, by state.", ["state"])
+QUEUE_MESSAGES = Gauge(
+    "postern_queue_messages",
+    "Messages with work left, by state.",
+    ["state"],
+    multiprocess_mode="mostrecent",
+)
 UPSTREAM_CONNECT_SECONDS = Histogram(
     "postern_upstream_connect_seconds",
     "Time to open an upstream session (TCP, greeting, EHLO, TLS, AUTH).",
@@ -44,7 +56,10 @@ UPSTREAM_SEND_SECONDS = Histogram(
     buckets=_LATENCY_BUCKETS,
 )
 UPSTREAM_CONNECTIONS = Gauge(
-    "postern_upstream_connections", "Open upstream sessions.", ["pool", "state"]
+    "postern_upstream_connections",
+    "Open upstream sessions.",
+    ["pool", "state"],
+    multiprocess_mode="livesum",
 )
 HTTP_REQUEST_SECONDS = Histogram(
     "postern_http_request_seconds",
@@ -52,7 +67,9 @@ HTTP_REQUEST_SECONDS = Histogram(
     ["route", "status"],
     buckets=_LATENCY_BUCKETS,
 )
-SMTP_SESSIONS = Gauge("postern_smtp_sessions", "Open SMTP client sessions.")
+SMTP_SESSIONS = Gauge(
+    "postern_smtp_sessions", "Open SMTP client sessions.", multiprocess_mode="livesum"
+)
 CONNECTIONS_REFUSED = Counter(
     "postern_connections_refused_total",
     "Client connections closed at once because their door was at its cap (smtp: 421,"
@@ -73,6 +90,7 @@ WEBHOOK_DELIVERIES = Counter(
 EVENTS_PENDING = Gauge(
     "postern_events_pending",
     "Events after the cursor of each active webhook (not yet sent, summed over webhooks).",
+    multiprocess_mode="mostrecent",
 )
 DKIM_SIGNATURES = Counter(
     "postern_dkim_signatures_total",
@@ -94,7 +112,10 @@ WARMUP_PAUSED = Counter(
     ["kind", "reason"],
 )
 POOL_RATE_LIMIT = Gauge(
-    "postern_pool_rate_limit", "A pool's configured rate in sends per second (0 = none).", ["pool"]
+    "postern_pool_rate_limit",
+    "A pool's configured rate in sends per second (0 = none).",
+    ["pool"],
+    multiprocess_mode="mostrecent",
 )
 STORAGE_WRITE_FAILURES = Counter(
     "postern_storage_write_failures_total",
@@ -104,6 +125,16 @@ STORAGE_WRITE_FAILURES = Counter(
 )
 for _reason in ("full", "error"):  # exported as 0 before the first failure
     STORAGE_WRITE_FAILURES.labels(reason=_reason)
+EVENT_LOOP_LAG = Histogram(
+    "postern_event_loop_lag_seconds",
+    "How late the event loop woke a 50 ms timer (what held it: a long callback, a pause).",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
+)
+EVENT_LOOP_LAG_MAX = Gauge(
+    "postern_event_loop_lag_max_seconds",
+    "The worst event-loop lag since the process started (with workers: of any worker).",
+    multiprocess_mode="max",
+)
 BOUNCE_REPORTS = Counter(
     "postern_bounce_reports_total",
     "Reports (bounces, complaints, auto-replies) that came in, by way in and result.",
@@ -113,25 +144,42 @@ BLOCKLIST_SUBJECTS = Gauge(
     "postern_blocklist_subjects",
     "Sending IPs and domains by their latest DNSBL verdict (clean, listed, unknown).",
     ["status"],
+    multiprocess_mode="mostrecent",  # set in worker 0 alone
 )
 BLOCKLIST_COMPLETED = Gauge(
     "postern_blocklist_last_completed_timestamp_seconds",
     "When the last whole DNSBL round completed, on any node (0: never).",
+    multiprocess_mode="mostrecent",  # set in worker 0 alone
 )
 REPUTATION_SCORE = Gauge(
     "postern_reputation_score",
     "Reputation score (0-100) of each account, pool and domain, as of the last evaluation on "
     "the node that holds its lease (absent while collecting).",
     ["kind", "subject"],
+    multiprocess_mode="mostrecent",  # set in worker 0 alone
 )
 REPUTATION_POINTS = Gauge(
     "postern_reputation_points",
     "Points each signal costs a subject's reputation score.",
     ["kind", "subject", "signal"],
+    multiprocess_mode="mostrecent",  # set in worker 0 alone
 )
 REPUTATION_VALUE = Gauge(
     "postern_reputation_signal",
     "Each signal's value behind a reputation score (a rate, a count of listings, 1 when a "
     "record is missing).",
     ["kind", "subject", "signal"],
+    multiprocess_mode="mostrecent",  # set in worker 0 alone
 )
+
+
+def exposition() -> bytes:
+    """What /metrics answers: this process's metrics, or with workers every worker's summed
+    (their files in PROMETHEUS_MULTIPROC_DIR, which the supervisor made)."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return generate_latest()
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)
+    return generate_latest(registry)

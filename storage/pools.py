@@ -160,7 +160,10 @@ async def sync_config_pools(db: Database, pools: Sequence[Any]) -> None:
         if any(pool.is_default for pool in pools):  # the file's default wins
             conn.execute(update(P).where(P.c.source == "api").values(is_default=False))
 
-    await db.transaction(sync)
+    # Read and written under one lock (SQLite's write lock from BEGIN; on PostgreSQL the
+    # advisory lock above): two processes syncing at once (workers reloading on one SIGHUP,
+    # nodes starting together) must not both insert a pool the file added.
+    await db.exclusive(sync)
 
 
 def _retire(conn: Connection, pool_id: str) -> None:

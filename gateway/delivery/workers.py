@@ -50,8 +50,11 @@ class PoolRegistry:
     account (its own SMTP server, source "account": in no group, never listed as a pool,
     reached only by a route pinned to it)."""
 
-    def __init__(self, session: SessionSettings) -> None:
+    def __init__(self, session: SessionSettings, processes: int = 1) -> None:
         self._session = session
+        # Processes of this node sharing each upstream's `max_connections` (serve's workers):
+        # each opens its share, rounded up, so the node stays near the cap it was given.
+        self._processes = max(1, processes)
         self._pools: dict[str, UpstreamPool] = {}
         self._accounts: dict[str, UpstreamPool] = {}
         self._cut_off = False  # shutdown's deadline: pools (re)made after it start cut off
@@ -70,6 +73,9 @@ class PoolRegistry:
     ) -> dict[str, UpstreamPool]:
         fresh: dict[str, UpstreamPool] = {}
         for item in settings:
+            if self._processes > 1:
+                share = -(-item.max_connections // self._processes)
+                item = replace(item, max_connections=share)
             current = old.get(item.id)
             fresh[item.id] = (
                 current

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from pathlib import Path
 from typing import IO
 
@@ -27,6 +28,9 @@ from gateway.config import Config, ConfigError
 from storage.db import database_url
 
 LOCK_FILE = "serve.lock"
+# A lock whose holder (the pid in the file) is gone is held by that serve's workers, which
+# die with it (gateway.process.supervisor): wait this long for them to finish dying.
+LEFTOVER_WAIT = 10.0
 
 
 class DataDirLock:
@@ -42,8 +46,9 @@ class DataDirLock:
         path = data_dir / LOCK_FILE
         handle = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o600), "r+")
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _lock(handle)
         except BlockingIOError:
+            handle.seek(0)
             holder = handle.read(32).strip()
             handle.close()
             pid = f" (pid {holder})" if holder.isdigit() else ""
@@ -59,8 +64,40 @@ class DataDirLock:
         handle.flush()
         return cls(handle)
 
+    def fileno(self) -> int:
+        """The lock's descriptor: a supervisor's workers inherit it, so that the lock is
+        held until the last of them is gone (a supervisor killed with SIGKILL leaves
+        workers that take a moment to die, still holding the ports)."""
+        return self._handle.fileno()
+
     def release(self) -> None:
         self._handle.close()  # closing the file drops the flock
+
+
+def _lock(handle: IO[str]) -> None:
+    """flock, at once; or, if the pid in the file is dead (its workers still hold the
+    lock while they die), once they are gone, within LEFTOVER_WAIT; else BlockingIOError."""
+    deadline = time.monotonic() + LEFTOVER_WAIT
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read(32).strip()
+            if not holder.isdigit() or _alive(int(holder)) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def database_of(config: Config) -> str:

@@ -62,7 +62,7 @@ from gateway.process.account_routes import AccountRoutes
 from gateway.process.http_server import DoorLimits, HttpDoor
 from gateway.process.instance import DataDirLock, database_of
 from gateway.process.pools import WATCH_INTERVAL, PoolSync
-from gateway.process.startup import Prepared, StartupError, prepare
+from gateway.process.startup import Prepared, StartupError, WorkerRole, prepare
 from gateway.queue.notify import Notifier
 from gateway.queue.retention import Retention
 from gateway.queue.store import Queue
@@ -80,7 +80,7 @@ from gateway.security.ratelimit import RateLimiter
 from gateway.security.secrets import SecretBox, SecretError, bind_to_database
 from gateway.smtpd.bounce_listener import BounceHandler
 from gateway.smtpd.server import PosternHandler
-from gateway.tasks import Loops
+from gateway.tasks import Loops, watch_lag
 from gateway.webhooks.node import Webhooks, start_webhooks
 from storage.db import (
     Database,
@@ -128,9 +128,17 @@ class Service:
     parts made."""
 
     def __init__(
-        self, config: Config, drain_timeout: float = 10.0, config_path: str | None = None
+        self,
+        config: Config,
+        drain_timeout: float = 10.0,
+        config_path: str | None = None,
+        role: WorkerRole | None = None,
     ) -> None:
         self.config = config
+        # One worker of several (gateway.process.supervisor), or None: the only process.
+        self.role = role
+        # What a node runs once: HTTP, the sweeps, the IMAP sync, the webhook senders.
+        self.primary = role is None or role.primary
         self.config_path = config_path  # what SIGHUP reads again (None: as at start)
         self.drain_timeout = drain_timeout  # seconds from the stop signal (README: 10 s)
         self._stopping = asyncio.Event()
@@ -175,8 +183,10 @@ class Service:
         data_dir = self.config.server.data_dir
         try:
             prepare_data_dir(data_dir)
-            # One serve per data_dir (gateway.process.instance): held until stop() or the exit.
-            self._lock = DataDirLock.acquire(data_dir)
+            # One serve per data_dir (gateway.process.instance): held until stop() or the exit;
+            # by the supervisor when this is one of its workers.
+            if self.role is None:
+                self._lock = DataDirLock.acquire(data_dir)
         except OSError as error:
             raise StartupError(f"cannot use data_dir {data_dir}: {error.strerror}") from None
         try:
@@ -190,7 +200,7 @@ class Service:
 
     async def _start(self) -> None:
         config = self.config
-        ready = prepare(config)
+        ready = prepare(config, self.role)
         self.box = ready.box
         storage = await self._open_storage(ready)
         outbound = self._outbound()
@@ -202,11 +212,13 @@ class Service:
             account_routes=self.account_routes, warmup=self.warmup,
         )  # fmt: skip
         await self._open_doors(ready, storage, intake, manage, delivery.wake)
+        host, port = config.http.listen
+        http = f"{host}:{port}" if ready.http_socket else "in worker 0"
         log.info(
-            "postern %s listening: smtp %s, http %s:%d; database %s",
+            "postern %s listening: smtp %s, http %s; database %s",
             ready.node,
             ", ".join(f"{h}:{p}" for h, p in config.smtp.listen),
-            *config.http.listen,
+            http,
             database_of(config),
         )
 
@@ -286,7 +298,9 @@ class Service:
             cooldown=min(10.0, config.retry_schedule[0]),
             guard=outbound.pools,
         )
-        registry = self.registry = PoolRegistry(session)
+        # With workers, each opens its share of a pool's max_connections (the node's cap).
+        processes = self.role.count if self.role is not None else 1
+        registry = self.registry = PoolRegistry(session, processes)
         direct = DirectRoutes(outbound.resolver, session, config.mx_port, guard=outbound.mx)
         db, writer, queue = storage.db, storage.writer, storage.queue
         gate = self.warmup = WarmupGate(
@@ -327,7 +341,12 @@ class Service:
         """DKIM signing, the senders' identities, and the policy pipeline of both doors."""
         db = storage.db
         # A key made by `postern dkim generate` in another process is picked up within 2 s.
-        signers = self.signers = Signers(db, ready.box, ttl=2.0, offload=SigningProcess())
+        # RSA in a signing child process; POSTERN_DKIM_SIGNING=inline (a switch for
+        # bench/compare_postfix.py --dkim-inline, to measure it against each worker signing
+        # on its own core) signs on the event loop.
+        inline = os.environ.get("POSTERN_DKIM_SIGNING") == "inline"
+        offload = None if inline else SigningProcess()
+        signers = self.signers = Signers(db, ready.box, ttl=2.0, offload=offload)
         await signers.reload()
         # Verified domains and aliases (routing, policy.sender); other nodes' changes within 2 s.
         enforce = self.config.policy.sender == "verified"
@@ -351,6 +370,22 @@ class Service:
         """The retention sweep, the event webhooks, and the loops keeping caches current."""
         config = self.config
         db, writer, queue = storage.db, storage.writer, storage.queue
+        loops = self.loops
+        loops.run(watch_lag, "event loop lag probe")
+        # Every process keeps its caches current (other workers and nodes change them).
+        loops.every(FOLLOW_INTERVAL, queue.suppressions.follow, "suppression list refresh")
+        loops.every(WATCH_INTERVAL, pools.look, "checking for pool changes")  # other nodes
+        if self.warmup is not None:  # each process's gate follows the warmups
+            loops.every(warmup.FOLLOW_INTERVAL, self.warmup.follow, "following warmups")
+        if self.account_routes is not None:
+            watch = account_routes.WATCH_INTERVAL
+            loops.every(watch, self.account_routes.look, "checking for account changes")
+        if not self.primary:
+            # The rest runs in worker 0 alone. The webhook senders and the IMAP sync take
+            # leases and would be safe in every worker, but would only multiply their scans
+            # (and IMAP IDLE connections, which servers cap per user); the sweeps and the
+            # gauge take none and would repeat each other's work.
+            return
         self.retention = Retention(
             writer,
             config.storage.retention,
@@ -361,17 +396,10 @@ class Service:
         self.webhooks = await start_webhooks(
             config.webhooks, db, writer, ready.box, outbound.webhooks, ready.node
         )
-        loops = self.loops
-        loops.every(FOLLOW_INTERVAL, queue.suppressions.follow, "suppression list refresh")
         loops.every(GAUGE_INTERVAL, partial(count_messages, queue), "queue gauge refresh")
-        loops.every(WATCH_INTERVAL, pools.look, "checking for pool changes")  # other nodes
-        if self.warmup is not None:
-            loops.every(warmup.FOLLOW_INTERVAL, self.warmup.follow, "following warmups")
+        if self.warmup is not None:  # under a lease: one node's worker 0 checks
             check = config.warmup.check_interval
             loops.every(check, self.warmup.check_spikes, "checking warmups for spikes")
-        if self.account_routes is not None:
-            watch = account_routes.WATCH_INTERVAL
-            loops.every(watch, self.account_routes.look, "checking for account changes")
         purge = partial(purge_idempotency_keys, db)  # both doors reserve keys
         loops.every(PURGE_INTERVAL, purge, "purging idempotency keys", at_once=True)
         await self._start_account_sync(ready, db, outbound)
@@ -387,8 +415,9 @@ class Service:
         auth = self.config.auth
         sessions = Sessions(db, Lifetimes(auth.session_idle, auth.session_absolute))
         users = Users(db, Passwords(), forget=(sessions.forget_user, keys.forget_user))
-        purge = partial(purge_expired_sessions, sessions)
-        self.loops.every(PURGE_INTERVAL, purge, "purging expired sessions", at_once=True)
+        if self.primary:
+            purge = partial(purge_expired_sessions, sessions)
+            self.loops.every(PURGE_INTERVAL, purge, "purging expired sessions", at_once=True)
         return People(users, sessions)
 
     def _start_reputation(self, ready: Prepared, db: Database) -> None:
@@ -501,6 +530,8 @@ class Service:
     def _start_http(self, ready: Prepared, storage: Storage, api: ApiContext) -> None:
         """The API on http.listen; /metrics there or alone on http.metrics_listen."""
         http = self.config.http
+        if ready.http_socket is None:
+            return  # another worker serves HTTP
         need_key = http.metrics_need_key()
         metrics_socket = ready.metrics_socket
         access: MetricsAccess = "elsewhere" if metrics_socket else "key" if need_key else "open"

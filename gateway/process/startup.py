@@ -4,9 +4,11 @@ operator must fix fails here, first, as a StartupError naming it."""
 
 from __future__ import annotations
 
+import json
+import os
 import secrets
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.config import Config, ConfigError, server_tls_context
@@ -31,18 +33,55 @@ class Prepared:
     budget: Budget  # file descriptors per door
     smtp_limits: ListenerLimits  # holds the TLS certificate
     smtp_sockets: list[socket.socket]
-    http_socket: socket.socket
+    http_socket: socket.socket | None  # None: another worker serves HTTP
     metrics_socket: socket.socket | None  # None: /metrics is served on the http socket
     bounce_limits: ListenerLimits | None = None  # the bounce listener's; None: off
     bounce_socket: socket.socket | None = None
 
 
-def prepare(config: Config) -> Prepared:
+ROLE_ENV = "POSTERN_WORKER"  # set by the supervisor in each worker's environment
+
+
+@dataclass(frozen=True)
+class WorkerRole:
+    """One worker of a supervised `serve` (gateway.process.supervisor): its index, how many
+    there are, and the listening sockets it was handed (inherited descriptors; the
+    supervisor bound them, so a port in use is its error, said once)."""
+
+    index: int
+    count: int
+    parent: int  # the supervisor's pid: a worker whose parent is gone exits
+    smtp: list[int] = field(default_factory=list)
+    http: int | None = None  # worker 0 alone serves HTTP
+    metrics: int | None = None
+    bounce: int | None = None
+
+    @property
+    def primary(self) -> bool:
+        """Runs what one process of a node runs: HTTP, sweeps, the IMAP sync, webhooks."""
+        return self.index == 0
+
+    def node(self, base: str) -> str:
+        """This worker's identity in claims and leases: worker 0 keeps the node's own (so a
+        node that ran as one process finds its claims), the others `<node>-w<index>`."""
+        return base if self.index == 0 else f"{base}-w{self.index}"
+
+    def to_env(self) -> str:
+        return json.dumps(self.__dict__)
+
+    @classmethod
+    def from_env(cls, text: str) -> WorkerRole:
+        return cls(**json.loads(text))
+
+
+def prepare(config: Config, role: WorkerRole | None = None) -> Prepared:
     data_dir = config.server.data_dir
     try:
         node = node_id(data_dir)
     except OSError as error:
         raise StartupError(f"cannot use data_dir {data_dir}: {error.strerror}") from None
+    if role is not None:
+        node = role.node(node)
     try:
         budget = door_budget(config)  # raises the open-file limit, fits the caps under it
     except TooFewDescriptors as error:
@@ -52,19 +91,134 @@ def prepare(config: Config) -> Prepared:
         box = SecretBox.from_environment(data_dir)
     except SecretError as error:
         raise StartupError(str(error)) from None
-    metrics_listen = config.http.metrics_listen
     bounce_listen = config.bounces.listen
+    sockets = Listeners.bind(config) if role is None else Listeners.inherited(role)
     return Prepared(
         node=node,
         box=box,
         budget=budget,
         smtp_limits=smtp_limits,
-        smtp_sockets=[bind(host, port) for host, port in config.smtp.listen],
-        http_socket=bind(*config.http.listen),
-        metrics_socket=bind(*metrics_listen) if metrics_listen else None,
-        bounce_limits=bounce_limits(config, smtp_limits, budget) if bounce_listen else None,
-        bounce_socket=bind(*bounce_listen) if bounce_listen else None,
+        smtp_sockets=sockets.smtp,
+        http_socket=sockets.http,
+        metrics_socket=sockets.metrics,
+        bounce_limits=(
+            bounce_limits(config, smtp_limits, budget)
+            if bounce_listen and sockets.bounce is not None
+            else None
+        ),
+        bounce_socket=sockets.bounce,
     )
+
+
+@dataclass
+class Listeners:
+    """The listening sockets of one process: bound here, or inherited from the supervisor."""
+
+    smtp: list[socket.socket]
+    http: socket.socket | None
+    metrics: socket.socket | None = None
+    bounce: socket.socket | None = None
+
+    @classmethod
+    def bind(cls, config: Config) -> Listeners:
+        metrics_listen, bounce_listen = config.http.metrics_listen, config.bounces.listen
+        return cls(
+            smtp=[bind(host, port) for host, port in config.smtp.listen],
+            http=bind(*config.http.listen),
+            metrics=bind(*metrics_listen) if metrics_listen else None,
+            bounce=bind(*bounce_listen) if bounce_listen else None,
+        )
+
+    @classmethod
+    def inherited(cls, role: WorkerRole) -> Listeners:
+        def adopt(fd: int | None) -> socket.socket | None:
+            if fd is None:
+                return None
+            sock = socket.socket(fileno=fd)
+            sock.setblocking(False)
+            return sock
+
+        return cls(
+            smtp=[sock for sock in map(adopt, role.smtp) if sock is not None],
+            http=adopt(role.http),
+            metrics=adopt(role.metrics),
+            bounce=adopt(role.bounce),
+        )
+
+
+@dataclass
+class SharedListeners:
+    """What a supervisor binds for `count` workers: for each SMTP address one socket per
+    worker, all in one SO_REUSEPORT group (the kernel spreads connections over them by a
+    hash of the client's address and port); the HTTP, metrics and bounce sockets once, for
+    worker 0. The supervisor keeps them open for the life of `serve`: a worker that dies
+    and is replaced finds its socket, and the connections queued on it, still there."""
+
+    smtp: list[list[socket.socket]]  # [address][worker]
+    http: socket.socket
+    metrics: socket.socket | None
+    bounce: socket.socket | None
+
+    @classmethod
+    def bind(cls, config: Config, count: int) -> SharedListeners:
+        metrics_listen, bounce_listen = config.http.metrics_listen, config.bounces.listen
+        made: list[socket.socket] = []
+        try:
+            smtp = []
+            for host, port in config.smtp.listen:
+                group = reuseport_group(host, port, count)
+                made.extend(group)
+                smtp.append(group)
+            http = bind(*config.http.listen)
+            made.append(http)
+            metrics = bind(*metrics_listen) if metrics_listen else None
+            made.extend([metrics] if metrics else [])
+            bounce = bind(*bounce_listen) if bounce_listen else None
+        except BaseException:
+            for sock in made:
+                sock.close()
+            raise
+        return cls(smtp, http, metrics, bounce)
+
+    def role(self, index: int, count: int) -> WorkerRole:
+        """Worker `index`'s share: its SMTP socket of each group; HTTP for worker 0."""
+        first = index == 0
+        return WorkerRole(
+            index=index,
+            count=count,
+            parent=os.getpid(),
+            smtp=[group[index].fileno() for group in self.smtp],
+            http=self.http.fileno() if first else None,
+            metrics=self.metrics.fileno() if first and self.metrics else None,
+            bounce=self.bounce.fileno() if first and self.bounce else None,
+        )
+
+    def all(self) -> list[socket.socket]:
+        extra = [self.http, self.metrics, self.bounce]
+        return [sock for group in self.smtp for sock in group] + [s for s in extra if s]
+
+    def close(self) -> None:
+        for sock in self.all():
+            sock.close()
+
+
+def reuseport_group(host: str, port: int, count: int) -> list[socket.socket]:
+    """`count` listening sockets on host:port in one SO_REUSEPORT group. The address is
+    first bound alone, without SO_REUSEPORT: that fails if anyone at all listens there
+    (another program, or another `postern serve` of this user, which SO_REUSEPORT would
+    otherwise let in silently), with the error one process gives."""
+    probe = bind(host, port)
+    port = probe.getsockname()[1]  # port 0: the one the kernel chose, for the whole group
+    probe.close()
+    group: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            group.append(bind(host, port, reuse_port=True))
+    except BaseException:
+        for sock in group:
+            sock.close()
+        raise
+    return group
 
 
 def node_id(data_dir: Path) -> str:
@@ -115,13 +269,15 @@ def bounce_limits(config: Config, smtp: ListenerLimits, budget: Budget) -> Liste
     )
 
 
-def bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     """A listening socket, or a StartupError naming the address."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP, and
     # without it every two-write HTTP response waits out the client's delayed ACK (40 ms).
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
         sock.listen(1024)

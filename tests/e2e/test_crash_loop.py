@@ -37,3 +37,30 @@ def test_sigkill_loop_loses_no_acknowledged_message(tmp_path: Path) -> None:
     assert not report.refused_delivered, f"refused yet delivered: {report.refused_delivered}"
     assert report.drained, f"queue not drained after the last restart: {report.queue_left}"
     assert report.final_exit == 0, f"SIGTERM after the drain exited {report.final_exit}"
+
+
+WORKER_ROUNDS = int(os.environ.get("POSTERN_CRASH_WORKER_ROUNDS", "8"))
+
+
+@pytest.mark.timeout(max(300, WORKER_ROUNDS * 20))
+def test_sigkill_loop_with_two_workers(tmp_path: Path) -> None:
+    """The same loop with `workers = 2`: the SIGKILL hits the supervisor, and its workers die
+    with it (PR_SET_PDEATHSIG) wherever they were; the next start finds their ports free
+    and their claims (one node id per worker) to release."""
+    settings = Settings(
+        rounds=WORKER_ROUNDS,
+        seconds=WORKER_ROUNDS * 15.0,
+        seed=int(SEED) if SEED else None,
+        drain_timeout=60.0,
+        smtp_senders=2,
+        workers=2,
+    )
+    report = run(settings, tmp_path / "crashloop-workers")
+    print("\n[crash loop, 2 workers] " + "\n[crash loop, 2 workers] ".join(report.lines()))
+
+    assert report.rounds == WORKER_ROUNDS, f"only {report.rounds} rounds ran within the time cap"
+    assert report.acked > 0, "no message was acknowledged: the loop tested nothing"
+    assert not report.lost, f"acknowledged but never delivered: {report.lost_explained}"
+    assert not report.refused_delivered, f"refused yet delivered: {report.refused_delivered}"
+    assert report.drained, f"queue not drained after the last restart: {report.queue_left}"
+    assert report.final_exit == 0, f"SIGTERM after the drain exited {report.final_exit}"

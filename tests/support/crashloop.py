@@ -92,6 +92,7 @@ class Settings:
     pace: float = 0.01  # seconds between two messages of one sender
     drain_timeout: float = 60.0  # after the last restart
     settle: float = 1.5  # watch for late duplicates once drained (> retry interval)
+    workers: int = 1  # [server] workers: >1 kills a supervisor, whose workers die with it
     verbose: bool = False
 
 
@@ -272,11 +273,14 @@ def run_cli(*args: str, timeout: float = 60.0) -> str:
     return result.stdout
 
 
-def config_text(data_dir: Path, smtp_port: int, http_port: int, sink_port: int) -> str:
+def config_text(
+    data_dir: Path, smtp_port: int, http_port: int, sink_port: int, workers: int = 1
+) -> str:
     return f"""\
 [server]
 hostname = "postern.crash.test"
 data_dir = "{data_dir}"
+workers = {workers}
 
 [smtp]
 listen = ["127.0.0.1:{smtp_port}"]
@@ -523,7 +527,7 @@ def run(settings: Settings, workdir: Path, echo: Callable[[str], None] = print) 
     try:
         smtp_port, http_port = free_port(), free_port()
         config = workdir / "postern.toml"
-        config.write_text(config_text(data_dir, smtp_port, http_port, sink.port))
+        config.write_text(config_text(data_dir, smtp_port, http_port, sink.port, settings.workers))
         created = run_cli(
             "keys", "create", "--name=crash", "--scope=send", f"--config={config}", "--json"
         )

@@ -611,3 +611,20 @@ def test_warmup_spike_rates_accept_a_small_rate_and_one(tmp_path: Path) -> None:
     loaded = load(write(tmp_path, "[warmup]\nbounce_rate = 1\ncomplaint_rate = 0.0001\n"))
     assert loaded.warmup.bounce_rate == 1.0 and loaded.warmup.complaint_rate == 0.0001
     assert loaded.warmup.paused_recheck == 3600.0  # the backstop: a resume wakes mail at once
+
+
+def test_workers_auto_counts_the_usable_cpus(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cfg.os, "sched_getaffinity", lambda _pid: {0, 3, 5})
+    assert load(write(tmp_path, '[server]\nworkers = "auto"\n')).server.workers == 3
+    assert load(write(tmp_path, "[server]\nworkers = 4\n")).server.workers == 4
+    assert Config().server.workers == 1  # one process unless asked
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [("0", "positive"), ('"many"', '"auto"'), ("1000", "at most"), ("2.5", "integer")],
+)
+def test_workers_refusals(tmp_path: Path, value: str, words: str) -> None:
+    assert words in refusal(tmp_path, f"[server]\nworkers = {value}\n")

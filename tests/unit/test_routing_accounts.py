@@ -115,3 +115,16 @@ async def test_the_registry_keeps_accounts_out_of_the_pools() -> None:
     registry.load_accounts([])  # disconnected
     assert registry.account_ids() == frozenset() and registry.all() == []
     await registry.close()
+
+
+async def test_workers_share_a_pools_connections() -> None:
+    """With 3 workers, each opens its share of max_connections (rounded up); reloading the
+    same settings keeps the upstream (and its sessions)."""
+    registry = PoolRegistry(SessionSettings(local_hostname="postern.test"), processes=3)
+    pool = PoolSettings(id="pool_a", name="a", host="127.0.0.1", port=2525, max_connections=10)
+    registry.load([pool])
+    assert [s.max_connections for s in registry.settings()] == [4]
+    kept = registry.get("pool_a")
+    registry.load([pool])
+    assert registry.get("pool_a") is kept
+    await registry.close()

@@ -1,0 +1,427 @@
+"""`postern serve` with `[server] workers` > 1: a supervisor and its workers.
+
+The supervisor is the process systemd starts. It takes the data_dir lock, binds every
+listening socket (gateway.process.startup.SharedListeners: for each SMTP address one socket
+per worker in a SO_REUSEPORT group, HTTP once), then starts each worker as a fresh
+`python -m gateway.process.cli serve` (not a fork: the parent holds no event loop, threads
+or database connections a child could inherit half-made) with its sockets as inherited
+descriptors and its role in `POSTERN_WORKER`. Each worker is a whole `Service`: its own
+event loop, database connections and group-commit writer, SMTP door and delivery workers
+claiming from storage under its own node id (`<node>-w<index>`), as separate nodes do.
+Worker 0 alone serves HTTP and runs what one process per node runs (Service.primary).
+
+What the supervisor does after that:
+- **Logs**: each worker's stderr is a pipe it reads line by line and writes to its own
+  stderr, one whole line at a time, so the mail log stays one stream of whole lines.
+- **Metrics**: prometheus-client's multiprocess mode, in a private temporary folder
+  (`PROMETHEUS_MULTIPROC_DIR`, removed at exit); worker 0's /metrics sums every worker's.
+- **A worker that dies** is started again, at once the first time, then after a delay that
+  doubles with each death within a minute (up to 30 s). Its sockets stayed open here, so the
+  connections the kernel queued on them wait for the new worker instead of being refused.
+  The new worker releases what its node id claimed, so its messages are delivered again
+  (at-least-once, as after any crash).
+- **Start**: it answers for the workers: if one fails to start, the others are stopped and
+  `serve` exits with that worker's status (2 for what an operator must fix), its error line
+  written once.
+- **SIGTERM / SIGINT**: passed to every worker (as SIGTERM), which drains as a lone `serve`
+  does; the supervisor closes its copies of the sockets (so that nothing more queues on them) and
+  exits 0 once every worker exited 0. A second signal is passed on too (the workers exit at
+  once). **SIGHUP** is passed on: each worker reloads `[[pools]]` and `[policy]`.
+- If the supervisor itself is killed, the kernel ends the workers (PR_SET_PDEATHSIG). They
+  inherit the data_dir lock, so it is held until the last is gone: a `serve` started at once
+  waits for them (gateway.process.instance) rather than finding their ports still taken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+from gateway.config import Config
+from gateway.process.instance import DataDirLock
+from gateway.process.logs import FORMAT, ZonedFormatter
+from gateway.process.startup import ROLE_ENV, SharedListeners, StartupError, node_id
+from gateway.security.secrets import SecretBox, SecretError
+from storage.db import prepare_data_dir
+
+log = logging.getLogger("postern.supervisor")
+
+START_TIMEOUT = 300.0  # a worker's start may include a schema upgrade
+STOP_GRACE = 15.0  # past the drain timeout, a worker still running is killed
+CRASH_WINDOW = 60.0  # deaths within this count towards the restart delay
+FIRST_DELAY = 0.25
+MAX_DELAY = 30.0
+LINE_LIMIT = 1 << 20  # a longer stderr line is cut (split) rather than stalling the pipe
+READY = b"postern-worker-ready\n"
+
+
+@dataclass
+class Worker:
+    index: int
+    proc: asyncio.subprocess.Process | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    deaths: list[float] = field(default_factory=list)  # monotonic times, within CRASH_WINDOW
+    stopped: bool = False  # this process was sent its stop signal
+    pumps: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+class Supervisor:
+    def __init__(
+        self,
+        config: Config,
+        config_path: str | None,
+        log_level: str,
+        drain_timeout: float = 10.0,
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.log_level = log_level
+        self.drain_timeout = drain_timeout
+        self.count = config.server.workers
+        self.workers = [Worker(index) for index in range(self.count)]
+        self._listeners: SharedListeners | None = None
+        self._lock: DataDirLock | None = None
+        self._metrics_dir: str | None = None
+        self._stopping = asyncio.Event()
+        self._signals = 0
+        self._errors_said: set[bytes] = set()  # a start error all workers hit: said once
+        self._out_lock = asyncio.Lock()
+
+    # --- run ------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Start the workers, keep them running until a stop signal, drain them; the exit
+        status (a StartupError of the supervisor's own is raised, as a lone serve's is)."""
+        _log_to_stderr(self.log_level)
+        data_dir = self.config.server.data_dir
+        try:
+            prepare_data_dir(data_dir)
+            lock = self._lock = DataDirLock.acquire(data_dir)
+        except OSError as error:
+            raise StartupError(f"cannot use data_dir {data_dir}: {error.strerror}") from None
+        try:
+            # Made once, here, before any worker reads them: two workers' first start would
+            # otherwise each write a node id of its own (the secret key is created without
+            # clobbering, but is checked once here, for one error line).
+            try:
+                node_id(data_dir)
+            except OSError as error:
+                raise StartupError(f"cannot use data_dir {data_dir}: {error.strerror}") from None
+            try:
+                SecretBox.from_environment(data_dir)
+            except SecretError as error:
+                raise StartupError(str(error)) from None
+            self._listeners = SharedListeners.bind(self.config, self.count)
+            self._metrics_dir = tempfile.mkdtemp(prefix="postern-metrics-")
+            return await self._supervise()
+        finally:
+            if self._listeners is not None:
+                self._listeners.close()
+            if self._metrics_dir is not None:
+                shutil.rmtree(self._metrics_dir, ignore_errors=True)
+            lock.release()
+
+    async def _supervise(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._reload)
+        status = await self._start_all()
+        if status is not None:
+            return status
+        log.info("supervisor: %d workers running", self.count)
+        watchers = [loop.create_task(self._watch(worker)) for worker in self.workers]
+        await self._stopping.wait()
+        return await self._drain(watchers)
+
+    async def _start_all(self) -> int | None:
+        """Every worker started and ready: None. One failed: the others stopped, its status.
+        Worker 0 starts first and alone: what a first start writes (the schema, its upgrade,
+        the secret key's binding, the file's pools) is then written once, by it; the others
+        start together once it is ready and find it all there."""
+        first = await self._start(self.workers[:1])
+        if first is not None or self.count == 1:
+            return first
+        if self._stopping.is_set():  # a stop signal as worker 0 became ready
+            await self._stop_workers(None, wait=self.drain_timeout + STOP_GRACE)
+            return self._status()
+        return await self._start(self.workers[1:])
+
+    async def _start(self, workers: list[Worker]) -> int | None:
+        for worker in workers:
+            await self._spawn(worker)
+        waits = {asyncio.ensure_future(self._ready_or_exit(worker)): worker for worker in workers}
+        deadline = time.monotonic() + START_TIMEOUT
+        pending = set(waits)
+        while pending:
+            done, pending = await asyncio.wait(
+                pending, timeout=max(0.0, deadline - time.monotonic()),
+                return_when=asyncio.FIRST_COMPLETED,
+            )  # fmt: skip
+            failed = [waits[task] for task in done if not task.result()]
+            if not done:  # timed out
+                failed = [waits[task] for task in pending]
+                for worker in failed:
+                    log.error("supervisor: worker %d did not start in time", worker.index)
+            if failed or self._stopping.is_set():
+                for task in pending:
+                    task.cancel()
+                # A stop signal was passed on already: a second one would end the workers
+                # without their drain.
+                again = None if self._stopping.is_set() else signal.SIGTERM
+                await self._stop_workers(again, wait=self.drain_timeout + STOP_GRACE)
+                if self._stopping.is_set():  # stopped while starting: what we asked for
+                    return self._status()
+                code = failed[0].proc.returncode if failed[0].proc else None
+                return code if code and code > 0 else 1
+        return None
+
+    async def _ready_or_exit(self, worker: Worker) -> bool:
+        assert worker.proc is not None
+        ready = asyncio.ensure_future(worker.ready.wait())
+        exited = asyncio.ensure_future(worker.proc.wait())
+        await asyncio.wait({ready, exited}, return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        if exited.done():
+            await asyncio.gather(*worker.pumps, return_exceptions=True)  # its last words
+            return False
+        exited.cancel()
+        return True
+
+    # --- one worker -----------------------------------------------------------------
+
+    async def _spawn(self, worker: Worker) -> None:
+        assert self._listeners is not None and self._metrics_dir is not None
+        role = self._listeners.role(worker.index, self.count)
+        env = dict(os.environ)
+        env[ROLE_ENV] = role.to_env()
+        env["PROMETHEUS_MULTIPROC_DIR"] = self._metrics_dir
+        argv = [sys.executable, "-m", "gateway.process.cli", "serve"]
+        argv += ["--log-level", self.log_level]
+        if self.config_path:
+            argv += ["--config", os.path.abspath(self.config_path)]
+        fds = [*role.smtp, *(fd for fd in (role.http, role.metrics, role.bounce) if fd)]
+        if self._lock is not None:
+            fds.append(self._lock.fileno())  # held by the worker too, until it is gone
+        worker.ready = asyncio.Event()
+        worker.stopped = False
+        worker.proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+            pass_fds=fds,
+            start_new_session=True,  # a Ctrl-C reaches the supervisor alone, which passes it on
+            limit=LINE_LIMIT,
+        )
+        assert worker.proc.stdout is not None and worker.proc.stderr is not None
+        log.info("supervisor: worker %d started (pid %d)", worker.index, worker.proc.pid)
+        if self._stopping.is_set():  # the stop signal came while it was being made
+            self._signal(worker, signal.SIGTERM)
+        loop = asyncio.get_running_loop()
+        worker.pumps = [
+            loop.create_task(self._pump(worker, worker.proc.stdout, sys.stdout.buffer)),
+            loop.create_task(self._pump(worker, worker.proc.stderr, sys.stderr.buffer)),
+        ]
+
+    async def _pump(self, worker: Worker, stream: asyncio.StreamReader, out: object) -> None:
+        """One worker's output, whole lines, to ours; its ready line sets `ready`."""
+        while True:
+            try:
+                line = await stream.readline()
+            except ValueError:  # longer than LINE_LIMIT: pass on what is there
+                line = await stream.read(LINE_LIMIT)
+            if not line:
+                return
+            if line == READY:
+                worker.ready.set()
+                continue
+            if line.startswith(b"postern: error:"):
+                if line in self._errors_said:
+                    continue
+                self._errors_said.add(line)
+            if not line.endswith(b"\n"):
+                line += b"\n"
+            _write_line(out, line)
+
+    async def _watch(self, worker: Worker) -> None:
+        """Start the worker again whenever it dies, with a delay growing on a crash loop."""
+        while True:
+            assert worker.proc is not None
+            await worker.proc.wait()
+            await asyncio.gather(*worker.pumps, return_exceptions=True)
+            self._forget_metrics(worker.proc.pid)
+            if self._stopping.is_set():
+                return
+            now = time.monotonic()
+            worker.deaths = [t for t in worker.deaths if now - t < CRASH_WINDOW] + [now]
+            delay = 0.0 if len(worker.deaths) == 1 else FIRST_DELAY * 2 ** (len(worker.deaths) - 2)
+            delay = min(MAX_DELAY, delay)
+            log.error(
+                "supervisor: worker %d (pid %d) %s; starting it again%s",
+                worker.index, worker.proc.pid, _how_it_ended(worker.proc.returncode),
+                f" in {delay:g}s" if delay else "",
+            )  # fmt: skip
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+            if self._stopping.is_set():
+                return
+            await self._spawn(worker)
+
+    def _forget_metrics(self, pid: int) -> None:
+        """A dead worker's gauges leave the sums; its counters stay in them."""
+        if self._metrics_dir is None:
+            return
+        from prometheus_client import multiprocess
+
+        with contextlib.suppress(OSError):
+            multiprocess.mark_process_dead(pid, self._metrics_dir)
+
+    # --- stop -----------------------------------------------------------------------
+
+    def _stop_signal(self, sig: signal.Signals) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            log.info("supervisor: %s: stopping the workers (each drains)", sig.name)
+            if self._listeners is not None:
+                # Nothing more queues on our copies: once each worker closes its own, a
+                # connection is refused as with one process.
+                self._listeners.close()
+            self._stopping.set()
+        else:
+            log.warning(
+                "supervisor: second stop signal (%s): exiting at once, the workers without "
+                "draining (messages in flight are retried when a worker starts)",
+                sig.name,
+            )
+        # SIGTERM whichever it was: a worker still importing dies of it quietly, where
+        # SIGINT would raise KeyboardInterrupt there, with a traceback.
+        self._pass_on(signal.SIGTERM)
+
+    def _pass_on(self, sig: signal.Signals) -> None:
+        for worker in self.workers:
+            self._signal(worker, sig)
+
+    def _signal(self, worker: Worker, sig: signal.Signals) -> None:
+        if worker.proc is not None and worker.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                worker.proc.send_signal(sig)
+            if sig == signal.SIGTERM:
+                worker.stopped = True
+
+    def _reload(self) -> None:
+        """SIGHUP to each worker that has started (one still starting reads the file as it
+        starts, and would not survive a SIGHUP before its handler is set)."""
+        for worker in self.workers:
+            if worker.ready.is_set():
+                self._signal(worker, signal.SIGHUP)
+            elif worker.proc is not None and worker.proc.returncode is None:
+                log.warning(
+                    "supervisor: SIGHUP: worker %d is still starting; not passed on", worker.index
+                )
+
+    def _status(self) -> int:
+        """The exit status once every worker is gone: 1 after a second stop signal or when
+        a worker did not end cleanly (0, or SIGTERM before its handler was set)."""
+        codes = [w.proc.returncode for w in self.workers if w.proc is not None]
+        if self._signals > 1 or any(code not in (0, -signal.SIGTERM) for code in codes):
+            log.warning("supervisor: workers exited %s", codes)
+            return 1
+        log.info("supervisor: stopped")
+        return 0
+
+    async def _drain(self, watchers: list[asyncio.Task[None]]) -> int:
+        await self._stop_workers(None, wait=self.drain_timeout + STOP_GRACE)
+        for task in watchers:
+            task.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)
+        return self._status()
+
+    async def _stop_workers(self, sig: signal.Signals | None, wait: float) -> None:
+        """Signal (unless already signalled) and wait for every worker; kill the late."""
+        if sig is not None:
+            self._pass_on(sig)
+        for worker in self.workers:  # made after the signal was passed on
+            if not worker.stopped:
+                self._signal(worker, signal.SIGTERM)
+        procs = [w.proc for w in self.workers if w.proc is not None]
+        waits = [asyncio.ensure_future(proc.wait()) for proc in procs]
+        if waits:
+            _, late = await asyncio.wait(waits, timeout=wait)
+            if late:
+                log.error("supervisor: %d worker(s) still running; killing them", len(late))
+                for proc in procs:
+                    if proc.returncode is None:
+                        with contextlib.suppress(ProcessLookupError):
+                            proc.kill()
+                await asyncio.wait(waits, timeout=5.0)
+        for worker in self.workers:
+            await asyncio.gather(*worker.pumps, return_exceptions=True)
+
+
+# --- in the worker ----------------------------------------------------------------------
+
+
+def become_worker(parent: int) -> None:
+    """In a worker, first thing: die with the supervisor (the kernel sends SIGKILL when it
+    goes, however it goes), and go now if it is already gone."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def say_ready() -> None:
+    """Tell the supervisor this worker started (its stdout is a pipe the supervisor reads)."""
+    os.write(1, READY)
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+
+def _write_line(out: object, line: bytes) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        out.write(line)  # type: ignore[attr-defined]
+        out.flush()  # type: ignore[attr-defined]
+
+
+def _how_it_ended(code: int | None) -> str:
+    if code is None:
+        return "is gone"
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-code).name}"
+        return f"was killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+class _LineHandler(logging.Handler):
+    """The supervisor's own records, written on its event loop's thread like the workers'
+    lines, whole, never interleaved with them."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+        except Exception:  # a broken record must not end the supervisor
+            self.handleError(record)
+            return
+        _write_line(sys.stderr.buffer, (text.replace("\n", "\n  | ") + "\n").encode())
+
+
+def _log_to_stderr(level: str) -> None:
+    handler = _LineHandler()
+    handler.setFormatter(ZonedFormatter(FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(getattr(logging, level.upper()))
