@@ -177,6 +177,7 @@ def test_every_page_of_an_owner_passes_axe(audit_tab: Watched, tmp_path: Path) -
     pages = ["/", "/settings/pools", "/settings/pools/new", "/settings/users"]
     pages += ["/settings/sessions", "/aliases", "/domains", "/keys", "/webhooks", "/live"]
     pages += ["/webhooks/new", "/suppressions", "/messages", "/sandbox", "/accounts", "/bounces"]
+    pages += ["/reputation"]
     pages += made_pages(audit_tab)
     found = {}
     for scheme in ("light", "dark"):
