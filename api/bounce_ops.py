@@ -10,8 +10,10 @@ shared with them (api.ownership's rule for accounts: that mailbox's bounces are 
 read). A report matched to no message (unmatched, unparsed, or its message deleted by
 retention) is an admin's only. A report the caller may not see is a 404, never a 403.
 
-Reclassifying changes what happens to the recipients of someone's mail (a suppression): an
-admin, or the sender of the matched message (the user, or the console key that sent it).
+Reclassifying changes what happens to the recipients of someone's mail (a suppression, which
+applies to the whole installation): an admin, or the sender of the matched message (the
+user, or the console key that sent it) holding the `suppressions` scope too (a member's role
+has it not: a send-only key or a member may not lift or add suppressions this way).
 Uploading a report (`POST /api/v1/bounces`) follows the same rule: an admin's upload may
 match any message; anyone else's only a message they sent (`uploader`), and one naming
 another's message is stored unmatched and does nothing (answered `unmatched`, as a report
@@ -78,10 +80,11 @@ async def get(ctx: ApiContext, caller: Caller, report: int) -> Any:
 
 
 def may_reclassify(caller: Caller, row: Any) -> bool:
-    """An admin, or whoever sent the report's message."""
+    """An admin, or whoever sent the report's message and holds the `suppressions` scope
+    (a new class adds or lifts installation-wide suppressions)."""
     if not restriction(caller):
         return True
-    if row.message_id is None:
+    if row.message_id is None or not caller.has("suppressions"):
         return False
     if caller.user is not None:
         return bool(row.sender_user_id == caller.user.id)
@@ -91,10 +94,13 @@ def may_reclassify(caller: Caller, row: Any) -> bool:
 async def reclassify(ctx: ApiContext, caller: Caller, report: int, cls: str) -> str:
     """Give the report another class, applied to its matched recipients: "changed" or
     "unchanged". 404 when the caller may not see it, 403 when they may see it but did not
-    send its message."""
+    send its message or lack the `suppressions` scope."""
     row = await get(ctx, caller, report)
     if not may_reclassify(caller, row):
-        raise errors.Forbidden("only an admin or the sender of its message may reclassify it")
+        raise errors.Forbidden(
+            "only an admin, or the sender of its message with the suppressions scope,"
+            " may reclassify it"
+        )
     if cls not in CLASSES:
         raise errors.InvalidRequest(
             f"class: one of {', '.join(CLASSES)}",

@@ -2,8 +2,8 @@
 admin sees every report; a member those of their own mail, and of mail that left through
 a connected account they own or that is shared with them; a key made at the console those
 of the mail it sent; a report matched to no message is an admin's only. Another's report
-is a 404 (never a 403), to read and to reclassify; reclassifying is an admin's or the
-sender's. The inbox mail an account's sync skipped is listed to whoever sees the account.
+is a 404 (never a 403), to read and to reclassify; reclassifying is an admin's, or the
+sender's holding the `suppressions` scope (a member, a send-only key: 403). The inbox mail an account's sync skipped is listed to whoever sees the account.
 A report uploaded without the `admin` scope acts only on the uploader's own mail. On SQLite
 and on PostgreSQL."""
 
@@ -186,31 +186,45 @@ async def test_reports_follow_their_messages_visibility(
     assert shown.status_code == 200 and shown.json()["bounce"]["message_id"] == owners
     assert (await admin.call("GET", f"/api/v1/bounces/{reports['unmatched']}")).status_code == 200
 
-    # Reclassifying: the sender of the message or an admin; seeing it is not enough.
-    refused = await sharer.call(
-        "POST", f"/api/v1/bounces/{reports['owner']}/reclassify", json={"class": "soft"}
-    )
-    assert (refused.status_code, refused.json()["code"]) == (403, "forbidden")
+    # Reclassifying: an admin, or the sender holding `suppressions`; seeing it is not
+    # enough, nor is sending it (a member's role and a send-only key lack the scope: a
+    # suppression is installation-wide).
     path = f"/api/v1/bounces/{reports['owner']}/reclassify"
-    done = await owner.call("POST", path, json={"class": "soft"})
+    for who in (sharer, owner):
+        refused = await who.call("POST", path, json={"class": "ignore"})
+        assert (refused.status_code, refused.json()["code"]) == (403, "forbidden"), who
+    by_send_key = await api.http.post(
+        f"/api/v1/bounces/{reports['console']}/reclassify",
+        json={"class": "ignore"}, headers=auth(console),
+    )  # fmt: skip
+    assert (by_send_key.status_code, by_send_key.json()["code"]) == (403, "forbidden")
+    done = await admin.call("POST", path, json={"class": "soft"})
     assert done.status_code == 200, done.text
     assert done.json()["outcome"] == "changed"
     assert done.json()["bounce"]["classification"] == "soft"
-    same = await owner.call("POST", path, json={"class": "soft"})
+    same = await admin.call("POST", path, json={"class": "soft"})
     assert same.json()["outcome"] == "unchanged"
-    bad = await owner.call("POST", path, json={"class": "bogus"})
+    bad = await admin.call("POST", path, json={"class": "bogus"})
     assert bad.status_code == 400
-    unknown = await owner.call("POST", path, json={"class": "soft", "other": 1})
+    unknown = await admin.call("POST", path, json={"class": "soft", "other": 1})
     assert unknown.status_code == 400
     by_admin = await admin.call(
         "POST", f"/api/v1/bounces/{reports['unmatched']}/reclassify", json={"class": "ignore"}
     )
     assert by_admin.status_code == 200 and by_admin.json()["outcome"] == "changed"
+    # A console key of `send` and `suppressions`: its own mail's reports, not another's.
+    _, both = await create_key(api.svc.db, "console+", ["send", "suppressions"])
+    mine = checked(await api.send(payload(to=[{"email": "other@example.test"}]), key=both))
+    own = await bounced(api, uploader, mine)
     by_console = await api.http.post(
-        f"/api/v1/bounces/{reports['console']}/reclassify",
-        json={"class": "policy"}, headers=auth(console),
-    )  # fmt: skip
+        f"/api/v1/bounces/{own}/reclassify", json={"class": "policy"}, headers=auth(both)
+    )
     assert by_console.status_code == 200, by_console.text
+    not_its = await api.http.post(
+        f"/api/v1/bounces/{reports['stranger']}/reclassify",
+        json={"class": "ignore"}, headers=auth(both),
+    )  # fmt: skip
+    assert not_its.status_code == 404
 
 
 async def test_the_inbox_mail_the_sync_skipped_is_listed_to_who_sees_the_account(
