@@ -19,7 +19,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Row, bindparam, delete, false, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Row,
+    bindparam,
+    delete,
+    false,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from storage.models import BounceReport, MailAccount, Message, Recipient, SoftBounce, Suppression
@@ -310,6 +321,27 @@ def remove_suppressions_noted(
         .returning(SUP.c.email)
     )
     return [str(email) for email in conn.execute(statement).scalars()]
+
+
+def processed_for(
+    conn: Connection, emails: Sequence[str], keys: Sequence[str], excluding: int
+) -> list[Row[Any]]:
+    """(id, entries) of the processed reports, other than `excluding`, that may speak of
+    one of `keys` (mailbox keys): about a message with a recipient spelled as one of
+    `emails` (ix_recipient_email_time), or whose entries name a key in any case (a rare
+    operator's action: it reads the processed reports, which retention bounds). The caller
+    reads the entries for what they say."""
+    if not emails and not keys:
+        return []
+    about = select(R.c.message_id).where(R.c.email.in_(sorted(set(emails))))
+    named = [func.lower(BR.c.entries).contains(key, autoescape=True) for key in sorted(set(keys))]
+    query = (
+        select(BR.c.id, BR.c.entries)
+        .where(BR.c.status == "processed", BR.c.id != excluding)
+        .where(or_(BR.c.message_id.in_(about), *named))
+        .order_by(BR.c.id.desc())
+    )
+    return list(conn.execute(query))
 
 
 # A delivery to these addresses (`email`, mailbox keys) forgets their soft bounces: run in

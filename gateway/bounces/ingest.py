@@ -19,7 +19,7 @@ from typing import Any, Literal
 from sqlalchemy import Connection
 
 from gateway.addresses import mailbox_key
-from gateway.bounces.effects import Hit, SoftPolicy, apply, undo
+from gateway.bounces.effects import Hit, SoftPolicy, apply, reestablish, undo
 from gateway.bounces.model import Entry, Report
 from gateway.bounces.report import parse
 from gateway.bounces.returnpath import REF_HEADER, ReturnPath, own_message_id
@@ -323,12 +323,16 @@ class BounceIngest:
             return "unknown", [], []
         if row.cls == cls:
             return "unchanged", [], []
-        keys = sorted({mailbox_key(e["matched"]) for e in _entries(row) if e.get("matched")})
+        spellings = sorted({e["matched"] for e in _entries(row) if e.get("matched")})
+        keys = sorted({mailbox_key(e) for e in spellings})
         lifted = undo(conn, report_id, keys)
+        # another report's complaint or hard bounce for the address still stands
+        kept = reestablish(conn, report_id, lifted, spellings, now)
         if lifted:
             log.info(
-                "bounce report %s reclassified: lifted %d suppressions", report_id, len(lifted)
-            )
+                "bounce report %s reclassified: lifted %d suppressions (%d still justified"
+                " by another report)", report_id, len(lifted), len(kept),
+            )  # fmt: skip
         reason = "reclassified by an operator"
         entries = [{**e, "cls": cls, "rule": OPERATOR, "reason": reason} for e in _entries(row)]
         acting = cls not in PASSIVE and row.message_id is not None
@@ -338,7 +342,7 @@ class BounceIngest:
             conn, report_id, cls=cls, rule=OPERATOR, reason=reason, status=status,
             entries=json.dumps(entries), updated_at=now,
         )  # fmt: skip
-        suppressed: list[str] = []
+        suppressed: list[str] = list(kept)
         for hit in (_hit_of(report_id, row.message_id, e, row.source) for e in chosen):
             suppressed += apply(conn, hit, self._soft, now)
         return "changed", suppressed, lifted

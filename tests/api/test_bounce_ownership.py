@@ -3,7 +3,8 @@ admin sees every report; a member those of their own mail, and of mail that left
 a connected account they own or that is shared with them; a key made at the console those
 of the mail it sent; a report matched to no message is an admin's only. Another's report
 is a 404 (never a 403), to read and to reclassify; reclassifying is an admin's, or the
-sender's holding the `suppressions` scope (a member, a send-only key: 403). The inbox mail an account's sync skipped is listed to whoever sees the account.
+sender's holding the `suppressions` scope (a member, a send-only key: 403). The inbox mail
+an account's sync skipped is listed to whoever sees the account.
 A report uploaded without the `admin` scope acts only on the uploader's own mail. On SQLite
 and on PostgreSQL."""
 
