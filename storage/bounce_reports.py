@@ -107,6 +107,14 @@ def existing(
     return None
 
 
+def lock(conn: Connection, report_id: int) -> bool:
+    """Hold the report's row until the transaction ends (PostgreSQL: FOR UPDATE, so two
+    operators' changes of one report run one after the other; SQLite has one writer);
+    False when there is no such report."""
+    query = select(BR.c.id).where(BR.c.id == report_id).with_for_update()
+    return conn.execute(query).first() is not None
+
+
 def update_report(conn: Connection, report_id: int, **values: Any) -> None:
     conn.execute(update(BR).where(BR.c.id == report_id).values(**values))
 

@@ -299,11 +299,14 @@ class BounceIngest:
 
     async def reclassify(self, report_id: int, cls: str) -> str:
         """Give a stored report another class and apply what that class does to its
-        matched recipients: "changed", "unchanged" (it had that class: nothing is applied
-        again) or "unknown" (no such report). The suppressions this report itself added
-        (their note names it) are lifted first; an operator's own entry, or one another
-        report added, stays. The rest of what the old class did stays done: events sent,
-        soft-bounce counts, a recipient or message marked bounced."""
+        matched recipients: "changed", "unchanged" (it and each of its entries had that
+        class: nothing is applied again) or "unknown" (no such report). Two at once for
+        one report run one after the other (its row is locked). The suppressions this
+        report itself added (their note names it) are lifted first; an operator's own
+        entry, or one another report added, stays (and one another processed report still
+        justifies is put back: gateway.bounces.effects.reestablish). The rest of what the
+        old class did stays done: events sent, soft-bounce counts, a recipient or message
+        marked bounced."""
         if cls not in CLASSES:
             raise ValueError(f"class must be one of {', '.join(CLASSES)}")
         now = self._clock()
@@ -318,10 +321,12 @@ class BounceIngest:
     def _reclassify(
         self, conn: Connection, report_id: int, cls: str, now: float
     ) -> tuple[str, list[str], list[str]]:
+        if not stored.lock(conn, report_id):  # a concurrent change of it waits for ours
+            return "unknown", [], []
         row = stored.get(conn, report_id)
         if row is None:
             return "unknown", [], []
-        if row.cls == cls:
+        if row.cls == cls and all(e.get("cls") == cls for e in _entries(row)):
             return "unchanged", [], []
         spellings = sorted({e["matched"] for e in _entries(row) if e.get("matched")})
         keys = sorted({mailbox_key(e) for e in spellings})

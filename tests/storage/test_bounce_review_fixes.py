@@ -5,12 +5,17 @@ are all counted."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+
 from gateway.queue.store import Queue
 from storage.db import Database
 from tests.storage.test_bounce_ingest import (
     LISTENER,
     delivered,
+    events_of,
     ingest,
+    report,
     suppression,
     verp,
 )
@@ -53,3 +58,46 @@ async def test_a_hard_bounce_is_put_back_when_a_complaint_is_reclassified(
         "hard_bounce",
         f"bad-mailbox [bounce report {hard.report_id}]",
     )
+
+
+async def test_concurrent_reclassifies_of_one_report_apply_it_once(
+    backend: Database, queue: Queue
+) -> None:
+    message_id = await delivered(queue, "r@example.test")
+    taker = ingest(backend, queue)
+    first = await taker.ingest(dsn("r@example.test", to=verp(message_id), nonce="r"), LISTENER)
+    before = len(await events_of(backend, message_id))
+    outcomes = await asyncio.gather(
+        *(taker.reclassify(first.report_id or 0, "complaint") for _ in range(4))
+    )
+    assert sorted(outcomes) == ["changed", "unchanged", "unchanged", "unchanged"]
+    added = [e["type"] for e in await events_of(backend, message_id)][before:]
+    assert added == ["complaint"]
+
+
+def two_entries(first: str, second: str, to: str) -> bytes:
+    """A DSN of two entries: `first` failed for good (hard), `second` mailbox full (soft)."""
+    raw = dsn(first, to=to, nonce="two").decode()
+    other = (
+        f"Final-Recipient: rfc822; {second}\r\nAction: failed\r\nStatus: 4.2.2\r\n"
+        "Diagnostic-Code: smtp; 452 4.2.2 mailbox full\r\n\r\n"
+    )
+    head, tail = raw.split("--B\r\nContent-Type: text/rfc822-headers", 1)
+    return (head + other + "--B\r\nContent-Type: text/rfc822-headers" + tail).encode()
+
+
+async def test_unchanged_only_when_every_entry_has_that_class(
+    backend: Database, queue: Queue
+) -> None:
+    message_id = await delivered(queue, "a@example.test", "b@example.test")
+    taker = ingest(backend, queue)
+    raw = two_entries("a@example.test", "b@example.test", verp(message_id))
+    done = await taker.ingest(raw, LISTENER)
+    row = await report(backend, done.report_id)
+    assert row.cls == "hard"
+    assert [e["cls"] for e in json.loads(row.entries)] == ["hard", "soft"]
+    assert await suppression(backend, "b@example.test") is None
+    # the first entry is hard already, the second is not: the operator's `hard` applies
+    assert await taker.reclassify(done.report_id or 0, "hard") == "changed"
+    assert (await suppression(backend, "b@example.test")).reason == "hard_bounce"
+    assert await taker.reclassify(done.report_id or 0, "hard") == "unchanged"
