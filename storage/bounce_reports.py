@@ -8,7 +8,9 @@ module only says how. A report is inserted once: `insert` does nothing when its
 A report's identity (`content_hash`) is the SHA-256 of its bytes, scoped to the envelope
 recipient it came for when it came with one (`identity`): one SMTP transaction to the
 bounce listener with several VERP recipients is one report per recipient (each about its
-own message), and the same bytes sent again to the same recipient are one report.
+own message), and the same bytes sent again to the same recipient are one report. The hash
+of the bytes alone is kept too (`raw_hash`): the same bytes met without a recipient (an
+upload, an inbox) after the listener took them, or before, are one report with them.
 """
 
 from __future__ import annotations
@@ -91,13 +93,19 @@ def insert(conn: Connection, row: dict[str, Any]) -> int | None:
 def existing(
     conn: Connection, key: str, ident: str, digest: str, envelope_recipient: str | None
 ) -> int | None:
-    """The id of the report already stored under `key` or `ident`; for a report that came
-    for an envelope recipient, also one with the same bytes (`digest`) stored for no
-    recipient (an upload, an inbox) or for this very one (earlier versions stored a listener
-    report under the bare hash of its bytes, for its first recipient only)."""
+    """The id of the report already stored under `key` or `ident`. For a report that came
+    for no envelope recipient (an upload, an inbox), also one with the same bytes stored
+    for any recipient (`raw_hash`: the listener met it first); for one that came for a
+    recipient, also one with the same bytes (`digest`) stored for no recipient or for this
+    very one (earlier versions stored a listener report under the bare hash of its bytes,
+    for its first recipient only)."""
     query = select(BR.c.id).where(or_(BR.c.dedupe_key == key, BR.c.content_hash == ident))
     found = conn.execute(query.limit(1)).scalar()
-    if found is not None or ident == digest:
+    if found is not None:
+        return int(found)
+    if ident == digest:
+        same_bytes = select(BR.c.id).where(BR.c.raw_hash == digest).order_by(BR.c.id)
+        found = conn.execute(same_bytes.limit(1)).scalar()
         return None if found is None else int(found)
     scoped = scope(envelope_recipient)
     same = select(BR.c.id, BR.c.envelope_recipient).where(BR.c.content_hash == digest)

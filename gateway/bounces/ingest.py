@@ -283,7 +283,8 @@ class BounceIngest:
             signed = claim.by in SIGNED and not incoming.source.shared
             verdicts = matched(verdicts, recipients, signed)
         status = status_of(incoming.report, verdicts, claim.error)
-        row = incoming.row(key, ident, claim, verdicts, status, self._settings.max_report_size)
+        cap = self._settings.max_report_size
+        row = incoming.row(key, ident, digest, claim, verdicts, status, cap)
         report_id = stored.insert(conn, row)
         if report_id is None:  # another node or process stored it meanwhile
             return _Stored(IngestResult("duplicate", seen()))
@@ -383,7 +384,14 @@ class _Incoming:
         return self.raw[: end + 2 if end >= 0 else min(cap, 8192)]
 
     def row(
-        self, key: str, ident: str, claim: Claim, verdicts: list[Verdict], status: str, cap: int
+        self,
+        key: str,
+        ident: str,
+        digest: str,
+        claim: Claim,
+        verdicts: list[Verdict],
+        status: str,
+        cap: int,
     ) -> dict[str, Any]:
         report, source = self.report, self.source
         first = next((v for v in verdicts if v.classification.cls not in PASSIVE), None)
@@ -392,7 +400,7 @@ class _Incoming:
         if status == "unmatched" and error is None:
             error = "no entry names a recipient of the message"
         return {
-            "dedupe_key": key, "content_hash": ident,
+            "dedupe_key": key, "content_hash": ident, "raw_hash": digest,
             "received_at": self.now, "updated_at": self.now,
             "source": source.kind, "account_id": source.account_id, "mailbox": source.mailbox,
             "uidvalidity": source.uidvalidity, "uid": source.uid,

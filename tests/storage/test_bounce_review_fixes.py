@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import json
 
+from gateway.bounces.ingest import Source
 from gateway.queue.store import Queue
+from storage import bounce_reports as stored
 from storage.db import Database
 from tests.storage.test_bounce_ingest import (
     LISTENER,
@@ -20,6 +22,7 @@ from tests.storage.test_bounce_ingest import (
     verp,
 )
 from tests.support.reports import complaint, dsn
+from tests.support.stored import fetch
 
 
 async def test_a_suppression_another_report_justifies_survives_a_reclassify(
@@ -101,3 +104,27 @@ async def test_unchanged_only_when_every_entry_has_that_class(
     assert await taker.reclassify(done.report_id or 0, "hard") == "changed"
     assert (await suppression(backend, "b@example.test")).reason == "hard_bounce"
     assert await taker.reclassify(done.report_id or 0, "hard") == "unchanged"
+
+
+async def test_the_same_bytes_by_the_listener_and_by_upload_are_one_report(
+    backend: Database, queue: Queue
+) -> None:
+    taker = ingest(backend, queue)
+    for order in ("listener first", "upload first"):
+        message_id = await delivered(queue, "s@example.test")
+        raw = dsn("s@example.test", "4.2.2", "452 4.2.2 mailbox full", to=verp(message_id))
+        raw = raw.replace(b"Delivery failed.", order.encode())
+        by_listener = Source("listener", envelope_recipient=verp(message_id))
+        by_upload = Source("api")
+        sources = (
+            [by_listener, by_upload] if order == "listener first" else [by_upload, by_listener]
+        )
+        one = await taker.ingest(raw, sources[0])
+        two = await taker.ingest(raw, sources[1])
+        assert (one.outcome, two.outcome) == ("processed", "duplicate"), order
+        assert two.report_id == one.report_id
+        assert (await report(backend, one.report_id)).raw_hash == stored.content_hash(raw)
+    soft = await fetch(
+        backend, "SELECT bounces FROM soft_bounce WHERE email = :e", e="s@example.test"
+    )
+    assert [r.bounces for r in soft] == [2]  # one per message, not one per arrival
