@@ -35,6 +35,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
+from storage.errors import StorageError
 from storage.models import BounceReport, MailAccount, Message, Recipient, SoftBounce, Suppression
 
 BR = BounceReport.__table__  # type: ignore[attr-defined]
@@ -294,18 +295,30 @@ def count_soft(
     The times are kept (`recent`, at most the latest `keep`: the limit that decides), with
     `first_at` the oldest of them and `last_at` the newest. A row from before `recent` was
     kept (schema 10) is read as its bounces at `first_at` and the last at `last_at`."""
-    row = conn.execute(select(SB).where(SB.c.email == email)).first()
-    within = sorted(t for t in _recent(row) if now - t < window) if row is not None else []
+    row = _locked_soft(conn, email, now)
+    within = sorted(t for t in _recent(row) if now - t < window)
     times = (within[-(keep - 1) :] if keep > 1 else []) + [now]
     values = {
         "bounces": len(times), "first_at": times[0], "last_at": now,
         "recent": json.dumps(times, separators=(",", ":")),
     }  # fmt: skip
-    changed = update(SB).where(SB.c.email == email).values(**values)
-    if row is None or not conn.execute(changed).rowcount:
-        # none yet, or the retention sweep deleted it since the read (out of its window)
-        conn.execute(SB.insert().values(email=email, **values))
+    conn.execute(update(SB).where(SB.c.email == email).values(**values))
     return len(times)
+
+
+def _locked_soft(conn: Connection, email: str, now: float) -> Any:
+    """The address's row, held until the transaction ends: created empty if there is none
+    (INSERT ... ON CONFLICT DO NOTHING, then SELECT ... FOR UPDATE), so two soft bounces
+    of a new address at once on PostgreSQL neither collide on the key nor lose a count
+    (SQLite has one writer)."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    empty = {"email": email, "bounces": 0, "first_at": now, "last_at": now, "recent": "[]"}
+    for _ in range(3):  # the retention sweep may delete it between the two statements
+        conn.execute(dialect.insert(SB).values(**empty).on_conflict_do_nothing())
+        row = conn.execute(select(SB).where(SB.c.email == email).with_for_update()).first()
+        if row is not None:
+            return row
+    raise StorageError(f"soft_bounce row of {email} deleted each time it was written")
 
 
 def _recent(row: Any) -> list[float]:

@@ -128,3 +128,20 @@ async def test_the_same_bytes_by_the_listener_and_by_upload_are_one_report(
         backend, "SELECT bounces FROM soft_bounce WHERE email = :e", e="s@example.test"
     )
     assert [r.bounces for r in soft] == [2]  # one per message, not one per arrival
+
+
+async def test_concurrent_soft_bounces_of_a_new_address_are_all_counted(
+    backend: Database, queue: Queue
+) -> None:
+    messages = [await delivered(queue, "full@example.test") for _ in range(4)]
+    taker = ingest(backend, queue)  # soft_limit 3
+    raws = [
+        dsn("full@example.test", "4.2.2", "452 4.2.2 mailbox full", to=verp(m), nonce=m)
+        for m in messages
+    ]
+    outcomes = await asyncio.gather(*(taker.ingest(raw, LISTENER) for raw in raws))
+    assert [o.outcome for o in outcomes] == ["processed"] * 4
+    rows = await fetch(backend, "SELECT * FROM soft_bounce WHERE email = :e", e="full@example.test")
+    assert [r.bounces for r in rows] == [3]  # the last soft_limit times kept: none lost
+    assert len(json.loads(rows[0].recent)) == 3
+    assert (await suppression(backend, "full@example.test")).reason == "soft_bounce"
