@@ -116,6 +116,12 @@ def existing(
     return None
 
 
+def status(conn: Connection, report_id: int) -> str | None:
+    """The stored report's status (None: no such report)."""
+    found = conn.execute(select(BR.c.status).where(BR.c.id == report_id)).scalar()
+    return None if found is None else str(found)
+
+
 def lock(conn: Connection, report_id: int) -> bool:
     """Hold the report's row until the transaction ends (PostgreSQL: FOR UPDATE, so two
     operators' changes of one report run one after the other; SQLite has one writer);

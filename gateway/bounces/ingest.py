@@ -68,10 +68,13 @@ class IngestResult:
     """What became of one report: `processed` (matched, effects applied), `duplicate`
     (seen before: nothing done again), `unmatched` (kept, listed, no effect), `unparsed`
     (kept with the parser's error), `ignored` (an auto-reply, a delivery notice...).
-    `report_id` names the stored report (for a duplicate, the first one)."""
+    `report_id` names the stored report (for a duplicate, the first one), and `status`
+    what became of it (for a duplicate, the first one's status: a report met again after
+    a crash between the commit and the inbox's mark is marked as that one was to be)."""
 
     outcome: Outcome
     report_id: int | None
+    status: str | None = None
 
 
 @dataclass(frozen=True)
@@ -262,7 +265,7 @@ class BounceIngest:
 
         found = seen()
         if found is not None:
-            return _Stored(IngestResult("duplicate", found))
+            return _Stored(IngestResult("duplicate", found, stored.status(conn, found)))
         claim, verdicts = incoming.claim, incoming.verdicts
         sender = incoming.source.sender
         if claim.header is not None and claim.message_id is None:
@@ -287,12 +290,14 @@ class BounceIngest:
         row = incoming.row(key, ident, digest, claim, verdicts, status, cap)
         report_id = stored.insert(conn, row)
         if report_id is None:  # another node or process stored it meanwhile
-            return _Stored(IngestResult("duplicate", seen()))
+            first = seen()
+            status_of_first = stored.status(conn, first) if first is not None else None
+            return _Stored(IngestResult("duplicate", first, status_of_first))
         suppressed: list[str] = []
         if status == "processed" and claim.message_id is not None:
             for hit in hits(report_id, claim.message_id, verdicts, incoming.source.kind):
                 suppressed += apply(conn, hit, self._soft, incoming.now)
-        return _Stored(IngestResult(status, report_id), suppressed)
+        return _Stored(IngestResult(status, report_id, status), suppressed)
 
     @property
     def _soft(self) -> SoftPolicy:

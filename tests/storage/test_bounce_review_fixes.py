@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+from gateway.accounts.inbox import is_report
 from gateway.bounces.ingest import Source
 from gateway.queue.store import Queue
 from storage import bounce_reports as stored
@@ -145,3 +146,21 @@ async def test_concurrent_soft_bounces_of_a_new_address_are_all_counted(
     assert [r.bounces for r in rows] == [3]  # the last soft_limit times kept: none lost
     assert len(json.loads(rows[0].recent)) == 3
     assert (await suppression(backend, "full@example.test")).reason == "soft_bounce"
+
+
+async def test_a_duplicate_says_what_became_of_the_stored_report(
+    backend: Database, queue: Queue
+) -> None:
+    message_id = await delivered(queue, "d@example.test")
+    taker = ingest(backend, queue)
+    place = Source("imap", account_id="acc_1", mailbox="INBOX", uidvalidity=7, uid=3)
+    raw = dsn("d@example.test", to=verp(message_id), nonce="d")
+    first = await taker.ingest(raw, place)
+    again = await taker.ingest(raw, place)  # after a crash between the commit and the mark
+    assert (first.outcome, first.status) == ("processed", "processed")
+    assert (again.outcome, again.report_id, again.status) == (
+        "duplicate", first.report_id, "processed",
+    )  # fmt: skip
+    assert is_report(again)
+    person = await taker.ingest(b"From: a@b.test\r\nSubject: hi\r\n\r\nhello\r\n", place)
+    assert person.outcome == "duplicate"  # the same place: the inbox's own dedupe
