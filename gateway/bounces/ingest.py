@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from sqlalchemy import Connection
 
+from gateway import metrics
 from gateway.addresses import mailbox_key
 from gateway.bounces.effects import Hit, SoftPolicy, apply, reestablish, undo
 from gateway.bounces.model import Entry, Report
@@ -213,6 +214,7 @@ def status_of(report: Report, verdicts: Sequence[Verdict], claim_error: str | No
 class _Stored:
     result: IngestResult
     suppressed: list[str] = field(default_factory=list)
+    applied: list[str] = field(default_factory=list)  # the class of each entry applied
 
 
 class BounceIngest:
@@ -253,6 +255,8 @@ class BounceIngest:
     def _after(self, done: _Stored) -> None:
         if self._suppressions is not None and done.suppressed:
             self._suppressions.add(done.suppressed)
+        for cls in done.applied:  # counted once committed
+            metrics.BOUNCE_CLASSES.labels(**{"class": cls}).inc()
         result = done.result
         log.info("bounce report %s: %s", result.report_id, result.outcome)
 
@@ -294,10 +298,12 @@ class BounceIngest:
             status_of_first = stored.status(conn, first) if first is not None else None
             return _Stored(IngestResult("duplicate", first, status_of_first))
         suppressed: list[str] = []
+        applied: list[str] = []
         if status == "processed" and claim.message_id is not None:
             for hit in hits(report_id, claim.message_id, verdicts, incoming.source.kind):
                 suppressed += apply(conn, hit, self._soft, incoming.now)
-        return _Stored(IngestResult(status, report_id, status), suppressed)
+                applied.append(hit.cls)
+        return _Stored(IngestResult(status, report_id, status), suppressed, applied)
 
     @property
     def _soft(self) -> SoftPolicy:
@@ -317,23 +323,23 @@ class BounceIngest:
             raise ValueError(f"class must be one of {', '.join(CLASSES)}")
         now = self._clock()
         done = await self._db.transaction(lambda conn: self._reclassify(conn, report_id, cls, now))
-        outcome, suppressed, lifted = done
+        outcome, suppressed, lifted, applied = done
         if self._suppressions is not None:
             for key in set(lifted) - set(suppressed):
                 self._suppressions.discard(key)
-        self._after(_Stored(IngestResult("processed", report_id), suppressed))
+        self._after(_Stored(IngestResult("processed", report_id), suppressed, applied))
         return outcome
 
     def _reclassify(
         self, conn: Connection, report_id: int, cls: str, now: float
-    ) -> tuple[str, list[str], list[str]]:
+    ) -> tuple[str, list[str], list[str], list[str]]:
         if not stored.lock(conn, report_id):  # a concurrent change of it waits for ours
-            return "unknown", [], []
+            return "unknown", [], [], []
         row = stored.get(conn, report_id)
         if row is None:
-            return "unknown", [], []
+            return "unknown", [], [], []
         if row.cls == cls and all(e.get("cls") == cls for e in _entries(row)):
-            return "unchanged", [], []
+            return "unchanged", [], [], []
         spellings = sorted({e["matched"] for e in _entries(row) if e.get("matched")})
         keys = sorted({mailbox_key(e) for e in spellings})
         lifted = undo(conn, report_id, keys)
@@ -354,9 +360,11 @@ class BounceIngest:
             entries=json.dumps(entries), updated_at=now,
         )  # fmt: skip
         suppressed: list[str] = list(kept)
+        applied: list[str] = []
         for hit in (_hit_of(report_id, row.message_id, e, row.source) for e in chosen):
             suppressed += apply(conn, hit, self._soft, now)
-        return "changed", suppressed, lifted
+            applied.append(hit.cls)
+        return "changed", suppressed, lifted, applied
 
 
 OPERATOR = "operator"

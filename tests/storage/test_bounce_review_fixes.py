@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+from gateway import metrics
 from gateway.accounts.inbox import is_report
 from gateway.bounces.ingest import Source
 from gateway.queue.store import Queue
@@ -164,3 +165,23 @@ async def test_a_duplicate_says_what_became_of_the_stored_report(
     assert is_report(again)
     person = await taker.ingest(b"From: a@b.test\r\nSubject: hi\r\n\r\nhello\r\n", place)
     assert person.outcome == "duplicate"  # the same place: the inbox's own dedupe
+
+
+def classes_counted(cls: str) -> float:
+    return metrics.BOUNCE_CLASSES.labels(**{"class": cls})._value.get()
+
+
+async def test_each_entry_applied_is_counted_by_class(backend: Database, queue: Queue) -> None:
+    before = {cls: classes_counted(cls) for cls in ("hard", "soft", "policy", "complaint")}
+    message_id = await delivered(queue, "a@example.test", "b@example.test")
+    taker = ingest(backend, queue)
+    done = await taker.ingest(
+        two_entries("a@example.test", "b@example.test", verp(message_id)), LISTENER
+    )
+    await taker.ingest(two_entries("a@example.test", "b@example.test", verp(message_id)), LISTENER)
+    blocked = await delivered(queue, "p@example.test")
+    raw = dsn("p@example.test", "5.7.1", "550 5.7.1 blocked by spamhaus", to=verp(blocked))
+    assert (await taker.ingest(raw, LISTENER)).outcome == "processed"
+    await taker.reclassify(done.report_id or 0, "policy")  # the new class, per entry
+    after = {cls: classes_counted(cls) - before[cls] for cls in before}
+    assert after == {"hard": 1, "soft": 1, "policy": 3, "complaint": 0}  # the duplicate: none
