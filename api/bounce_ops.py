@@ -3,12 +3,14 @@ the reports that came back: whose a caller sees, one report if they may see it, 
 give it another class.
 
 A report follows its matched message (api.message_ops): an admin or owner (the `admin`
-scope) sees every report; anyone else those matched to a message they may see (a member,
-or any key of theirs: the mail of that user; a key made at the console: the mail it sent),
-and also those of a message that left through a connected account they own or that is
-shared with them (api.ownership's rule for accounts: that mailbox's bounces are theirs to
-read). A report matched to no message (unmatched, unparsed, or its message deleted by
-retention) is an admin's only. A report the caller may not see is a 404, never a 403.
+scope) sees every report; anyone else those matched to a message they sent (a member, or
+any key of theirs: the mail of that user; a key made at the console: the mail it sent).
+A user also sees what concerns a connected account they own: the reports of a message that
+left through it, and every report that arrived in its mailbox (unmatched and unparsed
+ones too). A user the account is shared with sees only the reports of their own mail: the
+raw report of another's message names its recipients. Any other report matched to no
+message (unmatched, unparsed, or its message deleted by retention) is an admin's only. A
+report the caller may not see is a 404, never a 403.
 
 Reclassifying changes what happens to the recipients of someone's mail (a suppression, which
 applies to the whole installation): an admin, or the sender of the matched message (the
@@ -29,10 +31,8 @@ from api import errors
 from api.auth import Caller
 from api.context import ApiContext
 from api.message_ops import restriction
-from api.ownership import visible_to
 from gateway.bounces.ingest import CLASSES
 from storage import bounce_reports as stored
-from storage.accounts import ACCOUNT
 
 _MAX_DIGITS = 18
 
@@ -43,8 +43,7 @@ async def viewer(ctx: ApiContext, caller: Caller) -> stored.Viewer | None:
     if not restricted:
         return None
     if "user_id" in restricted:
-        accounts = await visible_to(ctx, caller, ACCOUNT)
-        return stored.Viewer(user_id=restricted["user_id"], accounts=accounts.shared)
+        return stored.Viewer(user_id=restricted["user_id"])
     return stored.Viewer(api_key_id=restricted["api_key_id"])
 
 

@@ -138,23 +138,23 @@ def update_report(conn: Connection, report_id: int, **values: Any) -> None:
 class Viewer:
     """Whose reports a caller sees when not everyone's (api.bounce_ops says who): those
     matched to a message sent by `user_id` (by session or by any of their keys) or, for a
-    key made at the console, by `api_key_id`; and those of a message that left through a
-    connected account `user_id` owns or one of `accounts` (shared with them). A report
-    matched to no message (or to one retention deleted) is in none of these."""
+    key made at the console, by `api_key_id`; and, for a connected account `user_id` owns,
+    those of a message that left through it and those that arrived in its mailbox (matched
+    or not). Any other report matched to no message (or to one retention deleted) is in
+    none of these."""
 
     user_id: str | None = None
     api_key_id: str | None = None
-    accounts: frozenset[str] = frozenset()
 
 
 def _seen_by(viewer: Viewer) -> ColumnElement[bool]:
+    """Over `bounce_report` outer-joined to its message."""
     allowed: list[ColumnElement[bool]] = []
     if viewer.user_id is not None:
         allowed.append(M.c.user_id == viewer.user_id)
         owned = select(MA.c.id).where(MA.c.user_id == viewer.user_id)
         allowed.append(M.c.pool_id.in_(owned))  # an account's route is its id (gateway.routing)
-    if viewer.accounts:
-        allowed.append(M.c.pool_id.in_(sorted(viewer.accounts)))
+        allowed.append(BR.c.account_id.in_(owned))  # arrived in its mailbox
     if viewer.api_key_id is not None:
         allowed.append(M.c.api_key_id == viewer.api_key_id)
     return or_(*allowed) if allowed else false()
@@ -192,7 +192,7 @@ def page(
     everyone's reports."""
     query = select(*LIST_COLUMNS).order_by(BR.c.id.desc()).limit(limit + 1)
     if viewer is not None:
-        query = query.join(M, M.c.id == BR.c.message_id).where(_seen_by(viewer))
+        query = query.outerjoin(M, M.c.id == BR.c.message_id).where(_seen_by(viewer))
     if statuses:
         query = query.where(BR.c.status.in_(list(statuses)))
     if before is not None:
