@@ -8,12 +8,14 @@ from __future__ import annotations
 import asyncio
 import json
 
+from sqlalchemy import Connection, inspect, text
+
 from gateway import metrics
 from gateway.accounts.inbox import is_report
 from gateway.bounces.ingest import Source
 from gateway.queue.store import Queue
 from storage import bounce_reports as stored
-from storage.db import Database
+from storage.db import Database, create_schema
 from tests.storage.test_bounce_ingest import (
     LISTENER,
     delivered,
@@ -185,3 +187,34 @@ async def test_each_entry_applied_is_counted_by_class(backend: Database, queue: 
     await taker.reclassify(done.report_id or 0, "policy")  # the new class, per entry
     after = {cls: classes_counted(cls) - before[cls] for cls in before}
     assert after == {"hard": 1, "soft": 1, "policy": 3, "complaint": 0}  # the duplicate: none
+
+
+async def test_a_schema_9_database_gains_raw_hash_filled_for_reports_of_no_recipient(
+    backend: Database, queue: Queue
+) -> None:
+    message_id = await delivered(queue, "u@example.test")
+    taker = ingest(backend, queue)
+    raw = dsn("u@example.test", to=verp(message_id), nonce="u")
+    uploaded = await taker.ingest(raw, Source("api"))
+    listened = dsn("u@example.test", to=verp(message_id), nonce="l")
+    by_listener = Source("listener", envelope_recipient=verp(message_id))
+    heard = await taker.ingest(listened, by_listener)
+
+    def to_schema_9(conn: Connection) -> None:
+        conn.execute(text("DROP INDEX ix_bounce_report_raw_hash"))
+        conn.execute(text("ALTER TABLE bounce_report DROP COLUMN raw_hash"))
+        conn.execute(text("UPDATE postern_meta SET value = '9' WHERE key = 'schema_version'"))
+
+    await backend.transaction(to_schema_9)
+    await create_schema(backend)
+    rows = await fetch(backend, "SELECT id, raw_hash FROM bounce_report ORDER BY id")
+    assert [(r.id, r.raw_hash) for r in rows] == [
+        (uploaded.report_id, stored.content_hash(raw)),
+        (heard.report_id, None),  # came for a recipient: not hashed again
+    ]
+    indexes = await backend.read(
+        lambda c: {i["name"] for i in inspect(c).get_indexes("bounce_report")}
+    )
+    assert "ix_bounce_report_raw_hash" in indexes
+    # and the upload met again is still a duplicate
+    assert (await taker.ingest(raw, Source("api"))).outcome == "duplicate"
