@@ -12,12 +12,13 @@ from sqlalchemy import Connection, inspect, text
 
 from gateway import metrics
 from gateway.accounts.inbox import is_report
-from gateway.bounces.ingest import Source
+from gateway.bounces.ingest import BounceIngest, Settings, Source
 from gateway.queue.store import Queue
 from storage import bounce_reports as stored
 from storage.db import Database, create_schema
 from tests.storage.test_bounce_ingest import (
     LISTENER,
+    RP,
     delivered,
     events_of,
     ingest,
@@ -137,17 +138,18 @@ async def test_the_same_bytes_by_the_listener_and_by_upload_are_one_report(
 async def test_concurrent_soft_bounces_of_a_new_address_are_all_counted(
     backend: Database, queue: Queue
 ) -> None:
-    messages = [await delivered(queue, "full@example.test") for _ in range(4)]
-    taker = ingest(backend, queue)  # soft_limit 3
+    messages = [await delivered(queue, "full@example.test") for _ in range(6)]
+    settings = Settings(soft_limit=6, soft_window=7 * 86400)  # each one kept: none may be lost
+    taker = BounceIngest(backend, RP, settings=settings, suppressions=queue.suppressions)
     raws = [
         dsn("full@example.test", "4.2.2", "452 4.2.2 mailbox full", to=verp(m), nonce=m)
         for m in messages
     ]
     outcomes = await asyncio.gather(*(taker.ingest(raw, LISTENER) for raw in raws))
-    assert [o.outcome for o in outcomes] == ["processed"] * 4
+    assert [o.outcome for o in outcomes] == ["processed"] * 6
     rows = await fetch(backend, "SELECT * FROM soft_bounce WHERE email = :e", e="full@example.test")
-    assert [r.bounces for r in rows] == [3]  # the last soft_limit times kept: none lost
-    assert len(json.loads(rows[0].recent)) == 3
+    assert [r.bounces for r in rows] == [6]
+    assert len(json.loads(rows[0].recent)) == 6
     assert (await suppression(backend, "full@example.test")).reason == "soft_bounce"
 
 
