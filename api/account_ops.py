@@ -190,8 +190,10 @@ async def get(ctx: ApiContext, caller: Caller, account_id: str) -> MailAccountRe
     raise errors.NotFound("account not found")
 
 
-async def disconnect(ctx: ApiContext, record: MailAccountRecord) -> None:
-    """Its inbox sync stops; nothing already synced is deleted."""
+async def disconnect(ctx: ApiContext, caller: Caller, record: MailAccountRecord) -> None:
+    """Its inbox sync stops; nothing already synced is deleted. The owner's, as a change
+    is (`may_manage`: a member it is shared with may not, 403 owner_required)."""
+    await may_manage(ctx, caller, record)
     await _domain(ctx).disconnect(record.id)
     await _followed(ctx)
 

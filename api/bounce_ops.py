@@ -3,15 +3,19 @@ the reports that came back: whose a caller sees, one report if they may see it, 
 give it another class.
 
 A report follows its matched message (api.message_ops): an admin or owner (the `admin`
-scope) sees every report; anyone else those matched to a message they may see (a member,
-or any key of theirs: the mail of that user; a key made at the console: the mail it sent),
-and also those of a message that left through a connected account they own or that is
-shared with them (api.ownership's rule for accounts: that mailbox's bounces are theirs to
-read). A report matched to no message (unmatched, unparsed, or its message deleted by
-retention) is an admin's only. A report the caller may not see is a 404, never a 403.
+scope) sees every report; anyone else those matched to a message they sent (a member, or
+any key of theirs: the mail of that user; a key made at the console: the mail it sent).
+A user also sees what concerns a connected account they own: the reports of a message that
+left through it, and every report that arrived in its mailbox (unmatched and unparsed
+ones too). A user the account is shared with sees only the reports of their own mail: the
+raw report of another's message names its recipients. Any other report matched to no
+message (unmatched, unparsed, or its message deleted by retention) is an admin's only. A
+report the caller may not see is a 404, never a 403.
 
-Reclassifying changes what happens to the recipients of someone's mail (a suppression): an
-admin, or the sender of the matched message (the user, or the console key that sent it).
+Reclassifying changes what happens to the recipients of someone's mail (a suppression, which
+applies to the whole installation): an admin, or the sender of the matched message (the
+user, or the console key that sent it) holding the `suppressions` scope too (a member's role
+has it not: a send-only key or a member may not lift or add suppressions this way).
 Uploading a report (`POST /api/v1/bounces`) follows the same rule: an admin's upload may
 match any message; anyone else's only a message they sent (`uploader`), and one naming
 another's message is stored unmatched and does nothing (answered `unmatched`, as a report
@@ -27,10 +31,8 @@ from api import errors
 from api.auth import Caller
 from api.context import ApiContext
 from api.message_ops import restriction
-from api.ownership import visible_to
 from gateway.bounces.ingest import CLASSES
 from storage import bounce_reports as stored
-from storage.accounts import ACCOUNT
 
 _MAX_DIGITS = 18
 
@@ -41,8 +43,7 @@ async def viewer(ctx: ApiContext, caller: Caller) -> stored.Viewer | None:
     if not restricted:
         return None
     if "user_id" in restricted:
-        accounts = await visible_to(ctx, caller, ACCOUNT)
-        return stored.Viewer(user_id=restricted["user_id"], accounts=accounts.shared)
+        return stored.Viewer(user_id=restricted["user_id"])
     return stored.Viewer(api_key_id=restricted["api_key_id"])
 
 
@@ -78,10 +79,11 @@ async def get(ctx: ApiContext, caller: Caller, report: int) -> Any:
 
 
 def may_reclassify(caller: Caller, row: Any) -> bool:
-    """An admin, or whoever sent the report's message."""
+    """An admin, or whoever sent the report's message and holds the `suppressions` scope
+    (a new class adds or lifts installation-wide suppressions)."""
     if not restriction(caller):
         return True
-    if row.message_id is None:
+    if row.message_id is None or not caller.has("suppressions"):
         return False
     if caller.user is not None:
         return bool(row.sender_user_id == caller.user.id)
@@ -91,10 +93,13 @@ def may_reclassify(caller: Caller, row: Any) -> bool:
 async def reclassify(ctx: ApiContext, caller: Caller, report: int, cls: str) -> str:
     """Give the report another class, applied to its matched recipients: "changed" or
     "unchanged". 404 when the caller may not see it, 403 when they may see it but did not
-    send its message."""
+    send its message or lack the `suppressions` scope."""
     row = await get(ctx, caller, report)
     if not may_reclassify(caller, row):
-        raise errors.Forbidden("only an admin or the sender of its message may reclassify it")
+        raise errors.Forbidden(
+            "only an admin, or the sender of its message with the suppressions scope,"
+            " may reclassify it"
+        )
     if cls not in CLASSES:
         raise errors.InvalidRequest(
             f"class: one of {', '.join(CLASSES)}",

@@ -140,6 +140,14 @@ BOUNCE_REPORTS = Counter(
     "Reports (bounces, complaints, auto-replies) that came in, by way in and result.",
     ["source", "result"],
 )
+BOUNCE_CLASSES = Counter(
+    "postern_bounce_classes_total",
+    "Entries of processed reports applied to a matched recipient, by class (hard, soft, "
+    "policy, complaint); an operator's reclassifying counts the new class.",
+    ["class"],
+)
+for _cls in ("hard", "soft", "policy", "complaint"):  # exported as 0 before the first
+    BOUNCE_CLASSES.labels(**{"class": _cls})
 BLOCKLIST_SUBJECTS = Gauge(
     "postern_blocklist_subjects",
     "Sending IPs and domains by their latest DNSBL verdict (clean, listed, unknown).",

@@ -8,7 +8,9 @@ module only says how. A report is inserted once: `insert` does nothing when its
 A report's identity (`content_hash`) is the SHA-256 of its bytes, scoped to the envelope
 recipient it came for when it came with one (`identity`): one SMTP transaction to the
 bounce listener with several VERP recipients is one report per recipient (each about its
-own message), and the same bytes sent again to the same recipient are one report.
+own message), and the same bytes sent again to the same recipient are one report. The hash
+of the bytes alone is kept too (`raw_hash`): the same bytes met without a recipient (an
+upload, an inbox) after the listener took them, or before, are one report with them.
 """
 
 from __future__ import annotations
@@ -19,9 +21,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Row, bindparam, delete, false, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Row,
+    bindparam,
+    delete,
+    false,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
+from storage.errors import StorageError
 from storage.models import BounceReport, MailAccount, Message, Recipient, SoftBounce, Suppression
 
 BR = BounceReport.__table__  # type: ignore[attr-defined]
@@ -80,13 +94,19 @@ def insert(conn: Connection, row: dict[str, Any]) -> int | None:
 def existing(
     conn: Connection, key: str, ident: str, digest: str, envelope_recipient: str | None
 ) -> int | None:
-    """The id of the report already stored under `key` or `ident`; for a report that came
-    for an envelope recipient, also one with the same bytes (`digest`) stored for no
-    recipient (an upload, an inbox) or for this very one (earlier versions stored a listener
-    report under the bare hash of its bytes, for its first recipient only)."""
+    """The id of the report already stored under `key` or `ident`. For a report that came
+    for no envelope recipient (an upload, an inbox), also one with the same bytes stored
+    for any recipient (`raw_hash`: the listener met it first); for one that came for a
+    recipient, also one with the same bytes (`digest`) stored for no recipient or for this
+    very one (earlier versions stored a listener report under the bare hash of its bytes,
+    for its first recipient only)."""
     query = select(BR.c.id).where(or_(BR.c.dedupe_key == key, BR.c.content_hash == ident))
     found = conn.execute(query.limit(1)).scalar()
-    if found is not None or ident == digest:
+    if found is not None:
+        return int(found)
+    if ident == digest:
+        same_bytes = select(BR.c.id).where(BR.c.raw_hash == digest).order_by(BR.c.id)
+        found = conn.execute(same_bytes.limit(1)).scalar()
         return None if found is None else int(found)
     scoped = scope(envelope_recipient)
     same = select(BR.c.id, BR.c.envelope_recipient).where(BR.c.content_hash == digest)
@@ -94,6 +114,20 @@ def existing(
         if row.envelope_recipient is None or scope(row.envelope_recipient) == scoped:
             return int(row.id)
     return None
+
+
+def status(conn: Connection, report_id: int) -> str | None:
+    """The stored report's status (None: no such report)."""
+    found = conn.execute(select(BR.c.status).where(BR.c.id == report_id)).scalar()
+    return None if found is None else str(found)
+
+
+def lock(conn: Connection, report_id: int) -> bool:
+    """Hold the report's row until the transaction ends (PostgreSQL: FOR UPDATE, so two
+    operators' changes of one report run one after the other; SQLite has one writer);
+    False when there is no such report."""
+    query = select(BR.c.id).where(BR.c.id == report_id).with_for_update()
+    return conn.execute(query).first() is not None
 
 
 def update_report(conn: Connection, report_id: int, **values: Any) -> None:
@@ -104,23 +138,23 @@ def update_report(conn: Connection, report_id: int, **values: Any) -> None:
 class Viewer:
     """Whose reports a caller sees when not everyone's (api.bounce_ops says who): those
     matched to a message sent by `user_id` (by session or by any of their keys) or, for a
-    key made at the console, by `api_key_id`; and those of a message that left through a
-    connected account `user_id` owns or one of `accounts` (shared with them). A report
-    matched to no message (or to one retention deleted) is in none of these."""
+    key made at the console, by `api_key_id`; and, for a connected account `user_id` owns,
+    those of a message that left through it and those that arrived in its mailbox (matched
+    or not). Any other report matched to no message (or to one retention deleted) is in
+    none of these."""
 
     user_id: str | None = None
     api_key_id: str | None = None
-    accounts: frozenset[str] = frozenset()
 
 
 def _seen_by(viewer: Viewer) -> ColumnElement[bool]:
+    """Over `bounce_report` outer-joined to its message."""
     allowed: list[ColumnElement[bool]] = []
     if viewer.user_id is not None:
         allowed.append(M.c.user_id == viewer.user_id)
         owned = select(MA.c.id).where(MA.c.user_id == viewer.user_id)
         allowed.append(M.c.pool_id.in_(owned))  # an account's route is its id (gateway.routing)
-    if viewer.accounts:
-        allowed.append(M.c.pool_id.in_(sorted(viewer.accounts)))
+        allowed.append(BR.c.account_id.in_(owned))  # arrived in its mailbox
     if viewer.api_key_id is not None:
         allowed.append(M.c.api_key_id == viewer.api_key_id)
     return or_(*allowed) if allowed else false()
@@ -158,7 +192,7 @@ def page(
     everyone's reports."""
     query = select(*LIST_COLUMNS).order_by(BR.c.id.desc()).limit(limit + 1)
     if viewer is not None:
-        query = query.join(M, M.c.id == BR.c.message_id).where(_seen_by(viewer))
+        query = query.outerjoin(M, M.c.id == BR.c.message_id).where(_seen_by(viewer))
     if statuses:
         query = query.where(BR.c.status.in_(list(statuses)))
     if before is not None:
@@ -267,18 +301,30 @@ def count_soft(
     The times are kept (`recent`, at most the latest `keep`: the limit that decides), with
     `first_at` the oldest of them and `last_at` the newest. A row from before `recent` was
     kept (schema 10) is read as its bounces at `first_at` and the last at `last_at`."""
-    row = conn.execute(select(SB).where(SB.c.email == email)).first()
-    within = sorted(t for t in _recent(row) if now - t < window) if row is not None else []
+    row = _locked_soft(conn, email, now)
+    within = sorted(t for t in _recent(row) if now - t < window)
     times = (within[-(keep - 1) :] if keep > 1 else []) + [now]
     values = {
         "bounces": len(times), "first_at": times[0], "last_at": now,
         "recent": json.dumps(times, separators=(",", ":")),
     }  # fmt: skip
-    changed = update(SB).where(SB.c.email == email).values(**values)
-    if row is None or not conn.execute(changed).rowcount:
-        # none yet, or the retention sweep deleted it since the read (out of its window)
-        conn.execute(SB.insert().values(email=email, **values))
+    conn.execute(update(SB).where(SB.c.email == email).values(**values))
     return len(times)
+
+
+def _locked_soft(conn: Connection, email: str, now: float) -> Any:
+    """The address's row, held until the transaction ends: created empty if there is none
+    (INSERT ... ON CONFLICT DO NOTHING, then SELECT ... FOR UPDATE), so two soft bounces
+    of a new address at once on PostgreSQL neither collide on the key nor lose a count
+    (SQLite has one writer)."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    empty = {"email": email, "bounces": 0, "first_at": now, "last_at": now, "recent": "[]"}
+    for _ in range(3):  # the retention sweep may delete it between the two statements
+        conn.execute(dialect.insert(SB).values(**empty).on_conflict_do_nothing())
+        row = conn.execute(select(SB).where(SB.c.email == email).with_for_update()).first()
+        if row is not None:
+            return row
+    raise StorageError(f"soft_bounce row of {email} deleted each time it was written")
 
 
 def _recent(row: Any) -> list[float]:
@@ -310,6 +356,27 @@ def remove_suppressions_noted(
         .returning(SUP.c.email)
     )
     return [str(email) for email in conn.execute(statement).scalars()]
+
+
+def processed_for(
+    conn: Connection, emails: Sequence[str], keys: Sequence[str], excluding: int
+) -> list[Row[Any]]:
+    """(id, entries) of the processed reports, other than `excluding`, that may speak of
+    one of `keys` (mailbox keys): about a message with a recipient spelled as one of
+    `emails` (ix_recipient_email_time), or whose entries name a key in any case (a rare
+    operator's action: it reads the processed reports, which retention bounds). The caller
+    reads the entries for what they say."""
+    if not emails and not keys:
+        return []
+    about = select(R.c.message_id).where(R.c.email.in_(sorted(set(emails))))
+    named = [func.lower(BR.c.entries).contains(key, autoescape=True) for key in sorted(set(keys))]
+    query = (
+        select(BR.c.id, BR.c.entries)
+        .where(BR.c.status == "processed", BR.c.id != excluding)
+        .where(or_(BR.c.message_id.in_(about), *named))
+        .order_by(BR.c.id.desc())
+    )
+    return list(conn.execute(query))
 
 
 # A delivery to these addresses (`email`, mailbox keys) forgets their soft bounces: run in

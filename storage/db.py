@@ -282,10 +282,18 @@ _ADDED_COLUMNS = (
     ("soft_bounce", "recent", "TEXT"),
     # Schema 10: the search by client address (message_subject_word is a new table).
     ("message", "client_address", "VARCHAR(32)"),
+    # Schema 10: a bounce report's bytes hashed alone (the same bytes with and without an
+    # envelope recipient are one report); ix_bounce_report_raw_hash comes from the model.
+    ("bounce_report", "raw_hash", "VARCHAR(64)"),
 )
 
 # Run once, right after their column was added, to fill it in for the rows already there.
 _BACKFILLS = {
+    # A report stored for no envelope recipient had the bare hash of its bytes as its
+    # identity; one that came for a recipient cannot be told without hashing it: left NULL.
+    ("bounce_report", "raw_hash"): (
+        "UPDATE bounce_report SET raw_hash = content_hash WHERE envelope_recipient IS NULL"
+    ),
     ("recipient", "message_created_at"): (
         "UPDATE recipient SET message_created_at = COALESCE((SELECT message.created_at"
         " FROM message WHERE message.id = recipient.message_id), 0)"

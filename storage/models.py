@@ -685,19 +685,25 @@ class BounceReport(SQLModel, table=True):
     `content_hash` (the identity) is unique too: the SHA-256 of its bytes, scoped to the
     envelope recipient it came for when it has one (storage.bounce_reports.identity), so
     one transaction to several VERP addresses is one report per address, and the same
-    bytes met twice for the same address are one report. Its effects are written in the
-    transaction that inserts it."""
+    bytes met twice for the same address are one report; `raw_hash` (the bytes alone)
+    makes the same bytes met without an envelope recipient (an upload, an inbox) one
+    report with them. Its effects are written in the transaction that inserts it."""
 
     __tablename__ = "bounce_report"
     __table_args__ = (
         Index("ix_bounce_report_status", "status", "id"),
         Index("ix_bounce_report_message", "message_id"),
+        Index("ix_bounce_report_raw_hash", "raw_hash"),
         {"sqlite_autoincrement": True},
     )
 
     id: int | None = Field(default=None, sa_column=Column(BIG_ID, primary_key=True))
     dedupe_key: str = Field(unique=True, max_length=80)
     content_hash: str = Field(unique=True, max_length=64)  # SHA-256: bytes (+ envelope rcpt)
+    # Schema 10: the SHA-256 of the bytes alone (not unique: one per VERP recipient), so
+    # the same bytes met with and without an envelope recipient are one report. NULL on
+    # rows from before it of a report that came for a recipient.
+    raw_hash: str | None = Field(default=None, max_length=64)
     received_at: float
     updated_at: float
     source: str = Field(max_length=16)  # imap | listener | api

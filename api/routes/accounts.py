@@ -4,10 +4,12 @@ before anything is stored: gateway.accounts), change (proved again when the cred
 where they go change), disconnect, and the inbox mail the sync skipped.
 
 Every route takes a session or an API key (its user's). Connecting needs a person (the
-account is theirs: a key without a user is 403 `user_required`). A caller sees, and may
-disconnect, the accounts they connected and those shared with them; admins and owners see
-all (api.ownership.visible_to, kind `account`); another's account is a 404. Changing one is
-its owner's (api.account_ops.may_manage). The password is write-only: no answer carries it,
+account is theirs: a key without a user is 403 `user_required`). A caller sees the
+accounts they connected and those shared with them; admins and owners see all
+(api.ownership.visible_to, kind `account`); another's account is a 404. Changing or
+disconnecting one is its owner's (api.account_ops.may_manage: whoever connected it, an admin
+or owner, or a user it is shared with as admin; one it is shared with as member gets 403
+owner_required). The password is write-only: no answer carries it,
 and it is stored sealed, bound to the account's id. `tls_verify: false` is an admin's
 choice, or for loopback hosts (403 tls_verify_admin_only otherwise).
 """
@@ -162,11 +164,14 @@ async def change(request: Request) -> Response:
     "Disconnect an account",
     scope="",
     parameters=_ID,
-    description="Stops the account's inbox sync; nothing already synced is deleted.",
+    description="Stops the account's inbox sync; nothing already synced is deleted. The "
+    "account's owner's (whoever connected it, an admin, or a user it is shared with as "
+    "admin).",
     responses={
         200: ("disconnected", Ok),
         403: (
-            "the only default account while queued mail is from it (account_in_use)",
+            "a user it is shared with as member (owner_required); the only default account "
+            "while queued mail is from it (account_in_use)",
             ErrorResponse,
         ),
         404: ("no such account, or one you may not see", ErrorResponse),
@@ -175,7 +180,7 @@ async def change(request: Request) -> Response:
 async def disconnect(request: Request) -> Response:
     ctx, caller = await _caller(request)
     record = await account_ops.get(ctx, caller, request.path_params["account_id"])
-    await account_ops.disconnect(ctx, record)
+    await account_ops.disconnect(ctx, caller, record)
     return JSONResponse({"success": True})
 
 

@@ -122,10 +122,14 @@ async def show(request: Request) -> Response:
     request=BounceReclassify,
     description="The new class is applied to the report's matched recipients (a `hard` "
     "one suppresses them); what the old class did stays done. An admin, or the sender of "
-    "the report's message.",
+    "the report's message holding the `suppressions` scope (a suppression applies to "
+    "the whole installation).",
     responses={
         200: ("reclassified (or it had that class already)", BounceReclassified),
-        403: ("the caller did not send the report's message", ErrorResponse),
+        403: (
+            "the caller did not send the report's message, or lacks `suppressions`",
+            ErrorResponse,
+        ),
         404: ("no such report, or not one the caller may see", ErrorResponse),
         503: ("bounce processing is not running", ErrorResponse),
     },

@@ -27,6 +27,7 @@ from aioimaplib import aioimaplib
 from gateway.accounts.verify import inbox_state, printable
 from gateway.errors import PosternError
 from gateway.reports import (
+    DUPLICATE,
     IMAP,
     PROCESSED,
     SKIPPED,
@@ -48,10 +49,18 @@ KEYWORD = "$PosternProcessed"
 MAX_SAID = 200  # characters of a server's refusal kept for the log
 _UID = re.compile(rb"\bUID (\d+)")
 _SIZE = re.compile(rb"\bRFC822\.SIZE (\d+)")
-# What is marked read (or moved) once handed over: a bounce or complaint, matched or not.
-# Anything else (a person's letter, an out-of-office reply, what did not parse, a duplicate
-# met again after a restart) only gets the keyword no mail client shows.
+# What is marked read (or moved) once handed over: a bounce or complaint, matched or not,
+# and a duplicate of one (met again after a node died between the commit and the mark: the
+# stored report's status says what it was). Anything else (a person's letter, an
+# out-of-office reply, what did not parse) only gets the keyword no mail client shows.
 REPORTS = (PROCESSED, UNMATCHED)
+
+
+def is_report(result: IngestResult) -> bool:
+    """Whether the mail handed over is marked as a report (see REPORTS)."""
+    if result.outcome == DUPLICATE:
+        return result.status in REPORTS
+    return result.outcome in REPORTS
 
 
 @dataclass(frozen=True)
@@ -154,7 +163,7 @@ class _Run:
         raw = await self._fetch(uid) if size is not None and size <= limit else None
         if raw is not None and len(raw) <= limit:
             result = await self.inbox.hand_over(raw, self.account_id, at)
-            await self._mark(uid, report=result.outcome in REPORTS)
+            await self._mark(uid, report=is_report(result))
             self.handed += 1
         elif size is not None and (size > limit or raw is not None):
             await self.inbox.record_skip(self.account_id, at, max(size, len(raw or b"")))

@@ -13,7 +13,10 @@
 Every event carries `async: true` and the report's classification (`detail`), through the
 same outbox as every other event, so webhooks get them. Suppressions are added only if
 absent (an operator's own entry stands), and their note ends with the report that caused
-them (`[bounce report 12]`): `undo` lifts exactly those when the report is reclassified.
+them (`[bounce report 12]`): `undo` lifts exactly those when the report is reclassified,
+then puts back each one another processed report still justifies (its own hard or complaint
+entry for that address, a complaint before a hard bounce, the newest first), under that
+report's mark: a report that found the address suppressed already added nothing of its own.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection
 
+from gateway.addresses import mailbox_key
 from gateway.queue import events, states
 from storage import bounce_reports as stored
 from storage import suppressions as stored_suppressions
@@ -118,6 +122,44 @@ def undo(conn: Connection, report_id: int, keys: list[str]) -> list[str]:
     (a report's reason, and a note ending with its mark); an operator's entry, or one
     another report added, stays. The keys lifted."""
     return stored.remove_suppressions_noted(conn, keys, REASONS, mark(report_id))
+
+
+def reestablish(
+    conn: Connection, report_id: int, keys: list[str], spellings: list[str], now: float
+) -> list[str]:
+    """After `undo` lifted `keys`: suppress again each one that another processed report
+    still justifies (a hard or complaint entry matched to it; a complaint first, then the
+    newest), noted with that report's mark. `spellings` are the addresses as the message
+    recipients' rows have them. The keys suppressed again."""
+    if not keys:
+        return []
+    best: dict[str, tuple[int, int, str, str]] = {}  # key: (rank, id, class, rule)
+    for row in stored.processed_for(conn, spellings, keys, report_id):
+        try:
+            entries = json.loads(row.entries or "[]")
+        except ValueError:
+            continue
+        for entry in entries if isinstance(entries, list) else []:
+            if not isinstance(entry, dict) or entry.get("cls") not in SUPPRESSING:
+                continue
+            key = mailbox_key(str(entry.get("matched") or ""))
+            if key not in keys:
+                continue
+            rank = (1 if entry["cls"] == "complaint" else 0, int(row.id))
+            if key not in best or rank > best[key][:2]:
+                best[key] = (*rank, str(entry["cls"]), str(entry.get("rule") or ""))
+    rows = [
+        {
+            "email": key,
+            "reason": SUPPRESSING[cls],
+            "created_at": now,
+            "note": f"{rule[:450]} {mark(other)}",
+        }
+        for key, (_, other, cls, rule) in sorted(best.items())
+    ]
+    if rows:
+        conn.execute(stored_suppressions.add_if_absent(conn.dialect.name == "sqlite"), rows)
+    return sorted(best)
 
 
 def _event(kind: str, hit: Hit, status: str, now: float) -> dict[str, object]:

@@ -18,8 +18,9 @@ from typing import Any, Literal
 
 from sqlalchemy import Connection
 
+from gateway import metrics
 from gateway.addresses import mailbox_key
-from gateway.bounces.effects import Hit, SoftPolicy, apply, undo
+from gateway.bounces.effects import Hit, SoftPolicy, apply, reestablish, undo
 from gateway.bounces.model import Entry, Report
 from gateway.bounces.report import parse
 from gateway.bounces.returnpath import REF_HEADER, ReturnPath, own_message_id
@@ -68,10 +69,13 @@ class IngestResult:
     """What became of one report: `processed` (matched, effects applied), `duplicate`
     (seen before: nothing done again), `unmatched` (kept, listed, no effect), `unparsed`
     (kept with the parser's error), `ignored` (an auto-reply, a delivery notice...).
-    `report_id` names the stored report (for a duplicate, the first one)."""
+    `report_id` names the stored report (for a duplicate, the first one), and `status`
+    what became of it (for a duplicate, the first one's status: a report met again after
+    a crash between the commit and the inbox's mark is marked as that one was to be)."""
 
     outcome: Outcome
     report_id: int | None
+    status: str | None = None
 
 
 @dataclass(frozen=True)
@@ -210,6 +214,7 @@ def status_of(report: Report, verdicts: Sequence[Verdict], claim_error: str | No
 class _Stored:
     result: IngestResult
     suppressed: list[str] = field(default_factory=list)
+    applied: list[str] = field(default_factory=list)  # the class of each entry applied
 
 
 class BounceIngest:
@@ -250,6 +255,8 @@ class BounceIngest:
     def _after(self, done: _Stored) -> None:
         if self._suppressions is not None and done.suppressed:
             self._suppressions.add(done.suppressed)
+        for cls in done.applied:  # counted once committed
+            metrics.BOUNCE_CLASSES.labels(**{"class": cls}).inc()
         result = done.result
         log.info("bounce report %s: %s", result.report_id, result.outcome)
 
@@ -262,7 +269,7 @@ class BounceIngest:
 
         found = seen()
         if found is not None:
-            return _Stored(IngestResult("duplicate", found))
+            return _Stored(IngestResult("duplicate", found, stored.status(conn, found)))
         claim, verdicts = incoming.claim, incoming.verdicts
         sender = incoming.source.sender
         if claim.header is not None and claim.message_id is None:
@@ -283,15 +290,20 @@ class BounceIngest:
             signed = claim.by in SIGNED and not incoming.source.shared
             verdicts = matched(verdicts, recipients, signed)
         status = status_of(incoming.report, verdicts, claim.error)
-        row = incoming.row(key, ident, claim, verdicts, status, self._settings.max_report_size)
+        cap = self._settings.max_report_size
+        row = incoming.row(key, ident, digest, claim, verdicts, status, cap)
         report_id = stored.insert(conn, row)
         if report_id is None:  # another node or process stored it meanwhile
-            return _Stored(IngestResult("duplicate", seen()))
+            first = seen()
+            status_of_first = stored.status(conn, first) if first is not None else None
+            return _Stored(IngestResult("duplicate", first, status_of_first))
         suppressed: list[str] = []
+        applied: list[str] = []
         if status == "processed" and claim.message_id is not None:
             for hit in hits(report_id, claim.message_id, verdicts, incoming.source.kind):
                 suppressed += apply(conn, hit, self._soft, incoming.now)
-        return _Stored(IngestResult(status, report_id), suppressed)
+                applied.append(hit.cls)
+        return _Stored(IngestResult(status, report_id, status), suppressed, applied)
 
     @property
     def _soft(self) -> SoftPolicy:
@@ -299,36 +311,45 @@ class BounceIngest:
 
     async def reclassify(self, report_id: int, cls: str) -> str:
         """Give a stored report another class and apply what that class does to its
-        matched recipients: "changed", "unchanged" (it had that class: nothing is applied
-        again) or "unknown" (no such report). The suppressions this report itself added
-        (their note names it) are lifted first; an operator's own entry, or one another
-        report added, stays. The rest of what the old class did stays done: events sent,
-        soft-bounce counts, a recipient or message marked bounced."""
+        matched recipients: "changed", "unchanged" (it and each of its entries had that
+        class: nothing is applied again) or "unknown" (no such report). Two at once for
+        one report run one after the other (its row is locked). The suppressions this
+        report itself added (their note names it) are lifted first; an operator's own
+        entry, or one another report added, stays (and one another processed report still
+        justifies is put back: gateway.bounces.effects.reestablish). The rest of what the
+        old class did stays done: events sent, soft-bounce counts, a recipient or message
+        marked bounced."""
         if cls not in CLASSES:
             raise ValueError(f"class must be one of {', '.join(CLASSES)}")
         now = self._clock()
         done = await self._db.transaction(lambda conn: self._reclassify(conn, report_id, cls, now))
-        outcome, suppressed, lifted = done
+        outcome, suppressed, lifted, applied = done
         if self._suppressions is not None:
             for key in set(lifted) - set(suppressed):
                 self._suppressions.discard(key)
-        self._after(_Stored(IngestResult("processed", report_id), suppressed))
+        self._after(_Stored(IngestResult("processed", report_id), suppressed, applied))
         return outcome
 
     def _reclassify(
         self, conn: Connection, report_id: int, cls: str, now: float
-    ) -> tuple[str, list[str], list[str]]:
+    ) -> tuple[str, list[str], list[str], list[str]]:
+        if not stored.lock(conn, report_id):  # a concurrent change of it waits for ours
+            return "unknown", [], [], []
         row = stored.get(conn, report_id)
         if row is None:
-            return "unknown", [], []
-        if row.cls == cls:
-            return "unchanged", [], []
-        keys = sorted({mailbox_key(e["matched"]) for e in _entries(row) if e.get("matched")})
+            return "unknown", [], [], []
+        if row.cls == cls and all(e.get("cls") == cls for e in _entries(row)):
+            return "unchanged", [], [], []
+        spellings = sorted({e["matched"] for e in _entries(row) if e.get("matched")})
+        keys = sorted({mailbox_key(e) for e in spellings})
         lifted = undo(conn, report_id, keys)
+        # another report's complaint or hard bounce for the address still stands
+        kept = reestablish(conn, report_id, lifted, spellings, now)
         if lifted:
             log.info(
-                "bounce report %s reclassified: lifted %d suppressions", report_id, len(lifted)
-            )
+                "bounce report %s reclassified: lifted %d suppressions (%d still justified"
+                " by another report)", report_id, len(lifted), len(kept),
+            )  # fmt: skip
         reason = "reclassified by an operator"
         entries = [{**e, "cls": cls, "rule": OPERATOR, "reason": reason} for e in _entries(row)]
         acting = cls not in PASSIVE and row.message_id is not None
@@ -338,10 +359,12 @@ class BounceIngest:
             conn, report_id, cls=cls, rule=OPERATOR, reason=reason, status=status,
             entries=json.dumps(entries), updated_at=now,
         )  # fmt: skip
-        suppressed: list[str] = []
+        suppressed: list[str] = list(kept)
+        applied: list[str] = []
         for hit in (_hit_of(report_id, row.message_id, e, row.source) for e in chosen):
             suppressed += apply(conn, hit, self._soft, now)
-        return "changed", suppressed, lifted
+            applied.append(hit.cls)
+        return "changed", suppressed, lifted, applied
 
 
 OPERATOR = "operator"
@@ -374,7 +397,14 @@ class _Incoming:
         return self.raw[: end + 2 if end >= 0 else min(cap, 8192)]
 
     def row(
-        self, key: str, ident: str, claim: Claim, verdicts: list[Verdict], status: str, cap: int
+        self,
+        key: str,
+        ident: str,
+        digest: str,
+        claim: Claim,
+        verdicts: list[Verdict],
+        status: str,
+        cap: int,
     ) -> dict[str, Any]:
         report, source = self.report, self.source
         first = next((v for v in verdicts if v.classification.cls not in PASSIVE), None)
@@ -383,7 +413,7 @@ class _Incoming:
         if status == "unmatched" and error is None:
             error = "no entry names a recipient of the message"
         return {
-            "dedupe_key": key, "content_hash": ident,
+            "dedupe_key": key, "content_hash": ident, "raw_hash": digest,
             "received_at": self.now, "updated_at": self.now,
             "source": source.kind, "account_id": source.account_id, "mailbox": source.mailbox,
             "uidvalidity": source.uidvalidity, "uid": source.uid,

@@ -235,6 +235,10 @@ async def test_another_users_account_is_404_and_a_shared_one_is_seen(
         lambda c: put_share(c, "account", account_id, member_user.id, "member", 1.0, None)
     )
     assert [a["id"] for a in await listed(member)] == [account_id]
+    # Shared as member: seen, not the member's to disconnect (the owner's, as a change is).
+    kept = await member.call("DELETE", f"{ACCOUNTS}/{account_id}")
+    assert (kept.status_code, kept.json()["code"]) == (403, "owner_required")
+    assert [a["id"] for a in await listed(owner)] == [account_id]
     # The account's owner manages its invitations (seed 004's routes know the kind).
     invited = await owner.call("GET", f"/mail/accounts/{account_id}/shares")
     assert invited.status_code == 200, invited.text

@@ -1,9 +1,12 @@
 """Bounce reports follow their message's visibility over a real uvicorn (api.bounce_ops): an
-admin sees every report; a member those of their own mail, and of mail that left through
-a connected account they own or that is shared with them; a key made at the console those
-of the mail it sent; a report matched to no message is an admin's only. Another's report
-is a 404 (never a 403), to read and to reclassify; reclassifying is an admin's or the
-sender's. The inbox mail an account's sync skipped is listed to whoever sees the account.
+admin sees every report; a member those of their own mail, and of a connected account they
+own (mail that left through it, reports that arrived in its mailbox, matched or not), not
+the reports of another's mail through an account shared with them; a key made at the
+console those of the mail it sent; any other report matched to no message is an admin's
+only. Another's report
+is a 404 (never a 403), to read and to reclassify; reclassifying is an admin's, or the
+sender's holding the `suppressions` scope (a member, a send-only key: 403). The inbox mail
+an account's sync skipped is listed to whoever sees the account.
 A report uploaded without the `admin` scope acts only on the uploader's own mail. On SQLite
 and on PostgreSQL."""
 
@@ -16,6 +19,7 @@ import httpx
 import pytest
 
 from gateway.accounts.accounts import seal
+from gateway.bounces.ingest import Source
 from gateway.bounces.returnpath import VERP_KEY, ReturnPath
 from storage import mail_accounts
 from storage.accounts import ACCOUNT
@@ -155,15 +159,26 @@ async def test_reports_follow_their_messages_visibility(
             ("console", consoles), ("unmatched", None),
         )
     }  # fmt: skip
+    # What arrived in the owner's mailbox, matched to nothing: the owner's to read.
+    assert api.svc.bounces is not None
+    place = Source("imap", account_id=account.id, mailbox="INBOX", uidvalidity=1, uid=9)
+    inboxed = await api.svc.bounces.ingest(dsn(GONE, nonce="inbox"), place)
+    assert inboxed.outcome == "unmatched" and inboxed.report_id is not None
+    reports["inbox"] = inboxed.report_id
 
     def only(*names: str) -> set[int]:
         return {reports[name] for name in names}
 
     assert listed(await admin.call("GET", "/api/v1/bounces")) == set(reports.values())
-    # the account's owner: their own, and what the one it is shared with sent through it
-    assert listed(await owner.call("GET", "/api/v1/bounces")) == only("owner", "sharer")
-    # the one it is shared with: their own, and the owner's through the shared account
-    assert listed(await sharer.call("GET", "/api/v1/bounces")) == only("owner", "sharer")
+    # the account's owner: their own, what the one it is shared with sent through it, and
+    # what arrived in its mailbox
+    owned = only("owner", "sharer", "inbox")
+    assert listed(await owner.call("GET", "/api/v1/bounces")) == owned
+    in_box = await owner.call("GET", "/api/v1/bounces", params={"status": "unmatched"})
+    assert listed(in_box) == only("inbox")
+    assert (await owner.call("GET", f"/api/v1/bounces/{reports['inbox']}")).status_code == 200
+    # the one it is shared with: their own only (another's report names its recipients)
+    assert listed(await sharer.call("GET", "/api/v1/bounces")) == only("sharer")
     assert listed(await stranger.call("GET", "/api/v1/bounces")) == only("stranger")
     assert listed(await api.get("/api/v1/bounces", key=console)) == only("console")
     assert listed(await api.get("/api/v1/bounces", key=forwarder)) == set()  # sent nothing
@@ -175,42 +190,57 @@ async def test_reports_follow_their_messages_visibility(
 
     for who, name in (
         (stranger, "owner"), (stranger, "unmatched"), (owner, "stranger"),
-        (owner, "unmatched"), (sharer, "console"),
+        (owner, "unmatched"), (sharer, "console"), (sharer, "owner"), (sharer, "inbox"),
+        (stranger, "inbox"),
     ):  # fmt: skip
         path = f"/api/v1/bounces/{reports[name]}"
         answer = await who.call("GET", path)
         assert (answer.status_code, answer.json()["code"]) == (404, "not_found"), (who, name)
         again = await who.call("POST", path + "/reclassify", json={"class": "soft"})
         assert again.status_code == 404, (who, name)
-    shown = await sharer.call("GET", f"/api/v1/bounces/{reports['owner']}")
-    assert shown.status_code == 200 and shown.json()["bounce"]["message_id"] == owners
+    shown = await sharer.call("GET", f"/api/v1/bounces/{reports['sharer']}")
+    assert shown.status_code == 200 and shown.json()["bounce"]["message_id"] == sharers
     assert (await admin.call("GET", f"/api/v1/bounces/{reports['unmatched']}")).status_code == 200
 
-    # Reclassifying: the sender of the message or an admin; seeing it is not enough.
-    refused = await sharer.call(
-        "POST", f"/api/v1/bounces/{reports['owner']}/reclassify", json={"class": "soft"}
-    )
-    assert (refused.status_code, refused.json()["code"]) == (403, "forbidden")
+    # Reclassifying: an admin, or the sender holding `suppressions`; seeing it is not
+    # enough, nor is sending it (a member's role and a send-only key lack the scope: a
+    # suppression is installation-wide).
     path = f"/api/v1/bounces/{reports['owner']}/reclassify"
-    done = await owner.call("POST", path, json={"class": "soft"})
+    for who in (owner,):
+        refused = await who.call("POST", path, json={"class": "ignore"})
+        assert (refused.status_code, refused.json()["code"]) == (403, "forbidden"), who
+    by_send_key = await api.http.post(
+        f"/api/v1/bounces/{reports['console']}/reclassify",
+        json={"class": "ignore"}, headers=auth(console),
+    )  # fmt: skip
+    assert (by_send_key.status_code, by_send_key.json()["code"]) == (403, "forbidden")
+    done = await admin.call("POST", path, json={"class": "soft"})
     assert done.status_code == 200, done.text
     assert done.json()["outcome"] == "changed"
     assert done.json()["bounce"]["classification"] == "soft"
-    same = await owner.call("POST", path, json={"class": "soft"})
+    same = await admin.call("POST", path, json={"class": "soft"})
     assert same.json()["outcome"] == "unchanged"
-    bad = await owner.call("POST", path, json={"class": "bogus"})
+    bad = await admin.call("POST", path, json={"class": "bogus"})
     assert bad.status_code == 400
-    unknown = await owner.call("POST", path, json={"class": "soft", "other": 1})
+    unknown = await admin.call("POST", path, json={"class": "soft", "other": 1})
     assert unknown.status_code == 400
     by_admin = await admin.call(
         "POST", f"/api/v1/bounces/{reports['unmatched']}/reclassify", json={"class": "ignore"}
     )
     assert by_admin.status_code == 200 and by_admin.json()["outcome"] == "changed"
+    # A console key of `send` and `suppressions`: its own mail's reports, not another's.
+    _, both = await create_key(api.svc.db, "console+", ["send", "suppressions"])
+    mine = checked(await api.send(payload(to=[{"email": "other@example.test"}]), key=both))
+    own = await bounced(api, uploader, mine)
     by_console = await api.http.post(
-        f"/api/v1/bounces/{reports['console']}/reclassify",
-        json={"class": "policy"}, headers=auth(console),
-    )  # fmt: skip
+        f"/api/v1/bounces/{own}/reclassify", json={"class": "policy"}, headers=auth(both)
+    )
     assert by_console.status_code == 200, by_console.text
+    not_its = await api.http.post(
+        f"/api/v1/bounces/{reports['stranger']}/reclassify",
+        json={"class": "ignore"}, headers=auth(both),
+    )  # fmt: skip
+    assert not_its.status_code == 404
 
 
 async def test_the_inbox_mail_the_sync_skipped_is_listed_to_who_sees_the_account(

@@ -149,7 +149,8 @@ async def test_a_stop_before_the_cursor_moves_hands_over_again_as_a_duplicate(
     await sync.sync_due()
     assert ingest.results == [PROCESSED, DUPLICATE]  # handed over again, counted once
     assert [source.uid for source in ingest.sources] == [1, 1]
-    assert KEYWORD.encode() in _mailbox(imap)[1]
+    # marked as the stored report was to be: a report (\\Seen), not only the keyword
+    assert KEYWORD.encode() in _mailbox(imap)[1] and b"\\Seen" in _mailbox(imap)[1]
     await sync.sync_due()
     assert len(ingest.calls) == 2
 

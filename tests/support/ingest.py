@@ -1,6 +1,7 @@
 """A recording stand-in for the report processing (gateway.reports.Ingest): what the ways in
 (the IMAP sync, the bounce listener) handed over, each answered as the real one answers a
-report seen before: `duplicate` for the same mailbox position. Free of pytest."""
+report seen before: `duplicate` for the same mailbox position (its stored report `processed`).
+Free of pytest."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ class RecordingIngest:
         self._seen.add(key)
         self.results.append(status)
         self.committed.set()
-        return IngestResult(status, report_id=len(self.calls))
+        return IngestResult(status, report_id=len(self.calls), status=PROCESSED)
 
     @property
     def sources(self) -> list[Source]:

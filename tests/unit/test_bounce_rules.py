@@ -67,7 +67,13 @@ def test_the_shipped_rules_load_with_unique_names_and_known_classes() -> None:
         (
             failed("5.0.0", "550 Requested action not taken: mailbox unavailable"),
             "hard",
-            "user-unknown-text",
+            "mailbox-unavailable-text",
+        ),
+        # RFC 5321's text for any 550: with a protocol code it says nothing of the mailbox
+        (
+            failed("5.5.0", "550 5.5.0 Requested action not taken: mailbox unavailable"),
+            "soft",
+            "protocol",
         ),
         (failed("5.0.0", "550 Address does not exist"), "hard", "user-unknown-text"),
         (failed("5.0.0", "552 Mailbox full"), "soft", "quota-text"),

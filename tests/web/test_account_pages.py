@@ -11,6 +11,7 @@ from markupsafe import escape
 from gateway.accounts.accounts import seal
 from storage import mail_accounts
 from storage.mail_accounts import MailAccountRecord
+from storage.shares import put_share
 from storage.users import UserRecord
 from tests.support.api import Api, ApiFactory
 from tests.support.people import make_user
@@ -97,6 +98,23 @@ async def test_a_member_sees_and_disconnects_only_theirs(api: Api) -> None:
         forged = await member.post(f"/accounts/{own.id}/disconnect", token=False)
         assert forged.status_code == 403 and str(escape("security token")) in forged.text
         assert (await member.post(f"/accounts/{own.id}/disconnect")).status_code == 303
+    finally:
+        await member.http.aclose()
+
+
+async def test_a_member_it_is_shared_with_may_not_disconnect_it(api: Api) -> None:
+    member, mine = await signed(api, "member@example.com", "member")
+    _, other = await signed(api, "other@example.com", "member")
+    try:
+        theirs = await stored(api, "theirs@example.test", other.id)
+        await api.svc.db.transaction(
+            lambda c: put_share(c, "account", theirs.id, mine.id, "member", 1.0, None)
+        )
+        assert "theirs@example.test" in (await member.get("/accounts")).text
+        refused = await member.post(f"/accounts/{theirs.id}/disconnect")
+        assert refused.status_code == 403, refused.text
+        record = await mail_accounts.get_account(api.svc.db, theirs.id)
+        assert record is not None  # still connected
     finally:
         await member.http.aclose()
 

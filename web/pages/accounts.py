@@ -168,7 +168,7 @@ async def disconnect(request: Request) -> Response:
     ctx, caller = await signed_in(request)
     record = await _visible(ctx, caller, request)
     try:
-        await account_ops.disconnect(ctx, record)
+        await account_ops.disconnect(ctx, caller, record)
     except PosternError as error:
         return refused_confirm(request, caller, _asked(record), error)
     return back(PATH, "disconnected")

@@ -3,10 +3,10 @@ page at a time, all or by status (unmatched: those no message of ours was found 
 report with its raw text (size-capped) and a form to give it another class.
 
 Who sees and reclassifies which report is the API's rule (api.bounce_ops, shared with GET
-/api/v1/bounces): an admin every report, anyone else those of the mail they may see (and
-of the connected accounts they own or that are shared with them); another's report is a
-404. Reclassifying is an admin's or the sender's of the matched message (the form is shown
-only to them).
+/api/v1/bounces): an admin every report, anyone else those of the mail they sent (and of
+the connected accounts they own: mail that left through them, reports that arrived in their
+mailboxes); another's report is a 404. Reclassifying is an admin's, or the sender's of the
+matched message holding the `suppressions` scope (the form is shown only to them).
 """
 
 from __future__ import annotations
