@@ -13,7 +13,7 @@ import operator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Integer, Select, cast, exists, func, select
+from sqlalchemy import BigInteger, Connection, Integer, Select, cast, exists, func, select
 
 from storage import event_json
 from storage.models import Event, Message, MessageMeta, MessageTag
@@ -26,7 +26,7 @@ TAG = MessageTag.__table__  # type: ignore[attr-defined]
 
 __all__ = ["START", "EventFilter", "Position", "Streamed", "horizon", "read", "resume_at"]
 __all__ += ["before_last"]
-__all__ += ["CHARTED", "MinuteStats", "per_minute", "per_pool_minute", "recent"]
+__all__ += ["CHARTED", "MinuteStats", "epoch_minute", "per_minute", "per_pool_minute", "recent"]
 
 
 @dataclass(frozen=True)
@@ -141,16 +141,24 @@ class MinuteStats(NamedTuple):
 CHARTED = ("delivered", "deferred", "bounced")
 
 
-def _minute(dialect: str, since: float) -> Any:
-    offset = (E.c.created_at - since) / 60.0
+def epoch_minute(dialect: str, created_at: Any) -> Any:
+    """The minute of a time, in minutes since the epoch: the same expression wherever events
+    are counted per minute (here, and storage.event_minutes' rollup), so that both bin an
+    event alike."""
     if dialect == "postgresql":
-        return cast(func.floor(offset), Integer)
-    return cast(offset, Integer)  # SQLite truncates: the offset is never negative here
+        return cast(func.floor(created_at / 60.0), BigInteger)
+    return cast(created_at / 60.0, Integer)  # SQLite truncates: times are never negative
+
+
+def _minute(dialect: str, since: float) -> Any:
+    """The minute after the window's start (`since`, on a minute)."""
+    return epoch_minute(dialect, E.c.created_at) - int(since // 60)
 
 
 def per_minute(conn: Connection, since: float, flt: EventFilter) -> list[MinuteStats]:
-    """Per minute since `since`, the charted events (read by time on ix_event_created, one
-    grouped row per minute and type: bounded whatever the traffic)."""
+    """Per minute since `since` (on a minute), the charted events, read raw (by time on
+    ix_event_created, one grouped row per minute and type): every event of the window is
+    read. storage.event_minutes.per_minute answers the same from the per-minute rollup."""
     minute = _minute(conn.dialect.name, since).label("minute")
     latency = E.c.upstream_seconds
     query = (
@@ -173,7 +181,8 @@ def per_pool_minute(
 ) -> dict[str, list[MinuteStats]]:
     """Per pool of `pools` and minute since `since`, its delivered, deferred and bounced
     events, every sender's (the pools page's throughput): one grouped row per pool, minute
-    and type, read by time on ix_event_created."""
+    and type, read raw by time on ix_event_created (storage.event_minutes.per_pool_minute
+    answers the same from the rollup)."""
     if not pools:
         return {}
     minute = _minute(conn.dialect.name, since).label("minute")
