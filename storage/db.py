@@ -270,6 +270,8 @@ _ADDED_COLUMNS = (
     # Schema 10: DNSBL checks (blocklist_check and blocklist_run are new tables, no column).
     # Schema 10: each upstream answer's transaction time, for the Live page's latency chart.
     ("event", "upstream_seconds", "FLOAT"),
+    # Schema 10: the charted events per minute (event_minute and event_roll are new tables,
+    # no column; the roll starts before the last two days' events: storage.event_minutes).
 )
 
 # Run once, right after their column was added, to fill it in for the rows already there.

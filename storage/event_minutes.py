@@ -18,7 +18,7 @@ each roll); and the position moves only from where the roll read it, so that two
 overlapping (a lease that lapsed mid-roll) cannot both count the same events.
 
 An event removed by retention stays counted (retention keeps messages for days; the charts
-show the last hour). The rows themselves go after KEEP (purge).
+show the last hour). The rows themselves go after KEEP (storage.retention.purge_minutes).
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ from sqlalchemy import (
     and_,
     case,
     cast,
-    delete,
     func,
     literal,
     or_,
@@ -70,7 +69,7 @@ KEEP = 2 * 86400.0  # seconds a minute's counts are kept (retention's purge)
 TAIL_CAP = 20_000  # events after the position a reader aggregates raw; past it, all raw
 _KEY = ("minute", "pool", "type", "user_id")
 
-__all__ = ["KEEP", "ROLL", "TAIL_CAP", "per_minute", "per_pool_minute", "position", "purge"]
+__all__ = ["KEEP", "ROLL", "TAIL_CAP", "per_minute", "per_pool_minute", "position"]
 __all__ += ["release", "roll"]
 
 
@@ -219,18 +218,6 @@ def release(conn: Connection, node: str) -> None:
         .where(R.c.name == ROLL, R.c.claimed_by == node)
         .values(claimed_by=None, claimed_until=None)
     )
-
-
-def purge(conn: Connection, before_time: float, limit: int = 1000) -> int:
-    """Delete the counts of up to `limit` rows' minutes (whole minutes: a few more rows at
-    most) older than `before_time`, oldest first, read on the primary key; how many went."""
-    older = epoch_minute_of(before_time)
-    oldest = select(EM.c.minute).where(EM.c.minute < older).order_by(EM.c.minute).limit(limit)
-    last = conn.execute(select(func.max(oldest.subquery().c.minute))).scalar()
-    if last is None:
-        return 0
-    gone = conn.execute(delete(EM).where(EM.c.minute <= int(last), EM.c.minute < older))
-    return int(gone.rowcount or 0)
 
 
 def epoch_minute_of(at: float) -> int:

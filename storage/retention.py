@@ -17,15 +17,20 @@ What came back, each with its own rule:
 - a soft-bounce count (`soft_bounce`) whose window ended ([bounces] soft_window from its
   first bounce) is dead: the next soft bounce of that address would start it over at 1
   anyway (storage.bounce_reports.count_soft), so deleting it changes nothing but the size.
+
+And the charted events' counts per minute (`event_minute`, storage.event_minutes) go once
+their minute is older than event_minutes.KEEP (two days): the charts show the last hour.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, delete, select, tuple_
+from sqlalchemy import Connection, delete, func, select, tuple_
 
+from storage.event_minutes import epoch_minute_of
 from storage.models import (
     BounceReport,
     Event,
+    EventMinute,
     InboxSkip,
     Message,
     MessageBody,
@@ -39,6 +44,7 @@ M = Message.__table__  # type: ignore[attr-defined]
 BR = BounceReport.__table__  # type: ignore[attr-defined]
 SB = SoftBounce.__table__  # type: ignore[attr-defined]
 SK = InboxSkip.__table__  # type: ignore[attr-defined]
+EM = EventMinute.__table__  # type: ignore[attr-defined]
 FINAL = ("delivered", "bounced", "cancelled", "sandbox")
 _SIDE_TABLES = (
     Recipient.__table__,  # type: ignore[attr-defined]
@@ -120,3 +126,15 @@ def purge_soft(conn: Connection, window_started_before: float, limit: int = 1000
             delete(SB).where(SB.c.email.in_(emails), SB.c.first_at < window_started_before)
         )
     return len(emails)
+
+
+def purge_minutes(conn: Connection, before_time: float, limit: int = 1000) -> int:
+    """Delete the counts of up to `limit` rows' minutes (whole minutes: a few more rows at
+    most) older than `before_time`, oldest first, read on the primary key; how many went."""
+    older = epoch_minute_of(before_time)
+    oldest = select(EM.c.minute).where(EM.c.minute < older).order_by(EM.c.minute).limit(limit)
+    last = conn.execute(select(func.max(oldest.subquery().c.minute))).scalar()
+    if last is None:
+        return 0
+    gone = conn.execute(delete(EM).where(EM.c.minute <= int(last), EM.c.minute < older))
+    return int(gone.rowcount or 0)

@@ -20,6 +20,7 @@ from storage import event_minutes, event_stream
 from storage.db import Database
 from storage.event_stream import EventFilter
 from storage.models import Event, EventMinute, Message
+from storage.retention import purge_minutes
 from storage.webhook_outbox import count_after
 
 M = Message.__table__  # type: ignore[attr-defined]
@@ -258,6 +259,6 @@ async def test_retention_drops_minutes_past_keep(backend: Database) -> None:
     await caught_up(backend, Rollup(backend, "node-a"))
     assert len(await counts(backend)) == 2
     keep = now - event_minutes.KEEP
-    gone = await backend.transaction(lambda conn: event_minutes.purge(conn, keep))
+    gone = await backend.transaction(lambda conn: purge_minutes(conn, keep))
     assert gone == 1
     assert [row[0] for row in await counts(backend)] == [int(now // 60)]
