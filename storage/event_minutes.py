@@ -276,7 +276,8 @@ def _sources(
             seconds,
         )
         .select_from(E.join(M, M.c.id == E.c.message_id) if flt.user_id else E)
-        .where(_after_roll(dialect), E.c.created_at >= since, E.c.type.in_(CHARTED))
+        # `+ 0`: read after the position (a few rows), never the hour on ix_event_created
+        .where(_after_roll(dialect), E.c.created_at + 0 >= since, E.c.type.in_(CHARTED))
     )
     if flt.types:
         tail = tail.where(E.c.type.in_(flt.types))
@@ -285,7 +286,8 @@ def _sources(
         tail = tail.where(E.c.pool == flt.pool)
     if flt.user_id is not None:
         rolled = rolled.where(EM.c.user_id == flt.user_id)
-        tail = tail.where(M.c.user_id == flt.user_id)
+        # on the event's message (by its key), not every message of the owner's index
+        tail = tail.where(func.coalesce(M.c.user_id, "") == flt.user_id)
     if pools is not None:
         rolled = rolled.where(EM.c.pool.in_(pools))
         tail = tail.where(E.c.pool.in_(pools))
