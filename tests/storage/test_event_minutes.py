@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import Connection, func, insert, select
 
 from gateway.queue import events
+from gateway.queue.retention import Retention
 from gateway.queue.rollup import Rollup
 from storage import event_minutes, event_stream
 from storage.db import Database
@@ -22,6 +23,7 @@ from storage.event_stream import EventFilter
 from storage.models import Event, EventMinute, Message
 from storage.retention import purge_minutes
 from storage.webhook_outbox import count_after
+from storage.writer import Writer
 
 M = Message.__table__  # type: ignore[attr-defined]
 E = Event.__table__  # type: ignore[attr-defined]
@@ -242,7 +244,7 @@ async def test_two_nodes_rolling_at_once_count_each_event_once(
     assert total == await backend.read(lambda conn: conn.execute(charted).scalar())
 
 
-async def test_retention_drops_minutes_past_keep(backend: Database) -> None:
+async def test_retention_drops_minutes_past_keep(backend: Database, writer: Writer) -> None:
     now = time.time()
     await messages(backend, now)
     old = now - event_minutes.KEEP - 600
@@ -259,6 +261,6 @@ async def test_retention_drops_minutes_past_keep(backend: Database) -> None:
     await caught_up(backend, Rollup(backend, "node-a"))
     assert len(await counts(backend)) == 2
     keep = now - event_minutes.KEEP
-    gone = await backend.transaction(lambda conn: purge_minutes(conn, keep))
-    assert gone == 1
+    assert await backend.transaction(lambda conn: purge_minutes(conn, keep - 3600)) == 0
+    assert await Retention(writer, 30 * 86400.0).sweep_minutes() == 1  # the sweep's own
     assert [row[0] for row in await counts(backend)] == [int(now // 60)]
