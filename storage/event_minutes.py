@@ -221,6 +221,7 @@ def release(conn: Connection, node: str) -> None:
 
 
 def epoch_minute_of(at: float) -> int:
+    """The minute (since the epoch) of a time: that of event_stream.epoch_minute."""
     return int(at // 60)
 
 
@@ -233,7 +234,7 @@ def _rollable(flt: EventFilter) -> bool:
         flt.message_id is None
         and flt.recipient is None
         and flt.tag is None
-        and (flt.api_key_id is None)
+        and flt.api_key_id is None
     )
 
 
