@@ -53,7 +53,6 @@ from storage.webhook_outbox import (
     Position,
     before,
     compare_position,
-    count_after,
     first_since,
     horizon,
     position_of,
@@ -68,6 +67,7 @@ ROLL = "minutes"  # the roll's row in event_roll
 KEEP = 2 * 86400.0  # seconds a minute's counts are kept (retention's purge)
 TAIL_CAP = 20_000  # events after the position a reader aggregates raw; past it, all raw
 _KEY = ("minute", "pool", "type", "user_id")
+_ORDER = {True: (E.c.txid, E.c.id), False: (E.c.id,)}  # commit order: PostgreSQL's, SQLite's
 
 __all__ = ["KEEP", "ROLL", "TAIL_CAP", "per_minute", "per_pool_minute", "position"]
 __all__ += ["release", "roll"]
@@ -129,7 +129,7 @@ def _events(conn: Connection, after: Position, upto: Position, limit: int) -> li
             compare_position(dialect, operator.gt, after.txid, after.id),
             compare_position(dialect, operator.le, upto.txid, upto.id),
         )
-        .order_by(*((E.c.txid, E.c.id) if dialect == "postgresql" else (E.c.id,)))
+        .order_by(*_ORDER[dialect == "postgresql"])
         .limit(limit)
     )
     return list(conn.execute(query))
@@ -238,24 +238,45 @@ def _rollable(flt: EventFilter) -> bool:
     )
 
 
-def _tail_small(conn: Connection) -> bool:
-    """Whether the roll has run and the events after its position are fewer than TAIL_CAP
-    (a roller far behind, or stopped: the raw aggregation is then the cheaper read)."""
+def _small_tail(conn: Connection) -> Position | None:
+    """The roll's position, if the roll has run and fewer than TAIL_CAP events are after
+    it; else None (a roller far behind, or stopped: the raw aggregation is then the cheaper
+    read)."""
     at = position(conn)
-    return at is not None and count_after(conn, at, TAIL_CAP) < TAIL_CAP
+    if at is None:
+        return None
+    dialect = conn.dialect.name
+    # The TAIL_CAP-th event after it, in commit order: an ordered read of ix_event_order
+    # (the rowid on SQLite) that stops there; a count could be planned as a table scan.
+    query = (
+        select(E.c.id)
+        .where(compare_position(dialect, operator.gt, at.txid, at.id))
+        .order_by(*_ORDER[dialect == "postgresql"])
+        .offset(TAIL_CAP - 1)
+        .limit(1)
+    )
+    return at if conn.execute(query).first() is None else None
 
 
-def _after_roll(dialect: str) -> Any:
-    """An event is after the roll's position, read by the same statement (one snapshot)."""
+def _after_roll(dialect: str, seen: Position) -> Any:
+    """An event is after the roll's position, read by the same statement (one snapshot: the
+    rollup and the tail then meet exactly). The position `seen` before it is a bound the
+    planner can estimate (the subqueries' values are unknown to it): the position only
+    moves forward, so every event after the current one is after `seen` too."""
     txid = select(R.c.position_txid).where(R.c.name == ROLL).scalar_subquery()
     id_ = select(R.c.position_id).where(R.c.name == ROLL).scalar_subquery()
     if dialect == "postgresql":
-        return and_(E.c.txid >= txid, tuple_(E.c.txid, E.c.id) > tuple_(txid, id_))
-    return E.c.id > id_
+        after = tuple_(E.c.txid, E.c.id) > tuple_(txid, id_)
+        return and_(E.c.txid >= seen.txid, after)
+    return and_(E.c.id > seen.id, E.c.id > id_)
 
 
 def _sources(
-    dialect: str, since: float, flt: EventFilter, pools: Sequence[str] | None = None
+    dialect: str,
+    since: float,
+    flt: EventFilter,
+    seen: Position,
+    pools: Sequence[str] | None = None,
 ) -> Select[Any]:
     """The window's counts per minute and type (and pool, when `pools` are given: of those
     pools): the rollup's rows plus the tail's events, grouped together. Each row: [pool,]
@@ -278,7 +299,7 @@ def _sources(
         )
         .select_from(E.join(M, M.c.id == E.c.message_id) if flt.user_id else E)
         # `+ 0`: read after the position (a few rows), never the hour on ix_event_created
-        .where(_after_roll(dialect), E.c.created_at + 0 >= since, E.c.type.in_(CHARTED))
+        .where(_after_roll(dialect, seen), E.c.created_at + 0 >= since, E.c.type.in_(CHARTED))
     )
     if flt.types:
         tail = tail.where(E.c.type.in_(flt.types))
@@ -311,12 +332,13 @@ def per_minute(conn: Connection, since: float, flt: EventFilter) -> list[MinuteS
     Raw (event_stream.per_minute) when the rollup cannot answer: a filter by recipient,
     message_id or tag, a restriction by api_key_id (the rollup counts per owner, not per
     key), no roll yet, or a tail of TAIL_CAP events or more (a roller far behind)."""
-    if not _rollable(flt) or not _tail_small(conn):
+    seen = _small_tail(conn) if _rollable(flt) else None
+    if seen is None:
         return event_stream.per_minute(conn, since, flt)
     first = epoch_minute_of(since)
     found: dict[int, dict[str, Any]] = {}
     for at, kind, count, timed, total, worst in conn.execute(
-        _sources(conn.dialect.name, since, flt)
+        _sources(conn.dialect.name, since, flt, seen)
     ):
         minute = int(at) - first
         slot = found.setdefault(minute, {"minute": minute})
@@ -334,10 +356,11 @@ def per_pool_minute(
     per_minute; raw when the roll has not run or is TAIL_CAP events or more behind."""
     if not pools:
         return {}
-    if not _tail_small(conn):
+    seen = _small_tail(conn)
+    if seen is None:
         return event_stream.per_pool_minute(conn, since, pools)
     first = epoch_minute_of(since)
-    query = _sources(conn.dialect.name, since, EventFilter(), pools)
+    query = _sources(conn.dialect.name, since, EventFilter(), seen, pools)
     found: dict[str, dict[int, dict[str, Any]]] = {}
     for pool, at, kind, count, *_ in conn.execute(query):
         minute = int(at) - first
