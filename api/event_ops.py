@@ -15,7 +15,7 @@ from api.context import ApiContext
 from api.message_ops import restriction
 from gateway.queue import events
 from gateway.queue.operations import FilterError, make_filter
-from storage import event_stream
+from storage import event_minutes, event_stream
 from storage.event_stream import EventFilter, MinuteStats
 
 FILTERS = ("type", "message_id", "recipient", "pool", "tag")
@@ -91,9 +91,10 @@ async def recent(ctx: ApiContext, flt: EventFilter, limit: int = RECENT) -> list
 async def per_minute(
     ctx: ApiContext, flt: EventFilter, minutes: int = 60
 ) -> tuple[float, list[MinuteStats]]:
-    """The window's start (on a minute) and its charted events per minute."""
+    """The window's start (on a minute) and its charted events per minute (from the
+    per-minute rollup when the filter allows: storage.event_minutes.per_minute)."""
     since = (time.time() // 60 - minutes + 1) * 60
-    stats = await ctx.db.read(lambda conn: event_stream.per_minute(conn, since, flt))
+    stats = await ctx.db.read(lambda conn: event_minutes.per_minute(conn, since, flt))
     return since, stats
 
 
@@ -101,7 +102,7 @@ async def per_pool_minute(
     ctx: ApiContext, pools: list[str], minutes: int = 60
 ) -> tuple[float, dict[str, list[MinuteStats]]]:
     """The window's start (on a minute) and each pool's charted events per minute (all
-    senders': a pool's throughput, shown to those who may manage pools)."""
+    senders': a pool's throughput, shown to those who may manage pools), from the rollup."""
     since = (time.time() // 60 - minutes + 1) * 60
-    stats = await ctx.db.read(lambda conn: event_stream.per_pool_minute(conn, since, pools))
+    stats = await ctx.db.read(lambda conn: event_minutes.per_pool_minute(conn, since, pools))
     return since, stats

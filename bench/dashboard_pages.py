@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import insert
+from sqlalchemy import Connection, insert
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -35,11 +35,13 @@ from gateway.config import from_dict
 from gateway.people.passwords import Passwords
 from gateway.people.users import Users
 from gateway.process.service import Service
+from storage import event_minutes
 from storage.db import Database
 from storage.keys import create_key
 from storage.models import Event, Message, MessageBody, MessageSubjectWord, Recipient
 from storage.search_keys import address_key, subject_words
 from storage.users import UserRecord
+from storage.webhook_outbox import count_after
 from tests.support.processes import free_port
 
 PASSWORD = "correct horse battery staple"
@@ -145,6 +147,20 @@ async def fill(db: Database, total: int, owners: list[str], seconds: float) -> i
     return made
 
 
+async def rolled_up(db: Database, timeout: float = 600) -> float:
+    """Seconds until serve's roller has counted every event written (storage.event_minutes):
+    the pages are measured in the steady state, where the roll keeps up with the traffic."""
+    started = time.monotonic()
+
+    def behind(conn: Connection) -> int:
+        at = event_minutes.position(conn)
+        return 1 if at is None else count_after(conn, at, 1000)
+
+    while await db.read(behind) and time.monotonic() - started < timeout:
+        await asyncio.sleep(0.5)
+    return time.monotonic() - started
+
+
 async def sign_in(base: str, user: UserRecord, client: httpx.AsyncClient) -> None:
     fields = {"email": user.email, "password": PASSWORD, "next": "/"}
     signed = await client.post("/login", data=fields)
@@ -161,6 +177,8 @@ async def measure(
     member = await users.create("member@example.com", "member", PASSWORD)
     others = [f"usr_other{k}" for k in range(8)]  # the member's mail is one message in ten
     made = await fill(service.db, messages, [member.id, *others, user.id], fill_s)
+    caught = await rolled_up(service.db)
+    print(f"filled {made:,} messages; the events rollup caught up {caught:.1f} s after")
     group = (made // len(STATUSES) - 1) * len(STATUSES)  # the last whole run of STATUSES
     one = f"msg_bench{group + STATUSES.index('deferred'):08d}"
     async with (

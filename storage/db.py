@@ -285,6 +285,8 @@ _ADDED_COLUMNS = (
     # Schema 10: a bounce report's bytes hashed alone (the same bytes with and without an
     # envelope recipient are one report); ix_bounce_report_raw_hash comes from the model.
     ("bounce_report", "raw_hash", "VARCHAR(64)"),
+    # Schema 10: the charted events per minute (event_minute and event_roll are new tables,
+    # no column; the roll starts before the last two days' events: storage.event_minutes).
 )
 
 # Run once, right after their column was added, to fill it in for the rows already there.

@@ -10,10 +10,10 @@ their own mail, as GET /v1/messages does.
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Integer, Select, cast, exists, func, select
+from sqlalchemy import BigInteger, Connection, Integer, Select, cast, exists, func, select
 
 from storage import event_json
 from storage.models import Event, Message, MessageMeta, MessageTag
@@ -26,7 +26,7 @@ TAG = MessageTag.__table__  # type: ignore[attr-defined]
 
 __all__ = ["START", "EventFilter", "Position", "Streamed", "horizon", "read", "resume_at"]
 __all__ += ["before_last"]
-__all__ += ["CHARTED", "MinuteStats", "per_minute", "per_pool_minute", "recent"]
+__all__ += ["CHARTED", "MinuteStats", "epoch_minute", "per_minute", "per_pool_minute", "recent"]
 
 
 @dataclass(frozen=True)
@@ -122,9 +122,28 @@ def before_last(conn: Connection, count: int) -> Position:
     return START if older is None else resume_at(conn, int(older))
 
 
+RECENT_SCAN = 5000  # the newest events an owner's recent ones are looked for among first
+
+
 def recent(conn: Connection, flt: EventFilter, limit: int) -> list[str]:
-    """The last `limit` events that match, newest first, as public JSON."""
-    query = _filtered(_shaped(conn.dialect.name), flt).order_by(E.c.id.desc()).limit(limit)
+    """The last `limit` events that match, newest first, as public JSON.
+
+    An owner's (`flt.user_id`) on SQLite: first among the newest RECENT_SCAN events, each
+    joined to its message by key (an owner with much mail: by the owner's index on message,
+    SQLite would read every message of theirs, 100,000 of a million, to sort their events:
+    430 ms); when fewer than `limit` are there, by the owner's messages (little mail).
+    PostgreSQL's planner, with statistics, picks between the two itself (3-4 ms)."""
+    shaped = _shaped(conn.dialect.name)
+    if flt.user_id is not None and conn.dialect.name == "sqlite":
+        newest = select(E.c.id).order_by(E.c.id.desc()).offset(RECENT_SCAN).limit(1)
+        among = _filtered(shaped, replace(flt, user_id=None)).where(
+            E.c.id > func.coalesce(newest.scalar_subquery(), 0),
+            func.coalesce(M.c.user_id, "") == flt.user_id,  # not by the owner's index
+        )
+        found = [r[2] for r in conn.execute(among.order_by(E.c.id.desc()).limit(limit))]
+        if len(found) == limit:
+            return found
+    query = _filtered(shaped, flt).order_by(E.c.id.desc()).limit(limit)
     return [r[2] for r in conn.execute(query)]
 
 
@@ -143,16 +162,24 @@ class MinuteStats(NamedTuple):
 CHARTED = ("delivered", "deferred", "bounced")
 
 
-def _minute(dialect: str, since: float) -> Any:
-    offset = (E.c.created_at - since) / 60.0
+def epoch_minute(dialect: str, created_at: Any) -> Any:
+    """The minute of a time, in minutes since the epoch: the same expression wherever events
+    are counted per minute (here, and storage.event_minutes' rollup), so that both bin an
+    event alike."""
     if dialect == "postgresql":
-        return cast(func.floor(offset), Integer)
-    return cast(offset, Integer)  # SQLite truncates: the offset is never negative here
+        return cast(func.floor(created_at / 60.0), BigInteger)
+    return cast(created_at / 60.0, Integer)  # SQLite truncates: times are never negative
+
+
+def _minute(dialect: str, since: float) -> Any:
+    """The minute after the window's start (`since`, on a minute)."""
+    return epoch_minute(dialect, E.c.created_at) - int(since // 60)
 
 
 def per_minute(conn: Connection, since: float, flt: EventFilter) -> list[MinuteStats]:
-    """Per minute since `since`, the charted events (read by time on ix_event_created, one
-    grouped row per minute and type: bounded whatever the traffic)."""
+    """Per minute since `since` (on a minute), the charted events, read raw (by time on
+    ix_event_created, one grouped row per minute and type): every event of the window is
+    read. storage.event_minutes.per_minute answers the same from the per-minute rollup."""
     minute = _minute(conn.dialect.name, since).label("minute")
     latency = E.c.upstream_seconds
     query = (
@@ -175,7 +202,8 @@ def per_pool_minute(
 ) -> dict[str, list[MinuteStats]]:
     """Per pool of `pools` and minute since `since`, its delivered, deferred and bounced
     events, every sender's (the pools page's throughput): one grouped row per pool, minute
-    and type, read by time on ix_event_created."""
+    and type, read raw by time on ix_event_created (storage.event_minutes.per_pool_minute
+    answers the same from the rollup)."""
     if not pools:
         return {}
     minute = _minute(conn.dialect.name, since).label("minute")

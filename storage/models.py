@@ -823,3 +823,36 @@ class ReputationSubject(SQLModel, table=True):
     dkim: bool | None = None
     dmarc: bool | None = None
     setup_checked_at: float | None = None
+
+
+class EventMinute(SQLModel, table=True):
+    """The charted events (delivered, deferred, bounced) counted per epoch minute, pool, type
+    and owner: what the Live page and the pools page chart, read without touching the event
+    table's hour (storage.event_minutes). Added to by the roller (gateway.queue.rollup) from
+    the events after its position, in the transaction that moves the position. '' stands
+    for no pool / no owner (a NULL in a key would make every such row unique). Schema 10."""
+
+    __tablename__ = "event_minute"
+
+    minute: int = Field(sa_column=Column(BigInteger, primary_key=True))  # created_at // 60
+    pool: str = Field(default="", primary_key=True, max_length=128)
+    type: str = Field(primary_key=True, max_length=32)
+    user_id: str = Field(default="", primary_key=True, max_length=64)  # the message's owner
+    count: int = 0
+    latency_count: int = 0  # events of them with an upstream_seconds
+    latency_sum: float = 0.0
+    latency_max: float | None = None
+
+
+class EventRoll(SQLModel, table=True):
+    """The roller's position (txid, id) in commit order: every event at or before it is
+    counted in event_minute, none after. One row per roll; one node of many rolls it
+    (`claimed_by` until `claimed_until`, a conditional UPDATE). Schema 10."""
+
+    __tablename__ = "event_roll"
+
+    name: str = Field(primary_key=True, max_length=32)
+    position_txid: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    position_id: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    claimed_by: str | None = Field(default=None, max_length=64)
+    claimed_until: float | None = None

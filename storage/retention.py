@@ -19,15 +19,20 @@ What came back, each with its own rule:
 - a soft-bounce count (`soft_bounce`) whose newest bounce is out of the sliding window
   ([bounces] soft_window) is dead: the next soft bounce of that address would count 1
   anyway (storage.bounce_reports.count_soft), so deleting it changes nothing but the size.
+
+And the charted events' counts per minute (`event_minute`, storage.event_minutes) go once
+their minute is older than event_minutes.KEEP (two days): the charts show the last hour.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, delete, select, tuple_
+from sqlalchemy import Connection, delete, func, select, tuple_
 
+from storage.event_minutes import epoch_minute_of
 from storage.models import (
     BounceReport,
     Event,
+    EventMinute,
     InboxSkip,
     Message,
     MessageBody,
@@ -43,6 +48,7 @@ B = MessageBody.__table__  # type: ignore[attr-defined]
 BR = BounceReport.__table__  # type: ignore[attr-defined]
 SB = SoftBounce.__table__  # type: ignore[attr-defined]
 SK = InboxSkip.__table__  # type: ignore[attr-defined]
+EM = EventMinute.__table__  # type: ignore[attr-defined]
 FINAL = ("delivered", "bounced", "cancelled", "sandbox")
 _SIDE_TABLES = (
     Recipient.__table__,  # type: ignore[attr-defined]
@@ -143,3 +149,15 @@ def purge_bodies_chunk(conn: Connection, before: float, limit: int = 1000) -> in
         return 0
     conn.execute(delete(B).where(B.c.message_id.in_(ids)))
     return len(ids)
+
+
+def purge_minutes(conn: Connection, before_time: float, limit: int = 1000) -> int:
+    """Delete the counts of up to `limit` rows' minutes (whole minutes: a few more rows at
+    most) older than `before_time`, oldest first, read on the primary key; how many went."""
+    older = epoch_minute_of(before_time)
+    oldest = select(EM.c.minute).where(EM.c.minute < older).order_by(EM.c.minute).limit(limit)
+    last = conn.execute(select(func.max(oldest.subquery().c.minute))).scalar()
+    if last is None:
+        return 0
+    gone = conn.execute(delete(EM).where(EM.c.minute <= int(last), EM.c.minute < older))
+    return int(gone.rowcount or 0)

@@ -42,12 +42,19 @@ class Figures:
     height: int = HEIGHT
 
 
-def _samples(metric: Collector, suffix: str, pool: str) -> list[tuple[dict[str, str], float]]:
-    found: list[tuple[dict[str, str], float]] = []
+Samples = dict[str, list[tuple[dict[str, str], float]]]  # by pool: (labels, value)
+
+
+def _samples(metric: Collector, suffix: str) -> Samples:
+    """The metric's samples named ...`suffix`, by pool: one collect for every pool (a
+    collect yields every label set's samples, so one per pool made a page of N pools cost
+    N times all of them)."""
+    found: Samples = {}
     for family in metric.collect():
         for sample in family.samples:
-            if sample.name.endswith(suffix) and sample.labels.get("pool") == pool:
-                found.append((sample.labels, sample.value))
+            pool = sample.labels.get("pool")
+            if pool is not None and sample.name.endswith(suffix):
+                found.setdefault(pool, []).append((sample.labels, sample.value))
     return found
 
 
@@ -92,18 +99,28 @@ def _bars(cumulative: list[tuple[float, float]]) -> tuple[list[Bucket], int]:
 
 def figures(pool: str) -> Figures:
     """The pool's figures on this node since it started (its metrics' label is its name)."""
-    buckets = _samples(metrics.UPSTREAM_SEND_SECONDS, "_bucket", pool)
-    cumulative = sorted((float(labels["le"]), value) for labels, value in buckets)
-    shown = Figures()
-    shown.buckets, shown.top = _bars(cumulative)
-    shown.sends = int(cumulative[-1][1]) if cumulative else 0
-    shown.seconds = sum(v for _, v in _samples(metrics.UPSTREAM_SEND_SECONDS, "_sum", pool))
-    shown.p50, shown.p95 = quantile(0.5, cumulative), quantile(0.95, cumulative)
+    return figures_of([pool])[pool]
+
+
+def figures_of(pools: list[str]) -> dict[str, Figures]:
+    """Each pool's figures, the metrics read once for all of them."""
+    buckets = _samples(metrics.UPSTREAM_SEND_SECONDS, "_bucket")
+    sums = _samples(metrics.UPSTREAM_SEND_SECONDS, "_sum")
     counters = {
-        "delivered": metrics.MESSAGES_DELIVERED,
-        "deferred": metrics.MESSAGES_DEFERRED,
-        "bounced": metrics.MESSAGES_BOUNCED,
+        "delivered": _samples(metrics.MESSAGES_DELIVERED, "_total"),
+        "deferred": _samples(metrics.MESSAGES_DEFERRED, "_total"),
+        "bounced": _samples(metrics.MESSAGES_BOUNCED, "_total"),
     }
-    for kind, counter in counters.items():
-        shown.outcomes[kind] = int(sum(v for _, v in _samples(counter, "_total", pool)))
-    return shown
+    found: dict[str, Figures] = {}
+    for pool in pools:
+        mine = buckets.get(pool, [])
+        cumulative = sorted((float(labels["le"]), value) for labels, value in mine)
+        shown = Figures()
+        shown.buckets, shown.top = _bars(cumulative)
+        shown.sends = int(cumulative[-1][1]) if cumulative else 0
+        shown.seconds = sum(v for _, v in sums.get(pool, []))
+        shown.p50, shown.p95 = quantile(0.5, cumulative), quantile(0.95, cumulative)
+        for kind, samples in counters.items():
+            shown.outcomes[kind] = int(sum(v for _, v in samples.get(pool, [])))
+        found[pool] = shown
+    return found

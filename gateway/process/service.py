@@ -63,6 +63,7 @@ from gateway.process.http_server import DoorLimits, HttpDoor
 from gateway.process.instance import DataDirLock, database_of
 from gateway.process.pools import WATCH_INTERVAL, PoolSync
 from gateway.process.startup import Prepared, StartupError, WorkerRole, prepare
+from gateway.queue import rollup
 from gateway.queue.notify import Notifier
 from gateway.queue.retention import Retention
 from gateway.queue.store import Queue
@@ -162,6 +163,7 @@ class Service:
         self.identities: Identities | None = None
         self.intake: Intake | None = None
         self.retention: Retention | None = None
+        self.rollup: rollup.Rollup | None = None  # the charted events per minute
         self.webhooks: Webhooks | None = None
         self.account_sync: AccountSync | None = None  # connected accounts' inboxes
         self.reputation: ReputationWatch | None = None  # the evaluation (one node: a lease)
@@ -402,6 +404,10 @@ class Service:
             loops.every(check, self.warmup.check_spikes, "checking warmups for spikes")
         purge = partial(purge_idempotency_keys, db)  # both doors reserve keys
         loops.every(PURGE_INTERVAL, purge, "purging idempotency keys", at_once=True)
+        # The Live page's and the pools page's counts per minute, by one node of many (a lease).
+        self.rollup = rollup.Rollup(db, ready.node)
+        await self.rollup.release()  # whatever this node held when it last stopped
+        loops.every(rollup.INTERVAL, self.rollup.run_once, "rolling up events", at_once=True)
         await self._start_account_sync(ready, db, outbound)
         if config.blocklists.enabled:  # a round per interval, by one node of many (a lease)
             dnsbl = BlocklistCheck.build(db, config.blocklists, config.dns.nameservers, ready.node)
@@ -654,6 +660,7 @@ class Service:
         for task in list(self._reloads):
             task.cancel()
         await self.loops.stop()
+        await self._release_rollup()
         await self._release_accounts()
         await self._release_reputation()
         if self.delivery is not None:
@@ -702,6 +709,15 @@ class Service:
             # Not fatal: the next start of this node releases them, other nodes when the
             # lease lapses.
             log.warning("could not release claimed messages: %s", error)
+
+    async def _release_rollup(self) -> None:
+        """Another node may roll the events at once rather than wait out this one's lease."""
+        if self.rollup is None:
+            return
+        try:
+            await self.rollup.release()
+        except StorageUnavailable as error:
+            log.warning("could not release the events rollup's lease: %s", error)
 
     async def _release_accounts(self) -> None:
         """IDLE connections end; a sync cut short by the stop gives its account back (else

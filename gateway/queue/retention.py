@@ -2,7 +2,8 @@
 `[storage] retention` (storage.retention), a bounded chunk per transaction, and the stored
 bodies of those final for longer than `[storage] body_retention`; then what came back:
 bounce reports and skipped-inbox records older than the retention limit, and soft-bounce
-counts whose `[bounces] soft_window` has ended (storage.retention says why each may go)."""
+counts whose `[bounces] soft_window` has ended (storage.retention says why each may go); and
+the charted events' counts of minutes older than two days (storage.event_minutes.KEEP)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ from dataclasses import dataclass
 from sqlalchemy import Connection
 
 from gateway.tasks import cancel_and_wait, repeat
+from storage import event_minutes
 from storage.retention import (
     purge_bodies_chunk,
     purge_chunk,
+    purge_minutes,
     purge_reports,
     purge_skips,
     purge_soft,
@@ -84,6 +87,11 @@ class Retention:
             soft = await self._chunks(lambda conn: purge_soft(conn, started, CHUNK))
         return BouncesSwept(reports, skips, soft)
 
+    async def sweep_minutes(self) -> int:
+        """Delete the per-minute counts older than event_minutes.KEEP; how many rows went."""
+        before = time.time() - event_minutes.KEEP
+        return await self._chunks(lambda conn: purge_minutes(conn, before, CHUNK))
+
     async def _chunks(self, purge: Callable[[Connection], int]) -> int:
         total = 0
         while True:
@@ -111,6 +119,9 @@ class Retention:
         removed = await self.sweep()  # storage trouble: logged by repeat, tried next time
         if removed:
             log.info("retention: deleted %d final messages older than the limit", removed)
+        minutes = await self.sweep_minutes()
+        if minutes:
+            log.info("retention: deleted %d per-minute event counts past two days", minutes)
         swept = await self.sweep_bounces()
         if swept:
             log.info(

@@ -8,6 +8,7 @@ import json
 import time
 from typing import Any
 
+import pytest
 from sqlalchemy import Connection, insert
 
 from gateway.message import DeliveryResult, Hop, Outcome
@@ -119,3 +120,27 @@ async def test_per_pool_minute_counts_each_pool_apart(backend: Database) -> None
         "two": [(1, 0, 1)],
     }
     assert await backend.read(lambda conn: event_stream.per_pool_minute(conn, since, [])) == {}
+
+
+async def test_an_owners_recent_events_among_the_newest_or_by_their_messages(
+    backend: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A busy owner's last events are found among the newest (RECENT_SCAN), a quiet one's by
+    their messages: the same answer as reading them all."""
+    monkeypatch.setattr(event_stream, "RECENT_SCAN", 10)
+    now = time.time()
+    await message(backend, "msg_busy", "usr_busy", now)
+    await message(backend, "msg_quiet", "usr_quiet", now)
+    rows = [events.row("queued", "msg_quiet", "queued", now, "q@x.test")]
+    rows += [events.row("deferred", "msg_busy", "queued", now, f"{n}@x.test") for n in range(30)]
+    await backend.transaction(lambda conn: conn.execute(events.INSERT_EVENT, rows))
+
+    def read(user: str, limit: int) -> Any:
+        return backend.read(
+            lambda conn: event_stream.recent(conn, EventFilter(user_id=user), limit)
+        )
+
+    busy = [json.loads(d)["recipient"] for d in await read("usr_busy", 5)]
+    assert busy == [f"{n}@x.test" for n in (29, 28, 27, 26, 25)]
+    assert len(await read("usr_busy", 25)) == 25  # more than the newest 10 hold
+    assert [json.loads(d)["recipient"] for d in await read("usr_quiet", 5)] == ["q@x.test"]

@@ -34,7 +34,7 @@ from web.pages.pool_form import (
     checked_update,
     values_of,
 )
-from web.pool_figures import Figures, figures
+from web.pool_figures import Figures, figures_of
 from web.render import fragment, is_htmx, page
 
 SCOPE = "pools"
@@ -58,12 +58,12 @@ class Row:
     throughput: charts.Chart  # every node's outcomes per minute, the last hour
 
 
-def _row(ctx: ApiContext, record: PoolRecord, minutes: list[MinuteStats]) -> Row:
-    """From the live registry and the Prometheus metrics (memory), and `minutes`."""
+def _row(ctx: ApiContext, record: PoolRecord, minutes: list[MinuteStats], shown: Figures) -> Row:
+    """From the live registry, the Prometheus metrics (memory: `shown`), and `minutes`."""
     pools = ctx.management().pools
     health = pools.health(record.id)
     live = pools.live(record.id) is not None
-    return Row(record, live, health, figures(record.name), charts.outcomes(minutes))
+    return Row(record, live, health, shown, charts.outcomes(minutes))
 
 
 def _page_number(request: Request) -> int | None:
@@ -80,7 +80,8 @@ async def list_pools(request: Request) -> Response:
     shown = min(number or 1, pages)
     on_page = records[(shown - 1) * PAGE_SIZE : shown * PAGE_SIZE]
     since, stats = await event_ops.per_pool_minute(ctx, [r.name for r in on_page])
-    rows = [_row(ctx, record, stats.get(record.name, [])) for record in on_page]
+    read = figures_of([record.name for record in on_page])  # the metrics read once
+    rows = [_row(ctx, r, stats.get(r.name, []), read[r.name]) for r in on_page]
     return page(
         request, "pools/list.html", caller, 200 if number else 400,
         rows=rows, notice=DONE.get(request.query_params.get("done", ""), ""),
