@@ -275,17 +275,23 @@ def mark_held(conn: Connection, ids: Sequence[str], now: float) -> None:
 
 
 def mark_released(conn: Connection, ids: Sequence[str], now: float) -> None:
-    """Release these held messages: due at `now`, `deferred` when tried before, else
-    `queued`; the time they spent held is added to `held_for` (max_age leaves it out)."""
-    held_since = func.coalesce(M.c.held_at, literal(now, Float))
+    """Release these held messages: due at `now` (a scheduled send never tried: at its
+    time, if that is still to come), `deferred` when tried before, else `queued`; the time
+    they spent held after their scheduled time is added to `held_for` (max_age leaves it
+    out; max_age counts from the scheduled time anyway)."""
+    at_now = literal(now, Float)
+    scheduled = func.coalesce(M.c.scheduled_at, literal(0.0, Float))
+    held_since = func.coalesce(M.c.held_at, at_now)
+    counted_from = case((held_since > scheduled, held_since), else_=scheduled)
     conn.execute(
         update(M)
         .where(M.c.id.in_(ids), M.c.status == "held")
         .values(
             status=case((M.c.attempts > 0, "deferred"), else_="queued"),
-            due_at=now,
+            due_at=case(((M.c.attempts == 0) & (scheduled > at_now), scheduled), else_=at_now),
             claimed_by=None,
-            held_for=M.c.held_for + (literal(now, Float) - held_since),
+            held_for=M.c.held_for
+            + case((at_now > counted_from, at_now - counted_from), else_=literal(0.0, Float)),
             held_at=None,
             updated_at=now,
         )

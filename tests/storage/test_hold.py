@@ -207,3 +207,28 @@ async def test_a_schema_9_database_gains_the_hold_columns_and_the_routes_table(
     row = await message_row(backend, before.id)
     assert row.held_for == 0 and row.held_at is None
     assert (await queue.hold([before.id])).done == [before.id]
+
+
+async def test_a_held_scheduled_send_released_waits_for_its_time(
+    backend: Database, queue: Queue
+) -> None:
+    """Released before its scheduled time, a scheduled send keeps it (not sent at once), and
+    the time held before that time is not added to held_for (max_age counts from it)."""
+    import dataclasses
+
+    later = time.time() + 3600
+    scheduled = dataclasses.replace(submission(), scheduled_at=later)
+    queued = await queue.enqueue(scheduled, ROUTE, claim=False)
+    await queue.hold([queued.id])
+    await queue.release_held([queued.id])
+    row = await message_row(backend, queued.id)
+    assert row.status == "queued" and abs(row.due_at - later) < 1 and row.held_for == 0
+    assert await queue.claim_due(10) == []
+
+    past = await queue.enqueue(submission("c@example.com"), ROUTE, claim=False)
+    await queue.hold([past.id])
+    now = time.time()
+    await backdate(backend, past.id, scheduled_at=now - 50, held_at=now - 80)
+    await queue.release_held([past.id])
+    row = await message_row(backend, past.id)
+    assert row.due_at <= time.time() and 49 < row.held_for < 60  # held only 50 s past its time
