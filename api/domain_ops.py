@@ -19,16 +19,19 @@ from __future__ import annotations
 from api import errors
 from api.auth import Caller
 from api.context import ApiContext
-from api.ownership import visible_to
+from api.ownership import sees_everything, visible_to
 from api.resource_schemas import DomainCreate
 from gateway.dkim import domains as sender_domains
 from gateway.dkim import rotation
 from gateway.dkim.domains import Check
 from gateway.dkim.errors import DkimError
 from gateway.dkim.names import normalise_domain, normalise_selector
+from gateway.people import roles
 from storage import dkim_keys, domains
+from storage.accounts import DOMAIN
 from storage.dkim_keys import DkimKeyRecord
 from storage.domains import DomainRecord
+from storage.shares import get_share
 
 SCOPE = "domains"
 ADMIN_ONLY = "only an admin key may add a domain as already verified"
@@ -53,6 +56,18 @@ async def get(ctx: ApiContext, caller: Caller, key: str) -> DomainRecord:
     if record is None or not seen.allows(record.id, record.created_by):
         raise errors.NotFound("no such domain")
     return record
+
+
+async def may_manage(ctx: ApiContext, caller: Caller, record: DomainRecord) -> None:
+    """Changing a domain (its DKIM keys, removing it) is its owner's: whoever added it, an
+    admin or owner, or a user it is shared with as admin; a member it is shared with sees
+    it but may not change it (403 owner_required), as for connected accounts."""
+    if sees_everything(caller) or (caller.user is not None and record.created_by == caller.user.id):
+        return
+    assert caller.user is not None  # sees_everything otherwise
+    share = await get_share(ctx.db, DOMAIN, record.id, caller.user.id)
+    if share is None or share.role != roles.ADMIN:
+        raise errors.OwnerRequired("only the domain's owner (or its admins) may change it")
 
 
 def checked_name(given: str) -> str:
@@ -100,8 +115,9 @@ async def verify(ctx: ApiContext, record: DomainRecord) -> tuple[DomainRecord, l
     return updated, checks
 
 
-async def delete(ctx: ApiContext, record: DomainRecord) -> None:
+async def delete(ctx: ApiContext, caller: Caller, record: DomainRecord) -> None:
     """The domain removed: mail From it is refused again; its DKIM keys stay."""
+    await may_manage(ctx, caller, record)
     await domains.delete_domain(ctx.db, record.id)
     await ctx.management().identities.reload()
 
@@ -119,19 +135,26 @@ def _selector(given: str) -> str:
         raise errors.NotFound("no such DKIM key") from None
 
 
-async def rotate(ctx: ApiContext, record: DomainRecord, algorithm: str) -> DkimKeyRecord:
+async def rotate(
+    ctx: ApiContext, caller: Caller, record: DomainRecord, algorithm: str
+) -> DkimKeyRecord:
     """A new pending key beside the active one (RotationInProgress when one is pending)."""
+    await may_manage(ctx, caller, record)
     return await rotation.start(ctx.db, ctx.management().box, record.domain, algorithm)
 
 
 async def activate_key(
-    ctx: ApiContext, record: DomainRecord, selector: str
+    ctx: ApiContext, caller: Caller, record: DomainRecord, selector: str
 ) -> tuple[DkimKeyRecord, Check]:
     """The pending key `selector` signs from now on, once DNS answers its record."""
+    await may_manage(ctx, caller, record)
     resolver = ctx.management().resolver
     return await rotation.activate(ctx.db, resolver, record.domain, _selector(selector))
 
 
-async def cancel_key(ctx: ApiContext, record: DomainRecord, selector: str) -> DkimKeyRecord:
+async def cancel_key(
+    ctx: ApiContext, caller: Caller, record: DomainRecord, selector: str
+) -> DkimKeyRecord:
     """The pending key `selector` retired: the rotation abandoned."""
+    await may_manage(ctx, caller, record)
     return await rotation.cancel(ctx.db, record.domain, _selector(selector))

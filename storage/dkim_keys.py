@@ -52,6 +52,11 @@ class DkimKeyExists(DkimKeyError):
     """The domain already has a key with that selector."""
 
 
+class DkimKeyMoved(DkimKeyError):
+    """The key is no longer in the state the change was made from (another request changed
+    it first)."""
+
+
 @dataclass(frozen=True)
 class DkimKeyRecord:
     """A stored key without its private half (safe to list, log and return)."""
@@ -182,12 +187,23 @@ async def get_key(db: Database, domain: str, selector: str) -> DkimKeyRecord:
     return await db.read(lambda conn: _record(_find(conn, domain, selector)))
 
 
-async def activate_key(db: Database, domain: str, selector: str) -> DkimKeyRecord:
-    """Make this key the domain's signing key; the previous active key becomes retired."""
+def _still(row: Any, status: str | None) -> None:
+    """DkimKeyMoved unless the key is still `status` (None: any), read under the lock."""
+    if status is not None and row.status != status:
+        raise DkimKeyMoved(f"the key {row.selector!r} of {row.domain} is {row.status} now")
+
+
+async def activate_key(
+    db: Database, domain: str, selector: str, only_from: str | None = None
+) -> DkimKeyRecord:
+    """Make this key the domain's signing key; the previous active key becomes retired.
+    `only_from`: only if the key is still in that state (DkimKeyMoved otherwise), checked in
+    the transaction that changes it."""
 
     def work(conn: Connection) -> DkimKeyRecord:
         _lock_domain(conn, domain)
         row = _find(conn, domain, selector)
+        _still(row, only_from)
         if row.status != "active":
             conn.execute(
                 update(D)
@@ -200,11 +216,16 @@ async def activate_key(db: Database, domain: str, selector: str) -> DkimKeyRecor
     return await db.transaction(work)
 
 
-async def retire_key(db: Database, domain: str, selector: str) -> DkimKeyRecord:
-    """Stop signing with this key (the domain is unsigned until another is activated)."""
+async def retire_key(
+    db: Database, domain: str, selector: str, only_from: str | None = None
+) -> DkimKeyRecord:
+    """Stop signing with this key (the domain is unsigned until another is activated).
+    `only_from`: as for activate_key."""
 
     def work(conn: Connection) -> DkimKeyRecord:
+        _lock_domain(conn, domain)
         row = _find(conn, domain, selector)
+        _still(row, only_from)
         conn.execute(update(D).where(D.c.id == row.id).values(status="retired"))
         return _record(_find(conn, domain, selector))
 

@@ -148,11 +148,15 @@ async def verify(request: Request) -> Response:
     scope=SCOPE,
     parameters=_ID,
     description="Mail From it is refused again (policy.sender = verified); DKIM keys stay.",
-    responses={200: ("removed", Ok), 404: _NOT_FOUND},
+    responses={
+        200: ("removed", Ok),
+        403: ("a member the domain is shared with (`owner_required`)", ErrorResponse),
+        404: _NOT_FOUND,
+    },
 )
 async def remove(request: Request) -> Response:
     ctx, caller = await _caller(request)
-    await domain_ops.delete(ctx, await _one(ctx, caller, request))
+    await domain_ops.delete(ctx, caller, await _one(ctx, caller, request))
     return JSONResponse({"success": True})
 
 
@@ -193,6 +197,7 @@ async def list_keys(request: Request) -> Response:
     ),
     responses={
         201: ("the pending key and its record to publish", DkimKeyResponse),
+        403: ("a member the domain is shared with (`owner_required`)", ErrorResponse),
         404: _NOT_FOUND,
         409: ("a rotation is in progress (`rotation_in_progress`)", ErrorResponse),
     },
@@ -201,7 +206,7 @@ async def rotate(request: Request) -> Response:
     ctx, caller = await _caller(request)
     record = await _one(ctx, caller, request)
     body = parse(DkimKeyCreate, await request.body())
-    key = await domain_ops.rotate(ctx, record, body.algorithm)
+    key = await domain_ops.rotate(ctx, caller, record, body.algorithm)
     return JSONResponse({"success": True, "key": key_json(key)}, status_code=201)
 
 
@@ -215,6 +220,7 @@ async def rotate(request: Request) -> Response:
     ),
     responses={
         200: ("the key, now active", DkimKeyResponse),
+        403: ("a member the domain is shared with (`owner_required`)", ErrorResponse),
         404: _NO_KEY,
         409: (
             "the record is not published yet (`dkim_record_not_published`), or the key is "
@@ -226,7 +232,8 @@ async def rotate(request: Request) -> Response:
 async def activate(request: Request) -> Response:
     ctx, caller = await _caller(request)
     record = await _one(ctx, caller, request)
-    key, _ = await domain_ops.activate_key(ctx, record, request.path_params["selector"])
+    selector = request.path_params["selector"]
+    key, _ = await domain_ops.activate_key(ctx, caller, record, selector)
     return JSONResponse({"success": True, "key": key_json(key)})
 
 
@@ -237,6 +244,7 @@ async def activate(request: Request) -> Response:
     description="Retires the pending key; the active key signs on.",
     responses={
         200: ("the key, now retired", DkimKeyResponse),
+        403: ("a member the domain is shared with (`owner_required`)", ErrorResponse),
         404: _NO_KEY,
         409: ("the key is not pending (`dkim_key_not_pending`)", ErrorResponse),
     },
@@ -244,7 +252,7 @@ async def activate(request: Request) -> Response:
 async def cancel(request: Request) -> Response:
     ctx, caller = await _caller(request)
     record = await _one(ctx, caller, request)
-    key = await domain_ops.cancel_key(ctx, record, request.path_params["selector"])
+    key = await domain_ops.cancel_key(ctx, caller, record, request.path_params["selector"])
     return JSONResponse({"success": True, "key": key_json(key)})
 
 

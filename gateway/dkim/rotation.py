@@ -57,11 +57,14 @@ async def start(db: Database, box: Cipher, domain: str, algorithm: str = "rsa") 
             "activate or cancel it first"
         )
     pair = await asyncio.to_thread(generate_key, algorithm)
-    return await dkim_keys.add_key(
-        db, box, domain=domain, selector=default_selector([key.selector for key in keys]),
-        algorithm=pair.algorithm, private_pem=pair.private_pem, public_key=pair.public_key,
-        activate=None,
-    )  # fmt: skip
+    try:  # pending even when the domain signs with no key: DNS has not seen this one
+        return await dkim_keys.add_key(
+            db, box, domain=domain, selector=default_selector([key.selector for key in keys]),
+            algorithm=pair.algorithm, private_pem=pair.private_pem, public_key=pair.public_key,
+            activate=False,
+        )  # fmt: skip
+    except dkim_keys.DkimKeyExists:  # another request started one at the same moment
+        raise RotationInProgress(f"{domain} has a rotation in progress") from None
 
 
 async def _pending(db: Database, domain: str, selector: str) -> DkimKeyRecord:
@@ -85,10 +88,16 @@ async def activate(
             "publish it, wait for DNS, then activate",
             check,
         )
-    return await dkim_keys.activate_key(db, domain, selector), check
+    try:  # still pending: a cancel during the lookup wins
+        return await dkim_keys.activate_key(db, domain, selector, only_from="pending"), check
+    except dkim_keys.DkimKeyMoved as moved:
+        raise NotPending(str(moved)) from None
 
 
 async def cancel(db: Database, domain: str, selector: str) -> DkimKeyRecord:
     """The pending key retired: the rotation is abandoned, the active key signs on."""
     await _pending(db, domain, selector)
-    return await dkim_keys.retire_key(db, domain, selector)
+    try:  # still pending: an activation that committed first wins
+        return await dkim_keys.retire_key(db, domain, selector, only_from="pending")
+    except dkim_keys.DkimKeyMoved as moved:
+        raise NotPending(str(moved)) from None

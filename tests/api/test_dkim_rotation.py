@@ -10,8 +10,10 @@ from typing import Any
 import pytest
 
 from storage import dkim_keys
+from storage.shares import put_share
 from tests.support.api import Api, ApiFactory
 from tests.support.dnsserver import DnsServer
+from tests.support.people import make_user, sign_in
 from tests.support.resources import call
 
 pytestmark = pytest.mark.timeout(60)
@@ -102,3 +104,58 @@ async def test_bad_requests(api: Api) -> None:
     assert (await call(api, "GET", f"{DOMAINS}/dom_nope/dkim-keys", key)).status_code == 404
     others = await api.key("send")  # no `domains` scope
     assert (await call(api, "GET", keys_path, others)).status_code == 403
+
+
+async def test_a_rotation_started_with_no_active_key_stays_pending(api: Api) -> None:
+    """Even a domain signing with no key gets a pending one: DNS has not seen it yet."""
+    key = await api.key("domains", "admin")
+    domain = await _domain(api, key)
+    keys_path = f"{DOMAINS}/{domain['id']}/dkim-keys"
+    [first] = (await call(api, "GET", keys_path, key)).json()["keys"]
+    await dkim_keys.retire_key(api.svc.db, "example.test", first["selector"])
+    new = (await call(api, "POST", keys_path, key, {"algorithm": "ed25519"})).json()["key"]
+    assert new["status"] == "pending"
+    assert await dkim_keys.active_key(api.svc.db, api.svc.box, "example.test") is None
+
+
+async def test_a_key_changed_meanwhile_is_not_changed_again(api: Api) -> None:
+    """Activate and cancel change a key only if it is still pending when they write (a
+    cancel during an activation's DNS lookup, or the reverse, must not win twice)."""
+    key = await api.key("domains", "admin")
+    domain = await _domain(api, key)
+    keys_path = f"{DOMAINS}/{domain['id']}/dkim-keys"
+    new = (await call(api, "POST", keys_path, key, {"algorithm": "ed25519"})).json()["key"]
+    await dkim_keys.retire_key(api.svc.db, "example.test", new["selector"])  # cancelled
+    with pytest.raises(dkim_keys.DkimKeyMoved):
+        await dkim_keys.activate_key(api.svc.db, "example.test", new["selector"], "pending")
+    with pytest.raises(dkim_keys.DkimKeyMoved):
+        await dkim_keys.retire_key(api.svc.db, "example.test", new["selector"], "pending")
+    active = await dkim_keys.active_key(api.svc.db, api.svc.box, "example.test")
+    assert active is not None and active.record.selector != new["selector"]
+
+
+async def test_a_member_it_is_shared_with_may_not_rotate_or_remove(api: Api) -> None:
+    """A member has no `domains` scope at all (403 before anything); a share does not give
+    one, and domain_ops.may_manage would refuse a member's share besides."""
+    admin_user = await make_user(api.svc.db, "boss@example.test", "admin")
+    member_user = await make_user(api.svc.db, "member@example.test", "member")
+    admin = await sign_in(str(api.http.base_url), admin_user)
+    member = await sign_in(str(api.http.base_url), member_user)
+    try:
+        made = await admin.call("POST", DOMAINS, json={"domain": "mine.test"})
+        assert made.status_code == 201, made.text
+        domain_id = made.json()["domain"]["id"]
+        await api.svc.db.transaction(
+            lambda c: put_share(c, "domain", domain_id, member_user.id, "member", 1.0, None)
+        )
+        for method, path in (
+            ("POST", f"{DOMAINS}/{domain_id}/dkim-keys"),
+            ("DELETE", f"{DOMAINS}/{domain_id}"),
+        ):
+            refused = await member.call(method, path, json={} if method == "POST" else None)
+            assert refused.status_code == 403, refused.text
+        rotated = await admin.call("POST", f"{DOMAINS}/{domain_id}/dkim-keys", json={})
+        assert rotated.status_code == 201, rotated.text
+    finally:
+        await admin.http.aclose()
+        await member.http.aclose()

@@ -136,7 +136,7 @@ async def rotate_key(request: Request) -> Response:
     fields = form_fields(await request.body())
     try:
         body = checked(DkimKeyCreate, {"algorithm": fields.get("algorithm", "rsa")})
-        await domain_ops.rotate(ctx, record, body.algorithm)
+        await domain_ops.rotate(ctx, caller, record, body.algorithm)
     except PosternError as error:
         answer = answer_of(error)
         return await _domain_page(
@@ -152,9 +152,9 @@ async def _key_step(request: Request, step: str) -> Response:
     selector = request.path_params["selector"]
     try:
         if step == "activate":
-            await domain_ops.activate_key(ctx, record, selector)
+            await domain_ops.activate_key(ctx, caller, record, selector)
         else:
-            await domain_ops.cancel_key(ctx, record, selector)
+            await domain_ops.cancel_key(ctx, caller, record, selector)
     except PosternError as error:
         answer = answer_of(error)
         return await _domain_page(
@@ -190,7 +190,7 @@ async def confirm_delete(request: Request) -> Response:
 async def delete_domain(request: Request) -> Response:
     ctx, caller = await signed_in(request, SCOPE)
     record = await _one(ctx, caller, request)
-    await domain_ops.delete(ctx, record)
+    await domain_ops.delete(ctx, caller, record)
     return back(PATH, "deleted")
 
 
