@@ -38,6 +38,7 @@ from sqlalchemy import (
     union_all,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import RowMapping
 
 from storage import queue_sql, throttle
@@ -376,11 +377,16 @@ def pause_in(conn: Connection, kind: str, subject_id: str, reason: str, now: flo
     found = _read(conn, now, W.c.kind == kind, W.c.subject_id == subject_id)
     paused = {"status": "paused", "paused_reason": reason[:512], "paused_at": now}
     if not found:
-        conn.execute(
-            insert(W).values(kind=kind, subject_id=subject_id, created_at=now, updated_at=now,
-                             created_by=HOLD_BY, **HOLD, **paused)
+        # A pause racing another (a person's and the reputation crossing's): one inserts,
+        # the other then finds it paused, rather than failing its whole transaction.
+        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+        made = conn.execute(
+            dialect.insert(W).values(kind=kind, subject_id=subject_id, created_at=now,
+                                     updated_at=now, created_by=HOLD_BY, **HOLD, **paused)
+            .on_conflict_do_nothing()
         )  # fmt: skip
-        return True
+        if made.rowcount == 1:
+            return True
     changed = conn.execute(
         update(W)
         .where(W.c.kind == kind, W.c.subject_id == subject_id, W.c.status == "active")

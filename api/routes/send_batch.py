@@ -188,6 +188,8 @@ async def _answer(
     }
     if outcome.suppressed:
         answer["suppressed_recipients"] = list(outcome.suppressed)
+    if outcome.parts:  # split by the recipients' routes, as /v1/send says it
+        answer["message_ids"] = outcome.message_ids
     if submission.scheduled_at is not None and not sandbox:
         answer["scheduled_at"] = iso(submission.scheduled_at)
     if sandbox:

@@ -85,7 +85,7 @@ class PoolSync:
 
     def _password(self, row: Any, declared: PoolConfig | None) -> str:
         if row.source == "config":
-            return _config_password(row, declared)
+            return config_password(row, declared)
         return unseal(self._box, row)  # API pools: AES-GCM, bound to the pool id
 
 
@@ -109,7 +109,7 @@ def _settings(row: Any, password: str) -> PoolSettings:
     )
 
 
-def _config_password(row: Any, declared: PoolConfig | None) -> str:
+def config_password(row: Any, declared: PoolConfig | None) -> str:
     """A config pool's password (from this node's environment) goes only to the endpoint
     this node's file declares with it: nodes sharing a database may disagree for a while,
     and the row holds whichever file was synced last."""

@@ -146,3 +146,23 @@ async def test_a_route_whose_pool_is_gone_refuses_the_message_at_the_door(
     sent = await api.send(payload(to=_to("a@gmail.test", "b@other.test")), key=await api.key())
     assert sent.status_code == 400 and sent.json()["code"] == "no_route", sent.text
     assert "missing" in sent.json()["error"]
+
+
+async def test_a_batch_item_split_by_routes_names_every_part(
+    api_client: ApiFactory, sink: Sink, second: Sink
+) -> None:
+    api = await api_client(**_config(sink, second))
+    key = await api.key()
+    items = [
+        payload(to=_to("a@gmail.test", "b@other.test")) | {"idempotency_key": "b-split"},
+        payload(to=_to("c@other.test")),
+    ]
+    sent = await api.http.post("/v1/send/batch", json=items, headers=auth(key))
+    assert sent.status_code == 200, sent.text
+    first, plain = sent.json()["results"]
+    assert len(first["message_ids"]) == 2 and first["message_id"] == first["message_ids"][0]
+    assert "message_ids" not in plain
+    assert await sink.wait_for_async(2) and await second.wait_for_async(1)
+    again = await api.http.post("/v1/send/batch", json=items[:1], headers=auth(key))
+    assert again.json()["results"][0]["message_id"] == first["message_id"]
+    assert len(second.messages) == 1  # the replayed item sent nothing again

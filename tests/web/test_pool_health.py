@@ -69,7 +69,7 @@ async def test_pools_are_listed_fifty_a_page(api: Api, person: SignIn) -> None:
     assert 'rel="prev"' in second.text and 'rel="next"' not in second.text
     beyond = await owner.get("/settings/pools?page=9")
     assert beyond.status_code == 200 and "Page 2 of 2" in beyond.text
-    for bad in ("0", "-1", "x", "9999999"):
+    for bad in ("0", "-1", "x", "9999999", "%C2%B2"):
         refused = await owner.get(f"/settings/pools?page={bad}")
         assert refused.status_code == 400 and "page: a whole number from 1" in refused.text
 

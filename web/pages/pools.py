@@ -69,7 +69,8 @@ def _row(ctx: ApiContext, record: PoolRecord, minutes: list[MinuteStats], shown:
 def _page_number(request: Request) -> int | None:
     """`?page=` (1 when absent); None when it is no whole number from 1."""
     given = request.query_params.get("page", "1").strip()
-    return int(given) if given.isdigit() and 0 < len(given) <= 6 and int(given) > 0 else None
+    number = given.isascii() and given.isdigit() and 0 < len(given) <= 6 and int(given) > 0
+    return int(given) if number else None
 
 
 async def list_pools(request: Request) -> Response:

@@ -31,6 +31,7 @@ from gateway.config import Config
 from gateway.delivery.probe import ProbeTarget
 from gateway.errors import Refused
 from gateway.process.commands.admin import CommandError, NotFound
+from gateway.process.pools import config_password
 from gateway.security.hostguard import HostGuard
 from gateway.security.pool_secrets import unseal
 from gateway.security.secrets import SecretBox, SecretError, bind_to_database
@@ -125,7 +126,7 @@ async def test_pool(db: Database, pool_id: str, config: Config) -> dict[str, Any
     row, box = rows[0], await _box(db, config)
     target = ProbeTarget(
         host=row.host, port=row.port, encryption=row.encryption, username=row.username,
-        password=unseal(box, row), tls_verify=row.tls_verify,
+        password=_password_of(row, box, config), tls_verify=row.tls_verify,
     )  # fmt: skip
     guard = HostGuard(config.security.deny_networks)
     timeout = min(config.delivery.connect_timeout, 15.0)
@@ -134,6 +135,15 @@ async def test_pool(db: Database, pool_id: str, config: Config) -> dict[str, Any
         "id": row.id, "name": row.name, "success": result.success, "message": result.message,
         "latency_ms": result.latency_ms, "error": result.error, "reason": result.reason,
     }  # fmt: skip
+
+
+def _password_of(row: Any, box: SecretBox, config: Config) -> str:
+    """A config pool's password is this node's file's (`password_env`), as `serve` uses it;
+    an API pool's is sealed in the database."""
+    if row.source != "config":
+        return unseal(box, row)
+    declared = next((pool for pool in config.pools if pool.name == row.name), None)
+    return config_password(row, declared)
 
 
 def _link(config: Config, token: str) -> str:
