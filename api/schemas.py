@@ -47,6 +47,22 @@ ALIAS_ID: dict[str, Any] = {**HEADER_TEXT, "format": "alias-id"}
 UUID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 MAX_CURSOR = 256
 # The message filters (gateway.queue.operations.make_filter), in the query string and in JSON.
+# An IP address (IPv4, or IPv6 in any of its forms) or a CIDR block with a prefix length its
+# family allows: exactly what storage.search_keys.address_range takes.
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+_V4 = rf"(?:{_OCTET}\.){{3}}{_OCTET}"
+_H = r"[0-9A-Fa-f]{1,4}"
+_V6 = (
+    rf"(?:(?:{_H}:){{7}}{_H}|(?:{_H}:){{1,7}}:|(?:{_H}:){{1,6}}:{_H}"
+    rf"|(?:{_H}:){{1,5}}(?::{_H}){{1,2}}|(?:{_H}:){{1,4}}(?::{_H}){{1,3}}"
+    rf"|(?:{_H}:){{1,3}}(?::{_H}){{1,4}}|(?:{_H}:){{1,2}}(?::{_H}){{1,5}}"
+    rf"|{_H}:(?::{_H}){{1,6}}|:(?:(?::{_H}){{1,7}}|:)|(?:{_H}:){{6}}{_V4}"
+    rf"|::(?:ffff(?::0{{1,4}})?:)?{_V4}|(?:{_H}:){{1,4}}:{_V4})"
+)
+CLIENT_PATTERN = (
+    rf"^(?:{_V4}(?:/(?:3[0-2]|[12]?[0-9]))?|{_V6}(?:/(?:12[0-8]|1[01][0-9]|[1-9]?[0-9]))?)$"
+)
+
 FILTER_FIELDS: dict[str, dict[str, Any]] = {
     "pool": {"minLength": 1, "maxLength": 255, "pattern": NO_CONTROL_PATTERN},
     "recipient": {"minLength": 1, "maxLength": 254, **EMAIL},
@@ -54,7 +70,7 @@ FILTER_FIELDS: dict[str, dict[str, Any]] = {
     "tag": {"minLength": 1, "maxLength": 128, "pattern": NO_CONTROL_PATTERN},
     "message_id_header": {"minLength": 1, "maxLength": 998, "pattern": NO_CONTROL_PATTERN},
     "subject": {"minLength": 1, "maxLength": 998, "pattern": NO_CONTROL_PATTERN},
-    "client": {"minLength": 1, "maxLength": 64, "pattern": "^[0-9A-Fa-f:.]+(?:/[0-9]{1,3})?$"},
+    "client": {"minLength": 1, "maxLength": 64, "pattern": CLIENT_PATTERN},
 }
 
 Scope = Literal[SCOPES]  # type: ignore[valid-type]
