@@ -185,7 +185,10 @@ def _page(query: Select[Any], after: Key | None, limit: int) -> Select[Any]:
 
 
 def search_query(flt: MessageFilter, after: Key | None, limit: int) -> Select[Any]:
-    """One page of summaries plus one row (to tell whether another page follows)."""
+    """One page of summaries plus one row (to tell whether another page follows). Each row
+    carries `sort_at`, the time the page is ordered by, whose last value the next page's
+    cursor takes (a side table's copy of the time, read in order from its index, may
+    differ from the message's: a row an older node wrote during an upgrade holds 0)."""
     columns = (M, META.c.tags, P.c.name.label("pool_name"))
     spellings = {flt.recipient, normalise(flt.recipient)} if flt.recipient else set()
     if len(spellings) == 1:
@@ -193,7 +196,7 @@ def search_query(flt: MessageFilter, after: Key | None, limit: int) -> Select[An
     if flt.subject:
         return _by_subject(columns, flt, after, limit + 1)
     query = (
-        select(*columns)
+        select(*columns, M.c.created_at.label("sort_at"))
         .select_from(
             M.outerjoin(META, META.c.message_id == M.c.id).outerjoin(P, P.c.id == M.c.pool_id)
         )
@@ -211,7 +214,7 @@ def _by_recipient(
     address once, so it appears once.)"""
     others = criteria(replace(flt, recipient=None))
     query = (
-        select(*columns)
+        select(*columns, R.c.message_created_at.label("sort_at"))
         .select_from(
             R.join(M, M.c.id == R.c.message_id)
             .outerjoin(META, META.c.message_id == M.c.id)
@@ -236,7 +239,7 @@ def _by_subject(
     lists a word once, so it appears once.)"""
     others = criteria(replace(flt, subject=()))
     query = (
-        select(*columns)
+        select(*columns, W.c.message_created_at.label("sort_at"))
         .select_from(
             W.join(M, M.c.id == W.c.message_id)
             .outerjoin(META, META.c.message_id == M.c.id)
@@ -309,14 +312,13 @@ async def search(
     flt = await rarest_first(db, flt)
     query = search_query(flt, decode_cursor(cursor) if cursor else None, limit)
 
-    def run(conn: Connection) -> list[MessageSummary]:
+    def run(conn: Connection) -> tuple[list[MessageSummary], Key | None]:
         rows = conn.execute(query).all()
-        return _summaries(conn, rows, time.time())
+        last = (float(rows[limit - 1].sort_at), rows[limit - 1].id) if len(rows) > limit else None
+        return _summaries(conn, rows[:limit], time.time()), last
 
-    found = await db.read(run)
-    page = found[:limit]
-    more = len(found) > limit
-    return page, encode_cursor((page[-1].created_at, page[-1].id)) if more else None
+    page, last = await db.read(run)
+    return page, encode_cursor(last) if last is not None else None
 
 
 def _active(flt: MessageFilter, among: Sequence[str] = ACTIVE) -> tuple[str, ...]:

@@ -53,3 +53,27 @@ async def test_a_schema_9_database_gains_the_time_and_the_index(
         ).scalar()
     )
     assert version == str(SCHEMA_VERSION)
+
+
+async def test_pages_end_even_when_a_row_lacks_its_time(backend: Database, queue: Queue) -> None:
+    """A recipient row an older node wrote during an upgrade has time 0: its message comes
+    last, and the pages still cover every message once and end (the cursor is the page's
+    own order, not the message's time)."""
+    from storage.message_search import MessageFilter, search
+
+    made = [await queue.enqueue(submission("r@example.com"), ROUTE, claim=False) for _ in range(5)]
+    await backend.transaction(
+        lambda conn: conn.execute(
+            text("UPDATE recipient SET message_created_at = 0 WHERE message_id = :id"),
+            {"id": made[2].id},
+        )
+    )
+    seen: list[str] = []
+    cursor: str | None = None
+    for _ in range(10):
+        page, cursor = await search(backend, MessageFilter(recipient="r@example.com"), 2, cursor)
+        seen += [m.id for m in page]
+        if cursor is None:
+            break
+    assert cursor is None and sorted(seen) == sorted(m.id for m in made)
+    assert seen[-1] == made[2].id

@@ -73,7 +73,8 @@ async def seed(db: Database, n: int, owners: list[str]) -> list[dict[str, Any]]:
         ]
         recipients.append(
             {"message_id": message_id, "email": f"r{i % 10}@example.test",
-             "status": "pending" if active else status, "updated_at": created}
+             "status": "pending" if active else status, "updated_at": created,
+             "message_created_at": created}
         )  # fmt: skip
         meta.append(
             {"message_id": message_id, "api_key_id": owners[i % len(owners)], "provider": "smtp",
