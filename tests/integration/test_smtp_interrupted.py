@@ -37,18 +37,18 @@ async def test_message_of_a_client_gone_during_the_commit_is_delivered_once(
     """The client closes after the final dot, before the 250; aiosmtpd cancels the handler
     while the commit is under way. The stored message must still reach a worker (not stay claimed
     by this node, its lease renewed, until a restart) and be delivered once."""
-    enqueue = Queue.enqueue
+    enqueue = Queue.enqueue_parts  # intake stores every message as its parts
     stored = asyncio.Event()
 
     async def slow_enqueue(
-        self: Queue, submission: Submission, route: Route, claim: bool
-    ) -> QueuedMessage:
-        message = await enqueue(self, submission, route, claim)
+        self: Queue, parts: list[tuple[Submission, Route]], claim: bool
+    ) -> list[QueuedMessage]:
+        messages = await enqueue(self, parts, claim=claim)
         stored.set()  # committed (and claimed by this node), no reply sent yet
         await asyncio.sleep(1)  # a slow commit: the client leaves before it returns
-        return message
+        return messages
 
-    monkeypatch.setattr(Queue, "enqueue", slow_enqueue)
+    monkeypatch.setattr(Queue, "enqueue_parts", slow_enqueue)
     svc = await service()
     client = await RawClient.connect(svc.smtp_port)
     try:
