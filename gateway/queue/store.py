@@ -111,24 +111,7 @@ class Queue:
         now = time.time()
         first = parts[0][0]
         claim = claim and not first.sandbox and first.scheduled_at is None
-        batch = Batch()
-        stored: list[QueuedMessage] = []
-        for submission, route in parts:
-            message_id = submission.message_id or ids.new_id_for(submission.sandbox)
-            batch.steps += self._new_message_rows(submission, route, message_id, now, claim).steps
-            stored.append(
-                QueuedMessage(
-                    id=message_id,
-                    mail_from=submission.mail_from,
-                    recipients=list(submission.recipients),
-                    content=submission.content,
-                    attempts=0,
-                    created_at=now,
-                    route=route,
-                    scheduled_at=submission.scheduled_at,
-                    source=submission.source,
-                )
-            )
+        batch, stored = self._request_rows(parts, now, claim)
         holder = await self._writer.submit(_storing(batch, first, stored[0].id, now))
         if holder is not None:  # another message holds the idempotency key
             raise holder.refusal(first.request_hash)
@@ -147,25 +130,7 @@ class Queue:
         prepared: list[tuple[Submission, str, Batch]] = []
         made: list[list[QueuedMessage]] = []
         for parts in items:
-            batch = Batch()
-            messages: list[QueuedMessage] = []
-            for submission, route in parts:
-                message_id = submission.message_id or ids.new_id_for(submission.sandbox)
-                rows = self._new_message_rows(submission, route, message_id, now, claim=False)
-                batch.steps += rows.steps
-                messages.append(
-                    QueuedMessage(
-                        id=message_id,
-                        mail_from=submission.mail_from,
-                        recipients=list(submission.recipients),
-                        content=submission.content,
-                        attempts=0,
-                        created_at=now,
-                        route=route,
-                        scheduled_at=submission.scheduled_at,
-                        source=submission.source,
-                    )
-                )
+            batch, messages = self._request_rows(parts, now, claim=False)
             prepared.append((parts[0][0], messages[0].id, batch))
             made.append(messages)
         holders: list[idempotency.Hit | None] = await self._writer.submit(
@@ -175,6 +140,30 @@ class Queue:
         for (first, _, _), messages, holder in zip(prepared, made, holders, strict=True):
             results.append(messages if holder is None else holder.refusal(first.request_hash))
         return results
+
+    def _request_rows(
+        self, parts: Sequence[tuple[Submission, Route]], now: float, claim: bool
+    ) -> tuple[Batch, list[QueuedMessage]]:
+        """Every row of one request's parts, and the queued message each part becomes."""
+        batch = Batch()
+        messages: list[QueuedMessage] = []
+        for submission, route in parts:
+            message_id = submission.message_id or ids.new_id_for(submission.sandbox)
+            batch.steps += self._new_message_rows(submission, route, message_id, now, claim).steps
+            messages.append(
+                QueuedMessage(
+                    id=message_id,
+                    mail_from=submission.mail_from,
+                    recipients=list(submission.recipients),
+                    content=submission.content,
+                    attempts=0,
+                    created_at=now,
+                    route=route,
+                    scheduled_at=submission.scheduled_at,
+                    source=submission.source,
+                )
+            )
+        return batch, messages
 
     def _new_message_rows(
         self, submission: Submission, route: Route, message_id: str, now: float, claim: bool
