@@ -69,7 +69,7 @@ def add_alias_arguments(add: argparse.ArgumentParser) -> None:
     add.add_argument("--verified", action="store_true", help="verified at once, no link")
 
 
-def _checked(schema: type[BaseModel], values: dict[str, Any]) -> dict[str, Any]:
+def checked(schema: type[BaseModel], values: dict[str, Any]) -> dict[str, Any]:
     """The API's schema over the values: its first complaint is the command's one line."""
     try:
         return schema.model_validate(values).model_dump(exclude_unset=True)
@@ -80,7 +80,7 @@ def _checked(schema: type[BaseModel], values: dict[str, Any]) -> dict[str, Any]:
         ) from None
 
 
-async def _box(db: Database, config: Config) -> SecretBox:
+async def bound_box(db: Database, config: Config) -> SecretBox:
     """The secret key, as `serve` holds it (bound to this database)."""
     try:
         box = SecretBox.from_environment(config.server.data_dir)
@@ -108,9 +108,9 @@ async def add_pool(db: Database, args: argparse.Namespace, config: Config) -> po
         "tls_verify": not args.no_tls_verify, "rate": args.rate, "daily_limit": args.daily_limit,
     }  # fmt: skip
     password = _password(args)
-    body = _checked(PoolCreate, {**values, "password": password})
+    body = checked(PoolCreate, {**values, "password": password})
     body.pop("password", None)
-    box = await _box(db, config)
+    box = await bound_box(db, config)
     try:
         guard = HostGuard(config.security.deny_networks)
         return await pool_ops.store(db, box, guard, body, password, None)
@@ -123,7 +123,7 @@ async def test_pool(db: Database, pool_id: str, config: Config) -> dict[str, Any
     rows = [row for row in await pools.list_pools(db) if row.id == pool_id]
     if not rows:
         raise NotFound(f"no such SMTP pool: {pool_id}")
-    row, box = rows[0], await _box(db, config)
+    row, box = rows[0], await bound_box(db, config)
     target = ProbeTarget(
         host=row.host, port=row.port, encryption=row.encryption, username=row.username,
         password=_password_of(row, box, config), tls_verify=row.tls_verify,
@@ -155,7 +155,7 @@ def _link(config: Config, token: str) -> str:
 
 async def add_alias(db: Database, args: argparse.Namespace, config: Config) -> dict[str, Any]:
     values = {"email": args.email, "name": args.name, "ip_pool": args.ip_pool}
-    body = AliasCreate.model_validate({**_checked(AliasCreate, values), "is_default": args.default})
+    body = AliasCreate.model_validate({**checked(AliasCreate, values), "is_default": args.default})
     token = secrets.token_urlsafe(32)
     try:
         email, name = alias_ops.checked_identity(body)

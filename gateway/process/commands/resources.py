@@ -18,8 +18,6 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from pydantic import ValidationError
-
 from api import webhook_ops
 from api.errors import ApiError
 from api.webhook_schemas import WebhookCreate
@@ -31,7 +29,6 @@ from gateway.process.commands.admin import CommandError, NotFound, iso_seconds, 
 from gateway.process.commands.options import leaf
 from gateway.queue import events
 from gateway.security.hostguard import HostGuard
-from gateway.security.secrets import SecretBox, SecretError, bind_to_database
 from storage import aliases, pools, webhooks
 from storage.db import Database
 
@@ -153,31 +150,18 @@ async def _add_webhook(db: Database, args: argparse.Namespace, config: Config) -
     values = {"url": args.url, "final_only": args.final_only, "description": args.description}
     if args.events:
         values["event_types"] = args.events
+    body = setup.checked(WebhookCreate, values)
+    box = await setup.bound_box(db, config)
+    nameservers = config.dns.nameservers
+    guard = HostGuard(
+        config.security.deny_networks, allow_private=config.webhooks.allow_private,
+        resolver=Resolver(nameservers) if nameservers else None,
+    )  # fmt: skip
     try:
-        body = WebhookCreate.model_validate(values).model_dump(exclude_unset=True)
-        box = await _bound_box(db, config)
-        nameservers = config.dns.nameservers
-        guard = HostGuard(
-            config.security.deny_networks, allow_private=config.webhooks.allow_private,
-            resolver=Resolver(nameservers) if nameservers else None,
-        )  # fmt: skip
         record, secret = await webhook_ops.create_with(db, box, guard, body, None)
-    except ValidationError as error:
-        first = error.errors()[0]
-        raise CommandError(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
     except ApiError as error:
         raise CommandError(str(error)) from None
     return {**as_json(record), "secret": secret}
-
-
-async def _bound_box(db: Database, config: Config) -> SecretBox:
-    """The secret key, as `serve` holds it (bound to this database)."""
-    try:
-        box = SecretBox.from_environment(config.server.data_dir)
-        await bind_to_database(db, box)
-    except SecretError as error:
-        raise CommandError(str(error)) from None
-    return box
 
 
 _SET_UP: dict[tuple[str, str], Callable[[Database, argparse.Namespace, Config], Awaitable[Any]]] = {
