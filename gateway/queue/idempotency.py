@@ -56,15 +56,7 @@ def reserve_then_store(
     """Inside the storing transaction: reserve the submission's key for `message_id` and
     store the message (`batch`) only if that won. Returns the reservation that holds the key
     when another message has it (nothing stored then)."""
-    assert submission.idempotency_key is not None
-    holder = rows.reserve(
-        conn,
-        scope_of(submission),
-        submission.idempotency_key,
-        message_id,
-        now,
-        submission.request_hash,
-    )
+    holder = reserve(conn, submission, message_id, now)
     if holder is None:
         for statement, params in batch.steps:
             conn.execute(statement, params)
