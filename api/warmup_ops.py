@@ -18,7 +18,7 @@ from api.auth import Caller
 from api.context import ApiContext, iso
 from api.warmup_schemas import WarmupSet
 from storage import warmup as stored
-from storage.warmup import WarmupRecord
+from storage.warmup import WarmupRecord, WarmupState
 from storage.warmup_schedule import Schedule, ScheduleError, hourly_cap, zone
 
 KINDS = stored.KINDS
@@ -144,6 +144,17 @@ async def pause(ctx: ApiContext, found: Subject, reason: str | None) -> WarmupRe
     await stored.pause(ctx.db, found.kind, found.id, reason or PERSON_PAUSE, now(ctx))
     await _followed(ctx, found)
     return await get(ctx, found)
+
+
+def brief(state: WarmupState | None) -> dict[str, Any] | None:
+    """A pool's or account's `warmup` field in its own answers (null: none)."""
+    if state is None:
+        return None
+    return {
+        "status": state.status,
+        "daily_limit": state.daily_limit,
+        "sent_today": state.sent_today,
+    }
 
 
 def warmup_json(ctx: ApiContext, record: WarmupRecord, name: str | None) -> dict[str, Any]:

@@ -64,13 +64,7 @@ def account_json(
         "created_at": iso(record.created_at),
         "last_error": record.last_error,
         "last_synced_at": iso(record.last_synced_at) if record.last_synced_at else None,
-        "warmup": None
-        if state is None
-        else {
-            "status": state.status,
-            "daily_limit": state.daily_limit,
-            "sent_today": state.sent_today,
-        },
+        "warmup": warmup_ops.brief(state),
     }
 
 

@@ -81,13 +81,7 @@ def pool_json(record: PoolRecord, warm: dict[str, WarmupState] | None = None) ->
         "source": record.source,
         "has_password": record.has_password,
         "created_by": record.created_by,
-        "warmup": None
-        if state is None
-        else {
-            "status": state.status,
-            "daily_limit": state.daily_limit,
-            "sent_today": state.sent_today,
-        },
+        "warmup": warmup_ops.brief(state),
     }
 
 
