@@ -19,7 +19,6 @@ from storage.keys import create_key
 from storage.mail_accounts import MailAccountRecord
 from storage.shares import put_share
 from tests.support.api import Api, ApiFactory, auth, payload
-from tests.support.databases import clean_postgresql
 from tests.support.people import Person, make_user, sign_in
 from tests.support.service import metric, wait_until
 from tests.support.sink import Sink
@@ -29,15 +28,6 @@ pytestmark = pytest.mark.timeout(90)
 
 ALICE, ALICE_PW = "alice@mailbox.test", "alice's mailbox secret"
 RCPT = "friend@example.test"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def backend(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, Any]]:
-    if request.param == "sqlite":
-        yield {}
-        return
-    async with clean_postgresql() as url:
-        yield {"storage": {"url": url}}
 
 
 @pytest.fixture

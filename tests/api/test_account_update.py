@@ -24,7 +24,6 @@ from storage.shares import put_share
 from storage.users import UserRecord
 from tests.api.test_accounts_api import syncer
 from tests.support.api import Api, ApiFactory
-from tests.support.databases import clean_postgresql
 from tests.support.imap import Dovecot, available
 from tests.support.people import PASSWORD, sign_in
 from tests.support.sink import Sink
@@ -50,15 +49,6 @@ def imap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dovecot]:
 def smtp() -> Iterator[Sink]:
     with Sink(auth=(ALICE, ALICE_PW), tls="starttls") as server:
         yield server
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def backend(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, Any]]:
-    if request.param == "sqlite":
-        yield {}
-        return
-    async with clean_postgresql() as url:
-        yield {"storage": {"url": url}}
 
 
 @pytest.fixture

@@ -29,7 +29,6 @@ from storage.mail_accounts import MailAccountRecord
 from storage.messages import message_state
 from storage.shares import put_share
 from tests.support.api import Api, ApiFactory, auth, payload
-from tests.support.databases import clean_postgresql
 from tests.support.people import Person, make_user, sign_in
 from tests.support.reports import dsn
 from tests.support.service import wait_until
@@ -40,15 +39,6 @@ pytestmark = pytest.mark.timeout(90)
 DOMAIN = "bounce.postern.test"
 ALICE, ALICE_PW = "alice@mailbox.test", "alice's mailbox secret"
 GONE = "gone@example.test"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def backend(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, Any]]:
-    if request.param == "sqlite":
-        yield {}
-        return
-    async with clean_postgresql() as url:
-        yield {"storage": {"url": url}}
 
 
 @pytest.fixture

@@ -16,8 +16,7 @@ import pytest
 
 from api import event_ops
 from api.routes import events_stream
-from tests.support.api import Api, ApiFactory, auth, payload
-from tests.support.databases import clean_postgresql
+from tests.support.api import Api, auth, payload
 from tests.support.people import Person, make_user, sign_in
 
 pytestmark = pytest.mark.timeout(60)
@@ -25,14 +24,10 @@ PATH = "/v1/events/stream"
 SANDBOX = {"X-Postern-Sandbox": "true"}
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def api(api_client: ApiFactory, request: pytest.FixtureRequest) -> AsyncIterator[Api]:
+@pytest.fixture
+async def api(api_on_both: Api) -> Api:
     """Each test on SQLite and on a clean PostgreSQL (commit order differs: by txid there)."""
-    if request.param == "sqlite":
-        yield await api_client()
-        return
-    async with clean_postgresql() as url:
-        yield await api_client(storage={"url": url})
+    return api_on_both
 
 
 @pytest.fixture(autouse=True)

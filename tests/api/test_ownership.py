@@ -26,23 +26,12 @@ from storage.messages import message_state
 from storage.shares import list_shares
 from storage.users import UserRecord
 from tests.support.api import Api, ApiFactory, auth, payload
-from tests.support.databases import clean_postgresql
 from tests.support.people import Person, make_user, sign_in
 from tests.support.service import wait_until
 from tests.support.smtp import Dialogue, plain
 
 pytestmark = pytest.mark.timeout(60)
 SANDBOX = {"X-Postern-Sandbox": "true"}
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def backend(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, Any]]:
-    """The configuration's [storage] table: SQLite in the data_dir, or a clean PostgreSQL."""
-    if request.param == "sqlite":
-        yield {}
-        return
-    async with clean_postgresql() as url:
-        yield {"storage": {"url": url}}
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,19 +15,14 @@ import pytest
 from api import errors
 from api.routes.send import MAX_SCHEDULE, SCHEDULE_GRACE, scheduled_time
 from tests.support.api import Api, ApiFactory, auth, payload
-from tests.support.databases import clean_postgresql
 from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def api(api_client: ApiFactory, request: pytest.FixtureRequest) -> AsyncIterator[Api]:
-    if request.param == "sqlite":
-        yield await api_client()
-        return
-    async with clean_postgresql() as url:
-        yield await api_client(storage={"url": url})
+@pytest.fixture
+async def api(api_on_both: Api) -> Api:
+    return api_on_both
 
 
 async def settled(api: Api, key: str, message_id: str, status: str) -> dict[str, Any]:

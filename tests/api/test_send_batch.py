@@ -5,27 +5,21 @@ Through real uvicorn and an aiosmtpd sink, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from sqlalchemy import text
 
 from tests.support.api import Api, ApiFactory, auth, payload
-from tests.support.databases import clean_postgresql
 from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(60)
 PATH = "/v1/send/batch"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def api(api_client: ApiFactory, request: pytest.FixtureRequest) -> AsyncIterator[Api]:
-    if request.param == "sqlite":
-        yield await api_client()
-        return
-    async with clean_postgresql() as url:
-        yield await api_client(storage={"url": url})
+@pytest.fixture
+async def api(api_on_both: Api) -> Api:
+    return api_on_both
 
 
 async def post(api: Api, items: Any, key: str, **headers: str) -> Any:
