@@ -313,7 +313,8 @@ class Queue:
             for statement, rows in notice.steps:
                 batch.add(statement, rows)
             work = partial(_if_claimed, batch, params)
-        if await self._writer.submit(work):
+        # Patient: an attempt's record may share the next message's commit (storage.writer).
+        if await self._writer.submit(work, patient=True):
             self.suppressions.add([email for email, _ in suppress])
             return status
         return None
