@@ -158,7 +158,7 @@ async def test_a_full_database_on_commit_is_452_and_507_then_service_resumes(
 ) -> None:
     svc = await service()
     _, key = await create_key(svc.db, "faults", ["send"])
-    engine = svc.db._sync
+    engine = svc.db._writes
     assert engine is not None, "this test needs SQLite"
     full = {"on": False}
 

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import Connection, insert, select, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from storage.db import Database
+from storage import db as storage_db
+from storage.db import Database, create_schema, database_url, open_database
 from storage.models import Meta
 from storage.writer import Batch, StorageFull, StorageUnavailable, Writer, WriterStopped
 
@@ -228,3 +233,93 @@ async def test_a_read_with_a_bug_in_its_query_keeps_its_own_error(backend: Datab
 
     with pytest.raises(DBAPIError):
         await backend.read(wrong)
+
+
+async def test_a_patient_job_shares_the_next_jobs_commit(backend: Database, writer: Writer) -> None:
+    """An attempt's record (patient) waits briefly for company: the intake that follows it
+    commits with it, one commit (one fsync) for both, and each is answered after it."""
+    writer.linger = 5.0  # long enough to prove it waits, bounded by the second job below
+    before = writer.commits
+    patient = asyncio.create_task(writer.submit(put("patient"), patient=True))
+    await asyncio.sleep(0.05)
+    assert not patient.done()  # alone: lingering, not committed
+    async with asyncio.timeout(WAIT):
+        await writer.submit(put("eager"))
+        await patient
+    assert writer.commits - before == 1
+    assert await stored(backend, "patient") == {"patient": "v"}
+
+
+async def test_a_patient_job_alone_commits_after_linger(backend: Database, writer: Writer) -> None:
+    writer.linger = 0.01
+    async with asyncio.timeout(WAIT):
+        await writer.submit(put("lonely"), patient=True)
+    assert await stored(backend, "lonely") == {"lonely": "v"}
+
+
+async def test_a_patient_job_lingering_at_stop_is_committed(
+    backend: Database, writer: Writer
+) -> None:
+    writer.linger = 5.0
+    patient = asyncio.create_task(writer.submit(put("atstop"), patient=True))
+    await asyncio.sleep(0.05)
+    async with asyncio.timeout(WAIT):
+        await writer.stop()
+        await patient
+    assert await stored(backend, "atstop") == {"atstop": "v"}
+
+
+@pytest.fixture
+async def sqlite_pair(tmp_path: Path) -> AsyncIterator[tuple[Database, Database]]:
+    """Two Databases on one SQLite file, as two worker processes hold them."""
+    first = open_database(database_url("", tmp_path))
+    await create_schema(first)
+    second = open_database(first.url)
+    try:
+        yield first, second
+    finally:
+        await first.dispose()
+        await second.dispose()
+
+
+async def test_writers_of_one_sqlite_file_take_turns(
+    sqlite_pair: tuple[Database, Database], tmp_path: Path
+) -> None:
+    """Each write transaction holds the lock file beside the database (0600): two writers
+    (two workers) interleave without either one meeting SQLite's `database is locked`."""
+    writers = [Writer(db) for db in sqlite_pair]
+    for writer in writers:
+        writer.start()
+    try:
+        jobs = [writers[i % 2].submit(put(f"turn{i:03d}")) for i in range(200)]
+        async with asyncio.timeout(WAIT):
+            await asyncio.gather(*jobs)
+    finally:
+        for writer in writers:
+            await writer.stop()
+    assert len(await stored(sqlite_pair[0], "turn")) == 200
+    lock = tmp_path / "postern.db-writer"
+    assert lock.stat().st_mode & 0o777 == 0o600
+
+
+async def test_a_write_lock_held_too_long_is_storage_unavailable(
+    sqlite_pair: tuple[Database, Database], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process holding the lock past the busy timeout: the write fails as a locked
+    database does (451/503 at the doors), and succeeds once the lock is let go."""
+    monkeypatch.setattr(storage_db, "BUSY_TIMEOUT", 0.2)
+    first, _ = sqlite_pair
+    holder = os.open(tmp_path / "postern.db-writer", os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    writer = Writer(first)
+    writer.start()
+    try:
+        with pytest.raises(StorageUnavailable, match="locked"):
+            await asyncio.wait_for(writer.submit(put("blocked")), WAIT)
+        fcntl.flock(holder, fcntl.LOCK_UN)
+        await asyncio.wait_for(writer.submit(put("freed")), WAIT)
+    finally:
+        os.close(holder)
+        await writer.stop()
+    assert await stored(first, "freed") == {"freed": "v"}
+    assert await stored(first, "blocked") == {}
