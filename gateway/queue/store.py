@@ -112,7 +112,8 @@ class Queue:
         first = parts[0][0]
         claim = claim and not first.sandbox and first.scheduled_at is None
         batch, stored = self._request_rows(parts, now, claim)
-        holder = await self._writer.submit(_storing(batch, first, stored[0].id, now))
+        size = sum(len(submission.content) for submission, _ in parts)
+        holder = await self._writer.submit(_storing(batch, first, stored[0].id, now), size=size)
         if holder is not None:  # another message holds the idempotency key
             raise holder.refusal(first.request_hash)
         return stored

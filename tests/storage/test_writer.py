@@ -323,3 +323,32 @@ async def test_a_write_lock_held_too_long_is_storage_unavailable(
         await writer.stop()
     assert await stored(first, "freed") == {"freed": "v"}
     assert await stored(first, "blocked") == {}
+
+
+async def test_small_jobs_go_before_large_ones_and_each_large_one_commits_alone(
+    backend: Database, writer: Writer
+) -> None:
+    """Ten 20 MB messages at once must not hold the small ones behind them: a job writing
+    `large` bytes or more commits in its own transaction, after the small jobs waiting."""
+    order: list[str] = []
+
+    def work(name: str) -> Any:
+        def run(conn: Connection) -> str:
+            conn.execute(INSERT, {"key": f"order-{name}", "value": name})
+            order.append(name)
+            return name
+
+        return run
+
+    before = writer.commits
+    jobs = [
+        writer.submit(work("large1"), size=writer.large),
+        writer.submit(work("large2"), size=writer.large * 20),
+        writer.submit(work("small1"), size=writer.large - 1),
+        writer.submit(work("small2")),
+    ]
+    async with asyncio.timeout(WAIT):
+        assert await asyncio.gather(*jobs) == ["large1", "large2", "small1", "small2"]
+    assert order == ["small1", "small2", "large1", "large2"]
+    assert writer.commits - before == 3  # the small ones together, each large one alone
+    assert len(await stored(backend, "order-")) == 4
