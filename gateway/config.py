@@ -76,10 +76,10 @@ def is_loopback(host: str, mapped: bool = False) -> bool:
 class ServerConfig:
     hostname: str = "postern.localdomain"
     data_dir: Path = Path("./var")
-    # Processes `serve` runs (gateway.process.supervisor): 1 = one process, as before;
-    # more = a supervisor and that many workers sharing the SMTP port (SO_REUSEPORT).
-    # "auto" in the file = the CPUs this process may run on (taskset and cpusets count).
-    workers: int = 1
+    # Processes `serve` runs (gateway.process.supervisor): 1 = one process; more = a
+    # supervisor and that many workers sharing the SMTP port (SO_REUSEPORT). By default
+    # ("auto") one per CPU this process may run on (taskset and cpusets count).
+    workers: int = field(default_factory=lambda: auto_workers())
 
 
 @dataclass(frozen=True)
@@ -342,10 +342,15 @@ def usable_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def auto_workers() -> int:
+    """`[server] workers = "auto"`, the default: one worker per usable CPU."""
+    return min(MAX_WORKERS, usable_cpus())
+
+
 def _workers(value: Any, where: str) -> int:
     """`"auto"` (one per usable CPU) or a count from 1 to MAX_WORKERS."""
     if value == "auto":
-        return min(MAX_WORKERS, usable_cpus())
+        return auto_workers()
     if isinstance(value, str):
         raise ConfigError(f'{where}: expected "auto" or a number of processes, got {value!r}')
     number = _positive_int(value, where)

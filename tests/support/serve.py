@@ -52,11 +52,17 @@ def config_text(
     extra: str = "",
 ) -> str:
     """The end-to-end config: loopback ports, a retry every second, any sender, the sink as
-    the default pool (when there is one), then `extra` appended as it is."""
+    the default pool (when there is one), then `extra` appended as it is.
+
+    One process (`workers = 1`, not the default's one per CPU): hundreds of servers start
+    and stop in the suite. The default's supervisor and workers are run by
+    tests/e2e/test_workers.py, the crash loop, and .ci/install_check.py (the README's
+    commands on the wheel, with no config at all)."""
     text = f"""\
 [server]
 hostname = "postern.e2e.test"
 data_dir = "{data_dir}"
+workers = 1
 
 [smtp]
 listen = ["127.0.0.1:{smtp_port}"]

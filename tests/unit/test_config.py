@@ -619,7 +619,8 @@ def test_workers_auto_counts_the_usable_cpus(
     monkeypatch.setattr(cfg.os, "sched_getaffinity", lambda _pid: {0, 3, 5})
     assert load(write(tmp_path, '[server]\nworkers = "auto"\n')).server.workers == 3
     assert load(write(tmp_path, "[server]\nworkers = 4\n")).server.workers == 4
-    assert Config().server.workers == 1  # one process unless asked
+    assert Config().server.workers == 3  # every core unless told otherwise
+    assert load(write(tmp_path, "[server]\nworkers = 1\n")).server.workers == 1
 
 
 @pytest.mark.parametrize(
