@@ -33,6 +33,7 @@ from web.pages import (
     messages,
     overview,
     pools,
+    recipient_routes,
     reputation,
     sandbox,
     sessions,
@@ -87,6 +88,7 @@ def routes() -> list[BaseRoute]:
         aliases, domains, keys, webhooks, suppressions, sandbox, accounts, bounces, reputation,
     ):  # fmt: skip
         table.extend(module.routes)
+    table.extend(recipient_routes.routes)
     return table
 
 

@@ -34,6 +34,7 @@ MAIN = (
 )
 SETTINGS = (
     Entry("SMTP Pools", "/settings/pools", scope="pools"),
+    Entry("Routes", "/settings/routes", scope="admin"),  # as /api/v1/routes (api.route_ops)
     Entry("Aliases", "/aliases", scope="aliases"),
     Entry("Domains", "/domains", scope="domains"),
     Entry("Webhooks", "/webhooks", scope="webhooks"),

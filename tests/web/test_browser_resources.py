@@ -1,10 +1,11 @@
 """The resource pages in a real browser (Debian's Chromium, headless, through Playwright)
 against a real `postern serve`: add a domain and see the records to publish with their copy
 buttons (the copied value read back from the clipboard), create an API key and see its
-secret once, add and remove a suppression; then every page of an owner checked by axe-core
-(vendored in tests/support/vendor, never in the package) for serious or critical
-violations. On every page: no console error, no request to any origin but Postern's. Each
-test leaves screenshots in its tmp_path.
+secret once, add and remove a suppression, add and remove a route beside the config file's
+read-only one; then every page of an owner checked by axe-core (vendored in
+tests/support/vendor, never in the package) for serious or critical violations. On every
+page: no console error, no request to any origin but Postern's. Each test leaves
+screenshots in its tmp_path.
 
 One browser and one Postern for the module; each test has a browser context of its own.
 """
@@ -31,13 +32,19 @@ PASSWORD = "correct horse battery staple"
 OWNER = "owner@example.com"
 AXE = Path(__file__).resolve().parents[1] / "support" / "vendor" / "axe.min.js"
 SERIOUS = ("serious", "critical")
+CONFIG_ROUTE = """
+[[routes]]
+recipient_domain = "gmail.test"
+ip_pool = "transactional"
+"""
 
 
 @pytest.fixture(scope="module")
 def postern(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postern]:
     with serve_with_users(
-        tmp_path_factory.mktemp("postern"), {OWNER: "owner"}, PASSWORD
-    ) as running:
+        tmp_path_factory.mktemp("postern"), {OWNER: "owner"}, PASSWORD,
+        edit=lambda text: text + CONFIG_ROUTE,
+    ) as running:  # fmt: skip
         yield running
 
 
@@ -142,6 +149,40 @@ def test_a_suppression_is_added_and_removed(tab: Watched, tmp_path: Path) -> Non
     tab.check(tmp_path / "suppression-removed.png")
 
 
+def test_a_route_is_added_and_removed(tab: Watched, tmp_path: Path) -> None:
+    sign_in(tab, "/settings/routes")
+    page = tab.page
+    config = page.get_by_role("row", name=re.compile("gmail.test"))
+    assert "read-only" in config.inner_text() and config.get_by_role("link").count() == 0
+    tab.expected.append("status of 400")  # the empty form, sent on purpose
+    page.get_by_role("button", name="Add route").click()
+    page.wait_for_load_state()
+    assert page.locator("#recipient_domain-problem").is_visible()
+    assert page.get_by_role("alert").inner_text() == "Some fields need another look."
+    page.get_by_label("Recipient domain").fill(".Example.org")
+    page.get_by_label("Or an ip_pool group").fill("bulk")
+    page.get_by_role("button", name="Add route").click()
+    page.wait_for_load_state()
+    assert page.get_by_role("status").inner_text().startswith("Route added")
+    row = page.get_by_role("row", name=re.compile(r"\.example\.org"))
+    assert "every subdomain of example.org" in row.inner_text()
+    assert "group bulk" in row.inner_text()
+    tab.check(tmp_path / "route-added.png")
+    page.set_viewport_size({"width": 320, "height": 800})
+    assert page.evaluate("document.documentElement.scrollWidth") <= 320
+    tab.check(tmp_path / "route-added-320px.png")
+    page.set_viewport_size({"width": 1280, "height": 900})
+    row.get_by_role("link", name="Remove the route for .example.org").click()
+    page.wait_for_load_state()
+    heading = page.get_by_role("heading", level=1).inner_text()
+    assert heading == "Remove the route for .example.org?"
+    page.get_by_role("button", name="Remove the route for .example.org").click()
+    page.wait_for_load_state()
+    assert page.get_by_role("status").inner_text().startswith("Route removed")
+    assert page.get_by_role("row", name=re.compile(r"\.example\.org")).count() == 0
+    tab.check(tmp_path / "route-removed.png")
+
+
 def violations(page: Any) -> list[str]:
     """axe-core's serious and critical findings on the page, one line each."""
     page.add_script_tag(path=str(AXE))
@@ -155,7 +196,7 @@ def violations(page: Any) -> list[str]:
 
 
 def made_pages(tab: Watched) -> list[str]:
-    """A domain, a webhook and a key made through their forms: their pages and those after."""
+    """A domain, a webhook and a route made through their forms: the pages they lead to."""
     page = tab.page
     page.goto(tab.origin + "/domains")
     page.get_by_label("Domain", exact=True).fill("audit.test")
@@ -168,7 +209,14 @@ def made_pages(tab: Watched) -> list[str]:
     page.get_by_role("button", name="Create webhook").click()
     page.wait_for_load_state()
     webhook = str(page.get_by_role("link", name="See the webhook").get_attribute("href"))
-    return [domain, domain + "/delete", webhook, webhook + "/delete"]
+    page.goto(tab.origin + "/settings/routes")
+    page.get_by_label("Recipient domain").fill("audit.test")
+    page.get_by_label("Or an ip_pool group").fill("bulk")
+    page.get_by_role("button", name="Add route").click()
+    page.wait_for_load_state()
+    link = page.get_by_role("link", name="Remove the route for audit.test")
+    route = str(link.get_attribute("href"))
+    return [domain, domain + "/delete", webhook, webhook + "/delete", route]
 
 
 def test_every_page_of_an_owner_passes_axe(audit_tab: Watched, tmp_path: Path) -> None:
@@ -177,7 +225,7 @@ def test_every_page_of_an_owner_passes_axe(audit_tab: Watched, tmp_path: Path) -
     pages = ["/", "/settings/pools", "/settings/pools/new", "/settings/users"]
     pages += ["/settings/sessions", "/aliases", "/domains", "/keys", "/webhooks", "/live"]
     pages += ["/webhooks/new", "/suppressions", "/messages", "/sandbox", "/accounts", "/bounces"]
-    pages += ["/reputation"]
+    pages += ["/reputation", "/settings/routes"]
     pages += made_pages(audit_tab)
     found = {}
     for scheme in ("light", "dark"):
