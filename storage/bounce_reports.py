@@ -209,7 +209,7 @@ def page(
 def message_of(conn: Connection, message_id: str) -> Row[Any] | None:
     """The message (id, status, due_at, and what a notification to its sender needs: source,
     mail_from, created_at) or None when there is none (or no longer)."""
-    columns = (M.c.id, M.c.status, M.c.due_at, M.c.source, M.c.mail_from, M.c.created_at)
+    columns: list[Any] = [M.c.id, M.c.status, M.c.due_at, M.c.source, M.c.mail_from, M.c.created_at]
     query = select(*columns).where(M.c.id == message_id)
     return conn.execute(query).first()
 

@@ -305,8 +305,8 @@ class BounceIngest:
         suppressed: list[str] = []
         applied: list[str] = []
         if status == "processed" and claim.message_id is not None:
-            found = hits(report_id, claim.message_id, verdicts, incoming.source.kind)
-            suppressed, applied = self._apply(conn, report_id, found, incoming.now)
+            matched_hits = hits(report_id, claim.message_id, verdicts, incoming.source.kind)
+            suppressed, applied = self._apply(conn, report_id, matched_hits, incoming.now)
         return _Stored(IngestResult(status, report_id, status), suppressed, applied)
 
     def _apply(
