@@ -207,8 +207,10 @@ def page(
 
 
 def message_of(conn: Connection, message_id: str) -> Row[Any] | None:
-    """The message (id, status, due_at) or None when there is none (or no longer)."""
-    query = select(M.c.id, M.c.status, M.c.due_at).where(M.c.id == message_id)
+    """The message (id, status, due_at, and what a notification to its sender needs: source,
+    mail_from, created_at) or None when there is none (or no longer)."""
+    columns: list[Any] = [M.c.id, M.c.status, M.c.due_at, M.c.source, M.c.mail_from, M.c.created_at]
+    query = select(*columns).where(M.c.id == message_id)
     return conn.execute(query).first()
 
 
@@ -262,19 +264,26 @@ def recipients_of(conn: Connection, message_id: str) -> list[tuple[str, str]]:
 
 def bounce_recipient(
     conn: Connection, message_id: str, email: str, response: str, now: float
-) -> bool:
-    """A recipient the upstream had taken (or that is still pending) becomes bounced;
-    True when it changed."""
-    changed = conn.execute(
-        update(R)
-        .where(
-            R.c.message_id == message_id,
-            R.c.email == email,
-            R.c.status.in_(["delivered", "pending"]),
+) -> str | None:
+    """A recipient the upstream had taken (or that is still pending) becomes bounced; the
+    status it had ("delivered" or "pending"), None when it changed nothing (bounced already,
+    or no such recipient). Each UPDATE names the status it leaves, so of two reports about
+    one recipient at once only one sees it `delivered` (PostgreSQL re-reads the row the
+    other changed; SQLite has one writer): what is told once depends on that."""
+    for was in ("delivered", "pending"):
+        changed = conn.execute(
+            update(R)
+            .where(R.c.message_id == message_id, R.c.email == email, R.c.status == was)
+            .values(status="bounced", response=response[:1000], updated_at=now)
         )
-        .values(status="bounced", response=response[:1000], updated_at=now)
-    )
-    return bool(changed.rowcount)
+        if changed.rowcount:
+            return was
+    return None
+
+
+def suppressed(conn: Connection, key: str) -> bool:
+    """Whether the mailbox `key` (a mailbox key) is on the suppression list."""
+    return conn.execute(select(SUP.c.email).where(SUP.c.email == key)).first() is not None
 
 
 def set_final_status(conn: Connection, message_id: str, old: str, new: str, now: float) -> bool:

@@ -10,6 +10,13 @@
     complaint  suppressed (`complaint`); `complaint`
     auto_reply, ignore: nothing
 
+A hard entry that moves a recipient from delivered to bounced (the upstream had taken it)
+is told to the envelope sender of SMTP mail as a bounce during delivery is
+(gateway.queue.notify, `[delivery] notify_sender`): `tell_sender`, one RFC 3464 report per
+report and message, in the same transaction. Only that move tells: a report met again, a
+second report about the recipient, or a reclassification finds it bounced already and tells
+nobody; a reclassification away from hard does not unsend it.
+
 Every event carries `async: true` and the report's classification (`detail`), through the
 same outbox as every other event, so webhooks get them. Suppressions are added only if
 absent (an operator's own entry stands), and their note ends with the report that caused
@@ -28,8 +35,12 @@ from dataclasses import dataclass
 from sqlalchemy import Connection
 
 from gateway.addresses import mailbox_key
-from gateway.queue import events, states
+from gateway.message import QueuedMessage
+from gateway.queue import events, ids, states
+from gateway.queue.notify import Notifier, reported
+from gateway.queue.store import notification_rows
 from storage import bounce_reports as stored
+from storage import queue_sql
 from storage import suppressions as stored_suppressions
 
 log = logging.getLogger("postern.bounces")
@@ -67,12 +78,21 @@ class SoftPolicy:
     window: float
 
 
-def apply(conn: Connection, hit: Hit, soft: SoftPolicy, now: float) -> list[str]:
-    """Write what `hit` does; returns the addresses (keys) it suppressed."""
+@dataclass(frozen=True)
+class Applied:
+    """What one hit did: the addresses (keys) it suppressed, and whether it bounced a
+    recipient the upstream had taken (delivered before, bounced now: the sender is told)."""
+
+    suppressed: list[str]
+    taken_back: bool = False
+
+
+def apply(conn: Connection, hit: Hit, soft: SoftPolicy, now: float) -> Applied:
+    """Write what `hit` does."""
     kind = EVENT_OF.get(hit.cls)
     if kind is None:  # auto_reply, ignore
-        return []
-    status = _message_status(conn, hit, now)
+        return Applied([])
+    status, taken_back = _message_status(conn, hit, now)
     suppressed = _suppress(conn, hit, soft, now)
     conn.execute(events.INSERT_EVENT, [_event(kind, hit, status, now)])
     if hit.cls == "policy":
@@ -80,21 +100,49 @@ def apply(conn: Connection, hit: Hit, soft: SoftPolicy, now: float) -> list[str]
             "policy block reported for %s (%s, rule %s): %s",
             hit.message_id, hit.status, hit.rule, hit.diagnostic[:200],
         )  # fmt: skip
-    return suppressed
+    return Applied(suppressed, taken_back)
 
 
-def _message_status(conn: Connection, hit: Hit, now: float) -> str:
-    """The message's status after `hit` (a hard bounce may change it)."""
+def _message_status(conn: Connection, hit: Hit, now: float) -> tuple[str, bool]:
+    """The message's status after `hit` (a hard bounce may change it), and whether `hit`
+    moved its recipient from delivered to bounced."""
     message = stored.message_of(conn, hit.message_id)
     status = message.status if message is not None else "delivered"
     if hit.cls != "hard":
-        return str(status)
+        return str(status), False
     response = f"{hit.status} {hit.diagnostic}".strip() or "bounced after delivery"
-    stored.bounce_recipient(conn, hit.message_id, hit.recipient, response, now)
+    was = stored.bounce_recipient(conn, hit.message_id, hit.recipient, response, now)
     after = states.after_late_bounce(status)
     if after is not None and stored.set_final_status(conn, hit.message_id, status, after, now):
-        return after
-    return str(status)
+        return after, was == "delivered"
+    return str(status), was == "delivered"
+
+
+def tell_sender(
+    conn: Connection, notifier: Notifier, taken_back: list[Hit], now: float
+) -> str | None:
+    """Store the notification to the message's envelope sender naming the recipients
+    `taken_back` (hits of one report, about one message, that moved them from delivered to
+    bounced), with the remote's Status and Diagnostic-Code: SMTP mail with a sender that is
+    not null (never a notification's), not suppressed. Its message id, or None."""
+    row = stored.message_of(conn, taken_back[0].message_id)
+    if row is None:
+        return None
+    body = queue_sql.bodies_of(conn, [row.id]).get(row.id, b"")  # b"": body retention took it
+    message = QueuedMessage(
+        id=row.id, mail_from=row.mail_from, recipients=[h.recipient for h in taken_back],
+        content=body, attempts=0, created_at=row.created_at, source=row.source,
+    )  # fmt: skip
+    if not notifier.wanted(message, message.source):
+        return None
+    if stored.suppressed(conn, mailbox_key(message.envelope_sender)):
+        return None
+    results = {hit.recipient: reported(hit.status, hit.diagnostic) for hit in taken_back}
+    notice_id = ids.new_id_for(False)
+    rows = notification_rows(notifier.bounce(message, results, now), notice_id, now)
+    for statement, params in rows.steps:
+        conn.execute(statement, params)
+    return notice_id
 
 
 def _suppress(conn: Connection, hit: Hit, soft: SoftPolicy, now: float) -> list[str]:

@@ -20,13 +20,14 @@ from sqlalchemy import Connection
 
 from gateway import metrics
 from gateway.addresses import mailbox_key
-from gateway.bounces.effects import Hit, SoftPolicy, apply, reestablish, undo
+from gateway.bounces.effects import Hit, SoftPolicy, apply, reestablish, tell_sender, undo
 from gateway.bounces.model import Entry, Report
 from gateway.bounces.report import parse
 from gateway.bounces.returnpath import REF_HEADER, ReturnPath, own_message_id
 from gateway.bounces.rules import Classification, Rules, shipped
 from gateway.bounces.verp import token_for
 from gateway.headers import normal_message_id
+from gateway.queue.notify import Notifier
 from gateway.queue.suppressions import SuppressionCache
 from storage import bounce_reports as stored
 from storage.db import Database
@@ -230,6 +231,7 @@ class BounceIngest:
         settings: Settings | None = None,
         suppressions: SuppressionCache | None = None,
         clock: Callable[[], float] = time.time,
+        notifier: Notifier | None = None,
     ) -> None:
         self._db = db
         self._return_path = return_path
@@ -237,6 +239,9 @@ class BounceIngest:
         self._settings = settings or Settings()
         self._suppressions = suppressions  # this node's copy, told at once
         self._clock = clock
+        # [delivery] notify_sender: a recipient of SMTP mail a report bounces after the
+        # upstream took it is told to the envelope sender (effects.tell_sender); None: never.
+        self._notifier = notifier
 
     async def ingest(self, raw: bytes, source: Source) -> IngestResult:
         """Store, match, classify and apply one report, once (see the module docstring)."""
@@ -300,10 +305,30 @@ class BounceIngest:
         suppressed: list[str] = []
         applied: list[str] = []
         if status == "processed" and claim.message_id is not None:
-            for hit in hits(report_id, claim.message_id, verdicts, incoming.source.kind):
-                suppressed += apply(conn, hit, self._soft, incoming.now)
-                applied.append(hit.cls)
+            matched_hits = hits(report_id, claim.message_id, verdicts, incoming.source.kind)
+            suppressed, applied = self._apply(conn, report_id, matched_hits, incoming.now)
         return _Stored(IngestResult(status, report_id, status), suppressed, applied)
+
+    def _apply(
+        self, conn: Connection, report_id: int, found: Sequence[Hit], now: float
+    ) -> tuple[list[str], list[str]]:
+        """Apply each hit of one report (all about one message); tell the sender of the
+        recipients they took back from delivered, in one notification. The addresses
+        suppressed and the class of each hit applied."""
+        suppressed: list[str] = []
+        applied: list[str] = []
+        taken_back: list[Hit] = []
+        for hit in found:
+            done = apply(conn, hit, self._soft, now)
+            suppressed += done.suppressed
+            applied.append(hit.cls)
+            if done.taken_back:
+                taken_back.append(hit)
+        if taken_back and self._notifier is not None:
+            notice = tell_sender(conn, self._notifier, taken_back, now)
+            if notice is not None:
+                log.info("bounce report %s: sender told in %s", report_id, notice)
+        return suppressed, applied
 
     @property
     def _soft(self) -> SoftPolicy:
@@ -359,12 +384,9 @@ class BounceIngest:
             conn, report_id, cls=cls, rule=OPERATOR, reason=reason, status=status,
             entries=json.dumps(entries), updated_at=now,
         )  # fmt: skip
-        suppressed: list[str] = list(kept)
-        applied: list[str] = []
-        for hit in (_hit_of(report_id, row.message_id, e, row.source) for e in chosen):
-            suppressed += apply(conn, hit, self._soft, now)
-            applied.append(hit.cls)
-        return "changed", suppressed, lifted, applied
+        found = [_hit_of(report_id, row.message_id, e, row.source) for e in chosen]
+        suppressed, applied = self._apply(conn, report_id, found, now)
+        return "changed", list(kept) + suppressed, lifted, applied
 
 
 OPERATOR = "operator"

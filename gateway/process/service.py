@@ -64,7 +64,7 @@ from gateway.process.instance import DataDirLock, database_of
 from gateway.process.pools import WATCH_INTERVAL, PoolSync
 from gateway.process.startup import Prepared, StartupError, WorkerRole, prepare
 from gateway.queue import rollup
-from gateway.queue.notify import Notifier
+from gateway.queue.notify import Notifier, notifier_for
 from gateway.queue.retention import Retention
 from gateway.queue.store import Queue
 from gateway.queue.suppressions import FOLLOW_INTERVAL
@@ -243,23 +243,22 @@ class Service:
         delivery = config.delivery
         # Renewed every lease/4 while this node holds a message; lapses only if it dies.
         lease = 120.0
-        notifier = (
-            Notifier(self.config.server.hostname, delivery.delay_warning, delivery.max_age)
-            if delivery.notify_sender
-            else None
-        )
+        notifier = notifier_for(self.config.server.hostname, delivery)
         queue = self.queue = Queue(
             db, writer, ready.node, delivery.retry_schedule, delivery.max_age, lease,
             notifier=notifier,
         )  # fmt: skip
         await queue.release_claims()  # whatever this node held when it last stopped
         await queue.suppressions.reload()
-        self.bounces = self._bounce_ingest(ready, db, queue)
+        self.bounces = self._bounce_ingest(ready, db, queue, notifier)
         return Storage(db, writer, queue)
 
-    def _bounce_ingest(self, ready: Prepared, db: Database, queue: Queue) -> BounceIngest:
+    def _bounce_ingest(
+        self, ready: Prepared, db: Database, queue: Queue, notifier: Notifier | None
+    ) -> BounceIngest:
         """Where reports that came back go in (the API's upload; the IMAP sync and the
-        bounce listener when they run): the user's rules before the shipped ones."""
+        bounce listener when they run): the user's rules before the shipped ones; a
+        recipient of SMTP mail they bounce is told to its sender as the queue tells one."""
         bounces = self.config.bounces
         settings = BounceSettings(
             bounces.soft_limit,
@@ -268,7 +267,9 @@ class Service:
             retention=self.config.storage.retention,
         )
         rules = load_rules(bounces.rules_file or None)
-        return BounceIngest(db, self.return_path(ready), rules, settings, queue.suppressions)
+        return BounceIngest(
+            db, self.return_path(ready), rules, settings, queue.suppressions, notifier=notifier
+        )
 
     def _outbound(self) -> Outbound:
         config = self.config

@@ -9,6 +9,10 @@ stores it in the very transaction that records the bounce, so it is never lost (
 with it) and never doubled (written only if that attempt's record is). The notification
 has the null sender (`MAIL FROM:<>`): a null sender is never notified, so a notification
 that bounces in its turn makes none (no loop), and its source is `dsn`.
+
+A recipient the upstream took and a report later bounced (gateway.bounces.effects) is told
+the same way, with the report's Status and Diagnostic-Code (`reported`), in the report's
+own transaction, when that recipient moves from delivered to bounced: once.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime, formatdate, make_msgid
 
-from gateway.message import DeliveryResult, QueuedMessage, Submission
+from gateway.config import DeliveryConfig
+from gateway.message import DeliveryResult, Outcome, QueuedMessage, Submission
 
 SOURCE = "dsn"  # the `source` of a notification: never notified about itself
 _HEADER_LIMIT = 64 * 1024  # of the original's header, returned as text/rfc822-headers
@@ -62,6 +67,37 @@ class Notifier:
         until = message.age_from + self.max_age if self.max_age else None
         content = build_report(self.hostname, message, deferred, now, delayed_until=until)
         return _notice(message, content)
+
+
+# The reply a remote's report quotes: a basic code (`550`, or `550-` of a multi-line reply),
+# then perhaps an enhanced one (`5.1.1`), then the text.
+_REPLY = re.compile(r"\s*([245]\d\d)(?:[ -]+|$)(?:([245]\.\d{1,3}\.\d{1,3})(?:\s+|$))?")
+
+
+def reported(status: str, diagnostic: str) -> DeliveryResult:
+    """A recipient bounced by a report that came back after the upstream took the message
+    (gateway.bounces), as the result `bounce` tells: the report's Status, and its
+    Diagnostic-Code as the reply, split into its codes and text so that the notification's
+    Diagnostic-Code repeats it rather than prefixing the codes again."""
+    found = _REPLY.match(diagnostic)
+    code, text = None, diagnostic.strip()
+    enhanced = status or None
+    if found is not None:
+        code, text = int(found.group(1)), diagnostic[found.end() :].strip()
+        said = found.group(2)
+        if said and enhanced is None:
+            enhanced = said
+        elif said and said != enhanced:  # the reply's own code differs: keep it in the text
+            text = f"{said} {text}".strip()
+    return DeliveryResult(Outcome.BOUNCED, code=code, enhanced=enhanced, text=text)
+
+
+def notifier_for(hostname: str, delivery: DeliveryConfig) -> Notifier | None:
+    """The Notifier of `[delivery]` (None: notify_sender off), for the queue and for what
+    applies reports (serve's and `postern bounces reclassify`'s)."""
+    if not delivery.notify_sender:
+        return None
+    return Notifier(hostname, delivery.delay_warning, delivery.max_age)
 
 
 def _notice(message: QueuedMessage, content: bytes) -> Submission:

@@ -169,51 +169,11 @@ class Queue:
     def _new_message_rows(
         self, submission: Submission, route: Route, message_id: str, now: float, claim: bool
     ) -> Batch:
-        """Every row of a new message, parents first: the message, its body, its recipients
-        (those it may be sent to), its side rows, its first events."""
-        batch = Batch()
-        batch.add(sql.INSERT_MESSAGE, self._message_row(submission, route, message_id, now, claim))
-        batch.add(sql.INSERT_BODY, {"message_id": message_id, "data": submission.content})
-        status = "sandbox" if submission.sandbox else "pending"
-        batch.add(
-            sql.INSERT_RECIPIENT,
-            _recipient_rows(message_id, submission.recipients, status, None, now),
-        )
-        _add_side_rows(batch, submission, message_id, now)
-        batch.add(events.INSERT_EVENT, _first_events(submission, message_id, now))
-        return batch
-
-    def _message_row(
-        self, submission: Submission, route: Route, message_id: str, now: float, claim: bool
-    ) -> dict[str, Any]:
-        """The `message` row: final at once in the sandbox; otherwise due now, or, claimed
-        by this node, due again only when its lease lapses."""
-        sandbox = submission.sandbox
-        return {
-            "id": message_id,
-            "status": "sandbox" if sandbox else "queued",
-            "source": submission.source,
-            "mail_from": submission.mail_from,
-            "alias_id": submission.alias_id,
-            "ip_pool": route.ip_pool,
-            "pool_id": route.pool_id,
-            "route_default": route.default,
-            "last_pool": None,
-            "attempts": 0,
-            "size": len(submission.content),
-            "created_at": now,
-            "updated_at": now,
-            "due_at": _first_due(submission, now, claim, self._lease),
-            "claimed_by": self.node_id if claim else None,
-            "last_response": None,
-            "api_key_id": submission.sender.api_key_id if submission.sender else None,
-            "user_id": submission.sender.user_id if submission.sender else None,
-            "header_message_id": headers.message_id(submission.content),
-            "scheduled_at": submission.scheduled_at,
-            "client_address": address_key(submission.client_address)
-            if submission.client_address
-            else None,
-        }
+        """Every row of a new message (`new_message_rows`): final at once in the sandbox;
+        otherwise due now, or, claimed by this node, due again only when its lease lapses."""
+        due = _first_due(submission, now, claim, self._lease)
+        claimed_by = self.node_id if claim else None
+        return new_message_rows(submission, route, message_id, now, due, claimed_by)
 
     # --- delivery ---------------------------------------------------------------------
 
@@ -340,8 +300,7 @@ class Queue:
             return None
         if self.suppressions.suppressed([message.envelope_sender]):
             return None
-        message_id = ids.new_id_for(False)
-        return self._new_message_rows(notice, Route(default=True), message_id, now, claim=False)
+        return notification_rows(notice, ids.new_id_for(False), now)
 
     @staticmethod
     def _attempt_rows(
@@ -543,6 +502,74 @@ class Queue:
 
     async def ping(self) -> None:
         await self._db.read(lambda conn: conn.execute(sql.PING))
+
+
+def new_message_rows(
+    submission: Submission,
+    route: Route,
+    message_id: str,
+    now: float,
+    due: float | None,
+    claimed_by: str | None,
+) -> Batch:
+    """Every row of a new message, parents first: the message, its body, its recipients
+    (those it may be sent to), its side rows, its first events."""
+    batch = Batch()
+    row = _message_row(submission, route, message_id, now, due, claimed_by)
+    batch.add(sql.INSERT_MESSAGE, row)
+    batch.add(sql.INSERT_BODY, {"message_id": message_id, "data": submission.content})
+    status = "sandbox" if submission.sandbox else "pending"
+    batch.add(
+        sql.INSERT_RECIPIENT,
+        _recipient_rows(message_id, submission.recipients, status, None, now),
+    )
+    _add_side_rows(batch, submission, message_id, now)
+    batch.add(events.INSERT_EVENT, _first_events(submission, message_id, now))
+    return batch
+
+
+def notification_rows(notice: Submission, message_id: str, now: float) -> Batch:
+    """The rows of a notification to an envelope sender (gateway.queue.notify), written in
+    the transaction of what it tells: routed by the default route, due now, claimed by no
+    node (delivery's poller takes it)."""
+    return new_message_rows(notice, Route(default=True), message_id, now, now, None)
+
+
+def _message_row(
+    submission: Submission,
+    route: Route,
+    message_id: str,
+    now: float,
+    due: float | None,
+    claimed_by: str | None,
+) -> dict[str, Any]:
+    """The `message` row."""
+    sandbox = submission.sandbox
+    return {
+        "id": message_id,
+        "status": "sandbox" if sandbox else "queued",
+        "source": submission.source,
+        "mail_from": submission.mail_from,
+        "alias_id": submission.alias_id,
+        "ip_pool": route.ip_pool,
+        "pool_id": route.pool_id,
+        "route_default": route.default,
+        "last_pool": None,
+        "attempts": 0,
+        "size": len(submission.content),
+        "created_at": now,
+        "updated_at": now,
+        "due_at": due,
+        "claimed_by": claimed_by,
+        "last_response": None,
+        "api_key_id": submission.sender.api_key_id if submission.sender else None,
+        "user_id": submission.sender.user_id if submission.sender else None,
+        "header_message_id": headers.message_id(submission.content),
+        "scheduled_at": submission.scheduled_at,
+        "client_address": address_key(submission.client_address)
+        if submission.client_address
+        else None,
+    }
 
 
 def _storing(batch: Batch, submission: Submission, message_id: str, now: float) -> Batch | Work:

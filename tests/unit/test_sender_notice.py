@@ -8,7 +8,7 @@ from email.message import Message
 from email.policy import default
 
 from gateway.message import DeliveryResult, Hop, Outcome, QueuedMessage
-from gateway.queue.notify import SOURCE, Notifier, build_report
+from gateway.queue.notify import SOURCE, Notifier, build_report, reported
 
 ORIGINAL = (
     b"From: a@example.com\r\nSubject: Invoice 42\r\nMessage-ID: <m1@example.com>\r\n\r\nbody\r\n"
@@ -93,3 +93,27 @@ def test_a_delay_notice_says_delayed_and_until_when() -> None:
     [_, block] = status.get_payload()
     assert block["Action"] == "delayed" and block["Status"] == "4.2.2"
     assert block["Will-Retry-Until"]
+
+
+def test_a_reports_reply_is_repeated_not_prefixed_again() -> None:
+    """A later bounce's result (`reported`): the report's Status, and its Diagnostic-Code as
+    the reply, which the notification's Diagnostic-Code repeats as it was."""
+    cases = [  # (Status, Diagnostic-Code) -> what the notification says
+        ("5.1.1", "550 5.1.1 <x@example.org>: no", "550 5.1.1 <x@example.org>: no"),
+        ("5.1.1", "550-5.1.1 The account does not exist", "550 5.1.1 The account does not exist"),
+        ("5.1.1", "550 User unknown", "550 5.1.1 User unknown"),
+        ("5.1.10", "550 5.1.1 refined", "550 5.1.10 5.1.1 refined"),
+        ("5.2.1", "Mailbox disabled", "5.2.1 Mailbox disabled"),
+        ("", "550 5.7.1 blocked", "550 5.7.1 blocked"),
+        ("5.0.0", "", "5.0.0"),
+    ]  # fmt: skip
+    for status, diagnostic, said in cases:
+        result = reported(status, diagnostic)
+        assert result.outcome is Outcome.BOUNCED and result.describe() == said, diagnostic
+    gone = reported("5.1.1", "550 5.1.1 <x@example.org>: User unknown")
+    raw = build_report("relay.example.net", queued(), {"x@example.org": gone}, 1_800_000_100.0)
+    parsed = email.message_from_bytes(raw, policy=default)
+    _, status_part, _ = parsed.get_payload()  # type: ignore[misc]
+    block = status_part.get_payload()[1]
+    assert block["Status"] == "5.1.1"
+    assert block["Diagnostic-Code"] == "smtp; 550 5.1.1 <x@example.org>: User unknown"

@@ -17,6 +17,7 @@ from gateway.bounces.rules import load
 from gateway.config import Config
 from gateway.process.commands.admin import CommandError, iso_seconds, with_database
 from gateway.process.commands.options import leaf
+from gateway.queue.notify import notifier_for
 from gateway.security.secrets import SecretBox
 from storage import bounce_reports as stored
 from storage.db import Database
@@ -78,7 +79,11 @@ async def _reclassify(db: Database, args: argparse.Namespace, config: Config) ->
     bounces = config.bounces
     key = SecretBox.from_environment(config.server.data_dir).derive(VERP_KEY)
     settings = Settings(bounces.soft_limit, bounces.soft_window, bounces.max_report_size)
-    ingest = BounceIngest(db, ReturnPath(bounces.domain, key), load(bounces.rules_file), settings)
+    # A recipient the new class bounces is told to its sender as serve's processing tells it.
+    notifier = notifier_for(config.server.hostname, config.delivery)
+    ingest = BounceIngest(
+        db, ReturnPath(bounces.domain, key), load(bounces.rules_file), settings, notifier=notifier
+    )
     outcome = await ingest.reclassify(args.id, args.cls)
     if outcome == "unknown":
         raise CommandError(f"no bounce report {args.id}")

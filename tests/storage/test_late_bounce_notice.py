@@ -1,0 +1,165 @@
+"""A report that bounces a recipient the upstream had taken tells the envelope sender of SMTP
+mail (gateway.bounces.effects.tell_sender), on both backends: one notification stored in the
+report's transaction, on the recipient's move from delivered to bounced, so never twice (the
+same report, another report, a reclassification); never for a null sender, a notification,
+HTTP mail, a suppressed sender, with notify_sender off, nor for a recipient still pending
+(delivery settles those, and tells)."""
+
+from __future__ import annotations
+
+import email
+from dataclasses import replace
+from email.message import Message
+from email.policy import default
+from typing import Any
+
+import pytest
+
+from gateway.bounces.ingest import BounceIngest, Settings, Source
+from gateway.bounces.returnpath import ReturnPath
+from gateway.message import DeliveryResult, Outcome, Route
+from gateway.queue.notify import Notifier
+from gateway.queue.store import AttemptRecord, Queue
+from storage.db import Database
+from storage.suppressions import add_suppression
+from tests.support.reports import dsn
+from tests.support.stored import fetch, message_row, submission
+
+RP = ReturnPath("bounce.test", b"v" * 32)
+DELIVERED = DeliveryResult(Outcome.DELIVERED, 250, "2.0.0", "ok")
+LISTENER = Source("listener")
+SENDER = "app@example.com"
+
+
+def ingest(backend: Database, queue: Queue, notify: bool = True) -> BounceIngest:
+    return BounceIngest(
+        backend, RP, settings=Settings(), suppressions=queue.suppressions,
+        clock=lambda: 1_800_000_000.0, notifier=Notifier("postern.test") if notify else None,
+    )  # fmt: skip
+
+
+async def delivered(
+    queue: Queue, *recipients: str, sender: str = SENDER, source: str = "smtp"
+) -> str:
+    mail = replace(submission(*recipients), mail_from=sender, source=source)
+    message = await queue.enqueue(mail, Route(), claim=True)
+    await queue.record(AttemptRecord(message, dict.fromkeys(message.recipients, DELIVERED), "p"))
+    return message.id
+
+
+async def notices(db: Database) -> list[tuple[Any, Message]]:
+    """Each stored notification: its row (id, mail_from, recipient) and its report parsed."""
+    rows = await fetch(
+        db,
+        "SELECT m.id, m.mail_from, r.email, b.data FROM message m"
+        " JOIN recipient r ON r.message_id = m.id JOIN message_body b ON b.message_id = m.id"
+        " WHERE m.source = 'dsn' AND m.mail_from = '' ORDER BY m.created_at",
+    )
+    return [(row, email.message_from_bytes(bytes(row.data), policy=default)) for row in rows]
+
+
+def blocks(report: Message) -> list[Message]:
+    """The per-recipient blocks of the report's message/delivery-status part."""
+    assert report.get_content_type() == "multipart/report"
+    _, status, _ = report.get_payload()  # type: ignore[misc]
+    return status.get_payload()[1:]  # type: ignore[no-any-return]
+
+
+def two_recipients(first: str, second: str, to: str) -> bytes:
+    """One DSN naming two recipients."""
+    raw = dsn(first, to=to)
+    block = (
+        f"Final-Recipient: rfc822; {second}\r\nAction: failed\r\nStatus: 5.1.2\r\n"
+        "Diagnostic-Code: smtp; 550 5.1.2 no such domain\r\n\r\n"
+    ).encode()
+    headers = b"--B\r\nContent-Type: text/rfc822-headers"
+    return raw.replace(headers, block + headers)
+
+
+async def test_a_later_bounce_stores_one_notification_to_the_sender(
+    backend: Database, queue: Queue
+) -> None:
+    message_id = await delivered(queue, "gone@example.test", "kept@example.test")
+    taker = ingest(backend, queue)
+    raw = dsn("gone@example.test", to=RP.address(message_id, ""))
+    assert (await taker.ingest(raw, LISTENER)).outcome == "processed"
+    [(row, report)] = await notices(backend)
+    assert (row.mail_from, row.email) == ("", SENDER)  # from <>, to the envelope sender
+    [entry] = blocks(report)
+    assert entry["Final-Recipient"] == "rfc822; gone@example.test"
+    assert (entry["Action"], entry["Status"]) == ("failed", "5.1.1")
+    assert entry["Diagnostic-Code"] == "smtp; 550 5.1.1 user unknown"
+    assert (await message_row(backend, row.id)).status == "queued"  # delivery's poller takes it
+
+    assert (await taker.ingest(raw, LISTENER)).outcome == "duplicate"
+    other = dsn("gone@example.test", to=RP.address(message_id, ""), nonce="2")
+    second = await taker.ingest(other, LISTENER)
+    assert second.outcome == "processed" and second.report_id is not None
+    for cls in ("soft", "hard", "complaint", "hard"):
+        assert await taker.reclassify(second.report_id, cls) == "changed"
+    assert len(await notices(backend)) == 1
+
+
+async def test_one_report_naming_two_recipients_is_one_notification(
+    backend: Database, queue: Queue
+) -> None:
+    message_id = await delivered(queue, "a@example.test", "b@example.test")
+    raw = two_recipients("a@example.test", "b@example.test", RP.address(message_id, ""))
+    assert (await ingest(backend, queue).ingest(raw, LISTENER)).outcome == "processed"
+    [(_, report)] = await notices(backend)
+    found = [(b["Final-Recipient"], b["Status"]) for b in blocks(report)]
+    assert found == [("rfc822; a@example.test", "5.1.1"), ("rfc822; b@example.test", "5.1.2")]
+
+
+async def test_reclassified_to_hard_tells_the_sender_once(backend: Database, queue: Queue) -> None:
+    message_id = await delivered(queue, "r@example.test")
+    raw = dsn("r@example.test", "5.7.1", "550 5.7.1 blocked", to=RP.address(message_id, ""))
+    taker = ingest(backend, queue)
+    report_id = (await taker.ingest(raw, LISTENER)).report_id
+    assert report_id is not None and await notices(backend) == []  # a policy block
+    assert await taker.reclassify(report_id, "hard") == "changed"
+    [(_, report)] = await notices(backend)
+    [entry] = blocks(report)
+    assert (entry["Status"], entry["Diagnostic-Code"]) == ("5.7.1", "smtp; 550 5.7.1 blocked")
+    assert await taker.reclassify(report_id, "soft") == "changed"  # does not unsend it...
+    assert await taker.reclassify(report_id, "hard") == "changed"  # ...nor send it again
+    assert len(await notices(backend)) == 1
+
+
+@pytest.mark.parametrize(
+    ("sender", "source", "notify"),
+    [
+        ("", "smtp", True),  # a null sender (a report, say) is never told
+        (SENDER, "dsn", True),  # a notification of ours: no loop
+        (SENDER, "http", True),  # HTTP senders have the answer and webhooks
+        (SENDER, "smtp", False),  # [delivery] notify_sender = false
+    ],
+)
+async def test_nobody_is_told_when_nobody_should_be(
+    backend: Database, queue: Queue, sender: str, source: str, notify: bool
+) -> None:
+    message_id = await delivered(queue, "gone@example.test", sender=sender, source=source)
+    raw = dsn("gone@example.test", to=RP.address(message_id, ""))
+    assert (await ingest(backend, queue, notify).ingest(raw, LISTENER)).outcome == "processed"
+    assert (await message_row(backend, message_id)).status == "bounced"  # applied all the same
+    assert await notices(backend) == []
+
+
+async def test_a_suppressed_sender_is_not_told(backend: Database, queue: Queue) -> None:
+    message_id = await delivered(queue, "gone@example.test")
+    await add_suppression(backend, SENDER.upper(), "manual")
+    raw = dsn("gone@example.test", to=RP.address(message_id, ""))
+    assert (await ingest(backend, queue).ingest(raw, LISTENER)).outcome == "processed"
+    assert await notices(backend) == []
+
+
+async def test_a_recipient_still_pending_is_left_to_delivery(
+    backend: Database, queue: Queue
+) -> None:
+    """A report about a recipient no attempt has settled: delivery's own record tells the
+    sender if it bounces; telling here too might tell twice."""
+    mail = replace(submission("gone@example.test"), mail_from=SENDER, source="smtp")
+    message = await queue.enqueue(mail, Route(), claim=True)
+    raw = dsn("gone@example.test", to=RP.address(message.id, ""))
+    assert (await ingest(backend, queue).ingest(raw, LISTENER)).outcome == "processed"
+    assert await notices(backend) == []
