@@ -3,8 +3,9 @@
 It reads the events table as GET /v1/events/stream does (storage.event_stream: commit order,
 up to the horizon, at most BATCH rows a read), every POLL seconds, from the last `--lines`
 events (or after `--since-id`), filtered by type, recipient, Subject words and client
-address (the last three as `postern queue list` takes them). One line per event: time, message id, type, recipient and
-the reply; or, with --json, the public event JSON (as webhooks send it), one per line.
+address (the last three as `postern queue list` takes them). One line per event: time,
+message id, type, recipient and the reply; or, with --json, the public event JSON (as
+webhooks send it), one per line.
 Ctrl-C and SIGTERM end it cleanly (exit 0); --once prints what is there and exits. The CLI
 sees every message, as an admin key does.
 """
