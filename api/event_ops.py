@@ -18,7 +18,9 @@ from gateway.queue.operations import FilterError, make_filter
 from storage import event_minutes, event_stream
 from storage.event_stream import EventFilter, MinuteStats
 
-FILTERS = ("type", "message_id", "recipient", "pool", "tag")
+# The message search's names (and parser) for recipient, pool, tag, subject and client.
+FILTERS = ("type", "message_id", "recipient", "pool", "tag", "subject", "client")
+_SEARCHED = ("recipient", "pool", "tag", "subject", "client")
 MAX_STREAMS = 5  # open streams per caller (a key, or a user's sessions and keys together)
 RECENT = 50  # events the Live page shows without JavaScript
 
@@ -39,8 +41,8 @@ def event_filter(caller: Caller, query: Mapping[str, str]) -> EventFilter:
     """The filter of a request's parameters (FILTERS; empty ones ignored), restricted to the
     caller's mail. Raises InvalidRequest naming the first bad one."""
     given = {name: value for name, value in query.items() if value != ""}
-    try:  # the messages API's own checks of an address, a pool name and a tag
-        checked = make_filter({k: given.get(k) for k in ("recipient", "pool", "tag")})
+    try:  # the messages API's own checks (an address, a pool, a tag, words, an IP or block)
+        checked = make_filter({k: given.get(k) for k in _SEARCHED})
     except FilterError as error:
         raise _invalid(error.field, error.message) from None
     message_id = given.get("message_id")
@@ -53,6 +55,8 @@ def event_filter(caller: Caller, query: Mapping[str, str]) -> EventFilter:
         recipient=checked.recipient,
         pool=checked.pool,
         tag=checked.tag,
+        subject=checked.subject,
+        client=checked.client,
         user_id=restricted.get("user_id"),
         api_key_id=restricted.get("api_key_id"),
     )

@@ -234,6 +234,8 @@ def _rollable(flt: EventFilter) -> bool:
         flt.message_id is None
         and flt.recipient is None
         and flt.tag is None
+        and not flt.subject
+        and flt.client is None
         and flt.api_key_id is None
     )
 
@@ -330,8 +332,9 @@ def per_minute(conn: Connection, since: float, flt: EventFilter) -> list[MinuteS
     which the roll has not counted yet (the tail: a few seconds' worth while it keeps up).
 
     Raw (event_stream.per_minute) when the rollup cannot answer: a filter by recipient,
-    message_id or tag, a restriction by api_key_id (the rollup counts per owner, not per
-    key), no roll yet, or a tail of TAIL_CAP events or more (a roller far behind)."""
+    message_id, tag, subject or client, a restriction by api_key_id (the rollup counts per
+    owner, not per key), no roll yet, or a tail of TAIL_CAP events or more (a roller far
+    behind)."""
     seen = _small_tail(conn) if _rollable(flt) else None
     if seen is None:
         return event_stream.per_minute(conn, since, flt)

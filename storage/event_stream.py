@@ -4,7 +4,9 @@ A stream reads the events table as a webhook does (storage.webhook_outbox): in c
 from its position up to the horizon, the last event no uncommitted one can still appear
 before (on PostgreSQL a later id can commit first; on SQLite the id is the order). Each read
 is bounded (`limit` rows) and joined to its message, so that a member's stream shows only
-their own mail, as GET /v1/messages does.
+their own mail, as GET /v1/messages does, and so that the search's criteria on the message
+(its client's address, its Subject's words) are checked on the joined row in the same
+statement: the read stays driven by the events' order, a key lookup per event.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import BigInteger, Connection, Integer, Select, cast, exists, func, select
 
 from storage import event_json
+from storage.message_search import from_client, subject_has
 from storage.models import Event, Message, MessageMeta, MessageTag
 from storage.webhook_outbox import START, Position, compare_position, horizon, position_of
 
@@ -38,6 +41,10 @@ class EventFilter:
     recipient: str | None = None
     pool: str | None = None
     tag: str | None = None
+    # As storage.message_search.MessageFilter's (made by the same parser,
+    # gateway.queue.operations.make_filter): words the Subject has, the client's key range.
+    subject: tuple[str, ...] = ()
+    client: tuple[str, str] | None = None
     user_id: str | None = None
     api_key_id: str | None = None
 
@@ -62,6 +69,10 @@ def _filtered(query: Select[Any], flt: EventFilter) -> Select[Any]:
     if flt.tag is not None:  # on ix_message_tag_tag
         tagged = (TAG.c.tag == flt.tag) & (TAG.c.message_id == E.c.message_id)
         query = query.where(exists().where(tagged))
+    if flt.subject:  # on the event's message: message_subject_word by primary key
+        query = query.where(*subject_has(flt.subject))
+    if flt.client is not None:  # on the event's message row, joined by its key
+        query = query.where(from_client(flt.client))
     if flt.user_id is not None:
         query = query.where(M.c.user_id == flt.user_id)
     if flt.api_key_id is not None:

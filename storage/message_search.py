@@ -153,12 +153,9 @@ def criteria(flt: MessageFilter, statuses: Sequence[str] | None = None) -> list[
         # The first word drives (its entries, an IN the planners read from the index);
         # the others are looked up by primary key, message by message.
         first = select(W.c.message_id).where(W.c.word == flt.subject[0])
-        clauses += [M.c.id.in_(first), *_other_words(flt.subject[1:])]
+        clauses += [M.c.id.in_(first), *subject_has(flt.subject[1:])]
     if flt.client is not None:  # ix_message_client: one address, or a block as a range
-        low, high = flt.client
-        clauses.append(
-            M.c.client_address == low if low == high else M.c.client_address.between(low, high)
-        )
+        clauses.append(from_client(flt.client))
     if flt.since is not None:
         clauses.append(M.c.created_at >= flt.since)
     if flt.until is not None:
@@ -172,10 +169,18 @@ def criteria(flt: MessageFilter, statuses: Sequence[str] | None = None) -> list[
     return clauses
 
 
-def _other_words(words: Sequence[str]) -> list[Any]:
-    """Each word of `words` is in the Subject of the message (a primary key lookup each)."""
+def subject_has(words: Sequence[str]) -> list[Any]:
+    """Each word of `words` is in the Subject of the message (a primary key lookup each;
+    also what storage.event_stream checks an event's message with)."""
     other = W.alias("other_word")  # not the W a page by subject reads from
     return [exists().where(other.c.message_id == M.c.id, other.c.word == word) for word in words]
+
+
+def from_client(block: tuple[str, str]) -> Any:
+    """The message came from the address or block whose first and last key are `block`
+    (storage.search_keys.address_range): one value of ix_message_client, or one range."""
+    low, high = block
+    return M.c.client_address == low if low == high else M.c.client_address.between(low, high)
 
 
 def _page(query: Select[Any], after: Key | None, limit: int) -> Select[Any]:
@@ -245,7 +250,7 @@ def _by_subject(
             .outerjoin(META, META.c.message_id == M.c.id)
             .outerjoin(P, P.c.id == M.c.pool_id)
         )
-        .where(W.c.word == flt.subject[0], *_other_words(flt.subject[1:]), *others)
+        .where(W.c.word == flt.subject[0], *subject_has(flt.subject[1:]), *others)
     )
     if after is not None:
         query = query.where(

@@ -28,6 +28,7 @@ from api import errors, event_ops
 from api.auth import Caller, authenticate
 from api.context import ApiContext
 from api.openapi import operation, query_parameter
+from api.routes.messages import CLIENT_PARAMETER, SUBJECT_PARAMETER
 from gateway.queue import events
 from storage import event_stream
 from storage.event_stream import EventFilter, Position
@@ -114,11 +115,15 @@ def _slots(request: Request) -> event_ops.StreamSlots:
         query_parameter("recipient", "a recipient's address", maxLength=320),
         query_parameter("pool", "the pool of the attempt", maxLength=255),
         query_parameter("tag", "one of the tags given at send", maxLength=128),
+        SUBJECT_PARAMETER,  # the message search's own
+        CLIENT_PARAMETER,
         query_parameter("last_event_id", "as the Last-Event-ID header: go on after it"),
     ],
     responses={200: ("text/event-stream: one `data:` line of event JSON per event", None)},
     description="A key or member sees only the events of the mail GET /v1/messages shows "
-    "them. Reconnect with Last-Event-ID to go on without a gap; a stream ends after an hour.",
+    "them; every filter given must match, `subject` and `client` as in GET /v1/messages "
+    "(an event about no message matches neither). Reconnect with Last-Event-ID to go on "
+    "without a gap; a stream ends after an hour.",
 )
 async def stream_events(request: Request) -> Response:
     ctx: ApiContext = request.app.state.api

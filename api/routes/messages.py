@@ -63,6 +63,19 @@ def _invalid(field: str, message: str) -> errors.InvalidRequest:
     return errors.InvalidRequest(f"{field}: {message}", [{"field": field, "message": message}])
 
 
+# Named: GET /v1/events/stream takes these two filters as they are stated here.
+SUBJECT_PARAMETER = query_parameter(
+    "subject",
+    f"words the Subject has, all of them, in any order and case (at most "
+    f"{MAX_QUERY_WORDS}; each up to {MAX_WORD} characters, among its first {MAX_WORDS})",
+    **schemas.FILTER_FIELDS["subject"],
+)
+CLIENT_PARAMETER = query_parameter(
+    "client",
+    "the IP address the message was submitted from (SMTP or HTTP client), or a CIDR "
+    "block such as 192.0.2.0/24 or 2001:db8::/32",
+    **schemas.FILTER_FIELDS["client"],
+)
 _FILTER_PARAMETERS = [
     query_parameter(
         "status",
@@ -82,18 +95,8 @@ _FILTER_PARAMETERS = [
         "the client's own Message-ID, with or without its angle brackets",
         **schemas.FILTER_FIELDS["message_id_header"],
     ),
-    query_parameter(
-        "subject",
-        f"words the Subject has, all of them, in any order and case (at most "
-        f"{MAX_QUERY_WORDS}; each up to {MAX_WORD} characters, among its first {MAX_WORDS})",
-        **schemas.FILTER_FIELDS["subject"],
-    ),
-    query_parameter(
-        "client",
-        "the IP address the message was submitted from (SMTP or HTTP client), or a CIDR "
-        "block such as 192.0.2.0/24 or 2001:db8::/32",
-        **schemas.FILTER_FIELDS["client"],
-    ),
+    SUBJECT_PARAMETER,
+    CLIENT_PARAMETER,
     query_parameter(
         "since", "created at or after: ISO 8601 or UNIX seconds", pattern=timestamps.PATTERN
     ),

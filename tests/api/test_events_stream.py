@@ -1,11 +1,14 @@
 """GET /v1/events/stream over a real uvicorn: a send's events arrive in order, Last-Event-ID
 goes on without duplicates, a member sees only their own mail's events, a heartbeat keeps a
-quiet stream alive, and a stream ends when its client goes and when the server stops."""
+quiet stream alive, and a stream ends when its client goes and when the server stops; the
+message search's subject and client filters (mail over SMTP and HTTP from several loopback
+addresses) select the same mail on the stream, and their bad values are the same 400s."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,8 +19,9 @@ import pytest
 
 from api import event_ops
 from api.routes import events_stream
-from tests.support.api import Api, auth, payload
+from tests.support.api import RCPT, SENDER, Api, auth, payload
 from tests.support.people import Person, make_user, sign_in
+from tests.support.smtp import smtp_send
 
 pytestmark = pytest.mark.timeout(60)
 PATH = "/v1/events/stream"
@@ -178,3 +182,103 @@ async def test_a_stream_ends_after_its_time(api: Api, monkeypatch: pytest.Monkey
         started = time.monotonic()
         body = await answer.aread()
     assert body.startswith(b"retry: 2000") and time.monotonic() - started < 5
+
+
+# --- subject and client: the message search's filters, on the stream ---------------------------
+
+FACTURE = "=?utf-8?q?Facture_n=C2=B0_4711?= ACME"  # "Facture n° 4711 ACME", RFC 2047
+
+
+async def smtp_from(api: Api, subject: str, source: str) -> str:
+    """A message over SMTP from the loopback address `source`: its id."""
+    data = f"From: {SENDER}\r\nTo: {RCPT}\r\nSubject: {subject}\r\n\r\nHi\r\n"
+    code, text = await smtp_send(api.svc.smtp_port, SENDER, [RCPT], data.encode(), source=source)
+    assert code == 250, text
+    found = re.search(r"msg_\w+", text)
+    assert found is not None
+    return found.group(0)
+
+
+async def http_from(api: Api, key: str, subject: str, source: str) -> str:
+    """A message over HTTP from the loopback address `source`: its id."""
+    transport = httpx.AsyncHTTPTransport(local_address=source)
+    async with httpx.AsyncClient(base_url=api.http.base_url, transport=transport) as client:
+        sent = await client.post("/v1/send", json=payload(subject=subject), headers=auth(key))
+    assert sent.status_code in (200, 202), sent.text
+    return str(sent.json()["message_id"])
+
+
+async def delivered(api: Api, key: str, *ids: str) -> None:
+    """Wait until every message is delivered (its events all committed)."""
+    async with asyncio.timeout(10):
+        for message_id in ids:
+            path = f"/v1/messages/{message_id}"
+            while (await api.get(path, key=key)).json()["status"] != "delivered":
+                await asyncio.sleep(0.05)
+
+
+def per_message(seen: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Each message's event types, in the order they came (messages interleave)."""
+    found: dict[str, list[str]] = {}
+    for event in seen:
+        found.setdefault(event["message_id"], []).append(event["type"])
+    return found
+
+
+def delivered_of(message_id: str) -> Any:
+    return lambda lines: any(
+        e["type"] == "delivered" and e["message_id"] == message_id for e in events_of(lines)
+    )
+
+
+async def test_subject_and_client_filter_as_the_message_search_does(api: Api) -> None:
+    admin, sender = await api.key("admin"), await api.key()
+    by_subject = {"subject": "4711 INVOICE"}  # every word, any case and order
+    by_client = {"client": "127.0.0.2/31"}  # 127.0.0.2 and 127.0.0.3
+    async with (
+        opened(api.http, auth(admin), **by_subject) as words,
+        opened(api.http, auth(admin), **by_client) as block,
+    ):
+        report = await http_from(api, sender, "Weekly report", "127.0.0.1")
+        copy = await http_from(api, sender, "Invoice 4711, a copy", "127.0.0.1")
+        facture = await smtp_from(api, FACTURE, "127.0.0.2")
+        invoice = await http_from(api, sender, "Your invoice 4711 is ready", "127.0.0.3")
+        await delivered(api, admin, report, copy, facture, invoice)
+        # Events come in commit order: once the last one's events are there, every earlier
+        # event has been read past (sent when it matched).
+        last = await http_from(api, sender, "invoice 4711 (last)", "127.0.0.2")
+        seen_words = events_of(await frames(words, delivered_of(last)))
+        seen_block = events_of(await frames(block, delivered_of(last)))
+    both = ["queued", "delivered"]
+    assert per_message(seen_words) == {copy: both, invoice: both, last: both}
+    assert per_message(seen_block) == {facture: both, invoice: both, last: both}
+
+    # One address (an IPv4-mapped spelling too) and the words of an encoded Subject.
+    async with opened(api.http, auth(admin), client="::ffff:127.0.0.3", subject="n° acme") as one:
+        elsewhere = await smtp_from(api, FACTURE, "127.0.0.2")
+        other_words = await smtp_from(api, "Weekly report", "127.0.0.3")
+        await delivered(api, admin, elsewhere, other_words)
+        again = await smtp_from(api, FACTURE, "127.0.0.3")
+        seen = events_of(await frames(one, delivered_of(again)))
+    assert per_message(seen) == {again: both}
+
+
+async def test_bad_subject_and_client_values_are_400s_naming_them(api: Api) -> None:
+    key = await api.key()
+    for field, bad in (
+        ("subject", "— !"),
+        ("subject", " ".join(f"w{i}" for i in range(9))),
+        ("client", "not-an-address"),
+        ("client", "127.0.0.1/33"),
+    ):
+        refused = await api.get(PATH, key=key, **{field: bad})
+        assert refused.status_code == 400, (field, bad)
+        body = refused.json()
+        assert body["code"] == "invalid_request" and body["details"][0]["field"] == field
+        searched = await api.get("/v1/messages", key=key, **{field: bad})
+        assert searched.status_code == 400 and searched.json()["details"] == body["details"]
+
+    spec = (await api.http.get("/openapi.json")).json()["paths"]
+    stream = {p["name"]: p for p in spec[PATH]["get"]["parameters"]}
+    search = {p["name"]: p for p in spec["/v1/messages"]["get"]["parameters"]}
+    assert stream["subject"] == search["subject"] and stream["client"] == search["client"]

@@ -2,8 +2,10 @@
 
 It reads the events table as GET /v1/events/stream does (storage.event_stream: commit order,
 up to the horizon, at most BATCH rows a read), every POLL seconds, from the last `--lines`
-events (or after `--since-id`). One line per event: time, message id, type, recipient and
-the reply; or, with --json, the public event JSON (as webhooks send it), one per line.
+events (or after `--since-id`), filtered by type, recipient, Subject words and client
+address (the last three as `postern queue list` takes them). One line per event: time,
+message id, type, recipient and the reply; or, with --json, the public event JSON (as
+webhooks send it), one per line.
 Ctrl-C and SIGTERM end it cleanly (exit 0); --once prints what is there and exits. The CLI
 sees every message, as an admin key does.
 """
@@ -41,6 +43,9 @@ def add_commands(commands: Any) -> None:
     tail.add_argument("--json", action="store_true", help="one event JSON object per line")
     tail.add_argument("--type", help=f"comma-separated: {', '.join(events.TYPES)}")
     tail.add_argument("--recipient", help="a recipient's address")
+    # As `postern queue list`'s: the same names, parser (make_filter) and meaning.
+    tail.add_argument("--subject", help="words the Subject has, all of them, any order")
+    tail.add_argument("--client", help="the client's IP address, or a CIDR block")
     start = tail.add_mutually_exclusive_group()
     start.add_argument("--since-id", type=int, metavar="N", help="start after event N (evt_N)")
     start.add_argument(
@@ -60,11 +65,14 @@ def _filter(args: argparse.Namespace) -> EventFilter:
         types = tuple(sorted({t.strip() for t in args.type.split(",") if t.strip()}))
         if not types or any(t not in events.TYPES for t in types):
             raise CommandError(f"--type: one or more, comma-separated: {', '.join(events.TYPES)}")
-    try:
-        checked = make_filter({"recipient": args.recipient})
+    searched = {"recipient": args.recipient, "subject": args.subject, "client": args.client}
+    try:  # the message search's checks; each field is named as its option
+        checked = make_filter(searched)
     except FilterError as error:
-        raise CommandError(f"--recipient: {error.message}") from None
-    return EventFilter(types=types, recipient=checked.recipient)
+        raise CommandError(f"--{error.field}: {error.message}") from None
+    return EventFilter(
+        types=types, recipient=checked.recipient, subject=checked.subject, client=checked.client
+    )
 
 
 async def _start(db: Database, args: argparse.Namespace) -> Position:
