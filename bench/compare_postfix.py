@@ -425,7 +425,6 @@ class Settings:
     dkim: str | None = None  # Postern signs every message with such a key
     workers: str | int = 1  # Postern's [server] workers
     pin: str | None = None  # CPUs Postern may use (taskset -c); None: all
-    dkim_inline: bool = False  # RSA on each worker's event loop, not in the signing child
 
 
 def source_command(port: int, case: Case, reuse: bool) -> list[str]:
@@ -489,7 +488,6 @@ def measure(system: str, case: Case, settings: Settings, tmp: Path, deadline: fl
             postern = relay.Postern(
                 settings.postern_cmd, tmp, sink.port, settings.upstream_connections,
                 settings.dkim, workers=settings.workers, pin=settings.pin,
-                env_extra={"POSTERN_DKIM_SIGNING": "inline"} if settings.dkim_inline else None,
             )  # fmt: skip
             stack.callback(postern.stop)
             postern.wait_ready(deadline)
@@ -581,8 +579,7 @@ def table(rows: Sequence[Row], settings: Settings, messages: int) -> str:
         f"  smtp-source {'-d (connections reused)' if settings.reuse else '(a connection each)'}"
         f"  Postern workers={settings.workers}"
         f"{f' pinned to CPU {settings.pin}' if settings.pin else ''}"
-        f"{f'  DKIM {settings.dkim}' if settings.dkim else ''}"
-        f"{' signed inline' if settings.dkim_inline else ''}",
+        f"{f'  DKIM {settings.dkim}' if settings.dkim else ''}",
         "",
         "| size | C | Postfix acc/s | Postfix dlv/s | Postern acc/s | Postern dlv/s"
         " | ratio acc | ratio dlv | Postfix cpu ms/msg | Postern cpu ms/msg | Postern RSS MB |",
@@ -666,11 +663,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="CPUS",
         help="run Postern under `taskset -c CPUS` (e.g. 0: one core; Postfix is not pinned)",
     )
-    parser.add_argument(
-        "--dkim-inline",
-        action="store_true",
-        help="with --dkim rsa: sign on each worker's event loop, not in the signing child",
-    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
     if args.workers != "auto":
@@ -708,7 +700,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         dkim=args.dkim,
         workers=args.workers,
         pin=args.pin_postern,
-        dkim_inline=args.dkim_inline,
     )
     cases = [
         Case(size=int(size), clients=int(clients), messages=args.messages)

@@ -12,17 +12,16 @@ times one `Signer.sign` call (CPU time of this thread, median of several rounds)
     ed25519        gateway.dkim.signer.Signer with an Ed25519 key (RFC 8463)
 
 and, once, the bare private-key operation of each path (what the figures above add to
-hashing and canonicalisation, which grow with the size), and the event loop's CPU per RSA
-signature handed to the signing child process (gateway.dkim.signing_process) with 1, 10 and 50
-in flight. Every signature made is checked
-once with `dkim.verify` first, so the figures are for signatures that verify.
+hashing and canonicalisation, which grow with the size). Postern runs all of it on the
+event loop of the worker that accepted the message (a message over 1 MiB is hashed in a
+thread). Every signature made is checked once with `dkim.verify` first, so the figures are
+for signatures that verify.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import hashlib
 import json
 import statistics
 import sys
@@ -37,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gateway.dkim.canonical import signed_header_names
-from gateway.dkim.keys import KeyPair, generate_key, load_private_key
+from gateway.dkim.keys import generate_key, load_private_key
 from gateway.dkim.signer import Signer
 
 DOMAIN = "example.com"
@@ -79,39 +78,6 @@ def per_call(work: Callable[[], object], seconds: float) -> float:
             work()
         rounds.append((time.thread_time() - start) / batch)
     return statistics.median(rounds)
-
-
-def signing_process_cost(key: KeyPair, requests: int = 4000) -> dict[int, float]:
-    """The event loop's CPU (µs) per RSA signature handed to the signing child process, at
-    1, 10 and 50 requests in flight (the child's own CPU is not counted)."""
-    import asyncio
-
-    import uvloop
-
-    from gateway.dkim.signing_process import SigningProcess
-
-    async def run() -> dict[int, float]:
-        offload = SigningProcess(lag=60)
-        digest = hashlib.sha256(b"x").digest()
-        await offload.sign(key.private_pem, digest)
-        costs: dict[int, float] = {}
-        try:
-            for concurrency in (1, 10, 50):
-
-                async def client(count: int) -> None:
-                    for _ in range(count):
-                        await offload.sign(key.private_pem, digest)
-
-                start = time.process_time()
-                per_client = requests // concurrency
-                await asyncio.gather(*(client(per_client) for _ in range(concurrency)))
-                spent = time.process_time() - start
-                costs[concurrency] = round(spent / (per_client * concurrency) * 1e6, 1)
-        finally:
-            await offload.close()
-        return costs
-
-    return uvloop.run(run())
 
 
 def main() -> int:
@@ -176,10 +142,9 @@ def main() -> int:
         "ed25519 (cryptography)": lambda: ed_signer._sign_digest(digest),
     }
     operations = {name: round(per_call(work, args.seconds) * 1000, 3) for name, work in raw.items()}
-    handoff = signing_process_cost(rsa_key)
 
     if args.json:
-        report = {"sign": results, "key_operation_ms": operations, "handoff_us": handoff}
+        report = {"sign": results, "key_operation_ms": operations}
         print(json.dumps(report, indent=2))
         return 0
     print("DKIM signing cost per message (CPU ms, median; relaxed/relaxed, SHA-256)")
@@ -192,9 +157,6 @@ def main() -> int:
     print("\nprivate-key operation alone (ms):")
     for name, cost in operations.items():
         print(f"  {name:<32} {cost:.3f}")
-    print("\nevent loop's CPU per RSA signature handed to the signing process (µs):")
-    for concurrency, cost in handoff.items():
-        print(f"  {concurrency:>2} in flight  {cost:.1f}")
     return 0
 
 

@@ -493,7 +493,6 @@ class Postern:
         workers: str | int = 1,
         pin: str | None = None,
         smtp_extra: str = "",
-        env_extra: dict[str, str] | None = None,
     ) -> None:
         """`workers`: `[server] workers` (a count or "auto"); `pin`: a CPU list for
         `taskset -c` (its workers inherit it: "auto" then counts those CPUs)."""
@@ -526,10 +525,8 @@ class Postern:
         self.log_path = tmp / "postern.log"
         with self.log_path.open("wb") as log:
             pinned = ["taskset", "-c", pin] if pin else []
-            env = {**os.environ, **(env_extra or {})}
             self.proc = subprocess.Popen(
                 [*pinned, *command, "--config", str(config)],
-                env=env,
                 cwd=REPO_ROOT,
                 stdin=subprocess.DEVNULL,
                 stdout=log,

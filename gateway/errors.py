@@ -74,7 +74,6 @@ The SMTP door answers through gateway.smtpd.replies, the HTTP door through api.e
     │   ├── KeyFormatError                that cannot be signed with
     │   ├── NotCanonicalError
     │   └── MessageFormatError
-    ├── SigningUnavailable              (dkim.signing_process) sign in-process instead
     ├── TooFewDescriptors               (process.descriptors) the open-file limit is too low
     └── ApiError                        (api.errors) an HTTP answer raised by a route; its
                                         own tree is drawn there

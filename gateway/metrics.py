@@ -94,8 +94,8 @@ EVENTS_PENDING = Gauge(
 )
 DKIM_SIGNATURES = Counter(
     "postern_dkim_signatures_total",
-    "DKIM signatures made, by where the private-key operation ran: signing_process (a child"
-    " process, on otherwise idle CPU) or event_loop (Ed25519, or the child was behind/down).",
+    "DKIM signatures made, by where the private-key operation ran: always event_loop (each"
+    " worker signs on its own loop; the label stays for dashboards that group by it).",
     ["where"],
 )
 POOL_THROTTLED = Counter(

@@ -9,7 +9,6 @@ import time
 from gateway.dkim.errors import DkimError
 from gateway.dkim.names import from_domain
 from gateway.dkim.signer import Signer
-from gateway.dkim.signing_process import SigningProcess
 from gateway.security.secrets import SecretError
 from storage import dkim_keys
 from storage.db import Database
@@ -24,17 +23,13 @@ class Signers:
     Intake signs on the hot path, so the lookup is a dict read; a key activated on another
     node is picked up within `ttl`. Signers whose key did not change are kept (loading an
     RSA key costs about a millisecond). A key that fails to decrypt is logged and its domain
-    left unsigned rather than refusing mail. With `offload`, RSA operations run in that
-    child process (the service passes one; `close` stops it).
+    left unsigned rather than refusing mail.
     """
 
-    def __init__(
-        self, db: Database, box: Cipher, ttl: float = 10.0, offload: SigningProcess | None = None
-    ) -> None:
+    def __init__(self, db: Database, box: Cipher, ttl: float = 10.0) -> None:
         self._db = db
         self._box = box
         self._ttl = ttl
-        self._offload = offload
         self._by_domain: dict[str, tuple[str, Signer]] = {}
         self._loaded_at = float("-inf")
         self._lock = asyncio.Lock()
@@ -48,9 +43,7 @@ class Signers:
                 fresh[key.record.domain] = current
                 continue
             try:
-                signer = Signer(
-                    key.record.domain, key.record.selector, key.private_pem(), self._offload
-                )
+                signer = Signer(key.record.domain, key.record.selector, key.private_pem())
             except (DkimError, SecretError) as error:
                 log.error(
                     "DKIM key %r of %s is unusable, mail from it goes unsigned: %s",
@@ -62,12 +55,6 @@ class Signers:
             fresh[key.record.domain] = (key.record.id, signer)
         self._by_domain = fresh
         self._loaded_at = time.monotonic()
-        if self._offload is not None and any(s.algorithm == "rsa" for _, s in fresh.values()):
-            await self._offload.start()  # now, rather than on the first message
-
-    async def close(self) -> None:
-        if self._offload is not None:
-            await self._offload.close()
 
     def get(self, domain: str) -> Signer | None:
         entry = self._by_domain.get(domain)

@@ -49,7 +49,6 @@ from gateway.delivery.upstream import SessionSettings
 from gateway.delivery.warmup import WarmupGate
 from gateway.delivery.workers import Delivery, PoolRegistry
 from gateway.dkim.cache import Signers
-from gateway.dkim.signing_process import SigningProcess
 from gateway.dns import Resolver
 from gateway.intake.attachments import AttachmentRules
 from gateway.intake.identities import Identities
@@ -344,12 +343,8 @@ class Service:
         """DKIM signing, the senders' identities, and the policy pipeline of both doors."""
         db = storage.db
         # A key made by `postern dkim generate` in another process is picked up within 2 s.
-        # RSA in a signing child process; POSTERN_DKIM_SIGNING=inline (a switch for
-        # bench/compare_postfix.py --dkim-inline, to measure it against each worker signing
-        # on its own core) signs on the event loop.
-        inline = os.environ.get("POSTERN_DKIM_SIGNING") == "inline"
-        offload = None if inline else SigningProcess()
-        signers = self.signers = Signers(db, ready.box, ttl=2.0, offload=offload)
+        # Each worker signs on its own event loop (gateway.dkim.signer says why).
+        signers = self.signers = Signers(db, ready.box, ttl=2.0)
         await signers.reload()
         # Verified domains and aliases (routing, policy.sender); other nodes' changes within 2 s.
         enforce = self.config.policy.sender == "verified"
@@ -673,8 +668,6 @@ class Service:
         await self._release_claims()
         if self.api is not None:
             await self.api.stop()  # its background writes need the writer
-        if self.signers is not None:
-            await self.signers.close()
         if self.writer is not None:
             await self.writer.stop()
         for door in self._http:

@@ -3,6 +3,7 @@ zone-file text that `postern dkim generate` prints (parsed by a real zone parser
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import re
@@ -470,8 +471,28 @@ def test_long_names_fold_only_at_spaces_and_still_verify(rsa_key: KeyPair) -> No
     assert tags(header)["s"] == selector
 
 
-async def test_sign_async_without_a_signing_process_signs_in_process(key: KeyPair) -> None:
+async def test_sign_async_signs_as_sign_does(key: KeyPair) -> None:
     signer, record = signer_for(key)
     header = await signer.sign_async(MESSAGE, now=1_750_000_000)
     assert header == signer.sign(MESSAGE, now=1_750_000_000)  # both schemes are deterministic
     assert verifies(header + MESSAGE, record.zone())
+
+
+async def test_sign_async_prepares_a_large_message_in_a_thread_and_it_verifies(
+    key: KeyPair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over 1 MiB the message is hashed in a thread; the key operation stays on the loop."""
+    large = MESSAGE + b"A line of a large message, long enough to count.\r\n" * 25_000
+    threads: list[object] = []
+    real = asyncio.to_thread
+
+    async def counted(work: Callable[..., object], *args: object) -> object:
+        threads.append(work)
+        return await real(work, *args)
+
+    monkeypatch.setattr(asyncio, "to_thread", counted)
+    signer, record = signer_for(key)
+    header = await signer.sign_async(large, now=1_750_000_000)
+    assert len(threads) == 1 and len(large) > 1 << 20
+    assert header == signer.sign(large, now=1_750_000_000)
+    assert verifies(header + large, record.zone())
