@@ -138,20 +138,12 @@ def scratch_database(pg: Pg, name: str) -> Iterator[str]:
             print(f"could not drop database {name}: {error}", file=sys.stderr)
 
 
-def postmaster_pid() -> int | None:
-    """The PostgreSQL server's root process on this machine (comm "postgres", parent not)."""
-    comms: dict[int, tuple[str, int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                comm = (entry / "comm").read_text().strip()
-                comms[int(entry.name)] = (comm, int(stat_fields(int(entry.name))[1]))
-    roots = [
-        pid
-        for pid, (comm, ppid) in comms.items()
-        if comm == "postgres" and comms.get(ppid, ("", 0))[0] != "postgres"
-    ]
-    return roots[0] if len(roots) == 1 else None
+def postmaster_pid(backends: Sequence[int]) -> int | None:
+    """The PostgreSQL server's root process: every backend's parent."""
+    for pid in backends:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            return int(stat_fields(pid)[1])
+    return None
 
 
 def pids_ticks(pids: Sequence[int]) -> dict[int, int]:
@@ -201,6 +193,7 @@ class Measure:
     duplicates: int
     missing: int
     delivered_by: dict[str, int]
+    node_accepted_per_s: list[float]  # each node's share / its smtp-source's time
     cpu_s: dict[str, float]  # seconds of CPU in the window, per part
     wall_s: float
 
@@ -368,8 +361,8 @@ def measure(settings: Settings, count: int, database: str, tmp: Path) -> Measure
         sink = relay.Sink(IdSinkProtocol)
         stack.callback(sink.close)
         nodes = start_nodes(settings, count, tmp, sink.port, pg.url(database), stack, deadline)
-        pg_root = postmaster_pid()
         backends = pg.backends(database)
+        pg_root = postmaster_pid(backends)
         before = read_cpu(nodes, backends, sink, pg_root)
         start = time.time()
         loads = Loads(settings, tmp)
@@ -392,6 +385,10 @@ def measure(settings: Settings, count: int, database: str, tmp: Path) -> Measure
         delivered_per_s=n / max(delivered_at - start, 1e-9),
         duplicates=sum(times - 1 for times in keys.values()),
         missing=n - len(keys),
+        node_accepted_per_s=[
+            sent / max((end or start) - start, 1e-9)
+            for sent, end in zip(loads.messages, loads.ends, strict=True)
+        ],
         delivered_by=dict(Counter(helo.decode(errors="replace") for _w, _k, helo in records)),
         cpu_s=cpu_spent(before, after, loader_s),
         wall_s=delivered_at - start,
@@ -448,6 +445,7 @@ def sample_line(m: Measure) -> str:
     return (
         f"accepted/s={m.accepted_per_s:.0f} delivered/s={m.delivered_per_s:.0f}"
         f" duplicates={m.duplicates} missing={m.missing} wall={m.wall_s:.1f}s"
+        f"  per node acc/s={'/'.join(f'{r:.0f}' for r in m.node_accepted_per_s)}"
         f"  cpu: {cpu}  delivered by: {by}  loadavg={os.getloadavg()[0]:.1f}"
     )
 
