@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -47,6 +47,7 @@ from relay import CLK_TCK, BenchError, stat_fields, tree_cpu_seconds
 
 SETTLE = 1.0  # seconds to wait after the last message for late duplicates
 PSQL_TIMEOUT = 60.0
+DROP_TIMEOUT = 300.0  # a DROP DATABASE waits for a checkpoint of the whole server
 MSGID_RE = re.compile(rb"^Message-Id:[ \t]*(<[^>\r\n]*>)", re.IGNORECASE | re.MULTILINE)
 
 # (sink arrival time.time(), Message-ID or b"", EHLO name of the delivering connection)
@@ -82,7 +83,7 @@ class Pg:
     port: int
     user: str
 
-    def psql(self, sql: str, database: str = "postgres") -> str:
+    def psql(self, sql: str, database: str = "postgres", timeout: float = PSQL_TIMEOUT) -> str:
         command = [
             "psql",
             "-h",
@@ -100,10 +101,10 @@ class Pg:
         ]
         try:
             result = subprocess.run(
-                command, capture_output=True, text=True, timeout=PSQL_TIMEOUT, check=False
+                command, capture_output=True, text=True, timeout=timeout, check=False
             )
         except subprocess.TimeoutExpired:
-            raise BenchError(f"psql did not answer within {PSQL_TIMEOUT:g}s") from None
+            raise BenchError(f"psql did not answer within {timeout:g}s") from None
         if result.returncode != 0:
             raise BenchError(f"psql: {result.stderr.strip() or result.returncode}")
         return result.stdout.strip()
@@ -124,18 +125,29 @@ class Pg:
         return [int(pid) for pid in out.split()]
 
 
-@contextlib.contextmanager
-def scratch_database(pg: Pg, name: str) -> Iterator[str]:
-    """A new, empty database `name`, dropped (connections and all) when the block ends."""
-    pg.psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    pg.psql(f'CREATE DATABASE "{name}"')
-    try:
-        yield name
-    finally:
-        try:
-            pg.psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        except BenchError as error:
-            print(f"could not drop database {name}: {error}", file=sys.stderr)
+class Databases:
+    """The bench's databases: one new and empty per measurement, all dropped at the end.
+
+    Not dropped between measurements: DROP DATABASE waits for a checkpoint of the whole
+    server, which on a busy machine takes a minute and would run into the next measurement.
+    """
+
+    def __init__(self, pg: Pg) -> None:
+        self.pg = pg
+        self.names: list[str] = []
+
+    def new(self, name: str) -> str:
+        self.names.append(name)
+        self.pg.psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        self.pg.psql(f'CREATE DATABASE "{name}"')
+        return name
+
+    def drop_all(self) -> None:
+        for name in self.names:
+            try:
+                self.pg.psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', timeout=DROP_TIMEOUT)
+            except BenchError as error:
+                print(f"could not drop database {name}: {error}", file=sys.stderr)
 
 
 def postmaster_pid(backends: Sequence[int]) -> int | None:
@@ -414,7 +426,7 @@ class Case:
         return statistics.median(values) if values else None
 
 
-def run_all(settings: Settings) -> list[Case]:
+def run_all(settings: Settings, databases: Databases) -> list[Case]:
     cases = [Case("one", 1), Case("nodes", settings.nodes)]
     for run in range(settings.runs):
         # Alternate which case goes first, so that neither always meets a warmer machine.
@@ -423,8 +435,7 @@ def run_all(settings: Settings) -> list[Case]:
             tmp = Path(tempfile.mkdtemp(prefix="postern-pgnodes-"))
             database = f"postern_pgnodes_{os.getpid()}_{run}_{case.name}"
             try:
-                with scratch_database(settings.pg, database):
-                    result = measure(settings, case.nodes, database, tmp)
+                result = measure(settings, case.nodes, databases.new(database), tmp)
             except BenchError as error:
                 case.errors.append(f"{label}: {error}")
                 print(f"{label}: FAILED: {error}", file=sys.stderr, flush=True)
@@ -581,7 +592,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     machine = compare_postfix.machine()
     print(f"{machine}, PostgreSQL {pg_version}", file=sys.stderr)
     load_before = os.getloadavg()[0]
-    cases = run_all(settings)
+    databases = Databases(settings.pg)
+    try:
+        cases = run_all(settings, databases)
+    finally:
+        databases.drop_all()
     if args.json:
         print(as_json(cases, settings, machine, pg_version))
     else:
