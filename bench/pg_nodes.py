@@ -49,14 +49,17 @@ SETTLE = 1.0  # seconds to wait after the last message for late duplicates
 PSQL_TIMEOUT = 60.0
 DROP_TIMEOUT = 300.0  # a DROP DATABASE waits for a checkpoint of the whole server
 MSGID_RE = re.compile(rb"^Message-Id:[ \t]*(<[^>\r\n]*>)", re.IGNORECASE | re.MULTILINE)
+ACCEPTED_BY_RE = re.compile(rb"\sby (\S+) \(Postern\)")  # in the Received field Postern adds
 
-# (sink arrival time.time(), Message-ID or b"", EHLO name of the delivering connection)
-Record = tuple[float, bytes, bytes]
+# (sink arrival time.time(), Message-ID or b"", EHLO name of the delivering connection,
+#  the node that accepted it, from its Received field)
+Record = tuple[float, bytes, bytes, bytes]
 
 
 class IdSinkProtocol(relay.SinkProtocol):
     """relay.py's sink, recording the Message-ID (smtp-source writes a unique one per
-    message: pid.fd.count) and the EHLO name the delivering node gave."""
+    message: pid.fd.count), the EHLO name the delivering node gave and the node that
+    accepted the message (its Received field)."""
 
     helo = b"?"
 
@@ -69,8 +72,10 @@ class IdSinkProtocol(relay.SinkProtocol):
     def _record(self, end: int) -> None:
         arrived = time.time()
         header_end = self.buf.find(b"\r\n\r\n", 0, end)
-        match = MSGID_RE.search(self.buf, 0, end if header_end < 0 else header_end)
-        record = (arrived, match.group(1) if match else b"", self.helo)
+        head_end = end if header_end < 0 else header_end
+        match = MSGID_RE.search(self.buf, 0, head_end)
+        by = ACCEPTED_BY_RE.search(self.buf, 0, head_end)
+        record = (arrived, match.group(1) if match else b"", self.helo, by.group(1) if by else b"")
         self.records.append(record)  # type: ignore[arg-type]
 
 
@@ -205,6 +210,7 @@ class Measure:
     duplicates: int
     missing: int
     delivered_by: dict[str, int]
+    crossed: int  # delivered by another node than the one that accepted it
     node_accepted_per_s: list[float]  # each node's share / its smtp-source's time
     cpu_s: dict[str, float]  # seconds of CPU in the window, per part
     wall_s: float
@@ -295,7 +301,7 @@ def wait_delivered(sink: relay.Sink, wanted: int, deadline: float) -> tuple[list
             seen = count
             records: list[Record] = sink.ask("records")  # type: ignore[assignment]
             first: dict[bytes, float] = {}
-            for when, key, _helo in records:
+            for when, key, _helo, _by in records:
                 first[key] = min(when, first.get(key, when))
             if len(first) >= wanted:
                 return records, max(first.values())
@@ -387,7 +393,7 @@ def measure(settings: Settings, count: int, database: str, tmp: Path) -> Measure
         after = read_cpu(nodes, pg.backends(database), sink, pg_root)
         time.sleep(SETTLE)  # a duplicate may come after the last original
         records = sink.ask("records")  # type: ignore[assignment]
-    keys = Counter(key for _when, key, _helo in records)
+    keys = Counter(record[1] for record in records)
     if b"" in keys:
         raise BenchError(f"{keys[b'']} messages at the sink without a Message-ID")
     n = settings.messages
@@ -401,7 +407,8 @@ def measure(settings: Settings, count: int, database: str, tmp: Path) -> Measure
             sent / max((end or start) - start, 1e-9)
             for sent, end in zip(loads.messages, loads.ends, strict=True)
         ],
-        delivered_by=dict(Counter(helo.decode(errors="replace") for _w, _k, helo in records)),
+        delivered_by=dict(Counter(record[2].decode(errors="replace") for record in records)),
+        crossed=sum(1 for _w, _k, helo, by in records if helo != by),
         cpu_s=cpu_spent(before, after, loader_s),
         wall_s=delivered_at - start,
     )
@@ -455,7 +462,8 @@ def sample_line(m: Measure) -> str:
     by = " ".join(f"{name}={count}" for name, count in sorted(m.delivered_by.items()))
     return (
         f"accepted/s={m.accepted_per_s:.0f} delivered/s={m.delivered_per_s:.0f}"
-        f" duplicates={m.duplicates} missing={m.missing} wall={m.wall_s:.1f}s"
+        f" duplicates={m.duplicates} missing={m.missing} crossed={m.crossed}"
+        f" wall={m.wall_s:.1f}s"
         f"  per node acc/s={'/'.join(f'{r:.0f}' for r in m.node_accepted_per_s)}"
         f"  cpu: {cpu}  delivered by: {by}  loadavg={os.getloadavg()[0]:.1f}"
     )
@@ -481,10 +489,10 @@ def table(cases: Sequence[Case], settings: Settings) -> str:
         f"{settings.upstream_connections}  {how} {settings.runs}"
         f"{f'  Postern pinned to CPU {settings.pin}' if settings.pin else ''}",
         "",
-        "| case | acc/s | dlv/s | duplicates | missing | CPU s: "
+        "| case | acc/s | dlv/s | duplicates | missing | crossed | CPU s: "
         + " | ".join(CPU_PARTS)
         + " | wall s |",
-        "|---|---:|---:|---:|---:|" + "---:|" * (len(CPU_PARTS) + 1),
+        "|---|---:|---:|---:|---:|---:|" + "---:|" * (len(CPU_PARTS) + 1),
     ]
     for case in cases:
         cpu = " | ".join(fmt(case.cpu_median(part), "{:.1f}") for part in CPU_PARTS)
@@ -493,6 +501,7 @@ def table(cases: Sequence[Case], settings: Settings) -> str:
             f" | {fmt(case.median('accepted_per_s'))} | {fmt(case.median('delivered_per_s'))}"
             f" | {sum(m.duplicates for m in case.samples)}"
             f" | {sum(m.missing for m in case.samples)}"
+            f" | {sum(m.crossed for m in case.samples)}"
             f" | {cpu} | {fmt(case.median('wall_s'), '{:.1f}')} |"
         )
     out += [
