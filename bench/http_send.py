@@ -165,6 +165,7 @@ class HttpPostern(relay.Postern):
 
     def __init__(self, command: Sequence[str], tmp: Path, sink_port: int, upstreams: int) -> None:
         self.smtp_port, self.http_port = relay.free_ports(2)
+        self.workers = 1  # one process: relay.Postern.wait_ready looks for no workers
         text = relay.CONFIG_TEMPLATE.format(
             host=HOST,
             data_dir=json.dumps(str(tmp / "var")),

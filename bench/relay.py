@@ -160,13 +160,13 @@ def _sink_command(conn: Connection, records: list[Arrival], stop: asyncio.Future
             stop.set_result(None)
 
 
-def sink_main(conn: Connection) -> None:
+def sink_main(conn: Connection, protocol: type[SinkProtocol] = SinkProtocol) -> None:
     """Sink process: send the port, then serve until told "stop" (or the parent is gone)."""
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     records: list[Arrival] = []
     server = loop.run_until_complete(
-        loop.create_server(lambda: SinkProtocol(records), HOST, 0, backlog=1024)
+        loop.create_server(lambda: protocol(records), HOST, 0, backlog=1024)
     )
     conn.send(server.sockets[0].getsockname()[1])
     stop: asyncio.Future[None] = loop.create_future()
@@ -180,9 +180,13 @@ def sink_main(conn: Connection) -> None:
 class Sink:
     """Handle on the sink process, used by the coordinator."""
 
-    def __init__(self) -> None:
+    def __init__(self, protocol: type[SinkProtocol] = SinkProtocol) -> None:
+        """`protocol`: a SinkProtocol subclass that records something else per message (it
+        must be importable by the spawned process: defined at a module's top level)."""
         self.conn, child = MP.Pipe()
-        self.proc = MP.Process(target=sink_main, args=(child,), name="bench-sink", daemon=True)
+        self.proc = MP.Process(
+            target=sink_main, args=(child, protocol), name="bench-sink", daemon=True
+        )
         self.proc.start()
         child.close()
         if not self.conn.poll(READY_TIMEOUT):
@@ -493,9 +497,12 @@ class Postern:
         workers: str | int = 1,
         pin: str | None = None,
         smtp_extra: str = "",
+        hostname: str | None = None,
+        tables: str = "",
     ) -> None:
         """`workers`: `[server] workers` (a count or "auto"); `pin`: a CPU list for
-        `taskset -c` (its workers inherit it: "auto" then counts those CPUs)."""
+        `taskset -c` (its workers inherit it: "auto" then counts those CPUs); `hostname`:
+        `[server] hostname`; `tables`: more TOML tables appended to the file (`[storage]`)."""
         self.smtp_port, self.http_port = free_ports(2)
         self.workers = workers
         config = tmp / "postern.toml"
@@ -509,6 +516,13 @@ class Postern:
                 upstream_connections=upstreams,
             )
         )
+        if hostname:
+            text = config.read_text().replace(
+                'hostname = "bench.postern.test"', f"hostname = {json.dumps(hostname)}", 1
+            )
+            config.write_text(text)
+        if tables:
+            config.write_text(config.read_text() + "\n" + tables)
         if smtp_extra:  # more `[smtp]` keys, one per line
             text = config.read_text().replace("[smtp]\n", f"[smtp]\n{smtp_extra}\n", 1)
             config.write_text(text)
