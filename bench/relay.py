@@ -499,6 +499,7 @@ class Postern:
         smtp_extra: str = "",
         hostname: str | None = None,
         tables: str = "",
+        env_extra: dict[str, str] | None = None,
     ) -> None:
         """`workers`: `[server] workers` (a count or "auto"); `pin`: a CPU list for
         `taskset -c` (its workers inherit it: "auto" then counts those CPUs); `hostname`:
@@ -541,6 +542,7 @@ class Postern:
             pinned = ["taskset", "-c", pin] if pin else []
             self.proc = subprocess.Popen(
                 [*pinned, *command, "--config", str(config)],
+                env={**os.environ, **(env_extra or {})},  # several nodes share one secret key
                 cwd=REPO_ROOT,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
