@@ -226,7 +226,10 @@ class _WriteLock:
         try:
             taken.result(timeout)
         except FutureTimeout:
-            taken.add_done_callback(lambda _: fcntl.flock(fd, fcntl.LOCK_UN))
+            # The wait goes on in its thread: its descriptor is given up (closed, so let go,
+            # once the wait ends) and the next write opens another, whose lock is its own.
+            self._fd = None
+            taken.add_done_callback(lambda _: os.close(fd))
             raise TimeoutError("database is locked by another writer") from None
 
     def close(self) -> None:
