@@ -360,6 +360,8 @@ _ADDED_COLUMNS = (
     ("bounce_report", "raw_hash", "VARCHAR(64)"),
     # Schema 10: the charted events per minute (event_minute and event_roll are new tables,
     # no column; the roll starts before the last two days' events: storage.event_minutes).
+    # Schema 11: SMTP AUTH failure budgets shared by workers and nodes (auth_failure is a
+    # new table, from create_all: no column added).
 )
 
 # Run once, right after their column was added, to fill it in for the rows already there.
