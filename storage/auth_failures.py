@@ -14,17 +14,19 @@ Serialised per subject: on PostgreSQL by an advisory transaction lock on the sub
 (other nodes wait for the commit; two subjects sharing a hash are only serialised), always
 taken in the same order, the address before everyone; on SQLite by its one writer.
 
-Rows leave once they count no more: a subject's own at its next guess (storage.throttle),
-and each guess also deletes up to PRUNE_PER_GUESS rows, of any subject, older than its
-longest window (oldest first, on the `at` index): the rows of addresses that stopped
-guessing go at least as fast as new ones come, with no sweep to run.
+A guess counts only its subject's rows within the window (an index range on (subject,
+at)); rows that left every window are deleted by the guesses themselves, oldest first on
+the `at` index, whatever their subject: every PRUNE_EVERY-th guess of a process deletes
+up to PRUNE_PER_GUESS of them, more than the guesses in between added, so the rows of
+addresses that stopped guessing go at least as fast as new ones come, with no sweep.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from sqlalchemy import Connection, delete, select, text
 from sqlalchemy.exc import SQLAlchemyError
@@ -33,14 +35,18 @@ from storage import throttle
 from storage.db import Database
 from storage.errors import database_failed, unavailable
 from storage.models import AuthFailure
-from storage.writer import Writer
 
 AF = AuthFailure.__table__  # type: ignore[attr-defined]
 
 EVERYONE = "*"  # the subject of the budget of every address together
 _LOCK = 7305  # PostgreSQL advisory lock class (with the subject's hash): one guess at a time
-PRUNE_PER_GUESS = 2
+# Rows that no budget counts any more, deleted by every PRUNE_EVERY-th guess of a process
+# (a statement less for the others): more than the guesses insert (two each at most).
+PRUNE_EVERY = 8
+PRUNE_PER_GUESS = 4 * PRUNE_EVERY
 _SUBJECT_MAX = 64  # the column's width
+
+T = TypeVar("T")
 
 
 def address_subject(client: str) -> str:
@@ -76,22 +82,27 @@ class Spent:
     until: float
 
 
-def take(conn: Connection, budgets: Sequence[Budget], now: float) -> Admitted | Spent:
-    """Take one guess from every budget, in the caller's transaction, or none of them."""
+def take(
+    conn: Connection, budgets: Sequence[Budget], now: float, prune: int = PRUNE_PER_GUESS
+) -> Admitted | Spent:
+    """Take one guess from every budget, in the caller's transaction, or none of them;
+    then delete up to `prune` rows that no budget counts any more."""
     rows: list[int] = []
     used = 0
     for budget in budgets:
         _lock(conn, budget.subject)
         taken = throttle.take(
-            conn, AF.c.subject, budget.subject, now, budget.count, budget.window, slots=1
-        )
+            conn, AF.c.subject, budget.subject, now, budget.count, budget.window,
+            slots=1, prune=False,
+        )  # fmt: skip
         if isinstance(taken, throttle.OverLimit):
             give_back(conn, rows)
             return Spent(budget.subject, taken.slots[0] if taken.slots else now)
         if not rows:
             used = taken.used
         rows.append(taken.row_id)
-    _prune(conn, now - max((b.window for b in budgets), default=0.0))
+    if prune:
+        _prune(conn, now - max((b.window for b in budgets), default=0.0), prune)
     return Admitted(tuple(rows), used)
 
 
@@ -108,13 +119,13 @@ def _lock(conn: Connection, subject: str) -> None:
         )
 
 
-def _prune(conn: Connection, before: float) -> None:
+def _prune(conn: Connection, before: float, limit: int) -> None:
     # SKIP LOCKED (PostgreSQL): two guesses pruning at once never wait for each other.
     expired = (
         select(AF.c.id)
         .where(AF.c.at <= before)
         .order_by(AF.c.at)
-        .limit(PRUNE_PER_GUESS)
+        .limit(limit)
         .with_for_update(skip_locked=True)
     )
     conn.execute(delete(AF).where(AF.c.id.in_(expired.scalar_subquery())))
@@ -122,30 +133,33 @@ def _prune(conn: Connection, before: float) -> None:
 
 class AuthFailures:
     """The budgets, for the SMTP door: `take` before a guess is checked, `give_back` when
-    it turns out not to count. StorageUnavailable when the database fails."""
+    it turns out not to count. StorageUnavailable when the database fails.
 
-    def __init__(self, db: Database, writer: Writer) -> None:
+    Each is a short transaction of its own (PostgreSQL: a subject's lock is held for one
+    guess, and two guesses' locks never meet in one transaction, where two nodes could
+    deadlock on them; SQLite: one writer serialises), committed without waiting for the
+    disk (`durable=False`: no fsync on SQLite, no WAL flush on PostgreSQL): a power cut
+    may forget the last few guesses counted, never anyone's mail, and a successful AUTH
+    costs no fsync. One process's transactions run in the order they were asked for
+    (SQLite: one write thread), so its next guess never counts a row given back before it.
+    """
+
+    def __init__(self, db: Database) -> None:
         self._db = db
-        self._writer = writer
+        self._guesses = 0
 
     async def take(self, budgets: Sequence[Budget], now: float) -> Admitted | Spent:
-        # SQLite: through the group-commit writer (one writer serialises; one fsync for
-        # many). PostgreSQL: a short transaction of its own, so that a subject's lock is
-        # held for one guess, and two guesses' locks never meet in one group commit
-        # (two nodes' commits could deadlock on them): as storage.throttle's pools.
-        if self._db.is_sqlite:
-            result: Admitted | Spent = await self._writer.submit(
-                lambda conn: take(conn, budgets, now)
-            )
-            return result
+        self._guesses += 1
+        prune = PRUNE_PER_GUESS if self._guesses % PRUNE_EVERY == 1 else 0
+        return await self._run(lambda conn: take(conn, budgets, now, prune))
+
+    async def give_back(self, rows: Sequence[int]) -> None:
+        await self._run(lambda conn: give_back(conn, rows))
+
+    async def _run(self, work: Callable[[Connection], T]) -> T:
         try:
-            return await self._db.transaction(lambda conn: take(conn, budgets, now))
+            return await self._db.transaction(work, durable=False)
         except (SQLAlchemyError, OSError) as error:  # as the writer's: down, locked, full
             if not database_failed(error):
                 raise
             raise unavailable(error) from error
-
-    async def give_back(self, rows: Sequence[int]) -> None:
-        # A function, not a Batch: the writer runs functions in the order they came, so
-        # this process's next guess (SQLite) never counts a row given back before it.
-        await self._writer.submit(lambda conn: give_back(conn, rows))

@@ -129,18 +129,21 @@ def take(
     *,
     lease: float = 0.0,
     slots: int = _SLOTS,
+    prune: bool = True,
 ) -> Taken | OverLimit:
     """The rolling window of any counted subject: one more row for `key` (in the table of
     `key_column`, which has an `id` and an `at`) when fewer than `count` have `at` within
     `window` seconds of `now`, dated `now + lease`; else OverLimit("rate") with up to
-    `slots` of the times the next become allowed. The caller serialises per key (see
+    `slots` of the times the next become allowed. `prune`: delete the key's rows that left
+    the window first (else the caller prunes). The caller serialises per key (see
     `reserve_counted`); pool sends (`pool_send`) and SMTP AUTH failures
     (storage.auth_failures) are counted by it."""
     table = key_column.table
     at = table.c.at
-    # Pruning here keeps the table at about N rows per key: one index range each time.
-    conn.execute(delete(table).where(key_column == key, at <= now - window))
-    used = conn.execute(select(func.count()).select_from(table).where(key_column == key)).scalar()
+    if prune:  # keeps the table at about N rows per key: one index range each time
+        conn.execute(delete(table).where(key_column == key, at <= now - window))
+    in_window = (key_column == key, at > now - window)
+    used = conn.execute(select(func.count()).select_from(table).where(*in_window)).scalar()
     used = used or 0
     if used >= count:
         if not slots:
@@ -149,7 +152,7 @@ def take(
         # send in flight (`at` in the future) ends at the earliest now: its slot is then
         # no sooner than now + window (a lower bound; asking again then is exact).
         oldest = conn.execute(
-            select(at).where(key_column == key).order_by(at).offset(used - count).limit(slots)
+            select(at).where(*in_window).order_by(at).offset(used - count).limit(slots)
         ).scalars()
         return OverLimit("rate", tuple(min(when, now) + window for when in oldest))
     row_id = conn.execute(

@@ -484,7 +484,7 @@ class Service:
         keys = KeyStore(storage.db)  # API keys: HTTP bearer tokens and SMTP AUTH passwords
         self.people = self._people(storage.db, keys)
         limiter = RateLimiter(config.http.rate_limit)  # per key, across both doors
-        failures = AuthFailures(storage.db, storage.writer)  # AUTH's budgets, in storage
+        failures = AuthFailures(storage.db)  # AUTH's budgets, in storage
         handler = PosternHandler(intake, ready.smtp_limits, keys, storage.writer, limiter, failures)
         self.smtp_handler = handler
         loop = asyncio.get_running_loop()
