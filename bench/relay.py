@@ -500,10 +500,12 @@ class Postern:
         hostname: str | None = None,
         tables: str = "",
         env_extra: dict[str, str] | None = None,
+        storage_url: str = "",
     ) -> None:
         """`workers`: `[server] workers` (a count or "auto"); `pin`: a CPU list for
         `taskset -c` (its workers inherit it: "auto" then counts those CPUs); `hostname`:
-        `[server] hostname`; `tables`: more TOML tables appended to the file (`[storage]`)."""
+        `[server] hostname`; `tables`: more TOML tables appended to the file (`[storage]`);
+        `storage_url`: `[storage] url` ("" = SQLite in the data dir)."""
         self.smtp_port, self.http_port = free_ports(2)
         self.workers = workers
         config = tmp / "postern.toml"
@@ -527,6 +529,9 @@ class Postern:
         if smtp_extra:  # more `[smtp]` keys, one per line
             text = config.read_text().replace("[smtp]\n", f"[smtp]\n{smtp_extra}\n", 1)
             config.write_text(text)
+        if storage_url:
+            table = f"\n[storage]\nurl = {json.dumps(storage_url)}\n"
+            config.write_text(config.read_text() + table)
         if workers != 1:
             value = json.dumps(workers) if isinstance(workers, str) else str(workers)
             text = config.read_text().replace("[server]\n", f"[server]\nworkers = {value}\n", 1)

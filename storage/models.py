@@ -484,6 +484,23 @@ class PoolDay(SQLModel, table=True):
     count: int = 0
 
 
+class AuthFailure(SQLModel, table=True):
+    """A failed SMTP AUTH guess, or one being checked (schema 11; storage.auth_failures):
+    the rolling windows of the failure budgets, per client address and for everyone, that
+    every worker and node share. `subject` is `a:<client address>` or `*`."""
+
+    __tablename__ = "auth_failure"
+    __table_args__ = (
+        Index("ix_auth_failure_subject_at", "subject", "at"),
+        Index("ix_auth_failure_at", "at"),  # the pruning of subjects that stopped guessing
+        {"sqlite_autoincrement": True},  # never a freed id again: a give-back deletes by id
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(BIG_ID, primary_key=True))
+    subject: str = Field(max_length=64)
+    at: float
+
+
 class Warmup(SQLModel, table=True):
     """A warmup of one account or pool (schema 10; storage.warmup). Sends are counted in
     `pool_send` / `pool_day` under the key `warmup:<kind>:<id>`, the day being the local

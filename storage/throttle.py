@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
+from sqlalchemy import Column, Connection, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from storage.limits import MAX_WINDOW
@@ -102,27 +102,63 @@ def reserve_counted(
             return OverLimit("daily", (day_ends,))
     send_id = 0
     if count:
-        # Pruning here keeps the table at about N rows per pool: one index range each time.
-        conn.execute(delete(PS).where(PS.c.pool_id == key, PS.c.at <= now - window))
-        used = conn.execute(select(func.count()).where(PS.c.pool_id == key)).scalar() or 0
-        if used >= count:
-            # The (used - count + 1)-th oldest send leaving the window frees the first slot.
-            # A send in flight (`at` in the future) ends at the earliest now: its slot is
-            # then no sooner than now + window (a lower bound; asking again then is exact).
-            oldest = conn.execute(
-                select(PS.c.at)
-                .where(PS.c.pool_id == key)
-                .order_by(PS.c.at)
-                .offset(used - count)
-                .limit(_SLOTS)
-            ).scalars()
-            return OverLimit("rate", tuple(min(at, now) + window for at in oldest))
-        send_id = conn.execute(
-            insert(PS).values(pool_id=key, at=now + lease).returning(PS.c.id)
-        ).scalar_one()
+        taken = take(conn, PS.c.pool_id, key, now, count, window, lease=lease)
+        if isinstance(taken, OverLimit):
+            return taken
+        send_id = taken.row_id
     if daily:
         count_day(conn, key, day, 1)
     return send_id
+
+
+@dataclass(frozen=True)
+class Taken:
+    """One more counted in a rolling window: its row, and how many the window held before."""
+
+    row_id: int
+    used: int
+
+
+def take(
+    conn: Connection,
+    key_column: Column[str],
+    key: str,
+    now: float,
+    count: int,
+    window: float,
+    *,
+    lease: float = 0.0,
+    slots: int = _SLOTS,
+    prune: bool = True,
+) -> Taken | OverLimit:
+    """The rolling window of any counted subject: one more row for `key` (in the table of
+    `key_column`, which has an `id` and an `at`) when fewer than `count` have `at` within
+    `window` seconds of `now`, dated `now + lease`; else OverLimit("rate") with up to
+    `slots` of the times the next become allowed. `prune`: delete the key's rows that left
+    the window first (else the caller prunes). The caller serialises per key (see
+    `reserve_counted`); pool sends (`pool_send`) and SMTP AUTH failures
+    (storage.auth_failures) are counted by it."""
+    table = key_column.table
+    at = table.c.at
+    if prune:  # keeps the table at about N rows per key: one index range each time
+        conn.execute(delete(table).where(key_column == key, at <= now - window))
+    in_window = (key_column == key, at > now - window)
+    used = conn.execute(select(func.count()).select_from(table).where(*in_window)).scalar()
+    used = used or 0
+    if used >= count:
+        if not slots:
+            return OverLimit("rate", ())
+        # The (used - count + 1)-th oldest row leaving the window frees the first slot. A
+        # send in flight (`at` in the future) ends at the earliest now: its slot is then
+        # no sooner than now + window (a lower bound; asking again then is exact).
+        oldest = conn.execute(
+            select(at).where(*in_window).order_by(at).offset(used - count).limit(slots)
+        ).scalars()
+        return OverLimit("rate", tuple(min(when, now) + window for when in oldest))
+    row_id = conn.execute(
+        insert(table).values({key_column: key, at: now + lease}).returning(table.c.id)
+    ).scalar_one()
+    return Taken(row_id, used)
 
 
 def count_day(conn: Connection, key: str, day: str, delta: int) -> None:

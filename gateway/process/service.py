@@ -82,6 +82,7 @@ from gateway.smtpd.bounce_listener import BounceHandler
 from gateway.smtpd.server import PosternHandler
 from gateway.tasks import Loops, watch_lag
 from gateway.webhooks.node import Webhooks, start_webhooks
+from storage.auth_failures import AuthFailures
 from storage.db import (
     Database,
     SchemaError,
@@ -479,7 +480,8 @@ class Service:
         keys = KeyStore(storage.db)  # API keys: HTTP bearer tokens and SMTP AUTH passwords
         self.people = self._people(storage.db, keys)
         limiter = RateLimiter(config.http.rate_limit)  # per key, across both doors
-        handler = PosternHandler(intake, ready.smtp_limits, keys, storage.writer, limiter)
+        failures = AuthFailures(storage.db)  # AUTH's budgets, in storage
+        handler = PosternHandler(intake, ready.smtp_limits, keys, storage.writer, limiter, failures)
         self.smtp_handler = handler
         loop = asyncio.get_running_loop()
         for sock in ready.smtp_sockets:

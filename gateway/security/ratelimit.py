@@ -1,6 +1,8 @@
-"""Token buckets by name, in memory (one node): the per-API-key rate limit that the HTTP API
-and the SMTP listener share (`[http] rate_limit`: a key's requests and SMTP messages draw on
-one bucket), and the budgets of failed SMTP AUTH attempts.
+"""Token buckets by name, in memory (one process): the per-API-key rate limit that the HTTP
+API and the SMTP listener share (`[http] rate_limit`: a key's requests and SMTP messages draw
+on one bucket), and the dashboard's login budgets (gateway.people.login_throttle). The
+budgets of failed SMTP AUTH attempts are kept in storage instead (storage.auth_failures):
+every worker takes SMTP connections. `client_of` is the unit of both kinds of budget.
 
 A full bucket is the same as none, so memory stays bounded by dropping full buckets first
 (then the fullest) when there are too many names.

@@ -7,11 +7,14 @@ over TLS, or without it from a loopback address only. Every failure is logged be
 wait (with the user name and the key's id when known, never the key).
 
 Guessing is bounded three ways: every failed attempt from a client address waits longer
-before its 535 (doubling up to MAX_DELAY); a session gets MAX_SESSION_FAILURES, then 421 and
-the connection closes; and a client address has a budget of failures across all its
-connections (`[smtp] auth_failures_per_address`), as may every address together
-(`auth_failures_per_minute`). A guess takes from the budgets before it is checked, so
-parallel connections cannot overdraw them; over budget, AUTH is 421 4.7.0 unchecked.
+before its 535 (doubling with each of its failures still in its budget's window, up to
+MAX_DELAY); a session gets MAX_SESSION_FAILURES, then 421 and the connection closes; and a
+client address has a budget of failures across all its connections (`[smtp]
+auth_failures_per_address`), as may every address together (`auth_failures_per_minute`).
+The budgets are counted in the database (storage.auth_failures), so they hold across the
+workers of a node and across nodes. A guess takes from the budgets before it is checked, so
+parallel connections cannot overdraw them; over budget, AUTH is 421 4.7.0 unchecked; with
+the database failing, 454 4.7.0 unchecked.
 
 A logged-in session keeps the key's rights only while the key does: at every MAIL the key
 must still be unrevoked, its owner (if it has one) not disabled (both seen within
@@ -23,73 +26,111 @@ owner's role (gateway.people.roles.key_allows), as that role is at each MAIL.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import re
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from aiosmtpd.smtp import AuthResult, LoginPassword, Session
 
 from gateway.message import Sender
 from gateway.people.roles import key_allows
+from gateway.rates import parse_rate
 from gateway.security.ratelimit import RateLimiter, client_of
 from gateway.smtpd import replies
+from storage.auth_failures import EVERYONE, AuthFailures, Budget, Spent, address_subject
 from storage.keys import KEY_PREFIX, SEND_SCOPES, ApiKeyRecord, KeyStore
 
 BASE_DELAY = 0.25
 MAX_DELAY = 8.0
-FORGET_AFTER = 600.0  # seconds without a failure after which a client starts afresh
 MAX_SESSION_FAILURES = 3
+MAX_SPENT = 10_000  # budgets remembered as spent (a cache: storage is the authority)
+SPENT_MEMORY = 5.0  # seconds a spent budget is refused from memory
+
+log = logging.getLogger("postern.smtp")
+
+
+@dataclass(frozen=True)
+class Guess:
+    """An admitted guess: the budget rows it took, and how long its 535 waits if it fails."""
+
+    rows: tuple[int, ...]
+    delay: float
 
 
 class AuthThrottle:
-    """Failed AUTH attempts per client address: how long the next 535 waits, and the
-    budgets of failures (per address, and optionally for everyone together)."""
+    """The budgets of failed AUTH attempts, per client address (an IPv4 address or an IPv6
+    /64, gateway.security.ratelimit.client_of) and optionally for everyone together, kept in
+    storage; `failures` None: nobody can log in (every AUTH is over budget)."""
 
-    def __init__(self, per_address: str = "30/h", per_minute: int = 0) -> None:
-        self._failures: dict[str, tuple[int, float]] = {}
-        self._budget = RateLimiter(per_address)
-        self._everyone = RateLimiter(f"{per_minute}/m") if per_minute else None
+    def __init__(
+        self, failures: AuthFailures | None, per_address: str = "30/h", per_minute: int = 0
+    ) -> None:
+        rate = parse_rate(per_address)  # the one grammar, as for pools
+        if rate is None:
+            raise ValueError("the AUTH failure budget per address cannot be empty")
+        self._failures = failures
+        self._per_address = rate
+        self._everyone = Budget(EVERYONE, per_minute, 60.0) if per_minute else None
+        # Budgets known spent, until when: further guesses are refused without a database
+        # round trip, for SPENT_MEMORY at most (guesses in flight may have spent it, and
+        # one found right frees its slot at once: a refusal from here would miss that).
+        self._spent: dict[str, float] = {}
+        self._returns: set[asyncio.Task[None]] = set()
 
-    def admit(self, host: str) -> bool:
-        """Take one guess from the budgets before the credentials are checked; False when
-        one of them is spent (the guess must not be checked)."""
-        client = client_of(host)
-        if self._budget.take(client) > 0:
-            return False
-        if self._everyone is not None and self._everyone.take("") > 0:
-            self._budget.give_back(client)
-            return False
-        return True
-
-    def passed(self, host: str) -> None:
-        """The admitted guess was right, or could not be checked: it costs nothing."""
-        self._budget.give_back(client_of(host))
+    async def admit(self, host: str) -> Guess | None:
+        """Take one guess from the budgets before the credentials are checked: None when
+        one of them is spent (the guess must not be checked). Raises StorageUnavailable
+        when the database fails (the guess must not be checked either)."""
+        if self._failures is None:
+            return None
+        now = time.time()
+        budgets = [Budget(address_subject(client_of(host)), *self._window)]
         if self._everyone is not None:
-            self._everyone.give_back("")
+            budgets.append(self._everyone)
+        if any(self._spent.get(budget.subject, 0.0) > now for budget in budgets):
+            return None
+        verdict = await self._failures.take(budgets, now)
+        if isinstance(verdict, Spent):
+            self._note_spent(verdict, now)
+            return None
+        return Guess(verdict.rows, failure_delay(verdict.used))
 
-    def failed(self, host: str) -> float:
-        """Note a failure from `host`; how long its 535 waits. Only this client's own
-        failures count: another address is not slowed down by them."""
-        host = client_of(host)
-        now = time.monotonic()
-        count, last = self._failures.get(host, (0, now))
-        count = 1 if now - last > FORGET_AFTER else count + 1
-        if len(self._failures) > 50_000:  # bounded memory under a spray of addresses
-            self._forget(now)
-        self._failures[host] = (count, now)
-        return min(MAX_DELAY, BASE_DELAY * 2 ** (count - 1))
+    def passed(self, guess: Guess) -> None:
+        """The admitted guess was right, or could not be checked: it costs nothing. Its rows
+        are given back behind the answer (the client does not wait for that write; if it
+        fails, the guess counts as a failure)."""
+        if self._failures is None or not guess.rows:
+            return
+        task = asyncio.get_running_loop().create_task(self._give_back(guess.rows))
+        self._returns.add(task)
+        task.add_done_callback(self._returns.discard)
 
-    def _forget(self, now: float) -> None:
-        """Drop the clients that stopped failing, then (still too many) those with the fewest
-        and oldest failures: a spray of one-off addresses must not wipe the count of a
-        client that keeps guessing."""
-        self._failures = {
-            host: entry for host, entry in self._failures.items() if now - entry[1] <= FORGET_AFTER
-        }
-        if len(self._failures) > 25_000:
-            recent = sorted(self._failures.items(), key=lambda item: item[1])[-25_000:]
-            self._failures = dict(recent)
+    @property
+    def _window(self) -> tuple[int, float]:
+        return self._per_address.count, self._per_address.window
+
+    async def _give_back(self, rows: tuple[int, ...]) -> None:
+        assert self._failures is not None
+        try:
+            await self._failures.give_back(rows)
+        except Exception as error:  # it counts as a failure: the safe side
+            log.warning("giving back an AUTH budget failed: %s", type(error).__name__)
+
+    def _note_spent(self, spent: Spent, now: float) -> None:
+        if len(self._spent) >= MAX_SPENT:  # bounded memory: forget what is over, then all
+            self._spent = {name: until for name, until in self._spent.items() if until > now}
+            if len(self._spent) >= MAX_SPENT:
+                self._spent.clear()  # only a cache: storage still refuses
+        self._spent[spent.subject] = min(spent.until, now + SPENT_MEMORY)
+
+
+def failure_delay(used: int) -> float:
+    """How long a failure waits before its 535, after `used` others from its address
+    within its budget's window: BASE_DELAY, doubling with each, up to MAX_DELAY."""
+    return min(MAX_DELAY, BASE_DELAY * 2 ** min(used, 16))
 
 
 def sender_of(session: Session) -> Sender | None:
@@ -159,27 +200,28 @@ class ApiKeyAuth:
         keys, throttle = self._auth_backend()
         peer = self.session.peer if self.session is not None else None
         host = peer[0] if isinstance(peer, tuple) and peer else str(peer)
-        if not throttle.admit(host):
+        try:
+            guess = await throttle.admit(host)
+        except Exception as error:  # the database is down: the guess stays unchecked
+            return self._unavailable(mechanism, "failure budget", error)
+        if guess is None:
             await self._hang_up(replies.AUTH_OVER_BUDGET)
             return AuthResult(success=False, handled=True)
         secret = offered.password.decode("utf-8", "replace")
         try:
             key = await keys.authenticate(secret) if keys is not None else None
-        except Exception as error:  # the database is down: not the client's failure
-            throttle.passed(host)
-            # Only the error's class: a database error can quote the query's parameters.
-            details = f"mechanism={mechanism} key lookup failed: {type(error).__name__}"
-            self.log_refusal(replies.AUTH_UNAVAILABLE, details)  # type: ignore[attr-defined]
-            return AuthResult(success=False, handled=False, message=replies.AUTH_UNAVAILABLE)
+        except Exception as error:  # not the client's failure
+            throttle.passed(guess)
+            return self._unavailable(mechanism, "key lookup", error)
         grants = key_sender(key) if key is not None else None
         if key is not None and grants is not None and (grants.may_send or grants.may_sandbox):
-            throttle.passed(host)
+            throttle.passed(guess)
             return AuthResult(success=True, auth_data=key)
         user = _shown_user(offered.login.decode("utf-8", "replace"), secret)
         known = f"key={key.id} (no send scope)" if key is not None else "key=unknown"
         details = f"mechanism={mechanism} user=<{user}> {known}"
         self.log_refusal(replies.AUTH_INVALID, details)  # type: ignore[attr-defined]
-        await asyncio.sleep(throttle.failed(host))
+        await asyncio.sleep(guess.delay)
         self._auth_failures += 1
         if self._auth_failures >= MAX_SESSION_FAILURES:
             # The 535 this attempt earned, then the unsolicited 421 that ends the session.
@@ -187,6 +229,13 @@ class ApiKeyAuth:
             await self._hang_up(replies.AUTH_TOO_MANY_FAILURES)
             return AuthResult(success=False, handled=True)
         return AuthResult(success=False, handled=False, message=replies.AUTH_INVALID)
+
+    def _unavailable(self, mechanism: str, what: str, error: Exception) -> AuthResult:
+        """454 4.7.0: try again later (the database failed; the guess was not checked)."""
+        # Only the error's class: a database error can quote the query's parameters.
+        details = f"mechanism={mechanism} {what} failed: {type(error).__name__}"
+        self.log_refusal(replies.AUTH_UNAVAILABLE, details)  # type: ignore[attr-defined]
+        return AuthResult(success=False, handled=False, message=replies.AUTH_UNAVAILABLE)
 
     async def _hang_up(self, reply: str) -> None:
         """Answer `reply` and close the connection (as aiosmtpd's QUIT does)."""

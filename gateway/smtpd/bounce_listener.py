@@ -58,7 +58,7 @@ class BounceHandler:
         self._verp = return_path.verp
         self._limits = limits
         self.keys: KeyStore | None = None  # nobody logs in here
-        self.login_throttle = AuthThrottle("1/h", 0)
+        self.login_throttle = AuthThrottle(None)  # AUTH is not offered here
         self.sessions: set[PosternSMTP] = set()
         self.data_budget = DataBudget(limits.max_data_in_flight)
         self.submitting = 0  # hand-overs under way (the stop waits for them)

@@ -33,6 +33,7 @@ from gateway.security.ratelimit import RateLimiter
 from gateway.smtpd import replies
 from gateway.smtpd.auth import ApiKeyAuth, AuthThrottle, key_refusal, sender_of
 from gateway.smtpd.data import DataBudget, Transfer, TransferRefusal
+from storage.auth_failures import AuthFailures
 from storage.keys import KeyStore
 from storage.writer import Writer
 
@@ -335,6 +336,7 @@ class PosternHandler:
         keys: KeyStore | None = None,
         storage: Writer | None = None,
         limiter: RateLimiter | None = None,
+        auth_failures: AuthFailures | None = None,
     ) -> None:
         self._intake = intake
         self._limits = limits
@@ -342,8 +344,9 @@ class PosternHandler:
         self._storage = storage  # a disk known to be full refuses at MAIL, not after DATA
         self._limiter = limiter  # per API key, shared with the HTTP API
         # Not `auth_*`: aiosmtpd offers every handler attribute of that name as a mechanism.
+        # The failure budgets live in storage (every worker and node counts in them).
         self.login_throttle = AuthThrottle(
-            limits.auth_failures_per_address, limits.auth_failures_per_minute
+            auth_failures, limits.auth_failures_per_address, limits.auth_failures_per_minute
         )
         self.sessions: set[PosternSMTP] = set()
         self.submitting = 0  # end-of-data commits under way

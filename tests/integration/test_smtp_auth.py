@@ -15,6 +15,7 @@ import pytest
 
 from gateway.smtpd import auth as smtp_auth
 from gateway.smtpd import replies
+from storage.errors import StorageUnavailable
 from tests.support.api import Api, ApiFactory
 from tests.support.processes import free_port
 from tests.support.rows import query
@@ -174,6 +175,54 @@ async def test_bad_control_header_values_are_refused(api: Api, sink: Sink) -> No
     code, text = await smtp.send_message(many_tags)
     assert code == 550 and "Tags" in text
     smtp.close()
+
+
+async def test_a_failure_budget_outage_answers_454_and_checks_nothing(
+    api_client: ApiFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The budgets live in the database: when it fails, a guess is neither counted nor
+    checked (454 4.7.0, try again later), never a traceback nor a login let through."""
+    api = await listener(api_client)
+    _, secret = await api.key_record("send")
+    handler = api.svc.smtp_handler
+    checked: list[str] = []
+
+    async def down(budgets: object, now: float) -> None:
+        raise StorageUnavailable("connection refused (the database is down)")
+
+    async def noted(secret: str) -> None:
+        checked.append(secret)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(handler.login_throttle._failures, "take", down)
+        patch.setattr(handler.keys, "authenticate", noted)
+        smtp = await Dialogue.open("127.0.0.1", api.svc.smtp_port)
+        await smtp.say("EHLO client.test")
+        for guess in (secret, "msk_wrong"):
+            answer = await smtp.say(plain(guess))
+            assert f"{answer[0]} {answer[1]}" == replies.AUTH_UNAVAILABLE, answer
+        assert (await smtp.say("NOOP"))[0] == 250  # the session goes on
+        smtp.close()
+    assert checked == []
+    smtp = await Dialogue.open("127.0.0.1", api.svc.smtp_port)  # back: AUTH works
+    await smtp.say("EHLO client.test")
+    assert (await smtp.say(plain(secret)))[0] == 235
+    smtp.close()
+
+
+async def test_a_successful_auth_leaves_no_failure_behind(api_client: ApiFactory) -> None:
+    api = await listener(api_client, auth_failures_per_address="1/h")
+    secret = await api.key("send")
+    for _ in range(3):  # a budget of one failure: each login gives its guess back
+        smtp = await Dialogue.open("127.0.0.1", api.svc.smtp_port)
+        await smtp.say("EHLO client.test")
+        assert (await smtp.say(plain(secret)))[0] == 235
+        smtp.close()
+        for _ in range(100):
+            if not await query(api.svc, "SELECT id FROM auth_failure"):
+                break
+            await asyncio.sleep(0.02)
+    assert await query(api.svc, "SELECT id FROM auth_failure") == []
 
 
 async def test_a_key_lookup_outage_answers_454_and_costs_no_budget(
