@@ -25,7 +25,7 @@ def _serve(postern_process: MakePostern, storage: str) -> Postern:
     extra = f'\n[storage]\nurl = "{storage}"\n' if storage else ""
     postern = postern_process(None, extra=extra, start=False)
     text = postern.config.read_text()
-    text = text.replace("[server]\n", "[server]\nworkers = 2\n", 1)
+    text = text.replace("workers = 1\n", "workers = 2\n", 1)
     text = text.replace("[smtp]\n", f'[smtp]\nauth_failures_per_address = "{BUDGET}/h"\n', 1)
     postern.config.write_text(text)
     postern.start(timeout=60.0)
