@@ -552,22 +552,35 @@ class Service:
     def request_stop(self, sig: signal.Signals | None = None) -> None:
         name = sig.name if sig is not None else "stop request"
         if self._stopping.is_set():
-            log.warning(
-                "second stop signal (%s): exiting at once, without draining (messages in "
-                "flight are retried when a node starts)",
-                name,
-            )
-            logs.flush()  # os._exit skips atexit: the warning must be written first
-            os._exit(1)
+            if self.role is not None:
+                # A worker gets SIGTERM from the supervisor and, under systemd's default
+                # KillMode=control-group, from systemd too: neither means "at once"; the
+                # supervisor's second signal arrives as SIGUSR1 (exit_now).
+                log.debug("%s: already stopping", name)
+                return
+            self.exit_now(sig)
         log.info(
             "%s: stopping within %gs (send it again to exit at once)", name, self.drain_timeout
         )
         self._stopping.set()
 
+    def exit_now(self, sig: signal.Signals | None = None) -> None:
+        """A second stop signal: exit without draining."""
+        name = sig.name if sig is not None else "stop request"
+        log.warning(
+            "second stop signal (%s): exiting at once, without draining (messages in "
+            "flight are retried when a node starts)",
+            name,
+        )
+        logs.flush()  # os._exit skips atexit: the warning must be written first
+        os._exit(1)
+
     async def run_until_stopped(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig)
+        if self.role is not None:  # the supervisor's "at once" (gateway.process.supervisor)
+            loop.add_signal_handler(signal.SIGUSR1, self.exit_now, signal.SIGUSR1)
         loop.add_signal_handler(signal.SIGHUP, self._reload_soon)
         await self._stopping.wait()
         await self.stop()

@@ -25,8 +25,10 @@ What the supervisor does after that:
   written once.
 - **SIGTERM / SIGINT**: passed to every worker (as SIGTERM), which drains as a lone `serve`
   does; the supervisor closes its copies of the sockets (so that nothing more queues on them) and
-  exits 0 once every worker exited 0. A second signal is passed on too (the workers exit at
-  once). **SIGHUP** is passed on: each worker reloads `[[pools]]` and `[policy]`.
+  exits 0 once every worker exited 0. A second signal is passed on as SIGUSR1 (the workers
+  exit at once; a repeated SIGTERM, which systemd's default KillMode=control-group sends
+  them beside ours, only continues their drain). **SIGHUP** is passed on: each worker
+  reloads `[[pools]]` and `[policy]`.
 - If the supervisor itself is killed, the kernel ends the workers (PR_SET_PDEATHSIG). They
   inherit the data_dir lock, so it is held until the last is gone: a `serve` started at once
   waits for them (gateway.process.instance) rather than finding their ports still taken.
@@ -305,8 +307,10 @@ class Supervisor:
                 sig.name,
             )
         # SIGTERM whichever it was: a worker still importing dies of it quietly, where
-        # SIGINT would raise KeyboardInterrupt there, with a traceback.
-        self._pass_on(signal.SIGTERM)
+        # SIGINT would raise KeyboardInterrupt there, with a traceback. The second is
+        # SIGUSR1, "at once": a worker ignores a repeated SIGTERM, since under systemd's
+        # default KillMode=control-group it gets systemd's as well as ours.
+        self._pass_on(signal.SIGTERM if self._signals == 1 else signal.SIGUSR1)
 
     def _pass_on(self, sig: signal.Signals) -> None:
         for worker in self.workers:

@@ -232,6 +232,45 @@ def test_sigterm_with_a_slow_upstream_drains(sink: Sink, postern_process: MakePo
     assert sorted(set(got)) == expected("slow", 12), postern.stderr()
 
 
+def test_sigterm_to_every_process_at_once_still_drains(
+    sink: Sink, postern_process: MakePostern
+) -> None:
+    """systemd's default KillMode=control-group sends SIGTERM to the supervisor and each
+    worker at once, then the supervisor passes its own on: a worker must take the second
+    SIGTERM as the same stop (drain, exit 0), not as "at once" (cut sessions, exit 1)."""
+    sink.hang("data", seconds=30)
+    postern = two_workers(postern_process, sink.port)
+    send_over(postern, "group", sessions=6, per_session=2)
+    assert wait_until(lambda: sink.connections_open > 0, 10.0), "delivery never started"
+    for pid in workers_of(postern.pid):
+        os.kill(pid, signal.SIGTERM)
+    status, _ = postern.stop(signal.SIGTERM, timeout=STOP_BOUND)
+    assert status == 0, postern.stderr()
+    assert "second stop signal" not in postern.stderr()
+    assert not running_with(postern.config), "a worker outlived the supervisor"
+    sink.clear()
+    postern.start(timeout=60.0)
+    got = all_delivered(sink, "group", 12)
+    assert sorted(set(got)) == expected("group", 12), postern.stderr()
+
+
+def test_a_second_signal_to_the_supervisor_ends_the_workers_at_once(
+    sink: Sink, postern_process: MakePostern
+) -> None:
+    sink.hang("data", seconds=60)
+    postern = two_workers(postern_process, sink.port)
+    send_over(postern, "twice", sessions=4, per_session=1)
+    assert wait_until(lambda: sink.connections_open > 0, 10.0), "delivery never started"
+    assert postern.proc is not None
+    postern.proc.send_signal(signal.SIGTERM)
+    assert wait_until(lambda: "stopping the workers" in postern.stderr(), 5), postern.stderr()
+    status, took = postern.stop(signal.SIGINT, timeout=STOP_BOUND)
+    assert status == 1, postern.stderr()
+    assert took < 5, f"took {took:.1f}s"
+    assert "second stop signal (SIGUSR1): exiting at once" in postern.stderr()
+    assert not running_with(postern.config), "a worker outlived the supervisor"
+
+
 def workers_config(tmp_path: Path, smtp_port: int, http_port: int) -> Path:
     path = tmp_path / "workers.toml"
     text = config_text(
