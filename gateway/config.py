@@ -79,7 +79,7 @@ class ServerConfig:
     # Processes `serve` runs (gateway.process.supervisor): 1 = one process; more = a
     # supervisor and that many workers sharing the SMTP port (SO_REUSEPORT). By default
     # ("auto") one per CPU this process may run on (taskset and cpusets count).
-    workers: int = field(default_factory=lambda: auto_workers())
+    workers: int = field(default_factory=lambda: auto_workers())  # defined below
 
 
 @dataclass(frozen=True)

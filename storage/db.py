@@ -16,9 +16,10 @@ import contextlib
 import fcntl
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any, TypeVar
@@ -70,7 +71,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 class Database:
     """Runs synchronous-style queries against SQLite or PostgreSQL from async code."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, connections: int = 10) -> None:
+        """`connections`: PostgreSQL's pool (as many again may overflow); a worker of
+        several takes its share, so that a node asks the server for the same number."""
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         self._sync: Engine | None = None
@@ -105,7 +108,11 @@ class Database:
             self._read_threads = ThreadPoolExecutor(3, thread_name_prefix="db-read")
         else:
             self._async = create_async_engine(
-                url, pool_size=10, max_overflow=10, pool_pre_ping=True, hide_parameters=True
+                url,
+                pool_size=connections,
+                max_overflow=connections,
+                pool_pre_ping=True,
+                hide_parameters=True,
             )
 
     @property
@@ -222,37 +229,68 @@ class _WriteLock:
     writer that finds the database locked sleeps 1 ms, then 2, 5, 10 ... up to 100 ms between
     tries (its busy handler), while its group commit and every caller in it wait: measured,
     two workers then deliver less than one. flock instead wakes the next writer the moment the
-    lock is free. SQLite's own lock stays, for writers that do not take this one.
+    lock is free. SQLite's own lock stays, for writers that do not take this one (and for a
+    process that may not open the file: it warns once and goes without).
 
-    The wait is bounded like the busy timeout: a contended lock is waited for in a thread of
-    its own, and past `timeout` the write fails with TimeoutError (an OSError: storage
-    unavailable, 451/503) while a lock that comes later is let go at once."""
+    The file belongs to the database's owner, with its mode, as SQLite's -wal and -shm do (a
+    command run as root must not leave a lock the service cannot open). The wait is bounded
+    like the busy timeout: a contended lock is waited for in a daemon thread, and past
+    `timeout` the write fails with TimeoutError (an OSError: storage unavailable, 451/503)
+    while the descriptor it waits on is closed once the wait ends."""
 
     def __init__(self, database: str | None) -> None:
-        self._path = f"{database}-writer" if database and database != ":memory:" else None
+        self._database = _database_file(database)
         self._fd: int | None = None
-        self._waiter: ThreadPoolExecutor | None = None
+        self._usable = self._database is not None
 
     @contextlib.contextmanager
     def held(self, timeout: float | None = None) -> Iterator[None]:
-        if self._path is None:
+        fd = self._open()
+        if fd is None:
             yield
             return
-        if self._fd is None:
-            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            self._wait(self._fd, BUSY_TIMEOUT if timeout is None else timeout)
+            self._wait(fd, BUSY_TIMEOUT if timeout is None else timeout)
         try:
             yield
         finally:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _open(self) -> int | None:
+        if self._fd is not None or not self._usable:
+            return self._fd
+        database = self._database
+        assert database is not None
+        path = f"{database}-writer"
+        try:  # read-only is enough for flock
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as error:
+            log.warning("no write lock %s (%s): writers wait on SQLite's lock", path, error)
+            self._usable = False
+            return None
+        with contextlib.suppress(OSError):  # the database may not exist yet: keep 0600
+            owner = os.stat(database)
+            if os.geteuid() == 0:
+                os.fchown(fd, owner.st_uid, owner.st_gid)
+            if os.fstat(fd).st_uid == owner.st_uid:
+                os.fchmod(fd, owner.st_mode & 0o666)
+        self._fd = fd
+        return fd
 
     def _wait(self, fd: int, timeout: float) -> None:
-        if self._waiter is None:
-            self._waiter = ThreadPoolExecutor(1, thread_name_prefix="db-write-lock")
-        taken = self._waiter.submit(fcntl.flock, fd, fcntl.LOCK_EX)
+        taken: Future[None] = Future()
+
+        def wait() -> None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as error:
+                taken.set_exception(error)
+            else:
+                taken.set_result(None)
+
+        threading.Thread(target=wait, name="db-write-lock", daemon=True).start()
         try:
             taken.result(timeout)
         except FutureTimeout:
@@ -263,16 +301,27 @@ class _WriteLock:
             raise TimeoutError("database is locked by another writer") from None
 
     def close(self) -> None:
-        if self._waiter is not None:
-            self._waiter.shutdown(wait=False, cancel_futures=True)
         if self._fd is not None:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
             self._fd = None
 
 
-def open_database(url: str) -> Database:
-    return Database(url)
+def _database_file(database: str | None) -> str | None:
+    """The SQLite database's file from a URL's database part (a `file:` URI's path), or
+    None in memory."""
+    if not database:
+        return None
+    if database.startswith("file:"):
+        path, _, query = database[len("file:") :].partition("?")
+        if "mode=memory" in query:
+            return None
+        database = path
+    return None if database in ("", ":memory:") else database
+
+
+def open_database(url: str, connections: int = 10) -> Database:
+    return Database(url, connections)
 
 
 def _begin_immediate(conn: Connection) -> None:

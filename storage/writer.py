@@ -169,10 +169,14 @@ class Writer:
                 stopping = await self._next(jobs, wait=not large)
             small = [job for job in jobs if job.size < self.large]
             large.extend(job for job in jobs if job.size >= self.large)
-            if small:
-                await self._commit(small)
-            if large:  # one at a time: the small jobs that come meanwhile go next
-                await self._commit([large.popleft()])
+            failed = bool(small) and not await self._commit(small)
+            if large and not failed:  # one at a time: the small jobs that come meanwhile go next
+                failed = not await self._commit([large.popleft()])
+            if failed and large and self.failure is not None:
+                # The database itself failed: the large jobs waiting would each wait out
+                # the busy timeout again. They fail as the failed commit's jobs did.
+                self._fail_database(list(large), self.failure)
+                large.clear()
 
     async def _next(self, jobs: list[_Job], wait: bool) -> bool:
         """Take the jobs to commit next into `jobs` (waiting for one when `wait`); True
@@ -208,7 +212,8 @@ class Writer:
         jobs.append(job)
         return self._gather(jobs)
 
-    async def _commit(self, jobs: list[_Job]) -> None:
+    async def _commit(self, jobs: list[_Job]) -> bool:
+        """Commit `jobs` together; False when the database itself failed (not one job)."""
         try:
             results = await self._transaction(jobs)
         except Exception as error:
@@ -216,25 +221,29 @@ class Writer:
                 # Locked past busy_timeout, disk full, I/O, down: one by one would only
                 # wait that long again per job. Every job fails now, nothing of them
                 # committed, and its caller answers 451 / 452 / 503 / 507.
-                failure = self._failed(error)
-                for job in jobs:
-                    if not job.done.done():  # an exception each: one raised twice grows
-                        job.done.set_exception(type(failure)(str(failure)))
-                return
+                self._fail_database(jobs, self._failed(error))
+                return False
             if len(jobs) == 1:
                 self._fail(jobs[0], error)
-                return
+                return True
             log.warning(
                 "group commit of %d jobs failed (%s); retrying one by one", len(jobs), error
             )
             for job in jobs:
                 await self._commit([job])
-            return
+            return True
         self.commits += 1
         self.failure = None
         for job, result in zip(jobs, results, strict=True):
             if not job.done.done():
                 job.done.set_result(result)
+        return True
+
+    @staticmethod
+    def _fail_database(jobs: list[_Job], failure: StorageUnavailable) -> None:
+        for job in jobs:
+            if not job.done.done():  # an exception each: one raised twice grows
+                job.done.set_exception(type(failure)(str(failure)))
 
     async def _transaction(self, jobs: list[_Job]) -> list[Any]:
         works = [job.work for job in jobs]

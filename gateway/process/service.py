@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import time
@@ -227,7 +228,10 @@ class Service:
     async def _open_storage(self, ready: Prepared) -> Storage:
         """The database (schema upgraded), its writer, the queue on them."""
         config = self.config
-        db = self.db = open_database(database_url(config.storage.url, config.server.data_dir))
+        # A worker of several opens its share of the node's PostgreSQL connections (10 + 10).
+        processes = self.role.count if self.role is not None else 1
+        url = database_url(config.storage.url, config.server.data_dir)
+        db = self.db = open_database(url, connections=max(2, math.ceil(10 / processes)))
         try:
             await create_schema(db)
         except SchemaError as error:

@@ -298,8 +298,60 @@ async def test_writers_of_one_sqlite_file_take_turns(
         for writer in writers:
             await writer.stop()
     assert len(await stored(sqlite_pair[0], "turn")) == 200
-    lock = tmp_path / "postern.db-writer"
-    assert lock.stat().st_mode & 0o777 == 0o600
+    lock, database = tmp_path / "postern.db-writer", tmp_path / "postern.db"
+    assert lock.stat().st_mode & 0o777 == database.stat().st_mode & 0o666  # as -wal, -shm
+    assert lock.stat().st_uid == database.stat().st_uid
+
+
+@pytest.mark.parametrize(
+    ("database", "file"),
+    [
+        ("/var/lib/postern/postern.db", "/var/lib/postern/postern.db"),
+        ("file:/srv/p.db?uri=true", "/srv/p.db"),
+        ("file:/srv/p.db", "/srv/p.db"),
+        ("file:mem?mode=memory&cache=shared", None),
+        (":memory:", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_the_write_lock_sits_beside_the_database_file(
+    database: str | None, file: str | None
+) -> None:
+    assert storage_db._database_file(database) == file
+
+
+async def test_a_failing_database_fails_the_large_jobs_waiting_without_trying_each(
+    sqlite_pair: tuple[Database, Database], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database down (here: its write lock held past the busy timeout) fails the
+    commit of the small jobs; the large ones waiting then fail with it, rather than each
+    waiting out the busy timeout again in turn."""
+    monkeypatch.setattr(storage_db, "BUSY_TIMEOUT", 0.2)
+    first, _ = sqlite_pair
+    holder = os.open(tmp_path / "postern.db-writer", os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    writer = Writer(first)
+    tried: list[int] = []
+    transaction = writer._transaction
+
+    async def counted(jobs: Any) -> Any:
+        tried.append(len(jobs))
+        return await transaction(jobs)
+
+    monkeypatch.setattr(writer, "_transaction", counted)
+    writer.start()
+    try:
+        jobs = [writer.submit(put(f"large{i}"), size=writer.large) for i in range(3)]
+        jobs.append(writer.submit(put("small")))
+        async with asyncio.timeout(WAIT):
+            results = await asyncio.gather(*jobs, return_exceptions=True)
+    finally:
+        fcntl.flock(holder, fcntl.LOCK_UN)
+        os.close(holder)
+        await writer.stop()
+    assert all(isinstance(r, StorageUnavailable) for r in results), results
+    assert tried == [1]  # the small job's commit, and no large one after it
 
 
 async def test_a_write_lock_held_too_long_is_storage_unavailable(
