@@ -68,6 +68,20 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _sqlite_engine(url: str, connections: int, overflow: int) -> Engine:
+    # hide_parameters: an error's text (logged) must not carry message content, addresses
+    # or key hashes.
+    engine = create_engine(
+        url,
+        connect_args={"check_same_thread": False},
+        pool_size=connections,
+        max_overflow=overflow,
+        hide_parameters=True,
+    )
+    event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
 class Database:
     """Runs synchronous-style queries against SQLite or PostgreSQL from async code."""
 
@@ -80,28 +94,12 @@ class Database:
         self._async: AsyncEngine | None = None
         if self.is_sqlite:
             url = url.replace("sqlite+aiosqlite:", "sqlite:")
-            # hide_parameters: an error's text (logged) must not carry message content,
-            # addresses or key hashes.
-            self._sync = create_engine(
-                url,
-                connect_args={"check_same_thread": False},
-                pool_size=5,
-                max_overflow=5,
-                hide_parameters=True,
-            )
-            event.listen(self._sync, "connect", _sqlite_pragmas)
+            self._sync = _sqlite_engine(url, connections=5, overflow=5)
             # Writes keep one connection of their own: its page cache stays warm between
             # transactions (a pooled connection that another one wrote behind would start
             # each transaction by re-reading the pages it touches), and reads never wait
             # for it.
-            self._writes = create_engine(
-                url,
-                connect_args={"check_same_thread": False},
-                pool_size=1,
-                max_overflow=0,
-                hide_parameters=True,
-            )
-            event.listen(self._writes, "connect", _sqlite_pragmas)
+            self._writes = _sqlite_engine(url, connections=1, overflow=0)
             # One writer thread (SQLite has one writer anyway), a few for reads.
             self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="db-write")
             self._write_lock = _WriteLock(self._sync.url.database)
