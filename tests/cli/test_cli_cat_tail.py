@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import selectors
 import signal
 import subprocess
 import time
@@ -21,7 +20,7 @@ from gateway.process.cli import main
 from gateway.queue import events
 from storage.db import create_schema, database_url, open_database
 from storage.models import Event, MessageBody
-from tests.support.processes import child_cwd, child_env, postern_argv
+from tests.support.processes import child_cwd, child_env, line_within, postern_argv
 from tests.support.stored import seed
 
 pytestmark = pytest.mark.timeout(60)
@@ -147,9 +146,11 @@ def test_tail_follows_new_events_and_stops_on_sigterm(config: str) -> None:
         cwd=child_cwd(), env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:  # the event there before it started, printed: it is reading; then a new one
-        assert json.loads(_one_line(child, time.monotonic() + 20))["message_id"] == "msg_seed00002"
+        assert (
+            json.loads(line_within(child, time.monotonic() + 20))["message_id"] == "msg_seed00002"
+        )
         _events(config, [(events.DELIVERED, "msg_seed00003", "r3@example.test")])
-        line = _one_line(child, deadline=time.monotonic() + 10)
+        line = line_within(child, deadline=time.monotonic() + 10)
         assert json.loads(line)["message_id"] == "msg_seed00003"
         child.send_signal(signal.SIGTERM)
         assert child.wait(timeout=10) == 0
@@ -157,13 +158,3 @@ def test_tail_follows_new_events_and_stops_on_sigterm(config: str) -> None:
         if child.poll() is None:
             child.kill()
             child.wait(timeout=10)
-
-
-def _one_line(child: subprocess.Popen[bytes], deadline: float) -> bytes:
-    assert child.stdout is not None
-    with selectors.DefaultSelector() as chosen:
-        chosen.register(child.stdout, selectors.EVENT_READ)
-        while time.monotonic() < deadline:
-            if chosen.select(timeout=0.2):
-                return child.stdout.readline()
-    raise AssertionError("no event printed in time")

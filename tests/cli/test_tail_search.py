@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import selectors
 import signal
 import subprocess
 import time
@@ -23,7 +22,7 @@ from gateway.queue import events
 from storage.db import create_schema, database_url, open_database
 from storage.models import Event
 from tests.support.databases import clean_postgresql
-from tests.support.processes import child_cwd, child_env, postern_argv
+from tests.support.processes import child_cwd, child_env, line_within, postern_argv
 from tests.support.stored import seed
 
 pytestmark = pytest.mark.timeout(120)
@@ -116,13 +115,13 @@ async def test_a_follow_prints_only_what_matches(store: tuple[str, str]) -> None
         cwd=child_cwd(), env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:  # the event there before it started, printed: it is reading
-        first = json.loads(_one_line(child, time.monotonic() + 20))
+        first = json.loads(line_within(child, time.monotonic() + 20))
         assert (first["type"], first["message_id"]) == ("queued", SEEDED[1])
         await _fill(url, [
             (events.DELIVERED, SEEDED[2]), (events.REPUTATION_AT_RISK, ""),
             (events.DELIVERED, SEEDED[1]),
         ])  # fmt: skip
-        line = json.loads(_one_line(child, time.monotonic() + 10))
+        line = json.loads(line_within(child, time.monotonic() + 10))
         assert (line["type"], line["message_id"]) == ("delivered", SEEDED[1])
         child.send_signal(signal.SIGTERM)
         assert child.wait(timeout=10) == 0
@@ -131,13 +130,3 @@ async def test_a_follow_prints_only_what_matches(store: tuple[str, str]) -> None
         if child.poll() is None:
             child.kill()
             child.wait(timeout=10)
-
-
-def _one_line(child: subprocess.Popen[bytes], deadline: float) -> bytes:
-    assert child.stdout is not None
-    with selectors.DefaultSelector() as chosen:
-        chosen.register(child.stdout, selectors.EVENT_READ)
-        while time.monotonic() < deadline:
-            if chosen.select(timeout=0.2):
-                return child.stdout.readline()
-    raise AssertionError("no event printed in time")

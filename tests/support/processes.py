@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 import random
+import selectors
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -78,3 +80,14 @@ def spawn_serve(config: Path, log: Path) -> subprocess.Popen[bytes]:
             stderr=out,
             start_new_session=True,
         )
+
+
+def line_within(child: subprocess.Popen[bytes], deadline: float) -> bytes:
+    """The next line `child` prints on stdout, waited for until `deadline` (monotonic)."""
+    assert child.stdout is not None
+    with selectors.DefaultSelector() as chosen:
+        chosen.register(child.stdout, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if chosen.select(timeout=0.2):
+                return child.stdout.readline()
+    raise AssertionError("no line printed in time")
