@@ -38,12 +38,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from storage.errors import StorageError
 from storage.models import BounceReport, MailAccount, Message, Recipient, SoftBounce, Suppression
 
-BR = BounceReport.__table__  # type: ignore[attr-defined]
-SB = SoftBounce.__table__  # type: ignore[attr-defined]
-M = Message.__table__  # type: ignore[attr-defined]
-R = Recipient.__table__  # type: ignore[attr-defined]
-MA = MailAccount.__table__  # type: ignore[attr-defined]
-SUP = Suppression.__table__  # type: ignore[attr-defined]
+BR = BounceReport
+SB = SoftBounce
+M = Message
+R = Recipient
+MA = MailAccount
+SUP = Suppression
 
 STATUSES = ("processed", "unmatched", "unparsed", "ignored")
 LIST_COLUMNS = tuple(c for c in BR.columns if c.name != "raw")

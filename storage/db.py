@@ -22,10 +22,9 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, select, text
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlmodel import SQLModel
 
 from storage.errors import StorageError, database_failed, unavailable
-from storage.models import EVENT_TXID, SCHEMA_VERSION, Meta
+from storage.models import EVENT_TXID, SCHEMA_VERSION, Meta, metadata
 
 log = logging.getLogger("postern.storage")
 T = TypeVar("T")
@@ -189,11 +188,10 @@ def _create_schema(conn: Connection) -> None:
     # the version is read under the lock, so only the first one upgrades.
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(7301)"))
-    SQLModel.metadata.create_all(conn)
-    meta = Meta.__table__  # type: ignore[attr-defined]
-    version = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
+    metadata.create_all(conn)
+    version = conn.execute(select(Meta.c.value).where(Meta.c.key == "schema_version")).scalar()
     if version is None:
-        conn.execute(meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
+        conn.execute(Meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
     elif int(version) > SCHEMA_VERSION:
         raise SchemaError(
             f"the database has schema version {version}, newer than this Postern's "
@@ -202,7 +200,7 @@ def _create_schema(conn: Connection) -> None:
     elif int(version) < SCHEMA_VERSION:
         _upgrade(conn)
         conn.execute(
-            meta.update().where(meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION))
+            Meta.update().where(Meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION))
         )
     if conn.dialect.name == "postgresql":
         _rebase_event_txids(conn)
@@ -366,7 +364,7 @@ def _upgrade(conn: Connection) -> None:
         conn.execute(text(f"DROP INDEX IF EXISTS {_FAN_OUT_INDEX}"))
         conn.execute(text(f"DROP TABLE IF EXISTS {_FAN_OUT_TABLE}"))
         conn.execute(text(f"ALTER TABLE event DROP COLUMN {_FAN_OUT_COLUMN}"))
-    for table in SQLModel.metadata.sorted_tables:
+    for table in metadata.sorted_tables:
         for index in table.indexes:
             index.create(conn, checkfirst=True)
     from storage.suppressions import rekey  # it imports this module

@@ -13,7 +13,7 @@ from storage.db import Database
 from storage.models import Meta
 from storage.writer import Batch, StorageFull, StorageUnavailable, Writer, WriterStopped
 
-META = Meta.__table__  # type: ignore[attr-defined]
+META = Meta
 INSERT = insert(META)
 WAIT = 10.0  # bound on every wait below
 
