@@ -17,14 +17,16 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, select, text
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from storage.errors import StorageError, database_failed, unavailable
 from storage.models import EVENT_TXID, SCHEMA_VERSION, Meta, metadata
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 log = logging.getLogger("postern.storage")
 T = TypeVar("T")
@@ -85,6 +87,10 @@ class Database:
             self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="db-write")
             self._read_threads = ThreadPoolExecutor(3, thread_name_prefix="db-read")
         else:
+            # Imported for PostgreSQL alone: it loads SQLAlchemy's ORM (~70 ms of every
+            # start of `postern` on SQLite).
+            from sqlalchemy.ext.asyncio import create_async_engine
+
             self._async = create_async_engine(
                 url, pool_size=10, max_overflow=10, pool_pre_ping=True, hide_parameters=True
             )
