@@ -206,7 +206,7 @@ def page(
 # --- the message a report names ----------------------------------------------------------
 
 
-def message_of(conn: Connection, message_id: str) -> Row[Any] | None:
+def message_of(conn: Connection, message_id: str) -> Row[Any, Any, Any] | None:
     """The message (id, status, due_at) or None when there is none (or no longer)."""
     query = select(M.c.id, M.c.status, M.c.due_at).where(M.c.id == message_id)
     return conn.execute(query).first()
