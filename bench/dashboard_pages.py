@@ -125,11 +125,11 @@ def _rows(start: int, count: int, owners: list[str], first: float) -> dict[str, 
 
 
 TABLES = {
-    "message": Message.__table__,  # type: ignore[attr-defined]
-    "recipient": Recipient.__table__,  # type: ignore[attr-defined]
-    "event": Event.__table__,  # type: ignore[attr-defined]
-    "body": MessageBody.__table__,  # type: ignore[attr-defined]
-    "word": MessageSubjectWord.__table__,  # type: ignore[attr-defined]
+    "message": Message,
+    "recipient": Recipient,
+    "event": Event,
+    "body": MessageBody,
+    "word": MessageSubjectWord,
 }
 
 

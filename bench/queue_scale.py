@@ -65,9 +65,9 @@ SCHEDULE = (60.0, 300.0, 900.0, 3600.0, 14400.0)
 MAX_AGE = 5 * 86400.0
 LEASE = 120.0
 
-M_COLS = [c.name for c in Message.__table__.columns]  # type: ignore[attr-defined]
-B_COLS = [c.name for c in MessageBody.__table__.columns]  # type: ignore[attr-defined]
-R_COLS = [c.name for c in Recipient.__table__.columns if c.name != "id"]  # type: ignore[attr-defined]
+M_COLS = [c.name for c in Message.columns]
+B_COLS = [c.name for c in MessageBody.columns]
+R_COLS = [c.name for c in Recipient.columns if c.name != "id"]
 
 
 # --- synthetic deferred messages ---------------------------------------------------------

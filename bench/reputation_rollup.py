@@ -21,16 +21,15 @@ import time
 from pathlib import Path
 
 from sqlalchemy import insert, text
-from sqlmodel import SQLModel
 
 from gateway.reputation.report import domain_subject, pool_subject, reports
 from gateway.reputation.score import shipped_thresholds
 from storage import pools, reputation
 from storage.db import Database, create_schema, database_url, open_database
-from storage.models import Event, Message
+from storage.models import Event, Message, metadata
 
-E = Event.__table__  # type: ignore[attr-defined]
-M = Message.__table__  # type: ignore[attr-defined]
+E = Event
+M = Message
 TYPES = ["delivered"] * 90 + ["deferred"] * 6 + ["bounced"] * 3 + ["complaint"]
 
 
@@ -76,7 +75,7 @@ async def fill(
 async def main(events: int, pool_count: int, url: str) -> None:
     db = open_database(url)
     if not db.is_sqlite:
-        await db.exclusive(lambda c: SQLModel.metadata.drop_all(c))
+        await db.exclusive(metadata.drop_all)
     await create_schema(db)
     now = time.time()
     made = [

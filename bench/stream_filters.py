@@ -41,14 +41,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO_ROOT)]
 
 from sqlalchemy import Connection, event, insert, text  # noqa: E402
-from sqlmodel import SQLModel  # noqa: E402
 
 from gateway.queue import events  # noqa: E402
 from gateway.queue.operations import make_filter  # noqa: E402
 from storage import event_stream  # noqa: E402
 from storage.db import Database, create_schema, database_url, open_database  # noqa: E402
 from storage.event_stream import START, EventFilter, Position  # noqa: E402
-from storage.models import Event, Message, MessageMeta, MessageSubjectWord  # noqa: E402
+from storage.models import Event, Message, MessageMeta, MessageSubjectWord, metadata  # noqa: E402
 from storage.search_keys import address_key, subject_words  # noqa: E402
 
 CHUNK = 10_000
@@ -96,10 +95,10 @@ def rows(first: int, count: int, now: float) -> Chunk:
 
 def write(chunk: Chunk, conn: Connection) -> None:
     messages, meta, words, made = chunk
-    conn.execute(insert(Message.__table__), messages)  # type: ignore[attr-defined]
-    conn.execute(insert(MessageMeta.__table__), meta)  # type: ignore[attr-defined]
-    conn.execute(insert(MessageSubjectWord.__table__), words)  # type: ignore[attr-defined]
-    conn.execute(insert(Event.__table__), made)  # type: ignore[attr-defined]
+    conn.execute(insert(Message), messages)
+    conn.execute(insert(MessageMeta), meta)
+    conn.execute(insert(MessageSubjectWord), words)
+    conn.execute(insert(Event), made)
 
 
 async def fill(db: Database, total: int) -> None:
@@ -186,7 +185,7 @@ async def amain(args: argparse.Namespace) -> None:
     folder = Path(tempfile.mkdtemp(prefix="stream-filters-"))
     db = open_database(args.pg or database_url("", folder))
     if args.pg:
-        await db.transaction(SQLModel.metadata.drop_all)
+        await db.transaction(metadata.drop_all)
     try:
         await create_schema(db)
         await fill(db, args.messages)
@@ -195,7 +194,7 @@ async def amain(args: argparse.Namespace) -> None:
         await measure(db, args.reps, args.window)
     finally:
         if args.pg:
-            await db.transaction(SQLModel.metadata.drop_all)
+            await db.transaction(metadata.drop_all)
         await db.dispose()
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -89,19 +89,18 @@ async def wait_port(port: int, timeout: float = 15.0) -> None:
 
 
 async def run(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
-    from sqlmodel import SQLModel
-
     from gateway.queue import events
     from gateway.security.hostguard import HostGuard
     from gateway.webhooks.node import Webhooks, WebhookSettings
     from gateway.webhooks.signing import new_secret
     from storage.db import create_schema, database_url, open_database
+    from storage.models import metadata
     from storage.webhooks import create_webhook
     from storage.writer import Writer
 
     db = open_database(database_url(args.db, data_dir))
     if not db.is_sqlite:
-        await db.transaction(SQLModel.metadata.drop_all)
+        await db.transaction(metadata.drop_all)
     await create_schema(db)
     secret = new_secret()
     port = free_port()

@@ -12,20 +12,21 @@ import ipaddress
 import math
 import os
 import re
-import ssl
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from gateway.bounces import rules as bounce_rules
-from gateway.dns import parse_nameserver
 from gateway.errors import ConfigError
+from gateway.nameservers import parse_nameserver
 from gateway.rates import parse_rate
 from gateway.reputation.lists import DEFAULT_LISTS, LISTS
 from gateway.routing import DomainRoute, InvalidRouteDomain, route_domain
+
+if TYPE_CHECKING:
+    import ssl
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -879,6 +880,9 @@ def _check(config: Config) -> None:
     if config.reputation.interval < 60:
         raise ConfigError("reputation.interval: must be at least 1m (it reads the whole roll-up)")
     if config.bounces.rules_file:
+        # Imported here: the bounce parser is not needed to read a config without rules.
+        from gateway.bounces import rules as bounce_rules
+
         bounce_rules.load(config.bounces.rules_file)  # a bad file: ConfigError, exit 2
     url = config.storage.url
     if url and not url.startswith(("postgresql", "sqlite")):
@@ -905,6 +909,8 @@ def _database_url(url: str) -> None:
 
 def server_tls_context(cert: str, key: str) -> ssl.SSLContext:
     """The listener's TLS context; a certificate that does not load is a ConfigError."""
+    import ssl  # only `serve` with a certificate needs it
+
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
         context.load_cert_chain(cert, key)

@@ -20,7 +20,6 @@ even when the answer comes from the cache.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,8 +32,7 @@ import dns.rdatatype
 import dns.resolver
 
 from gateway.errors import ConfigError
-
-DEFAULT_PORT = 53
+from gateway.nameservers import parse_nameserver
 
 
 @dataclass(frozen=True)
@@ -94,34 +92,6 @@ class TxtRecords:
 MxResult = MxHosts | NullMx | NoMx | NoSuchDomain | Temporary
 AddressResult = Addresses | NoRecords | NoSuchDomain | Temporary
 TxtResult = TxtRecords | NoRecords | NoSuchDomain | Temporary
-
-
-def parse_nameserver(entry: str) -> tuple[str, int]:
-    """ "ip", "ip:port" or "[v6]:port" -> (ip, port); ConfigError otherwise."""
-    where = f"dns.nameservers: {entry!r}"
-    text = entry.strip()
-    host, port = text, DEFAULT_PORT
-    if text.startswith("["):
-        inner, bracket, rest = text[1:].partition("]")
-        if not bracket or (rest and not rest.startswith(":")):
-            raise ConfigError(f'{where} is not "ip", "ip:port" or "[ipv6]:port"')
-        host = inner
-        if rest:
-            port = _port(rest[1:], where)
-    elif text.count(":") == 1:
-        host, _, number = text.partition(":")
-        port = _port(number, where)
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        raise ConfigError(f"{where}: a nameserver must be an IP address") from None
-    return str(address), port
-
-
-def _port(text: str, where: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
-        raise ConfigError(f"{where}: bad port {text!r}")
-    return int(text)
 
 
 class Resolver:

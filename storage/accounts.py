@@ -20,9 +20,9 @@ from sqlalchemy import Connection, select
 from storage.db import Database
 from storage.models import MailAccount, SenderAlias, SenderDomain
 
-A = SenderAlias.__table__  # type: ignore[attr-defined]
-D = SenderDomain.__table__  # type: ignore[attr-defined]
-MA = MailAccount.__table__  # type: ignore[attr-defined]
+A = SenderAlias
+D = SenderDomain
+MA = MailAccount
 
 ALIAS, DOMAIN, ACCOUNT = "alias", "domain", "account"
 KINDS = (ALIAS, DOMAIN, ACCOUNT)

@@ -23,9 +23,9 @@ from storage.errors import Refused
 from storage.models import AliasToken, Message, SenderAlias
 from storage.shares import end_account
 
-A = SenderAlias.__table__  # type: ignore[attr-defined]
-T = AliasToken.__table__  # type: ignore[attr-defined]
-M = Message.__table__  # type: ignore[attr-defined]
+A = SenderAlias
+T = AliasToken
+M = Message
 
 EDITABLE = frozenset({"name", "is_default", "ip_pool"})
 _ACTIVE = ("queued", "deferred", "held")

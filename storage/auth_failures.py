@@ -36,7 +36,7 @@ from storage.db import Database
 from storage.errors import database_failed, unavailable
 from storage.models import AuthFailure
 
-AF = AuthFailure.__table__  # type: ignore[attr-defined]
+AF = AuthFailure
 
 EVERYONE = "*"  # the subject of the budget of every address together
 _LOCK = 7305  # PostgreSQL advisory lock class (with the subject's hash): one guess at a time

@@ -64,7 +64,7 @@ def _check(path: Path) -> Snapshot:
             raise BackupError(f"the copy fails SQLite's quick_check: {verdict}")
         try:
             messages = copy.execute("SELECT count(*) FROM message").fetchone()[0]
-            meta = dict(copy.execute(f"SELECT key, value FROM {Meta.__tablename__}").fetchall())
+            meta = dict(copy.execute(f"SELECT key, value FROM {Meta.name}").fetchall())
         except sqlite3.OperationalError:  # a database no server ever ran on
             messages, meta = 0, {}
     return Snapshot(bytes=path.stat().st_size, messages=int(messages), meta=meta)

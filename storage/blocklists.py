@@ -24,8 +24,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from storage.db import Database
 from storage.models import BlocklistCheck, BlocklistRun
 
-BC = BlocklistCheck.__table__  # type: ignore[attr-defined]
-BR = BlocklistRun.__table__  # type: ignore[attr-defined]
+BC = BlocklistCheck
+BR = BlocklistRun
 
 CLEAN, LISTED, UNKNOWN = "clean", "listed", "unknown"
 STATUSES = (CLEAN, LISTED, UNKNOWN)

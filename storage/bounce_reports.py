@@ -38,12 +38,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from storage.errors import StorageError
 from storage.models import BounceReport, MailAccount, Message, Recipient, SoftBounce, Suppression
 
-BR = BounceReport.__table__  # type: ignore[attr-defined]
-SB = SoftBounce.__table__  # type: ignore[attr-defined]
-M = Message.__table__  # type: ignore[attr-defined]
-R = Recipient.__table__  # type: ignore[attr-defined]
-MA = MailAccount.__table__  # type: ignore[attr-defined]
-SUP = Suppression.__table__  # type: ignore[attr-defined]
+BR = BounceReport
+SB = SoftBounce
+M = Message
+R = Recipient
+MA = MailAccount
+SUP = Suppression
 
 STATUSES = ("processed", "unmatched", "unparsed", "ignored")
 LIST_COLUMNS = tuple(c for c in BR.columns if c.name != "raw")
@@ -206,10 +206,10 @@ def page(
 # --- the message a report names ----------------------------------------------------------
 
 
-def message_of(conn: Connection, message_id: str) -> Row[Any] | None:
+def message_of(conn: Connection, message_id: str) -> Row[Any, Any, Any, Any, Any, Any] | None:
     """The message (id, status, due_at, and what a notification to its sender needs: source,
     mail_from, created_at) or None when there is none (or no longer)."""
-    columns: list[Any] = [M.c.id, M.c.status, M.c.due_at, M.c.source, M.c.mail_from, M.c.created_at]
+    columns = (M.c.id, M.c.status, M.c.due_at, M.c.source, M.c.mail_from, M.c.created_at)
     query = select(*columns).where(M.c.id == message_id)
     return conn.execute(query).first()
 

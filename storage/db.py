@@ -22,15 +22,16 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, select, text
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlmodel import SQLModel
 
 from storage.errors import StorageError, database_failed, unavailable
-from storage.models import EVENT_TXID, SCHEMA_VERSION, Meta
+from storage.models import EVENT_TXID, SCHEMA_VERSION, Meta, metadata
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 log = logging.getLogger("postern.storage")
 T = TypeVar("T")
@@ -105,6 +106,10 @@ class Database:
             self._write_lock = _WriteLock(self._sync.url.database)
             self._read_threads = ThreadPoolExecutor(3, thread_name_prefix="db-read")
         else:
+            # Imported for PostgreSQL alone: it loads SQLAlchemy's ORM (~70 ms of every
+            # start of `postern` on SQLite).
+            from sqlalchemy.ext.asyncio import create_async_engine
+
             self._async = create_async_engine(
                 url,
                 pool_size=connections,
@@ -342,11 +347,10 @@ def _create_schema(conn: Connection) -> None:
     # the version is read under the lock, so only the first one upgrades.
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(7301)"))
-    SQLModel.metadata.create_all(conn)
-    meta = Meta.__table__  # type: ignore[attr-defined]
-    version = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
+    metadata.create_all(conn)
+    version = conn.execute(select(Meta.c.value).where(Meta.c.key == "schema_version")).scalar()
     if version is None:
-        conn.execute(meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
+        conn.execute(Meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
     elif int(version) > SCHEMA_VERSION:
         raise SchemaError(
             f"the database has schema version {version}, newer than this Postern's "
@@ -355,7 +359,7 @@ def _create_schema(conn: Connection) -> None:
     elif int(version) < SCHEMA_VERSION:
         _upgrade(conn)
         conn.execute(
-            meta.update().where(meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION))
+            Meta.update().where(Meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION))
         )
     if conn.dialect.name == "postgresql":
         _rebase_event_txids(conn)
@@ -521,7 +525,7 @@ def _upgrade(conn: Connection) -> None:
         conn.execute(text(f"DROP INDEX IF EXISTS {_FAN_OUT_INDEX}"))
         conn.execute(text(f"DROP TABLE IF EXISTS {_FAN_OUT_TABLE}"))
         conn.execute(text(f"ALTER TABLE event DROP COLUMN {_FAN_OUT_COLUMN}"))
-    for table in SQLModel.metadata.sorted_tables:
+    for table in metadata.sorted_tables:
         for index in table.indexes:
             index.create(conn, checkfirst=True)
     from storage.suppressions import rekey  # it imports this module

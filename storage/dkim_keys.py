@@ -26,7 +26,7 @@ from storage.db import Database
 from storage.errors import Refused
 from storage.models import DkimKey
 
-D = DkimKey.__table__  # type: ignore[attr-defined]
+D = DkimKey
 
 STATUSES = ("pending", "active", "retired")
 

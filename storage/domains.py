@@ -19,7 +19,7 @@ from storage.errors import Refused
 from storage.models import SenderDomain
 from storage.shares import end_account
 
-D = SenderDomain.__table__  # type: ignore[attr-defined]
+D = SenderDomain
 
 
 class DomainExists(Refused):

@@ -30,7 +30,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 
 from storage.models import Event
 
-E = Event.__table__  # type: ignore[attr-defined]
+E = Event
 _ID = "evt_"  # + the row's id: the event's public id
 
 

@@ -58,10 +58,10 @@ from storage.webhook_outbox import (
     position_of,
 )
 
-E = Event.__table__  # type: ignore[attr-defined]
-M = Message.__table__  # type: ignore[attr-defined]
-EM = EventMinute.__table__  # type: ignore[attr-defined]
-R = EventRoll.__table__  # type: ignore[attr-defined]
+E = Event
+M = Message
+EM = EventMinute
+R = EventRoll
 
 ROLL = "minutes"  # the roll's row in event_roll
 KEEP = 2 * 86400.0  # seconds a minute's counts are kept (retention's purge)

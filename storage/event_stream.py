@@ -22,10 +22,10 @@ from storage.message_search import from_client, subject_has
 from storage.models import Event, Message, MessageMeta, MessageTag
 from storage.webhook_outbox import START, Position, compare_position, horizon, position_of
 
-E = Event.__table__  # type: ignore[attr-defined]
-M = Message.__table__  # type: ignore[attr-defined]
-META = MessageMeta.__table__  # type: ignore[attr-defined]
-TAG = MessageTag.__table__  # type: ignore[attr-defined]
+E = Event
+M = Message
+META = MessageMeta
+TAG = MessageTag
 
 __all__ = ["START", "EventFilter", "Position", "Streamed", "horizon", "read", "resume_at"]
 __all__ += ["before_last"]

@@ -28,7 +28,7 @@ from storage.errors import IdempotencyError
 from storage.models import Idempotency
 from storage.writer import Batch, Writer
 
-I = Idempotency.__table__  # type: ignore[attr-defined]  # noqa: E741
+I = Idempotency  # noqa: E741
 
 TTL = 24 * 3600.0
 ANONYMOUS = ""  # the scope of keys sent over SMTP without AUTH (trusted local clients)

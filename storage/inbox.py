@@ -16,9 +16,9 @@ from sqlalchemy import Connection, select, update
 
 from storage.models import InboxCursor, InboxSkip, MailAccount
 
-C = InboxCursor.__table__  # type: ignore[attr-defined]
-S = InboxSkip.__table__  # type: ignore[attr-defined]
-A = MailAccount.__table__  # type: ignore[attr-defined]
+C = InboxCursor
+S = InboxSkip
+A = MailAccount
 MAX_REASON = 256
 
 

@@ -31,10 +31,10 @@ from storage.models import ApiKey, Invitation, Share, User
 from storage.shares import put_share
 from storage.users import UserExists, UserRecord, insert_user
 
-INV = Invitation.__table__  # type: ignore[attr-defined]
-U = User.__table__  # type: ignore[attr-defined]
-K = ApiKey.__table__  # type: ignore[attr-defined]
-SH = Share.__table__  # type: ignore[attr-defined]
+INV = Invitation
+U = User
+K = ApiKey
+SH = Share
 
 PENDING, ACCEPTED, DECLINED, REVOKED, EXPIRED = (
     "pending", "accepted", "declined", "revoked", "expired"

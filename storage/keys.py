@@ -22,8 +22,8 @@ from storage.errors import InvalidInput
 from storage.models import ApiKey, User
 from storage.users import UserRecord, user_from_row
 
-K = ApiKey.__table__  # type: ignore[attr-defined]
-U = User.__table__  # type: ignore[attr-defined]
+K = ApiKey
+U = User
 
 KEY_PREFIX = "msk_"
 SEND_SCOPES = {"send": None, "send:transactional": "transactional", "send:marketing": "marketing"}

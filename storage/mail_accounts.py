@@ -33,8 +33,8 @@ from storage.mailboxes import mailbox_key
 from storage.models import MailAccount, Message
 from storage.shares import end_account
 
-A = MailAccount.__table__  # type: ignore[attr-defined]
-M = Message.__table__  # type: ignore[attr-defined]
+A = MailAccount
+M = Message
 
 PENDING, SYNCING, SYNCED, ERROR = "pending", "syncing", "synced", "error"
 STATUSES = (PENDING, SYNCING, SYNCED, ERROR)

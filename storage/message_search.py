@@ -33,12 +33,12 @@ from storage.models import (
 )
 from storage.search_keys import address_of
 
-M = Message.__table__  # type: ignore[attr-defined]
-META = MessageMeta.__table__  # type: ignore[attr-defined]
-R = Recipient.__table__  # type: ignore[attr-defined]
-P = Pool.__table__  # type: ignore[attr-defined]
-T = MessageTag.__table__  # type: ignore[attr-defined]
-W = MessageSubjectWord.__table__  # type: ignore[attr-defined]
+M = Message
+META = MessageMeta
+R = Recipient
+P = Pool
+T = MessageTag
+W = MessageSubjectWord
 
 STATUSES = ("queued", "deferred", "held", "delivered", "bounced", "sandbox", "cancelled")
 ACTIVE = ("queued", "deferred", "held")  # with work left (held: until released)

@@ -19,10 +19,10 @@ from storage.db import Database
 from storage.models import HELD_DUE, Message, MessageMeta, Pool, Recipient
 from storage.search_keys import address_of
 
-M = Message.__table__  # type: ignore[attr-defined]
-META = MessageMeta.__table__  # type: ignore[attr-defined]
-R = Recipient.__table__  # type: ignore[attr-defined]
-P = Pool.__table__  # type: ignore[attr-defined]
+M = Message
+META = MessageMeta
+R = Recipient
+P = Pool
 
 INSERT_META = insert(META)
 

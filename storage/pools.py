@@ -32,8 +32,8 @@ from storage.db import Database
 from storage.errors import InvalidInput, Refused
 from storage.models import Message, Pool
 
-P = Pool.__table__  # type: ignore[attr-defined]
-M = Message.__table__  # type: ignore[attr-defined]
+P = Pool
+M = Message
 log = logging.getLogger("postern.pools")
 
 _FIELDS = (

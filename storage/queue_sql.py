@@ -36,12 +36,12 @@ from storage.models import (
     Recipient,
 )
 
-M = Message.__table__  # type: ignore[attr-defined]
-B = MessageBody.__table__  # type: ignore[attr-defined]
-R = Recipient.__table__  # type: ignore[attr-defined]
-T = MessageTag.__table__  # type: ignore[attr-defined]
-W = MessageSubjectWord.__table__  # type: ignore[attr-defined]
-E = Event.__table__  # type: ignore[attr-defined]
+M = Message
+B = MessageBody
+R = Recipient
+T = MessageTag
+W = MessageSubjectWord
+E = Event
 
 # --- a new message: its row, body, recipients and tags, in one transaction ---------------
 

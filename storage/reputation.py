@@ -42,11 +42,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from storage.models import Event, Message, ReputationDay, ReputationJob, ReputationSubject
 
-E = Event.__table__  # type: ignore[attr-defined]
-M = Message.__table__  # type: ignore[attr-defined]
-D = ReputationDay.__table__  # type: ignore[attr-defined]
-J = ReputationJob.__table__  # type: ignore[attr-defined]
-S = ReputationSubject.__table__  # type: ignore[attr-defined]
+E = Event
+M = Message
+D = ReputationDay
+J = ReputationJob
+S = ReputationSubject
 
 JOB = "evaluation"
 MARGIN = 120.0  # seconds: events newer than this are left for the next run

@@ -43,20 +43,20 @@ from storage.models import (
     SoftBounce,
 )
 
-M = Message.__table__  # type: ignore[attr-defined]
-B = MessageBody.__table__  # type: ignore[attr-defined]
-BR = BounceReport.__table__  # type: ignore[attr-defined]
-SB = SoftBounce.__table__  # type: ignore[attr-defined]
-SK = InboxSkip.__table__  # type: ignore[attr-defined]
-EM = EventMinute.__table__  # type: ignore[attr-defined]
+M = Message
+B = MessageBody
+BR = BounceReport
+SB = SoftBounce
+SK = InboxSkip
+EM = EventMinute
 FINAL = ("delivered", "bounced", "cancelled", "sandbox")
 _SIDE_TABLES = (
-    Recipient.__table__,  # type: ignore[attr-defined]
-    Event.__table__,  # type: ignore[attr-defined]
-    MessageMeta.__table__,  # type: ignore[attr-defined]
-    MessageTag.__table__,  # type: ignore[attr-defined]
-    MessageSubjectWord.__table__,  # type: ignore[attr-defined]
-    MessageBody.__table__,  # type: ignore[attr-defined]
+    Recipient,
+    Event,
+    MessageMeta,
+    MessageTag,
+    MessageSubjectWord,
+    MessageBody,
 )
 
 

@@ -16,7 +16,7 @@ from storage.db import Database
 from storage.errors import Refused
 from storage.models import RecipientRoute
 
-R = RecipientRoute.__table__  # type: ignore[attr-defined]
+R = RecipientRoute
 
 
 class RouteExists(Refused):

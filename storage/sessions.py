@@ -20,7 +20,7 @@ from storage.db import Database
 from storage.models import UserSession
 from storage.users import U, UserRecord, user_from_row
 
-S = UserSession.__table__  # type: ignore[attr-defined]
+S = UserSession
 
 USER_AGENT_MAX = 256
 IP_MAX = 64

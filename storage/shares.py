@@ -13,9 +13,9 @@ from sqlalchemy import Connection, delete, select, update
 from storage.db import Database
 from storage.models import Invitation, Share, User
 
-SH = Share.__table__  # type: ignore[attr-defined]
-U = User.__table__  # type: ignore[attr-defined]
-INV = Invitation.__table__  # type: ignore[attr-defined]
+SH = Share
+U = User
+INV = Invitation
 
 
 @dataclass(frozen=True)

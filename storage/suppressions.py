@@ -19,7 +19,7 @@ from storage.db import Database
 from storage.mailboxes import mailbox_key
 from storage.models import Suppression
 
-S = Suppression.__table__  # type: ignore[attr-defined]
+S = Suppression
 
 # bounced: the upstream refused it at once; hard_bounce / soft_bounce: a report that came
 # back later (gateway.bounces.effects; the rule that decided is the entry's note).

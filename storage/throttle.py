@@ -28,9 +28,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from storage.limits import MAX_WINDOW
 from storage.models import Pool, PoolDay, PoolSend
 
-P = Pool.__table__  # type: ignore[attr-defined]
-PS = PoolSend.__table__  # type: ignore[attr-defined]
-PD = PoolDay.__table__  # type: ignore[attr-defined]
+P = Pool
+PS = PoolSend
+PD = PoolDay
 
 # How many upcoming slot times a refusal reports (enough to spread a burst of waiters).
 _SLOTS = 100

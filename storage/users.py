@@ -21,8 +21,8 @@ from storage.errors import Refused
 from storage.mailboxes import mailbox_key
 from storage.models import User, UserSession
 
-U = User.__table__  # type: ignore[attr-defined]
-S = UserSession.__table__  # type: ignore[attr-defined]  # ended with some changes
+U = User
+S = UserSession  # ended with some changes
 
 OWNER = "owner"
 _COLUMNS = tuple(column.name for column in U.c)

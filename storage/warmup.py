@@ -57,13 +57,13 @@ from storage.warmup_schedule import (
     zone,
 )
 
-W = Warmup.__table__  # type: ignore[attr-defined]
-PS = PoolSend.__table__  # type: ignore[attr-defined]
-PD = PoolDay.__table__  # type: ignore[attr-defined]
-E = Event.__table__  # type: ignore[attr-defined]
-M = Message.__table__  # type: ignore[attr-defined]
-P = Pool.__table__  # type: ignore[attr-defined]
-A = MailAccount.__table__  # type: ignore[attr-defined]
+W = Warmup
+PS = PoolSend
+PD = PoolDay
+E = Event
+M = Message
+P = Pool
+A = MailAccount
 
 KINDS = ("account", "pool")
 STATUSES = ("not_started", "active", "paused", "complete")

@@ -47,10 +47,10 @@ from sqlalchemy import (
 from storage import event_json
 from storage.models import Event, MessageMeta, Webhook, WebhookAttempt
 
-W = Webhook.__table__  # type: ignore[attr-defined]
-A = WebhookAttempt.__table__  # type: ignore[attr-defined]
-E = Event.__table__  # type: ignore[attr-defined]
-META = MessageMeta.__table__  # type: ignore[attr-defined]
+W = Webhook
+A = WebhookAttempt
+E = Event
+META = MessageMeta
 
 _INSERT_ATTEMPT = insert(A)
 

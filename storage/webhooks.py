@@ -20,8 +20,8 @@ from storage import webhook_outbox as outbox
 from storage.db import Database
 from storage.models import Webhook, WebhookAttempt
 
-W = Webhook.__table__  # type: ignore[attr-defined]
-A = WebhookAttempt.__table__  # type: ignore[attr-defined]
+W = Webhook
+A = WebhookAttempt
 EDITABLE = frozenset({"url", "event_types", "final_only", "description", "is_active"})
 
 Seal = Callable[[str], str]  # webhook id -> the secret's ciphertext bound to it

@@ -83,7 +83,7 @@ class _Job:
 
 
 # What readiness() writes to find out whether writes commit: a row rewritten as it is.
-_PROBE = update(Meta).where(Meta.key == "schema_version").values(value=Meta.value)  # type: ignore[arg-type]
+_PROBE = update(Meta).where(Meta.c.key == "schema_version").values(value=Meta.c.value)
 
 FailureHook = Callable[[StorageUnavailable], None]
 

@@ -51,6 +51,18 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"postern: error: {message}\n")
 
 
+class _Version(argparse.Action):
+    """`--version`, its number read only when asked: importlib.metadata costs every other
+    command ~20 ms of imports."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        parser._print_message(f"postern {_version()}\n", sys.stdout)  # as argparse's own
+        parser.exit()
+
+
 def _group(command: str) -> ModuleType:
     return import_module(f"gateway.process.commands.{GROUPS[command][0]}")
 
@@ -67,7 +79,7 @@ def _chosen(argv: Sequence[str]) -> str | None:
 
 def _parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     parser = _Parser(prog="postern", description="Postern SMTP relay gateway")
-    parser.add_argument("--version", action="version", version=f"postern {_version()}")
+    parser.add_argument("--version", action=_Version, help="show the version and exit")
     parser.add_argument(
         "--config", help="config file (default: $POSTERN_CONFIG, else built-in defaults)"
     )

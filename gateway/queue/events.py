@@ -15,8 +15,8 @@ from sqlalchemy import insert
 from gateway.message import DeliveryResult, Outcome
 from storage.models import Event, MessageMeta
 
-E = Event.__table__  # type: ignore[attr-defined]
-META = MessageMeta.__table__  # type: ignore[attr-defined]
+E = Event
+META = MessageMeta
 
 QUEUED = "queued"
 DEFERRED = "deferred"

@@ -19,7 +19,7 @@ from gateway.message import DeliveryResult
 from storage.db import Database
 from storage.models import Suppression
 
-S = Suppression.__table__  # type: ignore[attr-defined]
+S = Suppression
 
 # A row committed a little after another node's refresh may carry an older created_at.
 _SLACK = 30.0

@@ -49,7 +49,7 @@ KEY_BYTES = 32
 _PREFIX = "pst1"
 _NONCE = 12
 
-_META = Meta.__table__  # type: ignore[attr-defined]
+_META = Meta
 META_KEY_ID = "secret_key_id"  # the postern_meta row naming the key secrets are sealed with
 
 

@@ -36,7 +36,7 @@ pytestmark = [
 ALICE, ALICE_PW = "alice@example.test", "imap-and-smtp secret 1"
 NEW_PW = "alice's new secret 3"
 ACCOUNTS = "/mail/accounts"
-MA = MailAccount.__table__  # type: ignore[attr-defined]
+MA = MailAccount
 
 
 @pytest.fixture(scope="module")

@@ -43,7 +43,7 @@ SEED_FIELDS = {
     "is_default", "created_at",
 }  # fmt: skip
 ADDED_FIELDS = {"last_error", "last_synced_at"}
-MA = MailAccount.__table__  # type: ignore[attr-defined]
+MA = MailAccount
 
 
 @pytest.fixture(scope="module")

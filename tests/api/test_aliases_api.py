@@ -99,7 +99,7 @@ async def test_bad_and_expired_tokens(api: Api, sink: Sink) -> None:
     # Well-formed, as /openapi.json describes a token, but naming nothing: like an unknown id.
     unknown = await api.http.get(ALIASES + "/verify?token=nope")
     assert (unknown.status_code, unknown.json()["code"]) == (404, "invalid_token")
-    table = AliasToken.__table__  # type: ignore[attr-defined]
+    table = AliasToken
     await api.svc.db.transaction(
         lambda conn: conn.execute(update(table).values(expires_at=time.time() - 1))
     )

@@ -22,7 +22,7 @@ from tests.support.webhook_receiver import Receiver
 
 pytestmark = pytest.mark.timeout(90)
 
-M = Message.__table__  # type: ignore[attr-defined]
+M = Message
 # A deferral waits an hour, so nothing but a retry or a release brings the mail back; and
 # max_age is a minute, which the test moves the message past.
 LATER = {"delivery": {"retry_schedule": ["1h"], "handoff_timeout": "3s", "max_age": "60s"}}

@@ -105,14 +105,14 @@ async def alias_of(db: Database, owner: UserRecord | None, address: str) -> str:
         token_hash=address,
         expires_at=time.time() + 3600,
     )
-    table = SenderAlias.__table__  # type: ignore[attr-defined]
+    table = SenderAlias
     await _owned_by(db, table, created.id, owner.id if owner else None)
     return created.id
 
 
 async def domain_of(db: Database, owner: UserRecord | None, name: str, verified: bool) -> str:
     created = await domains.add_domain(db, name, verified=verified)
-    table = SenderDomain.__table__  # type: ignore[attr-defined]
+    table = SenderDomain
     await _owned_by(db, table, created.id, owner.id if owner else None)
     return created.id
 
@@ -386,7 +386,7 @@ async def test_expiry_resend_and_revoke(api: Api, people: Persons, sink: Sink) -
 
 
 async def _expire(db: Database, invitation_id: str) -> None:
-    table = Invitation.__table__  # type: ignore[attr-defined]
+    table = Invitation
     query = update(table).where(table.c.id == invitation_id).values(expires_at=time.time() - 1)
     await db.transaction(lambda conn: conn.execute(query))
 

@@ -25,8 +25,8 @@ from tests.support.stored import seed
 
 pytestmark = pytest.mark.timeout(90)
 
-M = Message.__table__  # type: ignore[attr-defined]
-B = MessageBody.__table__  # type: ignore[attr-defined]
+M = Message
+B = MessageBody
 LATER = {"delivery": {"retry_schedule": ["1h"], "handoff_timeout": "3s"}}
 
 

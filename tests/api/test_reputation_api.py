@@ -36,8 +36,8 @@ SEED_FIELDS = [
 ]  # fmt: skip
 ADDED_FIELDS = ["reputation_status", "components"]
 COMPONENT_FIELDS = {"signal", "value", "points", "window_days", "rule"}
-EV = Event.__table__  # type: ignore[attr-defined]
-W = Warmup.__table__  # type: ignore[attr-defined]
+EV = Event
+W = Warmup
 LATER = reputation.MARGIN + 60  # sends recorded now are past the roll-up's margin by then
 
 

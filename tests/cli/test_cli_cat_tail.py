@@ -25,8 +25,8 @@ from tests.support.stored import seed
 
 pytestmark = pytest.mark.timeout(60)
 
-E = Event.__table__  # type: ignore[attr-defined]
-B = MessageBody.__table__  # type: ignore[attr-defined]
+E = Event
+B = MessageBody
 RAW = b"From: a@x.test\r\nSubject: caf\xe9\r\n\r\nline one\r\n.dot\r\nno newline at end"
 
 

@@ -27,7 +27,7 @@ from tests.support.stored import seed
 
 pytestmark = pytest.mark.timeout(120)
 
-E = Event.__table__  # type: ignore[attr-defined]
+E = Event
 # tests.support.stored.seed: message i has Subject "Order {i % 9} shipped" and client
 # 198.51.100.{i % 6}.
 SEEDED = [f"msg_seed{i:05d}" for i in range(6)]

@@ -31,7 +31,7 @@ from storage.models import BlocklistCheck as Row
 from tests.support.dnsbl import list_subject, working_lists
 from tests.support.dnsserver import DnsServer
 
-BC = Row.__table__  # type: ignore[attr-defined]
+BC = Row
 KEY = "abcdef0123456789abcdef0123"
 
 

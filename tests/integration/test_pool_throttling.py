@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-import storage.models  # noqa: F401  (every table on SQLModel.metadata)
 from gateway.config import Config
 from gateway.security.secrets import KEY_FILE
 from storage.pools import config_pool_id

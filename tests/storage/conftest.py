@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-import storage.models  # noqa: F401  (registers every table on SQLModel.metadata)
 from gateway.queue.store import Queue
 from storage.db import Database, create_schema, database_url, open_database
 from storage.writer import Writer

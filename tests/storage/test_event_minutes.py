@@ -25,9 +25,9 @@ from storage.retention import purge_minutes
 from storage.webhook_outbox import count_after
 from storage.writer import Writer
 
-M = Message.__table__  # type: ignore[attr-defined]
-E = Event.__table__  # type: ignore[attr-defined]
-EM = EventMinute.__table__  # type: ignore[attr-defined]
+M = Message
+E = Event
+EM = EventMinute
 USERS = ("usr_a", "usr_b", None)
 POOLS = ("one", "two", None)
 KINDS = ("delivered", "delivered", "deferred", "bounced", "queued", "opened")

@@ -18,7 +18,7 @@ from storage.db import Database
 from storage.event_stream import EventFilter, Position
 from storage.models import Message
 
-M = Message.__table__  # type: ignore[attr-defined]
+M = Message
 
 
 async def message(db: Database, message_id: str, user_id: str | None, at: float) -> None:

@@ -17,7 +17,7 @@ from storage.db import Database
 from storage.mail_accounts import SyncOutcome
 from storage.models import MailAccount, Message
 
-A = MailAccount.__table__  # type: ignore[attr-defined]
+A = MailAccount
 
 
 def values(email: str = "Me@Example.TEST", **changes: Any) -> dict[str, Any]:
@@ -67,7 +67,7 @@ async def test_the_only_default_is_kept_while_queued_mail_is_from_it(backend: Da
     now = time.time()
     await backend.transaction(
         lambda c: c.execute(
-            Message.__table__.insert().values(  # type: ignore[attr-defined]
+            Message.insert().values(
                 id="msg_1", status="queued", source="http", mail_from="Me@Example.test",
                 due_at=now, attempts=0, created_at=now, updated_at=now,
             )

@@ -31,7 +31,7 @@ from storage.search_keys import address_key, address_range
 
 pytestmark = pytest.mark.timeout(60)
 
-M = Message.__table__  # type: ignore[attr-defined]
+M = Message
 
 FILTERS = {
     "none": MessageFilter(),
@@ -57,7 +57,7 @@ FILTERS = {
     "client block": MessageFilter(client=address_range("192.0.2.0/29")),
     "api_key+client": MessageFilter(api_key_id="key_1", client=address_range("192.0.2.7")),
 }
-SUBJECT_WORDS = MessageSubjectWord.__table__  # type: ignore[attr-defined]
+SUBJECT_WORDS = MessageSubjectWord
 
 
 def _rows(n: int, base: float = 1000.0) -> dict[str, list[dict[str, Any]]]:
@@ -118,7 +118,7 @@ async def _fill(db: Database, n: int) -> None:
 
     def fill(conn: Connection) -> None:
         conn.execute(
-            insert(Pool.__table__),  # type: ignore[attr-defined]
+            insert(Pool),
             [
                 {"id": f"pool_{i}", "name": f"p{i}", "host": "127.0.0.1", "port": 25,
                  "created_at": 0}
@@ -126,9 +126,9 @@ async def _fill(db: Database, n: int) -> None:
             ],
         )  # fmt: skip
         conn.execute(insert(M), rows["message"])
-        conn.execute(insert(Recipient.__table__), rows["recipient"])  # type: ignore[attr-defined]
-        conn.execute(insert(MessageMeta.__table__), rows["meta"])  # type: ignore[attr-defined]
-        conn.execute(insert(MessageTag.__table__), rows["tag"])  # type: ignore[attr-defined]
+        conn.execute(insert(Recipient), rows["recipient"])
+        conn.execute(insert(MessageMeta), rows["meta"])
+        conn.execute(insert(MessageTag), rows["tag"])
         conn.execute(insert(SUBJECT_WORDS), rows["word"])
 
     await db.transaction(fill)

@@ -36,7 +36,7 @@ class Clock:
 
 
 async def _stored_hash(db: Database, user_id: str) -> str:
-    table = User.__table__  # type: ignore[attr-defined]
+    table = User
     query = select(table.c.password_hash).where(table.c.id == user_id)
     return str(await db.read(lambda conn: conn.execute(query).scalar_one()))
 
@@ -138,7 +138,7 @@ async def test_sessions_slide_stop_at_the_cap_rotate_and_keep_no_token(
     rotated, renewed = await sessions.rotate(logged_in)
     assert renewed.session.absolute_expires_at == logged_in.session.absolute_expires_at
     assert await sessions.resolve(token) is None and await sessions.resolve(rotated) is not None
-    table = UserSession.__table__  # type: ignore[attr-defined]
+    table = UserSession
     rows = await backend.read(lambda conn: [tuple(r) for r in conn.execute(select(table))])
     assert rows and not any(rotated in str(value) for row in rows for value in row)
 

@@ -19,7 +19,7 @@ from storage.db import Database
 from storage.models import AliasToken, Message
 
 SEALED = "sealed"
-M = Message.__table__  # type: ignore[attr-defined]
+M = Message
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,7 @@ async def test_a_token_verifies_once_and_not_after_expiry(backend: Database) -> 
     assert await aliases.redeem_token(backend, "t1") is None  # single use
     assert await aliases.redeem_token(backend, "unknown") is None
     await new_alias(backend, "b@example.com", token="t2")
-    table = AliasToken.__table__  # type: ignore[attr-defined]
+    table = AliasToken
     await backend.transaction(
         lambda conn: conn.execute(
             update(table).where(table.c.token_hash == "t2").values(expires_at=time.time() - 1)

@@ -641,7 +641,7 @@ async def test_claim_query_uses_due_index(
     due = [{"id": f"due_{i:05d}", "status": "queued", "due_at": now - i} for i in range(20)]
 
     def fill(conn: Connection) -> None:
-        conn.execute(insert(Message.__table__), [{**base, **row} for row in final + due])
+        conn.execute(insert(Message), [{**base, **row} for row in final + due])
 
     await backend.transaction(fill)
     await backend.transaction(lambda conn: conn.exec_driver_sql("ANALYZE"))

@@ -11,7 +11,7 @@ from storage.db import Database, create_schema
 from storage.models import Suppression
 from storage.suppressions import get_suppression, remove_suppression
 
-S = Suppression.__table__  # type: ignore[attr-defined]
+S = Suppression
 
 
 async def _insert(db: Database, email: str, created_at: float | None = None) -> None:

@@ -17,7 +17,7 @@ from storage.db import Database
 from storage.models import Pool
 from storage.writer import Writer
 
-P = Pool.__table__  # type: ignore[attr-defined]
+P = Pool
 POOL = "smtp_limited"
 
 

@@ -26,8 +26,8 @@ from storage.writer import Writer
 from tests.support.reputation import record_sends
 
 TZ = "Europe/Paris"
-BR = BlocklistRun.__table__  # type: ignore[attr-defined]
-EV = Event.__table__  # type: ignore[attr-defined]
+BR = BlocklistRun
+EV = Event
 OPTS = {"lease": 60.0, "active_hours": 2, "burst": 0.2}
 
 

@@ -18,7 +18,7 @@ from storage.db import Database, create_schema, database_url, open_database
 from storage.models import Meta
 from storage.writer import Batch, StorageFull, StorageUnavailable, Writer, WriterStopped
 
-META = Meta.__table__  # type: ignore[attr-defined]
+META = Meta
 INSERT = insert(META)
 WAIT = 10.0  # bound on every wait below
 

@@ -13,11 +13,10 @@ from contextlib import asynccontextmanager
 
 import asyncpg
 import pytest
-from sqlmodel import SQLModel
 
-import storage.models  # noqa: F401  (registers every table on SQLModel.metadata)
 from gateway.queue.store import Queue
 from storage.db import open_database
+from storage.models import metadata
 
 PG_URL = os.environ.get("POSTERN_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 # Held for the whole of one PostgreSQL test, so that two test processes sharing the
@@ -69,7 +68,7 @@ async def clean_postgresql() -> AsyncIterator[str]:
         )
         db = open_database(PG_URL)
         try:
-            await asyncio.wait_for(db.transaction(SQLModel.metadata.drop_all), _LOCK_TIMEOUT)
+            await asyncio.wait_for(db.transaction(metadata.drop_all), _LOCK_TIMEOUT)
         finally:
             await db.dispose()
         yield PG_URL

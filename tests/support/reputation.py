@@ -14,7 +14,7 @@ from gateway.queue import events
 from storage.db import Database
 from storage.models import Message
 
-M = Message.__table__  # type: ignore[attr-defined]
+M = Message
 _ids = itertools.count(1)
 
 

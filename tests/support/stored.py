@@ -22,8 +22,8 @@ from storage.search_keys import address_key, subject_words
 from tests.support.service import SINK_POOL
 
 CONTENT = b"From: app@example.com\r\nSubject: hello\r\n\r\nbody line\r\n"
-M = Message.__table__  # type: ignore[attr-defined]
-B = MessageBody.__table__  # type: ignore[attr-defined]
+M = Message
+B = MessageBody
 STATUSES = ("queued", "deferred", "delivered", "bounced")
 
 
@@ -85,10 +85,10 @@ async def seed(db: Database, n: int, owners: list[str]) -> list[dict[str, Any]]:
     def fill(conn: Connection) -> None:
         conn.execute(insert(M), messages)
         conn.execute(insert(B), [{"message_id": m["id"], "data": b"x"} for m in messages])
-        conn.execute(insert(Recipient.__table__), recipients)  # type: ignore[attr-defined]
-        conn.execute(insert(MessageMeta.__table__), meta)  # type: ignore[attr-defined]
-        conn.execute(insert(MessageTag.__table__), tags)  # type: ignore[attr-defined]
-        conn.execute(insert(MessageSubjectWord.__table__), words)  # type: ignore[attr-defined]
+        conn.execute(insert(Recipient), recipients)
+        conn.execute(insert(MessageMeta), meta)
+        conn.execute(insert(MessageTag), tags)
+        conn.execute(insert(MessageSubjectWord), words)
 
     await db.transaction(fill)
     return messages

@@ -36,7 +36,7 @@ from web.pages.message import FRAME_CSP
 pytestmark = pytest.mark.timeout(60)
 CSRF_TEXT = str(escape(_CSRF_TEXT))
 LATER = {"delivery": {"retry_schedule": ["1h"], "handoff_timeout": "3s"}}
-M = Message.__table__  # type: ignore[attr-defined]
+M = Message
 IDS = re.compile(r'href="/messages/(msg_[A-Za-z0-9_]+)"')
 HTML_PART = "<p>Hello <b>there</b></p><script>alert(1)</script>"
 
@@ -290,7 +290,7 @@ async def _invite(api: Api, inviter: UserRecord, address: str, invitee: str) -> 
         api.svc.db, email=address, name="", is_default=False, ip_pool=None,
         token_hash=address, expires_at=time.time() + 3600,
     )  # fmt: skip
-    table = SenderAlias.__table__  # type: ignore[attr-defined]
+    table = SenderAlias
     owned = update(table).where(table.c.id == created.id).values(created_by=inviter.id)
     await api.svc.db.transaction(lambda conn: conn.execute(owned))
     invitations = Invitations(api.svc.db)

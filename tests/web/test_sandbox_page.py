@@ -20,7 +20,7 @@ from web.pages import sandbox
 
 pytestmark = pytest.mark.timeout(60)
 SANDBOX = {"X-Postern-Sandbox": "true"}
-M = Message.__table__  # type: ignore[attr-defined]
+M = Message
 IDS = re.compile(r'href="/messages/((?:sandbox_)?msg_[A-Za-z0-9_]+)"')
 
 

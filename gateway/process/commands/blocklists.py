@@ -15,7 +15,6 @@ from gateway.addresses import escape_for_log
 from gateway.config import Config
 from gateway.process.commands.admin import CommandError, iso_seconds, with_database
 from gateway.process.commands.options import leaf
-from gateway.reputation.dnsbl import BlocklistCheck, subjects
 from storage import blocklists as stored
 from storage.db import Database
 
@@ -57,6 +56,8 @@ async def _status(db: Database, config: Config) -> dict[str, Any]:
 
 
 async def _check(db: Database, config: Config) -> dict[str, Any]:
+    from gateway.reputation.dnsbl import BlocklistCheck, subjects  # DNS: `check` alone
+
     blocklists = config.blocklists
     if not await subjects(db, blocklists.sending_ips):
         raise CommandError(

@@ -11,14 +11,10 @@ import asyncio
 import json
 from typing import Any
 
-from gateway.bounces.ingest import CLASSES, BounceIngest, Settings
-from gateway.bounces.returnpath import VERP_KEY, ReturnPath
-from gateway.bounces.rules import load
+from gateway.bounces.rules import CLASSES
 from gateway.config import Config
 from gateway.process.commands.admin import CommandError, iso_seconds, with_database
 from gateway.process.commands.options import leaf
-from gateway.queue.notify import notifier_for
-from gateway.security.secrets import SecretBox
 from storage import bounce_reports as stored
 from storage.db import Database
 from storage.inbox import latest_skipped
@@ -76,6 +72,14 @@ async def _show(db: Database, args: argparse.Namespace, config: Config) -> dict[
 
 
 async def _reclassify(db: Database, args: argparse.Namespace, config: Config) -> dict[str, Any]:
+    # What applies a class (the ingest's effects, the queue, the secret key) is imported by
+    # this action only: list, show and skipped read storage alone.
+    from gateway.bounces.ingest import BounceIngest, Settings
+    from gateway.bounces.returnpath import VERP_KEY, ReturnPath
+    from gateway.bounces.rules import load
+    from gateway.queue.notify import notifier_for
+    from gateway.security.secrets import SecretBox
+
     bounces = config.bounces
     key = SecretBox.from_environment(config.server.data_dir).derive(VERP_KEY)
     settings = Settings(bounces.soft_limit, bounces.soft_window, bounces.max_report_size)

@@ -41,34 +41,6 @@ from storage.db import Database
 MAX_PASSWORD = 1024  # bytes read from stdin, as the API's schema bounds it
 
 
-def add_pool_arguments(add: argparse.ArgumentParser) -> None:
-    add.add_argument("name")
-    add.add_argument("--host", required=True)
-    add.add_argument("--port", type=int, default=587)
-    add.add_argument("--encryption", choices=("tls", "ssl", "none"), default="tls")
-    add.add_argument("--username", default="")
-    add.add_argument(
-        "--password-stdin", action="store_true", help="read the password from stdin (one line)"
-    )
-    add.add_argument("--ip-pool", default="transactional")
-    add.add_argument("--priority", type=int, default=100)
-    add.add_argument("--max-connections", type=int, default=10)
-    add.add_argument("--default", action="store_true", help="the default pool")
-    add.add_argument("--inactive", action="store_true", help="stored, not used yet")
-    add.add_argument("--from-email", default="")
-    add.add_argument("--no-tls-verify", action="store_true")
-    add.add_argument("--rate", default="", help='e.g. "100/minute"')
-    add.add_argument("--daily-limit", type=int, default=0)
-
-
-def add_alias_arguments(add: argparse.ArgumentParser) -> None:
-    add.add_argument("email")
-    add.add_argument("--name", default=None)
-    add.add_argument("--ip-pool", default=None)
-    add.add_argument("--default", action="store_true", help="the default sender")
-    add.add_argument("--verified", action="store_true", help="verified at once, no link")
-
-
 def checked(schema: type[BaseModel], values: dict[str, Any]) -> dict[str, Any]:
     """The API's schema over the values: its first complaint is the command's one line."""
     try:
@@ -190,23 +162,3 @@ def _alias(record: aliases.AliasRecord) -> dict[str, Any]:
         "is_verified": record.is_verified, "is_default": record.is_default,
         "ip_pool": record.ip_pool,
     }  # fmt: skip
-
-
-def pool_line(pool: dict[str, Any]) -> str:
-    return f"added SMTP pool {pool['id']} ({pool['name']}, {pool['host']}:{pool['port']})"
-
-
-def test_line(result: dict[str, Any]) -> str:
-    if result["success"]:
-        return f"{result['name']}: OK in {result['latency_ms']} ms: {result['message']}"
-    failure = f"FAILED ({result['reason']}) after {result['latency_ms']} ms"
-    return f"{result['name']}: {failure}: {result['error']}"
-
-
-def alias_line(result: dict[str, Any]) -> str:
-    if result["verification_link"] is None:
-        return f"alias {result['id']} ({result['email']}) is verified"
-    return (
-        f"alias {result['id']} ({result['email']}) waits for verification: open this link "
-        f"within 48 hours (it works once):\n{result['verification_link']}"
-    )

@@ -16,21 +16,21 @@ import asyncio
 import dataclasses
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from api import webhook_ops
-from api.errors import ApiError
-from api.webhook_schemas import WebhookCreate
-from gateway.config import Config
-from gateway.dns import Resolver
 from gateway.errors import Refused
-from gateway.process.commands import resource_setup as setup
 from gateway.process.commands.admin import CommandError, NotFound, iso_seconds, with_database
 from gateway.process.commands.options import leaf
 from gateway.queue import events
-from gateway.security.hostguard import HostGuard
 from storage import aliases, pools, webhooks
 from storage.db import Database
+
+if TYPE_CHECKING:
+    from gateway.config import Config
+
+# `list`, `show` and `remove` read and delete through storage alone; what sets up a
+# resource (`add`, `test`, `resend`: the API's schemas and checks, pydantic, the SSRF guard,
+# DNS, SMTP) is imported by those actions only (gateway.process.commands.resource_setup).
 
 COMMANDS = ("pools", "aliases", "webhooks")
 _SINGULAR = {"pools": "SMTP pool", "aliases": "alias", "webhooks": "webhook"}
@@ -54,14 +54,12 @@ def add_commands(commands: Any) -> None:
         if name == "webhooks":
             _webhook_add(leaf(actions, "add", "add a webhook and print its signing secret (once)"))
         if name == "pools":
-            setup.add_pool_arguments(leaf(actions, "add", "add an SMTP pool"))
+            _pool_add(leaf(actions, "add", "add an SMTP pool"))
             leaf(actions, "test", "test a pool's connection (exit 1 when it fails)").add_argument(
                 "id"
             )
         if name == "aliases":
-            setup.add_alias_arguments(
-                leaf(actions, "add", "add an alias and print its verification link")
-            )
+            _alias_add(leaf(actions, "add", "add an alias and print its verification link"))
             leaf(actions, "resend", "print a new verification link").add_argument("id")
 
 
@@ -73,6 +71,34 @@ def _webhook_add(add: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     add.add_argument("--final-only", action="store_true", help="only each recipient's outcome")
     add.add_argument("--description", default="")
+
+
+def _pool_add(add: argparse.ArgumentParser) -> None:
+    add.add_argument("name")
+    add.add_argument("--host", required=True)
+    add.add_argument("--port", type=int, default=587)
+    add.add_argument("--encryption", choices=("tls", "ssl", "none"), default="tls")
+    add.add_argument("--username", default="")
+    add.add_argument(
+        "--password-stdin", action="store_true", help="read the password from stdin (one line)"
+    )
+    add.add_argument("--ip-pool", default="transactional")
+    add.add_argument("--priority", type=int, default=100)
+    add.add_argument("--max-connections", type=int, default=10)
+    add.add_argument("--default", action="store_true", help="the default pool")
+    add.add_argument("--inactive", action="store_true", help="stored, not used yet")
+    add.add_argument("--from-email", default="")
+    add.add_argument("--no-tls-verify", action="store_true")
+    add.add_argument("--rate", default="", help='e.g. "100/minute"')
+    add.add_argument("--daily-limit", type=int, default=0)
+
+
+def _alias_add(add: argparse.ArgumentParser) -> None:
+    add.add_argument("email")
+    add.add_argument("--name", default=None)
+    add.add_argument("--ip-pool", default=None)
+    add.add_argument("--default", action="store_true", help="the default sender")
+    add.add_argument("--verified", action="store_true", help="verified at once, no link")
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
@@ -123,14 +149,26 @@ async def _act(db: Database, args: argparse.Namespace, config: Config) -> Any:
 
 
 async def _add_pool(db: Database, args: argparse.Namespace, config: Config) -> dict[str, Any]:
+    from gateway.process.commands import resource_setup as setup
+
     return as_json(await setup.add_pool(db, args, config))
 
 
 async def _test_pool(db: Database, args: argparse.Namespace, config: Config) -> dict[str, Any]:
+    from gateway.process.commands import resource_setup as setup
+
     return await setup.test_pool(db, args.id, config)
 
 
+async def _add_alias(db: Database, args: argparse.Namespace, config: Config) -> dict[str, Any]:
+    from gateway.process.commands import resource_setup as setup
+
+    return await setup.add_alias(db, args, config)
+
+
 async def _resend(db: Database, args: argparse.Namespace, config: Config) -> dict[str, Any]:
+    from gateway.process.commands import resource_setup as setup
+
     return await setup.resend_alias(db, args.id, config)
 
 
@@ -147,6 +185,13 @@ async def _remove(db: Database, args: argparse.Namespace) -> dict[str, Any]:
 
 async def _add_webhook(db: Database, args: argparse.Namespace, config: Config) -> dict[str, Any]:
     """The API's checks and storing (webhook_ops.create_with), the same schema first."""
+    from api import webhook_ops
+    from api.errors import ApiError
+    from api.webhook_schemas import WebhookCreate
+    from gateway.dns import Resolver
+    from gateway.process.commands import resource_setup as setup
+    from gateway.security.hostguard import HostGuard
+
     values = {"url": args.url, "final_only": args.final_only, "description": args.description}
     if args.events:
         values["event_types"] = args.events
@@ -168,7 +213,7 @@ _SET_UP: dict[tuple[str, str], Callable[[Database, argparse.Namespace, Config], 
     ("webhooks", "add"): _add_webhook,
     ("pools", "add"): _add_pool,
     ("pools", "test"): _test_pool,
-    ("aliases", "add"): setup.add_alias,
+    ("aliases", "add"): _add_alias,
     ("aliases", "resend"): _resend,
 }
 
@@ -189,9 +234,9 @@ def _text(args: argparse.Namespace, result: Any) -> str:
         rows = [_line(args.command, item) for item in result]
         return "\n".join(rows) if rows else f"no {args.command}"
     if args.command == "pools" and args.action in ("add", "test"):
-        return setup.test_line(result) if args.action == "test" else setup.pool_line(result)
+        return _test_line(result) if args.action == "test" else _pool_line(result)
     if args.command == "aliases" and args.action in ("add", "resend"):
-        return setup.alias_line(result)
+        return _alias_line(result)
     if args.action == "add":
         return (f"added webhook {result['id']} -> {result['url']}\nsecret: {result['secret']}\n"
                 "The secret is shown this once: store it now.")  # fmt: skip
@@ -199,3 +244,23 @@ def _text(args: argparse.Namespace, result: Any) -> str:
         return "\n".join(f"{name}: {value}" for name, value in result.items())
     moved = f"; {result['moved']} queued messages moved" if result.get("moved") else ""
     return f"removed {_SINGULAR[args.command]} {result['id']}{moved}"
+
+
+def _pool_line(pool: dict[str, Any]) -> str:
+    return f"added SMTP pool {pool['id']} ({pool['name']}, {pool['host']}:{pool['port']})"
+
+
+def _test_line(result: dict[str, Any]) -> str:
+    if result["success"]:
+        return f"{result['name']}: OK in {result['latency_ms']} ms: {result['message']}"
+    failure = f"FAILED ({result['reason']}) after {result['latency_ms']} ms"
+    return f"{result['name']}: {failure}: {result['error']}"
+
+
+def _alias_line(result: dict[str, Any]) -> str:
+    if result["verification_link"] is None:
+        return f"alias {result['id']} ({result['email']}) is verified"
+    return (
+        f"alias {result['id']} ({result['email']}) waits for verification: open this link "
+        f"within 48 hours (it works once):\n{result['verification_link']}"
+    )

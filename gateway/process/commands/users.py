@@ -18,9 +18,7 @@ from typing import Any
 from gateway.addresses import escape_for_log
 from gateway.config import Config
 from gateway.errors import Refused
-from gateway.people import passwords
 from gateway.people.roles import ROLES
-from gateway.people.users import Users
 from gateway.process.commands.admin import CommandError, iso_seconds, with_database
 from gateway.process.commands.options import leaf
 from storage.db import Database
@@ -60,6 +58,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
 
 def _read_password() -> str:
     """The first line of stdin, without its line ending; nothing more is read."""
+    from gateway.people import passwords  # argon2: not for `users list`
+
     line = sys.stdin.readline()
     password = line.removesuffix("\n").removesuffix("\r")
     if not password:
@@ -79,6 +79,9 @@ def _json(user: UserRecord) -> dict[str, Any]:
 async def _act(db: Database, args: argparse.Namespace, password: str | None) -> Any:
     if args.action == "list":
         return [_json(user) for user in await list_users(db)]
+    from gateway.people import passwords  # argon2: not for `users list`
+    from gateway.people.users import Users
+
     people = Users(db, passwords.Passwords())
     generated = passwords.generate() if password is None else None
     try:

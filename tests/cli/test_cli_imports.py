@@ -1,0 +1,79 @@
+"""Each `postern` command imports only what it needs: a command that reads the database
+loads no API, HTTP server, SMTP, DNS or ORM, and reading the config loads no SQLAlchemy.
+What is left is measured by bench/cli_start.py; this keeps the heavy parts from creeping
+back in through one top-level import.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.processes import REPO, child_env
+
+pytestmark = pytest.mark.timeout(60)
+
+# Run `postern ARGS` in this interpreter, then print every module it imported.
+_PROBE = """
+import json, sys
+from gateway.process.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+print(json.dumps(sorted(sys.modules)), file=sys.stderr)
+"""
+
+# What no command that only reads or deletes through storage needs.
+_SERVER = ("api", "web", "pydantic", "starlette", "uvicorn", "aiosmtpd", "aiosmtplib", "jinja2")
+_OTHERS = ("dns", "sqlalchemy.orm", "sqlalchemy.ext.asyncio", "prometheus_client", "argon2")
+_DATABASE_COMMANDS = (
+    ("users", "list"),
+    ("pools", "list"),
+    ("aliases", "list"),
+    ("webhooks", "list"),
+    ("queue", "list"),
+    ("keys", "list"),
+    ("suppressions", "list"),
+    ("bounces", "list"),
+    ("blocklists", "status"),
+)
+
+
+def _imported(config: Path, *args: str) -> set[str]:
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE, "--config", str(config), *args],
+        cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    return set(json.loads(done.stderr.strip().splitlines()[-1]))
+
+
+def _found(modules: set[str], roots: tuple[str, ...]) -> list[str]:
+    return sorted(m for m in modules if any(m == r or m.startswith(f"{r}.") for r in roots))
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("cli_imports")
+    path = folder / "postern.toml"
+    path.write_text(f'[server]\ndata_dir = "{folder / "var"}"\n')
+    return path
+
+
+def test_help_and_check_config_load_no_database_code(config: Path) -> None:
+    for args in (("--help",), ("check-config",)):
+        modules = _imported(config, *args)
+        assert _found(modules, ("sqlalchemy", "storage.db", "dns", "asyncio", *_SERVER)) == []
+
+
+@pytest.mark.parametrize("args", _DATABASE_COMMANDS, ids=" ".join)
+def test_a_command_that_reads_storage_loads_no_server_dns_or_orm(
+    config: Path, args: tuple[str, ...]
+) -> None:
+    modules = _imported(config, *args, "--json")
+    assert "storage.db" in modules  # it did read the database
+    assert _found(modules, (*_SERVER, *_OTHERS)) == []
