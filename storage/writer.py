@@ -10,7 +10,7 @@ sent as one executemany.
 If a shared transaction fails, each job is run again in a transaction of its own, so one bad
 write (say, a unique-key clash) fails alone and never takes its neighbours with it.
 
-A *patient* job (an attempt's record: nobody waits on it for a 250) may wait up to `linger`
+A *patient* job (an attempt's record no HTTP send waits on) may wait up to `linger`
 for company when it is alone: the next message's intake, arriving a moment later, then shares
 its fsync. With one client that halves the fsyncs per message; under load the queue is never
 empty and nobody lingers. Durability is unchanged: every job is still committed with fsync

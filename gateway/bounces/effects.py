@@ -37,7 +37,7 @@ from sqlalchemy import Connection
 from gateway.addresses import mailbox_key
 from gateway.message import QueuedMessage
 from gateway.queue import events, ids, states
-from gateway.queue.notify import Notifier, reported
+from gateway.queue.notify import HEADER_PREFIX, Notifier, reported
 from gateway.queue.store import notification_rows
 from storage import bounce_reports as stored
 from storage import queue_sql
@@ -128,7 +128,8 @@ def tell_sender(
     row = stored.message_of(conn, taken_back[0].message_id)
     if row is None:
         return None
-    body = queue_sql.bodies_of(conn, [row.id]).get(row.id, b"")  # b"": body retention took it
+    # Only the header is returned: the rest of a body of up to 20 MB stays on disk.
+    body = queue_sql.body_prefix(conn, row.id, HEADER_PREFIX) or b""  # b"": retention took it
     message = QueuedMessage(
         id=row.id, mail_from=row.mail_from, recipients=[h.recipient for h in taken_back],
         content=body, attempts=0, created_at=row.created_at, source=row.source,

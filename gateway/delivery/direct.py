@@ -32,6 +32,7 @@ from gateway.message import DIRECT_POOL, DeliveryResult, Outcome, QueuedMessage
 from gateway.security.hostguard import HostGuard
 
 DIRECT = DIRECT_POOL  # the pool name in metrics and the mail log: one label for every MX host
+PER_DESTINATION = 4  # connections to one MX address at a time, for the whole node
 log = logging.getLogger("postern.direct")
 
 
@@ -41,15 +42,18 @@ class DirectRoutes:
         resolver: Resolver,
         session: SessionSettings,
         port: int,
-        per_destination: int = 4,
+        per_destination: int = PER_DESTINATION,
         guard: HostGuard | None = None,
+        processes: int = 1,
     ) -> None:
-        """`guard`: where MX targets may point (default: public addresses only)."""
+        """`guard`: where MX targets may point (default: public addresses only).
+        `per_destination` is the node's cap: each of `processes` workers opens its share,
+        rounded up (at least 1), as with a pool's max_connections."""
         self._resolver = resolver
         self._guard = guard or HostGuard(allow_private=False)
         self._session = replace(session, guard=self._guard)  # checked again at connect
         self._port = port
-        self._per_destination = per_destination
+        self._per_destination = max(1, -(-per_destination // max(1, processes)))
         self._pools: dict[tuple[str, int], UpstreamPool] = {}
         self._cut_off = False  # shutdown's deadline: pools made after it start cut off too
 

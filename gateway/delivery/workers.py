@@ -354,7 +354,9 @@ class Delivery:
         pause = 0.2
         while True:
             try:
-                return await self._queue.record(attempt)
+                # A waited-on attempt (an HTTP send) commits without lingering for company.
+                waited = attempt.message.id in self._waiters
+                return await self._queue.record(attempt, patient=not waited)
             except StorageUnavailable as error:
                 if not self._accepting:
                     log.error("giving up recording %s at shutdown: %s", attempt.message.id, error)

@@ -308,7 +308,9 @@ class Service:
         # With workers, each opens its share of a pool's max_connections (the node's cap).
         processes = self.role.count if self.role is not None else 1
         registry = self.registry = PoolRegistry(session, processes)
-        direct = DirectRoutes(outbound.resolver, session, config.mx_port, guard=outbound.mx)
+        direct = DirectRoutes(
+            outbound.resolver, session, config.mx_port, guard=outbound.mx, processes=processes
+        )
         db, writer, queue = storage.db, storage.writer, storage.queue
         gate = self.warmup = WarmupGate(
             db, writer, self.config.warmup, self.warmup_clock, node=ready.node,

@@ -29,6 +29,7 @@ from gateway.message import DeliveryResult, Outcome, QueuedMessage, Submission
 
 SOURCE = "dsn"  # the `source` of a notification: never notified about itself
 _HEADER_LIMIT = 64 * 1024  # of the original's header, returned as text/rfc822-headers
+HEADER_PREFIX = _HEADER_LIMIT + 4  # of a body, enough for that (and the blank line after)
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]+")
 
 

@@ -216,8 +216,11 @@ class Queue:
             for row in rows
         ]
 
-    async def record(self, attempt: AttemptRecord) -> str | None:
+    async def record(self, attempt: AttemptRecord, patient: bool = True) -> str | None:
         """Store one attempt's results and their events in one transaction.
+
+        `patient`: the commit may linger a moment for company (storage.writer). The caller
+        passes False when someone waits on this attempt (an HTTP send answered after it).
 
         Returns the message's new status, or None when this node no longer holds the claim
         (its lease lapsed and another node took the message over): then nothing is stored,
@@ -274,8 +277,9 @@ class Queue:
             for statement, rows in notice.steps:
                 batch.add(statement, rows)
             work = partial(_if_claimed, batch, params)
-        # Patient: an attempt's record may share the next message's commit (storage.writer).
-        if await self._writer.submit(work, patient=True):
+        # Patient: an attempt's record may share the next message's commit (storage.writer),
+        # unless an HTTP send waits for it: then every millisecond is the client's.
+        if await self._writer.submit(work, patient=patient):
             self.suppressions.add([email for email, _ in suppress])
             return status
         return None

@@ -20,10 +20,11 @@ from gateway.bounces.returnpath import ReturnPath
 from gateway.message import DeliveryResult, Outcome, Route
 from gateway.queue.notify import Notifier
 from gateway.queue.store import AttemptRecord, Queue
+from storage import queue_sql
 from storage.db import Database
 from storage.suppressions import add_suppression
 from tests.support.reports import dsn
-from tests.support.stored import fetch, message_row, submission
+from tests.support.stored import CONTENT, fetch, message_row, submission
 
 RP = ReturnPath("bounce.test", b"v" * 32)
 DELIVERED = DeliveryResult(Outcome.DELIVERED, 250, "2.0.0", "ok")
@@ -39,9 +40,13 @@ def ingest(backend: Database, queue: Queue, notify: bool = True) -> BounceIngest
 
 
 async def delivered(
-    queue: Queue, *recipients: str, sender: str = SENDER, source: str = "smtp"
+    queue: Queue,
+    *recipients: str,
+    sender: str = SENDER,
+    source: str = "smtp",
+    content: bytes = CONTENT,
 ) -> str:
-    mail = replace(submission(*recipients), mail_from=sender, source=source)
+    mail = replace(submission(*recipients, content=content), mail_from=sender, source=source)
     message = await queue.enqueue(mail, Route(), claim=True)
     await queue.record(AttemptRecord(message, dict.fromkeys(message.recipients, DELIVERED), "p"))
     return message.id
@@ -98,6 +103,27 @@ async def test_a_later_bounce_stores_one_notification_to_the_sender(
     for cls in ("soft", "hard", "complaint", "hard"):
         assert await taker.reclassify(second.report_id, cls) == "changed"
     assert len(await notices(backend)) == 1
+
+
+async def test_a_large_body_is_told_by_its_header_read_alone(
+    backend: Database, queue: Queue
+) -> None:
+    """The notification copies the original's header from a prefix of the stored body
+    (storage.queue_sql.body_prefix: BLOB and BYTEA), not the whole 3 MB."""
+    header = b"From: app@example.com\r\nSubject: big one\r\nX-Mark: 1234\r\n\r\n"
+    content = header + b"x" * 998 + b"\r\n" + b"y" * 3_000_000 + b"\r\nTAIL\r\n"
+    message_id = await delivered(queue, "gone@example.test", content=content)
+    raw = dsn("gone@example.test", to=RP.address(message_id, ""))
+    assert (await ingest(backend, queue).ingest(raw, LISTENER)).outcome == "processed"
+    [(_, report)] = await notices(backend)
+    _, _, headers = report.get_payload()  # type: ignore[misc]
+    assert headers.get_content_type() == "text/rfc822-headers"
+    copied = headers.get_payload(decode=True)
+    assert b"X-Mark: 1234" in copied and b"Subject: big one" in copied
+    assert b"yyyy" not in copied and b"TAIL" not in copied
+    prefix = await backend.read(lambda conn: queue_sql.body_prefix(conn, message_id, 10))
+    assert prefix == content[:10]
+    assert await backend.read(lambda conn: queue_sql.body_prefix(conn, "nope", 10)) is None
 
 
 async def test_one_report_naming_two_recipients_is_one_notification(

@@ -208,6 +208,24 @@ async def test_concurrent_claims_never_overlap(
 # --- recording attempts -------------------------------------------------------------------
 
 
+async def test_record_is_patient_unless_told(queue: Queue, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A record may linger for company, except one an HTTP send waits on (the worker says)."""
+    submitted: list[bool] = []
+    submit = queue._writer.submit
+
+    async def spy(work: Any, *, patient: bool = False, size: int = 0) -> Any:
+        submitted.append(patient)
+        return await submit(work, patient=patient, size=size)
+
+    monkeypatch.setattr(queue._writer, "submit", spy)
+    for patient in (True, False):
+        message = await queue.enqueue(submission(), ROUTE, claim=True)
+        submitted.clear()
+        results = dict.fromkeys(message.recipients, DELIVERED)
+        assert await queue.record(AttemptRecord(message, results, "p"), patient=patient)
+        assert submitted == [patient]
+
+
 async def test_record_all_delivered(backend: Database, queue: Queue) -> None:
     message = await queue.enqueue(submission(), ROUTE, claim=True)
     status = await queue.record(

@@ -115,6 +115,8 @@ def test_key_repr_never_shows_the_private_key(rsa_key: KeyPair) -> None:
 def test_too_small_or_unknown_keys_are_refused() -> None:
     with pytest.raises(KeyFormatError):
         generate_key("rsa", bits=512)
+    with pytest.raises(KeyFormatError, match="more than 4096 bits"):
+        generate_key("rsa", bits=8192)  # refused before any prime is sought
     with pytest.raises(KeyFormatError):
         generate_key("dsa")
     with pytest.raises(KeyFormatError):
