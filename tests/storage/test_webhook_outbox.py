@@ -3,6 +3,7 @@ replay, dropping, and the upgrade from the fan-out schema."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
@@ -19,13 +20,37 @@ from storage.db import Database, create_schema
 from storage.webhook_outbox import Position
 from storage.webhooks import create_webhook, replay, update_webhook, wanted_types
 
+# On PostgreSQL an event is settled (readable by a webhook) once no transaction older than its
+# own is open anywhere in the cluster (pg_snapshot_xmin is cluster-wide): other databases'
+# transactions too, such as another pytest-xdist worker's. Bounded: a test's own open
+# transaction never lets it settle.
+_SETTLE_TIMEOUT = 30.0
+_UNSETTLED = text(
+    "SELECT count(*) FROM event WHERE txid >= pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+)
+
+
+async def settled(db: Database) -> None:
+    """Wait until every event written is settled (at once on SQLite, which commits serially)."""
+    deadline = time.monotonic() + _SETTLE_TIMEOUT
+    while not db.is_sqlite and await db.read(lambda c: c.execute(_UNSETTLED).scalar()):
+        assert time.monotonic() < deadline, "events still unsettled: a transaction stays open"
+        await asyncio.sleep(0.02)
+
 
 async def add_events(
-    db: Database, types: list[str], message_id: str = "msg_1", at: float | None = None
+    db: Database,
+    types: list[str],
+    message_id: str = "msg_1",
+    at: float | None = None,
+    settle: bool = True,
 ) -> None:
+    """Write events in one transaction; with `settle`, return once a webhook can read them."""
     now = time.time() if at is None else at
     rows = [events.row(t, message_id, "queued", now, f"r{i}@x.test") for i, t in enumerate(types)]
     await db.transaction(lambda conn: conn.execute(events.INSERT_EVENT, rows))
+    if settle:
+        await settled(db)
 
 
 async def hook(db: Database, **values: Any) -> str:
@@ -134,6 +159,7 @@ async def test_the_database_shapes_each_event_as_the_api_does(backend: Database)
         )
 
     await backend.transaction(write)
+    await settled(backend)
     _, owed, _ = await next_batch(backend, target_id)
     stored = await backend.read(lambda c: c.execute(select(events.E).order_by(events.E.c.id)).all())
     tags = {"msg_meta": (["welcome", "ü"], {"user": "42"})}
@@ -161,7 +187,7 @@ async def test_an_open_transaction_holds_back_events_committed_after_it(
         open_tx = slow.transaction()
         await open_tx.start()
         await slow.execute("SELECT pg_current_xact_id()")  # it is a writer from here on
-        await add_events(backend, ["delivered"], "msg_fast")  # commits first
+        await add_events(backend, ["delivered"], "msg_fast", settle=False)  # commits first
         await slow.execute(
             "INSERT INTO event (type, message_id, attempt, message_status, created_at)"
             " VALUES ('queued', 'msg_slow', 0, 'queued', $1)",
@@ -173,6 +199,7 @@ async def test_an_open_transaction_holds_back_events_committed_after_it(
         await open_tx.commit()
     finally:
         await slow.close()
+    await settled(backend)
     _, rows, _ = await next_batch(backend, target_id)
     assert [doc(r)["message_id"] for r in rows] == ["msg_slow", "msg_fast"]
 
