@@ -3,7 +3,6 @@ replay, dropping, and the upgrade from the fan-out schema."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from typing import Any
@@ -19,23 +18,7 @@ from storage import webhook_outbox as outbox
 from storage.db import Database, create_schema
 from storage.webhook_outbox import Position
 from storage.webhooks import create_webhook, replay, update_webhook, wanted_types
-
-# On PostgreSQL an event is settled (readable by a webhook) once no transaction older than its
-# own is open anywhere in the cluster (pg_snapshot_xmin is cluster-wide): other databases'
-# transactions too, such as another pytest-xdist worker's. Bounded: a test's own open
-# transaction never lets it settle.
-_SETTLE_TIMEOUT = 30.0
-_UNSETTLED = text(
-    "SELECT count(*) FROM event WHERE txid >= pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
-)
-
-
-async def settled(db: Database) -> None:
-    """Wait until every event written is settled (at once on SQLite, which commits serially)."""
-    deadline = time.monotonic() + _SETTLE_TIMEOUT
-    while not db.is_sqlite and await db.read(lambda c: c.execute(_UNSETTLED).scalar()):
-        assert time.monotonic() < deadline, "events still unsettled: a transaction stays open"
-        await asyncio.sleep(0.02)
+from tests.support.databases import events_settled
 
 
 async def add_events(
@@ -50,7 +33,7 @@ async def add_events(
     rows = [events.row(t, message_id, "queued", now, f"r{i}@x.test") for i, t in enumerate(types)]
     await db.transaction(lambda conn: conn.execute(events.INSERT_EVENT, rows))
     if settle:
-        await settled(db)
+        await events_settled(db)
 
 
 async def hook(db: Database, **values: Any) -> str:
@@ -159,7 +142,7 @@ async def test_the_database_shapes_each_event_as_the_api_does(backend: Database)
         )
 
     await backend.transaction(write)
-    await settled(backend)
+    await events_settled(backend)
     _, owed, _ = await next_batch(backend, target_id)
     stored = await backend.read(lambda c: c.execute(select(events.E).order_by(events.E.c.id)).all())
     tags = {"msg_meta": (["welcome", "ü"], {"user": "42"})}
@@ -199,7 +182,7 @@ async def test_an_open_transaction_holds_back_events_committed_after_it(
         await open_tx.commit()
     finally:
         await slow.close()
-    await settled(backend)
+    await events_settled(backend)
     _, rows, _ = await next_batch(backend, target_id)
     assert [doc(r)["message_id"] for r in rows] == ["msg_slow", "msg_fast"]
 

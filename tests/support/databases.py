@@ -13,17 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import asyncpg
 import pytest
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlmodel import SQLModel
 
 import storage.models  # noqa: F401  (registers every table on SQLModel.metadata)
 from gateway.queue.store import Queue
-from storage.db import open_database
+from storage.db import Database, open_database
 
 PG_URL = os.environ.get("POSTERN_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 # Held for the whole of one PostgreSQL test, so that two test processes sharing one database
@@ -131,6 +133,24 @@ async def clean_postgresql() -> AsyncIterator[str]:
         yield url
     finally:
         await lock.close()  # also releases the advisory lock
+
+
+# On PostgreSQL an event is settled (readable by the event stream and the webhooks) once no
+# transaction older than its own is open anywhere in the cluster (pg_snapshot_xmin is
+# cluster-wide): other databases' transactions too, such as another pytest-xdist worker's.
+# Bounded: a test's own open transaction never lets its events settle.
+_SETTLE_TIMEOUT = 30.0
+_UNSETTLED = text(
+    "SELECT count(*) FROM event WHERE txid >= pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+)
+
+
+async def events_settled(db: Database) -> None:
+    """Wait until every event written is settled (at once on SQLite, which commits serially)."""
+    deadline = time.monotonic() + _SETTLE_TIMEOUT
+    while not db.is_sqlite and await db.read(lambda c: c.execute(_UNSETTLED).scalar()):
+        assert time.monotonic() < deadline, "events still unsettled: a transaction stays open"
+        await asyncio.sleep(0.02)
 
 
 # `await make_queue("node-b", lease=1)`: a Queue with its own started Writer.
