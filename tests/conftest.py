@@ -15,9 +15,18 @@ import pytest
 
 from gateway.config import Config
 from tests.support.api import Api, ApiClients, ApiFactory
+from tests.support.databases import drop_worker_database
 from tests.support.serve import Launcher, MakePostern, Postern, config_text
 from tests.support.service import ConfigFactory, ServiceFactory, make_config
 from tests.support.sink import Sink
+
+
+@pytest.fixture(scope="session", autouse=True)
+def worker_database() -> Iterator[None]:
+    """Under pytest-xdist, the worker's own PostgreSQL database (made by its first PostgreSQL
+    test, tests/support/databases.py) is dropped when the worker is done."""
+    yield
+    drop_worker_database()
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from storage import event_stream
 from storage.db import Database
 from storage.event_stream import EventFilter, Position
 from storage.models import Message
+from tests.support.databases import events_settled
 
 M = Message
 
@@ -38,6 +39,7 @@ async def event(
         result = DeliveryResult(Outcome.DELIVERED, 250, hop=Hop("relay", 0.0, upstream))
     row = events.row(kind, message_id, "queued", at, to, result=result)
     await db.transaction(lambda conn: conn.execute(events.INSERT_EVENT, [row]))
+    await events_settled(db)  # readable up to the horizon
 
 
 async def read_all(db: Database, after: Position, flt: EventFilter, limit: int = 100) -> Any:

@@ -18,14 +18,22 @@ from storage import webhook_outbox as outbox
 from storage.db import Database, create_schema
 from storage.webhook_outbox import Position
 from storage.webhooks import create_webhook, replay, update_webhook, wanted_types
+from tests.support.databases import events_settled
 
 
 async def add_events(
-    db: Database, types: list[str], message_id: str = "msg_1", at: float | None = None
+    db: Database,
+    types: list[str],
+    message_id: str = "msg_1",
+    at: float | None = None,
+    settle: bool = True,
 ) -> None:
+    """Write events in one transaction; with `settle`, return once a webhook can read them."""
     now = time.time() if at is None else at
     rows = [events.row(t, message_id, "queued", now, f"r{i}@x.test") for i, t in enumerate(types)]
     await db.transaction(lambda conn: conn.execute(events.INSERT_EVENT, rows))
+    if settle:
+        await events_settled(db)
 
 
 async def hook(db: Database, **values: Any) -> str:
@@ -134,6 +142,7 @@ async def test_the_database_shapes_each_event_as_the_api_does(backend: Database)
         )
 
     await backend.transaction(write)
+    await events_settled(backend)
     _, owed, _ = await next_batch(backend, target_id)
     stored = await backend.read(lambda c: c.execute(select(events.E).order_by(events.E.c.id)).all())
     tags = {"msg_meta": (["welcome", "ü"], {"user": "42"})}
@@ -161,7 +170,7 @@ async def test_an_open_transaction_holds_back_events_committed_after_it(
         open_tx = slow.transaction()
         await open_tx.start()
         await slow.execute("SELECT pg_current_xact_id()")  # it is a writer from here on
-        await add_events(backend, ["delivered"], "msg_fast")  # commits first
+        await add_events(backend, ["delivered"], "msg_fast", settle=False)  # commits first
         await slow.execute(
             "INSERT INTO event (type, message_id, attempt, message_status, created_at)"
             " VALUES ('queued', 'msg_slow', 0, 'queued', $1)",
@@ -173,6 +182,7 @@ async def test_an_open_transaction_holds_back_events_committed_after_it(
         await open_tx.commit()
     finally:
         await slow.close()
+    await events_settled(backend)
     _, rows, _ = await next_batch(backend, target_id)
     assert [doc(r)["message_id"] for r in rows] == ["msg_slow", "msg_fast"]
 

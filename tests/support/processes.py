@@ -20,8 +20,26 @@ LOOPBACK = "127.0.0.1"
 # may also give to an outgoing connection before the test listens on it (seen in CI: "Address
 # already in use" on a port bound and released a moment earlier). Ports given out by this process
 # are not given again, so two listeners of one test never collide either.
-_PORTS = range(20000, 32768)
-_given: set[int] = set()
+_ALL_PORTS = range(20000, 32768)
+
+
+def _ports_of_this_process() -> range:
+    """Under pytest-xdist, this worker's own slice of the range: a port is free when it is
+    handed out, but only taken when the child process binds it, and another worker must not
+    hand it out in between."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw3"
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker.startswith("gw") or count < 2:
+        return _ALL_PORTS
+    size = len(_ALL_PORTS) // count
+    start = _ALL_PORTS.start + int(worker[2:]) % count * size
+    return range(start, start + size)
+
+
+_PORTS = _ports_of_this_process()
+# The ports handed out, oldest first; past half the slice the oldest are handed out again (their
+# tests are long over): a worker's slice is a quarter of the range and thousands of tests ask.
+_given: dict[int, None] = {}
 
 
 def free_port() -> int:
@@ -35,7 +53,9 @@ def free_port() -> int:
                 sock.bind((LOOPBACK, port))
             except OSError:
                 continue
-        _given.add(port)
+        _given[port] = None
+        if len(_given) > len(_PORTS) // 2:
+            del _given[next(iter(_given))]
         return port
     raise RuntimeError("no free loopback port below the ephemeral range")
 

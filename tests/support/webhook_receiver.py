@@ -37,6 +37,7 @@ class Receiver:
     secrets: dict[str, str] = field(default_factory=dict)  # webhook id -> secret
     events: list[dict[str, Any]] = field(default_factory=list)
     requests: list[dict[str, Any]] = field(default_factory=list)  # headers of each POST
+    arrivals: list[float] = field(default_factory=list)  # time.monotonic() of each POST
     bad_signatures: int = 0
     _server: _Server | None = None
     _task: asyncio.Task[None] | None = None
@@ -52,6 +53,7 @@ class Receiver:
         body = await request.body()
         headers = dict(request.headers)
         self.requests.append(headers)
+        self.arrivals.append(time.monotonic())
         secret = self.secrets.get(headers.get("postern-webhook-id", ""), "")
         if not verify(secret, headers.get("postern-signature", ""), body, time.time()):
             self.bad_signatures += 1

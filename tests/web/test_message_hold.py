@@ -66,4 +66,7 @@ async def test_bulk_hold_then_release_from_the_search(api: Api, person: SignIn) 
     assert await statuses(api, queued) == {"held"}
     released = await owner.post("/messages/bulk", {"action": "release", "status": "held"})
     assert released.status_code == 303 and "done=released" in released.headers["location"]
-    assert await statuses(api, queued) == {"queued"}
+    # Back in the queue, and so due: the running Service may already have delivered some
+    # (seen in a parallel run), which is what a release is for.
+    after = await statuses(api, queued)
+    assert after and after <= {"queued", "delivered"}, after  # none held any more
