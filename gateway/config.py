@@ -343,6 +343,13 @@ def usable_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def worker_share(cap: int, processes: int, least: int = 1) -> int:
+    """Each of `processes` workers' share of a node-wide `cap` (a pool's max_connections,
+    direct delivery's connections per destination, PostgreSQL's connections): rounded up,
+    at least `least`."""
+    return max(least, -(-cap // max(1, processes)))
+
+
 def auto_workers() -> int:
     """`[server] workers = "auto"`, the default: one worker per usable CPU."""
     return min(MAX_WORKERS, usable_cpus())

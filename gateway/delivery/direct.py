@@ -19,6 +19,7 @@ import logging
 import time
 from dataclasses import replace
 
+from gateway.config import worker_share
 from gateway.delivery import mx
 from gateway.delivery.upstream import (
     PoolSettings,
@@ -53,7 +54,7 @@ class DirectRoutes:
         self._guard = guard or HostGuard(allow_private=False)
         self._session = replace(session, guard=self._guard)  # checked again at connect
         self._port = port
-        self._per_destination = max(1, -(-per_destination // max(1, processes)))
+        self._per_destination = worker_share(per_destination, processes)
         self._pools: dict[tuple[str, int], UpstreamPool] = {}
         self._cut_off = False  # shutdown's deadline: pools made after it start cut off too
 

@@ -17,6 +17,7 @@ from dataclasses import replace
 
 from gateway import maillog, metrics
 from gateway.bounces.returnpath import ReturnPath
+from gateway.config import worker_share
 from gateway.delivery import simulator
 from gateway.delivery.backoff import is_throttling
 from gateway.delivery.direct import DIRECT, DirectRoutes
@@ -74,7 +75,7 @@ class PoolRegistry:
         fresh: dict[str, UpstreamPool] = {}
         for item in settings:
             if self._processes > 1:
-                share = -(-item.max_connections // self._processes)
+                share = worker_share(item.max_connections, self._processes)
                 item = replace(item, max_connections=share)
             current = old.get(item.id)
             fresh[item.id] = (

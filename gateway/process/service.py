@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import os
 import signal
 import time
@@ -42,7 +41,7 @@ from gateway.bounces.ingest import BounceIngest
 from gateway.bounces.ingest import Settings as BounceSettings
 from gateway.bounces.returnpath import VERP_KEY, ReturnPath
 from gateway.bounces.rules import load as load_rules
-from gateway.config import Config, ConfigError, load
+from gateway.config import Config, ConfigError, load, worker_share
 from gateway.delivery import warmup
 from gateway.delivery.direct import DirectRoutes
 from gateway.delivery.throttle import Throttle
@@ -141,6 +140,8 @@ class Service:
         self.role = role
         # What a node runs once: HTTP, the sweeps, the IMAP sync, the webhook senders.
         self.primary = role is None or role.primary
+        # The node's workers: each takes its share of the node's connection caps.
+        self.processes = role.count if role is not None else 1
         self.config_path = config_path  # what SIGHUP reads again (None: as at start)
         self.drain_timeout = drain_timeout  # seconds from the stop signal (README: 10 s)
         self._stopping = asyncio.Event()
@@ -229,9 +230,8 @@ class Service:
         """The database (schema upgraded), its writer, the queue on them."""
         config = self.config
         # A worker of several opens its share of the node's PostgreSQL connections (10 + 10).
-        processes = self.role.count if self.role is not None else 1
         url = database_url(config.storage.url, config.server.data_dir)
-        db = self.db = open_database(url, connections=max(2, math.ceil(10 / processes)))
+        db = self.db = open_database(url, connections=worker_share(10, self.processes, least=2))
         try:
             await create_schema(db)
         except SchemaError as error:
@@ -306,10 +306,9 @@ class Service:
             guard=outbound.pools,
         )
         # With workers, each opens its share of a pool's max_connections (the node's cap).
-        processes = self.role.count if self.role is not None else 1
-        registry = self.registry = PoolRegistry(session, processes)
+        registry = self.registry = PoolRegistry(session, self.processes)
         direct = DirectRoutes(
-            outbound.resolver, session, config.mx_port, guard=outbound.mx, processes=processes
+            outbound.resolver, session, config.mx_port, guard=outbound.mx, processes=self.processes
         )
         db, writer, queue = storage.db, storage.writer, storage.queue
         gate = self.warmup = WarmupGate(
