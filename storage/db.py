@@ -156,15 +156,14 @@ class Database:
 
             def run() -> T:
                 with self._write_lock.held(), engine.connect() as conn:
-                    if durable:
-                        with conn.begin():
-                            return work(conn)
-                    _synchronous(conn, "NORMAL")
+                    if not durable:
+                        _synchronous(conn, "NORMAL")
                     try:
                         with conn.begin():
                             return work(conn)
                     finally:
-                        _back_to_full(conn)
+                        if not durable:
+                            _back_to_full(conn)
 
             return await asyncio.get_running_loop().run_in_executor(self._write_thread, run)
         assert self._async is not None

@@ -87,7 +87,8 @@ class AuthThrottle:
         if self._failures is None:
             return None
         now = time.time()
-        budgets = [Budget(address_subject(client_of(host)), *self._window)]
+        rate = self._per_address
+        budgets = [Budget(address_subject(client_of(host)), rate.count, rate.window)]
         if self._everyone is not None:
             budgets.append(self._everyone)
         if any(self._spent.get(budget.subject, 0.0) > now for budget in budgets):
@@ -107,10 +108,6 @@ class AuthThrottle:
         task = asyncio.get_running_loop().create_task(self._give_back(guess.rows))
         self._returns.add(task)
         task.add_done_callback(self._returns.discard)
-
-    @property
-    def _window(self) -> tuple[int, float]:
-        return self._per_address.count, self._per_address.window
 
     async def _give_back(self, rows: tuple[int, ...]) -> None:
         assert self._failures is not None
