@@ -334,7 +334,7 @@ def start_nodes(
             workers=settings.workers,
             pin=settings.pin,
             hostname=f"node{index + 1}.bench.postern.test",
-            tables=f"[storage]\nurl = {json.dumps(url)}\n",
+            storage_url=url,
             env_extra={"POSTERN_SECRET_KEY": key},
         )
         stack.callback(node.stop)

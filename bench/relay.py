@@ -498,14 +498,12 @@ class Postern:
         pin: str | None = None,
         smtp_extra: str = "",
         hostname: str | None = None,
-        tables: str = "",
         env_extra: dict[str, str] | None = None,
         storage_url: str = "",
     ) -> None:
         """`workers`: `[server] workers` (a count or "auto"); `pin`: a CPU list for
         `taskset -c` (its workers inherit it: "auto" then counts those CPUs); `hostname`:
-        `[server] hostname`; `tables`: more TOML tables appended to the file (`[storage]`);
-        `storage_url`: `[storage] url` ("" = SQLite in the data dir)."""
+        `[server] hostname`; `storage_url`: `[storage] url` ("" = SQLite in the data dir)."""
         self.smtp_port, self.http_port = free_ports(2)
         self.workers = workers
         config = tmp / "postern.toml"
@@ -524,8 +522,6 @@ class Postern:
                 'hostname = "bench.postern.test"', f"hostname = {json.dumps(hostname)}", 1
             )
             config.write_text(text)
-        if tables:
-            config.write_text(config.read_text() + "\n" + tables)
         if smtp_extra:  # more `[smtp]` keys, one per line
             text = config.read_text().replace("[smtp]\n", f"[smtp]\n{smtp_extra}\n", 1)
             config.write_text(text)
