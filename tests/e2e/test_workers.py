@@ -32,6 +32,7 @@ from tests.support.serve import (
     run_cli,
     seqs_received,
     wait_until,
+    with_workers,
 )
 from tests.support.sink import Sink
 
@@ -49,7 +50,7 @@ def two_workers(
     extra = f'\n[storage]\nurl = "{storage_url}"\n' if storage_url else ""
     postern = postern_process(sink_port, extra=extra, start=False)
     text = postern.config.read_text()
-    postern.config.write_text(text.replace("workers = 1\n", "workers = 2\n", 1))
+    postern.config.write_text(with_workers(text, 2))
     postern.start(timeout=60.0)
     running = "supervisor: 2 workers running"  # every worker has started
     assert wait_until(lambda: running in postern.stderr(), 60.0), postern.stderr()
@@ -276,7 +277,7 @@ def workers_config(tmp_path: Path, smtp_port: int, http_port: int) -> Path:
     text = config_text(
         data_dir=tmp_path / "var", smtp_port=smtp_port, http_port=http_port, sink_port=None
     )
-    path.write_text(text.replace("workers = 1\n", "workers = 2\n", 1))
+    path.write_text(with_workers(text, 2))
     return path
 
 

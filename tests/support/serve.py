@@ -43,6 +43,11 @@ def run_cli(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[st
     )
 
 
+def with_workers(text: str, count: int) -> str:
+    """`config_text`'s config with `[server] workers = count` instead of its one process."""
+    return text.replace("workers = 1\n", f"workers = {count}\n", 1)
+
+
 def config_text(
     *,
     data_dir: Path,
