@@ -528,10 +528,10 @@ class Postern:
         if storage_url:
             table = f"\n[storage]\nurl = {json.dumps(storage_url)}\n"
             config.write_text(config.read_text() + table)
-        if workers != 1:
-            value = json.dumps(workers) if isinstance(workers, str) else str(workers)
-            text = config.read_text().replace("[server]\n", f"[server]\nworkers = {value}\n", 1)
-            config.write_text(text)
+        # Always written: the default is "auto" now, so leaving it out for 1 ran N workers.
+        value = json.dumps(workers) if isinstance(workers, str) else str(workers)
+        text = config.read_text().replace("[server]\n", f"[server]\nworkers = {value}\n", 1)
+        config.write_text(text)
         if dkim:  # sign every message: a key for the From domain of the bench's mail
             subprocess.run(
                 [*command[:-1], "dkim", "generate", "--config", str(config),
