@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.metrics_core import Metric
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -179,6 +181,17 @@ REPUTATION_VALUE = Gauge(
     ["kind", "subject", "signal"],
     multiprocess_mode="mostrecent",  # set in worker 0 alone
 )
+
+
+def node_families(*metrics: MetricWrapperBase) -> list[Metric]:
+    """The families of `metrics` as /metrics answers them: this process's, or with workers
+    every worker's summed (a page that read its own process's showed worker 0's share)."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return [family for metric in metrics for family in metric.collect()]
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    names = {family.name for metric in metrics for family in metric.describe()}
+    return [family for family in MultiProcessCollector(None).collect() if family.name in names]
 
 
 def exposition() -> bytes:

@@ -1,8 +1,8 @@
-"""A pool's figures on this node since it started, read from the Prometheus metrics that
-`/metrics` exports (gateway.metrics), so the page and a scrape never disagree: the upstream
-send latency histogram, its p50 and p95 estimated from the buckets, and the recipients
-delivered, deferred and bounced. Drawn as SVG geometry for the template (no script, colours
-from CSS classes: the CSP allows no `style=`).
+"""A pool's figures on this node since it started, read from the Prometheus metrics as
+`/metrics` exports them (gateway.metrics: with workers, every worker's summed), so the page
+and a scrape never disagree: the upstream send latency histogram, its p50 and p95 estimated
+from the buckets, and the recipients delivered, deferred and bounced. Drawn as SVG geometry
+for the template (no script, colours from CSS classes: the CSP allows no `style=`).
 
 Each node counts its own sends: with several nodes, each page shows its node's share.
 """
@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from prometheus_client.registry import Collector
+from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.metrics_core import Metric
 
 from gateway import metrics
 
@@ -45,12 +46,14 @@ class Figures:
 Samples = dict[str, list[tuple[dict[str, str], float]]]  # by pool: (labels, value)
 
 
-def _samples(metric: Collector, suffix: str) -> Samples:
-    """The metric's samples named ...`suffix`, by pool: one collect for every pool (a
-    collect yields every label set's samples, so one per pool made a page of N pools cost
-    N times all of them)."""
+def _samples(families: list[Metric], metric: MetricWrapperBase, suffix: str) -> Samples:
+    """`metric`'s samples among `families` named ...`suffix`, by pool: one read for every
+    pool (one per pool made a page of N pools cost N times all of them)."""
+    names = {family.name for family in metric.describe()}
     found: Samples = {}
-    for family in metric.collect():
+    for family in families:
+        if family.name not in names:
+            continue
         for sample in family.samples:
             pool = sample.labels.get("pool")
             if pool is not None and sample.name.endswith(suffix):
@@ -104,13 +107,15 @@ def figures(pool: str) -> Figures:
 
 def figures_of(pools: list[str]) -> dict[str, Figures]:
     """Each pool's figures, the metrics read once for all of them."""
-    buckets = _samples(metrics.UPSTREAM_SEND_SECONDS, "_bucket")
-    sums = _samples(metrics.UPSTREAM_SEND_SECONDS, "_sum")
-    counters = {
-        "delivered": _samples(metrics.MESSAGES_DELIVERED, "_total"),
-        "deferred": _samples(metrics.MESSAGES_DEFERRED, "_total"),
-        "bounced": _samples(metrics.MESSAGES_BOUNCED, "_total"),
+    counted = {
+        "delivered": metrics.MESSAGES_DELIVERED,
+        "deferred": metrics.MESSAGES_DEFERRED,
+        "bounced": metrics.MESSAGES_BOUNCED,
     }
+    families = metrics.node_families(metrics.UPSTREAM_SEND_SECONDS, *counted.values())
+    buckets = _samples(families, metrics.UPSTREAM_SEND_SECONDS, "_bucket")
+    sums = _samples(families, metrics.UPSTREAM_SEND_SECONDS, "_sum")
+    counters = {kind: _samples(families, counter, "_total") for kind, counter in counted.items()}
     found: dict[str, Figures] = {}
     for pool in pools:
         mine = buckets.get(pool, [])

@@ -1,12 +1,19 @@
 """Settings → SMTP Pools shows each pool's health and figures on this node, through a real
 uvicorn with httpx: after a delivery, a latency histogram and a delivered count read from the
 metrics /metrics exports; an upstream that refuses shows failures, the last error and, after
-a few, the cool-down. The quantile estimate from buckets is checked on its own."""
+a few, the cool-down. The quantile estimate from buckets is checked on its own, and with
+workers the figures are every worker's, as /metrics sums them (real multiprocess files
+written by processes of their own)."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -100,3 +107,36 @@ def test_quantiles_are_estimated_within_their_bucket() -> None:
     assert quantile(0.95, cumulative) == pytest.approx(0.1 + 0.9 * 0.875)
     assert quantile(0.5, [(0.1, 0.0), (math.inf, 0.0)]) is None
     assert quantile(0.99, [(0.1, 1.0), (math.inf, 4.0)]) == 0.1  # in +Inf: the last bound
+
+
+_WORKER = """
+from gateway import metrics
+for _ in range({sends}):
+    metrics.UPSTREAM_SEND_SECONDS.labels(pool="p").observe(0.02)
+    metrics.MESSAGES_DELIVERED.labels(pool="p").inc()
+metrics.MESSAGES_DEFERRED.labels(pool="p").inc({deferred})
+"""
+
+_PAGE = """
+import json
+from web.pool_figures import figures
+shown = figures("p")
+print(json.dumps({"sends": shown.sends, "outcomes": shown.outcomes}))
+"""
+
+
+def _python(code: str, metrics_dir: Path) -> str:
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_with_workers_the_figures_are_every_workers_summed(tmp_path: Path) -> None:
+    """Worker 0 serves the page: it once showed its own share of the node's sends."""
+    _python(_WORKER.format(sends=3, deferred=1), tmp_path)
+    _python(_WORKER.format(sends=4, deferred=0), tmp_path)
+    shown = json.loads(_python(_PAGE, tmp_path))
+    assert shown == {"sends": 7, "outcomes": {"delivered": 7, "deferred": 1, "bounced": 0}}
