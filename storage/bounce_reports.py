@@ -265,20 +265,24 @@ def recipients_of(conn: Connection, message_id: str) -> list[tuple[str, str]]:
 def bounce_recipient(
     conn: Connection, message_id: str, email: str, response: str, now: float
 ) -> str | None:
-    """A recipient the upstream had taken (or that is still pending) becomes bounced; the
-    status it had ("delivered" or "pending"), None when it changed nothing (bounced already,
-    or no such recipient). Each UPDATE names the status it leaves, so of two reports about
-    one recipient at once only one sees it `delivered` (PostgreSQL re-reads the row the
-    other changed; SQLite has one writer): what is told once depends on that."""
-    for was in ("delivered", "pending"):
-        changed = conn.execute(
-            update(R)
-            .where(R.c.message_id == message_id, R.c.email == email, R.c.status == was)
-            .values(status="bounced", response=response[:1000], updated_at=now)
-        )
-        if changed.rowcount:
-            return was
-    return None
+    """A recipient the upstream had taken, or that is still pending, becomes bounced; the
+    status it had ("delivered" or "pending"), None when it changed nothing (final already:
+    bounced, cancelled...; or no such recipient). Its row is read locked first (PostgreSQL:
+    SELECT ... FOR UPDATE waits for a delivery attempt or another report writing it, then
+    returns what they committed), and the UPDATE names the status it leaves: of two writers
+    at once only one moves it, and the one that moves it is the one that tells the sender."""
+    current = select(R.c.status).where(R.c.message_id == message_id, R.c.email == email)
+    if conn.dialect.name != "sqlite":  # SQLite has one writer
+        current = current.with_for_update()
+    was = conn.execute(current).scalar()
+    if was not in ("delivered", "pending"):
+        return None
+    changed = conn.execute(
+        update(R)
+        .where(R.c.message_id == message_id, R.c.email == email, R.c.status == was)
+        .values(status="bounced", response=response[:1000], updated_at=now)
+    )
+    return str(was) if changed.rowcount else None
 
 
 def suppressed(conn: Connection, key: str) -> bool:
@@ -292,6 +296,31 @@ def set_final_status(conn: Connection, message_id: str, old: str, new: str, now:
         update(M)
         .where(M.c.id == message_id, M.c.status == old, M.c.due_at.is_(None))
         .values(status=new, updated_at=now)
+    )
+    return bool(changed.rowcount)
+
+
+def settle_unclaimed(
+    conn: Connection, message_id: str, new: str, response: str, now: float
+) -> bool:
+    """A message with work left that no worker holds (unclaimed, or held by an operator)
+    and no recipient pending any more becomes `new`, final (never due again): the report
+    that bounced its last pending recipient settles it, as its next attempt would have.
+    A message a worker holds is left to that worker's record (gateway.queue.store), which
+    sees the recipient final and settles it the same way. One UPDATE: the conditions hold
+    at the moment it writes."""
+    pending = select(R.c.id).where(R.c.message_id == message_id, R.c.status == "pending")
+    changed = conn.execute(
+        update(M)
+        .where(
+            M.c.id == message_id,
+            M.c.due_at.is_not(None),
+            M.c.claimed_by.is_(None),
+            ~pending.exists(),
+        )
+        .values(
+            status=new, due_at=None, held_at=None, last_response=response[:1000], updated_at=now
+        )
     )
     return bool(changed.rowcount)
 
