@@ -262,18 +262,26 @@ def recipients_of(conn: Connection, message_id: str) -> list[tuple[str, str]]:
     return [(row.email, row.status) for row in conn.execute(query)]
 
 
+def lock_message(conn: Connection, message_id: str) -> str | None:
+    """The message's status, its row locked until the transaction ends (PostgreSQL: an
+    attempt's record of it, which updates that row first, is waited for and then read; one
+    that comes after waits for this transaction; SQLite has one writer). None: no message."""
+    query = select(M.c.status).where(M.c.id == message_id)
+    if conn.dialect.name != "sqlite":
+        query = query.with_for_update()
+    status = conn.execute(query).scalar()
+    return None if status is None else str(status)
+
+
 def bounce_recipient(
     conn: Connection, message_id: str, email: str, response: str, now: float
 ) -> str | None:
     """A recipient the upstream had taken, or that is still pending, becomes bounced; the
     status it had ("delivered" or "pending"), None when it changed nothing (final already:
-    bounced, cancelled...; or no such recipient). Its row is read locked first (PostgreSQL:
-    SELECT ... FOR UPDATE waits for a delivery attempt or another report writing it, then
-    returns what they committed), and the UPDATE names the status it leaves: of two writers
-    at once only one moves it, and the one that moves it is the one that tells the sender."""
+    bounced, cancelled...; or no such recipient). The caller holds the message's row
+    (`lock_message`), as an attempt's record does: what it reads here is what the last
+    writer committed, and the one that moves the recipient is the one that tells."""
     current = select(R.c.status).where(R.c.message_id == message_id, R.c.email == email)
-    if conn.dialect.name != "sqlite":  # SQLite has one writer
-        current = current.with_for_update()
     was = conn.execute(current).scalar()
     if was not in ("delivered", "pending"):
         return None

@@ -104,8 +104,8 @@ RECORD_RECIPIENT = UPDATE_RECIPIENT.where(RECORDED, R.c.status == "pending")
 # After RECORD_RECIPIENT, in the same transaction: a message the attempt left `delivered` or
 # `deferred` that has a bounced recipient and none pending (a report bounced one while the
 # attempt ran, so the attempt's own result for it was not taken) is bounced, final, as its
-# next attempt would settle it. It matches nothing otherwise; on PostgreSQL it reads after
-# RECORD_RECIPIENT waited for such a report's commit, so it sees that bounce.
+# next attempt would settle it. It matches nothing otherwise. Such a report locked the
+# message's row first, so on PostgreSQL it committed before UPDATE_MESSAGE went on.
 _OF_MESSAGE = R.c.message_id == bindparam("m_id")
 _BOUNCED_ONE = select(R.c.id).where(_OF_MESSAGE, R.c.status == "bounced").exists()
 _PENDING_ONE = select(R.c.id).where(_OF_MESSAGE, R.c.status == "pending").exists()
@@ -203,14 +203,12 @@ def recipients_of(conn: Connection, ids: Sequence[str]) -> list[Any]:
 
 
 def still_pending(conn: Connection, message_id: str, emails: Sequence[str]) -> set[str]:
-    """Those of `emails` that are still pending recipients of the message, their rows
-    locked for the transaction (PostgreSQL: a report bouncing one of them right now is
-    waited for, and what it committed is read)."""
+    """Those of `emails` that are still pending recipients of the message. Read after the
+    record's UPDATE_MESSAGE holds the message's row, which a report bouncing a recipient
+    locks first (storage.bounce_reports.lock_message): such a report has committed by then."""
     query = select(R.c.email).where(
         R.c.message_id == message_id, R.c.email.in_(list(emails)), R.c.status == "pending"
     )
-    if _row_locks(conn):
-        query = query.with_for_update()
     return {row.email for row in conn.execute(query)}
 
 

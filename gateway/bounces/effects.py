@@ -25,21 +25,21 @@ its first final state, tells, in the transaction of that move; nobody else does.
                bounced here; with others pending, its attempts go on and its last one
                settles it as bounced
     claimed    pending, and a worker is sending it right now: the report tells; the
-               worker's record takes no result for a recipient no longer pending (its
-               notification leaves it out, its rows are locked and read first), and settles
-               the message bounced if it would have been delivered, or had nothing pending
-               left (storage.queue_sql.SETTLE_TAKEN). The upstream may have taken it all
-               the same: the recipient stays bounced, as told; the attempt's own event
-               for it is written after the report's
+               worker's record takes no result for a recipient no longer pending (nor
+               does its notification name it), and settles the message bounced if it
+               would have been delivered or has nothing pending left
+               (storage.queue_sql.SETTLE_TAKEN). The upstream may have taken it all the
+               same: the recipient stays bounced, as told; the attempt's own event for it
+               comes after the report's
     final      bounced (by an attempt or a report), cancelled...: nobody is told again
 
-`bounce_recipient` locks the recipient's row before it reads it, so of a report and an
-attempt recording the same recipient at once (or two reports) exactly one moves it. A
-report met again, a second report about the recipient, or a reclassification finds it
-bounced already and tells nobody; a reclassification away from hard does not unsend it.
-A report that bounces a recipient of HTTP mail, of a null sender or of a notification,
-or whose sender is suppressed, or with notify_sender off, tells nobody; it is applied
-all the same.
+The message's row is locked first (`lock_message`), as an attempt's record locks it first,
+so of a report and an attempt recording the same recipient at once (or two reports)
+exactly one moves it, and each reads what the other committed. A report met again, a
+second report about the recipient, or a reclassification finds it bounced already and
+tells nobody; a reclassification away from hard does not unsend it. A report that bounces
+a recipient of HTTP mail, of a null sender or of a notification, or whose sender is
+suppressed, or with notify_sender off, tells nobody; it is applied all the same.
 
 Every event carries `async: true` and the report's classification (`detail`), through the
 same outbox as every other event, so webhooks get them. Suppressions are added only if
@@ -133,10 +133,10 @@ def _message_status(conn: Connection, hit: Hit, now: float) -> tuple[str, bool]:
     if hit.cls != "hard":
         return _status_of(conn, hit.message_id), False
     response = f"{hit.status} {hit.diagnostic}".strip() or "bounced by a report"
-    # The recipient first, its row locked: an attempt recording it right now is waited for,
-    # and the message is read after, as that attempt left it.
+    # The message's row first, locked: an attempt recording it right now is waited for and
+    # read as it left it; one recorded later sees this bounce (storage.queue_sql).
+    status = stored.lock_message(conn, hit.message_id) or "delivered"
     was = stored.bounce_recipient(conn, hit.message_id, hit.recipient, response, now)
-    status = _status_of(conn, hit.message_id)
     after = states.after_late_bounce(status)
     if after is not None and stored.set_final_status(conn, hit.message_id, status, after, now):
         return after, was is not None

@@ -605,8 +605,8 @@ Notice = Callable[[Connection], Batch | None]  # the rows of a notification, dec
 def _if_claimed(batch: Batch, params: dict[str, Any], notice: Notice, conn: Connection) -> bool:
     """An attempt's record as one function: its message update, then (only if this node
     still held the claim) the notification to the sender of the recipients still pending
-    (read before the attempt's results are written, its rows locked), then every other
-    row and the notification's."""
+    (read before the attempt's results are written), then every other row and the
+    notification's."""
     if not conn.execute(sql.UPDATE_MESSAGE, params).rowcount:
         return False
     told = notice(conn)
