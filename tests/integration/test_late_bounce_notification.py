@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import email
+import time
 from email.message import Message
 from email.policy import default
 from pathlib import Path
@@ -209,6 +210,32 @@ async def test_on_postgresql_a_pending_recipient_bounced_by_a_report_is_told_onc
         svc = await service(config)
         await told_once_while_pending(svc, sink)
         await svc.stop()
+
+
+async def test_a_lapsed_claim_left_with_nothing_pending_is_settled_without_the_upstream(
+    tmp_path: Path, service: ServiceFactory, sink: Sink
+) -> None:
+    """A node that died holding the message: the report bounces its last pending recipient
+    and tells, but leaves the message to the claim. When the claim lapses, the node that
+    takes the message over settles it bounced without a transaction upstream (it used to
+    send MAIL FROM with no RCPT), and nobody is told again."""
+    delivery = {"retry_schedule": ["1h"]}  # no retry of its own during the test
+    svc = await service(make_config(tmp_path, sink, bounces=bounces(), delivery=delivery))
+    message_id, return_path = await deferred_over_smtp(svc, sink)
+    claim = text("UPDATE message SET claimed_by = 'node-gone', due_at = :due WHERE id = :id")
+    now = time.time()
+    await svc.db.transaction(
+        lambda conn: conn.execute(claim, {"due": now + 3600, "id": message_id})
+    )
+    await report_back(svc, return_path)
+    assert await wait_until(lambda: len(notices(sink)) == 1, timeout=10)
+    assert (await stored(svc))[0] == ("smtp", SENDER, "deferred")  # the claim's to settle
+    mails = [verb for _, verb in sink.commands].count("MAIL")
+    await svc.db.transaction(lambda conn: conn.execute(claim, {"due": now, "id": message_id}))
+    await reaches(svc, message_id, "bounced")
+    await asyncio.sleep(1)
+    assert [verb for _, verb in sink.commands].count("MAIL") == mails  # no upstream asked
+    assert len(notices(sink)) == 1
 
 
 async def test_notify_sender_false_tells_nobody(
