@@ -9,7 +9,11 @@ claims it writes its node id to `claimed_by` and moves `due_at` to the end of it
 node that dies mid-delivery strands nothing: its lease lapses and any node claims the message
 again (on start-up a node also releases what its previous life held). Final messages have
 `due_at` NULL; their body stays for `[storage] body_retention` (gateway.queue.retention).
-Recipients carry their own status, so a retry goes only to those still pending.
+Recipients carry their own status, so a retry goes only to those still pending. A
+recipient's first final state stays: a report may bounce one while an attempt runs
+(gateway.bounces.effects, which tells its sender); the attempt's record then takes no
+result for it, names it in no notification, and settles the message bounced rather than
+delivered (storage.queue_sql.SETTLE_TAKEN).
 
 Accepted messages are normally claimed by the accepting node in the same transaction that
 stores them (the fast path): the delivery worker gets the message from memory without a
