@@ -339,3 +339,29 @@ async def test_on_postgresql_a_record_waits_for_a_report_in_flight_and_sees_its_
         "bounced", None, [("gone@example.test", "bounced")]
     )  # fmt: skip
     assert await notices(backend) == []  # not the attempt's 550 either: the report tells
+
+
+@pytest.mark.parametrize(
+    ("sender", "source", "notify", "suppressed"),
+    [
+        ("", "smtp", True, False),  # a null sender
+        (SENDER, "dsn", True, False),  # a notification of ours
+        (SENDER, "http", True, False),  # HTTP mail: webhooks
+        (SENDER, "smtp", False, False),  # notify_sender off
+        (SENDER, "smtp", True, True),  # a suppressed sender
+    ],
+)
+async def test_a_pending_recipient_tells_nobody_when_nobody_should_be_told(
+    backend: Database, queue: Queue, sender: str, source: str, notify: bool, suppressed: bool
+) -> None:
+    """The same rules as for a recipient the upstream had taken; the report is applied all
+    the same (the message settled bounced)."""
+    mail = replace(submission("gone@example.test"), mail_from=sender, source=source)
+    message = await queue.enqueue(mail, Route(), claim=True)
+    assert await queue.record(AttemptRecord(message, {"gone@example.test": DEFERRED}, "p"))
+    if suppressed:
+        await add_suppression(backend, SENDER, "manual")
+    raw = dsn("gone@example.test", to=RP.address(message.id, ""))
+    assert (await ingest(backend, queue, notify).ingest(raw, LISTENER)).outcome == "processed"
+    assert (await statuses(backend, message.id))[:2] == ("bounced", None)
+    assert await notices(backend) == []
