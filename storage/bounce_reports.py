@@ -262,23 +262,35 @@ def recipients_of(conn: Connection, message_id: str) -> list[tuple[str, str]]:
     return [(row.email, row.status) for row in conn.execute(query)]
 
 
+def lock_message(conn: Connection, message_id: str) -> str | None:
+    """The message's status, its row locked until the transaction ends (PostgreSQL: an
+    attempt's record of it, which updates that row first, is waited for and then read; one
+    that comes after waits for this transaction; SQLite has one writer). None: no message."""
+    query = select(M.c.status).where(M.c.id == message_id)
+    if conn.dialect.name != "sqlite":
+        query = query.with_for_update()
+    status = conn.execute(query).scalar()
+    return None if status is None else str(status)
+
+
 def bounce_recipient(
     conn: Connection, message_id: str, email: str, response: str, now: float
 ) -> str | None:
-    """A recipient the upstream had taken (or that is still pending) becomes bounced; the
-    status it had ("delivered" or "pending"), None when it changed nothing (bounced already,
-    or no such recipient). Each UPDATE names the status it leaves, so of two reports about
-    one recipient at once only one sees it `delivered` (PostgreSQL re-reads the row the
-    other changed; SQLite has one writer): what is told once depends on that."""
-    for was in ("delivered", "pending"):
-        changed = conn.execute(
-            update(R)
-            .where(R.c.message_id == message_id, R.c.email == email, R.c.status == was)
-            .values(status="bounced", response=response[:1000], updated_at=now)
-        )
-        if changed.rowcount:
-            return was
-    return None
+    """A recipient the upstream had taken, or that is still pending, becomes bounced; the
+    status it had ("delivered" or "pending"), None when it changed nothing (final already:
+    bounced, cancelled...; or no such recipient). The caller holds the message's row
+    (`lock_message`), as an attempt's record does: what it reads here is what the last
+    writer committed, and the one that moves the recipient is the one that tells."""
+    current = select(R.c.status).where(R.c.message_id == message_id, R.c.email == email)
+    was = conn.execute(current).scalar()
+    if was not in ("delivered", "pending"):
+        return None
+    changed = conn.execute(
+        update(R)
+        .where(R.c.message_id == message_id, R.c.email == email, R.c.status == was)
+        .values(status="bounced", response=response[:1000], updated_at=now)
+    )
+    return str(was) if changed.rowcount else None
 
 
 def suppressed(conn: Connection, key: str) -> bool:
@@ -292,6 +304,31 @@ def set_final_status(conn: Connection, message_id: str, old: str, new: str, now:
         update(M)
         .where(M.c.id == message_id, M.c.status == old, M.c.due_at.is_(None))
         .values(status=new, updated_at=now)
+    )
+    return bool(changed.rowcount)
+
+
+def settle_unclaimed(
+    conn: Connection, message_id: str, new: str, response: str, now: float
+) -> bool:
+    """A message with work left that no worker holds (unclaimed, or held by an operator)
+    and no recipient pending any more becomes `new`, final (never due again): the report
+    that bounced its last pending recipient settles it, as its next attempt would have.
+    A message a worker holds is left to that worker's record (gateway.queue.store), which
+    sees the recipient final and settles it the same way. One UPDATE: the conditions hold
+    at the moment it writes."""
+    pending = select(R.c.id).where(R.c.message_id == message_id, R.c.status == "pending")
+    changed = conn.execute(
+        update(M)
+        .where(
+            M.c.id == message_id,
+            M.c.due_at.is_not(None),
+            M.c.claimed_by.is_(None),
+            ~pending.exists(),
+        )
+        .values(
+            status=new, due_at=None, held_at=None, last_response=response[:1000], updated_at=now
+        )
     )
     return bool(changed.rowcount)
 

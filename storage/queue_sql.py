@@ -97,7 +97,30 @@ RECORDED = (
     )
     .exists()
 )
-RECORD_RECIPIENT = UPDATE_RECIPIENT.where(RECORDED)
+# Only a recipient still pending takes the attempt's result: one a report bounced while the
+# attempt ran (gateway.bounces.effects) stays bounced, the first final state being the one
+# that counts (and the one its sender was told of).
+RECORD_RECIPIENT = UPDATE_RECIPIENT.where(RECORDED, R.c.status == "pending")
+# After RECORD_RECIPIENT, in the same transaction: a message the attempt left `delivered` or
+# `deferred` that has a bounced recipient and none pending (a report bounced one while the
+# attempt ran, so the attempt's own result for it was not taken) is bounced, final, as its
+# next attempt would settle it. It matches nothing otherwise. Such a report locked the
+# message's row first, so on PostgreSQL it committed before UPDATE_MESSAGE went on.
+_OF_MESSAGE = R.c.message_id == bindparam("m_id")
+_BOUNCED_ONE = select(R.c.id).where(_OF_MESSAGE, R.c.status == "bounced").exists()
+_PENDING_ONE = select(R.c.id).where(_OF_MESSAGE, R.c.status == "pending").exists()
+SETTLE_TAKEN = (
+    update(M)
+    .where(
+        M.c.id == bindparam("m_id"),
+        M.c.updated_at == bindparam("stamp_at"),
+        M.c.attempts == bindparam("stamp_attempt"),
+        M.c.status != "bounced",  # delivered, or deferred
+        _BOUNCED_ONE,
+        ~_PENDING_ONE,
+    )
+    .values(status="bounced", due_at=None)
+)
 # Every column but those the database fills in (the id, the transaction's id).
 _EVENT_COLUMNS = [c for c in E.columns if not c.primary_key and c.server_default is None]
 RECORD_EVENT = insert(E).from_select(
@@ -177,6 +200,16 @@ def recipients_of(conn: Connection, ids: Sequence[str]) -> list[Any]:
     """(message_id, email, status) of every recipient of these messages, in stored order."""
     query = select(R.c.message_id, R.c.email, R.c.status).where(R.c.message_id.in_(ids))
     return list(conn.execute(query.order_by(R.c.id)))
+
+
+def still_pending(conn: Connection, message_id: str, emails: Sequence[str]) -> set[str]:
+    """Those of `emails` that are still pending recipients of the message. Read after the
+    record's UPDATE_MESSAGE holds the message's row, which a report bouncing a recipient
+    locks first (storage.bounce_reports.lock_message): such a report has committed by then."""
+    query = select(R.c.email).where(
+        R.c.message_id == message_id, R.c.email.in_(list(emails)), R.c.status == "pending"
+    )
+    return {row.email for row in conn.execute(query)}
 
 
 def bodies_of(conn: Connection, ids: Sequence[str]) -> dict[str, bytes]:

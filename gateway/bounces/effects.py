@@ -2,7 +2,8 @@
 (gateway.bounces.ingest runs it in the transaction that stores the report).
 
     hard       suppressed (`hard_bounce`, the rule as its note); the recipient becomes
-               bounced, and a delivered message with it (gateway.queue.states); `bounced`
+               bounced (from delivered or pending), and a delivered message with it, or
+               one it leaves nothing pending (gateway.queue.states); `bounced`
     soft       counted per address; at [bounces] soft_limit within the last soft_window
                (a sliding window: each bounce counts for soft_window after it),
                suppressed (`soft_bounce`); `soft_bounce`
@@ -10,12 +11,35 @@
     complaint  suppressed (`complaint`); `complaint`
     auto_reply, ignore: nothing
 
-A hard entry that moves a recipient from delivered to bounced (the upstream had taken it)
-is told to the envelope sender of SMTP mail as a bounce during delivery is
-(gateway.queue.notify, `[delivery] notify_sender`): `tell_sender`, one RFC 3464 report per
-report and message, in the same transaction. Only that move tells: a report met again, a
-second report about the recipient, or a reclassification finds it bounced already and tells
-nobody; a reclassification away from hard does not unsend it.
+A hard entry that moves a recipient into bounced is told to the envelope sender of SMTP
+mail as a bounce during delivery is (gateway.queue.notify, `[delivery] notify_sender`):
+`tell_sender`, one RFC 3464 report per report and message, in the same transaction. The
+rule, here and in delivery (gateway.queue.store): whoever moves a recipient into bounced,
+its first final state, tells, in the transaction of that move; nobody else does. So:
+
+    delivered  the upstream had taken it: the report tells; a delivered message becomes
+               bounced
+    pending    not settled yet (deferred, queued, held): the report tells, and the
+               recipient is final, so no attempt goes to it again. The message, when that
+               was its last pending recipient and no worker holds it, is settled as
+               bounced here; with others pending, its attempts go on and its last one
+               settles it as bounced
+    claimed    pending, and a worker is sending it right now: the report tells; the
+               worker's record takes no result for a recipient no longer pending (nor
+               does its notification name it), and settles the message bounced if it
+               would have been delivered or has nothing pending left
+               (storage.queue_sql.SETTLE_TAKEN). The upstream may have taken it all the
+               same: the recipient stays bounced, as told; the attempt's own event for it
+               comes after the report's
+    final      bounced (by an attempt or a report), cancelled...: nobody is told again
+
+The message's row is locked first (`lock_message`), as an attempt's record locks it first,
+so of a report and an attempt recording the same recipient at once (or two reports)
+exactly one moves it, and each reads what the other committed. A report met again, a
+second report about the recipient, or a reclassification finds it bounced already and
+tells nobody; a reclassification away from hard does not unsend it. A report that bounces
+a recipient of HTTP mail, of a null sender or of a notification, or whose sender is
+suppressed, or with notify_sender off, tells nobody; it is applied all the same.
 
 Every event carries `async: true` and the report's classification (`detail`), through the
 same outbox as every other event, so webhooks get them. Suppressions are added only if
@@ -80,11 +104,11 @@ class SoftPolicy:
 
 @dataclass(frozen=True)
 class Applied:
-    """What one hit did: the addresses (keys) it suppressed, and whether it bounced a
-    recipient the upstream had taken (delivered before, bounced now: the sender is told)."""
+    """What one hit did: the addresses (keys) it suppressed, and whether it moved its
+    recipient into bounced (delivered or pending before, bounced now: the sender is told)."""
 
     suppressed: list[str]
-    taken_back: bool = False
+    bounced_now: bool = False
 
 
 def apply(conn: Connection, hit: Hit, soft: SoftPolicy, now: float) -> Applied:
@@ -92,7 +116,7 @@ def apply(conn: Connection, hit: Hit, soft: SoftPolicy, now: float) -> Applied:
     kind = EVENT_OF.get(hit.cls)
     if kind is None:  # auto_reply, ignore
         return Applied([])
-    status, taken_back = _message_status(conn, hit, now)
+    status, bounced_now = _message_status(conn, hit, now)
     suppressed = _suppress(conn, hit, soft, now)
     conn.execute(events.INSERT_EVENT, [_event(kind, hit, status, now)])
     if hit.cls == "policy":
@@ -100,45 +124,57 @@ def apply(conn: Connection, hit: Hit, soft: SoftPolicy, now: float) -> Applied:
             "policy block reported for %s (%s, rule %s): %s",
             hit.message_id, hit.status, hit.rule, hit.diagnostic[:200],
         )  # fmt: skip
-    return Applied(suppressed, taken_back)
+    return Applied(suppressed, bounced_now)
 
 
 def _message_status(conn: Connection, hit: Hit, now: float) -> tuple[str, bool]:
     """The message's status after `hit` (a hard bounce may change it), and whether `hit`
-    moved its recipient from delivered to bounced."""
-    message = stored.message_of(conn, hit.message_id)
-    status = message.status if message is not None else "delivered"
+    moved its recipient into bounced (from delivered or from pending: its sender is told)."""
     if hit.cls != "hard":
-        return str(status), False
-    response = f"{hit.status} {hit.diagnostic}".strip() or "bounced after delivery"
+        return _status_of(conn, hit.message_id), False
+    response = f"{hit.status} {hit.diagnostic}".strip() or "bounced by a report"
+    # The message's row first, locked: an attempt recording it right now is waited for and
+    # read as it left it; one recorded later sees this bounce (storage.queue_sql).
+    status = stored.lock_message(conn, hit.message_id) or "delivered"
     was = stored.bounce_recipient(conn, hit.message_id, hit.recipient, response, now)
     after = states.after_late_bounce(status)
     if after is not None and stored.set_final_status(conn, hit.message_id, status, after, now):
-        return after, was == "delivered"
-    return str(status), was == "delivered"
+        return after, was is not None
+    settled = states.after_late_bounce(status, nothing_pending=True)
+    if was != "pending" or settled is None:
+        return status, was is not None
+    if stored.settle_unclaimed(conn, hit.message_id, settled, response, now):
+        return settled, True
+    return status, True
+
+
+def _status_of(conn: Connection, message_id: str) -> str:
+    message = stored.message_of(conn, message_id)
+    return str(message.status) if message is not None else "delivered"
 
 
 def tell_sender(
-    conn: Connection, notifier: Notifier, taken_back: list[Hit], now: float
+    conn: Connection, notifier: Notifier, bounced_now: list[Hit], now: float
 ) -> str | None:
     """Store the notification to the message's envelope sender naming the recipients
-    `taken_back` (hits of one report, about one message, that moved them from delivered to
-    bounced), with the remote's Status and Diagnostic-Code: SMTP mail with a sender that is
-    not null (never a notification's), not suppressed. Its message id, or None."""
-    row = stored.message_of(conn, taken_back[0].message_id)
+    `bounced_now` (hits of one report, about one message, that moved them from delivered or
+    pending to bounced), with the remote's Status and Diagnostic-Code: SMTP mail with a
+    sender that is not null (never a notification's), not suppressed. Its message id, or
+    None."""
+    row = stored.message_of(conn, bounced_now[0].message_id)
     if row is None:
         return None
     # Only the header is returned: the rest of a body of up to 20 MB stays on disk.
     body = queue_sql.body_prefix(conn, row.id, HEADER_PREFIX) or b""  # b"": retention took it
     message = QueuedMessage(
-        id=row.id, mail_from=row.mail_from, recipients=[h.recipient for h in taken_back],
+        id=row.id, mail_from=row.mail_from, recipients=[h.recipient for h in bounced_now],
         content=body, attempts=0, created_at=row.created_at, source=row.source,
     )  # fmt: skip
     if not notifier.wanted(message, message.source):
         return None
     if stored.suppressed(conn, mailbox_key(message.envelope_sender)):
         return None
-    results = {hit.recipient: reported(hit.status, hit.diagnostic) for hit in taken_back}
+    results = {hit.recipient: reported(hit.status, hit.diagnostic) for hit in bounced_now}
     notice_id = ids.new_id_for(False)
     rows = notification_rows(notifier.bounce(message, results, now), notice_id, now)
     for statement, params in rows.steps:

@@ -239,8 +239,8 @@ class BounceIngest:
         self._settings = settings or Settings()
         self._suppressions = suppressions  # this node's copy, told at once
         self._clock = clock
-        # [delivery] notify_sender: a recipient of SMTP mail a report bounces after the
-        # upstream took it is told to the envelope sender (effects.tell_sender); None: never.
+        # [delivery] notify_sender: a recipient of SMTP mail a report moves into bounced is
+        # told to the envelope sender (effects.tell_sender); None: never.
         self._notifier = notifier
 
     async def ingest(self, raw: bytes, source: Source) -> IngestResult:
@@ -313,19 +313,20 @@ class BounceIngest:
         self, conn: Connection, report_id: int, found: Sequence[Hit], now: float
     ) -> tuple[list[str], list[str]]:
         """Apply each hit of one report (all about one message); tell the sender of the
-        recipients they took back from delivered, in one notification. The addresses
+        recipients they moved into bounced (from delivered or pending), in one
+        notification. The addresses
         suppressed and the class of each hit applied."""
         suppressed: list[str] = []
         applied: list[str] = []
-        taken_back: list[Hit] = []
+        bounced_now: list[Hit] = []
         for hit in found:
             done = apply(conn, hit, self._soft, now)
             suppressed += done.suppressed
             applied.append(hit.cls)
-            if done.taken_back:
-                taken_back.append(hit)
-        if taken_back and self._notifier is not None:
-            notice = tell_sender(conn, self._notifier, taken_back, now)
+            if done.bounced_now:
+                bounced_now.append(hit)
+        if bounced_now and self._notifier is not None:
+            notice = tell_sender(conn, self._notifier, bounced_now, now)
             if notice is not None:
                 log.info("bounce report %s: sender told in %s", report_id, notice)
         return suppressed, applied

@@ -294,6 +294,11 @@ class Delivery:
 
     async def deliver(self, message: QueuedMessage) -> str:
         message = self._with_return_path(message)
+        if not message.recipients:
+            # Nothing pending: a report bounced the last one while a claim that had lapsed
+            # (its node gone) still named the message. Its record settles it; no upstream.
+            settled = await self._record(AttemptRecord(message, {}, None))
+            return self._answer(message.id, settled or "deferred")
         try:
             results, pool_name = await self._attempt_all(message)
         except Postponed as postponed:

@@ -10,9 +10,11 @@ with it) and never doubled (written only if that attempt's record is). The notif
 has the null sender (`MAIL FROM:<>`): a null sender is never notified, so a notification
 that bounces in its turn makes none (no loop), and its source is `dsn`.
 
-A recipient the upstream took and a report later bounced (gateway.bounces.effects) is told
-the same way, with the report's Status and Diagnostic-Code (`reported`), in the report's
-own transaction, when that recipient moves from delivered to bounced: once.
+A recipient a report bounces (gateway.bounces.effects), whether the upstream had taken it
+or it was still pending, is told the same way, with the report's Status and Diagnostic-Code
+(`reported`), in the report's own transaction, when that recipient moves into bounced:
+once. Whoever makes that move, an attempt or a report, tells; an attempt's record names
+only recipients still pending when it is written.
 """
 
 from __future__ import annotations

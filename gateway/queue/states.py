@@ -7,8 +7,11 @@
                                                           or a timeout; retried on schedule)
 
 A report that comes back later (gateway.bounces) may turn a recipient the upstream had
-taken into `bounced`: `after_late_bounce` says what that makes of a final message (a
-delivered one becomes bounced, as if the upstream had refused that recipient).
+taken, or one still pending, into `bounced`: `after_late_bounce` says what that makes of
+the message (a delivered one becomes bounced, as if the upstream had refused that
+recipient; one whose last pending recipient it was is settled as bounced). A recipient's
+first final state is the one that stays: an attempt's result for a recipient a report
+bounced while it ran is not taken.
 
 Beside these: `sandbox` (stored final, never attempted), `cancelled` (an operator
 stopped it) and `held` (an operator put a queued or deferred message on hold, postsuper -h:
@@ -86,9 +89,14 @@ def summary(results: dict[str, DeliveryResult]) -> str:
     return worst[0].describe() if worst else ""
 
 
-def after_late_bounce(status: str) -> str | None:
-    """A final message's status once a recipient bounced after the fact, or None when it
+def after_late_bounce(status: str, nothing_pending: bool = False) -> str | None:
+    """A message's status once a report bounced one of its recipients, or None when it
     stays as it is: `delivered` becomes `bounced` (not every recipient took it after all);
-    `bounced` stays; a message with work left is left to its attempts (a recipient's
-    bounced status makes its last attempt settle it as bounced)."""
-    return "bounced" if status == "delivered" else None
+    `bounced` stays; a message with work left becomes `bounced` when that was its last
+    pending recipient (`nothing_pending`) and no worker holds it, as its next attempt would
+    have settled it. Else it is left to its attempts: a recipient's bounced status makes
+    the last one settle it as bounced, and a worker holding it right now settles it so in
+    its record (gateway.queue.store)."""
+    if status == "delivered" or (nothing_pending and status in ACTIVE_STATES):
+        return "bounced"
+    return None

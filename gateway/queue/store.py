@@ -9,7 +9,11 @@ claims it writes its node id to `claimed_by` and moves `due_at` to the end of it
 node that dies mid-delivery strands nothing: its lease lapses and any node claims the message
 again (on start-up a node also releases what its previous life held). Final messages have
 `due_at` NULL; their body stays for `[storage] body_retention` (gateway.queue.retention).
-Recipients carry their own status, so a retry goes only to those still pending.
+Recipients carry their own status, so a retry goes only to those still pending. A
+recipient's first final state stays: a report may bounce one while an attempt runs
+(gateway.bounces.effects, which tells its sender); the attempt's record then takes no
+result for it, names it in no notification, and settles the message bounced rather than
+delivered (storage.queue_sql.SETTLE_TAKEN).
 
 Accepted messages are normally claimed by the accepting node in the same transaction that
 stores them (the fast path): the delivery worker gets the message from memory without a
@@ -30,7 +34,7 @@ takes no step of retry_schedule: the schedule's position is `attempts - forced_a
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -241,6 +245,10 @@ class Queue:
         results, status = settled.results, settled.status
         suppress = suppression_list.from_results(results)
         batch = self._attempt_rows(attempt, settled, now, number)
+        if status != "bounced" and results:
+            # A report may have bounced a recipient while this attempt ran: then the
+            # message is not delivered, and with nothing left pending it is final.
+            batch.add(sql.SETTLE_TAKEN, {"m_id": message.id, **_stamp(now, number)})
         delivered = [
             {"soft_email": mailbox_key(rcpt)}
             for rcpt, result in results.items()
@@ -274,9 +282,7 @@ class Queue:
         else:
             # The notification is stored with the bounce, and only if the bounce is: one
             # transaction, so it is never lost nor written twice.
-            for statement, rows in notice.steps:
-                batch.add(statement, rows)
-            work = partial(_if_claimed, batch, params)
+            work = partial(_if_claimed, batch, params, notice)
         # Patient: an attempt's record may share the next message's commit (storage.writer),
         # unless an HTTP send waits for it: then every millisecond is the client's.
         if await self._writer.submit(work, patient=patient):
@@ -286,8 +292,8 @@ class Queue:
 
     def _notice(
         self, message: QueuedMessage, results: dict[str, DeliveryResult], now: float
-    ) -> Batch | None:
-        """The rows of the notification to the envelope sender of the recipients this
+    ) -> Notice | None:
+        """What writes the notification to the envelope sender of the recipients this
         attempt bounced, or of those still deferred once the message is older than
         delay_warning (notify.py); None: nothing to tell, not SMTP mail, a null sender,
         notify_sender off, or the sender is suppressed."""
@@ -296,15 +302,26 @@ class Queue:
             return None
         bounced = {r: res for r, res in results.items() if res.outcome is Outcome.BOUNCED}
         deferred = {r: res for r, res in results.items() if res.outcome is Outcome.DEFERRED}
+        make: Callable[[QueuedMessage, Mapping[str, DeliveryResult], float], Submission]
         if bounced:
-            notice = notifier.bounce(message, bounced, now)
+            told, make = bounced, notifier.bounce
         elif deferred and notifier.delay_due(message, now):
-            notice = notifier.delay(message, deferred, now)
+            told, make = deferred, notifier.delay
         else:
             return None
         if self.suppressions.suppressed([message.envelope_sender]):
             return None
-        return notification_rows(notice, ids.new_id_for(False), now)
+
+        def rows(conn: Connection) -> Batch | None:
+            # Of those, the recipients still pending as the attempt is recorded: one a report
+            # bounced meanwhile was told by that report (gateway.bounces.effects).
+            still = sql.still_pending(conn, message.id, list(told))
+            kept = {rcpt: result for rcpt, result in told.items() if rcpt in still}
+            if not kept:
+                return None
+            return notification_rows(make(message, kept, now), ids.new_id_for(False), now)
+
+        return rows
 
     @staticmethod
     def _attempt_rows(
@@ -586,12 +603,19 @@ def _storing(batch: Batch, submission: Submission, message_id: str, now: float) 
     return lambda conn: reserve(conn, submission, message_id, now, batch)
 
 
-def _if_claimed(batch: Batch, params: dict[str, Any], conn: Connection) -> bool:
+Notice = Callable[[Connection], Batch | None]  # the rows of a notification, decided in SQL
+
+
+def _if_claimed(batch: Batch, params: dict[str, Any], notice: Notice, conn: Connection) -> bool:
     """An attempt's record as one function: its message update, then (only if this node
-    still held the claim) every other row, the sender's notification among them."""
+    still held the claim) the notification to the sender of the recipients still pending
+    (read before the attempt's results are written), then every other row and the
+    notification's."""
     if not conn.execute(sql.UPDATE_MESSAGE, params).rowcount:
         return False
-    for statement, rows in batch.steps:
+    told = notice(conn)
+    steps = batch.steps + (told.steps if told is not None else [])
+    for statement, rows in steps:
         conn.execute(statement, rows)
     return True
 

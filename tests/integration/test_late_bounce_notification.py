@@ -5,12 +5,15 @@ transaction that applies the report. Once: the same report again, a second repor
 the recipient, or a reclassification tells nobody again. None with `[delivery]
 notify_sender = false`, none for HTTP mail (webhooks tell those). Real SMTP in, a real
 aiosmtpd sink out, the report sent to the bounce listener over SMTP at the message's VERP
-return path, the notification read back with the standard library."""
+return path, the notification read back with the standard library. A recipient still
+pending (the upstream deferred it) that a report bounces is told by that report, once, and
+never tried again."""
 
 from __future__ import annotations
 
 import asyncio
 import email
+import time
 from email.message import Message
 from email.policy import default
 from pathlib import Path
@@ -143,6 +146,96 @@ async def test_on_postgresql_a_later_bounce_is_told_once(
         svc = await service(config)
         await told_once(svc, sink)
         await svc.stop()
+
+
+async def deferred_over_smtp(svc: ManagedService, sink: Sink) -> tuple[str, str]:
+    """An SMTP message to GONE and KEPT whose upstream takes KEPT and defers GONE (450 at
+    RCPT, every attempt): its id and the return path it left with, GONE still pending."""
+    sink.fail("rcpt", "450 4.2.1 mailbox busy, try later", match=GONE)
+    reply = await smtp_send(svc.smtp_port, SENDER, [GONE, KEPT], message("Quarterly report"))
+    message_id = queued_id(reply)
+    assert await sink.wait_for_async(1, timeout=10)
+    [sent] = sink.messages
+    assert sent.rcpt_tos == [KEPT]
+    await reaches(svc, message_id, "deferred")
+    gone = "SELECT status FROM recipient WHERE message_id = :id AND email = :email"
+    found = await svc.db.read(
+        lambda conn: conn.execute(text(gone), {"id": message_id, "email": GONE}).scalar()
+    )
+    assert found == "pending"
+    return message_id, sent.mail_from
+
+
+async def told_once_while_pending(svc: ManagedService, sink: Sink) -> None:
+    """The report makes GONE final before any attempt settles it: the report tells, once;
+    the message ends bounced and GONE is never delivered, even once the upstream would take
+    it. Retries run every second meanwhile, so the report may land between two attempts or
+    while one is under way: either way, one notification."""
+    message_id, return_path = await deferred_over_smtp(svc, sink)
+    await report_back(svc, return_path)
+    await reaches(svc, message_id, "bounced")
+    assert await wait_until(lambda: len(notices(sink)) == 1, timeout=10)
+    sink.clear()  # the upstream would take GONE now
+    await report_back(svc, return_path, nonce="2")  # a second report about GONE
+    await asyncio.sleep(3)  # three retry intervals: time for any attempt or second notice
+    [notice] = notices(sink)
+    assert notice.mail_from in ("", "<>")
+    report, blocks, returned = delivery_status(notice)
+    assert report["To"] == SENDER
+    _, *per_recipient = blocks
+    [rcpt] = per_recipient  # GONE alone: KEPT was delivered
+    assert rcpt["Final-Recipient"] == f"rfc822; {GONE}"
+    assert rcpt["Action"] == "failed" and rcpt["Status"] == "5.1.1"
+    assert rcpt["Diagnostic-Code"] == f"smtp; {REPLY}"
+    assert "Subject: Quarterly report" in returned
+    assert [m for m in sink.messages if GONE in m.rcpt_tos] == []  # never delivered
+    assert await stored(svc) == [("smtp", SENDER, "bounced"), ("dsn", "", "delivered")]
+    rows = "SELECT email, status FROM recipient WHERE message_id = :id ORDER BY email"
+    found = await svc.db.read(lambda conn: conn.execute(text(rows), {"id": message_id}).all())
+    assert [tuple(row) for row in found] == [(GONE, "bounced"), (KEPT, "delivered")]
+
+
+async def test_a_pending_recipient_bounced_by_a_report_is_told_once(
+    tmp_path: Path, service: ServiceFactory, sink: Sink
+) -> None:
+    svc = await service(make_config(tmp_path, sink, bounces=bounces()))
+    await told_once_while_pending(svc, sink)
+
+
+async def test_on_postgresql_a_pending_recipient_bounced_by_a_report_is_told_once(
+    tmp_path: Path, service: ServiceFactory, sink: Sink
+) -> None:
+    async with clean_postgresql() as url:
+        config = make_config(tmp_path, sink, bounces=bounces(), storage={"url": url})
+        svc = await service(config)
+        await told_once_while_pending(svc, sink)
+        await svc.stop()
+
+
+async def test_a_lapsed_claim_left_with_nothing_pending_is_settled_without_the_upstream(
+    tmp_path: Path, service: ServiceFactory, sink: Sink
+) -> None:
+    """A node that died holding the message: the report bounces its last pending recipient
+    and tells, but leaves the message to the claim. When the claim lapses, the node that
+    takes the message over settles it bounced without a transaction upstream (it used to
+    send MAIL FROM with no RCPT), and nobody is told again."""
+    delivery = {"retry_schedule": ["1h"]}  # no retry of its own during the test
+    svc = await service(make_config(tmp_path, sink, bounces=bounces(), delivery=delivery))
+    message_id, return_path = await deferred_over_smtp(svc, sink)
+    claim = text("UPDATE message SET claimed_by = 'node-gone', due_at = :due WHERE id = :id")
+    now = time.time()
+    await svc.db.transaction(
+        lambda conn: conn.execute(claim, {"due": now + 3600, "id": message_id})
+    )
+    await report_back(svc, return_path)
+    assert await wait_until(lambda: len(notices(sink)) == 1, timeout=10)
+    assert (await stored(svc))[0] == ("smtp", SENDER, "deferred")  # the claim's to settle
+    mails = [verb for _, verb in sink.commands].count("MAIL")
+    await svc.db.transaction(lambda conn: conn.execute(claim, {"due": now, "id": message_id}))
+    await reaches(svc, message_id, "bounced")
+    await asyncio.sleep(1)
+    assert [verb for _, verb in sink.commands].count("MAIL") == mails  # no upstream asked
+    assert len(notices(sink)) == 1
 
 
 async def test_notify_sender_false_tells_nobody(

@@ -2,11 +2,13 @@
 mail (gateway.bounces.effects.tell_sender), on both backends: one notification stored in the
 report's transaction, on the recipient's move from delivered to bounced, so never twice (the
 same report, another report, a reclassification); never for a null sender, a notification,
-HTTP mail, a suppressed sender, with notify_sender off, nor for a recipient still pending
-(delivery settles those, and tells)."""
+HTTP mail, a suppressed sender, with notify_sender off. A recipient still pending (deferred,
+held, or being sent by a worker right now) that a report bounces is told by the report,
+once: delivery's record takes no result for it and tells nothing of it."""
 
 from __future__ import annotations
 
+import asyncio
 import email
 from dataclasses import replace
 from email.message import Message
@@ -14,15 +16,18 @@ from email.policy import default
 from typing import Any
 
 import pytest
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from gateway.bounces.ingest import BounceIngest, Settings, Source
 from gateway.bounces.returnpath import ReturnPath
-from gateway.message import DeliveryResult, Outcome, Route
+from gateway.message import DeliveryResult, Outcome, QueuedMessage, Route
 from gateway.queue.notify import Notifier
 from gateway.queue.store import AttemptRecord, Queue
+from storage import bounce_reports as stored
 from storage import queue_sql
 from storage.db import Database
 from storage.suppressions import add_suppression
+from storage.writer import Writer
 from tests.support.reports import dsn
 from tests.support.stored import CONTENT, fetch, message_row, submission
 
@@ -179,13 +184,184 @@ async def test_a_suppressed_sender_is_not_told(backend: Database, queue: Queue) 
     assert await notices(backend) == []
 
 
-async def test_a_recipient_still_pending_is_left_to_delivery(
-    backend: Database, queue: Queue
+DEFERRED = DeliveryResult(Outcome.DEFERRED, 451, "4.3.0", "try later")
+REFUSED = DeliveryResult(Outcome.BOUNCED, 550, "5.1.1", "no such user here")
+
+
+@pytest.fixture
+def telling(backend: Database, writer: Writer) -> Queue:
+    """node-a's Queue that tells senders of what its attempts bounce (notify_sender on)."""
+    return Queue(backend, writer, "node-a", (60.0,), 3600.0, 600.0, Notifier("postern.test"))
+
+
+async def pending(queue: Queue, *recipients: str) -> QueuedMessage:
+    """SMTP mail accepted and claimed by node-a, not yet attempted."""
+    mail = replace(submission(*recipients), mail_from=SENDER, source="smtp")
+    return await queue.enqueue(mail, Route(), claim=True)
+
+
+async def statuses(db: Database, message_id: str) -> tuple[str, Any, list[tuple[str, str]]]:
+    """(the message's status, its due_at, [(recipient, status)])."""
+    row = await message_row(db, message_id)
+    rcpts = await fetch(
+        db, "SELECT email, status FROM recipient WHERE message_id = :m ORDER BY id", m=message_id
+    )
+    return row.status, row.due_at, [(r.email, r.status) for r in rcpts]
+
+
+def told_of(found: list[tuple[Any, Message]]) -> list[tuple[str, str]]:
+    """(Final-Recipient, Status) of each recipient each notification names."""
+    return [(b["Final-Recipient"], b["Status"]) for _, report in found for b in blocks(report)]
+
+
+async def test_a_deferred_recipient_bounced_by_a_report_is_told_once_and_settled(
+    backend: Database, telling: Queue
 ) -> None:
-    """A report about a recipient no attempt has settled: delivery's own record tells the
-    sender if it bounces; telling here too might tell twice."""
-    mail = replace(submission("gone@example.test"), mail_from=SENDER, source="smtp")
-    message = await queue.enqueue(mail, Route(), claim=True)
+    """The report makes the final move (delivery will not try the recipient again), so it
+    tells; the message, with nothing pending left and no worker holding it, is bounced."""
+    message = await pending(telling, "gone@example.test")
+    assert await telling.record(AttemptRecord(message, {"gone@example.test": DEFERRED}, "p"))
+    assert (await statuses(backend, message.id))[0] == "deferred"
+    taker = ingest(backend, telling)
     raw = dsn("gone@example.test", to=RP.address(message.id, ""))
-    assert (await ingest(backend, queue).ingest(raw, LISTENER)).outcome == "processed"
+    assert (await taker.ingest(raw, LISTENER)).outcome == "processed"
+    assert told_of(await notices(backend)) == [("rfc822; gone@example.test", "5.1.1")]
+    assert await statuses(backend, message.id) == (
+        "bounced", None, [("gone@example.test", "bounced")]
+    )  # fmt: skip
+    other = dsn("gone@example.test", to=RP.address(message.id, ""), nonce="2")
+    second = await taker.ingest(other, LISTENER)
+    assert second.outcome == "processed" and second.report_id is not None
+    assert await taker.reclassify(second.report_id, "hard") == "unchanged"
+    for cls in ("soft", "hard"):
+        assert await taker.reclassify(second.report_id, cls) == "changed"
+    assert len(await notices(backend)) == 1
+
+
+async def test_with_another_recipient_pending_the_attempts_go_on_and_settle_it_bounced(
+    backend: Database, telling: Queue
+) -> None:
+    message = await pending(telling, "gone@example.test", "kept@example.test")
+    both = dict.fromkeys(message.recipients, DEFERRED)
+    assert await telling.record(AttemptRecord(message, both, "p"))
+    raw = dsn("gone@example.test", to=RP.address(message.id, ""))
+    assert (await ingest(backend, telling).ingest(raw, LISTENER)).outcome == "processed"
+    assert told_of(await notices(backend)) == [("rfc822; gone@example.test", "5.1.1")]
+    status, due, _ = await statuses(backend, message.id)
+    assert status == "deferred" and due is not None  # kept@ still to be tried
+    retried = await backend.transaction(
+        lambda conn: conn.execute(
+            queue_sql.M.update().where(queue_sql.M.c.id == message.id).values(due_at=0)
+        )
+    )
+    assert retried.rowcount == 1
+    [again] = [m for m in await telling.claim_due(10) if m.id == message.id]
+    assert again.recipients == ["kept@example.test"] and again.any_bounced
+    assert await telling.record(AttemptRecord(again, {"kept@example.test": DELIVERED}, "p"))
+    assert await statuses(backend, message.id) == (
+        "bounced", None, [("gone@example.test", "bounced"), ("kept@example.test", "delivered")]
+    )  # fmt: skip
+    assert len(await notices(backend)) == 1
+
+
+@pytest.mark.parametrize("result", [DELIVERED, REFUSED, DEFERRED], ids=lambda r: r.outcome.value)
+async def test_a_report_while_a_worker_sends_it_is_told_once_and_the_message_bounced(
+    backend: Database, telling: Queue, result: DeliveryResult
+) -> None:
+    """The report comes between the claim and the attempt's record: the report tells; the
+    record takes no result for the recipient it bounced, names it in no notification of
+    its own, and settles the message bounced whatever the upstream said."""
+    message = await pending(telling, "gone@example.test")
+    raw = dsn("gone@example.test", to=RP.address(message.id, ""))
+    assert (await ingest(backend, telling).ingest(raw, LISTENER)).outcome == "processed"
+    assert (await statuses(backend, message.id))[0] == "queued"  # the worker holds it
+    assert await telling.record(AttemptRecord(message, {"gone@example.test": result}, "p"))
+    assert await statuses(backend, message.id) == (
+        "bounced", None, [("gone@example.test", "bounced")]
+    )  # fmt: skip
+    assert told_of(await notices(backend)) == [("rfc822; gone@example.test", "5.1.1")]
+
+
+async def test_a_bounce_by_delivery_first_leaves_the_report_nothing_to_tell(
+    backend: Database, telling: Queue
+) -> None:
+    message = await pending(telling, "gone@example.test")
+    assert await telling.record(AttemptRecord(message, {"gone@example.test": REFUSED}, "p"))
+    raw = dsn("gone@example.test", to=RP.address(message.id, ""))
+    assert (await ingest(backend, telling).ingest(raw, LISTENER)).outcome == "processed"
+    assert told_of(await notices(backend)) == [("rfc822; gone@example.test", "5.1.1")]
+    [(_, report)] = await notices(backend)
+    [entry] = blocks(report)
+    assert entry["Diagnostic-Code"] == "smtp; 550 5.1.1 no such user here"  # delivery's
+
+
+async def test_a_held_message_whose_last_pending_recipient_bounced_is_settled(
+    backend: Database, telling: Queue
+) -> None:
+    message = await pending(telling, "gone@example.test")
+    assert await telling.record(AttemptRecord(message, {"gone@example.test": DEFERRED}, "p"))
+    assert (await telling.hold([message.id])).done == [message.id]
+    raw = dsn("gone@example.test", to=RP.address(message.id, ""))
+    assert (await ingest(backend, telling).ingest(raw, LISTENER)).outcome == "processed"
+    assert (await statuses(backend, message.id))[:2] == ("bounced", None)
+    assert (await message_row(backend, message.id)).held_at is None
+    assert len(await notices(backend)) == 1
+
+
+@pytest.mark.parametrize("result", [DELIVERED, REFUSED], ids=lambda r: r.outcome.value)
+async def test_on_postgresql_a_record_waits_for_a_report_in_flight_and_sees_its_bounce(
+    backend: Database, telling: Queue, result: DeliveryResult
+) -> None:
+    """A report's transaction holds the message's row (as ingest's does, `lock_message`
+    first) and has bounced the recipient when the worker's record comes: the record waits
+    for its commit, then takes no result for that recipient and settles the message
+    bounced (whatever the upstream said), telling nobody (the report does)."""
+    if backend.is_sqlite:
+        pytest.skip("SQLite has one writer: a report and a record never overlap")
+    message = await pending(telling, "gone@example.test")
+    engine = create_async_engine(backend.url)
+    try:
+        async with engine.begin() as conn:
+
+            def report(sync: Any) -> str | None:
+                assert stored.lock_message(sync, message.id) == "queued"
+                return stored.bounce_recipient(sync, message.id, "gone@example.test", "5.1.1", 1.0)
+
+            assert await conn.run_sync(report) == "pending"
+            results = dict.fromkeys(message.recipients, result)
+            recording = asyncio.create_task(telling.record(AttemptRecord(message, results, "p")))
+            await asyncio.sleep(0.5)
+            assert not recording.done()  # waiting for the report's row lock
+        assert await asyncio.wait_for(recording, 10) is not None  # the claim held
+    finally:
+        await engine.dispose()
+    assert await statuses(backend, message.id) == (
+        "bounced", None, [("gone@example.test", "bounced")]
+    )  # fmt: skip
+    assert await notices(backend) == []  # not the attempt's 550 either: the report tells
+
+
+@pytest.mark.parametrize(
+    ("sender", "source", "notify", "suppressed"),
+    [
+        ("", "smtp", True, False),  # a null sender
+        (SENDER, "dsn", True, False),  # a notification of ours
+        (SENDER, "http", True, False),  # HTTP mail: webhooks
+        (SENDER, "smtp", False, False),  # notify_sender off
+        (SENDER, "smtp", True, True),  # a suppressed sender
+    ],
+)
+async def test_a_pending_recipient_tells_nobody_when_nobody_should_be_told(
+    backend: Database, queue: Queue, sender: str, source: str, notify: bool, suppressed: bool
+) -> None:
+    """The same rules as for a recipient the upstream had taken; the report is applied all
+    the same (the message settled bounced)."""
+    mail = replace(submission("gone@example.test"), mail_from=sender, source=source)
+    message = await queue.enqueue(mail, Route(), claim=True)
+    assert await queue.record(AttemptRecord(message, {"gone@example.test": DEFERRED}, "p"))
+    if suppressed:
+        await add_suppression(backend, SENDER, "manual")
+    raw = dsn("gone@example.test", to=RP.address(message.id, ""))
+    assert (await ingest(backend, queue, notify).ingest(raw, LISTENER)).outcome == "processed"
+    assert (await statuses(backend, message.id))[:2] == ("bounced", None)
     assert await notices(backend) == []
