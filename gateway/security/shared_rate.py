@@ -48,6 +48,9 @@ KEY = struct.Struct("<Q")
 SLOTS = 32_768  # a power of two; 768 KiB
 MAX_NAMES = SLOTS // 2  # keys sending at once, per node; probing stays short at half full
 SIZE = HEADER.size + SLOTS * SLOT.size
+_FIRST, _SLOT_SIZE, _MASK = HEADER.size, SLOT.size, SLOTS - 1
+_unpack_slot, _pack_slot = SLOT.unpack_from, SLOT.pack_into  # (a take is a few of these)
+_lockf, _EXCLUSIVE, _UNLOCK = fcntl.lockf, fcntl.LOCK_EX, fcntl.LOCK_UN
 
 
 class SharedTableError(PosternError):
@@ -110,15 +113,16 @@ class SharedBuckets:
         """The table to this thread alone: a lock() is always followed by an unlock()."""
         self._thread_lock.acquire()
         try:
-            fcntl.lockf(self._fd, fcntl.LOCK_EX)
+            _lockf(self._fd, _EXCLUSIVE)
         except BaseException:
             self._thread_lock.release()
             raise
 
     def unlock(self) -> None:
-        try:  # (unlocking a memfd does not fail; and the lock goes when its holder does)
-            with contextlib.suppress(OSError):
-                fcntl.lockf(self._fd, fcntl.LOCK_UN)
+        try:
+            _lockf(self._fd, _UNLOCK)
+        except OSError:  # (not on a memfd; and the lock goes with its holder anyway)
+            pass
         finally:
             self._thread_lock.release()
 
@@ -127,24 +131,23 @@ class SharedBuckets:
         self._map[HEADER.size :] = bytes(SIZE - HEADER.size)
         HEADER.pack_into(self._map, 0, MAGIC, SLOTS, 0)
 
-    def find(self, key: int) -> tuple[int, bool]:
-        """The slot's offset holding `key` (True) or the empty one it would go in (False);
-        -1 when there is neither (a table full of damage). Under the lock."""
-        buf, index = self._map, key & (SLOTS - 1)
+    def find(self, key: int) -> tuple[int, bool, float, float]:
+        """The offset of the slot holding `key` (True, with its tokens and time) or of the
+        empty one it would go in (False); -1 when there is neither (a table full of
+        damage). Under the lock."""
+        buf, index, unpack = self._map, key & _MASK, _unpack_slot
         for _ in range(SLOTS):
-            offset = HEADER.size + index * SLOT.size
-            found = KEY.unpack_from(buf, offset)[0]
-            if found == key or found == 0:
-                return offset, found == key
-            index = (index + 1) & (SLOTS - 1)
-        return -1, False
-
-    def read(self, offset: int) -> tuple[float, float]:
-        _, tokens, at = SLOT.unpack_from(self._map, offset)
-        return tokens, at
+            offset = _FIRST + index * _SLOT_SIZE
+            found, tokens, at = unpack(buf, offset)
+            if found == key:
+                return offset, True, tokens, at
+            if found == 0:
+                return offset, False, 0.0, 0.0
+            index = (index + 1) & _MASK
+        return -1, False, 0.0, 0.0
 
     def write(self, offset: int, key: int, tokens: float, at: float, new: bool) -> None:
-        SLOT.pack_into(self._map, offset, key, tokens, at)
+        _pack_slot(self._map, offset, key, tokens, at)
         if new:
             magic, slots, used = HEADER.unpack_from(self._map, 0)
             HEADER.pack_into(self._map, 0, magic, slots, used + 1)
@@ -198,11 +201,8 @@ class SharedRateLimiter(RateLimiter):
         """Add `by` to the bucket (refilled to now) if the result is >= 0: None; else its
         level, unchanged. Under the lock."""
         table = self._table
-        offset, found = table.find(key)
-        tokens = self.capacity
-        if found:
-            held, at = table.read(offset)
-            tokens = self._level(held, at, now)
+        offset, found, held, at = table.find(key)
+        tokens = self._level(held, at, now) if found else self.capacity
         after = min(self.capacity, tokens + by)
         if after < 0.0:  # refused (a new bucket is full: never)
             if found:
@@ -213,7 +213,7 @@ class SharedRateLimiter(RateLimiter):
         elif after < self.capacity:  # a full bucket is the same as none
             if offset < 0 or table.used() >= MAX_NAMES:
                 self._rebuild(now)
-                offset, _ = table.find(key)
+                offset = table.find(key)[0]
             table.write(offset, key, after, now, True)
         return None
 
@@ -231,8 +231,7 @@ class SharedRateLimiter(RateLimiter):
             kept = sorted(kept)[: MAX_NAMES // 2]
         table.clear()
         for level, key in kept:
-            offset, _ = table.find(key)
-            table.write(offset, key, level, now, True)
+            table.write(table.find(key)[0], key, level, now, True)
 
     def _fall_back(self, error: OSError) -> None:
         if not self._failed:

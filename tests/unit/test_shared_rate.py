@@ -131,7 +131,7 @@ def test_a_damaged_table_is_reset_not_fatal(table: int) -> None:
     assert limiter.take("k") == 0.0
     assert limiter.take("k") > 0
     # Damaged buckets read as full ones, never as a key stopped for ever.
-    offset, found = limiter._table.find(shared_rate.digest("k"))
+    offset, found, _, _ = limiter._table.find(shared_rate.digest("k"))
     assert found
     limiter._table.write(offset, shared_rate.digest("k"), float("nan"), -1e300, False)
     assert limiter.take("k") == 0.0
