@@ -1,11 +1,14 @@
 """The per-key rate limit with `[server] workers = 2` (issue 22): one bucket per key for the
 whole node. A key sending over SMTP on connections the kernel spread over both workers gets
 `[http] rate_limit`, not that once per worker, and its HTTP requests (worker 0) draw on the
-same bucket. A real `postern serve`, real SMTP, a real sink."""
+same bucket, as does a worker started again after a crash. A real `postern serve`, real
+SMTP, a real sink."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import smtplib
 import threading
 import urllib.error
@@ -15,7 +18,7 @@ from email.policy import SMTP
 import pytest
 
 from tests.e2e.test_auth_workers import _serving
-from tests.e2e.test_workers import workers_of
+from tests.e2e.test_workers import worker_pid, workers_of
 from tests.support.serve import (
     SENDER,
     MakePostern,
@@ -29,15 +32,15 @@ from tests.support.sink import Sink
 
 pytestmark = pytest.mark.timeout(120)
 
-RATE = 5  # per minute: no token comes back (one per 12 s) while the test sends
-CONNECTIONS = 8
+RATE = 5  # per hour: no token comes back (one per 12 min) while the test runs
+CONNECTIONS = 12  # all on one worker: 1 in 2,048
 PER_CONNECTION = 2
 
 
 def _serve(postern_process: MakePostern, sink_port: int) -> Postern:
     postern = postern_process(sink_port, start=False)
     text = with_workers(postern.config.read_text(), 2)
-    text = text.replace("[http]\n", f'[http]\nrate_limit = "{RATE}/min"\n', 1)
+    text = text.replace("[http]\n", f'[http]\nrate_limit = "{RATE}/h"\n', 1)
     postern.config.write_text(text)
     postern.start(timeout=60.0)
     running = "supervisor: 2 workers running"
@@ -58,6 +61,12 @@ def _logged_in(postern: Postern, key: str) -> smtplib.SMTP:
     client = smtplib.SMTP("127.0.0.1", postern.smtp_port, local_hostname="rated.test", timeout=20)
     client.login("app", key)
     return client
+
+
+def _spread(postern: Postern, clients: list[smtplib.SMTP]) -> None:
+    workers = workers_of(postern.pid)
+    ports = {client.sock.getsockname()[1] for client in clients if client.sock}
+    assert _serving(workers, ports) == set(workers), "every connection on one worker"
 
 
 def _send_all(clients: list[smtplib.SMTP]) -> list[tuple[int, bytes]]:
@@ -91,10 +100,7 @@ def test_one_bucket_per_key_across_workers(sink: Sink, postern_process: MakePost
     key = _key(postern)
     clients = [_logged_in(postern, key) for _ in range(CONNECTIONS)]
     try:
-        workers = workers_of(postern.pid)
-        ports = {client.sock.getsockname()[1] for client in clients if client.sock}
-        # 8 connections all on one worker: 1 in 128; the test means nothing then.
-        assert _serving(workers, ports) == set(workers), "every connection on one worker"
+        _spread(postern, clients)
         replies = _send_all(clients)
     finally:
         for client in clients:
@@ -113,4 +119,19 @@ def test_one_bucket_per_key_across_workers(sink: Sink, postern_process: MakePost
     with pytest.raises(urllib.error.HTTPError) as answer:
         urllib.request.urlopen(request, timeout=10)
     assert answer.value.code == 429
+    # Worker 1 killed and started again: the bucket was not in it, and stays empty.
+    victim = worker_pid(postern, 1)
+    os.kill(victim, signal.SIGKILL)
+    assert wait_until(
+        lambda: victim not in workers_of(postern.pid) and len(workers_of(postern.pid)) == 2, 30.0
+    ), postern.stderr()
+    clients = [_logged_in(postern, key) for _ in range(CONNECTIONS)]
+    try:
+        _spread(postern, clients)
+        for client in clients:
+            code, _ = client.mail(SENDER)
+            assert code == 451, code
+    finally:
+        for client in clients:
+            client.close()
     assert "Traceback" not in postern.stderr()
