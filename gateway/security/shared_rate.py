@@ -11,9 +11,9 @@ can shrink it under another's mapping (which would be a SIGBUS, not an error). A
 started again finds the buckets as they were: a crash does not reset a key's rate.
 
 A take or give_back holds a POSIX record lock (fcntl) on the table for a few microseconds:
-the lock is per process, so the one descriptor all the workers share excludes each other
-(flock would not: it belongs to the shared open file); the kernel releases it when its
-holder dies, however it dies. Times are `time.monotonic()`, read under the lock:
+that lock belongs to a process, so workers sharing one inherited descriptor exclude each
+other (flock would not: its lock belongs to the open file they share); the kernel releases
+it when its holder dies, however it dies. Times are `time.monotonic()`, read under the lock:
 CLOCK_MONOTONIC is one clock for the whole system, so the buckets' times only go forward.
 
 A slot is (64-bit digest of the key's name, tokens, time); linear probing. A full bucket is
