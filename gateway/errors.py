@@ -75,6 +75,8 @@ The SMTP door answers through gateway.smtpd.replies, the HTTP door through api.e
     │   ├── NotCanonicalError
     │   └── MessageFormatError
     ├── TooFewDescriptors               (process.descriptors) the open-file limit is too low
+    ├── SharedTableError                (security.shared_rate) the workers' rate table is
+    │                                   unusable: a worker counts its own
     └── ApiError                        (api.errors) an HTTP answer raised by a route; its
                                         own tree is drawn there
 

@@ -78,6 +78,7 @@ from gateway.reputation.watch import ReputationWatch, WatchSettings
 from gateway.security.hostguard import HostGuard
 from gateway.security.ratelimit import RateLimiter
 from gateway.security.secrets import SecretBox, SecretError, bind_to_database
+from gateway.security.shared_rate import SharedRateLimiter, SharedTableError
 from gateway.smtpd.bounce_listener import BounceHandler
 from gateway.smtpd.server import PosternHandler
 from gateway.tasks import Loops, watch_lag
@@ -472,6 +473,21 @@ class Service:
         loops = self.loops
         loops.every(accounts.sync_interval, sync.run_once, "syncing connected accounts", True)
 
+    def _rate_limiter(self) -> RateLimiter:
+        """The per-key buckets: in memory for one process; a worker's, in the table every
+        worker shares (its own, in memory, should that table be unusable)."""
+        rate = self.config.http.rate_limit
+        fd = self.role.rates if self.role is not None else None
+        if fd is None:
+            return RateLimiter(rate)
+        with contextlib.suppress(OSError):
+            os.set_inheritable(fd, False)  # the workers', not their children's
+        try:
+            return SharedRateLimiter(rate, fd)
+        except SharedTableError as error:
+            log.error("%s: this worker counts the per-key rate limit on its own", error)
+            return RateLimiter(rate)
+
     async def _open_doors(
         self,
         ready: Prepared,
@@ -484,7 +500,7 @@ class Service:
         config = self.config
         keys = KeyStore(storage.db)  # API keys: HTTP bearer tokens and SMTP AUTH passwords
         self.people = self._people(storage.db, keys)
-        limiter = RateLimiter(config.http.rate_limit)  # per key, across both doors
+        limiter = self._rate_limiter()  # per key, across both doors (and workers)
         failures = AuthFailures(storage.db)  # AUTH's budgets, in storage
         handler = PosternHandler(intake, ready.smtp_limits, keys, storage.writer, limiter, failures)
         self.smtp_handler = handler

@@ -55,6 +55,7 @@ class WorkerRole:
     http: int | None = None  # worker 0 alone serves HTTP
     metrics: int | None = None
     bounce: int | None = None
+    rates: int | None = None  # the node's per-key rate table (gateway.security.shared_rate)
 
     @property
     def primary(self) -> bool:
@@ -180,8 +181,9 @@ class SharedListeners:
             raise
         return cls(smtp, http, metrics, bounce)
 
-    def role(self, index: int, count: int) -> WorkerRole:
-        """Worker `index`'s share: its SMTP socket of each group; HTTP for worker 0."""
+    def role(self, index: int, count: int, rates: int | None = None) -> WorkerRole:
+        """Worker `index`'s share: its SMTP socket of each group; HTTP for worker 0; the
+        rate table (`rates`) for all."""
         first = index == 0
         return WorkerRole(
             index=index,
@@ -191,6 +193,7 @@ class SharedListeners:
             http=self.http.fileno() if first else None,
             metrics=self.metrics.fileno() if first and self.metrics else None,
             bounce=self.bounce.fileno() if first and self.bounce else None,
+            rates=rates,
         )
 
     def all(self) -> list[socket.socket]:

@@ -15,6 +15,9 @@ What the supervisor does after that:
   stderr, one whole line at a time, so the mail log stays one stream of whole lines.
 - **Metrics**: prometheus-client's multiprocess mode, in a private temporary folder
   (`PROMETHEUS_MULTIPROC_DIR`, removed at exit); worker 0's /metrics sums every worker's.
+- **The per-key rate limit**: one table of token buckets in shared memory (an anonymous
+  memfd, made here and inherited by every worker: gateway.security.shared_rate), so a key's
+  SMTP messages in any worker and its HTTP requests in worker 0 draw on one bucket.
 - **A worker that dies** is started again, at once the first time, then after a delay that
   doubles with each death within a minute (up to 30 s). Its sockets stayed open here, so the
   connections the kernel queued on them wait for the new worker instead of being refused.
@@ -53,6 +56,7 @@ from gateway.process.instance import DataDirLock
 from gateway.process.logs import FORMAT, ZonedFormatter
 from gateway.process.startup import ROLE_ENV, SharedListeners, StartupError, node_id
 from gateway.security.secrets import SecretBox, SecretError
+from gateway.security.shared_rate import create_table
 from storage.db import prepare_data_dir
 
 log = logging.getLogger("postern.supervisor")
@@ -93,6 +97,7 @@ class Supervisor:
         self._listeners: SharedListeners | None = None
         self._lock: DataDirLock | None = None
         self._metrics_dir: str | None = None
+        self._rates: int | None = None  # the per-key rate table's memfd, for every worker
         self._stopping = asyncio.Event()
         self._signals = 0
         self._errors_said: set[bytes] = set()  # a start error all workers hit: said once
@@ -124,8 +129,11 @@ class Supervisor:
                 raise StartupError(str(error)) from None
             self._listeners = SharedListeners.bind(self.config, self.count)
             self._metrics_dir = tempfile.mkdtemp(prefix="postern-metrics-")
+            self._rates = _rate_table()
             return await self._supervise()
         finally:
+            if self._rates is not None:
+                os.close(self._rates)
             if self._listeners is not None:
                 self._listeners.close()
             if self._metrics_dir is not None:
@@ -203,7 +211,7 @@ class Supervisor:
 
     async def _spawn(self, worker: Worker) -> None:
         assert self._listeners is not None and self._metrics_dir is not None
-        role = self._listeners.role(worker.index, self.count)
+        role = self._listeners.role(worker.index, self.count, self._rates)
         env = dict(os.environ)
         env[ROLE_ENV] = role.to_env()
         env["PROMETHEUS_MULTIPROC_DIR"] = self._metrics_dir
@@ -211,7 +219,8 @@ class Supervisor:
         argv += ["--log-level", self.log_level]
         if self.config_path:
             argv += ["--config", os.path.abspath(self.config_path)]
-        fds = [*role.smtp, *(fd for fd in (role.http, role.metrics, role.bounce) if fd)]
+        extra = (role.http, role.metrics, role.bounce, role.rates)
+        fds = [*role.smtp, *(fd for fd in extra if fd is not None)]
         if self._lock is not None:
             fds.append(self._lock.fileno())  # held by the worker too, until it is gone
         worker.ready = asyncio.Event()
@@ -392,6 +401,20 @@ def say_ready() -> None:
 
 
 # --- helpers ----------------------------------------------------------------------------
+
+
+def _rate_table() -> int | None:
+    """The workers' one table of per-key buckets (made once here: a worker started again
+    finds them as they were). Without it each worker counts its own, as before, said once."""
+    try:
+        return create_table()
+    except OSError as error:
+        log.warning(
+            "supervisor: no shared rate table (%s): each worker counts the per-key rate "
+            "limit on its own",
+            error.strerror or error,
+        )
+        return None
 
 
 def _write_line(out: object, line: bytes) -> None:

@@ -19,8 +19,9 @@ the database failing, 454 4.7.0 unchecked.
 A logged-in session keeps the key's rights only while the key does: at every MAIL the key
 must still be unrevoked, its owner (if it has one) not disabled (both seen within
 storage.keys.CACHE_SECONDS, from any node), and within its rate (`[http] rate_limit`, one
-bucket per key shared with the HTTP API). A key with an owner never sends beyond the
-owner's role (gateway.people.roles.key_allows), as that role is at each MAIL.
+bucket per key shared with the HTTP API and the node's other workers). A key with an owner
+never sends beyond the owner's role (gateway.people.roles.key_allows), as that role is at
+each MAIL.
 """
 
 from __future__ import annotations
