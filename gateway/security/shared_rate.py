@@ -25,6 +25,7 @@ one-off names must not reset the bucket of a busy key).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import functools
 import hashlib
@@ -59,7 +60,9 @@ class SharedTableError(PosternError):
 
 def create_table() -> int:
     """A new, empty table: its descriptor (close-on-exec; pass it to the workers). OSError
-    where memfd is not available."""
+    where memfd or its seals are not available (Linux only)."""
+    if not hasattr(os, "memfd_create") or not hasattr(fcntl, "F_ADD_SEALS"):
+        raise OSError(errno.ENOSYS, "memfd with seals is Linux-only")
     fd = os.memfd_create("postern-rates", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
         os.ftruncate(fd, SIZE)  # zeros: every slot empty
@@ -80,7 +83,9 @@ def digest(name: str) -> int:
 
 
 class SharedBuckets:
-    """The table, mapped: the buckets' arithmetic is the caller's (SharedRateLimiter)."""
+    """The table, mapped: the buckets' arithmetic is the caller's (SharedRateLimiter).
+    One per process: closing any descriptor of the table (a second instance's mapping
+    being collected) would release every POSIX lock this process holds on it."""
 
     def __init__(self, fd: int) -> None:
         try:
@@ -121,8 +126,8 @@ class SharedBuckets:
     def unlock(self) -> None:
         try:
             _lockf(self._fd, _UNLOCK)
-        except OSError:  # (not on a memfd; and the lock goes with its holder anyway)
-            pass
+        except OSError as error:  # the other workers then wait until this one exits
+            log.error("cannot unlock the shared rate table: %s", error.strerror or error)
         finally:
             self._thread_lock.release()
 
