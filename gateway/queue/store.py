@@ -29,6 +29,7 @@ takes no step of retry_schedule: the schedule's position is `attempts - forced_a
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -187,10 +188,23 @@ class Queue:
         claimed = await self._writer.submit(lambda conn: self._claim(conn, limit))
         if claimed:
             ids = [message.id for message in claimed]
-            bodies = await self.db.read(lambda conn: sql.bodies_of(conn, ids))
+            try:
+                bodies = await self.db.read(lambda conn: sql.bodies_of(conn, ids))
+            except Exception:
+                await self._let_go(ids)  # due again now, not when the lease lapses
+                raise
             for message in claimed:
                 message.content = bodies.get(message.id, b"")
         return list(claimed)
+
+    async def _let_go(self, message_ids: Sequence[str]) -> None:
+        """Give back messages just claimed, due now; when that fails too, their lease lapses."""
+        now = time.time()
+        rows = [
+            {"m_id": message_id, "node": self.node_id, "due": now} for message_id in message_ids
+        ]
+        with contextlib.suppress(Exception):
+            await self._writer.submit(Batch([(sql.RELEASE_ONE, rows)]))
 
     def _claim(self, conn: Connection, limit: int) -> list[QueuedMessage]:
         now = time.time()

@@ -184,6 +184,25 @@ async def test_claim_due_gives_every_body_whole(backend: Database, queue: Queue)
     assert {message.id: message.content for message in claimed} == made
 
 
+async def test_claimed_messages_whose_bodies_cannot_be_read_are_due_again_at_once(
+    backend: Database, queue: Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bodies are read after the claim commits: when that read fails, the claim is
+    given back, not left to lapse with its lease (10 minutes)."""
+    queued = await queue.enqueue(submission(), ROUTE, claim=False)
+
+    async def failing(query: Any) -> Any:
+        raise StorageUnavailable("database is locked")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(queue.db, "read", failing)
+        with pytest.raises(StorageUnavailable):
+            await queue.claim_due(10)
+    row = await message_row(backend, queued.id)
+    assert row.claimed_by is None and row.due_at <= time.time()
+    assert [message.content for message in await queue.claim_due(10)] == [CONTENT]
+
+
 async def test_concurrent_claims_never_overlap(
     backend: Database, other_db: Database, make_queue: MakeQueue
 ) -> None:
