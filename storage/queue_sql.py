@@ -8,6 +8,7 @@ decides what to write; this module only says how.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
@@ -212,10 +213,38 @@ def still_pending(conn: Connection, message_id: str, emails: Sequence[str]) -> s
     return {row.email for row in conn.execute(query)}
 
 
+LARGE_BODY = 1 << 20  # bytes of a body that SQLite gives through its blob I/O
+
+
 def bodies_of(conn: Connection, ids: Sequence[str]) -> dict[str, bytes]:
     """The stored bodies of these messages, by message id."""
+    if conn.dialect.name == "sqlite":
+        return _sqlite_bodies(conn, ids)
     rows = conn.execute(select(B.c.message_id, B.c.data).where(B.c.message_id.in_(ids)))
     return {row.message_id: row.data for row in rows}
+
+
+def _sqlite_bodies(conn: Connection, ids: Sequence[str]) -> dict[str, bytes]:
+    """pysqlite copies a selected BLOB into a bytes object holding the GIL: 40-90 ms of
+    every other thread's time (the event loop's) for 20 MB, measured. Its blob I/O reads
+    with the GIL let go: a large body is read that way, in one read."""
+    sizes = select(B.c.message_id, text("message_body.rowid"), func.length(B.c.data))
+    found = conn.execute(sizes.where(B.c.message_id.in_(ids))).all()
+    small = [message_id for message_id, _, size in found if size < LARGE_BODY]
+    bodies: dict[str, bytes] = {}
+    if small:
+        rows = conn.execute(select(B.c.message_id, B.c.data).where(B.c.message_id.in_(small)))
+        bodies.update((row.message_id, row.data) for row in rows)
+    driver = conn.connection.driver_connection
+    assert driver is not None  # a checked-out connection
+    for message_id, rowid, size in found:
+        if size >= LARGE_BODY:
+            try:
+                with driver.blobopen(B.name, "data", rowid, readonly=True) as blob:
+                    bodies[message_id] = blob.read()
+            except sqlite3.Error:  # deleted since (a purge): as if not found
+                continue
+    return bodies
 
 
 def body_prefix(conn: Connection, message_id: str, length: int) -> bytes | None:

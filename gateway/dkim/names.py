@@ -10,7 +10,7 @@ from functools import lru_cache
 
 from gateway.addresses import normalise
 from gateway.dkim.errors import DkimError
-from gateway.headers import MAX_FROM, header_fields, mailboxes, split_header
+from gateway.headers import MAX_FROM, header_block, header_fields, mailboxes
 
 _SELECTOR = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*$")
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
@@ -51,7 +51,7 @@ def from_domain(message: bytes) -> str | None:
     Intake looks up the active key of this domain. A From listing addresses of several
     domains has no single signing domain and is left unsigned.
     """
-    block, _ = split_header(message)
+    block = header_block(message)
     fields = [field.partition(b":") for field in header_fields(block)]
     values = [value for name, colon, value in fields if colon and name.strip().lower() == b"from"]
     if len(values) != 1 or len(values[0]) > MAX_FROM:  # not parsed, nor kept in the cache

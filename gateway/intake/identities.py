@@ -32,7 +32,7 @@ import time
 from collections.abc import Iterable, Sequence
 
 from gateway.addresses import mailbox_key
-from gateway.headers import header_fields, mailboxes, split_header
+from gateway.headers import header_block, header_fields, mailboxes
 from gateway.message import Sender, Submission
 from gateway.people import roles
 from gateway.routing import AccountView, AliasView, DomainRoute
@@ -49,7 +49,7 @@ log = logging.getLogger("postern.identities")
 def header_from(content: bytes) -> list[str] | None:
     """The addresses of the header From field; None when there is none, or several
     fields, or an address that does not parse."""
-    block, _ = split_header(content)
+    block = header_block(content)
     values = []
     for field in header_fields(block):
         name, colon, value = field.partition(b":")

@@ -23,7 +23,7 @@ import idna
 
 from gateway.addresses import envelope_problem, normalise
 from gateway.errors import InvalidInput
-from gateway.headers import content_problem, header_fields, split_header
+from gateway.headers import content_problem, header_block, header_fields
 from gateway.intake.attachments import (
     Attachment,
     content_id_problem,
@@ -295,7 +295,7 @@ def _set_bodies(message: MIMEPart, text: str | None, html: str | None) -> None:
 def _verify(content: bytes, expected: list[str]) -> None:
     """Refuse output whose shape is not what was asked for (defence in depth)."""
     problem = content_problem(content)
-    head, _ = split_header(content)
+    head = header_block(content)
     names = [f.partition(b":")[0].decode("ascii", "replace") for f in header_fields(head)]
     wanted = sorted([*expected, "MIME-Version", "Content-Type"])
     top = sorted(name for name in names if name != "Content-Transfer-Encoding")

@@ -61,7 +61,7 @@ from gateway.process.account_routes import AccountRoutes
 from gateway.process.http_server import DoorLimits, HttpDoor
 from gateway.process.instance import DataDirLock, database_of
 from gateway.process.pools import WATCH_INTERVAL, PoolSync
-from gateway.process.startup import Prepared, StartupError, WorkerRole, prepare
+from gateway.process.startup import BACKLOG, Prepared, StartupError, WorkerRole, prepare
 from gateway.queue import rollup
 from gateway.queue.notify import Notifier, notifier_for
 from gateway.queue.retention import Retention
@@ -506,7 +506,8 @@ class Service:
         self.smtp_handler = handler
         loop = asyncio.get_running_loop()
         for sock in ready.smtp_sockets:
-            self._servers.append(await loop.create_server(handler.protocol, sock=sock))
+            server = await loop.create_server(handler.protocol, sock=sock, backlog=BACKLOG)
+            self._servers.append(server)
         await self._open_bounce_listener(ready)
         self.api = ApiContext(
             db=storage.db,
@@ -547,7 +548,7 @@ class Service:
         handler = BounceHandler(self.bounces, self.return_path(ready), ready.bounce_limits)
         self.bounce_handler = handler
         server = await asyncio.get_running_loop().create_server(
-            handler.protocol, sock=ready.bounce_socket
+            handler.protocol, sock=ready.bounce_socket, backlog=BACKLOG
         )
         self._servers.append(server)
         log.info("bounce listener on %s:%d", *self.config.bounces.listen or ("", 0))

@@ -272,6 +272,12 @@ def bounce_limits(config: Config, smtp: ListenerLimits, budget: Budget) -> Liste
     )
 
 
+# Connections the kernel completes before the listener accepts them. asyncio's (and
+# uvloop's) create_server listens again with its own backlog, 100 by default: the servers
+# are given this one, or a burst of clients past 100 has SYNs dropped (retried after 1 s).
+BACKLOG = 1024
+
+
 def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     """A listening socket, or a StartupError naming the address."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -283,7 +289,7 @@ def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
-        sock.listen(1024)
+        sock.listen(BACKLOG)
     except OSError as error:
         sock.close()
         raise StartupError(f"cannot listen on {host}:{port}: {error.strerror}") from None

@@ -10,10 +10,13 @@ check that the marker is the only thing the upstream ever saw.
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
 from collections.abc import AsyncIterator
 
 import pytest
 
+from gateway.process.startup import BACKLOG
 from gateway.smtpd import replies
 from tests.support.service import ManagedService, ServiceFactory, metric
 from tests.support.sink import Sink
@@ -395,3 +398,17 @@ async def test_third_connection_over_the_cap_gets_421_4_7_0(
         await asyncio.sleep(0.05)
     else:
         pytest.fail("a slot freed by QUIT was never given to a new client")
+
+
+async def test_the_listener_keeps_its_backlog_of_1024(service: ServiceFactory) -> None:
+    """create_server listens again with 100 unless told: a burst of more clients than that
+    had SYNs dropped, each retried a second later. `ss` shows a listener's backlog as its
+    Send-Q."""
+    if shutil.which("ss") is None:
+        pytest.skip("no ss here")
+    svc = await service()
+    shown = subprocess.run(
+        ["ss", "-ltnH", f"sport = :{svc.smtp_port}"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert shown[0] == "LISTEN"
+    assert int(shown[2]) == BACKLOG == 1024

@@ -20,6 +20,7 @@ from gateway.queue.store import AttemptRecord, Queue
 from storage.db import Database, SchemaError, create_schema
 from storage.messages import message_state
 from storage.models import SCHEMA_VERSION, Message
+from storage.queue_sql import LARGE_BODY
 from storage.writer import StorageUnavailable
 from tests.support.databases import MakeQueue
 from tests.support.stored import CONTENT, fetch, message_row, submission
@@ -168,6 +169,38 @@ async def test_unclaimed_enqueue_is_claimed_by_claim_due(backend: Database, queu
     assert row.claimed_by == "node-a"
     assert row.due_at > time.time() + 500  # the 600 s lease
     assert await queue.claim_due(10) == []
+
+
+async def test_claim_due_gives_every_body_whole(backend: Database, queue: Queue) -> None:
+    """Bodies are read after the claim (on SQLite a large one through blob I/O, which lets
+    the GIL go): each claimed message carries its own body, byte for byte."""
+    head = b"Subject: large\r\n\r\n"
+    large = head + bytes(range(256)) * (LARGE_BODY // 256) + b"\r\n"  # over LARGE_BODY
+    made = {
+        (await queue.enqueue(submission(content=content), ROUTE, claim=False)).id: content
+        for content in (large, CONTENT, large[: LARGE_BODY - 1])
+    }
+    claimed = await queue.claim_due(10)
+    assert {message.id: message.content for message in claimed} == made
+
+
+async def test_claimed_messages_whose_bodies_cannot_be_read_are_due_again_at_once(
+    backend: Database, queue: Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bodies are read after the claim commits: when that read fails, the claim is
+    given back, not left to lapse with its lease (10 minutes)."""
+    queued = await queue.enqueue(submission(), ROUTE, claim=False)
+
+    async def failing(query: Any) -> Any:
+        raise StorageUnavailable("database is locked")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(queue.db, "read", failing)
+        with pytest.raises(StorageUnavailable):
+            await queue.claim_due(10)
+    row = await message_row(backend, queued.id)
+    assert row.claimed_by is None and row.due_at <= time.time()
+    assert [message.content for message in await queue.claim_due(10)] == [CONTENT]
 
 
 async def test_concurrent_claims_never_overlap(
