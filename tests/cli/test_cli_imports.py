@@ -77,3 +77,13 @@ def test_a_command_that_reads_storage_loads_no_server_dns_or_orm(
     modules = _imported(config, *args, "--json")
     assert "storage.db" in modules  # it did read the database
     assert _found(modules, (*_SERVER, *_OTHERS)) == []
+
+
+def test_routes_list_loads_the_api_errors_but_no_server_intake_or_dkim(config: Path) -> None:
+    """`postern routes` shares api.route_ops, whose refusals are api.errors: the classes
+    only (their HTTP answers, api.answers, name intake's, DKIM's... errors)."""
+    modules = _imported(config, "routes", "list", "--json")
+    assert {"storage.db", "api.errors", "api.route_ops"} <= modules
+    server = tuple(root for root in _SERVER if root != "api")
+    heavy = ("api.answers", "gateway.intake", "gateway.dkim", *server, *_OTHERS)
+    assert _found(modules, heavy) == []
