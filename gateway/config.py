@@ -513,7 +513,8 @@ def _public_url(value: Any, where: str) -> str:
     return text.rstrip("/")
 
 
-_REFUSABLE = re.compile(
+# Compiled by re (and kept in its cache) only for a config that sets the option.
+_REFUSABLE = (
     r"\.[a-z0-9_~+-][a-z0-9._~+-]*|[a-z0-9][a-z0-9!#$&^_.+-]*/(\*|[a-z0-9][a-z0-9!#$&^_.+-]*)"
 )
 
@@ -522,7 +523,7 @@ def _refusable(value: Any, where: str) -> tuple[str, ...]:
     """Extensions and MIME types, compared case aside (so stored lower-cased)."""
     entries = tuple(entry.strip().lower() for entry in _strings(value, where))
     for entry in entries:
-        if not _REFUSABLE.fullmatch(entry):
+        if not re.fullmatch(_REFUSABLE, entry):
             raise ConfigError(
                 f'{where}: {entry!r} is neither an extension (".exe") nor a MIME type '
                 '("application/x-msdownload", "application/*")'
