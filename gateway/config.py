@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.errors import ConfigError
 from gateway.nameservers import parse_nameserver
-from gateway.rates import parse_rate
 from gateway.reputation.lists import DEFAULT_LISTS, LISTS
 
 if TYPE_CHECKING:
@@ -461,6 +460,8 @@ def _rate(value: Any, where: str) -> str:
 
 def _pool_rate(value: Any, where: str) -> str:
     """A rate in gateway.rates' grammar, or "" for none."""
+    from gateway.rates import parse_rate  # only for a config that sets a rate
+
     text: str = _str(value, where)
     try:
         parse_rate(text)
