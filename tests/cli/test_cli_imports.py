@@ -84,6 +84,8 @@ def test_a_command_that_reads_storage_loads_no_server_dns_or_orm(
     assert _found(modules, (*_SERVER, *_OTHERS, *_ON_DEMAND)) == []
     if args in (("users", "list"), ("keys", "list")):
         assert _found(modules, ("gateway.routing",)) == []
+    if args == ("queue", "list"):  # a search: no Queue, no writer
+        assert _found(modules, ("gateway.queue.store", "storage.writer")) == []
 
 
 def test_routes_list_loads_the_api_errors_but_no_server_intake_or_dkim(config: Path) -> None:
