@@ -45,7 +45,8 @@ def _partial(name: str, *columns: str, where: str, unique: bool = False) -> Inde
     """An index of the rows where `where` holds, on both backends. PostgreSQL's option is
     set as the index is created there (its before_create): `postgresql_where=` given here
     would import SQLAlchemy's PostgreSQL dialect, all its drivers' too, at every start of a
-    `postern` command on SQLite (~20 ms). The DDL is the same as with both options given."""
+    `postern` command on SQLite (~130M instructions, a tenth of `users list`). The DDL is the
+    same as with both options given."""
     index = Index(name, *columns, unique=unique, sqlite_where=text(where))
     index.info["postgresql_where"] = text(where)
     listen(index, "before_create", _postgresql_where)
