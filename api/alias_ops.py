@@ -9,7 +9,7 @@ its token, and Intake told of every change.
 
 `get` is the door to one alias (another's is a 404, as for none); the operations on one
 alias take what `get` returned. The refusals of storage.aliases (AliasError) are answered
-from api.errors.ANSWERS.
+from api.answers.ANSWERS.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api import errors
+from api import answers, errors
 from api.auth import authenticate
 from api.context import ApiContext
 from api.openapi import build_openapi, operation
@@ -115,10 +115,10 @@ class BodyLimit:
         if declared is not None:
             if not declared.isdigit():
                 error: errors.ApiError = errors.InvalidRequest("bad Content-Length header")
-                await error.response()(scope, receive, send)
+                await answers.response(error)(scope, receive, send)
                 return
             if int(declared) > self.max_size:
-                await self._too_large().response()(scope, receive, send)
+                await answers.response(self._too_large())(scope, receive, send)
                 return
         seen = 0
         loop = asyncio.get_running_loop()
@@ -228,10 +228,10 @@ def _log_refused(scope: Scope, status: int, body: bytes) -> None:
 
 
 _EXCEPTION_HANDLERS: dict[Any, Callable[..., Any]] = {
-    errors.ApiError: errors.api_error,
-    HTTPException: errors.http_error,
-    **dict.fromkeys(errors.ANSWERS, errors.answered),
-    Exception: errors.internal_error,
+    errors.ApiError: answers.api_error,
+    HTTPException: answers.http_error,
+    **dict.fromkeys(answers.ANSWERS, answers.answered),
+    Exception: answers.internal_error,
 }
 
 

@@ -11,7 +11,7 @@ and Intake told when the verified domains change.
 
 `get` is the door to one domain (by id or name; another's is a 404, as for none); the
 operations on one domain take what `get` returned. A domain registered twice (DomainExists)
-is answered from api.errors.ANSWERS.
+is answered from api.answers.ANSWERS.
 """
 
 from __future__ import annotations

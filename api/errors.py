@@ -18,8 +18,8 @@
     │   └── SignInRequired    401 sign_in_required  an invitation's link, for a user not signed in
     ├── Forbidden             403 forbidden         the key or role lacks the scope or the ip_pool
     │   ├── CsrfFailed        403 csrf_failed       a cookie's change without this origin or token
-    │   ├── RoleRefused       403 owner_required    only an owner may do this
-    │   │                         role_above_own    a role above the caller's own
+    │   ├── OwnerRequired     403 owner_required    only an owner may do this
+    │   ├── RoleAboveOwn      403 role_above_own    a role above the caller's own
     │   ├── UserRequired      403 user_required     a person's route, called by a key without a user
     │   ├── UnverifiedSender  403 unverified_sender From is no verified domain or alias
     │   ├── AliasNotVerified  403 alias_not_verified    alias_id names an unverified alias
@@ -29,7 +29,7 @@
     │   └── TlsVerifyAdminOnly 403 tls_verify_admin_only  tls_verify false: admins only,
     │                             or both hosts loopback
     ├── NotFound              404 not_found
-    │   ├── UnknownToken      404 invalid_token     unknown, used or expired verification link
+    │   └── UnknownToken      404 invalid_token     unknown, used or expired verification link
     ├── MethodNotAllowed      405 method_not_allowed
     ├── Conflict              409 conflict          the name, domain, address or user is taken
     │   ├── AlreadyShared     409 already_shared    the invited address already shares the account
@@ -41,6 +41,10 @@
     │   ├── AliasInUse        409 alias_in_use      queued mail still references the alias
     │   ├── AliasVerified     409 alias_verified    a new link for an alias verified already
     │   ├── PoolInUse         409 pool_in_use       queued mail still needs the pool (move_to)
+    │   ├── RotationInProgress    409 rotation_in_progress  the domain has a pending DKIM key
+    │   ├── DkimRecordNotPublished  409 dkim_record_not_published  DNS lacks the pending
+    │   │                         key's record (yet)
+    │   ├── DkimKeyNotPending 409 dkim_key_not_pending  activate/cancel of a key not pending
     │   ├── MessageFinal      409 message_final     retry/cancel of a message with no work left
     │   ├── MessageBusy       409 message_busy      retry/cancel of a message being delivered
     │   ├── MessageHeld       409 message_held      retry/hold of a message on hold
@@ -61,43 +65,22 @@
     ├── EmptyReport           422 empty_report      POST /api/v1/bounces without a report
     ├── AttachmentRefused     422 attachment_refused    in [http] refuse_attachment_types
     ├── RateLimited           429 rate_limit        over [http] rate_limit; Retry-After
+    ├── TooManyStreams        429 too_many_streams  the caller has 5 event streams open already
     ├── Unavailable           503 unavailable       storage failed; nothing was accepted
     └── StorageFull           507 storage_full      no space left to store it; nothing was
                                                     accepted
 
-An error of Postern's own tree (gateway.errors) that a route lets through is answered from
-one table, ANSWERS: its nearest class there gives the kind (status and code) and the text.
-A route whose words differ (the field at fault, what failed) answers for itself, or lays
-its own rows over the table (`answer`). A storage failure anywhere (a read as much as a
-write) is a 503 with Retry-After, a write that found no space a 507 with Retry-After.
-Anything else is a bug: the client gets a bare 500 `internal_error`, the log the detail.
+The classes only: what answers them over HTTP (the JSON response, the table from the rest
+of Postern's tree, Starlette's handlers) is api.answers. The `*_ops` modules, which the CLI
+shares, raise these without loading Starlette, intake or DKIM.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.exc import SQLAlchemyError
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-
-from gateway.dkim import rotation
-from gateway.errors import PosternError, StorageUnavailable
-from gateway.intake import pipeline as intake
-from gateway.people import invitations, passwords, roles, users
-from gateway.security.hostguard import HostRefused
-from storage import aliases, dkim_keys, domains, mail_accounts, pools
-from storage import errors as storage_errors
-from storage import invitations as stored_invitations
-from storage import users as stored_users
-from storage.idempotency import KeyReused
-
-log = logging.getLogger("postern.api")
+from gateway.errors import PosternError
 
 
 class ApiError(PosternError):
@@ -126,9 +109,6 @@ class ApiError(PosternError):
             "details": self.details,
             **self.extra,
         }
-
-    def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
 class InvalidRequest(ApiError):
@@ -425,149 +405,3 @@ class StorageFull(ApiError):
 
     def __init__(self, error: str = "no space left to store it; nothing was accepted") -> None:
         super().__init__(error, headers={"Retry-After": "30"})
-
-
-async def api_error(request: Request, error: Exception) -> Response:
-    assert isinstance(error, ApiError)
-    return error.response()
-
-
-async def http_error(request: Request, error: Exception) -> Response:
-    """Starlette's own 404/405 (no such route, wrong method) in the same JSON shape."""
-    assert isinstance(error, HTTPException)
-    kinds: dict[int, type[ApiError]] = {404: NotFound, 405: MethodNotAllowed}
-    kind = kinds.get(error.status_code)
-    if kind is None:
-        kind = type("HttpError", (ApiError,), {"status": error.status_code, "code": "error"})
-    response = kind(str(error.detail)).response()
-    response.headers.update(error.headers or {})
-    return response
-
-
-@dataclass(frozen=True)
-class Answer:
-    """How an error is answered: its kind (status and code) and text, `{error}` standing
-    for the error (None: the kind's own words); `field` names the field at fault in
-    `details`, with `detail` as its message."""
-
-    kind: Callable[..., ApiError]
-    text: str | None = None
-    field: str | None = None
-    detail: str = "{error}"
-    retry_after: int | None = None
-
-    def to(self, error: BaseException) -> ApiError:
-        if self.text is None:
-            return self.kind()
-        given: dict[str, Any] = {}  # only what the row has: some kinds take no more
-        if self.field is not None:
-            message = self.detail.format(error=error)
-            given["details"] = [{"field": self.field, "message": message}]
-        if self.retry_after is not None:
-            given["headers"] = {"Retry-After": str(self.retry_after)}
-        return self.kind(self.text.format(error=error), **given)
-
-
-_RETRY = "storage is unavailable; please retry"
-
-# Every error of Postern's own a route lets through -> its answer (the nearest class in the
-# error's MRO counts). A storage driver's error is there too: one a write did not wrap.
-ANSWERS: dict[type[Exception], Answer] = {
-    # storage failed: nothing was done, the client retries
-    storage_errors.StorageFull: Answer(StorageFull),
-    StorageUnavailable: Answer(Unavailable, _RETRY, retry_after=1),
-    SQLAlchemyError: Answer(Unavailable, _RETRY, retry_after=1),
-    # what is stored refuses it
-    aliases.AliasNotFound: Answer(NotFound, "alias not found"),
-    aliases.AliasExists: Answer(Conflict, "{error}"),
-    aliases.AliasInUse: Answer(AliasInUse, "{error}"),
-    aliases.LastVerifiedAlias: Answer(LastVerifiedAlias, "{error}"),
-    domains.DomainExists: Answer(Conflict, "{error}"),
-    dkim_keys.DkimKeyNotFound: Answer(NotFound, "no such DKIM key"),
-    rotation.RotationInProgress: Answer(RotationInProgress, "{error}"),
-    rotation.RecordNotPublished: Answer(DkimRecordNotPublished, "{error}"),
-    rotation.NotPending: Answer(DkimKeyNotPending, "{error}"),
-    pools.PoolNotFound: Answer(NotFound, "{error}"),
-    pools.PoolReadOnly: Answer(ConfigPool, "{error}"),
-    pools.ConfigDefault: Answer(ConfigPool, "{error}"),
-    pools.PoolInUse: Answer(PoolInUse, "{error}"),
-    pools.BadMoveTarget: Answer(InvalidRequest, "move_to: {error}", field="move_to"),
-    pools.PoolError: Answer(Conflict, "{error}"),
-    HostRefused: Answer(HostNotAllowed, "host: {error}", field="host"),
-    # intake's refusals, and an idempotency key used for another request
-    KeyReused: Answer(
-        IdempotencyKeyReused,
-        "this idempotency_key was used within 24 h for a different request; "
-        "use a new key for a new message",
-        field="idempotency_key",
-        detail="already used for a different request",
-    ),
-    intake.AllSuppressed: Answer(Suppressed),
-    intake.UnknownAlias: Answer(
-        UnknownAlias,
-        "unknown alias_id",
-        field="alias_id",
-        detail="names neither an SMTP pool nor an alias",
-    ),
-    intake.NoSuchAccount: Answer(
-        UnknownAccount,
-        "unknown account_id",
-        field="account_id",
-        detail="names no connected account you may send through",
-    ),
-    intake.AliasUnverified: Answer(
-        AliasNotVerified, "{error.reason}", field="alias_id", detail="verify the alias first"
-    ),
-    intake.UnverifiedSender: Answer(UnverifiedSender, "{error.reason}"),
-    intake.NotPermitted: Answer(Forbidden, "{error.reason}"),
-    # people: who may do what
-    roles.OwnerRequired: Answer(OwnerRequired, "{error}"),
-    roles.RoleAboveOwn: Answer(RoleAboveOwn, "{error}"),
-    roles.LastOwner: Answer(LastOwnerConflict, "{error}"),
-    roles.UnknownRole: Answer(InvalidRequest, "role: {error}", field="role"),
-    users.BadUserField: Answer(InvalidRequest, "{error}"),
-    passwords.WeakPassword: Answer(InvalidRequest, "password: {error}", field="password"),
-    stored_users.UserExists: Answer(Conflict, "{error}"),
-    stored_users.UserNotFound: Answer(NotFound, "user not found"),
-    users.LoginRefused: Answer(Unauthorized, "{error}"),
-    # invitations and shares (seed 004)
-    invitations.AccountNotFound: Answer(NotFound, "{error}"),
-    invitations.InvitationNotFound: Answer(NotFound, "{error}"),
-    invitations.InvitationClosed: Answer(InvitationClosed, "{error}"),
-    invitations.NotInvitable: Answer(InvalidRequest, "{error}"),
-    invitations.SignInRequired: Answer(SignInRequired, "{error}"),
-    stored_invitations.AlreadyShared: Answer(AlreadyShared, "{error}"),
-    stored_invitations.InvitationPending: Answer(InvitationPending, "{error}"),
-    # connected accounts (seed 004)
-    mail_accounts.AccountNotFound: Answer(NotFound, "account not found"),
-    mail_accounts.AccountExists: Answer(AlreadyConnected, "{error}"),
-    mail_accounts.AccountQuota: Answer(AccountQuota, "{error}"),
-    mail_accounts.AccountInUse: Answer(AccountInUse, "{error}"),
-    mail_accounts.DefaultRequired: Answer(
-        InvalidRequest, "is_default: {error}", field="is_default"
-    ),
-}
-
-
-def answer(error: BaseException, over: Mapping[type[Exception], Answer] | None = None) -> ApiError:
-    """The answer to `error`: from the rows of `over` (a route's own words), else ANSWERS;
-    a bare 500 when neither has a row for it."""
-    for kind in type(error).__mro__:
-        row = (over or {}).get(kind) or ANSWERS.get(kind)
-        if row is not None:
-            return row.to(error)
-    log.error("no answer for %r", error, exc_info=error)
-    return ApiError("internal error")
-
-
-async def answered(request: Request, error: Exception) -> Response:
-    """An error of ANSWERS a route let through; a storage failure is logged, its detail
-    never answered."""
-    if isinstance(error, StorageUnavailable | SQLAlchemyError):
-        log.error("storage failed on %s %s: %s", request.method, request.url.path, error)
-    return answer(error).response()
-
-
-async def internal_error(request: Request, error: Exception) -> Response:
-    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
-    return ApiError("internal error").response()

@@ -9,7 +9,7 @@ the pool's id, the live pools told of every change, and the connection test.
                    attempt awaited up to handoff_timeout: delivered, refused, or pending
 
 A refusal of storage.pools (PoolError) or of the guard (HostRefused) is answered from
-api.errors.ANSWERS.
+api.answers.ANSWERS.
 """
 
 from __future__ import annotations

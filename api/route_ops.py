@@ -13,11 +13,10 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from api import errors
 from gateway.addresses import has_control
-from gateway.routing import DomainRoute, InvalidRouteDomain, route_domain
 from storage.db import Database
 from storage.pools import pool_records
 from storage.routes import (
@@ -28,6 +27,9 @@ from storage.routes import (
     get_route,
     list_routes,
 )
+
+if TYPE_CHECKING:  # `postern routes list` lists: no routing (nor gateway.message) to load
+    from gateway.routing import DomainRoute
 
 SCOPE = "admin"
 _GROUP = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
@@ -88,6 +90,8 @@ async def create(
     """Check and store a new entry: a domain (exact or `.suffix`) and exactly one of a
     pool's name (stored, or of `config_pools`: the file's, which `serve` stores at start)
     and a group. 400 / 409 with what to do."""
+    from gateway.routing import InvalidRouteDomain, route_domain
+
     try:
         domain = route_domain(recipient_domain)
     except InvalidRouteDomain as error:
@@ -126,6 +130,8 @@ async def remove(db: Database, route_id: str, config_routes: Sequence[DomainRout
 
 
 def _domain_or_404(value: str) -> str:
+    from gateway.routing import InvalidRouteDomain, route_domain
+
     try:
         return route_domain(value)
     except InvalidRouteDomain:

@@ -17,16 +17,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from gateway.errors import ConfigError
 from gateway.nameservers import parse_nameserver
-from gateway.rates import parse_rate
 from gateway.reputation.lists import DEFAULT_LISTS, LISTS
-from gateway.routing import DomainRoute, InvalidRouteDomain, route_domain
 
 if TYPE_CHECKING:
     import ssl
+
+    from gateway.routing import DomainRoute
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -461,6 +460,8 @@ def _rate(value: Any, where: str) -> str:
 
 def _pool_rate(value: Any, where: str) -> str:
     """A rate in gateway.rates' grammar, or "" for none."""
+    from gateway.rates import parse_rate  # only for a config that sets a rate
+
     text: str = _str(value, where)
     try:
         parse_rate(text)
@@ -513,7 +514,8 @@ def _public_url(value: Any, where: str) -> str:
     return text.rstrip("/")
 
 
-_REFUSABLE = re.compile(
+# Compiled by re (and kept in its cache) only for a config that sets the option.
+_REFUSABLE = (
     r"\.[a-z0-9_~+-][a-z0-9._~+-]*|[a-z0-9][a-z0-9!#$&^_.+-]*/(\*|[a-z0-9][a-z0-9!#$&^_.+-]*)"
 )
 
@@ -522,7 +524,7 @@ def _refusable(value: Any, where: str) -> tuple[str, ...]:
     """Extensions and MIME types, compared case aside (so stored lower-cased)."""
     entries = tuple(entry.strip().lower() for entry in _strings(value, where))
     for entry in entries:
-        if not _REFUSABLE.fullmatch(entry):
+        if not re.fullmatch(_REFUSABLE, entry):
             raise ConfigError(
                 f'{where}: {entry!r} is neither an extension (".exe") nor a MIME type '
                 '("application/x-msdownload", "application/*")'
@@ -556,6 +558,8 @@ def _dqs_key(value: Any, where: str) -> str:
 
 
 def _timezone(value: Any, where: str) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError  # only for a [warmup] timezone
+
     name = _str(value, where)
     try:
         ZoneInfo(name)
@@ -792,6 +796,9 @@ _ROUTE_KEYS: dict[str, Converter] = {
 def _routes(raw: Any) -> tuple[DomainRoute, ...]:
     """`[[routes]]`: each with recipient_domain and exactly one of pool (a pool's name) and
     ip_pool (a group); a domain given twice is refused (which would win?)."""
+    # Imported here: routing (with addresses and message) is for a config with [[routes]].
+    from gateway.routing import DomainRoute, InvalidRouteDomain, route_domain
+
     if not isinstance(raw, list):
         raise ConfigError("[[routes]]: expected an array of tables")
     routes: list[DomainRoute] = []

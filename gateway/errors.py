@@ -3,7 +3,7 @@
 The root and the families with members in storage are defined in storage.errors (storage
 imports nothing above it) and re-exported here; the families only the gateway raises are
 defined here. Each leaf stays in the module that raises it, named after it in brackets.
-The SMTP door answers through gateway.smtpd.replies, the HTTP door through api.errors.
+The SMTP door answers through gateway.smtpd.replies, the HTTP door through api.answers.
 
     PosternError                        every error Postern raises on purpose
     ├── Refused                         what the client asked is refused; nothing was done,

@@ -16,12 +16,13 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from sqlalchemy import Connection, and_, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from storage.db import Database
+from storage.dialects import dialect_module
 from storage.models import BlocklistCheck, BlocklistRun
 
 BC = BlocklistCheck
@@ -187,11 +188,10 @@ async def record(
 # --- the lease ---------------------------------------------------------------------------------
 
 
-def _insert_if_absent(dialect: Any) -> Any:
-    return dialect.insert(BR).on_conflict_do_nothing(index_elements=["name"])
-
-
-_INSERT = {True: _insert_if_absent(sqlite), False: _insert_if_absent(postgresql)}
+@cache
+def _insert_if_absent(dialect_name: str) -> Any:
+    """Built once per dialect (when first asked)."""
+    return dialect_module(dialect_name).insert(BR).on_conflict_do_nothing(index_elements=["name"])
 
 
 def claim(
@@ -201,7 +201,7 @@ def claim(
     round completed before `due_before` (or never): of two nodes claiming at once, exactly one
     gets it (a conditional UPDATE). `name`: another periodic job's row, leased alike (the
     warmup spike check's, gateway.delivery.warmup)."""
-    conn.execute(_INSERT[conn.dialect.name == "sqlite"].values(name=name))
+    conn.execute(_insert_if_absent(conn.dialect.name).values(name=name))
     done = conn.execute(
         update(BR)
         .where(

@@ -33,8 +33,8 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 
+from storage.dialects import dialect_module
 from storage.errors import StorageError
 from storage.models import BounceReport, MailAccount, Message, Recipient, SoftBounce, Suppression
 
@@ -85,7 +85,7 @@ def dedupe_key(
 
 def insert(conn: Connection, row: dict[str, Any]) -> int | None:
     """Insert a report; its id, or None when it was there already (nothing written)."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    dialect = dialect_module(conn.dialect.name)
     statement = dialect.insert(BR).values(**row).on_conflict_do_nothing().returning(BR.c.id)
     found = conn.execute(statement).scalar()
     return None if found is None else int(found)
@@ -363,7 +363,7 @@ def _locked_soft(conn: Connection, email: str, now: float) -> Any:
     (INSERT ... ON CONFLICT DO NOTHING, then SELECT ... FOR UPDATE), so two soft bounces
     of a new address at once on PostgreSQL neither collide on the key nor lose a count
     (SQLite has one writer)."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    dialect = dialect_module(conn.dialect.name)
     empty = {"email": email, "bounces": 0, "first_at": now, "last_at": now, "recent": "[]"}
     for _ in range(3):  # the retention sweep may delete it between the two statements
         conn.execute(dialect.insert(SB).values(**empty).on_conflict_do_nothing())

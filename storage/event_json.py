@@ -26,7 +26,6 @@ from sqlalchemy import (
     or_,
     select,
 )
-from sqlalchemy.dialects.postgresql import JSONB
 
 from storage.models import Event
 
@@ -119,6 +118,8 @@ def as_sql(dialect: str, e: Any, tags: Any, metadata: Any) -> ColumnElement[str]
     )  # fmt: skip
     # A report's event adds its `detail` object's keys (`async`, `bounce`) to the document.
     if pg:
+        from sqlalchemy.dialects.postgresql import JSONB  # see storage.dialects
+
         merged = cast(cast(document, JSONB).op("||")(cast(e.c.detail, JSONB)), Text)
         return case((e.c.detail.is_(None), cast(document, Text)), else_=merged)
     return case((e.c.detail.is_(None), document), else_=func.json_patch(document, e.c.detail))

@@ -43,9 +43,9 @@ from sqlalchemy import (
     union_all,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 
 from storage import event_stream
+from storage.dialects import dialect_module
 from storage.event_stream import CHARTED, EventFilter, MinuteStats, epoch_minute
 from storage.models import Event, EventMinute, EventRoll, Message
 from storage.webhook_outbox import (
@@ -96,7 +96,7 @@ def _start(conn: Connection, now: float) -> Position:
 
 
 def _insert(dialect: str) -> Any:
-    return (sqlite if dialect == "sqlite" else postgresql).insert
+    return dialect_module(dialect).insert
 
 
 def _claim(conn: Connection, node: str, now: float, until: float) -> bool:

@@ -18,12 +18,13 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from storage.db import Database
+from storage.dialects import dialect_module
 from storage.errors import IdempotencyError
 from storage.models import Idempotency
 from storage.writer import Batch, Writer
@@ -45,10 +46,12 @@ _SAVE_RESPONSE = (
 )
 
 
-def _reserve_statement(dialect: Any) -> Any:
+@cache
+def _reserve_statement(dialect_name: str) -> Any:
     """INSERT the reservation, or take over an expired one; built once per dialect."""
     return (
-        dialect.insert(I)
+        dialect_module(dialect_name)
+        .insert(I)
         .values(
             api_key_id=bindparam("scope"),
             key=bindparam("i_key"),
@@ -68,9 +71,6 @@ def _reserve_statement(dialect: Any) -> Any:
             where=I.c.created_at <= bindparam("cutoff"),
         )
     )
-
-
-_RESERVE = {"sqlite": _reserve_statement(sqlite), "postgresql": _reserve_statement(postgresql)}
 
 
 class Duplicate(IdempotencyError):
@@ -139,7 +139,7 @@ def reserve(
         "now": now,
         "cutoff": now - TTL,
     }
-    statement = _RESERVE[conn.dialect.name]
+    statement = _reserve_statement(conn.dialect.name)
     if conn.execute(statement, params).rowcount:
         return None
     # The WHERE above failed, so the row is live: the reservation that holds it.

@@ -7,8 +7,6 @@ from __future__ import annotations
 import contextlib
 import re
 
-import idna
-
 
 def normalise(address: str) -> str:
     """The address with its domain in one form (RFC 5321 §2.4), local part as given.
@@ -21,6 +19,8 @@ def normalise(address: str) -> str:
         return address.lower()
     domain = domain.lower().rstrip(".")
     if not domain.isascii():
+        import idna  # its tables cost every start; only an IDN needs them
+
         with contextlib.suppress(idna.IDNAError):
             domain = idna.encode(domain, uts46=True).decode("ascii")
     return f"{local}@{domain}"

@@ -8,6 +8,8 @@ Bodies live in their own table so that scans of `message` never drag them along.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from sqlalchemy import (
     DDL,
     BigInteger,
@@ -25,6 +27,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.event import listen
 
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
 SCHEMA_VERSION = 10
 
 # Every table, for create_all and the upgrades (storage.db). Core tables, not ORM classes:
@@ -34,6 +39,23 @@ metadata = MetaData()
 
 # A 64-bit key on PostgreSQL; on SQLite exactly INTEGER, so that it is the rowid.
 BIG_ID = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def _partial(name: str, *columns: str, where: str, unique: bool = False) -> Index:
+    """An index of the rows where `where` holds, on both backends. PostgreSQL's option is
+    set as the index is created there (its before_create): `postgresql_where=` given here
+    would import SQLAlchemy's PostgreSQL dialect, all its drivers' too, at every start of a
+    `postern` command on SQLite (~130M instructions, a tenth of `users list`). The DDL is the
+    same as with both options given."""
+    index = Index(name, *columns, unique=unique, sqlite_where=text(where))
+    index.info["postgresql_where"] = text(where)
+    listen(index, "before_create", _postgresql_where)
+    return index
+
+
+def _postgresql_where(index: Index, connection: Connection, **_: Any) -> None:
+    if connection.dialect.name == "postgresql":
+        index.dialect_kwargs["postgresql_where"] = index.info["postgresql_where"]
 
 
 # The `due_at` of a held message (status `held`, gateway.queue.store.hold): it still has work
@@ -86,19 +108,17 @@ Message = Table(
     Column("held_at", Float),
     # Seconds spent on hold before now, in total: they do not count towards max_age.
     Column("held_for", Float, nullable=False, server_default=text("0")),
-    Index(
+    _partial(
         "ix_message_due",
         "due_at",
-        sqlite_where=text("due_at IS NOT NULL"),
-        postgresql_where=text("due_at IS NOT NULL"),
+        where="due_at IS NOT NULL",
     ),
     Index("ix_message_claimed_by", "claimed_by"),
     # The queue gauge counts messages with work left by status from this index alone.
-    Index(
+    _partial(
         "ix_message_active_status",
         "status",
-        sqlite_where=text("due_at IS NOT NULL"),
-        postgresql_where=text("due_at IS NOT NULL"),
+        where="due_at IS NOT NULL",
     ),
     Index("ix_message_status_created", "status", "created_at"),
     # Queue search (GET /v1/messages): each filter has an index to start from.
@@ -265,12 +285,11 @@ DkimKey = Table(
     Index("uq_dkim_key_domain_selector", "domain", "selector", unique=True),
     Index("ix_dkim_key_domain", "domain"),
     # The database itself refuses a second active key for a domain.
-    Index(
+    _partial(
         "ux_dkim_key_active",
         "domain",
         unique=True,
-        sqlite_where=text("status = 'active'"),
-        postgresql_where=text("status = 'active'"),
+        where="status = 'active'",
     ),
 )
 
@@ -320,12 +339,11 @@ SenderAlias = Table(
     Column("verified_at", Float),
     Column("created_by", String(64)),  # user id; None: console/config
     # The database itself refuses a second default alias.
-    Index(
+    _partial(
         "ux_sender_alias_default",
         "is_default",
         unique=True,
-        sqlite_where=text("is_default"),
-        postgresql_where=text("is_default"),
+        where="is_default",
     ),
 )
 
@@ -581,14 +599,13 @@ Invitation = Table(
     Column("created_at", Float, nullable=False),
     Column("expires_at", Float, nullable=False),
     Column("responded_at", Float),
-    Index(
+    _partial(
         "ux_invitations_pending",
         "account_kind",
         "account_id",
         "invitee_email",
         unique=True,
-        sqlite_where=text("status = 'pending'"),
-        postgresql_where=text("status = 'pending'"),
+        where="status = 'pending'",
     ),
     Index("ix_invitations_account", "account_kind", "account_id", "created_at"),
     Index("ix_invitations_invitee", "invitee_email", "status"),
@@ -649,12 +666,11 @@ MailAccount = Table(
     Index("ix_mail_account_user", "user_id", "created_at"),
     Index("ix_mail_account_due", "next_sync_at"),
     # The database itself refuses a second default account for one user.
-    Index(
+    _partial(
         "ux_mail_account_default",
         "user_id",
         unique=True,
-        sqlite_where=text("is_default"),
-        postgresql_where=text("is_default"),
+        where="is_default",
     ),
 )
 

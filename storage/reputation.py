@@ -38,8 +38,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, and_, func, insert, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
+from storage.dialects import dialect_module
 from storage.models import Event, Message, ReputationDay, ReputationJob, ReputationSubject
 
 E = Event
@@ -188,7 +188,7 @@ def add_counts(conn: Connection, day: str, counts: Iterable[DayCounts]) -> None:
     ]
     if not rows:
         return
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    dialect = dialect_module(conn.dialect.name)
     statement = dialect.insert(D)
     statement = statement.on_conflict_do_update(
         index_elements=["day", "pool", "domain"],
@@ -298,5 +298,10 @@ def purge(conn: Connection, first_day: str, events_before: float, event_type: st
 
 def _insert_ignore(conn: Connection, table: Any, values: dict[str, Any], keys: list[str]) -> Any:
     if conn.dialect.name == "postgresql":
-        return postgresql.insert(table).values(**values).on_conflict_do_nothing(index_elements=keys)
+        return (
+            dialect_module("postgresql")
+            .insert(table)
+            .values(**values)
+            .on_conflict_do_nothing(index_elements=keys)
+        )
     return insert(table).values(**values).prefix_with("OR IGNORE")

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from sqlalchemy import Connection, delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from storage.db import Database
+from storage.dialects import dialect_module
 from storage.mailboxes import mailbox_key
 from storage.models import Suppression
 
@@ -26,18 +27,13 @@ S = Suppression
 REASONS = ("unsubscribed", "bounced", "complaint", "manual", "hard_bounce", "soft_bounce")
 
 
-def _add_if_absent(dialect: Any) -> Any:
-    return dialect.insert(S).on_conflict_do_nothing(index_elements=["email"])
-
-
-_ADD_IF_ABSENT = {True: _add_if_absent(sqlite), False: _add_if_absent(postgresql)}
-
-
+@cache
 def add_if_absent(is_sqlite: bool) -> Any:
     """The INSERT of entries (email, reason, created_at) that leaves an address already
     listed as it is: how an attempt's hard bounces and complaints join the list, in the
-    attempt's own transaction. Built once per dialect."""
-    return _ADD_IF_ABSENT[is_sqlite]
+    attempt's own transaction. Built once per dialect (when first asked)."""
+    dialect = dialect_module("sqlite" if is_sqlite else "postgresql")
+    return dialect.insert(S).on_conflict_do_nothing(index_elements=["email"])
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Column, Connection, bindparam, delete, func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
+from storage.dialects import dialect_module
 from storage.limits import MAX_WINDOW
 from storage.models import Pool, PoolDay, PoolSend
 
@@ -163,7 +163,7 @@ def take(
 
 def count_day(conn: Connection, key: str, day: str, delta: int) -> None:
     """Add `delta` to `key`'s count for `day` (a row made at 1 when there is none)."""
-    dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
+    dialect = dialect_module(conn.dialect.name)
     upsert = dialect.insert(PD).values(pool_id=key, day=day, count=max(delta, 0))
     conn.execute(
         upsert.on_conflict_do_update(

@@ -38,11 +38,11 @@ from sqlalchemy import (
     union_all,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import RowMapping
 
 from storage import queue_sql, throttle
 from storage.db import Database
+from storage.dialects import dialect_module
 from storage.models import Event, MailAccount, Message, Pool, PoolDay, PoolSend, Warmup
 from storage.warmup_schedule import (
     MAX_VOLUME,
@@ -379,7 +379,7 @@ def pause_in(conn: Connection, kind: str, subject_id: str, reason: str, now: flo
     if not found:
         # A pause racing another (a person's and the reputation crossing's): one inserts,
         # the other then finds it paused, rather than failing its whole transaction.
-        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+        dialect = dialect_module(conn.dialect.name)
         made = conn.execute(
             dialect.insert(W).values(kind=kind, subject_id=subject_id, created_at=now,
                                      updated_at=now, created_by=HOLD_BY, **HOLD, **paused)

@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Match, NoMatchFound, Route
 from starlette.types import Receive, Scope, Send
 
-from api import errors
+from api import answers, errors
 from api.context import ApiContext
 from gateway.errors import PosternError
 from web import guard, static_files
@@ -72,7 +72,7 @@ _HANDLERS: dict[Any, Any] = {
     guard.SignInNeeded: guard.sign_in_needed,
     errors.ApiError: guard.api_refusal,
     HTTPException: guard.http_refusal,
-    **dict.fromkeys(errors.ANSWERS, guard.api_refusal),
+    **dict.fromkeys(answers.ANSWERS, guard.api_refusal),
     PosternError: guard.api_refusal,
     Exception: guard.internal,
 }

@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from api import errors
+from api import answers, errors
 from api.auth import SAFE_METHODS, Caller, check_csrf, session_caller
 from api.context import ApiContext
 from gateway.errors import PosternError
@@ -97,7 +97,7 @@ async def api_refusal(request: Request, error: Exception) -> Response:
     """An ApiError, or an error of Postern's tree the API's table answers, as HTML."""
     if not isinstance(error, errors.ApiError):
         assert isinstance(error, PosternError)
-        error = errors.answer(error)
+        error = answers.answer(error)
     return _refusal(request, error)
 
 

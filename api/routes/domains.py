@@ -5,7 +5,7 @@ answers the DNS records to publish: DKIM, SPF, DMARC. `POST /{id}/verify` looks 
 through the `[dns] nameservers` (uncached) and verifies the domain when DKIM and SPF are
 there. An `admin` key may add a domain already verified (`"verified": true`), e.g. for a
 domain whose DNS is managed elsewhere. `{id}` is the domain's id or its name. A domain
-registered twice (DomainExists) is answered from api.errors.ANSWERS. The work is
+registered twice (DomainExists) is answered from api.answers.ANSWERS. The work is
 api.domain_ops' (shared with the dashboard); here requests are read and answered. A domain
 records the user who added it (`created_by`); a caller sees the domains api.ownership lets it
 see, another's is a 404.

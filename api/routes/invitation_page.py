@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from api import errors
+from api import answers, errors
 from api.auth import (
     TOO_MANY_SIGN_INS,
     Caller,
@@ -190,7 +190,7 @@ async def accept(request: Request) -> Response:
             log.warning("login failed via invitation: client=%s", client_address(request))
         if not form:
             raise
-        refused = error if isinstance(error, errors.ApiError) else errors.answer(error)
+        refused = error if isinstance(error, errors.ApiError) else answers.answer(error)
         return await _form_page(request, ctx, body.token, refused.error, refused.status)
     if body.password and ctx.people is not None:
         ctx.people.throttle.passed(client_address(request), invitation.invitee_email)

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from api import errors
+from api import answers, errors
 from api.auth import Caller, authenticate, client_address
 from api.context import ApiContext, iso
 from api.openapi import operation
@@ -45,13 +45,13 @@ QUEUED_TEXT = "Email queued for retry"
 LACKING_SEND = "this API key lacks a send scope"
 LACKING_SANDBOX = "sandbox sends need an API key with the 'sandbox' scope"
 # What a send says when its message could not be stored (elsewhere: that storage failed).
-NOT_STORED: dict[type[Exception], errors.Answer] = {
-    StorageFull: errors.Answer(
+NOT_STORED: dict[type[Exception], answers.Answer] = {
+    StorageFull: answers.Answer(
         errors.StorageFull,
         "the disk is full: the message could not be stored; nothing was accepted, "
         "please retry later",
     ),
-    StorageUnavailable: errors.Answer(
+    StorageUnavailable: answers.Answer(
         errors.Unavailable,
         "the message could not be stored; nothing was accepted, please retry",
         retry_after=1,
@@ -208,8 +208,8 @@ async def send(request: Request) -> Response:
             refusal.reason, [{"field": field, "message": refusal.reason}]
         ) from None
     except StorageUnavailable as error:
-        raise errors.answer(error, NOT_STORED) from None
-    # Any other refusal (KeyReused, AllSuppressed, ...) is answered from errors.ANSWERS.
+        raise answers.answer(error, NOT_STORED) from None
+    # Any other refusal (KeyReused, AllSuppressed, ...) is answered from answers.ANSWERS.
     status, payload = await _outcome(ctx, accepted, sandbox)
     if submission.scheduled_at is not None and status == 202:
         payload["scheduled_at"] = iso(submission.scheduled_at)

@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from api import errors
+from api.answers import answer as answer_to  # `answers`, `answer`: locals here
 from api.auth import Caller, authenticate
 from api.context import ApiContext, iso
 from api.openapi import operation
@@ -148,7 +149,7 @@ async def send_batch(request: Request) -> Response:
         try:
             outcomes = await ctx.intake.submit_many([s for _, s in waiting])
         except StorageUnavailable as error:
-            raise errors.answer(error, send.NOT_STORED) from None
+            raise answer_to(error, send.NOT_STORED) from None
         for (index, submission), outcome in zip(waiting, outcomes, strict=True):
             parsed = bodies[index]
             assert parsed is not None
@@ -177,7 +178,7 @@ async def _answer(
         return error.status, error.body()
     if not isinstance(outcome, Accepted):
         assert isinstance(outcome, Exception)
-        error = errors.answer(outcome)
+        error = answer_to(outcome)
         if isinstance(outcome, KeyReused):
             error.extra["message_id"] = outcome.message_id
         return error.status, error.body()

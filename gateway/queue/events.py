@@ -8,12 +8,14 @@ message met.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import insert
 
-from gateway.message import DeliveryResult, Outcome
 from storage.models import Event, MessageMeta
+
+if TYPE_CHECKING:
+    from gateway.message import DeliveryResult
 
 E = Event
 META = MessageMeta
@@ -103,6 +105,10 @@ def row(
 
 
 def result_type(result: DeliveryResult, expired: bool = False) -> str:
+    # Imported here: the CLI reads TYPES (`postern webhooks add --event`) without delivery's
+    # dataclasses; delivery has gateway.message loaded already.
+    from gateway.message import Outcome
+
     if expired:
         return EXPIRED
     return {

@@ -10,13 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from gateway import timestamps
 from gateway.addresses import envelope_problem, has_control
 from gateway.errors import InvalidInput, Refused
 from gateway.headers import MAX_LINE, normal_message_id
-from gateway.queue.store import Queue
 from storage.db import Database
 from storage.message_search import (
     ACTIVE,
@@ -32,6 +31,9 @@ from storage.message_search import (
 )
 from storage.messages import MessageState, message_state
 from storage.search_keys import MAX_QUERY_WORDS, address_range, subject_words
+
+if TYPE_CHECKING:  # the queue's own imports: not for a search (`postern queue list`)
+    from gateway.queue.store import Queue
 
 Action = Literal["retry", "cancel", "hold", "release"]
 # The statuses each action acts on (a bulk call matches only these): a retry and a hold take

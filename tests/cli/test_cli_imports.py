@@ -31,6 +31,14 @@ print(json.dumps(sorted(sys.modules)), file=sys.stderr)
 # What no command that only reads or deletes through storage needs.
 _SERVER = ("api", "web", "pydantic", "starlette", "uvicorn", "aiosmtpd", "aiosmtplib", "jinja2")
 _OTHERS = ("dns", "sqlalchemy.orm", "sqlalchemy.ext.asyncio", "prometheus_client", "argon2")
+# What only some configurations, data or actions need: PostgreSQL's dialect (this database
+# is SQLite), the IDNA tables (an internationalised domain), zoneinfo (a [warmup] timezone),
+# routing and the queue's message classes (a config with [[routes]], a command that routes,
+# delivers or acts on the queue).
+_ON_DEMAND = (
+    "sqlalchemy.dialects.postgresql", "idna", "zoneinfo",
+    "gateway.routing", "gateway.message", "gateway.queue.store",
+)  # fmt: skip
 _DATABASE_COMMANDS = (
     ("users", "list"),
     ("pools", "list"),
@@ -68,6 +76,7 @@ def test_help_and_check_config_load_no_database_code(config: Path) -> None:
     for args in (("--help",), ("check-config",)):
         modules = _imported(config, *args)
         assert _found(modules, ("sqlalchemy", "storage.db", "dns", "asyncio", *_SERVER)) == []
+        assert _found(modules, _ON_DEMAND) == []
 
 
 @pytest.mark.parametrize("args", _DATABASE_COMMANDS, ids=" ".join)
@@ -76,4 +85,16 @@ def test_a_command_that_reads_storage_loads_no_server_dns_or_orm(
 ) -> None:
     modules = _imported(config, *args, "--json")
     assert "storage.db" in modules  # it did read the database
-    assert _found(modules, (*_SERVER, *_OTHERS)) == []
+    assert _found(modules, (*_SERVER, *_OTHERS, *_ON_DEMAND)) == []
+    if args == ("queue", "list"):  # a search: no Queue, no writer
+        assert _found(modules, ("storage.writer",)) == []
+
+
+def test_routes_list_loads_the_api_errors_but_no_server_intake_or_dkim(config: Path) -> None:
+    """`postern routes` shares api.route_ops, whose refusals are api.errors: the classes
+    only (their HTTP answers, api.answers, name intake's, DKIM's... errors)."""
+    modules = _imported(config, "routes", "list", "--json")
+    assert {"storage.db", "api.errors", "api.route_ops"} <= modules
+    server = tuple(root for root in _SERVER if root != "api")
+    heavy = ("api.answers", "gateway.intake", "gateway.dkim", *server, *_OTHERS, *_ON_DEMAND)
+    assert _found(modules, heavy) == []

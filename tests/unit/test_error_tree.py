@@ -1,11 +1,12 @@
 """Postern's errors as one tree (gateway.errors), and each door's table of answers to them
-(gateway.smtpd.replies for SMTP, api.errors.ANSWERS for HTTP)."""
+(gateway.smtpd.replies for SMTP, api.answers.ANSWERS for HTTP)."""
 
 from __future__ import annotations
 
 import importlib
 import inspect
 import pkgutil
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,7 +17,8 @@ import pytest
 import api
 import gateway
 import storage
-from api import errors as http
+from api import answers as http
+from api import errors as api_errors
 from gateway.dkim.errors import DkimError
 from gateway.errors import InvalidInput, PosternError, StorageFull, WriterStopped
 from gateway.intake.message_builder import BuildError
@@ -89,3 +91,38 @@ def test_the_http_door_answers_an_error_from_its_table() -> None:
     assert "stopping" not in unavailable.error  # the detail is for the log
     assert http.answer(StorageFull("disk")).status == 507
     assert http.answer(DkimError("a bug")).status == 500
+
+
+def _drawn_tree() -> dict[str, str]:
+    """class -> parent, as api.errors' docstring draws them (each level 4 columns in)."""
+    drawn: dict[str, str] = {}
+    parents = ["ApiError"]
+    for line in (api_errors.__doc__ or "").splitlines():
+        branch = re.search(r"[├└]── (\w+)", line)
+        if branch is not None:
+            depth = branch.start() // 4
+            parents[depth:] = [branch.group(1)]
+            drawn[branch.group(1)] = parents[depth - 1]
+    return drawn
+
+
+def test_the_api_errors_docstring_draws_every_class_under_its_parent() -> None:
+    defined = {
+        kind.__name__: kind.__base__.__name__
+        for kind in vars(api_errors).values()
+        if inspect.isclass(kind)
+        and issubclass(kind, api_errors.ApiError)
+        and kind is not api_errors.ApiError
+    }
+    assert _drawn_tree() == defined
+
+
+def test_the_api_errors_load_no_http_intake_or_dkim() -> None:
+    """The CLI's commands raise them through api/*_ops.py (`postern routes`)."""
+    probe = (
+        "import sys, api.errors; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('starlette', 'sqlalchemy') "
+        "or m.startswith(('gateway.intake', 'gateway.dkim', 'api.answers'))]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", probe], cwd=ROOT, check=True)

@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from api import errors
+from api import answers, errors
 from api.resource_schemas import PoolCreate, PoolUpdate
 from api.schemas import parse
 from gateway.errors import PosternError
@@ -53,7 +53,7 @@ class PoolForm:
 
 def answer_of(error: PosternError) -> errors.ApiError:
     """The API's answer to `error`: its status and text."""
-    return error if isinstance(error, errors.ApiError) else errors.answer(error)
+    return error if isinstance(error, errors.ApiError) else answers.answer(error)
 
 
 def _number(text: str) -> int | str:

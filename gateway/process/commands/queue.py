@@ -14,7 +14,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.addresses import has_control
 from gateway.config import Config
@@ -31,7 +31,6 @@ from gateway.queue.operations import (
     summary_json,
 )
 from gateway.queue.operations import Action as QueueAction
-from gateway.queue.store import Queue
 from storage.db import Database
 from storage.message_search import (
     ACTIVE,
@@ -43,7 +42,9 @@ from storage.message_search import (
 )
 from storage.messages import MessageState, message_state
 from storage.queue_sql import bodies_of
-from storage.writer import Writer
+
+if TYPE_CHECKING:  # list and show read only: no Queue, no writer
+    from gateway.queue.store import Queue
 
 COMMANDS = ("queue",)
 NODE_ID = "cli"
@@ -95,13 +96,17 @@ def _filters(parser: argparse.ArgumentParser, bulk: bool = False) -> None:
 def run(args: argparse.Namespace, config: Config) -> int:
     if args.action == "cat":
         return _cat(args.id, config)
-    action = _ACTIONS[args.action]
-    result = asyncio.run(with_database(config, lambda db: _with_queue(db, config, args, action)))
+    read = _READS.get(args.action)
+    if read is not None:  # list and show: no Queue, no writer (nor their imports)
+        result = asyncio.run(with_database(config, lambda db: read(db, args)))
+    else:
+        act = _ACTIONS[args.action]
+        result = asyncio.run(with_database(config, lambda db: _with_queue(db, config, args, act)))
     print(json.dumps(result, ensure_ascii=False) if args.json else _text(args.action, result))
     return 0
 
 
-Action = Callable[[Database, Queue, argparse.Namespace], Awaitable[Any]]
+Action = Callable[[Database, "Queue", argparse.Namespace], Awaitable[Any]]
 
 
 def _cat(message_id: str, config: Config) -> int:
@@ -130,6 +135,9 @@ async def _body(db: Database, message_id: str) -> bytes | str:
 
 
 async def _with_queue(db: Database, config: Config, args: argparse.Namespace, act: Action) -> Any:
+    from gateway.queue.store import Queue
+    from storage.writer import Writer
+
     writer = Writer(db)
     writer.start()
     try:
@@ -185,7 +193,7 @@ def _state(state: MessageState) -> dict[str, Any]:
     }
 
 
-async def _list(db: Database, queue: Queue, args: argparse.Namespace) -> dict[str, Any]:
+async def _list(db: Database, args: argparse.Namespace) -> dict[str, Any]:
     if not 1 <= args.limit <= MAX_LIMIT:
         raise CommandError(f"--limit: 1 to {MAX_LIMIT}")
     flt = _filter(args)
@@ -196,7 +204,7 @@ async def _list(db: Database, queue: Queue, args: argparse.Namespace) -> dict[st
     return {"data": [summary_json(m, iso_seconds) for m in page], "next_cursor": cursor}
 
 
-async def _show(db: Database, queue: Queue, args: argparse.Namespace) -> dict[str, Any]:
+async def _show(db: Database, args: argparse.Namespace) -> dict[str, Any]:
     state = await message_state(db, args.id, True) if len(args.id) <= 64 else None
     if state is None:
         raise CommandError(f"no message with id {args.id!r}")
@@ -263,9 +271,11 @@ async def _act(db: Database, queue: Queue, args: argparse.Namespace) -> dict[str
 
 UNCAPPED = 1 << 62
 
-_ACTIONS: dict[str, Action] = {
+_READS: dict[str, Callable[[Database, argparse.Namespace], Awaitable[Any]]] = {
     "list": _list,
     "show": _show,
+}
+_ACTIONS: dict[str, Action] = {
     "retry": _act,
     "cancel": _act,
     "hold": _act,
