@@ -16,9 +16,10 @@ message's commit, as in the server (1-2 transactions per message); with C=50 the
 commits carry dozens of jobs.
 
 Prints per message: the write thread's CPU (its own thread clock: the SQL of every
-transaction, the commits, the driver), the whole process's CPU, the wall time, and the
-commits. A warm-up of 200 messages (not counted) fills SQLAlchemy's compiled cache and
-SQLite's page cache first. Medians of --runs, each on a fresh database.
+transaction, the commits, the driver; split into user and system time from /proc, in clock
+ticks), the whole process's CPU, the wall time, and the commits. A warm-up of 200 messages
+(not counted) fills SQLAlchemy's compiled cache and SQLite's page cache first. Medians of
+--runs, each on a fresh database.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -54,6 +56,8 @@ class Figures:
     clients: int
     messages: int
     write_cpu_ms: float  # the write thread's CPU per message
+    write_user_ms: float  # ... of which in user space (Python, SQLAlchemy, SQLite)
+    write_sys_ms: float  # ... of which in the kernel (writes, fsync)
     process_cpu_ms: float  # the whole process's CPU per message
     wall_ms: float  # wall time per message
     commits_per_msg: float
@@ -68,11 +72,20 @@ def content(seq: int, size: int) -> bytes:
     return head + (line * (size // len(line) + 1))[: max(size - len(head), 0)]
 
 
-def write_thread_clock(db: Database) -> int:
-    """The CPU clock of the database's write thread (storage.db runs every write
-    transaction in that one thread)."""
-    ident = db._write_thread.submit(threading.get_ident).result()
-    return time.pthread_getcpuclockid(ident)
+def write_thread(db: Database) -> tuple[int, int]:
+    """The CPU clock and the kernel's id of the database's write thread (storage.db runs
+    every write transaction in that one thread)."""
+    ident, native = db._write_thread.submit(
+        lambda: (threading.get_ident(), threading.get_native_id())
+    ).result()
+    return time.pthread_getcpuclockid(ident), native
+
+
+def user_sys(native: int) -> tuple[float, float]:
+    """A thread's user and system CPU seconds (/proc, in clock ticks)."""
+    fields = Path(f"/proc/self/task/{native}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 async def client(queue: Queue, seqs: list[int], size: int) -> None:
@@ -102,18 +115,30 @@ async def one_run(directory: Path, messages: int, clients: int, size: int) -> Fi
     queue = Queue(db, writer, "node_bench", SCHEDULE, 5 * 86400.0, 120.0)
     try:
         await drive(queue, 0, WARMUP, clients, size)
-        clock = write_thread_clock(db)
+        clock, native = write_thread(db)
         cpu0, proc0, wall0 = time.clock_gettime(clock), time.process_time(), time.perf_counter()
+        user0, sys0 = user_sys(native)
         commits0 = writer.commits
         await drive(queue, WARMUP, messages, clients, size)
         cpu = time.clock_gettime(clock) - cpu0
+        user1, sys1 = user_sys(native)
+        user, system = user1 - user0, sys1 - sys0
         proc, wall = time.process_time() - proc0, time.perf_counter() - wall0
         commits = writer.commits - commits0
     finally:
         await writer.stop()
         await db.dispose()
     per = 1000.0 / messages
-    return Figures(clients, messages, cpu * per, proc * per, wall * per, commits / messages)
+    return Figures(
+        clients,
+        messages,
+        cpu * per,
+        user * per,
+        system * per,
+        proc * per,
+        wall * per,
+        commits / messages,
+    )
 
 
 def measure(messages: int, clients: int, size: int, runs: int) -> Figures:
@@ -129,6 +154,8 @@ def measure(messages: int, clients: int, size: int, runs: int) -> Figures:
         clients,
         messages,
         median("write_cpu_ms"),
+        median("write_user_ms"),
+        median("write_sys_ms"),
         median("process_cpu_ms"),
         median("wall_ms"),
         median("commits_per_msg"),
@@ -150,7 +177,8 @@ def main() -> int:
     for r in rows:
         print(
             f"write_path  N={r.messages} C={r.clients} size={args.size} runs={args.runs}"
-            f"  write-thread cpu={r.write_cpu_ms:.3f}ms/msg  process cpu={r.process_cpu_ms:.3f}"
+            f"  write-thread cpu={r.write_cpu_ms:.3f}ms/msg (user {r.write_user_ms:.3f}"
+            f" sys {r.write_sys_ms:.3f})  process cpu={r.process_cpu_ms:.3f}"
             f"ms/msg  wall={r.wall_ms:.3f}ms/msg  commits={r.commits_per_msg:.2f}/msg"
         )
     return 0
