@@ -110,7 +110,7 @@ def _plan_for(conn: Connection, statement: Executable, rows: Sequence[Row]) -> _
     if not rows or not _plain(conn):
         return None
     keys = rows[0].keys()
-    if any(row.keys() != keys for row in rows):  # SQLAlchemy takes the first row's keys
+    if len(rows) > 1 and any(row.keys() != keys for row in rows):  # (the first row's decide)
         return None
     plans = _plans.setdefault(conn.dialect, {})
     key = (statement, frozenset(keys), len(rows) > 1)
