@@ -101,10 +101,6 @@ class Database:
             # each transaction by re-reading the pages it touches), and reads never wait
             # for it.
             self._writes = _sqlite_engine(url, connections=1, overflow=0)
-            # ... and keeps it checked out between transactions (the write thread's own):
-            # a checkout and a check-in per transaction cost more Python than the
-            # statements of a message (issue 22).
-            self._write_conn: Connection | None = None
             # One writer thread (SQLite has one writer anyway), a few for reads.
             self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="db-write")
             self._write_lock = _WriteLock(self._sync.url.database)
@@ -156,22 +152,18 @@ class Database:
         fsync in WAL mode; PostgreSQL: synchronous_commit off). A power cut may then lose
         it, never corrupt anything: for counts that matter for minutes, never for mail."""
         if self._sync is not None:
+            engine = self._writes
 
             def run() -> T:
-                with self._write_lock.held():
-                    conn = self._write_connection()
+                with self._write_lock.held(), engine.connect() as conn:
+                    if not durable:
+                        _synchronous(conn, "NORMAL")
                     try:
+                        with conn.begin():
+                            return work(conn)
+                    finally:
                         if not durable:
-                            _synchronous(conn, "NORMAL")
-                        try:
-                            with conn.begin():
-                                return work(conn)
-                        finally:
-                            if not durable:
-                                _back_to_full(conn)
-                    except BaseException:
-                        self._drop_write_connection()  # the next one starts afresh, as ever
-                        raise
+                            _back_to_full(conn)
 
             return await asyncio.get_running_loop().run_in_executor(self._write_thread, run)
         assert self._async is not None
@@ -191,7 +183,6 @@ class Database:
         engine = self._writes
 
         def run() -> T:
-            self._drop_write_connection()  # the pool's one connection, with its own options
             with self._write_lock.held(LOCK_WAIT), engine.connect() as conn:
                 conn = conn.execution_options(isolation_level="AUTOCOMMIT")
                 _begin_immediate(conn)
@@ -205,22 +196,8 @@ class Database:
 
         return await asyncio.get_running_loop().run_in_executor(self._write_thread, run)
 
-    def _write_connection(self) -> Connection:
-        """The write thread's connection, checked out at its first transaction and kept."""
-        if self._write_conn is None:
-            self._write_conn = self._writes.connect()
-        return self._write_conn
-
-    def _drop_write_connection(self) -> None:
-        """Give the write thread's connection back to the pool (in the write thread)."""
-        conn, self._write_conn = self._write_conn, None
-        if conn is not None:
-            conn.close()
-
     async def dispose(self) -> None:
         if self._sync is not None:
-            with contextlib.suppress(RuntimeError):  # (disposed before: shut down)
-                self._write_thread.submit(self._drop_write_connection)
             self._write_thread.shutdown(wait=True)
             self._write_lock.close()
             self._read_threads.shutdown(wait=True)
