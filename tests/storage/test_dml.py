@@ -19,7 +19,7 @@ from gateway.queue.store import new_message_rows
 from storage import dml
 from storage import queue_sql as sql
 from storage.db import Database, create_schema, open_database
-from storage.models import Meta
+from storage.models import Message, Meta
 
 NOW = 1_700_000_000.25
 TABLES = ("message", "message_body", "recipient", "event", "postern_meta")
@@ -175,6 +175,8 @@ async def errors_of(db: Database, runner: Runner, statement: Executable, rows: A
         (insert(Meta), {"key": "schema_version", "value": "1"}),  # one row, execute
         (sql.UPDATE_MESSAGE, [{"m_id": "m1"}]),  # values missing
         (insert(Meta), [{"key": "k"}, {"key": "l", "value": 2, "other": 3}]),
+        # A value its type refuses (Boolean): refused before any SQL runs, by SQLAlchemy.
+        (insert(Message), [{"id": "b1", "route_default": "yes"}, {"id": "b2", "route_default": 1}]),
     ],
 )
 async def test_the_same_errors_as_conn_execute(
