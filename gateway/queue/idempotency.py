@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from gateway.message import Submission
+from storage import dml
 from storage import idempotency as rows
 from storage.db import Database
 from storage.idempotency import ANONYMOUS, TTL, Duplicate, Hit, KeyReused
@@ -59,7 +60,7 @@ def reserve_then_store(
     holder = reserve(conn, submission, message_id, now)
     if holder is None:
         for statement, params in batch.steps:
-            conn.execute(statement, params)
+            dml.run(conn, statement, params)  # (storage.dml: cheaper on SQLite, same rows)
     return holder
 
 

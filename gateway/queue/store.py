@@ -51,7 +51,7 @@ from gateway.queue.idempotency import Duplicate, KeyReused
 from gateway.queue.notify import Notifier
 from gateway.queue.suppressions import SuppressionCache
 from gateway.routing import NO_POOL
-from storage import bounce_reports
+from storage import bounce_reports, dml
 from storage import queue_sql as sql
 from storage import suppressions as stored_suppressions
 from storage.db import Database
@@ -301,7 +301,7 @@ class Queue:
         }
         notice = self._notice(message, results, now)
         if notice is None:
-            batch.first = lambda conn: conn.execute(sql.UPDATE_MESSAGE, params).rowcount > 0
+            batch.first = lambda conn: dml.run(conn, sql.UPDATE_MESSAGE, params) > 0
             work: Batch | Work = batch
         else:
             # The notification is stored with the bounce, and only if the bounce is: one
@@ -398,7 +398,7 @@ class Queue:
             ]  # fmt: skip
             _add_events_if_stamped(batch, message.id, rows, now, message.attempts)
         params = {"m_id": message.id, "node": self.node_id, "due": until, "why": why, "now": now}
-        batch.first = lambda conn: conn.execute(sql.POSTPONE, params).rowcount > 0
+        batch.first = lambda conn: dml.run(conn, sql.POSTPONE, params) > 0
         await self._writer.submit(batch)
 
     async def wake_pool_waiters(self) -> int:
@@ -635,12 +635,12 @@ def _if_claimed(batch: Batch, params: dict[str, Any], notice: Notice, conn: Conn
     still held the claim) the notification to the sender of the recipients still pending
     (read before the attempt's results are written), then every other row and the
     notification's."""
-    if not conn.execute(sql.UPDATE_MESSAGE, params).rowcount:
+    if not dml.run(conn, sql.UPDATE_MESSAGE, params):
         return False
     told = notice(conn)
     steps = batch.steps + (told.steps if told is not None else [])
     for statement, rows in steps:
-        conn.execute(statement, rows)
+        dml.run(conn, statement, rows)
     return True
 
 
@@ -673,7 +673,7 @@ def _store_many(
                     params if isinstance(params, list) else [params]
                 )
     for statement, rows in merged.items():
-        conn.execute(statement, rows)
+        dml.run(conn, statement, rows)
     return holders
 
 

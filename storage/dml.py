@@ -1,0 +1,216 @@
+"""Run a Core INSERT/UPDATE/DELETE for a list of rows, cheaply on SQLite.
+
+`conn.execute(statement, rows)` spends ~50 us of Python per call before SQLite sees
+anything (the compiled cache's key, an execution context, each row's parameters built bind
+by bind, a result): half the write thread's user CPU per message (issue 22), which runs a
+handful of statements per message. On SQLite `run` compiles a statement once per set of
+row keys, with the connection's own dialect and the column keys `Connection.execute` uses
+(so the same SQL text), turns each row into the tuple SQLAlchemy itself would bind (the
+row's values; the statement's own bound values and its columns' scalar defaults for names
+the rows lack; each through its type's bind processor) and hands them to the driver's
+executemany in the same transaction. A failure is SQLAlchemy's to handle, as it would
+have been: a unique-key clash is its IntegrityError, a locked or full database its
+OperationalError (storage.errors), a lost connection is invalidated.
+
+Anything that needs more takes `conn.execute` as before: rows of different keys, a
+statement with RETURNING, callable defaults, expanding IN, escaped names, a value its type
+refuses; a connection with execution events or echo, or outside a transaction;
+PostgreSQL always (asyncpg's path is another).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from operator import itemgetter
+from typing import Any
+
+from sqlalchemy import Connection
+from sqlalchemy.engine import Dialect
+from sqlalchemy.sql import Executable
+
+Row = dict[str, Any]
+Processor = Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    sql: str
+    values: Callable[[Row], tuple[Any, ...]]  # a row's values, in the SQL's order
+    constants: Row  # the statement's own values for the names no row has
+    processors: tuple[tuple[int, Processor], ...]  # (position, its type's bind processor)
+
+
+# Per dialect (an engine's), per (statement, row keys, several rows): its plan, or None for
+# conn.execute.
+# The hot statements are module constants; the bound keeps a statement built per call from
+# filling memory (it then takes conn.execute, whose cache knows it by its shape).
+_Key = tuple[Executable, frozenset[str], bool]
+_plans: weakref.WeakKeyDictionary[Dialect, dict[_Key, _Plan | None]]
+_plans = weakref.WeakKeyDictionary()
+_MAX_PLANS = 256
+
+
+def run(conn: Connection, statement: Executable, rows: Row | Sequence[Row]) -> int:
+    """Run `statement` once per row (one executemany; a dict is one row) in `conn`'s
+    transaction; the number of rows it changed. Exactly what `conn.execute(statement,
+    rows)` does."""
+    if isinstance(rows, dict):
+        rows = [rows]
+    plan = _plan_for(conn, statement, rows) if conn.dialect.name == "sqlite" else None
+    if plan is None:
+        return conn.execute(statement, list(rows)).rowcount
+    try:
+        params = _params(plan, rows)
+    except Exception:  # a value its type refuses: SQLAlchemy's own error, nothing ran yet
+        return conn.execute(statement, list(rows)).rowcount
+    return _execute(conn, plan.sql, params)
+
+
+def _params(plan: _Plan, rows: Sequence[Row]) -> list[tuple[Any, ...]]:
+    if plan.constants:
+        rows = [{**row, **plan.constants} for row in rows]
+    params = [plan.values(row) for row in rows]
+    if plan.processors:
+        params = [_processed(values, plan.processors) for values in params]
+    return params
+
+
+def _execute(conn: Connection, sql: str, params: list[tuple[Any, ...]]) -> int:
+    """The driver's executemany (execute for one row) on a cursor of `conn`'s connection,
+    as SQLAlchemy's dialect calls it; a failure handled by SQLAlchemy as its own (the
+    driver's error wrapped, a lost connection invalidated). exec_driver_sql would do the
+    same at twice the cost: an execution context and a result per statement."""
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        if len(params) > 1:
+            cursor.executemany(sql, params)
+        else:
+            cursor.execute(sql, params[0])
+        return int(cursor.rowcount)
+    except BaseException as error:
+        conn._handle_dbapi_exception(  # (it raises)
+            error, sql, params if len(params) > 1 else params[0], cursor, None
+        )
+    finally:
+        cursor.close()
+
+
+def _processed(
+    values: tuple[Any, ...], processors: tuple[tuple[int, Processor], ...]
+) -> tuple[Any, ...]:
+    out = list(values)
+    for position, process in processors:
+        out[position] = process(out[position])
+    return tuple(out)
+
+
+def _plan_for(conn: Connection, statement: Executable, rows: Sequence[Row]) -> _Plan | None:
+    if not rows or not _plain(conn):
+        return None
+    keys = rows[0].keys()
+    if len(rows) > 1 and any(row.keys() != keys for row in rows):  # (the first row's decide)
+        return None
+    plans = _plans.setdefault(conn.dialect, {})
+    key = (statement, frozenset(keys), len(rows) > 1)
+    try:
+        return plans[key]
+    except KeyError:
+        pass
+    plan = _make_plan(conn.dialect, *key)
+    if len(plans) < _MAX_PLANS:
+        plans[key] = plan
+    return plan
+
+
+def _plain(conn: Connection) -> bool:
+    """Nothing of SQLAlchemy's per-statement work is wanted: no execution events, no echo,
+    inside the transaction it began (SQLAlchemy's private names: a version without them
+    takes conn.execute)."""
+    return (
+        conn.in_transaction()
+        and not getattr(conn, "_has_events", True)
+        and not getattr(conn.engine, "_has_events", True)
+        and not getattr(conn, "_echo", True)
+        and hasattr(conn, "_handle_dbapi_exception")
+    )
+
+
+def _make_plan(
+    dialect: Dialect, statement: Executable, keys: frozenset[str], many: bool
+) -> _Plan | None:
+    """The statement compiled as Connection.execute compiles it for rows of `keys` (`many`
+    of them), or None when binding its rows takes more than values, constants and bind
+    processors."""
+    if statement.get_execution_options():
+        return None
+    compiled: Any = statement.compile(  # type: ignore[attr-defined]
+        dialect=dialect, column_keys=sorted(keys), for_executemany=many
+    )
+    order = getattr(compiled, "positiontup", None)
+    processors = getattr(compiled, "_bind_processors", None)
+    if (
+        not compiled.positional
+        or not order
+        or processors is None
+        or compiled.effective_returning
+        or compiled.update_prefetch
+        or compiled.post_compile_params
+        or compiled.literal_execute_params
+        or compiled.escaped_bind_names
+        or getattr(compiled, "_insertmanyvalues", None) is not None
+        or getattr(compiled, "_collected_params", None)  # from text() clauses
+    ):
+        return None
+    found = _sources(compiled, order, keys)
+    if found is None:
+        return None
+    sources, constants = found
+    pick = itemgetter(*sources)
+    values: Callable[[Row], tuple[Any, ...]] = (
+        pick if len(sources) > 1 else lambda row: (pick(row),)
+    )
+    steps = tuple(
+        (position, processors[name])
+        for position, name in enumerate(order)
+        if processors.get(name) is not None
+    )
+    if any(not callable(process) for _, process in steps):  # a tuple type's processors
+        return None
+    return _Plan(compiled.string, values, constants, steps)
+
+
+def _sources(
+    compiled: Any, order: Sequence[str], keys: frozenset[str]
+) -> tuple[list[str], Row] | None:
+    """Where each bound value comes from, as construct_params and the execution context
+    take it: the row's value under the parameter's key (or its compiled name), else the
+    statement's own bound value, or the scalar default of a column an INSERT leaves out.
+    The row key of each position, and those constants by name; None when a value needs
+    more (a callable default, a value missing)."""
+    sources: list[str] = []
+    constants: Row = {}
+    for name in order:
+        bind = compiled.binds.get(name)
+        if bind is None or bind.callable or bind.expanding:
+            return None
+        if bind.key in keys:
+            sources.append(bind.key)
+            continue
+        sources.append(name)
+        if name not in keys:
+            if bind.required:
+                return None  # let SQLAlchemy say which value is missing
+            constants[name] = bind.value
+    for column in compiled.insert_prefetch:
+        default = column.default
+        if (
+            default is None
+            or not default.is_scalar
+            or getattr(default, "is_sentinel", False)
+            or column.key not in constants
+        ):
+            return None
+        constants[column.key] = default.arg
+    return sources, constants
