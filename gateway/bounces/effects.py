@@ -29,8 +29,8 @@ its first final state, tells, in the transaction of that move; nobody else does.
                does its notification name it), and settles the message bounced if it
                would have been delivered or has nothing pending left
                (storage.queue_sql.SETTLE_TAKEN). The upstream may have taken it all the
-               same: the recipient stays bounced, as told; the attempt's own event for it
-               comes after the report's
+               same: the recipient stays bounced, as told, and the attempt writes no
+               event for it (the report's stays its last, counted once)
     final      bounced (by an attempt or a report), cancelled...: nobody is told again
 
 The message's row is locked first (`lock_message`), as an attempt's record locks it first,
