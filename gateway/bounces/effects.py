@@ -140,7 +140,8 @@ def _message_status(conn: Connection, hit: Hit, now: float) -> tuple[str, bool]:
     after = states.after_late_bounce(status)
     if after is not None and stored.set_final_status(conn, hit.message_id, status, after, now):
         return after, was is not None
-    settled = states.after_late_bounce(status, nothing_pending=True)
+    # What it would settle as were nothing pending; settle_unclaimed checks that in SQL.
+    settled = states.after_late_bounce(status, if_nothing_pending=True)
     if was != "pending" or settled is None:
         return status, was is not None
     if stored.settle_unclaimed(conn, hit.message_id, settled, response, now):
