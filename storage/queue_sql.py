@@ -110,6 +110,15 @@ RECORD_RECIPIENT = UPDATE_RECIPIENT.where(RECORDED, R.c.status == "pending")
 _OF_MESSAGE = R.c.message_id == bindparam("m_id")
 _BOUNCED_ONE = select(R.c.id).where(_OF_MESSAGE, R.c.status == "bounced").exists()
 _PENDING_ONE = select(R.c.id).where(_OF_MESSAGE, R.c.status == "pending").exists()
+# Why it bounced, for the dashboard: the reply of its latest bounced recipient (the
+# report's), not the attempt's "250 ...".
+_BOUNCE_RESPONSE = (
+    select(R.c.response)
+    .where(_OF_MESSAGE, R.c.status == "bounced")
+    .order_by(R.c.updated_at.desc(), R.c.id.desc())
+    .limit(1)
+    .scalar_subquery()
+)
 SETTLE_TAKEN = (
     update(M)
     .where(
@@ -120,13 +129,48 @@ SETTLE_TAKEN = (
         _BOUNCED_ONE,
         ~_PENDING_ONE,
     )
-    .values(status="bounced", due_at=None)
+    .values(status="bounced", due_at=None, last_response=_BOUNCE_RESPONSE)
+)
+# A claimed message with no pending recipient (a report bounced the last one while a lapsed
+# claim still named it), settled without an upstream: no attempt is counted, the last pool
+# stays, and the last response becomes the bounce's (as SETTLE_TAKEN's), only while `node`
+# holds the claim.
+SETTLE_CLAIMED = (
+    update(M)
+    .where(M.c.id == bindparam("m_id"), M.c.claimed_by == bindparam("node"))
+    .values(
+        status=bindparam("status"),
+        retried_at=None,
+        due_at=bindparam("due"),
+        claimed_by=None,
+        last_response=func.coalesce(_BOUNCE_RESPONSE, M.c.last_response),
+        updated_at=bindparam("now"),
+    )
 )
 # Every column but those the database fills in (the id, the transaction's id).
 _EVENT_COLUMNS = [c for c in E.columns if not c.primary_key and c.server_default is None]
-RECORD_EVENT = insert(E).from_select(
-    [column.name for column in _EVENT_COLUMNS],
-    select(*(bindparam(c.name, type_=c.type) for c in _EVENT_COLUMNS)).where(RECORDED),
+_EVENT_NAMES = [column.name for column in _EVENT_COLUMNS]
+_EVENT_VALUES = {c.name: bindparam(c.name, type_=c.type) for c in _EVENT_COLUMNS}
+RECORD_EVENT = insert(E).from_select(_EVENT_NAMES, select(*_EVENT_VALUES.values()).where(RECORDED))
+# An attempt's event about one recipient (`recipient`), written only if this attempt wrote
+# that recipient's row (RECORD_RECIPIENT stamps it with the attempt's time): one a report
+# bounced while the attempt ran keeps the report's event as its last, and is counted once
+# (webhooks, event_minute). Its message_status is read from the message row as the record
+# left it, so it runs after SETTLE_TAKEN: "bounced" when that settled it.
+_STAMPED_RECIPIENT = (
+    select(1)
+    .where(
+        _OF_MESSAGE,
+        R.c.email == _EVENT_VALUES["recipient"],
+        R.c.updated_at == bindparam("stamp_at"),
+    )
+    .exists()
+)
+RECORD_RESULT_EVENT = insert(E).from_select(
+    _EVENT_NAMES,
+    select(
+        *(M.c.status if name == "message_status" else v for name, v in _EVENT_VALUES.items())
+    ).where(M.c.id == bindparam("m_id"), _STAMPED_RECIPIENT),
 )
 
 # --- the claims of one node (`node`) -----------------------------------------------------
@@ -211,6 +255,12 @@ def still_pending(conn: Connection, message_id: str, emails: Sequence[str]) -> s
         R.c.message_id == message_id, R.c.email.in_(list(emails)), R.c.status == "pending"
     )
     return {row.email for row in conn.execute(query)}
+
+
+def status_of(conn: Connection, message_id: str) -> str | None:
+    """The message's stored status (None: no such message)."""
+    status = conn.execute(select(M.c.status).where(M.c.id == message_id)).scalar()
+    return None if status is None else str(status)
 
 
 LARGE_BODY = 1 << 20  # bytes of a body that SQLite gives through its blob I/O

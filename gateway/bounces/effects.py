@@ -29,8 +29,8 @@ its first final state, tells, in the transaction of that move; nobody else does.
                does its notification name it), and settles the message bounced if it
                would have been delivered or has nothing pending left
                (storage.queue_sql.SETTLE_TAKEN). The upstream may have taken it all the
-               same: the recipient stays bounced, as told; the attempt's own event for it
-               comes after the report's
+               same: the recipient stays bounced, as told, and the attempt writes no
+               event for it (the report's stays its last, counted once)
     final      bounced (by an attempt or a report), cancelled...: nobody is told again
 
 The message's row is locked first (`lock_message`), as an attempt's record locks it first,
@@ -140,7 +140,8 @@ def _message_status(conn: Connection, hit: Hit, now: float) -> tuple[str, bool]:
     after = states.after_late_bounce(status)
     if after is not None and stored.set_final_status(conn, hit.message_id, status, after, now):
         return after, was is not None
-    settled = states.after_late_bounce(status, nothing_pending=True)
+    # What it would settle as were nothing pending; settle_unclaimed checks that in SQL.
+    settled = states.after_late_bounce(status, if_nothing_pending=True)
     if was != "pending" or settled is None:
         return status, was is not None
     if stored.settle_unclaimed(conn, hit.message_id, settled, response, now):

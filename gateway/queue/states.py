@@ -89,14 +89,15 @@ def summary(results: dict[str, DeliveryResult]) -> str:
     return worst[0].describe() if worst else ""
 
 
-def after_late_bounce(status: str, nothing_pending: bool = False) -> str | None:
+def after_late_bounce(status: str, if_nothing_pending: bool = False) -> str | None:
     """A message's status once a report bounced one of its recipients, or None when it
     stays as it is: `delivered` becomes `bounced` (not every recipient took it after all);
     `bounced` stays; a message with work left becomes `bounced` when that was its last
-    pending recipient (`nothing_pending`) and no worker holds it, as its next attempt would
-    have settled it. Else it is left to its attempts: a recipient's bounced status makes
-    the last one settle it as bounced, and a worker holding it right now settles it so in
-    its record (gateway.queue.store)."""
-    if status == "delivered" or (nothing_pending and status in ACTIVE_STATES):
+    pending recipient and no worker holds it, as its next attempt would have settled it
+    (`if_nothing_pending`: the status it would take then; this does not know, the caller
+    checks both in the UPDATE that writes it). Else it is left to its attempts: a
+    recipient's bounced status makes the last one settle it as bounced, and a worker
+    holding it right now settles it so in its record (gateway.queue.store)."""
+    if status == "delivered" or (if_nothing_pending and status in ACTIVE_STATES):
         return "bounced"
     return None

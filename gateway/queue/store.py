@@ -12,8 +12,8 @@ again (on start-up a node also releases what its previous life held). Final mess
 Recipients carry their own status, so a retry goes only to those still pending. A
 recipient's first final state stays: a report may bounce one while an attempt runs
 (gateway.bounces.effects, which tells its sender); the attempt's record then takes no
-result for it, names it in no notification, and settles the message bounced rather than
-delivered (storage.queue_sql.SETTLE_TAKEN).
+result for it, writes no event for it, names it in no notification, and settles the
+message bounced rather than delivered (storage.queue_sql.SETTLE_TAKEN).
 
 Accepted messages are normally claimed by the accepting node in the same transaction that
 stores them (the fast path): the delivery worker gets the message from memory without a
@@ -250,9 +250,12 @@ class Queue:
         `patient`: the commit may linger a moment for company (storage.writer). The caller
         passes False when someone waits on this attempt (an HTTP send answered after it).
 
-        Returns the message's new status, or None when this node no longer holds the claim
-        (its lease lapsed and another node took the message over): then nothing is stored,
-        as the new holder's attempt is the one that counts.
+        Returns the message's new status (the stored one when someone waits or a
+        notification is written: a report may have bounced a recipient meanwhile, making
+        it bounced; a batched record, which nobody waits for, returns its own without a
+        read), or None when this node no longer holds the claim (its lease lapsed and
+        another node took the message over): then nothing is stored, as the new holder's
+        attempt is the one that counts.
         """
         now = time.time()
         message = attempt.message
@@ -269,10 +272,6 @@ class Queue:
         results, status = settled.results, settled.status
         suppress = suppression_list.from_results(results)
         batch = self._attempt_rows(attempt, settled, now, number)
-        if status != "bounced" and results:
-            # A report may have bounced a recipient while this attempt ran: then the
-            # message is not delivered, and with nothing left pending it is final.
-            batch.add(sql.SETTLE_TAKEN, {"m_id": message.id, **_stamp(now, number)})
         delivered = [
             {"soft_email": mailbox_key(rcpt)}
             for rcpt, result in results.items()
@@ -299,19 +298,23 @@ class Queue:
             "now": now,
             "forced": int(forced),
         }
+        # Nothing pending (a report bounced the last one): settled, but no attempt counted.
+        update = sql.UPDATE_MESSAGE if results else sql.SETTLE_CLAIMED
         notice = self._notice(message, results, now)
-        if notice is None:
-            batch.first = lambda conn: dml.run(conn, sql.UPDATE_MESSAGE, params) > 0
+        if notice is None and patient:
+            batch.first = lambda conn: dml.run(conn, update, params) > 0
             work: Batch | Work = batch
         else:
             # The notification is stored with the bounce, and only if the bounce is: one
-            # transaction, so it is never lost nor written twice.
-            work = partial(_if_claimed, batch, params, notice)
+            # transaction, so it is never lost nor written twice. A waiter is answered with
+            # the stored status (a report may have bounced a recipient meanwhile).
+            work = partial(_if_claimed, batch, update, params, notice)
         # Patient: an attempt's record may share the next message's commit (storage.writer),
         # unless an HTTP send waits for it: then every millisecond is the client's.
-        if await self._writer.submit(work, patient=patient):
+        done = await self._writer.submit(work, patient=patient)
+        if done:
             self.suppressions.add([email for email, _ in suppress])
-            return status
+            return done if isinstance(done, str) else status
         return None
 
     def _notice(
@@ -354,9 +357,17 @@ class Queue:
         """The recipients' results and their events, written if the claim still held."""
         message_id = attempt.message.id
         batch = Batch()
+        if not settled.results:
+            return batch
+        stamp = {"m_id": message_id, **_stamp(now, number)}
         batch.add(sql.RECORD_RECIPIENT, _result_rows(message_id, settled.results, now, number))
+        # A report may have bounced a recipient while this attempt ran: then the message is
+        # not delivered, and with nothing left pending it is final. Added whatever the
+        # status (it matches nothing when bounced) so that in a group commit it always
+        # runs before the events, which read the status it leaves.
+        batch.add(sql.SETTLE_TAKEN, stamp)
         rows = _attempt_events(attempt, settled, now, number)
-        _add_events_if_stamped(batch, message_id, rows, now, number)
+        batch.add(sql.RECORD_RESULT_EVENT, [{**row, **stamp} for row in rows])
         return batch
 
     async def note_throttled(self, message_id: str, status: str, pool: str, reason: str) -> None:
@@ -630,18 +641,20 @@ def _storing(batch: Batch, submission: Submission, message_id: str, now: float) 
 Notice = Callable[[Connection], Batch | None]  # the rows of a notification, decided in SQL
 
 
-def _if_claimed(batch: Batch, params: dict[str, Any], notice: Notice, conn: Connection) -> bool:
+def _if_claimed(
+    batch: Batch, update: Any, params: dict[str, Any], notice: Notice | None, conn: Connection
+) -> str | None:
     """An attempt's record as one function: its message update, then (only if this node
     still held the claim) the notification to the sender of the recipients still pending
     (read before the attempt's results are written), then every other row and the
-    notification's."""
-    if not dml.run(conn, sql.UPDATE_MESSAGE, params):
-        return False
-    told = notice(conn)
+    notification's. The message's stored status after all that; None: the claim had gone."""
+    if not dml.run(conn, update, params):
+        return None
+    told = notice(conn) if notice is not None else None
     steps = batch.steps + (told.steps if told is not None else [])
     for statement, rows in steps:
         dml.run(conn, statement, rows)
-    return True
+    return sql.status_of(conn, str(params["m_id"]))
 
 
 def _first_due(submission: Submission, now: float, claim: bool, lease: float) -> float | None:

@@ -236,6 +236,11 @@ async def test_a_lapsed_claim_left_with_nothing_pending_is_settled_without_the_u
     await asyncio.sleep(1)
     assert [verb for _, verb in sink.commands].count("MAIL") == mails  # no upstream asked
     assert len(notices(sink)) == 1
+    # No attempt counted for it; the dashboard keeps the last pool and shows the bounce.
+    row = "SELECT attempts, last_pool, last_response FROM message WHERE id = :id"
+    found = await svc.db.read(lambda conn: conn.execute(text(row), {"id": message_id}).one())
+    assert found.attempts == 1 and found.last_pool is not None
+    assert found.last_response == f"5.1.1 {REPLY}"
 
 
 async def test_notify_sender_false_tells_nobody(

@@ -339,6 +339,8 @@ async def test_on_postgresql_a_record_waits_for_a_report_in_flight_and_sees_its_
         "bounced", None, [("gone@example.test", "bounced")]
     )  # fmt: skip
     assert await notices(backend) == []  # not the attempt's 550 either: the report tells
+    # Nor an event of the attempt for it: the report's (written outside here) stays its last.
+    assert await events_of(backend, message.id) == [("gone@example.test", "queued", "queued")]
 
 
 @pytest.mark.parametrize(
@@ -365,3 +367,65 @@ async def test_a_pending_recipient_tells_nobody_when_nobody_should_be_told(
     assert (await ingest(backend, queue, notify).ingest(raw, LISTENER)).outcome == "processed"
     assert (await statuses(backend, message.id))[:2] == ("bounced", None)
     assert await notices(backend) == []
+
+
+async def events_of(db: Database, message_id: str) -> list[tuple[str, str, str]]:
+    """(recipient, type, message_status) of the message's events, in order."""
+    rows = await fetch(
+        db,
+        "SELECT recipient, type, message_status FROM event WHERE message_id = :m ORDER BY id",
+        m=message_id,
+    )
+    return [(r.recipient, r.type, r.message_status) for r in rows]
+
+
+@pytest.mark.parametrize("patient", [True, False], ids=["batched", "waited"])
+async def test_a_recipient_bounced_during_the_attempt_gets_no_event_of_the_attempt(
+    backend: Database, telling: Queue, patient: bool
+) -> None:
+    """Its last event stays the report's, counted once (webhooks, event_minute); the other
+    recipient's event carries the status the record left (bounced); the message's
+    last_response says why it bounced; a waiter is answered with the stored status."""
+    message = await pending(telling, "gone@example.test", "kept@example.test")
+    raw = dsn("gone@example.test", to=RP.address(message.id, ""))
+    assert (await ingest(backend, telling).ingest(raw, LISTENER)).outcome == "processed"
+    results = dict.fromkeys(message.recipients, DELIVERED)
+    answer = await telling.record(AttemptRecord(message, results, "p"), patient=patient)
+    assert answer == ("delivered" if patient else "bounced")  # batched: nobody waits
+    assert await statuses(backend, message.id) == (
+        "bounced", None, [("gone@example.test", "bounced"), ("kept@example.test", "delivered")]
+    )  # fmt: skip
+    found = await events_of(backend, message.id)
+    assert [e for e in found if e[0] == "gone@example.test"] == [
+        ("gone@example.test", "queued", "queued"),
+        ("gone@example.test", "bounced", "queued"),  # the report's, while the worker held it
+    ]
+    assert found[-1] == ("kept@example.test", "delivered", "bounced")
+    row = await message_row(backend, message.id)
+    assert row.last_response == "5.1.1 550 5.1.1 user unknown"  # the report's, not the 250
+    assert (row.attempts, row.last_pool) == (1, "p")
+
+
+async def test_a_claim_with_nothing_pending_is_settled_with_no_attempt_counted(
+    backend: Database, telling: Queue
+) -> None:
+    """A report bounced the last pending recipient while a claim named the message (a node
+    that died): the next claim finds nothing pending and settles it bounced without an
+    upstream. No attempt is counted; last_pool stays; last_response says why it bounced."""
+    message = await pending(telling, "gone@example.test")
+    assert await telling.record(AttemptRecord(message, {"gone@example.test": DEFERRED}, "p"))
+    due_now = queue_sql.M.update().where(queue_sql.M.c.id == message.id).values(due_at=0)
+    await backend.transaction(lambda conn: conn.execute(due_now))
+    [claimed] = [m for m in await telling.claim_due(10) if m.id == message.id]
+    raw = dsn("gone@example.test", to=RP.address(message.id, ""))
+    assert (await ingest(backend, telling).ingest(raw, LISTENER)).outcome == "processed"
+    assert (await statuses(backend, message.id))[0] == "deferred"  # left to the claim
+    await backend.transaction(lambda conn: conn.execute(due_now))  # the claim lapses
+    [again] = [m for m in await telling.claim_due(10) if m.id == message.id]
+    assert claimed.recipients == ["gone@example.test"] and again.recipients == []
+    assert await telling.record(AttemptRecord(again, {}, None), patient=False) == "bounced"
+    row = await message_row(backend, message.id)
+    assert (row.status, row.due_at, row.claimed_by) == ("bounced", None, None)
+    assert (row.attempts, row.forced_attempts, row.last_pool) == (1, 0, "p")
+    assert row.last_response == "5.1.1 550 5.1.1 user unknown"
+    assert len(await notices(backend)) == 1

@@ -44,6 +44,6 @@ def test_a_late_bounce_makes_a_delivered_message_bounced_and_leaves_the_rest() -
 
 def test_a_report_that_bounced_the_last_pending_recipient_settles_the_message() -> None:
     for status in ("queued", "deferred", "held", "delivered"):
-        assert states.after_late_bounce(status, nothing_pending=True) == "bounced"
+        assert states.after_late_bounce(status, if_nothing_pending=True) == "bounced"
     for status in ("bounced", "cancelled", "sandbox"):
-        assert states.after_late_bounce(status, nothing_pending=True) is None
+        assert states.after_late_bounce(status, if_nothing_pending=True) is None
