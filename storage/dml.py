@@ -118,9 +118,13 @@ def _plan_for(conn: Connection, statement: Executable, rows: Sequence[Row]) -> _
         return plans[key]
     except KeyError:
         pass
-    plan = _make_plan(conn.dialect, *key)
-    if len(plans) < _MAX_PLANS:
-        plans[key] = plan
+    if len(plans) >= _MAX_PLANS:  # statements made per call: conn.execute caches its own
+        return None
+    try:
+        plan = _make_plan(conn.dialect, *key)
+    except Exception:  # SQLAlchemy's private names changed: conn.execute says what is wrong
+        plan = None
+    plans[key] = plan
     return plan
 
 
@@ -132,6 +136,7 @@ def _plain(conn: Connection) -> bool:
         conn.in_transaction()
         and not getattr(conn, "_has_events", True)
         and not getattr(conn.engine, "_has_events", True)
+        and not getattr(conn.dialect, "_has_events", True)  # do_execute(many) hooks
         and not getattr(conn, "_echo", True)
         and hasattr(conn, "_handle_dbapi_exception")
     )

@@ -27,6 +27,7 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.exc import OperationalError
 
 from storage.models import (
     HELD_DUE,
@@ -129,7 +130,11 @@ SETTLE_TAKEN = (
         _BOUNCED_ONE,
         ~_PENDING_ONE,
     )
-    .values(status="bounced", due_at=None, last_response=_BOUNCE_RESPONSE)
+    .values(
+        status="bounced",
+        due_at=None,
+        last_response=func.coalesce(_BOUNCE_RESPONSE, M.c.last_response),
+    )
 )
 # A claimed message with no pending recipient (a report bounced the last one while a lapsed
 # claim still named it), settled without an upstream: no attempt is counted, the last pool
@@ -277,7 +282,16 @@ def bodies_of(conn: Connection, ids: Sequence[str]) -> dict[str, bytes]:
 def _sqlite_bodies(conn: Connection, ids: Sequence[str]) -> dict[str, bytes]:
     """pysqlite copies a selected BLOB into a bytes object holding the GIL: 40-90 ms of
     every other thread's time (the event loop's) for 20 MB, measured. Its blob I/O reads
-    with the GIL let go: a large body is read that way, in one read."""
+    with the GIL let go: a large body is read that way, in one read.
+
+    All in one read transaction (pysqlite begins none for a SELECT): the rowids found first
+    name the same bodies when the blobs are opened. A blob that cannot be read is the
+    database failing (OperationalError, as SQLAlchemy raises it), never a body taken as
+    empty: delivery would send the message without it."""
+    driver = conn.connection.driver_connection
+    assert driver is not None  # a checked-out connection
+    if not driver.in_transaction:
+        driver.execute("BEGIN")  # ended by the rollback as the connection goes back
     sizes = select(B.c.message_id, text("message_body.rowid"), func.length(B.c.data))
     found = conn.execute(sizes.where(B.c.message_id.in_(ids))).all()
     small = [message_id for message_id, _, size in found if size < LARGE_BODY]
@@ -285,15 +299,13 @@ def _sqlite_bodies(conn: Connection, ids: Sequence[str]) -> dict[str, bytes]:
     if small:
         rows = conn.execute(select(B.c.message_id, B.c.data).where(B.c.message_id.in_(small)))
         bodies.update((row.message_id, row.data) for row in rows)
-    driver = conn.connection.driver_connection
-    assert driver is not None  # a checked-out connection
     for message_id, rowid, size in found:
         if size >= LARGE_BODY:
             try:
                 with driver.blobopen(B.name, "data", rowid, readonly=True) as blob:
                     bodies[message_id] = blob.read()
-            except sqlite3.Error:  # deleted since (a purge): as if not found
-                continue
+            except sqlite3.Error as error:
+                raise OperationalError("blob read of message_body", None, error) from error
     return bodies
 
 

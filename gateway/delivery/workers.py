@@ -260,6 +260,9 @@ class Delivery:
             except (StorageUnavailable, OSError) as error:
                 log.warning("claiming due messages failed: %s", error)
                 continue
+            except Exception:  # (a body too big for memory...): the claims were given back
+                log.exception("claiming due messages failed")
+                continue
             for message in claimed:
                 self.push(message)
             if len(claimed) == room:

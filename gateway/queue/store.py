@@ -41,6 +41,7 @@ from functools import partial
 from typing import Any
 
 from sqlalchemy import Connection
+from sqlalchemy.sql import Executable
 
 from gateway import headers, maillog
 from gateway.addresses import mailbox_key
@@ -642,7 +643,11 @@ Notice = Callable[[Connection], Batch | None]  # the rows of a notification, dec
 
 
 def _if_claimed(
-    batch: Batch, update: Any, params: dict[str, Any], notice: Notice | None, conn: Connection
+    batch: Batch,
+    update: Executable,
+    params: dict[str, Any],
+    notice: Notice | None,
+    conn: Connection,
 ) -> str | None:
     """An attempt's record as one function: its message update, then (only if this node
     still held the claim) the notification to the sender of the recipients still pending
