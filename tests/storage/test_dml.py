@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, func, insert, select
+from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, InvalidRequestError, StatementError
 from sqlalchemy.sql import Executable
 
@@ -18,11 +18,12 @@ from gateway.queue import events
 from gateway.queue.store import new_message_rows
 from storage import dml
 from storage import queue_sql as sql
+from storage import suppressions as stored_suppressions
 from storage.db import Database, create_schema, open_database
-from storage.models import Message, Meta
+from storage.models import Message, Meta, Recipient
 
 NOW = 1_700_000_000.25
-TABLES = ("message", "message_body", "recipient", "event", "postern_meta")
+TABLES = ("message", "message_body", "recipient", "event", "postern_meta", "suppression")
 Step = tuple[Executable, Any]
 
 
@@ -33,12 +34,12 @@ def content(n: int) -> bytes:
     ).encode() + bytes(range(256))
 
 
-def steps() -> list[Step]:
-    """An intake of three messages (one claimed, one sandbox, one with a suppressed
+def steps(is_sqlite: bool = True) -> list[Step]:
+    """An intake of five messages (one claimed, one sandbox, one with a suppressed
     recipient), then an attempt's record, a postponement and rows that lean on a column's
     default: each statement of the write path, its rows as the queue builds them."""
     out: list[Step] = []
-    for n, sandbox in ((1, False), (2, True), (3, False)):
+    for n, sandbox in ((1, False), (2, True), (3, False), (4, False), (5, False)):
         submission = Submission(
             mail_from="a@b.test",
             recipients=("x@y.test", "z@y.test"),
@@ -85,8 +86,62 @@ def steps() -> list[Step]:
               "code": None, "response": None, "updated_at": NOW} for i in range(3)],
         )
     )  # fmt: skip
+    out += record_steps(is_sqlite)
     # Rows of different keys: conn.execute's business (the first row's keys decide).
     out.append((insert(Meta), [{"key": "k1", "value": "1"}, {"key": "k2", "value": "2"}]))
+    return out
+
+
+def record_steps(is_sqlite: bool) -> list[Step]:
+    """The rest of an attempt's record (gateway.queue.store.record), each statement matching
+    a row and matching none: m4, whose z a report bounced while the attempt ran, is settled
+    bounced (SETTLE_TAKEN); m5, all of whose recipients a report bounced, is settled without
+    an attempt (SETTLE_CLAIMED); claims given back (RELEASE_ONE); suppressions added."""
+    out: list[Step] = []
+    bounce = {"status": "bounced", "response": "550 5.1.1 gone (report)", "updated_at": NOW}
+    for m_id, emails in (("m4", ("z@y.test",)), ("m5", ("x@y.test", "z@y.test"))):
+        where = (Recipient.c.message_id == m_id, Recipient.c.email.in_(emails))
+        out.append((update(Recipient).where(*where).values(**bounce), {}))
+    stamp = {"m_id": "m4", "stamp_at": NOW + 2, "stamp_attempt": 1}
+    record = {
+        "m_id": "m4", "node": "node-a", "status": "delivered", "due": None, "pool": "p1",
+        "response": "250 2.0.0 ok", "now": NOW + 2, "forced": 0,
+    }  # fmt: skip
+    out.append((sql.UPDATE_MESSAGE, record))
+    out.append(
+        (
+            sql.RECORD_RECIPIENT,
+            [
+                {"m_id": "m4", "m_email": email, "status": "delivered", "code": 250,
+                 "response": "ok", "now": NOW + 2, **stamp}
+                for email in ("x@y.test", "z@y.test")
+            ],
+        )
+    )  # fmt: skip
+    m1 = {"m_id": "m1", "stamp_at": NOW + 1, "stamp_attempt": 1}
+    out.append((sql.SETTLE_TAKEN, stamp))  # matches: bounced, as the report's reply says
+    out.append((sql.SETTLE_TAKEN, m1))  # nothing bounced: none
+    out.append((sql.SETTLE_TAKEN, [m1, {**stamp, "stamp_attempt": 2}]))  # none (a group)
+    events_of = [
+        {**events.row(events.DELIVERED, m_id, "delivered", at, r, pool="p1", attempt=1),
+         **stamps}
+        for m_id, at, stamps in (("m1", NOW + 1, m1), ("m4", NOW + 2, stamp))
+        for r in ("x@y.test", "z@y.test", "gone@y.test")
+    ]  # fmt: skip
+    # m1's x and z, m4's x: each stamped by its attempt; m4's z (the report's) and "gone" not.
+    out.append((sql.RECORD_RESULT_EVENT, events_of))
+    out.append((sql.RECORD_RESULT_EVENT, events_of[-1]))  # one row, none
+    settle = {**record, "m_id": "m5", "status": "bounced", "now": NOW + 3}
+    out.append((sql.SETTLE_CLAIMED, settle))  # matches: its last response the bounce's
+    out.append((sql.SETTLE_CLAIMED, {**settle, "m_id": "m3"}))  # postponed: held by no one
+    release = [{"m_id": m_id, "node": "node-a", "due": NOW + 4} for m_id in ("m2", "m3")]
+    out.append((sql.RELEASE_ONE, release))  # as Queue._let_go: m2 given back, m3 none
+    out.append((sql.RELEASE_ONE, {**release[0], "node": "node-b"}))  # as Queue.release: none
+    suppress = stored_suppressions.add_if_absent(is_sqlite)
+    reasons = (("x@y.test", "bounced"), ("z@y.test", "complaint"), ("x@y.test", "bounced"))
+    listed = [{"email": email, "reason": why, "created_at": NOW + 2} for email, why in reasons]
+    out.append((suppress, listed))  # two new, the repeated one left as it is
+    out.append((suppress, {**listed[1], "reason": "bounced"}))  # listed already: none
     return out
 
 
@@ -141,6 +196,58 @@ async def test_the_same_rows_and_counts_as_conn_execute(two: tuple[Database, Dat
     assert rows["message_body"][0][:4] == ("m1", "text", content(1), "blob")
 
 
+# What record_steps change, step by step: each statement matches a row, and matches none.
+RECORD_COUNTS = [1, 2, 1, 1, 1, 0, 0, 3, 0, 1, 0, 1, 0, 2, 0]
+
+
+async def test_an_attempts_record_matches_the_same_rows_on_both_backends(
+    backend: Database,
+) -> None:
+    """The record's statements (through dml.run: its own binding on SQLite, conn.execute on
+    PostgreSQL) change the rows they are meant to, and leave the same state on both."""
+    all_steps = steps(backend.is_sqlite)
+    tail = len(record_steps(backend.is_sqlite)) + 1  # (and the Meta rows after them)
+
+    def work(conn: Connection) -> list[int]:
+        return [dml.run(conn, statement, rows) for statement, rows in all_steps]
+
+    counts = await backend.transaction(work)
+    if not backend.is_sqlite:  # asyncpg's executemany counts no rows (-1): one row's only
+        several = [isinstance(rows, list) and len(rows) > 1 for _, rows in all_steps]
+        counts = [-1 if many else n for n, many in zip(counts, several, strict=True)]
+        expected = [
+            -1 if many else n for n, many in zip(RECORD_COUNTS, several[-tail:-1], strict=True)
+        ]
+    else:
+        expected = RECORD_COUNTS
+    assert counts[-tail:-1] == expected
+
+    def state(conn: Connection) -> tuple[list[Any], ...]:
+        messages = conn.execute(
+            select(Message.c.id, Message.c.status, Message.c.claimed_by, Message.c.due_at,
+                   Message.c.last_response).order_by(Message.c.id)
+        )  # fmt: skip
+        query = "SELECT message_id, recipient, type, message_status FROM event ORDER BY id"
+        found = conn.exec_driver_sql(query)
+        listed = conn.exec_driver_sql("SELECT email, reason FROM suppression ORDER BY email")
+        return list(map(tuple, messages)), list(map(tuple, found)), list(map(tuple, listed))
+
+    messages, found, listed = await backend.read(state)
+    assert messages == [
+        ("m1", "delivered", None, None, "250 2.0.0 ok"),
+        ("m2", "sandbox", None, NOW + 4, None),
+        ("m3", "deferred", None, NOW + 60, "rate"),
+        ("m4", "bounced", None, None, "550 5.1.1 gone (report)"),
+        ("m5", "bounced", None, None, "550 5.1.1 gone (report)"),
+    ]
+    assert found[-3:] == [
+        ("m1", "x@y.test", "delivered", "delivered"),
+        ("m1", "z@y.test", "delivered", "delivered"),
+        ("m4", "x@y.test", "delivered", "bounced"),  # as SETTLE_TAKEN left the message
+    ]
+    assert listed == [("x@y.test", "bounced"), ("z@y.test", "complaint")]
+
+
 async def test_the_hot_statements_are_bound_by_dml_itself(two: tuple[Database, Database]) -> None:
     """Not a silent fall-back to conn.execute: each statement of the write path has a plan
     (a newer SQLAlchemy that moved what dml reads would show here)."""
@@ -155,6 +262,8 @@ async def test_the_hot_statements_are_bound_by_dml_itself(two: tuple[Database, D
     hot = {
         sql.INSERT_MESSAGE, sql.INSERT_BODY, sql.INSERT_RECIPIENT, events.INSERT_EVENT,
         sql.UPDATE_MESSAGE, sql.RECORD_RECIPIENT, sql.RECORD_EVENT, sql.POSTPONE,
+        sql.RECORD_RESULT_EVENT, sql.SETTLE_TAKEN, sql.SETTLE_CLAIMED, sql.RELEASE_ONE,
+        stored_suppressions.add_if_absent(True),
     }  # fmt: skip
     assert hot <= planned
 

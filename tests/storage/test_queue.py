@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
+import sqlite3
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -201,6 +202,41 @@ async def test_claimed_messages_whose_bodies_cannot_be_read_are_due_again_at_onc
     row = await message_row(backend, queued.id)
     assert row.claimed_by is None and row.due_at <= time.time()
     assert [message.content for message in await queue.claim_due(10)] == [CONTENT]
+
+
+def break_the_blob(path: str, marker: bytes) -> None:
+    """A real fault in a stored body: the overflow page holding `marker` (mid-body) names a
+    next page past the end of the file, so SQLite's blob read fails (SQLITE_CORRUPT) while
+    the row, its size (read from the record's header) and every other table stay sound."""
+    with sqlite3.connect(path) as direct:
+        direct.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the body into the file itself
+        page = direct.execute("PRAGMA page_size").fetchone()[0]
+    with open(path, "r+b") as file:
+        data = file.read()
+        at = data.index(marker)
+        assert at % page >= 4  # in the page's content, not its next-page pointer
+        file.seek(at - at % page)
+        file.write(b"\xff\xff\xff\x00")
+
+
+async def test_a_large_body_that_cannot_be_read_is_never_sent_empty(
+    backend: Database, queue: Queue
+) -> None:
+    """On SQLite a body of LARGE_BODY or more is read through blob I/O: when that read
+    fails, claim_due raises StorageUnavailable and gives the claim back (due again at once),
+    never handing delivery the message with an empty body."""
+    if not backend.is_sqlite:
+        pytest.skip("blob I/O is SQLite's")
+    lines = b"".join(b"%08d\r\n" % i for i in range(LARGE_BODY // 10 + 1))
+    queued = await queue.enqueue(submission(content=b"Subject: x\r\n\r\n" + lines), ROUTE, False)
+    break_the_blob(backend.url.removeprefix("sqlite:///"), b"%08d\r\n" % (LARGE_BODY // 20))
+    backend._sync.dispose()  # type: ignore[union-attr]  # (no page of it cached by a reader)
+
+    with pytest.raises(StorageUnavailable) as caught:
+        await queue.claim_due(10)
+    assert "blob read of message_body" in str(caught.value.__cause__)  # (not another fault)
+    row = await message_row(backend, queued.id)
+    assert row.claimed_by is None and row.due_at <= time.time()
 
 
 async def test_concurrent_claims_never_overlap(
