@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_workers import storage_url, workers_of  # noqa: F401  (a fixture)
-from tests.support.serve import MakePostern, Postern, wait_until, with_workers
+from tests.support.serve import MakePostern, Postern, start_workers
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -24,14 +24,7 @@ READ_TIMEOUT = 20.0
 def _serve(postern_process: MakePostern, storage: str) -> Postern:
     extra = f'\n[storage]\nurl = "{storage}"\n' if storage else ""
     postern = postern_process(None, extra=extra, start=False)
-    text = postern.config.read_text()
-    text = with_workers(text, 2)
-    text = text.replace("[smtp]\n", f'[smtp]\nauth_failures_per_address = "{BUDGET}/h"\n', 1)
-    postern.config.write_text(text)
-    postern.start(timeout=60.0)
-    running = "supervisor: 2 workers running"
-    assert wait_until(lambda: running in postern.stderr(), 60.0), postern.stderr()
-    return postern
+    return start_workers(postern, 2, "smtp", f'auth_failures_per_address = "{BUDGET}/h"')
 
 
 def _socket_inodes(pid: int) -> set[str]:

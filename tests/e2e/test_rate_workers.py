@@ -25,8 +25,8 @@ from tests.support.serve import (
     Postern,
     message,
     run_cli,
+    start_workers,
     wait_until,
-    with_workers,
 )
 from tests.support.sink import Sink
 
@@ -39,13 +39,7 @@ PER_CONNECTION = 2
 
 def _serve(postern_process: MakePostern, sink_port: int) -> Postern:
     postern = postern_process(sink_port, start=False)
-    text = with_workers(postern.config.read_text(), 2)
-    text = text.replace("[http]\n", f'[http]\nrate_limit = "{RATE}/h"\n', 1)
-    postern.config.write_text(text)
-    postern.start(timeout=60.0)
-    running = "supervisor: 2 workers running"
-    assert wait_until(lambda: running in postern.stderr(), 60.0), postern.stderr()
-    return postern
+    return start_workers(postern, 2, "http", f'rate_limit = "{RATE}/h"')
 
 
 def _key(postern: Postern) -> str:

@@ -248,6 +248,19 @@ class Postern:
 
 
 MakePostern = Callable[..., Postern]
+
+
+def start_workers(postern: Postern, count: int, section: str, line: str) -> Postern:
+    """Start `postern` (made with start=False) as `count` workers, `line` added to its
+    `[section]`, once the supervisor says every worker runs."""
+    text = with_workers(postern.config.read_text(), count)
+    postern.config.write_text(text.replace(f"[{section}]\n", f"[{section}]\n{line}\n", 1))
+    postern.start(timeout=60.0)
+    running = f"supervisor: {count} workers running"
+    assert wait_until(lambda: running in postern.stderr(), 60.0), postern.stderr()
+    return postern
+
+
 Serve = Callable[..., Postern]
 # (folder of the process, its SMTP port, its HTTP port) -> the text of its config file
 ConfigWriter = Callable[[Path, int, int], str]
