@@ -12,8 +12,10 @@ never tried again."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email
 import time
+from collections.abc import AsyncIterator
 from email.message import Message
 from email.policy import default
 from pathlib import Path
@@ -36,6 +38,20 @@ DOMAIN = "bounce.postern.test"
 GONE = "gone@example.test"
 KEPT = "kept@example.test"
 REPLY = "550 5.1.1 <gone@example.test>: Recipient address rejected: User unknown"
+
+
+BACKENDS = pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+
+
+@contextlib.asynccontextmanager
+async def storage_of(backend: str) -> AsyncIterator[dict[str, Any]]:
+    """make_config's storage argument for `backend`: none (SQLite in data_dir), or a
+    PostgreSQL database of the test's own, dropped after."""
+    if backend == "sqlite":
+        yield {}
+        return
+    async with clean_postgresql() as url:
+        yield {"storage": {"url": url}}
 
 
 def bounces() -> dict[str, str]:
@@ -131,21 +147,14 @@ async def told_once(svc: ManagedService, sink: Sink) -> None:
     assert await stored(svc) == [("smtp", SENDER, "bounced"), ("dsn", "", "delivered")]
 
 
+@BACKENDS
 async def test_a_later_bounce_is_told_to_the_sender_once(
-    tmp_path: Path, service: ServiceFactory, sink: Sink
+    tmp_path: Path, service: ServiceFactory, sink: Sink, backend: str
 ) -> None:
-    svc = await service(make_config(tmp_path, sink, bounces=bounces()))
-    await told_once(svc, sink)
-
-
-async def test_on_postgresql_a_later_bounce_is_told_once(
-    tmp_path: Path, service: ServiceFactory, sink: Sink
-) -> None:
-    async with clean_postgresql() as url:
-        config = make_config(tmp_path, sink, bounces=bounces(), storage={"url": url})
-        svc = await service(config)
+    async with storage_of(backend) as storage:
+        svc = await service(make_config(tmp_path, sink, bounces=bounces(), **storage))
         await told_once(svc, sink)
-        await svc.stop()
+        await svc.stop()  # before its database goes
 
 
 async def deferred_over_smtp(svc: ManagedService, sink: Sink) -> tuple[str, str]:
@@ -195,21 +204,14 @@ async def told_once_while_pending(svc: ManagedService, sink: Sink) -> None:
     assert [tuple(row) for row in found] == [(GONE, "bounced"), (KEPT, "delivered")]
 
 
+@BACKENDS
 async def test_a_pending_recipient_bounced_by_a_report_is_told_once(
-    tmp_path: Path, service: ServiceFactory, sink: Sink
+    tmp_path: Path, service: ServiceFactory, sink: Sink, backend: str
 ) -> None:
-    svc = await service(make_config(tmp_path, sink, bounces=bounces()))
-    await told_once_while_pending(svc, sink)
-
-
-async def test_on_postgresql_a_pending_recipient_bounced_by_a_report_is_told_once(
-    tmp_path: Path, service: ServiceFactory, sink: Sink
-) -> None:
-    async with clean_postgresql() as url:
-        config = make_config(tmp_path, sink, bounces=bounces(), storage={"url": url})
-        svc = await service(config)
+    async with storage_of(backend) as storage:
+        svc = await service(make_config(tmp_path, sink, bounces=bounces(), **storage))
         await told_once_while_pending(svc, sink)
-        await svc.stop()
+        await svc.stop()  # before its database goes
 
 
 async def test_a_lapsed_claim_left_with_nothing_pending_is_settled_without_the_upstream(
