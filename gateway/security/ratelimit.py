@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import ipaddress
 import time
+from typing import TypeVar
 
 from gateway.rates import parse_rate
 
 MAX_NAMES = 50_000
+K = TypeVar("K")  # what a bucket is known by: a name, or a shared table's digest of one
 
 
 class RateLimiter:
@@ -55,13 +57,19 @@ class RateLimiter:
         self._buckets[name] = (tokens, now)
 
     def _shrink(self, now: float) -> None:
-        """Forget full buckets; if that is not enough, keep the emptiest half (those in
-        use: a spray of one-off names must not reset the bucket of a busy one)."""
         levels = {name: self._tokens(name, now) for name in self._buckets}
-        kept = {name: level for name, level in levels.items() if level < self.capacity}
-        if len(kept) >= self._max_names:
-            kept = dict(sorted(kept.items(), key=lambda item: item[1])[: self._max_names // 2])
+        kept = worth_keeping(levels, self.capacity, self._max_names)
         self._buckets = {name: (level, now) for name, level in kept.items()}
+
+
+def worth_keeping(levels: dict[K, float], capacity: float, most: int) -> dict[K, float]:
+    """The buckets to keep when there are `most` or more: not the full ones (a full bucket
+    is the same as none); if that is not enough, the emptiest half (those in use: a spray
+    of one-off names must not reset the bucket of a busy one)."""
+    kept = {name: level for name, level in levels.items() if level < capacity}
+    if len(kept) >= most:
+        kept = dict(sorted(kept.items(), key=lambda item: item[1])[: most // 2])
+    return kept
 
 
 def client_of(host: str) -> str:

@@ -38,7 +38,7 @@ import time
 from collections.abc import Iterator
 
 from gateway.errors import PosternError
-from gateway.security.ratelimit import RateLimiter
+from gateway.security.ratelimit import RateLimiter, worth_keeping
 
 log = logging.getLogger("postern.ratelimit")
 
@@ -228,14 +228,12 @@ class SharedRateLimiter(RateLimiter):
         return min(self.capacity, level) if level >= 0.0 else self.capacity
 
     def _rebuild(self, now: float) -> None:
-        """Forget full buckets; if that is not enough, keep the emptiest half. Under the lock."""
+        """The table with only the buckets worth keeping (worth_keeping). Under the lock."""
         table = self._table
-        levels = [(self._level(tokens, at, now), key) for key, tokens, at in table.entries()]
-        kept = [(level, key) for level, key in levels if level < self.capacity]
-        if len(kept) >= MAX_NAMES:
-            kept = sorted(kept)[: MAX_NAMES // 2]
+        levels = {key: self._level(tokens, at, now) for key, tokens, at in table.entries()}
+        kept = worth_keeping(levels, self.capacity, MAX_NAMES)
         table.clear()
-        for level, key in kept:
+        for key, level in kept.items():
             table.write(table.find(key)[0], key, level, now, True)
 
     def _fall_back(self, error: OSError) -> None:
