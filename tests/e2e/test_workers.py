@@ -217,6 +217,16 @@ def test_sigkill_of_a_worker_mid_delivery_loses_nothing(
     assert status == 0, postern.stderr()
 
 
+def delivered_after_restart(postern: Postern, sink: Sink, tag: str, count: int) -> None:
+    """No worker outlived the drained supervisor, and started again it delivers every
+    message the drain handed back (at least once)."""
+    assert not running_with(postern.config), "a worker outlived the supervisor"
+    sink.clear()
+    postern.start(timeout=60.0)
+    got = all_delivered(sink, tag, count)
+    assert sorted(set(got)) == expected(tag, count), postern.stderr()
+
+
 def test_sigterm_with_a_slow_upstream_drains(sink: Sink, postern_process: MakePostern) -> None:
     sink.hang("data", seconds=30)
     postern = two_workers(postern_process, sink.port)
@@ -226,11 +236,7 @@ def test_sigterm_with_a_slow_upstream_drains(sink: Sink, postern_process: MakePo
     assert status == 0, postern.stderr()
     assert took < 20.0, f"drain took {took:.1f}s"  # drain_timeout 10 s, then cut off
     assert "Traceback" not in postern.stderr()
-    assert not running_with(postern.config), "a worker outlived the supervisor"
-    sink.clear()
-    postern.start(timeout=60.0)
-    got = all_delivered(sink, "slow", 12)
-    assert sorted(set(got)) == expected("slow", 12), postern.stderr()
+    delivered_after_restart(postern, sink, "slow", 12)
 
 
 def test_sigterm_to_every_process_at_once_still_drains(
@@ -248,11 +254,7 @@ def test_sigterm_to_every_process_at_once_still_drains(
     status, _ = postern.stop(signal.SIGTERM, timeout=STOP_BOUND)
     assert status == 0, postern.stderr()
     assert "second stop signal" not in postern.stderr()
-    assert not running_with(postern.config), "a worker outlived the supervisor"
-    sink.clear()
-    postern.start(timeout=60.0)
-    got = all_delivered(sink, "group", 12)
-    assert sorted(set(got)) == expected("group", 12), postern.stderr()
+    delivered_after_restart(postern, sink, "group", 12)
 
 
 def test_a_second_signal_to_the_supervisor_ends_the_workers_at_once(
