@@ -407,6 +407,19 @@ def drive(port: int, case: Case, deadline: float) -> list[Sent]:
 
 # --- Postern process --------------------------------------------------------------------
 
+SERVE = (sys.executable, "-m", "gateway.process.cli", "serve")  # this checkout's (repo root)
+
+
+def add_postern_cmd(parser: argparse.ArgumentParser) -> None:
+    """`--postern-cmd`: the command that runs Postern's `serve`, as a tuple (default SERVE)."""
+    parser.add_argument(
+        "--postern-cmd",
+        type=lambda text: tuple(shlex.split(text)),
+        default=SERVE,
+        help="command that runs Postern's `serve` (from the repo root)",
+    )
+
+
 CONFIG_TEMPLATE = """\
 [server]
 hostname = "bench.postern.test"
@@ -816,13 +829,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def cases(args: argparse.Namespace) -> list[Case]:
-    default_cmd = (sys.executable, "-m", "gateway.process.cli", "serve")
     base = Case(
         messages=args.messages,
         clients=args.clients,
         size=args.size,
         direct=args.direct,
-        postern_cmd=tuple(shlex.split(args.postern_cmd)) if args.postern_cmd else default_cmd,
+        postern_cmd=tuple(shlex.split(args.postern_cmd)) if args.postern_cmd else SERVE,
         upstream_connections=args.upstream_connections,
         timeout=args.timeout,
         keep=args.keep,

@@ -32,7 +32,6 @@ import argparse
 import contextlib
 import http.client
 import json
-import shlex
 import socket
 import statistics
 import sys
@@ -252,14 +251,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="sign the attacker's From domain, so that the DKIM parser runs too",
     )
     parser.add_argument("--probe-ms", type=float, default=25.0, help="probe period")
-    parser.add_argument(
-        "--postern-cmd",
-        default=f"{shlex.quote(sys.executable)} -m gateway.process.cli serve",
-        help="command that runs Postern's `serve` (from the repo root)",
-    )
+    relay.add_postern_cmd(parser)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    args.postern_cmd = tuple(shlex.split(args.postern_cmd))
     return args
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import shlex
 import socket
 import statistics
 import subprocess
@@ -161,14 +160,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--auth-only", action="store_true", help="no message after AUTH")
     parser.add_argument("--storage-url", default="", help='"" = SQLite in the data dir')
-    parser.add_argument(
-        "--postern-cmd",
-        default=f"{shlex.quote(sys.executable)} -m gateway.process.cli serve",
-        help="command that runs Postern's `serve` (from the repo root)",
-    )
+    relay.add_postern_cmd(parser)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    args.postern_cmd = tuple(shlex.split(args.postern_cmd))
     return args
 
 
