@@ -196,20 +196,12 @@ class Queue:
             try:
                 bodies = await self.db.read(lambda conn: sql.bodies_of(conn, ids))
             except Exception:
-                await self._let_go(ids)  # due again now, not when the lease lapses
+                with contextlib.suppress(Exception):  # (then their lease lapses)
+                    await self._release(ids, 0.0)  # due again now, not when the lease lapses
                 raise
             for message in claimed:
                 message.content = bodies.get(message.id, b"")
         return list(claimed)
-
-    async def _let_go(self, message_ids: Sequence[str]) -> None:
-        """Give back messages just claimed, due now; when that fails too, their lease lapses."""
-        now = time.time()
-        rows = [
-            {"m_id": message_id, "node": self.node_id, "due": now} for message_id in message_ids
-        ]
-        with contextlib.suppress(Exception):
-            await self._writer.submit(Batch([(sql.RELEASE_ONE, rows)]))
 
     def _claim(self, conn: Connection, limit: int) -> list[QueuedMessage]:
         now = time.time()
@@ -389,8 +381,12 @@ class Queue:
 
     async def release(self, message_id: str, delay: float) -> None:
         """Give back one message this node holds, due again after `delay` seconds."""
-        params = {"m_id": message_id, "node": self.node_id, "due": time.time() + delay}
-        await self._writer.submit(Batch([(sql.RELEASE_ONE, params)]))
+        await self._release([message_id], delay)
+
+    async def _release(self, message_ids: Sequence[str], delay: float) -> None:
+        due = time.time() + delay
+        rows = [{"m_id": m_id, "node": self.node_id, "due": due} for m_id in message_ids]
+        await self._writer.submit(Batch([(sql.RELEASE_ONE, rows)]))
 
     async def postpone(self, message: QueuedMessage, until: float, pool: str, reason: str) -> None:
         """Give back a message this node holds, `deferred` until `until` because `pool` is

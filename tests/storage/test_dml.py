@@ -135,7 +135,7 @@ def record_steps(is_sqlite: bool) -> list[Step]:
     out.append((sql.SETTLE_CLAIMED, settle))  # matches: its last response the bounce's
     out.append((sql.SETTLE_CLAIMED, {**settle, "m_id": "m3"}))  # postponed: held by no one
     release = [{"m_id": m_id, "node": "node-a", "due": NOW + 4} for m_id in ("m2", "m3")]
-    out.append((sql.RELEASE_ONE, release))  # as Queue._let_go: m2 given back, m3 none
+    out.append((sql.RELEASE_ONE, release))  # as Queue._release: m2 given back, m3 none
     out.append((sql.RELEASE_ONE, {**release[0], "node": "node-b"}))  # as Queue.release: none
     suppress = stored_suppressions.add_if_absent(is_sqlite)
     reasons = (("x@y.test", "bounced"), ("z@y.test", "complaint"), ("x@y.test", "bounced"))
