@@ -704,11 +704,15 @@ def captured_sql() -> Iterator[list[tuple[str, Any]]]:
     def record(_conn: Any, _cursor: Any, statement: str, params: Any, *_: Any) -> None:
         seen.append((statement, params))
 
+    # SQLAlchemy leaves Engine._has_events set once a class-level listener has come and
+    # gone: every later engine in this process would then skip storage.dml's fast path.
+    had_events = Engine._has_events
     event.listen(Engine, "before_cursor_execute", record)
     try:
         yield seen
     finally:
         event.remove(Engine, "before_cursor_execute", record)
+        Engine._has_events = had_events
 
 
 async def test_claim_query_uses_due_index(
