@@ -115,19 +115,16 @@ class Cleaned:
 
 def split_header(data: bytes) -> tuple[bytes, bytes]:
     """(header block including its final CRLF, the rest from the blank line on)."""
-    if data.startswith(b"\r\n"):
-        return b"", data
-    end = data.find(b"\r\n\r\n")
-    if end < 0:
-        return data, b""
-    return data[: end + 2], data[end + 2 :]
+    size = header_size(data)
+    return data[:size], data[size:]
 
 
 _FIELD_START = re.compile(rb"\r\n(?![ \t])")  # a CRLF that no continuation line follows
 
 
 def header_size(data: bytes) -> int:
-    """Bytes of the header block of `data`, its final CRLF included (as split_header)."""
+    """Bytes of the header block of `data`, its final CRLF included (none when `data`
+    begins with the blank line; all of it when there is none)."""
     if data.startswith(b"\r\n"):
         return 0
     end = data.find(b"\r\n\r\n")
