@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """How long `postern` takes to start and finish a simple command (never collected by pytest).
 
-    python bench/cli_start.py [--runs 5] [--json]
+    python bench/cli_start.py [--runs 5] [--program PATH] [--json]
 
 Runs each command below as a subprocess (`python -m gateway.process.cli`, this checkout
-first on the path) against a fresh data_dir, `--runs` times, and prints the median wall
-time. The database is created by one untimed run first, so the figures are start-up and
-the command, not the first schema.
+first on the path, or with `--program` an installed `postern`, as users run it) against a
+fresh data_dir, `--runs` times, and prints the median wall time and the median CPU time
+(user + system) of the command's process: the CPU time moves less than the wall time when
+the machine carries other work. The database is created by one untimed run first, so the
+figures are start-up and the command, not the first schema.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -44,36 +47,49 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _once(argv: list[str], env: dict[str, str]) -> float:
-    started = time.perf_counter()
+def _children_cpu() -> float:
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
+def _once(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """(wall, CPU) seconds of one run."""
+    cpu, started = _children_cpu(), time.perf_counter()
     subprocess.run(argv, env=env, cwd=REPO, check=True, stdout=subprocess.DEVNULL, timeout=60)
-    return time.perf_counter() - started
+    return time.perf_counter() - started, _children_cpu() - cpu
 
 
-def measure(runs: int) -> dict[str, float]:
+def measure(runs: int, program: str | None = None) -> dict[str, tuple[float, float]]:
+    """Each command's median (wall, CPU) seconds."""
     env = _env()
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "postern.toml"
         config.write_text(f'[server]\ndata_dir = "{Path(tmp) / "var"}"\n')
-        base = [sys.executable, "-m", "gateway.process.cli", "--config", str(config)]
+        start = [program] if program else [sys.executable, "-m", "gateway.process.cli"]
+        base = [*start, "--config", str(config)]
         _once([*base, "users", "list"], env)  # the schema, untimed
-        return {
-            " ".join(words): statistics.median(_once([*base, *words], env) for _ in range(runs))
-            for words in COMMANDS
-        }
+        results = {}
+        for words in COMMANDS:
+            walls, cpus = zip(*(_once([*base, *words], env) for _ in range(runs)), strict=True)
+            results[" ".join(words)] = (statistics.median(walls), statistics.median(cpus))
+        return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--program", help="an installed `postern` to run instead of this checkout")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    results = measure(args.runs)
+    results = measure(args.runs, args.program)
     if args.json:
-        print(json.dumps({name: round(value, 3) for name, value in results.items()}))
+        rounded = {
+            name: {"wall": round(w, 3), "cpu": round(c, 3)} for name, (w, c) in results.items()
+        }
+        print(json.dumps(rounded))
         return
-    for name, seconds in results.items():
-        print(f"postern {name:<24} {seconds:6.3f} s  (median of {args.runs})")
+    for name, (wall, cpu) in results.items():
+        print(f"postern {name:<24} {wall:6.3f} s wall, {cpu:6.3f} s CPU  (median of {args.runs})")
 
 
 if __name__ == "__main__":
