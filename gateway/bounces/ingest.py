@@ -24,7 +24,7 @@ from gateway.bounces.effects import Hit, SoftPolicy, apply, reestablish, tell_se
 from gateway.bounces.model import Entry, Report
 from gateway.bounces.report import parse
 from gateway.bounces.returnpath import REF_HEADER, ReturnPath, own_message_id
-from gateway.bounces.rules import Classification, Rules, shipped
+from gateway.bounces.rules import CLASSES, Classification, Rules, shipped
 from gateway.bounces.verp import token_for
 from gateway.headers import normal_message_id
 from gateway.queue.notify import Notifier
@@ -41,7 +41,6 @@ SIGNED = ("verp", "ref")  # the claims a stranger cannot make (Claim.by)
 # Kinds whose whole text is kept (size-capped): reports, and what may be one but failed to
 # parse (kept, with the error, for a person to read); of the rest only the header block.
 REPORT_KINDS = ("dsn", "complaint", "unparsed")
-CLASSES = ("hard", "soft", "policy", "complaint", "auto_reply", "ignore")
 
 
 @dataclass(frozen=True)

@@ -16,14 +16,17 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from gateway.dkim.keys import dns_record, generate_key, record_name
 from gateway.dkim.names import default_selector
-from gateway.dns import NoRecords, NoSuchDomain, Resolver, Temporary, TxtRecords
 from storage import dkim_keys, domains
 from storage.db import Database
 from storage.dkim_keys import Cipher, DkimKeyRecord
 from storage.domains import DomainRecord
+
+if TYPE_CHECKING:  # dnspython (~35 ms of imports) only where records are looked up
+    from gateway.dns import Resolver
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,8 @@ def _tags(value: str) -> dict[str, str]:
 
 def _values(answer: object) -> tuple[str, ...] | str:
     """TXT values, or the status the answer amounts to."""
+    from gateway.dns import NoRecords, NoSuchDomain, Temporary, TxtRecords
+
     if isinstance(answer, TxtRecords):
         return answer.values
     if isinstance(answer, Temporary):

@@ -30,7 +30,10 @@ print(json.dumps(sorted(sys.modules)), file=sys.stderr)
 
 # What no command that only reads or deletes through storage needs.
 _SERVER = ("api", "web", "pydantic", "starlette", "uvicorn", "aiosmtpd", "aiosmtplib", "jinja2")
-_OTHERS = ("dns", "sqlalchemy.orm", "sqlalchemy.ext.asyncio", "prometheus_client", "argon2")
+_OTHERS = (
+    "dns", "sqlalchemy.orm", "sqlalchemy.ext.asyncio", "prometheus_client", "argon2",
+    "email.parser", "gateway.bounces.report",
+)  # fmt: skip
 # What only some configurations, data or actions need: PostgreSQL's dialect (this database
 # is SQLite), the IDNA tables (an internationalised domain), zoneinfo (a [warmup] timezone),
 # routing and the queue's message classes (a config with [[routes]], a command that routes,
@@ -49,6 +52,8 @@ _DATABASE_COMMANDS = (
     ("suppressions", "list"),
     ("bounces", "list"),
     ("blocklists", "status"),
+    ("domains", "list"),  # dnspython only for `domains verify`
+    ("dkim", "list"),
 )
 
 

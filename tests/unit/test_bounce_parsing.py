@@ -15,10 +15,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.bounces import DEFAULT_LIMITS, Limits, Report, Verp, parse, shipped, token, token_for
 from gateway.bounces import mime as bounce_mime
 from gateway.bounces import report as report_module
-from gateway.bounces.model import KINDS
+from gateway.bounces.model import DEFAULT_LIMITS, KINDS, Limits, Report
+from gateway.bounces.report import parse
+from gateway.bounces.rules import shipped
+from gateway.bounces.verp import Verp, token, token_for
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "bounces"
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.bounces import Entry, classify, load, shipped
-from gateway.bounces.rules import CLASSES, parse_rules
+from gateway.bounces.model import Entry
+from gateway.bounces.rules import CLASSES, classify, load, parse_rules, shipped
 from gateway.errors import ConfigError
 
 

@@ -18,7 +18,6 @@ from gateway.dkim import domains as sender_domains
 from gateway.dkim.errors import DkimError
 from gateway.dkim.keys import txt_strings
 from gateway.dkim.names import normalise_domain
-from gateway.dns import Resolver
 from gateway.process.commands.admin import CommandError, NotFound, iso_seconds, with_database
 from gateway.process.commands.options import leaf
 from gateway.security.secrets import SecretBox, SecretError, bind_to_database
@@ -95,6 +94,8 @@ async def _existing(db: Database, args: argparse.Namespace, hostname: str) -> di
     if args.action == "remove":
         await domains.delete_domain(db, record.id)
         return {**await _json(db, record, hostname), "removed": True}
+    from gateway.dns import Resolver  # dnspython: for verify only
+
     resolver = Resolver(args.nameservers)
     updated, checks = await sender_domains.verify(db, resolver, record)
     return {**await _json(db, updated, hostname), "checks": [c.as_json() for c in checks]}
