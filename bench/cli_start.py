@@ -28,13 +28,21 @@ REPO = Path(__file__).resolve().parent.parent
 COMMANDS = (
     ("--help",),
     ("check-config",),
+    # Every group's read: each imports its own module, storage and SQLAlchemy.
     ("users", "list", "--json"),
-    ("pools", "list", "--json"),
-    ("queue", "list", "--json"),
     ("keys", "list", "--json"),
+    ("suppressions", "list", "--json"),
+    ("dkim", "list", "--json"),
+    ("domains", "list", "--json"),
+    ("pools", "list", "--json"),
+    ("aliases", "list", "--json"),
+    ("webhooks", "list", "--json"),
+    ("queue", "list", "--json"),
     ("routes", "list", "--json"),
+    ("bounces", "list", "--json"),
+    ("blocklists", "status", "--json"),
+    ("warmup", "list", "--json"),
 )
-
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
