@@ -14,7 +14,7 @@ from pathlib import Path
 from gateway.config import Config, ConfigError, server_tls_context
 from gateway.process.descriptors import Budget, TooFewDescriptors, door_budget
 from gateway.security.secrets import SecretBox, SecretError
-from gateway.smtpd.server import ListenerLimits
+from gateway.smtpd.limits import ListenerLimits
 
 BOUNCE_RECIPIENTS = 10  # a report goes to one return path; a few at most in one transaction
 BOUNCE_DATA_FACTOR = 8  # the bounce listener holds at most this many largest reports at once

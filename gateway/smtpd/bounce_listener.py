@@ -35,8 +35,9 @@ from gateway.reports import LISTENER, Ingest, Source, hand_over
 from gateway.smtpd import replies
 from gateway.smtpd.auth import AuthThrottle
 from gateway.smtpd.data import DataBudget
+from gateway.smtpd.limits import ListenerLimits
 from gateway.smtpd.replies import Reply
-from gateway.smtpd.server import NULL_SENDER, ListenerLimits, PosternSMTP
+from gateway.smtpd.server import NULL_SENDER, PosternSMTP
 from storage.keys import KeyStore
 
 log = logging.getLogger("postern.bounces")

@@ -12,9 +12,7 @@ import email.utils
 import functools
 import logging
 import re
-import ssl
 import time
-from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
@@ -33,6 +31,7 @@ from gateway.security.ratelimit import RateLimiter
 from gateway.smtpd import replies
 from gateway.smtpd.auth import ApiKeyAuth, AuthThrottle, key_refusal, sender_of
 from gateway.smtpd.data import DataBudget, Transfer, TransferRefusal
+from gateway.smtpd.limits import ListenerLimits
 from storage.auth_failures import AuthFailures
 from storage.keys import KeyStore
 from storage.writer import Writer
@@ -45,22 +44,6 @@ _PLAIN_PATH = re.compile(
 _HELO_NAME = re.compile(r"[A-Za-z0-9.\-_]{1,253}|\[[0-9A-Fa-f.:IPv]{1,60}\]")
 NULL_SENDER = "<>"  # how aiosmtpd hands over `MAIL FROM:<>` (bounces)
 _INLINE_DIGEST = 64 * 1024  # bytes: a larger message's idempotency digest runs in a thread
-
-
-@dataclass
-class ListenerLimits:
-    hostname: str
-    max_message_size: int
-    max_recipients: int
-    max_connections: int
-    idle_timeout: float  # to complete the next command (aiosmtpd: bytes do not reset it)
-    session_timeout: float = 3600.0  # the whole session, however busy
-    max_header_size: int = 102_400  # bytes of a message's header block
-    max_data_in_flight: int = 104_857_600  # bytes of DATA all sessions hold at once
-    require_auth: bool = False
-    tls_context: ssl.SSLContext | None = None
-    auth_failures_per_address: str = "30/h"  # failed AUTH per client address, all connections
-    auth_failures_per_minute: int = 0  # failed AUTH from everyone; 0 = no limit
 
 
 class SessionHandler(Protocol):

@@ -17,7 +17,7 @@ import pytest
 from gateway.bounces.returnpath import ReturnPath
 from gateway.reports import IngestResult, Source
 from gateway.smtpd.bounce_listener import BounceHandler
-from gateway.smtpd.server import ListenerLimits
+from gateway.smtpd.limits import ListenerLimits
 from tests.support.ingest import RecordingIngest
 from tests.support.processes import LOOPBACK
 from tests.support.service import metric

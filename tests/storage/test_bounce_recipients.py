@@ -15,7 +15,7 @@ from sqlalchemy import text
 from gateway.bounces.ingest import Source
 from gateway.queue.store import Queue
 from gateway.smtpd.bounce_listener import BounceHandler
-from gateway.smtpd.server import ListenerLimits
+from gateway.smtpd.limits import ListenerLimits
 from storage import bounce_reports as stored
 from storage.db import Database
 from tests.storage.test_bounce_ingest import RP, delivered, ingest, report, suppression, verp
