@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import json
 import multiprocessing as mp
-import shlex
 import shutil
 import subprocess
 import sys
@@ -303,7 +302,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--clients", "-c", type=int, default=10)
     parser.add_argument("--size", type=int, default=1024, help="text body size in bytes")
     parser.add_argument("--idempotency", action="store_true", help="a unique key per request")
-    parser.add_argument("--postern-cmd", help="command that runs Postern's `serve`")
+    relay.add_postern_cmd(parser)
     parser.add_argument("--upstream-connections", type=int, default=10)
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per run")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (config, log)")
@@ -320,13 +319,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    default_cmd = (sys.executable, "-m", "gateway.process.cli", "serve")
     base = Case(
         requests=args.requests,
         clients=args.clients,
         size=args.size,
         idempotency=args.idempotency,
-        postern_cmd=tuple(shlex.split(args.postern_cmd)) if args.postern_cmd else default_cmd,
+        postern_cmd=args.postern_cmd,
         upstream_connections=args.upstream_connections,
         timeout=args.timeout,
         keep=args.keep,

@@ -27,7 +27,6 @@ import json
 import os
 import re
 import resource
-import shlex
 import shutil
 import statistics
 import subprocess
@@ -554,7 +553,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=3, help="runs per case; medians reported")
     parser.add_argument("--upstream-connections", type=int, default=20)
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per measurement")
-    parser.add_argument("--postern-cmd", help="command that runs Postern's `serve`")
+    relay.add_postern_cmd(parser)
     parser.add_argument("--pin", metavar="CPUS", help="run the nodes under `taskset -c CPUS`")
     parser.add_argument("--pg-host", default="127.0.0.1")
     parser.add_argument("--pg-port", type=int, default=5432)
@@ -578,7 +577,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    default_cmd = (sys.executable, "-m", "gateway.process.cli", "serve")
     settings = Settings(
         messages=args.messages,
         clients=args.clients,
@@ -588,7 +586,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs=args.runs,
         upstream_connections=args.upstream_connections,
         timeout=args.timeout,
-        postern_cmd=tuple(shlex.split(args.postern_cmd)) if args.postern_cmd else default_cmd,
+        postern_cmd=args.postern_cmd,
         pin=args.pin,
         keep=args.keep,
         pg=Pg(args.pg_host, args.pg_port, args.pg_user),

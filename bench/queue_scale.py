@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import json
 import random
-import shlex
 import shutil
 import sqlite3
 import statistics
@@ -590,7 +589,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-serve", action="store_true", help="skip the postern serve RSS runs")
     parser.add_argument("--idle-seconds", type=float, default=12.0)
     parser.add_argument("--drain-timeout", type=float, default=300.0)
-    parser.add_argument("--postern-cmd", help="command that runs Postern's `serve`")
+    relay.add_postern_cmd(parser)
     parser.add_argument(
         "--keep", action="store_true", help="keep the SQLite temp dir and the PostgreSQL database"
     )
@@ -603,11 +602,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 async def amain(args: argparse.Namespace) -> tuple[list[Step], list[RssResult]]:
-    command = (
-        tuple(shlex.split(args.postern_cmd))
-        if args.postern_cmd
-        else (sys.executable, "-m", "gateway.process.cli", "serve")
-    )
+    command = args.postern_cmd
     steps: list[Step] = []
     rss_results: list[RssResult] = []
     if not args.pg_only:
