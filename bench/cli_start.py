@@ -44,6 +44,7 @@ COMMANDS = (
     ("warmup", "list", "--json"),
 )
 
+
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("POSTERN_CONFIG", None)
