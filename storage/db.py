@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, select, text
@@ -29,6 +28,10 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from storage.errors import StorageError, database_failed, unavailable
 from storage.models import EVENT_TXID, SCHEMA_VERSION, Meta, metadata
+
+# Re-exported: where the data lives is asked of storage.db as much as of storage.paths.
+from storage.paths import database_url as database_url
+from storage.paths import prepare_data_dir as prepare_data_dir
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -42,22 +45,6 @@ LOCK_WAIT = 300.0  # seconds to wait for another process's schema upgrade (SQLit
 
 class SchemaError(StorageError):
     """The database was written by a newer Postern than this one."""
-
-
-def prepare_data_dir(data_dir: Path) -> None:
-    """Create data_dir private to this user: it holds message bodies and the secret key."""
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if data_dir.stat().st_mode & 0o077:
-        data_dir.chmod(0o700)
-
-
-def database_url(url: str, data_dir: Path) -> str:
-    """The SQLAlchemy URL: the configured one, or SQLite in data_dir."""
-    if url.startswith(("postgresql://", "postgres://")):
-        return "postgresql+asyncpg://" + url.split("://", 1)[1]
-    if url:
-        return url
-    return f"sqlite:///{(data_dir / 'postern.db').resolve()}"
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

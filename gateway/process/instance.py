@@ -20,12 +20,13 @@ import fcntl
 import os
 import time
 from pathlib import Path
-from typing import IO
-
-from sqlalchemy.engine import make_url
+from typing import IO, TYPE_CHECKING
 
 from gateway.config import Config, ConfigError
-from storage.db import database_url
+from storage.paths import database_url
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 LOCK_FILE = "serve.lock"
 # A lock whose holder (the pid in the file) is gone is held by that serve's workers, which
@@ -107,16 +108,22 @@ def database_of(config: Config) -> str:
     path = sqlite_file(url)
     if path is not None:
         return str(path)
-    return make_url(url).render_as_string(hide_password=True)
+    return _parsed(url).render_as_string(hide_password=True)
 
 
 def sqlite_file(url: str) -> Path | None:
     """The file of a SQLite URL; None for another database or an in-memory one."""
-    parsed = make_url(url)
+    parsed = _parsed(url)
     name = parsed.database
     if parsed.get_backend_name() != "sqlite" or not name or name == ":memory:":
         return None
     return Path(name)
+
+
+def _parsed(url: str) -> URL:
+    from sqlalchemy.engine import make_url  # not in the supervisor, which parses no URL
+
+    return make_url(url)
 
 
 def describe(config: Config, config_file: str | None) -> str:

@@ -57,7 +57,7 @@ from gateway.process.logs import FORMAT, ZonedFormatter
 from gateway.process.startup import ROLE_ENV, SharedListeners, StartupError, node_id
 from gateway.security.secrets import SecretBox, SecretError
 from gateway.security.shared_rate import create_table
-from storage.db import prepare_data_dir
+from storage.paths import prepare_data_dir
 
 log = logging.getLogger("postern.supervisor")
 

@@ -33,15 +33,18 @@ import secrets
 import stat
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import Connection, select
-from sqlalchemy.exc import IntegrityError
 
 from gateway.errors import SecretError
-from storage.db import Database, prepare_data_dir
-from storage.models import Meta
+from storage.paths import prepare_data_dir
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
+    from storage.db import Database
 
 ENV_VAR = "POSTERN_SECRET_KEY"
 KEY_FILE = "secret.key"
@@ -49,7 +52,6 @@ KEY_BYTES = 32
 _PREFIX = "pst1"
 _NONCE = 12
 
-_META = Meta
 META_KEY_ID = "secret_key_id"  # the postern_meta row naming the key secrets are sealed with
 
 
@@ -251,14 +253,19 @@ async def bind_to_database(db: Database, box: SecretBox) -> None:
     another key (say, `postern dkim generate` run in a shell without the server's
     POSTERN_SECRET_KEY) is stopped at once, instead of sealing secrets nobody can open.
     """
+    # Imported here: the supervisor reads the key but opens no database (no SQLAlchemy).
+    from sqlalchemy import select
+    from sqlalchemy.exc import IntegrityError
+
+    from storage.models import Meta
 
     def read(conn: Connection) -> str | None:
-        return conn.execute(select(_META.c.value).where(_META.c.key == META_KEY_ID)).scalar()
+        return conn.execute(select(Meta.c.value).where(Meta.c.key == META_KEY_ID)).scalar()
 
     def record(conn: Connection) -> str | None:
         found = read(conn)
         if found is None:
-            conn.execute(_META.insert().values(key=META_KEY_ID, value=box.key_id))
+            conn.execute(Meta.insert().values(key=META_KEY_ID, value=box.key_id))
         return found
 
     try:
