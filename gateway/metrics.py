@@ -183,6 +183,17 @@ REPUTATION_VALUE = Gauge(
 )
 
 
+def clear(*gauges: Gauge) -> None:
+    """Drop every labelled sample of `gauges`, so that what is gone stops being exported.
+    prometheus-client cannot drop samples from its multiprocess files (clear() warns on
+    stderr each time and keeps them): with workers the last values stay until set again or
+    the node restarts."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    for gauge in gauges:
+        gauge.clear()
+
+
 def node_families(*metrics: MetricWrapperBase) -> list[Metric]:
     """The families of `metrics` as /metrics answers them: this process's, or with workers
     every worker's summed (a page that read its own process's showed worker 0's share)."""

@@ -190,9 +190,7 @@ class ReputationWatch:
         )
 
     def _gauges(self, found: list[Report]) -> None:
-        metrics.REPUTATION_SCORE.clear()
-        metrics.REPUTATION_POINTS.clear()
-        metrics.REPUTATION_VALUE.clear()
+        metrics.clear(metrics.REPUTATION_SCORE, metrics.REPUTATION_POINTS, metrics.REPUTATION_VALUE)
         for report in found:
             labels = {"kind": report.subject.kind, "subject": report.subject.id}
             if report.result.score is not None:  # collecting: no sample
