@@ -165,7 +165,9 @@ def console_main() -> NoReturn:
             raise
         status = leaving.code or 0
     threading = sys.modules.get("threading")  # not imported: no thread was started
-    if threading and any(not t.daemon for t in threading.enumerate()[1:]):
+    if threading and any(
+        not t.daemon and t is not threading.main_thread() for t in threading.enumerate()
+    ):
         sys.exit(status)
     atexit._run_exitfuncs()
     os._exit(_flushed(status))
