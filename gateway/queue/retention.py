@@ -3,7 +3,12 @@
 bodies of those final for longer than `[storage] body_retention`; then what came back:
 bounce reports and skipped-inbox records older than the retention limit, and soft-bounce
 counts whose `[bounces] soft_window` has ended (storage.retention says why each may go); and
-the charted events' counts of minutes older than two days (storage.event_minutes.KEEP)."""
+the charted events' counts of minutes older than two days (storage.event_minutes.KEEP);
+last, the pieces of large bodies (storage.pieces) that no body names any more: those of
+the bodies and messages just deleted, and those a storing transaction never came for (a
+crash between the pieces and the message row, a refused message), a few per transaction.
+It runs in one process of a node (worker 0) and, like every sweep here, is an idempotent
+bounded delete, so nodes sharing a database need no lease for it."""
 
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection
 
 from gateway.tasks import cancel_and_wait, repeat
-from storage import event_minutes
+from storage import event_minutes, pieces
 from storage.retention import (
     purge_bodies_chunk,
     purge_chunk,
@@ -115,6 +120,22 @@ class Retention:
                 return total
             await asyncio.sleep(0.05)
 
+    async def sweep_pieces(self) -> int:
+        """Delete every orphan piece of a large body (storage.pieces.purge_orphans), a few
+        per transaction, each committed by the writer like a piece written (alone, after the
+        small jobs waiting); how many went."""
+        before = time.time() - pieces.ORPHAN_AGE
+        chunk = pieces.SWEEP_PIECES
+        total = 0
+        while True:
+            removed: int = await self._writer.submit(
+                lambda conn: pieces.purge_orphans(conn, before, chunk), size=chunk * pieces.PIECE
+            )
+            total += removed
+            if removed < chunk:
+                return total
+            await asyncio.sleep(0.02)  # (deleting a megabyte costs about what writing it did)
+
     async def _sweep_and_report(self) -> None:
         removed = await self.sweep()  # storage trouble: logged by repeat, tried next time
         if removed:
@@ -132,3 +153,6 @@ class Retention:
         bodies = await self.sweep_bodies()
         if bodies:
             log.info("retention: deleted the bodies of %d final messages", bodies)
+        swept_pieces = await self.sweep_pieces()
+        if swept_pieces:
+            log.info("retention: deleted %d pieces of large bodies no message names", swept_pieces)
