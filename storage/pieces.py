@@ -99,7 +99,8 @@ def check(conn: Connection, expected: dict[str, int]) -> None:
 
 def _incomplete(message_id: str) -> OperationalError:
     """A body whose pieces do not add up to its size: the database failing, as a read."""
-    return OperationalError(f"pieces of message_body {message_id} incomplete", None, Exception())
+    why = f"the pieces of message {message_id}'s body are incomplete"
+    return OperationalError("read of message_piece", None, Exception(why))
 
 
 def joined(message_id: str, parts: list[tuple[int, bytes]], size: int | None) -> bytes:
