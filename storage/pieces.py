@@ -11,6 +11,15 @@ storing transaction, which checks that every piece is there (`check`). Nothing i
 acknowledged before that transaction commits; a crash before it leaves pieces no
 `message_body` row names, invisible to every reader and swept by the retention pass.
 
+On SQLite only. PostgreSQL keeps a large body in its message's transaction, which the
+writer commits alone after the small jobs waiting (storage.writer), as before schema 11:
+measured with bench/loop_lag.py --workers auto on PostgreSQL (3 runs each, interleaved,
+load average 3-4), the small clients' p99 was 273-1031 ms in pieces against 583-1250 ms
+whole, no clear difference on this machine, while the ten 20 MB transfers took 7.8-12.8 s
+instead of 4.0-4.4 s; and nodes sharing one PostgreSQL database upgrade one at a time: a
+node of schema 10 would read a pieced body's empty row as an empty message and relay it.
+The readers and the sweep work on both backends all the same.
+
 Why 1 MiB for both: a 1 MiB piece commits in ~6 ms on SQLite here (2 KB: 0.6 ms, 256 KB:
 2.6 ms, 2 MB: 11 ms, 4 MB: 34 ms, 20 MB: 123 ms; medians of 7 commits, WAL, FULL), so a
 small message waits at most about one such commit behind a large one, while smaller pieces
@@ -63,8 +72,9 @@ class PiecesMissing(StorageUnavailable):
     write lost): the message is not stored, and the client is told to try again."""
 
 
-def pieced(content: bytes) -> bool:
-    return len(content) >= PIECED
+def pieced(content: bytes, dialect: str) -> bool:
+    """Whether a body is stored in pieces: a large one, on SQLite (module docstring)."""
+    return dialect == "sqlite" and len(content) >= PIECED
 
 
 def rows(message_id: str, content: bytes, now: float) -> list[dict[str, Any]]:

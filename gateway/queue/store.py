@@ -160,7 +160,7 @@ class Queue:
         are orphans that the retention pass sweeps (storage.pieces.purge_orphans)."""
         expected: dict[str, int] = {}
         for message in messages:
-            if not pieces.pieced(message.content):
+            if not pieces.pieced(message.content, self._db.dialect):
                 continue
             for row in pieces.rows(message.id, message.content, time.time()):
                 batch = Batch()
@@ -200,7 +200,7 @@ class Queue:
         otherwise due now, or, claimed by this node, due again only when its lease lapses."""
         due = _first_due(submission, now, claim, self._lease)
         claimed_by = self.node_id if claim else None
-        pieced = pieces.pieced(submission.content)
+        pieced = pieces.pieced(submission.content, self._db.dialect)
         return new_message_rows(submission, route, message_id, now, due, claimed_by, pieced)
 
     # --- delivery ---------------------------------------------------------------------

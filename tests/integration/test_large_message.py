@@ -1,6 +1,6 @@
-"""A large message through the real SMTP door, stored in pieces (storage.pieces), relayed
-byte for byte to the upstream sink, and read back whole by the API: on SQLite and on
-PostgreSQL."""
+"""A large message through the real SMTP door, stored in pieces on SQLite (storage.pieces)
+and whole on PostgreSQL, relayed byte for byte to the upstream sink, and read back whole by
+the API."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ async def started(api_client: ApiFactory, backend: str) -> AsyncIterator[Api]:
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-async def test_a_4_mb_message_is_stored_in_pieces_and_relayed_byte_for_byte(
+async def test_a_4_mb_message_is_relayed_and_read_back_byte_for_byte(
     api_client: ApiFactory, sink: Sink, backend: str
 ) -> None:
     sent = large_message(4_000_000)
@@ -66,7 +66,8 @@ async def test_a_4_mb_message_is_stored_in_pieces_and_relayed_byte_for_byte(
             ).scalar()
         )
         stored = (await db.read(lambda conn: bodies_of(conn, [message_id])))[message_id]
-        assert found == pieces.count(stored) == 4
+        assert pieces.count(stored) == 4
+        assert found == (4 if backend == "sqlite" else 0)  # PostgreSQL stores it whole
         assert stored == got.data  # what is stored is what was relayed
 
         raw = await api.get(f"/v1/messages/{message_id}/raw", key=await api.key("admin"))
