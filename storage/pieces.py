@@ -38,7 +38,8 @@ alone) as before; the pieces it named are then orphans, and `purge_orphans` dele
 few at a time (a delete costs about what the write did). A piece is an orphan when no
 `message_body` row names its message and either its message row exists (the body was
 purged: it can never come back) or it is older than ORPHAN_AGE (a storing transaction that
-never came: a crash, a refused message, the database failing). ORPHAN_AGE is far past any
+never came: a crash, a refused message, the database failing); found by a read, deleted a
+few per transaction, each checked again as it goes. ORPHAN_AGE is far past any
 SMTP or HTTP transfer, and `check` would refuse a message whose pieces were swept anyway
 (on PostgreSQL its FOR SHARE and the sweep's SKIP LOCKED keep the two apart).
 """
@@ -63,6 +64,7 @@ PIECED = 1 << 20  # a body of this many bytes or more is stored in pieces
 PIECE = 1 << 20  # bytes per piece (the last one: what is left)
 ORPHAN_AGE = 3600.0  # seconds before pieces no storing transaction claimed may be swept
 SWEEP_PIECES = 4  # pieces deleted per transaction: ~20 ms of the writer on SQLite
+SCAN = 1000  # orphan pieces found per read of the sweep
 
 INSERT_PIECE = insert(P)
 
@@ -172,13 +174,28 @@ def _orphaned(before: float) -> Any:
     return ~body & (message | (P.c.created_at < before))
 
 
-def purge_orphans(conn: Connection, before: float, limit: int = SWEEP_PIECES) -> int:
-    """Delete up to `limit` orphan pieces (module docstring); how many went."""
+Key = tuple[str, int]  # (message_id, seq)
+
+
+def orphans(conn: Connection, before: float, limit: int = SCAN) -> list[Key]:
+    """Up to `limit` orphan pieces (module docstring), read without a lock: a scan of the
+    pieces table (no index serves the OR), run as a read, off the writer. Each is checked
+    again as it is deleted (`purge_orphans`)."""
     found = select(P.c.message_id, P.c.seq).where(_orphaned(before)).limit(limit)
-    if conn.dialect.name == "postgresql":
-        found = found.with_for_update(of=P, skip_locked=True)  # (a storing check holds some)
-    keys = [tuple(row) for row in conn.execute(found)]
+    return [(str(m_id), int(seq)) for m_id, seq in conn.execute(found)]
+
+
+def purge_orphans(conn: Connection, before: float, keys: Sequence[Key]) -> int:
+    """Delete those of the pieces `keys` (a few: SWEEP_PIECES) that are still orphans; how
+    many went. On PostgreSQL a piece a storing transaction's `check` holds is skipped."""
     if not keys:
         return 0
-    conn.execute(delete(P).where(tuple_(P.c.message_id, P.c.seq).in_(keys), _orphaned(before)))
-    return len(keys)
+    found = select(P.c.message_id, P.c.seq).where(
+        tuple_(P.c.message_id, P.c.seq).in_(list(keys)), _orphaned(before)
+    )
+    if conn.dialect.name == "postgresql":
+        found = found.with_for_update(of=P, skip_locked=True)
+    gone = [tuple(row) for row in conn.execute(found)]
+    if gone:
+        conn.execute(delete(P).where(tuple_(P.c.message_id, P.c.seq).in_(gone)))
+    return len(gone)

@@ -137,6 +137,10 @@ class Writer:
                 self._fail(job, WriterStopped("the storage writer has stopped"))
 
     @property
+    def db(self) -> Database:
+        return self._db
+
+    @property
     def running(self) -> bool:
         return self._task is not None and not self._task.done() and not self._stopping
 

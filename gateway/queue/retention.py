@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from sqlalchemy import Connection
 
@@ -121,20 +122,23 @@ class Retention:
             await asyncio.sleep(0.05)
 
     async def sweep_pieces(self) -> int:
-        """Delete every orphan piece of a large body (storage.pieces.purge_orphans), a few
-        per transaction, each committed by the writer like a piece written (alone, after the
-        small jobs waiting); how many went."""
+        """Delete every orphan piece of a large body (storage.pieces): found by a read, then
+        deleted a few per transaction, each committed by the writer like a whole large body
+        (alone, after the small jobs waiting); how many went."""
         before = time.time() - pieces.ORPHAN_AGE
         chunk = pieces.SWEEP_PIECES
         total = 0
         while True:
-            removed: int = await self._writer.submit(
-                lambda conn: pieces.purge_orphans(conn, before, chunk), size=chunk * pieces.PIECE
-            )
+            found = await self._writer.db.read(lambda conn: pieces.orphans(conn, before))
+            removed = 0
+            for at in range(0, len(found), chunk):
+                keys = found[at : at + chunk]
+                purge = partial(pieces.purge_orphans, before=before, keys=keys)
+                removed += await self._writer.submit(purge, size=len(keys) * pieces.PIECE + 1)
+                await asyncio.sleep(0.02)  # (deleting a megabyte costs what writing it did)
             total += removed
-            if removed < chunk:
+            if len(found) < pieces.SCAN or not removed:
                 return total
-            await asyncio.sleep(0.02)  # (deleting a megabyte costs about what writing it did)
 
     async def _sweep_and_report(self) -> None:
         removed = await self.sweep()  # storage trouble: logged by repeat, tried next time
