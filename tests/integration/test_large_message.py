@@ -59,6 +59,7 @@ async def test_a_4_mb_message_is_relayed_and_read_back_byte_for_byte(
         assert len(got.data) - len(sent) < 300
 
         db = api.svc.db
+        assert db is not None
         found = await db.read(
             lambda conn: conn.execute(
                 text("SELECT count(*) FROM message_piece WHERE message_id = :id"),

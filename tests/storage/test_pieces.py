@@ -25,6 +25,7 @@ from tests.support.stored import fetch, message_row, submission
 
 ROUTE = Route(ip_pool="transactional")
 DELIVERED = DeliveryResult(Outcome.DELIVERED, 250, "2.0.0", "ok")
+CONTENT_SMALL = b"From: app@example.com\r\nSubject: small\r\n\r\nhello\r\n"
 
 
 def large(size: int, mark: bytes = b"a") -> bytes:
@@ -242,3 +243,17 @@ async def test_a_schema_10_database_gains_the_pieces_table(backend: Database, qu
     assert await piece_count(backend, after.id) == split_in(backend, 2)
     bodies = await backend.read(lambda conn: queue_sql.bodies_of(conn, [before.id, after.id]))
     assert bodies == {before.id: before.content, after.id: after.content}
+
+
+async def test_a_batch_stores_its_large_messages_in_pieces(backend: Database, queue: Queue) -> None:
+    """A batch send (one transaction for every message) writes the pieces of its large ones
+    first, like a single message, and reads back each body as it was sent."""
+    contents = [large(1_600_000, b"x"), CONTENT_SMALL, large(2_300_000, b"y")]
+    results = await queue.enqueue_many([[(submission(content=c), ROUTE)] for c in contents])
+    ids = [result[0].id for result in results if isinstance(result, list)]
+    assert len(ids) == 3
+    assert [await piece_count(backend, m_id) for m_id in ids] == [
+        split_in(backend, 2), 0, split_in(backend, 3)
+    ]  # fmt: skip
+    bodies = await backend.read(lambda conn: queue_sql.bodies_of(conn, ids))
+    assert [bodies[m_id] for m_id in ids] == contents
