@@ -4,8 +4,8 @@ A 20 MB body committed in one transaction holds the group-commit writer for 100-
 (SQLite, WAL, synchronous=FULL: ~6 ms per MB on this project's 2-core machine; PostgreSQL
 ~340 ms for 20 MB through asyncpg), and every small message arriving meanwhile waits for
 it. A body of PIECED bytes or more is therefore written first as pieces of PIECE bytes in
-`message_piece`, each its own small transaction among the small messages' group commits
-(storage.writer commits a job of a megabyte alone, the small jobs waiting going first), and
+`message_piece`, one after another, each in one of the small messages' group commits
+(storage.writer takes one piece per commit, with the small jobs waiting then), and
 only then the message row, its recipients and an empty `message_body` row, in the normal
 storing transaction, which checks that every piece is there (`check`). Nothing is
 acknowledged before that transaction commits; a crash before it leaves pieces no
