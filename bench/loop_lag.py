@@ -264,6 +264,7 @@ def run(args: argparse.Namespace) -> Outcome:
             postern = relay.Postern(
                 args.postern_cmd, tmp, sink.port, 20, args.dkim, workers=args.workers,
                 pin=args.pin_postern, smtp_extra=f"max_data_in_flight = {256 * MB}",
+                storage_url=args.storage_url,
             )  # fmt: skip
             postern.wait_ready(time.monotonic() + 60)
             before, _ = lag_histogram(postern.http_port)
@@ -295,6 +296,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--dkim", choices=("rsa", "ed25519"), help="DKIM-sign every message with such a key"
     )
     parser.add_argument("--postern-cmd", help="command that runs Postern's `serve`")
+    parser.add_argument(
+        "--storage-url", default="", help='[storage] url ("": SQLite in a fresh data dir)'
+    )
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds for the load")
     parser.add_argument("--json", action="store_true", help="print JSON")
     args = parser.parse_args(argv)

@@ -432,6 +432,8 @@ _ADDED_COLUMNS = (
     # no column; the roll starts before the last two days' events: storage.event_minutes).
     # Schema 11: SMTP AUTH failure budgets shared by workers and nodes (auth_failure is a
     # new table, from create_all: no column added).
+    # Schema 11: large bodies written in pieces (message_piece is a new table, from
+    # create_all, with its index; no column added: a pieced body's message_body row is empty).
 )
 
 # Run once, right after their column was added, to fill it in for the rows already there.

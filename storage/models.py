@@ -30,7 +30,7 @@ from sqlalchemy.event import listen
 if TYPE_CHECKING:
     from sqlalchemy import Connection
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 # Every table, for create_all and the upgrades (storage.db). Core tables, not ORM classes:
 # storage reads and writes rows with Core statements only, and the classes (SQLModel, so
@@ -142,7 +142,25 @@ MessageBody = Table(
     "message_body",
     metadata,
     Column("message_id", String(64), primary_key=True),
+    # The body; empty for a body stored in pieces (message_piece, storage.pieces).
     Column("data", LargeBinary, nullable=False),
+)
+
+
+# A large body (storage.pieces.PIECED bytes or more) in pieces of storage.pieces.PIECE bytes
+# (schema 11), each written in a transaction of its own before the message's row, so that no
+# small message's commit waits for 20 MB to reach the disk. Its message_body row is empty;
+# the message row's `size` is the pieces' total. Pieces whose message row never came (a
+# crash between them, a refused message) are swept once older than storage.pieces.ORPHAN_AGE
+# (`created_at`, from the index).
+MessagePiece = Table(
+    "message_piece",
+    metadata,
+    Column("message_id", String(64), primary_key=True),
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("data", LargeBinary, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Index("ix_message_piece_created", "created_at"),
 )
 
 

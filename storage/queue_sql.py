@@ -29,11 +29,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import OperationalError
 
+from storage import pieces
 from storage.models import (
     HELD_DUE,
     Event,
     Message,
     MessageBody,
+    MessagePiece,
     MessageSubjectWord,
     MessageTag,
     Recipient,
@@ -41,6 +43,7 @@ from storage.models import (
 
 M = Message
 B = MessageBody
+P = MessagePiece
 R = Recipient
 T = MessageTag
 W = MessageSubjectWord
@@ -272,11 +275,35 @@ LARGE_BODY = 1 << 20  # bytes of a body that SQLite gives through its blob I/O
 
 
 def bodies_of(conn: Connection, ids: Sequence[str]) -> dict[str, bytes]:
-    """The stored bodies of these messages, by message id."""
+    """The stored bodies of these messages, by message id (none for a message whose body is
+    gone). A body stored in pieces (storage.pieces: its message_body row is empty) is read
+    joined, in the same snapshot as the rows that name it."""
     if conn.dialect.name == "sqlite":
         return _sqlite_bodies(conn, ids)
-    rows = conn.execute(select(B.c.message_id, B.c.data).where(B.c.message_id.in_(ids)))
-    return {row.message_id: row.data for row in rows}
+    # One statement, one snapshot (PostgreSQL's reads are READ COMMITTED): each body, and
+    # for an empty one its pieces, never a body row of one moment and pieces of the next.
+    piece = P.c.data.label("piece")
+    rows = conn.execute(
+        select(B.c.message_id, B.c.data, P.c.seq, piece, M.c.size)
+        .select_from(
+            B.outerjoin(
+                P, (P.c.message_id == B.c.message_id) & (func.length(B.c.data) == 0)
+            ).outerjoin(M, M.c.id == B.c.message_id)
+        )
+        .where(B.c.message_id.in_(ids))
+        .order_by(B.c.message_id, P.c.seq)
+    )
+    bodies: dict[str, bytes] = {}
+    parts: dict[str, list[tuple[int, bytes]]] = {}
+    sizes: dict[str, int | None] = {}
+    for row in rows:
+        if row.seq is None:
+            bodies[row.message_id] = row.data
+        else:
+            parts.setdefault(row.message_id, []).append((row.seq, bytes(row.piece)))
+            sizes[row.message_id] = row.size
+    bodies.update((m_id, pieces.joined(m_id, found, sizes[m_id])) for m_id, found in parts.items())
+    return bodies
 
 
 def _sqlite_bodies(conn: Connection, ids: Sequence[str]) -> dict[str, bytes]:
@@ -294,11 +321,14 @@ def _sqlite_bodies(conn: Connection, ids: Sequence[str]) -> dict[str, bytes]:
         driver.execute("BEGIN")  # ended by the rollback as the connection goes back
     sizes = select(B.c.message_id, text("message_body.rowid"), func.length(B.c.data))
     found = conn.execute(sizes.where(B.c.message_id.in_(ids))).all()
-    small = [message_id for message_id, _, size in found if size < LARGE_BODY]
+    small = [message_id for message_id, _, size in found if 0 < size < LARGE_BODY]
     bodies: dict[str, bytes] = {}
     if small:
         rows = conn.execute(select(B.c.message_id, B.c.data).where(B.c.message_id.in_(small)))
         bodies.update((row.message_id, row.data) for row in rows)
+    empty = [message_id for message_id, _, size in found if size == 0]
+    bodies.update(dict.fromkeys(empty, b""))
+    bodies.update(pieces.read_sqlite(conn, driver, empty))  # those stored in pieces
     for message_id, rowid, size in found:
         if size >= LARGE_BODY:
             try:
@@ -311,10 +341,17 @@ def _sqlite_bodies(conn: Connection, ids: Sequence[str]) -> dict[str, bytes]:
 
 def body_prefix(conn: Connection, message_id: str, length: int) -> bytes | None:
     """The first `length` bytes of a message's stored body (None: no body is kept), read
-    without loading the rest: a late DSN needs the header of a body of up to 20 MB."""
+    without loading the rest: a late DSN needs the header of a body of up to 20 MB. (An
+    empty body row is a body in pieces, or an empty body: its pieces tell.)"""
     head = func.substr(B.c.data, 1, length, type_=LargeBinary)  # BLOB and BYTEA alike
-    data = conn.execute(select(head).where(B.c.message_id == message_id)).scalar()
-    return None if data is None else bytes(data)
+    query = select(func.length(B.c.data), head).where(B.c.message_id == message_id)
+    row = conn.execute(query).first()
+    if row is None:
+        return None
+    size, data = row  # (SQLite's substr of an empty BLOB is NULL)
+    if size == 0:
+        return pieces.prefix(conn, message_id, length) or b""
+    return bytes(data)
 
 
 def wake_waiting(conn: Connection, prefix: str, now: float) -> int:
@@ -432,6 +469,8 @@ def mark_released(conn: Connection, ids: Sequence[str], now: float) -> None:
 
 
 def delete_bodies(conn: Connection, ids: Sequence[str]) -> None:
+    """Delete these messages' bodies; pieces of theirs are then orphans, for
+    storage.pieces.purge_orphans to delete a few at a time."""
     conn.execute(delete(B).where(B.c.message_id.in_(ids)))
 
 

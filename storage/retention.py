@@ -3,6 +3,10 @@
 (`purge_bodies_chunk`, after `[storage] body_retention`), the metadata staying; so do
 the rows of what came back (gateway.bounces).
 
+A large body's pieces (storage.pieces) are not deleted here: once its `message_body` row
+is gone they are orphans, which storage.pieces.purge_orphans deletes a few at a time
+(deleting 20 MB costs what writing them did, and must not hold the writer).
+
 Only final messages go (`due_at` NULL: delivered, bounced, cancelled, sandbox); a message
 with work left is never touched, however old (max_age bounds that). Each call deletes one
 bounded chunk in one transaction, so a large purge never holds the database for long, and

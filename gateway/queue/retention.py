@@ -3,7 +3,12 @@
 bodies of those final for longer than `[storage] body_retention`; then what came back:
 bounce reports and skipped-inbox records older than the retention limit, and soft-bounce
 counts whose `[bounces] soft_window` has ended (storage.retention says why each may go); and
-the charted events' counts of minutes older than two days (storage.event_minutes.KEEP)."""
+the charted events' counts of minutes older than two days (storage.event_minutes.KEEP);
+last, the pieces of large bodies (storage.pieces) that no body names any more: those of
+the bodies and messages just deleted, and those a storing transaction never came for (a
+crash between the pieces and the message row, a refused message), a few per transaction.
+It runs in one process of a node (worker 0) and, like every sweep here, is an idempotent
+bounded delete, so nodes sharing a database need no lease for it."""
 
 from __future__ import annotations
 
@@ -12,11 +17,12 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from sqlalchemy import Connection
 
 from gateway.tasks import cancel_and_wait, repeat
-from storage import event_minutes
+from storage import event_minutes, pieces
 from storage.retention import (
     purge_bodies_chunk,
     purge_chunk,
@@ -115,6 +121,25 @@ class Retention:
                 return total
             await asyncio.sleep(0.05)
 
+    async def sweep_pieces(self) -> int:
+        """Delete every orphan piece of a large body (storage.pieces): found by a read, then
+        deleted a few per transaction, each committed by the writer like a whole large body
+        (alone, after the small jobs waiting); how many went."""
+        before = time.time() - pieces.ORPHAN_AGE
+        chunk = pieces.SWEEP_PIECES
+        total = 0
+        while True:
+            found = await self._writer.db.read(lambda conn: pieces.orphans(conn, before))
+            removed = 0
+            for at in range(0, len(found), chunk):
+                keys = found[at : at + chunk]
+                purge = partial(pieces.purge_orphans, before=before, keys=keys)
+                removed += await self._writer.submit(purge, size=len(keys) * pieces.PIECE + 1)
+                await asyncio.sleep(0.02)  # (deleting a megabyte costs what writing it did)
+            total += removed
+            if len(found) < pieces.SCAN or not removed:
+                return total
+
     async def _sweep_and_report(self) -> None:
         removed = await self.sweep()  # storage trouble: logged by repeat, tried next time
         if removed:
@@ -132,3 +157,6 @@ class Retention:
         bodies = await self.sweep_bodies()
         if bodies:
             log.info("retention: deleted the bodies of %d final messages", bodies)
+        swept_pieces = await self.sweep_pieces()
+        if swept_pieces:
+            log.info("retention: deleted %d pieces of large bodies no message names", swept_pieces)

@@ -52,7 +52,7 @@ from gateway.queue.idempotency import Duplicate, KeyReused
 from gateway.queue.notify import Notifier
 from gateway.queue.suppressions import SuppressionCache
 from gateway.routing import NO_POOL
-from storage import bounce_reports, dml
+from storage import bounce_reports, dml, pieces
 from storage import queue_sql as sql
 from storage import suppressions as stored_suppressions
 from storage.db import Database
@@ -118,8 +118,10 @@ class Queue:
         first = parts[0][0]
         claim = claim and not first.sandbox and first.scheduled_at is None
         batch, stored = self._request_rows(parts, now, claim)
-        size = sum(len(submission.content) for submission, _ in parts)
-        holder = await self._writer.submit(_storing(batch, first, stored[0].id, now), size=size)
+        expected = await self._store_pieces(stored)
+        size = sum(len(message.content) for message in stored if message.id not in expected)
+        storing = _storing(batch, first, stored[0].id, now, expected)
+        holder = await self._writer.submit(storing, size=size)
         if holder is not None:  # another message holds the idempotency key
             raise holder.refusal(first.request_hash)
         return stored
@@ -140,13 +142,32 @@ class Queue:
             batch, messages = self._request_rows(parts, now, claim=False)
             prepared.append((parts[0][0], messages[0].id, batch))
             made.append(messages)
+        expected = await self._store_pieces([message for made_ in made for message in made_])
         holders: list[idempotency.Hit | None] = await self._writer.submit(
-            lambda conn: _store_many(conn, prepared, now)
+            lambda conn: _store_many(conn, prepared, now, expected)
         )
         results: list[list[QueuedMessage] | Duplicate | KeyReused] = []
         for (first, _, _), messages, holder in zip(prepared, made, holders, strict=True):
             results.append(messages if holder is None else holder.refusal(first.request_hash))
         return results
+
+    async def _store_pieces(self, messages: Sequence[QueuedMessage]) -> dict[str, int]:
+        """Write the body of each large message (storage.pieces.PIECED bytes or more) in
+        pieces, each its own commit among the small messages' (storage.writer commits a
+        piece of a megabyte alone, after the small jobs waiting), before the transaction
+        that stores the messages checks them and names them. Returns how many pieces each
+        such message has. A failure here stores no message; the pieces already written
+        are orphans that the retention pass sweeps (storage.pieces.purge_orphans)."""
+        expected: dict[str, int] = {}
+        for message in messages:
+            if not pieces.pieced(message.content, self._db.dialect):
+                continue
+            for row in pieces.rows(message.id, message.content, time.time()):
+                batch = Batch()
+                batch.add(pieces.INSERT_PIECE, row)
+                await self._writer.submit(batch, size=len(row["data"]))
+            expected[message.id] = pieces.count(message.content)
+        return expected
 
     def _request_rows(
         self, parts: Sequence[tuple[Submission, Route]], now: float, claim: bool
@@ -179,7 +200,8 @@ class Queue:
         otherwise due now, or, claimed by this node, due again only when its lease lapses."""
         due = _first_due(submission, now, claim, self._lease)
         claimed_by = self.node_id if claim else None
-        return new_message_rows(submission, route, message_id, now, due, claimed_by)
+        pieced = pieces.pieced(submission.content, self._db.dialect)
+        return new_message_rows(submission, route, message_id, now, due, claimed_by, pieced)
 
     # --- delivery ---------------------------------------------------------------------
 
@@ -564,13 +586,16 @@ def new_message_rows(
     now: float,
     due: float | None,
     claimed_by: str | None,
+    pieced: bool = False,
 ) -> Batch:
-    """Every row of a new message, parents first: the message, its body, its recipients
-    (those it may be sent to), its side rows, its first events."""
+    """Every row of a new message, parents first: the message, its body (`pieced`: an
+    empty row, the body's pieces written before: storage.pieces), its recipients (those it
+    may be sent to), its side rows, its first events."""
     batch = Batch()
     row = _message_row(submission, route, message_id, now, due, claimed_by)
     batch.add(sql.INSERT_MESSAGE, row)
-    batch.add(sql.INSERT_BODY, {"message_id": message_id, "data": submission.content})
+    body = b"" if pieced else submission.content
+    batch.add(sql.INSERT_BODY, {"message_id": message_id, "data": body})
     status = "sandbox" if submission.sandbox else "pending"
     batch.add(
         sql.INSERT_RECIPIENT,
@@ -625,14 +650,24 @@ def _message_row(
     }
 
 
-def _storing(batch: Batch, submission: Submission, message_id: str, now: float) -> Batch | Work:
-    """What the writer runs to store a new message: its rows; with an idempotency key, the
+def _storing(
+    batch: Batch, submission: Submission, message_id: str, now: float, expected: dict[str, int]
+) -> Batch | Work:
+    """What the writer runs to store a new message: its rows, once the pieces of its large
+    bodies (`expected`: how many each) are found there; with an idempotency key, the
     key's reservation first and the rows only if it won (the holder's reservation, when
     another message has the key, is then the result)."""
     if submission.idempotency_key is None:
+        if expected:
+            batch.first = lambda conn: pieces.check(conn, expected)
         return batch
     reserve = idempotency.reserve_then_store
-    return lambda conn: reserve(conn, submission, message_id, now, batch)
+
+    def store(conn: Connection) -> idempotency.Hit | None:
+        pieces.check(conn, expected)
+        return reserve(conn, submission, message_id, now, batch)
+
+    return store
 
 
 Notice = Callable[[Connection], Batch | None]  # the rows of a notification, decided in SQL
@@ -669,11 +704,16 @@ def _first_due(submission: Submission, now: float, claim: bool, lease: float) ->
 
 
 def _store_many(
-    conn: Connection, prepared: Sequence[tuple[Submission, str, Batch]], now: float
+    conn: Connection,
+    prepared: Sequence[tuple[Submission, str, Batch]],
+    now: float,
+    expected: dict[str, int],
 ) -> list[idempotency.Hit | None]:
-    """Inside one transaction: reserve each message's idempotency key (in order, so a key
-    repeated within the batch is the first item's), then write the rows of those that won,
-    statements of the same shape as one executemany (each message's parent row first)."""
+    """Inside one transaction: check that the large bodies' pieces (`expected`) are there,
+    reserve each message's idempotency key (in order, so a key repeated within the batch is
+    the first item's), then write the rows of those that won, statements of the same shape
+    as one executemany (each message's parent row first)."""
+    pieces.check(conn, expected)
     holders: list[idempotency.Hit | None] = []
     merged: dict[Any, list[dict[str, Any]]] = {}
     for submission, message_id, batch in prepared:

@@ -325,8 +325,8 @@ async def test_a_failing_database_fails_the_large_jobs_waiting_without_trying_ea
     sqlite_pair: tuple[Database, Database], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The database down (here: its write lock held past the busy timeout) fails the
-    commit of the small jobs; the large ones waiting then fail with it, rather than each
-    waiting out the busy timeout again in turn."""
+    commit of the small jobs (and the first large one, which shares it); the large ones
+    waiting then fail with it, rather than each waiting out the busy timeout again in turn."""
     monkeypatch.setattr(storage_db, "BUSY_TIMEOUT", 0.2)
     first, _ = sqlite_pair
     holder = os.open(tmp_path / "postern.db-writer", os.O_RDWR)
@@ -351,7 +351,7 @@ async def test_a_failing_database_fails_the_large_jobs_waiting_without_trying_ea
         os.close(holder)
         await writer.stop()
     assert all(isinstance(r, StorageUnavailable) for r in results), results
-    assert tried == [1]  # the small job's commit, and no large one after it
+    assert tried == [2]  # the small job's commit with one large job, and none after it
 
 
 async def test_a_write_lock_held_too_long_is_storage_unavailable(
@@ -377,11 +377,12 @@ async def test_a_write_lock_held_too_long_is_storage_unavailable(
     assert await stored(first, "blocked") == {}
 
 
-async def test_small_jobs_go_before_large_ones_and_each_large_one_commits_alone(
+async def test_large_jobs_go_one_per_commit_with_the_small_ones_waiting(
     backend: Database, writer: Writer
 ) -> None:
-    """Ten 20 MB messages at once must not hold the small ones behind them: a job writing
-    `large` bytes or more commits in its own transaction, after the small jobs waiting."""
+    """Ten large messages at once (in pieces: storage.pieces) must not hold the small ones
+    behind them: a job writing `large` bytes or more goes one per commit, after the small
+    jobs waiting then, in their commit (one fsync for both)."""
     order: list[str] = []
 
     def work(name: str) -> Any:
@@ -402,5 +403,5 @@ async def test_small_jobs_go_before_large_ones_and_each_large_one_commits_alone(
     async with asyncio.timeout(WAIT):
         assert await asyncio.gather(*jobs) == ["large1", "large2", "small1", "small2"]
     assert order == ["small1", "small2", "large1", "large2"]
-    assert writer.commits - before == 3  # the small ones together, each large one alone
+    assert writer.commits - before == 2  # the small ones with large1, then large2
     assert len(await stored(backend, "order-")) == 4

@@ -1,0 +1,259 @@
+"""Large bodies in pieces (storage.pieces, schema 11): on SQLite a body of 1 MiB or more is
+written as pieces before its message row, read whole, deleted with its body, and pieces no
+message row came for (a crash between them, a refused message) are invisible and swept.
+PostgreSQL stores every body whole (as before), and reads and sweeps pieces all the same."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import pytest
+from sqlalchemy import Connection, inspect, text
+
+from gateway.message import DeliveryResult, Outcome, Route
+from gateway.queue.idempotency import Duplicate
+from gateway.queue.retention import Retention
+from gateway.queue.store import AttemptRecord, Queue
+from storage import pieces, queue_sql
+from storage.db import Database, create_schema
+from storage.errors import StorageUnavailable
+from storage.messages import message_state
+from storage.models import SCHEMA_VERSION
+from storage.writer import Batch, Writer
+from tests.support.stored import fetch, message_row, submission
+
+ROUTE = Route(ip_pool="transactional")
+DELIVERED = DeliveryResult(Outcome.DELIVERED, 250, "2.0.0", "ok")
+CONTENT_SMALL = b"From: app@example.com\r\nSubject: small\r\n\r\nhello\r\n"
+
+
+def large(size: int, mark: bytes = b"a") -> bytes:
+    """A message of about `size` bytes, CRLF lines under 998, each line numbered (a piece
+    out of order or missing would show)."""
+    head = b"From: app@example.com\r\nSubject: large " + mark + b"\r\n\r\n"
+    lines = b"".join(b"%s %09d %s\r\n" % (mark, i, b"." * 50) for i in range(size // 64))
+    return head + lines
+
+
+def split_in(db: Database, n: int) -> int:
+    """How many pieces a body that SQLite stores in `n` has on `db` (PostgreSQL: none)."""
+    return n if db.is_sqlite else 0
+
+
+async def piece_count(db: Database, message_id: str) -> int:
+    found = await fetch(db, "SELECT count(*) AS n FROM message_piece WHERE message_id = :id",
+                        id=message_id)  # fmt: skip
+    return int(found[0].n)
+
+
+async def body_size(db: Database, message_id: str) -> int | None:
+    found = await fetch(db, "SELECT length(data) AS n FROM message_body WHERE message_id = :id",
+                        id=message_id)  # fmt: skip
+    return int(found[0].n) if found else None
+
+
+async def age_pieces(db: Database, seconds: float) -> None:
+    """Every piece written `seconds` earlier than it was."""
+    await db.transaction(
+        lambda conn: conn.execute(
+            text("UPDATE message_piece SET created_at = created_at - :s"), {"s": seconds}
+        )
+    )
+
+
+async def test_a_large_body_is_stored_in_pieces_and_read_whole(
+    backend: Database, queue: Queue
+) -> None:
+    content = large(3_500_000)
+    small = await queue.enqueue(submission(), ROUTE, claim=False)
+    queued = await queue.enqueue(submission(content=content), ROUTE, claim=False)
+    assert pieces.count(content) == 4
+    assert await piece_count(backend, queued.id) == split_in(backend, 4)
+    # named, empty: the pieces hold it (PostgreSQL: whole in its row)
+    assert await body_size(backend, queued.id) == (0 if backend.is_sqlite else len(content))
+    assert (await message_row(backend, queued.id)).size == len(content)
+    assert await piece_count(backend, small.id) == 0  # a small body stays in its row
+
+    bodies = await backend.read(lambda conn: queue_sql.bodies_of(conn, [queued.id, small.id]))
+    assert bodies == {queued.id: content, small.id: small.content}
+    head = await backend.read(lambda conn: queue_sql.body_prefix(conn, queued.id, 40))
+    assert head == content[:40]
+    claimed = {message.id: message.content for message in await queue.claim_due(10)}
+    assert claimed == {queued.id: content, small.id: small.content}
+
+
+async def test_a_body_just_under_a_mebibyte_is_not_pieced(backend: Database, queue: Queue) -> None:
+    content = large(pieces.PIECED)[: pieces.PIECED - 1]
+    queued = await queue.enqueue(submission(content=content), ROUTE, claim=False)
+    assert await piece_count(backend, queued.id) == 0
+    assert await body_size(backend, queued.id) == len(content)
+    exact = large(pieces.PIECED * 2)[: pieces.PIECED * 2]
+    pieced = await queue.enqueue(submission(content=exact), ROUTE, claim=False)
+    assert await piece_count(backend, pieced.id) == split_in(backend, 2)
+    bodies = await backend.read(lambda conn: queue_sql.bodies_of(conn, [queued.id, pieced.id]))
+    assert bodies == {queued.id: content, pieced.id: exact}
+
+
+async def test_retention_and_body_retention_delete_the_pieces(
+    backend: Database, queue: Queue, writer: Writer
+) -> None:
+    kept, bodyless, purged = [
+        await queue.enqueue(submission(content=large(2_500_000, mark)), ROUTE, claim=True)
+        for mark in (b"k", b"b", b"p")
+    ]
+    for message in (bodyless, purged):
+        await queue.record(
+            AttemptRecord(message, dict.fromkeys(message.recipients, DELIVERED), "p")
+        )
+    # body_retention: the body of a final message goes; its pieces go with the sweep at once
+    # (its message row is still there: that body can never be stored again).
+    assert await Retention(writer, keep=86400, body_keep=0).sweep_bodies() == 2
+    assert await Retention(writer, keep=86400).sweep_pieces() == split_in(backend, 6)
+    assert await piece_count(backend, bodyless.id) == 0
+    assert await piece_count(backend, kept.id) == split_in(backend, 3)  # not final: untouched
+    ids = [kept.id, bodyless.id]
+    assert await backend.read(lambda conn: queue_sql.bodies_of(conn, ids)) == {
+        kept.id: kept.content
+    }
+    # retention: the message goes, then its (already swept) pieces; a kept one stays whole.
+    assert await Retention(writer, keep=0).sweep() == 2
+    assert await piece_count(backend, kept.id) == split_in(backend, 3)
+    assert await message_state(backend, purged.id) is None
+
+
+async def test_pieces_of_a_message_purged_whole_are_swept_once_old(
+    backend: Database, queue: Queue, writer: Writer
+) -> None:
+    """Retention deleting the message row and body leaves its pieces named by nothing:
+    swept once older than ORPHAN_AGE (as they are, retention being days)."""
+    queued = await queue.enqueue(submission(content=large(1_500_000)), ROUTE, claim=True)
+    await queue.record(AttemptRecord(queued, dict.fromkeys(queued.recipients, DELIVERED), "p"))
+    assert await Retention(writer, keep=0).sweep() == 1
+    assert await piece_count(backend, queued.id) == split_in(backend, 2)
+    await age_pieces(backend, pieces.ORPHAN_AGE + 60)
+    assert await Retention(writer, keep=0).sweep_pieces() == split_in(backend, 2)
+    assert await piece_count(backend, queued.id) == 0
+
+
+async def test_pieces_with_no_message_row_are_invisible_and_swept(
+    backend: Database, queue: Queue, writer: Writer
+) -> None:
+    """A crash between the pieces and the message row: the pieces are committed, nothing
+    else is. Nothing reads them, the message does not exist, and the sweep deletes them once
+    no storing transaction can still come for them (ORPHAN_AGE), never before."""
+    content = large(3_000_000)
+    lost = "msg_crashed_between"
+    for row in pieces.rows(lost, content, time.time()):
+        batch = Batch()
+        batch.add(pieces.INSERT_PIECE, row)
+        await writer.submit(batch, size=len(row["data"]))  # as Queue._store_pieces writes them
+    assert await piece_count(backend, lost) == 3
+    assert await backend.read(lambda conn: queue_sql.bodies_of(conn, [lost])) == {}
+    assert await backend.read(lambda conn: queue_sql.body_prefix(conn, lost, 10)) is None
+    assert await message_state(backend, lost) is None
+    assert await queue.claim_due(10) == []
+
+    assert await Retention(writer, keep=86400).sweep_pieces() == 0  # could still be in flight
+    assert await piece_count(backend, lost) == 3
+    await age_pieces(backend, pieces.ORPHAN_AGE + 60)
+    other = await queue.enqueue(submission(content=large(1_200_000)), ROUTE, claim=False)
+    await age_pieces(backend, pieces.ORPHAN_AGE + 60)  # old too, but its message names them
+    assert await Retention(writer, keep=86400).sweep_pieces() == 3
+    assert await piece_count(backend, lost) == 0
+    assert await piece_count(backend, other.id) == split_in(backend, 2)
+    bodies = await backend.read(lambda conn: queue_sql.bodies_of(conn, [other.id]))
+    assert bodies == {other.id: other.content}
+
+
+async def test_a_refused_large_message_leaves_only_orphans(
+    backend: Database, queue: Queue, writer: Writer
+) -> None:
+    """A second message under the same idempotency key is refused after its pieces were
+    written: nothing of it is stored but the pieces, which the sweep deletes."""
+    if not backend.is_sqlite:
+        pytest.skip("PostgreSQL stores a large body whole, in its message's transaction")
+    mail = replace(submission(content=large(1_300_000)), idempotency_key="k-1", request_hash="h")
+    first = await queue.enqueue(mail, ROUTE, claim=False)
+    with pytest.raises(Duplicate):
+        await queue.enqueue(mail, ROUTE, claim=False)
+    assert len(await fetch(backend, "SELECT id FROM message")) == 1
+    rows = await fetch(backend, "SELECT DISTINCT message_id FROM message_piece")
+    assert {row.message_id for row in rows} - {first.id}  # the refused one's
+    await age_pieces(backend, pieces.ORPHAN_AGE + 60)
+    assert await Retention(writer, keep=86400).sweep_pieces() == split_in(backend, 2)
+    rows = await fetch(backend, "SELECT DISTINCT message_id FROM message_piece")
+    assert {row.message_id for row in rows} == {first.id}
+
+
+async def test_a_message_whose_pieces_are_not_all_there_is_not_stored(
+    backend: Database, writer: Writer
+) -> None:
+    """The storing transaction checks the pieces it names (a sweep, a lost write): a
+    message missing one is refused (StorageUnavailable: 451, the client retries), and a body
+    that does not add up to its size is never read as a shorter one."""
+    content = large(2_200_000)
+    rows = pieces.rows("msg_short", content, time.time())
+    await backend.transaction(lambda conn: conn.execute(pieces.INSERT_PIECE, rows[:-1]))
+    with pytest.raises(pieces.PiecesMissing):
+        await writer.submit(lambda conn: pieces.check(conn, {"msg_short": len(rows)}))
+
+    def named(conn: Connection) -> None:  # a body row naming pieces one short of its size
+        conn.execute(
+            text(
+                "INSERT INTO message (id, status, source, mail_from, attempts, size,"
+                " created_at, updated_at) VALUES ('msg_short', 'delivered', 'smtp', '', 0,"
+                " :size, 0, 0)"
+            ),
+            {"size": len(content)},
+        )
+        conn.execute(
+            text("INSERT INTO message_body (message_id, data) VALUES ('msg_short', :e)"),
+            {"e": b""},
+        )
+
+    await backend.transaction(named)
+    with pytest.raises(StorageUnavailable, match="incomplete"):
+        await backend.read(lambda conn: queue_sql.bodies_of(conn, ["msg_short"]))
+
+
+async def test_a_schema_10_database_gains_the_pieces_table(backend: Database, queue: Queue) -> None:
+    """An existing schema 10 database file (no message_piece) is upgraded at start: the
+    table and its index come from create_all, the version becomes 11, the mail stored
+    before reads as it did and a large message is stored in pieces."""
+    before = await queue.enqueue(submission(content=large(1_100_000)[:900_000]), ROUTE, False)
+
+    def to_schema_10(conn: Connection) -> None:
+        conn.execute(text("DROP TABLE message_piece"))
+        conn.execute(text("UPDATE postern_meta SET value = '10' WHERE key = 'schema_version'"))
+
+    await backend.transaction(to_schema_10)
+    assert "message_piece" not in await backend.read(lambda c: inspect(c).get_table_names())
+    await create_schema(backend)
+
+    def piece_indexes(conn: Connection) -> set[str]:
+        return {str(i["name"]) for i in inspect(conn).get_indexes("message_piece")}
+
+    # (on the connection that upgraded: a pooled SQLite reader may answer PRAGMA index_list
+    # from the schema it read before)
+    assert "ix_message_piece_created" in await backend.transaction(piece_indexes)
+    version = await fetch(backend, "SELECT value FROM postern_meta WHERE key = 'schema_version'")
+    assert version[0].value == str(SCHEMA_VERSION) == "11"
+    after = await queue.enqueue(submission(content=large(2_000_000)), ROUTE, False)
+    assert await piece_count(backend, after.id) == split_in(backend, 2)
+    bodies = await backend.read(lambda conn: queue_sql.bodies_of(conn, [before.id, after.id]))
+    assert bodies == {before.id: before.content, after.id: after.content}
+
+
+async def test_a_batch_stores_its_large_messages_in_pieces(backend: Database, queue: Queue) -> None:
+    """A batch send (one transaction for every message) writes the pieces of its large ones
+    first, like a single message, and reads back each body as it was sent."""
+    contents = [large(1_600_000, b"x"), CONTENT_SMALL, large(2_300_000, b"y")]
+    results = await queue.enqueue_many([[(submission(content=c), ROUTE)] for c in contents])
+    ids = [result[0].id for result in results if isinstance(result, list)]
+    assert len(ids) == 3
+    assert [await piece_count(backend, m_id) for m_id in ids] == [
+        split_in(backend, 2), 0, split_in(backend, 3)
+    ]  # fmt: skip
+    bodies = await backend.read(lambda conn: queue_sql.bodies_of(conn, ids))
+    assert [bodies[m_id] for m_id in ids] == contents
