@@ -148,8 +148,8 @@ MessageBody = Table(
 
 
 # A large body (storage.pieces.PIECED bytes or more) in pieces of storage.pieces.PIECE bytes
-# (schema 11), each written in a transaction of its own before the message's row, so that no
-# small message's commit waits for 20 MB to reach the disk. Its message_body row is empty;
+# (schema 11), committed one per group commit before the message's row, so that no small
+# message's commit waits for 20 MB to reach the disk. Its message_body row is empty;
 # the message row's `size` is the pieces' total. Pieces whose message row never came (a
 # crash between them, a refused message) are swept once older than storage.pieces.ORPHAN_AGE
 # (`created_at`, from the index).
