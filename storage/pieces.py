@@ -30,8 +30,9 @@ the one-transaction path they had. It is also where reads turn to SQLite's blob 
 Readers see a body whole or not at all: storage.queue_sql.bodies_of joins the pieces in
 the read's own snapshot (SQLite: one read transaction, each piece read with blob I/O, the
 GIL let go; PostgreSQL: one statement) and checks them against the message's `size`: a
-body whose pieces do not add up is the database failing (StorageUnavailable), never a
-shorter body.
+body whose pieces do not add up (none at all included) cannot be read, and is left out of
+what the read returns, as a body gone is: never a shorter body. Delivery sets such a
+message aside (gateway.queue.store.Queue.claim_due), the others claimed with it go on.
 
 Deleting: retention and body_retention delete the `message_body` row (with the message, or
 alone) as before; the pieces it named are then orphans, and `purge_orphans` deletes them a
@@ -47,7 +48,7 @@ SMTP or HTTP transfer, and `check` would refuse a message whose pieces were swep
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, delete, exists, func, insert, select, text, tuple_
@@ -79,12 +80,14 @@ def pieced(content: bytes, dialect: str) -> bool:
     return dialect == "sqlite" and len(content) >= PIECED
 
 
-def rows(message_id: str, content: bytes, now: float) -> list[dict[str, Any]]:
-    """The `message_piece` rows of a body, in order."""
-    return [
-        {"message_id": message_id, "seq": seq, "data": content[at : at + PIECE], "created_at": now}
-        for seq, at in enumerate(range(0, len(content), PIECE))
-    ]
+def rows(message_id: str, content: bytes, now: float) -> Iterator[dict[str, Any]]:
+    """The `message_piece` rows of a body, in order, one at a time; each piece a view of
+    `content`, not a copy (the driver binds a memoryview as it is): a 20 MB body is not
+    held twice while its pieces are written."""
+    view = memoryview(content)
+    for seq, at in enumerate(range(0, len(content), PIECE)):
+        piece = view[at : at + PIECE]
+        yield {"message_id": message_id, "seq": seq, "data": piece, "created_at": now}
 
 
 def count(content: bytes) -> int:
@@ -109,47 +112,45 @@ def check(conn: Connection, expected: dict[str, int]) -> None:
         raise PiecesMissing(f"the pieces of message {short[0]}'s body are not all stored")
 
 
-def _incomplete(message_id: str) -> OperationalError:
-    """A body whose pieces do not add up to its size: the database failing, as a read."""
-    why = f"the pieces of message {message_id}'s body are incomplete"
-    return OperationalError("read of message_piece", None, Exception(why))
-
-
-def joined(message_id: str, parts: list[tuple[int, bytes]], size: int | None) -> bytes:
-    """The pieces, in order, checked: numbered from 0 with no gap, `size` bytes in all."""
+def joined(parts: list[tuple[int, bytes]], size: int | None) -> bytes | None:
+    """The pieces, in order, checked: numbered from 0 with no gap, `size` bytes in all;
+    None when they are not (a body that cannot be read whole is never read shorter). No
+    piece at all is a whole body only when it is empty (`size` 0)."""
     if [seq for seq, _ in parts] != list(range(len(parts))):
-        raise _incomplete(message_id)
+        return None
     body = b"".join(data for _, data in parts)
-    if size is None or len(body) != size:
-        raise _incomplete(message_id)
-    return body
+    return body if size is not None and len(body) == size else None
 
 
 def read_sqlite(
     conn: Connection, driver: sqlite3.Connection, ids: Sequence[str]
 ) -> dict[str, bytes]:
-    """The bodies of these messages (each with an empty message_body row) that are stored in
-    pieces, joined, inside the caller's read transaction; each piece read with blob I/O
-    (the GIL let go, as storage.queue_sql reads a large body). Ids with no piece: absent."""
+    """The bodies of these messages (each with an empty message_body row), joined from
+    their pieces inside the caller's read transaction, each piece read with blob I/O (the
+    GIL let go, as storage.queue_sql reads a large body). A body whose pieces do not add
+    up to its message's size (`joined`) is left out: it cannot be read."""
     if not ids:
         return {}
     query = (
-        select(P.c.message_id, P.c.seq, text("message_piece.rowid"), M.c.size)
-        .select_from(P.outerjoin(M, M.c.id == P.c.message_id))
-        .where(P.c.message_id.in_(list(ids)))
-        .order_by(P.c.message_id, P.c.seq)
+        select(M.c.id, M.c.size, P.c.seq, text("message_piece.rowid"))
+        .select_from(M.outerjoin(P, P.c.message_id == M.c.id))
+        .where(M.c.id.in_(list(ids)))
+        .order_by(M.c.id, P.c.seq)
     )
     parts: dict[str, list[tuple[int, bytes]]] = {}
     sizes: dict[str, int | None] = {}
-    for message_id, seq, rowid, size in conn.execute(query).all():
+    for message_id, size, seq, rowid in conn.execute(query).all():
+        sizes[message_id] = size
+        found = parts.setdefault(message_id, [])
+        if seq is None:  # no piece
+            continue
         try:
             with driver.blobopen(P.name, "data", rowid, readonly=True) as blob:
-                data = blob.read()
+                found.append((seq, blob.read()))
         except sqlite3.Error as error:
             raise OperationalError("blob read of message_piece", None, error) from error
-        parts.setdefault(message_id, []).append((seq, data))
-        sizes[message_id] = size
-    return {m_id: joined(m_id, found, sizes[m_id]) for m_id, found in parts.items()}
+    bodies = {m_id: joined(found, sizes[m_id]) for m_id, found in parts.items()}
+    return {m_id: body for m_id, body in bodies.items() if body is not None}
 
 
 def prefix(conn: Connection, message_id: str, length: int) -> bytes | None:

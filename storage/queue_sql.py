@@ -275,9 +275,10 @@ LARGE_BODY = 1 << 20  # bytes of a body that SQLite gives through its blob I/O
 
 
 def bodies_of(conn: Connection, ids: Sequence[str]) -> dict[str, bytes]:
-    """The stored bodies of these messages, by message id (none for a message whose body is
-    gone). A body stored in pieces (storage.pieces: its message_body row is empty) is read
-    joined, in the same snapshot as the rows that name it."""
+    """The stored bodies of these messages, by message id: none for a message whose body is
+    gone (body_retention), or cannot be read whole (storage.pieces.joined: never a shorter
+    one). A body stored in pieces (its message_body row is empty) is read joined, in the
+    same snapshot as the rows that name it."""
     if conn.dialect.name == "sqlite":
         return _sqlite_bodies(conn, ids)
     # One statement, one snapshot (PostgreSQL's reads are READ COMMITTED): each body, and
@@ -297,12 +298,15 @@ def bodies_of(conn: Connection, ids: Sequence[str]) -> dict[str, bytes]:
     parts: dict[str, list[tuple[int, bytes]]] = {}
     sizes: dict[str, int | None] = {}
     for row in rows:
-        if row.seq is None:
+        if row.data:  # a whole body
             bodies[row.message_id] = row.data
-        else:
-            parts.setdefault(row.message_id, []).append((row.seq, bytes(row.piece)))
-            sizes[row.message_id] = row.size
-    bodies.update((m_id, pieces.joined(m_id, found, sizes[m_id])) for m_id, found in parts.items())
+            continue
+        found = parts.setdefault(row.message_id, [])  # an empty row: the pieces, if any
+        sizes[row.message_id] = row.size
+        if row.seq is not None:
+            found.append((row.seq, bytes(row.piece)))
+    joined = ((m_id, pieces.joined(found, sizes[m_id])) for m_id, found in parts.items())
+    bodies.update((m_id, body) for m_id, body in joined if body is not None)
     return bodies
 
 
@@ -327,8 +331,7 @@ def _sqlite_bodies(conn: Connection, ids: Sequence[str]) -> dict[str, bytes]:
         rows = conn.execute(select(B.c.message_id, B.c.data).where(B.c.message_id.in_(small)))
         bodies.update((row.message_id, row.data) for row in rows)
     empty = [message_id for message_id, _, size in found if size == 0]
-    bodies.update(dict.fromkeys(empty, b""))
-    bodies.update(pieces.read_sqlite(conn, driver, empty))  # those stored in pieces
+    bodies.update(pieces.read_sqlite(conn, driver, empty))  # stored in pieces (or empty)
     for message_id, rowid, size in found:
         if size >= LARGE_BODY:
             try:
@@ -342,7 +345,8 @@ def _sqlite_bodies(conn: Connection, ids: Sequence[str]) -> dict[str, bytes]:
 def body_prefix(conn: Connection, message_id: str, length: int) -> bytes | None:
     """The first `length` bytes of a message's stored body (None: no body is kept), read
     without loading the rest: a late DSN needs the header of a body of up to 20 MB. (An
-    empty body row is a body in pieces, or an empty body: its pieces tell.)"""
+    empty body row is a body in pieces, or an empty body: its pieces tell; None when it has
+    none, as for a body gone.)"""
     head = func.substr(B.c.data, 1, length, type_=LargeBinary)  # BLOB and BYTEA alike
     query = select(func.length(B.c.data), head).where(B.c.message_id == message_id)
     row = conn.execute(query).first()
@@ -350,7 +354,7 @@ def body_prefix(conn: Connection, message_id: str, length: int) -> bytes | None:
         return None
     size, data = row  # (SQLite's substr of an empty BLOB is NULL)
     if size == 0:
-        return pieces.prefix(conn, message_id, length) or b""
+        return pieces.prefix(conn, message_id, length)
     return bytes(data)
 
 

@@ -169,18 +169,18 @@ def console_main() -> NoReturn:
         not t.daemon and t is not threading.main_thread() for t in threading.enumerate()
     ):
         sys.exit(status)
-    atexit._run_exitfuncs()
+    atexit._run_exitfuncs()  # private but stable (CPython 3.11-3.13): what exit runs first
     os._exit(_flushed(status))
 
 
 def _flushed(status: int) -> int:
     """The status once stdout and stderr are written out; 120 when that fails, as CPython
     exits when its own flush at exit fails."""
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        return status or 120
+    for stream in (sys.stdout, sys.stderr):  # each: a failing stdout must not lose stderr
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            status = status or 120
     return status
 
 

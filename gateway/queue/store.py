@@ -34,6 +34,7 @@ takes no step of retry_schedule: the schedule's position is `attempts - forced_a
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -59,6 +60,13 @@ from storage.db import Database
 from storage.messages import INSERT_META, meta_row
 from storage.search_keys import address_key, subject_words
 from storage.writer import Batch, Work, Writer
+
+log = logging.getLogger("postern.queue")
+
+# Seconds before a message whose stored body cannot be read whole is claimed again
+# (Queue._set_aside): each time it is logged again, for an operator to see and cancel; a
+# missing piece does not come back, but a read that failed for another reason may work.
+UNREADABLE_RETRY = 600.0
 
 
 @dataclass(frozen=True)
@@ -143,8 +151,9 @@ class Queue:
             prepared.append((parts[0][0], messages[0].id, batch))
             made.append(messages)
         expected = await self._store_pieces([message for made_ in made for message in made_])
+        size = sum(len(m.content) for messages in made for m in messages if m.id not in expected)
         holders: list[idempotency.Hit | None] = await self._writer.submit(
-            lambda conn: _store_many(conn, prepared, now, expected)
+            lambda conn: _store_many(conn, prepared, now, expected), size=size
         )
         results: list[list[QueuedMessage] | Duplicate | KeyReused] = []
         for (first, _, _), messages, holder in zip(prepared, made, holders, strict=True):
@@ -153,8 +162,8 @@ class Queue:
 
     async def _store_pieces(self, messages: Sequence[QueuedMessage]) -> dict[str, int]:
         """Write the body of each large message (storage.pieces.PIECED bytes or more) in
-        pieces, each its own commit among the small messages' (storage.writer commits a
-        piece of a megabyte alone, after the small jobs waiting), before the transaction
+        pieces, one per commit among the small messages' (storage.writer: a piece rides in
+        the commit of the small jobs waiting), before the transaction
         that stores the messages checks them and names them. Returns how many pieces each
         such message has. A failure here stores no message; the pieces already written
         are orphans that the retention pass sweeps (storage.pieces.purge_orphans)."""
@@ -221,9 +230,25 @@ class Queue:
                 with contextlib.suppress(Exception):  # (then their lease lapses)
                     await self._release(ids, 0.0)  # due again now, not when the lease lapses
                 raise
+            unreadable = [message.id for message in claimed if message.id not in bodies]
+            if unreadable:
+                await self._set_aside(unreadable)
+            claimed = [message for message in claimed if message.id in bodies]
             for message in claimed:
-                message.content = bodies.get(message.id, b"")
+                message.content = bodies[message.id]
         return list(claimed)
+
+    async def _set_aside(self, message_ids: list[str]) -> None:
+        """Messages claimed whose body cannot be read whole (storage.pieces: a piece
+        missing; a body gone): never sent without it. Logged, and due again only after
+        UNREADABLE_RETRY, so that the others are delivered meanwhile; an operator may
+        cancel them (max_age does not end them: it is counted at an attempt)."""
+        log.error(
+            "not delivering %s: the stored body cannot be read whole (storage.pieces); "
+            "tried again in %d s",
+            ", ".join(message_ids), UNREADABLE_RETRY,
+        )  # fmt: skip
+        await self._release(message_ids, UNREADABLE_RETRY)
 
     def _claim(self, conn: Connection, limit: int) -> list[QueuedMessage]:
         now = time.time()

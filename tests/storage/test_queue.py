@@ -20,7 +20,7 @@ from gateway.queue.operations import MessageBusy, MessageFinal, cancel_one
 from gateway.queue.store import AttemptRecord, Queue
 from storage.db import Database, SchemaError, create_schema
 from storage.messages import message_state
-from storage.models import SCHEMA_VERSION, Message
+from storage.models import SCHEMA_VERSION, Message, MessageBody
 from storage.queue_sql import LARGE_BODY
 from storage.writer import StorageUnavailable
 from tests.support.databases import MakeQueue
@@ -734,6 +734,8 @@ async def test_claim_query_uses_due_index(
 
     def fill(conn: Connection) -> None:
         conn.execute(insert(Message), [{**base, **row} for row in final + due])
+        # a due message has its body (one without is set aside: Queue._set_aside)
+        conn.execute(insert(MessageBody), [{"message_id": r["id"], "data": b"x" * 10} for r in due])
 
     await backend.transaction(fill)
     await backend.transaction(lambda conn: conn.exec_driver_sql("ANALYZE"))
