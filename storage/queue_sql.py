@@ -358,6 +358,12 @@ def body_prefix(conn: Connection, message_id: str, length: int) -> bytes | None:
     return bytes(data)
 
 
+def body_prefixes(conn: Connection, ids: Sequence[str], length: int) -> dict[str, bytes]:
+    """`body_prefix` of each of these messages, those whose body is kept."""
+    found = ((message_id, body_prefix(conn, message_id, length)) for message_id in ids)
+    return {message_id: head for message_id, head in found if head is not None}
+
+
 def wake_waiting(conn: Connection, prefix: str, now: float) -> int:
     """Make due at `now` the unclaimed deferred messages waiting for a later time whose
     last_response begins with `prefix`; returns how many."""

@@ -30,7 +30,7 @@ from api.message_ops import restriction
 from gateway.message import SIMULATOR_POOL
 from gateway.queue.operations import make_filter
 from storage.message_search import InvalidCursor, MessageSummary, search
-from storage.queue_sql import bodies_of
+from storage.queue_sql import body_prefixes
 from web.guard import signed_in
 from web.render import page
 
@@ -51,9 +51,10 @@ def subject_of(data: bytes) -> str:
 
 
 async def subjects(ctx: ApiContext, rows: list[MessageSummary]) -> dict[str, str | None]:
-    """Each row's subject, None when its body is no longer stored."""
+    """Each row's subject, None when its body is no longer stored. Only each body's first
+    HEADER_BYTES are read: a page of 20 MB messages must not read (and join) them whole."""
     ids = [row.id for row in rows]
-    bodies = await ctx.db.read(lambda conn: bodies_of(conn, ids)) if ids else {}
+    bodies = await ctx.db.read(lambda conn: body_prefixes(conn, ids, HEADER_BYTES)) if ids else {}
     found = await asyncio.to_thread(lambda: {i: subject_of(d) for i, d in bodies.items()})
     return {row.id: found.get(row.id) for row in rows}
 
