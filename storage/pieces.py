@@ -53,6 +53,7 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, exists, func, insert, select, text, tuple_
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.sql.elements import ColumnElement
 
 from storage.errors import StorageUnavailable
 from storage.models import Message, MessageBody, MessagePiece
@@ -68,6 +69,8 @@ SWEEP_PIECES = 4  # pieces deleted per transaction: ~20 ms of the writer on SQLi
 SCAN = 1000  # orphan pieces found per read of the sweep
 
 INSERT_PIECE = insert(P)
+
+Key = tuple[str, int]  # a piece: (message_id, seq)
 
 
 class PiecesMissing(StorageUnavailable):
@@ -167,15 +170,12 @@ def prefix(conn: Connection, message_id: str, length: int) -> bytes | None:
     return data[:length] if data else None
 
 
-def _orphaned(before: float) -> Any:
+def _orphaned(before: float) -> ColumnElement[bool]:
     """Pieces no message_body row names whose message row exists or that are older than
     `before` (module docstring)."""
     body = exists().where(B.c.message_id == P.c.message_id)
     message = exists().where(M.c.id == P.c.message_id)
     return ~body & (message | (P.c.created_at < before))
-
-
-Key = tuple[str, int]  # (message_id, seq)
 
 
 def orphans(conn: Connection, before: float, limit: int = SCAN) -> list[Key]:
