@@ -2,7 +2,9 @@
 
 Every delivery attempt writes a mail-log line; a write to stderr (a pipe to journald, or a
 file) on the event loop costs more than the rest of the record, so the loop only hands the
-record to a queue.
+record to a queue. A record whose arguments are plain values (every mail-log line's are) is
+also rendered and escaped by the thread, not the loop; the fields that no line shows (the
+caller's file and line, process and thread names) are not collected.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging.handlers
 import queue
 import sys
 import time
+from typing import TextIO
 
 from gateway.addresses import escape_for_log
 
@@ -67,15 +70,69 @@ def _indented(text: str) -> str:
     return "\n".join("  | " + escape_for_log(line) for line in lines)
 
 
-def setup(level: str) -> None:
-    """Log to stderr through a background thread; flushed at exit."""
-    output = logging.StreamHandler(sys.stderr)
-    output.setFormatter(ZonedFormatter(FORMAT))
+# Argument types whose text cannot change once the logging call returns.
+_PLAIN = frozenset((str, int, float, bool, type(None)))
+
+
+class Handoff(logging.handlers.QueueHandler):
+    """Hands records to the log thread. A record of a str message with plain arguments
+    (str, numbers, None) and no traceback goes as it is, rendered later by the thread (one
+    `msg % args` and one escape off the event loop, and no copy of the record); any other is
+    rendered here, as QueueHandler does (an argument object may change once the call
+    returns; a traceback holds frames), and marked `rendered`."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        args = record.args
+        if (
+            type(record.msg) is str
+            and record.exc_info is None
+            and record.stack_info is None
+            and type(args) is tuple
+            and all(type(arg) in _PLAIN for arg in args)
+        ):
+            return record
+        prepared = super().prepare(record)
+        prepared.rendered = True
+        return prepared
+
+
+class LineFormatter(ZonedFormatter):
+    """The log thread's formatter: a record the handoff rendered is only put in the line
+    (its message escaped once already); any other is escaped here, as the handoff would."""
+
+    def __init__(self) -> None:
+        super().__init__(FORMAT)
+        self._escaping = EscapingFormatter(FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        if getattr(record, "rendered", False):
+            return super().format(record)
+        return self._escaping.format(record)
+
+
+def threaded(stream: TextIO) -> tuple[Handoff, logging.handlers.QueueListener]:
+    """A handler for the loop's side and the listener (not started) that writes its
+    records to `stream` from a thread of its own."""
+    output = logging.StreamHandler(stream)
+    output.setFormatter(LineFormatter())
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     listener = logging.handlers.QueueListener(records, output)
-    handoff = logging.handlers.QueueHandler(records)
-    # The handoff renders message and traceback (QueueHandler.prepare): escaped there.
+    handoff = Handoff(records)
+    # A record the handoff renders (message and traceback, QueueHandler.prepare) is escaped
+    # there; the others by the thread's LineFormatter.
     handoff.setFormatter(EscapingFormatter("%(message)s"))
+    return handoff, listener
+
+
+def setup(level: str) -> None:
+    """Log to stderr through a background thread; flushed at exit."""
+    # No line shows where a record was made or by which process or thread: not collected
+    # (findCaller walks the stack for every record; logging's documented switch).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    handoff, listener = threaded(sys.stderr)
     root = logging.getLogger()
     root.handlers[:] = [handoff]
     root.setLevel(getattr(logging, level.upper()))
