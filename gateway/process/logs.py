@@ -14,6 +14,7 @@ import logging
 import logging.handlers
 import queue
 import sys
+import threading
 import time
 from typing import TextIO
 
@@ -21,7 +22,7 @@ from gateway.addresses import escape_for_log
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
-_listener: logging.handlers.QueueListener | None = None
+_listener: Listener | None = None
 
 
 class ZonedFormatter(logging.Formatter):
@@ -110,13 +111,64 @@ class LineFormatter(ZonedFormatter):
         return self._escaping.format(record)
 
 
-def threaded(stream: TextIO) -> tuple[Handoff, logging.handlers.QueueListener]:
+class Listener:
+    """The log thread: it waits for a record, takes every other one waiting with it (up to
+    BATCH) and writes their lines with one write and one flush. (QueueListener wrote and
+    flushed each record: a write system call per mail-log line, and under `[server]
+    workers` one wake-up, read and write of the supervisor's per line as well.)"""
+
+    BATCH = 64
+
+    def __init__(self, records: queue.SimpleQueue[logging.LogRecord | None], stream: TextIO):
+        self._records = records
+        self.output = logging.StreamHandler(stream)
+        self.output.setFormatter(LineFormatter())
+        self.handlers = (self.output,)  # as QueueListener's, for flush()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="log", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Write every record handed over so far, then end the thread."""
+        if self._thread is not None:
+            self._records.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def _run(self) -> None:
+        records, output = self._records, self.output
+        stopping = False
+        while not stopping:
+            batch = [records.get()]
+            while len(batch) < self.BATCH:
+                try:
+                    batch.append(records.get_nowait())
+                except queue.Empty:
+                    break
+            lines = []
+            for record in batch:
+                if record is None:
+                    stopping = True  # what came after it in the batch is written too
+                    continue
+                try:
+                    lines.append(output.format(record) + output.terminator)
+                except Exception:
+                    output.handleError(record)  # as StreamHandler.emit: on stderr, once
+            if lines:
+                try:
+                    output.stream.write("".join(lines))
+                    output.flush()
+                except Exception:
+                    output.handleError(next(r for r in batch if r is not None))
+
+
+def threaded(stream: TextIO) -> tuple[Handoff, Listener]:
     """A handler for the loop's side and the listener (not started) that writes its
     records to `stream` from a thread of its own."""
-    output = logging.StreamHandler(stream)
-    output.setFormatter(LineFormatter())
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    listener = logging.handlers.QueueListener(records, output)
+    records: queue.SimpleQueue[logging.LogRecord | None] = queue.SimpleQueue()
+    listener = Listener(records, stream)
     handoff = Handoff(records)
     # A record the handoff renders (message and traceback, QueueHandler.prepare) is escaped
     # there; the others by the thread's LineFormatter.

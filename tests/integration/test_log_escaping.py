@@ -165,3 +165,27 @@ def test_the_log_thread_renders_plain_records_as_the_handoff_would() -> None:
     assert [line[29:] for line in text.splitlines()] == [
         line[29:] for line in direct_output.getvalue().splitlines()
     ]
+
+
+def test_the_log_thread_writes_every_record_in_order_past_a_bad_one() -> None:
+    """Records taken by the batch write: all there, in order, each its own line, and a
+    record that cannot be formatted costs only itself."""
+    output = io.StringIO()
+    handoff, listener = logs.threaded(output)
+    log = logging.getLogger("postern.test.batch")
+    log.propagate = False
+    log.addHandler(handoff)
+    saved, logging.raiseExceptions = logging.raiseExceptions, False  # handleError: quiet
+    listener.start()
+    try:
+        for n in range(300):
+            log.warning("line %d", n)
+            if n == 150:
+                log.warning("bad %d", "not a number")
+    finally:
+        listener.stop()
+        log.removeHandler(handoff)
+        logging.raiseExceptions = saved
+    lines = output.getvalue().splitlines()
+    assert [line.rsplit(" ", 1)[1] for line in lines] == [str(n) for n in range(300)]
+    assert all(RECORD_START.match(line) for line in lines)
