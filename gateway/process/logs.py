@@ -112,12 +112,18 @@ class LineFormatter(ZonedFormatter):
 
 
 class Listener:
-    """The log thread: it waits for a record, takes every other one waiting with it (up to
-    BATCH) and writes their lines with one write and one flush. (QueueListener wrote and
-    flushed each record: a write system call per mail-log line, and under `[server]
-    workers` one wake-up, read and write of the supervisor's per line as well.)"""
+    """The log thread: it waits for a record, lets others gather for LINGER, takes every
+    one waiting (up to BATCH) and writes their lines with one write and one flush.
+    (QueueListener wrote and flushed each record: a write system call per mail-log line,
+    and under `[server] workers` one wake-up, read and write of the supervisor's per line
+    as well.)"""
 
     BATCH = 64
+    # After a record wakes it, how long the thread lets others gather before it writes:
+    # a record put while the thread sleeps wakes nobody. Waking it for each record cost the
+    # event loop 6 % of its time at C=1 (one futex wake-up and a thread switch each); a
+    # line is written at most this much later.
+    LINGER = 0.01
 
     def __init__(self, records: queue.SimpleQueue[logging.LogRecord | None], stream: TextIO):
         self._records = records
@@ -142,6 +148,8 @@ class Listener:
         stopping = False
         while not stopping:
             batch = [records.get()]
+            if batch[0] is not None:
+                time.sleep(self.LINGER)
             while len(batch) < self.BATCH:
                 try:
                     batch.append(records.get_nowait())
