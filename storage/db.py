@@ -209,7 +209,14 @@ class Database:
         a checkout and check-in each time (pool events, the reset's ROLLBACK) cost ~10 us a
         transaction, 1-2 transactions a message. Only the write thread calls this."""
         conn = self._write_conn
-        if conn is None or conn.closed or conn.invalidated:
+        # A listener added to the engine since (a test's statement capture) reaches only
+        # connections made after it: SQLAlchemy copies `_has_events` into each.
+        if (
+            conn is None
+            or conn.closed
+            or conn.invalidated
+            or getattr(conn, "_has_events", None) != getattr(self._writes, "_has_events", None)
+        ):
             self._drop_write_connection()
             conn = self._write_conn = self._writes.connect()
         return conn
