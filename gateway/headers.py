@@ -206,13 +206,17 @@ def _fields_named(low: bytes, needle: bytes) -> int:
 
 MAX_MESSAGE_ID = 255  # characters of a Message-ID kept (storage's indexed column)
 _VALUE = rb"[ \t]*:([^\r\n]*(?:\r\n[ \t][^\r\n]*)*)"  # a value with its continuation lines
+_VALUE_PATTERNS: dict[bytes, re.Pattern[bytes]] = {}
 _SPACE = re.compile(r"\s+")
 
 
 def header_value(data: bytes, name: bytes) -> bytes | None:
     """The first `name` field's value in the header of `data` (folds joined, stripped), or
     None. One regex search bounded to the header block: no split, no MIME parse."""
-    pattern = re.compile(rb"(?:\A|\n)" + re.escape(name) + _VALUE, re.IGNORECASE)
+    pattern = _VALUE_PATTERNS.get(name)
+    if pattern is None:  # a handful of names, each compiled once (re's cache costs a lookup)
+        pattern = re.compile(rb"^" + re.escape(name) + _VALUE, re.IGNORECASE | re.MULTILINE)
+        _VALUE_PATTERNS[name] = pattern
     match = pattern.search(data, 0, header_size(data))
     return match.group(1).replace(b"\r\n", b"").strip() if match else None
 

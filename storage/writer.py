@@ -147,8 +147,9 @@ class Writer:
     def known_full(self) -> bool:
         """A commit failed for want of space within `hold` seconds and none succeeded since:
         a new message would fail too."""
-        loop = asyncio.get_running_loop()
-        return isinstance(self.failure, StorageFull) and loop.time() - self._failed_at < self.hold
+        if not isinstance(self.failure, StorageFull):  # asked at every MAIL: the usual answer
+            return False
+        return asyncio.get_running_loop().time() - self._failed_at < self.hold
 
     async def readiness(self) -> StorageUnavailable | None:
         """Why writes do not commit now, or None when they do. A failure older than `hold`
@@ -169,7 +170,7 @@ class Writer:
         if not self.running:
             raise WriterStopped("the storage writer is not running")
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Job(work, done, patient, size))
+        self._queue.put_nowait(_Job(work, done, patient, size))  # unbounded: never waits
         return await done
 
     async def _run(self) -> None:

@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import io
 import logging
 import os
 import shutil
@@ -68,6 +69,8 @@ FIRST_DELAY = 0.25
 MAX_DELAY = 30.0
 LINE_LIMIT = 1 << 20  # a longer stderr line is cut (split) rather than stalling the pipe
 READY = b"postern-worker-ready\n"
+ERROR_PREFIX = b"postern: error:"
+PUMP_READ = 1 << 16  # bytes of a worker's output read at a time
 
 
 @dataclass
@@ -246,24 +249,47 @@ class Supervisor:
         ]
 
     async def _pump(self, worker: Worker, stream: asyncio.StreamReader, out: object) -> None:
-        """One worker's output, whole lines, to ours; its ready line sets `ready`."""
+        """One worker's output to ours in whole lines, as many as one read brings (two
+        mail-log lines a message: a readline, a write and a flush for each cost the
+        supervisor 0.06 ms of CPU per message); the end of a line still on its way waits
+        for the rest, up to LINE_LIMIT. Its ready line sets `ready`."""
+        pending = b""
         while True:
-            try:
-                line = await stream.readline()
-            except ValueError:  # longer than LINE_LIMIT: pass on what is there
-                line = await stream.read(LINE_LIMIT)
-            if not line:
+            chunk = await stream.read(PUMP_READ)
+            if not chunk:
+                if pending:
+                    self._pass_lines(worker, pending, out)
                 return
-            if line == READY:
-                worker.ready.set()
-                continue
-            if line.startswith(b"postern: error:"):
-                if line in self._errors_said:
+            data = pending + chunk if pending else chunk
+            cut = data.rfind(b"\n") + 1
+            if cut == 0:
+                if len(data) < LINE_LIMIT:
+                    pending = data
                     continue
-                self._errors_said.add(line)
-            if not line.endswith(b"\n"):
-                line += b"\n"
-            _write_line(out, line)
+                cut = len(data)  # longer than LINE_LIMIT: passed on in pieces
+            pending = data[cut:]
+            self._pass_lines(worker, data[:cut], out)
+
+    def _pass_lines(self, worker: Worker, lines: bytes, out: object) -> None:
+        """Whole lines to `out` in one write, a worker's ready line and any start error
+        already said taken out; a last line without its newline gets one."""
+        if READY in lines or ERROR_PREFIX in lines:
+            kept = []
+            for line in io.BytesIO(lines).readlines():  # split at LF alone
+                if line == READY:
+                    worker.ready.set()
+                    continue
+                if line.startswith(ERROR_PREFIX):
+                    if line in self._errors_said:
+                        continue
+                    self._errors_said.add(line)
+                kept.append(line)
+            lines = b"".join(kept)
+        if not lines:
+            return
+        if not lines.endswith(b"\n"):
+            lines += b"\n"
+        _write_line(out, lines)
 
     async def _watch(self, worker: Worker) -> None:
         """Start the worker again whenever it dies, with a delay growing on a crash loop."""

@@ -98,6 +98,27 @@ async def test_an_idle_client_is_disconnected_after_idle_timeout(
     await _wait_for_sessions(svc, 0)
 
 
+async def test_each_command_restarts_the_idle_timeout_and_silence_then_ends_it(
+    service: ServiceFactory, clients: OpenClient
+) -> None:
+    """Commands every 0.3 s keep a 1 s idle timeout from firing for well past it (the one
+    timer sets itself again for what is left); once the client falls silent it is cut off
+    about idle_timeout later, not sooner."""
+    svc = await service(smtp={"idle_timeout": "1s", "session_timeout": "60s"})
+    client = await clients(svc)
+    await client.ehlo()
+    started = time.monotonic()
+    while True:
+        assert (await client.command("NOOP")).code == 250
+        silent = time.monotonic()  # from the last command's reply
+        if silent - started > 2.5:
+            break
+        await asyncio.sleep(0.3)
+    assert await client.at_eof()
+    assert 0.8 <= time.monotonic() - silent < 6.0
+    await _wait_for_sessions(svc, 0)
+
+
 async def test_a_command_trickled_a_byte_at_a_time_is_cut_off_at_idle_timeout(
     service: ServiceFactory, clients: OpenClient
 ) -> None:

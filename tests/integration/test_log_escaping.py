@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from gateway.addresses import escape_for_log
+from gateway.process import logs
 from gateway.process.logs import FORMAT, EscapingFormatter
 from storage.keys import create_key
 from tests.support.service import ServiceFactory
@@ -124,3 +125,67 @@ async def test_smtp_and_http_input_cannot_forge_a_log_line(
     assert response.status_code in (404, 503), response.text
     await asyncio.sleep(0.2)
     assert_no_forged_line(log_output.getvalue())
+
+
+def test_the_log_thread_renders_plain_records_as_the_handoff_would() -> None:
+    """`postern serve`'s chain (the handoff on the loop, the formatter in the log thread):
+    plain arguments rendered by the thread, an object argument and a traceback by the
+    handoff; either way each line escaped exactly once, as EscapingFormatter alone does."""
+    threaded_output, direct_output = io.StringIO(), io.StringIO()
+    handoff, listener = logs.threaded(threaded_output)
+    direct = logging.StreamHandler(direct_output)
+    direct.setFormatter(EscapingFormatter(FORMAT))
+    log = logging.getLogger("postern.test.threaded")
+    log.propagate = False
+    log.addHandler(handoff)
+    log.addHandler(direct)
+    listener.start()
+    try:
+        shown = [FORGED]  # its text at the call, not after
+
+        class Shown:
+            def __str__(self) -> str:
+                return shown[0]
+
+        log.warning("plain %s size=%d ratio=%.1f none=%s back\\slash", FORGED, 3, 0.5, None)
+        log.warning("object %s", Shown())
+        shown[0] = "changed"
+        try:
+            raise ValueError(f"bad input {FORGED}")
+        except ValueError:
+            log.exception("failed on %s", FORGED)
+    finally:
+        listener.stop()
+        log.removeHandler(handoff)
+        log.removeHandler(direct)
+    text = threaded_output.getvalue()
+    assert_no_forged_line(text)
+    assert "changed" not in text and "back\\\\slash" in text
+    # The same lines as the formatter alone writes (each line's time aside).
+    assert [line[29:] for line in text.splitlines()] == [
+        line[29:] for line in direct_output.getvalue().splitlines()
+    ]
+
+
+def test_the_log_thread_writes_every_record_in_order_past_a_bad_one() -> None:
+    """Records taken by the batch write: all there, in order, each its own line, and a
+    record that cannot be formatted costs only itself."""
+    output = io.StringIO()
+    handoff, listener = logs.threaded(output)
+    log = logging.getLogger("postern.test.batch")
+    log.propagate = False
+    log.addHandler(handoff)
+    saved, logging.raiseExceptions = logging.raiseExceptions, False  # handleError: quiet
+    listener.start()
+    try:
+        for n in range(300):
+            log.warning("line %d", n)
+            if n == 150:
+                log.warning("bad %d", "not a number")
+    finally:
+        listener.stop()
+        log.removeHandler(handoff)
+        logging.raiseExceptions = saved
+    lines = output.getvalue().splitlines()
+    assert [line.rsplit(" ", 1)[1] for line in lines] == [str(n) for n in range(300)]
+    assert all(RECORD_START.match(line) for line in lines)

@@ -405,3 +405,32 @@ async def test_large_jobs_go_one_per_commit_with_the_small_ones_waiting(
     assert order == ["small1", "small2", "large1", "large2"]
     assert writer.commits - before == 2  # the small ones with large1, then large2
     assert len(await stored(backend, "order-")) == 4
+
+
+async def test_transactions_failures_and_exclusive_work_share_the_held_write_connection(
+    backend: Database,
+) -> None:
+    """SQLite's write thread keeps its connection from one transaction to the next: a
+    transaction that fails leaves nothing open for the next, a non-durable one leaves the
+    next durable, and exclusive() (which needs the pool's one connection) still gets it."""
+
+    def add(key: str) -> Any:
+        return lambda conn: conn.execute(INSERT.values(key=key, value="v"))
+
+    def fail(conn: Connection) -> None:
+        conn.execute(INSERT.values(key="held-failed", value="v"))
+        raise RuntimeError("the work failed")
+
+    await backend.transaction(add("held-1"))
+    with pytest.raises(RuntimeError):
+        await backend.transaction(fail)
+    await backend.transaction(add("held-2"), durable=False)
+    await backend.exclusive(add("held-3"))
+    await backend.transaction(add("held-4"))
+    assert set(await stored(backend, "held-")) == {"held-1", "held-2", "held-3", "held-4"}
+    if backend.is_sqlite:
+
+        def level(conn: Connection) -> int:
+            return int(conn.exec_driver_sql("PRAGMA synchronous").scalar_one())
+
+        assert await backend.transaction(level) == 2  # FULL again after durable=False

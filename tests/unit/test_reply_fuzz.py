@@ -6,6 +6,7 @@ bytes are split. Bounded: a few hundred examples each."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -14,6 +15,7 @@ from gateway.delivery.pipelining import (
     MAX_REPLY_BYTES,
     MAX_REPLY_LINES,
     PipelinedSession,
+    SessionTimeout,
     UpstreamReply,
 )
 
@@ -106,3 +108,41 @@ def test_well_formed_replies_parse_alike_in_any_chunks(
     assert [(r.code, r.text.split("\n")) for r in parsed if r is not None] == [
         (code, [t.strip(" \t") for t in texts]) for code, texts in replies
     ]
+
+
+def test_a_reply_not_in_within_the_timeout_closes_the_session() -> None:
+    async def run() -> None:
+        session = PipelinedSession(_Transport(), pipelining=True, timeout=0.05)
+        try:
+            await session.command(b"NOOP")
+        except SessionTimeout as timeout:
+            assert not timeout.body_sent
+        else:
+            raise AssertionError("no SessionTimeout")
+        assert session.closed
+
+    asyncio.run(run())
+
+
+def test_replies_already_in_and_a_cancelled_wait_keep_the_order() -> None:
+    """A pipelined group's replies read when they are in already; a caller cancelled while it
+    waits leaves its reply to be passed over, and the next command gets its own."""
+
+    async def run() -> None:
+        session = PipelinedSession(_Transport(), pipelining=True, timeout=5.0)
+        futures = session._send(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\n", 2)
+        session.data_received(b"250 sender ok\r\n250 rcpt ok\r\n")
+        assert (await session._reply(futures[0])).text == "sender ok"
+        assert (await session._reply(futures[1])).text == "rcpt ok"
+        waiting = asyncio.ensure_future(session.command(b"NOOP"))
+        await asyncio.sleep(0)
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        later = asyncio.ensure_future(session.command(b"NOOP"))
+        await asyncio.sleep(0)
+        session.data_received(b"250 first\r\n250 second\r\n")
+        assert (await later).text == "second"
+        assert not session.closed
+
+    asyncio.run(run())
