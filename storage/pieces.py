@@ -157,17 +157,19 @@ def read_sqlite(
 
 
 def prefix(conn: Connection, message_id: str, length: int) -> bytes | None:
-    """The first `length` bytes of a body stored in pieces (None: no piece), reading only
-    the pieces that hold them."""
+    """The first `length` bytes of a body stored in pieces, reading only the pieces that
+    hold them; None when it has none, or its first pieces are not all there (never the
+    bytes of a later piece taken for the start)."""
     head = func.substr(P.c.data, 1, length, type_=P.c.data.type)
     found = conn.execute(
-        select(head)
+        select(P.c.seq, head)
         .where(P.c.message_id == message_id)
         .order_by(P.c.seq)
         .limit(max(1, -(-length // PIECE)))
-    ).scalars()
-    data = b"".join(bytes(part) for part in found)
-    return data[:length] if data else None
+    ).all()
+    if not found or [seq for seq, _ in found] != list(range(len(found))):
+        return None
+    return b"".join(bytes(part) for _, part in found)[:length]
 
 
 def _orphaned(before: float) -> ColumnElement[bool]:

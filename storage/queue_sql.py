@@ -346,7 +346,7 @@ def body_prefix(conn: Connection, message_id: str, length: int) -> bytes | None:
     """The first `length` bytes of a message's stored body (None: no body is kept), read
     without loading the rest: a late DSN needs the header of a body of up to 20 MB. (An
     empty body row is a body in pieces, or an empty body: its pieces tell; None when it has
-    none, as for a body gone.)"""
+    none, as for a body gone: an empty body has no header to quote either.)"""
     head = func.substr(B.c.data, 1, length, type_=LargeBinary)  # BLOB and BYTEA alike
     query = select(func.length(B.c.data), head).where(B.c.message_id == message_id)
     row = conn.execute(query).first()

@@ -123,8 +123,11 @@ class HttpDoor:
     """One uvicorn server on one listening socket, run as a task of the running loop."""
 
     def __init__(self, app: ASGIApp, sock: socket.socket, limits: DoorLimits) -> None:
+        # log_config=None: uvicorn's own records (a traceback of the app's, a bad request)
+        # go up to the root logger, escaped and written in the mail log's stream like ours;
+        # its default config gave them a handler of their own, raw on stderr.
         config = uvicorn.Config(
-            app, lifespan="off", log_level="warning", access_log=False,
+            app, lifespan="off", log_level="warning", access_log=False, log_config=None,
             http=door_protocol(limits), ws="none",
         )  # fmt: skip
         self.server = EmbeddedServer(config)

@@ -10,6 +10,7 @@ caller's file and line, process and thread names) are not collected.
 from __future__ import annotations
 
 import atexit
+import copy
 import logging
 import logging.handlers
 import queue
@@ -71,6 +72,8 @@ def _indented(text: str) -> str:
     return "\n".join("  | " + escape_for_log(line) for line in lines)
 
 
+RENDERED = "_postern_rendered"  # the handoff's mark on a record it rendered and escaped
+
 # Argument types whose text cannot change once the logging call returns.
 _PLAIN = frozenset((str, int, float, bool, type(None)))
 
@@ -80,7 +83,8 @@ class Handoff(logging.handlers.QueueHandler):
     (str, numbers, None) and no traceback goes as it is, rendered later by the thread (one
     `msg % args` and one escape off the event loop, and no copy of the record); any other is
     rendered here, as QueueHandler does (an argument object may change once the call
-    returns; a traceback holds frames), and marked `rendered`."""
+    returns; a traceback holds frames), and marked RENDERED (a name no `extra=` of ours
+    uses: a record marked so is not escaped again)."""
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         args = record.args
@@ -93,32 +97,35 @@ class Handoff(logging.handlers.QueueHandler):
         ):
             return record
         prepared = super().prepare(record)
-        prepared.rendered = True
+        setattr(prepared, RENDERED, True)
         return prepared
 
 
 class LineFormatter(ZonedFormatter):
     """The log thread's formatter: a record the handoff rendered is only put in the line
-    (its message escaped once already); any other is escaped here, as the handoff would."""
+    (its message escaped once already); any other is escaped here, as the handoff would,
+    on a copy: the caller's own record, which another handler (a test's capture) may be
+    formatting on the loop at the same moment, is never changed."""
 
     def __init__(self) -> None:
         super().__init__(FORMAT)
         self._escaping = EscapingFormatter(FORMAT)
 
     def format(self, record: logging.LogRecord) -> str:
-        if getattr(record, "rendered", False):
+        if getattr(record, RENDERED, False):
             return super().format(record)
-        return self._escaping.format(record)
+        return self._escaping.format(copy.copy(record))
 
 
 class Listener:
     """The log thread: it waits for a record, lets others gather for LINGER, takes every
-    one waiting (up to BATCH) and writes their lines with one write and one flush.
+    one waiting (up to BATCH) and writes their lines with one write and one flush. With
+    records waiting already it does not wait: a backlog is written as fast as it formats.
     (QueueListener wrote and flushed each record: a write system call per mail-log line,
     and under `[server] workers` one wake-up, read and write of the supervisor's per line
     as well.)"""
 
-    BATCH = 64
+    BATCH = 512
     # After a record wakes it, how long the thread lets others gather before it writes:
     # a record put while the thread sleeps wakes nobody. Waking it for each record cost the
     # event loop 6 % of its time at C=1 (one futex wake-up and a thread switch each); a
@@ -143,13 +150,25 @@ class Listener:
             self._thread.join()
             self._thread = None
 
+    def _first(
+        self, records: queue.SimpleQueue[logging.LogRecord | None]
+    ) -> logging.LogRecord | None:
+        """The next record: at once when one waits; else, once one wakes the thread, after
+        LINGER (a sleep only when the thread had to wait, so it never caps the rate)."""
+        try:
+            return records.get_nowait()
+        except queue.Empty:
+            pass
+        first = records.get()
+        if first is not None:
+            time.sleep(self.LINGER)
+        return first
+
     def _run(self) -> None:
         records, output = self._records, self.output
         stopping = False
         while not stopping:
-            batch = [records.get()]
-            if batch[0] is not None:
-                time.sleep(self.LINGER)
+            batch = [self._first(records)]
             while len(batch) < self.BATCH:
                 try:
                     batch.append(records.get_nowait())

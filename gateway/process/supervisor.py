@@ -11,8 +11,9 @@ claiming from storage under its own node id (`<node>-w<index>`), as separate nod
 Worker 0 alone serves HTTP and runs what one process per node runs (Service.primary).
 
 What the supervisor does after that:
-- **Logs**: each worker's stderr is a pipe it reads line by line and writes to its own
-  stderr, one whole line at a time, so the mail log stays one stream of whole lines.
+- **Logs**: each worker's stderr is a pipe it reads and writes to its own stderr, as many
+  whole lines as one read brings in one write, so the mail log stays one stream of whole
+  lines.
 - **Metrics**: prometheus-client's multiprocess mode, in a private temporary folder
   (`PROMETHEUS_MULTIPROC_DIR`, removed at exit); worker 0's /metrics sums every worker's.
 - **The per-key rate limit**: one table of token buckets in shared memory (an anonymous

@@ -231,8 +231,9 @@ class Queue:
                     await self._release(ids, 0.0)  # due again now, not when the lease lapses
                 raise
             unreadable = [message.id for message in claimed if message.id not in bodies]
-            if unreadable:
-                await self._set_aside(unreadable)
+            if unreadable:  # (a failure here: their lease lapses; the others go on)
+                with contextlib.suppress(Exception):
+                    await self._set_aside(unreadable)
             claimed = [message for message in claimed if message.id in bodies]
             for message in claimed:
                 message.content = bodies[message.id]

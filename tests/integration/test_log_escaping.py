@@ -9,6 +9,9 @@ import asyncio
 import io
 import logging
 import re
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -18,6 +21,7 @@ from gateway.addresses import escape_for_log
 from gateway.process import logs
 from gateway.process.logs import FORMAT, EscapingFormatter
 from storage.keys import create_key
+from tests.support.processes import REPO, child_env
 from tests.support.service import ServiceFactory
 from tests.support.sink import Sink
 from tests.support.smtp import RawClient, smtp_send
@@ -189,3 +193,54 @@ def test_the_log_thread_writes_every_record_in_order_past_a_bad_one() -> None:
     lines = output.getvalue().splitlines()
     assert [line.rsplit(" ", 1)[1] for line in lines] == [str(n) for n in range(300)]
     assert all(RECORD_START.match(line) for line in lines)
+
+
+def test_a_backlog_is_written_as_fast_as_it_formats() -> None:
+    """The thread waits LINGER only when it had to wait for a record: 20,000 records put
+    at once (a client pipelining refused commands makes lines that fast) are written far
+    faster than a wait per 64 records allowed (3.1 s: ~6,300 lines/s, less than one client
+    can make), so the queue cannot grow without bound and a shutdown writes it at once."""
+    output = io.StringIO()
+    handoff, listener = logs.threaded(output)
+    log = logging.getLogger("postern.test.backlog")
+    log.propagate = False
+    log.addHandler(handoff)
+    try:
+        for n in range(20_000):
+            log.warning("line %d", n)
+        listener.start()
+        started = time.monotonic()
+        listener.stop()
+        took = time.monotonic() - started
+    finally:
+        log.removeHandler(handoff)
+    assert len(output.getvalue().splitlines()) == 20_000
+    capped = 20_000 / 64 * logs.Listener.LINGER
+    assert took < capped / 2, (took, capped)
+
+
+def test_uvicorns_records_reach_the_escaping_log_not_a_handler_of_their_own() -> None:
+    """With the HTTP door's uvicorn config, a record of uvicorn's (its "Exception in ASGI
+    application" carries a traceback; its warnings may quote a request) goes to the root
+    logger: one escaped line, as every line of the mail log (not raw on stderr)."""
+    probe = """
+import asyncio, logging, socket
+from gateway.process import logs
+from gateway.process.http_server import HttpDoor, DoorLimits
+logs.setup("info")
+async def main():
+    sock = socket.socket(); sock.bind(("127.0.0.1", 0))
+    door = HttpDoor(lambda *a: None, sock, DoorLimits("http", 10, 5.0))
+    door.close(); sock.close()
+    logging.getLogger("uvicorn.error").warning("forged %s", "x\\r\\n2026-01-01T00:00:00 INFO fake")
+asyncio.run(main())
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, env=child_env(),
+        capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    lines = done.stderr.splitlines()
+    forged = [line for line in lines if "forged" in line]
+    assert len(forged) == 1 and RECORD_START.match(forged[0]), done.stderr
+    assert "fake" in forged[0]  # escaped within the line, not a record of its own
+    assert not any(line.startswith("2026-01-01T00:00:00") for line in lines), done.stderr

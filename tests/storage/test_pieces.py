@@ -285,3 +285,18 @@ async def test_a_batch_stores_its_large_messages_in_pieces(backend: Database, qu
     ]  # fmt: skip
     bodies = await backend.read(lambda conn: queue_sql.bodies_of(conn, ids))
     assert [bodies[m_id] for m_id in ids] == contents
+
+
+async def test_a_body_missing_its_first_piece_has_no_prefix(backend: Database, queue: Queue) -> None:
+    """The header a DSN or the sandbox page quotes is the body's first bytes: with piece 0
+    gone, piece 1's bytes are not taken for them."""
+    if not backend.is_sqlite:
+        pytest.skip("PostgreSQL stores a large body whole, in its message's transaction")
+    queued = await queue.enqueue(submission(content=large(2_500_000)), ROUTE, claim=False)
+    await backend.transaction(
+        lambda conn: conn.execute(
+            text("DELETE FROM message_piece WHERE message_id = :m AND seq = 0"), {"m": queued.id}
+        )
+    )
+    assert await backend.read(lambda conn: queue_sql.body_prefix(conn, queued.id, 100)) is None
+    assert await backend.read(lambda conn: queue_sql.bodies_of(conn, [queued.id])) == {}
