@@ -287,7 +287,9 @@ async def test_a_batch_stores_its_large_messages_in_pieces(backend: Database, qu
     assert [bodies[m_id] for m_id in ids] == contents
 
 
-async def test_a_body_missing_its_first_piece_has_no_prefix(backend: Database, queue: Queue) -> None:
+async def test_a_body_missing_its_first_piece_has_no_prefix(
+    backend: Database, queue: Queue
+) -> None:
     """The header a DSN or the sandbox page quotes is the body's first bytes: with piece 0
     gone, piece 1's bytes are not taken for them."""
     if not backend.is_sqlite:
