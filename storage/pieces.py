@@ -31,8 +31,8 @@ Readers see a body whole or not at all: storage.queue_sql.bodies_of joins the pi
 the read's own snapshot (SQLite: one read transaction, each piece read with blob I/O, the
 GIL let go; PostgreSQL: one statement) and checks them against the message's `size`: a
 body whose pieces do not add up (none at all included) cannot be read, and is left out of
-what the read returns, as a body gone is: never a shorter body. Delivery sets such a
-message aside (gateway.queue.store.Queue.claim_due), the others claimed with it go on.
+what the read returns, as a body gone is: never a shorter body. Delivery holds such a
+message (gateway.queue.store.Queue.claim_due), the others claimed with it go on.
 
 Deleting: retention and body_retention delete the `message_body` row (with the message, or
 alone) as before; the pieces it named are then orphans, and `purge_orphans` deletes them a

@@ -63,11 +63,6 @@ from storage.writer import Batch, Work, Writer
 
 log = logging.getLogger("postern.queue")
 
-# Seconds before a message whose stored body cannot be read whole is claimed again
-# (Queue._set_aside): each time it is logged again, for an operator to see and cancel; a
-# missing piece does not come back, but a read that failed for another reason may work.
-UNREADABLE_RETRY = 600.0
-
 
 @dataclass(frozen=True)
 class AttemptRecord:
@@ -241,15 +236,25 @@ class Queue:
 
     async def _set_aside(self, message_ids: list[str]) -> None:
         """Messages claimed whose body cannot be read whole (storage.pieces: a piece
-        missing; a body gone): never sent without it. Logged, and due again only after
-        UNREADABLE_RETRY, so that the others are delivered meanwhile; an operator may
-        cancel them (max_age does not end them: it is counted at an attempt)."""
+        missing; a body gone): never sent without it, nor tried again and again. Held,
+        as `postern queue hold` holds (no longer this node's, never claimed or expired
+        until released), with a `held` event that says why, for an operator to cancel
+        (or release, once the body is back). The others claimed with them go on."""
         log.error(
-            "not delivering %s: the stored body cannot be read whole (storage.pieces); "
-            "tried again in %d s",
-            ", ".join(message_ids), UNREADABLE_RETRY,
+            "holding %s: the stored body cannot be read whole (storage.pieces); cancel, or "
+            "release once it is back",
+            ", ".join(message_ids),
         )  # fmt: skip
-        await self._release(message_ids, UNREADABLE_RETRY)
+        changed: Changed = await self._writer.submit(
+            lambda conn: self._hold_unreadable(conn, message_ids)
+        )
+        maillog.held(changed.done)
+
+    def _hold_unreadable(self, conn: Connection, message_ids: Sequence[str]) -> Changed:
+        now = time.time()
+        rows = [{"m_id": m_id, "node": self.node_id, "due": now} for m_id in message_ids]
+        conn.execute(sql.RELEASE_ONE, rows)  # this node's claim given up, in this transaction
+        return self._change(conn, message_ids, _HOLDABLE, "held", why=_UNREADABLE)
 
     def _claim(self, conn: Connection, limit: int) -> list[QueuedMessage]:
         now = time.time()
@@ -547,7 +552,12 @@ class Queue:
         return changed
 
     def _change(
-        self, conn: Connection, message_ids: Sequence[str], among: tuple[str, ...], to: str
+        self,
+        conn: Connection,
+        message_ids: Sequence[str],
+        among: tuple[str, ...],
+        to: str,
+        why: str | None = None,
     ) -> Changed:
         now = time.time()
         asked = list(dict.fromkeys(message_ids))
@@ -573,7 +583,8 @@ class Queue:
             sql.mark_held(conn, free, now)
         else:
             sql.mark_released(conn, free, now)
-        kind, why = (events.HELD, _HELD) if to == "held" else (events.RELEASED, _RELEASED)
+        kind, said = (events.HELD, _HELD) if to == "held" else (events.RELEASED, _RELEASED)
+        why = why or said
         pending = sql.pending_of(conn, free)
         if pending:
             conn.execute(
@@ -889,6 +900,7 @@ _CANCELLED = "cancelled by an operator"  # the response of what an operator canc
 
 _HOLDABLE = ("queued", "deferred")
 _HELD = "held by an operator"
+_UNREADABLE = "held: its stored body cannot be read whole"  # (Queue._set_aside)
 _RELEASED = "released by an operator"
 
 

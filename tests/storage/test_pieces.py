@@ -14,7 +14,7 @@ from sqlalchemy import Connection, inspect, text
 from gateway.message import DeliveryResult, Outcome, Route
 from gateway.queue.idempotency import Duplicate
 from gateway.queue.retention import Retention
-from gateway.queue.store import UNREADABLE_RETRY, AttemptRecord, Queue
+from gateway.queue.store import AttemptRecord, Queue
 from storage import pieces, queue_sql
 from storage.db import Database, create_schema
 from storage.messages import message_state
@@ -215,12 +215,12 @@ async def test_a_message_whose_pieces_are_not_all_there_is_not_stored(
     assert await backend.read(lambda conn: queue_sql.bodies_of(conn, ["msg_short"])) == {}
 
 
-async def test_a_message_whose_body_cannot_be_read_whole_is_set_aside_not_sent(
+async def test_a_message_whose_body_cannot_be_read_whole_is_held_not_sent(
     backend: Database, queue: Queue
 ) -> None:
     """Every piece of a large body gone (its empty row left): the body is not read as the
-    empty message its row holds, and the claim sets that message aside (due again after
-    UNREADABLE_RETRY) while the message claimed with it is delivered."""
+    empty message its row holds, and the claim holds that message (as `postern queue hold`
+    does, an event saying why) while the message claimed with it is delivered."""
     small = await queue.enqueue(submission(), ROUTE, claim=False)
     broken = await queue.enqueue(submission(content=large(2_500_000)), ROUTE, claim=False)
     await backend.transaction(
@@ -233,16 +233,19 @@ async def test_a_message_whose_body_cannot_be_read_whole_is_set_aside_not_sent(
         assert list(read) == [small.id]
         prefix = await backend.read(lambda conn: queue_sql.body_prefix(conn, broken.id, 100))
         assert prefix is None
-    before = time.time()
     claimed = await queue.claim_due(10)
     if not backend.is_sqlite:
         assert sorted(m.id for m in claimed) == sorted([small.id, broken.id])
         return
     assert [m.id for m in claimed] == [small.id]
     row = await message_row(backend, broken.id)
-    assert row.claimed_by is None
-    assert row.due_at >= before + UNREADABLE_RETRY - 1
-    assert await queue.claim_due(10) == []  # not claimed again meanwhile
+    assert (row.status, row.claimed_by) == ("held", None)
+    said = await fetch(
+        backend, "SELECT type, response FROM event WHERE message_id = :m", m=broken.id
+    )
+    assert ("held", "held: its stored body cannot be read whole") in [tuple(e) for e in said]
+    assert await queue.claim_due(10) == []  # never claimed while held
+    assert (await queue.release_held([broken.id])).done == [broken.id]  # an operator's call
 
 
 async def test_a_schema_10_database_gains_the_pieces_table(backend: Database, queue: Queue) -> None:
