@@ -159,7 +159,8 @@ def read_sqlite(
 def prefix(conn: Connection, message_id: str, length: int) -> bytes | None:
     """The first `length` bytes of a body stored in pieces, reading only the pieces that
     hold them; None when it has none, or its first pieces are not all there (never the
-    bytes of a later piece taken for the start)."""
+    bytes of a later piece taken for the start). Shorter than `length` when a piece after
+    the first is missing: still the body's true first bytes, all a header quote needs."""
     head = func.substr(P.c.data, 1, length, type_=P.c.data.type)
     found = conn.execute(
         select(P.c.seq, head)

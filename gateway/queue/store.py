@@ -225,13 +225,13 @@ class Queue:
                 with contextlib.suppress(Exception):  # (then their lease lapses)
                     await self._release(ids, 0.0)  # due again now, not when the lease lapses
                 raise
-            unreadable = [message.id for message in claimed if message.id not in bodies]
-            if unreadable:  # (a failure here: their lease lapses; the others go on)
-                with contextlib.suppress(Exception):
-                    await self._set_aside(unreadable)
-            claimed = [message for message in claimed if message.id in bodies]
+            # A message with nothing left to send needs no body: delivery settles it.
+            unreadable = [m.id for m in claimed if m.recipients and m.id not in bodies]
+            if unreadable:
+                await self._set_aside(unreadable)
+            claimed = [message for message in claimed if message.id not in unreadable]
             for message in claimed:
-                message.content = bodies[message.id]
+                message.content = bodies.get(message.id, b"")
         return list(claimed)
 
     async def _set_aside(self, message_ids: list[str]) -> None:
@@ -239,16 +239,22 @@ class Queue:
         missing; a body gone): never sent without it, nor tried again and again. Held,
         as `postern queue hold` holds (no longer this node's, never claimed or expired
         until released), with a `held` event that says why, for an operator to cancel
-        (or release, once the body is back). The others claimed with them go on."""
-        log.error(
-            "holding %s: the stored body cannot be read whole (storage.pieces); cancel, or "
-            "release once it is back",
-            ", ".join(message_ids),
-        )  # fmt: skip
-        changed: Changed = await self._writer.submit(
-            lambda conn: self._hold_unreadable(conn, message_ids)
-        )
-        maillog.held(changed.done)
+        (or release, once the body is back). The others claimed with them go on, whatever
+        happens here (a hold that fails leaves the claim to lapse: claimed again later)."""
+        try:
+            changed: Changed = await self._writer.submit(
+                lambda conn: self._hold_unreadable(conn, message_ids)
+            )
+        except Exception:
+            log.exception("could not hold %s (its body cannot be read whole)", message_ids)
+            return
+        if changed.done:
+            log.error(
+                "held %s: the stored body cannot be read whole (storage.pieces); cancel, "
+                "or release once it is back",
+                ", ".join(changed.done),
+            )  # fmt: skip
+            maillog.held(changed.done)
 
     def _hold_unreadable(self, conn: Connection, message_ids: Sequence[str]) -> Changed:
         now = time.time()

@@ -305,3 +305,24 @@ async def test_a_body_missing_its_first_piece_has_no_prefix(
     )
     assert await backend.read(lambda conn: queue_sql.body_prefix(conn, queued.id, 100)) is None
     assert await backend.read(lambda conn: queue_sql.bodies_of(conn, [queued.id])) == {}
+
+
+async def test_an_unreadable_body_with_nothing_left_to_send_is_not_held(
+    backend: Database, queue: Queue
+) -> None:
+    """A late report bounced every recipient while the message was claimable: delivery
+    settles it without a body (nothing is sent), so it is handed over, not held for good."""
+    if not backend.is_sqlite:
+        pytest.skip("PostgreSQL stores a large body whole, in its message's transaction")
+    queued = await queue.enqueue(submission(content=large(2_500_000)), ROUTE, claim=False)
+
+    def lose_and_bounce(conn: Connection) -> None:
+        conn.execute(text("DELETE FROM message_piece WHERE message_id = :m"), {"m": queued.id})
+        conn.execute(
+            text("UPDATE recipient SET status = 'bounced' WHERE message_id = :m"), {"m": queued.id}
+        )
+
+    await backend.transaction(lose_and_bounce)
+    [claimed] = await queue.claim_due(10)
+    assert (claimed.id, claimed.recipients, claimed.content) == (queued.id, [], b"")
+    assert (await message_row(backend, queued.id)).status != "held"
