@@ -125,6 +125,16 @@ def joined(parts: list[tuple[int, bytes]], size: int | None) -> bytes | None:
     return body if size is not None and len(body) == size else None
 
 
+Parts = dict[str, list[tuple[int, bytes]]]  # each message's pieces read: (seq, data)
+
+
+def whole_bodies(parts: Parts, sizes: dict[str, int | None]) -> dict[str, bytes]:
+    """The bodies `joined` makes of each message's pieces against its size; those that do
+    not add up are left out."""
+    bodies = ((m_id, joined(found, sizes[m_id])) for m_id, found in parts.items())
+    return {m_id: body for m_id, body in bodies if body is not None}
+
+
 def read_sqlite(
     conn: Connection, driver: sqlite3.Connection, ids: Sequence[str]
 ) -> dict[str, bytes]:
@@ -140,7 +150,7 @@ def read_sqlite(
         .where(M.c.id.in_(list(ids)))
         .order_by(M.c.id, P.c.seq)
     )
-    parts: dict[str, list[tuple[int, bytes]]] = {}
+    parts: Parts = {}
     sizes: dict[str, int | None] = {}
     for message_id, size, seq, rowid in conn.execute(query).all():
         sizes[message_id] = size
@@ -152,8 +162,7 @@ def read_sqlite(
                 found.append((seq, blob.read()))
         except sqlite3.Error as error:
             raise OperationalError("blob read of message_piece", None, error) from error
-    bodies = {m_id: joined(found, sizes[m_id]) for m_id, found in parts.items()}
-    return {m_id: body for m_id, body in bodies.items() if body is not None}
+    return whole_bodies(parts, sizes)
 
 
 def prefix(conn: Connection, message_id: str, length: int) -> bytes | None:

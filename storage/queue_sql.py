@@ -295,7 +295,7 @@ def bodies_of(conn: Connection, ids: Sequence[str]) -> dict[str, bytes]:
         .order_by(B.c.message_id, P.c.seq)
     )
     bodies: dict[str, bytes] = {}
-    parts: dict[str, list[tuple[int, bytes]]] = {}
+    parts: pieces.Parts = {}
     sizes: dict[str, int | None] = {}
     for row in rows:
         if row.data:  # a whole body
@@ -305,8 +305,7 @@ def bodies_of(conn: Connection, ids: Sequence[str]) -> dict[str, bytes]:
         sizes[row.message_id] = row.size
         if row.seq is not None:
             found.append((row.seq, bytes(row.piece)))
-    joined = ((m_id, pieces.joined(found, sizes[m_id])) for m_id, found in parts.items())
-    bodies.update((m_id, body) for m_id, body in joined if body is not None)
+    bodies.update(pieces.whole_bodies(parts, sizes))
     return bodies
 
 
