@@ -122,7 +122,7 @@ class Queue:
         claim = claim and not first.sandbox and first.scheduled_at is None
         batch, stored = self._request_rows(parts, now, claim)
         expected = await self._store_pieces(stored)
-        size = sum(len(message.content) for message in stored if message.id not in expected)
+        size = _content_left(stored, expected)
         storing = _storing(batch, first, stored[0].id, now, expected)
         holder = await self._writer.submit(storing, size=size)
         if holder is not None:  # another message holds the idempotency key
@@ -145,8 +145,9 @@ class Queue:
             batch, messages = self._request_rows(parts, now, claim=False)
             prepared.append((parts[0][0], messages[0].id, batch))
             made.append(messages)
-        expected = await self._store_pieces([message for made_ in made for message in made_])
-        size = sum(len(m.content) for messages in made for m in messages if m.id not in expected)
+        every = [message for messages in made for message in messages]
+        expected = await self._store_pieces(every)
+        size = _content_left(every, expected)
         holders: list[idempotency.Hit | None] = await self._writer.submit(
             lambda conn: _store_many(conn, prepared, now, expected), size=size
         )
@@ -691,6 +692,12 @@ def _message_row(
         if submission.client_address
         else None,
     }
+
+
+def _content_left(messages: Sequence[QueuedMessage], expected: Mapping[str, int]) -> int:
+    """The content the storing transaction writes itself (the writer's `size`): the bodies
+    not written in pieces before it (`expected`)."""
+    return sum(len(message.content) for message in messages if message.id not in expected)
 
 
 def _storing(
