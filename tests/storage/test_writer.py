@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -301,6 +302,32 @@ async def test_writers_of_one_sqlite_file_take_turns(
     lock, database = tmp_path / "postern.db-writer", tmp_path / "postern.db"
     assert lock.stat().st_mode & 0o777 == database.stat().st_mode & 0o666  # as -wal, -shm
     assert lock.stat().st_uid == database.stat().st_uid
+
+
+async def test_a_contended_write_lock_is_waited_for_by_a_thread_kept_for_the_next_wait(
+    sqlite_pair: tuple[Database, Database], tmp_path: Path
+) -> None:
+    """Each write that finds the lock taken (another worker committing) waits for it in a
+    thread; that thread is kept and waits again for the next one, rather than a thread
+    being started for each wait (at 10 clients, 0.4 a message)."""
+    first, _ = sqlite_pair
+    holder = os.open(tmp_path / "postern.db-writer", os.O_RDWR)
+    writer = Writer(first)
+    writer.start()
+    try:
+        for i in range(5):
+            fcntl.flock(holder, fcntl.LOCK_EX)
+            job = asyncio.ensure_future(writer.submit(put(f"contended{i}")))
+            await asyncio.sleep(0.05)
+            assert not job.done()  # waiting for the lock
+            fcntl.flock(holder, fcntl.LOCK_UN)
+            await asyncio.wait_for(job, WAIT)
+    finally:
+        os.close(holder)
+        await writer.stop()
+    waiting = [t for t in threading.enumerate() if t.name == "db-write-lock"]
+    assert len(waiting) == 1
+    assert len(await stored(first, "contended")) == 5
 
 
 @pytest.mark.parametrize(
