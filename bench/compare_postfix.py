@@ -29,7 +29,6 @@ import os
 import platform
 import pwd
 import re
-import shlex
 import shutil
 import signal
 import socket
@@ -645,7 +644,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--sink", choices=("smtp-sink", "python"), default="smtp-sink")
     parser.add_argument("--only", choices=("postfix", "postern"), help="measure one system")
-    parser.add_argument("--postern-cmd", help="command that runs Postern's `serve`")
+    relay.add_postern_cmd(parser)
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per measurement")
     parser.add_argument("--keep", action="store_true", help="keep temp dirs (configs, logs)")
     parser.add_argument(
@@ -687,14 +686,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BenchError as error:
         print(f"compare_postfix: {error}", file=sys.stderr)
         return 2
-    default_cmd = (sys.executable, "-m", "gateway.process.cli", "serve")
     settings = Settings(
         runs=args.runs,
         timeout=args.timeout,
         upstream_connections=args.upstream_connections,
         reuse=not args.no_reuse,
         sink=args.sink,
-        postern_cmd=tuple(shlex.split(args.postern_cmd)) if args.postern_cmd else default_cmd,
+        postern_cmd=args.postern_cmd,
         keep=args.keep,
         systems=(args.only,) if args.only else ("postfix", "postern"),
         dkim=args.dkim,

@@ -29,7 +29,6 @@ import http.client
 import json
 import os
 import resource
-import shlex
 import signal
 import smtplib
 import statistics
@@ -42,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import relay  # bench/ is sys.path[0] when run as a script
 
 from tests.support.processes import child_env, free_port
 from tests.support.sink import Sink
@@ -351,9 +352,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each phase")
     parser.add_argument("--pause", type=float, default=5.0, help="seconds between phases")
     parser.add_argument("--nofile", default="1024:1024", help="server's RLIMIT_NOFILE soft:hard")
-    parser.add_argument(
-        "--postern-cmd", default=f"{shlex.quote(sys.executable)} -m gateway.process.cli serve"
-    )
+    relay.add_postern_cmd(parser)
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (log, db)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -364,7 +363,7 @@ def main() -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="postern-attacks-"))
     sink = Sink().start()
-    server = Server(shlex.split(args.postern_cmd), tmp, sink.port, nofile)
+    server = Server(args.postern_cmd, tmp, sink.port, nofile)
     try:
         server.wait_ready()
         if not args.json:

@@ -33,7 +33,6 @@ import asyncio
 import contextlib
 import json
 import multiprocessing
-import shlex
 import statistics
 import sys
 import tempfile
@@ -295,7 +294,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--dkim", choices=("rsa", "ed25519"), help="DKIM-sign every message with such a key"
     )
-    parser.add_argument("--postern-cmd", help="command that runs Postern's `serve`")
+    relay.add_postern_cmd(parser)
     parser.add_argument(
         "--storage-url", default="", help='[storage] url ("": SQLite in a fresh data dir)'
     )
@@ -306,8 +305,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.workers = int(args.workers)
     if args.quick:
         args.big, args.big_size, args.small_clients, args.small_messages = 2, 5.0, 10, 5
-    default = (sys.executable, "-m", "gateway.process.cli", "serve")
-    args.postern_cmd = tuple(shlex.split(args.postern_cmd)) if args.postern_cmd else default
     return args
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import collections
 import os
-import shlex
 import shutil
 import signal
 import subprocess
@@ -134,11 +133,7 @@ def report(
 def profile_run(args: argparse.Namespace, out_dir: Path) -> tuple[Path, float, dict[int, float]]:
     """Run the load under py-spy; the raw file, the seconds sampled, CPU s per thread."""
     raw = out_dir / "postern.pyspy.txt"
-    command = (
-        tuple(shlex.split(args.postern_cmd))
-        if args.postern_cmd
-        else (sys.executable, "-m", "gateway.process.cli", "serve")
-    )
+    command = args.postern_cmd
     sink = compare_postfix.SmtpSink()
     try:
         postern = relay.Postern(command, out_dir, sink.port, args.upstream_connections, args.dkim)
@@ -228,7 +223,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--messages", "-n", type=int, default=20000)
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     parser.add_argument("--upstream-connections", type=int, default=20)
-    parser.add_argument("--postern-cmd", help="command that runs Postern's `serve`")
+    relay.add_postern_cmd(parser)
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--native", action="store_true", help="py-spy --native (C frames too)")

@@ -809,7 +809,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--messages", "-n", type=int, default=5000)
     parser.add_argument("--clients", "-c", type=int, default=10)
     parser.add_argument("--size", type=int, default=1024, help="message size in bytes")
-    parser.add_argument("--postern-cmd", help="command that runs Postern's `serve`")
+    add_postern_cmd(parser)
     parser.add_argument("--upstream-connections", type=int, default=10)
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per run")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (config, log)")
@@ -834,7 +834,7 @@ def cases(args: argparse.Namespace) -> list[Case]:
         clients=args.clients,
         size=args.size,
         direct=args.direct,
-        postern_cmd=tuple(shlex.split(args.postern_cmd)) if args.postern_cmd else SERVE,
+        postern_cmd=args.postern_cmd,
         upstream_connections=args.upstream_connections,
         timeout=args.timeout,
         keep=args.keep,
