@@ -468,6 +468,7 @@ _ADDED_COLUMNS = (
     # new table, from create_all: no column added).
     # Schema 11: large bodies written in pieces (message_piece is a new table, from
     # create_all, with its index; no column added: a pieced body's message_body row is empty).
+    # Schema 12: no column; four indexes of `message` made partial (_DROPPED_INDEXES).
 )
 
 # Run once, right after their column was added, to fill it in for the rows already there.
@@ -513,6 +514,13 @@ _BACKFILLS = {
 _DROPPED_INDEXES = (
     "ix_recipient_message",  # by ix_recipient_message_email
     "ix_recipient_email",  # by ix_recipient_email_time (schema 10)
+    # Schema 12: full indexes replaced by partial ones (storage.models: the rows whose
+    # column is NULL no longer write an entry), under new names, so that the drop and the
+    # create below are both done once, whichever process upgrades first.
+    "ix_message_claimed_by",  # by ix_message_claimed
+    "ix_message_api_key",  # by ix_message_sent_by_key
+    "ix_message_user",  # by ix_message_sent_by_user
+    "ix_message_header_id",  # by ix_message_header
 )
 
 # What schema 3's webhook fan-out used. Dropped on SQLite (one node); kept on PostgreSQL,

@@ -30,7 +30,7 @@ from sqlalchemy.event import listen
 if TYPE_CHECKING:
     from sqlalchemy import Connection
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 
 # Every table, for create_all and the upgrades (storage.db). Core tables, not ORM classes:
 # storage reads and writes rows with Core statements only, and the classes (SQLModel, so
@@ -113,7 +113,16 @@ Message = Table(
         "due_at",
         where="due_at IS NOT NULL",
     ),
-    Index("ix_message_claimed_by", "claimed_by"),
+    # Schema 12: the partial indexes below hold only the rows where their first column is
+    # set (their NULLs are never searched for, and `col = ?` implies `col IS NOT NULL`, so
+    # both planners still choose them): a message without one (unauthenticated SMTP mail,
+    # no Message-ID, no claim any more) writes no entry, and on PostgreSQL an UPDATE that
+    # cannot stay on its page (HOT) adds no entry either. Each replaced a full index of
+    # schema 11 under another name (storage.db._DROPPED_INDEXES).
+    #
+    # The claims of a node (RENEW, RELEASE): set only while a worker holds the message, so
+    # this index holds the messages in flight, not every message ever delivered.
+    _partial("ix_message_claimed", "claimed_by", where="claimed_by IS NOT NULL"),
     # The queue gauge counts messages with work left by status from this index alone.
     _partial(
         "ix_message_active_status",
@@ -124,15 +133,35 @@ Message = Table(
     # Queue search (GET /v1/messages): each filter has an index to start from.
     Index("ix_message_created", "created_at"),
     Index("ix_message_from", "mail_from", "created_at"),
+    # Not partial: the search by pool reads the mail never attempted (last_pool NULL) by
+    # its intake pool from here too, a branch of its OR (storage.message_search.criteria).
     Index("ix_message_last_pool", "last_pool", "created_at"),
     # A key other than an admin's searches only its own mail: its pages read this index
     # in order, never every message the key ever sent (`id` too: the pages order by it
     # after created_at, and without it SQLite sorts each run of equal created_at).
-    Index("ix_message_api_key", "api_key_id", "created_at", "id"),
+    _partial(
+        "ix_message_sent_by_key",
+        "api_key_id",
+        "created_at",
+        "id",
+        where="api_key_id IS NOT NULL",
+    ),
     # A member searches the mail they sent (by session or by their keys): the same shape.
-    Index("ix_message_user", "user_id", "created_at", "id"),
+    _partial(
+        "ix_message_sent_by_user",
+        "user_id",
+        "created_at",
+        "id",
+        where="user_id IS NOT NULL",
+    ),
     # A report's returned Message-ID and the search's message_id_header filter.
-    Index("ix_message_header_id", "header_message_id", "created_at", "id"),
+    _partial(
+        "ix_message_header",
+        "header_message_id",
+        "created_at",
+        "id",
+        where="header_message_id IS NOT NULL",
+    ),
     # The search's client filter: one address in page order, or a CIDR block as a range.
     Index("ix_message_client", "client_address", "created_at", "id"),
 )
