@@ -147,7 +147,7 @@ def criteria(flt: MessageFilter, statuses: Sequence[str] | None = None) -> list[
         clauses.append(M.c.mail_from == flt.mail_from)
     if flt.tag is not None:
         clauses.append(M.c.id.in_(select(T.c.message_id).where(T.c.tag == flt.tag)))
-    if flt.message_id_header is not None:  # ix_message_header_id
+    if flt.message_id_header is not None:  # ix_message_header
         clauses.append(M.c.header_message_id == flt.message_id_header)
     if flt.subject:
         # The first word drives (its entries, an IN the planners read from the index);
@@ -161,11 +161,11 @@ def criteria(flt: MessageFilter, statuses: Sequence[str] | None = None) -> list[
     if flt.until is not None:
         clauses.append(M.c.created_at < flt.until)
     if flt.api_key_id is not None:
-        # On `message` itself (ix_message_api_key), so that a page is read from the index
-        # in order rather than by sorting every message the key ever sent.
+        # On `message` itself (ix_message_sent_by_key), so that a page is read from the
+        # index in order rather than by sorting every message the key ever sent.
         clauses.append(M.c.api_key_id == flt.api_key_id)
-    if flt.user_id is not None:
-        clauses.append(M.c.user_id == flt.user_id)  # ix_message_user, for the same reason
+    if flt.user_id is not None:  # ix_message_sent_by_user, for the same reason
+        clauses.append(M.c.user_id == flt.user_id)
     return clauses
 
 

@@ -30,7 +30,7 @@ from sqlalchemy.event import listen
 if TYPE_CHECKING:
     from sqlalchemy import Connection
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 
 # Every table, for create_all and the upgrades (storage.db). Core tables, not ORM classes:
 # storage reads and writes rows with Core statements only, and the classes (SQLModel, so
@@ -113,7 +113,16 @@ Message = Table(
         "due_at",
         where="due_at IS NOT NULL",
     ),
-    Index("ix_message_claimed_by", "claimed_by"),
+    # Schema 12: the partial indexes below hold only the rows where their first column is
+    # set (their NULLs are never searched for, and `col = ?` implies `col IS NOT NULL`, so
+    # both planners still choose them): a message without one (unauthenticated SMTP mail,
+    # no Message-ID, no claim any more) writes no entry, and on PostgreSQL an UPDATE that
+    # cannot stay on its page (HOT) adds no entry either. Each replaced a full index of
+    # schema 11 under another name (storage.db._DROPPED_INDEXES).
+    #
+    # The claims of a node (RENEW, RELEASE): set only while a worker holds the message, so
+    # this index holds the messages in flight, not every message ever delivered.
+    _partial("ix_message_claimed", "claimed_by", where="claimed_by IS NOT NULL"),
     # The queue gauge counts messages with work left by status from this index alone.
     _partial(
         "ix_message_active_status",
@@ -124,15 +133,35 @@ Message = Table(
     # Queue search (GET /v1/messages): each filter has an index to start from.
     Index("ix_message_created", "created_at"),
     Index("ix_message_from", "mail_from", "created_at"),
+    # Not partial: the search by pool reads the mail never attempted (last_pool NULL) by
+    # its intake pool from here too, a branch of its OR (storage.message_search.criteria).
     Index("ix_message_last_pool", "last_pool", "created_at"),
     # A key other than an admin's searches only its own mail: its pages read this index
     # in order, never every message the key ever sent (`id` too: the pages order by it
     # after created_at, and without it SQLite sorts each run of equal created_at).
-    Index("ix_message_api_key", "api_key_id", "created_at", "id"),
+    _partial(
+        "ix_message_sent_by_key",
+        "api_key_id",
+        "created_at",
+        "id",
+        where="api_key_id IS NOT NULL",
+    ),
     # A member searches the mail they sent (by session or by their keys): the same shape.
-    Index("ix_message_user", "user_id", "created_at", "id"),
+    _partial(
+        "ix_message_sent_by_user",
+        "user_id",
+        "created_at",
+        "id",
+        where="user_id IS NOT NULL",
+    ),
     # A report's returned Message-ID and the search's message_id_header filter.
-    Index("ix_message_header_id", "header_message_id", "created_at", "id"),
+    _partial(
+        "ix_message_header",
+        "header_message_id",
+        "created_at",
+        "id",
+        where="header_message_id IS NOT NULL",
+    ),
     # The search's client filter: one address in page order, or a CIDR block as a range.
     Index("ix_message_client", "client_address", "created_at", "id"),
 )
@@ -199,6 +228,13 @@ Suppression = Table(
 )
 
 
+# The side tables written with each message and looked up by its id (its meta row, tags,
+# Subject words) are their primary key alone on SQLite (WITHOUT ROWID, schema 12;
+# storage.db rebuilds a schema 11 one): a rowid table with a text key is two b-trees, the
+# rows and the key's own index, both written for each row; this way one. PostgreSQL keeps
+# its heap and key index as ever. (Not message_body: its blob I/O needs the rowid.)
+
+
 # What the client said about a message beyond its bytes (API key, tags, metadata).
 #
 # A side table, written in the message's own transaction only when there is something to
@@ -212,7 +248,9 @@ MessageMeta = Table(
     Column("tags", Text, nullable=False),  # JSON list
     Column("metadata_json", Text, nullable=False),  # JSON
     Column("idempotency_key", String(128)),
-    Index("ix_message_meta_api_key", "api_key_id"),
+    # No index on api_key_id (schema 12 dropped it): the search by key reads message's own
+    # column (ix_message_sent_by_key), and nothing looks this table up but by message.
+    sqlite_with_rowid=False,  # (see above message_meta)
 )
 
 
@@ -385,6 +423,7 @@ MessageTag = Table(
     Column("message_id", String(64), primary_key=True),
     Column("tag", String(128), primary_key=True),
     Index("ix_message_tag_tag", "tag", "message_id"),
+    sqlite_with_rowid=False,  # (see above message_meta)
 )
 
 
@@ -399,6 +438,7 @@ MessageSubjectWord = Table(
     # the message's created_at: the search's order
     Column("message_created_at", Float, nullable=False),
     Index("ix_subject_word_time", "word", "message_created_at", "message_id"),
+    sqlite_with_rowid=False,  # (see above message_meta)
 )
 
 

@@ -175,7 +175,7 @@ async def test_each_filter_is_served_by_an_index(backend: Database, name: str) -
 
 
 async def test_a_keys_own_pages_are_read_in_order_from_its_index(backend: Database) -> None:
-    """A non-admin key's search (no other criterion) reads ix_message_api_key in page
+    """A non-admin key's search (no other criterion) reads ix_message_sent_by_key in page
     order: no scan of `message`, and no sort, so a page never loads all the key's mail."""
     await _fill(backend, 600)
     flt = MessageFilter(api_key_id="key_1")
@@ -190,7 +190,7 @@ async def test_a_keys_own_pages_are_read_in_order_from_its_index(backend: Databa
         plan = await _plan(backend, query)
         assert not _full_scans(backend, plan), f"{what}:\n{plan}"
         if backend.is_sqlite:
-            assert "ix_message_api_key" in plan, f"{what}:\n{plan}"
+            assert "ix_message_sent_by_key" in plan, f"{what}:\n{plan}"
             assert "TEMP B-TREE" not in plan, f"{what}:\n{plan}"
         else:
             assert "Seq Scan" not in plan, f"{what}:\n{plan}"

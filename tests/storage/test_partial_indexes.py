@@ -1,8 +1,8 @@
 """The partial indexes (the claim path's `due_at IS NOT NULL`, the one default alias, the
-one active DKIM key...) are partial on both backends. PostgreSQL's WHERE is set as the
-index is created there (storage.models._partial), so that importing the tables loads no
-PostgreSQL dialect: this checks the database's own definitions, at the first creation and
-at an upgrade that creates them again.
+one active DKIM key, schema 12's `col IS NOT NULL` of message...) are partial on both
+backends. PostgreSQL's WHERE is set as the index is created there (storage.models._partial),
+so that importing the tables loads no PostgreSQL dialect: this checks the database's own
+definitions, at the first creation and at an upgrade that creates them again.
 """
 
 from __future__ import annotations
@@ -43,14 +43,16 @@ def _assert_partial(found: dict[str, str]) -> None:
     assert set(found) == set(PARTIAL)
     for name, definition in found.items():
         where = definition.partition(" WHERE ")[2]
-        column = PARTIAL[name].split()[0]  # due_at, status, is_default
+        column = PARTIAL[name].split()[0]  # due_at, status, is_default, claimed_by...
         assert column in where, (name, definition)
 
 
-def test_the_tables_declare_six_partial_indexes() -> None:
+def test_the_tables_declare_ten_partial_indexes() -> None:
     assert sorted(PARTIAL) == [
-        "ix_message_active_status", "ix_message_due", "ux_dkim_key_active",
-        "ux_invitations_pending", "ux_mail_account_default", "ux_sender_alias_default",
+        "ix_message_active_status", "ix_message_claimed", "ix_message_due",
+        "ix_message_header", "ix_message_sent_by_key", "ix_message_sent_by_user",
+        "ux_dkim_key_active", "ux_invitations_pending", "ux_mail_account_default",
+        "ux_sender_alias_default",
     ]  # fmt: skip
 
 

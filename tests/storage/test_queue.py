@@ -98,7 +98,7 @@ async def test_enqueue_stores_message_body_and_recipients(backend: Database, que
 async def test_enqueue_records_the_sending_key_on_the_message(
     backend: Database, queue: Queue
 ) -> None:
-    """The key that sent a message is on its row (for ix_message_api_key); SMTP without
+    """The key that sent a message is on its row (for ix_message_sent_by_key); SMTP without
     AUTH has none."""
     sender = Sender(api_key_id="key_abc", may_send=True, may_sandbox=False)
     keyed = await queue.enqueue(dataclasses.replace(submission(), sender=sender), ROUTE, False)
@@ -490,7 +490,7 @@ async def test_upgrade_adds_and_backfills_message_api_key_once(
     anonymous = await queue.enqueue(submission(), ROUTE, claim=False)
 
     def downgrade(conn: Connection) -> None:
-        conn.execute(text("DROP INDEX ix_message_api_key"))
+        conn.execute(text("DROP INDEX ix_message_sent_by_key"))
         conn.execute(text("ALTER TABLE message DROP COLUMN api_key_id"))
         conn.execute(text("UPDATE postern_meta SET value = '2' WHERE key = 'schema_version'"))
 
@@ -504,7 +504,7 @@ async def test_upgrade_adds_and_backfills_message_api_key_once(
     def indexes(conn: Connection) -> set[str]:
         return {i["name"] for i in inspect(conn).get_indexes("message")}
 
-    assert "ix_message_api_key" in await backend.read(indexes)
+    assert "ix_message_sent_by_key" in await backend.read(indexes)
 
     def older_again(conn: Connection) -> None:
         conn.execute(

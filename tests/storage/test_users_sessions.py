@@ -120,7 +120,7 @@ async def test_a_schema_6_database_gains_the_owner_columns(backend: Database) ->
     added += [(t, "created_by") for t in ("smtp_pool", "sender_domain", "sender_alias", "webhook")]
 
     def to_schema_6(conn: Connection) -> None:
-        conn.execute(text("DROP INDEX IF EXISTS ix_message_user"))
+        conn.execute(text("DROP INDEX IF EXISTS ix_message_sent_by_user"))
         for table, column in added:
             conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
         conn.execute(text("UPDATE postern_meta SET value = '6' WHERE key = 'schema_version'"))
