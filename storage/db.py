@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, select, text
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
-from sqlalchemy.schema import CreateTable
 
 from storage.errors import StorageError, database_failed, unavailable
 from storage.models import EVENT_TXID, SCHEMA_VERSION, Meta, metadata
@@ -508,8 +507,7 @@ _ADDED_COLUMNS = (
     # new table, from create_all: no column added).
     # Schema 11: large bodies written in pieces (message_piece is a new table, from
     # create_all, with its index; no column added: a pieced body's message_body row is empty).
-    # Schema 12: no column; four indexes of `message` made partial (_DROPPED_INDEXES), and
-    # on SQLite three side tables rebuilt WITHOUT ROWID (_drop_rowids).
+    # Schema 12: no column; four indexes of `message` made partial (_DROPPED_INDEXES).
 )
 
 # Run once, right after their column was added, to fill it in for the rows already there.
@@ -562,7 +560,6 @@ _DROPPED_INDEXES = (
     "ix_message_api_key",  # by ix_message_sent_by_key
     "ix_message_user",  # by ix_message_sent_by_user
     "ix_message_header_id",  # by ix_message_header
-    "ix_message_meta_api_key",  # read by no query (the search reads message.api_key_id)
 )
 
 # What schema 3's webhook fan-out used. Dropped on SQLite (one node); kept on PostgreSQL,
@@ -590,8 +587,6 @@ def _upgrade(conn: Connection) -> None:
         conn.execute(text("ALTER TABLE event ALTER COLUMN type TYPE VARCHAR(32)"))
     for old in _DROPPED_INDEXES:  # superseded: each costs work on every write
         conn.execute(text(f"DROP INDEX IF EXISTS {old}"))
-    if conn.dialect.name == "sqlite":
-        _drop_rowids(conn)
     fanned_out = _FAN_OUT_COLUMN in {c["name"] for c in inspector.get_columns("event")}
     if fanned_out and conn.dialect.name == "postgresql":
         conn.execute(text(f"ALTER TABLE event ALTER COLUMN {_FAN_OUT_COLUMN} SET DEFAULT false"))
@@ -607,30 +602,6 @@ def _upgrade(conn: Connection) -> None:
     rekeyed = rekey(conn)  # schema 5: one key per mailbox, whatever the case or quotes
     if rekeyed:
         log.warning("%d suppression entries re-keyed to the lower-cased address", rekeyed)
-
-
-def _drop_rowids(conn: Connection) -> None:
-    """Rebuild as WITHOUT ROWID each table the model declares so (schema 12) that is still a
-    rowid table: renamed aside, created anew, its rows copied, the old one dropped with its
-    indexes (which _upgrade creates again next, on the new table, from the model). Done
-    within the upgrade's transaction: all of it, or none."""
-    for table in metadata.sorted_tables:
-        if table.dialect_options["sqlite"]["with_rowid"]:
-            continue
-        found = text("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = :name")
-        ddl = conn.execute(found, {"name": table.name}).scalar()
-        if ddl is None or "WITHOUT ROWID" in str(ddl).upper():
-            continue
-        aside = f"{table.name}_rowid"
-        columns = ", ".join(column.name for column in table.columns)
-        # A rowid table's text key may hold NULL (an old SQLite quirk); WITHOUT ROWID's may
-        # not. No such row was ever written, and none could be found by its key.
-        keyed = " AND ".join(f"{column.name} IS NOT NULL" for column in table.primary_key)
-        conn.execute(text(f"ALTER TABLE {table.name} RENAME TO {aside}"))
-        conn.execute(CreateTable(table))
-        copy = f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM {aside} WHERE {keyed}"
-        conn.execute(text(copy))
-        conn.execute(text(f"DROP TABLE {aside}"))
 
 
 async def create_schema(db: Database) -> None:

@@ -228,13 +228,6 @@ Suppression = Table(
 )
 
 
-# The side tables written with each message and looked up by its id (its meta row, tags,
-# Subject words) are their primary key alone on SQLite (WITHOUT ROWID, schema 12;
-# storage.db rebuilds a schema 11 one): a rowid table with a text key is two b-trees, the
-# rows and the key's own index, both written for each row; this way one. PostgreSQL keeps
-# its heap and key index as ever. (Not message_body: its blob I/O needs the rowid.)
-
-
 # What the client said about a message beyond its bytes (API key, tags, metadata).
 #
 # A side table, written in the message's own transaction only when there is something to
@@ -248,9 +241,7 @@ MessageMeta = Table(
     Column("tags", Text, nullable=False),  # JSON list
     Column("metadata_json", Text, nullable=False),  # JSON
     Column("idempotency_key", String(128)),
-    # No index on api_key_id (schema 12 dropped it): the search by key reads message's own
-    # column (ix_message_sent_by_key), and nothing looks this table up but by message.
-    sqlite_with_rowid=False,  # (see above message_meta)
+    Index("ix_message_meta_api_key", "api_key_id"),
 )
 
 
@@ -423,7 +414,6 @@ MessageTag = Table(
     Column("message_id", String(64), primary_key=True),
     Column("tag", String(128), primary_key=True),
     Index("ix_message_tag_tag", "tag", "message_id"),
-    sqlite_with_rowid=False,  # (see above message_meta)
 )
 
 
@@ -438,7 +428,6 @@ MessageSubjectWord = Table(
     # the message's created_at: the search's order
     Column("message_created_at", Float, nullable=False),
     Index("ix_subject_word_time", "word", "message_created_at", "message_id"),
-    sqlite_with_rowid=False,  # (see above message_meta)
 )
 
 

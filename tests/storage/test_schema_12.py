@@ -3,9 +3,7 @@
 writes no entry for it. Every query that read them still does, with its values bound as
 the server binds them (SQLite's `?`, PostgreSQL's generic plan of a prepared statement);
 a schema 11 database trades its full indexes for the partial ones in place, once, however
-many processes start on it together. On SQLite the side tables written with each message
-(meta, tags, Subject words) are their primary key alone (WITHOUT ROWID), rebuilt so with
-every row at the upgrade; message_meta's unread index is gone on both.
+many processes start on it together.
 """
 
 from __future__ import annotations
@@ -14,15 +12,13 @@ import asyncio
 import time
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, inspect, select, text
-from sqlalchemy.schema import CreateTable
+from sqlalchemy import Connection, bindparam, insert, select, text
 from sqlalchemy.sql import Executable
 
 from storage import queue_sql as sql
 from storage.db import Database, create_schema
-from storage.message_search import MessageFilter, count_query, ids_query, search, search_query
-from storage.models import SCHEMA_VERSION, Message, metadata
-from tests.support.stored import seed
+from storage.message_search import MessageFilter, count_query, ids_query, search_query
+from storage.models import SCHEMA_VERSION, Message
 
 PARTIAL = {
     "ix_message_claimed": "claimed_by",
@@ -203,62 +199,3 @@ async def test_nodes_starting_together_on_a_schema_11_database_upgrade_it_once(
         await third.dispose()
     _assert_schema_12(await backend.read(_definitions))
     assert await backend.read(_version) == str(SCHEMA_VERSION)
-
-
-SIDE_TABLES = ("message_meta", "message_tag", "message_subject_word")
-
-
-def _side_tables_as_schema_11(conn: Connection) -> None:
-    """The side tables as schema 11 made them: rowid tables (their text key an index of
-    its own), message_meta with ix_message_meta_api_key."""
-    conn.execute(text("UPDATE postern_meta SET value = '11' WHERE key = 'schema_version'"))
-    for name in SIDE_TABLES if conn.dialect.name == "sqlite" else ():
-        table = metadata.tables[name]
-        ddl = str(CreateTable(table).compile(dialect=conn.dialect)).replace("WITHOUT ROWID", "")
-        conn.execute(text(f"ALTER TABLE {name} RENAME TO {name}_new"))
-        conn.execute(text(ddl))
-        conn.execute(text(f"INSERT INTO {name} SELECT * FROM {name}_new"))
-        conn.execute(text(f"DROP TABLE {name}_new"))
-        for index in table.indexes:
-            index.create(conn)
-    conn.execute(text("CREATE INDEX ix_message_meta_api_key ON message_meta (api_key_id)"))
-
-
-def _side_state(conn: Connection) -> dict[str, Any]:
-    state: dict[str, Any] = {
-        name: sorted(map(tuple, conn.execute(text(f"SELECT * FROM {name}"))))
-        for name in SIDE_TABLES
-    }
-    state["indexes"] = {
-        name: sorted(str(i["name"]) for i in inspect(conn).get_indexes(name))
-        for name in SIDE_TABLES
-    }
-    if conn.dialect.name == "sqlite":
-        query = text("SELECT name, sql FROM sqlite_master WHERE type = 'table'")
-        state["rowid"] = sorted(
-            name for name, ddl in conn.execute(query)
-            if name in SIDE_TABLES and "WITHOUT ROWID" not in ddl
-        )  # fmt: skip
-    return state
-
-
-async def test_a_schema_11_databases_side_tables_become_their_key_alone(
-    backend: Database,
-) -> None:
-    """On SQLite the side tables are rebuilt WITHOUT ROWID with every row; on both, the
-    meta table's unread index goes; the search by tag and by subject word still finds."""
-    await seed(backend, 60, ["key_a", "key_b"])
-    made = await backend.read(_side_state)
-    await backend.transaction(_side_tables_as_schema_11)
-    older = await backend.read(_side_state)
-    assert "ix_message_meta_api_key" in older["indexes"]["message_meta"]
-    if backend.is_sqlite:
-        assert older["rowid"] == sorted(SIDE_TABLES)
-    await create_schema(backend)
-    await create_schema(backend)  # again: nothing left to do
-    assert await backend.read(_side_state) == made
-    assert await backend.read(_version) == str(SCHEMA_VERSION)
-    expected = {"t3": sum(i % 10 == 3 for i in range(60)), "3": sum(i % 9 == 3 for i in range(60))}
-    tagged, _ = await search(backend, MessageFilter(tag="t3"), 100)
-    worded, _ = await search(backend, MessageFilter(subject=("order", "3")), 100)
-    assert (len(tagged), len(worded)) == (expected["t3"], expected["3"])
