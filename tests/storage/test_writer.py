@@ -314,20 +314,26 @@ async def test_a_contended_write_lock_is_waited_for_by_a_thread_kept_for_the_nex
     holder = os.open(tmp_path / "postern.db-writer", os.O_RDWR)
     writer = Writer(first)
     writer.start()
+    before = waiting_threads()  # kept from earlier tests in this process, idle
+    seen: set[threading.Thread] = set()
     try:
         for i in range(5):
             fcntl.flock(holder, fcntl.LOCK_EX)
             job = asyncio.ensure_future(writer.submit(put(f"contended{i}")))
             await asyncio.sleep(0.05)
-            assert not job.done()  # waiting for the lock
+            assert not job.done()  # waiting for the lock, in a thread
+            seen |= waiting_threads()
             fcntl.flock(holder, fcntl.LOCK_UN)
             await asyncio.wait_for(job, WAIT)
     finally:
         os.close(holder)
         await writer.stop()
-    waiting = [t for t in threading.enumerate() if t.name == "db-write-lock"]
-    assert len(waiting) == 1
+    assert len(seen - before) <= 1  # one started, or an idle one reused: not one a wait
     assert len(await stored(first, "contended")) == 5
+
+
+def waiting_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == "db-write-lock"}
 
 
 @pytest.mark.parametrize(
