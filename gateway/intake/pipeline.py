@@ -163,9 +163,10 @@ class Intake:
         self._signers = signers
         self._identities = identities  # aliases for routing, verified senders for policy
 
-    async def suppressed(self, addresses: Sequence[str]) -> set[str]:
-        """Which of `addresses` must not be sent to."""
-        return await self._queue.is_suppressed(addresses)
+    def suppressed(self, addresses: Sequence[str]) -> set[str]:
+        """Which of `addresses` must not be sent to (the in-memory copy: no I/O, so no
+        coroutine for each RCPT)."""
+        return self._queue.suppressions.suppressed(addresses)
 
     async def envelope_problem(self, mail_from: str, sender: Sender | None = None) -> str | None:
         """Why the sender policy refuses this envelope sender (a reason safe to show), or

@@ -10,6 +10,7 @@ check that the marker is the only thing the upstream ever saw.
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import subprocess
 from collections.abc import AsyncIterator
@@ -412,3 +413,49 @@ async def test_the_listener_keeps_its_backlog_of_1024(service: ServiceFactory) -
     ).stdout.split()
     assert shown[0] == "LISTEN"
     assert int(shown[2]) == BACKLOG == 1024
+
+
+# --- aiosmtpd's command loop (gateway.smtpd.commands) ------------------------------------------
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+async def test_command_lines_are_logged_only_when_info_is_on_and_secrets_hidden(
+    service: ServiceFactory, client_factory: OpenClient
+) -> None:
+    """aiosmtpd's per-line log calls are made only when its logger's level is on; when on,
+    they are as aiosmtpd makes them: an AUTH line's argument hidden."""
+    svc = await service()
+    assert svc.smtp_handler is not None
+    protocol = svc.smtp_handler.protocol()  # the configuration CommandLoop follows
+    assert protocol._proxy_timeout is None and not protocol._enforce_call_limit
+    assert protocol.enable_SMTPUTF8
+    records = _Records()
+    chatter = logging.getLogger("mail.log")
+    previous = chatter.level
+    chatter.setLevel(logging.WARNING)  # as gateway.process.logs sets it
+    chatter.addHandler(records)
+    try:
+        client = await client_factory(svc)
+        await client.ehlo()
+        assert (await client.command("NOOP quiet")).code == 250
+        assert not [line for line in records.lines if "quiet" in line]
+
+        chatter.setLevel(logging.DEBUG)
+        reply = await client.command("AUTH PLAIN !not-base64-secret")
+        assert reply.code == 501, reply
+        assert (await client.command("NOOP loud")).code == 250
+        assert [line for line in records.lines if ">> b'NOOP loud'" in line]
+        assert [line for line in records.lines if "<< b'250 2.0.0 OK'" in line]
+        assert [line for line in records.lines if "b'AUTH PLAIN ********'" in line]
+        assert not [line for line in records.lines if "not-base64-secret" in line]
+    finally:
+        chatter.removeHandler(records)
+        chatter.setLevel(previous)
