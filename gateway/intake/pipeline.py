@@ -175,7 +175,8 @@ class Intake:
         identities = self._identities
         if identities is None or not mail_from:
             return None
-        await identities.refresh_if_stale()
+        if identities.stale:
+            await identities.refresh_if_stale()
         problem = identities.envelope_problem(mail_from)
         if problem is not None:
             metrics.MESSAGES_REFUSED.labels(reason="unverified_sender").inc()
@@ -195,7 +196,7 @@ class Intake:
         retry, looked up first (the recipient may have been suppressed since the first
         request was sent).
         """
-        if self._identities is not None:
+        if self._identities is not None and self._identities.stale:
             await self._identities.refresh_if_stale()
         try:
             blocked, parts = self._policy(submission)
