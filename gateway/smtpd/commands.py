@@ -39,6 +39,7 @@ class CommandLoop(SMTP):
     # The command under way, its argument and the envelope as it started (aiosmtpd renews
     # the envelope before its reply to the final dot): a refusal is logged with them.
     _command: tuple[str, str | None, Envelope | None] = ("CONNECT", None, None)
+    _held = b""  # replies held back (_write_reply)
 
     async def _handle_client(self) -> None:
         assert self.session is not None
@@ -98,14 +99,32 @@ class CommandLoop(SMTP):
             except Exception as error:
                 await self._answer_error(error)
 
-    def _write_reply(self, status: str | bytes) -> None:
+    def _write_reply(self, status: str | bytes, hold: bool = False) -> bool:
         """aiosmtpd's push up to its drain (PosternSMTP.push awaits that): the reply
-        written, and logged if DEBUG is on."""
+        written, and logged if DEBUG is on. With `hold`, kept to go out with the next reply
+        written (RFC 2920 §3.2: one write, not one per reply of a pipelined group); returns
+        whether it was written."""
         response = status.encode() if isinstance(status, str) else status  # SMTPUTF8 is on
-        self._writer.write(response + b"\r\n")
         if _LOG.isEnabledFor(logging.DEBUG):
             assert self.session is not None
             _LOG.debug("%r << %r", self.session.peer, response)
+        if hold:
+            self._held += response + b"\r\n"
+            return False
+        self._writer.write(self._held + response + b"\r\n" if self._held else response + b"\r\n")
+        self._held = b""
+        return True
+
+    def _write_held(self) -> None:
+        """Write the replies held back, before anything is written past push."""
+        if self._held:
+            self._writer.write(self._held)
+            self._held = b""
+
+    def _next_command_here(self) -> bool:
+        """Whether a whole command line of the client's is read already: the loop answers it
+        at once, without waiting for the client (which waits for no reply before it)."""
+        return b"\n" in self._reader._buffer  # type: ignore[attr-defined]
 
     async def _skip_long_line(self, consumed: int) -> None:
         """Read the rest of a line over the stream's limit, up to its end."""

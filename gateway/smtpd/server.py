@@ -173,6 +173,8 @@ class PosternSMTP(ApiKeyAuth, CommandLoop):
 
     def _timeout_cb(self) -> None:
         ends = self._session_ends
+        if self.transport is not None:  # (a handler awaited I/O) what it answered first
+            self._write_held()
         if ends is not None and self.loop.time() >= ends - 0.01 and self.transport is not None:
             self.log_refusal(replies.SESSION_TOO_LONG)
             self.transport.write(replies.SESSION_TOO_LONG.line)  # type: ignore[attr-defined]
@@ -268,6 +270,7 @@ class PosternSMTP(ApiKeyAuth, CommandLoop):
         return await self._call_handler_hook("DATA")
 
     async def push(self, status: Any) -> None:
+        hold = False
         if isinstance(status, str):
             if type(status) is not replies.Reply:  # ours have their enhanced code
                 status = replies.with_enhanced_code(status)
@@ -276,9 +279,25 @@ class PosternSMTP(ApiKeyAuth, CommandLoop):
                 self._log_refusal_of(status)
             elif code == "354":
                 self._command = ("END-OF-DATA", *self._command[1:])
-        self._write_reply(status)  # aiosmtpd's push, but one coroutine for both
-        if self._must_drain():
+            hold = self._may_hold(status)
+        # aiosmtpd's push, but one coroutine for both
+        if self._write_reply(status, hold) and self._must_drain():
             await self._writer.drain()
+
+    def _may_hold(self, reply: str) -> bool:
+        """Whether `reply` may wait to go out with the next (RFC 2920 §3.2, as Postfix
+        does): a line of a multi-line reply (EHLO's), whose last line follows at once, or
+        MAIL's or RCPT's 250 while the client's next command is here already (the client
+        waits for no reply before it, and the loop answers it at once). Anything else is
+        written at once, with what was held before it: 354 before the content is read,
+        a refusal, 221 or 421 before the connection closes, the final dot's 250."""
+        if reply[3:4] == "-":
+            return True
+        return (
+            reply[:4] == "250 "
+            and self._command[0] in ("MAIL", "RCPT")
+            and self._next_command_here()
+        )
 
     def _must_drain(self) -> bool:
         """Whether StreamWriter.drain has anything to do: wait for the client to read (we

@@ -105,6 +105,45 @@ async def test_pipelined_commands_get_their_replies_in_order(
     assert sink.messages[0].rcpt_tos == ["b@y.test", "c@y.test"]
 
 
+async def test_the_replies_to_a_pipelined_group_go_out_in_one_write(
+    service: ServiceFactory, sink: Sink, client_factory: OpenClient
+) -> None:
+    """RFC 2920 §3.2, as Postfix: MAIL's and RCPT's 250 wait while the next command is read
+    already, and go out with the reply that ends the group (one write, not four); EHLO's
+    lines go out as one. A refusal is not held (nor what was held before it)."""
+    svc = await service()
+    assert svc.smtp_handler is not None
+    client = await client_factory(svc)
+    (session,) = svc.smtp_handler.sessions
+    writes: list[bytes] = []
+    write = session._writer.write
+
+    def noted(data: bytes) -> None:  # the real write, counted
+        writes.append(bytes(data))
+        write(data)
+
+    session._writer.write = noted  # type: ignore[method-assign,assignment]
+    await client.ehlo()
+    assert len(writes) == 1 and writes[0].count(b"\r\n") >= 6, writes
+
+    writes.clear()
+    group = b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nRCPT TO:<c@y.test>\r\n"
+    await client.send(group + b"DATA\r\n")  # one send: read as one
+    assert [(await client.reply()).code for _ in range(4)] == [250, 250, 250, 354]
+    assert writes == [
+        f"{replies.OK_SENDER}\r\n{replies.OK_RECIPIENT}\r\n{replies.OK_RECIPIENT}\r\n"
+        f"{replies.START_DATA}\r\n".encode()
+    ]
+    await client.send(GOOD + b".\r\n")
+    assert (await client.reply()).code == 250
+
+    writes.clear()
+    await client.send(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b\x01@y.test>\r\nRCPT TO:<c@y.test>\r\n")
+    assert [(await client.reply()).code for _ in range(3)] == [250, 501, 250]
+    assert len(writes) == 2, writes  # 250 with the 501, then the last 250 alone
+    assert await sink.wait_for_async(1, timeout=5)
+
+
 async def test_control_character_in_ehlo_name_is_refused_501(
     service: ServiceFactory, client_factory: OpenClient
 ) -> None:
