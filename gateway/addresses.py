@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from functools import cache
+from functools import cache, lru_cache
 
 # A mailbox's one form lives in storage, which keys its rows by it; the gateway takes it here.
 from storage.mailboxes import mailbox_key as mailbox_key
@@ -65,14 +65,27 @@ def _escape_char(char: str) -> str:
 
 
 def envelope_problem(address: str) -> str | None:
-    """Why `address` is not an acceptable envelope address, or None when it is."""
+    """Why `address` is not an acceptable envelope address, or None when it is.
+
+    Cached: a sender's address comes with each of its messages, and the checks (a regex
+    per domain label, three encodings) cost more than the lookup. Only what may be an
+    address is kept (at most 254 bytes: 4096 keys of at most 1 KiB), never a long value."""
+    if len(address) > _MAX_ADDRESS:
+        return _envelope_problem(address)
+    return _cached_problem(address)
+
+
+_MAX_ADDRESS = 254
+
+
+def _envelope_problem(address: str) -> str | None:
     if has_control(address):
         return "control character in address"
     try:
         address.encode("utf-8")
     except UnicodeEncodeError:
         return "address is not valid UTF-8"
-    if len(address.encode("utf-8", "surrogateescape")) > 254:
+    if len(address.encode("utf-8", "surrogateescape")) > _MAX_ADDRESS:
         return "address too long"
     local, at, domain = address.rpartition("@")
     if not at or not local or not domain:
@@ -84,6 +97,9 @@ def envelope_problem(address: str) -> str | None:
     if not _valid_domain(domain):
         return "malformed domain"
     return None
+
+
+_cached_problem = lru_cache(maxsize=4096)(_envelope_problem)
 
 
 def _valid_local(local: str) -> bool:

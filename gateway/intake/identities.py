@@ -30,9 +30,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 
 from gateway.addresses import mailbox_key
-from gateway.headers import header_block, header_fields, mailboxes
+from gateway.headers import MAX_FROM, header_block, header_fields, mailboxes
 from gateway.message import Sender, Submission
 from gateway.people import roles
 from gateway.routing import AccountView, AliasView, DomainRoute
@@ -55,9 +56,18 @@ def header_from(content: bytes) -> list[str] | None:
         name, colon, value = field.partition(b":")
         if colon and name.strip().lower() == b"from":
             values.append(value)
-    if len(values) != 1:
+    if len(values) != 1 or len(values[0]) > MAX_FROM:  # not parsed, nor kept in the cache
         return None
-    return mailboxes(values[0]) or None
+    found = _from_mailboxes(values[0])
+    return list(found) if found else None
+
+
+@lru_cache(maxsize=1024)
+def _from_mailboxes(value: bytes) -> tuple[str, ...]:
+    """Cached: an application sends from a handful of From values, the stdlib parser is
+    pure Python, and the sender policy and the account check both ask (as
+    gateway.dkim.names caches the signing domain of a From)."""
+    return tuple(mailboxes(value) or ())
 
 
 def _domain(address: str) -> str:
@@ -122,9 +132,14 @@ class Identities:
         self.accounts = tuple(AccountView(a.id, a.email) for a in accounts)
         self._users = {mailbox_key(a.email): frozenset(users[a.id]) for a in accounts}
 
+    @property
+    def stale(self) -> bool:
+        """Older than ttl: refresh_if_stale reloads it (checked first, a coroutine less)."""
+        return time.monotonic() - self._loaded_at > self._ttl
+
     async def refresh_if_stale(self) -> None:
         """Reload when older than ttl; a failed reload keeps the old copy (logged)."""
-        if time.monotonic() - self._loaded_at <= self._ttl:
+        if not self.stale:
             return
         async with self._lock:
             if time.monotonic() - self._loaded_at <= self._ttl:
@@ -142,23 +157,33 @@ class Identities:
     def account_problem(self, submission: Submission, account: AccountView | None) -> str | None:
         """Why this caller may not send as a connected account (its From or envelope
         sender is one's address, or `account` is the one it is routed through), or None."""
-        if submission.system:
-            return None  # Postern's own mail
+        if submission.system or self._judged_user(submission.sender) is None:
+            return None  # Postern's own mail; a sender no account is refused to
+        # Only now the header From is parsed (the email package's parser: slow).
         addresses = [*_senders(submission), *([account.email] if account else [])]
         return self.accounts_refused(addresses, submission.sender)
 
     def accounts_refused(self, addresses: Iterable[str], sender: Sender | None) -> str | None:
         """Why `sender` may not send as the connected accounts among `addresses`, or None."""
-        if sender is None or sender.user_id is None:
-            return None  # a console key, a trusted listener: the policy's rule alone
-        if sender.role is not None and roles.at_least(sender.role, roles.ADMIN):
+        user_id = self._judged_user(sender)
+        if user_id is None:
             return None
         for address in addresses:
             users = self._users.get(mailbox_key(address))
-            if users is not None and sender.user_id not in users:
+            if users is not None and user_id not in users:
                 shown = address.encode("unicode_escape").decode("ascii")[:254]
                 return f"{shown} is a connected account not shared with you"
         return None
+
+    def _judged_user(self, sender: Sender | None) -> str | None:
+        """The user a connected account's address may be refused to, when `sender` is one
+        (a console key, a trusted listener: the policy's rule alone) and no admin, while
+        some account is connected; else None."""
+        if sender is None or sender.user_id is None or not self._users:
+            return None
+        if sender.role is not None and roles.at_least(sender.role, roles.ADMIN):
+            return None
+        return sender.user_id
 
     def sender_problem(self, submission: Submission) -> str | None:
         """Why the policy refuses this sender (a reason safe to show), or None."""

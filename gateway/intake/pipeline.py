@@ -163,9 +163,10 @@ class Intake:
         self._signers = signers
         self._identities = identities  # aliases for routing, verified senders for policy
 
-    async def suppressed(self, addresses: Sequence[str]) -> set[str]:
-        """Which of `addresses` must not be sent to."""
-        return await self._queue.is_suppressed(addresses)
+    def suppressed(self, addresses: Sequence[str]) -> set[str]:
+        """Which of `addresses` must not be sent to (the in-memory copy: no I/O, so no
+        coroutine for each RCPT)."""
+        return self._queue.suppressions.suppressed(addresses)
 
     async def envelope_problem(self, mail_from: str, sender: Sender | None = None) -> str | None:
         """Why the sender policy refuses this envelope sender (a reason safe to show), or
@@ -174,7 +175,8 @@ class Intake:
         identities = self._identities
         if identities is None or not mail_from:
             return None
-        await identities.refresh_if_stale()
+        if identities.stale:
+            await identities.refresh_if_stale()
         problem = identities.envelope_problem(mail_from)
         if problem is not None:
             metrics.MESSAGES_REFUSED.labels(reason="unverified_sender").inc()
@@ -194,7 +196,7 @@ class Intake:
         retry, looked up first (the recipient may have been suppressed since the first
         request was sent).
         """
-        if self._identities is not None:
+        if self._identities is not None and self._identities.stale:
             await self._identities.refresh_if_stale()
         try:
             blocked, parts = self._policy(submission)

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import functools
 import logging
 import re
 import time
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 
@@ -30,6 +29,7 @@ from gateway.queue.ids import new_id_for
 from gateway.security.ratelimit import RateLimiter
 from gateway.smtpd import replies
 from gateway.smtpd.auth import ApiKeyAuth, AuthThrottle, key_refusal, sender_of
+from gateway.smtpd.commands import BETWEEN_COMMANDS, CommandLoop
 from gateway.smtpd.data import DataBudget, Transfer, TransferRefusal
 from gateway.smtpd.limits import ListenerLimits
 from storage.auth_failures import AuthFailures
@@ -55,9 +55,6 @@ class SessionHandler(Protocol):
     keys: KeyStore | None
     login_throttle: AuthThrottle
 
-
-_SMTP = TypeVar("_SMTP", bound=type[SMTP])
-_BETWEEN_COMMANDS = ("UNKNOWN", None, None)  # aiosmtpd answers a line that is no command
 
 # aiosmtpd's replies that echo what the client sent: a line that is no command may be a
 # credential pipelined after a refused AUTH, so the log gets a fixed text instead.
@@ -92,32 +89,11 @@ def _hide_echo(record: logging.LogRecord) -> bool:
 logging.getLogger("mail.log").addFilter(_hide_echo)
 
 
-def _noting_commands(cls: _SMTP) -> _SMTP:
-    """Every smtp_* command notes its name, argument and envelope as it starts (aiosmtpd
-    renews the envelope before its reply to the final dot): a refusal is logged with them."""
-    for name in dir(cls):
-        if name.startswith("smtp_"):
-            setattr(cls, name, _noted(name[5:], getattr(cls, name)))
-    return cls
-
-
-def _noted(stage: str, command: Any) -> Any:
-    @functools.wraps(command)  # keeps aiosmtpd's HELP syntax attributes
-    async def noted(self: PosternSMTP, arg: str | None) -> None:
-        self._command = (stage, arg, self.envelope)
-        await command(self, arg)
-        self._command = _BETWEEN_COMMANDS  # not after an error: the 451 is logged with it
-
-    return noted
-
-
-@_noting_commands
-class PosternSMTP(ApiKeyAuth, SMTP):
+class PosternSMTP(ApiKeyAuth, CommandLoop):
     """aiosmtpd's SMTP with a 998-byte line limit, a connection cap and enhanced codes;
     every 4xx/5xx it sends is one mail-log line (gateway.maillog)."""
 
     line_length_limit = 1000  # 998 bytes + CRLF (RFC 5321 §4.5.3.1.6)
-    _command: tuple[str, str | None, Envelope | None] = ("CONNECT", None, None)
 
     def __init__(self, handler: SessionHandler, limits: ListenerLimits) -> None:
         super().__init__(
@@ -197,6 +173,8 @@ class PosternSMTP(ApiKeyAuth, SMTP):
 
     def _timeout_cb(self) -> None:
         ends = self._session_ends
+        if self.transport is not None:  # (a handler awaited I/O) what it answered first
+            self._write_held()
         if ends is not None and self.loop.time() >= ends - 0.01 and self.transport is not None:
             self.log_refusal(replies.SESSION_TOO_LONG)
             self.transport.write(replies.SESSION_TOO_LONG.line)  # type: ignore[attr-defined]
@@ -254,7 +232,9 @@ class PosternSMTP(ApiKeyAuth, SMTP):
 
     async def _may_send_data(self, arg: str) -> bool:
         """Whether the client may send the content now; when not, it has been told why."""
-        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+        if not self._greeted_and_authenticated() and (
+            await self.check_helo_needed() or await self.check_auth_needed("DATA")
+        ):
             return False
         assert self.envelope is not None
         if not self.envelope.rcpt_tos:
@@ -268,6 +248,13 @@ class PosternSMTP(ApiKeyAuth, SMTP):
             await self.push(replies.NO_ROOM)
             return False
         return True
+
+    def _greeted_and_authenticated(self) -> bool:
+        """Whether aiosmtpd's check_helo_needed and check_auth_needed would both pass: then
+        they are not awaited (two coroutines a command)."""
+        session = self.session
+        assert session is not None
+        return bool(session.host_name and (not self._auth_required or session.authenticated))
 
     async def _reply_to(self, transfer: Transfer) -> Any:
         """The reply to content received whole: its refusal, or the handler's answer."""
@@ -283,20 +270,54 @@ class PosternSMTP(ApiKeyAuth, SMTP):
         return await self._call_handler_hook("DATA")
 
     async def push(self, status: Any) -> None:
+        hold = False
         if isinstance(status, str):
-            status = replies.with_enhanced_code(status)
+            if type(status) is not replies.Reply:  # ours have their enhanced code
+                status = replies.with_enhanced_code(status)
             code = status[:3]
             if code[:1] in ("4", "5") and code != "535":  # failed AUTH: logged where checked
                 self._log_refusal_of(status)
             elif code == "354":
                 self._command = ("END-OF-DATA", *self._command[1:])
-        await super().push(status)
+            hold = self._may_hold(status)
+        # aiosmtpd's push, but one coroutine for both
+        if self._write_reply(status, hold) and self._must_drain():
+            await self._writer.drain()
+
+    def _may_hold(self, reply: str) -> bool:
+        """Whether `reply` may wait to go out with the next (RFC 2920 §3.2, as Postfix
+        does): a line of a multi-line reply (EHLO's), whose last line follows at once, or
+        MAIL's or RCPT's 250 while the client's next command is here already (the client
+        waits for no reply before it, and the loop answers it at once). Anything else is
+        written at once, with what was held before it: 354 before the content is read,
+        a refusal, 221 or 421 before the connection closes, the final dot's 250."""
+        if reply[3:4] == "-":
+            return True
+        return (
+            reply[:4] == "250 "
+            and self._command[0] in ("MAIL", "RCPT")
+            and self._next_command_here()
+        )
+
+    def _must_drain(self) -> bool:
+        """Whether StreamWriter.drain has anything to do: wait for the client to read (we
+        are paused), or raise that it is gone. Otherwise it returns at once, and awaiting
+        it costs two coroutines a reply (asyncio 3.11's drain and _drain_helper, whose
+        source tests/unit/test_smtp_commands.py pins)."""
+        transport = self.transport
+        return (
+            self._paused  # type: ignore[attr-defined]  # asyncio's FlowControlMixin
+            or self._connection_lost  # type: ignore[attr-defined]
+            or transport is None
+            or transport.is_closing()
+            or self._reader.exception() is not None
+        )
 
     def _log_refusal_of(self, reply: str) -> None:
         """Log a reply sent, without the client's words where aiosmtpd echoes them."""
         unknown = _UNRECOGNISED.match(reply)
         if unknown:
-            self._command = _BETWEEN_COMMANDS
+            self._command = BETWEEN_COMMANDS
             details = f"command={shown_verb(unknown.group(1))}"
             self.log_refusal(_ECHOING[0][1], details)
             return
@@ -384,9 +405,10 @@ class PosternHandler:
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
-        refusal = await key_refusal(session, self.keys, self._limiter)
-        if refusal:  # the key was revoked since AUTH, or is over its rate
-            return refusal
+        if session.auth_data is not None:
+            refusal = await key_refusal(session, self.keys, self._limiter)
+            if refusal:  # the key was revoked since AUTH, or is over its rate
+                return refusal
         if address != NULL_SENDER:
             problem = envelope_problem(address)
             if problem:
@@ -408,7 +430,7 @@ class PosternHandler:
             return replies.BAD_ADDRESS.format(problem=problem)
         if len(envelope.rcpt_tos) >= self._limits.max_recipients:
             return replies.TOO_MANY_RECIPIENTS
-        if await self._intake.suppressed([address]):
+        if self._intake.suppressed([address]):
             metrics.MESSAGES_SUPPRESSED.inc()
             return replies.SUPPRESSED
         if address not in envelope.rcpt_tos:
@@ -421,7 +443,13 @@ class PosternHandler:
         checked = self._checked_header(raw)
         if isinstance(checked, str):
             return checked
-        return await self._submit(await self._submission(session, envelope, checked))
+        key = checked.controls.get("idempotency-key") or None
+        request_hash = None
+        if key is not None:
+            request_hash = await _digest(
+                _mail_from(envelope), envelope.rcpt_tos, checked.controls, checked.content
+            )
+        return await self._submit(self._submission(session, envelope, checked, request_hash))
 
     def _checked_header(self, raw: bytes) -> Cleaned | str:
         """The message with our X-Postern-* control fields taken out of its header, or the
@@ -433,20 +461,19 @@ class PosternHandler:
         if cleaned.hops >= MAX_HOPS:
             metrics.MESSAGES_REFUSED.labels(reason="loop").inc()
             return replies.TOO_MANY_HOPS
-        problem = _control_problem(cleaned.controls)
+        problem = _control_problem(cleaned.controls) if cleaned.controls else None
         if problem:
             return replies.BAD_CONTENT.format(problem=problem)
         return cleaned
 
-    async def _submission(
-        self, session: Session, envelope: Envelope, cleaned: Cleaned
+    def _submission(
+        self, session: Session, envelope: Envelope, cleaned: Cleaned, request_hash: str | None
     ) -> Submission:
         """What intake is given: the envelope, the content behind our Received field (and a
         Date and Message-ID when it had none), and what the control fields asked for."""
         controls = cleaned.controls
-        mail_from = "" if envelope.mail_from == NULL_SENDER else envelope.mail_from or ""
-        key = controls.get("idempotency-key") or None
-        sandbox = sandbox_flag(_values(controls, "sandbox"))
+        mail_from = _mail_from(envelope)
+        sandbox = sandbox_flag(_values(controls, "sandbox")) if controls else False
         message_id = new_id_for(sandbox)
         return Submission(
             mail_from=mail_from,
@@ -454,12 +481,10 @@ class PosternHandler:
             content=self._added(session, envelope, message_id, cleaned) + cleaned.content,
             source="smtp",
             alias_id=controls.get("alias-id") or None,
-            idempotency_key=key,
-            request_hash=await _digest(mail_from, envelope.rcpt_tos, controls, cleaned.content)
-            if key is not None
-            else None,
+            idempotency_key=controls.get("idempotency-key") or None,
+            request_hash=request_hash,
             sandbox=sandbox,
-            tags=_tags(controls),
+            tags=_tags(controls) if controls else (),
             sender=sender_of(session),
             message_id=message_id,
             client=maillog.client(session.peer),
@@ -519,6 +544,11 @@ class PosternHandler:
         if second != self._date[0]:  # UTC; formatdate's "-0000" would mean "zone unknown"
             self._date = (second, email.utils.formatdate(second)[:-5] + "+0000")
         return self._date[1]
+
+
+def _mail_from(envelope: Envelope) -> str:
+    """The envelope sender as intake takes it ("" for the null sender)."""
+    return "" if envelope.mail_from == NULL_SENDER else envelope.mail_from or ""
 
 
 def _address_in(arg: str | None) -> str:

@@ -10,6 +10,7 @@ check that the marker is the only thing the upstream ever saw.
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import subprocess
 from collections.abc import AsyncIterator
@@ -102,6 +103,45 @@ async def test_pipelined_commands_get_their_replies_in_order(
     assert (await client.reply()).code == 250
     assert await sink.wait_for_async(1, timeout=5)
     assert sink.messages[0].rcpt_tos == ["b@y.test", "c@y.test"]
+
+
+async def test_the_replies_to_a_pipelined_group_go_out_in_one_write(
+    service: ServiceFactory, sink: Sink, client_factory: OpenClient
+) -> None:
+    """RFC 2920 §3.2, as Postfix: MAIL's and RCPT's 250 wait while the next command is read
+    already, and go out with the reply that ends the group (one write, not four); EHLO's
+    lines go out as one. A refusal is not held (nor what was held before it)."""
+    svc = await service()
+    assert svc.smtp_handler is not None
+    client = await client_factory(svc)
+    (session,) = svc.smtp_handler.sessions
+    writes: list[bytes] = []
+    write = session._writer.write
+
+    def noted(data: bytes) -> None:  # the real write, counted
+        writes.append(bytes(data))
+        write(data)
+
+    session._writer.write = noted  # type: ignore[method-assign,assignment]
+    await client.ehlo()
+    assert len(writes) == 1 and writes[0].count(b"\r\n") >= 6, writes
+
+    writes.clear()
+    group = b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nRCPT TO:<c@y.test>\r\n"
+    await client.send(group + b"DATA\r\n")  # one send: read as one
+    assert [(await client.reply()).code for _ in range(4)] == [250, 250, 250, 354]
+    assert writes == [
+        f"{replies.OK_SENDER}\r\n{replies.OK_RECIPIENT}\r\n{replies.OK_RECIPIENT}\r\n"
+        f"{replies.START_DATA}\r\n".encode()
+    ]
+    await client.send(GOOD + b".\r\n")
+    assert (await client.reply()).code == 250
+
+    writes.clear()
+    await client.send(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b\x01@y.test>\r\nRCPT TO:<c@y.test>\r\n")
+    assert [(await client.reply()).code for _ in range(3)] == [250, 501, 250]
+    assert len(writes) == 2, writes  # 250 with the 501, then the last 250 alone
+    assert await sink.wait_for_async(1, timeout=5)
 
 
 async def test_control_character_in_ehlo_name_is_refused_501(
@@ -412,3 +452,49 @@ async def test_the_listener_keeps_its_backlog_of_1024(service: ServiceFactory) -
     ).stdout.split()
     assert shown[0] == "LISTEN"
     assert int(shown[2]) == BACKLOG == 1024
+
+
+# --- aiosmtpd's command loop (gateway.smtpd.commands) ------------------------------------------
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+async def test_command_lines_are_logged_only_when_info_is_on_and_secrets_hidden(
+    service: ServiceFactory, client_factory: OpenClient
+) -> None:
+    """aiosmtpd's per-line log calls are made only when its logger's level is on; when on,
+    they are as aiosmtpd makes them: an AUTH line's argument hidden."""
+    svc = await service()
+    assert svc.smtp_handler is not None
+    protocol = svc.smtp_handler.protocol()  # the configuration CommandLoop follows
+    assert protocol._proxy_timeout is None and not protocol._enforce_call_limit
+    assert protocol.enable_SMTPUTF8
+    records = _Records()
+    chatter = logging.getLogger("mail.log")
+    previous = chatter.level
+    chatter.setLevel(logging.WARNING)  # as gateway.process.logs sets it
+    chatter.addHandler(records)
+    try:
+        client = await client_factory(svc)
+        await client.ehlo()
+        assert (await client.command("NOOP quiet")).code == 250
+        assert not [line for line in records.lines if "quiet" in line]
+
+        chatter.setLevel(logging.DEBUG)
+        reply = await client.command("AUTH PLAIN !not-base64-secret")
+        assert reply.code == 501, reply
+        assert (await client.command("NOOP loud")).code == 250
+        assert [line for line in records.lines if ">> b'NOOP loud'" in line]
+        assert [line for line in records.lines if "<< b'250 2.0.0 OK'" in line]
+        assert [line for line in records.lines if "b'AUTH PLAIN ********'" in line]
+        assert not [line for line in records.lines if "not-base64-secret" in line]
+    finally:
+        chatter.removeHandler(records)
+        chatter.setLevel(previous)
