@@ -111,6 +111,10 @@ class PoolRegistry:
         """The connected accounts delivery can send through now."""
         return frozenset(self._accounts)
 
+    def is_account(self, pool_id: str | None) -> bool:
+        """Whether `pool_id` names a connected account (asked per message: no set made)."""
+        return pool_id in self._accounts
+
     def plan(self, route: Route) -> Plan:
         """Where a message of `route` goes now (gateway.routing.at_attempt): worked out once
         per route until the pools or the accounts change, not for every message."""
@@ -352,7 +356,7 @@ class Delivery:
         return_path = self._return_path
         if return_path is None or not return_path.enabled or not message.mail_from:
             return message
-        if message.route.pool_id in self._registry.account_ids():
+        if self._registry.is_account(message.route.pool_id):
             # A person's own server: it refuses or rewrites a sender it does not own, and
             # what bounces comes back to the account's inbox, which Postern reads.
             return message
