@@ -112,6 +112,8 @@ class Writer:
         self._db = db
         self._max_batch = max_batch
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
+        # While a patient job lingers: resolved by the next job put (or the linger's end).
+        self._company: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._on_failure = on_failure
@@ -128,7 +130,7 @@ class Writer:
         """Finish what is queued, then stop."""
         if self._task is not None:
             self._stopping = True
-            await self._queue.put(None)
+            self._put(None)
             await self._task
             self._task = None
         while not self._queue.empty():  # raced in behind the stop: answer, never strand
@@ -170,8 +172,14 @@ class Writer:
         if not self.running:
             raise WriterStopped("the storage writer is not running")
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Job(work, done, patient, size))  # unbounded: never waits
+        self._put(_Job(work, done, patient, size))
         return await done
+
+    def _put(self, job: _Job | None) -> None:
+        self._queue.put_nowait(job)  # unbounded: never waits
+        company = self._company
+        if company is not None and not company.done():
+            company.set_result(None)  # a lingering job has company: commit now
 
     async def _run(self) -> None:
         stopping = False
@@ -222,14 +230,18 @@ class Writer:
         return False
 
     async def _wait_for_company(self, jobs: list[_Job]) -> bool:
-        """Patient jobs alone: wait up to `linger` for any other job, then take what came."""
+        """Patient jobs alone: wait up to `linger` for any other job, then take what came.
+        (A future that `_put` resolves and one timer: asyncio.wait_for made a task, a
+        future and a timer, and on a timeout a turn of the loop more to cancel the task,
+        for about every message that a worker records.)"""
+        loop = asyncio.get_running_loop()
+        company = self._company = loop.create_future()
+        expiry = loop.call_later(self.linger, _alone, company)
         try:
-            job = await asyncio.wait_for(self._queue.get(), self.linger)
-        except TimeoutError:
-            return False
-        if job is None:
-            return True
-        jobs.append(job)
+            await company
+        finally:
+            expiry.cancel()
+            self._company = None
         return self._gather(jobs)
 
     async def _commit(self, jobs: list[_Job]) -> bool:
@@ -287,6 +299,12 @@ class Writer:
             job.done.set_exception(StorageUnavailable(str(error)))
         else:
             job.done.set_exception(error)
+
+
+def _alone(company: asyncio.Future[None]) -> None:
+    """The linger is over and no job came."""
+    if not company.done():
+        company.set_result(None)
 
 
 def _run_batch(conn: Connection, works: list[Batch | Work]) -> list[Any]:

@@ -36,9 +36,16 @@ class Slots:
         self.used = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
-    async def __aenter__(self) -> None:
+    def take_now(self) -> bool:
+        """Take a slot if one is free and nobody waits for one (no await: most takers)."""
         if self.used < self.size and not self._waiters:
             self.used += 1
+            return True
+        return False
+
+    async def take(self) -> None:
+        """Take a slot, waiting for one (first come, first served); `give_back` it."""
+        if self.take_now():
             return
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
@@ -46,20 +53,23 @@ class Slots:
             await waiter  # resolved by _hand_over, which counted the slot for us
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
-                self._give_back()  # handed over just as we were cancelled
+                self.give_back()  # handed over just as we were cancelled
             else:
                 with contextlib.suppress(ValueError):  # already handed over and skipped
                     self._waiters.remove(waiter)
             raise
 
+    async def __aenter__(self) -> None:
+        await self.take()
+
     async def __aexit__(self, *_exc: object) -> None:
-        self._give_back()
+        self.give_back()
 
     def resize(self, size: int) -> None:
         self.size = size
         self._hand_over()
 
-    def _give_back(self) -> None:
+    def give_back(self) -> None:
         self.used -= 1
         self._hand_over()
 

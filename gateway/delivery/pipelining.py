@@ -93,6 +93,11 @@ def _stuffed(lines: bytes) -> bytes:
     return b"." + stuffed if stuffed.startswith(b".") else stuffed
 
 
+def _text(line: bytes) -> str:
+    """A reply line's text: after the code and its separator, without the line end."""
+    return line[4:].strip(b" \t\r\n").decode("utf-8", "replace")
+
+
 def _expire(future: asyncio.Future[UpstreamReply]) -> None:
     """A reply not in within the command timeout: its waiter gets TimeoutError. (One
     timer per awaited reply, none for a reply already in: asyncio.wait_for cost a future,
@@ -163,7 +168,8 @@ class PipelinedSession(asyncio.Protocol):
             self._break("malformed reply")
             return
         code = int(head)
-        text = "\n".join(line[4:].strip(b" \t\r\n").decode("utf-8", "replace") for line in lines)
+        # Most replies are one line: no generator and join for them.
+        text = _text(lines[0]) if len(lines) == 1 else "\n".join(_text(line) for line in lines)
         if not self._waiters:
             self._break(f"unsolicited reply {code}")
             return

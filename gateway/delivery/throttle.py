@@ -81,6 +81,10 @@ class Throttle:
         self._in_flight: set[int] = set()  # send ids reserved here and not yet sent
         self._renewed = time.time()
 
+    def limits(self, pool: PoolSettings) -> bool:
+        """Whether `pool` has a rate or a daily limit (else `reserve` would answer None)."""
+        return bool(pool.daily_limit) or _rate_of(pool) is not None
+
     async def reserve(self, pool: PoolSettings) -> Ticket | Wait | None:
         """Reserve one send through `pool`: None (no limits), a Ticket, or a Wait."""
         rate = _rate_of(pool)

@@ -199,9 +199,12 @@ class UpstreamPool:
         """Deliver to every pending recipient; raise PoolUnavailable to fail over.
 
         Each result carries the session's relay and how long connecting and sending took."""
-        async with self._slots:
+        slots = self._slots
+        if not slots.take_now():  # (most sends find a slot free: no coroutine for it)
+            await slots.take()
+        try:
             started = time.perf_counter()
-            session = await self._acquire()
+            session = self._pooled() or await self._opened()
             held: _Session | None = session
             try:
                 connected = time.perf_counter()
@@ -211,7 +214,7 @@ class UpstreamPool:
                     # A reused session the upstream had closed meanwhile: one fresh try.
                     self._forget(session)
                     held = None
-                    held = session = await self._acquire(fresh=True)
+                    held = session = await self._opened()
                     connected = time.perf_counter()
                     results = await self._send_on(session, message)
             except asyncio.CancelledError:
@@ -221,9 +224,11 @@ class UpstreamPool:
             finally:
                 if held is not None:
                     self._release(held)
+        finally:
+            slots.give_back()
         self._mark(healthy=True)
         hop = Hop(session.relay, connected - started, time.perf_counter() - connected)
-        return {rcpt: replace(result, hop=hop) for rcpt, result in results.items()}
+        return _with_hop(results, hop)
 
     def _forget(self, session: _Session) -> None:
         session.pipe.close()
@@ -353,15 +358,22 @@ class UpstreamPool:
 
     # --- sessions ---------------------------------------------------------------------
 
-    async def _acquire(self, fresh: bool = False) -> _Session:
+    def _pooled(self) -> _Session | None:
+        """An idle session still fit for use, taken; None when there is none."""
         if self._cut_off:
             raise PoolUnavailable(deferred(f"{self.name}: shutting down"))
         now = time.monotonic()
-        while self._idle and not fresh:
+        while self._idle:
             session = self._idle.pop()
             if self._fresh(session, now):
                 return self._take(session)
             self._closing(session)
+        return None
+
+    async def _opened(self) -> _Session:
+        """A new session, taken."""
+        if self._cut_off:
+            raise PoolUnavailable(deferred(f"{self.name}: shutting down"))
         session = await self._connect()
         if self._cut_off:  # connected just as the shutdown cut off: nothing sent yet
             self._closing(session)
@@ -545,6 +557,27 @@ _CONNECT_ERRORS = (HostRefused, HostUnresolved, SMTPException, OSError)
 _NEEDS_SMTPUTF8 = DeliveryResult(
     Outcome.BOUNCED, 553, "5.6.7", "non-ASCII address and the upstream lacks SMTPUTF8"
 )
+
+
+def _with_hop(results: dict[str, DeliveryResult], hop: Hop) -> dict[str, DeliveryResult]:
+    """Each result with `hop` (recipients sharing a result share its copy)."""
+    copies: dict[int, DeliveryResult] = {}
+    stamped = {}
+    for rcpt, result in results.items():
+        copy = copies.get(id(result))
+        if copy is None:
+            copy = copies[id(result)] = _hopped(result, hop)
+        stamped[rcpt] = copy
+    return stamped
+
+
+def _hopped(result: DeliveryResult, hop: Hop) -> DeliveryResult:
+    """`replace(result, hop=hop)` for a fifth of its cost (it walks the fields, then
+    __init__ sets each through object.__setattr__): a copy of the instance's dict, as
+    DeliveryResult has no __post_init__ to run. Every attempt's results go through here."""
+    copy = object.__new__(DeliveryResult)
+    vars(copy).update(vars(result), hop=hop)
+    return copy
 
 
 def _our_fault(result: DeliveryResult) -> bool:

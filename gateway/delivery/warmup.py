@@ -161,6 +161,10 @@ class WarmupGate:
 
     # --- one send -------------------------------------------------------------------------
 
+    def limits(self, pool: PoolSettings) -> bool:
+        """Whether a warmup limits `pool` now (else `reserve` would answer None)."""
+        return bool(self._subjects) and (kind_of(pool), pool.id) in self._subjects
+
     async def reserve(self, pool: PoolSettings) -> stored.Reserved | Wait | None:
         """Take one send from the warmup of `pool` (a pool or a connected account): None
         when none limits it, a Reserved to hand back to `sent` (or `release`), or a Wait."""

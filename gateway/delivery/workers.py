@@ -15,6 +15,8 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
+from prometheus_client import Counter
+
 from gateway import maillog, metrics
 from gateway.bounces.returnpath import ReturnPath
 from gateway.config import worker_share
@@ -32,7 +34,7 @@ from gateway.delivery.upstream import (
     deferred,
 )
 from gateway.delivery.warmup import WarmupGate
-from gateway.message import DeliveryResult, Outcome, QueuedMessage
+from gateway.message import DeliveryResult, Outcome, QueuedMessage, Route
 from gateway.queue import retry
 from gateway.queue.store import AttemptRecord, Queue
 from gateway.routing import Plan, at_attempt
@@ -41,6 +43,8 @@ from storage.writer import StorageUnavailable
 
 log = logging.getLogger("postern.delivery")
 
+# Routes whose plan PoolRegistry keeps: there are about as many as pools and groups.
+_PLANS_KEPT = 1024
 # At shutdown, transactions still waiting for an upstream are cut off this long before the
 # drain deadline, so that their outcome is recorded by then.
 CUT_OFF_GRACE = 1.0
@@ -58,16 +62,19 @@ class PoolRegistry:
         self._processes = max(1, processes)
         self._pools: dict[str, UpstreamPool] = {}
         self._accounts: dict[str, UpstreamPool] = {}
+        self._plans: dict[Route, Plan] = {}  # at_attempt's answers for the pools loaded now
         self._cut_off = False  # shutdown's deadline: pools (re)made after it start cut off
 
     def load(self, settings: Iterable[PoolSettings]) -> None:
         """Replace the pool set; pools whose settings did not change keep their sessions."""
         self._pools = self._replaced(self._pools, settings)
+        self._plans = {}
         show_limits(pool.settings for pool in self._pools.values())
 
     def load_accounts(self, settings: Iterable[PoolSettings]) -> None:
         """Replace the connected accounts' upstreams, as `load` does the pools."""
         self._accounts = self._replaced(self._accounts, settings)
+        self._plans = {}
 
     def _replaced(
         self, old: dict[str, UpstreamPool], settings: Iterable[PoolSettings]
@@ -103,6 +110,21 @@ class PoolRegistry:
     def account_ids(self) -> frozenset[str]:
         """The connected accounts delivery can send through now."""
         return frozenset(self._accounts)
+
+    def is_account(self, pool_id: str | None) -> bool:
+        """Whether `pool_id` names a connected account (asked per message: no set made)."""
+        return pool_id in self._accounts
+
+    def plan(self, route: Route) -> Plan:
+        """Where a message of `route` goes now (gateway.routing.at_attempt): worked out once
+        per route until the pools or the accounts change, not for every message."""
+        plan = self._plans.get(route)
+        if plan is None:
+            if len(self._plans) >= _PLANS_KEPT:  # routes of pools long gone, say
+                self._plans.clear()
+            plan = at_attempt(route, self.settings(), self.account_ids())
+            self._plans[route] = plan
+        return plan
 
     def get(self, pool_id: str) -> UpstreamPool:
         return self._pools.get(pool_id) or self._accounts[pool_id]
@@ -334,7 +356,7 @@ class Delivery:
         return_path = self._return_path
         if return_path is None or not return_path.enabled or not message.mail_from:
             return message
-        if message.route.pool_id in self._registry.account_ids():
+        if self._registry.is_account(message.route.pool_id):
             # A person's own server: it refuses or rewrites a sender it does not own, and
             # what bounces comes back to the account's inbox, which Postern reads.
             return message
@@ -392,7 +414,7 @@ class Delivery:
         self, message: QueuedMessage
     ) -> tuple[dict[str, DeliveryResult], str | None]:
         registry = self._registry
-        plan = at_attempt(message.route, registry.settings(), registry.account_ids())
+        plan = registry.plan(message.route)
         pool_ids = plan.pool_ids
         if not pool_ids:
             if plan.direct and self._direct is not None:  # no pool at all: MX
@@ -408,17 +430,22 @@ class Delivery:
                 self._wait_for_cooldown(message, pool_ids)
             reason = "every pool of this route is cooling down after repeated failures"
             return dict.fromkeys(message.recipients, deferred(reason)), None
-        last = deferred("no pool could be reached")
+        last: DeliveryResult | None = None
         tried: str | None = None
         waits: list[Wait] = []
         for pool_id in ready:
             pool = self._registry.get(pool_id)
-            # A warming subject over its hour's or day's share, or paused: it waits.
-            warm = await self._warmup.reserve(pool.settings) if self._warmup else None
+            settings = pool.settings
+            # A warming subject over its hour's or day's share, or paused: it waits. (Most
+            # pools have no warmup and no limit: asked without a coroutine each.)
+            warmup, throttle = self._warmup, self._throttle
+            warm = await warmup.reserve(settings) if warmup and warmup.limits(settings) else None
             if isinstance(warm, Wait):
                 waits.append(warm)
                 continue
-            ticket = await self._throttle.reserve(pool.settings) if self._throttle else None
+            ticket = (
+                await throttle.reserve(settings) if throttle and throttle.limits(settings) else None
+            )
             if isinstance(ticket, Wait):  # over its limit: the next pool, if any, goes now
                 if warm is not None and self._warmup is not None:
                     await self._warmup.release(warm)
@@ -438,6 +465,7 @@ class Delivery:
             if time.time() < deadline:
                 raise Postponed(replace(wait, until=min(wait.until, deadline)))
             last = deferred(wait.text)  # recorded past max_age: it expires as usual
+        last = last or deferred("no pool could be reached")
         return dict.fromkeys(message.recipients, last), tried
 
     def _unserved(self, message: QueuedMessage, plan: Plan) -> dict[str, DeliveryResult]:
@@ -480,22 +508,24 @@ class Delivery:
         try:
             results = await pool.send(message)
         except PoolUnavailable as unavailable:
-            await self._throttled(message, pool, [unavailable.result])
+            if is_throttling(unavailable.result):
+                await self._throttled(message, pool, unavailable.result)
             raise
         finally:
             if ticket is not None and self._throttle is not None:
                 await self._throttle.sent(ticket)
             if warm is not None and self._warmup is not None:
                 await self._warmup.sent(warm)
-        await self._throttled(message, pool, results.values())
+        reply = next((r for r in results.values() if is_throttling(r)), None)
+        if reply is not None:
+            await self._throttled(message, pool, reply)
         return results
 
     async def _throttled(
-        self, message: QueuedMessage, pool: UpstreamPool, results: Iterable[DeliveryResult]
+        self, message: QueuedMessage, pool: UpstreamPool, reply: DeliveryResult
     ) -> None:
-        reply = next((r for r in results if is_throttling(r)), None)
-        if reply is None:
-            return
+        """A throttling reply (421, 4.7.x): the pool backs off, and the message's events
+        say so."""
         if self._warmup is not None:  # a receiver asking to slow down may pause a warmup
             await self._warmup.throttled(pool.settings, reply)
         halved = pool.backoff.trigger()
@@ -517,11 +547,20 @@ def _may_have_reached(result: DeliveryResult) -> bool:
     return result.outcome is not Outcome.DEFERRED or result.possible_duplicate
 
 
+_COUNTERS = {
+    Outcome.DELIVERED: metrics.MESSAGES_DELIVERED,
+    Outcome.BOUNCED: metrics.MESSAGES_BOUNCED,
+    Outcome.DEFERRED: metrics.MESSAGES_DEFERRED,
+}
+# Each (outcome, pool)'s counter child, looked up once: labels() sorts its arguments and
+# takes a lock at every call. Pools are few, and prometheus-client keeps every child anyway.
+_counted: dict[tuple[Outcome, str], Counter] = {}
+
+
 def _count(results: dict[str, DeliveryResult], pool: str) -> None:
     for result in results.values():
-        if result.outcome is Outcome.DELIVERED:
-            metrics.MESSAGES_DELIVERED.labels(pool=pool).inc()
-        elif result.outcome is Outcome.BOUNCED:
-            metrics.MESSAGES_BOUNCED.labels(pool=pool).inc()
-        else:
-            metrics.MESSAGES_DEFERRED.labels(pool=pool).inc()
+        key = (result.outcome, pool)
+        counter = _counted.get(key)
+        if counter is None:
+            counter = _counted[key] = _COUNTERS[result.outcome].labels(pool=pool)
+        counter.inc()

@@ -325,17 +325,17 @@ class Queue:
         results, status = settled.results, settled.status
         suppress = suppression_list.from_results(results)
         batch = self._attempt_rows(attempt, settled, now, number)
-        delivered = [
-            {"soft_email": mailbox_key(rcpt)}
-            for rcpt, result in results.items()
-            if result.outcome is Outcome.DELIVERED
-        ]
         # A delivery forgets the address's soft bounces (gateway.bounces), when it is one: the
         # recipient's own MX accepting. A relay's 250 is not: the soft bounce of that very
         # message may come back later, and forgetting at each send would keep a mailbox that
         # is full for good from ever reaching the limit (send, bounce, send, bounce...).
-        if delivered and attempt.pool == DIRECT_POOL:
-            batch.add(bounce_reports.FORGET_SOFT, delivered)
+        if attempt.pool == DIRECT_POOL:
+            delivered = [
+                {"soft_email": mailbox_key(rcpt)}
+                for rcpt, result in results.items()
+                if result.outcome is Outcome.DELIVERED
+            ]
+            batch.add(bounce_reports.FORGET_SOFT, delivered)  # (nothing when empty)
         if suppress:  # the upstream said so, whoever holds the claim now
             batch.add(
                 self._suppress,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import FrozenInstanceError, replace
+
 import pytest
 
-from gateway.delivery.upstream import classify
-from gateway.message import DeliveryResult, Outcome
+from gateway.delivery.upstream import _with_hop, classify
+from gateway.message import DeliveryResult, Hop, Outcome
 
 
 @pytest.mark.parametrize(
@@ -136,3 +138,21 @@ def test_describe() -> None:
     )
     assert DeliveryResult(Outcome.DEFERRED, None, None, "timeout").describe() == "timeout"
     assert len(DeliveryResult(Outcome.BOUNCED, 550, None, "x" * 5000).describe()) == 1000
+
+
+def test_results_get_their_hop_as_replace_would_give_it() -> None:
+    """upstream._with_hop copies a result's fields itself (dataclasses.replace cost more
+    than the rest of the copy): every field kept, the hop set, recipients sharing a result
+    sharing its copy, the original untouched."""
+    result = DeliveryResult(
+        Outcome.DEFERRED, 451, "4.3.0", "later", complaint=True, possible_duplicate=True
+    )
+    other = DeliveryResult(Outcome.BOUNCED, 550, "5.1.1", "gone")
+    hop = Hop("relay.test[192.0.2.1]:25", 0.25, 0.5)
+    stamped = _with_hop({"a@x.test": result, "b@x.test": other, "c@x.test": result}, hop)
+    assert vars(stamped["a@x.test"]) == vars(replace(result, hop=hop))
+    assert vars(stamped["b@x.test"]) == vars(replace(other, hop=hop))
+    assert stamped["a@x.test"] is stamped["c@x.test"]
+    assert result.hop is None and other.hop is None
+    with pytest.raises(FrozenInstanceError):
+        stamped["a@x.test"].text = "changed"  # type: ignore[misc]

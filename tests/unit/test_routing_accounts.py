@@ -4,7 +4,7 @@ which holds the accounts' upstreams beside the pools, never among them."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 
@@ -127,4 +127,31 @@ async def test_workers_share_a_pools_connections() -> None:
     kept = registry.get("pool_a")
     registry.load([pool])
     assert registry.get("pool_a") is kept
+    await registry.close()
+
+
+async def test_the_registrys_plans_follow_every_reload() -> None:
+    """Delivery asks the registry for a route's plan, kept until the pools or the accounts
+    change: each reload is seen by the next attempt."""
+    registry = PoolRegistry(SessionSettings(local_hostname="postern.test"))
+    first = PoolSettings(id="pool_a", name="a", host="127.0.0.1", port=2525, is_default=True)
+    second = PoolSettings(id="pool_b", name="b", host="127.0.0.1", port=2526, is_default=True)
+    account = PoolSettings(
+        id=ALICE.id, name=ALICE.email, host="127.0.0.1", port=2527, ip_pool="", source="account"
+    )
+    default, pinned = Route(default=True), Route(pool_id=ALICE.id)
+    registry.load([first])
+    assert registry.plan(default).pool_ids == ("pool_a",)
+    assert registry.plan(default) is registry.plan(default)  # worked out once
+    assert registry.plan(pinned).waits  # no such account (yet)
+    registry.load([second])
+    assert registry.plan(default).pool_ids == ("pool_b",)
+    registry.load([replace(second, is_active=False)])
+    assert registry.plan(default).waits
+    registry.load_accounts([account])
+    assert registry.plan(pinned).pool_ids == (ALICE.id,)
+    for route in (default, pinned):  # the same answers as routing's own
+        assert registry.plan(route) == at_attempt(
+            route, registry.settings(), registry.account_ids()
+        )
     await registry.close()
