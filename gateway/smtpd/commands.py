@@ -31,6 +31,10 @@ from aiosmtpd.smtp import (
 # aiosmtpd's logger (its module's `log`): its warnings go through the same filters.
 _LOG = logging.getLogger("mail.log")
 BETWEEN_COMMANDS = ("UNKNOWN", None, None)  # aiosmtpd answers a line that is no command
+# Replies held back go out once they pass this (as Postfix's 4 KiB stream buffer): a
+# client pipelining thousands of commands answered 250 (a recipient named again) would
+# otherwise have them gathered by copying an ever longer buffer, on the event loop.
+HELD_LIMIT = 4096
 
 
 class CommandLoop(SMTP):
@@ -108,7 +112,7 @@ class CommandLoop(SMTP):
         if _LOG.isEnabledFor(logging.DEBUG):
             assert self.session is not None
             _LOG.debug("%r << %r", self.session.peer, response)
-        if hold:
+        if hold and len(self._held) < HELD_LIMIT:
             self._held += response + b"\r\n"
             return False
         self._writer.write(self._held + response + b"\r\n" if self._held else response + b"\r\n")
