@@ -243,7 +243,7 @@ def messages_by_header(
     conn: Connection, header_message_id: str, sender: Sender | None = None
 ) -> list[Row[Any]]:
     """(id, created_at) of the two most recent messages whose own Message-ID is this one
-    (ix_message_header), of those `sender` sent when given: one is a match, two say it
+    (ix_message_header_id), of those `sender` sent when given: one is a match, two say it
     is ambiguous."""
     query = (
         select(M.c.id, M.c.created_at)

@@ -507,7 +507,7 @@ _ADDED_COLUMNS = (
     # new table, from create_all: no column added).
     # Schema 11: large bodies written in pieces (message_piece is a new table, from
     # create_all, with its index; no column added: a pieced body's message_body row is empty).
-    # Schema 12: no column; four indexes of `message` made partial (_DROPPED_INDEXES).
+    # Schema 12: no column; three indexes of `message` made partial (_DROPPED_INDEXES).
 )
 
 # Run once, right after their column was added, to fill it in for the rows already there.
@@ -559,7 +559,6 @@ _DROPPED_INDEXES = (
     "ix_message_claimed_by",  # by ix_message_claimed
     "ix_message_api_key",  # by ix_message_sent_by_key
     "ix_message_user",  # by ix_message_sent_by_user
-    "ix_message_header_id",  # by ix_message_header
 )
 
 # What schema 3's webhook fan-out used. Dropped on SQLite (one node); kept on PostgreSQL,
@@ -585,8 +584,6 @@ def _upgrade(conn: Connection) -> None:
         # Schema 5 has longer event types (`possible_duplicate`); a wider varchar is a
         # change of the catalogue only, no table rewrite.
         conn.execute(text("ALTER TABLE event ALTER COLUMN type TYPE VARCHAR(32)"))
-    for old in _DROPPED_INDEXES:  # superseded: each costs work on every write
-        conn.execute(text(f"DROP INDEX IF EXISTS {old}"))
     fanned_out = _FAN_OUT_COLUMN in {c["name"] for c in inspector.get_columns("event")}
     if fanned_out and conn.dialect.name == "postgresql":
         conn.execute(text(f"ALTER TABLE event ALTER COLUMN {_FAN_OUT_COLUMN} SET DEFAULT false"))
@@ -597,6 +594,11 @@ def _upgrade(conn: Connection) -> None:
     for table in metadata.sorted_tables:
         for index in table.indexes:
             index.create(conn, checkfirst=True)
+    # Superseded indexes (each costs work on every write) go last: on PostgreSQL a DROP
+    # INDEX locks its table against reads too until the commit, where building the new
+    # ones first lets a node of the old schema still read the table meanwhile.
+    for old in _DROPPED_INDEXES:
+        conn.execute(text(f"DROP INDEX IF EXISTS {old}"))
     from storage.suppressions import rekey  # it imports this module
 
     rekeyed = rekey(conn)  # schema 5: one key per mailbox, whatever the case or quotes

@@ -147,7 +147,7 @@ def criteria(flt: MessageFilter, statuses: Sequence[str] | None = None) -> list[
         clauses.append(M.c.mail_from == flt.mail_from)
     if flt.tag is not None:
         clauses.append(M.c.id.in_(select(T.c.message_id).where(T.c.tag == flt.tag)))
-    if flt.message_id_header is not None:  # ix_message_header
+    if flt.message_id_header is not None:  # ix_message_header_id
         clauses.append(M.c.header_message_id == flt.message_id_header)
     if flt.subject:
         # The first word drives (its entries, an IN the planners read from the index);

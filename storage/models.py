@@ -116,7 +116,7 @@ Message = Table(
     # Schema 12: the partial indexes below hold only the rows where their first column is
     # set (their NULLs are never searched for, and `col = ?` implies `col IS NOT NULL`, so
     # both planners still choose them): a message without one (unauthenticated SMTP mail,
-    # no Message-ID, no claim any more) writes no entry, and on PostgreSQL an UPDATE that
+    # no claim any more) writes no entry, and on PostgreSQL an UPDATE that
     # cannot stay on its page (HOT) adds no entry either. Each replaced a full index of
     # schema 11 under another name (storage.db._DROPPED_INDEXES).
     #
@@ -155,13 +155,7 @@ Message = Table(
         where="user_id IS NOT NULL",
     ),
     # A report's returned Message-ID and the search's message_id_header filter.
-    _partial(
-        "ix_message_header",
-        "header_message_id",
-        "created_at",
-        "id",
-        where="header_message_id IS NOT NULL",
-    ),
+    Index("ix_message_header_id", "header_message_id", "created_at", "id"),
     # The search's client filter: one address in page order, or a CIDR block as a range.
     Index("ix_message_client", "client_address", "created_at", "id"),
 )

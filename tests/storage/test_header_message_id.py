@@ -33,7 +33,7 @@ async def test_no_message_id_is_null_and_a_long_one_is_bounded(
 
 async def test_a_schema_8_database_gains_the_column_and_its_index(backend: Database) -> None:
     def to_schema_8(conn: Connection) -> None:
-        conn.execute(text("DROP INDEX IF EXISTS ix_message_header"))
+        conn.execute(text("DROP INDEX IF EXISTS ix_message_header_id"))
         conn.execute(text("ALTER TABLE message DROP COLUMN header_message_id"))
         conn.execute(text("UPDATE postern_meta SET value = '8' WHERE key = 'schema_version'"))
 
@@ -48,7 +48,7 @@ async def test_a_schema_8_database_gains_the_column_and_its_index(backend: Datab
         return columns, indexes, str(conn.execute(query).scalar())
 
     columns, indexes, version = await backend.read(found)
-    assert "header_message_id" in columns and "ix_message_header" in indexes
+    assert "header_message_id" in columns and "ix_message_header_id" in indexes
     assert version == str(SCHEMA_VERSION)
 
 

@@ -1,5 +1,5 @@
-"""Schema 12: four indexes of `message` hold only the rows whose column is set (partial,
-`col IS NOT NULL`), so that a message without a key, an owner, a Message-ID or a claim
+"""Schema 12: three indexes of `message` hold only the rows whose column is set (partial,
+`col IS NOT NULL`), so that a message without a key, an owner or a claim
 writes no entry for it. Every query that read them still does, with its values bound as
 the server binds them (SQLite's `?`, PostgreSQL's generic plan of a prepared statement);
 a schema 11 database trades its full indexes for the partial ones in place, once, however
@@ -24,21 +24,19 @@ PARTIAL = {
     "ix_message_claimed": "claimed_by",
     "ix_message_sent_by_key": "api_key_id",
     "ix_message_sent_by_user": "user_id",
-    "ix_message_header": "header_message_id",
 }
 # Schema 11's full indexes, as it created them.
 SCHEMA_11 = {
     "ix_message_claimed_by": "message (claimed_by)",
     "ix_message_api_key": "message (api_key_id, created_at, id)",
     "ix_message_user": "message (user_id, created_at, id)",
-    "ix_message_header_id": "message (header_message_id, created_at, id)",
 }
 
 
 async def _fill(db: Database, n: int = 3000) -> None:
-    """n messages of every kind, most without a key, owner or Message-ID (as SMTP mail): a
-    third deferred, a few of them claimed by node_a (in flight), the rest final; then
-    statistics, as a live database has them."""
+    """n messages of every kind, most without a key or owner (as SMTP mail): a third
+    deferred, a few of them claimed by node_a (in flight), the rest final; then statistics,
+    as a live database has them."""
     now = time.time()
 
     def row(i: int) -> dict[str, Any]:
@@ -113,7 +111,7 @@ async def test_the_claims_of_a_node_and_a_returned_message_id_are_read_by_index(
     cases = {
         "renew": (sql.RENEW, node, "ix_message_claimed"),
         "release": (sql.RELEASE, node, "ix_message_claimed"),
-        "by header": (by_header, {"header": "<8@app.example>"}, "ix_message_header"),
+        "by header": (by_header, {"header": "<8@app.example>"}, "ix_message_header_id"),
     }
     for what, (statement, params, index) in cases.items():
         plan = await backend.transaction(lambda conn, s=statement, p=params: _explain(conn, s, p))
