@@ -353,8 +353,8 @@ class _LockWaiters:
             fd, taken = inbox.get()
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
-            except OSError as error:
-                self._done(inbox)
+            except Exception as error:  # (a closed descriptor's OSError, a bad one's
+                self._done(inbox)  # ValueError): the caller hears of it, never waits it out
                 taken.set_exception(error)
             else:
                 self._done(inbox)
