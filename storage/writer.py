@@ -216,7 +216,9 @@ class Writer:
             jobs.append(first)
         if self._gather(jobs):
             return True
-        if wait and all(job.patient for job in jobs):  # (a large one waits: no lingering)
+        # Patient jobs alone linger for company (a large one waits: no lingering; a full
+        # batch with more queued behind it has company enough).
+        if wait and self._queue.empty() and all(job.patient for job in jobs):
             return await self._wait_for_company(jobs)
         return False
 
