@@ -575,7 +575,7 @@ def _hopped(result: DeliveryResult, hop: Hop) -> DeliveryResult:
     """`replace(result, hop=hop)` for a fifth of its cost (it walks the fields, then
     __init__ sets each through object.__setattr__): a copy of the instance's dict, as
     DeliveryResult has no __post_init__ to run. Every attempt's results go through here."""
-    copy = object.__new__(DeliveryResult)
+    copy = object.__new__(type(result))
     vars(copy).update(vars(result), hop=hop)
     return copy
 
