@@ -37,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -231,7 +232,7 @@ async def hold(
 
 
 class Server:
-    def __init__(self, command: list[str], tmp: Path, sink_port: int, nofile: tuple[int, int]):
+    def __init__(self, command: Sequence[str], tmp: Path, sink_port: int, nofile: tuple[int, int]):
         self.smtp_port, self.http_port = free_port(), free_port()
         config = tmp / "postern.toml"
         config.write_text(

@@ -59,14 +59,19 @@ def traced_run(case: relay.Case, workers: str, trace: str) -> tuple[relay.Result
             pids = relay.proc_tree(postern.proc.pid)
             attach = [arg for pid in pids for arg in ("-p", str(pid))]
             strace = subprocess.Popen(
-                ["strace", "--seccomp-bpf", "-f", "-c", "-o", str(out), "-e",
+                ["strace", "-f", "-c", "-o", str(out), "-e",
                  f"trace={trace}", *attach],
                 stderr=subprocess.DEVNULL,
             )  # fmt: skip
             time.sleep(1.0)  # attached (strace has no "ready" signal)
             measured = relay.measure(case, sink, postern.smtp_port, postern.proc.pid, deadline)
             strace.send_signal(signal.SIGINT)  # detach, write the summary
-            strace.wait(30)
+            try:
+                strace.wait(30)
+            except subprocess.TimeoutExpired:
+                strace.kill()  # never left attached
+                strace.wait()
+                raise
             return relay.summarize(case, measured), out.read_text()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
