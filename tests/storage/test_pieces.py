@@ -269,7 +269,7 @@ async def test_a_schema_10_database_gains_the_pieces_table(backend: Database, qu
     # from the schema it read before)
     assert "ix_message_piece_created" in await backend.transaction(piece_indexes)
     version = await fetch(backend, "SELECT value FROM postern_meta WHERE key = 'schema_version'")
-    assert version[0].value == str(SCHEMA_VERSION) == "11"
+    assert version[0].value == str(SCHEMA_VERSION)
     after = await queue.enqueue(submission(content=large(2_000_000)), ROUTE, False)
     assert await piece_count(backend, after.id) == split_in(backend, 2)
     bodies = await backend.read(lambda conn: queue_sql.bodies_of(conn, [before.id, after.id]))
