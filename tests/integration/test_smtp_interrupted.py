@@ -11,6 +11,7 @@ import pytest
 from gateway.message import QueuedMessage, Route, Submission
 from gateway.queue.store import Queue
 from gateway.smtpd import replies
+from tests.support import smtp
 from tests.support.service import ServiceFactory
 from tests.support.sink import Sink
 from tests.support.smtp import GOOD, RawClient
@@ -68,11 +69,14 @@ async def test_message_of_a_client_gone_during_the_commit_is_delivered_once(
 
 
 async def test_deeply_nested_mime_with_idempotency_key_is_accepted(
-    service: ServiceFactory, sink: Sink
+    service: ServiceFactory, sink: Sink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The stdlib parser recurses too far on MIME nested 1000 deep: the idempotency digest
     falls back to the raw bytes instead of answering 451 to every retry for ever, and the
     session goes on with a fresh transaction."""
+    # That parse takes ~1 s of a thread alone on a slow machine, past the client's usual 5 s
+    # beside a full parallel test run: what is tested here is the answer, not its speed.
+    monkeypatch.setattr(smtp, "READ_TIMEOUT", 20.0)
     svc = await service()
     client = await RawClient.connect(svc.smtp_port)
     try:
