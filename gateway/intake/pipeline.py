@@ -164,9 +164,8 @@ class Intake:
         self._identities = identities  # aliases for routing, verified senders for policy
 
     def suppressed(self, addresses: Sequence[str]) -> set[str]:
-        """Which of `addresses` must not be sent to (the in-memory copy: no I/O, so no
-        coroutine for each RCPT)."""
-        return self._queue.suppressions.suppressed(addresses)
+        """Which of `addresses` must not be sent to."""
+        return self._queue.is_suppressed(addresses)
 
     async def envelope_problem(self, mail_from: str, sender: Sender | None = None) -> str | None:
         """Why the sender policy refuses this envelope sender (a reason safe to show), or
@@ -310,7 +309,7 @@ class Intake:
         if problem is not None:
             metrics.MESSAGES_REFUSED.labels(reason="unverified_sender").inc()
             raise UnverifiedSender(problem)
-        blocked = self._queue.suppressions.suppressed(submission.recipients)
+        blocked = self._queue.is_suppressed(submission.recipients)
         if blocked:
             metrics.MESSAGES_SUPPRESSED.inc(len(blocked))
             if len(blocked) == len(set(submission.recipients)):

@@ -605,8 +605,9 @@ class Queue:
 
     # --- reads ------------------------------------------------------------------------
 
-    async def is_suppressed(self, addresses: Sequence[str]) -> set[str]:
-        """The subset of `addresses` on the suppression list (from the in-memory copy)."""
+    def is_suppressed(self, addresses: Sequence[str]) -> set[str]:
+        """The subset of `addresses` on the suppression list (from the in-memory copy: no
+        I/O, so no coroutine for each RCPT)."""
         return self.suppressions.suppressed(addresses)
 
     async def counts(self) -> dict[str, int]:

@@ -391,7 +391,7 @@ async def test_hard_bounce_suppresses_recipient(backend: Database, queue: Queue)
     suppressed = await fetch(backend, "SELECT email, reason FROM suppression")
     # Only the 5.1.x bounce, under its mailbox key: every spelling of it is refused.
     assert [(s.email, s.reason) for s in suppressed] == [("carol.smith@example.com", "bounced")]
-    found = await queue.is_suppressed(
+    found = queue.is_suppressed(
         ["Carol.Smith@EXAMPLE.com", '"carol.smith"@example.com', "erin@example.com"]
     )
     assert found == {"Carol.Smith@EXAMPLE.com", '"carol.smith"@example.com'}
@@ -403,7 +403,7 @@ async def test_is_suppressed_reports_every_spelling(backend: Database, queue: Qu
     await queue.record(AttemptRecord(message, {"frank@example.com": USER_UNKNOWN}, "pool-1"))
 
     asked = ["frank@example.com", "frank@EXAMPLE.COM", "grace@example.com"]
-    assert await queue.is_suppressed(asked) == {"frank@example.com", "frank@EXAMPLE.COM"}
+    assert queue.is_suppressed(asked) == {"frank@example.com", "frank@EXAMPLE.COM"}
 
 
 async def test_past_max_age_bounces_with_5_4_7(make_queue: MakeQueue, backend: Database) -> None:
@@ -421,7 +421,7 @@ async def test_past_max_age_bounces_with_5_4_7(make_queue: MakeQueue, backend: D
     assert rcpt.status == "bounced"
     assert "5.4.7" in rcpt.response
     assert "try again later" in rcpt.response  # the last upstream answer is kept
-    assert await queue.is_suppressed(["henry@example.com"]) == set()  # not a hard bounce
+    assert queue.is_suppressed(["henry@example.com"]) == set()  # not a hard bounce
 
 
 async def test_release_claims_makes_own_claims_due(
