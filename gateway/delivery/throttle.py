@@ -87,9 +87,9 @@ class Throttle:
 
     async def reserve(self, pool: PoolSettings) -> Ticket | Wait | None:
         """Reserve one send through `pool`: None (no limits), a Ticket, or a Wait."""
-        rate = _rate_of(pool)
-        if rate is None and not pool.daily_limit:
+        if not self.limits(pool):
             return None
+        rate = _rate_of(pool)  # (cached by its text)
         now = time.time()
         limits = (pool.rate, pool.daily_limit)
         closed = self._closed.get(pool.id)

@@ -168,9 +168,9 @@ class WarmupGate:
     async def reserve(self, pool: PoolSettings) -> stored.Reserved | Wait | None:
         """Take one send from the warmup of `pool` (a pool or a connected account): None
         when none limits it, a Reserved to hand back to `sent` (or `release`), or a Wait."""
-        subject = (kind_of(pool), pool.id)
-        if subject not in self._subjects:
+        if not self.limits(pool):
             return None
+        subject = (kind_of(pool), pool.id)
         now = self.clock()
         closed = self._closed.get(subject)
         if closed is not None and now < closed.until:
