@@ -111,6 +111,13 @@ class Database:
     def dialect(self) -> str:
         return "sqlite" if self.is_sqlite else "postgresql"
 
+    def watch_lock_waits(self, hook: Callable[[float], None]) -> None:
+        """`hook(seconds)` after each wait for the write lock another process held (SQLite:
+        the workers of `serve`, a CLI command). On PostgreSQL a no-op: there writers wait
+        in the server, row by row, unseen here."""
+        if self._sync is not None:
+            self._write_lock.on_wait = hook
+
     async def read(self, query: Query[T]) -> T:
         """Run `query` on a connection outside any explicit transaction. The database failing
         (down, locked, I/O) is raised as the StorageUnavailable it stands for, as a write's
@@ -266,6 +273,8 @@ class _WriteLock:
         self._database = _database_file(database)
         self._fd: int | None = None
         self._usable = self._database is not None
+        # Told how long each contended take waited (on the write thread).
+        self.on_wait: Callable[[float], None] | None = None
 
     @contextlib.contextmanager
     def held(self, timeout: float | None = None) -> Iterator[None]:
@@ -304,6 +313,14 @@ class _WriteLock:
         return fd
 
     def _wait(self, fd: int, timeout: float) -> None:
+        began = time.monotonic()
+        try:
+            self._wait_for(fd, timeout)
+        finally:
+            if self.on_wait is not None:
+                self.on_wait(time.monotonic() - began)
+
+    def _wait_for(self, fd: int, timeout: float) -> None:
         taken = _LOCK_WAITERS.flock(fd)
         try:
             taken.result(timeout)

@@ -26,6 +26,10 @@ ones, each piece cost a commit of its own: bench/loop_lag.py's ten 20 MB transfe
 253-808 ms, three runs each, interleaved.) A larger job (a whole large body: PostgreSQL
 stores it in one transaction) commits alone, after the small jobs waiting, which go first.
 
+Each commit is told to `on_commit` with its seconds (hand-off to committed) and its jobs:
+`serve` exports them (postern_storage_commit_seconds, _jobs_total), bench/commits.py reads
+them under load.
+
 When the database itself fails a commit (full, locked, down), the writer remembers it until
 a commit succeeds: `readiness()` reports it (and probes whether writes commit again), and
 `known_full()` lets a door refuse a message before it is sent rather than after. A failed
@@ -38,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -93,6 +98,9 @@ class _Job:
 _PROBE = update(Meta).where(Meta.c.key == "schema_version").values(value=Meta.c.value)
 
 FailureHook = Callable[[StorageUnavailable], None]
+# Told of each commit: its seconds from hand-off to committed (the wait for SQLite's write
+# lock, the SQL, the fsync: what every caller in it waited for) and how many jobs it held.
+CommitHook = Callable[[float, int], None]
 
 
 class Writer:
@@ -107,10 +115,15 @@ class Writer:
     large = 1 << 20
 
     def __init__(
-        self, db: Database, max_batch: int = 512, on_failure: FailureHook | None = None
+        self,
+        db: Database,
+        max_batch: int = 512,
+        on_failure: FailureHook | None = None,
+        on_commit: CommitHook | None = None,
     ) -> None:
         self._db = db
         self._max_batch = max_batch
+        self._on_commit = on_commit
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
         # While a patient job lingers: resolved by the next job put (or the linger's end).
         self._company: asyncio.Future[None] | None = None
@@ -248,6 +261,7 @@ class Writer:
 
     async def _commit(self, jobs: list[_Job]) -> bool:
         """Commit `jobs` together; False when the database itself failed (not one job)."""
+        began = time.perf_counter()
         try:
             results = await self._transaction(jobs)
         except Exception as error:
@@ -268,6 +282,8 @@ class Writer:
             return True
         self.commits += 1
         self.failure = None
+        if self._on_commit is not None:
+            self._on_commit(time.perf_counter() - began, len(jobs))
         for job, result in zip(jobs, results, strict=True):
             if not job.done.done():
                 job.done.set_result(result)

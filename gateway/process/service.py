@@ -243,7 +243,8 @@ class Service:
             await bind_to_database(db, ready.box)
         except SecretError as error:
             raise StartupError(str(error)) from None
-        writer = self.writer = Writer(db, on_failure=_count_write_failure)
+        db.watch_lock_waits(metrics.STORAGE_LOCK_WAIT.inc)
+        writer = self.writer = Writer(db, on_failure=_count_write_failure, on_commit=_count_commit)
         writer.start()
         delivery = config.delivery
         # Renewed every lease/4 while this node holds a message; lapses only if it dies.
@@ -784,6 +785,11 @@ class Service:
 
 def _count_write_failure(failure: StorageUnavailable) -> None:
     metrics.STORAGE_WRITE_FAILURES.labels(reason=failure.kind).inc()
+
+
+def _count_commit(seconds: float, jobs: int) -> None:
+    metrics.STORAGE_COMMIT_SECONDS.observe(seconds)
+    metrics.STORAGE_COMMIT_JOBS.inc(jobs)
 
 
 def _first_line(error: BaseException) -> str:

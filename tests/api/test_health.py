@@ -1,5 +1,6 @@
 """GET /healthz (liveness) and GET /readyz (readiness: storage writes commit), both in
-/openapi.json; postern_storage_write_failures_total exported before the first failure.
+/openapi.json; postern_storage_write_failures_total exported before the first failure, the
+commits and lock waits with every commit.
 
 A failing or full database is tested through the real doors in
 tests/integration/test_storage_faults.py and test_full_disk.py.
@@ -41,3 +42,23 @@ async def test_write_failures_are_exported_from_the_start(api: Api) -> None:
     text = (await api.http.get("/metrics")).text
     for reason in ("full", "error"):
         assert f'postern_storage_write_failures_total{{reason="{reason}"}}' in text
+
+
+def sample(text: str, name: str) -> float:
+    """The value of a sample without labels, summed over the processes that export it."""
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " ")
+    )
+
+
+async def test_commits_are_exported_with_their_jobs_and_the_lock_waits(api: Api) -> None:
+    """What every acceptance waits on, for an operator: the group commits' time, the writes
+    that shared them, and (SQLite) the waits for another process's write lock."""
+    before = (await api.http.get("/metrics")).text
+    response = await api.send(key=await api.key())
+    assert response.status_code == 200, response.text
+    after = (await api.http.get("/metrics")).text
+    assert "postern_storage_commit_seconds_bucket" in after
+    for name in ("postern_storage_commit_seconds_count", "postern_storage_commit_jobs_total"):
+        assert sample(after, name) > sample(before, name), name
+    assert "postern_storage_lock_wait_seconds_total" in after

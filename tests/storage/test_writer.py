@@ -332,6 +332,51 @@ async def test_a_contended_write_lock_is_waited_for_by_a_thread_kept_for_the_nex
     assert len(await stored(first, "contended")) == 5
 
 
+async def test_each_commit_is_told_with_its_time_and_jobs(backend: Database) -> None:
+    """`on_commit` (serve: postern_storage_commit_seconds and _jobs_total) hears of every
+    commit once, after it: how long its callers waited and how many shared it."""
+    told: list[tuple[float, int]] = []
+    writer = Writer(backend, on_commit=lambda seconds, jobs: told.append((seconds, jobs)))
+    writer.start()
+    try:
+        async with asyncio.timeout(WAIT):
+            await asyncio.gather(*(writer.submit(put(f"told{i:02d}")) for i in range(20)))
+            await writer.submit(put("alone"))
+    finally:
+        await writer.stop()
+    assert len(told) == writer.commits
+    assert sum(jobs for _, jobs in told) == 21
+    assert told[-1][1] == 1
+    assert all(0 < seconds < WAIT for seconds, _ in told)
+
+
+async def test_a_wait_for_the_write_lock_is_told_with_its_length(
+    sqlite_pair: tuple[Database, Database], tmp_path: Path
+) -> None:
+    """Another process holding the write lock: the wait is told when it ends (serve:
+    postern_storage_lock_wait_seconds_total); a lock found free is no wait."""
+    first, _ = sqlite_pair
+    waits: list[float] = []
+    first.watch_lock_waits(waits.append)
+    writer = Writer(first)
+    writer.start()
+    holder = os.open(tmp_path / "postern.db-writer", os.O_RDWR)
+    try:
+        await asyncio.wait_for(writer.submit(put("free")), WAIT)
+        assert waits == []
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        job = asyncio.ensure_future(writer.submit(put("held")))
+        await asyncio.sleep(0.2)
+        assert waits == []  # told when the wait ends, not before
+        fcntl.flock(holder, fcntl.LOCK_UN)
+        await asyncio.wait_for(job, WAIT)
+    finally:
+        os.close(holder)
+        await writer.stop()
+    assert len(waits) == 1
+    assert 0.15 < waits[0] < WAIT
+
+
 def waiting_threads() -> set[threading.Thread]:
     return {t for t in threading.enumerate() if t.name == "db-write-lock"}
 
