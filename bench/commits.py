@@ -5,23 +5,26 @@
     python bench/commits.py --workers 1 --clients 10 -n 8000
 
 Postern relays `smtp-source`'s load into `smtp-sink`, as `compare_postfix.py` runs it; the
-script reads /metrics (summed over the workers) before and after each case and prints, per
-message and per commit, what the storage writers did:
+script reads /metrics (worker 0 sums the workers' files) before and after each case and
+prints, per message and per commit, what the storage writers did:
 
     commits/msg    group commits a message cost (its intake, its attempt's record, claims)
     jobs/commit    writes that shared one fsync (postern_storage_commit_jobs_total)
-    commit ms      a commit's mean time from hand-off to committed, what a 250 waits on
-    writer busy    commit time over wall time, per worker (1.0: a writer never idle)
-    lock wait      SQLite: the share of that time spent waiting for another worker's lock
+    commit ms      a commit's mean time from starting it to its return on the event loop
+    writer busy    commit time over wall time, averaged over the workers (1.0: never idle)
+    lock wait      SQLite: the share of commit time spent waiting for another worker's lock
 
-A writer busy near 1 whose time is mostly lock wait says the workers queue on the SQLite
-write lock; busy well under 1 says the loops, not storage, set the pace. Counts from the
-server itself, so no tracing overhead; wall figures move ±15 % from minute to minute here.
+Commit time includes the hops between the loop and the write thread, so a loop that is slow
+to take the result back makes a writer look busier than storage keeps it: writer busy is an
+upper bound on how occupied storage is; a large lock-wait share says the workers queue on
+the SQLite write lock. Counts from the server itself, no tracing; wall figures move ±15 %
+from minute to minute here.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -45,7 +48,7 @@ SAMPLES = (
 
 
 def scrape(http_port: int) -> dict[str, float]:
-    """The samples above, each summed over its lines (workers)."""
+    """The samples above, from /metrics."""
     with urllib.request.urlopen(f"http://{HOST}:{http_port}/metrics", timeout=10) as response:
         text = response.read().decode()
     found = dict.fromkeys(SAMPLES, 0.0)
@@ -57,10 +60,12 @@ def scrape(http_port: int) -> dict[str, float]:
 
 
 def measure(args: argparse.Namespace, clients: int, tmp: Path) -> str:
-    sink = compare_postfix.SmtpSink()
     workers: str | int = int(args.workers) if args.workers.isdigit() else args.workers
-    postern = relay.Postern(args.postern_cmd, tmp, sink.port, 20, workers=workers)
-    try:
+    with contextlib.ExitStack() as stack:
+        sink = compare_postfix.SmtpSink()
+        stack.callback(sink.close)
+        postern = relay.Postern(args.postern_cmd, tmp, sink.port, 20, workers=workers)
+        stack.callback(postern.stop)
         deadline = time.monotonic() + args.timeout
         postern.wait_ready(deadline)
         before, base = scrape(postern.http_port), sink.count()
@@ -74,9 +79,6 @@ def measure(args: argparse.Namespace, clients: int, tmp: Path) -> str:
         done = sink.wait_for(base + args.messages, deadline)
         cpu = tree_cpu_seconds(postern.proc.pid) - cpu
         after = scrape(postern.http_port)
-    finally:
-        postern.stop()
-        sink.close()
     delta = {name: after[name] - before[name] for name in SAMPLES}
     commits = max(delta["postern_storage_commit_seconds_count"], 1.0)
     seconds = delta["postern_storage_commit_seconds_sum"]
@@ -113,6 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per case")
     relay.add_postern_cmd(parser)
     args = parser.parse_args(argv)
+    if args.workers != "auto" and not (args.workers.isdigit() and int(args.workers) > 0):
+        parser.error('--workers: a positive count or "auto"')
     try:
         return run(args)
     except BenchError as error:

@@ -129,9 +129,10 @@ for _reason in ("full", "error"):  # exported as 0 before the first failure
     STORAGE_WRITE_FAILURES.labels(reason=_reason)
 STORAGE_COMMIT_SECONDS = Histogram(
     "postern_storage_commit_seconds",
-    "Group commits of the storage writer, from hand-off to committed: the wait for SQLite's "
-    "write lock, the SQL and the fsync, which every message's acceptance waits on.",
-    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
+    "Group commits of the storage writer, from starting one to its return on the event loop: "
+    "the wait for SQLite's write lock, the SQL, the fsync (a job waits for this and for the "
+    "commit before it, if one was under way).",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
 )
 STORAGE_COMMIT_JOBS = Counter(
     "postern_storage_commit_jobs_total",
@@ -140,8 +141,9 @@ STORAGE_COMMIT_JOBS = Counter(
 )
 STORAGE_LOCK_WAIT = Counter(
     "postern_storage_lock_wait_seconds_total",
-    "SQLite: time the storage writer waited for the write lock another process held (the "
-    "other workers of serve, a CLI command); stays 0 on PostgreSQL.",
+    "SQLite: time this process's write transactions waited for the write lock another "
+    "process held (the other workers of serve, a CLI command), waits that timed out "
+    "included; stays 0 on PostgreSQL.",
 )
 EVENT_LOOP_LAG = Histogram(
     "postern_event_loop_lag_seconds",

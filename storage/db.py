@@ -112,9 +112,10 @@ class Database:
         return "sqlite" if self.is_sqlite else "postgresql"
 
     def watch_lock_waits(self, hook: Callable[[float], None]) -> None:
-        """`hook(seconds)` after each wait for the write lock another process held (SQLite:
-        the workers of `serve`, a CLI command). On PostgreSQL a no-op: there writers wait
-        in the server, row by row, unseen here."""
+        """`hook(seconds)` after each wait of this database's write transactions for the
+        write lock another process held (SQLite: the workers of `serve`, a CLI command),
+        one that timed out included. On PostgreSQL a no-op: there writers wait in the
+        server, row by row, unseen here."""
         if self._sync is not None:
             self._write_lock.on_wait = hook
 
@@ -273,7 +274,7 @@ class _WriteLock:
         self._database = _database_file(database)
         self._fd: int | None = None
         self._usable = self._database is not None
-        # Told how long each contended take waited (on the write thread).
+        # Told how long each contended take waited, timed out or not (on the write thread).
         self.on_wait: Callable[[float], None] | None = None
 
     @contextlib.contextmanager
@@ -316,9 +317,13 @@ class _WriteLock:
         began = time.monotonic()
         try:
             self._wait_for(fd, timeout)
-        finally:
+        finally:  # a wait that timed out was waited too
             if self.on_wait is not None:
-                self.on_wait(time.monotonic() - began)
+                # Never raises: the caller must reach its unlock, or keep its own error.
+                try:
+                    self.on_wait(time.monotonic() - began)
+                except Exception:
+                    log.exception("the lock-wait hook failed")
 
     def _wait_for(self, fd: int, timeout: float) -> None:
         taken = _LOCK_WAITERS.flock(fd)

@@ -26,7 +26,7 @@ ones, each piece cost a commit of its own: bench/loop_lag.py's ten 20 MB transfe
 253-808 ms, three runs each, interleaved.) A larger job (a whole large body: PostgreSQL
 stores it in one transaction) commits alone, after the small jobs waiting, which go first.
 
-Each commit is told to `on_commit` with its seconds (hand-off to committed) and its jobs:
+Each commit is told to `on_commit` with its seconds (started to committed) and its jobs:
 `serve` exports them (postern_storage_commit_seconds, _jobs_total), bench/commits.py reads
 them under load.
 
@@ -98,8 +98,9 @@ class _Job:
 _PROBE = update(Meta).where(Meta.c.key == "schema_version").values(value=Meta.c.value)
 
 FailureHook = Callable[[StorageUnavailable], None]
-# Told of each commit: its seconds from hand-off to committed (the wait for SQLite's write
-# lock, the SQL, the fsync: what every caller in it waited for) and how many jobs it held.
+# Told of each commit: its seconds from the writer starting it to its return on the event
+# loop (the wait for SQLite's write lock, the SQL, the fsync, the hops between threads; not
+# the time its jobs queued behind the commit before it) and how many jobs it held.
 CommitHook = Callable[[float, int], None]
 
 
@@ -282,11 +283,15 @@ class Writer:
             return True
         self.commits += 1
         self.failure = None
-        if self._on_commit is not None:
-            self._on_commit(time.perf_counter() - began, len(jobs))
         for job, result in zip(jobs, results, strict=True):
             if not job.done.done():
                 job.done.set_result(result)
+        if self._on_commit is not None:
+            # After the callers are answered; a failing hook costs a log line, never them.
+            try:
+                self._on_commit(time.perf_counter() - began, len(jobs))
+            except Exception:
+                log.exception("the commit hook failed")
         return True
 
     @staticmethod

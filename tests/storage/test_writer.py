@@ -6,6 +6,7 @@ import asyncio
 import fcntl
 import os
 import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -334,7 +335,8 @@ async def test_a_contended_write_lock_is_waited_for_by_a_thread_kept_for_the_nex
 
 async def test_each_commit_is_told_with_its_time_and_jobs(backend: Database) -> None:
     """`on_commit` (serve: postern_storage_commit_seconds and _jobs_total) hears of every
-    commit once, after it: how long its callers waited and how many shared it."""
+    commit once, after it: how long it took and how many jobs shared it. A group that
+    failed and was retried one by one is told as the commits that succeeded."""
     told: list[tuple[float, int]] = []
     writer = Writer(backend, on_commit=lambda seconds, jobs: told.append((seconds, jobs)))
     writer.start()
@@ -342,39 +344,69 @@ async def test_each_commit_is_told_with_its_time_and_jobs(backend: Database) -> 
         async with asyncio.timeout(WAIT):
             await asyncio.gather(*(writer.submit(put(f"told{i:02d}")) for i in range(20)))
             await writer.submit(put("alone"))
+            clashing = [writer.submit(put(f"retried{i}")) for i in range(4)]
+            clashing.append(writer.submit(put("schema_version")))  # the stored row's key
+            results = await asyncio.gather(*clashing, return_exceptions=True)
     finally:
         await writer.stop()
+    assert results[:4] == [None] * 4 and isinstance(results[4], StorageUnavailable)
     assert len(told) == writer.commits
-    assert sum(jobs for _, jobs in told) == 21
-    assert told[-1][1] == 1
-    assert all(0 < seconds < WAIT for seconds, _ in told)
+    assert sum(jobs for _, jobs in told) == 20 + 1 + 4  # the failed job in none
+    assert all(0 < seconds < WAIT and jobs >= 1 for seconds, jobs in told)
+
+
+async def test_a_failing_commit_hook_costs_no_caller_its_answer(backend: Database) -> None:
+    def broken(seconds: float, jobs: int) -> None:
+        raise RuntimeError("a broken hook")
+
+    writer = Writer(backend, on_commit=broken)
+    writer.start()
+    try:
+        async with asyncio.timeout(WAIT):
+            await writer.submit(put("hooked1"))
+            await writer.submit(put("hooked2"))
+    finally:
+        await writer.stop()
+    assert set(await stored(backend, "hooked")) == {"hooked1", "hooked2"}
 
 
 async def test_a_wait_for_the_write_lock_is_told_with_its_length(
-    sqlite_pair: tuple[Database, Database], tmp_path: Path
+    sqlite_pair: tuple[Database, Database], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Another process holding the write lock: the wait is told when it ends (serve:
-    postern_storage_lock_wait_seconds_total); a lock found free is no wait."""
+    postern_storage_lock_wait_seconds_total), as long as it lasted; a lock found free is
+    no wait."""
     first, _ = sqlite_pair
     waits: list[float] = []
     first.watch_lock_waits(waits.append)
+    waiting = threading.Event()
+    flock = storage_db._LOCK_WAITERS.flock
+
+    def noted(fd: int) -> Any:
+        waiting.set()
+        return flock(fd)
+
+    monkeypatch.setattr(storage_db._LOCK_WAITERS, "flock", noted)
     writer = Writer(first)
     writer.start()
     holder = os.open(tmp_path / "postern.db-writer", os.O_RDWR)
     try:
         await asyncio.wait_for(writer.submit(put("free")), WAIT)
-        assert waits == []
+        assert waits == [] and not waiting.is_set()
         fcntl.flock(holder, fcntl.LOCK_EX)
         job = asyncio.ensure_future(writer.submit(put("held")))
+        assert await asyncio.to_thread(waiting.wait, WAIT)
+        held_from = time.monotonic()
         await asyncio.sleep(0.2)
         assert waits == []  # told when the wait ends, not before
+        held_for = time.monotonic() - held_from  # (before the wait can end)
         fcntl.flock(holder, fcntl.LOCK_UN)
         await asyncio.wait_for(job, WAIT)
     finally:
         os.close(holder)
         await writer.stop()
     assert len(waits) == 1
-    assert 0.15 < waits[0] < WAIT
+    assert held_for <= waits[0] < WAIT
 
 
 def waiting_threads() -> set[threading.Thread]:
@@ -439,6 +471,8 @@ async def test_a_write_lock_held_too_long_is_storage_unavailable(
     database does (451/503 at the doors), and succeeds once the lock is let go."""
     monkeypatch.setattr(storage_db, "BUSY_TIMEOUT", 0.2)
     first, _ = sqlite_pair
+    waits: list[float] = []
+    first.watch_lock_waits(waits.append)  # a wait that timed out is told too
     holder = os.open(tmp_path / "postern.db-writer", os.O_RDWR)
     fcntl.flock(holder, fcntl.LOCK_EX)
     writer = Writer(first)
@@ -453,6 +487,7 @@ async def test_a_write_lock_held_too_long_is_storage_unavailable(
         await writer.stop()
     assert await stored(first, "freed") == {"freed": "v"}
     assert await stored(first, "blocked") == {}
+    assert waits and 0.2 <= waits[0] < WAIT  # (a short one may follow: the old wait's lock)
 
 
 async def test_large_jobs_go_one_per_commit_with_the_small_ones_waiting(
