@@ -41,21 +41,22 @@ def rfc3339(moment: float) -> str:
 
 async def test_a_scheduled_message_waits_until_its_time(api: Api, sink: Sink) -> None:
     key = await api.key()
-    when = time.time() + 2.5
+    when = time.time() + 3.0
     answer = await api.send(payload(scheduled_at=rfc3339(when)), key=key)
     body = answer.json()
     assert answer.status_code == 202, body
     assert body["queued"] is True and body["scheduled_at"].endswith("Z")
 
-    await asyncio.sleep(1.2)
-    assert sink.messages == []
+    await asyncio.sleep(max(0.0, when - 1.5 - time.time()))
     state = (await api.get(f"/v1/messages/{body['message_id']}", key=key)).json()
-    assert state["status"] == "queued"
+    if time.time() < when - 0.5:  # (a loaded machine may have spent the margin answering)
+        assert sink.messages == []
+        assert state["status"] == "queued"
     assert state["scheduled_at"] == body["scheduled_at"]
     assert abs(datetime.fromisoformat(state["next_attempt_at"]).timestamp() - when) < 0.01
 
     assert await sink.wait_for_async(1, timeout=10)
-    assert time.time() >= when
+    assert sink.messages[0].at >= when  # never before its time, however slow the machine
     await settled(api, key, body["message_id"], "delivered")
 
 
