@@ -4,6 +4,7 @@
     python bench/stages.py                      # 3000 messages, one client, workers = 1
     python bench/stages.py --workers auto --messages 5000
     python bench/stages.py --cprofile calls.prof --top 40
+    python bench/stages.py --spans
 
 One client sends 1 KB messages without pipelining, as smtp-source does (MAIL, RCPT, DATA,
 the content), to Postern relaying into bench/relay.py's sink, and prints each reply's time
@@ -16,12 +17,20 @@ inflates Python code about twofold, and prints the functions by their own time p
 with their calls per message: a count that does not depend on the machine's load, for
 before/after comparisons of what one message costs the event loop (cProfile sees the main
 thread only). Wall figures move ±15 % from minute to minute here: interleave runs.
+
+`--spans` runs `serve` (workers = 1) with the steps of the final dot's critical path timed
+in the server (a wrapper around each method, this script's alone): the DATA command from
+its line to its reply, the handler's submit, intake's store, the writer's transaction as
+the loop waits for it, and on the write thread the SQL and the COMMIT (wall and CPU), with
+delivery's attempt and its upstream send beside them. Mean and p50 per span, the first
+10 % left out.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import pstats
 import shutil
 import statistics
@@ -47,6 +56,79 @@ finally:
     profile.disable()
     profile.dump_stats(sys.argv[1])
 sys.exit(status)
+"""
+
+SPANS = """\
+import atexit, json, sys, time
+from collections import defaultdict
+
+spans = defaultdict(list)
+
+
+def timed(owner, name, label):
+    method = getattr(owner, name)
+
+    async def wrapper(*args, **kwargs):
+        began = time.perf_counter()
+        try:
+            return await method(*args, **kwargs)
+        finally:
+            spans[label].append(time.perf_counter() - began)
+
+    setattr(owner, name, wrapper)
+
+
+from sqlalchemy.engine.base import Transaction
+from gateway.delivery import upstream, workers
+from gateway.intake import pipeline
+from gateway.process import cli
+from gateway.smtpd import server
+from storage import db, writer
+
+timed(server.PosternSMTP, "smtp_DATA", "DATA to its reply")
+timed(server.PosternHandler, "_submit", "  handler submit")
+timed(pipeline.Intake, "_store", "    intake store")
+timed(writer.Writer, "_transaction", "      writer transaction")
+timed(workers.Delivery, "deliver", "delivery attempt")
+timed(upstream.UpstreamPool, "send", "  upstream send")
+transaction = db.Database.transaction
+
+
+async def thread_timed(self, work, **kwargs):
+    def run(conn):
+        began, cpu = time.perf_counter(), time.thread_time()
+        try:
+            return work(conn)
+        finally:
+            spans["        SQL (thread)"].append(time.perf_counter() - began)
+            spans["        SQL (thread CPU)"].append(time.thread_time() - cpu)
+
+    return await transaction(self, run, **kwargs)
+
+
+db.Database.transaction = thread_timed
+commit = Transaction.commit
+
+
+def commit_timed(self):
+    began, cpu = time.perf_counter(), time.thread_time()
+    try:
+        return commit(self)
+    finally:
+        spans["        COMMIT (thread)"].append(time.perf_counter() - began)
+        spans["        COMMIT (thread CPU)"].append(time.thread_time() - cpu)
+
+
+Transaction.commit = commit_timed
+
+
+def dump():
+    with open(sys.argv[1], "w") as out:
+        json.dump(spans, out)
+
+
+atexit.register(dump)
+sys.exit(cli.main(sys.argv[2:]))
 """
 
 
@@ -101,6 +183,32 @@ def print_profile(path: Path, messages: int, top: int) -> None:
         )
 
 
+SPAN_ORDER = (
+    "DATA to its reply",
+    "  handler submit",
+    "    intake store",
+    "      writer transaction",
+    "        SQL (thread)",
+    "        SQL (thread CPU)",
+    "        COMMIT (thread)",
+    "        COMMIT (thread CPU)",
+    "delivery attempt",
+    "  upstream send",
+)
+
+
+def print_spans(spans: dict[str, list[float]]) -> None:
+    print("\nin the server, ms:             mean      p50   count")
+    rank = {name: index for index, name in enumerate(SPAN_ORDER)}
+    for label in sorted(spans, key=lambda name: rank.get(name, len(rank))):
+        values = spans[label]
+        kept = sorted(values[len(values) // 10 :]) or [0.0]
+        print(
+            f"{label:28} {statistics.mean(kept) * 1e3:7.3f}  {statistics.median(kept) * 1e3:7.3f}"
+            f"  {len(values):6}"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="postern-stages-"))
     command: Sequence[str] = args.postern_cmd
@@ -110,17 +218,27 @@ def run(args: argparse.Namespace) -> int:
         script.write_text(PROFILER)
         command = (command[0], str(script), str(args.cprofile.resolve()), "serve")
         workers = 1
+    spans = tmp / "spans.json"
+    if args.spans:
+        script = tmp / "timed_serve.py"
+        script.write_text(SPANS)
+        command = (command[0], str(script), str(spans), "serve")
+        workers = 1
     sink = relay.Sink()
     postern = relay.Postern(command, tmp, sink.port, 20, workers=workers)
     try:
         postern.wait_ready(time.monotonic() + 60)
         times = asyncio.run(one_client(postern.smtp_port, args.messages, args.size))
+        postern.stop()  # (its spans are written as it exits)
+        timed = json.loads(spans.read_text()) if args.spans else {}
     finally:
         postern.stop()
         sink.close()
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"one client, {args.messages} messages of {args.size} bytes, workers = {workers}")
     report(times)
+    if args.spans:
+        print_spans(timed)
     if args.cprofile:
         print_profile(args.cprofile, args.messages, args.top)
     return 0
@@ -133,6 +251,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", default="1", help='`[server] workers`: a number or "auto"')
     parser.add_argument("--cprofile", type=Path, help="profile `serve` into this file")
     parser.add_argument("--top", type=int, default=30, help="functions shown with --cprofile")
+    parser.add_argument(
+        "--spans", action="store_true", help="time the final dot's steps in the server"
+    )
     relay.add_postern_cmd(parser)
     args = parser.parse_args(argv)
     try:
