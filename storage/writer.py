@@ -310,7 +310,10 @@ class Writer:
         self.failure, self._failed_at = failure, asyncio.get_running_loop().time()
         log.error("storage write failed: %s", error)
         if self._on_failure is not None:
-            self._on_failure(failure)
+            try:  # as on_commit: a failing hook must not strand the jobs it reports
+                self._on_failure(failure)
+            except Exception:
+                log.exception("the failure hook failed")
         return failure
 
     @staticmethod

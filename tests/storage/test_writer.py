@@ -370,6 +370,32 @@ async def test_a_failing_commit_hook_costs_no_caller_its_answer(backend: Databas
     assert set(await stored(backend, "hooked")) == {"hooked1", "hooked2"}
 
 
+async def test_a_failing_failure_hook_still_answers_the_failed_jobs(
+    sqlite_pair: tuple[Database, Database], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database failing (its lock held past the busy timeout) with a hook that raises:
+    the callers still hear StorageUnavailable, and the writer goes on."""
+    monkeypatch.setattr(storage_db, "BUSY_TIMEOUT", 0.2)
+    first, _ = sqlite_pair
+
+    def broken(failure: StorageUnavailable) -> None:
+        raise RuntimeError("a broken hook")
+
+    holder = os.open(tmp_path / "postern.db-writer", os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    writer = Writer(first, on_failure=broken)
+    writer.start()
+    try:
+        with pytest.raises(StorageUnavailable):
+            await asyncio.wait_for(writer.submit(put("unhooked")), WAIT)
+        fcntl.flock(holder, fcntl.LOCK_UN)
+        await asyncio.wait_for(writer.submit(put("rehooked")), WAIT)
+    finally:
+        os.close(holder)
+        await writer.stop()
+    assert await stored(first, "rehooked") == {"rehooked": "v"}
+
+
 async def test_a_wait_for_the_write_lock_is_told_with_its_length(
     sqlite_pair: tuple[Database, Database], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
