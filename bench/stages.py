@@ -22,8 +22,9 @@ thread only). Wall figures move ±15 % from minute to minute here: interleave ru
 in the server (a wrapper around each method, this script's alone): the DATA command from
 its line to its reply, the handler's submit, intake's store, the writer's transaction as
 the loop waits for it, and on the write thread the SQL and the COMMIT (wall and CPU), with
-delivery's attempt and its upstream send beside them. Mean and p50 per span, the first
-10 % left out.
+delivery's attempt and its upstream send beside them. The writer's spans count every
+commit, not only the dot's (attempts' records, claims, background writes). Mean and p50
+per span with the first 10 % left out; the count is of all.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ sys.exit(status)
 """
 
 SPANS = """\
-import atexit, json, sys, time
+import atexit, functools, json, sys, time
 from collections import defaultdict
 
 spans = defaultdict(list)
@@ -68,6 +69,7 @@ spans = defaultdict(list)
 def timed(owner, name, label):
     method = getattr(owner, name)
 
+    @functools.wraps(method)  # (aiosmtpd reads its command methods' attributes)
     async def wrapper(*args, **kwargs):
         began = time.perf_counter()
         try:
@@ -198,7 +200,7 @@ SPAN_ORDER = (
 
 
 def print_spans(spans: dict[str, list[float]]) -> None:
-    print("\nin the server, ms:             mean      p50   count")
+    print(f"\n{'in the server, ms:':28} {'mean':>7}  {'p50':>7}  {'count':>6}")
     rank = {name: index for index, name in enumerate(SPAN_ORDER)}
     for label in sorted(spans, key=lambda name: rank.get(name, len(rank))):
         values = spans[label]
@@ -230,6 +232,8 @@ def run(args: argparse.Namespace) -> int:
         postern.wait_ready(time.monotonic() + 60)
         times = asyncio.run(one_client(postern.smtp_port, args.messages, args.size))
         postern.stop()  # (its spans are written as it exits)
+        if args.spans and not spans.exists():
+            raise relay.BenchError(f"serve wrote no spans{postern.log_tail()}")
         timed = json.loads(spans.read_text()) if args.spans else {}
     finally:
         postern.stop()
@@ -249,9 +253,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--messages", "-n", type=int, default=3000)
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--workers", default="1", help='`[server] workers`: a number or "auto"')
-    parser.add_argument("--cprofile", type=Path, help="profile `serve` into this file")
+    how = parser.add_mutually_exclusive_group()  # (each runs serve under its own wrapper)
+    how.add_argument("--cprofile", type=Path, help="profile `serve` into this file")
     parser.add_argument("--top", type=int, default=30, help="functions shown with --cprofile")
-    parser.add_argument(
+    how.add_argument(
         "--spans", action="store_true", help="time the final dot's steps in the server"
     )
     relay.add_postern_cmd(parser)

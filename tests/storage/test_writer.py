@@ -377,8 +377,10 @@ async def test_a_failing_failure_hook_still_answers_the_failed_jobs(
     the callers still hear StorageUnavailable, and the writer goes on."""
     monkeypatch.setattr(storage_db, "BUSY_TIMEOUT", 0.2)
     first, _ = sqlite_pair
+    called: list[StorageUnavailable] = []
 
     def broken(failure: StorageUnavailable) -> None:
+        called.append(failure)
         raise RuntimeError("a broken hook")
 
     holder = os.open(tmp_path / "postern.db-writer", os.O_RDWR)
@@ -394,6 +396,7 @@ async def test_a_failing_failure_hook_still_answers_the_failed_jobs(
         os.close(holder)
         await writer.stop()
     assert await stored(first, "rehooked") == {"rehooked": "v"}
+    assert len(called) == 1
 
 
 async def test_a_wait_for_the_write_lock_is_told_with_its_length(
