@@ -93,19 +93,22 @@ timed(pipeline.Intake, "_store", "    intake store")
 timed(writer.Writer, "_transaction", "      writer transaction")
 timed(workers.Delivery, "deliver", "delivery attempt")
 timed(upstream.UpstreamPool, "send", "  upstream send")
+
+
+def on_thread(name, call, *args):  # call(*args) on the write thread, timed as `name`
+    began, cpu = time.perf_counter(), time.thread_time()
+    try:
+        return call(*args)
+    finally:
+        spans[f"        {name} (thread)"].append(time.perf_counter() - began)
+        spans[f"        {name} (thread CPU)"].append(time.thread_time() - cpu)
+
+
 transaction = db.Database.transaction
 
 
 async def thread_timed(self, work, **kwargs):
-    def run(conn):
-        began, cpu = time.perf_counter(), time.thread_time()
-        try:
-            return work(conn)
-        finally:
-            spans["        SQL (thread)"].append(time.perf_counter() - began)
-            spans["        SQL (thread CPU)"].append(time.thread_time() - cpu)
-
-    return await transaction(self, run, **kwargs)
+    return await transaction(self, lambda conn: on_thread("SQL", work, conn), **kwargs)
 
 
 db.Database.transaction = thread_timed
@@ -113,12 +116,7 @@ commit = Transaction.commit
 
 
 def commit_timed(self):
-    began, cpu = time.perf_counter(), time.thread_time()
-    try:
-        return commit(self)
-    finally:
-        spans["        COMMIT (thread)"].append(time.perf_counter() - began)
-        spans["        COMMIT (thread CPU)"].append(time.thread_time() - cpu)
+    return on_thread("COMMIT", commit, self)
 
 
 Transaction.commit = commit_timed
