@@ -28,8 +28,8 @@ stores it in one transaction) commits alone, after the small jobs waiting, which
 
 Each commit is told to `on_commit` with its seconds (started to committed) and its jobs:
 `serve` exports them (postern_storage_commit_seconds, _jobs_total), bench/commits.py reads
-them under load. Hooks (`on_commit`, `on_failure`) run after the callers are answered or
-failed, and what they raise is logged: a broken hook never strands a caller.
+them under load. What a hook (`on_commit`, `on_failure`) raises is logged, never passed on:
+a broken hook never strands a caller (`on_commit` runs once they are answered).
 
 When the database itself fails a commit (full, locked, down), the writer remembers it until
 a commit succeeds: `readiness()` reports it (and probes whether writes commit again), and

@@ -13,6 +13,7 @@ import re
 import pytest
 
 from tests.support.api import Api
+from tests.support.service import metric
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -46,23 +47,17 @@ async def test_write_failures_are_exported_from_the_start(api: Api) -> None:
         assert f'postern_storage_write_failures_total{{reason="{reason}"}}' in text
 
 
-def sample(text: str, name: str) -> float:
-    """The value of the sample `name` (no labels) in an exposition."""
-    found = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
-    assert found is not None, f"no {name} sample"
-    return float(found.group(1))
-
-
 async def test_commits_are_exported_with_their_jobs_and_the_lock_waits(api: Api) -> None:
     """What every acceptance waits on, for an operator: the group commits' time, the writes
     that shared them, and (SQLite) the waits for another process's write lock."""
-    before = (await api.http.get("/metrics")).text
+    counted = ("postern_storage_commit_seconds_count", "postern_storage_commit_jobs_total")
+    before = [metric(name) for name in counted]
     response = await api.send(key=await api.key())
     assert response.status_code == 200, response.text
-    after = (await api.http.get("/metrics")).text
-    assert "postern_storage_commit_seconds_bucket" in after
-    for name in ("postern_storage_commit_seconds_count", "postern_storage_commit_jobs_total"):
-        assert sample(after, name) > sample(before, name), name
-    assert sample(after, "postern_storage_lock_wait_seconds_total") >= 0
+    assert all(metric(name) > was for name, was in zip(counted, before, strict=True))
+    exported = (await api.http.get("/metrics")).text
+    assert "postern_storage_commit_seconds_bucket" in exported
+    for name in (*counted, "postern_storage_lock_wait_seconds_total"):
+        assert re.search(rf"^{name} \S+$", exported, re.MULTILINE), f"no {name} sample"
     if api.svc.db.is_sqlite:  # wired to the writer's lock (a no-op on PostgreSQL)
         assert api.svc.db._write_lock.on_wait is not None
