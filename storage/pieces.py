@@ -20,12 +20,20 @@ instead of 4.0-4.4 s; and nodes sharing one PostgreSQL database upgrade one at a
 node of schema 10 would read a pieced body's empty row as an empty message and relay it.
 The readers and the sweep work on both backends all the same.
 
-Why 1 MiB for both: a 1 MiB piece commits in ~6 ms on SQLite here (2 KB: 0.6 ms, 256 KB:
-2.6 ms, 2 MB: 11 ms, 4 MB: 34 ms, 20 MB: 123 ms; medians of 7 commits, WAL, FULL), so a
-small message waits at most about one such commit behind a large one, while smaller pieces
-would cost more fsyncs for the same bytes; and bodies under 1 MiB (nearly all mail) keep
-the one-transaction path they had. It is also where reads turn to SQLite's blob I/O
-(storage.queue_sql.LARGE_BODY) and the writer's `large`.
+Why a body of 1 MiB or more, in pieces of 512 KiB: a small message waits at most about one
+piece's commit behind a large one, and a 512 KiB piece commits in less than half the time of
+a 1 MiB one (one insert and commit, WAL, FULL, medians of 9 on the 2-core EPYC, 2026-12-07:
+2 KB 0.2 ms, 256 KiB 1.3-1.4 ms, 512 KiB 1.5 ms, 1 MiB 3.5 ms, 2 MiB 7.4-7.6 ms), so the
+pieces of 20 MB cost less in all too (60 ms against 70). bench/loop_lag.py --workers auto,
+four rounds interleaved (11:52, load 1.1-1.5): the small clients' p99 74 / 83 / 85 / 87 ms
+with 512 KiB pieces against 99 / 132 / 112 / 107 ms with 1 MiB pieces (the ten 20 MB
+transfers took 3.2-5.1 s against 2.6-3.0 s: more turns among the small commits). Smaller
+pieces would cost more fsyncs for little less wait (256 KiB commits in about what 512 KiB
+does). Bodies under 1 MiB (nearly all mail) keep the one-transaction path they had (one
+from 512 KiB up commits alone, after the small jobs waiting: storage.writer's `large` is
+PIECE). Pieces written by 1 MiB (before 2026-12-07) read as any others: readers join pieces
+by their sequence, whatever their size. Reads turn to SQLite's blob I/O at 1 MiB
+(storage.queue_sql.LARGE_BODY).
 
 Readers see a body whole or not at all: storage.queue_sql.bodies_of joins the pieces in
 the read's own snapshot (SQLite: one read transaction, each piece read with blob I/O, the
@@ -63,7 +71,7 @@ B = MessageBody
 M = Message
 
 PIECED = 1 << 20  # a body of this many bytes or more is stored in pieces
-PIECE = 1 << 20  # bytes per piece (the last one: what is left)
+PIECE = 1 << 19  # bytes per piece (the last one: what is left); the writer's `large`
 ORPHAN_AGE = 3600.0  # seconds before pieces no storing transaction claimed may be swept
 SWEEP_PIECES = 4  # pieces deleted per transaction: ~20 ms of the writer on SQLite
 SCAN = 1000  # orphan pieces found per read of the sweep

@@ -19,8 +19,8 @@ before its caller is answered.
 A *large* job (`large` bytes of content or more) goes one at a time. A piece of a large body
 (storage.pieces, SQLite: exactly `large` bytes, or less) rides in the commit of the small
 jobs waiting then (one fsync for both), so that ten large messages at once, each writing its
-pieces one after another, never hold a small one behind more than one piece: a 1 MiB piece
-commits in ~6 ms on SQLite, a 20 MB body took 100-300 ms. (Committed alone, after the small
+pieces one after another, never hold a small one behind more than one piece: a 512 KiB piece
+commits in ~1.5 ms on SQLite, a 20 MB body took 100-300 ms. (Committed alone, after the small
 ones, each piece cost a commit of its own: bench/loop_lag.py's ten 20 MB transfers took
 6.8-9.3 s against 3.4-7.2 s this way, and the small clients' p99 was 444-453 ms against
 253-808 ms, three runs each, interleaved.) A larger job (a whole large body: PostgreSQL
@@ -53,7 +53,7 @@ from sqlalchemy import Connection, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql import Executable
 
-from storage import dml
+from storage import dml, pieces
 from storage.db import Database
 from storage.errors import (
     StorageFull,
@@ -114,7 +114,7 @@ class Writer:
     linger = 0.004
     # A job writing this much content goes one per commit: up to this much, with the small
     # jobs waiting (a piece); more, alone after them (a whole body).
-    large = 1 << 20
+    large = pieces.PIECE
 
     def __init__(
         self,

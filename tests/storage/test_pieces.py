@@ -1,12 +1,14 @@
 """Large bodies in pieces (storage.pieces, schema 11): on SQLite a body of 1 MiB or more is
-written as pieces before its message row, read whole, deleted with its body, and pieces no
-message row came for (a crash between them, a refused message) are invisible and swept.
-PostgreSQL stores every body whole (as before), and reads and sweeps pieces all the same."""
+written as pieces (of 512 KiB) before its message row, read whole, deleted with its body,
+and pieces no message row came for (a crash between them, a refused message) are
+invisible and swept. PostgreSQL stores every body whole (as before), and reads and sweeps
+pieces all the same."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import replace
+from functools import partial
 
 import pytest
 from sqlalchemy import Connection, inspect, text
@@ -35,9 +37,11 @@ def large(size: int, mark: bytes = b"a") -> bytes:
     return head + lines
 
 
-def split_in(db: Database, n: int) -> int:
-    """How many pieces a body that SQLite stores in `n` has on `db` (PostgreSQL: none)."""
-    return n if db.is_sqlite else 0
+def split_in(db: Database, *contents: bytes) -> int:
+    """How many pieces these bodies have on `db` together: on SQLite, a body of PIECED
+    bytes or more in pieces of PIECE bytes, the last one what is left; PostgreSQL none."""
+    pieced = [len(content) for content in contents if len(content) >= pieces.PIECED]
+    return sum(-(-size // pieces.PIECE) for size in pieced) if db.is_sqlite else 0
 
 
 async def piece_count(db: Database, message_id: str) -> int:
@@ -67,8 +71,8 @@ async def test_a_large_body_is_stored_in_pieces_and_read_whole(
     content = large(3_500_000)
     small = await queue.enqueue(submission(), ROUTE, claim=False)
     queued = await queue.enqueue(submission(content=content), ROUTE, claim=False)
-    assert pieces.count(content) == 4
-    assert await piece_count(backend, queued.id) == split_in(backend, 4)
+    assert pieces.count(content) == -(-len(content) // pieces.PIECE) > 1
+    assert await piece_count(backend, queued.id) == split_in(backend, content)
     # named, empty: the pieces hold it (PostgreSQL: whole in its row)
     assert await body_size(backend, queued.id) == (0 if backend.is_sqlite else len(content))
     assert (await message_row(backend, queued.id)).size == len(content)
@@ -89,7 +93,7 @@ async def test_a_body_just_under_a_mebibyte_is_not_pieced(backend: Database, que
     assert await body_size(backend, queued.id) == len(content)
     exact = large(pieces.PIECED * 2)[: pieces.PIECED * 2]
     pieced = await queue.enqueue(submission(content=exact), ROUTE, claim=False)
-    assert await piece_count(backend, pieced.id) == split_in(backend, 2)
+    assert await piece_count(backend, pieced.id) == split_in(backend, exact)
     bodies = await backend.read(lambda conn: queue_sql.bodies_of(conn, [queued.id, pieced.id]))
     assert bodies == {queued.id: content, pieced.id: exact}
 
@@ -108,16 +112,17 @@ async def test_retention_and_body_retention_delete_the_pieces(
     # body_retention: the body of a final message goes; its pieces go with the sweep at once
     # (its message row is still there: that body can never be stored again).
     assert await Retention(writer, keep=86400, body_keep=0).sweep_bodies() == 2
-    assert await Retention(writer, keep=86400).sweep_pieces() == split_in(backend, 6)
+    swept = split_in(backend, bodyless.content, purged.content)
+    assert await Retention(writer, keep=86400).sweep_pieces() == swept
     assert await piece_count(backend, bodyless.id) == 0
-    assert await piece_count(backend, kept.id) == split_in(backend, 3)  # not final: untouched
+    assert await piece_count(backend, kept.id) == split_in(backend, kept.content)  # untouched
     ids = [kept.id, bodyless.id]
     assert await backend.read(lambda conn: queue_sql.bodies_of(conn, ids)) == {
         kept.id: kept.content
     }
     # retention: the message goes, then its (already swept) pieces; a kept one stays whole.
     assert await Retention(writer, keep=0).sweep() == 2
-    assert await piece_count(backend, kept.id) == split_in(backend, 3)
+    assert await piece_count(backend, kept.id) == split_in(backend, kept.content)
     assert await message_state(backend, purged.id) is None
 
 
@@ -129,9 +134,9 @@ async def test_pieces_of_a_message_purged_whole_are_swept_once_old(
     queued = await queue.enqueue(submission(content=large(1_500_000)), ROUTE, claim=True)
     await queue.record(AttemptRecord(queued, dict.fromkeys(queued.recipients, DELIVERED), "p"))
     assert await Retention(writer, keep=0).sweep() == 1
-    assert await piece_count(backend, queued.id) == split_in(backend, 2)
+    assert await piece_count(backend, queued.id) == split_in(backend, queued.content)
     await age_pieces(backend, pieces.ORPHAN_AGE + 60)
-    assert await Retention(writer, keep=0).sweep_pieces() == split_in(backend, 2)
+    assert await Retention(writer, keep=0).sweep_pieces() == split_in(backend, queued.content)
     assert await piece_count(backend, queued.id) == 0
 
 
@@ -147,20 +152,21 @@ async def test_pieces_with_no_message_row_are_invisible_and_swept(
         batch = Batch()
         batch.add(pieces.INSERT_PIECE, row)
         await writer.submit(batch, size=len(row["data"]))  # as Queue._store_pieces writes them
-    assert await piece_count(backend, lost) == 3
+    written = pieces.count(content)
+    assert await piece_count(backend, lost) == written > 1
     assert await backend.read(lambda conn: queue_sql.bodies_of(conn, [lost])) == {}
     assert await backend.read(lambda conn: queue_sql.body_prefix(conn, lost, 10)) is None
     assert await message_state(backend, lost) is None
     assert await queue.claim_due(10) == []
 
     assert await Retention(writer, keep=86400).sweep_pieces() == 0  # could still be in flight
-    assert await piece_count(backend, lost) == 3
+    assert await piece_count(backend, lost) == written
     await age_pieces(backend, pieces.ORPHAN_AGE + 60)
     other = await queue.enqueue(submission(content=large(1_200_000)), ROUTE, claim=False)
     await age_pieces(backend, pieces.ORPHAN_AGE + 60)  # old too, but its message names them
-    assert await Retention(writer, keep=86400).sweep_pieces() == 3
+    assert await Retention(writer, keep=86400).sweep_pieces() == written
     assert await piece_count(backend, lost) == 0
-    assert await piece_count(backend, other.id) == split_in(backend, 2)
+    assert await piece_count(backend, other.id) == split_in(backend, other.content)
     bodies = await backend.read(lambda conn: queue_sql.bodies_of(conn, [other.id]))
     assert bodies == {other.id: other.content}
 
@@ -180,7 +186,7 @@ async def test_a_refused_large_message_leaves_only_orphans(
     rows = await fetch(backend, "SELECT DISTINCT message_id FROM message_piece")
     assert {row.message_id for row in rows} - {first.id}  # the refused one's
     await age_pieces(backend, pieces.ORPHAN_AGE + 60)
-    assert await Retention(writer, keep=86400).sweep_pieces() == split_in(backend, 2)
+    assert await Retention(writer, keep=86400).sweep_pieces() == split_in(backend, mail.content)
     rows = await fetch(backend, "SELECT DISTINCT message_id FROM message_piece")
     assert {row.message_id for row in rows} == {first.id}
 
@@ -271,9 +277,33 @@ async def test_a_schema_10_database_gains_the_pieces_table(backend: Database, qu
     version = await fetch(backend, "SELECT value FROM postern_meta WHERE key = 'schema_version'")
     assert version[0].value == str(SCHEMA_VERSION)
     after = await queue.enqueue(submission(content=large(2_000_000)), ROUTE, False)
-    assert await piece_count(backend, after.id) == split_in(backend, 2)
+    assert await piece_count(backend, after.id) == split_in(backend, after.content)
     bodies = await backend.read(lambda conn: queue_sql.bodies_of(conn, [before.id, after.id]))
     assert bodies == {before.id: before.content, after.id: after.content}
+
+
+async def test_a_body_in_pieces_of_an_earlier_size_reads_whole(
+    backend: Database, queue: Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pieces were 1 MiB before 2026-12-07 (now storage.pieces.PIECE): a body an earlier
+    release stored that way reads whole, its prefix too, next to one stored now."""
+    if not backend.is_sqlite:
+        pytest.skip("PostgreSQL stores a large body whole, in its message's transaction")
+    with monkeypatch.context() as earlier:
+        earlier.setattr(pieces, "PIECE", 1 << 20)
+        old = await queue.enqueue(submission(content=large(2_600_000, b"o")), ROUTE, False)
+    new = await queue.enqueue(submission(content=large(2_600_000, b"n")), ROUTE, False)
+    assert (await piece_count(backend, old.id), await piece_count(backend, new.id)) == (
+        3,
+        split_in(backend, new.content),
+    )
+    bodies = await backend.read(lambda conn: queue_sql.bodies_of(conn, [old.id, new.id]))
+    assert bodies == {old.id: old.content, new.id: new.content}
+    for message in (old, new):
+        head = await backend.read(
+            partial(queue_sql.body_prefix, message_id=message.id, length=600_000)
+        )
+        assert head == message.content[:600_000]
 
 
 async def test_a_batch_stores_its_large_messages_in_pieces(backend: Database, queue: Queue) -> None:
@@ -284,8 +314,8 @@ async def test_a_batch_stores_its_large_messages_in_pieces(backend: Database, qu
     ids = [result[0].id for result in results if isinstance(result, list)]
     assert len(ids) == 3
     assert [await piece_count(backend, m_id) for m_id in ids] == [
-        split_in(backend, 2), 0, split_in(backend, 3)
-    ]  # fmt: skip
+        split_in(backend, content) for content in contents
+    ]
     bodies = await backend.read(lambda conn: queue_sql.bodies_of(conn, ids))
     assert [bodies[m_id] for m_id in ids] == contents
 
