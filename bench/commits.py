@@ -13,6 +13,8 @@ prints, per message and per commit, what the storage writers did:
     commit ms      a commit's mean time from starting it to its return on the event loop
     writer busy    commit time over wall time, averaged over the workers (1.0: never idle)
     lock wait      SQLite: the share of commit time spent waiting for another worker's lock
+    lock busy      SQLite: the time the write lock was held, summed over the workers, over
+                   wall time (1.0: never free; whatever the workers, writes queue on it)
 
 Commit time includes the hops between the loop and the write thread, so a loop that is slow
 to take the result back makes a writer look busier than storage keeps it: writer busy is an
@@ -44,6 +46,7 @@ SAMPLES = (
     "postern_storage_commit_seconds_sum",
     "postern_storage_commit_jobs_total",
     "postern_storage_lock_wait_seconds_total",
+    "postern_storage_lock_held_seconds_total",
 )
 
 
@@ -90,6 +93,7 @@ def measure(args: argparse.Namespace, clients: int, tmp: Path) -> str:
         f" {delta['postern_storage_commit_jobs_total'] / commits:11.2f}"
         f" {seconds * 1000 / commits:9.2f} {seconds / wall / processes:11.2f}"
         f" {delta['postern_storage_lock_wait_seconds_total'] / max(seconds, 1e-9):9.0%}"
+        f" {delta['postern_storage_lock_held_seconds_total'] / wall:9.2f}"
     )
 
 
@@ -97,7 +101,9 @@ def run(args: argparse.Namespace) -> int:
     compare_postfix.ensure_postfix()  # smtp-source and smtp-sink come with it
     print(compare_postfix.machine())
     print(f"workers={args.workers} size={args.size} N={args.messages}")
-    print("   C    msg/s  cpu ms  commits/msg  jobs/commit commit ms writer busy lock wait")
+    print(
+        "   C    msg/s  cpu ms  commits/msg  jobs/commit commit ms writer busy lock wait lock busy"
+    )
     for clients in args.clients:
         with tempfile.TemporaryDirectory(prefix="postern-commits-") as tmp:
             print(measure(args, clients, Path(tmp)), flush=True)

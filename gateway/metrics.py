@@ -145,6 +145,13 @@ STORAGE_LOCK_WAIT = Counter(
     "process held (the other workers of serve, a CLI command), waits that timed out "
     "included; stays 0 on PostgreSQL.",
 )
+STORAGE_LOCK_HELD = Counter(
+    "postern_storage_lock_held_seconds_total",
+    "SQLite: time this process's write transactions held the write lock (the SQL, the "
+    "fsync, any wait for the GIL between); its rate summed over the workers is the lock's "
+    "busy share: near 1, writes queue on it however many workers there are. Stays 0 on "
+    "PostgreSQL.",
+)
 EVENT_LOOP_LAG = Histogram(
     "postern_event_loop_lag_seconds",
     "How late the event loop woke a 50 ms timer (what held it: a long callback, a pause).",

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("postern.storage")
 T = TypeVar("T")
 Query = Callable[[Connection], T]
+LockHook = Callable[[float], None]  # told seconds: a wait for the write lock, or a hold of it
 BUSY_TIMEOUT = 10.0  # seconds a write waits for another process's write to finish
 LOCK_WAIT = 300.0  # seconds to wait for another process's schema upgrade (SQLite)
 
@@ -111,13 +112,17 @@ class Database:
     def dialect(self) -> str:
         return "sqlite" if self.is_sqlite else "postgresql"
 
-    def watch_lock_waits(self, hook: Callable[[float], None]) -> None:
-        """`hook(seconds)` after each wait of this database's write transactions for the
-        write lock another process held (SQLite: the workers of `serve`, a CLI command),
-        one that timed out included. On PostgreSQL a no-op: there writers wait in the
-        server, row by row, unseen here."""
+    def watch_write_lock(self, *, waited: LockHook | None, held: LockHook | None) -> None:
+        """SQLite: `waited(seconds)` after each wait of this database's write transactions
+        for the write lock another process held (the workers of `serve`, a CLI command),
+        one that timed out included; `held(seconds)` each time one lets the lock go, with
+        how long it had it (the SQL, the fsync, any wait for the GIL between). Summed over
+        every process and divided by the wall time, the lock's busy share: near 1, writes
+        queue on it however many workers there are. Told on the write thread; what a hook
+        raises is logged. On PostgreSQL a no-op: there writers wait in the server, row by
+        row, unseen here."""
         if self._sync is not None:
-            self._write_lock.on_wait = hook
+            self._write_lock.on_wait, self._write_lock.on_held = waited, held
 
     async def read(self, query: Query[T]) -> T:
         """Run `query` on a connection outside any explicit transaction. The database failing
@@ -274,8 +279,10 @@ class _WriteLock:
         self._database = _database_file(database)
         self._fd: int | None = None
         self._usable = self._database is not None
-        # Told how long each contended take waited, timed out or not (on the write thread).
-        self.on_wait: Callable[[float], None] | None = None
+        # Told how long each contended take waited, timed out or not, and how long each
+        # take held the lock (on the write thread).
+        self.on_wait: LockHook | None = None
+        self.on_held: LockHook | None = None
 
     @contextlib.contextmanager
     def held(self, timeout: float | None = None) -> Iterator[None]:
@@ -287,10 +294,12 @@ class _WriteLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._wait(fd, BUSY_TIMEOUT if timeout is None else timeout)
+        taken = time.perf_counter()
         try:
             yield
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
+            _tell(self.on_held, time.perf_counter() - taken)
 
     def _open(self) -> int | None:
         if self._fd is not None or not self._usable:
@@ -318,12 +327,7 @@ class _WriteLock:
         try:
             self._wait_for(fd, timeout)
         finally:  # a wait that timed out was waited too
-            if self.on_wait is not None:
-                # Never raises: the caller must reach its unlock, or keep its own error.
-                try:
-                    self.on_wait(time.monotonic() - began)
-                except Exception:
-                    log.exception("the lock-wait hook failed")
+            _tell(self.on_wait, time.monotonic() - began)
 
     def _wait_for(self, fd: int, timeout: float) -> None:
         taken = _LOCK_WAITERS.flock(fd)
@@ -389,6 +393,16 @@ class _LockWaiters:
 
 
 _LOCK_WAITERS = _LockWaiters()
+
+
+def _tell(hook: LockHook | None, seconds: float) -> None:
+    """A write-lock hook, told; never raises: its caller must reach its unlock, or keep
+    its own error."""
+    if hook is not None:
+        try:
+            hook(seconds)
+        except Exception:
+            log.exception("the write-lock hook failed")
 
 
 def _database_file(database: str | None) -> str | None:

@@ -22,7 +22,7 @@ The readers and the sweep work on both backends all the same.
 
 Why a body of 1 MiB or more, in pieces of 512 KiB: a small message waits at most about one
 piece's commit behind a large one, and a 512 KiB piece commits in less than half the time of
-a 1 MiB one (one insert and commit, WAL, FULL, medians of 9 on the 2-core EPYC, 2026-12-07:
+a 1 MiB one (one insert and commit, WAL, FULL, medians of 9, 2-core EPYC, 2026-12-07:
 2 KB 0.2 ms, 256 KiB 1.3-1.4 ms, 512 KiB 1.5 ms, 1 MiB 3.5 ms, 2 MiB 7.4-7.6 ms), so the
 pieces of 20 MB cost less in all too (60 ms against 70). bench/loop_lag.py --workers auto,
 four rounds interleaved (11:52, load 1.1-1.5): the small clients' p99 74 / 83 / 85 / 87 ms

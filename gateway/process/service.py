@@ -243,7 +243,9 @@ class Service:
             await bind_to_database(db, ready.box)
         except SecretError as error:
             raise StartupError(str(error)) from None
-        db.watch_lock_waits(metrics.STORAGE_LOCK_WAIT.inc)
+        db.watch_write_lock(
+            waited=metrics.STORAGE_LOCK_WAIT.inc, held=metrics.STORAGE_LOCK_HELD.inc
+        )
         writer = self.writer = Writer(db, on_failure=_count_write_failure, on_commit=_count_commit)
         writer.start()
         delivery = config.delivery

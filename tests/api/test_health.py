@@ -49,7 +49,8 @@ async def test_write_failures_are_exported_from_the_start(api: Api) -> None:
 
 async def test_commits_are_exported_with_their_jobs_and_the_lock_waits(api: Api) -> None:
     """What every acceptance waits on, for an operator: the group commits' time, the writes
-    that shared them, and (SQLite) the waits for another process's write lock."""
+    that shared them, and (SQLite) the waits for another process's write lock and the time
+    the write lock was held."""
     counted = ("postern_storage_commit_seconds_count", "postern_storage_commit_jobs_total")
     before = [metric(name) for name in counted]
     response = await api.send(key=await api.key())
@@ -57,7 +58,10 @@ async def test_commits_are_exported_with_their_jobs_and_the_lock_waits(api: Api)
     assert all(metric(name) > was for name, was in zip(counted, before, strict=True))
     exported = (await api.http.get("/metrics")).text
     assert "postern_storage_commit_seconds_bucket" in exported
-    for name in (*counted, "postern_storage_lock_wait_seconds_total"):
+    locks = ("postern_storage_lock_wait_seconds_total", "postern_storage_lock_held_seconds_total")
+    for name in (*counted, *locks):
         assert re.search(rf"^{name} \S+$", exported, re.MULTILINE), f"no {name} sample"
     if api.svc.db.is_sqlite:  # wired to the writer's lock (a no-op on PostgreSQL)
-        assert api.svc.db._write_lock.on_wait is not None
+        lock = api.svc.db._write_lock
+        assert lock.on_wait is not None and lock.on_held is not None
+        assert metric("postern_storage_lock_held_seconds_total") > 0

@@ -375,10 +375,12 @@ async def test_a_wait_for_the_write_lock_is_told_with_its_length(
 ) -> None:
     """Another process holding the write lock: the wait is told when it ends (serve:
     postern_storage_lock_wait_seconds_total), as long as it lasted; a lock found free is
-    no wait."""
+    no wait. Each transaction's hold of the lock is told too (..._lock_held_seconds_total),
+    waited for or not."""
     first, _ = sqlite_pair
     waits: list[float] = []
-    first.watch_lock_waits(waits.append)
+    holds: list[float] = []
+    first.watch_write_lock(waited=waits.append, held=holds.append)
     waiting = threading.Event()
     flock = storage_db._LOCK_WAITERS.flock
 
@@ -393,6 +395,7 @@ async def test_a_wait_for_the_write_lock_is_told_with_its_length(
     try:
         await asyncio.wait_for(writer.submit(put("free")), WAIT)
         assert waits == [] and not waiting.is_set()
+        assert len(holds) == 1 and 0 < holds[0] < WAIT
         fcntl.flock(holder, fcntl.LOCK_EX)
         job = asyncio.ensure_future(writer.submit(put("held")))
         assert await asyncio.to_thread(waiting.wait, WAIT)
@@ -407,6 +410,38 @@ async def test_a_wait_for_the_write_lock_is_told_with_its_length(
         await writer.stop()
     assert len(waits) == 1
     assert held_for <= waits[0] < WAIT
+    assert len(holds) == 2 and 0 < holds[1] < waits[0]  # the hold starts once the wait ends
+
+
+async def test_a_failing_write_lock_hook_costs_no_write_its_unlock(
+    sqlite_pair: tuple[Database, Database], tmp_path: Path
+) -> None:
+    """A hook that raises (a broken metric) is logged: the write commits, the lock is let
+    go for the next process, and the next write commits too."""
+    first, _ = sqlite_pair
+    told: list[float] = []
+
+    def broken(seconds: float) -> None:
+        told.append(seconds)
+        raise RuntimeError("a broken hook")
+
+    first.watch_write_lock(waited=broken, held=broken)
+    writer = Writer(first)
+    writer.start()
+    try:
+        await asyncio.wait_for(writer.submit(put("one")), WAIT)
+        other = os.open(tmp_path / "postern.db-writer", os.O_RDWR)
+        try:
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free: it was let go
+            fcntl.flock(other, fcntl.LOCK_UN)
+        finally:
+            os.close(other)
+        await asyncio.wait_for(writer.submit(put("two")), WAIT)
+    finally:
+        await writer.stop()
+    assert await stored(first, "one") == {"one": "v"}
+    assert await stored(first, "two") == {"two": "v"}
+    assert len(told) == 2
 
 
 def waiting_threads() -> set[threading.Thread]:
@@ -474,7 +509,7 @@ async def test_a_write_lock_held_too_long_is_storage_unavailable(
     monkeypatch.setattr(storage_db, "BUSY_TIMEOUT", 0.2)
     first, _ = sqlite_pair
     waits: list[float] = []
-    first.watch_lock_waits(waits.append)  # a wait that timed out is told too
+    first.watch_write_lock(waited=waits.append, held=None)  # a timed-out wait is told too
     failures: list[StorageUnavailable] = []
 
     def broken(failure: StorageUnavailable) -> None:
