@@ -25,7 +25,7 @@ piece's commit behind a large one, and a 512 KiB piece commits in less than half
 a 1 MiB one (one insert and commit, WAL, FULL, medians of 9, 2-core EPYC, 2026-12-07:
 2 KB 0.2 ms, 256 KiB 1.3-1.4 ms, 512 KiB 1.5 ms, 1 MiB 3.5 ms, 2 MiB 7.4-7.6 ms), so the
 pieces of 20 MB cost less in all too (60 ms against 70). bench/loop_lag.py --workers auto,
-four rounds interleaved (11:52, load 1.1-1.5): the small clients' p99 74 / 83 / 85 / 87 ms
+four rounds interleaved (about 11:40, load 1.1-1.5): the small clients' p99 74 / 83 / 85 / 87 ms
 with 512 KiB pieces against 99 / 132 / 112 / 107 ms with 1 MiB pieces (the ten 20 MB
 transfers took 3.2-5.1 s against 2.6-3.0 s: more turns among the small commits). Smaller
 pieces would cost more fsyncs for little less wait (256 KiB commits in about what 512 KiB
