@@ -14,7 +14,8 @@ prints, per message and per commit, what the storage writers did:
     writer busy    commit time over wall time, averaged over the workers (1.0: never idle)
     lock wait      SQLite: the share of commit time spent waiting for another worker's lock
     lock busy      SQLite: the time the write lock was held, summed over the workers, over
-                   wall time (1.0: never free; whatever the workers, writes queue on it)
+                   wall time (1.0: never free; whatever the workers, writes queue on it);
+                   counted between the scrapes, so a little over the load's own share
 
 Commit time includes the hops between the loop and the write thread, so a loop that is slow
 to take the result back makes a writer look busier than storage keeps it: writer busy is an

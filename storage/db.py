@@ -112,15 +112,17 @@ class Database:
     def dialect(self) -> str:
         return "sqlite" if self.is_sqlite else "postgresql"
 
-    def watch_write_lock(self, *, waited: LockHook | None, held: LockHook | None) -> None:
+    def watch_write_lock(
+        self, *, waited: LockHook | None = None, held: LockHook | None = None
+    ) -> None:
         """SQLite: `waited(seconds)` after each wait of this database's write transactions
         for the write lock another process held (the workers of `serve`, a CLI command),
         one that timed out included; `held(seconds)` each time one lets the lock go, with
         how long it had it (the SQL, the fsync, any wait for the GIL between). Summed over
         every process and divided by the wall time, the lock's busy share: near 1, writes
-        queue on it however many workers there are. Told on the write thread; what a hook
-        raises is logged. On PostgreSQL a no-op: there writers wait in the server, row by
-        row, unseen here."""
+        queue on it however many workers there are. Told on the write thread; a hook that
+        raises is logged once and not called again. On PostgreSQL a no-op: there writers
+        wait in the server, row by row, unseen here."""
         if self._sync is not None:
             self._write_lock.on_wait, self._write_lock.on_held = waited, held
 
@@ -299,7 +301,7 @@ class _WriteLock:
             yield
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
-            _tell(self.on_held, time.perf_counter() - taken)
+            self._tell("on_held", time.perf_counter() - taken)
 
     def _open(self) -> int | None:
         if self._fd is not None or not self._usable:
@@ -323,11 +325,23 @@ class _WriteLock:
         return fd
 
     def _wait(self, fd: int, timeout: float) -> None:
-        began = time.monotonic()
+        began = time.perf_counter()
         try:
             self._wait_for(fd, timeout)
         finally:  # a wait that timed out was waited too
-            _tell(self.on_wait, time.monotonic() - began)
+            self._tell("on_wait", time.perf_counter() - began)
+
+    def _tell(self, name: str, seconds: float) -> None:
+        """Tell the hook `name` (on_wait, on_held); never raises: its caller must reach its
+        unlock, or keep its own error. One that fails is logged once and dropped: it would
+        fail again at every write transaction."""
+        hook: LockHook | None = getattr(self, name)
+        if hook is not None:
+            try:
+                hook(seconds)
+            except Exception:
+                setattr(self, name, None)
+                log.exception("the write-lock hook %s failed; it is not called again", name)
 
     def _wait_for(self, fd: int, timeout: float) -> None:
         taken = _LOCK_WAITERS.flock(fd)
@@ -393,16 +407,6 @@ class _LockWaiters:
 
 
 _LOCK_WAITERS = _LockWaiters()
-
-
-def _tell(hook: LockHook | None, seconds: float) -> None:
-    """A write-lock hook, told; never raises: its caller must reach its unlock, or keep
-    its own error."""
-    if hook is not None:
-        try:
-            hook(seconds)
-        except Exception:
-            log.exception("the write-lock hook failed")
 
 
 def _database_file(database: str | None) -> str | None:

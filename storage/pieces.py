@@ -25,15 +25,17 @@ piece's commit behind a large one, and a 512 KiB piece commits in less than half
 a 1 MiB one (one insert and commit, WAL, FULL, medians of 9, 2-core EPYC, 2026-12-07:
 2 KB 0.2 ms, 256 KiB 1.3-1.4 ms, 512 KiB 1.5 ms, 1 MiB 3.5 ms, 2 MiB 7.4-7.6 ms), so the
 pieces of 20 MB cost less in all too (60 ms against 70). bench/loop_lag.py --workers auto,
-four rounds interleaved (about 11:40, load 1.1-1.5): the small clients' p99 74 / 83 / 85 / 87 ms
-with 512 KiB pieces against 99 / 132 / 112 / 107 ms with 1 MiB pieces (the ten 20 MB
-transfers took 3.2-5.1 s against 2.6-3.0 s: more turns among the small commits). Smaller
+seven runs each way, interleaved (load 1.1-1.5): the small clients' p99 72-104 ms (median
+85) with 512 KiB pieces against 87-132 ms (median 104) with 1 MiB pieces, the 100 ms bar
+held in five runs against two (the ten 20 MB transfers took 2.7-5.1 s against 2.6-3.7 s:
+more turns among the small commits; bench/README "Pieces of 512 KiB"). Smaller
 pieces would cost more fsyncs for little less wait (256 KiB commits in about what 512 KiB
-does). Bodies under 1 MiB (nearly all mail) keep the one-transaction path they had (one
-from 512 KiB up commits alone, after the small jobs waiting: storage.writer's `large` is
-PIECE). Pieces written by 1 MiB (before 2026-12-07) read as any others: readers join pieces
-by their sequence, whatever their size. Reads turn to SQLite's blob I/O at 1 MiB
-(storage.queue_sql.LARGE_BODY).
+does). Bodies under 1 MiB (nearly all mail) keep the one-transaction path they had, in the
+small messages' group commits (storage.writer's `large` stays 1 MiB; a piece is marked as
+one when submitted). Pieces of 1 MiB, written before 2026-12-07, read as any others:
+readers join pieces by their sequence, whatever their size (`prefix` counts by PIECE, so
+it may read more of them than it needs, never fewer: no piece was ever smaller than PIECE
+but a body's last). Reads turn to SQLite's blob I/O at 1 MiB (storage.queue_sql.LARGE_BODY).
 
 Readers see a body whole or not at all: storage.queue_sql.bodies_of joins the pieces in
 the read's own snapshot (SQLite: one read transaction, each piece read with blob I/O, the
@@ -73,7 +75,7 @@ M = Message
 PIECED = 1 << 20  # a body of this many bytes or more is stored in pieces
 PIECE = 1 << 19  # bytes per piece (the last one: what is left); the writer's `large`
 ORPHAN_AGE = 3600.0  # seconds before pieces no storing transaction claimed may be swept
-SWEEP_PIECES = 4  # pieces deleted per transaction: ~20 ms of the writer on SQLite
+SWEEP_PIECES = 4  # pieces deleted per transaction: ~6-10 ms of the writer on SQLite
 SCAN = 1000  # orphan pieces found per read of the sweep
 
 INSERT_PIECE = insert(P)

@@ -16,15 +16,15 @@ its fsync. With one client that halves the fsyncs per message; under load the qu
 empty and nobody lingers. Durability is unchanged: every job is still committed with fsync
 before its caller is answered.
 
-A *large* job (`large` bytes of content or more) goes one at a time. A piece of a large body
-(storage.pieces, SQLite: exactly `large` bytes, or less) rides in the commit of the small
-jobs waiting then (one fsync for both), so that ten large messages at once, each writing its
-pieces one after another, never hold a small one behind more than one piece: a 512 KiB piece
-commits in ~1.5 ms on SQLite, a 20 MB body took 100-300 ms. (Committed alone, after the small
-ones, each piece cost a commit of its own: bench/loop_lag.py's ten 20 MB transfers took
-6.8-9.3 s against 3.4-7.2 s this way, and the small clients' p99 was 444-453 ms against
-253-808 ms, three runs each, interleaved.) A larger job (a whole large body: PostgreSQL
-stores it in one transaction) commits alone, after the small jobs waiting, which go first.
+A *piece* of a large body (`piece=True`: storage.pieces, SQLite, up to 512 KiB) goes one per
+commit, riding in the commit of the small jobs waiting then (one fsync for both), so that
+ten large messages at once, each writing its pieces one after another, never hold a small
+one behind more than one piece: a 512 KiB piece commits in ~1.5 ms on SQLite, a 20 MB body
+took 100-300 ms. (Committed alone, after the small ones, each piece cost a commit of its
+own: bench/loop_lag.py's ten 20 MB transfers took 6.8-9.3 s against 3.4-7.2 s this way, and
+the small clients' p99 was 444-453 ms against 253-808 ms, three runs each, interleaved.) A
+*large* job (`large` bytes of content or more: a whole large body, which PostgreSQL stores
+in one transaction) commits alone, after the small jobs waiting, which go first.
 
 Each commit is told to `on_commit` with its seconds (started to committed) and its jobs:
 `serve` exports them (postern_storage_commit_seconds, _jobs_total), bench/commits.py reads
@@ -53,7 +53,7 @@ from sqlalchemy import Connection, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql import Executable
 
-from storage import dml, pieces
+from storage import dml
 from storage.db import Database
 from storage.errors import (
     StorageFull,
@@ -93,6 +93,7 @@ class _Job:
     done: asyncio.Future[Any]
     patient: bool = False
     size: int = 0  # bytes of message content it writes
+    piece: bool = False  # a piece of a large body (storage.pieces)
 
 
 # What readiness() writes to find out whether writes commit: a row rewritten as it is.
@@ -112,9 +113,9 @@ class Writer:
     # How long a patient job alone waits for another to share its commit: about one
     # client's turn-around, so that a lone client's next message comes within it.
     linger = 0.004
-    # A job writing this much content goes one per commit: up to this much, with the small
-    # jobs waiting (a piece); more, alone after them (a whole body).
-    large = pieces.PIECE
+    # A job writing this much content or more commits alone, after the small jobs waiting
+    # (a whole large body); a piece (`piece=True`) rides with them, one per commit.
+    large = 1 << 20
 
     def __init__(
         self,
@@ -180,14 +181,17 @@ class Writer:
                 await self.submit(lambda conn: conn.execute(_PROBE))
         return self.failure
 
-    async def submit(self, work: Batch | Work, *, patient: bool = False, size: int = 0) -> Any:
+    async def submit(
+        self, work: Batch | Work, *, patient: bool = False, size: int = 0, piece: bool = False
+    ) -> Any:
         """Run `work` in a shared transaction; return once it is committed. A `patient`
         job alone may wait up to `linger` for another to share its fsync; `size` is the
-        message content it writes (`large` ones go one per commit)."""
+        message content it writes (`large` ones commit alone); a `piece` of a large body
+        goes one per commit, with the small jobs."""
         if not self.running:
             raise WriterStopped("the storage writer is not running")
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._put(_Job(work, done, patient, size))
+        self._put(_Job(work, done, patient, size, piece))
         return await done
 
     def _put(self, job: _Job | None) -> None:
@@ -203,10 +207,10 @@ class Writer:
             jobs: list[_Job] = []
             if not stopping:
                 stopping = await self._next(jobs, wait=not large)
-            small = [job for job in jobs if job.size < self.large]
-            large.extend(job for job in jobs if job.size >= self.large)
+            small = [job for job in jobs if job.size < self.large and not job.piece]
+            large.extend(job for job in jobs if job.size >= self.large or job.piece)
             alone = None
-            if large and large[0].size <= self.large:  # a piece: with the small jobs waiting
+            if large and large[0].piece:  # with the small jobs waiting
                 small.append(large.popleft())
             elif large:  # a whole large body: alone, the small ones first
                 alone = large.popleft()

@@ -134,8 +134,9 @@ class Retention:
             for at in range(0, len(found), chunk):
                 keys = found[at : at + chunk]
                 purge = partial(pieces.purge_orphans, before=before, keys=keys)
-                removed += await self._writer.submit(purge, size=len(keys) * pieces.PIECE + 1)
-                await asyncio.sleep(0.02)  # (deleting a megabyte costs what writing it did)
+                size = max(self._writer.large, len(keys) * pieces.PIECE)  # alone, as said
+                removed += await self._writer.submit(purge, size=size)
+                await asyncio.sleep(0.02)  # (deleting pieces costs what writing them did)
             total += removed
             if len(found) < pieces.SCAN or not removed:
                 return total

@@ -170,7 +170,7 @@ class Queue:
             for row in pieces.rows(message.id, message.content, time.time()):
                 batch = Batch()
                 batch.add(pieces.INSERT_PIECE, row)
-                await self._writer.submit(batch, size=len(row["data"]))
+                await self._writer.submit(batch, size=len(row["data"]), piece=True)
             expected[message.id] = pieces.count(message.content)
         return expected
 

@@ -51,7 +51,12 @@ async def test_commits_are_exported_with_their_jobs_and_the_lock_waits(api: Api)
     """What every acceptance waits on, for an operator: the group commits' time, the writes
     that shared them, and (SQLite) the waits for another process's write lock and the time
     the write lock was held."""
-    counted = ("postern_storage_commit_seconds_count", "postern_storage_commit_jobs_total")
+    counted: tuple[str, ...] = (
+        "postern_storage_commit_seconds_count",
+        "postern_storage_commit_jobs_total",
+    )
+    if api.svc.db.is_sqlite:  # the write lock's holds (a no-op on PostgreSQL)
+        counted += ("postern_storage_lock_held_seconds_total",)
     before = [metric(name) for name in counted]
     response = await api.send(key=await api.key())
     assert response.status_code == 200, response.text
@@ -64,4 +69,3 @@ async def test_commits_are_exported_with_their_jobs_and_the_lock_waits(api: Api)
     if api.svc.db.is_sqlite:  # wired to the writer's lock (a no-op on PostgreSQL)
         lock = api.svc.db._write_lock
         assert lock.on_wait is not None and lock.on_held is not None
-        assert metric("postern_storage_lock_held_seconds_total") > 0
