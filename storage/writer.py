@@ -29,7 +29,8 @@ in one transaction) commits alone, after the small jobs waiting, which go first.
 Each commit is told to `on_commit` with its seconds (started to committed) and its jobs:
 `serve` exports them (postern_storage_commit_seconds, _jobs_total), bench/commits.py reads
 them under load. What a hook (`on_commit`, `on_failure`) raises is logged, never passed on:
-a broken hook never strands a caller (`on_commit` runs once they are answered).
+a broken hook never strands a caller (`on_commit` runs once they are answered, and one that
+fails is dropped: it would fill the log at every commit).
 
 When the database itself fails a commit (full, locked, down), the writer remembers it until
 a commit succeeds: `readiness()` reports it (and probes whether writes commit again), and
@@ -292,11 +293,13 @@ class Writer:
             if not job.done.done():
                 job.done.set_result(result)
         if self._on_commit is not None:
-            # After the callers are answered; a failing hook costs a log line, never them.
+            # After the callers are answered; a failing hook costs a log line, never them,
+            # and only once: it would fail again at every commit.
             try:
                 self._on_commit(time.perf_counter() - began, len(jobs))
             except Exception:
-                log.exception("the commit hook failed")
+                self._on_commit = None
+                log.exception("the commit hook failed; it is not called again")
         return True
 
     @staticmethod

@@ -357,7 +357,11 @@ async def test_each_commit_is_told_with_its_time_and_jobs(backend: Database) -> 
 
 
 async def test_a_failing_commit_hook_costs_no_caller_its_answer(backend: Database) -> None:
+    """...and is called no more (it would fail, and be logged, at every commit)."""
+    calls: list[int] = []
+
     def broken(seconds: float, jobs: int) -> None:
+        calls.append(jobs)
         raise RuntimeError("a broken hook")
 
     writer = Writer(backend, on_commit=broken)
@@ -369,6 +373,7 @@ async def test_a_failing_commit_hook_costs_no_caller_its_answer(backend: Databas
     finally:
         await writer.stop()
     assert set(await stored(backend, "hooked")) == {"hooked1", "hooked2"}
+    assert calls == [1]
 
 
 async def test_a_wait_for_the_write_lock_is_told_with_its_length(
