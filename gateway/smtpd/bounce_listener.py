@@ -35,6 +35,7 @@ from gateway.reports import LISTENER, Ingest, Source, hand_over
 from gateway.smtpd import replies
 from gateway.smtpd.auth import AuthThrottle
 from gateway.smtpd.data import DataBudget
+from gateway.smtpd.hook_names import HookNamesDir
 from gateway.smtpd.limits import ListenerLimits
 from gateway.smtpd.replies import Reply
 from gateway.smtpd.server import NULL_SENDER, PosternSMTP
@@ -50,7 +51,7 @@ def peer(session: Session) -> str:
     return maillog.client(session.peer)
 
 
-class BounceHandler:
+class BounceHandler(HookNamesDir):
     """aiosmtpd handler hooks of the bounce listener."""
 
     def __init__(self, ingest: Ingest, return_path: ReturnPath, limits: ListenerLimits) -> None:

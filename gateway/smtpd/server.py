@@ -31,6 +31,7 @@ from gateway.smtpd import replies
 from gateway.smtpd.auth import ApiKeyAuth, AuthThrottle, key_refusal, sender_of
 from gateway.smtpd.commands import BETWEEN_COMMANDS, CommandLoop
 from gateway.smtpd.data import DataBudget, Transfer, TransferRefusal
+from gateway.smtpd.hook_names import HookNamesDir
 from gateway.smtpd.limits import ListenerLimits
 from storage.auth_failures import AuthFailures
 from storage.keys import KeyStore
@@ -89,7 +90,7 @@ def _hide_echo(record: logging.LogRecord) -> bool:
 logging.getLogger("mail.log").addFilter(_hide_echo)
 
 
-class PosternSMTP(ApiKeyAuth, CommandLoop):
+class PosternSMTP(HookNamesDir, ApiKeyAuth, CommandLoop):
     """aiosmtpd's SMTP with a 998-byte line limit, a connection cap and enhanced codes;
     every 4xx/5xx it sends is one mail-log line (gateway.maillog)."""
 
@@ -350,7 +351,7 @@ class PosternSMTP(ApiKeyAuth, CommandLoop):
         maillog.reject(stage, peer, reply, " ".join(field for field in fields if field))
 
 
-class PosternHandler:
+class PosternHandler(HookNamesDir):
     """aiosmtpd handler hooks: envelope checks at each command, intake at end of data."""
 
     def __init__(
