@@ -340,7 +340,8 @@ class _WriteLock:
             try:
                 hook(seconds)
             except Exception:
-                setattr(self, name, None)
+                if getattr(self, name) is hook:  # (not one set since)
+                    setattr(self, name, None)
                 log.exception("the write-lock hook %s failed; it is not called again", name)
 
     def _wait_for(self, fd: int, timeout: float) -> None:

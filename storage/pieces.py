@@ -73,7 +73,7 @@ B = MessageBody
 M = Message
 
 PIECED = 1 << 20  # a body of this many bytes or more is stored in pieces
-PIECE = 1 << 19  # bytes per piece (the last one: what is left); the writer's `large`
+PIECE = 1 << 19  # bytes per piece (the last one: what is left)
 ORPHAN_AGE = 3600.0  # seconds before pieces no storing transaction claimed may be swept
 SWEEP_PIECES = 4  # pieces deleted per transaction: ~6-10 ms of the writer on SQLite
 SCAN = 1000  # orphan pieces found per read of the sweep

@@ -134,8 +134,7 @@ class Retention:
             for at in range(0, len(found), chunk):
                 keys = found[at : at + chunk]
                 purge = partial(pieces.purge_orphans, before=before, keys=keys)
-                size = max(self._writer.large, len(keys) * pieces.PIECE)  # alone, as said
-                removed += await self._writer.submit(purge, size=size)
+                removed += await self._writer.submit(purge, size=self._writer.large)  # alone
                 await asyncio.sleep(0.02)  # (deleting pieces costs what writing them did)
             total += removed
             if len(found) < pieces.SCAN or not removed:

@@ -10,6 +10,7 @@ import asyncio
 import time
 from dataclasses import replace
 from functools import partial
+from typing import Any
 
 import pytest
 from sqlalchemy import Connection, inspect, text
@@ -100,16 +101,45 @@ async def test_the_pieces_of_concurrent_large_bodies_go_one_per_commit(
     so no commit carries two pieces (a small message waits out one piece at most)."""
     if not backend.is_sqlite:
         pytest.skip("PostgreSQL stores a large body whole, in its message's transaction")
-    commits: list[int] = []
-    monkeypatch.setattr(queue._writer, "_on_commit", lambda _, jobs: commits.append(jobs))
+    pieces_in: list[int] = []  # pieces each commit carried
+    writer = queue._writer
+    transaction = writer._transaction
+
+    async def counted(jobs: list[Any]) -> Any:
+        pieces_in.append(sum(job.piece for job in jobs))
+        return await transaction(jobs)
+
+    monkeypatch.setattr(writer, "_transaction", counted)
     first, second = large(1_600_000, b"f"), large(2_100_000, b"s")
     await asyncio.gather(
         queue.enqueue(submission(content=first), ROUTE, claim=False),
         queue.enqueue(submission(content=second), ROUTE, claim=False),
     )
-    # every piece its own commit, then the two messages' rows (together or not)
-    assert len(commits) >= split_in(backend, first, second) + 1
-    assert sum(commits) == split_in(backend, first, second) + 2
+    assert sum(pieces_in) == split_in(backend, first, second)
+    assert max(pieces_in) == 1
+
+
+async def test_the_sweep_deletes_pieces_alone(
+    backend: Database, queue: Queue, writer: Writer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deleting pieces costs what writing them did: each of the sweep's transactions
+    commits alone (storage.writer's large), after the small jobs waiting."""
+    lost, content = "msg_swept_alone", large(2_200_000)  # 5 pieces: a sweep of 4, then 1
+    for row in pieces.rows(lost, content, time.time()):
+        batch = Batch()
+        batch.add(pieces.INSERT_PIECE, row)
+        await writer.submit(batch, size=len(row["data"]), piece=True)
+    await age_pieces(backend, pieces.ORPHAN_AGE + 60)
+    sizes: list[int] = []
+    submit = writer.submit
+
+    async def noted(work: Any, **options: Any) -> Any:
+        sizes.append(options.get("size", 0))
+        return await submit(work, **options)
+
+    monkeypatch.setattr(writer, "submit", noted)
+    assert await Retention(writer, keep=86400).sweep_pieces() == pieces.count(content)
+    assert sizes and min(sizes) >= writer.large
 
 
 async def test_a_body_just_under_a_mebibyte_is_not_pieced(backend: Database, queue: Queue) -> None:

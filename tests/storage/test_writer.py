@@ -420,7 +420,7 @@ async def test_a_wait_for_the_write_lock_is_told_with_its_length(
 
 
 async def test_a_failing_write_lock_hook_costs_no_write_its_unlock(
-    sqlite_pair: tuple[Database, Database], tmp_path: Path
+    sqlite_pair: tuple[Database, Database], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A hook that raises (a broken metric) is logged once and dropped: the write commits,
     the lock is let go for the next process, and the next writes commit too."""
@@ -448,6 +448,8 @@ async def test_a_failing_write_lock_hook_costs_no_write_its_unlock(
     assert await stored(first, "one") == {"one": "v"}
     assert await stored(first, "two") == {"two": "v"}
     assert len(told) == 1  # not called again: it would fail at every transaction
+    failed = [r for r in caplog.records if "write-lock hook" in r.getMessage()]
+    assert len(failed) == 1 and "on_held" in failed[0].getMessage()
 
 
 def waiting_threads() -> set[threading.Thread]:

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import aiosmtpd
+import aiosmtpd.smtp
 from aiosmtpd.smtp import SMTP
 
 from gateway.smtpd.bounce_listener import BounceHandler
@@ -30,11 +31,16 @@ def full_dir(obj: object) -> set[str]:
 
 
 def test_aiosmtpd_init_is_the_one_read() -> None:
+    """...and the only place aiosmtpd lists members (an upgrade that lists them elsewhere
+    would see only the hook names there)."""
     digest = hashlib.sha256(inspect.getsource(SMTP.__init__).encode()).hexdigest()
     assert digest[:12] == INIT_DIGEST, (
         f"aiosmtpd {aiosmtpd.__version__} changed SMTP.__init__: check which names it looks"
         " hooks up by (gateway.smtpd.hook_names.HOOK_PREFIXES), then update the digest"
     )
+    source = inspect.getsource(aiosmtpd.smtp)
+    calls = [source.count(call) for call in ("dir(", "getmembers(", "signature(")]
+    assert calls == [2, 1, 1], f"aiosmtpd {aiosmtpd.__version__}: read its new calls"
 
 
 async def test_a_session_finds_the_hooks_a_full_dir_gives() -> None:
@@ -63,3 +69,5 @@ async def test_a_session_finds_the_hooks_a_full_dir_gives() -> None:
         if hasattr(handler, "handle_EHLO"):  # the new, five-argument hook, as before
             assert session._ehlo_hook_ver == "new"
             assert "__signature__" in vars(type(handler).handle_EHLO)
+        session.auth_EXTRA = None  # an instance's own attribute is listed too
+        assert "auth_EXTRA" in dir(session)
