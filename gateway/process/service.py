@@ -57,6 +57,7 @@ from gateway.people.passwords import Passwords
 from gateway.people.sessions import Lifetimes, Sessions, purge_expired_sessions
 from gateway.people.users import Users
 from gateway.process import account_routes, logs
+from gateway.process.acceptor import Acceptor
 from gateway.process.account_routes import AccountRoutes
 from gateway.process.http_server import DoorLimits, HttpDoor
 from gateway.process.instance import DataDirLock, database_of
@@ -173,7 +174,7 @@ class Service:
         self.loops = Loops()  # periodic upkeep: caches, the queue gauge, purges
         self.smtp_handler: PosternHandler | None = None
         self.bounce_handler: BounceHandler | None = None  # [bounces] listen
-        self._servers: list[asyncio.base_events.Server] = []
+        self._servers: list[Acceptor] = []  # the SMTP listeners (bounces' too)
         self.api: ApiContext | None = None
         self.people: People | None = None  # users and sessions, for the HTTP door
         self._http: list[HttpDoor] = []
@@ -507,10 +508,8 @@ class Service:
         failures = AuthFailures(storage.db)  # AUTH's budgets, in storage
         handler = PosternHandler(intake, ready.smtp_limits, keys, storage.writer, limiter, failures)
         self.smtp_handler = handler
-        loop = asyncio.get_running_loop()
         for sock in ready.smtp_sockets:
-            server = await loop.create_server(handler.protocol, sock=sock, backlog=BACKLOG)
-            self._servers.append(server)
+            self._servers.append(Acceptor(sock, handler.protocol, BACKLOG))
         await self._open_bounce_listener(ready)
         self.api = ApiContext(
             db=storage.db,
@@ -550,10 +549,7 @@ class Service:
             return
         handler = BounceHandler(self.bounces, self.return_path(ready), ready.bounce_limits)
         self.bounce_handler = handler
-        server = await asyncio.get_running_loop().create_server(
-            handler.protocol, sock=ready.bounce_socket, backlog=BACKLOG
-        )
-        self._servers.append(server)
+        self._servers.append(Acceptor(ready.bounce_socket, handler.protocol, BACKLOG))
         log.info("bounce listener on %s:%d", *self.config.bounces.listen or ("", 0))
 
     def _start_http(self, ready: Prepared, storage: Storage, api: ApiContext) -> None:
