@@ -62,7 +62,7 @@ from gateway.process.account_routes import AccountRoutes
 from gateway.process.http_server import DoorLimits, HttpDoor
 from gateway.process.instance import DataDirLock, database_of
 from gateway.process.pools import WATCH_INTERVAL, PoolSync
-from gateway.process.startup import BACKLOG, Prepared, StartupError, WorkerRole, prepare
+from gateway.process.startup import Prepared, StartupError, WorkerRole, prepare
 from gateway.queue import rollup
 from gateway.queue.notify import Notifier, notifier_for
 from gateway.queue.retention import Retention
@@ -174,7 +174,7 @@ class Service:
         self.loops = Loops()  # periodic upkeep: caches, the queue gauge, purges
         self.smtp_handler: PosternHandler | None = None
         self.bounce_handler: BounceHandler | None = None  # [bounces] listen
-        self._servers: list[Acceptor] = []  # the SMTP listeners (bounces' too)
+        self._acceptors: list[Acceptor] = []  # the SMTP listeners (bounces' too)
         self.api: ApiContext | None = None
         self.people: People | None = None  # users and sessions, for the HTTP door
         self._http: list[HttpDoor] = []
@@ -509,7 +509,11 @@ class Service:
         handler = PosternHandler(intake, ready.smtp_limits, keys, storage.writer, limiter, failures)
         self.smtp_handler = handler
         for sock in ready.smtp_sockets:
-            self._servers.append(Acceptor(sock, handler.protocol, BACKLOG))
+            self._acceptors.append(Acceptor(sock, handler.protocol))
+            # A turn of the loop, as create_server gave: the tasks started before this run
+            # their first step now, as they always have (the reputation API's tests found
+            # the order they depend on).
+            await asyncio.sleep(0)
         await self._open_bounce_listener(ready)
         self.api = ApiContext(
             db=storage.db,
@@ -549,7 +553,8 @@ class Service:
             return
         handler = BounceHandler(self.bounces, self.return_path(ready), ready.bounce_limits)
         self.bounce_handler = handler
-        self._servers.append(Acceptor(ready.bounce_socket, handler.protocol, BACKLOG))
+        self._acceptors.append(Acceptor(ready.bounce_socket, handler.protocol))
+        await asyncio.sleep(0)  # (as above)
         log.info("bounce listener on %s:%d", *self.config.bounces.listen or ("", 0))
 
     def _start_http(self, ready: Prepared, storage: Storage, api: ApiContext) -> None:
@@ -715,8 +720,8 @@ class Service:
     async def _close_doors(self) -> None:
         """No new connections or requests; let end-of-data commits finish (5 s at most),
         then end the SMTP sessions. HTTP requests in flight finish on their own."""
-        for server in self._servers:
-            server.close()
+        for acceptor in self._acceptors:
+            acceptor.close()
         for door in self._http:
             door.close()
         if self.api is not None:

@@ -272,9 +272,9 @@ def bounce_limits(config: Config, smtp: ListenerLimits, budget: Budget) -> Liste
     )
 
 
-# Connections the kernel completes before the listener accepts them. asyncio's (and
-# uvloop's) create_server listens again with its own backlog, 100 by default: the servers
-# are given this one, or a burst of clients past 100 has SYNs dropped (retried after 1 s).
+# Connections the kernel completes before the listener accepts them: past it a burst of
+# clients has SYNs dropped (retried after 1 s). (asyncio's and uvloop's create_server would
+# listen again with 100; the SMTP listeners are served by gateway.process.acceptor.)
 BACKLOG = 1024
 
 
