@@ -35,20 +35,27 @@ from relay import HOST, BenchError
 TIMEOUT = 10.0  # seconds for any one greeting
 
 
-def greeted(port: int) -> tuple[socket.socket, float]:
-    """A connection and its seconds from connect to the end of the 220 line."""
-    started = time.perf_counter()
-    sock = socket.create_connection((HOST, port), timeout=TIMEOUT)
+def read_greeting(sock: socket.socket) -> None:
+    """Read the server's first line: a 220, or BenchError."""
     line = b""
     while not line.endswith(b"\n"):
         chunk = sock.recv(1024)
         if not chunk:
-            sock.close()
             raise BenchError(f"connection closed before the greeting: {line!r}")
         line += chunk
     if not line.startswith(b"220"):
-        sock.close()
         raise BenchError(f"not a greeting: {line!r}")
+
+
+def greeted(port: int) -> tuple[socket.socket, float]:
+    """A connection and its seconds from connect to the end of the 220 line."""
+    started = time.perf_counter()
+    sock = socket.create_connection((HOST, port), timeout=TIMEOUT)
+    try:
+        read_greeting(sock)
+    except BaseException:
+        sock.close()
+        raise
     return sock, time.perf_counter() - started
 
 
@@ -76,8 +83,7 @@ def at_once(port: int, count: int) -> float:
     socks = [socket.create_connection((HOST, port), timeout=TIMEOUT) for _ in range(count)]
     try:
         for sock in socks:
-            if not sock.recv(1024).startswith(b"220"):
-                raise BenchError("a connection of the burst was not greeted")
+            read_greeting(sock)
         return time.perf_counter() - started
     finally:
         for sock in socks:
