@@ -25,6 +25,7 @@ from queue import SimpleQueue
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, select, text
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from storage.errors import StorageError, database_failed, unavailable
@@ -125,6 +126,17 @@ class Database:
         wait in the server, row by row, unseen here."""
         if self._sync is not None:
             self._write_lock.on_wait, self._write_lock.on_held = waited, held
+
+    @property
+    def write_dialect(self) -> Dialect | None:
+        """SQLite: the dialect its writes are compiled for (storage.dml); else None."""
+        return self._writes.dialect if self._sync is not None else None
+
+    def tell_write_lock_held(self, seconds: float) -> None:
+        """A hold of the write lock by another process on this one's behalf (the node's
+        writer process, storage.writer_process), told as this process's own holds are."""
+        if self._sync is not None:
+            self._write_lock.tell("on_held", seconds)
 
     async def read(self, query: Query[T]) -> T:
         """Run `query` on a connection outside any explicit transaction. The database failing
@@ -301,7 +313,7 @@ class _WriteLock:
             yield
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
-            self._tell("on_held", time.perf_counter() - taken)
+            self.tell("on_held", time.perf_counter() - taken)
 
     def _open(self) -> int | None:
         if self._fd is not None or not self._usable:
@@ -329,9 +341,9 @@ class _WriteLock:
         try:
             self._wait_for(fd, timeout)
         finally:  # a wait that timed out was waited too
-            self._tell("on_wait", time.perf_counter() - began)
+            self.tell("on_wait", time.perf_counter() - began)
 
-    def _tell(self, name: str, seconds: float) -> None:
+    def tell(self, name: str, seconds: float) -> None:
         """Tell the hook `name` (on_wait, on_held); never raises: its caller must reach its
         unlock, or keep its own error. One that fails is logged once and dropped: it would
         fail again at every write transaction."""

@@ -68,6 +68,23 @@ def run(conn: Connection, statement: Executable, rows: Row | Sequence[Row]) -> i
     return _execute(conn, plan.sql, params)
 
 
+def compiled(
+    dialect: Dialect, statement: Executable, rows: Row | Sequence[Row]
+) -> tuple[str, list[tuple[Any, ...]]] | None:
+    """The SQL text and parameter tuples `run` would hand SQLite's driver for these rows
+    (so that another process can run them: storage.writer_process), or None when they take
+    more than that (`run` would take conn.execute)."""
+    if isinstance(rows, dict):
+        rows = [rows]
+    plan = _cached_plan(dialect, statement, rows)
+    if plan is None:
+        return None
+    try:
+        return plan.sql, _params(plan, rows)
+    except Exception:  # a value its type refuses: SQLAlchemy says what, in the worker
+        return None
+
+
 def _params(plan: _Plan, rows: Sequence[Row]) -> list[tuple[Any, ...]]:
     if plan.constants:
         rows = [{**row, **plan.constants} for row in rows]
@@ -107,12 +124,18 @@ def _processed(
 
 
 def _plan_for(conn: Connection, statement: Executable, rows: Sequence[Row]) -> _Plan | None:
-    if not rows or not _plain(conn):
+    if not _plain(conn):
+        return None
+    return _cached_plan(conn.dialect, statement, rows)
+
+
+def _cached_plan(dialect: Dialect, statement: Executable, rows: Sequence[Row]) -> _Plan | None:
+    if not rows:
         return None
     keys = rows[0].keys()
     if len(rows) > 1 and any(row.keys() != keys for row in rows):  # (the first row's decide)
         return None
-    plans = _plans.setdefault(conn.dialect, {})
+    plans = _plans.setdefault(dialect, {})
     key = (statement, frozenset(keys), len(rows) > 1)
     try:
         return plans[key]
@@ -121,7 +144,7 @@ def _plan_for(conn: Connection, statement: Executable, rows: Sequence[Row]) -> _
     if len(plans) >= _MAX_PLANS:  # statements made per call: conn.execute caches its own
         return None
     try:
-        plan = _make_plan(conn.dialect, *key)
+        plan = _make_plan(dialect, *key)
     except Exception:  # SQLAlchemy's private names changed: conn.execute says what is wrong
         plan = None
     plans[key] = plan

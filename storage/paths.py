@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import unquote
 
-__all__ = ["database_url", "prepare_data_dir"]
+__all__ = ["database_url", "prepare_data_dir", "sqlite_file"]
 
 
 def prepare_data_dir(data_dir: Path) -> None:
@@ -22,3 +23,18 @@ def database_url(url: str, data_dir: Path) -> str:
     if url:
         return url
     return f"sqlite:///{(data_dir / 'postern.db').resolve()}"
+
+
+def sqlite_file(url: str) -> str | None:
+    """The file an SQLite URL names (`sqlite:///relative`, `sqlite:////absolute`, a
+    `file:` URI), as storage.db opens it; None for another database or one in memory."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or not scheme.startswith("sqlite"):
+        return None
+    database, _, query = rest.removeprefix("/").partition("?")
+    if database.startswith("file:"):
+        database, _, uri_query = database[len("file:") :].partition("?")
+        query += uri_query
+    if database in ("", ":memory:") or "mode=memory" in query:
+        return None
+    return unquote(database)

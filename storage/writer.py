@@ -32,6 +32,13 @@ them under load. What a hook (`on_commit`, `on_failure`) raises is logged, never
 a broken hook never strands a caller (`on_commit` runs once they are answered, and one that
 fails is dropped: it would fill the log at every commit).
 
+With several workers on SQLite, each worker's writer sends the small batches (statements
+and data: a message's intake, an attempt's record) to the node's writer process through a
+`link` (storage.writer_link, storage.writer_process), which commits every worker's in one
+transaction; the rest (functions of a connection, pieces, large bodies) it commits here.
+Either way a caller is answered after the commit that holds its write, and a failure is
+told as here (the failure state, the hooks).
+
 When the database itself fails a commit (full, locked, down), the writer remembers it until
 a commit succeeds: `readiness()` reports it (and probes whether writes commit again), and
 `known_full()` lets a door refuse a message before it is sent rather than after. A failed
@@ -64,6 +71,8 @@ from storage.errors import (
     unavailable,
 )
 from storage.models import Meta
+from storage.writer_link import Answer, WriterLink
+from storage.writer_process import FAILED, FULL, OK
 
 log = logging.getLogger("postern.storage")
 
@@ -75,13 +84,16 @@ class Batch:
     """Statements to run in order; each with one parameter dict, or a list for executemany.
 
     `first`, when given, runs before any statement of the shared transaction and its return
-    value is the job's result (a check the statements then depend on, in SQL).
+    value is the job's result (a check the statements then depend on, in SQL). `check` is
+    the same as data: an UPDATE and its parameters, the result whether it changed a row
+    (a batch of statements and data alone can be sent to the node's writer process).
     """
 
     steps: list[tuple[Executable, dict[str, Any] | list[dict[str, Any]]]] = field(
         default_factory=list
     )
     first: Work | None = None
+    check: tuple[Executable, dict[str, Any]] | None = None
 
     def add(self, statement: Executable, params: dict[str, Any] | list[dict[str, Any]]) -> None:
         if params:
@@ -124,8 +136,12 @@ class Writer:
         max_batch: int = 512,
         on_failure: FailureHook | None = None,
         on_commit: CommitHook | None = None,
+        link: WriterLink | None = None,
     ) -> None:
+        """`link`: the node's writer process (storage.writer_link), which then commits
+        the batches it can take, with the other workers' (storage.writer_process)."""
         self._db = db
+        self._link = link
         self._max_batch = max_batch
         self._on_commit = on_commit
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
@@ -154,6 +170,8 @@ class Writer:
             job = self._queue.get_nowait()
             if job is not None:
                 self._fail(job, WriterStopped("the storage writer has stopped"))
+        if self._link is not None:
+            await self._link.close()  # once what it was sent is answered
 
     @property
     def db(self) -> Database:
@@ -191,9 +209,44 @@ class Writer:
         goes one per commit, with the small jobs."""
         if not self.running:
             raise WriterStopped("the storage writer is not running")
+        link = self._link
+        if link is not None and link.connected and size < self.large and not piece:
+            sent = self._send(link, work, patient)
+            if sent is not None:
+                return await self._answered(sent)
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._put(_Job(work, done, patient, size, piece))
         return await done
+
+    @staticmethod
+    def _send(link: WriterLink, work: Batch | Work, patient: bool) -> asyncio.Future[Answer] | None:
+        """`work` sent to the writer process, or None: it is written here."""
+        if not isinstance(work, Batch) or work.first is not None:
+            return None
+        request = link.request(patient, work.check, work.steps)
+        if request is None:
+            return None
+        try:
+            return link.call(request)
+        except ValueError:  # a value marshal does not take
+            return None
+
+    async def _answered(self, sent: asyncio.Future[Answer]) -> Any:
+        """The writer process's answer, as a commit here would have given it."""
+        (_, code, value), report = await sent
+        if report is not None:
+            seconds, jobs, held = report
+            self.commits += 1
+            self._db.tell_write_lock_held(held)
+            self._tell_commit(seconds, jobs)
+        if code == OK:
+            self.failure = None
+            return value
+        if code == FAILED:  # this batch's data: a unique-key clash, say
+            log.error("storage write failed: %s", value)
+            raise StorageUnavailable(value)
+        failure = self._remember(StorageFull(value) if code == FULL else StorageUnavailable(value))
+        raise type(failure)(str(failure))
 
     def _put(self, job: _Job | None) -> None:
         self._queue.put_nowait(job)  # unbounded: never waits
@@ -292,15 +345,18 @@ class Writer:
         for job, result in zip(jobs, results, strict=True):
             if not job.done.done():
                 job.done.set_result(result)
+        self._tell_commit(time.perf_counter() - began, len(jobs))
+        return True
+
+    def _tell_commit(self, seconds: float, jobs: int) -> None:
         if self._on_commit is not None:
             # After the callers are answered; a failing hook costs a log line, never them,
             # and only once: it would fail again at every commit.
             try:
-                self._on_commit(time.perf_counter() - began, len(jobs))
+                self._on_commit(seconds, jobs)
             except Exception:
                 self._on_commit = None
                 log.exception("the commit hook failed; it is not called again")
-        return True
 
     @staticmethod
     def _fail_database(jobs: list[_Job], failure: StorageUnavailable) -> None:
@@ -314,9 +370,11 @@ class Writer:
 
     def _failed(self, error: Exception) -> StorageUnavailable:
         """Remember and count a failure of the database itself; it, for the callers."""
-        failure = unavailable(error)
+        return self._remember(unavailable(error))
+
+    def _remember(self, failure: StorageUnavailable) -> StorageUnavailable:
         self.failure, self._failed_at = failure, asyncio.get_running_loop().time()
-        log.error("storage write failed: %s", error)
+        log.error("storage write failed: %s", failure)
         if self._on_failure is not None:
             try:  # as on_commit: a failing hook must not strand the jobs it reports
                 self._on_failure(failure)
@@ -358,6 +416,8 @@ def _run_batch(conn: Connection, works: list[Batch | Work]) -> list[Any]:
         if isinstance(work, Batch):
             if work.first is not None:
                 results[index] = work.first(conn)
+            elif work.check is not None:
+                results[index] = dml.run(conn, *work.check) > 0
             for statement, params in work.steps:
                 rows = params if isinstance(params, list) else [params]
                 merged.setdefault(statement, []).extend(rows)

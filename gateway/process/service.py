@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from functools import partial
+from typing import NoReturn
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -95,6 +96,7 @@ from storage.db import (
 )
 from storage.keys import KeyStore
 from storage.writer import StorageUnavailable, Writer
+from storage.writer_link import WriterLink
 from web.app import dashboard
 
 log = logging.getLogger("postern")
@@ -247,7 +249,10 @@ class Service:
         db.watch_write_lock(
             waited=metrics.STORAGE_LOCK_WAIT.inc, held=metrics.STORAGE_LOCK_HELD.inc
         )
-        writer = self.writer = Writer(db, on_failure=_count_write_failure, on_commit=_count_commit)
+        link = await self._writer_link(db)
+        writer = self.writer = Writer(
+            db, on_failure=_count_write_failure, on_commit=_count_commit, link=link
+        )
         writer.start()
         delivery = config.delivery
         # Renewed every lease/4 while this node holds a message; lapses only if it dies.
@@ -261,6 +266,15 @@ class Service:
         await queue.suppressions.reload()
         self.bounces = self._bounce_ingest(ready, db, queue, notifier)
         return Storage(db, writer, queue)
+
+    async def _writer_link(self, db: Database) -> WriterLink | None:
+        """The line to the node's writer process, when the supervisor started one."""
+        path = self.role.writer if self.role is not None else None
+        dialect = db.write_dialect
+        if path is None or dialect is None:
+            return None
+        link = WriterLink(path, dialect, on_lost=_writer_lost)
+        return link if await link.connect() else None
 
     def _bounce_ingest(
         self, ready: Prepared, db: Database, queue: Queue, notifier: Notifier | None
@@ -784,6 +798,17 @@ class Service:
         deadline = loop.time() + timeout
         while not condition() and loop.time() < deadline:
             await asyncio.sleep(0.02)
+
+
+def _writer_lost(unanswered: int) -> NoReturn:
+    """The node's writer process is gone with writes unanswered: end as a crash would."""
+    log.critical(
+        "the node's writer process is gone with %d writes unanswered, committed or not: "
+        "this worker exits (status 70) so that none is written or acknowledged twice",
+        unanswered,
+    )
+    logs.flush()  # os._exit skips atexit
+    os._exit(70)
 
 
 def _count_write_failure(failure: StorageUnavailable) -> None:

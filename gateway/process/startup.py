@@ -56,6 +56,7 @@ class WorkerRole:
     metrics: int | None = None
     bounce: int | None = None
     rates: int | None = None  # the node's per-key rate table (gateway.security.shared_rate)
+    writer: str | None = None  # the node's writer process's socket (SQLite: storage.writer_link)
 
     @property
     def primary(self) -> bool:

@@ -16,6 +16,12 @@ What the supervisor does after that:
   lines.
 - **Metrics**: prometheus-client's multiprocess mode, in a private temporary folder
   (`PROMETHEUS_MULTIPROC_DIR`, removed at exit); worker 0's /metrics sums every worker's.
+- **SQLite's writes** (with a database file): one writer process per node
+  (gateway.process.node_writer, storage.writer_process) commits the workers' small writes
+  together, one fsync for all, where each worker's own commits took the write lock in
+  turn. Its listening socket is bound here, in a private folder, and kept: a worker's
+  connection queues on it while the process is started again (at once the first time,
+  then as a worker is). It is started first and stopped last, once every worker is gone.
 - **The per-key rate limit**: one table of token buckets in shared memory (an anonymous
   memfd, made here and inherited by every worker: gateway.security.shared_rate), so a key's
   SMTP messages in any worker and its HTTP requests in worker 0 draw on one bucket.
@@ -48,10 +54,11 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from gateway.config import Config
 from gateway.process.instance import DataDirLock
@@ -59,7 +66,7 @@ from gateway.process.logs import FORMAT, ZonedFormatter
 from gateway.process.startup import ROLE_ENV, SharedListeners, StartupError, node_id
 from gateway.security.secrets import SecretBox, SecretError
 from gateway.security.shared_rate import create_table
-from storage.paths import prepare_data_dir
+from storage.paths import database_url, prepare_data_dir, sqlite_file
 
 log = logging.getLogger("postern.supervisor")
 
@@ -68,6 +75,9 @@ STOP_GRACE = 15.0  # past the drain timeout, a worker still running is killed
 CRASH_WINDOW = 60.0  # deaths within this count towards the restart delay
 FIRST_DELAY = 0.25
 MAX_DELAY = 30.0
+# The writer process dying this often within CRASH_WINDOW is given up: its socket is closed
+# and the workers write on their own (as before it existed), rather than wait on its delays.
+WRITER_DEATHS = 5
 LINE_LIMIT = 1 << 20  # a longer stderr line is cut (split) rather than stalling the pipe
 READY = b"postern-worker-ready\n"
 ERROR_PREFIX = b"postern: error:"
@@ -102,6 +112,10 @@ class Supervisor:
         self._lock: DataDirLock | None = None
         self._metrics_dir: str | None = None
         self._rates: int | None = None  # the per-key rate table's memfd, for every worker
+        # The node's writer process (SQLite), its socket's folder and listening socket.
+        self._writer = Worker(-1)
+        self._writer_dir: str | None = None
+        self._writer_socket: socket.socket | None = None
         self._stopping = asyncio.Event()
         self._signals = 0
         self._errors_said: set[bytes] = set()  # a start error all workers hit: said once
@@ -136,6 +150,9 @@ class Supervisor:
             self._rates = _rate_table()
             return await self._supervise()
         finally:
+            self._close_writer_socket()
+            if self._writer_dir is not None:
+                shutil.rmtree(self._writer_dir, ignore_errors=True)
             if self._rates is not None:
                 os.close(self._rates)
             if self._listeners is not None:
@@ -149,13 +166,17 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, self._reload)
-        status = await self._start_all()
-        if status is not None:
-            return status
-        log.info("supervisor: %d workers running", self.count)
-        watchers = [loop.create_task(self._watch(worker)) for worker in self.workers]
-        await self._stopping.wait()
-        return await self._drain(watchers)
+        keeper = await self._start_writer()
+        try:
+            status = await self._start_all()
+            if status is not None:
+                return status
+            log.info("supervisor: %d workers running", self.count)
+            watchers = [loop.create_task(self._watch(worker)) for worker in self.workers]
+            await self._stopping.wait()
+            return await self._drain(watchers)
+        finally:
+            await self._stop_writer(keeper)
 
     async def _start_all(self) -> int | None:
         """Every worker started and ready: None. One failed: the others stopped, its status.
@@ -216,6 +237,8 @@ class Supervisor:
     async def _spawn(self, worker: Worker) -> None:
         assert self._listeners is not None and self._metrics_dir is not None
         role = self._listeners.role(worker.index, self.count, self._rates)
+        if self._writer_socket is not None:
+            role = replace(role, writer=self._writer_socket.getsockname())
         env = dict(os.environ)
         env[ROLE_ENV] = role.to_env()
         env["PROMETHEUS_MULTIPROC_DIR"] = self._metrics_dir
@@ -301,10 +324,7 @@ class Supervisor:
             self._forget_metrics(worker.proc.pid)
             if self._stopping.is_set():
                 return
-            now = time.monotonic()
-            worker.deaths = [t for t in worker.deaths if now - t < CRASH_WINDOW] + [now]
-            delay = 0.0 if len(worker.deaths) == 1 else FIRST_DELAY * 2 ** (len(worker.deaths) - 2)
-            delay = min(MAX_DELAY, delay)
+            delay = _restart_delay(worker)
             log.error(
                 "supervisor: worker %d (pid %d) %s; starting it again%s",
                 worker.index, worker.proc.pid, _how_it_ended(worker.proc.returncode),
@@ -315,6 +335,102 @@ class Supervisor:
             if self._stopping.is_set():
                 return
             await self._spawn(worker)
+
+    # --- the node's writer process ---------------------------------------------------
+
+    async def _start_writer(self) -> asyncio.Task[None] | None:
+        """Bind its socket and start it (SQLite, several workers); the task keeping it."""
+        database = self._writer_database()
+        if database is None:
+            return None
+        self._writer_dir = tempfile.mkdtemp(prefix="postern-writer-")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(os.path.join(self._writer_dir, "socket"))
+        listener.listen(64)
+        self._writer_socket = listener
+        await self._spawn_writer(database)
+        return asyncio.get_running_loop().create_task(self._keep_writer(database))
+
+    def _writer_database(self) -> str | None:
+        if self.count < 2:
+            return None
+        url = database_url(self.config.storage.url, self.config.server.data_dir)
+        database = sqlite_file(url)
+        return None if database is None else os.path.abspath(database)
+
+    async def _spawn_writer(self, database: str) -> None:
+        assert self._writer_socket is not None
+        fd = self._writer_socket.fileno()
+        writer = self._writer
+        writer.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway.process.node_writer", "--parent", str(os.getpid()),
+            "--fd", str(fd), "--database", database, "--log-level", self.log_level,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            pass_fds=[fd],
+            start_new_session=True,
+            limit=LINE_LIMIT,
+        )  # fmt: skip
+        assert writer.proc.stdout is not None and writer.proc.stderr is not None
+        loop = asyncio.get_running_loop()
+        writer.pumps = [
+            loop.create_task(self._pump(writer, writer.proc.stdout, sys.stdout.buffer)),
+            loop.create_task(self._pump(writer, writer.proc.stderr, sys.stderr.buffer)),
+        ]
+
+    async def _keep_writer(self, database: str) -> None:
+        """Start it again whenever it dies (the workers that were waiting on it exit, and
+        are started again by their own watchers)."""
+        writer = self._writer
+        while True:
+            assert writer.proc is not None
+            await writer.proc.wait()
+            await asyncio.gather(*writer.pumps, return_exceptions=True)
+            delay = _restart_delay(writer)
+            how = _how_it_ended(writer.proc.returncode)
+            if len(writer.deaths) >= WRITER_DEATHS:
+                log.error(
+                    "supervisor: the writer process (pid %d) %s, %d times within %gs: given "
+                    "up; the workers write the database on their own",
+                    writer.proc.pid, how, len(writer.deaths), CRASH_WINDOW,
+                )  # fmt: skip
+                self._close_writer_socket()
+                return
+            log.error(
+                "supervisor: the writer process (pid %d) %s; starting it again%s",
+                writer.proc.pid, how, f" in {delay:g}s" if delay else "",
+            )  # fmt: skip
+            await asyncio.sleep(delay)
+            await self._spawn_writer(database)
+
+    def _close_writer_socket(self) -> None:
+        """No more lines: a worker's connect is refused (it writes on its own), and one
+        queued on the socket is reset."""
+        if self._writer_socket is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._writer_socket.getsockname())
+            self._writer_socket.close()
+            self._writer_socket = None
+
+    async def _stop_writer(self, keeper: asyncio.Task[None] | None) -> None:
+        """Last, once the workers are gone: what it was sent is committed and answered."""
+        if keeper is None:
+            return
+        keeper.cancel()
+        await asyncio.gather(keeper, return_exceptions=True)
+        proc = self._writer.proc
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), STOP_GRACE)
+            except TimeoutError:
+                log.error("supervisor: the writer process did not stop; killing it")
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+        await asyncio.gather(*self._writer.pumps, return_exceptions=True)
 
     def _forget_metrics(self, pid: int) -> None:
         """A dead worker's gauges leave the sums; its counters stay in them."""
@@ -442,6 +558,14 @@ def _rate_table() -> int | None:
             error.strerror or error,
         )
         return None
+
+
+def _restart_delay(worker: Worker) -> float:
+    """None the first time; then doubling with each death within CRASH_WINDOW, to MAX_DELAY."""
+    now = time.monotonic()
+    worker.deaths = [t for t in worker.deaths if now - t < CRASH_WINDOW] + [now]
+    delay = 0.0 if len(worker.deaths) == 1 else FIRST_DELAY * 2 ** (len(worker.deaths) - 2)
+    return min(MAX_DELAY, delay)
 
 
 def _write_line(out: object, line: bytes) -> None:

@@ -355,7 +355,7 @@ class Queue:
         update = sql.UPDATE_MESSAGE if results else sql.SETTLE_CLAIMED
         notice = self._notice(message, results, now)
         if notice is None and patient:
-            batch.first = lambda conn: dml.run(conn, update, params) > 0
+            batch.check = (update, params)
             work: Batch | Work = batch
         else:
             # The notification is stored with the bounce, and only if the bounce is: one
@@ -466,7 +466,7 @@ class Queue:
             ]  # fmt: skip
             _add_events_if_stamped(batch, message.id, rows, now, message.attempts)
         params = {"m_id": message.id, "node": self.node_id, "due": until, "why": why, "now": now}
-        batch.first = lambda conn: dml.run(conn, sql.POSTPONE, params) > 0
+        batch.check = (sql.POSTPONE, params)
         await self._writer.submit(batch)
 
     async def wake_pool_waiters(self) -> int:

@@ -64,3 +64,36 @@ def test_sigkill_loop_with_two_workers(tmp_path: Path) -> None:
     assert not report.refused_delivered, f"refused yet delivered: {report.refused_delivered}"
     assert report.drained, f"queue not drained after the last restart: {report.queue_left}"
     assert report.final_exit == 0, f"SIGTERM after the drain exited {report.final_exit}"
+
+
+@pytest.mark.timeout(max(300, WORKER_ROUNDS * 25))
+def test_sigkill_of_the_writer_process_loses_no_acknowledged_message(tmp_path: Path) -> None:
+    """Two workers on SQLite, whose writes go through the node's writer process: it is
+    killed mid-stream each round. The workers that had writes in it unanswered end as a
+    crash would (their outcome is unknown: never answered 451, never retried), the
+    supervisor starts it and them again, and the round goes on before the supervisor's
+    own SIGKILL. Every acknowledged message is delivered; none refused is."""
+    settings = Settings(
+        rounds=WORKER_ROUNDS,
+        seconds=WORKER_ROUNDS * 20.0,
+        seed=int(SEED) if SEED else None,
+        drain_timeout=60.0,
+        smtp_senders=2,
+        workers=2,
+        kill_writer=True,
+        min_up=0.5,
+    )
+    report = run(settings, tmp_path / "crashloop-writer")
+    print("\n[crash loop, writer] " + "\n[crash loop, writer] ".join(report.lines()))
+
+    assert report.rounds == WORKER_ROUNDS, f"only {report.rounds} rounds ran within the time cap"
+    assert report.writer_kills > 0, "the writer process was never killed: nothing was tested"
+    assert report.acked > 0, "no message was acknowledged: the loop tested nothing"
+    assert not report.lost, f"acknowledged but never delivered: {report.lost_explained}"
+    assert not report.refused_delivered, f"refused yet delivered: {report.refused_delivered}"
+    assert report.drained, f"queue not drained after the last restart: {report.queue_left}"
+    assert report.final_exit == 0, f"SIGTERM after the drain exited {report.final_exit}"
+    logs = "".join(
+        p.read_text(errors="replace") for p in (tmp_path / "crashloop-writer").glob("*.log")
+    )
+    assert "the writer process" in logs and "was killed by SIGKILL" in logs

@@ -220,6 +220,51 @@ def test_sigkill_of_a_worker_mid_delivery_loses_nothing(
     assert status == 0, postern.stderr()
 
 
+def writer_process_of(supervisor: int) -> int | None:
+    """The pid of the supervisor's writer process (SQLite), or None."""
+    for task in Path(f"/proc/{supervisor}/task").iterdir():
+        with contextlib.suppress(OSError):
+            for child in map(int, (task / "children").read_text().split()):
+                with contextlib.suppress(OSError):
+                    argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+                    if b"gateway.process.node_writer" in argv:
+                        return child
+    return None
+
+
+def test_the_writer_process_is_started_again_then_given_up(
+    sink: Sink, postern_process: MakePostern
+) -> None:
+    """On SQLite the workers' writes go through the node's writer process (its line's loss
+    is logged by the workers); killed, it is started again, and mail goes on; killed five
+    times within a minute, it is given up and the workers write on their own."""
+    postern = two_workers(postern_process, sink.port)
+    first = writer_process_of(postern.pid)
+    assert first is not None, postern.stderr()
+    send_over(postern, "before", sessions=4, per_session=5)
+    assert sorted(all_delivered(sink, "before", 20)) == expected("before", 20)
+    victim: int | None = first
+    for kill in range(5):
+        assert victim is not None
+        os.kill(victim, signal.SIGKILL)
+        if kill < 4:
+            assert wait_until(
+                lambda v=victim: writer_process_of(postern.pid) not in (None, v), 10.0
+            ), postern.stderr()
+            victim = writer_process_of(postern.pid)
+    assert wait_until(lambda: "given up" in postern.stderr(), 10.0), postern.stderr()
+    assert writer_process_of(postern.pid) is None
+    said = f"the writer process (pid {first}) was killed by SIGKILL; starting it again"
+    assert said in postern.stderr()
+    # The workers (started again where they had writes unanswered) write on their own.
+    assert wait_until(lambda: len(workers_of(postern.pid)) == 2, 30.0), postern.stderr()
+    send_over(postern, "after", sessions=4, per_session=5)
+    assert sorted(set(all_delivered(sink, "after", 20))) == expected("after", 20)
+    status, _ = postern.stop(signal.SIGTERM, timeout=STOP_BOUND)
+    assert status == 0, postern.stderr()
+    assert "Traceback" not in postern.stderr()
+
+
 def delivered_after_restart(postern: Postern, sink: Sink, tag: str, count: int) -> None:
     """No worker outlived the drained supervisor, and started again it delivers every
     message the drain handed back (at least once)."""

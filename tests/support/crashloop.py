@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 import re
 import signal
@@ -93,6 +94,10 @@ class Settings:
     drain_timeout: float = 60.0  # after the last restart
     settle: float = 1.5  # watch for late duplicates once drained (> retry interval)
     workers: int = 1  # [server] workers: >1 kills a supervisor, whose workers die with it
+    # With workers > 1 on SQLite: SIGKILL the node's writer process first, mid-stream; the
+    # supervisor starts it again, and the workers that lost it (a crash, on purpose); the
+    # round goes on a while before the supervisor's own SIGKILL.
+    kill_writer: bool = False
     verbose: bool = False
 
 
@@ -101,6 +106,7 @@ class Report:
     seed: int
     rounds: int = 0
     startup_kills: int = 0
+    writer_kills: int = 0
     sent: int = 0
     acked: int = 0
     refused: int = 0
@@ -256,6 +262,20 @@ class Process:
         except subprocess.TimeoutExpired:
             self.kill()
             return None
+
+
+def kill_writer_of(supervisor: int) -> int:
+    """SIGKILL the supervisor's writer process (gateway.process.node_writer): 1, or 0
+    when there is none (it is being started again)."""
+    for task in Path(f"/proc/{supervisor}/task").iterdir():
+        with contextlib.suppress(OSError):
+            for child in map(int, (task / "children").read_text().split()):
+                with contextlib.suppress(OSError):
+                    argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+                    if b"gateway.process.node_writer" in argv:
+                        os.kill(child, signal.SIGKILL)
+                        return 1
+    return 0
 
 
 def run_cli(*args: str, timeout: float = 60.0) -> str:
@@ -581,6 +601,10 @@ def run(settings: Settings, workdir: Path, echo: Callable[[str], None] = print) 
                 sender.start()
             up = rng.uniform(settings.min_up, settings.max_up)
             time.sleep(up)
+            if settings.kill_writer:
+                assert process.proc is not None
+                report.writer_kills += kill_writer_of(process.proc.pid)
+                time.sleep(rng.uniform(settings.min_up, settings.max_up))
             process.kill()
             stop.set()
             time.sleep(0.2)  # let the sink finish what reached it before the kill

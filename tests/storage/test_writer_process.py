@@ -1,0 +1,315 @@
+"""The node's writer process (storage.writer_process) and a worker's line to it
+(storage.writer_link), on real SQLite files: the process is a real one, started as the
+supervisor starts it (gateway.process.node_writer) on a listening socket the test holds,
+as the supervisor holds it. Two `Writer`s on two `Database`s stand for two workers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Connection, insert, select, update
+
+from storage.db import Database, create_schema, database_url, open_database
+from storage.models import Meta
+from storage.writer import Batch, StorageFull, StorageUnavailable, Writer
+from storage.writer_link import WriterLink
+from storage.writer_process import WriterProcess
+
+WAIT = 10.0
+INSERT = insert(Meta)
+
+
+def put(key: str, value: str = "v") -> Batch:
+    batch = Batch()
+    batch.add(INSERT, {"key": key, "value": value})
+    return batch
+
+
+def set_if_there(key: str, value: str) -> Batch:
+    """A check (the UPDATE: did it change a row?) and a step that depends on nothing."""
+    batch = Batch()
+    batch.check = (update(Meta).where(Meta.c.key == key).values(value=value), {})
+    batch.add(INSERT, {"key": f"after-{key}", "value": value})
+    return batch
+
+
+@dataclass
+class Node:
+    """A database file, the listening socket (held here, as the supervisor holds it) and
+    the writer process serving it."""
+
+    database: Path
+    socket_path: str
+    listener: socket.socket
+    proc: subprocess.Popen[bytes] | None = None
+    workers: list[tuple[Database, Writer, WriterLink]] = field(default_factory=list)
+
+    def start(self) -> None:
+        fd = self.listener.fileno()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.process.node_writer", "--parent", str(os.getpid()),
+             "--fd", str(fd), "--database", str(self.database)],
+            pass_fds=[fd], stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(WAIT)
+
+    def stop(self) -> str:
+        """SIGTERM; its stderr."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        _, err = self.proc.communicate(timeout=WAIT)
+        return err.decode()
+
+    async def worker(self, lost: list[int] | None = None, **hooks: Any) -> Writer:
+        db = open_database(database_url("", self.database.parent))
+        dialect = db.write_dialect
+        assert dialect is not None
+        on_lost = (lambda n: lost.append(n)) if lost is not None else _no_crash
+        link = WriterLink(self.socket_path, dialect, on_lost=on_lost)
+        assert await link.connect()
+        writer = Writer(db, link=link, **hooks)
+        writer.start()
+        self.workers.append((db, writer, link))
+        return writer
+
+
+def _no_crash(unanswered: int) -> None:
+    raise AssertionError(f"the line was lost with {unanswered} unanswered")
+
+
+@pytest.fixture
+async def node(tmp_path: Path) -> AsyncIterator[Node]:
+    db = open_database(database_url("", tmp_path))
+    await create_schema(db)
+    await db.dispose()
+    path = str(tmp_path / "writer.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(16)
+    node = Node(tmp_path / "postern.db", path, listener)
+    node.start()
+    try:
+        yield node
+    finally:
+        for db, writer, _ in node.workers:
+            await asyncio.wait_for(writer.stop(), WAIT)
+            await db.dispose()
+        if node.proc is not None and node.proc.poll() is None:
+            node.stop()
+        listener.close()
+
+
+def rows(database: Path, prefix: str) -> dict[str, str]:
+    with sqlite3.connect(database) as conn:
+        found = conn.execute(
+            "SELECT key, value FROM postern_meta WHERE key LIKE ?", (prefix + "%",)
+        )
+        return dict(found.fetchall())
+
+
+async def test_two_workers_writes_share_the_process_commits(node: Node) -> None:
+    told: list[tuple[float, int]] = []
+    first = await node.worker(on_commit=lambda s, n: told.append((s, n)))
+    second = await node.worker(on_commit=lambda s, n: told.append((s, n)))
+    async with asyncio.timeout(WAIT):
+        await asyncio.gather(
+            *(first.submit(put(f"one{i:03d}")) for i in range(200)),
+            *(second.submit(put(f"two{i:03d}")) for i in range(200)),
+        )
+    assert len(rows(node.database, "one")) == 200
+    assert len(rows(node.database, "two")) == 200
+    assert [link.sent for _, _, link in node.workers] == [200, 200]  # none written here
+    # Each commit told once, by one of the two, with every request in it.
+    assert sum(jobs for _, jobs in told) == 400
+    assert len(told) < 400
+    assert any(jobs > 200 for _, jobs in told) or len(told) < 200
+
+
+async def test_a_check_is_the_result_and_its_steps_run(node: Node) -> None:
+    writer = await node.worker()
+    await writer.submit(put("there", "old"))
+    assert await writer.submit(set_if_there("there", "new")) is True
+    assert await writer.submit(set_if_there("missing", "new")) is False
+    assert rows(node.database, "there") == {"there": "new"}
+    assert rows(node.database, "after-") == {"after-there": "new", "after-missing": "new"}
+
+
+async def test_a_clash_fails_alone_in_a_shared_commit(node: Node) -> None:
+    writer = await node.worker()
+    await writer.submit(put("taken"))
+    async with asyncio.timeout(WAIT):
+        results = await asyncio.gather(
+            *(writer.submit(put(f"fine{i}")) for i in range(20)),
+            writer.submit(put("taken", "again")),
+            return_exceptions=True,
+        )
+    assert results[:20] == [None] * 20
+    assert isinstance(results[20], StorageUnavailable)
+    assert "UNIQUE" in str(results[20])
+    assert len(rows(node.database, "fine")) == 20
+    assert rows(node.database, "taken") == {"taken": "v"}
+    assert writer.failure is None  # one batch's data, not the database
+
+
+async def test_what_cannot_be_sent_is_written_here(node: Node) -> None:
+    writer = await node.worker()
+    link = node.workers[0][2]
+
+    def function(conn: Connection) -> int:
+        conn.execute(INSERT, {"key": "fn", "value": "v"})
+        return 7
+
+    first = Batch(first=lambda conn: conn.execute(select(Meta.c.key)).first() is not None)
+    first.add(INSERT, {"key": "first", "value": "v"})
+    async with asyncio.timeout(WAIT):
+        assert await writer.submit(function) == 7
+        assert await writer.submit(first) is True
+        assert await writer.submit(put("big"), size=writer.large) is None
+        assert await writer.submit(put("piece"), piece=True) is None
+        assert await writer.submit(put("sent")) is None
+    assert link.sent == 1
+    assert set(rows(node.database, "")) >= {"fn", "first", "big", "piece", "sent"}
+
+
+async def test_lost_with_writes_unanswered_the_worker_is_told(node: Node) -> None:
+    lost: list[int] = []
+    writer = await node.worker(lost)
+    await writer.submit(put("accepted"))  # (a line still queued on the socket would wait
+    assert node.proc is not None  # for the next process: see the test after next)
+    os.kill(node.proc.pid, signal.SIGSTOP)  # reads nothing more: the request waits
+    try:
+        task = asyncio.ensure_future(writer.submit(put("limbo")))
+        await asyncio.sleep(0.2)
+        assert not task.done()
+    finally:
+        os.kill(node.proc.pid, signal.SIGKILL)
+        os.kill(node.proc.pid, signal.SIGCONT)
+        node.proc.wait(WAIT)
+    async with asyncio.timeout(WAIT):
+        with pytest.raises(ConnectionError):  # (in serve, on_lost ended the worker first)
+            await task
+    assert lost == [1]
+
+
+async def test_a_line_queued_on_the_socket_waits_for_the_next_process(node: Node) -> None:
+    """Connected while no process serves the socket (one being started again), a worker's
+    requests wait in the socket's queue and the next process answers them."""
+    node.kill()
+    writer = await node.worker()
+    task = asyncio.ensure_future(writer.submit(put("queued")))
+    await asyncio.sleep(0.2)
+    assert not task.done()
+    node.start()
+    async with asyncio.timeout(WAIT):
+        assert await task is None
+    assert rows(node.database, "queued") == {"queued": "v"}
+
+
+async def test_lost_with_nothing_unanswered_writes_here_until_it_is_back(node: Node) -> None:
+    writer = await node.worker(lost=[])
+    link = node.workers[0][2]
+    await writer.submit(put("before"))
+    node.kill()
+    async with asyncio.timeout(WAIT):
+        while link.connected:
+            await asyncio.sleep(0.01)
+        await writer.submit(put("meanwhile"))  # here, under the lock
+        assert link.sent == 1
+        node.start()  # as the supervisor does, on the socket it kept
+        while not link.connected:
+            await asyncio.sleep(0.05)
+        await writer.submit(put("after"))
+    assert link.sent == 2
+    assert set(rows(node.database, "")) >= {"before", "meanwhile", "after"}
+
+
+async def test_sigterm_serves_the_workers_still_connected(node: Node) -> None:
+    """systemd's SIGTERM reaches every process of the service at once: the writer process
+    goes on serving the workers draining, and ends once the last has gone."""
+    writer = await node.worker()
+    await writer.submit(put("before"))  # its line accepted, its SIGTERM handler set
+    assert node.proc is not None
+    node.proc.terminate()
+    await asyncio.sleep(0.3)
+    async with asyncio.timeout(WAIT):
+        assert await writer.submit(put("draining")) is None
+    assert node.proc.poll() is None
+    db, _, _ = node.workers.pop()
+    await writer.stop()
+    await db.dispose()
+    await asyncio.to_thread(node.proc.wait, WAIT)  # (the loop closes the line)
+    assert node.proc.returncode == 0
+
+
+class FullProcess(WriterProcess):
+    """The process on a database that cannot grow (SQLite's max_page_count, per
+    connection): a real SQLITE_FULL at the next page it needs."""
+
+    def _connection(self) -> sqlite3.Connection:
+        conn = super()._connection()
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count={pages}")
+        return conn
+
+
+async def test_a_database_failure_is_the_writers_own(tmp_path: Path) -> None:
+    db = open_database(database_url("", tmp_path))
+    await create_schema(db)
+    path = str(tmp_path / "writer.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(4)
+    process = FullProcess(listener, str(tmp_path / "postern.db"))
+    thread = threading.Thread(target=process.run, daemon=True)
+    thread.start()
+    dialect = db.write_dialect
+    assert dialect is not None
+    link = WriterLink(path, dialect, on_lost=_no_crash)
+    assert await link.connect()
+    failures: list[StorageUnavailable] = []
+    writer = Writer(db, link=link, on_failure=failures.append)
+    writer.start()
+    try:
+        batch = Batch()
+        batch.add(INSERT, [{"key": f"k{i}", "value": "x" * 2000} for i in range(200)])
+        async with asyncio.timeout(WAIT):
+            with pytest.raises(StorageFull):
+                await writer.submit(batch)
+        assert link.sent == 1
+        assert isinstance(writer.failure, StorageFull)
+        assert writer.known_full()
+        assert [type(failure) for failure in failures] == [StorageFull]
+    finally:
+        await writer.stop()
+        process.stopping = True
+        await asyncio.to_thread(thread.join, WAIT)  # (the loop closes the line)
+        listener.close()
+        await db.dispose()
+    assert not thread.is_alive()
+
+
+def test_node_writer_ends_with_its_supervisor(tmp_path: Path) -> None:
+    """PR_SET_PDEATHSIG, as a worker: a parent that is already gone ends it at once."""
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway.process.node_writer", "--parent", "1",
+         "--fd", "0", "--database", str(tmp_path / "x.db")],
+        capture_output=True, timeout=WAIT,
+    )  # fmt: skip
+    assert result.returncode == 1
