@@ -71,8 +71,8 @@ from storage.errors import (
     unavailable,
 )
 from storage.models import Meta
-from storage.writer_link import Answer, WriterLink
-from storage.writer_process import FAILED, FULL, OK
+from storage.writer_link import WriterLink
+from storage.writer_process import FAILED, FULL, OK, Outcome, Report
 
 log = logging.getLogger("postern.storage")
 
@@ -85,8 +85,9 @@ class Batch:
 
     `first`, when given, runs before any statement of the shared transaction and its return
     value is the job's result (a check the statements then depend on, in SQL). `check` is
-    the same as data: an UPDATE and its parameters, the result whether it changed a row
-    (a batch of statements and data alone can be sent to the node's writer process).
+    the same as data, in its place (not with `first`): an UPDATE and its parameters, the
+    result whether it changed a row (a batch of statements and data alone can be sent to
+    the node's writer process).
     """
 
     steps: list[tuple[Executable, dict[str, Any] | list[dict[str, Any]]]] = field(
@@ -142,6 +143,8 @@ class Writer:
         the batches it can take, with the other workers' (storage.writer_process)."""
         self._db = db
         self._link = link
+        if link is not None:
+            link.on_report = self._reported
         self._max_batch = max_batch
         self._on_commit = on_commit
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
@@ -219,7 +222,9 @@ class Writer:
         return await done
 
     @staticmethod
-    def _send(link: WriterLink, work: Batch | Work, patient: bool) -> asyncio.Future[Answer] | None:
+    def _send(
+        link: WriterLink, work: Batch | Work, patient: bool
+    ) -> asyncio.Future[Outcome] | None:
         """`work` sent to the writer process, or None: it is written here."""
         if not isinstance(work, Batch) or work.first is not None:
             return None
@@ -228,25 +233,35 @@ class Writer:
             return None
         try:
             return link.call(request)
-        except ValueError:  # a value marshal does not take
+        except ValueError:  # a value marshal does not take, a request too large to send
             return None
 
-    async def _answered(self, sent: asyncio.Future[Answer]) -> Any:
+    async def _answered(self, sent: asyncio.Future[Outcome]) -> Any:
         """The writer process's answer, as a commit here would have given it."""
-        (_, code, value), report = await sent
-        if report is not None:
-            seconds, jobs, held = report
-            self.commits += 1
-            self._db.tell_write_lock_held(held)
-            self._tell_commit(seconds, jobs)
+        _, code, value = await sent
         if code == OK:
             self.failure = None
             return value
         if code == FAILED:  # this batch's data: a unique-key clash, say
             log.error("storage write failed: %s", value)
             raise StorageUnavailable(value)
-        failure = self._remember(StorageFull(value) if code == FULL else StorageUnavailable(value))
-        raise type(failure)(str(failure))
+        kind = StorageFull if code == FULL else StorageUnavailable
+        # The database failed the commit: remembered here (readiness, known_full), told
+        # (log, metric) once, by the worker its report went to (`_reported`).
+        self.failure, self._failed_at = kind(value), asyncio.get_running_loop().time()
+        raise kind(value)
+
+    def _reported(self, report: Report) -> None:
+        """A commit of the writer process's, told by this worker: its figures, or its
+        failure, as this writer tells its own."""
+        seconds, jobs, held, failure = report
+        self._db.tell_write_lock_held(held)
+        if failure is None:
+            self.commits += 1
+            self._tell_commit(seconds, jobs)
+            return
+        code, text = failure
+        self._remember(StorageFull(text) if code == FULL else StorageUnavailable(text))
 
     def _put(self, job: _Job | None) -> None:
         self._queue.put_nowait(job)  # unbounded: never waits

@@ -10,7 +10,10 @@ stored (a message accepted twice), and retrying them here might write them twice
 worker is told instead (`on_lost`: serve's worker ends as if it had crashed): what it had
 not acknowledged, the client sends again; what it was delivering, a new worker releases
 and delivers (as after `kill -9`, which the design is built for). Lost with nothing
-unanswered, the worker writes on its own until the line is made again.
+unanswered, the worker writes on its own until the line is made again. A request
+unanswered for ANSWER_TIMEOUT (a process hung) counts as the line lost. A request never
+sent (still waiting for its loop turn's write when the line broke) committed nothing: it
+fails as storage unavailable, which its caller may answer 451.
 """
 
 from __future__ import annotations
@@ -25,23 +28,29 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.sql import Executable
 
 from storage import dml
-from storage.writer_process import HEADER, Outcome, Report
+from storage.errors import StorageUnavailable
+from storage.writer_process import HEADER, MAX_FRAME, Outcome, Report
 
 log = logging.getLogger("postern.storage.writer")
 
 Row = dict[str, Any]
-Answer = tuple[Outcome, Report | None]
 Request = tuple[bool, Any, list[tuple[str, list[tuple[Any, ...]]]]]  # a request, less its id
 RECONNECT_EVERY = 1.0  # seconds between tries to make a lost line again
+# Beyond the write lock's wait and SQLite's busy timeout (10 s each) and a slow fsync: the
+# process is hung. Checked every ANSWER_TIMEOUT / 2 (an answer 30-60 s late counts).
+ANSWER_TIMEOUT = 60.0
 
 
 class WriterLink:
     def __init__(self, path: str, dialect: Dialect, on_lost: Callable[[int], None]) -> None:
-        """`on_lost(unanswered)`: the line was lost with that many requests unanswered
-        (in a worker it must not return: their callers would hear ConnectionError)."""
+        """`on_lost(unanswered)`: the line was lost with that many requests sent and
+        unanswered (in a worker it must not return: their callers would hear
+        ConnectionError). `on_report`, when set: each commit's figures this worker tells
+        (storage.writer_process's Report)."""
         self._path = path
         self._dialect = dialect
         self._on_lost = on_lost
+        self.on_report: Callable[[Report], None] | None = None
         self._protocol: _Line | None = None
         self._reconnecting: asyncio.Task[None] | None = None
         self.sent = 0  # requests sent
@@ -51,16 +60,19 @@ class WriterLink:
         return self._protocol is not None and not self._protocol.lost
 
     async def connect(self) -> bool:
-        """Make the line; False (said once) when the process cannot be reached."""
+        """Make the line; False (logged) when the process cannot be reached."""
         try:
-            _, protocol = await asyncio.get_running_loop().create_unix_connection(
-                lambda: _Line(self._lost), self._path
-            )
+            self._protocol = await self._line()
         except OSError as error:
             log.warning("no line to the writer process (%s): writing here", error)
             return False
-        self._protocol = protocol
         return True
+
+    async def _line(self) -> _Line:
+        _, protocol = await asyncio.get_running_loop().create_unix_connection(
+            lambda: _Line(self._lost, self._report), self._path
+        )
+        return protocol
 
     def request(
         self,
@@ -84,10 +96,9 @@ class WriterLink:
             sent_steps.append(found)
         return patient, sent_check, sent_steps
 
-    def call(self, request: Request) -> asyncio.Future[Answer]:
-        """Send `request` (ValueError, nothing sent: not data marshal takes); the future of
-        its outcome once committed or failed, with the commit's figures when this worker
-        is the one to tell them."""
+    def call(self, request: Request) -> asyncio.Future[Outcome]:
+        """Send `request` (ValueError, nothing sent: not data marshal takes, or a frame
+        over MAX_FRAME); the future of its outcome once committed or failed."""
         protocol = self._protocol
         assert protocol is not None and not protocol.lost
         answer = protocol.send(request)
@@ -104,6 +115,10 @@ class WriterLink:
             self._protocol = None
             protocol.close()
 
+    def _report(self, report: Report) -> None:
+        if self.on_report is not None:
+            self.on_report(report)
+
     def _lost(self, unanswered: int) -> None:
         if self._protocol is None:  # closed on purpose
             return
@@ -118,46 +133,64 @@ class WriterLink:
         while self._protocol is None:
             await asyncio.sleep(RECONNECT_EVERY)
             try:
-                _, protocol = await asyncio.get_running_loop().create_unix_connection(
-                    lambda: _Line(self._lost), self._path
-                )
+                self._protocol = await self._line()
             except OSError:
                 continue
-            self._protocol = protocol
             log.info("the line to the writer process is back")
 
 
 class _Line(asyncio.Protocol):
     """Requests out (those of one turn of the loop in one write), answers in."""
 
-    def __init__(self, on_lost: Callable[[int], None]) -> None:
+    def __init__(self, on_lost: Callable[[int], None], on_report: Callable[[Report], None]):
         self._on_lost = on_lost
+        self._on_report = on_report
         self._transport: asyncio.Transport | None = None
-        self._waiting: dict[int, asyncio.Future[Answer]] = {}
+        self._waiting: dict[int, asyncio.Future[Outcome]] = {}  # in the order sent
         self._next = 0
+        self._written = 0  # the last id written to the socket
         self._out: list[bytes] = []
         self._inbox = bytearray()
         self._idle: asyncio.Event | None = None
+        self._watch: asyncio.TimerHandle | None = None
+        self._oldest_seen: int | None = None  # the oldest waiting at the watch's last look
         self.lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # (uvloop's: not a subclass)
 
-    def send(self, request: Request) -> asyncio.Future[Answer]:
+    def send(self, request: Request) -> asyncio.Future[Outcome]:
         data = marshal.dumps((self._next + 1, *request))  # ValueError: not plain data
+        if len(data) > MAX_FRAME:
+            raise ValueError(f"a request of {len(data)} bytes")
         self._next += 1
         loop = asyncio.get_running_loop()
-        answer: asyncio.Future[Answer] = loop.create_future()
+        answer: asyncio.Future[Outcome] = loop.create_future()
         self._waiting[self._next] = answer
         self._out.append(HEADER.pack(len(data)) + data)
         if len(self._out) == 1:
             loop.call_soon(self._flush)
+        if self._watch is None:
+            self._watch = loop.call_later(ANSWER_TIMEOUT / 2, self._look)
         return answer
 
     def _flush(self) -> None:
         out, self._out = self._out, []
         if self._transport is not None and not self.lost:
             self._transport.write(b"".join(out))
+            self._written = self._next
+
+    def _look(self) -> None:
+        """The oldest request still unanswered since the last look: the process hangs."""
+        self._watch = None
+        oldest = next(iter(self._waiting), None)
+        if oldest is not None and oldest == self._oldest_seen and self._transport is not None:
+            log.error("the writer process has not answered for %gs", ANSWER_TIMEOUT / 2)
+            self._transport.abort()  # connection_lost: told as lost
+            return
+        self._oldest_seen = oldest
+        if oldest is not None:
+            self._watch = asyncio.get_running_loop().call_later(ANSWER_TIMEOUT / 2, self._look)
 
     def data_received(self, data: bytes) -> None:
         inbox = self._inbox
@@ -170,22 +203,29 @@ class _Line(asyncio.Protocol):
                 break
             outcomes, report = marshal.loads(inbox[start + HEADER.size : end])
             start = end
+            if report is not None:
+                self._on_report(report)
             for outcome in outcomes:
                 answer = self._waiting.pop(outcome[0], None)
                 if answer is not None and not answer.done():
-                    answer.set_result((outcome, report))
-                report = None  # told with the first answer only
+                    answer.set_result(outcome)
         del inbox[:start]
         if not self._waiting and self._idle is not None:
             self._idle.set()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        unanswered = len(self._waiting)
-        self._on_lost(unanswered)
-        for answer in self._waiting.values():  # (reached when on_lost returns: tests)
-            if not answer.done():
+        if self._watch is not None:
+            self._watch.cancel()
+        written = {i: a for i, a in self._waiting.items() if i <= self._written}
+        self._on_lost(sum(not answer.cancelled() for answer in written.values()))
+        for ident, answer in self._waiting.items():
+            if answer.done():
+                continue
+            if ident in written:  # (reached when on_lost returns: tests)
                 answer.set_exception(ConnectionError("the writer process is gone"))
+            else:  # never sent: nothing of it was committed
+                answer.set_exception(StorageUnavailable("the writer process is gone"))
         self._waiting.clear()
         if self._idle is not None:
             self._idle.set()
@@ -196,5 +236,7 @@ class _Line(asyncio.Protocol):
             await self._idle.wait()
 
     def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
         if self._transport is not None:
             self._transport.close()

@@ -19,17 +19,22 @@ What it answers, once per commit, to each worker that had a request in it:
 
     reply   = (outcomes, report)
     outcome = (id, OK, result) | (id, FAILED, text) | (id, UNAVAILABLE | FULL, text)
-    report  = (seconds, jobs, held) or None    for one of the workers: the commit's figures
+    report  = (seconds, jobs, held, failure) or None   for one worker of each commit
+    failure = (UNAVAILABLE | FULL, text) or None         the database failed it
 
-A commit that fails for one request's data (a unique-key clash) is run again one request
-at a time, as the in-process writer does; one that fails for the database itself (locked,
-full, I/O) fails every request in it. The process takes the node's write lock (the
-`-writer` file beside the database, storage.db) around each transaction, as every writer
-does: a CLI command, or a worker writing what cannot be sent (a function of a connection,
-a piece of a large body), takes turns with it.
+A commit that fails for one request's data (a unique-key clash, a value the driver
+refuses) is run again one request at a time, as the in-process writer does, so that it
+fails alone; one that fails for the database itself (locked, full, I/O) fails every
+request in it, and its report says so (told once: the failure's log line and metric).
+The process takes the node's write lock (the `-writer` file beside the database,
+storage.db) around each transaction, as every writer does: a CLI command, or a worker
+writing what cannot be sent (a function of a connection, a piece of a large body), takes
+turns with it.
 
 The supervisor binds the listening socket and keeps it (connections queue on it while the
-process is started again), starts this process with it inherited, and stops it last.
+process is started again), starts this process with it inherited, and stops it last, with
+SIGUSR1 once every worker is gone: SIGTERM, which systemd sends every process of the
+service at once, is ignored, since the workers still draining write through it.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 from storage.db import _sqlite_pragmas, _WriteLock
 from storage.errors import is_disk_full
@@ -55,17 +61,19 @@ log = logging.getLogger("postern.storage.writer")
 
 HEADER = struct.Struct("!I")
 MAX_FRAME = 1 << 25  # 32 MiB: far above any small job (a body under 1 MiB and its rows)
+MAX_OUTBOX = 1 << 26  # answers a worker has not read: past this it is let go
 OK, FAILED, UNAVAILABLE, FULL = 0, 1, 2, 3
 READ_SIZE = 1 << 18
-SEND_TIMEOUT = 30.0  # a worker that reads nothing for this long is let go
 IDLE_TICK = 0.5  # seconds between looks at the stop flag while nothing comes
+ACCEPT_PAUSE = 1.0  # after an accept failed (out of descriptors), as asyncio's servers do
 # How long patient requests alone wait for company (storage.writer's `linger`): with one
 # client, an attempt's record then shares the next message's fsync.
 LINGER = 0.004
 
 Request = tuple[int, bool, Any, list[tuple[str, list[tuple[Any, ...]]]]]
 Outcome = tuple[int, int, Any]
-Report = tuple[float, int, float]  # seconds, requests, seconds the write lock was held
+Failure = tuple[int, str]  # UNAVAILABLE or FULL, the text
+Report = tuple[float, int, float, Failure | None]  # seconds, requests, lock held, failure
 
 
 def frame(payload: Any) -> bytes:
@@ -77,6 +85,7 @@ def frame(payload: Any) -> bytes:
 class _Peer:
     sock: socket.socket
     inbox: bytearray = field(default_factory=bytearray)
+    outbox: bytearray = field(default_factory=bytearray)  # answers the socket did not take yet
 
     def requests(self) -> Iterator[Request]:
         """The whole frames received so far (a frame over MAX_FRAME: ValueError)."""
@@ -104,15 +113,16 @@ class WriterProcess:
         self._conn: sqlite3.Connection | None = None
         self._selector = selectors.DefaultSelector()
         self._peers: dict[socket.socket, _Peer] = {}
+        self._accept_again = 0.0  # while accepting is paused: when it resumes
         self.stopping = False
 
     def run(self) -> None:
-        """Until SIGTERM (`stopping`) and no worker left: a worker still draining (systemd
-        sends SIGTERM to every process of the service at once) is served to its end."""
+        """Until `stopping` (SIGUSR1): what was read by then is committed and answered."""
         self._listener.setblocking(False)
         self._selector.register(self._listener, selectors.EVENT_READ)
         try:
-            while not (self.stopping and not self._peers):
+            while not self.stopping:
+                self._resume_accepting()
                 pending = self._receive(self._selector.select(IDLE_TICK))
                 if pending and all(request[1] for _, request in pending):
                     self._linger(pending)
@@ -132,37 +142,42 @@ class WriterProcess:
         self, events: list[tuple[selectors.SelectorKey, int]]
     ) -> list[tuple[_Peer, Request]]:
         pending: list[tuple[_Peer, Request]] = []
-        for key, _ in events:
+        for key, mask in events:
             if key.fileobj is self._listener:
                 self._accept()
                 continue
             peer = self._peers.get(key.fileobj)  # type: ignore[call-overload]
-            if peer is None:
-                continue
-            try:
-                data = peer.sock.recv(READ_SIZE)
-            except (BlockingIOError, InterruptedError):
-                continue
-            except OSError:
-                data = b""
-            if not data:
-                self._drop(peer)
-                continue
-            peer.inbox += data
-            try:
-                pending.extend((peer, request) for request in peer.requests())
-            except (ValueError, EOFError, TypeError) as error:
-                log.error("writer process: a worker sent what is not a request (%s)", error)
-                self._drop(peer)
+            if peer is not None and mask & selectors.EVENT_WRITE:
+                self._flush(peer)
+            if peer is not None and mask & selectors.EVENT_READ:
+                self._read(peer, pending)
         return [(peer, request) for peer, request in pending if peer.sock in self._peers]
 
+    def _read(self, peer: _Peer, pending: list[tuple[_Peer, Request]]) -> None:
+        try:
+            data = peer.sock.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(peer)
+            return
+        peer.inbox += data
+        try:
+            pending.extend((peer, request) for request in peer.requests())
+        except (ValueError, EOFError, TypeError) as error:
+            log.error("writer process: a worker sent what is not a request (%s)", error)
+            self._drop(peer)
+
     def _linger(self, pending: list[tuple[_Peer, Request]]) -> None:
-        """Patient requests alone: take what comes within LINGER (until one impatient)."""
+        """Patient requests alone: wait up to LINGER for company (any request), as the
+        worker's own writer does."""
         deadline = time.monotonic() + LINGER
-        while (left := deadline - time.monotonic()) > 0:
+        while not self.stopping and (left := deadline - time.monotonic()) > 0:
             more = self._receive(self._selector.select(left))
-            pending.extend(more)
-            if any(not request[1] for _, request in more):
+            if more:
+                pending.extend(more)
                 return
 
     def _accept(self) -> None:
@@ -171,12 +186,19 @@ class WriterProcess:
                 sock, _ = self._listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as error:
-                log.error("writer process: accept failed: %s", error)
+            except OSError as error:  # out of descriptors: try again in a while
+                log.error("writer process: accept failed (%s); pausing %gs", error, ACCEPT_PAUSE)
+                self._selector.unregister(self._listener)
+                self._accept_again = time.monotonic() + ACCEPT_PAUSE
                 return
             sock.setblocking(False)
             self._peers[sock] = _Peer(sock)
             self._selector.register(sock, selectors.EVENT_READ)
+
+    def _resume_accepting(self) -> None:
+        if self._accept_again and time.monotonic() >= self._accept_again:
+            self._accept_again = 0.0
+            self._selector.register(self._listener, selectors.EVENT_READ)
 
     def _drop(self, peer: _Peer) -> None:
         if self._peers.pop(peer.sock, None) is not None:
@@ -185,22 +207,28 @@ class WriterProcess:
 
     # --- committing -----------------------------------------------------------------
 
-    def _commit(self, requests: list[Request]) -> tuple[list[Outcome], Report | None]:
-        """Every request's outcome, and the commit's figures (None: nothing committed)."""
+    def _commit(self, requests: list[Request]) -> tuple[list[Outcome], Report]:
+        """Every request's outcome, and the commit's figures."""
         began = time.perf_counter()
+        taken = None
+        failure: Failure | None = None
         try:
             with self._lock.held():
                 taken = time.perf_counter()
                 outcomes = self._run_together(requests)
                 held = time.perf_counter() - taken
-        except (sqlite3.Error, OSError) as error:  # (OSError: the lock's wait timed out)
-            return [_failure(request[0], error) for request in requests], None
-        return outcomes, (time.perf_counter() - began, len(requests), held)
+        except Exception as error:  # the database (OSError: the lock's wait timed out)
+            outcomes = [_failure(request[0], error) for request in requests]
+            held = 0.0 if taken is None else time.perf_counter() - taken
+        failed = [outcome for outcome in outcomes if outcome[1] in (UNAVAILABLE, FULL)]
+        if failed:
+            failure = (failed[-1][1], failed[-1][2])
+        return outcomes, (time.perf_counter() - began, len(requests), held, failure)
 
     def _run_together(self, requests: list[Request]) -> list[Outcome]:
         try:
             return self._run(requests)
-        except sqlite3.Error as error:
+        except Exception as error:
             if _database_failed(error) or len(requests) == 1:
                 raise
         log.warning("writer process: a commit of %d failed; one by one", len(requests))
@@ -209,7 +237,7 @@ class WriterProcess:
     def _alone(self, request: Request) -> Outcome:
         try:
             return self._run([request])[0]
-        except sqlite3.Error as error:
+        except Exception as error:  # (a value the driver refuses: that request's own)
             return _failure(request[0], error)
 
     def _run(self, requests: list[Request]) -> list[Outcome]:
@@ -242,14 +270,16 @@ class WriterProcess:
                 conn.execute("ROLLBACK")
         except sqlite3.Error:
             pass
-        if isinstance(error, sqlite3.Error) and _database_failed(error) and conn is not None:
+        if _database_failed(error) and conn is not None:
             conn.close()  # the next commit starts on a connection of its own
             self._conn = None
 
     def _connection(self) -> sqlite3.Connection:
-        """Opened at the first commit (the first worker has made the schema by then)."""
+        """Opened at the first commit (the first worker has made the schema by then); an
+        existing file only: a wrong path must fail, not make an empty database."""
         if self._conn is None:
-            conn = sqlite3.connect(self._database, isolation_level=None, check_same_thread=False)
+            uri = f"file:{quote(self._database)}?mode=rw"
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
             try:
                 _sqlite_pragmas(conn, None)
             except BaseException:
@@ -261,28 +291,57 @@ class WriterProcess:
     # --- answering ------------------------------------------------------------------
 
     def _answer(
-        self, pending: list[tuple[_Peer, Request]], outcomes: list[Outcome], report: Report | None
+        self, pending: list[tuple[_Peer, Request]], outcomes: list[Outcome], report: Report
     ) -> None:
         """One reply a peer; the first peer's carries the commit's figures (told once)."""
         replies: dict[_Peer, list[Outcome]] = {}
         for (peer, _), outcome in zip(pending, outcomes, strict=True):
             replies.setdefault(peer, []).append(outcome)
-        for peer, told in replies.items():
-            self._send(peer, frame((told, report)))
-            report = None
+        told: Report | None = report
+        for peer, answers in replies.items():
+            if peer.sock in self._peers:  # (one gone meanwhile hears nothing)
+                self._send(peer, frame((answers, told)))
+                told = None
 
     def _send(self, peer: _Peer, data: bytes) -> None:
-        try:
-            peer.sock.settimeout(SEND_TIMEOUT)
-            peer.sock.sendall(data)
-            peer.sock.setblocking(False)
-        except OSError as error:
-            log.error("writer process: a worker stopped reading (%s); let go", error)
+        """Without blocking: what the socket does not take waits in the peer's outbox
+        (a worker not reading must not stall the others' commits)."""
+        if peer.outbox:
+            peer.outbox += data
+        else:
+            try:
+                sent = peer.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as error:  # the worker is gone (killed, crashed)
+                log.info("writer process: a worker's line closed (%s)", error)
+                self._drop(peer)
+                return
+            if sent == len(data):
+                return
+            peer.outbox += data[sent:]
+            self._selector.modify(peer.sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
+        if len(peer.outbox) > MAX_OUTBOX:
+            log.error("writer process: a worker reads no answers; let go")
             self._drop(peer)
+
+    def _flush(self, peer: _Peer) -> None:
+        try:
+            sent = peer.sock.send(peer.outbox)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as error:
+            log.info("writer process: a worker's line closed (%s)", error)
+            self._drop(peer)
+            return
+        del peer.outbox[:sent]
+        if not peer.outbox:
+            self._selector.modify(peer.sock, selectors.EVENT_READ)
 
 
 def _database_failed(error: BaseException) -> bool:
-    """As storage.errors.database_failed for the driver's own errors: locked, full, I/O."""
+    """As storage.errors.database_failed for the driver's own errors: locked, full, I/O
+    (and the lock's wait timing out)."""
     return isinstance(error, sqlite3.OperationalError | sqlite3.InterfaceError | OSError) or (
         is_disk_full(error)
     )
@@ -292,21 +351,22 @@ def _failure(ident: int, error: BaseException) -> Outcome:
     text = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
     if is_disk_full(error):
         return (ident, FULL, text)
-    if isinstance(error, sqlite3.Error) and not _database_failed(error):
-        return (ident, FAILED, text)
-    return (ident, UNAVAILABLE, text)
+    if _database_failed(error):
+        return (ident, UNAVAILABLE, text)
+    return (ident, FAILED, text)  # that request's data (a clash, a value refused)
 
 
 def serve(listener_fd: int, database: str) -> None:
-    """The process's body: serve the inherited listening socket until SIGTERM."""
+    """The process's body: serve the inherited listening socket until SIGUSR1."""
     listener = socket.socket(fileno=listener_fd)
     process = WriterProcess(listener, database)
 
     def stop(_signum: int, _frame: Any) -> None:
         process.stopping = True
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor says when, by SIGTERM
+    signal.signal(signal.SIGUSR1, stop)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # systemd's, to every process: see above
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     log.info("writer process: serving %s (pid %d)", database, os.getpid())
     with contextlib.suppress(KeyboardInterrupt):
         process.run()

@@ -103,6 +103,7 @@ class PoolUnavailable(DeliveryError):
 
 def classify(code: int | None, message: str) -> DeliveryResult:
     """One SMTP reply -> outcome. Anything not clearly permanent is deferred."""
+    message = readable(message)
     enhanced, _, text = message.partition(" ")
     if not _is_enhanced(enhanced):
         enhanced, text = "", message
@@ -120,6 +121,20 @@ def _is_enhanced(token: str) -> bool:
         and parts[0] in ("2", "4", "5")
         and all(p.isdigit() and 1 <= len(p) <= 3 for p in parts[1:])
     )
+
+
+def readable(text: str) -> str:
+    """A peer's text as storable UTF-8: aiosmtplib decodes a reply's bytes with
+    surrogateescape, and a lone surrogate cannot be stored (the driver refuses it: the
+    attempt's record would fail at every retry). Its bytes decoded, U+FFFD for what is not
+    UTF-8."""
+    if text.isascii():
+        return text
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate not of surrogateescape's range
+        raw = text.encode("utf-8", "replace")
+    return raw.decode("utf-8", "replace")
 
 
 def deferred(text: str, enhanced: str = "4.4.1") -> DeliveryResult:
@@ -600,6 +615,6 @@ def _tls_failure(error: BaseException) -> bool:
 def _describe(error: BaseException) -> str:
     if isinstance(error, SMTPResponseException):
         code = f"{error.code} " if error.code >= 0 else ""  # -1: aiosmtplib's own complaint
-        return f"{code}{error.message}"
-    text = str(error) or error.__class__.__name__
+        return readable(f"{code}{error.message}")
+    text = readable(str(error) or error.__class__.__name__)
     return text.replace("\r", " ").replace("\n", " ")[:300]

@@ -343,12 +343,19 @@ class Supervisor:
         database = self._writer_database()
         if database is None:
             return None
-        self._writer_dir = tempfile.mkdtemp(prefix="postern-writer-")
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(os.path.join(self._writer_dir, "socket"))
-        listener.listen(64)
-        self._writer_socket = listener
-        await self._spawn_writer(database)
+        try:
+            self._writer_dir = tempfile.mkdtemp(prefix="postern-writer-")
+            self._writer_socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self._writer_socket.bind(os.path.join(self._writer_dir, "socket"))
+            self._writer_socket.listen(64)
+            await self._spawn_writer(database)
+        except OSError as error:  # (a TMPDIR too long for a socket's path, say)
+            log.warning(
+                "supervisor: no writer process (%s); the workers write the database on "
+                "their own", error.strerror or error,
+            )  # fmt: skip
+            self._close_writer_socket()
+            return None
         return asyncio.get_running_loop().create_task(self._keep_writer(database))
 
     def _writer_database(self) -> str | None:
@@ -381,28 +388,45 @@ class Supervisor:
 
     async def _keep_writer(self, database: str) -> None:
         """Start it again whenever it dies (the workers that were waiting on it exit, and
-        are started again by their own watchers)."""
+        are started again by their own watchers); give it up when it keeps dying. However
+        this ends (but cancelled at the stop), the socket is closed: a line queued on it
+        with no process to answer would wait for good."""
+        try:
+            while await self._writer_died():
+                try:
+                    await self._spawn_writer(database)
+                except OSError as error:  # (fork: out of memory, of processes)
+                    log.error("supervisor: cannot start the writer process: %s", error)
+                    self._writer.proc = None
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            log.exception("supervisor: the writer process's keeper failed")
+        self._close_writer_socket()
+
+    async def _writer_died(self) -> bool:
+        """Wait for the writer process's end; True: start it again (after its delay)."""
         writer = self._writer
-        while True:
-            assert writer.proc is not None
-            await writer.proc.wait()
+        proc = writer.proc
+        if proc is not None:
+            await proc.wait()
             await asyncio.gather(*writer.pumps, return_exceptions=True)
-            delay = _restart_delay(writer)
-            how = _how_it_ended(writer.proc.returncode)
-            if len(writer.deaths) >= WRITER_DEATHS:
-                log.error(
-                    "supervisor: the writer process (pid %d) %s, %d times within %gs: given "
-                    "up; the workers write the database on their own",
-                    writer.proc.pid, how, len(writer.deaths), CRASH_WINDOW,
-                )  # fmt: skip
-                self._close_writer_socket()
-                return
+        delay = _restart_delay(writer)
+        how = _how_it_ended(proc.returncode) if proc is not None else "did not start"
+        pid = proc.pid if proc is not None else 0
+        if len(writer.deaths) >= WRITER_DEATHS:
             log.error(
-                "supervisor: the writer process (pid %d) %s; starting it again%s",
-                writer.proc.pid, how, f" in {delay:g}s" if delay else "",
+                "supervisor: the writer process (pid %d) %s, %d times within %gs: given up; "
+                "the workers write the database on their own",
+                pid, how, len(writer.deaths), CRASH_WINDOW,
             )  # fmt: skip
-            await asyncio.sleep(delay)
-            await self._spawn_writer(database)
+            return False
+        log.error(
+            "supervisor: the writer process (pid %d) %s; starting it again%s",
+            pid, how, f" in {delay:g}s" if delay else "",
+        )  # fmt: skip
+        await asyncio.sleep(delay)
+        return True
 
     def _close_writer_socket(self) -> None:
         """No more lines: a worker's connect is refused (it writes on its own), and one
@@ -414,7 +438,8 @@ class Supervisor:
             self._writer_socket = None
 
     async def _stop_writer(self, keeper: asyncio.Task[None] | None) -> None:
-        """Last, once the workers are gone: what it was sent is committed and answered."""
+        """Last, once the workers are gone (SIGUSR1: it ignores SIGTERM, which systemd
+        sends every process at once while the workers still write through it)."""
         if keeper is None:
             return
         keeper.cancel()
@@ -422,7 +447,7 @@ class Supervisor:
         proc = self._writer.proc
         if proc is not None and proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
+                proc.send_signal(signal.SIGUSR1)
             try:
                 await asyncio.wait_for(proc.wait(), STOP_GRACE)
             except TimeoutError:
@@ -561,7 +586,7 @@ def _rate_table() -> int | None:
 
 
 def _restart_delay(worker: Worker) -> float:
-    """None the first time; then doubling with each death within CRASH_WINDOW, to MAX_DELAY."""
+    """0 the first time; then doubling with each death within CRASH_WINDOW, to MAX_DELAY."""
     now = time.monotonic()
     worker.deaths = [t for t in worker.deaths if now - t < CRASH_WINDOW] + [now]
     delay = 0.0 if len(worker.deaths) == 1 else FIRST_DELAY * 2 ** (len(worker.deaths) - 2)

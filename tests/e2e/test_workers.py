@@ -253,6 +253,9 @@ def test_the_writer_process_is_started_again_then_given_up(
             ), postern.stderr()
             victim = writer_process_of(postern.pid)
     assert wait_until(lambda: "given up" in postern.stderr(), 10.0), postern.stderr()
+    # The workers had lines to it (each tells of losing its own, written to or not).
+    told = ("the line to the writer process was lost", "writer process is gone with")
+    assert any(line in postern.stderr() for line in told), postern.stderr()
     assert writer_process_of(postern.pid) is None
     said = f"the writer process (pid {first}) was killed by SIGKILL; starting it again"
     assert said in postern.stderr()

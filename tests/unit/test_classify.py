@@ -156,3 +156,16 @@ def test_results_get_their_hop_as_replace_would_give_it() -> None:
     assert result.hop is None and other.hop is None
     with pytest.raises(FrozenInstanceError):
         stamped["a@x.test"].text = "changed"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("raw", ["5.1.1 user \udcff unknown", "5.1.1 user \ud800 unknown"])
+def test_a_reply_byte_that_is_not_utf8_is_stored_as_a_replacement(raw: str) -> None:
+    """aiosmtplib decodes replies with surrogateescape; a lone surrogate cannot be stored
+    (the attempt's record would fail at every retry)."""
+    result = classify(550, raw)
+    assert result.text == "user \ufffd unknown" or result.text == "user ? unknown"
+    result.text.encode("utf-8")  # storable
+
+
+def test_a_reply_in_utf8_is_kept() -> None:
+    assert classify(550, "5.1.1 Benutzer \u00fcnbekannt").text == "Benutzer \u00fcnbekannt"
