@@ -54,8 +54,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from storage.db import _sqlite_pragmas, _WriteLock
 from storage.errors import is_disk_full
+from storage.write_lock import WriteLock, sqlite_pragmas
 
 log = logging.getLogger("postern.storage.writer")
 
@@ -109,7 +109,7 @@ class WriterProcess:
     def __init__(self, listener: socket.socket, database: str) -> None:
         self._listener = listener
         self._database = database
-        self._lock = _WriteLock(database)
+        self._lock = WriteLock(database)
         self._conn: sqlite3.Connection | None = None
         self._selector = selectors.DefaultSelector()
         self._peers: dict[socket.socket, _Peer] = {}
@@ -281,7 +281,7 @@ class WriterProcess:
             uri = f"file:{quote(self._database)}?mode=rw"
             conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
             try:
-                _sqlite_pragmas(conn, None)
+                sqlite_pragmas(conn, None)
             except BaseException:
                 conn.close()
                 raise

@@ -250,8 +250,8 @@ def _main(argv: Sequence[str] | None) -> int:
             with asyncio.Runner() as runner:
                 return runner.run(supervisor.run())
         if role_text is not None:
+            from gateway.process.parent import become_worker
             from gateway.process.startup import WorkerRole
-            from gateway.process.supervisor import become_worker
 
             become_worker(WorkerRole.from_env(role_text).parent)
         _setup_logging(args.log_level)

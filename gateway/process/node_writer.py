@@ -12,7 +12,7 @@ import argparse
 import logging
 
 from gateway.process.logs import FORMAT, ZonedFormatter
-from gateway.process.supervisor import become_worker
+from gateway.process.parent import become_worker
 from storage.writer_process import serve
 
 

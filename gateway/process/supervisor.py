@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import io
 import logging
 import os
@@ -551,16 +550,6 @@ class Supervisor:
 
 
 # --- in the worker ----------------------------------------------------------------------
-
-
-def become_worker(parent: int) -> None:
-    """In a worker, first thing: die with the supervisor (the kernel sends SIGKILL when it
-    goes, however it goes), and go now if it is already gone."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:
-        os._exit(1)
 
 
 def say_ready() -> None:

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import Connection, insert, select, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from storage import db as storage_db
+from storage import write_lock
 from storage.db import Database, create_schema, database_url, open_database
 from storage.models import Meta
 from storage.pieces import PIECE
@@ -388,13 +388,13 @@ async def test_a_wait_for_the_write_lock_is_told_with_its_length(
     holds: list[float] = []
     first.watch_write_lock(waited=waits.append, held=holds.append)
     waiting = threading.Event()
-    flock = storage_db._LOCK_WAITERS.flock
+    flock = write_lock.LOCK_WAITERS.flock
 
     def noted(fd: int) -> Any:
         waiting.set()
         return flock(fd)
 
-    monkeypatch.setattr(storage_db._LOCK_WAITERS, "flock", noted)
+    monkeypatch.setattr(write_lock.LOCK_WAITERS, "flock", noted)
     writer = Writer(first)
     writer.start()
     holder = os.open(tmp_path / "postern.db-writer", os.O_RDWR)
@@ -471,7 +471,7 @@ def waiting_threads() -> set[threading.Thread]:
 def test_the_write_lock_sits_beside_the_database_file(
     database: str | None, file: str | None
 ) -> None:
-    assert storage_db._database_file(database) == file
+    assert write_lock.database_file(database) == file
 
 
 async def test_a_failing_database_fails_the_large_jobs_waiting_without_trying_each(
@@ -480,7 +480,7 @@ async def test_a_failing_database_fails_the_large_jobs_waiting_without_trying_ea
     """The database down (here: its write lock held past the busy timeout) fails the
     commit of the small jobs (and the first large one, which shares it); the large ones
     waiting then fail with it, rather than each waiting out the busy timeout again in turn."""
-    monkeypatch.setattr(storage_db, "BUSY_TIMEOUT", 0.2)
+    monkeypatch.setattr(write_lock, "BUSY_TIMEOUT", 0.2)
     first, _ = sqlite_pair
     holder = os.open(tmp_path / "postern.db-writer", os.O_RDWR)
     fcntl.flock(holder, fcntl.LOCK_EX)
@@ -515,7 +515,7 @@ async def test_a_write_lock_held_too_long_is_storage_unavailable(
     database does (451/503 at the doors), and succeeds once the lock is let go. The
     failure hook (serve: postern_storage_write_failures_total) hears of it, and its own
     error, if it raises, strands no caller."""
-    monkeypatch.setattr(storage_db, "BUSY_TIMEOUT", 0.2)
+    monkeypatch.setattr(write_lock, "BUSY_TIMEOUT", 0.2)
     first, _ = sqlite_pair
     waits: list[float] = []
     first.watch_write_lock(waited=waits.append)  # a wait that timed out is told too
