@@ -153,7 +153,7 @@ class Writer:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._on_failure = on_failure
-        self.commits = 0
+        self.commits = 0  # committed here, or by the writer process and told to this one
         self.failure: StorageUnavailable | None = None  # the last commit's, until one succeeds
         self._failed_at = 0.0
         self._probed_at = 0.0
