@@ -118,11 +118,14 @@ class Database:
         """SQLite: the dialect its writes are compiled for (storage.dml); else None."""
         return self._writes.dialect if self._sync is not None else None
 
-    def tell_write_lock_held(self, seconds: float) -> None:
-        """A hold of the write lock by another process on this one's behalf (the node's
-        writer process, storage.writer_process), told as this process's own holds are."""
+    def tell_write_lock(self, *, held: float, waited: float) -> None:
+        """A hold of the write lock (and the wait for it, if any) by another process on
+        this one's behalf (the node's writer process, storage.writer_process), told as
+        this process's own are."""
         if self._sync is not None:
-            self._write_lock.tell("on_held", seconds)
+            if waited:
+                self._write_lock.tell("on_wait", waited)
+            self._write_lock.tell("on_held", held)
 
     async def read(self, query: Query[T]) -> T:
         """Run `query` on a connection outside any explicit transaction. The database failing

@@ -71,7 +71,7 @@ from storage.errors import (
     unavailable,
 )
 from storage.models import Meta
-from storage.writer_link import WriterLink
+from storage.writer_link import NotSent, WriterLink
 from storage.writer_process import FAILED, FULL, OK, Outcome, Report
 
 log = logging.getLogger("postern.storage")
@@ -199,8 +199,8 @@ class Writer:
         now = asyncio.get_running_loop().time()
         if self.failure is not None and now - max(self._failed_at, self._probed_at) >= self.hold:
             self._probed_at = now
-            with contextlib.suppress(StorageUnavailable):
-                await self.submit(lambda conn: conn.execute(_PROBE))
+            with contextlib.suppress(StorageUnavailable):  # (as data: the way writes go)
+                await self.submit(Batch(check=(_PROBE, {})))
         return self.failure
 
     async def submit(
@@ -216,7 +216,8 @@ class Writer:
         if link is not None and link.connected and size < self.large and not piece:
             sent = self._send(link, work, patient)
             if sent is not None:
-                return await self._answered(sent)
+                with contextlib.suppress(NotSent):  # (then written here, below)
+                    return await self._answered(sent)
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._put(_Job(work, done, patient, size, piece))
         return await done
@@ -254,8 +255,8 @@ class Writer:
     def _reported(self, report: Report) -> None:
         """A commit of the writer process's, told by this worker: its figures, or its
         failure, as this writer tells its own."""
-        seconds, jobs, held, failure = report
-        self._db.tell_write_lock_held(held)
+        seconds, jobs, held, waited, failure = report
+        self._db.tell_write_lock(held=held, waited=waited)
         if failure is None:
             self.commits += 1
             self._tell_commit(seconds, jobs)

@@ -11,9 +11,9 @@ worker is told instead (`on_lost`: serve's worker ends as if it had crashed): wh
 not acknowledged, the client sends again; what it was delivering, a new worker releases
 and delivers (as after `kill -9`, which the design is built for). Lost with nothing
 unanswered, the worker writes on its own until the line is made again. A request
-unanswered for ANSWER_TIMEOUT (a process hung) counts as the line lost. A request never
-sent (still waiting for its loop turn's write when the line broke) committed nothing: it
-fails as storage unavailable, which its caller may answer 451.
+unanswered for 30-60 s (ANSWER_TIMEOUT: a process hung) counts as the line lost. A request
+never sent (still waiting for its loop turn's write when the line broke) committed
+nothing: it fails with NotSent, and the writer commits it itself.
 """
 
 from __future__ import annotations
@@ -36,6 +36,12 @@ log = logging.getLogger("postern.storage.writer")
 Row = dict[str, Any]
 Request = tuple[bool, Any, list[tuple[str, list[tuple[Any, ...]]]]]  # a request, less its id
 RECONNECT_EVERY = 1.0  # seconds between tries to make a lost line again
+
+
+class NotSent(StorageUnavailable):
+    """The line broke before the request was written: nothing of it was committed."""
+
+
 # Beyond the write lock's wait and SQLite's busy timeout (10 s each) and a slow fsync: the
 # process is hung. Checked every ANSWER_TIMEOUT / 2 (an answer 30-60 s late counts).
 ANSWER_TIMEOUT = 60.0
@@ -225,7 +231,7 @@ class _Line(asyncio.Protocol):
             if ident in written:  # (reached when on_lost returns: tests)
                 answer.set_exception(ConnectionError("the writer process is gone"))
             else:  # never sent: nothing of it was committed
-                answer.set_exception(StorageUnavailable("the writer process is gone"))
+                answer.set_exception(NotSent("the writer process is gone"))
         self._waiting.clear()
         if self._idle is not None:
             self._idle.set()

@@ -27,7 +27,7 @@ refuses) is run again one request at a time, as the in-process writer does, so t
 fails alone; one that fails for the database itself (locked, full, I/O) fails every
 request in it, and its report says so (told once: the failure's log line and metric).
 The process takes the node's write lock (the `-writer` file beside the database,
-storage.db) around each transaction, as every writer does: a CLI command, or a worker
+storage.write_lock) around each transaction, as every writer does: a CLI command, or a worker
 writing what cannot be sent (a function of a connection, a piece of a large body), takes
 turns with it.
 
@@ -40,6 +40,7 @@ service at once, is ignored, since the workers still draining write through it.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import logging
 import marshal
 import os
@@ -66,6 +67,11 @@ OK, FAILED, UNAVAILABLE, FULL = 0, 1, 2, 3
 READ_SIZE = 1 << 18
 IDLE_TICK = 0.5  # seconds between looks at the stop flag while nothing comes
 ACCEPT_PAUSE = 1.0  # after an accept failed (out of descriptors), as asyncio's servers do
+MAX_BATCH = 512  # requests a commit, as the worker's writer; the rest go in the next
+# A commit (the lock's wait, SQLite's busy timeout, the fsync) or a linger this long means
+# the process hangs: it ends with a traceback and the supervisor starts another, before the
+# workers' watchdogs (storage.writer_link, 30-60 s) would end them instead.
+HANG_LIMIT = 25.0
 # How long patient requests alone wait for company (storage.writer's `linger`): with one
 # client, an attempt's record then shares the next message's fsync.
 LINGER = 0.004
@@ -73,7 +79,8 @@ LINGER = 0.004
 Request = tuple[int, bool, Any, list[tuple[str, list[tuple[Any, ...]]]]]
 Outcome = tuple[int, int, Any]
 Failure = tuple[int, str]  # UNAVAILABLE or FULL, the text
-Report = tuple[float, int, float, Failure | None]  # seconds, requests, lock held, failure
+# seconds, requests, lock held, lock waited, failure
+Report = tuple[float, int, float, float, Failure | None]
 
 
 def frame(payload: Any) -> bytes:
@@ -114,6 +121,9 @@ class WriterProcess:
         self._selector = selectors.DefaultSelector()
         self._peers: dict[socket.socket, _Peer] = {}
         self._accept_again = 0.0  # while accepting is paused: when it resumes
+        self._backlog: list[tuple[_Peer, Request]] = []  # past MAX_BATCH: the next commit's
+        self._waited = 0.0  # the lock's wait in the commit under way
+        self._lock.on_wait = self._note_wait
         self.stopping = False
 
     def run(self) -> None:
@@ -123,12 +133,16 @@ class WriterProcess:
         try:
             while not self.stopping:
                 self._resume_accepting()
-                pending = self._receive(self._selector.select(IDLE_TICK))
-                if pending and all(request[1] for _, request in pending):
+                wait = 0.0 if self._backlog else IDLE_TICK
+                pending = self._kept(self._backlog) + self._receive(self._selector.select(wait))
+                if 0 < len(pending) < MAX_BATCH and all(request[1] for _, request in pending):
                     self._linger(pending)
+                pending, self._backlog = pending[:MAX_BATCH], pending[MAX_BATCH:]
                 if pending:
+                    faulthandler.dump_traceback_later(HANG_LIMIT, exit=True)
                     outcomes, report = self._commit([request for _, request in pending])
                     self._answer(pending, outcomes, report)
+                    faulthandler.cancel_dump_traceback_later()
         finally:
             for peer in list(self._peers.values()):
                 self._drop(peer)
@@ -151,6 +165,10 @@ class WriterProcess:
                 self._flush(peer)
             if peer is not None and mask & selectors.EVENT_READ:
                 self._read(peer, pending)
+        return self._kept(pending)
+
+    def _kept(self, pending: list[tuple[_Peer, Request]]) -> list[tuple[_Peer, Request]]:
+        """Those of peers still here (one gone, killed say, is answered nothing)."""
         return [(peer, request) for peer, request in pending if peer.sock in self._peers]
 
     def _read(self, peer: _Peer, pending: list[tuple[_Peer, Request]]) -> None:
@@ -211,6 +229,7 @@ class WriterProcess:
         """Every request's outcome, and the commit's figures."""
         began = time.perf_counter()
         taken = None
+        self._waited = 0.0
         failure: Failure | None = None
         try:
             with self._lock.held():
@@ -223,7 +242,10 @@ class WriterProcess:
         failed = [outcome for outcome in outcomes if outcome[1] in (UNAVAILABLE, FULL)]
         if failed:
             failure = (failed[-1][1], failed[-1][2])
-        return outcomes, (time.perf_counter() - began, len(requests), held, failure)
+        return outcomes, (time.perf_counter() - began, len(requests), held, self._waited, failure)
+
+    def _note_wait(self, seconds: float) -> None:
+        self._waited += seconds
 
     def _run_together(self, requests: list[Request]) -> list[Outcome]:
         try:
@@ -232,7 +254,16 @@ class WriterProcess:
             if _database_failed(error) or len(requests) == 1:
                 raise
         log.warning("writer process: a commit of %d failed; one by one", len(requests))
-        return [self._alone(request) for request in requests]
+        outcomes: list[Outcome] = []
+        for request in requests:
+            outcome = self._alone(request)
+            if outcome[1] in (UNAVAILABLE, FULL):  # the database now: the rest fail with it
+                outcomes += [
+                    (other[0], outcome[1], outcome[2]) for other in requests[len(outcomes) :]
+                ]
+                break
+            outcomes.append(outcome)
+        return outcomes
 
     def _alone(self, request: Request) -> Outcome:
         try:
@@ -278,7 +309,7 @@ class WriterProcess:
         """Opened at the first commit (the first worker has made the schema by then); an
         existing file only: a wrong path must fail, not make an empty database."""
         if self._conn is None:
-            uri = f"file:{quote(self._database)}?mode=rw"
+            uri = f"file://{quote(self._database)}?mode=rw"  # (an absolute path: no authority)
             conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
             try:
                 sqlite_pragmas(conn, None)
@@ -301,7 +332,8 @@ class WriterProcess:
         for peer, answers in replies.items():
             if peer.sock in self._peers:  # (one gone meanwhile hears nothing)
                 self._send(peer, frame((answers, told)))
-                told = None
+                if peer.sock in self._peers:  # (told only if it could be sent)
+                    told = None
 
     def _send(self, peer: _Peer, data: bytes) -> None:
         """Without blocking: what the socket does not take waits in the peer's outbox
@@ -339,12 +371,19 @@ class WriterProcess:
             self._selector.modify(peer.sock, selectors.EVENT_READ)
 
 
+_DATABASE_CODES = {7, 11, 26}  # SQLite's NOMEM, CORRUPT, NOTADB: the file, not a request
+
+
 def _database_failed(error: BaseException) -> bool:
-    """As storage.errors.database_failed for the driver's own errors: locked, full, I/O
-    (and the lock's wait timing out)."""
-    return isinstance(error, sqlite3.OperationalError | sqlite3.InterfaceError | OSError) or (
-        is_disk_full(error)
-    )
+    """As storage.errors.database_failed for the driver's own errors: locked, full, I/O,
+    corrupt, out of memory (and the lock's wait timing out); not one request's data (a
+    clash, a value the driver refuses)."""
+    if isinstance(error, sqlite3.OperationalError | sqlite3.InterfaceError | OSError):
+        return True
+    if type(error) in (sqlite3.DatabaseError, sqlite3.InternalError, MemoryError):
+        return True
+    code = getattr(error, "sqlite_errorcode", None)
+    return (isinstance(code, int) and code & 0xFF in _DATABASE_CODES) or is_disk_full(error)
 
 
 def _failure(ident: int, error: BaseException) -> Outcome:

@@ -3,7 +3,7 @@ it: `python -m gateway.process.node_writer --parent PID --fd N --database PATH`.
 
 It dies with the supervisor (as a worker does), logs to stderr in the service's format
 (the supervisor passes its lines on, whole, into the one log stream) and serves the
-listening socket it inherited until SIGTERM.
+listening socket it inherited until SIGUSR1 (it ignores SIGTERM: storage.writer_process).
 """
 
 from __future__ import annotations

@@ -348,10 +348,10 @@ class Supervisor:
             self._writer_socket.bind(os.path.join(self._writer_dir, "socket"))
             self._writer_socket.listen(64)
             await self._spawn_writer(database)
-        except OSError as error:  # (a TMPDIR too long for a socket's path, say)
+        except (OSError, RuntimeError) as error:  # (a TMPDIR too long for a socket's path)
             log.warning(
                 "supervisor: no writer process (%s); the workers write the database on "
-                "their own", error.strerror or error,
+                "their own", getattr(error, "strerror", None) or error,
             )  # fmt: skip
             self._close_writer_socket()
             return None
@@ -394,7 +394,7 @@ class Supervisor:
             while await self._writer_died():
                 try:
                     await self._spawn_writer(database)
-                except OSError as error:  # (fork: out of memory, of processes)
+                except (OSError, RuntimeError) as error:  # (fork; a child watcher's thread)
                     log.error("supervisor: cannot start the writer process: %s", error)
                     self._writer.proc = None
         except asyncio.CancelledError:
@@ -411,18 +411,18 @@ class Supervisor:
             await proc.wait()
             await asyncio.gather(*writer.pumps, return_exceptions=True)
         delay = _restart_delay(writer)
+        which = f"the writer process (pid {proc.pid})" if proc is not None else "the writer process"
         how = _how_it_ended(proc.returncode) if proc is not None else "did not start"
-        pid = proc.pid if proc is not None else 0
         if len(writer.deaths) >= WRITER_DEATHS:
             log.error(
-                "supervisor: the writer process (pid %d) %s, %d times within %gs: given up; "
-                "the workers write the database on their own",
-                pid, how, len(writer.deaths), CRASH_WINDOW,
+                "supervisor: %s %s, %d times within %gs: given up; the workers write the "
+                "database on their own",
+                which, how, len(writer.deaths), CRASH_WINDOW,
             )  # fmt: skip
             return False
         log.error(
-            "supervisor: the writer process (pid %d) %s; starting it again%s",
-            pid, how, f" in {delay:g}s" if delay else "",
+            "supervisor: %s %s; starting it again%s",
+            which, how, f" in {delay:g}s" if delay else "",
         )  # fmt: skip
         await asyncio.sleep(delay)
         return True

@@ -26,7 +26,7 @@ from storage.db import Database, create_schema, database_url, open_database
 from storage.models import Meta
 from storage.writer import Batch, StorageFull, StorageUnavailable, Writer
 from storage.writer_link import WriterLink
-from storage.writer_process import WriterProcess
+from storage.writer_process import FAILED, UNAVAILABLE, WriterProcess, _failure
 
 WAIT = 10.0
 INSERT = insert(Meta)
@@ -172,6 +172,7 @@ async def test_a_clash_fails_alone_in_a_shared_commit(node: Node) -> None:
     assert results[:20] == [None] * 20
     assert isinstance(results[20], StorageUnavailable)
     assert "UNIQUE" in str(results[20])
+    assert node.workers[0][2].sent == 22  # (through the process, the clash too)
     assert len(rows(node.database, "fine")) == 20
     assert rows(node.database, "taken") == {"taken": "v"}
     assert writer.failure is None  # one batch's data, not the database
@@ -231,7 +232,10 @@ async def test_a_line_queued_on_the_socket_waits_for_the_next_process(node: Node
     assert rows(node.database, "queued") == {"queued": "v"}
 
 
-async def test_lost_with_nothing_unanswered_writes_here_until_it_is_back(node: Node) -> None:
+async def test_lost_with_nothing_unanswered_writes_here_until_it_is_back(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(writer_link, "RECONNECT_EVERY", 3.0)  # (the write here comes first)
     writer = await node.worker(lost=[])
     link = node.workers[0][2]
     await writer.submit(put("before"))
@@ -281,6 +285,7 @@ async def test_a_value_the_driver_refuses_fails_alone(node: Node) -> None:
         )
     assert results[:20] == [None] * 20
     assert isinstance(results[20], StorageUnavailable)
+    assert node.workers[0][2].sent == 21  # (through the process, the refused one too)
     assert len(rows(node.database, "fine")) == 20
     assert node.proc is not None and node.proc.poll() is None
     assert await writer.submit(put("after")) is None
@@ -300,10 +305,11 @@ async def test_a_request_too_large_to_send_is_written_here(node: Node) -> None:
 async def test_a_process_that_does_not_answer_counts_as_lost(
     node: Node, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(writer_link, "ANSWER_TIMEOUT", 1.0)  # (the warm-up has 0.5 s)
+    warm = await node.worker()
+    await warm.submit(put("accepted"))  # the process started and committing
+    monkeypatch.setattr(writer_link, "ANSWER_TIMEOUT", 1.0)  # for lines made from now on
     lost: list[int] = []
     writer = await node.worker(lost)
-    await writer.submit(put("accepted"))
     assert node.proc is not None
     os.kill(node.proc.pid, signal.SIGSTOP)
     try:
@@ -380,3 +386,23 @@ def test_node_writer_ends_with_its_supervisor(tmp_path: Path) -> None:
         capture_output=True, timeout=WAIT,
     )  # fmt: skip
     assert result.returncode == 1
+
+
+def test_a_corrupt_file_is_the_databases_failure_not_a_requests(tmp_path: Path) -> None:
+    """SQLITE_NOTADB (and CORRUPT, NOMEM) fail every request of the commit and the
+    writer's readiness, as a locked or full database does; a clash is one request's."""
+    bogus = tmp_path / "bogus.db"
+    bogus.write_bytes(b"not a database at all, " * 100)
+    conn = sqlite3.connect(bogus)
+    with pytest.raises(sqlite3.DatabaseError) as corrupt:
+        conn.execute("SELECT * FROM sqlite_master").fetchall()
+    conn.close()
+    assert _failure(1, corrupt.value)[1] == UNAVAILABLE
+    clash = sqlite3.connect(":memory:")
+    clash.execute("CREATE TABLE t (k PRIMARY KEY)")
+    clash.execute("INSERT INTO t VALUES (1)")
+    with pytest.raises(sqlite3.IntegrityError) as unique:
+        clash.execute("INSERT INTO t VALUES (1)")
+    assert _failure(2, unique.value)[1] == FAILED
+    assert _failure(3, MemoryError())[1] == UNAVAILABLE
+    assert _failure(4, UnicodeEncodeError("utf-8", "\udcff", 0, 1, "surrogate"))[1] == FAILED
