@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.processes import free_port
+from tests.support.processes import children_running, free_port, writer_process_of
 from tests.support.serve import (
     SENDER,
     MakePostern,
@@ -60,20 +60,7 @@ def two_workers(
 
 def workers_of(pid: int) -> list[int]:
     """The supervisor's worker processes (its children running `serve`)."""
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            children = (task / "children").read_text().split()
-        except OSError:
-            continue
-        for child in map(int, children):
-            try:
-                argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if b"serve" in argv:
-                found.append(child)
-    return sorted(found)
+    return children_running(pid, b"serve")
 
 
 def worker_pid(postern: Postern, index: int) -> int:
@@ -218,18 +205,6 @@ def test_sigkill_of_a_worker_mid_delivery_loses_nothing(
     assert postern.proc is not None and postern.proc.poll() is None, "the supervisor died"
     status, _ = postern.stop(signal.SIGTERM, timeout=STOP_BOUND)
     assert status == 0, postern.stderr()
-
-
-def writer_process_of(supervisor: int) -> int | None:
-    """The pid of the supervisor's writer process (SQLite), or None."""
-    for task in Path(f"/proc/{supervisor}/task").iterdir():
-        with contextlib.suppress(OSError):
-            for child in map(int, (task / "children").read_text().split()):
-                with contextlib.suppress(OSError):
-                    argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
-                    if b"gateway.process.node_writer" in argv:
-                        return child
-    return None
 
 
 def test_the_writer_process_is_started_again_then_given_up(

@@ -53,7 +53,14 @@ from typing import IO
 
 import httpx
 
-from tests.support.processes import child_cwd, child_env, free_port, postern_argv, spawn_serve
+from tests.support.processes import (
+    child_cwd,
+    child_env,
+    free_port,
+    postern_argv,
+    spawn_serve,
+    writer_process_of,
+)
 from tests.support.sink import Sink
 
 SENDER = "crash@example.com"
@@ -265,17 +272,14 @@ class Process:
 
 
 def kill_writer_of(supervisor: int) -> int:
-    """SIGKILL the supervisor's writer process (gateway.process.node_writer): 1, or 0
-    when there is none (it is being started again)."""
-    for task in Path(f"/proc/{supervisor}/task").iterdir():
-        with contextlib.suppress(OSError):
-            for child in map(int, (task / "children").read_text().split()):
-                with contextlib.suppress(OSError):
-                    argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
-                    if b"gateway.process.node_writer" in argv:
-                        os.kill(child, signal.SIGKILL)
-                        return 1
-    return 0
+    """SIGKILL the supervisor's writer process: 1, or 0 when there is none (it is being
+    started again)."""
+    pid = writer_process_of(supervisor)
+    if pid is None:
+        return 0
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    return 1
 
 
 def run_cli(*args: str, timeout: float = 60.0) -> str:

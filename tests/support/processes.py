@@ -111,3 +111,28 @@ def line_within(child: subprocess.Popen[bytes], deadline: float) -> bytes:
             if chosen.select(timeout=0.2):
                 return child.stdout.readline()
     raise AssertionError("no line printed in time")
+
+
+def children_running(parent: int, word: bytes) -> list[int]:
+    """The pids of `parent`'s children with `word` among the words of their command line."""
+    found = []
+    for task in Path(f"/proc/{parent}/task").iterdir():
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in map(int, children):
+            try:
+                argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if word in argv:
+                found.append(child)
+    return sorted(found)
+
+
+def writer_process_of(supervisor: int) -> int | None:
+    """The pid of a supervisor's writer process (gateway.process.node_writer, SQLite with
+    several workers), or None (there is none, or it is being started again)."""
+    found = children_running(supervisor, b"gateway.process.node_writer")
+    return found[0] if found else None
