@@ -65,6 +65,8 @@ class WriterStopped(StorageUnavailable):
 
 
 _SQLITE_FULL = 13  # SQLite's primary result code for "database or disk is full"
+# SQLite's NOMEM, CORRUPT, NOTADB: the file or the library, never one write's data.
+_SQLITE_BROKEN = {7, 11, 26}
 _PG_DISK_FULL = "53100"  # PostgreSQL's SQLSTATE disk_full
 
 
@@ -85,15 +87,33 @@ def is_disk_full(error: BaseException) -> bool:
     return False
 
 
+def is_database_broken(error: BaseException) -> bool:
+    """SQLite out of memory, its file corrupt or not a database, however wrapped: every
+    write fails so, whatever its data."""
+    current: BaseException | None = error
+    for _ in range(8):  # (a chain of causes, bounded)
+        if current is None:
+            return False
+        if isinstance(current, MemoryError):
+            return True
+        code = getattr(current, "sqlite_errorcode", None)
+        if isinstance(code, int) and code & 0xFF in _SQLITE_BROKEN:
+            return True
+        current = getattr(current, "orig", None) or current.__cause__
+    return False
+
+
 def database_failed(error: BaseException) -> bool:
-    """The database itself failed (full, locked, I/O, down), not one write's data (a
-    unique-key clash): every write would fail the same way for now."""
+    """The database itself failed (full, locked, I/O, corrupt, down), not one write's data
+    (a unique-key clash): every write would fail the same way for now."""
     # Imported here: the error tree is imported by the config's checks, which a command
     # that only reads the config should not pay SQLAlchemy for (0.6 s).
     from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
     if isinstance(error, OSError | OperationalError | InterfaceError) or is_disk_full(error):
         return True  # (asyncpg's disk_full arrives as a bare DBAPIError)
+    if is_database_broken(error):
+        return True
     return isinstance(error, DBAPIError) and error.connection_invalidated
 
 

@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from storage.errors import is_disk_full
+from storage.errors import is_database_broken, is_disk_full
 from storage.write_lock import WriteLock, sqlite_pragmas
 
 log = logging.getLogger("postern.storage.writer")
@@ -371,19 +371,15 @@ class WriterProcess:
             self._selector.modify(peer.sock, selectors.EVENT_READ)
 
 
-_DATABASE_CODES = {7, 11, 26}  # SQLite's NOMEM, CORRUPT, NOTADB: the file, not a request
-
-
 def _database_failed(error: BaseException) -> bool:
     """As storage.errors.database_failed for the driver's own errors: locked, full, I/O,
     corrupt, out of memory (and the lock's wait timing out); not one request's data (a
     clash, a value the driver refuses)."""
     if isinstance(error, sqlite3.OperationalError | sqlite3.InterfaceError | OSError):
         return True
-    if type(error) in (sqlite3.DatabaseError, sqlite3.InternalError, MemoryError):
+    if type(error) in (sqlite3.DatabaseError, sqlite3.InternalError):
         return True
-    code = getattr(error, "sqlite_errorcode", None)
-    return (isinstance(code, int) and code & 0xFF in _DATABASE_CODES) or is_disk_full(error)
+    return is_database_broken(error) or is_disk_full(error)
 
 
 def _failure(ident: int, error: BaseException) -> Outcome:

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, func, insert, select, update
-from sqlalchemy.exc import IntegrityError, InvalidRequestError, StatementError
+from sqlalchemy import Connection, create_engine, func, insert, select, text, update
+from sqlalchemy.exc import DatabaseError, IntegrityError, InvalidRequestError, StatementError
 from sqlalchemy.sql import Executable
 
 from gateway.message import Route, Submission
@@ -20,6 +20,7 @@ from storage import dml
 from storage import queue_sql as sql
 from storage import suppressions as stored_suppressions
 from storage.db import Database, create_schema, open_database
+from storage.errors import database_failed
 from storage.models import Message, Meta, Recipient
 
 NOW = 1_700_000_000.25
@@ -320,3 +321,19 @@ async def test_a_clash_is_sqlalchemys_integrity_error_on_both_backends(
         lambda conn: dml.run(conn, insert(Meta), [{"key": "dml1", "value": "1"}])
     )
     assert ok == 1
+
+
+def test_a_corrupt_sqlite_file_is_a_database_failure(tmp_path: Path) -> None:
+    """SQLITE_NOTADB through SQLAlchemy (a DatabaseError, not an OperationalError): the
+    writer fails every job of the commit and remembers it (readiness, the metric), as for a
+    locked or full database, rather than retrying each job as if its data were wrong."""
+    bogus = tmp_path / "bogus.db"
+    bogus.write_bytes(b"not a database at all, " * 100)
+    engine = create_engine(f"sqlite:///{bogus}")
+    try:
+        with pytest.raises(DatabaseError) as corrupt, engine.connect() as conn:
+            conn.execute(text("SELECT * FROM sqlite_master")).fetchall()
+    finally:
+        engine.dispose()
+    assert database_failed(corrupt.value)
+    assert not database_failed(IntegrityError("INSERT", {}, Exception("UNIQUE")))
