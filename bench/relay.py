@@ -518,7 +518,9 @@ class Postern:
         `taskset -c` (its workers inherit it: "auto" then counts those CPUs); `hostname`:
         `[server] hostname`; `storage_url`: `[storage] url` ("" = SQLite in the data dir)."""
         self.smtp_port, self.http_port = free_ports(2)
-        self.workers = workers
+        # "auto" counts the CPUs the process may use: pinned to one, it is one process,
+        # which never says "workers running" (the pinned run waited for it in vain).
+        self.workers = _cpus_in(pin) if pin and workers == "auto" else workers
         config = tmp / "postern.toml"
         config.write_text(
             CONFIG_TEMPLATE.format(
@@ -885,3 +887,12 @@ def emit(args: argparse.Namespace, rows: Sequence[Result | str]) -> None:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _cpus_in(cpu_list: str) -> int:
+    """How many CPUs a taskset list names ("0", "0,2", "0-3")."""
+    count = 0
+    for part in cpu_list.split(","):
+        low, _, high = part.partition("-")
+        count += int(high) - int(low) + 1 if high else 1
+    return count
