@@ -19,7 +19,7 @@ What the supervisor does after that:
 - **SQLite's writes** (with a database file): one writer process per node
   (gateway.process.node_writer, storage.writer_process) commits the workers' small writes
   together, one fsync for all, where each worker's own commits took the write lock in
-  turn. Its listening socket is bound here, in a private folder, and kept: a worker's
+  turn. Its listening socket is bound here, in the metrics folder, and kept: a worker's
   connection queues on it while the process is started again (at once the first time,
   then as a worker is). It is started first and stopped last, once every worker is gone.
 - **The per-key rate limit**: one table of token buckets in shared memory (an anonymous
@@ -111,9 +111,9 @@ class Supervisor:
         self._lock: DataDirLock | None = None
         self._metrics_dir: str | None = None
         self._rates: int | None = None  # the per-key rate table's memfd, for every worker
-        # The node's writer process (SQLite), its socket's folder and listening socket.
+        # The node's writer process (SQLite) and its listening socket (in the metrics
+        # folder: private, removed at exit, one folder for the supervisor's own files).
         self._writer = Worker(-1)
-        self._writer_dir: str | None = None
         self._writer_socket: socket.socket | None = None
         self._stopping = asyncio.Event()
         self._signals = 0
@@ -150,8 +150,6 @@ class Supervisor:
             return await self._supervise()
         finally:
             self._close_writer_socket()
-            if self._writer_dir is not None:
-                shutil.rmtree(self._writer_dir, ignore_errors=True)
             if self._rates is not None:
                 os.close(self._rates)
             if self._listeners is not None:
@@ -343,9 +341,9 @@ class Supervisor:
         if database is None:
             return None
         try:
-            self._writer_dir = tempfile.mkdtemp(prefix="postern-writer-")
+            assert self._metrics_dir is not None
             self._writer_socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            self._writer_socket.bind(os.path.join(self._writer_dir, "socket"))
+            self._writer_socket.bind(os.path.join(self._metrics_dir, "writer.sock"))
             self._writer_socket.listen(64)
             await self._spawn_writer(database)
         except (OSError, RuntimeError) as error:  # (a TMPDIR too long for a socket's path)
