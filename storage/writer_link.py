@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import marshal
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
@@ -29,7 +28,7 @@ from sqlalchemy.sql import Executable
 
 from storage import dml
 from storage.errors import StorageUnavailable
-from storage.writer_process import HEADER, MAX_FRAME, Outcome, Report
+from storage.writer_process import HEADER, MAX_FRAME, Outcome, Report, frame, unframe
 
 log = logging.getLogger("postern.storage.writer")
 
@@ -166,14 +165,14 @@ class _Line(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)  # (uvloop's: not a subclass)
 
     def send(self, request: Request) -> asyncio.Future[Outcome]:
-        data = marshal.dumps((self._next + 1, *request))  # ValueError: not plain data
-        if len(data) > MAX_FRAME:
-            raise ValueError(f"a request of {len(data)} bytes")
+        framed = frame((self._next + 1, *request))  # ValueError: not plain data
+        if len(framed) - HEADER.size > MAX_FRAME:
+            raise ValueError(f"a request of {len(framed)} bytes")
         self._next += 1
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[Outcome] = loop.create_future()
         self._waiting[self._next] = answer
-        self._out.append(HEADER.pack(len(data)) + data)
+        self._out.append(framed)
         if len(self._out) == 1:
             loop.call_soon(self._flush)
         if self._watch is None:
@@ -199,23 +198,14 @@ class _Line(asyncio.Protocol):
             self._watch = asyncio.get_running_loop().call_later(ANSWER_TIMEOUT / 2, self._look)
 
     def data_received(self, data: bytes) -> None:
-        inbox = self._inbox
-        inbox += data
-        start = 0
-        while len(inbox) - start >= HEADER.size:
-            (size,) = HEADER.unpack_from(inbox, start)
-            end = start + HEADER.size + size
-            if len(inbox) < end:
-                break
-            outcomes, report = marshal.loads(inbox[start + HEADER.size : end])
-            start = end
+        self._inbox += data
+        for outcomes, report in unframe(self._inbox):
             if report is not None:
                 self._on_report(report)
             for outcome in outcomes:
                 answer = self._waiting.pop(outcome[0], None)
                 if answer is not None and not answer.done():
                     answer.set_result(outcome)
-        del inbox[:start]
         if not self._waiting and self._idle is not None:
             self._idle.set()
 

@@ -88,26 +88,27 @@ def frame(payload: Any) -> bytes:
     return HEADER.pack(len(data)) + data
 
 
+def unframe(inbox: bytearray) -> Iterator[Any]:
+    """The whole frames received so far, each taken out of `inbox` as it is read (both
+    ends: requests here, answers in storage.writer_link). A frame over MAX_FRAME:
+    ValueError."""
+    while len(inbox) >= HEADER.size:
+        (size,) = HEADER.unpack_from(inbox)
+        if size > MAX_FRAME:
+            raise ValueError(f"a frame of {size} bytes")
+        end = HEADER.size + size
+        if len(inbox) < end:
+            return
+        payload = marshal.loads(inbox[HEADER.size : end])
+        del inbox[:end]
+        yield payload
+
+
 @dataclass(eq=False)  # (a key: by identity)
 class _Peer:
     sock: socket.socket
     inbox: bytearray = field(default_factory=bytearray)
     outbox: bytearray = field(default_factory=bytearray)  # answers the socket did not take yet
-
-    def requests(self) -> Iterator[Request]:
-        """The whole frames received so far (a frame over MAX_FRAME: ValueError)."""
-        inbox = self.inbox
-        start = 0
-        while len(inbox) - start >= HEADER.size:
-            (size,) = HEADER.unpack_from(inbox, start)
-            if size > MAX_FRAME:
-                raise ValueError(f"a frame of {size} bytes")
-            end = start + HEADER.size + size
-            if len(inbox) < end:
-                break
-            yield marshal.loads(inbox[start + HEADER.size : end])
-            start = end
-        del inbox[:start]
 
 
 class WriterProcess:
@@ -183,7 +184,7 @@ class WriterProcess:
             return
         peer.inbox += data
         try:
-            pending.extend((peer, request) for request in peer.requests())
+            pending.extend((peer, request) for request in unframe(peer.inbox))
         except (ValueError, EOFError, TypeError) as error:
             log.error("writer process: a worker sent what is not a request (%s)", error)
             self._drop(peer)
