@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import unquote
 
-__all__ = ["database_url", "prepare_data_dir", "sqlite_file"]
+__all__ = ["database_file", "database_url", "prepare_data_dir", "sqlite_file"]
 
 
 def prepare_data_dir(data_dir: Path) -> None:
@@ -32,9 +32,17 @@ def sqlite_file(url: str) -> str | None:
     if not sep or not scheme.startswith("sqlite"):
         return None
     database, _, query = rest.removeprefix("/").partition("?")
-    if database.startswith("file:"):
-        database, _, uri_query = database[len("file:") :].partition("?")
-        query += uri_query
-    if database in ("", ":memory:") or "mode=memory" in query:
+    return None if "mode=memory" in query else database_file(unquote(database))
+
+
+def database_file(database: str | None) -> str | None:
+    """The SQLite database's file from a URL's database part (a `file:` URI's path), or
+    None in memory."""
+    if not database:
         return None
-    return unquote(database)
+    if database.startswith("file:"):
+        path, _, query = database[len("file:") :].partition("?")
+        if "mode=memory" in query:
+            return None
+        database = path
+    return None if database in ("", ":memory:") else database

@@ -18,6 +18,8 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from queue import SimpleQueue
 from typing import Any
 
+from storage.paths import database_file
+
 log = logging.getLogger("postern.storage")
 
 LockHook = Callable[[float], None]  # told seconds: a wait for the write lock, or a hold of it
@@ -180,16 +182,3 @@ class _LockWaiters:
 
 
 LOCK_WAITERS = _LockWaiters()
-
-
-def database_file(database: str | None) -> str | None:
-    """The SQLite database's file from a URL's database part (a `file:` URI's path), or
-    None in memory."""
-    if not database:
-        return None
-    if database.startswith("file:"):
-        path, _, query = database[len("file:") :].partition("?")
-        if "mode=memory" in query:
-            return None
-        database = path
-    return None if database in ("", ":memory:") else database

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import Connection, insert, select, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from storage import write_lock
+from storage import paths, write_lock
 from storage.db import Database, create_schema, database_url, open_database
 from storage.models import Meta
 from storage.pieces import PIECE
@@ -471,7 +471,7 @@ def waiting_threads() -> set[threading.Thread]:
 def test_the_write_lock_sits_beside_the_database_file(
     database: str | None, file: str | None
 ) -> None:
-    assert write_lock.database_file(database) == file
+    assert paths.database_file(database) == file
 
 
 async def test_a_failing_database_fails_the_large_jobs_waiting_without_trying_each(
