@@ -249,7 +249,17 @@ class Supervisor:
             fds.append(self._lock.fileno())  # held by the worker too, until it is gone
         worker.ready = asyncio.Event()
         worker.stopped = False
-        worker.proc = await asyncio.create_subprocess_exec(
+        proc = await self._launch(worker, argv, fds, env)
+        log.info("supervisor: worker %d started (pid %d)", worker.index, proc.pid)
+        if self._stopping.is_set():  # the stop signal came while it was being made
+            self._signal(worker, signal.SIGTERM)
+
+    async def _launch(
+        self, worker: Worker, argv: list[str], fds: list[int], env: dict[str, str] | None = None
+    ) -> asyncio.subprocess.Process:
+        """Start `worker`'s process (a worker, the writer process) with `fds` inherited, its
+        output passed on into ours by two pumps."""
+        proc = worker.proc = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
@@ -259,15 +269,13 @@ class Supervisor:
             start_new_session=True,  # a Ctrl-C reaches the supervisor alone, which passes it on
             limit=LINE_LIMIT,
         )
-        assert worker.proc.stdout is not None and worker.proc.stderr is not None
-        log.info("supervisor: worker %d started (pid %d)", worker.index, worker.proc.pid)
-        if self._stopping.is_set():  # the stop signal came while it was being made
-            self._signal(worker, signal.SIGTERM)
+        assert proc.stdout is not None and proc.stderr is not None
         loop = asyncio.get_running_loop()
         worker.pumps = [
-            loop.create_task(self._pump(worker, worker.proc.stdout, sys.stdout.buffer)),
-            loop.create_task(self._pump(worker, worker.proc.stderr, sys.stderr.buffer)),
+            loop.create_task(self._pump(worker, proc.stdout, sys.stdout.buffer)),
+            loop.create_task(self._pump(worker, proc.stderr, sys.stderr.buffer)),
         ]
+        return proc
 
     async def _pump(self, worker: Worker, stream: asyncio.StreamReader, out: object) -> None:
         """One worker's output to ours in whole lines, as many as one read brings (two
@@ -365,23 +373,11 @@ class Supervisor:
     async def _spawn_writer(self, database: str) -> None:
         assert self._writer_socket is not None
         fd = self._writer_socket.fileno()
-        writer = self._writer
-        writer.proc = await asyncio.create_subprocess_exec(
+        argv = [
             sys.executable, "-m", "gateway.process.node_writer", "--parent", str(os.getpid()),
             "--fd", str(fd), "--database", database, "--log-level", self.log_level,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            pass_fds=[fd],
-            start_new_session=True,
-            limit=LINE_LIMIT,
-        )  # fmt: skip
-        assert writer.proc.stdout is not None and writer.proc.stderr is not None
-        loop = asyncio.get_running_loop()
-        writer.pumps = [
-            loop.create_task(self._pump(writer, writer.proc.stdout, sys.stdout.buffer)),
-            loop.create_task(self._pump(writer, writer.proc.stderr, sys.stderr.buffer)),
-        ]
+        ]  # fmt: skip
+        await self._launch(self._writer, argv, [fd])
 
     async def _keep_writer(self, database: str) -> None:
         """Start it again whenever it dies (the workers that were waiting on it exit, and
