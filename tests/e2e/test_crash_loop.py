@@ -15,10 +15,21 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.crashloop import Settings, run
+from tests.support.crashloop import Report, Settings, run
 
 ROUNDS = int(os.environ.get("POSTERN_CRASH_ROUNDS", "20"))
 SEED = os.environ.get("POSTERN_CRASH_SEED")
+
+
+def check_loop(report: Report, rounds: int) -> None:
+    """What every crash loop must show: each round ran, something was acknowledged, and all
+    of it was delivered, nothing refused was, the queue drained, the last stop was clean."""
+    assert report.rounds == rounds, f"only {report.rounds} rounds ran within the time cap"
+    assert report.acked > 0, "no message was acknowledged: the loop tested nothing"
+    assert not report.lost, f"acknowledged but never delivered: {report.lost_explained}"
+    assert not report.refused_delivered, f"refused yet delivered: {report.refused_delivered}"
+    assert report.drained, f"queue not drained after the last restart: {report.queue_left}"
+    assert report.final_exit == 0, f"SIGTERM after the drain exited {report.final_exit}"
 
 
 @pytest.mark.timeout(max(300, ROUNDS * 14))
@@ -32,12 +43,7 @@ def test_sigkill_loop_loses_no_acknowledged_message(tmp_path: Path) -> None:
     report = run(settings, tmp_path / "crashloop")
     print("\n[crash loop] " + "\n[crash loop] ".join(report.lines()))
 
-    assert report.rounds == ROUNDS, f"only {report.rounds} rounds ran within the time cap"
-    assert report.acked > 0, "no message was acknowledged: the loop tested nothing"
-    assert not report.lost, f"acknowledged but never delivered: {report.lost_explained}"
-    assert not report.refused_delivered, f"refused yet delivered: {report.refused_delivered}"
-    assert report.drained, f"queue not drained after the last restart: {report.queue_left}"
-    assert report.final_exit == 0, f"SIGTERM after the drain exited {report.final_exit}"
+    check_loop(report, ROUNDS)
 
 
 WORKER_ROUNDS = int(os.environ.get("POSTERN_CRASH_WORKER_ROUNDS", "8"))
@@ -59,12 +65,7 @@ def test_sigkill_loop_with_two_workers(tmp_path: Path) -> None:
     report = run(settings, tmp_path / "crashloop-workers")
     print("\n[crash loop, 2 workers] " + "\n[crash loop, 2 workers] ".join(report.lines()))
 
-    assert report.rounds == WORKER_ROUNDS, f"only {report.rounds} rounds ran within the time cap"
-    assert report.acked > 0, "no message was acknowledged: the loop tested nothing"
-    assert not report.lost, f"acknowledged but never delivered: {report.lost_explained}"
-    assert not report.refused_delivered, f"refused yet delivered: {report.refused_delivered}"
-    assert report.drained, f"queue not drained after the last restart: {report.queue_left}"
-    assert report.final_exit == 0, f"SIGTERM after the drain exited {report.final_exit}"
+    check_loop(report, WORKER_ROUNDS)
 
 
 @pytest.mark.timeout(max(300, WORKER_ROUNDS * 25))
@@ -87,13 +88,8 @@ def test_sigkill_of_the_writer_process_loses_no_acknowledged_message(tmp_path: P
     report = run(settings, tmp_path / "crashloop-writer")
     print("\n[crash loop, writer] " + "\n[crash loop, writer] ".join(report.lines()))
 
-    assert report.rounds == WORKER_ROUNDS, f"only {report.rounds} rounds ran within the time cap"
+    check_loop(report, WORKER_ROUNDS)
     assert report.writer_kills > 0, "the writer process was never killed: nothing was tested"
-    assert report.acked > 0, "no message was acknowledged: the loop tested nothing"
-    assert not report.lost, f"acknowledged but never delivered: {report.lost_explained}"
-    assert not report.refused_delivered, f"refused yet delivered: {report.refused_delivered}"
-    assert report.drained, f"queue not drained after the last restart: {report.queue_left}"
-    assert report.final_exit == 0, f"SIGTERM after the drain exited {report.final_exit}"
     logs = "".join(
         p.read_text(errors="replace") for p in (tmp_path / "crashloop-writer").glob("*.log")
     )

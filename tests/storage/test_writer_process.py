@@ -160,18 +160,25 @@ async def test_a_check_is_the_result_and_its_steps_run(node: Node) -> None:
     assert rows(node.database, "after-") == {"after-there": "new", "after-missing": "new"}
 
 
-async def test_a_clash_fails_alone_in_a_shared_commit(node: Node) -> None:
-    writer = await node.worker()
-    await writer.submit(put("taken"))
+async def one_bad_among_twenty(writer: Writer, bad: Batch) -> BaseException:
+    """Submit `bad` with twenty good batches at once (one commit, or few): they commit, it
+    fails alone with StorageUnavailable, which is returned."""
     async with asyncio.timeout(WAIT):
         results = await asyncio.gather(
             *(writer.submit(put(f"fine{i}")) for i in range(20)),
-            writer.submit(put("taken", "again")),
+            writer.submit(bad),
             return_exceptions=True,
         )
     assert results[:20] == [None] * 20
     assert isinstance(results[20], StorageUnavailable)
-    assert "UNIQUE" in str(results[20])
+    return results[20]
+
+
+async def test_a_clash_fails_alone_in_a_shared_commit(node: Node) -> None:
+    writer = await node.worker()
+    await writer.submit(put("taken"))
+    failed = await one_bad_among_twenty(writer, put("taken", "again"))
+    assert "UNIQUE" in str(failed)
     assert node.workers[0][2].sent == 22  # (through the process, the clash too)
     assert len(rows(node.database, "fine")) == 20
     assert rows(node.database, "taken") == {"taken": "v"}
@@ -277,14 +284,7 @@ async def test_a_value_the_driver_refuses_fails_alone(node: Node) -> None:
     """A lone surrogate (what a peer's undecodable reply byte becomes) cannot be bound:
     that batch fails, its neighbours commit, the process lives on."""
     writer = await node.worker()
-    async with asyncio.timeout(WAIT):
-        results = await asyncio.gather(
-            *(writer.submit(put(f"fine{i}")) for i in range(20)),
-            writer.submit(put("bad", "reply \udcff")),
-            return_exceptions=True,
-        )
-    assert results[:20] == [None] * 20
-    assert isinstance(results[20], StorageUnavailable)
+    await one_bad_among_twenty(writer, put("bad", "reply \udcff"))
     assert node.workers[0][2].sent == 21  # (through the process, the refused one too)
     assert len(rows(node.database, "fine")) == 20
     assert node.proc is not None and node.proc.poll() is None
