@@ -15,7 +15,9 @@ What the supervisor does after that:
   whole lines as one read brings in one write, so the mail log stays one stream of whole
   lines.
 - **Metrics**: prometheus-client's multiprocess mode, in a private temporary folder
-  (`PROMETHEUS_MULTIPROC_DIR`, removed at exit); worker 0's /metrics sums every worker's.
+  (`PROMETHEUS_MULTIPROC_DIR`, removed at exit; named after the data_dir, so that the one
+  a supervisor killed with SIGKILL left is swept at the next start); worker 0's /metrics
+  sums every worker's.
 - **SQLite's writes** (with a database file): one writer process per node
   (gateway.process.node_writer, storage.writer_process) commits the workers' small writes
   together, one fsync for all, where each worker's own commits took the write lock in
@@ -48,16 +50,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import io
 import logging
 import os
 import shutil
 import signal
 import socket
+import stat
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from gateway.config import Config
 from gateway.process.instance import DataDirLock
@@ -81,6 +86,25 @@ LINE_LIMIT = 1 << 20  # a longer stderr line is cut (split) rather than stalling
 READY = b"postern-worker-ready\n"
 ERROR_PREFIX = b"postern: error:"
 PUMP_READ = 1 << 16  # bytes of a worker's output read at a time
+
+
+def metrics_prefix(data_dir: Path) -> str:
+    """The start of the name of a metrics folder of a supervisor of `data_dir`."""
+    digest = hashlib.sha256(os.fsencode(os.path.realpath(data_dir))).hexdigest()[:12]
+    return f"postern-metrics-{digest}-"
+
+
+def fresh_metrics_folder(data_dir: Path) -> str:
+    """A new private folder for the workers' metrics files and the writer process's socket,
+    once those an earlier supervisor of `data_dir` left are removed: one killed with SIGKILL
+    leaves its folder behind (holding the data_dir lock, we know its processes are gone)."""
+    prefix = metrics_prefix(data_dir)
+    for old in Path(tempfile.gettempdir()).glob(prefix + "*"):
+        with contextlib.suppress(OSError):
+            found = old.lstat()  # (not followed: a link is not ours to sweep)
+            if stat.S_ISDIR(found.st_mode) and found.st_uid == os.geteuid():
+                shutil.rmtree(old, ignore_errors=True)
+    return tempfile.mkdtemp(prefix=prefix)
 
 
 @dataclass
@@ -145,7 +169,7 @@ class Supervisor:
             except SecretError as error:
                 raise StartupError(str(error)) from None
             self._listeners = SharedListeners.bind(self.config, self.count)
-            self._metrics_dir = tempfile.mkdtemp(prefix="postern-metrics-")
+            self._metrics_dir = fresh_metrics_folder(data_dir)
             self._rates = _rate_table()
             return await self._supervise()
         finally:

@@ -23,13 +23,16 @@ SEED = os.environ.get("POSTERN_CRASH_SEED")
 
 def check_loop(report: Report, rounds: int) -> None:
     """What every crash loop must show: each round ran, something was acknowledged, and all
-    of it was delivered, nothing refused was, the queue drained, the last stop was clean."""
+    of it was delivered, nothing refused was, the queue drained, the last stop was clean
+    and left no metrics folder."""
     assert report.rounds == rounds, f"only {report.rounds} rounds ran within the time cap"
     assert report.acked > 0, "no message was acknowledged: the loop tested nothing"
     assert not report.lost, f"acknowledged but never delivered: {report.lost_explained}"
     assert not report.refused_delivered, f"refused yet delivered: {report.refused_delivered}"
     assert report.drained, f"queue not drained after the last restart: {report.queue_left}"
     assert report.final_exit == 0, f"SIGTERM after the drain exited {report.final_exit}"
+    # (each killed supervisor left its metrics folder; the next start swept it)
+    assert report.metrics_left == 0, f"{report.metrics_left} metrics folders left behind"
 
 
 @pytest.mark.timeout(max(300, ROUNDS * 14))

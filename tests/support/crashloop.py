@@ -41,6 +41,7 @@ import signal
 import socket
 import sqlite3
 import subprocess
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -53,6 +54,7 @@ from typing import IO
 
 import httpx
 
+from gateway.process.supervisor import metrics_prefix
 from tests.support.processes import (
     child_cwd,
     child_env,
@@ -131,6 +133,7 @@ class Report:
     queue_left: dict[str, int] = field(default_factory=dict)  # active messages by status
     final_exit: int | None = None  # status of the final SIGTERM stop
     tracebacks: int = 0  # "Traceback" in postern's logs
+    metrics_left: int = 0  # metrics folders of this data_dir still in the temp dir at the end
     by_channel: dict[str, Counter[str]] = field(default_factory=dict)
     reasons: Counter[str] = field(default_factory=Counter)
     elapsed: float = 0.0
@@ -157,7 +160,8 @@ class Report:
             f"within one process life={self.duplicated_same_life}, "
             f"at most {self.duplicated_per_kill_max} by one kill)",
             f"drained={self.drained} queue_left={self.queue_left} "
-            f"final_sigterm_exit={self.final_exit} tracebacks_in_logs={self.tracebacks}",
+            f"final_sigterm_exit={self.final_exit} tracebacks_in_logs={self.tracebacks} "
+            f"metrics_folders_left={self.metrics_left}",
             f"logs: {self.log_dir}",
             *(f"  {n} x {reason}" for reason, n in self.reasons.most_common(12)),
             *(f"LOST {line}" for line in self.lost_explained),
@@ -642,6 +646,8 @@ def run(settings: Settings, workdir: Path, echo: Callable[[str], None] = print) 
         time.sleep(settings.settle)
         report.queue_left = active_messages(db_path)
         report.final_exit = process.terminate()
+        left = Path(tempfile.gettempdir()).glob(metrics_prefix(data_dir) + "*")
+        report.metrics_left = len(list(left))
     finally:
         stop.set()
         if process is not None:
