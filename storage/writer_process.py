@@ -68,10 +68,13 @@ READ_SIZE = 1 << 18
 IDLE_TICK = 0.5  # seconds between looks at the stop flag while nothing comes
 ACCEPT_PAUSE = 1.0  # after an accept failed (out of descriptors), as asyncio's servers do
 MAX_BATCH = 512  # requests a commit, as the worker's writer; the rest go in the next
-# A commit (the lock's wait, SQLite's busy timeout, the fsync) or a linger this long means
-# the process hangs: it ends with a traceback and the supervisor starts another, before the
-# workers' watchdogs (storage.writer_link, 30-60 s) would end them instead.
+# A commit (the lock's wait, SQLite's busy timeout, the fsync) this long means the process
+# hangs: SIGALRM ends it with every thread's traceback and the supervisor starts another,
+# before the workers' watchdogs (storage.writer_link, 30-60 s) would end them instead. (An
+# interval timer, armed and disarmed in a syscall each: faulthandler.dump_traceback_later
+# started and joined a thread for every commit, ~50 us of CPU each.)
 HANG_LIMIT = 25.0
+HANG_SIGNAL = signal.SIGALRM
 # How long patient requests alone wait for company (storage.writer's `linger`): with one
 # client, an attempt's record then shares the next message's fsync.
 LINGER = 0.004
@@ -140,10 +143,10 @@ class WriterProcess:
                     self._linger(pending)
                 pending, self._backlog = pending[:MAX_BATCH], pending[MAX_BATCH:]
                 if pending:
-                    faulthandler.dump_traceback_later(HANG_LIMIT, exit=True)
+                    signal.setitimer(signal.ITIMER_REAL, HANG_LIMIT)
                     outcomes, report = self._commit([request for _, request in pending])
                     self._answer(pending, outcomes, report)
-                    faulthandler.cancel_dump_traceback_later()
+                    signal.setitimer(signal.ITIMER_REAL, 0)
         finally:
             for peer in list(self._peers.values()):
                 self._drop(peer)
@@ -401,6 +404,8 @@ def serve(listener_fd: int, database: str) -> None:
         process.stopping = True
 
     signal.signal(signal.SIGUSR1, stop)
+    # A hang: every thread's traceback, then the signal's default action (the end).
+    faulthandler.register(HANG_SIGNAL, all_threads=True, chain=True)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # systemd's, to every process: see above
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     log.info("writer process: serving %s (pid %d)", database, os.getpid())

@@ -71,6 +71,7 @@ from gateway.process.startup import ROLE_ENV, SharedListeners, StartupError, nod
 from gateway.security.secrets import SecretBox, SecretError
 from gateway.security.shared_rate import create_table
 from storage.paths import database_url, prepare_data_dir, sqlite_file
+from storage.writer_process import HANG_LIMIT, HANG_SIGNAL
 
 log = logging.getLogger("postern.supervisor")
 
@@ -431,6 +432,8 @@ class Supervisor:
         delay = _restart_delay(writer)
         which = f"the writer process (pid {proc.pid})" if proc is not None else "the writer process"
         how = _how_it_ended(proc.returncode) if proc is not None else "did not start"
+        if proc is not None and proc.returncode == -HANG_SIGNAL:
+            how = f"hung (a commit past {HANG_LIMIT:g}s; its threads' tracebacks above)"
         if len(writer.deaths) >= WRITER_DEATHS:
             log.error(
                 "supervisor: %s %s, %d times within %gs: given up; the workers write the "

@@ -57,10 +57,14 @@ class Node:
     proc: subprocess.Popen[bytes] | None = None
     workers: list[tuple[Database, Writer, WriterLink]] = field(default_factory=list)
 
-    def start(self) -> None:
+    def start(self, hang_limit: float | None = None) -> None:
         fd = self.listener.fileno()
+        program = ["-m", "gateway.process.node_writer"]
+        if hang_limit is not None:  # the same, with a shorter watchdog
+            script = f"import storage.writer_process as w; w.HANG_LIMIT = {hang_limit}; "
+            program = ["-c", script + "import gateway.process.node_writer as n; n.main()"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.process.node_writer", "--parent", str(os.getpid()),
+            [sys.executable, *program, "--parent", str(os.getpid()),
              "--fd", str(fd), "--database", str(self.database)],
             pass_fds=[fd], stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )  # fmt: skip
@@ -322,6 +326,32 @@ async def test_a_process_that_does_not_answer_counts_as_lost(
             await task
     finally:
         os.kill(node.proc.pid, signal.SIGCONT)
+
+
+async def test_a_commit_that_hangs_ends_the_process_with_its_traceback(node: Node) -> None:
+    """A commit stuck past HANG_LIMIT (here SQLite's lock, held by another connection for
+    longer than the busy timeout) ends the process by SIGALRM, every thread's traceback on
+    its stderr; the worker with a request in it counts it as lost (its outcome unknown)."""
+    node.kill()
+    node.start(hang_limit=0.5)
+    lost: list[int] = []
+    writer = await node.worker(lost)
+    holder = sqlite3.connect(node.database, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        with pytest.raises(ConnectionError):
+            async with asyncio.timeout(WAIT):
+                await writer.submit(put("stuck"))
+        assert node.proc is not None
+        await asyncio.to_thread(node.proc.wait, WAIT)
+    finally:
+        holder.close()
+    assert node.proc.returncode == -signal.SIGALRM
+    assert lost == [1]
+    assert node.proc.stderr is not None
+    said = node.proc.stderr.read().decode()
+    assert "Current thread" in said and "in _commit" in said, said
+    assert "stuck" not in rows(node.database, "")
 
 
 class FullProcess(WriterProcess):
