@@ -148,9 +148,11 @@ class WriterProcess:
                 pending, self._backlog = pending[:MAX_BATCH], pending[MAX_BATCH:]
                 if pending:
                     signal.setitimer(signal.ITIMER_REAL, HANG_LIMIT)
-                    outcomes, report = self._commit([request for _, request in pending])
-                    self._answer(pending, outcomes, report)
-                    signal.setitimer(signal.ITIMER_REAL, 0)
+                    try:
+                        outcomes, report = self._commit([request for _, request in pending])
+                        self._answer(pending, outcomes, report)
+                    finally:  # (a failure here ends the loop: no alarm during the close)
+                        signal.setitimer(signal.ITIMER_REAL, 0)
         finally:
             for peer in list(self._peers.values()):
                 self._drop(peer)

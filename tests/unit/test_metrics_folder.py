@@ -45,7 +45,14 @@ def test_nothing_else_is_touched(tmp_path: Path, temp_dir: Path) -> None:
     assert sorted(temp_dir.iterdir()) == sorted([others, link, plain, new])
 
 
-def test_the_name_does_not_depend_on_how_the_folder_is_written(tmp_path: Path) -> None:
+def test_the_name_does_not_depend_on_how_the_folder_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Relative (to the service's working directory) or through a link: one data_dir, one
+    name, so that the next start finds what the last one left."""
     (tmp_path / "var").mkdir()
-    assert metrics_prefix(tmp_path / "var") == metrics_prefix(tmp_path / "." / "var" / "")
-    assert metrics_prefix(tmp_path / "var") != metrics_prefix(tmp_path / "var2")
+    (tmp_path / "link").symlink_to(tmp_path / "var")
+    monkeypatch.chdir(tmp_path)
+    name = metrics_prefix(tmp_path / "var")
+    assert metrics_prefix(Path("var")) == metrics_prefix(tmp_path / "link") == name
+    assert metrics_prefix(tmp_path / "var2") != name
