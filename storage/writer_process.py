@@ -49,6 +49,7 @@ import signal
 import socket
 import sqlite3
 import struct
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -69,12 +70,10 @@ IDLE_TICK = 0.5  # seconds between looks at the stop flag while nothing comes
 ACCEPT_PAUSE = 1.0  # after an accept failed (out of descriptors), as asyncio's servers do
 MAX_BATCH = 512  # requests a commit, as the worker's writer; the rest go in the next
 # A commit (the lock's wait, SQLite's busy timeout, the fsync) this long means the process
-# hangs: SIGALRM ends it with every thread's traceback and the supervisor starts another,
-# before the workers' watchdogs (storage.writer_link, 30-60 s) would end them instead. (An
-# interval timer, armed and disarmed in a syscall each: faulthandler.dump_traceback_later
-# started and joined a thread for every commit, ~50 us of CPU each.)
+# hangs: HangWatch ends it with every thread's traceback and the supervisor starts another,
+# before the workers' watchdogs (storage.writer_link, 30-60 s) would end them instead.
 HANG_LIMIT = 25.0
-HANG_SIGNAL = signal.SIGALRM
+HUNG = 71  # its exit status then (sysexits' EX_OSERR)
 # How long patient requests alone wait for company (storage.writer's `linger`): with one
 # client, an attempt's record then shares the next message's fsync.
 LINGER = 0.004
@@ -114,10 +113,42 @@ class _Peer:
     outbox: bytearray = field(default_factory=bytearray)  # answers the socket did not take yet
 
 
+class HangWatch:
+    """Around each commit: past `limit`, every thread's traceback on stderr, then the end
+    (exit HUNG). One daemon thread for the process's life looks at the deadline once a
+    second (a quarter of the limit if shorter): a commit costs no syscall for it, where
+    faulthandler.dump_traceback_later started and joined a thread each time (~50 us of CPU),
+    and it speaks while the loop's thread waits in the kernel on a disk that stopped
+    answering (SQLite's calls let go of the GIL; no signal handler runs there). A hang that
+    holds the GIL goes unseen: the workers' own watch (storage.writer_link) covers it."""
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self._deadline: float | None = None
+        threading.Thread(target=self._watch, name="hang-watch", daemon=True).start()
+
+    def __enter__(self) -> None:
+        self._deadline = time.monotonic() + self.limit
+
+    def __exit__(self, *_: object) -> None:
+        self._deadline = None
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(min(1.0, self.limit / 4))
+            deadline = self._deadline
+            if deadline is not None and time.monotonic() > deadline:
+                log.critical("writer process: a commit has run for %gs: ending", self.limit)
+                faulthandler.dump_traceback(all_threads=True)
+                os._exit(HUNG)
+
+
 class WriterProcess:
     """The loop: read what the workers sent, commit it together, answer each."""
 
-    def __init__(self, listener: socket.socket, database: str) -> None:
+    def __init__(
+        self, listener: socket.socket, database: str, hang_limit: float | None = None
+    ) -> None:
         self._listener = listener
         self._database = database
         self._lock = WriteLock(database)
@@ -132,6 +163,8 @@ class WriterProcess:
         self._buffer_view = memoryview(self._buffer)
         self._waited = 0.0  # the lock's wait in the commit under way
         self._lock.on_wait = self._note_wait
+        # (None: no watch, for a process embedded in another, a test's)
+        self._hang_watch = HangWatch(hang_limit) if hang_limit else contextlib.nullcontext()
         self.stopping = False
 
     def run(self) -> None:
@@ -147,12 +180,9 @@ class WriterProcess:
                     self._linger(pending)
                 pending, self._backlog = pending[:MAX_BATCH], pending[MAX_BATCH:]
                 if pending:
-                    signal.setitimer(signal.ITIMER_REAL, HANG_LIMIT)
-                    try:
+                    with self._hang_watch:
                         outcomes, report = self._commit([request for _, request in pending])
                         self._answer(pending, outcomes, report)
-                    finally:  # (a failure here ends the loop: no alarm during the close)
-                        signal.setitimer(signal.ITIMER_REAL, 0)
         finally:
             for peer in list(self._peers.values()):
                 self._drop(peer)
@@ -404,14 +434,12 @@ def _failure(ident: int, error: BaseException) -> Outcome:
 def serve(listener_fd: int, database: str) -> None:
     """The process's body: serve the inherited listening socket until SIGUSR1."""
     listener = socket.socket(fileno=listener_fd)
-    process = WriterProcess(listener, database)
+    process = WriterProcess(listener, database, HANG_LIMIT)
 
     def stop(_signum: int, _frame: Any) -> None:
         process.stopping = True
 
     signal.signal(signal.SIGUSR1, stop)
-    # A hang: every thread's traceback, then the signal's default action (the end).
-    faulthandler.register(HANG_SIGNAL, all_threads=True, chain=True)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # systemd's, to every process: see above
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     log.info("writer process: serving %s (pid %d)", database, os.getpid())

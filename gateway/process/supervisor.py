@@ -15,9 +15,9 @@ What the supervisor does after that:
   whole lines as one read brings in one write, so the mail log stays one stream of whole
   lines.
 - **Metrics**: prometheus-client's multiprocess mode, in a private temporary folder
-  (`PROMETHEUS_MULTIPROC_DIR`, removed at exit; named after the data_dir, so that the one
-  a supervisor killed with SIGKILL left is swept at the next start); worker 0's /metrics
-  sums every worker's.
+  (`PROMETHEUS_MULTIPROC_DIR`, removed at exit; named in data_dir/metrics-folder, so that
+  the one a supervisor killed with SIGKILL left is removed at the next start); worker 0's
+  /metrics sums every worker's.
 - **SQLite's writes** (with a database file): one writer process per node
   (gateway.process.node_writer, storage.writer_process) commits the workers' small writes
   together, one fsync for all, where each worker's own commits took the write lock in
@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import io
 import logging
 import os
@@ -71,7 +70,7 @@ from gateway.process.startup import ROLE_ENV, SharedListeners, StartupError, nod
 from gateway.security.secrets import SecretBox, SecretError
 from gateway.security.shared_rate import create_table
 from storage.paths import database_url, prepare_data_dir, sqlite_file
-from storage.writer_process import HANG_LIMIT, HANG_SIGNAL
+from storage.writer_process import HANG_LIMIT, HUNG
 
 log = logging.getLogger("postern.supervisor")
 
@@ -89,23 +88,34 @@ ERROR_PREFIX = b"postern: error:"
 PUMP_READ = 1 << 16  # bytes of a worker's output read at a time
 
 
-def metrics_prefix(data_dir: Path) -> str:
-    """The start of the name of a metrics folder of a supervisor of `data_dir`."""
-    digest = hashlib.sha256(os.fsencode(os.path.realpath(data_dir))).hexdigest()[:12]
-    return f"postern-metrics-{digest}-"
+METRICS_PREFIX = "postern-metrics-"
+# In data_dir: the metrics folder of the supervisor running, or of the last one if it was
+# killed (SIGKILL leaves the folder behind): the next start removes that folder.
+METRICS_NOTE = "metrics-folder"
 
 
 def fresh_metrics_folder(data_dir: Path) -> str:
     """A new private folder for the workers' metrics files and the writer process's socket,
-    once those an earlier supervisor of `data_dir` left are removed: one killed with SIGKILL
-    leaves its folder behind (holding the data_dir lock, we know its processes are gone)."""
-    prefix = metrics_prefix(data_dir)
-    for old in Path(tempfile.gettempdir()).glob(prefix + "*"):
-        with contextlib.suppress(OSError):
-            found = old.lstat()  # (not followed: a link is not ours to sweep)
-            if stat.S_ISDIR(found.st_mode) and found.st_uid == os.geteuid():
-                shutil.rmtree(old, ignore_errors=True)
-    return tempfile.mkdtemp(prefix=prefix)
+    named in data_dir, once the one an earlier supervisor named there is removed (we hold
+    the data_dir lock: its workers, which held it too, are gone)."""
+    note = data_dir / METRICS_NOTE
+    with contextlib.suppress(OSError, ValueError):
+        old = Path(note.read_text().strip())
+        found = old.lstat()  # (a link is not followed: not ours to sweep)
+        ours = stat.S_ISDIR(found.st_mode) and found.st_uid == os.geteuid()
+        if ours and old.name.startswith(METRICS_PREFIX):
+            shutil.rmtree(old, ignore_errors=True)
+    folder = tempfile.mkdtemp(prefix=METRICS_PREFIX)
+    with contextlib.suppress(OSError):  # (unnamed, it is still removed at the stop)
+        note.write_text(folder + "\n")
+    return folder
+
+
+def remove_metrics_folder(data_dir: Path, folder: str) -> None:
+    """At the stop: the folder, and its name in data_dir."""
+    shutil.rmtree(folder, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        (data_dir / METRICS_NOTE).unlink()
 
 
 @dataclass
@@ -180,7 +190,7 @@ class Supervisor:
             if self._listeners is not None:
                 self._listeners.close()
             if self._metrics_dir is not None:
-                shutil.rmtree(self._metrics_dir, ignore_errors=True)
+                remove_metrics_folder(data_dir, self._metrics_dir)
             lock.release()
 
     async def _supervise(self) -> int:
@@ -402,7 +412,10 @@ class Supervisor:
             sys.executable, "-m", "gateway.process.node_writer", "--parent", str(os.getpid()),
             "--fd", str(fd), "--database", database, "--log-level", self.log_level,
         ]  # fmt: skip
-        await self._launch(self._writer, argv, [fd])
+        fds = [fd]
+        if self._lock is not None:  # held until it is gone too, as by a worker
+            fds.append(self._lock.fileno())
+        await self._launch(self._writer, argv, fds)
 
     async def _keep_writer(self, database: str) -> None:
         """Start it again whenever it dies (the workers that were waiting on it exit, and
@@ -432,7 +445,7 @@ class Supervisor:
         delay = _restart_delay(writer)
         which = f"the writer process (pid {proc.pid})" if proc is not None else "the writer process"
         how = _how_it_ended(proc.returncode) if proc is not None else "did not start"
-        if proc is not None and proc.returncode == -HANG_SIGNAL:
+        if proc is not None and proc.returncode == HUNG:
             how = f"hung (a commit past {HANG_LIMIT:g}s; its threads' tracebacks above)"
         if len(writer.deaths) >= WRITER_DEATHS:
             log.error(

@@ -31,7 +31,7 @@ def check_loop(report: Report, rounds: int) -> None:
     assert not report.refused_delivered, f"refused yet delivered: {report.refused_delivered}"
     assert report.drained, f"queue not drained after the last restart: {report.queue_left}"
     assert report.final_exit == 0, f"SIGTERM after the drain exited {report.final_exit}"
-    # (each killed supervisor left its metrics folder; the next start swept it)
+    # (each killed supervisor left its metrics folder; the next start removed it)
     assert report.metrics_left == 0, f"{report.metrics_left} metrics folders left behind"
 
 
@@ -69,6 +69,7 @@ def test_sigkill_loop_with_two_workers(tmp_path: Path) -> None:
     print("\n[crash loop, 2 workers] " + "\n[crash loop, 2 workers] ".join(report.lines()))
 
     check_loop(report, WORKER_ROUNDS)
+    assert report.metrics_seen > 1, "no supervisor's metrics folder was seen: none was checked"
 
 
 @pytest.mark.timeout(max(300, WORKER_ROUNDS * 25))

@@ -41,7 +41,6 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -54,7 +53,7 @@ from typing import IO
 
 import httpx
 
-from gateway.process.supervisor import metrics_prefix
+from gateway.process.supervisor import METRICS_NOTE
 from tests.support.processes import (
     child_cwd,
     child_env,
@@ -133,7 +132,8 @@ class Report:
     queue_left: dict[str, int] = field(default_factory=dict)  # active messages by status
     final_exit: int | None = None  # status of the final SIGTERM stop
     tracebacks: int = 0  # "Traceback" in postern's logs
-    metrics_left: int = 0  # metrics folders of this data_dir still in the temp dir at the end
+    metrics_seen: int = 0  # the supervisors' metrics folders (one a life, with workers)
+    metrics_left: int = 0  # of those, still there at the end
     by_channel: dict[str, Counter[str]] = field(default_factory=dict)
     reasons: Counter[str] = field(default_factory=Counter)
     elapsed: float = 0.0
@@ -284,6 +284,14 @@ def kill_writer_of(supervisor: int) -> int:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
     return 1
+
+
+def metrics_folder(data_dir: Path) -> set[str]:
+    """The metrics folder the running supervisor named in data_dir (none with one process)."""
+    try:
+        return {(data_dir / METRICS_NOTE).read_text().strip()}
+    except FileNotFoundError:
+        return set()
 
 
 def run_cli(*args: str, timeout: float = 60.0) -> str:
@@ -552,6 +560,7 @@ def run(settings: Settings, workdir: Path, echo: Callable[[str], None] = print) 
     process: Process | None = None
     stop = threading.Event()  # tells the current round's senders to finish
     senders: list[threading.Thread] = []
+    folders: set[str] = set()  # each supervisor's metrics folder
     try:
         smtp_port, http_port = free_port(), free_port()
         config = workdir / "postern.toml"
@@ -587,6 +596,7 @@ def run(settings: Settings, workdir: Path, echo: Callable[[str], None] = print) 
                 continue
 
             process.start()
+            folders.update(metrics_folder(data_dir))
             stop = threading.Event()
             senders = [
                 SmtpSender(
@@ -645,9 +655,10 @@ def run(settings: Settings, workdir: Path, echo: Callable[[str], None] = print) 
             time.sleep(0.25)
         time.sleep(settings.settle)
         report.queue_left = active_messages(db_path)
+        folders.update(metrics_folder(data_dir))
         report.final_exit = process.terminate()
-        left = Path(tempfile.gettempdir()).glob(metrics_prefix(data_dir) + "*")
-        report.metrics_left = len(list(left))
+        report.metrics_seen = len(folders)
+        report.metrics_left = sum(Path(folder).exists() for folder in folders)
     finally:
         stop.set()
         if process is not None:

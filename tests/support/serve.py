@@ -22,6 +22,7 @@ from email.policy import SMTP
 from pathlib import Path
 from typing import Any
 
+from gateway.process.supervisor import METRICS_NOTE, remove_metrics_folder
 from tests.support.processes import child_cwd, child_env, free_port, postern_argv, spawn_serve
 from tests.support.sink import Sink
 
@@ -289,6 +290,11 @@ class Launcher:
         for postern in self.made:
             postern.close_client()
             postern.kill()
+            # A supervisor killed leaves its metrics folder: the next start would remove
+            # it, and there is none here.
+            note = postern.log_dir / "var" / METRICS_NOTE
+            if note.exists():
+                remove_metrics_folder(note.parent, note.read_text().strip())
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:

@@ -1,14 +1,21 @@
-"""The supervisor's metrics folder: a new one each start, those its data_dir's earlier
-supervisors left (killed with SIGKILL) swept, nothing else touched."""
+"""The supervisor's metrics folder: a new one each start, named in data_dir, and the one
+an earlier supervisor of that data_dir named there (killed with SIGKILL, it left it)
+removed first; nothing else touched."""
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from gateway.process.supervisor import fresh_metrics_folder, metrics_prefix
+from gateway.process.supervisor import (
+    METRICS_NOTE,
+    METRICS_PREFIX,
+    fresh_metrics_folder,
+    remove_metrics_folder,
+)
 
 
 @pytest.fixture
@@ -19,40 +26,51 @@ def temp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return temp
 
 
-def test_the_folders_a_killed_supervisor_left_are_swept(tmp_path: Path, temp_dir: Path) -> None:
-    data_dir = tmp_path / "var"
-    left = Path(tempfile.mkdtemp(prefix=metrics_prefix(data_dir)))
-    (left / "counter_123.db").write_bytes(b"x")
-    new = Path(fresh_metrics_folder(data_dir))
-    assert new.is_dir() and new.name.startswith(metrics_prefix(data_dir))
-    assert not left.exists()
-    assert list(temp_dir.iterdir()) == [new]
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "var"
+    path.mkdir()
+    return path
 
 
-def test_nothing_else_is_touched(tmp_path: Path, temp_dir: Path) -> None:
-    data_dir, other_dir = tmp_path / "var", tmp_path / "other"
-    others = Path(tempfile.mkdtemp(prefix=metrics_prefix(other_dir)))  # another node's, running
+def test_the_folder_a_killed_supervisor_left_is_removed(data_dir: Path, temp_dir: Path) -> None:
+    first = Path(fresh_metrics_folder(data_dir))
+    (first / "counter_123.db").write_bytes(b"x")
+    assert (data_dir / METRICS_NOTE).read_text() == f"{first}\n"
+    other = Path(tempfile.mkdtemp(prefix=METRICS_PREFIX))  # another node's, running
+    second = Path(fresh_metrics_folder(data_dir))  # the next start, after a SIGKILL
+    assert not first.exists()
+    assert sorted(temp_dir.iterdir()) == sorted([other, second])
+    remove_metrics_folder(data_dir, str(second))  # a clean stop
+    assert list(temp_dir.iterdir()) == [other] and not (data_dir / METRICS_NOTE).exists()
+
+
+@pytest.mark.parametrize("named", ["link", "file", "foreign", "not ours by name"])
+def test_what_is_not_our_folder_is_kept(
+    named: str, data_dir: Path, temp_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The note names what it names: a link (not followed), a file, a folder of another
+    user's, one not named as ours are all left where they are."""
     target = tmp_path / "keep"
     target.mkdir()
     (target / "file").write_text("kept")
-    link = temp_dir / (metrics_prefix(data_dir) + "link")
-    link.symlink_to(target)  # a link with our name: not followed, not removed
-    plain = temp_dir / (metrics_prefix(data_dir) + "file")
-    plain.write_text("not a folder")
+    path = temp_dir / (METRICS_PREFIX + "x")
+    if named == "link":
+        path.symlink_to(target)
+    elif named == "file":
+        path.write_text("not a folder")
+    elif named == "foreign":
+        path.mkdir()
+        monkeypatch.setattr(os, "geteuid", lambda: os.getuid() + 1)
+    else:
+        path = target
+    (data_dir / METRICS_NOTE).write_text(f"{path}\n")
     new = Path(fresh_metrics_folder(data_dir))
-    assert others.is_dir() and link.is_symlink() and plain.is_file()
-    assert (target / "file").read_text() == "kept"
-    assert sorted(temp_dir.iterdir()) == sorted([others, link, plain, new])
+    assert os.path.lexists(path) and (target / "file").read_text() == "kept"
+    assert new.is_dir() and new != path
 
 
-def test_the_name_does_not_depend_on_how_the_folder_is_written(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Relative (to the service's working directory) or through a link: one data_dir, one
-    name, so that the next start finds what the last one left."""
-    (tmp_path / "var").mkdir()
-    (tmp_path / "link").symlink_to(tmp_path / "var")
-    monkeypatch.chdir(tmp_path)
-    name = metrics_prefix(tmp_path / "var")
-    assert metrics_prefix(Path("var")) == metrics_prefix(tmp_path / "link") == name
-    assert metrics_prefix(tmp_path / "var2") != name
+def test_a_missing_or_unreadable_note_is_no_error(data_dir: Path, temp_dir: Path) -> None:
+    assert Path(fresh_metrics_folder(data_dir)).is_dir()  # no note yet
+    (data_dir / METRICS_NOTE).write_bytes(b"\xff\x00 not a path")
+    assert Path(fresh_metrics_folder(data_dir)).is_dir()
