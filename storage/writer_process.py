@@ -74,6 +74,7 @@ MAX_BATCH = 512  # requests a commit, as the worker's writer; the rest go in the
 # before the workers' watchdogs (storage.writer_link, 30-60 s) would end them instead.
 HANG_LIMIT = 25.0
 HUNG = 71  # its exit status then (sysexits' EX_OSERR)
+HANG_BACKSTOP = 5  # seconds: SIGALRM (unhandled: the end) if saying so blocks
 # How long patient requests alone wait for company (storage.writer's `linger`): with one
 # client, an attempt's record then shares the next message's fsync.
 LINGER = 0.004
@@ -137,8 +138,12 @@ class HangWatch:
         while True:
             time.sleep(min(1.0, self.limit / 4))
             deadline = self._deadline
-            if deadline is not None and time.monotonic() > deadline:
-                log.critical("writer process: a commit has run for %gs: ending", self.limit)
+            if deadline is not None and time.monotonic() > deadline and self._deadline is deadline:
+                # SIGALRM's default action ends the process if stderr blocks (a full pipe
+                # to a journal on the same dead disk); the writes take no Python lock.
+                signal.alarm(HANG_BACKSTOP)
+                said = f"writer process: a commit has run for {self.limit:g}s: ending\n"
+                os.write(2, said.encode())
                 faulthandler.dump_traceback(all_threads=True)
                 os._exit(HUNG)
 

@@ -96,19 +96,42 @@ METRICS_NOTE = "metrics-folder"
 
 def fresh_metrics_folder(data_dir: Path) -> str:
     """A new private folder for the workers' metrics files and the writer process's socket,
-    named in data_dir, once the one an earlier supervisor named there is removed (we hold
-    the data_dir lock: its workers, which held it too, are gone)."""
+    named in data_dir, once the one an earlier supervisor named there is removed: a real
+    folder of ours, with our prefix, named by this very data_dir (a copy of it names the
+    original's folder, perhaps in use). We hold the data_dir lock: that supervisor's
+    workers, which held it too, are gone (its writer process, which does not hold it, may
+    still be dying: its socket going does it no harm)."""
     note = data_dir / METRICS_NOTE
+    here = _identity(data_dir)
     with contextlib.suppress(OSError, ValueError):
-        old = Path(note.read_text().strip())
+        named, _, written_for = note.read_text().strip().rpartition(" ")
+        old = Path(named)
         found = old.lstat()  # (a link is not followed: not ours to sweep)
         ours = stat.S_ISDIR(found.st_mode) and found.st_uid == os.geteuid()
-        if ours and old.name.startswith(METRICS_PREFIX):
+        if ours and old.name.startswith(METRICS_PREFIX) and written_for == here:
             shutil.rmtree(old, ignore_errors=True)
     folder = tempfile.mkdtemp(prefix=METRICS_PREFIX)
-    with contextlib.suppress(OSError):  # (unnamed, it is still removed at the stop)
-        note.write_text(folder + "\n")
+    try:
+        draft = note.with_name(f".{METRICS_NOTE}.{os.getpid()}")
+        draft.write_text(f"{folder} {here}\n")
+        os.replace(draft, note)
+    except OSError as error:  # (unnamed, it is still removed at the stop, not after a kill)
+        log.warning("supervisor: cannot write %s: %s", note, error.strerror)
     return folder
+
+
+def _identity(data_dir: Path) -> str:
+    """data_dir's device and inode: a copy of it (rsync, cp -a) has others."""
+    found = os.stat(data_dir)
+    return f"{found.st_dev}:{found.st_ino}"
+
+
+def named_metrics_folder(data_dir: Path) -> str | None:
+    """The folder named in data_dir (the running supervisor's, or the last one's)."""
+    try:
+        return (data_dir / METRICS_NOTE).read_text().strip().rpartition(" ")[0] or None
+    except (OSError, ValueError):
+        return None
 
 
 def remove_metrics_folder(data_dir: Path, folder: str) -> None:
@@ -412,10 +435,7 @@ class Supervisor:
             sys.executable, "-m", "gateway.process.node_writer", "--parent", str(os.getpid()),
             "--fd", str(fd), "--database", database, "--log-level", self.log_level,
         ]  # fmt: skip
-        fds = [fd]
-        if self._lock is not None:  # held until it is gone too, as by a worker
-            fds.append(self._lock.fileno())
-        await self._launch(self._writer, argv, fds)
+        await self._launch(self._writer, argv, [fd])
 
     async def _keep_writer(self, database: str) -> None:
         """Start it again whenever it dies (the workers that were waiting on it exit, and
@@ -445,7 +465,7 @@ class Supervisor:
         delay = _restart_delay(writer)
         which = f"the writer process (pid {proc.pid})" if proc is not None else "the writer process"
         how = _how_it_ended(proc.returncode) if proc is not None else "did not start"
-        if proc is not None and proc.returncode == HUNG:
+        if proc is not None and proc.returncode in (HUNG, -signal.SIGALRM):  # (its backstop)
             how = f"hung (a commit past {HANG_LIMIT:g}s; its threads' tracebacks above)"
         if len(writer.deaths) >= WRITER_DEATHS:
             log.error(

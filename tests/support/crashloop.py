@@ -53,7 +53,7 @@ from typing import IO
 
 import httpx
 
-from gateway.process.supervisor import METRICS_NOTE
+from gateway.process.supervisor import named_metrics_folder
 from tests.support.processes import (
     child_cwd,
     child_env,
@@ -288,10 +288,8 @@ def kill_writer_of(supervisor: int) -> int:
 
 def metrics_folder(data_dir: Path) -> set[str]:
     """The metrics folder the running supervisor named in data_dir (none with one process)."""
-    try:
-        return {(data_dir / METRICS_NOTE).read_text().strip()}
-    except FileNotFoundError:
-        return set()
+    named = named_metrics_folder(data_dir)
+    return {named} if named else set()
 
 
 def run_cli(*args: str, timeout: float = 60.0) -> str:

@@ -22,7 +22,7 @@ from email.policy import SMTP
 from pathlib import Path
 from typing import Any
 
-from gateway.process.supervisor import METRICS_NOTE, remove_metrics_folder
+from gateway.process.supervisor import named_metrics_folder, remove_metrics_folder
 from tests.support.processes import child_cwd, child_env, free_port, postern_argv, spawn_serve
 from tests.support.sink import Sink
 
@@ -291,10 +291,11 @@ class Launcher:
             postern.close_client()
             postern.kill()
             # A supervisor killed leaves its metrics folder: the next start would remove
-            # it, and there is none here.
-            note = postern.log_dir / "var" / METRICS_NOTE
-            if note.exists():
-                remove_metrics_folder(note.parent, note.read_text().strip())
+            # it, and there is none here. (Launched configs keep data_dir in log_dir/var.)
+            data_dir = postern.log_dir / "var"
+            named = named_metrics_folder(data_dir)
+            if named is not None:
+                remove_metrics_folder(data_dir, named)
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
