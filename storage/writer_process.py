@@ -445,6 +445,7 @@ def serve(listener_fd: int, database: str) -> None:
         process.stopping = True
 
     signal.signal(signal.SIGUSR1, stop)
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)  # the hang watch's backstop (see there)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # systemd's, to every process: see above
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     log.info("writer process: serving %s (pid %d)", database, os.getpid())
