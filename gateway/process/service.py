@@ -524,10 +524,6 @@ class Service:
         self.smtp_handler = handler
         for sock in ready.smtp_sockets:
             self._acceptors.append(Acceptor(sock, handler.protocol))
-            # A turn of the loop, as create_server gave: the tasks started before this run
-            # their first step now, as they always have (the reputation API's tests found
-            # the order they depend on).
-            await asyncio.sleep(0)
         await self._open_bounce_listener(ready)
         self.api = ApiContext(
             db=storage.db,
@@ -568,7 +564,6 @@ class Service:
         handler = BounceHandler(self.bounces, self.return_path(ready), ready.bounce_limits)
         self.bounce_handler = handler
         self._acceptors.append(Acceptor(ready.bounce_socket, handler.protocol))
-        await asyncio.sleep(0)  # (as above)
         log.info("bounce listener on %s:%d", *self.config.bounces.listen or ("", 0))
 
     def _start_http(self, ready: Prepared, storage: Storage, api: ApiContext) -> None:

@@ -22,6 +22,7 @@ from tests.support.processes import LOOPBACK, free_port
 from tests.support.sink import Sink
 
 SINK_POOL = "sink"
+START_WAIT = 30.0  # seconds for the reputation watch's first pass after a start
 
 
 # --- polling and metrics ----------------------------------------------------------------------
@@ -118,9 +119,25 @@ ConfigFactory = Callable[..., Config]
 
 
 class ManagedService(Service):
-    """A Service whose stop() may be called by the test and again at teardown."""
+    """A Service whose stop() may be called by the test and again at teardown, and whose
+    start() returns once the reputation watch's own first pass has ended."""
 
     stopped = False
+
+    async def start(self) -> None:
+        # In service that pass (at start, by the real clock) ends long before anything
+        # else happens; here a test's first steps would overlap it, and one that moves the
+        # watch's clock on would see it roll up past the sends it records next.
+        self._evaluated = asyncio.Event()
+        await super().start()
+        if self.reputation is not None:
+            await asyncio.wait_for(self._evaluated.wait(), START_WAIT)
+
+    async def _evaluate(self) -> None:
+        try:
+            await super()._evaluate()
+        finally:
+            self._evaluated.set()
 
     async def stop(self) -> None:
         if self.stopped:
