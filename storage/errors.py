@@ -23,6 +23,7 @@ on reads (storage.db) as on writes (storage.writer).
 from __future__ import annotations
 
 import errno
+from collections.abc import Iterator
 
 
 class PosternError(Exception):
@@ -70,37 +71,40 @@ _SQLITE_BROKEN = {7, 11, 26}
 _PG_DISK_FULL = "53100"  # PostgreSQL's SQLSTATE disk_full
 
 
-def is_disk_full(error: BaseException) -> bool:
-    """ENOSPC/EDQUOT, SQLITE_FULL or PostgreSQL's disk_full, however deeply wrapped."""
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    """`error`, then what it wraps (a driver's `orig`, or its `__cause__`), each once."""
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         seen.add(id(current))
+        yield current
+        current = getattr(current, "orig", None) or current.__cause__
+
+
+def _sqlite_code(error: BaseException) -> int | None:
+    code = getattr(error, "sqlite_errorcode", None)
+    return code & 0xFF if isinstance(code, int) else None
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """ENOSPC/EDQUOT, SQLITE_FULL or PostgreSQL's disk_full, however deeply wrapped."""
+    for current in _causes(error):
         if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
-        code = getattr(current, "sqlite_errorcode", None)
-        if isinstance(code, int) and code & 0xFF == _SQLITE_FULL:
+        if _sqlite_code(current) == _SQLITE_FULL:
             return True
         if getattr(current, "sqlstate", None) == _PG_DISK_FULL:
             return True
-        current = getattr(current, "orig", None) or current.__cause__
     return False
 
 
 def is_database_broken(error: BaseException) -> bool:
     """SQLite out of memory, its file corrupt or not a database, however wrapped: every
     write fails so, whatever its data."""
-    current: BaseException | None = error
-    for _ in range(8):  # (a chain of causes, bounded)
-        if current is None:
-            return False
-        if isinstance(current, MemoryError):
-            return True
-        code = getattr(current, "sqlite_errorcode", None)
-        if isinstance(code, int) and code & 0xFF in _SQLITE_BROKEN:
-            return True
-        current = getattr(current, "orig", None) or current.__cause__
-    return False
+    return any(
+        isinstance(current, MemoryError) or _sqlite_code(current) in _SQLITE_BROKEN
+        for current in _causes(error)
+    )
 
 
 def database_failed(error: BaseException) -> bool:
