@@ -103,8 +103,8 @@ def fresh_metrics_folder(data_dir: Path) -> str:
     still be dying: its socket going does it no harm)."""
     note = data_dir / METRICS_NOTE
     here = _identity(data_dir)
+    named, written_for = _noted(data_dir)
     with contextlib.suppress(OSError, ValueError):
-        named, _, written_for = note.read_text().strip().rpartition(" ")
         old = Path(named)
         found = old.lstat()  # (a link is not followed: not ours to sweep)
         ours = stat.S_ISDIR(found.st_mode) and found.st_uid == os.geteuid()
@@ -126,12 +126,19 @@ def _identity(data_dir: Path) -> str:
     return f"{found.st_dev}:{found.st_ino}"
 
 
+def _noted(data_dir: Path) -> tuple[str, str]:
+    """The folder named in data_dir and the data_dir identity it was named for ("" each
+    when there is no note, or it cannot be read)."""
+    try:
+        named, _, written_for = (data_dir / METRICS_NOTE).read_text().strip().rpartition(" ")
+    except (OSError, ValueError):
+        return "", ""
+    return named, written_for
+
+
 def named_metrics_folder(data_dir: Path) -> str | None:
     """The folder named in data_dir (the running supervisor's, or the last one's)."""
-    try:
-        return (data_dir / METRICS_NOTE).read_text().strip().rpartition(" ")[0] or None
-    except (OSError, ValueError):
-        return None
+    return _noted(data_dir)[0] or None
 
 
 def remove_metrics_folder(data_dir: Path, folder: str) -> None:
