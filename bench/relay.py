@@ -497,6 +497,15 @@ def tree_peak_rss_mb(root: int) -> float:
     return total_kb / 1024
 
 
+def _cpus_in(cpu_list: str) -> int:
+    """How many CPUs a taskset list names ("0", "0,2", "0-3")."""
+    count = 0
+    for part in cpu_list.split(","):
+        low, _, high = part.partition("-")
+        count += int(high) - int(low) + 1 if high else 1
+    return count
+
+
 class Postern:
     """A Postern subprocess with its own config and data dir under `tmp`."""
 
@@ -887,12 +896,3 @@ def emit(args: argparse.Namespace, rows: Sequence[Result | str]) -> None:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-def _cpus_in(cpu_list: str) -> int:
-    """How many CPUs a taskset list names ("0", "0,2", "0-3")."""
-    count = 0
-    for part in cpu_list.split(","):
-        low, _, high = part.partition("-")
-        count += int(high) - int(low) + 1 if high else 1
-    return count
