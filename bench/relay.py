@@ -147,6 +147,9 @@ class SinkProtocol(asyncio.Protocol):
 
 
 def _sink_command(conn: Connection, records: list[Arrival], stop: asyncio.Future[None]) -> None:
+    # uvloop's add_reader made the pipe non-blocking: a reply larger than its buffer (the
+    # records of a few thousand messages) failed with EAGAIN and the coordinator waited on.
+    os.set_blocking(conn.fileno(), True)
     while not stop.done() and conn.poll():
         try:
             command = conn.recv()
