@@ -104,12 +104,8 @@ def fresh_metrics_folder(data_dir: Path) -> str:
     note = data_dir / METRICS_NOTE
     here = _identity(data_dir)
     named, written_for = _noted(data_dir)
-    with contextlib.suppress(OSError, ValueError):
-        old = Path(named)
-        found = old.lstat()  # (a link is not followed: not ours to sweep)
-        ours = stat.S_ISDIR(found.st_mode) and found.st_uid == os.geteuid()
-        if ours and old.name.startswith(METRICS_PREFIX) and written_for == here:
-            shutil.rmtree(old, ignore_errors=True)
+    if named and written_for == here:
+        _remove_if_ours(Path(named))
     folder = tempfile.mkdtemp(prefix=METRICS_PREFIX)
     try:
         draft = note.with_name(f".{METRICS_NOTE}.{os.getpid()}")
@@ -118,6 +114,16 @@ def fresh_metrics_folder(data_dir: Path) -> str:
     except OSError as error:  # (unnamed, it is still removed at the stop, not after a kill)
         log.warning("supervisor: cannot write %s: %s", note, error.strerror)
     return folder
+
+
+def _remove_if_ours(old: Path) -> None:
+    """`old` removed if it is a real folder of ours (a link is not followed) with our
+    prefix."""
+    with contextlib.suppress(OSError, ValueError):
+        found = old.lstat()
+        ours = stat.S_ISDIR(found.st_mode) and found.st_uid == os.geteuid()
+        if ours and old.name.startswith(METRICS_PREFIX):
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _identity(data_dir: Path) -> str:
