@@ -41,10 +41,20 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import compare_postfix
+import cpu_quota
 import relay
 from relay import CLK_TCK, BenchError, stat_fields, tree_cpu_seconds
 
 SETTLE = 1.0  # seconds to wait after the last message for late duplicates
+DB_COUNTERS = (
+    "xact_commit",
+    "xact_rollback",
+    "tup_returned",
+    "tup_fetched",
+    "tup_inserted",
+    "tup_updated",
+    "tup_deleted",
+)
 PSQL_TIMEOUT = 60.0
 DROP_TIMEOUT = 300.0  # a DROP DATABASE waits for a checkpoint of the whole server
 MSGID_RE = re.compile(rb"^Message-Id:[ \t]*(<[^>\r\n]*>)", re.IGNORECASE | re.MULTILINE)
@@ -128,6 +138,16 @@ class Pg:
         )
         return [int(pid) for pid in out.split()]
 
+    def activity(self, database: str) -> dict[str, int]:
+        """The database's counters in pg_stat_database (transactions, rows read and
+        written), as the server has them: a backend reports its own within a second."""
+        out = self.psql(
+            f"SELECT {', '.join(DB_COUNTERS)} FROM pg_stat_database"
+            " WHERE datname = current_database()",
+            database,
+        )
+        return dict(zip(DB_COUNTERS, (int(value) for value in out.split("|")), strict=True))
+
 
 class Databases:
     """The bench's databases: one new and empty per measurement, all dropped at the end.
@@ -196,7 +216,9 @@ class Settings:
     upstream_connections: int
     timeout: float
     postern_cmd: tuple[str, ...]
+    warmup: int  # messages sent and delivered before the measured load, per measurement
     pin: str | None
+    cpu_quota: float | None  # each node's CPU budget, in CPUs (a cgroup of its own)
     keep: bool
     pg: Pg
 
@@ -213,6 +235,8 @@ class Measure:
     node_accepted_per_s: list[float]  # each node's share / its smtp-source's time
     cpu_s: dict[str, float]  # seconds of CPU in the window, per part
     wall_s: float
+    throttled_s: list[float]  # with --cpu-quota: each node's wait for its budget, window
+    db_per_message: dict[str, float]  # pg_stat_database's counters, per message sent
 
 
 @dataclass
@@ -233,23 +257,24 @@ def split(total: int, parts: int) -> list[int]:
 
 
 class Loads:
-    """One smtp-source per node, all at once; their output goes to files (never a full pipe)."""
+    """One smtp-source per node, all at once, `total` messages split between them; their
+    output goes to files named after `name` (never a full pipe)."""
 
-    def __init__(self, settings: Settings, tmp: Path) -> None:
-        self.settings, self.tmp = settings, tmp
+    def __init__(self, settings: Settings, tmp: Path, total: int, name: str) -> None:
+        self.settings, self.tmp, self.total, self.name = settings, tmp, total, name
         self.procs: list[subprocess.Popen[bytes]] = []
         self.outputs: list[Path] = []
         self.ends: list[float | None] = []
         self.messages: list[int] = []
 
     def start(self, ports: Sequence[int]) -> None:
-        self.messages = split(self.settings.messages, len(ports))
+        self.messages = split(self.total, len(ports))
         clients = split(self.settings.clients, len(ports))
         for index, port in enumerate(ports):
             case = compare_postfix.Case(
                 size=self.settings.size, clients=clients[index], messages=self.messages[index]
             )
-            out = self.tmp / f"smtp-source-{index}.out"
+            out = self.tmp / f"smtp-source-{self.name}-{index}.out"
             with out.open("wb") as stdout, out.with_suffix(".err").open("wb") as stderr:
                 command = compare_postfix.source_command(port, case, reuse=True)
                 self.procs.append(
@@ -317,14 +342,26 @@ def start_nodes(
     url: str,
     stack: contextlib.ExitStack,
     deadline: float,
-) -> list[relay.Postern]:
-    """The first node alone (it creates the schema), then the others."""
+) -> tuple[list[relay.Postern], list[cpu_quota.CpuQuota]]:
+    """The first node alone (it creates the schema), then the others; with a CPU quota,
+    each in a cgroup of its own (removed after the node stops)."""
     nodes: list[relay.Postern] = []
+    quotas: list[cpu_quota.CpuQuota] = []
     # One secret key for every node, as README's "Scaling out" asks.
     key = base64.urlsafe_b64encode(os.urandom(32)).decode()
     for index in range(count):
         home = tmp / f"node{index + 1}"
         home.mkdir()
+        prefix: list[str] = []
+        if settings.cpu_quota:
+            name = f"postern-pgnodes-{os.getpid()}-{tmp.name}-{index + 1}"
+            try:
+                quota = cpu_quota.CpuQuota(name, settings.cpu_quota)
+            except cpu_quota.QuotaError as error:
+                raise BenchError(str(error)) from None
+            stack.callback(quota.remove)  # (after node.stop: callbacks run last first)
+            quotas.append(quota)
+            prefix = quota.prefix()
         node = relay.Postern(
             settings.postern_cmd,
             home,
@@ -335,6 +372,7 @@ def start_nodes(
             hostname=f"node{index + 1}.bench.postern.test",
             storage_url=url,
             env_extra={"POSTERN_SECRET_KEY": key},
+            prefix=prefix,
         )
         stack.callback(node.stop)
         nodes.append(node)
@@ -342,7 +380,7 @@ def start_nodes(
             node.wait_ready(deadline)
     for node in nodes[1:]:
         node.wait_ready(deadline)
-    return nodes
+    return nodes, quotas
 
 
 def read_cpu(
@@ -377,21 +415,36 @@ def measure(settings: Settings, count: int, database: str, tmp: Path) -> Measure
     with contextlib.ExitStack() as stack:
         sink = relay.Sink(IdSinkProtocol)
         stack.callback(sink.close)
-        nodes = start_nodes(settings, count, tmp, sink.port, pg.url(database), stack, deadline)
+        nodes, quotas = start_nodes(
+            settings, count, tmp, sink.port, pg.url(database), stack, deadline
+        )
+        ports = [node.smtp_port for node in nodes]
+        if settings.warmup:
+            # Connections opened, statements prepared and compiled: not the load's cost.
+            warmup = Loads(settings, tmp, settings.warmup, "warmup")
+            stack.callback(warmup.kill)
+            warmup.start(ports)
+            warmup.wait(deadline)
+            wait_delivered(sink, settings.warmup, deadline)
         backends = pg.backends(database)
         pg_root = postmaster_pid(backends)
         before = read_cpu(nodes, backends, sink, pg_root)
+        throttled_before = [quota.throttled()[1] for quota in quotas]
+        activity_before = pg.activity(database)
         start = time.time()
-        loads = Loads(settings, tmp)
+        loads = Loads(settings, tmp, settings.messages, "load")
         stack.callback(loads.kill)
-        loads.start([node.smtp_port for node in nodes])
+        loads.start(ports)
         accepted_at = loads.wait(deadline)
         loader_s = children_cpu() - before.children
-        records, delivered_at = wait_delivered(sink, settings.messages, deadline)
+        total = settings.warmup + settings.messages  # every Message-ID must arrive once
+        records, delivered_at = wait_delivered(sink, total, deadline)
         # The backends again: pools may have opened more during the load.
         after = read_cpu(nodes, pg.backends(database), sink, pg_root)
+        throttled = [q.throttled()[1] - t for q, t in zip(quotas, throttled_before, strict=True)]
         time.sleep(SETTLE)  # a duplicate may come after the last original
         records = sink.ask("records")  # type: ignore[assignment]
+        activity_after = pg.activity(database)  # (the nodes' last reports are in by now)
     keys = Counter(record[1] for record in records)
     if b"" in keys:
         raise BenchError(f"{keys[b'']} messages at the sink without a Message-ID")
@@ -401,7 +454,7 @@ def measure(settings: Settings, count: int, database: str, tmp: Path) -> Measure
         accepted_per_s=n / max(accepted_at - start, 1e-9),
         delivered_per_s=n / max(delivered_at - start, 1e-9),
         duplicates=sum(times - 1 for times in keys.values()),
-        missing=n - len(keys),
+        missing=total - len(keys),
         node_accepted_per_s=[
             sent / max((end or start) - start, 1e-9)
             for sent, end in zip(loads.messages, loads.ends, strict=True)
@@ -410,6 +463,10 @@ def measure(settings: Settings, count: int, database: str, tmp: Path) -> Measure
         crossed=sum(1 for _w, _k, helo, by in records if helo != by),
         cpu_s=cpu_spent(before, after, loader_s),
         wall_s=delivered_at - start,
+        throttled_s=throttled,
+        db_per_message={
+            name: (activity_after[name] - activity_before[name]) / n for name in DB_COUNTERS
+        },
     )
 
 
@@ -459,12 +516,16 @@ def run_all(settings: Settings, databases: Databases) -> list[Case]:
 def sample_line(m: Measure) -> str:
     cpu = "  ".join(f"{part}={seconds:.1f}s" for part, seconds in m.cpu_s.items())
     by = " ".join(f"{name}={count}" for name, count in sorted(m.delivered_by.items()))
+    waited = "/".join(f"{seconds:.1f}" for seconds in m.throttled_s)
+    db = " ".join(f"{name}={value:.2f}" for name, value in m.db_per_message.items())
     return (
         f"accepted/s={m.accepted_per_s:.0f} delivered/s={m.delivered_per_s:.0f}"
         f" duplicates={m.duplicates} missing={m.missing} crossed={m.crossed}"
         f" wall={m.wall_s:.1f}s"
         f"  per node acc/s={'/'.join(f'{r:.0f}' for r in m.node_accepted_per_s)}"
         f"  cpu: {cpu}  delivered by: {by}  loadavg={os.getloadavg()[0]:.1f}"
+        f"  database per message: {db}"
+        + (f"  waited for the quota s={waited}" if m.throttled_s else "")
     )
 
 
@@ -483,10 +544,12 @@ CPU_PARTS = ("postern", "postgres_db", "postgres_all", "smtp_source", "sink", "m
 def table(cases: Sequence[Case], settings: Settings) -> str:
     how = "median of" if settings.runs > 1 else "runs:"
     out = [
-        f"pg_nodes  N={settings.messages} C={settings.clients} size={settings.size}"
+        f"pg_nodes  N={settings.messages} (after {settings.warmup} not measured)"
+        f" C={settings.clients} size={settings.size}"
         f"  workers={settings.workers} per node  upstream connections="
         f"{settings.upstream_connections}  {how} {settings.runs}"
-        f"{f'  Postern pinned to CPU {settings.pin}' if settings.pin else ''}",
+        f"{f'  Postern pinned to CPU {settings.pin}' if settings.pin else ''}"
+        f"{_quota_note(settings)}",
         "",
         "| case | acc/s | dlv/s | duplicates | missing | crossed | CPU s: "
         + " | ".join(CPU_PARTS)
@@ -513,6 +576,12 @@ def table(cases: Sequence[Case], settings: Settings) -> str:
     if errors:
         out += ["", "failed:"] + [f"  {error}" for error in errors]
     return "\n".join(out)
+
+
+def _quota_note(settings: Settings) -> str:
+    if not settings.cpu_quota:
+        return ""
+    return f"  each node limited to {settings.cpu_quota:g} CPUs (a cgroup of its own)"
 
 
 def as_json(cases: Sequence[Case], settings: Settings, machine: str, pg: str) -> str:
@@ -551,10 +620,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--nodes", "-k", type=int, default=2, help="nodes of the second case")
     parser.add_argument("--workers", "-w", type=int, default=2, help="[server] workers per node")
     parser.add_argument("--runs", type=int, default=3, help="runs per case; medians reported")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=1000,
+        help="messages sent and delivered first, not measured (1000)",
+    )
     parser.add_argument("--upstream-connections", type=int, default=20)
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per measurement")
     relay.add_postern_cmd(parser)
     parser.add_argument("--pin", metavar="CPUS", help="run the nodes under `taskset -c CPUS`")
+    parser.add_argument(
+        "--cpu-quota",
+        type=float,
+        metavar="CPUS",
+        help="each node's CPU budget (e.g. 0.4), a cgroup of its own: nodes as if on"
+        " machines of their own (root)",
+    )
     parser.add_argument("--pg-host", default="127.0.0.1")
     parser.add_argument("--pg-port", type=int, default=5432)
     parser.add_argument("--pg-user", default="postgres")
@@ -563,12 +645,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if min(args.messages, args.clients, args.size, args.nodes, args.workers, args.runs) < 1:
         parser.error("--messages, --clients, --size, --nodes, --workers, --runs must be >= 1")
+    if args.warmup < 0 or 0 < args.warmup < args.nodes:
+        parser.error("--warmup: 0, or at least one message per node")
     if args.nodes < 2:
         parser.error("--nodes: at least 2 (the first case is one node)")
     if args.clients < args.nodes or args.messages < args.nodes:
         parser.error("--clients and --messages: at least one per node")
     if args.pin and not shutil.which("taskset"):
         parser.error("--pin needs taskset (util-linux)")
+    if args.cpu_quota is not None:
+        cpus = os.cpu_count() or 1
+        if not 0 < args.cpu_quota <= cpus:
+            parser.error(f"--cpu-quota: above 0 and at most {cpus} CPUs")
+        problem = cpu_quota.check(args.cpu_quota)
+        if problem:
+            parser.error(f"--cpu-quota: {problem}")
     for name in ("psql", "smtp-source"):
         if not shutil.which(name, path=compare_postfix.TOOL_PATH):
             parser.error(f"{name} not found (postgresql-client, postfix)")
@@ -587,7 +678,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         upstream_connections=args.upstream_connections,
         timeout=args.timeout,
         postern_cmd=args.postern_cmd,
+        warmup=args.warmup,
         pin=args.pin,
+        cpu_quota=args.cpu_quota,
         keep=args.keep,
         pg=Pg(args.pg_host, args.pg_port, args.pg_user),
     )

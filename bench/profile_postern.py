@@ -136,7 +136,14 @@ def profile_run(args: argparse.Namespace, out_dir: Path) -> tuple[Path, float, d
     command = args.postern_cmd
     sink = compare_postfix.SmtpSink()
     try:
-        postern = relay.Postern(command, out_dir, sink.port, args.upstream_connections, args.dkim)
+        postern = relay.Postern(
+            command,
+            out_dir,
+            sink.port,
+            args.upstream_connections,
+            args.dkim,
+            storage_url=args.storage_url,
+        )
         try:
             postern.wait_ready(time.monotonic() + 60)
             hooks = None
@@ -236,6 +243,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--dkim", choices=("rsa", "ed25519"), help="DKIM-sign every message with such a key"
+    )
+    parser.add_argument(
+        "--storage-url",
+        default="",
+        help="`[storage] url` (an empty PostgreSQL database: postgresql+asyncpg://...);"
+        " SQLite in the temp dir by default",
     )
     parser.add_argument("--summarize", type=Path, help="only summarise this raw py-spy file")
     parser.add_argument("--seconds", type=float, help="with --summarize: seconds sampled")

@@ -525,10 +525,12 @@ class Postern:
         hostname: str | None = None,
         env_extra: dict[str, str] | None = None,
         storage_url: str = "",
+        prefix: Sequence[str] = (),
     ) -> None:
         """`workers`: `[server] workers` (a count or "auto"); `pin`: a CPU list for
         `taskset -c` (its workers inherit it: "auto" then counts those CPUs); `hostname`:
-        `[server] hostname`; `storage_url`: `[storage] url` ("" = SQLite in the data dir)."""
+        `[server] hostname`; `storage_url`: `[storage] url` ("" = SQLite in the data dir);
+        `prefix`: put before the command (bench/cpu_quota.py's, to start it in a cgroup)."""
         self.smtp_port, self.http_port = free_ports(2)
         # "auto" counts the CPUs the process may use: pinned to one, it is one process,
         # which never says "workers running" (the pinned run waited for it in vain).
@@ -569,7 +571,7 @@ class Postern:
         with self.log_path.open("wb") as log:
             pinned = ["taskset", "-c", pin] if pin else []
             self.proc = subprocess.Popen(
-                [*pinned, *command, "--config", str(config)],
+                [*prefix, *pinned, *command, "--config", str(config)],
                 env={**os.environ, **(env_extra or {})},  # several nodes share one secret key
                 cwd=REPO_ROOT,
                 stdin=subprocess.DEVNULL,
