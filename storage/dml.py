@@ -1,21 +1,24 @@
-"""Run a Core INSERT/UPDATE/DELETE for a list of rows, cheaply on SQLite.
+"""Run a Core INSERT/UPDATE/DELETE for a list of rows, cheaply.
 
-`conn.execute(statement, rows)` spends ~50 us of Python per call before SQLite sees
+`conn.execute(statement, rows)` spends ~50 us of Python per call before the database sees
 anything (the compiled cache's key, an execution context, each row's parameters built bind
-by bind, a result): half the write thread's user CPU per message (issue 22), which runs a
-handful of statements per message. On SQLite `run` compiles a statement once per set of
-row keys, with the connection's own dialect and the column keys `Connection.execute` uses
-(so the same SQL text), turns each row into the tuple SQLAlchemy itself would bind (the
-row's values; the statement's own bound values and its columns' scalar defaults for names
-the rows lack; each through its type's bind processor) and hands them to the driver's
-executemany in the same transaction. A failure is SQLAlchemy's to handle, as it would
-have been: a unique-key clash is its IntegrityError, a locked or full database its
-OperationalError (storage.errors), a lost connection is invalidated.
+by bind, a result): half the write thread's user CPU per message on SQLite (issue 22), which
+runs a handful of statements per message, and as much again on PostgreSQL, where a commit
+of a few messages runs ten. `run` compiles a statement once per set of row keys, with the
+connection's own dialect and the column keys `Connection.execute` uses (so the same SQL
+text), turns each row into the tuple SQLAlchemy itself would bind (the row's values; the
+statement's own bound values and its columns' scalar defaults for names the rows lack; each
+through its type's bind processor) and hands them to the DBAPI cursor's executemany in the
+same transaction, as SQLAlchemy's dialect does (sqlite3's; on PostgreSQL SQLAlchemy's
+asyncpg adapter, which begins the transaction and translates asyncpg's errors). A failure
+is SQLAlchemy's to handle, as it would have been: a unique-key clash is its IntegrityError,
+a locked or full database its OperationalError (storage.errors), a lost connection is
+invalidated.
 
 Anything that needs more takes `conn.execute` as before: rows of different keys, a
 statement with RETURNING, callable defaults, expanding IN, escaped names, a value its type
-refuses; a connection with execution events or echo, or outside a transaction;
-PostgreSQL always (asyncpg's path is another).
+refuses; a connection with execution events or echo, or outside a transaction; another
+dialect.
 """
 
 from __future__ import annotations
@@ -50,6 +53,9 @@ _Key = tuple[Executable, frozenset[str], bool]
 _plans: weakref.WeakKeyDictionary[Dialect, dict[_Key, _Plan | None]]
 _plans = weakref.WeakKeyDictionary()
 _MAX_PLANS = 256
+# The dialects whose rows `run` binds itself: SQLite, and PostgreSQL through asyncpg, whose
+# DBAPI adapter's cursor SQLAlchemy itself calls the same way.
+_BOUND_HERE = frozenset(("sqlite", "postgresql"))
 
 
 def run(conn: Connection, statement: Executable, rows: Row | Sequence[Row]) -> int:
@@ -58,7 +64,7 @@ def run(conn: Connection, statement: Executable, rows: Row | Sequence[Row]) -> i
     rows)` does."""
     if isinstance(rows, dict):
         rows = [rows]
-    plan = _plan_for(conn, statement, rows) if conn.dialect.name == "sqlite" else None
+    plan = _plan_for(conn, statement, rows) if conn.dialect.name in _BOUND_HERE else None
     if plan is None:
         return conn.execute(statement, list(rows)).rowcount
     try:
@@ -99,7 +105,11 @@ def _execute(conn: Connection, sql: str, params: list[tuple[Any, ...]]) -> int:
     as SQLAlchemy's dialect calls it; a failure handled by SQLAlchemy as its own (the
     driver's error wrapped, a lost connection invalidated). exec_driver_sql would do the
     same at twice the cost: an execution context and a result per statement."""
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    cursor: Any = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    dialect: Any = conn.dialect
+    stale = getattr(dialect, "_invalidate_schema_cache_asof", None)
+    if stale is not None:  # asyncpg: what its execution context tells the cursor first
+        cursor._invalidate_schema_cache_asof = stale
     try:
         if len(params) > 1:
             cursor.executemany(sql, params)
@@ -107,11 +117,21 @@ def _execute(conn: Connection, sql: str, params: list[tuple[Any, ...]]) -> int:
             cursor.execute(sql, params[0])
         return int(cursor.rowcount)
     except BaseException as error:
+        if stale is not None and isinstance(error, _stale_cache_errors(dialect)):
+            dialect._invalidate_schema_cache()  # as asyncpg's execution context does
         conn._handle_dbapi_exception(  # (it raises)
             error, sql, params if len(params) > 1 else params[0], cursor, None
         )
     finally:
         cursor.close()
+
+
+def _stale_cache_errors(dialect: Any) -> tuple[type[BaseException], ...]:
+    """The asyncpg adapter's errors after which SQLAlchemy drops its prepared statements
+    (another connection changed the schema): PGExecutionContext_asyncpg's list."""
+    dbapi = dialect.dbapi
+    names = ("InvalidCachedStatementError", "InternalServerError")
+    return tuple(getattr(dbapi, name) for name in names if hasattr(dbapi, name))
 
 
 def _processed(

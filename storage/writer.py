@@ -438,5 +438,5 @@ def _run_batch(conn: Connection, works: list[Batch | Work]) -> list[Any]:
                 rows = params if isinstance(params, list) else [params]
                 merged.setdefault(statement, []).extend(rows)
     for statement, rows in merged.items():
-        dml.run(conn, statement, rows)  # cheaper than conn.execute on SQLite, same effect
+        dml.run(conn, statement, rows)  # cheaper than conn.execute, same effect
     return results

@@ -60,7 +60,7 @@ def reserve_then_store(
     holder = reserve(conn, submission, message_id, now)
     if holder is None:
         for statement, params in batch.steps:
-            dml.run(conn, statement, params)  # (storage.dml: cheaper on SQLite, same rows)
+            dml.run(conn, statement, params)  # (storage.dml: cheaper, same rows)
     return holder
 
 
