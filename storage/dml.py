@@ -53,9 +53,9 @@ _Key = tuple[Executable, frozenset[str], bool]
 _plans: weakref.WeakKeyDictionary[Dialect, dict[_Key, _Plan | None]]
 _plans = weakref.WeakKeyDictionary()
 _MAX_PLANS = 256
-# The dialects whose rows `run` binds itself: SQLite, and PostgreSQL through asyncpg, whose
-# DBAPI adapter's cursor SQLAlchemy itself calls the same way.
-_BOUND_HERE = frozenset(("sqlite", "postgresql"))
+# The (dialect, driver) pairs whose rows `run` binds itself: SQLite's own, and PostgreSQL's
+# through asyncpg, whose DBAPI adapter's cursor SQLAlchemy itself calls the same way.
+_BOUND_HERE = frozenset((("sqlite", "pysqlite"), ("postgresql", "asyncpg")))
 
 
 def run(conn: Connection, statement: Executable, rows: Row | Sequence[Row]) -> int:
@@ -64,7 +64,8 @@ def run(conn: Connection, statement: Executable, rows: Row | Sequence[Row]) -> i
     rows)` does."""
     if isinstance(rows, dict):
         rows = [rows]
-    plan = _plan_for(conn, statement, rows) if conn.dialect.name in _BOUND_HERE else None
+    bound_here = (conn.dialect.name, conn.dialect.driver) in _BOUND_HERE
+    plan = _plan_for(conn, statement, rows) if bound_here else None
     if plan is None:
         return conn.execute(statement, list(rows)).rowcount
     try:
@@ -196,6 +197,12 @@ def _make_plan(
     compiled: Any = statement.compile(  # type: ignore[attr-defined]
         dialect=dialect, column_keys=sorted(keys), for_executemany=many
     )
+    if compiled.effective_returning and not many and not getattr(statement, "_returning", ()):
+        # PostgreSQL's one-row INSERT returns the new row's key (SQLAlchemy's implicit
+        # RETURNING), which `run` never hands back: compiled as for several rows, without.
+        compiled = statement.compile(  # type: ignore[attr-defined]
+            dialect=dialect, column_keys=sorted(keys), for_executemany=True
+        )
     order = getattr(compiled, "positiontup", None)
     processors = getattr(compiled, "_bind_processors", None)
     if (

@@ -3,13 +3,20 @@ row counts and the same errors. It binds the rows itself, on SQLite and on Postg
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import Connection, create_engine, delete, func, insert, select, text, update
-from sqlalchemy.exc import DatabaseError, IntegrityError, InvalidRequestError, StatementError
+from sqlalchemy.exc import (
+    DatabaseError,
+    DBAPIError,
+    IntegrityError,
+    InvalidRequestError,
+    StatementError,
+)
 from sqlalchemy.sql import Executable
 
 from gateway.message import Route, Submission
@@ -290,20 +297,28 @@ async def test_an_attempts_record_matches_the_same_rows_on_both_backends(
 
 async def test_the_hot_statements_are_bound_by_dml_itself(backend: Database) -> None:
     """Not a silent fall-back to conn.execute: each statement of the write path has a plan
-    on both backends (a newer SQLAlchemy that moved what dml reads would show here)."""
+    on both backends, for one row and for several (a newer SQLAlchemy that moved what dml
+    reads would show here; PostgreSQL's one-row INSERT, with its implicit RETURNING, had
+    none)."""
     dml._plans.clear()
+    one_recipient = {
+        "message_id": "m2", "email": "one@y.test", "status": "pending", "code": None,
+        "response": None, "updated_at": NOW,
+    }  # fmt: skip
+    one_event = events.row(events.DELIVERED, "m1", "delivered", NOW + 5, "one@y.test")
 
     def work(conn: Connection) -> None:
         for statement, rows in steps(backend.is_sqlite):
             dml.run(conn, statement, rows)
+        dml.run(conn, sql.INSERT_RECIPIENT, one_recipient)
+        dml.run(conn, events.INSERT_EVENT, one_event)
 
     await backend.transaction(work)
-    planned = {
-        statement
+    shapes = {
+        (statement, many): plan
         for dialect, plans in dml._plans.items()
         if dialect.name == backend.dialect
-        for (statement, _, _), plan in plans.items()
-        if plan is not None
+        for (statement, _, many), plan in plans.items()
     }
     hot = {
         sql.INSERT_MESSAGE, sql.INSERT_BODY, sql.INSERT_RECIPIENT, events.INSERT_EVENT,
@@ -311,7 +326,10 @@ async def test_the_hot_statements_are_bound_by_dml_itself(backend: Database) -> 
         sql.RECORD_RESULT_EVENT, sql.SETTLE_TAKEN, sql.SETTLE_CLAIMED, sql.RELEASE_ONE,
         stored_suppressions.add_if_absent(backend.is_sqlite),
     }  # fmt: skip
-    assert hot <= planned
+    assert hot <= {statement for statement, _ in shapes}
+    assert [shape for shape, plan in shapes.items() if shape[0] in hot and plan is None] == []
+    for statement in (sql.INSERT_RECIPIENT, events.INSERT_EVENT):
+        assert shapes[statement, False] is not None and shapes[statement, True] is not None
 
 
 async def errors_of(db: Database, runner: Runner, statement: Executable, rows: Any) -> Exception:
@@ -365,6 +383,26 @@ async def test_a_clash_is_sqlalchemys_integrity_error_on_both_backends(
         lambda conn: dml.run(conn, insert(Meta), [{"key": "dml1", "value": "1"}])
     )
     assert ok == 1
+
+
+async def test_a_lost_postgresql_connection_is_invalidated(backend: Database) -> None:
+    """The server ends the session mid-transaction: dml.run's failure is SQLAlchemy's own
+    (a DBAPIError that invalidated the connection, so the pool does not hand it out again)
+    and the next transaction works."""
+    if backend.is_sqlite:
+        pytest.skip("SQLite has no connection to lose")
+    rows = [{"key": f"lost{n}", "value": "1"} for n in range(2)]
+
+    def work(conn: Connection) -> None:
+        conn.exec_driver_sql("SET LOCAL idle_in_transaction_session_timeout = '50ms'")
+        time.sleep(0.5)  # (the server ends the idle session meanwhile)
+        dml.run(conn, insert(Meta), rows)
+
+    with pytest.raises(DBAPIError) as lost:
+        await backend.transaction(work)
+    assert lost.value.connection_invalidated
+    changed = await backend.transaction(lambda conn: dml.run(conn, insert(Meta), rows))
+    assert changed in (2, -1)  # (asyncpg's executemany counts no rows)
 
 
 def test_a_corrupt_sqlite_file_is_a_database_failure(tmp_path: Path) -> None:
