@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -45,6 +46,11 @@ class CpuQuota:
             raise QuotaError("the quota must be above 0 CPUs")
         quota = max(1000, round(cores * PERIOD_US))
         self.v2 = _v2_has_cpu()
+        if not self.v2 and not (V1_ROOT / "cpu.cfs_quota_us").exists():
+            raise QuotaError(
+                "no cgroup cpu controller: neither cgroup v2 with cpu in"
+                f" {V2_ROOT}/cgroup.subtree_control nor cgroup v1's {V1_ROOT}"
+            )
         self.path = (V2_ROOT if self.v2 else V1_ROOT) / name
         try:
             self.path.mkdir()
@@ -76,22 +82,28 @@ class CpuQuota:
         return stat.get("nr_throttled", 0), stat.get("throttled_time", 0) / 1e9
 
     def remove(self) -> None:
-        """Remove the cgroup once its processes are gone (waits a little for them)."""
-        deadline = time.monotonic() + REMOVE_WAIT
+        """Remove the cgroup once its processes are gone: waited for a little, then the
+        ones still in it killed (the node's stop has given up on them by then)."""
+        if self._removed(time.monotonic() + REMOVE_WAIT):
+            return
+        left = self._pids()
+        print(f"cpu_quota: processes {left} still in {self.path}: killed", file=sys.stderr)
+        for pid in left:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        if not self._removed(time.monotonic() + REMOVE_WAIT):
+            print(f"cpu_quota: {self.path} kept: {self._pids()} in it", file=sys.stderr)
+
+    def _removed(self, deadline: float) -> bool:
         while True:
             try:
                 self.path.rmdir()
-                return
+                return True
             except FileNotFoundError:
-                return
+                return True
             except OSError:
                 if time.monotonic() >= deadline:
-                    left = self._pids()
-                    print(
-                        f"cpu_quota: {self.path} kept: processes {left} still in it",
-                        file=sys.stderr,
-                    )
-                    return
+                    return False
                 time.sleep(0.05)
 
     def _pids(self) -> Sequence[int]:

@@ -146,7 +146,10 @@ class Pg:
             " WHERE datname = current_database()",
             database,
         )
-        return dict(zip(DB_COUNTERS, (int(value) for value in out.split("|")), strict=True))
+        values = out.split("|")
+        if len(values) != len(DB_COUNTERS) or not all(v.isdigit() for v in values):
+            raise BenchError(f"pg_stat_database: unexpected answer {out[:200]!r}")
+        return dict(zip(DB_COUNTERS, map(int, values), strict=True))
 
 
 class Databases:
@@ -419,13 +422,18 @@ def measure(settings: Settings, count: int, database: str, tmp: Path) -> Measure
             settings, count, tmp, sink.port, pg.url(database), stack, deadline
         )
         ports = [node.smtp_port for node in nodes]
+        warmed: set[bytes] = set()  # the warm-up's Message-IDs
         if settings.warmup:
             # Connections opened, statements prepared and compiled: not the load's cost.
             warmup = Loads(settings, tmp, settings.warmup, "warmup")
             stack.callback(warmup.kill)
             warmup.start(ports)
             warmup.wait(deadline)
-            wait_delivered(sink, settings.warmup, deadline)
+            early, _ = wait_delivered(sink, settings.warmup, deadline)
+            warmed = {record[1] for record in early}
+            # Their delivery records' commits, and PostgreSQL's statistics (a backend
+            # reports within a second), are in before the measured window opens.
+            time.sleep(SETTLE)
         backends = pg.backends(database)
         pg_root = postmaster_pid(backends)
         before = read_cpu(nodes, backends, sink, pg_root)
@@ -445,9 +453,11 @@ def measure(settings: Settings, count: int, database: str, tmp: Path) -> Measure
         time.sleep(SETTLE)  # a duplicate may come after the last original
         records = sink.ask("records")  # type: ignore[assignment]
         activity_after = pg.activity(database)  # (the nodes' last reports are in by now)
+    # Duplicates and missing over every message, the warm-up's too; the rest the load's.
     keys = Counter(record[1] for record in records)
     if b"" in keys:
         raise BenchError(f"{keys[b'']} messages at the sink without a Message-ID")
+    measured = [record for record in records if record[1] not in warmed]
     n = settings.messages
     return Measure(
         nodes=count,
@@ -459,8 +469,8 @@ def measure(settings: Settings, count: int, database: str, tmp: Path) -> Measure
             sent / max((end or start) - start, 1e-9)
             for sent, end in zip(loads.messages, loads.ends, strict=True)
         ],
-        delivered_by=dict(Counter(record[2].decode(errors="replace") for record in records)),
-        crossed=sum(1 for _w, _k, helo, by in records if helo != by),
+        delivered_by=dict(Counter(r[2].decode(errors="replace") for r in measured)),
+        crossed=sum(1 for _w, _k, helo, by in measured if helo != by),
         cpu_s=cpu_spent(before, after, loader_s),
         wall_s=delivered_at - start,
         throttled_s=throttled,

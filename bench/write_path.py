@@ -114,7 +114,7 @@ async def one_run(
     """One measurement on a fresh SQLite file in `directory`, or on the PostgreSQL
     database at `url`, emptied of Postern's tables first (no write thread there: asyncpg
     runs on the loop, so only the process's CPU is told)."""
-    db = open_database(url or database_url("", directory))
+    db = open_database(database_url(url, directory))
     if url:
         await db.transaction(lambda conn: metadata.drop_all(conn))
     await create_schema(db)
@@ -192,10 +192,15 @@ def main() -> int:
         print(json.dumps([asdict(r) for r in rows]))
         return 0
     for r in rows:
+        thread = (
+            "write-thread cpu=n/a (PostgreSQL)"
+            if args.storage_url
+            else f"write-thread cpu={r.write_cpu_ms:.3f}ms/msg (user {r.write_user_ms:.3f}"
+            f" sys {r.write_sys_ms:.3f})"
+        )
         print(
             f"write_path  N={r.messages} C={r.clients} size={args.size} runs={args.runs}"
-            f"  write-thread cpu={r.write_cpu_ms:.3f}ms/msg (user {r.write_user_ms:.3f}"
-            f" sys {r.write_sys_ms:.3f})  process cpu={r.process_cpu_ms:.3f}"
+            f"  {thread}  process cpu={r.process_cpu_ms:.3f}"
             f"ms/msg  wall={r.wall_ms:.3f}ms/msg  commits={r.commits_per_msg:.2f}/msg"
         )
     return 0
