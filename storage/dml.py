@@ -18,7 +18,7 @@ invalidated.
 Anything that needs more takes `conn.execute` as before: rows of different keys, a
 statement with RETURNING, callable defaults, expanding IN, escaped names, a value its type
 refuses; a connection with execution events or echo, or outside a transaction; another
-dialect.
+dialect or driver.
 """
 
 from __future__ import annotations
@@ -210,6 +210,7 @@ def _make_plan(
         or not order
         or processors is None
         or compiled.effective_returning
+        or getattr(statement, "_returning", ())  # (RETURNING of expressions too)
         or compiled.update_prefetch
         or compiled.post_compile_params
         or compiled.literal_execute_params
