@@ -88,9 +88,12 @@ class CpuQuota:
             return
         left = self._pids()
         print(f"cpu_quota: processes {left} still in {self.path}: killed", file=sys.stderr)
-        for pid in left:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
+        try:  # cgroup v2 (Linux 5.14+) kills the whole tree, with no pid read and reused
+            (self.path / "cgroup.kill").write_text("1")
+        except OSError:
+            for pid in left:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
         if not self._removed(time.monotonic() + REMOVE_WAIT):
             print(f"cpu_quota: {self.path} kept: {self._pids()} in it", file=sys.stderr)
 

@@ -46,6 +46,9 @@ import relay
 from relay import CLK_TCK, BenchError, stat_fields, tree_cpu_seconds
 
 SETTLE = 1.0  # seconds to wait after the last message for late duplicates
+# PostgreSQL 15 reports a backend's counters at most once a second while it works, and an
+# idle backend's last ones after 10 s (PGSTAT_IDLE_INTERVAL): waited for before each read.
+STATS_SETTLE = 11.0
 DB_COUNTERS = (
     "xact_commit",
     "xact_rollback",
@@ -140,7 +143,7 @@ class Pg:
 
     def activity(self, database: str) -> dict[str, int]:
         """The database's counters in pg_stat_database (transactions, rows read and
-        written), as the server has them: a backend reports its own within a second."""
+        written), as the server has them (see STATS_SETTLE)."""
         out = self.psql(
             f"SELECT {', '.join(DB_COUNTERS)} FROM pg_stat_database"
             " WHERE datname = current_database()",
@@ -431,9 +434,9 @@ def measure(settings: Settings, count: int, database: str, tmp: Path) -> Measure
             warmup.wait(deadline)
             early, _ = wait_delivered(sink, settings.warmup, deadline)
             warmed = {record[1] for record in early}
-            # Their delivery records' commits, and PostgreSQL's statistics (a backend
-            # reports within a second), are in before the measured window opens.
-            time.sleep(SETTLE)
+            # Their delivery records' commits, and the statistics of the warm-up's
+            # statements, are in before the measured window opens.
+            time.sleep(STATS_SETTLE)
         backends = pg.backends(database)
         pg_root = postmaster_pid(backends)
         before = read_cpu(nodes, backends, sink, pg_root)
@@ -450,9 +453,9 @@ def measure(settings: Settings, count: int, database: str, tmp: Path) -> Measure
         # The backends again: pools may have opened more during the load.
         after = read_cpu(nodes, pg.backends(database), sink, pg_root)
         throttled = [q.throttled()[1] - t for q, t in zip(quotas, throttled_before, strict=True)]
-        time.sleep(SETTLE)  # a duplicate may come after the last original
+        time.sleep(STATS_SETTLE)  # a late duplicate; the idle backends' last statistics
         records = sink.ask("records")  # type: ignore[assignment]
-        activity_after = pg.activity(database)  # (the nodes' last reports are in by now)
+        activity_after = pg.activity(database)
     # Duplicates and missing over every message, the warm-up's too; the rest the load's.
     keys = Counter(record[1] for record in records)
     if b"" in keys:

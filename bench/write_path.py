@@ -179,11 +179,14 @@ def main() -> int:
     parser.add_argument(
         "--storage-url",
         default="",
-        help="a PostgreSQL database to measure on (postgresql+asyncpg://...; its Postern"
-        " tables are dropped first): the process's CPU only",
+        help="a PostgreSQL database to measure on (postgresql://... or"
+        " postgresql+asyncpg://...; its Postern tables are dropped first): the process's"
+        " CPU only",
     )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.storage_url and not args.storage_url.startswith(("postgresql", "postgres://")):
+        parser.error("--storage-url: a PostgreSQL URL (SQLite is measured on a temp file)")
     rows = [
         measure(args.messages, int(c), args.size, args.runs, args.storage_url)
         for c in args.clients.split(",")
