@@ -177,12 +177,20 @@ async def test_a_full_database_on_commit_is_452_and_507_then_service_resumes(
         big = MESSAGE + b"x" * 900 + b"\r\n"
         code, text = await smtp_send(svc.smtp_port, "a@x.test", ["b@y.test"], big * 60)
         assert (code, text[:5]) == replies.STORAGE_FULL.status, (code, text)
-        # Larger than the free pages a database keeps: it must grow, and cannot.
-        response = await _http_send(svc, key, "during", ("y" * 76 + "\n") * 800)
-        assert response.status_code == 507, response.text
-        assert response.json()["code"] == "storage_full"
-        assert response.headers.get("Retry-After", "").isdigit()
-        ready = await _readyz(svc)
+        writer = svc.writer
+        assert writer is not None
+        for _ in range(3):
+            commits = writer.commits
+            # Larger than the free pages a database keeps: it must grow, and cannot.
+            response = await _http_send(svc, key, "during", ("y" * 76 + "\n") * 800)
+            assert response.status_code == 507, response.text
+            assert response.json()["code"] == "storage_full"
+            assert response.headers.get("Retry-After", "").isdigit()
+            ready = await _readyz(svc)
+            # A background job's write needs no new page, and its commit rightly clears the
+            # state (seen once in CI): only a readiness no commit preceded is judged.
+            if writer.commits == commits:
+                break
         assert ready.json() == {"status": "unavailable", "reason": "storage_full"}
         # The failed INSERT is logged without its values: no content, no address.
         assert "storage write failed" in caplog.text
