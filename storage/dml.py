@@ -6,7 +6,8 @@ by bind, a result): half the write thread's user CPU per message on SQLite (issu
 runs a handful of statements per message, and as much again on PostgreSQL, where a commit
 of a few messages runs ten. `run` compiles a statement once per set of row keys, with the
 connection's own dialect and the column keys `Connection.execute` uses (so the same SQL
-text), turns each row into the tuple SQLAlchemy itself would bind (the row's values; the
+text, but for the RETURNING of a new key that a one-row INSERT has on PostgreSQL and `run`
+never hands back), turns each row into the tuple SQLAlchemy itself would bind (the row's values; the
 statement's own bound values and its columns' scalar defaults for names the rows lack; each
 through its type's bind processor) and hands them to the DBAPI cursor's executemany in the
 same transaction, as SQLAlchemy's dialect does (sqlite3's; on PostgreSQL SQLAlchemy's
