@@ -193,12 +193,12 @@ def _make_plan(
     """The statement compiled as Connection.execute compiles it for rows of `keys` (`many`
     of them), or None when binding its rows takes more than values, constants and bind
     processors."""
-    if statement.get_execution_options():
-        return None
+    if statement.get_execution_options() or getattr(statement, "_returning", None):
+        return None  # (an explicit RETURNING, of expressions too: conn.execute's)
     compiled: Any = statement.compile(  # type: ignore[attr-defined]
         dialect=dialect, column_keys=sorted(keys), for_executemany=many
     )
-    if compiled.effective_returning and not many and not getattr(statement, "_returning", ()):
+    if compiled.effective_returning and not many:
         # PostgreSQL's one-row INSERT returns the new row's key (SQLAlchemy's implicit
         # RETURNING), which `run` never hands back: compiled as for several rows, without.
         compiled = statement.compile(  # type: ignore[attr-defined]
@@ -211,7 +211,6 @@ def _make_plan(
         or not order
         or processors is None
         or compiled.effective_returning
-        or getattr(statement, "_returning", ())  # (RETURNING of expressions too)
         or compiled.update_prefetch
         or compiled.post_compile_params
         or compiled.literal_execute_params
