@@ -185,12 +185,20 @@ def execute(conn: Connection, statement: Executable, rows: Any) -> int:
     return conn.execute(statement, rows).rowcount
 
 
-async def apply(db: Database, runner: Runner) -> tuple[list[int], dict[str, Any]]:
+Reader = Callable[[Connection], dict[str, list[tuple[Any, ...]]]]
+
+
+async def apply(
+    db: Database, runner: Runner, read: Reader = dump
+) -> tuple[list[int], dict[str, Any]]:
+    """The write path's steps through `runner` in one transaction: their counts, and the
+    rows then (`read`)."""
+
     def work(conn: Connection) -> list[int]:
-        return [runner(conn, statement, rows) for statement, rows in steps()]
+        return [runner(conn, statement, rows) for statement, rows in steps(db.is_sqlite)]
 
     counts = await db.transaction(work)
-    return counts, await db.read(dump)
+    return counts, await db.read(read)
 
 
 async def test_the_same_rows_and_counts_as_conn_execute(two: tuple[Database, Database]) -> None:
@@ -227,17 +235,9 @@ def clear(conn: Connection) -> None:
 async def test_the_same_rows_and_counts_on_both_backends(backend: Database) -> None:
     """The write path's steps through dml.run, then (the rows cleared) through conn.execute,
     on one database: the same row counts, the same rows."""
-
-    async def apply_here(runner: Runner) -> tuple[list[int], dict[str, Any]]:
-        def work(conn: Connection) -> list[int]:
-            return [runner(conn, statement, rows) for statement, rows in steps(backend.is_sqlite)]
-
-        counts = await backend.transaction(work)
-        return counts, await backend.read(snapshot)
-
-    counts, rows = await apply_here(dml.run)
+    counts, rows = await apply(backend, dml.run, snapshot)
     await backend.transaction(clear)
-    expected_counts, expected_rows = await apply_here(execute)
+    expected_counts, expected_rows = await apply(backend, execute, snapshot)
     assert counts == expected_counts
     assert rows == expected_rows
     assert rows["message"] and rows["recipient"] and rows["event"]
