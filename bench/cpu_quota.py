@@ -69,8 +69,8 @@ class CpuQuota:
         procs = self.path / "cgroup.procs"
         return ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(procs)]
 
-    def throttled(self) -> tuple[int, float]:
-        """(periods in which the tree ran out of its budget, seconds it waited for it)."""
+    def throttled(self) -> float:
+        """Seconds the tree waited for its budget, summed over its threads and CPUs."""
         stat: dict[str, int] = {}
         with contextlib.suppress(OSError):
             for line in (self.path / "cpu.stat").read_text().splitlines():
@@ -78,8 +78,8 @@ class CpuQuota:
                 if value.strip().isdigit():
                     stat[key] = int(value)
         if self.v2:
-            return stat.get("nr_throttled", 0), stat.get("throttled_usec", 0) / 1e6
-        return stat.get("nr_throttled", 0), stat.get("throttled_time", 0) / 1e9
+            return stat.get("throttled_usec", 0) / 1e6
+        return stat.get("throttled_time", 0) / 1e9
 
     def remove(self) -> None:
         """Remove the cgroup once its processes are gone: waited for a little, then the

@@ -45,10 +45,10 @@ import cpu_quota
 import relay
 from relay import CLK_TCK, BenchError, stat_fields, tree_cpu_seconds
 
-SETTLE = 1.0  # seconds to wait after the last message for late duplicates
+# Seconds waited after the last message, for a late duplicate and for the statistics:
 # PostgreSQL 15 reports a backend's counters at most once a second while it works, and an
-# idle backend's last ones after 10 s (PGSTAT_IDLE_INTERVAL): waited for before each read.
-STATS_SETTLE = 11.0
+# idle backend's last ones after 10 s (PGSTAT_IDLE_INTERVAL).
+SETTLE = 11.0
 DB_COUNTERS = (
     "xact_commit",
     "xact_rollback",
@@ -143,7 +143,7 @@ class Pg:
 
     def activity(self, database: str) -> dict[str, int]:
         """The database's counters in pg_stat_database (transactions, rows read and
-        written), as the server has them (see STATS_SETTLE)."""
+        written), as the server has them (see SETTLE)."""
         out = self.psql(
             f"SELECT {', '.join(DB_COUNTERS)} FROM pg_stat_database"
             " WHERE datname = current_database()",
@@ -414,6 +414,28 @@ def cpu_spent(before: Cpu, after: Cpu, loader_s: float) -> dict[str, float]:
     }
 
 
+def warm_up(
+    settings: Settings,
+    tmp: Path,
+    ports: Sequence[int],
+    sink: relay.Sink,
+    stack: contextlib.ExitStack,
+    deadline: float,
+) -> set[bytes]:
+    """`settings.warmup` messages sent and delivered, not measured (connections opened,
+    statements prepared and compiled); their Message-IDs. Their delivery records' commits
+    and their statements' statistics are in before it returns."""
+    if not settings.warmup:
+        return set()
+    warmup = Loads(settings, tmp, settings.warmup, "warmup")
+    stack.callback(warmup.kill)
+    warmup.start(ports)
+    warmup.wait(deadline)
+    early, _ = wait_delivered(sink, settings.warmup, deadline)
+    time.sleep(SETTLE)
+    return {record[1] for record in early}
+
+
 def measure(settings: Settings, count: int, database: str, tmp: Path) -> Measure:
     """`count` nodes on a fresh database, one smtp-source each, until the sink holds all."""
     deadline = time.monotonic() + settings.timeout
@@ -425,22 +447,11 @@ def measure(settings: Settings, count: int, database: str, tmp: Path) -> Measure
             settings, count, tmp, sink.port, pg.url(database), stack, deadline
         )
         ports = [node.smtp_port for node in nodes]
-        warmed: set[bytes] = set()  # the warm-up's Message-IDs
-        if settings.warmup:
-            # Connections opened, statements prepared and compiled: not the load's cost.
-            warmup = Loads(settings, tmp, settings.warmup, "warmup")
-            stack.callback(warmup.kill)
-            warmup.start(ports)
-            warmup.wait(deadline)
-            early, _ = wait_delivered(sink, settings.warmup, deadline)
-            warmed = {record[1] for record in early}
-            # Their delivery records' commits, and the statistics of the warm-up's
-            # statements, are in before the measured window opens.
-            time.sleep(STATS_SETTLE)
+        warmed = warm_up(settings, tmp, ports, sink, stack, deadline)
         backends = pg.backends(database)
         pg_root = postmaster_pid(backends)
         before = read_cpu(nodes, backends, sink, pg_root)
-        throttled_before = [quota.throttled()[1] for quota in quotas]
+        throttled_before = [quota.throttled() for quota in quotas]
         activity_before = pg.activity(database)
         start = time.time()
         loads = Loads(settings, tmp, settings.messages, "load")
@@ -452,8 +463,8 @@ def measure(settings: Settings, count: int, database: str, tmp: Path) -> Measure
         records, delivered_at = wait_delivered(sink, total, deadline)
         # The backends again: pools may have opened more during the load.
         after = read_cpu(nodes, pg.backends(database), sink, pg_root)
-        throttled = [q.throttled()[1] - t for q, t in zip(quotas, throttled_before, strict=True)]
-        time.sleep(STATS_SETTLE)  # a late duplicate; the idle backends' last statistics
+        throttled = [q.throttled() - t for q, t in zip(quotas, throttled_before, strict=True)]
+        time.sleep(SETTLE)
         records = sink.ask("records")  # type: ignore[assignment]
         activity_after = pg.activity(database)
     # Duplicates and missing over every message, the warm-up's too; the rest the load's.

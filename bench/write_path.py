@@ -33,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -82,6 +83,15 @@ def write_thread(db: Database) -> tuple[int, int]:
     return time.pthread_getcpuclockid(ident), native
 
 
+def write_thread_cpu(db: Database) -> Callable[[], tuple[float, float, float]]:
+    """A reader of the write thread's CPU seconds: (all, user, system); zeros on
+    PostgreSQL, which has no write thread (asyncpg runs on the loop)."""
+    if not db.is_sqlite:
+        return lambda: (0.0, 0.0, 0.0)
+    clock, native = write_thread(db)
+    return lambda: (time.clock_gettime(clock), *user_sys(native))
+
+
 def user_sys(native: int) -> tuple[float, float]:
     """A thread's user and system CPU seconds (/proc, in clock ticks)."""
     fields = Path(f"/proc/self/task/{native}/stat").read_text().rsplit(")", 1)[1].split()
@@ -123,14 +133,11 @@ async def one_run(
     queue = Queue(db, writer, "node_bench", SCHEDULE, 5 * 86400.0, 120.0)
     try:
         await drive(queue, 0, WARMUP, clients, size)
-        clock, native = write_thread(db) if not url else (time.CLOCK_THREAD_CPUTIME_ID, 0)
-        cpu0, proc0, wall0 = time.clock_gettime(clock), time.process_time(), time.perf_counter()
-        user0, sys0 = user_sys(native) if native else (0.0, 0.0)
+        thread_cpu = write_thread_cpu(db)
+        before, proc0, wall0 = thread_cpu(), time.process_time(), time.perf_counter()
         commits0 = writer.commits
         await drive(queue, WARMUP, messages, clients, size)
-        cpu = time.clock_gettime(clock) - cpu0 if native else 0.0
-        user1, sys1 = user_sys(native) if native else (0.0, 0.0)
-        user, system = user1 - user0, sys1 - sys0
+        cpu, user, system = (now - then for now, then in zip(thread_cpu(), before, strict=True))
         proc, wall = time.process_time() - proc0, time.perf_counter() - wall0
         commits = writer.commits - commits0
     finally:
