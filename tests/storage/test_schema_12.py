@@ -12,7 +12,7 @@ import asyncio
 import time
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, select, text
+from sqlalchemy import Connection, bindparam, insert, select, text, update
 from sqlalchemy.sql import Executable
 
 from storage import queue_sql as sql
@@ -116,6 +116,43 @@ async def test_the_claims_of_a_node_and_a_returned_message_id_are_read_by_index(
     for what, (statement, params, index) in cases.items():
         plan = await backend.transaction(lambda conn, s=statement, p=params: _explain(conn, s, p))
         assert index in plan, f"{what}:\n{plan}"
+
+
+async def test_a_message_its_node_holds_is_updated_through_its_primary_key(
+    backend: Database,
+) -> None:
+    """An attempt's record, a release, a postponement: `id = :m_id` and the node's claim.
+    PostgreSQL's generic plan took ix_message_claimed for them (partial and small, so costed
+    below the primary key), reading every message the node held to update one; the claim
+    is compared so that no index serves it (storage.queue_sql.CLAIM_HELD)."""
+    await _fill(backend)
+    # Statistics taken when no message was in flight (autovacuum's ANALYZE at a quiet
+    # moment): the claim index looks empty to the planner, whatever it holds later.
+    claimed = await backend.read(
+        lambda conn: (
+            conn.execute(select(Message.c.id).where(Message.c.claimed_by.is_not(None)))
+            .scalars()
+            .all()
+        )
+    )
+    await backend.transaction(lambda conn: conn.execute(update(Message).values(claimed_by=None)))
+    await backend.transaction(lambda conn: conn.exec_driver_sql("ANALYZE"))
+    again = update(Message).where(Message.c.id.in_(claimed)).values(claimed_by="node_a")
+    await backend.transaction(lambda conn: conn.execute(again))
+    now = time.time()
+    held = {"m_id": "msg_000060", "node": "node_a", "now": now, "due": now + 60}
+    attempt = {**held, "status": "deferred", "pool": "p", "response": "451", "forced": 0}
+    cases = {
+        "record": (sql.UPDATE_MESSAGE, attempt),
+        "settle": (sql.SETTLE_CLAIMED, attempt),
+        "release": (sql.RELEASE_ONE, held),
+        "postpone": (sql.POSTPONE, {**held, "why": "over its rate"}),
+    }
+    for what, (statement, params) in cases.items():
+        plan = await backend.transaction(lambda conn, s=statement, p=params: _explain(conn, s, p))
+        assert "ix_message_claimed" not in plan, f"{what}:\n{plan}"
+        primary = "message_pkey" if backend.dialect == "postgresql" else "(id=?)"
+        assert primary in plan, f"{what}:\n{plan}"
 
 
 async def test_a_keys_and_a_members_pages_are_read_from_their_partial_index(
