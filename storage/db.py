@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, select, text
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import DisconnectionError, OperationalError, SQLAlchemyError
 
 from storage.errors import StorageError, database_failed, unavailable
@@ -87,13 +87,16 @@ class Database:
             # start of `postern` on SQLite).
             from sqlalchemy.ext.asyncio import create_async_engine
 
+            asyncpg = make_url(url).get_driver_name() == "asyncpg"
             self._async = create_async_engine(
                 url,
                 pool_size=connections,
                 max_overflow=connections,
+                pool_pre_ping=not asyncpg,  # (asyncpg's: _refuse_if_hung_up, for nothing)
                 hide_parameters=True,
             )
-            event.listen(self._async.sync_engine.pool, "checkout", _refuse_if_hung_up)
+            if asyncpg:
+                event.listen(self._async.sync_engine.pool, "checkout", _refuse_if_hung_up)
 
     @property
     def dialect(self) -> str:
