@@ -17,12 +17,14 @@ from sqlalchemy import (
     Float,
     LargeBinary,
     Row,
+    and_,
     bindparam,
     case,
     delete,
     func,
     insert,
     literal,
+    null,
     select,
     text,
     update,
@@ -59,12 +61,15 @@ INSERT_SUBJECT_WORD = insert(W)
 
 # --- an attempt's results ----------------------------------------------------------------
 
-# The message `m_id`, while `node` holds its claim. The claim is compared through coalesce()
-# so that no index can serve it: beside `id = :m_id`, PostgreSQL's generic plan for the
-# prepared statement took ix_message_claimed whenever the statistics had seen few claims
-# (partial, it then looks empty) and read every message the node held to update one (under
-# 80 clients, 31 index entries an attempt's record: pg_stat_user_indexes, EXPLAIN).
-CLAIM_HELD = (M.c.id == bindparam("m_id"), func.coalesce(M.c.claimed_by, "") == bindparam("node"))
+# The message `m_id`, while `node` holds its claim. The claim is compared through
+# coalesce(claimed_by, NULL), equal to it (a NULL claim still matches no node), which no
+# index serves: beside `id = :m_id`, PostgreSQL's generic plan for the prepared statement
+# took ix_message_claimed whenever the statistics had seen few claims (partial, it then
+# looks empty) and read every message the node held to update one (under 80 clients, 31
+# index entries an attempt's record: pg_stat_user_indexes, EXPLAIN).
+CLAIM_HELD = and_(
+    M.c.id == bindparam("m_id"), func.coalesce(M.c.claimed_by, null()) == bindparam("node")
+)
 
 # One recipient's result (`m_email`): its status, the reply, one more attempt.
 UPDATE_RECIPIENT = (
@@ -82,7 +87,7 @@ UPDATE_RECIPIENT = (
 # due again (`due`, NULL once final), the pool and reply; the claim is let go.
 UPDATE_MESSAGE = (
     update(M)
-    .where(*CLAIM_HELD)
+    .where(CLAIM_HELD)
     .values(
         status=bindparam("status"),
         attempts=M.c.attempts + 1,
@@ -152,7 +157,7 @@ SETTLE_TAKEN = (
 # holds the claim.
 SETTLE_CLAIMED = (
     update(M)
-    .where(*CLAIM_HELD)
+    .where(CLAIM_HELD)
     .values(
         status=bindparam("status"),
         retried_at=None,
@@ -203,11 +208,11 @@ RELEASE = (
     .values(claimed_by=None, due_at=bindparam("now"))
 )
 # Let go of one message it holds, due at `due`.
-RELEASE_ONE = update(M).where(*CLAIM_HELD).values(claimed_by=None, due_at=bindparam("due"))
+RELEASE_ONE = update(M).where(CLAIM_HELD).values(claimed_by=None, due_at=bindparam("due"))
 # Let go of one message it holds that must wait until `due` (`why`) with no attempt counted.
 POSTPONE = (
     update(M)
-    .where(*CLAIM_HELD)
+    .where(CLAIM_HELD)
     .values(
         status="deferred",
         claimed_by=None,

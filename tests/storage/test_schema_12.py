@@ -155,6 +155,24 @@ async def test_a_message_its_node_holds_is_updated_through_its_primary_key(
         assert primary in plan, f"{what}:\n{plan}"
 
 
+async def test_only_the_node_holding_the_claim_updates_the_message(backend: Database) -> None:
+    """CLAIM_HELD's coalesce() changes the plan, not the meaning: an unclaimed message
+    matches no node (not even an empty id), a claimed one only its holder."""
+    await _fill(backend)  # msg_000060 claimed by node_a, msg_000003 by nobody
+
+    async def released(m_id: str, node: str) -> int:
+        params = {"m_id": m_id, "node": node, "due": time.time() + 60}
+        count: int = await backend.transaction(
+            lambda conn: conn.execute(sql.RELEASE_ONE, params).rowcount
+        )
+        return count
+
+    assert await released("msg_000003", "") == 0
+    assert await released("msg_000003", "node_a") == 0
+    assert await released("msg_000060", "node_b") == 0
+    assert await released("msg_000060", "node_a") == 1
+
+
 async def test_a_keys_and_a_members_pages_are_read_from_their_partial_index(
     backend: Database,
 ) -> None:
