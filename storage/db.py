@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, select, text
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import DisconnectionError, OperationalError, SQLAlchemyError
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from storage.errors import StorageError, database_failed, unavailable
 from storage.models import EVENT_TXID, SCHEMA_VERSION, Meta, metadata
@@ -39,6 +40,10 @@ log = logging.getLogger("postern.storage")
 T = TypeVar("T")
 Query = Callable[[Connection], T]
 LOCK_WAIT = 300.0  # seconds to wait for another process's schema upgrade (SQLite)
+# PostgreSQL: a pooled connection idle this long is pinged at its next checkout (a busy
+# one never is): firewalls and NATs drop idle connections after minutes, silently.
+IDLE_PING_AFTER = 30.0
+_RETURNED_AT = "postern_returned_at"  # in a pooled connection's `info`
 
 
 class SchemaError(StorageError):
@@ -87,16 +92,18 @@ class Database:
             # start of `postern` on SQLite).
             from sqlalchemy.ext.asyncio import create_async_engine
 
-            asyncpg = make_url(url).get_driver_name() == "asyncpg"
+            on_asyncpg = make_url(url).get_driver_name() == "asyncpg"
             self._async = create_async_engine(
                 url,
                 pool_size=connections,
                 max_overflow=connections,
-                pool_pre_ping=not asyncpg,  # (asyncpg's: _refuse_if_hung_up, for nothing)
+                pool_pre_ping=not on_asyncpg,  # on asyncpg, _refuse_if_hung_up instead
                 hide_parameters=True,
             )
-            if asyncpg:
-                event.listen(self._async.sync_engine.pool, "checkout", _refuse_if_hung_up)
+            if on_asyncpg:
+                pool = self._async.sync_engine.pool
+                event.listen(pool, "checkout", _refuse_if_hung_up)
+                event.listen(pool, "checkin", _note_returned)
 
     @property
     def dialect(self) -> str:
@@ -248,17 +255,29 @@ class Database:
             await self._async.dispose()
 
 
-def _refuse_if_hung_up(dbapi_connection: Any, _record: object, _proxy: object) -> None:
+def _refuse_if_hung_up(dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: object) -> None:
     """A pooled PostgreSQL connection the server has closed (a restart, an idle timeout,
-    pg_terminate_backend) is refused at checkout, and the pool opens another: SQLAlchemy
-    retries a checkout that raises DisconnectionError. asyncpg marks it closed as soon as
-    the loop reads the server's goodbye, so this costs no round trip, where `pool_pre_ping`
-    cost three at every checkout on asyncpg (BEGIN, an empty query, ROLLBACK): a quarter of
-    a message's statements (bench/README.md). What neither notices (a host gone without a
-    word, no FIN) the first statement meets, as it would have met it a moment after a
-    ping: SQLAlchemy invalidates that connection and the transaction is rolled back."""
+    pg_terminate_backend) is refused at checkout, and the pool opens another in its place
+    (SQLAlchemy tries a checkout that raises DisconnectionError once more). asyncpg marks a
+    connection closed as soon as the loop reads the server's goodbye, so this costs no
+    round trip, where `pool_pre_ping` cost three at every checkout on asyncpg (BEGIN, an
+    empty query, ROLLBACK): a quarter of a message's statements (bench/README.md). A
+    connection idle for IDLE_PING_AFTER seconds is pinged as before: one a firewall or NAT
+    dropped without a word is found by the ping, not by the caller's statement."""
     if dbapi_connection.driver_connection.is_closed():
         raise DisconnectionError("the database server closed this connection")
+    returned = record.info.get(_RETURNED_AT)
+    if returned is not None and time.monotonic() - returned > IDLE_PING_AFTER:
+        try:
+            dbapi_connection.ping()
+        except Exception as error:
+            raise DisconnectionError("the database server did not answer a ping") from error
+
+
+def _note_returned(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+    """When the connection went back to the pool (`record.info` lasts as long as the
+    connection: a new one starts without it)."""
+    record.info[_RETURNED_AT] = time.monotonic()
 
 
 def _synchronous(conn: Connection, level: str) -> None:

@@ -1,5 +1,5 @@
-"""PostgreSQL's pooled connections: checked at checkout without a round trip, and one the
-server closed is never handed out (storage.db._refuse_if_hung_up)."""
+"""PostgreSQL's pooled connections: checked at checkout without a round trip unless idle for
+a while, and one the server closed is never handed out (storage.db._refuse_if_hung_up)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import Connection, func, insert, select, text
 from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_connection
 
+import storage.db
 from storage.db import Database, create_schema, open_database
 from storage.models import Meta
 from tests.support.databases import clean_postgresql
@@ -31,46 +32,61 @@ def backend_pid(conn: Connection) -> int:
     return int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
 
 
-async def test_a_checkout_sends_nothing_before_the_work(
-    pg: Database, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """SQLAlchemy's pre-ping on asyncpg is three round trips a checkout (BEGIN, an empty
-    query, ROLLBACK): none is made."""
-    pings = 0
+@pytest.fixture
+def pings(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The backend pid of each ping sent (SQLAlchemy's, on asyncpg: BEGIN, an empty
+    query, ROLLBACK), counted as they go."""
+    sent: list[int] = []
     ping = AsyncAdapt_asyncpg_connection.ping
 
     def counted(self: AsyncAdapt_asyncpg_connection) -> None:
-        nonlocal pings
-        pings += 1
+        sent.append(self.driver_connection.get_server_pid())
         ping(self)
 
     monkeypatch.setattr(AsyncAdapt_asyncpg_connection, "ping", counted)
+    return sent
+
+
+async def test_a_busy_checkout_sends_nothing_before_the_work(
+    pg: Database, pings: list[int]
+) -> None:
     for n in range(5):
         await pg.read(backend_pid)
         await pg.transaction(
             lambda conn, n=n: conn.execute(insert(Meta), {"key": f"c{n}", "value": "1"})
         )
-    assert pings == 0
+    assert pings == []
 
 
-async def test_a_connection_the_server_closed_is_not_handed_out(pg: Database) -> None:
-    """A restart or pg_terminate_backend closes every idle pooled connection: the next
-    read and the next write open new ones rather than failing on a dead one."""
-    before = await pg.read(backend_pid)
+async def test_a_connection_idle_for_a_while_is_pinged_first(
+    pg: Database, pings: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A firewall may have dropped it without a word: the ping finds out, not the work."""
+    monkeypatch.setattr(storage.db, "IDLE_PING_AFTER", 0.2)
+    first = await pg.read(backend_pid)
+    await asyncio.sleep(0.4)
+    assert await pg.read(backend_pid) == first
+    assert pings == [first]
+    await pg.read(backend_pid)  # just returned: not idle
+    assert pings == [first]
+
+
+async def test_connections_the_server_closed_are_not_handed_out(pg: Database) -> None:
+    """A restart or pg_terminate_backend closes the idle pooled connections: the next read
+    and the next write each meet one, and each gets a new connection instead."""
+    pids = await asyncio.gather(*(pg.read(held_a_moment) for _ in range(2)))
+    assert len(set(pids)) == 2  # both in the pool now
     async with second_pool(pg) as admin:
-        await admin.read(
-            lambda conn: conn.execute(
-                text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                )
-            ).all()
-        )
-        await wait_gone(admin, before)
+        for pid in pids:
+            await admin.read(
+                lambda conn, pid=pid: conn.execute(
+                    text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}
+                ).scalar()
+            )
+            await wait_gone(admin, pid)
     await asyncio.sleep(0.2)  # the loop reads the server's goodbye (loopback: microseconds)
 
-    after = await pg.read(backend_pid)
-    assert after != before
+    assert await pg.read(backend_pid) not in pids
     await pg.transaction(lambda conn: conn.execute(insert(Meta), {"key": "after", "value": "1"}))
     stored = await pg.read(
         lambda conn: conn.execute(
@@ -78,6 +94,12 @@ async def test_a_connection_the_server_closed_is_not_handed_out(pg: Database) ->
         ).scalar()
     )
     assert stored == 1
+
+
+def held_a_moment(conn: Connection) -> int:
+    """This session's pid, the connection held 0.2 s (two at once take two)."""
+    conn.execute(text("SELECT pg_sleep(0.2)"))
+    return backend_pid(conn)
 
 
 @contextlib.asynccontextmanager
