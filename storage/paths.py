@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 from urllib.parse import unquote
 
-__all__ = ["database_file", "database_url", "prepare_data_dir", "sqlite_file"]
+__all__ = ["database_file", "database_url", "fsync_dir", "prepare_data_dir", "sqlite_file"]
 
 
 def prepare_data_dir(data_dir: Path) -> None:
@@ -14,6 +16,17 @@ def prepare_data_dir(data_dir: Path) -> None:
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     if data_dir.stat().st_mode & 0o077:
         data_dir.chmod(0o700)
+
+
+def fsync_dir(directory: Path) -> None:
+    """A rename or new file in `directory` made durable (a directory's entries are its own
+    data); a filesystem that cannot is left as it is."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def database_url(url: str, data_dir: Path) -> str:

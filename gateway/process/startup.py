@@ -15,6 +15,7 @@ from gateway.config import Config, ConfigError, server_tls_context
 from gateway.process.descriptors import Budget, TooFewDescriptors, door_budget
 from gateway.security.secrets import SecretBox, SecretError
 from gateway.smtpd.limits import ListenerLimits
+from storage.paths import fsync_dir
 
 BOUNCE_RECIPIENTS = 10  # a report goes to one return path; a few at most in one transaction
 BOUNCE_DATA_FACTOR = 8  # the bounce listener holds at most this many largest reports at once
@@ -226,14 +227,26 @@ def reuseport_group(host: str, port: int, count: int) -> list[socket.socket]:
 
 
 def node_id(data_dir: Path) -> str:
-    """This node's identity, kept in data_dir so a restarted node recognises its own claims."""
+    """This node's identity, kept in data_dir so a restarted node recognises its own claims.
+    Written whole or not at all (a new file, fsynced, renamed into place): a crash while
+    writing it must not leave an empty identity, which another node could share. An empty
+    file (from an earlier release) is replaced."""
     path = data_dir / "node_id"
     try:
-        return path.read_text().strip()
+        value = path.read_text().strip()
     except FileNotFoundError:
-        value = f"node_{secrets.token_hex(6)}"
-        path.write_text(value + "\n")
+        value = ""
+    if value:
         return value
+    value = f"node_{secrets.token_hex(6)}"
+    draft = path.with_name(f".node_id.{os.getpid()}.tmp")
+    with open(draft, "w") as handle:
+        handle.write(value + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(draft, path)
+    fsync_dir(data_dir)
+    return value
 
 
 def listener_limits(config: Config, budget: Budget) -> ListenerLimits:

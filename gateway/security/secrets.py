@@ -39,7 +39,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.errors import SecretError
-from storage.paths import prepare_data_dir
+from storage.paths import fsync_dir, prepare_data_dir
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -234,16 +234,7 @@ def _create_key_file(path: Path) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    fsync_dir(path.parent)
 
 
 async def bind_to_database(db: Database, box: SecretBox) -> None:
