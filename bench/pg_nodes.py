@@ -426,9 +426,11 @@ def warm_up(
     """`settings.warmup` messages sent and delivered, not measured (connections opened,
     statements prepared and compiled); their Message-IDs. Their delivery records' commits
     and their statements' statistics are in before it returns, and the planner's: an
-    ANALYZE, as autovacuum's would be on any database in service for a minute (without
-    one, the new tables look empty to the planner, and the claim poller and the event
-    roll-up read them from end to end: 30 and 15 rows a message)."""
+    ANALYZE (with or without a warm-up), as autovacuum's would be on any database in
+    service for a minute (without one, the new tables look empty to the planner, and the
+    claim poller and the event roll-up read them from end to end: 30 and 15 rows a
+    message)."""
+    settings.pg.psql("ANALYZE", database)
     if not settings.warmup:
         return set()
     warmup = Loads(settings, tmp, settings.warmup, "warmup")
