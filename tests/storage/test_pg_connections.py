@@ -4,28 +4,21 @@ a while, and one the server closed is never handed out (storage.db._refuse_if_hu
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import Connection, func, insert, select, text
 from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_connection
 
 import storage.db
-from storage.db import Database, create_schema, open_database
+from storage.db import Database
 from storage.models import Meta
-from tests.support.databases import clean_postgresql
 
 
 @pytest.fixture
-async def pg() -> AsyncIterator[Database]:
-    async with clean_postgresql() as url:
-        db = open_database(url)
-        try:
-            await create_schema(db)
-            yield db
-        finally:
-            await db.dispose()
+def pg(backend: Database) -> Database:
+    if backend.is_sqlite:
+        pytest.skip("SQLite has no server connection to lose")
+    return backend
 
 
 def backend_pid(conn: Connection) -> int:
@@ -71,19 +64,21 @@ async def test_a_connection_idle_for_a_while_is_pinged_first(
     assert pings == [first]
 
 
-async def test_connections_the_server_closed_are_not_handed_out(pg: Database) -> None:
+async def test_connections_the_server_closed_are_not_handed_out(
+    pg: Database, other_db: Database
+) -> None:
     """A restart or pg_terminate_backend closes the idle pooled connections: the next read
     and the next write each meet one, and each gets a new connection instead."""
     pids = await asyncio.gather(*(pg.read(held_a_moment) for _ in range(2)))
     assert len(set(pids)) == 2  # both in the pool now
-    async with second_pool(pg) as admin:
-        for pid in pids:
-            await admin.read(
-                lambda conn, pid=pid: conn.execute(
-                    text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}
-                ).scalar()
-            )
-            await wait_gone(admin, pid)
+    for pid in pids:
+        await other_db.read(
+            lambda conn, pid=pid: conn.execute(
+                text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}
+            ).scalar()
+        )
+        await wait_gone(other_db, pid)
+    assert await other_db.read(sessions_left) == 0  # the pool held those two alone
     await asyncio.sleep(0.2)  # the loop reads the server's goodbye (loopback: microseconds)
 
     assert await pg.read(backend_pid) not in pids
@@ -102,14 +97,14 @@ def held_a_moment(conn: Connection) -> int:
     return backend_pid(conn)
 
 
-@contextlib.asynccontextmanager
-async def second_pool(db: Database) -> AsyncIterator[Database]:
-    """Another pool on the same database (another node's), disposed on exit."""
-    other = open_database(db.url)
-    try:
-        yield other
-    finally:
-        await other.dispose()
+def sessions_left(conn: Connection) -> int:
+    """Sessions on this database but this one and the test lock's (tests/support)."""
+    query = text(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND pid <> pg_backend_pid()"
+        " AND pid NOT IN (SELECT pid FROM pg_locks WHERE locktype = 'advisory')"
+    )
+    return int(conn.execute(query).scalar_one())
 
 
 async def wait_gone(admin: Database, pid: int) -> None:
