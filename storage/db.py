@@ -262,8 +262,10 @@ def _refuse_if_hung_up(dbapi_connection: Any, record: ConnectionPoolEntry, _prox
     connection closed as soon as the loop reads the server's goodbye, so this costs no
     round trip, where `pool_pre_ping` cost three at every checkout on asyncpg (BEGIN, an
     empty query, ROLLBACK): a quarter of a message's statements (bench/README.md). A
-    connection idle for IDLE_PING_AFTER seconds is pinged as before: one a firewall or NAT
-    dropped without a word is found by the ping, not by the caller's statement."""
+    connection idle for IDLE_PING_AFTER seconds is pinged first, as every checkout was: one
+    a firewall or NAT dropped answers the ping with a reset, and the caller's work goes to a
+    new connection. (One dropped without any answer stalls the ping as it did before, until
+    TCP gives up.)"""
     if dbapi_connection.driver_connection.is_closed():
         raise DisconnectionError("the database server closed this connection")
     returned = record.info.get(_RETURNED_AT)
@@ -271,7 +273,9 @@ def _refuse_if_hung_up(dbapi_connection: Any, record: ConnectionPoolEntry, _prox
         try:
             dbapi_connection.ping()
         except Exception as error:
-            raise DisconnectionError("the database server did not answer a ping") from error
+            raise DisconnectionError(
+                f"the database server did not answer a ping: {error}"
+            ) from error
 
 
 def _note_returned(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
