@@ -4,8 +4,10 @@ operator must fix fails here, first, as a StartupError naming it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import secrets
 import socket
 from dataclasses import dataclass, field
@@ -17,6 +19,7 @@ from gateway.security.secrets import SecretBox, SecretError
 from gateway.smtpd.limits import ListenerLimits
 from storage.paths import fsync_dir
 
+_NODE_ID = re.compile(r"[\w.-]{1,64}", re.ASCII)  # what node_id accepts from its file
 BOUNCE_RECIPIENTS = 10  # a report goes to one return path; a few at most in one transaction
 BOUNCE_DATA_FACTOR = 8  # the bounce listener holds at most this many largest reports at once
 
@@ -228,23 +231,27 @@ def reuseport_group(host: str, port: int, count: int) -> list[socket.socket]:
 
 def node_id(data_dir: Path) -> str:
     """This node's identity, kept in data_dir so a restarted node recognises its own claims.
-    Written whole or not at all (a new file, fsynced, renamed into place): a crash while
-    writing it must not leave an empty identity, which another node could share. An empty
-    file (from an earlier release) is replaced."""
+    Written whole or not at all (a draft of its own, fsynced, renamed into place): a crash
+    while writing it must not leave a torn identity, empty or NUL-filled, which another
+    node could share or the database refuse. One that is not a plain name (from an earlier
+    release's torn write) is replaced. The callers hold data_dir's lock."""
     path = data_dir / "node_id"
-    try:
-        value = path.read_text().strip()
-    except FileNotFoundError:
-        value = ""
-    if value:
-        return value
+    with contextlib.suppress(FileNotFoundError):
+        value = path.read_text(errors="replace").strip()
+        if _NODE_ID.fullmatch(value):
+            return value
     value = f"node_{secrets.token_hex(6)}"
-    draft = path.with_name(f".node_id.{os.getpid()}.tmp")
-    with open(draft, "w") as handle:
-        handle.write(value + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(draft, path)
+    draft = path.with_name(f".node_id.{secrets.token_hex(4)}.tmp")
+    fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(value + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(draft, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(draft)  # (gone once renamed)
     fsync_dir(data_dir)
     return value
 
