@@ -13,12 +13,7 @@ import storage.db
 from storage.db import Database
 from storage.models import Meta
 
-
-@pytest.fixture
-def pg(backend: Database) -> Database:
-    return backend
-
-
+# The storage fixtures' `backend`, on PostgreSQL alone.
 pytestmark = pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 
 
@@ -42,38 +37,38 @@ def pings(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 async def test_a_busy_checkout_sends_nothing_before_the_work(
-    pg: Database, pings: list[int]
+    backend: Database, pings: list[int]
 ) -> None:
     for n in range(5):
-        await pg.read(backend_pid)
-        await pg.transaction(
+        await backend.read(backend_pid)
+        await backend.transaction(
             lambda conn, n=n: conn.execute(insert(Meta), {"key": f"c{n}", "value": "1"})
         )
     assert pings == []
 
 
 async def test_a_connection_idle_for_a_while_is_pinged_first(
-    pg: Database, pings: list[int], monkeypatch: pytest.MonkeyPatch
+    backend: Database, pings: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A firewall may have dropped it: the ping finds out, not the work. (The idle limit is
     moved rather than waited for.)"""
     monkeypatch.setattr(storage.db, "IDLE_PING_AFTER", 3600.0)
-    first = await pg.read(backend_pid)
+    first = await backend.read(backend_pid)
     assert pings == []
     monkeypatch.setattr(storage.db, "IDLE_PING_AFTER", 0.0)  # every pooled one "idle"
-    assert await pg.read(backend_pid) == first
+    assert await backend.read(backend_pid) == first
     assert pings == [first]
     monkeypatch.setattr(storage.db, "IDLE_PING_AFTER", 3600.0)
-    await pg.read(backend_pid)
+    await backend.read(backend_pid)
     assert pings == [first]
 
 
 async def test_connections_the_server_closed_are_not_handed_out(
-    pg: Database, other_db: Database
+    backend: Database, other_db: Database
 ) -> None:
     """A restart or pg_terminate_backend closes the idle pooled connections: the next read
     and the next write each meet one, and each gets a new connection instead."""
-    pids = await asyncio.gather(*(pg.read(held_a_moment) for _ in range(2)))
+    pids = await asyncio.gather(*(backend.read(held_a_moment) for _ in range(2)))
     assert len(set(pids)) == 2  # both in the pool now
     for pid in pids:
         await other_db.read(
@@ -85,9 +80,11 @@ async def test_connections_the_server_closed_are_not_handed_out(
     assert await other_db.read(sessions_left) == 0  # the pool held those two alone
     await asyncio.sleep(0.2)  # the loop reads the server's goodbye (loopback: microseconds)
 
-    assert await pg.read(backend_pid) not in pids
-    await pg.transaction(lambda conn: conn.execute(insert(Meta), {"key": "after", "value": "1"}))
-    stored = await pg.read(
+    assert await backend.read(backend_pid) not in pids
+    await backend.transaction(
+        lambda conn: conn.execute(insert(Meta), {"key": "after", "value": "1"})
+    )
+    stored = await backend.read(
         lambda conn: conn.execute(
             select(func.count()).select_from(Meta).where(Meta.c.key == "after")
         ).scalar()
