@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 from pathlib import Path
 from urllib.parse import unquote
 
-__all__ = ["database_file", "database_url", "fsync_dir", "prepare_data_dir", "sqlite_file"]
+__all__ = ["database_file", "database_url", "prepare_data_dir", "sqlite_file", "write_whole"]
 
 
 def prepare_data_dir(data_dir: Path) -> None:
@@ -18,7 +19,31 @@ def prepare_data_dir(data_dir: Path) -> None:
         data_dir.chmod(0o700)
 
 
-def fsync_dir(directory: Path) -> None:
+def write_whole(path: Path, data: bytes, mode: int, *, replace: bool) -> None:
+    """`path` holds `data` whole or not at all, after a crash at any point: written under a
+    private draft name (created with `mode`: never wider, whatever the umask), fsynced, then
+    put in place, and the directory fsynced. `replace`: over any file there (os.replace);
+    else only if there is none (os.link: a file another process put there first stays,
+    for the caller to read). The draft never outlives the call."""
+    draft = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if replace:
+            os.replace(draft, path)
+        else:
+            with contextlib.suppress(FileExistsError):
+                os.link(draft, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(draft)  # (gone once renamed)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
     """A rename or new file in `directory` made durable (a directory's entries are its own
     data); a filesystem that cannot is left as it is."""
     with contextlib.suppress(OSError):

@@ -17,7 +17,7 @@ from gateway.config import Config, ConfigError, server_tls_context
 from gateway.process.descriptors import Budget, TooFewDescriptors, door_budget
 from gateway.security.secrets import SecretBox, SecretError
 from gateway.smtpd.limits import ListenerLimits
-from storage.paths import fsync_dir
+from storage.paths import write_whole
 
 _NODE_ID = re.compile(r"[\w.-]{1,64}", re.ASCII)  # what node_id accepts from its file
 BOUNCE_RECIPIENTS = 10  # a report goes to one return path; a few at most in one transaction
@@ -231,28 +231,17 @@ def reuseport_group(host: str, port: int, count: int) -> list[socket.socket]:
 
 def node_id(data_dir: Path) -> str:
     """This node's identity, kept in data_dir so a restarted node recognises its own claims.
-    Written whole or not at all (a draft of its own, fsynced, renamed into place): a crash
-    while writing it must not leave a torn identity, empty or NUL-filled, which another
-    node could share or the database refuse. One that is not a plain name (from an earlier
-    release's torn write) is replaced. The callers hold data_dir's lock."""
+    Written whole or not at all (storage.paths.write_whole): a crash while writing it must
+    not leave a torn identity, empty or NUL-filled, which another node could share or the
+    database refuse. One that is not a plain name (from an earlier release's torn write) is
+    replaced. The callers hold data_dir's lock."""
     path = data_dir / "node_id"
     with contextlib.suppress(FileNotFoundError):
         value = path.read_text(errors="replace").strip()
         if _NODE_ID.fullmatch(value):
             return value
     value = f"node_{secrets.token_hex(6)}"
-    draft = path.with_name(f".node_id.{secrets.token_hex(4)}.tmp")
-    fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(value + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(draft, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(draft)  # (gone once renamed)
-    fsync_dir(data_dir)
+    write_whole(path, value.encode("ascii") + b"\n", 0o644, replace=True)
     return value
 
 

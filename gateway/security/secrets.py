@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import hashlib
 import hmac
 import os
@@ -39,7 +38,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.errors import SecretError
-from storage.paths import fsync_dir, prepare_data_dir
+from storage.paths import prepare_data_dir, write_whole
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -219,22 +218,10 @@ def _read_key_file(path: Path) -> bytes:
 
 
 def _create_key_file(path: Path) -> None:
-    """Write a new key under a private temporary name, then link it in unless one exists."""
-    temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    # O_EXCL + mode 0600 at creation: the file never exists with wider permissions
-    # (the umask can only remove bits).
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(generate_key().encode("ascii") + b"\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        with contextlib.suppress(FileExistsError):  # another process won: use its key
-            os.link(temp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-    fsync_dir(path.parent)
+    """A new key, written whole and linked in unless one exists (another process won: its
+    key is the one read). Mode 0600 from creation: the file never exists with wider
+    permissions."""
+    write_whole(path, generate_key().encode("ascii") + b"\n", 0o600, replace=False)
 
 
 async def bind_to_database(db: Database, box: SecretBox) -> None:
